@@ -1,0 +1,35 @@
+// common.wgsl — prepended to every attention kernel (after the generated `const` header).
+// The attention contract (DESIGN.md §1) in one place: parameters, the visible band, ALiBi.
+
+struct Params {
+    heads: u32,
+    kv_heads: u32,
+    n: u32,
+    m: u32,
+    group: u32,      // heads / kv_heads: query head h reads kv head h / group
+    q_offset: i32,   // M - N: position of query row 0 (bottom-right alignment)
+    scale: f32,
+    band_lo: i32,    // key j visible from position p iff band_lo <= p - j <= band_hi
+    band_hi: i32,    // (causal and window (L, R) both reduce to this band)
+    alibi: u32,      // nonzero: add -slope[h] * |p - j|
+    n_qtiles: u32,
+    map_heads: u32,  // block map rows per head (1: shared by all heads)
+    map_rows: u32,   // offset of the tile entries in the block map buffer
+    neg_inf: f32,    // -inf, passed in because WGSL cannot spell it
+    batch: u32,
+    pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+
+// Masked scores hold this finite sentinel, so exp(s - m) is exactly 0 with no inf arithmetic.
+const MASKED: f32 = -3.0e38;
+
+fn is_visible(pos: i32, key: i32) -> bool {
+    let d = pos - key;
+    return d >= params.band_lo && d <= params.band_hi;
+}
+
+fn alibi_bias(slope: f32, pos: i32, key: i32) -> f32 {
+    return -slope * f32(abs(pos - key));
+}

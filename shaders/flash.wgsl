@@ -1,0 +1,167 @@
+// flash.wgsl — tiled online-softmax attention forward (FlashAttention).
+//
+// Algorithm: a workgroup owns BR consecutive query rows of one (batch, head); each
+// invocation owns one row, keeping q (pre-scaled), the output accumulator and the running
+// max / sum in private memory. The workgroup walks the key tiles listed for its query tile
+// in the block map (CSR: row pointers, then entries `tile | FULL<<31`); for each it stages
+// BC keys of K and V in workgroup memory, computes BC scores per row, and folds them into
+// the running softmax (rescaling the accumulator once per tile). Tiles absent from the map
+// are never loaded; FULL tiles skip the per-element mask test. The N×M score matrix is
+// never written anywhere.
+//
+// Wide heads: a row's private state (q and the accumulator) must stay small — on lavapipe,
+// over ~1 KiB per invocation corrupts the invocation's stack. So P invocations share a row,
+// each owning DP4 = ceil(D4 / P) vec4 lanes of q and of the accumulator; their partial dot
+// products meet in workgroup memory (`s_part`, one extra barrier per tile; P = 1 skips it).
+//
+// Tile shape: BR rows × BC keys × D (D4 = D/4 vec4 lanes), BR·P invocations.
+// Workgroup memory: 2·BC·D·4 bytes for K and V, plus BR·BC·P·4 for s_part when P > 1.
+// Device-memory traffic per (b, h): Q and O once (N·D each), LSE once (N), and for every
+// listed tile BC·D of K and of V: ≈ 2·D·BC·(listed tiles) = 2·N·M·D/BR for a dense map.
+
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> o: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> lse: array<f32>;
+@group(0) @binding(6) var<storage, read> block_map: array<u32>;
+@group(0) @binding(7) var<storage, read> slopes: array<f32>;
+
+const FULL: u32 = 0x80000000u;
+
+var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
+var<workgroup> v_tile: array<vec4<f32>, BC * D4>;
+var<workgroup> s_part: array<f32, S_PART>;
+
+@compute @workgroup_size(BR * P)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let qt = wg.x;
+    let h = wg.y;
+    let b = wg.z;
+    let part = lid / BR;
+    let r = lid % BR;
+    let lane0 = part * DP4;
+    let row = qt * BR + r;
+    let live = row < params.n;
+    let kvh = h / params.group;
+    let q_base = ((b * params.heads + h) * params.n + row) * D4 + lane0;
+    let kv_base = (b * params.kv_heads + kvh) * params.m * D4;
+    let pos = params.q_offset + i32(row);
+    var slope = 0.0;
+    if params.alibi != 0u {
+        slope = slopes[h];
+    }
+
+    var qr: array<vec4<f32>, DP4>;
+    var acc: array<vec4<f32>, DP4>;
+    for (var x = 0u; x < DP4; x++) {
+        acc[x] = vec4<f32>(0.0);
+        qr[x] = vec4<f32>(0.0);
+        if live && lane0 + x < D4 {
+            qr[x] = q[q_base + x] * params.scale;
+        }
+    }
+    var m_run = MASKED;
+    var l_run = 0.0;
+    var s: array<f32, BC>;
+
+    var map_head = 0u;
+    if params.map_heads > 1u {
+        map_head = h;
+    }
+    let map_row = map_head * params.n_qtiles + qt;
+    let t_begin = block_map[map_row];
+    let t_end = block_map[map_row + 1u];
+    for (var t = t_begin; t < t_end; t++) {
+        let entry = block_map[params.map_rows + t];
+        let key0 = (entry & ~FULL) * BC;
+        let full = (entry & FULL) != 0u;
+
+        // Stage the K and V tile (keys past M read as zero and are masked below).
+        for (var x = lid; x < BC * D4; x += BR * P) {
+            let key = key0 + x / D4;
+            var kk = vec4<f32>(0.0);
+            var vv = vec4<f32>(0.0);
+            if key < params.m {
+                kk = k[kv_base + key0 * D4 + x];
+                vv = v[kv_base + key0 * D4 + x];
+            }
+            k_tile[x] = kk;
+            v_tile[x] = vv;
+        }
+        workgroupBarrier();
+
+        // Scores (partial over this invocation's lanes when P > 1).
+        for (var c = 0u; c < BC; c++) {
+            var sc = 0.0;
+            for (var x = 0u; x < DP4; x++) {
+                if lane0 + x < D4 {
+                    sc += dot(qr[x], k_tile[c * D4 + lane0 + x]);
+                }
+            }
+            s[c] = sc;
+        }
+        if P > 1u {
+            for (var c = 0u; c < BC; c++) {
+                s_part[(r * BC + c) * P + part] = s[c];
+            }
+            workgroupBarrier();
+            for (var c = 0u; c < BC; c++) {
+                var sc = 0.0;
+                for (var p = 0u; p < P; p++) {
+                    sc += s_part[(r * BC + c) * P + p];
+                }
+                s[c] = sc;
+            }
+        }
+
+        if live {
+            var tile_max = MASKED;
+            for (var c = 0u; c < BC; c++) {
+                let key = i32(key0 + c);
+                var sc = s[c] + alibi_bias(slope, pos, key);
+                if !full && !(u32(key) < params.m && is_visible(pos, key)) {
+                    sc = MASKED;
+                }
+                s[c] = sc;
+                tile_max = max(tile_max, sc);
+            }
+            if tile_max > MASKED {
+                let m_new = max(m_run, tile_max);
+                let corr = exp(m_run - m_new);
+                l_run *= corr;
+                for (var x = 0u; x < DP4; x++) {
+                    acc[x] *= corr;
+                }
+                for (var c = 0u; c < BC; c++) {
+                    let p = exp(s[c] - m_new);
+                    l_run += p;
+                    for (var x = 0u; x < DP4; x++) {
+                        if lane0 + x < D4 {
+                            acc[x] += p * v_tile[c * D4 + lane0 + x];
+                        }
+                    }
+                }
+                m_run = m_new;
+            }
+        }
+        workgroupBarrier();
+    }
+
+    if live {
+        var inv = 0.0;
+        var row_lse = params.neg_inf;
+        if l_run > 0.0 {
+            inv = 1.0 / l_run;
+            row_lse = m_run + log(l_run);
+        }
+        for (var x = 0u; x < DP4; x++) {
+            if lane0 + x < D4 {
+                o[q_base + x] = acc[x] * inv;
+            }
+        }
+        if part == 0u {
+            lse[(b * params.heads + h) * params.n + row] = row_lse;
+        }
+    }
+}

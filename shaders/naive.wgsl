@@ -1,0 +1,94 @@
+// naive.wgsl — textbook attention, the baseline FlashAttention is measured against.
+//
+// Three passes over a materialised score matrix S [B·H, N, M] in device memory:
+//   scores:  S = scale·Q·Kᵀ + bias, masked entries set to MASKED      (one invocation per s_ij)
+//   softmax: row max, sum, LSE; S overwritten with P = softmax(S)       (one invocation per row)
+//   pv:      O = P·V                                                     (one invocation per o_i,4 lanes)
+// Device-memory traffic per (b, h): S written once, read twice, written again, read once
+// (≈ 5·N·M·4 bytes), plus Q, K, V reads of N·M·D per pass — Θ(N·D + N·M) beyond the inputs.
+
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> o: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> lse: array<f32>;
+@group(0) @binding(6) var<storage, read_write> s: array<f32>;
+@group(0) @binding(7) var<storage, read> slopes: array<f32>;
+
+@compute @workgroup_size(8, 8)
+fn scores(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let i = gid.y;
+    let bh = gid.z;
+    if i >= params.n || j >= params.m {
+        return;
+    }
+    let b = bh / params.heads;
+    let h = bh % params.heads;
+    let kvh = h / params.group;
+    let q_base = (bh * params.n + i) * D4;
+    let k_base = ((b * params.kv_heads + kvh) * params.m + j) * D4;
+    let pos = params.q_offset + i32(i);
+    var sc = MASKED;
+    if is_visible(pos, i32(j)) {
+        var dot_qk = 0.0;
+        for (var x = 0u; x < D4; x++) {
+            dot_qk += dot(q[q_base + x], k[k_base + x]);
+        }
+        sc = params.scale * dot_qk;
+        if params.alibi != 0u {
+            sc += alibi_bias(slopes[h], pos, i32(j));
+        }
+    }
+    s[(bh * params.n + i) * params.m + j] = sc;
+}
+
+@compute @workgroup_size(64)
+fn softmax(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    let bh = gid.y;
+    if i >= params.n {
+        return;
+    }
+    let base = (bh * params.n + i) * params.m;
+    var mx = MASKED;
+    for (var j = 0u; j < params.m; j++) {
+        mx = max(mx, s[base + j]);
+    }
+    if mx == MASKED {
+        for (var j = 0u; j < params.m; j++) {
+            s[base + j] = 0.0;
+        }
+        lse[bh * params.n + i] = params.neg_inf;
+        return;
+    }
+    var sum = 0.0;
+    for (var j = 0u; j < params.m; j++) {
+        sum += exp(s[base + j] - mx);
+    }
+    let inv = 1.0 / sum;
+    for (var j = 0u; j < params.m; j++) {
+        s[base + j] = exp(s[base + j] - mx) * inv;
+    }
+    lse[bh * params.n + i] = mx + log(sum);
+}
+
+@compute @workgroup_size(64)
+fn pv(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let idx = gid.x;
+    let bh = gid.y;
+    if idx >= params.n * D4 {
+        return;
+    }
+    let i = idx / D4;
+    let x = idx % D4;
+    let b = bh / params.heads;
+    let kvh = (bh % params.heads) / params.group;
+    let p_base = (bh * params.n + i) * params.m;
+    let v_base = (b * params.kv_heads + kvh) * params.m * D4 + x;
+    var acc = vec4<f32>(0.0);
+    for (var j = 0u; j < params.m; j++) {
+        acc += s[p_base + j] * v[v_base + j * D4];
+    }
+    o[bh * params.n * D4 + idx] = acc;
+}

@@ -1,0 +1,420 @@
+//! The GPU runtime: a device (owned by longctx, or borrowed from a host app), buffers,
+//! readback, a pipeline cache, and the limit checks that wgpu does not make.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, mpsc};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::kernels::ShaderVariant;
+
+/// How longctx picks an adapter when it creates its own device.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Backends to consider; `None` means wgpu's `WGPU_BACKEND` variable or all backends.
+    pub backends: Option<wgpu::Backends>,
+    /// Case-insensitive substring of the adapter name; `None` reads `LONGCTX_ADAPTER`.
+    pub adapter: Option<String>,
+}
+
+/// The optional features longctx uses when the adapter has them.
+pub const USEFUL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
+    .union(wgpu::Features::SHADER_F16)
+    .union(wgpu::Features::TIMESTAMP_QUERY);
+
+type PipelineKey = (String, &'static str);
+
+/// A wgpu device and queue plus what longctx knows about them.
+///
+/// Cheap to clone: wgpu handles and the caches are shared.
+#[derive(Clone)]
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    features: wgpu::Features,
+    pipelines: Arc<Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>>,
+    layouts: Arc<Mutex<HashMap<&'static str, wgpu::BindGroupLayout>>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("adapter", &self.info.name)
+            .field("backend", &self.info.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+fn instance(backends: Option<wgpu::Backends>) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if let Some(b) = backends {
+        desc.backends = b;
+    }
+    wgpu::Instance::new(desc)
+}
+
+/// Higher is preferred: real GPUs first, then Vulkan/Metal/DX12 over GL.
+fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let ty = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 4,
+        wgpu::DeviceType::IntegratedGpu => 3,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 1,
+        wgpu::DeviceType::Other => 0,
+    };
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 2,
+        wgpu::Backend::Gl => 1,
+        _ => 0,
+    };
+    (ty, backend)
+}
+
+/// Every adapter wgpu can see, best first.
+pub fn list_adapters(options: &GpuOptions) -> Vec<wgpu::AdapterInfo> {
+    let inst = instance(options.backends);
+    let mut infos: Vec<_> = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()))
+        .iter()
+        .map(|a| a.get_info())
+        .collect();
+    infos.sort_by_key(|i| std::cmp::Reverse(adapter_rank(i)));
+    infos
+}
+
+impl Gpu {
+    /// Creates a device of its own on the best adapter (see [`GpuOptions`]), with the
+    /// adapter's full limits and the [`USEFUL_FEATURES`] it supports.
+    pub fn new(options: &GpuOptions) -> Result<Self> {
+        let inst = instance(options.backends);
+        let mut adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+        let filter = options
+            .adapter
+            .clone()
+            .or_else(|| std::env::var("LONGCTX_ADAPTER").ok())
+            .map(|s| s.to_lowercase());
+        let seen: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?})", i.name, i.backend)
+            })
+            .collect();
+        if let Some(f) = &filter {
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(f));
+        }
+        adapters.sort_by_key(|a| std::cmp::Reverse(adapter_rank(&a.get_info())));
+        let Some(adapter) = adapters.into_iter().next() else {
+            let detail = match (&filter, seen.is_empty()) {
+                (Some(f), false) => format!(
+                    " matching `{f}` (LONGCTX_ADAPTER / --adapter); adapters present: {}",
+                    seen.join(", ")
+                ),
+                _ => String::new(),
+            };
+            return Err(Error::NoAdapter { detail });
+        };
+        let features = adapter.features() & USEFUL_FEATURES;
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                label: Some("longctx"),
+                required_features: features,
+                required_limits: adapter.limits(),
+                ..Default::default()
+            }))?;
+        Ok(Self::from_wgpu(device, queue, adapter.get_info()))
+    }
+
+    /// Wraps a host application's device and queue. longctx never assumes it owns them:
+    /// it uses only the features and limits the device was created with.
+    pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
+        Self {
+            limits: device.limits(),
+            features: device.features(),
+            device,
+            queue,
+            info,
+            pipelines: Default::default(),
+            layouts: Default::default(),
+        }
+    }
+
+    pub fn info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+    pub fn features(&self) -> wgpu::Features {
+        self.features
+    }
+
+    // ----- limit checks (wgpu 30 does not check workgroup memory) -----
+
+    /// Workgroup memory and invocation count of one kernel variant against the device.
+    pub fn check_workgroup(
+        &self,
+        kernel: &'static str,
+        storage_bytes: u64,
+        invocations: u32,
+    ) -> Result<()> {
+        let l = &self.limits;
+        if storage_bytes > l.max_compute_workgroup_storage_size as u64 {
+            return Err(Error::WorkgroupMemory {
+                kernel,
+                needed: storage_bytes,
+                limit: l.max_compute_workgroup_storage_size as u64,
+            });
+        }
+        let inv_limit = l
+            .max_compute_invocations_per_workgroup
+            .min(l.max_compute_workgroup_size_x);
+        if invocations > inv_limit {
+            return Err(Error::Invocations {
+                kernel,
+                needed: invocations,
+                limit: inv_limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Workgroup counts of one dispatch against the device.
+    pub fn check_dispatch(&self, kernel: &'static str, groups: [u64; 3]) -> Result<()> {
+        let limit = self.limits.max_compute_workgroups_per_dimension as u64;
+        match groups.iter().find(|&&g| g > limit) {
+            Some(&needed) => Err(Error::Dispatch {
+                kernel,
+                needed,
+                limit,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// One storage binding of `bytes` against the binding and buffer limits.
+    pub fn check_binding(&self, what: &str, bytes: u64) -> Result<()> {
+        let l = &self.limits;
+        if bytes > l.max_buffer_size {
+            return Err(Error::BufferTooLarge {
+                what: what.into(),
+                bytes,
+                limit: l.max_buffer_size,
+            });
+        }
+        if bytes > l.max_storage_buffer_binding_size {
+            return Err(Error::BindingTooLarge {
+                what: what.into(),
+                bytes,
+                limit: l.max_storage_buffer_binding_size,
+            });
+        }
+        Ok(())
+    }
+
+    // ----- buffers -----
+
+    /// A storage buffer holding `data` (at least 4 bytes, so empty tables still bind).
+    pub fn upload<T: bytemuck::Pod>(&self, what: &str, data: &[T]) -> Result<wgpu::Buffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        self.check_binding(what, bytes.len() as u64)?;
+        let padded;
+        let contents = if bytes.len() < 4 {
+            padded = [0u8; 4];
+            &padded[..]
+        } else {
+            bytes
+        };
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(what),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            }))
+    }
+
+    /// An uninitialised storage buffer of `bytes` bytes.
+    pub fn storage(&self, what: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        self.check_binding(what, bytes)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(what),
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A uniform buffer holding one value.
+    pub fn uniform<T: bytemuck::Pod>(&self, what: &str, value: &T) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(what),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// Copies `len` elements of `buffer` back to the host (blocks until done).
+    pub fn read<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<T>> {
+        let bytes = (len * size_of::<T>()) as u64;
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("longctx readback"),
+            size: bytes.next_multiple_of(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes.next_multiple_of(4));
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .map_err(|_| Error::Device("readback callback never ran".into()))?
+            .map_err(|e| Error::Device(format!("mapping the readback buffer failed: {e}")))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Device(format!("readback range: {e}")))?;
+        let out = bytemuck::cast_slice::<u8, T>(&view[..bytes as usize]).to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Blocks until all submitted work has finished.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Device(format!("waiting for the queue failed: {e}")))
+    }
+
+    // ----- pipelines -----
+
+    /// The bind group layout of a kernel family, created once.
+    pub fn layout(
+        &self,
+        stem: &'static str,
+        entries: &[wgpu::BindGroupLayoutEntry],
+    ) -> wgpu::BindGroupLayout {
+        self.layouts
+            .lock()
+            .unwrap()
+            .entry(stem)
+            .or_insert_with(|| {
+                self.device
+                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                        label: Some(stem),
+                        entries,
+                    })
+            })
+            .clone()
+    }
+
+    /// The pipeline of one shader variant, compiled once per (source, entry point).
+    /// Compilation errors come back as [`Error::Shader`], not as a panic.
+    pub fn pipeline(
+        &self,
+        variant: &ShaderVariant,
+        layout: &wgpu::BindGroupLayout,
+    ) -> Result<wgpu::ComputePipeline> {
+        let source = variant.source();
+        let key = (source.clone(), variant.entry);
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(variant.stem),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        let pl = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(variant.stem),
+                bind_group_layouts: &[Some(layout)],
+                immediate_size: 0,
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(variant.stem),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some(variant.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    // Every kernel writes workgroup memory before reading it; zeroing costs time
+                    // and breaks some GL drivers.
+                    zero_initialize_workgroup_memory: false,
+                    ..Default::default()
+                },
+                cache: None,
+            });
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(Error::Shader {
+                name: variant.name(),
+                message: err.to_string(),
+            });
+        }
+        self.pipelines.lock().unwrap().insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// A bind group over whole buffers, in binding order.
+    pub fn bind_group(
+        &self,
+        layout: &wgpu::BindGroupLayout,
+        buffers: &[&wgpu::Buffer],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<_> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout,
+            entries: &entries,
+        })
+    }
+}
+
+/// Layout entry: uniform buffer at `binding` (compute stage).
+pub fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
+    buffer_entry(binding, wgpu::BufferBindingType::Uniform)
+}
+
+/// Layout entry: storage buffer at `binding` (compute stage).
+pub fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    buffer_entry(binding, wgpu::BufferBindingType::Storage { read_only })
+}
+
+fn buffer_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}

@@ -1,0 +1,205 @@
+//! `flash`: tiled online-softmax attention forward (`shaders/flash.wgsl`).
+//!
+//! Supports: head dim a multiple of 4 up to 256; any N, M ≥ 1 (N ≠ M, bottom-right aligned);
+//! MHA/GQA/MQA by index mapping; causal, window (L, R) and ALiBi in-kernel; key tiles outside
+//! the causal/window band are skipped (the kernel walks a [`BlockMap`]). Writes O and LSE.
+//!
+//! Dispatch: one workgroup of `BR` invocations per (query tile, head, batch).
+
+use crate::blockmap::BlockMap;
+use crate::error::Result;
+use crate::gpu::{Gpu, storage_entry, uniform_entry};
+use crate::kernels::{AttnBuffers, Params, ShaderVariant, check_head_dim, slopes_words};
+use crate::spec::AttnSpec;
+
+const BODY: &str = include_str!("../../shaders/flash.wgsl");
+const NAME: &str = "flash";
+
+/// Most vec4 lanes of q (and of the accumulator) one invocation keeps in registers.
+/// Above ~1 KiB of private state per invocation lavapipe silently corrupts the loop state,
+/// and real GPUs spill; wider heads are split over `P` invocations per row.
+pub const MAX_LANES_PER_INVOCATION: usize = 32;
+
+/// Tile shape of the flash kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlashConfig {
+    /// Query rows per workgroup.
+    pub br: u32,
+    /// Keys per K/V tile staged in workgroup memory.
+    pub bc: u32,
+    /// Invocations per query row, each owning a slice of the head dim (1 for D ≤ 128).
+    pub p: u32,
+}
+
+impl FlashConfig {
+    /// Invocations per row needed at head dim `d`.
+    pub fn parts_for(d: usize) -> u32 {
+        (d / 4).div_ceil(MAX_LANES_PER_INVOCATION).max(1) as u32
+    }
+
+    /// Invocations per workgroup.
+    pub fn invocations(&self) -> u32 {
+        self.br * self.p
+    }
+
+    fn s_part_len(&self) -> u32 {
+        if self.p > 1 {
+            self.br * self.bc * self.p
+        } else {
+            1
+        }
+    }
+
+    /// Workgroup memory of this tile shape at head dim `d`: a K tile, a V tile, and the
+    /// partial-score exchange when `p > 1`.
+    pub fn workgroup_bytes(&self, d: usize) -> u64 {
+        2 * self.bc as u64 * d as u64 * 4 + self.s_part_len() as u64 * 4
+    }
+
+    /// The default for this device: 64 rows, `p` from the head dim, and the largest key
+    /// tile in {32, 16, 8, 4} that fits the device's workgroup memory.
+    pub fn for_device(gpu: &Gpu, d: usize) -> Self {
+        let limits = gpu.limits();
+        let p = Self::parts_for(d);
+        let max_inv = limits
+            .max_compute_invocations_per_workgroup
+            .min(limits.max_compute_workgroup_size_x);
+        let br = (64 / p).min(max_inv / p).max(1);
+        let storage = limits.max_compute_workgroup_storage_size as u64;
+        let bc = [32u32, 16, 8, 4]
+            .into_iter()
+            .find(|&bc| Self { br, bc, p }.workgroup_bytes(d) <= storage)
+            .unwrap_or(4);
+        Self { br, bc, p }
+    }
+
+    /// The shader variant for head dim `d`.
+    pub fn variant(&self, d: usize) -> ShaderVariant {
+        let d4 = (d / 4) as u32;
+        ShaderVariant {
+            stem: NAME,
+            body: BODY,
+            entry: "main",
+            consts: vec![
+                ("D4", d4),
+                ("DP4", d4.div_ceil(self.p)),
+                ("BR", self.br),
+                ("BC", self.bc),
+                ("P", self.p),
+                ("S_PART", self.s_part_len()),
+            ],
+        }
+    }
+}
+
+/// Bind group layout of the flash family (see the bindings in flash.wgsl).
+fn layout(gpu: &Gpu) -> wgpu::BindGroupLayout {
+    gpu.layout(
+        NAME,
+        &[
+            uniform_entry(0),
+            storage_entry(1, true),
+            storage_entry(2, true),
+            storage_entry(3, true),
+            storage_entry(4, false),
+            storage_entry(5, false),
+            storage_entry(6, true),
+            storage_entry(7, true),
+        ],
+    )
+}
+
+/// A prepared flash call.
+pub struct Flash {
+    config: FlashConfig,
+    pipeline: wgpu::ComputePipeline,
+    params: wgpu::Buffer,
+    block_map: wgpu::Buffer,
+    block_map_bytes: u64,
+    slopes: wgpu::Buffer,
+    groups: [u32; 3],
+}
+
+impl Flash {
+    pub fn new(gpu: &Gpu, spec: &AttnSpec, config: FlashConfig) -> Result<Self> {
+        let s = spec.shape;
+        check_head_dim(NAME, s.head_dim)?;
+        if config.br == 0 || config.bc == 0 || config.p == 0 || (config.p as usize) > s.head_dim / 4
+        {
+            return Err(crate::Error::Invalid(format!(
+                "flash tile config {config:?} for head dim {}",
+                s.head_dim
+            )));
+        }
+        gpu.check_workgroup(
+            NAME,
+            config.workgroup_bytes(s.head_dim),
+            config.invocations(),
+        )?;
+        let groups = [
+            s.n.div_ceil(config.br as usize) as u64,
+            s.heads as u64,
+            s.batch as u64,
+        ];
+        gpu.check_dispatch(NAME, groups)?;
+        for (what, len) in [
+            ("Q", s.q_len()),
+            ("K", s.kv_len()),
+            ("V", s.kv_len()),
+            ("O", s.q_len()),
+        ] {
+            gpu.check_binding(what, len as u64 * 4)?;
+        }
+
+        let map = BlockMap::from_band(spec, config.br as usize, config.bc as usize);
+        let words = map.to_gpu_words();
+        let mut params = Params::new(spec);
+        params.n_qtiles = map.n_qtiles as u32;
+        params.map_heads = map.heads as u32;
+        params.map_rows = map.row_ptr.len() as u32;
+
+        let pipeline = gpu.pipeline(&config.variant(s.head_dim), &layout(gpu))?;
+        Ok(Self {
+            config,
+            pipeline,
+            params: gpu.uniform("flash params", &params),
+            block_map: gpu.upload("flash block map", &words)?,
+            block_map_bytes: words.len() as u64 * 4,
+            slopes: gpu.upload("ALiBi slopes", &slopes_words(spec))?,
+            groups: groups.map(|g| g as u32),
+        })
+    }
+
+    pub fn config(&self) -> FlashConfig {
+        self.config
+    }
+
+    /// Block map and parameters: linear in the number of listed tiles, never N×M floats.
+    pub fn scratch_bytes(&self) -> u64 {
+        self.block_map_bytes + self.slopes.size() + self.params.size()
+    }
+
+    pub fn encode(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder, b: &AttnBuffers) {
+        let bind = gpu.bind_group(
+            &layout(gpu),
+            &[
+                &self.params,
+                b.q,
+                b.k,
+                b.v,
+                b.o,
+                b.lse,
+                &self.block_map,
+                &self.slopes,
+            ],
+        );
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(NAME),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        let [x, y, z] = self.groups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+}

@@ -1,0 +1,337 @@
+//! GPU kernels: one module per shader family, same stem as its `.wgsl` file.
+//!
+//! Shader sources are composed one way only: a generated `const` header (the variant's
+//! creation-time constants, e.g. `D4`, `BR`, `BC`), then `shaders/common.wgsl`, then the
+//! kernel's own file. [`ShaderVariant`] is that composition; pipelines are cached per
+//! (source, entry point) in [`Gpu`].
+
+pub mod flash;
+pub mod naive;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::spec::{AttnOutput, AttnSpec};
+
+pub(crate) const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+
+/// One compilable variant of a kernel: source stem, entry point and header constants.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ShaderVariant {
+    pub stem: &'static str,
+    pub body: &'static str,
+    pub entry: &'static str,
+    pub consts: Vec<(&'static str, u32)>,
+}
+
+impl ShaderVariant {
+    /// The full WGSL source: constants header, common snippet, kernel body.
+    pub fn source(&self) -> String {
+        let mut src = String::new();
+        for (name, value) in &self.consts {
+            src.push_str(&format!("const {name}: u32 = {value}u;\n"));
+        }
+        src.push_str(COMMON_WGSL);
+        src.push_str(self.body);
+        src
+    }
+
+    /// `stem:entry[NAME=value,…]`, for messages.
+    pub fn name(&self) -> String {
+        let consts: Vec<String> = self
+            .consts
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        format!("{}:{}[{}]", self.stem, self.entry, consts.join(","))
+    }
+
+    /// Parses and validates the source with naga (what wgpu does at pipeline creation).
+    pub fn validate(&self) -> Result<()> {
+        let err = |message: String| Error::Shader {
+            name: self.name(),
+            message,
+        };
+        let source = self.source();
+        let module =
+            naga::front::wgsl::parse_str(&source).map_err(|e| err(e.emit_to_string(&source)))?;
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .map_err(|e| err(e.emit_to_string(&source)))?;
+        if !module.entry_points.iter().any(|ep| ep.name == self.entry) {
+            return Err(err(format!("no entry point `{}`", self.entry)));
+        }
+        Ok(())
+    }
+}
+
+/// The uniform block shared by the attention kernels (`Params` in common.wgsl).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Params {
+    pub heads: u32,
+    pub kv_heads: u32,
+    pub n: u32,
+    pub m: u32,
+    pub group: u32,
+    pub q_offset: i32,
+    pub scale: f32,
+    pub band_lo: i32,
+    pub band_hi: i32,
+    pub alibi: u32,
+    pub n_qtiles: u32,
+    pub map_heads: u32,
+    pub map_rows: u32,
+    pub neg_inf: f32,
+    pub batch: u32,
+    pub pad: u32,
+}
+
+impl Params {
+    pub(crate) fn new(spec: &AttnSpec) -> Self {
+        let s = spec.shape;
+        let (lo, hi) = spec.band();
+        Self {
+            heads: s.heads as u32,
+            kv_heads: s.kv_heads as u32,
+            n: s.n as u32,
+            m: s.m as u32,
+            group: s.group() as u32,
+            q_offset: s.q_offset() as i32,
+            scale: spec.scale_value(),
+            band_lo: lo as i32,
+            band_hi: hi as i32,
+            alibi: spec.slopes().is_some() as u32,
+            n_qtiles: 0,
+            map_heads: 1,
+            map_rows: 0,
+            neg_inf: f32::NEG_INFINITY,
+            batch: s.batch as u32,
+            pad: 0,
+        }
+    }
+}
+
+/// Head dims the attention kernels accept: a multiple of 4 (vec4 lanes), at most 256.
+pub const MAX_HEAD_DIM: usize = 256;
+
+pub(crate) fn check_head_dim(kernel: &'static str, d: usize) -> Result<()> {
+    if d % 4 != 0 {
+        return Err(Error::HeadDim {
+            kernel,
+            head_dim: d,
+            reason: "it must be a multiple of 4 (the kernels load vec4 lanes)",
+        });
+    }
+    if d > MAX_HEAD_DIM {
+        return Err(Error::HeadDim {
+            kernel,
+            head_dim: d,
+            reason: "it must be at most 256 (per-row registers)",
+        });
+    }
+    Ok(())
+}
+
+/// Which GPU attention kernel to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Tiled online softmax in workgroup memory; never materialises N×M.
+    Flash,
+    /// Materialised N×M scores, softmax pass, P·V pass.
+    Naive,
+}
+
+impl Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Flash => "flash",
+            Kernel::Naive => "naive",
+        }
+    }
+}
+
+/// Device buffers of one attention call, owned by the caller. Shapes per the contract:
+/// Q and O `[B,H,N,D]`, K and V `[B,Hkv,M,D]`, LSE `[B,H,N]`, all f32.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnBuffers<'a> {
+    pub q: &'a wgpu::Buffer,
+    pub k: &'a wgpu::Buffer,
+    pub v: &'a wgpu::Buffer,
+    pub o: &'a wgpu::Buffer,
+    pub lse: &'a wgpu::Buffer,
+}
+
+enum Plan {
+    Flash(flash::Flash),
+    Naive(naive::Naive),
+}
+
+/// A prepared attention call: checked against the device, pipelines compiled, block map and
+/// parameters uploaded. Reuse it for every call with the same [`AttnSpec`].
+pub struct Attention {
+    spec: AttnSpec,
+    plan: Plan,
+}
+
+impl Attention {
+    /// Prepares `kernel` for `spec` on `gpu` with the default tile configuration.
+    pub fn new(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec) -> Result<Self> {
+        spec.validate()?;
+        let plan = match kernel {
+            Kernel::Flash => Plan::Flash(flash::Flash::new(
+                gpu,
+                spec,
+                flash::FlashConfig::for_device(gpu, spec.shape.head_dim),
+            )?),
+            Kernel::Naive => Plan::Naive(naive::Naive::new(gpu, spec)?),
+        };
+        Ok(Self {
+            spec: spec.clone(),
+            plan,
+        })
+    }
+
+    /// Prepares the flash kernel with an explicit tile configuration.
+    pub fn flash_with(gpu: &Gpu, spec: &AttnSpec, config: flash::FlashConfig) -> Result<Self> {
+        spec.validate()?;
+        Ok(Self {
+            spec: spec.clone(),
+            plan: Plan::Flash(flash::Flash::new(gpu, spec, config)?),
+        })
+    }
+
+    pub fn spec(&self) -> &AttnSpec {
+        &self.spec
+    }
+
+    /// Device memory this kernel allocates beyond Q, K, V, O and LSE (scores, block map…).
+    pub fn scratch_bytes(&self) -> u64 {
+        match &self.plan {
+            Plan::Flash(f) => f.scratch_bytes(),
+            Plan::Naive(n) => n.scratch_bytes(),
+        }
+    }
+
+    /// Records the kernel's dispatches into `encoder`. Nothing is submitted.
+    pub fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        bufs: &AttnBuffers,
+    ) -> Result<()> {
+        self.check_buffers(bufs)?;
+        match &self.plan {
+            Plan::Flash(f) => f.encode(gpu, encoder, bufs),
+            Plan::Naive(n) => n.encode(gpu, encoder, bufs),
+        }
+        Ok(())
+    }
+
+    fn check_buffers(&self, b: &AttnBuffers) -> Result<()> {
+        let s = self.spec.shape;
+        let f = 4u64;
+        for (name, buf, want) in [
+            ("Q", b.q, s.q_len() as u64 * f),
+            ("K", b.k, s.kv_len() as u64 * f),
+            ("V", b.v, s.kv_len() as u64 * f),
+            ("O", b.o, s.q_len() as u64 * f),
+            ("LSE", b.lse, s.lse_len() as u64 * f),
+        ] {
+            if buf.size() < want {
+                return Err(Error::Shape(format!(
+                    "{name} buffer holds {} bytes, shape {:?} needs {want}",
+                    buf.size(),
+                    s
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads host tensors, runs, and reads O and LSE back.
+    pub fn run(&self, gpu: &Gpu, q: &[f32], k: &[f32], v: &[f32]) -> Result<AttnOutput> {
+        self.spec.check_inputs(q, k, v)?;
+        let io = DeviceTensors::upload(gpu, &self.spec, q, k, v)?;
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        self.encode(gpu, &mut enc, &io.buffers())?;
+        gpu.queue.submit([enc.finish()]);
+        io.read(gpu)
+    }
+}
+
+/// Device copies of one call's Q, K, V and freshly allocated O and LSE.
+pub struct DeviceTensors {
+    pub q: wgpu::Buffer,
+    pub k: wgpu::Buffer,
+    pub v: wgpu::Buffer,
+    pub o: wgpu::Buffer,
+    pub lse: wgpu::Buffer,
+    q_len: usize,
+    lse_len: usize,
+}
+
+impl DeviceTensors {
+    pub fn upload(gpu: &Gpu, spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32]) -> Result<Self> {
+        let s = spec.shape;
+        Ok(Self {
+            q: gpu.upload("Q", q)?,
+            k: gpu.upload("K", k)?,
+            v: gpu.upload("V", v)?,
+            o: gpu.storage("O", s.q_len() as u64 * 4)?,
+            lse: gpu.storage("LSE", s.lse_len() as u64 * 4)?,
+            q_len: s.q_len(),
+            lse_len: s.lse_len(),
+        })
+    }
+
+    /// Fills O and LSE with NaN, so that an element the kernel forgets to write shows.
+    pub fn poison(&self, gpu: &Gpu) {
+        gpu.queue.write_buffer(
+            &self.o,
+            0,
+            bytemuck::cast_slice(&vec![f32::NAN; self.q_len]),
+        );
+        gpu.queue.write_buffer(
+            &self.lse,
+            0,
+            bytemuck::cast_slice(&vec![f32::NAN; self.lse_len]),
+        );
+    }
+
+    pub fn buffers(&self) -> AttnBuffers<'_> {
+        AttnBuffers {
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            o: &self.o,
+            lse: &self.lse,
+        }
+    }
+
+    pub fn read(&self, gpu: &Gpu) -> Result<AttnOutput> {
+        Ok(AttnOutput {
+            o: gpu.read(&self.o, self.q_len)?,
+            lse: gpu.read(&self.lse, self.lse_len)?,
+        })
+    }
+}
+
+/// One-shot attention on host tensors: prepare, upload, run, read back.
+pub fn attention(
+    gpu: &Gpu,
+    kernel: Kernel,
+    spec: &AttnSpec,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+) -> Result<AttnOutput> {
+    Attention::new(gpu, kernel, spec)?.run(gpu, q, k, v)
+}
+
+/// Slopes buffer contents: the spec's slopes or a single zero (bindings cannot be empty).
+pub(crate) fn slopes_words(spec: &AttnSpec) -> Vec<f32> {
+    spec.slopes().unwrap_or_else(|| vec![0.0])
+}

@@ -1,0 +1,33 @@
+//! # longctx
+//!
+//! A compute-shader research engine for the attention tricks behind long-context language
+//! models: tiled FlashAttention, ALiBi, sliding windows, MQA/GQA, written in WGSL and run
+//! through wgpu on any adapter, each kernel proven against an f64 CPU oracle.
+//!
+//! ```no_run
+//! use longctx::{AttnShape, AttnSpec, Gpu, GpuOptions, Kernel};
+//! let gpu = Gpu::new(&GpuOptions::default())?;
+//! let shape = AttnShape { batch: 1, heads: 8, kv_heads: 2, n: 1000, m: 1000, head_dim: 64 };
+//! let spec = AttnSpec::new(shape).causal(true);
+//! let (q, k, v) = (vec![0.1; shape.q_len()], vec![0.2; shape.kv_len()], vec![0.3; shape.kv_len()]);
+//! let out = longctx::attention(&gpu, Kernel::Flash, &spec, &q, &k, &v)?;
+//! assert_eq!(out.o.len(), shape.q_len());
+//! # Ok::<(), longctx::Error>(())
+//! ```
+//!
+//! To run on a host application's own device, wrap it with [`Gpu::from_wgpu`] and record
+//! into the host's encoder with [`Attention::encode`] on buffers the host owns.
+
+pub mod blockmap;
+pub mod error;
+pub mod gpu;
+pub mod io;
+pub mod kernels;
+pub mod reference;
+pub mod spec;
+
+pub use error::{Error, Result};
+pub use gpu::{Gpu, GpuOptions};
+pub use kernels::flash::FlashConfig;
+pub use kernels::{Attention, AttnBuffers, DeviceTensors, Kernel, attention};
+pub use spec::{Alibi, AttnOutput, AttnShape, AttnSpec, Window, alibi_slopes};

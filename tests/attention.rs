@@ -1,0 +1,168 @@
+//! flash and naive against the f64 oracle, per feature family, on the present adapter.
+//! Every run poisons O and LSE first; every failure prints its seed.
+
+mod common;
+
+use common::check_both;
+use longctx::{Alibi, AttnShape, AttnSpec, Window};
+
+/// f32 kernels vs the f64 oracle: ‖out − ref‖ / ‖ref‖.
+const BOUND: f64 = 1e-5;
+
+fn shape(heads: usize, kv_heads: usize, n: usize, m: usize, head_dim: usize) -> AttnShape {
+    AttnShape {
+        batch: 1,
+        heads,
+        kv_heads,
+        n,
+        m,
+        head_dim,
+    }
+}
+
+/// Runs every spec through both kernels and prints the family's worst errors.
+fn family(name: &str, specs: &[AttnSpec]) {
+    let (mut wf, mut wn) = (0f64, 0f64);
+    for spec in specs {
+        let (f, n) = check_both(spec, BOUND);
+        wf = wf.max(f);
+        wn = wn.max(n);
+    }
+    println!(
+        "family {name:<10} cases {:>2}  worst rel err  flash {wf:.2e}  naive {wn:.2e}",
+        specs.len()
+    );
+}
+
+#[test]
+fn dense() {
+    let cases = [
+        (1, 1, 64),
+        (7, 7, 32),
+        (64, 64, 80),
+        (113, 203, 96),
+        (333, 333, 128),
+        (203, 113, 256),
+        (1000, 1000, 64),
+    ];
+    let specs: Vec<_> = cases
+        .iter()
+        .map(|&(n, m, d)| AttnSpec::new(shape(2, 2, n, m, d)))
+        .collect();
+    family("dense", &specs);
+}
+
+#[test]
+fn causal() {
+    // N > M leaves the first N - M rows with no visible key: output 0, LSE -inf.
+    let cases = [
+        (1, 1, 32),
+        (7, 64, 64),
+        (113, 203, 80),
+        (203, 113, 96),
+        (64, 64, 128),
+        (333, 333, 256),
+        (1000, 1000, 64),
+        (1, 1000, 64),
+    ];
+    let specs: Vec<_> = cases
+        .iter()
+        .map(|&(n, m, d)| AttnSpec::new(shape(2, 2, n, m, d)).causal(true))
+        .collect();
+    family("causal", &specs);
+}
+
+#[test]
+fn window() {
+    let windows = [
+        (Window::new(0, 0), false),
+        (Window::new(3, 0), true),
+        (Window::new(17, 5), false),
+        (Window::new(40, 40), true),
+        (
+            Window {
+                left: None,
+                right: Some(2),
+            },
+            false,
+        ),
+        (
+            Window {
+                left: Some(100),
+                right: None,
+            },
+            false,
+        ),
+    ];
+    let sizes = [
+        (113, 203),
+        (203, 113),
+        (333, 333),
+        (64, 1000),
+        (7, 7),
+        (1, 203),
+    ];
+    let specs: Vec<_> = windows
+        .iter()
+        .zip(sizes)
+        .map(|(&(w, causal), (n, m))| {
+            AttnSpec::new(shape(2, 2, n, m, 64))
+                .window(Some(w))
+                .causal(causal)
+        })
+        .collect();
+    family("window", &specs);
+}
+
+#[test]
+fn alibi() {
+    let specs = [
+        AttnSpec::new(shape(8, 8, 113, 203, 32)).alibi(Alibi::Standard),
+        AttnSpec::new(shape(12, 4, 64, 64, 64))
+            .alibi(Alibi::Standard)
+            .causal(true),
+        AttnSpec::new(shape(5, 5, 203, 113, 80))
+            .alibi(Alibi::Standard)
+            .window(Some(Window::new(20, 3))),
+        AttnSpec::new(shape(6, 6, 333, 333, 64))
+            .alibi(Alibi::Standard)
+            .causal(true),
+        AttnSpec::new(shape(2, 1, 1, 1000, 128))
+            .alibi(Alibi::Custom(vec![0.5, 0.01]))
+            .causal(true),
+    ];
+    family("alibi", &specs);
+}
+
+#[test]
+fn grouped_heads() {
+    let specs = [
+        AttnSpec::new(shape(4, 4, 113, 203, 64)),
+        AttnSpec::new(shape(12, 4, 113, 203, 64)).causal(true),
+        AttnSpec::new(shape(8, 1, 203, 113, 96)),
+        AttnSpec::new(shape(6, 6, 64, 64, 128)).causal(true),
+        AttnSpec::new(shape(5, 5, 7, 333, 32)),
+        AttnSpec::new(AttnShape {
+            batch: 3,
+            heads: 4,
+            kv_heads: 2,
+            n: 33,
+            m: 65,
+            head_dim: 64,
+        })
+        .causal(true),
+    ];
+    family("gqa/mqa", &specs);
+}
+
+#[test]
+fn n_ne_m() {
+    let specs = [
+        AttnSpec::new(shape(2, 2, 1, 333, 64)),
+        AttnSpec::new(shape(2, 2, 333, 1, 64)),
+        AttnSpec::new(shape(2, 2, 1000, 7, 32)).causal(true),
+        AttnSpec::new(shape(2, 1, 7, 1000, 256)).causal(true),
+        AttnSpec::new(shape(2, 2, 203, 113, 64)).window(Some(Window::new(5, 5))),
+    ];
+    family("N≠M", &specs);
+}
