@@ -12,7 +12,8 @@ use crate::kernels::ShaderVariant;
 /// How longctx picks an adapter when it creates its own device.
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
-    /// Backends to consider; `None` means wgpu's `WGPU_BACKEND` variable or all backends.
+    /// Backends to consider; `None` means wgpu's `WGPU_BACKEND` variable, else the primary
+    /// backends (Vulkan, Metal, DX12) and GL only when none of those has an adapter.
     pub backends: Option<wgpu::Backends>,
     /// Case-insensitive substring of the adapter name; `None` reads `LONGCTX_ADAPTER`.
     pub adapter: Option<String>,
@@ -48,12 +49,24 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
-fn instance(backends: Option<wgpu::Backends>) -> wgpu::Instance {
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-    if let Some(b) = backends {
-        desc.backends = b;
-    }
+    desc.backends = backends;
     wgpu::Instance::new(desc)
+}
+
+/// Adapters of the requested backends; by default primary backends first, GL as fallback
+/// (probing GL needlessly prints EGL errors on headless machines).
+fn adapters(options: &GpuOptions) -> Vec<wgpu::Adapter> {
+    let requested = options.backends.or_else(wgpu::Backends::from_env);
+    let enumerate = |b: wgpu::Backends| pollster::block_on(instance(b).enumerate_adapters(b));
+    match requested {
+        Some(b) => enumerate(b),
+        None => {
+            let primary = enumerate(wgpu::Backends::PRIMARY);
+            if primary.is_empty() { enumerate(wgpu::Backends::all()) } else { primary }
+        }
+    }
 }
 
 /// Higher is preferred: real GPUs first, then Vulkan/Metal/DX12 over GL.
@@ -75,8 +88,7 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
 
 /// Every adapter wgpu can see, best first.
 pub fn list_adapters(options: &GpuOptions) -> Vec<wgpu::AdapterInfo> {
-    let inst = instance(options.backends);
-    let mut infos: Vec<_> = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()))
+    let mut infos: Vec<_> = adapters(options)
         .iter()
         .map(|a| a.get_info())
         .collect();
@@ -88,8 +100,7 @@ impl Gpu {
     /// Creates a device of its own on the best adapter (see [`GpuOptions`]), with the
     /// adapter's full limits and the [`USEFUL_FEATURES`] it supports.
     pub fn new(options: &GpuOptions) -> Result<Self> {
-        let inst = instance(options.backends);
-        let mut adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+        let mut adapters = adapters(options);
         let filter = options
             .adapter
             .clone()

@@ -10,72 +10,98 @@ use crate::error::Result;
 use crate::spec::{AttnOutput, AttnSpec};
 
 /// Forward attention in f64. Returns O `[B,H,N,D]` and LSE `[B,H,N]` (as f64).
-pub fn attention_f64(
-    spec: &AttnSpec,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-) -> Result<(Vec<f64>, Vec<f64>)> {
+pub fn attention_f64(spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32]) -> Result<(Vec<f64>, Vec<f64>)> {
     spec.check_inputs(q, k, v)?;
     let s = spec.shape;
-    let (d, n, m) = (s.head_dim, s.n, s.m);
-    let scale = spec.scale_value() as f64;
-    let slopes = spec.slopes();
-    let (lo, hi) = spec.band();
-    let q_offset = s.q_offset();
-
     let mut o = vec![0f64; s.q_len()];
     let mut lse = vec![f64::NEG_INFINITY; s.lse_len()];
-    o.par_chunks_mut(d)
+    let slopes = spec.slopes();
+    o.par_chunks_mut(s.head_dim)
         .zip(lse.par_iter_mut())
         .enumerate()
         .for_each_init(
-            || vec![0f64; m],
+            || vec![0f64; s.m],
             |scores, (row, (o_row, lse_row))| {
-                let i = row % n;
-                let bh = row / n;
-                let (b, h) = (bh / s.heads, bh % s.heads);
-                let kvh = h / s.group();
-                let q_row = &q[row * d..(row + 1) * d];
-                let kv_base = (b * s.kv_heads + kvh) * m * d;
-                let slope = slopes.as_ref().map_or(0.0, |sl| sl[h] as f64);
-                let pos = q_offset + i as i64;
-                let mut max = f64::NEG_INFINITY;
-                for (j, sc) in scores.iter_mut().enumerate() {
-                    let dist = pos - j as i64;
-                    if dist < lo || dist > hi {
-                        *sc = f64::NEG_INFINITY;
-                        continue;
-                    }
-                    let k_row = &k[kv_base + j * d..kv_base + (j + 1) * d];
-                    let dot: f64 = q_row
-                        .iter()
-                        .zip(k_row)
-                        .map(|(&a, &b)| a as f64 * b as f64)
-                        .sum();
-                    *sc = scale * dot - slope * dist.unsigned_abs() as f64;
-                    max = max.max(*sc);
-                }
-                if max == f64::NEG_INFINITY {
-                    return; // fully masked row: O = 0, LSE = -inf
-                }
-                let mut sum = 0.0;
-                for (j, &sc) in scores.iter().enumerate() {
-                    if sc == f64::NEG_INFINITY {
-                        continue;
-                    }
-                    let p = (sc - max).exp();
-                    sum += p;
-                    let v_row = &v[kv_base + j * d..kv_base + (j + 1) * d];
-                    for (acc, &x) in o_row.iter_mut().zip(v_row) {
-                        *acc += p * x as f64;
-                    }
-                }
-                o_row.iter_mut().for_each(|x| *x /= sum);
-                *lse_row = max + sum.ln();
+                *lse_row = row_f64(spec, slopes.as_deref(), q, k, v, row, scores, o_row);
             },
         );
     Ok((o, lse))
+}
+
+/// The oracle on selected rows only (flat row index `(b·H + h)·N + i`): for spot checks of
+/// problems too large to compute whole. Returns each row's O (D values) and LSE.
+pub fn attention_rows_f64(spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32], rows: &[usize]) -> Result<Vec<(Vec<f64>, f64)>> {
+    spec.check_inputs(q, k, v)?;
+    let s = spec.shape;
+    if let Some(&r) = rows.iter().find(|&&r| r >= s.lse_len()) {
+        return Err(crate::Error::Shape(format!("row {r} is out of range (B·H·N = {})", s.lse_len())));
+    }
+    let slopes = spec.slopes();
+    Ok(rows
+        .par_iter()
+        .map(|&row| {
+            let mut scores = vec![0f64; s.m];
+            let mut o_row = vec![0f64; s.head_dim];
+            let lse = row_f64(spec, slopes.as_deref(), q, k, v, row, &mut scores, &mut o_row);
+            (o_row, lse)
+        })
+        .collect())
+}
+
+/// One query row from the definition; writes O into `o_row` and returns the LSE.
+#[allow(clippy::too_many_arguments)]
+fn row_f64(
+    spec: &AttnSpec,
+    slopes: Option<&[f32]>,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    row: usize,
+    scores: &mut [f64],
+    o_row: &mut [f64],
+) -> f64 {
+    let s = spec.shape;
+    let (d, n, m) = (s.head_dim, s.n, s.m);
+    let scale = spec.scale_value() as f64;
+    let (lo, hi) = spec.band();
+    let i = row % n;
+    let bh = row / n;
+    let (b, h) = (bh / s.heads, bh % s.heads);
+    let kvh = h / s.group();
+    let q_row = &q[row * d..(row + 1) * d];
+    let kv_base = (b * s.kv_heads + kvh) * m * d;
+    let slope = slopes.map_or(0.0, |sl| sl[h] as f64);
+    let pos = spec.position(i);
+    o_row.iter_mut().for_each(|x| *x = 0.0);
+    let mut max = f64::NEG_INFINITY;
+    for (j, sc) in scores.iter_mut().enumerate() {
+        let dist = pos - j as i64;
+        if dist < lo || dist > hi {
+            *sc = f64::NEG_INFINITY;
+            continue;
+        }
+        let k_row = &k[kv_base + j * d..kv_base + (j + 1) * d];
+        let dot: f64 = q_row.iter().zip(k_row).map(|(&a, &b)| a as f64 * b as f64).sum();
+        *sc = scale * dot - slope * dist.unsigned_abs() as f64;
+        max = max.max(*sc);
+    }
+    if max == f64::NEG_INFINITY {
+        return f64::NEG_INFINITY; // fully masked row: O = 0, LSE = -inf
+    }
+    let mut sum = 0.0;
+    for (j, &sc) in scores.iter().enumerate() {
+        if sc == f64::NEG_INFINITY {
+            continue;
+        }
+        let p = (sc - max).exp();
+        sum += p;
+        let v_row = &v[kv_base + j * d..kv_base + (j + 1) * d];
+        for (acc, &x) in o_row.iter_mut().zip(v_row) {
+            *acc += p * x as f64;
+        }
+    }
+    o_row.iter_mut().for_each(|x| *x /= sum);
+    max + sum.ln()
 }
 
 /// Forward attention on the CPU, rounded to f32 (the `--kernel cpu` path).

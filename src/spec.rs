@@ -242,6 +242,27 @@ impl AttnSpec {
         lo <= d && d <= hi
     }
 
+    /// Visible (query, key) pairs of one (batch, head): the N·M that a mask leaves.
+    pub fn visible_pairs(&self) -> u64 {
+        let (lo, hi) = self.band();
+        let m = self.shape.m as i64;
+        (0..self.shape.n)
+            .map(|i| {
+                let p = self.position(i);
+                let first = (p - hi).max(0);
+                let last = (p - lo).min(m - 1);
+                (last - first + 1).max(0) as u64
+            })
+            .sum()
+    }
+
+    /// Forward FLOPs, the standard count: `4·B·H·D·(visible pairs)` (two matmuls, one
+    /// multiply and one add each; softmax and masking not counted).
+    pub fn flops(&self) -> f64 {
+        let s = self.shape;
+        4.0 * (s.batch * s.heads * s.head_dim) as f64 * self.visible_pairs() as f64
+    }
+
     /// Checks shape, scale and slopes.
     pub fn validate(&self) -> Result<()> {
         self.shape.validate()?;

@@ -59,7 +59,11 @@ impl FlashConfig {
     /// The default for this device: 64 rows, `p` from the head dim, and the largest key
     /// tile in {32, 16, 8, 4} that fits the device's workgroup memory.
     pub fn for_device(gpu: &Gpu, d: usize) -> Self {
-        let limits = gpu.limits();
+        Self::for_limits(gpu.limits(), d)
+    }
+
+    /// [`FlashConfig::for_device`] for a device with these limits.
+    pub fn for_limits(limits: &wgpu::Limits, d: usize) -> Self {
         let p = Self::parts_for(d);
         let max_inv = limits
             .max_compute_invocations_per_workgroup

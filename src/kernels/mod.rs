@@ -135,6 +135,19 @@ pub(crate) fn check_head_dim(kernel: &'static str, d: usize) -> Result<()> {
     Ok(())
 }
 
+/// Every shader variant the engine can build for a device with `limits`, over every
+/// supported head dim: what the naga validation test walks.
+pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
+    (4..=MAX_HEAD_DIM)
+        .step_by(4)
+        .flat_map(|d| {
+            let mut v = vec![flash::FlashConfig::for_limits(limits, d).variant(d)];
+            v.extend(naive::variants(d));
+            v
+        })
+        .collect()
+}
+
 /// Which GPU attention kernel to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {

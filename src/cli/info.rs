@@ -1,0 +1,75 @@
+//! `longctx info`.
+
+use longctx::gpu::{USEFUL_FEATURES, list_adapters};
+use longctx::{FlashConfig, Gpu};
+
+use super::DeviceArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct InfoArgs {
+    /// List every adapter wgpu can see, best first, instead of describing the chosen one.
+    #[arg(long)]
+    all: bool,
+}
+
+pub fn run(dev: &DeviceArgs, args: &InfoArgs) -> anyhow::Result<()> {
+    if args.all {
+        let adapters = list_adapters(&dev.options());
+        if adapters.is_empty() {
+            anyhow::bail!(longctx::Error::NoAdapter { detail: String::new() });
+        }
+        for a in adapters {
+            println!("{:<40} {:?} {:?} ({} {})", a.name, a.backend, a.device_type, a.driver, a.driver_info);
+        }
+        return Ok(());
+    }
+    let gpu = dev.gpu()?;
+    print!("{}", describe(&gpu));
+    Ok(())
+}
+
+/// The adapter, features and limits as text.
+pub fn describe(gpu: &Gpu) -> String {
+    let i = gpu.info();
+    let l = gpu.limits();
+    let f = gpu.features();
+    let yes = |feat: wgpu::Features| if f.contains(feat) { "yes" } else { "no" };
+    let kib = |b: u64| format!("{} KiB", b / 1024);
+    let mib = |b: u64| format!("{} MiB", b / (1024 * 1024));
+    let mut s = String::new();
+    let mut line = |k: &str, v: String| s.push_str(&format!("{k:<34} {v}\n"));
+    line("adapter", i.name.clone());
+    line("backend", format!("{:?}", i.backend));
+    line("device type", format!("{:?}", i.device_type));
+    line("driver", format!("{} {}", i.driver, i.driver_info).trim().to_string());
+    line("vendor / device id", format!("0x{:04x} / 0x{:04x}", i.vendor, i.device));
+    line("subgroup size", format!("{}..={}", i.subgroup_min_size, i.subgroup_max_size));
+    line("feature SUBGROUP", yes(wgpu::Features::SUBGROUP).into());
+    line("feature SHADER_F16", yes(wgpu::Features::SHADER_F16).into());
+    line("feature TIMESTAMP_QUERY", yes(wgpu::Features::TIMESTAMP_QUERY).into());
+    debug_assert!(USEFUL_FEATURES.contains(wgpu::Features::SUBGROUP));
+    line("workgroup storage", kib(l.max_compute_workgroup_storage_size as u64));
+    line("invocations per workgroup", l.max_compute_invocations_per_workgroup.to_string());
+    line(
+        "workgroup size x / y / z",
+        format!("{} / {} / {}", l.max_compute_workgroup_size_x, l.max_compute_workgroup_size_y, l.max_compute_workgroup_size_z),
+    );
+    line("workgroups per dimension", l.max_compute_workgroups_per_dimension.to_string());
+    line("storage binding size", mib(l.max_storage_buffer_binding_size));
+    line("buffer size", mib(l.max_buffer_size));
+    line("storage buffers per stage", l.max_storage_buffers_per_shader_stage.to_string());
+    for d in [64, 128, 256] {
+        let c = FlashConfig::for_device(gpu, d);
+        line(
+            &format!("flash tiles at D = {d}"),
+            format!(
+                "BR {} rows × BC {} keys, {} invocation(s)/row, {} B workgroup memory",
+                c.br,
+                c.bc,
+                c.p,
+                c.workgroup_bytes(d)
+            ),
+        );
+    }
+    s
+}

@@ -1,0 +1,62 @@
+//! Subcommands: thin layers that parse flags, call the library and print.
+
+mod attention;
+mod bench;
+mod info;
+
+use clap::{Parser, Subcommand};
+use longctx::{Gpu, GpuOptions};
+
+/// longctx — long-context attention kernels (FlashAttention, ALiBi, windows, MQA/GQA) in
+/// WGSL on any wgpu adapter, each checked against an f64 CPU oracle.
+#[derive(Parser, Debug)]
+#[command(name = "longctx", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How to pick the GPU adapter.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Use the first adapter whose name contains this text (case-insensitive); also
+    /// LONGCTX_ADAPTER. `longctx info --all` lists the adapters.
+    #[arg(long, global = true)]
+    pub adapter: Option<String>,
+    /// Restrict to these wgpu backends, comma-separated: vulkan, metal, dx12, gl
+    /// (default: WGPU_BACKEND or all; Vulkan is preferred over GL).
+    #[arg(long, global = true)]
+    pub backend: Option<String>,
+}
+
+impl DeviceArgs {
+    pub fn options(&self) -> GpuOptions {
+        GpuOptions {
+            backends: self.backend.as_deref().map(wgpu::Backends::from_comma_list),
+            adapter: self.adapter.clone(),
+        }
+    }
+    pub fn gpu(&self) -> anyhow::Result<Gpu> {
+        Ok(Gpu::new(&self.options())?)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show the adapter, its features and the limits the kernels depend on.
+    Info(info::InfoArgs),
+    /// Run attention on .npy tensors: O = softmax(scale·QKᵀ + bias, masked)·V.
+    Attention(attention::AttentionArgs),
+    /// Time the kernels (validated against the oracle first) and print a table.
+    Bench(bench::BenchArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Info(a) => info::run(&cli.device, &a),
+        Command::Attention(a) => attention::run(&cli.device, &a),
+        Command::Bench(a) => bench::run(&cli.device, &a),
+    }
+}

@@ -1,0 +1,154 @@
+//! The `longctx` binary end to end: .npy round trips and one clear error line per bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use longctx::io::{read_npy, write_npy};
+use longctx::reference::rel_error;
+use rand::{SeedableRng, rngs::StdRng};
+
+fn longctx(args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_longctx"));
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // Mesa prints a warning line without it; the tests count stderr lines.
+        cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+    cmd.args(args).output().expect("spawn longctx")
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Writes Q [h,n,d] and K, V [hkv,m,d] with random values; returns their paths.
+fn trio(dir: &Path, h: usize, hkv: usize, n: usize, m: usize, d: usize, seed: u64) -> [PathBuf; 3] {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let paths = ["q", "k", "v"].map(|x| dir.join(format!("{x}.npy")));
+    write_npy(&paths[0], &[h, n, d], &common::random(h * n * d, &mut rng)).unwrap();
+    write_npy(&paths[1], &[hkv, m, d], &common::random(hkv * m * d, &mut rng)).unwrap();
+    write_npy(&paths[2], &[hkv, m, d], &common::random(hkv * m * d, &mut rng)).unwrap();
+    paths
+}
+
+/// Runs and expects failure with one `error:` line containing `needle`, and no panic.
+fn fails_with(args: &[&str], needle: &str) {
+    let out = longctx(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure for {args:?}");
+    assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line expected for {args:?}: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
+}
+
+#[test]
+fn flash_and_naive_match_cpu_through_npy_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = common::seed();
+    let [q, k, v] = trio(dir.path(), 6, 2, 37, 91, 64, seed);
+    let mut outs = Vec::new();
+    for kernel in ["cpu", "flash", "naive"] {
+        let o = dir.path().join(format!("o_{kernel}.npy"));
+        let l = dir.path().join(format!("l_{kernel}.npy"));
+        let out = longctx(&[
+            "attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&o), "--lse", p(&l),
+            "--causal", "--alibi", "--window", "20,-1", "--kernel", kernel,
+        ]);
+        assert!(out.status.success(), "{kernel}: {}", String::from_utf8_lossy(&out.stderr));
+        let o = read_npy(&o).unwrap();
+        let l = read_npy(&l).unwrap();
+        assert_eq!(o.shape, vec![6, 37, 64]);
+        assert_eq!(l.shape, vec![6, 37]);
+        outs.push(o.data);
+    }
+    let cpu: Vec<f64> = outs[0].iter().map(|&x| x as f64).collect();
+    for (name, o) in ["flash", "naive"].iter().zip(&outs[1..]) {
+        let err = rel_error(o, &cpu);
+        println!("{name} vs --kernel cpu: rel err {err:.2e} (seed {seed})");
+        assert!(err <= 1e-5, "{name}: {err} (seed {seed})");
+    }
+}
+
+#[test]
+fn bad_inputs_fail_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let [q, k, v] = trio(d, 4, 2, 8, 8, 16, 1);
+    let out = d.join("o.npy");
+    let base = |q: &Path, k: &Path, v: &Path| -> Vec<String> {
+        ["attention", "--q", p(q), "--k", p(k), "--v", p(v), "--out", p(&out)].map(String::from).to_vec()
+    };
+    let run = |args: Vec<String>, needle: &str| fails_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), needle);
+
+    // mismatched head dim
+    let k_bad = d.join("k_bad.npy");
+    write_npy(&k_bad, &[2, 8, 12], &vec![0.0; 2 * 8 * 12]).unwrap();
+    run(base(&q, &k_bad, &k_bad), "head dim differs");
+    // H % Hkv != 0
+    let k3 = d.join("k3.npy");
+    write_npy(&k3, &[3, 8, 16], &vec![0.0; 3 * 8 * 16]).unwrap();
+    run(base(&q, &k3, &k3), "multiple of key/value heads");
+    // not float32
+    let q64 = d.join("q64.npy");
+    npyz::to_file(&q64, vec![0f64; 4 * 8 * 16].into_iter()).unwrap();
+    run(base(&q64, &k, &v), "float32");
+    // NaN
+    let qnan = d.join("qnan.npy");
+    let mut data = vec![0.5f32; 4 * 8 * 16];
+    data[77] = f32::NAN;
+    write_npy(&qnan, &[4, 8, 16], &data).unwrap();
+    run(base(&qnan, &k, &v), "non-finite value (NaN) at flat index 77");
+    // empty
+    let qe = d.join("qe.npy");
+    write_npy(&qe, &[4, 0, 16], &[]).unwrap();
+    run(base(&qe, &k, &v), "empty");
+    // bad window syntax
+    let mut args = base(&q, &k, &v);
+    args.extend(["--window".into(), "3;4".into()]);
+    run(args, "window `3;4`");
+    // missing file
+    run(base(&d.join("nope.npy"), &k, &v), "cannot open");
+    // corrupt file
+    let junk = d.join("junk.npy");
+    std::fs::write(&junk, b"\x93NUMPY garbage that is not a header").unwrap();
+    run(base(&junk, &k, &v), "not a valid .npy file");
+    // truncated data
+    let trunc = d.join("trunc.npy");
+    let bytes = std::fs::read(&q).unwrap();
+    std::fs::write(&trunc, &bytes[..bytes.len() - 100]).unwrap();
+    run(base(&trunc, &k, &v), "corrupt");
+    // wrong rank
+    let q2 = d.join("q2.npy");
+    write_npy(&q2, &[8, 16], &vec![0.0; 128]).unwrap();
+    run(base(&q2, &k, &v), "shapes disagree");
+    // head dim beyond the kernels
+    let [qh, kh, vh] = trio(&d.join("."), 1, 1, 2, 2, 260, 2);
+    run(base(&qh, &kh, &vh), "head dim 260");
+}
+
+#[test]
+fn size_beyond_the_device_is_a_clear_error() {
+    // naive materialises N×M scores: 6000² floats = 137 MiB > a 128 MiB binding.
+    let gpu = common::gpu();
+    let limit = gpu.limits().max_storage_buffer_binding_size;
+    let n = ((limit / 4) as f64).sqrt() as usize + 100;
+    let dir = tempfile::tempdir().unwrap();
+    let [q, k, v] = trio(dir.path(), 1, 1, n, n, 4, 3);
+    let out = dir.path().join("o.npy");
+    fails_with(
+        &["attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&out), "--kernel", "naive"],
+        "max_storage_buffer_binding_size",
+    );
+}
+
+#[test]
+fn info_names_the_adapter_and_limits() {
+    let out = longctx(&["info"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for key in ["adapter", "backend", "workgroup storage", "storage binding size", "TIMESTAMP_QUERY"] {
+        assert!(text.contains(key), "`{key}` missing from:\n{text}");
+    }
+}

@@ -1,0 +1,68 @@
+//! Every shader variant the engine can produce passes naga's parser and validator, for the
+//! present device and for limit sets of devices that are not present.
+
+mod common;
+
+use longctx::FlashConfig;
+use longctx::kernels::all_variants;
+
+fn limit_sets() -> Vec<(&'static str, wgpu::Limits)> {
+    let lavapipe = wgpu::Limits {
+        max_compute_workgroup_storage_size: 32 * 1024,
+        max_compute_invocations_per_workgroup: 1024,
+        max_compute_workgroup_size_x: 1024,
+        ..wgpu::Limits::default()
+    };
+    let a100_vulkan = wgpu::Limits {
+        max_compute_workgroup_storage_size: 48 * 1024,
+        max_compute_invocations_per_workgroup: 1024,
+        max_compute_workgroup_size_x: 1024,
+        ..wgpu::Limits::default()
+    };
+    vec![
+        ("webgpu-default", wgpu::Limits::default()),
+        ("downlevel", wgpu::Limits::downlevel_defaults()),
+        ("lavapipe", lavapipe),
+        ("a100-vulkan", a100_vulkan),
+        ("present device", common::gpu().limits().clone()),
+    ]
+}
+
+#[test]
+fn every_variant_validates_with_naga() {
+    let mut count = 0;
+    for (name, limits) in limit_sets() {
+        for v in all_variants(&limits) {
+            v.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            count += 1;
+        }
+    }
+    println!("{count} shader variants validated");
+}
+
+#[test]
+fn default_tiles_fit_their_limits() {
+    for (name, limits) in limit_sets() {
+        for d in (4..=256).step_by(4) {
+            let c = FlashConfig::for_limits(&limits, d);
+            assert!(
+                c.workgroup_bytes(d) <= limits.max_compute_workgroup_storage_size as u64,
+                "{name}: D={d} {c:?} needs {} bytes",
+                c.workgroup_bytes(d)
+            );
+            assert!(c.invocations() <= limits.max_compute_invocations_per_workgroup, "{name}: D={d} {c:?}");
+        }
+    }
+}
+
+#[test]
+fn oversized_workgroup_memory_is_a_typed_error() {
+    // wgpu 30 does not check var<workgroup> against the limit; the engine must.
+    let gpu = common::gpu();
+    let spec = longctx::AttnSpec::new(longctx::AttnShape::mha(1, 1, 8, 8, 256));
+    let huge = FlashConfig { br: 64, bc: 64, p: 2 };
+    let err = longctx::Attention::flash_with(gpu, &spec, huge).err().expect("must fail");
+    let msg = err.to_string();
+    assert!(matches!(err, longctx::Error::WorkgroupMemory { .. }), "{msg}");
+    assert!(msg.contains(&huge.workgroup_bytes(256).to_string()), "{msg}");
+}
