@@ -29,10 +29,19 @@ pub fn main() {
     let (q, k, v) = (wave(shape.q_len(), 0.37), wave(shape.kv_len(), 0.11), wave(shape.kv_len(), 0.05));
     let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
     let init = |data: &[f32]| {
-        device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytemuck::cast_slice(data), usage })
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(data),
+            usage,
+        })
     };
     let empty = |len: usize| {
-        device.create_buffer(&wgpu::BufferDescriptor { label: None, size: (len * 4) as u64, usage, mapped_at_creation: false })
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: (len * 4) as u64,
+            usage,
+            mapped_at_creation: false,
+        })
     };
     let (q_buf, k_buf, v_buf) = (init(&q), init(&k), init(&v));
     let (o_buf, lse_buf) = (empty(shape.q_len()), empty(shape.lse_len()));
@@ -41,8 +50,12 @@ pub fn main() {
     let gpu = Gpu::from_wgpu(device.clone(), queue.clone(), adapter.get_info());
     let attn = Attention::new(&gpu, Kernel::Flash, &spec).expect("prepare attention");
     let mut encoder = device.create_command_encoder(&Default::default());
-    attn.encode(&gpu, &mut encoder, &AttnBuffers { q: &q_buf, k: &k_buf, v: &v_buf, o: &o_buf, lse: &lse_buf })
-        .expect("encode attention");
+    attn.encode(
+        &gpu,
+        &mut encoder,
+        &AttnBuffers { q: &q_buf, k: &k_buf, v: &v_buf, o: &o_buf, lse: &lse_buf },
+    )
+    .expect("encode attention");
     queue.submit([encoder.finish()]);
 
     // --- the host reads its output and checks it ---

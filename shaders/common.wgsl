@@ -17,7 +17,12 @@ struct Params {
     map_rows: u32,   // offset of the tile entries in the block map buffer
     neg_inf: f32,    // -inf, passed in because WGSL cannot spell it
     batch: u32,
-    pad: u32,
+    mask_base: u32,  // offset of the per-entry mask indices (flash) / 0 = no mask bits (naive)
+    bits_base: u32,  // offset of the visibility bits
+    bits_stride: u32, // naive: u32 words per query row of the visibility bits
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

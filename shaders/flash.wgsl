@@ -3,7 +3,8 @@
 // Algorithm: a workgroup owns BR consecutive query rows of one (batch, head); each
 // invocation owns one row, keeping q (pre-scaled), the output accumulator and the running
 // max / sum in private memory. The workgroup walks the key tiles listed for its query tile
-// in the block map (CSR: row pointers, then entries `tile | FULL<<31`); for each it stages
+// in the block map (CSR: row pointers, entries `tile | FULL<<31`, per-entry mask indices,
+// visibility bits for tiles a sparse mask covers only partly); for each it stages
 // BC keys of K and V in workgroup memory, computes BC scores per row, and folds them into
 // the running softmax (rescaling the accumulator once per tile). Tiles absent from the map
 // are never loaded; FULL tiles skip the per-element mask test. The N×M score matrix is
@@ -26,8 +27,12 @@
 @group(0) @binding(5) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(6) var<storage, read> block_map: array<u32>;
 @group(0) @binding(7) var<storage, read> slopes: array<f32>;
+// Instrumentation (COUNT = 1 only): [0] tiles visited, [1] K/V keys loaded, [2] query rows
+// loaded, [3] rows written. Bytes follow on the host: keys·D·4·2, rows·D·4, rows·(D+1)·4.
+@group(0) @binding(8) var<storage, read_write> counters: array<atomic<u32>>;
 
 const FULL: u32 = 0x80000000u;
+const NO_BITS: u32 = 0xffffffffu;
 
 var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
 var<workgroup> v_tile: array<vec4<f32>, BC * D4>;
@@ -72,10 +77,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let map_row = map_head * params.n_qtiles + qt;
     let t_begin = block_map[map_row];
     let t_end = block_map[map_row + 1u];
+    if COUNT != 0u && lid == 0u {
+        let rows = min(BR, params.n - qt * BR);
+        atomicAdd(&counters[2], rows);
+        atomicAdd(&counters[3], rows);
+    }
     for (var t = t_begin; t < t_end; t++) {
         let entry = block_map[params.map_rows + t];
         let key0 = (entry & ~FULL) * BC;
         let full = (entry & FULL) != 0u;
+        let bits_at = block_map[params.mask_base + t];
+        if COUNT != 0u && lid == 0u {
+            atomicAdd(&counters[0], 1u);
+            atomicAdd(&counters[1], min(BC, params.m - key0));
+        }
 
         // Stage the K and V tile (keys past M read as zero and are masked below).
         for (var x = lid; x < BC * D4; x += BR * P) {
@@ -116,11 +131,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
 
         if live {
+            var row_bits = 0xffffffffu;
+            if bits_at != NO_BITS {
+                row_bits = block_map[params.bits_base + bits_at + r];
+            }
             var tile_max = MASKED;
             for (var c = 0u; c < BC; c++) {
                 let key = i32(key0 + c);
                 var sc = s[c] + alibi_bias(slope, pos, key);
-                if !full && !(u32(key) < params.m && is_visible(pos, key)) {
+                if !full && !(u32(key) < params.m && is_visible(pos, key) && ((row_bits >> c) & 1u) != 0u) {
                     sc = MASKED;
                 }
                 s[c] = sc;

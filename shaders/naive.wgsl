@@ -6,6 +6,7 @@
 //   pv:      O = P·V                                                     (one invocation per o_i,4 lanes)
 // Device-memory traffic per (b, h): S written once, read twice, written again, read once
 // (≈ 5·N·M·4 bytes), plus Q, K, V reads of N·M·D per pass — Θ(N·D + N·M) beyond the inputs.
+// A sparse mask arrives as N×M visibility bits (computed on the CPU), so no tile is skipped.
 
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
@@ -14,6 +15,21 @@
 @group(0) @binding(5) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(6) var<storage, read_write> s: array<f32>;
 @group(0) @binding(7) var<storage, read> slopes: array<f32>;
+// Visibility bits of a sparse mask: bit j%32 of word [(mask_head·N + i)·bits_stride + j/32].
+// bits_stride = 0: no sparse mask.
+@group(0) @binding(8) var<storage, read> mask_bits: array<u32>;
+
+fn mask_allows(h: u32, i: u32, j: u32) -> bool {
+    if params.bits_stride == 0u {
+        return true;
+    }
+    var mh = 0u;
+    if params.map_heads > 1u {
+        mh = h;
+    }
+    let word = mask_bits[(mh * params.n + i) * params.bits_stride + j / 32u];
+    return ((word >> (j % 32u)) & 1u) != 0u;
+}
 
 @compute @workgroup_size(8, 8)
 fn scores(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -30,7 +46,7 @@ fn scores(@builtin(global_invocation_id) gid: vec3<u32>) {
     let k_base = ((b * params.kv_heads + kvh) * params.m + j) * D4;
     let pos = params.q_offset + i32(i);
     var sc = MASKED;
-    if is_visible(pos, i32(j)) {
+    if is_visible(pos, i32(j)) && mask_allows(h, i, j) {
         var dot_qk = 0.0;
         for (var x = 0u; x < D4; x++) {
             dot_qk += dot(q[q_base + x], k[k_base + x]);

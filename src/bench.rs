@@ -38,7 +38,13 @@ impl Timing {
 
 /// Runs `attn` `warmup` times untimed, then `reps` times, each submit-to-idle on the host
 /// clock. Inputs stay resident; only the kernel's dispatches are inside the timed region.
-pub fn time_attention(gpu: &Gpu, attn: &Attention, io: &DeviceTensors, warmup: usize, reps: usize) -> Result<Timing> {
+pub fn time_attention(
+    gpu: &Gpu,
+    attn: &Attention,
+    io: &DeviceTensors,
+    warmup: usize,
+    reps: usize,
+) -> Result<Timing> {
     let mut samples_ms = Vec::with_capacity(reps);
     for i in 0..warmup + reps {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
@@ -57,11 +63,8 @@ pub fn time_attention(gpu: &Gpu, attn: &Attention, io: &DeviceTensors, warmup: u
 
 /// Least-squares slope of `ln y` against `ln x`: the exponent `k` in `y ∝ x^k`.
 pub fn fitted_exponent(points: &[(f64, f64)]) -> Option<f64> {
-    let pts: Vec<(f64, f64)> = points
-        .iter()
-        .filter(|(x, y)| *x > 0.0 && *y > 0.0)
-        .map(|(x, y)| (x.ln(), y.ln()))
-        .collect();
+    let pts: Vec<(f64, f64)> =
+        points.iter().filter(|(x, y)| *x > 0.0 && *y > 0.0).map(|(x, y)| (x.ln(), y.ln())).collect();
     if pts.len() < 2 {
         return None;
     }

@@ -1,15 +1,24 @@
 //! Block maps: for each query tile, the key tiles a kernel must visit (CSR), each tagged
 //! *full* (every pair visible: no per-element mask work) or *partial*.
 //!
-//! Kernels never decide which tiles to skip: they walk the list built here. Tiles that the
-//! causal and window rules make entirely invisible are simply not listed.
+//! Kernels never decide which tiles to skip: they walk the list built here, so work is
+//! proportional to the listed tiles. The causal/window band is re-checked in-kernel on
+//! partial tiles; where the sparse [`Mask`](crate::mask::Mask) only partly covers a tile,
+//! the map carries that tile's per-row visibility bits (`BR` words of `BC ≤ 32` bits), so any
+//! pattern — at any block size, aligned with the kernel's tiles or not — stays exact.
 
+use crate::error::{Error, Result};
+use crate::mask::{Coverage, band_coverage};
 use crate::spec::AttnSpec;
 
 /// Entry flag: every (row, key) pair of the tile is visible and the tile lies inside M.
 pub const FULL: u32 = 1 << 31;
+/// Mask-index value for "no visibility bits: the sparse mask covers the whole tile".
+pub const NO_BITS: u32 = u32::MAX;
+/// Widest key tile a bitmask word can describe.
+pub const MAX_BC: usize = 32;
 
-/// A CSR list of key tiles per query tile.
+/// A CSR list of key tiles per query tile (per head when the mask differs between heads).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockMap {
     /// Query rows per tile.
@@ -24,45 +33,90 @@ pub struct BlockMap {
     pub row_ptr: Vec<u32>,
     /// `key_tile | FULL` per visited tile.
     pub entries: Vec<u32>,
+    /// Per entry: offset of its visibility words in `bits`, or [`NO_BITS`].
+    pub mask_index: Vec<u32>,
+    /// `br` words per partially masked tile; bit `c` of word `r` = key `c` visible from row `r`.
+    pub bits: Vec<u32>,
+    /// Exactly visible (row, key) pairs, summed over the map's heads.
+    pub visible: u64,
 }
 
 impl BlockMap {
-    /// The map of the causal/window band of `spec` for `br × bc` tiles.
-    pub fn from_band(spec: &AttnSpec, br: usize, bc: usize) -> Self {
+    /// The map of `spec`'s band and sparse mask for `br × bc` tiles.
+    pub fn build(spec: &AttnSpec, br: usize, bc: usize) -> Result<Self> {
+        if br == 0 || bc == 0 || bc > MAX_BC {
+            return Err(Error::Invalid(format!(
+                "block map tiles {br}×{bc}: need br ≥ 1 and 1 ≤ bc ≤ {MAX_BC}"
+            )));
+        }
         let (n, m) = (spec.shape.n, spec.shape.m);
         let (lo, hi) = spec.band();
+        let q_off = spec.shape.q_offset();
+        let mask = spec.mask.as_ref();
+        let heads = if mask.is_some_and(|mk| mk.per_head()) { spec.shape.heads } else { 1 };
         let n_qtiles = n.div_ceil(br);
         let n_ktiles = m.div_ceil(bc);
-        let mut row_ptr = Vec::with_capacity(n_qtiles + 1);
-        let mut entries = Vec::new();
-        row_ptr.push(0);
-        for qt in 0..n_qtiles {
-            let p_first = spec.position(qt * br);
-            let p_last = spec.position(((qt + 1) * br).min(n) - 1);
-            // keys visible from any row of the tile: p_first - hi ..= p_last - lo
-            let j_min = (p_first - hi).max(0);
-            let j_max = (p_last - lo).min(m as i64 - 1);
-            if j_min <= j_max {
-                for kt in (j_min as usize / bc)..=(j_max as usize / bc) {
-                    let j0 = kt * bc;
-                    let j1 = j0 + bc; // exclusive, unclipped
-                    let d_min = p_first - (j1 as i64 - 1);
-                    let d_max = p_last - j0 as i64;
-                    let full = j1 <= m && d_min >= lo && d_max <= hi;
-                    entries.push(kt as u32 | if full { FULL } else { 0 });
-                }
-            }
-            row_ptr.push(entries.len() as u32);
-        }
-        Self {
+        let mut map = Self {
             br,
             bc,
             n_qtiles,
             n_ktiles,
-            heads: 1,
-            row_ptr,
-            entries,
+            heads,
+            row_ptr: vec![0],
+            entries: Vec::new(),
+            mask_index: Vec::new(),
+            bits: Vec::new(),
+            visible: 0,
+        };
+        for h in 0..heads {
+            for qt in 0..n_qtiles {
+                let rows = qt * br..((qt + 1) * br).min(n);
+                let (p_first, p_last) = (q_off + rows.start as i64, q_off + rows.end as i64 - 1);
+                // keys the band allows from any row of the tile: p_first − hi ..= p_last − lo
+                let j_min = (p_first - hi).max(0);
+                let j_max = (p_last - lo).min(m as i64 - 1);
+                if j_min <= j_max {
+                    for kt in (j_min as usize / bc)..=(j_max as usize / bc) {
+                        let keys = kt * bc..((kt + 1) * bc).min(m);
+                        let band =
+                            band_coverage(p_first, p_last, keys.start as i64, keys.end as i64 - 1, lo, hi);
+                        let sparse = mask.map_or(Coverage::Full, |mk| mk.coverage(h, &rows, &keys, q_off));
+                        if band == Coverage::Empty || sparse == Coverage::Empty {
+                            continue;
+                        }
+                        let full = band == Coverage::Full && sparse == Coverage::Full && keys.len() == bc;
+                        let mut index = NO_BITS;
+                        if sparse == Coverage::Partial {
+                            let mk = mask.expect("partial coverage needs a mask");
+                            index = map.bits.len() as u32;
+                            for r in 0..br {
+                                let i = rows.start + r;
+                                let word = if i < n {
+                                    keys.clone()
+                                        .enumerate()
+                                        .filter(|&(_, j)| mk.visible(h, i, j, q_off))
+                                        .fold(0u32, |w, (c, _)| w | 1 << c)
+                                } else {
+                                    0
+                                };
+                                map.bits.push(word);
+                            }
+                        }
+                        map.visible += if full {
+                            (rows.len() * bc) as u64
+                        } else {
+                            rows.clone()
+                                .map(|i| keys.clone().filter(|&j| spec.visible(h, i, j)).count() as u64)
+                                .sum::<u64>()
+                        };
+                        map.entries.push(kt as u32 | if full { FULL } else { 0 });
+                        map.mask_index.push(index);
+                    }
+                }
+                map.row_ptr.push(map.entries.len() as u32);
+            }
         }
+        Ok(map)
     }
 
     /// Listed tiles (summed over map heads).
@@ -70,16 +124,38 @@ impl BlockMap {
         self.entries.len()
     }
 
+    /// Visible pairs over `heads` query heads (a shared map counts once per head).
+    pub fn visible_pairs(&self, heads: usize) -> u64 {
+        if self.heads == 1 { self.visible * heads as u64 } else { self.visible }
+    }
+
     /// Fraction of (query tile, key tile) pairs not visited.
     pub fn sparsity(&self) -> f64 {
         1.0 - self.visited() as f64 / (self.heads * self.n_qtiles * self.n_ktiles) as f64
     }
 
-    /// The map as one u32 buffer: row pointers, then entries.
-    pub fn to_gpu_words(&self) -> Vec<u32> {
+    /// Entries of query tile `qt` of map head `h`.
+    pub fn row(&self, h: usize, qt: usize) -> &[u32] {
+        let r = h * self.n_qtiles + qt;
+        &self.entries[self.row_ptr[r] as usize..self.row_ptr[r + 1] as usize]
+    }
+
+    /// The map as one u32 buffer: row pointers, entries, mask indices, bits. Returns the
+    /// words and the offsets of entries, mask indices and bits.
+    pub fn to_gpu_words(&self) -> (Vec<u32>, [u32; 3]) {
         let mut words = self.row_ptr.clone();
+        let e = words.len() as u32;
         words.extend_from_slice(&self.entries);
-        words
+        let mi = words.len() as u32;
+        words.extend_from_slice(&self.mask_index);
+        let b = words.len() as u32;
+        words.extend_from_slice(&self.bits);
+        (words, [e, mi, b])
+    }
+
+    /// Device bytes of the map.
+    pub fn bytes(&self) -> u64 {
+        4 * (self.row_ptr.len() + 2 * self.entries.len() + self.bits.len()) as u64
     }
 }
 
@@ -100,7 +176,7 @@ mod tests {
                         let mut all = (kt + 1) * bc <= m;
                         for i in rows {
                             for j in kt * bc..(kt + 1) * bc {
-                                let vis = j < m && spec.visible(i, j);
+                                let vis = j < m && spec.visible(0, i, j);
                                 any |= vis;
                                 all &= vis;
                             }
@@ -121,26 +197,16 @@ mod tests {
                 (false, Some(Window::new(3, 0))),
                 (true, Some(Window::new(5, 9))),
                 (false, Some(Window::new(0, 0))),
-                (
-                    false,
-                    Some(Window {
-                        left: None,
-                        right: Some(2),
-                    }),
-                ),
+                (false, Some(Window { left: None, right: Some(2) })),
             ] {
-                let spec = AttnSpec::new(AttnShape::mha(1, 1, n, m, 4))
-                    .causal(causal)
-                    .window(window);
+                let spec = AttnSpec::new(AttnShape::mha(1, 1, n, m, 4)).causal(causal).window(window);
                 for (br, bc) in [(4, 8), (8, 4), (16, 16), (3, 5)] {
-                    let map = BlockMap::from_band(&spec, br, bc);
+                    let map = BlockMap::build(&spec, br, bc).unwrap();
+                    assert_eq!(map.visible, spec.band_pairs());
                     let want = brute(&spec, br, bc);
                     for (qt, row) in want.iter().enumerate() {
-                        let got: Vec<(usize, bool)> = map.entries
-                            [map.row_ptr[qt] as usize..map.row_ptr[qt + 1] as usize]
-                            .iter()
-                            .map(|&e| ((e & !FULL) as usize, e & FULL != 0))
-                            .collect();
+                        let got: Vec<(usize, bool)> =
+                            map.row(0, qt).iter().map(|&e| ((e & !FULL) as usize, e & FULL != 0)).collect();
                         assert_eq!(
                             &got, row,
                             "n={n} m={m} causal={causal} window={window:?} br={br} bc={bc} qt={qt}"

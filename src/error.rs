@@ -25,67 +25,37 @@ pub enum Error {
     HeadGroups { heads: usize, kv_heads: usize },
 
     #[error("head dim {head_dim} is not supported by the {kernel} kernel: {reason}")]
-    HeadDim {
-        kernel: &'static str,
-        head_dim: usize,
-        reason: &'static str,
-    },
+    HeadDim { kernel: &'static str, head_dim: usize, reason: &'static str },
 
     #[error("{what} is empty (shape {shape:?}); every dimension must be at least 1")]
     Empty { what: String, shape: Vec<usize> },
 
     #[error("{what} holds a non-finite value ({value}) at flat index {index}")]
-    NonFinite {
-        what: String,
-        index: usize,
-        value: f32,
-    },
+    NonFinite { what: String, index: usize, value: f32 },
 
     #[error(
         "{kernel}: needs {needed} bytes of workgroup memory, the device allows {limit} \
          (max_compute_workgroup_storage_size)"
     )]
-    WorkgroupMemory {
-        kernel: &'static str,
-        needed: u64,
-        limit: u64,
-    },
+    WorkgroupMemory { kernel: &'static str, needed: u64, limit: u64 },
 
     #[error(
         "{kernel}: needs {needed} invocations per workgroup, the device allows {limit} \
          (max_compute_invocations_per_workgroup / max_compute_workgroup_size_x)"
     )]
-    Invocations {
-        kernel: &'static str,
-        needed: u32,
-        limit: u32,
-    },
+    Invocations { kernel: &'static str, needed: u32, limit: u32 },
 
-    #[error(
-        "{kernel}: needs {needed} workgroups along one dispatch dimension, the device allows {limit}"
-    )]
-    Dispatch {
-        kernel: &'static str,
-        needed: u64,
-        limit: u64,
-    },
+    #[error("{kernel}: needs {needed} workgroups along one dispatch dimension, the device allows {limit}")]
+    Dispatch { kernel: &'static str, needed: u64, limit: u64 },
 
     #[error(
         "{what} needs {bytes} bytes in one storage binding, the device allows {limit} \
          (max_storage_buffer_binding_size)"
     )]
-    BindingTooLarge {
-        what: String,
-        bytes: u64,
-        limit: u64,
-    },
+    BindingTooLarge { what: String, bytes: u64, limit: u64 },
 
     #[error("{what} needs a buffer of {bytes} bytes, the device allows {limit} (max_buffer_size)")]
-    BufferTooLarge {
-        what: String,
-        bytes: u64,
-        limit: u64,
-    },
+    BufferTooLarge { what: String, bytes: u64, limit: u64 },
 
     #[error("invalid option: {0}")]
     Invalid(String),

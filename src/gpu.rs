@@ -20,9 +20,8 @@ pub struct GpuOptions {
 }
 
 /// The optional features longctx uses when the adapter has them.
-pub const USEFUL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
-    .union(wgpu::Features::SHADER_F16)
-    .union(wgpu::Features::TIMESTAMP_QUERY);
+pub const USEFUL_FEATURES: wgpu::Features =
+    wgpu::Features::SUBGROUP.union(wgpu::Features::SHADER_F16).union(wgpu::Features::TIMESTAMP_QUERY);
 
 type PipelineKey = (String, &'static str);
 
@@ -88,10 +87,7 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
 
 /// Every adapter wgpu can see, best first.
 pub fn list_adapters(options: &GpuOptions) -> Vec<wgpu::AdapterInfo> {
-    let mut infos: Vec<_> = adapters(options)
-        .iter()
-        .map(|a| a.get_info())
-        .collect();
+    let mut infos: Vec<_> = adapters(options).iter().map(|a| a.get_info()).collect();
     infos.sort_by_key(|i| std::cmp::Reverse(adapter_rank(i)));
     infos
 }
@@ -128,13 +124,12 @@ impl Gpu {
             return Err(Error::NoAdapter { detail });
         };
         let features = adapter.features() & USEFUL_FEATURES;
-        let (device, queue) =
-            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-                label: Some("longctx"),
-                required_features: features,
-                required_limits: adapter.limits(),
-                ..Default::default()
-            }))?;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("longctx"),
+            required_features: features,
+            required_limits: adapter.limits(),
+            ..Default::default()
+        }))?;
         Ok(Self::from_wgpu(device, queue, adapter.get_info()))
     }
 
@@ -165,12 +160,7 @@ impl Gpu {
     // ----- limit checks (wgpu 30 does not check workgroup memory) -----
 
     /// Workgroup memory and invocation count of one kernel variant against the device.
-    pub fn check_workgroup(
-        &self,
-        kernel: &'static str,
-        storage_bytes: u64,
-        invocations: u32,
-    ) -> Result<()> {
+    pub fn check_workgroup(&self, kernel: &'static str, storage_bytes: u64, invocations: u32) -> Result<()> {
         let l = &self.limits;
         if storage_bytes > l.max_compute_workgroup_storage_size as u64 {
             return Err(Error::WorkgroupMemory {
@@ -179,15 +169,9 @@ impl Gpu {
                 limit: l.max_compute_workgroup_storage_size as u64,
             });
         }
-        let inv_limit = l
-            .max_compute_invocations_per_workgroup
-            .min(l.max_compute_workgroup_size_x);
+        let inv_limit = l.max_compute_invocations_per_workgroup.min(l.max_compute_workgroup_size_x);
         if invocations > inv_limit {
-            return Err(Error::Invocations {
-                kernel,
-                needed: invocations,
-                limit: inv_limit,
-            });
+            return Err(Error::Invocations { kernel, needed: invocations, limit: inv_limit });
         }
         Ok(())
     }
@@ -196,11 +180,7 @@ impl Gpu {
     pub fn check_dispatch(&self, kernel: &'static str, groups: [u64; 3]) -> Result<()> {
         let limit = self.limits.max_compute_workgroups_per_dimension as u64;
         match groups.iter().find(|&&g| g > limit) {
-            Some(&needed) => Err(Error::Dispatch {
-                kernel,
-                needed,
-                limit,
-            }),
+            Some(&needed) => Err(Error::Dispatch { kernel, needed, limit }),
             None => Ok(()),
         }
     }
@@ -209,11 +189,7 @@ impl Gpu {
     pub fn check_binding(&self, what: &str, bytes: u64) -> Result<()> {
         let l = &self.limits;
         if bytes > l.max_buffer_size {
-            return Err(Error::BufferTooLarge {
-                what: what.into(),
-                bytes,
-                limit: l.max_buffer_size,
-            });
+            return Err(Error::BufferTooLarge { what: what.into(), bytes, limit: l.max_buffer_size });
         }
         if bytes > l.max_storage_buffer_binding_size {
             return Err(Error::BindingTooLarge {
@@ -238,15 +214,11 @@ impl Gpu {
         } else {
             bytes
         };
-        Ok(self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(what),
-                contents,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-            }))
+        Ok(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(what),
+            contents,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        }))
     }
 
     /// An uninitialised storage buffer of `bytes` bytes.
@@ -255,21 +227,18 @@ impl Gpu {
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(what),
             size: bytes.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         }))
     }
 
     /// A uniform buffer holding one value.
     pub fn uniform<T: bytemuck::Pod>(&self, what: &str, value: &T) -> wgpu::Buffer {
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(what),
-                contents: bytemuck::bytes_of(value),
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(what),
+            contents: bytemuck::bytes_of(value),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
     }
 
     /// Copies `len` elements of `buffer` back to the host (blocks until done).
@@ -295,9 +264,7 @@ impl Gpu {
         rx.recv()
             .map_err(|_| Error::Device("readback callback never ran".into()))?
             .map_err(|e| Error::Device(format!("mapping the readback buffer failed: {e}")))?;
-        let view = staging
-            .get_mapped_range(..)
-            .map_err(|e| Error::Device(format!("readback range: {e}")))?;
+        let view = staging.get_mapped_range(..).map_err(|e| Error::Device(format!("readback range: {e}")))?;
         let out = bytemuck::cast_slice::<u8, T>(&view[..bytes as usize]).to_vec();
         drop(view);
         staging.unmap();
@@ -326,10 +293,7 @@ impl Gpu {
             .entry(stem)
             .or_insert_with(|| {
                 self.device
-                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                        label: Some(stem),
-                        entries,
-                    })
+                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(stem), entries })
             })
             .clone()
     }
@@ -347,63 +311,43 @@ impl Gpu {
             return Ok(p.clone());
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(variant.stem),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
-        let pl = self
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(variant.stem),
-                bind_group_layouts: &[Some(layout)],
-                immediate_size: 0,
-            });
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(variant.stem),
-                layout: Some(&pl),
-                module: &module,
-                entry_point: Some(variant.entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    // Every kernel writes workgroup memory before reading it; zeroing costs time
-                    // and breaks some GL drivers.
-                    zero_initialize_workgroup_memory: false,
-                    ..Default::default()
-                },
-                cache: None,
-            });
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(variant.stem),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(variant.stem),
+            bind_group_layouts: &[Some(layout)],
+            immediate_size: 0,
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(variant.stem),
+            layout: Some(&pl),
+            module: &module,
+            entry_point: Some(variant.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                // Every kernel writes workgroup memory before reading it; zeroing costs time
+                // and breaks some GL drivers.
+                zero_initialize_workgroup_memory: false,
+                ..Default::default()
+            },
+            cache: None,
+        });
         if let Some(err) = pollster::block_on(scope.pop()) {
-            return Err(Error::Shader {
-                name: variant.name(),
-                message: err.to_string(),
-            });
+            return Err(Error::Shader { name: variant.name(), message: err.to_string() });
         }
         self.pipelines.lock().unwrap().insert(key, pipeline.clone());
         Ok(pipeline)
     }
 
     /// A bind group over whole buffers, in binding order.
-    pub fn bind_group(
-        &self,
-        layout: &wgpu::BindGroupLayout,
-        buffers: &[&wgpu::Buffer],
-    ) -> wgpu::BindGroup {
+    pub fn bind_group(&self, layout: &wgpu::BindGroupLayout, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
         let entries: Vec<_> = buffers
             .iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
             .collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout,
-            entries: &entries,
-        })
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
     }
 }
 
@@ -421,11 +365,7 @@ fn buffer_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLay
     wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty,
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
+        ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
         count: None,
     }
 }

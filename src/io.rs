@@ -19,20 +19,14 @@ impl Tensor {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
         let want: usize = shape.iter().product();
         if want != data.len() {
-            return Err(Error::Shape(format!(
-                "shape {shape:?} needs {want} elements, got {}",
-                data.len()
-            )));
+            return Err(Error::Shape(format!("shape {shape:?} needs {want} elements, got {}", data.len())));
         }
         Ok(Self { shape, data })
     }
 }
 
 fn file_err(path: &Path, message: impl Into<String>) -> Error {
-    Error::File {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
+    Error::File { path: path.to_path_buf(), message: message.into() }
 }
 
 /// Reads a C-ordered little-endian float32 `.npy` file.
@@ -48,21 +42,15 @@ pub fn read_npy(path: &Path) -> Result<Tensor> {
     if descr != "<f4" {
         return Err(file_err(
             path,
-            format!(
-                "dtype is {descr}, expected float32 (<f4); convert with `a.astype(np.float32)`"
-            ),
+            format!("dtype is {descr}, expected float32 (<f4); convert with `a.astype(np.float32)`"),
         ));
     }
     if npy.order() != npyz::Order::C {
-        return Err(file_err(
-            path,
-            "Fortran-ordered array; save it with np.ascontiguousarray",
-        ));
+        return Err(file_err(path, "Fortran-ordered array; save it with np.ascontiguousarray"));
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let data: Vec<f32> = npy
-        .into_vec()
-        .map_err(|e| file_err(path, format!("truncated or corrupt data: {e}")))?;
+    let data: Vec<f32> =
+        npy.into_vec().map_err(|e| file_err(path, format!("truncated or corrupt data: {e}")))?;
     Tensor::new(shape, data).map_err(|e| file_err(path, e.to_string()))
 }
 

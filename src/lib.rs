@@ -24,6 +24,7 @@ pub mod error;
 pub mod gpu;
 pub mod io;
 pub mod kernels;
+pub mod mask;
 pub mod reference;
 pub mod spec;
 

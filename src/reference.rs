@@ -16,21 +16,24 @@ pub fn attention_f64(spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32]) -> Result
     let mut o = vec![0f64; s.q_len()];
     let mut lse = vec![f64::NEG_INFINITY; s.lse_len()];
     let slopes = spec.slopes();
-    o.par_chunks_mut(s.head_dim)
-        .zip(lse.par_iter_mut())
-        .enumerate()
-        .for_each_init(
-            || vec![0f64; s.m],
-            |scores, (row, (o_row, lse_row))| {
-                *lse_row = row_f64(spec, slopes.as_deref(), q, k, v, row, scores, o_row);
-            },
-        );
+    o.par_chunks_mut(s.head_dim).zip(lse.par_iter_mut()).enumerate().for_each_init(
+        || vec![0f64; s.m],
+        |scores, (row, (o_row, lse_row))| {
+            *lse_row = row_f64(spec, slopes.as_deref(), q, k, v, row, scores, o_row);
+        },
+    );
     Ok((o, lse))
 }
 
 /// The oracle on selected rows only (flat row index `(b·H + h)·N + i`): for spot checks of
 /// problems too large to compute whole. Returns each row's O (D values) and LSE.
-pub fn attention_rows_f64(spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32], rows: &[usize]) -> Result<Vec<(Vec<f64>, f64)>> {
+pub fn attention_rows_f64(
+    spec: &AttnSpec,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    rows: &[usize],
+) -> Result<Vec<(Vec<f64>, f64)>> {
     spec.check_inputs(q, k, v)?;
     let s = spec.shape;
     if let Some(&r) = rows.iter().find(|&&r| r >= s.lse_len()) {
@@ -76,7 +79,10 @@ fn row_f64(
     let mut max = f64::NEG_INFINITY;
     for (j, sc) in scores.iter_mut().enumerate() {
         let dist = pos - j as i64;
-        if dist < lo || dist > hi {
+        if dist < lo
+            || dist > hi
+            || spec.mask.as_ref().is_some_and(|mk| !mk.visible(h, i, j, spec.shape.q_offset()))
+        {
             *sc = f64::NEG_INFINITY;
             continue;
         }
@@ -122,9 +128,5 @@ pub fn rel_error(a: &[f32], b: &[f64]) -> f64 {
         num += diff * diff;
         den += y * y;
     }
-    if den == 0.0 {
-        num.sqrt()
-    } else {
-        (num / den).sqrt()
-    }
+    if den == 0.0 { num.sqrt() } else { (num / den).sqrt() }
 }

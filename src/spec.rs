@@ -8,6 +8,7 @@
 //! * A row with no visible key has output 0 and LSE `-inf`.
 
 use crate::error::{Error, Result};
+use crate::mask::Mask;
 
 /// Sizes of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -29,14 +30,7 @@ pub struct AttnShape {
 impl AttnShape {
     /// Multi-head attention shape with `Hkv == H`.
     pub fn mha(batch: usize, heads: usize, n: usize, m: usize, head_dim: usize) -> Self {
-        Self {
-            batch,
-            heads,
-            kv_heads: heads,
-            n,
-            m,
-            head_dim,
-        }
+        Self { batch, heads, kv_heads: heads, n, m, head_dim }
     }
 
     /// Query heads per kv head.
@@ -70,14 +64,7 @@ impl AttnShape {
 
     /// Checks every dimension is non-zero and the head grouping divides.
     pub fn validate(&self) -> Result<()> {
-        let dims = [
-            self.batch,
-            self.heads,
-            self.kv_heads,
-            self.n,
-            self.m,
-            self.head_dim,
-        ];
+        let dims = [self.batch, self.heads, self.kv_heads, self.n, self.m, self.head_dim];
         if dims.contains(&0) {
             return Err(Error::Empty {
                 what: "attention shape (B, H, Hkv, N, M, D)".into(),
@@ -85,10 +72,7 @@ impl AttnShape {
             });
         }
         if self.heads % self.kv_heads != 0 {
-            return Err(Error::HeadGroups {
-                heads: self.heads,
-                kv_heads: self.kv_heads,
-            });
+            return Err(Error::HeadGroups { heads: self.heads, kv_heads: self.kv_heads });
         }
         Ok(())
     }
@@ -104,10 +88,7 @@ pub struct Window {
 
 impl Window {
     pub fn new(left: usize, right: usize) -> Self {
-        Self {
-            left: Some(left),
-            right: Some(right),
-        }
+        Self { left: Some(left), right: Some(right) }
     }
 
     /// Parses `L,R`; `-1` on a side means unbounded. Examples: `128,0`, `64,64`, `-1,0`.
@@ -125,10 +106,7 @@ impl Window {
                 t => t.parse::<usize>().map(Some).map_err(|_| bad()),
             }
         };
-        Ok(Self {
-            left: side(l)?,
-            right: side(r)?,
-        })
+        Ok(Self { left: side(l)?, right: side(r)? })
     }
 }
 
@@ -146,9 +124,7 @@ pub enum Alibi {
 /// The ALiBi paper's `get_slopes(H)`, exactly as DESIGN.md states it.
 pub fn alibi_slopes(heads: usize) -> Vec<f32> {
     fn pow2(n: usize) -> Vec<f64> {
-        (0..n)
-            .map(|h| 2f64.powf(-8.0 * (h + 1) as f64 / n as f64))
-            .collect()
+        (0..n).map(|h| 2f64.powf(-8.0 * (h + 1) as f64 / n as f64)).collect()
     }
     if heads == 0 {
         return Vec::new();
@@ -174,17 +150,17 @@ pub struct AttnSpec {
     pub alibi: Alibi,
     /// Defaults to `1 / sqrt(D)`.
     pub scale: Option<f32>,
+    /// A sparse pattern ANDed with the causal/window band (see [`crate::mask`]).
+    pub mask: Option<Mask>,
 }
 
 impl AttnSpec {
     pub fn new(shape: AttnShape) -> Self {
-        Self {
-            shape,
-            causal: false,
-            window: None,
-            alibi: Alibi::Off,
-            scale: None,
-        }
+        Self { shape, causal: false, window: None, alibi: Alibi::Off, scale: None, mask: None }
+    }
+    pub fn mask(mut self, mask: Option<Mask>) -> Self {
+        self.mask = mask;
+        self
     }
     pub fn causal(mut self, on: bool) -> Self {
         self.causal = on;
@@ -205,8 +181,7 @@ impl AttnSpec {
 
     /// The score scale actually used.
     pub fn scale_value(&self) -> f32 {
-        self.scale
-            .unwrap_or(1.0 / (self.shape.head_dim as f32).sqrt())
+        self.scale.unwrap_or(1.0 / (self.shape.head_dim as f32).sqrt())
     }
 
     /// Slopes per query head, or `None` without ALiBi.
@@ -235,15 +210,15 @@ impl AttnSpec {
         self.shape.q_offset() + i as i64
     }
 
-    /// Whether key `j` is visible from query row `i` (all active rules).
-    pub fn visible(&self, i: usize, j: usize) -> bool {
+    /// Whether key `j` is visible from query row `i` of head `h` (all active rules).
+    pub fn visible(&self, h: usize, i: usize, j: usize) -> bool {
         let (lo, hi) = self.band();
         let d = self.position(i) - j as i64;
-        lo <= d && d <= hi
+        lo <= d && d <= hi && self.mask.as_ref().is_none_or(|m| m.visible(h, i, j, self.shape.q_offset()))
     }
 
-    /// Visible (query, key) pairs of one (batch, head): the N·M that a mask leaves.
-    pub fn visible_pairs(&self) -> u64 {
+    /// Visible (query, key) pairs of one (batch, head) under the causal/window band alone.
+    pub fn band_pairs(&self) -> u64 {
         let (lo, hi) = self.band();
         let m = self.shape.m as i64;
         (0..self.shape.n)
@@ -256,11 +231,21 @@ impl AttnSpec {
             .sum()
     }
 
-    /// Forward FLOPs, the standard count: `4·B·H·D·(visible pairs)` (two matmuls, one
-    /// multiply and one add each; softmax and masking not counted).
+    /// Visible (query, key) pairs summed over heads (one batch), counting the sparse mask
+    /// exactly via its block map.
+    pub fn visible_pairs(&self) -> u64 {
+        match &self.mask {
+            None => self.band_pairs() * self.shape.heads as u64,
+            Some(_) => crate::blockmap::BlockMap::build(self, 64, 32)
+                .map_or(0, |m| m.visible_pairs(self.shape.heads)),
+        }
+    }
+
+    /// Forward FLOPs, the standard count: `4·B·D·(visible pairs over all heads)` (two
+    /// matmuls, one multiply and one add each; softmax, masking and bias not counted).
     pub fn flops(&self) -> f64 {
         let s = self.shape;
-        4.0 * (s.batch * s.heads * s.head_dim) as f64 * self.visible_pairs() as f64
+        4.0 * (s.batch * s.head_dim) as f64 * self.visible_pairs() as f64
     }
 
     /// Checks shape, scale and slopes.
@@ -282,6 +267,9 @@ impl AttnSpec {
             if let Some(x) = s.iter().find(|x| !x.is_finite()) {
                 return Err(Error::Invalid(format!("ALiBi slope {x} is not finite")));
             }
+        }
+        if let Some(m) = &self.mask {
+            m.validate(&self.shape)?;
         }
         let max_pos = self.shape.n.max(self.shape.m) as i64;
         if max_pos >= UNBOUNDED {
@@ -317,11 +305,7 @@ impl AttnSpec {
 /// Rejects NaN and infinities with the first offending index.
 pub fn check_finite(what: &str, data: &[f32]) -> Result<()> {
     match data.iter().position(|x| !x.is_finite()) {
-        Some(index) => Err(Error::NonFinite {
-            what: what.to_string(),
-            index,
-            value: data[index],
-        }),
+        Some(index) => Err(Error::NonFinite { what: what.to_string(), index, value: data[index] }),
         None => Ok(()),
     }
 }
@@ -357,13 +341,14 @@ mod tests {
     #[test]
     fn band_combines_causal_and_window() {
         let shape = AttnShape::mha(1, 1, 4, 10, 8);
-        let spec = AttnSpec::new(shape)
-            .causal(true)
-            .window(Some(Window::new(2, 5)));
+        let spec = AttnSpec::new(shape).causal(true).window(Some(Window::new(2, 5)));
         assert_eq!(spec.band(), (0, 2));
         // row 0 sits at position 6
         assert!(
-            spec.visible(0, 6) && spec.visible(0, 4) && !spec.visible(0, 3) && !spec.visible(0, 7)
+            spec.visible(0, 0, 6)
+                && spec.visible(0, 0, 4)
+                && !spec.visible(0, 0, 3)
+                && !spec.visible(0, 0, 7)
         );
     }
 
@@ -372,9 +357,7 @@ mod tests {
         assert_eq!(Window::parse("3,0").unwrap(), Window::new(3, 0));
         assert_eq!(Window::parse("-1, 4").unwrap().left, None);
         assert!(
-            Window::parse("3").is_err()
-                && Window::parse("a,1").is_err()
-                && Window::parse("-2,1").is_err()
+            Window::parse("3").is_err() && Window::parse("a,1").is_err() && Window::parse("-2,1").is_err()
         );
     }
 }

@@ -10,14 +10,7 @@ use longctx::{Alibi, AttnShape, AttnSpec, Window};
 const BOUND: f64 = 1e-5;
 
 fn shape(heads: usize, kv_heads: usize, n: usize, m: usize, head_dim: usize) -> AttnShape {
-    AttnShape {
-        batch: 1,
-        heads,
-        kv_heads,
-        n,
-        m,
-        head_dim,
-    }
+    AttnShape { batch: 1, heads, kv_heads, n, m, head_dim }
 }
 
 /// Runs every spec through both kernels and prints the family's worst errors.
@@ -28,10 +21,7 @@ fn family(name: &str, specs: &[AttnSpec]) {
         wf = wf.max(f);
         wn = wn.max(n);
     }
-    println!(
-        "family {name:<10} cases {:>2}  worst rel err  flash {wf:.2e}  naive {wn:.2e}",
-        specs.len()
-    );
+    println!("family {name:<10} cases {:>2}  worst rel err  flash {wf:.2e}  naive {wn:.2e}", specs.len());
 }
 
 #[test]
@@ -45,10 +35,7 @@ fn dense() {
         (203, 113, 256),
         (1000, 1000, 64),
     ];
-    let specs: Vec<_> = cases
-        .iter()
-        .map(|&(n, m, d)| AttnSpec::new(shape(2, 2, n, m, d)))
-        .collect();
+    let specs: Vec<_> = cases.iter().map(|&(n, m, d)| AttnSpec::new(shape(2, 2, n, m, d))).collect();
     family("dense", &specs);
 }
 
@@ -65,10 +52,8 @@ fn causal() {
         (1000, 1000, 64),
         (1, 1000, 64),
     ];
-    let specs: Vec<_> = cases
-        .iter()
-        .map(|&(n, m, d)| AttnSpec::new(shape(2, 2, n, m, d)).causal(true))
-        .collect();
+    let specs: Vec<_> =
+        cases.iter().map(|&(n, m, d)| AttnSpec::new(shape(2, 2, n, m, d)).causal(true)).collect();
     family("causal", &specs);
 }
 
@@ -79,37 +64,14 @@ fn window() {
         (Window::new(3, 0), true),
         (Window::new(17, 5), false),
         (Window::new(40, 40), true),
-        (
-            Window {
-                left: None,
-                right: Some(2),
-            },
-            false,
-        ),
-        (
-            Window {
-                left: Some(100),
-                right: None,
-            },
-            false,
-        ),
+        (Window { left: None, right: Some(2) }, false),
+        (Window { left: Some(100), right: None }, false),
     ];
-    let sizes = [
-        (113, 203),
-        (203, 113),
-        (333, 333),
-        (64, 1000),
-        (7, 7),
-        (1, 203),
-    ];
+    let sizes = [(113, 203), (203, 113), (333, 333), (64, 1000), (7, 7), (1, 203)];
     let specs: Vec<_> = windows
         .iter()
         .zip(sizes)
-        .map(|(&(w, causal), (n, m))| {
-            AttnSpec::new(shape(2, 2, n, m, 64))
-                .window(Some(w))
-                .causal(causal)
-        })
+        .map(|(&(w, causal), (n, m))| AttnSpec::new(shape(2, 2, n, m, 64)).window(Some(w)).causal(causal))
         .collect();
     family("window", &specs);
 }
@@ -118,18 +80,10 @@ fn window() {
 fn alibi() {
     let specs = [
         AttnSpec::new(shape(8, 8, 113, 203, 32)).alibi(Alibi::Standard),
-        AttnSpec::new(shape(12, 4, 64, 64, 64))
-            .alibi(Alibi::Standard)
-            .causal(true),
-        AttnSpec::new(shape(5, 5, 203, 113, 80))
-            .alibi(Alibi::Standard)
-            .window(Some(Window::new(20, 3))),
-        AttnSpec::new(shape(6, 6, 333, 333, 64))
-            .alibi(Alibi::Standard)
-            .causal(true),
-        AttnSpec::new(shape(2, 1, 1, 1000, 128))
-            .alibi(Alibi::Custom(vec![0.5, 0.01]))
-            .causal(true),
+        AttnSpec::new(shape(12, 4, 64, 64, 64)).alibi(Alibi::Standard).causal(true),
+        AttnSpec::new(shape(5, 5, 203, 113, 80)).alibi(Alibi::Standard).window(Some(Window::new(20, 3))),
+        AttnSpec::new(shape(6, 6, 333, 333, 64)).alibi(Alibi::Standard).causal(true),
+        AttnSpec::new(shape(2, 1, 1, 1000, 128)).alibi(Alibi::Custom(vec![0.5, 0.01])).causal(true),
     ];
     family("alibi", &specs);
 }
@@ -142,15 +96,7 @@ fn grouped_heads() {
         AttnSpec::new(shape(8, 1, 203, 113, 96)),
         AttnSpec::new(shape(6, 6, 64, 64, 128)).causal(true),
         AttnSpec::new(shape(5, 5, 7, 333, 32)),
-        AttnSpec::new(AttnShape {
-            batch: 3,
-            heads: 4,
-            kv_heads: 2,
-            n: 33,
-            m: 65,
-            head_dim: 64,
-        })
-        .causal(true),
+        AttnSpec::new(AttnShape { batch: 3, heads: 4, kv_heads: 2, n: 33, m: 65, head_dim: 64 }).causal(true),
     ];
     family("gqa/mqa", &specs);
 }

@@ -53,8 +53,23 @@ fn flash_and_naive_match_cpu_through_npy_files() {
         let o = dir.path().join(format!("o_{kernel}.npy"));
         let l = dir.path().join(format!("l_{kernel}.npy"));
         let out = longctx(&[
-            "attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&o), "--lse", p(&l),
-            "--causal", "--alibi", "--window", "20,-1", "--kernel", kernel,
+            "attention",
+            "--q",
+            p(&q),
+            "--k",
+            p(&k),
+            "--v",
+            p(&v),
+            "--out",
+            p(&o),
+            "--lse",
+            p(&l),
+            "--causal",
+            "--alibi",
+            "--window",
+            "20,-1",
+            "--kernel",
+            kernel,
         ]);
         assert!(out.status.success(), "{kernel}: {}", String::from_utf8_lossy(&out.stderr));
         let o = read_npy(&o).unwrap();
@@ -80,7 +95,9 @@ fn bad_inputs_fail_with_one_clear_line() {
     let base = |q: &Path, k: &Path, v: &Path| -> Vec<String> {
         ["attention", "--q", p(q), "--k", p(k), "--v", p(v), "--out", p(&out)].map(String::from).to_vec()
     };
-    let run = |args: Vec<String>, needle: &str| fails_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), needle);
+    let run = |args: Vec<String>, needle: &str| {
+        fails_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), needle)
+    };
 
     // mismatched head dim
     let k_bad = d.join("k_bad.npy");
@@ -92,7 +109,7 @@ fn bad_inputs_fail_with_one_clear_line() {
     run(base(&q, &k3, &k3), "multiple of key/value heads");
     // not float32
     let q64 = d.join("q64.npy");
-    npyz::to_file(&q64, vec![0f64; 4 * 8 * 16].into_iter()).unwrap();
+    npyz::to_file_1d(&q64, vec![0f64; 4 * 8 * 16].into_iter()).unwrap();
     run(base(&q64, &k, &v), "float32");
     // NaN
     let qnan = d.join("qnan.npy");

@@ -80,18 +80,36 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
 
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header([
-        "kernel", "mask", "N", "D", "H/Hkv", "median ms", "min ms", "max ms", "GFLOP/s", "rel err", "scratch MiB",
+        "kernel",
+        "mask",
+        "N",
+        "D",
+        "H/Hkv",
+        "median ms",
+        "min ms",
+        "max ms",
+        "GFLOP/s",
+        "rel err",
+        "scratch MiB",
     ]);
     let mut curves: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for &causal in causal_modes {
         for &kern in &kernels {
             let mut curve = Vec::new();
             for &n in &ns {
-                let shape = AttnShape { batch: 1, heads: a.heads, kv_heads: a.kv_heads.unwrap_or(a.heads), n, m: n, head_dim: a.d };
-                let spec = AttnSpec::new(shape)
-                    .causal(causal)
-                    .window(window)
-                    .alibi(if a.alibi { Alibi::Standard } else { Alibi::Off });
+                let shape = AttnShape {
+                    batch: 1,
+                    heads: a.heads,
+                    kv_heads: a.kv_heads.unwrap_or(a.heads),
+                    n,
+                    m: n,
+                    head_dim: a.d,
+                };
+                let spec = AttnSpec::new(shape).causal(causal).window(window).alibi(if a.alibi {
+                    Alibi::Standard
+                } else {
+                    Alibi::Off
+                });
                 let mask = mask_name(&spec);
                 match bench_one(&gpu, kern, &spec, a.reps) {
                     Ok(r) => {
@@ -112,7 +130,14 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
                         ]);
                     }
                     Err(e) => {
-                        table.add_row([kern.name().to_string(), mask, n.to_string(), a.d.to_string(), String::new(), format!("skipped: {e}")]);
+                        table.add_row([
+                            kern.name().to_string(),
+                            mask,
+                            n.to_string(),
+                            a.d.to_string(),
+                            String::new(),
+                            format!("skipped: {e}"),
+                        ]);
                     }
                 }
             }

@@ -52,7 +52,10 @@ pub fn describe(gpu: &Gpu) -> String {
     line("invocations per workgroup", l.max_compute_invocations_per_workgroup.to_string());
     line(
         "workgroup size x / y / z",
-        format!("{} / {} / {}", l.max_compute_workgroup_size_x, l.max_compute_workgroup_size_y, l.max_compute_workgroup_size_z),
+        format!(
+            "{} / {} / {}",
+            l.max_compute_workgroup_size_x, l.max_compute_workgroup_size_y, l.max_compute_workgroup_size_z
+        ),
     );
     line("workgroups per dimension", l.max_compute_workgroups_per_dimension.to_string());
     line("storage binding size", mib(l.max_storage_buffer_binding_size));

@@ -1,8 +1,10 @@
 //! `flash`: tiled online-softmax attention forward (`shaders/flash.wgsl`).
 //!
 //! Supports: head dim a multiple of 4 up to 256; any N, M ≥ 1 (N ≠ M, bottom-right aligned);
-//! MHA/GQA/MQA by index mapping; causal, window (L, R) and ALiBi in-kernel; key tiles outside
-//! the causal/window band are skipped (the kernel walks a [`BlockMap`]). Writes O and LSE.
+//! MHA/GQA/MQA by index mapping; causal, window (L, R) and ALiBi in-kernel; any sparse
+//! [`Mask`](crate::mask::Mask) through the [`BlockMap`] it walks: unlisted tiles are never
+//! loaded, full tiles skip per-element masking, partial ones read visibility bits. Writes O
+//! and LSE. An instrumented variant counts tiles, keys and rows moved.
 //!
 //! Dispatch: one workgroup of `BR` invocations per (query tile, head, batch).
 
@@ -43,11 +45,7 @@ impl FlashConfig {
     }
 
     fn s_part_len(&self) -> u32 {
-        if self.p > 1 {
-            self.br * self.bc * self.p
-        } else {
-            1
-        }
+        if self.p > 1 { self.br * self.bc * self.p } else { 1 }
     }
 
     /// Workgroup memory of this tile shape at head dim `d`: a K tile, a V tile, and the
@@ -65,9 +63,7 @@ impl FlashConfig {
     /// [`FlashConfig::for_device`] for a device with these limits.
     pub fn for_limits(limits: &wgpu::Limits, d: usize) -> Self {
         let p = Self::parts_for(d);
-        let max_inv = limits
-            .max_compute_invocations_per_workgroup
-            .min(limits.max_compute_workgroup_size_x);
+        let max_inv = limits.max_compute_invocations_per_workgroup.min(limits.max_compute_workgroup_size_x);
         let br = (64 / p).min(max_inv / p).max(1);
         let storage = limits.max_compute_workgroup_storage_size as u64;
         let bc = [32u32, 16, 8, 4]
@@ -77,8 +73,8 @@ impl FlashConfig {
         Self { br, bc, p }
     }
 
-    /// The shader variant for head dim `d`.
-    pub fn variant(&self, d: usize) -> ShaderVariant {
+    /// The shader variant for head dim `d`; `count` builds the instrumented variant.
+    pub fn variant(&self, d: usize, count: bool) -> ShaderVariant {
         let d4 = (d / 4) as u32;
         ShaderVariant {
             stem: NAME,
@@ -91,6 +87,7 @@ impl FlashConfig {
                 ("BC", self.bc),
                 ("P", self.p),
                 ("S_PART", self.s_part_len()),
+                ("COUNT", count as u32),
             ],
         }
     }
@@ -109,8 +106,30 @@ fn layout(gpu: &Gpu) -> wgpu::BindGroupLayout {
             storage_entry(5, false),
             storage_entry(6, true),
             storage_entry(7, true),
+            storage_entry(8, false),
         ],
     )
+}
+
+/// What the instrumented kernel counted in one run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlashCounters {
+    /// K/V tiles staged in workgroup memory.
+    pub tiles: u64,
+    /// Keys staged (K and V rows each).
+    pub keys: u64,
+    /// Query rows read.
+    pub rows_read: u64,
+    /// Output rows written (O and LSE).
+    pub rows_written: u64,
+}
+
+impl FlashCounters {
+    /// Device-memory bytes the kernel moved for Q, K, V, O and LSE at head dim `d`.
+    pub fn bytes(&self, d: usize) -> u64 {
+        let d = d as u64;
+        self.keys * 2 * d * 4 + self.rows_read * d * 4 + self.rows_written * (d + 1) * 4
+    }
 }
 
 /// A prepared flash call.
@@ -119,57 +138,55 @@ pub struct Flash {
     pipeline: wgpu::ComputePipeline,
     params: wgpu::Buffer,
     block_map: wgpu::Buffer,
-    block_map_bytes: u64,
+    map: BlockMap,
     slopes: wgpu::Buffer,
+    /// Real counters when instrumented, else a 4-byte placeholder binding.
+    counters: wgpu::Buffer,
+    instrumented: bool,
     groups: [u32; 3],
 }
 
 impl Flash {
-    pub fn new(gpu: &Gpu, spec: &AttnSpec, config: FlashConfig) -> Result<Self> {
+    pub fn new(gpu: &Gpu, spec: &AttnSpec, config: FlashConfig, instrumented: bool) -> Result<Self> {
         let s = spec.shape;
         check_head_dim(NAME, s.head_dim)?;
-        if config.br == 0 || config.bc == 0 || config.p == 0 || (config.p as usize) > s.head_dim / 4
+        if config.br == 0
+            || config.bc == 0
+            || config.bc as usize > crate::blockmap::MAX_BC
+            || config.p == 0
+            || (config.p as usize) > s.head_dim / 4
         {
             return Err(crate::Error::Invalid(format!(
                 "flash tile config {config:?} for head dim {}",
                 s.head_dim
             )));
         }
-        gpu.check_workgroup(
-            NAME,
-            config.workgroup_bytes(s.head_dim),
-            config.invocations(),
-        )?;
-        let groups = [
-            s.n.div_ceil(config.br as usize) as u64,
-            s.heads as u64,
-            s.batch as u64,
-        ];
+        gpu.check_workgroup(NAME, config.workgroup_bytes(s.head_dim), config.invocations())?;
+        let groups = [s.n.div_ceil(config.br as usize) as u64, s.heads as u64, s.batch as u64];
         gpu.check_dispatch(NAME, groups)?;
-        for (what, len) in [
-            ("Q", s.q_len()),
-            ("K", s.kv_len()),
-            ("V", s.kv_len()),
-            ("O", s.q_len()),
-        ] {
+        for (what, len) in [("Q", s.q_len()), ("K", s.kv_len()), ("V", s.kv_len()), ("O", s.q_len())] {
             gpu.check_binding(what, len as u64 * 4)?;
         }
 
-        let map = BlockMap::from_band(spec, config.br as usize, config.bc as usize);
-        let words = map.to_gpu_words();
+        let map = BlockMap::build(spec, config.br as usize, config.bc as usize)?;
+        let (words, [entries, mask_index, bits]) = map.to_gpu_words();
         let mut params = Params::new(spec);
         params.n_qtiles = map.n_qtiles as u32;
         params.map_heads = map.heads as u32;
-        params.map_rows = map.row_ptr.len() as u32;
+        params.map_rows = entries;
+        params.mask_base = mask_index;
+        params.bits_base = bits;
 
-        let pipeline = gpu.pipeline(&config.variant(s.head_dim), &layout(gpu))?;
+        let pipeline = gpu.pipeline(&config.variant(s.head_dim, instrumented), &layout(gpu))?;
         Ok(Self {
             config,
             pipeline,
             params: gpu.uniform("flash params", &params),
             block_map: gpu.upload("flash block map", &words)?,
-            block_map_bytes: words.len() as u64 * 4,
+            map,
             slopes: gpu.upload("ALiBi slopes", &slopes_words(spec))?,
+            counters: gpu.storage("flash counters", if instrumented { 16 } else { 4 })?,
+            instrumented,
             groups: groups.map(|g| g as u32),
         })
     }
@@ -178,29 +195,40 @@ impl Flash {
         self.config
     }
 
+    /// The tiles this call visits.
+    pub fn block_map(&self) -> &BlockMap {
+        &self.map
+    }
+
     /// Block map and parameters: linear in the number of listed tiles, never N×M floats.
     pub fn scratch_bytes(&self) -> u64 {
-        self.block_map_bytes + self.slopes.size() + self.params.size()
+        self.block_map.size() + self.slopes.size() + self.params.size()
+    }
+
+    /// The counters of the last run (instrumented variant only; blocks until read).
+    pub fn counters(&self, gpu: &Gpu) -> Result<Option<FlashCounters>> {
+        if !self.instrumented {
+            return Ok(None);
+        }
+        let c: Vec<u32> = gpu.read(&self.counters, 4)?;
+        Ok(Some(FlashCounters {
+            tiles: c[0] as u64,
+            keys: c[1] as u64,
+            rows_read: c[2] as u64,
+            rows_written: c[3] as u64,
+        }))
     }
 
     pub fn encode(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder, b: &AttnBuffers) {
+        if self.instrumented {
+            encoder.clear_buffer(&self.counters, 0, None);
+        }
         let bind = gpu.bind_group(
             &layout(gpu),
-            &[
-                &self.params,
-                b.q,
-                b.k,
-                b.v,
-                b.o,
-                b.lse,
-                &self.block_map,
-                &self.slopes,
-            ],
+            &[&self.params, b.q, b.k, b.v, b.o, b.lse, &self.block_map, &self.slopes, &self.counters],
         );
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(NAME),
-            timestamp_writes: None,
-        });
+        let mut pass = encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &bind, &[]);
         let [x, y, z] = self.groups;

@@ -37,29 +37,18 @@ impl ShaderVariant {
 
     /// `stem:entry[NAME=value,…]`, for messages.
     pub fn name(&self) -> String {
-        let consts: Vec<String> = self
-            .consts
-            .iter()
-            .map(|(n, v)| format!("{n}={v}"))
-            .collect();
+        let consts: Vec<String> = self.consts.iter().map(|(n, v)| format!("{n}={v}")).collect();
         format!("{}:{}[{}]", self.stem, self.entry, consts.join(","))
     }
 
     /// Parses and validates the source with naga (what wgpu does at pipeline creation).
     pub fn validate(&self) -> Result<()> {
-        let err = |message: String| Error::Shader {
-            name: self.name(),
-            message,
-        };
+        let err = |message: String| Error::Shader { name: self.name(), message };
         let source = self.source();
-        let module =
-            naga::front::wgsl::parse_str(&source).map_err(|e| err(e.emit_to_string(&source)))?;
-        naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::all(),
-        )
-        .validate(&module)
-        .map_err(|e| err(e.emit_to_string(&source)))?;
+        let module = naga::front::wgsl::parse_str(&source).map_err(|e| err(e.emit_to_string(&source)))?;
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+            .validate(&module)
+            .map_err(|e| err(e.emit_to_string(&source)))?;
         if !module.entry_points.iter().any(|ep| ep.name == self.entry) {
             return Err(err(format!("no entry point `{}`", self.entry)));
         }
@@ -86,7 +75,10 @@ pub(crate) struct Params {
     pub map_rows: u32,
     pub neg_inf: f32,
     pub batch: u32,
-    pub pad: u32,
+    pub mask_base: u32,
+    pub bits_base: u32,
+    pub bits_stride: u32,
+    pub pad: [u32; 3],
 }
 
 impl Params {
@@ -109,7 +101,10 @@ impl Params {
             map_rows: 0,
             neg_inf: f32::NEG_INFINITY,
             batch: s.batch as u32,
-            pad: 0,
+            mask_base: 0,
+            bits_base: 0,
+            bits_stride: 0,
+            pad: [0; 3],
         }
     }
 }
@@ -141,7 +136,8 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
     (4..=MAX_HEAD_DIM)
         .step_by(4)
         .flat_map(|d| {
-            let mut v = vec![flash::FlashConfig::for_limits(limits, d).variant(d)];
+            let config = flash::FlashConfig::for_limits(limits, d);
+            let mut v = vec![config.variant(d, false), config.variant(d, true)];
             v.extend(naive::variants(d));
             v
         })
@@ -198,22 +194,42 @@ impl Attention {
                 gpu,
                 spec,
                 flash::FlashConfig::for_device(gpu, spec.shape.head_dim),
+                false,
             )?),
             Kernel::Naive => Plan::Naive(naive::Naive::new(gpu, spec)?),
         };
-        Ok(Self {
-            spec: spec.clone(),
-            plan,
-        })
+        Ok(Self { spec: spec.clone(), plan })
     }
 
-    /// Prepares the flash kernel with an explicit tile configuration.
-    pub fn flash_with(gpu: &Gpu, spec: &AttnSpec, config: flash::FlashConfig) -> Result<Self> {
+    /// Prepares the flash kernel with an explicit tile configuration; `instrumented` builds
+    /// the variant that counts tiles, keys and rows moved (see [`Attention::flash_counters`]).
+    pub fn flash_with(
+        gpu: &Gpu,
+        spec: &AttnSpec,
+        config: flash::FlashConfig,
+        instrumented: bool,
+    ) -> Result<Self> {
         spec.validate()?;
         Ok(Self {
             spec: spec.clone(),
-            plan: Plan::Flash(flash::Flash::new(gpu, spec, config)?),
+            plan: Plan::Flash(flash::Flash::new(gpu, spec, config, instrumented)?),
         })
+    }
+
+    /// The flash kernel's block map (`None` for other kernels).
+    pub fn block_map(&self) -> Option<&crate::blockmap::BlockMap> {
+        match &self.plan {
+            Plan::Flash(f) => Some(f.block_map()),
+            Plan::Naive(_) => None,
+        }
+    }
+
+    /// Counters of the last run of an instrumented flash kernel.
+    pub fn flash_counters(&self, gpu: &Gpu) -> Result<Option<flash::FlashCounters>> {
+        match &self.plan {
+            Plan::Flash(f) => f.counters(gpu),
+            Plan::Naive(_) => Ok(None),
+        }
     }
 
     pub fn spec(&self) -> &AttnSpec {
@@ -229,12 +245,7 @@ impl Attention {
     }
 
     /// Records the kernel's dispatches into `encoder`. Nothing is submitted.
-    pub fn encode(
-        &self,
-        gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
-        bufs: &AttnBuffers,
-    ) -> Result<()> {
+    pub fn encode(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder, bufs: &AttnBuffers) -> Result<()> {
         self.check_buffers(bufs)?;
         match &self.plan {
             Plan::Flash(f) => f.encode(gpu, encoder, bufs),
@@ -302,33 +313,16 @@ impl DeviceTensors {
 
     /// Fills O and LSE with NaN, so that an element the kernel forgets to write shows.
     pub fn poison(&self, gpu: &Gpu) {
-        gpu.queue.write_buffer(
-            &self.o,
-            0,
-            bytemuck::cast_slice(&vec![f32::NAN; self.q_len]),
-        );
-        gpu.queue.write_buffer(
-            &self.lse,
-            0,
-            bytemuck::cast_slice(&vec![f32::NAN; self.lse_len]),
-        );
+        gpu.queue.write_buffer(&self.o, 0, bytemuck::cast_slice(&vec![f32::NAN; self.q_len]));
+        gpu.queue.write_buffer(&self.lse, 0, bytemuck::cast_slice(&vec![f32::NAN; self.lse_len]));
     }
 
     pub fn buffers(&self) -> AttnBuffers<'_> {
-        AttnBuffers {
-            q: &self.q,
-            k: &self.k,
-            v: &self.v,
-            o: &self.o,
-            lse: &self.lse,
-        }
+        AttnBuffers { q: &self.q, k: &self.k, v: &self.v, o: &self.o, lse: &self.lse }
     }
 
     pub fn read(&self, gpu: &Gpu) -> Result<AttnOutput> {
-        Ok(AttnOutput {
-            o: gpu.read(&self.o, self.q_len)?,
-            lse: gpu.read(&self.lse, self.lse_len)?,
-        })
+        Ok(AttnOutput { o: gpu.read(&self.o, self.q_len)?, lse: gpu.read(&self.lse, self.lse_len)? })
     }
 }
 

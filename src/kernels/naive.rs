@@ -16,12 +16,7 @@ const ENTRIES: [&str; 3] = ["scores", "softmax", "pv"];
 pub fn variants(d: usize) -> Vec<ShaderVariant> {
     ENTRIES
         .iter()
-        .map(|&entry| ShaderVariant {
-            stem: NAME,
-            body: BODY,
-            entry,
-            consts: vec![("D4", (d / 4) as u32)],
-        })
+        .map(|&entry| ShaderVariant { stem: NAME, body: BODY, entry, consts: vec![("D4", (d / 4) as u32)] })
         .collect()
 }
 
@@ -37,6 +32,7 @@ fn layout(gpu: &Gpu) -> wgpu::BindGroupLayout {
             storage_entry(5, false),
             storage_entry(6, false),
             storage_entry(7, true),
+            storage_entry(8, true),
         ],
     )
 }
@@ -53,7 +49,28 @@ pub struct Naive {
     params: wgpu::Buffer,
     scores: wgpu::Buffer,
     slopes: wgpu::Buffer,
+    mask_bits: wgpu::Buffer,
     groups: [[u32; 3]; 3],
+}
+
+/// The sparse mask as dense visibility bits, `[mask heads, N, ceil(M/32)]` words, and the
+/// number of mask heads; a single zero word when there is no mask.
+fn mask_bits(spec: &AttnSpec) -> (Vec<u32>, usize, usize) {
+    let Some(mask) = &spec.mask else { return (vec![0], 1, 0) };
+    let s = spec.shape;
+    let heads = if mask.per_head() { s.heads } else { 1 };
+    let stride = s.m.div_ceil(32);
+    let q_off = s.q_offset();
+    let mut words = vec![0u32; heads * s.n * stride];
+    for h in 0..heads {
+        for i in 0..s.n {
+            let row = &mut words[(h * s.n + i) * stride..][..stride];
+            for j in (0..s.m).filter(|&j| mask.visible(h, i, j, q_off)) {
+                row[j / 32] |= 1 << (j % 32);
+            }
+        }
+    }
+    (words, heads, stride)
 }
 
 impl Naive {
@@ -70,52 +87,39 @@ impl Naive {
         for g in groups {
             gpu.check_dispatch(NAME, g)?;
         }
-        for (what, len) in [
-            ("Q", s.q_len()),
-            ("K", s.kv_len()),
-            ("V", s.kv_len()),
-            ("O", s.q_len()),
-        ] {
+        for (what, len) in [("Q", s.q_len()), ("K", s.kv_len()), ("V", s.kv_len()), ("O", s.q_len())] {
             gpu.check_binding(what, len as u64 * 4)?;
         }
         let scores = gpu.storage("naive N×M scores", scores_bytes(spec))?;
+        let (bits, mask_heads, stride) = mask_bits(spec);
+        let mut params = Params::new(spec);
+        params.map_heads = mask_heads as u32;
+        params.bits_stride = stride as u32;
         let layout = layout(gpu);
-        let pipelines = variants(s.head_dim)
-            .iter()
-            .map(|v| gpu.pipeline(v, &layout))
-            .collect::<Result<Vec<_>>>()?;
+        let pipelines =
+            variants(s.head_dim).iter().map(|v| gpu.pipeline(v, &layout)).collect::<Result<Vec<_>>>()?;
         Ok(Self {
             pipelines,
-            params: gpu.uniform("naive params", &Params::new(spec)),
+            params: gpu.uniform("naive params", &params),
             scores,
             slopes: gpu.upload("ALiBi slopes", &slopes_words(spec))?,
+            mask_bits: gpu.upload("naive mask bits", &bits)?,
             groups: groups.map(|g| g.map(|x| x as u32)),
         })
     }
 
     /// The score matrix dominates: B·H·N·M·4 bytes.
     pub fn scratch_bytes(&self) -> u64 {
-        self.scores.size() + self.slopes.size() + self.params.size()
+        self.scores.size() + self.slopes.size() + self.params.size() + self.mask_bits.size()
     }
 
     pub fn encode(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder, b: &AttnBuffers) {
         let bind = gpu.bind_group(
             &layout(gpu),
-            &[
-                &self.params,
-                b.q,
-                b.k,
-                b.v,
-                b.o,
-                b.lse,
-                &self.scores,
-                &self.slopes,
-            ],
+            &[&self.params, b.q, b.k, b.v, b.o, b.lse, &self.scores, &self.slopes, &self.mask_bits],
         );
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(NAME),
-            timestamp_writes: None,
-        });
+        let mut pass = encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
         pass.set_bind_group(0, &bind, &[]);
         for (pipeline, [x, y, z]) in self.pipelines.iter().zip(self.groups) {
             pass.set_pipeline(pipeline);

@@ -19,10 +19,7 @@ pub fn gpu() -> &'static Gpu {
 
 /// A fresh seed (or `LONGCTX_SEED` to replay one), printed with every failure.
 pub fn seed() -> u64 {
-    std::env::var("LONGCTX_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random)
+    std::env::var("LONGCTX_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random)
 }
 
 pub fn random(len: usize, rng: &mut StdRng) -> Vec<f32> {
@@ -33,11 +30,7 @@ pub fn random(len: usize, rng: &mut StdRng) -> Vec<f32> {
 pub fn inputs(spec: &AttnSpec, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let s = spec.shape;
-    (
-        random(s.q_len(), &mut rng),
-        random(s.kv_len(), &mut rng),
-        random(s.kv_len(), &mut rng),
-    )
+    (random(s.q_len(), &mut rng), random(s.kv_len(), &mut rng), random(s.kv_len(), &mut rng))
 }
 
 /// Relative errors of one kernel run against the oracle: (O, LSE).
@@ -76,28 +69,16 @@ pub fn check_kernel(attn: &Attention, seed: u64, bound: f64) -> Errors {
                 "fully masked row {row}: output not 0; {ctx}"
             );
         } else {
-            assert!(
-                out.lse[row].is_finite(),
-                "row {row}: LSE {} for a visible row; {ctx}",
-                out.lse[row]
-            );
+            assert!(out.lse[row].is_finite(), "row {row}: LSE {} for a visible row; {ctx}", out.lse[row]);
         }
     }
-    let finite: Vec<(f32, f64)> = out
-        .lse
-        .iter()
-        .zip(&lse_ref)
-        .filter(|(_, r)| r.is_finite())
-        .map(|(&a, &b)| (a, b))
-        .collect();
+    let finite: Vec<(f32, f64)> =
+        out.lse.iter().zip(&lse_ref).filter(|(_, r)| r.is_finite()).map(|(&a, &b)| (a, b)).collect();
     let lse_err = rel_error(
         &finite.iter().map(|x| x.0).collect::<Vec<_>>(),
         &finite.iter().map(|x| x.1).collect::<Vec<_>>(),
     );
-    let errs = Errors {
-        o: rel_error(&out.o, &o_ref),
-        lse: lse_err,
-    };
+    let errs = Errors { o: rel_error(&out.o, &o_ref), lse: lse_err };
     assert!(
         errs.o <= bound && errs.lse <= bound,
         "relative error O {:.3e}, LSE {:.3e} exceeds {bound:.0e}; {ctx}",

@@ -1,0 +1,534 @@
+//! Sparse attention patterns as data (DESIGN.md §1, "further patterns").
+//!
+//! Every pattern is a predicate on `(h, i, j)` — query head, query row, key — plus a tile
+//! classifier that says, for a rectangle of rows × keys, whether no pair, some pairs or every
+//! pair is visible. Patterns compose with [`Mask::and`] / [`Mask::or`] (like FlexAttention's
+//! `and_masks` / `or_masks`). An [`AttnSpec`](crate::AttnSpec)'s `mask` is ANDed with its
+//! causal/window band, which kernels evaluate in-kernel.
+//!
+//! Positions follow the contract: query row `i` sits at `p_i = (M − N) + i`, key `j` at `j`.
+//! Rules stated "by position" (global tokens, segments, BigBird) use `p_i`; the explicit block
+//! mask is indexed by `(i / Bs, j / Bs)` like the contract's block-mask tensor.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::spec::{AttnShape, Window};
+
+/// How much of a tile a pattern leaves visible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coverage {
+    Empty,
+    Partial,
+    Full,
+}
+
+impl Coverage {
+    fn and(self, o: Self) -> Self {
+        use Coverage::*;
+        match (self, o) {
+            (Empty, _) | (_, Empty) => Empty,
+            (Full, Full) => Full,
+            _ => Partial,
+        }
+    }
+    fn or(self, o: Self) -> Self {
+        use Coverage::*;
+        match (self, o) {
+            (Full, _) | (_, Full) => Full,
+            (Empty, Empty) => Empty,
+            _ => Partial,
+        }
+    }
+    fn from_counts(visible: u64, total: u64) -> Self {
+        if visible == 0 {
+            Coverage::Empty
+        } else if visible == total {
+            Coverage::Full
+        } else {
+            Coverage::Partial
+        }
+    }
+}
+
+/// A grid of `bs × bs` blocks, nonzero = the block may be visible. Rows are query indices
+/// (explicit block masks) or query positions (BigBird); one layer per head or shared.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockGrid {
+    pub label: String,
+    pub bs: usize,
+    /// 1 (shared) or H.
+    pub heads: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub rows_are_positions: bool,
+    pub cells: Vec<bool>,
+    /// Inclusive 2-D prefix sums per head, `(rows+1)·(cols+1)` each.
+    prefix: Vec<u32>,
+}
+
+impl BlockGrid {
+    pub fn new(
+        label: String,
+        bs: usize,
+        heads: usize,
+        rows: usize,
+        cols: usize,
+        rows_are_positions: bool,
+        cells: Vec<bool>,
+    ) -> Result<Self> {
+        if bs == 0 {
+            return Err(Error::Invalid("block size must be at least 1".into()));
+        }
+        if cells.len() != heads * rows * cols {
+            return Err(Error::Shape(format!(
+                "block grid [{heads}, {rows}, {cols}] needs {} cells, got {}",
+                heads * rows * cols,
+                cells.len()
+            )));
+        }
+        let (r1, c1) = (rows + 1, cols + 1);
+        let mut prefix = vec![0u32; heads * r1 * c1];
+        for h in 0..heads {
+            let p = &mut prefix[h * r1 * c1..(h + 1) * r1 * c1];
+            for r in 0..rows {
+                for c in 0..cols {
+                    let v = cells[(h * rows + r) * cols + c] as u32;
+                    p[(r + 1) * c1 + c + 1] = v + p[r * c1 + c + 1] + p[(r + 1) * c1 + c] - p[r * c1 + c];
+                }
+            }
+        }
+        Ok(Self { label, bs, heads, rows, cols, rows_are_positions, cells, prefix })
+    }
+
+    fn layer(&self, h: usize) -> usize {
+        if self.heads == 1 { 0 } else { h }
+    }
+
+    fn row_of(&self, i: usize, q_offset: i64) -> Option<usize> {
+        let r = if self.rows_are_positions { q_offset + i as i64 } else { i as i64 };
+        (r >= 0).then(|| r as usize / self.bs).filter(|&r| r < self.rows)
+    }
+
+    fn get(&self, h: usize, i: usize, j: usize, q_offset: i64) -> bool {
+        match self.row_of(i, q_offset) {
+            Some(r) => self.cells[(self.layer(h) * self.rows + r) * self.cols + j / self.bs],
+            None => false,
+        }
+    }
+
+    /// Nonzero cells in rows `r0..r1`, cols `c0..c1`.
+    fn count(&self, h: usize, r0: usize, r1: usize, c0: usize, c1: usize) -> u64 {
+        let c1w = self.cols + 1;
+        let p = &self.prefix[self.layer(h) * (self.rows + 1) * c1w..];
+        (p[r1 * c1w + c1] + p[r0 * c1w + c0] - p[r0 * c1w + c1] - p[r1 * c1w + c0]) as u64
+    }
+
+    fn coverage(&self, h: usize, rows: &Range<usize>, keys: &Range<usize>, q_offset: i64) -> Coverage {
+        let first = if self.rows_are_positions { q_offset + rows.start as i64 } else { rows.start as i64 };
+        let last = first + rows.len() as i64 - 1;
+        if last < 0 {
+            return Coverage::Empty;
+        }
+        let some_rows_outside = first < 0;
+        let r0 = first.max(0) as usize / self.bs;
+        let r1 = (last as usize / self.bs + 1).min(self.rows);
+        let c0 = keys.start / self.bs;
+        let c1 = ((keys.end - 1) / self.bs + 1).min(self.cols);
+        if r0 >= r1 || c0 >= c1 {
+            return Coverage::Empty;
+        }
+        let cov = Coverage::from_counts(self.count(h, r0, r1, c0, c1), ((r1 - r0) * (c1 - c0)) as u64);
+        if some_rows_outside && cov == Coverage::Full { Coverage::Partial } else { cov }
+    }
+}
+
+/// BigBird's block-sparse pattern, in blocks of `block` tokens by position: a query block sees
+/// the first `global` blocks, its neighbours within `window` blocks on each side, and `random`
+/// further blocks drawn deterministically from `seed`; the first `global` blocks see all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BigBird {
+    pub global: usize,
+    pub window: usize,
+    pub random: usize,
+    pub block: usize,
+    pub seed: u64,
+}
+
+impl BigBird {
+    /// Parses `global=G,window=W,random=R,block=B,seed=S` (any order; seed optional).
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut bb = BigBird { global: 1, window: 1, random: 2, block: 64, seed: 0 };
+        for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+            let (k, v) = part.split_once('=').ok_or_else(|| Error::Invalid(format!("bigbird `{text}`: expected key=value pairs, e.g. global=1,window=1,random=2,block=64,seed=0")))?;
+            let v: u64 = v.trim().parse().map_err(|_| {
+                Error::Invalid(format!("bigbird `{part}`: value must be a non-negative integer"))
+            })?;
+            match k.trim() {
+                "global" => bb.global = v as usize,
+                "window" => bb.window = v as usize,
+                "random" => bb.random = v as usize,
+                "block" => bb.block = v as usize,
+                "seed" => bb.seed = v,
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "bigbird: unknown key `{other}` (global, window, random, block, seed)"
+                    )));
+                }
+            }
+        }
+        if bb.block == 0 {
+            return Err(Error::Invalid("bigbird: block must be at least 1".into()));
+        }
+        Ok(bb)
+    }
+
+    /// The block grid over positions `0..m` (queries by position, keys by index).
+    pub fn grid(&self, m: usize) -> Result<BlockGrid> {
+        let nb = m.div_ceil(self.block);
+        let mut cells = vec![false; nb * nb];
+        for qb in 0..nb {
+            let row = &mut cells[qb * nb..(qb + 1) * nb];
+            for (kb, cell) in row.iter_mut().enumerate() {
+                *cell = qb < self.global || kb < self.global || qb.abs_diff(kb) <= self.window;
+            }
+            // Random blocks: a seeded partial Fisher–Yates over the blocks not yet visible.
+            let mut free: Vec<usize> = (0..nb).filter(|&kb| !row[kb]).collect();
+            let mut state = self.seed ^ (qb as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for t in 0..self.random.min(free.len()) {
+                state = splitmix64(state);
+                let pick = t + (state % (free.len() - t) as u64) as usize;
+                free.swap(t, pick);
+                row[free[t]] = true;
+            }
+        }
+        let label = format!(
+            "bigbird(global={},window={},random={},block={},seed={})",
+            self.global, self.window, self.random, self.block, self.seed
+        );
+        BlockGrid::new(label, self.block, 1, nb, nb, true, cells)
+    }
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A composable visibility rule.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mask {
+    /// `j <= p_i`.
+    Causal,
+    /// `p_i − L <= j <= p_i + R`.
+    Window(Window),
+    /// The first `G` positions see every key and are seen by every query.
+    Global(usize),
+    /// Packed documents: one non-decreasing segment id per position `0..M`; a query sees only
+    /// keys of its own segment.
+    Segments(Arc<Vec<u32>>),
+    /// Block-level visibility (explicit block mask or BigBird).
+    Blocks(Arc<BlockGrid>),
+    And(Vec<Mask>),
+    Or(Vec<Mask>),
+}
+
+impl Mask {
+    pub fn and(self, other: Mask) -> Mask {
+        match self {
+            Mask::And(mut v) => {
+                v.push(other);
+                Mask::And(v)
+            }
+            m => Mask::And(vec![m, other]),
+        }
+    }
+    pub fn or(self, other: Mask) -> Mask {
+        match self {
+            Mask::Or(mut v) => {
+                v.push(other);
+                Mask::Or(v)
+            }
+            m => Mask::Or(vec![m, other]),
+        }
+    }
+
+    /// The explicit block mask `[H or 1, ceil(N/Bs), ceil(M/Bs)]`, nonzero = visible tile.
+    pub fn block_mask(shape: &AttnShape, bs: usize, dims: &[usize], data: &[f32]) -> Result<Mask> {
+        if bs == 0 {
+            return Err(Error::Invalid("--block-size must be at least 1".into()));
+        }
+        let (rows, cols) = (shape.n.div_ceil(bs), shape.m.div_ceil(bs));
+        let heads = match dims {
+            [h, r, c] if *r == rows && *c == cols && (*h == 1 || *h == shape.heads) => *h,
+            [r, c] if *r == rows && *c == cols => 1,
+            _ => {
+                return Err(Error::Shape(format!(
+                    "block mask has shape {dims:?}; with N={}, M={}, block size {bs} and H={} it must be [1 or {}, {rows}, {cols}]",
+                    shape.n, shape.m, shape.heads, shape.heads
+                )));
+            }
+        };
+        let cells = data.iter().map(|&x| x != 0.0).collect();
+        Ok(Mask::Blocks(Arc::new(BlockGrid::new(
+            format!("block mask [{heads},{rows},{cols}] Bs={bs}"),
+            bs,
+            heads,
+            rows,
+            cols,
+            false,
+            cells,
+        )?)))
+    }
+
+    pub fn bigbird(bb: &BigBird, m: usize) -> Result<Mask> {
+        Ok(Mask::Blocks(Arc::new(bb.grid(m)?)))
+    }
+
+    /// Whether the mask differs between heads.
+    pub fn per_head(&self) -> bool {
+        match self {
+            Mask::Blocks(g) => g.heads > 1,
+            Mask::And(v) | Mask::Or(v) => v.iter().any(Mask::per_head),
+            _ => false,
+        }
+    }
+
+    /// Checks the mask's own sizes against the problem.
+    pub fn validate(&self, shape: &AttnShape) -> Result<()> {
+        match self {
+            Mask::Segments(s) => {
+                if s.len() != shape.m {
+                    return Err(Error::Shape(format!(
+                        "segments hold {} ids, one per position 0..M = {} expected",
+                        s.len(),
+                        shape.m
+                    )));
+                }
+                if let Some(w) = s.windows(2).position(|w| w[1] < w[0]) {
+                    return Err(Error::Invalid(format!(
+                        "segment ids must be non-decreasing (packed documents); position {} has {} after {}",
+                        w + 1,
+                        s[w + 1],
+                        s[w]
+                    )));
+                }
+                Ok(())
+            }
+            Mask::Blocks(g) => {
+                if g.heads != 1 && g.heads != shape.heads {
+                    return Err(Error::Shape(format!(
+                        "{} has {} heads; 1 or {} expected",
+                        g.label, g.heads, shape.heads
+                    )));
+                }
+                let rows_needed = if g.rows_are_positions { shape.m } else { shape.n };
+                if g.rows * g.bs < rows_needed || g.cols * g.bs < shape.m {
+                    return Err(Error::Shape(format!(
+                        "{} covers {}×{} tokens, the problem needs {}×{}",
+                        g.label,
+                        g.rows * g.bs,
+                        g.cols * g.bs,
+                        rows_needed,
+                        shape.m
+                    )));
+                }
+                Ok(())
+            }
+            Mask::And(v) | Mask::Or(v) => v.iter().try_for_each(|m| m.validate(shape)),
+            Mask::Causal | Mask::Window(_) | Mask::Global(_) => Ok(()),
+        }
+    }
+
+    /// Whether key `j` is visible from query row `i` of head `h`.
+    pub fn visible(&self, h: usize, i: usize, j: usize, q_offset: i64) -> bool {
+        let p = q_offset + i as i64;
+        let j_i = j as i64;
+        match self {
+            Mask::Causal => j_i <= p,
+            Mask::Window(w) => {
+                w.left.is_none_or(|l| j_i >= p - l as i64) && w.right.is_none_or(|r| j_i <= p + r as i64)
+            }
+            Mask::Global(g) => p < *g as i64 || j < *g,
+            Mask::Segments(s) => p >= 0 && s[p as usize] == s[j],
+            Mask::Blocks(g) => g.get(h, i, j, q_offset),
+            Mask::And(v) => v.iter().all(|m| m.visible(h, i, j, q_offset)),
+            Mask::Or(v) => v.iter().any(|m| m.visible(h, i, j, q_offset)),
+        }
+    }
+
+    /// Coverage of the tile `rows × keys` (non-empty ranges, keys inside `0..M`) for head `h`.
+    /// Exact for leaves; conservative (`Partial` where unsure) for compositions.
+    pub fn coverage(&self, h: usize, rows: &Range<usize>, keys: &Range<usize>, q_offset: i64) -> Coverage {
+        let p0 = q_offset + rows.start as i64;
+        let p1 = q_offset + rows.end as i64 - 1;
+        let (j0, j1) = (keys.start as i64, keys.end as i64 - 1);
+        match self {
+            Mask::Causal => band_coverage(p0, p1, j0, j1, 0, i64::MAX),
+            Mask::Window(w) => band_coverage(
+                p0,
+                p1,
+                j0,
+                j1,
+                w.right.map_or(i64::MIN, |r| -(r as i64)),
+                w.left.map_or(i64::MAX, |l| l as i64),
+            ),
+            Mask::Global(g) => {
+                let g = *g as i64;
+                if p1 < g || j1 < g {
+                    Coverage::Full
+                } else if p0 >= g && j0 >= g {
+                    Coverage::Empty
+                } else {
+                    Coverage::Partial
+                }
+            }
+            Mask::Segments(s) => {
+                if p1 < 0 {
+                    return Coverage::Empty;
+                }
+                let (qs0, qs1) = (s[p0.max(0) as usize], s[p1 as usize]);
+                let (ks0, ks1) = (s[keys.start], s[keys.end - 1]);
+                if qs1 < ks0 || ks1 < qs0 {
+                    Coverage::Empty
+                } else if p0 >= 0 && qs0 == qs1 && ks0 == ks1 && qs0 == ks0 {
+                    Coverage::Full
+                } else {
+                    Coverage::Partial
+                }
+            }
+            Mask::Blocks(g) => g.coverage(h, rows, keys, q_offset),
+            Mask::And(v) => {
+                v.iter().fold(Coverage::Full, |acc, m| acc.and(m.coverage(h, rows, keys, q_offset)))
+            }
+            Mask::Or(v) => {
+                v.iter().fold(Coverage::Empty, |acc, m| acc.or(m.coverage(h, rows, keys, q_offset)))
+            }
+        }
+    }
+
+    /// A short description, e.g. `causal & global(4)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Mask::Causal => "causal".into(),
+            Mask::Window(w) => {
+                format!("window({},{})", w.left.map_or(-1, |x| x as i64), w.right.map_or(-1, |x| x as i64))
+            }
+            Mask::Global(g) => format!("global({g})"),
+            Mask::Segments(s) => format!("segments({})", s.last().map_or(0, |&x| x as usize + 1)),
+            Mask::Blocks(g) => g.label.clone(),
+            Mask::And(v) => v.iter().map(Mask::describe).collect::<Vec<_>>().join(" & "),
+            Mask::Or(v) => format!("({})", v.iter().map(Mask::describe).collect::<Vec<_>>().join(" | ")),
+        }
+    }
+}
+
+/// Coverage of a tile by the band `lo <= p − j <= hi`.
+pub(crate) fn band_coverage(p0: i64, p1: i64, j0: i64, j1: i64, lo: i64, hi: i64) -> Coverage {
+    let (d_min, d_max) = (p0 - j1, p1 - j0);
+    if d_max < lo || d_min > hi {
+        Coverage::Empty
+    } else if d_min >= lo && d_max <= hi {
+        Coverage::Full
+    } else {
+        Coverage::Partial
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaves(shape: &AttnShape) -> Vec<Mask> {
+        let bb = BigBird { global: 1, window: 1, random: 2, block: 5, seed: 7 };
+        let seg: Vec<u32> = (0..shape.m).map(|p| (p / 9) as u32 + (p > 20) as u32).collect();
+        let cells: Vec<f32> = (0..2 * shape.n.div_ceil(4) * shape.m.div_ceil(4))
+            .map(|x| ((x * 7) % 3 == 0) as u8 as f32)
+            .collect();
+        vec![
+            Mask::Causal,
+            Mask::Window(Window::new(4, 2)),
+            Mask::Global(3),
+            Mask::Segments(Arc::new(seg)),
+            Mask::bigbird(&bb, shape.m).unwrap(),
+            Mask::block_mask(shape, 4, &[2, shape.n.div_ceil(4), shape.m.div_ceil(4)], &cells).unwrap(),
+        ]
+    }
+
+    /// Tile coverage agrees with the element predicate: exact for leaves, and never claims
+    /// Empty or Full wrongly for compositions.
+    #[test]
+    fn coverage_agrees_with_predicate() {
+        for (n, m) in [(23, 37), (37, 23), (30, 30)] {
+            let shape = AttnShape { batch: 1, heads: 2, kv_heads: 2, n, m, head_dim: 4 };
+            let ls = leaves(&shape);
+            let mut masks = ls.clone();
+            masks.push(ls[0].clone().and(ls[2].clone()));
+            masks.push(ls[1].clone().or(ls[2].clone()).or(ls[3].clone()));
+            masks.push(ls[4].clone().and(ls[5].clone()));
+            let q_offset = m as i64 - n as i64;
+            for (idx, mask) in masks.iter().enumerate() {
+                mask.validate(&shape).unwrap();
+                let leaf = idx < ls.len();
+                for h in 0..2 {
+                    for (br, bc) in [(4, 4), (3, 7), (8, 5)] {
+                        for r0 in (0..n).step_by(br) {
+                            for c0 in (0..m).step_by(bc) {
+                                let rows = r0..(r0 + br).min(n);
+                                let keys = c0..(c0 + bc).min(m);
+                                let vis = rows
+                                    .clone()
+                                    .flat_map(|i| keys.clone().map(move |j| (i, j)))
+                                    .filter(|&(i, j)| mask.visible(h, i, j, q_offset))
+                                    .count() as u64;
+                                let truth = Coverage::from_counts(vis, (rows.len() * keys.len()) as u64);
+                                let got = mask.coverage(h, &rows, &keys, q_offset);
+                                if leaf {
+                                    assert_eq!(
+                                        got,
+                                        truth,
+                                        "{} h={h} rows={rows:?} keys={keys:?} n={n} m={m}",
+                                        mask.describe()
+                                    );
+                                } else {
+                                    assert!(
+                                        got == truth || got == Coverage::Partial,
+                                        "{} h={h} rows={rows:?} keys={keys:?}: {got:?} vs {truth:?}",
+                                        mask.describe()
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bigbird_rows_have_global_window_and_random_blocks() {
+        let bb = BigBird { global: 1, window: 1, random: 2, block: 4, seed: 3 };
+        let g = bb.grid(64).unwrap();
+        assert_eq!(g.rows, 16);
+        for qb in 1..16 {
+            let row = &g.cells[qb * 16..(qb + 1) * 16];
+            let win = (qb.saturating_sub(1)..=(qb + 1).min(15)).count();
+            let expected = 1 + win - (qb == 1) as usize + 2; // global block 0 overlaps qb=1's window
+            assert_eq!(row.iter().filter(|&&c| c).count(), expected, "qb {qb}");
+        }
+        assert_eq!(bb.grid(64).unwrap(), g, "deterministic from the seed");
+        assert_ne!(BigBird { seed: 4, ..bb }.grid(64).unwrap().cells, g.cells);
+    }
+
+    #[test]
+    fn parse_and_validate_errors() {
+        assert!(BigBird::parse("global=1,window=2,random=0,block=16,seed=9").is_ok());
+        assert!(BigBird::parse("globl=1").is_err() && BigBird::parse("block=0").is_err());
+        let shape = AttnShape::mha(1, 2, 8, 8, 4);
+        assert!(Mask::Segments(Arc::new(vec![0, 0, 1, 0, 1, 1, 1, 1])).validate(&shape).is_err());
+        assert!(Mask::block_mask(&shape, 4, &[3, 2, 2], &[0.0; 12]).is_err());
+    }
+}
