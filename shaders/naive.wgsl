@@ -3,10 +3,13 @@
 // Three passes over a materialised score matrix S [B·H, N, M] in device memory:
 //   scores:  S = scale·Q·Kᵀ + bias, masked entries set to MASKED      (one invocation per s_ij)
 //   softmax: row max, sum, LSE; S overwritten with P = softmax(S)       (one invocation per row)
-//   pv:      O = P·V                                                     (one invocation per o_i,4 lanes)
-// Device-memory traffic per (b, h): S written once, read twice, written again, read once
-// (≈ 5·N·M·4 bytes), plus Q, K, V reads of N·M·D per pass — Θ(N·D + N·M) beyond the inputs.
-// A sparse mask arrives as N×M visibility bits (computed on the CPU), so no tile is skipped.
+//   pv:      O = P·V                                                     (one invocation per 4 lanes of o_i)
+// Device-memory traffic, counted per invocation (no cache reuse assumed), in f32 words:
+//   scores:  2·D per visible pair (a q row, a k row) read; 1 per pair written
+//   softmax: 3·M read, M + 1 written per row (a fully masked row: M read, M + 1 written)
+//   pv:      5·M read (M of P, 4·M of V), 4 written per invocation
+// i.e. Θ(N·M·D) reads and Θ(N·M) score traffic per head — against flash's Θ(N·M·D/BR).
+// A sparse mask arrives as N×M visibility bits computed on the CPU; no tile is skipped.
 
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
@@ -14,10 +17,21 @@
 @group(0) @binding(4) var<storage, read_write> o: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(6) var<storage, read_write> s: array<f32>;
-@group(0) @binding(7) var<storage, read> slopes: array<f32>;
-// Visibility bits of a sparse mask: bit j%32 of word [(mask_head·N + i)·bits_stride + j/32].
-// bits_stride = 0: no sparse mask.
-@group(0) @binding(8) var<storage, read> mask_bits: array<u32>;
+// aux: ALiBi slopes (f32 bits, one per head) from word 0; visibility bits of a sparse mask
+// from word bits_base: bit j%32 of word [(mask_head·N + i)·bits_stride + j/32]
+// (bits_stride = 0: no sparse mask).
+@group(0) @binding(7) var<storage, read> aux: array<u32>;
+// Instrumentation (COUNT = 1 only): 64-bit (lo, hi) words read, then words written.
+@group(0) @binding(8) var<storage, read_write> counters: array<atomic<u32>>;
+
+fn count(slot: u32, words: u32) {
+    if COUNT != 0u {
+        let old = atomicAdd(&counters[2u * slot], words);
+        if old > 0xffffffffu - words {
+            atomicAdd(&counters[2u * slot + 1u], 1u);
+        }
+    }
+}
 
 fn mask_allows(h: u32, i: u32, j: u32) -> bool {
     if params.bits_stride == 0u {
@@ -27,7 +41,7 @@ fn mask_allows(h: u32, i: u32, j: u32) -> bool {
     if params.map_heads > 1u {
         mh = h;
     }
-    let word = mask_bits[(mh * params.n + i) * params.bits_stride + j / 32u];
+    let word = aux[params.bits_base + (mh * params.n + i) * params.bits_stride + j / 32u];
     return ((word >> (j % 32u)) & 1u) != 0u;
 }
 
@@ -53,10 +67,12 @@ fn scores(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
         sc = params.scale * dot_qk;
         if params.alibi != 0u {
-            sc += alibi_bias(slopes[h], pos, i32(j));
+            sc += alibi_bias(bitcast<f32>(aux[h]), pos, i32(j));
         }
+        count(0u, 8u * D4);
     }
     s[(bh * params.n + i) * params.m + j] = sc;
+    count(1u, 1u);
 }
 
 @compute @workgroup_size(64)
@@ -76,6 +92,8 @@ fn softmax(@builtin(global_invocation_id) gid: vec3<u32>) {
             s[base + j] = 0.0;
         }
         lse[bh * params.n + i] = params.neg_inf;
+        count(0u, params.m);
+        count(1u, params.m + 1u);
         return;
     }
     var sum = 0.0;
@@ -87,6 +105,8 @@ fn softmax(@builtin(global_invocation_id) gid: vec3<u32>) {
         s[base + j] = exp(s[base + j] - mx) * inv;
     }
     lse[bh * params.n + i] = mx + log(sum);
+    count(0u, 3u * params.m);
+    count(1u, params.m + 1u);
 }
 
 @compute @workgroup_size(64)
@@ -107,4 +127,6 @@ fn pv(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc += s[p_base + j] * v[v_base + j * D4];
     }
     o[bh * params.n * D4 + idx] = acc;
+    count(0u, 5u * params.m);
+    count(1u, 4u);
 }

@@ -351,6 +351,55 @@ impl Gpu {
     }
 }
 
+/// Device-side timing of one compute pass with TIMESTAMP_QUERY: two timestamps, resolved and
+/// read back in nanoseconds.
+pub struct GpuTimer {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    period_ns: f64,
+}
+
+impl GpuTimer {
+    /// `None` when the device lacks TIMESTAMP_QUERY.
+    pub fn new(gpu: &Gpu) -> Option<Self> {
+        if !gpu.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return None;
+        }
+        let queries = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("longctx timer"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("longctx timer resolve"),
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        Some(Self { queries, resolve, period_ns: gpu.queue.get_timestamp_period() as f64 })
+    }
+
+    /// Timestamp writes for the pass to be timed.
+    pub fn writes(&self) -> wgpu::ComputePassTimestampWrites<'_> {
+        wgpu::ComputePassTimestampWrites {
+            query_set: &self.queries,
+            beginning_of_pass_write_index: Some(0),
+            end_of_pass_write_index: Some(1),
+        }
+    }
+
+    /// Records the resolve; call after the timed pass, in the same encoder.
+    pub fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.resolve_query_set(&self.queries, 0..2, &self.resolve, 0);
+    }
+
+    /// Milliseconds between the two timestamps of the last submitted run.
+    pub fn read_ms(&self, gpu: &Gpu) -> Result<f64> {
+        let t: Vec<u64> = gpu.read(&self.resolve, 2)?;
+        Ok(t[1].saturating_sub(t[0]) as f64 * self.period_ns / 1e6)
+    }
+}
+
 /// Layout entry: uniform buffer at `binding` (compute stage).
 pub fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
     buffer_entry(binding, wgpu::BufferBindingType::Uniform)

@@ -29,26 +29,54 @@ fn file_err(path: &Path, message: impl Into<String>) -> Error {
     Error::File { path: path.to_path_buf(), message: message.into() }
 }
 
-/// Reads a C-ordered little-endian float32 `.npy` file.
-pub fn read_npy(path: &Path) -> Result<Tensor> {
+fn open_npy(path: &Path) -> Result<(npyz::NpyFile<BufReader<File>>, String, Vec<usize>)> {
     let file = File::open(path).map_err(|e| file_err(path, format!("cannot open: {e}")))?;
     let npy = npyz::NpyFile::new(BufReader::new(file))
         .map_err(|e| file_err(path, format!("not a valid .npy file: {e}")))?;
-    let dtype = npy.dtype();
-    let descr = match &dtype {
+    let descr = match npy.dtype() {
         npyz::DType::Plain(ts) => ts.to_string(),
         other => format!("{other:?}"),
     };
+    if npy.order() != npyz::Order::C {
+        return Err(file_err(path, "Fortran-ordered array; save it with np.ascontiguousarray"));
+    }
+    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    Ok((npy, descr, shape))
+}
+
+/// Reads a numeric `.npy` file of any common dtype (float, int, uint, bool) as f64 — for
+/// masks and segment ids, which people save as bool or integers.
+pub fn read_npy_numbers(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
+    let (npy, descr, shape) = open_npy(path)?;
+    let bad = |e: std::io::Error| file_err(path, format!("truncated or corrupt data: {e}"));
+    let data: Vec<f64> = match descr.as_str() {
+        "<f4" => npy.into_vec::<f32>().map_err(bad)?.into_iter().map(f64::from).collect(),
+        "<f8" => npy.into_vec::<f64>().map_err(bad)?,
+        "<i8" => npy.into_vec::<i64>().map_err(bad)?.into_iter().map(|x| x as f64).collect(),
+        "<i4" => npy.into_vec::<i32>().map_err(bad)?.into_iter().map(f64::from).collect(),
+        "<u4" => npy.into_vec::<u32>().map_err(bad)?.into_iter().map(f64::from).collect(),
+        "|u1" => npy.into_vec::<u8>().map_err(bad)?.into_iter().map(f64::from).collect(),
+        "|i1" => npy.into_vec::<i8>().map_err(bad)?.into_iter().map(f64::from).collect(),
+        "|b1" => npy.into_vec::<bool>().map_err(bad)?.into_iter().map(|b| b as u8 as f64).collect(),
+        other => {
+            return Err(file_err(path, format!("dtype {other} is not supported; use bool, int32/64, uint8/32 or float32/64")));
+        }
+    };
+    if data.len() != shape.iter().product::<usize>() {
+        return Err(file_err(path, format!("shape {shape:?} does not match {} values", data.len())));
+    }
+    Ok((shape, data))
+}
+
+/// Reads a C-ordered little-endian float32 `.npy` file.
+pub fn read_npy(path: &Path) -> Result<Tensor> {
+    let (npy, descr, shape) = open_npy(path)?;
     if descr != "<f4" {
         return Err(file_err(
             path,
             format!("dtype is {descr}, expected float32 (<f4); convert with `a.astype(np.float32)`"),
         ));
     }
-    if npy.order() != npyz::Order::C {
-        return Err(file_err(path, "Fortran-ordered array; save it with np.ascontiguousarray"));
-    }
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let data: Vec<f32> =
         npy.into_vec().map_err(|e| file_err(path, format!("truncated or corrupt data: {e}")))?;
     Tensor::new(shape, data).map_err(|e| file_err(path, e.to_string()))

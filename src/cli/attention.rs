@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use longctx::io::{Tensor, read_npy, write_npy};
-use longctx::{Alibi, AttnShape, AttnSpec, Kernel, Window};
+use longctx::{Alibi, AttnShape, AttnSpec, Kernel};
 
 use super::DeviceArgs;
+use super::maskargs::MaskArgs;
 
 /// Which implementation computes the result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -24,8 +25,12 @@ pub enum KernelArg {
 Shapes: Q [H,N,D] or [B,H,N,D]; K and V [Hkv,M,D] or [B,Hkv,M,D] with H % Hkv == 0.
 Query row i sits at position M-N+i (bottom-right alignment), key j at j.
 
-Example:
-  longctx attention --q q.npy --k k.npy --v v.npy --out o.npy --causal --alibi")]
+Every active mask rule must allow a pair (AND); --pattern longformer is window OR global.
+
+Examples:
+  longctx attention --q q.npy --k k.npy --v v.npy --out o.npy --causal --alibi
+  longctx attention ... --block-mask blocks.npy --block-size 64 --window 512,0
+  longctx attention ... --bigbird global=1,window=1,random=2,block=64,seed=0")]
 pub struct AttentionArgs {
     /// Queries, float32 .npy.
     #[arg(long)]
@@ -42,15 +47,11 @@ pub struct AttentionArgs {
     /// Also write the log-sum-exp of each row ([B,H,N] or [H,N]; -inf for fully masked rows).
     #[arg(long)]
     lse: Option<PathBuf>,
-    /// Causal mask: key j is visible from row i iff j <= M-N+i.
-    #[arg(long)]
-    causal: bool,
+    #[command(flatten)]
+    mask: MaskArgs,
     /// ALiBi bias -slope_h·|p_i - j| with the paper's slopes for H heads.
     #[arg(long)]
     alibi: bool,
-    /// Local window L,R: row at position p sees keys p-L ..= p+R; -1 = unbounded side.
-    #[arg(long, value_name = "L,R", allow_hyphen_values = true)]
-    window: Option<String>,
     /// Score scale (default 1/sqrt(D)).
     #[arg(long)]
     scale: Option<f32>,
@@ -69,7 +70,6 @@ fn dims(name: &str, t: &Tensor) -> anyhow::Result<(usize, usize, usize, usize)> 
 }
 
 pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
-    let window = a.window.as_deref().map(Window::parse).transpose()?;
     let q = read_npy(&a.q)?;
     let k = read_npy(&a.k)?;
     let v = read_npy(&a.v)?;
@@ -90,11 +90,9 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
         bail!("head dim differs: Q has {d}, K and V have {dk}");
     }
     let shape = AttnShape { batch: b, heads: h, kv_heads: hkv, n, m, head_dim: d };
-    let spec = AttnSpec::new(shape)
-        .causal(a.causal)
-        .window(window)
-        .alibi(if a.alibi { Alibi::Standard } else { Alibi::Off })
-        .scale(a.scale);
+    let spec = a.mask.apply(
+        AttnSpec::new(shape).alibi(if a.alibi { Alibi::Standard } else { Alibi::Off }).scale(a.scale),
+    )?;
     spec.check_inputs(&q.data, &k.data, &v.data)?;
 
     let out = match a.kernel {

@@ -1,53 +1,89 @@
-//! `longctx bench`: validated timings of the attention kernels.
+//! `longctx bench`: suites and sweeps of validated, timed kernel runs; a table for people,
+//! JSON and CSV records for tools.
 
-use anyhow::Context;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use longctx::bench::{fitted_exponent, time_attention};
+use indicatif::{ProgressBar, ProgressStyle};
+use longctx::bench::{Record, fitted_exponent, time_attention};
+use longctx::kernels::peak::{self, Peak};
+use longctx::mask::{BigBird, Mask};
 use longctx::reference::{attention_f64, attention_rows_f64, rel_error};
-use longctx::{Alibi, Attention, AttnShape, AttnSpec, DeviceTensors, Gpu, Kernel, Window};
+use longctx::{Alibi, Attention, AttnSpec, DeviceTensors, Gpu, Kernel, Window};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use super::DeviceArgs;
+use super::maskargs::{MaskArgs, describe, shape};
 
 /// Largest N·M per head at which the whole f64 oracle validates a configuration; above it
-/// SPOT_ROWS evenly spaced rows are checked.
+/// SPOT_ROWS evenly spaced rows are checked against the oracle.
 const ORACLE_MAX_PAIRS: usize = 1024 * 1024;
-/// Rows checked against the oracle above that size.
 const SPOT_ROWS: usize = 64;
+
+pub const FLOP_CONVENTION: &str =
+    "forward: 4·B·D·(visible query-key pairs over heads) — QKᵀ and PV, one multiply + one add each; softmax, masking and bias not counted";
+pub const TRAFFIC_CONVENTION: &str = "bytes of Q, K, V read and O, LSE written (naive: and its N×M scores), as each workgroup/invocation moves them to or from device memory; no cache reuse assumed; uniforms, block map and slopes not counted";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Suite {
+    /// About a minute on a software adapter: flash vs naive, dense/causal/ALiBi, N ≤ 2K, one window and one BigBird run.
+    Default,
+    /// N = 1K…8K, dense and causal, flash vs naive.
+    Full,
+    /// Linear-cost evidence: window (512,0)+causal and BigBird at N = 8K…128K next to dense causal flash.
+    Scaling,
+}
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
-FLOPs are counted as 4·B·H·D·(visible query-key pairs): QKᵀ and PV, one multiply and one add
-each; softmax, masking and bias are not counted. Times are medians of --reps runs after one
-warm-up, submit-to-idle on the host clock, inputs resident on the device.")]
+FLOPs: 4·B·D·(visible query-key pairs over heads), the FlashAttention convention (QKᵀ and PV,
+one multiply and one add each; softmax, masking, bias not counted). Times: device timestamps
+around the kernel's pass when the adapter has TIMESTAMP_QUERY (else host wall clock, submit to
+idle); one warm-up; median, min, max of --reps. Every configuration is checked against the
+f64 oracle before it is timed (whole output up to N·M = 1M, else 64 sampled rows). Traffic:
+modelled from each kernel's loops and measured by its instrumented variant.
+
+Examples:
+  longctx bench                                   # the default suite
+  longctx bench --n 1k,2k,4k,8k --causal --json out.json
+  longctx bench --suite scaling")]
 pub struct BenchArgs {
+    /// A named suite; sweep flags below replace its sizes and masks.
+    #[arg(long, value_enum, default_value_t = Suite::Default)]
+    suite: Suite,
     /// Sequence lengths N (= M), comma-separated; k = 1024 (e.g. 512,1k,2k).
-    #[arg(long, value_delimiter = ',', default_values_t = ["256".to_string(), "512".into(), "1k".into(), "2k".into()])]
-    n: Vec<String>,
-    /// Head dim.
-    #[arg(long, default_value_t = 64)]
-    d: usize,
+    #[arg(long, value_delimiter = ',')]
+    n: Option<Vec<String>>,
+    /// Head dims, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    d: Option<Vec<usize>>,
     /// Query heads.
-    #[arg(long, default_value_t = 4)]
-    heads: usize,
+    #[arg(long)]
+    heads: Option<usize>,
     /// Key/value heads (default: = heads).
     #[arg(long)]
     kv_heads: Option<usize>,
-    /// Kernels to time, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = ["flash".to_string(), "naive".into()])]
-    kernels: Vec<String>,
-    /// Only causal (default: both dense and causal).
-    #[arg(long)]
-    causal: bool,
+    /// Kernels, comma-separated: flash, naive.
+    #[arg(long, value_delimiter = ',')]
+    kernels: Option<Vec<String>>,
+    #[command(flatten)]
+    mask: MaskArgs,
     /// Add ALiBi.
     #[arg(long)]
     alibi: bool,
-    /// Local window L,R.
-    #[arg(long, value_name = "L,R", allow_hyphen_values = true)]
-    window: Option<String>,
-    /// Timed repeats per configuration.
-    #[arg(long, default_value_t = 5)]
-    reps: usize,
+    /// Timed repeats per configuration (after one warm-up).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Skip the instrumented run that measures traffic.
+    #[arg(long)]
+    no_traffic: bool,
+    /// Write one JSON record per configuration (an array) to this path.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the records as CSV to this path.
+    #[arg(long)]
+    csv: Option<PathBuf>,
 }
 
 /// Parses `512`, `4k`, `1K`.
@@ -65,125 +101,174 @@ fn kernel(name: &str) -> anyhow::Result<Kernel> {
     match name.trim() {
         "flash" => Ok(Kernel::Flash),
         "naive" => Ok(Kernel::Naive),
-        other => anyhow::bail!("unknown kernel `{other}`; choose from flash, naive"),
+        other => bail!("unknown kernel `{other}`; choose from flash, naive"),
     }
 }
 
-pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
-    let gpu = dev.gpu()?;
-    let ns = a.n.iter().map(|s| parse_size(s)).collect::<anyhow::Result<Vec<_>>>()?;
-    let kernels = a.kernels.iter().map(|s| kernel(s)).collect::<anyhow::Result<Vec<_>>>()?;
-    let window = a.window.as_deref().map(Window::parse).transpose()?;
-    let causal_modes: &[bool] = if a.causal { &[true] } else { &[false, true] };
-    let info = gpu.info();
-    println!("adapter: {} ({:?}, {})", info.name, info.backend, info.driver);
+struct Config {
+    kernel: Kernel,
+    spec: AttnSpec,
+    reps: usize,
+}
 
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header([
-        "kernel",
-        "mask",
-        "N",
-        "D",
-        "H/Hkv",
-        "median ms",
-        "min ms",
-        "max ms",
-        "GFLOP/s",
-        "rel err",
-        "scratch MiB",
-    ]);
-    let mut curves: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for &causal in causal_modes {
-        for &kern in &kernels {
-            let mut curve = Vec::new();
-            for &n in &ns {
-                let shape = AttnShape {
-                    batch: 1,
-                    heads: a.heads,
-                    kv_heads: a.kv_heads.unwrap_or(a.heads),
-                    n,
-                    m: n,
-                    head_dim: a.d,
-                };
-                let spec = AttnSpec::new(shape).causal(causal).window(window).alibi(if a.alibi {
-                    Alibi::Standard
-                } else {
-                    Alibi::Off
-                });
-                let mask = mask_name(&spec);
-                match bench_one(&gpu, kern, &spec, a.reps) {
-                    Ok(r) => {
-                        let gflops = spec.flops() / (r.median_ms * 1e-3) / 1e9;
-                        curve.push((n as f64, r.median_ms));
-                        table.add_row([
-                            kern.name().to_string(),
-                            mask,
-                            n.to_string(),
-                            a.d.to_string(),
-                            format!("{}/{}", shape.heads, shape.kv_heads),
-                            format!("{:.2}", r.median_ms),
-                            format!("{:.2}", r.min_ms),
-                            format!("{:.2}", r.max_ms),
-                            format!("{gflops:.2}"),
-                            format!("{:.1e} vs {}", r.err, r.reference),
-                            format!("{:.2}", r.scratch as f64 / (1 << 20) as f64),
-                        ]);
-                    }
-                    Err(e) => {
-                        table.add_row([
-                            kern.name().to_string(),
-                            mask,
-                            n.to_string(),
-                            a.d.to_string(),
-                            String::new(),
-                            format!("skipped: {e}"),
-                        ]);
+fn bigbird(n: usize) -> anyhow::Result<Mask> {
+    Ok(Mask::bigbird(&BigBird { global: 1, window: 1, random: 2, block: 64, seed: 0 }, n)?)
+}
+
+/// The configurations to run: a suite, or a sweep when any sweep flag is given.
+fn configs(a: &BenchArgs) -> anyhow::Result<Vec<Config>> {
+    let sweep = a.n.is_some() || a.d.is_some() || a.heads.is_some() || a.kernels.is_some();
+    let alibi = if a.alibi { Alibi::Standard } else { Alibi::Off };
+    let mut out = Vec::new();
+    if sweep || a.mask.causal || a.mask.window.is_some() || a.mask.pattern.is_some() {
+        let ns = match &a.n {
+            Some(v) => v.iter().map(|s| parse_size(s)).collect::<anyhow::Result<Vec<_>>>()?,
+            None => vec![512, 1024, 2048],
+        };
+        let kernels = match &a.kernels {
+            Some(v) => v.iter().map(|s| kernel(s)).collect::<anyhow::Result<Vec<_>>>()?,
+            None => vec![Kernel::Flash, Kernel::Naive],
+        };
+        let heads = a.heads.unwrap_or(4);
+        for &d in a.d.as_deref().unwrap_or(&[64]) {
+            for &kern in &kernels {
+                for &n in &ns {
+                    let spec = a.mask.apply(
+                        AttnSpec::new(shape(heads, a.kv_heads.unwrap_or(heads), n, n, d)).alibi(alibi.clone()),
+                    )?;
+                    out.push(Config { kernel: kern, spec, reps: a.reps.unwrap_or(5) });
+                }
+            }
+        }
+        return Ok(out);
+    }
+    let reps = |r| a.reps.unwrap_or(r);
+    match a.suite {
+        Suite::Default => {
+            for causal in [false, true] {
+                for kern in [Kernel::Flash, Kernel::Naive] {
+                    for n in [512, 1024, 2048] {
+                        let spec = AttnSpec::new(shape(4, 4, n, n, 64)).causal(causal);
+                        out.push(Config { kernel: kern, spec, reps: reps(3) });
                     }
                 }
             }
-            curves.push((format!("{} {}", kern.name(), if causal { "causal" } else { "dense" }), curve));
+            for kern in [Kernel::Flash, Kernel::Naive] {
+                let s = shape(4, 4, 1024, 1024, 64);
+                out.push(Config { kernel: kern, spec: AttnSpec::new(s).causal(true).alibi(Alibi::Standard), reps: reps(3) });
+                let s = shape(4, 4, 2048, 2048, 64);
+                let window = AttnSpec::new(s).causal(true).window(Some(Window::new(256, 0)));
+                out.push(Config { kernel: kern, spec: window, reps: reps(3) });
+            }
+            let bb = AttnSpec::new(shape(4, 4, 2048, 2048, 64)).mask(Some(bigbird(2048)?));
+            out.push(Config { kernel: Kernel::Flash, spec: bb, reps: reps(3) });
+        }
+        Suite::Full => {
+            for causal in [false, true] {
+                for kern in [Kernel::Flash, Kernel::Naive] {
+                    for n in [1024, 2048, 4096, 8192] {
+                        let spec = AttnSpec::new(shape(4, 4, n, n, 64)).causal(causal);
+                        out.push(Config { kernel: kern, spec, reps: reps(3) });
+                    }
+                }
+            }
+        }
+        Suite::Scaling => {
+            for k in [8, 16, 32, 64, 128] {
+                let n = k * 1024;
+                let s = shape(1, 1, n, n, 64);
+                let window = AttnSpec::new(s).causal(true).window(Some(Window::new(512, 0)));
+                out.push(Config { kernel: Kernel::Flash, spec: window, reps: reps(3) });
+                out.push(Config { kernel: Kernel::Flash, spec: AttnSpec::new(s).mask(Some(bigbird(n)?)), reps: reps(3) });
+            }
+            for k in [8, 16, 32] {
+                let spec = AttnSpec::new(shape(1, 1, k * 1024, k * 1024, 64)).causal(true);
+                out.push(Config { kernel: Kernel::Flash, spec, reps: reps(1) });
+            }
         }
     }
-    println!("{table}");
-    for (name, curve) in curves {
-        if let Some(k) = fitted_exponent(&curve) {
-            println!("time ∝ N^{k:.2}  ({name}, least squares on log-log over {} sizes)", curve.len());
-        }
+    Ok(out)
+}
+
+pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let gpu = dev.gpu()?;
+    let configs = configs(a)?;
+    let peak = peak::cached_or_measure(&gpu)?;
+    let info = gpu.info();
+    println!(
+        "adapter {} ({:?}, {}); peak probe {:.1} GFLOP/s FMA, {:.1} GB/s copy",
+        info.name, info.backend, info.driver, peak.fma_gflops, peak.copy_gbps
+    );
+    let bar = ProgressBar::new(configs.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}").expect("template"));
+    let mut records = Vec::new();
+    for c in &configs {
+        bar.set_message(format!("{} {} N={}", c.kernel.name(), describe(&c.spec), c.spec.shape.n));
+        records.push(bench_one(&gpu, c, &peak, !a.no_traffic));
+        bar.inc(1);
     }
+    bar.finish_and_clear();
+    println!("{}", table(&records));
+    for line in exponents(&records) {
+        println!("{line}");
+    }
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&records)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &a.csv {
+        let mut w = csv::Writer::from_path(path).with_context(|| format!("writing {}", path.display()))?;
+        for r in &records {
+            w.serialize(r)?;
+        }
+        w.flush()?;
+    }
+    println!("{} configurations in {:.1} s", records.len(), started.elapsed().as_secs_f64());
     Ok(())
 }
 
-fn mask_name(spec: &AttnSpec) -> String {
-    let mut parts = Vec::new();
-    if spec.causal {
-        parts.push("causal".to_string());
+fn base_record(gpu: &Gpu, c: &Config) -> Record {
+    let s = c.spec.shape;
+    let info = gpu.info();
+    Record {
+        kernel: c.kernel.name().into(),
+        batch: s.batch,
+        heads: s.heads,
+        kv_heads: s.kv_heads,
+        n: s.n,
+        m: s.m,
+        d: s.head_dim,
+        mask: describe(&c.spec),
+        flops: c.spec.flops(),
+        flop_convention: FLOP_CONVENTION.into(),
+        traffic_convention: TRAFFIC_CONVENTION.into(),
+        reps: c.reps,
+        adapter: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        driver: format!("{} {}", info.driver, info.driver_info).trim().into(),
+        git_commit: env!("LONGCTX_GIT_COMMIT").into(),
+        longctx_version: env!("CARGO_PKG_VERSION").into(),
+        timestamp: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        ..Default::default()
     }
-    if let Some(w) = spec.window {
-        let side = |x: Option<usize>| x.map_or("-1".to_string(), |v| v.to_string());
-        parts.push(format!("window({},{})", side(w.left), side(w.right)));
-    }
-    if spec.alibi != Alibi::Off {
-        parts.push("alibi".into());
-    }
-    if parts.is_empty() { "dense".into() } else { parts.join("+") }
 }
 
-struct BenchResult {
-    median_ms: f64,
-    min_ms: f64,
-    max_ms: f64,
-    err: f64,
-    reference: &'static str,
-    scratch: u64,
+/// Validates, measures traffic, then times one configuration; failures become `skipped`.
+fn bench_one(gpu: &Gpu, c: &Config, peak: &Peak, traffic: bool) -> Record {
+    let mut r = base_record(gpu, c);
+    if let Err(e) = fill(gpu, c, peak, traffic, &mut r) {
+        r.skipped = Some(e.to_string());
+    }
+    r
 }
 
-/// Validates one configuration, then times it.
-fn bench_one(gpu: &Gpu, kern: Kernel, spec: &AttnSpec, reps: usize) -> longctx::Result<BenchResult> {
+fn fill(gpu: &Gpu, c: &Config, peak: &Peak, traffic: bool, r: &mut Record) -> longctx::Result<()> {
+    let spec = &c.spec;
     let s = spec.shape;
     let mut rng = StdRng::seed_from_u64(0x10c7);
     let mut rand_vec = |len: usize| (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<f32>>();
     let (q, k, v) = (rand_vec(s.q_len()), rand_vec(s.kv_len()), rand_vec(s.kv_len()));
-    let attn = Attention::new(gpu, kern, spec)?;
+    let attn = Attention::new(gpu, c.kernel, spec)?;
     let io = DeviceTensors::upload(gpu, spec, &q, &k, &v)?;
     io.poison(gpu);
     let mut enc = gpu.device.create_command_encoder(&Default::default());
@@ -194,22 +279,93 @@ fn bench_one(gpu: &Gpu, kern: Kernel, spec: &AttnSpec, reps: usize) -> longctx::
         let (o_ref, _) = attention_f64(spec, &q, &k, &v)?;
         (rel_error(&out.o, &o_ref), "oracle")
     } else {
-        // Too big for the whole oracle: spot-check evenly spaced rows (first and last included).
         let total = s.lse_len();
-        let rows: Vec<usize> = (0..SPOT_ROWS).map(|r| r * (total - 1) / (SPOT_ROWS - 1)).collect();
+        let rows: Vec<usize> = (0..SPOT_ROWS).map(|i| i * (total - 1) / (SPOT_ROWS - 1)).collect();
         let want = attention_rows_f64(spec, &q, &k, &v, &rows)?;
         let d = s.head_dim;
-        let got: Vec<f32> = rows.iter().flat_map(|&r| out.o[r * d..(r + 1) * d].iter().copied()).collect();
+        let got: Vec<f32> = rows.iter().flat_map(|&row| out.o[row * d..(row + 1) * d].iter().copied()).collect();
         let want: Vec<f64> = want.into_iter().flat_map(|(o, _)| o).collect();
-        (rel_error(&got, &want), "oracle rows")
+        (rel_error(&got, &want), "oracle, 64 sampled rows")
     };
-    let t = time_attention(gpu, &attn, &io, 1, reps)?;
-    Ok(BenchResult {
-        median_ms: t.median(),
-        min_ms: t.min(),
-        max_ms: t.max(),
-        err,
-        reference,
-        scratch: attn.scratch_bytes(),
-    })
+    r.rel_err = Some(err);
+    r.reference = reference.into();
+    r.scratch_bytes = attn.scratch_bytes();
+    r.device_bytes = r.scratch_bytes + 4 * (2 * s.q_len() + 2 * s.kv_len() + s.lse_len()) as u64;
+    r.traffic_model_bytes = attn.traffic_model().total();
+    if traffic {
+        let inst = Attention::instrumented(gpu, c.kernel, spec)?;
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        inst.encode(gpu, &mut enc, &io.buffers())?;
+        gpu.queue.submit([enc.finish()]);
+        r.traffic_measured_bytes = inst.measured_traffic(gpu)?.map(|t| t.total());
+    }
+    drop(out);
+    let t = time_attention(gpu, &attn, &io, 1, c.reps)?;
+    let ms = t.median();
+    r.timer = t.timer.into();
+    r.ms_median = Some(ms);
+    r.ms_min = Some(t.min());
+    r.ms_max = Some(t.max());
+    let gflops = r.flops / (ms * 1e-3) / 1e9;
+    r.gflops = Some(gflops);
+    r.pct_peak_fma = Some(100.0 * gflops / peak.fma_gflops);
+    let gbps = r.traffic_model_bytes as f64 / (ms * 1e-3) / 1e9;
+    r.gbps = Some(gbps);
+    r.pct_peak_copy = Some(100.0 * gbps / peak.copy_gbps);
+    Ok(())
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1}", b as f64 / (1 << 20) as f64)
+}
+
+fn table(records: &[Record]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "kernel", "mask", "N", "D", "H/Hkv", "ms median [min–max]", "GFLOP/s", "% FMA peak", "device MiB",
+        "traffic model MiB", "measured MiB", "GB/s", "rel err",
+    ]);
+    for r in records {
+        let mut row = vec![r.kernel.clone(), r.mask.clone(), r.n.to_string(), r.d.to_string(), format!("{}/{}", r.heads, r.kv_heads)];
+        match (&r.skipped, r.ms_median) {
+            (Some(why), _) => row.push(format!("skipped: {why}")),
+            (None, Some(ms)) => {
+                row.push(format!("{ms:.2} [{:.2}–{:.2}]", r.ms_min.unwrap_or(ms), r.ms_max.unwrap_or(ms)));
+                row.push(format!("{:.2}", r.gflops.unwrap_or(0.0)));
+                row.push(format!("{:.1}", r.pct_peak_fma.unwrap_or(0.0)));
+                row.push(mib(r.device_bytes));
+                row.push(mib(r.traffic_model_bytes));
+                row.push(r.traffic_measured_bytes.map_or("—".into(), mib));
+                row.push(format!("{:.2}", r.gbps.unwrap_or(0.0)));
+                row.push(format!("{:.1e} ({})", r.rel_err.unwrap_or(f64::NAN), r.reference));
+            }
+            (None, None) => row.push("not run".into()),
+        }
+        t.add_row(row);
+    }
+    t
+}
+
+/// Fitted exponent of time vs N per (kernel, mask, D, heads) curve with ≥ 2 sizes.
+fn exponents(records: &[Record]) -> Vec<String> {
+    let mut keys: Vec<(String, String, usize, usize)> = Vec::new();
+    for r in records {
+        let key = (r.kernel.clone(), r.mask.replace(&format!("({})", r.n), ""), r.d, r.heads);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys.into_iter()
+        .filter_map(|(kernel, mask, d, heads)| {
+            let pts: Vec<(f64, f64)> = records
+                .iter()
+                .filter(|r| r.kernel == kernel && r.mask.replace(&format!("({})", r.n), "") == mask && r.d == d && r.heads == heads)
+                .filter_map(|r| r.ms_median.map(|ms| (r.n as f64, ms)))
+                .collect();
+            let (lo, hi) = (pts.iter().map(|p| p.0).fold(f64::MAX, f64::min), pts.iter().map(|p| p.0).fold(0.0, f64::max));
+            fitted_exponent(&pts).map(|k| {
+                format!("time ∝ N^{k:.2}   {kernel} {mask} D={d} H={heads} (least squares on log–log, {} sizes, N {lo}…{hi})", pts.len())
+            })
+        })
+        .collect()
 }

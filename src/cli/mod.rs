@@ -3,6 +3,9 @@
 mod attention;
 mod bench;
 mod info;
+mod mask;
+mod peak;
+mod maskargs;
 
 use clap::{Parser, Subcommand};
 use longctx::{Gpu, GpuOptions};
@@ -51,6 +54,10 @@ pub enum Command {
     Attention(attention::AttentionArgs),
     /// Time the kernels (validated against the oracle first) and print a table.
     Bench(bench::BenchArgs),
+    /// Measure this adapter's FMA rate and copy bandwidth (cached; the "% of peak" denominators).
+    Peak(peak::PeakArgs),
+    /// Print a mask's block map (full, partial, skipped tiles), sparsity and FLOPs. No GPU.
+    Mask(mask::MaskCmdArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -58,5 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(a) => info::run(&cli.device, &a),
         Command::Attention(a) => attention::run(&cli.device, &a),
         Command::Bench(a) => bench::run(&cli.device, &a),
+        Command::Mask(a) => mask::run(&a),
+        Command::Peak(a) => peak::run(&cli.device, &a),
     }
 }

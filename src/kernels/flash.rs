@@ -11,7 +11,7 @@
 use crate::blockmap::BlockMap;
 use crate::error::Result;
 use crate::gpu::{Gpu, storage_entry, uniform_entry};
-use crate::kernels::{AttnBuffers, Params, ShaderVariant, check_head_dim, slopes_words};
+use crate::kernels::{AttnBuffers, COMMON_WGSL, Params, ShaderVariant, Traffic, check_head_dim, slopes_words};
 use crate::spec::AttnSpec;
 
 const BODY: &str = include_str!("../../shaders/flash.wgsl");
@@ -78,6 +78,7 @@ impl FlashConfig {
         let d4 = (d / 4) as u32;
         ShaderVariant {
             stem: NAME,
+            prelude: COMMON_WGSL,
             body: BODY,
             entry: "main",
             consts: vec![
@@ -125,10 +126,10 @@ pub struct FlashCounters {
 }
 
 impl FlashCounters {
-    /// Device-memory bytes the kernel moved for Q, K, V, O and LSE at head dim `d`.
-    pub fn bytes(&self, d: usize) -> u64 {
+    /// Device-memory bytes moved for Q, K, V (read) and O, LSE (written) at head dim `d`.
+    pub fn traffic(&self, d: usize) -> Traffic {
         let d = d as u64;
-        self.keys * 2 * d * 4 + self.rows_read * d * 4 + self.rows_written * (d + 1) * 4
+        Traffic { read: self.keys * 2 * d * 4 + self.rows_read * d * 4, written: self.rows_written * (d + 1) * 4 }
     }
 }
 
@@ -195,6 +196,23 @@ impl Flash {
         self.config
     }
 
+    /// The traffic of the tile loop: every listed tile stages its keys of K and V once per
+    /// workgroup; each query row is read once and written once (O and LSE). Dense, that is
+    /// 2·D·4·M·⌈N/BR⌉ bytes of K/V per head — Θ(N·M·D/BR) with BR ∝ SRAM/D, the
+    /// FlashAttention bound Θ(N²D²/SRAM).
+    pub fn traffic(&self, spec: &AttnSpec) -> Traffic {
+        let s = spec.shape;
+        let (m, bc) = (s.m as u64, self.map.bc as u64);
+        let keys: u64 = self.map.entries.iter().map(|&e| {
+            let k0 = (e & !crate::blockmap::FULL) as u64 * bc;
+            (k0 + bc).min(m) - k0
+        }).sum();
+        let per_map = if self.map.heads == 1 { s.heads as u64 } else { 1 };
+        let rows = (s.batch * s.heads * s.n) as u64;
+        let keys = keys * per_map * s.batch as u64;
+        FlashCounters { tiles: 0, keys, rows_read: rows, rows_written: rows }.traffic(s.head_dim)
+    }
+
     /// The tiles this call visits.
     pub fn block_map(&self) -> &BlockMap {
         &self.map
@@ -219,7 +237,13 @@ impl Flash {
         }))
     }
 
-    pub fn encode(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder, b: &AttnBuffers) {
+    pub fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        b: &AttnBuffers,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
+    ) {
         if self.instrumented {
             encoder.clear_buffer(&self.counters, 0, None);
         }
@@ -228,7 +252,7 @@ impl Flash {
             &[&self.params, b.q, b.k, b.v, b.o, b.lse, &self.block_map, &self.slopes, &self.counters],
         );
         let mut pass = encoder
-            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes });
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &bind, &[]);
         let [x, y, z] = self.groups;

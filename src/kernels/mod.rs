@@ -7,17 +7,20 @@
 
 pub mod flash;
 pub mod naive;
+pub mod peak;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::spec::{AttnOutput, AttnSpec};
 
-pub(crate) const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
 
 /// One compilable variant of a kernel: source stem, entry point and header constants.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ShaderVariant {
     pub stem: &'static str,
+    /// Shared snippet placed after the constants ([`COMMON_WGSL`] for attention kernels).
+    pub prelude: &'static str,
     pub body: &'static str,
     pub entry: &'static str,
     pub consts: Vec<(&'static str, u32)>,
@@ -30,7 +33,7 @@ impl ShaderVariant {
         for (name, value) in &self.consts {
             src.push_str(&format!("const {name}: u32 = {value}u;\n"));
         }
-        src.push_str(COMMON_WGSL);
+        src.push_str(self.prelude);
         src.push_str(self.body);
         src
     }
@@ -138,9 +141,11 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
         .flat_map(|d| {
             let config = flash::FlashConfig::for_limits(limits, d);
             let mut v = vec![config.variant(d, false), config.variant(d, true)];
-            v.extend(naive::variants(d));
+            v.extend(naive::variants(d, false));
+            v.extend(naive::variants(d, true));
             v
         })
+        .chain(peak::variants())
         .collect()
 }
 
@@ -173,6 +178,19 @@ pub struct AttnBuffers<'a> {
     pub lse: &'a wgpu::Buffer,
 }
 
+/// Device-memory bytes a kernel moves: read (Q, K, V, scores…) and written (O, LSE, scores…).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Traffic {
+    pub read: u64,
+    pub written: u64,
+}
+
+impl Traffic {
+    pub fn total(&self) -> u64 {
+        self.read + self.written
+    }
+}
+
 enum Plan {
     Flash(flash::Flash),
     Naive(naive::Naive),
@@ -196,7 +214,7 @@ impl Attention {
                 flash::FlashConfig::for_device(gpu, spec.shape.head_dim),
                 false,
             )?),
-            Kernel::Naive => Plan::Naive(naive::Naive::new(gpu, spec)?),
+            Kernel::Naive => Plan::Naive(naive::Naive::new(gpu, spec, false)?),
         };
         Ok(Self { spec: spec.clone(), plan })
     }
@@ -214,6 +232,39 @@ impl Attention {
             spec: spec.clone(),
             plan: Plan::Flash(flash::Flash::new(gpu, spec, config, instrumented)?),
         })
+    }
+
+    /// Prepares the instrumented variant of `kernel` (default tiles), which counts the bytes
+    /// it moves; read them with [`Attention::measured_traffic`] after a run.
+    pub fn instrumented(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec) -> Result<Self> {
+        spec.validate()?;
+        let plan = match kernel {
+            Kernel::Flash => Plan::Flash(flash::Flash::new(
+                gpu,
+                spec,
+                flash::FlashConfig::for_device(gpu, spec.shape.head_dim),
+                true,
+            )?),
+            Kernel::Naive => Plan::Naive(naive::Naive::new(gpu, spec, true)?),
+        };
+        Ok(Self { spec: spec.clone(), plan })
+    }
+
+    /// The traffic model: device-memory bytes this kernel's loops move, derived from the
+    /// kernel's own tiling (flash: its block map; naive: its three passes).
+    pub fn traffic_model(&self) -> Traffic {
+        match &self.plan {
+            Plan::Flash(f) => f.traffic(&self.spec),
+            Plan::Naive(_) => naive::traffic(&self.spec),
+        }
+    }
+
+    /// Bytes the instrumented variant counted in its last run (`None` if not instrumented).
+    pub fn measured_traffic(&self, gpu: &Gpu) -> Result<Option<Traffic>> {
+        match &self.plan {
+            Plan::Flash(f) => Ok(f.counters(gpu)?.map(|c| c.traffic(self.spec.shape.head_dim))),
+            Plan::Naive(n) => n.counted(gpu),
+        }
     }
 
     /// The flash kernel's block map (`None` for other kernels).
@@ -244,12 +295,23 @@ impl Attention {
         }
     }
 
-    /// Records the kernel's dispatches into `encoder`. Nothing is submitted.
+    /// Records the kernel's dispatches (one compute pass) into `encoder`. Nothing is submitted.
     pub fn encode(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder, bufs: &AttnBuffers) -> Result<()> {
+        self.encode_timed(gpu, encoder, bufs, None)
+    }
+
+    /// [`Attention::encode`] with timestamps written at the start and end of the pass.
+    pub fn encode_timed(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        bufs: &AttnBuffers,
+        timestamps: Option<wgpu::ComputePassTimestampWrites>,
+    ) -> Result<()> {
         self.check_buffers(bufs)?;
         match &self.plan {
-            Plan::Flash(f) => f.encode(gpu, encoder, bufs),
-            Plan::Naive(n) => n.encode(gpu, encoder, bufs),
+            Plan::Flash(f) => f.encode(gpu, encoder, bufs, timestamps),
+            Plan::Naive(n) => n.encode(gpu, encoder, bufs, timestamps),
         }
         Ok(())
     }

@@ -1,11 +1,12 @@
 //! `naive`: the textbook baseline (`shaders/naive.wgsl`): S = scale·QKᵀ + bias materialised
 //! in device memory, a softmax pass, a P·V pass. Same contract and API as `flash`; it exists
 //! to be compared with. When B·H·N·M scores exceed one storage binding it returns
-//! [`Error::BindingTooLarge`](crate::Error::BindingTooLarge) naming the bytes.
+//! [`Error::BindingTooLarge`](crate::Error::BindingTooLarge) naming the bytes. An
+//! instrumented variant counts the words every invocation reads and writes.
 
 use crate::error::Result;
 use crate::gpu::{Gpu, storage_entry, uniform_entry};
-use crate::kernels::{AttnBuffers, Params, ShaderVariant, check_head_dim, slopes_words};
+use crate::kernels::{AttnBuffers, COMMON_WGSL, Params, ShaderVariant, Traffic, check_head_dim};
 use crate::spec::AttnSpec;
 
 const BODY: &str = include_str!("../../shaders/naive.wgsl");
@@ -13,10 +14,16 @@ const NAME: &str = "naive";
 const ENTRIES: [&str; 3] = ["scores", "softmax", "pv"];
 
 /// The three shader variants (one per pass) for head dim `d`.
-pub fn variants(d: usize) -> Vec<ShaderVariant> {
+pub fn variants(d: usize, count: bool) -> Vec<ShaderVariant> {
     ENTRIES
         .iter()
-        .map(|&entry| ShaderVariant { stem: NAME, body: BODY, entry, consts: vec![("D4", (d / 4) as u32)] })
+        .map(|&entry| ShaderVariant {
+            stem: NAME,
+            prelude: COMMON_WGSL,
+            body: BODY,
+            entry,
+            consts: vec![("D4", (d / 4) as u32), ("COUNT", count as u32)],
+        })
         .collect()
 }
 
@@ -32,7 +39,7 @@ fn layout(gpu: &Gpu) -> wgpu::BindGroupLayout {
             storage_entry(5, false),
             storage_entry(6, false),
             storage_entry(7, true),
-            storage_entry(8, true),
+            storage_entry(8, false),
         ],
     )
 }
@@ -43,38 +50,72 @@ pub fn scores_bytes(spec: &AttnSpec) -> u64 {
     (s.batch * s.heads) as u64 * s.n as u64 * s.m as u64 * 4
 }
 
-/// A prepared naive call.
-pub struct Naive {
-    pipelines: Vec<wgpu::ComputePipeline>,
-    params: wgpu::Buffer,
-    scores: wgpu::Buffer,
-    slopes: wgpu::Buffer,
-    mask_bits: wgpu::Buffer,
-    groups: [[u32; 3]; 3],
+/// The device-memory traffic of the three passes, exactly as naive.wgsl's loops move it
+/// (per invocation, no cache reuse; see the shader's header).
+pub fn traffic(spec: &AttnSpec) -> Traffic {
+    let s = spec.shape;
+    let (n, m, d) = (s.n as u64, s.m as u64, s.head_dim as u64);
+    let bh = (s.batch * s.heads) as u64;
+    let visible = spec.visible_pairs() * s.batch as u64; // over heads and batch
+    // rows with no visible key read the row once instead of three times
+    let masked_rows = bh * n - live_rows(spec);
+    let read_words = visible * 2 * d + (bh * n - masked_rows) * 3 * m + masked_rows * m + bh * n * (d / 4) * 5 * m;
+    let written_words = bh * n * m + bh * n * (m + 1) + bh * n * d;
+    Traffic { read: read_words * 4, written: written_words * 4 }
 }
 
-/// The sparse mask as dense visibility bits, `[mask heads, N, ceil(M/32)]` words, and the
-/// number of mask heads; a single zero word when there is no mask.
-fn mask_bits(spec: &AttnSpec) -> (Vec<u32>, usize, usize) {
-    let Some(mask) = &spec.mask else { return (vec![0], 1, 0) };
+/// Rows (over batch and heads) with at least one visible key.
+fn live_rows(spec: &AttnSpec) -> u64 {
+    let s = spec.shape;
+    if spec.mask.is_none() {
+        // the band alone: row i is live iff [p_i − hi, p_i − lo] meets [0, M)
+        let (lo, hi) = spec.band();
+        let live = (0..s.n).filter(|&i| spec.position(i) - hi < s.m as i64 && spec.position(i) - lo >= 0).count();
+        return (live * s.heads * s.batch) as u64;
+    }
+    let per_head = |h: usize| (0..s.n).filter(|&i| (0..s.m).any(|j| spec.visible(h, i, j))).count() as u64;
+    let total: u64 = match &spec.mask {
+        Some(m) if m.per_head() => (0..s.heads).map(per_head).sum(),
+        _ => per_head(0) * s.heads as u64,
+    };
+    total * s.batch as u64
+}
+
+/// Aux words: slopes as f32 bits from word 0, then the sparse mask as dense visibility bits
+/// `[mask heads, N, ceil(M/32)]`. Returns (words, bits offset, mask heads, bits stride).
+fn aux_words(spec: &AttnSpec) -> (Vec<u32>, usize, usize, usize) {
+    let mut words: Vec<u32> = spec.slopes().unwrap_or_else(|| vec![0.0]).iter().map(|x| x.to_bits()).collect();
+    let base = words.len();
+    let Some(mask) = &spec.mask else { return (words, base, 1, 0) };
     let s = spec.shape;
     let heads = if mask.per_head() { s.heads } else { 1 };
     let stride = s.m.div_ceil(32);
     let q_off = s.q_offset();
-    let mut words = vec![0u32; heads * s.n * stride];
+    words.resize(base + heads * s.n * stride, 0);
     for h in 0..heads {
         for i in 0..s.n {
-            let row = &mut words[(h * s.n + i) * stride..][..stride];
+            let row = &mut words[base + (h * s.n + i) * stride..][..stride];
             for j in (0..s.m).filter(|&j| mask.visible(h, i, j, q_off)) {
                 row[j / 32] |= 1 << (j % 32);
             }
         }
     }
-    (words, heads, stride)
+    (words, base, heads, stride)
+}
+
+/// A prepared naive call.
+pub struct Naive {
+    pipelines: Vec<wgpu::ComputePipeline>,
+    params: wgpu::Buffer,
+    scores: wgpu::Buffer,
+    aux: wgpu::Buffer,
+    counters: wgpu::Buffer,
+    instrumented: bool,
+    groups: [[u32; 3]; 3],
 }
 
 impl Naive {
-    pub fn new(gpu: &Gpu, spec: &AttnSpec) -> Result<Self> {
+    pub fn new(gpu: &Gpu, spec: &AttnSpec, instrumented: bool) -> Result<Self> {
         let s = spec.shape;
         check_head_dim(NAME, s.head_dim)?;
         gpu.check_workgroup(NAME, 0, 64)?;
@@ -91,35 +132,58 @@ impl Naive {
             gpu.check_binding(what, len as u64 * 4)?;
         }
         let scores = gpu.storage("naive N×M scores", scores_bytes(spec))?;
-        let (bits, mask_heads, stride) = mask_bits(spec);
+        let (aux, bits_base, mask_heads, stride) = aux_words(spec);
         let mut params = Params::new(spec);
         params.map_heads = mask_heads as u32;
+        params.bits_base = bits_base as u32;
         params.bits_stride = stride as u32;
         let layout = layout(gpu);
-        let pipelines =
-            variants(s.head_dim).iter().map(|v| gpu.pipeline(v, &layout)).collect::<Result<Vec<_>>>()?;
+        let pipelines = variants(s.head_dim, instrumented)
+            .iter()
+            .map(|v| gpu.pipeline(v, &layout))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             pipelines,
             params: gpu.uniform("naive params", &params),
             scores,
-            slopes: gpu.upload("ALiBi slopes", &slopes_words(spec))?,
-            mask_bits: gpu.upload("naive mask bits", &bits)?,
+            aux: gpu.upload("naive slopes and mask bits", &aux)?,
+            counters: gpu.storage("naive counters", if instrumented { 16 } else { 4 })?,
+            instrumented,
             groups: groups.map(|g| g.map(|x| x as u32)),
         })
     }
 
     /// The score matrix dominates: B·H·N·M·4 bytes.
     pub fn scratch_bytes(&self) -> u64 {
-        self.scores.size() + self.slopes.size() + self.params.size() + self.mask_bits.size()
+        self.scores.size() + self.aux.size() + self.params.size()
     }
 
-    pub fn encode(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder, b: &AttnBuffers) {
+    /// Bytes the instrumented variant counted in its last run.
+    pub fn counted(&self, gpu: &Gpu) -> Result<Option<Traffic>> {
+        if !self.instrumented {
+            return Ok(None);
+        }
+        let c: Vec<u32> = gpu.read(&self.counters, 4)?;
+        let word64 = |lo: u32, hi: u32| (hi as u64) << 32 | lo as u64;
+        Ok(Some(Traffic { read: word64(c[0], c[1]) * 4, written: word64(c[2], c[3]) * 4 }))
+    }
+
+    pub fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        b: &AttnBuffers,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
+    ) {
+        if self.instrumented {
+            encoder.clear_buffer(&self.counters, 0, None);
+        }
         let bind = gpu.bind_group(
             &layout(gpu),
-            &[&self.params, b.q, b.k, b.v, b.o, b.lse, &self.scores, &self.slopes, &self.mask_bits],
+            &[&self.params, b.q, b.k, b.v, b.o, b.lse, &self.scores, &self.aux, &self.counters],
         );
-        let mut pass = encoder
-            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
+        let mut pass =
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes });
         pass.set_bind_group(0, &bind, &[]);
         for (pipeline, [x, y, z]) in self.pipelines.iter().zip(self.groups) {
             pass.set_pipeline(pipeline);

@@ -1,0 +1,114 @@
+//! Mask flags shared by `attention`, `mask` and `bench`. Every active rule must allow a pair
+//! (the contract's AND); `--pattern longformer` is the one OR: window or global tokens.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use longctx::io::read_npy_numbers;
+use longctx::mask::{BigBird, Mask};
+use longctx::{AttnShape, AttnSpec, Window};
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct MaskArgs {
+    /// Causal mask: key j is visible from row i iff j <= M-N+i.
+    #[arg(long)]
+    pub causal: bool,
+    /// Local window L,R: the row at position p sees keys p-L ..= p+R; -1 = unbounded side.
+    #[arg(long, value_name = "L,R", allow_hyphen_values = true)]
+    pub window: Option<String>,
+    /// Global tokens: the first G positions see every key and are seen by every query.
+    #[arg(long, value_name = "G")]
+    pub global: Option<usize>,
+    /// Packed documents: .npy of M non-decreasing segment ids (one per position); a query
+    /// sees only keys of its own segment.
+    #[arg(long, value_name = "S.npy")]
+    pub segments: Option<PathBuf>,
+    /// BigBird blocks: global=G,window=W,random=R,block=B,seed=S (blocks of B tokens; W blocks
+    /// each side; R random blocks per query block).
+    #[arg(long, value_name = "SPEC")]
+    pub bigbird: Option<String>,
+    /// Block mask .npy [H or 1, ceil(N/B), ceil(M/B)] (nonzero = visible), with --block-size.
+    #[arg(long, value_name = "M.npy", requires = "block_size")]
+    pub block_mask: Option<PathBuf>,
+    /// Block size B of --block-mask, in tokens.
+    #[arg(long, value_name = "B")]
+    pub block_size: Option<usize>,
+    /// Named pattern: longformer (window OR global; set --window and --global, default
+    /// 256,256 and 1), bigbird (default global=1,window=1,random=2,block=64), window (256,0).
+    #[arg(long, value_name = "NAME")]
+    pub pattern: Option<String>,
+}
+
+impl MaskArgs {
+    /// Applies the flags to `spec` (its shape must be final).
+    pub fn apply(&self, mut spec: AttnSpec) -> anyhow::Result<AttnSpec> {
+        let shape = spec.shape;
+        let mut window = self.window.as_deref().map(Window::parse).transpose()?;
+        let mut parts: Vec<Mask> = Vec::new();
+        let mut global = self.global;
+        let mut bigbird = self.bigbird.clone();
+        match self.pattern.as_deref() {
+            None => {}
+            Some("window") => window = window.or(Some(Window::new(256, 0))),
+            Some("bigbird") => bigbird = bigbird.or(Some(String::new())),
+            Some("longformer") => {
+                let w = window.take().unwrap_or(Window::new(256, 256));
+                parts.push(Mask::Window(w).or(Mask::Global(global.take().unwrap_or(1))));
+            }
+            Some(other) => bail!("unknown --pattern `{other}`; choose longformer, bigbird or window"),
+        }
+        if let Some(g) = global {
+            parts.push(Mask::Global(g));
+        }
+        if let Some(text) = &bigbird {
+            parts.push(Mask::bigbird(&BigBird::parse(text)?, shape.m)?);
+        }
+        if let Some(path) = &self.segments {
+            let (dims, ids) = read_npy_numbers(path)?;
+            if dims.len() != 1 || ids.iter().any(|&x| x < 0.0 || x.fract() != 0.0 || x > u32::MAX as f64) {
+                bail!("{}: segments must be a 1-D array of non-negative integer ids, got shape {dims:?}", path.display());
+            }
+            parts.push(Mask::Segments(Arc::new(ids.into_iter().map(|x| x as u32).collect())));
+        }
+        if let Some(path) = &self.block_mask {
+            let bs = self.block_size.context("--block-mask needs --block-size")?;
+            let (dims, cells) = read_npy_numbers(path)?;
+            let cells: Vec<f32> = cells.into_iter().map(|x| x as f32).collect();
+            parts.push(
+                Mask::block_mask(&shape, bs, &dims, &cells).with_context(|| format!("{}", path.display()))?,
+            );
+        }
+        spec = spec.causal(self.causal).window(window);
+        spec.mask = match parts.len() {
+            0 => None,
+            1 => parts.pop(),
+            _ => Some(Mask::And(parts)),
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+/// A readable name for the active rules, e.g. `causal+window(512,0)`.
+pub fn describe(spec: &AttnSpec) -> String {
+    let mut parts = Vec::new();
+    if spec.causal {
+        parts.push("causal".to_string());
+    }
+    if let Some(w) = spec.window {
+        parts.push(Mask::Window(w).describe());
+    }
+    if let Some(m) = &spec.mask {
+        parts.push(m.describe());
+    }
+    if spec.alibi != longctx::Alibi::Off {
+        parts.push("alibi".into());
+    }
+    if parts.is_empty() { "dense".into() } else { parts.join("+") }
+}
+
+/// `shape` with everything but N, M, heads and D at defaults (for `mask` and `bench`).
+pub fn shape(heads: usize, kv_heads: usize, n: usize, m: usize, d: usize) -> AttnShape {
+    AttnShape { batch: 1, heads, kv_heads, n, m, head_dim: d }
+}

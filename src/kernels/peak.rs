@@ -1,0 +1,152 @@
+//! `peak`: the adapter's attainable f32 FMA rate and device-memory copy bandwidth
+//! (`shaders/peak.wgsl`), measured once and cached per adapter and driver. They are the
+//! denominators of "% of peak" in `longctx bench`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bench::Timing;
+use crate::error::Result;
+use crate::gpu::{Gpu, GpuTimer, storage_entry};
+use crate::kernels::ShaderVariant;
+
+const BODY: &str = include_str!("../../shaders/peak.wgsl");
+const NAME: &str = "peak";
+/// FMA steps per invocation per chain.
+pub const ITERS: u32 = 2048;
+const FMA_GROUPS: [u32; 2] = [1024, 2];
+/// Copy probe size: 32 MiB read, 32 MiB written.
+const COPY_BYTES: u64 = 32 << 20;
+
+/// Probe results.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Peak {
+    pub adapter: String,
+    pub driver: String,
+    /// f32 FLOP/s of independent FMA chains, in GFLOP/s (an FMA counts 2).
+    pub fma_gflops: f64,
+    /// Copy bandwidth counting bytes read + written, in GB/s (1e9).
+    pub copy_gbps: f64,
+    pub timer: String,
+    pub measured_at: String,
+}
+
+/// The probe's shader variants (for validation).
+pub fn variants() -> Vec<ShaderVariant> {
+    ["fma_probe", "copy_probe"]
+        .into_iter()
+        .map(|entry| ShaderVariant { stem: NAME, prelude: "", body: BODY, entry, consts: vec![("ITERS", ITERS)] })
+        .collect()
+}
+
+fn time_pass(gpu: &Gpu, pipeline: &wgpu::ComputePipeline, bind: &wgpu::BindGroup, groups: [u32; 2], reps: usize) -> Result<Timing> {
+    let timer = GpuTimer::new(gpu);
+    let mut samples = Vec::new();
+    for i in 0..reps + 1 {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(NAME),
+                timestamp_writes: timer.as_ref().map(GpuTimer::writes),
+            });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bind, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], 1);
+        }
+        if let Some(t) = &timer {
+            t.resolve(&mut enc);
+        }
+        gpu.wait()?;
+        let t0 = std::time::Instant::now();
+        gpu.queue.submit([enc.finish()]);
+        gpu.wait()?;
+        let wall = t0.elapsed().as_secs_f64() * 1e3;
+        if i > 0 {
+            samples.push(match &timer {
+                Some(t) => t.read_ms(gpu)?,
+                None => wall,
+            });
+        }
+    }
+    Ok(Timing { samples_ms: samples, timer: if timer.is_some() { "timestamp" } else { "wall" } })
+}
+
+/// Runs both probes (median of `reps`).
+pub fn measure(gpu: &Gpu, reps: usize) -> Result<Peak> {
+    let layout = gpu.layout(NAME, &[storage_entry(0, false), storage_entry(1, true)]);
+    let [fma, copy]: [ShaderVariant; 2] = variants().try_into().expect("two probes");
+    let fma_p = gpu.pipeline(&fma, &layout)?;
+    let copy_p = gpu.pipeline(&copy, &layout)?;
+    let dst = gpu.storage("peak dst", COPY_BYTES)?;
+    let src = gpu.upload("peak src", &vec![1.0f32; (COPY_BYTES / 4) as usize])?;
+    let bind = gpu.bind_group(&layout, &[&dst, &src]);
+
+    gpu.check_dispatch(NAME, [FMA_GROUPS[0] as u64, FMA_GROUPS[1] as u64, 1])?;
+    let t = time_pass(gpu, &fma_p, &bind, FMA_GROUPS, reps)?;
+    let invocations = (FMA_GROUPS[0] * FMA_GROUPS[1] * 64) as f64;
+    let fma_gflops = invocations * ITERS as f64 * 8.0 * 4.0 * 2.0 / (t.median() * 1e-3) / 1e9;
+
+    let vec4s = COPY_BYTES / 16;
+    let groups = vec4s.div_ceil(64);
+    let gx = groups.min(gpu.limits().max_compute_workgroups_per_dimension as u64);
+    let gy = groups.div_ceil(gx);
+    let c = time_pass(gpu, &copy_p, &bind, [gx as u32, gy as u32], reps)?;
+    let copy_gbps = 2.0 * COPY_BYTES as f64 / (c.median() * 1e-3) / 1e9;
+
+    let info = gpu.info();
+    Ok(Peak {
+        adapter: info.name.clone(),
+        driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        fma_gflops,
+        copy_gbps,
+        timer: t.timer.to_string(),
+        measured_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    })
+}
+
+/// Where probe results are cached: `<user cache dir>/longctx/peak.json` (a list).
+pub fn cache_path() -> Option<PathBuf> {
+    dirs::cache_dir().map(|d| d.join("longctx").join("peak.json"))
+}
+
+fn read_cache() -> Vec<Peak> {
+    let Some(path) = cache_path() else { return Vec::new() };
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            log::warn!("ignoring unreadable peak cache {}: {e}", path.display());
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The cached probe for this adapter and driver, if any.
+pub fn cached(gpu: &Gpu) -> Option<Peak> {
+    let info = gpu.info();
+    let driver = format!("{} {}", info.driver, info.driver_info).trim().to_string();
+    read_cache().into_iter().find(|p| p.adapter == info.name && p.driver == driver)
+}
+
+/// Stores `peak`, replacing an entry for the same adapter and driver.
+pub fn store(peak: &Peak) -> Result<()> {
+    let Some(path) = cache_path() else { return Ok(()) };
+    let mut all = read_cache();
+    all.retain(|p| !(p.adapter == peak.adapter && p.driver == peak.driver));
+    all.push(peak.clone());
+    let err = |e: std::io::Error| crate::Error::File { path: path.clone(), message: e.to_string() };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&all).expect("serialisable")).map_err(err)
+}
+
+/// The cached probe, or a fresh measurement (then cached).
+pub fn cached_or_measure(gpu: &Gpu) -> Result<Peak> {
+    if let Some(p) = cached(gpu) {
+        return Ok(p);
+    }
+    let p = measure(gpu, 5)?;
+    store(&p)?;
+    Ok(p)
+}
