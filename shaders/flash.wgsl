@@ -15,6 +15,12 @@
 // each owning DP4 = ceil(D4 / P) vec4 lanes of q and of the accumulator; their partial dot
 // products meet in workgroup memory (`s_part`, one extra barrier per tile; P = 1 skips it).
 //
+// Subgroups (SG > 0, P = 1): every row needs the same K/V values, and a software adapter
+// turns such same-address workgroup loads into gathers, one per lane. With SG-wide subgroups
+// each lane instead loads a different vec4 of the key and the row gets the rest by
+// subgroupShuffle — SG× fewer loads (4.5× faster on lavapipe). All subgroup operations run in
+// uniform control flow: rows past N compute on zeros and only skip their writes.
+//
 // Tile shape: BR rows × BC keys × D (D4 = D/4 vec4 lanes), BR·P invocations.
 // Workgroup memory: 2·BC·D·4 bytes for K and V, plus BR·BC·P·4 for s_part when P > 1.
 // Device-memory traffic per (b, h): Q and O once (N·D each), LSE once (N), and for every
@@ -39,12 +45,20 @@ var<workgroup> v_tile: array<vec4<f32>, BC * D4>;
 var<workgroup> s_part: array<f32, S_PART>;
 
 @compute @workgroup_size(BR * P)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(ids: Ids) {
+    let wg = ids.wg;
+    let lid = ids.lid;
+    let lane = lane_of(ids);
     let qt = wg.x;
     let h = wg.y;
     let b = wg.z;
-    let part = lid / BR;
-    let r = lid % BR;
+    // With P = 1 these fold to constants, and the lane guards below vanish when P divides D4.
+    var part = 0u;
+    var r = lid;
+    if P > 1u {
+        part = lid / BR;
+        r = lid % BR;
+    }
     let lane0 = part * DP4;
     let row = qt * BR + r;
     let live = row < params.n;
@@ -57,9 +71,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         slope = slopes[h];
     }
 
-    var qr: array<vec4<f32>, DP4>;
-    var acc: array<vec4<f32>, DP4>;
-    for (var x = 0u; x < DP4; x++) {
+    var qr: array<vec4<f32>, D4P>;
+    var acc: array<vec4<f32>, D4P>;
+    for (var x = 0u; x < D4P; x++) {
         acc[x] = vec4<f32>(0.0);
         qr[x] = vec4<f32>(0.0);
         if live && lane0 + x < D4 {
@@ -109,9 +123,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         // Scores (partial over this invocation's lanes when P > 1).
         for (var c = 0u; c < BC; c++) {
             var sc = 0.0;
-            for (var x = 0u; x < DP4; x++) {
-                if lane0 + x < D4 {
-                    sc += dot(qr[x], k_tile[c * D4 + lane0 + x]);
+            if SG > 0u {
+                // lane `lane` loads vec4 j·SG + lane of key c; the others arrive by shuffle
+                for (var j = 0u; j < D4P; j += SG) {
+                    let kl = k_tile[c * D4 + select(j + lane, min(j + lane, D4 - 1u), SG_GUARD)];
+                    for (var l = 0u; l < SG; l++) {
+                        sc += dot(qr[j + l], shuffle4(kl, l));
+                    }
+                }
+            } else {
+                for (var x = 0u; x < DP4; x++) {
+                    if (!LANE_GUARD || lane0 + x < D4) {
+                        sc += dot(qr[x], k_tile[c * D4 + lane0 + x]);
+                    }
                 }
             }
             s[c] = sc;
@@ -130,7 +154,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             }
         }
 
-        if live {
+        // Rows past N run too (on zeros), so that subgroup operations see every lane.
+        {
             var row_bits = 0xffffffffu;
             if bits_at != NO_BITS {
                 row_bits = block_map[params.bits_base + bits_at + r];
@@ -145,24 +170,32 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 s[c] = sc;
                 tile_max = max(tile_max, sc);
             }
-            if tile_max > MASKED {
-                let m_new = max(m_run, tile_max);
-                let corr = exp(m_run - m_new);
-                l_run *= corr;
-                for (var x = 0u; x < DP4; x++) {
-                    acc[x] *= corr;
-                }
-                for (var c = 0u; c < BC; c++) {
-                    let p = exp(s[c] - m_new);
-                    l_run += p;
+            // A fully masked tile leaves the row unchanged: corr = 1 and every p = 0.
+            let m_new = max(m_run, tile_max);
+            let corr = exp(m_run - m_new);
+            l_run *= corr;
+            for (var x = 0u; x < DP4; x++) {
+                acc[x] *= corr;
+            }
+            for (var c = 0u; c < BC; c++) {
+                let p = select(0.0, exp(s[c] - m_new), s[c] > MASKED);
+                l_run += p;
+                if SG > 0u {
+                    for (var j = 0u; j < D4P; j += SG) {
+                        let vl = v_tile[c * D4 + select(j + lane, min(j + lane, D4 - 1u), SG_GUARD)];
+                        for (var l = 0u; l < SG; l++) {
+                            acc[j + l] += p * shuffle4(vl, l);
+                        }
+                    }
+                } else {
                     for (var x = 0u; x < DP4; x++) {
-                        if lane0 + x < D4 {
+                        if (!LANE_GUARD || lane0 + x < D4) {
                             acc[x] += p * v_tile[c * D4 + lane0 + x];
                         }
                     }
                 }
-                m_run = m_new;
             }
+            m_run = m_new;
         }
         workgroupBarrier();
     }
@@ -175,7 +208,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             row_lse = m_run + log(l_run);
         }
         for (var x = 0u; x < DP4; x++) {
-            if lane0 + x < D4 {
+            if (!LANE_GUARD || lane0 + x < D4) {
                 o[q_base + x] = acc[x] * inv;
             }
         }

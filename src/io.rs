@@ -59,7 +59,10 @@ pub fn read_npy_numbers(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
         "|i1" => npy.into_vec::<i8>().map_err(bad)?.into_iter().map(f64::from).collect(),
         "|b1" => npy.into_vec::<bool>().map_err(bad)?.into_iter().map(|b| b as u8 as f64).collect(),
         other => {
-            return Err(file_err(path, format!("dtype {other} is not supported; use bool, int32/64, uint8/32 or float32/64")));
+            return Err(file_err(
+                path,
+                format!("dtype {other} is not supported; use bool, int32/64, uint8/32 or float32/64"),
+            ));
         }
     };
     if data.len() != shape.iter().product::<usize>() {

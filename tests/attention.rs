@@ -112,3 +112,41 @@ fn n_ne_m() {
     ];
     family("N≠M", &specs);
 }
+
+/// The tile shapes and both inner-loop paths (plain workgroup loads, subgroup shuffles)
+/// give the oracle's answer at odd sizes.
+#[test]
+fn tile_configs_and_paths() {
+    use longctx::{Attention, FlashConfig};
+    let g = common::gpu();
+    let seed = common::seed();
+    let mut worst = 0f64;
+    let mut ran = 0;
+    for d in [32, 80, 128] {
+        let spec = AttnSpec::new(AttnShape { batch: 2, heads: 3, kv_heads: 1, n: 77, m: 130, head_dim: d })
+            .causal(true)
+            .alibi(Alibi::Standard);
+        let auto = FlashConfig::for_device(g, d);
+        let configs = [
+            auto,
+            FlashConfig { sg: 0, ..auto },
+            FlashConfig { br: 16, bc: 8, p: 1, sg: 0 },
+            FlashConfig { br: 8, bc: 32, p: 2, sg: 0 },
+            FlashConfig { br: 8, bc: 16, p: 1, sg: auto.sg },
+            FlashConfig { br: 64, bc: 4, p: 4, sg: 0 },
+        ];
+        for config in configs {
+            match Attention::flash_with(g, &spec, config, false) {
+                Ok(attn) => {
+                    let e = common::check_kernel(&attn, seed, BOUND);
+                    worst = worst.max(e.o).max(e.lse);
+                    ran += 1;
+                }
+                // configs this device cannot run are refused with a typed error, never run wrong
+                Err(e) => println!("D={d} {config:?} refused: {e}"),
+            }
+        }
+    }
+    println!("tile configs: {ran} runs, worst rel err {worst:.2e}");
+    assert!(ran >= 14, "only {ran} configurations ran");
+}

@@ -50,7 +50,9 @@ fn global_tokens() {
         vec![
             AttnSpec::new(shape(2, 2, 113, 203, 64)).mask(Some(Mask::Global(5))),
             AttnSpec::new(shape(4, 2, 203, 203, 32)).mask(Some(Mask::Global(70))).causal(true),
-            AttnSpec::new(shape(2, 1, 64, 64, 80)).mask(Some(Mask::Global(1))).window(Some(Window::new(8, 8))),
+            AttnSpec::new(shape(2, 1, 64, 64, 80))
+                .mask(Some(Mask::Global(1)))
+                .window(Some(Window::new(8, 8))),
         ],
     );
 }
@@ -62,7 +64,9 @@ fn bigbird() {
         "bigbird",
         vec![
             AttnSpec::new(shape(2, 2, 333, 333, 64)).mask(Some(Mask::bigbird(&bb(16, 1), 333).unwrap())),
-            AttnSpec::new(shape(4, 1, 203, 333, 32)).mask(Some(Mask::bigbird(&bb(20, 2), 333).unwrap())).causal(true),
+            AttnSpec::new(shape(4, 1, 203, 333, 32))
+                .mask(Some(Mask::bigbird(&bb(20, 2), 333).unwrap()))
+                .causal(true),
             AttnSpec::new(shape(2, 2, 113, 113, 96))
                 .mask(Some(Mask::bigbird(&bb(64, 3), 113).unwrap()))
                 .alibi(Alibi::Standard),
@@ -76,7 +80,11 @@ fn explicit_block_masks() {
     // block sizes equal to, dividing, and straddling the kernel's tiles; shared and per head
     for (i, (bs, layers)) in [(32, 1), (64, 4), (16, 1), (7, 4), (50, 1)].into_iter().enumerate() {
         let s = shape(4, 2, 113 + 30 * i, 203 - 20 * i, 64);
-        specs.push(AttnSpec::new(s).mask(Some(random_block_mask(&s, bs, layers, 0.4, i as u64 + 1))).causal(i % 2 == 1));
+        specs.push(
+            AttnSpec::new(s)
+                .mask(Some(random_block_mask(&s, bs, layers, 0.4, i as u64 + 1)))
+                .causal(i % 2 == 1),
+        );
     }
     family("block mask", specs);
 }
@@ -107,7 +115,9 @@ fn combinations() {
                 .mask(Some(segments(203, 50).and(random_block_mask(&s, 24, 4, 0.6, 9))))
                 .window(Some(Window::new(40, 10))),
             // bigbird OR segments, ALiBi, N ≠ M
-            AttnSpec::new(shape(4, 4, 150, 203, 32)).mask(Some(bb.or(segments(203, 30)))).alibi(Alibi::Standard),
+            AttnSpec::new(shape(4, 4, 150, 203, 32))
+                .mask(Some(bb.or(segments(203, 30))))
+                .alibi(Alibi::Standard),
         ],
     );
 }
@@ -125,7 +135,7 @@ fn fully_masked_rows_are_zero_with_lse_minus_inf() {
 fn flash_visits_only_listed_tiles() {
     let g = gpu();
     let s = shape(2, 2, 500, 500, 64);
-    let config = FlashConfig { br: 32, bc: 16, p: 1 };
+    let config = FlashConfig { br: 32, bc: 16, p: 1, sg: 0 };
     for (name, spec) in [
         ("dense", AttnSpec::new(s)),
         ("causal", AttnSpec::new(s).causal(true)),
@@ -138,11 +148,23 @@ fn flash_visits_only_listed_tiles() {
         let map = attn.block_map().unwrap();
         let listed_per_head = map.visited() as u64;
         assert_eq!(counted.tiles, listed_per_head * 2, "{name}: tiles loaded vs listed");
-        let listed_keys: u64 = map.entries.iter().map(|&e| ((e & !longctx::blockmap::FULL) as u64 * 16 + 16).min(500) - (e & !longctx::blockmap::FULL) as u64 * 16).sum();
+        let listed_keys: u64 = map
+            .entries
+            .iter()
+            .map(|&e| {
+                ((e & !longctx::blockmap::FULL) as u64 * 16 + 16).min(500)
+                    - (e & !longctx::blockmap::FULL) as u64 * 16
+            })
+            .sum();
         assert_eq!(counted.keys, listed_keys * 2, "{name}: keys loaded");
         assert_eq!(counted.rows_read, 1000);
         let all = (500usize.div_ceil(32) * 500usize.div_ceil(16)) as f64;
-        println!("{name:<10} tiles loaded {} of {} ({:.1}% skipped)", counted.tiles, 2.0 * all, 100.0 * map.sparsity());
+        println!(
+            "{name:<10} tiles loaded {} of {} ({:.1}% skipped)",
+            counted.tiles,
+            2.0 * all,
+            100.0 * map.sparsity()
+        );
     }
 }
 

@@ -21,8 +21,7 @@ use super::maskargs::{MaskArgs, describe, shape};
 const ORACLE_MAX_PAIRS: usize = 1024 * 1024;
 const SPOT_ROWS: usize = 64;
 
-pub const FLOP_CONVENTION: &str =
-    "forward: 4·B·D·(visible query-key pairs over heads) — QKᵀ and PV, one multiply + one add each; softmax, masking and bias not counted";
+pub const FLOP_CONVENTION: &str = "forward: 4·B·D·(visible query-key pairs over heads) — QKᵀ and PV, one multiply + one add each; softmax, masking and bias not counted";
 pub const TRAFFIC_CONVENTION: &str = "bytes of Q, K, V read and O, LSE written (naive: and its N×M scores), as each workgroup/invocation moves them to or from device memory; no cache reuse assumed; uniforms, block map and slopes not counted";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -134,7 +133,8 @@ fn configs(a: &BenchArgs) -> anyhow::Result<Vec<Config>> {
             for &kern in &kernels {
                 for &n in &ns {
                     let spec = a.mask.apply(
-                        AttnSpec::new(shape(heads, a.kv_heads.unwrap_or(heads), n, n, d)).alibi(alibi.clone()),
+                        AttnSpec::new(shape(heads, a.kv_heads.unwrap_or(heads), n, n, d))
+                            .alibi(alibi.clone()),
                     )?;
                     out.push(Config { kernel: kern, spec, reps: a.reps.unwrap_or(5) });
                 }
@@ -155,7 +155,11 @@ fn configs(a: &BenchArgs) -> anyhow::Result<Vec<Config>> {
             }
             for kern in [Kernel::Flash, Kernel::Naive] {
                 let s = shape(4, 4, 1024, 1024, 64);
-                out.push(Config { kernel: kern, spec: AttnSpec::new(s).causal(true).alibi(Alibi::Standard), reps: reps(3) });
+                out.push(Config {
+                    kernel: kern,
+                    spec: AttnSpec::new(s).causal(true).alibi(Alibi::Standard),
+                    reps: reps(3),
+                });
                 let s = shape(4, 4, 2048, 2048, 64);
                 let window = AttnSpec::new(s).causal(true).window(Some(Window::new(256, 0)));
                 out.push(Config { kernel: kern, spec: window, reps: reps(3) });
@@ -179,7 +183,11 @@ fn configs(a: &BenchArgs) -> anyhow::Result<Vec<Config>> {
                 let s = shape(1, 1, n, n, 64);
                 let window = AttnSpec::new(s).causal(true).window(Some(Window::new(512, 0)));
                 out.push(Config { kernel: Kernel::Flash, spec: window, reps: reps(3) });
-                out.push(Config { kernel: Kernel::Flash, spec: AttnSpec::new(s).mask(Some(bigbird(n)?)), reps: reps(3) });
+                out.push(Config {
+                    kernel: Kernel::Flash,
+                    spec: AttnSpec::new(s).mask(Some(bigbird(n)?)),
+                    reps: reps(3),
+                });
             }
             for k in [8, 16, 32] {
                 let spec = AttnSpec::new(shape(1, 1, k * 1024, k * 1024, 64)).causal(true);
@@ -214,7 +222,8 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
         println!("{line}");
     }
     if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_string_pretty(&records)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&records)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &a.csv {
         let mut w = csv::Writer::from_path(path).with_context(|| format!("writing {}", path.display()))?;
@@ -283,7 +292,8 @@ fn fill(gpu: &Gpu, c: &Config, peak: &Peak, traffic: bool, r: &mut Record) -> lo
         let rows: Vec<usize> = (0..SPOT_ROWS).map(|i| i * (total - 1) / (SPOT_ROWS - 1)).collect();
         let want = attention_rows_f64(spec, &q, &k, &v, &rows)?;
         let d = s.head_dim;
-        let got: Vec<f32> = rows.iter().flat_map(|&row| out.o[row * d..(row + 1) * d].iter().copied()).collect();
+        let got: Vec<f32> =
+            rows.iter().flat_map(|&row| out.o[row * d..(row + 1) * d].iter().copied()).collect();
         let want: Vec<f64> = want.into_iter().flat_map(|(o, _)| o).collect();
         (rel_error(&got, &want), "oracle, 64 sampled rows")
     };
@@ -322,11 +332,28 @@ fn mib(b: u64) -> String {
 fn table(records: &[Record]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED).set_header([
-        "kernel", "mask", "N", "D", "H/Hkv", "ms median [min–max]", "GFLOP/s", "% FMA peak", "device MiB",
-        "traffic model MiB", "measured MiB", "GB/s", "rel err",
+        "kernel",
+        "mask",
+        "N",
+        "D",
+        "H/Hkv",
+        "ms median [min–max]",
+        "GFLOP/s",
+        "% FMA peak",
+        "device MiB",
+        "traffic model MiB",
+        "measured MiB",
+        "GB/s",
+        "rel err",
     ]);
     for r in records {
-        let mut row = vec![r.kernel.clone(), r.mask.clone(), r.n.to_string(), r.d.to_string(), format!("{}/{}", r.heads, r.kv_heads)];
+        let mut row = vec![
+            r.kernel.clone(),
+            r.mask.clone(),
+            r.n.to_string(),
+            r.d.to_string(),
+            format!("{}/{}", r.heads, r.kv_heads),
+        ];
         match (&r.skipped, r.ms_median) {
             (Some(why), _) => row.push(format!("skipped: {why}")),
             (None, Some(ms)) => {

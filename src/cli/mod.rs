@@ -4,8 +4,8 @@ mod attention;
 mod bench;
 mod info;
 mod mask;
-mod peak;
 mod maskargs;
+mod peak;
 
 use clap::{Parser, Subcommand};
 use longctx::{Gpu, GpuOptions};

@@ -20,7 +20,11 @@ pub fn run(dev: &DeviceArgs, a: &PeakArgs) -> anyhow::Result<()> {
     peak::store(&p)?;
     println!("adapter        {}", p.adapter);
     println!("driver         {}", p.driver);
-    println!("FMA rate       {:.2} GFLOP/s  (8 independent vec4 FMA chains per invocation, {} steps; FMA = 2 FLOPs)", p.fma_gflops, peak::ITERS);
+    println!(
+        "FMA rate       {:.2} GFLOP/s  (8 independent vec4 FMA chains per invocation, {} steps; FMA = 2 FLOPs)",
+        p.fma_gflops,
+        peak::ITERS
+    );
     println!("copy bandwidth {:.2} GB/s     (32 MiB vec4 copy; read + written bytes)", p.copy_gbps);
     println!("timer          {} (median of {})", p.timer, a.reps.max(1));
     if let Some(path) = peak::cache_path() {

@@ -11,7 +11,10 @@
 use crate::blockmap::BlockMap;
 use crate::error::Result;
 use crate::gpu::{Gpu, storage_entry, uniform_entry};
-use crate::kernels::{AttnBuffers, COMMON_WGSL, Params, ShaderVariant, Traffic, check_head_dim, slopes_words};
+use crate::kernels::{
+    AttnBuffers, COMMON_WGSL, LANES_PLAIN_WGSL, LANES_SUBGROUP_WGSL, Params, ShaderVariant, Traffic,
+    check_head_dim, slopes_words,
+};
 use crate::spec::AttnSpec;
 
 const BODY: &str = include_str!("../../shaders/flash.wgsl");
@@ -31,6 +34,9 @@ pub struct FlashConfig {
     pub bc: u32,
     /// Invocations per query row, each owning a slice of the head dim (1 for D ≤ 128).
     pub p: u32,
+    /// Subgroup width of the shuffle path (0: plain workgroup-memory loads). Needs the
+    /// SUBGROUP feature, one fixed subgroup size, `p == 1` and `br` a multiple of it.
+    pub sg: u32,
 }
 
 impl FlashConfig {
@@ -54,10 +60,22 @@ impl FlashConfig {
         2 * self.bc as u64 * d as u64 * 4 + self.s_part_len() as u64 * 4
     }
 
-    /// The default for this device: 64 rows, `p` from the head dim, and the largest key
-    /// tile in {32, 16, 8, 4} that fits the device's workgroup memory.
+    /// The default for this device: 64 rows, `p` from the head dim, the largest key tile in
+    /// {32, 16, 8, 4} that fits the device's workgroup memory, and subgroup shuffles where
+    /// the device has SUBGROUP with one fixed subgroup size.
     pub fn for_device(gpu: &Gpu, d: usize) -> Self {
-        Self::for_limits(gpu.limits(), d)
+        let mut c = Self::for_limits(gpu.limits(), d);
+        let info = gpu.info();
+        let sg = info.subgroup_min_size;
+        if gpu.features().contains(wgpu::Features::SUBGROUP)
+            && sg == info.subgroup_max_size
+            && sg > 0
+            && c.p == 1
+            && c.br % sg == 0
+        {
+            c.sg = sg;
+        }
+        c
     }
 
     /// [`FlashConfig::for_device`] for a device with these limits.
@@ -68,9 +86,9 @@ impl FlashConfig {
         let storage = limits.max_compute_workgroup_storage_size as u64;
         let bc = [32u32, 16, 8, 4]
             .into_iter()
-            .find(|&bc| Self { br, bc, p }.workgroup_bytes(d) <= storage)
+            .find(|&bc| Self { br, bc, p, sg: 0 }.workgroup_bytes(d) <= storage)
             .unwrap_or(4);
-        Self { br, bc, p }
+        Self { br, bc, p, sg: 0 }
     }
 
     /// The shader variant for head dim `d`; `count` builds the instrumented variant.
@@ -78,7 +96,7 @@ impl FlashConfig {
         let d4 = (d / 4) as u32;
         ShaderVariant {
             stem: NAME,
-            prelude: COMMON_WGSL,
+            prelude: vec![COMMON_WGSL, if self.sg > 0 { LANES_SUBGROUP_WGSL } else { LANES_PLAIN_WGSL }],
             body: BODY,
             entry: "main",
             consts: vec![
@@ -87,8 +105,13 @@ impl FlashConfig {
                 ("BR", self.br),
                 ("BC", self.bc),
                 ("P", self.p),
+                ("SG", self.sg),
+                // private lanes: DP4, padded to whole subgroups on the shuffle path
+                ("D4P", if self.sg > 0 { d4.div_ceil(self.sg) * self.sg } else { d4.div_ceil(self.p) }),
+                ("SG_GUARD_U", (self.sg > 0 && d4 % self.sg != 0) as u32),
                 ("S_PART", self.s_part_len()),
                 ("COUNT", count as u32),
+                ("LANE_GUARD_U", (d4 % self.p != 0) as u32),
             ],
         }
     }
@@ -129,7 +152,10 @@ impl FlashCounters {
     /// Device-memory bytes moved for Q, K, V (read) and O, LSE (written) at head dim `d`.
     pub fn traffic(&self, d: usize) -> Traffic {
         let d = d as u64;
-        Traffic { read: self.keys * 2 * d * 4 + self.rows_read * d * 4, written: self.rows_written * (d + 1) * 4 }
+        Traffic {
+            read: self.keys * 2 * d * 4 + self.rows_read * d * 4,
+            written: self.rows_written * (d + 1) * 4,
+        }
     }
 }
 
@@ -161,6 +187,27 @@ impl Flash {
                 "flash tile config {config:?} for head dim {}",
                 s.head_dim
             )));
+        }
+        let lanes = (s.head_dim / 4).div_ceil(config.p as usize);
+        if lanes > MAX_LANES_PER_INVOCATION {
+            return Err(crate::Error::Invalid(format!(
+                "flash config {config:?} gives each invocation {lanes} vec4 lanes of head dim {}; at most {MAX_LANES_PER_INVOCATION} (raise p)",
+                s.head_dim
+            )));
+        }
+        if config.sg > 0 {
+            let info = gpu.info();
+            let fixed = info.subgroup_min_size == config.sg && info.subgroup_max_size == config.sg;
+            if !gpu.features().contains(wgpu::Features::SUBGROUP)
+                || !fixed
+                || config.p != 1
+                || config.br % config.sg != 0
+            {
+                return Err(crate::Error::Invalid(format!(
+                    "flash subgroup path sg={} needs SUBGROUP, a fixed subgroup size of {} (device: {}..={}), p = 1 and br a multiple of it; config {config:?}",
+                    config.sg, config.sg, info.subgroup_min_size, info.subgroup_max_size
+                )));
+            }
         }
         gpu.check_workgroup(NAME, config.workgroup_bytes(s.head_dim), config.invocations())?;
         let groups = [s.n.div_ceil(config.br as usize) as u64, s.heads as u64, s.batch as u64];
@@ -203,10 +250,15 @@ impl Flash {
     pub fn traffic(&self, spec: &AttnSpec) -> Traffic {
         let s = spec.shape;
         let (m, bc) = (s.m as u64, self.map.bc as u64);
-        let keys: u64 = self.map.entries.iter().map(|&e| {
-            let k0 = (e & !crate::blockmap::FULL) as u64 * bc;
-            (k0 + bc).min(m) - k0
-        }).sum();
+        let keys: u64 = self
+            .map
+            .entries
+            .iter()
+            .map(|&e| {
+                let k0 = (e & !crate::blockmap::FULL) as u64 * bc;
+                (k0 + bc).min(m) - k0
+            })
+            .sum();
         let per_map = if self.map.heads == 1 { s.heads as u64 } else { 1 };
         let rows = (s.batch * s.heads * s.n) as u64;
         let keys = keys * per_map * s.batch as u64;
@@ -251,8 +303,8 @@ impl Flash {
             &layout(gpu),
             &[&self.params, b.q, b.k, b.v, b.o, b.lse, &self.block_map, &self.slopes, &self.counters],
         );
-        let mut pass = encoder
-            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes });
+        let mut pass =
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes });
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &bind, &[]);
         let [x, y, z] = self.groups;

@@ -14,13 +14,17 @@ use crate::gpu::Gpu;
 use crate::spec::{AttnOutput, AttnSpec};
 
 pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+/// Entry-point builtins and lane helpers with subgroups (`lanes_subgroup.wgsl`) or without.
+pub const LANES_SUBGROUP_WGSL: &str = include_str!("../../shaders/lanes_subgroup.wgsl");
+pub const LANES_PLAIN_WGSL: &str = include_str!("../../shaders/lanes_plain.wgsl");
 
 /// One compilable variant of a kernel: source stem, entry point and header constants.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ShaderVariant {
     pub stem: &'static str,
-    /// Shared snippet placed after the constants ([`COMMON_WGSL`] for attention kernels).
-    pub prelude: &'static str,
+    /// Shared snippets placed after the constants, in order ([`COMMON_WGSL`] first for
+    /// attention kernels).
+    pub prelude: Vec<&'static str>,
     pub body: &'static str,
     pub entry: &'static str,
     pub consts: Vec<(&'static str, u32)>,
@@ -31,9 +35,15 @@ impl ShaderVariant {
     pub fn source(&self) -> String {
         let mut src = String::new();
         for (name, value) in &self.consts {
-            src.push_str(&format!("const {name}: u32 = {value}u;\n"));
+            match name.strip_suffix("_U") {
+                // `NAME_U` constants become booleans `NAME`.
+                Some(flag) => src.push_str(&format!("const {flag}: bool = {};\n", *value != 0)),
+                None => src.push_str(&format!("const {name}: u32 = {value}u;\n")),
+            }
         }
-        src.push_str(self.prelude);
+        for snippet in &self.prelude {
+            src.push_str(snippet);
+        }
         src.push_str(self.body);
         src
     }
@@ -141,6 +151,13 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
         .flat_map(|d| {
             let config = flash::FlashConfig::for_limits(limits, d);
             let mut v = vec![config.variant(d, false), config.variant(d, true)];
+            // the subgroup-shuffle path at the subgroup widths of real hardware
+            for sg in [8, 16, 32, 64] {
+                if config.p == 1 && config.br % sg == 0 {
+                    let c = flash::FlashConfig { sg, ..config };
+                    v.extend([c.variant(d, false), c.variant(d, true)]);
+                }
+            }
             v.extend(naive::variants(d, false));
             v.extend(naive::variants(d, true));
             v

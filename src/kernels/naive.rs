@@ -19,7 +19,7 @@ pub fn variants(d: usize, count: bool) -> Vec<ShaderVariant> {
         .iter()
         .map(|&entry| ShaderVariant {
             stem: NAME,
-            prelude: COMMON_WGSL,
+            prelude: vec![COMMON_WGSL],
             body: BODY,
             entry,
             consts: vec![("D4", (d / 4) as u32), ("COUNT", count as u32)],
@@ -59,7 +59,8 @@ pub fn traffic(spec: &AttnSpec) -> Traffic {
     let visible = spec.visible_pairs() * s.batch as u64; // over heads and batch
     // rows with no visible key read the row once instead of three times
     let masked_rows = bh * n - live_rows(spec);
-    let read_words = visible * 2 * d + (bh * n - masked_rows) * 3 * m + masked_rows * m + bh * n * (d / 4) * 5 * m;
+    let read_words =
+        visible * 2 * d + (bh * n - masked_rows) * 3 * m + masked_rows * m + bh * n * (d / 4) * 5 * m;
     let written_words = bh * n * m + bh * n * (m + 1) + bh * n * d;
     Traffic { read: read_words * 4, written: written_words * 4 }
 }
@@ -70,7 +71,8 @@ fn live_rows(spec: &AttnSpec) -> u64 {
     if spec.mask.is_none() {
         // the band alone: row i is live iff [p_i − hi, p_i − lo] meets [0, M)
         let (lo, hi) = spec.band();
-        let live = (0..s.n).filter(|&i| spec.position(i) - hi < s.m as i64 && spec.position(i) - lo >= 0).count();
+        let live =
+            (0..s.n).filter(|&i| spec.position(i) - hi < s.m as i64 && spec.position(i) - lo >= 0).count();
         return (live * s.heads * s.batch) as u64;
     }
     let per_head = |h: usize| (0..s.n).filter(|&i| (0..s.m).any(|j| spec.visible(h, i, j))).count() as u64;
@@ -84,7 +86,8 @@ fn live_rows(spec: &AttnSpec) -> u64 {
 /// Aux words: slopes as f32 bits from word 0, then the sparse mask as dense visibility bits
 /// `[mask heads, N, ceil(M/32)]`. Returns (words, bits offset, mask heads, bits stride).
 fn aux_words(spec: &AttnSpec) -> (Vec<u32>, usize, usize, usize) {
-    let mut words: Vec<u32> = spec.slopes().unwrap_or_else(|| vec![0.0]).iter().map(|x| x.to_bits()).collect();
+    let mut words: Vec<u32> =
+        spec.slopes().unwrap_or_else(|| vec![0.0]).iter().map(|x| x.to_bits()).collect();
     let base = words.len();
     let Some(mask) = &spec.mask else { return (words, base, 1, 0) };
     let s = spec.shape;

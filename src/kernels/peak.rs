@@ -36,11 +36,23 @@ pub struct Peak {
 pub fn variants() -> Vec<ShaderVariant> {
     ["fma_probe", "copy_probe"]
         .into_iter()
-        .map(|entry| ShaderVariant { stem: NAME, prelude: "", body: BODY, entry, consts: vec![("ITERS", ITERS)] })
+        .map(|entry| ShaderVariant {
+            stem: NAME,
+            prelude: vec![],
+            body: BODY,
+            entry,
+            consts: vec![("ITERS", ITERS)],
+        })
         .collect()
 }
 
-fn time_pass(gpu: &Gpu, pipeline: &wgpu::ComputePipeline, bind: &wgpu::BindGroup, groups: [u32; 2], reps: usize) -> Result<Timing> {
+fn time_pass(
+    gpu: &Gpu,
+    pipeline: &wgpu::ComputePipeline,
+    bind: &wgpu::BindGroup,
+    groups: [u32; 2],
+    reps: usize,
+) -> Result<Timing> {
     let timer = GpuTimer::new(gpu);
     let mut samples = Vec::new();
     for i in 0..reps + 1 {

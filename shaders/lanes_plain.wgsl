@@ -1,0 +1,16 @@
+// lanes_plain.wgsl — the no-subgroup twin of lanes_subgroup.wgsl (SG = 0): same names, no
+// subgroup builtins, so the kernel validates without the SUBGROUP feature. Never called
+// with SG = 0 except `lane_of`.
+
+struct Ids {
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+}
+
+fn lane_of(ids: Ids) -> u32 {
+    return 0u;
+}
+
+fn shuffle4(v: vec4<f32>, src_lane: u32) -> vec4<f32> {
+    return v;
+}

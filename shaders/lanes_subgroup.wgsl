@@ -1,0 +1,17 @@
+// lanes_subgroup.wgsl — composed into kernels built with subgroup shuffles (SG > 0).
+// The entry point takes its builtins as `Ids`; `lane_of` and `shuffle4` hide whether
+// subgroups exist, so a kernel compiles on devices without the SUBGROUP feature.
+
+struct Ids {
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+}
+
+fn lane_of(ids: Ids) -> u32 {
+    return ids.lane;
+}
+
+fn shuffle4(v: vec4<f32>, src_lane: u32) -> vec4<f32> {
+    return subgroupShuffle(v, src_lane);
+}
