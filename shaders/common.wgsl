@@ -20,7 +20,7 @@ struct Params {
     mask_base: u32,  // offset of the per-entry mask indices (flash) / 0 = no mask bits (naive)
     bits_base: u32,  // offset of the visibility bits
     bits_stride: u32, // naive: u32 words per query row of the visibility bits
-    pad0: u32,
+    bh_base: u32,    // naive: first (batch·H + head) of this chunk of heads
     pad1: u32,
     pad2: u32,
 }

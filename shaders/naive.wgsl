@@ -1,6 +1,7 @@
 // naive.wgsl — textbook attention, the baseline FlashAttention is measured against.
 //
-// Three passes over a materialised score matrix S [B·H, N, M] in device memory:
+// Three passes over a materialised score matrix S [heads of this chunk, N, M] in device
+// memory (the host runs chunks of (batch, head) pairs whose scores fit one binding):
 //   scores:  S = scale·Q·Kᵀ + bias, masked entries set to MASKED      (one invocation per s_ij)
 //   softmax: row max, sum, LSE; S overwritten with P = softmax(S)       (one invocation per row)
 //   pv:      O = P·V                                                     (one invocation per 4 lanes of o_i)
@@ -49,7 +50,7 @@ fn mask_allows(h: u32, i: u32, j: u32) -> bool {
 fn scores(@builtin(global_invocation_id) gid: vec3<u32>) {
     let j = gid.x;
     let i = gid.y;
-    let bh = gid.z;
+    let bh = params.bh_base + gid.z;
     if i >= params.n || j >= params.m {
         return;
     }
@@ -71,18 +72,18 @@ fn scores(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
         count(0u, 8u * D4);
     }
-    s[(bh * params.n + i) * params.m + j] = sc;
+    s[(gid.z * params.n + i) * params.m + j] = sc;
     count(1u, 1u);
 }
 
 @compute @workgroup_size(64)
 fn softmax(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
-    let bh = gid.y;
+    let bh = params.bh_base + gid.y;
     if i >= params.n {
         return;
     }
-    let base = (bh * params.n + i) * params.m;
+    let base = (gid.y * params.n + i) * params.m;
     var mx = MASKED;
     for (var j = 0u; j < params.m; j++) {
         mx = max(mx, s[base + j]);
@@ -112,7 +113,7 @@ fn softmax(@builtin(global_invocation_id) gid: vec3<u32>) {
 @compute @workgroup_size(64)
 fn pv(@builtin(global_invocation_id) gid: vec3<u32>) {
     let idx = gid.x;
-    let bh = gid.y;
+    let bh = params.bh_base + gid.y;
     if idx >= params.n * D4 {
         return;
     }
@@ -120,7 +121,7 @@ fn pv(@builtin(global_invocation_id) gid: vec3<u32>) {
     let x = idx % D4;
     let b = bh / params.heads;
     let kvh = (bh % params.heads) / params.group;
-    let p_base = (bh * params.n + i) * params.m;
+    let p_base = (gid.y * params.n + i) * params.m;
     let v_base = (b * params.kv_heads + kvh) * params.m * D4 + x;
     var acc = vec4<f32>(0.0);
     for (var j = 0u; j < params.m; j++) {

@@ -17,6 +17,9 @@ pub struct GpuOptions {
     pub backends: Option<wgpu::Backends>,
     /// Case-insensitive substring of the adapter name; `None` reads `LONGCTX_ADAPTER`.
     pub adapter: Option<String>,
+    /// Limits to request instead of the adapter's own — e.g. lowered ones, to exercise the
+    /// engine's chunking on a small budget. Must not exceed the adapter's.
+    pub limits: Option<wgpu::Limits>,
 }
 
 /// The optional features longctx uses when the adapter has them.
@@ -127,7 +130,7 @@ impl Gpu {
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("longctx"),
             required_features: features,
-            required_limits: adapter.limits(),
+            required_limits: options.limits.clone().unwrap_or_else(|| adapter.limits()),
             ..Default::default()
         }))?;
         Ok(Self::from_wgpu(device, queue, adapter.get_info()))

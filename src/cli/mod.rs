@@ -39,6 +39,7 @@ impl DeviceArgs {
         GpuOptions {
             backends: self.backend.as_deref().map(wgpu::Backends::from_comma_list),
             adapter: self.adapter.clone(),
+            limits: None,
         }
     }
     pub fn gpu(&self) -> anyhow::Result<Gpu> {

@@ -91,7 +91,8 @@ pub(crate) struct Params {
     pub mask_base: u32,
     pub bits_base: u32,
     pub bits_stride: u32,
-    pub pad: [u32; 3],
+    pub bh_base: u32,
+    pub pad: [u32; 2],
 }
 
 impl Params {
@@ -117,7 +118,8 @@ impl Params {
             mask_base: 0,
             bits_base: 0,
             bits_stride: 0,
-            pad: [0; 3],
+            bh_base: 0,
+            pad: [0; 2],
         }
     }
 }

@@ -109,7 +109,8 @@ fn aux_words(spec: &AttnSpec) -> (Vec<u32>, usize, usize, usize) {
 /// A prepared naive call.
 pub struct Naive {
     pipelines: Vec<wgpu::ComputePipeline>,
-    params: wgpu::Buffer,
+    /// One parameter block per chunk of (batch, head) pairs.
+    chunks: Vec<(wgpu::Buffer, u32)>,
     scores: wgpu::Buffer,
     aux: wgpu::Buffer,
     counters: wgpu::Buffer,
@@ -118,15 +119,22 @@ pub struct Naive {
 }
 
 impl Naive {
+    /// Prepares the three passes. The score matrix of one (batch, head) must fit one storage
+    /// binding; heads run in chunks of as many as fit together.
     pub fn new(gpu: &Gpu, spec: &AttnSpec, instrumented: bool) -> Result<Self> {
         let s = spec.shape;
         check_head_dim(NAME, s.head_dim)?;
         gpu.check_workgroup(NAME, 0, 64)?;
         let bh = (s.batch * s.heads) as u64;
+        let per_head = s.n as u64 * s.m as u64 * 4;
+        gpu.check_binding("naive N×M scores of one head", per_head)?;
+        let limit = gpu.limits().max_storage_buffer_binding_size.min(gpu.limits().max_buffer_size);
+        let chunk =
+            (limit / per_head).clamp(1, bh).min(gpu.limits().max_compute_workgroups_per_dimension as u64);
         let groups = [
-            [s.m.div_ceil(8) as u64, s.n.div_ceil(8) as u64, bh],
-            [s.n.div_ceil(64) as u64, bh, 1],
-            [(s.n * s.head_dim / 4).div_ceil(64) as u64, bh, 1],
+            [s.m.div_ceil(8) as u64, s.n.div_ceil(8) as u64, chunk],
+            [s.n.div_ceil(64) as u64, chunk, 1],
+            [(s.n * s.head_dim / 4).div_ceil(64) as u64, chunk, 1],
         ];
         for g in groups {
             gpu.check_dispatch(NAME, g)?;
@@ -134,12 +142,19 @@ impl Naive {
         for (what, len) in [("Q", s.q_len()), ("K", s.kv_len()), ("V", s.kv_len()), ("O", s.q_len())] {
             gpu.check_binding(what, len as u64 * 4)?;
         }
-        let scores = gpu.storage("naive N×M scores", scores_bytes(spec))?;
+        let scores = gpu.storage("naive N×M scores", chunk * per_head)?;
         let (aux, bits_base, mask_heads, stride) = aux_words(spec);
         let mut params = Params::new(spec);
         params.map_heads = mask_heads as u32;
         params.bits_base = bits_base as u32;
         params.bits_stride = stride as u32;
+        let chunks = (0..bh)
+            .step_by(chunk as usize)
+            .map(|base| {
+                params.bh_base = base as u32;
+                (gpu.uniform("naive params", &params), (bh - base).min(chunk) as u32)
+            })
+            .collect();
         let layout = layout(gpu);
         let pipelines = variants(s.head_dim, instrumented)
             .iter()
@@ -147,7 +162,7 @@ impl Naive {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             pipelines,
-            params: gpu.uniform("naive params", &params),
+            chunks,
             scores,
             aux: gpu.upload("naive slopes and mask bits", &aux)?,
             counters: gpu.storage("naive counters", if instrumented { 16 } else { 4 })?,
@@ -158,7 +173,7 @@ impl Naive {
 
     /// The score matrix dominates: B·H·N·M·4 bytes.
     pub fn scratch_bytes(&self) -> u64 {
-        self.scores.size() + self.aux.size() + self.params.size()
+        self.scores.size() + self.aux.size() + self.chunks.iter().map(|c| c.0.size()).sum::<u64>()
     }
 
     /// Bytes the instrumented variant counted in its last run.
@@ -181,16 +196,23 @@ impl Naive {
         if self.instrumented {
             encoder.clear_buffer(&self.counters, 0, None);
         }
-        let bind = gpu.bind_group(
-            &layout(gpu),
-            &[&self.params, b.q, b.k, b.v, b.o, b.lse, &self.scores, &self.aux, &self.counters],
-        );
+        let layout = layout(gpu);
         let mut pass =
             encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes });
-        pass.set_bind_group(0, &bind, &[]);
-        for (pipeline, [x, y, z]) in self.pipelines.iter().zip(self.groups) {
-            pass.set_pipeline(pipeline);
-            pass.dispatch_workgroups(x, y, z);
+        for (params, heads) in &self.chunks {
+            let bind = gpu.bind_group(
+                &layout,
+                &[params, b.q, b.k, b.v, b.o, b.lse, &self.scores, &self.aux, &self.counters],
+            );
+            pass.set_bind_group(0, &bind, &[]);
+            for (pass_idx, (pipeline, [x, y, z])) in self.pipelines.iter().zip(self.groups).enumerate() {
+                pass.set_pipeline(pipeline);
+                // the chunk's head count sits in the z (scores) or y (softmax, pv) dimension
+                match pass_idx {
+                    0 => pass.dispatch_workgroups(x, y, z.min(*heads)),
+                    _ => pass.dispatch_workgroups(x, y.min(*heads), z),
+                }
+            }
         }
     }
 }

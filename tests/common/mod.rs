@@ -43,8 +43,12 @@ pub struct Errors {
 /// Runs `kernel` (outputs poisoned with NaN first) and compares it with the oracle.
 /// Fully masked rows must come back as exactly 0 and LSE `-inf`.
 pub fn check_kernel(attn: &Attention, seed: u64, bound: f64) -> Errors {
+    check_kernel_on(gpu(), attn, seed, bound)
+}
+
+/// [`check_kernel`] on a given device (the one `attn` was prepared on).
+pub fn check_kernel_on(g: &Gpu, attn: &Attention, seed: u64, bound: f64) -> Errors {
     let spec = attn.spec().clone();
-    let g = gpu();
     let (q, k, v) = inputs(&spec, seed);
     let (o_ref, lse_ref) = attention_f64(&spec, &q, &k, &v).unwrap();
     let dev = DeviceTensors::upload(g, &spec, &q, &k, &v).unwrap();

@@ -1,0 +1,59 @@
+//! Kernels on a device whose limits were lowered on purpose: the engine must split work to
+//! fit (or refuse with a typed error naming the numbers), and stay exact.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use longctx::{Attention, AttnShape, AttnSpec, Gpu, GpuOptions, Kernel};
+
+/// 1 MiB storage bindings, 16 KiB workgroup memory, 256 invocations.
+fn small_gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: 1 << 20,
+            max_compute_workgroup_storage_size: 16 << 10,
+            max_compute_invocations_per_workgroup: 256,
+            max_compute_workgroup_size_x: 256,
+            ..common::gpu().limits().clone()
+        };
+        Gpu::new(&GpuOptions { limits: Some(limits), ..Default::default() })
+            .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+    })
+}
+
+#[test]
+fn naive_runs_heads_in_chunks_that_fit_one_binding() {
+    let g = small_gpu();
+    assert_eq!(g.limits().max_storage_buffer_binding_size, 1 << 20);
+    // one head's scores: 300·300·4 = 352 KiB → 2 heads per 1 MiB binding, 8 (b, h) pairs → 4 chunks
+    let spec = AttnSpec::new(AttnShape { batch: 2, heads: 4, kv_heads: 2, n: 300, m: 300, head_dim: 32 })
+        .causal(true);
+    let attn = Attention::new(g, Kernel::Naive, &spec).unwrap();
+    let seed = common::seed();
+    let err = common::check_kernel_on(g, &attn, seed, 1e-5);
+    println!("naive in chunks under a 1 MiB binding limit: rel err {:.2e}", err.o);
+    assert!(attn.scratch_bytes() <= (1 << 20) + 4096, "scores buffer {} bytes", attn.scratch_bytes());
+}
+
+#[test]
+fn one_head_beyond_the_binding_is_a_typed_error() {
+    let g = small_gpu();
+    let spec = AttnSpec::new(AttnShape::mha(1, 1, 600, 600, 32));
+    let err = Attention::new(g, Kernel::Naive, &spec).err().expect("600² scores exceed 1 MiB");
+    assert!(
+        matches!(err, longctx::Error::BindingTooLarge { bytes: 1_440_000, limit: 1_048_576, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn flash_picks_tiles_for_small_workgroup_memory() {
+    let g = small_gpu();
+    for d in [64, 128, 256] {
+        let spec = AttnSpec::new(AttnShape::mha(1, 2, 70, 90, d)).causal(true);
+        let attn = Attention::new(g, Kernel::Flash, &spec).unwrap();
+        common::check_kernel_on(g, &attn, common::seed(), 1e-5);
+    }
+}
