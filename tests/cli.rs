@@ -169,3 +169,94 @@ fn info_names_the_adapter_and_limits() {
         assert!(text.contains(key), "`{key}` missing from:\n{text}");
     }
 }
+
+/// Runs longctx with its cache in `cache` (so the peak probe cache is private to the test).
+fn longctx_cached(cache: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_longctx"));
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+    cmd.env("XDG_CACHE_HOME", cache).args(args).output().expect("spawn longctx")
+}
+
+#[test]
+fn bench_writes_json_and_csv_records_with_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (json, csv) = (dir.path().join("r.json"), dir.path().join("r.csv"));
+    // a corrupt peak cache is ignored with a warning, never a crash
+    std::fs::create_dir_all(dir.path().join("longctx")).unwrap();
+    std::fs::write(dir.path().join("longctx/peak.json"), b"{not json").unwrap();
+    let out = longctx_cached(
+        dir.path(),
+        &[
+            "bench",
+            "--n",
+            "64,96",
+            "--d",
+            "32",
+            "--heads",
+            "2",
+            "--kv-heads",
+            "1",
+            "--causal",
+            "--reps",
+            "2",
+            "--json",
+            p(&json),
+            "--csv",
+            p(&csv),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("time ∝ N^"), "fitted exponent missing:\n{stdout}");
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(records.len(), 4, "2 kernels × 2 sizes");
+    for r in &records {
+        for field in [
+            "kernel",
+            "n",
+            "m",
+            "d",
+            "heads",
+            "kv_heads",
+            "mask",
+            "timer",
+            "ms_median",
+            "ms_min",
+            "ms_max",
+            "flops",
+            "flop_convention",
+            "gflops",
+            "pct_peak_fma",
+            "device_bytes",
+            "traffic_model_bytes",
+            "traffic_measured_bytes",
+            "gbps",
+            "pct_peak_copy",
+            "rel_err",
+            "adapter",
+            "driver",
+            "git_commit",
+            "timestamp",
+        ] {
+            assert!(r.get(field).is_some_and(|v| !v.is_null()), "field {field} missing in {r}");
+        }
+        assert_eq!(r["traffic_model_bytes"], r["traffic_measured_bytes"]);
+        assert!(r["rel_err"].as_f64().unwrap() <= 1e-5);
+    }
+    let csv_text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(csv_text.lines().count(), 5, "header + 4 rows:\n{csv_text}");
+    // the probe result was cached over the corrupt file
+    let cache: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("longctx/peak.json")).unwrap()).unwrap();
+    assert!(cache[0]["fma_gflops"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn mask_prints_a_block_map() {
+    let out = longctx(&["mask", "--pattern", "bigbird", "--n", "1k"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains('█') && text.contains('·') && text.contains("sparsity"), "{text}");
+}

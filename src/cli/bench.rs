@@ -218,6 +218,9 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     println!("{}", table(&records));
+    for r in records.iter().filter(|r| r.skipped.is_some()) {
+        println!("skipped {} {} N={}: {}", r.kernel, r.mask, r.n, r.skipped.as_deref().unwrap_or_default());
+    }
     for line in exponents(&records) {
         println!("{line}");
     }
@@ -355,7 +358,7 @@ fn table(records: &[Record]) -> Table {
             format!("{}/{}", r.heads, r.kv_heads),
         ];
         match (&r.skipped, r.ms_median) {
-            (Some(why), _) => row.push(format!("skipped: {why}")),
+            (Some(_), _) => row.extend(std::iter::repeat_n("skipped".to_string(), 8)),
             (None, Some(ms)) => {
                 row.push(format!("{ms:.2} [{:.2}–{:.2}]", r.ms_min.unwrap_or(ms), r.ms_max.unwrap_or(ms)));
                 row.push(format!("{:.2}", r.gflops.unwrap_or(0.0)));
