@@ -21,8 +21,8 @@ struct Params {
     bits_base: u32,  // offset of the visibility bits
     bits_stride: u32, // naive: u32 words per query row of the visibility bits
     bh_base: u32,    // naive: first (batch·H + head) of this chunk of heads
-    pad1: u32,
-    pad2: u32,
+    pass_index: u32, // flash: which pass over the tile lists (see flash.wgsl)
+    pass_tiles: u32, // flash: tiles per list per pass; 0 = all in one pass
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

@@ -21,6 +21,12 @@
 // subgroupShuffle — SG× fewer loads (4.5× faster on lavapipe). All subgroup operations run in
 // uniform control flow: rows past N compute on zeros and only skip their writes.
 //
+// Passes: some adapters cap the loop iterations one invocation may run (Mesa llvmpipe stops
+// a loop nest after 65535 and carries on with wrong results). The host then splits every
+// tile list into passes of at most `pass_tiles` tiles, one dispatch each; between passes the
+// running softmax state lives in O (normalised so far) and LSE (running log-sum-exp), which
+// is exactly resumable: m = LSE, l = 1, acc = O.
+//
 // Tile shape: BR rows × BC keys × D (D4 = D/4 vec4 lanes), BR·P invocations.
 // Workgroup memory: 2·BC·D·4 bytes for K and V, plus BR·BC·P·4 for s_part when P > 1.
 // Device-memory traffic per (b, h): Q and O once (N·D each), LSE once (N), and for every
@@ -34,7 +40,8 @@
 @group(0) @binding(6) var<storage, read> block_map: array<u32>;
 @group(0) @binding(7) var<storage, read> slopes: array<f32>;
 // Instrumentation (COUNT = 1 only): [0] tiles visited, [1] K/V keys loaded, [2] query rows
-// loaded, [3] rows written. Bytes follow on the host: keys·D·4·2, rows·D·4, rows·(D+1)·4.
+// loaded, [3] rows written (O and LSE), [4] rows resumed (O and LSE read back between
+// passes). Bytes follow on the host: keys·D·4·2, rows·D·4, rows·(D+1)·4, rows·(D+1)·4.
 @group(0) @binding(8) var<storage, read_write> counters: array<atomic<u32>>;
 
 const FULL: u32 = 0x80000000u;
@@ -89,11 +96,39 @@ fn main(ids: Ids) {
         map_head = h;
     }
     let map_row = map_head * params.n_qtiles + qt;
-    let t_begin = block_map[map_row];
-    let t_end = block_map[map_row + 1u];
+    let list_begin = block_map[map_row];
+    let list_end = block_map[map_row + 1u];
+    // this pass's share of the list (pass_tiles = 0: the whole list in one pass)
+    var t_begin = list_begin;
+    var t_end = list_end;
+    if params.pass_tiles != 0u {
+        t_begin = min(list_end, list_begin + params.pass_index * params.pass_tiles);
+        t_end = min(list_end, t_begin + params.pass_tiles);
+    }
+    let resume = params.pass_index > 0u;
+    if resume && t_begin == t_end {
+        return; // nothing left for this query tile: O and LSE are final (uniform per workgroup)
+    }
+    let row_lse_at = (b * params.heads + h) * params.n + row;
+    if resume && live {
+        let prev = lse[row_lse_at];
+        if prev != params.neg_inf {
+            m_run = prev;
+            l_run = 1.0;
+            for (var x = 0u; x < DP4; x++) {
+                if lane0 + x < D4 {
+                    acc[x] = o[q_base + x];
+                }
+            }
+        }
+    }
     if COUNT != 0u && lid == 0u {
         let rows = min(BR, params.n - qt * BR);
-        atomicAdd(&counters[2], rows);
+        if resume {
+            atomicAdd(&counters[4], rows);
+        } else {
+            atomicAdd(&counters[2], rows);
+        }
         atomicAdd(&counters[3], rows);
     }
     for (var t = t_begin; t < t_end; t++) {
@@ -213,7 +248,7 @@ fn main(ids: Ids) {
             }
         }
         if part == 0u {
-            lse[(b * params.heads + h) * params.n + row] = row_lse;
+            lse[row_lse_at] = row_lse;
         }
     }
 }

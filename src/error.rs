@@ -57,6 +57,12 @@ pub enum Error {
     #[error("{what} needs a buffer of {bytes} bytes, the device allows {limit} (max_buffer_size)")]
     BufferTooLarge { what: String, bytes: u64, limit: u64 },
 
+    #[error(
+        "{kernel}: one invocation would loop {needed} times, this adapter leaves a loop nest after \
+         {limit} iterations (Mesa llvmpipe); {hint}"
+    )]
+    LoopLimit { kernel: &'static str, needed: u64, limit: u64, hint: &'static str },
+
     #[error("invalid option: {0}")]
     Invalid(String),
 

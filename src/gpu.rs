@@ -160,6 +160,15 @@ impl Gpu {
         self.features
     }
 
+    /// The most loop iterations one invocation may run in one loop nest, where the adapter has
+    /// such a cap: Mesa's llvmpipe/lavapipe (gallivm's `LP_MAX_TGSI_LOOP_ITERATIONS`, 65535)
+    /// silently leaves a loop nest after that many iterations, giving wrong results, so
+    /// kernels split long loops into passes below it.
+    pub fn loop_iteration_limit(&self) -> Option<u64> {
+        let i = &self.info;
+        (i.driver.contains("llvmpipe") || i.name.contains("llvmpipe")).then_some(65_535)
+    }
+
     // ----- limit checks (wgpu 30 does not check workgroup memory) -----
 
     /// Workgroup memory and invocation count of one kernel variant against the device.

@@ -57,3 +57,12 @@ fn flash_picks_tiles_for_small_workgroup_memory() {
         common::check_kernel_on(g, &attn, common::seed(), 1e-5);
     }
 }
+
+#[test]
+fn naive_refuses_rows_longer_than_a_loop_iteration_cap() {
+    let g = common::gpu();
+    let Some(limit) = g.loop_iteration_limit() else { return };
+    let spec = AttnSpec::new(AttnShape::mha(1, 1, 1, limit as usize + 10, 4));
+    let err = Attention::new(g, Kernel::Naive, &spec).err().expect("refused");
+    assert!(matches!(err, longctx::Error::LoopLimit { .. }), "{err}");
+}

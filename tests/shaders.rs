@@ -60,7 +60,7 @@ fn oversized_workgroup_memory_is_a_typed_error() {
     // wgpu 30 does not check var<workgroup> against the limit; the engine must.
     let gpu = common::gpu();
     let spec = longctx::AttnSpec::new(longctx::AttnShape::mha(1, 1, 8, 8, 256));
-    let huge = FlashConfig { br: 256, bc: 32, p: 2, sg: 0 };
+    let huge = FlashConfig { br: 256, bc: 32, p: 2, sg: 0, pass_tiles: 0 }.fit_passes(gpu, 256);
     let err = longctx::Attention::flash_with(gpu, &spec, huge, false).err().expect("must fail");
     let msg = err.to_string();
     assert!(matches!(err, longctx::Error::WorkgroupMemory { .. }), "{msg}");

@@ -37,6 +37,9 @@ pub struct FlashConfig {
     /// Subgroup width of the shuffle path (0: plain workgroup-memory loads). Needs the
     /// SUBGROUP feature, one fixed subgroup size, `p == 1` and `br` a multiple of it.
     pub sg: u32,
+    /// Most tiles of one list walked per dispatch (0: whole lists in one pass). Set below an
+    /// adapter's loop-iteration cap (see [`Gpu::loop_iteration_limit`]); any value is exact.
+    pub pass_tiles: u32,
 }
 
 impl FlashConfig {
@@ -75,7 +78,33 @@ impl FlashConfig {
         {
             c.sg = sg;
         }
-        c
+        c.fit_passes(gpu, d)
+    }
+
+    /// This config with `pass_tiles` set below the adapter's loop-iteration cap (unchanged
+    /// where the adapter has none).
+    pub fn fit_passes(mut self, gpu: &Gpu, d: usize) -> Self {
+        if let Some(limit) = gpu.loop_iteration_limit() {
+            self.pass_tiles = (limit / self.loop_iterations_per_tile(d)).max(1) as u32;
+        }
+        self
+    }
+
+    /// An upper bound on the loop iterations one invocation runs per tile, counting every
+    /// loop of the tile body as if none were unrolled (compilers unroll most of them).
+    pub fn loop_iterations_per_tile(&self, d: usize) -> u64 {
+        let (br, bc, p) = (self.br as u64, self.bc as u64, self.p as u64);
+        let d4 = (d / 4) as u64;
+        let lanes = d4.div_ceil(p);
+        let staging = (bc * d4).div_ceil(br * p);
+        let dot = if self.sg > 0 {
+            let sg = self.sg as u64;
+            1 + d4.div_ceil(sg) * (1 + sg)
+        } else {
+            1 + lanes
+        };
+        let exchange = if p > 1 { bc * (3 + p) } else { 0 };
+        1 + staging + 2 * bc * dot + exchange + bc + lanes + 8
     }
 
     /// [`FlashConfig::for_device`] for a device with these limits.
@@ -86,9 +115,9 @@ impl FlashConfig {
         let storage = limits.max_compute_workgroup_storage_size as u64;
         let bc = [32u32, 16, 8, 4]
             .into_iter()
-            .find(|&bc| Self { br, bc, p, sg: 0 }.workgroup_bytes(d) <= storage)
+            .find(|&bc| Self { br, bc, p, sg: 0, pass_tiles: 0 }.workgroup_bytes(d) <= storage)
             .unwrap_or(4);
-        Self { br, bc, p, sg: 0 }
+        Self { br, bc, p, sg: 0, pass_tiles: 0 }
     }
 
     /// The shader variant for head dim `d`; `count` builds the instrumented variant.
@@ -142,18 +171,21 @@ pub struct FlashCounters {
     pub tiles: u64,
     /// Keys staged (K and V rows each).
     pub keys: u64,
-    /// Query rows read.
+    /// Query rows read in the first pass.
     pub rows_read: u64,
-    /// Output rows written (O and LSE).
+    /// Output rows written (O and LSE), every pass.
     pub rows_written: u64,
+    /// Rows resumed in a later pass (Q, O and LSE read again).
+    pub rows_resumed: u64,
 }
 
 impl FlashCounters {
-    /// Device-memory bytes moved for Q, K, V (read) and O, LSE (written) at head dim `d`.
+    /// Device-memory bytes moved for Q, K, V, resumed O and LSE (read) and O, LSE (written)
+    /// at head dim `d`.
     pub fn traffic(&self, d: usize) -> Traffic {
         let d = d as u64;
         Traffic {
-            read: self.keys * 2 * d * 4 + self.rows_read * d * 4,
+            read: self.keys * 2 * d * 4 + self.rows_read * d * 4 + self.rows_resumed * (2 * d + 1) * 4,
             written: self.rows_written * (d + 1) * 4,
         }
     }
@@ -163,7 +195,8 @@ impl FlashCounters {
 pub struct Flash {
     config: FlashConfig,
     pipeline: wgpu::ComputePipeline,
-    params: wgpu::Buffer,
+    /// One parameter block per pass over the tile lists.
+    passes: Vec<wgpu::Buffer>,
     block_map: wgpu::Buffer,
     map: BlockMap,
     slopes: wgpu::Buffer,
@@ -209,6 +242,15 @@ impl Flash {
                 )));
             }
         }
+        if let Some(limit) = gpu.loop_iteration_limit() {
+            let per_tile = config.loop_iterations_per_tile(s.head_dim);
+            if config.pass_tiles == 0 || config.pass_tiles as u64 * per_tile > limit {
+                return Err(crate::Error::Invalid(format!(
+                    "flash config {config:?}: this adapter runs at most {limit} loop iterations per invocation; with up to {per_tile} per tile, pass_tiles must be 1..={}",
+                    (limit / per_tile).max(1)
+                )));
+            }
+        }
         gpu.check_workgroup(NAME, config.workgroup_bytes(s.head_dim), config.invocations())?;
         let groups = [s.n.div_ceil(config.br as usize) as u64, s.heads as u64, s.batch as u64];
         gpu.check_dispatch(NAME, groups)?;
@@ -224,32 +266,51 @@ impl Flash {
         params.map_rows = entries;
         params.mask_base = mask_index;
         params.bits_base = bits;
+        params.pass_tiles = config.pass_tiles;
+        let passes = (0..Self::pass_count(&map, config.pass_tiles))
+            .map(|i| {
+                params.pass_index = i as u32;
+                gpu.uniform("flash params", &params)
+            })
+            .collect();
 
         let pipeline = gpu.pipeline(&config.variant(s.head_dim, instrumented), &layout(gpu))?;
         Ok(Self {
             config,
             pipeline,
-            params: gpu.uniform("flash params", &params),
+            passes,
             block_map: gpu.upload("flash block map", &words)?,
             map,
             slopes: gpu.upload("ALiBi slopes", &slopes_words(spec))?,
-            counters: gpu.storage("flash counters", if instrumented { 16 } else { 4 })?,
+            counters: gpu.storage("flash counters", if instrumented { 20 } else { 4 })?,
             instrumented,
             groups: groups.map(|g| g as u32),
         })
+    }
+
+    /// Dispatches needed so that no list walks more than `pass_tiles` tiles in one.
+    fn pass_count(map: &BlockMap, pass_tiles: u32) -> usize {
+        let longest = map.row_ptr.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+        if pass_tiles == 0 { 1 } else { longest.div_ceil(pass_tiles as usize).max(1) }
     }
 
     pub fn config(&self) -> FlashConfig {
         self.config
     }
 
+    /// Dispatches per call (1 unless the adapter caps loop iterations).
+    pub fn passes(&self) -> usize {
+        self.passes.len()
+    }
+
     /// The traffic of the tile loop: every listed tile stages its keys of K and V once per
-    /// workgroup; each query row is read once and written once (O and LSE). Dense, that is
+    /// workgroup; each query row reads Q and writes O and LSE, and in every later pass that
+    /// still has tiles for it, reads Q, O and LSE again and writes O and LSE. Dense, that is
     /// 2·D·4·M·⌈N/BR⌉ bytes of K/V per head — Θ(N·M·D/BR) with BR ∝ SRAM/D, the
     /// FlashAttention bound Θ(N²D²/SRAM).
     pub fn traffic(&self, spec: &AttnSpec) -> Traffic {
         let s = spec.shape;
-        let (m, bc) = (s.m as u64, self.map.bc as u64);
+        let (m, bc, br) = (s.m as u64, self.map.bc as u64, self.map.br);
         let keys: u64 = self
             .map
             .entries
@@ -259,10 +320,27 @@ impl Flash {
                 (k0 + bc).min(m) - k0
             })
             .sum();
-        let per_map = if self.map.heads == 1 { s.heads as u64 } else { 1 };
+        let per_map = if self.map.heads == 1 { s.heads as u64 } else { 1 } * s.batch as u64;
+        let rows_in = |qt: usize| (((qt + 1) * br).min(s.n) - qt * br) as u64;
+        let mut resumed = 0;
+        if self.config.pass_tiles > 0 {
+            let t = self.config.pass_tiles as usize;
+            for (r, w) in self.map.row_ptr.windows(2).enumerate() {
+                let len = (w[1] - w[0]) as usize;
+                let later_passes = len.div_ceil(t).saturating_sub(1) as u64;
+                resumed += later_passes * rows_in(r % self.map.n_qtiles);
+            }
+        }
         let rows = (s.batch * s.heads * s.n) as u64;
-        let keys = keys * per_map * s.batch as u64;
-        FlashCounters { tiles: 0, keys, rows_read: rows, rows_written: rows }.traffic(s.head_dim)
+        let resumed = resumed * per_map;
+        FlashCounters {
+            tiles: 0,
+            keys: keys * per_map,
+            rows_read: rows,
+            rows_written: rows + resumed,
+            rows_resumed: resumed,
+        }
+        .traffic(s.head_dim)
     }
 
     /// The tiles this call visits.
@@ -272,7 +350,7 @@ impl Flash {
 
     /// Block map and parameters: linear in the number of listed tiles, never N×M floats.
     pub fn scratch_bytes(&self) -> u64 {
-        self.block_map.size() + self.slopes.size() + self.params.size()
+        self.block_map.size() + self.slopes.size() + self.passes.iter().map(|p| p.size()).sum::<u64>()
     }
 
     /// The counters of the last run (instrumented variant only; blocks until read).
@@ -280,12 +358,13 @@ impl Flash {
         if !self.instrumented {
             return Ok(None);
         }
-        let c: Vec<u32> = gpu.read(&self.counters, 4)?;
+        let c: Vec<u32> = gpu.read(&self.counters, 5)?;
         Ok(Some(FlashCounters {
             tiles: c[0] as u64,
             keys: c[1] as u64,
             rows_read: c[2] as u64,
             rows_written: c[3] as u64,
+            rows_resumed: c[4] as u64,
         }))
     }
 
@@ -299,15 +378,18 @@ impl Flash {
         if self.instrumented {
             encoder.clear_buffer(&self.counters, 0, None);
         }
-        let bind = gpu.bind_group(
-            &layout(gpu),
-            &[&self.params, b.q, b.k, b.v, b.o, b.lse, &self.block_map, &self.slopes, &self.counters],
-        );
+        let layout = layout(gpu);
         let mut pass =
             encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes });
         pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &bind, &[]);
         let [x, y, z] = self.groups;
-        pass.dispatch_workgroups(x, y, z);
+        for params in &self.passes {
+            let bind = gpu.bind_group(
+                &layout,
+                &[params, b.q, b.k, b.v, b.o, b.lse, &self.block_map, &self.slopes, &self.counters],
+            );
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(x, y, z);
+        }
     }
 }

@@ -92,7 +92,8 @@ pub(crate) struct Params {
     pub bits_base: u32,
     pub bits_stride: u32,
     pub bh_base: u32,
-    pub pad: [u32; 2],
+    pub pass_index: u32,
+    pub pass_tiles: u32,
 }
 
 impl Params {
@@ -119,7 +120,8 @@ impl Params {
             bits_base: 0,
             bits_stride: 0,
             bh_base: 0,
-            pad: [0; 2],
+            pass_index: 0,
+            pass_tiles: 0,
         }
     }
 }

@@ -125,6 +125,16 @@ impl Naive {
         let s = spec.shape;
         check_head_dim(NAME, s.head_dim)?;
         gpu.check_workgroup(NAME, 0, 64)?;
+        if let Some(limit) = gpu.loop_iteration_limit()
+            && s.m as u64 + 1 > limit
+        {
+            return Err(crate::Error::LoopLimit {
+                kernel: NAME,
+                needed: s.m as u64 + 1,
+                limit,
+                hint: "its softmax and P·V passes loop over all M keys per row; use flash",
+            });
+        }
         let bh = (s.batch * s.heads) as u64;
         let per_head = s.n as u64 * s.m as u64 * 4;
         gpu.check_binding("naive N×M scores of one head", per_head)?;
