@@ -10,10 +10,10 @@
 // are never loaded; FULL tiles skip the per-element mask test. The N×M score matrix is
 // never written anywhere.
 //
-// Wide heads: a row's private state (q and the accumulator) must stay small — on lavapipe,
-// over ~1 KiB per invocation corrupts the invocation's stack. So P invocations share a row,
-// each owning DP4 = ceil(D4 / P) vec4 lanes of q and of the accumulator; their partial dot
-// products meet in workgroup memory (`s_part`, one extra barrier per tile; P = 1 skips it).
+// Wide heads: a row's private state (q and the accumulator, 2·D floats) is capped at 32 vec4
+// lanes each, past which registers spill on GPUs. So P invocations share a row, each owning
+// DP4 = ceil(D4 / P) lanes of q and of the accumulator; their partial dot products meet in
+// workgroup memory (`s_part`, one extra barrier per tile; P = 1 skips it).
 //
 // Subgroups (SG > 0, P = 1): every row needs the same K/V values, and a software adapter
 // turns such same-address workgroup loads into gathers, one per lane. With SG-wide subgroups

@@ -20,9 +20,8 @@ use crate::spec::AttnSpec;
 const BODY: &str = include_str!("../../shaders/flash.wgsl");
 const NAME: &str = "flash";
 
-/// Most vec4 lanes of q (and of the accumulator) one invocation keeps in registers.
-/// Above ~1 KiB of private state per invocation lavapipe silently corrupts the loop state,
-/// and real GPUs spill; wider heads are split over `P` invocations per row.
+/// Most vec4 lanes of q (and of the accumulator) one invocation keeps in registers; past
+/// that GPUs spill, so wider heads are split over `p` invocations per row.
 pub const MAX_LANES_PER_INVOCATION: usize = 32;
 
 /// Tile shape of the flash kernel.
