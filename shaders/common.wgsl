@@ -23,6 +23,10 @@ struct Params {
     bh_base: u32,    // naive: first (batch·H + head) of this chunk of heads
     pass_index: u32, // flash: which pass over the tile lists (see flash.wgsl)
     pass_tiles: u32, // flash: tiles per list per pass; 0 = all in one pass
+    qtile_list: u32, // flash: offset of this pass's list of query tiles in the block map
+                     // buffer (0xffffffff: every query tile, workgroup x = query tile)
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

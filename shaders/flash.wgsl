@@ -23,7 +23,9 @@
 //
 // Passes: some adapters cap the loop iterations one invocation may run (Mesa llvmpipe stops
 // a loop nest after 65535 and carries on with wrong results). The host then splits every
-// tile list into passes of at most `pass_tiles` tiles, one dispatch each; between passes the
+// tile list into passes of at most `pass_tiles` tiles, one dispatch each (later passes
+// launch only the query tiles whose lists are not done, so launches stay linear in the
+// tiles); between passes the
 // running softmax state lives in O (normalised so far) and LSE (running log-sum-exp), which
 // is exactly resumable: m = LSE, l = 1, acc = O.
 //
@@ -56,7 +58,10 @@ fn main(ids: Ids) {
     let wg = ids.wg;
     let lid = ids.lid;
     let lane = lane_of(ids);
-    let qt = wg.x;
+    var qt = wg.x;
+    if params.qtile_list != 0xffffffffu {
+        qt = block_map[params.qtile_list + wg.x]; // later passes visit only unfinished tiles
+    }
     let h = wg.y;
     let b = wg.z;
     // With P = 1 these fold to constants, and the lane guards below vanish when P divides D4.

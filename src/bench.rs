@@ -5,9 +5,14 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
 use crate::error::Result;
 use crate::gpu::{Gpu, GpuTimer};
-use crate::kernels::{Attention, DeviceTensors};
+use crate::kernels::peak::Peak;
+use crate::kernels::{Attention, DeviceTensors, Kernel};
+use crate::reference::{attention_f64, attention_rows_f64, rel_error};
+use crate::spec::AttnSpec;
 
 /// Repeated timings of one configuration, in milliseconds.
 #[derive(Clone, Debug, PartialEq)]
@@ -136,6 +141,120 @@ pub struct Record {
     pub git_commit: String,
     pub longctx_version: String,
     pub timestamp: String,
+}
+
+/// Largest N·M per head at which the whole f64 oracle validates a configuration; above it
+/// [`SPOT_ROWS`] evenly spaced rows are checked against the oracle.
+pub const ORACLE_MAX_PAIRS: usize = 1024 * 1024;
+pub const SPOT_ROWS: usize = 64;
+
+pub const FLOP_CONVENTION: &str = "forward: 4·B·D·(visible query-key pairs over heads) — QKᵀ and PV, one multiply + one add each; softmax, masking and bias not counted";
+pub const TRAFFIC_CONVENTION: &str = "bytes of Q, K, V read and O, LSE written (naive: and its N×M scores), as each workgroup/invocation moves them to or from device memory; no cache reuse assumed; uniforms, block map and slopes not counted";
+
+fn base_record(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec, reps: usize, mask: &str) -> Record {
+    let s = spec.shape;
+    let info = gpu.info();
+    Record {
+        kernel: kernel.name().into(),
+        batch: s.batch,
+        heads: s.heads,
+        kv_heads: s.kv_heads,
+        n: s.n,
+        m: s.m,
+        d: s.head_dim,
+        mask: mask.into(),
+        flops: spec.flops(),
+        flop_convention: FLOP_CONVENTION.into(),
+        traffic_convention: TRAFFIC_CONVENTION.into(),
+        reps,
+        adapter: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        driver: format!("{} {}", info.driver, info.driver_info).trim().into(),
+        git_commit: env!("LONGCTX_GIT_COMMIT").into(),
+        longctx_version: env!("CARGO_PKG_VERSION").into(),
+        timestamp: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        ..Default::default()
+    }
+}
+
+/// One benchmark configuration, end to end: seeded inputs, a run checked against the f64
+/// oracle (whole output up to [`ORACLE_MAX_PAIRS`], else [`SPOT_ROWS`] rows), optionally
+/// an instrumented run measuring traffic, then `reps` timed runs after one warm-up.
+/// Whatever fails (a device limit, say) becomes the record's `skipped` reason.
+pub fn run_config(
+    gpu: &Gpu,
+    kernel: Kernel,
+    spec: &AttnSpec,
+    reps: usize,
+    peak: &Peak,
+    traffic: bool,
+    mask: &str,
+) -> Record {
+    let mut r = base_record(gpu, kernel, spec, reps, mask);
+    if let Err(e) = fill(gpu, kernel, spec, reps, peak, traffic, &mut r) {
+        r.skipped = Some(e.to_string());
+    }
+    r
+}
+
+fn fill(
+    gpu: &Gpu,
+    kernel: Kernel,
+    spec: &AttnSpec,
+    reps: usize,
+    peak: &Peak,
+    traffic: bool,
+    r: &mut Record,
+) -> Result<()> {
+    let s = spec.shape;
+    let mut rng = StdRng::seed_from_u64(0x10c7);
+    let mut rand_vec = |len: usize| (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<f32>>();
+    let (q, k, v) = (rand_vec(s.q_len()), rand_vec(s.kv_len()), rand_vec(s.kv_len()));
+    let attn = Attention::new(gpu, kernel, spec)?;
+    let io = DeviceTensors::upload(gpu, spec, &q, &k, &v)?;
+    io.poison(gpu);
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    attn.encode(gpu, &mut enc, &io.buffers())?;
+    gpu.queue.submit([enc.finish()]);
+    let out = io.read(gpu)?;
+    let (err, reference) = if s.n * s.m <= ORACLE_MAX_PAIRS {
+        let (o_ref, _) = attention_f64(spec, &q, &k, &v)?;
+        (rel_error(&out.o, &o_ref), "oracle")
+    } else {
+        let total = s.lse_len();
+        let rows: Vec<usize> = (0..SPOT_ROWS).map(|i| i * (total - 1) / (SPOT_ROWS - 1)).collect();
+        let want = attention_rows_f64(spec, &q, &k, &v, &rows)?;
+        let d = s.head_dim;
+        let got: Vec<f32> =
+            rows.iter().flat_map(|&row| out.o[row * d..(row + 1) * d].iter().copied()).collect();
+        let want: Vec<f64> = want.into_iter().flat_map(|(o, _)| o).collect();
+        (rel_error(&got, &want), "oracle, 64 sampled rows")
+    };
+    r.rel_err = Some(err);
+    r.reference = reference.into();
+    r.scratch_bytes = attn.scratch_bytes();
+    r.device_bytes = r.scratch_bytes + 4 * (2 * s.q_len() + 2 * s.kv_len() + s.lse_len()) as u64;
+    r.traffic_model_bytes = attn.traffic_model().total();
+    if traffic {
+        let inst = Attention::instrumented(gpu, kernel, spec)?;
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        inst.encode(gpu, &mut enc, &io.buffers())?;
+        gpu.queue.submit([enc.finish()]);
+        r.traffic_measured_bytes = inst.measured_traffic(gpu)?.map(|t| t.total());
+    }
+    let t = time_attention(gpu, &attn, &io, 1, reps)?;
+    let ms = t.median();
+    r.timer = t.timer.into();
+    r.ms_median = Some(ms);
+    r.ms_min = Some(t.min());
+    r.ms_max = Some(t.max());
+    let gflops = r.flops / (ms * 1e-3) / 1e9;
+    r.gflops = Some(gflops);
+    r.pct_peak_fma = Some(100.0 * gflops / peak.fma_gflops);
+    let gbps = r.traffic_model_bytes as f64 / (ms * 1e-3) / 1e9;
+    r.gbps = Some(gbps);
+    r.pct_peak_copy = Some(100.0 * gbps / peak.copy_gbps);
+    Ok(())
 }
 
 #[cfg(test)]

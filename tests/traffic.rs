@@ -61,3 +61,16 @@ fn flash_moves_far_less_than_naive() {
     println!("N=512 causal: flash {flash} B, naive {naive} B, ratio {:.1}", naive as f64 / flash as f64);
     assert!(naive > 20 * flash);
 }
+
+#[test]
+fn model_equals_measured_across_passes() {
+    // lists split into passes of 3 tiles: resumed rows re-read Q, O, LSE and write again
+    let g = common::gpu();
+    let spec = AttnSpec::new(AttnShape { batch: 1, heads: 2, kv_heads: 1, n: 150, m: 700, head_dim: 64 }).causal(true);
+    let config = longctx::FlashConfig { pass_tiles: 3, ..longctx::FlashConfig::for_device(g, 64) };
+    let attn = Attention::flash_with(g, &spec, config, true).unwrap();
+    assert!(attn.flash().unwrap().passes() > 5);
+    common::check_kernel(&attn, common::seed(), 1e-5);
+    let measured = attn.measured_traffic(g).unwrap().unwrap();
+    assert_eq!(attn.traffic_model(), measured);
+}

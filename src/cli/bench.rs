@@ -6,23 +6,13 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
-use longctx::bench::{Record, fitted_exponent, time_attention};
-use longctx::kernels::peak::{self, Peak};
+use longctx::bench::{Record, fitted_exponent, run_config};
+use longctx::kernels::peak;
 use longctx::mask::{BigBird, Mask};
-use longctx::reference::{attention_f64, attention_rows_f64, rel_error};
-use longctx::{Alibi, Attention, AttnSpec, DeviceTensors, Gpu, Kernel, Window};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use longctx::{Alibi, AttnSpec, Kernel, Window};
 
 use super::DeviceArgs;
 use super::maskargs::{MaskArgs, describe, shape};
-
-/// Largest N·M per head at which the whole f64 oracle validates a configuration; above it
-/// SPOT_ROWS evenly spaced rows are checked against the oracle.
-const ORACLE_MAX_PAIRS: usize = 1024 * 1024;
-const SPOT_ROWS: usize = 64;
-
-pub const FLOP_CONVENTION: &str = "forward: 4·B·D·(visible query-key pairs over heads) — QKᵀ and PV, one multiply + one add each; softmax, masking and bias not counted";
-pub const TRAFFIC_CONVENTION: &str = "bytes of Q, K, V read and O, LSE written (naive: and its N×M scores), as each workgroup/invocation moves them to or from device memory; no cache reuse assumed; uniforms, block map and slopes not counted";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Suite {
@@ -213,7 +203,7 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
     let mut records = Vec::new();
     for c in &configs {
         bar.set_message(format!("{} {} N={}", c.kernel.name(), describe(&c.spec), c.spec.shape.n));
-        records.push(bench_one(&gpu, c, &peak, !a.no_traffic));
+        records.push(run_config(&gpu, c.kernel, &c.spec, c.reps, &peak, !a.no_traffic, &describe(&c.spec)));
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -236,95 +226,6 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
         w.flush()?;
     }
     println!("{} configurations in {:.1} s", records.len(), started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-fn base_record(gpu: &Gpu, c: &Config) -> Record {
-    let s = c.spec.shape;
-    let info = gpu.info();
-    Record {
-        kernel: c.kernel.name().into(),
-        batch: s.batch,
-        heads: s.heads,
-        kv_heads: s.kv_heads,
-        n: s.n,
-        m: s.m,
-        d: s.head_dim,
-        mask: describe(&c.spec),
-        flops: c.spec.flops(),
-        flop_convention: FLOP_CONVENTION.into(),
-        traffic_convention: TRAFFIC_CONVENTION.into(),
-        reps: c.reps,
-        adapter: info.name.clone(),
-        backend: format!("{:?}", info.backend),
-        driver: format!("{} {}", info.driver, info.driver_info).trim().into(),
-        git_commit: env!("LONGCTX_GIT_COMMIT").into(),
-        longctx_version: env!("CARGO_PKG_VERSION").into(),
-        timestamp: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        ..Default::default()
-    }
-}
-
-/// Validates, measures traffic, then times one configuration; failures become `skipped`.
-fn bench_one(gpu: &Gpu, c: &Config, peak: &Peak, traffic: bool) -> Record {
-    let mut r = base_record(gpu, c);
-    if let Err(e) = fill(gpu, c, peak, traffic, &mut r) {
-        r.skipped = Some(e.to_string());
-    }
-    r
-}
-
-fn fill(gpu: &Gpu, c: &Config, peak: &Peak, traffic: bool, r: &mut Record) -> longctx::Result<()> {
-    let spec = &c.spec;
-    let s = spec.shape;
-    let mut rng = StdRng::seed_from_u64(0x10c7);
-    let mut rand_vec = |len: usize| (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<f32>>();
-    let (q, k, v) = (rand_vec(s.q_len()), rand_vec(s.kv_len()), rand_vec(s.kv_len()));
-    let attn = Attention::new(gpu, c.kernel, spec)?;
-    let io = DeviceTensors::upload(gpu, spec, &q, &k, &v)?;
-    io.poison(gpu);
-    let mut enc = gpu.device.create_command_encoder(&Default::default());
-    attn.encode(gpu, &mut enc, &io.buffers())?;
-    gpu.queue.submit([enc.finish()]);
-    let out = io.read(gpu)?;
-    let (err, reference) = if s.n * s.m <= ORACLE_MAX_PAIRS {
-        let (o_ref, _) = attention_f64(spec, &q, &k, &v)?;
-        (rel_error(&out.o, &o_ref), "oracle")
-    } else {
-        let total = s.lse_len();
-        let rows: Vec<usize> = (0..SPOT_ROWS).map(|i| i * (total - 1) / (SPOT_ROWS - 1)).collect();
-        let want = attention_rows_f64(spec, &q, &k, &v, &rows)?;
-        let d = s.head_dim;
-        let got: Vec<f32> =
-            rows.iter().flat_map(|&row| out.o[row * d..(row + 1) * d].iter().copied()).collect();
-        let want: Vec<f64> = want.into_iter().flat_map(|(o, _)| o).collect();
-        (rel_error(&got, &want), "oracle, 64 sampled rows")
-    };
-    r.rel_err = Some(err);
-    r.reference = reference.into();
-    r.scratch_bytes = attn.scratch_bytes();
-    r.device_bytes = r.scratch_bytes + 4 * (2 * s.q_len() + 2 * s.kv_len() + s.lse_len()) as u64;
-    r.traffic_model_bytes = attn.traffic_model().total();
-    if traffic {
-        let inst = Attention::instrumented(gpu, c.kernel, spec)?;
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        inst.encode(gpu, &mut enc, &io.buffers())?;
-        gpu.queue.submit([enc.finish()]);
-        r.traffic_measured_bytes = inst.measured_traffic(gpu)?.map(|t| t.total());
-    }
-    drop(out);
-    let t = time_attention(gpu, &attn, &io, 1, c.reps)?;
-    let ms = t.median();
-    r.timer = t.timer.into();
-    r.ms_median = Some(ms);
-    r.ms_min = Some(t.min());
-    r.ms_max = Some(t.max());
-    let gflops = r.flops / (ms * 1e-3) / 1e9;
-    r.gflops = Some(gflops);
-    r.pct_peak_fma = Some(100.0 * gflops / peak.fma_gflops);
-    let gbps = r.traffic_model_bytes as f64 / (ms * 1e-3) / 1e9;
-    r.gbps = Some(gbps);
-    r.pct_peak_copy = Some(100.0 * gbps / peak.copy_gbps);
     Ok(())
 }
 

@@ -194,8 +194,8 @@ impl FlashCounters {
 pub struct Flash {
     config: FlashConfig,
     pipeline: wgpu::ComputePipeline,
-    /// One parameter block per pass over the tile lists.
-    passes: Vec<wgpu::Buffer>,
+    /// One parameter block and workgroup count (query tiles launched) per pass.
+    passes: Vec<(wgpu::Buffer, u32)>,
     block_map: wgpu::Buffer,
     map: BlockMap,
     slopes: wgpu::Buffer,
@@ -258,7 +258,7 @@ impl Flash {
         }
 
         let map = BlockMap::build(spec, config.br as usize, config.bc as usize)?;
-        let (words, [entries, mask_index, bits]) = map.to_gpu_words();
+        let (mut words, [entries, mask_index, bits]) = map.to_gpu_words();
         let mut params = Params::new(spec);
         params.n_qtiles = map.n_qtiles as u32;
         params.map_heads = map.heads as u32;
@@ -266,12 +266,26 @@ impl Flash {
         params.mask_base = mask_index;
         params.bits_base = bits;
         params.pass_tiles = config.pass_tiles;
-        let passes = (0..Self::pass_count(&map, config.pass_tiles))
-            .map(|i| {
-                params.pass_index = i as u32;
-                gpu.uniform("flash params", &params)
-            })
-            .collect();
+        // Pass 0 launches every query tile; pass k only those whose list (in any head) is
+        // longer than k·pass_tiles, listed after the map in the same buffer.
+        let mut passes = Vec::new();
+        for k in 0..Self::pass_count(&map, config.pass_tiles) {
+            params.pass_index = k as u32;
+            let launched = if k == 0 {
+                params.qtile_list = u32::MAX;
+                map.n_qtiles
+            } else {
+                let t = config.pass_tiles as usize * k;
+                let active: Vec<u32> = (0..map.n_qtiles)
+                    .filter(|&qt| (0..map.heads).any(|h| map.row(h, qt).len() > t))
+                    .map(|qt| qt as u32)
+                    .collect();
+                params.qtile_list = words.len() as u32;
+                words.extend_from_slice(&active);
+                active.len()
+            };
+            passes.push((gpu.uniform("flash params", &params), launched as u32));
+        }
 
         let pipeline = gpu.pipeline(&config.variant(s.head_dim, instrumented), &layout(gpu))?;
         Ok(Self {
@@ -287,7 +301,7 @@ impl Flash {
         })
     }
 
-    /// Dispatches needed so that no list walks more than `pass_tiles` tiles in one.
+    /// Passes needed so that no list walks more than `pass_tiles` tiles in one.
     fn pass_count(map: &BlockMap, pass_tiles: u32) -> usize {
         let longest = map.row_ptr.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
         if pass_tiles == 0 { 1 } else { longest.div_ceil(pass_tiles as usize).max(1) }
@@ -342,6 +356,12 @@ impl Flash {
         .traffic(s.head_dim)
     }
 
+    /// The block map buffer, the slopes buffer and the first pass's parameters, for kernels
+    /// that read the same map (the heatmap).
+    pub(crate) fn bindings(&self) -> (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer) {
+        (&self.block_map, &self.slopes, &self.passes[0].0)
+    }
+
     /// The tiles this call visits.
     pub fn block_map(&self) -> &BlockMap {
         &self.map
@@ -349,7 +369,7 @@ impl Flash {
 
     /// Block map and parameters: linear in the number of listed tiles, never N×M floats.
     pub fn scratch_bytes(&self) -> u64 {
-        self.block_map.size() + self.slopes.size() + self.passes.iter().map(|p| p.size()).sum::<u64>()
+        self.block_map.size() + self.slopes.size() + self.passes.iter().map(|p| p.0.size()).sum::<u64>()
     }
 
     /// The counters of the last run (instrumented variant only; blocks until read).
@@ -381,14 +401,14 @@ impl Flash {
         let mut pass =
             encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes });
         pass.set_pipeline(&self.pipeline);
-        let [x, y, z] = self.groups;
-        for params in &self.passes {
+        let [_, y, z] = self.groups;
+        for (params, x) in &self.passes {
             let bind = gpu.bind_group(
                 &layout,
                 &[params, b.q, b.k, b.v, b.o, b.lse, &self.block_map, &self.slopes, &self.counters],
             );
             pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups(x, y, z);
+            pass.dispatch_workgroups(*x, y, z);
         }
     }
 }

@@ -6,6 +6,7 @@
 //! (source, entry point) in [`Gpu`].
 
 pub mod flash;
+pub mod heatmap;
 pub mod naive;
 pub mod peak;
 
@@ -94,6 +95,8 @@ pub(crate) struct Params {
     pub bh_base: u32,
     pub pass_index: u32,
     pub pass_tiles: u32,
+    pub qtile_list: u32,
+    pub pad: [u32; 2],
 }
 
 impl Params {
@@ -122,6 +125,8 @@ impl Params {
             bh_base: 0,
             pass_index: 0,
             pass_tiles: 0,
+            qtile_list: u32::MAX,
+            pad: [0; 2],
         }
     }
 }
@@ -167,6 +172,10 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
             v
         })
         .chain(peak::variants())
+        .chain((4..=MAX_HEAD_DIM).step_by(4).map(|d| {
+            let c = flash::FlashConfig::for_limits(limits, d);
+            heatmap::variant(d, c.br, c.bc)
+        }))
         .collect()
 }
 
@@ -285,6 +294,14 @@ impl Attention {
         match &self.plan {
             Plan::Flash(f) => Ok(f.counters(gpu)?.map(|c| c.traffic(self.spec.shape.head_dim))),
             Plan::Naive(n) => n.counted(gpu),
+        }
+    }
+
+    /// The prepared flash kernel (`None` for other kernels).
+    pub fn flash(&self) -> Option<&flash::Flash> {
+        match &self.plan {
+            Plan::Flash(f) => Some(f),
+            Plan::Naive(_) => None,
         }
     }
 

@@ -1,0 +1,144 @@
+//! `heatmap`: one head's attention probabilities pooled to screen resolution on the GPU
+//! (`shaders/heatmap.wgsl`), for the visualiser. Needs the LSE of a flash run over the same
+//! spec and reuses its block map, so every mask is honoured. Only `width × height` floats
+//! are read back; the N×M matrix never exists.
+
+use std::ops::Range;
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, storage_entry, uniform_entry};
+use crate::kernels::{Attention, COMMON_WGSL, DeviceTensors, ShaderVariant};
+
+const BODY: &str = include_str!("../../shaders/heatmap.wgsl");
+const NAME: &str = "heatmap";
+/// Each pixel visits at most SAMPLE × SAMPLE pairs of its rectangle (strided beyond that).
+pub const SAMPLE: u32 = 32;
+
+/// What to draw: a rectangle of (query row, key) space of one (batch, head), at a resolution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeatView {
+    pub batch: usize,
+    pub head: usize,
+    pub rows: Range<usize>,
+    pub cols: Range<usize>,
+    pub width: usize,
+    pub height: usize,
+    /// Mean instead of max pooling.
+    pub mean: bool,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ViewParams {
+    batch: u32,
+    head: u32,
+    row0: u32,
+    row1: u32,
+    col0: u32,
+    col1: u32,
+    width: u32,
+    height: u32,
+    mean: u32,
+    pad: [u32; 3],
+}
+
+/// The shader variant for head dim `d` and flash tiles `br × bc`.
+pub fn variant(d: usize, br: u32, bc: u32) -> ShaderVariant {
+    ShaderVariant {
+        stem: NAME,
+        prelude: vec![COMMON_WGSL],
+        body: BODY,
+        entry: "main",
+        consts: vec![("D4", (d / 4) as u32), ("BR", br), ("BC", bc), ("SAMPLE", SAMPLE)],
+    }
+}
+
+/// A heatmap renderer bound to one prepared flash [`Attention`].
+pub struct Heatmap {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+impl Heatmap {
+    pub fn new(gpu: &Gpu, attn: &Attention) -> Result<Self> {
+        let flash = attn.flash().ok_or_else(|| {
+            Error::Invalid("the heatmap needs a flash attention (for its LSE and block map)".into())
+        })?;
+        let c = flash.config();
+        let layout = gpu.layout(
+            NAME,
+            &[
+                uniform_entry(0),
+                storage_entry(1, true),
+                storage_entry(2, true),
+                storage_entry(3, true),
+                storage_entry(4, true),
+                storage_entry(5, true),
+                storage_entry(6, false),
+                uniform_entry(7),
+            ],
+        );
+        let pipeline = gpu.pipeline(&variant(attn.spec().shape.head_dim, c.br, c.bc), &layout)?;
+        Ok(Self { pipeline, layout })
+    }
+
+    /// Pools the probabilities of `view` into `width × height` values (row-major, top row
+    /// first). `io` must hold the Q, K and the LSE written by `attn`.
+    pub fn render(
+        &self,
+        gpu: &Gpu,
+        attn: &Attention,
+        io: &DeviceTensors,
+        view: &HeatView,
+    ) -> Result<Vec<f32>> {
+        let s = attn.spec().shape;
+        let flash = attn.flash().expect("checked in new");
+        let bad = view.batch >= s.batch
+            || view.head >= s.heads
+            || view.rows.is_empty()
+            || view.cols.is_empty()
+            || view.rows.end > s.n
+            || view.cols.end > s.m
+            || view.width == 0
+            || view.height == 0;
+        if bad {
+            return Err(Error::Invalid(format!(
+                "heatmap view {view:?} does not fit B={} H={} N={} M={}",
+                s.batch, s.heads, s.n, s.m
+            )));
+        }
+        let groups = [view.width.div_ceil(8) as u64, view.height.div_ceil(8) as u64, 1];
+        gpu.check_dispatch(NAME, groups)?;
+        let params = ViewParams {
+            batch: view.batch as u32,
+            head: view.head as u32,
+            row0: view.rows.start as u32,
+            row1: view.rows.end as u32,
+            col0: view.cols.start as u32,
+            col1: view.cols.end as u32,
+            width: view.width as u32,
+            height: view.height as u32,
+            mean: view.mean as u32,
+            pad: [0; 3],
+        };
+        let view_buf = gpu.uniform("heatmap view", &params);
+        let pixels = gpu.storage("heatmap pixels", (view.width * view.height * 4) as u64)?;
+        let (block_map, slopes, first_pass) = flash.bindings();
+        let bind = gpu.bind_group(
+            &self.layout,
+            &[first_pass, &io.q, &io.k, &io.lse, block_map, slopes, &pixels, &view_buf],
+        );
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(NAME),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&self.pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(groups[0] as u32, groups[1] as u32, 1);
+        }
+        gpu.queue.submit([enc.finish()]);
+        gpu.read(&pixels, view.width * view.height)
+    }
+}
