@@ -95,6 +95,20 @@ pub fn list_adapters(options: &GpuOptions) -> Vec<wgpu::AdapterInfo> {
     infos
 }
 
+/// What longctx asks of an adapter: its full limits (or `limits`) and the
+/// [`USEFUL_FEATURES`] it has. Host apps creating their own device can use this too.
+pub fn device_descriptor(
+    adapter: &wgpu::Adapter,
+    limits: Option<wgpu::Limits>,
+) -> wgpu::DeviceDescriptor<'static> {
+    wgpu::DeviceDescriptor {
+        label: Some("longctx"),
+        required_features: adapter.features() & USEFUL_FEATURES,
+        required_limits: limits.unwrap_or_else(|| adapter.limits()),
+        ..Default::default()
+    }
+}
+
 impl Gpu {
     /// Creates a device of its own on the best adapter (see [`GpuOptions`]), with the
     /// adapter's full limits and the [`USEFUL_FEATURES`] it supports.
@@ -126,13 +140,8 @@ impl Gpu {
             };
             return Err(Error::NoAdapter { detail });
         };
-        let features = adapter.features() & USEFUL_FEATURES;
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("longctx"),
-            required_features: features,
-            required_limits: options.limits.clone().unwrap_or_else(|| adapter.limits()),
-            ..Default::default()
-        }))?;
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&device_descriptor(&adapter, options.limits.clone())))?;
         Ok(Self::from_wgpu(device, queue, adapter.get_info()))
     }
 

@@ -18,6 +18,8 @@
 //! To run on a host application's own device, wrap it with [`Gpu::from_wgpu`] and record
 //! into the host's encoder with [`Attention::encode`] on buffers the host owns.
 
+#[cfg(feature = "app")]
+pub mod app;
 pub mod bench;
 pub mod blockmap;
 pub mod error;

@@ -66,7 +66,8 @@ fn flash_moves_far_less_than_naive() {
 fn model_equals_measured_across_passes() {
     // lists split into passes of 3 tiles: resumed rows re-read Q, O, LSE and write again
     let g = common::gpu();
-    let spec = AttnSpec::new(AttnShape { batch: 1, heads: 2, kv_heads: 1, n: 150, m: 700, head_dim: 64 }).causal(true);
+    let spec = AttnSpec::new(AttnShape { batch: 1, heads: 2, kv_heads: 1, n: 150, m: 700, head_dim: 64 })
+        .causal(true);
     let config = longctx::FlashConfig { pass_tiles: 3, ..longctx::FlashConfig::for_device(g, 64) };
     let attn = Attention::flash_with(g, &spec, config, true).unwrap();
     assert!(attn.flash().unwrap().passes() > 5);

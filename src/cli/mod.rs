@@ -57,6 +57,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Measure this adapter's FMA rate and copy bandwidth (cached; the "% of peak" denominators).
     Peak(peak::PeakArgs),
+    /// Open the desktop visualiser: attention patterns, tile maps, ALiBi, memory traffic,
+    /// benchmarks — computed on the window's own wgpu device.
+    #[cfg(feature = "app")]
+    Viz,
     /// Print a mask's block map (full, partial, skipped tiles), sparsity and FLOPs. No GPU.
     Mask(mask::MaskCmdArgs),
 }
@@ -67,6 +71,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attention(a) => attention::run(&cli.device, &a),
         Command::Bench(a) => bench::run(&cli.device, &a),
         Command::Mask(a) => mask::run(&a),
+        #[cfg(feature = "app")]
+        Command::Viz => longctx::app::run(),
         Command::Peak(a) => peak::run(&cli.device, &a),
     }
 }

@@ -1,0 +1,92 @@
+//! ALiBi panel: the slopes per head (any head count), bias against distance, and what the
+//! bias does to attention: mean probability against distance with and without it.
+
+use egui_plot::{Bar, BarChart, Legend, Line, Plot};
+
+use super::patterns::Settings;
+use crate::reference::attention_rows_f64;
+use crate::spec::alibi_slopes;
+
+#[derive(Default)]
+pub struct AlibiState {
+    /// (settings, with ALiBi, without) of the last effect computation.
+    effect: Option<(Settings, Vec<[f64; 2]>, Vec<[f64; 2]>)>,
+}
+
+/// Mean attention probability at each distance |i − j| over sampled rows of head 0, from
+/// the oracle on a cut-down copy of the problem (N ≤ 256).
+fn effect(settings: &Settings, alibi: bool) -> Vec<[f64; 2]> {
+    let small = Settings { n: settings.n.min(256), alibi, ..settings.clone() };
+    let Ok((spec, q, k, v)) = small.materialise() else { return Vec::new() };
+    let n = spec.shape.n;
+    let rows: Vec<usize> = (0..n).step_by((n / 32).max(1)).collect();
+    let Ok(out) = attention_rows_f64(&spec, &q, &k, &v, &rows) else { return Vec::new() };
+    let mut sum = vec![0f64; spec.shape.m];
+    let mut count = vec![0u32; spec.shape.m];
+    // probabilities need the scores; recompute them for the sampled rows
+    let d = spec.shape.head_dim;
+    let scale = spec.scale_value() as f64;
+    let slope = spec.slopes().map_or(0.0, |s| s[0] as f64);
+    for (&i, (_, lse)) in rows.iter().zip(&out) {
+        if !lse.is_finite() {
+            continue;
+        }
+        for j in (0..spec.shape.m).filter(|&j| spec.visible(0, i, j)) {
+            let dot: f64 = q[i * d..(i + 1) * d]
+                .iter()
+                .zip(&k[j * d..(j + 1) * d])
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
+            let dist = (spec.position(i) - j as i64).unsigned_abs() as usize;
+            sum[dist] += (scale * dot - slope * dist as f64 - lse).exp();
+            count[dist] += 1;
+        }
+    }
+    sum.iter()
+        .zip(&count)
+        .enumerate()
+        .filter(|(_, (_, c))| **c > 0)
+        .map(|(dist, (s, c))| [dist as f64, s / *c as f64])
+        .collect()
+}
+
+pub fn alibi_ui(ui: &mut egui::Ui, st: &mut AlibiState, settings: &Settings) {
+    let heads = settings.heads;
+    let slopes = alibi_slopes(heads);
+    ui.label(format!(
+        "get_slopes({heads}): {}",
+        slopes.iter().map(|s| format!("{s:.4}")).collect::<Vec<_>>().join(", ")
+    ));
+    ui.columns(2, |cols| {
+        cols[0].label("slope per head");
+        let bars: Vec<Bar> =
+            slopes.iter().enumerate().map(|(h, &s)| Bar::new(h as f64, s as f64).width(0.7)).collect();
+        Plot::new("alibi slopes")
+            .height(220.0)
+            .x_axis_label("head")
+            .show(&mut cols[0], |p| p.bar_chart(BarChart::new("slope", bars)));
+        cols[1].label("bias -slope·|p - j| against distance");
+        Plot::new("alibi bias").height(220.0).legend(Legend::default()).x_axis_label("distance").show(
+            &mut cols[1],
+            |p| {
+                for (h, &s) in slopes.iter().enumerate().take(8) {
+                    let pts: Vec<[f64; 2]> = (0..=64).map(|d| [d as f64, -(s as f64) * d as f64]).collect();
+                    p.line(Line::new(format!("head {h}"), pts));
+                }
+            },
+        );
+    });
+    if st.effect.as_ref().is_none_or(|e| &e.0 != settings) {
+        st.effect = Some((settings.clone(), effect(settings, true), effect(settings, false)));
+    }
+    let (_, with, without) = st.effect.as_ref().expect("just set");
+    ui.label("effect on the pattern: mean probability against distance, head 0 (oracle, N <= 256 of the current inputs)");
+    Plot::new("alibi effect")
+        .height(ui.available_height().max(160.0))
+        .legend(Legend::default())
+        .x_axis_label("distance |p - j|")
+        .show(ui, |p| {
+            p.line(Line::new("with ALiBi", with.clone()));
+            p.line(Line::new("without", without.clone()));
+        });
+}

@@ -1,0 +1,167 @@
+//! `longctx viz`: the desktop visualiser. It runs the engine on eframe's own wgpu device (the
+//! app is longctx's first embedder), one file per panel; functions that draw end in `_ui`.
+
+mod alibi;
+mod bench;
+mod colormap;
+pub mod patterns;
+mod tiles;
+mod traffic;
+
+use std::sync::mpsc;
+
+pub use patterns::{Computed, Pattern, Settings};
+
+/// A sparse pattern by name (`None`, `Longformer`, `BigBird`, `Global`, `Segments`).
+pub fn patterns_pattern(name: &str) -> Pattern {
+    match name {
+        "Longformer" => Pattern::Longformer,
+        "BigBird" => Pattern::BigBird,
+        "Global" => Pattern::Global,
+        "Segments" => Pattern::Segments,
+        _ => Pattern::None,
+    }
+}
+
+use crate::gpu::Gpu;
+
+/// The panels, in tab order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tab {
+    Patterns,
+    Tiles,
+    Alibi,
+    Traffic,
+    Bench,
+}
+
+impl Tab {
+    pub const ALL: [Tab; 5] = [Tab::Patterns, Tab::Tiles, Tab::Alibi, Tab::Traffic, Tab::Bench];
+    pub fn label(self) -> &'static str {
+        match self {
+            Tab::Patterns => "Patterns",
+            Tab::Tiles => "Tiles",
+            Tab::Alibi => "ALiBi",
+            Tab::Traffic => "Memory traffic",
+            Tab::Bench => "Benchmarks",
+        }
+    }
+}
+
+/// Work that runs off the UI thread (or inline, in tests), with its result collected later.
+pub struct Job<T> {
+    rx: mpsc::Receiver<Result<T, String>>,
+}
+
+impl<T: Send + 'static> Job<T> {
+    /// Starts `work` on a thread, or runs it now when `inline`.
+    pub fn start(
+        ctx: &egui::Context,
+        inline: bool,
+        work: impl FnOnce() -> Result<T, String> + Send + 'static,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel();
+        if inline {
+            let _ = tx.send(work());
+        } else {
+            let ctx = ctx.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(work());
+                ctx.request_repaint();
+            });
+        }
+        Self { rx }
+    }
+
+    /// The result, once ready.
+    pub fn poll(&self) -> Option<Result<T, String>> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// The application state.
+pub struct LongctxApp {
+    pub gpu: Result<Gpu, String>,
+    pub tab: Tab,
+    pub patterns: patterns::PatternsState,
+    pub alibi: alibi::AlibiState,
+    pub traffic: traffic::TrafficState,
+    pub bench: bench::BenchState,
+    /// Run jobs in the UI thread (deterministic frames, for tests).
+    pub inline_jobs: bool,
+}
+
+impl LongctxApp {
+    /// Builds the app on eframe's wgpu device (`cc.wgpu_render_state`).
+    pub fn new(cc: &eframe::CreationContext<'_>) -> Self {
+        let gpu = match &cc.wgpu_render_state {
+            Some(rs) => Ok(Gpu::from_wgpu(rs.device.clone(), rs.queue.clone(), rs.adapter.get_info())),
+            None => Err("eframe started without its wgpu renderer; longctx needs wgpu".to_string()),
+        };
+        Self {
+            gpu,
+            tab: Tab::Patterns,
+            patterns: Default::default(),
+            alibi: Default::default(),
+            traffic: Default::default(),
+            bench: Default::default(),
+            inline_jobs: false,
+        }
+    }
+
+    /// [`LongctxApp::new`] with jobs run inline, for tests.
+    pub fn new_inline(cc: &eframe::CreationContext<'_>) -> Self {
+        Self { inline_jobs: true, ..Self::new(cc) }
+    }
+}
+
+impl eframe::App for LongctxApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        egui::Panel::top("tabs").show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.heading("longctx");
+                ui.separator();
+                for tab in Tab::ALL {
+                    ui.selectable_value(&mut self.tab, tab, tab.label());
+                }
+                if let Ok(g) = &self.gpu {
+                    ui.separator();
+                    ui.weak(format!("{} ({:?})", g.info().name, g.info().backend));
+                }
+            });
+        });
+        egui::CentralPanel::default().show(ui, |ui| {
+            let gpu = match &self.gpu {
+                Ok(g) => g.clone(),
+                Err(e) => {
+                    ui.colored_label(egui::Color32::RED, e);
+                    return;
+                }
+            };
+            let inline = self.inline_jobs;
+            match self.tab {
+                Tab::Patterns => patterns::patterns_ui(ui, &mut self.patterns, &gpu, inline),
+                Tab::Tiles => tiles::tiles_ui(ui, &mut self.patterns, &gpu),
+                Tab::Alibi => alibi::alibi_ui(ui, &mut self.alibi, &self.patterns.settings),
+                Tab::Traffic => {
+                    traffic::traffic_ui(ui, &mut self.traffic, &self.patterns.settings, &gpu, inline)
+                }
+                Tab::Bench => bench::bench_ui(ui, &mut self.bench, &gpu, inline),
+            }
+        });
+    }
+}
+
+/// Opens the visualiser window. The device is created by eframe with longctx's request
+/// (the adapter's limits and useful features), then shared with the engine.
+pub fn run() -> anyhow::Result<()> {
+    let mut options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default().with_inner_size([1280.0, 860.0]).with_title("longctx"),
+        ..Default::default()
+    };
+    if let egui_wgpu::WgpuSetup::CreateNew(setup) = &mut options.wgpu_options.wgpu_setup {
+        setup.device_descriptor = std::sync::Arc::new(|adapter| crate::gpu::device_descriptor(adapter, None));
+    }
+    eframe::run_native("longctx", options, Box::new(|cc| Ok(Box::new(LongctxApp::new(cc)))))
+        .map_err(|e| anyhow::anyhow!("the visualiser could not start: {e}"))
+}

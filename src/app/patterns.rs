@@ -1,0 +1,546 @@
+//! Patterns panel: choose the problem, see one head's attention probabilities computed on
+//! the GPU (pooled to screen resolution by the heatmap kernel), zoom, pan, hover.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use egui::{Color32, Pos2, Rect, Sense, Vec2};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use super::Job;
+use super::colormap::{color, normalise};
+use crate::gpu::Gpu;
+use crate::io::{read_npy, read_safetensors};
+use crate::kernels::heatmap::{HeatView, Heatmap};
+use crate::kernels::{Attention, DeviceTensors, Kernel};
+use crate::mask::{BigBird, Mask};
+use crate::spec::{Alibi, AttnShape, AttnSpec, Window};
+
+/// Where Q, K, V come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Inputs {
+    /// Uniform noise in [-1, 1] from a seed.
+    Random,
+    /// Smooth positional content: sinusoidal features of the position plus a little noise,
+    /// so q_i·k_j falls off with |i − j| and patterns have structure.
+    Structured,
+    /// `.npy` files (Q, K, V paths) or one `.safetensors` file with tensors `q`, `k`, `v`.
+    Files { q: String, k: String, v: String, safetensors: String },
+}
+
+/// The sparse pattern on top of causal/window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pattern {
+    None,
+    Longformer,
+    BigBird,
+    Global,
+    Segments,
+}
+
+/// Everything that defines the computed problem.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub n: usize,
+    pub d: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub causal: bool,
+    pub window: Option<(usize, usize)>,
+    pub alibi: bool,
+    pub pattern: Pattern,
+    pub inputs: Inputs,
+    pub seed: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            n: 512,
+            d: 64,
+            heads: 4,
+            kv_heads: 4,
+            causal: true,
+            window: None,
+            alibi: false,
+            pattern: Pattern::None,
+            inputs: Inputs::Structured,
+            seed: 1,
+        }
+    }
+}
+
+impl Settings {
+    /// The attention problem these settings describe (files decide N and D).
+    pub fn spec(&self, n: usize, d: usize) -> crate::Result<AttnSpec> {
+        let shape = AttnShape { batch: 1, heads: self.heads, kv_heads: self.kv_heads, n, m: n, head_dim: d };
+        let mask = match self.pattern {
+            Pattern::None => None,
+            Pattern::Longformer => Some(Mask::Window(Window::new(64, 64)).or(Mask::Global(4))),
+            Pattern::BigBird => Some(Mask::bigbird(
+                &BigBird { global: 1, window: 1, random: 2, block: 64, seed: self.seed },
+                n,
+            )?),
+            Pattern::Global => Some(Mask::Global(4)),
+            Pattern::Segments => Some(Mask::Segments(Arc::new((0..n).map(|p| (p * 4 / n) as u32).collect()))),
+        };
+        let spec = AttnSpec::new(shape)
+            .causal(self.causal)
+            .window(self.window.map(|(l, r)| Window::new(l, r)))
+            .alibi(if self.alibi { Alibi::Standard } else { Alibi::Off })
+            .mask(mask);
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Host Q, K, V and the problem.
+    pub fn materialise(&self) -> crate::Result<(AttnSpec, Vec<f32>, Vec<f32>, Vec<f32>)> {
+        match &self.inputs {
+            Inputs::Files { q, k, v, safetensors } => {
+                let (tq, tk, tv) = if !safetensors.trim().is_empty() {
+                    let p = std::path::Path::new(safetensors.trim());
+                    (read_safetensors(p, "q")?, read_safetensors(p, "k")?, read_safetensors(p, "v")?)
+                } else {
+                    (read_npy(q.trim().as_ref())?, read_npy(k.trim().as_ref())?, read_npy(v.trim().as_ref())?)
+                };
+                let dims = |t: &crate::io::Tensor| match t.shape[..] {
+                    [h, n, d] => Ok((h, n, d)),
+                    [1, h, n, d] => Ok((h, n, d)),
+                    _ => Err(crate::Error::Shape(format!(
+                        "expected [H, N, D] or [1, H, N, D], got {:?}",
+                        t.shape
+                    ))),
+                };
+                let (h, n, d) = dims(&tq)?;
+                let (hkv, m, _) = dims(&tk)?;
+                let shape = AttnShape { batch: 1, heads: h, kv_heads: hkv, n, m, head_dim: d };
+                let base = Settings { heads: h, kv_heads: hkv, ..self.clone() };
+                let mut spec = base.spec(n, d)?;
+                spec.shape = shape;
+                spec.check_inputs(&tq.data, &tk.data, &tv.data)?;
+                Ok((spec, tq.data, tk.data, tv.data))
+            }
+            Inputs::Random | Inputs::Structured => {
+                let spec = self.spec(self.n, self.d)?;
+                let s = spec.shape;
+                let mut rng = StdRng::seed_from_u64(self.seed);
+                let (q, k, v) = if self.inputs == Inputs::Random {
+                    let mut r =
+                        |len: usize| (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>();
+                    (r(s.q_len()), r(s.kv_len()), r(s.kv_len()))
+                } else {
+                    (
+                        structured(s.heads, s.n, s.head_dim, &mut rng),
+                        structured(s.kv_heads, s.m, s.head_dim, &mut rng),
+                        { (0..s.kv_len()).map(|_| rng.random_range(-1.0f32..1.0)).collect() },
+                    )
+                };
+                Ok((spec, q, k, v))
+            }
+        }
+    }
+}
+
+/// Sinusoidal position features (per head a different frequency band) plus noise.
+fn structured(heads: usize, n: usize, d: usize, rng: &mut StdRng) -> Vec<f32> {
+    let mut out = Vec::with_capacity(heads * n * d);
+    for h in 0..heads {
+        for p in 0..n {
+            for x in 0..d {
+                let freq = 0.5 / 10000f32.powf((x / 2) as f32 * 2.0 / d as f32) / (1.0 + h as f32);
+                let phase = p as f32 * freq;
+                let feature = if x % 2 == 0 { phase.cos() } else { phase.sin() };
+                out.push(feature + 0.3 * rng.random_range(-1.0f32..1.0));
+            }
+        }
+    }
+    out
+}
+
+/// The computed problem: host inputs (for hover readouts), device state, per-row LSE.
+pub struct Computed {
+    pub settings: Settings,
+    pub spec: AttnSpec,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub attn: Attention,
+    pub io: DeviceTensors,
+    pub heatmap: Heatmap,
+    /// `[B, H, N]` read back once per computation.
+    pub lse: Vec<f32>,
+}
+
+impl Computed {
+    pub fn new(gpu: &Gpu, settings: Settings) -> crate::Result<Self> {
+        let (spec, q, k, v) = settings.materialise()?;
+        let attn = Attention::new(gpu, Kernel::Flash, &spec)?;
+        let io = DeviceTensors::upload(gpu, &spec, &q, &k, &v)?;
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        attn.encode(gpu, &mut enc, &io.buffers())?;
+        gpu.queue.submit([enc.finish()]);
+        let lse = gpu.read(&io.lse, spec.shape.lse_len())?;
+        let heatmap = Heatmap::new(gpu, &attn)?;
+        Ok(Self { settings, spec, q, k, attn, io, heatmap, lse })
+    }
+
+    /// Score, bias, visibility and probability of (row i, key j) of `head`, on the CPU.
+    pub fn readout(&self, head: usize, i: usize, j: usize) -> Readout {
+        let s = self.spec.shape;
+        let d = s.head_dim;
+        let kvh = head / s.group();
+        let qi = &self.q[(head * s.n + i) * d..][..d];
+        let kj = &self.k[(kvh * s.m + j) * d..][..d];
+        let dot: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
+        let slope = self.spec.slopes().map_or(0.0, |sl| sl[head]);
+        let bias = -slope * (self.spec.position(i) - j as i64).unsigned_abs() as f32;
+        let score = self.spec.scale_value() * dot + bias;
+        let visible = self.spec.visible(head, i, j);
+        let lse = self.lse[head * s.n + i];
+        let p = if visible && lse.is_finite() { (score - lse).exp() } else { 0.0 };
+        Readout { i, j, score, bias, visible, p }
+    }
+}
+
+/// What the hover shows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Readout {
+    pub i: usize,
+    pub j: usize,
+    pub score: f32,
+    pub bias: f32,
+    pub visible: bool,
+    pub p: f32,
+}
+
+/// One rendered view of the heatmap.
+pub struct HeatImage {
+    pub view: HeatView,
+    pub values: Vec<f32>,
+    pub texture: Option<egui::TextureHandle>,
+    pub log: bool,
+}
+
+/// State of the panel.
+pub struct PatternsState {
+    pub settings: Settings,
+    pub head: usize,
+    pub log_scale: bool,
+    pub mean_pool: bool,
+    /// Rows and keys in view.
+    pub rows: Range<usize>,
+    pub cols: Range<usize>,
+    pub resolution: usize,
+    pub computed: Option<Computed>,
+    pub heat: Option<HeatImage>,
+    pub job: Option<Job<Computed>>,
+    pub error: Option<String>,
+    /// Settings whose computation failed (not retried until they change).
+    pub failed: Option<Settings>,
+    pending: Option<Settings>,
+    pub hover: Option<Readout>,
+    /// Bytes read back for the last heatmap (the pooled pixels only).
+    pub readback_bytes: usize,
+}
+
+impl Default for PatternsState {
+    fn default() -> Self {
+        Self {
+            settings: Settings::default(),
+            head: 0,
+            log_scale: false,
+            mean_pool: false,
+            rows: 0..512,
+            cols: 0..512,
+            resolution: 256,
+            computed: None,
+            heat: None,
+            job: None,
+            error: None,
+            failed: None,
+            pending: None,
+            hover: None,
+            readback_bytes: 0,
+        }
+    }
+}
+
+impl PatternsState {
+    /// Starts a computation if the settings changed, collects finished ones.
+    pub fn refresh(&mut self, ctx: &egui::Context, gpu: &Gpu, inline: bool) {
+        let stale = self.computed.as_ref().is_none_or(|c| c.settings != self.settings);
+        if stale && self.job.is_none() && self.failed.as_ref() != Some(&self.settings) {
+            let (gpu, settings) = (gpu.clone(), self.settings.clone());
+            self.pending = Some(settings.clone());
+            self.job = Some(Job::start(ctx, inline, move || {
+                Computed::new(&gpu, settings).map_err(|e| e.to_string())
+            }));
+        }
+        let Some(result) = self.job.as_ref().and_then(Job::poll) else { return };
+        self.job = None;
+        match result {
+            Ok(c) => {
+                let s = c.spec.shape;
+                if self.rows.end > s.n
+                    || self.cols.end > s.m
+                    || self.computed.as_ref().is_none_or(|old| old.spec.shape != s)
+                {
+                    self.rows = 0..s.n;
+                    self.cols = 0..s.m;
+                }
+                self.head = self.head.min(s.heads - 1);
+                self.computed = Some(c);
+                self.heat = None;
+                self.error = None;
+                self.failed = None;
+            }
+            Err(e) => {
+                self.error = Some(e);
+                self.failed = self.pending.take();
+            }
+        }
+    }
+
+    /// Renders the current view if it changed (reads back only the pooled pixels).
+    pub fn render_heat(&mut self, ctx: &egui::Context, gpu: &Gpu) {
+        let Some(c) = &self.computed else { return };
+        let s = c.spec.shape;
+        let view = HeatView {
+            batch: 0,
+            head: self.head.min(s.heads - 1),
+            rows: self.rows.clone(),
+            cols: self.cols.clone(),
+            width: self.resolution.min(self.cols.len()),
+            height: self.resolution.min(self.rows.len()),
+            mean: self.mean_pool,
+        };
+        if self.heat.as_ref().is_some_and(|h| h.view == view && h.log == self.log_scale) {
+            return;
+        }
+        match c.heatmap.render(gpu, &c.attn, &c.io, &view) {
+            Ok(values) => {
+                self.readback_bytes = values.len() * 4;
+                // colour scale up to the 99.5th percentile of nonzero values, so that one
+                // saturated cell (a row with a single visible key) does not wash out the rest
+                let mut nz: Vec<f32> = values.iter().copied().filter(|&p| p > 0.0).collect();
+                nz.sort_by(f32::total_cmp);
+                let max = nz.get(nz.len().saturating_sub(1) * 995 / 1000).copied().unwrap_or(1.0);
+                let pixels: Vec<Color32> =
+                    values.iter().map(|&p| color(normalise(p, max, self.log_scale))).collect();
+                let image = egui::ColorImage::new([view.width, view.height], pixels);
+                let texture = ctx.load_texture("attention heatmap", image, egui::TextureOptions::NEAREST);
+                self.heat = Some(HeatImage { view, values, texture: Some(texture), log: self.log_scale });
+            }
+            Err(e) => self.error = Some(e.to_string()),
+        }
+    }
+}
+
+pub fn patterns_ui(ui: &mut egui::Ui, st: &mut PatternsState, gpu: &Gpu, inline: bool) {
+    egui::Panel::left("pattern settings").resizable(false).show(ui, |ui| settings_ui(ui, st));
+    st.refresh(ui.ctx(), gpu, inline);
+    st.render_heat(ui.ctx(), gpu);
+    egui::CentralPanel::default().show(ui, |ui| heatmap_ui(ui, st));
+}
+
+fn settings_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
+    let s = &mut st.settings;
+    ui.heading("Problem");
+    egui::Grid::new("settings grid").num_columns(2).show(ui, |ui| {
+        let l = ui.label("N = M");
+        ui.add(egui::DragValue::new(&mut s.n).range(1..=131072).speed(16)).labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("head dim D");
+        egui::ComboBox::from_id_salt("d")
+            .selected_text(s.d.to_string())
+            .show_ui(ui, |ui| {
+                for d in [32, 64, 80, 96, 128, 256] {
+                    ui.selectable_value(&mut s.d, d, d.to_string());
+                }
+            })
+            .response
+            .labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("heads H");
+        ui.add(egui::DragValue::new(&mut s.heads).range(1..=64)).labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("kv heads");
+        ui.add(egui::DragValue::new(&mut s.kv_heads).range(1..=s.heads)).labelled_by(l.id);
+        ui.end_row();
+    });
+    if s.heads % s.kv_heads != 0 {
+        s.kv_heads = 1;
+    }
+    ui.checkbox(&mut s.causal, "causal");
+    let mut windowed = s.window.is_some();
+    ui.checkbox(&mut windowed, "window");
+    if windowed {
+        let (mut l, mut r) = s.window.unwrap_or((128, 0));
+        ui.horizontal(|ui| {
+            let lab = ui.label("L");
+            ui.add(egui::DragValue::new(&mut l).range(0..=131072)).labelled_by(lab.id);
+            let lab = ui.label("R");
+            ui.add(egui::DragValue::new(&mut r).range(0..=131072)).labelled_by(lab.id);
+        });
+        s.window = Some((l, r));
+    } else {
+        s.window = None;
+    }
+    ui.checkbox(&mut s.alibi, "ALiBi");
+    egui::ComboBox::from_label("sparse pattern").selected_text(format!("{:?}", s.pattern)).show_ui(
+        ui,
+        |ui| {
+            for p in
+                [Pattern::None, Pattern::Longformer, Pattern::BigBird, Pattern::Global, Pattern::Segments]
+            {
+                ui.selectable_value(&mut s.pattern, p, format!("{p:?}"));
+            }
+        },
+    );
+    ui.separator();
+    ui.heading("Inputs");
+    let kind = match s.inputs {
+        Inputs::Random => 0,
+        Inputs::Structured => 1,
+        Inputs::Files { .. } => 2,
+    };
+    let mut new_kind = kind;
+    ui.radio_value(&mut new_kind, 1, "structured (positional)");
+    ui.radio_value(&mut new_kind, 0, "random");
+    ui.radio_value(&mut new_kind, 2, "files (.npy / .safetensors)");
+    if new_kind != kind {
+        s.inputs = match new_kind {
+            0 => Inputs::Random,
+            1 => Inputs::Structured,
+            _ => Inputs::Files {
+                q: String::new(),
+                k: String::new(),
+                v: String::new(),
+                safetensors: String::new(),
+            },
+        };
+        st.failed = None;
+    }
+    if let Inputs::Files { q, k, v, safetensors } = &mut s.inputs {
+        let mut edited = false;
+        for (label, path) in
+            [("Q .npy", q), ("K .npy", k), ("V .npy", v), (".safetensors (q, k, v)", safetensors)]
+        {
+            let lab = ui.label(label);
+            edited |= ui.text_edit_singleline(path).labelled_by(lab.id).lost_focus();
+        }
+        if edited {
+            st.failed = None;
+        }
+    } else {
+        ui.horizontal(|ui| {
+            let lab = ui.label("seed");
+            ui.add(egui::DragValue::new(&mut s.seed)).labelled_by(lab.id);
+        });
+    }
+    ui.separator();
+    ui.heading("View");
+    let heads = st.computed.as_ref().map_or(s.heads, |c| c.spec.shape.heads);
+    ui.add(egui::Slider::new(&mut st.head, 0..=heads.saturating_sub(1)).text("head"));
+    ui.checkbox(&mut st.log_scale, "log colour scale");
+    ui.checkbox(&mut st.mean_pool, "mean pooling (else max)");
+    if ui.button("reset zoom").clicked()
+        && let Some(c) = &st.computed
+    {
+        st.rows = 0..c.spec.shape.n;
+        st.cols = 0..c.spec.shape.m;
+    }
+    if st.failed.is_some() && ui.button("retry").clicked() {
+        st.failed = None;
+    }
+}
+
+fn heatmap_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
+    if let Some(e) = &st.error {
+        ui.colored_label(Color32::RED, e);
+    }
+    if st.job.is_some() {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label("computing on the GPU...");
+        });
+    }
+    let Some(heat) = &st.heat else { return };
+    let Some(c) = &st.computed else { return };
+    ui.label(format!(
+        "rows {}..{} × keys {}..{} of N = {}, head {} — {}×{} pixels, {} bytes read back for this view",
+        st.rows.start,
+        st.rows.end,
+        st.cols.start,
+        st.cols.end,
+        c.spec.shape.n,
+        heat.view.head,
+        heat.view.width,
+        heat.view.height,
+        st.readback_bytes
+    ));
+    let side = (ui.available_width().min(ui.available_height() - 60.0)).max(64.0);
+    let (rect, response) = ui.allocate_exact_size(Vec2::splat(side), Sense::click_and_drag());
+    if let Some(tex) = &heat.texture {
+        ui.painter().image(
+            tex.id(),
+            rect,
+            Rect::from_min_max(Pos2::ZERO, Pos2::new(1.0, 1.0)),
+            Color32::WHITE,
+        );
+    }
+    // pixel → (row, key)
+    let to_cell = |pos: Pos2| -> (usize, usize) {
+        let fx = ((pos.x - rect.left()) / rect.width()).clamp(0.0, 0.9999);
+        let fy = ((pos.y - rect.top()) / rect.height()).clamp(0.0, 0.9999);
+        (
+            st.rows.start + (fy * st.rows.len() as f32) as usize,
+            st.cols.start + (fx * st.cols.len() as f32) as usize,
+        )
+    };
+    st.hover = response.hover_pos().map(|pos| {
+        let (i, j) = to_cell(pos);
+        c.readout(heat.view.head, i, j)
+    });
+    // zoom around the pointer, pan by dragging
+    let (n, m) = (c.spec.shape.n, c.spec.shape.m);
+    if let Some(pos) = response.hover_pos() {
+        let scroll = ui.input(|i| i.smooth_scroll_delta.y);
+        if scroll != 0.0 {
+            let factor = (-scroll / 200.0).exp();
+            let (ci, cj) = to_cell(pos);
+            st.rows = zoom(&st.rows, ci, factor, n);
+            st.cols = zoom(&st.cols, cj, factor, m);
+        }
+    }
+    if response.dragged() {
+        let d = response.drag_delta();
+        st.rows = pan(&st.rows, -(d.y / rect.height()) * st.rows.len() as f32, n);
+        st.cols = pan(&st.cols, -(d.x / rect.width()) * st.cols.len() as f32, m);
+    }
+    if let Some(r) = st.hover {
+        ui.label(format!(
+            "(i, j) = ({}, {})   p = {:.6}   score = {:.4}   bias = {:.4}   {}",
+            r.i,
+            r.j,
+            r.p,
+            r.score,
+            r.bias,
+            if r.visible { "visible" } else { "masked" }
+        ));
+    } else {
+        ui.weak("hover for (i, j), probability, score, bias; scroll to zoom, drag to pan");
+    }
+}
+
+fn zoom(range: &Range<usize>, center: usize, factor: f32, limit: usize) -> Range<usize> {
+    let len = ((range.len() as f32 * factor).round() as usize).clamp(8.min(limit), limit);
+    let frac = (center - range.start) as f32 / range.len().max(1) as f32;
+    let start = (center as f32 - frac * len as f32).round().max(0.0) as usize;
+    let start = start.min(limit - len);
+    start..start + len
+}
+
+fn pan(range: &Range<usize>, by: f32, limit: usize) -> Range<usize> {
+    let start = (range.start as f32 + by).round().clamp(0.0, (limit - range.len()) as f32) as usize;
+    start..start + range.len()
+}
