@@ -46,6 +46,25 @@ fn every_panel_renders() {
         h.get_by_label(tab.label()).click();
         h.run_steps(3);
         assert_eq!(h.state().tab, tab);
+        if tab == Tab::Bench {
+            // a small sweep from the app itself (jobs run inline in tests)
+            h.state_mut().bench.sizes = "64,128,256".into();
+            h.state_mut().bench.reps = 1;
+            h.get_by_label("run sweep").click();
+            h.run_steps(3);
+            let records = &h.state().bench.records;
+            assert_eq!(records.len(), 6, "2 kernels × 3 sizes");
+            assert!(records.iter().all(|r| r.rel_err.is_some_and(|e| e <= 1e-5)), "validated before timing");
+            for r in records {
+                println!("app sweep: {} N={} {} {:?} ms", r.kernel, r.n, r.timer, r.ms_median);
+            }
+            // live timings differ run to run: the snapshot shows committed records instead
+            h.state_mut().bench.json_path =
+                format!("{}/tests/data/bench_records.json", env!("CARGO_MANIFEST_DIR"));
+            h.get_by_label("load").click();
+            h.run_steps(2);
+            assert_eq!(h.state().bench.records.len(), 8);
+        }
         snapshot(&mut h, name);
     }
 }
