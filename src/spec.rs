@@ -139,7 +139,7 @@ pub fn alibi_slopes(heads: usize) -> Vec<f32> {
 }
 
 /// Sentinel for "unbounded" in the kernels' window band; larger than any position.
-pub(crate) const UNBOUNDED: i64 = 1 << 30;
+pub const UNBOUNDED: i64 = 1 << 30;
 
 /// One attention problem: shape, masks, bias and scale. Every kernel and the oracle take this.
 #[derive(Clone, Debug, PartialEq)]

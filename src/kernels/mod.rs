@@ -5,6 +5,7 @@
 //! kernel's own file. [`ShaderVariant`] is that composition; pipelines are cached per
 //! (source, entry point) in [`Gpu`].
 
+pub mod decode;
 pub mod flash;
 pub mod heatmap;
 pub mod naive;
@@ -172,6 +173,7 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
             v
         })
         .chain(peak::variants())
+        .chain((4..=MAX_HEAD_DIM).step_by(4).flat_map(|d| decode::variants(d, 8)))
         .chain((4..=MAX_HEAD_DIM).step_by(4).map(|d| {
             let c = flash::FlashConfig::for_limits(limits, d);
             heatmap::variant(d, c.br, c.bc)

@@ -1,0 +1,194 @@
+// decode.wgsl — incremental decoding against a KV cache, split-K (flash-decoding).
+//
+// `attend`: one dispatch per kv head. Workgroup (split s, row block) owns the G·T query rows
+// that share this kv head (G = H / Hkv query heads × T new tokens) and the cache slots
+// [slot0 + s·chunk, slot0 + (s+1)·chunk). It stages BC keys of K and V in workgroup memory,
+// once for all those rows — so every cached K/V element is read from device memory once per
+// kv head, not once per query head (where MQA's speed comes from) — and keeps an online
+// softmax per row. It writes a partial per (split, row): the normalised output and its LSE.
+// `combine`: per row, merges the splits exactly by log-sum-exp into O and LSE.
+//
+// Positions: the cache holds positions [lo, len); query token t sits at len − T + t. In ring
+// mode (capacity W) slot p % W holds position p and only the last W positions are kept.
+// Traffic per step: K and V of the visited slots once per kv head, Q once, partials written
+// once and read once, O and LSE written once.
+
+struct Cfg {
+    heads: u32,
+    kv_heads: u32,
+    group: u32,
+    ring: u32,       // ring capacity in slots, 0 = linear cache
+    scale: f32,
+    band_lo: i32,    // key at position j visible from p iff band_lo <= p − j <= band_hi
+    band_hi: i32,
+    alibi: u32,
+    neg_inf: f32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+struct Step {
+    len: u32,        // positions appended so far
+    nq: u32,         // new query tokens T
+    lo: u32,         // first position still cached
+    slot0: u32,      // first slot the splits cover
+    slots: u32,      // slots covered
+    chunk: u32,      // slots per split
+    splits: u32,
+    pad: u32,
+}
+
+struct Head {
+    kvh: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> cfg: Cfg;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<uniform> head: Head;
+@group(0) @binding(3) var<storage, read> q: array<vec4<f32>>;       // [H, T, D]
+@group(0) @binding(4) var<storage, read> k: array<vec4<f32>>;       // this kv head: [slots, D]
+@group(0) @binding(5) var<storage, read> v: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> partials: array<vec4<f32>>; // [splits, H·T, D4 + 1]
+@group(0) @binding(7) var<storage, read> slopes: array<f32>;
+@group(0) @binding(8) var<storage, read_write> o: array<vec4<f32>>;  // [H, T, D]
+@group(0) @binding(9) var<storage, read_write> lse: array<f32>;      // [H, T]
+
+const MASKED: f32 = -3.0e38;
+
+var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
+var<workgroup> v_tile: array<vec4<f32>, BC * D4>;
+
+fn slot_position(slot: u32) -> u32 {
+    if cfg.ring == 0u {
+        return slot;
+    }
+    return step.lo + (slot + cfg.ring - step.lo % cfg.ring) % cfg.ring;
+}
+
+@compute @workgroup_size(WG)
+fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let split = wg.x;
+    let r = wg.y * WG + lid;
+    let rows = cfg.group * step.nq;
+    let live = r < rows;
+    let g = r / step.nq;
+    let t = r % step.nq;
+    let h = head.kvh * cfg.group + g;
+    let row = h * step.nq + t;
+    let pos = i32(step.len - step.nq + t);
+    var slope = 0.0;
+    if cfg.alibi != 0u && live {
+        slope = slopes[h];
+    }
+    var qr: array<vec4<f32>, D4>;
+    var acc: array<vec4<f32>, D4>;
+    for (var x = 0u; x < D4; x++) {
+        acc[x] = vec4<f32>(0.0);
+        qr[x] = vec4<f32>(0.0);
+        if live {
+            qr[x] = q[row * D4 + x] * cfg.scale;
+        }
+    }
+    var m_run = MASKED;
+    var l_run = 0.0;
+    var s: array<f32, BC>;
+    let begin = step.slot0 + split * step.chunk;
+    let end = min(step.slot0 + step.slots, begin + step.chunk);
+    for (var slot0 = begin; slot0 < end; slot0 += BC) {
+        for (var x = lid; x < BC * D4; x += WG) {
+            let slot = slot0 + x / D4;
+            var kk = vec4<f32>(0.0);
+            var vv = vec4<f32>(0.0);
+            if slot < end {
+                kk = k[slot0 * D4 + x];
+                vv = v[slot0 * D4 + x];
+            }
+            k_tile[x] = kk;
+            v_tile[x] = vv;
+        }
+        workgroupBarrier();
+        var tile_max = MASKED;
+        for (var c = 0u; c < BC; c++) {
+            let slot = slot0 + c;
+            let kp = i32(slot_position(slot));
+            var sc = 0.0;
+            for (var x = 0u; x < D4; x++) {
+                sc += dot(qr[x], k_tile[c * D4 + x]);
+            }
+            sc += -slope * f32(abs(pos - kp));
+            let d = pos - kp;
+            if !(slot < end && d >= cfg.band_lo && d <= cfg.band_hi && u32(kp) >= step.lo) {
+                sc = MASKED;
+            }
+            s[c] = sc;
+            tile_max = max(tile_max, sc);
+        }
+        let m_new = max(m_run, tile_max);
+        let corr = exp(m_run - m_new);
+        l_run *= corr;
+        for (var x = 0u; x < D4; x++) {
+            acc[x] *= corr;
+        }
+        for (var c = 0u; c < BC; c++) {
+            let p = select(0.0, exp(s[c] - m_new), s[c] > MASKED);
+            l_run += p;
+            for (var x = 0u; x < D4; x++) {
+                acc[x] += p * v_tile[c * D4 + x];
+            }
+        }
+        m_run = m_new;
+        workgroupBarrier();
+    }
+    if live {
+        let base = (split * cfg.heads * step.nq + row) * (D4 + 1u);
+        var inv = 0.0;
+        var part_lse = cfg.neg_inf;
+        if l_run > 0.0 {
+            inv = 1.0 / l_run;
+            part_lse = m_run + log(l_run);
+        }
+        for (var x = 0u; x < D4; x++) {
+            partials[base + x] = acc[x] * inv;
+        }
+        partials[base + D4] = vec4<f32>(part_lse, 0.0, 0.0, 0.0);
+    }
+}
+
+@compute @workgroup_size(64)
+fn combine(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    let rows = cfg.heads * step.nq;
+    if row >= rows {
+        return;
+    }
+    var total = cfg.neg_inf;
+    for (var sp = 0u; sp < step.splits; sp++) {
+        let l = partials[(sp * rows + row) * (D4 + 1u) + D4].x;
+        if l != cfg.neg_inf {
+            if total == cfg.neg_inf {
+                total = l;
+            } else {
+                let hi = max(total, l);
+                total = hi + log(exp(total - hi) + exp(l - hi));
+            }
+        }
+    }
+    for (var x = 0u; x < D4; x++) {
+        var out = vec4<f32>(0.0);
+        if total != cfg.neg_inf {
+            for (var sp = 0u; sp < step.splits; sp++) {
+                let base = (sp * rows + row) * (D4 + 1u);
+                let l = partials[base + D4].x;
+                if l != cfg.neg_inf {
+                    out += partials[base + x] * exp(l - total);
+                }
+            }
+        }
+        o[row * D4 + x] = out;
+    }
+    lse[row] = total;
+}

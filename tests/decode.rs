@@ -1,0 +1,152 @@
+//! Incremental decoding against the oracle: every step equals one causal attention over the
+//! whole sequence so far, for MHA/GQA/MQA, ALiBi, windows, rings and any split count.
+
+mod common;
+
+use common::{gpu, random};
+use longctx::kernels::decode::{Decoder, DecoderConfig};
+use longctx::reference::{attention_f64, rel_error};
+use longctx::{Alibi, Error};
+use rand::{SeedableRng, rngs::StdRng};
+
+const BOUND: f64 = 1e-5;
+
+/// Host history of K and V, `[Hkv, len, D]`, grown as tokens arrive.
+struct History {
+    hkv: usize,
+    d: usize,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl History {
+    fn new(hkv: usize, d: usize) -> Self {
+        Self { hkv, d, k: vec![Vec::new(); hkv], v: vec![Vec::new(); hkv] }
+    }
+    fn push(&mut self, k: &[f32], v: &[f32], t: usize) {
+        for h in 0..self.hkv {
+            self.k[h].extend_from_slice(&k[h * t * self.d..(h + 1) * t * self.d]);
+            self.v[h].extend_from_slice(&v[h * t * self.d..(h + 1) * t * self.d]);
+        }
+    }
+    fn flat(&self) -> (Vec<f32>, Vec<f32>) {
+        (self.k.concat(), self.v.concat())
+    }
+}
+
+/// Prefills `prompt` tokens, then decodes `steps` steps of `t` tokens; checks each step.
+fn run(cfg: DecoderConfig, prompt: usize, steps: usize, t: usize, seed: u64) -> f64 {
+    let g = gpu();
+    let (h, hkv, d) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut dec = Decoder::new(g, cfg).unwrap();
+    let mut hist = History::new(hkv, d);
+    let (k, v) = (random(hkv * prompt * d, &mut rng), random(hkv * prompt * d, &mut rng));
+    dec.prefill(g, 0, &k, &v).unwrap();
+    hist.push(&k, &v, prompt);
+    let mut worst = 0f64;
+    for step in 0..steps {
+        let q = random(h * t * d, &mut rng);
+        let (k, v) = (random(hkv * t * d, &mut rng), random(hkv * t * d, &mut rng));
+        dec.step(g, 0, &q, &k, &v).unwrap();
+        hist.push(&k, &v, t);
+        let out = dec.output(g).unwrap();
+        let spec = dec.equivalent_spec(0);
+        let (kf, vf) = hist.flat();
+        let (o_ref, lse_ref) = attention_f64(&spec, &q, &kf, &vf).unwrap();
+        let err = rel_error(&out.o, &o_ref).max(rel_error(&out.lse, &lse_ref));
+        assert!(
+            err <= BOUND,
+            "step {step}: rel err {err:.2e} (seed {seed}, {} splits, spec {spec:?})",
+            dec.splits()
+        );
+        worst = worst.max(err);
+    }
+    worst
+}
+
+#[test]
+fn mha_gqa_mqa_step_by_step_equal_full_attention() {
+    let seed = common::seed();
+    let mut worst = 0f64;
+    for hkv in [8, 2, 1] {
+        let cfg = DecoderConfig::new(8, hkv, 64, 300);
+        worst = worst.max(run(cfg, 117, 5, 1, seed));
+    }
+    println!("decode MHA/GQA/MQA: worst rel err {worst:.2e}");
+}
+
+#[test]
+fn alibi_window_and_multi_token_steps() {
+    let seed = common::seed();
+    let mut cfg = DecoderConfig::new(6, 3, 32, 400);
+    cfg.alibi = Alibi::Standard;
+    cfg.window = Some(50);
+    cfg.max_step_tokens = 3;
+    let e1 = run(cfg.clone(), 201, 4, 3, seed);
+    cfg.window = None;
+    let e2 = run(cfg, 33, 3, 2, seed);
+    println!("decode ALiBi + window, multi-token: worst rel err {:.2e}", e1.max(e2));
+}
+
+#[test]
+fn any_split_count_gives_the_same_answer() {
+    let seed = common::seed();
+    let mut splits_seen = Vec::new();
+    for chunk in [100_000, 261, 76, 8] {
+        let mut cfg = DecoderConfig::new(4, 2, 64, 600);
+        cfg.chunk = chunk;
+        let g = gpu();
+        let mut dec = Decoder::new(g, cfg.clone()).unwrap();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (k, v) = (random(2 * 520 * 64, &mut rng), random(2 * 520 * 64, &mut rng));
+        dec.prefill(g, 0, &k, &v).unwrap();
+        let q = random(4 * 64, &mut rng);
+        let (kn, vn) = (random(2 * 64, &mut rng), random(2 * 64, &mut rng));
+        dec.step(g, 0, &q, &kn, &vn).unwrap();
+        splits_seen.push(dec.splits());
+        let out = dec.output(g).unwrap();
+        let mut hist = History::new(2, 64);
+        hist.push(&k, &v, 520);
+        hist.push(&kn, &vn, 1);
+        let (kf, vf) = hist.flat();
+        let (o_ref, _) = attention_f64(&dec.equivalent_spec(0), &q, &kf, &vf).unwrap();
+        let err = rel_error(&out.o, &o_ref);
+        assert!(err <= BOUND, "chunk {chunk} ({} splits): {err:.2e} (seed {seed})", dec.splits());
+    }
+    println!("split counts exercised: {splits_seen:?}");
+    assert!(
+        splits_seen.contains(&1)
+            && splits_seen.contains(&2)
+            && splits_seen.contains(&7)
+            && splits_seen.iter().any(|&s| s >= 50)
+    );
+}
+
+#[test]
+fn ring_buffer_equals_the_window_mask() {
+    let seed = common::seed();
+    let mut cfg = DecoderConfig::new(4, 1, 32, 65); // window 64 + 1 new token
+    cfg.window = Some(64);
+    cfg.ring = true;
+    // prompt longer than the ring: only the last 65 positions survive, positions absolute
+    let err = run(cfg.clone(), 150, 90, 1, seed);
+    cfg.alibi = Alibi::Standard;
+    let err2 = run(cfg, 20, 70, 1, seed);
+    println!("ring vs window mask: worst rel err {:.2e}", err.max(err2));
+}
+
+#[test]
+fn overflow_and_bad_shapes_are_typed_errors() {
+    let g = gpu();
+    let mut dec = Decoder::new(g, DecoderConfig::new(2, 1, 32, 10)).unwrap();
+    dec.prefill(g, 0, &vec![0.1; 9 * 32], &vec![0.1; 9 * 32]).unwrap();
+    dec.step(g, 0, &vec![0.1; 2 * 32], &vec![0.1; 32], &vec![0.1; 32]).unwrap();
+    let err = dec.step(g, 0, &vec![0.1; 2 * 32], &vec![0.1; 32], &vec![0.1; 32]).unwrap_err();
+    assert!(err.to_string().contains("overflow"), "{err}");
+    assert!(matches!(dec.step(g, 0, &vec![0.1; 5], &vec![0.1; 32], &vec![0.1; 32]), Err(Error::Shape(_))));
+    assert!(matches!(Decoder::new(g, DecoderConfig::new(6, 4, 32, 10)), Err(Error::HeadGroups { .. })));
+    let mut ring = DecoderConfig::new(2, 1, 32, 10);
+    ring.ring = true;
+    assert!(Decoder::new(g, ring).is_err(), "ring without a window");
+}
