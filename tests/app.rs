@@ -46,6 +46,10 @@ fn every_panel_renders() {
         h.get_by_label(tab.label()).click();
         h.run_steps(3);
         assert_eq!(h.state().tab, tab);
+        if tab == Tab::Decode {
+            // cache-memory lines are analytic; the measured speeds vary, so the snapshot has none
+            assert!(h.state().decode.measured.is_empty());
+        }
         if tab == Tab::Bench {
             // a small sweep from the app itself (jobs run inline in tests)
             h.state_mut().bench.sizes = "64,128,256".into();
@@ -160,4 +164,18 @@ fn window_attention_at_32k_renders_from_pooled_pixels_only() {
         st.readback_bytes,
         t.elapsed().as_secs_f64()
     );
+}
+
+#[test]
+fn decode_panel_measures_tokens_per_second() {
+    let mut h = harness([1000.0, 760.0]);
+    h.state_mut().tab = Tab::Decode;
+    h.state_mut().decode.heads = 8;
+    h.state_mut().decode.d = 32;
+    h.run_steps(2);
+    h.get_by_label_contains("measure tokens/s").click();
+    h.run_steps(3);
+    let m = &h.state().decode.measured;
+    assert_eq!(m.len(), 9, "3 variants × 3 contexts: {}", h.state().decode.message);
+    assert!(m.iter().all(|x| x.2 > 0.0));
 }

@@ -4,6 +4,7 @@
 mod alibi;
 mod bench;
 mod colormap;
+mod decode;
 pub mod patterns;
 mod tiles;
 mod traffic;
@@ -32,17 +33,19 @@ pub enum Tab {
     Tiles,
     Alibi,
     Traffic,
+    Decode,
     Bench,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 5] = [Tab::Patterns, Tab::Tiles, Tab::Alibi, Tab::Traffic, Tab::Bench];
+    pub const ALL: [Tab; 6] = [Tab::Patterns, Tab::Tiles, Tab::Alibi, Tab::Traffic, Tab::Decode, Tab::Bench];
     pub fn label(self) -> &'static str {
         match self {
             Tab::Patterns => "Patterns",
             Tab::Tiles => "Tiles",
             Tab::Alibi => "ALiBi",
             Tab::Traffic => "Memory traffic",
+            Tab::Decode => "Decode",
             Tab::Bench => "Benchmarks",
         }
     }
@@ -86,6 +89,7 @@ pub struct LongctxApp {
     pub patterns: patterns::PatternsState,
     pub alibi: alibi::AlibiState,
     pub traffic: traffic::TrafficState,
+    pub decode: decode::DecodeState,
     pub bench: bench::BenchState,
     /// Run jobs in the UI thread (deterministic frames, for tests).
     pub inline_jobs: bool,
@@ -104,6 +108,7 @@ impl LongctxApp {
             patterns: Default::default(),
             alibi: Default::default(),
             traffic: Default::default(),
+            decode: Default::default(),
             bench: Default::default(),
             inline_jobs: false,
         }
@@ -146,6 +151,7 @@ impl eframe::App for LongctxApp {
                 Tab::Traffic => {
                     traffic::traffic_ui(ui, &mut self.traffic, &self.patterns.settings, &gpu, inline)
                 }
+                Tab::Decode => decode::decode_ui(ui, &mut self.decode, &gpu, inline),
                 Tab::Bench => bench::bench_ui(ui, &mut self.bench, &gpu, inline),
             }
         });

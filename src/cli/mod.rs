@@ -2,6 +2,7 @@
 
 mod attention;
 mod bench;
+mod decode;
 mod info;
 mod mask;
 mod maskargs;
@@ -55,6 +56,8 @@ pub enum Command {
     Attention(attention::AttentionArgs),
     /// Time the kernels (validated against the oracle first) and print a table.
     Bench(bench::BenchArgs),
+    /// Incremental decoding: tokens/s, KV-cache bytes and bytes read per step, MHA vs GQA vs MQA.
+    Decode(decode::DecodeArgs),
     /// Measure this adapter's FMA rate and copy bandwidth (cached; the "% of peak" denominators).
     Peak(peak::PeakArgs),
     /// Open the desktop visualiser: attention patterns, tile maps, ALiBi, memory traffic,
@@ -74,5 +77,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "app")]
         Command::Viz => longctx::app::run(),
         Command::Peak(a) => peak::run(&cli.device, &a),
+        Command::Decode(a) => decode::run(&cli.device, &a),
     }
 }

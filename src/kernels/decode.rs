@@ -14,8 +14,8 @@ use crate::spec::{Alibi, AttnShape, AttnSpec, UNBOUNDED, Window};
 
 const BODY: &str = include_str!("../../shaders/decode.wgsl");
 const NAME: &str = "decode";
-/// Invocations per workgroup (query rows of one kv head per row block).
-const WG: u32 = 64;
+/// Most invocations per workgroup (query rows of one kv head per row block).
+const MAX_WG: u32 = 64;
 /// Default cache slots per split.
 pub const DEFAULT_CHUNK: usize = 512;
 
@@ -92,8 +92,14 @@ struct StepParams {
     pad: u32,
 }
 
-/// The shader variants (attend and combine) for head dim `d`.
-pub fn variants(d: usize, bc: u32) -> Vec<ShaderVariant> {
+/// Invocations per workgroup for `rows` query rows per kv head: one per row, rounded up to a
+/// power of two between 8 and 64 — MHA (one row) must not run 63 idle invocations.
+pub fn workgroup_size(rows: usize) -> u32 {
+    (rows.next_power_of_two() as u32).clamp(8, MAX_WG)
+}
+
+/// The shader variants (attend and combine) for head dim `d`, `wg` invocations.
+pub fn variants(d: usize, bc: u32, wg: u32) -> Vec<ShaderVariant> {
     ["attend", "combine"]
         .into_iter()
         .map(|entry| ShaderVariant {
@@ -101,7 +107,7 @@ pub fn variants(d: usize, bc: u32) -> Vec<ShaderVariant> {
             prelude: vec![],
             body: BODY,
             entry,
-            consts: vec![("D4", (d / 4) as u32), ("BC", bc), ("WG", WG)],
+            consts: vec![("D4", (d / 4) as u32), ("BC", bc), ("WG", wg)],
         })
         .collect()
 }
@@ -201,6 +207,7 @@ pub struct Decoder {
     lse: wgpu::Buffer,
     chunk: usize,
     max_splits: usize,
+    wg: u32,
     last: StepParams,
 }
 
@@ -238,17 +245,20 @@ impl Decoder {
         };
         let d = cfg.head_dim;
         let bc = tile_keys(gpu, d);
-        gpu.check_workgroup(NAME, 2 * bc as u64 * d as u64 * 4, WG)?;
-        // slots per split: below the adapter's loop cap (≈ 2·BC·(D/4 + 1) iterations per tile)
+        let wg = workgroup_size(cfg.heads / cfg.kv_heads * cfg.max_step_tokens);
+        gpu.check_workgroup(NAME, 2 * bc as u64 * d as u64 * 4, wg)?;
+        // slots per split: below the adapter's loop cap (staging plus ≈ 2·BC·(D/4 + 1)
+        // iterations per tile)
         let mut chunk = if cfg.chunk == 0 { DEFAULT_CHUNK } else { cfg.chunk };
         if let Some(limit) = gpu.loop_iteration_limit() {
-            let per_tile = 2 * bc as u64 * (d as u64 / 4 + 2) + bc as u64 * 2 + 16;
+            let staging = (bc as u64 * d as u64 / 4).div_ceil(wg as u64);
+            let per_tile = staging + 2 * bc as u64 * (d as u64 / 4 + 2) + bc as u64 * 2 + 16;
             let max_chunk = ((limit / per_tile).max(1) * bc as u64) as usize;
             chunk = chunk.min(max_chunk);
         }
         let max_splits = cfg.capacity.div_ceil(chunk).max(1);
         let rows = cfg.heads * cfg.max_step_tokens;
-        let row_blocks = (cfg.heads / cfg.kv_heads * cfg.max_step_tokens).div_ceil(WG as usize);
+        let row_blocks = (cfg.heads / cfg.kv_heads * cfg.max_step_tokens).div_ceil(wg as usize);
         gpu.check_dispatch(NAME, [max_splits as u64, row_blocks as u64, 1])?;
         gpu.check_binding("decode partials", (max_splits * rows * (d + 4) * 4) as u64)?;
 
@@ -275,7 +285,7 @@ impl Decoder {
                 storage_entry(9, false),
             ],
         );
-        let [va, vc]: [ShaderVariant; 2] = variants(d, bc).try_into().expect("two entries");
+        let [va, vc]: [ShaderVariant; 2] = variants(d, bc, wg).try_into().expect("two entries");
         let attend = gpu.pipeline(&va, &attend_layout)?;
         let combine = gpu.pipeline(&vc, &combine_layout)?;
 
@@ -310,6 +320,7 @@ impl Decoder {
             lse: gpu.storage("decode LSE", (rows * 4) as u64)?,
             chunk,
             max_splits,
+            wg,
             cfg,
             last: StepParams::default(),
         })
@@ -419,7 +430,7 @@ impl Decoder {
                 timestamp_writes: None,
             });
             pass.set_pipeline(&self.attend);
-            let row_blocks = (self.cfg.heads / self.cfg.kv_heads * t).div_ceil(WG as usize) as u32;
+            let row_blocks = (self.cfg.heads / self.cfg.kv_heads * t).div_ceil(self.wg as usize) as u32;
             for kvh in 0..self.cfg.kv_heads {
                 let bind = gpu.bind_group_at(
                     &self.attend_layout,
