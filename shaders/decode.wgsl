@@ -8,6 +8,10 @@
 // softmax per row. It writes a partial per (split, row): the normalised output and its LSE.
 // `combine`: per row, merges the splits exactly by log-sum-exp into O and LSE.
 //
+// Subgroups (SG > 0): as in flash.wgsl, each lane loads a different vec4 of a key or value
+// and the rows get the rest by shuffle — SG× fewer same-address loads, which software
+// adapters turn into gathers. All subgroup operations run in uniform control flow.
+//
 // Positions: the cache holds positions [lo, len); query token t sits at len − T + t. In ring
 // mode (capacity W) slot p % W holds position p and only the last W positions are kept.
 // Traffic per step: K and V of the visited slots once per kv head, Q once, partials written
@@ -70,7 +74,10 @@ fn slot_position(slot: u32) -> u32 {
 }
 
 @compute @workgroup_size(WG)
-fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn attend(ids: Ids) {
+    let wg = ids.wg;
+    let lid = ids.lid;
+    let lane = lane_of(ids);
     let split = wg.x;
     let r = wg.y * WG + lid;
     let rows = cfg.group * step.nq;
@@ -84,12 +91,12 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     if cfg.alibi != 0u && live {
         slope = slopes[h];
     }
-    var qr: array<vec4<f32>, D4>;
-    var acc: array<vec4<f32>, D4>;
-    for (var x = 0u; x < D4; x++) {
+    var qr: array<vec4<f32>, D4P>;
+    var acc: array<vec4<f32>, D4P>;
+    for (var x = 0u; x < D4P; x++) {
         acc[x] = vec4<f32>(0.0);
         qr[x] = vec4<f32>(0.0);
-        if live {
+        if live && x < D4 {
             qr[x] = q[row * D4 + x] * cfg.scale;
         }
     }
@@ -116,8 +123,17 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let slot = slot0 + c;
             let kp = i32(slot_position(slot));
             var sc = 0.0;
-            for (var x = 0u; x < D4; x++) {
-                sc += dot(qr[x], k_tile[c * D4 + x]);
+            if SG > 0u {
+                for (var j = 0u; j < D4P; j += SG) {
+                    let kl = k_tile[c * D4 + select(j + lane, min(j + lane, D4 - 1u), SG_GUARD)];
+                    for (var l = 0u; l < SG; l++) {
+                        sc += dot(qr[j + l], shuffle4(kl, l));
+                    }
+                }
+            } else {
+                for (var x = 0u; x < D4; x++) {
+                    sc += dot(qr[x], k_tile[c * D4 + x]);
+                }
             }
             sc += -slope * f32(abs(pos - kp));
             let d = pos - kp;
@@ -130,14 +146,23 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         let m_new = max(m_run, tile_max);
         let corr = exp(m_run - m_new);
         l_run *= corr;
-        for (var x = 0u; x < D4; x++) {
+        for (var x = 0u; x < D4P; x++) {
             acc[x] *= corr;
         }
         for (var c = 0u; c < BC; c++) {
             let p = select(0.0, exp(s[c] - m_new), s[c] > MASKED);
             l_run += p;
-            for (var x = 0u; x < D4; x++) {
-                acc[x] += p * v_tile[c * D4 + x];
+            if SG > 0u {
+                for (var j = 0u; j < D4P; j += SG) {
+                    let vl = v_tile[c * D4 + select(j + lane, min(j + lane, D4 - 1u), SG_GUARD)];
+                    for (var l = 0u; l < SG; l++) {
+                        acc[j + l] += p * shuffle4(vl, l);
+                    }
+                }
+            } else {
+                for (var x = 0u; x < D4; x++) {
+                    acc[x] += p * v_tile[c * D4 + x];
+                }
             }
         }
         m_run = m_new;

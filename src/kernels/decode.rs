@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, storage_entry, uniform_entry};
-use crate::kernels::{ShaderVariant, Traffic, check_head_dim};
+use crate::kernels::{LANES_PLAIN_WGSL, LANES_SUBGROUP_WGSL, ShaderVariant, Traffic, check_head_dim};
 use crate::spec::{Alibi, AttnShape, AttnSpec, UNBOUNDED, Window};
 
 const BODY: &str = include_str!("../../shaders/decode.wgsl");
@@ -98,18 +98,38 @@ pub fn workgroup_size(rows: usize) -> u32 {
     (rows.next_power_of_two() as u32).clamp(8, MAX_WG)
 }
 
-/// The shader variants (attend and combine) for head dim `d`, `wg` invocations.
-pub fn variants(d: usize, bc: u32, wg: u32) -> Vec<ShaderVariant> {
+/// The shader variants (attend and combine) for head dim `d`, `wg` invocations, subgroup
+/// width `sg` (0: no subgroup shuffles).
+pub fn variants(d: usize, bc: u32, wg: u32, sg: u32) -> Vec<ShaderVariant> {
+    let d4 = (d / 4) as u32;
+    let d4p = if sg > 0 { d4.div_ceil(sg) * sg } else { d4 };
     ["attend", "combine"]
         .into_iter()
         .map(|entry| ShaderVariant {
             stem: NAME,
-            prelude: vec![],
+            prelude: vec![if sg > 0 { LANES_SUBGROUP_WGSL } else { LANES_PLAIN_WGSL }],
             body: BODY,
             entry,
-            consts: vec![("D4", (d / 4) as u32), ("BC", bc), ("WG", wg)],
+            consts: vec![
+                ("D4", d4),
+                ("D4P", d4p),
+                ("BC", bc),
+                ("WG", wg),
+                ("SG", sg),
+                ("SG_GUARD_U", (sg > 0 && d4 % sg != 0) as u32),
+            ],
         })
         .collect()
+}
+
+/// The subgroup width for shuffles on this device, if it has SUBGROUP with one fixed size.
+fn subgroup_width(gpu: &Gpu) -> u32 {
+    let i = gpu.info();
+    if gpu.features().contains(wgpu::Features::SUBGROUP) && i.subgroup_min_size == i.subgroup_max_size {
+        i.subgroup_min_size
+    } else {
+        0
+    }
 }
 
 /// Keys per staged tile: the largest of 32, 16, 8, 4 whose K and V tiles fit.
@@ -245,14 +265,15 @@ impl Decoder {
         };
         let d = cfg.head_dim;
         let bc = tile_keys(gpu, d);
-        let wg = workgroup_size(cfg.heads / cfg.kv_heads * cfg.max_step_tokens);
+        let sg = subgroup_width(gpu);
+        let wg = workgroup_size(cfg.heads / cfg.kv_heads * cfg.max_step_tokens).max(sg);
         gpu.check_workgroup(NAME, 2 * bc as u64 * d as u64 * 4, wg)?;
         // slots per split: below the adapter's loop cap (staging plus ≈ 2·BC·(D/4 + 1)
         // iterations per tile)
         let mut chunk = if cfg.chunk == 0 { DEFAULT_CHUNK } else { cfg.chunk };
         if let Some(limit) = gpu.loop_iteration_limit() {
             let staging = (bc as u64 * d as u64 / 4).div_ceil(wg as u64);
-            let per_tile = staging + 2 * bc as u64 * (d as u64 / 4 + 2) + bc as u64 * 2 + 16;
+            let per_tile = staging + 2 * bc as u64 * (d as u64 / 4 * 2 + 2) + bc as u64 * 2 + 16;
             let max_chunk = ((limit / per_tile).max(1) * bc as u64) as usize;
             chunk = chunk.min(max_chunk);
         }
@@ -285,7 +306,7 @@ impl Decoder {
                 storage_entry(9, false),
             ],
         );
-        let [va, vc]: [ShaderVariant; 2] = variants(d, bc, wg).try_into().expect("two entries");
+        let [va, vc]: [ShaderVariant; 2] = variants(d, bc, wg, sg).try_into().expect("two entries");
         let attend = gpu.pipeline(&va, &attend_layout)?;
         let combine = gpu.pipeline(&vc, &combine_layout)?;
 

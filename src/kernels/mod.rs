@@ -173,11 +173,11 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
             v
         })
         .chain(peak::variants())
-        .chain(
-            (4..=MAX_HEAD_DIM)
-                .step_by(4)
-                .flat_map(|d| [8, 64].into_iter().flat_map(move |wg| decode::variants(d, 8, wg))),
-        )
+        .chain((4..=MAX_HEAD_DIM).step_by(4).flat_map(|d| {
+            [(8, 0), (64, 0), (8, 8), (32, 32)]
+                .into_iter()
+                .flat_map(move |(wg, sg)| decode::variants(d, 8, wg, sg))
+        }))
         .chain((4..=MAX_HEAD_DIM).step_by(4).map(|d| {
             let c = flash::FlashConfig::for_limits(limits, d);
             heatmap::variant(d, c.br, c.bc)
