@@ -70,8 +70,11 @@ fn mha_gqa_mqa_step_by_step_equal_full_attention() {
     let seed = common::seed();
     let mut worst = 0f64;
     for hkv in [8, 2, 1] {
-        let cfg = DecoderConfig::new(8, hkv, 64, 300);
-        worst = worst.max(run(cfg, 117, 5, 1, seed));
+        for subgroups in [true, false] {
+            let mut cfg = DecoderConfig::new(8, hkv, 64, 300);
+            cfg.subgroups = subgroups;
+            worst = worst.max(run(cfg, 117, 5, 1, seed));
+        }
     }
     println!("decode MHA/GQA/MQA: worst rel err {worst:.2e}");
 }
@@ -79,7 +82,7 @@ fn mha_gqa_mqa_step_by_step_equal_full_attention() {
 #[test]
 fn alibi_window_and_multi_token_steps() {
     let seed = common::seed();
-    let mut cfg = DecoderConfig::new(6, 3, 32, 400);
+    let mut cfg = DecoderConfig::new(6, 3, 36, 400); // D = 36: 9 vec4 lanes, not a multiple of 8
     cfg.alibi = Alibi::Standard;
     cfg.window = Some(50);
     cfg.max_step_tokens = 3;

@@ -39,6 +39,8 @@ pub struct DecoderConfig {
     pub max_step_tokens: usize,
     /// Cache slots per split (0: [`DEFAULT_CHUNK`], lowered below the adapter's loop cap).
     pub chunk: usize,
+    /// Use subgroup shuffles where the device allows (else plain workgroup-memory loads).
+    pub subgroups: bool,
 }
 
 impl DecoderConfig {
@@ -55,6 +57,7 @@ impl DecoderConfig {
             scale: None,
             max_step_tokens: 1,
             chunk: 0,
+            subgroups: true,
         }
     }
 
@@ -265,7 +268,7 @@ impl Decoder {
         };
         let d = cfg.head_dim;
         let bc = tile_keys(gpu, d);
-        let sg = subgroup_width(gpu);
+        let sg = if cfg.subgroups { subgroup_width(gpu) } else { 0 };
         let wg = workgroup_size(cfg.heads / cfg.kv_heads * cfg.max_step_tokens).max(sg);
         gpu.check_workgroup(NAME, 2 * bc as u64 * d as u64 * 4, wg)?;
         // slots per split: below the adapter's loop cap (staging plus ≈ 2·BC·(D/4 + 1)
