@@ -27,6 +27,7 @@ pub mod gpu;
 pub mod io;
 pub mod kernels;
 pub mod mask;
+pub mod plan;
 pub mod reference;
 pub mod spec;
 

@@ -260,3 +260,15 @@ fn mask_prints_a_block_map() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains('█') && text.contains('·') && text.contains("sparsity"), "{text}");
 }
+
+#[test]
+fn plan_prints_memory_and_the_cost_ratio() {
+    let out = longctx(&["plan", "--preset", "llama-7b", "--n", "100k", "--from", "2k"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("6.74 B parameters") && text.contains("17.33×") && text.contains("H200 141GB"),
+        "{text}"
+    );
+    fails_with(&["plan", "--preset", "gpt-9"], "unknown preset");
+}

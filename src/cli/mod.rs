@@ -7,6 +7,7 @@ mod info;
 mod mask;
 mod maskargs;
 mod peak;
+mod plan;
 
 use clap::{Parser, Subcommand};
 use longctx::{Gpu, GpuOptions};
@@ -64,6 +65,9 @@ pub enum Command {
     /// benchmarks — computed on the window's own wgpu device.
     #[cfg(feature = "app")]
     Viz,
+    /// Memory and cost of a model at a context length: weights, KV cache (MHA/GQA/MQA),
+    /// activations with naive vs flash attention, which GPUs it fits, the seed's cost model.
+    Plan(plan::PlanArgs),
     /// Print a mask's block map (full, partial, skipped tiles), sparsity and FLOPs. No GPU.
     Mask(mask::MaskCmdArgs),
 }
@@ -74,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attention(a) => attention::run(&cli.device, &a),
         Command::Bench(a) => bench::run(&cli.device, &a),
         Command::Mask(a) => mask::run(&a),
+        Command::Plan(a) => plan::run(&a),
         #[cfg(feature = "app")]
         Command::Viz => longctx::app::run(),
         Command::Peak(a) => peak::run(&cli.device, &a),
