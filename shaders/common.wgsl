@@ -25,8 +25,15 @@ struct Params {
     pass_tiles: u32, // flash: tiles per list per pass; 0 = all in one pass
     qtile_list: u32, // flash: offset of this pass's list of query tiles in the block map
                      // buffer (0xffffffff: every query tile, workgroup x = query tile)
+    // flash on tensors beyond one binding: the dispatch covers heads [head_base, +grid y)
+    // of batch batch_base, and Q/O, K/V, LSE are bound from an aligned offset: the shifts
+    // (in vec4s, vec4s, f32s) turn global indices into indices of the bound ranges.
+    q_shift: u32,
+    kv_shift: u32,
+    lse_shift: u32,
+    head_base: u32,
+    batch_base: u32,
     pad0: u32,
-    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

@@ -62,8 +62,8 @@ fn main(ids: Ids) {
     if params.qtile_list != 0xffffffffu {
         qt = block_map[params.qtile_list + wg.x]; // later passes visit only unfinished tiles
     }
-    let h = wg.y;
-    let b = wg.z;
+    let h = params.head_base + wg.y;
+    let b = params.batch_base + wg.z;
     // With P = 1 these fold to constants, and the lane guards below vanish when P divides D4.
     var part = 0u;
     var r = lid;
@@ -75,8 +75,8 @@ fn main(ids: Ids) {
     let row = qt * BR + r;
     let live = row < params.n;
     let kvh = h / params.group;
-    let q_base = ((b * params.heads + h) * params.n + row) * D4 + lane0;
-    let kv_base = (b * params.kv_heads + kvh) * params.m * D4;
+    let q_base = ((b * params.heads + h) * params.n + row) * D4 + lane0 - params.q_shift;
+    let kv_base = (b * params.kv_heads + kvh) * params.m * D4 - params.kv_shift;
     let pos = params.q_offset + i32(row);
     var slope = 0.0;
     if params.alibi != 0u {
@@ -114,7 +114,7 @@ fn main(ids: Ids) {
     if resume && t_begin == t_end {
         return; // nothing left for this query tile: O and LSE are final (uniform per workgroup)
     }
-    let row_lse_at = (b * params.heads + h) * params.n + row;
+    let row_lse_at = (b * params.heads + h) * params.n + row - params.lse_shift;
     if resume && live {
         let prev = lse[row_lse_at];
         if prev != params.neg_inf {

@@ -242,6 +242,38 @@ impl Gpu {
         }))
     }
 
+    /// A storage buffer holding `data` that kernels bind in ranges: only the buffer-size limit
+    /// applies (a kernel that binds it whole checks the binding limit itself).
+    pub fn upload_ranged<T: bytemuck::Pod>(&self, what: &str, data: &[T]) -> Result<wgpu::Buffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let limit = self.limits.max_buffer_size;
+        if bytes.len() as u64 > limit {
+            return Err(Error::BufferTooLarge { what: what.into(), bytes: bytes.len() as u64, limit });
+        }
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(what),
+            size: (bytes.len() as u64).max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.queue.write_buffer(&buf, 0, bytes);
+        Ok(buf)
+    }
+
+    /// An uninitialised buffer that kernels bind in ranges (buffer-size limit only).
+    pub fn storage_ranged(&self, what: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        let limit = self.limits.max_buffer_size;
+        if bytes > limit {
+            return Err(Error::BufferTooLarge { what: what.into(), bytes, limit });
+        }
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(what),
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
     /// An uninitialised storage buffer of `bytes` bytes.
     pub fn storage(&self, what: &str, bytes: u64) -> Result<wgpu::Buffer> {
         self.check_binding(what, bytes)?;
@@ -359,6 +391,30 @@ impl Gpu {
         }
         self.pipelines.lock().unwrap().insert(key, pipeline.clone());
         Ok(pipeline)
+    }
+
+    /// A bind group in binding order over whole buffers or `(offset, size)` byte ranges.
+    pub fn bind_group_ranges(
+        &self,
+        layout: &wgpu::BindGroupLayout,
+        buffers: &[(&wgpu::Buffer, Option<(u64, u64)>)],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<_> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, (b, range))| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: match range {
+                    None => b.as_entire_binding(),
+                    Some((offset, size)) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: b,
+                        offset: *offset,
+                        size: std::num::NonZeroU64::new(*size),
+                    }),
+                },
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
     }
 
     /// A bind group over whole buffers at the given binding numbers.

@@ -66,3 +66,33 @@ fn naive_refuses_rows_longer_than_a_loop_iteration_cap() {
     let err = Attention::new(g, Kernel::Naive, &spec).err().expect("refused");
     assert!(matches!(err, longctx::Error::LoopLimit { .. }), "{err}");
 }
+
+#[test]
+fn flash_runs_tensors_beyond_one_binding_in_chunks_of_heads() {
+    let g = small_gpu();
+    let seed = common::seed();
+    // Q = 2·6·700·64·4 B = 2.1 MiB, K = 2·3·700·64·4 B = 1.0 MiB > the 1 MiB binding:
+    // per batch, kv heads in runs of 2 (with their 2 query heads each) → 4 chunks
+    for spec in [
+        AttnSpec::new(AttnShape { batch: 2, heads: 6, kv_heads: 3, n: 700, m: 700, head_dim: 64 })
+            .causal(true),
+        AttnSpec::new(AttnShape { batch: 1, heads: 5, kv_heads: 5, n: 300, m: 1500, head_dim: 128 })
+            .window(Some(longctx::Window::new(100, 20)))
+            .alibi(longctx::Alibi::Standard),
+    ] {
+        let attn = Attention::new(g, Kernel::Flash, &spec).unwrap();
+        let chunks = attn.flash().unwrap().chunks();
+        assert!(chunks > 1, "{chunks} chunk(s)");
+        let e = common::check_kernel_on(g, &attn, seed, 1e-5);
+        println!("flash beyond a 1 MiB binding: {chunks} chunks, rel err {:.2e}", e.o);
+    }
+}
+
+#[test]
+fn one_kv_head_beyond_the_binding_is_a_typed_error_for_flash() {
+    let g = small_gpu();
+    // one kv head's K: 5000·64·4 B = 1.2 MiB > 1 MiB
+    let spec = AttnSpec::new(AttnShape::mha(1, 1, 4, 5000, 64));
+    let err = Attention::new(g, Kernel::Flash, &spec).err().expect("refused");
+    assert!(matches!(err, longctx::Error::BindingTooLarge { limit: 1_048_576, .. }), "{err}");
+}

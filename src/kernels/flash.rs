@@ -194,15 +194,15 @@ impl FlashCounters {
 pub struct Flash {
     config: FlashConfig,
     pipeline: wgpu::ComputePipeline,
-    /// One parameter block and workgroup count (query tiles launched) per pass.
-    passes: Vec<(wgpu::Buffer, u32)>,
+    /// One dispatch per (chunk of heads that fits the bindings, pass over the tile lists).
+    passes: Vec<Dispatch>,
+    chunks: usize,
     block_map: wgpu::Buffer,
     map: BlockMap,
     slopes: wgpu::Buffer,
     /// Real counters when instrumented, else a 4-byte placeholder binding.
     counters: wgpu::Buffer,
     instrumented: bool,
-    groups: [u32; 3],
 }
 
 impl Flash {
@@ -251,11 +251,8 @@ impl Flash {
             }
         }
         gpu.check_workgroup(NAME, config.workgroup_bytes(s.head_dim), config.invocations())?;
-        let groups = [s.n.div_ceil(config.br as usize) as u64, s.heads as u64, s.batch as u64];
-        gpu.check_dispatch(NAME, groups)?;
-        for (what, len) in [("Q", s.q_len()), ("K", s.kv_len()), ("V", s.kv_len()), ("O", s.q_len())] {
-            gpu.check_binding(what, len as u64 * 4)?;
-        }
+        gpu.check_dispatch(NAME, [s.n.div_ceil(config.br as usize) as u64, s.heads as u64, s.batch as u64])?;
+        let chunks = Chunk::plan(gpu, spec)?;
 
         let map = BlockMap::build(spec, config.br as usize, config.bc as usize)?;
         let (mut words, [entries, mask_index, bits]) = map.to_gpu_words();
@@ -268,23 +265,37 @@ impl Flash {
         params.pass_tiles = config.pass_tiles;
         // Pass 0 launches every query tile; pass k only those whose list (in any head) is
         // longer than k·pass_tiles, listed after the map in the same buffer.
-        let mut passes = Vec::new();
+        let mut pass_lists = Vec::new(); // (qtile_list offset, query tiles launched) per pass
         for k in 0..Self::pass_count(&map, config.pass_tiles) {
-            params.pass_index = k as u32;
-            let launched = if k == 0 {
-                params.qtile_list = u32::MAX;
-                map.n_qtiles
+            if k == 0 {
+                pass_lists.push((u32::MAX, map.n_qtiles as u32));
             } else {
                 let t = config.pass_tiles as usize * k;
                 let active: Vec<u32> = (0..map.n_qtiles)
                     .filter(|&qt| (0..map.heads).any(|h| map.row(h, qt).len() > t))
                     .map(|qt| qt as u32)
                     .collect();
-                params.qtile_list = words.len() as u32;
+                pass_lists.push((words.len() as u32, active.len() as u32));
                 words.extend_from_slice(&active);
-                active.len()
-            };
-            passes.push((gpu.uniform("flash params", &params), launched as u32));
+            }
+        }
+        let mut passes = Vec::new();
+        for chunk in &chunks {
+            params.q_shift = (chunk.q.0 / 16) as u32;
+            params.kv_shift = (chunk.kv.0 / 16) as u32;
+            params.lse_shift = (chunk.lse.0 / 4) as u32;
+            params.head_base = chunk.head_base as u32;
+            params.batch_base = chunk.batch_base as u32;
+            for (k, &(list, launched)) in pass_lists.iter().enumerate() {
+                params.pass_index = k as u32;
+                params.qtile_list = list;
+                let groups = [launched, chunk.heads as u32, chunk.batches as u32];
+                passes.push(Dispatch {
+                    params: gpu.uniform("flash params", &params),
+                    groups,
+                    chunk: chunk.clone(),
+                });
+            }
         }
 
         let pipeline = gpu.pipeline(&config.variant(s.head_dim, instrumented), &layout(gpu))?;
@@ -292,12 +303,12 @@ impl Flash {
             config,
             pipeline,
             passes,
+            chunks: chunks.len(),
             block_map: gpu.upload("flash block map", &words)?,
             map,
             slopes: gpu.upload("ALiBi slopes", &slopes_words(spec))?,
             counters: gpu.storage("flash counters", if instrumented { 20 } else { 4 })?,
             instrumented,
-            groups: groups.map(|g| g as u32),
         })
     }
 
@@ -311,9 +322,14 @@ impl Flash {
         self.config
     }
 
-    /// Dispatches per call (1 unless the adapter caps loop iterations).
+    /// Passes over the tile lists per call (1 unless the adapter caps loop iterations).
     pub fn passes(&self) -> usize {
-        self.passes.len()
+        self.passes.len() / self.chunks
+    }
+
+    /// Chunks of heads dispatched separately so every binding fits (1 when all fit).
+    pub fn chunks(&self) -> usize {
+        self.chunks
     }
 
     /// The traffic of the tile loop: every listed tile stages its keys of K and V once per
@@ -359,7 +375,7 @@ impl Flash {
     /// The block map buffer, the slopes buffer and the first pass's parameters, for kernels
     /// that read the same map (the heatmap).
     pub(crate) fn bindings(&self) -> (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer) {
-        (&self.block_map, &self.slopes, &self.passes[0].0)
+        (&self.block_map, &self.slopes, &self.passes[0].params)
     }
 
     /// The tiles this call visits.
@@ -369,7 +385,7 @@ impl Flash {
 
     /// Block map and parameters: linear in the number of listed tiles, never N×M floats.
     pub fn scratch_bytes(&self) -> u64 {
-        self.block_map.size() + self.slopes.size() + self.passes.iter().map(|p| p.0.size()).sum::<u64>()
+        self.block_map.size() + self.slopes.size() + self.passes.iter().map(|p| p.params.size()).sum::<u64>()
     }
 
     /// The counters of the last run (instrumented variant only; blocks until read).
@@ -401,14 +417,128 @@ impl Flash {
         let mut pass =
             encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes });
         pass.set_pipeline(&self.pipeline);
-        let [_, y, z] = self.groups;
-        for (params, x) in &self.passes {
-            let bind = gpu.bind_group(
+        for d in &self.passes {
+            let c = &d.chunk;
+            let bind = gpu.bind_group_ranges(
                 &layout,
-                &[params, b.q, b.k, b.v, b.o, b.lse, &self.block_map, &self.slopes, &self.counters],
+                &[
+                    (&d.params, None),
+                    (b.q, c.q_range(b.q)),
+                    (b.k, c.kv_range(b.k)),
+                    (b.v, c.kv_range(b.v)),
+                    (b.o, c.q_range(b.o)),
+                    (b.lse, c.lse_range(b.lse)),
+                    (&self.block_map, None),
+                    (&self.slopes, None),
+                    (&self.counters, None),
+                ],
             );
             pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups(*x, y, z);
+            let [x, y, z] = d.groups;
+            pass.dispatch_workgroups(x, y, z);
         }
+    }
+}
+
+/// One dispatch: its parameters, workgroup counts and the chunk it covers.
+struct Dispatch {
+    params: wgpu::Buffer,
+    groups: [u32; 3],
+    chunk: Chunk,
+}
+
+/// Heads dispatched together and the byte ranges of Q/O, K/V and LSE they read and write,
+/// each starting at an offset aligned for binding (the shifts in `Params` undo the slack).
+#[derive(Clone, Debug)]
+struct Chunk {
+    head_base: usize,
+    heads: usize,
+    batch_base: usize,
+    batches: usize,
+    /// (aligned offset, size) in bytes; size 0 = the whole buffer.
+    q: (u64, u64),
+    kv: (u64, u64),
+    lse: (u64, u64),
+}
+
+impl Chunk {
+    /// One chunk for everything when every tensor fits one binding; else, per batch, runs
+    /// of kv heads (with their query heads) as long as Q and K fit one binding each.
+    fn plan(gpu: &Gpu, spec: &AttnSpec) -> Result<Vec<Chunk>> {
+        let s = spec.shape;
+        let l = gpu.limits();
+        let limit = l.max_storage_buffer_binding_size;
+        for (what, len) in [("Q", s.q_len()), ("K", s.kv_len()), ("V", s.kv_len()), ("O", s.q_len())] {
+            let bytes = len as u64 * 4;
+            if bytes > l.max_buffer_size {
+                return Err(crate::Error::BufferTooLarge {
+                    what: what.into(),
+                    bytes,
+                    limit: l.max_buffer_size,
+                });
+            }
+        }
+        if (s.q_len().max(s.kv_len()) as u64) * 4 <= limit {
+            let whole = (0, 0);
+            return Ok(vec![Chunk {
+                head_base: 0,
+                heads: s.heads,
+                batch_base: 0,
+                batches: s.batch,
+                q: whole,
+                kv: whole,
+                lse: whole,
+            }]);
+        }
+        let align = l.min_storage_buffer_offset_alignment as u64;
+        let g = s.group();
+        let (d, n, m) = (s.head_dim as u64, s.n as u64, s.m as u64);
+        let q_per_kv = g as u64 * n * d * 4;
+        let kv_per_kv = m * d * 4;
+        let per_chunk = (limit.saturating_sub(align) / q_per_kv).min(limit.saturating_sub(align) / kv_per_kv);
+        if per_chunk == 0 {
+            return Err(crate::Error::BindingTooLarge {
+                what: format!(
+                    "flash: the Q rows of one kv head's {g} query heads ({q_per_kv} bytes) or its K ({kv_per_kv} bytes)"
+                ),
+                bytes: q_per_kv.max(kv_per_kv) + align,
+                limit,
+            });
+        }
+        let range = |offset: u64, size: u64| {
+            let aligned = offset - offset % align;
+            (aligned, offset + size - aligned)
+        };
+        let mut out = Vec::new();
+        for b in 0..s.batch {
+            for kh0 in (0..s.kv_heads).step_by(per_chunk as usize) {
+                let kh1 = (kh0 + per_chunk as usize).min(s.kv_heads);
+                let (h0, heads) = (kh0 * g, (kh1 - kh0) * g);
+                let first_row = (b * s.heads + h0) as u64;
+                out.push(Chunk {
+                    head_base: h0,
+                    heads,
+                    batch_base: b,
+                    batches: 1,
+                    q: range(first_row * n * d * 4, heads as u64 * n * d * 4),
+                    kv: range((b * s.kv_heads + kh0) as u64 * m * d * 4, (kh1 - kh0) as u64 * m * d * 4),
+                    lse: range(first_row * n * 4, heads as u64 * n * 4),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn whole(r: (u64, u64)) -> bool {
+        r.1 == 0
+    }
+    fn q_range(&self, _: &wgpu::Buffer) -> Option<(u64, u64)> {
+        (!Self::whole(self.q)).then_some(self.q)
+    }
+    fn kv_range(&self, _: &wgpu::Buffer) -> Option<(u64, u64)> {
+        (!Self::whole(self.kv)).then_some(self.kv)
+    }
+    fn lse_range(&self, _: &wgpu::Buffer) -> Option<(u64, u64)> {
+        (!Self::whole(self.lse)).then_some(self.lse)
     }
 }

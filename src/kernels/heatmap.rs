@@ -64,6 +64,12 @@ impl Heatmap {
         let flash = attn.flash().ok_or_else(|| {
             Error::Invalid("the heatmap needs a flash attention (for its LSE and block map)".into())
         })?;
+        if flash.chunks() > 1 {
+            return Err(Error::Invalid(format!(
+                "the heatmap binds Q and K whole; this problem needs {} chunks to fit the device's bindings",
+                flash.chunks()
+            )));
+        }
         let c = flash.config();
         let layout = gpu.layout(
             NAME,

@@ -97,7 +97,12 @@ pub(crate) struct Params {
     pub pass_index: u32,
     pub pass_tiles: u32,
     pub qtile_list: u32,
-    pub pad: [u32; 2],
+    pub q_shift: u32,
+    pub kv_shift: u32,
+    pub lse_shift: u32,
+    pub head_base: u32,
+    pub batch_base: u32,
+    pub pad: u32,
 }
 
 impl Params {
@@ -127,7 +132,12 @@ impl Params {
             pass_index: 0,
             pass_tiles: 0,
             qtile_list: u32::MAX,
-            pad: [0; 2],
+            q_shift: 0,
+            kv_shift: 0,
+            lse_shift: 0,
+            head_base: 0,
+            batch_base: 0,
+            pad: 0,
         }
     }
 }
@@ -407,11 +417,11 @@ impl DeviceTensors {
     pub fn upload(gpu: &Gpu, spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32]) -> Result<Self> {
         let s = spec.shape;
         Ok(Self {
-            q: gpu.upload("Q", q)?,
-            k: gpu.upload("K", k)?,
-            v: gpu.upload("V", v)?,
-            o: gpu.storage("O", s.q_len() as u64 * 4)?,
-            lse: gpu.storage("LSE", s.lse_len() as u64 * 4)?,
+            q: gpu.upload_ranged("Q", q)?,
+            k: gpu.upload_ranged("K", k)?,
+            v: gpu.upload_ranged("V", v)?,
+            o: gpu.storage_ranged("O", s.q_len() as u64 * 4)?,
+            lse: gpu.storage_ranged("LSE", s.lse_len() as u64 * 4)?,
             q_len: s.q_len(),
             lse_len: s.lse_len(),
         })
