@@ -41,6 +41,8 @@ fn every_panel_renders() {
         (Tab::Tiles, "panel_tiles"),
         (Tab::Alibi, "panel_alibi"),
         (Tab::Traffic, "panel_traffic"),
+        (Tab::Decode, "panel_decode"),
+        (Tab::Memory, "panel_memory"),
         (Tab::Bench, "panel_bench"),
     ] {
         h.get_by_label(tab.label()).click();

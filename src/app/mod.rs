@@ -5,6 +5,7 @@ mod alibi;
 mod bench;
 mod colormap;
 mod decode;
+mod memory;
 pub mod patterns;
 mod tiles;
 mod traffic;
@@ -34,11 +35,13 @@ pub enum Tab {
     Alibi,
     Traffic,
     Decode,
+    Memory,
     Bench,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 6] = [Tab::Patterns, Tab::Tiles, Tab::Alibi, Tab::Traffic, Tab::Decode, Tab::Bench];
+    pub const ALL: [Tab; 7] =
+        [Tab::Patterns, Tab::Tiles, Tab::Alibi, Tab::Traffic, Tab::Decode, Tab::Memory, Tab::Bench];
     pub fn label(self) -> &'static str {
         match self {
             Tab::Patterns => "Patterns",
@@ -46,6 +49,7 @@ impl Tab {
             Tab::Alibi => "ALiBi",
             Tab::Traffic => "Memory traffic",
             Tab::Decode => "Decode",
+            Tab::Memory => "Memory plan",
             Tab::Bench => "Benchmarks",
         }
     }
@@ -90,6 +94,7 @@ pub struct LongctxApp {
     pub alibi: alibi::AlibiState,
     pub traffic: traffic::TrafficState,
     pub decode: decode::DecodeState,
+    pub memory: memory::MemoryState,
     pub bench: bench::BenchState,
     /// Run jobs in the UI thread (deterministic frames, for tests).
     pub inline_jobs: bool,
@@ -109,6 +114,7 @@ impl LongctxApp {
             alibi: Default::default(),
             traffic: Default::default(),
             decode: Default::default(),
+            memory: Default::default(),
             bench: Default::default(),
             inline_jobs: false,
         }
@@ -152,6 +158,7 @@ impl eframe::App for LongctxApp {
                     traffic::traffic_ui(ui, &mut self.traffic, &self.patterns.settings, &gpu, inline)
                 }
                 Tab::Decode => decode::decode_ui(ui, &mut self.decode, &gpu, inline),
+                Tab::Memory => memory::memory_ui(ui, &mut self.memory),
                 Tab::Bench => bench::bench_ui(ui, &mut self.bench, &gpu, inline),
             }
         });

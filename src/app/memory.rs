@@ -1,0 +1,98 @@
+//! Memory panel: the planner's table for a model preset and context, and memory against
+//! context for naive vs flash training and MHA vs GQA vs MQA caches, with GPU capacities.
+
+use egui_plot::{HLine, Legend, Line, Plot};
+
+use crate::plan::{GPUS, ModelShape, Plan, context_cost_ratio};
+
+pub struct MemoryState {
+    pub preset: &'static str,
+    pub n_k: usize,
+}
+
+impl Default for MemoryState {
+    fn default() -> Self {
+        Self { preset: "llama-7b", n_k: 100 }
+    }
+}
+
+fn gb(b: u64) -> String {
+    format!("{:.1} GB", b as f64 / 1e9)
+}
+
+pub fn memory_ui(ui: &mut egui::Ui, st: &mut MemoryState) {
+    ui.horizontal(|ui| {
+        egui::ComboBox::from_label("model").selected_text(st.preset).show_ui(ui, |ui| {
+            for p in ModelShape::PRESETS {
+                ui.selectable_value(&mut st.preset, p, p);
+            }
+        });
+        ui.add(egui::Slider::new(&mut st.n_k, 1..=256).logarithmic(true).text("context (K tokens)"));
+    });
+    let model = ModelShape::preset(st.preset).expect("a preset");
+    let n = st.n_k * 1024;
+    let plan = Plan::new(&model, n, 1, 2);
+    ui.label(format!(
+        "{}: {:.2} B parameters, bf16; growing the context 2K -> {}K costs {:.1}x per the seed's (d + p·n)/(d + n)",
+        model.name,
+        plan.params as f64 / 1e9,
+        st.n_k,
+        context_cost_ratio(model.d_model, 2048, n)
+    ));
+    egui::Grid::new("plan table").striped(true).show(ui, |ui| {
+        ui.strong("memory");
+        ui.strong("bytes");
+        for (gpu, _) in GPUS {
+            ui.strong(gpu);
+        }
+        ui.end_row();
+        for (name, b) in [
+            ("weights", plan.weights),
+            ("KV cache (model's kv heads)", plan.kv_cache),
+            ("KV cache as MQA", plan.kv_cache_mqa),
+            ("training, naive attention", plan.training_total_naive),
+            ("training, flash attention", plan.training_total_flash),
+        ] {
+            ui.label(name);
+            ui.label(gb(b));
+            for (_, k) in Plan::gpus_needed(b) {
+                ui.label(if k <= 1 { "fits 1".to_string() } else { format!("{k} GPUs") });
+            }
+            ui.end_row();
+        }
+    });
+    let ks: Vec<usize> = (0..=9).map(|i| 1usize << i).map(|k| k * 1024).collect(); // 1K … 512K
+    let log = |x: f64| x.max(1.0).log10();
+    let series = |f: &dyn Fn(&Plan) -> u64| -> Vec<[f64; 2]> {
+        ks.iter().map(|&n| [log(n as f64), log(f(&Plan::new(&model, n, 1, 2)) as f64)]).collect()
+    };
+    ui.columns(2, |cols| {
+        cols[0].label("training memory against context (log10)");
+        Plot::new("train memory")
+            .legend(Legend::default())
+            .height(300.0)
+            .x_axis_label("log10 tokens")
+            .y_axis_label("log10 bytes")
+            .show(&mut cols[0], |p| {
+                p.line(Line::new("naive attention", series(&|pl| pl.training_total_naive)));
+                p.line(Line::new("flash attention", series(&|pl| pl.training_total_flash)));
+                for (gpu, cap) in GPUS {
+                    p.hline(HLine::new(gpu, log(cap as f64)));
+                }
+            });
+        cols[1].label("KV cache against context (log10)");
+        Plot::new("kv memory plan")
+            .legend(Legend::default())
+            .height(300.0)
+            .x_axis_label("log10 tokens")
+            .y_axis_label("log10 bytes")
+            .show(&mut cols[1], |p| {
+                p.line(Line::new("MHA", series(&|pl| pl.kv_cache_mha)));
+                p.line(Line::new("GQA (8)", series(&|pl| pl.kv_cache_gqa8)));
+                p.line(Line::new("MQA", series(&|pl| pl.kv_cache_mqa)));
+                for (gpu, cap) in GPUS {
+                    p.hline(HLine::new(gpu, log(cap as f64)));
+                }
+            });
+    });
+}
