@@ -60,6 +60,9 @@ struct Head {
 @group(0) @binding(7) var<storage, read> slopes: array<f32>;
 @group(0) @binding(8) var<storage, read_write> o: array<vec4<f32>>;  // [H, T, D]
 @group(0) @binding(9) var<storage, read_write> lse: array<f32>;      // [H, T]
+// Instrumentation (COUNT = 1 only): [0] cache slots staged (K and V rows each, summed over
+// kv heads and splits), [1] query rows read, [2] partial rows written.
+@group(0) @binding(10) var<storage, read_write> counters: array<atomic<u32>>;
 
 const MASKED: f32 = -3.0e38;
 
@@ -105,7 +108,15 @@ fn attend(ids: Ids) {
     var s: array<f32, BC>;
     let begin = step.slot0 + split * step.chunk;
     let end = min(step.slot0 + step.slots, begin + step.chunk);
+    if COUNT != 0u && lid == 0u {
+        let live_rows = min(WG, rows - min(rows, wg.y * WG));
+        atomicAdd(&counters[1], live_rows);
+        atomicAdd(&counters[2], live_rows);
+    }
     for (var slot0 = begin; slot0 < end; slot0 += BC) {
+        if COUNT != 0u && lid == 0u {
+            atomicAdd(&counters[0], min(BC, end - slot0));
+        }
         for (var x = lid; x < BC * D4; x += WG) {
             let slot = slot0 + x / D4;
             var kk = vec4<f32>(0.0);

@@ -181,3 +181,40 @@ fn decode_panel_measures_tokens_per_second() {
     assert_eq!(m.len(), 9, "3 variants × 3 contexts: {}", h.state().decode.message);
     assert!(m.iter().all(|x| x.2 > 0.0));
 }
+
+#[test]
+fn patterns_load_qkv_from_a_safetensors_file() {
+    use safetensors::{Dtype, tensor::TensorView};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qkv.safetensors");
+    let (h, n, d) = (2usize, 48usize, 32usize);
+    let mut x = 7u32;
+    let bytes: Vec<Vec<u8>> = (0..3)
+        .map(|_| {
+            (0..h * n * d)
+                .flat_map(|_| {
+                    x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+                    ((x >> 8) as f32 / (1u32 << 24) as f32 - 0.5).to_le_bytes()
+                })
+                .collect()
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = ["q", "k", "v"]
+        .iter()
+        .zip(&bytes)
+        .map(|(name, b)| (name.to_string(), TensorView::new(Dtype::F32, vec![h, n, d], b).unwrap()))
+        .collect();
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let mut harness = harness([1000.0, 760.0]);
+    harness.state_mut().patterns.settings.inputs = longctx::app::patterns::Inputs::Files {
+        q: String::new(),
+        k: String::new(),
+        v: String::new(),
+        safetensors: path.to_string_lossy().into_owned(),
+    };
+    harness.run_steps(3);
+    let st = &harness.state().patterns;
+    let c = st.computed.as_ref().unwrap_or_else(|| panic!("not loaded: {:?}", st.error));
+    assert_eq!((c.spec.shape.heads, c.spec.shape.n, c.spec.shape.head_dim), (h, n, d));
+    assert!(st.heat.is_some());
+}

@@ -153,3 +153,27 @@ fn overflow_and_bad_shapes_are_typed_errors() {
     ring.ring = true;
     assert!(Decoder::new(g, ring).is_err(), "ring without a window");
 }
+
+#[test]
+fn traffic_model_equals_counters_and_mqa_reads_a_fraction() {
+    let g = gpu();
+    let mut per_variant = Vec::new();
+    for hkv in [8, 2, 1] {
+        let mut cfg = DecoderConfig::new(8, hkv, 64, 700);
+        cfg.instrumented = true;
+        cfg.chunk = 128;
+        let mut dec = Decoder::new(g, cfg).unwrap();
+        let mut rng = StdRng::seed_from_u64(3);
+        dec.prefill(g, 0, &random(hkv * 600 * 64, &mut rng), &random(hkv * 600 * 64, &mut rng)).unwrap();
+        dec.step(g, 0, &random(8 * 64, &mut rng), &random(hkv * 64, &mut rng), &random(hkv * 64, &mut rng))
+            .unwrap();
+        let counted = dec.counted_traffic(g).unwrap().unwrap();
+        assert_eq!(dec.step_traffic(), counted, "kv heads {hkv}");
+        per_variant.push(counted.read);
+    }
+    println!(
+        "bytes read per step, 8 query heads: MHA {} GQA(2) {} MQA {}",
+        per_variant[0], per_variant[1], per_variant[2]
+    );
+    assert!(per_variant[2] * 4 < per_variant[0], "MQA reads far less than MHA");
+}

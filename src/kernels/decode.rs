@@ -41,6 +41,8 @@ pub struct DecoderConfig {
     pub chunk: usize,
     /// Use subgroup shuffles where the device allows (else plain workgroup-memory loads).
     pub subgroups: bool,
+    /// Build the instrumented kernel, which counts what it loads ([`Decoder::counted_traffic`]).
+    pub instrumented: bool,
 }
 
 impl DecoderConfig {
@@ -58,6 +60,7 @@ impl DecoderConfig {
             max_step_tokens: 1,
             chunk: 0,
             subgroups: true,
+            instrumented: false,
         }
     }
 
@@ -102,8 +105,8 @@ pub fn workgroup_size(rows: usize) -> u32 {
 }
 
 /// The shader variants (attend and combine) for head dim `d`, `wg` invocations, subgroup
-/// width `sg` (0: no subgroup shuffles).
-pub fn variants(d: usize, bc: u32, wg: u32, sg: u32) -> Vec<ShaderVariant> {
+/// width `sg` (0: no subgroup shuffles); `count` builds the instrumented attend.
+pub fn variants(d: usize, bc: u32, wg: u32, sg: u32, count: bool) -> Vec<ShaderVariant> {
     let d4 = (d / 4) as u32;
     let d4p = if sg > 0 { d4.div_ceil(sg) * sg } else { d4 };
     ["attend", "combine"]
@@ -120,6 +123,7 @@ pub fn variants(d: usize, bc: u32, wg: u32, sg: u32) -> Vec<ShaderVariant> {
                 ("WG", wg),
                 ("SG", sg),
                 ("SG_GUARD_U", (sg > 0 && d4 % sg != 0) as u32),
+                ("COUNT", count as u32),
             ],
         })
         .collect()
@@ -228,6 +232,7 @@ pub struct Decoder {
     partials: wgpu::Buffer,
     o: wgpu::Buffer,
     lse: wgpu::Buffer,
+    counters: wgpu::Buffer,
     chunk: usize,
     max_splits: usize,
     wg: u32,
@@ -297,6 +302,7 @@ impl Decoder {
                 storage_entry(5, true),
                 storage_entry(6, false),
                 storage_entry(7, true),
+                storage_entry(10, false),
             ],
         );
         let combine_layout = gpu.layout(
@@ -309,7 +315,8 @@ impl Decoder {
                 storage_entry(9, false),
             ],
         );
-        let [va, vc]: [ShaderVariant; 2] = variants(d, bc, wg, sg).try_into().expect("two entries");
+        let [va, vc]: [ShaderVariant; 2] =
+            variants(d, bc, wg, sg, cfg.instrumented).try_into().expect("two entries");
         let attend = gpu.pipeline(&va, &attend_layout)?;
         let combine = gpu.pipeline(&vc, &combine_layout)?;
 
@@ -342,6 +349,7 @@ impl Decoder {
             partials: gpu.storage("decode partials", (max_splits * rows * (d + 4) * 4) as u64)?,
             o: gpu.storage("decode O", (rows * d * 4) as u64)?,
             lse: gpu.storage("decode LSE", (rows * 4) as u64)?,
+            counters: gpu.storage("decode counters", 16)?,
             chunk,
             max_splits,
             wg,
@@ -467,6 +475,7 @@ impl Decoder {
                         (5, &self.cache.v[layer][kvh]),
                         (6, &self.partials),
                         (7, &self.slopes),
+                        (10, &self.counters),
                     ],
                 );
                 pass.set_bind_group(0, &bind, &[]);
@@ -512,15 +521,44 @@ impl Decoder {
             .scale(self.cfg.scale)
     }
 
-    /// Device-memory traffic of the last step: K and V of the visited slots once per kv head,
-    /// Q, partials written and read, O and LSE written.
+    /// What the instrumented kernel moved in the last step, in the units of
+    /// [`Decoder::step_traffic`] (`None` unless built with `instrumented`). The attend pass
+    /// counts on the device; the combine pass (every split's partial read, O and LSE
+    /// written) is added from its loop, which has no data-dependent trip counts.
+    pub fn counted_traffic(&self, gpu: &Gpu) -> Result<Option<Traffic>> {
+        if !self.cfg.instrumented {
+            return Ok(None);
+        }
+        let c: Vec<u32> = gpu.read(&self.counters, 3)?;
+        let d = self.cfg.head_dim as u64;
+        let (_, combine_read, combine_written) = self.combine_traffic();
+        Ok(Some(Traffic {
+            read: c[0] as u64 * 2 * d * 4 + c[1] as u64 * d * 4 + combine_read,
+            written: c[2] as u64 * (d + 4) * 4 + combine_written,
+        }))
+    }
+
+    /// (rows, combine bytes read, combine bytes written) of the last step.
+    fn combine_traffic(&self) -> (u64, u64, u64) {
+        let d = self.cfg.head_dim as u64;
+        let s = self.last;
+        let rows = self.cfg.heads as u64 * s.nq as u64;
+        (rows, s.splits as u64 * rows * (d + 4) * 4, rows * (d + 1) * 4)
+    }
+
+    /// Device-memory traffic of the last step, from the kernels' loops: every split's
+    /// workgroup stages its cache slots of K and V once per kv head (and row block) and
+    /// reads its query rows; partials are written once and read once by the combine, which
+    /// writes O and LSE. MQA's K/V term is 1/H of MHA's.
     pub fn step_traffic(&self) -> Traffic {
         let d = self.cfg.head_dim as u64;
         let s = self.last;
-        let rows = (self.cfg.heads as u64) * s.nq as u64;
-        let kv = 2 * self.cfg.kv_heads as u64 * s.slots as u64 * d * 4;
-        let partial = s.splits as u64 * rows * (d + 4) * 4;
-        Traffic { read: kv + rows * d * 4 + partial, written: partial + rows * (d + 1) * 4 }
+        let (rows, combine_read, combine_written) = self.combine_traffic();
+        let row_blocks = ((self.cfg.heads / self.cfg.kv_heads) as u64 * s.nq as u64).div_ceil(self.wg as u64);
+        let kv = self.cfg.kv_heads as u64 * row_blocks * s.slots as u64 * 2 * d * 4;
+        let q = s.splits as u64 * rows * d * 4;
+        let partial_written = s.splits as u64 * rows * (d + 4) * 4;
+        Traffic { read: kv + q + combine_read, written: partial_written + combine_written }
     }
 }
 

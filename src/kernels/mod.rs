@@ -186,7 +186,7 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
         .chain((4..=MAX_HEAD_DIM).step_by(4).flat_map(|d| {
             [(8, 0), (64, 0), (8, 8), (32, 32)]
                 .into_iter()
-                .flat_map(move |(wg, sg)| decode::variants(d, 8, wg, sg))
+                .flat_map(move |(wg, sg)| decode::variants(d, 8, wg, sg, sg > 0))
         }))
         .chain((4..=MAX_HEAD_DIM).step_by(4).map(|d| {
             let c = flash::FlashConfig::for_limits(limits, d);
