@@ -252,15 +252,19 @@ pub struct Attention {
 impl Attention {
     /// Prepares `kernel` for `spec` on `gpu` with the default tile configuration.
     pub fn new(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec) -> Result<Self> {
+        Self::prepare(gpu, kernel, spec, false)
+    }
+
+    fn prepare(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec, instrumented: bool) -> Result<Self> {
         spec.validate()?;
         let plan = match kernel {
             Kernel::Flash => Plan::Flash(flash::Flash::new(
                 gpu,
                 spec,
                 flash::FlashConfig::for_device(gpu, spec.shape.head_dim),
-                false,
+                instrumented,
             )?),
-            Kernel::Naive => Plan::Naive(naive::Naive::new(gpu, spec, false)?),
+            Kernel::Naive => Plan::Naive(naive::Naive::new(gpu, spec, instrumented)?),
         };
         Ok(Self { spec: spec.clone(), plan })
     }
@@ -283,17 +287,7 @@ impl Attention {
     /// Prepares the instrumented variant of `kernel` (default tiles), which counts the bytes
     /// it moves; read them with [`Attention::measured_traffic`] after a run.
     pub fn instrumented(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec) -> Result<Self> {
-        spec.validate()?;
-        let plan = match kernel {
-            Kernel::Flash => Plan::Flash(flash::Flash::new(
-                gpu,
-                spec,
-                flash::FlashConfig::for_device(gpu, spec.shape.head_dim),
-                true,
-            )?),
-            Kernel::Naive => Plan::Naive(naive::Naive::new(gpu, spec, true)?),
-        };
-        Ok(Self { spec: spec.clone(), plan })
+        Self::prepare(gpu, kernel, spec, true)
     }
 
     /// The traffic model: device-memory bytes this kernel's loops move, derived from the
