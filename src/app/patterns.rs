@@ -192,7 +192,11 @@ impl Computed {
         let kj = &self.k[(kvh * s.m + j) * d..][..d];
         let dot: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
         let slope = self.spec.slopes().map_or(0.0, |sl| sl[head]);
-        let bias = -slope * (self.spec.position(i) - j as i64).unsigned_abs() as f32;
+        let bias = if slope == 0.0 {
+            0.0
+        } else {
+            -slope * (self.spec.position(i) - j as i64).unsigned_abs() as f32
+        };
         let score = self.spec.scale_value() * dot + bias;
         let visible = self.spec.visible(head, i, j);
         let lse = self.lse[head * s.n + i];
