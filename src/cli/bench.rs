@@ -73,6 +73,9 @@ pub struct BenchArgs {
     /// Write the records as CSV to this path.
     #[arg(long)]
     csv: Option<PathBuf>,
+    /// Instead of attention, time the tiled matmul at these square sizes (e.g. 512,1024).
+    #[arg(long, value_delimiter = ',')]
+    matmul: Option<Vec<String>>,
 }
 
 /// Parses `512`, `4k`, `1K`.
@@ -191,6 +194,10 @@ fn configs(a: &BenchArgs) -> anyhow::Result<Vec<Config>> {
 pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let gpu = dev.gpu()?;
+    if let Some(sizes) = &a.matmul {
+        let sizes = sizes.iter().map(|s| parse_size(s)).collect::<anyhow::Result<Vec<_>>>()?;
+        return matmul_bench(&gpu, &sizes, a.reps.unwrap_or(5));
+    }
     let configs = configs(a)?;
     let peak = peak::cached_or_measure(&gpu)?;
     let info = gpu.info();
@@ -299,4 +306,60 @@ fn exponents(records: &[Record]) -> Vec<String> {
             })
         })
         .collect()
+}
+
+/// Square matmuls: validated rows against the f64 oracle, then timed (host clock on
+/// software adapters, as everywhere).
+fn matmul_bench(gpu: &longctx::Gpu, sizes: &[usize], reps: usize) -> anyhow::Result<()> {
+    use longctx::kernels::matmul::{Activation, Matmul, matmul_f64};
+    let peak = peak::cached_or_measure(gpu)?;
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "M=K=N",
+        "ms median [min–max]",
+        "GFLOP/s (2·M·K·N)",
+        "% FMA peak",
+        "rel err (16 rows)",
+    ]);
+    for &n in sizes {
+        let mm = Matmul::new(gpu, n, n, n, false, Activation::None)?;
+        let fill = |salt: u32| {
+            (0..(n * n) as u32)
+                .map(|i| ((i.wrapping_mul(2654435761) ^ salt) >> 8) as f32 / (1u32 << 24) as f32 - 0.5)
+                .collect::<Vec<f32>>()
+        };
+        let (a, b) = (fill(1), fill(2));
+        let c = mm.run(gpu, &a, &b, None)?;
+        let rows: Vec<usize> = (0..16).map(|i| i * (n - 1) / 15).collect();
+        let a_rows: Vec<f32> = rows.iter().flat_map(|&r| a[r * n..(r + 1) * n].to_vec()).collect();
+        let want = matmul_f64(&a_rows, &b, None, rows.len(), n, n, Activation::None);
+        let got: Vec<f32> = rows.iter().flat_map(|&r| c[r * n..(r + 1) * n].to_vec()).collect();
+        let err = longctx::reference::rel_error(&got, &want);
+        let (ab, bb) = (gpu.upload("A", &a)?, gpu.upload("B", &b)?);
+        let cb = gpu.storage("C", (n * n * 4) as u64)?;
+        let mut samples = Vec::new();
+        for i in 0..=reps {
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            mm.encode(gpu, &mut enc, &ab, &bb, None, &cb)?;
+            let cmd = enc.finish();
+            gpu.wait()?;
+            let t0 = std::time::Instant::now();
+            gpu.queue.submit([cmd]);
+            gpu.wait()?;
+            if i > 0 {
+                samples.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let timing = longctx::bench::Timing { samples_ms: samples, timer: "wall" };
+        let gflops = mm.flops() / (timing.median() * 1e-3) / 1e9;
+        t.add_row([
+            n.to_string(),
+            format!("{:.2} [{:.2}–{:.2}]", timing.median(), timing.min(), timing.max()),
+            format!("{gflops:.2}"),
+            format!("{:.1}", 100.0 * gflops / peak.fma_gflops),
+            format!("{err:.1e}"),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
 }

@@ -8,6 +8,7 @@
 pub mod decode;
 pub mod flash;
 pub mod heatmap;
+pub mod matmul;
 pub mod naive;
 pub mod peak;
 
@@ -183,6 +184,7 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
             v
         })
         .chain(peak::variants())
+        .chain([matmul::Activation::None, matmul::Activation::Gelu].map(matmul::variant))
         .chain((4..=MAX_HEAD_DIM).step_by(4).flat_map(|d| {
             [(8, 0), (64, 0), (8, 8), (32, 32)]
                 .into_iter()

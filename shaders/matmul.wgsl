@@ -1,0 +1,93 @@
+// matmul.wgsl — C = act(A·B + bias) for row-major A [M, K], B [K, N], C [M, N], f32.
+//
+// Tiled: a workgroup of (TN/4)·(TM/RM) invocations owns a TM × TN tile of C; each invocation
+// keeps RM rows × one vec4 of columns in registers. The K dimension streams through
+// workgroup memory in TK-deep slabs of A (TM × TK) and B (TK × TN). Any M, K, N ≥ 1: edges
+// load zeros and skip stores. ACT: 0 none, 1 GELU (tanh form, as BERT/GPT-2 use).
+// Device-memory traffic: A read ⌈N/TN⌉ times, B read ⌈M/TM⌉ times, C written once.
+
+struct Dims {
+    m: u32,
+    k: u32,
+    n: u32,
+    has_bias: u32,
+}
+
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+
+const COLS: u32 = TN / 4u;         // invocations across a tile row (one vec4 each)
+const ROWS: u32 = TM / RM;         // invocations down a tile
+var<workgroup> a_tile: array<f32, TM * TK>;
+var<workgroup> b_tile: array<vec4<f32>, TK * COLS>;
+
+fn gelu(x: f32) -> f32 {
+    let inner = 0.7978845608 * (x + 0.044715 * x * x * x);
+    return 0.5 * x * (1.0 + tanh(inner));
+}
+
+@compute @workgroup_size(COLS * ROWS)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let col4 = lid % COLS;
+    let rowg = lid / COLS;
+    let row0 = wg.y * TM + rowg * RM;
+    let col0 = wg.x * TN + col4 * 4u;
+    var acc: array<vec4<f32>, RM>;
+    for (var r = 0u; r < RM; r++) {
+        acc[r] = vec4<f32>(0.0);
+    }
+    for (var k0 = 0u; k0 < dims.k; k0 += TK) {
+        for (var x = lid; x < TM * TK; x += COLS * ROWS) {
+            let gr = wg.y * TM + x / TK;
+            let gk = k0 + x % TK;
+            var val = 0.0;
+            if gr < dims.m && gk < dims.k {
+                val = a[gr * dims.k + gk];
+            }
+            a_tile[x] = val;
+        }
+        for (var x = lid; x < TK * COLS; x += COLS * ROWS) {
+            let gk = k0 + x / COLS;
+            let gc = wg.x * TN + (x % COLS) * 4u;
+            var val = vec4<f32>(0.0);
+            if gk < dims.k {
+                for (var e = 0u; e < 4u; e++) {
+                    if gc + e < dims.n {
+                        val[e] = b[gk * dims.n + gc + e];
+                    }
+                }
+            }
+            b_tile[x] = val;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            let bv = b_tile[kk * COLS + col4];
+            for (var r = 0u; r < RM; r++) {
+                acc[r] += a_tile[(rowg * RM + r) * TK + kk] * bv;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var r = 0u; r < RM; r++) {
+        let gr = row0 + r;
+        if gr >= dims.m {
+            continue;
+        }
+        for (var e = 0u; e < 4u; e++) {
+            let gc = col0 + e;
+            if gc < dims.n {
+                var val = acc[r][e];
+                if dims.has_bias != 0u {
+                    val += bias[gc];
+                }
+                if ACT == 1u {
+                    val = gelu(val);
+                }
+                c[gr * dims.n + gc] = val;
+            }
+        }
+    }
+}

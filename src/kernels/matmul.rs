@@ -1,0 +1,185 @@
+//! `matmul`: tiled C = act(A·B + bias) (`shaders/matmul.wgsl`) for projections and FFNs —
+//! any M, K, N ≥ 1, optional bias, optional fused GELU — and the engine's measure of how fast
+//! an adapter does dense math. The f64 oracle is [`matmul_f64`].
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, storage_entry, uniform_entry};
+use crate::kernels::ShaderVariant;
+
+const BODY: &str = include_str!("../../shaders/matmul.wgsl");
+const NAME: &str = "matmul";
+/// Tile of C per workgroup, K slab depth, rows per invocation.
+const TM: u32 = 32;
+const TN: u32 = 32;
+const TK: u32 = 16;
+const RM: u32 = 4;
+
+/// Fused epilogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    None,
+    /// GELU, tanh approximation (BERT, GPT-2).
+    Gelu,
+}
+
+/// The shader variant for an activation.
+pub fn variant(act: Activation) -> ShaderVariant {
+    ShaderVariant {
+        stem: NAME,
+        prelude: vec![],
+        body: BODY,
+        entry: "main",
+        consts: vec![
+            ("TM", TM),
+            ("TN", TN),
+            ("TK", TK),
+            ("RM", RM),
+            ("ACT", (act == Activation::Gelu) as u32),
+        ],
+    }
+}
+
+fn layout(gpu: &Gpu) -> wgpu::BindGroupLayout {
+    gpu.layout(
+        NAME,
+        &[
+            uniform_entry(0),
+            storage_entry(1, true),
+            storage_entry(2, true),
+            storage_entry(3, true),
+            storage_entry(4, false),
+        ],
+    )
+}
+
+/// A prepared matmul of fixed sizes.
+pub struct Matmul {
+    m: usize,
+    k: usize,
+    n: usize,
+    pipeline: wgpu::ComputePipeline,
+    dims: wgpu::Buffer,
+    no_bias: wgpu::Buffer,
+    has_bias: bool,
+}
+
+impl Matmul {
+    pub fn new(gpu: &Gpu, m: usize, k: usize, n: usize, has_bias: bool, act: Activation) -> Result<Self> {
+        if m == 0 || k == 0 || n == 0 {
+            return Err(Error::Empty { what: "matmul (M, K, N)".into(), shape: vec![m, k, n] });
+        }
+        for (what, len) in [("A", m * k), ("B", k * n), ("C", m * n)] {
+            gpu.check_binding(&format!("matmul {what}"), len as u64 * 4)?;
+        }
+        gpu.check_workgroup(NAME, (TM * TK + TK * TN) as u64 * 4, (TN / 4) * (TM / RM))?;
+        gpu.check_dispatch(NAME, [n.div_ceil(TN as usize) as u64, m.div_ceil(TM as usize) as u64, 1])?;
+        if let Some(limit) = gpu.loop_iteration_limit() {
+            // per K slab: two staging loops, TK·RM accumulate steps, slack
+            let per_slab = (TM * TK).div_ceil(64) as u64 + TK as u64 * (1 + RM as u64) + 16;
+            let needed = (k as u64).div_ceil(TK as u64) * per_slab;
+            if needed > limit {
+                return Err(Error::LoopLimit {
+                    kernel: NAME,
+                    needed,
+                    limit,
+                    hint: "split K into chunks and sum",
+                });
+            }
+        }
+        let pipeline = gpu.pipeline(&variant(act), &layout(gpu))?;
+        Ok(Self {
+            m,
+            k,
+            n,
+            pipeline,
+            dims: gpu.uniform("matmul dims", &[m as u32, k as u32, n as u32, has_bias as u32]),
+            no_bias: gpu.storage("matmul no bias", 4)?,
+            has_bias,
+        })
+    }
+
+    /// FLOPs of one call: 2·M·K·N.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.m * self.k * self.n) as f64
+    }
+
+    /// Records C = act(A·B + bias) into `encoder` (`bias` of N values when built with one).
+    pub fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+        c: &wgpu::Buffer,
+    ) -> Result<()> {
+        if bias.is_some() != self.has_bias {
+            return Err(Error::Invalid(format!(
+                "matmul built {} a bias",
+                if self.has_bias { "with" } else { "without" }
+            )));
+        }
+        let bind = gpu.bind_group(&layout(gpu), &[&self.dims, a, b, bias.unwrap_or(&self.no_bias), c]);
+        let mut pass = encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(self.n.div_ceil(TN as usize) as u32, self.m.div_ceil(TM as usize) as u32, 1);
+        Ok(())
+    }
+
+    /// Uploads host matrices, runs, reads C back.
+    pub fn run(&self, gpu: &Gpu, a: &[f32], b: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
+        if a.len() != self.m * self.k || b.len() != self.k * self.n || bias.is_some_and(|x| x.len() != self.n)
+        {
+            return Err(Error::Shape(format!(
+                "matmul [{}×{}]·[{}×{}]: got A {}, B {}, bias {:?} values",
+                self.m,
+                self.k,
+                self.k,
+                self.n,
+                a.len(),
+                b.len(),
+                bias.map(<[f32]>::len)
+            )));
+        }
+        crate::spec::check_finite("A", a)?;
+        crate::spec::check_finite("B", b)?;
+        let (ab, bb) = (gpu.upload("matmul A", a)?, gpu.upload("matmul B", b)?);
+        let biasb = bias.map(|x| gpu.upload("matmul bias", x)).transpose()?;
+        let cb = gpu.storage("matmul C", (self.m * self.n * 4) as u64)?;
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        self.encode(gpu, &mut enc, &ab, &bb, biasb.as_ref(), &cb)?;
+        gpu.queue.submit([enc.finish()]);
+        gpu.read(&cb, self.m * self.n)
+    }
+}
+
+/// The oracle: act(A·B + bias) in f64.
+pub fn matmul_f64(
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+    act: Activation,
+) -> Vec<f64> {
+    let mut c = vec![0f64; m * n];
+    for i in 0..m {
+        for kk in 0..k {
+            let av = a[i * k + kk] as f64;
+            for j in 0..n {
+                c[i * n + j] += av * b[kk * n + j] as f64;
+            }
+        }
+        for j in 0..n {
+            let mut v = c[i * n + j] + bias.map_or(0.0, |x| x[j] as f64);
+            if act == Activation::Gelu {
+                v = 0.5 * v * (1.0 + (0.7978845608028654 * (v + 0.044715 * v * v * v)).tanh());
+            }
+            c[i * n + j] = v;
+        }
+    }
+    c
+}
