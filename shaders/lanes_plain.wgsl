@@ -11,6 +11,14 @@ fn lane_of(ids: Ids) -> u32 {
     return 0u;
 }
 
+fn subgroup_of(ids: Ids) -> u32 {
+    return 0u;
+}
+
 fn shuffle4(v: vec4<f32>, src_lane: u32) -> vec4<f32> {
+    return v;
+}
+
+fn shuffle1(v: f32, src_lane: u32) -> f32 {
     return v;
 }

@@ -6,12 +6,21 @@ struct Ids {
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
     @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_id) subgroup: u32,
 }
 
 fn lane_of(ids: Ids) -> u32 {
     return ids.lane;
 }
 
+fn subgroup_of(ids: Ids) -> u32 {
+    return ids.subgroup;
+}
+
 fn shuffle4(v: vec4<f32>, src_lane: u32) -> vec4<f32> {
+    return subgroupShuffle(v, src_lane);
+}
+
+fn shuffle1(v: f32, src_lane: u32) -> f32 {
     return subgroupShuffle(v, src_lane);
 }

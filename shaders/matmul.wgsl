@@ -5,6 +5,9 @@
 // workgroup memory in TK-deep slabs of A (TM × TK) and B (TK × TN). Any M, K, N ≥ 1: edges
 // load zeros and skip stores. ACT: 0 none, 1 GELU (tanh form, as BERT/GPT-2 use).
 // Device-memory traffic: A read ⌈N/TN⌉ times, B read ⌈M/TM⌉ times, C written once.
+// Subgroups (SG > 0, TN = 4·SG): invocation (subgroup s, lane l) owns rows s·RM… and column
+// vec4 l; every lane of a subgroup needs the same A values, so lane l loads A at k0 + l and
+// the others arrive by shuffle — SG× fewer same-address loads (gathers on software adapters).
 
 struct Dims {
     m: u32,
@@ -30,9 +33,15 @@ fn gelu(x: f32) -> f32 {
 }
 
 @compute @workgroup_size(COLS * ROWS)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let col4 = lid % COLS;
-    let rowg = lid / COLS;
+fn main(ids: Ids) {
+    let wg = ids.wg;
+    let lid = ids.lid;
+    var col4 = lid % COLS;
+    var rowg = lid / COLS;
+    if SG > 0u {
+        col4 = lane_of(ids);
+        rowg = subgroup_of(ids);
+    }
     let row0 = wg.y * TM + rowg * RM;
     let col0 = wg.x * TN + col4 * 4u;
     var acc: array<vec4<f32>, RM>;
@@ -63,10 +72,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             b_tile[x] = val;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk++) {
-            let bv = b_tile[kk * COLS + col4];
-            for (var r = 0u; r < RM; r++) {
-                acc[r] += a_tile[(rowg * RM + r) * TK + kk] * bv;
+        if SG > 0u {
+            for (var kk0 = 0u; kk0 < TK; kk0 += SG) {
+                var av: array<f32, RM>;
+                for (var r = 0u; r < RM; r++) {
+                    av[r] = a_tile[(rowg * RM + r) * TK + kk0 + col4];
+                }
+                for (var l = 0u; l < SG; l++) {
+                    let bv = b_tile[(kk0 + l) * COLS + col4];
+                    for (var r = 0u; r < RM; r++) {
+                        acc[r] += shuffle1(av[r], l) * bv;
+                    }
+                }
+            }
+        } else {
+            for (var kk = 0u; kk < TK; kk++) {
+                let bv = b_tile[kk * COLS + col4];
+                for (var r = 0u; r < RM; r++) {
+                    acc[r] += a_tile[(rowg * RM + r) * TK + kk] * bv;
+                }
             }
         }
         workgroupBarrier();

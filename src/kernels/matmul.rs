@@ -4,15 +4,15 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, storage_entry, uniform_entry};
-use crate::kernels::ShaderVariant;
+use crate::kernels::{LANES_PLAIN_WGSL, LANES_SUBGROUP_WGSL, ShaderVariant};
 
 const BODY: &str = include_str!("../../shaders/matmul.wgsl");
 const NAME: &str = "matmul";
 /// Tile of C per workgroup, K slab depth, rows per invocation.
-const TM: u32 = 32;
+const TM: u32 = 64;
 const TN: u32 = 32;
 const TK: u32 = 16;
-const RM: u32 = 4;
+const RM: u32 = 8;
 
 /// Fused epilogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,20 +22,35 @@ pub enum Activation {
     Gelu,
 }
 
-/// The shader variant for an activation.
-pub fn variant(act: Activation) -> ShaderVariant {
+/// The shader variant for an activation and subgroup width `sg` (0: no shuffles; else
+/// `TN = 4·sg` and TK a multiple of `sg`).
+pub fn variant(act: Activation, sg: u32) -> ShaderVariant {
+    let tn = if sg > 0 { 4 * sg } else { TN };
     ShaderVariant {
         stem: NAME,
-        prelude: vec![],
+        prelude: vec![if sg > 0 { LANES_SUBGROUP_WGSL } else { LANES_PLAIN_WGSL }],
         body: BODY,
         entry: "main",
         consts: vec![
             ("TM", TM),
-            ("TN", TN),
-            ("TK", TK),
+            ("TN", tn),
+            ("TK", TK.max(sg)),
             ("RM", RM),
+            ("SG", sg),
             ("ACT", (act == Activation::Gelu) as u32),
         ],
+    }
+}
+
+/// The subgroup width to use: the device's fixed subgroup size if it has SUBGROUP and the
+/// size suits the tiles (8 or 16), else 0.
+fn subgroup_width(gpu: &Gpu) -> u32 {
+    let i = gpu.info();
+    let fixed = i.subgroup_min_size == i.subgroup_max_size;
+    if gpu.features().contains(wgpu::Features::SUBGROUP) && fixed && matches!(i.subgroup_min_size, 8 | 16) {
+        i.subgroup_min_size
+    } else {
+        0
     }
 }
 
@@ -54,6 +69,7 @@ fn layout(gpu: &Gpu) -> wgpu::BindGroupLayout {
 
 /// A prepared matmul of fixed sizes.
 pub struct Matmul {
+    tn: u32,
     m: usize,
     k: usize,
     n: usize,
@@ -71,8 +87,10 @@ impl Matmul {
         for (what, len) in [("A", m * k), ("B", k * n), ("C", m * n)] {
             gpu.check_binding(&format!("matmul {what}"), len as u64 * 4)?;
         }
-        gpu.check_workgroup(NAME, (TM * TK + TK * TN) as u64 * 4, (TN / 4) * (TM / RM))?;
-        gpu.check_dispatch(NAME, [n.div_ceil(TN as usize) as u64, m.div_ceil(TM as usize) as u64, 1])?;
+        let sg = subgroup_width(gpu);
+        let (tn, tk) = if sg > 0 { (4 * sg, TK.max(sg)) } else { (TN, TK) };
+        gpu.check_workgroup(NAME, (TM * tk + tk * tn) as u64 * 4, (tn / 4) * (TM / RM))?;
+        gpu.check_dispatch(NAME, [n.div_ceil(tn as usize) as u64, m.div_ceil(TM as usize) as u64, 1])?;
         if let Some(limit) = gpu.loop_iteration_limit() {
             // per K slab: two staging loops, TK·RM accumulate steps, slack
             let per_slab = (TM * TK).div_ceil(64) as u64 + TK as u64 * (1 + RM as u64) + 16;
@@ -86,8 +104,9 @@ impl Matmul {
                 });
             }
         }
-        let pipeline = gpu.pipeline(&variant(act), &layout(gpu))?;
+        let pipeline = gpu.pipeline(&variant(act, sg), &layout(gpu))?;
         Ok(Self {
+            tn,
             m,
             k,
             n,
@@ -124,7 +143,11 @@ impl Matmul {
             .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(self.n.div_ceil(TN as usize) as u32, self.m.div_ceil(TM as usize) as u32, 1);
+        pass.dispatch_workgroups(
+            self.n.div_ceil(self.tn as usize) as u32,
+            self.m.div_ceil(TM as usize) as u32,
+            1,
+        );
         Ok(())
     }
 

@@ -184,7 +184,9 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
             v
         })
         .chain(peak::variants())
-        .chain([matmul::Activation::None, matmul::Activation::Gelu].map(matmul::variant))
+        .chain([0, 8, 16].into_iter().flat_map(|sg| {
+            [matmul::Activation::None, matmul::Activation::Gelu].map(|a| matmul::variant(a, sg))
+        }))
         .chain((4..=MAX_HEAD_DIM).step_by(4).flat_map(|d| {
             [(8, 0), (64, 0), (8, 8), (32, 32)]
                 .into_iter()
