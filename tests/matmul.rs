@@ -23,12 +23,17 @@ fn odd_sizes_bias_and_gelu_match_the_oracle() {
         let a = common::random(m * k, &mut rng);
         let b = common::random(k * n, &mut rng);
         let bv = bias.then(|| common::random(n, &mut rng));
-        let mm = Matmul::new(g, m, k, n, bias, act).unwrap();
-        let c = mm.run(g, &a, &b, bv.as_deref()).unwrap();
         let want = matmul_f64(&a, &b, bv.as_deref(), m, k, n, act);
-        let err = rel_error(&c, &want);
-        assert!(err <= 1e-5, "{m}×{k}×{n} bias={bias} {act:?}: {err:.2e} (seed {seed})");
-        worst = worst.max(err);
+        for subgroups in [true, false] {
+            let mm = Matmul::with_subgroups(g, m, k, n, bias, act, subgroups).unwrap();
+            let c = mm.run(g, &a, &b, bv.as_deref()).unwrap();
+            let err = rel_error(&c, &want);
+            assert!(
+                err <= 1e-5,
+                "{m}×{k}×{n} bias={bias} {act:?} subgroups={subgroups}: {err:.2e} (seed {seed})"
+            );
+            worst = worst.max(err);
+        }
     }
     println!("matmul worst rel err {worst:.2e}");
 }

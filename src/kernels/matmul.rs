@@ -81,13 +81,26 @@ pub struct Matmul {
 
 impl Matmul {
     pub fn new(gpu: &Gpu, m: usize, k: usize, n: usize, has_bias: bool, act: Activation) -> Result<Self> {
+        Self::with_subgroups(gpu, m, k, n, has_bias, act, true)
+    }
+
+    /// [`Matmul::new`], choosing whether subgroup shuffles may be used.
+    pub fn with_subgroups(
+        gpu: &Gpu,
+        m: usize,
+        k: usize,
+        n: usize,
+        has_bias: bool,
+        act: Activation,
+        subgroups: bool,
+    ) -> Result<Self> {
         if m == 0 || k == 0 || n == 0 {
             return Err(Error::Empty { what: "matmul (M, K, N)".into(), shape: vec![m, k, n] });
         }
         for (what, len) in [("A", m * k), ("B", k * n), ("C", m * n)] {
             gpu.check_binding(&format!("matmul {what}"), len as u64 * 4)?;
         }
-        let sg = subgroup_width(gpu);
+        let sg = if subgroups { subgroup_width(gpu) } else { 0 };
         let (tn, tk) = if sg > 0 { (4 * sg, TK.max(sg)) } else { (TN, TK) };
         gpu.check_workgroup(NAME, (TM * tk + tk * tn) as u64 * 4, (tn / 4) * (TM / RM))?;
         gpu.check_dispatch(NAME, [n.div_ceil(tn as usize) as u64, m.div_ceil(TM as usize) as u64, 1])?;
