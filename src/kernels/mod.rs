@@ -11,6 +11,7 @@ pub mod heatmap;
 pub mod matmul;
 pub mod naive;
 pub mod peak;
+pub mod route;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -184,6 +185,7 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
             v
         })
         .chain(peak::variants())
+        .chain(route::variants())
         .chain([0, 8, 16].into_iter().flat_map(|sg| {
             [matmul::Activation::None, matmul::Activation::Gelu].map(|a| matmul::variant(a, sg))
         }))

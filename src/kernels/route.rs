@@ -1,0 +1,226 @@
+//! `route`: CoLT5-style routing on the GPU (`shaders/route.wgsl`) — router scores, top-k
+//! by bitonic sort (ties to the lower token index, so deterministic), gather of the selected
+//! rows and scatter-add of processed rows back to their positions, scaled by the router score.
+//! No CPU round trip between the steps. The oracle is [`top_k_cpu`].
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, storage_entry, uniform_entry};
+use crate::kernels::ShaderVariant;
+
+const BODY: &str = include_str!("../../shaders/route.wgsl");
+const NAME: &str = "route";
+const ENTRIES: [&str; 4] = ["scores", "sort_step", "gather", "scatter"];
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct RouteParams {
+    n: u32,
+    d: u32,
+    k: u32,
+    padded: u32,
+    kk: u32,
+    jj: u32,
+    neg_inf: f32,
+    pad: u32,
+}
+
+/// The shader variants (one per entry point).
+pub fn variants() -> Vec<ShaderVariant> {
+    ENTRIES
+        .iter()
+        .map(|&entry| ShaderVariant { stem: NAME, prelude: vec![], body: BODY, entry, consts: vec![] })
+        .collect()
+}
+
+fn layout(gpu: &Gpu) -> wgpu::BindGroupLayout {
+    gpu.layout(
+        NAME,
+        &[
+            uniform_entry(0),
+            storage_entry(1, true),
+            storage_entry(2, true),
+            storage_entry(3, false),
+            storage_entry(4, false),
+            storage_entry(5, false),
+            storage_entry(6, false),
+        ],
+    )
+}
+
+/// The oracle: the `k` tokens with the highest router score (ties: lower index first),
+/// in that order, with their scores. Scores are cosine similarities computed in f64.
+pub fn top_k_cpu(x: &[f32], w: &[f32], n: usize, d: usize, k: usize) -> Vec<(usize, f64)> {
+    let wn: f64 = w.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+    let mut s: Vec<(usize, f64)> = (0..n)
+        .map(|i| {
+            let row = &x[i * d..(i + 1) * d];
+            let xn: f64 = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            let dot: f64 = row.iter().zip(w).map(|(&a, &b)| a as f64 * b as f64).sum();
+            (i, dot / (xn * wn).max(1e-12))
+        })
+        .collect();
+    s.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    s.truncate(k);
+    s
+}
+
+/// A router for `n` tokens of width `d` selecting `k`.
+pub struct Router {
+    n: usize,
+    d: usize,
+    k: usize,
+    padded: usize,
+    pipelines: Vec<wgpu::ComputePipeline>,
+    /// Parameters of the scores/gather/scatter passes, then one per sort step.
+    base: wgpu::Buffer,
+    steps: Vec<wgpu::Buffer>,
+    pub keys: wgpu::Buffer,
+    pub idx: wgpu::Buffer,
+}
+
+impl Router {
+    pub fn new(gpu: &Gpu, n: usize, d: usize, k: usize) -> Result<Self> {
+        if n == 0 || d == 0 || k == 0 {
+            return Err(Error::Empty { what: "router (N, d, k)".into(), shape: vec![n, d, k] });
+        }
+        if k > n {
+            return Err(Error::Invalid(format!("top-k of k = {k} from N = {n} tokens: k must be at most N")));
+        }
+        if let Some(limit) = gpu.loop_iteration_limit()
+            && d as u64 + 1 > limit
+        {
+            return Err(Error::LoopLimit {
+                kernel: NAME,
+                needed: d as u64 + 1,
+                limit,
+                hint: "the router loops over d per token",
+            });
+        }
+        let padded = n.next_power_of_two();
+        gpu.check_dispatch(NAME, [padded.div_ceil(64) as u64, 1, 1])?;
+        let params = |kk: usize, jj: usize| RouteParams {
+            n: n as u32,
+            d: d as u32,
+            k: k as u32,
+            padded: padded as u32,
+            kk: kk as u32,
+            jj: jj as u32,
+            neg_inf: f32::NEG_INFINITY,
+            pad: 0,
+        };
+        let mut steps = Vec::new();
+        let mut kk = 2;
+        while kk <= padded {
+            let mut jj = kk / 2;
+            while jj > 0 {
+                steps.push(gpu.uniform("route sort step", &params(kk, jj)));
+                jj /= 2;
+            }
+            kk *= 2;
+        }
+        let layout = layout(gpu);
+        let pipelines = variants().iter().map(|v| gpu.pipeline(v, &layout)).collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            n,
+            d,
+            k,
+            padded,
+            pipelines,
+            base: gpu.uniform("route params", &params(0, 0)),
+            steps,
+            keys: gpu.storage("route scores", (padded * 4) as u64)?,
+            idx: gpu.storage("route indices", (padded * 4) as u64)?,
+        })
+    }
+
+    fn bind(
+        &self,
+        gpu: &Gpu,
+        params: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        rows: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        gpu.bind_group(&layout(gpu), &[params, x, w, &self.keys, &self.idx, rows, out])
+    }
+
+    /// Records scores and the sort: afterwards `keys[..k]`, `idx[..k]` hold the selection.
+    pub fn encode_select(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        scratch: &wgpu::Buffer,
+    ) {
+        let mut pass = enc
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
+        let groups = self.padded.div_ceil(64) as u32;
+        pass.set_pipeline(&self.pipelines[0]);
+        pass.set_bind_group(0, &self.bind(gpu, &self.base, x, w, scratch, scratch), &[]);
+        pass.dispatch_workgroups(groups, 1, 1);
+        pass.set_pipeline(&self.pipelines[1]);
+        for step in &self.steps {
+            pass.set_bind_group(0, &self.bind(gpu, step, x, w, scratch, scratch), &[]);
+            pass.dispatch_workgroups(groups, 1, 1);
+        }
+    }
+
+    /// Records `rows[r] = x[idx[r]]` for the k selected tokens.
+    pub fn encode_gather(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        rows: &wgpu::Buffer,
+    ) {
+        let mut pass = enc
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
+        pass.set_pipeline(&self.pipelines[2]);
+        pass.set_bind_group(0, &self.bind(gpu, &self.base, x, w, rows, rows), &[]);
+        pass.dispatch_workgroups((self.k * self.d).div_ceil(64) as u32, 1, 1);
+    }
+
+    /// Records `out[idx[r]] += score[r] · rows[r]`.
+    pub fn encode_scatter(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        rows: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+    ) {
+        let mut pass = enc
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
+        pass.set_pipeline(&self.pipelines[3]);
+        pass.set_bind_group(0, &self.bind(gpu, &self.base, x, w, rows, out), &[]);
+        pass.dispatch_workgroups((self.k * self.d).div_ceil(64) as u32, 1, 1);
+    }
+
+    /// Host convenience: the selected (token, score) pairs, best first.
+    pub fn select(&self, gpu: &Gpu, x: &[f32], w: &[f32]) -> Result<Vec<(usize, f32)>> {
+        if x.len() != self.n * self.d || w.len() != self.d {
+            return Err(Error::Shape(format!(
+                "router: x must be [{}, {}] and w [{}]; got {} and {} values",
+                self.n,
+                self.d,
+                self.d,
+                x.len(),
+                w.len()
+            )));
+        }
+        crate::spec::check_finite("x", x)?;
+        crate::spec::check_finite("w", w)?;
+        let (xb, wb) = (gpu.upload("route x", x)?, gpu.upload("route w", w)?);
+        let scratch = gpu.storage("route scratch", 4)?;
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        self.encode_select(gpu, &mut enc, &xb, &wb, &scratch);
+        gpu.queue.submit([enc.finish()]);
+        let keys: Vec<f32> = gpu.read(&self.keys, self.k)?;
+        let idx: Vec<u32> = gpu.read(&self.idx, self.k)?;
+        Ok(idx.into_iter().map(|i| i as usize).zip(keys).collect())
+    }
+}
