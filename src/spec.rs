@@ -71,7 +71,7 @@ impl AttnShape {
                 shape: dims.to_vec(),
             });
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::HeadGroups { heads: self.heads, kv_heads: self.kv_heads });
         }
         Ok(())

@@ -109,7 +109,7 @@ fn bad_inputs_fail_with_one_clear_line() {
     run(base(&q, &k3, &k3), "multiple of key/value heads");
     // not float32
     let q64 = d.join("q64.npy");
-    npyz::to_file_1d(&q64, vec![0f64; 4 * 8 * 16].into_iter()).unwrap();
+    npyz::to_file_1d(&q64, vec![0f64; 4 * 8 * 16]).unwrap();
     run(base(&q64, &k, &v), "float32");
     // NaN
     let qnan = d.join("qnan.npy");

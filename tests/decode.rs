@@ -144,10 +144,10 @@ fn overflow_and_bad_shapes_are_typed_errors() {
     let g = gpu();
     let mut dec = Decoder::new(g, DecoderConfig::new(2, 1, 32, 10)).unwrap();
     dec.prefill(g, 0, &vec![0.1; 9 * 32], &vec![0.1; 9 * 32]).unwrap();
-    dec.step(g, 0, &vec![0.1; 2 * 32], &vec![0.1; 32], &vec![0.1; 32]).unwrap();
-    let err = dec.step(g, 0, &vec![0.1; 2 * 32], &vec![0.1; 32], &vec![0.1; 32]).unwrap_err();
+    dec.step(g, 0, &vec![0.1; 2 * 32], &[0.1; 32], &[0.1; 32]).unwrap();
+    let err = dec.step(g, 0, &vec![0.1; 2 * 32], &[0.1; 32], &[0.1; 32]).unwrap_err();
     assert!(err.to_string().contains("overflow"), "{err}");
-    assert!(matches!(dec.step(g, 0, &vec![0.1; 5], &vec![0.1; 32], &vec![0.1; 32]), Err(Error::Shape(_))));
+    assert!(matches!(dec.step(g, 0, &[0.1; 5], &[0.1; 32], &[0.1; 32]), Err(Error::Shape(_))));
     assert!(matches!(Decoder::new(g, DecoderConfig::new(6, 4, 32, 10)), Err(Error::HeadGroups { .. })));
     let mut ring = DecoderConfig::new(2, 1, 32, 10);
     ring.ring = true;

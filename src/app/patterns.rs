@@ -371,7 +371,7 @@ fn settings_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
         ui.add(egui::DragValue::new(&mut s.kv_heads).range(1..=s.heads)).labelled_by(l.id);
         ui.end_row();
     });
-    if s.heads % s.kv_heads != 0 {
+    if !s.heads.is_multiple_of(s.kv_heads) {
         s.kv_heads = 1;
     }
     ui.checkbox(&mut s.causal, "causal");

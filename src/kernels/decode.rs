@@ -122,7 +122,7 @@ pub fn variants(d: usize, bc: u32, wg: u32, sg: u32, count: bool) -> Vec<ShaderV
                 ("BC", bc),
                 ("WG", wg),
                 ("SG", sg),
-                ("SG_GUARD_U", (sg > 0 && d4 % sg != 0) as u32),
+                ("SG_GUARD_U", (sg > 0 && !d4.is_multiple_of(sg)) as u32),
                 ("COUNT", count as u32),
             ],
         })
@@ -395,7 +395,7 @@ impl Decoder {
             return Err(Error::Invalid(format!("layer {layer} of {}", self.cfg.layers)));
         }
         let per = self.cfg.kv_heads * self.cfg.head_dim;
-        if k.len() != v.len() || k.is_empty() || k.len() % per != 0 {
+        if k.len() != v.len() || k.is_empty() || !k.len().is_multiple_of(per) {
             return Err(Error::Shape(format!(
                 "K and V must both be [Hkv = {}, T, D = {}]; got {} and {} values",
                 self.cfg.kv_heads,

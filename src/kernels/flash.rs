@@ -73,7 +73,7 @@ impl FlashConfig {
             && sg == info.subgroup_max_size
             && sg > 0
             && c.p == 1
-            && c.br % sg == 0
+            && c.br.is_multiple_of(sg)
         {
             c.sg = sg;
         }
@@ -136,10 +136,10 @@ impl FlashConfig {
                 ("SG", self.sg),
                 // private lanes: DP4, padded to whole subgroups on the shuffle path
                 ("D4P", if self.sg > 0 { d4.div_ceil(self.sg) * self.sg } else { d4.div_ceil(self.p) }),
-                ("SG_GUARD_U", (self.sg > 0 && d4 % self.sg != 0) as u32),
+                ("SG_GUARD_U", (self.sg > 0 && !d4.is_multiple_of(self.sg)) as u32),
                 ("S_PART", self.s_part_len()),
                 ("COUNT", count as u32),
-                ("LANE_GUARD_U", (d4 % self.p != 0) as u32),
+                ("LANE_GUARD_U", !d4.is_multiple_of(self.p) as u32),
             ],
         }
     }
@@ -233,7 +233,7 @@ impl Flash {
             if !gpu.features().contains(wgpu::Features::SUBGROUP)
                 || !fixed
                 || config.p != 1
-                || config.br % config.sg != 0
+                || !config.br.is_multiple_of(config.sg)
             {
                 return Err(crate::Error::Invalid(format!(
                     "flash subgroup path sg={} needs SUBGROUP, a fixed subgroup size of {} (device: {}..={}), p = 1 and br a multiple of it; config {config:?}",

@@ -148,7 +148,7 @@ impl Params {
 pub const MAX_HEAD_DIM: usize = 256;
 
 pub(crate) fn check_head_dim(kernel: &'static str, d: usize) -> Result<()> {
-    if d % 4 != 0 {
+    if !d.is_multiple_of(4) {
         return Err(Error::HeadDim {
             kernel,
             head_dim: d,
@@ -175,7 +175,7 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
             let mut v = vec![config.variant(d, false), config.variant(d, true)];
             // the subgroup-shuffle path at the subgroup widths of real hardware
             for sg in [8, 16, 32, 64] {
-                if config.p == 1 && config.br % sg == 0 {
+                if config.p == 1 && config.br.is_multiple_of(sg) {
                     let c = flash::FlashConfig { sg, ..config };
                     v.extend([c.variant(d, false), c.variant(d, true)]);
                 }
