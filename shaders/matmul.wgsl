@@ -3,7 +3,8 @@
 // Tiled: a workgroup of (TN/4)·(TM/RM) invocations owns a TM × TN tile of C; each invocation
 // keeps RM rows × one vec4 of columns in registers. The K dimension streams through
 // workgroup memory in TK-deep slabs of A (TM × TK) and B (TK × TN). Any M, K, N ≥ 1: edges
-// load zeros and skip stores. ACT: 0 none, 1 GELU (tanh form, as BERT/GPT-2 use).
+// load zeros and skip stores. ACT: 0 none, 1 GELU (tanh form, as BERT/GPT-2 use). With
+// `accumulate` the result is added to C (residual branches).
 // Device-memory traffic: A read ⌈N/TN⌉ times, B read ⌈M/TM⌉ times, C written once.
 // Subgroups (SG > 0, TN = 4·SG): invocation (subgroup s, lane l) owns rows s·RM… and column
 // vec4 l; every lane of a subgroup needs the same A values, so lane l loads A at k0 + l and
@@ -14,6 +15,10 @@ struct Dims {
     k: u32,
     n: u32,
     has_bias: u32,
+    accumulate: u32, // nonzero: C += act(A·B + bias) (residual branches)
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -109,6 +114,9 @@ fn main(ids: Ids) {
                 }
                 if ACT == 1u {
                     val = gelu(val);
+                }
+                if dims.accumulate != 0u {
+                    val += c[gr * dims.n + gc];
                 }
                 c[gr * dims.n + gc] = val;
             }

@@ -22,6 +22,7 @@
 pub mod app;
 pub mod bench;
 pub mod blockmap;
+pub mod colt5;
 pub mod error;
 pub mod gpu;
 pub mod io;

@@ -124,10 +124,17 @@ impl Matmul {
             k,
             n,
             pipeline,
-            dims: gpu.uniform("matmul dims", &[m as u32, k as u32, n as u32, has_bias as u32]),
+            dims: gpu.uniform("matmul dims", &[m as u32, k as u32, n as u32, has_bias as u32, 0, 0, 0, 0]),
             no_bias: gpu.storage("matmul no bias", 4)?,
             has_bias,
         })
+    }
+
+    /// This matmul adding its result to C instead of overwriting it.
+    pub fn accumulating(mut self, gpu: &Gpu) -> Self {
+        let (m, k, n) = (self.m as u32, self.k as u32, self.n as u32);
+        self.dims = gpu.uniform("matmul dims", &[m, k, n, self.has_bias as u32, 1, 0, 0, 0]);
+        self
     }
 
     /// FLOPs of one call: 2·M·K·N.

@@ -8,6 +8,7 @@
 pub mod decode;
 pub mod flash;
 pub mod heatmap;
+pub mod layer;
 pub mod matmul;
 pub mod naive;
 pub mod peak;
@@ -186,6 +187,7 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
         })
         .chain(peak::variants())
         .chain(route::variants())
+        .chain(layer::variants())
         .chain([0, 8, 16].into_iter().flat_map(|sg| {
             [matmul::Activation::None, matmul::Activation::Gelu].map(|a| matmul::variant(a, sg))
         }))

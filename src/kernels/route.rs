@@ -167,6 +167,23 @@ impl Router {
         }
     }
 
+    /// Records the scores only, every token selected in its own order (`idx[i] = i`): the
+    /// dense reference, which routes all tokens without sorting.
+    pub fn encode_scores(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        scratch: &wgpu::Buffer,
+    ) {
+        let mut pass = enc
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
+        pass.set_pipeline(&self.pipelines[0]);
+        pass.set_bind_group(0, &self.bind(gpu, &self.base, x, w, scratch, scratch), &[]);
+        pass.dispatch_workgroups(self.padded.div_ceil(64) as u32, 1, 1);
+    }
+
     /// Records `rows[r] = x[idx[r]]` for the k selected tokens.
     pub fn encode_gather(
         &self,

@@ -1,0 +1,105 @@
+//! `layer`: LayerNorm, head/token permutes and copies (`shaders/layer.wgsl`), the glue of a
+//! transformer layer around matmul and attention. Oracles inline in the tests and in
+//! [`crate::colt5`].
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, storage_entry, uniform_entry};
+use crate::kernels::ShaderVariant;
+
+const BODY: &str = include_str!("../../shaders/layer.wgsl");
+const NAME: &str = "layer";
+
+/// One of the layer operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `[rows, d]` → normalised rows (mean 0, variance 1, eps 1e-5, no affine).
+    LayerNorm { rows: usize, d: usize },
+    /// `[rows, heads·d]` → `[heads, rows, d]`.
+    ToHeads { rows: usize, heads: usize, d: usize },
+    /// `[heads, rows, d]` → `[rows, heads·d]`.
+    ToTokens { rows: usize, heads: usize, d: usize },
+    /// `[rows, d]` copied.
+    Copy { rows: usize, d: usize },
+}
+
+impl Op {
+    fn entry(self) -> &'static str {
+        match self {
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::ToHeads { .. } => "to_heads",
+            Op::ToTokens { .. } => "to_tokens",
+            Op::Copy { .. } => "copy",
+        }
+    }
+    fn shape(self) -> [u32; 4] {
+        match self {
+            Op::LayerNorm { rows, d } | Op::Copy { rows, d } => [rows as u32, d as u32, 1, 0],
+            Op::ToHeads { rows, heads, d } | Op::ToTokens { rows, heads, d } => {
+                [rows as u32, d as u32, heads as u32, 0]
+            }
+        }
+    }
+    /// Invocations: rows for LayerNorm, elements otherwise.
+    fn threads(self) -> usize {
+        match self {
+            Op::LayerNorm { rows, .. } => rows,
+            Op::Copy { rows, d } => rows * d,
+            Op::ToHeads { rows, heads, d } | Op::ToTokens { rows, heads, d } => rows * heads * d,
+        }
+    }
+}
+
+/// The shader variants, one per entry point.
+pub fn variants() -> Vec<ShaderVariant> {
+    ["layer_norm", "to_heads", "to_tokens", "copy"]
+        .into_iter()
+        .map(|entry| ShaderVariant { stem: NAME, prelude: vec![], body: BODY, entry, consts: vec![] })
+        .collect()
+}
+
+/// A prepared layer operation.
+pub struct LayerOp {
+    op: Op,
+    pipeline: wgpu::ComputePipeline,
+    shape: wgpu::Buffer,
+}
+
+impl LayerOp {
+    pub fn new(gpu: &Gpu, op: Op) -> Result<Self> {
+        if op.threads() == 0 {
+            return Err(Error::Empty {
+                what: format!("{op:?}"),
+                shape: op.shape().iter().map(|&x| x as usize).collect(),
+            });
+        }
+        if let (Op::LayerNorm { d, .. }, Some(limit)) = (op, gpu.loop_iteration_limit())
+            && d as u64 > limit / 3
+        {
+            return Err(Error::LoopLimit {
+                kernel: NAME,
+                needed: 3 * d as u64,
+                limit,
+                hint: "LayerNorm loops over the row three times",
+            });
+        }
+        let groups = op.threads().div_ceil(64) as u64;
+        gpu.check_dispatch(NAME, [groups, 1, 1])?;
+        let layout = gpu.layout(NAME, &[uniform_entry(0), storage_entry(1, true), storage_entry(2, false)]);
+        let variant = variants().into_iter().find(|v| v.entry == op.entry()).expect("entry exists");
+        Ok(Self {
+            op,
+            pipeline: gpu.pipeline(&variant, &layout)?,
+            shape: gpu.uniform("layer shape", &op.shape()),
+        })
+    }
+
+    pub fn encode(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, src: &wgpu::Buffer, dst: &wgpu::Buffer) {
+        let layout = gpu.layout(NAME, &[uniform_entry(0), storage_entry(1, true), storage_entry(2, false)]);
+        let bind = gpu.bind_group(&layout, &[&self.shape, src, dst]);
+        let mut pass = enc
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(self.op.threads().div_ceil(64) as u32, 1, 1);
+    }
+}
