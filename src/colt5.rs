@@ -510,6 +510,30 @@ impl FfnBranch {
     }
 }
 
+/// Each router's score for every token (q, kv, ffn), on the CPU in f64 — for plots.
+pub fn router_scores_cpu(cfg: &Colt5Config, weights: &Colt5Weights, x: &[f32]) -> [Vec<f64>; 3] {
+    let d = cfg.d_model;
+    let xn: Vec<Vec<f64>> = x
+        .chunks(d)
+        .map(|row| {
+            let row: Vec<f64> = row.iter().map(|&v| v as f64).collect();
+            let mean = row.iter().sum::<f64>() / d as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+            row.iter().map(|v| (v - mean) / (var + 1e-5).sqrt()).collect()
+        })
+        .collect();
+    ["router.q", "router.kv", "router.ffn"].map(|name| {
+        let w: Vec<f64> = weights.get(cfg, name).iter().map(|&v| v as f64).collect();
+        let wn = w.iter().map(|v| v * v).sum::<f64>().sqrt();
+        xn.iter()
+            .map(|row| {
+                row.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>()
+                    / (row.iter().map(|v| v * v).sum::<f64>().sqrt() * wn).max(1e-12)
+            })
+            .collect()
+    })
+}
+
 /// The CPU oracle of the CoLT5 layer in f64 (top-k by the same rule: score descending, then
 /// lower index; `dense` routes every token).
 pub fn colt5_f64(cfg: &Colt5Config, weights: &Colt5Weights, x: &[f32], dense: bool) -> Vec<f64> {

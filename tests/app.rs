@@ -218,3 +218,30 @@ fn patterns_load_qkv_from_a_safetensors_file() {
     assert_eq!((c.spec.shape.heads, c.spec.shape.n, c.spec.shape.head_dim), (h, n, d));
     assert!(st.heat.is_some());
 }
+
+#[test]
+fn routing_panel_runs_the_colt5_layer() {
+    let mut h = harness([1280.0, 860.0]);
+    h.state_mut().routing.n = 256;
+    h.run();
+    h.get_by_label("Routing").click();
+    h.run_steps(2);
+    assert_eq!(h.state().tab, Tab::Routing);
+    h.get_by_label("run CoLT5 and dense layers").click();
+    h.run_steps(3);
+    let st = &h.state().routing;
+    let r = st.result.as_ref().unwrap_or_else(|| panic!("no result: {}", st.message));
+    assert!(r.routed.iter().all(|idx| idx.len() == 32), "1/8 of 256 tokens per router");
+    assert_eq!((r.colt5.len(), r.dense.len()), (5, 5));
+    let heavy = |t: &[longctx::colt5::BranchTiming]| {
+        t.iter().filter(|b| b.branch.starts_with("heavy")).map(|b| b.flops).sum::<f64>()
+    };
+    assert!(heavy(&r.dense) > 4.0 * heavy(&r.colt5));
+    // timings vary run to run: a screenshot for the README, not a snapshot
+    if std::env::var("LONGCTX_WRITE_ASSETS").is_ok_and(|v| v == "1") {
+        h.render()
+            .expect("render")
+            .save(format!("{}/assets/panel_routing.png", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+    }
+}

@@ -272,3 +272,33 @@ fn plan_prints_memory_and_the_cost_ratio() {
     );
     fails_with(&["plan", "--preset", "gpt-9"], "unknown preset");
 }
+
+#[test]
+fn route_compares_colt5_with_dense_and_writes_routed_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("routed");
+    let out = longctx(&[
+        "route",
+        "--n",
+        "128",
+        "--d-model",
+        "64",
+        "--window",
+        "8",
+        "--route-q",
+        "1/4",
+        "--routed-out",
+        p(&prefix),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("speedup")
+            && text.contains("heavy attention")
+            && text.contains("rel err vs the f64 oracle"),
+        "{text}"
+    );
+    let q = read_npy(&dir.path().join("routed_q.npy")).unwrap();
+    assert_eq!(q.shape, vec![32]);
+    fails_with(&["route", "--n", "128", "--d-model", "64", "--route-q", "200"], "must be 1..=N");
+}

@@ -7,6 +7,7 @@ mod colormap;
 mod decode;
 mod memory;
 pub mod patterns;
+mod routing;
 mod tiles;
 mod traffic;
 
@@ -36,12 +37,21 @@ pub enum Tab {
     Traffic,
     Decode,
     Memory,
+    Routing,
     Bench,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 7] =
-        [Tab::Patterns, Tab::Tiles, Tab::Alibi, Tab::Traffic, Tab::Decode, Tab::Memory, Tab::Bench];
+    pub const ALL: [Tab; 8] = [
+        Tab::Patterns,
+        Tab::Tiles,
+        Tab::Alibi,
+        Tab::Traffic,
+        Tab::Decode,
+        Tab::Memory,
+        Tab::Routing,
+        Tab::Bench,
+    ];
     pub fn label(self) -> &'static str {
         match self {
             Tab::Patterns => "Patterns",
@@ -50,6 +60,7 @@ impl Tab {
             Tab::Traffic => "Memory traffic",
             Tab::Decode => "Decode",
             Tab::Memory => "Memory plan",
+            Tab::Routing => "Routing",
             Tab::Bench => "Benchmarks",
         }
     }
@@ -95,6 +106,7 @@ pub struct LongctxApp {
     pub traffic: traffic::TrafficState,
     pub decode: decode::DecodeState,
     pub memory: memory::MemoryState,
+    pub routing: routing::RoutingState,
     pub bench: bench::BenchState,
     /// Run jobs in the UI thread (deterministic frames, for tests).
     pub inline_jobs: bool,
@@ -115,6 +127,7 @@ impl LongctxApp {
             traffic: Default::default(),
             decode: Default::default(),
             memory: Default::default(),
+            routing: Default::default(),
             bench: Default::default(),
             inline_jobs: false,
         }
@@ -159,6 +172,7 @@ impl eframe::App for LongctxApp {
                 }
                 Tab::Decode => decode::decode_ui(ui, &mut self.decode, &gpu, inline),
                 Tab::Memory => memory::memory_ui(ui, &mut self.memory),
+                Tab::Routing => routing::routing_ui(ui, &mut self.routing, &gpu, inline),
                 Tab::Bench => bench::bench_ui(ui, &mut self.bench, &gpu, inline),
             }
         });

@@ -8,6 +8,7 @@ mod mask;
 mod maskargs;
 mod peak;
 mod plan;
+mod route;
 
 use clap::{Parser, Subcommand};
 use longctx::{Gpu, GpuOptions};
@@ -68,6 +69,8 @@ pub enum Command {
     /// Memory and cost of a model at a context length: weights, KV cache (MHA/GQA/MQA),
     /// activations with naive vs flash attention, which GPUs it fits, the seed's cost model.
     Plan(plan::PlanArgs),
+    /// CoLT5 conditional computation: the routed layer against its dense reference, per branch.
+    Route(route::RouteArgs),
     /// Print a mask's block map (full, partial, skipped tiles), sparsity and FLOPs. No GPU.
     Mask(mask::MaskCmdArgs),
 }
@@ -79,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(&cli.device, &a),
         Command::Mask(a) => mask::run(&a),
         Command::Plan(a) => plan::run(&a),
+        Command::Route(a) => route::run(&cli.device, &a),
         #[cfg(feature = "app")]
         Command::Viz => longctx::app::run(),
         Command::Peak(a) => peak::run(&cli.device, &a),

@@ -1,0 +1,164 @@
+//! Routing panel: a CoLT5 layer on this device — which tokens each router sends to the heavy
+//! branches, the router-score histogram, and time and FLOPs per branch against the dense layer.
+
+use egui::{Color32, Rect, Sense, Vec2, pos2};
+use egui_plot::{Bar, BarChart, Legend, Plot};
+
+use super::Job;
+use crate::colt5::{BranchTiming, Colt5Config, Colt5Layer, Colt5Weights, router_scores_cpu};
+use crate::gpu::Gpu;
+
+pub struct RoutingState {
+    pub n: usize,
+    pub d_model: usize,
+    pub fraction_inv: usize,
+    pub result: Option<RoutingResult>,
+    job: Option<Job<RoutingResult>>,
+    pub message: String,
+}
+
+impl Default for RoutingState {
+    fn default() -> Self {
+        Self { n: 512, d_model: 128, fraction_inv: 8, result: None, job: None, message: String::new() }
+    }
+}
+
+/// One run of the routed and the dense layer.
+pub struct RoutingResult {
+    pub n: usize,
+    /// Routed indices (q, kv, ffn).
+    pub routed: [Vec<u32>; 3],
+    pub scores: [Vec<f64>; 3],
+    pub colt5: Vec<BranchTiming>,
+    pub dense: Vec<BranchTiming>,
+}
+
+fn compute(gpu: &Gpu, n: usize, d_model: usize, fraction: f64) -> Result<RoutingResult, String> {
+    let cfg = Colt5Config::standard(n, d_model, 32, fraction);
+    let w = Colt5Weights::random(&cfg, 0);
+    let x: Vec<f32> =
+        (0..n * d_model).map(|i| ((i as f32 * 0.61803).sin() + (i / d_model) as f32 * 0.01).sin()).collect();
+    let err = |e: crate::Error| e.to_string();
+    let layer = Colt5Layer::new(gpu, &cfg, &w, false).map_err(err)?;
+    let (_, colt5) = layer.forward(gpu, &x).map_err(err)?;
+    let routed = layer.routed(gpu).map_err(err)?;
+    let (_, dense) = Colt5Layer::new(gpu, &cfg, &w, true).map_err(err)?.forward(gpu, &x).map_err(err)?;
+    Ok(RoutingResult { n, routed, scores: router_scores_cpu(&cfg, &w, &x), colt5, dense })
+}
+
+const COLORS: [Color32; 3] =
+    [Color32::from_rgb(253, 231, 37), Color32::from_rgb(94, 201, 98), Color32::from_rgb(59, 82, 139)];
+const NAMES: [&str; 3] = ["heavy attention query", "heavy attention key/value", "heavy FFN"];
+
+pub fn routing_ui(ui: &mut egui::Ui, st: &mut RoutingState, gpu: &Gpu, inline: bool) {
+    if let Some(r) = st.job.as_ref().and_then(Job::poll) {
+        st.job = None;
+        match r {
+            Ok(res) => {
+                st.message.clear();
+                st.result = Some(res);
+            }
+            Err(e) => st.message = e,
+        }
+    }
+    ui.horizontal(|ui| {
+        let l = ui.label("tokens N");
+        ui.add(egui::DragValue::new(&mut st.n).range(16..=8192)).labelled_by(l.id);
+        let l = ui.label("d_model");
+        ui.add(egui::DragValue::new(&mut st.d_model).range(64..=512).speed(64)).labelled_by(l.id);
+        st.d_model = (st.d_model / 64).max(1) * 64;
+        let l = ui.label("route 1 /");
+        ui.add(egui::DragValue::new(&mut st.fraction_inv).range(1..=64)).labelled_by(l.id);
+        if ui.add_enabled(st.job.is_none(), egui::Button::new("run CoLT5 and dense layers")).clicked() {
+            let (gpu, n, d, f) = (gpu.clone(), st.n, st.d_model, 1.0 / st.fraction_inv as f64);
+            st.job = Some(Job::start(ui.ctx(), inline, move || compute(&gpu, n, d, f)));
+        }
+        if st.job.is_some() {
+            ui.spinner();
+        }
+        ui.label(&st.message);
+    });
+    let Some(r) = &st.result else {
+        ui.label("run the layers to see which tokens the routers pick");
+        return;
+    };
+    ui.label("tokens in order; each row one router: coloured = routed to the heavy branch, grey = light branch only");
+    let width = ui.available_width();
+    let (rect, response) = ui.allocate_exact_size(Vec2::new(width, 3.0 * 22.0), Sense::hover());
+    let painter = ui.painter_at(rect);
+    let cw = rect.width() / r.n as f32;
+    for (row, idx) in r.routed.iter().enumerate() {
+        let y = rect.top() + row as f32 * 22.0;
+        painter.rect_filled(
+            Rect::from_min_size(pos2(rect.left(), y), Vec2::new(rect.width(), 18.0)),
+            0.0,
+            Color32::from_gray(60),
+        );
+        for &i in idx {
+            painter.rect_filled(
+                Rect::from_min_size(pos2(rect.left() + i as f32 * cw, y), Vec2::new(cw.max(1.0), 18.0)),
+                0.0,
+                COLORS[row],
+            );
+        }
+    }
+    if let Some(pos) = response.hover_pos() {
+        let token = (((pos.x - rect.left()) / cw) as usize).min(r.n - 1);
+        let row = (((pos.y - rect.top()) / 22.0) as usize).min(2);
+        let routed = r.routed[row].contains(&(token as u32));
+        response.on_hover_text(format!(
+            "token {token}: {} score {:.4} — {}",
+            NAMES[row],
+            r.scores[row][token],
+            if routed { "heavy" } else { "light only" }
+        ));
+    }
+    ui.columns(2, |cols| {
+        cols[0].label("router scores (cosine similarity), histogram");
+        Plot::new("router hist").legend(Legend::default()).height(240.0).show(&mut cols[0], |p| {
+            for (k, scores) in r.scores.iter().enumerate() {
+                let bins = 40;
+                let mut counts = vec![0u32; bins];
+                for &s in scores {
+                    counts[(((s + 1.0) / 2.0 * bins as f64) as usize).min(bins - 1)] += 1;
+                }
+                let bars = counts
+                    .iter()
+                    .enumerate()
+                    .map(|(b, &c)| {
+                        Bar::new(-1.0 + (b as f64 + 0.5) * 2.0 / bins as f64, c as f64)
+                            .width(2.0 / bins as f64)
+                    })
+                    .collect();
+                p.bar_chart(BarChart::new(NAMES[k], bars).color(COLORS[k]));
+            }
+        });
+        cols[1].label("per branch: GFLOP (bars) — CoLT5 against dense");
+        Plot::new("branch flops").legend(Legend::default()).height(240.0).show(&mut cols[1], |p| {
+            for (k, (name, timings)) in [("CoLT5", &r.colt5), ("dense", &r.dense)].into_iter().enumerate() {
+                let bars = timings
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        Bar::new(i as f64 + 0.2 * k as f64 - 0.1, t.flops / 1e9).width(0.2).name(t.branch)
+                    })
+                    .collect();
+                p.bar_chart(BarChart::new(name, bars));
+            }
+        });
+    });
+    egui::Grid::new("branch table").striped(true).show(ui, |ui| {
+        for h in ["branch", "CoLT5 ms", "CoLT5 GFLOP", "dense ms", "dense GFLOP"] {
+            ui.strong(h);
+        }
+        ui.end_row();
+        for (c, d) in r.colt5.iter().zip(&r.dense) {
+            ui.label(c.branch);
+            ui.label(format!("{:.2}", c.ms));
+            ui.label(format!("{:.3}", c.flops / 1e9));
+            ui.label(format!("{:.2}", d.ms));
+            ui.label(format!("{:.3}", d.flops / 1e9));
+            ui.end_row();
+        }
+    });
+}
