@@ -16,9 +16,15 @@ struct Dims {
     n: u32,
     has_bias: u32,
     accumulate: u32, // nonzero: C += act(A·B + bias) (residual branches)
+    // rows [row_base, row_end) of this dispatch; A and C are bound from aligned offsets and
+    // the shifts (in elements) turn global indices into indices of the bound ranges — so
+    // A and C larger than one storage binding run in chunks of rows
+    row_base: u32,
+    row_end: u32,
+    a_shift: u32,
+    c_shift: u32,
     pad0: u32,
     pad1: u32,
-    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -47,7 +53,7 @@ fn main(ids: Ids) {
         col4 = lane_of(ids);
         rowg = subgroup_of(ids);
     }
-    let row0 = wg.y * TM + rowg * RM;
+    let row0 = dims.row_base + wg.y * TM + rowg * RM;
     let col0 = wg.x * TN + col4 * 4u;
     var acc: array<vec4<f32>, RM>;
     for (var r = 0u; r < RM; r++) {
@@ -55,11 +61,11 @@ fn main(ids: Ids) {
     }
     for (var k0 = 0u; k0 < dims.k; k0 += TK) {
         for (var x = lid; x < TM * TK; x += COLS * ROWS) {
-            let gr = wg.y * TM + x / TK;
+            let gr = dims.row_base + wg.y * TM + x / TK;
             let gk = k0 + x % TK;
             var val = 0.0;
-            if gr < dims.m && gk < dims.k {
-                val = a[gr * dims.k + gk];
+            if gr < dims.row_end && gk < dims.k {
+                val = a[gr * dims.k + gk - dims.a_shift];
             }
             a_tile[x] = val;
         }
@@ -102,7 +108,7 @@ fn main(ids: Ids) {
     }
     for (var r = 0u; r < RM; r++) {
         let gr = row0 + r;
-        if gr >= dims.m {
+        if gr >= dims.row_end {
             continue;
         }
         for (var e = 0u; e < 4u; e++) {
@@ -116,9 +122,9 @@ fn main(ids: Ids) {
                     val = gelu(val);
                 }
                 if dims.accumulate != 0u {
-                    val += c[gr * dims.n + gc];
+                    val += c[gr * dims.n + gc - dims.c_shift];
                 }
-                c[gr * dims.n + gc] = val;
+                c[gr * dims.n + gc - dims.c_shift] = val;
             }
         }
     }

@@ -96,3 +96,21 @@ fn one_kv_head_beyond_the_binding_is_a_typed_error_for_flash() {
     let err = Attention::new(g, Kernel::Flash, &spec).err().expect("refused");
     assert!(matches!(err, longctx::Error::BindingTooLarge { limit: 1_048_576, .. }), "{err}");
 }
+
+#[test]
+fn matmul_runs_rows_in_chunks_beyond_one_binding() {
+    use longctx::kernels::matmul::{Activation, Matmul, matmul_f64};
+    use rand::SeedableRng;
+    let g = small_gpu();
+    // C = 600·500·4 B = 1.2 MB and A = 600·460·4 B = 1.1 MB exceed the 1 MiB binding
+    let (m, k, n) = (600, 460, 500);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(common::seed());
+    let (a, b, bias) =
+        (common::random(m * k, &mut rng), common::random(k * n, &mut rng), common::random(n, &mut rng));
+    let mm = Matmul::new(g, m, k, n, true, Activation::Gelu).unwrap();
+    assert!(mm.dispatches() > 1, "{} dispatch(es)", mm.dispatches());
+    let c = mm.run(g, &a, &b, Some(&bias)).unwrap();
+    let err = longctx::reference::rel_error(&c, &matmul_f64(&a, &b, Some(&bias), m, k, n, Activation::Gelu));
+    println!("matmul beyond a 1 MiB binding: {} chunks of rows, rel err {err:.2e}", mm.dispatches());
+    assert!(err <= 1e-5, "{err}");
+}

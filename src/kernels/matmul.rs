@@ -69,12 +69,16 @@ fn layout(gpu: &Gpu) -> wgpu::BindGroupLayout {
 
 /// A prepared matmul of fixed sizes.
 pub struct Matmul {
+    /// Per dispatch: the dims uniform, first row, rows, and the (offset, size) byte ranges of
+    /// A and C (`None`: whole buffers).
+    chunks: Vec<Chunk>,
+    chunk_rows: usize,
+    whole: bool,
     tn: u32,
     m: usize,
     k: usize,
     n: usize,
     pipeline: wgpu::ComputePipeline,
-    dims: wgpu::Buffer,
     no_bias: wgpu::Buffer,
     has_bias: bool,
 }
@@ -97,8 +101,30 @@ impl Matmul {
         if m == 0 || k == 0 || n == 0 {
             return Err(Error::Empty { what: "matmul (M, K, N)".into(), shape: vec![m, k, n] });
         }
-        for (what, len) in [("A", m * k), ("B", k * n), ("C", m * n)] {
-            gpu.check_binding(&format!("matmul {what}"), len as u64 * 4)?;
+        gpu.check_binding("matmul B", (k * n) as u64 * 4)?;
+        let limits = gpu.limits();
+        for (what, len) in [("A", m * k), ("C", m * n)] {
+            let bytes = len as u64 * 4;
+            if bytes > limits.max_buffer_size {
+                return Err(Error::BufferTooLarge {
+                    what: format!("matmul {what}"),
+                    bytes,
+                    limit: limits.max_buffer_size,
+                });
+            }
+        }
+        // rows per dispatch so that A's and C's rows (plus alignment slack) fit one binding
+        let (limit, align) =
+            (limits.max_storage_buffer_binding_size, limits.min_storage_buffer_offset_alignment as u64);
+        let whole = ((m * k).max(m * n) as u64) * 4 <= limit;
+        let chunk_rows =
+            if whole { m } else { (limit.saturating_sub(align) / (4 * k.max(n) as u64)) as usize };
+        if chunk_rows == 0 {
+            return Err(Error::BindingTooLarge {
+                what: format!("matmul: one row of A ({k} values) or C ({n} values)"),
+                bytes: 4 * k.max(n) as u64 + align,
+                limit,
+            });
         }
         let sg = if subgroups { subgroup_width(gpu) } else { 0 };
         let (tn, tk) = if sg > 0 { (4 * sg, TK.max(sg)) } else { (TN, TK) };
@@ -124,7 +150,9 @@ impl Matmul {
             k,
             n,
             pipeline,
-            dims: gpu.uniform("matmul dims", &[m as u32, k as u32, n as u32, has_bias as u32, 0, 0, 0, 0]),
+            chunks: Self::chunks(gpu, m, k, n, has_bias, false, chunk_rows, whole),
+            chunk_rows,
+            whole,
             no_bias: gpu.storage("matmul no bias", 4)?,
             has_bias,
         })
@@ -132,9 +160,62 @@ impl Matmul {
 
     /// This matmul adding its result to C instead of overwriting it.
     pub fn accumulating(mut self, gpu: &Gpu) -> Self {
-        let (m, k, n) = (self.m as u32, self.k as u32, self.n as u32);
-        self.dims = gpu.uniform("matmul dims", &[m, k, n, self.has_bias as u32, 1, 0, 0, 0]);
+        self.chunks =
+            Self::chunks(gpu, self.m, self.k, self.n, self.has_bias, true, self.chunk_rows, self.whole);
         self
+    }
+
+    /// Dispatches (rows in chunks when A or C exceed one binding).
+    pub fn dispatches(&self) -> usize {
+        self.chunks.len()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn chunks(
+        gpu: &Gpu,
+        m: usize,
+        k: usize,
+        n: usize,
+        has_bias: bool,
+        acc: bool,
+        rows: usize,
+        whole: bool,
+    ) -> Vec<Chunk> {
+        let align = gpu.limits().min_storage_buffer_offset_alignment as u64;
+        let range = |offset: u64, size: u64| {
+            let aligned = offset - offset % align;
+            (aligned, offset + size - aligned)
+        };
+        (0..m)
+            .step_by(rows)
+            .map(|r0| {
+                let r1 = (r0 + rows).min(m);
+                let (a, c) = if whole {
+                    (None, None)
+                } else {
+                    (
+                        Some(range((r0 * k * 4) as u64, ((r1 - r0) * k * 4) as u64)),
+                        Some(range((r0 * n * 4) as u64, ((r1 - r0) * n * 4) as u64)),
+                    )
+                };
+                let shift = |r: Option<(u64, u64)>| r.map_or(0, |(off, _)| (off / 4) as u32);
+                let dims = [
+                    m as u32,
+                    k as u32,
+                    n as u32,
+                    has_bias as u32,
+                    acc as u32,
+                    r0 as u32,
+                    r1 as u32,
+                    shift(a),
+                    shift(c),
+                    0,
+                    0,
+                    0,
+                ];
+                Chunk { dims: gpu.uniform("matmul dims", &dims), rows: r1 - r0, a, c }
+            })
+            .collect()
     }
 
     /// FLOPs of one call: 2·M·K·N.
@@ -158,16 +239,22 @@ impl Matmul {
                 if self.has_bias { "with" } else { "without" }
             )));
         }
-        let bind = gpu.bind_group(&layout(gpu), &[&self.dims, a, b, bias.unwrap_or(&self.no_bias), c]);
+        let layout = layout(gpu);
         let mut pass = encoder
             .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
         pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(
-            self.n.div_ceil(self.tn as usize) as u32,
-            self.m.div_ceil(TM as usize) as u32,
-            1,
-        );
+        for ch in &self.chunks {
+            let bind = gpu.bind_group_ranges(
+                &layout,
+                &[(&ch.dims, None), (a, ch.a), (b, None), (bias.unwrap_or(&self.no_bias), None), (c, ch.c)],
+            );
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(
+                self.n.div_ceil(self.tn as usize) as u32,
+                ch.rows.div_ceil(TM as usize) as u32,
+                1,
+            );
+        }
         Ok(())
     }
 
@@ -188,14 +275,22 @@ impl Matmul {
         }
         crate::spec::check_finite("A", a)?;
         crate::spec::check_finite("B", b)?;
-        let (ab, bb) = (gpu.upload("matmul A", a)?, gpu.upload("matmul B", b)?);
+        let (ab, bb) = (gpu.upload_ranged("matmul A", a)?, gpu.upload("matmul B", b)?);
         let biasb = bias.map(|x| gpu.upload("matmul bias", x)).transpose()?;
-        let cb = gpu.storage("matmul C", (self.m * self.n * 4) as u64)?;
+        let cb = gpu.storage_ranged("matmul C", (self.m * self.n * 4) as u64)?;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         self.encode(gpu, &mut enc, &ab, &bb, biasb.as_ref(), &cb)?;
         gpu.queue.submit([enc.finish()]);
         gpu.read(&cb, self.m * self.n)
     }
+}
+
+/// One dispatch of a matmul: its dims, rows, and the bound byte ranges of A and C.
+struct Chunk {
+    dims: wgpu::Buffer,
+    rows: usize,
+    a: Option<(u64, u64)>,
+    c: Option<(u64, u64)>,
 }
 
 /// The oracle: act(A·B + bias) in f64.
