@@ -8,6 +8,7 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::kernels::ShaderVariant;
+use crate::profile::Profile;
 
 /// How longctx picks an adapter when it creates its own device.
 #[derive(Clone, Debug, Default)]
@@ -20,6 +21,8 @@ pub struct GpuOptions {
     /// Limits to request instead of the adapter's own — e.g. lowered ones, to exercise the
     /// engine's chunking on a small budget. Must not exceed the adapter's.
     pub limits: Option<wgpu::Limits>,
+    /// A profile name (see [`crate::profile::Profile::all`]) instead of the detected one.
+    pub profile: Option<String>,
 }
 
 /// The optional features longctx uses when the adapter has them.
@@ -40,6 +43,8 @@ pub struct Gpu {
     features: wgpu::Features,
     pipelines: Arc<Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>>,
     layouts: Arc<Mutex<HashMap<&'static str, wgpu::BindGroupLayout>>>,
+    profile: Profile,
+    profile_reason: String,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -142,13 +147,34 @@ impl Gpu {
         };
         let (device, queue) =
             pollster::block_on(adapter.request_device(&device_descriptor(&adapter, options.limits.clone())))?;
-        Ok(Self::from_wgpu(device, queue, adapter.get_info()))
+        let gpu = Self::from_wgpu(device, queue, adapter.get_info());
+        match &options.profile {
+            Some(name) => gpu.with_profile(name),
+            None => Ok(gpu),
+        }
+    }
+
+    /// This device with the named profile instead of the detected one.
+    pub fn with_profile(mut self, name: &str) -> Result<Self> {
+        self.profile = Profile::by_name(name).ok_or_else(|| {
+            Error::Invalid(format!("unknown profile `{name}`; choose from {}", Profile::names().join(", ")))
+        })?;
+        self.profile_reason = "chosen with --profile".into();
+        Ok(self)
+    }
+
+    /// The profile in force and why it was chosen.
+    pub fn profile(&self) -> (&Profile, &str) {
+        (&self.profile, &self.profile_reason)
     }
 
     /// Wraps a host application's device and queue. longctx never assumes it owns them:
     /// it uses only the features and limits the device was created with.
     pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
+        let (profile, profile_reason) = Profile::detect(&info);
         Self {
+            profile,
+            profile_reason,
             limits: device.limits(),
             features: device.features(),
             device,

@@ -29,6 +29,7 @@ pub mod io;
 pub mod kernels;
 pub mod mask;
 pub mod plan;
+pub mod profile;
 pub mod reference;
 pub mod spec;
 

@@ -10,9 +10,16 @@ pub struct InfoArgs {
     /// List every adapter wgpu can see, best first, instead of describing the chosen one.
     #[arg(long)]
     all: bool,
+    /// Print the table of kernel-configuration presets (no adapter needed).
+    #[arg(long)]
+    profiles: bool,
 }
 
 pub fn run(dev: &DeviceArgs, args: &InfoArgs) -> anyhow::Result<()> {
+    if args.profiles {
+        print!("{}", profiles_table());
+        return Ok(());
+    }
     if args.all {
         let adapters = list_adapters(&dev.options());
         if adapters.is_empty() {
@@ -39,6 +46,8 @@ pub fn describe(gpu: &Gpu) -> String {
     let mut s = String::new();
     let mut line = |k: &str, v: String| s.push_str(&format!("{k:<34} {v}\n"));
     line("adapter", i.name.clone());
+    let (profile, why) = gpu.profile();
+    line("profile", format!("{} — {why}", profile.name));
     line("backend", format!("{:?}", i.backend));
     line("device type", format!("{:?}", i.device_type));
     line("driver", format!("{} {}", i.driver, i.driver_info).trim().to_string());
@@ -75,4 +84,49 @@ pub fn describe(gpu: &Gpu) -> String {
         );
     }
     s
+}
+
+/// The presets as a table: hardware, limits they are sized for, flash tiles, decode splits,
+/// and the reasons.
+pub fn profiles_table() -> String {
+    use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+    use longctx::profile::Profile;
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "profile",
+        "hardware",
+        "wg memory / invocations",
+        "subgroup",
+        "flash BR×BC at D 64 / 128 / 256",
+        "decode slots/split",
+        "why",
+    ]);
+    for p in Profile::all() {
+        let tiles: Vec<String> = [64, 128, 256]
+            .iter()
+            .map(|&d| {
+                let c = p.flash_config(d);
+                format!(
+                    "{}×{}{}",
+                    c.br,
+                    c.bc,
+                    if c.p > 1 { format!(" ({} inv/row)", c.p) } else { String::new() }
+                )
+            })
+            .collect();
+        t.add_row([
+            p.name.to_string(),
+            p.hardware.to_string(),
+            format!(
+                "{} KiB / {}",
+                p.limits.max_compute_workgroup_storage_size / 1024,
+                p.limits.max_compute_invocations_per_workgroup
+            ),
+            if p.subgroup > 0 { p.subgroup.to_string() } else { "—".into() },
+            tiles.join(" / "),
+            p.decode_chunk.to_string(),
+            p.reasons.join("; "),
+        ]);
+    }
+    format!("{t}\n")
 }

@@ -35,6 +35,10 @@ pub struct DeviceArgs {
     /// (default: WGPU_BACKEND or all; Vulkan is preferred over GL).
     #[arg(long, global = true)]
     pub backend: Option<String>,
+    /// Kernel configuration preset instead of the detected one: a100, h100, nvidia, amd-cdna,
+    /// amd-rdna, apple, intel, software, portable (`longctx info --profiles` shows them).
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
 }
 
 impl DeviceArgs {
@@ -43,6 +47,7 @@ impl DeviceArgs {
             backends: self.backend.as_deref().map(wgpu::Backends::from_comma_list),
             adapter: self.adapter.clone(),
             limits: None,
+            profile: self.profile.clone(),
         }
     }
     pub fn gpu(&self) -> anyhow::Result<Gpu> {

@@ -62,21 +62,24 @@ impl FlashConfig {
         2 * self.bc as u64 * d as u64 * 4 + self.s_part_len() as u64 * 4
     }
 
-    /// The default for this device: 64 rows, `p` from the head dim, the largest key tile in
-    /// {32, 16, 8, 4} that fits the device's workgroup memory, and subgroup shuffles where
-    /// the device has SUBGROUP with one fixed subgroup size.
+    /// The configuration for this device: its profile's (see [`crate::profile`]) where that
+    /// fits the device, else 64 rows and the largest key tile that fits; subgroup shuffles
+    /// where the profile asks for the device's own fixed subgroup width; passes below a
+    /// loop-iteration cap.
     pub fn for_device(gpu: &Gpu, d: usize) -> Self {
-        let mut c = Self::for_limits(gpu.limits(), d);
-        let info = gpu.info();
-        let sg = info.subgroup_min_size;
-        if gpu.features().contains(wgpu::Features::SUBGROUP)
-            && sg == info.subgroup_max_size
-            && sg > 0
-            && c.p == 1
-            && c.br.is_multiple_of(sg)
-        {
-            c.sg = sg;
+        // the profile's choice, where it fits this device; else sized to the device's limits
+        let mut c = gpu.profile().0.flash_config(d);
+        let l = gpu.limits();
+        let fits = c.workgroup_bytes(d) <= l.max_compute_workgroup_storage_size as u64
+            && c.invocations() <= l.max_compute_invocations_per_workgroup.min(l.max_compute_workgroup_size_x);
+        if !fits {
+            c = Self::for_limits(l, d);
         }
+        // shuffles only at the device's own fixed subgroup width
+        let info = gpu.info();
+        let fixed = info.subgroup_min_size == info.subgroup_max_size;
+        let has = gpu.features().contains(wgpu::Features::SUBGROUP);
+        c.sg = if has && fixed && c.sg == info.subgroup_min_size { c.sg } else { 0 };
         c.fit_passes(gpu, d)
     }
 
