@@ -23,6 +23,8 @@ pub struct GpuOptions {
     pub limits: Option<wgpu::Limits>,
     /// A profile name (see [`crate::profile::Profile::all`]) instead of the detected one.
     pub profile: Option<String>,
+    /// Use the autotuner's cached winners for this adapter (see [`crate::tune`]).
+    pub tuned: bool,
 }
 
 /// The optional features longctx uses when the adapter has them.
@@ -45,6 +47,7 @@ pub struct Gpu {
     layouts: Arc<Mutex<HashMap<&'static str, wgpu::BindGroupLayout>>>,
     profile: Profile,
     profile_reason: String,
+    tuned: Option<crate::tune::Tuned>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -147,7 +150,10 @@ impl Gpu {
         };
         let (device, queue) =
             pollster::block_on(adapter.request_device(&device_descriptor(&adapter, options.limits.clone())))?;
-        let gpu = Self::from_wgpu(device, queue, adapter.get_info());
+        let mut gpu = Self::from_wgpu(device, queue, adapter.get_info());
+        if options.tuned {
+            gpu.tuned = crate::tune::cached(&gpu);
+        }
         match &options.profile {
             Some(name) => gpu.with_profile(name),
             None => Ok(gpu),
@@ -163,6 +169,11 @@ impl Gpu {
         Ok(self)
     }
 
+    /// The autotuner's winners in use, if any.
+    pub fn tuned(&self) -> Option<&crate::tune::Tuned> {
+        self.tuned.as_ref()
+    }
+
     /// The profile in force and why it was chosen.
     pub fn profile(&self) -> (&Profile, &str) {
         (&self.profile, &self.profile_reason)
@@ -175,6 +186,7 @@ impl Gpu {
         Self {
             profile,
             profile_reason,
+            tuned: None,
             limits: device.limits(),
             features: device.features(),
             device,

@@ -32,6 +32,7 @@ pub mod plan;
 pub mod profile;
 pub mod reference;
 pub mod spec;
+pub mod tune;
 
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions};

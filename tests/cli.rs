@@ -302,3 +302,22 @@ fn route_compares_colt5_with_dense_and_writes_routed_tokens() {
     assert_eq!(q.shape, vec![32]);
     fails_with(&["route", "--n", "128", "--d-model", "64", "--route-q", "200"], "must be 1..=N");
 }
+
+#[test]
+fn tune_caches_winners_and_a_corrupt_cache_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = longctx_cached(dir.path(), &["tune", "--quick", "--n", "256", "--context", "600"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{text}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("flash D=64 N=256 causal: preset") && text.contains("decode H=32/8"), "{text}");
+    let cache: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("longctx/tune.json")).unwrap()).unwrap();
+    assert!(cache[0]["flash"]["flash:d=64"].is_array(), "{cache}");
+    // later commands use the winners; a corrupt cache is ignored with a warning, never a crash
+    std::fs::write(dir.path().join("longctx/tune.json"), b"[{broken").unwrap();
+    let out = longctx_cached(
+        dir.path(),
+        &["bench", "--n", "64", "--d", "32", "--heads", "1", "--kernels", "flash", "--causal", "--reps", "1"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

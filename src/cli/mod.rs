@@ -9,6 +9,7 @@ mod maskargs;
 mod peak;
 mod plan;
 mod route;
+mod tune;
 
 use clap::{Parser, Subcommand};
 use longctx::{Gpu, GpuOptions};
@@ -39,6 +40,9 @@ pub struct DeviceArgs {
     /// amd-rdna, apple, intel, software, portable (`longctx info --profiles` shows them).
     #[arg(long, global = true)]
     pub profile: Option<String>,
+    /// Ignore the autotuner's cached winners (`longctx tune`) for this adapter.
+    #[arg(long, global = true)]
+    pub untuned: bool,
 }
 
 impl DeviceArgs {
@@ -48,6 +52,7 @@ impl DeviceArgs {
             adapter: self.adapter.clone(),
             limits: None,
             profile: self.profile.clone(),
+            tuned: !self.untuned,
         }
     }
     pub fn gpu(&self) -> anyhow::Result<Gpu> {
@@ -76,6 +81,8 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// CoLT5 conditional computation: the routed layer against its dense reference, per branch.
     Route(route::RouteArgs),
+    /// Autotune kernel configurations on this adapter and cache the winners.
+    Tune(tune::TuneArgs),
     /// Print a mask's block map (full, partial, skipped tiles), sparsity and FLOPs. No GPU.
     Mask(mask::MaskCmdArgs),
 }
@@ -88,6 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mask(a) => mask::run(&a),
         Command::Plan(a) => plan::run(&a),
         Command::Route(a) => route::run(&cli.device, &a),
+        Command::Tune(a) => tune::run(&cli.device, &a),
         #[cfg(feature = "app")]
         Command::Viz => longctx::app::run(),
         Command::Peak(a) => peak::run(&cli.device, &a),

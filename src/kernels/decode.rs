@@ -278,7 +278,11 @@ impl Decoder {
         gpu.check_workgroup(NAME, 2 * bc as u64 * d as u64 * 4, wg)?;
         // slots per split: below the adapter's loop cap (staging plus ≈ 2·BC·(D/4 + 1)
         // iterations per tile)
-        let mut chunk = if cfg.chunk == 0 { gpu.profile().0.decode_chunk } else { cfg.chunk };
+        let tuned = gpu.tuned().and_then(|t| {
+            t.decode.get(&crate::tune::decode_key(cfg.head_dim, cfg.heads / cfg.kv_heads)).copied()
+        });
+        let mut chunk =
+            if cfg.chunk == 0 { tuned.unwrap_or(gpu.profile().0.decode_chunk) } else { cfg.chunk };
         if let Some(limit) = gpu.loop_iteration_limit() {
             let staging = (bc as u64 * d as u64 / 4).div_ceil(wg as u64);
             let per_tile = staging + 2 * bc as u64 * (d as u64 / 4 * 2 + 2) + bc as u64 * 2 + 16;

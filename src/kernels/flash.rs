@@ -67,8 +67,13 @@ impl FlashConfig {
     /// where the profile asks for the device's own fixed subgroup width; passes below a
     /// loop-iteration cap.
     pub fn for_device(gpu: &Gpu, d: usize) -> Self {
-        // the profile's choice, where it fits this device; else sized to the device's limits
-        let mut c = gpu.profile().0.flash_config(d);
+        // the autotuner's winner if cached; else the profile's choice, where it fits this
+        // device; else sized to the device's limits
+        let tuned = gpu.tuned().and_then(|t| t.flash.get(&crate::tune::flash_key(d)));
+        let mut c = match tuned {
+            Some(&[br, bc, p, sg]) => Self { br, bc, p, sg, pass_tiles: 0 },
+            None => gpu.profile().0.flash_config(d),
+        };
         let l = gpu.limits();
         let fits = c.workgroup_bytes(d) <= l.max_compute_workgroup_storage_size as u64
             && c.invocations() <= l.max_compute_invocations_per_workgroup.min(l.max_compute_workgroup_size_x);
