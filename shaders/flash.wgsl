@@ -34,9 +34,11 @@
 // Device-memory traffic per (b, h): Q and O once (N·D each), LSE once (N), and for every
 // listed tile BC·D of K and of V: ≈ 2·D·BC·(listed tiles) = 2·N·M·D/BR for a dense map.
 
-@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
+// Q, K, V are stored as `in4`: vec4<f32>, or vec4<f16> in the f16-storage variant (half the
+// bytes; every value is widened to f32 on load and all arithmetic stays f32).
+@group(0) @binding(1) var<storage, read> q: array<in4>;
+@group(0) @binding(2) var<storage, read> k: array<in4>;
+@group(0) @binding(3) var<storage, read> v: array<in4>;
 @group(0) @binding(4) var<storage, read_write> o: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(6) var<storage, read> block_map: array<u32>;
@@ -89,7 +91,7 @@ fn main(ids: Ids) {
         acc[x] = vec4<f32>(0.0);
         qr[x] = vec4<f32>(0.0);
         if live && lane0 + x < D4 {
-            qr[x] = q[q_base + x] * params.scale;
+            qr[x] = vec4<f32>(q[q_base + x]) * params.scale;
         }
     }
     var m_run = MASKED;
@@ -152,8 +154,8 @@ fn main(ids: Ids) {
             var kk = vec4<f32>(0.0);
             var vv = vec4<f32>(0.0);
             if key < params.m {
-                kk = k[kv_base + key0 * D4 + x];
-                vv = v[kv_base + key0 * D4 + x];
+                kk = vec4<f32>(k[kv_base + key0 * D4 + x]);
+                vv = vec4<f32>(v[kv_base + key0 * D4 + x]);
             }
             k_tile[x] = kk;
             v_tile[x] = vv;

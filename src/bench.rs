@@ -196,12 +196,24 @@ pub fn run_config(
     mask: &str,
 ) -> Record {
     let mut r = base_record(gpu, kernel, spec, reps, mask);
-    if let Err(e) = fill(gpu, kernel, spec, reps, peak, traffic, &mut r) {
+    if let Err(e) = fill(gpu, kernel, spec, reps, peak, traffic, false, &mut r) {
         r.skipped = Some(e.to_string());
     }
     r
 }
 
+/// [`run_config`] for flash reading f16-stored Q, K, V (`kernel` = "flash-f16"; the error is
+/// against the oracle on the f32 inputs; traffic is not modelled for this variant).
+pub fn run_config_f16(gpu: &Gpu, spec: &AttnSpec, reps: usize, peak: &Peak, mask: &str) -> Record {
+    let mut r = base_record(gpu, Kernel::Flash, spec, reps, mask);
+    r.kernel = "flash-f16".into();
+    if let Err(e) = fill(gpu, Kernel::Flash, spec, reps, peak, false, true, &mut r) {
+        r.skipped = Some(e.to_string());
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
 fn fill(
     gpu: &Gpu,
     kernel: Kernel,
@@ -209,14 +221,23 @@ fn fill(
     reps: usize,
     peak: &Peak,
     traffic: bool,
+    half_inputs: bool,
     r: &mut Record,
 ) -> Result<()> {
     let s = spec.shape;
     let mut rng = StdRng::seed_from_u64(0x10c7);
     let mut rand_vec = |len: usize| (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<f32>>();
     let (q, k, v) = (rand_vec(s.q_len()), rand_vec(s.kv_len()), rand_vec(s.kv_len()));
-    let attn = Attention::new(gpu, kernel, spec)?;
-    let io = DeviceTensors::upload(gpu, spec, &q, &k, &v)?;
+    let attn =
+        if half_inputs { Attention::flash_f16(gpu, spec)? } else { Attention::new(gpu, kernel, spec)? };
+    let upload = |gpu: &Gpu| {
+        if half_inputs {
+            DeviceTensors::upload_f16(gpu, spec, &q, &k, &v)
+        } else {
+            DeviceTensors::upload(gpu, spec, &q, &k, &v)
+        }
+    };
+    let io = upload(gpu)?;
     io.poison(gpu);
     let mut enc = gpu.device.create_command_encoder(&Default::default());
     attn.encode(gpu, &mut enc, &io.buffers())?;
@@ -238,8 +259,9 @@ fn fill(
     r.rel_err = Some(err);
     r.reference = reference.into();
     r.scratch_bytes = attn.scratch_bytes();
-    r.device_bytes = r.scratch_bytes + 4 * (2 * s.q_len() + 2 * s.kv_len() + s.lse_len()) as u64;
-    r.traffic_model_bytes = attn.traffic_model().total();
+    let input_bytes = if half_inputs { 2 } else { 4 } * (s.q_len() + 2 * s.kv_len()) as u64;
+    r.device_bytes = r.scratch_bytes + input_bytes + 4 * (s.q_len() + s.lse_len()) as u64;
+    r.traffic_model_bytes = if half_inputs { 0 } else { attn.traffic_model().total() };
     if traffic {
         let inst = Attention::instrumented(gpu, kernel, spec)?;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
@@ -250,8 +272,7 @@ fn fill(
     // rotate through copies while the inputs are small enough to sit in the host's caches
     let input_bytes = 4 * (s.q_len() + 2 * s.kv_len()) as u64;
     let copies = if input_bytes <= ROTATE_BELOW_BYTES { 3 } else { 1 };
-    let extra: Vec<DeviceTensors> =
-        (1..copies).map(|_| DeviceTensors::upload(gpu, spec, &q, &k, &v)).collect::<Result<_>>()?;
+    let extra: Vec<DeviceTensors> = (1..copies).map(|_| upload(gpu)).collect::<Result<_>>()?;
     let mut sets = vec![&io];
     sets.extend(extra.iter());
     let t = time_attention(gpu, &attn, &sets, 1, reps)?;

@@ -73,6 +73,9 @@ pub struct BenchArgs {
     /// Write the records as CSV to this path.
     #[arg(long)]
     csv: Option<PathBuf>,
+    /// Also time flash with Q, K, V stored as f16 (needs SHADER_F16) next to each flash row.
+    #[arg(long)]
+    f16: bool,
     /// Instead of attention, time the tiled matmul at these square sizes (e.g. 512,1024).
     #[arg(long, value_delimiter = ',')]
     matmul: Option<Vec<String>>,
@@ -211,6 +214,9 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
     for c in &configs {
         bar.set_message(format!("{} {} N={}", c.kernel.name(), describe(&c.spec), c.spec.shape.n));
         records.push(run_config(&gpu, c.kernel, &c.spec, c.reps, &peak, !a.no_traffic, &describe(&c.spec)));
+        if a.f16 && c.kernel == Kernel::Flash {
+            records.push(longctx::bench::run_config_f16(&gpu, &c.spec, c.reps, &peak, &describe(&c.spec)));
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();

@@ -129,6 +129,11 @@ impl FlashConfig {
 
     /// The shader variant for head dim `d`; `count` builds the instrumented variant.
     pub fn variant(&self, d: usize, count: bool) -> ShaderVariant {
+        self.variant_f16(d, count, false)
+    }
+
+    /// [`FlashConfig::variant`] with Q, K, V stored as f16 when `f16`.
+    pub fn variant_f16(&self, d: usize, count: bool, f16: bool) -> ShaderVariant {
         let d4 = (d / 4) as u32;
         ShaderVariant {
             stem: NAME,
@@ -147,6 +152,7 @@ impl FlashConfig {
                 ("SG_GUARD_U", (self.sg > 0 && !d4.is_multiple_of(self.sg)) as u32),
                 ("S_PART", self.s_part_len()),
                 ("COUNT", count as u32),
+                ("F16_U", f16 as u32),
                 ("LANE_GUARD_U", !d4.is_multiple_of(self.p) as u32),
             ],
         }
@@ -205,6 +211,7 @@ pub struct Flash {
     /// One dispatch per (chunk of heads that fits the bindings, pass over the tile lists).
     passes: Vec<Dispatch>,
     chunks: usize,
+    f16: bool,
     block_map: wgpu::Buffer,
     map: BlockMap,
     slopes: wgpu::Buffer,
@@ -215,7 +222,24 @@ pub struct Flash {
 
 impl Flash {
     pub fn new(gpu: &Gpu, spec: &AttnSpec, config: FlashConfig, instrumented: bool) -> Result<Self> {
+        Self::new_with(gpu, spec, config, instrumented, false)
+    }
+
+    /// [`Flash::new`]; with `f16`, Q, K and V are read as f16 (needs SHADER_F16 and tensors
+    /// that fit one binding each).
+    pub fn new_with(
+        gpu: &Gpu,
+        spec: &AttnSpec,
+        config: FlashConfig,
+        instrumented: bool,
+        f16: bool,
+    ) -> Result<Self> {
         let s = spec.shape;
+        if f16 && !gpu.features().contains(wgpu::Features::SHADER_F16) {
+            return Err(crate::Error::Invalid(
+                "f16 storage needs the SHADER_F16 feature, which this device lacks; use f32 inputs".into(),
+            ));
+        }
         check_head_dim(NAME, s.head_dim)?;
         if config.br == 0
             || config.bc == 0
@@ -261,6 +285,12 @@ impl Flash {
         gpu.check_workgroup(NAME, config.workgroup_bytes(s.head_dim), config.invocations())?;
         gpu.check_dispatch(NAME, [s.n.div_ceil(config.br as usize) as u64, s.heads as u64, s.batch as u64])?;
         let chunks = Chunk::plan(gpu, spec)?;
+        if f16 && chunks.len() > 1 {
+            return Err(crate::Error::Invalid(format!(
+                "f16 storage runs tensors that fit one binding; this problem needs {} chunks",
+                chunks.len()
+            )));
+        }
 
         let map = BlockMap::build(spec, config.br as usize, config.bc as usize)?;
         let (mut words, [entries, mask_index, bits]) = map.to_gpu_words();
@@ -306,12 +336,13 @@ impl Flash {
             }
         }
 
-        let pipeline = gpu.pipeline(&config.variant(s.head_dim, instrumented), &layout(gpu))?;
+        let pipeline = gpu.pipeline(&config.variant_f16(s.head_dim, instrumented, f16), &layout(gpu))?;
         Ok(Self {
             config,
             pipeline,
             passes,
             chunks: chunks.len(),
+            f16,
             block_map: gpu.upload("flash block map", &words)?,
             map,
             slopes: gpu.upload("ALiBi slopes", &slopes_words(spec))?,
@@ -333,6 +364,11 @@ impl Flash {
     /// Passes over the tile lists per call (1 unless the adapter caps loop iterations).
     pub fn passes(&self) -> usize {
         self.passes.len() / self.chunks
+    }
+
+    /// Whether Q, K, V are read as f16.
+    pub fn is_f16(&self) -> bool {
+        self.f16
     }
 
     /// Chunks of heads dispatched separately so every binding fits (1 when all fit).

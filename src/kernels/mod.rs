@@ -39,6 +39,15 @@ impl ShaderVariant {
     /// The full WGSL source: constants header, common snippet, kernel body.
     pub fn source(&self) -> String {
         let mut src = String::new();
+        // `F16_U` selects the storage type of a kernel's inputs: `in4` is vec4<f16> (and f16 is
+        // enabled, which must come first) or vec4<f32>.
+        let f16 = self.consts.iter().find(|(n, _)| *n == "F16_U").map(|&(_, v)| v != 0);
+        if f16 == Some(true) {
+            src.push_str("enable f16;\n");
+        }
+        if let Some(f16) = f16 {
+            src.push_str(if f16 { "alias in4 = vec4<f16>;\n" } else { "alias in4 = vec4<f32>;\n" });
+        }
         for (name, value) in &self.consts {
             match name.strip_suffix("_U") {
                 // `NAME_U` constants become booleans `NAME`.
@@ -173,7 +182,8 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
         .step_by(4)
         .flat_map(|d| {
             let config = flash::FlashConfig::for_limits(limits, d);
-            let mut v = vec![config.variant(d, false), config.variant(d, true)];
+            let mut v =
+                vec![config.variant(d, false), config.variant(d, true), config.variant_f16(d, false, true)];
             // the subgroup-shuffle path at the subgroup widths of real hardware
             for sg in [8, 16, 32, 64] {
                 if config.p == 1 && config.br.is_multiple_of(sg) {
@@ -292,6 +302,17 @@ impl Attention {
         })
     }
 
+    /// Prepares flash reading Q, K and V stored as f16 (half the input bytes; f32 arithmetic
+    /// and outputs). Feed it with [`DeviceTensors::upload_f16`].
+    pub fn flash_f16(gpu: &Gpu, spec: &AttnSpec) -> Result<Self> {
+        spec.validate()?;
+        let config = flash::FlashConfig::for_device(gpu, spec.shape.head_dim);
+        Ok(Self {
+            spec: spec.clone(),
+            plan: Plan::Flash(flash::Flash::new_with(gpu, spec, config, false, true)?),
+        })
+    }
+
     /// Prepares the instrumented variant of `kernel` (default tiles), which counts the bytes
     /// it moves; read them with [`Attention::measured_traffic`] after a run.
     pub fn instrumented(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec) -> Result<Self> {
@@ -375,10 +396,11 @@ impl Attention {
     fn check_buffers(&self, b: &AttnBuffers) -> Result<()> {
         let s = self.spec.shape;
         let f = 4u64;
+        let fin = if self.flash().is_some_and(flash::Flash::is_f16) { 2 } else { 4 };
         for (name, buf, want) in [
-            ("Q", b.q, s.q_len() as u64 * f),
-            ("K", b.k, s.kv_len() as u64 * f),
-            ("V", b.v, s.kv_len() as u64 * f),
+            ("Q", b.q, s.q_len() as u64 * fin),
+            ("K", b.k, s.kv_len() as u64 * fin),
+            ("V", b.v, s.kv_len() as u64 * fin),
             ("O", b.o, s.q_len() as u64 * f),
             ("LSE", b.lse, s.lse_len() as u64 * f),
         ] {
@@ -422,6 +444,23 @@ impl DeviceTensors {
             q: gpu.upload_ranged("Q", q)?,
             k: gpu.upload_ranged("K", k)?,
             v: gpu.upload_ranged("V", v)?,
+            o: gpu.storage_ranged("O", s.q_len() as u64 * 4)?,
+            lse: gpu.storage_ranged("LSE", s.lse_len() as u64 * 4)?,
+            q_len: s.q_len(),
+            lse_len: s.lse_len(),
+        })
+    }
+
+    /// Q, K, V rounded to f16 (for [`Attention::flash_f16`]); O and LSE stay f32.
+    pub fn upload_f16(gpu: &Gpu, spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32]) -> Result<Self> {
+        spec.check_inputs(q, k, v)?;
+        let s = spec.shape;
+        let half = |x: &[f32]| x.iter().map(|&v| half::f16::from_f32(v)).collect::<Vec<half::f16>>();
+        let bytes = |x: &[half::f16]| -> Vec<u16> { x.iter().map(|h| h.to_bits()).collect() };
+        Ok(Self {
+            q: gpu.upload_ranged("Q (f16)", &bytes(&half(q)))?,
+            k: gpu.upload_ranged("K (f16)", &bytes(&half(k)))?,
+            v: gpu.upload_ranged("V (f16)", &bytes(&half(v)))?,
             o: gpu.storage_ranged("O", s.q_len() as u64 * 4)?,
             lse: gpu.storage_ranged("LSE", s.lse_len() as u64 * 4)?,
             q_len: s.q_len(),

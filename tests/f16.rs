@@ -1,0 +1,52 @@
+//! The f16-storage flash variant: error within 2× that of an f16-rounded CPU reference.
+
+mod common;
+
+use longctx::reference::{attention_f64, rel_error};
+use longctx::{Alibi, Attention, AttnShape, AttnSpec, DeviceTensors};
+
+fn round16(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()
+}
+
+#[test]
+fn f16_storage_error_is_within_twice_the_f16_rounding_error() {
+    let g = common::gpu();
+    if !g.features().contains(wgpu::Features::SHADER_F16) {
+        // the fallback is the f32 path; without the feature the request is a typed error
+        let spec = AttnSpec::new(AttnShape::mha(1, 1, 8, 8, 32));
+        assert!(Attention::flash_f16(g, &spec).is_err());
+        return;
+    }
+    let seed = common::seed();
+    let mut worst = (0f64, 0f64);
+    for spec in [
+        AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 2, n: 113, m: 203, head_dim: 64 })
+            .causal(true),
+        AttnSpec::new(AttnShape { batch: 2, heads: 3, kv_heads: 3, n: 77, m: 77, head_dim: 128 })
+            .alibi(Alibi::Standard),
+        AttnSpec::new(AttnShape { batch: 1, heads: 2, kv_heads: 1, n: 300, m: 300, head_dim: 32 })
+            .window(Some(longctx::Window::new(40, 0))),
+    ] {
+        let (q, k, v) = common::inputs(&spec, seed);
+        let (exact, _) = attention_f64(&spec, &q, &k, &v).unwrap();
+        let (rounded, _) = attention_f64(&spec, &round16(&q), &round16(&k), &round16(&v)).unwrap();
+        let ref_err = rel_error(&rounded.iter().map(|&x| x as f32).collect::<Vec<_>>(), &exact);
+        let attn = Attention::flash_f16(g, &spec).unwrap();
+        let io = DeviceTensors::upload_f16(g, &spec, &q, &k, &v).unwrap();
+        io.poison(g);
+        let mut enc = g.device.create_command_encoder(&Default::default());
+        attn.encode(g, &mut enc, &io.buffers()).unwrap();
+        g.queue.submit([enc.finish()]);
+        let out = io.read(g).unwrap();
+        let err = rel_error(&out.o, &exact);
+        let err_vs_rounded = rel_error(&out.o, &rounded);
+        assert!(err <= 2.0 * ref_err, "f16 kernel {err:.2e} vs 2 × reference {ref_err:.2e} (seed {seed})");
+        assert!(err_vs_rounded <= 1e-5, "vs the rounded-input oracle {err_vs_rounded:.2e} (seed {seed})");
+        worst = (worst.0.max(err), worst.1.max(ref_err));
+    }
+    println!(
+        "f16 storage: worst rel err {:.2e} against f32 inputs; f16-rounded CPU reference {:.2e}",
+        worst.0, worst.1
+    );
+}
