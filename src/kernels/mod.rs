@@ -303,13 +303,16 @@ impl Attention {
     }
 
     /// Prepares flash reading Q, K and V stored as f16 (half the input bytes; f32 arithmetic
-    /// and outputs). Feed it with [`DeviceTensors::upload_f16`].
+    /// and outputs). Feed it with [`DeviceTensors::upload_f16`]. Without SHADER_F16 both fall
+    /// back to f16-rounded values stored as f32 and the f32 kernel — same numbers, f32 bytes.
     pub fn flash_f16(gpu: &Gpu, spec: &AttnSpec) -> Result<Self> {
         spec.validate()?;
         let config = flash::FlashConfig::for_device(gpu, spec.shape.head_dim);
+        // without SHADER_F16: the fallback, f16-rounded values stored as f32 (upload_f16)
+        let native = gpu.features().contains(wgpu::Features::SHADER_F16);
         Ok(Self {
             spec: spec.clone(),
-            plan: Plan::Flash(flash::Flash::new_with(gpu, spec, config, false, true)?),
+            plan: Plan::Flash(flash::Flash::new_with(gpu, spec, config, false, native)?),
         })
     }
 
@@ -451,9 +454,14 @@ impl DeviceTensors {
         })
     }
 
-    /// Q, K, V rounded to f16 (for [`Attention::flash_f16`]); O and LSE stay f32.
+    /// Q, K, V rounded to f16 (for [`Attention::flash_f16`]); O and LSE stay f32. Without
+    /// SHADER_F16 the rounded values are stored as f32 (the fallback).
     pub fn upload_f16(gpu: &Gpu, spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32]) -> Result<Self> {
         spec.check_inputs(q, k, v)?;
+        if !gpu.features().contains(wgpu::Features::SHADER_F16) {
+            let r = |x: &[f32]| x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect::<Vec<f32>>();
+            return Self::upload(gpu, spec, &r(q), &r(k), &r(v));
+        }
         let s = spec.shape;
         let half = |x: &[f32]| x.iter().map(|&v| half::f16::from_f32(v)).collect::<Vec<half::f16>>();
         let bytes = |x: &[half::f16]| -> Vec<u16> { x.iter().map(|h| h.to_bits()).collect() };
