@@ -145,6 +145,29 @@ impl Router {
         gpu.bind_group(&layout(gpu), &[params, x, w, &self.keys, &self.idx, rows, out])
     }
 
+    /// One compute pass running `steps` (entry point index, parameters) over `groups`
+    /// workgroups each, with rows buffer `rows` and scatter target `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn passes(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        steps: &[(usize, &wgpu::Buffer)],
+        groups: u32,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        rows: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+    ) {
+        let mut pass = enc
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
+        for &(entry, params) in steps {
+            pass.set_pipeline(&self.pipelines[entry]);
+            pass.set_bind_group(0, &self.bind(gpu, params, x, w, rows, out), &[]);
+            pass.dispatch_workgroups(groups, 1, 1);
+        }
+    }
+
     /// Records scores and the sort: afterwards `keys[..k]`, `idx[..k]` hold the selection.
     pub fn encode_select(
         &self,
@@ -154,17 +177,9 @@ impl Router {
         w: &wgpu::Buffer,
         scratch: &wgpu::Buffer,
     ) {
-        let mut pass = enc
-            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
-        let groups = self.padded.div_ceil(64) as u32;
-        pass.set_pipeline(&self.pipelines[0]);
-        pass.set_bind_group(0, &self.bind(gpu, &self.base, x, w, scratch, scratch), &[]);
-        pass.dispatch_workgroups(groups, 1, 1);
-        pass.set_pipeline(&self.pipelines[1]);
-        for step in &self.steps {
-            pass.set_bind_group(0, &self.bind(gpu, step, x, w, scratch, scratch), &[]);
-            pass.dispatch_workgroups(groups, 1, 1);
-        }
+        let mut steps = vec![(0, &self.base)];
+        steps.extend(self.steps.iter().map(|p| (1, p)));
+        self.passes(gpu, enc, &steps, self.padded.div_ceil(64) as u32, x, w, scratch, scratch);
     }
 
     /// Records the scores only, every token selected in its own order (`idx[i] = i`): the
@@ -177,11 +192,7 @@ impl Router {
         w: &wgpu::Buffer,
         scratch: &wgpu::Buffer,
     ) {
-        let mut pass = enc
-            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
-        pass.set_pipeline(&self.pipelines[0]);
-        pass.set_bind_group(0, &self.bind(gpu, &self.base, x, w, scratch, scratch), &[]);
-        pass.dispatch_workgroups(self.padded.div_ceil(64) as u32, 1, 1);
+        self.passes(gpu, enc, &[(0, &self.base)], self.padded.div_ceil(64) as u32, x, w, scratch, scratch);
     }
 
     /// Records `rows[r] = x[idx[r]]` for the k selected tokens.
@@ -193,11 +204,7 @@ impl Router {
         w: &wgpu::Buffer,
         rows: &wgpu::Buffer,
     ) {
-        let mut pass = enc
-            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
-        pass.set_pipeline(&self.pipelines[2]);
-        pass.set_bind_group(0, &self.bind(gpu, &self.base, x, w, rows, rows), &[]);
-        pass.dispatch_workgroups((self.k * self.d).div_ceil(64) as u32, 1, 1);
+        self.passes(gpu, enc, &[(2, &self.base)], (self.k * self.d).div_ceil(64) as u32, x, w, rows, rows);
     }
 
     /// Records `out[idx[r]] += score[r] · rows[r]`.
@@ -210,11 +217,7 @@ impl Router {
         rows: &wgpu::Buffer,
         out: &wgpu::Buffer,
     ) {
-        let mut pass = enc
-            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
-        pass.set_pipeline(&self.pipelines[3]);
-        pass.set_bind_group(0, &self.bind(gpu, &self.base, x, w, rows, out), &[]);
-        pass.dispatch_workgroups((self.k * self.d).div_ceil(64) as u32, 1, 1);
+        self.passes(gpu, enc, &[(3, &self.base)], (self.k * self.d).div_ceil(64) as u32, x, w, rows, out);
     }
 
     /// Host convenience: the selected (token, score) pairs, best first.
