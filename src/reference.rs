@@ -130,3 +130,75 @@ pub fn rel_error(a: &[f32], b: &[f64]) -> f64 {
     }
     if den == 0.0 { num.sqrt() } else { (num / den).sqrt() }
 }
+
+/// Gradients of attention in f64: given dO `[B,H,N,D]`, returns (dQ, dK, dV) shaped like Q,
+/// K, V. Recomputes P row by row from the definition; GQA sums dK and dV over the query
+/// heads of a group; ALiBi adds no gradient to Q, K, V; fully masked rows get zero gradient.
+pub fn attention_backward_f64(
+    spec: &AttnSpec,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d_o: &[f32],
+) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    spec.check_inputs(q, k, v)?;
+    let s = spec.shape;
+    if d_o.len() != s.q_len() {
+        return Err(crate::Error::Shape(format!(
+            "dO has {} values, Q's shape {:?} needs {}",
+            d_o.len(),
+            s.q_dims(),
+            s.q_len()
+        )));
+    }
+    crate::spec::check_finite("dO", d_o)?;
+    let (d, n, m, g) = (s.head_dim, s.n, s.m, s.group());
+    let scale = spec.scale_value() as f64;
+    let slopes = spec.slopes();
+    let mut dq = vec![0f64; s.q_len()];
+    let mut dk = vec![0f64; s.kv_len()];
+    let mut dv = vec![0f64; s.kv_len()];
+    // one task per (batch, kv head): it owns that head's dK, dV and its group's dQ rows
+    let per_kv = m * d;
+    let per_group_q = g * n * d;
+    dk.par_chunks_mut(per_kv)
+        .zip(dv.par_chunks_mut(per_kv))
+        .zip(dq.par_chunks_mut(per_group_q))
+        .enumerate()
+        .for_each(|(bk, ((dk_h, dv_h), dq_g))| {
+            let (b, kvh) = (bk / s.kv_heads, bk % s.kv_heads);
+            let kv_base = (b * s.kv_heads + kvh) * m * d;
+            let mut scores = vec![0f64; m];
+            let mut o_row = vec![0f64; d];
+            for gi in 0..g {
+                let h = kvh * g + gi;
+                for i in 0..n {
+                    let row = (b * s.heads + h) * n + i;
+                    let lse = row_f64(spec, slopes.as_deref(), q, k, v, row, &mut scores, &mut o_row);
+                    if lse == f64::NEG_INFINITY {
+                        continue;
+                    }
+                    let dor = &d_o[row * d..(row + 1) * d];
+                    let qr = &q[row * d..(row + 1) * d];
+                    let delta: f64 = dor.iter().zip(&o_row).map(|(&a, &b)| a as f64 * b).sum();
+                    let dq_row = &mut dq_g[(gi * n + i) * d..(gi * n + i + 1) * d];
+                    for (j, &sc) in scores.iter().enumerate() {
+                        if sc == f64::NEG_INFINITY {
+                            continue;
+                        }
+                        let p = (sc - lse).exp();
+                        let vj = &v[kv_base + j * d..kv_base + (j + 1) * d];
+                        let kj = &k[kv_base + j * d..kv_base + (j + 1) * d];
+                        let dp: f64 = dor.iter().zip(vj).map(|(&a, &b)| a as f64 * b as f64).sum();
+                        let ds = p * (dp - delta);
+                        for x in 0..d {
+                            dv_h[j * d + x] += p * dor[x] as f64;
+                            dq_row[x] += scale * ds * kj[x] as f64;
+                            dk_h[j * d + x] += scale * ds * qr[x] as f64;
+                        }
+                    }
+                }
+            }
+        });
+    Ok((dq, dk, dv))
+}
