@@ -199,7 +199,6 @@ pub struct Colt5Layer {
 struct AttnBranch {
     rows_q: usize,
     rows_kv: usize,
-    heads: usize,
     router_q: Option<Router>,
     router_kv: Option<Router>,
     proj_q: Matmul,
@@ -244,7 +243,7 @@ impl Colt5Layer {
             }
             crate::spec::check_finite(name, t)?;
         }
-        let (n, d, dh) = (cfg.n, cfg.d_model, cfg.head_dim);
+        let (n, d) = (cfg.n, cfg.d_model);
         let w: Vec<wgpu::Buffer> = weights
             .tensors
             .iter()
@@ -264,7 +263,6 @@ impl Colt5Layer {
         let heavy = AttnBranch::new(gpu, cfg, kq, kkv, cfg.heads, None, true)?;
         let light_ffn = FfnBranch::new(gpu, d, cfg.ffn_light, n, None)?;
         let heavy_ffn = FfnBranch::new(gpu, d, cfg.ffn_heavy, kf, Some(Router::new(gpu, n, d, kf)?))?;
-        let _ = dh;
         Ok(Self {
             cfg: cfg.clone(),
             dense,
@@ -377,13 +375,15 @@ impl AttnBranch {
         Ok(Self {
             rows_q,
             rows_kv,
-            heads,
             router_q: routed.then(|| Router::new(gpu, n, d, rows_q)).transpose()?,
             router_kv: routed.then(|| Router::new(gpu, n, d, rows_kv)).transpose()?,
             proj_q: Matmul::new(gpu, rows_q, d, hd, false, Activation::None)?,
             proj_k: Matmul::new(gpu, rows_kv, d, hd, false, Activation::None)?,
             proj_v: Matmul::new(gpu, rows_kv, d, hd, false, Activation::None)?,
-            proj_o: Matmul::new(gpu, rows_q, hd, d, false, Activation::None)?,
+            proj_o: {
+                let proj = Matmul::new(gpu, rows_q, hd, d, false, Activation::None)?;
+                if routed { proj } else { proj.accumulating(gpu) }
+            },
             q_heads: LayerOp::new(gpu, Op::ToHeads { rows: rows_q, heads, d: dh })?,
             kv_heads: LayerOp::new(gpu, Op::ToHeads { rows: rows_kv, heads, d: dh })?,
             o_tokens: LayerOp::new(gpu, Op::ToTokens { rows: rows_q, heads, d: dh })?,
@@ -446,19 +446,8 @@ impl AttnBranch {
                 self.proj_o.encode(gpu, enc, ot, layer.weight(w[3]), None, y)?;
                 router_q.encode_scatter(gpu, enc, &b.xn, layer.weight("router.q"), y, &b.out);
             }
-            None => {
-                // unrouted: every token's result goes straight into the residual
-                let acc = Matmul::new(
-                    gpu,
-                    self.rows_q,
-                    self.heads * layer.cfg.head_dim,
-                    layer.cfg.d_model,
-                    false,
-                    Activation::None,
-                )?
-                .accumulating(gpu);
-                acc.encode(gpu, enc, ot, layer.weight(w[3]), None, &b.out)?;
-            }
+            // unrouted: the output projection accumulates straight into the residual
+            None => self.proj_o.encode(gpu, enc, ot, layer.weight(w[3]), None, &b.out)?,
         }
         Ok(())
     }
@@ -487,7 +476,7 @@ impl FfnBranch {
         prefix: &str,
     ) -> Result<()> {
         let [xr, hid, y] = &self.bufs[..] else { unreachable!("3 buffers") };
-        let w = |s: &str| layer.weight(&format!("{prefix}.{s}")).clone();
+        let w = |s: &str| layer.weight(&format!("{prefix}.{s}"));
         match &self.router {
             Some(r) => {
                 let rw = layer.weight("router.ffn");
@@ -497,13 +486,13 @@ impl FfnBranch {
                     r.encode_select(gpu, enc, &b.xn, rw, xr);
                 }
                 r.encode_gather(gpu, enc, &b.xn, rw, xr);
-                self.up.encode(gpu, enc, xr, &w("w1"), Some(&w("b1")), hid)?;
-                self.down.encode(gpu, enc, hid, &w("w2"), Some(&w("b2")), y)?;
+                self.up.encode(gpu, enc, xr, w("w1"), Some(w("b1")), hid)?;
+                self.down.encode(gpu, enc, hid, w("w2"), Some(w("b2")), y)?;
                 r.encode_scatter(gpu, enc, &b.xn, rw, y, &b.out);
             }
             None => {
-                self.up.encode(gpu, enc, &b.xn, &w("w1"), Some(&w("b1")), hid)?;
-                self.down.encode(gpu, enc, hid, &w("w2"), Some(&w("b2")), &b.out)?;
+                self.up.encode(gpu, enc, &b.xn, w("w1"), Some(w("b1")), hid)?;
+                self.down.encode(gpu, enc, hid, w("w2"), Some(w("b2")), &b.out)?;
             }
         }
         Ok(())

@@ -57,6 +57,10 @@ pub fn variants() -> Vec<ShaderVariant> {
         .collect()
 }
 
+fn layout(gpu: &Gpu) -> wgpu::BindGroupLayout {
+    gpu.layout(NAME, &[uniform_entry(0), storage_entry(1, true), storage_entry(2, false)])
+}
+
 /// A prepared layer operation.
 pub struct LayerOp {
     op: Op,
@@ -84,7 +88,7 @@ impl LayerOp {
         }
         let groups = op.threads().div_ceil(64) as u64;
         gpu.check_dispatch(NAME, [groups, 1, 1])?;
-        let layout = gpu.layout(NAME, &[uniform_entry(0), storage_entry(1, true), storage_entry(2, false)]);
+        let layout = layout(gpu);
         let variant = variants().into_iter().find(|v| v.entry == op.entry()).expect("entry exists");
         Ok(Self {
             op,
@@ -94,8 +98,7 @@ impl LayerOp {
     }
 
     pub fn encode(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, src: &wgpu::Buffer, dst: &wgpu::Buffer) {
-        let layout = gpu.layout(NAME, &[uniform_entry(0), storage_entry(1, true), storage_entry(2, false)]);
-        let bind = gpu.bind_group(&layout, &[&self.shape, src, dst]);
+        let bind = gpu.bind_group(&layout(gpu), &[&self.shape, src, dst]);
         let mut pass = enc
             .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
         pass.set_pipeline(&self.pipeline);
