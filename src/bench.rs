@@ -57,12 +57,26 @@ pub fn time_attention(
     warmup: usize,
     reps: usize,
 ) -> Result<Timing> {
+    time_encoded(gpu, warmup, reps, |enc, i, timer| {
+        attn.encode_timed(gpu, enc, &sets[i % sets.len()].buffers(), timer.map(GpuTimer::writes))
+    })
+}
+
+/// Times whatever `encode` records: `warmup` untimed runs, then `reps` timed ones (device
+/// timestamps from the first pass's start to the last pass's end when the device has
+/// TIMESTAMP_QUERY, else submit to idle on the host clock). `encode` gets the run index and
+/// the timer, whose [`GpuTimer::begin`] / [`GpuTimer::end`] it puts on its first and last pass.
+pub fn time_encoded(
+    gpu: &Gpu,
+    warmup: usize,
+    reps: usize,
+    mut encode: impl FnMut(&mut wgpu::CommandEncoder, usize, Option<&GpuTimer>) -> Result<()>,
+) -> Result<Timing> {
     let timer = GpuTimer::new(gpu);
     let mut samples_ms = Vec::with_capacity(reps);
     for i in 0..warmup + reps {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        let io = sets[i % sets.len()];
-        attn.encode_timed(gpu, &mut enc, &io.buffers(), timer.as_ref().map(GpuTimer::writes))?;
+        encode(&mut enc, i, timer.as_ref())?;
         if let Some(t) = &timer {
             t.resolve(&mut enc);
         }
@@ -287,6 +301,131 @@ fn fill(
     let gbps = r.traffic_model_bytes as f64 / (ms * 1e-3) / 1e9;
     r.gbps = Some(gbps);
     r.pct_peak_copy = Some(100.0 * gbps / peak.copy_gbps);
+    Ok(())
+}
+
+/// FLOP convention of the backward benchmark (FlashAttention's): the backward pass counts
+/// 2.5× the forward's FLOPs (five N×M×D matmuls to the forward's two).
+pub const BACKWARD_FLOP_FACTOR: f64 = 2.5;
+
+/// One forward + backward benchmark (`longctx bench --backward --json`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackwardRecord {
+    pub batch: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub n: usize,
+    pub m: usize,
+    pub d: usize,
+    pub mask: String,
+    pub skipped: Option<String>,
+    pub timer: String,
+    pub reps: usize,
+    /// Medians: flash forward alone, backward alone, both in one submission.
+    pub fwd_ms: Option<f64>,
+    pub bwd_ms: Option<f64>,
+    pub fwd_bwd_ms: Option<f64>,
+    /// Forward FLOPs (4·B·D·visible pairs); backward = 2.5× that.
+    pub fwd_flops: f64,
+    pub fwd_gflops: Option<f64>,
+    pub bwd_gflops: Option<f64>,
+    pub fwd_bwd_gflops: Option<f64>,
+    /// Device memory of flash forward + backward: Q, K, V, O, LSE, dO, dQ, dK, dV and both
+    /// kernels' scratch (block maps, (LSE, Δ)).
+    pub device_bytes: u64,
+    /// The same tensors plus what a materialised backward keeps: P `[B,H,N,M]` saved by the
+    /// forward and dS `[B,H,N,M]` (dP overwritten in place) — modelled, not run.
+    pub naive_device_bytes: u64,
+    /// The backward kernels' modelled device-memory traffic.
+    pub bwd_traffic_model_bytes: u64,
+    /// Worst relative error of dQ, dK, dV against the f64 oracle (absent above the size the
+    /// oracle validates in reasonable time).
+    pub rel_err: Option<f64>,
+    pub adapter: String,
+    pub driver: String,
+    pub git_commit: String,
+    pub timestamp: String,
+}
+
+/// Largest B·H·N·M at which `longctx bench --backward` checks the gradients against the
+/// f64 oracle before timing.
+pub const BACKWARD_ORACLE_MAX: usize = 16 << 20;
+
+/// Flash forward and backward of `spec`: checked against the oracle (up to
+/// [`BACKWARD_ORACLE_MAX`]), then `reps` timed runs of each after one warm-up.
+pub fn run_backward(gpu: &Gpu, spec: &AttnSpec, reps: usize, mask: &str) -> BackwardRecord {
+    let s = spec.shape;
+    let info = gpu.info();
+    let mut r = BackwardRecord {
+        batch: s.batch,
+        heads: s.heads,
+        kv_heads: s.kv_heads,
+        n: s.n,
+        m: s.m,
+        d: s.head_dim,
+        mask: mask.into(),
+        reps,
+        fwd_flops: spec.flops(),
+        adapter: info.name.clone(),
+        driver: format!("{} {}", info.driver, info.driver_info).trim().into(),
+        git_commit: env!("LONGCTX_GIT_COMMIT").into(),
+        timestamp: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        ..Default::default()
+    };
+    if let Err(e) = fill_backward(gpu, spec, reps, &mut r) {
+        r.skipped = Some(e.to_string());
+    }
+    r
+}
+
+fn fill_backward(gpu: &Gpu, spec: &AttnSpec, reps: usize, r: &mut BackwardRecord) -> Result<()> {
+    use crate::kernels::backward::{Backward, GradTensors};
+    let s = spec.shape;
+    let mut rng = StdRng::seed_from_u64(0xbac4);
+    let mut rand_vec = |len: usize| (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<f32>>();
+    let (q, k, v, d_o) =
+        (rand_vec(s.q_len()), rand_vec(s.kv_len()), rand_vec(s.kv_len()), rand_vec(s.q_len()));
+    let fwd = Attention::new(gpu, Kernel::Flash, spec)?;
+    let bwd = Backward::new(gpu, spec)?;
+    let io = DeviceTensors::upload(gpu, spec, &q, &k, &v)?;
+    let grads = GradTensors::upload(gpu, spec, &d_o)?;
+    grads.poison(gpu);
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    fwd.encode(gpu, &mut enc, &io.buffers())?;
+    bwd.encode(gpu, &mut enc, &grads.buffers(&io))?;
+    gpu.queue.submit([enc.finish()]);
+    let got = grads.read(gpu)?;
+    if s.batch * s.heads * s.n * s.m <= BACKWARD_ORACLE_MAX {
+        let (dq, dk, dv) = crate::reference::attention_backward_f64(spec, &q, &k, &v, &d_o)?;
+        let e = rel_error(&got.dq, &dq).max(rel_error(&got.dk, &dk)).max(rel_error(&got.dv, &dv));
+        r.rel_err = Some(e);
+    }
+    let (q_bytes, kv_bytes) = (4 * s.q_len() as u64, 4 * s.kv_len() as u64);
+    let tensors = 4 * q_bytes + 4 * kv_bytes + 4 * s.lse_len() as u64;
+    r.device_bytes = tensors + fwd.scratch_bytes() + bwd.scratch_bytes();
+    let pairs = (s.batch * s.heads) as u64 * (s.n * s.m) as u64;
+    r.naive_device_bytes = tensors + 2 * 4 * pairs;
+    r.bwd_traffic_model_bytes = bwd.traffic().total();
+
+    let both = time_encoded(gpu, 1, reps, |enc, _, timer| {
+        fwd.encode_timed(gpu, enc, &io.buffers(), timer.map(GpuTimer::begin))?;
+        bwd.encode_timed(gpu, enc, &grads.buffers(&io), timer.map(GpuTimer::end))
+    })?;
+    let fwd_t = time_encoded(gpu, 1, reps, |enc, _, timer| {
+        fwd.encode_timed(gpu, enc, &io.buffers(), timer.map(GpuTimer::writes))
+    })?;
+    let bwd_t = time_encoded(gpu, 1, reps, |enc, _, timer| {
+        bwd.encode_timed(gpu, enc, &grads.buffers(&io), timer.map(GpuTimer::writes))
+    })?;
+    r.timer = both.timer.into();
+    let gflops = |flops: f64, ms: f64| flops / (ms * 1e-3) / 1e9;
+    let f = r.fwd_flops;
+    r.fwd_ms = Some(fwd_t.median());
+    r.bwd_ms = Some(bwd_t.median());
+    r.fwd_bwd_ms = Some(both.median());
+    r.fwd_gflops = Some(gflops(f, fwd_t.median()));
+    r.bwd_gflops = Some(gflops(BACKWARD_FLOP_FACTOR * f, bwd_t.median()));
+    r.fwd_bwd_gflops = Some(gflops((1.0 + BACKWARD_FLOP_FACTOR) * f, both.median()));
     Ok(())
 }
 

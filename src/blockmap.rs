@@ -157,6 +157,66 @@ impl BlockMap {
     pub fn bytes(&self) -> u64 {
         4 * (self.row_ptr.len() + 2 * self.entries.len() + self.bits.len()) as u64
     }
+
+    /// The transposed map: per (map head, key tile), the query tiles that list it, in
+    /// query-tile order — what a kernel owning a key tile walks (the dK/dV backward).
+    pub fn columns(&self) -> Columns {
+        let cols = self.heads * self.n_ktiles;
+        let mut count = vec![0u32; cols + 1];
+        for h in 0..self.heads {
+            for qt in 0..self.n_qtiles {
+                for &e in self.row(h, qt) {
+                    count[h * self.n_ktiles + (e & !FULL) as usize + 1] += 1;
+                }
+            }
+        }
+        for c in 0..cols {
+            count[c + 1] += count[c];
+        }
+        let col_ptr = count.clone();
+        let mut next = count;
+        let mut entries = vec![0u32; self.entries.len()];
+        let mut mask_index = vec![0u32; self.entries.len()];
+        for h in 0..self.heads {
+            for qt in 0..self.n_qtiles {
+                let r = h * self.n_qtiles + qt;
+                for t in self.row_ptr[r] as usize..self.row_ptr[r + 1] as usize {
+                    let e = self.entries[t];
+                    let c = h * self.n_ktiles + (e & !FULL) as usize;
+                    let at = next[c] as usize;
+                    next[c] += 1;
+                    entries[at] = qt as u32 | (e & FULL);
+                    mask_index[at] = self.mask_index[t];
+                }
+            }
+        }
+        Columns { col_ptr, entries, mask_index }
+    }
+}
+
+/// A [`BlockMap`] transposed: CSC over key tiles. The visibility bits stay in the map's
+/// `bits`, indexed by `mask_index` as before.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Columns {
+    /// `heads * n_ktiles + 1` offsets into `entries`.
+    pub col_ptr: Vec<u32>,
+    /// `query_tile | FULL` per listed (query tile, key tile) pair.
+    pub entries: Vec<u32>,
+    /// The pair's offset in [`BlockMap::bits`], or [`NO_BITS`].
+    pub mask_index: Vec<u32>,
+}
+
+impl Columns {
+    /// Entries of key tile `kt` of map head `h`.
+    pub fn column(&self, n_ktiles: usize, h: usize, kt: usize) -> &[u32] {
+        let c = h * n_ktiles + kt;
+        &self.entries[self.col_ptr[c] as usize..self.col_ptr[c + 1] as usize]
+    }
+
+    /// The longest column.
+    pub fn longest(&self) -> usize {
+        self.col_ptr.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0)
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +246,29 @@ mod tests {
                     .collect()
             })
             .collect()
+    }
+
+    #[test]
+    fn columns_transpose_the_rows() {
+        let spec = AttnSpec::new(AttnShape::mha(1, 2, 50, 70, 4))
+            .causal(true)
+            .mask(Some(crate::mask::Mask::Global(3)));
+        let map = BlockMap::build(&spec, 8, 16).unwrap();
+        let cols = map.columns();
+        assert_eq!(cols.entries.len(), map.entries.len());
+        for h in 0..map.heads {
+            for kt in 0..map.n_ktiles {
+                let want: Vec<u32> = (0..map.n_qtiles)
+                    .flat_map(|qt| {
+                        map.row(h, qt)
+                            .iter()
+                            .filter(move |&&e| (e & !FULL) as usize == kt)
+                            .map(move |&e| qt as u32 | (e & FULL))
+                    })
+                    .collect();
+                assert_eq!(cols.column(map.n_ktiles, h, kt), &want[..], "head {h} key tile {kt}");
+            }
+        }
     }
 
     #[test]

@@ -521,6 +521,24 @@ impl GpuTimer {
         }
     }
 
+    /// Timestamp write at the start of a pass only (the first of several timed passes).
+    pub fn begin(&self) -> wgpu::ComputePassTimestampWrites<'_> {
+        wgpu::ComputePassTimestampWrites {
+            query_set: &self.queries,
+            beginning_of_pass_write_index: Some(0),
+            end_of_pass_write_index: None,
+        }
+    }
+
+    /// Timestamp write at the end of a pass only (the last of several timed passes).
+    pub fn end(&self) -> wgpu::ComputePassTimestampWrites<'_> {
+        wgpu::ComputePassTimestampWrites {
+            query_set: &self.queries,
+            beginning_of_pass_write_index: None,
+            end_of_pass_write_index: Some(1),
+        }
+    }
+
     /// Records the resolve; call after the timed pass, in the same encoder.
     pub fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
         encoder.resolve_query_set(&self.queries, 0..2, &self.resolve, 0);

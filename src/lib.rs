@@ -36,6 +36,7 @@ pub mod tune;
 
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions};
+pub use kernels::backward::{Backward, BackwardBuffers, GradTensors, Gradients};
 pub use kernels::flash::FlashConfig;
 pub use kernels::{Attention, AttnBuffers, DeviceTensors, Kernel, attention};
 pub use spec::{Alibi, AttnOutput, AttnShape, AttnSpec, Window, alibi_slopes};

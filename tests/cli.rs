@@ -87,6 +87,65 @@ fn flash_and_naive_match_cpu_through_npy_files() {
 }
 
 #[test]
+fn backward_writes_gradients_equal_to_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = common::seed();
+    let [q, k, v] = trio(dir.path(), 4, 2, 45, 70, 32, seed);
+    let d_o = dir.path().join("do.npy");
+    write_npy(&d_o, &[4, 45, 32], &common::random(4 * 45 * 32, &mut StdRng::seed_from_u64(seed + 1)))
+        .unwrap();
+    let mut grads = Vec::new();
+    for kernel in ["cpu", "flash"] {
+        let path = |x: &str| dir.path().join(format!("{x}_{kernel}.npy"));
+        let out = longctx(&[
+            "attention",
+            "--q",
+            p(&q),
+            "--k",
+            p(&k),
+            "--v",
+            p(&v),
+            "--out",
+            p(&path("o")),
+            "--causal",
+            "--alibi",
+            "--kernel",
+            kernel,
+            "--grad-out",
+            p(&d_o),
+            "--dq",
+            p(&path("dq")),
+            "--dk",
+            p(&path("dk")),
+            "--dv",
+            p(&path("dv")),
+        ]);
+        assert!(out.status.success(), "{kernel}: {}", String::from_utf8_lossy(&out.stderr));
+        let read = |x: &str| read_npy(&path(x)).unwrap();
+        let (dq, dk, dv) = (read("dq"), read("dk"), read("dv"));
+        assert_eq!(dq.shape, vec![4, 45, 32]);
+        assert_eq!(dk.shape, vec![2, 70, 32]);
+        assert_eq!(dv.shape, vec![2, 70, 32]);
+        grads.push([dq.data, dk.data, dv.data]);
+    }
+    for (i, name) in ["dQ", "dK", "dV"].iter().enumerate() {
+        let cpu: Vec<f64> = grads[0][i].iter().map(|&x| x as f64).collect();
+        let err = rel_error(&grads[1][i], &cpu);
+        println!("backward {name} flash vs --kernel cpu: rel err {err:.2e} (seed {seed})");
+        assert!(err <= 1e-4, "{name}: {err} (seed {seed})");
+    }
+    let dq = dir.path().join("dq.npy");
+    let o = dir.path().join("o.npy");
+    let base = ["attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&o)];
+    fails_with(&[&base[..], &["--grad-out", p(&q)]].concat(), "name at least one of --dq");
+    fails_with(&[&base[..], &["--grad-out", p(&k), "--dq", p(&dq)]].concat(), "dO has shape [2, 70, 32]");
+    fails_with(
+        &[&base[..], &["--grad-out", p(&q), "--dq", p(&dq), "--kernel", "naive"]].concat(),
+        "flash or",
+    );
+}
+
+#[test]
 fn bad_inputs_fail_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

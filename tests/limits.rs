@@ -114,3 +114,27 @@ fn matmul_runs_rows_in_chunks_beyond_one_binding() {
     println!("matmul beyond a 1 MiB binding: {} chunks of rows, rel err {err:.2e}", mm.dispatches());
     assert!(err <= 1e-5, "{err}");
 }
+
+#[test]
+fn backward_fits_small_workgroup_memory_and_refuses_tensors_beyond_a_binding() {
+    let g = small_gpu();
+    // 16 KiB of workgroup memory at D = 128: the backward picks smaller tiles and stays exact
+    let spec = AttnSpec::new(AttnShape { batch: 1, heads: 2, kv_heads: 1, n: 70, m: 90, head_dim: 128 })
+        .causal(true);
+    let bwd = longctx::Backward::new(g, &spec).unwrap();
+    let c = bwd.config();
+    assert!(c.dq_workgroup_bytes(128) <= 16 << 10 && c.dkv_workgroup_bytes(128) <= 16 << 10, "{c:?}");
+    let (q, k, v) = common::inputs(&spec, 5);
+    let d_o = common::random(spec.shape.q_len(), &mut rand::SeedableRng::seed_from_u64(6));
+    let (_, got) = bwd.run(g, &q, &k, &v, &d_o).unwrap();
+    let (dq, dk, dv) = longctx::reference::attention_backward_f64(&spec, &q, &k, &v, &d_o).unwrap();
+    let err = longctx::reference::rel_error(&got.dq, &dq)
+        .max(longctx::reference::rel_error(&got.dk, &dk))
+        .max(longctx::reference::rel_error(&got.dv, &dv));
+    println!("backward under 16 KiB workgroup memory, tiles {c:?}: rel err {err:.2e}");
+    assert!(err < 1e-4);
+    // Q of 4 heads × 1100 rows × 64 × 4 B = 1.07 MiB > 1 MiB binding: a typed error
+    let big = AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 4, n: 1100, m: 100, head_dim: 64 });
+    let err = longctx::Backward::new(g, &big).err().unwrap();
+    assert!(matches!(err, longctx::Error::BindingTooLarge { limit: 1048576, .. }), "{err}");
+}

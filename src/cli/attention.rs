@@ -30,7 +30,8 @@ Every active mask rule must allow a pair (AND); --pattern longformer is window O
 Examples:
   longctx attention --q q.npy --k k.npy --v v.npy --out o.npy --causal --alibi
   longctx attention ... --block-mask blocks.npy --block-size 64 --window 512,0
-  longctx attention ... --bigbird global=1,window=1,random=2,block=64,seed=0")]
+  longctx attention ... --bigbird global=1,window=1,random=2,block=64,seed=0
+  longctx attention ... --causal --grad-out do.npy --dq dq.npy --dk dk.npy --dv dv.npy")]
 pub struct AttentionArgs {
     /// Queries, float32 .npy.
     #[arg(long)]
@@ -58,6 +59,19 @@ pub struct AttentionArgs {
     /// Implementation.
     #[arg(long, value_enum, default_value_t = KernelArg::Flash)]
     kernel: KernelArg,
+    /// Backward pass: the gradient of the loss with respect to O (float32 .npy, O's shape).
+    /// With it, write the gradients asked for by --dq, --dk, --dv (flash or cpu kernel).
+    #[arg(long, value_name = "DO.npy")]
+    grad_out: Option<PathBuf>,
+    /// Output path for dQ (Q's shape); needs --grad-out.
+    #[arg(long, requires = "grad_out")]
+    dq: Option<PathBuf>,
+    /// Output path for dK (K's shape, summed over the query heads of each kv head).
+    #[arg(long, requires = "grad_out")]
+    dk: Option<PathBuf>,
+    /// Output path for dV (V's shape, summed over the query heads of each kv head).
+    #[arg(long, requires = "grad_out")]
+    dv: Option<PathBuf>,
 }
 
 /// Splits a [H,X,D] or [B,H,X,D] tensor shape into (B, H, X, D).
@@ -95,6 +109,9 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
     )?;
     spec.check_inputs(&q.data, &k.data, &v.data)?;
 
+    if let Some(path) = &a.grad_out {
+        return backward(dev, a, &spec, &q, &k, &v, path);
+    }
     let out = match a.kernel {
         KernelArg::Cpu => longctx::reference::attention(&spec, &q.data, &k.data, &v.data)?,
         KernelArg::Flash | KernelArg::Naive => {
@@ -106,6 +123,54 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
     write_npy(&a.out, &q.shape, &out.o).context("writing O")?;
     if let Some(path) = &a.lse {
         write_npy(path, &q.shape[..q.shape.len() - 1], &out.lse).context("writing LSE")?;
+    }
+    Ok(())
+}
+
+/// Forward and backward: O (and LSE) as usual, then dQ, dK, dV for the given dO.
+fn backward(
+    dev: &DeviceArgs,
+    a: &AttentionArgs,
+    spec: &AttnSpec,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    grad_out: &std::path::Path,
+) -> anyhow::Result<()> {
+    if a.dq.is_none() && a.dk.is_none() && a.dv.is_none() {
+        bail!("--grad-out computes gradients: name at least one of --dq, --dk, --dv");
+    }
+    let d_o = read_npy(grad_out)?;
+    if d_o.shape != q.shape {
+        bail!("dO has shape {:?}; it must match O (and Q): {:?}", d_o.shape, q.shape);
+    }
+    longctx::spec::check_finite("dO", &d_o.data)?;
+    let (out, grads) = match a.kernel {
+        KernelArg::Cpu => {
+            let out = longctx::reference::attention(spec, &q.data, &k.data, &v.data)?;
+            let (dq, dk, dv) =
+                longctx::reference::attention_backward_f64(spec, &q.data, &k.data, &v.data, &d_o.data)?;
+            let f = |x: Vec<f64>| x.into_iter().map(|v| v as f32).collect();
+            (out, longctx::Gradients { dq: f(dq), dk: f(dk), dv: f(dv) })
+        }
+        KernelArg::Flash => {
+            let gpu = dev.gpu()?;
+            longctx::Backward::new(&gpu, spec)?.run(&gpu, &q.data, &k.data, &v.data, &d_o.data)?
+        }
+        KernelArg::Naive => bail!("the backward pass runs with --kernel flash or --kernel cpu"),
+    };
+    write_npy(&a.out, &q.shape, &out.o).context("writing O")?;
+    if let Some(path) = &a.lse {
+        write_npy(path, &q.shape[..q.shape.len() - 1], &out.lse).context("writing LSE")?;
+    }
+    for (path, shape, data, what) in [
+        (&a.dq, &q.shape, &grads.dq, "dQ"),
+        (&a.dk, &k.shape, &grads.dk, "dK"),
+        (&a.dv, &v.shape, &grads.dv, "dV"),
+    ] {
+        if let Some(path) = path {
+            write_npy(path, shape, data).with_context(|| format!("writing {what}"))?;
+        }
     }
     Ok(())
 }

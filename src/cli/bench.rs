@@ -76,6 +76,11 @@ pub struct BenchArgs {
     /// Also time flash with Q, K, V stored as f16 (needs SHADER_F16) next to each flash row.
     #[arg(long)]
     f16: bool,
+    /// Time the backward pass: flash forward, backward (dQ, dK, dV) and both, against the
+    /// memory a materialised backward would need. Without sweep flags: N = 1K, 2K dense and
+    /// causal, H = 4, D = 64.
+    #[arg(long)]
+    backward: bool,
     /// Instead of attention, time the tiled matmul at these square sizes (e.g. 512,1024).
     #[arg(long, value_delimiter = ',')]
     matmul: Option<Vec<String>>,
@@ -201,6 +206,9 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
         let sizes = sizes.iter().map(|s| parse_size(s)).collect::<anyhow::Result<Vec<_>>>()?;
         return matmul_bench(&gpu, &sizes, a.reps.unwrap_or(5));
     }
+    if a.backward {
+        return backward_bench(&gpu, a, started);
+    }
     let configs = configs(a)?;
     let peak = peak::cached_or_measure(&gpu)?;
     let info = gpu.info();
@@ -312,6 +320,92 @@ fn exponents(records: &[Record]) -> Vec<String> {
             })
         })
         .collect()
+}
+
+/// `--backward`: flash forward, backward and both, per configuration.
+fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant) -> anyhow::Result<()> {
+    use longctx::bench::{BACKWARD_FLOP_FACTOR, run_backward};
+    let specs: Vec<(AttnSpec, usize)> = if a.n.is_some() || a.mask.causal || a.mask.window.is_some() {
+        configs(a)?.into_iter().filter(|c| c.kernel == Kernel::Flash).map(|c| (c.spec, c.reps)).collect()
+    } else {
+        let mut v = Vec::new();
+        for causal in [false, true] {
+            for n in [1024, 2048] {
+                v.push((AttnSpec::new(shape(4, 4, n, n, 64)).causal(causal), a.reps.unwrap_or(3)));
+            }
+        }
+        v
+    };
+    let info = gpu.info();
+    println!("adapter {} ({:?}, {})", info.name, info.backend, info.driver);
+    let bar = ProgressBar::new(specs.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}").expect("template"));
+    let mut records = Vec::new();
+    for (spec, reps) in &specs {
+        bar.set_message(format!("backward {} N={}", describe(spec), spec.shape.n));
+        records.push(run_backward(gpu, spec, *reps, &describe(spec)));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "mask",
+        "N",
+        "D",
+        "H/Hkv",
+        "fwd ms",
+        "bwd ms",
+        "fwd+bwd ms",
+        "bwd/fwd",
+        "GFLOP/s fwd / bwd / both",
+        "device MiB",
+        "naive bwd MiB (model)",
+        "bwd traffic model MiB",
+        "rel err dQ,dK,dV",
+    ]);
+    for r in &records {
+        let mut row =
+            vec![r.mask.clone(), r.n.to_string(), r.d.to_string(), format!("{}/{}", r.heads, r.kv_heads)];
+        match (&r.skipped, r.fwd_ms, r.bwd_ms, r.fwd_bwd_ms) {
+            (None, Some(f), Some(b), Some(fb)) => {
+                row.extend([
+                    format!("{f:.1}"),
+                    format!("{b:.1}"),
+                    format!("{fb:.1}"),
+                    format!("{:.2}×", b / f),
+                    format!(
+                        "{:.2} / {:.2} / {:.2}",
+                        r.fwd_gflops.unwrap_or(0.0),
+                        r.bwd_gflops.unwrap_or(0.0),
+                        r.fwd_bwd_gflops.unwrap_or(0.0)
+                    ),
+                    mib(r.device_bytes),
+                    format!(
+                        "{} ({:.1}×)",
+                        mib(r.naive_device_bytes),
+                        r.naive_device_bytes as f64 / r.device_bytes as f64
+                    ),
+                    mib(r.bwd_traffic_model_bytes),
+                    r.rel_err.map_or("not checked (size)".into(), |e| format!("{e:.1e}")),
+                ]);
+            }
+            _ => row.push(format!("skipped: {}", r.skipped.as_deref().unwrap_or("not run"))),
+        }
+        t.add_row(row);
+    }
+    println!("{t}");
+    println!(
+        "FLOPs: forward 4·B·D·(visible pairs); backward {BACKWARD_FLOP_FACTOR}× forward (FlashAttention's convention). \
+         Times: median of the repeats, {} timer. Naive backward memory: the same tensors plus P and dS [B,H,N,M] f32 \
+         (modelled: the materialised backward is not run).",
+        records.first().map_or("", |r| r.timer.as_str())
+    );
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&records)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{} configurations in {:.1} s", records.len(), started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// Square matmuls: validated rows against the f64 oracle, then timed (host clock on

@@ -5,6 +5,7 @@
 //! kernel's own file. [`ShaderVariant`] is that composition; pipelines are cached per
 //! (source, entry point) in [`Gpu`].
 
+pub mod backward;
 pub mod decode;
 pub mod flash;
 pub mod heatmap;
@@ -209,6 +210,14 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
         .chain((4..=MAX_HEAD_DIM).step_by(4).map(|d| {
             let c = flash::FlashConfig::for_limits(limits, d);
             heatmap::variant(d, c.br, c.bc)
+        }))
+        .chain((4..=MAX_HEAD_DIM).step_by(4).flat_map(|d| {
+            // plain loads, and shuffles at the subgroup widths of real hardware
+            [(32, 32, 0), (32, 32, 8), (64, 32, 32), (16, 16, 16), (8, 8, 8), (4, 4, 0)].into_iter().flat_map(
+                move |(br, bc, sg)| {
+                    backward::BackwardConfig { br, bc, sg, dq_pass_tiles: 0, dkv_pass_tiles: 0 }.variants(d)
+                },
+            )
         }))
         .collect()
 }

@@ -1,0 +1,363 @@
+// backward.wgsl — FlashAttention backward: dQ, dK, dV from Q, K, V, O, dO and the forward's
+// log-sum-exp, never materialising the N×M probabilities (FlashAttention-2's recomputation).
+//
+// With s_ij = scale·q_i·k_j + bias_ij, P_ij = exp(s_ij − LSE_i) and Δ_i = Σ_x dO_ix·O_ix:
+//   dP_ij = dO_i·v_j,   dS_ij = P_ij·(dP_ij − Δ_i),
+//   dQ_i = scale·Σ_j dS_ij·k_j,   dK_j = scale·Σ_i dS_ij·q_i,   dV_j = Σ_i P_ij·dO_i,
+// where dK and dV of a kv head sum over the query heads of its group (GQA/MQA).
+//
+// Three entry points, run in this order:
+//   `delta`: one invocation per query row: stats_i = (LSE_i, Δ_i).
+//   `dq`:    a workgroup per (query tile, head, batch), one invocation per row, walks the
+//            row's key tiles in the forward's block map (CSR) — dQ_i stays in registers.
+//   `dkv`:   a workgroup per (key tile, kv head, batch), one invocation per key, walks the
+//            query tiles that list this key tile (the transposed map, CSC) for every query
+//            head of the group — dK_j and dV_j stay in registers.
+// Each output element is owned by exactly one invocation, so no atomics and no second
+// reduction pass: the price is computing P and dP twice (once per kernel), FlashAttention-2's
+// own trade (its dQ uses atomics instead; WGSL has no float atomics).
+//
+// Fully masked rows (LSE = −inf) give P = 0, so zero gradients everywhere.
+// Passes: on adapters that cap loop iterations (see flash.wgsl) the host splits each list
+// into passes; a later pass resumes the sums from dQ (or dK, dV) in device memory, which is
+// exact since they are plain sums. The host also runs `dkv` one query head per dispatch then.
+//
+// Subgroups (SG > 0): as in flash.wgsl, lane l loads vec4 j·SG + l of the staged row and the
+// others arrive by subgroupShuffle, so the same-address loads a software adapter turns into
+// gathers become one load per lane.
+
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> d_o: array<vec4<f32>>;
+// (LSE, Δ) per query row, written by `delta`.
+@group(0) @binding(5) var<storage, read_write> stats: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read_write> dq: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> dk: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> dv: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> o: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read> lse: array<f32>;
+// The forward's block map (row pointers, entries, mask indices, bits), then the transposed
+// map (column pointers, entries `query tile | FULL`, mask indices), the ALiBi slopes as f32
+// bits, and the lists of query tiles of later dq passes.
+@group(0) @binding(11) var<storage, read> block_map: array<u32>;
+
+struct Backward {
+    n_ktiles: u32,
+    col_ptr: u32,     // offset of the column pointers in block_map
+    col_entries: u32, // offset of the transposed entries
+    col_masks: u32,   // offset of their mask indices
+    slopes: u32,      // offset of the slopes
+    head_lo: u32,     // dkv: query heads [head_lo, head_hi) of the group in this dispatch
+    head_hi: u32,
+    resume: u32,      // dkv: nonzero = add to dK, dV already in memory
+}
+@group(0) @binding(12) var<uniform> bwd: Backward;
+
+const FULL: u32 = 0x80000000u;
+const NO_BITS: u32 = 0xffffffffu;
+
+fn slope_of(h: u32) -> f32 {
+    if params.alibi == 0u {
+        return 0.0;
+    }
+    return bitcast<f32>(block_map[bwd.slopes + h]);
+}
+
+// The lane's vec4 of a staged row on the shuffle path (clamped where SG does not divide D4).
+fn lane_at(j: u32, lane: u32) -> u32 {
+    return select(j + lane, min(j + lane, D4 - 1u), SG_GUARD);
+}
+
+@compute @workgroup_size(64)
+fn delta(ids: Ids) {
+    let row = ids.wg.x * 64u + ids.lid;
+    if row >= params.n {
+        return;
+    }
+    let at = (ids.wg.z * params.heads + ids.wg.y) * params.n + row;
+    var acc = 0.0;
+    for (var x = 0u; x < D4; x++) {
+        acc += dot(d_o[at * D4 + x], o[at * D4 + x]);
+    }
+    stats[at] = vec2<f32>(lse[at], acc);
+}
+
+var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
+var<workgroup> v_tile: array<vec4<f32>, BC * D4>;
+
+@compute @workgroup_size(BR)
+fn dq_main(ids: Ids) {
+    let lid = ids.lid;
+    let lane = lane_of(ids);
+    var qt = ids.wg.x;
+    if params.qtile_list != 0xffffffffu {
+        qt = block_map[params.qtile_list + ids.wg.x]; // later passes visit only unfinished tiles
+    }
+    let h = ids.wg.y;
+    let b = ids.wg.z;
+    let row = qt * BR + lid;
+    let live = row < params.n;
+    let at = (b * params.heads + h) * params.n + min(row, params.n - 1u);
+    let kv_base = (b * params.kv_heads + h / params.group) * params.m * D4;
+    let pos = params.q_offset + i32(row);
+    let slope = slope_of(h);
+
+    var qr: array<vec4<f32>, D4P>;
+    var dor: array<vec4<f32>, D4P>;
+    var acc: array<vec4<f32>, D4P>;
+    for (var x = 0u; x < D4P; x++) {
+        qr[x] = vec4<f32>(0.0);
+        dor[x] = vec4<f32>(0.0);
+        acc[x] = vec4<f32>(0.0);
+        if live && x < D4 {
+            qr[x] = q[at * D4 + x] * params.scale;
+            dor[x] = d_o[at * D4 + x];
+        }
+    }
+    let st = stats[at];
+    // rows past N and fully masked rows: every P is 0
+    let row_lse = select(params.neg_inf, st.x, live);
+    let row_on = row_lse != params.neg_inf;
+    let row_delta = st.y;
+
+    var map_head = 0u;
+    if params.map_heads > 1u {
+        map_head = h;
+    }
+    let map_row = map_head * params.n_qtiles + qt;
+    let list_begin = block_map[map_row];
+    let list_end = block_map[map_row + 1u];
+    var t_begin = list_begin;
+    var t_end = list_end;
+    if params.pass_tiles != 0u {
+        t_begin = min(list_end, list_begin + params.pass_index * params.pass_tiles);
+        t_end = min(list_end, t_begin + params.pass_tiles);
+    }
+    let resume = params.pass_index > 0u;
+    if resume && t_begin == t_end {
+        return; // this query tile's dQ is final (uniform per workgroup)
+    }
+    if resume && live {
+        for (var x = 0u; x < D4; x++) {
+            acc[x] = dq[at * D4 + x];
+        }
+    }
+
+    for (var t = t_begin; t < t_end; t++) {
+        let entry = block_map[params.map_rows + t];
+        let key0 = (entry & ~FULL) * BC;
+        let full = (entry & FULL) != 0u;
+        let bits_at = block_map[params.mask_base + t];
+        for (var x = lid; x < BC * D4; x += BR) {
+            var kk = vec4<f32>(0.0);
+            var vv = vec4<f32>(0.0);
+            if key0 + x / D4 < params.m {
+                kk = k[kv_base + key0 * D4 + x];
+                vv = v[kv_base + key0 * D4 + x];
+            }
+            k_tile[x] = kk;
+            v_tile[x] = vv;
+        }
+        workgroupBarrier();
+
+        var row_bits = 0xffffffffu;
+        if bits_at != NO_BITS {
+            row_bits = block_map[params.bits_base + bits_at + lid];
+        }
+        for (var c = 0u; c < BC; c++) {
+            var sc = 0.0;
+            var dp = 0.0;
+            if SG > 0u {
+                for (var j = 0u; j < D4P; j += SG) {
+                    let kl = k_tile[c * D4 + lane_at(j, lane)];
+                    let vl = v_tile[c * D4 + lane_at(j, lane)];
+                    for (var l = 0u; l < SG; l++) {
+                        sc += dot(qr[j + l], shuffle4(kl, l));
+                        dp += dot(dor[j + l], shuffle4(vl, l));
+                    }
+                }
+            } else {
+                for (var x = 0u; x < D4; x++) {
+                    sc += dot(qr[x], k_tile[c * D4 + x]);
+                    dp += dot(dor[x], v_tile[c * D4 + x]);
+                }
+            }
+            let key = i32(key0 + c);
+            sc += alibi_bias(slope, pos, key);
+            let visible = full || (u32(key) < params.m && is_visible(pos, key) && ((row_bits >> c) & 1u) != 0u);
+            let p = select(0.0, exp(sc - row_lse), visible && row_on);
+            let ds = p * (dp - row_delta) * params.scale;
+            if SG > 0u {
+                for (var j = 0u; j < D4P; j += SG) {
+                    let kl = k_tile[c * D4 + lane_at(j, lane)];
+                    for (var l = 0u; l < SG; l++) {
+                        acc[j + l] += ds * shuffle4(kl, l);
+                    }
+                }
+            } else {
+                for (var x = 0u; x < D4; x++) {
+                    acc[x] += ds * k_tile[c * D4 + x];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    if live {
+        for (var x = 0u; x < D4; x++) {
+            dq[at * D4 + x] = acc[x];
+        }
+    }
+}
+
+var<workgroup> q_tile: array<vec4<f32>, BR * D4>;
+var<workgroup> do_tile: array<vec4<f32>, BR * D4>;
+var<workgroup> r_lse: array<f32, BR>;
+var<workgroup> r_delta: array<f32, BR>;
+var<workgroup> r_bits: array<u32, BR>;
+
+@compute @workgroup_size(BC)
+fn dkv_main(ids: Ids) {
+    let lid = ids.lid;
+    let lane = lane_of(ids);
+    let kt = ids.wg.x;
+    let kvh = ids.wg.y;
+    let b = ids.wg.z;
+    let key = kt * BC + lid;
+    let live = key < params.m;
+    let at = ((b * params.kv_heads + kvh) * params.m + min(key, params.m - 1u)) * D4;
+
+    var kr: array<vec4<f32>, D4P>;
+    var vr: array<vec4<f32>, D4P>;
+    var acc_k: array<vec4<f32>, D4P>;
+    var acc_v: array<vec4<f32>, D4P>;
+    for (var x = 0u; x < D4P; x++) {
+        kr[x] = vec4<f32>(0.0);
+        vr[x] = vec4<f32>(0.0);
+        acc_k[x] = vec4<f32>(0.0);
+        acc_v[x] = vec4<f32>(0.0);
+        if live && x < D4 {
+            kr[x] = k[at + x] * params.scale;
+            vr[x] = v[at + x];
+        }
+    }
+
+    // With passes (one query head per dispatch), a dispatch with nothing left returns before
+    // touching dK, dV; the check is uniform per workgroup.
+    var work = false;
+    for (var hh = bwd.head_lo; hh < bwd.head_hi; hh++) {
+        let h = kvh * params.group + hh;
+        let col = select(0u, h, params.map_heads > 1u) * bwd.n_ktiles + kt;
+        let c_begin = block_map[bwd.col_ptr + col];
+        let c_end = block_map[bwd.col_ptr + col + 1u];
+        let t_begin = min(c_end, c_begin + params.pass_index * params.pass_tiles);
+        work = work || t_begin < c_end;
+    }
+    if bwd.resume != 0u && !work {
+        return;
+    }
+    if bwd.resume != 0u && live {
+        for (var x = 0u; x < D4; x++) {
+            acc_k[x] = dk[at + x];
+            acc_v[x] = dv[at + x];
+        }
+    }
+
+    for (var hh = bwd.head_lo; hh < bwd.head_hi; hh++) {
+        let h = kvh * params.group + hh;
+        let slope = slope_of(h);
+        let q_head = (b * params.heads + h) * params.n;
+        let col = select(0u, h, params.map_heads > 1u) * bwd.n_ktiles + kt;
+        let c_begin = block_map[bwd.col_ptr + col];
+        let c_end = block_map[bwd.col_ptr + col + 1u];
+        var t_begin = c_begin;
+        var t_end = c_end;
+        if params.pass_tiles != 0u {
+            t_begin = min(c_end, c_begin + params.pass_index * params.pass_tiles);
+            t_end = min(c_end, t_begin + params.pass_tiles);
+        }
+        for (var t = t_begin; t < t_end; t++) {
+            let entry = block_map[bwd.col_entries + t];
+            let row0 = (entry & ~FULL) * BR;
+            let full = (entry & FULL) != 0u;
+            let bits_at = block_map[bwd.col_masks + t];
+            // Stage BR rows of Q and dO with their (LSE, Δ) and visibility bits; rows past N
+            // get LSE = −inf, so they contribute nothing (full tiles may end past N).
+            for (var x = lid; x < BR * D4; x += BC) {
+                var qq = vec4<f32>(0.0);
+                var gg = vec4<f32>(0.0);
+                if row0 + x / D4 < params.n {
+                    qq = q[(q_head + row0) * D4 + x];
+                    gg = d_o[(q_head + row0) * D4 + x];
+                }
+                q_tile[x] = qq;
+                do_tile[x] = gg;
+            }
+            for (var r = lid; r < BR; r += BC) {
+                var st = vec2<f32>(params.neg_inf, 0.0);
+                if row0 + r < params.n {
+                    st = stats[q_head + row0 + r];
+                }
+                r_lse[r] = st.x;
+                r_delta[r] = st.y;
+                var bits = 0xffffffffu;
+                if bits_at != NO_BITS {
+                    bits = block_map[params.bits_base + bits_at + r];
+                }
+                r_bits[r] = bits;
+            }
+            workgroupBarrier();
+
+            let bit = 1u << lid;
+            for (var r = 0u; r < BR; r++) {
+                var sc = 0.0;
+                var dp = 0.0;
+                if SG > 0u {
+                    for (var j = 0u; j < D4P; j += SG) {
+                        let ql = q_tile[r * D4 + lane_at(j, lane)];
+                        let gl = do_tile[r * D4 + lane_at(j, lane)];
+                        for (var l = 0u; l < SG; l++) {
+                            sc += dot(kr[j + l], shuffle4(ql, l));
+                            dp += dot(vr[j + l], shuffle4(gl, l));
+                        }
+                    }
+                } else {
+                    for (var x = 0u; x < D4; x++) {
+                        sc += dot(kr[x], q_tile[r * D4 + x]);
+                        dp += dot(vr[x], do_tile[r * D4 + x]);
+                    }
+                }
+                let pos = params.q_offset + i32(row0 + r);
+                sc += alibi_bias(slope, pos, i32(key));
+                let row_lse = r_lse[r];
+                let visible = full || (live && is_visible(pos, i32(key)) && (r_bits[r] & bit) != 0u);
+                let p = select(0.0, exp(sc - row_lse), visible && row_lse != params.neg_inf);
+                let ds = p * (dp - r_delta[r]) * params.scale;
+                if SG > 0u {
+                    for (var j = 0u; j < D4P; j += SG) {
+                        let ql = q_tile[r * D4 + lane_at(j, lane)];
+                        let gl = do_tile[r * D4 + lane_at(j, lane)];
+                        for (var l = 0u; l < SG; l++) {
+                            acc_k[j + l] += ds * shuffle4(ql, l);
+                            acc_v[j + l] += p * shuffle4(gl, l);
+                        }
+                    }
+                } else {
+                    for (var x = 0u; x < D4; x++) {
+                        acc_k[x] += ds * q_tile[r * D4 + x];
+                        acc_v[x] += p * do_tile[r * D4 + x];
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+
+    if live {
+        for (var x = 0u; x < D4; x++) {
+            dk[at + x] = acc_k[x];
+            dv[at + x] = acc_v[x];
+        }
+    }
+}
