@@ -3,7 +3,8 @@
 // Tiled: a workgroup of (TN/4)·(TM/RM) invocations owns a TM × TN tile of C; each invocation
 // keeps RM rows × one vec4 of columns in registers. The K dimension streams through
 // workgroup memory in TK-deep slabs of A (TM × TK) and B (TK × TN). Any M, K, N ≥ 1: edges
-// load zeros and skip stores. ACT: 0 none, 1 GELU (tanh form, as BERT/GPT-2 use). With
+// load zeros and skip stores. ACT: 0 none, 1 GELU (tanh form, as GPT-2 uses), 2 GELU (erf form,
+// as BERT uses; erf by Abramowitz–Stegun 7.1.26, |error| ≤ 1.5e-7). With
 // `accumulate` the result is added to C (residual branches).
 // Device-memory traffic: A read ⌈N/TN⌉ times, B read ⌈M/TM⌉ times, C written once.
 // Subgroups (SG > 0, TN = 4·SG): invocation (subgroup s, lane l) owns rows s·RM… and column
@@ -41,6 +42,17 @@ var<workgroup> b_tile: array<vec4<f32>, TK * COLS>;
 fn gelu(x: f32) -> f32 {
     let inner = 0.7978845608 * (x + 0.044715 * x * x * x);
     return 0.5 * x * (1.0 + tanh(inner));
+}
+
+fn erf(x: f32) -> f32 {
+    let a = abs(x);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    return sign(x) * (1.0 - poly * exp(-a * a));
+}
+
+fn gelu_erf(x: f32) -> f32 {
+    return 0.5 * x * (1.0 + erf(x * 0.70710678118654752));
 }
 
 @compute @workgroup_size(COLS * ROWS)
@@ -120,6 +132,8 @@ fn main(ids: Ids) {
                 }
                 if ACT == 1u {
                     val = gelu(val);
+                } else if ACT == 2u {
+                    val = gelu_erf(val);
                 }
                 if dims.accumulate != 0u {
                     val += c[gr * dims.n + gc - dims.c_shift];

@@ -63,6 +63,9 @@ pub enum Error {
     )]
     LoopLimit { kernel: &'static str, needed: u64, limit: u64, hint: &'static str },
 
+    #[error("model tensor `{name}`: {message}")]
+    ModelTensor { name: String, message: String },
+
     #[error("invalid option: {0}")]
     Invalid(String),
 

@@ -102,28 +102,60 @@ pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
 
 /// Reads tensor `name` of a `.safetensors` file as f32 (F32, F16 and BF16 are accepted).
 pub fn read_safetensors(path: &Path, name: &str) -> Result<Tensor> {
-    let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot open: {e}")))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| file_err(path, format!("not a valid .safetensors file: {e}")))?;
-    let view = st.tensor(name).map_err(|_| {
-        let mut names: Vec<&str> = st.names();
+    SafetensorsFile::open(path)?.tensor(name)
+}
+
+/// A `.safetensors` file read once, for loading many tensors (a model's weights).
+pub struct SafetensorsFile {
+    path: std::path::PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl SafetensorsFile {
+    /// Reads the file and checks its header.
+    pub fn open(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot open: {e}")))?;
+        safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| file_err(path, format!("not a valid .safetensors file: {e}")))?;
+        Ok(Self { path: path.to_path_buf(), bytes })
+    }
+
+    fn parsed(&self) -> safetensors::SafeTensors<'_> {
+        safetensors::SafeTensors::deserialize(&self.bytes).expect("checked in open")
+    }
+
+    /// Tensor names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.parsed().names().into_iter().map(String::from).collect();
         names.sort_unstable();
-        file_err(path, format!("no tensor `{name}`; it holds {}", names.join(", ")))
-    })?;
-    let raw = view.data();
-    let data: Vec<f32> = match view.dtype() {
-        safetensors::Dtype::F32 => {
-            raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-        }
-        safetensors::Dtype::F16 => {
-            raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-        }
-        safetensors::Dtype::BF16 => {
-            raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-        }
-        other => {
-            return Err(file_err(path, format!("tensor `{name}` is {other:?}; F32, F16 or BF16 expected")));
-        }
-    };
-    Tensor::new(view.shape().to_vec(), data).map_err(|e| file_err(path, format!("tensor `{name}`: {e}")))
+        names
+    }
+
+    /// Tensor `name` as f32 (from F32, F16 or BF16).
+    pub fn tensor(&self, name: &str) -> Result<Tensor> {
+        let path = &self.path;
+        let st = self.parsed();
+        let view = st.tensor(name).map_err(|_| {
+            file_err(path, format!("no tensor `{name}`; it holds {}", self.names().join(", ")))
+        })?;
+        let raw = view.data();
+        let data: Vec<f32> = match view.dtype() {
+            safetensors::Dtype::F32 => {
+                raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+            }
+            safetensors::Dtype::F16 => {
+                raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            safetensors::Dtype::BF16 => {
+                raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            other => {
+                return Err(file_err(
+                    path,
+                    format!("tensor `{name}` is {other:?}; F32, F16 or BF16 expected"),
+                ));
+            }
+        };
+        Tensor::new(view.shape().to_vec(), data).map_err(|e| file_err(path, format!("tensor `{name}`: {e}")))
+    }
 }

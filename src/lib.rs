@@ -21,6 +21,7 @@
 #[cfg(feature = "app")]
 pub mod app;
 pub mod bench;
+pub mod bert;
 pub mod blockmap;
 pub mod colt5;
 pub mod error;

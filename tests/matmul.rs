@@ -19,6 +19,7 @@ fn odd_sizes_bias_and_gelu_match_the_oracle() {
         (100, 37, 129, true, Activation::None),
         (64, 256, 96, true, Activation::Gelu),
         (257, 300, 70, false, Activation::Gelu),
+        (70, 384, 150, true, Activation::GeluErf),
     ] {
         let a = common::random(m * k, &mut rng);
         let b = common::random(k * n, &mut rng);

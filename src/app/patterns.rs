@@ -320,7 +320,7 @@ impl PatternsState {
         if self.heat.as_ref().is_some_and(|h| h.view == view && h.log == self.log_scale) {
             return;
         }
-        match c.heatmap.render(gpu, &c.attn, &c.io, &view) {
+        match c.heatmap.render(gpu, &c.attn, &c.io.buffers(), &view) {
             Ok(values) => {
                 self.readback_bytes = values.len() * 4;
                 // colour scale up to the 99.5th percentile of nonzero values, so that one

@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, storage_entry, uniform_entry};
-use crate::kernels::{Attention, COMMON_WGSL, DeviceTensors, ShaderVariant};
+use crate::kernels::{Attention, AttnBuffers, COMMON_WGSL, ShaderVariant};
 
 const BODY: &str = include_str!("../../shaders/heatmap.wgsl");
 const NAME: &str = "heatmap";
@@ -90,13 +90,7 @@ impl Heatmap {
 
     /// Pools the probabilities of `view` into `width × height` values (row-major, top row
     /// first). `io` must hold the Q, K and the LSE written by `attn`.
-    pub fn render(
-        &self,
-        gpu: &Gpu,
-        attn: &Attention,
-        io: &DeviceTensors,
-        view: &HeatView,
-    ) -> Result<Vec<f32>> {
+    pub fn render(&self, gpu: &Gpu, attn: &Attention, io: &AttnBuffers, view: &HeatView) -> Result<Vec<f32>> {
         let s = attn.spec().shape;
         let flash = attn.flash().expect("checked in new");
         let bad = view.batch >= s.batch
@@ -132,7 +126,7 @@ impl Heatmap {
         let (block_map, slopes, first_pass) = flash.bindings();
         let bind = gpu.bind_group(
             &self.layout,
-            &[first_pass, &io.q, &io.k, &io.lse, block_map, slopes, &pixels, &view_buf],
+            &[first_pass, io.q, io.k, io.lse, block_map, slopes, &pixels, &view_buf],
         );
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {

@@ -18,8 +18,29 @@ const RM: u32 = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
     None,
-    /// GELU, tanh approximation (BERT, GPT-2).
+    /// GELU, tanh approximation (GPT-2, CoLT5 here).
     Gelu,
+    /// GELU with the exact erf (BERT's `gelu`): 0.5·x·(1 + erf(x/√2)).
+    GeluErf,
+}
+
+impl Activation {
+    fn code(self) -> u32 {
+        match self {
+            Activation::None => 0,
+            Activation::Gelu => 1,
+            Activation::GeluErf => 2,
+        }
+    }
+
+    /// The activation in f64 (the oracle's).
+    pub fn apply_f64(self, v: f64) -> f64 {
+        match self {
+            Activation::None => v,
+            Activation::Gelu => 0.5 * v * (1.0 + (0.7978845608028654 * (v + 0.044715 * v * v * v)).tanh()),
+            Activation::GeluErf => 0.5 * v * (1.0 + libm::erf(v * std::f64::consts::FRAC_1_SQRT_2)),
+        }
+    }
 }
 
 /// The shader variant for an activation and subgroup width `sg` (0: no shuffles; else
@@ -31,14 +52,7 @@ pub fn variant(act: Activation, sg: u32) -> ShaderVariant {
         prelude: vec![if sg > 0 { LANES_SUBGROUP_WGSL } else { LANES_PLAIN_WGSL }],
         body: BODY,
         entry: "main",
-        consts: vec![
-            ("TM", TM),
-            ("TN", tn),
-            ("TK", TK.max(sg)),
-            ("RM", RM),
-            ("SG", sg),
-            ("ACT", (act == Activation::Gelu) as u32),
-        ],
+        consts: vec![("TM", TM), ("TN", tn), ("TK", TK.max(sg)), ("RM", RM), ("SG", sg), ("ACT", act.code())],
     }
 }
 
@@ -312,11 +326,7 @@ pub fn matmul_f64(
             }
         }
         for j in 0..n {
-            let mut v = c[i * n + j] + bias.map_or(0.0, |x| x[j] as f64);
-            if act == Activation::Gelu {
-                v = 0.5 * v * (1.0 + (0.7978845608028654 * (v + 0.044715 * v * v * v)).tanh());
-            }
-            c[i * n + j] = v;
+            c[i * n + j] = act.apply_f64(c[i * n + j] + bias.map_or(0.0, |x| x[j] as f64));
         }
     }
     c

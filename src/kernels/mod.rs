@@ -7,6 +7,7 @@
 
 pub mod backward;
 pub mod decode;
+pub mod embed;
 pub mod flash;
 pub mod heatmap;
 pub mod layer;
@@ -199,8 +200,10 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
         .chain(peak::variants())
         .chain(route::variants())
         .chain(layer::variants())
+        .chain(embed::variants())
         .chain([0, 8, 16].into_iter().flat_map(|sg| {
-            [matmul::Activation::None, matmul::Activation::Gelu].map(|a| matmul::variant(a, sg))
+            [matmul::Activation::None, matmul::Activation::Gelu, matmul::Activation::GeluErf]
+                .map(|a| matmul::variant(a, sg))
         }))
         .chain((4..=MAX_HEAD_DIM).step_by(4).flat_map(|d| {
             [(8, 0), (64, 0), (8, 8), (32, 32)]

@@ -1,0 +1,205 @@
+//! `embed`: the ends of a sentence encoder (`shaders/embed.wgsl`): the token-embedding gather
+//! (word + position + token type) and mean pooling over real tokens with L2 normalisation.
+//! Oracles: [`gather_f64`], [`pool_normalize_f64`].
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, storage_entry, uniform_entry};
+use crate::kernels::ShaderVariant;
+
+const BODY: &str = include_str!("../../shaders/embed.wgsl");
+const NAME: &str = "embed";
+
+/// The shader variants, one per entry point.
+pub fn variants() -> Vec<ShaderVariant> {
+    ["gather", "pool", "l2_normalize"]
+        .into_iter()
+        .map(|entry| ShaderVariant { stem: NAME, prelude: vec![], body: BODY, entry, consts: vec![] })
+        .collect()
+}
+
+fn layout(gpu: &Gpu) -> wgpu::BindGroupLayout {
+    gpu.layout(
+        NAME,
+        &[
+            uniform_entry(0),
+            storage_entry(1, true),
+            storage_entry(2, true),
+            storage_entry(3, true),
+            storage_entry(4, false),
+        ],
+    )
+}
+
+fn pipeline(gpu: &Gpu, entry: &str) -> Result<wgpu::ComputePipeline> {
+    let v = variants().into_iter().find(|v| v.entry == entry).expect("entry exists");
+    gpu.pipeline(&v, &layout(gpu))
+}
+
+fn dispatch(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    pipeline: &wgpu::ComputePipeline,
+    buffers: &[&wgpu::Buffer],
+    threads: usize,
+) {
+    let bind = gpu.bind_group(&layout(gpu), buffers);
+    let mut pass =
+        enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
+    pass.set_pipeline(pipeline);
+    pass.set_bind_group(0, &bind, &[]);
+    pass.dispatch_workgroups(threads.div_ceil(64) as u32, 1, 1);
+}
+
+/// Token embeddings on the device: the word table `[vocab, d]`, position table
+/// `[max_pos, d]` and token-type row 0 `[d]`, uploaded once.
+pub struct Embeddings {
+    pub vocab: usize,
+    pub max_positions: usize,
+    pub d: usize,
+    word: wgpu::Buffer,
+    /// positions, then the token-type row
+    table: wgpu::Buffer,
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl Embeddings {
+    pub fn new(gpu: &Gpu, word: &[f32], positions: &[f32], token_type: &[f32], d: usize) -> Result<Self> {
+        if d == 0 || word.len() % d != 0 || positions.len() % d != 0 || token_type.len() != d {
+            return Err(Error::Shape(format!(
+                "embedding tables of width {d}: word {} values, positions {}, token type {}",
+                word.len(),
+                positions.len(),
+                token_type.len()
+            )));
+        }
+        Ok(Self {
+            vocab: word.len() / d,
+            max_positions: positions.len() / d,
+            d,
+            word: gpu.upload("word embeddings", word)?,
+            table: gpu.upload("position and token-type embeddings", &[positions, token_type].concat())?,
+            pipeline: pipeline(gpu, "gather")?,
+        })
+    }
+
+    /// A prepared gather of `ids` at `positions` (checked against the tables).
+    pub fn prepare(&self, gpu: &Gpu, ids: &[u32], positions: &[u32]) -> Result<Gather> {
+        if ids.is_empty() || ids.len() != positions.len() {
+            return Err(Error::Shape(format!("{} token ids with {} positions", ids.len(), positions.len())));
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.vocab
+            )));
+        }
+        if let Some(&bad) = positions.iter().find(|&&p| p as usize >= self.max_positions) {
+            return Err(Error::Invalid(format!(
+                "position {bad} is beyond the model's {} position embeddings",
+                self.max_positions
+            )));
+        }
+        let t = ids.len();
+        gpu.check_dispatch(NAME, [(t * self.d).div_ceil(64) as u64, 1, 1])?;
+        let shape = [t as u32, self.d as u32, 0, (self.max_positions * self.d) as u32];
+        Ok(Gather {
+            tokens: t,
+            shape: gpu.uniform("gather shape", &shape),
+            index: gpu.upload("token ids and positions", &[ids, positions].concat())?,
+        })
+    }
+
+    /// Records `dst [T, d] = word[ids] + positions[pos] + token_type[0]`.
+    pub fn encode(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, g: &Gather, dst: &wgpu::Buffer) {
+        dispatch(
+            gpu,
+            enc,
+            &self.pipeline,
+            &[&g.shape, &g.index, &self.word, &self.table, dst],
+            g.tokens * self.d,
+        );
+    }
+}
+
+/// One batch's token ids and positions on the device.
+pub struct Gather {
+    tokens: usize,
+    shape: wgpu::Buffer,
+    index: wgpu::Buffer,
+}
+
+/// Mean pooling of each sentence's first `len_b` rows of its `stride` rows, then L2
+/// normalisation: `[sentences · stride, d]` → `[sentences, d]`.
+pub struct Pool {
+    sentences: usize,
+    d: usize,
+    pool: wgpu::ComputePipeline,
+    norm: wgpu::ComputePipeline,
+    pool_shape: wgpu::Buffer,
+    norm_shape: wgpu::Buffer,
+    lengths: wgpu::Buffer,
+    means: wgpu::Buffer,
+    dummy: wgpu::Buffer,
+}
+
+impl Pool {
+    pub fn new(gpu: &Gpu, lengths: &[u32], stride: usize, d: usize) -> Result<Self> {
+        if lengths.is_empty() || d == 0 {
+            return Err(Error::Empty { what: "pooling".into(), shape: vec![lengths.len(), stride, d] });
+        }
+        if let Some(&bad) = lengths.iter().find(|&&l| l == 0 || l as usize > stride) {
+            return Err(Error::Invalid(format!("sentence length {bad}: need 1..={stride}")));
+        }
+        let b = lengths.len();
+        Ok(Self {
+            sentences: b,
+            d,
+            pool: pipeline(gpu, "pool")?,
+            norm: pipeline(gpu, "l2_normalize")?,
+            pool_shape: gpu.uniform("pool shape", &[b as u32, d as u32, stride as u32, 0]),
+            norm_shape: gpu.uniform("normalize shape", &[b as u32, d as u32, 0, 0]),
+            lengths: gpu.upload("sentence lengths", lengths)?,
+            means: gpu.storage("pooled means", (b * d * 4) as u64)?,
+            dummy: gpu.storage("unused", 4)?,
+        })
+    }
+
+    /// Records `dst [sentences, d]` = normalised means of `hidden`'s real rows.
+    pub fn encode(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        hidden: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+    ) {
+        let (b, d) = (self.sentences, self.d);
+        dispatch(
+            gpu,
+            enc,
+            &self.pool,
+            &[&self.pool_shape, &self.lengths, hidden, &self.dummy, &self.means],
+            b * d,
+        );
+        dispatch(gpu, enc, &self.norm, &[&self.norm_shape, &self.dummy, &self.means, &self.dummy, dst], b);
+    }
+}
+
+/// Oracle of the gather for one sentence: `word[id] + position[i] + token_type[0]`.
+pub fn gather_f64(word: &[f32], positions: &[f32], token_type: &[f32], ids: &[u32], d: usize) -> Vec<f64> {
+    ids.iter()
+        .enumerate()
+        .flat_map(|(i, &id)| {
+            (0..d).map(move |e| {
+                word[id as usize * d + e] as f64 + positions[i * d + e] as f64 + token_type[e] as f64
+            })
+        })
+        .collect()
+}
+
+/// Oracle of pooling: the mean of `rows [n, d]`, L2-normalised.
+pub fn pool_normalize_f64(rows: &[f64], d: usize) -> Vec<f64> {
+    let n = rows.len() / d;
+    let mean: Vec<f64> = (0..d).map(|e| (0..n).map(|r| rows[r * d + e]).sum::<f64>() / n as f64).collect();
+    let norm = mean.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+    mean.into_iter().map(|x| x / norm).collect()
+}
