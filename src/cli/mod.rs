@@ -3,6 +3,7 @@
 mod attention;
 mod bench;
 mod decode;
+mod embed;
 mod info;
 mod mask;
 mod maskargs;
@@ -83,6 +84,9 @@ pub enum Command {
     Route(route::RouteArgs),
     /// Autotune kernel configurations on this adapter and cache the winners.
     Tune(tune::TuneArgs),
+    /// Sentence embeddings from a local BERT model (all-MiniLM-L6-v2) on the GPU kernels;
+    /// cosine similarities; attention probabilities of every layer and head.
+    Embed(embed::EmbedArgs),
     /// Print a mask's block map (full, partial, skipped tiles), sparsity and FLOPs. No GPU.
     Mask(mask::MaskCmdArgs),
 }
@@ -100,5 +104,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Viz => longctx::app::run(),
         Command::Peak(a) => peak::run(&cli.device, &a),
         Command::Decode(a) => decode::run(&cli.device, &a),
+        Command::Embed(a) => embed::run(&cli.device, &a),
     }
 }
