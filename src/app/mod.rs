@@ -6,6 +6,7 @@ mod bench;
 mod colormap;
 mod decode;
 mod memory;
+pub mod model;
 pub mod patterns;
 mod routing;
 mod tiles;
@@ -38,11 +39,12 @@ pub enum Tab {
     Decode,
     Memory,
     Routing,
+    Model,
     Bench,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 8] = [
+    pub const ALL: [Tab; 9] = [
         Tab::Patterns,
         Tab::Tiles,
         Tab::Alibi,
@@ -50,6 +52,7 @@ impl Tab {
         Tab::Decode,
         Tab::Memory,
         Tab::Routing,
+        Tab::Model,
         Tab::Bench,
     ];
     pub fn label(self) -> &'static str {
@@ -61,6 +64,7 @@ impl Tab {
             Tab::Decode => "Decode",
             Tab::Memory => "Memory plan",
             Tab::Routing => "Routing",
+            Tab::Model => "Model",
             Tab::Bench => "Benchmarks",
         }
     }
@@ -107,6 +111,7 @@ pub struct LongctxApp {
     pub decode: decode::DecodeState,
     pub memory: memory::MemoryState,
     pub routing: routing::RoutingState,
+    pub model: model::ModelState,
     pub bench: bench::BenchState,
     /// Run jobs in the UI thread (deterministic frames, for tests).
     pub inline_jobs: bool,
@@ -128,6 +133,7 @@ impl LongctxApp {
             decode: Default::default(),
             memory: Default::default(),
             routing: Default::default(),
+            model: Default::default(),
             bench: Default::default(),
             inline_jobs: false,
         }
@@ -173,6 +179,7 @@ impl eframe::App for LongctxApp {
                 Tab::Decode => decode::decode_ui(ui, &mut self.decode, &gpu, inline),
                 Tab::Memory => memory::memory_ui(ui, &mut self.memory),
                 Tab::Routing => routing::routing_ui(ui, &mut self.routing, &gpu, inline),
+                Tab::Model => model::model_ui(ui, &mut self.model, &gpu, inline),
                 Tab::Bench => bench::bench_ui(ui, &mut self.bench, &gpu, inline),
             }
         });
