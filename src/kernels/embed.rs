@@ -122,6 +122,7 @@ impl Embeddings {
 }
 
 /// One batch's token ids and positions on the device.
+#[derive(Debug)]
 pub struct Gather {
     tokens: usize,
     shape: wgpu::Buffer,
