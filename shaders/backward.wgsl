@@ -51,6 +51,10 @@ struct Backward {
     head_lo: u32,     // dkv: query heads [head_lo, head_hi) of the group in this dispatch
     head_hi: u32,
     resume: u32,      // dkv: nonzero = add to dK, dV already in memory
+    batch: u32,       // naive: the batch of this chunk (first query head: head_lo)
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 @group(0) @binding(12) var<uniform> bwd: Backward;
 
@@ -360,4 +364,134 @@ fn dkv_main(ids: Ids) {
             dv[at + x] = acc_v[x];
         }
     }
+}
+
+// ---- The materialised (naive) backward, the baseline the tiled one is measured against ----
+// P and then dS live in `s` [query heads of this chunk, N, M] in device memory: the chunk is
+// kv heads [head_lo / G, +chunk) of batch `batch` with all their query heads, so dK and dV
+// sum whole groups. After `delta`:
+//   naive_p:  P = exp(scale·q·k + bias − LSE), 0 where masked          (one invocation per pair)
+//   naive_dv: dV_j = Σ_group Σ_i P_ij·dO_i                              (one per 4 lanes of dV_j)
+//   naive_ds: S ← scale·P ⊙ (dO·Vᵀ − Δ), in place                        (one per row)
+//   naive_dq: dQ_i = Σ_j dS_ij·k_j                                       (one per 4 lanes of dQ_i)
+//   naive_dk: dK_j = Σ_group Σ_i dS_ij·q_i                               (one per 4 lanes of dK_j)
+// A sparse mask arrives as dense visibility bits at params.bits_base (as in naive.wgsl).
+@group(0) @binding(13) var<storage, read_write> s: array<f32>;
+
+fn naive_allows(h: u32, i: u32, j: u32) -> bool {
+    if !is_visible(params.q_offset + i32(i), i32(j)) {
+        return false;
+    }
+    if params.bits_stride == 0u {
+        return true;
+    }
+    let mh = select(0u, h, params.map_heads > 1u);
+    let word = block_map[params.bits_base + (mh * params.n + i) * params.bits_stride + j / 32u];
+    return ((word >> (j % 32u)) & 1u) != 0u;
+}
+
+@compute @workgroup_size(8, 8)
+fn naive_p(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let i = gid.y;
+    if i >= params.n || j >= params.m {
+        return;
+    }
+    let h = bwd.head_lo + gid.z;
+    let b = bwd.batch;
+    let row = (b * params.heads + h) * params.n + i;
+    let kv = ((b * params.kv_heads + h / params.group) * params.m + j) * D4;
+    let row_lse = stats[row].x;
+    var p = 0.0;
+    if row_lse != params.neg_inf && naive_allows(h, i, j) {
+        var sc = 0.0;
+        for (var x = 0u; x < D4; x++) {
+            sc += dot(q[row * D4 + x], k[kv + x]);
+        }
+        sc = sc * params.scale + alibi_bias(slope_of(h), params.q_offset + i32(i), i32(j));
+        p = exp(sc - row_lse);
+    }
+    s[(gid.z * params.n + i) * params.m + j] = p;
+}
+
+@compute @workgroup_size(64)
+fn naive_dv(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if gid.x >= params.m * D4 {
+        return;
+    }
+    let j = gid.x / D4;
+    let x = gid.x % D4;
+    let kc = gid.y;
+    let kvh = bwd.head_lo / params.group + kc;
+    let b = bwd.batch;
+    var acc = vec4<f32>(0.0);
+    for (var hh = 0u; hh < params.group; hh++) {
+        let hc = kc * params.group + hh;
+        let h = bwd.head_lo + hc;
+        for (var i = 0u; i < params.n; i++) {
+            acc += s[(hc * params.n + i) * params.m + j] * d_o[((b * params.heads + h) * params.n + i) * D4 + x];
+        }
+    }
+    dv[((b * params.kv_heads + kvh) * params.m + j) * D4 + x] = acc;
+}
+
+@compute @workgroup_size(64)
+fn naive_ds(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if i >= params.n {
+        return;
+    }
+    let hc = gid.y;
+    let h = bwd.head_lo + hc;
+    let b = bwd.batch;
+    let row = (b * params.heads + h) * params.n + i;
+    let delta = stats[row].y;
+    let kv = (b * params.kv_heads + h / params.group) * params.m * D4;
+    for (var j = 0u; j < params.m; j++) {
+        let at = (hc * params.n + i) * params.m + j;
+        var dp = 0.0;
+        for (var x = 0u; x < D4; x++) {
+            dp += dot(d_o[row * D4 + x], v[kv + j * D4 + x]);
+        }
+        s[at] = s[at] * (dp - delta) * params.scale;
+    }
+}
+
+@compute @workgroup_size(64)
+fn naive_dq(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if gid.x >= params.n * D4 {
+        return;
+    }
+    let i = gid.x / D4;
+    let x = gid.x % D4;
+    let hc = gid.y;
+    let h = bwd.head_lo + hc;
+    let b = bwd.batch;
+    let kv = (b * params.kv_heads + h / params.group) * params.m * D4;
+    var acc = vec4<f32>(0.0);
+    for (var j = 0u; j < params.m; j++) {
+        acc += s[(hc * params.n + i) * params.m + j] * k[kv + j * D4 + x];
+    }
+    dq[((b * params.heads + h) * params.n + i) * D4 + x] = acc;
+}
+
+@compute @workgroup_size(64)
+fn naive_dk(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if gid.x >= params.m * D4 {
+        return;
+    }
+    let j = gid.x / D4;
+    let x = gid.x % D4;
+    let kc = gid.y;
+    let kvh = bwd.head_lo / params.group + kc;
+    let b = bwd.batch;
+    var acc = vec4<f32>(0.0);
+    for (var hh = 0u; hh < params.group; hh++) {
+        let hc = kc * params.group + hh;
+        let h = bwd.head_lo + hc;
+        for (var i = 0u; i < params.n; i++) {
+            acc += s[(hc * params.n + i) * params.m + j] * q[((b * params.heads + h) * params.n + i) * D4 + x];
+        }
+    }
+    dk[((b * params.kv_heads + kvh) * params.m + j) * D4 + x] = acc;
 }

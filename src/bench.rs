@@ -333,9 +333,13 @@ pub struct BackwardRecord {
     /// Device memory of flash forward + backward: Q, K, V, O, LSE, dO, dQ, dK, dV and both
     /// kernels' scratch (block maps, (LSE, Δ)).
     pub device_bytes: u64,
-    /// The same tensors plus what a materialised backward keeps: P `[B,H,N,M]` saved by the
-    /// forward and dS `[B,H,N,M]` (dP overwritten in place) — modelled, not run.
-    pub naive_device_bytes: u64,
+    /// The materialised backward ([`Backward::naive`](crate::kernels::backward::Backward::naive)):
+    /// the same tensors plus its P / dS matrices, as allocated; its median time; its error.
+    pub naive_device_bytes: Option<u64>,
+    pub naive_bwd_ms: Option<f64>,
+    pub naive_rel_err: Option<f64>,
+    /// Why the materialised backward did not run (a binding or loop limit), if it did not.
+    pub naive_skipped: Option<String>,
     /// The backward kernels' modelled device-memory traffic.
     pub bwd_traffic_model_bytes: u64,
     /// Worst relative error of dQ, dK, dV against the f64 oracle (absent above the size the
@@ -403,9 +407,7 @@ fn fill_backward(gpu: &Gpu, spec: &AttnSpec, reps: usize, r: &mut BackwardRecord
     let (q_bytes, kv_bytes) = (4 * s.q_len() as u64, 4 * s.kv_len() as u64);
     let tensors = 4 * q_bytes + 4 * kv_bytes + 4 * s.lse_len() as u64;
     r.device_bytes = tensors + fwd.scratch_bytes() + bwd.scratch_bytes();
-    let pairs = (s.batch * s.heads) as u64 * (s.n * s.m) as u64;
-    r.naive_device_bytes = tensors + 2 * 4 * pairs;
-    r.bwd_traffic_model_bytes = bwd.traffic().total();
+    r.bwd_traffic_model_bytes = bwd.traffic().map_or(0, |t| t.total());
 
     let both = time_encoded(gpu, 1, reps, |enc, _, timer| {
         fwd.encode_timed(gpu, enc, &io.buffers(), timer.map(GpuTimer::begin))?;
@@ -426,6 +428,26 @@ fn fill_backward(gpu: &Gpu, spec: &AttnSpec, reps: usize, r: &mut BackwardRecord
     r.fwd_gflops = Some(gflops(f, fwd_t.median()));
     r.bwd_gflops = Some(gflops(BACKWARD_FLOP_FACTOR * f, bwd_t.median()));
     r.fwd_bwd_gflops = Some(gflops((1.0 + BACKWARD_FLOP_FACTOR) * f, both.median()));
+
+    // the materialised baseline on the same tensors, where the device allows it
+    match Backward::naive(gpu, spec) {
+        Ok(naive) => {
+            grads.poison(gpu);
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            naive.encode(gpu, &mut enc, &grads.buffers(&io))?;
+            gpu.queue.submit([enc.finish()]);
+            let n = grads.read(gpu)?;
+            let e = |a: &[f32], b: &[f32]| rel_error(a, &b.iter().map(|&x| x as f64).collect::<Vec<f64>>());
+            // against the tiled backward's gradients (both were checked against the oracle in tests)
+            r.naive_rel_err = Some(e(&n.dq, &got.dq).max(e(&n.dk, &got.dk)).max(e(&n.dv, &got.dv)));
+            r.naive_device_bytes = Some(tensors + fwd.scratch_bytes() + naive.scratch_bytes());
+            let t = time_encoded(gpu, 1, reps, |enc, _, timer| {
+                naive.encode_timed(gpu, enc, &grads.buffers(&io), timer.map(GpuTimer::writes))
+            })?;
+            r.naive_bwd_ms = Some(t.median());
+        }
+        Err(e) => r.naive_skipped = Some(e.to_string()),
+    }
     Ok(())
 }
 

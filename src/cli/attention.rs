@@ -60,7 +60,8 @@ pub struct AttentionArgs {
     #[arg(long, value_enum, default_value_t = KernelArg::Flash)]
     kernel: KernelArg,
     /// Backward pass: the gradient of the loss with respect to O (float32 .npy, O's shape).
-    /// With it, write the gradients asked for by --dq, --dk, --dv (flash or cpu kernel).
+    /// With it, write the gradients asked for by --dq, --dk, --dv (flash: the tiled backward;
+    /// naive: the materialised one; cpu: the f64 oracle).
     #[arg(long, value_name = "DO.npy")]
     grad_out: Option<PathBuf>,
     /// Output path for dQ (Q's shape); needs --grad-out.
@@ -153,11 +154,25 @@ fn backward(
             let f = |x: Vec<f64>| x.into_iter().map(|v| v as f32).collect();
             (out, longctx::Gradients { dq: f(dq), dk: f(dk), dv: f(dv) })
         }
-        KernelArg::Flash => {
+        KernelArg::Flash | KernelArg::Naive => {
             let gpu = dev.gpu()?;
-            longctx::Backward::new(&gpu, spec)?.run(&gpu, &q.data, &k.data, &v.data, &d_o.data)?
+            let bwd = if a.kernel == KernelArg::Flash {
+                longctx::Backward::new(&gpu, spec)?
+            } else {
+                longctx::Backward::naive(&gpu, spec)?
+            };
+            bwd.run(&gpu, &q.data, &k.data, &v.data, &d_o.data)?
         }
-        KernelArg::Naive => bail!("the backward pass runs with --kernel flash or --kernel cpu"),
+    };
+            let fwd = longctx::Attention::new(&gpu, kernel, spec)?;
+            let io = longctx::DeviceTensors::upload(&gpu, spec, &q.data, &k.data, &v.data)?;
+            let grads = longctx::GradTensors::upload(&gpu, spec, &d_o.data)?;
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            fwd.encode(&gpu, &mut enc, &io.buffers())?;
+            bwd.encode(&gpu, &mut enc, &grads.buffers(&io))?;
+            gpu.queue.submit([enc.finish()]);
+            (io.read(&gpu)?, grads.read(&gpu)?)
+        }
     };
     write_npy(&a.out, &q.shape, &out.o).context("writing O")?;
     if let Some(path) = &a.lse {

@@ -359,7 +359,8 @@ fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant
         "bwd/fwd",
         "GFLOP/s fwd / bwd / both",
         "device MiB",
-        "naive bwd MiB (model)",
+        "naive bwd ms",
+        "naive bwd MiB",
         "bwd traffic model MiB",
         "rel err dQ,dK,dV",
     ]);
@@ -380,11 +381,14 @@ fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant
                         r.fwd_bwd_gflops.unwrap_or(0.0)
                     ),
                     mib(r.device_bytes),
-                    format!(
-                        "{} ({:.1}×)",
-                        mib(r.naive_device_bytes),
-                        r.naive_device_bytes as f64 / r.device_bytes as f64
-                    ),
+                    match (r.naive_bwd_ms, &r.naive_skipped) {
+                        (Some(ms), _) => format!("{ms:.1} ({:.2}× tiled)", ms / b),
+                        (None, Some(_)) => "refused (below)".into(),
+                        _ => "—".into(),
+                    },
+                    r.naive_device_bytes.map_or("—".into(), |n| {
+                        format!("{} ({:.1}×)", mib(n), n as f64 / r.device_bytes as f64)
+                    }),
                     mib(r.bwd_traffic_model_bytes),
                     r.rel_err.map_or("not checked (size)".into(), |e| format!("{e:.1e}")),
                 ]);
@@ -394,10 +398,13 @@ fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant
         t.add_row(row);
     }
     println!("{t}");
+    for r in records.iter().filter(|r| r.naive_skipped.is_some()) {
+        println!("naive backward at N={}: {}", r.n, r.naive_skipped.as_deref().unwrap_or_default());
+    }
     println!(
         "FLOPs: forward 4·B·D·(visible pairs); backward {BACKWARD_FLOP_FACTOR}× forward (FlashAttention's convention). \
-         Times: median of the repeats, {} timer. Naive backward memory: the same tensors plus P and dS [B,H,N,M] f32 \
-         (modelled: the materialised backward is not run).",
+         Times: median of the repeats, {} timer. Device MiB: Q, K, V, O, LSE, dO, dQ, dK, dV and the kernels' scratch, \
+         as allocated; the naive backward materialises P, then dS in place, [heads, N, M] per chunk of kv-head groups.",
         records.first().map_or("", |r| r.timer.as_str())
     );
     if let Some(path) = &a.json {

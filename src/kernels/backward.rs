@@ -17,7 +17,7 @@ use crate::blockmap::{BlockMap, FULL};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, storage_entry, uniform_entry};
 use crate::kernels::{
-    AttnBuffers, COMMON_WGSL, LANES_PLAIN_WGSL, LANES_SUBGROUP_WGSL, Params, ShaderVariant, Traffic,
+    AttnBuffers, COMMON_WGSL, Kernel, LANES_PLAIN_WGSL, LANES_SUBGROUP_WGSL, Params, ShaderVariant, Traffic,
     check_head_dim, flash,
 };
 use crate::spec::{AttnOutput, AttnSpec};
@@ -104,7 +104,8 @@ impl BackwardConfig {
         if self.sg > 0 { d4.div_ceil(self.sg) * self.sg } else { d4 }
     }
 
-    /// The shader variant of one entry point (`delta`, `dq_main`, `dkv_main`) at head dim `d`.
+    /// The shader variant of one entry point (`delta`, `dq_main`, `dkv_main`, `naive_*`) at
+    /// head dim `d`.
     pub fn variant(&self, d: usize, entry: &'static str) -> ShaderVariant {
         let d4 = (d / 4) as u32;
         ShaderVariant {
@@ -123,20 +124,36 @@ impl BackwardConfig {
         }
     }
 
-    /// Every variant this config builds at head dim `d` (for naga validation).
+    /// Every variant this config builds at head dim `d`, the baseline's passes included (for
+    /// naga validation).
     pub fn variants(&self, d: usize) -> Vec<ShaderVariant> {
         ENTRIES.iter().map(|e| self.variant(d, e.name())).collect()
     }
 }
 
-/// The three kernels of the backward pass.
+/// The kernels of the backward pass: `delta`, then the tiled `dq` and `dkv`, or the
+/// materialised baseline's five passes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Entry {
     Delta,
     Dq,
     Dkv,
+    NaiveP,
+    NaiveDv,
+    NaiveDs,
+    NaiveDq,
+    NaiveDk,
 }
-const ENTRIES: [Entry; 3] = [Entry::Delta, Entry::Dq, Entry::Dkv];
+const ENTRIES: [Entry; 8] = [
+    Entry::Delta,
+    Entry::Dq,
+    Entry::Dkv,
+    Entry::NaiveP,
+    Entry::NaiveDv,
+    Entry::NaiveDs,
+    Entry::NaiveDq,
+    Entry::NaiveDk,
+];
 
 impl Entry {
     fn name(self) -> &'static str {
@@ -144,25 +161,34 @@ impl Entry {
             Entry::Delta => "delta",
             Entry::Dq => "dq_main",
             Entry::Dkv => "dkv_main",
+            Entry::NaiveP => "naive_p",
+            Entry::NaiveDv => "naive_dv",
+            Entry::NaiveDs => "naive_ds",
+            Entry::NaiveDq => "naive_dq",
+            Entry::NaiveDk => "naive_dk",
         }
     }
 
-    /// Each kernel's bindings (at most 8 storage buffers, the WebGPU default).
+    /// Storage bindings (number, read-only) of each kernel: at most 8, the WebGPU default.
+    fn bindings(self) -> &'static [(u32, bool)] {
+        match self {
+            Entry::Delta => &[(4, true), (5, false), (9, true), (10, true)],
+            Entry::Dq => &[(1, true), (2, true), (3, true), (4, true), (5, false), (6, false), (11, true)],
+            Entry::Dkv => {
+                &[(1, true), (2, true), (3, true), (4, true), (5, false), (7, false), (8, false), (11, true)]
+            }
+            Entry::NaiveP => &[(1, true), (2, true), (5, false), (11, true), (13, false)],
+            Entry::NaiveDv => &[(4, true), (8, false), (13, false)],
+            Entry::NaiveDs => &[(3, true), (4, true), (5, false), (13, false)],
+            Entry::NaiveDq => &[(2, true), (6, false), (13, false)],
+            Entry::NaiveDk => &[(1, true), (7, false), (13, false)],
+        }
+    }
+
     fn layout(self, gpu: &Gpu) -> wgpu::BindGroupLayout {
-        let (stem, bindings): (&'static str, &[(u32, bool)]) = match self {
-            Entry::Delta => ("backward delta", &[(4, true), (5, false), (9, true), (10, true)]),
-            Entry::Dq => (
-                "backward dq",
-                &[(1, true), (2, true), (3, true), (4, true), (5, false), (6, false), (11, true)],
-            ),
-            Entry::Dkv => (
-                "backward dkv",
-                &[(1, true), (2, true), (3, true), (4, true), (5, false), (7, false), (8, false), (11, true)],
-            ),
-        };
         let mut entries = vec![uniform_entry(0), uniform_entry(12)];
-        entries.extend(bindings.iter().map(|&(b, ro)| storage_entry(b, ro)));
-        gpu.layout(stem, &entries)
+        entries.extend(self.bindings().iter().map(|&(b, ro)| storage_entry(b, ro)));
+        gpu.layout(self.name(), &entries)
     }
 }
 
@@ -178,6 +204,8 @@ struct BwdParams {
     head_lo: u32,
     head_hi: u32,
     resume: u32,
+    batch: u32,
+    pad: [u32; 3],
 }
 
 /// Device buffers of one backward call, owned by the caller: the forward's inputs and
@@ -212,11 +240,14 @@ struct Dispatch {
 pub struct Backward {
     spec: AttnSpec,
     config: BackwardConfig,
-    pipelines: [wgpu::ComputePipeline; 3],
+    pipelines: Vec<(Entry, wgpu::ComputePipeline)>,
     dispatches: Vec<Dispatch>,
     block_map: wgpu::Buffer,
     stats: wgpu::Buffer,
-    map: BlockMap,
+    /// The tiled kernels' block map (`None` for the materialised baseline).
+    map: Option<BlockMap>,
+    /// The materialised baseline's P / dS matrix (a 4-byte placeholder for the tiled one).
+    scores: wgpu::Buffer,
     dq_passes: usize,
     dkv_dispatches: usize,
 }
@@ -299,6 +330,8 @@ impl Backward {
             head_lo: 0,
             head_hi: s.group() as u32,
             resume: 0,
+            batch: 0,
+            pad: [0; 3],
         };
         words.extend_from_slice(&cols.col_ptr);
         bwd.col_entries = words.len() as u32;
@@ -376,19 +409,131 @@ impl Backward {
         }
 
         let block_map = gpu.upload("backward block maps", &words)?;
-        let pipelines = ENTRIES.map(|e| gpu.pipeline(&c.variant(d, e.name()), &e.layout(gpu)));
-        let [a, b, cc] = pipelines;
+        let pipelines = [Entry::Delta, Entry::Dq, Entry::Dkv]
+            .into_iter()
+            .map(|e| Ok((e, gpu.pipeline(&c.variant(d, e.name()), &e.layout(gpu))?)))
+            .collect::<Result<_>>()?;
         Ok(Self {
             spec: spec.clone(),
             config: c,
-            pipelines: [a?, b?, cc?],
+            pipelines,
             dispatches,
             block_map,
             stats: gpu.storage("backward (LSE, Δ)", s.lse_len() as u64 * 8)?,
-            map,
+            map: Some(map),
+            scores: gpu.storage("unused", 4)?,
             dq_passes,
             dkv_dispatches,
         })
+    }
+
+    /// The materialised baseline: P, then dS in its place, as `[heads, N, M]` matrices in
+    /// device memory for as many whole kv-head groups as fit one binding; the same contract,
+    /// buffers and results as the tiled backward, for comparing time and memory. Refuses (typed
+    /// errors) when one group's matrices exceed a binding or a row's loops exceed the
+    /// adapter's loop cap.
+    pub fn naive(gpu: &Gpu, spec: &AttnSpec) -> Result<Self> {
+        spec.validate()?;
+        let s = spec.shape;
+        let d = s.head_dim;
+        check_head_dim(NAME, d)?;
+        let c = BackwardConfig::for_device(gpu, d); // constants the module needs to compile
+        let g = s.group();
+        if let Some(limit) = gpu.loop_iteration_limit() {
+            let needed = (s.m as u64 * (d as u64 / 4 + 1)).max((g * s.n) as u64) + 1;
+            if needed > limit {
+                return Err(Error::LoopLimit {
+                    kernel: "naive backward",
+                    needed,
+                    limit,
+                    hint: "its passes loop over every key of a row and every query of a group; use the tiled backward",
+                });
+            }
+        }
+        for (what, bytes) in [
+            ("naive backward: Q, O, dO and dQ", s.q_len() as u64 * 4),
+            ("naive backward: K, V, dK and dV", s.kv_len() as u64 * 4),
+        ] {
+            gpu.check_binding(what, bytes)?;
+        }
+        let per_group = (g * s.n) as u64 * s.m as u64 * 4;
+        gpu.check_binding("naive backward: P of one kv head's query heads", per_group)?;
+        let l = gpu.limits();
+        let limit = l.max_storage_buffer_binding_size.min(l.max_buffer_size);
+        let chunk = ((limit / per_group) as usize).clamp(1, s.kv_heads);
+        let d4 = d / 4;
+        for groups in [
+            [s.m.div_ceil(8), s.n.div_ceil(8), chunk * g],
+            [(s.m * d4).div_ceil(64), chunk, 1],
+            [s.n.div_ceil(64), chunk * g, 1],
+            [(s.n * d4).div_ceil(64), chunk * g, 1],
+            [s.n.div_ceil(DELTA_ROWS as usize), s.heads, s.batch],
+        ] {
+            gpu.check_dispatch("naive backward", groups.map(|x| x as u64))?;
+        }
+        let (words, bits_base, mask_heads, stride) = crate::kernels::naive::aux_words(spec);
+        let mut params = Params::new(spec);
+        params.map_heads = mask_heads as u32;
+        params.bits_base = bits_base as u32;
+        params.bits_stride = stride as u32;
+        let mut bwd = BwdParams {
+            n_ktiles: 0,
+            col_ptr: 0,
+            col_entries: 0,
+            col_masks: 0,
+            slopes: 0, // the aux words start with the slopes
+            head_lo: 0,
+            head_hi: 0,
+            resume: 0,
+            batch: 0,
+            pad: [0; 3],
+        };
+        let mut dispatches = Vec::new();
+        let mut push = |entry: Entry, bwd: &BwdParams, groups: [usize; 3]| {
+            dispatches.push(Dispatch {
+                entry,
+                params: gpu.uniform("naive backward params", &params),
+                bwd: gpu.uniform("naive backward chunk", bwd),
+                groups: groups.map(|x| x as u32),
+            })
+        };
+        push(Entry::Delta, &bwd, [s.n.div_ceil(DELTA_ROWS as usize), s.heads, s.batch]);
+        for b in 0..s.batch {
+            for kv0 in (0..s.kv_heads).step_by(chunk) {
+                let kvs = (kv0 + chunk).min(s.kv_heads) - kv0;
+                let heads = kvs * g;
+                bwd.batch = b as u32;
+                bwd.head_lo = (kv0 * g) as u32;
+                bwd.head_hi = bwd.head_lo + heads as u32;
+                push(Entry::NaiveP, &bwd, [s.m.div_ceil(8), s.n.div_ceil(8), heads]);
+                push(Entry::NaiveDv, &bwd, [(s.m * d4).div_ceil(64), kvs, 1]);
+                push(Entry::NaiveDs, &bwd, [s.n.div_ceil(64), heads, 1]);
+                push(Entry::NaiveDq, &bwd, [(s.n * d4).div_ceil(64), heads, 1]);
+                push(Entry::NaiveDk, &bwd, [(s.m * d4).div_ceil(64), kvs, 1]);
+            }
+        }
+        let pipelines =
+            [Entry::Delta, Entry::NaiveP, Entry::NaiveDv, Entry::NaiveDs, Entry::NaiveDq, Entry::NaiveDk]
+                .into_iter()
+                .map(|e| Ok((e, gpu.pipeline(&c.variant(d, e.name()), &e.layout(gpu))?)))
+                .collect::<Result<_>>()?;
+        Ok(Self {
+            spec: spec.clone(),
+            config: c,
+            pipelines,
+            dispatches,
+            block_map: gpu.upload("naive backward slopes and mask bits", &words)?,
+            stats: gpu.storage("backward (LSE, Δ)", s.lse_len() as u64 * 8)?,
+            map: None,
+            scores: gpu.storage("naive backward P / dS", chunk as u64 * per_group)?,
+            dq_passes: 0,
+            dkv_dispatches: 0,
+        })
+    }
+
+    /// Whether this is the materialised baseline ([`Backward::naive`]).
+    pub fn is_naive(&self) -> bool {
+        self.map.is_none()
     }
 
     pub fn spec(&self) -> &AttnSpec {
@@ -399,9 +544,10 @@ impl Backward {
         self.config
     }
 
-    /// The tiles both kernels visit (the `dkv` kernel walks it transposed).
-    pub fn block_map(&self) -> &BlockMap {
-        &self.map
+    /// The tiles both tiled kernels visit (the `dkv` kernel walks it transposed); `None` for
+    /// the materialised baseline.
+    pub fn block_map(&self) -> Option<&BlockMap> {
+        self.map.as_ref()
     }
 
     /// Dispatches of `dq` (passes) and of `dkv` (group heads × passes under a loop cap).
@@ -410,24 +556,27 @@ impl Backward {
     }
 
     /// Device memory beyond the caller's tensors: (LSE, Δ) per row, maps and parameters —
-    /// linear in N and in the listed tiles, never N×M.
+    /// linear in N and in the listed tiles, never N×M — and for the materialised baseline
+    /// its P / dS matrices.
     pub fn scratch_bytes(&self) -> u64 {
         self.stats.size()
             + self.block_map.size()
+            + if self.is_naive() { self.scores.size() } else { 0 }
             + self.dispatches.iter().map(|d| d.params.size() + d.bwd.size()).sum::<u64>()
     }
 
-    /// The traffic model: device-memory bytes the three kernels' loops move. `delta` reads
+    /// The traffic model of the tiled kernels (`None` for the baseline): device-memory bytes
+    /// the three kernels' loops move. `delta` reads
     /// O, dO, LSE and writes (LSE, Δ); `dq` reads each row's Q, dO, (LSE, Δ) and each listed
     /// tile's K and V, writes dQ; `dkv` reads each key's K, V and, per query head of the
     /// group, each listed tile's rows of Q, dO and (LSE, Δ), writes dK, dV. Resumed passes add
     /// a read and a write of the sums they continue.
-    pub fn traffic(&self) -> Traffic {
+    pub fn traffic(&self) -> Option<Traffic> {
+        let map = self.map.as_ref()?;
         let s = self.spec.shape;
         let (d, n, m) = (s.head_dim as u64, s.n as u64, s.m as u64);
         let rows = (s.batch * s.heads) as u64 * n;
         let keys_total = (s.batch * s.kv_heads) as u64 * m;
-        let map = &self.map;
         let (br, bc) = (map.br as u64, map.bc as u64);
         let per_map = if map.heads == 1 { s.heads as u64 } else { 1 } * s.batch as u64;
         let tile_keys = |kt: u64| (kt * bc + bc).min(m) - kt * bc;
@@ -483,7 +632,7 @@ impl Backward {
                 }
             }
         }
-        Traffic { read, written }
+        Some(Traffic { read, written })
     }
 
     /// Records the three kernels (one compute pass) into `encoder`. Nothing is submitted.
@@ -504,32 +653,29 @@ impl Backward {
         let mut pass =
             encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes });
         for dsp in &self.dispatches {
-            let u = [(0, &dsp.params), (12, &dsp.bwd)];
-            let buffers: Vec<(u32, &wgpu::Buffer)> = match dsp.entry {
-                Entry::Delta => vec![(4, b.d_o), (5, &self.stats), (9, f.o), (10, f.lse)],
-                Entry::Dq => vec![
-                    (1, f.q),
-                    (2, f.k),
-                    (3, f.v),
-                    (4, b.d_o),
-                    (5, &self.stats),
-                    (6, b.dq),
-                    (11, &self.block_map),
-                ],
-                Entry::Dkv => vec![
-                    (1, f.q),
-                    (2, f.k),
-                    (3, f.v),
-                    (4, b.d_o),
-                    (5, &self.stats),
-                    (7, b.dk),
-                    (8, b.dv),
-                    (11, &self.block_map),
-                ],
+            let buffer = |binding: u32| -> &wgpu::Buffer {
+                match binding {
+                    1 => f.q,
+                    2 => f.k,
+                    3 => f.v,
+                    4 => b.d_o,
+                    5 => &self.stats,
+                    6 => b.dq,
+                    7 => b.dk,
+                    8 => b.dv,
+                    9 => f.o,
+                    10 => f.lse,
+                    11 => &self.block_map,
+                    _ => &self.scores,
+                }
             };
-            let all: Vec<(u32, &wgpu::Buffer)> = u.into_iter().chain(buffers).collect();
+            let all: Vec<(u32, &wgpu::Buffer)> = [(0, &dsp.params), (12, &dsp.bwd)]
+                .into_iter()
+                .chain(dsp.entry.bindings().iter().map(|&(n, _)| (n, buffer(n))))
+                .collect();
             let bind = gpu.bind_group_at(&dsp.entry.layout(gpu), &all);
-            pass.set_pipeline(&self.pipelines[dsp.entry as usize]);
+            let pipeline = &self.pipelines.iter().find(|(e, _)| *e == dsp.entry).expect("compiled").1;
+            pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &bind, &[]);
             let [x, y, z] = dsp.groups;
             pass.dispatch_workgroups(x, y, z);
@@ -563,8 +709,8 @@ impl Backward {
         Ok(())
     }
 
-    /// Host convenience: runs the flash forward and this backward on host tensors, returns
-    /// the forward's output and the gradients.
+    /// Host convenience: runs the forward (flash, or naive for the materialised baseline) and
+    /// this backward on host tensors, returns the forward's output and the gradients.
     pub fn run(
         &self,
         gpu: &Gpu,
@@ -573,7 +719,8 @@ impl Backward {
         v: &[f32],
         d_o: &[f32],
     ) -> Result<(AttnOutput, Gradients)> {
-        let forward = crate::kernels::Attention::new(gpu, crate::kernels::Kernel::Flash, &self.spec)?;
+        let kernel = if self.is_naive() { Kernel::Naive } else { Kernel::Flash };
+        let forward = crate::kernels::Attention::new(gpu, kernel, &self.spec)?;
         let io = crate::kernels::DeviceTensors::upload(gpu, &self.spec, q, k, v)?;
         let grads = GradTensors::upload(gpu, &self.spec, d_o)?;
         let mut enc = gpu.device.create_command_encoder(&Default::default());

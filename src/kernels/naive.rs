@@ -85,7 +85,7 @@ fn live_rows(spec: &AttnSpec) -> u64 {
 
 /// Aux words: slopes as f32 bits from word 0, then the sparse mask as dense visibility bits
 /// `[mask heads, N, ceil(M/32)]`. Returns (words, bits offset, mask heads, bits stride).
-fn aux_words(spec: &AttnSpec) -> (Vec<u32>, usize, usize, usize) {
+pub(crate) fn aux_words(spec: &AttnSpec) -> (Vec<u32>, usize, usize, usize) {
     let mut words: Vec<u32> =
         spec.slopes().unwrap_or_else(|| vec![0.0]).iter().map(|x| x.to_bits()).collect();
     let base = words.len();
