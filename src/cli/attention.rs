@@ -164,16 +164,6 @@ fn backward(
             bwd.run(&gpu, &q.data, &k.data, &v.data, &d_o.data)?
         }
     };
-            let fwd = longctx::Attention::new(&gpu, kernel, spec)?;
-            let io = longctx::DeviceTensors::upload(&gpu, spec, &q.data, &k.data, &v.data)?;
-            let grads = longctx::GradTensors::upload(&gpu, spec, &d_o.data)?;
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            fwd.encode(&gpu, &mut enc, &io.buffers())?;
-            bwd.encode(&gpu, &mut enc, &grads.buffers(&io))?;
-            gpu.queue.submit([enc.finish()]);
-            (io.read(&gpu)?, grads.read(&gpu)?)
-        }
-    };
     write_npy(&a.out, &q.shape, &out.o).context("writing O")?;
     if let Some(path) = &a.lse {
         write_npy(path, &q.shape[..q.shape.len() - 1], &out.lse).context("writing LSE")?;
