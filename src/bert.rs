@@ -112,7 +112,10 @@ impl BertWeights {
         };
         let c = &config;
         let (d, f) = (c.hidden_size, c.intermediate_size);
-        if c.num_attention_heads == 0 || d % c.num_attention_heads != 0 || c.head_dim() % 4 != 0 {
+        if c.num_attention_heads == 0
+            || !d.is_multiple_of(c.num_attention_heads)
+            || !c.head_dim().is_multiple_of(4)
+        {
             return Err(Error::Invalid(format!(
                 "hidden size {d} over {} heads: the head dim must be a whole multiple of 4",
                 c.num_attention_heads

@@ -87,7 +87,7 @@ pub fn run(dev: &DeviceArgs, a: &RouteArgs) -> anyhow::Result<()> {
     let n = parse_size(&a.n)?;
     let mut cfg = Colt5Config::standard(n, a.d_model, a.window, 1.0);
     if let Some(h) = a.heads {
-        if h == 0 || a.d_model % h != 0 {
+        if h == 0 || !a.d_model.is_multiple_of(h) {
             bail!("--heads {h} must divide d_model {}", a.d_model);
         }
         cfg.heads = h;

@@ -64,7 +64,11 @@ pub struct Embeddings {
 
 impl Embeddings {
     pub fn new(gpu: &Gpu, word: &[f32], positions: &[f32], token_type: &[f32], d: usize) -> Result<Self> {
-        if d == 0 || word.len() % d != 0 || positions.len() % d != 0 || token_type.len() != d {
+        if d == 0
+            || !word.len().is_multiple_of(d)
+            || !positions.len().is_multiple_of(d)
+            || token_type.len() != d
+        {
             return Err(Error::Shape(format!(
                 "embedding tables of width {d}: word {} values, positions {}, token type {}",
                 word.len(),
