@@ -179,7 +179,8 @@ pub struct BertModel {
 impl BertModel {
     /// Loads `config.json`, `model.safetensors` and `tokenizer.json` from `dir`. The
     /// tokenizer's own padding (all-MiniLM-L6-v2 pads to 128) is turned off: batches pad to
-    /// their longest sentence and mask the pads.
+    /// their longest sentence and mask the pads. Truncation follows sentence-transformers'
+    /// `max_seq_length` (`sentence_bert_config.json`) where the directory has it.
     pub fn load(dir: &Path) -> Result<Self> {
         let file = |name: &str| {
             let p = dir.join(name);
@@ -208,6 +209,15 @@ impl BertModel {
         let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| Error::File { path: tok_path.clone(), message: format!("not a tokenizer: {e}") })?;
         tokenizer.with_padding(None);
+        // sentence-transformers truncates at its max_seq_length (256 for all-MiniLM-L6-v2,
+        // where tokenizer.json says 128); follow it when the directory has one
+        if let Some(max) = sentence_max_len(dir) {
+            let max = max.min(weights.config.max_position_embeddings);
+            let trunc = tokenizers::TruncationParams { max_length: max, ..Default::default() };
+            tokenizer
+                .with_truncation(Some(trunc))
+                .map_err(|e| Error::File { path: tok_path.clone(), message: format!("truncation: {e}") })?;
+        }
         Ok(Self { dir: dir.to_path_buf(), weights, tokenizer })
     }
 
@@ -231,6 +241,13 @@ impl BertModel {
             })
             .collect()
     }
+}
+
+/// `max_seq_length` of a sentence-transformers `sentence_bert_config.json`, if present.
+fn sentence_max_len(dir: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(dir.join("sentence_bert_config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("max_seq_length")?.as_u64().map(|x| x as usize)
 }
 
 /// One sentence's attention probabilities: `[layers, heads, n, n]` (row = query token).

@@ -193,3 +193,20 @@ fn embed_command_prints_embeddings_similarities_and_attention() {
     let p = longctx::io::read_npy(&probs).unwrap();
     assert_eq!(p.shape, vec![3, 12, 13, 13]);
 }
+
+#[test]
+fn long_inputs_truncate_at_the_sentence_transformers_length() {
+    let Some(m) = loaded() else { return };
+    let long = "word ".repeat(400);
+    let t = m.model.tokenize(&[long.as_str()]).unwrap();
+    // sentence_bert_config.json: max_seq_length 256 (tokenizer.json alone would cut at 128)
+    assert_eq!(t[0].ids.len(), 256);
+    assert_eq!(t[0].tokens.last().map(String::as_str), Some("[SEP]"));
+    let g = common::gpu();
+    let out = m.gpu_model.encode(g, &t, false).unwrap();
+    let (want, _) = bert_f64(&m.model.weights, &t[0].ids).unwrap();
+    let want32: Vec<f32> = want.iter().map(|&x| x as f32).collect();
+    let dist = 1.0 - cosine(&out.embeddings[0], &want32);
+    println!("256-token input: cosine distance {dist:.2e} to the f64 reference");
+    assert!(dist <= 1e-4);
+}
