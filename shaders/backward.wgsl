@@ -22,6 +22,10 @@
 // into passes; a later pass resumes the sums from dQ (or dK, dV) in device memory, which is
 // exact since they are plain sums. The host also runs `dkv` one query head per dispatch then.
 //
+// Chunks: tensors larger than one storage binding run in chunks of kv heads (with their query
+// heads), bound from aligned offsets as in flash.wgsl; indices are global and the shifts in
+// Params turn them into indices of the bound ranges.
+//
 // Subgroups (SG > 0): as in flash.wgsl, lane l loads vec4 j·SG + l of the staged row and the
 // others arrive by subgroupShuffle, so the same-address loads a software adapter turns into
 // gathers become one load per lane.
@@ -79,12 +83,13 @@ fn delta(ids: Ids) {
     if row >= params.n {
         return;
     }
-    let at = (ids.wg.z * params.heads + ids.wg.y) * params.n + row;
+    let at = ((params.batch_base + ids.wg.z) * params.heads + params.head_base + ids.wg.y) * params.n + row;
+    let qa = at * D4 - params.q_shift;
     var acc = 0.0;
     for (var x = 0u; x < D4; x++) {
-        acc += dot(d_o[at * D4 + x], o[at * D4 + x]);
+        acc += dot(d_o[qa + x], o[qa + x]);
     }
-    stats[at] = vec2<f32>(lse[at], acc);
+    stats[at - params.stats_shift] = vec2<f32>(lse[at - params.lse_shift], acc);
 }
 
 var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
@@ -98,12 +103,14 @@ fn dq_main(ids: Ids) {
     if params.qtile_list != 0xffffffffu {
         qt = block_map[params.qtile_list + ids.wg.x]; // later passes visit only unfinished tiles
     }
-    let h = ids.wg.y;
-    let b = ids.wg.z;
+    let h = params.head_base + ids.wg.y;
+    let b = params.batch_base + ids.wg.z;
     let row = qt * BR + lid;
     let live = row < params.n;
+    // global row index; the shifts turn it into indices of the bound ranges (chunks)
     let at = (b * params.heads + h) * params.n + min(row, params.n - 1u);
-    let kv_base = (b * params.kv_heads + h / params.group) * params.m * D4;
+    let qa = at * D4 - params.q_shift;
+    let kv_base = (b * params.kv_heads + h / params.group) * params.m * D4 - params.kv_shift;
     let pos = params.q_offset + i32(row);
     let slope = slope_of(h);
 
@@ -115,11 +122,11 @@ fn dq_main(ids: Ids) {
         dor[x] = vec4<f32>(0.0);
         acc[x] = vec4<f32>(0.0);
         if live && x < D4 {
-            qr[x] = q[at * D4 + x] * params.scale;
-            dor[x] = d_o[at * D4 + x];
+            qr[x] = q[qa + x] * params.scale;
+            dor[x] = d_o[qa + x];
         }
     }
-    let st = stats[at];
+    let st = stats[at - params.stats_shift];
     // rows past N and fully masked rows: every P is 0
     let row_lse = select(params.neg_inf, st.x, live);
     let row_on = row_lse != params.neg_inf;
@@ -144,7 +151,7 @@ fn dq_main(ids: Ids) {
     }
     if resume && live {
         for (var x = 0u; x < D4; x++) {
-            acc[x] = dq[at * D4 + x];
+            acc[x] = dq[qa + x];
         }
     }
 
@@ -210,7 +217,7 @@ fn dq_main(ids: Ids) {
 
     if live {
         for (var x = 0u; x < D4; x++) {
-            dq[at * D4 + x] = acc[x];
+            dq[qa + x] = acc[x];
         }
     }
 }
@@ -226,11 +233,11 @@ fn dkv_main(ids: Ids) {
     let lid = ids.lid;
     let lane = lane_of(ids);
     let kt = ids.wg.x;
-    let kvh = ids.wg.y;
-    let b = ids.wg.z;
+    let kvh = params.head_base / params.group + ids.wg.y;
+    let b = params.batch_base + ids.wg.z;
     let key = kt * BC + lid;
     let live = key < params.m;
-    let at = ((b * params.kv_heads + kvh) * params.m + min(key, params.m - 1u)) * D4;
+    let at = ((b * params.kv_heads + kvh) * params.m + min(key, params.m - 1u)) * D4 - params.kv_shift;
 
     var kr: array<vec4<f32>, D4P>;
     var vr: array<vec4<f32>, D4P>;
@@ -292,8 +299,8 @@ fn dkv_main(ids: Ids) {
                 var qq = vec4<f32>(0.0);
                 var gg = vec4<f32>(0.0);
                 if row0 + x / D4 < params.n {
-                    qq = q[(q_head + row0) * D4 + x];
-                    gg = d_o[(q_head + row0) * D4 + x];
+                    qq = q[(q_head + row0) * D4 + x - params.q_shift];
+                    gg = d_o[(q_head + row0) * D4 + x - params.q_shift];
                 }
                 q_tile[x] = qq;
                 do_tile[x] = gg;
@@ -301,7 +308,7 @@ fn dkv_main(ids: Ids) {
             for (var r = lid; r < BR; r += BC) {
                 var st = vec2<f32>(params.neg_inf, 0.0);
                 if row0 + r < params.n {
-                    st = stats[q_head + row0 + r];
+                    st = stats[q_head + row0 + r - params.stats_shift];
                 }
                 r_lse[r] = st.x;
                 r_delta[r] = st.y;

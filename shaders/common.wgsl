@@ -33,7 +33,7 @@ struct Params {
     lse_shift: u32,
     head_base: u32,
     batch_base: u32,
-    pad0: u32,
+    stats_shift: u32, // backward: (LSE, Δ) rows bound from an aligned offset, in vec2s
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

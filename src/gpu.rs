@@ -468,6 +468,29 @@ impl Gpu {
         self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
     }
 
+    /// A bind group at the given binding numbers over whole buffers or `(offset, size)` ranges.
+    pub fn bind_group_at_ranges(
+        &self,
+        layout: &wgpu::BindGroupLayout,
+        buffers: &[(u32, &wgpu::Buffer, Option<(u64, u64)>)],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<_> = buffers
+            .iter()
+            .map(|(binding, b, range)| wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: match range {
+                    None => b.as_entire_binding(),
+                    Some((offset, size)) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: b,
+                        offset: *offset,
+                        size: std::num::NonZeroU64::new(*size),
+                    }),
+                },
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
+    }
+
     /// A bind group over whole buffers, in binding order.
     pub fn bind_group(&self, layout: &wgpu::BindGroupLayout, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
         let entries: Vec<_> = buffers

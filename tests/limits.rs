@@ -133,8 +133,46 @@ fn backward_fits_small_workgroup_memory_and_refuses_tensors_beyond_a_binding() {
         .max(longctx::reference::rel_error(&got.dv, &dv));
     println!("backward under 16 KiB workgroup memory, tiles {c:?}: rel err {err:.2e}");
     assert!(err < 1e-4);
-    // Q of 4 heads × 1100 rows × 64 × 4 B = 1.07 MiB > 1 MiB binding: a typed error
-    let big = AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 4, n: 1100, m: 100, head_dim: 64 });
+    // the query rows of one kv head's group beyond the binding: a typed error naming it
+    let big = AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 1, n: 1100, m: 100, head_dim: 64 });
     let err = longctx::Backward::new(g, &big).err().unwrap();
     assert!(matches!(err, longctx::Error::BindingTooLarge { limit: 1048576, .. }), "{err}");
+}
+
+#[test]
+fn backward_runs_tensors_beyond_one_binding_in_chunks_of_heads() {
+    let g = small_gpu();
+    // Q, dO, dQ: 2·6·900·64·4 B = 2.6 MiB > 1 MiB: chunks of 2 kv heads (of 3) with their
+    // query heads, per batch: 4 chunks, one splitting a batch
+    let spec = AttnSpec::new(AttnShape { batch: 2, heads: 6, kv_heads: 3, n: 900, m: 950, head_dim: 64 })
+        .causal(true)
+        .alibi(longctx::Alibi::Standard);
+    let bwd = longctx::Backward::new(g, &spec).unwrap();
+    let seed = common::seed();
+    let (q, k, v) = common::inputs(&spec, seed);
+    let d_o = common::random(spec.shape.q_len(), &mut rand::SeedableRng::seed_from_u64(seed + 1));
+    let grads = longctx::GradTensors::upload(g, &spec, &d_o).unwrap();
+    let fwd = Attention::new(g, Kernel::Flash, &spec).unwrap();
+    assert_eq!(fwd.flash().unwrap().chunks(), 4);
+    let io = longctx::DeviceTensors::upload(g, &spec, &q, &k, &v).unwrap();
+    grads.poison(g);
+    let mut enc = g.device.create_command_encoder(&Default::default());
+    fwd.encode(g, &mut enc, &io.buffers()).unwrap();
+    bwd.encode(g, &mut enc, &grads.buffers(&io)).unwrap();
+    g.queue.submit([enc.finish()]);
+    let got = grads.read(g).unwrap();
+    let (dq, dk, dv) = longctx::reference::attention_backward_f64(&spec, &q, &k, &v, &d_o).unwrap();
+    let e = [
+        longctx::reference::rel_error(&got.dq, &dq),
+        longctx::reference::rel_error(&got.dk, &dk),
+        longctx::reference::rel_error(&got.dv, &dv),
+    ];
+    println!(
+        "backward in {} chunks under a 1 MiB binding limit: dQ {:.2e} dK {:.2e} dV {:.2e} (seed {seed})",
+        fwd.flash().unwrap().chunks(),
+        e[0],
+        e[1],
+        e[2]
+    );
+    assert!(e.iter().all(|&x| x < 1e-4), "{e:?} (seed {seed})");
 }

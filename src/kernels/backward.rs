@@ -9,9 +9,8 @@
 //!
 //! Supports everything the forward does — causal, window, ALiBi (no slope gradient), every
 //! sparse [`Mask`](crate::mask::Mask) with tile skipping, GQA/MQA (dK, dV summed over the
-//! group), N ≠ M, fully masked rows (zero gradient) — for tensors that fit one storage
-//! binding each (the forward additionally runs larger ones in chunks; the backward refuses
-//! them with [`Error::BindingTooLarge`]).
+//! group), N ≠ M, fully masked rows (zero gradient); tensors beyond one storage binding run
+//! in chunks of kv heads, as in the forward. [`Backward::naive`] is the materialised baseline.
 
 use crate::blockmap::{BlockMap, FULL};
 use crate::error::{Error, Result};
@@ -233,6 +232,8 @@ struct Dispatch {
     params: wgpu::Buffer,
     bwd: wgpu::Buffer,
     groups: [u32; 3],
+    /// The chunk of heads and its (LSE, Δ) range, when tensors run in chunks.
+    chunk: Option<(flash::Chunk, Option<(u64, u64)>)>,
 }
 
 /// A prepared backward call: checked against the device, maps built and uploaded, pipelines
@@ -301,14 +302,8 @@ impl Backward {
         }
         gpu.check_workgroup("backward dq", c.dq_workgroup_bytes(d), c.br)?;
         gpu.check_workgroup("backward dkv", c.dkv_workgroup_bytes(d), c.bc)?;
-        let (q_bytes, kv_bytes) = (s.q_len() as u64 * 4, s.kv_len() as u64 * 4);
-        for (what, bytes) in [
-            ("backward: Q, O, dO and dQ", q_bytes),
-            ("backward: K, V, dK and dV", kv_bytes),
-            ("backward: (LSE, Δ) per row", s.lse_len() as u64 * 8),
-        ] {
-            gpu.check_binding(what, bytes)?;
-        }
+        // tensors beyond one binding run in chunks of kv heads, as the forward does
+        let chunks = flash::Chunk::plan(gpu, spec)?;
         let map = BlockMap::build(spec, c.br as usize, c.bc as usize)?;
         let cols = map.columns();
         for (kernel, groups) in [
@@ -348,14 +343,11 @@ impl Backward {
         params.mask_base = mask_index;
         params.bits_base = bits;
 
-        let mut dispatches = Vec::new();
+        // the dispatches of one chunk: (entry, params, tiles, workgroups along x); y runs over
+        // the chunk's query heads (delta, dq) or kv heads (dkv), z over its batches
+        let mut plan: Vec<(Entry, Params, BwdParams, usize)> = Vec::new();
         let mut push = |entry: Entry, params: &Params, bwd: &BwdParams, groups: [usize; 3]| {
-            dispatches.push(Dispatch {
-                entry,
-                params: gpu.uniform("backward params", params),
-                bwd: gpu.uniform("backward tiles", bwd),
-                groups: groups.map(|g| g as u32),
-            })
+            plan.push((entry, *params, *bwd, groups[0]));
         };
         push(Entry::Delta, &params, &bwd, [s.n.div_ceil(DELTA_ROWS as usize), s.heads, s.batch]);
 
@@ -408,6 +400,34 @@ impl Backward {
             }
         }
 
+        let align = gpu.limits().min_storage_buffer_offset_alignment as u64;
+        let mut dispatches = Vec::new();
+        for chunk in &chunks {
+            let stats = chunk.stats_range(spec, align);
+            for (entry, params, bwd, x) in &plan {
+                let mut params = *params;
+                params.q_shift = (chunk.q.0 / 16) as u32;
+                params.kv_shift = (chunk.kv.0 / 16) as u32;
+                params.lse_shift = (chunk.lse.0 / 4) as u32;
+                params.stats_shift = stats.map_or(0, |r| (r.0 / 8) as u32);
+                params.head_base = chunk.head_base as u32;
+                params.batch_base = chunk.batch_base as u32;
+                let y = if *entry == Entry::Dkv { chunk.heads / s.group() } else { chunk.heads };
+                dispatches.push(Dispatch {
+                    entry: *entry,
+                    params: gpu.uniform("backward params", &params),
+                    bwd: gpu.uniform("backward tiles", bwd),
+                    groups: [*x as u32, y as u32, chunk.batches as u32],
+                    chunk: (chunks.len() > 1).then(|| (chunk.clone(), stats)),
+                });
+            }
+        }
+        let stats = if chunks.len() > 1 {
+            gpu.storage_ranged("backward (LSE, Δ)", s.lse_len() as u64 * 8)?
+        } else {
+            gpu.storage("backward (LSE, Δ)", s.lse_len() as u64 * 8)?
+        };
+
         let block_map = gpu.upload("backward block maps", &words)?;
         let pipelines = [Entry::Delta, Entry::Dq, Entry::Dkv]
             .into_iter()
@@ -419,7 +439,7 @@ impl Backward {
             pipelines,
             dispatches,
             block_map,
-            stats: gpu.storage("backward (LSE, Δ)", s.lse_len() as u64 * 8)?,
+            stats,
             map: Some(map),
             scores: gpu.storage("unused", 4)?,
             dq_passes,
@@ -495,6 +515,7 @@ impl Backward {
                 params: gpu.uniform("naive backward params", &params),
                 bwd: gpu.uniform("naive backward chunk", bwd),
                 groups: groups.map(|x| x as u32),
+                chunk: None,
             })
         };
         push(Entry::Delta, &bwd, [s.n.div_ceil(DELTA_ROWS as usize), s.heads, s.batch]);
@@ -669,11 +690,24 @@ impl Backward {
                     _ => &self.scores,
                 }
             };
-            let all: Vec<(u32, &wgpu::Buffer)> = [(0, &dsp.params), (12, &dsp.bwd)]
-                .into_iter()
-                .chain(dsp.entry.bindings().iter().map(|&(n, _)| (n, buffer(n))))
-                .collect();
-            let bind = gpu.bind_group_at(&dsp.entry.layout(gpu), &all);
+            // the byte range of a binding in this dispatch's chunk (None: whole buffer)
+            let range = |binding: u32| -> Option<(u64, u64)> {
+                let (chunk, stats) = dsp.chunk.as_ref()?;
+                let buf = buffer(binding);
+                match binding {
+                    1 | 4 | 6 | 9 => chunk.q_range(buf),
+                    2 | 3 | 7 | 8 => chunk.kv_range(buf),
+                    10 => chunk.lse_range(buf),
+                    5 => *stats,
+                    _ => None,
+                }
+            };
+            let all: Vec<(u32, &wgpu::Buffer, Option<(u64, u64)>)> =
+                [(0, &dsp.params, None), (12, &dsp.bwd, None)]
+                    .into_iter()
+                    .chain(dsp.entry.bindings().iter().map(|&(n, _)| (n, buffer(n), range(n))))
+                    .collect();
+            let bind = gpu.bind_group_at_ranges(&dsp.entry.layout(gpu), &all);
             let pipeline = &self.pipelines.iter().find(|(e, _)| *e == dsp.entry).expect("compiled").1;
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &bind, &[]);

@@ -494,21 +494,21 @@ struct Dispatch {
 /// Heads dispatched together and the byte ranges of Q/O, K/V and LSE they read and write,
 /// each starting at an offset aligned for binding (the shifts in `Params` undo the slack).
 #[derive(Clone, Debug)]
-struct Chunk {
-    head_base: usize,
-    heads: usize,
-    batch_base: usize,
-    batches: usize,
+pub(crate) struct Chunk {
+    pub head_base: usize,
+    pub heads: usize,
+    pub batch_base: usize,
+    pub batches: usize,
     /// (aligned offset, size) in bytes; size 0 = the whole buffer.
-    q: (u64, u64),
-    kv: (u64, u64),
-    lse: (u64, u64),
+    pub q: (u64, u64),
+    pub kv: (u64, u64),
+    pub lse: (u64, u64),
 }
 
 impl Chunk {
     /// One chunk for everything when every tensor fits one binding; else, per batch, runs
     /// of kv heads (with their query heads) as long as Q and K fit one binding each.
-    fn plan(gpu: &Gpu, spec: &AttnSpec) -> Result<Vec<Chunk>> {
+    pub(crate) fn plan(gpu: &Gpu, spec: &AttnSpec) -> Result<Vec<Chunk>> {
         let s = spec.shape;
         let l = gpu.limits();
         let limit = l.max_storage_buffer_binding_size;
@@ -576,13 +576,26 @@ impl Chunk {
     fn whole(r: (u64, u64)) -> bool {
         r.1 == 0
     }
-    fn q_range(&self, _: &wgpu::Buffer) -> Option<(u64, u64)> {
+    pub(crate) fn q_range(&self, _: &wgpu::Buffer) -> Option<(u64, u64)> {
         (!Self::whole(self.q)).then_some(self.q)
     }
-    fn kv_range(&self, _: &wgpu::Buffer) -> Option<(u64, u64)> {
+    pub(crate) fn kv_range(&self, _: &wgpu::Buffer) -> Option<(u64, u64)> {
         (!Self::whole(self.kv)).then_some(self.kv)
     }
-    fn lse_range(&self, _: &wgpu::Buffer) -> Option<(u64, u64)> {
+    pub(crate) fn lse_range(&self, _: &wgpu::Buffer) -> Option<(u64, u64)> {
         (!Self::whole(self.lse)).then_some(self.lse)
+    }
+
+    /// The byte range of the (LSE, Δ) pairs of this chunk's rows (8 bytes a row), aligned
+    /// for binding like the others; `None` = the whole buffer.
+    pub(crate) fn stats_range(&self, spec: &AttnSpec, align: u64) -> Option<(u64, u64)> {
+        if Self::whole(self.q) {
+            return None;
+        }
+        let s = spec.shape;
+        let first_row = (self.batch_base * s.heads + self.head_base) as u64 * s.n as u64;
+        let (offset, size) = (first_row * 8, (self.heads * s.n) as u64 * 8);
+        let aligned = offset - offset % align;
+        Some((aligned, offset + size - aligned))
     }
 }

@@ -116,7 +116,7 @@ pub(crate) struct Params {
     pub lse_shift: u32,
     pub head_base: u32,
     pub batch_base: u32,
-    pub pad: u32,
+    pub stats_shift: u32,
 }
 
 impl Params {
@@ -151,7 +151,7 @@ impl Params {
             lse_shift: 0,
             head_base: 0,
             batch_base: 0,
-            pad: 0,
+            stats_shift: 0,
         }
     }
 }
