@@ -6,7 +6,8 @@
 //   dQ_i = scale·Σ_j dS_ij·k_j,   dK_j = scale·Σ_i dS_ij·q_i,   dV_j = Σ_i P_ij·dO_i,
 // where dK and dV of a kv head sum over the query heads of its group (GQA/MQA).
 //
-// Three entry points, run in this order:
+// The tiled backward: three entry points, run in this order (the materialised baseline is at
+// the end of this file):
 //   `delta`: one invocation per query row: stats_i = (LSE_i, Δ_i).
 //   `dq`:    a workgroup per (query tile, head, batch), one invocation per row, walks the
 //            row's key tiles in the forward's block map (CSR) — dQ_i stays in registers.

@@ -656,7 +656,7 @@ impl Backward {
         Some(Traffic { read, written })
     }
 
-    /// Records the three kernels (one compute pass) into `encoder`. Nothing is submitted.
+    /// Records the backward's kernels (one compute pass) into `encoder`. Nothing is submitted.
     pub fn encode(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder, b: &BackwardBuffers) -> Result<()> {
         self.encode_timed(gpu, encoder, b, None)
     }
