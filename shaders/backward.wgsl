@@ -57,7 +57,7 @@ struct Backward {
     head_hi: u32,
     resume: u32,      // dkv: nonzero = add to dK, dV already in memory
     batch: u32,       // naive: the batch of this chunk (first query head: head_lo)
-    pad0: u32,
+    dk_pass: u32,     // naive_kv: nonzero = the dK pass (else dV)
     pad1: u32,
     pad2: u32,
 }
@@ -140,12 +140,9 @@ fn dq_main(ids: Ids) {
     let map_row = map_head * params.n_qtiles + qt;
     let list_begin = block_map[map_row];
     let list_end = block_map[map_row + 1u];
-    var t_begin = list_begin;
-    var t_end = list_end;
-    if params.pass_tiles != 0u {
-        t_begin = min(list_end, list_begin + params.pass_index * params.pass_tiles);
-        t_end = min(list_end, t_begin + params.pass_tiles);
-    }
+    let share = pass_share(list_begin, list_end);
+    let t_begin = share.x;
+    let t_end = share.y;
     let resume = params.pass_index > 0u;
     if resume && t_begin == t_end {
         return; // this query tile's dQ is final (uniform per workgroup)
@@ -261,10 +258,8 @@ fn dkv_main(ids: Ids) {
     for (var hh = bwd.head_lo; hh < bwd.head_hi; hh++) {
         let h = kvh * params.group + hh;
         let col = select(0u, h, params.map_heads > 1u) * bwd.n_ktiles + kt;
-        let c_begin = block_map[bwd.col_ptr + col];
-        let c_end = block_map[bwd.col_ptr + col + 1u];
-        let t_begin = min(c_end, c_begin + params.pass_index * params.pass_tiles);
-        work = work || t_begin < c_end;
+        let share = pass_share(block_map[bwd.col_ptr + col], block_map[bwd.col_ptr + col + 1u]);
+        work = work || share.x < share.y;
     }
     if bwd.resume != 0u && !work {
         return;
@@ -283,13 +278,8 @@ fn dkv_main(ids: Ids) {
         let col = select(0u, h, params.map_heads > 1u) * bwd.n_ktiles + kt;
         let c_begin = block_map[bwd.col_ptr + col];
         let c_end = block_map[bwd.col_ptr + col + 1u];
-        var t_begin = c_begin;
-        var t_end = c_end;
-        if params.pass_tiles != 0u {
-            t_begin = min(c_end, c_begin + params.pass_index * params.pass_tiles);
-            t_end = min(c_end, t_begin + params.pass_tiles);
-        }
-        for (var t = t_begin; t < t_end; t++) {
+        let share = pass_share(c_begin, c_end);
+        for (var t = share.x; t < share.y; t++) {
             let entry = block_map[bwd.col_entries + t];
             let row0 = (entry & ~FULL) * BR;
             let full = (entry & FULL) != 0u;
@@ -379,10 +369,10 @@ fn dkv_main(ids: Ids) {
 // kv heads [head_lo / G, +chunk) of batch `batch` with all their query heads, so dK and dV
 // sum whole groups. After `delta`:
 //   naive_p:  P = exp(scale·q·k + bias − LSE), 0 where masked          (one invocation per pair)
-//   naive_dv: dV_j = Σ_group Σ_i P_ij·dO_i                              (one per 4 lanes of dV_j)
+//   naive_kv: dV_j = Σ_group Σ_i P_ij·dO_i                              (one per 4 lanes of dV_j)
 //   naive_ds: S ← scale·P ⊙ (dO·Vᵀ − Δ), in place                        (one per row)
 //   naive_dq: dQ_i = Σ_j dS_ij·k_j                                       (one per 4 lanes of dQ_i)
-//   naive_dk: dK_j = Σ_group Σ_i dS_ij·q_i                               (one per 4 lanes of dK_j)
+//   naive_kv: dK_j = Σ_group Σ_i dS_ij·q_i  (again, dk_pass = 1)         (one per 4 lanes of dK_j)
 // A sparse mask arrives as dense visibility bits at params.bits_base (as in naive.wgsl).
 @group(0) @binding(13) var<storage, read_write> s: array<f32>;
 
@@ -422,8 +412,10 @@ fn naive_p(@builtin(global_invocation_id) gid: vec3<u32>) {
     s[(gid.z * params.n + i) * params.m + j] = p;
 }
 
+// dV (bwd.dk_pass = 0, run on P) or dK (bwd.dk_pass = 1, run on dS): a key's sum over the
+// query rows of every head of its group.
 @compute @workgroup_size(64)
-fn naive_dv(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn naive_kv(@builtin(global_invocation_id) gid: vec3<u32>) {
     if gid.x >= params.m * D4 {
         return;
     }
@@ -435,12 +427,23 @@ fn naive_dv(@builtin(global_invocation_id) gid: vec3<u32>) {
     var acc = vec4<f32>(0.0);
     for (var hh = 0u; hh < params.group; hh++) {
         let hc = kc * params.group + hh;
-        let h = bwd.head_lo + hc;
+        let row0 = (b * params.heads + bwd.head_lo + hc) * params.n;
         for (var i = 0u; i < params.n; i++) {
-            acc += s[(hc * params.n + i) * params.m + j] * d_o[((b * params.heads + h) * params.n + i) * D4 + x];
+            var src: vec4<f32>;
+            if bwd.dk_pass != 0u {
+                src = q[(row0 + i) * D4 + x];
+            } else {
+                src = d_o[(row0 + i) * D4 + x];
+            }
+            acc += s[(hc * params.n + i) * params.m + j] * src;
         }
     }
-    dv[((b * params.kv_heads + kvh) * params.m + j) * D4 + x] = acc;
+    let at = ((b * params.kv_heads + kvh) * params.m + j) * D4 + x;
+    if bwd.dk_pass != 0u {
+        dk[at] = acc;
+    } else {
+        dv[at] = acc;
+    }
 }
 
 @compute @workgroup_size(64)
@@ -481,25 +484,4 @@ fn naive_dq(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc += s[(hc * params.n + i) * params.m + j] * k[kv + j * D4 + x];
     }
     dq[((b * params.heads + h) * params.n + i) * D4 + x] = acc;
-}
-
-@compute @workgroup_size(64)
-fn naive_dk(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if gid.x >= params.m * D4 {
-        return;
-    }
-    let j = gid.x / D4;
-    let x = gid.x % D4;
-    let kc = gid.y;
-    let kvh = bwd.head_lo / params.group + kc;
-    let b = bwd.batch;
-    var acc = vec4<f32>(0.0);
-    for (var hh = 0u; hh < params.group; hh++) {
-        let hc = kc * params.group + hh;
-        let h = bwd.head_lo + hc;
-        for (var i = 0u; i < params.n; i++) {
-            acc += s[(hc * params.n + i) * params.m + j] * q[((b * params.heads + h) * params.n + i) * D4 + x];
-        }
-    }
-    dk[((b * params.kv_heads + kvh) * params.m + j) * D4 + x] = acc;
 }

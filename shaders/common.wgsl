@@ -49,3 +49,13 @@ fn is_visible(pos: i32, key: i32) -> bool {
 fn alibi_bias(slope: f32, pos: i32, key: i32) -> f32 {
     return -slope * f32(abs(pos - key));
 }
+
+// This pass's share [x, y) of the tile list [list_begin, list_end): kernels that walk long
+// lists in passes below an adapter's loop cap (pass_tiles = 0: the whole list at once).
+fn pass_share(list_begin: u32, list_end: u32) -> vec2<u32> {
+    if params.pass_tiles == 0u {
+        return vec2<u32>(list_begin, list_end);
+    }
+    let begin = min(list_end, list_begin + params.pass_index * params.pass_tiles);
+    return vec2<u32>(begin, min(list_end, begin + params.pass_tiles));
+}

@@ -105,13 +105,9 @@ fn main(ids: Ids) {
     let map_row = map_head * params.n_qtiles + qt;
     let list_begin = block_map[map_row];
     let list_end = block_map[map_row + 1u];
-    // this pass's share of the list (pass_tiles = 0: the whole list in one pass)
-    var t_begin = list_begin;
-    var t_end = list_end;
-    if params.pass_tiles != 0u {
-        t_begin = min(list_end, list_begin + params.pass_index * params.pass_tiles);
-        t_end = min(list_end, t_begin + params.pass_tiles);
-    }
+    let share = pass_share(list_begin, list_end);
+    let t_begin = share.x;
+    let t_end = share.y;
     let resume = params.pass_index > 0u;
     if resume && t_begin == t_end {
         return; // nothing left for this query tile: O and LSE are final (uniform per workgroup)

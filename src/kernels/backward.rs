@@ -138,21 +138,12 @@ enum Entry {
     Dq,
     Dkv,
     NaiveP,
-    NaiveDv,
+    NaiveKv,
     NaiveDs,
     NaiveDq,
-    NaiveDk,
 }
-const ENTRIES: [Entry; 8] = [
-    Entry::Delta,
-    Entry::Dq,
-    Entry::Dkv,
-    Entry::NaiveP,
-    Entry::NaiveDv,
-    Entry::NaiveDs,
-    Entry::NaiveDq,
-    Entry::NaiveDk,
-];
+const ENTRIES: [Entry; 7] =
+    [Entry::Delta, Entry::Dq, Entry::Dkv, Entry::NaiveP, Entry::NaiveKv, Entry::NaiveDs, Entry::NaiveDq];
 
 impl Entry {
     fn name(self) -> &'static str {
@@ -161,10 +152,9 @@ impl Entry {
             Entry::Dq => "dq_main",
             Entry::Dkv => "dkv_main",
             Entry::NaiveP => "naive_p",
-            Entry::NaiveDv => "naive_dv",
+            Entry::NaiveKv => "naive_kv",
             Entry::NaiveDs => "naive_ds",
             Entry::NaiveDq => "naive_dq",
-            Entry::NaiveDk => "naive_dk",
         }
     }
 
@@ -177,10 +167,9 @@ impl Entry {
                 &[(1, true), (2, true), (3, true), (4, true), (5, false), (7, false), (8, false), (11, true)]
             }
             Entry::NaiveP => &[(1, true), (2, true), (5, false), (11, true), (13, false)],
-            Entry::NaiveDv => &[(4, true), (8, false), (13, false)],
+            Entry::NaiveKv => &[(1, true), (4, true), (7, false), (8, false), (13, false)],
             Entry::NaiveDs => &[(3, true), (4, true), (5, false), (13, false)],
             Entry::NaiveDq => &[(2, true), (6, false), (13, false)],
-            Entry::NaiveDk => &[(1, true), (7, false), (13, false)],
         }
     }
 
@@ -189,6 +178,16 @@ impl Entry {
         entries.extend(self.bindings().iter().map(|&(b, ro)| storage_entry(b, ro)));
         gpu.layout(self.name(), &entries)
     }
+}
+
+/// The pipelines of `entries` (cached per source and entry by [`Gpu::pipeline`]).
+fn compile(
+    gpu: &Gpu,
+    c: &BackwardConfig,
+    d: usize,
+    entries: &[Entry],
+) -> Result<Vec<(Entry, wgpu::ComputePipeline)>> {
+    entries.iter().map(|&e| Ok((e, gpu.pipeline(&c.variant(d, e.name()), &e.layout(gpu))?))).collect()
 }
 
 /// The `Backward` uniform of backward.wgsl.
@@ -204,7 +203,8 @@ struct BwdParams {
     head_hi: u32,
     resume: u32,
     batch: u32,
-    pad: [u32; 3],
+    dk_pass: u32,
+    pad: [u32; 2],
 }
 
 /// Device buffers of one backward call, owned by the caller: the forward's inputs and
@@ -326,7 +326,8 @@ impl Backward {
             head_hi: s.group() as u32,
             resume: 0,
             batch: 0,
-            pad: [0; 3],
+            dk_pass: 0,
+            pad: [0; 2],
         };
         words.extend_from_slice(&cols.col_ptr);
         bwd.col_entries = words.len() as u32;
@@ -429,10 +430,7 @@ impl Backward {
         };
 
         let block_map = gpu.upload("backward block maps", &words)?;
-        let pipelines = [Entry::Delta, Entry::Dq, Entry::Dkv]
-            .into_iter()
-            .map(|e| Ok((e, gpu.pipeline(&c.variant(d, e.name()), &e.layout(gpu))?)))
-            .collect::<Result<_>>()?;
+        let pipelines = compile(gpu, &c, d, &[Entry::Delta, Entry::Dq, Entry::Dkv])?;
         Ok(Self {
             spec: spec.clone(),
             config: c,
@@ -506,7 +504,8 @@ impl Backward {
             head_hi: 0,
             resume: 0,
             batch: 0,
-            pad: [0; 3],
+            dk_pass: 0,
+            pad: [0; 2],
         };
         let mut dispatches = Vec::new();
         let mut push = |entry: Entry, bwd: &BwdParams, groups: [usize; 3]| {
@@ -526,18 +525,21 @@ impl Backward {
                 bwd.batch = b as u32;
                 bwd.head_lo = (kv0 * g) as u32;
                 bwd.head_hi = bwd.head_lo + heads as u32;
+                bwd.dk_pass = 0;
                 push(Entry::NaiveP, &bwd, [s.m.div_ceil(8), s.n.div_ceil(8), heads]);
-                push(Entry::NaiveDv, &bwd, [(s.m * d4).div_ceil(64), kvs, 1]);
+                push(Entry::NaiveKv, &bwd, [(s.m * d4).div_ceil(64), kvs, 1]); // dV from P
                 push(Entry::NaiveDs, &bwd, [s.n.div_ceil(64), heads, 1]);
                 push(Entry::NaiveDq, &bwd, [(s.n * d4).div_ceil(64), heads, 1]);
-                push(Entry::NaiveDk, &bwd, [(s.m * d4).div_ceil(64), kvs, 1]);
+                bwd.dk_pass = 1;
+                push(Entry::NaiveKv, &bwd, [(s.m * d4).div_ceil(64), kvs, 1]); // dK from dS
             }
         }
-        let pipelines =
-            [Entry::Delta, Entry::NaiveP, Entry::NaiveDv, Entry::NaiveDs, Entry::NaiveDq, Entry::NaiveDk]
-                .into_iter()
-                .map(|e| Ok((e, gpu.pipeline(&c.variant(d, e.name()), &e.layout(gpu))?)))
-                .collect::<Result<_>>()?;
+        let pipelines = compile(
+            gpu,
+            &c,
+            d,
+            &[Entry::Delta, Entry::NaiveP, Entry::NaiveKv, Entry::NaiveDs, Entry::NaiveDq],
+        )?;
         Ok(Self {
             spec: spec.clone(),
             config: c,
