@@ -437,22 +437,8 @@ impl Gpu {
         layout: &wgpu::BindGroupLayout,
         buffers: &[(&wgpu::Buffer, Option<(u64, u64)>)],
     ) -> wgpu::BindGroup {
-        let entries: Vec<_> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, (b, range))| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: match range {
-                    None => b.as_entire_binding(),
-                    Some((offset, size)) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: b,
-                        offset: *offset,
-                        size: std::num::NonZeroU64::new(*size),
-                    }),
-                },
-            })
-            .collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
+        let numbered: Vec<_> = buffers.iter().enumerate().map(|(i, &(b, r))| (i as u32, b, r)).collect();
+        self.bind_group_at_ranges(layout, &numbered)
     }
 
     /// A bind group over whole buffers at the given binding numbers.
