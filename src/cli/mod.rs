@@ -74,7 +74,8 @@ pub enum Command {
     /// Measure this adapter's FMA rate and copy bandwidth (cached; the "% of peak" denominators).
     Peak(peak::PeakArgs),
     /// Open the desktop visualiser: attention patterns, tile maps, ALiBi, memory traffic,
-    /// benchmarks — computed on the window's own wgpu device.
+    /// decoding, memory plans, CoLT5 routing, a real model's heads (BERT), benchmarks —
+    /// computed on the window's own wgpu device.
     #[cfg(feature = "app")]
     Viz,
     /// Memory and cost of a model at a context length: weights, KV cache (MHA/GQA/MQA),
