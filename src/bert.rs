@@ -290,23 +290,28 @@ struct GpuLayer {
     b1: wgpu::Buffer,
     w2: wgpu::Buffer,
     b2: wgpu::Buffer,
+    /// γ | β of the LayerNorms after attention and after the FFN.
+    ln1: wgpu::Buffer,
+    ln2: wgpu::Buffer,
 }
 
 /// The encoder's weights on one device, ready for batches.
 pub struct BertGpu {
     config: BertConfig,
     embeddings: Embeddings,
+    /// γ | β of the embedding LayerNorm.
+    ln_emb: wgpu::Buffer,
     layers: Vec<GpuLayer>,
-    weights: Arc<BertWeights>,
 }
 
 impl BertGpu {
-    /// Uploads the weights (≈ 90 MB for all-MiniLM-L6-v2).
-    pub fn new(gpu: &Gpu, weights: Arc<BertWeights>) -> Result<Self> {
+    /// Uploads the weights (≈ 90 MB for all-MiniLM-L6-v2); the host copy is not kept.
+    pub fn new(gpu: &Gpu, weights: &BertWeights) -> Result<Self> {
         let c = weights.config.clone();
         let d = c.hidden_size;
         let embeddings = Embeddings::new(gpu, &weights.word, &weights.position, &weights.token_type, d)?;
         let up = |what: &str, x: &[f32]| gpu.upload(what, x);
+        let ln = |g: &[f32], b: &[f32]| LayerOp::affine_weights(gpu, d, g, b);
         let layers = weights
             .layers
             .iter()
@@ -324,10 +329,12 @@ impl BertGpu {
                     b1: up("b1", &w.b1)?,
                     w2: up("W2", &w.w2)?,
                     b2: up("b2", &w.b2)?,
+                    ln1: ln(&w.ln1_g, &w.ln1_b)?,
+                    ln2: ln(&w.ln2_g, &w.ln2_b)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { config: c, embeddings, layers, weights })
+        Ok(Self { ln_emb: ln(&weights.ln_g, &weights.ln_b)?, config: c, embeddings, layers })
     }
 
     /// The attention spec of a batch laid out as `lengths.len()` sentences of `l` rows: one
@@ -369,18 +376,10 @@ impl BertGpu {
         }
         let gather = self.embeddings.prepare(gpu, &ids, &pos)?;
         let eps = c.layer_norm_eps as f32;
-        let w = &self.weights;
-        let ln_emb = LayerOp::layer_norm_affine(gpu, t, d, eps, &w.ln_g, &w.ln_b)?;
-        let ln1: Vec<LayerOp> = w
-            .layers
-            .iter()
-            .map(|lw| LayerOp::layer_norm_affine(gpu, t, d, eps, &lw.ln1_g, &lw.ln1_b))
-            .collect::<Result<_>>()?;
-        let ln2: Vec<LayerOp> = w
-            .layers
-            .iter()
-            .map(|lw| LayerOp::layer_norm_affine(gpu, t, d, eps, &lw.ln2_g, &lw.ln2_b))
-            .collect::<Result<_>>()?;
+        let ln = |affine: &wgpu::Buffer| LayerOp::layer_norm_affine_on(gpu, t, d, eps, affine);
+        let ln_emb = ln(&self.ln_emb)?;
+        let ln1: Vec<LayerOp> = self.layers.iter().map(|gl| ln(&gl.ln1)).collect::<Result<_>>()?;
+        let ln2: Vec<LayerOp> = self.layers.iter().map(|gl| ln(&gl.ln2)).collect::<Result<_>>()?;
         let proj = Matmul::new(gpu, t, d, d, true, Activation::None)?;
         let out_proj = Matmul::new(gpu, t, d, d, true, Activation::None)?.accumulating(gpu);
         let up = Matmul::new(gpu, t, d, f, true, Activation::GeluErf)?;

@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use longctx::bert::{BertGpu, BertModel, bert_f64, cosine};
 
@@ -50,7 +50,7 @@ fn loaded() -> Option<&'static Loaded> {
         .get_or_init(|| {
             let dir = model_dir()?;
             let model = BertModel::load(&dir).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()));
-            let gpu_model = BertGpu::new(common::gpu(), Arc::new(model.weights.clone())).unwrap();
+            let gpu_model = BertGpu::new(common::gpu(), &model.weights).unwrap();
             Some(Loaded { model, gpu_model })
         })
         .as_ref()

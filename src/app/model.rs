@@ -75,7 +75,7 @@ fn compute(gpu: &Gpu, dir: PathBuf, text: String, loaded: Option<Arc<Loaded>>) -
         Some(l) if l.dir == dir => l,
         _ => {
             let model = BertModel::load(&dir).map_err(err)?;
-            let encoder = BertGpu::new(gpu, Arc::new(model.weights.clone())).map_err(err)?;
+            let encoder = BertGpu::new(gpu, &model.weights).map_err(err)?;
             Arc::new(Loaded { dir, model, encoder })
         }
     };

@@ -57,7 +57,7 @@ pub fn run(dev: &DeviceArgs, a: &EmbedArgs) -> anyhow::Result<()> {
     let sentences: Vec<&str> = a.sentences.iter().map(String::as_str).collect();
     let tokens = model.tokenize(&sentences)?;
     let gpu = dev.gpu()?;
-    let encoder = BertGpu::new(&gpu, std::sync::Arc::new(model.weights.clone()))?;
+    let encoder = BertGpu::new(&gpu, &model.weights)?;
     let out = encoder.encode(&gpu, &tokens, a.attention_out.is_some())?;
     for e in &out.embeddings {
         let line: Vec<String> = e.iter().map(|x| x.to_string()).collect();

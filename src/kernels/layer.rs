@@ -87,7 +87,7 @@ impl LayerOp {
                 "an affine LayerNorm needs γ and β: LayerOp::layer_norm_affine".into(),
             ));
         }
-        Self::build(gpu, op, 1e-5, &[0.0])
+        Self::build(gpu, op, 1e-5, gpu.upload("unused", &[0.0f32])?)
     }
 
     /// `γ ⊙ (x − mean)/sqrt(var + eps) + β` per row of `[rows, d]`.
@@ -99,6 +99,12 @@ impl LayerOp {
         gamma: &[f32],
         beta: &[f32],
     ) -> Result<Self> {
+        Self::layer_norm_affine_on(gpu, rows, d, eps, &Self::affine_weights(gpu, d, gamma, beta)?)
+    }
+
+    /// γ and β of a LayerNorm of width `d` on the device, for [`LayerOp::layer_norm_affine_on`]:
+    /// upload once, reuse for every row count.
+    pub fn affine_weights(gpu: &Gpu, d: usize, gamma: &[f32], beta: &[f32]) -> Result<wgpu::Buffer> {
         if gamma.len() != d || beta.len() != d {
             return Err(Error::Shape(format!(
                 "LayerNorm of width {d}: γ has {} values, β {}",
@@ -106,10 +112,21 @@ impl LayerOp {
                 beta.len()
             )));
         }
-        Self::build(gpu, Op::LayerNormAffine { rows, d }, eps, &[gamma, beta].concat())
+        gpu.upload("layer norm affine", &[gamma, beta].concat())
     }
 
-    fn build(gpu: &Gpu, op: Op, eps: f32, affine: &[f32]) -> Result<Self> {
+    /// [`LayerOp::layer_norm_affine`] with γ | β already on the device.
+    pub fn layer_norm_affine_on(
+        gpu: &Gpu,
+        rows: usize,
+        d: usize,
+        eps: f32,
+        affine: &wgpu::Buffer,
+    ) -> Result<Self> {
+        Self::build(gpu, Op::LayerNormAffine { rows, d }, eps, affine.clone())
+    }
+
+    fn build(gpu: &Gpu, op: Op, eps: f32, affine: wgpu::Buffer) -> Result<Self> {
         if op.threads() == 0 {
             return Err(Error::Empty {
                 what: format!("{op:?}"),
@@ -135,7 +152,7 @@ impl LayerOp {
             op,
             pipeline: gpu.pipeline(&variant, &layout)?,
             shape: gpu.uniform("layer shape", &op.shape(eps)),
-            affine: gpu.upload("layer norm affine", affine)?,
+            affine,
         })
     }
 
