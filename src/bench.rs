@@ -188,7 +188,7 @@ fn base_record(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec, reps: usize, mask: &s
         reps,
         adapter: info.name.clone(),
         backend: format!("{:?}", info.backend),
-        driver: format!("{} {}", info.driver, info.driver_info).trim().into(),
+        driver: gpu.driver(),
         git_commit: env!("LONGCTX_GIT_COMMIT").into(),
         longctx_version: env!("CARGO_PKG_VERSION").into(),
         timestamp: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -371,7 +371,7 @@ pub fn run_backward(gpu: &Gpu, spec: &AttnSpec, reps: usize, mask: &str) -> Back
         reps,
         fwd_flops: spec.flops(),
         adapter: info.name.clone(),
-        driver: format!("{} {}", info.driver, info.driver_info).trim().into(),
+        driver: gpu.driver(),
         git_commit: env!("LONGCTX_GIT_COMMIT").into(),
         timestamp: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         ..Default::default()

@@ -395,12 +395,11 @@ impl BertGpu {
         let (x, h, tok, ffn) =
             (buf("hidden", t * d)?, buf("hidden 2", t * d)?, buf("tokens", t * d)?, buf("ffn", t * f)?);
         let (vh, oh) = (buf("V heads", t * d)?, buf("O heads", t * d)?);
-        let qh: Vec<wgpu::Buffer> =
-            (0..c.num_hidden_layers).map(|_| buf("Q heads", t * d)).collect::<Result<_>>()?;
-        let kh: Vec<wgpu::Buffer> =
-            (0..c.num_hidden_layers).map(|_| buf("K heads", t * d)).collect::<Result<_>>()?;
-        let lse: Vec<wgpu::Buffer> =
-            (0..c.num_hidden_layers).map(|_| buf("LSE", t * heads)).collect::<Result<_>>()?;
+        // every layer's Q, K and LSE are kept only when its attention maps are read back
+        let keep = if attention { c.num_hidden_layers } else { 1 };
+        let qh: Vec<wgpu::Buffer> = (0..keep).map(|_| buf("Q heads", t * d)).collect::<Result<_>>()?;
+        let kh: Vec<wgpu::Buffer> = (0..keep).map(|_| buf("K heads", t * d)).collect::<Result<_>>()?;
+        let lse: Vec<wgpu::Buffer> = (0..keep).map(|_| buf("LSE", t * heads)).collect::<Result<_>>()?;
         let out = buf("sentence embeddings", b * d)?;
 
         let mut enc = gpu.device.create_command_encoder(&Default::default());
@@ -408,12 +407,13 @@ impl BertGpu {
         ln_emb.encode(gpu, &mut enc, &h, &x);
         for (li, gl) in self.layers.iter().enumerate() {
             for (wm, bias, dst) in
-                [(&gl.wq, &gl.bq, &qh[li]), (&gl.wk, &gl.bk, &kh[li]), (&gl.wv, &gl.bv, &vh)]
+                [(&gl.wq, &gl.bq, &qh[li % keep]), (&gl.wk, &gl.bk, &kh[li % keep]), (&gl.wv, &gl.bv, &vh)]
             {
                 proj.encode(gpu, &mut enc, &x, wm, Some(bias), &tok)?;
                 to_heads.encode(gpu, &mut enc, &tok, dst);
             }
-            let io = AttnBuffers { q: &qh[li], k: &kh[li], v: &vh, o: &oh, lse: &lse[li] };
+            let io =
+                AttnBuffers { q: &qh[li % keep], k: &kh[li % keep], v: &vh, o: &oh, lse: &lse[li % keep] };
             attn.encode(gpu, &mut enc, &io)?;
             to_tokens.encode(gpu, &mut enc, &oh, &tok);
             out_proj.encode(gpu, &mut enc, &tok, &gl.wo, Some(&gl.bo), &x)?; // x += ctx·Wo + bo

@@ -200,6 +200,11 @@ impl Gpu {
     pub fn info(&self) -> &wgpu::AdapterInfo {
         &self.info
     }
+
+    /// The driver and its version in one string: how records and caches name a driver.
+    pub fn driver(&self) -> String {
+        driver_of(&self.info)
+    }
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
     }
@@ -558,6 +563,11 @@ impl GpuTimer {
         let t: Vec<u64> = gpu.read(&self.resolve, 2)?;
         Ok(t[1].saturating_sub(t[0]) as f64 * self.period_ns / 1e6)
     }
+}
+
+/// `driver driver_info`, trimmed: the driver identity records and caches key on.
+pub fn driver_of(info: &wgpu::AdapterInfo) -> String {
+    format!("{} {}", info.driver, info.driver_info).trim().to_string()
 }
 
 /// Layout entry: uniform buffer at `binding` (compute stage).

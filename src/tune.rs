@@ -50,7 +50,7 @@ fn identity(gpu: &Gpu) -> (String, String, String, String) {
     let i = gpu.info();
     (
         i.name.clone(),
-        format!("{} {}", i.driver, i.driver_info).trim().to_string(),
+        crate::gpu::driver_of(i),
         format!("{:?}", i.backend),
         env!("CARGO_PKG_VERSION").to_string(),
     )

@@ -171,7 +171,7 @@ impl eframe::App for LongctxApp {
             let inline = self.inline_jobs;
             match self.tab {
                 Tab::Patterns => patterns::patterns_ui(ui, &mut self.patterns, &gpu, inline),
-                Tab::Tiles => tiles::tiles_ui(ui, &mut self.patterns, &gpu),
+                Tab::Tiles => tiles::tiles_ui(ui, &mut self.patterns),
                 Tab::Alibi => alibi::alibi_ui(ui, &mut self.alibi, &self.patterns.settings),
                 Tab::Traffic => {
                     traffic::traffic_ui(ui, &mut self.traffic, &self.patterns.settings, &gpu, inline)

@@ -4,28 +4,20 @@
 use egui::{Color32, Rect, Sense, Vec2, pos2};
 
 use super::patterns::PatternsState;
-use crate::blockmap::{BlockMap, FULL};
-use crate::gpu::Gpu;
-use crate::kernels::flash::FlashConfig;
+use crate::blockmap::FULL;
 
 pub const FULL_COLOR: Color32 = Color32::from_rgb(253, 231, 37);
 pub const PARTIAL_COLOR: Color32 = Color32::from_rgb(33, 145, 140);
 pub const SKIPPED_COLOR: Color32 = Color32::from_rgb(40, 40, 48);
 
-pub fn tiles_ui(ui: &mut egui::Ui, st: &mut PatternsState, gpu: &Gpu) {
+pub fn tiles_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
     let Some(c) = &st.computed else {
         ui.label("compute a pattern first (Patterns tab)");
         return;
     };
     let spec = &c.spec;
-    let config = FlashConfig::for_device(gpu, spec.shape.head_dim);
-    let map = match BlockMap::build(spec, config.br as usize, config.bc as usize) {
-        Ok(m) => m,
-        Err(e) => {
-            ui.colored_label(Color32::RED, e.to_string());
-            return;
-        }
-    };
+    // the map the computed flash call walks (built once, with this device's tiles)
+    let Some(map) = c.attn.block_map() else { return };
     let head = st.head.min(map.heads - 1);
     let full = map.entries.iter().filter(|&&e| e & FULL != 0).count();
     let s = spec.shape;

@@ -167,7 +167,7 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
             pct_peak_copy: 100.0 * gbps / peak.copy_gbps,
             rel_err_first_step: err,
             adapter: info.name.clone(),
-            driver: format!("{} {}", info.driver, info.driver_info).trim().into(),
+            driver: longctx::gpu::driver_of(info),
             git_commit: env!("LONGCTX_GIT_COMMIT").into(),
             timestamp: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         });

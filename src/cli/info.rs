@@ -50,7 +50,7 @@ pub fn describe(gpu: &Gpu) -> String {
     line("profile", format!("{} — {why}", profile.name));
     line("backend", format!("{:?}", i.backend));
     line("device type", format!("{:?}", i.device_type));
-    line("driver", format!("{} {}", i.driver, i.driver_info).trim().to_string());
+    line("driver", longctx::gpu::driver_of(i));
     line("vendor / device id", format!("0x{:04x} / 0x{:04x}", i.vendor, i.device));
     line("subgroup size", format!("{}..={}", i.subgroup_min_size, i.subgroup_max_size));
     line("feature SUBGROUP", yes(wgpu::Features::SUBGROUP).into());

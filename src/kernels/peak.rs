@@ -109,7 +109,7 @@ pub fn measure(gpu: &Gpu, reps: usize) -> Result<Peak> {
     let info = gpu.info();
     Ok(Peak {
         adapter: info.name.clone(),
-        driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        driver: crate::gpu::driver_of(info),
         fma_gflops,
         copy_gbps,
         timer: t.timer.to_string(),
@@ -136,7 +136,7 @@ fn read_cache() -> Vec<Peak> {
 /// The cached probe for this adapter and driver, if any.
 pub fn cached(gpu: &Gpu) -> Option<Peak> {
     let info = gpu.info();
-    let driver = format!("{} {}", info.driver, info.driver_info).trim().to_string();
+    let driver = crate::gpu::driver_of(info);
     read_cache().into_iter().find(|p| p.adapter == info.name && p.driver == driver)
 }
 
