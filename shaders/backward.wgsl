@@ -63,8 +63,6 @@ struct Backward {
 }
 @group(0) @binding(12) var<uniform> bwd: Backward;
 
-const FULL: u32 = 0x80000000u;
-const NO_BITS: u32 = 0xffffffffu;
 
 fn slope_of(h: u32) -> f32 {
     if params.alibi == 0u {
@@ -73,9 +71,10 @@ fn slope_of(h: u32) -> f32 {
     return bitcast<f32>(block_map[bwd.slopes + h]);
 }
 
-// The lane's vec4 of a staged row on the shuffle path (clamped where SG does not divide D4).
-fn lane_at(j: u32, lane: u32) -> u32 {
-    return select(j + lane, min(j + lane, D4 - 1u), SG_GUARD);
+// This pass's share of key tile kt's list of query tiles for query head h (transposed map).
+fn col_share(h: u32, kt: u32) -> vec2<u32> {
+    let col = map_head_of(h) * bwd.n_ktiles + kt;
+    return pass_share(block_map[bwd.col_ptr + col], block_map[bwd.col_ptr + col + 1u]);
 }
 
 @compute @workgroup_size(64)
@@ -133,11 +132,7 @@ fn dq_main(ids: Ids) {
     let row_on = row_lse != params.neg_inf;
     let row_delta = st.y;
 
-    var map_head = 0u;
-    if params.map_heads > 1u {
-        map_head = h;
-    }
-    let map_row = map_head * params.n_qtiles + qt;
+    let map_row = map_head_of(h) * params.n_qtiles + qt;
     let list_begin = block_map[map_row];
     let list_end = block_map[map_row + 1u];
     let share = pass_share(list_begin, list_end);
@@ -194,7 +189,7 @@ fn dq_main(ids: Ids) {
             }
             let key = i32(key0 + c);
             sc += alibi_bias(slope, pos, key);
-            let visible = full || (u32(key) < params.m && is_visible(pos, key) && ((row_bits >> c) & 1u) != 0u);
+            let visible = tile_visible(full, pos, key, row_bits, c);
             let p = select(0.0, exp(sc - row_lse), visible && row_on);
             let ds = p * (dp - row_delta) * params.scale;
             if SG > 0u {
@@ -256,9 +251,7 @@ fn dkv_main(ids: Ids) {
     // touching dK, dV; the check is uniform per workgroup.
     var work = false;
     for (var hh = bwd.head_lo; hh < bwd.head_hi; hh++) {
-        let h = kvh * params.group + hh;
-        let col = select(0u, h, params.map_heads > 1u) * bwd.n_ktiles + kt;
-        let share = pass_share(block_map[bwd.col_ptr + col], block_map[bwd.col_ptr + col + 1u]);
+        let share = col_share(kvh * params.group + hh, kt);
         work = work || share.x < share.y;
     }
     if bwd.resume != 0u && !work {
@@ -275,10 +268,7 @@ fn dkv_main(ids: Ids) {
         let h = kvh * params.group + hh;
         let slope = slope_of(h);
         let q_head = (b * params.heads + h) * params.n;
-        let col = select(0u, h, params.map_heads > 1u) * bwd.n_ktiles + kt;
-        let c_begin = block_map[bwd.col_ptr + col];
-        let c_end = block_map[bwd.col_ptr + col + 1u];
-        let share = pass_share(c_begin, c_end);
+        let share = col_share(h, kt);
         for (var t = share.x; t < share.y; t++) {
             let entry = block_map[bwd.col_entries + t];
             let row0 = (entry & ~FULL) * BR;
@@ -311,7 +301,6 @@ fn dkv_main(ids: Ids) {
             }
             workgroupBarrier();
 
-            let bit = 1u << lid;
             for (var r = 0u; r < BR; r++) {
                 var sc = 0.0;
                 var dp = 0.0;
@@ -333,7 +322,7 @@ fn dkv_main(ids: Ids) {
                 let pos = params.q_offset + i32(row0 + r);
                 sc += alibi_bias(slope, pos, i32(key));
                 let row_lse = r_lse[r];
-                let visible = full || (live && is_visible(pos, i32(key)) && (r_bits[r] & bit) != 0u);
+                let visible = tile_visible(full, pos, i32(key), r_bits[r], lid);
                 let p = select(0.0, exp(sc - row_lse), visible && row_lse != params.neg_inf);
                 let ds = p * (dp - r_delta[r]) * params.scale;
                 if SG > 0u {
@@ -383,8 +372,7 @@ fn naive_allows(h: u32, i: u32, j: u32) -> bool {
     if params.bits_stride == 0u {
         return true;
     }
-    let mh = select(0u, h, params.map_heads > 1u);
-    let word = block_map[params.bits_base + (mh * params.n + i) * params.bits_stride + j / 32u];
+    let word = block_map[params.bits_base + (map_head_of(h) * params.n + i) * params.bits_stride + j / 32u];
     return ((word >> (j % 32u)) & 1u) != 0u;
 }
 

@@ -41,6 +41,29 @@ struct Params {
 // Masked scores hold this finite sentinel, so exp(s - m) is exactly 0 with no inf arithmetic.
 const MASKED: f32 = -3.0e38;
 
+// Block-map entries: `tile | FULL` when every pair of the tile is visible; a mask index of
+// NO_BITS means the sparse mask covers the whole tile (no visibility bits).
+const FULL: u32 = 0x80000000u;
+const NO_BITS: u32 = 0xffffffffu;
+
+// The block-map head of query head h: maps are per head only when the mask differs by head.
+fn map_head_of(h: u32) -> u32 {
+    return select(0u, h, params.map_heads > 1u);
+}
+
+// Whether key `key` (bit `c` of its tile's visibility word `bits` for this row) is visible
+// from position `pos` in a listed tile: FULL tiles skip the test; otherwise the key must lie
+// inside M, in the band, and be allowed by the sparse mask's bits.
+fn tile_visible(full: bool, pos: i32, key: i32, bits: u32, c: u32) -> bool {
+    return full || (u32(key) < params.m && is_visible(pos, key) && ((bits >> c) & 1u) != 0u);
+}
+
+// The vec4 lane `lane` loads on the subgroup-shuffle path: j + lane, clamped into the row
+// where the subgroup width does not divide D4 (the padding lanes hold zeros of q anyway).
+fn lane_at(j: u32, lane: u32) -> u32 {
+    return min(j + lane, D4 - 1u);
+}
+
 fn is_visible(pos: i32, key: i32) -> bool {
     let d = pos - key;
     return d >= params.band_lo && d <= params.band_hi;

@@ -48,9 +48,6 @@
 // passes). Bytes follow on the host: keys·D·4·2, rows·D·4, rows·(D+1)·4, rows·(D+1)·4.
 @group(0) @binding(8) var<storage, read_write> counters: array<atomic<u32>>;
 
-const FULL: u32 = 0x80000000u;
-const NO_BITS: u32 = 0xffffffffu;
-
 var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
 var<workgroup> v_tile: array<vec4<f32>, BC * D4>;
 var<workgroup> s_part: array<f32, S_PART>;
@@ -98,11 +95,7 @@ fn main(ids: Ids) {
     var l_run = 0.0;
     var s: array<f32, BC>;
 
-    var map_head = 0u;
-    if params.map_heads > 1u {
-        map_head = h;
-    }
-    let map_row = map_head * params.n_qtiles + qt;
+    let map_row = map_head_of(h) * params.n_qtiles + qt;
     let list_begin = block_map[map_row];
     let list_end = block_map[map_row + 1u];
     let share = pass_share(list_begin, list_end);
@@ -164,7 +157,7 @@ fn main(ids: Ids) {
             if SG > 0u {
                 // lane `lane` loads vec4 j·SG + lane of key c; the others arrive by shuffle
                 for (var j = 0u; j < D4P; j += SG) {
-                    let kl = k_tile[c * D4 + select(j + lane, min(j + lane, D4 - 1u), SG_GUARD)];
+                    let kl = k_tile[c * D4 + lane_at(j, lane)];
                     for (var l = 0u; l < SG; l++) {
                         sc += dot(qr[j + l], shuffle4(kl, l));
                     }
@@ -202,7 +195,7 @@ fn main(ids: Ids) {
             for (var c = 0u; c < BC; c++) {
                 let key = i32(key0 + c);
                 var sc = s[c] + alibi_bias(slope, pos, key);
-                if !full && !(u32(key) < params.m && is_visible(pos, key) && ((row_bits >> c) & 1u) != 0u) {
+                if !tile_visible(full, pos, key, row_bits, c) {
                     sc = MASKED;
                 }
                 s[c] = sc;
@@ -220,7 +213,7 @@ fn main(ids: Ids) {
                 l_run += p;
                 if SG > 0u {
                     for (var j = 0u; j < D4P; j += SG) {
-                        let vl = v_tile[c * D4 + select(j + lane, min(j + lane, D4 - 1u), SG_GUARD)];
+                        let vl = v_tile[c * D4 + lane_at(j, lane)];
                         for (var l = 0u; l < SG; l++) {
                             acc[j + l] += p * shuffle4(vl, l);
                         }

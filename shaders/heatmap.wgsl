@@ -32,8 +32,6 @@ struct View {
 }
 @group(0) @binding(7) var<uniform> view: View;
 
-const FULL: u32 = 0x80000000u;
-const NO_BITS: u32 = 0xffffffffu;
 
 // The index of the first entry of `row` with key tile >= kt (entries are sorted).
 fn first_entry(begin: u32, end: u32, kt: u32) -> u32 {
@@ -71,10 +69,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if params.alibi != 0u {
         slope = slopes[h];
     }
-    var map_head = 0u;
-    if params.map_heads > 1u {
-        map_head = h;
-    }
 
     var best = 0.0;
     var sum = 0.0;
@@ -87,7 +81,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
         let pos = params.q_offset + i32(i);
         let qt = i / BR;
-        let map_row = map_head * params.n_qtiles + qt;
+        let map_row = map_head_of(h) * params.n_qtiles + qt;
         let list_end = block_map[map_row + 1u];
         var t = first_entry(block_map[map_row], list_end, c0 / BC);
         for (var j = c0; j < c1; j += col_step) {

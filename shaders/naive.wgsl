@@ -38,11 +38,7 @@ fn mask_allows(h: u32, i: u32, j: u32) -> bool {
     if params.bits_stride == 0u {
         return true;
     }
-    var mh = 0u;
-    if params.map_heads > 1u {
-        mh = h;
-    }
-    let word = aux[params.bits_base + (mh * params.n + i) * params.bits_stride + j / 32u];
+    let word = aux[params.bits_base + (map_head_of(h) * params.n + i) * params.bits_stride + j / 32u];
     return ((word >> (j % 32u)) & 1u) != 0u;
 }
 

@@ -153,6 +153,31 @@ impl BlockMap {
         (words, [e, mi, b])
     }
 
+    /// The longest list of key tiles of any query tile.
+    pub fn longest_row(&self) -> usize {
+        self.row_ptr.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0)
+    }
+
+    /// The query tiles a kernel walking lists in passes of `pass_tiles` launches per pass: pass
+    /// 0 all of them (`(u32::MAX, n_qtiles)`, "every query tile"), pass k only those whose list
+    /// (in any head) is longer than k·pass_tiles, appended to `words` — returned as (offset of
+    /// the list in `words`, query tiles launched). One pass when `pass_tiles` is 0.
+    pub fn pass_lists(&self, pass_tiles: u32, words: &mut Vec<u32>) -> Vec<(u32, usize)> {
+        let passes =
+            if pass_tiles == 0 { 1 } else { self.longest_row().div_ceil(pass_tiles as usize).max(1) };
+        let mut lists = vec![(u32::MAX, self.n_qtiles)];
+        for k in 1..passes {
+            let t = pass_tiles as usize * k;
+            let active: Vec<u32> = (0..self.n_qtiles)
+                .filter(|&qt| (0..self.heads).any(|h| self.row(h, qt).len() > t))
+                .map(|qt| qt as u32)
+                .collect();
+            lists.push((words.len() as u32, active.len()));
+            words.extend_from_slice(&active);
+        }
+        lists
+    }
+
     /// Device bytes of the map.
     pub fn bytes(&self) -> u64 {
         4 * (self.row_ptr.len() + 2 * self.entries.len() + self.bits.len()) as u64

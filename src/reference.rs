@@ -142,16 +142,8 @@ pub fn attention_backward_f64(
     d_o: &[f32],
 ) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     spec.check_inputs(q, k, v)?;
+    spec.check_grad(d_o)?;
     let s = spec.shape;
-    if d_o.len() != s.q_len() {
-        return Err(crate::Error::Shape(format!(
-            "dO has {} values, Q's shape {:?} needs {}",
-            d_o.len(),
-            s.q_dims(),
-            s.q_len()
-        )));
-    }
-    crate::spec::check_finite("dO", d_o)?;
     let (d, n, m, g) = (s.head_dim, s.n, s.m, s.group());
     let scale = spec.scale_value() as f64;
     let slopes = spec.slopes();

@@ -281,6 +281,20 @@ impl AttnSpec {
         Ok(())
     }
 
+    /// Checks the incoming gradient dO of a backward pass: O's shape, finite values.
+    pub fn check_grad(&self, d_o: &[f32]) -> Result<()> {
+        let s = self.shape;
+        if d_o.len() != s.q_len() {
+            return Err(Error::Shape(format!(
+                "dO has {} values, O's shape {:?} needs {}",
+                d_o.len(),
+                s.q_dims(),
+                s.q_len()
+            )));
+        }
+        check_finite("dO", d_o)
+    }
+
     /// Checks Q, K, V lengths against the shape and rejects NaN/Inf.
     pub fn check_inputs(&self, q: &[f32], k: &[f32], v: &[f32]) -> Result<()> {
         self.validate()?;

@@ -145,7 +145,7 @@ fn backward(
     if d_o.shape != q.shape {
         bail!("dO has shape {:?}; it must match O (and Q): {:?}", d_o.shape, q.shape);
     }
-    longctx::spec::check_finite("dO", &d_o.data)?;
+    spec.check_grad(&d_o.data)?;
     let (out, grads) = match a.kernel {
         KernelArg::Cpu => {
             let out = longctx::reference::attention(spec, &q.data, &k.data, &v.data)?;

@@ -12,7 +12,7 @@
 //! group), N ≠ M, fully masked rows (zero gradient); tensors beyond one storage binding run
 //! in chunks of kv heads, as in the forward. [`Backward::naive`] is the materialised baseline.
 
-use crate::blockmap::{BlockMap, FULL};
+use crate::blockmap::{BlockMap, Columns, FULL};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, storage_entry, uniform_entry};
 use crate::kernels::{
@@ -118,7 +118,6 @@ impl BackwardConfig {
                 ("BR", self.br),
                 ("BC", self.bc),
                 ("SG", self.sg),
-                ("SG_GUARD_U", (self.sg > 0 && !d4.is_multiple_of(self.sg)) as u32),
             ],
         }
     }
@@ -180,14 +179,22 @@ impl Entry {
     }
 }
 
+/// One compiled kernel: its entry, pipeline and bind group layout.
+struct Compiled {
+    entry: Entry,
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
 /// The pipelines of `entries` (cached per source and entry by [`Gpu::pipeline`]).
-fn compile(
-    gpu: &Gpu,
-    c: &BackwardConfig,
-    d: usize,
-    entries: &[Entry],
-) -> Result<Vec<(Entry, wgpu::ComputePipeline)>> {
-    entries.iter().map(|&e| Ok((e, gpu.pipeline(&c.variant(d, e.name()), &e.layout(gpu))?))).collect()
+fn compile(gpu: &Gpu, c: &BackwardConfig, d: usize, entries: &[Entry]) -> Result<Vec<Compiled>> {
+    entries
+        .iter()
+        .map(|&entry| {
+            let layout = entry.layout(gpu);
+            Ok(Compiled { entry, pipeline: gpu.pipeline(&c.variant(d, entry.name()), &layout)?, layout })
+        })
+        .collect()
 }
 
 /// The `Backward` uniform of backward.wgsl.
@@ -241,12 +248,12 @@ struct Dispatch {
 pub struct Backward {
     spec: AttnSpec,
     config: BackwardConfig,
-    pipelines: Vec<(Entry, wgpu::ComputePipeline)>,
+    pipelines: Vec<Compiled>,
     dispatches: Vec<Dispatch>,
     block_map: wgpu::Buffer,
     stats: wgpu::Buffer,
-    /// The tiled kernels' block map (`None` for the materialised baseline).
-    map: Option<BlockMap>,
+    /// The tiled kernels' block map and its transpose (`None` for the materialised baseline).
+    map: Option<(BlockMap, Columns)>,
     /// The materialised baseline's P / dS matrix (a 4-byte placeholder for the tiled one).
     scores: wgpu::Buffer,
     dq_passes: usize,
@@ -353,24 +360,9 @@ impl Backward {
         push(Entry::Delta, &params, &bwd, [s.n.div_ceil(DELTA_ROWS as usize), s.heads, s.batch]);
 
         // dq: pass 0 launches every query tile, pass k only those with more than k·T tiles
-        let longest_row = map.row_ptr.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
-        let dq_passes =
-            if c.dq_pass_tiles == 0 { 1 } else { longest_row.div_ceil(c.dq_pass_tiles as usize).max(1) };
         params.pass_tiles = c.dq_pass_tiles;
-        let mut lists = Vec::new();
-        for k in 0..dq_passes {
-            if k == 0 {
-                lists.push((u32::MAX, map.n_qtiles));
-            } else {
-                let t = c.dq_pass_tiles as usize * k;
-                let active: Vec<u32> = (0..map.n_qtiles)
-                    .filter(|&qt| (0..map.heads).any(|h| map.row(h, qt).len() > t))
-                    .map(|qt| qt as u32)
-                    .collect();
-                lists.push((words.len() as u32, active.len()));
-                words.extend_from_slice(&active);
-            }
-        }
+        let lists = map.pass_lists(c.dq_pass_tiles, &mut words);
+        let dq_passes = lists.len();
         for (k, &(list, launched)) in lists.iter().enumerate() {
             params.pass_index = k as u32;
             params.qtile_list = list;
@@ -438,7 +430,7 @@ impl Backward {
             dispatches,
             block_map,
             stats,
-            map: Some(map),
+            map: Some((map, cols)),
             scores: gpu.storage("unused", 4)?,
             dq_passes,
             dkv_dispatches,
@@ -570,7 +562,7 @@ impl Backward {
     /// The tiles both tiled kernels visit (the `dkv` kernel walks it transposed); `None` for
     /// the materialised baseline.
     pub fn block_map(&self) -> Option<&BlockMap> {
-        self.map.as_ref()
+        self.map.as_ref().map(|(m, _)| m)
     }
 
     /// Dispatches of `dq` (passes) and of `dkv` (group heads × passes under a loop cap).
@@ -595,7 +587,7 @@ impl Backward {
     /// group, each listed tile's rows of Q, dO and (LSE, Δ), writes dK, dV. Resumed passes add
     /// a read and a write of the sums they continue.
     pub fn traffic(&self) -> Option<Traffic> {
-        let map = self.map.as_ref()?;
+        let (map, cols) = self.map.as_ref()?;
         let s = self.spec.shape;
         let (d, n, m) = (s.head_dim as u64, s.n as u64, s.m as u64);
         let rows = (s.batch * s.heads) as u64 * n;
@@ -604,7 +596,6 @@ impl Backward {
         let per_map = if map.heads == 1 { s.heads as u64 } else { 1 } * s.batch as u64;
         let tile_keys = |kt: u64| (kt * bc + bc).min(m) - kt * bc;
         let tile_rows = |qt: u64| (qt * br + br).min(n) - qt * br;
-        let cols = map.columns();
         let (mut keys, mut qrows) = (0u64, 0u64);
         for h in 0..map.heads {
             for qt in 0..map.n_qtiles {
@@ -709,9 +700,9 @@ impl Backward {
                     .into_iter()
                     .chain(dsp.entry.bindings().iter().map(|&(n, _)| (n, buffer(n), range(n))))
                     .collect();
-            let bind = gpu.bind_group_at_ranges(&dsp.entry.layout(gpu), &all);
-            let pipeline = &self.pipelines.iter().find(|(e, _)| *e == dsp.entry).expect("compiled").1;
-            pass.set_pipeline(pipeline);
+            let kernel = self.pipelines.iter().find(|k| k.entry == dsp.entry).expect("compiled");
+            let bind = gpu.bind_group_at_ranges(&kernel.layout, &all);
+            pass.set_pipeline(&kernel.pipeline);
             pass.set_bind_group(0, &bind, &[]);
             let [x, y, z] = dsp.groups;
             pass.dispatch_workgroups(x, y, z);
@@ -780,16 +771,8 @@ pub struct GradTensors {
 impl GradTensors {
     /// Uploads dO `[B,H,N,D]` (checked: shape, finite values) and allocates the gradients.
     pub fn upload(gpu: &Gpu, spec: &AttnSpec, d_o: &[f32]) -> Result<Self> {
+        spec.check_grad(d_o)?;
         let s = spec.shape;
-        if d_o.len() != s.q_len() {
-            return Err(Error::Shape(format!(
-                "dO has {} values, O's shape {:?} needs {}",
-                d_o.len(),
-                s.q_dims(),
-                s.q_len()
-            )));
-        }
-        crate::spec::check_finite("dO", d_o)?;
         Ok(Self {
             d_o: gpu.upload_ranged("dO", d_o)?,
             dq: gpu.storage_ranged("dQ", s.q_len() as u64 * 4)?,

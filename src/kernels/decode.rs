@@ -16,8 +16,6 @@ const BODY: &str = include_str!("../../shaders/decode.wgsl");
 const NAME: &str = "decode";
 /// Most invocations per workgroup (query rows of one kv head per row block).
 const MAX_WG: u32 = 64;
-/// Default cache slots per split.
-pub const DEFAULT_CHUNK: usize = 512;
 
 /// How a decoder is laid out.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,7 +35,8 @@ pub struct DecoderConfig {
     pub scale: Option<f32>,
     /// Most new tokens per `step`.
     pub max_step_tokens: usize,
-    /// Cache slots per split (0: [`DEFAULT_CHUNK`], lowered below the adapter's loop cap).
+    /// Cache slots per split (0: the autotuned or profile value, `Profile::decode_chunk`;
+    /// lowered below the adapter's loop cap).
     pub chunk: usize,
     /// Use subgroup shuffles where the device allows (else plain workgroup-memory loads).
     pub subgroups: bool,

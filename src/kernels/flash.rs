@@ -149,7 +149,6 @@ impl FlashConfig {
                 ("SG", self.sg),
                 // private lanes: DP4, padded to whole subgroups on the shuffle path
                 ("D4P", if self.sg > 0 { d4.div_ceil(self.sg) * self.sg } else { d4.div_ceil(self.p) }),
-                ("SG_GUARD_U", (self.sg > 0 && !d4.is_multiple_of(self.sg)) as u32),
                 ("S_PART", self.s_part_len()),
                 ("COUNT", count as u32),
                 ("F16_U", f16 as u32),
@@ -303,20 +302,7 @@ impl Flash {
         params.pass_tiles = config.pass_tiles;
         // Pass 0 launches every query tile; pass k only those whose list (in any head) is
         // longer than k·pass_tiles, listed after the map in the same buffer.
-        let mut pass_lists = Vec::new(); // (qtile_list offset, query tiles launched) per pass
-        for k in 0..Self::pass_count(&map, config.pass_tiles) {
-            if k == 0 {
-                pass_lists.push((u32::MAX, map.n_qtiles as u32));
-            } else {
-                let t = config.pass_tiles as usize * k;
-                let active: Vec<u32> = (0..map.n_qtiles)
-                    .filter(|&qt| (0..map.heads).any(|h| map.row(h, qt).len() > t))
-                    .map(|qt| qt as u32)
-                    .collect();
-                pass_lists.push((words.len() as u32, active.len() as u32));
-                words.extend_from_slice(&active);
-            }
-        }
+        let pass_lists = map.pass_lists(config.pass_tiles, &mut words);
         let mut passes = Vec::new();
         for chunk in &chunks {
             params.q_shift = (chunk.q.0 / 16) as u32;
@@ -327,7 +313,7 @@ impl Flash {
             for (k, &(list, launched)) in pass_lists.iter().enumerate() {
                 params.pass_index = k as u32;
                 params.qtile_list = list;
-                let groups = [launched, chunk.heads as u32, chunk.batches as u32];
+                let groups = [launched as u32, chunk.heads as u32, chunk.batches as u32];
                 passes.push(Dispatch {
                     params: gpu.uniform("flash params", &params),
                     groups,
@@ -349,12 +335,6 @@ impl Flash {
             counters: gpu.storage("flash counters", if instrumented { 20 } else { 4 })?,
             instrumented,
         })
-    }
-
-    /// Passes needed so that no list walks more than `pass_tiles` tiles in one.
-    fn pass_count(map: &BlockMap, pass_tiles: u32) -> usize {
-        let longest = map.row_ptr.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
-        if pass_tiles == 0 { 1 } else { longest.div_ceil(pass_tiles as usize).max(1) }
     }
 
     pub fn config(&self) -> FlashConfig {

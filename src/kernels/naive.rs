@@ -44,12 +44,6 @@ fn layout(gpu: &Gpu) -> wgpu::BindGroupLayout {
     )
 }
 
-/// Bytes of the materialised score matrix.
-pub fn scores_bytes(spec: &AttnSpec) -> u64 {
-    let s = spec.shape;
-    (s.batch * s.heads) as u64 * s.n as u64 * s.m as u64 * 4
-}
-
 /// The device-memory traffic of the three passes, exactly as naive.wgsl's loops move it
 /// (per invocation, no cache reuse; see the shader's header).
 pub fn traffic(spec: &AttnSpec) -> Traffic {
