@@ -429,9 +429,9 @@ impl BertGpu {
 
         let attention = if attention {
             let heatmap = Heatmap::new(gpu, &attn)?;
-            let mut maps = Vec::new();
+            // every (sentence, layer, head) in one submission; one pixel per token pair
+            let mut views = Vec::new();
             for (s, &len) in lengths.iter().enumerate() {
-                let mut probs = Vec::with_capacity(c.num_hidden_layers * heads * len * len);
                 for li in 0..c.num_hidden_layers {
                     let io = AttnBuffers { q: &qh[li], k: &kh[li], v: &vh, o: &oh, lse: &lse[li] };
                     for head in 0..heads {
@@ -445,11 +445,21 @@ impl BertGpu {
                             height: len,
                             mean: false,
                         };
-                        probs.extend(heatmap.render(gpu, &attn, &io, &view)?);
+                        views.push((io, view));
                     }
                 }
-                maps.push(AttentionMaps { layers: c.num_hidden_layers, heads, n: len, probs });
             }
+            let mut pixels = heatmap.render_many(gpu, &attn, &views)?.into_iter();
+            let per_sentence = c.num_hidden_layers * heads;
+            let maps = lengths
+                .iter()
+                .map(|&len| AttentionMaps {
+                    layers: c.num_hidden_layers,
+                    heads,
+                    n: len,
+                    probs: pixels.by_ref().take(per_sentence).flatten().collect(),
+                })
+                .collect();
             Some(maps)
         } else {
             None

@@ -91,43 +91,45 @@ impl Heatmap {
     /// Pools the probabilities of `view` into `width × height` values (row-major, top row
     /// first). `io` must hold the Q, K and the LSE written by `attn`.
     pub fn render(&self, gpu: &Gpu, attn: &Attention, io: &AttnBuffers, view: &HeatView) -> Result<Vec<f32>> {
+        Ok(self.render_many(gpu, attn, &[(*io, view.clone())])?.pop().expect("one view"))
+    }
+
+    /// [`Heatmap::render`] for many (buffers, view) pairs of the same `attn`: one submission
+    /// and one readback for all of them (a model's every layer and head, say).
+    pub fn render_many(
+        &self,
+        gpu: &Gpu,
+        attn: &Attention,
+        views: &[(AttnBuffers, HeatView)],
+    ) -> Result<Vec<Vec<f32>>> {
         let s = attn.spec().shape;
         let flash = attn.flash().expect("checked in new");
-        let bad = view.batch >= s.batch
-            || view.head >= s.heads
-            || view.rows.is_empty()
-            || view.cols.is_empty()
-            || view.rows.end > s.n
-            || view.cols.end > s.m
-            || view.width == 0
-            || view.height == 0;
-        if bad {
-            return Err(Error::Invalid(format!(
-                "heatmap view {view:?} does not fit B={} H={} N={} M={}",
-                s.batch, s.heads, s.n, s.m
-            )));
+        // each view's pixels start at an offset aligned for binding
+        let align = (gpu.limits().min_storage_buffer_offset_alignment as usize / 4).max(1);
+        let mut offsets = Vec::with_capacity(views.len());
+        let mut total = 0usize;
+        for (_, view) in views {
+            let bad = view.batch >= s.batch
+                || view.head >= s.heads
+                || view.rows.is_empty()
+                || view.cols.is_empty()
+                || view.rows.end > s.n
+                || view.cols.end > s.m
+                || view.width == 0
+                || view.height == 0;
+            if bad {
+                return Err(Error::Invalid(format!(
+                    "heatmap view {view:?} does not fit B={} H={} N={} M={}",
+                    s.batch, s.heads, s.n, s.m
+                )));
+            }
+            gpu.check_dispatch(NAME, [view.width.div_ceil(8) as u64, view.height.div_ceil(8) as u64, 1])?;
+            offsets.push(total);
+            total += (view.width * view.height).next_multiple_of(align);
         }
-        let groups = [view.width.div_ceil(8) as u64, view.height.div_ceil(8) as u64, 1];
-        gpu.check_dispatch(NAME, groups)?;
-        let params = ViewParams {
-            batch: view.batch as u32,
-            head: view.head as u32,
-            row0: view.rows.start as u32,
-            row1: view.rows.end as u32,
-            col0: view.cols.start as u32,
-            col1: view.cols.end as u32,
-            width: view.width as u32,
-            height: view.height as u32,
-            mean: view.mean as u32,
-            pad: [0; 3],
-        };
-        let view_buf = gpu.uniform("heatmap view", &params);
-        let pixels = gpu.storage("heatmap pixels", (view.width * view.height * 4) as u64)?;
+        // bound in per-view ranges: only the buffer-size limit applies to the whole
+        let pixels = gpu.storage_ranged("heatmap pixels", (total * 4) as u64)?;
         let (block_map, slopes, first_pass) = flash.bindings();
-        let bind = gpu.bind_group(
-            &self.layout,
-            &[first_pass, io.q, io.k, io.lse, block_map, slopes, &pixels, &view_buf],
-        );
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -135,10 +137,44 @@ impl Heatmap {
                 timestamp_writes: None,
             });
             pass.set_pipeline(&self.pipeline);
-            pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups(groups[0] as u32, groups[1] as u32, 1);
+            for ((io, view), &at) in views.iter().zip(&offsets) {
+                let params = ViewParams {
+                    batch: view.batch as u32,
+                    head: view.head as u32,
+                    row0: view.rows.start as u32,
+                    row1: view.rows.end as u32,
+                    col0: view.cols.start as u32,
+                    col1: view.cols.end as u32,
+                    width: view.width as u32,
+                    height: view.height as u32,
+                    mean: view.mean as u32,
+                    pad: [0; 3],
+                };
+                let view_buf = gpu.uniform("heatmap view", &params);
+                let range = Some(((at * 4) as u64, (view.width * view.height * 4) as u64));
+                let bind = gpu.bind_group_ranges(
+                    &self.layout,
+                    &[
+                        (first_pass, None),
+                        (io.q, None),
+                        (io.k, None),
+                        (io.lse, None),
+                        (block_map, None),
+                        (slopes, None),
+                        (&pixels, range),
+                        (&view_buf, None),
+                    ],
+                );
+                pass.set_bind_group(0, &bind, &[]);
+                pass.dispatch_workgroups(view.width.div_ceil(8) as u32, view.height.div_ceil(8) as u32, 1);
+            }
         }
         gpu.queue.submit([enc.finish()]);
-        gpu.read(&pixels, view.width * view.height)
+        let all: Vec<f32> = gpu.read(&pixels, total)?;
+        Ok(views
+            .iter()
+            .zip(&offsets)
+            .map(|((_, v), &at)| all[at..at + v.width * v.height].to_vec())
+            .collect())
     }
 }
