@@ -109,24 +109,23 @@ pub fn read_safetensors(path: &Path, name: &str) -> Result<Tensor> {
 pub struct SafetensorsFile {
     path: std::path::PathBuf,
     bytes: Vec<u8>,
+    /// Header length and the parsed header (names, dtypes, shapes, offsets), read once.
+    header: usize,
+    metadata: safetensors::tensor::Metadata,
 }
 
 impl SafetensorsFile {
-    /// Reads the file and checks its header.
+    /// Reads the file and parses its header.
     pub fn open(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot open: {e}")))?;
-        safetensors::SafeTensors::deserialize(&bytes)
+        let (header, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| file_err(path, format!("not a valid .safetensors file: {e}")))?;
-        Ok(Self { path: path.to_path_buf(), bytes })
-    }
-
-    fn parsed(&self) -> safetensors::SafeTensors<'_> {
-        safetensors::SafeTensors::deserialize(&self.bytes).expect("checked in open")
+        Ok(Self { path: path.to_path_buf(), bytes, header, metadata })
     }
 
     /// Tensor names, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.parsed().names().into_iter().map(String::from).collect();
+        let mut names: Vec<String> = self.metadata.tensors().into_keys().collect();
         names.sort_unstable();
         names
     }
@@ -134,12 +133,13 @@ impl SafetensorsFile {
     /// Tensor `name` as f32 (from F32, F16 or BF16).
     pub fn tensor(&self, name: &str) -> Result<Tensor> {
         let path = &self.path;
-        let st = self.parsed();
-        let view = st.tensor(name).map_err(|_| {
+        let info = self.metadata.info(name).ok_or_else(|| {
             file_err(path, format!("no tensor `{name}`; it holds {}", self.names().join(", ")))
         })?;
-        let raw = view.data();
-        let data: Vec<f32> = match view.dtype() {
+        // offsets are relative to the data after the 8-byte length and the header (checked in open)
+        let (start, end) = info.data_offsets;
+        let raw = &self.bytes[8 + self.header + start..8 + self.header + end];
+        let data: Vec<f32> = match info.dtype {
             safetensors::Dtype::F32 => {
                 raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
             }
@@ -156,6 +156,6 @@ impl SafetensorsFile {
                 ));
             }
         };
-        Tensor::new(view.shape().to_vec(), data).map_err(|e| file_err(path, format!("tensor `{name}`: {e}")))
+        Tensor::new(info.shape.clone(), data).map_err(|e| file_err(path, format!("tensor `{name}`: {e}")))
     }
 }
