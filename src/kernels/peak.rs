@@ -53,35 +53,16 @@ fn time_pass(
     groups: [u32; 2],
     reps: usize,
 ) -> Result<Timing> {
-    let timer = GpuTimer::new(gpu);
-    let mut samples = Vec::new();
-    for i in 0..reps + 1 {
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(NAME),
-                timestamp_writes: timer.as_ref().map(GpuTimer::writes),
-            });
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, bind, &[]);
-            pass.dispatch_workgroups(groups[0], groups[1], 1);
-        }
-        if let Some(t) = &timer {
-            t.resolve(&mut enc);
-        }
-        gpu.wait()?;
-        let t0 = std::time::Instant::now();
-        gpu.queue.submit([enc.finish()]);
-        gpu.wait()?;
-        let wall = t0.elapsed().as_secs_f64() * 1e3;
-        if i > 0 {
-            samples.push(match &timer {
-                Some(t) => t.read_ms(gpu)?,
-                None => wall,
-            });
-        }
-    }
-    Ok(Timing { samples_ms: samples, timer: if timer.is_some() { "timestamp" } else { "wall" } })
+    crate::bench::time_encoded(gpu, 1, reps, |enc, _, timer| {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(NAME),
+            timestamp_writes: timer.map(GpuTimer::writes),
+        });
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, bind, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], 1);
+        Ok(())
+    })
 }
 
 /// Runs both probes (median of `reps`).
