@@ -27,6 +27,9 @@ pub struct ModelRun {
     pub maps: AttentionMaps,
     pub embedding: Vec<f32>,
     pub ms: f64,
+    /// One n × n texture per (layer, head), built once when the run arrives, so frames draw
+    /// images instead of layers·heads·n² rectangles.
+    pub textures: Vec<egui::TextureHandle>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,14 +88,15 @@ fn compute(gpu: &Gpu, dir: PathBuf, text: String, loaded: Option<Arc<Loaded>>) -
     let ms = t0.elapsed().as_secs_f64() * 1e3;
     let maps = out.attention.and_then(|mut m| m.pop()).ok_or("no attention maps came back")?;
     let tokens = tokens.into_iter().next().map(|t| t.tokens).unwrap_or_default();
-    Ok(ModelRun { loaded, tokens, maps, embedding: out.embeddings[0].clone(), ms })
+    Ok(ModelRun { loaded, tokens, maps, embedding: out.embeddings[0].clone(), ms, textures: Vec::new() })
 }
 
 pub fn model_ui(ui: &mut egui::Ui, st: &mut ModelState, gpu: &Gpu, inline: bool) {
     if let Some(r) = st.job.as_ref().and_then(Job::poll) {
         st.job = None;
         match r {
-            Ok(run) => {
+            Ok(mut run) => {
+                run.textures = textures(ui.ctx(), &run.maps);
                 st.message.clear();
                 st.layer = st.layer.min(run.maps.layers - 1);
                 st.head = st.head.min(run.maps.heads - 1);
@@ -168,6 +172,24 @@ fn cell(p: f32) -> Color32 {
     color(p.clamp(0.0, 1.0).sqrt())
 }
 
+/// Every (layer, head)'s probabilities as an n × n texture, layer-major.
+fn textures(ctx: &egui::Context, maps: &AttentionMaps) -> Vec<egui::TextureHandle> {
+    (0..maps.layers)
+        .flat_map(|l| (0..maps.heads).map(move |h| (l, h)))
+        .map(|(l, h)| {
+            let pixels = maps.head(l, h).iter().map(|&p| cell(p)).collect();
+            let image = egui::ColorImage::new([maps.n, maps.n], pixels);
+            ctx.load_texture(format!("attention l{l} h{h}"), image, egui::TextureOptions::NEAREST)
+        })
+        .collect()
+}
+
+/// Draws texture `tex` over `rect`.
+fn draw(painter: &egui::Painter, tex: &egui::TextureHandle, rect: Rect) {
+    let uv = Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0));
+    painter.image(tex.id(), rect, uv, Color32::WHITE);
+}
+
 /// The token × token matrix of (layer, head) with labels, and BertViz-style lines beside it;
 /// returns the readout of the hovered cell.
 fn head_view(ui: &mut egui::Ui, run: &ModelRun, layer: usize, head: usize) -> Option<String> {
@@ -182,11 +204,8 @@ fn head_view(ui: &mut egui::Ui, run: &ModelRun, layer: usize, head: usize) -> Op
     let font = FontId::proportional((cw * 0.6).clamp(8.0, 13.0));
     let text = ui.visuals().text_color();
     let grid = Rect::from_min_size(rect.min + Vec2::new(label_w, 4.0), Vec2::splat(side));
+    draw(&painter, &run.textures[layer * run.maps.heads + head], grid);
     for i in 0..n {
-        for j in 0..n {
-            let r = Rect::from_min_size(grid.min + Vec2::new(j as f32 * cw, i as f32 * cw), Vec2::splat(cw));
-            painter.rect_filled(r.shrink(0.3), 0.0, cell(probs[i * n + j]));
-        }
         painter.text(
             pos2(grid.left() - 4.0, grid.top() + (i as f32 + 0.5) * cw),
             Align2::RIGHT_CENTER,
@@ -290,7 +309,6 @@ fn model_view(
             text,
         );
     }
-    let cw = thumb / n as f32;
     for l in 0..layers {
         painter.text(
             at(l, 0).left_center() - Vec2::new(6.0, 0.0),
@@ -301,14 +319,7 @@ fn model_view(
         );
         for h in 0..heads {
             let r = at(l, h);
-            let probs = run.maps.head(l, h);
-            for i in 0..n {
-                for j in 0..n {
-                    let c =
-                        Rect::from_min_size(r.min + Vec2::new(j as f32 * cw, i as f32 * cw), Vec2::splat(cw));
-                    painter.rect_filled(c, 0.0, cell(probs[i * n + j]));
-                }
-            }
+            draw(&painter, &run.textures[l * heads + h], r);
             if (l, h) == (layer, head) {
                 painter.rect_stroke(
                     r.expand(1.5),
