@@ -6,7 +6,7 @@
 //!
 //! Run: `cargo run --example embed`
 
-use longctx::reference::{attention_f64, rel_error};
+use longctx::contract::reference::{attention_f64, rel_error};
 use longctx::{Attention, AttnBuffers, AttnShape, AttnSpec, Gpu, Kernel};
 use wgpu::util::DeviceExt;
 
@@ -46,8 +46,9 @@ pub fn main() {
     let (q_buf, k_buf, v_buf) = (init(&q), init(&k), init(&v));
     let (o_buf, lse_buf) = (empty(shape.q_len()), empty(shape.lse_len()));
 
-    // --- longctx borrows the device and records into the host's encoder ---
-    let gpu = Gpu::from_wgpu(device.clone(), queue.clone(), adapter.get_info());
+    // --- longctx borrows the device (with the winners `longctx tune` cached for this
+    // adapter, if any) and records into the host's encoder ---
+    let gpu = Gpu::from_wgpu(device.clone(), queue.clone(), adapter.get_info()).with_cached_tuning();
     let attn = Attention::new(&gpu, Kernel::Flash, &spec).expect("prepare attention");
     let mut encoder = device.create_command_encoder(&Default::default());
     attn.encode(

@@ -25,7 +25,7 @@
 //
 // Chunks: tensors larger than one storage binding run in chunks of kv heads (with their query
 // heads), bound from aligned offsets as in flash.wgsl; indices are global and the shifts in
-// Params turn them into indices of the bound ranges.
+// `tiles` turn them into indices of the bound ranges.
 //
 // Subgroups (SG > 0): as in flash.wgsl, lane l loads vec4 j·SG + l of the staged row and the
 // others arrive by subgroupShuffle, so the same-address loads a software adapter turns into
@@ -62,10 +62,11 @@ struct Backward {
     pad2: u32,
 }
 @group(0) @binding(12) var<uniform> bwd: Backward;
+@group(0) @binding(14) var<uniform> tiles: Tiles;
 
 
 fn slope_of(h: u32) -> f32 {
-    if params.alibi == 0u {
+    if contract.alibi == 0u {
         return 0.0;
     }
     return bitcast<f32>(block_map[bwd.slopes + h]);
@@ -73,23 +74,23 @@ fn slope_of(h: u32) -> f32 {
 
 // This pass's share of key tile kt's list of query tiles for query head h (transposed map).
 fn col_share(h: u32, kt: u32) -> vec2<u32> {
-    let col = map_head_of(h) * bwd.n_ktiles + kt;
-    return pass_share(block_map[bwd.col_ptr + col], block_map[bwd.col_ptr + col + 1u]);
+    let col = map_head_of(h, tiles.map_heads) * bwd.n_ktiles + kt;
+    return pass_share(block_map[bwd.col_ptr + col], block_map[bwd.col_ptr + col + 1u], tiles.pass_index, tiles.pass_tiles);
 }
 
 @compute @workgroup_size(64)
 fn delta(ids: Ids) {
     let row = ids.wg.x * 64u + ids.lid;
-    if row >= params.n {
+    if row >= contract.n {
         return;
     }
-    let at = ((params.batch_base + ids.wg.z) * params.heads + params.head_base + ids.wg.y) * params.n + row;
-    let qa = at * D4 - params.q_shift;
+    let at = ((tiles.batch_base + ids.wg.z) * contract.heads + tiles.head_base + ids.wg.y) * contract.n + row;
+    let qa = at * D4 - tiles.q_shift;
     var acc = 0.0;
     for (var x = 0u; x < D4; x++) {
         acc += dot(d_o[qa + x], o[qa + x]);
     }
-    stats[at - params.stats_shift] = vec2<f32>(lse[at - params.lse_shift], acc);
+    stats[at - tiles.stats_shift] = vec2<f32>(lse[at - tiles.lse_shift], acc);
 }
 
 var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
@@ -100,18 +101,18 @@ fn dq_main(ids: Ids) {
     let lid = ids.lid;
     let lane = lane_of(ids);
     var qt = ids.wg.x;
-    if params.qtile_list != 0xffffffffu {
-        qt = block_map[params.qtile_list + ids.wg.x]; // later passes visit only unfinished tiles
+    if tiles.qtile_list != 0xffffffffu {
+        qt = block_map[tiles.qtile_list + ids.wg.x]; // later passes visit only unfinished tiles
     }
-    let h = params.head_base + ids.wg.y;
-    let b = params.batch_base + ids.wg.z;
+    let h = tiles.head_base + ids.wg.y;
+    let b = tiles.batch_base + ids.wg.z;
     let row = qt * BR + lid;
-    let live = row < params.n;
+    let live = row < contract.n;
     // global row index; the shifts turn it into indices of the bound ranges (chunks)
-    let at = (b * params.heads + h) * params.n + min(row, params.n - 1u);
-    let qa = at * D4 - params.q_shift;
-    let kv_base = (b * params.kv_heads + h / params.group) * params.m * D4 - params.kv_shift;
-    let pos = params.q_offset + i32(row);
+    let at = (b * contract.heads + h) * contract.n + min(row, contract.n - 1u);
+    let qa = at * D4 - tiles.q_shift;
+    let kv_base = (b * contract.kv_heads + h / contract.group) * contract.m * D4 - tiles.kv_shift;
+    let pos = contract.q_offset + i32(row);
     let slope = slope_of(h);
 
     var qr: array<vec4<f32>, D4P>;
@@ -122,23 +123,23 @@ fn dq_main(ids: Ids) {
         dor[x] = vec4<f32>(0.0);
         acc[x] = vec4<f32>(0.0);
         if live && x < D4 {
-            qr[x] = q[qa + x] * params.scale;
+            qr[x] = q[qa + x] * contract.scale;
             dor[x] = d_o[qa + x];
         }
     }
-    let st = stats[at - params.stats_shift];
+    let st = stats[at - tiles.stats_shift];
     // rows past N and fully masked rows: every P is 0
-    let row_lse = select(params.neg_inf, st.x, live);
-    let row_on = row_lse != params.neg_inf;
+    let row_lse = select(contract.neg_inf, st.x, live);
+    let row_on = row_lse != contract.neg_inf;
     let row_delta = st.y;
 
-    let map_row = map_head_of(h) * params.n_qtiles + qt;
+    let map_row = map_head_of(h, tiles.map_heads) * tiles.n_qtiles + qt;
     let list_begin = block_map[map_row];
     let list_end = block_map[map_row + 1u];
-    let share = pass_share(list_begin, list_end);
+    let share = pass_share(list_begin, list_end, tiles.pass_index, tiles.pass_tiles);
     let t_begin = share.x;
     let t_end = share.y;
-    let resume = params.pass_index > 0u;
+    let resume = tiles.pass_index > 0u;
     if resume && t_begin == t_end {
         return; // this query tile's dQ is final (uniform per workgroup)
     }
@@ -149,14 +150,14 @@ fn dq_main(ids: Ids) {
     }
 
     for (var t = t_begin; t < t_end; t++) {
-        let entry = block_map[params.map_rows + t];
+        let entry = block_map[tiles.map_rows + t];
         let key0 = (entry & ~FULL) * BC;
         let full = (entry & FULL) != 0u;
-        let bits_at = block_map[params.mask_base + t];
+        let bits_at = block_map[tiles.mask_base + t];
         for (var x = lid; x < BC * D4; x += BR) {
             var kk = vec4<f32>(0.0);
             var vv = vec4<f32>(0.0);
-            if key0 + x / D4 < params.m {
+            if key0 + x / D4 < contract.m {
                 kk = k[kv_base + key0 * D4 + x];
                 vv = v[kv_base + key0 * D4 + x];
             }
@@ -167,7 +168,7 @@ fn dq_main(ids: Ids) {
 
         var row_bits = 0xffffffffu;
         if bits_at != NO_BITS {
-            row_bits = block_map[params.bits_base + bits_at + lid];
+            row_bits = block_map[tiles.bits_base + bits_at + lid];
         }
         for (var c = 0u; c < BC; c++) {
             var sc = 0.0;
@@ -189,9 +190,9 @@ fn dq_main(ids: Ids) {
             }
             let key = i32(key0 + c);
             sc += alibi_bias(slope, pos, key);
-            let visible = tile_visible(full, pos, key, row_bits, c);
+            let visible = tile_visible(contract, full, pos, key, row_bits, c);
             let p = select(0.0, exp(sc - row_lse), visible && row_on);
-            let ds = p * (dp - row_delta) * params.scale;
+            let ds = p * (dp - row_delta) * contract.scale;
             if SG > 0u {
                 for (var j = 0u; j < D4P; j += SG) {
                     let kl = k_tile[c * D4 + lane_at(j, lane)];
@@ -226,11 +227,11 @@ fn dkv_main(ids: Ids) {
     let lid = ids.lid;
     let lane = lane_of(ids);
     let kt = ids.wg.x;
-    let kvh = params.head_base / params.group + ids.wg.y;
-    let b = params.batch_base + ids.wg.z;
+    let kvh = tiles.head_base / contract.group + ids.wg.y;
+    let b = tiles.batch_base + ids.wg.z;
     let key = kt * BC + lid;
-    let live = key < params.m;
-    let at = ((b * params.kv_heads + kvh) * params.m + min(key, params.m - 1u)) * D4 - params.kv_shift;
+    let live = key < contract.m;
+    let at = ((b * contract.kv_heads + kvh) * contract.m + min(key, contract.m - 1u)) * D4 - tiles.kv_shift;
 
     var kr: array<vec4<f32>, D4P>;
     var vr: array<vec4<f32>, D4P>;
@@ -242,7 +243,7 @@ fn dkv_main(ids: Ids) {
         acc_k[x] = vec4<f32>(0.0);
         acc_v[x] = vec4<f32>(0.0);
         if live && x < D4 {
-            kr[x] = k[at + x] * params.scale;
+            kr[x] = k[at + x] * contract.scale;
             vr[x] = v[at + x];
         }
     }
@@ -251,7 +252,7 @@ fn dkv_main(ids: Ids) {
     // touching dK, dV; the check is uniform per workgroup.
     var work = false;
     for (var hh = bwd.head_lo; hh < bwd.head_hi; hh++) {
-        let share = col_share(kvh * params.group + hh, kt);
+        let share = col_share(kvh * contract.group + hh, kt);
         work = work || share.x < share.y;
     }
     if bwd.resume != 0u && !work {
@@ -265,9 +266,9 @@ fn dkv_main(ids: Ids) {
     }
 
     for (var hh = bwd.head_lo; hh < bwd.head_hi; hh++) {
-        let h = kvh * params.group + hh;
+        let h = kvh * contract.group + hh;
         let slope = slope_of(h);
-        let q_head = (b * params.heads + h) * params.n;
+        let q_head = (b * contract.heads + h) * contract.n;
         let share = col_share(h, kt);
         for (var t = share.x; t < share.y; t++) {
             let entry = block_map[bwd.col_entries + t];
@@ -279,23 +280,23 @@ fn dkv_main(ids: Ids) {
             for (var x = lid; x < BR * D4; x += BC) {
                 var qq = vec4<f32>(0.0);
                 var gg = vec4<f32>(0.0);
-                if row0 + x / D4 < params.n {
-                    qq = q[(q_head + row0) * D4 + x - params.q_shift];
-                    gg = d_o[(q_head + row0) * D4 + x - params.q_shift];
+                if row0 + x / D4 < contract.n {
+                    qq = q[(q_head + row0) * D4 + x - tiles.q_shift];
+                    gg = d_o[(q_head + row0) * D4 + x - tiles.q_shift];
                 }
                 q_tile[x] = qq;
                 do_tile[x] = gg;
             }
             for (var r = lid; r < BR; r += BC) {
-                var st = vec2<f32>(params.neg_inf, 0.0);
-                if row0 + r < params.n {
-                    st = stats[q_head + row0 + r - params.stats_shift];
+                var st = vec2<f32>(contract.neg_inf, 0.0);
+                if row0 + r < contract.n {
+                    st = stats[q_head + row0 + r - tiles.stats_shift];
                 }
                 r_lse[r] = st.x;
                 r_delta[r] = st.y;
                 var bits = 0xffffffffu;
                 if bits_at != NO_BITS {
-                    bits = block_map[params.bits_base + bits_at + r];
+                    bits = block_map[tiles.bits_base + bits_at + r];
                 }
                 r_bits[r] = bits;
             }
@@ -319,12 +320,12 @@ fn dkv_main(ids: Ids) {
                         dp += dot(vr[x], do_tile[r * D4 + x]);
                     }
                 }
-                let pos = params.q_offset + i32(row0 + r);
+                let pos = contract.q_offset + i32(row0 + r);
                 sc += alibi_bias(slope, pos, i32(key));
                 let row_lse = r_lse[r];
-                let visible = tile_visible(full, pos, i32(key), r_bits[r], lid);
-                let p = select(0.0, exp(sc - row_lse), visible && row_lse != params.neg_inf);
-                let ds = p * (dp - r_delta[r]) * params.scale;
+                let visible = tile_visible(contract, full, pos, i32(key), r_bits[r], lid);
+                let p = select(0.0, exp(sc - row_lse), visible && row_lse != contract.neg_inf);
+                let ds = p * (dp - r_delta[r]) * contract.scale;
                 if SG > 0u {
                     for (var j = 0u; j < D4P; j += SG) {
                         let ql = q_tile[r * D4 + lane_at(j, lane)];
@@ -362,17 +363,17 @@ fn dkv_main(ids: Ids) {
 //   naive_ds: S ← scale·P ⊙ (dO·Vᵀ − Δ), in place                        (one per row)
 //   naive_dq: dQ_i = Σ_j dS_ij·k_j                                       (one per 4 lanes of dQ_i)
 //   naive_kv: dK_j = Σ_group Σ_i dS_ij·q_i  (again, dk_pass = 1)         (one per 4 lanes of dK_j)
-// A sparse mask arrives as dense visibility bits at params.bits_base (as in naive.wgsl).
+// A sparse mask arrives as dense visibility bits at tiles.bits_base (as in naive.wgsl).
 @group(0) @binding(13) var<storage, read_write> s: array<f32>;
 
 fn naive_allows(h: u32, i: u32, j: u32) -> bool {
-    if !is_visible(params.q_offset + i32(i), i32(j)) {
+    if !in_band(contract, contract.q_offset + i32(i), i32(j)) {
         return false;
     }
-    if params.bits_stride == 0u {
+    if tiles.bits_stride == 0u {
         return true;
     }
-    let word = block_map[params.bits_base + (map_head_of(h) * params.n + i) * params.bits_stride + j / 32u];
+    let word = block_map[tiles.bits_base + (map_head_of(h, tiles.map_heads) * contract.n + i) * tiles.bits_stride + j / 32u];
     return ((word >> (j % 32u)) & 1u) != 0u;
 }
 
@@ -380,53 +381,53 @@ fn naive_allows(h: u32, i: u32, j: u32) -> bool {
 fn naive_p(@builtin(global_invocation_id) gid: vec3<u32>) {
     let j = gid.x;
     let i = gid.y;
-    if i >= params.n || j >= params.m {
+    if i >= contract.n || j >= contract.m {
         return;
     }
     let h = bwd.head_lo + gid.z;
     let b = bwd.batch;
-    let row = (b * params.heads + h) * params.n + i;
-    let kv = ((b * params.kv_heads + h / params.group) * params.m + j) * D4;
+    let row = (b * contract.heads + h) * contract.n + i;
+    let kv = ((b * contract.kv_heads + h / contract.group) * contract.m + j) * D4;
     let row_lse = stats[row].x;
     var p = 0.0;
-    if row_lse != params.neg_inf && naive_allows(h, i, j) {
+    if row_lse != contract.neg_inf && naive_allows(h, i, j) {
         var sc = 0.0;
         for (var x = 0u; x < D4; x++) {
             sc += dot(q[row * D4 + x], k[kv + x]);
         }
-        sc = sc * params.scale + alibi_bias(slope_of(h), params.q_offset + i32(i), i32(j));
+        sc = sc * contract.scale + alibi_bias(slope_of(h), contract.q_offset + i32(i), i32(j));
         p = exp(sc - row_lse);
     }
-    s[(gid.z * params.n + i) * params.m + j] = p;
+    s[(gid.z * contract.n + i) * contract.m + j] = p;
 }
 
 // dV (bwd.dk_pass = 0, run on P) or dK (bwd.dk_pass = 1, run on dS): a key's sum over the
 // query rows of every head of its group.
 @compute @workgroup_size(64)
 fn naive_kv(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if gid.x >= params.m * D4 {
+    if gid.x >= contract.m * D4 {
         return;
     }
     let j = gid.x / D4;
     let x = gid.x % D4;
     let kc = gid.y;
-    let kvh = bwd.head_lo / params.group + kc;
+    let kvh = bwd.head_lo / contract.group + kc;
     let b = bwd.batch;
     var acc = vec4<f32>(0.0);
-    for (var hh = 0u; hh < params.group; hh++) {
-        let hc = kc * params.group + hh;
-        let row0 = (b * params.heads + bwd.head_lo + hc) * params.n;
-        for (var i = 0u; i < params.n; i++) {
+    for (var hh = 0u; hh < contract.group; hh++) {
+        let hc = kc * contract.group + hh;
+        let row0 = (b * contract.heads + bwd.head_lo + hc) * contract.n;
+        for (var i = 0u; i < contract.n; i++) {
             var src: vec4<f32>;
             if bwd.dk_pass != 0u {
                 src = q[(row0 + i) * D4 + x];
             } else {
                 src = d_o[(row0 + i) * D4 + x];
             }
-            acc += s[(hc * params.n + i) * params.m + j] * src;
+            acc += s[(hc * contract.n + i) * contract.m + j] * src;
         }
     }
-    let at = ((b * params.kv_heads + kvh) * params.m + j) * D4 + x;
+    let at = ((b * contract.kv_heads + kvh) * contract.m + j) * D4 + x;
     if bwd.dk_pass != 0u {
         dk[at] = acc;
     } else {
@@ -437,28 +438,28 @@ fn naive_kv(@builtin(global_invocation_id) gid: vec3<u32>) {
 @compute @workgroup_size(64)
 fn naive_ds(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
-    if i >= params.n {
+    if i >= contract.n {
         return;
     }
     let hc = gid.y;
     let h = bwd.head_lo + hc;
     let b = bwd.batch;
-    let row = (b * params.heads + h) * params.n + i;
+    let row = (b * contract.heads + h) * contract.n + i;
     let delta = stats[row].y;
-    let kv = (b * params.kv_heads + h / params.group) * params.m * D4;
-    for (var j = 0u; j < params.m; j++) {
-        let at = (hc * params.n + i) * params.m + j;
+    let kv = (b * contract.kv_heads + h / contract.group) * contract.m * D4;
+    for (var j = 0u; j < contract.m; j++) {
+        let at = (hc * contract.n + i) * contract.m + j;
         var dp = 0.0;
         for (var x = 0u; x < D4; x++) {
             dp += dot(d_o[row * D4 + x], v[kv + j * D4 + x]);
         }
-        s[at] = s[at] * (dp - delta) * params.scale;
+        s[at] = s[at] * (dp - delta) * contract.scale;
     }
 }
 
 @compute @workgroup_size(64)
 fn naive_dq(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if gid.x >= params.n * D4 {
+    if gid.x >= contract.n * D4 {
         return;
     }
     let i = gid.x / D4;
@@ -466,10 +467,10 @@ fn naive_dq(@builtin(global_invocation_id) gid: vec3<u32>) {
     let hc = gid.y;
     let h = bwd.head_lo + hc;
     let b = bwd.batch;
-    let kv = (b * params.kv_heads + h / params.group) * params.m * D4;
+    let kv = (b * contract.kv_heads + h / contract.group) * contract.m * D4;
     var acc = vec4<f32>(0.0);
-    for (var j = 0u; j < params.m; j++) {
-        acc += s[(hc * params.n + i) * params.m + j] * k[kv + j * D4 + x];
+    for (var j = 0u; j < contract.m; j++) {
+        acc += s[(hc * contract.n + i) * contract.m + j] * k[kv + j * D4 + x];
     }
-    dq[((b * params.heads + h) * params.n + i) * D4 + x] = acc;
+    dq[((b * contract.heads + h) * contract.n + i) * D4 + x] = acc;
 }

@@ -17,21 +17,6 @@
 // Traffic per step: K and V of the visited slots once per kv head, Q once, partials written
 // once and read once, O and LSE written once.
 
-struct Cfg {
-    heads: u32,
-    kv_heads: u32,
-    group: u32,
-    ring: u32,       // ring capacity in slots, 0 = linear cache
-    scale: f32,
-    band_lo: i32,    // key at position j visible from p iff band_lo <= p − j <= band_hi
-    band_hi: i32,
-    alibi: u32,
-    neg_inf: f32,
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
-}
-
 struct Step {
     len: u32,        // positions appended so far
     nq: u32,         // new query tokens T
@@ -40,7 +25,7 @@ struct Step {
     slots: u32,      // slots covered
     chunk: u32,      // slots per split
     splits: u32,
-    pad: u32,
+    ring: u32,       // ring capacity in slots, 0 = linear cache
 }
 
 struct Head {
@@ -50,7 +35,8 @@ struct Head {
     pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> cfg: Cfg;
+// Binding 0 is the call's `contract` (common.wgsl): heads, kv heads, group, scale, band,
+// ALiBi, -inf.
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<uniform> head: Head;
 @group(0) @binding(3) var<storage, read> q: array<vec4<f32>>;       // [H, T, D]
@@ -64,16 +50,14 @@ struct Head {
 // kv heads and splits), [1] query rows read, [2] partial rows written.
 @group(0) @binding(10) var<storage, read_write> counters: array<atomic<u32>>;
 
-const MASKED: f32 = -3.0e38;
-
 var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
 var<workgroup> v_tile: array<vec4<f32>, BC * D4>;
 
 fn slot_position(slot: u32) -> u32 {
-    if cfg.ring == 0u {
+    if step.ring == 0u {
         return slot;
     }
-    return step.lo + (slot + cfg.ring - step.lo % cfg.ring) % cfg.ring;
+    return step.lo + (slot + step.ring - step.lo % step.ring) % step.ring;
 }
 
 @compute @workgroup_size(WG)
@@ -83,15 +67,15 @@ fn attend(ids: Ids) {
     let lane = lane_of(ids);
     let split = wg.x;
     let r = wg.y * WG + lid;
-    let rows = cfg.group * step.nq;
+    let rows = contract.group * step.nq;
     let live = r < rows;
     let g = r / step.nq;
     let t = r % step.nq;
-    let h = head.kvh * cfg.group + g;
+    let h = head.kvh * contract.group + g;
     let row = h * step.nq + t;
     let pos = i32(step.len - step.nq + t);
     var slope = 0.0;
-    if cfg.alibi != 0u && live {
+    if contract.alibi != 0u && live {
         slope = slopes[h];
     }
     var qr: array<vec4<f32>, D4P>;
@@ -100,7 +84,7 @@ fn attend(ids: Ids) {
         acc[x] = vec4<f32>(0.0);
         qr[x] = vec4<f32>(0.0);
         if live && x < D4 {
-            qr[x] = q[row * D4 + x] * cfg.scale;
+            qr[x] = q[row * D4 + x] * contract.scale;
         }
     }
     var m_run = MASKED;
@@ -136,7 +120,7 @@ fn attend(ids: Ids) {
             var sc = 0.0;
             if SG > 0u {
                 for (var j = 0u; j < D4P; j += SG) {
-                    let kl = k_tile[c * D4 + select(j + lane, min(j + lane, D4 - 1u), SG_GUARD)];
+                    let kl = k_tile[c * D4 + select(j + lane, lane_at(j, lane), SG_GUARD)];
                     for (var l = 0u; l < SG; l++) {
                         sc += dot(qr[j + l], shuffle4(kl, l));
                     }
@@ -146,26 +130,26 @@ fn attend(ids: Ids) {
                     sc += dot(qr[x], k_tile[c * D4 + x]);
                 }
             }
-            sc += -slope * f32(abs(pos - kp));
-            let d = pos - kp;
-            if !(slot < end && d >= cfg.band_lo && d <= cfg.band_hi && u32(kp) >= step.lo) {
+            sc += alibi_bias(slope, pos, kp);
+            if !(slot < end && in_band(contract, pos, kp) && u32(kp) >= step.lo) {
                 sc = MASKED;
             }
             s[c] = sc;
             tile_max = max(tile_max, sc);
         }
-        let m_new = max(m_run, tile_max);
-        let corr = exp(m_run - m_new);
+        let rescale = softmax_rescale(m_run, tile_max);
+        let m_new = rescale.x;
+        let corr = rescale.y;
         l_run *= corr;
         for (var x = 0u; x < D4P; x++) {
             acc[x] *= corr;
         }
         for (var c = 0u; c < BC; c++) {
-            let p = select(0.0, exp(s[c] - m_new), s[c] > MASKED);
+            let p = softmax_weight(s[c], m_new);
             l_run += p;
             if SG > 0u {
                 for (var j = 0u; j < D4P; j += SG) {
-                    let vl = v_tile[c * D4 + select(j + lane, min(j + lane, D4 - 1u), SG_GUARD)];
+                    let vl = v_tile[c * D4 + select(j + lane, lane_at(j, lane), SG_GUARD)];
                     for (var l = 0u; l < SG; l++) {
                         acc[j + l] += p * shuffle4(vl, l);
                     }
@@ -180,13 +164,10 @@ fn attend(ids: Ids) {
         workgroupBarrier();
     }
     if live {
-        let base = (split * cfg.heads * step.nq + row) * (D4 + 1u);
-        var inv = 0.0;
-        var part_lse = cfg.neg_inf;
-        if l_run > 0.0 {
-            inv = 1.0 / l_run;
-            part_lse = m_run + log(l_run);
-        }
+        let base = (split * contract.heads * step.nq + row) * (D4 + 1u);
+        let done = softmax_finish(m_run, l_run, contract.neg_inf);
+        let inv = done.x;
+        let part_lse = done.y;
         for (var x = 0u; x < D4; x++) {
             partials[base + x] = acc[x] * inv;
         }
@@ -197,29 +178,21 @@ fn attend(ids: Ids) {
 @compute @workgroup_size(64)
 fn combine(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row = gid.x;
-    let rows = cfg.heads * step.nq;
+    let rows = contract.heads * step.nq;
     if row >= rows {
         return;
     }
-    var total = cfg.neg_inf;
+    var total = contract.neg_inf;
     for (var sp = 0u; sp < step.splits; sp++) {
-        let l = partials[(sp * rows + row) * (D4 + 1u) + D4].x;
-        if l != cfg.neg_inf {
-            if total == cfg.neg_inf {
-                total = l;
-            } else {
-                let hi = max(total, l);
-                total = hi + log(exp(total - hi) + exp(l - hi));
-            }
-        }
+        total = lse_merge(total, partials[(sp * rows + row) * (D4 + 1u) + D4].x, contract.neg_inf);
     }
     for (var x = 0u; x < D4; x++) {
         var out = vec4<f32>(0.0);
-        if total != cfg.neg_inf {
+        if total != contract.neg_inf {
             for (var sp = 0u; sp < step.splits; sp++) {
                 let base = (sp * rows + row) * (D4 + 1u);
                 let l = partials[base + D4].x;
-                if l != cfg.neg_inf {
+                if l != contract.neg_inf {
                     out += partials[base + x] * exp(l - total);
                 }
             }

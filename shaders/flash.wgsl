@@ -47,6 +47,7 @@
 // loaded, [3] rows written (O and LSE), [4] rows resumed (O and LSE read back between
 // passes). Bytes follow on the host: keys·D·4·2, rows·D·4, rows·(D+1)·4, rows·(D+1)·4.
 @group(0) @binding(8) var<storage, read_write> counters: array<atomic<u32>>;
+@group(0) @binding(9) var<uniform> tiles: Tiles;
 
 var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
 var<workgroup> v_tile: array<vec4<f32>, BC * D4>;
@@ -58,11 +59,11 @@ fn main(ids: Ids) {
     let lid = ids.lid;
     let lane = lane_of(ids);
     var qt = wg.x;
-    if params.qtile_list != 0xffffffffu {
-        qt = block_map[params.qtile_list + wg.x]; // later passes visit only unfinished tiles
+    if tiles.qtile_list != 0xffffffffu {
+        qt = block_map[tiles.qtile_list + wg.x]; // later passes visit only unfinished tiles
     }
-    let h = params.head_base + wg.y;
-    let b = params.batch_base + wg.z;
+    let h = tiles.head_base + wg.y;
+    let b = tiles.batch_base + wg.z;
     // With P = 1 these fold to constants, and the lane guards below vanish when P divides D4.
     var part = 0u;
     var r = lid;
@@ -72,13 +73,13 @@ fn main(ids: Ids) {
     }
     let lane0 = part * DP4;
     let row = qt * BR + r;
-    let live = row < params.n;
-    let kvh = h / params.group;
-    let q_base = ((b * params.heads + h) * params.n + row) * D4 + lane0 - params.q_shift;
-    let kv_base = (b * params.kv_heads + kvh) * params.m * D4 - params.kv_shift;
-    let pos = params.q_offset + i32(row);
+    let live = row < contract.n;
+    let kvh = h / contract.group;
+    let q_base = ((b * contract.heads + h) * contract.n + row) * D4 + lane0 - tiles.q_shift;
+    let kv_base = (b * contract.kv_heads + kvh) * contract.m * D4 - tiles.kv_shift;
+    let pos = contract.q_offset + i32(row);
     var slope = 0.0;
-    if params.alibi != 0u {
+    if contract.alibi != 0u {
         slope = slopes[h];
     }
 
@@ -88,27 +89,27 @@ fn main(ids: Ids) {
         acc[x] = vec4<f32>(0.0);
         qr[x] = vec4<f32>(0.0);
         if live && lane0 + x < D4 {
-            qr[x] = vec4<f32>(q[q_base + x]) * params.scale;
+            qr[x] = vec4<f32>(q[q_base + x]) * contract.scale;
         }
     }
     var m_run = MASKED;
     var l_run = 0.0;
     var s: array<f32, BC>;
 
-    let map_row = map_head_of(h) * params.n_qtiles + qt;
+    let map_row = map_head_of(h, tiles.map_heads) * tiles.n_qtiles + qt;
     let list_begin = block_map[map_row];
     let list_end = block_map[map_row + 1u];
-    let share = pass_share(list_begin, list_end);
+    let share = pass_share(list_begin, list_end, tiles.pass_index, tiles.pass_tiles);
     let t_begin = share.x;
     let t_end = share.y;
-    let resume = params.pass_index > 0u;
+    let resume = tiles.pass_index > 0u;
     if resume && t_begin == t_end {
         return; // nothing left for this query tile: O and LSE are final (uniform per workgroup)
     }
-    let row_lse_at = (b * params.heads + h) * params.n + row - params.lse_shift;
+    let row_lse_at = (b * contract.heads + h) * contract.n + row - tiles.lse_shift;
     if resume && live {
         let prev = lse[row_lse_at];
-        if prev != params.neg_inf {
+        if prev != contract.neg_inf {
             m_run = prev;
             l_run = 1.0;
             for (var x = 0u; x < DP4; x++) {
@@ -119,7 +120,7 @@ fn main(ids: Ids) {
         }
     }
     if COUNT != 0u && lid == 0u {
-        let rows = min(BR, params.n - qt * BR);
+        let rows = min(BR, contract.n - qt * BR);
         if resume {
             atomicAdd(&counters[4], rows);
         } else {
@@ -128,13 +129,13 @@ fn main(ids: Ids) {
         atomicAdd(&counters[3], rows);
     }
     for (var t = t_begin; t < t_end; t++) {
-        let entry = block_map[params.map_rows + t];
+        let entry = block_map[tiles.map_rows + t];
         let key0 = (entry & ~FULL) * BC;
         let full = (entry & FULL) != 0u;
-        let bits_at = block_map[params.mask_base + t];
+        let bits_at = block_map[tiles.mask_base + t];
         if COUNT != 0u && lid == 0u {
             atomicAdd(&counters[0], 1u);
-            atomicAdd(&counters[1], min(BC, params.m - key0));
+            atomicAdd(&counters[1], min(BC, contract.m - key0));
         }
 
         // Stage the K and V tile (keys past M read as zero and are masked below).
@@ -142,7 +143,7 @@ fn main(ids: Ids) {
             let key = key0 + x / D4;
             var kk = vec4<f32>(0.0);
             var vv = vec4<f32>(0.0);
-            if key < params.m {
+            if key < contract.m {
                 kk = vec4<f32>(k[kv_base + key0 * D4 + x]);
                 vv = vec4<f32>(v[kv_base + key0 * D4 + x]);
             }
@@ -189,27 +190,28 @@ fn main(ids: Ids) {
         {
             var row_bits = 0xffffffffu;
             if bits_at != NO_BITS {
-                row_bits = block_map[params.bits_base + bits_at + r];
+                row_bits = block_map[tiles.bits_base + bits_at + r];
             }
             var tile_max = MASKED;
             for (var c = 0u; c < BC; c++) {
                 let key = i32(key0 + c);
                 var sc = s[c] + alibi_bias(slope, pos, key);
-                if !tile_visible(full, pos, key, row_bits, c) {
+                if !tile_visible(contract, full, pos, key, row_bits, c) {
                     sc = MASKED;
                 }
                 s[c] = sc;
                 tile_max = max(tile_max, sc);
             }
             // A fully masked tile leaves the row unchanged: corr = 1 and every p = 0.
-            let m_new = max(m_run, tile_max);
-            let corr = exp(m_run - m_new);
+            let step = softmax_rescale(m_run, tile_max);
+            let m_new = step.x;
+            let corr = step.y;
             l_run *= corr;
             for (var x = 0u; x < DP4; x++) {
                 acc[x] *= corr;
             }
             for (var c = 0u; c < BC; c++) {
-                let p = select(0.0, exp(s[c] - m_new), s[c] > MASKED);
+                let p = softmax_weight(s[c], m_new);
                 l_run += p;
                 if SG > 0u {
                     for (var j = 0u; j < D4P; j += SG) {
@@ -232,12 +234,9 @@ fn main(ids: Ids) {
     }
 
     if live {
-        var inv = 0.0;
-        var row_lse = params.neg_inf;
-        if l_run > 0.0 {
-            inv = 1.0 / l_run;
-            row_lse = m_run + log(l_run);
-        }
+        let done = softmax_finish(m_run, l_run, contract.neg_inf);
+        let inv = done.x;
+        let row_lse = done.y;
         for (var x = 0u; x < DP4; x++) {
             if (!LANE_GUARD || lane0 + x < D4) {
                 o[q_base + x] = acc[x] * inv;

@@ -31,6 +31,8 @@ struct View {
     pad2: u32,
 }
 @group(0) @binding(7) var<uniform> view: View;
+// The flash call's first pass: where its block map lists the tiles.
+@group(0) @binding(8) var<uniform> tiles: Tiles;
 
 
 // The index of the first entry of `row` with key tile >= kt (entries are sorted).
@@ -39,7 +41,7 @@ fn first_entry(begin: u32, end: u32, kt: u32) -> u32 {
     var hi = end;
     while lo < hi {
         let mid = (lo + hi) / 2u;
-        if (block_map[params.map_rows + mid] & ~FULL) < kt {
+        if (block_map[tiles.map_rows + mid] & ~FULL) < kt {
             lo = mid + 1u;
         } else {
             hi = mid;
@@ -64,9 +66,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 
     let h = view.head;
     let b = view.batch;
-    let kv_base = (b * params.kv_heads + h / params.group) * params.m * D4;
+    let kv_base = (b * contract.kv_heads + h / contract.group) * contract.m * D4;
     var slope = 0.0;
-    if params.alibi != 0u {
+    if contract.alibi != 0u {
         slope = slopes[h];
     }
 
@@ -74,32 +76,32 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     var sum = 0.0;
     var count = 0u;
     for (var i = r0; i < r1; i += row_step) {
-        let q_base = ((b * params.heads + h) * params.n + i) * D4;
-        let row_lse = lse[(b * params.heads + h) * params.n + i];
-        if row_lse == params.neg_inf {
+        let q_base = ((b * contract.heads + h) * contract.n + i) * D4;
+        let row_lse = lse[(b * contract.heads + h) * contract.n + i];
+        if row_lse == contract.neg_inf {
             continue; // no visible key in this row
         }
-        let pos = params.q_offset + i32(i);
+        let pos = contract.q_offset + i32(i);
         let qt = i / BR;
-        let map_row = map_head_of(h) * params.n_qtiles + qt;
+        let map_row = map_head_of(h, tiles.map_heads) * tiles.n_qtiles + qt;
         let list_end = block_map[map_row + 1u];
         var t = first_entry(block_map[map_row], list_end, c0 / BC);
         for (var j = c0; j < c1; j += col_step) {
             // advance to the entry of key j's tile, if listed
-            while t < list_end && (block_map[params.map_rows + t] & ~FULL) < j / BC {
+            while t < list_end && (block_map[tiles.map_rows + t] & ~FULL) < j / BC {
                 t++;
             }
-            if t >= list_end || (block_map[params.map_rows + t] & ~FULL) != j / BC {
+            if t >= list_end || (block_map[tiles.map_rows + t] & ~FULL) != j / BC {
                 continue; // tile not listed: masked
             }
-            let entry = block_map[params.map_rows + t];
+            let entry = block_map[tiles.map_rows + t];
             if (entry & FULL) == 0u {
-                if !is_visible(pos, i32(j)) {
+                if !in_band(contract, pos, i32(j)) {
                     continue;
                 }
-                let bits_at = block_map[params.mask_base + t];
+                let bits_at = block_map[tiles.mask_base + t];
                 if bits_at != NO_BITS {
-                    let word = block_map[params.bits_base + bits_at + (i % BR)];
+                    let word = block_map[tiles.bits_base + bits_at + (i % BR)];
                     if ((word >> (j % BC)) & 1u) == 0u {
                         continue;
                     }
@@ -109,7 +111,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             for (var x = 0u; x < D4; x++) {
                 s += dot(q[q_base + x], k[kv_base + j * D4 + x]);
             }
-            let p = exp(params.scale * s + alibi_bias(slope, pos, i32(j)) - row_lse);
+            let p = exp(contract.scale * s + alibi_bias(slope, pos, i32(j)) - row_lse);
             best = max(best, p);
             sum += p;
             count++;

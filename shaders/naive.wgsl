@@ -25,6 +25,15 @@
 // Instrumentation (COUNT = 1 only): 64-bit (lo, hi) words read, then words written.
 @group(0) @binding(8) var<storage, read_write> counters: array<atomic<u32>>;
 
+// One dispatch's chunk of (batch, head) pairs and where its mask bits are.
+struct Chunk {
+    bh_base: u32,     // first (batch·H + head) of this chunk
+    map_heads: u32,   // mask rows per head (1: shared by all heads)
+    bits_base: u32,   // offset of the visibility bits in `aux`
+    bits_stride: u32, // u32 words per query row of the bits (0: no sparse mask)
+}
+@group(0) @binding(9) var<uniform> chunk: Chunk;
+
 fn count(slot: u32, words: u32) {
     if COUNT != 0u {
         let old = atomicAdd(&counters[2u * slot], words);
@@ -35,10 +44,10 @@ fn count(slot: u32, words: u32) {
 }
 
 fn mask_allows(h: u32, i: u32, j: u32) -> bool {
-    if params.bits_stride == 0u {
+    if chunk.bits_stride == 0u {
         return true;
     }
-    let word = aux[params.bits_base + (map_head_of(h) * params.n + i) * params.bits_stride + j / 32u];
+    let word = aux[chunk.bits_base + (map_head_of(h, chunk.map_heads) * contract.n + i) * chunk.bits_stride + j / 32u];
     return ((word >> (j % 32u)) & 1u) != 0u;
 }
 
@@ -46,84 +55,84 @@ fn mask_allows(h: u32, i: u32, j: u32) -> bool {
 fn scores(@builtin(global_invocation_id) gid: vec3<u32>) {
     let j = gid.x;
     let i = gid.y;
-    let bh = params.bh_base + gid.z;
-    if i >= params.n || j >= params.m {
+    let bh = chunk.bh_base + gid.z;
+    if i >= contract.n || j >= contract.m {
         return;
     }
-    let b = bh / params.heads;
-    let h = bh % params.heads;
-    let kvh = h / params.group;
-    let q_base = (bh * params.n + i) * D4;
-    let k_base = ((b * params.kv_heads + kvh) * params.m + j) * D4;
-    let pos = params.q_offset + i32(i);
+    let b = bh / contract.heads;
+    let h = bh % contract.heads;
+    let kvh = h / contract.group;
+    let q_base = (bh * contract.n + i) * D4;
+    let k_base = ((b * contract.kv_heads + kvh) * contract.m + j) * D4;
+    let pos = contract.q_offset + i32(i);
     var sc = MASKED;
-    if is_visible(pos, i32(j)) && mask_allows(h, i, j) {
+    if in_band(contract, pos, i32(j)) && mask_allows(h, i, j) {
         var dot_qk = 0.0;
         for (var x = 0u; x < D4; x++) {
             dot_qk += dot(q[q_base + x], k[k_base + x]);
         }
-        sc = params.scale * dot_qk;
-        if params.alibi != 0u {
+        sc = contract.scale * dot_qk;
+        if contract.alibi != 0u {
             sc += alibi_bias(bitcast<f32>(aux[h]), pos, i32(j));
         }
         count(0u, 8u * D4);
     }
-    s[(gid.z * params.n + i) * params.m + j] = sc;
+    s[(gid.z * contract.n + i) * contract.m + j] = sc;
     count(1u, 1u);
 }
 
 @compute @workgroup_size(64)
 fn softmax(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
-    let bh = params.bh_base + gid.y;
-    if i >= params.n {
+    let bh = chunk.bh_base + gid.y;
+    if i >= contract.n {
         return;
     }
-    let base = (gid.y * params.n + i) * params.m;
+    let base = (gid.y * contract.n + i) * contract.m;
     var mx = MASKED;
-    for (var j = 0u; j < params.m; j++) {
+    for (var j = 0u; j < contract.m; j++) {
         mx = max(mx, s[base + j]);
     }
     if mx == MASKED {
-        for (var j = 0u; j < params.m; j++) {
+        for (var j = 0u; j < contract.m; j++) {
             s[base + j] = 0.0;
         }
-        lse[bh * params.n + i] = params.neg_inf;
-        count(0u, params.m);
-        count(1u, params.m + 1u);
+        lse[bh * contract.n + i] = contract.neg_inf;
+        count(0u, contract.m);
+        count(1u, contract.m + 1u);
         return;
     }
     var sum = 0.0;
-    for (var j = 0u; j < params.m; j++) {
+    for (var j = 0u; j < contract.m; j++) {
         sum += exp(s[base + j] - mx);
     }
     let inv = 1.0 / sum;
-    for (var j = 0u; j < params.m; j++) {
+    for (var j = 0u; j < contract.m; j++) {
         s[base + j] = exp(s[base + j] - mx) * inv;
     }
-    lse[bh * params.n + i] = mx + log(sum);
-    count(0u, 3u * params.m);
-    count(1u, params.m + 1u);
+    lse[bh * contract.n + i] = mx + log(sum);
+    count(0u, 3u * contract.m);
+    count(1u, contract.m + 1u);
 }
 
 @compute @workgroup_size(64)
 fn pv(@builtin(global_invocation_id) gid: vec3<u32>) {
     let idx = gid.x;
-    let bh = params.bh_base + gid.y;
-    if idx >= params.n * D4 {
+    let bh = chunk.bh_base + gid.y;
+    if idx >= contract.n * D4 {
         return;
     }
     let i = idx / D4;
     let x = idx % D4;
-    let b = bh / params.heads;
-    let kvh = (bh % params.heads) / params.group;
-    let p_base = (gid.y * params.n + i) * params.m;
-    let v_base = (b * params.kv_heads + kvh) * params.m * D4 + x;
+    let b = bh / contract.heads;
+    let kvh = (bh % contract.heads) / contract.group;
+    let p_base = (gid.y * contract.n + i) * contract.m;
+    let v_base = (b * contract.kv_heads + kvh) * contract.m * D4 + x;
     var acc = vec4<f32>(0.0);
-    for (var j = 0u; j < params.m; j++) {
+    for (var j = 0u; j < contract.m; j++) {
         acc += s[p_base + j] * v[v_base + j * D4];
     }
-    o[bh * params.n * D4 + idx] = acc;
-    count(0u, 5u * params.m);
+    o[bh * contract.n * D4 + idx] = acc;
+    count(0u, 5u * contract.m);
     count(1u, 4u);
 }

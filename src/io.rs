@@ -11,15 +11,18 @@ use crate::error::{Error, Result};
 /// A dense row-major f32 tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// The elements, `shape.iter().product()` of them.
     pub data: Vec<f32>,
 }
 
 impl Tensor {
+    /// A tensor of `shape` over `data`; [`Error::Length`] when the element counts differ.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
         let want: usize = shape.iter().product();
         if want != data.len() {
-            return Err(Error::Shape(format!("shape {shape:?} needs {want} elements, got {}", data.len())));
+            return Err(Error::Length { what: "tensor data".into(), got: data.len(), shape, expected: want });
         }
         Ok(Self { shape, data })
     }

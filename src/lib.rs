@@ -15,29 +15,34 @@
 //! # Ok::<(), longctx::Error>(())
 //! ```
 //!
-//! To run on a host application's own device, wrap it with [`Gpu::from_wgpu`] and record
-//! into the host's encoder with [`Attention::encode`] on buffers the host owns.
+//! To run on a host application's own device, wrap it with [`Gpu::from_wgpu`] (and
+//! [`Gpu::with_cached_tuning`] for the autotuner's winners) and record into the host's
+//! encoder with [`Attention::encode`] on buffers the host owns.
+//!
+//! The crate is layered, each layer using only those below it: [`contract`] (shapes, masks,
+//! block maps, the f64 oracle; no GPU) → [`runtime`] (devices, shader assembly and caches,
+//! timing) → [`kernels`] → [`models`] and [`measure`] → the visualiser (`app`, feature
+//! `app`) and the `longctx` binary (feature `cli`). With `default-features = false` the
+//! library depends on no CLI or GUI crate.
+
+#![warn(missing_docs)]
 
 #[cfg(feature = "app")]
 pub mod app;
-pub mod bench;
-pub mod bert;
-pub mod blockmap;
-pub mod colt5;
+pub mod contract;
 pub mod error;
-pub mod gpu;
 pub mod io;
 pub mod kernels;
-pub mod mask;
-pub mod plan;
-pub mod profile;
-pub mod reference;
-pub mod spec;
-pub mod tune;
+pub mod measure;
+pub mod models;
+pub mod runtime;
 
+pub use contract::blockmap::BlockMap;
+pub use contract::mask::Mask;
+pub use contract::spec::{Alibi, AttnOutput, AttnSpec, alibi_slopes};
+pub use contract::{AttnShape, Window};
 pub use error::{Error, Result};
-pub use gpu::{Gpu, GpuOptions};
 pub use kernels::backward::{Backward, BackwardBuffers, GradTensors, Gradients};
 pub use kernels::flash::FlashConfig;
 pub use kernels::{Attention, AttnBuffers, DeviceTensors, Kernel, attention};
-pub use spec::{Alibi, AttnOutput, AttnShape, AttnSpec, Window, alibi_slopes};
+pub use runtime::{Gpu, GpuOptions, Profile, Tuned};

@@ -11,7 +11,8 @@ use longctx::app::{LongctxApp, Tab};
 
 fn setup() -> egui_wgpu::WgpuSetup {
     let mut setup = egui_wgpu::WgpuSetupCreateNew::without_display_handle();
-    setup.device_descriptor = std::sync::Arc::new(|adapter| longctx::gpu::device_descriptor(adapter, None));
+    setup.device_descriptor =
+        std::sync::Arc::new(|adapter| longctx::runtime::device_descriptor(adapter, None));
     egui_wgpu::WgpuSetup::CreateNew(setup)
 }
 
@@ -118,7 +119,7 @@ fn heatmap_values_are_the_engines_probabilities() {
     let c = st.computed.as_ref().unwrap();
     let (spec, q, k) = (&c.spec, &c.q, &c.k);
     let v = vec![0.0f32; spec.shape.kv_len()];
-    let (_, lse) = longctx::reference::attention_f64(spec, q, k, &v).unwrap();
+    let (_, lse) = longctx::contract::reference::attention_f64(spec, q, k, &v).unwrap();
     let d = spec.shape.head_dim;
     let scale = spec.scale_value() as f64;
     let slope = spec.slopes().map_or(0.0, |s| s[0] as f64);
@@ -233,7 +234,7 @@ fn routing_panel_runs_the_colt5_layer() {
     let r = st.result.as_ref().unwrap_or_else(|| panic!("no result: {}", st.message));
     assert!(r.routed.iter().all(|idx| idx.len() == 32), "1/8 of 256 tokens per router");
     assert_eq!((r.colt5.len(), r.dense.len()), (5, 5));
-    let heavy = |t: &[longctx::colt5::BranchTiming]| {
+    let heavy = |t: &[longctx::models::colt5::BranchTiming]| {
         t.iter().filter(|b| b.branch.starts_with("heavy")).map(|b| b.flops).sum::<f64>()
     };
     assert!(heavy(&r.dense) > 4.0 * heavy(&r.colt5));

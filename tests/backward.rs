@@ -9,9 +9,9 @@ mod common;
 use std::sync::Arc;
 
 use common::{gpu, inputs, random, seed};
+use longctx::contract::mask::{BigBird, Mask};
+use longctx::contract::reference::{attention_backward_f64, rel_error};
 use longctx::kernels::backward::BackwardConfig;
-use longctx::mask::{BigBird, Mask};
-use longctx::reference::{attention_backward_f64, rel_error};
 use longctx::{Alibi, AttnShape, AttnSpec, Backward, DeviceTensors, GradTensors, Window};
 use rand::{SeedableRng, rngs::StdRng};
 

@@ -1,7 +1,7 @@
 //! The f64 backward oracle against finite differences of the forward oracle, on tiny shapes
 //! with every feature (causal, window, ALiBi, GQA, N ≠ M, a fully masked row).
 
-use longctx::reference::{attention_backward_f64, attention_f64};
+use longctx::contract::reference::{attention_backward_f64, attention_f64};
 use longctx::{Alibi, AttnShape, AttnSpec, Window};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 

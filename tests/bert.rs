@@ -11,7 +11,7 @@ mod common;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use longctx::bert::{BertGpu, BertModel, bert_f64, cosine};
+use longctx::models::bert::{BertGpu, BertModel, bert_f64, cosine};
 
 fn model_dir() -> Option<PathBuf> {
     match std::env::var_os("LONGCTX_MODEL_DIR") {
@@ -76,7 +76,7 @@ fn embeddings_match_the_f64_reference_and_the_published_similarity() {
         let got = &out.embeddings[s];
         let want32: Vec<f32> = want.iter().map(|&x| x as f32).collect();
         let dist = 1.0 - cosine(got, &want32);
-        let rel = longctx::reference::rel_error(got, &want);
+        let rel = longctx::contract::reference::rel_error(got, &want);
         println!("sentence {s} ({} tokens): cosine distance {dist:.2e}, rel err {rel:.2e}", tok.ids.len());
         assert!(dist <= 1e-4, "sentence {s}: cosine distance {dist:.3e} to the f64 reference");
         worst_cos = worst_cos.max(dist);

@@ -5,8 +5,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use longctx::contract::reference::rel_error;
 use longctx::io::{read_npy, write_npy};
-use longctx::reference::rel_error;
 use rand::{SeedableRng, rngs::StdRng};
 
 fn longctx(args: &[&str]) -> Output {
@@ -369,7 +369,9 @@ fn tune_caches_winners_and_a_corrupt_cache_is_ignored() {
     assert!(text.contains("flash D=64 N=256 causal: preset") && text.contains("decode H=32/8"), "{text}");
     let cache: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("longctx/tune.json")).unwrap()).unwrap();
-    assert!(cache[0]["flash"]["flash:d=64"].is_array(), "{cache}");
+    // versioned entries; winners under the kernels' own keys
+    assert_eq!(cache[0]["schema"], 2, "{cache}");
+    assert!(cache[0]["winners"]["flash:d=64"].is_array(), "{cache}");
     // later commands use the winners; a corrupt cache is ignored with a warning, never a crash
     std::fs::write(dir.path().join("longctx/tune.json"), b"[{broken").unwrap();
     let out = longctx_cached(

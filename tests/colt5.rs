@@ -3,8 +3,8 @@
 
 mod common;
 
-use longctx::colt5::{Colt5Config, Colt5Layer, Colt5Weights, colt5_f64};
-use longctx::reference::rel_error;
+use longctx::contract::reference::rel_error;
+use longctx::models::colt5::{Colt5Config, Colt5Layer, Colt5Weights, colt5_f64};
 use rand::{SeedableRng, rngs::StdRng};
 
 fn small(n: usize, fraction: f64) -> Colt5Config {

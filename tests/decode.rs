@@ -4,8 +4,8 @@
 mod common;
 
 use common::{gpu, random};
+use longctx::contract::reference::{attention_f64, rel_error};
 use longctx::kernels::decode::{Decoder, DecoderConfig};
-use longctx::reference::{attention_f64, rel_error};
 use longctx::{Alibi, Error};
 use rand::{SeedableRng, rngs::StdRng};
 

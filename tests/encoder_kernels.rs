@@ -4,9 +4,9 @@
 mod common;
 
 use common::{gpu, random, seed};
+use longctx::contract::reference::rel_error;
 use longctx::kernels::embed::{Embeddings, Pool, gather_f64, pool_normalize_f64};
 use longctx::kernels::layer::LayerOp;
-use longctx::reference::rel_error;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 #[test]
@@ -84,10 +84,15 @@ fn gather_and_pooling_match_the_oracles() {
     println!("gather rel err {:.2e}, pool + normalise rel err {:.2e} (seed {seed})", worst.0, worst.1);
     assert!(worst.0 < 1e-6 && worst.1 < 1e-5, "{worst:?} (seed {seed})");
     // bad input: ids beyond the vocabulary, positions beyond the table, empty or over-long sentences
+    let err = emb.prepare(g, &[vocab as u32], &[0]).unwrap_err();
     assert!(
-        emb.prepare(g, &[vocab as u32], &[0]).unwrap_err().to_string().contains("outside the vocabulary")
+        matches!(err, longctx::Error::OutOfRange { value, max, .. } if value == vocab as u64 && max == vocab as u64 - 1),
+        "{err}"
     );
-    assert!(emb.prepare(g, &[0], &[max_pos as u32]).unwrap_err().to_string().contains("position"));
+    assert!(err.to_string().contains("vocabulary"), "{err}");
+    let err = emb.prepare(g, &[0], &[max_pos as u32]).unwrap_err();
+    assert!(matches!(err, longctx::Error::OutOfRange { value, .. } if value == max_pos as u64), "{err}");
+    assert!(err.to_string().contains("position"), "{err}");
     assert!(Pool::new(g, &[0, 3], 4, d).is_err());
     assert!(Pool::new(g, &[5], 4, d).is_err());
 }

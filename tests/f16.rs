@@ -2,7 +2,7 @@
 
 mod common;
 
-use longctx::reference::{attention_f64, rel_error};
+use longctx::contract::reference::{attention_f64, rel_error};
 use longctx::{Alibi, Attention, AttnShape, AttnSpec, DeviceTensors};
 
 fn round16(x: &[f32]) -> Vec<f32> {

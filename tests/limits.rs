@@ -110,7 +110,10 @@ fn matmul_runs_rows_in_chunks_beyond_one_binding() {
     let mm = Matmul::new(g, m, k, n, true, Activation::Gelu).unwrap();
     assert!(mm.dispatches() > 1, "{} dispatch(es)", mm.dispatches());
     let c = mm.run(g, &a, &b, Some(&bias)).unwrap();
-    let err = longctx::reference::rel_error(&c, &matmul_f64(&a, &b, Some(&bias), m, k, n, Activation::Gelu));
+    let err = longctx::contract::reference::rel_error(
+        &c,
+        &matmul_f64(&a, &b, Some(&bias), m, k, n, Activation::Gelu),
+    );
     println!("matmul beyond a 1 MiB binding: {} chunks of rows, rel err {err:.2e}", mm.dispatches());
     assert!(err <= 1e-5, "{err}");
 }
@@ -127,10 +130,10 @@ fn backward_fits_small_workgroup_memory_and_refuses_tensors_beyond_a_binding() {
     let (q, k, v) = common::inputs(&spec, 5);
     let d_o = common::random(spec.shape.q_len(), &mut rand::SeedableRng::seed_from_u64(6));
     let (_, got) = bwd.run(g, &q, &k, &v, &d_o).unwrap();
-    let (dq, dk, dv) = longctx::reference::attention_backward_f64(&spec, &q, &k, &v, &d_o).unwrap();
-    let err = longctx::reference::rel_error(&got.dq, &dq)
-        .max(longctx::reference::rel_error(&got.dk, &dk))
-        .max(longctx::reference::rel_error(&got.dv, &dv));
+    let (dq, dk, dv) = longctx::contract::reference::attention_backward_f64(&spec, &q, &k, &v, &d_o).unwrap();
+    let err = longctx::contract::reference::rel_error(&got.dq, &dq)
+        .max(longctx::contract::reference::rel_error(&got.dk, &dk))
+        .max(longctx::contract::reference::rel_error(&got.dv, &dv));
     println!("backward under 16 KiB workgroup memory, tiles {c:?}: rel err {err:.2e}");
     assert!(err < 1e-4);
     // the query rows of one kv head's group beyond the binding: a typed error naming it
@@ -161,11 +164,11 @@ fn backward_runs_tensors_beyond_one_binding_in_chunks_of_heads() {
     bwd.encode(g, &mut enc, &grads.buffers(&io)).unwrap();
     g.queue.submit([enc.finish()]);
     let got = grads.read(g).unwrap();
-    let (dq, dk, dv) = longctx::reference::attention_backward_f64(&spec, &q, &k, &v, &d_o).unwrap();
+    let (dq, dk, dv) = longctx::contract::reference::attention_backward_f64(&spec, &q, &k, &v, &d_o).unwrap();
     let e = [
-        longctx::reference::rel_error(&got.dq, &dq),
-        longctx::reference::rel_error(&got.dk, &dk),
-        longctx::reference::rel_error(&got.dv, &dv),
+        longctx::contract::reference::rel_error(&got.dq, &dq),
+        longctx::contract::reference::rel_error(&got.dk, &dk),
+        longctx::contract::reference::rel_error(&got.dv, &dv),
     ];
     println!(
         "backward in {} chunks under a 1 MiB binding limit: dQ {:.2e} dK {:.2e} dV {:.2e} (seed {seed})",

@@ -2,8 +2,8 @@
 
 mod common;
 
+use longctx::contract::reference::rel_error;
 use longctx::kernels::matmul::{Activation, Matmul, matmul_f64};
-use longctx::reference::rel_error;
 use rand::{SeedableRng, rngs::StdRng};
 
 #[test]

@@ -4,8 +4,8 @@
 
 mod common;
 
-use longctx::profile::Profile;
 use longctx::{Alibi, Attention, AttnShape, AttnSpec, Gpu, GpuOptions, Kernel};
+use longctx::{FlashConfig, Profile};
 
 #[test]
 fn every_preset_fits_its_hardware_and_validates() {
@@ -13,7 +13,7 @@ fn every_preset_fits_its_hardware_and_validates() {
     for p in Profile::all() {
         let l = &p.limits;
         for d in (4..=256).step_by(4) {
-            let c = p.flash_config(d);
+            let c = FlashConfig::for_profile(&p, d);
             assert!(
                 c.workgroup_bytes(d) <= l.max_compute_workgroup_storage_size as u64,
                 "{}: D={d} {c:?} needs {} B",

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{check_both, check_kernel, gpu};
-use longctx::mask::{BigBird, Mask};
+use longctx::contract::mask::{BigBird, Mask};
 use longctx::{Alibi, Attention, AttnShape, AttnSpec, FlashConfig, Window};
 use proptest::prelude::*;
 
@@ -152,8 +152,8 @@ fn flash_visits_only_listed_tiles() {
             .entries
             .iter()
             .map(|&e| {
-                ((e & !longctx::blockmap::FULL) as u64 * 16 + 16).min(500)
-                    - (e & !longctx::blockmap::FULL) as u64 * 16
+                ((e & !longctx::contract::blockmap::FULL) as u64 * 16 + 16).min(500)
+                    - (e & !longctx::contract::blockmap::FULL) as u64 * 16
             })
             .sum();
         assert_eq!(counted.keys, listed_keys * 2, "{name}: keys loaded");

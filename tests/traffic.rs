@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::Arc;
 
-use longctx::mask::{BigBird, Mask};
+use longctx::contract::mask::{BigBird, Mask};
 use longctx::{Alibi, Attention, AttnShape, AttnSpec, DeviceTensors, Kernel, Window};
 
 fn specs() -> Vec<AttnSpec> {

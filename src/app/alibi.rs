@@ -4,9 +4,10 @@
 use egui_plot::{Bar, BarChart, Legend, Line, Plot};
 
 use super::patterns::Settings;
-use crate::reference::attention_rows_f64;
-use crate::spec::alibi_slopes;
+use crate::contract::reference::attention_rows_f64;
+use crate::contract::spec::alibi_slopes;
 
+/// The ALiBi panel's state: the cached effect curves.
 #[derive(Default)]
 pub struct AlibiState {
     /// (settings, with ALiBi, without) of the last effect computation.
@@ -50,6 +51,8 @@ fn effect(settings: &Settings, alibi: bool) -> Vec<[f64; 2]> {
         .collect()
 }
 
+/// Draws the slopes for the current head count, bias against distance, and the mean
+/// probability against distance with and without ALiBi (recomputed when `settings` change).
 pub fn alibi_ui(ui: &mut egui::Ui, st: &mut AlibiState, settings: &Settings) {
     let heads = settings.heads;
     let slopes = alibi_slopes(heads);

@@ -7,25 +7,34 @@ use std::sync::{Arc, Mutex};
 use egui_plot::{Legend, Line, Plot, Points};
 
 use super::Job;
-use crate::bench::{Record, fitted_exponent, run_config};
-use crate::gpu::Gpu;
+use crate::contract::spec::{AttnShape, AttnSpec};
 use crate::kernels::Kernel;
 use crate::kernels::peak;
-use crate::spec::{AttnShape, AttnSpec};
+use crate::measure::bench::{Record, fitted_exponent, run_config};
+use crate::runtime::Gpu;
 
+/// The benchmarks panel's inputs, running sweep and results.
 pub struct BenchState {
+    /// Sequence lengths N to sweep, comma-separated; a `k` suffix means ×1024.
     pub sizes: String,
+    /// Include the flash kernel.
     pub flash: bool,
+    /// Include the naive kernel.
     pub naive: bool,
+    /// Sweep with a causal mask (else dense).
     pub causal: bool,
+    /// Timed runs per configuration.
     pub reps: usize,
+    /// Path of a `longctx bench --json` file to load.
     pub json_path: String,
+    /// Records plotted: the sweep so far, or those loaded.
     pub records: Vec<Record>,
     progress: Arc<AtomicUsize>,
     total: usize,
     cancel: Arc<AtomicBool>,
     partial: Arc<Mutex<Vec<Record>>>,
     job: Option<Job<()>>,
+    /// Status line: progress, `done`, `cancelled` or an error.
     pub message: String,
 }
 
@@ -60,6 +69,8 @@ fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
         .collect()
 }
 
+/// Draws the sweep controls (started as a [`Job`], inline when `inline`), the JSON loader
+/// and time against N on log–log axes with a fitted exponent per curve.
 pub fn bench_ui(ui: &mut egui::Ui, st: &mut BenchState, gpu: &Gpu, inline: bool) {
     if let Some(r) = st.job.as_ref().and_then(Job::poll) {
         st.job = None;

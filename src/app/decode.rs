@@ -1,21 +1,25 @@
 //! Decode panel: KV-cache memory against tokens for MHA, GQA and MQA, and decoding speed
 //! against context measured on this device.
 
-use std::time::Instant;
-
 use egui_plot::{Legend, Line, Plot, Points};
 
 use super::Job;
-use crate::gpu::Gpu;
 use crate::kernels::decode::{Decoder, DecoderConfig};
+use crate::runtime::Gpu;
+use crate::runtime::timing::time_host;
 
+/// The decode panel's inputs and measurements.
 pub struct DecodeState {
+    /// Query heads H; the variants compared are MHA (H kv heads), GQA (H/4) and MQA (1).
     pub heads: usize,
+    /// Head dim D (kept a multiple of 4).
     pub d: usize,
+    /// Layers L of the KV-cache memory plot (the speed measurement runs one layer).
     pub layers: usize,
     /// (kv heads, context, tokens/s) measured.
     pub measured: Vec<(usize, usize, f64)>,
     job: Option<Job<Vec<(usize, usize, f64)>>>,
+    /// Status line of the measurement.
     pub message: String,
 }
 
@@ -39,7 +43,8 @@ fn name(heads: usize, kv: usize) -> String {
     }
 }
 
-/// Median ms per one-token step after prefilling `context` positions (one layer).
+/// Decoding tokens per second (one token per step, one layer) after prefilling `context`
+/// positions: 1000 / the median ms of a step.
 fn tokens_per_s(gpu: &Gpu, heads: usize, kv: usize, d: usize, context: usize) -> Result<f64, String> {
     let steps = 4;
     let mut dec = Decoder::new(gpu, DecoderConfig::new(heads, kv, d, context + steps + 1))
@@ -47,19 +52,16 @@ fn tokens_per_s(gpu: &Gpu, heads: usize, kv: usize, d: usize, context: usize) ->
     let x = vec![0.01f32; kv * context * d];
     dec.prefill(gpu, 0, &x, &x).map_err(|e| e.to_string())?;
     let (q, kn) = (vec![0.02f32; heads * d], vec![0.03f32; kv * d]);
-    let mut ms = Vec::new();
-    for i in 0..=steps {
-        let t0 = Instant::now();
-        dec.step(gpu, 0, &q, &kn, &kn).map_err(|e| e.to_string())?;
-        gpu.wait().map_err(|e| e.to_string())?;
-        if i > 0 {
-            ms.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    ms.sort_by(f64::total_cmp);
-    Ok(1e3 / ms[ms.len() / 2])
+    let t = time_host(1, steps, |_| {
+        dec.step(gpu, 0, &q, &kn, &kn)?;
+        gpu.wait()
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(1e3 / t.median())
 }
 
+/// Draws KV-cache GiB against cached tokens (f32) for the three variants, and measures and
+/// plots decoding tokens/s against context (256, 1K, 4K) on `gpu`.
 pub fn decode_ui(ui: &mut egui::Ui, st: &mut DecodeState, gpu: &Gpu, inline: bool) {
     if let Some(r) = st.job.as_ref().and_then(Job::poll) {
         st.job = None;

@@ -3,10 +3,13 @@
 
 use egui_plot::{HLine, Legend, Line, Plot};
 
-use crate::plan::{GPUS, ModelShape, Plan, context_cost_ratio};
+use crate::measure::plan::{GPUS, ModelShape, Plan, context_cost_ratio};
 
+/// The memory panel's inputs.
 pub struct MemoryState {
+    /// Model preset, one of [`ModelShape::PRESETS`].
     pub preset: &'static str,
+    /// Context length in K tokens (×1024).
     pub n_k: usize,
 }
 
@@ -20,6 +23,8 @@ fn gb(b: u64) -> String {
     format!("{:.1} GB", b as f64 / 1e9)
 }
 
+/// Draws the plan table (batch 1, bf16) with GPUs needed, and training memory and KV cache
+/// against context on log–log axes with each GPU's capacity.
 pub fn memory_ui(ui: &mut egui::Ui, st: &mut MemoryState) {
     ui.horizontal(|ui| {
         egui::ComboBox::from_label("model").selected_text(st.preset).show_ui(ui, |ui| {
@@ -32,6 +37,8 @@ pub fn memory_ui(ui: &mut egui::Ui, st: &mut MemoryState) {
     let model = ModelShape::preset(st.preset).expect("a preset");
     let n = st.n_k * 1024;
     let plan = Plan::new(&model, n, 1, 2);
+    // The ratio is the context cost model of docs/DESIGN.md §2. The label's wording ("the
+    // seed's") is pinned by tests/snapshots/panel_memory.png; reword it with a snapshot refresh.
     ui.label(format!(
         "{}: {:.2} B parameters, bf16; growing the context 2K -> {}K costs {:.1}x per the seed's (d + p·n)/(d + n)",
         model.name,

@@ -27,23 +27,33 @@ pub fn patterns_pattern(name: &str) -> Pattern {
     }
 }
 
-use crate::gpu::Gpu;
+use crate::runtime::Gpu;
 
 /// The panels, in tab order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tab {
+    /// Attention heatmaps of the current problem.
     Patterns,
+    /// The flash kernel's block map: tiles visited and skipped.
     Tiles,
+    /// ALiBi slopes, bias and its effect on attention.
     Alibi,
+    /// Device-memory traffic of naive vs flash attention.
     Traffic,
+    /// KV-cache memory and decoding speed against context.
     Decode,
+    /// The memory planner.
     Memory,
+    /// CoLT5 conditional routing.
     Routing,
+    /// A BERT encoder's attention maps.
     Model,
+    /// Benchmark sweeps and `longctx bench --json` records.
     Bench,
 }
 
 impl Tab {
+    /// Every tab, in display order.
     pub const ALL: [Tab; 9] = [
         Tab::Patterns,
         Tab::Tiles,
@@ -55,6 +65,7 @@ impl Tab {
         Tab::Model,
         Tab::Bench,
     ];
+    /// The tab's caption.
     pub fn label(self) -> &'static str {
         match self {
             Tab::Patterns => "Patterns",
@@ -103,15 +114,25 @@ impl<T: Send + 'static> Job<T> {
 
 /// The application state.
 pub struct LongctxApp {
+    /// The engine on eframe's device, or why there is none (shown instead of every panel).
     pub gpu: Result<Gpu, String>,
+    /// The panel shown.
     pub tab: Tab,
+    /// Patterns panel; its settings and computed problem also feed Tiles, ALiBi and Traffic.
     pub patterns: patterns::PatternsState,
+    /// ALiBi panel.
     pub alibi: alibi::AlibiState,
+    /// Memory-traffic panel.
     pub traffic: traffic::TrafficState,
+    /// Decode panel.
     pub decode: decode::DecodeState,
+    /// Memory-plan panel.
     pub memory: memory::MemoryState,
+    /// Routing panel.
     pub routing: routing::RoutingState,
+    /// Model panel.
     pub model: model::ModelState,
+    /// Benchmarks panel.
     pub bench: bench::BenchState,
     /// Run jobs in the UI thread (deterministic frames, for tests).
     pub inline_jobs: bool,
@@ -121,7 +142,8 @@ impl LongctxApp {
     /// Builds the app on eframe's wgpu device (`cc.wgpu_render_state`).
     pub fn new(cc: &eframe::CreationContext<'_>) -> Self {
         let gpu = match &cc.wgpu_render_state {
-            Some(rs) => Ok(Gpu::from_wgpu(rs.device.clone(), rs.queue.clone(), rs.adapter.get_info())),
+            Some(rs) => Ok(Gpu::from_wgpu(rs.device.clone(), rs.queue.clone(), rs.adapter.get_info())
+                .with_cached_tuning()),
             None => Err("eframe started without its wgpu renderer; longctx needs wgpu".to_string()),
         };
         Self {
@@ -188,14 +210,14 @@ impl eframe::App for LongctxApp {
 
 /// Opens the visualiser window. The device is created by eframe with longctx's request
 /// (the adapter's limits and useful features), then shared with the engine.
-pub fn run() -> anyhow::Result<()> {
+pub fn run() -> Result<(), eframe::Error> {
     let mut options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default().with_inner_size([1280.0, 860.0]).with_title("longctx"),
         ..Default::default()
     };
     if let egui_wgpu::WgpuSetup::CreateNew(setup) = &mut options.wgpu_options.wgpu_setup {
-        setup.device_descriptor = std::sync::Arc::new(|adapter| crate::gpu::device_descriptor(adapter, None));
+        setup.device_descriptor =
+            std::sync::Arc::new(|adapter| crate::runtime::device_descriptor(adapter, None));
     }
     eframe::run_native("longctx", options, Box::new(|cc| Ok(Box::new(LongctxApp::new(cc)))))
-        .map_err(|e| anyhow::anyhow!("the visualiser could not start: {e}"))
 }

@@ -10,42 +10,61 @@ use egui::{Align2, Color32, FontId, Pos2, Rect, Sense, Stroke, Vec2, pos2};
 
 use super::Job;
 use super::colormap::color;
-use crate::bert::{AttentionMaps, BertGpu, BertModel};
-use crate::gpu::Gpu;
+use crate::models::bert::{AttentionMaps, BertGpu, BertModel};
+use crate::runtime::Gpu;
 
 /// A model loaded once and kept on the device.
 pub struct Loaded {
+    /// The model directory; a run with the same directory reuses this load.
     pub dir: PathBuf,
+    /// Config, host weights and tokenizer.
     pub model: BertModel,
+    /// The weights uploaded to the device.
     pub encoder: BertGpu,
 }
 
 /// One sentence through the encoder.
 pub struct ModelRun {
+    /// The model it ran on, kept for the next run.
     pub loaded: Arc<Loaded>,
+    /// The sentence's tokens (word pieces, with `[CLS]` and `[SEP]`).
     pub tokens: Vec<String>,
+    /// Attention probabilities of every layer and head.
     pub maps: AttentionMaps,
+    /// The L2-normalised sentence embedding, `[hidden_size]`.
     pub embedding: Vec<f32>,
+    /// Host-clock time of the GPU encode including readback, in ms (tokenising excluded).
     pub ms: f64,
     /// One n × n texture per (layer, head), built once when the run arrives, so frames draw
     /// images instead of layers·heads·n² rectangles.
     pub textures: Vec<egui::TextureHandle>,
 }
 
+/// Which attention view the model panel shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum View {
+    /// One layer's head: token × token matrix beside lines between tokens.
     Head,
+    /// Every layer × head as small multiples.
     Model,
 }
 
+/// The model panel's inputs, last run and readout.
 pub struct ModelState {
+    /// Model directory (`LONGCTX_MODEL_DIR` by default).
     pub dir: String,
+    /// The sentence to encode.
     pub text: String,
+    /// Layer shown in the head view.
     pub layer: usize,
+    /// Head shown in the head view.
     pub head: usize,
+    /// Head or model view.
     pub view: View,
+    /// The last finished encode, if any.
     pub run: Option<ModelRun>,
     job: Option<Job<ModelRun>>,
+    /// The last error, empty after a successful run.
     pub message: String,
     /// What the pointer is over, as a readout line.
     pub hover: Option<String>,
@@ -91,6 +110,8 @@ fn compute(gpu: &Gpu, dir: PathBuf, text: String, loaded: Option<Arc<Loaded>>) -
     Ok(ModelRun { loaded, tokens, maps, embedding: out.embeddings[0].clone(), ms, textures: Vec::new() })
 }
 
+/// Draws the directory and sentence inputs, starts an encode as a [`Job`] (inline when
+/// `inline`), and shows the head or model view of the last run.
 pub fn model_ui(ui: &mut egui::Ui, st: &mut ModelState, gpu: &Gpu, inline: bool) {
     if let Some(r) = st.job.as_ref().and_then(Job::poll) {
         st.job = None;

@@ -9,12 +9,12 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use super::Job;
 use super::colormap::{color, normalise};
-use crate::gpu::Gpu;
+use crate::contract::mask::{BigBird, Mask};
+use crate::contract::spec::{Alibi, AttnShape, AttnSpec, Window};
 use crate::io::{read_npy, read_safetensors};
 use crate::kernels::heatmap::{HeatView, Heatmap};
 use crate::kernels::{Attention, DeviceTensors, Kernel};
-use crate::mask::{BigBird, Mask};
-use crate::spec::{Alibi, AttnShape, AttnSpec, Window};
+use crate::runtime::Gpu;
 
 /// Where Q, K, V come from.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,31 +25,56 @@ pub enum Inputs {
     /// so q_i·k_j falls off with |i − j| and patterns have structure.
     Structured,
     /// `.npy` files (Q, K, V paths) or one `.safetensors` file with tensors `q`, `k`, `v`.
-    Files { q: String, k: String, v: String, safetensors: String },
+    Files {
+        /// Path of Q, `[H, N, D]` or `[1, H, N, D]` float32.
+        q: String,
+        /// Path of K, `[Hkv, M, D]` or `[1, Hkv, M, D]` float32.
+        k: String,
+        /// Path of V, shaped as K.
+        v: String,
+        /// Path of a `.safetensors` file; when not blank it is read instead of the `.npy` paths.
+        safetensors: String,
+    },
 }
 
 /// The sparse pattern on top of causal/window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pattern {
+    /// No sparse pattern.
     None,
+    /// A ±64 sliding window plus 4 global tokens.
     Longformer,
+    /// BigBird on 64-token blocks: 1 global block, ±1 neighbouring block, 2 random blocks
+    /// drawn from `seed`.
     BigBird,
+    /// 4 global tokens only.
     Global,
+    /// Four equal packed documents; each query sees only its own.
     Segments,
 }
 
 /// Everything that defines the computed problem.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
+    /// Sequence length N = M (input files decide their own).
     pub n: usize,
+    /// Head dim D (input files decide their own).
     pub d: usize,
+    /// Query heads H.
     pub heads: usize,
+    /// Key/value heads; must divide `heads`.
     pub kv_heads: usize,
+    /// Causal mask.
     pub causal: bool,
+    /// Sliding window (L, R): row p sees keys p − L ..= p + R; `None` for no window.
     pub window: Option<(usize, usize)>,
+    /// Standard ALiBi slopes.
     pub alibi: bool,
+    /// Sparse pattern on top of causal/window.
     pub pattern: Pattern,
+    /// Where Q, K, V come from.
     pub inputs: Inputs,
+    /// Seed of the random and structured inputs and of BigBird's random blocks.
     pub seed: u64,
 }
 
@@ -159,18 +184,26 @@ fn structured(heads: usize, n: usize, d: usize, rng: &mut StdRng) -> Vec<f32> {
 
 /// The computed problem: host inputs (for hover readouts), device state, per-row LSE.
 pub struct Computed {
+    /// The settings it was computed from.
     pub settings: Settings,
+    /// The problem, with the shape of the input files where they were used.
     pub spec: AttnSpec,
+    /// Host Q, `[B, H, N, D]` with B = 1.
     pub q: Vec<f32>,
+    /// Host K, `[B, Hkv, M, D]` with B = 1.
     pub k: Vec<f32>,
+    /// The flash kernel prepared for `spec`; its block map feeds the Tiles panel.
     pub attn: Attention,
+    /// Q, K, V, O and LSE on the device.
     pub io: DeviceTensors,
+    /// The heatmap kernel for `attn`, rendering views from `io`.
     pub heatmap: Heatmap,
     /// `[B, H, N]` read back once per computation.
     pub lse: Vec<f32>,
 }
 
 impl Computed {
+    /// Runs flash on the problem `settings` describe and reads back its LSE.
     pub fn new(gpu: &Gpu, settings: Settings) -> crate::Result<Self> {
         let (spec, q, k, v) = settings.materialise()?;
         let attn = Attention::new(gpu, Kernel::Flash, &spec)?;
@@ -208,39 +241,60 @@ impl Computed {
 /// What the hover shows.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Readout {
+    /// Query row.
     pub i: usize,
+    /// Key column.
     pub j: usize,
+    /// Score as the softmax sees it: scale·q_i·k_j + `bias`.
     pub score: f32,
+    /// ALiBi bias −slope·|p_i − j| (0 without ALiBi).
     pub bias: f32,
+    /// Whether the mask lets row i see key j.
     pub visible: bool,
+    /// Attention probability, exp(score − LSE); 0 where masked.
     pub p: f32,
 }
 
 /// One rendered view of the heatmap.
 pub struct HeatImage {
+    /// What was rendered: head, rows, keys, size in pixels, pooling.
     pub view: HeatView,
+    /// Pooled probabilities, one per pixel, `[height, width]`.
     pub values: Vec<f32>,
+    /// The coloured image uploaded to egui.
     pub texture: Option<egui::TextureHandle>,
+    /// Whether it was coloured on the log scale.
     pub log: bool,
 }
 
 /// State of the panel.
 pub struct PatternsState {
+    /// The problem as edited; a change starts a new computation.
     pub settings: Settings,
+    /// Head shown.
     pub head: usize,
+    /// Colour on a log scale.
     pub log_scale: bool,
+    /// Pool probabilities into pixels by mean (else max).
     pub mean_pool: bool,
     /// Rows and keys in view.
     pub rows: Range<usize>,
+    /// Keys in view.
     pub cols: Range<usize>,
+    /// Most pixels per side of the heatmap.
     pub resolution: usize,
+    /// The last successful computation.
     pub computed: Option<Computed>,
+    /// The last rendered view.
     pub heat: Option<HeatImage>,
+    /// The computation in flight.
     pub job: Option<Job<Computed>>,
+    /// The last computation or rendering error.
     pub error: Option<String>,
     /// Settings whose computation failed (not retried until they change).
     pub failed: Option<Settings>,
     pending: Option<Settings>,
+    /// Readout of the cell under the pointer.
     pub hover: Option<Readout>,
     /// Bytes read back for the last heatmap (the pooled pixels only).
     pub readback_bytes: usize,
@@ -339,6 +393,8 @@ impl PatternsState {
     }
 }
 
+/// Draws the settings panel and the heatmap: recomputes when the settings change (as a
+/// [`Job`], inline when `inline`), re-renders when the view changes; zoom, pan, hover.
 pub fn patterns_ui(ui: &mut egui::Ui, st: &mut PatternsState, gpu: &Gpu, inline: bool) {
     egui::Panel::left("pattern settings").resizable(false).show(ui, |ui| settings_ui(ui, st));
     st.refresh(ui.ctx(), gpu, inline);

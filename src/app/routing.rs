@@ -5,15 +5,21 @@ use egui::{Color32, Rect, Sense, Vec2, pos2};
 use egui_plot::{Bar, BarChart, Legend, Plot};
 
 use super::Job;
-use crate::colt5::{BranchTiming, Colt5Config, Colt5Layer, Colt5Weights, router_scores_cpu};
-use crate::gpu::Gpu;
+use crate::models::colt5::{BranchTiming, Colt5Config, Colt5Layer, Colt5Weights, router_scores_cpu};
+use crate::runtime::Gpu;
 
+/// The routing panel's inputs and last result.
 pub struct RoutingState {
+    /// Tokens N.
     pub n: usize,
+    /// Model width (kept a multiple of 64).
     pub d_model: usize,
+    /// Each router takes 1/`fraction_inv` of the tokens.
     pub fraction_inv: usize,
+    /// The last finished run.
     pub result: Option<RoutingResult>,
     job: Option<Job<RoutingResult>>,
+    /// The last error, empty after a successful run.
     pub message: String,
 }
 
@@ -25,11 +31,15 @@ impl Default for RoutingState {
 
 /// One run of the routed and the dense layer.
 pub struct RoutingResult {
+    /// Tokens N.
     pub n: usize,
     /// Routed indices (q, kv, ffn).
     pub routed: [Vec<u32>; 3],
+    /// Router scores (cosine similarity) of every token, (q, kv, ffn), from the CPU.
     pub scores: [Vec<f64>; 3],
+    /// Per-branch time and FLOPs of the routed layer.
     pub colt5: Vec<BranchTiming>,
+    /// Per-branch time and FLOPs of the dense layer (every token takes both heavy branches).
     pub dense: Vec<BranchTiming>,
 }
 
@@ -50,6 +60,8 @@ const COLORS: [Color32; 3] =
     [Color32::from_rgb(253, 231, 37), Color32::from_rgb(94, 201, 98), Color32::from_rgb(59, 82, 139)];
 const NAMES: [&str; 3] = ["heavy attention query", "heavy attention key/value", "heavy FFN"];
 
+/// Draws the controls, runs the routed and dense layers as a [`Job`] (inline when `inline`),
+/// and shows the routed tokens per router, the score histogram and the per-branch table.
 pub fn routing_ui(ui: &mut egui::Ui, st: &mut RoutingState, gpu: &Gpu, inline: bool) {
     if let Some(r) = st.job.as_ref().and_then(Job::poll) {
         st.job = None;

@@ -7,17 +7,20 @@ use egui_plot::{Legend, Line, Plot, Points};
 
 use super::Job;
 use super::patterns::Settings;
-use crate::gpu::Gpu;
 use crate::kernels::{Attention, DeviceTensors, Kernel};
+use crate::runtime::Gpu;
 
 const NS: [usize; 8] = [128, 256, 512, 1024, 2048, 4096, 8192, 16384];
 
+/// The memory-traffic panel's state: modelled and measured curves, slider, animation.
 pub struct TrafficState {
     /// (settings, [(N, naive model, flash model)]).
     model: Option<(Settings, Vec<(usize, u64, u64)>)>,
     measured: Vec<(String, usize, u64)>,
     measure_job: Option<Job<Vec<(String, usize, u64)>>>,
+    /// Workgroup memory of the IO-bound plot, in KiB.
     pub sram_kib: f32,
+    /// Whether the tile schedule animates.
     pub playing: bool,
 }
 
@@ -63,6 +66,8 @@ fn measure(gpu: &Gpu, settings: &Settings) -> Result<Vec<(String, usize, u64)>, 
     Ok(out)
 }
 
+/// Draws modelled (and, on request, measured) device-memory bytes of naive and flash
+/// against N for `settings`, the workgroup-memory plot and the tile-schedule animation.
 pub fn traffic_ui(ui: &mut egui::Ui, st: &mut TrafficState, settings: &Settings, gpu: &Gpu, inline: bool) {
     if st.model.as_ref().is_none_or(|m| &m.0 != settings) {
         st.model = Some((settings.clone(), modelled(gpu, settings)));
@@ -157,9 +162,9 @@ fn schedule_ui(ui: &mut egui::Ui, st: &mut TrafficState, settings: &Settings) {
     let tiles = 8usize;
     let tile = 64usize;
     let Ok(spec) = settings.spec(tiles * tile, settings.d) else { return };
-    let Ok(map) = crate::blockmap::BlockMap::build(&spec, tile, tile.min(32)) else { return };
+    let Ok(map) = crate::contract::blockmap::BlockMap::build(&spec, tile, tile.min(32)) else { return };
     let steps: Vec<(usize, u32)> = (0..map.n_qtiles)
-        .flat_map(|qt| map.row(0, qt).iter().map(move |&e| (qt, e & !crate::blockmap::FULL)))
+        .flat_map(|qt| map.row(0, qt).iter().map(move |&e| (qt, e & !crate::contract::blockmap::FULL)))
         .collect();
     ui.horizontal(|ui| {
         ui.checkbox(&mut st.playing, "animate the tile schedule");

@@ -114,7 +114,7 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
         return backward(dev, a, &spec, &q, &k, &v, path);
     }
     let out = match a.kernel {
-        KernelArg::Cpu => longctx::reference::attention(&spec, &q.data, &k.data, &v.data)?,
+        KernelArg::Cpu => longctx::contract::reference::attention(&spec, &q.data, &k.data, &v.data)?,
         KernelArg::Flash | KernelArg::Naive => {
             let kernel = if a.kernel == KernelArg::Flash { Kernel::Flash } else { Kernel::Naive };
             let gpu = dev.gpu()?;
@@ -148,9 +148,10 @@ fn backward(
     spec.check_grad(&d_o.data)?;
     let (out, grads) = match a.kernel {
         KernelArg::Cpu => {
-            let out = longctx::reference::attention(spec, &q.data, &k.data, &v.data)?;
-            let (dq, dk, dv) =
-                longctx::reference::attention_backward_f64(spec, &q.data, &k.data, &v.data, &d_o.data)?;
+            let out = longctx::contract::reference::attention(spec, &q.data, &k.data, &v.data)?;
+            let (dq, dk, dv) = longctx::contract::reference::attention_backward_f64(
+                spec, &q.data, &k.data, &v.data, &d_o.data,
+            )?;
             let f = |x: Vec<f64>| x.into_iter().map(|v| v as f32).collect();
             (out, longctx::Gradients { dq: f(dq), dk: f(dk), dv: f(dv) })
         }

@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
-use longctx::bench::{Record, fitted_exponent, run_config};
+use longctx::contract::inputs::hashed;
+use longctx::contract::mask::{BigBird, Mask};
 use longctx::kernels::peak;
-use longctx::mask::{BigBird, Mask};
+use longctx::measure::bench::{Record, fitted_exponent, run_config};
+use longctx::runtime::timing::time_wall;
 use longctx::{Alibi, AttnSpec, Kernel, Window};
 
 use super::DeviceArgs;
@@ -223,7 +225,13 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
         bar.set_message(format!("{} {} N={}", c.kernel.name(), describe(&c.spec), c.spec.shape.n));
         records.push(run_config(&gpu, c.kernel, &c.spec, c.reps, &peak, !a.no_traffic, &describe(&c.spec)));
         if a.f16 && c.kernel == Kernel::Flash {
-            records.push(longctx::bench::run_config_f16(&gpu, &c.spec, c.reps, &peak, &describe(&c.spec)));
+            records.push(longctx::measure::bench::run_config_f16(
+                &gpu,
+                &c.spec,
+                c.reps,
+                &peak,
+                &describe(&c.spec),
+            ));
         }
         bar.inc(1);
     }
@@ -324,7 +332,7 @@ fn exponents(records: &[Record]) -> Vec<String> {
 
 /// `--backward`: flash forward, backward and both, per configuration.
 fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant) -> anyhow::Result<()> {
-    use longctx::bench::{BACKWARD_FLOP_FACTOR, run_backward};
+    use longctx::measure::bench::{BACKWARD_FLOP_FACTOR, run_backward};
     let specs: Vec<(AttnSpec, usize)> = if a.n.is_some() || a.mask.causal || a.mask.window.is_some() {
         configs(a)?.into_iter().filter(|c| c.kernel == Kernel::Flash).map(|c| (c.spec, c.reps)).collect()
     } else {
@@ -430,34 +438,16 @@ fn matmul_bench(gpu: &longctx::Gpu, sizes: &[usize], reps: usize) -> anyhow::Res
     ]);
     for &n in sizes {
         let mm = Matmul::new(gpu, n, n, n, false, Activation::None)?;
-        let fill = |salt: u32| {
-            (0..(n * n) as u32)
-                .map(|i| ((i.wrapping_mul(2654435761) ^ salt) >> 8) as f32 / (1u32 << 24) as f32 - 0.5)
-                .collect::<Vec<f32>>()
-        };
-        let (a, b) = (fill(1), fill(2));
+        let (a, b) = (hashed(n * n, 1), hashed(n * n, 2));
         let c = mm.run(gpu, &a, &b, None)?;
         let rows: Vec<usize> = (0..16).map(|i| i * (n - 1) / 15).collect();
         let a_rows: Vec<f32> = rows.iter().flat_map(|&r| a[r * n..(r + 1) * n].to_vec()).collect();
         let want = matmul_f64(&a_rows, &b, None, rows.len(), n, n, Activation::None);
         let got: Vec<f32> = rows.iter().flat_map(|&r| c[r * n..(r + 1) * n].to_vec()).collect();
-        let err = longctx::reference::rel_error(&got, &want);
+        let err = longctx::contract::reference::rel_error(&got, &want);
         let (ab, bb) = (gpu.upload("A", &a)?, gpu.upload("B", &b)?);
         let cb = gpu.storage("C", (n * n * 4) as u64)?;
-        let mut samples = Vec::new();
-        for i in 0..=reps {
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            mm.encode(gpu, &mut enc, &ab, &bb, None, &cb)?;
-            let cmd = enc.finish();
-            gpu.wait()?;
-            let t0 = std::time::Instant::now();
-            gpu.queue.submit([cmd]);
-            gpu.wait()?;
-            if i > 0 {
-                samples.push(t0.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        let timing = longctx::bench::Timing { samples_ms: samples, timer: "wall" };
+        let timing = time_wall(gpu, 1, reps, |enc| mm.encode(gpu, enc, &ab, &bb, None, &cb))?;
         let gflops = mm.flops() / (timing.median() * 1e-3) / 1e9;
         t.add_row([
             n.to_string(),

@@ -1,15 +1,15 @@
 //! `longctx decode`: tokens per second of incremental decoding for MHA, GQA and MQA.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::Context;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use longctx::Alibi;
-use longctx::bench::Timing;
+use longctx::contract::inputs::hashed as fill;
+use longctx::contract::reference::{attention_f64, rel_error};
 use longctx::kernels::decode::{Decoder, DecoderConfig};
 use longctx::kernels::peak;
-use longctx::reference::{attention_f64, rel_error};
+use longctx::runtime::timing::time_host;
 use serde::Serialize;
 
 use super::DeviceArgs;
@@ -82,13 +82,6 @@ struct DecodeRecord {
     timestamp: String,
 }
 
-/// Cheap deterministic values in [-1, 1] (cache fills of hundreds of MiB).
-fn fill(len: usize, salt: u32) -> Vec<f32> {
-    (0..len as u32)
-        .map(|i| ((i.wrapping_mul(2654435761) ^ salt) >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0)
-        .collect()
-}
-
 pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
     let gpu = dev.gpu()?;
     let context = parse_size(&a.context)?;
@@ -109,39 +102,33 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
         let (k, v) = (fill(hkv * context * a.d, 1), fill(hkv * context * a.d, 2));
         dec.prefill(&gpu, 0, &k, &v)?;
         gpu.wait()?;
-        let mut samples = Vec::new();
+        let step_inputs = |step: usize| {
+            let salt = step as u32;
+            (fill(a.heads * a.d, 3 + salt), fill(hkv * a.d, 1000 + salt), fill(hkv * a.d, 2000 + salt))
+        };
+        // the first step (also the warm-up) is checked against the oracle
+        let (q, kn, vn) = step_inputs(0);
+        dec.step(&gpu, 0, &q, &kn, &vn)?;
+        gpu.wait()?;
         let mut err = f64::NAN;
-        for step in 0..a.steps + 1 {
-            let q = fill(a.heads * a.d, 3 + step as u32);
-            let (kn, vn) = (fill(hkv * a.d, 1000 + step as u32), fill(hkv * a.d, 2000 + step as u32));
-            let t0 = Instant::now();
-            dec.step(&gpu, 0, &q, &kn, &vn)?;
-            gpu.wait()?;
-            let ms = t0.elapsed().as_secs_f64() * 1e3;
-            if step == 0 {
-                // the first step (also the warm-up) is checked against the oracle
-                if a.window.is_none() {
-                    let out = dec.output(&gpu)?;
-                    let join = |cache: &[f32], new: &[f32]| -> Vec<f32> {
-                        (0..hkv)
-                            .flat_map(|h| {
-                                [
-                                    &cache[h * context * a.d..(h + 1) * context * a.d],
-                                    &new[h * a.d..(h + 1) * a.d],
-                                ]
-                                .concat()
-                            })
-                            .collect()
-                    };
-                    let (o_ref, _) =
-                        attention_f64(&dec.equivalent_spec(0), &q, &join(&k, &kn), &join(&v, &vn))?;
-                    err = rel_error(&out.o, &o_ref);
-                }
-            } else {
-                samples.push(ms);
-            }
+        if a.window.is_none() {
+            let out = dec.output(&gpu)?;
+            let join = |cache: &[f32], new: &[f32]| -> Vec<f32> {
+                (0..hkv)
+                    .flat_map(|h| {
+                        [&cache[h * context * a.d..(h + 1) * context * a.d], &new[h * a.d..(h + 1) * a.d]]
+                            .concat()
+                    })
+                    .collect()
+            };
+            let (o_ref, _) = attention_f64(&dec.equivalent_spec(0), &q, &join(&k, &kn), &join(&v, &vn))?;
+            err = rel_error(&out.o, &o_ref);
         }
-        let t = Timing { samples_ms: samples, timer: "wall" };
+        let t = time_host(0, a.steps, |i| {
+            let (q, kn, vn) = step_inputs(i + 1);
+            dec.step(&gpu, 0, &q, &kn, &vn)?;
+            gpu.wait()
+        })?;
         let traffic = dec.step_traffic();
         let ms = t.median();
         let gbps = traffic.total() as f64 / (ms * 1e-3) / 1e9;
@@ -167,7 +154,7 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
             pct_peak_copy: 100.0 * gbps / peak.copy_gbps,
             rel_err_first_step: err,
             adapter: info.name.clone(),
-            driver: longctx::gpu::driver_of(info),
+            driver: longctx::runtime::driver_of(info),
             git_commit: env!("LONGCTX_GIT_COMMIT").into(),
             timestamp: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         });

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use longctx::bert::{BertGpu, BertModel, cosine};
 use longctx::io::write_npy;
+use longctx::models::bert::{BertGpu, BertModel, cosine};
 
 use super::DeviceArgs;
 
@@ -106,20 +106,15 @@ pub fn run(dev: &DeviceArgs, a: &EmbedArgs) -> anyhow::Result<()> {
         }
         // timed again, warm (the first call compiled the pipelines), without attention maps
         let runs = 3;
-        let mut ms = Vec::new();
-        for _ in 0..runs {
-            let t0 = std::time::Instant::now();
-            encoder.encode(&gpu, &tokens, false)?;
-            ms.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-        ms.sort_by(f64::total_cmp);
+        let t =
+            longctx::runtime::timing::time_host(0, runs, |_| encoder.encode(&gpu, &tokens, false).map(drop))?;
         let total: usize = tokens.iter().map(|t| t.ids.len()).sum();
         eprintln!(
             "encoded {} sentences ({total} tokens) in {:.1} ms (median of {runs} warm runs, host clock, upload to readback) on {} — {:.1} ms per sentence",
             sentences.len(),
-            ms[runs / 2],
+            t.median(),
             gpu.info().name,
-            ms[runs / 2] / sentences.len() as f64
+            t.median() / sentences.len() as f64
         );
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! `longctx info`.
 
-use longctx::gpu::{USEFUL_FEATURES, list_adapters};
+use longctx::runtime::{USEFUL_FEATURES, list_adapters};
 use longctx::{FlashConfig, Gpu};
 
 use super::DeviceArgs;
@@ -50,7 +50,7 @@ pub fn describe(gpu: &Gpu) -> String {
     line("profile", format!("{} — {why}", profile.name));
     line("backend", format!("{:?}", i.backend));
     line("device type", format!("{:?}", i.device_type));
-    line("driver", longctx::gpu::driver_of(i));
+    line("driver", longctx::runtime::driver_of(i));
     line("vendor / device id", format!("0x{:04x} / 0x{:04x}", i.vendor, i.device));
     line("subgroup size", format!("{}..={}", i.subgroup_min_size, i.subgroup_max_size));
     line("feature SUBGROUP", yes(wgpu::Features::SUBGROUP).into());
@@ -90,7 +90,7 @@ pub fn describe(gpu: &Gpu) -> String {
 /// and the reasons.
 pub fn profiles_table() -> String {
     use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-    use longctx::profile::Profile;
+    use longctx::Profile;
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED).set_header([
         "profile",
@@ -105,7 +105,7 @@ pub fn profiles_table() -> String {
         let tiles: Vec<String> = [64, 128, 256]
             .iter()
             .map(|&d| {
-                let c = p.flash_config(d);
+                let c = FlashConfig::for_profile(&p, d);
                 format!(
                     "{}×{}{}",
                     c.br,

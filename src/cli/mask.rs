@@ -1,6 +1,6 @@
 //! `longctx mask`: the block map of a pattern as a character map, its sparsity and FLOPs.
 
-use longctx::blockmap::{BlockMap, FULL};
+use longctx::contract::blockmap::{BlockMap, FULL};
 use longctx::{AttnSpec, FlashConfig};
 
 use super::bench::parse_size;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use longctx::contract::mask::{BigBird, Mask};
 use longctx::io::read_npy_numbers;
-use longctx::mask::{BigBird, Mask};
 use longctx::{AttnShape, AttnSpec, Window};
 
 #[derive(clap::Args, Debug, Clone, Default)]

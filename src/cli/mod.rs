@@ -79,7 +79,8 @@ pub enum Command {
     #[cfg(feature = "app")]
     Viz,
     /// Memory and cost of a model at a context length: weights, KV cache (MHA/GQA/MQA),
-    /// activations with naive vs flash attention, which GPUs it fits, the seed's cost model.
+    /// activations with naive vs flash attention, which GPUs it fits, the context cost model
+    /// (docs/DESIGN.md §2).
     Plan(plan::PlanArgs),
     /// CoLT5 conditional computation: the routed layer against its dense reference, per branch.
     Route(route::RouteArgs),
@@ -102,7 +103,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Route(a) => route::run(&cli.device, &a),
         Command::Tune(a) => tune::run(&cli.device, &a),
         #[cfg(feature = "app")]
-        Command::Viz => longctx::app::run(),
+        Command::Viz => {
+            longctx::app::run().map_err(|e| anyhow::anyhow!("the visualiser could not start: {e}"))
+        }
         Command::Peak(a) => peak::run(&cli.device, &a),
         Command::Decode(a) => decode::run(&cli.device, &a),
         Command::Embed(a) => embed::run(&cli.device, &a),

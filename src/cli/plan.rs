@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use longctx::plan::{ModelShape, Plan, context_cost_ratio};
+use longctx::measure::plan::{ModelShape, Plan, context_cost_ratio};
 
 use super::bench::parse_size;
 
@@ -11,9 +11,10 @@ use super::bench::parse_size;
 Memory: weights (params × dtype); KV cache 2·L·Hkv·hd·n·b·dtype, also as MHA, GQA (8) and MQA;
 training activations per Korthikanti et al. 2022 (s·b·h·34 + 5·a·s²·b bytes per layer at
 16-bit — the 5·a·s²·b attention matrix is what flash attention never stores); Adam states 16
-bytes per parameter (ZeRO). FLOPs: forward 2·P + 2·L·n·d_attn per token, training 3× (Kaplan et
-al. 2020); the seed's cost ratio (d + p·n)/(d + n). GPU memory from NVIDIA datasheets: A100
-40/80 GB, H100 80 GB, H200 141 GB. Sources in the `longctx::plan` module docs.
+bytes per parameter (ZeRO, Rajbhandari et al. 2020). FLOPs: forward 2·P + 2·L·n·d_attn per
+token, training 3× (Kaplan et al. 2020); context cost ratio (d + p·n)/(d + n) (docs/DESIGN.md
+§2). GPU memory from NVIDIA's A100 (2020), H100 (2022) and H200 (2023) datasheets: A100
+40/80 GB, H100 80 GB, H200 141 GB. Sources in the `longctx::measure::plan` module docs.
 
 Example:
   longctx plan --preset llama-7b --n 100k --from 2k")]
@@ -46,7 +47,8 @@ pub struct PlanArgs {
     /// Element type: f32, f16 or bf16.
     #[arg(long, default_value = "bf16")]
     dtype: String,
-    /// Sustained TFLOP/s for the time estimate (default: 40% of an A100's 312 bf16 TFLOP/s).
+    /// Sustained TFLOP/s for the time estimate (default: 40% of the 312 TFLOP/s dense BF16 peak
+    /// in NVIDIA's A100 Tensor Core GPU datasheet, 2020).
     #[arg(long, default_value_t = 0.4 * 312.0)]
     tflops: f64,
 }
@@ -148,7 +150,7 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<()> {
         p.attention_flops_per_layer, p.forward_flops_per_token, p.training_flops_per_step
     );
     println!(
-        "cost ratio {from} → {n} tokens (the seed's (d + p·n)/(d + n), d = {}): {:.2}×",
+        "cost ratio {from} → {n} tokens ((d + p·n)/(d + n), docs/DESIGN.md §2, d = {}): {:.2}×",
         m.d_model,
         context_cost_ratio(m.d_model, from, n)
     );

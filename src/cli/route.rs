@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use longctx::colt5::{BranchTiming, Colt5Config, Colt5Layer, Colt5Weights, colt5_f64};
+use longctx::models::colt5::{BranchTiming, Colt5Config, Colt5Layer, Colt5Weights, colt5_f64};
 use serde::Serialize;
 
 use super::DeviceArgs;
@@ -124,7 +124,7 @@ pub fn run(dev: &DeviceArgs, a: &RouteArgs) -> anyhow::Result<()> {
         layer.forward(&gpu, &x)?; // warm-up: compile and upload
         let (out, timings) = layer.forward(&gpu, &x)?;
         if n <= 512 {
-            let err = longctx::reference::rel_error(&out, &colt5_f64(&cfg, &weights, &x, dense));
+            let err = longctx::contract::reference::rel_error(&out, &colt5_f64(&cfg, &weights, &x, dense));
             println!("{name}: rel err vs the f64 oracle {err:.2e}");
         }
         if !dense && let Some(prefix) = &a.routed_out {

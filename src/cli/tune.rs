@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::ProgressBar;
-use longctx::tune::{self, Candidate};
+use longctx::kernels::decode;
+use longctx::measure::tune::{self, Candidate};
+use longctx::{FlashConfig, Tuned};
 
 use super::DeviceArgs;
 use super::bench::parse_size;
@@ -55,8 +57,14 @@ pub fn run(dev: &DeviceArgs, a: &TuneArgs) -> anyhow::Result<()> {
             "flash" => {
                 for &d in &a.d {
                     bar.set_message(format!("flash D={d} N={n}"));
-                    let (preset_ms, best, cands) = tune::tune_flash(&gpu, d, n, reps, a.quick)?;
-                    let best_ms = cands.iter().filter_map(|c| c.ms).fold(f64::INFINITY, f64::min);
+                    let out = tune::tune_flash(&gpu, d, n, reps, a.quick)?;
+                    all.extend(out.candidates);
+                    let Some((best, best_ms)) = out.winner else {
+                        bail!(
+                            "flash D={d}: no candidate passed the oracle check; nothing cached (see the table)"
+                        );
+                    };
+                    let preset_ms = out.preset_ms;
                     println!(
                         "flash D={d} N={n} causal: preset {preset_ms:.1} ms → tuned br={} bc={} p={} sg={} {best_ms:.1} ms ({:.2}× faster)",
                         best.br,
@@ -65,20 +73,22 @@ pub fn run(dev: &DeviceArgs, a: &TuneArgs) -> anyhow::Result<()> {
                         best.sg,
                         preset_ms / best_ms
                     );
-                    record.flash.insert(tune::flash_key(d), [best.br, best.bc, best.p, best.sg]);
-                    all.extend(cands);
+                    record.insert(FlashConfig::tuning_key(d), best.winner());
                 }
             }
             "decode" => {
                 bar.set_message(format!("decode context {context}"));
-                let (preset_ms, best, cands) = tune::tune_decode(&gpu, 128, 32, 8, context, reps.max(2))?;
-                let best_ms = cands.iter().filter_map(|c| c.ms).fold(f64::INFINITY, f64::min);
+                let out = tune::tune_decode(&gpu, 128, 32, 8, context, reps.max(2))?;
+                all.extend(out.candidates);
+                let Some((best, best_ms)) = out.winner else {
+                    bail!("decode: no candidate passed the oracle check; nothing cached (see the table)");
+                };
+                let preset_ms = out.preset_ms;
                 println!(
                     "decode H=32/8 D=128 context {context}: preset {preset_ms:.1} ms/step → tuned chunk {best} {best_ms:.1} ms/step ({:.2}× faster)",
                     preset_ms / best_ms
                 );
-                record.decode.insert(tune::decode_key(128, 4), best);
-                all.extend(cands);
+                record.insert(decode::tuning_key(128, 4), vec![best as u32]);
             }
             other => bail!("unknown kernel `{other}`; tune flash or decode"),
         }
@@ -96,8 +106,8 @@ pub fn run(dev: &DeviceArgs, a: &TuneArgs) -> anyhow::Result<()> {
         ]);
     }
     println!("{t}");
-    tune::store(&record)?;
-    if let Some(path) = tune::cache_path() {
+    record.store()?;
+    if let Some(path) = Tuned::cache_path() {
         println!("winners cached in {}", path.display());
     }
     if let Some(path) = &a.json {

@@ -8,20 +8,18 @@
 //! the probabilities twice, which WGSL (no float atomics) makes the natural choice.
 //!
 //! Supports everything the forward does — causal, window, ALiBi (no slope gradient), every
-//! sparse [`Mask`](crate::mask::Mask) with tile skipping, GQA/MQA (dK, dV summed over the
+//! sparse [`Mask`](crate::contract::mask::Mask) with tile skipping, GQA/MQA (dK, dV summed over the
 //! group), N ≠ M, fully masked rows (zero gradient); tensors beyond one storage binding run
 //! in chunks of kv heads, as in the forward. [`Backward::naive`] is the materialised baseline.
 
-use crate::blockmap::{BlockMap, Columns, FULL};
+use crate::contract::blockmap::{BlockMap, Columns, FULL};
+use crate::contract::spec::{AttnOutput, AttnSpec};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, storage_entry, uniform_entry};
-use crate::kernels::{
-    AttnBuffers, COMMON_WGSL, Kernel, LANES_PLAIN_WGSL, LANES_SUBGROUP_WGSL, Params, ShaderVariant, Traffic,
-    check_head_dim, flash,
-};
-use crate::spec::{AttnOutput, AttnSpec};
+use crate::kernels::{AttnBuffers, COMMON, Contract, Kernel, Tiles, Traffic, check_head_dim, flash, lanes};
+use crate::runtime::Gpu;
+use crate::runtime::shader::{Binding, Binding::*, Compiled, Shader, ShaderVariant};
 
-const BODY: &str = include_str!("../../shaders/backward.wgsl");
+const SOURCE: &str = include_str!("../../shaders/backward.wgsl");
 const NAME: &str = "backward";
 /// Rows per workgroup of the `delta` kernel (its `@workgroup_size`).
 const DELTA_ROWS: u32 = 64;
@@ -31,12 +29,15 @@ const DELTA_ROWS: u32 = 64;
 /// rows of Q and dO. Both walk the same `br × bc` block map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BackwardConfig {
+    /// Query rows per tile (`dq`'s invocations, `dkv`'s staged rows).
     pub br: u32,
+    /// Keys per tile (`dkv`'s invocations, `dq`'s staged keys).
     pub bc: u32,
     /// Subgroup width of the shuffle path (0: plain loads); needs `br` and `bc` multiples of it.
     pub sg: u32,
     /// Most tiles per list per dispatch (0: whole lists), below a loop-iteration cap.
     pub dq_pass_tiles: u32,
+    /// Most query tiles per column list per `dkv` dispatch (0: whole lists), below a loop cap.
     pub dkv_pass_tiles: u32,
 }
 
@@ -107,19 +108,18 @@ impl BackwardConfig {
     /// head dim `d`.
     pub fn variant(&self, d: usize, entry: &'static str) -> ShaderVariant {
         let d4 = (d / 4) as u32;
-        ShaderVariant {
-            stem: NAME,
-            prelude: vec![COMMON_WGSL, if self.sg > 0 { LANES_SUBGROUP_WGSL } else { LANES_PLAIN_WGSL }],
-            body: BODY,
+        let shader = ENTRIES.iter().find(|e| e.name() == entry).map_or(ENTRIES[0].shader(), |e| e.shader());
+        shader.variant(
             entry,
-            consts: vec![
+            &[COMMON, lanes(self.sg)],
+            vec![
                 ("D4", d4),
                 ("D4P", self.private_lanes(d)),
                 ("BR", self.br),
                 ("BC", self.bc),
                 ("SG", self.sg),
             ],
-        }
+        )
     }
 
     /// Every variant this config builds at head dim `d`, the baseline's passes included (for
@@ -157,43 +157,95 @@ impl Entry {
         }
     }
 
-    /// Storage bindings (number, read-only) of each kernel: at most 8, the WebGPU default.
-    fn bindings(self) -> &'static [(u32, bool)] {
+    /// Bindings of each kernel: the uniforms `Contract` (0), `Backward` (12) and `Tiles`
+    /// (14), then at most 8 storage buffers, the WebGPU default.
+    fn bindings(self) -> &'static [(u32, Binding)] {
         match self {
-            Entry::Delta => &[(4, true), (5, false), (9, true), (10, true)],
-            Entry::Dq => &[(1, true), (2, true), (3, true), (4, true), (5, false), (6, false), (11, true)],
-            Entry::Dkv => {
-                &[(1, true), (2, true), (3, true), (4, true), (5, false), (7, false), (8, false), (11, true)]
+            Entry::Delta => &[
+                (0, Uniform),
+                (12, Uniform),
+                (14, Uniform),
+                (4, Read),
+                (5, ReadWrite),
+                (9, Read),
+                (10, Read),
+            ],
+            Entry::Dq => &[
+                (0, Uniform),
+                (12, Uniform),
+                (14, Uniform),
+                (1, Read),
+                (2, Read),
+                (3, Read),
+                (4, Read),
+                (5, ReadWrite),
+                (6, ReadWrite),
+                (11, Read),
+            ],
+            Entry::Dkv => &[
+                (0, Uniform),
+                (12, Uniform),
+                (14, Uniform),
+                (1, Read),
+                (2, Read),
+                (3, Read),
+                (4, Read),
+                (5, ReadWrite),
+                (7, ReadWrite),
+                (8, ReadWrite),
+                (11, Read),
+            ],
+            Entry::NaiveP => &[
+                (0, Uniform),
+                (12, Uniform),
+                (14, Uniform),
+                (1, Read),
+                (2, Read),
+                (5, ReadWrite),
+                (11, Read),
+                (13, ReadWrite),
+            ],
+            Entry::NaiveKv => &[
+                (0, Uniform),
+                (12, Uniform),
+                (14, Uniform),
+                (1, Read),
+                (4, Read),
+                (7, ReadWrite),
+                (8, ReadWrite),
+                (13, ReadWrite),
+            ],
+            Entry::NaiveDs => &[
+                (0, Uniform),
+                (12, Uniform),
+                (14, Uniform),
+                (3, Read),
+                (4, Read),
+                (5, ReadWrite),
+                (13, ReadWrite),
+            ],
+            Entry::NaiveDq => {
+                &[(0, Uniform), (12, Uniform), (14, Uniform), (2, Read), (6, ReadWrite), (13, ReadWrite)]
             }
-            Entry::NaiveP => &[(1, true), (2, true), (5, false), (11, true), (13, false)],
-            Entry::NaiveKv => &[(1, true), (4, true), (7, false), (8, false), (13, false)],
-            Entry::NaiveDs => &[(3, true), (4, true), (5, false), (13, false)],
-            Entry::NaiveDq => &[(2, true), (6, false), (13, false)],
         }
     }
 
-    fn layout(self, gpu: &Gpu) -> wgpu::BindGroupLayout {
-        let mut entries = vec![uniform_entry(0), uniform_entry(12)];
-        entries.extend(self.bindings().iter().map(|&(b, ro)| storage_entry(b, ro)));
-        gpu.layout(self.name(), &entries)
+    fn shader(self) -> Shader {
+        Shader { stem: NAME, source: SOURCE, bindings: self.bindings() }
     }
 }
 
-/// One compiled kernel: its entry, pipeline and bind group layout.
-struct Compiled {
+/// One compiled kernel of the pass and its entry.
+struct Prepared {
     entry: Entry,
-    pipeline: wgpu::ComputePipeline,
-    layout: wgpu::BindGroupLayout,
+    kernel: Compiled,
 }
 
-/// The pipelines of `entries` (cached per source and entry by [`Gpu::pipeline`]).
-fn compile(gpu: &Gpu, c: &BackwardConfig, d: usize, entries: &[Entry]) -> Result<Vec<Compiled>> {
+/// The kernels of `entries`, compiled once per device and variant.
+fn compile(gpu: &Gpu, c: &BackwardConfig, d: usize, entries: &[Entry]) -> Result<Vec<Prepared>> {
     entries
         .iter()
-        .map(|&entry| {
-            let layout = entry.layout(gpu);
-            Ok(Compiled { entry, pipeline: gpu.pipeline(&c.variant(d, entry.name()), &layout)?, layout })
-        })
+        .map(|&entry| Ok(Prepared { entry, kernel: gpu.compile(&c.variant(d, entry.name()))? }))
         .collect()
 }
 
@@ -219,24 +271,32 @@ struct BwdParams {
 /// `[B,H,N,D]`, and the gradients written: dQ `[B,H,N,D]`, dK and dV `[B,Hkv,M,D]`.
 #[derive(Clone, Copy, Debug)]
 pub struct BackwardBuffers<'a> {
+    /// The forward's Q, K, V, O and LSE.
     pub forward: AttnBuffers<'a>,
+    /// The incoming gradient dO `[B, H, N, D]`.
     pub d_o: &'a wgpu::Buffer,
+    /// dQ `[B, H, N, D]`, written.
     pub dq: &'a wgpu::Buffer,
+    /// dK `[B, Hkv, M, D]`, written (summed over each kv head's query heads).
     pub dk: &'a wgpu::Buffer,
+    /// dV `[B, Hkv, M, D]`, written (summed likewise).
     pub dv: &'a wgpu::Buffer,
 }
 
 /// Gradients read back to the host.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gradients {
+    /// dQ `[B, H, N, D]`.
     pub dq: Vec<f32>,
+    /// dK `[B, Hkv, M, D]`.
     pub dk: Vec<f32>,
+    /// dV `[B, Hkv, M, D]`.
     pub dv: Vec<f32>,
 }
 
 struct Dispatch {
     entry: Entry,
-    params: wgpu::Buffer,
+    tiles: wgpu::Buffer,
     bwd: wgpu::Buffer,
     groups: [u32; 3],
     /// The chunk of heads and its (LSE, Δ) range, when tensors run in chunks.
@@ -248,8 +308,9 @@ struct Dispatch {
 pub struct Backward {
     spec: AttnSpec,
     config: BackwardConfig,
-    pipelines: Vec<Compiled>,
+    pipelines: Vec<Prepared>,
     dispatches: Vec<Dispatch>,
+    contract: wgpu::Buffer,
     block_map: wgpu::Buffer,
     stats: wgpu::Buffer,
     /// The tiled kernels' block map and its transpose (`None` for the materialised baseline).
@@ -266,14 +327,19 @@ impl Backward {
         Self::with_config(gpu, spec, BackwardConfig::for_device(gpu, spec.shape.head_dim))
     }
 
+    /// [`Backward::new`] with an explicit tile configuration (checked against the device).
     pub fn with_config(gpu: &Gpu, spec: &AttnSpec, config: BackwardConfig) -> Result<Self> {
         spec.validate()?;
         let s = spec.shape;
         let d = s.head_dim;
         check_head_dim(NAME, d)?;
         let c = config;
-        if c.br == 0 || c.bc == 0 || c.bc as usize > crate::blockmap::MAX_BC {
-            return Err(Error::Invalid(format!("backward tiles {c:?}: need br ≥ 1 and 1 ≤ bc ≤ 32")));
+        if c.br == 0 || c.bc == 0 || c.bc as usize > crate::contract::blockmap::MAX_BC {
+            return Err(Error::Config {
+                kernel: NAME,
+                config: format!("{c:?}"),
+                reason: format!("need br ≥ 1 and 1 ≤ bc ≤ {}", crate::contract::blockmap::MAX_BC),
+            });
         }
         if c.sg > 0 {
             let info = gpu.info();
@@ -283,10 +349,14 @@ impl Backward {
                 || !c.br.is_multiple_of(c.sg)
                 || !c.bc.is_multiple_of(c.sg)
             {
-                return Err(Error::Invalid(format!(
-                    "backward subgroup path sg={} needs SUBGROUP, a fixed subgroup size of {} (device: {}..={}) and br, bc multiples of it; config {c:?}",
-                    c.sg, c.sg, info.subgroup_min_size, info.subgroup_max_size
-                )));
+                return Err(Error::Config {
+                    kernel: NAME,
+                    config: format!("{c:?}"),
+                    reason: format!(
+                        "the subgroup path sg={} needs SUBGROUP, a fixed subgroup size of {} (device: {}..={}) and br, bc multiples of it",
+                        c.sg, c.sg, info.subgroup_min_size, info.subgroup_max_size
+                    ),
+                });
             }
         }
         if let Some(limit) = gpu.loop_iteration_limit() {
@@ -344,17 +414,12 @@ impl Backward {
         bwd.slopes = words.len() as u32;
         words.extend(crate::kernels::slopes_words(spec).iter().map(|x| x.to_bits()));
 
-        let mut params = Params::new(spec);
-        params.n_qtiles = map.n_qtiles as u32;
-        params.map_heads = map.heads as u32;
-        params.map_rows = entries;
-        params.mask_base = mask_index;
-        params.bits_base = bits;
+        let mut params = Tiles::of_map(&map, [entries, mask_index, bits]);
 
-        // the dispatches of one chunk: (entry, params, tiles, workgroups along x); y runs over
-        // the chunk's query heads (delta, dq) or kv heads (dkv), z over its batches
-        let mut plan: Vec<(Entry, Params, BwdParams, usize)> = Vec::new();
-        let mut push = |entry: Entry, params: &Params, bwd: &BwdParams, groups: [usize; 3]| {
+        // the dispatches of one chunk: (entry, tiles, backward params, workgroups along x); y
+        // runs over the chunk's query heads (delta, dq) or kv heads (dkv), z over its batches
+        let mut plan: Vec<(Entry, Tiles, BwdParams, usize)> = Vec::new();
+        let mut push = |entry: Entry, params: &Tiles, bwd: &BwdParams, groups: [usize; 3]| {
             plan.push((entry, *params, *bwd, groups[0]));
         };
         push(Entry::Delta, &params, &bwd, [s.n.div_ceil(DELTA_ROWS as usize), s.heads, s.batch]);
@@ -399,17 +464,13 @@ impl Backward {
             let stats = chunk.stats_range(spec, align);
             for (entry, params, bwd, x) in &plan {
                 let mut params = *params;
-                params.q_shift = (chunk.q.0 / 16) as u32;
-                params.kv_shift = (chunk.kv.0 / 16) as u32;
-                params.lse_shift = (chunk.lse.0 / 4) as u32;
+                chunk.shift(&mut params);
                 params.stats_shift = stats.map_or(0, |r| (r.0 / 8) as u32);
-                params.head_base = chunk.head_base as u32;
-                params.batch_base = chunk.batch_base as u32;
                 let y = if *entry == Entry::Dkv { chunk.heads / s.group() } else { chunk.heads };
                 dispatches.push(Dispatch {
                     entry: *entry,
-                    params: gpu.uniform("backward params", &params),
-                    bwd: gpu.uniform("backward tiles", bwd),
+                    tiles: gpu.uniform("backward tiles", &params),
+                    bwd: gpu.uniform("backward params", bwd),
                     groups: [*x as u32, y as u32, chunk.batches as u32],
                     chunk: (chunks.len() > 1).then(|| (chunk.clone(), stats)),
                 });
@@ -428,6 +489,7 @@ impl Backward {
             config: c,
             pipelines,
             dispatches,
+            contract: Contract::new(spec).upload(gpu),
             block_map,
             stats,
             map: Some((map, cols)),
@@ -482,10 +544,13 @@ impl Backward {
             gpu.check_dispatch("naive backward", groups.map(|x| x as u64))?;
         }
         let (words, bits_base, mask_heads, stride) = crate::kernels::naive::aux_words(spec);
-        let mut params = Params::new(spec);
-        params.map_heads = mask_heads as u32;
-        params.bits_base = bits_base as u32;
-        params.bits_stride = stride as u32;
+        let params = Tiles {
+            map_heads: mask_heads as u32,
+            bits_base: bits_base as u32,
+            bits_stride: stride as u32,
+            qtile_list: u32::MAX,
+            ..Tiles::default()
+        };
         let mut bwd = BwdParams {
             n_ktiles: 0,
             col_ptr: 0,
@@ -503,7 +568,7 @@ impl Backward {
         let mut push = |entry: Entry, bwd: &BwdParams, groups: [usize; 3]| {
             dispatches.push(Dispatch {
                 entry,
-                params: gpu.uniform("naive backward params", &params),
+                tiles: gpu.uniform("naive backward tiles", &params),
                 bwd: gpu.uniform("naive backward chunk", bwd),
                 groups: groups.map(|x| x as u32),
                 chunk: None,
@@ -537,6 +602,7 @@ impl Backward {
             config: c,
             pipelines,
             dispatches,
+            contract: Contract::new(spec).upload(gpu),
             block_map: gpu.upload("naive backward slopes and mask bits", &words)?,
             stats: gpu.storage("backward (LSE, Δ)", s.lse_len() as u64 * 8)?,
             map: None,
@@ -551,10 +617,12 @@ impl Backward {
         self.map.is_none()
     }
 
+    /// The problem this call was prepared for.
     pub fn spec(&self) -> &AttnSpec {
         &self.spec
     }
 
+    /// The tile configuration in use (the baseline's is unused).
     pub fn config(&self) -> BackwardConfig {
         self.config
     }
@@ -577,7 +645,8 @@ impl Backward {
         self.stats.size()
             + self.block_map.size()
             + if self.is_naive() { self.scores.size() } else { 0 }
-            + self.dispatches.iter().map(|d| d.params.size() + d.bwd.size()).sum::<u64>()
+            + self.contract.size()
+            + self.dispatches.iter().map(|d| d.tiles.size() + d.bwd.size()).sum::<u64>()
     }
 
     /// The traffic model of the tiled kernels (`None` for the baseline): device-memory bytes
@@ -669,6 +738,9 @@ impl Backward {
         for dsp in &self.dispatches {
             let buffer = |binding: u32| -> &wgpu::Buffer {
                 match binding {
+                    0 => &self.contract,
+                    12 => &dsp.bwd,
+                    14 => &dsp.tiles,
                     1 => f.q,
                     2 => f.k,
                     3 => f.v,
@@ -695,17 +767,16 @@ impl Backward {
                     _ => None,
                 }
             };
-            let all: Vec<(u32, &wgpu::Buffer, Option<(u64, u64)>)> =
-                [(0, &dsp.params, None), (12, &dsp.bwd, None)]
-                    .into_iter()
-                    .chain(dsp.entry.bindings().iter().map(|&(n, _)| (n, buffer(n), range(n))))
-                    .collect();
-            let kernel = self.pipelines.iter().find(|k| k.entry == dsp.entry).expect("compiled");
-            let bind = gpu.bind_group_at_ranges(&kernel.layout, &all);
-            pass.set_pipeline(&kernel.pipeline);
-            pass.set_bind_group(0, &bind, &[]);
-            let [x, y, z] = dsp.groups;
-            pass.dispatch_workgroups(x, y, z);
+            let all: Vec<(&wgpu::Buffer, Option<(u64, u64)>)> =
+                dsp.entry.bindings().iter().map(|&(n, _)| (buffer(n), range(n))).collect();
+            let Some(p) = self.pipelines.iter().find(|k| k.entry == dsp.entry) else {
+                return Err(Error::Device(format!(
+                    "backward: kernel `{}` was not compiled",
+                    dsp.entry.name()
+                )));
+            };
+            let bind = p.kernel.bind_ranges(gpu, &all);
+            p.kernel.dispatch(&mut pass, &bind, dsp.groups);
         }
         Ok(())
     }
@@ -726,11 +797,7 @@ impl Backward {
             ("dV", b.dv, kv),
         ] {
             if buf.size() < want {
-                return Err(Error::Shape(format!(
-                    "{name} buffer holds {} bytes, shape {:?} needs {want}",
-                    buf.size(),
-                    s
-                )));
+                return Err(Error::BufferTooSmall { what: name, bytes: buf.size(), needed: want });
             }
         }
         Ok(())
@@ -760,9 +827,13 @@ impl Backward {
 
 /// Device copies of dO and freshly allocated dQ, dK, dV for one backward call.
 pub struct GradTensors {
+    /// dO `[B, H, N, D]`.
     pub d_o: wgpu::Buffer,
+    /// dQ `[B, H, N, D]`.
     pub dq: wgpu::Buffer,
+    /// dK `[B, Hkv, M, D]`.
     pub dk: wgpu::Buffer,
+    /// dV `[B, Hkv, M, D]`.
     pub dv: wgpu::Buffer,
     q_len: usize,
     kv_len: usize,
@@ -795,6 +866,7 @@ impl GradTensors {
         BackwardBuffers { forward: fwd.buffers(), d_o: &self.d_o, dq: &self.dq, dk: &self.dk, dv: &self.dv }
     }
 
+    /// Reads dQ, dK and dV back (blocks until the queue is idle).
     pub fn read(&self, gpu: &Gpu) -> Result<Gradients> {
         Ok(Gradients {
             dq: gpu.read(&self.dq, self.q_len)?,

@@ -7,22 +7,50 @@
 //! binding holds more than `capacity·D` floats. A ring mode keeps only the last `capacity`
 //! positions for window models (positions stay absolute for ALiBi, causal and window).
 
+use crate::contract::spec::{Alibi, AttnShape, AttnSpec, Window};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, storage_entry, uniform_entry};
-use crate::kernels::{LANES_PLAIN_WGSL, LANES_SUBGROUP_WGSL, ShaderVariant, Traffic, check_head_dim};
-use crate::spec::{Alibi, AttnShape, AttnSpec, UNBOUNDED, Window};
+use crate::kernels::{COMMON, Contract, Traffic, check_head_dim, lanes};
+use crate::runtime::Gpu;
+use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant};
 
-const BODY: &str = include_str!("../../shaders/decode.wgsl");
 const NAME: &str = "decode";
+const SOURCE: &str = include_str!("../../shaders/decode.wgsl");
+/// contract, step, head, Q, this kv head's K and V, partials, slopes, counters (see
+/// decode.wgsl).
+const ATTEND: Shader = Shader {
+    stem: NAME,
+    source: SOURCE,
+    bindings: &[
+        (0, Uniform),
+        (1, Uniform),
+        (2, Uniform),
+        (3, Read),
+        (4, Read),
+        (5, Read),
+        (6, ReadWrite),
+        (7, Read),
+        (10, ReadWrite),
+    ],
+};
+/// contract, step, partials, O, LSE.
+const COMBINE: Shader = Shader {
+    stem: NAME,
+    source: SOURCE,
+    bindings: &[(0, Uniform), (1, Uniform), (6, ReadWrite), (8, ReadWrite), (9, ReadWrite)],
+};
 /// Most invocations per workgroup (query rows of one kv head per row block).
 const MAX_WG: u32 = 64;
 
 /// How a decoder is laid out.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DecoderConfig {
+    /// Layers, each with its own cache.
     pub layers: usize,
+    /// Query heads H.
     pub heads: usize,
+    /// Key/value heads Hkv (`heads % kv_heads == 0`; 1 = MQA).
     pub kv_heads: usize,
+    /// Head dimension D.
     pub head_dim: usize,
     /// Cache slots per (layer, kv head).
     pub capacity: usize,
@@ -31,7 +59,9 @@ pub struct DecoderConfig {
     /// Keep only the last `capacity` positions (needs `window`, and `capacity` ≥ window +
     /// the most tokens of one step).
     pub ring: bool,
+    /// ALiBi over absolute positions (slopes of the query heads).
     pub alibi: Alibi,
+    /// Score scale; `None`: `1/sqrt(D)`.
     pub scale: Option<f32>,
     /// Most new tokens per `step`.
     pub max_step_tokens: usize,
@@ -45,6 +75,7 @@ pub struct DecoderConfig {
 }
 
 impl DecoderConfig {
+    /// One layer, no window, no ALiBi, one token per step, autotuned splits.
     pub fn new(heads: usize, kv_heads: usize, head_dim: usize, capacity: usize) -> Self {
         Self {
             layers: 1,
@@ -70,21 +101,6 @@ impl DecoderConfig {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct CfgParams {
-    heads: u32,
-    kv_heads: u32,
-    group: u32,
-    ring: u32,
-    scale: f32,
-    band_lo: i32,
-    band_hi: i32,
-    alibi: u32,
-    neg_inf: f32,
-    pad: [u32; 3],
-}
-
-#[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct StepParams {
     len: u32,
@@ -94,7 +110,14 @@ struct StepParams {
     slots: u32,
     chunk: u32,
     splits: u32,
-    pad: u32,
+    /// Ring capacity in slots (0: a linear cache).
+    ring: u32,
+}
+
+/// The key of this kernel's tuned winner (cache slots per split) at head dim `d` and `group`
+/// query heads per kv head.
+pub fn tuning_key(d: usize, group: usize) -> String {
+    format!("decode:d={d}:group={group}")
 }
 
 /// Invocations per workgroup for `rows` query rows per kv head: one per row, rounded up to a
@@ -108,34 +131,24 @@ pub fn workgroup_size(rows: usize) -> u32 {
 pub fn variants(d: usize, bc: u32, wg: u32, sg: u32, count: bool) -> Vec<ShaderVariant> {
     let d4 = (d / 4) as u32;
     let d4p = if sg > 0 { d4.div_ceil(sg) * sg } else { d4 };
-    ["attend", "combine"]
+    [(ATTEND, "attend"), (COMBINE, "combine")]
         .into_iter()
-        .map(|entry| ShaderVariant {
-            stem: NAME,
-            prelude: vec![if sg > 0 { LANES_SUBGROUP_WGSL } else { LANES_PLAIN_WGSL }],
-            body: BODY,
-            entry,
-            consts: vec![
-                ("D4", d4),
-                ("D4P", d4p),
-                ("BC", bc),
-                ("WG", wg),
-                ("SG", sg),
-                ("SG_GUARD_U", (sg > 0 && !d4.is_multiple_of(sg)) as u32),
-                ("COUNT", count as u32),
-            ],
+        .map(|(shader, entry)| {
+            shader.variant(
+                entry,
+                &[COMMON, lanes(sg)],
+                vec![
+                    ("D4", d4),
+                    ("D4P", d4p),
+                    ("BC", bc),
+                    ("WG", wg),
+                    ("SG", sg),
+                    ("SG_GUARD_U", (sg > 0 && !d4.is_multiple_of(sg)) as u32),
+                    ("COUNT", count as u32),
+                ],
+            )
         })
         .collect()
-}
-
-/// The subgroup width for shuffles on this device, if it has SUBGROUP with one fixed size.
-fn subgroup_width(gpu: &Gpu) -> u32 {
-    let i = gpu.info();
-    if gpu.features().contains(wgpu::Features::SUBGROUP) && i.subgroup_min_size == i.subgroup_max_size {
-        i.subgroup_min_size
-    } else {
-        0
-    }
 }
 
 /// Keys per staged tile: the largest of 32, 16, 8, 4 whose K and V tiles fit.
@@ -192,10 +205,12 @@ impl KvCache {
     fn append(&mut self, gpu: &Gpu, layer: usize, k: &[f32], v: &[f32], t: usize) -> Result<()> {
         let len = self.len[layer];
         if !self.ring && len + t > self.capacity {
-            return Err(Error::Invalid(format!(
-                "KV cache overflow: {len} cached + {t} new positions exceed the capacity of {} (layer {layer})",
-                self.capacity
-            )));
+            return Err(Error::OutOfRange {
+                what: format!("KV cache overflow: positions cached in layer {layer} after {t} new ones"),
+                value: (len + t) as u64,
+                min: 0,
+                max: self.capacity as u64,
+            });
         }
         let d = self.d;
         for (kvh, (kb, vb)) in self.k[layer].iter().zip(&self.v[layer]).enumerate() {
@@ -219,16 +234,13 @@ impl KvCache {
 pub struct Decoder {
     cfg: DecoderConfig,
     cache: KvCache,
-    attend: wgpu::ComputePipeline,
-    combine: wgpu::ComputePipeline,
-    attend_layout: wgpu::BindGroupLayout,
-    combine_layout: wgpu::BindGroupLayout,
-    cfg_buf: wgpu::Buffer,
+    attend: Compiled,
+    combine: Compiled,
+    /// `[layer][kv head]`: built once, as every buffer they bind is the decoder's own.
+    attend_binds: Vec<Vec<wgpu::BindGroup>>,
+    combine_bind: wgpu::BindGroup,
     step_buf: wgpu::Buffer,
-    head_bufs: Vec<wgpu::Buffer>,
-    slopes: wgpu::Buffer,
     q: wgpu::Buffer,
-    partials: wgpu::Buffer,
     o: wgpu::Buffer,
     lse: wgpu::Buffer,
     counters: wgpu::Buffer,
@@ -239,6 +251,8 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// Checks the configuration against the contract and the device, compiles the kernels,
+    /// allocates the cache and builds every bind group.
     pub fn new(gpu: &Gpu, cfg: DecoderConfig) -> Result<Self> {
         let shape = AttnShape {
             batch: 1,
@@ -262,24 +276,31 @@ impl Decoder {
                 )));
             }
         }
-        let slopes = match &cfg.alibi {
-            Alibi::Off => vec![0.0],
-            Alibi::Standard => crate::spec::alibi_slopes(cfg.heads),
-            Alibi::Custom(s) if s.len() == cfg.heads => s.clone(),
-            Alibi::Custom(s) => {
-                return Err(Error::Invalid(format!("{} ALiBi slopes for {} heads", s.len(), cfg.heads)));
-            }
-        };
+        // one query of a step against the whole cache, under the contract: the band and the
+        // slopes come from the spec, as for every other kernel
+        let spec = AttnSpec::new(shape)
+            .causal(true)
+            .window(cfg.window.map(|w| Window::new(w, 0)))
+            .alibi(cfg.alibi.clone())
+            .scale(cfg.scale);
+        spec.validate()?;
+        let slopes = spec.slopes().unwrap_or_else(|| vec![0.0]);
         let d = cfg.head_dim;
         let bc = tile_keys(gpu, d);
-        let sg = if cfg.subgroups { subgroup_width(gpu) } else { 0 };
+        let sg = if cfg.subgroups { gpu.fixed_subgroup().unwrap_or(0) } else { 0 };
         let wg = workgroup_size(cfg.heads / cfg.kv_heads * cfg.max_step_tokens).max(sg);
         gpu.check_workgroup(NAME, 2 * bc as u64 * d as u64 * 4, wg)?;
         // slots per split: below the adapter's loop cap (staging plus ≈ 2·BC·(D/4 + 1)
         // iterations per tile)
-        let tuned = gpu.tuned().and_then(|t| {
-            t.decode.get(&crate::tune::decode_key(cfg.head_dim, cfg.heads / cfg.kv_heads)).copied()
-        });
+        let tuned =
+            gpu.tuned().and_then(|t| match t.get(&tuning_key(cfg.head_dim, cfg.heads / cfg.kv_heads)) {
+                Some(&[chunk]) if chunk > 0 => Some(chunk as usize),
+                Some(w) => {
+                    log::warn!("ignoring the tuned decode winner {w:?}: not a split size");
+                    None
+                }
+                None => None,
+            });
         let mut chunk =
             if cfg.chunk == 0 { tuned.unwrap_or(gpu.profile().0.decode_chunk) } else { cfg.chunk };
         if let Some(limit) = gpu.loop_iteration_limit() {
@@ -294,65 +315,57 @@ impl Decoder {
         gpu.check_dispatch(NAME, [max_splits as u64, row_blocks as u64, 1])?;
         gpu.check_binding("decode partials", (max_splits * rows * (d + 4) * 4) as u64)?;
 
-        let attend_layout = gpu.layout(
-            "decode attend",
-            &[
-                uniform_entry(0),
-                uniform_entry(1),
-                uniform_entry(2),
-                storage_entry(3, true),
-                storage_entry(4, true),
-                storage_entry(5, true),
-                storage_entry(6, false),
-                storage_entry(7, true),
-                storage_entry(10, false),
-            ],
-        );
-        let combine_layout = gpu.layout(
-            "decode combine",
-            &[
-                uniform_entry(0),
-                uniform_entry(1),
-                storage_entry(6, false),
-                storage_entry(8, false),
-                storage_entry(9, false),
-            ],
-        );
-        let [va, vc]: [ShaderVariant; 2] =
-            variants(d, bc, wg, sg, cfg.instrumented).try_into().expect("two entries");
-        let attend = gpu.pipeline(&va, &attend_layout)?;
-        let combine = gpu.pipeline(&vc, &combine_layout)?;
+        let [va, vc]: [ShaderVariant; 2] = variants(d, bc, wg, sg, cfg.instrumented)
+            .try_into()
+            .map_err(|_| Error::Device("decode: expected two kernels".into()))?;
+        let (attend, combine) = (gpu.compile(&va)?, gpu.compile(&vc)?);
 
-        let (lo, hi) = band(cfg.window);
-        let cfg_params = CfgParams {
-            heads: cfg.heads as u32,
-            kv_heads: cfg.kv_heads as u32,
-            group: (cfg.heads / cfg.kv_heads) as u32,
-            ring: if cfg.ring { cfg.capacity as u32 } else { 0 },
-            scale: cfg.scale.unwrap_or(1.0 / (d as f32).sqrt()),
-            band_lo: lo as i32,
-            band_hi: hi as i32,
-            alibi: (cfg.alibi != Alibi::Off) as u32,
-            neg_inf: f32::NEG_INFINITY,
-            pad: [0; 3],
-        };
-        let head_bufs =
+        let head_bufs: Vec<wgpu::Buffer> =
             (0..cfg.kv_heads).map(|h| gpu.uniform("decode kv head", &[h as u32, 0, 0, 0])).collect();
+        let cache = KvCache::new(gpu, &cfg)?;
+        let cfg_buf = Contract::new(&spec).upload(gpu);
+        let step_buf = gpu.uniform("decode step", &StepParams::default());
+        let slopes = gpu.upload("ALiBi slopes", &slopes)?;
+        let q = gpu.storage("decode Q", (rows * d * 4) as u64)?;
+        let partials = gpu.storage("decode partials", (max_splits * rows * (d + 4) * 4) as u64)?;
+        let o = gpu.storage("decode O", (rows * d * 4) as u64)?;
+        let lse = gpu.storage("decode LSE", (rows * 4) as u64)?;
+        let counters = gpu.storage("decode counters", 16)?;
+        // every buffer is the decoder's own: the bind groups are built once, here
+        let attend_binds = (0..cfg.layers)
+            .map(|layer| {
+                (0..cfg.kv_heads)
+                    .map(|kvh| {
+                        attend.bind(
+                            gpu,
+                            &[
+                                &cfg_buf,
+                                &step_buf,
+                                &head_bufs[kvh],
+                                &q,
+                                &cache.k[layer][kvh],
+                                &cache.v[layer][kvh],
+                                &partials,
+                                &slopes,
+                                &counters,
+                            ],
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let combine_bind = combine.bind(gpu, &[&cfg_buf, &step_buf, &partials, &o, &lse]);
         Ok(Self {
-            cache: KvCache::new(gpu, &cfg)?,
+            cache,
             attend,
             combine,
-            attend_layout,
-            combine_layout,
-            cfg_buf: gpu.uniform("decode cfg", &cfg_params),
-            step_buf: gpu.uniform("decode step", &StepParams::default()),
-            head_bufs,
-            slopes: gpu.upload("ALiBi slopes", &slopes)?,
-            q: gpu.storage("decode Q", (rows * d * 4) as u64)?,
-            partials: gpu.storage("decode partials", (max_splits * rows * (d + 4) * 4) as u64)?,
-            o: gpu.storage("decode O", (rows * d * 4) as u64)?,
-            lse: gpu.storage("decode LSE", (rows * 4) as u64)?,
-            counters: gpu.storage("decode counters", 16)?,
+            attend_binds,
+            combine_bind,
+            step_buf,
+            q,
+            o,
+            lse,
+            counters,
             chunk,
             max_splits,
             wg,
@@ -361,9 +374,11 @@ impl Decoder {
         })
     }
 
+    /// The configuration it was built with.
     pub fn config(&self) -> &DecoderConfig {
         &self.cfg
     }
+    /// The KV cache.
     pub fn cache(&self) -> &KvCache {
         &self.cache
     }
@@ -395,7 +410,12 @@ impl Decoder {
 
     fn check_kv(&self, layer: usize, k: &[f32], v: &[f32]) -> Result<usize> {
         if layer >= self.cfg.layers {
-            return Err(Error::Invalid(format!("layer {layer} of {}", self.cfg.layers)));
+            return Err(Error::OutOfRange {
+                what: "decoder layer".into(),
+                value: layer as u64,
+                min: 0,
+                max: self.cfg.layers as u64 - 1,
+            });
         }
         let per = self.cfg.kv_heads * self.cfg.head_dim;
         if k.len() != v.len() || k.is_empty() || !k.len().is_multiple_of(per) {
@@ -407,8 +427,8 @@ impl Decoder {
                 v.len()
             )));
         }
-        crate::spec::check_finite("K", k)?;
-        crate::spec::check_finite("V", v)?;
+        crate::contract::spec::check_finite("K", k)?;
+        crate::contract::spec::check_finite("V", v)?;
         Ok(k.len() / per)
     }
 
@@ -418,20 +438,22 @@ impl Decoder {
     pub fn step(&mut self, gpu: &Gpu, layer: usize, q: &[f32], k: &[f32], v: &[f32]) -> Result<()> {
         let t = self.check_kv(layer, k, v)?;
         if t > self.cfg.max_step_tokens {
-            return Err(Error::Invalid(format!(
-                "{t} tokens in one step; the decoder was built for {}",
-                self.cfg.max_step_tokens
-            )));
+            return Err(Error::OutOfRange {
+                what: "tokens in one step (DecoderConfig::max_step_tokens)".into(),
+                value: t as u64,
+                min: 1,
+                max: self.cfg.max_step_tokens as u64,
+            });
         }
         if q.len() != self.cfg.heads * t * self.cfg.head_dim {
-            return Err(Error::Shape(format!(
-                "Q must be [H = {}, T = {t}, D = {}]; got {} values",
-                self.cfg.heads,
-                self.cfg.head_dim,
-                q.len()
-            )));
+            return Err(Error::Length {
+                what: "Q".into(),
+                got: q.len(),
+                shape: vec![self.cfg.heads, t, self.cfg.head_dim],
+                expected: self.cfg.heads * t * self.cfg.head_dim,
+            });
         }
-        crate::spec::check_finite("Q", q)?;
+        crate::contract::spec::check_finite("Q", q)?;
         self.cache.append(gpu, layer, k, v, t)?;
         gpu.queue.write_buffer(&self.q, 0, bytemuck::cast_slice(q));
         let len = self.cache.len[layer];
@@ -454,7 +476,7 @@ impl Decoder {
             slots: slots as u32,
             chunk: slots.div_ceil(splits).next_multiple_of(4) as u32,
             splits: splits as u32,
-            pad: 0,
+            ring: if self.cfg.ring { self.cfg.capacity as u32 } else { 0 },
         };
         self.last = step;
         gpu.queue.write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&step));
@@ -464,42 +486,21 @@ impl Decoder {
                 label: Some(NAME),
                 timestamp_writes: None,
             });
-            pass.set_pipeline(&self.attend);
             let row_blocks = (self.cfg.heads / self.cfg.kv_heads * t).div_ceil(self.wg as usize) as u32;
-            for kvh in 0..self.cfg.kv_heads {
-                let bind = gpu.bind_group_at(
-                    &self.attend_layout,
-                    &[
-                        (0, &self.cfg_buf),
-                        (1, &self.step_buf),
-                        (2, &self.head_bufs[kvh]),
-                        (3, &self.q),
-                        (4, &self.cache.k[layer][kvh]),
-                        (5, &self.cache.v[layer][kvh]),
-                        (6, &self.partials),
-                        (7, &self.slopes),
-                        (10, &self.counters),
-                    ],
-                );
-                pass.set_bind_group(0, &bind, &[]);
-                pass.dispatch_workgroups(splits as u32, row_blocks, 1);
+            for bind in &self.attend_binds[layer] {
+                self.attend.dispatch(&mut pass, bind, [splits as u32, row_blocks, 1]);
             }
-            let bind = gpu.bind_group_at(
-                &self.combine_layout,
-                &[(0, &self.cfg_buf), (1, &self.step_buf), (6, &self.partials), (8, &self.o), (9, &self.lse)],
-            );
-            pass.set_pipeline(&self.combine);
-            pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups((self.cfg.heads * t).div_ceil(64) as u32, 1, 1);
+            let groups = [(self.cfg.heads * t).div_ceil(64) as u32, 1, 1];
+            self.combine.dispatch(&mut pass, &self.combine_bind, groups);
         }
         gpu.queue.submit([enc.finish()]);
         Ok(())
     }
 
     /// The last step's output: O `[H, T, D]` and LSE `[H, T]`.
-    pub fn output(&self, gpu: &Gpu) -> Result<crate::spec::AttnOutput> {
+    pub fn output(&self, gpu: &Gpu) -> Result<crate::contract::spec::AttnOutput> {
         let rows = self.cfg.heads * self.last.nq as usize;
-        Ok(crate::spec::AttnOutput {
+        Ok(crate::contract::spec::AttnOutput {
             o: gpu.read(&self.o, rows * self.cfg.head_dim)?,
             lse: gpu.read(&self.lse, rows)?,
         })
@@ -563,9 +564,4 @@ impl Decoder {
         let partial_written = s.splits as u64 * rows * (d + 4) * 4;
         Traffic { read: kv + q + combine_read, written: partial_written + combine_written }
     }
-}
-
-/// The causal band of a decode step, limited on the left by the window.
-fn band(window: Option<usize>) -> (i64, i64) {
-    (0, window.map_or(UNBOUNDED, |w| (w as i64).min(UNBOUNDED)))
 }

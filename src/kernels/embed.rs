@@ -3,66 +3,58 @@
 //! Oracles: [`gather_f64`], [`pool_normalize_f64`].
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, storage_entry, uniform_entry};
-use crate::kernels::ShaderVariant;
+use crate::runtime::Gpu;
+use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
 
-const BODY: &str = include_str!("../../shaders/embed.wgsl");
 const NAME: &str = "embed";
+/// shape, two read tables or index lists, one more read table, the output (see embed.wgsl).
+const SHADER: Shader = Shader {
+    stem: NAME,
+    source: include_str!("../../shaders/embed.wgsl"),
+    bindings: &numbered([Uniform, Read, Read, Read, ReadWrite]),
+};
+const ENTRIES: [&str; 3] = ["gather", "pool", "l2_normalize"];
 
 /// The shader variants, one per entry point.
 pub fn variants() -> Vec<ShaderVariant> {
-    ["gather", "pool", "l2_normalize"]
-        .into_iter()
-        .map(|entry| ShaderVariant { stem: NAME, prelude: vec![], body: BODY, entry, consts: vec![] })
-        .collect()
+    ENTRIES.into_iter().map(|entry| SHADER.variant(entry, &[], vec![])).collect()
 }
 
-fn layout(gpu: &Gpu) -> wgpu::BindGroupLayout {
-    gpu.layout(
-        NAME,
-        &[
-            uniform_entry(0),
-            storage_entry(1, true),
-            storage_entry(2, true),
-            storage_entry(3, true),
-            storage_entry(4, false),
-        ],
-    )
-}
-
-fn pipeline(gpu: &Gpu, entry: &str) -> Result<wgpu::ComputePipeline> {
-    let v = variants().into_iter().find(|v| v.entry == entry).expect("entry exists");
-    gpu.pipeline(&v, &layout(gpu))
+fn pipeline(gpu: &Gpu, entry: &'static str) -> Result<Compiled> {
+    gpu.compile(&SHADER.variant(entry, &[], vec![]))
 }
 
 fn dispatch(
     gpu: &Gpu,
     enc: &mut wgpu::CommandEncoder,
-    pipeline: &wgpu::ComputePipeline,
+    kernel: &Compiled,
     buffers: &[&wgpu::Buffer],
     threads: usize,
 ) {
-    let bind = gpu.bind_group(&layout(gpu), buffers);
+    let bind = kernel.bind(gpu, buffers);
     let mut pass =
         enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
-    pass.set_pipeline(pipeline);
-    pass.set_bind_group(0, &bind, &[]);
-    pass.dispatch_workgroups(threads.div_ceil(64) as u32, 1, 1);
+    kernel.dispatch(&mut pass, &bind, [threads.div_ceil(64) as u32, 1, 1]);
 }
 
 /// Token embeddings on the device: the word table `[vocab, d]`, position table
 /// `[max_pos, d]` and token-type row 0 `[d]`, uploaded once.
 pub struct Embeddings {
+    /// Rows of the word table: token ids are `0..vocab`.
     pub vocab: usize,
+    /// Rows of the position table: positions are `0..max_positions`.
     pub max_positions: usize,
+    /// Embedding width.
     pub d: usize,
     word: wgpu::Buffer,
     /// positions, then the token-type row
     table: wgpu::Buffer,
-    pipeline: wgpu::ComputePipeline,
+    pipeline: Compiled,
 }
 
 impl Embeddings {
+    /// Uploads `word [vocab, d]`, `positions [max_positions, d]` and `token_type [d]`;
+    /// `vocab` and `max_positions` follow from the lengths.
     pub fn new(gpu: &Gpu, word: &[f32], positions: &[f32], token_type: &[f32], d: usize) -> Result<Self> {
         if d == 0
             || !word.len().is_multiple_of(d)
@@ -89,19 +81,28 @@ impl Embeddings {
     /// A prepared gather of `ids` at `positions` (checked against the tables).
     pub fn prepare(&self, gpu: &Gpu, ids: &[u32], positions: &[u32]) -> Result<Gather> {
         if ids.is_empty() || ids.len() != positions.len() {
-            return Err(Error::Shape(format!("{} token ids with {} positions", ids.len(), positions.len())));
+            return Err(Error::Length {
+                what: "token positions (one per token id)".into(),
+                got: positions.len(),
+                shape: vec![ids.len()],
+                expected: ids.len(),
+            });
         }
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.vocab) {
-            return Err(Error::Invalid(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.vocab
-            )));
+            return Err(Error::OutOfRange {
+                what: "token id (an index into the vocabulary)".into(),
+                value: bad as u64,
+                min: 0,
+                max: self.vocab as u64 - 1,
+            });
         }
         if let Some(&bad) = positions.iter().find(|&&p| p as usize >= self.max_positions) {
-            return Err(Error::Invalid(format!(
-                "position {bad} is beyond the model's {} position embeddings",
-                self.max_positions
-            )));
+            return Err(Error::OutOfRange {
+                what: "token position (an index into the position embeddings)".into(),
+                value: bad as u64,
+                min: 0,
+                max: self.max_positions as u64 - 1,
+            });
         }
         let t = ids.len();
         gpu.check_dispatch(NAME, [(t * self.d).div_ceil(64) as u64, 1, 1])?;
@@ -138,8 +139,8 @@ pub struct Gather {
 pub struct Pool {
     sentences: usize,
     d: usize,
-    pool: wgpu::ComputePipeline,
-    norm: wgpu::ComputePipeline,
+    pool: Compiled,
+    norm: Compiled,
     pool_shape: wgpu::Buffer,
     norm_shape: wgpu::Buffer,
     lengths: wgpu::Buffer,
@@ -148,12 +149,19 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// Pooling of `lengths.len()` sentences of `stride` rows of width `d`; sentence `b` averages
+    /// its first `lengths[b]` rows (`1 ..= stride`).
     pub fn new(gpu: &Gpu, lengths: &[u32], stride: usize, d: usize) -> Result<Self> {
         if lengths.is_empty() || d == 0 {
             return Err(Error::Empty { what: "pooling".into(), shape: vec![lengths.len(), stride, d] });
         }
         if let Some(&bad) = lengths.iter().find(|&&l| l == 0 || l as usize > stride) {
-            return Err(Error::Invalid(format!("sentence length {bad}: need 1..={stride}")));
+            return Err(Error::OutOfRange {
+                what: "sentence length".into(),
+                value: bad as u64,
+                min: 1,
+                max: stride as u64,
+            });
         }
         let b = lengths.len();
         Ok(Self {

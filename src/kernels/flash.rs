@@ -2,23 +2,26 @@
 //!
 //! Supports: head dim a multiple of 4 up to 256; any N, M ≥ 1 (N ≠ M, bottom-right aligned);
 //! MHA/GQA/MQA by index mapping; causal, window (L, R) and ALiBi in-kernel; any sparse
-//! [`Mask`](crate::mask::Mask) through the [`BlockMap`] it walks: unlisted tiles are never
+//! [`Mask`](crate::contract::mask::Mask) through the [`BlockMap`] it walks: unlisted tiles are never
 //! loaded, full tiles skip per-element masking, partial ones read visibility bits. Writes O
 //! and LSE. An instrumented variant counts tiles, keys and rows moved.
 //!
 //! Dispatch: one workgroup of `BR` invocations per (query tile, head, batch).
 
-use crate::blockmap::BlockMap;
+use crate::contract::blockmap::BlockMap;
+use crate::contract::spec::AttnSpec;
 use crate::error::Result;
-use crate::gpu::{Gpu, storage_entry, uniform_entry};
-use crate::kernels::{
-    AttnBuffers, COMMON_WGSL, LANES_PLAIN_WGSL, LANES_SUBGROUP_WGSL, Params, ShaderVariant, Traffic,
-    check_head_dim, slopes_words,
-};
-use crate::spec::AttnSpec;
+use crate::kernels::{AttnBuffers, COMMON, Contract, Tiles, Traffic, check_head_dim, lanes, slopes_words};
+use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
+use crate::runtime::{Gpu, Profile, Tuned};
 
-const BODY: &str = include_str!("../../shaders/flash.wgsl");
 const NAME: &str = "flash";
+/// contract, Q, K, V, O, LSE, block map, slopes, counters, tiles (see flash.wgsl).
+const SHADER: Shader = Shader {
+    stem: NAME,
+    source: include_str!("../../shaders/flash.wgsl"),
+    bindings: &numbered([Uniform, Read, Read, Read, ReadWrite, ReadWrite, Read, Read, ReadWrite, Uniform]),
+};
 
 /// Most vec4 lanes of q (and of the accumulator) one invocation keeps in registers; past
 /// that GPUs spill, so wider heads are split over `p` invocations per row.
@@ -62,30 +65,60 @@ impl FlashConfig {
         2 * self.bc as u64 * d as u64 * 4 + self.s_part_len() as u64 * 4
     }
 
-    /// The configuration for this device: its profile's (see [`crate::profile`]) where that
-    /// fits the device, else 64 rows and the largest key tile that fits; subgroup shuffles
-    /// where the profile asks for the device's own fixed subgroup width; passes below a
-    /// loop-iteration cap.
+    /// The configuration for this device: [`FlashConfig::choose`] with its profile, its
+    /// attached tuned winners and its limits.
     pub fn for_device(gpu: &Gpu, d: usize) -> Self {
-        // the autotuner's winner if cached; else the profile's choice, where it fits this
-        // device; else sized to the device's limits
-        let tuned = gpu.tuned().and_then(|t| t.flash.get(&crate::tune::flash_key(d)));
-        let mut c = match tuned {
-            Some(&[br, bc, p, sg]) => Self { br, bc, p, sg, pass_tiles: 0 },
-            None => gpu.profile().0.flash_config(d),
-        };
+        Self::choose(gpu.profile().0, gpu.tuned(), gpu, d)
+    }
+
+    /// The one place a flash configuration is chosen: the tuned winner for head dim `d` where
+    /// one is attached and valid, else the profile's preset; if that does not fit the device,
+    /// 64 rows and the largest key tile that fits ([`FlashConfig::for_limits`]); subgroup
+    /// shuffles only at the device's own fixed subgroup width; passes below a loop cap.
+    pub fn choose(profile: &Profile, tuned: Option<&Tuned>, gpu: &Gpu, d: usize) -> Self {
+        let winner = tuned.and_then(|t| t.get(&Self::tuning_key(d))).and_then(|w| Self::from_winner(w, d));
+        let mut c = winner.unwrap_or_else(|| Self::for_profile(profile, d));
         let l = gpu.limits();
-        let fits = c.workgroup_bytes(d) <= l.max_compute_workgroup_storage_size as u64
-            && c.invocations() <= l.max_compute_invocations_per_workgroup.min(l.max_compute_workgroup_size_x);
-        if !fits {
+        if !c.fits(l, d) {
             c = Self::for_limits(l, d);
         }
-        // shuffles only at the device's own fixed subgroup width
-        let info = gpu.info();
-        let fixed = info.subgroup_min_size == info.subgroup_max_size;
-        let has = gpu.features().contains(wgpu::Features::SUBGROUP);
-        c.sg = if has && fixed && c.sg == info.subgroup_min_size { c.sg } else { 0 };
+        c.sg = match gpu.fixed_subgroup() {
+            Some(width) if c.sg == width => c.sg,
+            _ => 0,
+        };
         c.fit_passes(gpu, d)
+    }
+
+    /// The key of this kernel's tuned winners at head dim `d`.
+    pub fn tuning_key(d: usize) -> String {
+        format!("flash:d={d}")
+    }
+
+    /// This configuration as a tuned winner: `[br, bc, p, sg]`.
+    pub fn winner(&self) -> Vec<u32> {
+        vec![self.br, self.bc, self.p, self.sg]
+    }
+
+    /// A tuned winner read back, if it is a configuration the kernel can run at head dim `d`.
+    fn from_winner(w: &[u32], d: usize) -> Option<Self> {
+        let &[br, bc, p, sg] = w else { return None };
+        let ok = br > 0
+            && bc > 0
+            && bc as usize <= crate::contract::blockmap::MAX_BC
+            && p > 0
+            && p as usize <= (d / 4).max(1)
+            && (sg == 0 || br.is_multiple_of(sg));
+        if !ok {
+            log::warn!("ignoring the tuned flash winner {w:?} for head dim {d}: not a valid configuration");
+        }
+        ok.then_some(Self { br, bc, p, sg, pass_tiles: 0 })
+    }
+
+    /// Whether this configuration fits workgroup memory and invocations of `limits`.
+    fn fits(&self, l: &wgpu::Limits, d: usize) -> bool {
+        self.workgroup_bytes(d) <= l.max_compute_workgroup_storage_size as u64
+            && self.invocations()
+                <= l.max_compute_invocations_per_workgroup.min(l.max_compute_workgroup_size_x)
     }
 
     /// This config with `pass_tiles` set below the adapter's loop-iteration cap (unchanged
@@ -114,17 +147,30 @@ impl FlashConfig {
         1 + staging + 2 * bc * dot + exchange + bc + lanes + 8
     }
 
-    /// [`FlashConfig::for_device`] for a device with these limits.
+    /// The configuration a profile prescribes at head dim `d`, within the profile's limits.
+    pub fn for_profile(profile: &Profile, d: usize) -> Self {
+        Self::sized(profile.rows, profile.subgroup, &profile.limits, d)
+    }
+
+    /// 64 rows and the largest key tile that fits these limits, no shuffles: what runs on any
+    /// device with `limits`.
     pub fn for_limits(limits: &wgpu::Limits, d: usize) -> Self {
+        Self::sized(64, 0, limits, d)
+    }
+
+    /// `rows` query rows (fewer per invocation split), the largest key tile of 32, 16, 8, 4
+    /// that fits `limits`, and shuffles of width `subgroup` where the rows divide into them.
+    fn sized(rows: u32, subgroup: u32, limits: &wgpu::Limits, d: usize) -> Self {
         let p = Self::parts_for(d);
         let max_inv = limits.max_compute_invocations_per_workgroup.min(limits.max_compute_workgroup_size_x);
-        let br = (64 / p).min(max_inv / p).max(1);
+        let br = (rows / p).min(max_inv / p).max(1);
         let storage = limits.max_compute_workgroup_storage_size as u64;
         let bc = [32u32, 16, 8, 4]
             .into_iter()
             .find(|&bc| Self { br, bc, p, sg: 0, pass_tiles: 0 }.workgroup_bytes(d) <= storage)
             .unwrap_or(4);
-        Self { br, bc, p, sg: 0, pass_tiles: 0 }
+        let sg = if p == 1 && subgroup > 0 && br.is_multiple_of(subgroup) { subgroup } else { 0 };
+        Self { br, bc, p, sg, pass_tiles: 0 }
     }
 
     /// The shader variant for head dim `d`; `count` builds the instrumented variant.
@@ -135,12 +181,10 @@ impl FlashConfig {
     /// [`FlashConfig::variant`] with Q, K, V stored as f16 when `f16`.
     pub fn variant_f16(&self, d: usize, count: bool, f16: bool) -> ShaderVariant {
         let d4 = (d / 4) as u32;
-        ShaderVariant {
-            stem: NAME,
-            prelude: vec![COMMON_WGSL, if self.sg > 0 { LANES_SUBGROUP_WGSL } else { LANES_PLAIN_WGSL }],
-            body: BODY,
-            entry: "main",
-            consts: vec![
+        SHADER.variant(
+            "main",
+            &[COMMON, lanes(self.sg)],
+            vec![
                 ("D4", d4),
                 ("DP4", d4.div_ceil(self.p)),
                 ("BR", self.br),
@@ -154,26 +198,8 @@ impl FlashConfig {
                 ("F16_U", f16 as u32),
                 ("LANE_GUARD_U", !d4.is_multiple_of(self.p) as u32),
             ],
-        }
+        )
     }
-}
-
-/// Bind group layout of the flash family (see the bindings in flash.wgsl).
-fn layout(gpu: &Gpu) -> wgpu::BindGroupLayout {
-    gpu.layout(
-        NAME,
-        &[
-            uniform_entry(0),
-            storage_entry(1, true),
-            storage_entry(2, true),
-            storage_entry(3, true),
-            storage_entry(4, false),
-            storage_entry(5, false),
-            storage_entry(6, true),
-            storage_entry(7, true),
-            storage_entry(8, false),
-        ],
-    )
 }
 
 /// What the instrumented kernel counted in one run.
@@ -206,11 +232,12 @@ impl FlashCounters {
 /// A prepared flash call.
 pub struct Flash {
     config: FlashConfig,
-    pipeline: wgpu::ComputePipeline,
+    kernel: Compiled,
     /// One dispatch per (chunk of heads that fits the bindings, pass over the tile lists).
     passes: Vec<Dispatch>,
     chunks: usize,
     f16: bool,
+    contract: wgpu::Buffer,
     block_map: wgpu::Buffer,
     map: BlockMap,
     slopes: wgpu::Buffer,
@@ -220,6 +247,8 @@ pub struct Flash {
 }
 
 impl Flash {
+    /// Prepares flash for `spec` with tile configuration `config` (checked against the device);
+    /// `instrumented` builds the counting variant.
     pub fn new(gpu: &Gpu, spec: &AttnSpec, config: FlashConfig, instrumented: bool) -> Result<Self> {
         Self::new_with(gpu, spec, config, instrumented, false)
     }
@@ -235,28 +264,39 @@ impl Flash {
     ) -> Result<Self> {
         let s = spec.shape;
         if f16 && !gpu.features().contains(wgpu::Features::SHADER_F16) {
-            return Err(crate::Error::Invalid(
-                "f16 storage needs the SHADER_F16 feature, which this device lacks; use f32 inputs".into(),
-            ));
+            return Err(crate::Error::MissingFeature {
+                feature: "SHADER_F16",
+                needed_for: "flash with f16 storage",
+                instead: "use f32 inputs (or Attention::flash_f16, which falls back to them)",
+            });
         }
         check_head_dim(NAME, s.head_dim)?;
         if config.br == 0
             || config.bc == 0
-            || config.bc as usize > crate::blockmap::MAX_BC
+            || config.bc as usize > crate::contract::blockmap::MAX_BC
             || config.p == 0
             || (config.p as usize) > s.head_dim / 4
         {
-            return Err(crate::Error::Invalid(format!(
-                "flash tile config {config:?} for head dim {}",
-                s.head_dim
-            )));
+            return Err(crate::Error::Config {
+                kernel: NAME,
+                config: format!("{config:?}"),
+                reason: format!(
+                    "need br, p ≥ 1, 1 ≤ bc ≤ {}, p ≤ D/4 = {}",
+                    crate::contract::blockmap::MAX_BC,
+                    s.head_dim / 4
+                ),
+            });
         }
         let lanes = (s.head_dim / 4).div_ceil(config.p as usize);
         if lanes > MAX_LANES_PER_INVOCATION {
-            return Err(crate::Error::Invalid(format!(
-                "flash config {config:?} gives each invocation {lanes} vec4 lanes of head dim {}; at most {MAX_LANES_PER_INVOCATION} (raise p)",
-                s.head_dim
-            )));
+            return Err(crate::Error::Config {
+                kernel: NAME,
+                config: format!("{config:?}"),
+                reason: format!(
+                    "each invocation would keep {lanes} vec4 lanes of head dim {}; at most {MAX_LANES_PER_INVOCATION} (raise p)",
+                    s.head_dim
+                ),
+            });
         }
         if config.sg > 0 {
             let info = gpu.info();
@@ -266,69 +306,67 @@ impl Flash {
                 || config.p != 1
                 || !config.br.is_multiple_of(config.sg)
             {
-                return Err(crate::Error::Invalid(format!(
-                    "flash subgroup path sg={} needs SUBGROUP, a fixed subgroup size of {} (device: {}..={}), p = 1 and br a multiple of it; config {config:?}",
-                    config.sg, config.sg, info.subgroup_min_size, info.subgroup_max_size
-                )));
+                return Err(crate::Error::Config {
+                    kernel: NAME,
+                    config: format!("{config:?}"),
+                    reason: format!(
+                        "the subgroup path sg={} needs SUBGROUP, a fixed subgroup size of {} (device: {}..={}), p = 1 and br a multiple of it",
+                        config.sg, config.sg, info.subgroup_min_size, info.subgroup_max_size
+                    ),
+                });
             }
         }
         if let Some(limit) = gpu.loop_iteration_limit() {
             let per_tile = config.loop_iterations_per_tile(s.head_dim);
             if config.pass_tiles == 0 || config.pass_tiles as u64 * per_tile > limit {
-                return Err(crate::Error::Invalid(format!(
-                    "flash config {config:?}: this adapter runs at most {limit} loop iterations per invocation; with up to {per_tile} per tile, pass_tiles must be 1..={}",
-                    (limit / per_tile).max(1)
-                )));
+                return Err(crate::Error::LoopLimit {
+                    kernel: NAME,
+                    needed: config.pass_tiles.max(1) as u64 * per_tile,
+                    limit,
+                    hint: "set pass_tiles with FlashConfig::fit_passes",
+                });
             }
         }
         gpu.check_workgroup(NAME, config.workgroup_bytes(s.head_dim), config.invocations())?;
         gpu.check_dispatch(NAME, [s.n.div_ceil(config.br as usize) as u64, s.heads as u64, s.batch as u64])?;
         let chunks = Chunk::plan(gpu, spec)?;
         if f16 && chunks.len() > 1 {
-            return Err(crate::Error::Invalid(format!(
-                "f16 storage runs tensors that fit one binding; this problem needs {} chunks",
-                chunks.len()
-            )));
+            return Err(crate::Error::NeedsOneBinding {
+                what: "flash with f16 storage",
+                chunks: chunks.len(),
+            });
         }
 
         let map = BlockMap::build(spec, config.br as usize, config.bc as usize)?;
         let (mut words, [entries, mask_index, bits]) = map.to_gpu_words();
-        let mut params = Params::new(spec);
-        params.n_qtiles = map.n_qtiles as u32;
-        params.map_heads = map.heads as u32;
-        params.map_rows = entries;
-        params.mask_base = mask_index;
-        params.bits_base = bits;
-        params.pass_tiles = config.pass_tiles;
+        let mut tiles = Tiles::of_map(&map, [entries, mask_index, bits]);
+        tiles.pass_tiles = config.pass_tiles;
         // Pass 0 launches every query tile; pass k only those whose list (in any head) is
         // longer than k·pass_tiles, listed after the map in the same buffer.
         let pass_lists = map.pass_lists(config.pass_tiles, &mut words);
         let mut passes = Vec::new();
         for chunk in &chunks {
-            params.q_shift = (chunk.q.0 / 16) as u32;
-            params.kv_shift = (chunk.kv.0 / 16) as u32;
-            params.lse_shift = (chunk.lse.0 / 4) as u32;
-            params.head_base = chunk.head_base as u32;
-            params.batch_base = chunk.batch_base as u32;
+            chunk.shift(&mut tiles);
             for (k, &(list, launched)) in pass_lists.iter().enumerate() {
-                params.pass_index = k as u32;
-                params.qtile_list = list;
+                tiles.pass_index = k as u32;
+                tiles.qtile_list = list;
                 let groups = [launched as u32, chunk.heads as u32, chunk.batches as u32];
                 passes.push(Dispatch {
-                    params: gpu.uniform("flash params", &params),
+                    tiles: gpu.uniform("flash tiles", &tiles),
                     groups,
                     chunk: chunk.clone(),
                 });
             }
         }
 
-        let pipeline = gpu.pipeline(&config.variant_f16(s.head_dim, instrumented, f16), &layout(gpu))?;
+        let kernel = gpu.compile(&config.variant_f16(s.head_dim, instrumented, f16))?;
         Ok(Self {
             config,
-            pipeline,
+            kernel,
             passes,
             chunks: chunks.len(),
             f16,
+            contract: Contract::new(spec).upload(gpu),
             block_map: gpu.upload("flash block map", &words)?,
             map,
             slopes: gpu.upload("ALiBi slopes", &slopes_words(spec))?,
@@ -337,6 +375,7 @@ impl Flash {
         })
     }
 
+    /// The tile configuration in use.
     pub fn config(&self) -> FlashConfig {
         self.config
     }
@@ -369,7 +408,7 @@ impl Flash {
             .entries
             .iter()
             .map(|&e| {
-                let k0 = (e & !crate::blockmap::FULL) as u64 * bc;
+                let k0 = (e & !crate::contract::blockmap::FULL) as u64 * bc;
                 (k0 + bc).min(m) - k0
             })
             .sum();
@@ -396,10 +435,10 @@ impl Flash {
         .traffic(s.head_dim)
     }
 
-    /// The block map buffer, the slopes buffer and the first pass's parameters, for kernels
-    /// that read the same map (the heatmap).
-    pub(crate) fn bindings(&self) -> (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer) {
-        (&self.block_map, &self.slopes, &self.passes[0].params)
+    /// The contract, the first pass's tiles, the block map and the slopes, for kernels that
+    /// read the same map (the heatmap).
+    pub(crate) fn bindings(&self) -> (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer) {
+        (&self.contract, &self.passes[0].tiles, &self.block_map, &self.slopes)
     }
 
     /// The tiles this call visits.
@@ -409,7 +448,10 @@ impl Flash {
 
     /// Block map and parameters: linear in the number of listed tiles, never N×M floats.
     pub fn scratch_bytes(&self) -> u64 {
-        self.block_map.size() + self.slopes.size() + self.passes.iter().map(|p| p.params.size()).sum::<u64>()
+        self.contract.size()
+            + self.block_map.size()
+            + self.slopes.size()
+            + self.passes.iter().map(|p| p.tiles.size()).sum::<u64>()
     }
 
     /// The counters of the last run (instrumented variant only; blocks until read).
@@ -427,6 +469,7 @@ impl Flash {
         }))
     }
 
+    /// Records the call's dispatches (one compute pass) into `encoder` on buffers `b`.
     pub fn encode(
         &self,
         gpu: &Gpu,
@@ -437,16 +480,14 @@ impl Flash {
         if self.instrumented {
             encoder.clear_buffer(&self.counters, 0, None);
         }
-        let layout = layout(gpu);
         let mut pass =
             encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes });
-        pass.set_pipeline(&self.pipeline);
         for d in &self.passes {
             let c = &d.chunk;
-            let bind = gpu.bind_group_ranges(
-                &layout,
+            let bind = self.kernel.bind_ranges(
+                gpu,
                 &[
-                    (&d.params, None),
+                    (&self.contract, None),
                     (b.q, c.q_range(b.q)),
                     (b.k, c.kv_range(b.k)),
                     (b.v, c.kv_range(b.v)),
@@ -455,24 +496,23 @@ impl Flash {
                     (&self.block_map, None),
                     (&self.slopes, None),
                     (&self.counters, None),
+                    (&d.tiles, None),
                 ],
             );
-            pass.set_bind_group(0, &bind, &[]);
-            let [x, y, z] = d.groups;
-            pass.dispatch_workgroups(x, y, z);
+            self.kernel.dispatch(&mut pass, &bind, d.groups);
         }
     }
 }
 
 /// One dispatch: its parameters, workgroup counts and the chunk it covers.
 struct Dispatch {
-    params: wgpu::Buffer,
+    tiles: wgpu::Buffer,
     groups: [u32; 3],
     chunk: Chunk,
 }
 
 /// Heads dispatched together and the byte ranges of Q/O, K/V and LSE they read and write,
-/// each starting at an offset aligned for binding (the shifts in `Params` undo the slack).
+/// each starting at an offset aligned for binding (the shifts in `Tiles` undo the slack).
 #[derive(Clone, Debug)]
 pub(crate) struct Chunk {
     pub head_base: usize,
@@ -551,6 +591,16 @@ impl Chunk {
             }
         }
         Ok(out)
+    }
+
+    /// Points `tiles` at this chunk: its first head and batch, and the shifts that turn
+    /// global indices into indices of the ranges bound for it.
+    pub(crate) fn shift(&self, tiles: &mut Tiles) {
+        tiles.q_shift = (self.q.0 / 16) as u32;
+        tiles.kv_shift = (self.kv.0 / 16) as u32;
+        tiles.lse_shift = (self.lse.0 / 4) as u32;
+        tiles.head_base = self.head_base as u32;
+        tiles.batch_base = self.batch_base as u32;
     }
 
     fn whole(r: (u64, u64)) -> bool {

@@ -6,22 +6,35 @@
 use std::ops::Range;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, storage_entry, uniform_entry};
-use crate::kernels::{Attention, AttnBuffers, COMMON_WGSL, ShaderVariant};
+use crate::kernels::{Attention, AttnBuffers, COMMON};
+use crate::runtime::Gpu;
+use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
 
-const BODY: &str = include_str!("../../shaders/heatmap.wgsl");
 const NAME: &str = "heatmap";
+/// contract, Q, K, LSE, block map, slopes, pixels, view, the flash call's tiles (see
+/// heatmap.wgsl).
+const SHADER: Shader = Shader {
+    stem: NAME,
+    source: include_str!("../../shaders/heatmap.wgsl"),
+    bindings: &numbered([Uniform, Read, Read, Read, Read, Read, ReadWrite, Uniform, Uniform]),
+};
 /// Each pixel visits at most SAMPLE × SAMPLE pairs of its rectangle (strided beyond that).
 pub const SAMPLE: u32 = 32;
 
 /// What to draw: a rectangle of (query row, key) space of one (batch, head), at a resolution.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeatView {
+    /// The batch of the head shown.
     pub batch: usize,
+    /// The query head shown.
     pub head: usize,
+    /// Query rows in view.
     pub rows: Range<usize>,
+    /// Keys in view.
     pub cols: Range<usize>,
+    /// Pixels across (keys are pooled into columns).
     pub width: usize,
+    /// Pixels down (query rows are pooled into rows).
     pub height: usize,
     /// Mean instead of max pooling.
     pub mean: bool,
@@ -44,54 +57,36 @@ struct ViewParams {
 
 /// The shader variant for head dim `d` and flash tiles `br × bc`.
 pub fn variant(d: usize, br: u32, bc: u32) -> ShaderVariant {
-    ShaderVariant {
-        stem: NAME,
-        prelude: vec![COMMON_WGSL],
-        body: BODY,
-        entry: "main",
-        consts: vec![("D4", (d / 4) as u32), ("BR", br), ("BC", bc), ("SAMPLE", SAMPLE)],
-    }
+    SHADER.variant(
+        "main",
+        &[COMMON],
+        vec![("D4", (d / 4) as u32), ("BR", br), ("BC", bc), ("SAMPLE", SAMPLE)],
+    )
 }
 
 /// A heatmap renderer bound to one prepared flash [`Attention`].
 pub struct Heatmap {
-    pipeline: wgpu::ComputePipeline,
-    layout: wgpu::BindGroupLayout,
+    kernel: Compiled,
 }
 
 impl Heatmap {
+    /// Compiles the heatmap for `attn`'s flash call (its block map and tiles).
     pub fn new(gpu: &Gpu, attn: &Attention) -> Result<Self> {
         let flash = attn.flash().ok_or_else(|| {
             Error::Invalid("the heatmap needs a flash attention (for its LSE and block map)".into())
         })?;
         if flash.chunks() > 1 {
-            return Err(Error::Invalid(format!(
-                "the heatmap binds Q and K whole; this problem needs {} chunks to fit the device's bindings",
-                flash.chunks()
-            )));
+            return Err(Error::NeedsOneBinding { what: "the heatmap", chunks: flash.chunks() });
         }
         let c = flash.config();
-        let layout = gpu.layout(
-            NAME,
-            &[
-                uniform_entry(0),
-                storage_entry(1, true),
-                storage_entry(2, true),
-                storage_entry(3, true),
-                storage_entry(4, true),
-                storage_entry(5, true),
-                storage_entry(6, false),
-                uniform_entry(7),
-            ],
-        );
-        let pipeline = gpu.pipeline(&variant(attn.spec().shape.head_dim, c.br, c.bc), &layout)?;
-        Ok(Self { pipeline, layout })
+        Ok(Self { kernel: gpu.compile(&variant(attn.spec().shape.head_dim, c.br, c.bc))? })
     }
 
     /// Pools the probabilities of `view` into `width × height` values (row-major, top row
     /// first). `io` must hold the Q, K and the LSE written by `attn`.
     pub fn render(&self, gpu: &Gpu, attn: &Attention, io: &AttnBuffers, view: &HeatView) -> Result<Vec<f32>> {
-        Ok(self.render_many(gpu, attn, &[(*io, view.clone())])?.pop().expect("one view"))
+        let mut one = self.render_many(gpu, attn, &[(*io, view.clone())])?;
+        one.pop().ok_or_else(|| Error::Device("heatmap: no view rendered".into()))
     }
 
     /// [`Heatmap::render`] for many (buffers, view) pairs of the same `attn`: one submission
@@ -103,7 +98,8 @@ impl Heatmap {
         views: &[(AttnBuffers, HeatView)],
     ) -> Result<Vec<Vec<f32>>> {
         let s = attn.spec().shape;
-        let flash = attn.flash().expect("checked in new");
+        let flash =
+            attn.flash().ok_or_else(|| Error::Invalid("the heatmap needs a flash attention".into()))?;
         // each view's pixels start at an offset aligned for binding
         let align = (gpu.limits().min_storage_buffer_offset_alignment as usize / 4).max(1);
         let mut offsets = Vec::with_capacity(views.len());
@@ -129,14 +125,13 @@ impl Heatmap {
         }
         // bound in per-view ranges: only the buffer-size limit applies to the whole
         let pixels = gpu.storage_ranged("heatmap pixels", (total * 4) as u64)?;
-        let (block_map, slopes, first_pass) = flash.bindings();
+        let (contract, tiles, block_map, slopes) = flash.bindings();
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(NAME),
                 timestamp_writes: None,
             });
-            pass.set_pipeline(&self.pipeline);
             for ((io, view), &at) in views.iter().zip(&offsets) {
                 let params = ViewParams {
                     batch: view.batch as u32,
@@ -152,10 +147,10 @@ impl Heatmap {
                 };
                 let view_buf = gpu.uniform("heatmap view", &params);
                 let range = Some(((at * 4) as u64, (view.width * view.height * 4) as u64));
-                let bind = gpu.bind_group_ranges(
-                    &self.layout,
+                let bind = self.kernel.bind_ranges(
+                    gpu,
                     &[
-                        (first_pass, None),
+                        (contract, None),
                         (io.q, None),
                         (io.k, None),
                         (io.lse, None),
@@ -163,10 +158,11 @@ impl Heatmap {
                         (slopes, None),
                         (&pixels, range),
                         (&view_buf, None),
+                        (tiles, None),
                     ],
                 );
-                pass.set_bind_group(0, &bind, &[]);
-                pass.dispatch_workgroups(view.width.div_ceil(8) as u32, view.height.div_ceil(8) as u32, 1);
+                let groups = [view.width.div_ceil(8) as u32, view.height.div_ceil(8) as u32, 1];
+                self.kernel.dispatch(&mut pass, &bind, groups);
             }
         }
         gpu.queue.submit([enc.finish()]);

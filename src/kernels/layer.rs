@@ -1,28 +1,62 @@
 //! `layer`: LayerNorm, head/token permutes and copies (`shaders/layer.wgsl`), the glue of a
 //! transformer layer around matmul and attention. Oracles inline in the tests and in
-//! [`crate::colt5`].
+//! [`crate::models::colt5`].
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, storage_entry, uniform_entry};
-use crate::kernels::ShaderVariant;
+use crate::runtime::Gpu;
+use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
 
-const BODY: &str = include_str!("../../shaders/layer.wgsl");
 const NAME: &str = "layer";
+/// shape, source, destination, γ | β (see layer.wgsl).
+const SHADER: Shader = Shader {
+    stem: NAME,
+    source: include_str!("../../shaders/layer.wgsl"),
+    bindings: &numbered([Uniform, Read, ReadWrite, Read]),
+};
 
 /// One of the layer operations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     /// `[rows, d]` → normalised rows (mean 0, variance 1, eps 1e-5, no affine).
-    LayerNorm { rows: usize, d: usize },
+    LayerNorm {
+        /// Rows, normalised independently.
+        rows: usize,
+        /// Row width.
+        d: usize,
+    },
     /// `[rows, d]` → `γ ⊙ normalised + β`, with `eps` and γ, β given to
     /// [`LayerOp::layer_norm_affine`] (BERT's LayerNorm).
-    LayerNormAffine { rows: usize, d: usize },
+    LayerNormAffine {
+        /// Rows, normalised independently.
+        rows: usize,
+        /// Row width (and length of γ and β).
+        d: usize,
+    },
     /// `[rows, heads·d]` → `[heads, rows, d]`.
-    ToHeads { rows: usize, heads: usize, d: usize },
+    ToHeads {
+        /// Tokens.
+        rows: usize,
+        /// Heads.
+        heads: usize,
+        /// Width per head.
+        d: usize,
+    },
     /// `[heads, rows, d]` → `[rows, heads·d]`.
-    ToTokens { rows: usize, heads: usize, d: usize },
+    ToTokens {
+        /// Tokens.
+        rows: usize,
+        /// Heads.
+        heads: usize,
+        /// Width per head.
+        d: usize,
+    },
     /// `[rows, d]` copied.
-    Copy { rows: usize, d: usize },
+    Copy {
+        /// Rows.
+        rows: usize,
+        /// Row width.
+        d: usize,
+    },
 }
 
 impl Op {
@@ -60,27 +94,22 @@ impl Op {
 pub fn variants() -> Vec<ShaderVariant> {
     ["layer_norm", "layer_norm_affine", "to_heads", "to_tokens", "copy"]
         .into_iter()
-        .map(|entry| ShaderVariant { stem: NAME, prelude: vec![], body: BODY, entry, consts: vec![] })
+        .map(|entry| SHADER.variant(entry, &[], vec![]))
         .collect()
-}
-
-fn layout(gpu: &Gpu) -> wgpu::BindGroupLayout {
-    gpu.layout(
-        NAME,
-        &[uniform_entry(0), storage_entry(1, true), storage_entry(2, false), storage_entry(3, true)],
-    )
 }
 
 /// A prepared layer operation.
 pub struct LayerOp {
     op: Op,
-    pipeline: wgpu::ComputePipeline,
+    kernel: Compiled,
     shape: wgpu::Buffer,
     /// γ | β for the affine LayerNorm, else a 4-byte placeholder binding.
     affine: wgpu::Buffer,
 }
 
 impl LayerOp {
+    /// Prepares `op` (LayerNorm with eps 1e-5); [`Op::LayerNormAffine`] is refused: it needs
+    /// γ and β through [`LayerOp::layer_norm_affine`].
     pub fn new(gpu: &Gpu, op: Op) -> Result<Self> {
         if matches!(op, Op::LayerNormAffine { .. }) {
             return Err(Error::Invalid(
@@ -106,11 +135,9 @@ impl LayerOp {
     /// upload once, reuse for every row count.
     pub fn affine_weights(gpu: &Gpu, d: usize, gamma: &[f32], beta: &[f32]) -> Result<wgpu::Buffer> {
         if gamma.len() != d || beta.len() != d {
-            return Err(Error::Shape(format!(
-                "LayerNorm of width {d}: γ has {} values, β {}",
-                gamma.len(),
-                beta.len()
-            )));
+            let (what, got) =
+                if gamma.len() != d { ("LayerNorm γ", gamma.len()) } else { ("LayerNorm β", beta.len()) };
+            return Err(Error::Length { what: what.into(), got, shape: vec![d], expected: d });
         }
         gpu.upload("layer norm affine", &[gamma, beta].concat())
     }
@@ -146,22 +173,19 @@ impl LayerOp {
         }
         let groups = op.threads().div_ceil(64) as u64;
         gpu.check_dispatch(NAME, [groups, 1, 1])?;
-        let layout = layout(gpu);
-        let variant = variants().into_iter().find(|v| v.entry == op.entry()).expect("entry exists");
         Ok(Self {
             op,
-            pipeline: gpu.pipeline(&variant, &layout)?,
+            kernel: gpu.compile(&SHADER.variant(op.entry(), &[], vec![]))?,
             shape: gpu.uniform("layer shape", &op.shape(eps)),
             affine,
         })
     }
 
+    /// Records the operation, `src` to `dst`, as one compute pass.
     pub fn encode(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, src: &wgpu::Buffer, dst: &wgpu::Buffer) {
-        let bind = gpu.bind_group(&layout(gpu), &[&self.shape, src, dst, &self.affine]);
+        let bind = self.kernel.bind(gpu, &[&self.shape, src, dst, &self.affine]);
         let mut pass = enc
             .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(self.op.threads().div_ceil(64) as u32, 1, 1);
+        self.kernel.dispatch(&mut pass, &bind, [self.op.threads().div_ceil(64) as u32, 1, 1]);
     }
 }

@@ -3,11 +3,17 @@
 //! an adapter does dense math. The f64 oracle is [`matmul_f64`].
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, storage_entry, uniform_entry};
-use crate::kernels::{LANES_PLAIN_WGSL, LANES_SUBGROUP_WGSL, ShaderVariant};
+use crate::kernels::lanes;
+use crate::runtime::Gpu;
+use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
 
-const BODY: &str = include_str!("../../shaders/matmul.wgsl");
 const NAME: &str = "matmul";
+/// dims, A, B, bias, C (see matmul.wgsl).
+const SHADER: Shader = Shader {
+    stem: NAME,
+    source: include_str!("../../shaders/matmul.wgsl"),
+    bindings: &numbered([Uniform, Read, Read, Read, ReadWrite]),
+};
 /// Tile of C per workgroup, K slab depth, rows per invocation.
 const TM: u32 = 64;
 const TN: u32 = 32;
@@ -17,6 +23,7 @@ const RM: u32 = 8;
 /// Fused epilogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
+    /// No activation: `C = A·B + bias`.
     None,
     /// GELU, tanh approximation (GPT-2, CoLT5 here).
     Gelu,
@@ -47,38 +54,17 @@ impl Activation {
 /// `TN = 4·sg` and TK a multiple of `sg`).
 pub fn variant(act: Activation, sg: u32) -> ShaderVariant {
     let tn = if sg > 0 { 4 * sg } else { TN };
-    ShaderVariant {
-        stem: NAME,
-        prelude: vec![if sg > 0 { LANES_SUBGROUP_WGSL } else { LANES_PLAIN_WGSL }],
-        body: BODY,
-        entry: "main",
-        consts: vec![("TM", TM), ("TN", tn), ("TK", TK.max(sg)), ("RM", RM), ("SG", sg), ("ACT", act.code())],
-    }
+    SHADER.variant(
+        "main",
+        &[lanes(sg)],
+        vec![("TM", TM), ("TN", tn), ("TK", TK.max(sg)), ("RM", RM), ("SG", sg), ("ACT", act.code())],
+    )
 }
 
 /// The subgroup width to use: the device's fixed subgroup size if it has SUBGROUP and the
 /// size suits the tiles (8 or 16), else 0.
 fn subgroup_width(gpu: &Gpu) -> u32 {
-    let i = gpu.info();
-    let fixed = i.subgroup_min_size == i.subgroup_max_size;
-    if gpu.features().contains(wgpu::Features::SUBGROUP) && fixed && matches!(i.subgroup_min_size, 8 | 16) {
-        i.subgroup_min_size
-    } else {
-        0
-    }
-}
-
-fn layout(gpu: &Gpu) -> wgpu::BindGroupLayout {
-    gpu.layout(
-        NAME,
-        &[
-            uniform_entry(0),
-            storage_entry(1, true),
-            storage_entry(2, true),
-            storage_entry(3, true),
-            storage_entry(4, false),
-        ],
-    )
+    gpu.fixed_subgroup().filter(|w| matches!(w, 8 | 16)).unwrap_or(0)
 }
 
 /// A prepared matmul of fixed sizes.
@@ -92,12 +78,14 @@ pub struct Matmul {
     m: usize,
     k: usize,
     n: usize,
-    pipeline: wgpu::ComputePipeline,
+    kernel: Compiled,
     no_bias: wgpu::Buffer,
     has_bias: bool,
 }
 
 impl Matmul {
+    /// Prepares `C [m, n] = act(A [m, k]·B [k, n] + bias)` (`bias [n]` when `has_bias`), with
+    /// subgroup shuffles where the device's width suits.
     pub fn new(gpu: &Gpu, m: usize, k: usize, n: usize, has_bias: bool, act: Activation) -> Result<Self> {
         Self::with_subgroups(gpu, m, k, n, has_bias, act, true)
     }
@@ -157,13 +145,13 @@ impl Matmul {
                 });
             }
         }
-        let pipeline = gpu.pipeline(&variant(act, sg), &layout(gpu))?;
+        let kernel = gpu.compile(&variant(act, sg))?;
         Ok(Self {
             tn,
             m,
             k,
             n,
-            pipeline,
+            kernel,
             chunks: Self::chunks(gpu, m, k, n, has_bias, false, chunk_rows, whole),
             chunk_rows,
             whole,
@@ -253,21 +241,15 @@ impl Matmul {
                 if self.has_bias { "with" } else { "without" }
             )));
         }
-        let layout = layout(gpu);
         let mut pass = encoder
             .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
-        pass.set_pipeline(&self.pipeline);
         for ch in &self.chunks {
-            let bind = gpu.bind_group_ranges(
-                &layout,
+            let bind = self.kernel.bind_ranges(
+                gpu,
                 &[(&ch.dims, None), (a, ch.a), (b, None), (bias.unwrap_or(&self.no_bias), None), (c, ch.c)],
             );
-            pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups(
-                self.n.div_ceil(self.tn as usize) as u32,
-                ch.rows.div_ceil(TM as usize) as u32,
-                1,
-            );
+            let groups = [self.n.div_ceil(self.tn as usize) as u32, ch.rows.div_ceil(TM as usize) as u32, 1];
+            self.kernel.dispatch(&mut pass, &bind, groups);
         }
         Ok(())
     }
@@ -287,8 +269,8 @@ impl Matmul {
                 bias.map(<[f32]>::len)
             )));
         }
-        crate::spec::check_finite("A", a)?;
-        crate::spec::check_finite("B", b)?;
+        crate::contract::spec::check_finite("A", a)?;
+        crate::contract::spec::check_finite("B", b)?;
         let (ab, bb) = (gpu.upload_ranged("matmul A", a)?, gpu.upload("matmul B", b)?);
         let biasb = bias.map(|x| gpu.upload("matmul bias", x)).transpose()?;
         let cb = gpu.storage_ranged("matmul C", (self.m * self.n * 4) as u64)?;

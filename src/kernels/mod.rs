@@ -1,9 +1,9 @@
 //! GPU kernels: one module per shader family, same stem as its `.wgsl` file.
 //!
-//! Shader sources are composed one way only: a generated `const` header (the variant's
-//! creation-time constants, e.g. `D4`, `BR`, `BC`), then `shaders/common.wgsl`, then the
-//! kernel's own file. [`ShaderVariant`] is that composition; pipelines are cached per
-//! (source, entry point) in [`Gpu`].
+//! Each module declares its [`Shader`](crate::runtime::Shader) once (stem, source,
+//! bindings) and builds variants of it; the runtime composes the source (constants header,
+//! shared snippets such as `shaders/common.wgsl`, kernel file) and caches pipelines per
+//! variant.
 
 pub mod backward;
 pub mod decode;
@@ -16,79 +16,32 @@ pub mod naive;
 pub mod peak;
 pub mod route;
 
+use crate::contract::blockmap::BlockMap;
+use crate::contract::spec::{AttnOutput, AttnSpec};
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
-use crate::spec::{AttnOutput, AttnSpec};
+use crate::runtime::Gpu;
+use crate::runtime::shader::{ShaderVariant, Snippet};
 
-pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
-/// Entry-point builtins and lane helpers with subgroups (`lanes_subgroup.wgsl`) or without.
-pub const LANES_SUBGROUP_WGSL: &str = include_str!("../../shaders/lanes_subgroup.wgsl");
-pub const LANES_PLAIN_WGSL: &str = include_str!("../../shaders/lanes_plain.wgsl");
+/// The contract in WGSL: `Params`, the visible band, ALiBi, block-map walking helpers.
+pub(crate) const COMMON: Snippet =
+    Snippet { name: "common", source: include_str!("../../shaders/common.wgsl") };
+/// Entry-point builtins and lane helpers with subgroups.
+const LANES_SUBGROUP: Snippet =
+    Snippet { name: "lanes_subgroup", source: include_str!("../../shaders/lanes_subgroup.wgsl") };
+/// The same without subgroups, so one kernel file compiles on devices with and without SUBGROUP.
+const LANES_PLAIN: Snippet =
+    Snippet { name: "lanes_plain", source: include_str!("../../shaders/lanes_plain.wgsl") };
 
-/// One compilable variant of a kernel: source stem, entry point and header constants.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ShaderVariant {
-    pub stem: &'static str,
-    /// Shared snippets placed after the constants, in order ([`COMMON_WGSL`] first for
-    /// attention kernels).
-    pub prelude: Vec<&'static str>,
-    pub body: &'static str,
-    pub entry: &'static str,
-    pub consts: Vec<(&'static str, u32)>,
+/// The lane helpers for subgroup width `sg` (0: plain workgroup-memory loads).
+pub(crate) fn lanes(sg: u32) -> Snippet {
+    if sg > 0 { LANES_SUBGROUP } else { LANES_PLAIN }
 }
 
-impl ShaderVariant {
-    /// The full WGSL source: constants header, common snippet, kernel body.
-    pub fn source(&self) -> String {
-        let mut src = String::new();
-        // `F16_U` selects the storage type of a kernel's inputs: `in4` is vec4<f16> (and f16 is
-        // enabled, which must come first) or vec4<f32>.
-        let f16 = self.consts.iter().find(|(n, _)| *n == "F16_U").map(|&(_, v)| v != 0);
-        if f16 == Some(true) {
-            src.push_str("enable f16;\n");
-        }
-        if let Some(f16) = f16 {
-            src.push_str(if f16 { "alias in4 = vec4<f16>;\n" } else { "alias in4 = vec4<f32>;\n" });
-        }
-        for (name, value) in &self.consts {
-            match name.strip_suffix("_U") {
-                // `NAME_U` constants become booleans `NAME`.
-                Some(flag) => src.push_str(&format!("const {flag}: bool = {};\n", *value != 0)),
-                None => src.push_str(&format!("const {name}: u32 = {value}u;\n")),
-            }
-        }
-        for snippet in &self.prelude {
-            src.push_str(snippet);
-        }
-        src.push_str(self.body);
-        src
-    }
-
-    /// `stem:entry[NAME=value,…]`, for messages.
-    pub fn name(&self) -> String {
-        let consts: Vec<String> = self.consts.iter().map(|(n, v)| format!("{n}={v}")).collect();
-        format!("{}:{}[{}]", self.stem, self.entry, consts.join(","))
-    }
-
-    /// Parses and validates the source with naga (what wgpu does at pipeline creation).
-    pub fn validate(&self) -> Result<()> {
-        let err = |message: String| Error::Shader { name: self.name(), message };
-        let source = self.source();
-        let module = naga::front::wgsl::parse_str(&source).map_err(|e| err(e.emit_to_string(&source)))?;
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-            .validate(&module)
-            .map_err(|e| err(e.emit_to_string(&source)))?;
-        if !module.entry_points.iter().any(|ep| ep.name == self.entry) {
-            return Err(err(format!("no entry point `{}`", self.entry)));
-        }
-        Ok(())
-    }
-}
-
-/// The uniform block shared by the attention kernels (`Params` in common.wgsl).
+/// One attention call under the contract: `Contract` in common.wgsl, binding 0 of every
+/// attention kernel, one buffer per prepared call.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct Params {
+pub(crate) struct Contract {
     pub heads: u32,
     pub kv_heads: u32,
     pub n: u32,
@@ -99,27 +52,11 @@ pub(crate) struct Params {
     pub band_lo: i32,
     pub band_hi: i32,
     pub alibi: u32,
-    pub n_qtiles: u32,
-    pub map_heads: u32,
-    pub map_rows: u32,
-    pub neg_inf: f32,
     pub batch: u32,
-    pub mask_base: u32,
-    pub bits_base: u32,
-    pub bits_stride: u32,
-    pub bh_base: u32,
-    pub pass_index: u32,
-    pub pass_tiles: u32,
-    pub qtile_list: u32,
-    pub q_shift: u32,
-    pub kv_shift: u32,
-    pub lse_shift: u32,
-    pub head_base: u32,
-    pub batch_base: u32,
-    pub stats_shift: u32,
+    pub neg_inf: f32,
 }
 
-impl Params {
+impl Contract {
     pub(crate) fn new(spec: &AttnSpec) -> Self {
         let s = spec.shape;
         let (lo, hi) = spec.band();
@@ -134,24 +71,52 @@ impl Params {
             band_lo: lo as i32,
             band_hi: hi as i32,
             alibi: spec.slopes().is_some() as u32,
-            n_qtiles: 0,
-            map_heads: 1,
-            map_rows: 0,
-            neg_inf: f32::NEG_INFINITY,
             batch: s.batch as u32,
-            mask_base: 0,
-            bits_base: 0,
-            bits_stride: 0,
-            bh_base: 0,
-            pass_index: 0,
-            pass_tiles: 0,
+            neg_inf: f32::NEG_INFINITY,
+        }
+    }
+
+    /// The uniform buffer of this contract.
+    pub(crate) fn upload(&self, gpu: &Gpu) -> wgpu::Buffer {
+        gpu.uniform("attention contract", self)
+    }
+}
+
+/// How one dispatch of a block-map kernel walks the map and which slice of the tensors it
+/// covers: `Tiles` in common.wgsl (flash, the backward, the heatmap).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Tiles {
+    pub n_qtiles: u32,
+    pub map_heads: u32,
+    pub map_rows: u32,
+    pub mask_base: u32,
+    pub bits_base: u32,
+    pub bits_stride: u32,
+    pub pass_index: u32,
+    pub pass_tiles: u32,
+    pub qtile_list: u32,
+    pub q_shift: u32,
+    pub kv_shift: u32,
+    pub lse_shift: u32,
+    pub stats_shift: u32,
+    pub head_base: u32,
+    pub batch_base: u32,
+    pub pad: u32,
+}
+
+impl Tiles {
+    /// The walk of `map` (its entries, mask indices and bits at these offsets of the map
+    /// buffer), every query tile launched, whole tensors bound.
+    pub(crate) fn of_map(map: &BlockMap, [entries, mask_index, bits]: [u32; 3]) -> Self {
+        Self {
+            n_qtiles: map.n_qtiles as u32,
+            map_heads: map.heads as u32,
+            map_rows: entries,
+            mask_base: mask_index,
+            bits_base: bits,
             qtile_list: u32::MAX,
-            q_shift: 0,
-            kv_shift: 0,
-            lse_shift: 0,
-            head_base: 0,
-            batch_base: 0,
-            stats_shift: 0,
+            ..Self::default()
         }
     }
 }
@@ -235,6 +200,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// The kernel's name in records and messages.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Flash => "flash",
@@ -247,21 +213,29 @@ impl Kernel {
 /// Q and O `[B,H,N,D]`, K and V `[B,Hkv,M,D]`, LSE `[B,H,N]`, all f32.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnBuffers<'a> {
+    /// Queries `[B, H, N, D]`.
     pub q: &'a wgpu::Buffer,
+    /// Keys `[B, Hkv, M, D]`.
     pub k: &'a wgpu::Buffer,
+    /// Values `[B, Hkv, M, D]`.
     pub v: &'a wgpu::Buffer,
+    /// Output `[B, H, N, D]`, written.
     pub o: &'a wgpu::Buffer,
+    /// Log-sum-exp per row `[B, H, N]` (natural log; `-inf` for a fully masked row), written.
     pub lse: &'a wgpu::Buffer,
 }
 
 /// Device-memory bytes a kernel moves: read (Q, K, V, scores…) and written (O, LSE, scores…).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Traffic {
+    /// Bytes read from device memory.
     pub read: u64,
+    /// Bytes written to device memory.
     pub written: u64,
 }
 
 impl Traffic {
+    /// Bytes moved either way.
     pub fn total(&self) -> u64 {
         self.read + self.written
     }
@@ -360,7 +334,7 @@ impl Attention {
     }
 
     /// The flash kernel's block map (`None` for other kernels).
-    pub fn block_map(&self) -> Option<&crate::blockmap::BlockMap> {
+    pub fn block_map(&self) -> Option<&BlockMap> {
         match &self.plan {
             Plan::Flash(f) => Some(f.block_map()),
             Plan::Naive(_) => None,
@@ -375,6 +349,7 @@ impl Attention {
         }
     }
 
+    /// The problem this call was prepared for.
     pub fn spec(&self) -> &AttnSpec {
         &self.spec
     }
@@ -420,11 +395,7 @@ impl Attention {
             ("LSE", b.lse, s.lse_len() as u64 * f),
         ] {
             if buf.size() < want {
-                return Err(Error::Shape(format!(
-                    "{name} buffer holds {} bytes, shape {:?} needs {want}",
-                    buf.size(),
-                    s
-                )));
+                return Err(Error::BufferTooSmall { what: name, bytes: buf.size(), needed: want });
             }
         }
         Ok(())
@@ -443,16 +414,22 @@ impl Attention {
 
 /// Device copies of one call's Q, K, V and freshly allocated O and LSE.
 pub struct DeviceTensors {
+    /// Queries `[B, H, N, D]` (f32, or f16 from [`DeviceTensors::upload_f16`]).
     pub q: wgpu::Buffer,
+    /// Keys `[B, Hkv, M, D]`.
     pub k: wgpu::Buffer,
+    /// Values `[B, Hkv, M, D]`.
     pub v: wgpu::Buffer,
+    /// Output `[B, H, N, D]`, f32.
     pub o: wgpu::Buffer,
+    /// LSE `[B, H, N]`, f32.
     pub lse: wgpu::Buffer,
     q_len: usize,
     lse_len: usize,
 }
 
 impl DeviceTensors {
+    /// Uploads Q, K and V (checked against `spec` by the caller) and allocates O and LSE.
     pub fn upload(gpu: &Gpu, spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32]) -> Result<Self> {
         let s = spec.shape;
         Ok(Self {
@@ -494,10 +471,12 @@ impl DeviceTensors {
         gpu.queue.write_buffer(&self.lse, 0, bytemuck::cast_slice(&vec![f32::NAN; self.lse_len]));
     }
 
+    /// The buffers as one call's bindings.
     pub fn buffers(&self) -> AttnBuffers<'_> {
         AttnBuffers { q: &self.q, k: &self.k, v: &self.v, o: &self.o, lse: &self.lse }
     }
 
+    /// Reads O and LSE back (blocks until the queue is idle).
     pub fn read(&self, gpu: &Gpu) -> Result<AttnOutput> {
         Ok(AttnOutput { o: gpu.read(&self.o, self.q_len)?, lse: gpu.read(&self.lse, self.lse_len)? })
     }

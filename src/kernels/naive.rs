@@ -4,44 +4,39 @@
 //! [`Error::BindingTooLarge`](crate::Error::BindingTooLarge) naming the bytes. An
 //! instrumented variant counts the words every invocation reads and writes.
 
+use crate::contract::spec::AttnSpec;
 use crate::error::Result;
-use crate::gpu::{Gpu, storage_entry, uniform_entry};
-use crate::kernels::{AttnBuffers, COMMON_WGSL, Params, ShaderVariant, Traffic, check_head_dim};
-use crate::spec::AttnSpec;
+use crate::kernels::{AttnBuffers, COMMON, Contract, Traffic, check_head_dim};
+use crate::runtime::Gpu;
+use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
 
-const BODY: &str = include_str!("../../shaders/naive.wgsl");
 const NAME: &str = "naive";
+/// contract, Q, K, V, O, LSE, scores, slopes and mask bits, counters, chunk (see naive.wgsl).
+const SHADER: Shader = Shader {
+    stem: NAME,
+    source: include_str!("../../shaders/naive.wgsl"),
+    bindings: &numbered([
+        Uniform, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, Read, ReadWrite, Uniform,
+    ]),
+};
+
+/// `Chunk` in naive.wgsl: one dispatch's (batch, head) pairs and where its mask bits are.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct ChunkParams {
+    bh_base: u32,
+    map_heads: u32,
+    bits_base: u32,
+    bits_stride: u32,
+}
 const ENTRIES: [&str; 3] = ["scores", "softmax", "pv"];
 
 /// The three shader variants (one per pass) for head dim `d`.
 pub fn variants(d: usize, count: bool) -> Vec<ShaderVariant> {
     ENTRIES
         .iter()
-        .map(|&entry| ShaderVariant {
-            stem: NAME,
-            prelude: vec![COMMON_WGSL],
-            body: BODY,
-            entry,
-            consts: vec![("D4", (d / 4) as u32), ("COUNT", count as u32)],
-        })
+        .map(|&entry| SHADER.variant(entry, &[COMMON], vec![("D4", (d / 4) as u32), ("COUNT", count as u32)]))
         .collect()
-}
-
-fn layout(gpu: &Gpu) -> wgpu::BindGroupLayout {
-    gpu.layout(
-        NAME,
-        &[
-            uniform_entry(0),
-            storage_entry(1, true),
-            storage_entry(2, true),
-            storage_entry(3, true),
-            storage_entry(4, false),
-            storage_entry(5, false),
-            storage_entry(6, false),
-            storage_entry(7, true),
-            storage_entry(8, false),
-        ],
-    )
 }
 
 /// The device-memory traffic of the three passes, exactly as naive.wgsl's loops move it
@@ -102,7 +97,8 @@ pub(crate) fn aux_words(spec: &AttnSpec) -> (Vec<u32>, usize, usize, usize) {
 
 /// A prepared naive call.
 pub struct Naive {
-    pipelines: Vec<wgpu::ComputePipeline>,
+    pipelines: Vec<Compiled>,
+    contract: wgpu::Buffer,
     /// One parameter block per chunk of (batch, head) pairs.
     chunks: Vec<(wgpu::Buffer, u32)>,
     scores: wgpu::Buffer,
@@ -148,24 +144,26 @@ impl Naive {
         }
         let scores = gpu.storage("naive N×M scores", chunk * per_head)?;
         let (aux, bits_base, mask_heads, stride) = aux_words(spec);
-        let mut params = Params::new(spec);
-        params.map_heads = mask_heads as u32;
-        params.bits_base = bits_base as u32;
-        params.bits_stride = stride as u32;
+        let mut params = ChunkParams {
+            bh_base: 0,
+            map_heads: mask_heads as u32,
+            bits_base: bits_base as u32,
+            bits_stride: stride as u32,
+        };
         let chunks = (0..bh)
             .step_by(chunk as usize)
             .map(|base| {
                 params.bh_base = base as u32;
-                (gpu.uniform("naive params", &params), (bh - base).min(chunk) as u32)
+                (gpu.uniform("naive chunk", &params), (bh - base).min(chunk) as u32)
             })
             .collect();
-        let layout = layout(gpu);
         let pipelines = variants(s.head_dim, instrumented)
             .iter()
-            .map(|v| gpu.pipeline(v, &layout))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|v| gpu.compile(v))
+            .collect::<Result<Vec<Compiled>>>()?;
         Ok(Self {
             pipelines,
+            contract: Contract::new(spec).upload(gpu),
             chunks,
             scores,
             aux: gpu.upload("naive slopes and mask bits", &aux)?,
@@ -177,7 +175,10 @@ impl Naive {
 
     /// The score matrix dominates: B·H·N·M·4 bytes.
     pub fn scratch_bytes(&self) -> u64 {
-        self.scores.size() + self.aux.size() + self.chunks.iter().map(|c| c.0.size()).sum::<u64>()
+        self.scores.size()
+            + self.aux.size()
+            + self.contract.size()
+            + self.chunks.iter().map(|c| c.0.size()).sum::<u64>()
     }
 
     /// Bytes the instrumented variant counted in its last run.
@@ -190,6 +191,7 @@ impl Naive {
         Ok(Some(Traffic { read: word64(c[0], c[1]) * 4, written: word64(c[2], c[3]) * 4 }))
     }
 
+    /// Records the three passes (one compute pass) into `encoder` on buffers `b`.
     pub fn encode(
         &self,
         gpu: &Gpu,
@@ -200,22 +202,18 @@ impl Naive {
         if self.instrumented {
             encoder.clear_buffer(&self.counters, 0, None);
         }
-        let layout = layout(gpu);
         let mut pass =
             encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes });
         for (params, heads) in &self.chunks {
-            let bind = gpu.bind_group(
-                &layout,
-                &[params, b.q, b.k, b.v, b.o, b.lse, &self.scores, &self.aux, &self.counters],
+            // the three passes share one layout, so one bind group serves them all
+            let bind = self.pipelines[0].bind(
+                gpu,
+                &[&self.contract, b.q, b.k, b.v, b.o, b.lse, &self.scores, &self.aux, &self.counters, params],
             );
-            pass.set_bind_group(0, &bind, &[]);
-            for (pass_idx, (pipeline, [x, y, z])) in self.pipelines.iter().zip(self.groups).enumerate() {
-                pass.set_pipeline(pipeline);
+            for (pass_idx, (kernel, [x, y, z])) in self.pipelines.iter().zip(self.groups).enumerate() {
                 // the chunk's head count sits in the z (scores) or y (softmax, pv) dimension
-                match pass_idx {
-                    0 => pass.dispatch_workgroups(x, y, z.min(*heads)),
-                    _ => pass.dispatch_workgroups(x, y.min(*heads), z),
-                }
+                let groups = if pass_idx == 0 { [x, y, z.min(*heads)] } else { [x, y.min(*heads), z] };
+                kernel.dispatch(&mut pass, &bind, groups);
             }
         }
     }

@@ -6,13 +6,21 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bench::Timing;
-use crate::error::Result;
-use crate::gpu::{Gpu, GpuTimer, storage_entry};
-use crate::kernels::ShaderVariant;
+use crate::error::{Error, Result};
+use crate::runtime::cache::DiskCache;
+use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
+use crate::runtime::timing::{GpuTimer, Timing, time_encoded};
+use crate::runtime::{Gpu, driver_of};
 
-const BODY: &str = include_str!("../../shaders/peak.wgsl");
 const NAME: &str = "peak";
+/// destination, source (see peak.wgsl).
+const SHADER: Shader = Shader {
+    stem: NAME,
+    source: include_str!("../../shaders/peak.wgsl"),
+    bindings: &numbered([ReadWrite, Read]),
+};
+/// `<user cache dir>/longctx/peak.json`.
+const CACHE: DiskCache = DiskCache { file: "peak.json", schema: 2 };
 /// FMA steps per invocation per chain.
 pub const ITERS: u32 = 2048;
 const FMA_GROUPS: [u32; 2] = [1024, 2];
@@ -22,13 +30,17 @@ const COPY_BYTES: u64 = 32 << 20;
 /// Probe results.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Peak {
+    /// Name of the adapter measured.
     pub adapter: String,
+    /// Its driver and version, as [`Gpu::driver`] gives them.
     pub driver: String,
     /// f32 FLOP/s of independent FMA chains, in GFLOP/s (an FMA counts 2).
     pub fma_gflops: f64,
     /// Copy bandwidth counting bytes read + written, in GB/s (1e9).
     pub copy_gbps: f64,
+    /// How the time was taken: `timestamp` or `wall` (see [`Timing::timer`]).
     pub timer: String,
+    /// When it was measured: RFC 3339, UTC, to the second.
     pub measured_at: String,
 }
 
@@ -36,44 +48,36 @@ pub struct Peak {
 pub fn variants() -> Vec<ShaderVariant> {
     ["fma_probe", "copy_probe"]
         .into_iter()
-        .map(|entry| ShaderVariant {
-            stem: NAME,
-            prelude: vec![],
-            body: BODY,
-            entry,
-            consts: vec![("ITERS", ITERS)],
-        })
+        .map(|entry| SHADER.variant(entry, &[], vec![("ITERS", ITERS)]))
         .collect()
 }
 
 fn time_pass(
     gpu: &Gpu,
-    pipeline: &wgpu::ComputePipeline,
+    kernel: &Compiled,
     bind: &wgpu::BindGroup,
     groups: [u32; 2],
     reps: usize,
 ) -> Result<Timing> {
-    crate::bench::time_encoded(gpu, 1, reps, |enc, _, timer| {
+    time_encoded(gpu, 1, reps, |enc, _, timer| {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(NAME),
             timestamp_writes: timer.map(GpuTimer::writes),
         });
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, bind, &[]);
-        pass.dispatch_workgroups(groups[0], groups[1], 1);
+        kernel.dispatch(&mut pass, bind, [groups[0], groups[1], 1]);
         Ok(())
     })
 }
 
 /// Runs both probes (median of `reps`).
 pub fn measure(gpu: &Gpu, reps: usize) -> Result<Peak> {
-    let layout = gpu.layout(NAME, &[storage_entry(0, false), storage_entry(1, true)]);
-    let [fma, copy]: [ShaderVariant; 2] = variants().try_into().expect("two probes");
-    let fma_p = gpu.pipeline(&fma, &layout)?;
-    let copy_p = gpu.pipeline(&copy, &layout)?;
+    let [fma, copy]: [ShaderVariant; 2] =
+        variants().try_into().map_err(|_| Error::Device("peak: expected two probes".into()))?;
+    let fma_p = gpu.compile(&fma)?;
+    let copy_p = gpu.compile(&copy)?;
     let dst = gpu.storage("peak dst", COPY_BYTES)?;
     let src = gpu.upload("peak src", &vec![1.0f32; (COPY_BYTES / 4) as usize])?;
-    let bind = gpu.bind_group(&layout, &[&dst, &src]);
+    let bind = fma_p.bind(gpu, &[&dst, &src]);
 
     gpu.check_dispatch(NAME, [FMA_GROUPS[0] as u64, FMA_GROUPS[1] as u64, 1])?;
     let t = time_pass(gpu, &fma_p, &bind, FMA_GROUPS, reps)?;
@@ -90,7 +94,7 @@ pub fn measure(gpu: &Gpu, reps: usize) -> Result<Peak> {
     let info = gpu.info();
     Ok(Peak {
         adapter: info.name.clone(),
-        driver: crate::gpu::driver_of(info),
+        driver: driver_of(info),
         fma_gflops,
         copy_gbps,
         timer: t.timer.to_string(),
@@ -100,38 +104,19 @@ pub fn measure(gpu: &Gpu, reps: usize) -> Result<Peak> {
 
 /// Where probe results are cached: `<user cache dir>/longctx/peak.json` (a list).
 pub fn cache_path() -> Option<PathBuf> {
-    dirs::cache_dir().map(|d| d.join("longctx").join("peak.json"))
-}
-
-fn read_cache() -> Vec<Peak> {
-    let Some(path) = cache_path() else { return Vec::new() };
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            log::warn!("ignoring unreadable peak cache {}: {e}", path.display());
-            Vec::new()
-        }),
-        Err(_) => Vec::new(),
-    }
+    CACHE.path()
 }
 
 /// The cached probe for this adapter and driver, if any.
 pub fn cached(gpu: &Gpu) -> Option<Peak> {
     let info = gpu.info();
-    let driver = crate::gpu::driver_of(info);
-    read_cache().into_iter().find(|p| p.adapter == info.name && p.driver == driver)
+    let driver = driver_of(info);
+    CACHE.load::<Peak>().into_iter().find(|p| p.adapter == info.name && p.driver == driver)
 }
 
-/// Stores `peak`, replacing an entry for the same adapter and driver.
+/// Stores `peak`, replacing an entry for the same adapter and driver (atomic write).
 pub fn store(peak: &Peak) -> Result<()> {
-    let Some(path) = cache_path() else { return Ok(()) };
-    let mut all = read_cache();
-    all.retain(|p| !(p.adapter == peak.adapter && p.driver == peak.driver));
-    all.push(peak.clone());
-    let err = |e: std::io::Error| crate::Error::File { path: path.clone(), message: e.to_string() };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    std::fs::write(&path, serde_json::to_vec_pretty(&all).expect("serialisable")).map_err(err)
+    CACHE.upsert(peak.clone(), |p| p.adapter == peak.adapter && p.driver == peak.driver)
 }
 
 /// The cached probe, or a fresh measurement (then cached).

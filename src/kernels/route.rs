@@ -4,11 +4,16 @@
 //! No CPU round trip between the steps. The oracle is [`top_k_cpu`].
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, storage_entry, uniform_entry};
-use crate::kernels::ShaderVariant;
+use crate::runtime::Gpu;
+use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
 
-const BODY: &str = include_str!("../../shaders/route.wgsl");
 const NAME: &str = "route";
+/// params, x, router weights, scores, indices, rows, scatter target (see route.wgsl).
+const SHADER: Shader = Shader {
+    stem: NAME,
+    source: include_str!("../../shaders/route.wgsl"),
+    bindings: &numbered([Uniform, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite]),
+};
 const ENTRIES: [&str; 4] = ["scores", "sort_step", "gather", "scatter"];
 
 #[repr(C)]
@@ -26,25 +31,7 @@ struct RouteParams {
 
 /// The shader variants (one per entry point).
 pub fn variants() -> Vec<ShaderVariant> {
-    ENTRIES
-        .iter()
-        .map(|&entry| ShaderVariant { stem: NAME, prelude: vec![], body: BODY, entry, consts: vec![] })
-        .collect()
-}
-
-fn layout(gpu: &Gpu) -> wgpu::BindGroupLayout {
-    gpu.layout(
-        NAME,
-        &[
-            uniform_entry(0),
-            storage_entry(1, true),
-            storage_entry(2, true),
-            storage_entry(3, false),
-            storage_entry(4, false),
-            storage_entry(5, false),
-            storage_entry(6, false),
-        ],
-    )
+    ENTRIES.iter().map(|&entry| SHADER.variant(entry, &[], vec![])).collect()
 }
 
 /// The oracle: the `k` tokens with the highest router score (ties: lower index first),
@@ -70,21 +57,31 @@ pub struct Router {
     d: usize,
     k: usize,
     padded: usize,
-    pipelines: Vec<wgpu::ComputePipeline>,
+    pipelines: Vec<Compiled>,
     /// Parameters of the scores/gather/scatter passes, then one per sort step.
     base: wgpu::Buffer,
     steps: Vec<wgpu::Buffer>,
+    /// `[P]` f32 router scores, P = N rounded up to a power of two (padding −inf); after
+    /// [`Router::encode_select`] sorted best first, `keys[..k]` the selection's.
     pub keys: wgpu::Buffer,
+    /// `[P]` u32 token index of each entry of `keys`; after selection `idx[..k]` are the
+    /// selected tokens.
     pub idx: wgpu::Buffer,
 }
 
 impl Router {
+    /// Prepares top-`k` routing of `n` tokens of width `d` (`1 ≤ k ≤ n`).
     pub fn new(gpu: &Gpu, n: usize, d: usize, k: usize) -> Result<Self> {
         if n == 0 || d == 0 || k == 0 {
             return Err(Error::Empty { what: "router (N, d, k)".into(), shape: vec![n, d, k] });
         }
         if k > n {
-            return Err(Error::Invalid(format!("top-k of k = {k} from N = {n} tokens: k must be at most N")));
+            return Err(Error::OutOfRange {
+                what: "routed tokens k (top-k of N)".into(),
+                value: k as u64,
+                min: 1,
+                max: n as u64,
+            });
         }
         if let Some(limit) = gpu.loop_iteration_limit()
             && d as u64 + 1 > limit
@@ -118,8 +115,7 @@ impl Router {
             }
             kk *= 2;
         }
-        let layout = layout(gpu);
-        let pipelines = variants().iter().map(|v| gpu.pipeline(v, &layout)).collect::<Result<Vec<_>>>()?;
+        let pipelines = variants().iter().map(|v| gpu.compile(v)).collect::<Result<Vec<_>>>()?;
         Ok(Self {
             n,
             d,
@@ -142,7 +138,8 @@ impl Router {
         rows: &wgpu::Buffer,
         out: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
-        gpu.bind_group(&layout(gpu), &[params, x, w, &self.keys, &self.idx, rows, out])
+        // every entry point shares one layout
+        self.pipelines[0].bind(gpu, &[params, x, w, &self.keys, &self.idx, rows, out])
     }
 
     /// One compute pass running `steps` (entry point index, parameters) over `groups`
@@ -162,9 +159,8 @@ impl Router {
         let mut pass = enc
             .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
         for &(entry, params) in steps {
-            pass.set_pipeline(&self.pipelines[entry]);
-            pass.set_bind_group(0, &self.bind(gpu, params, x, w, rows, out), &[]);
-            pass.dispatch_workgroups(groups, 1, 1);
+            let bind = self.bind(gpu, params, x, w, rows, out);
+            self.pipelines[entry].dispatch(&mut pass, &bind, [groups, 1, 1]);
         }
     }
 
@@ -232,8 +228,8 @@ impl Router {
                 w.len()
             )));
         }
-        crate::spec::check_finite("x", x)?;
-        crate::spec::check_finite("w", w)?;
+        crate::contract::spec::check_finite("x", x)?;
+        crate::contract::spec::check_finite("w", w)?;
         let (xb, wb) = (gpu.upload("route x", x)?, gpu.upload("route w", w)?);
         let scratch = gpu.storage("route scratch", 4)?;
         let mut enc = gpu.device.create_command_encoder(&Default::default());

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use longctx::reference::{attention_f64, rel_error};
+use longctx::contract::reference::{attention_f64, rel_error};
 use longctx::{Attention, AttnSpec, DeviceTensors, Gpu, GpuOptions, Kernel};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 

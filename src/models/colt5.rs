@@ -13,33 +13,42 @@
 //! takes both heavy branches (same kernels, no top-k); [`colt5_f64`] is the CPU oracle.
 
 use std::path::Path;
-use std::time::Instant;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
+use crate::contract::spec::{AttnShape, AttnSpec, Window};
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
 use crate::kernels::layer::{LayerOp, Op};
 use crate::kernels::matmul::{Activation, Matmul};
 use crate::kernels::route::Router;
 use crate::kernels::{Attention, AttnBuffers, Kernel};
-use crate::spec::{AttnShape, AttnSpec, Window};
+use crate::runtime::Gpu;
+use crate::runtime::timing::time_submission;
 
 /// Sizes of one CoLT5 layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Colt5Config {
+    /// Sequence length N (tokens).
     pub n: usize,
+    /// Model width d.
     pub d_model: usize,
     /// Heavy attention heads and the head dim shared by both attentions.
     pub heads: usize,
+    /// Per-head width of both the light and the heavy attention.
     pub head_dim: usize,
+    /// Light (local) attention heads.
     pub light_heads: usize,
     /// Light attention sees keys p − window ..= p + window.
     pub window: usize,
+    /// Inner width of the light FFN, which every token takes.
     pub ffn_light: usize,
+    /// Inner width of the heavy FFN, which only routed tokens take.
     pub ffn_heavy: usize,
+    /// Query tokens the router sends to heavy attention (at most N).
     pub route_q: usize,
+    /// Key/value tokens the router sends to heavy attention (at most N).
     pub route_kv: usize,
+    /// Tokens the router sends to the heavy FFN (at most N).
     pub route_ffn: usize,
 }
 
@@ -80,7 +89,12 @@ impl Colt5Config {
             [("route_q", self.route_q), ("route_kv", self.route_kv), ("route_ffn", self.route_ffn)]
         {
             if k > self.n {
-                return Err(Error::Invalid(format!("{name} = {k} routed tokens, but N = {}", self.n)));
+                return Err(Error::OutOfRange {
+                    what: format!("{name} (routed tokens)"),
+                    value: k as u64,
+                    min: 1,
+                    max: self.n as u64,
+                });
             }
         }
         Ok(())
@@ -122,6 +136,7 @@ impl Colt5Config {
 /// All weights, in the order of [`Colt5Config::weight_shapes`], row-major `[in, out]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Colt5Weights {
+    /// One flat tensor per entry of [`Colt5Config::weight_shapes`].
     pub tensors: Vec<Vec<f32>>,
 }
 
@@ -170,8 +185,11 @@ impl Colt5Weights {
 /// Time and FLOPs of one branch of one forward pass.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BranchTiming {
+    /// Branch name, e.g. `light attention`, `heavy FFN`, `norm + residual`.
     pub branch: &'static str,
+    /// Host-clock time of its submission, in ms.
     pub ms: f64,
+    /// Floating-point operations counted for it, 2 per multiply-add (0 for `norm + residual`).
     pub flops: f64,
 }
 
@@ -241,7 +259,7 @@ impl Colt5Layer {
                     shape.iter().product::<usize>()
                 )));
             }
-            crate::spec::check_finite(name, t)?;
+            crate::contract::spec::check_finite(name, t)?;
         }
         let (n, d) = (cfg.n, cfg.d_model);
         let w: Vec<wgpu::Buffer> = weights
@@ -286,9 +304,9 @@ impl Colt5Layer {
     pub fn forward(&self, gpu: &Gpu, x: &[f32]) -> Result<(Vec<f32>, Vec<BranchTiming>)> {
         let (n, d) = (self.cfg.n, self.cfg.d_model);
         if x.len() != n * d {
-            return Err(Error::Shape(format!("x must be [{n}, {d}]; got {} values", x.len())));
+            return Err(Error::Length { what: "x".into(), got: x.len(), shape: vec![n, d], expected: n * d });
         }
-        crate::spec::check_finite("x", x)?;
+        crate::contract::spec::check_finite("x", x)?;
         let b = Buffers {
             x: gpu.upload("colt5 x", x)?,
             out: gpu.storage("colt5 out", (n * d * 4) as u64)?,
@@ -301,11 +319,8 @@ impl Colt5Layer {
          -> Result<()> {
             let mut enc = gpu.device.create_command_encoder(&Default::default());
             record(&mut enc)?;
-            gpu.wait()?;
-            let t0 = Instant::now();
-            gpu.queue.submit([enc.finish()]);
-            gpu.wait()?;
-            timings.push(BranchTiming { branch, ms: t0.elapsed().as_secs_f64() * 1e3, flops });
+            let ms = time_submission(gpu, enc.finish())?;
+            timings.push(BranchTiming { branch, ms, flops });
             Ok(())
         };
         run("norm + residual", 0.0, &|enc| {
@@ -339,9 +354,11 @@ impl Colt5Layer {
         ])
     }
 
+    /// The sizes it was built for.
     pub fn config(&self) -> &Colt5Config {
         &self.cfg
     }
+    /// Whether this is the dense reference (every token takes both heavy branches).
     pub fn is_dense(&self) -> bool {
         self.dense
     }

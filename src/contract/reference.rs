@@ -6,8 +6,8 @@
 
 use rayon::prelude::*;
 
+use crate::contract::spec::{AttnOutput, AttnSpec};
 use crate::error::Result;
-use crate::spec::{AttnOutput, AttnSpec};
 
 /// Forward attention in f64. Returns O `[B,H,N,D]` and LSE `[B,H,N]` (as f64).
 pub fn attention_f64(spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32]) -> Result<(Vec<f64>, Vec<f64>)> {
@@ -37,7 +37,12 @@ pub fn attention_rows_f64(
     spec.check_inputs(q, k, v)?;
     let s = spec.shape;
     if let Some(&r) = rows.iter().find(|&&r| r >= s.lse_len()) {
-        return Err(crate::Error::Shape(format!("row {r} is out of range (B·H·N = {})", s.lse_len())));
+        return Err(crate::Error::OutOfRange {
+            what: "oracle row (of B·H·N)".into(),
+            value: r as u64,
+            min: 0,
+            max: s.lse_len() as u64 - 1,
+        });
     }
     let slopes = spec.slopes();
     Ok(rows

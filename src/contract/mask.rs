@@ -1,4 +1,4 @@
-//! Sparse attention patterns as data (DESIGN.md §1, "further patterns").
+//! Sparse attention patterns as data (`docs/DESIGN.md` §1, "further patterns").
 //!
 //! Every pattern is a predicate on `(h, i, j)` — query head, query row, key — plus a tile
 //! classifier that says, for a rectangle of rows × keys, whether no pair, some pairs or every
@@ -13,14 +13,17 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use crate::contract::shape::{AttnShape, Window};
 use crate::error::{Error, Result};
-use crate::spec::{AttnShape, Window};
 
 /// How much of a tile a pattern leaves visible.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Coverage {
+    /// No pair of the tile is visible.
     Empty,
+    /// Some pairs are visible and some not (also the answer where a composition is unsure).
     Partial,
+    /// Every pair of the tile is visible.
     Full,
 }
 
@@ -56,19 +59,29 @@ impl Coverage {
 /// (explicit block masks) or query positions (BigBird); one layer per head or shared.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BlockGrid {
+    /// Description for [`Mask::describe`] and error messages.
     pub label: String,
+    /// Block side, in tokens.
     pub bs: usize,
     /// 1 (shared) or H.
     pub heads: usize,
+    /// Block rows per head: blocks of query rows, or of query positions when
+    /// `rows_are_positions`.
     pub rows: usize,
+    /// Block columns per head: blocks of keys.
     pub cols: usize,
+    /// Rows index query positions `p_i / bs` (BigBird) rather than query rows `i / bs`
+    /// (explicit block mask).
     pub rows_are_positions: bool,
+    /// `[heads, rows, cols]`, row-major; `true` = the block may be visible.
     pub cells: Vec<bool>,
     /// Inclusive 2-D prefix sums per head, `(rows+1)·(cols+1)` each.
     prefix: Vec<u32>,
 }
 
 impl BlockGrid {
+    /// The grid with its prefix sums; errors when `bs` is 0 or `cells` does not hold
+    /// `heads · rows · cols` values.
     pub fn new(
         label: String,
         bs: usize,
@@ -82,11 +95,12 @@ impl BlockGrid {
             return Err(Error::Invalid("block size must be at least 1".into()));
         }
         if cells.len() != heads * rows * cols {
-            return Err(Error::Shape(format!(
-                "block grid [{heads}, {rows}, {cols}] needs {} cells, got {}",
-                heads * rows * cols,
-                cells.len()
-            )));
+            return Err(Error::Length {
+                what: "block grid".into(),
+                got: cells.len(),
+                shape: vec![heads, rows, cols],
+                expected: heads * rows * cols,
+            });
         }
         let (r1, c1) = (rows + 1, cols + 1);
         let mut prefix = vec![0u32; heads * r1 * c1];
@@ -149,10 +163,15 @@ impl BlockGrid {
 /// further blocks drawn deterministically from `seed`; the first `global` blocks see all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BigBird {
+    /// Leading blocks that see, and are seen by, every block.
     pub global: usize,
+    /// Neighbouring blocks visible on each side of a query's own block.
     pub window: usize,
+    /// Further blocks per query block, drawn from those not yet visible (fewer if fewer remain).
     pub random: usize,
+    /// Block side, in tokens.
     pub block: usize,
+    /// Seed of the random blocks: the same seed gives the same grid.
     pub seed: u64,
 }
 
@@ -161,9 +180,15 @@ impl BigBird {
     pub fn parse(text: &str) -> Result<Self> {
         let mut bb = BigBird { global: 1, window: 1, random: 2, block: 64, seed: 0 };
         for part in text.split(',').filter(|p| !p.trim().is_empty()) {
-            let (k, v) = part.split_once('=').ok_or_else(|| Error::Invalid(format!("bigbird `{text}`: expected key=value pairs, e.g. global=1,window=1,random=2,block=64,seed=0")))?;
-            let v: u64 = v.trim().parse().map_err(|_| {
-                Error::Invalid(format!("bigbird `{part}`: value must be a non-negative integer"))
+            let (k, v) = part.split_once('=').ok_or_else(|| Error::Parse {
+                what: "bigbird",
+                text: text.to_string(),
+                expected: "key=value pairs, e.g. global=1,window=1,random=2,block=64,seed=0",
+            })?;
+            let v: u64 = v.trim().parse().map_err(|_| Error::Parse {
+                what: "bigbird",
+                text: part.to_string(),
+                expected: "a non-negative integer value",
             })?;
             match k.trim() {
                 "global" => bb.global = v as usize,
@@ -232,11 +257,14 @@ pub enum Mask {
     Segments(Arc<Vec<u32>>),
     /// Block-level visibility (explicit block mask or BigBird).
     Blocks(Arc<BlockGrid>),
+    /// Visible where every member is.
     And(Vec<Mask>),
+    /// Visible where any member is.
     Or(Vec<Mask>),
 }
 
 impl Mask {
+    /// `self` AND `other`, appended to `self` when it is already a [`Mask::And`].
     pub fn and(self, other: Mask) -> Mask {
         match self {
             Mask::And(mut v) => {
@@ -246,6 +274,7 @@ impl Mask {
             m => Mask::And(vec![m, other]),
         }
     }
+    /// `self` OR `other`, appended to `self` when it is already a [`Mask::Or`].
     pub fn or(self, other: Mask) -> Mask {
         match self {
             Mask::Or(mut v) => {
@@ -284,6 +313,7 @@ impl Mask {
         )?)))
     }
 
+    /// BigBird's pattern over `m` positions as a [`Mask::Blocks`] (see [`BigBird::grid`]).
     pub fn bigbird(bb: &BigBird, m: usize) -> Result<Mask> {
         Ok(Mask::Blocks(Arc::new(bb.grid(m)?)))
     }
@@ -302,11 +332,12 @@ impl Mask {
         match self {
             Mask::Segments(s) => {
                 if s.len() != shape.m {
-                    return Err(Error::Shape(format!(
-                        "segments hold {} ids, one per position 0..M = {} expected",
-                        s.len(),
-                        shape.m
-                    )));
+                    return Err(Error::Length {
+                        what: "segment ids (one per key position)".into(),
+                        got: s.len(),
+                        shape: vec![shape.m],
+                        expected: shape.m,
+                    });
                 }
                 if let Some(w) = s.windows(2).position(|w| w[1] < w[0]) {
                     return Err(Error::Invalid(format!(

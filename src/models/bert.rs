@@ -13,32 +13,42 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::contract::mask::Mask;
+use crate::contract::spec::{AttnShape, AttnSpec};
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
 use crate::io::SafetensorsFile;
 use crate::kernels::embed::{Embeddings, Pool};
 use crate::kernels::heatmap::{HeatView, Heatmap};
 use crate::kernels::layer::{LayerOp, Op};
 use crate::kernels::matmul::{Activation, Matmul};
 use crate::kernels::{Attention, AttnBuffers, Kernel};
-use crate::mask::Mask;
-use crate::spec::{AttnShape, AttnSpec};
+use crate::runtime::Gpu;
 
 /// The fields of `config.json` the encoder uses.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 pub struct BertConfig {
+    /// Rows of the word-embedding table.
     pub vocab_size: usize,
+    /// Model width d.
     pub hidden_size: usize,
+    /// Encoder layers.
     pub num_hidden_layers: usize,
+    /// Attention heads per layer; must divide `hidden_size`.
     pub num_attention_heads: usize,
+    /// FFN inner width.
     pub intermediate_size: usize,
+    /// Rows of the position-embedding table: the longest sequence the model takes.
     pub max_position_embeddings: usize,
+    /// Rows of the token-type table (only row 0 is used).
     pub type_vocab_size: usize,
+    /// ε of every LayerNorm.
     pub layer_norm_eps: f64,
+    /// FFN activation; only `gelu` (erf) is accepted.
     pub hidden_act: String,
 }
 
 impl BertConfig {
+    /// Per-head width: `hidden_size / num_attention_heads`.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
@@ -48,34 +58,56 @@ impl BertConfig {
 /// PyTorch's `[out, in]`), so `y = x·W + b`.
 #[derive(Clone, Debug)]
 pub struct LayerWeights {
+    /// Query projection, `[d, d]`.
     pub wq: Vec<f32>,
+    /// Query bias, `[d]`.
     pub bq: Vec<f32>,
+    /// Key projection, `[d, d]`.
     pub wk: Vec<f32>,
+    /// Key bias, `[d]`.
     pub bk: Vec<f32>,
+    /// Value projection, `[d, d]`.
     pub wv: Vec<f32>,
+    /// Value bias, `[d]`.
     pub bv: Vec<f32>,
+    /// Attention output projection, `[d, d]`.
     pub wo: Vec<f32>,
+    /// Attention output bias, `[d]`.
     pub bo: Vec<f32>,
+    /// γ of the LayerNorm after attention, `[d]`.
     pub ln1_g: Vec<f32>,
+    /// β of the LayerNorm after attention, `[d]`.
     pub ln1_b: Vec<f32>,
+    /// FFN up projection, `[d, intermediate_size]`.
     pub w1: Vec<f32>,
+    /// FFN up bias, `[intermediate_size]`.
     pub b1: Vec<f32>,
+    /// FFN down projection, `[intermediate_size, d]`.
     pub w2: Vec<f32>,
+    /// FFN down bias, `[d]`.
     pub b2: Vec<f32>,
+    /// γ of the LayerNorm after the FFN, `[d]`.
     pub ln2_g: Vec<f32>,
+    /// β of the LayerNorm after the FFN, `[d]`.
     pub ln2_b: Vec<f32>,
 }
 
 /// All weights of the encoder.
 #[derive(Clone, Debug)]
 pub struct BertWeights {
+    /// The config the shapes were checked against.
     pub config: BertConfig,
+    /// Word embeddings, `[vocab_size, d]`.
     pub word: Vec<f32>,
+    /// Position embeddings, `[max_position_embeddings, d]`.
     pub position: Vec<f32>,
     /// Token-type row 0 (single-sentence inputs).
     pub token_type: Vec<f32>,
+    /// γ of the embedding LayerNorm, `[d]`.
     pub ln_g: Vec<f32>,
+    /// β of the embedding LayerNorm, `[d]`.
     pub ln_b: Vec<f32>,
+    /// One entry per encoder layer, in order.
     pub layers: Vec<LayerWeights>,
 }
 
@@ -165,13 +197,17 @@ impl BertWeights {
 /// A sentence's token ids (with `[CLS]` and `[SEP]`) and their texts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tokens {
+    /// Vocabulary ids, one per token.
     pub ids: Vec<u32>,
+    /// The token strings (word pieces), parallel to `ids`.
     pub tokens: Vec<String>,
 }
 
 /// A model directory loaded: config, weights, tokenizer.
 pub struct BertModel {
+    /// The directory it was loaded from.
     pub dir: PathBuf,
+    /// Weights, with the config.
     pub weights: BertWeights,
     tokenizer: tokenizers::Tokenizer,
 }
@@ -221,6 +257,7 @@ impl BertModel {
         Ok(Self { dir: dir.to_path_buf(), weights, tokenizer })
     }
 
+    /// The model's `config.json`.
     pub fn config(&self) -> &BertConfig {
         &self.weights.config
     }
@@ -253,9 +290,13 @@ fn sentence_max_len(dir: &Path) -> Option<usize> {
 /// One sentence's attention probabilities: `[layers, heads, n, n]` (row = query token).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttentionMaps {
+    /// Encoder layers.
     pub layers: usize,
+    /// Heads per layer.
     pub heads: usize,
+    /// The sentence's tokens (its real ones, pads excluded).
     pub n: usize,
+    /// Probabilities, `[layers, heads, n, n]` row-major.
     pub probs: Vec<f32>,
 }
 
@@ -483,10 +524,20 @@ pub fn bert_f64(w: &BertWeights, ids: &[u32]) -> Result<(Vec<f64>, Vec<f64>)> {
     let (d, f, heads, dh) = (c.hidden_size, c.intermediate_size, c.num_attention_heads, c.head_dim());
     let n = ids.len();
     if n == 0 || n > c.max_position_embeddings {
-        return Err(Error::Invalid(format!("{n} tokens: need 1..={}", c.max_position_embeddings)));
+        return Err(Error::OutOfRange {
+            what: "tokens in the sentence".into(),
+            value: n as u64,
+            min: 1,
+            max: c.max_position_embeddings as u64,
+        });
     }
     if let Some(&bad) = ids.iter().find(|&&i| i as usize >= c.vocab_size) {
-        return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
+        return Err(Error::OutOfRange {
+            what: "token id (an index into the vocabulary)".into(),
+            value: bad as u64,
+            min: 0,
+            max: c.vocab_size as u64 - 1,
+        });
     }
     let eps = c.layer_norm_eps;
     let layer_norm = |x: &mut [f64], g: &[f32], b: &[f32]| {

@@ -1,17 +1,17 @@
 //! The GPU runtime: a device (owned by longctx, or borrowed from a host app), buffers,
 //! readback, a pipeline cache, and the limit checks that wgpu does not make.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::mpsc;
 
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
-use crate::kernels::ShaderVariant;
-use crate::profile::Profile;
+use crate::runtime::profile::{Profile, driver_of};
+use crate::runtime::shader::Caches;
+use crate::runtime::tuning::Tuned;
 
 /// How longctx picks an adapter when it creates its own device.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct GpuOptions {
     /// Backends to consider; `None` means wgpu's `WGPU_BACKEND` variable, else the primary
     /// backends (Vulkan, Metal, DX12) and GL only when none of those has an adapter.
@@ -21,33 +21,39 @@ pub struct GpuOptions {
     /// Limits to request instead of the adapter's own — e.g. lowered ones, to exercise the
     /// engine's chunking on a small budget. Must not exceed the adapter's.
     pub limits: Option<wgpu::Limits>,
-    /// A profile name (see [`crate::profile::Profile::all`]) instead of the detected one.
+    /// A profile name (see [`Profile::all`]) instead of the detected one.
     pub profile: Option<String>,
-    /// Use the autotuner's cached winners for this adapter (see [`crate::tune`]).
+    /// Attach the autotuner's cached winners for this adapter ([`Tuned::cached`]); on by
+    /// default, as in the CLI (`--untuned` turns it off).
     pub tuned: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        Self { backends: None, adapter: None, limits: None, profile: None, tuned: true }
+    }
 }
 
 /// The optional features longctx uses when the adapter has them.
 pub const USEFUL_FEATURES: wgpu::Features =
     wgpu::Features::SUBGROUP.union(wgpu::Features::SHADER_F16).union(wgpu::Features::TIMESTAMP_QUERY);
 
-type PipelineKey = (String, &'static str);
-
 /// A wgpu device and queue plus what longctx knows about them.
 ///
 /// Cheap to clone: wgpu handles and the caches are shared.
 #[derive(Clone)]
 pub struct Gpu {
+    /// The wgpu device (the host's, when borrowed).
     pub device: wgpu::Device,
+    /// Its queue.
     pub queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     features: wgpu::Features,
-    pipelines: Arc<Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>>,
-    layouts: Arc<Mutex<HashMap<&'static str, wgpu::BindGroupLayout>>>,
+    pub(crate) caches: Caches,
     profile: Profile,
     profile_reason: String,
-    tuned: Option<crate::tune::Tuned>,
+    tuned: Option<Tuned>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -152,7 +158,7 @@ impl Gpu {
             pollster::block_on(adapter.request_device(&device_descriptor(&adapter, options.limits.clone())))?;
         let mut gpu = Self::from_wgpu(device, queue, adapter.get_info());
         if options.tuned {
-            gpu.tuned = crate::tune::cached(&gpu);
+            gpu = gpu.with_cached_tuning();
         }
         match &options.profile {
             Some(name) => gpu.with_profile(name),
@@ -169,8 +175,42 @@ impl Gpu {
         Ok(self)
     }
 
+    /// This device with `profile` instead of the detected one.
+    pub fn with_profile_data(mut self, profile: Profile, reason: impl Into<String>) -> Self {
+        self.profile = profile;
+        self.profile_reason = reason.into();
+        self
+    }
+
+    /// This device using `tuned` winners (`None`: the profile's presets). Winners measured
+    /// on another adapter, driver or build are refused with a warning.
+    pub fn with_tuned(mut self, tuned: Option<Tuned>) -> Self {
+        self.tuned = tuned.filter(|t| {
+            let ok = t.matches(&self.info);
+            if !ok {
+                log::warn!(
+                    "ignoring tuned winners measured on `{}` ({}, {}, longctx {}): this is `{}`",
+                    t.adapter,
+                    t.driver,
+                    t.backend,
+                    t.version,
+                    self.info.name
+                );
+            }
+            ok
+        });
+        self
+    }
+
+    /// This device using the winners `longctx tune` cached for its adapter, if any: what the
+    /// CLI does by default, and what an embedder calls after [`Gpu::from_wgpu`].
+    pub fn with_cached_tuning(self) -> Self {
+        let cached = Tuned::cached(&self.info);
+        self.with_tuned(cached)
+    }
+
     /// The autotuner's winners in use, if any.
-    pub fn tuned(&self) -> Option<&crate::tune::Tuned> {
+    pub fn tuned(&self) -> Option<&Tuned> {
         self.tuned.as_ref()
     }
 
@@ -180,7 +220,8 @@ impl Gpu {
     }
 
     /// Wraps a host application's device and queue. longctx never assumes it owns them:
-    /// it uses only the features and limits the device was created with.
+    /// it uses only the features and limits the device was created with. The profile is
+    /// detected from `info`; attach tuned winners with [`Gpu::with_cached_tuning`].
     pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
         let (profile, profile_reason) = Profile::detect(&info);
         Self {
@@ -192,11 +233,11 @@ impl Gpu {
             device,
             queue,
             info,
-            pipelines: Default::default(),
-            layouts: Default::default(),
+            caches: Caches::default(),
         }
     }
 
+    /// The adapter's name, vendor, device type, backend and driver.
     pub fn info(&self) -> &wgpu::AdapterInfo {
         &self.info
     }
@@ -205,11 +246,21 @@ impl Gpu {
     pub fn driver(&self) -> String {
         driver_of(&self.info)
     }
+    /// The limits the device was created with.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
     }
+    /// The features the device was created with.
     pub fn features(&self) -> wgpu::Features {
         self.features
+    }
+
+    /// The subgroup width when the device has SUBGROUP and one fixed width (kernels shuffle
+    /// only at a width they can rely on).
+    pub fn fixed_subgroup(&self) -> Option<u32> {
+        let i = &self.info;
+        (self.features.contains(wgpu::Features::SUBGROUP) && i.subgroup_min_size == i.subgroup_max_size)
+            .then_some(i.subgroup_min_size)
     }
 
     /// The most loop iterations one invocation may run in one loop nest, where the adapter has
@@ -373,218 +424,5 @@ impl Gpu {
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
             .map_err(|e| Error::Device(format!("waiting for the queue failed: {e}")))
-    }
-
-    // ----- pipelines -----
-
-    /// The bind group layout of a kernel family, created once.
-    pub fn layout(
-        &self,
-        stem: &'static str,
-        entries: &[wgpu::BindGroupLayoutEntry],
-    ) -> wgpu::BindGroupLayout {
-        self.layouts
-            .lock()
-            .unwrap()
-            .entry(stem)
-            .or_insert_with(|| {
-                self.device
-                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(stem), entries })
-            })
-            .clone()
-    }
-
-    /// The pipeline of one shader variant, compiled once per (source, entry point).
-    /// Compilation errors come back as [`Error::Shader`], not as a panic.
-    pub fn pipeline(
-        &self,
-        variant: &ShaderVariant,
-        layout: &wgpu::BindGroupLayout,
-    ) -> Result<wgpu::ComputePipeline> {
-        let source = variant.source();
-        let key = (source.clone(), variant.entry);
-        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
-            return Ok(p.clone());
-        }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(variant.stem),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
-        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(variant.stem),
-            bind_group_layouts: &[Some(layout)],
-            immediate_size: 0,
-        });
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(variant.stem),
-            layout: Some(&pl),
-            module: &module,
-            entry_point: Some(variant.entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                // Every kernel writes workgroup memory before reading it; zeroing costs time
-                // and breaks some GL drivers.
-                zero_initialize_workgroup_memory: false,
-                ..Default::default()
-            },
-            cache: None,
-        });
-        if let Some(err) = pollster::block_on(scope.pop()) {
-            return Err(Error::Shader { name: variant.name(), message: err.to_string() });
-        }
-        self.pipelines.lock().unwrap().insert(key, pipeline.clone());
-        Ok(pipeline)
-    }
-
-    /// A bind group in binding order over whole buffers or `(offset, size)` byte ranges.
-    pub fn bind_group_ranges(
-        &self,
-        layout: &wgpu::BindGroupLayout,
-        buffers: &[(&wgpu::Buffer, Option<(u64, u64)>)],
-    ) -> wgpu::BindGroup {
-        let numbered: Vec<_> = buffers.iter().enumerate().map(|(i, &(b, r))| (i as u32, b, r)).collect();
-        self.bind_group_at_ranges(layout, &numbered)
-    }
-
-    /// A bind group over whole buffers at the given binding numbers.
-    pub fn bind_group_at(
-        &self,
-        layout: &wgpu::BindGroupLayout,
-        buffers: &[(u32, &wgpu::Buffer)],
-    ) -> wgpu::BindGroup {
-        let entries: Vec<_> = buffers
-            .iter()
-            .map(|(binding, b)| wgpu::BindGroupEntry { binding: *binding, resource: b.as_entire_binding() })
-            .collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
-    }
-
-    /// A bind group at the given binding numbers over whole buffers or `(offset, size)` ranges.
-    pub fn bind_group_at_ranges(
-        &self,
-        layout: &wgpu::BindGroupLayout,
-        buffers: &[(u32, &wgpu::Buffer, Option<(u64, u64)>)],
-    ) -> wgpu::BindGroup {
-        let entries: Vec<_> = buffers
-            .iter()
-            .map(|(binding, b, range)| wgpu::BindGroupEntry {
-                binding: *binding,
-                resource: match range {
-                    None => b.as_entire_binding(),
-                    Some((offset, size)) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: b,
-                        offset: *offset,
-                        size: std::num::NonZeroU64::new(*size),
-                    }),
-                },
-            })
-            .collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
-    }
-
-    /// A bind group over whole buffers, in binding order.
-    pub fn bind_group(&self, layout: &wgpu::BindGroupLayout, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
-        let entries: Vec<_> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
-            .collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
-    }
-}
-
-/// Device-side timing of one compute pass with TIMESTAMP_QUERY: two timestamps, resolved and
-/// read back in nanoseconds.
-pub struct GpuTimer {
-    queries: wgpu::QuerySet,
-    resolve: wgpu::Buffer,
-    period_ns: f64,
-}
-
-impl GpuTimer {
-    /// `None` when the device lacks TIMESTAMP_QUERY, and on CPU adapters: there the host
-    /// clock is the device's clock, and lavapipe's timestamps were seen to come back 30×
-    /// too short on a device created by eframe (while matching the wall clock on one created
-    /// by longctx) — so software adapters are timed by the wall clock, and records say so.
-    pub fn new(gpu: &Gpu) -> Option<Self> {
-        if !gpu.features().contains(wgpu::Features::TIMESTAMP_QUERY)
-            || gpu.info().device_type == wgpu::DeviceType::Cpu
-        {
-            return None;
-        }
-        let queries = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
-            label: Some("longctx timer"),
-            ty: wgpu::QueryType::Timestamp,
-            count: 2,
-        });
-        let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("longctx timer resolve"),
-            size: 16,
-            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        Some(Self { queries, resolve, period_ns: gpu.queue.get_timestamp_period() as f64 })
-    }
-
-    /// Timestamp writes for the pass to be timed.
-    pub fn writes(&self) -> wgpu::ComputePassTimestampWrites<'_> {
-        wgpu::ComputePassTimestampWrites {
-            query_set: &self.queries,
-            beginning_of_pass_write_index: Some(0),
-            end_of_pass_write_index: Some(1),
-        }
-    }
-
-    /// Timestamp write at the start of a pass only (the first of several timed passes).
-    pub fn begin(&self) -> wgpu::ComputePassTimestampWrites<'_> {
-        wgpu::ComputePassTimestampWrites {
-            query_set: &self.queries,
-            beginning_of_pass_write_index: Some(0),
-            end_of_pass_write_index: None,
-        }
-    }
-
-    /// Timestamp write at the end of a pass only (the last of several timed passes).
-    pub fn end(&self) -> wgpu::ComputePassTimestampWrites<'_> {
-        wgpu::ComputePassTimestampWrites {
-            query_set: &self.queries,
-            beginning_of_pass_write_index: None,
-            end_of_pass_write_index: Some(1),
-        }
-    }
-
-    /// Records the resolve; call after the timed pass, in the same encoder.
-    pub fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
-        encoder.resolve_query_set(&self.queries, 0..2, &self.resolve, 0);
-    }
-
-    /// Milliseconds between the two timestamps of the last submitted run.
-    pub fn read_ms(&self, gpu: &Gpu) -> Result<f64> {
-        let t: Vec<u64> = gpu.read(&self.resolve, 2)?;
-        Ok(t[1].saturating_sub(t[0]) as f64 * self.period_ns / 1e6)
-    }
-}
-
-/// `driver driver_info`, trimmed: the driver identity records and caches key on.
-pub fn driver_of(info: &wgpu::AdapterInfo) -> String {
-    format!("{} {}", info.driver, info.driver_info).trim().to_string()
-}
-
-/// Layout entry: uniform buffer at `binding` (compute stage).
-pub fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
-    buffer_entry(binding, wgpu::BufferBindingType::Uniform)
-}
-
-/// Layout entry: storage buffer at `binding` (compute stage).
-pub fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
-    buffer_entry(binding, wgpu::BufferBindingType::Storage { read_only })
-}
-
-fn buffer_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
-        count: None,
     }
 }

@@ -1,4 +1,4 @@
-//! The attention contract of `DESIGN.md` section 1, as types.
+//! The attention contract of `docs/DESIGN.md` §1, as types.
 //!
 //! * Q `[B, H, N, D]`, K and V `[B, Hkv, M, D]`, O like Q, LSE `[B, H, N]`.
 //! * Query head `h` reads kv head `h / (H / Hkv)`.
@@ -7,112 +7,14 @@
 //! * Masks: causal `j <= p_i`; window `(L, R)`: `p_i - L <= j <= p_i + R`.
 //! * A row with no visible key has output 0 and LSE `-inf`.
 
+use crate::contract::mask::Mask;
+pub use crate::contract::shape::{AttnShape, UNBOUNDED, Window};
 use crate::error::{Error, Result};
-use crate::mask::Mask;
-
-/// Sizes of one attention call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct AttnShape {
-    /// B: independent sequences.
-    pub batch: usize,
-    /// H: query heads.
-    pub heads: usize,
-    /// Hkv: key/value heads; `heads % kv_heads == 0`.
-    pub kv_heads: usize,
-    /// N: query tokens.
-    pub n: usize,
-    /// M: key/value tokens.
-    pub m: usize,
-    /// D: head dimension (shared by Q, K and V).
-    pub head_dim: usize,
-}
-
-impl AttnShape {
-    /// Multi-head attention shape with `Hkv == H`.
-    pub fn mha(batch: usize, heads: usize, n: usize, m: usize, head_dim: usize) -> Self {
-        Self { batch, heads, kv_heads: heads, n, m, head_dim }
-    }
-
-    /// Query heads per kv head.
-    pub fn group(&self) -> usize {
-        self.heads / self.kv_heads
-    }
-    /// Elements of Q (and of O).
-    pub fn q_len(&self) -> usize {
-        self.batch * self.heads * self.n * self.head_dim
-    }
-    /// Elements of K (and of V).
-    pub fn kv_len(&self) -> usize {
-        self.batch * self.kv_heads * self.m * self.head_dim
-    }
-    /// Elements of LSE.
-    pub fn lse_len(&self) -> usize {
-        self.batch * self.heads * self.n
-    }
-    /// `M - N`: the position of query row 0 (may be negative when N > M).
-    pub fn q_offset(&self) -> i64 {
-        self.m as i64 - self.n as i64
-    }
-    /// The contract's Q shape `[B, H, N, D]`.
-    pub fn q_dims(&self) -> [usize; 4] {
-        [self.batch, self.heads, self.n, self.head_dim]
-    }
-    /// The contract's K/V shape `[B, Hkv, M, D]`.
-    pub fn kv_dims(&self) -> [usize; 4] {
-        [self.batch, self.kv_heads, self.m, self.head_dim]
-    }
-
-    /// Checks every dimension is non-zero and the head grouping divides.
-    pub fn validate(&self) -> Result<()> {
-        let dims = [self.batch, self.heads, self.kv_heads, self.n, self.m, self.head_dim];
-        if dims.contains(&0) {
-            return Err(Error::Empty {
-                what: "attention shape (B, H, Hkv, N, M, D)".into(),
-                shape: dims.to_vec(),
-            });
-        }
-        if !self.heads.is_multiple_of(self.kv_heads) {
-            return Err(Error::HeadGroups { heads: self.heads, kv_heads: self.kv_heads });
-        }
-        Ok(())
-    }
-}
-
-/// A local attention window `(L, R)`: query at position `p` sees keys `p - L ..= p + R`.
-/// `None` on a side means unbounded on that side (FlashAttention's `-1`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Window {
-    pub left: Option<usize>,
-    pub right: Option<usize>,
-}
-
-impl Window {
-    pub fn new(left: usize, right: usize) -> Self {
-        Self { left: Some(left), right: Some(right) }
-    }
-
-    /// Parses `L,R`; `-1` on a side means unbounded. Examples: `128,0`, `64,64`, `-1,0`.
-    pub fn parse(text: &str) -> Result<Self> {
-        let bad = || {
-            Error::Invalid(format!(
-                "window `{text}`: expected `L,R` with non-negative integers or -1 for unbounded, \
-                 e.g. `128,0`"
-            ))
-        };
-        let (l, r) = text.split_once(',').ok_or_else(bad)?;
-        let side = |s: &str| -> Result<Option<usize>> {
-            match s.trim() {
-                "-1" => Ok(None),
-                t => t.parse::<usize>().map(Some).map_err(|_| bad()),
-            }
-        };
-        Ok(Self { left: side(l)?, right: side(r)? })
-    }
-}
 
 /// Per-head linear distance penalties (ALiBi).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum Alibi {
+    /// No bias (the default).
     #[default]
     Off,
     /// The paper's `get_slopes(H)`.
@@ -121,7 +23,7 @@ pub enum Alibi {
     Custom(Vec<f32>),
 }
 
-/// The ALiBi paper's `get_slopes(H)`, exactly as DESIGN.md states it.
+/// The ALiBi paper's `get_slopes(H)`, exactly as `docs/DESIGN.md` §1 states it.
 pub fn alibi_slopes(heads: usize) -> Vec<f32> {
     fn pow2(n: usize) -> Vec<f64> {
         (0..n).map(|h| 2f64.powf(-8.0 * (h + 1) as f64 / n as f64)).collect()
@@ -138,42 +40,49 @@ pub fn alibi_slopes(heads: usize) -> Vec<f32> {
     out.into_iter().map(|s| s as f32).collect()
 }
 
-/// Sentinel for "unbounded" in the kernels' window band; larger than any position.
-pub const UNBOUNDED: i64 = 1 << 30;
-
 /// One attention problem: shape, masks, bias and scale. Every kernel and the oracle take this.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttnSpec {
+    /// Sizes of Q, K and V.
     pub shape: AttnShape,
+    /// Causal mask: query row `i` sees keys `j <= p_i = (M - N) + i`.
     pub causal: bool,
+    /// Local window `(L, R)` around `p_i`; `None` = no window.
     pub window: Option<Window>,
+    /// ALiBi distance bias per query head.
     pub alibi: Alibi,
     /// Defaults to `1 / sqrt(D)`.
     pub scale: Option<f32>,
-    /// A sparse pattern ANDed with the causal/window band (see [`crate::mask`]).
+    /// A sparse pattern ANDed with the causal/window band (see [`crate::contract::mask`]).
     pub mask: Option<Mask>,
 }
 
 impl AttnSpec {
+    /// Plain attention over `shape`: not causal, no window, ALiBi or mask, default scale.
     pub fn new(shape: AttnShape) -> Self {
         Self { shape, causal: false, window: None, alibi: Alibi::Off, scale: None, mask: None }
     }
+    /// With the sparse pattern `mask` (`None`: no pattern).
     pub fn mask(mut self, mask: Option<Mask>) -> Self {
         self.mask = mask;
         self
     }
+    /// With the causal mask on or off.
     pub fn causal(mut self, on: bool) -> Self {
         self.causal = on;
         self
     }
+    /// With the local window `window` (`None`: no window).
     pub fn window(mut self, window: Option<Window>) -> Self {
         self.window = window;
         self
     }
+    /// With the ALiBi setting `alibi`.
     pub fn alibi(mut self, alibi: Alibi) -> Self {
         self.alibi = alibi;
         self
     }
+    /// With the score scale `scale` (`None`: `1 / sqrt(D)`).
     pub fn scale(mut self, scale: Option<f32>) -> Self {
         self.scale = scale;
         self
@@ -231,52 +140,36 @@ impl AttnSpec {
             .sum()
     }
 
-    /// Visible (query, key) pairs summed over heads (one batch), counting the sparse mask
-    /// exactly via its block map.
-    pub fn visible_pairs(&self) -> u64 {
-        match &self.mask {
-            None => self.band_pairs() * self.shape.heads as u64,
-            Some(_) => crate::blockmap::BlockMap::build(self, 64, 32)
-                .map_or(0, |m| m.visible_pairs(self.shape.heads)),
-        }
-    }
-
-    /// Forward FLOPs, the standard count: `4·B·D·(visible pairs over all heads)` (two
-    /// matmuls, one multiply and one add each; softmax, masking and bias not counted).
-    pub fn flops(&self) -> f64 {
-        let s = self.shape;
-        4.0 * (s.batch * s.head_dim) as f64 * self.visible_pairs() as f64
-    }
-
     /// Checks shape, scale and slopes.
     pub fn validate(&self) -> Result<()> {
         self.shape.validate()?;
         if let Some(s) = self.scale
             && !s.is_finite()
         {
-            return Err(Error::Invalid(format!("scale must be finite, got {s}")));
+            return Err(Error::NonFinite { what: "scale".into(), index: 0, value: s });
         }
         if let Alibi::Custom(s) = &self.alibi {
             if s.len() != self.shape.heads {
-                return Err(Error::Invalid(format!(
-                    "{} custom ALiBi slopes given for {} query heads",
-                    s.len(),
-                    self.shape.heads
-                )));
+                return Err(Error::Length {
+                    what: "custom ALiBi slopes (one per query head)".into(),
+                    got: s.len(),
+                    shape: vec![self.shape.heads],
+                    expected: self.shape.heads,
+                });
             }
-            if let Some(x) = s.iter().find(|x| !x.is_finite()) {
-                return Err(Error::Invalid(format!("ALiBi slope {x} is not finite")));
-            }
+            check_finite("ALiBi slopes", s)?;
         }
         if let Some(m) = &self.mask {
             m.validate(&self.shape)?;
         }
         let max_pos = self.shape.n.max(self.shape.m) as i64;
         if max_pos >= UNBOUNDED {
-            return Err(Error::Shape(format!(
-                "sequence length {max_pos} exceeds the supported maximum {}",
-                UNBOUNDED - 1
-            )));
+            return Err(Error::OutOfRange {
+                what: "sequence length (the larger of N and M)".into(),
+                value: max_pos as u64,
+                min: 1,
+                max: UNBOUNDED as u64 - 1,
+            });
         }
         Ok(())
     }
@@ -285,12 +178,12 @@ impl AttnSpec {
     pub fn check_grad(&self, d_o: &[f32]) -> Result<()> {
         let s = self.shape;
         if d_o.len() != s.q_len() {
-            return Err(Error::Shape(format!(
-                "dO has {} values, O's shape {:?} needs {}",
-                d_o.len(),
-                s.q_dims(),
-                s.q_len()
-            )));
+            return Err(Error::Length {
+                what: "dO".into(),
+                got: d_o.len(),
+                shape: s.q_dims().to_vec(),
+                expected: s.q_len(),
+            });
         }
         check_finite("dO", d_o)
     }
@@ -305,10 +198,12 @@ impl AttnSpec {
             ("V", v, s.kv_len(), s.kv_dims()),
         ] {
             if data.len() != want {
-                return Err(Error::Shape(format!(
-                    "{name} has {} elements, shape {dims:?} needs {want}",
-                    data.len()
-                )));
+                return Err(Error::Length {
+                    what: name.into(),
+                    got: data.len(),
+                    shape: dims.to_vec(),
+                    expected: want,
+                });
             }
             check_finite(name, data)?;
         }

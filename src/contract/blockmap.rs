@@ -3,13 +3,13 @@
 //!
 //! Kernels never decide which tiles to skip: they walk the list built here, so work is
 //! proportional to the listed tiles. The causal/window band is re-checked in-kernel on
-//! partial tiles; where the sparse [`Mask`](crate::mask::Mask) only partly covers a tile,
+//! partial tiles; where the sparse [`Mask`](crate::contract::mask::Mask) only partly covers a tile,
 //! the map carries that tile's per-row visibility bits (`BR` words of `BC ≤ 32` bits), so any
 //! pattern — at any block size, aligned with the kernel's tiles or not — stays exact.
 
+use crate::contract::mask::{Coverage, band_coverage};
+use crate::contract::spec::AttnSpec;
 use crate::error::{Error, Result};
-use crate::mask::{Coverage, band_coverage};
-use crate::spec::AttnSpec;
 
 /// Entry flag: every (row, key) pair of the tile is visible and the tile lies inside M.
 pub const FULL: u32 = 1 << 31;
@@ -25,7 +25,9 @@ pub struct BlockMap {
     pub br: usize,
     /// Keys per tile.
     pub bc: usize,
+    /// Query tiles: `ceil(N / br)`.
     pub n_qtiles: usize,
+    /// Key tiles: `ceil(M / bc)`.
     pub n_ktiles: usize,
     /// Rows of the map per head: 1 when all heads share it.
     pub heads: usize,
@@ -45,9 +47,11 @@ impl BlockMap {
     /// The map of `spec`'s band and sparse mask for `br × bc` tiles.
     pub fn build(spec: &AttnSpec, br: usize, bc: usize) -> Result<Self> {
         if br == 0 || bc == 0 || bc > MAX_BC {
-            return Err(Error::Invalid(format!(
-                "block map tiles {br}×{bc}: need br ≥ 1 and 1 ≤ bc ≤ {MAX_BC}"
-            )));
+            return Err(Error::Config {
+                kernel: "block map",
+                config: format!("{br}×{bc} tiles"),
+                reason: format!("need br ≥ 1 and 1 ≤ bc ≤ {MAX_BC}"),
+            });
         }
         let (n, m) = (spec.shape.n, spec.shape.m);
         let (lo, hi) = spec.band();
@@ -244,10 +248,30 @@ impl Columns {
     }
 }
 
+/// FLOP counts live beside the block map that counts sparse masks exactly, so the spec (below
+/// this module) never depends on it.
+impl AttnSpec {
+    /// Visible (query, key) pairs summed over heads (one batch), counting the sparse mask
+    /// exactly via its block map.
+    pub fn visible_pairs(&self) -> u64 {
+        match &self.mask {
+            None => self.band_pairs() * self.shape.heads as u64,
+            Some(_) => BlockMap::build(self, 64, 32).map_or(0, |m| m.visible_pairs(self.shape.heads)),
+        }
+    }
+
+    /// Forward FLOPs, the standard count: `4·B·D·(visible pairs over all heads)` (two
+    /// matmuls, one multiply and one add each; softmax, masking and bias not counted).
+    pub fn flops(&self) -> f64 {
+        let s = self.shape;
+        4.0 * (s.batch * s.head_dim) as f64 * self.visible_pairs() as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{AttnShape, Window};
+    use crate::contract::spec::{AttnShape, Window};
 
     /// Brute force: which tiles hold a visible pair, and which are entirely visible.
     fn brute(spec: &AttnSpec, br: usize, bc: usize) -> Vec<Vec<(usize, bool)>> {
@@ -277,7 +301,7 @@ mod tests {
     fn columns_transpose_the_rows() {
         let spec = AttnSpec::new(AttnShape::mha(1, 2, 50, 70, 4))
             .causal(true)
-            .mask(Some(crate::mask::Mask::Global(3)));
+            .mask(Some(crate::contract::mask::Mask::Global(3)));
         let map = BlockMap::build(&spec, 8, 16).unwrap();
         let cols = map.columns();
         assert_eq!(cols.entries.len(), map.entries.len());

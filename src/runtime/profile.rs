@@ -1,14 +1,15 @@
-//! Per-adapter profiles: presets of kernel configuration for known hardware, chosen from the
-//! adapter info and overridable (`--profile NAME`). Every preset is checked on every machine:
+//! Per-adapter profiles: presets of kernel configuration for known hardware, as plain data
+//! (the kernels read what they need: flash its rows and subgroup width, decode its split
+//! size), chosen from the adapter info and overridable (`--profile NAME`). Every preset is checked on every machine:
 //! its configurations must fit its hardware's limits and validate with naga
 //! (`tests/profiles.rs`), and run on the present adapter where that adapter's limits allow.
-
-use crate::kernels::flash::FlashConfig;
 
 /// One preset.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Profile {
+    /// Short name, as given to `--profile`.
     pub name: &'static str,
+    /// The hardware the preset is meant for, in words.
     pub hardware: &'static str,
     /// The limits the preset's configurations are sized for (the hardware's, as wgpu sees it).
     pub limits: wgpu::Limits,
@@ -129,24 +130,29 @@ impl Profile {
                     "llvmpipe stops loops after 65535 iterations: tile lists run in passes",
                 ],
             },
-            Profile {
-                name: "portable",
-                hardware: "anything else, sized for the WebGPU default limits (16 KiB, 256 invocations)",
-                limits: wgpu::Limits::default(),
-                subgroup: 0,
-                rows: 64,
-                decode_chunk: 512,
-                reasons: &[
-                    "fits every WebGPU device: 16 KiB workgroup memory, 256 invocations, no subgroups",
-                ],
-            },
+            Self::portable(),
         ]
     }
 
+    /// The preset sized for WebGPU's default limits: runs anywhere.
+    pub fn portable() -> Profile {
+        Profile {
+            name: "portable",
+            hardware: "anything else, sized for the WebGPU default limits (16 KiB, 256 invocations)",
+            limits: wgpu::Limits::default(),
+            subgroup: 0,
+            rows: 64,
+            decode_chunk: 512,
+            reasons: &["fits every WebGPU device: 16 KiB workgroup memory, 256 invocations, no subgroups"],
+        }
+    }
+
+    /// The preset called `name`.
     pub fn by_name(name: &str) -> Option<Profile> {
         Self::all().into_iter().find(|p| p.name == name)
     }
 
+    /// Every preset's name.
     pub fn names() -> Vec<&'static str> {
         Self::all().iter().map(|p| p.name).collect()
     }
@@ -154,7 +160,7 @@ impl Profile {
     /// The preset for an adapter, and why.
     pub fn detect(info: &wgpu::AdapterInfo) -> (Profile, String) {
         let name = info.name.to_lowercase();
-        let pick = |n: &str, why: String| (Self::by_name(n).expect("preset exists"), why);
+        let pick = |n: &str, why: String| (Self::by_name(n).unwrap_or_else(Self::portable), why);
         match (info.vendor, info.device_type) {
             (_, wgpu::DeviceType::Cpu) => pick("software", format!("device type Cpu ({})", info.name)),
             (0x10de, _) if name.contains("a100") => {
@@ -174,20 +180,9 @@ impl Profile {
             _ => pick("portable", format!("no preset for vendor 0x{:04x} `{}`", info.vendor, info.name)),
         }
     }
+}
 
-    /// The flash tile configuration this preset prescribes at head dim `d`, within its limits.
-    pub fn flash_config(&self, d: usize) -> FlashConfig {
-        let p = FlashConfig::parts_for(d);
-        let max_inv =
-            self.limits.max_compute_invocations_per_workgroup.min(self.limits.max_compute_workgroup_size_x);
-        let br = (self.rows / p).min(max_inv / p).max(1);
-        let storage = self.limits.max_compute_workgroup_storage_size as u64;
-        let bc = [32u32, 16, 8, 4]
-            .into_iter()
-            .find(|&bc| FlashConfig { br, bc, p, sg: 0, pass_tiles: 0 }.workgroup_bytes(d) <= storage)
-            .unwrap_or(4);
-        let sg =
-            if p == 1 && self.subgroup > 0 && br.is_multiple_of(self.subgroup) { self.subgroup } else { 0 };
-        FlashConfig { br, bc, p, sg, pass_tiles: 0 }
-    }
+/// `driver driver_info`, trimmed: the driver identity records and caches key on.
+pub fn driver_of(info: &wgpu::AdapterInfo) -> String {
+    format!("{} {}", info.driver, info.driver_info).trim().to_string()
 }

@@ -1,49 +1,17 @@
-//! Measuring: timing (device timestamps or wall clock; warm-up, repeats, median), fitted
-//! exponents, and the machine-readable record `longctx bench --json` writes.
-
-use std::time::Instant;
+//! Benchmarks: each configuration validated against the f64 oracle, then timed with the
+//! runtime's timing (device timestamps or wall clock; warm-up, repeats, median); fitted
+//! exponents; the machine-readable records `longctx bench --json` writes.
 
 use serde::{Deserialize, Serialize};
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
-
+use crate::contract::inputs::seeded_qkv;
+use crate::contract::reference::{attention_f64, attention_rows_f64, rel_error};
+use crate::contract::spec::AttnSpec;
 use crate::error::Result;
-use crate::gpu::{Gpu, GpuTimer};
 use crate::kernels::peak::Peak;
 use crate::kernels::{Attention, DeviceTensors, Kernel};
-use crate::reference::{attention_f64, attention_rows_f64, rel_error};
-use crate::spec::AttnSpec;
-
-/// Repeated timings of one configuration, in milliseconds.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Timing {
-    pub samples_ms: Vec<f64>,
-    /// How the time was taken: `"timestamp"` = device timestamps around the compute pass;
-    /// `"wall"` = submit to queue idle, host clock.
-    pub timer: &'static str,
-}
-
-impl Timing {
-    fn sorted(&self) -> Vec<f64> {
-        let mut s = self.samples_ms.clone();
-        s.sort_by(f64::total_cmp);
-        s
-    }
-    pub fn median(&self) -> f64 {
-        let s = self.sorted();
-        let n = s.len();
-        if n == 0 {
-            return f64::NAN;
-        }
-        if n % 2 == 1 { s[n / 2] } else { 0.5 * (s[n / 2 - 1] + s[n / 2]) }
-    }
-    pub fn min(&self) -> f64 {
-        self.sorted().first().copied().unwrap_or(f64::NAN)
-    }
-    pub fn max(&self) -> f64 {
-        self.sorted().last().copied().unwrap_or(f64::NAN)
-    }
-}
+use crate::runtime::Gpu;
+use crate::runtime::timing::{GpuTimer, Timing, time_encoded};
 
 /// Runs `attn` `warmup` times untimed, then `reps` times. Each run is timed on the device
 /// (timestamps around the kernel's compute pass) when the device has TIMESTAMP_QUERY, else
@@ -60,40 +28,6 @@ pub fn time_attention(
     time_encoded(gpu, warmup, reps, |enc, i, timer| {
         attn.encode_timed(gpu, enc, &sets[i % sets.len()].buffers(), timer.map(GpuTimer::writes))
     })
-}
-
-/// Times whatever `encode` records: `warmup` untimed runs, then `reps` timed ones (device
-/// timestamps from the first pass's start to the last pass's end when the device has
-/// TIMESTAMP_QUERY, else submit to idle on the host clock). `encode` gets the run index and
-/// the timer, whose [`GpuTimer::begin`] / [`GpuTimer::end`] it puts on its first and last pass.
-pub fn time_encoded(
-    gpu: &Gpu,
-    warmup: usize,
-    reps: usize,
-    mut encode: impl FnMut(&mut wgpu::CommandEncoder, usize, Option<&GpuTimer>) -> Result<()>,
-) -> Result<Timing> {
-    let timer = GpuTimer::new(gpu);
-    let mut samples_ms = Vec::with_capacity(reps);
-    for i in 0..warmup + reps {
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        encode(&mut enc, i, timer.as_ref())?;
-        if let Some(t) = &timer {
-            t.resolve(&mut enc);
-        }
-        let cmd = enc.finish();
-        gpu.wait()?;
-        let t0 = Instant::now();
-        gpu.queue.submit([cmd]);
-        gpu.wait()?;
-        let wall = t0.elapsed().as_secs_f64() * 1e3;
-        if i >= warmup {
-            samples_ms.push(match &timer {
-                Some(t) => t.read_ms(gpu)?,
-                None => wall,
-            });
-        }
-    }
-    Ok(Timing { samples_ms, timer: if timer.is_some() { "timestamp" } else { "wall" } })
 }
 
 /// Least-squares slope of `ln y` against `ln x`: the exponent `k` in `y ∝ x^k`.
@@ -114,25 +48,39 @@ pub fn fitted_exponent(points: &[(f64, f64)]) -> Option<f64> {
 /// One benchmark result, as `longctx bench --json` writes it (one object per configuration).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
+    /// Kernel name: `flash`, `naive` or `flash-f16`.
     pub kernel: String,
+    /// Batch size B.
     pub batch: usize,
+    /// Query heads H.
     pub heads: usize,
+    /// Key/value heads Hkv (H for MHA, 1 for MQA).
     pub kv_heads: usize,
+    /// Query length N.
     pub n: usize,
+    /// Key/value length M.
     pub m: usize,
+    /// Head dim D.
     pub d: usize,
+    /// The mask as the caller described it (e.g. `causal`, `dense`).
     pub mask: String,
     /// Set when the configuration could not run (e.g. beyond a device limit); timings are then absent.
     pub skipped: Option<String>,
     /// `timestamp` (device) or `wall` (host clock, submit to idle).
     pub timer: String,
+    /// Timed runs (after one warm-up).
     pub reps: usize,
+    /// Median of the timed runs, in ms.
     pub ms_median: Option<f64>,
+    /// Fastest timed run, in ms.
     pub ms_min: Option<f64>,
+    /// Slowest timed run, in ms.
     pub ms_max: Option<f64>,
     /// Forward FLOPs counted as 4·B·D·(visible query-key pairs over heads).
     pub flops: f64,
+    /// How `flops` is counted: [`FLOP_CONVENTION`].
     pub flop_convention: String,
+    /// `flops` / median time, in GFLOP/s.
     pub gflops: Option<f64>,
     /// Percent of the adapter's FMA probe (`longctx peak`), when known.
     pub pct_peak_fma: Option<f64>,
@@ -144,6 +92,7 @@ pub struct Record {
     pub traffic_model_bytes: u64,
     /// Traffic counted by the instrumented kernel, when run.
     pub traffic_measured_bytes: Option<u64>,
+    /// What the traffic figures count: [`TRAFFIC_CONVENTION`].
     pub traffic_convention: String,
     /// Modelled traffic / median time.
     pub gbps: Option<f64>,
@@ -151,23 +100,33 @@ pub struct Record {
     pub pct_peak_copy: Option<f64>,
     /// Relative error of the output against `reference`, checked before timing.
     pub rel_err: Option<f64>,
+    /// What `rel_err` was measured against: `oracle` (whole output) or `oracle, 64 sampled rows`.
     pub reference: String,
+    /// Adapter name, as wgpu reports it.
     pub adapter: String,
+    /// wgpu backend (`Vulkan`, `Metal`, …).
     pub backend: String,
+    /// Driver and its version.
     pub driver: String,
+    /// Short commit hash of the build (`unknown` outside a git checkout).
     pub git_commit: String,
+    /// Crate version of the build.
     pub longctx_version: String,
+    /// When the record was made, RFC 3339 in UTC to the second.
     pub timestamp: String,
 }
 
 /// Largest N·M per head at which the whole f64 oracle validates a configuration; above it
 /// [`SPOT_ROWS`] evenly spaced rows are checked against the oracle.
 pub const ORACLE_MAX_PAIRS: usize = 1024 * 1024;
+/// Rows, evenly spaced over all B·H·N, checked against the oracle above [`ORACLE_MAX_PAIRS`].
 pub const SPOT_ROWS: usize = 64;
 /// Below this many bytes of Q, K and V, timed runs rotate through three input copies.
 pub const ROTATE_BELOW_BYTES: u64 = 64 << 20;
 
+/// How a [`Record`]'s `flops` are counted; copied into its `flop_convention`.
 pub const FLOP_CONVENTION: &str = "forward: 4·B·D·(visible query-key pairs over heads) — QKᵀ and PV, one multiply + one add each; softmax, masking and bias not counted";
+/// What a [`Record`]'s traffic bytes count; copied into its `traffic_convention`.
 pub const TRAFFIC_CONVENTION: &str = "bytes of Q, K, V read and O, LSE written (naive: and its N×M scores), as each workgroup/invocation moves them to or from device memory; no cache reuse assumed; uniforms, block map and slopes not counted";
 
 fn base_record(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec, reps: usize, mask: &str) -> Record {
@@ -227,6 +186,9 @@ pub fn run_config_f16(gpu: &Gpu, spec: &AttnSpec, reps: usize, peak: &Peak, mask
     r
 }
 
+/// The seed of every benchmark's inputs ([`seeded_qkv`]).
+pub const INPUT_SEED: u64 = 0x10c7;
+
 #[allow(clippy::too_many_arguments)]
 fn fill(
     gpu: &Gpu,
@@ -239,9 +201,7 @@ fn fill(
     r: &mut Record,
 ) -> Result<()> {
     let s = spec.shape;
-    let mut rng = StdRng::seed_from_u64(0x10c7);
-    let mut rand_vec = |len: usize| (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<f32>>();
-    let (q, k, v) = (rand_vec(s.q_len()), rand_vec(s.kv_len()), rand_vec(s.kv_len()));
+    let (q, k, v) = seeded_qkv(spec, INPUT_SEED);
     let attn =
         if half_inputs { Attention::flash_f16(gpu, spec)? } else { Attention::new(gpu, kernel, spec)? };
     let upload = |gpu: &Gpu| {
@@ -311,24 +271,39 @@ pub const BACKWARD_FLOP_FACTOR: f64 = 2.5;
 /// One forward + backward benchmark (`longctx bench --backward --json`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct BackwardRecord {
+    /// Batch size B.
     pub batch: usize,
+    /// Query heads H.
     pub heads: usize,
+    /// Key/value heads Hkv.
     pub kv_heads: usize,
+    /// Query length N.
     pub n: usize,
+    /// Key/value length M.
     pub m: usize,
+    /// Head dim D.
     pub d: usize,
+    /// The mask as the caller described it (e.g. `causal`, `dense`).
     pub mask: String,
+    /// Set when the configuration could not run; timings are then absent.
     pub skipped: Option<String>,
+    /// `timestamp` (device) or `wall` (host clock, submit to idle).
     pub timer: String,
+    /// Timed runs of each measurement (after one warm-up).
     pub reps: usize,
     /// Medians: flash forward alone, backward alone, both in one submission.
     pub fwd_ms: Option<f64>,
+    /// Median of the backward alone, in ms.
     pub bwd_ms: Option<f64>,
+    /// Median of forward and backward in one submission, in ms.
     pub fwd_bwd_ms: Option<f64>,
     /// Forward FLOPs (4·B·D·visible pairs); backward = 2.5× that.
     pub fwd_flops: f64,
+    /// Forward GFLOP/s: `fwd_flops` / `fwd_ms`.
     pub fwd_gflops: Option<f64>,
+    /// Backward GFLOP/s: 2.5 × `fwd_flops` / `bwd_ms`.
     pub bwd_gflops: Option<f64>,
+    /// Forward + backward GFLOP/s: 3.5 × `fwd_flops` / `fwd_bwd_ms`.
     pub fwd_bwd_gflops: Option<f64>,
     /// Device memory of flash forward + backward: Q, K, V, O, LSE, dO, dQ, dK, dV and both
     /// kernels' scratch (block maps, (LSE, Δ)).
@@ -336,7 +311,9 @@ pub struct BackwardRecord {
     /// The materialised backward ([`Backward::naive`](crate::kernels::backward::Backward::naive)):
     /// the same tensors plus its P / dS matrices, as allocated; its median time; its error.
     pub naive_device_bytes: Option<u64>,
+    /// Median time of the materialised backward, in ms.
     pub naive_bwd_ms: Option<f64>,
+    /// Worst relative error of its dQ, dK, dV against the tiled backward's (not the oracle).
     pub naive_rel_err: Option<f64>,
     /// Why the materialised backward did not run (a binding or loop limit), if it did not.
     pub naive_skipped: Option<String>,
@@ -345,9 +322,13 @@ pub struct BackwardRecord {
     /// Worst relative error of dQ, dK, dV against the f64 oracle (absent above the size the
     /// oracle validates in reasonable time).
     pub rel_err: Option<f64>,
+    /// Adapter name, as wgpu reports it.
     pub adapter: String,
+    /// Driver and its version.
     pub driver: String,
+    /// Short commit hash of the build (`unknown` outside a git checkout).
     pub git_commit: String,
+    /// When the record was made, RFC 3339 in UTC to the second.
     pub timestamp: String,
 }
 
@@ -385,10 +366,8 @@ pub fn run_backward(gpu: &Gpu, spec: &AttnSpec, reps: usize, mask: &str) -> Back
 fn fill_backward(gpu: &Gpu, spec: &AttnSpec, reps: usize, r: &mut BackwardRecord) -> Result<()> {
     use crate::kernels::backward::{Backward, GradTensors};
     let s = spec.shape;
-    let mut rng = StdRng::seed_from_u64(0xbac4);
-    let mut rand_vec = |len: usize| (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<f32>>();
-    let (q, k, v, d_o) =
-        (rand_vec(s.q_len()), rand_vec(s.kv_len()), rand_vec(s.kv_len()), rand_vec(s.q_len()));
+    let (q, k, v) = seeded_qkv(spec, 0xbac4);
+    let d_o = crate::contract::inputs::seeded(s.q_len(), 0xbac5);
     let fwd = Attention::new(gpu, Kernel::Flash, spec)?;
     let bwd = Backward::new(gpu, spec)?;
     let io = DeviceTensors::upload(gpu, spec, &q, &k, &v)?;
@@ -400,7 +379,7 @@ fn fill_backward(gpu: &Gpu, spec: &AttnSpec, reps: usize, r: &mut BackwardRecord
     gpu.queue.submit([enc.finish()]);
     let got = grads.read(gpu)?;
     if s.batch * s.heads * s.n * s.m <= BACKWARD_ORACLE_MAX {
-        let (dq, dk, dv) = crate::reference::attention_backward_f64(spec, &q, &k, &v, &d_o)?;
+        let (dq, dk, dv) = crate::contract::reference::attention_backward_f64(spec, &q, &k, &v, &d_o)?;
         let e = rel_error(&got.dq, &dq).max(rel_error(&got.dk, &dk)).max(rel_error(&got.dv, &dv));
         r.rel_err = Some(e);
     }

@@ -1,0 +1,15 @@
+//! The attention contract (`docs/DESIGN.md` §1) as types and the f64 oracle that defines
+//! it: shapes, positions, masks, ALiBi, block maps, FLOP counts. No GPU here; every layer
+//! above follows it.
+//!
+//! Dependencies point one way inside the layer too: `shape` ← [`mask`] ← [`spec`] ←
+//! [`blockmap`] ← [`reference`].
+
+pub mod blockmap;
+pub mod inputs;
+pub mod mask;
+pub mod reference;
+mod shape;
+pub mod spec;
+
+pub use shape::{AttnShape, UNBOUNDED, Window};

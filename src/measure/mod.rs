@@ -1,0 +1,5 @@
+//! Measurement above the kernels: the benchmark records, the autotuner, the memory planner.
+
+pub mod bench;
+pub mod plan;
+pub mod tune;

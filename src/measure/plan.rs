@@ -1,0 +1,237 @@
+//! The memory planner and the context cost model (docs/DESIGN.md §2): what a model at a
+//! context length needs (weights, KV cache for MHA/GQA/MQA, training activations with naive
+//! vs flash attention) and costs, and which GPUs it fits — before renting one.
+//!
+//! Sources of the constants (all public):
+//! - Model shapes:
+//!   - `llama-7b`: "LLaMA: Open and Efficient Foundation Language Models" (Touvron et al.,
+//!     Meta AI, 2023), Table 2: 32 layers, d = 4096, 32 heads; §2.2: SwiGLU FFN of width
+//!     2/3·4d, which Meta's released model code rounds up to a multiple of 256 = 11008;
+//!     §2.1: SentencePiece BPE tokenizer, 32,000 tokens (the size is stated in the Llama 2
+//!     paper, §2.2, which keeps the same tokenizer).
+//!   - `llama2-70b`: "Llama 2: Open Foundation and Fine-Tuned Chat Models" (Touvron et al.,
+//!     Meta AI, 2023), Table 1: grouped-query attention for the 34B and 70B models; the sizes
+//!     (80 layers, d = 8192, 64 heads, 8 kv heads, FFN 28672, vocabulary 32,000) are those of
+//!     Meta's released Llama-2-70b configuration.
+//!   - `mpt-7b-65k`: MosaicML, "Introducing MPT-7B: A New Standard for Open-Source,
+//!     Commercially Usable LLMs" (2023) and the MPT-7B-StoryWriter-65k+ model card: 32 layers,
+//!     d = 4096, 32 heads, GELU FFN with expansion ratio 4 (16384), vocabulary 50432, ALiBi
+//!     ("Train Short, Test Long", Press, Smith, Lewis, 2021 / ICLR 2022) instead of position
+//!     embeddings.
+//! - KV cache variants: multi-query attention from "Fast Transformer Decoding: One Write-Head
+//!   is All You Need" (Shazeer, 2019); grouped-query attention from "GQA: Training
+//!   Generalized Multi-Query Transformer Models from Multi-Head Checkpoints" (Ainslie et al.,
+//!   2023), with 8 kv heads as in Llama 2 70B.
+//! - Activations per layer (no recomputation, no parallelism): s·b·h·(34 + 5·a·s/h) bytes at
+//!   16-bit — "Reducing Activation Recomputation in Large Transformer Models" (Korthikanti
+//!   et al., NVIDIA, 2022), §4.1, Eq. (1); the 5·a·s²·b term is the attention matrix, which
+//!   FlashAttention ("FlashAttention: Fast and Memory-Efficient Exact Attention with
+//!   IO-Awareness", Dao et al., 2022) never stores.
+//! - Training memory per parameter with Adam in mixed precision: 16 bytes (2 fp16 weights + 2
+//!   fp16 gradients + 4 fp32 master weights + 8 fp32 moments) — "ZeRO: Memory Optimizations
+//!   Toward Training Trillion Parameter Models" (Rajbhandari, Rasley, Ruwase, He, SC 2020),
+//!   §3.1.
+//! - FLOPs: forward ≈ 2·P + 2·L·n·d_attn per token, training ≈ 3× forward — "Scaling Laws
+//!   for Neural Language Models" (Kaplan et al., OpenAI, 2020), Table 1 and §2.1.
+//!   Attention per layer is O(n²·d) ("Attention Is All You Need", Vaswani et al., 2017,
+//!   Table 1) plus O(n·d²) for the projections; the per-layer count 4·n²·d_attn + 8·n·d² is
+//!   the attention part of the forward count in "Efficient Large-Scale Language Model
+//!   Training on GPU Clusters Using Megatron-LM" (Narayanan et al., SC 2021).
+//! - Context cost ratio (d + p·n)/(d + n) for growing the context from n to p·n: per trained
+//!   token an attention layer costs ∝ n·d + d²; the ratio is stated in G. Alperovich, "The
+//!   Secret Sauce behind 100K context window in LLMs: all tricks in one place" (GoPenAI,
+//!   2023).
+//! - GPU memory: NVIDIA A100 Tensor Core GPU datasheet (2020): 40 GB HBM2 (1,555 GB/s) or
+//!   80 GB HBM2e (2,039 GB/s), 312 TFLOP/s dense FP16/BF16; NVIDIA H100 Tensor Core GPU
+//!   datasheet (2022): H100 SXM 80 GB HBM3, 3.35 TB/s, 989 TFLOP/s dense BF16; NVIDIA H200
+//!   Tensor Core GPU datasheet (2023): 141 GB HBM3e, 4.8 TB/s. Capacities are counted as
+//!   10^9 bytes per GB.
+
+use serde::Serialize;
+
+/// A decoder-only transformer's shape.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModelShape {
+    /// Preset name, e.g. `llama-7b`.
+    pub name: String,
+    /// Transformer layers L.
+    pub layers: usize,
+    /// Model width d.
+    pub d_model: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (= `heads` for MHA, fewer for GQA).
+    pub kv_heads: usize,
+    /// Per-head width (`d_model / heads` for the presets).
+    pub head_dim: usize,
+    /// FFN inner width.
+    pub ffn: usize,
+    /// Vocabulary size (rows of the embedding and of the output head).
+    pub vocab: usize,
+    /// SwiGLU FFNs have three matrices, GELU ones two.
+    pub gated_ffn: bool,
+}
+
+impl ModelShape {
+    /// The named presets: `llama-7b`, `llama2-70b`, `mpt-7b-65k` (sources in the module docs).
+    pub fn preset(name: &str) -> Option<Self> {
+        let m = |name: &str, layers, d_model, heads, kv_heads, ffn, vocab, gated_ffn| ModelShape {
+            name: name.into(),
+            layers,
+            d_model,
+            heads,
+            kv_heads,
+            head_dim: d_model / heads,
+            ffn,
+            vocab,
+            gated_ffn,
+        };
+        match name {
+            "llama-7b" => Some(m("llama-7b", 32, 4096, 32, 32, 11008, 32000, true)),
+            "llama2-70b" => Some(m("llama2-70b", 80, 8192, 64, 8, 28672, 32000, true)),
+            "mpt-7b-65k" => Some(m("mpt-7b-65k", 32, 4096, 32, 32, 16384, 50432, false)),
+            _ => None,
+        }
+    }
+    /// Names [`ModelShape::preset`] knows.
+    pub const PRESETS: [&'static str; 3] = ["llama-7b", "llama2-70b", "mpt-7b-65k"];
+
+    /// Parameters: embeddings and output head, attention (Q, O: d²; K, V: d·Hkv·hd), FFN.
+    pub fn params(&self) -> u64 {
+        let d = self.d_model as u64;
+        let kv = (self.kv_heads * self.head_dim) as u64;
+        let attn = 2 * d * d + 2 * d * kv;
+        let ffn = if self.gated_ffn { 3 } else { 2 } * d * self.ffn as u64;
+        2 * self.vocab as u64 * d + self.layers as u64 * (attn + ffn + 2 * d)
+    }
+}
+
+/// GPUs a plan is checked against: (name, bytes), capacities from NVIDIA's A100 (2020), H100
+/// (2022) and H200 (2023) Tensor Core GPU datasheets.
+pub const GPUS: [(&str, u64); 4] = [
+    ("A100 40GB", 40_000_000_000),
+    ("A100 80GB", 80_000_000_000),
+    ("H100 80GB", 80_000_000_000),
+    ("H200 141GB", 141_000_000_000),
+];
+
+/// What a model needs at context `n`, batch `b`, `bytes` per element.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Plan {
+    /// The model planned for.
+    pub model: ModelShape,
+    /// Context length in tokens.
+    pub n: usize,
+    /// Sequences per batch.
+    pub batch: usize,
+    /// Bytes per weight, cache and activation element (2 for fp16/bf16).
+    pub bytes_per_element: usize,
+    /// Parameter count ([`ModelShape::params`]).
+    pub params: u64,
+    /// Weights, in bytes: `params · bytes_per_element`.
+    pub weights: u64,
+    /// KV cache at `n` for the model's own kv heads, and as MHA / GQA(8) / MQA (Shazeer 2019;
+    /// Ainslie et al. 2023).
+    pub kv_cache: u64,
+    /// KV cache with one kv head per query head, in bytes.
+    pub kv_cache_mha: u64,
+    /// KV cache with 8 kv heads (or `heads`, if fewer), in bytes.
+    pub kv_cache_gqa8: u64,
+    /// KV cache with one kv head, in bytes.
+    pub kv_cache_mqa: u64,
+    /// Training activations of all layers with the N×N attention matrix stored, in bytes
+    /// (Korthikanti et al. 2022).
+    pub activations_naive: u64,
+    /// Training activations without the attention matrix, as FlashAttention keeps them, in bytes.
+    pub activations_flash: u64,
+    /// Weights + gradients + Adam states (16 bytes per parameter; ZeRO, Rajbhandari et al. 2020).
+    pub training_states: u64,
+    /// Weights + KV cache at the model's own kv heads, in bytes.
+    pub inference_total: u64,
+    /// `training_states` + `activations_naive`, in bytes.
+    pub training_total_naive: u64,
+    /// `training_states` + `activations_flash`, in bytes.
+    pub training_total_flash: u64,
+    /// Forward FLOPs of one layer's attention: 4·n²·d_attn·b (QKᵀ and P·V) + 8·n·d²·b (the
+    /// Q, K, V, O projections, counted at MHA width; Narayanan et al. 2021).
+    pub attention_flops_per_layer: f64,
+    /// 2·P + 2·L·n·d_attn (Kaplan et al. 2020, Table 1).
+    pub forward_flops_per_token: f64,
+    /// 3 × forward FLOPs per token × n·b tokens (Kaplan et al. 2020, §2.1).
+    pub training_flops_per_step: f64,
+}
+
+impl Plan {
+    /// Plans `model` at context `n`, `batch` sequences, `bytes_per_element` bytes per element.
+    pub fn new(model: &ModelShape, n: usize, batch: usize, bytes_per_element: usize) -> Self {
+        let (l, d, a) = (model.layers as u64, model.d_model as u64, model.heads as u64);
+        let (s, b, e) = (n as u64, batch as u64, bytes_per_element as u64);
+        let params = model.params();
+        let kv = |kv_heads: u64| 2 * l * kv_heads * model.head_dim as u64 * s * b * e;
+        // Korthikanti et al. 2022, §4.1 Eq. (1): s·b·h·34 + 5·a·s²·b bytes per layer at 16-bit;
+        // scaled to `e`
+        let act_linear = l * s * b * d * 34 * e / 2;
+        let act_scores = l * 5 * a * s * s * b * e / 2;
+        let training_states = 16 * params;
+        let d_attn = (model.heads * model.head_dim) as f64;
+        let forward_flops_per_token = 2.0 * params as f64 + 2.0 * l as f64 * n as f64 * d_attn;
+        Plan {
+            model: model.clone(),
+            n,
+            batch,
+            bytes_per_element,
+            params,
+            weights: params * e,
+            kv_cache: kv(model.kv_heads as u64),
+            kv_cache_mha: kv(a),
+            kv_cache_gqa8: kv(8.min(a)),
+            kv_cache_mqa: kv(1),
+            activations_naive: act_linear + act_scores,
+            activations_flash: act_linear,
+            training_states,
+            inference_total: params * e + kv(model.kv_heads as u64),
+            training_total_naive: training_states + act_linear + act_scores,
+            training_total_flash: training_states + act_linear,
+            attention_flops_per_layer: 4.0 * (n as f64).powi(2) * d_attn * b as f64
+                + 8.0 * n as f64 * (d as f64).powi(2) * b as f64,
+            forward_flops_per_token,
+            training_flops_per_step: 3.0 * forward_flops_per_token * (n * batch) as f64,
+        }
+    }
+
+    /// GPUs needed for `bytes` on each card of [`GPUS`].
+    pub fn gpus_needed(bytes: u64) -> Vec<(&'static str, u64)> {
+        GPUS.iter().map(|&(name, cap)| (name, bytes.div_ceil(cap))).collect()
+    }
+}
+
+/// The cost ratio of raising the context from `n` to `p·n` at width `d`: (d + p·n) / (d + n),
+/// from attention's O(n²d + nd²) per layer (Vaswani et al. 2017, Table 1) — per token ∝
+/// d·(n + d) — as stated in Alperovich, "The Secret Sauce behind 100K context window in
+/// LLMs" (2023); see docs/DESIGN.md §2.
+pub fn context_cost_ratio(d: usize, n: usize, pn: usize) -> f64 {
+    (d + pn) as f64 / (d + n) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama_7b_has_about_6_7_billion_parameters() {
+        let p = ModelShape::preset("llama-7b").unwrap().params();
+        assert!((6.6e9..6.8e9).contains(&(p as f64)), "{p}");
+        let p70 = ModelShape::preset("llama2-70b").unwrap().params();
+        assert!((68e9..70e9).contains(&(p70 as f64)), "{p70}");
+    }
+
+    #[test]
+    fn kv_cache_and_cost_ratio() {
+        let m = ModelShape::preset("llama-7b").unwrap();
+        let plan = Plan::new(&m, 4096, 1, 2);
+        // 2 · 32 layers · 32 heads · 128 · 4096 tokens · 2 bytes = 2 GiB
+        assert_eq!(plan.kv_cache, 2 << 30);
+        assert_eq!(plan.kv_cache_mqa * 32, plan.kv_cache_mha);
+        assert!((context_cost_ratio(4096, 2048, 102400) - 106496.0 / 6144.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,16 @@
+//! The runtime: a device owned or borrowed, buffers and readback, shader assembly with
+//! pipeline and layout caches, timing, on-disk caches, and the per-adapter data (profiles,
+//! tuned winners) a caller attaches to a [`Gpu`]. It names no kernel.
+
+pub(crate) mod cache;
+mod device;
+pub mod profile;
+pub mod shader;
+pub mod timing;
+mod tuning;
+
+pub use device::{Gpu, GpuOptions, USEFUL_FEATURES, device_descriptor, list_adapters};
+pub use profile::{Profile, driver_of};
+pub use shader::{Binding, Compiled, Shader, ShaderVariant, Snippet};
+pub use timing::{GpuTimer, Timing};
+pub use tuning::Tuned;
