@@ -55,7 +55,10 @@ fn bad_configurations_are_typed_errors() {
     let mut cfg = small(10, 0.5);
     cfg.route_q = 11;
     let w = Colt5Weights::random(&small(10, 0.5), 1);
-    assert!(matches!(Colt5Layer::new(g, &cfg, &w, false), Err(longctx::Error::Invalid(_))));
+    assert!(matches!(
+        Colt5Layer::new(g, &cfg, &w, false),
+        Err(longctx::Error::OutOfRange { value: 11, max: 10, .. })
+    ));
     let cfg = small(10, 0.5);
     let mut bad = w.clone();
     bad.tensors[3].pop();

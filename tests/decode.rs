@@ -147,7 +147,10 @@ fn overflow_and_bad_shapes_are_typed_errors() {
     dec.step(g, 0, &vec![0.1; 2 * 32], &[0.1; 32], &[0.1; 32]).unwrap();
     let err = dec.step(g, 0, &vec![0.1; 2 * 32], &[0.1; 32], &[0.1; 32]).unwrap_err();
     assert!(err.to_string().contains("overflow"), "{err}");
-    assert!(matches!(dec.step(g, 0, &[0.1; 5], &[0.1; 32], &[0.1; 32]), Err(Error::Shape(_))));
+    assert!(matches!(
+        dec.step(g, 0, &[0.1; 5], &[0.1; 32], &[0.1; 32]),
+        Err(Error::Length { got: 5, expected: 64, .. })
+    ));
     assert!(matches!(Decoder::new(g, DecoderConfig::new(6, 4, 32, 10)), Err(Error::HeadGroups { .. })));
     let mut ring = DecoderConfig::new(2, 1, 32, 10);
     ring.ring = true;

@@ -63,6 +63,6 @@ fn gather_and_scaled_scatter_add() {
 #[test]
 fn k_beyond_n_is_a_typed_error() {
     let g = common::gpu();
-    assert!(matches!(Router::new(g, 10, 4, 11), Err(longctx::Error::Invalid(_))));
+    assert!(matches!(Router::new(g, 10, 4, 11), Err(longctx::Error::OutOfRange { value: 11, max: 10, .. })));
     assert!(matches!(Router::new(g, 0, 4, 1), Err(longctx::Error::Empty { .. })));
 }

@@ -90,8 +90,7 @@ impl BlockMap {
                         }
                         let full = band == Coverage::Full && sparse == Coverage::Full && keys.len() == bc;
                         let mut index = NO_BITS;
-                        if sparse == Coverage::Partial {
-                            let mk = mask.expect("partial coverage needs a mask");
+                        if let (Coverage::Partial, Some(mk)) = (sparse, mask) {
                             index = map.bits.len() as u32;
                             for r in 0..br {
                                 let i = rows.start + r;

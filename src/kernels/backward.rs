@@ -15,7 +15,9 @@
 use crate::contract::blockmap::{BlockMap, Columns, FULL};
 use crate::contract::spec::{AttnOutput, AttnSpec};
 use crate::error::{Error, Result};
-use crate::kernels::{AttnBuffers, COMMON, Contract, Kernel, Tiles, Traffic, check_head_dim, flash, lanes};
+use crate::kernels::{
+    AttnBuffers, COMMON, Contract, Kernel, Tiles, Traffic, check_head_dim, check_shuffles, flash, lanes,
+};
 use crate::runtime::Gpu;
 use crate::runtime::shader::{Binding, Binding::*, Compiled, Shader, ShaderVariant};
 
@@ -341,24 +343,7 @@ impl Backward {
                 reason: format!("need br ≥ 1 and 1 ≤ bc ≤ {}", crate::contract::blockmap::MAX_BC),
             });
         }
-        if c.sg > 0 {
-            let info = gpu.info();
-            let fixed = info.subgroup_min_size == c.sg && info.subgroup_max_size == c.sg;
-            if !gpu.features().contains(wgpu::Features::SUBGROUP)
-                || !fixed
-                || !c.br.is_multiple_of(c.sg)
-                || !c.bc.is_multiple_of(c.sg)
-            {
-                return Err(Error::Config {
-                    kernel: NAME,
-                    config: format!("{c:?}"),
-                    reason: format!(
-                        "the subgroup path sg={} needs SUBGROUP, a fixed subgroup size of {} (device: {}..={}) and br, bc multiples of it",
-                        c.sg, c.sg, info.subgroup_min_size, info.subgroup_max_size
-                    ),
-                });
-            }
-        }
+        check_shuffles(gpu, NAME, &c, c.sg, &[("br", c.br), ("bc", c.bc)])?;
         if let Some(limit) = gpu.loop_iteration_limit() {
             let (dq, dkv, overhead) = c.loop_iterations(d);
             for (name, tiles, per) in [("dq", c.dq_pass_tiles, dq), ("dkv", c.dkv_pass_tiles, dkv)] {

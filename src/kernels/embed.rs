@@ -37,6 +37,20 @@ fn dispatch(
     kernel.dispatch(&mut pass, &bind, [threads.div_ceil(64) as u32, 1, 1]);
 }
 
+/// Every id an index into a vocabulary of `vocab` entries ([`Error::OutOfRange`] names the
+/// first that is not).
+pub fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
+    match ids.iter().find(|&&i| i as usize >= vocab) {
+        Some(&bad) => Err(Error::OutOfRange {
+            what: "token id (an index into the vocabulary)".into(),
+            value: bad as u64,
+            min: 0,
+            max: vocab as u64 - 1,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Token embeddings on the device: the word table `[vocab, d]`, position table
 /// `[max_pos, d]` and token-type row 0 `[d]`, uploaded once.
 pub struct Embeddings {
@@ -88,14 +102,7 @@ impl Embeddings {
                 expected: ids.len(),
             });
         }
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.vocab) {
-            return Err(Error::OutOfRange {
-                what: "token id (an index into the vocabulary)".into(),
-                value: bad as u64,
-                min: 0,
-                max: self.vocab as u64 - 1,
-            });
-        }
+        check_ids(ids, self.vocab)?;
         if let Some(&bad) = positions.iter().find(|&&p| p as usize >= self.max_positions) {
             return Err(Error::OutOfRange {
                 what: "token position (an index into the position embeddings)".into(),

@@ -11,7 +11,9 @@
 use crate::contract::blockmap::BlockMap;
 use crate::contract::spec::AttnSpec;
 use crate::error::Result;
-use crate::kernels::{AttnBuffers, COMMON, Contract, Tiles, Traffic, check_head_dim, lanes, slopes_words};
+use crate::kernels::{
+    AttnBuffers, COMMON, Contract, Tiles, Traffic, check_head_dim, check_shuffles, lanes, slopes_words,
+};
 use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
 use crate::runtime::{Gpu, Profile, Tuned};
 
@@ -298,24 +300,14 @@ impl Flash {
                 ),
             });
         }
-        if config.sg > 0 {
-            let info = gpu.info();
-            let fixed = info.subgroup_min_size == config.sg && info.subgroup_max_size == config.sg;
-            if !gpu.features().contains(wgpu::Features::SUBGROUP)
-                || !fixed
-                || config.p != 1
-                || !config.br.is_multiple_of(config.sg)
-            {
-                return Err(crate::Error::Config {
-                    kernel: NAME,
-                    config: format!("{config:?}"),
-                    reason: format!(
-                        "the subgroup path sg={} needs SUBGROUP, a fixed subgroup size of {} (device: {}..={}), p = 1 and br a multiple of it",
-                        config.sg, config.sg, info.subgroup_min_size, info.subgroup_max_size
-                    ),
-                });
-            }
+        if config.sg > 0 && config.p != 1 {
+            return Err(crate::Error::Config {
+                kernel: NAME,
+                config: format!("{config:?}"),
+                reason: "the subgroup path needs p = 1 (one invocation per row)".into(),
+            });
         }
+        check_shuffles(gpu, NAME, &config, config.sg, &[("br", config.br)])?;
         if let Some(limit) = gpu.loop_iteration_limit() {
             let per_tile = config.loop_iterations_per_tile(s.head_dim);
             if config.pass_tiles == 0 || config.pass_tiles as u64 * per_tile > limit {

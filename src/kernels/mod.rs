@@ -142,6 +142,34 @@ pub(crate) fn check_head_dim(kernel: &'static str, d: usize) -> Result<()> {
     Ok(())
 }
 
+/// The subgroup-shuffle path at width `sg` (0: not used) needs SUBGROUP with that one fixed
+/// width on the device and every tile side in `sides` a multiple of it.
+pub(crate) fn check_shuffles(
+    gpu: &Gpu,
+    kernel: &'static str,
+    config: &impl std::fmt::Debug,
+    sg: u32,
+    sides: &[(&str, u32)],
+) -> Result<()> {
+    if sg == 0 {
+        return Ok(());
+    }
+    let info = gpu.info();
+    let reason = if gpu.fixed_subgroup() != Some(sg) {
+        format!(
+            "the subgroup path sg={sg} needs SUBGROUP with a fixed subgroup size of {sg} (device: {}..={}{})",
+            info.subgroup_min_size,
+            info.subgroup_max_size,
+            if gpu.features().contains(wgpu::Features::SUBGROUP) { "" } else { ", no SUBGROUP" }
+        )
+    } else if let Some((side, v)) = sides.iter().find(|(_, v)| !v.is_multiple_of(sg)) {
+        format!("the subgroup path sg={sg} needs {side} = {v} to be a multiple of it")
+    } else {
+        return Ok(());
+    };
+    Err(Error::Config { kernel, config: format!("{config:?}"), reason })
+}
+
 /// Every shader variant the engine can build for a device with `limits`, over every
 /// supported head dim: what the naga validation test walks.
 pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {

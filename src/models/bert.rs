@@ -404,7 +404,9 @@ impl BertGpu {
         let c = &self.config;
         let (d, f, heads, dh) = (c.hidden_size, c.intermediate_size, c.num_attention_heads, c.head_dim());
         let lengths: Vec<usize> = batch.iter().map(|t| t.ids.len()).collect();
-        let l = *lengths.iter().max().expect("non-empty");
+        let Some(&l) = lengths.iter().max() else {
+            return Err(Error::Empty { what: "batch of sentences".into(), shape: vec![0] });
+        };
         let b = batch.len();
         let t = b * l;
         let mut ids = vec![0u32; t];
@@ -531,14 +533,7 @@ pub fn bert_f64(w: &BertWeights, ids: &[u32]) -> Result<(Vec<f64>, Vec<f64>)> {
             max: c.max_position_embeddings as u64,
         });
     }
-    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= c.vocab_size) {
-        return Err(Error::OutOfRange {
-            what: "token id (an index into the vocabulary)".into(),
-            value: bad as u64,
-            min: 0,
-            max: c.vocab_size as u64 - 1,
-        });
-    }
+    crate::kernels::embed::check_ids(ids, c.vocab_size)?;
     let eps = c.layer_norm_eps;
     let layer_norm = |x: &mut [f64], g: &[f32], b: &[f32]| {
         for row in x.chunks_mut(d) {

@@ -346,11 +346,15 @@ impl Colt5Layer {
 
     /// The tokens the routers picked in the last forward pass: (q, kv, ffn) indices.
     pub fn routed(&self, gpu: &Gpu) -> Result<[Vec<u32>; 3]> {
-        let read = |r: &Router, k: usize| gpu.read::<u32>(&r.idx, k);
+        // a branch that takes every token has no router: it picked all of them, in order
+        let read = |r: Option<&Router>, k: usize| match r {
+            Some(r) => gpu.read::<u32>(&r.idx, k),
+            None => Ok((0..k as u32).collect()),
+        };
         Ok([
-            read(self.heavy.router_q.as_ref().expect("heavy branch is routed"), self.heavy.rows_q)?,
-            read(self.heavy.router_kv.as_ref().expect("heavy branch is routed"), self.heavy.rows_kv)?,
-            read(self.heavy_ffn.router.as_ref().expect("heavy FFN is routed"), self.heavy_ffn.rows)?,
+            read(self.heavy.router_q.as_ref(), self.heavy.rows_q)?,
+            read(self.heavy.router_kv.as_ref(), self.heavy.rows_kv)?,
+            read(self.heavy_ffn.router.as_ref(), self.heavy_ffn.rows)?,
         ])
     }
 
