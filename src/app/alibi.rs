@@ -11,8 +11,11 @@ use crate::contract::spec::alibi_slopes;
 #[derive(Default)]
 pub struct AlibiState {
     /// (settings, with ALiBi, without) of the last effect computation.
-    effect: Option<(Settings, Vec<[f64; 2]>, Vec<[f64; 2]>)>,
+    effect: Option<(Settings, Curve, Curve)>,
 }
+
+/// Points of one plotted curve.
+type Curve = Vec<[f64; 2]>;
 
 /// Mean attention probability at each distance |i − j| over sampled rows of head 0, from
 /// the oracle on a cut-down copy of the problem (N ≤ 256).

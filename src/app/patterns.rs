@@ -95,6 +95,9 @@ impl Default for Settings {
     }
 }
 
+/// A problem on the host: its spec and Q, K, V.
+pub type Problem = (AttnSpec, Vec<f32>, Vec<f32>, Vec<f32>);
+
 impl Settings {
     /// The attention problem these settings describe (files decide N and D).
     pub fn spec(&self, n: usize, d: usize) -> crate::Result<AttnSpec> {
@@ -119,7 +122,7 @@ impl Settings {
     }
 
     /// Host Q, K, V and the problem.
-    pub fn materialise(&self) -> crate::Result<(AttnSpec, Vec<f32>, Vec<f32>, Vec<f32>)> {
+    pub fn materialise(&self) -> crate::Result<Problem> {
         match &self.inputs {
             Inputs::Files { q, k, v, safetensors } => {
                 let (tq, tk, tv) = if !safetensors.trim().is_empty() {

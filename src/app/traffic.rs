@@ -13,9 +13,12 @@ use crate::runtime::Gpu;
 const NS: [usize; 8] = [128, 256, 512, 1024, 2048, 4096, 8192, 16384];
 
 /// The memory-traffic panel's state: modelled and measured curves, slider, animation.
+/// (N, naive bytes, flash bytes) per modelled size.
+type ModelPoints = Vec<(usize, u64, u64)>;
+
 pub struct TrafficState {
     /// (settings, [(N, naive model, flash model)]).
-    model: Option<(Settings, Vec<(usize, u64, u64)>)>,
+    model: Option<(Settings, ModelPoints)>,
     measured: Vec<(String, usize, u64)>,
     measure_job: Option<Job<Vec<(String, usize, u64)>>>,
     /// Workgroup memory of the IO-bound plot, in KiB.

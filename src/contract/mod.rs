@@ -3,7 +3,7 @@
 //! above follows it.
 //!
 //! Dependencies point one way inside the layer too: `shape` ← [`mask`] ← [`spec`] ←
-//! [`blockmap`] ← [`reference`].
+//! [`blockmap`] ← [`reference`](mod@reference).
 
 pub mod blockmap;
 pub mod inputs;

@@ -162,73 +162,20 @@ impl Entry {
     /// Bindings of each kernel: the uniforms `Contract` (0), `Backward` (12) and `Tiles`
     /// (14), then at most 8 storage buffers, the WebGPU default.
     fn bindings(self) -> &'static [(u32, Binding)] {
+        // the three uniforms, then (binding, kind) per storage buffer
+        macro_rules! with_uniforms {
+            ($($n:literal $k:ident),*) => { &[(0, Uniform), (12, Uniform), (14, Uniform), $(($n, $k)),*] };
+        }
         match self {
-            Entry::Delta => &[
-                (0, Uniform),
-                (12, Uniform),
-                (14, Uniform),
-                (4, Read),
-                (5, ReadWrite),
-                (9, Read),
-                (10, Read),
-            ],
-            Entry::Dq => &[
-                (0, Uniform),
-                (12, Uniform),
-                (14, Uniform),
-                (1, Read),
-                (2, Read),
-                (3, Read),
-                (4, Read),
-                (5, ReadWrite),
-                (6, ReadWrite),
-                (11, Read),
-            ],
-            Entry::Dkv => &[
-                (0, Uniform),
-                (12, Uniform),
-                (14, Uniform),
-                (1, Read),
-                (2, Read),
-                (3, Read),
-                (4, Read),
-                (5, ReadWrite),
-                (7, ReadWrite),
-                (8, ReadWrite),
-                (11, Read),
-            ],
-            Entry::NaiveP => &[
-                (0, Uniform),
-                (12, Uniform),
-                (14, Uniform),
-                (1, Read),
-                (2, Read),
-                (5, ReadWrite),
-                (11, Read),
-                (13, ReadWrite),
-            ],
-            Entry::NaiveKv => &[
-                (0, Uniform),
-                (12, Uniform),
-                (14, Uniform),
-                (1, Read),
-                (4, Read),
-                (7, ReadWrite),
-                (8, ReadWrite),
-                (13, ReadWrite),
-            ],
-            Entry::NaiveDs => &[
-                (0, Uniform),
-                (12, Uniform),
-                (14, Uniform),
-                (3, Read),
-                (4, Read),
-                (5, ReadWrite),
-                (13, ReadWrite),
-            ],
-            Entry::NaiveDq => {
-                &[(0, Uniform), (12, Uniform), (14, Uniform), (2, Read), (6, ReadWrite), (13, ReadWrite)]
+            Entry::Delta => with_uniforms!(4 Read, 5 ReadWrite, 9 Read, 10 Read),
+            Entry::Dq => with_uniforms!(1 Read, 2 Read, 3 Read, 4 Read, 5 ReadWrite, 6 ReadWrite, 11 Read),
+            Entry::Dkv => {
+                with_uniforms!(1 Read, 2 Read, 3 Read, 4 Read, 5 ReadWrite, 7 ReadWrite, 8 ReadWrite, 11 Read)
             }
+            Entry::NaiveP => with_uniforms!(1 Read, 2 Read, 5 ReadWrite, 11 Read, 13 ReadWrite),
+            Entry::NaiveKv => with_uniforms!(1 Read, 4 Read, 7 ReadWrite, 8 ReadWrite, 13 ReadWrite),
+            Entry::NaiveDs => with_uniforms!(3 Read, 4 Read, 5 ReadWrite, 13 ReadWrite),
+            Entry::NaiveDq => with_uniforms!(2 Read, 6 ReadWrite, 13 ReadWrite),
         }
     }
 

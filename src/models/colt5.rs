@@ -9,7 +9,7 @@
 //! `out = x + light_attn(xn) + light_ffn(xn) + Σ_routed s·heavy_attn(xn) + Σ_routed s·heavy_ffn(xn)`,
 //! `xn = LayerNorm(x)`.
 //!
-//! [`Colt5Layer::forward`] runs it; [`Colt5Layer::dense`] is the reference where every token
+//! [`Colt5Layer::forward`] runs it; `Colt5Layer::dense` is the reference where every token
 //! takes both heavy branches (same kernels, no top-k); [`colt5_f64`] is the CPU oracle.
 
 use std::path::Path;

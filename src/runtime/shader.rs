@@ -203,9 +203,12 @@ impl Compiled {
 /// Per-device caches of compiled variants and layouts (shared by clones of a [`Gpu`]).
 #[derive(Clone, Default)]
 pub(crate) struct Caches {
-    pipelines: Arc<Mutex<HashMap<VariantKey, Compiled>>>,
-    layouts: Arc<Mutex<HashMap<Vec<(u32, Binding)>, wgpu::BindGroupLayout>>>,
+    pipelines: Shared<VariantKey, Compiled>,
+    layouts: Shared<Vec<(u32, Binding)>, wgpu::BindGroupLayout>,
 }
+
+/// A map shared by every clone of a [`Gpu`].
+type Shared<K, V> = Arc<Mutex<HashMap<K, V>>>;
 
 fn entry(binding: u32, kind: Binding) -> wgpu::BindGroupLayoutEntry {
     let ty = match kind {
