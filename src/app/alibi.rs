@@ -85,7 +85,7 @@ pub fn alibi_ui(ui: &mut egui::Ui, st: &mut AlibiState, settings: &Settings) {
     if st.effect.as_ref().is_none_or(|e| &e.0 != settings) {
         st.effect = Some((settings.clone(), effect(settings, true), effect(settings, false)));
     }
-    let (_, with, without) = st.effect.as_ref().expect("just set");
+    let Some((_, with, without)) = st.effect.as_ref() else { return };
     ui.label("effect on the pattern: mean probability against distance, head 0 (oracle, N <= 256 of the current inputs)");
     Plot::new("alibi effect")
         .height(ui.available_height().max(160.0))

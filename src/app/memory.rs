@@ -34,13 +34,15 @@ pub fn memory_ui(ui: &mut egui::Ui, st: &mut MemoryState) {
         });
         ui.add(egui::Slider::new(&mut st.n_k, 1..=256).logarithmic(true).text("context (K tokens)"));
     });
-    let model = ModelShape::preset(st.preset).expect("a preset");
+    let Some(model) = ModelShape::preset(st.preset) else {
+        ui.label(format!("unknown model preset `{}`", st.preset));
+        return;
+    };
     let n = st.n_k * 1024;
     let plan = Plan::new(&model, n, 1, 2);
-    // The ratio is the context cost model of docs/DESIGN.md §2. The label's wording ("the
-    // seed's") is pinned by tests/snapshots/panel_memory.png; reword it with a snapshot refresh.
+    // the context cost model of docs/DESIGN.md §2
     ui.label(format!(
-        "{}: {:.2} B parameters, bf16; growing the context 2K -> {}K costs {:.1}x per the seed's (d + p·n)/(d + n)",
+        "{}: {:.2} B parameters, bf16; growing the context 2K -> {}K costs {:.1}x by the cost model (d + p·n)/(d + n)",
         model.name,
         plan.params as f64 / 1e9,
         st.n_k,

@@ -83,7 +83,7 @@ pub fn traffic_ui(ui: &mut egui::Ui, st: &mut TrafficState, settings: &Settings,
         }
     }
     let log = |x: f64| x.max(1.0).log10();
-    let model = st.model.as_ref().expect("set above").1.clone();
+    let Some(model) = st.model.as_ref().map(|m| m.1.clone()) else { return };
     ui.horizontal(|ui| {
         ui.label(format!(
             "device-memory bytes per call, D = {}, H = {}, current mask; log-log (axes are log10)",
