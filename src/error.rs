@@ -11,7 +11,7 @@ pub enum Error {
     /// No wgpu adapter was found, or none matched the adapter filter.
     #[error(
         "no GPU adapter found{detail}. On headless Linux without a GPU install the software \
-         Vulkan driver: `sudo apt-get install mesa-vulkan-drivers` (Mesa lavapipe), then retry; \
+         Vulkan driver: `apt-get install mesa-vulkan-drivers` as root, or with sudo (Mesa lavapipe), then retry; \
          `longctx info` lists what wgpu sees"
     )]
     NoAdapter {

@@ -380,3 +380,17 @@ fn tune_caches_winners_and_a_corrupt_cache_is_ignored() {
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn selftest_checks_every_kernel_against_the_oracle() {
+    let out = longctx(&["selftest"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{text}", String::from_utf8_lossy(&out.stderr));
+    let checks: Vec<&str> = text.lines().filter(|l| l.starts_with("ok ") || l.starts_with("FAIL ")).collect();
+    assert!(checks.len() >= 30, "{text}");
+    assert!(checks.iter().all(|l| l.starts_with("ok ")), "{text}");
+    for kernel in ["flash", "naive", "backward", "backward naive", "decode", "matmul"] {
+        assert!(checks.iter().any(|l| l[6..].starts_with(kernel)), "no {kernel} check:\n{text}");
+    }
+    assert!(text.contains("0 failed"), "{text}");
+}

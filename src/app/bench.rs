@@ -81,7 +81,7 @@ pub fn bench_ui(ui: &mut egui::Ui, st: &mut BenchState, gpu: &Gpu, inline: bool)
         };
     }
     if st.job.is_some() {
-        st.records = st.partial.lock().expect("bench results").clone();
+        st.records = st.partial.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     }
     ui.horizontal(|ui| {
         let lab = ui.label("N");
@@ -174,24 +174,24 @@ fn start(ctx: &egui::Context, st: &mut BenchState, gpu: &Gpu, ns: Vec<usize>, in
     st.total = configs.len();
     st.progress.store(0, Ordering::Relaxed);
     st.cancel.store(false, Ordering::Relaxed);
-    st.partial.lock().expect("bench results").clear();
+    st.partial.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
     st.message = "running...".into();
     let (gpu, progress, cancel, partial, reps) =
         (gpu.clone(), st.progress.clone(), st.cancel.clone(), st.partial.clone(), st.reps);
     st.job = Some(Job::start(ctx, inline, move || {
-        let peak = peak::cached_or_measure(&gpu).map_err(|e| e.to_string())?;
+        let peak = peak::best_reading(&gpu).map_err(|e| e.to_string())?;
         for (kernel, spec) in configs {
             if cancel.load(Ordering::Relaxed) {
                 break;
             }
             let mask = if spec.causal { "causal" } else { "dense" };
             let r = run_config(&gpu, kernel, &spec, reps, &peak, false, mask);
-            partial.lock().expect("bench results").push(r);
+            partial.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(r);
             progress.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }));
     if inline {
-        st.records = st.partial.lock().expect("bench results").clone();
+        st.records = st.partial.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     }
 }

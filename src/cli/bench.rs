@@ -212,7 +212,7 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
         return backward_bench(&gpu, a, started);
     }
     let configs = configs(a)?;
-    let peak = peak::cached_or_measure(&gpu)?;
+    let peak = peak::best_reading(&gpu)?;
     let info = gpu.info();
     println!(
         "adapter {} ({:?}, {}); peak probe {:.1} GFLOP/s FMA, {:.1} GB/s copy",
@@ -427,7 +427,7 @@ fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant
 /// software adapters, as everywhere).
 fn matmul_bench(gpu: &longctx::Gpu, sizes: &[usize], reps: usize) -> anyhow::Result<()> {
     use longctx::kernels::matmul::{Activation, Matmul, matmul_f64};
-    let peak = peak::cached_or_measure(gpu)?;
+    let peak = peak::best_reading(gpu)?;
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED).set_header([
         "M=K=N",

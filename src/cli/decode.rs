@@ -85,7 +85,7 @@ struct DecodeRecord {
 pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
     let gpu = dev.gpu()?;
     let context = parse_size(&a.context)?;
-    let peak = peak::cached_or_measure(&gpu)?;
+    let peak = peak::best_reading(&gpu)?;
     let info = gpu.info();
     println!("adapter {} ({:?}); copy probe {:.1} GB/s", info.name, info.backend, peak.copy_gbps);
     let mut records = Vec::new();

@@ -10,6 +10,7 @@ mod maskargs;
 mod peak;
 mod plan;
 mod route;
+mod selftest;
 mod tune;
 
 use clap::{Parser, Subcommand};
@@ -91,6 +92,9 @@ pub enum Command {
     Embed(embed::EmbedArgs),
     /// Print a mask's block map (full, partial, skipped tiles), sparsity and FLOPs. No GPU.
     Mask(mask::MaskCmdArgs),
+    /// Check every kernel and feature against the f64 oracle on this adapter at small sizes
+    /// (one line per check; fails if any does): run it on a new GPU or driver.
+    Selftest,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -109,5 +113,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Peak(a) => peak::run(&cli.device, &a),
         Command::Decode(a) => decode::run(&cli.device, &a),
         Command::Embed(a) => embed::run(&cli.device, &a),
+        Command::Selftest => selftest::run(&cli.device),
     }
 }

@@ -2,4 +2,5 @@
 
 pub mod bench;
 pub mod plan;
+pub mod selftest;
 pub mod tune;

@@ -1,0 +1,225 @@
+//! `longctx selftest`: every kernel and feature against the f64 oracle on the present adapter,
+//! at small odd sizes (N, M not multiples of any tile, N ≠ M), outputs poisoned before each
+//! run — what a user runs on a new GPU or driver. Each check is one line; the command fails
+//! when any check does.
+
+use std::time::Instant;
+
+use crate::contract::inputs::seeded;
+use crate::contract::mask::{BigBird, Mask};
+use crate::contract::reference::{attention_backward_f64, attention_f64, rel_error};
+use crate::contract::spec::{Alibi, AttnSpec};
+use crate::contract::{AttnShape, Window};
+use crate::error::{Error, Result};
+use crate::kernels::backward::{Backward, GradTensors};
+use crate::kernels::decode::{Decoder, DecoderConfig};
+use crate::kernels::matmul::{Activation, Matmul, matmul_f64};
+use crate::kernels::{Attention, DeviceTensors, Kernel};
+use crate::runtime::Gpu;
+
+/// Relative error every f32 check must stay under (‖got − oracle‖ / ‖oracle‖).
+pub const BOUND: f64 = 1e-5;
+
+/// One check's outcome.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// What was checked, for people (`flash causal+alibi B=1 H=4/2 N=77 M=130 D=64`).
+    pub name: String,
+    /// The worst relative error against the oracle over the check's outputs (`None` when it
+    /// could not run).
+    pub rel_err: Option<f64>,
+    /// Why it failed: an error, or an error above [`BOUND`] (`None`: passed).
+    pub failure: Option<String>,
+    /// Wall time of the check, oracle included, in ms.
+    pub ms: f64,
+}
+
+impl Outcome {
+    /// Whether the check passed.
+    pub fn passed(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+type Check = (String, Box<dyn Fn(&Gpu) -> Result<f64>>);
+
+/// The attention problems every kernel is checked on: each feature of the contract once.
+fn problems() -> Vec<(&'static str, AttnSpec)> {
+    let shape = |b, h, hkv, n, m, d| AttnShape { batch: b, heads: h, kv_heads: hkv, n, m, head_dim: d };
+    let s = shape(1, 4, 2, 77, 130, 64);
+    let bigbird = BigBird { global: 1, window: 1, random: 1, block: 16, seed: 3 };
+    vec![
+        ("dense", AttnSpec::new(shape(2, 2, 2, 45, 45, 32))),
+        ("causal", AttnSpec::new(s).causal(true)),
+        ("causal+alibi", AttnSpec::new(s).causal(true).alibi(Alibi::Standard)),
+        ("window(16,3)", AttnSpec::new(s).window(Some(Window::new(16, 3)))),
+        ("mqa causal D=128", AttnSpec::new(shape(1, 4, 1, 33, 70, 128)).causal(true)),
+        ("masked rows (N > M causal)", AttnSpec::new(shape(1, 2, 2, 90, 40, 32)).causal(true)),
+        ("global+causal", AttnSpec::new(s).causal(true).mask(Some(Mask::Global(3)))),
+        ("bigbird", AttnSpec::new(s).mask(Mask::bigbird(&bigbird, s.m).ok())),
+        (
+            "segments+causal",
+            AttnSpec::new(s)
+                .causal(true)
+                .mask(Some(Mask::Segments(std::sync::Arc::new((0..s.m as u32).map(|j| j / 50).collect())))),
+        ),
+    ]
+}
+
+/// Q, K, V for `spec` from `seed`.
+fn inputs(spec: &AttnSpec, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    crate::contract::inputs::seeded_qkv(spec, seed)
+}
+
+/// A forward kernel against the oracle: worst of O and LSE (finite entries; a fully masked
+/// row must come back as exactly 0 and −inf).
+fn forward(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec) -> Result<f64> {
+    let (q, k, v) = inputs(spec, 7);
+    let attn = Attention::new(gpu, kernel, spec)?;
+    let io = DeviceTensors::upload(gpu, spec, &q, &k, &v)?;
+    io.poison(gpu);
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    attn.encode(gpu, &mut enc, &io.buffers())?;
+    gpu.queue.submit([enc.finish()]);
+    let out = io.read(gpu)?;
+    let (o_ref, lse_ref) = attention_f64(spec, &q, &k, &v)?;
+    for (i, (&got, &want)) in out.lse.iter().zip(&lse_ref).enumerate() {
+        if want == f64::NEG_INFINITY && got != f32::NEG_INFINITY {
+            return Err(Error::Invalid(format!("row {i} has no visible key but LSE {got}, not -inf")));
+        }
+    }
+    let finite: (Vec<f32>, Vec<f64>) =
+        out.lse.iter().zip(&lse_ref).filter(|(_, w)| w.is_finite()).map(|(&g, &w)| (g, w)).unzip();
+    Ok(rel_error(&out.o, &o_ref).max(rel_error(&finite.0, &finite.1)))
+}
+
+/// The tiled (or materialised) backward against the oracle: worst of dQ, dK, dV.
+fn backward(gpu: &Gpu, spec: &AttnSpec, naive: bool) -> Result<f64> {
+    let (q, k, v) = inputs(spec, 11);
+    let d_o = seeded(spec.shape.q_len(), 12);
+    let bwd = if naive { Backward::naive(gpu, spec)? } else { Backward::new(gpu, spec)? };
+    let fwd = Attention::new(gpu, if naive { Kernel::Naive } else { Kernel::Flash }, spec)?;
+    let io = DeviceTensors::upload(gpu, spec, &q, &k, &v)?;
+    let grads = GradTensors::upload(gpu, spec, &d_o)?;
+    grads.poison(gpu);
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    fwd.encode(gpu, &mut enc, &io.buffers())?;
+    bwd.encode(gpu, &mut enc, &grads.buffers(&io))?;
+    gpu.queue.submit([enc.finish()]);
+    let g = grads.read(gpu)?;
+    let (dq, dk, dv) = attention_backward_f64(spec, &q, &k, &v, &d_o)?;
+    Ok(rel_error(&g.dq, &dq).max(rel_error(&g.dk, &dk)).max(rel_error(&g.dv, &dv)))
+}
+
+/// Decoding: a prompt, then single-token steps; each step against one causal attention over
+/// everything so far. Worst over the steps.
+fn decode(gpu: &Gpu, heads: usize, kv_heads: usize, window: Option<usize>) -> Result<f64> {
+    let (d, prompt, steps) = (32, 45, 3);
+    let mut cfg = DecoderConfig::new(heads, kv_heads, d, prompt + steps);
+    cfg.alibi = Alibi::Standard;
+    if let Some(w) = window {
+        cfg.window = Some(w);
+        cfg.ring = true;
+        cfg.capacity = w + 1;
+    }
+    let mut dec = Decoder::new(gpu, cfg)?;
+    let (mut hk, mut hv) = (vec![Vec::new(); kv_heads], vec![Vec::new(); kv_heads]);
+    let push = |hist: &mut Vec<Vec<f32>>, x: &[f32], t: usize| {
+        for (h, row) in hist.iter_mut().enumerate() {
+            row.extend_from_slice(&x[h * t * d..(h + 1) * t * d]);
+        }
+    };
+    let (k0, v0) = (seeded(kv_heads * prompt * d, 1), seeded(kv_heads * prompt * d, 2));
+    push(&mut hk, &k0, prompt);
+    push(&mut hv, &v0, prompt);
+    // a ring keeps the last `capacity` positions of the prompt (positions stay absolute)
+    dec.prefill(gpu, 0, &k0, &v0)?;
+    let mut worst: f64 = 0.0;
+    for step in 0..steps {
+        let salt = 10 + 3 * step as u64;
+        let (q, kn, vn) =
+            (seeded(heads * d, salt), seeded(kv_heads * d, salt + 1), seeded(kv_heads * d, salt + 2));
+        dec.step(gpu, 0, &q, &kn, &vn)?;
+        push(&mut hk, &kn, 1);
+        push(&mut hv, &vn, 1);
+        let out = dec.output(gpu)?;
+        let (o_ref, _) = attention_f64(&dec.equivalent_spec(0), &q, &hk.concat(), &hv.concat())?;
+        worst = worst.max(rel_error(&out.o, &o_ref));
+    }
+    Ok(worst)
+}
+
+/// The tiled matmul with bias and GELU against `matmul_f64`.
+fn matmul(gpu: &Gpu, act: Activation) -> Result<f64> {
+    let (m, k, n) = (37, 70, 45);
+    let (a, b, bias) = (seeded(m * k, 1), seeded(k * n, 2), seeded(n, 3));
+    let got = Matmul::new(gpu, m, k, n, true, act)?.run(gpu, &a, &b, Some(&bias))?;
+    Ok(rel_error(&got, &matmul_f64(&a, &b, Some(&bias), m, k, n, act)))
+}
+
+/// Every check, in order.
+fn checks() -> Vec<Check> {
+    let mut out: Vec<Check> = Vec::new();
+    let shape_of = |s: &AttnSpec| {
+        let x = s.shape;
+        format!("B={} H={}/{} N={} M={} D={}", x.batch, x.heads, x.kv_heads, x.n, x.m, x.head_dim)
+    };
+    for (label, spec) in problems() {
+        for kernel in [Kernel::Flash, Kernel::Naive] {
+            let name = format!("{} {label} {}", kernel.name(), shape_of(&spec));
+            let spec = spec.clone();
+            out.push((name, Box::new(move |g: &Gpu| forward(g, kernel, &spec))));
+        }
+    }
+    for (label, spec) in problems().into_iter().filter(|(l, _)| {
+        matches!(
+            *l,
+            "causal+alibi" | "window(16,3)" | "mqa causal D=128" | "masked rows (N > M causal)" | "bigbird"
+        )
+    }) {
+        for naive in [false, true] {
+            let name = format!(
+                "backward{} {label} {} (dQ, dK, dV)",
+                if naive { " naive" } else { "" },
+                shape_of(&spec)
+            );
+            let spec = spec.clone();
+            out.push((name, Box::new(move |g: &Gpu| backward(g, &spec, naive))));
+        }
+    }
+    for (label, h, hkv, w) in [
+        ("mha", 4, 4, None),
+        ("gqa", 4, 2, None),
+        ("mqa", 4, 1, None),
+        ("mqa ring window 20", 4, 1, Some(20)),
+    ] {
+        out.push((
+            format!("decode {label} alibi H={h}/{hkv} D=32, 45 cached + 3 steps"),
+            Box::new(move |g: &Gpu| decode(g, h, hkv, w)),
+        ));
+    }
+    for act in [Activation::None, Activation::Gelu, Activation::GeluErf] {
+        out.push((format!("matmul 37×70·70×45 + bias, {act:?}"), Box::new(move |g: &Gpu| matmul(g, act))));
+    }
+    out
+}
+
+/// Runs every check on `gpu`, calling `each` with each outcome as it finishes.
+pub fn run(gpu: &Gpu, mut each: impl FnMut(&Outcome)) -> Vec<Outcome> {
+    checks()
+        .into_iter()
+        .map(|(name, check)| {
+            let t0 = Instant::now();
+            let result = check(gpu);
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            let (rel_err, failure) = match result {
+                Ok(e) if e.is_finite() && e <= BOUND => (Some(e), None),
+                Ok(e) => (Some(e), Some(format!("rel err {e:.2e} above {BOUND:.0e}"))),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            let outcome = Outcome { name, rel_err, failure, ms };
+            each(&outcome);
+            outcome
+        })
+        .collect()
+}
