@@ -394,3 +394,51 @@ fn selftest_checks_every_kernel_against_the_oracle() {
     }
     assert!(text.contains("0 failed"), "{text}");
 }
+
+#[test]
+fn zero_counts_are_refused_when_parsed() {
+    for args in [
+        &["bench", "--n", "64", "--reps", "0"][..],
+        &["decode", "--steps", "0"],
+        &["peak", "--reps", "0"],
+        &["tune", "--reps", "0"],
+    ] {
+        let out = longctx(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert!(stderr.contains("must be at least 1") && !stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    // N = 0 tokens: an empty configuration, not a panic
+    fails_with(&["route", "--n", "0"], "N = 0");
+}
+
+#[test]
+fn output_that_cannot_be_written_ends_cleanly() {
+    use std::process::{Command, Stdio};
+    let bin = env!("CARGO_BIN_EXE_longctx");
+    // a full disk: one error line, non-zero exit, no panic
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    let out = Command::new(bin)
+        .args(["mask", "--pattern", "bigbird", "--n", "4k"])
+        .stdout(Stdio::from(full))
+        .output()
+        .expect("spawn longctx");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.starts_with("error: writing the output to stdout") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // a closed pipe (`| head -1`): quiet, with the shell's broken-pipe status
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader); // nobody reads: every write fails with EPIPE
+    let out = Command::new(bin)
+        .args(["mask", "--pattern", "window", "--n", "64k"])
+        .stdout(Stdio::from(writer))
+        .output()
+        .expect("spawn longctx");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(stderr.trim().is_empty(), "{stderr}");
+}

@@ -64,7 +64,7 @@ pub struct BenchArgs {
     #[arg(long)]
     alibi: bool,
     /// Timed repeats per configuration (after one warm-up).
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     reps: Option<usize>,
     /// Skip the instrumented run that measures traffic.
     #[arg(long)]

@@ -29,7 +29,7 @@ pub struct DecodeArgs {
     #[arg(long, default_value = "4k")]
     context: String,
     /// Timed decoding steps (one token each).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = super::positive)]
     steps: usize,
     /// Query heads.
     #[arg(long, default_value_t = 32)]

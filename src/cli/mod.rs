@@ -47,6 +47,15 @@ pub struct DeviceArgs {
     pub untuned: bool,
 }
 
+/// A count that must be at least 1 (repeats, steps): zero is refused when the flag is parsed.
+pub fn positive(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(v) => Ok(v),
+        Err(e) => Err(format!("expected a whole number: {e}")),
+    }
+}
+
 impl DeviceArgs {
     pub fn options(&self) -> GpuOptions {
         GpuOptions {

@@ -7,7 +7,7 @@ use super::DeviceArgs;
 #[derive(clap::Args, Debug)]
 pub struct PeakArgs {
     /// Timed repeats of each probe (median).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 7, value_parser = super::positive)]
     reps: usize,
     /// Print the cached result without measuring (measures if none is cached).
     #[arg(long)]

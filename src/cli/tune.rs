@@ -38,7 +38,7 @@ pub struct TuneArgs {
     /// Fewer candidates and repeats.
     #[arg(long)]
     quick: bool,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = super::positive)]
     reps: usize,
     /// Write every candidate as JSON.
     #[arg(long)]

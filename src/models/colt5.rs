@@ -56,7 +56,7 @@ impl Colt5Config {
     /// The paper's proportions at width `d_model`: heavy heads of 64 (d_model/64 of them),
     /// one light head, light FFN d/2, heavy FFN 4d, each router taking `fraction` of N.
     pub fn standard(n: usize, d_model: usize, window: usize, fraction: f64) -> Self {
-        let k = ((n as f64 * fraction).round() as usize).clamp(1, n);
+        let k = ((n as f64 * fraction).round() as usize).clamp(1, n.max(1));
         Self {
             n,
             d_model,
