@@ -442,3 +442,24 @@ fn output_that_cannot_be_written_ends_cleanly() {
     assert_eq!(out.status.code(), Some(141), "{stderr}");
     assert!(stderr.trim().is_empty(), "{stderr}");
 }
+
+#[test]
+fn an_absurd_cached_peak_never_becomes_the_denominator() {
+    let dir = tempfile::tempdir().unwrap();
+    // a corrupt (or foreign) best reading: 1e30 GFLOP/s
+    let first = longctx_cached(dir.path(), &["peak", "--reps", "1"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let path = dir.path().join("longctx/peak.json");
+    let mut cache: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    cache[0]["fma_gflops"] = serde_json::json!(1e30);
+    std::fs::write(&path, serde_json::to_vec(&cache).unwrap()).unwrap();
+    let out = longctx_cached(
+        dir.path(),
+        &["bench", "--n", "64", "--d", "32", "--heads", "1", "--kernels", "flash", "--reps", "1"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not believable"), "a warning names it");
+    let cache: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let fma = cache[0]["fma_gflops"].as_f64().unwrap();
+    assert!(fma > 0.0 && fma < 1e6, "the cache holds a believable reading again: {fma}");
+}

@@ -21,6 +21,8 @@ const SHADER: Shader = Shader {
 };
 /// `<user cache dir>/longctx/peak.json`.
 const CACHE: DiskCache = DiskCache { file: "peak.json", schema: 2 };
+/// How many times this reading a cached best may be and still be believed.
+const BELIEVABLE: f64 = 8.0;
 /// FMA steps per invocation per chain.
 pub const ITERS: u32 = 2048;
 const FMA_GROUPS: [u32; 2] = [1024, 2];
@@ -150,9 +152,29 @@ pub fn best_reading(gpu: &Gpu) -> Result<Peak> {
 /// Merges reading `now` into the cached best for this adapter and driver, stores and returns
 /// the result.
 pub fn keep_best(gpu: &Gpu, now: Peak) -> Result<Peak> {
+    // a cached figure must be positive, finite and within BELIEVABLE× of this reading: a busy
+    // machine was seen to read 3.8× low, never high, so anything further off is a corrupt or
+    // foreign entry and is dropped rather than kept as the peak forever
+    let believable = |cached: f64, now: f64| cached.is_finite() && cached > 0.0 && cached <= now * BELIEVABLE;
     let best = match cached(gpu) {
-        Some(before) if before.fma_gflops.is_finite() && before.copy_gbps.is_finite() => before.best(now),
-        _ => now,
+        Some(before)
+            if believable(before.fma_gflops, now.fma_gflops)
+                && believable(before.copy_gbps, now.copy_gbps) =>
+        {
+            before.best(now)
+        }
+        Some(before) => {
+            log::warn!(
+                "ignoring the cached peak {:.1} GFLOP/s, {:.1} GB/s in {}: not believable beside this reading ({:.1}, {:.1})",
+                before.fma_gflops,
+                before.copy_gbps,
+                cache_path().map_or_else(|| "the peak cache".into(), |p| p.display().to_string()),
+                now.fma_gflops,
+                now.copy_gbps
+            );
+            now
+        }
+        None => now,
     };
     store(&best)?;
     Ok(best)
