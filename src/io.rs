@@ -17,10 +17,15 @@ pub struct Tensor {
     pub data: Vec<f32>,
 }
 
+/// The number of elements of `shape`, `None` when it overflows `usize`.
+pub fn element_count(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
 impl Tensor {
     /// A tensor of `shape` over `data`; [`Error::Length`] when the element counts differ.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
-        let want: usize = shape.iter().product();
+        let want = element_count(&shape).unwrap_or(usize::MAX);
         if want != data.len() {
             return Err(Error::Length { what: "tensor data".into(), got: data.len(), shape, expected: want });
         }
@@ -32,10 +37,44 @@ fn file_err(path: &Path, message: impl Into<String>) -> Error {
     Error::File { path: path.to_path_buf(), message: message.into() }
 }
 
+/// The shape in an `.npy` header, read before the parser sees it: a header whose dimensions
+/// multiply past `usize` is refused here (the parser would overflow counting its records).
+/// `None` when the header cannot be read this way; the parser then reports what is wrong.
+fn header_shape(reader: &mut BufReader<File>) -> Option<Vec<u64>> {
+    use std::io::BufRead;
+    // the header sits in the reader's first buffer (it is consumed by the parser, not here)
+    let start = reader.fill_buf().ok()?;
+    if start.len() < 10 || &start[..6] != b"\x93NUMPY" {
+        return None;
+    }
+    let (len, skip) = match start[6] {
+        1 => (u16::from_le_bytes([start[8], start[9]]) as usize, 10usize),
+        _ if start.len() >= 12 => {
+            (u32::from_le_bytes([start[8], start[9], start[10], start[11]]) as usize, 12)
+        }
+        _ => return None,
+    };
+    let text = String::from_utf8_lossy(start.get(skip..skip.checked_add(len)?)?);
+    let tuple = text.split("'shape':").nth(1)?.split('(').nth(1)?.split(')').next()?;
+    tuple
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.trim_end_matches('L').parse().ok())
+        .collect()
+}
+
 fn open_npy(path: &Path) -> Result<(npyz::NpyFile<BufReader<File>>, String, Vec<usize>)> {
     let file = File::open(path).map_err(|e| file_err(path, format!("cannot open: {e}")))?;
-    let npy = npyz::NpyFile::new(BufReader::new(file))
-        .map_err(|e| file_err(path, format!("not a valid .npy file: {e}")))?;
+    let mut reader = BufReader::new(file);
+    if let Some(dims) = header_shape(&mut reader) {
+        let shape: Vec<usize> = dims.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
+        if element_count(&shape).is_none() {
+            return Err(file_err(path, format!("shape {shape:?} holds more elements than fit in memory")));
+        }
+    }
+    let npy =
+        npyz::NpyFile::new(reader).map_err(|e| file_err(path, format!("not a valid .npy file: {e}")))?;
     let descr = match npy.dtype() {
         npyz::DType::Plain(ts) => ts.to_string(),
         other => format!("{other:?}"),
@@ -43,7 +82,11 @@ fn open_npy(path: &Path) -> Result<(npyz::NpyFile<BufReader<File>>, String, Vec<
     if npy.order() != npyz::Order::C {
         return Err(file_err(path, "Fortran-ordered array; save it with np.ascontiguousarray"));
     }
-    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
+    // a header whose dimensions multiply past usize would otherwise wrap to a small count
+    if element_count(&shape).is_none() {
+        return Err(file_err(path, format!("shape {shape:?} holds more elements than fit in memory")));
+    }
     Ok((npy, descr, shape))
 }
 
@@ -68,7 +111,7 @@ pub fn read_npy_numbers(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
             ));
         }
     };
-    if data.len() != shape.iter().product::<usize>() {
+    if Some(data.len()) != element_count(&shape) {
         return Err(file_err(path, format!("shape {shape:?} does not match {} values", data.len())));
     }
     Ok((shape, data))

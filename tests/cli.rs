@@ -463,3 +463,44 @@ fn an_absurd_cached_peak_never_becomes_the_denominator() {
     let fma = cache[0]["fma_gflops"].as_f64().unwrap();
     assert!(fma > 0.0 && fma < 1e6, "the cache holds a believable reading again: {fma}");
 }
+
+#[test]
+fn sizes_that_would_wrap_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q.npy");
+    write_npy(&q, &[1, 8, 8], &[0.5; 64]).unwrap();
+    let out = dir.path().join("o.npy");
+    // a window side of 2^63 used to wrap to a negative band and run with exit 0
+    fails_with(
+        &[
+            "attention",
+            "--q",
+            p(&q),
+            "--k",
+            p(&q),
+            "--v",
+            p(&q),
+            "--out",
+            p(&out),
+            "--window",
+            "9223372036854775808,0",
+        ],
+        "window left is 9223372036854775808",
+    );
+    // an .npy header whose dimensions multiply past 2^64, followed by four floats
+    let evil = dir.path().join("evil.npy");
+    let mut header =
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 2), }".to_string();
+    header.push_str(&" ".repeat(118 - header.len()));
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend([1f32, 2.0, 3.0, 4.0].iter().flat_map(|x| x.to_le_bytes()));
+    std::fs::write(&evil, bytes).unwrap();
+    fails_with(
+        &["attention", "--q", p(&evil), "--k", p(&q), "--v", p(&q), "--out", p(&out)],
+        "holds more elements than fit in memory",
+    );
+    assert!(!out.exists(), "nothing written");
+}

@@ -13,7 +13,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::contract::shape::{AttnShape, Window};
+use crate::contract::shape::{AttnShape, UNBOUNDED, Window};
 use crate::error::{Error, Result};
 
 /// How much of a tile a pattern leaves visible.
@@ -330,6 +330,13 @@ impl Mask {
     /// Checks the mask's own sizes against the problem.
     pub fn validate(&self, shape: &AttnShape) -> Result<()> {
         match self {
+            Mask::Window(w) => w.check(),
+            Mask::Global(g) if *g as u64 >= UNBOUNDED as u64 => Err(Error::OutOfRange {
+                what: "global tokens".into(),
+                value: *g as u64,
+                min: 0,
+                max: UNBOUNDED as u64 - 1,
+            }),
             Mask::Segments(s) => {
                 if s.len() != shape.m {
                     return Err(Error::Length {
@@ -370,7 +377,7 @@ impl Mask {
                 Ok(())
             }
             Mask::And(v) | Mask::Or(v) => v.iter().try_for_each(|m| m.validate(shape)),
-            Mask::Causal | Mask::Window(_) | Mask::Global(_) => Ok(()),
+            Mask::Causal | Mask::Global(_) => Ok(()),
         }
     }
 

@@ -86,6 +86,24 @@ impl Window {
         Self { left: Some(left), right: Some(right) }
     }
 
+    /// Refuses a side at or beyond [`UNBOUNDED`] (it would wrap in the kernels' i32 band); use
+    /// `None` (`-1` on the command line) for an unbounded side.
+    pub fn check(&self) -> Result<()> {
+        for (side, v) in [("window left", self.left), ("window right", self.right)] {
+            if let Some(v) = v
+                && v as u64 >= UNBOUNDED as u64
+            {
+                return Err(Error::OutOfRange {
+                    what: side.into(),
+                    value: v as u64,
+                    min: 0,
+                    max: UNBOUNDED as u64 - 1,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Parses `L,R`; `-1` on a side means unbounded. Examples: `128,0`, `64,64`, `-1,0`.
     pub fn parse(text: &str) -> Result<Self> {
         let bad = || Error::Parse {

@@ -159,6 +159,9 @@ impl AttnSpec {
             }
             check_finite("ALiBi slopes", s)?;
         }
+        if let Some(w) = self.window {
+            w.check()?;
+        }
         if let Some(m) = &self.mask {
             m.validate(&self.shape)?;
         }
