@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use npyz::WriterBuilder;
 
@@ -131,19 +131,88 @@ pub fn read_npy(path: &Path) -> Result<Tensor> {
     Tensor::new(shape, data).map_err(|e| file_err(path, e.to_string()))
 }
 
-/// Writes a float32 `.npy` file.
+/// Writes a float32 `.npy` file atomically (a temporary file beside it, then a rename): a
+/// failed write leaves the previous file as it was.
 pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    let file = File::create(path).map_err(|e| file_err(path, format!("cannot create: {e}")))?;
-    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-    let io = |e: std::io::Error| file_err(path, format!("write failed: {e}"));
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&shape)
-        .writer(BufWriter::new(file))
-        .begin_nd()
-        .map_err(io)?;
-    w.extend(data.iter().copied()).map_err(io)?;
-    w.finish().map_err(io)
+    let mut staged = Staged::default();
+    staged.npy(path, shape, data)?;
+    staged.commit()
+}
+
+/// Outputs written all or nothing: each is written to a temporary file beside its path, and
+/// only when every one is complete are they renamed into place. On any failure (a full disk,
+/// a later output that cannot be written) the temporary files are removed and the previous
+/// contents of every path stay as they were.
+#[derive(Debug, Default)]
+pub struct Staged {
+    /// (temporary file, final path) of each output written so far.
+    files: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Staged {
+    /// Writes a float32 `.npy` file to a temporary file beside `path`.
+    pub fn npy(&mut self, path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+        let tmp = temp_beside(path);
+        let io = |e: std::io::Error| file_err(path, format!("write failed: {e}"));
+        let file = File::create(&tmp).map_err(|e| file_err(path, format!("cannot create: {e}")))?;
+        self.files.push((tmp, path.to_path_buf()));
+        let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(BufWriter::new(file))
+            .begin_nd()
+            .map_err(io)?;
+        w.extend(data.iter().copied()).map_err(io)?;
+        w.finish().map_err(io)
+    }
+
+    /// Renames every staged file into place.
+    pub fn commit(mut self) -> Result<()> {
+        for (tmp, path) in std::mem::take(&mut self.files) {
+            std::fs::rename(&tmp, &path).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                file_err(&path, format!("cannot move the finished file into place: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.files {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+fn temp_beside(path: &Path) -> PathBuf {
+    let name = path.file_name().map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Checks output paths before any work: distinct from each other and from the inputs, and
+/// each one's folder exists and takes a new file (probed with a temporary file).
+pub fn check_outputs(outputs: &[&Path], inputs: &[&Path]) -> Result<()> {
+    let canon = |p: &Path| {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::canonicalize(dir).map(|d| d.join(p.file_name().unwrap_or_default()))
+    };
+    let mut seen: Vec<PathBuf> = inputs.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
+    let n_inputs = seen.len();
+    for &out in outputs {
+        let full = canon(out).map_err(|e| file_err(out, format!("its folder cannot be used: {e}")))?;
+        if let Some(i) = seen.iter().position(|s| *s == full) {
+            let what = if i < n_inputs { "an input" } else { "another output" };
+            return Err(file_err(out, format!("is also {what}; every output needs its own path")));
+        }
+        let probe = temp_beside(out);
+        File::create(&probe).map_err(|e| file_err(out, format!("cannot be written: {e}")))?;
+        let _ = std::fs::remove_file(&probe);
+        seen.push(full);
+    }
+    Ok(())
 }
 
 /// Reads tensor `name` of a `.safetensors` file as f32 (F32, F16 and BF16 are accepted).

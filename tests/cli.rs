@@ -504,3 +504,29 @@ fn sizes_that_would_wrap_are_refused() {
     );
     assert!(!out.exists(), "nothing written");
 }
+
+#[test]
+fn outputs_are_checked_first_and_written_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q.npy");
+    write_npy(&q, &[2, 9, 8], &(0..144).map(|i| (i % 7) as f32).collect::<Vec<_>>()).unwrap();
+    let out = dir.path().join("o.npy");
+    std::fs::write(&out, b"previous contents").unwrap();
+    let base = ["attention", "--q", p(&q), "--k", p(&q), "--v", p(&q), "--out", p(&out)];
+    // one path for two outputs, an output over an input, an output in a missing folder: refused
+    // before any work, and the previous O is untouched
+    fails_with(&[&base[..], &["--lse", p(&out)]].concat(), "is also another output");
+    fails_with(&["attention", "--q", p(&q), "--k", p(&q), "--v", p(&q), "--out", p(&q)], "is also an input");
+    let missing = dir.path().join("no/such/folder/lse.npy");
+    fails_with(&[&base[..], &["--lse", p(&missing)]].concat(), "its folder cannot be used");
+    // f32 overflow is an error, not NaN written with exit 0
+    fails_with(&[&base[..], &["--scale", "1e38"]].concat(), "f32 overflow");
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous contents");
+    // and no temporary file is left behind
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

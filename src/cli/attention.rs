@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use longctx::io::{Tensor, read_npy, write_npy};
+use longctx::io::{Staged, Tensor, read_npy};
 use longctx::{Alibi, AttnShape, AttnSpec, Kernel};
 
 use super::DeviceArgs;
@@ -109,6 +109,19 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
         AttnSpec::new(shape).alibi(if a.alibi { Alibi::Standard } else { Alibi::Off }).scale(a.scale),
     )?;
     spec.check_inputs(&q.data, &k.data, &v.data)?;
+    // every output path usable and distinct (and no input) before any work
+    let outputs: Vec<&std::path::Path> =
+        [Some(&a.out), a.lse.as_ref(), a.dq.as_ref(), a.dk.as_ref(), a.dv.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|p| p.as_path())
+            .collect();
+    let inputs: Vec<&std::path::Path> = [Some(&a.q), Some(&a.k), Some(&a.v), a.grad_out.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|p| p.as_path())
+        .collect();
+    longctx::io::check_outputs(&outputs, &inputs)?;
 
     if let Some(path) = &a.grad_out {
         return backward(dev, a, &spec, &q, &k, &v, path);
@@ -121,9 +134,27 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
             longctx::attention(&gpu, kernel, &spec, &q.data, &k.data, &v.data)?
         }
     };
-    write_npy(&a.out, &q.shape, &out.o).context("writing O")?;
+    finite_outputs(&out)?;
+    let mut staged = Staged::default();
+    staged.npy(&a.out, &q.shape, &out.o).context("writing O")?;
     if let Some(path) = &a.lse {
-        write_npy(path, &q.shape[..q.shape.len() - 1], &out.lse).context("writing LSE")?;
+        staged.npy(path, &q.shape[..q.shape.len() - 1], &out.lse).context("writing LSE")?;
+    }
+    staged.commit()?;
+    Ok(())
+}
+
+/// O must be finite and LSE finite or −inf (a fully masked row): anything else is f32 overflow
+/// (a huge --scale or inputs near f32's range), refused rather than written with exit 0.
+fn finite_outputs(out: &longctx::AttnOutput) -> anyhow::Result<()> {
+    if let Some(i) = out.o.iter().position(|x| !x.is_finite()) {
+        bail!(
+            "O is not finite at flat index {i} ({}): f32 overflow — lower --scale or the inputs' range",
+            out.o[i]
+        );
+    }
+    if let Some(i) = out.lse.iter().position(|x| x.is_nan() || *x == f32::INFINITY) {
+        bail!("LSE is {} at row {i}: f32 overflow — lower --scale or the inputs' range", out.lse[i]);
     }
     Ok(())
 }
@@ -165,18 +196,24 @@ fn backward(
             bwd.run(&gpu, &q.data, &k.data, &v.data, &d_o.data)?
         }
     };
-    write_npy(&a.out, &q.shape, &out.o).context("writing O")?;
+    finite_outputs(&out)?;
+    let mut staged = Staged::default();
+    staged.npy(&a.out, &q.shape, &out.o).context("writing O")?;
     if let Some(path) = &a.lse {
-        write_npy(path, &q.shape[..q.shape.len() - 1], &out.lse).context("writing LSE")?;
+        staged.npy(path, &q.shape[..q.shape.len() - 1], &out.lse).context("writing LSE")?;
     }
     for (path, shape, data, what) in [
         (&a.dq, &q.shape, &grads.dq, "dQ"),
         (&a.dk, &k.shape, &grads.dk, "dK"),
         (&a.dv, &v.shape, &grads.dv, "dV"),
     ] {
+        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+            bail!("{what} is not finite at flat index {i} ({}): f32 overflow", data[i]);
+        }
         if let Some(path) = path {
-            write_npy(path, shape, data).with_context(|| format!("writing {what}"))?;
+            staged.npy(path, shape, data).with_context(|| format!("writing {what}"))?;
         }
     }
+    staged.commit()?;
     Ok(())
 }
