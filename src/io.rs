@@ -167,6 +167,13 @@ impl Staged {
         w.finish().map_err(io)
     }
 
+    /// Writes `bytes` to a temporary file beside `path`.
+    pub fn bytes(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = temp_beside(path);
+        self.files.push((tmp.clone(), path.to_path_buf()));
+        std::fs::write(&tmp, bytes).map_err(|e| file_err(path, format!("write failed: {e}")))
+    }
+
     /// Renames every staged file into place.
     pub fn commit(mut self) -> Result<()> {
         for (tmp, path) in std::mem::take(&mut self.files) {
@@ -185,6 +192,13 @@ impl Drop for Staged {
             let _ = std::fs::remove_file(tmp);
         }
     }
+}
+
+/// Writes `bytes` to `path` atomically (a temporary file beside it, then a rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut staged = Staged::default();
+    staged.bytes(path, bytes)?;
+    staged.commit()
 }
 
 fn temp_beside(path: &Path) -> PathBuf {

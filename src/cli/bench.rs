@@ -244,15 +244,16 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
         println!("{line}");
     }
     if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_string_pretty(&records)?)
+        longctx::io::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &a.csv {
-        let mut w = csv::Writer::from_path(path).with_context(|| format!("writing {}", path.display()))?;
+        let mut w = csv::Writer::from_writer(Vec::new());
         for r in &records {
             w.serialize(r)?;
         }
-        w.flush()?;
+        let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("CSV: {e}"))?;
+        longctx::io::write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
     }
     println!("{} configurations in {:.1} s", records.len(), started.elapsed().as_secs_f64());
     Ok(())
@@ -416,7 +417,7 @@ fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant
         records.first().map_or("", |r| r.timer.as_str())
     );
     if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_string_pretty(&records)?)
+        longctx::io::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     println!("{} configurations in {:.1} s", records.len(), started.elapsed().as_secs_f64());

@@ -204,7 +204,7 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_string_pretty(&records)?)
+        longctx::io::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

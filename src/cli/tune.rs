@@ -111,7 +111,7 @@ pub fn run(dev: &DeviceArgs, a: &TuneArgs) -> anyhow::Result<()> {
         println!("winners cached in {}", path.display());
     }
     if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_string_pretty(&all)?)
+        longctx::io::write_atomic(path, serde_json::to_string_pretty(&all)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
