@@ -530,3 +530,20 @@ fn outputs_are_checked_first_and_written_all_or_nothing() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn unknown_backends_and_orphan_flags_are_named() {
+    fails_with(&["--backend", "vulkn", "info"], "--backend: unknown backend `vulkn`");
+    let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
+        .env("WGPU_BACKEND", "foo")
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .arg("info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("WGPU_BACKEND: unknown backend `foo`"), "{stderr}");
+    // --block-size without --block-mask used to be ignored without a word
+    let out = longctx(&["mask", "--n", "1k", "--block-size", "64"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--block-mask"), "{stderr}");
+}

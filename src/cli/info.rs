@@ -21,7 +21,7 @@ pub fn run(dev: &DeviceArgs, args: &InfoArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if args.all {
-        let adapters = list_adapters(&dev.options());
+        let adapters = list_adapters(&dev.options()?);
         if adapters.is_empty() {
             anyhow::bail!(longctx::Error::NoAdapter { detail: String::new() });
         }

@@ -32,7 +32,7 @@ pub struct MaskArgs {
     #[arg(long, value_name = "M.npy", requires = "block_size")]
     pub block_mask: Option<PathBuf>,
     /// Block size B of --block-mask, in tokens.
-    #[arg(long, value_name = "B")]
+    #[arg(long, value_name = "B", requires = "block_mask")]
     pub block_size: Option<usize>,
     /// Named pattern: longformer (window OR global; set --window and --global, default
     /// 256,256 and 1), bigbird (default global=1,window=1,random=2,block=64), window (256,0).

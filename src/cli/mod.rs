@@ -47,6 +47,21 @@ pub struct DeviceArgs {
     pub untuned: bool,
 }
 
+/// The backends named in `list` (comma-separated); an unknown name is an error naming `flag`
+/// (wgpu would ignore it and then find no adapter).
+fn backends(flag: &str, list: &str) -> anyhow::Result<wgpu::Backends> {
+    const KNOWN: [&str; 11] =
+        ["vulkan", "vk", "metal", "mtl", "dx12", "d3d12", "gl", "opengl", "gles", "webgpu", "noop"];
+    for name in list.split(',').map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty()) {
+        if !KNOWN.contains(&name.as_str()) {
+            anyhow::bail!(
+                "{flag}: unknown backend `{name}`; choose from vulkan, metal, dx12, gl (comma-separated)"
+            );
+        }
+    }
+    Ok(wgpu::Backends::from_comma_list(list))
+}
+
 /// A count that must be at least 1 (repeats, steps): zero is refused when the flag is parsed.
 pub fn positive(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
@@ -57,17 +72,22 @@ pub fn positive(text: &str) -> Result<usize, String> {
 }
 
 impl DeviceArgs {
-    pub fn options(&self) -> GpuOptions {
-        GpuOptions {
-            backends: self.backend.as_deref().map(wgpu::Backends::from_comma_list),
+    pub fn options(&self) -> anyhow::Result<GpuOptions> {
+        let backends = match (&self.backend, std::env::var("WGPU_BACKEND")) {
+            (Some(list), _) => Some(backends("--backend", list)?),
+            (None, Ok(list)) => Some(backends("WGPU_BACKEND", &list)?),
+            (None, Err(_)) => None,
+        };
+        Ok(GpuOptions {
+            backends,
             adapter: self.adapter.clone(),
             limits: None,
             profile: self.profile.clone(),
             tuned: !self.untuned,
-        }
+        })
     }
     pub fn gpu(&self) -> anyhow::Result<Gpu> {
-        Ok(Gpu::new(&self.options())?)
+        Ok(Gpu::new(&self.options()?)?)
     }
 }
 
