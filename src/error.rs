@@ -149,6 +149,17 @@ pub enum Error {
         hint: &'static str,
     },
 
+    /// The host has less memory available than a step needs (checked before allocating).
+    #[error("{what} needs {bytes} bytes of host memory, {available} are available")]
+    HostMemory {
+        /// What would be allocated.
+        what: String,
+        /// Bytes it needs.
+        bytes: u64,
+        /// Bytes the host has available (`MemAvailable`).
+        available: u64,
+    },
+
     /// A caller's buffer is smaller than the call's shape needs.
     #[error("{what} buffer holds {bytes} bytes, the shape needs {needed}")]
     BufferTooSmall {

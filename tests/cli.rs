@@ -547,3 +547,10 @@ fn unknown_backends_and_orphan_flags_are_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("--block-mask"), "{stderr}");
 }
+
+#[test]
+fn absurd_sizes_are_refused_before_allocating() {
+    // element counts past 2^64 (and sizes whose k-suffix overflows) are errors, not wraps or aborts
+    fails_with(&["bench", "--n", "99999999999999k", "--kernels", "flash", "--reps", "1"], "elements of Q");
+    fails_with(&["bench", "--n", "18446744073709551615k", "--reps", "1"], "does not fit in 64 bits");
+}

@@ -96,7 +96,7 @@ pub fn parse_size(s: &str) -> anyhow::Result<usize> {
         None => (t.as_str(), 1),
     };
     let v: usize = num.parse().with_context(|| format!("size `{s}`: expected a number like 512 or 4k"))?;
-    Ok(v * mul)
+    v.checked_mul(mul).with_context(|| format!("size `{s}` does not fit in {} bits", usize::BITS))
 }
 
 fn kernel(name: &str) -> anyhow::Result<Kernel> {

@@ -66,7 +66,26 @@ impl AttnShape {
         if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::HeadGroups { heads: self.heads, kv_heads: self.kv_heads });
         }
-        Ok(())
+        // every element and byte count the engine derives must fit: checked here, once, so
+        // q_len() and friends never wrap
+        let count = |what: &str, dims: &[usize]| -> Result<()> {
+            let elements = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+            match elements.and_then(|e| e.checked_mul(8)).filter(|&b| b <= isize::MAX as u64) {
+                Some(_) => Ok(()),
+                None => Err(Error::OutOfRange {
+                    what: match elements {
+                        Some(_) => format!("elements of {what} {dims:?}"),
+                        None => format!("elements of {what} {dims:?} (past 2^64; shown as the largest u64)"),
+                    },
+                    value: elements.unwrap_or(u64::MAX),
+                    min: 1,
+                    max: isize::MAX as u64 / 8,
+                }),
+            }
+        };
+        count("Q (B·H·N·D)", &[self.batch, self.heads, self.n, self.head_dim])?;
+        count("K (B·Hkv·M·D)", &[self.batch, self.kv_heads, self.m, self.head_dim])?;
+        count("the scores (B·H·N·M)", &[self.batch, self.heads, self.n, self.m])
     }
 }
 

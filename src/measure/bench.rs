@@ -201,9 +201,13 @@ fn fill(
     r: &mut Record,
 ) -> Result<()> {
     let s = spec.shape;
-    let (q, k, v) = seeded_qkv(spec, INPUT_SEED);
+    // the device's limits first, then the host's, then the inputs
     let attn =
         if half_inputs { Attention::flash_f16(gpu, spec)? } else { Attention::new(gpu, kernel, spec)? };
+    // host: Q, K, V, read-back O and LSE, and the oracle's f64 rows
+    let host = 4 * (2 * s.q_len() + 2 * s.kv_len() + s.lse_len()) as u64 + 8 * s.q_len() as u64;
+    crate::runtime::host::check_bytes("the benchmark's inputs, outputs and oracle", host)?;
+    let (q, k, v) = seeded_qkv(spec, INPUT_SEED);
     let upload = |gpu: &Gpu| {
         if half_inputs {
             DeviceTensors::upload_f16(gpu, spec, &q, &k, &v)

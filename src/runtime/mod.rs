@@ -4,6 +4,7 @@
 
 pub(crate) mod cache;
 mod device;
+pub mod host;
 pub mod profile;
 pub mod shader;
 pub mod timing;
