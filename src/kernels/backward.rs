@@ -736,7 +736,8 @@ impl Backward {
     }
 
     /// Host convenience: runs the forward (flash, or naive for the materialised baseline) and
-    /// this backward on host tensors, returns the forward's output and the gradients.
+    /// this backward on host tensors (outputs poisoned with NaN first), returns the forward's
+    /// output and the gradients.
     pub fn run(
         &self,
         gpu: &Gpu,
@@ -749,6 +750,9 @@ impl Backward {
         let forward = crate::kernels::Attention::new(gpu, kernel, &self.spec)?;
         let io = crate::kernels::DeviceTensors::upload(gpu, &self.spec, q, k, v)?;
         let grads = GradTensors::upload(gpu, &self.spec, d_o)?;
+        // NaN first, so a gradient element the kernels forget to write shows
+        io.poison(gpu);
+        grads.poison(gpu);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         forward.encode(gpu, &mut enc, &io.buffers())?;
         self.encode(gpu, &mut enc, &grads.buffers(&io))?;

@@ -11,7 +11,7 @@ use crate::contract::reference::{attention_backward_f64, attention_f64, rel_erro
 use crate::contract::spec::{Alibi, AttnSpec};
 use crate::contract::{AttnShape, Window};
 use crate::error::{Error, Result};
-use crate::kernels::backward::{Backward, GradTensors};
+use crate::kernels::backward::Backward;
 use crate::kernels::decode::{Decoder, DecoderConfig};
 use crate::kernels::matmul::{Activation, Matmul, matmul_f64};
 use crate::kernels::{Attention, DeviceTensors, Kernel};
@@ -98,15 +98,7 @@ fn backward(gpu: &Gpu, spec: &AttnSpec, naive: bool) -> Result<f64> {
     let (q, k, v) = inputs(spec, 11);
     let d_o = seeded(spec.shape.q_len(), 12);
     let bwd = if naive { Backward::naive(gpu, spec)? } else { Backward::new(gpu, spec)? };
-    let fwd = Attention::new(gpu, if naive { Kernel::Naive } else { Kernel::Flash }, spec)?;
-    let io = DeviceTensors::upload(gpu, spec, &q, &k, &v)?;
-    let grads = GradTensors::upload(gpu, spec, &d_o)?;
-    grads.poison(gpu);
-    let mut enc = gpu.device.create_command_encoder(&Default::default());
-    fwd.encode(gpu, &mut enc, &io.buffers())?;
-    bwd.encode(gpu, &mut enc, &grads.buffers(&io))?;
-    gpu.queue.submit([enc.finish()]);
-    let g = grads.read(gpu)?;
+    let (_, g) = bwd.run(gpu, &q, &k, &v, &d_o)?;
     let (dq, dk, dv) = attention_backward_f64(spec, &q, &k, &v, &d_o)?;
     Ok(rel_error(&g.dq, &dq).max(rel_error(&g.dk, &dk)).max(rel_error(&g.dv, &dv)))
 }
