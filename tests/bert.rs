@@ -163,6 +163,22 @@ fn broken_model_files_are_typed_errors_naming_the_tensor() {
     std::fs::write(tmp.path().join("model.safetensors"), b"not a safetensors file").unwrap();
     let err = BertModel::load(tmp.path()).err().unwrap().to_string();
     assert!(err.contains("not a valid .safetensors"), "{err}");
+    // a NaN weight: refused, naming the tensor (it would make every embedding NaN)
+    let nan: Vec<u8> =
+        [0.5f32, f32::NAN].iter().cycle().take(2 * 384).flat_map(|x| x.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 384], &nan).unwrap();
+    let bytes = safetensors::serialize([("embeddings.token_type_embeddings.weight", view)], None).unwrap();
+    std::fs::write(tmp.path().join("model.safetensors"), bytes).unwrap();
+    let err = BertModel::load(tmp.path()).err().unwrap().to_string();
+    assert!(err.contains("token_type_embeddings") && err.contains("non-finite"), "{err}");
+    // a negative LayerNorm ε in the config
+    std::fs::copy(dir.join("model.safetensors"), tmp.path().join("model.safetensors")).unwrap();
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&config).unwrap();
+    json["layer_norm_eps"] = serde_json::json!(-1e-12);
+    std::fs::write(tmp.path().join("config.json"), json.to_string()).unwrap();
+    let err = BertModel::load(tmp.path()).err().unwrap().to_string();
+    assert!(err.contains("layer_norm_eps"), "{err}");
 }
 
 #[test]

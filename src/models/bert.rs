@@ -129,6 +129,13 @@ impl BertWeights {
                     message: format!("shape {:?}, the config needs {shape:?}", t.shape),
                 });
             }
+            // a NaN or infinite weight would turn every embedding into NaN downstream
+            if let Some(i) = t.data.iter().position(|x| !x.is_finite()) {
+                return Err(Error::ModelTensor {
+                    name: full,
+                    message: format!("holds a non-finite value ({}) at flat index {i}", t.data[i]),
+                });
+            }
             Ok(t.data)
         };
         // PyTorch Linear [out, in] → [in, out]
@@ -151,6 +158,12 @@ impl BertWeights {
             return Err(Error::Invalid(format!(
                 "hidden size {d} over {} heads: the head dim must be a whole multiple of 4",
                 c.num_attention_heads
+            )));
+        }
+        if !(c.layer_norm_eps.is_finite() && c.layer_norm_eps > 0.0) {
+            return Err(Error::Invalid(format!(
+                "layer_norm_eps = {}: LayerNorm needs a finite ε > 0",
+                c.layer_norm_eps
             )));
         }
         if c.hidden_act != "gelu" {
