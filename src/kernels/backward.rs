@@ -106,13 +106,12 @@ impl BackwardConfig {
         if self.sg > 0 { d4.div_ceil(self.sg) * self.sg } else { d4 }
     }
 
-    /// The shader variant of one entry point (`delta`, `dq_main`, `dkv_main`, `naive_*`) at
-    /// head dim `d`.
-    pub fn variant(&self, d: usize, entry: &'static str) -> ShaderVariant {
+    /// The shader variant of one kernel (`delta`, `dq_main`, `dkv_main`, `naive_*`) at head
+    /// dim `d`.
+    fn variant(&self, d: usize, entry: Entry) -> ShaderVariant {
         let d4 = (d / 4) as u32;
-        let shader = ENTRIES.iter().find(|e| e.name() == entry).map_or(ENTRIES[0].shader(), |e| e.shader());
-        shader.variant(
-            entry,
+        entry.shader().variant(
+            entry.name(),
             &[COMMON, lanes(self.sg)],
             vec![
                 ("D4", d4),
@@ -127,7 +126,7 @@ impl BackwardConfig {
     /// Every variant this config builds at head dim `d`, the baseline's passes included (for
     /// naga validation).
     pub fn variants(&self, d: usize) -> Vec<ShaderVariant> {
-        ENTRIES.iter().map(|e| self.variant(d, e.name())).collect()
+        ENTRIES.iter().map(|&e| self.variant(d, e)).collect()
     }
 }
 
@@ -192,10 +191,7 @@ struct Prepared {
 
 /// The kernels of `entries`, compiled once per device and variant.
 fn compile(gpu: &Gpu, c: &BackwardConfig, d: usize, entries: &[Entry]) -> Result<Vec<Prepared>> {
-    entries
-        .iter()
-        .map(|&entry| Ok(Prepared { entry, kernel: gpu.compile(&c.variant(d, entry.name()))? }))
-        .collect()
+    entries.iter().map(|&entry| Ok(Prepared { entry, kernel: gpu.compile(&c.variant(d, entry))? })).collect()
 }
 
 /// The `Backward` uniform of backward.wgsl.

@@ -9,7 +9,7 @@
 
 use crate::contract::spec::{Alibi, AttnShape, AttnSpec, Window};
 use crate::error::{Error, Result};
-use crate::kernels::{COMMON, Contract, Traffic, check_head_dim, lanes};
+use crate::kernels::{COMMON, Contract, Traffic, check_head_dim, lanes, slopes_words};
 use crate::runtime::Gpu;
 use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant};
 
@@ -233,6 +233,8 @@ impl KvCache {
 /// A decoder: a KV cache plus the split-K kernel. `prefill` the prompt's K/V, then `step`.
 pub struct Decoder {
     cfg: DecoderConfig,
+    /// The contract of a step (one query against the cache); shapes vary per step.
+    spec: AttnSpec,
     cache: KvCache,
     attend: Compiled,
     combine: Compiled,
@@ -262,7 +264,6 @@ impl Decoder {
             m: cfg.capacity.max(1),
             head_dim: cfg.head_dim,
         };
-        shape.validate()?;
         check_head_dim(NAME, cfg.head_dim)?;
         if cfg.max_step_tokens == 0 || cfg.capacity == 0 {
             return Err(Error::Invalid("decoder capacity and max_step_tokens must be at least 1".into()));
@@ -284,7 +285,7 @@ impl Decoder {
             .alibi(cfg.alibi.clone())
             .scale(cfg.scale);
         spec.validate()?;
-        let slopes = spec.slopes().unwrap_or_else(|| vec![0.0]);
+        let slopes = slopes_words(&spec);
         let d = cfg.head_dim;
         let bc = tile_keys(gpu, d);
         let sg = if cfg.subgroups { gpu.fixed_subgroup().unwrap_or(0) } else { 0 };
@@ -356,6 +357,7 @@ impl Decoder {
             .collect();
         let combine_bind = combine.bind(gpu, &[&cfg_buf, &step_buf, &partials, &o, &lse]);
         Ok(Self {
+            spec,
             cache,
             attend,
             combine,
@@ -509,20 +511,10 @@ impl Decoder {
     /// The attention problem the last step computed, as one full (non-incremental) call:
     /// queries at the last T positions against every position so far (the oracle's view).
     pub fn equivalent_spec(&self, layer: usize) -> AttnSpec {
-        let len = self.cache.len[layer];
-        let shape = AttnShape {
-            batch: 1,
-            heads: self.cfg.heads,
-            kv_heads: self.cfg.kv_heads,
-            n: self.last.nq as usize,
-            m: len,
-            head_dim: self.cfg.head_dim,
-        };
-        AttnSpec::new(shape)
-            .causal(true)
-            .window(self.cfg.window.map(|w| Window { left: Some(w), right: Some(0) }))
-            .alibi(self.cfg.alibi.clone())
-            .scale(self.cfg.scale)
+        let mut spec = self.spec.clone();
+        spec.shape.n = self.last.nq as usize;
+        spec.shape.m = self.cache.len[layer];
+        spec
     }
 
     /// What the instrumented kernel moved in the last step, in the units of

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use crate::contract::inputs::seeded;
+use crate::contract::inputs::{seeded, seeded_qkv};
 use crate::contract::mask::{BigBird, Mask};
 use crate::contract::reference::{attention_backward_f64, attention_f64, rel_error};
 use crate::contract::spec::{Alibi, AttnSpec};
@@ -66,15 +66,10 @@ fn problems() -> Vec<(&'static str, AttnSpec)> {
     ]
 }
 
-/// Q, K, V for `spec` from `seed`.
-fn inputs(spec: &AttnSpec, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    crate::contract::inputs::seeded_qkv(spec, seed)
-}
-
 /// A forward kernel against the oracle: worst of O and LSE (finite entries; a fully masked
 /// row must come back as exactly 0 and −inf).
 fn forward(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec) -> Result<f64> {
-    let (q, k, v) = inputs(spec, 7);
+    let (q, k, v) = seeded_qkv(spec, 7);
     let attn = Attention::new(gpu, kernel, spec)?;
     let io = DeviceTensors::upload(gpu, spec, &q, &k, &v)?;
     io.poison(gpu);
@@ -95,7 +90,7 @@ fn forward(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec) -> Result<f64> {
 
 /// The tiled (or materialised) backward against the oracle: worst of dQ, dK, dV.
 fn backward(gpu: &Gpu, spec: &AttnSpec, naive: bool) -> Result<f64> {
-    let (q, k, v) = inputs(spec, 11);
+    let (q, k, v) = seeded_qkv(spec, 11);
     let d_o = seeded(spec.shape.q_len(), 12);
     let bwd = if naive { Backward::naive(gpu, spec)? } else { Backward::new(gpu, spec)? };
     let (_, g) = bwd.run(gpu, &q, &k, &v, &d_o)?;

@@ -72,11 +72,6 @@ impl DiskCache {
         let bytes = serde_json::to_vec_pretty(&stamped).map_err(|e| err(std::io::Error::other(e)))?;
         let dir = path.parent().ok_or_else(|| err(std::io::Error::other("no parent directory")))?;
         std::fs::create_dir_all(dir).map_err(err)?;
-        let tmp = dir.join(format!(".{}.{}.tmp", self.file, std::process::id()));
-        let written = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written.map_err(err)
+        crate::io::write_atomic(&path, &bytes)
     }
 }

@@ -175,13 +175,6 @@ impl Gpu {
         Ok(self)
     }
 
-    /// This device with `profile` instead of the detected one.
-    pub fn with_profile_data(mut self, profile: Profile, reason: impl Into<String>) -> Self {
-        self.profile = profile;
-        self.profile_reason = reason.into();
-        self
-    }
-
     /// This device using `tuned` winners (`None`: the profile's presets). Winners measured
     /// on another adapter, driver or build are refused with a warning.
     pub fn with_tuned(mut self, tuned: Option<Tuned>) -> Self {

@@ -226,7 +226,7 @@ fn entry(binding: u32, kind: Binding) -> wgpu::BindGroupLayoutEntry {
 
 impl Gpu {
     /// The bind-group layout of `bindings`, created once per device.
-    pub fn layout(&self, bindings: &[(u32, Binding)]) -> wgpu::BindGroupLayout {
+    fn layout(&self, bindings: &[(u32, Binding)]) -> wgpu::BindGroupLayout {
         let mut layouts = self.caches.layouts.lock().unwrap_or_else(PoisonError::into_inner);
         layouts
             .entry(bindings.to_vec())

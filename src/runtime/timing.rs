@@ -53,22 +53,29 @@ pub fn time_encoded(
     mut encode: impl FnMut(&mut wgpu::CommandEncoder, usize, Option<&GpuTimer>) -> Result<()>,
 ) -> Result<Timing> {
     let timer = GpuTimer::new(gpu);
-    let mut samples_ms = Vec::with_capacity(reps);
-    for i in 0..warmup + reps {
+    let samples_ms = samples(warmup, reps, |i| {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         encode(&mut enc, i, timer.as_ref())?;
         if let Some(t) = &timer {
             t.resolve(&mut enc);
         }
         let wall = time_submission(gpu, enc.finish())?;
+        timer.as_ref().map_or(Ok(wall), |t| t.read_ms(gpu))
+    })?;
+    Ok(Timing { samples_ms, timer: if timer.is_some() { "timestamp" } else { "wall" } })
+}
+
+/// The one timing loop: `warmup` untimed runs, then `reps` runs whose milliseconds `run`
+/// returns (it gets the run index).
+fn samples(warmup: usize, reps: usize, mut run: impl FnMut(usize) -> Result<f64>) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(reps);
+    for i in 0..warmup + reps {
+        let ms = run(i)?;
         if i >= warmup {
-            samples_ms.push(match &timer {
-                Some(t) => t.read_ms(gpu)?,
-                None => wall,
-            });
+            out.push(ms);
         }
     }
-    Ok(Timing { samples_ms, timer: if timer.is_some() { "timestamp" } else { "wall" } })
+    Ok(out)
 }
 
 /// Submits `commands` once the queue is idle and waits for them: milliseconds on the host
@@ -89,15 +96,11 @@ pub fn time_wall(
     reps: usize,
     mut record: impl FnMut(&mut wgpu::CommandEncoder) -> Result<()>,
 ) -> Result<Timing> {
-    let mut samples_ms = Vec::with_capacity(reps);
-    for i in 0..warmup + reps {
+    let samples_ms = samples(warmup, reps, |_| {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         record(&mut enc)?;
-        let ms = time_submission(gpu, enc.finish())?;
-        if i >= warmup {
-            samples_ms.push(ms);
-        }
-    }
+        time_submission(gpu, enc.finish())
+    })?;
     Ok(Timing { samples_ms, timer: "wall" })
 }
 
@@ -105,14 +108,11 @@ pub fn time_wall(
 /// that submits and waits by itself (a decode step, a whole model layer); `run` gets the
 /// call index and must leave the queue idle when it returns.
 pub fn time_host(warmup: usize, reps: usize, mut run: impl FnMut(usize) -> Result<()>) -> Result<Timing> {
-    let mut samples_ms = Vec::with_capacity(reps);
-    for i in 0..warmup + reps {
+    let samples_ms = samples(warmup, reps, |i| {
         let t0 = Instant::now();
         run(i)?;
-        if i >= warmup {
-            samples_ms.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-    }
+        Ok(t0.elapsed().as_secs_f64() * 1e3)
+    })?;
     Ok(Timing { samples_ms, timer: "wall" })
 }
 

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use longctx::contract::reference::{attention_f64, rel_error};
 use longctx::{Attention, AttnSpec, DeviceTensors, Gpu, GpuOptions, Kernel};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{Rng, rngs::StdRng};
 
 /// The device for GPU tests. No adapter is a failure, never a skip.
 pub fn gpu() -> &'static Gpu {
@@ -26,11 +26,9 @@ pub fn random(len: usize, rng: &mut StdRng) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
-/// Random Q, K, V for `spec` from `seed`.
+/// Random Q, K, V for `spec` from `seed` (the library's generator, uniform in [-1, 1)).
 pub fn inputs(spec: &AttnSpec, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let s = spec.shape;
-    (random(s.q_len(), &mut rng), random(s.kv_len(), &mut rng), random(s.kv_len(), &mut rng))
+    longctx::contract::inputs::seeded_qkv(spec, seed)
 }
 
 /// Relative errors of one kernel run against the oracle: (O, LSE).
