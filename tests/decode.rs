@@ -127,6 +127,21 @@ fn any_split_count_gives_the_same_answer() {
 }
 
 #[test]
+fn head_dims_that_are_not_a_multiple_of_4() {
+    // the cache and the kernels run D padded to a multiple of 4; the caller's rows and the
+    // output keep D
+    let seed = common::seed();
+    let mut worst = 0f64;
+    for (d, hkv) in [(1, 2), (3, 1), (6, 4), (37, 2), (127, 1), (255, 4)] {
+        let mut cfg = DecoderConfig::new(4, hkv, d, 80);
+        cfg.max_step_tokens = 2;
+        cfg.alibi = if d % 2 == 1 { Alibi::Standard } else { Alibi::Off };
+        worst = worst.max(run(cfg, 23, 3, 2, seed));
+    }
+    println!("decode odd head dims: worst rel err {worst:.2e}");
+}
+
+#[test]
 fn ring_buffer_equals_the_window_mask() {
     let seed = common::seed();
     let mut cfg = DecoderConfig::new(4, 1, 32, 65); // window 64 + 1 new token

@@ -15,8 +15,10 @@
 use crate::contract::blockmap::{BlockMap, Columns, FULL};
 use crate::contract::spec::{AttnOutput, AttnSpec};
 use crate::error::{Error, Result};
+use crate::kernels::pad::{Padded, Rows};
 use crate::kernels::{
-    AttnBuffers, COMMON, Contract, Kernel, Tiles, Traffic, check_head_dim, check_shuffles, flash, lanes,
+    AttnBuffers, COMMON, Contract, Kernel, Tiles, Traffic, check_call_head_dim, check_head_dim,
+    check_shuffles, flash, lanes,
 };
 use crate::runtime::Gpu;
 use crate::runtime::shader::{Binding, Binding::*, Compiled, Shader, ShaderVariant};
@@ -248,10 +250,25 @@ struct Dispatch {
     chunk: Option<(flash::Chunk, Option<(u64, u64)>)>,
 }
 
+/// The tensors the backward pads (Q, K, V, O, dO in) and cuts (dQ, dK, dV out).
+const PADDED: [(&str, Rows); 8] = [
+    ("Q", Rows::Q),
+    ("K", Rows::Kv),
+    ("V", Rows::Kv),
+    ("O", Rows::Q),
+    ("dO", Rows::Q),
+    ("dQ", Rows::Q),
+    ("dK", Rows::Kv),
+    ("dV", Rows::Kv),
+];
+
 /// A prepared backward call: checked against the device, maps built and uploaded, pipelines
 /// compiled. Reuse it for every call with the same [`AttnSpec`].
 pub struct Backward {
+    /// The caller's problem (the kernels run it at the padded head dim).
     spec: AttnSpec,
+    /// Padded copies of every tensor when the head dim is not a multiple of 4.
+    padded: Option<Padded>,
     config: BackwardConfig,
     pipelines: Vec<Prepared>,
     dispatches: Vec<Dispatch>,
@@ -269,12 +286,23 @@ pub struct Backward {
 impl Backward {
     /// Prepares the backward of `spec` with this device's tiles.
     pub fn new(gpu: &Gpu, spec: &AttnSpec) -> Result<Self> {
-        Self::with_config(gpu, spec, BackwardConfig::for_device(gpu, spec.shape.head_dim))
+        let d = crate::kernels::pad::padded_dim(spec.shape.head_dim);
+        Self::with_config(gpu, spec, BackwardConfig::for_device(gpu, d))
+    }
+
+    /// `spec` validated, and as the kernels run it (the head dim padded to a multiple of 4),
+    /// with the padded copies such a head dim needs.
+    fn kernel_spec(gpu: &Gpu, spec: &AttnSpec) -> Result<(AttnSpec, Option<Padded>)> {
+        spec.validate()?;
+        check_call_head_dim(NAME, spec.shape.head_dim)?;
+        let padded = Padded::new(gpu, &spec.shape, &PADDED)?;
+        Ok((crate::kernels::pad::padded_spec(spec), padded))
     }
 
     /// [`Backward::new`] with an explicit tile configuration (checked against the device).
-    pub fn with_config(gpu: &Gpu, spec: &AttnSpec, config: BackwardConfig) -> Result<Self> {
-        spec.validate()?;
+    pub fn with_config(gpu: &Gpu, user: &AttnSpec, config: BackwardConfig) -> Result<Self> {
+        let (inner, padded) = Self::kernel_spec(gpu, user)?;
+        let spec = &inner;
         let s = spec.shape;
         let d = s.head_dim;
         check_head_dim(NAME, d)?;
@@ -413,7 +441,8 @@ impl Backward {
         let block_map = gpu.upload("backward block maps", &words)?;
         let pipelines = compile(gpu, &c, d, &[Entry::Delta, Entry::Dq, Entry::Dkv])?;
         Ok(Self {
-            spec: spec.clone(),
+            spec: user.clone(),
+            padded,
             config: c,
             pipelines,
             dispatches,
@@ -432,8 +461,9 @@ impl Backward {
     /// buffers and results as the tiled backward, for comparing time and memory. Refuses (typed
     /// errors) when one group's matrices exceed a binding or a row's loops exceed the
     /// adapter's loop cap.
-    pub fn naive(gpu: &Gpu, spec: &AttnSpec) -> Result<Self> {
-        spec.validate()?;
+    pub fn naive(gpu: &Gpu, user: &AttnSpec) -> Result<Self> {
+        let (inner, padded) = Self::kernel_spec(gpu, user)?;
+        let spec = &inner;
         let s = spec.shape;
         let d = s.head_dim;
         check_head_dim(NAME, d)?;
@@ -526,7 +556,8 @@ impl Backward {
             &[Entry::Delta, Entry::NaiveP, Entry::NaiveKv, Entry::NaiveDs, Entry::NaiveDq],
         )?;
         Ok(Self {
-            spec: spec.clone(),
+            spec: user.clone(),
+            padded,
             config: c,
             pipelines,
             dispatches,
@@ -570,7 +601,8 @@ impl Backward {
     /// linear in N and in the listed tiles, never N×M — and for the materialised baseline
     /// its P / dS matrices.
     pub fn scratch_bytes(&self) -> u64 {
-        self.stats.size()
+        self.padded.as_ref().map_or(0, Padded::bytes)
+            + self.stats.size()
             + self.block_map.size()
             + if self.is_naive() { self.scores.size() } else { 0 }
             + self.contract.size()
@@ -582,11 +614,13 @@ impl Backward {
     /// O, dO, LSE and writes (LSE, Δ); `dq` reads each row's Q, dO, (LSE, Δ) and each listed
     /// tile's K and V, writes dQ; `dkv` reads each key's K, V and, per query head of the
     /// group, each listed tile's rows of Q, dO and (LSE, Δ), writes dK, dV. Resumed passes add
-    /// a read and a write of the sums they continue.
+    /// a read and a write of the sums they continue. A head dim that is not a multiple of 4
+    /// moves the padded width, plus the padding copies.
     pub fn traffic(&self) -> Option<Traffic> {
         let (map, cols) = self.map.as_ref()?;
         let s = self.spec.shape;
-        let (d, n, m) = (s.head_dim as u64, s.n as u64, s.m as u64);
+        let d = crate::kernels::pad::padded_dim(s.head_dim) as u64;
+        let (n, m) = (s.n as u64, s.m as u64);
         let rows = (s.batch * s.heads) as u64 * n;
         let keys_total = (s.batch * s.kv_heads) as u64 * m;
         let (br, bc) = (map.br as u64, map.bc as u64);
@@ -643,7 +677,8 @@ impl Backward {
                 }
             }
         }
-        Some(Traffic { read, written })
+        let p = self.padded.as_ref().map(Padded::traffic).unwrap_or_default();
+        Some(Traffic { read: read + p.read, written: written + p.written })
     }
 
     /// Records the backward's kernels (one compute pass) into `encoder`. Nothing is submitted.
@@ -660,6 +695,41 @@ impl Backward {
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
     ) -> Result<()> {
         self.check_buffers(b)?;
+        let Some(p) = &self.padded else {
+            return self.encode_kernels(gpu, encoder, b, timestamp_writes);
+        };
+        let f = &b.forward;
+        for (i, src) in [f.q, f.k, f.v, f.o, b.d_o].into_iter().enumerate() {
+            p.pad(gpu, encoder, i, src);
+        }
+        let inner = BackwardBuffers {
+            forward: crate::kernels::AttnBuffers {
+                q: p.copy(0),
+                k: p.copy(1),
+                v: p.copy(2),
+                o: p.copy(3),
+                lse: f.lse,
+            },
+            d_o: p.copy(4),
+            dq: p.copy(5),
+            dk: p.copy(6),
+            dv: p.copy(7),
+        };
+        self.encode_kernels(gpu, encoder, &inner, timestamp_writes)?;
+        for (i, dst) in [(5, b.dq), (6, b.dk), (7, b.dv)] {
+            p.cut(gpu, encoder, i, dst);
+        }
+        Ok(())
+    }
+
+    /// The kernels' dispatches on buffers at the kernels' head dim.
+    fn encode_kernels(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        b: &BackwardBuffers,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
+    ) -> Result<()> {
         let f = &b.forward;
         let mut pass =
             encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes });

@@ -9,7 +9,8 @@
 
 use crate::contract::spec::{Alibi, AttnShape, AttnSpec, Window};
 use crate::error::{Error, Result};
-use crate::kernels::{COMMON, Contract, Traffic, check_head_dim, lanes, slopes_words};
+use crate::kernels::pad::{padded_dim, repack_host};
+use crate::kernels::{COMMON, Contract, Traffic, check_call_head_dim, lanes, slopes_words};
 use crate::runtime::Gpu;
 use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant};
 
@@ -233,6 +234,8 @@ impl KvCache {
 /// A decoder: a KV cache plus the split-K kernel. `prefill` the prompt's K/V, then `step`.
 pub struct Decoder {
     cfg: DecoderConfig,
+    /// The head dim the kernels and the cache run: `cfg.head_dim` padded to a multiple of 4.
+    d: usize,
     /// The contract of a step (one query against the cache); shapes vary per step.
     spec: AttnSpec,
     cache: KvCache,
@@ -264,7 +267,7 @@ impl Decoder {
             m: cfg.capacity.max(1),
             head_dim: cfg.head_dim,
         };
-        check_head_dim(NAME, cfg.head_dim)?;
+        check_call_head_dim(NAME, cfg.head_dim)?;
         if cfg.max_step_tokens == 0 || cfg.capacity == 0 {
             return Err(Error::Invalid("decoder capacity and max_step_tokens must be at least 1".into()));
         }
@@ -286,22 +289,23 @@ impl Decoder {
             .scale(cfg.scale);
         spec.validate()?;
         let slopes = slopes_words(&spec);
-        let d = cfg.head_dim;
+        // the kernels run a head dim that is not a multiple of 4 zero-padded (K, V and Q rows
+        // widened on the way in, O cut on the way out)
+        let d = padded_dim(cfg.head_dim);
         let bc = tile_keys(gpu, d);
         let sg = if cfg.subgroups { gpu.fixed_subgroup().unwrap_or(0) } else { 0 };
         let wg = workgroup_size(cfg.heads / cfg.kv_heads * cfg.max_step_tokens).max(sg);
         gpu.check_workgroup(NAME, 2 * bc as u64 * d as u64 * 4, wg)?;
         // slots per split: below the adapter's loop cap (staging plus ≈ 2·BC·(D/4 + 1)
         // iterations per tile)
-        let tuned =
-            gpu.tuned().and_then(|t| match t.get(&tuning_key(cfg.head_dim, cfg.heads / cfg.kv_heads)) {
-                Some(&[chunk]) if chunk > 0 => Some(chunk as usize),
-                Some(w) => {
-                    log::warn!("ignoring the tuned decode winner {w:?}: not a split size");
-                    None
-                }
-                None => None,
-            });
+        let tuned = gpu.tuned().and_then(|t| match t.get(&tuning_key(d, cfg.heads / cfg.kv_heads)) {
+            Some(&[chunk]) if chunk > 0 => Some(chunk as usize),
+            Some(w) => {
+                log::warn!("ignoring the tuned decode winner {w:?}: not a split size");
+                None
+            }
+            None => None,
+        });
         let mut chunk =
             if cfg.chunk == 0 { tuned.unwrap_or(gpu.profile().0.decode_chunk) } else { cfg.chunk };
         if let Some(limit) = gpu.loop_iteration_limit() {
@@ -323,7 +327,7 @@ impl Decoder {
 
         let head_bufs: Vec<wgpu::Buffer> =
             (0..cfg.kv_heads).map(|h| gpu.uniform("decode kv head", &[h as u32, 0, 0, 0])).collect();
-        let cache = KvCache::new(gpu, &cfg)?;
+        let cache = KvCache::new(gpu, &DecoderConfig { head_dim: d, ..cfg.clone() })?;
         let cfg_buf = Contract::new(&spec).upload(gpu);
         let step_buf = gpu.uniform("decode step", &StepParams::default());
         let slopes = gpu.upload("ALiBi slopes", &slopes)?;
@@ -371,6 +375,7 @@ impl Decoder {
             chunk,
             max_splits,
             wg,
+            d,
             cfg,
             last: StepParams::default(),
         })
@@ -396,9 +401,10 @@ impl Decoder {
     /// Appends the prompt's K and V (`[Hkv, T, D]` each) to `layer` without attending.
     pub fn prefill(&mut self, gpu: &Gpu, layer: usize, k: &[f32], v: &[f32]) -> Result<()> {
         let t = self.check_kv(layer, k, v)?;
+        let (k, v) = (&*self.widen(k), &*self.widen(v));
         if self.cfg.ring && t > self.cfg.capacity {
             // only the last `capacity` positions survive; append them, counting the rest
-            let d = self.cfg.head_dim;
+            let d = self.d;
             let skip = t - self.cfg.capacity;
             let tail = |x: &[f32]| -> Vec<f32> {
                 (0..self.cfg.kv_heads).flat_map(|h| x[(h * t + skip) * d..(h + 1) * t * d].to_vec()).collect()
@@ -408,6 +414,15 @@ impl Decoder {
             return self.cache.append(gpu, layer, &kt, &vt, self.cfg.capacity);
         }
         self.cache.append(gpu, layer, k, v, t)
+    }
+
+    /// Rows of the caller's head dim at the kernels' (zero-padded; borrowed when equal).
+    fn widen<'a>(&self, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        let dc = self.cfg.head_dim;
+        if dc == self.d {
+            return x.into();
+        }
+        repack_host(x, x.len() / dc, dc, self.d).into()
     }
 
     fn check_kv(&self, layer: usize, k: &[f32], v: &[f32]) -> Result<usize> {
@@ -456,8 +471,8 @@ impl Decoder {
             });
         }
         crate::contract::spec::check_finite("Q", q)?;
-        self.cache.append(gpu, layer, k, v, t)?;
-        gpu.queue.write_buffer(&self.q, 0, bytemuck::cast_slice(q));
+        self.cache.append(gpu, layer, &self.widen(k), &self.widen(v), t)?;
+        gpu.queue.write_buffer(&self.q, 0, bytemuck::cast_slice(&self.widen(q)));
         let len = self.cache.len[layer];
         let cached = len.min(self.cfg.capacity);
         let lo = len - cached;
@@ -502,8 +517,9 @@ impl Decoder {
     /// The last step's output: O `[H, T, D]` and LSE `[H, T]`.
     pub fn output(&self, gpu: &Gpu) -> Result<crate::contract::spec::AttnOutput> {
         let rows = self.cfg.heads * self.last.nq as usize;
+        let o = gpu.read(&self.o, rows * self.d)?;
         Ok(crate::contract::spec::AttnOutput {
-            o: gpu.read(&self.o, rows * self.cfg.head_dim)?,
+            o: if self.d == self.cfg.head_dim { o } else { repack_host(&o, rows, self.d, self.cfg.head_dim) },
             lse: gpu.read(&self.lse, rows)?,
         })
     }
@@ -526,7 +542,7 @@ impl Decoder {
             return Ok(None);
         }
         let c: Vec<u32> = gpu.read(&self.counters, 3)?;
-        let d = self.cfg.head_dim as u64;
+        let d = self.d as u64;
         let (_, combine_read, combine_written) = self.combine_traffic();
         Ok(Some(Traffic {
             read: c[0] as u64 * 2 * d * 4 + c[1] as u64 * d * 4 + combine_read,
@@ -536,7 +552,7 @@ impl Decoder {
 
     /// (rows, combine bytes read, combine bytes written) of the last step.
     fn combine_traffic(&self) -> (u64, u64, u64) {
-        let d = self.cfg.head_dim as u64;
+        let d = self.d as u64;
         let s = self.last;
         let rows = self.cfg.heads as u64 * s.nq as u64;
         (rows, s.splits as u64 * rows * (d + 4) * 4, rows * (d + 1) * 4)
@@ -547,7 +563,7 @@ impl Decoder {
     /// reads its query rows; partials are written once and read once by the combine, which
     /// writes O and LSE. MQA's K/V term is 1/H of MHA's.
     pub fn step_traffic(&self) -> Traffic {
-        let d = self.cfg.head_dim as u64;
+        let d = self.d as u64;
         let s = self.last;
         let (rows, combine_read, combine_written) = self.combine_traffic();
         let row_blocks = ((self.cfg.heads / self.cfg.kv_heads) as u64 * s.nq as u64).div_ceil(self.wg as u64);

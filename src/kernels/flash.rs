@@ -1,6 +1,7 @@
 //! `flash`: tiled online-softmax attention forward (`shaders/flash.wgsl`).
 //!
-//! Supports: head dim a multiple of 4 up to 256; any N, M ≥ 1 (N ≠ M, bottom-right aligned);
+//! Supports: head dim a multiple of 4 up to 256 ([`Attention`](crate::kernels::Attention) runs
+//! every other head dim up to 256 on zero-padded copies, [`pad`](crate::kernels::pad)); any N, M ≥ 1 (N ≠ M, bottom-right aligned);
 //! MHA/GQA/MQA by index mapping; causal, window (L, R) and ALiBi in-kernel; any sparse
 //! [`Mask`](crate::contract::mask::Mask) through the [`BlockMap`] it walks: unlisted tiles are never
 //! loaded, full tiles skip per-element masking, partial ones read visibility bits. Writes O

@@ -13,6 +13,7 @@ pub mod heatmap;
 pub mod layer;
 pub mod matmul;
 pub mod naive;
+pub mod pad;
 pub mod peak;
 pub mod route;
 
@@ -121,15 +122,31 @@ impl Tiles {
     }
 }
 
-/// Head dims the attention kernels accept: a multiple of 4 (vec4 lanes), at most 256.
+/// The largest head dim: every head dim from 1 to 256 runs ([`Attention`], the backward and
+/// the decoder pad one that is not a multiple of 4; see [`pad`]).
 pub const MAX_HEAD_DIM: usize = 256;
 
+/// A head dim a call accepts: 1 to [`MAX_HEAD_DIM`].
+pub(crate) fn check_call_head_dim(kernel: &'static str, d: usize) -> Result<()> {
+    if d > MAX_HEAD_DIM {
+        return Err(Error::HeadDim {
+            kernel,
+            head_dim: d,
+            reason: "it must be at most 256 (per-row registers)",
+        });
+    }
+    Ok(())
+}
+
+/// A head dim a kernel runs directly: a multiple of 4 (vec4 lanes) up to 256. Calls of
+/// other head dims go through [`Attention`], [`backward::Backward`] or [`decode::Decoder`],
+/// which pad.
 pub(crate) fn check_head_dim(kernel: &'static str, d: usize) -> Result<()> {
     if !d.is_multiple_of(4) {
         return Err(Error::HeadDim {
             kernel,
             head_dim: d,
-            reason: "it must be a multiple of 4 (the kernels load vec4 lanes)",
+            reason: "the kernel itself loads vec4 lanes and needs a multiple of 4 (Attention, Backward and Decoder pad other head dims)",
         });
     }
     if d > MAX_HEAD_DIM {
@@ -191,6 +208,7 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
             v
         })
         .chain(peak::variants())
+        .chain(pad::variants())
         .chain(route::variants())
         .chain(layer::variants())
         .chain(embed::variants())
@@ -279,7 +297,14 @@ enum Plan {
 pub struct Attention {
     spec: AttnSpec,
     plan: Plan,
+    /// Padded copies of Q, K, V, O when the head dim is not a multiple of 4 (the kernel
+    /// runs on them at the padded head dim).
+    padded: Option<pad::Padded>,
 }
+
+/// The tensors [`Attention`] pads: Q, K, V in, O out.
+const PADDED_FORWARD: [(&str, pad::Rows); 4] =
+    [("Q", pad::Rows::Q), ("K", pad::Rows::Kv), ("V", pad::Rows::Kv), ("O", pad::Rows::Q)];
 
 impl Attention {
     /// Prepares `kernel` for `spec` on `gpu` with the default tile configuration.
@@ -288,17 +313,29 @@ impl Attention {
     }
 
     fn prepare(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec, instrumented: bool) -> Result<Self> {
-        spec.validate()?;
+        let inner = Self::checked(spec)?;
         let plan = match kernel {
             Kernel::Flash => Plan::Flash(flash::Flash::new(
                 gpu,
-                spec,
-                flash::FlashConfig::for_device(gpu, spec.shape.head_dim),
+                &inner,
+                flash::FlashConfig::for_device(gpu, inner.shape.head_dim),
                 instrumented,
             )?),
-            Kernel::Naive => Plan::Naive(naive::Naive::new(gpu, spec, instrumented)?),
+            Kernel::Naive => Plan::Naive(naive::Naive::new(gpu, &inner, instrumented)?),
         };
-        Ok(Self { spec: spec.clone(), plan })
+        Self::with_plan(gpu, spec, plan)
+    }
+
+    /// `spec` validated, and as the kernel runs it (the head dim padded to a multiple of 4).
+    fn checked(spec: &AttnSpec) -> Result<AttnSpec> {
+        spec.validate()?;
+        check_call_head_dim("attention", spec.shape.head_dim)?;
+        Ok(pad::padded_spec(spec))
+    }
+
+    fn with_plan(gpu: &Gpu, spec: &AttnSpec, plan: Plan) -> Result<Self> {
+        let padded = pad::Padded::new(gpu, &spec.shape, &PADDED_FORWARD)?;
+        Ok(Self { spec: spec.clone(), plan, padded })
     }
 
     /// Prepares the flash kernel with an explicit tile configuration; `instrumented` builds
@@ -309,24 +346,24 @@ impl Attention {
         config: flash::FlashConfig,
         instrumented: bool,
     ) -> Result<Self> {
-        spec.validate()?;
-        Ok(Self {
-            spec: spec.clone(),
-            plan: Plan::Flash(flash::Flash::new(gpu, spec, config, instrumented)?),
-        })
+        let inner = Self::checked(spec)?;
+        Self::with_plan(gpu, spec, Plan::Flash(flash::Flash::new(gpu, &inner, config, instrumented)?))
     }
 
     /// Prepares flash reading Q, K and V stored as f16 (half the input bytes; f32 arithmetic
     /// and outputs). Feed it with [`DeviceTensors::upload_f16`]. Without SHADER_F16 both fall
     /// back to f16-rounded values stored as f32 and the f32 kernel — same numbers, f32 bytes.
+    /// The f16 variant needs a head dim that is a multiple of 4 (it is not padded).
     pub fn flash_f16(gpu: &Gpu, spec: &AttnSpec) -> Result<Self> {
         spec.validate()?;
+        check_head_dim("flash (f16 storage)", spec.shape.head_dim)?;
         let config = flash::FlashConfig::for_device(gpu, spec.shape.head_dim);
         // without SHADER_F16: the fallback, f16-rounded values stored as f32 (upload_f16)
         let native = gpu.features().contains(wgpu::Features::SHADER_F16);
         Ok(Self {
             spec: spec.clone(),
             plan: Plan::Flash(flash::Flash::new_with(gpu, spec, config, false, native)?),
+            padded: None,
         })
     }
 
@@ -337,20 +374,31 @@ impl Attention {
     }
 
     /// The traffic model: device-memory bytes this kernel's loops move, derived from the
-    /// kernel's own tiling (flash: its block map; naive: its three passes).
+    /// kernel's own tiling (flash: its block map; naive: its three passes), plus the padding
+    /// copies for a head dim that is not a multiple of 4.
     pub fn traffic_model(&self) -> Traffic {
-        match &self.plan {
-            Plan::Flash(f) => f.traffic(&self.spec),
-            Plan::Naive(_) => naive::traffic(&self.spec),
-        }
+        let inner = pad::padded_spec(&self.spec);
+        let kernel = match &self.plan {
+            Plan::Flash(f) => f.traffic(&inner),
+            Plan::Naive(_) => naive::traffic(&inner),
+        };
+        self.with_padding(kernel)
     }
 
-    /// Bytes the instrumented variant counted in its last run (`None` if not instrumented).
+    fn with_padding(&self, t: Traffic) -> Traffic {
+        let p = self.padded.as_ref().map(pad::Padded::traffic).unwrap_or_default();
+        Traffic { read: t.read + p.read, written: t.written + p.written }
+    }
+
+    /// Bytes the instrumented variant counted in its last run (`None` if not instrumented),
+    /// plus the padding copies' (from their loops, which have fixed trip counts).
     pub fn measured_traffic(&self, gpu: &Gpu) -> Result<Option<Traffic>> {
-        match &self.plan {
-            Plan::Flash(f) => Ok(f.counters(gpu)?.map(|c| c.traffic(self.spec.shape.head_dim))),
-            Plan::Naive(n) => n.counted(gpu),
-        }
+        let d = pad::padded_dim(self.spec.shape.head_dim);
+        let counted = match &self.plan {
+            Plan::Flash(f) => f.counters(gpu)?.map(|c| c.traffic(d)),
+            Plan::Naive(n) => n.counted(gpu)?,
+        };
+        Ok(counted.map(|t| self.with_padding(t)))
     }
 
     /// The prepared flash kernel (`None` for other kernels).
@@ -384,10 +432,12 @@ impl Attention {
 
     /// Device memory this kernel allocates beyond Q, K, V, O and LSE (scores, block map…).
     pub fn scratch_bytes(&self) -> u64 {
-        match &self.plan {
-            Plan::Flash(f) => f.scratch_bytes(),
-            Plan::Naive(n) => n.scratch_bytes(),
-        }
+        let padded = self.padded.as_ref().map_or(0, pad::Padded::bytes);
+        padded
+            + match &self.plan {
+                Plan::Flash(f) => f.scratch_bytes(),
+                Plan::Naive(n) => n.scratch_bytes(),
+            }
     }
 
     /// Records the kernel's dispatches (one compute pass) into `encoder`. Nothing is submitted.
@@ -395,7 +445,9 @@ impl Attention {
         self.encode_timed(gpu, encoder, bufs, None)
     }
 
-    /// [`Attention::encode`] with timestamps written at the start and end of the pass.
+    /// [`Attention::encode`] with timestamps written at the start and end of the kernel's
+    /// pass (for a head dim that is not a multiple of 4, the padding copies before and after
+    /// are passes of their own, outside the timestamps).
     pub fn encode_timed(
         &self,
         gpu: &Gpu,
@@ -404,9 +456,21 @@ impl Attention {
         timestamps: Option<wgpu::ComputePassTimestampWrites>,
     ) -> Result<()> {
         self.check_buffers(bufs)?;
+        let inner = match &self.padded {
+            None => *bufs,
+            Some(p) => {
+                for (i, src) in [bufs.q, bufs.k, bufs.v].into_iter().enumerate() {
+                    p.pad(gpu, encoder, i, src);
+                }
+                AttnBuffers { q: p.copy(0), k: p.copy(1), v: p.copy(2), o: p.copy(3), lse: bufs.lse }
+            }
+        };
         match &self.plan {
-            Plan::Flash(f) => f.encode(gpu, encoder, bufs, timestamps),
-            Plan::Naive(n) => n.encode(gpu, encoder, bufs, timestamps),
+            Plan::Flash(f) => f.encode(gpu, encoder, &inner, timestamps),
+            Plan::Naive(n) => n.encode(gpu, encoder, &inner, timestamps),
+        }
+        if let Some(p) = &self.padded {
+            p.cut(gpu, encoder, 3, bufs.o);
         }
         Ok(())
     }

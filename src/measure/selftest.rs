@@ -54,6 +54,10 @@ fn problems() -> Vec<(&'static str, AttnSpec)> {
         ("causal+alibi", AttnSpec::new(s).causal(true).alibi(Alibi::Standard)),
         ("window(16,3)", AttnSpec::new(s).window(Some(Window::new(16, 3)))),
         ("mqa causal D=128", AttnSpec::new(shape(1, 4, 1, 33, 70, 128)).causal(true)),
+        (
+            "gqa causal+alibi D=37 (padded)",
+            AttnSpec::new(shape(1, 4, 2, 29, 51, 37)).causal(true).alibi(Alibi::Standard),
+        ),
         ("masked rows (N > M causal)", AttnSpec::new(shape(1, 2, 2, 90, 40, 32)).causal(true)),
         ("global+causal", AttnSpec::new(s).causal(true).mask(Some(Mask::Global(3)))),
         ("bigbird", AttnSpec::new(s).mask(Mask::bigbird(&bigbird, s.m).ok())),
@@ -100,8 +104,8 @@ fn backward(gpu: &Gpu, spec: &AttnSpec, naive: bool) -> Result<f64> {
 
 /// Decoding: a prompt, then single-token steps; each step against one causal attention over
 /// everything so far. Worst over the steps.
-fn decode(gpu: &Gpu, heads: usize, kv_heads: usize, window: Option<usize>) -> Result<f64> {
-    let (d, prompt, steps) = (32, 45, 3);
+fn decode(gpu: &Gpu, heads: usize, kv_heads: usize, d: usize, window: Option<usize>) -> Result<f64> {
+    let (prompt, steps) = (45, 3);
     let mut cfg = DecoderConfig::new(heads, kv_heads, d, prompt + steps);
     cfg.alibi = Alibi::Standard;
     if let Some(w) = window {
@@ -161,7 +165,12 @@ fn checks() -> Vec<Check> {
     for (label, spec) in problems().into_iter().filter(|(l, _)| {
         matches!(
             *l,
-            "causal+alibi" | "window(16,3)" | "mqa causal D=128" | "masked rows (N > M causal)" | "bigbird"
+            "causal+alibi"
+                | "window(16,3)"
+                | "mqa causal D=128"
+                | "gqa causal+alibi D=37 (padded)"
+                | "masked rows (N > M causal)"
+                | "bigbird"
         )
     }) {
         for naive in [false, true] {
@@ -174,15 +183,16 @@ fn checks() -> Vec<Check> {
             out.push((name, Box::new(move |g: &Gpu| backward(g, &spec, naive))));
         }
     }
-    for (label, h, hkv, w) in [
-        ("mha", 4, 4, None),
-        ("gqa", 4, 2, None),
-        ("mqa", 4, 1, None),
-        ("mqa ring window 20", 4, 1, Some(20)),
+    for (label, h, hkv, d, w) in [
+        ("mha", 4, 4, 32, None),
+        ("gqa", 4, 2, 32, None),
+        ("gqa (padded)", 4, 2, 37, None),
+        ("mqa", 4, 1, 32, None),
+        ("mqa ring window 20", 4, 1, 32, Some(20)),
     ] {
         out.push((
-            format!("decode {label} alibi H={h}/{hkv} D=32, 45 cached + 3 steps"),
-            Box::new(move |g: &Gpu| decode(g, h, hkv, w)),
+            format!("decode {label} alibi H={h}/{hkv} D={d}, 45 cached + 3 steps"),
+            Box::new(move |g: &Gpu| decode(g, h, hkv, d, w)),
         ));
     }
     for act in [Activation::None, Activation::Gelu, Activation::GeluErf] {
