@@ -140,25 +140,29 @@ fn attend(ids: Ids) {
         let rescale = softmax_rescale(m_run, tile_max);
         let m_new = rescale.x;
         let corr = rescale.y;
-        l_run *= corr;
-        for (var x = 0u; x < D4P; x++) {
-            acc[x] *= corr;
-        }
+        // the tile's sums first, then added to the running ones (as flash.wgsl: two short
+        // sums instead of one over every slot)
+        var tile_acc: array<vec4<f32>, D4P>;
+        var tile_l = 0.0;
         for (var c = 0u; c < BC; c++) {
             let p = softmax_weight(s[c], m_new);
-            l_run += p;
+            tile_l += p;
             if SG > 0u {
                 for (var j = 0u; j < D4P; j += SG) {
                     let vl = v_tile[c * D4 + select(j + lane, lane_at(j, lane), SG_GUARD)];
                     for (var l = 0u; l < SG; l++) {
-                        acc[j + l] += p * shuffle4(vl, l);
+                        tile_acc[j + l] += p * shuffle4(vl, l);
                     }
                 }
             } else {
                 for (var x = 0u; x < D4; x++) {
-                    acc[x] += p * v_tile[c * D4 + x];
+                    tile_acc[x] += p * v_tile[c * D4 + x];
                 }
             }
+        }
+        l_run = l_run * corr + tile_l;
+        for (var x = 0u; x < D4P; x++) {
+            acc[x] = acc[x] * corr + tile_acc[x];
         }
         m_run = m_new;
         workgroupBarrier();

@@ -102,10 +102,18 @@ fn softmax(@builtin(global_invocation_id) gid: vec3<u32>) {
         count(1u, contract.m + 1u);
         return;
     }
+    // sums in blocks of SUM_BLOCK keys, then the blocks' sums: two short sums instead of
+    // one over every key (the error of one sum grows with its length)
     var sum = 0.0;
+    var part = 0.0;
     for (var j = 0u; j < contract.m; j++) {
-        sum += exp(s[base + j] - mx);
+        part += exp(s[base + j] - mx);
+        if j % SUM_BLOCK == SUM_BLOCK - 1u {
+            sum += part;
+            part = 0.0;
+        }
     }
+    sum += part;
     let inv = 1.0 / sum;
     for (var j = 0u; j < contract.m; j++) {
         s[base + j] = exp(s[base + j] - mx) * inv;
@@ -114,6 +122,8 @@ fn softmax(@builtin(global_invocation_id) gid: vec3<u32>) {
     count(0u, 3u * contract.m);
     count(1u, contract.m + 1u);
 }
+
+const SUM_BLOCK: u32 = 32u;
 
 @compute @workgroup_size(64)
 fn pv(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -129,9 +139,15 @@ fn pv(@builtin(global_invocation_id) gid: vec3<u32>) {
     let p_base = (gid.y * contract.n + i) * contract.m;
     let v_base = (b * contract.kv_heads + kvh) * contract.m * D4 + x;
     var acc = vec4<f32>(0.0);
+    var part = vec4<f32>(0.0);
     for (var j = 0u; j < contract.m; j++) {
-        acc += s[p_base + j] * v[v_base + j * D4];
+        part += s[p_base + j] * v[v_base + j * D4];
+        if j % SUM_BLOCK == SUM_BLOCK - 1u {
+            acc += part;
+            part = vec4<f32>(0.0);
+        }
     }
+    acc += part;
     o[bh * contract.n * D4 + idx] = acc;
     count(0u, 5u * contract.m);
     count(1u, 4u);
