@@ -99,7 +99,8 @@ def longctx_suite(r, small, shapes):
         r.run(f"decode-{c}", ["decode", "--context", c, "--steps", "8" if small else "32", "--heads", "32",
                               "--kv-heads", "32,8,1", "--d", "128", "--json", os.path.join(r.out, f"decode-{c}.json")],
               timeout=600)
-    r.run("matmul", ["bench", "--matmul", "512" if small else "4096"], timeout=600)
+    # every matmul path the adapter can run: vec4 tiles, cooperative matrices f32 / f16 inputs
+    r.run("matmul", ["bench", "--matmul", "512" if small else "4096", "--tensor-cores", "all"], timeout=600)
     n_bwd = "1k" if small else "16k"
     r.run("backward", ["bench", "--backward", "--n", n_bwd, "--causal", "--heads", "4" if small else "16",
                        "--reps", "2" if small else "3", "--json", os.path.join(r.out, "backward.json")], timeout=600)

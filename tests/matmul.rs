@@ -46,3 +46,51 @@ fn bad_shapes_are_typed_errors() {
     let mm = Matmul::new(g, 2, 3, 4, false, Activation::None).unwrap();
     assert!(matches!(mm.run(g, &[0.0; 5], &[0.0; 12], None), Err(longctx::Error::Shape(_))));
 }
+
+#[test]
+fn tensor_cores_match_the_oracle_where_the_adapter_has_them() {
+    // Cooperative matrices (EXPERIMENTAL_COOPERATIVE_MATRIX): every configuration the
+    // adapter offers runs against the f64 oracle at sizes that are not multiples of the
+    // 2S × 2S block. The software adapter (lavapipe) has none: there the test checks that
+    // the engine says so — the default path is the vec4 kernel and asking for f16 tensor
+    // cores is a typed error — and the kernels' variants are validated by tests/shaders.rs.
+    use longctx::kernels::matmul::{Coop, MatmulOptions, TensorCores};
+    let g = common::gpu();
+    let seed = common::seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let f16 = MatmulOptions { subgroups: true, tensor_cores: TensorCores::F16 };
+    if g.cooperative_matrices().is_empty() {
+        let mm = Matmul::new(g, 33, 40, 50, false, Activation::None).unwrap();
+        assert_eq!((mm.coop(), mm.path().as_str()), (None, "vec4 tiles"));
+        let err = Matmul::with_options(g, 33, 40, 50, false, Activation::None, f16).err().unwrap();
+        assert!(matches!(err, longctx::Error::Config { .. }), "{err}");
+        println!("{}: no cooperative matrices ({err})", g.info().name);
+        return;
+    }
+    let mut ran = 0;
+    for (tc, bound) in [(TensorCores::Exact, 1e-5), (TensorCores::F16, 5e-3)] {
+        let Ok(Some(coop)) = Coop::for_device(g, tc) else { continue };
+        for (m, k, n, bias, act) in [
+            (1, 1, 1, false, Activation::None),
+            (37, 70, 45, true, Activation::Gelu),
+            (130, 257, 99, true, Activation::GeluErf),
+        ] {
+            let (a, b) = (common::random(m * k, &mut rng), common::random(k * n, &mut rng));
+            let bv = bias.then(|| common::random(n, &mut rng));
+            let options = MatmulOptions { subgroups: true, tensor_cores: tc };
+            let mm = Matmul::with_options(g, m, k, n, bias, act, options).unwrap();
+            assert_eq!(mm.coop(), Some(coop));
+            let err = rel_error(
+                &mm.run(g, &a, &b, bv.as_deref()).unwrap(),
+                &matmul_f64(&a, &b, bv.as_deref(), m, k, n, act),
+            );
+            assert!(err <= bound, "{} {m}×{k}×{n}: {err:.2e} > {bound:.0e} (seed {seed})", mm.path());
+            ran += 1;
+        }
+    }
+    assert!(
+        ran > 0,
+        "the adapter reports cooperative matrices {:?} but no path ran",
+        g.cooperative_matrices()
+    );
+}

@@ -66,3 +66,29 @@ fn oversized_workgroup_memory_is_a_typed_error() {
     assert!(matches!(err, longctx::Error::WorkgroupMemory { .. }), "{msg}");
     assert!(msg.contains(&huge.workgroup_bytes(256).to_string()), "{msg}");
 }
+
+#[test]
+fn cooperative_matrix_variants_validate_and_compile_to_spirv() {
+    // Every variant the tensor-core path can choose (S = 8 and 16, f16 and f32 inputs,
+    // subgroups of 32 and 64, every activation): naga's validator, then its SPIR-V writer
+    // (what wgpu's Vulkan backend runs), since no adapter here has the feature.
+    let variants = longctx::kernels::matmul::coop_variants();
+    assert_eq!(variants.len(), 24);
+    for v in &variants {
+        v.validate().unwrap_or_else(|e| panic!("{e}"));
+        let source = v.source();
+        assert!(source.starts_with("enable f16;") || source.starts_with("enable wgpu_cooperative_matrix;"));
+        let module = naga::front::wgsl::parse_str(&source).unwrap();
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .unwrap();
+        let options = naga::back::spv::Options { lang_version: (1, 6), ..Default::default() };
+        let words = naga::back::spv::write_vec(&module, &info, &options, None)
+            .unwrap_or_else(|e| panic!("{}: SPIR-V: {e}", v.name()));
+        assert!(words.len() > 100, "{}: {} SPIR-V words", v.name(), words.len());
+    }
+    println!("{} cooperative-matrix variants validated and written as SPIR-V", variants.len());
+}

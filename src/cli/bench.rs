@@ -86,6 +86,25 @@ pub struct BenchArgs {
     /// Instead of attention, time the tiled matmul at these square sizes (e.g. 512,1024).
     #[arg(long, value_delimiter = ',')]
     matmul: Option<Vec<String>>,
+    /// With --matmul: cooperative matrices (tensor cores). `exact`: f32 ones where the
+    /// adapter has them (else the vec4 kernel); `f16`: inputs rounded to f16, f32
+    /// accumulation (an error where the adapter has none); `off`: never; `all`: each path
+    /// the adapter can run, side by side.
+    #[arg(long, value_enum, default_value = "exact")]
+    tensor_cores: TensorCoresArg,
+}
+
+/// `--tensor-cores`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TensorCoresArg {
+    /// f32 cooperative matrices where offered, else the vec4 kernel.
+    Exact,
+    /// f16 inputs, f32 accumulation; required.
+    F16,
+    /// The vec4 kernel only.
+    Off,
+    /// Every path the adapter can run.
+    All,
 }
 
 /// Parses `512`, `4k`, `1K`.
@@ -206,7 +225,7 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
     let gpu = dev.gpu()?;
     if let Some(sizes) = &a.matmul {
         let sizes = sizes.iter().map(|s| parse_size(s)).collect::<anyhow::Result<Vec<_>>>()?;
-        return matmul_bench(&gpu, &sizes, a.reps.unwrap_or(5));
+        return matmul_bench(&gpu, &sizes, a.reps.unwrap_or(5), a.tensor_cores);
     }
     if a.backward {
         return backward_bench(&gpu, a, started);
@@ -426,19 +445,39 @@ fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant
 
 /// Square matmuls: validated rows against the f64 oracle, then timed (host clock on
 /// software adapters, as everywhere).
-fn matmul_bench(gpu: &longctx::Gpu, sizes: &[usize], reps: usize) -> anyhow::Result<()> {
-    use longctx::kernels::matmul::{Activation, Matmul, matmul_f64};
+fn matmul_bench(gpu: &longctx::Gpu, sizes: &[usize], reps: usize, tc: TensorCoresArg) -> anyhow::Result<()> {
+    use longctx::kernels::matmul::{Activation, Coop, Matmul, MatmulOptions, TensorCores, matmul_f64};
     let peak = peak::best_reading(gpu)?;
+    let paths: Vec<TensorCores> = match tc {
+        TensorCoresArg::Exact => vec![TensorCores::Exact],
+        TensorCoresArg::F16 => vec![TensorCores::F16],
+        TensorCoresArg::Off => vec![TensorCores::Off],
+        TensorCoresArg::All => {
+            let mut v = vec![TensorCores::Off];
+            if Coop::for_device(gpu, TensorCores::Exact)?.is_some() {
+                v.push(TensorCores::Exact);
+            }
+            if Coop::for_device(gpu, TensorCores::F16).is_ok() {
+                v.push(TensorCores::F16);
+            }
+            v
+        }
+    };
+    if gpu.cooperative_matrices().is_empty() {
+        println!("cooperative matrices: none on this adapter; the vec4 kernel runs");
+    }
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED).set_header([
         "M=K=N",
+        "path",
         "ms median [min–max]",
         "GFLOP/s (2·M·K·N)",
         "% FMA peak",
         "rel err (16 rows)",
     ]);
-    for &n in sizes {
-        let mm = Matmul::new(gpu, n, n, n, false, Activation::None)?;
+    for (&n, &path) in sizes.iter().flat_map(|n| paths.iter().map(move |p| (n, p))) {
+        let options = MatmulOptions { subgroups: true, tensor_cores: path };
+        let mm = Matmul::with_options(gpu, n, n, n, false, Activation::None, options)?;
         let (a, b) = (hashed(n * n, 1), hashed(n * n, 2));
         let c = mm.run(gpu, &a, &b, None)?;
         let rows: Vec<usize> = (0..16).map(|i| i * (n - 1) / 15).collect();
@@ -452,6 +491,7 @@ fn matmul_bench(gpu: &longctx::Gpu, sizes: &[usize], reps: usize) -> anyhow::Res
         let gflops = mm.flops() / (timing.median() * 1e-3) / 1e9;
         t.add_row([
             n.to_string(),
+            mm.path(),
             format!("{:.2} [{:.2}–{:.2}]", timing.median(), timing.min(), timing.max()),
             format!("{gflops:.2}"),
             format!("{:.1}", 100.0 * gflops / peak.fma_gflops),

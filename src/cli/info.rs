@@ -56,6 +56,22 @@ pub fn describe(gpu: &Gpu) -> String {
     line("feature SUBGROUP", yes(wgpu::Features::SUBGROUP).into());
     line("feature SHADER_F16", yes(wgpu::Features::SHADER_F16).into());
     line("feature TIMESTAMP_QUERY", yes(wgpu::Features::TIMESTAMP_QUERY).into());
+    line(
+        "feature EXPERIMENTAL_COOPERATIVE_MATRIX",
+        yes(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX).into(),
+    );
+    let coop = gpu.cooperative_matrices();
+    line(
+        "cooperative matrices (M×N×K A/B→C)",
+        if coop.is_empty() {
+            "none (matmul runs its vec4 kernel)".into()
+        } else {
+            coop.iter()
+                .map(|p| format!("{}×{}×{} {:?}→{:?}", p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    );
     debug_assert!(USEFUL_FEATURES.contains(wgpu::Features::SUBGROUP));
     line("workgroup storage", kib(l.max_compute_workgroup_storage_size as u64));
     line("invocations per workgroup", l.max_compute_invocations_per_workgroup.to_string());

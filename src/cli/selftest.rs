@@ -18,6 +18,9 @@ pub fn run(dev: &DeviceArgs) -> anyhow::Result<()> {
         gpu.driver(),
         gpu.profile().0.name
     );
+    if gpu.cooperative_matrices().is_empty() {
+        println!("cooperative matrices: none on this adapter (their checks do not apply)");
+    }
     let outcomes = selftest::run(&gpu, |o| {
         let err = o.rel_err.map_or("—".to_string(), |e| format!("{e:.1e}"));
         match &o.failure {

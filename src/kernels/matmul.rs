@@ -14,6 +14,142 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/matmul.wgsl"),
     bindings: &numbered([Uniform, Read, Read, Read, ReadWrite]),
 };
+/// The cooperative-matrix variant (`shaders/matmul_coop.wgsl`): same bindings.
+const COOP_SHADER: Shader = Shader {
+    stem: "matmul_coop",
+    source: include_str!("../../shaders/matmul_coop.wgsl"),
+    bindings: &numbered([Uniform, Read, Read, Read, ReadWrite]),
+};
+
+/// A cooperative-matrix configuration: S×S matrices, f16 or f32 inputs (f32 accumulation),
+/// one subgroup of `subgroup` invocations per workgroup owning 2 × 2 accumulators (a 2S × 2S
+/// block of C).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Coop {
+    /// Matrix side: 8 or 16.
+    pub size: u32,
+    /// Inputs rounded to f16 (else f32).
+    pub f16: bool,
+    /// The subgroup width the workgroup is made of.
+    pub subgroup: u32,
+}
+
+impl Coop {
+    /// The configuration for `props` (the adapter's cooperative-matrix properties) on a
+    /// device whose subgroups are `subgroup` wide: square S×S×S with f32 accumulation and
+    /// inputs of the asked type (f16 or f32), the larger side preferred; `None` if none
+    /// qualifies.
+    pub fn choose(
+        props: &[wgpu::CooperativeMatrixProperties],
+        subgroup: Option<u32>,
+        f16: bool,
+    ) -> Option<Self> {
+        use wgpu::CooperativeScalarType as T;
+        let subgroup = subgroup?;
+        let ab = if f16 { T::F16 } else { T::F32 };
+        let size = props
+            .iter()
+            .filter(|p| p.ab_type == ab && p.cr_type == T::F32)
+            .filter(|p| p.m_size == p.n_size && p.n_size == p.k_size && matches!(p.m_size, 8 | 16))
+            .map(|p| p.m_size)
+            .max()?;
+        Some(Self { size, f16, subgroup })
+    }
+
+    /// Workgroup memory: A and B slabs in the input type, the f32 block of C.
+    pub fn workgroup_bytes(&self) -> u64 {
+        let (s, bm, bn) = (self.size as u64, 2 * self.size as u64, 2 * self.size as u64);
+        let elem = if self.f16 { 2 } else { 4 };
+        (bm * s + s * bn) * elem + bm * bn * 4
+    }
+
+    /// The shader variant for `act`.
+    pub fn variant(&self, act: Activation) -> ShaderVariant {
+        COOP_SHADER.variant(
+            "main",
+            &[],
+            vec![
+                ("COOP_S", self.size),
+                ("F16_U", self.f16 as u32),
+                ("SGW", self.subgroup),
+                ("ACT", act.code()),
+            ],
+        )
+    }
+}
+
+/// Whether a matmul may run on cooperative matrices (tensor cores).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TensorCores {
+    /// f32 inputs and f32 accumulation where the adapter offers them — the same numbers as
+    /// the vec4 kernel, so models and tests keep their bounds; else the vec4 kernel.
+    #[default]
+    Exact,
+    /// Inputs rounded to f16, products accumulated in f32 (the tensor-core rate; relative
+    /// error ≈ 1e-3): required — a typed error where the adapter has no such configuration.
+    F16,
+    /// Never.
+    Off,
+}
+
+/// How a [`Matmul`] may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulOptions {
+    /// Subgroup operations (shuffles, cooperative matrices) where the device has them.
+    pub subgroups: bool,
+    /// Cooperative matrices.
+    pub tensor_cores: TensorCores,
+}
+
+impl Default for MatmulOptions {
+    fn default() -> Self {
+        Self { subgroups: true, tensor_cores: TensorCores::Exact }
+    }
+}
+
+impl Coop {
+    /// The configuration `use_` asks for on `gpu`: `None` when it need not or cannot use
+    /// cooperative matrices, an error when it must (`F16`) and cannot.
+    pub fn for_device(gpu: &Gpu, use_: TensorCores) -> Result<Option<Self>> {
+        let subgroup = gpu.fixed_subgroup();
+        let props = gpu.cooperative_matrices();
+        let found = match use_ {
+            TensorCores::Off => return Ok(None),
+            TensorCores::Exact => Self::choose(props, subgroup, false),
+            TensorCores::F16 => Self::choose(props, subgroup, true),
+        };
+        if found.is_none() && use_ == TensorCores::F16 {
+            return Err(Error::Config {
+                kernel: "matmul",
+                config: "f16 inputs on cooperative matrices".into(),
+                reason: format!(
+                    "the device offers no square f16×f16→f32 cooperative matrix with a fixed subgroup width (configurations: {:?}; fixed subgroup: {:?}; EXPERIMENTAL_COOPERATIVE_MATRIX: {})",
+                    props,
+                    subgroup,
+                    gpu.features().contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+                ),
+            });
+        }
+        Ok(found)
+    }
+}
+
+/// Every cooperative-matrix variant the engine can build (both sides, both input types, the
+/// subgroup widths of real hardware, every activation): what CI validates with naga.
+pub fn coop_variants() -> Vec<ShaderVariant> {
+    let mut out = Vec::new();
+    for size in [8, 16] {
+        for f16 in [false, true] {
+            for subgroup in [32, 64] {
+                for act in [Activation::None, Activation::Gelu, Activation::GeluErf] {
+                    out.push(Coop { size, f16, subgroup }.variant(act));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Tile of C per workgroup, K slab depth, rows per invocation.
 const TM: u32 = 64;
 const TN: u32 = 32;
@@ -74,7 +210,11 @@ pub struct Matmul {
     chunks: Vec<Chunk>,
     chunk_rows: usize,
     whole: bool,
+    /// Rows and columns of C per workgroup.
+    tm: u32,
     tn: u32,
+    /// The cooperative-matrix configuration in use (`None`: the plain or shuffle kernel).
+    coop: Option<Coop>,
     m: usize,
     k: usize,
     n: usize,
@@ -87,10 +227,11 @@ impl Matmul {
     /// Prepares `C [m, n] = act(A [m, k]·B [k, n] + bias)` (`bias [n]` when `has_bias`), with
     /// subgroup shuffles where the device's width suits.
     pub fn new(gpu: &Gpu, m: usize, k: usize, n: usize, has_bias: bool, act: Activation) -> Result<Self> {
-        Self::with_subgroups(gpu, m, k, n, has_bias, act, true)
+        Self::with_options(gpu, m, k, n, has_bias, act, MatmulOptions::default())
     }
 
-    /// [`Matmul::new`], choosing whether subgroup shuffles may be used.
+    /// [`Matmul::new`], choosing whether subgroup operations (shuffles, cooperative
+    /// matrices) may be used.
     pub fn with_subgroups(
         gpu: &Gpu,
         m: usize,
@@ -100,6 +241,22 @@ impl Matmul {
         act: Activation,
         subgroups: bool,
     ) -> Result<Self> {
+        let tensor_cores = if subgroups { TensorCores::Exact } else { TensorCores::Off };
+        Self::with_options(gpu, m, k, n, has_bias, act, MatmulOptions { subgroups, tensor_cores })
+    }
+
+    /// [`Matmul::new`] with explicit paths.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_options(
+        gpu: &Gpu,
+        m: usize,
+        k: usize,
+        n: usize,
+        has_bias: bool,
+        act: Activation,
+        options: MatmulOptions,
+    ) -> Result<Self> {
+        let subgroups = options.subgroups;
         if m == 0 || k == 0 || n == 0 {
             return Err(Error::Empty { what: "matmul (M, K, N)".into(), shape: vec![m, k, n] });
         }
@@ -128,10 +285,20 @@ impl Matmul {
                 limit,
             });
         }
+        let coop = if subgroups { Coop::for_device(gpu, options.tensor_cores)? } else { None };
         let sg = if subgroups { subgroup_width(gpu) } else { 0 };
-        let (tn, tk) = if sg > 0 { (4 * sg, TK.max(sg)) } else { (TN, TK) };
-        gpu.check_workgroup(NAME, (TM * tk + tk * tn) as u64 * 4, (tn / 4) * (TM / RM))?;
-        gpu.check_dispatch(NAME, [n.div_ceil(tn as usize) as u64, m.div_ceil(TM as usize) as u64, 1])?;
+        let (tm, tn, variant) = match coop {
+            Some(c) => {
+                gpu.check_workgroup("matmul (cooperative matrices)", c.workgroup_bytes(), c.subgroup)?;
+                (2 * c.size, 2 * c.size, c.variant(act))
+            }
+            None => {
+                let (tn, tk) = if sg > 0 { (4 * sg, TK.max(sg)) } else { (TN, TK) };
+                gpu.check_workgroup(NAME, (TM * tk + tk * tn) as u64 * 4, (tn / 4) * (TM / RM))?;
+                (TM, tn, variant(act, sg))
+            }
+        };
+        gpu.check_dispatch(NAME, [n.div_ceil(tn as usize) as u64, m.div_ceil(tm as usize) as u64, 1])?;
         if let Some(limit) = gpu.loop_iteration_limit() {
             // per K slab: two staging loops, TK·RM accumulate steps, slack
             let per_slab = (TM * TK).div_ceil(64) as u64 + TK as u64 * (1 + RM as u64) + 16;
@@ -145,9 +312,11 @@ impl Matmul {
                 });
             }
         }
-        let kernel = gpu.compile(&variant(act, sg))?;
+        let kernel = gpu.compile(&variant)?;
         Ok(Self {
+            tm,
             tn,
+            coop,
             m,
             k,
             n,
@@ -165,6 +334,19 @@ impl Matmul {
         self.chunks =
             Self::chunks(gpu, self.m, self.k, self.n, self.has_bias, true, self.chunk_rows, self.whole);
         self
+    }
+
+    /// The cooperative-matrix configuration in use (`None`: plain loads or shuffles).
+    pub fn coop(&self) -> Option<Coop> {
+        self.coop
+    }
+
+    /// Which kernel runs, for reports: `coop 16×16 f16`, `coop 8×8 f32`, or `vec4 tiles`.
+    pub fn path(&self) -> String {
+        match self.coop {
+            Some(c) => format!("coop {0}×{0} {1}", c.size, if c.f16 { "f16" } else { "f32" }),
+            None => "vec4 tiles".into(),
+        }
     }
 
     /// Dispatches (rows in chunks when A or C exceed one binding).
@@ -248,7 +430,8 @@ impl Matmul {
                 gpu,
                 &[(&ch.dims, None), (a, ch.a), (b, None), (bias.unwrap_or(&self.no_bias), None), (c, ch.c)],
             );
-            let groups = [self.n.div_ceil(self.tn as usize) as u32, ch.rows.div_ceil(TM as usize) as u32, 1];
+            let groups =
+                [self.n.div_ceil(self.tn as usize) as u32, ch.rows.div_ceil(self.tm as usize) as u32, 1];
             self.kernel.dispatch(&mut pass, &bind, groups);
         }
         Ok(())

@@ -209,6 +209,7 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
         })
         .chain(peak::variants())
         .chain(pad::variants())
+        .chain(matmul::coop_variants())
         .chain(route::variants())
         .chain(layer::variants())
         .chain(embed::variants())

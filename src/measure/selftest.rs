@@ -13,11 +13,12 @@ use crate::contract::{AttnShape, Window};
 use crate::error::{Error, Result};
 use crate::kernels::backward::Backward;
 use crate::kernels::decode::{Decoder, DecoderConfig};
-use crate::kernels::matmul::{Activation, Matmul, matmul_f64};
+use crate::kernels::matmul::{Activation, Coop, Matmul, MatmulOptions, TensorCores, matmul_f64};
 use crate::kernels::{Attention, DeviceTensors, Kernel};
 use crate::runtime::Gpu;
 
-/// Relative error every f32 check must stay under (‖got − oracle‖ / ‖oracle‖).
+/// Relative error every f32 check must stay under (‖got − oracle‖ / ‖oracle‖); the f16
+/// tensor-core check has its own, 5e-3.
 pub const BOUND: f64 = 1e-5;
 
 /// One check's outcome.
@@ -41,7 +42,8 @@ impl Outcome {
     }
 }
 
-type Check = (String, Box<dyn Fn(&Gpu) -> Result<f64>>);
+/// A check: its name, its bound on the relative error, and the run.
+type Check = (String, f64, Box<dyn Fn(&Gpu) -> Result<f64>>);
 
 /// The attention problems every kernel is checked on: each feature of the contract once.
 fn problems() -> Vec<(&'static str, AttnSpec)> {
@@ -141,15 +143,16 @@ fn decode(gpu: &Gpu, heads: usize, kv_heads: usize, d: usize, window: Option<usi
 }
 
 /// The tiled matmul with bias and GELU against `matmul_f64`.
-fn matmul(gpu: &Gpu, act: Activation) -> Result<f64> {
+fn matmul(gpu: &Gpu, act: Activation, tensor_cores: TensorCores) -> Result<f64> {
     let (m, k, n) = (37, 70, 45);
     let (a, b, bias) = (seeded(m * k, 1), seeded(k * n, 2), seeded(n, 3));
-    let got = Matmul::new(gpu, m, k, n, true, act)?.run(gpu, &a, &b, Some(&bias))?;
+    let options = MatmulOptions { subgroups: true, tensor_cores };
+    let got = Matmul::with_options(gpu, m, k, n, true, act, options)?.run(gpu, &a, &b, Some(&bias))?;
     Ok(rel_error(&got, &matmul_f64(&a, &b, Some(&bias), m, k, n, act)))
 }
 
-/// Every check, in order.
-fn checks() -> Vec<Check> {
+/// Every check for `gpu`, in order (cooperative-matrix checks only where it has them).
+fn checks(gpu: &Gpu) -> Vec<Check> {
     let mut out: Vec<Check> = Vec::new();
     let shape_of = |s: &AttnSpec| {
         let x = s.shape;
@@ -159,7 +162,7 @@ fn checks() -> Vec<Check> {
         for kernel in [Kernel::Flash, Kernel::Naive] {
             let name = format!("{} {label} {}", kernel.name(), shape_of(&spec));
             let spec = spec.clone();
-            out.push((name, Box::new(move |g: &Gpu| forward(g, kernel, &spec))));
+            out.push((name, BOUND, Box::new(move |g: &Gpu| forward(g, kernel, &spec))));
         }
     }
     for (label, spec) in problems().into_iter().filter(|(l, _)| {
@@ -180,7 +183,7 @@ fn checks() -> Vec<Check> {
                 shape_of(&spec)
             );
             let spec = spec.clone();
-            out.push((name, Box::new(move |g: &Gpu| backward(g, &spec, naive))));
+            out.push((name, BOUND, Box::new(move |g: &Gpu| backward(g, &spec, naive))));
         }
     }
     for (label, h, hkv, d, w) in [
@@ -192,26 +195,45 @@ fn checks() -> Vec<Check> {
     ] {
         out.push((
             format!("decode {label} alibi H={h}/{hkv} D={d}, 45 cached + 3 steps"),
+            BOUND,
             Box::new(move |g: &Gpu| decode(g, h, hkv, d, w)),
         ));
     }
     for act in [Activation::None, Activation::Gelu, Activation::GeluErf] {
-        out.push((format!("matmul 37×70·70×45 + bias, {act:?}"), Box::new(move |g: &Gpu| matmul(g, act))));
+        out.push((
+            format!("matmul 37×70·70×45 + bias, {act:?}"),
+            BOUND,
+            Box::new(move |g: &Gpu| matmul(g, act, TensorCores::Off)),
+        ));
+    }
+    // tensor cores, where the adapter has them: f32 inputs exact, f16 inputs to 5e-3
+    for (tc, bound) in [(TensorCores::Exact, BOUND), (TensorCores::F16, 5e-3)] {
+        if let Ok(Some(c)) = Coop::for_device(gpu, tc) {
+            out.push((
+                format!(
+                    "matmul 37×70·70×45 + bias, Gelu, cooperative {0}×{0} {1} inputs",
+                    c.size,
+                    if c.f16 { "f16" } else { "f32" }
+                ),
+                bound,
+                Box::new(move |g: &Gpu| matmul(g, Activation::Gelu, tc)),
+            ));
+        }
     }
     out
 }
 
 /// Runs every check on `gpu`, calling `each` with each outcome as it finishes.
 pub fn run(gpu: &Gpu, mut each: impl FnMut(&Outcome)) -> Vec<Outcome> {
-    checks()
+    checks(gpu)
         .into_iter()
-        .map(|(name, check)| {
+        .map(|(name, bound, check)| {
             let t0 = Instant::now();
             let result = check(gpu);
             let ms = t0.elapsed().as_secs_f64() * 1e3;
             let (rel_err, failure) = match result {
-                Ok(e) if e.is_finite() && e <= BOUND => (Some(e), None),
-                Ok(e) => (Some(e), Some(format!("rel err {e:.2e} above {BOUND:.0e}"))),
+                Ok(e) if e.is_finite() && e <= bound => (Some(e), None),
+                Ok(e) => (Some(e), Some(format!("rel err {e:.2e} above {bound:.0e}"))),
                 Err(e) => (None, Some(e.to_string())),
             };
             let outcome = Outcome { name, rel_err, failure, ms };

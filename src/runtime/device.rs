@@ -35,8 +35,10 @@ impl Default for GpuOptions {
 }
 
 /// The optional features longctx uses when the adapter has them.
-pub const USEFUL_FEATURES: wgpu::Features =
-    wgpu::Features::SUBGROUP.union(wgpu::Features::SHADER_F16).union(wgpu::Features::TIMESTAMP_QUERY);
+pub const USEFUL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
+    .union(wgpu::Features::SHADER_F16)
+    .union(wgpu::Features::TIMESTAMP_QUERY)
+    .union(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
 
 /// A wgpu device and queue plus what longctx knows about them.
 ///
@@ -54,6 +56,7 @@ pub struct Gpu {
     profile: Profile,
     profile_reason: String,
     tuned: Option<Tuned>,
+    coop: Vec<wgpu::CooperativeMatrixProperties>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -115,9 +118,21 @@ pub fn device_descriptor(
     adapter: &wgpu::Adapter,
     limits: Option<wgpu::Limits>,
 ) -> wgpu::DeviceDescriptor<'static> {
+    let required_features = adapter.features() & USEFUL_FEATURES;
+    let experimental_features = if required_features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+    {
+        // SAFETY: the one experimental feature longctx asks for is cooperative matrices, used
+        // only by matmul_coop.wgsl's variants (naga-validated and written as SPIR-V in CI),
+        // chosen only from configurations the adapter reports, and checked against the f64
+        // oracle by `longctx selftest` and the tests wherever an adapter has them.
+        unsafe { wgpu::ExperimentalFeatures::enabled() }
+    } else {
+        wgpu::ExperimentalFeatures::disabled()
+    };
     wgpu::DeviceDescriptor {
         label: Some("longctx"),
-        required_features: adapter.features() & USEFUL_FEATURES,
+        required_features,
+        experimental_features,
         required_limits: limits.unwrap_or_else(|| adapter.limits()),
         ..Default::default()
     }
@@ -156,7 +171,8 @@ impl Gpu {
         };
         let (device, queue) =
             pollster::block_on(adapter.request_device(&device_descriptor(&adapter, options.limits.clone())))?;
-        let mut gpu = Self::from_wgpu(device, queue, adapter.get_info());
+        let mut gpu = Self::from_wgpu(device, queue, adapter.get_info())
+            .with_cooperative_matrices(adapter.cooperative_matrix_properties());
         if options.tuned {
             gpu = gpu.with_cached_tuning();
         }
@@ -221,6 +237,7 @@ impl Gpu {
             profile,
             profile_reason,
             tuned: None,
+            coop: Vec::new(),
             limits: device.limits(),
             features: device.features(),
             device,
@@ -228,6 +245,23 @@ impl Gpu {
             info,
             caches: Caches::default(),
         }
+    }
+
+    /// This device with the adapter's cooperative-matrix configurations
+    /// (`Adapter::cooperative_matrix_properties`), which a device does not report: how a host
+    /// application that created its device with `EXPERIMENTAL_COOPERATIVE_MATRIX` lets the
+    /// kernels use them. Ignored when the device lacks the feature.
+    pub fn with_cooperative_matrices(mut self, props: Vec<wgpu::CooperativeMatrixProperties>) -> Self {
+        if self.features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            self.coop = props;
+        }
+        self
+    }
+
+    /// The cooperative-matrix configurations the kernels may use (empty: none; the software
+    /// adapter has none).
+    pub fn cooperative_matrices(&self) -> &[wgpu::CooperativeMatrixProperties] {
+        &self.coop
     }
 
     /// The adapter's name, vendor, device type, backend and driver.

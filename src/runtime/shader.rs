@@ -71,8 +71,10 @@ impl Shader {
 
 /// One compilable variant of a kernel.
 ///
-/// Constants named `NAME_U` become booleans `NAME`; `F16_U` also selects the storage type
-/// `in4` (`vec4<f16>` with `enable f16;`, else `vec4<f32>`).
+/// Constants named `NAME_U` become booleans `NAME`; `F16_U` also selects the storage types
+/// `in4` and `in1` (`vec4<f16>` and `f16` with `enable f16;`, else f32). `COOP_S` (8 or 16)
+/// enables `wgpu_cooperative_matrix` and declares `coop_a`, `coop_b` (S×S, storage type)
+/// and `coop_c` (S×S, f32).
 #[derive(Clone, Debug)]
 pub struct ShaderVariant {
     /// The kernel family's shader.
@@ -110,11 +112,24 @@ impl ShaderVariant {
     pub fn source(&self) -> String {
         let mut src = String::new();
         let f16 = self.consts.iter().find(|(n, _)| *n == "F16_U").map(|&(_, v)| v != 0);
+        let coop = self.consts.iter().find(|(n, _)| *n == "COOP_S").map(|&(_, v)| v);
         if f16 == Some(true) {
             src.push_str("enable f16;\n");
         }
+        if coop.is_some() {
+            src.push_str("enable wgpu_cooperative_matrix;\n");
+        }
         if let Some(f16) = f16 {
-            src.push_str(if f16 { "alias in4 = vec4<f16>;\n" } else { "alias in4 = vec4<f32>;\n" });
+            let t = if f16 { "f16" } else { "f32" };
+            src.push_str(&format!("alias in4 = vec4<{t}>;\nalias in1 = {t};\n"));
+        }
+        if let Some(s) = coop {
+            // the cooperative-matrix types of this variant: inputs (A, B) of the storage type,
+            // accumulator (C) f32
+            let t = if f16 == Some(true) { "f16" } else { "f32" };
+            src.push_str(&format!(
+                "alias coop_a = coop_mat{s}x{s}<{t}, A>;\nalias coop_b = coop_mat{s}x{s}<{t}, B>;\nalias coop_c = coop_mat{s}x{s}<f32, C>;\n"
+            ));
         }
         for (name, value) in &self.consts {
             match name.strip_suffix("_U") {
