@@ -37,6 +37,35 @@ fn file_err(path: &Path, message: impl Into<String>) -> Error {
     Error::File { path: path.to_path_buf(), message: message.into() }
 }
 
+/// The largest file the engine reads whole (weights, configs, tokenizers): 16 GiB.
+pub const MAX_FILE_BYTES: u64 = 16 << 30;
+
+/// The size of `path` if it is a regular file of at most `limit` bytes. A FIFO, device
+/// (`/dev/zero`), directory or socket is refused before it is opened — opening a FIFO
+/// blocks until a writer comes, and a device can stream forever.
+pub fn check_regular(path: &Path, limit: u64) -> Result<u64> {
+    let meta = std::fs::metadata(path).map_err(|e| file_err(path, format!("cannot open: {e}")))?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() { "a directory" } else { "not a regular file (a FIFO, device or socket)" };
+        return Err(file_err(path, format!("{kind}; tensors, weights and configs are read from regular files")));
+    }
+    if meta.len() > limit {
+        return Err(file_err(path, format!("{} bytes, more than the {limit} this reader accepts", meta.len())));
+    }
+    Ok(meta.len())
+}
+
+/// Reads a regular file of at most `limit` bytes whole (see [`check_regular`]).
+pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let len = check_regular(path, limit)?;
+    use std::io::Read;
+    let file = File::open(path).map_err(|e| file_err(path, format!("cannot open: {e}")))?;
+    // never more than the limit, even if the file grew since it was measured
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(limit).read_to_end(&mut bytes).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    Ok(bytes)
+}
+
 /// The shape in an `.npy` header, read before the parser sees it: a header whose dimensions
 /// multiply past `usize` is refused here (the parser would overflow counting its records).
 /// `None` when the header cannot be read this way; the parser then reports what is wrong.
@@ -65,6 +94,7 @@ fn header_shape(reader: &mut BufReader<File>) -> Option<Vec<u64>> {
 }
 
 fn open_npy(path: &Path) -> Result<(npyz::NpyFile<BufReader<File>>, String, Vec<usize>)> {
+    let file_len = check_regular(path, u64::MAX)?;
     let file = File::open(path).map_err(|e| file_err(path, format!("cannot open: {e}")))?;
     let mut reader = BufReader::new(file);
     if let Some(dims) = header_shape(&mut reader) {
@@ -84,10 +114,25 @@ fn open_npy(path: &Path) -> Result<(npyz::NpyFile<BufReader<File>>, String, Vec<
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
     // a header whose dimensions multiply past usize would otherwise wrap to a small count
-    if element_count(&shape).is_none() {
+    let Some(count) = element_count(&shape) else {
         return Err(file_err(path, format!("shape {shape:?} holds more elements than fit in memory")));
+    };
+    // the data the header promises must be in the file: reads stay bounded by it, and a
+    // lying header is an error before anything is allocated for it
+    let item = match npy.dtype() {
+        npyz::DType::Plain(ts) => ts.num_bytes().unwrap_or(1) as u64,
+        _ => 1,
+    };
+    match (count as u64).checked_mul(item) {
+        Some(bytes) if bytes <= file_len => Ok((npy, descr, shape)),
+        promised => Err(file_err(
+            path,
+            format!(
+                "truncated: shape {shape:?} of {descr} promises {} bytes of data, the whole file has {file_len}",
+                promised.map_or("more than 2^64".to_string(), |b| b.to_string())
+            ),
+        )),
     }
-    Ok((npy, descr, shape))
 }
 
 /// Reads a numeric `.npy` file of any common dtype (float, int, uint, bool) as f64 — for
@@ -246,7 +291,7 @@ pub struct SafetensorsFile {
 impl SafetensorsFile {
     /// Reads the file and parses its header.
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot open: {e}")))?;
+        let bytes = read_regular(path, MAX_FILE_BYTES)?;
         let (header, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| file_err(path, format!("not a valid .safetensors file: {e}")))?;
         Ok(Self { path: path.to_path_buf(), bytes, header, metadata })

@@ -107,14 +107,15 @@ pub enum TensorCoresArg {
     All,
 }
 
-/// Parses `512`, `4k`, `1K`.
+/// Parses `512`, `4k`, `1K`, `16M` (k = 1024, M = 1024²).
 pub fn parse_size(s: &str) -> anyhow::Result<usize> {
     let t = s.trim().to_lowercase();
-    let (num, mul) = match t.strip_suffix('k') {
-        Some(x) => (x, 1024),
-        None => (t.as_str(), 1),
+    let (num, mul) = match (t.strip_suffix('k'), t.strip_suffix('m')) {
+        (Some(x), _) => (x, 1024),
+        (_, Some(x)) => (x, 1024 * 1024),
+        _ => (t.as_str(), 1),
     };
-    let v: usize = num.parse().with_context(|| format!("size `{s}`: expected a number like 512 or 4k"))?;
+    let v: usize = num.parse().with_context(|| format!("size `{s}`: expected a number like 512, 4k or 1M"))?;
     v.checked_mul(mul).with_context(|| format!("size `{s}` does not fit in {} bits", usize::BITS))
 }
 

@@ -55,11 +55,16 @@ pub fn render(spec: &AttnSpec, map: &BlockMap, width: usize) -> String {
     let s = spec.shape;
     let (nq, nk) = (map.n_qtiles, map.n_ktiles);
     let (gy, gx) = (nq.div_ceil(width), nk.div_ceil(width));
-    // per tile of head 0: 0 skipped, 1 partial, 2 full
-    let mut grid = vec![0u8; nq * nk];
+    // per character of head 0: tiles listed and tiles full — memory proportional to the
+    // characters and time to the listed tiles, never to all nq × nk tiles
+    let (rows, cols) = (nq.div_ceil(gy), nk.div_ceil(gx));
+    let mut listed = vec![0usize; rows * cols];
+    let mut full = vec![0usize; rows * cols];
     for qt in 0..nq {
         for &e in map.row(0, qt) {
-            grid[qt * nk + (e & !FULL) as usize] = if e & FULL != 0 { 2 } else { 1 };
+            let at = (qt / gy) * cols + (e & !FULL) as usize / gx;
+            listed[at] += 1;
+            full[at] += (e & FULL != 0) as usize;
         }
     }
     let mut out = format!(
@@ -72,15 +77,13 @@ pub fn render(spec: &AttnSpec, map: &BlockMap, width: usize) -> String {
         map.br,
         map.bc
     );
-    for cy in 0..nq.div_ceil(gy) {
-        for cx in 0..nk.div_ceil(gx) {
-            let cells: Vec<u8> = (cy * gy..((cy + 1) * gy).min(nq))
-                .flat_map(|qt| (cx * gx..((cx + 1) * gx).min(nk)).map(move |kt| (qt, kt)))
-                .map(|(qt, kt)| grid[qt * nk + kt])
-                .collect();
-            out.push(if cells.iter().all(|&c| c == 2) {
+    for cy in 0..rows {
+        for cx in 0..cols {
+            let tiles = (((cy + 1) * gy).min(nq) - cy * gy) * (((cx + 1) * gx).min(nk) - cx * gx);
+            let at = cy * cols + cx;
+            out.push(if full[at] == tiles {
                 '█'
-            } else if cells.iter().all(|&c| c == 0) {
+            } else if listed[at] == 0 {
                 '·'
             } else {
                 '▒'

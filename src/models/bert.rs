@@ -247,14 +247,16 @@ impl BertModel {
             }
         };
         let config_path = file("config.json")?;
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|e| Error::File { path: config_path.clone(), message: format!("cannot read: {e}") })?;
+        let text = String::from_utf8(crate::io::read_regular(&config_path, 1 << 20)?)
+            .map_err(|e| Error::File { path: config_path.clone(), message: format!("not UTF-8 text: {e}") })?;
         let config: BertConfig = serde_json::from_str(&text).map_err(|e| Error::File {
             path: config_path.clone(),
             message: format!("not a BERT config: {e}"),
         })?;
         let weights = BertWeights::load(&file("model.safetensors")?, config)?;
         let tok_path = file("tokenizer.json")?;
+        // the tokenizer crate opens the file itself: refuse a FIFO or device first
+        crate::io::check_regular(&tok_path, 1 << 30)?;
         let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| Error::File { path: tok_path.clone(), message: format!("not a tokenizer: {e}") })?;
         tokenizer.with_padding(None);
@@ -295,7 +297,8 @@ impl BertModel {
 
 /// `max_seq_length` of a sentence-transformers `sentence_bert_config.json`, if present.
 fn sentence_max_len(dir: &Path) -> Option<usize> {
-    let text = std::fs::read_to_string(dir.join("sentence_bert_config.json")).ok()?;
+    let bytes = crate::io::read_regular(&dir.join("sentence_bert_config.json"), 1 << 20).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v.get("max_seq_length")?.as_u64().map(|x| x as usize)
 }

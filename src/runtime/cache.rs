@@ -36,11 +36,20 @@ impl DiskCache {
     /// Every readable entry of this schema.
     pub fn load<T: DeserializeOwned>(&self) -> Vec<T> {
         let Some(path) = self.path() else { return Vec::new() };
-        let Ok(bytes) = std::fs::read(&path) else { return Vec::new() };
+        if !path.exists() {
+            return Vec::new();
+        }
+        let bytes = match crate::io::read_regular(&path, 64 << 20) {
+            Ok(b) => b,
+            Err(e) => {
+                log::warn!("ignoring the cache: {e} (delete it, or run with --untuned)");
+                return Vec::new();
+            }
+        };
         let values: Vec<serde_json::Value> = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
             Err(e) => {
-                log::warn!("ignoring unreadable cache {}: {e}", path.display());
+                log::warn!("ignoring unreadable cache {}: {e} (delete it, or run with --untuned)", path.display());
                 return Vec::new();
             }
         };
@@ -54,7 +63,10 @@ impl DiskCache {
                     path.display(),
                     self.schema
                 ),
-                Err(e) => log::warn!("ignoring an unreadable entry in {}: {e}", path.display()),
+                Err(e) => log::warn!(
+                    "ignoring an unreadable entry in {}: {e} (delete the file, or run with --untuned)",
+                    path.display()
+                ),
             }
         }
         out
