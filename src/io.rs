@@ -46,11 +46,18 @@ pub const MAX_FILE_BYTES: u64 = 16 << 30;
 pub fn check_regular(path: &Path, limit: u64) -> Result<u64> {
     let meta = std::fs::metadata(path).map_err(|e| file_err(path, format!("cannot open: {e}")))?;
     if !meta.is_file() {
-        let kind = if meta.is_dir() { "a directory" } else { "not a regular file (a FIFO, device or socket)" };
-        return Err(file_err(path, format!("{kind}; tensors, weights and configs are read from regular files")));
+        let kind =
+            if meta.is_dir() { "a directory" } else { "not a regular file (a FIFO, device or socket)" };
+        return Err(file_err(
+            path,
+            format!("{kind}; tensors, weights and configs are read from regular files"),
+        ));
     }
     if meta.len() > limit {
-        return Err(file_err(path, format!("{} bytes, more than the {limit} this reader accepts", meta.len())));
+        return Err(file_err(
+            path,
+            format!("{} bytes, more than the {limit} this reader accepts", meta.len()),
+        ));
     }
     Ok(meta.len())
 }

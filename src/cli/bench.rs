@@ -115,7 +115,8 @@ pub fn parse_size(s: &str) -> anyhow::Result<usize> {
         (_, Some(x)) => (x, 1024 * 1024),
         _ => (t.as_str(), 1),
     };
-    let v: usize = num.parse().with_context(|| format!("size `{s}`: expected a number like 512, 4k or 1M"))?;
+    let v: usize =
+        num.parse().with_context(|| format!("size `{s}`: expected a number like 512, 4k or 1M"))?;
     v.checked_mul(mul).with_context(|| format!("size `{s}` does not fit in {} bits", usize::BITS))
 }
 

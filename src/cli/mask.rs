@@ -45,7 +45,7 @@ pub fn run(a: &MaskCmdArgs) -> anyhow::Result<()> {
             (c.br as usize, c.bc as usize)
         }
     };
-    let map = BlockMap::build(&spec, br, bc)?;
+    let map = BlockMap::build_within(&spec, br, bc, longctx::kernels::host_budget())?;
     print!("{}", render(&spec, &map, a.width.max(1)));
     Ok(())
 }

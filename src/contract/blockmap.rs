@@ -44,8 +44,17 @@ pub struct BlockMap {
 }
 
 impl BlockMap {
-    /// The map of `spec`'s band and sparse mask for `br × bc` tiles.
+    /// The map of `spec`'s band and sparse mask for `br × bc` tiles (see
+    /// [`BlockMap::build_within`]; no byte budget beyond the u32 indexing limit).
     pub fn build(spec: &AttnSpec, br: usize, bc: usize) -> Result<Self> {
+        Self::build_within(spec, br, bc, u64::MAX)
+    }
+
+    /// [`BlockMap::build`] holding at most `budget` bytes of host memory: the map grows
+    /// with the tiles it lists (time with the tiles the band allows), and a map that would
+    /// outgrow the budget — or the u32 words a kernel indexes it with — is an error before
+    /// it does, naming the bytes it would need (extrapolated from the query tiles built).
+    pub fn build_within(spec: &AttnSpec, br: usize, bc: usize, budget: u64) -> Result<Self> {
         if br == 0 || bc == 0 || bc > MAX_BC {
             return Err(Error::Config {
                 kernel: "block map",
@@ -72,6 +81,40 @@ impl BlockMap {
             bits: Vec::new(),
             visible: 0,
         };
+        // Without a sparse mask the band's tiles are the map: count them (O(query tiles))
+        // and refuse before allocating; with one, the checks below stop the build as it grows.
+        let tiles_in_band = |qt: usize| -> u64 {
+            let rows = qt * br..((qt + 1) * br).min(n);
+            let j_min = (q_off + rows.start as i64 - hi).max(0);
+            let j_max = (q_off + rows.end as i64 - 1 - lo).min(m as i64 - 1);
+            if j_min > j_max { 0 } else { (j_max as u64 / bc as u64) - (j_min as u64 / bc as u64) + 1 }
+        };
+        let too_big = |words: u64, listed: u64, built: u64| -> Option<Error> {
+            let total = (heads * n_qtiles) as u64;
+            let what = |listed: u64| {
+                format!("the block map of {br}×{bc} tiles ({listed} tiles listed over {total} query tiles)")
+            };
+            if words >= u32::MAX as u64 {
+                return Some(Error::OutOfRange {
+                    what: format!("{}: u32 words (kernels index the map with u32)", what(listed)),
+                    value: words.saturating_mul(total) / built.max(1),
+                    min: 0,
+                    max: u32::MAX as u64 - 1,
+                });
+            }
+            (words * 4 > budget).then(|| Error::HostMemory {
+                what: what(listed),
+                bytes: (words * 4).saturating_mul(total) / built.max(1),
+                available: budget,
+            })
+        };
+        if mask.is_none() {
+            let listed: u64 = (0..n_qtiles).map(tiles_in_band).sum();
+            let words = (n_qtiles + 1) as u64 + 2 * listed;
+            if let Some(e) = too_big(words, listed, n_qtiles as u64) {
+                return Err(e);
+            }
+        }
         for h in 0..heads {
             for qt in 0..n_qtiles {
                 let rows = qt * br..((qt + 1) * br).min(n);
@@ -115,6 +158,10 @@ impl BlockMap {
                         map.entries.push(kt as u32 | if full { FULL } else { 0 });
                         map.mask_index.push(index);
                     }
+                }
+                let words = (map.row_ptr.len() + 2 * map.entries.len() + map.bits.len()) as u64;
+                if let Some(e) = too_big(words, map.entries.len() as u64, (h * n_qtiles + qt + 1) as u64) {
+                    return Err(e);
                 }
                 map.row_ptr.push(map.entries.len() as u32);
             }

@@ -337,7 +337,7 @@ impl Backward {
         gpu.check_workgroup("backward dkv", c.dkv_workgroup_bytes(d), c.bc)?;
         // tensors beyond one binding run in chunks of kv heads, as the forward does
         let chunks = flash::Chunk::plan(gpu, spec)?;
-        let map = BlockMap::build(spec, c.br as usize, c.bc as usize)?;
+        let map = BlockMap::build_within(spec, c.br as usize, c.bc as usize, crate::kernels::host_budget())?;
         let cols = map.columns();
         for (kernel, groups) in [
             ("backward delta", [s.n.div_ceil(DELTA_ROWS as usize), s.heads, s.batch]),

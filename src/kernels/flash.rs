@@ -13,7 +13,8 @@ use crate::contract::blockmap::BlockMap;
 use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::{
-    AttnBuffers, COMMON, Contract, Tiles, Traffic, check_head_dim, check_shuffles, lanes, slopes_words,
+    AttnBuffers, COMMON, Contract, Tiles, Traffic, check_head_dim, check_shuffles, host_budget, lanes,
+    slopes_words,
 };
 use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
 use crate::runtime::{Gpu, Profile, Tuned};
@@ -330,7 +331,7 @@ impl Flash {
             });
         }
 
-        let map = BlockMap::build(spec, config.br as usize, config.bc as usize)?;
+        let map = BlockMap::build_within(spec, config.br as usize, config.bc as usize, host_budget())?;
         let (mut words, [entries, mask_index, bits]) = map.to_gpu_words();
         let mut tiles = Tiles::of_map(&map, [entries, mask_index, bits]);
         tiles.pass_tiles = config.pass_tiles;

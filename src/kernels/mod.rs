@@ -587,6 +587,12 @@ pub fn attention(
     Attention::new(gpu, kernel, spec)?.run(gpu, q, k, v)
 }
 
+/// Host bytes a block map may take: what the host has available (unbounded where that
+/// cannot be read).
+pub fn host_budget() -> u64 {
+    crate::runtime::host::available_bytes().unwrap_or(u64::MAX)
+}
+
 /// Slopes buffer contents: the spec's slopes or a single zero (bindings cannot be empty).
 pub(crate) fn slopes_words(spec: &AttnSpec) -> Vec<f32> {
     spec.slopes().unwrap_or_else(|| vec![0.0])

@@ -247,8 +247,9 @@ impl BertModel {
             }
         };
         let config_path = file("config.json")?;
-        let text = String::from_utf8(crate::io::read_regular(&config_path, 1 << 20)?)
-            .map_err(|e| Error::File { path: config_path.clone(), message: format!("not UTF-8 text: {e}") })?;
+        let text = String::from_utf8(crate::io::read_regular(&config_path, 1 << 20)?).map_err(|e| {
+            Error::File { path: config_path.clone(), message: format!("not UTF-8 text: {e}") }
+        })?;
         let config: BertConfig = serde_json::from_str(&text).map_err(|e| Error::File {
             path: config_path.clone(),
             message: format!("not a BERT config: {e}"),

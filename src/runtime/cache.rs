@@ -49,7 +49,10 @@ impl DiskCache {
         let values: Vec<serde_json::Value> = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
             Err(e) => {
-                log::warn!("ignoring unreadable cache {}: {e} (delete it, or run with --untuned)", path.display());
+                log::warn!(
+                    "ignoring unreadable cache {}: {e} (delete it, or run with --untuned)",
+                    path.display()
+                );
                 return Vec::new();
             }
         };
