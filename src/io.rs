@@ -202,8 +202,10 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// Writes a float32 `.npy` file to a temporary file beside `path`.
+    /// Writes a float32 `.npy` file to a temporary file beside `path` (beside its target
+    /// when `path` is a symlink).
     pub fn npy(&mut self, path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+        let path = &output_target(path)?;
         let tmp = temp_beside(path);
         let io = |e: std::io::Error| file_err(path, format!("write failed: {e}"));
         let file = File::create(&tmp).map_err(|e| file_err(path, format!("cannot create: {e}")))?;
@@ -219,15 +221,21 @@ impl Staged {
         w.finish().map_err(io)
     }
 
-    /// Writes `bytes` to a temporary file beside `path`.
+    /// Writes `bytes` to a temporary file beside `path` (beside its target when `path` is a
+    /// symlink).
     pub fn bytes(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let path = &output_target(path)?;
         let tmp = temp_beside(path);
         self.files.push((tmp.clone(), path.to_path_buf()));
         std::fs::write(&tmp, bytes).map_err(|e| file_err(path, format!("write failed: {e}")))
     }
 
-    /// Renames every staged file into place.
+    /// Renames every staged file into place, once every destination is known to take it
+    /// (a destination that became a directory or device meanwhile fails before any rename).
     pub fn commit(mut self) -> Result<()> {
+        for (_, path) in &self.files {
+            output_target(path)?;
+        }
         for (tmp, path) in std::mem::take(&mut self.files) {
             std::fs::rename(&tmp, &path).map_err(|e| {
                 let _ = std::fs::remove_file(&tmp);
@@ -253,6 +261,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     staged.commit()
 }
 
+/// Where an output at `path` is written: `path` itself (new, or an existing regular file),
+/// or a symlink's regular target. A directory, device, FIFO or socket is refused: outputs
+/// replace a regular file by renaming, which would otherwise replace `/dev/null` with a
+/// regular file or fail only after the earlier outputs were moved into place.
+pub fn output_target(path: &Path) -> Result<PathBuf> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(path.to_path_buf()),
+        Err(e) => return Err(file_err(path, format!("cannot be written: {e}"))),
+        Ok(m) => m,
+    };
+    let (target, meta) = if meta.file_type().is_symlink() {
+        let target = std::fs::canonicalize(path)
+            .map_err(|e| file_err(path, format!("is a symlink whose target cannot be used: {e}")))?;
+        let meta =
+            std::fs::metadata(&target).map_err(|e| file_err(path, format!("cannot be written: {e}")))?;
+        (target, meta)
+    } else {
+        (path.to_path_buf(), meta)
+    };
+    if meta.is_dir() {
+        return Err(file_err(path, "is a directory; give a file name for the output"));
+    }
+    if !meta.is_file() {
+        return Err(file_err(
+            path,
+            "is not a regular file (a device, FIFO or socket); outputs are written to a temporary file and renamed over a regular file",
+        ));
+    }
+    Ok(target)
+}
+
 fn temp_beside(path: &Path) -> PathBuf {
     let name = path.file_name().map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
@@ -268,12 +307,13 @@ pub fn check_outputs(outputs: &[&Path], inputs: &[&Path]) -> Result<()> {
     let mut seen: Vec<PathBuf> = inputs.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
     let n_inputs = seen.len();
     for &out in outputs {
-        let full = canon(out).map_err(|e| file_err(out, format!("its folder cannot be used: {e}")))?;
+        let target = output_target(out)?;
+        let full = canon(&target).map_err(|e| file_err(out, format!("its folder cannot be used: {e}")))?;
         if let Some(i) = seen.iter().position(|s| *s == full) {
             let what = if i < n_inputs { "an input" } else { "another output" };
             return Err(file_err(out, format!("is also {what}; every output needs its own path")));
         }
-        let probe = temp_beside(out);
+        let probe = temp_beside(&target);
         File::create(&probe).map_err(|e| file_err(out, format!("cannot be written: {e}")))?;
         let _ = std::fs::remove_file(&probe);
         seen.push(full);

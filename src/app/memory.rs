@@ -39,7 +39,14 @@ pub fn memory_ui(ui: &mut egui::Ui, st: &mut MemoryState) {
         return;
     };
     let n = st.n_k * 1024;
-    let plan = Plan::new(&model, n, 1, 2);
+    // presets at 1K–256K tokens are far below 2^64 bytes; an error is shown, never a panic
+    let plan = match Plan::new(&model, n, 1, 2) {
+        Ok(p) => p,
+        Err(e) => {
+            ui.label(e.to_string());
+            return;
+        }
+    };
     // the context cost model of docs/DESIGN.md §2
     ui.label(format!(
         "{}: {:.2} B parameters, bf16; growing the context 2K -> {}K costs {:.1}x by the cost model (d + p·n)/(d + n)",
@@ -73,7 +80,9 @@ pub fn memory_ui(ui: &mut egui::Ui, st: &mut MemoryState) {
     let ks: Vec<usize> = (0..=9).map(|i| 1usize << i).map(|k| k * 1024).collect(); // 1K … 512K
     let log = |x: f64| x.max(1.0).log10();
     let series = |f: &dyn Fn(&Plan) -> u64| -> Vec<[f64; 2]> {
-        ks.iter().map(|&n| [log(n as f64), log(f(&Plan::new(&model, n, 1, 2)) as f64)]).collect()
+        ks.iter()
+            .filter_map(|&n| Plan::new(&model, n, 1, 2).ok().map(|p| [log(n as f64), log(f(&p) as f64)]))
+            .collect()
     };
     ui.columns(2, |cols| {
         cols[0].label("training memory against context (log10)");

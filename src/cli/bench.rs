@@ -224,6 +224,8 @@ fn configs(a: &BenchArgs) -> anyhow::Result<Vec<Config>> {
 
 pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    let outputs: Vec<&std::path::Path> = a.json.as_deref().into_iter().chain(a.csv.as_deref()).collect();
+    longctx::io::check_outputs(&outputs, &[])?;
     let gpu = dev.gpu()?;
     if let Some(sizes) = &a.matmul {
         let sizes = sizes.iter().map(|s| parse_size(s)).collect::<anyhow::Result<Vec<_>>>()?;

@@ -83,6 +83,7 @@ struct DecodeRecord {
 }
 
 pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
+    longctx::io::check_outputs(&a.json.as_deref().into_iter().collect::<Vec<_>>(), &[])?;
     let gpu = dev.gpu()?;
     let context = parse_size(&a.context)?;
     let peak = peak::best_reading(&gpu)?;
@@ -90,11 +91,16 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
     println!("adapter {} ({:?}); copy probe {:.1} GB/s", info.name, info.backend, peak.copy_gbps);
     let mut records = Vec::new();
     for &hkv in &a.kv_heads {
-        let mut cfg = DecoderConfig::new(a.heads, hkv, a.d, context + a.steps + 1);
+        let capacity = context.checked_add(a.steps).and_then(|c| c.checked_add(1)).with_context(|| {
+            format!("--context {context} plus --steps {} does not fit in 64 bits", a.steps)
+        })?;
+        let mut cfg = DecoderConfig::new(a.heads, hkv, a.d, capacity);
         if let Some(w) = a.window {
             cfg.window = Some(w);
             cfg.ring = true;
-            cfg.capacity = w + 1;
+            cfg.capacity = w
+                .checked_add(1)
+                .with_context(|| format!("--window {w} does not fit a ring of W + 1 slots"))?;
         }
         cfg.alibi = if a.alibi { Alibi::Standard } else { Alibi::Off };
         cfg.chunk = a.chunk.unwrap_or(0);

@@ -47,6 +47,15 @@ pub struct EmbedArgs {
 }
 
 pub fn run(dev: &DeviceArgs, a: &EmbedArgs) -> anyhow::Result<()> {
+    if let Some(out) = &a.attention_out {
+        // never over the model's own files
+        let inputs: Vec<PathBuf> = ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt"]
+            .iter()
+            .map(|f| a.model.join(f))
+            .collect();
+        let inputs: Vec<&std::path::Path> = inputs.iter().map(PathBuf::as_path).collect();
+        longctx::io::check_outputs(&[out.as_path()], &inputs)?;
+    }
     let model = BertModel::load(&a.model)?;
     let layers = model.config().num_hidden_layers;
     if let Some(l) = a.layer

@@ -29,9 +29,9 @@ pub struct MaskCmdArgs {
     /// Query heads (per-head block masks print head 0).
     #[arg(long, default_value_t = 1)]
     heads: usize,
-    /// Most characters per map side; groups of tiles share a character.
-    #[arg(long, default_value_t = 64)]
-    width: usize,
+    /// Most characters per map side (1–1024); groups of tiles share a character.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    width: u16,
 }
 
 pub fn run(a: &MaskCmdArgs) -> anyhow::Result<()> {
@@ -46,7 +46,7 @@ pub fn run(a: &MaskCmdArgs) -> anyhow::Result<()> {
         }
     };
     let map = BlockMap::build_within(&spec, br, bc, longctx::kernels::host_budget())?;
-    print!("{}", render(&spec, &map, a.width.max(1)));
+    print!("{}", render(&spec, &map, a.width as usize));
     Ok(())
 }
 

@@ -62,11 +62,25 @@ fn backends(flag: &str, list: &str) -> anyhow::Result<wgpu::Backends> {
     Ok(wgpu::Backends::from_comma_list(list))
 }
 
-/// A count that must be at least 1 (repeats, steps): zero is refused when the flag is parsed.
+/// The most repeats or steps a flag accepts.
+pub const MAX_COUNT: usize = 100_000;
+
+/// A count from 1 to [`MAX_COUNT`] (repeats, steps): zero and absurd counts are refused
+/// when the flag is parsed.
 pub fn positive(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
+        Ok(v) if v > MAX_COUNT => Err(format!("must be at most {MAX_COUNT}")),
         Ok(v) => Ok(v),
+        Err(e) => Err(format!("expected a whole number: {e}")),
+    }
+}
+
+/// A head dim: 1 to 256 (`longctx::kernels::MAX_HEAD_DIM`).
+pub fn head_dim(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(v) if (1..=longctx::kernels::MAX_HEAD_DIM).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("head dim {v}: must be 1..={}", longctx::kernels::MAX_HEAD_DIM)),
         Err(e) => Err(format!("expected a whole number: {e}")),
     }
 }

@@ -89,7 +89,14 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<()> {
     }
     m.head_dim = a.head_dim.unwrap_or(m.d_model / m.heads.max(1));
     if [m.layers, m.d_model, m.heads, m.kv_heads, m.head_dim].contains(&0) || m.heads % m.kv_heads != 0 {
-        bail!("model shape {m:?}: sizes must be positive and heads a multiple of kv heads");
+        bail!(
+            "model shape: layers {}, d_model {}, heads {}, kv heads {}, head dim {}: sizes must be positive and heads a multiple of kv heads",
+            m.layers,
+            m.d_model,
+            m.heads,
+            m.kv_heads,
+            m.head_dim
+        );
     }
     let bytes = match a.dtype.as_str() {
         "f32" => 4,
@@ -98,7 +105,13 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<()> {
     };
     let n = parse_size(&a.n)?;
     let from = parse_size(&a.from)?;
-    let p = Plan::new(&m, n, a.batch, bytes);
+    if n == 0 || from == 0 || a.batch == 0 {
+        bail!("--n, --from and --batch must be at least 1 (got {n}, {from}, {})", a.batch);
+    }
+    if !(a.tflops.is_finite() && a.tflops > 0.0) {
+        bail!("--tflops {}: must be a positive, finite rate", a.tflops);
+    }
+    let p = Plan::new(&m, n, a.batch, bytes)?;
     println!(
         "{}: {} layers, d_model {}, {} heads ({} kv heads) of {}, FFN {}, vocab {} — {:.2} B parameters; n = {n}, batch {}, {}",
         m.name,

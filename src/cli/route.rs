@@ -86,6 +86,15 @@ struct Row {
 }
 
 pub fn run(dev: &DeviceArgs, a: &RouteArgs) -> anyhow::Result<()> {
+    // every output checked (distinct, writable, not an input) before any work
+    let routed: Vec<PathBuf> = a
+        .routed_out
+        .iter()
+        .flat_map(|p| ["q", "kv", "ffn"].map(|t| PathBuf::from(format!("{}_{t}.npy", p.display()))))
+        .collect();
+    let outputs: Vec<&std::path::Path> =
+        routed.iter().map(PathBuf::as_path).chain(a.json.as_deref()).collect();
+    longctx::io::check_outputs(&outputs, &a.weights.as_deref().into_iter().collect::<Vec<_>>())?;
     let gpu = dev.gpu()?;
     let n = parse_size(&a.n)?;
     let mut cfg = Colt5Config::standard(n, a.d_model, a.window, 1.0);
@@ -99,6 +108,7 @@ pub fn run(dev: &DeviceArgs, a: &RouteArgs) -> anyhow::Result<()> {
     cfg.route_q = count(&a.route_q, n)?;
     cfg.route_kv = count(&a.route_kv, n)?;
     cfg.route_ffn = count(&a.route_ffn, n)?;
+    longctx::runtime::host::check_bytes("the CoLT5 layer's weights and activations", cfg.host_bytes())?;
     let weights = match &a.weights {
         Some(p) => Colt5Weights::from_safetensors(&cfg, p)?,
         None => Colt5Weights::random(&cfg, a.seed),

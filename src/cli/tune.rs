@@ -26,8 +26,8 @@ pub struct TuneArgs {
     /// Kernels to tune, comma-separated: flash, decode.
     #[arg(long, value_delimiter = ',', default_values_t = ["flash".to_string(), "decode".into()])]
     kernels: Vec<String>,
-    /// Head dims for flash.
-    #[arg(long, value_delimiter = ',', default_values_t = [64usize])]
+    /// Head dims for flash (1–256).
+    #[arg(long, value_delimiter = ',', default_values_t = [64usize], value_parser = super::head_dim)]
     d: Vec<usize>,
     /// Tokens for flash timing (k = 1024).
     #[arg(long, default_value = "4k")]
@@ -46,6 +46,7 @@ pub struct TuneArgs {
 }
 
 pub fn run(dev: &DeviceArgs, a: &TuneArgs) -> anyhow::Result<()> {
+    longctx::io::check_outputs(&a.json.as_deref().into_iter().collect::<Vec<_>>(), &[])?;
     let gpu = dev.gpu()?;
     let (n, context) = (parse_size(&a.n)?, parse_size(&a.context)?);
     let reps = if a.quick { 1 } else { a.reps.max(1) };

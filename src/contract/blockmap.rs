@@ -43,6 +43,10 @@ pub struct BlockMap {
     pub visible: u64,
 }
 
+/// The most tiles a sparse mask is evaluated on when a map is built (its time grows with
+/// them): 2³⁰, under a minute of CPU (a 1M-token BigBird map at 64×32 tiles evaluates 2²⁹).
+pub const MAX_MASKED_TILES: u64 = 1 << 30;
+
 impl BlockMap {
     /// The map of `spec`'s band and sparse mask for `br × bc` tiles (see
     /// [`BlockMap::build_within`]; no byte budget beyond the u32 indexing limit).
@@ -91,29 +95,43 @@ impl BlockMap {
         };
         let too_big = |words: u64, listed: u64, built: u64| -> Option<Error> {
             let total = (heads * n_qtiles) as u64;
+            // extrapolated from the query tiles built so far to all of them
+            let whole =
+                |x: u64| (x as u128 * total as u128 / built.max(1) as u128).min(u64::MAX as u128) as u64;
             let what = |listed: u64| {
                 format!("the block map of {br}×{bc} tiles ({listed} tiles listed over {total} query tiles)")
             };
             if words >= u32::MAX as u64 {
                 return Some(Error::OutOfRange {
                     what: format!("{}: u32 words (kernels index the map with u32)", what(listed)),
-                    value: words.saturating_mul(total) / built.max(1),
+                    value: whole(words),
                     min: 0,
                     max: u32::MAX as u64 - 1,
                 });
             }
             (words * 4 > budget).then(|| Error::HostMemory {
                 what: what(listed),
-                bytes: (words * 4).saturating_mul(total) / built.max(1),
+                bytes: whole(words.saturating_mul(4)),
                 available: budget,
             })
         };
+        let in_band: u64 = (0..n_qtiles).map(tiles_in_band).sum::<u64>().saturating_mul(heads as u64);
         if mask.is_none() {
-            let listed: u64 = (0..n_qtiles).map(tiles_in_band).sum();
-            let words = (n_qtiles + 1) as u64 + 2 * listed;
-            if let Some(e) = too_big(words, listed, n_qtiles as u64) {
+            let words = (n_qtiles + 1) as u64 + 2 * in_band;
+            if let Some(e) = too_big(words, in_band, n_qtiles as u64) {
                 return Err(e);
             }
+        } else if in_band > MAX_MASKED_TILES {
+            // a sparse mask is evaluated on every tile the band allows: bound the work
+            return Err(Error::OutOfRange {
+                what: format!(
+                    "tiles of {br}×{bc} a sparse mask is evaluated on ({n_qtiles} query tiles, {} heads; larger tiles or a band (causal, window) lower it)",
+                    heads
+                ),
+                value: in_band,
+                min: 0,
+                max: MAX_MASKED_TILES,
+            });
         }
         for h in 0..heads {
             for qt in 0..n_qtiles {

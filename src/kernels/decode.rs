@@ -273,7 +273,7 @@ impl Decoder {
         }
         if cfg.ring {
             let w = cfg.window.ok_or_else(|| Error::Invalid("ring mode needs a window".into()))?;
-            if cfg.capacity < w + cfg.max_step_tokens {
+            if w.checked_add(cfg.max_step_tokens).is_none_or(|need| cfg.capacity < need) {
                 return Err(Error::Invalid(format!(
                     "ring capacity {} must hold the window {w} plus {} new tokens",
                     cfg.capacity, cfg.max_step_tokens

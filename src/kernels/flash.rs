@@ -56,11 +56,11 @@ impl FlashConfig {
 
     /// Invocations per workgroup.
     pub fn invocations(&self) -> u32 {
-        self.br * self.p
+        self.br.saturating_mul(self.p)
     }
 
     fn s_part_len(&self) -> u32 {
-        if self.p > 1 { self.br * self.bc * self.p } else { 1 }
+        if self.p > 1 { self.br.saturating_mul(self.bc).saturating_mul(self.p) } else { 1 }
     }
 
     /// Workgroup memory of this tile shape at head dim `d`: a K tile, a V tile, and the
@@ -105,8 +105,13 @@ impl FlashConfig {
 
     /// A tuned winner read back, if it is a configuration the kernel can run at head dim `d`.
     fn from_winner(w: &[u32], d: usize) -> Option<Self> {
-        let &[br, bc, p, sg] = w else { return None };
+        let &[br, bc, p, sg] = w else {
+            log::warn!("ignoring the tuned flash winner {w:?} for head dim {d}: not [br, bc, p, sg]");
+            return None;
+        };
+        // bounded first, so that no product below can wrap
         let ok = br > 0
+            && br <= 1024
             && bc > 0
             && bc as usize <= crate::contract::blockmap::MAX_BC
             && p > 0

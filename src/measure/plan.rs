@@ -47,6 +47,8 @@
 //!   Tensor Core GPU datasheet (2023): 141 GB HBM3e, 4.8 TB/s. Capacities are counted as
 //!   10^9 bytes per GB.
 
+use crate::error::{Error, Result};
+
 use serde::Serialize;
 
 /// A decoder-only transformer's shape.
@@ -96,14 +98,21 @@ impl ModelShape {
     /// Names [`ModelShape::preset`] knows.
     pub const PRESETS: [&'static str; 3] = ["llama-7b", "llama2-70b", "mpt-7b-65k"];
 
-    /// Parameters: embeddings and output head, attention (Q, O: d²; K, V: d·Hkv·hd), FFN.
-    pub fn params(&self) -> u64 {
-        let d = self.d_model as u64;
-        let kv = (self.kv_heads * self.head_dim) as u64;
-        let attn = 2 * d * d + 2 * d * kv;
-        let ffn = if self.gated_ffn { 3 } else { 2 } * d * self.ffn as u64;
-        2 * self.vocab as u64 * d + self.layers as u64 * (attn + ffn + 2 * d)
+    /// Parameters: embeddings and output head, attention (Q, O: d²; K, V: d·Hkv·hd), FFN;
+    /// `None` past 2⁶⁴.
+    pub fn params(&self) -> Option<u64> {
+        let (d, l) = (self.d_model as u64, self.layers as u64);
+        let kv = prod(&[self.kv_heads as u64, self.head_dim as u64])?;
+        let attn = prod(&[2, d, d])?.checked_add(prod(&[2, d, kv])?)?;
+        let ffn = prod(&[if self.gated_ffn { 3 } else { 2 }, d, self.ffn as u64])?;
+        let per_layer = attn.checked_add(ffn)?.checked_add(2 * d)?;
+        prod(&[2, self.vocab as u64, d])?.checked_add(prod(&[l, per_layer])?)
     }
+}
+
+/// The product of `xs`, `None` past 2⁶⁴.
+fn prod(xs: &[u64]) -> Option<u64> {
+    xs.iter().try_fold(1u64, |acc, &x| acc.checked_mul(x))
 }
 
 /// GPUs a plan is checked against: (name, bytes), capacities from NVIDIA's A100 (2020), H100
@@ -162,41 +171,53 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Plans `model` at context `n`, `batch` sequences, `bytes_per_element` bytes per element.
-    pub fn new(model: &ModelShape, n: usize, batch: usize, bytes_per_element: usize) -> Self {
+    /// Plans `model` at context `n`, `batch` sequences, `bytes_per_element` bytes per element;
+    /// an error when a total passes 2⁶⁴ bytes (never a wrapped, smaller number).
+    pub fn new(model: &ModelShape, n: usize, batch: usize, bytes_per_element: usize) -> Result<Self> {
         let (l, d, a) = (model.layers as u64, model.d_model as u64, model.heads as u64);
         let (s, b, e) = (n as u64, batch as u64, bytes_per_element as u64);
-        let params = model.params();
-        let kv = |kv_heads: u64| 2 * l * kv_heads * model.head_dim as u64 * s * b * e;
+        let too_big = |what: &str| {
+            Error::Invalid(format!(
+                "plan of {} at n = {n}, batch {batch}: {what} passes 2^64 bytes",
+                model.name
+            ))
+        };
+        let params = model.params().ok_or_else(|| too_big("the parameter count"))?;
+        let hd = model.head_dim as u64;
+        let kv = |kv_heads: u64| prod(&[2, l, kv_heads, hd, s, b, e]).ok_or_else(|| too_big("the KV cache"));
         // Korthikanti et al. 2022, §4.1 Eq. (1): s·b·h·34 + 5·a·s²·b bytes per layer at 16-bit;
         // scaled to `e`
-        let act_linear = l * s * b * d * 34 * e / 2;
-        let act_scores = l * 5 * a * s * s * b * e / 2;
-        let training_states = 16 * params;
+        let act_linear = prod(&[l, s, b, d, 34, e]).ok_or_else(|| too_big("the activations"))? / 2;
+        let act_scores = prod(&[l, 5, a, s, s, b, e]).ok_or_else(|| too_big("the attention scores"))? / 2;
+        let training_states = prod(&[16, params]).ok_or_else(|| too_big("the training states"))?;
+        let weights = prod(&[params, e]).ok_or_else(|| too_big("the weights"))?;
+        let sum = |x: u64, y: u64, what: &str| x.checked_add(y).ok_or_else(|| too_big(what));
         let d_attn = (model.heads * model.head_dim) as f64;
         let forward_flops_per_token = 2.0 * params as f64 + 2.0 * l as f64 * n as f64 * d_attn;
-        Plan {
+        let kv_cache = kv(model.kv_heads as u64)?;
+        let act_naive = sum(act_linear, act_scores, "the activations")?;
+        Ok(Plan {
             model: model.clone(),
             n,
             batch,
             bytes_per_element,
             params,
-            weights: params * e,
-            kv_cache: kv(model.kv_heads as u64),
-            kv_cache_mha: kv(a),
-            kv_cache_gqa8: kv(8.min(a)),
-            kv_cache_mqa: kv(1),
-            activations_naive: act_linear + act_scores,
+            weights,
+            kv_cache,
+            kv_cache_mha: kv(a)?,
+            kv_cache_gqa8: kv(8.min(a))?,
+            kv_cache_mqa: kv(1)?,
+            activations_naive: act_naive,
             activations_flash: act_linear,
             training_states,
-            inference_total: params * e + kv(model.kv_heads as u64),
-            training_total_naive: training_states + act_linear + act_scores,
-            training_total_flash: training_states + act_linear,
+            inference_total: sum(weights, kv_cache, "weights and KV cache")?,
+            training_total_naive: sum(training_states, act_naive, "the training total")?,
+            training_total_flash: sum(training_states, act_linear, "the training total")?,
             attention_flops_per_layer: 4.0 * (n as f64).powi(2) * d_attn * b as f64
                 + 8.0 * n as f64 * (d as f64).powi(2) * b as f64,
             forward_flops_per_token,
-            training_flops_per_step: 3.0 * forward_flops_per_token * (n * batch) as f64,
-        }
+            training_flops_per_step: 3.0 * forward_flops_per_token * n as f64 * batch as f64,
+        })
     }
 
     /// GPUs needed for `bytes` on each card of [`GPUS`].
@@ -219,19 +240,29 @@ mod tests {
 
     #[test]
     fn llama_7b_has_about_6_7_billion_parameters() {
-        let p = ModelShape::preset("llama-7b").unwrap().params();
+        let p = ModelShape::preset("llama-7b").unwrap().params().unwrap();
         assert!((6.6e9..6.8e9).contains(&(p as f64)), "{p}");
-        let p70 = ModelShape::preset("llama2-70b").unwrap().params();
+        let p70 = ModelShape::preset("llama2-70b").unwrap().params().unwrap();
         assert!((68e9..70e9).contains(&(p70 as f64)), "{p70}");
     }
 
     #[test]
     fn kv_cache_and_cost_ratio() {
         let m = ModelShape::preset("llama-7b").unwrap();
-        let plan = Plan::new(&m, 4096, 1, 2);
+        let plan = Plan::new(&m, 4096, 1, 2).unwrap();
         // 2 · 32 layers · 32 heads · 128 · 4096 tokens · 2 bytes = 2 GiB
         assert_eq!(plan.kv_cache, 2 << 30);
         assert_eq!(plan.kv_cache_mqa * 32, plan.kv_cache_mha);
         assert!((context_cost_ratio(4096, 2048, 102400) - 106496.0 / 6144.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn totals_past_2_64_are_errors_not_wrapped() {
+        let m = ModelShape::preset("llama-7b").unwrap();
+        // 99999999999k tokens: the score activations pass 2^64 bytes
+        assert!(Plan::new(&m, 99_999_999_999 * 1024, 1, 2).is_err());
+        let huge = ModelShape { layers: usize::MAX, ..m.clone() };
+        assert!(huge.params().is_none());
+        assert!(Plan::new(&huge, 1, 1, 2).is_err());
     }
 }

@@ -90,7 +90,11 @@ fn checked(got: &[f32], want: &[f64]) -> Result<f64> {
 pub fn tune_flash(gpu: &Gpu, d: usize, n: usize, reps: usize, quick: bool) -> Result<Outcome<FlashConfig>> {
     let spec =
         AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 4, n, m: n, head_dim: d }).causal(true);
+    spec.validate()?;
     let s = spec.shape;
+    // host copies of Q, K, V and the output read back, checked before any is allocated
+    let floats = (s.q_len() as u64).saturating_mul(2).saturating_add((s.kv_len() as u64).saturating_mul(2));
+    crate::runtime::host::check_bytes("flash tuning's inputs and outputs", floats.saturating_mul(4))?;
     let (q, k, v) = (hashed(s.q_len(), 1), hashed(s.kv_len(), 2), hashed(s.kv_len(), 3));
     let io = DeviceTensors::upload(gpu, &spec, &q, &k, &v)?;
     let rows: Vec<usize> = (0..16).map(|i| i * (s.lse_len() - 1) / 15).collect();
@@ -131,6 +135,15 @@ pub fn tune_decode(
     context: usize,
     reps: usize,
 ) -> Result<Outcome<usize>> {
+    // the cache twice on the host (prefill and the oracle's copy), checked before allocating
+    let cache = (kv_heads as u64).saturating_mul(context as u64).saturating_mul(d as u64);
+    crate::runtime::host::check_bytes("decode tuning's cache and oracle copy", cache.saturating_mul(8))?;
+    if context == 0 || heads == 0 || kv_heads == 0 || d == 0 {
+        return Err(crate::error::Error::Empty {
+            what: "decode tuning (heads, kv heads, context, D)".into(),
+            shape: vec![heads, kv_heads, context, d],
+        });
+    }
     let preset = gpu.profile().0.decode_chunk;
     let mut chunks = vec![preset];
     chunks.extend([128, 256, 512, 1024, 2048].into_iter().filter(|&c| c != preset));

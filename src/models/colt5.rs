@@ -53,6 +53,21 @@ pub struct Colt5Config {
 }
 
 impl Colt5Config {
+    /// Host bytes of the layer's weights and of one forward's activations (inputs, outputs,
+    /// the widest intermediate), saturating: what to check against the host before
+    /// allocating any of it.
+    pub fn host_bytes(&self) -> u64 {
+        let (n, d) = (self.n as u64, self.d_model as u64);
+        let width = 4u64
+            .saturating_mul(d)
+            .saturating_add(2 * self.ffn_light as u64)
+            .saturating_add(2 * self.ffn_heavy as u64)
+            .saturating_add(8 * self.head_dim as u64);
+        let params = d.saturating_mul(width);
+        let activations = n.saturating_mul(8u64.saturating_mul(d).saturating_add(2 * self.ffn_heavy as u64));
+        params.saturating_add(activations).saturating_mul(4)
+    }
+
     /// The paper's proportions at width `d_model`: heavy heads of 64 (d_model/64 of them),
     /// one light head, light FFN d/2, heavy FFN 4d, each router taking `fraction` of N.
     pub fn standard(n: usize, d_model: usize, window: usize, fraction: f64) -> Self {
