@@ -110,8 +110,16 @@ fn open_npy(path: &Path) -> Result<(npyz::NpyFile<BufReader<File>>, String, Vec<
             return Err(file_err(path, format!("shape {shape:?} holds more elements than fit in memory")));
         }
     }
-    let npy =
-        npyz::NpyFile::new(reader).map_err(|e| file_err(path, format!("not a valid .npy file: {e}")))?;
+    // the parser's diagnostic can span lines: one line, bounded
+    let npy = npyz::NpyFile::new(reader).map_err(|e| {
+        let text: String = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        let text = if text.chars().count() > 200 {
+            format!("{}…", text.chars().take(200).collect::<String>())
+        } else {
+            text
+        };
+        file_err(path, format!("not a valid .npy file: {text}"))
+    })?;
     let descr = match npy.dtype() {
         npyz::DType::Plain(ts) => ts.to_string(),
         other => format!("{other:?}"),

@@ -22,6 +22,11 @@ fn stdout_failure(payload: &(dyn Any + Send)) -> Option<&str> {
 }
 
 fn main() -> ExitCode {
+    if std::env::var_os("WGPU_BACKEND").is_some_and(|v| v.to_string_lossy().trim().is_empty()) {
+        // an empty WGPU_BACKEND counts as unset (wgpu would warn twice and find no backend)
+        // SAFETY: first thing in main, before any other thread exists
+        unsafe { std::env::remove_var("WGPU_BACKEND") };
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,wgpu_hal=off")).init();
     let args = cli::Cli::parse();
     // output that cannot be written ends quietly (a closed pipe) or with one error line (a

@@ -279,6 +279,9 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
         longctx::io::write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
     }
     println!("{} configurations in {:.1} s", records.len(), started.elapsed().as_secs_f64());
+    if !records.is_empty() && records.iter().all(|r| r.skipped.is_some()) {
+        bail!("every configuration was skipped (reasons above): nothing was measured");
+    }
     Ok(())
 }
 

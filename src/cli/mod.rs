@@ -52,6 +52,9 @@ pub struct DeviceArgs {
 fn backends(flag: &str, list: &str) -> anyhow::Result<wgpu::Backends> {
     const KNOWN: [&str; 11] =
         ["vulkan", "vk", "metal", "mtl", "dx12", "d3d12", "gl", "opengl", "gles", "webgpu", "noop"];
+    if list.split(',').all(|s| s.trim().is_empty()) {
+        anyhow::bail!("{flag} is empty; choose from vulkan, metal, dx12, gl (comma-separated)");
+    }
     for name in list.split(',').map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty()) {
         if !KNOWN.contains(&name.as_str()) {
             anyhow::bail!(
@@ -89,7 +92,9 @@ impl DeviceArgs {
     pub fn options(&self) -> anyhow::Result<GpuOptions> {
         let backends = match (&self.backend, std::env::var("WGPU_BACKEND")) {
             (Some(list), _) => Some(backends("--backend", list)?),
-            (None, Ok(list)) => Some(backends("WGPU_BACKEND", &list)?),
+            // an empty variable counts as unset
+            (None, Ok(list)) if !list.trim().is_empty() => Some(backends("WGPU_BACKEND", &list)?),
+            (None, Ok(_)) => None,
             (None, Err(_)) => None,
         };
         Ok(GpuOptions {

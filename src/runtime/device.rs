@@ -74,10 +74,16 @@ fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     wgpu::Instance::new(desc)
 }
 
+/// `WGPU_BACKEND`, where set and not empty (an empty variable counts as unset).
+fn backends_from_env() -> Option<wgpu::Backends> {
+    std::env::var("WGPU_BACKEND").ok().filter(|v| !v.trim().is_empty())?;
+    wgpu::Backends::from_env()
+}
+
 /// Adapters of the requested backends; by default primary backends first, GL as fallback
 /// (probing GL needlessly prints EGL errors on headless machines).
 fn adapters(options: &GpuOptions) -> Vec<wgpu::Adapter> {
-    let requested = options.backends.or_else(wgpu::Backends::from_env);
+    let requested = options.backends.or_else(backends_from_env);
     let enumerate = |b: wgpu::Backends| pollster::block_on(instance(b).enumerate_adapters(b));
     match requested {
         Some(b) => enumerate(b),
@@ -165,7 +171,22 @@ impl Gpu {
                     " matching `{f}` (LONGCTX_ADAPTER / --adapter); adapters present: {}",
                     seen.join(", ")
                 ),
-                _ => String::new(),
+                _ => match options.backends.or_else(backends_from_env) {
+                    // restricted to backends that have none: say which, and what the others have
+                    Some(b) if b != wgpu::Backends::all() => {
+                        let others: Vec<String> = pollster::block_on(
+                            instance(wgpu::Backends::all()).enumerate_adapters(wgpu::Backends::all()),
+                        )
+                        .iter()
+                        .map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend))
+                        .collect();
+                        format!(
+                            " on the requested backends ({b:?}, from --backend or WGPU_BACKEND); adapters on all backends: {}",
+                            if others.is_empty() { "none".to_string() } else { others.join(", ") }
+                        )
+                    }
+                    _ => String::new(),
+                },
             };
             return Err(Error::NoAdapter { detail });
         };
