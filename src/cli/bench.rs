@@ -90,7 +90,7 @@ pub struct BenchArgs {
     /// adapter has them (else the vec4 kernel); `f16`: inputs rounded to f16, f32
     /// accumulation (an error where the adapter has none); `off`: never; `all`: each path
     /// the adapter can run, side by side.
-    #[arg(long, value_enum, default_value = "exact")]
+    #[arg(long, value_enum, default_value = "exact", requires = "matmul")]
     tensor_cores: TensorCoresArg,
 }
 

@@ -66,10 +66,18 @@ impl MaskArgs {
         }
         if let Some(path) = &self.segments {
             let (dims, ids) = read_npy_numbers(path)?;
-            if dims.len() != 1 || ids.iter().any(|&x| x < 0.0 || x.fract() != 0.0 || x > u32::MAX as f64) {
+            if dims.len() != 1 {
+                bail!("{}: segments must be a 1-D array of ids, got shape {dims:?}", path.display());
+            }
+            if let Some((i, x)) = ids
+                .iter()
+                .enumerate()
+                .find(|&(_, &x)| !(x >= 0.0 && x.fract() == 0.0 && x <= u32::MAX as f64))
+            {
                 bail!(
-                    "{}: segments must be a 1-D array of non-negative integer ids, got shape {dims:?}",
-                    path.display()
+                    "{}: segment id {x} at index {i}: ids must be whole numbers in 0..={}",
+                    path.display(),
+                    u32::MAX
                 );
             }
             parts.push(Mask::Segments(Arc::new(ids.into_iter().map(|x| x as u32).collect())));

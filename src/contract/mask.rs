@@ -179,6 +179,7 @@ impl BigBird {
     /// Parses `global=G,window=W,random=R,block=B,seed=S` (any order; seed optional).
     pub fn parse(text: &str) -> Result<Self> {
         let mut bb = BigBird { global: 1, window: 1, random: 2, block: 64, seed: 0 };
+        let mut seen: Vec<String> = Vec::new();
         for part in text.split(',').filter(|p| !p.trim().is_empty()) {
             let (k, v) = part.split_once('=').ok_or_else(|| Error::Parse {
                 what: "bigbird",
@@ -190,12 +191,18 @@ impl BigBird {
                 text: part.to_string(),
                 expected: "a non-negative integer value",
             })?;
+            if seen.iter().any(|s| s == k.trim()) {
+                return Err(Error::Invalid(format!("bigbird: `{}` given twice in `{text}`", k.trim())));
+            }
+            seen.push(k.trim().to_string());
+            let v =
+                usize::try_from(v).map_err(|_| Error::Invalid(format!("bigbird: {part} is too large")))?;
             match k.trim() {
-                "global" => bb.global = v as usize,
-                "window" => bb.window = v as usize,
-                "random" => bb.random = v as usize,
-                "block" => bb.block = v as usize,
-                "seed" => bb.seed = v,
+                "global" => bb.global = v,
+                "window" => bb.window = v,
+                "random" => bb.random = v,
+                "block" => bb.block = v,
+                "seed" => bb.seed = v as u64,
                 other => {
                     return Err(Error::Invalid(format!(
                         "bigbird: unknown key `{other}` (global, window, random, block, seed)"

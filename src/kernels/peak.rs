@@ -130,11 +130,23 @@ pub fn cache_path() -> Option<PathBuf> {
     CACHE.path()
 }
 
-/// The cached probe for this adapter and driver, if any.
+/// The cached probe for this adapter and driver, if any and if it is plausible: figures
+/// positive, finite and below 10 PFLOP/s and 100 TB/s, text free of control characters
+/// (an implausible entry is ignored with a warning naming the cache file).
 pub fn cached(gpu: &Gpu) -> Option<Peak> {
     let info = gpu.info();
     let driver = driver_of(info);
-    CACHE.load::<Peak>().into_iter().find(|p| p.adapter == info.name && p.driver == driver)
+    let p = CACHE.load::<Peak>().into_iter().find(|p| p.adapter == info.name && p.driver == driver)?;
+    let figure = |x: f64, max: f64| x.is_finite() && x > 0.0 && x < max;
+    let text = |s: &str| !s.chars().any(char::is_control);
+    if figure(p.fma_gflops, 1e7) && figure(p.copy_gbps, 1e5) && text(&p.timer) && text(&p.measured_at) {
+        return Some(p);
+    }
+    log::warn!(
+        "ignoring an implausible cached peak in {} (delete it; it is measured again)",
+        cache_path().map_or_else(|| "the peak cache".into(), |p| p.display().to_string())
+    );
+    None
 }
 
 /// Stores `peak`, replacing an entry for the same adapter and driver (atomic write).

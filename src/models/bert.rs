@@ -235,6 +235,9 @@ impl BertModel {
             let p = dir.join(name);
             if p.is_file() {
                 Ok(p)
+            } else if p.exists() {
+                // there, but a directory, FIFO or device: say that, not "missing"
+                crate::io::check_regular(&p, u64::MAX).map(|_| p)
             } else {
                 Err(Error::File {
                     path: p,
