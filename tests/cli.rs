@@ -554,3 +554,119 @@ fn absurd_sizes_are_refused_before_allocating() {
     fails_with(&["bench", "--n", "99999999999999k", "--kernels", "flash", "--reps", "1"], "elements of Q");
     fails_with(&["bench", "--n", "18446744073709551615k", "--reps", "1"], "does not fit in 64 bits");
 }
+
+#[test]
+fn special_files_are_refused_as_inputs_and_outputs() {
+    // a FIFO with no writer (opening it would block forever), a device that streams forever,
+    // a directory: refused before they are opened, one line each
+    let dir = tempfile::tempdir().unwrap();
+    let [q, k, v] = trio(dir.path(), 1, 1, 9, 9, 8, 3);
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let run = |qq: &str, out: &str| {
+        ["attention", "--q", qq, "--k", p(&k), "--v", p(&v), "--out", out].map(str::to_string)
+    };
+    let o = dir.path().join("o.npy");
+    for input in [p(&fifo), "/dev/zero", p(dir.path())] {
+        let args = run(input, p(&o));
+        fails_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), "regular file");
+    }
+    fails_with(&["mask", "--n", "64", "--segments", p(&fifo)], "not a regular file");
+    // outputs: a directory, or a device, is refused before any work and before any rename —
+    // the earlier output's previous contents stay
+    let keep = dir.path().join("keep.npy");
+    std::fs::write(&keep, b"previous").unwrap();
+    let with_lse = |lse: &str| {
+        let mut a = run(p(&q), p(&keep)).to_vec();
+        a.extend(["--lse".into(), lse.into()]);
+        a
+    };
+    for (lse, needle) in [(p(dir.path()), "is a directory"), (p(&fifo), "not a regular file")] {
+        let args = with_lse(lse);
+        fails_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), needle);
+        assert_eq!(std::fs::read(&keep).unwrap(), b"previous");
+    }
+    // a symlinked output is written through to its target; the link stays a link
+    let link = dir.path().join("link.npy");
+    std::os::unix::fs::symlink(&keep, &link).unwrap();
+    let args = run(p(&q), p(&link));
+    let out = longctx(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(read_npy(&keep).unwrap().shape, vec![1, 9, 8]);
+}
+
+#[test]
+fn every_command_checks_its_outputs_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let same = dir.path().join("same");
+    fails_with(
+        &["bench", "--n", "64", "--reps", "1", "--json", p(&same), "--csv", p(&same)],
+        "is also another output",
+    );
+    fails_with(&["decode", "--context", "64", "--steps", "1", "--json", p(dir.path())], "is a directory");
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let weights = model.join("model.safetensors");
+    std::fs::write(&weights, b"weights").unwrap();
+    fails_with(&["embed", "--model", p(&model), "a", "--attention-out", p(&weights)], "is also an input");
+    assert_eq!(std::fs::read(&weights).unwrap(), b"weights");
+}
+
+#[test]
+fn totals_and_limits_never_wrap() {
+    // plan: past 2^64 bytes is an error, not a smaller number; rates must be finite
+    fails_with(&["plan", "--preset", "llama-7b", "--n", "99999999999k"], "passes 2^64 bytes");
+    fails_with(&["plan", "--preset", "llama-7b", "--tflops", "NaN"], "positive, finite");
+    fails_with(&["plan", "--preset", "llama-7b", "--n", "0"], "at least 1");
+    // maps: a band too large for host memory or u32 words, a sparse mask over too many tiles
+    fails_with(&["mask", "--n", "4M", "--causal"], "u32 words");
+    fails_with(
+        &[
+            "mask",
+            "--n",
+            "6357K",
+            "--bigbird",
+            "global=1,window=1,random=1,block=1024,seed=1",
+            "--block",
+            "77",
+        ],
+        "a sparse mask is evaluated on",
+    );
+    fails_with(
+        &["mask", "--n", "6357K", "--bigbird", "global=1,window=1,random=1,block=64,seed=1"],
+        "cells of the block grid",
+    );
+    // a 16M-token window map is built (memory ∝ its tiles)
+    let out = longctx(&["mask", "--n", "16M", "--window", "256,0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // sizes checked against host memory before allocating (errors, not aborts)
+    fails_with(&["route", "--n", "1048575k"], "bytes of host memory");
+    fails_with(
+        &["tune", "--context", "1048575k", "--quick", "--reps", "1", "--kernels", "decode"],
+        "bytes of host memory",
+    );
+    fails_with(&["decode", "--window", "18446744073709551615"], "--window");
+    // counts and head dims bounded where parsed
+    let out = longctx(&["peak", "--reps", "18446744073709551615"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = longctx(&["tune", "--d", "300"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn backend_errors_say_what_is_there() {
+    fails_with(&["--backend", "metal", "info"], "adapters on all backends");
+    fails_with(&["--backend", "", "info"], "--backend is empty");
+    let out = Command::new(env!("CARGO_BIN_EXE_longctx"))
+        .env("WGPU_BACKEND", "")
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .arg("info")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "an empty WGPU_BACKEND counts as unset: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

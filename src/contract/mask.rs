@@ -175,6 +175,10 @@ pub struct BigBird {
     pub seed: u64,
 }
 
+/// The most cells a BigBird block grid may have: 2³⁰ (1 GiB; 1M tokens in blocks of 64 take
+/// 2²⁸).
+pub const MAX_GRID_CELLS: u64 = 1 << 30;
+
 impl BigBird {
     /// Parses `global=G,window=W,random=R,block=B,seed=S` (any order; seed optional).
     pub fn parse(text: &str) -> Result<Self> {
@@ -219,6 +223,22 @@ impl BigBird {
     /// The block grid over positions `0..m` (queries by position, keys by index).
     pub fn grid(&self, m: usize) -> Result<BlockGrid> {
         let nb = m.div_ceil(self.block);
+        // the grid is dense (nb² cells, one byte each; its time is nb²): bounded before
+        // anything is allocated
+        match nb.checked_mul(nb) {
+            Some(cells) if cells as u64 <= MAX_GRID_CELLS => {}
+            _ => {
+                return Err(Error::OutOfRange {
+                    what: format!(
+                        "bigbird: cells of the block grid ({nb}² blocks of {} tokens over {m} keys; larger blocks lower it)",
+                        self.block
+                    ),
+                    value: (nb as u64).saturating_mul(nb as u64),
+                    min: 1,
+                    max: MAX_GRID_CELLS,
+                });
+            }
+        }
         let mut cells = vec![false; nb * nb];
         for qb in 0..nb {
             let row = &mut cells[qb * nb..(qb + 1) * nb];
