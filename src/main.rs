@@ -1,6 +1,7 @@
 //! The `longctx` command line. Parsing and printing live in `cli`; the work in the library.
 
 use std::any::Any;
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -40,13 +41,15 @@ fn main() -> ExitCode {
     match std::panic::catch_unwind(|| cli::run(args)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
-            eprintln!("error: {e:#}");
+            // a closed or full stderr must not turn the error into a panic
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             ExitCode::FAILURE
         }
         Err(payload) => match stdout_failure(payload.as_ref()) {
             Some(text) if text.contains("Broken pipe") => ExitCode::from(BROKEN_PIPE),
             Some(text) => {
-                eprintln!(
+                let _ = writeln!(
+                    std::io::stderr(),
                     "error: writing the output to stdout: {}",
                     text.trim_start_matches("failed printing to stdout: ")
                 );

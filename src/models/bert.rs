@@ -160,6 +160,9 @@ impl BertWeights {
                 c.num_attention_heads
             )));
         }
+        if c.num_hidden_layers == 0 {
+            return Err(Error::Invalid("num_hidden_layers = 0: an encoder needs at least one layer".into()));
+        }
         if !(c.layer_norm_eps.is_finite() && c.layer_norm_eps > 0.0) {
             return Err(Error::Invalid(format!(
                 "layer_norm_eps = {}: LayerNorm needs a finite ε > 0",
