@@ -670,3 +670,10 @@ fn backend_errors_say_what_is_there() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn global_flags_are_checked_by_every_command() {
+    // plan and mask use no GPU, but a misspelt global flag is still an error, not ignored
+    fails_with(&["--backend", "bogus", "plan"], "unknown backend `bogus`");
+    fails_with(&["--profile", "bogus", "mask", "--n", "64"], "--profile `bogus`");
+}

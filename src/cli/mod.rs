@@ -146,6 +146,15 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // the global device flags are checked for every command, also those that use no GPU
+    // (`plan`, `mask`), so a misspelt --backend or --profile is never silently ignored
+    cli.device.options()?;
+    if let Some(name) = &cli.device.profile {
+        let names: Vec<&str> = longctx::runtime::Profile::all().iter().map(|p| p.name).collect();
+        if !names.contains(&name.as_str()) {
+            anyhow::bail!("--profile `{name}`: unknown; choose from {}", names.join(", "));
+        }
+    }
     match cli.command {
         Command::Info(a) => info::run(&cli.device, &a),
         Command::Attention(a) => attention::run(&cli.device, &a),
