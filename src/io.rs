@@ -106,7 +106,10 @@ fn open_npy(path: &Path) -> Result<(npyz::NpyFile<BufReader<File>>, String, Vec<
     let mut reader = BufReader::new(file);
     if let Some(dims) = header_shape(&mut reader) {
         let shape: Vec<usize> = dims.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
-        if element_count(&shape).is_none() {
+        // the parser multiplies the dimensions into strides even when one of them is 0: the
+        // product of the nonzero ones must fit too
+        let strides_fit = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d.max(1))).is_some();
+        if element_count(&shape).is_none() || !strides_fit {
             return Err(file_err(path, format!("shape {shape:?} holds more elements than fit in memory")));
         }
     }
