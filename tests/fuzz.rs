@@ -13,6 +13,11 @@ use std::process::{Command, Output};
 use longctx::io::{SafetensorsFile, element_count, read_npy, read_npy_numbers};
 use proptest::prelude::*;
 
+/// Cases per target: `default` in CI, `PROPTEST_CASES` for a longer campaign.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 fn corpus(dir: &str) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz").join(dir);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
@@ -123,7 +128,7 @@ fn npy_with_header(shape: &[u64], descr: &str, fortran: bool, data: &[u8]) -> Ve
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(256), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn npy_mutations(bytes in mutated(corpus_bytes("npy", "valid_f32.npy"))) {
@@ -224,7 +229,7 @@ fn cache_corpus_is_ignored_with_a_warning() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(48), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn mask_arguments(
@@ -255,7 +260,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(24), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn tuned_winners_never_break_a_kernel(
