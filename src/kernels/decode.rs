@@ -10,7 +10,7 @@
 use crate::contract::spec::{Alibi, AttnShape, AttnSpec, Window};
 use crate::error::{Error, Result};
 use crate::kernels::pad::{padded_dim, repack_host};
-use crate::kernels::{COMMON, Contract, Traffic, check_call_head_dim, lanes, slopes_words};
+use crate::kernels::{COMMON, Contract, Traffic, UNTUNED, check_call_head_dim, lanes, slopes_words};
 use crate::runtime::Gpu;
 use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant};
 
@@ -301,7 +301,11 @@ impl Decoder {
         let tuned = gpu.tuned().and_then(|t| match t.get(&tuning_key(d, cfg.heads / cfg.kv_heads)) {
             Some(&[chunk]) if chunk > 0 => Some(chunk as usize),
             Some(w) => {
-                log::warn!("ignoring the tuned decode winner {w:?}: not a split size");
+                log::warn!(
+                    "ignoring the tuned decode winner {w:?} in {}: not a split size{}",
+                    crate::runtime::tuning_cache_hint(),
+                    UNTUNED
+                );
                 None
             }
             None => None,

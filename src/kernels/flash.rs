@@ -13,8 +13,8 @@ use crate::contract::blockmap::BlockMap;
 use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::{
-    AttnBuffers, COMMON, Contract, Tiles, Traffic, check_head_dim, check_shuffles, host_budget, lanes,
-    slopes_words,
+    AttnBuffers, COMMON, Contract, Tiles, Traffic, UNTUNED, check_head_dim, check_shuffles, host_budget,
+    lanes, slopes_words,
 };
 use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
 use crate::runtime::{Gpu, Profile, Tuned};
@@ -106,7 +106,11 @@ impl FlashConfig {
     /// A tuned winner read back, if it is a configuration the kernel can run at head dim `d`.
     fn from_winner(w: &[u32], d: usize) -> Option<Self> {
         let &[br, bc, p, sg] = w else {
-            log::warn!("ignoring the tuned flash winner {w:?} for head dim {d}: not [br, bc, p, sg]");
+            log::warn!(
+                "ignoring the tuned flash winner {w:?} for head dim {d} in {}: not [br, bc, p, sg]{}",
+                crate::runtime::tuning_cache_hint(),
+                UNTUNED
+            );
             return None;
         };
         // bounded first, so that no product below can wrap
@@ -118,7 +122,11 @@ impl FlashConfig {
             && p as usize <= (d / 4).max(1)
             && (sg == 0 || br.is_multiple_of(sg));
         if !ok {
-            log::warn!("ignoring the tuned flash winner {w:?} for head dim {d}: not a valid configuration");
+            log::warn!(
+                "ignoring the tuned flash winner {w:?} for head dim {d} in {}: not a valid configuration{}",
+                crate::runtime::tuning_cache_hint(),
+                UNTUNED
+            );
         }
         ok.then_some(Self { br, bc, p, sg, pass_tiles: 0 })
     }

@@ -587,6 +587,10 @@ pub fn attention(
     Attention::new(gpu, kernel, spec)?.run(gpu, q, k, v)
 }
 
+/// The advice that ends a warning about a bad tuned winner.
+pub(crate) const UNTUNED: &str =
+    "; the preset runs instead (`longctx tune` measures again; --untuned ignores the cache)";
+
 /// Host bytes a block map may take: what the host has available (unbounded where that
 /// cannot be read).
 pub fn host_budget() -> u64 {

@@ -14,4 +14,4 @@ pub use device::{Gpu, GpuOptions, USEFUL_FEATURES, device_descriptor, list_adapt
 pub use profile::{Profile, driver_of};
 pub use shader::{Binding, Compiled, Shader, ShaderVariant, Snippet};
 pub use timing::{GpuTimer, Timing};
-pub use tuning::Tuned;
+pub use tuning::{Tuned, cache_hint as tuning_cache_hint};

@@ -14,6 +14,15 @@ use crate::runtime::profile::driver_of;
 /// `<user cache dir>/longctx/tune.json`; schema 2 stores winners under kernel-owned keys.
 const CACHE: DiskCache = DiskCache { file: "tune.json", schema: 2 };
 
+/// Where tuned winners come from, for warnings: the cache file (or the attached winners of
+/// an embedder, which read the same file with `Gpu::with_cached_tuning`).
+pub fn cache_hint() -> String {
+    match CACHE.path() {
+        Some(p) => format!("the tuned winners ({})", p.display()),
+        None => "the tuned winners".into(),
+    }
+}
+
 /// The winners for one adapter, driver, backend and longctx version.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tuned {
