@@ -105,6 +105,12 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
         cfg.alibi = if a.alibi { Alibi::Standard } else { Alibi::Off };
         cfg.chunk = a.chunk.unwrap_or(0);
         let mut dec = Decoder::new(&gpu, cfg.clone()).with_context(|| format!("kv heads {hkv}"))?;
+        // the prompt's K and V on the host, plus the oracle's joined copies: checked first
+        let floats = (hkv as u64).saturating_mul(context as u64).saturating_mul(a.d as u64);
+        longctx::runtime::host::check_bytes(
+            "the prompt's K and V and the oracle's copies",
+            floats.saturating_mul(16),
+        )?;
         let (k, v) = (fill(hkv * context * a.d, 1), fill(hkv * context * a.d, 2));
         dec.prefill(&gpu, 0, &k, &v)?;
         gpu.wait()?;
