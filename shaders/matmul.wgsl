@@ -3,57 +3,17 @@
 // Tiled: a workgroup of (TN/4)·(TM/RM) invocations owns a TM × TN tile of C; each invocation
 // keeps RM rows × one vec4 of columns in registers. The K dimension streams through
 // workgroup memory in TK-deep slabs of A (TM × TK) and B (TK × TN). Any M, K, N ≥ 1: edges
-// load zeros and skip stores. ACT: 0 none, 1 GELU (tanh form, as GPT-2 uses), 2 GELU (erf form,
-// as BERT uses; erf by Abramowitz–Stegun 7.1.26, |error| ≤ 1.5e-7). With
-// `accumulate` the result is added to C (residual branches).
+// load zeros and skip stores. `Dims`, the bindings, the activations and the epilogue are
+// in matmul_common.wgsl.
 // Device-memory traffic: A read ⌈N/TN⌉ times, B read ⌈M/TM⌉ times, C written once.
 // Subgroups (SG > 0, TN = 4·SG): invocation (subgroup s, lane l) owns rows s·RM… and column
 // vec4 l; every lane of a subgroup needs the same A values, so lane l loads A at k0 + l and
 // the others arrive by shuffle — SG× fewer same-address loads (gathers on software adapters).
 
-struct Dims {
-    m: u32,
-    k: u32,
-    n: u32,
-    has_bias: u32,
-    accumulate: u32, // nonzero: C += act(A·B + bias) (residual branches)
-    // rows [row_base, row_end) of this dispatch; A and C are bound from aligned offsets and
-    // the shifts (in elements) turn global indices into indices of the bound ranges — so
-    // A and C larger than one storage binding run in chunks of rows
-    row_base: u32,
-    row_end: u32,
-    a_shift: u32,
-    c_shift: u32,
-    pad0: u32,
-    pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
-
 const COLS: u32 = TN / 4u;         // invocations across a tile row (one vec4 each)
 const ROWS: u32 = TM / RM;         // invocations down a tile
 var<workgroup> a_tile: array<f32, TM * TK>;
 var<workgroup> b_tile: array<vec4<f32>, TK * COLS>;
-
-fn gelu(x: f32) -> f32 {
-    let inner = 0.7978845608 * (x + 0.044715 * x * x * x);
-    return 0.5 * x * (1.0 + tanh(inner));
-}
-
-fn erf(x: f32) -> f32 {
-    let a = abs(x);
-    let t = 1.0 / (1.0 + 0.3275911 * a);
-    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
-    return sign(x) * (1.0 - poly * exp(-a * a));
-}
-
-fn gelu_erf(x: f32) -> f32 {
-    return 0.5 * x * (1.0 + erf(x * 0.70710678118654752));
-}
 
 @compute @workgroup_size(COLS * ROWS)
 fn main(ids: Ids) {
@@ -126,19 +86,7 @@ fn main(ids: Ids) {
         for (var e = 0u; e < 4u; e++) {
             let gc = col0 + e;
             if gc < dims.n {
-                var val = acc[r][e];
-                if dims.has_bias != 0u {
-                    val += bias[gc];
-                }
-                if ACT == 1u {
-                    val = gelu(val);
-                } else if ACT == 2u {
-                    val = gelu_erf(val);
-                }
-                if dims.accumulate != 0u {
-                    val += c[gr * dims.n + gc - dims.c_shift];
-                }
-                c[gr * dims.n + gc - dims.c_shift] = val;
+                store_c(gr, gc, acc[r][e]);
             }
         }
     }

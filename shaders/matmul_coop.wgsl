@@ -1,6 +1,6 @@
 // matmul_coop.wgsl — C = act(A·B + bias) on cooperative matrices (tensor cores on NVIDIA,
 // simdgroup matrices on Apple): the `wgpu_cooperative_matrix` path of matmul.wgsl, same
-// bindings, same `Dims`, same epilogue, any M, K, N ≥ 1.
+// bindings, `Dims` and epilogue (matmul_common.wgsl), any M, K, N ≥ 1.
 //
 // A workgroup is one subgroup (SGW invocations) and owns a 2S × 2S block of C as 2 × 2
 // accumulators `coop_c` (S×S, f32). K streams through workgroup memory in S-deep slabs:
@@ -11,47 +11,12 @@
 // GELU, accumulate, bounds) runs per element as in matmul.wgsl.
 // Device-memory traffic: A read ⌈N/2S⌉ times, B read ⌈M/2S⌉ times, C written once.
 
-struct Dims {
-    m: u32,
-    k: u32,
-    n: u32,
-    has_bias: u32,
-    accumulate: u32,
-    row_base: u32,
-    row_end: u32,
-    a_shift: u32,
-    c_shift: u32,
-    pad0: u32,
-    pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
-
 const S: u32 = COOP_S;
 const BM: u32 = 2u * S; // rows of C per workgroup
 const BN: u32 = 2u * S; // columns of C per workgroup
 var<workgroup> a_s: array<in1, BM * S>;    // [row][k], row-major, stride S
 var<workgroup> b_s: array<in1, S * BN>;    // [k][column], row-major, stride BN
 var<workgroup> c_s: array<f32, BM * BN>;   // [row][column], row-major, stride BN
-
-fn gelu(x: f32) -> f32 {
-    let inner = 0.7978845608 * (x + 0.044715 * x * x * x);
-    return 0.5 * x * (1.0 + tanh(inner));
-}
-
-fn erf(x: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.3275911 * abs(x));
-    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
-    return sign(x) * (1.0 - poly * exp(-x * x));
-}
-
-fn gelu_erf(x: f32) -> f32 {
-    return 0.5 * x * (1.0 + erf(x * 0.70710678118654752));
-}
 
 @compute @workgroup_size(SGW)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -102,19 +67,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let gr = row0 + x / BN;
         let gc = col0 + x % BN;
         if gr < dims.row_end && gc < dims.n {
-            var val = c_s[x];
-            if dims.has_bias != 0u {
-                val += bias[gc];
-            }
-            if ACT == 1u {
-                val = gelu(val);
-            } else if ACT == 2u {
-                val = gelu_erf(val);
-            }
-            if dims.accumulate != 0u {
-                val += c[gr * dims.n + gc - dims.c_shift];
-            }
-            c[gr * dims.n + gc - dims.c_shift] = val;
+            store_c(gr, gc, c_s[x]);
         }
     }
 }

@@ -100,6 +100,10 @@ fn header_shape(reader: &mut BufReader<File>) -> Option<Vec<u64>> {
         .collect()
 }
 
+fn too_many_elements(path: &Path, shape: &[usize]) -> Error {
+    file_err(path, format!("shape {shape:?} holds more elements than fit in memory"))
+}
+
 fn open_npy(path: &Path) -> Result<(npyz::NpyFile<BufReader<File>>, String, Vec<usize>)> {
     let file_len = check_regular(path, u64::MAX)?;
     let file = File::open(path).map_err(|e| file_err(path, format!("cannot open: {e}")))?;
@@ -110,7 +114,7 @@ fn open_npy(path: &Path) -> Result<(npyz::NpyFile<BufReader<File>>, String, Vec<
         // product of the nonzero ones must fit too
         let strides_fit = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d.max(1))).is_some();
         if element_count(&shape).is_none() || !strides_fit {
-            return Err(file_err(path, format!("shape {shape:?} holds more elements than fit in memory")));
+            return Err(too_many_elements(path, &shape));
         }
     }
     // the parser's diagnostic can span lines: one line, bounded
@@ -133,7 +137,7 @@ fn open_npy(path: &Path) -> Result<(npyz::NpyFile<BufReader<File>>, String, Vec<
     let shape: Vec<usize> = npy.shape().iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
     // a header whose dimensions multiply past usize would otherwise wrap to a small count
     let Some(count) = element_count(&shape) else {
-        return Err(file_err(path, format!("shape {shape:?} holds more elements than fit in memory")));
+        return Err(too_many_elements(path, &shape));
     };
     // the data the header promises must be in the file: reads stay bounded by it, and a
     // lying header is an error before anything is allocated for it
@@ -216,11 +220,10 @@ impl Staged {
     /// Writes a float32 `.npy` file to a temporary file beside `path` (beside its target
     /// when `path` is a symlink).
     pub fn npy(&mut self, path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-        let path = &output_target(path)?;
-        let tmp = temp_beside(path);
+        let (tmp, path) = self.stage(path)?;
+        let path = &path;
         let io = |e: std::io::Error| file_err(path, format!("write failed: {e}"));
         let file = File::create(&tmp).map_err(|e| file_err(path, format!("cannot create: {e}")))?;
-        self.files.push((tmp, path.to_path_buf()));
         let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
         let mut w = npyz::WriteOptions::new()
             .default_dtype()
@@ -235,10 +238,17 @@ impl Staged {
     /// Writes `bytes` to a temporary file beside `path` (beside its target when `path` is a
     /// symlink).
     pub fn bytes(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
-        let path = &output_target(path)?;
-        let tmp = temp_beside(path);
-        self.files.push((tmp.clone(), path.to_path_buf()));
-        std::fs::write(&tmp, bytes).map_err(|e| file_err(path, format!("write failed: {e}")))
+        let (tmp, path) = self.stage(path)?;
+        std::fs::write(&tmp, bytes).map_err(|e| file_err(&path, format!("write failed: {e}")))
+    }
+
+    /// The (temporary file, destination) of an output at `path`, recorded so that the
+    /// temporary file is renamed on commit and removed on drop.
+    fn stage(&mut self, path: &Path) -> Result<(PathBuf, PathBuf)> {
+        let target = output_target(path)?;
+        let tmp = temp_beside(&target);
+        self.files.push((tmp.clone(), target.clone()));
+        Ok((tmp, target))
     }
 
     /// Renames every staged file into place, once every destination is known to take it

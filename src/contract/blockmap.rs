@@ -85,13 +85,13 @@ impl BlockMap {
             bits: Vec::new(),
             visible: 0,
         };
-        // Without a sparse mask the band's tiles are the map: count them (O(query tiles))
-        // and refuse before allocating; with one, the checks below stop the build as it grows.
-        let tiles_in_band = |qt: usize| -> u64 {
+        // The key tiles the band allows from any row of query tile `qt` (its positions
+        // p_first ..= p_last see keys p_first − hi ..= p_last − lo); empty when none.
+        let band_ktiles = |qt: usize| -> std::ops::Range<usize> {
             let rows = qt * br..((qt + 1) * br).min(n);
             let j_min = (q_off + rows.start as i64 - hi).max(0);
             let j_max = (q_off + rows.end as i64 - 1 - lo).min(m as i64 - 1);
-            if j_min > j_max { 0 } else { (j_max as u64 / bc as u64) - (j_min as u64 / bc as u64) + 1 }
+            if j_min > j_max { 0..0 } else { j_min as usize / bc..j_max as usize / bc + 1 }
         };
         let too_big = |words: u64, listed: u64, built: u64| -> Option<Error> {
             let total = (heads * n_qtiles) as u64;
@@ -115,7 +115,10 @@ impl BlockMap {
                 available: budget,
             })
         };
-        let in_band: u64 = (0..n_qtiles).map(tiles_in_band).sum::<u64>().saturating_mul(heads as u64);
+        // Without a sparse mask the band's tiles are the map: count them (O(query tiles))
+        // and refuse before allocating; with one, the checks below stop the build as it grows.
+        let in_band: u64 =
+            (0..n_qtiles).map(|qt| band_ktiles(qt).len() as u64).sum::<u64>().saturating_mul(heads as u64);
         if mask.is_none() {
             let words = (n_qtiles + 1) as u64 + 2 * in_band;
             if let Some(e) = too_big(words, in_band, n_qtiles as u64) {
@@ -137,45 +140,39 @@ impl BlockMap {
             for qt in 0..n_qtiles {
                 let rows = qt * br..((qt + 1) * br).min(n);
                 let (p_first, p_last) = (q_off + rows.start as i64, q_off + rows.end as i64 - 1);
-                // keys the band allows from any row of the tile: p_first − hi ..= p_last − lo
-                let j_min = (p_first - hi).max(0);
-                let j_max = (p_last - lo).min(m as i64 - 1);
-                if j_min <= j_max {
-                    for kt in (j_min as usize / bc)..=(j_max as usize / bc) {
-                        let keys = kt * bc..((kt + 1) * bc).min(m);
-                        let band =
-                            band_coverage(p_first, p_last, keys.start as i64, keys.end as i64 - 1, lo, hi);
-                        let sparse = mask.map_or(Coverage::Full, |mk| mk.coverage(h, &rows, &keys, q_off));
-                        if band == Coverage::Empty || sparse == Coverage::Empty {
-                            continue;
-                        }
-                        let full = band == Coverage::Full && sparse == Coverage::Full && keys.len() == bc;
-                        let mut index = NO_BITS;
-                        if let (Coverage::Partial, Some(mk)) = (sparse, mask) {
-                            index = map.bits.len() as u32;
-                            for r in 0..br {
-                                let i = rows.start + r;
-                                let word = if i < n {
-                                    keys.clone()
-                                        .enumerate()
-                                        .filter(|&(_, j)| mk.visible(h, i, j, q_off))
-                                        .fold(0u32, |w, (c, _)| w | 1 << c)
-                                } else {
-                                    0
-                                };
-                                map.bits.push(word);
-                            }
-                        }
-                        map.visible += if full {
-                            (rows.len() * bc) as u64
-                        } else {
-                            rows.clone()
-                                .map(|i| keys.clone().filter(|&j| spec.visible(h, i, j)).count() as u64)
-                                .sum::<u64>()
-                        };
-                        map.entries.push(kt as u32 | if full { FULL } else { 0 });
-                        map.mask_index.push(index);
+                for kt in band_ktiles(qt) {
+                    let keys = kt * bc..((kt + 1) * bc).min(m);
+                    let band = band_coverage(p_first, p_last, keys.start as i64, keys.end as i64 - 1, lo, hi);
+                    let sparse = mask.map_or(Coverage::Full, |mk| mk.coverage(h, &rows, &keys, q_off));
+                    if band == Coverage::Empty || sparse == Coverage::Empty {
+                        continue;
                     }
+                    let full = band == Coverage::Full && sparse == Coverage::Full && keys.len() == bc;
+                    let mut index = NO_BITS;
+                    if let (Coverage::Partial, Some(mk)) = (sparse, mask) {
+                        index = map.bits.len() as u32;
+                        for r in 0..br {
+                            let i = rows.start + r;
+                            let word = if i < n {
+                                keys.clone()
+                                    .enumerate()
+                                    .filter(|&(_, j)| mk.visible(h, i, j, q_off))
+                                    .fold(0u32, |w, (c, _)| w | 1 << c)
+                            } else {
+                                0
+                            };
+                            map.bits.push(word);
+                        }
+                    }
+                    map.visible += if full {
+                        (rows.len() * bc) as u64
+                    } else {
+                        rows.clone()
+                            .map(|i| keys.clone().filter(|&j| spec.visible(h, i, j)).count() as u64)
+                            .sum::<u64>()
+                    };
+                    map.entries.push(kt as u32 | if full { FULL } else { 0 });
+                    map.mask_index.push(index);
                 }
                 let words = (map.row_ptr.len() + 2 * map.entries.len() + map.bits.len()) as u64;
                 if let Some(e) = too_big(words, map.entries.len() as u64, (h * n_qtiles + qt + 1) as u64) {

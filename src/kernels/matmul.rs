@@ -5,9 +5,12 @@
 use crate::error::{Error, Result};
 use crate::kernels::lanes;
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
+use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, Snippet, numbered};
 
 const NAME: &str = "matmul";
+/// `Dims`, bindings, activations and epilogue of both matmul kernels.
+const COMMON: Snippet =
+    Snippet { name: "matmul_common", source: include_str!("../../shaders/matmul_common.wgsl") };
 /// dims, A, B, bias, C (see matmul.wgsl).
 const SHADER: Shader = Shader {
     stem: NAME,
@@ -67,7 +70,7 @@ impl Coop {
     pub fn variant(&self, act: Activation) -> ShaderVariant {
         COOP_SHADER.variant(
             "main",
-            &[],
+            &[COMMON],
             vec![
                 ("COOP_S", self.size),
                 ("F16_U", self.f16 as u32),
@@ -192,7 +195,7 @@ pub fn variant(act: Activation, sg: u32) -> ShaderVariant {
     let tn = if sg > 0 { 4 * sg } else { TN };
     SHADER.variant(
         "main",
-        &[lanes(sg)],
+        &[lanes(sg), COMMON],
         vec![("TM", TM), ("TN", tn), ("TK", TK.max(sg)), ("RM", RM), ("SG", sg), ("ACT", act.code())],
     )
 }

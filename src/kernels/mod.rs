@@ -149,14 +149,7 @@ pub(crate) fn check_head_dim(kernel: &'static str, d: usize) -> Result<()> {
             reason: "the kernel itself loads vec4 lanes and needs a multiple of 4 (Attention, Backward and Decoder pad other head dims)",
         });
     }
-    if d > MAX_HEAD_DIM {
-        return Err(Error::HeadDim {
-            kernel,
-            head_dim: d,
-            reason: "it must be at most 256 (per-row registers)",
-        });
-    }
-    Ok(())
+    check_call_head_dim(kernel, d)
 }
 
 /// The subgroup-shuffle path at width `sg` (0: not used) needs SUBGROUP with that one fixed
