@@ -382,6 +382,25 @@ fn tune_caches_winners_and_a_corrupt_cache_is_ignored() {
 }
 
 #[test]
+fn the_default_bench_sizes_itself_from_its_budget() {
+    // the README's main job: the ladder's two first rungs always run, the rest only within
+    // the budget, then ALiBi, a window and BigBird at the largest N; exponents and the reason
+    let out = longctx(&["bench", "--budget", "1", "--reps", "1", "--no-traffic"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{text}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("sizes from the 1 s budget: N 256…512; N = 1024 would take"), "{text}");
+    for needle in ["causal+alibi", "causal+window(64,0)", "bigbird", "time ∝ N^", "13 configurations"] {
+        assert!(text.contains(needle), "no `{needle}`:\n{text}");
+    }
+    assert!(!text.contains("skipped"), "{text}");
+    // --budget sizes only the default suite; out-of-range budgets are refused when parsed
+    fails_with(&["bench", "--n", "64", "--budget", "5"], "does not apply to sweeps");
+    fails_with(&["bench", "--full", "--budget", "5"], "--suite full");
+    let out = longctx(&["bench", "--budget", "0.5"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be 1 to 86400 seconds"));
+}
+
+#[test]
 fn selftest_checks_every_kernel_against_the_oracle() {
     let out = longctx(&["selftest"]);
     let text = String::from_utf8_lossy(&out.stdout);

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use longctx::contract::inputs::hashed;
 use longctx::contract::mask::{BigBird, Mask};
 use longctx::kernels::peak;
-use longctx::measure::bench::{Record, fitted_exponent, run_config};
+use longctx::measure::bench::{Record, fitted_exponent, run_config, rung_fits};
 use longctx::runtime::timing::time_wall;
 use longctx::{Alibi, AttnSpec, Kernel, Window};
 
@@ -18,7 +18,9 @@ use super::maskargs::{MaskArgs, describe, shape};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Suite {
-    /// About a minute on a software adapter: flash vs naive, dense/causal/ALiBi, N ≤ 2K, one window and one BigBird run.
+    /// Sizes from a time budget (--budget, 50 s): flash vs naive, dense and causal, on a
+    /// ladder N = 256, 512, 1K, … that grows while the next rung fits; then causal+ALiBi,
+    /// a causal window and BigBird at the largest N reached.
     Default,
     /// N = 1K…8K, dense and causal, flash vs naive.
     Full,
@@ -43,6 +45,12 @@ pub struct BenchArgs {
     /// A named suite; sweep flags below replace its sizes and masks.
     #[arg(long, value_enum, default_value_t = Suite::Default)]
     suite: Suite,
+    /// The long suite (= --suite full).
+    #[arg(long, conflicts_with = "suite")]
+    full: bool,
+    /// Seconds the default suite may take, from start to table (its sizes are chosen to fit).
+    #[arg(long, value_parser = budget_seconds)]
+    budget: Option<f64>,
     /// Sequence lengths N (= M), comma-separated; k = 1024 (e.g. 512,1k,2k).
     #[arg(long, value_delimiter = ',')]
     n: Option<Vec<String>>,
@@ -107,6 +115,15 @@ pub enum TensorCoresArg {
     All,
 }
 
+/// `--budget`: 1 s to a day.
+fn budget_seconds(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if (1.0..=86_400.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("{v} s: must be 1 to 86400 seconds")),
+        Err(e) => Err(format!("expected seconds: {e}")),
+    }
+}
+
 /// Parses `512`, `4k`, `1K`, `16M` (k = 1024, M = 1024²).
 pub fn parse_size(s: &str) -> anyhow::Result<usize> {
     let t = s.trim().to_lowercase();
@@ -138,12 +155,28 @@ fn bigbird(n: usize) -> anyhow::Result<Mask> {
     Ok(Mask::bigbird(&BigBird { global: 1, window: 1, random: 2, block: 64, seed: 0 }, n)?)
 }
 
-/// The configurations to run: a suite, or a sweep when any sweep flag is given.
+impl BenchArgs {
+    fn suite(&self) -> Suite {
+        if self.full { Suite::Full } else { self.suite }
+    }
+
+    /// Whether sweep flags replace the suite's sizes and masks.
+    fn sweep(&self) -> bool {
+        self.n.is_some()
+            || self.d.is_some()
+            || self.heads.is_some()
+            || self.kernels.is_some()
+            || self.mask.causal
+            || self.mask.window.is_some()
+            || self.mask.pattern.is_some()
+    }
+}
+
+/// The configurations to run: a fixed suite, or a sweep when any sweep flag is given.
 fn configs(a: &BenchArgs) -> anyhow::Result<Vec<Config>> {
-    let sweep = a.n.is_some() || a.d.is_some() || a.heads.is_some() || a.kernels.is_some();
     let alibi = if a.alibi { Alibi::Standard } else { Alibi::Off };
     let mut out = Vec::new();
-    if sweep || a.mask.causal || a.mask.window.is_some() || a.mask.pattern.is_some() {
+    if a.sweep() {
         let ns = match &a.n {
             Some(v) => v.iter().map(|s| parse_size(s)).collect::<anyhow::Result<Vec<_>>>()?,
             None => vec![512, 1024, 2048],
@@ -167,30 +200,8 @@ fn configs(a: &BenchArgs) -> anyhow::Result<Vec<Config>> {
         return Ok(out);
     }
     let reps = |r| a.reps.unwrap_or(r);
-    match a.suite {
-        Suite::Default => {
-            for causal in [false, true] {
-                for kern in [Kernel::Flash, Kernel::Naive] {
-                    for n in [512, 1024, 2048] {
-                        let spec = AttnSpec::new(shape(4, 4, n, n, 64)).causal(causal);
-                        out.push(Config { kernel: kern, spec, reps: reps(3) });
-                    }
-                }
-            }
-            for kern in [Kernel::Flash, Kernel::Naive] {
-                let s = shape(4, 4, 1024, 1024, 64);
-                out.push(Config {
-                    kernel: kern,
-                    spec: AttnSpec::new(s).causal(true).alibi(Alibi::Standard),
-                    reps: reps(3),
-                });
-                let s = shape(4, 4, 2048, 2048, 64);
-                let window = AttnSpec::new(s).causal(true).window(Some(Window::new(256, 0)));
-                out.push(Config { kernel: kern, spec: window, reps: reps(3) });
-            }
-            let bb = AttnSpec::new(shape(4, 4, 2048, 2048, 64)).mask(Some(bigbird(2048)?));
-            out.push(Config { kernel: Kernel::Flash, spec: bb, reps: reps(3) });
-        }
+    match a.suite() {
+        Suite::Default => unreachable!("the default suite is sized by its budget (default_suite)"),
         Suite::Full => {
             for causal in [false, true] {
                 for kern in [Kernel::Flash, Kernel::Naive] {
@@ -234,36 +245,36 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
     if a.backward {
         return backward_bench(&gpu, a, started);
     }
-    let configs = configs(a)?;
+    let budgeted = a.suite() == Suite::Default && !a.sweep();
+    if a.budget.is_some() && !budgeted {
+        let suite = clap::ValueEnum::to_possible_value(&a.suite()).map(|v| v.get_name().to_string());
+        bail!(
+            "--budget sizes the default suite; it does not apply to sweeps, --full or --suite {}",
+            suite.unwrap_or_default()
+        );
+    }
     let peak = peak::best_reading(&gpu)?;
     let info = gpu.info();
     println!(
         "adapter {} ({:?}, {}); peak probe {:.1} GFLOP/s FMA, {:.1} GB/s copy",
         info.name, info.backend, info.driver, peak.fma_gflops, peak.copy_gbps
     );
-    let bar = ProgressBar::new(configs.len() as u64);
+    let bar = ProgressBar::new(0);
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}").expect("template"));
-    let mut records = Vec::new();
-    for c in &configs {
-        bar.set_message(format!("{} {} N={}", c.kernel.name(), describe(&c.spec), c.spec.shape.n));
-        records.push(run_config(&gpu, c.kernel, &c.spec, c.reps, &peak, !a.no_traffic, &describe(&c.spec)));
-        if a.f16 && c.kernel == Kernel::Flash {
-            records.push(longctx::measure::bench::run_config_f16(
-                &gpu,
-                &c.spec,
-                c.reps,
-                &peak,
-                &describe(&c.spec),
-            ));
-        }
-        bar.inc(1);
-    }
+    let mut notes = Vec::new();
+    let records = if budgeted {
+        default_suite(&gpu, a, &peak, &bar, started, &mut notes)?
+    } else {
+        let configs = configs(a)?;
+        bar.inc_length(configs.len() as u64);
+        configs.iter().flat_map(|c| measure(&gpu, a, &peak, &bar, c)).collect()
+    };
     bar.finish_and_clear();
     println!("{}", table(&records));
     for r in records.iter().filter(|r| r.skipped.is_some()) {
         println!("skipped {} {} N={}: {}", r.kernel, r.mask, r.n, r.skipped.as_deref().unwrap_or_default());
     }
-    for line in exponents(&records) {
+    for line in exponents(&records).into_iter().chain(notes) {
         println!("{line}");
     }
     if let Some(path) = &a.json {
@@ -283,6 +294,84 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
         bail!("every configuration was skipped (reasons above): nothing was measured");
     }
     Ok(())
+}
+
+/// One configuration validated and timed (and its f16-input twin with `--f16`).
+fn measure(gpu: &longctx::Gpu, a: &BenchArgs, peak: &peak::Peak, bar: &ProgressBar, c: &Config) -> Vec<Record> {
+    let mask = describe(&c.spec);
+    bar.set_message(format!("{} {mask} N={}", c.kernel.name(), c.spec.shape.n));
+    let mut out = vec![run_config(gpu, c.kernel, &c.spec, c.reps, peak, !a.no_traffic, &mask)];
+    if a.f16 && c.kernel == Kernel::Flash {
+        out.push(longctx::measure::bench::run_config_f16(gpu, &c.spec, c.reps, peak, &mask));
+    }
+    bar.inc(1);
+    out
+}
+
+/// The default suite's ladder of N (= M); H = 4, D = 64. The first [`MIN_RUNGS`] always run
+/// (an exponent needs two sizes); each later one only if [`rung_fits`] the budget.
+const LADDER: [usize; 7] = [256, 512, 1024, 2048, 4096, 8192, 16384];
+const MIN_RUNGS: usize = 2;
+/// The default suite's `--budget`, seconds from start to table.
+const DEFAULT_BUDGET_S: f64 = 50.0;
+
+/// The default suite within `--budget`: the ladder (flash and naive, dense and causal),
+/// then causal+ALiBi, a causal window of N/8 and BigBird at the largest N reached. `notes`
+/// says where the ladder stopped and why.
+fn default_suite(
+    gpu: &longctx::Gpu,
+    a: &BenchArgs,
+    peak: &peak::Peak,
+    bar: &ProgressBar,
+    started: std::time::Instant,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Vec<Record>> {
+    let reps = a.reps.unwrap_or(3);
+    let mut records = Vec::new();
+    let budget = a.budget.unwrap_or(DEFAULT_BUDGET_S);
+    let run = |kernel, spec: AttnSpec, records: &mut Vec<Record>| {
+        let t = std::time::Instant::now();
+        records.extend(measure(gpu, a, peak, bar, &Config { kernel, spec, reps }));
+        t.elapsed().as_secs_f64()
+    };
+    let mut top: Option<(usize, f64, f64)> = None; // (N, rung seconds, tail's predicted seconds)
+    for (i, &n) in LADDER.iter().enumerate() {
+        if let Some((last, rung_s, tail_s)) = top {
+            let growth = n as f64 / last as f64;
+            let elapsed = started.elapsed().as_secs_f64();
+            if i >= MIN_RUNGS && !rung_fits(elapsed, rung_s, tail_s, growth, budget) {
+                notes.push(format!(
+                    "sizes from the {:.0} s budget: N {}…{last}; N = {n} would take about {:.0} s more with its \
+                     ALiBi/window/BigBird runs, {:.0} s are left (--budget SECONDS, or --full for N = 1K…8K)",
+                    budget,
+                    LADDER[0],
+                    (rung_s + tail_s) * growth * growth,
+                    (budget - elapsed).max(0.0),
+                ));
+                break;
+            }
+        }
+        bar.inc_length(4);
+        let mut secs = [[0.0; 2]; 2]; // [causal][flash, naive]
+        for (c, causal) in [false, true].into_iter().enumerate() {
+            for (k, kernel) in [Kernel::Flash, Kernel::Naive].into_iter().enumerate() {
+                secs[c][k] = run(kernel, AttnSpec::new(shape(4, 4, n, n, 64)).causal(causal), &mut records);
+            }
+        }
+        // The tail: ALiBi and window ≈ the causal pair each, BigBird ≈ dense flash.
+        let tail_s = 2.0 * (secs[1][0] + secs[1][1]) + secs[0][0];
+        top = Some((n, secs.iter().flatten().sum(), tail_s));
+    }
+    let n = top.map_or(LADDER[0], |t| t.0);
+    bar.inc_length(5);
+    let causal = AttnSpec::new(shape(4, 4, n, n, 64)).causal(true);
+    for kernel in [Kernel::Flash, Kernel::Naive] {
+        run(kernel, causal.clone().alibi(Alibi::Standard), &mut records);
+        run(kernel, causal.clone().window(Some(Window::new(n / 8, 0))), &mut records);
+    }
+    let bb = AttnSpec::new(shape(4, 4, n, n, 64)).mask(Some(bigbird(n)?));
+    run(Kernel::Flash, bb, &mut records);
+    Ok(records)
 }
 
 fn mib(b: u64) -> String {

@@ -45,6 +45,15 @@ pub fn fitted_exponent(points: &[(f64, f64)]) -> Option<f64> {
     (sxx > 0.0).then(|| sxy / sxx)
 }
 
+/// Whether the next rung of a size ladder fits a time budget. The rung's cost is predicted
+/// as the last rung's measured wall time × `growth`² (attention's cost is quadratic in N at
+/// worst; the oracle's and flash's grow no faster), and so is the work that must still
+/// follow it at that size (`tail_s`, measured at the last rung): the ladder stops growing
+/// while both still fit in what is left of `budget_s`.
+pub fn rung_fits(elapsed_s: f64, last_rung_s: f64, tail_s: f64, growth: f64, budget_s: f64) -> bool {
+    elapsed_s + (last_rung_s + tail_s) * growth * growth <= budget_s
+}
+
 /// One benchmark result, as `longctx bench --json` writes it (one object per configuration).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -443,6 +452,14 @@ mod tests {
         let pts: Vec<_> = [1.0, 2.0, 4.0, 8.0].iter().map(|&x: &f64| (x, 3.0 * x.powf(1.5))).collect();
         assert!((fitted_exponent(&pts).unwrap() - 1.5).abs() < 1e-12);
         assert_eq!(fitted_exponent(&pts[..1]), None);
+    }
+
+    #[test]
+    fn a_rung_fits_only_with_its_tail() {
+        // 10 s spent, the last rung took 2 s and its tail 1 s: the next (2× N) is predicted 12 s.
+        assert!(rung_fits(10.0, 2.0, 1.0, 2.0, 22.0));
+        assert!(!rung_fits(10.0, 2.0, 1.0, 2.0, 21.9));
+        assert!(!rung_fits(0.0, 2.0, 0.0, 2.0, 7.9));
     }
 
     #[test]
