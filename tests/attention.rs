@@ -130,10 +130,10 @@ fn tile_configs_and_paths() {
         let configs = [
             auto,
             FlashConfig { sg: 0, ..auto }.fit_passes(g, d),
-            FlashConfig { br: 16, bc: 8, p: 1, sg: 0, pass_tiles: 0 }.fit_passes(g, d),
-            FlashConfig { br: 8, bc: 32, p: 2, sg: 0, pass_tiles: 0 }.fit_passes(g, d),
-            FlashConfig { br: 8, bc: 16, p: 1, sg: auto.sg, pass_tiles: 0 }.fit_passes(g, d),
-            FlashConfig { br: 64, bc: 4, p: 4, sg: 0, pass_tiles: 0 }.fit_passes(g, d),
+            FlashConfig { br: 16, bc: 8, p: 1, sg: 0, pass_tiles: 0, coop: None }.fit_passes(g, d),
+            FlashConfig { br: 8, bc: 32, p: 2, sg: 0, pass_tiles: 0, coop: None }.fit_passes(g, d),
+            FlashConfig { br: 8, bc: 16, p: 1, sg: auto.sg, pass_tiles: 0, coop: None }.fit_passes(g, d),
+            FlashConfig { br: 64, bc: 4, p: 4, sg: 0, pass_tiles: 0, coop: None }.fit_passes(g, d),
             // several passes per list, resuming from O and LSE
             FlashConfig { pass_tiles: 2, ..auto },
             FlashConfig { sg: 0, pass_tiles: 1, ..auto },
@@ -259,4 +259,68 @@ fn long_key_lists_keep_float32_accuracy() {
     let ctx = format!("seed {seed} (replay with LONGCTX_SEED={seed})");
     assert!(ef <= 2.0 * peer, "flash {ef:.2e} > 2 × float32 reference {peer:.2e}; {ctx}");
     assert!(ed <= 2.0 * peer, "decode {ed:.2e} > 2 × float32 reference {peer:.2e}; {ctx}");
+}
+
+/// flash_coop.wgsl with its cooperative-matrix operations rewritten into plain WGSL
+/// (`Coop::emulated`): the tensor-core kernel's staging, layouts, online softmax, masks,
+/// ALiBi, GQA, passes and padding of the head dim to the matrix side, against the oracle on
+/// an adapter without the feature.
+#[test]
+fn the_tensor_core_flash_with_emulated_matrices_matches_the_oracle() {
+    use longctx::kernels::matmul::Coop;
+    use longctx::{Attention, DeviceTensors, FlashConfig};
+    let g = common::gpu();
+    let seed = common::seed();
+    let config = |size: u32, f16: bool, rt: u32, ct: u32, d: usize| {
+        let coop = Some(Coop::emulated(size, f16, 32));
+        FlashConfig { br: rt * size, bc: ct * size, p: 1, sg: 0, pass_tiles: 0, coop }.fit_passes(g, d)
+    };
+    let mut worst = 0f64;
+    for (d, spec) in [
+        // D = 36: padded to 40, five 8-wide slabs
+        (
+            36,
+            AttnSpec::new(AttnShape { batch: 2, heads: 3, kv_heads: 1, n: 37, m: 61, head_dim: 36 })
+                .causal(true)
+                .alibi(Alibi::Standard),
+        ),
+        (64, AttnSpec::new(shape(2, 2, 45, 29, 64)).window(Some(Window::new(9, 3)))),
+    ] {
+        for c in [config(8, false, 2, 2, d), config(8, false, 1, 2, d)] {
+            let attn = Attention::flash_with(g, &spec, c, false).unwrap();
+            let e = common::check_kernel(&attn, seed, BOUND);
+            worst = worst.max(e.o).max(e.lse);
+        }
+        // several passes per list, resuming from O and LSE
+        let c = FlashConfig { pass_tiles: 1, ..config(8, false, 2, 2, d) };
+        let attn = Attention::flash_with(g, &spec, c, false).unwrap();
+        assert!(attn.flash().unwrap().passes() > 1);
+        worst = worst.max(common::check_kernel(&attn, seed, BOUND).o);
+    }
+    // a sparse mask (per-row visibility bits) and a fully masked row
+    let spec = AttnSpec::new(shape(2, 2, 50, 50, 32)).mask(Some(
+        longctx::contract::mask::Mask::bigbird(
+            &longctx::contract::mask::BigBird { global: 1, window: 1, random: 1, block: 8, seed: 3 },
+            50,
+        )
+        .unwrap(),
+    ));
+    let attn = Attention::flash_with(g, &spec, config(8, false, 2, 2, 32), false).unwrap();
+    worst = worst.max(common::check_kernel(&attn, seed, BOUND).o);
+    // f16 inputs: within the f16 rounding (P is rounded to f16 before PV, as on tensor cores)
+    if g.features().contains(wgpu::Features::SHADER_F16) {
+        let spec = AttnSpec::new(shape(2, 1, 33, 70, 64)).causal(true);
+        let (q, k, v) = common::inputs(&spec, seed);
+        let (exact, _) = longctx::contract::reference::attention_f64(&spec, &q, &k, &v).unwrap();
+        let attn = Attention::flash_f16_with(g, &spec, config(8, true, 2, 2, 64)).unwrap();
+        let io = DeviceTensors::upload_f16(g, &spec, &q, &k, &v).unwrap();
+        io.poison(g);
+        let mut enc = g.device.create_command_encoder(&Default::default());
+        attn.encode(g, &mut enc, &io.buffers()).unwrap();
+        g.queue.submit([enc.finish()]);
+        let err = longctx::contract::reference::rel_error(&io.read(g).unwrap().o, &exact);
+        assert!(err <= 5e-3, "f16 emulated tensor cores: {err:.2e} (seed {seed})");
+        println!("emulated f16 tensor cores: rel err {err:.2e}");
+    }
+    println!("emulated tensor-core flash: worst rel err {worst:.2e}");
 }

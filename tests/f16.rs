@@ -75,3 +75,60 @@ fn without_shader_f16_the_f16_api_falls_back_to_f32_storage() {
     let (rounded, _) = attention_f64(&spec, &round16(&q), &round16(&k), &round16(&v)).unwrap();
     assert!(rel_error(&out.o, &rounded) <= 1e-5);
 }
+
+#[test]
+fn tensor_core_flash_matches_the_oracle_where_the_adapter_has_them() {
+    // Cooperative matrices (EXPERIMENTAL_COOPERATIVE_MATRIX): f16 ones through
+    // Attention::flash_tensor_cores (P rounded to f16 too: 5e-3, as the f16 matmul), f32 ones
+    // through the default flash path (exact: 1e-5), at sizes that are not multiples of the
+    // tiles, head dims that are not multiples of the matrix side, masks, ALiBi, GQA. The
+    // software adapter has none: there the test checks that the engine says so (the default
+    // path is the vec4 kernel, asking for tensor cores a typed error); tests/shaders.rs
+    // validates every variant with naga and writes it as SPIR-V.
+    use longctx::FlashConfig;
+    let g = common::gpu();
+    let seed = common::seed();
+    let specs = [
+        AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 2, n: 113, m: 203, head_dim: 64 })
+            .causal(true),
+        AttnSpec::new(AttnShape { batch: 2, heads: 3, kv_heads: 1, n: 77, m: 50, head_dim: 40 })
+            .alibi(Alibi::Standard),
+        AttnSpec::new(AttnShape { batch: 1, heads: 2, kv_heads: 2, n: 300, m: 300, head_dim: 128 })
+            .window(Some(longctx::Window::new(40, 0))),
+    ];
+    let f16 = FlashConfig::tensor_cores(g, 64, true);
+    let f32 = FlashConfig::tensor_cores(g, 64, false);
+    if f16.is_none() && f32.is_none() {
+        assert_eq!(FlashConfig::for_device(g, 64).coop, None);
+        let err = Attention::flash_tensor_cores(g, &specs[0]).err().expect("no cooperative matrices here");
+        assert!(matches!(err, longctx::Error::Config { .. }), "{err}");
+        println!("{}: no cooperative matrices ({err})", g.info().name);
+        return;
+    }
+    let mut ran = 0;
+    for spec in &specs {
+        let (q, k, v) = common::inputs(spec, seed);
+        let (exact, _) = attention_f64(spec, &q, &k, &v).unwrap();
+        if f16.is_some() {
+            let attn = Attention::flash_tensor_cores(g, spec).unwrap();
+            assert!(attn.flash().unwrap().config().coop.is_some());
+            let io = DeviceTensors::upload_f16(g, spec, &q, &k, &v).unwrap();
+            io.poison(g);
+            let mut enc = g.device.create_command_encoder(&Default::default());
+            attn.encode(g, &mut enc, &io.buffers()).unwrap();
+            g.queue.submit([enc.finish()]);
+            let err = rel_error(&io.read(g).unwrap().o, &exact);
+            assert!(err <= 5e-3, "f16 tensor cores {spec:?}: {err:.2e} > 5e-3 (seed {seed})");
+            println!("f16 tensor cores: rel err {err:.2e}");
+            ran += 1;
+        }
+        if f32.is_some() {
+            let attn = Attention::new(g, longctx::Kernel::Flash, spec).unwrap();
+            assert!(attn.flash().unwrap().config().coop.is_some());
+            let e = common::check_kernel(&attn, seed, 1e-5);
+            println!("f32 tensor cores: rel err {:.2e}", e.o);
+            ran += 1;
+        }
+    }
+    assert!(ran >= 3);
+}

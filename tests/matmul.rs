@@ -94,3 +94,29 @@ fn tensor_cores_match_the_oracle_where_the_adapter_has_them() {
         g.cooperative_matrices()
     );
 }
+
+#[test]
+fn the_tensor_core_kernel_with_emulated_matrices_matches_the_oracle() {
+    // matmul_coop.wgsl with its cooperative-matrix operations rewritten into plain WGSL
+    // (Coop::emulated): the real kernel's staging, layouts, edges and epilogue, run here
+    // where no adapter has the feature.
+    use longctx::kernels::matmul::{MatmulOptions, TensorCores};
+    let g = common::gpu();
+    let seed = common::seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for (size, f16, bound) in [(8, false, 1e-5), (8, true, 5e-3)] {
+        for (m, k, n, bias, act) in [(1, 1, 1, false, Activation::None), (37, 70, 45, true, Activation::Gelu)]
+        {
+            let (a, b) = (common::random(m * k, &mut rng), common::random(k * n, &mut rng));
+            let bv = bias.then(|| common::random(n, &mut rng));
+            let options =
+                MatmulOptions { subgroups: true, tensor_cores: TensorCores::Emulated { size, f16 } };
+            let mm = Matmul::with_options(g, m, k, n, bias, act, options).unwrap();
+            assert!(mm.path().ends_with("(emulated)"), "{}", mm.path());
+            let got = mm.run(g, &a, &b, bv.as_deref()).unwrap();
+            let err = rel_error(&got, &matmul_f64(&a, &b, bv.as_deref(), m, k, n, act));
+            assert!(err <= bound, "{} {m}×{k}×{n}: {err:.2e} > {bound:.0e} (seed {seed})", mm.path());
+            println!("{} {m}×{k}×{n}: rel err {err:.2e}", mm.path());
+        }
+    }
+}

@@ -60,7 +60,7 @@ fn oversized_workgroup_memory_is_a_typed_error() {
     // wgpu 30 does not check var<workgroup> against the limit; the engine must.
     let gpu = common::gpu();
     let spec = longctx::AttnSpec::new(longctx::AttnShape::mha(1, 1, 8, 8, 256));
-    let huge = FlashConfig { br: 256, bc: 32, p: 2, sg: 0, pass_tiles: 0 }.fit_passes(gpu, 256);
+    let huge = FlashConfig { br: 256, bc: 32, p: 2, sg: 0, pass_tiles: 0, coop: None }.fit_passes(gpu, 256);
     let err = longctx::Attention::flash_with(gpu, &spec, huge, false).err().expect("must fail");
     let msg = err.to_string();
     assert!(matches!(err, longctx::Error::WorkgroupMemory { .. }), "{msg}");
@@ -69,11 +69,14 @@ fn oversized_workgroup_memory_is_a_typed_error() {
 
 #[test]
 fn cooperative_matrix_variants_validate_and_compile_to_spirv() {
-    // Every variant the tensor-core path can choose (S = 8 and 16, f16 and f32 inputs,
-    // subgroups of 32 and 64, every activation): naga's validator, then its SPIR-V writer
+    // Every variant the tensor-core paths can choose (matmul: S = 8 and 16, f16 and f32
+    // inputs, subgroups of 32 and 64, every activation; flash: the same, large and small
+    // tiles, head dims 4…256, counting or not): naga's validator, then its SPIR-V writer
     // (what wgpu's Vulkan backend runs), since no adapter here has the feature.
-    let variants = longctx::kernels::matmul::coop_variants();
-    assert_eq!(variants.len(), 24);
+    let matmul = longctx::kernels::matmul::coop_variants();
+    let flash = longctx::kernels::flash::coop_variants();
+    assert_eq!((matmul.len(), flash.len()), (24, 96));
+    let variants: Vec<_> = matmul.into_iter().chain(flash).collect();
     for v in &variants {
         v.validate().unwrap_or_else(|e| panic!("{e}"));
         let source = v.source();

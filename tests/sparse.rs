@@ -135,7 +135,7 @@ fn fully_masked_rows_are_zero_with_lse_minus_inf() {
 fn flash_visits_only_listed_tiles() {
     let g = gpu();
     let s = shape(2, 2, 500, 500, 64);
-    let config = FlashConfig { br: 32, bc: 16, p: 1, sg: 0, pass_tiles: 0 }.fit_passes(g, 64);
+    let config = FlashConfig { br: 32, bc: 16, p: 1, sg: 0, pass_tiles: 0, coop: None }.fit_passes(g, 64);
     for (name, spec) in [
         ("dense", AttnSpec::new(s)),
         ("causal", AttnSpec::new(s).causal(true)),

@@ -28,7 +28,7 @@ fn a_borrowed_device_runs_the_attached_winner() {
     let d = 64;
     let preset = FlashConfig::for_device(&host, d);
     // a winner unlike the preset, as `longctx tune` would store it
-    let wanted = FlashConfig { br: 16, bc: 8, p: 1, sg: 0, pass_tiles: 0 };
+    let wanted = FlashConfig { br: 16, bc: 8, p: 1, sg: 0, pass_tiles: 0, coop: None };
     assert_ne!((preset.br, preset.bc, preset.sg), (wanted.br, wanted.bc, wanted.sg), "pick another winner");
     let mut tuned = Tuned::for_adapter(host.info());
     tuned.insert(FlashConfig::tuning_key(d), wanted.winner());

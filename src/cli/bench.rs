@@ -94,11 +94,13 @@ pub struct BenchArgs {
     /// Instead of attention, time the tiled matmul at these square sizes (e.g. 512,1024).
     #[arg(long, value_delimiter = ',')]
     matmul: Option<Vec<String>>,
-    /// With --matmul: cooperative matrices (tensor cores). `exact`: f32 ones where the
+    /// Cooperative matrices (tensor cores). With --matmul: `exact`: f32 ones where the
     /// adapter has them (else the vec4 kernel); `f16`: inputs rounded to f16, f32
     /// accumulation (an error where the adapter has none); `off`: never; `all`: each path
-    /// the adapter can run, side by side.
-    #[arg(long, value_enum, default_value = "exact", requires = "matmul")]
+    /// the adapter can run, side by side. With attention: flash uses f32 ones wherever the
+    /// adapter has them; `f16` and `all` add a flash-f16-tc row (f16 Q, K, V and weights on
+    /// f16 matrices) beside each flash row, skipped with the reason where the adapter has none.
+    #[arg(long, value_enum, default_value = "exact")]
     tensor_cores: TensorCoresArg,
 }
 
@@ -242,6 +244,11 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
         let sizes = sizes.iter().map(|s| parse_size(s)).collect::<anyhow::Result<Vec<_>>>()?;
         return matmul_bench(&gpu, &sizes, a.reps.unwrap_or(5), a.tensor_cores);
     }
+    if a.tensor_cores == TensorCoresArg::Off {
+        bail!(
+            "--tensor-cores off applies to --matmul; flash uses cooperative matrices only where the adapter offers f32 ones (`longctx info` lists them)"
+        );
+    }
     if a.backward {
         return backward_bench(&gpu, a, started);
     }
@@ -297,12 +304,21 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// One configuration validated and timed (and its f16-input twin with `--f16`).
-fn measure(gpu: &longctx::Gpu, a: &BenchArgs, peak: &peak::Peak, bar: &ProgressBar, c: &Config) -> Vec<Record> {
+fn measure(
+    gpu: &longctx::Gpu,
+    a: &BenchArgs,
+    peak: &peak::Peak,
+    bar: &ProgressBar,
+    c: &Config,
+) -> Vec<Record> {
     let mask = describe(&c.spec);
     bar.set_message(format!("{} {mask} N={}", c.kernel.name(), c.spec.shape.n));
     let mut out = vec![run_config(gpu, c.kernel, &c.spec, c.reps, peak, !a.no_traffic, &mask)];
     if a.f16 && c.kernel == Kernel::Flash {
-        out.push(longctx::measure::bench::run_config_f16(gpu, &c.spec, c.reps, peak, &mask));
+        out.push(longctx::measure::bench::run_config_f16(gpu, &c.spec, c.reps, peak, &mask, false));
+    }
+    if matches!(a.tensor_cores, TensorCoresArg::F16 | TensorCoresArg::All) && c.kernel == Kernel::Flash {
+        out.push(longctx::measure::bench::run_config_f16(gpu, &c.spec, c.reps, peak, &mask, true));
     }
     bar.inc(1);
     out

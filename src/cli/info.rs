@@ -98,6 +98,19 @@ pub fn describe(gpu: &Gpu) -> String {
                 c.workgroup_bytes(d)
             ),
         );
+        if let Some(tc) = FlashConfig::tensor_cores(gpu, d, true) {
+            line(
+                &format!("flash tensor cores at D = {d}"),
+                format!(
+                    "f16 {0}×{0} matrices, BR {1} × BC {2}, one subgroup of {3}, {4} B workgroup memory",
+                    tc.coop.map_or(0, |c| c.size),
+                    tc.br,
+                    tc.bc,
+                    tc.invocations(),
+                    tc.workgroup_bytes(d)
+                ),
+            );
+        }
     }
     s
 }

@@ -62,7 +62,7 @@ impl BackwardConfig {
         let l = gpu.limits();
         let storage = l.max_compute_workgroup_storage_size as u64;
         let inv = l.max_compute_invocations_per_workgroup.min(l.max_compute_workgroup_size_x);
-        let sg = flash::FlashConfig::for_device(gpu, d).sg;
+        let sg = flash::FlashConfig::choose(gpu.profile().0, gpu.tuned(), gpu, d).sg;
         let candidates = [(64, 32), (32, 32), (32, 16), (16, 16), (16, 8), (8, 8), (8, 4), (4, 4)];
         let fits = |c: &Self| {
             c.dq_workgroup_bytes(d) <= storage && c.dkv_workgroup_bytes(d) <= storage && c.br.max(c.bc) <= inv

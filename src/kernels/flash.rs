@@ -12,6 +12,7 @@
 use crate::contract::blockmap::BlockMap;
 use crate::contract::spec::AttnSpec;
 use crate::error::Result;
+use crate::kernels::matmul::Coop;
 use crate::kernels::{
     AttnBuffers, COMMON, Contract, Tiles, Traffic, UNTUNED, check_head_dim, check_shuffles, host_budget,
     lanes, slopes_words,
@@ -24,6 +25,12 @@ const NAME: &str = "flash";
 const SHADER: Shader = Shader {
     stem: NAME,
     source: include_str!("../../shaders/flash.wgsl"),
+    bindings: &numbered([Uniform, Read, Read, Read, ReadWrite, ReadWrite, Read, Read, ReadWrite, Uniform]),
+};
+/// The cooperative-matrix variant (`shaders/flash_coop.wgsl`): same bindings.
+const COOP_SHADER: Shader = Shader {
+    stem: "flash_coop",
+    source: include_str!("../../shaders/flash_coop.wgsl"),
     bindings: &numbered([Uniform, Read, Read, Read, ReadWrite, ReadWrite, Read, Read, ReadWrite, Uniform]),
 };
 
@@ -46,6 +53,10 @@ pub struct FlashConfig {
     /// Most tiles of one list walked per dispatch (0: whole lists in one pass). Set below an
     /// adapter's loop-iteration cap (see [`Gpu::loop_iteration_limit`]); any value is exact.
     pub pass_tiles: u32,
+    /// Cooperative matrices (tensor cores): `shaders/flash_coop.wgsl`, one subgroup per
+    /// workgroup, `br` and `bc` multiples of the matrix side, `p = 1`, `sg = 0`; the input
+    /// type (f16 or f32) is the storage type of Q, K, V. `None`: the vec4 kernel.
+    pub coop: Option<Coop>,
 }
 
 impl FlashConfig {
@@ -56,7 +67,10 @@ impl FlashConfig {
 
     /// Invocations per workgroup.
     pub fn invocations(&self) -> u32 {
-        self.br.saturating_mul(self.p)
+        match self.coop {
+            Some(c) => c.subgroup,
+            None => self.br.saturating_mul(self.p),
+        }
     }
 
     fn s_part_len(&self) -> u32 {
@@ -66,13 +80,47 @@ impl FlashConfig {
     /// Workgroup memory of this tile shape at head dim `d`: a K tile, a V tile, and the
     /// partial-score exchange when `p > 1`.
     pub fn workgroup_bytes(&self, d: usize) -> u64 {
-        2 * self.bc as u64 * d as u64 * 4 + self.s_part_len() as u64 * 4
+        let (br, bc) = (self.br as u64, self.bc as u64);
+        match self.coop {
+            Some(c) => {
+                let dp = (d as u64).div_ceil(c.size as u64) * c.size as u64;
+                let elem = if c.f16 { 2 } else { 4 };
+                (br * dp + 2 * bc * dp + br * bc) * elem + (br * bc + br * dp + 2 * br) * 4
+            }
+            None => 2 * bc * d as u64 * 4 + self.s_part_len() as u64 * 4,
+        }
     }
 
-    /// The configuration for this device: [`FlashConfig::choose`] with its profile, its
-    /// attached tuned winners and its limits.
+    /// The tensor-core configuration at head dim `d` where `gpu` offers square cooperative
+    /// matrices of the input type (f16 when Q, K, V are stored as f16, else f32) with f32
+    /// accumulation: 2S × 2S tiles, else the largest of 2S × S, S × 2S, S × S that fits its
+    /// workgroup memory. `None` where it offers none (every software adapter) or none fits.
+    pub fn tensor_cores(gpu: &Gpu, d: usize, f16: bool) -> Option<Self> {
+        if f16 && !gpu.features().contains(wgpu::Features::SHADER_F16) {
+            return None;
+        }
+        let coop = Coop::choose(gpu.cooperative_matrices(), gpu.fixed_subgroup(), f16)?;
+        [(2, 2), (2, 1), (1, 2), (1, 1)]
+            .into_iter()
+            .map(|(rt, ct)| Self {
+                br: rt * coop.size,
+                bc: ct * coop.size,
+                p: 1,
+                sg: 0,
+                pass_tiles: 0,
+                coop: Some(coop),
+            })
+            .find(|c| c.fits(gpu.limits(), d))
+            .map(|c| c.fit_passes(gpu, d))
+    }
+
+    /// The configuration for this device: f32 cooperative matrices where it offers them
+    /// ([`FlashConfig::tensor_cores`]; the same numbers as the vec4 kernel), else
+    /// [`FlashConfig::choose`] with its profile, its attached tuned winners and its limits.
+    /// (NVIDIA's drivers list f16 inputs only: [`Attention::flash_tensor_cores`](crate::Attention::flash_tensor_cores).)
     pub fn for_device(gpu: &Gpu, d: usize) -> Self {
-        Self::choose(gpu.profile().0, gpu.tuned(), gpu, d)
+        Self::tensor_cores(gpu, d, false)
+            .unwrap_or_else(|| Self::choose(gpu.profile().0, gpu.tuned(), gpu, d))
     }
 
     /// The one place a flash configuration is chosen: the tuned winner for head dim `d` where
@@ -128,7 +176,7 @@ impl FlashConfig {
                 UNTUNED
             );
         }
-        ok.then_some(Self { br, bc, p, sg, pass_tiles: 0 })
+        ok.then_some(Self { br, bc, p, sg, pass_tiles: 0, coop: None })
     }
 
     /// Whether this configuration fits workgroup memory and invocations of `limits`.
@@ -151,6 +199,14 @@ impl FlashConfig {
     /// loop of the tile body as if none were unrolled (compilers unroll most of them).
     pub fn loop_iterations_per_tile(&self, d: usize) -> u64 {
         let (br, bc, p) = (self.br as u64, self.bc as u64, self.p as u64);
+        if let Some(c) = self.coop {
+            let (s, w) = (c.size as u64, c.subgroup as u64);
+            let ds = (d as u64).div_ceil(s);
+            let (rt, ct) = (br / s, bc / s);
+            let staging = (bc * ds * s).div_ceil(w);
+            let rows = br.div_ceil(w) * (3 + 2 * bc + ds * s);
+            return 1 + staging + rt * ct * (1 + ds) + rows + rt * ds * (1 + ct) + 8;
+        }
         let d4 = (d / 4) as u64;
         let lanes = d4.div_ceil(p);
         let staging = (bc * d4).div_ceil(br * p);
@@ -184,10 +240,10 @@ impl FlashConfig {
         let storage = limits.max_compute_workgroup_storage_size as u64;
         let bc = [32u32, 16, 8, 4]
             .into_iter()
-            .find(|&bc| Self { br, bc, p, sg: 0, pass_tiles: 0 }.workgroup_bytes(d) <= storage)
+            .find(|&bc| Self { br, bc, p, sg: 0, pass_tiles: 0, coop: None }.workgroup_bytes(d) <= storage)
             .unwrap_or(4);
         let sg = if p == 1 && subgroup > 0 && br.is_multiple_of(subgroup) { subgroup } else { 0 };
-        Self { br, bc, p, sg, pass_tiles: 0 }
+        Self { br, bc, p, sg, pass_tiles: 0, coop: None }
     }
 
     /// The shader variant for head dim `d`; `count` builds the instrumented variant.
@@ -198,6 +254,11 @@ impl FlashConfig {
     /// [`FlashConfig::variant`] with Q, K, V stored as f16 when `f16`.
     pub fn variant_f16(&self, d: usize, count: bool, f16: bool) -> ShaderVariant {
         let d4 = (d / 4) as u32;
+        if let Some(c) = self.coop {
+            let shape =
+                [("RT", self.br / c.size), ("CT", self.bc / c.size), ("D4", d4), ("COUNT", count as u32)];
+            return COOP_SHADER.variant("main", &[COMMON], c.consts().into_iter().chain(shape).collect());
+        }
         SHADER.variant(
             "main",
             &[COMMON, lanes(self.sg)],
@@ -217,6 +278,28 @@ impl FlashConfig {
             ],
         )
     }
+}
+
+/// Every cooperative-matrix variant the flash kernel can build — both matrix sides, f16 and
+/// f32 inputs, subgroups of 32 and 64, the largest and smallest tiles, head dims that are
+/// and are not multiples of the side, counting or not: what CI validates with naga.
+pub fn coop_variants() -> Vec<ShaderVariant> {
+    let mut out = Vec::new();
+    for size in [8, 16] {
+        for f16 in [false, true] {
+            for subgroup in [32, 64] {
+                let coop = Some(Coop { size, f16, subgroup, emulated: false });
+                for (rt, ct) in [(2, 2), (1, 1)] {
+                    let c = FlashConfig { br: rt * size, bc: ct * size, p: 1, sg: 0, pass_tiles: 0, coop };
+                    for d in [4, 40, 64, 128, 256] {
+                        out.push(c.variant(d, false));
+                    }
+                    out.push(c.variant(64, true));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// What the instrumented kernel counted in one run.
@@ -305,7 +388,7 @@ impl Flash {
             });
         }
         let lanes = (s.head_dim / 4).div_ceil(config.p as usize);
-        if lanes > MAX_LANES_PER_INVOCATION {
+        if lanes > MAX_LANES_PER_INVOCATION && config.coop.is_none() {
             return Err(crate::Error::Config {
                 kernel: NAME,
                 config: format!("{config:?}"),
@@ -323,6 +406,9 @@ impl Flash {
             });
         }
         check_shuffles(gpu, NAME, &config, config.sg, &[("br", config.br)])?;
+        if let Some(c) = config.coop {
+            Self::check_coop(gpu, &config, c, f16)?;
+        }
         if let Some(limit) = gpu.loop_iteration_limit() {
             let per_tile = config.loop_iterations_per_tile(s.head_dim);
             if config.pass_tiles == 0 || config.pass_tiles as u64 * per_tile > limit {
@@ -380,6 +466,43 @@ impl Flash {
             counters: gpu.storage("flash counters", if instrumented { 20 } else { 4 })?,
             instrumented,
         })
+    }
+
+    /// A cooperative-matrix configuration against the kernel's shape rules and the device.
+    fn check_coop(gpu: &Gpu, config: &FlashConfig, c: Coop, f16: bool) -> Result<()> {
+        let reason = if config.p != 1 || config.sg != 0 {
+            "cooperative matrices need p = 1 and sg = 0 (one subgroup per workgroup)".to_string()
+        } else if config.br == 0
+            || config.bc == 0
+            || !config.br.is_multiple_of(c.size)
+            || !config.bc.is_multiple_of(c.size)
+        {
+            format!(
+                "br = {} and bc = {} must be positive multiples of the matrix side {}",
+                config.br, config.bc, c.size
+            )
+        } else if c.f16 != f16 {
+            format!(
+                "the matrices' inputs are {} but Q, K, V are stored as {}: they must match",
+                if c.f16 { "f16" } else { "f32" },
+                if f16 { "f16" } else { "f32" }
+            )
+        } else if !c.emulated
+            && Coop::choose(gpu.cooperative_matrices(), gpu.fixed_subgroup(), c.f16).is_none_or(|o| {
+                o.subgroup != c.subgroup || !gpu.cooperative_matrices().iter().any(|p| p.m_size == c.size)
+            })
+        {
+            format!(
+                "the device offers no {0}×{0} {1} cooperative matrix at subgroup width {2} (configurations: {3:?})",
+                c.size,
+                if c.f16 { "f16" } else { "f32" },
+                c.subgroup,
+                gpu.cooperative_matrices()
+            )
+        } else {
+            return Ok(());
+        };
+        Err(crate::Error::Config { kernel: NAME, config: format!("{config:?}"), reason })
     }
 
     /// The tile configuration in use.

@@ -27,7 +27,7 @@ const COOP_SHADER: Shader = Shader {
 /// A cooperative-matrix configuration: S×S matrices, f16 or f32 inputs (f32 accumulation),
 /// one subgroup of `subgroup` invocations per workgroup owning 2 × 2 accumulators (a 2S × 2S
 /// block of C).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Coop {
     /// Matrix side: 8 or 16.
     pub size: u32,
@@ -35,6 +35,8 @@ pub struct Coop {
     pub f16: bool,
     /// The subgroup width the workgroup is made of.
     pub subgroup: u32,
+    /// The matrix operations rewritten into plain WGSL ([`Coop::emulated`]).
+    pub emulated: bool,
 }
 
 impl Coop {
@@ -56,7 +58,25 @@ impl Coop {
             .filter(|p| p.m_size == p.n_size && p.n_size == p.k_size && matches!(p.m_size, 8 | 16))
             .map(|p| p.m_size)
             .max()?;
-        Some(Self { size, f16, subgroup })
+        Some(Self { size, f16, subgroup, emulated: false })
+    }
+
+    /// The same kernels with every cooperative-matrix operation rewritten into plain WGSL
+    /// (S×S arrays per invocation, f32 arithmetic in k order): they run on any adapter,
+    /// slowly. What checks the tensor-core kernels' indexing, layouts and control flow against
+    /// the oracle where no adapter has the feature (the software adapter in CI); never a
+    /// choice for speed. With `f16`, inputs are rounded to f16 as on the real path.
+    pub fn emulated(size: u32, f16: bool, workgroup: u32) -> Self {
+        Self { size, f16, subgroup: workgroup, emulated: true }
+    }
+
+    /// The variant's constants common to every cooperative-matrix kernel.
+    pub fn consts(&self) -> Vec<(&'static str, u32)> {
+        let mut c = vec![("COOP_S", self.size), ("F16_U", self.f16 as u32), ("SGW", self.subgroup)];
+        if self.emulated {
+            c.push(("COOP_EMULATE_U", 1));
+        }
+        c
     }
 
     /// Workgroup memory: A and B slabs in the input type, the f32 block of C.
@@ -71,12 +91,7 @@ impl Coop {
         COOP_SHADER.variant(
             "main",
             &[COMMON],
-            vec![
-                ("COOP_S", self.size),
-                ("F16_U", self.f16 as u32),
-                ("SGW", self.subgroup),
-                ("ACT", act.code()),
-            ],
+            self.consts().into_iter().chain([("ACT", act.code())]).collect(),
         )
     }
 }
@@ -93,6 +108,15 @@ pub enum TensorCores {
     F16,
     /// Never.
     Off,
+    /// The cooperative-matrix kernel with its matrix operations emulated in plain WGSL
+    /// ([`Coop::emulated`]): S×S matrices, f16 or f32 inputs, on any adapter — for checking
+    /// the tensor-core kernel where none is at hand, never for speed.
+    Emulated {
+        /// Matrix side: 8 or 16.
+        size: u32,
+        /// Inputs rounded to f16.
+        f16: bool,
+    },
 }
 
 /// How a [`Matmul`] may run.
@@ -118,6 +142,7 @@ impl Coop {
         let props = gpu.cooperative_matrices();
         let found = match use_ {
             TensorCores::Off => return Ok(None),
+            TensorCores::Emulated { size, f16 } => return Ok(Some(Self::emulated(size, f16, 32))),
             TensorCores::Exact => Self::choose(props, subgroup, false),
             TensorCores::F16 => Self::choose(props, subgroup, true),
         };
@@ -145,7 +170,7 @@ pub fn coop_variants() -> Vec<ShaderVariant> {
         for f16 in [false, true] {
             for subgroup in [32, 64] {
                 for act in [Activation::None, Activation::Gelu, Activation::GeluErf] {
-                    out.push(Coop { size, f16, subgroup }.variant(act));
+                    out.push(Coop { size, f16, subgroup, emulated: false }.variant(act));
                 }
             }
         }
@@ -347,7 +372,12 @@ impl Matmul {
     /// Which kernel runs, for reports: `coop 16×16 f16`, `coop 8×8 f32`, or `vec4 tiles`.
     pub fn path(&self) -> String {
         match self.coop {
-            Some(c) => format!("coop {0}×{0} {1}", c.size, if c.f16 { "f16" } else { "f32" }),
+            Some(c) => format!(
+                "coop {0}×{0} {1}{2}",
+                c.size,
+                if c.f16 { "f16" } else { "f32" },
+                if c.emulated { " (emulated)" } else { "" }
+            ),
             None => "vec4 tiles".into(),
         }
     }

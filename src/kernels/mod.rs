@@ -351,12 +351,53 @@ impl Attention {
     pub fn flash_f16(gpu: &Gpu, spec: &AttnSpec) -> Result<Self> {
         spec.validate()?;
         check_head_dim("flash (f16 storage)", spec.shape.head_dim)?;
-        let config = flash::FlashConfig::for_device(gpu, spec.shape.head_dim);
+        // vec4 tiles (f32 arithmetic); f16 cooperative matrices are flash_tensor_cores
+        let config = flash::FlashConfig::choose(gpu.profile().0, gpu.tuned(), gpu, spec.shape.head_dim);
         // without SHADER_F16: the fallback, f16-rounded values stored as f32 (upload_f16)
         let native = gpu.features().contains(wgpu::Features::SHADER_F16);
         Ok(Self {
             spec: spec.clone(),
             plan: Plan::Flash(flash::Flash::new_with(gpu, spec, config, false, native)?),
+            padded: None,
+        })
+    }
+
+    /// Prepares flash on tensor cores: Q, K, V stored as f16 (feed it with
+    /// [`DeviceTensors::upload_f16`]), QKᵀ and PV on f16 cooperative matrices with f32
+    /// accumulation, the weights P rounded to f16 before PV as FlashAttention does in half
+    /// precision (relative error ≈ 1e-3, where [`Attention::flash_f16`] keeps f32
+    /// arithmetic). A typed error where the device offers no f16 cooperative matrix (every
+    /// software adapter) or lacks SHADER_F16.
+    pub fn flash_tensor_cores(gpu: &Gpu, spec: &AttnSpec) -> Result<Self> {
+        spec.validate()?;
+        check_head_dim("flash (tensor cores)", spec.shape.head_dim)?;
+        let config = flash::FlashConfig::tensor_cores(gpu, spec.shape.head_dim, true).ok_or_else(|| Error::Config {
+            kernel: "flash",
+            config: "f16 inputs on cooperative matrices".into(),
+            reason: format!(
+                "the device offers no square f16×f16→f32 cooperative matrix that fits at head dim {} with a fixed subgroup width and SHADER_F16 (configurations: {:?}; fixed subgroup: {:?}; SHADER_F16: {})",
+                spec.shape.head_dim,
+                gpu.cooperative_matrices(),
+                gpu.fixed_subgroup(),
+                gpu.features().contains(wgpu::Features::SHADER_F16)
+            ),
+        })?;
+        Ok(Self {
+            spec: spec.clone(),
+            plan: Plan::Flash(flash::Flash::new_with(gpu, spec, config, false, true)?),
+            padded: None,
+        })
+    }
+
+    /// [`Attention::flash_f16`] with an explicit tile configuration (Q, K, V stored as f16;
+    /// needs SHADER_F16): f32 arithmetic on vec4 tiles, or f16 cooperative matrices when
+    /// `config.coop` has f16 inputs.
+    pub fn flash_f16_with(gpu: &Gpu, spec: &AttnSpec, config: flash::FlashConfig) -> Result<Self> {
+        spec.validate()?;
+        check_head_dim("flash (f16 storage)", spec.shape.head_dim)?;
+        Ok(Self {
+            spec: spec.clone(),
+            plan: Plan::Flash(flash::Flash::new_with(gpu, spec, config, false, true)?),
             padded: None,
         })
     }

@@ -178,18 +178,28 @@ pub fn run_config(
     mask: &str,
 ) -> Record {
     let mut r = base_record(gpu, kernel, spec, reps, mask);
-    if let Err(e) = fill(gpu, kernel, spec, reps, peak, traffic, false, &mut r) {
+    if let Err(e) = fill(gpu, kernel, spec, reps, peak, traffic, Inputs::F32, &mut r) {
         r.skipped = Some(e.to_string());
     }
     r
 }
 
-/// [`run_config`] for flash reading f16-stored Q, K, V (`kernel` = "flash-f16"; the error is
-/// against the oracle on the f32 inputs; traffic is not modelled for this variant).
-pub fn run_config_f16(gpu: &Gpu, spec: &AttnSpec, reps: usize, peak: &Peak, mask: &str) -> Record {
+/// [`run_config`] for flash reading f16-stored Q, K, V: "flash-f16" (f32 arithmetic) or,
+/// with `tensor_cores`, "flash-f16-tc" (f16 cooperative matrices,
+/// [`Attention::flash_tensor_cores`]). The error is against the oracle on the f32 inputs;
+/// traffic is not modelled for these variants.
+pub fn run_config_f16(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    reps: usize,
+    peak: &Peak,
+    mask: &str,
+    tensor_cores: bool,
+) -> Record {
     let mut r = base_record(gpu, Kernel::Flash, spec, reps, mask);
-    r.kernel = "flash-f16".into();
-    if let Err(e) = fill(gpu, Kernel::Flash, spec, reps, peak, false, true, &mut r) {
+    r.kernel = if tensor_cores { "flash-f16-tc" } else { "flash-f16" }.into();
+    let inputs = if tensor_cores { Inputs::F16TensorCores } else { Inputs::F16 };
+    if let Err(e) = fill(gpu, Kernel::Flash, spec, reps, peak, false, inputs, &mut r) {
         r.skipped = Some(e.to_string());
     }
     r
@@ -197,6 +207,16 @@ pub fn run_config_f16(gpu: &Gpu, spec: &AttnSpec, reps: usize, peak: &Peak, mask
 
 /// The seed of every benchmark's inputs ([`seeded_qkv`]).
 pub const INPUT_SEED: u64 = 0x10c7;
+
+/// How a benchmarked kernel reads Q, K, V.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Inputs {
+    F32,
+    /// Stored as f16, f32 arithmetic.
+    F16,
+    /// Stored as f16, f16 cooperative matrices.
+    F16TensorCores,
+}
 
 #[allow(clippy::too_many_arguments)]
 fn fill(
@@ -206,13 +226,17 @@ fn fill(
     reps: usize,
     peak: &Peak,
     traffic: bool,
-    half_inputs: bool,
+    inputs: Inputs,
     r: &mut Record,
 ) -> Result<()> {
     let s = spec.shape;
+    let half_inputs = inputs != Inputs::F32;
     // the device's limits first, then the host's, then the inputs
-    let attn =
-        if half_inputs { Attention::flash_f16(gpu, spec)? } else { Attention::new(gpu, kernel, spec)? };
+    let attn = match inputs {
+        Inputs::F32 => Attention::new(gpu, kernel, spec)?,
+        Inputs::F16 => Attention::flash_f16(gpu, spec)?,
+        Inputs::F16TensorCores => Attention::flash_tensor_cores(gpu, spec)?,
+    };
     // host: Q, K, V, read-back O and LSE, and the oracle's f64 rows
     let host = 4 * (2 * s.q_len() + 2 * s.kv_len() + s.lse_len()) as u64 + 8 * s.q_len() as u64;
     crate::runtime::host::check_bytes("the benchmark's inputs, outputs and oracle", host)?;

@@ -94,6 +94,21 @@ fn forward(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec) -> Result<f64> {
     Ok(rel_error(&out.o, &o_ref).max(rel_error(&finite.0, &finite.1)))
 }
 
+/// Flash on f16 cooperative matrices (f16 Q, K, V and weights) against the oracle on the f32
+/// inputs.
+fn forward_tensor_cores(gpu: &Gpu, spec: &AttnSpec) -> Result<f64> {
+    let (q, k, v) = seeded_qkv(spec, 7);
+    let attn = Attention::flash_tensor_cores(gpu, spec)?;
+    let io = DeviceTensors::upload_f16(gpu, spec, &q, &k, &v)?;
+    io.poison(gpu);
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    attn.encode(gpu, &mut enc, &io.buffers())?;
+    gpu.queue.submit([enc.finish()]);
+    let out = io.read(gpu)?;
+    let (o_ref, _) = attention_f64(spec, &q, &k, &v)?;
+    Ok(rel_error(&out.o, &o_ref))
+}
+
 /// The tiled (or materialised) backward against the oracle: worst of dQ, dK, dV.
 fn backward(gpu: &Gpu, spec: &AttnSpec, naive: bool) -> Result<f64> {
     let (q, k, v) = seeded_qkv(spec, 11);
@@ -206,7 +221,14 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
             Box::new(move |g: &Gpu| matmul(g, act, TensorCores::Off)),
         ));
     }
-    // tensor cores, where the adapter has them: f32 inputs exact, f16 inputs to 5e-3
+    // tensor cores, where the adapter has them: f32 inputs exact (flash takes f32 ones by
+    // default, so the flash checks above ran on them), f16 inputs to 5e-3
+    if crate::kernels::flash::FlashConfig::tensor_cores(gpu, 64, true).is_some() {
+        for (label, spec) in problems().into_iter().filter(|(_, s)| s.shape.head_dim.is_multiple_of(4)) {
+            let name = format!("flash {label} {}, cooperative f16 inputs", shape_of(&spec));
+            out.push((name, 5e-3, Box::new(move |g: &Gpu| forward_tensor_cores(g, &spec))));
+        }
+    }
     for (tc, bound) in [(TensorCores::Exact, BOUND), (TensorCores::F16, 5e-3)] {
         if let Ok(Some(c)) = Coop::for_device(gpu, tc) {
             out.push((

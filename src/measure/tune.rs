@@ -107,7 +107,7 @@ pub fn tune_flash(gpu: &Gpu, d: usize, n: usize, reps: usize, quick: bool) -> Re
     for &br in brs {
         for bc in [8, 16, 32] {
             for sg in [0, device_sg] {
-                let c = FlashConfig { br, bc, p: FlashConfig::parts_for(d), sg, pass_tiles: 0 }
+                let c = FlashConfig { br, bc, p: FlashConfig::parts_for(d), sg, pass_tiles: 0, coop: None }
                     .fit_passes(gpu, d);
                 if !configs.contains(&c) {
                     configs.push(c);
