@@ -105,7 +105,8 @@ fn the_tensor_core_kernel_with_emulated_matrices_matches_the_oracle() {
     let seed = common::seed();
     let mut rng = StdRng::seed_from_u64(seed);
     for (size, f16, bound) in [(8, false, 1e-5), (8, true, 5e-3)] {
-        for (m, k, n, bias, act) in [(1, 1, 1, false, Activation::None), (37, 70, 45, true, Activation::Gelu)]
+        // one activation: llvmpipe takes ~20 s to compile each emulated variant
+        for (m, k, n, bias, act) in [(1, 1, 1, false, Activation::Gelu), (37, 70, 45, true, Activation::Gelu)]
         {
             let (a, b) = (common::random(m * k, &mut rng), common::random(k * n, &mut rng));
             let bv = bias.then(|| common::random(n, &mut rng));
