@@ -88,7 +88,9 @@ def longctx_suite(r, small, shapes):
         path = os.path.join(r.out, f"bench-{i}.json")
         kernels = "flash,naive" if small or n <= 4096 else "flash"
         args = ["bench", "--n", str(n), "--d", str(d), "--heads", str(h), "--kv-heads", str(hkv), "--kernels", kernels,
-                "--reps", "3" if small else "5", "--no-traffic", "--json", path, *mask_args(causal, window, alibi)]
+                "--reps", "3" if small else "5", "--no-traffic", "--json", path, *mask_args(causal, window, alibi),
+                # on a GPU also f16 storage and f16 tensor cores (flash-f16, flash-f16-tc rows)
+                *([] if small else ["--f16", "--tensor-cores", "all"])]
         ok, _ = r.run(f"bench-{i}", args, timeout=600)
         if ok and os.path.exists(path):
             for rec in json.load(open(path)):
@@ -249,17 +251,18 @@ def summary(records, peers, presets, steps):
     lines += [f"| {n} | {'ok' if ok else 'FAILED'} | {s:.1f} |" for n, ok, s in steps]
     lines += ["", "## Attention: longctx flash against the peers (same run, same shapes; ratio = peer ms / longctx ms, > 1 means longctx is faster)", ""]
     peer_names = sorted({p["peer"] for p in peers})
-    lines.append("| shape | N | D | H/Hkv | longctx flash ms | GFLOP/s | % FMA probe | rel err | " + " | ".join(peer_names) + " |")
-    lines.append("|" + "---|" * (8 + len(peer_names)))
+    lines.append("| shape | N | D | H/Hkv | kernel | longctx ms | GFLOP/s | % FMA probe | rel err | " + " | ".join(peer_names) + " |")
+    lines.append("|" + "---|" * (9 + len(peer_names)))
     for rec in records:
-        if rec.get("kernel") != "flash" or rec.get("ms_median") is None:
+        # flash (f32), and on a GPU flash-f16 (f16 storage) and flash-f16-tc (tensor cores)
+        if not rec.get("kernel", "").startswith("flash") or rec.get("ms_median") is None:
             continue
         key = (rec["shape_label"], rec["n"], rec["d"], rec["heads"], rec["kv_heads"])
         cells = []
         for name in peer_names:
             p = next((p for p in peers if p["peer"] == name and (p["shape_label"], p["n"], p["d"], p["heads"], p["kv_heads"]) == key), None)
             cells.append("—" if p is None or p.get("ms") is None else f"{p['ms']:.2f} ms ({p['ms'] / rec['ms_median']:.2f}×)")
-        lines.append(f"| {key[0]} | {rec['n']} | {rec['d']} | {rec['heads']}/{rec['kv_heads']} | {rec['ms_median']:.2f} | "
+        lines.append(f"| {key[0]} | {rec['n']} | {rec['d']} | {rec['heads']}/{rec['kv_heads']} | {rec['kernel']} | {rec['ms_median']:.2f} | "
                      f"{rec.get('gflops', 0):.1f} | {rec.get('pct_peak_fma', 0):.1f} | {rec.get('rel_err', float('nan')):.1e} | "
                      + " | ".join(cells) + " |")
     if presets:
