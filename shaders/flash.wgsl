@@ -34,6 +34,9 @@
 // Device-memory traffic per (b, h): Q and O once (N·D each), LSE once (N), and for every
 // listed tile BC·D of K and of V: ≈ 2·D·BC·(listed tiles) = 2·N·M·D/BR for a dense map.
 
+// Mods (MODS): the user's score_mod and mask_mod (contract/mods.rs) are called per score,
+// mask_mod only on tiles the block map lists as partial.
+//
 // Q, K, V are stored as `in4`: vec4<f32>, or vec4<f16> in the f16-storage variant (half the
 // bytes; every value is widened to f32 on load and all arithmetic stays f32).
 @group(0) @binding(1) var<storage, read> q: array<in4>;
@@ -196,7 +199,12 @@ fn main(ids: Ids) {
             for (var c = 0u; c < BC; c++) {
                 let key = i32(key0 + c);
                 var sc = s[c] + alibi_bias(slope, pos, key);
-                if !tile_visible(contract, full, pos, key, row_bits, c) {
+                if MODS {
+                    sc = score_mod(sc, b, h, row, key0 + c);
+                }
+                // the user's mask_mod on tiles the map lists as partial (full ones passed it)
+                if !tile_visible(contract, full, pos, key, row_bits, c)
+                    || (MODS && !full && !mask_mod(b, h, row, key0 + c)) {
                     sc = MASKED;
                 }
                 s[c] = sc;

@@ -174,7 +174,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 for (var c = 0u; c < BC; c++) {
                     let key = i32(key0 + c);
                     var sc = s_s[r * BC + c] + alibi_bias(slope, pos, key);
-                    if !tile_visible(contract, full, pos, key, row_bits, c) {
+                    if MODS {
+                        sc = score_mod(sc, b, h, row0 + r, key0 + c);
+                    }
+                    if !tile_visible(contract, full, pos, key, row_bits, c)
+                        || (MODS && !full && !mask_mod(b, h, row0 + r, key0 + c)) {
                         sc = MASKED;
                     }
                     s_s[r * BC + c] = sc;

@@ -8,6 +8,7 @@
 pub mod blockmap;
 pub mod inputs;
 pub mod mask;
+pub mod mods;
 pub mod reference;
 mod shape;
 pub mod spec;

@@ -6,12 +6,14 @@
 
 use rayon::prelude::*;
 
+use crate::contract::mods::At;
 use crate::contract::spec::{AttnOutput, AttnSpec};
 use crate::error::Result;
 
 /// Forward attention in f64. Returns O `[B,H,N,D]` and LSE `[B,H,N]` (as f64).
 pub fn attention_f64(spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32]) -> Result<(Vec<f64>, Vec<f64>)> {
     spec.check_inputs(q, k, v)?;
+    check_rule(spec)?;
     let s = spec.shape;
     let mut o = vec![0f64; s.q_len()];
     let mut lse = vec![f64::NEG_INFINITY; s.lse_len()];
@@ -35,6 +37,7 @@ pub fn attention_rows_f64(
     rows: &[usize],
 ) -> Result<Vec<(Vec<f64>, f64)>> {
     spec.check_inputs(q, k, v)?;
+    check_rule(spec)?;
     let s = spec.shape;
     if let Some(&r) = rows.iter().find(|&&r| r >= s.lse_len()) {
         return Err(crate::Error::OutOfRange {
@@ -54,6 +57,17 @@ pub fn attention_rows_f64(
             (o_row, lse)
         })
         .collect())
+}
+
+/// The oracle evaluates mods through their Rust rule: WGSL alone it cannot run.
+pub(crate) fn check_rule(spec: &AttnSpec) -> Result<()> {
+    match &spec.mods {
+        Some(m) if m.rule().is_none() => Err(crate::Error::Invalid(format!(
+            "the oracle needs the Rust rule of the mods `{}` (Mods::with_rule); it cannot run WGSL",
+            m.name()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// One query row from the definition; writes O into `o_row` and returns the LSE.
@@ -82,11 +96,14 @@ fn row_f64(
     let pos = spec.position(i);
     o_row.iter_mut().for_each(|x| *x = 0.0);
     let mut max = f64::NEG_INFINITY;
+    let rule = spec.mods.as_ref().and_then(|md| md.rule());
     for (j, sc) in scores.iter_mut().enumerate() {
         let dist = pos - j as i64;
+        let at = At { b, h, q: i, kv: j, n, m };
         if dist < lo
             || dist > hi
             || spec.mask.as_ref().is_some_and(|mk| !mk.visible(h, i, j, spec.shape.q_offset()))
+            || rule.is_some_and(|r| !r.mask(at))
         {
             *sc = f64::NEG_INFINITY;
             continue;
@@ -94,6 +111,9 @@ fn row_f64(
         let k_row = &k[kv_base + j * d..kv_base + (j + 1) * d];
         let dot: f64 = q_row.iter().zip(k_row).map(|(&a, &b)| a as f64 * b as f64).sum();
         *sc = scale * dot - slope * dist.unsigned_abs() as f64;
+        if let Some(r) = rule {
+            *sc = r.score(*sc, at);
+        }
         max = max.max(*sc);
     }
     if max == f64::NEG_INFINITY {
@@ -146,6 +166,12 @@ pub fn attention_backward_f64(
     v: &[f32],
     d_o: &[f32],
 ) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    if let Some(m) = &spec.mods {
+        return Err(crate::Error::Invalid(format!(
+            "the backward oracle does not run mods yet (`{}`)",
+            m.name()
+        )));
+    }
     spec.check_inputs(q, k, v)?;
     spec.check_grad(d_o)?;
     let s = spec.shape;

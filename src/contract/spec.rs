@@ -8,6 +8,7 @@
 //! * A row with no visible key has output 0 and LSE `-inf`.
 
 use crate::contract::mask::Mask;
+use crate::contract::mods::Mods;
 pub use crate::contract::shape::{AttnShape, UNBOUNDED, Window};
 use crate::error::{Error, Result};
 
@@ -55,12 +56,20 @@ pub struct AttnSpec {
     pub scale: Option<f32>,
     /// A sparse pattern ANDed with the causal/window band (see [`crate::contract::mask`]).
     pub mask: Option<Mask>,
+    /// Score and mask modifications in WGSL (see [`crate::contract::mods`]): `score_mod` after
+    /// the ALiBi bias, `mask_mod` ANDed with every rule above. Flash runs them.
+    pub mods: Option<Mods>,
 }
 
 impl AttnSpec {
     /// Plain attention over `shape`: not causal, no window, ALiBi or mask, default scale.
     pub fn new(shape: AttnShape) -> Self {
-        Self { shape, causal: false, window: None, alibi: Alibi::Off, scale: None, mask: None }
+        Self { shape, causal: false, window: None, alibi: Alibi::Off, scale: None, mask: None, mods: None }
+    }
+    /// With score and mask modifications (`None`: none).
+    pub fn mods(mut self, mods: Option<Mods>) -> Self {
+        self.mods = mods;
+        self
     }
     /// With the sparse pattern `mask` (`None`: no pattern).
     pub fn mask(mut self, mask: Option<Mask>) -> Self {

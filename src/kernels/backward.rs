@@ -295,6 +295,7 @@ impl Backward {
     fn kernel_spec(gpu: &Gpu, spec: &AttnSpec) -> Result<(AttnSpec, Option<Padded>)> {
         spec.validate()?;
         check_call_head_dim(NAME, spec.shape.head_dim)?;
+        crate::kernels::refuse_mods(NAME, spec)?;
         let padded = Padded::new(gpu, &spec.shape, &PADDED)?;
         Ok((crate::kernels::pad::padded_spec(spec), padded))
     }

@@ -14,8 +14,8 @@ use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::matmul::Coop;
 use crate::kernels::{
-    AttnBuffers, COMMON, Contract, Tiles, Traffic, UNTUNED, check_head_dim, check_shuffles, host_budget,
-    lanes, slopes_words,
+    AttnBuffers, COMMON, Contract, MODS_NONE, Tiles, Traffic, UNTUNED, check_head_dim, check_shuffles,
+    host_budget, lanes, slopes_words, with_mods,
 };
 use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
 use crate::runtime::{Gpu, Profile, Tuned};
@@ -255,13 +255,22 @@ impl FlashConfig {
     pub fn variant_f16(&self, d: usize, count: bool, f16: bool) -> ShaderVariant {
         let d4 = (d / 4) as u32;
         if let Some(c) = self.coop {
-            let shape =
-                [("RT", self.br / c.size), ("CT", self.bc / c.size), ("D4", d4), ("COUNT", count as u32)];
-            return COOP_SHADER.variant("main", &[COMMON], c.consts().into_iter().chain(shape).collect());
+            let shape = [
+                ("RT", self.br / c.size),
+                ("CT", self.bc / c.size),
+                ("D4", d4),
+                ("COUNT", count as u32),
+                ("MODS_U", 0),
+            ];
+            return COOP_SHADER.variant(
+                "main",
+                &[COMMON, MODS_NONE],
+                c.consts().into_iter().chain(shape).collect(),
+            );
         }
         SHADER.variant(
             "main",
-            &[COMMON, lanes(self.sg)],
+            &[COMMON, lanes(self.sg), MODS_NONE],
             vec![
                 ("D4", d4),
                 ("DP4", d4.div_ceil(self.p)),
@@ -275,6 +284,7 @@ impl FlashConfig {
                 ("COUNT", count as u32),
                 ("F16_U", f16 as u32),
                 ("LANE_GUARD_U", !d4.is_multiple_of(self.p) as u32),
+                ("MODS_U", 0),
             ],
         )
     }
@@ -344,6 +354,7 @@ pub struct Flash {
     /// Real counters when instrumented, else a 4-byte placeholder binding.
     counters: wgpu::Buffer,
     instrumented: bool,
+    mask_mod_map: Option<std::time::Duration>,
 }
 
 impl Flash {
@@ -430,7 +441,13 @@ impl Flash {
             });
         }
 
-        let map = BlockMap::build_within(spec, config.br as usize, config.bc as usize, host_budget())?;
+        let mut map = BlockMap::build_within(spec, config.br as usize, config.bc as usize, host_budget())?;
+        let mut mask_mod_map = None;
+        if let Some(m) = spec.mods.as_ref().filter(|m| m.has_mask_mod()) {
+            let (refined, took) = crate::kernels::mods::refine(gpu, spec, m, &map)?;
+            map = refined;
+            mask_mod_map = Some(took);
+        }
         let (mut words, [entries, mask_index, bits]) = map.to_gpu_words();
         let mut tiles = Tiles::of_map(&map, [entries, mask_index, bits]);
         tiles.pass_tiles = config.pass_tiles;
@@ -452,7 +469,9 @@ impl Flash {
             }
         }
 
-        let kernel = gpu.compile(&config.variant_f16(s.head_dim, instrumented, f16))?;
+        let variant =
+            with_mods(config.variant_f16(s.head_dim, instrumented, f16), spec.mods.as_ref(), s.n, s.m);
+        let kernel = gpu.compile(&variant)?;
         Ok(Self {
             config,
             kernel,
@@ -465,7 +484,14 @@ impl Flash {
             slopes: gpu.upload("ALiBi slopes", &slopes_words(spec))?,
             counters: gpu.storage("flash counters", if instrumented { 20 } else { 4 })?,
             instrumented,
+            mask_mod_map,
         })
+    }
+
+    /// How long refining the block map by the call's `mask_mod` took on the device (`None`
+    /// without one): done once when the call is prepared, reused by every run.
+    pub fn mask_mod_map_time(&self) -> Option<std::time::Duration> {
+        self.mask_mod_map
     }
 
     /// A cooperative-matrix configuration against the kernel's shape rules and the device.

@@ -78,6 +78,7 @@ impl Heatmap {
         if flash.chunks() > 1 {
             return Err(Error::NeedsOneBinding { what: "the heatmap", chunks: flash.chunks() });
         }
+        crate::kernels::refuse_mods("heatmap", attn.spec())?;
         let c = flash.config();
         Ok(Self { kernel: gpu.compile(&variant(attn.spec().shape.head_dim, c.br, c.bc))? })
     }

@@ -12,6 +12,7 @@ pub mod flash;
 pub mod heatmap;
 pub mod layer;
 pub mod matmul;
+pub mod mods;
 pub mod naive;
 pub mod pad;
 pub mod peak;
@@ -32,6 +33,39 @@ const LANES_SUBGROUP: Snippet =
 /// The same without subgroups, so one kernel file compiles on devices with and without SUBGROUP.
 const LANES_PLAIN: Snippet =
     Snippet { name: "lanes_plain", source: include_str!("../../shaders/lanes_plain.wgsl") };
+
+/// The identity mods, for variants built without the user's (`MODS_U` = 0).
+pub(crate) const MODS_NONE: Snippet =
+    Snippet { name: "mods_none", source: include_str!("../../shaders/mods_none.wgsl") };
+
+/// `variant` (built with [`MODS_NONE`] and `MODS_U` = 0) with `mods` compiled in for an
+/// N × M call: the user's WGSL in place of the identity, `MODS_U` = 1.
+pub(crate) fn with_mods(
+    mut variant: ShaderVariant,
+    mods: Option<&crate::contract::mods::Mods>,
+    n: usize,
+    m: usize,
+) -> ShaderVariant {
+    let Some(mods) = mods else { return variant };
+    variant.prelude.retain(|s| s.name != MODS_NONE.name);
+    for c in variant.consts.iter_mut().filter(|c| c.0 == "MODS_U") {
+        c.1 = 1;
+    }
+    variant.with_user(mods.name(), mods.kernel_source(n, m))
+}
+
+/// A typed error for a kernel that does not run attention mods yet.
+pub(crate) fn refuse_mods(kernel: &'static str, spec: &AttnSpec) -> Result<()> {
+    match &spec.mods {
+        Some(m) => Err(Error::Config {
+            kernel,
+            config: format!("mods {}", m.name()),
+            reason: "score_mod / mask_mod run in the flash forward (vec4 and cooperative-matrix kernels) only so far"
+                .into(),
+        }),
+        None => Ok(()),
+    }
+}
 
 /// The lane helpers for subgroup width `sg` (0: plain workgroup-memory loads).
 pub(crate) fn lanes(sg: u32) -> Snippet {

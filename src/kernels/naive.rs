@@ -114,6 +114,7 @@ impl Naive {
     pub fn new(gpu: &Gpu, spec: &AttnSpec, instrumented: bool) -> Result<Self> {
         let s = spec.shape;
         check_head_dim(NAME, s.head_dim)?;
+        crate::kernels::refuse_mods(NAME, spec)?;
         gpu.check_workgroup(NAME, 0, 64)?;
         if let Some(limit) = gpu.loop_iteration_limit()
             && s.m as u64 + 1 > limit

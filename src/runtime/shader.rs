@@ -65,8 +65,19 @@ impl Shader {
         prelude: &[Snippet],
         consts: Vec<(&'static str, u32)>,
     ) -> ShaderVariant {
-        ShaderVariant { shader: self, prelude: prelude.to_vec(), entry, consts }
+        ShaderVariant { shader: self, prelude: prelude.to_vec(), entry, consts, user: None }
     }
+}
+
+/// WGSL from outside the engine (a user's attention mods), placed after the snippets.
+#[derive(Clone, Debug)]
+pub struct UserSource {
+    /// For messages: the user's file or the named mods.
+    pub name: String,
+    /// The text.
+    pub source: std::sync::Arc<str>,
+    /// A hash of the text, which keys the pipeline cache.
+    pub hash: u64,
 }
 
 /// One compilable variant of a kernel.
@@ -85,6 +96,8 @@ pub struct ShaderVariant {
     pub entry: &'static str,
     /// Creation-time constants, in header order.
     pub consts: Vec<(&'static str, u32)>,
+    /// The user's WGSL, if any (after the snippets, before the kernel).
+    pub user: Option<UserSource>,
 }
 
 /// What identifies a compiled variant: everything but the source text.
@@ -95,6 +108,7 @@ struct VariantKey {
     prelude: Vec<&'static str>,
     consts: Vec<(&'static str, u32)>,
     bindings: &'static [(u32, Binding)],
+    user: Option<u64>,
 }
 
 impl ShaderVariant {
@@ -105,6 +119,7 @@ impl ShaderVariant {
             prelude: self.prelude.iter().map(|s| s.name).collect(),
             consts: self.consts.clone(),
             bindings: self.shader.bindings,
+            user: self.user.as_ref().map(|u| u.hash),
         }
     }
 
@@ -146,6 +161,10 @@ impl ShaderVariant {
         for snippet in &self.prelude {
             src.push_str(snippet.source);
         }
+        if let Some(u) = &self.user {
+            src.push_str(&u.source);
+            src.push('\n');
+        }
         src.push_str(self.shader.source);
         match coop {
             Some(s) if emulate => emulate_coop(&src, s),
@@ -153,10 +172,20 @@ impl ShaderVariant {
         }
     }
 
-    /// `stem:entry[NAME=value,…]`, for messages.
+    /// `stem:entry[NAME=value,…]`, for messages (and `+ mods` with the user's WGSL).
     pub fn name(&self) -> String {
         let consts: Vec<String> = self.consts.iter().map(|(n, v)| format!("{n}={v}")).collect();
-        format!("{}:{}[{}]", self.shader.stem, self.entry, consts.join(","))
+        let user = self.user.as_ref().map_or(String::new(), |u| format!(" with {}", u.name));
+        format!("{}:{}[{}]{user}", self.shader.stem, self.entry, consts.join(","))
+    }
+
+    /// This variant with the user's WGSL `source` (named `name` in messages).
+    pub fn with_user(mut self, name: &str, source: String) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        source.hash(&mut h);
+        self.user = Some(UserSource { name: name.to_string(), hash: h.finish(), source: source.into() });
+        self
     }
 
     /// Parses and validates the source with naga (what wgpu does at pipeline creation).

@@ -1,0 +1,539 @@
+//! Attention modifications (FlexAttention's `score_mod` and `mask_mod`), written in WGSL
+//! and compiled into the kernels, with the same rule in Rust for the oracle.
+//!
+//! A module defines any of ([`SIGNATURES`]; indices as FlexAttention's: `q_idx` is the query
+//! row 0..N, `kv_idx` the key 0..M; the constants `N_Q` and `N_KV` are N and M, so
+//! bottom-right-aligned causal is `q_idx + N_KV - N_Q >= kv_idx`):
+//!
+//! ```wgsl
+//! fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32
+//! fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool
+//! fn score_mod_grad(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32
+//! ```
+//!
+//! `score_mod` applies to the scaled score (after the built-in ALiBi bias) before the
+//! softmax; `mask_mod` is ANDed with every other rule (causal, window, sparse masks); a
+//! function left out is the identity (`score`, `true`, `1`). [`Mods::wgsl`] parses and
+//! validates a module with naga before any kernel sees it, so a mistake is reported against
+//! the user's own file and lines. The named mods ([`Named`]) carry their Rust rule; a module
+//! from a file gets one with [`Mods::with_rule`] (the oracle refuses mods without one).
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// The three functions a mod module may define, as the kernels call them.
+pub const SIGNATURES: [&str; 3] = [
+    "fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32",
+    "fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool",
+    "fn score_mod_grad(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32",
+];
+
+/// Where a rule is evaluated: batch, query head, query row `q` (0..N), key `kv` (0..M), and
+/// N, M (WGSL's `N_Q`, `N_KV`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct At {
+    /// Batch.
+    pub b: usize,
+    /// Query head.
+    pub h: usize,
+    /// Query row, 0..N.
+    pub q: usize,
+    /// Key, 0..M.
+    pub kv: usize,
+    /// Query rows N.
+    pub n: usize,
+    /// Keys M.
+    pub m: usize,
+}
+
+impl At {
+    /// The query's position − the key's: `q + M − N − kv` (bottom-right aligned; ≥ 0 is causal).
+    pub fn distance(&self) -> i64 {
+        self.q as i64 + self.m as i64 - self.n as i64 - self.kv as i64
+    }
+}
+
+/// A mod's rule in Rust, evaluated by the oracle in f64.
+pub trait ModRule: Send + Sync {
+    /// `score_mod`.
+    fn score(&self, score: f64, _at: At) -> f64 {
+        score
+    }
+    /// `mask_mod`.
+    fn mask(&self, _at: At) -> bool {
+        true
+    }
+    /// `score_mod_grad`: d score_mod / d score.
+    fn score_grad(&self, _score: f64, _at: At) -> f64 {
+        1.0
+    }
+}
+
+/// The closure type of [`RuleFns::score`].
+pub type ScoreFn = Box<dyn Fn(f64, At) -> f64 + Send + Sync>;
+/// The closure type of [`RuleFns::mask`].
+pub type MaskFn = Box<dyn Fn(At) -> bool + Send + Sync>;
+
+/// A Rust rule from closures (for a WGSL file's rule written beside it).
+pub struct RuleFns {
+    /// `score_mod`; `None`: the identity.
+    pub score: Option<ScoreFn>,
+    /// `mask_mod`; `None`: every key visible.
+    pub mask: Option<MaskFn>,
+}
+
+impl ModRule for RuleFns {
+    fn score(&self, s: f64, at: At) -> f64 {
+        self.score.as_ref().map_or(s, |f| f(s, at))
+    }
+    fn mask(&self, at: At) -> bool {
+        self.mask.as_ref().is_none_or(|f| f(at))
+    }
+}
+
+/// Score and mask modifications for one attention call: WGSL for the kernels, a Rust rule
+/// for the oracle.
+#[derive(Clone)]
+pub struct Mods {
+    name: String,
+    source: Arc<str>,
+    score: bool,
+    mask: bool,
+    grad: bool,
+    mask_uses: [bool; 2],
+    rule: Option<Arc<dyn ModRule>>,
+    hash: u64,
+}
+
+impl fmt::Debug for Mods {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mods")
+            .field("name", &self.name)
+            .field("score_mod", &self.score)
+            .field("mask_mod", &self.mask)
+            .field("score_mod_grad", &self.grad)
+            .field("rule", &self.rule.is_some())
+            .finish()
+    }
+}
+
+impl PartialEq for Mods {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.source == other.source
+    }
+}
+
+/// Whether `source` defines a function `name` (by its text: `fn name(`).
+fn defines(source: &str, name: &str) -> bool {
+    source.match_indices("fn").any(|(at, _)| {
+        let before = source[..at].chars().next_back();
+        let after = source[at + 2..].trim_start();
+        before.is_none_or(|c| !c.is_alphanumeric() && c != '_')
+            && after.strip_prefix(name).is_some_and(|rest| rest.trim_start().starts_with('('))
+    })
+}
+
+impl Mods {
+    /// Parses and validates a WGSL mod module named `name` (a file name, for messages):
+    /// naga's parser and validator with `N_Q`, `N_KV` and the missing functions supplied
+    /// after the user's text (so its line numbers are the file's), then each function
+    /// against its signature. Errors name the file and line.
+    pub fn wgsl(name: &str, source: &str) -> Result<Self> {
+        let err = |message: String| Error::Shader { name: name.to_string(), message };
+        let (score, mask, grad) =
+            (defines(source, "score_mod"), defines(source, "mask_mod"), defines(source, "score_mod_grad"));
+        if !score && !mask {
+            return Err(err(format!(
+                "defines neither score_mod nor mask_mod; a mod module defines at least one of:\n  {}",
+                SIGNATURES.join("\n  ")
+            )));
+        }
+        if grad && !score {
+            return Err(err("defines score_mod_grad without score_mod".into()));
+        }
+        let full = Self::assemble(source, score, mask, grad, 1, 1);
+        let module =
+            naga::front::wgsl::parse_str(&full).map_err(|e| err(e.emit_to_string_with_path(&full, name)))?;
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .map_err(|e| err(e.emit_to_string_with_path(&full, name)))?;
+        if !module.entry_points.is_empty() || module.global_variables.iter().any(|(_, g)| g.binding.is_some())
+        {
+            return Err(err(
+                "a mod module may not declare entry points or bound resources (user buffers are not supported yet)"
+                    .into(),
+            ));
+        }
+        let f32_ty = naga::TypeInner::Scalar(naga::Scalar::F32);
+        let u32_ty = naga::TypeInner::Scalar(naga::Scalar::U32);
+        let bool_ty = naga::TypeInner::Scalar(naga::Scalar::BOOL);
+        let mut mask_uses = [false; 2];
+        for (i, (fname, present)) in
+            [("score_mod", score), ("mask_mod", mask), ("score_mod_grad", grad)].into_iter().enumerate()
+        {
+            if !present {
+                continue;
+            }
+            let Some((handle, f)) = module.functions.iter().find(|(_, f)| f.name.as_deref() == Some(fname))
+            else {
+                return Err(err(format!("no function {fname}")));
+            };
+            let args: Vec<&naga::TypeInner> = f.arguments.iter().map(|a| &module.types[a.ty].inner).collect();
+            let result = f.result.as_ref().map(|r| &module.types[r.ty].inner);
+            let want_args: Vec<&naga::TypeInner> = if i == 1 {
+                vec![&u32_ty; 4]
+            } else {
+                std::iter::once(&f32_ty).chain([&u32_ty; 4]).collect()
+            };
+            let want_result = if i == 1 { &bool_ty } else { &f32_ty };
+            if args != want_args || result != Some(want_result) {
+                return Err(err(format!("{fname} must be `{}`", SIGNATURES[i])));
+            }
+            if i == 1 {
+                // naga makes an expression per argument up front: an argument is read when
+                // something refers to its expression
+                let uses = &info[handle];
+                for (h, e) in f.expressions.iter() {
+                    if let naga::Expression::FunctionArgument(a) = e
+                        && (*a as usize) < 2
+                        && uses[h].ref_count > 0
+                    {
+                        mask_uses[*a as usize] = true;
+                    }
+                }
+            }
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        source.hash(&mut hasher);
+        Ok(Self {
+            name: name.to_string(),
+            source: source.into(),
+            score,
+            mask,
+            grad,
+            mask_uses,
+            rule: None,
+            hash: hasher.finish(),
+        })
+    }
+
+    /// The user's text with `N_Q`, `N_KV` and the missing functions after it.
+    fn assemble(source: &str, score: bool, mask: bool, grad: bool, n: usize, m: usize) -> String {
+        let mut s = format!("{source}\nconst N_Q: u32 = {n}u;\nconst N_KV: u32 = {m}u;\n");
+        if !score {
+            s.push_str("fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 { return score; }\n");
+        }
+        if !mask {
+            s.push_str("fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool { return true; }\n");
+        }
+        if !grad && !score {
+            s.push_str("fn score_mod_grad(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 { return 1.0; }\n");
+        }
+        s
+    }
+
+    /// The WGSL a kernel includes for an N × M call: the module, the constants, and the
+    /// identity for what it leaves out.
+    pub fn kernel_source(&self, n: usize, m: usize) -> String {
+        Self::assemble(&self.source, self.score, self.mask, self.grad, n, m)
+    }
+
+    /// Attaches the rule the oracle evaluates (it must be the same rule as the WGSL).
+    pub fn with_rule(mut self, rule: Arc<dyn ModRule>) -> Self {
+        self.rule = Some(rule);
+        self
+    }
+
+    /// The rule, if one is attached.
+    pub fn rule(&self) -> Option<&Arc<dyn ModRule>> {
+        self.rule.as_ref()
+    }
+
+    /// The name for messages (file name or the named mods).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the module defines `score_mod`.
+    pub fn has_score_mod(&self) -> bool {
+        self.score
+    }
+
+    /// Whether the module defines `mask_mod`.
+    pub fn has_mask_mod(&self) -> bool {
+        self.mask
+    }
+
+    /// Whether `score_mod_grad` is known (defined, or `score_mod` is absent): the backward
+    /// needs it.
+    pub fn has_grad(&self) -> bool {
+        self.grad || !self.score
+    }
+
+    /// Whether `mask_mod` reads its batch (`b`) and head (`h`) arguments: a block map is
+    /// built per head only when it reads `h`, over batches only when it reads `b`.
+    pub fn mask_reads(&self) -> (bool, bool) {
+        (self.mask_uses[0], self.mask_uses[1])
+    }
+
+    /// A hash of the source, which keys the compiled pipelines.
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// Two mod modules as one: the first's functions and the second's, which must not
+    /// define the same function (e.g. a score file and a mask file). Rules combine likewise.
+    pub fn and(self, other: Mods) -> Result<Self> {
+        let name = format!("{} + {}", self.name, other.name);
+        if (self.score && other.score) || (self.mask && other.mask) || (self.grad && other.grad) {
+            return Err(Error::Shader {
+                name,
+                message: "both modules define the same function; combine them in one file".into(),
+            });
+        }
+        let source = format!("{}\n{}", self.source, other.source);
+        let both = Mods::wgsl(&name, &source)?;
+        let rule: Option<Arc<dyn ModRule>> = match (self.rule, other.rule) {
+            (Some(a), Some(b)) => Some(Arc::new(Both(a, b))),
+            _ => None,
+        };
+        Ok(Self { rule, ..both })
+    }
+}
+
+/// Two rules: scores through the first then the second, masks ANDed.
+struct Both(Arc<dyn ModRule>, Arc<dyn ModRule>);
+
+impl ModRule for Both {
+    fn score(&self, s: f64, at: At) -> f64 {
+        self.1.score(self.0.score(s, at), at)
+    }
+    fn mask(&self, at: At) -> bool {
+        self.0.mask(at) && self.1.mask(at)
+    }
+    fn score_grad(&self, s: f64, at: At) -> f64 {
+        self.1.score_grad(self.0.score(s, at), at) * self.0.score_grad(s, at)
+    }
+}
+
+/// The library of named mods, each WGSL plus its Rust rule. Positions are bottom-right
+/// aligned like the contract's: query row `q` sits at `p = q + M − N`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Named {
+    /// Causal: `kv ≤ p`.
+    Causal,
+    /// Causal sliding window: `p − window ≤ kv ≤ p`.
+    Window(u32),
+    /// ALiBi (the paper's slopes for `heads` query heads): `score − slope_h·|p − kv|`.
+    Alibi(usize),
+    /// Gemma 2's soft-capping: `cap·tanh(score / cap)`.
+    Softcap(f32),
+    /// Prefix-LM: the first `prefix` keys are visible to every query, the rest causally.
+    PrefixLm(u32),
+    /// StreamingLLM's attention sinks: the first `sinks` keys plus a causal window.
+    Sinks {
+        /// Keys always visible.
+        sinks: u32,
+        /// Causal window behind each query.
+        window: u32,
+    },
+    /// A dilated causal window: keys `p − d·k` for `k = 0..=window / d`.
+    Dilated {
+        /// Reach of the window.
+        window: u32,
+        /// Step between visible keys.
+        dilation: u32,
+    },
+}
+
+impl Named {
+    /// Parses `causal`, `window=W`, `alibi`, `softcap=C`, `prefix=P`, `sinks=K,window=W`,
+    /// `dilated=W,dilation=D` (`heads` is the call's query heads, for ALiBi's slopes).
+    pub fn parse(text: &str, heads: usize) -> Result<Self> {
+        let bad = |why: String| Error::Invalid(format!("--mod `{text}`: {why}"));
+        let mut kv: Vec<(&str, Option<&str>)> = Vec::new();
+        for part in text.split(',') {
+            let part = part.trim();
+            match part.split_once('=') {
+                Some((k, v)) => kv.push((k.trim(), Some(v.trim()))),
+                None => kv.push((part, None)),
+            }
+        }
+        let get = |key: &str| kv.iter().find(|(k, _)| *k == key).and_then(|(_, v)| *v);
+        let int = |key: &str, min: u32| -> Result<u32> {
+            let v = get(key).ok_or_else(|| bad(format!("needs {key}=…")))?;
+            let x: u32 = v.parse().map_err(|e| bad(format!("{key}={v}: {e}")))?;
+            if x < min {
+                return Err(bad(format!("{key} must be at least {min}")));
+            }
+            Ok(x)
+        };
+        let named = match kv.first().map(|(k, _)| *k) {
+            Some("causal") => Named::Causal,
+            Some("window") => Named::Window(int("window", 0)?),
+            Some("alibi") => Named::Alibi(heads),
+            Some("softcap") => {
+                let v = get("softcap").ok_or_else(|| bad("needs softcap=CAP".into()))?;
+                let cap: f32 = v.parse().map_err(|e| bad(format!("softcap={v}: {e}")))?;
+                if !(cap.is_finite() && cap > 0.0) {
+                    return Err(bad("the cap must be positive and finite".into()));
+                }
+                Named::Softcap(cap)
+            }
+            Some("prefix") => Named::PrefixLm(int("prefix", 0)?),
+            Some("sinks") => Named::Sinks { sinks: int("sinks", 0)?, window: int("window", 0)? },
+            Some("dilated") => Named::Dilated { window: int("dilated", 0)?, dilation: int("dilation", 1)? },
+            _ => {
+                return Err(bad(
+                    "choose causal, window=W, alibi, softcap=C, prefix=P, sinks=K,window=W, dilated=W,dilation=D"
+                        .into(),
+                ));
+            }
+        };
+        let known: &[&str] = match named {
+            Named::Sinks { .. } => &["sinks", "window"],
+            Named::Dilated { .. } => &["dilated", "dilation"],
+            _ => &[],
+        };
+        if let Some((k, _)) = kv.iter().skip(1).find(|(k, _)| !known.contains(k)) {
+            return Err(bad(format!("unknown parameter `{k}`")));
+        }
+        Ok(named)
+    }
+
+    /// This mod as WGSL with its Rust rule.
+    pub fn mods(&self) -> Mods {
+        // p = q + N_KV - N_Q as i32; d = p - kv
+        const DIST: &str = "let d = i32(q_idx) + i32(N_KV) - i32(N_Q) - i32(kv_idx);";
+        let mask = |body: &str| {
+            format!(
+                "fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool {{\n    {DIST}\n    return {body};\n}}\n"
+            )
+        };
+        let (name, source) = match self {
+            Named::Causal => ("causal".to_string(), mask("d >= 0")),
+            Named::Window(w) => (format!("window={w}"), mask(&format!("d >= 0 && d <= {w}"))),
+            Named::PrefixLm(p) => (format!("prefix={p}"), mask(&format!("kv_idx < {p}u || d >= 0"))),
+            Named::Sinks { sinks, window } => (
+                format!("sinks={sinks},window={window}"),
+                mask(&format!("d >= 0 && (kv_idx < {sinks}u || d <= {window})")),
+            ),
+            Named::Dilated { window, dilation } => (
+                format!("dilated={window},dilation={dilation}"),
+                mask(&format!("d >= 0 && d <= {window} && d % {dilation} == 0")),
+            ),
+            Named::Softcap(cap) => (
+                format!("softcap={cap}"),
+                format!(
+                    "fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {{\n    return {cap:?} * tanh(score / {cap:?});\n}}\n\
+                     fn score_mod_grad(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {{\n    let t = tanh(score / {cap:?});\n    return 1.0 - t * t;\n}}\n"
+                ),
+            ),
+            Named::Alibi(heads) => {
+                let slopes = crate::contract::spec::alibi_slopes(*heads);
+                let list: Vec<String> = slopes.iter().map(|s| format!("{s:?}")).collect();
+                (
+                    "alibi".to_string(),
+                    format!(
+                        "var<private> ALIBI_SLOPES: array<f32, {n}> = array<f32, {n}>({list});\n\
+                         fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {{\n    {DIST}\n    return score - ALIBI_SLOPES[h] * f32(abs(d));\n}}\n\
+                         fn score_mod_grad(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {{\n    return 1.0;\n}}\n",
+                        n = heads.max(&1),
+                        list = list.join(", ")
+                    ),
+                )
+            }
+        };
+        Mods::wgsl(&format!("--mod {name}"), &source)
+            .expect("the named mods are valid WGSL")
+            .with_rule(Arc::new(self.clone()))
+    }
+}
+
+impl ModRule for Named {
+    fn score(&self, s: f64, at: At) -> f64 {
+        match self {
+            Named::Softcap(cap) => {
+                let c = *cap as f64;
+                c * (s / c).tanh()
+            }
+            // the f32 slope, as the kernels (and the built-in ALiBi) use it
+            Named::Alibi(heads) => {
+                s - crate::contract::spec::alibi_slopes(*heads)[at.h] as f64
+                    * at.distance().unsigned_abs() as f64
+            }
+            _ => s,
+        }
+    }
+    fn mask(&self, at: At) -> bool {
+        let (d, kv) = (at.distance(), at.kv as u64);
+        match *self {
+            Named::Causal => d >= 0,
+            Named::Window(w) => d >= 0 && d <= w as i64,
+            Named::PrefixLm(p) => kv < p as u64 || d >= 0,
+            Named::Sinks { sinks, window } => d >= 0 && (kv < sinks as u64 || d <= window as i64),
+            Named::Dilated { window, dilation } => d >= 0 && d <= window as i64 && d % dilation as i64 == 0,
+            Named::Softcap(_) | Named::Alibi(_) => true,
+        }
+    }
+    fn score_grad(&self, s: f64, _at: At) -> f64 {
+        match self {
+            Named::Softcap(cap) => {
+                let t = (s / *cap as f64).tanh();
+                1.0 - t * t
+            }
+            _ => 1.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let e = Mods::wgsl("my_mod.wgsl", "fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {\n    return score * 2.0 +;\n}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("my_mod.wgsl:2"), "{e}");
+        let e =
+            Mods::wgsl("m.wgsl", "fn mask_mod(b: u32, h: u32, q: u32) -> bool { return true; }").unwrap_err();
+        assert!(e.to_string().contains("mask_mod must be"), "{e}");
+        let e = Mods::wgsl("m.wgsl", "fn helper() {}").unwrap_err();
+        assert!(e.to_string().contains("neither score_mod nor mask_mod"), "{e}");
+    }
+
+    #[test]
+    fn mask_mods_say_which_arguments_they_read() {
+        let m = Mods::wgsl("m", "fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool { return h == 0u || kv_idx <= q_idx; }").unwrap();
+        assert_eq!(m.mask_reads(), (false, true));
+        assert_eq!(Named::Causal.mods().mask_reads(), (false, false));
+    }
+
+    #[test]
+    fn named_mods_parse_and_validate() {
+        for text in [
+            "causal",
+            "window=7",
+            "alibi",
+            "softcap=30",
+            "prefix=5",
+            "sinks=4,window=16",
+            "dilated=12,dilation=3",
+        ] {
+            let named = Named::parse(text, 6).unwrap();
+            let mods = named.mods();
+            assert!(mods.rule().is_some(), "{text}");
+        }
+        for bad in ["softcap=0", "sinks=4", "window=x", "nope", "dilated=4,dilation=0", "causal,extra=1"] {
+            assert!(Named::parse(bad, 4).is_err(), "{bad}");
+        }
+    }
+}

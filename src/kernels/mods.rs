@@ -1,0 +1,128 @@
+//! Block maps refined by a user's `mask_mod` (`shaders/mod_map.wgsl`): FlexAttention's
+//! `create_block_mask`, evaluated on the GPU tile by tile over the tiles the call's other
+//! rules (band, sparse mask) already list. Tiles no pair of which `mask_mod` lets through
+//! are dropped (never loaded by flash), tiles it lets through whole keep FULL (flash skips
+//! every per-element test there), the rest are partial (flash calls `mask_mod` per score).
+//! The map is built once per prepared call and reused by every run.
+
+use std::time::{Duration, Instant};
+
+use crate::contract::blockmap::{BlockMap, FULL};
+use crate::contract::mods::Mods;
+use crate::contract::spec::AttnSpec;
+use crate::error::Result;
+use crate::kernels::{COMMON, Contract, Tiles};
+use crate::runtime::Gpu;
+use crate::runtime::shader::{Binding::*, Shader, numbered};
+
+/// contract, block map, tiles, entry rows, counts, job (see mod_map.wgsl).
+const SHADER: Shader = Shader {
+    stem: "mod_map",
+    source: include_str!("../../shaders/mod_map.wgsl"),
+    bindings: &numbered([Uniform, Read, Uniform, Read, ReadWrite, Uniform]),
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Job {
+    entries: u32,
+    b: u32,
+    groups_x: u32,
+    pad: u32,
+}
+
+/// `map` with one copy of its rows per head (for a `mask_mod` that reads `h`).
+fn per_head(map: &BlockMap, heads: usize) -> BlockMap {
+    let mut out =
+        BlockMap { heads, row_ptr: vec![0], entries: Vec::new(), mask_index: Vec::new(), ..map.clone() };
+    for _ in 0..heads {
+        for w in map.row_ptr.windows(2) {
+            let (a, b) = (w[0] as usize, w[1] as usize);
+            out.entries.extend_from_slice(&map.entries[a..b]);
+            out.mask_index.extend_from_slice(&map.mask_index[a..b]);
+            out.row_ptr.push(out.entries.len() as u32);
+        }
+    }
+    out.visible = map.visible * heads as u64;
+    out
+}
+
+/// `map` (the band and sparse mask of `spec`, `br × bc` tiles) refined by `mods`'
+/// `mask_mod` on `gpu`, and the time it took. Evaluated for every batch only when
+/// `mask_mod` reads `b`, per head only when it reads `h`; the map's visible-pair count is
+/// then the mean over batches.
+pub fn refine(gpu: &Gpu, spec: &AttnSpec, mods: &Mods, map: &BlockMap) -> Result<(BlockMap, Duration)> {
+    let t0 = Instant::now();
+    let s = spec.shape;
+    let (reads_b, reads_h) = mods.mask_reads();
+    let map = if reads_h && map.heads == 1 && s.heads > 1 { per_head(map, s.heads) } else { map.clone() };
+    if map.entries.is_empty() {
+        return Ok((map, t0.elapsed()));
+    }
+    let batches = if reads_b { s.batch } else { 1 };
+    let entries = map.entries.len();
+    let mut entry_row = Vec::with_capacity(entries);
+    for (row, w) in map.row_ptr.windows(2).enumerate() {
+        entry_row.extend(std::iter::repeat_n(row as u32, (w[1] - w[0]) as usize));
+    }
+    let (words, offsets) = map.to_gpu_words();
+    let variant = SHADER
+        .variant("main", &[COMMON], vec![("D4", 1), ("BR", map.br as u32), ("BC", map.bc as u32)])
+        .with_user(mods.name(), mods.kernel_source(s.n, s.m));
+    let kernel = gpu.compile(&variant)?;
+    let groups = entries.div_ceil(64) as u64;
+    let limit = gpu.limits().max_compute_workgroups_per_dimension as u64;
+    let gx = groups.min(limit);
+    let gy = groups.div_ceil(gx);
+    gpu.check_dispatch("mod_map", [gx, gy, 1])?;
+    let contract = Contract::new(spec).upload(gpu);
+    let block_map = gpu.upload("mask_mod block map", &words)?;
+    let tiles = gpu.uniform("mask_mod tiles", &Tiles::of_map(&map, offsets));
+    let rows = gpu.upload("mask_mod entry rows", &entry_row)?;
+    let counts = gpu.storage("mask_mod counts", 4 * entries as u64)?;
+    let jobs: Vec<wgpu::Buffer> = (0..batches)
+        .map(|b| {
+            let job = Job { entries: entries as u32, b: b as u32, groups_x: gx as u32, pad: 0 };
+            gpu.uniform("mask_mod job", &job)
+        })
+        .collect();
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("mod_map"),
+            timestamp_writes: None,
+        });
+        for job in &jobs {
+            let bind = kernel.bind(gpu, &[&contract, &block_map, &tiles, &rows, &counts, job]);
+            kernel.dispatch(&mut pass, &bind, [gx as u32, gy as u32, 1]);
+        }
+    }
+    gpu.queue.submit([enc.finish()]);
+    let counts: Vec<u32> = gpu.read(&counts, entries)?;
+
+    let mut out =
+        BlockMap { row_ptr: vec![0], entries: Vec::new(), mask_index: Vec::new(), visible: 0, ..map.clone() };
+    let mut visible = 0u64;
+    for (row, w) in map.row_ptr.windows(2).enumerate() {
+        let qt = row % map.n_qtiles;
+        let rows_in = ((qt + 1) * map.br).min(s.n) - qt * map.br;
+        let listed = w[0] as usize..w[1] as usize;
+        for ((&entry, &mask_index), &count) in
+            map.entries[listed.clone()].iter().zip(&map.mask_index[listed.clone()]).zip(&counts[listed])
+        {
+            let count = count as u64;
+            if count == 0 {
+                continue;
+            }
+            let key0 = (entry & !FULL) as usize * map.bc;
+            let keys = (key0 + map.bc).min(s.m) - key0;
+            let full = entry & FULL != 0 && count == (batches * rows_in * keys) as u64;
+            out.entries.push((entry & !FULL) | if full { FULL } else { 0 });
+            out.mask_index.push(mask_index);
+            visible += count;
+        }
+        out.row_ptr.push(out.entries.len() as u32);
+    }
+    out.visible = visible / batches as u64;
+    Ok((out, t0.elapsed()))
+}

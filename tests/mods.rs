@@ -1,0 +1,172 @@
+//! Attention mods (score_mod / mask_mod in WGSL) in the flash forward, against the oracle
+//! evaluating the same rules in Rust; the built-in rules and the same rules as mods give
+//! identical results; a mask_mod's block map skips what the built-in mask skips.
+
+mod common;
+
+use std::sync::Arc;
+
+use longctx::contract::mask::Mask;
+use longctx::contract::mods::{At, Mods, Named, RuleFns};
+use longctx::{Alibi, Attention, AttnShape, AttnSpec, DeviceTensors, Kernel, Window};
+
+const BOUND: f64 = 1e-5;
+
+fn shape(b: usize, h: usize, hkv: usize, n: usize, m: usize, d: usize) -> AttnShape {
+    AttnShape { batch: b, heads: h, kv_heads: hkv, n, m, head_dim: d }
+}
+
+/// O and LSE of `spec` through flash.
+fn run(spec: &AttnSpec, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let g = common::gpu();
+    let (q, k, v) = common::inputs(spec, seed);
+    let attn = Attention::new(g, Kernel::Flash, spec).unwrap();
+    let io = DeviceTensors::upload(g, spec, &q, &k, &v).unwrap();
+    io.poison(g);
+    let mut enc = g.device.create_command_encoder(&Default::default());
+    attn.encode(g, &mut enc, &io.buffers()).unwrap();
+    g.queue.submit([enc.finish()]);
+    let out = io.read(g).unwrap();
+    (out.o, out.lse)
+}
+
+#[test]
+fn named_mods_match_the_oracle() {
+    // GQA, N ≠ M both ways (N > M causal leaves rows with no visible key), odd sizes
+    let g = common::gpu();
+    let seed = common::seed();
+    let mut worst = Vec::new();
+    for text in
+        ["causal", "window=9", "alibi", "softcap=2", "prefix=11", "sinks=3,window=7", "dilated=20,dilation=3"]
+    {
+        let mut e = 0f64;
+        for sh in [shape(2, 4, 2, 77, 130, 64), shape(1, 4, 1, 100, 45, 32)] {
+            let mods = Named::parse(text, sh.heads).unwrap().mods();
+            let spec = AttnSpec::new(sh).mods(Some(mods));
+            let attn = Attention::new(g, Kernel::Flash, &spec).unwrap();
+            let err = common::check_kernel(&attn, seed, BOUND);
+            e = e.max(err.o).max(err.lse);
+        }
+        worst.push(format!("{text}: {e:.1e}"));
+    }
+    // combined with built-in rules: softcap over causal + ALiBi, sinks over a sparse mask
+    let softcap = Named::parse("softcap=3", 4).unwrap().mods();
+    let spec =
+        AttnSpec::new(shape(1, 4, 2, 61, 93, 64)).causal(true).alibi(Alibi::Standard).mods(Some(softcap));
+    let e = common::check_kernel(&Attention::new(g, Kernel::Flash, &spec).unwrap(), seed, BOUND);
+    worst.push(format!("softcap=3 + causal + alibi: {:.1e}", e.o.max(e.lse)));
+    println!("named mods, worst rel err (O, LSE): {}", worst.join("; "));
+}
+
+#[test]
+fn built_in_rules_and_the_same_rules_as_mods_are_identical() {
+    let seed = common::seed();
+    let sh = shape(1, 4, 2, 130, 201, 64);
+    for (built_in, named) in [
+        (AttnSpec::new(sh).causal(true), "causal"),
+        (AttnSpec::new(sh).causal(true).window(Some(Window::new(37, 0))), "window=37"),
+        (AttnSpec::new(sh).alibi(Alibi::Standard), "alibi"),
+    ] {
+        let as_mod = AttnSpec::new(sh).mods(Some(Named::parse(named, sh.heads).unwrap().mods()));
+        let (a, b) = (run(&built_in, seed), run(&as_mod, seed));
+        assert!(a == b, "{named}: built-in and mod differ (seed {seed})");
+    }
+}
+
+#[test]
+fn a_user_mod_from_a_file_matches_the_same_rule_in_rust() {
+    let g = common::gpu();
+    let seed = common::seed();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relpos.wgsl");
+    // a learned-looking relative bias and a block-diagonal mask with a per-head exception
+    std::fs::write(
+        &path,
+        "fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {\n\
+         \x20   let d = f32(i32(q_idx) - i32(kv_idx));\n\
+         \x20   return score + 0.25 * sin(0.1 * d) - 0.01 * f32(h);\n\
+         }\n\
+         fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool {\n\
+         \x20   return h == 3u || q_idx / 37u == kv_idx / 37u;\n\
+         }\n",
+    )
+    .unwrap();
+    let source = std::fs::read_to_string(&path).unwrap();
+    let rule = RuleFns {
+        score: Some(Box::new(|s, at: At| {
+            s + 0.25 * (0.1 * (at.q as f64 - at.kv as f64)).sin() - 0.01 * at.h as f64
+        })),
+        mask: Some(Box::new(|at: At| at.h == 3 || at.q / 37 == at.kv / 37)),
+    };
+    let mods = Mods::wgsl(path.to_str().unwrap(), &source).unwrap().with_rule(Arc::new(rule));
+    assert_eq!(mods.mask_reads(), (false, true));
+    let spec = AttnSpec::new(shape(2, 4, 2, 150, 150, 32)).mods(Some(mods));
+    let attn = Attention::new(g, Kernel::Flash, &spec).unwrap();
+    let e = common::check_kernel(&attn, seed, BOUND);
+    let flash = attn.flash().unwrap();
+    println!(
+        "user mod from {}: rel err O {:.1e} LSE {:.1e}; block map {} tiles over {} heads, built in {:?}",
+        path.display(),
+        e.o,
+        e.lse,
+        flash.block_map().visited(),
+        flash.block_map().heads,
+        flash.mask_mod_map_time().unwrap()
+    );
+    assert_eq!(flash.block_map().heads, 4, "mask_mod reads h: one map per head");
+}
+
+#[test]
+fn a_document_mask_mod_skips_the_tiles_the_built_in_segments_mask_skips() {
+    let g = common::gpu();
+    let seed = common::seed();
+    let n = 300;
+    let bounds = [0usize, 41, 97, 170, 171, 260];
+    let doc = |i: usize| bounds.iter().filter(|&&b| i >= b).count() as u32 - 1;
+    let ids: Vec<u32> = (0..n).map(doc).collect();
+    let wgsl_doc: String = bounds[1..].iter().map(|b| format!(" + select(0u, 1u, i >= {b}u)")).collect();
+    let source = format!(
+        "fn doc(i: u32) -> u32 {{ return 0u{wgsl_doc}; }}\n\
+         fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool {{ return doc(q_idx) == doc(kv_idx); }}\n"
+    );
+    let ids2 = ids.clone();
+    let rule = RuleFns { score: None, mask: Some(Box::new(move |at: At| ids2[at.q] == ids2[at.kv])) };
+    let mods = Mods::wgsl("documents.wgsl", &source).unwrap().with_rule(Arc::new(rule));
+    let sh = shape(1, 2, 2, n, n, 64);
+    let built_in = AttnSpec::new(sh).mask(Some(Mask::Segments(Arc::new(ids))));
+    let as_mod = AttnSpec::new(sh).mods(Some(mods));
+    let a = Attention::new(g, Kernel::Flash, &built_in).unwrap();
+    let b = Attention::new(g, Kernel::Flash, &as_mod).unwrap();
+    let (ma, mb) = (a.flash().unwrap().block_map(), b.flash().unwrap().block_map());
+    let full = |m: &longctx::contract::blockmap::BlockMap| {
+        m.entries.iter().filter(|&&e| e & longctx::contract::blockmap::FULL != 0).count()
+    };
+    println!(
+        "documents: built-in segments {} tiles ({} full), mask_mod {} tiles ({} full), visible pairs {} / {}",
+        ma.visited(),
+        full(ma),
+        mb.visited(),
+        full(mb),
+        ma.visible,
+        mb.visible
+    );
+    assert_eq!((ma.visited(), full(ma), ma.visible), (mb.visited(), full(mb), mb.visible));
+    common::check_kernel(&b, seed, BOUND);
+}
+
+#[test]
+fn kernels_without_mods_refuse_them_and_the_oracle_needs_a_rule() {
+    let g = common::gpu();
+    let mods = Named::Causal.mods();
+    let spec = AttnSpec::new(shape(1, 2, 2, 20, 20, 32)).mods(Some(mods));
+    let err = Attention::new(g, Kernel::Naive, &spec).err().unwrap();
+    assert!(err.to_string().contains("flash forward"), "{err}");
+    assert!(longctx::kernels::backward::Backward::new(g, &spec).is_err());
+    let bare =
+        Mods::wgsl("x.wgsl", "fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool { return true; }")
+            .unwrap();
+    let spec = AttnSpec::new(shape(1, 2, 2, 20, 20, 32)).mods(Some(bare));
+    let (q, k, v) = common::inputs(&spec, 1);
+    let err = longctx::contract::reference::attention_f64(&spec, &q, &k, &v).unwrap_err();
+    assert!(err.to_string().contains("Rust rule"), "{err}");
+}
