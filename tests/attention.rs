@@ -307,6 +307,15 @@ fn the_tensor_core_flash_with_emulated_matrices_matches_the_oracle() {
     ));
     let attn = Attention::flash_with(g, &spec, config(8, false, 2, 2, 32), false).unwrap();
     worst = worst.max(common::check_kernel(&attn, seed, BOUND).o);
+    // mods (score_mod, and mask_mod through a refined map) in the tensor-core kernel
+    let mods = longctx::contract::mods::Named::parse("sinks=2,window=9", 2)
+        .unwrap()
+        .mods()
+        .and(longctx::contract::mods::Named::Softcap(2.0).mods())
+        .unwrap();
+    let spec = AttnSpec::new(shape(2, 1, 40, 53, 32)).mods(Some(mods));
+    let attn = Attention::flash_with(g, &spec, config(8, false, 2, 2, 32), false).unwrap();
+    worst = worst.max(common::check_kernel(&attn, seed, BOUND).o);
     // f16 inputs: within the f16 rounding (P is rounded to f16 before PV, as on tensor cores)
     if g.features().contains(wgpu::Features::SHADER_F16) {
         let spec = AttnSpec::new(shape(2, 1, 33, 70, 64)).causal(true);

@@ -701,3 +701,66 @@ fn global_flags_are_checked_by_every_command() {
     fails_with(&["--backend", "bogus", "plan"], "unknown backend `bogus`");
     fails_with(&["--profile", "bogus", "mask", "--n", "64"], "--profile `bogus`");
 }
+
+#[test]
+fn mods_from_flags_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = common::seed();
+    let [q, k, v] = trio(dir.path(), 4, 2, 45, 70, 32, seed);
+    let run = |name: &str, extra: &[&str]| {
+        let o = dir.path().join(format!("o_{name}.npy"));
+        let mut args = vec!["attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&o)];
+        args.extend_from_slice(extra);
+        let out = longctx(&args);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        read_npy(&o).unwrap().data
+    };
+    // named mods: flash equals the built-in rules exactly, and the oracle runs their Rust rules
+    let built_in = run("built_in", &["--causal", "--alibi"]);
+    let as_mods = run("mods", &["--mod", "causal", "--mod", "alibi"]);
+    assert_eq!(built_in, as_mods);
+    let cpu = run("cpu", &["--mod", "sinks=3,window=9", "--mod", "softcap=2", "--kernel", "cpu"]);
+    let flash = run("flash", &["--mod", "sinks=3,window=9", "--mod", "softcap=2"]);
+    let err = rel_error(&flash, &cpu.iter().map(|&x| x as f64).collect::<Vec<_>>());
+    assert!(err <= 1e-5, "sinks+softcap: {err} (seed {seed})");
+    // a mask_mod file: flash runs it; the oracle cannot (no Rust rule) and says so on one line
+    let file = dir.path().join("docs.wgsl");
+    std::fs::write(
+        &file,
+        "fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool {\n    return (q_idx + N_KV - N_Q) / 16u == kv_idx / 16u;\n}\n",
+    )
+    .unwrap();
+    run("file", &["--mask-mod", p(&file)]);
+    let o = dir.path().join("o_x.npy");
+    fails_with(
+        &[
+            "attention",
+            "--q",
+            p(&q),
+            "--k",
+            p(&k),
+            "--v",
+            p(&v),
+            "--out",
+            p(&o),
+            "--mask-mod",
+            p(&file),
+            "--kernel",
+            "cpu",
+        ],
+        "Rust rule",
+    );
+    // the map of a mask_mod, built on the GPU
+    let out = longctx(&["mask", "--n", "1k", "--mask-mod", p(&file), "--width", "16"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("mask_mod evaluated on"), "{text}");
+    // a file without the function its flag names, and a WGSL error with the file's line
+    fails_with(&["mask", "--n", "1k", "--score-mod", p(&file)], "defines no `fn score_mod`");
+    let bad = dir.path().join("bad.wgsl");
+    std::fs::write(&bad, "fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {\n    return score +;\n}\n")
+        .unwrap();
+    let out = longctx(&["mask", "--n", "1k", "--score-mod", p(&bad)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains(&format!("{}:2:", p(&bad))), "{stderr}");
+    fails_with(&["mask", "--n", "1k", "--mod", "softcap=-1"], "positive");
+}

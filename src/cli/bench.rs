@@ -86,6 +86,10 @@ pub struct BenchArgs {
     /// Also time flash with Q, K, V stored as f16 (needs SHADER_F16) next to each flash row.
     #[arg(long)]
     f16: bool,
+    /// Next to each flash row, time the same rules written as mods (causal, a causal window,
+    /// ALiBi → `--mod causal|window=L|alibi`): a "flash-mods" row, and the overhead in %.
+    #[arg(long)]
+    compare_mods: bool,
     /// Time the backward pass: flash forward, backward (dQ, dK, dV) and both, against the
     /// memory a materialised backward would need. Without sweep flags: N = 1K, 2K dense and
     /// causal, H = 4, D = 64.
@@ -281,7 +285,7 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
     for r in records.iter().filter(|r| r.skipped.is_some()) {
         println!("skipped {} {} N={}: {}", r.kernel, r.mask, r.n, r.skipped.as_deref().unwrap_or_default());
     }
-    for line in exponents(&records).into_iter().chain(notes) {
+    for line in exponents(&records).into_iter().chain(notes).chain(mods_overheads(&records)) {
         println!("{line}");
     }
     if let Some(path) = &a.json {
@@ -317,11 +321,55 @@ fn measure(
     if a.f16 && c.kernel == Kernel::Flash {
         out.push(longctx::measure::bench::run_config_f16(gpu, &c.spec, c.reps, peak, &mask, false));
     }
+    if a.compare_mods && c.kernel == Kernel::Flash {
+        match as_mods(&c.spec) {
+            Some(spec) => {
+                let mut r = run_config(gpu, Kernel::Flash, &spec, c.reps, peak, false, &mask);
+                // the same visible pairs as the built-in rules (the mod spec alone counts dense)
+                r.kernel = "flash-mods".into();
+                r.flops = out[0].flops;
+                if let Some(ms) = r.ms_median {
+                    r.gflops = Some(r.flops / (ms * 1e-3) / 1e9);
+                    r.pct_peak_fma = r.gflops.map(|g| 100.0 * g / peak.fma_gflops);
+                }
+                out.push(r);
+            }
+            None => log::warn!(
+                "--compare-mods: {mask} has no named-mod equivalent (causal, window (L, 0), standard ALiBi)"
+            ),
+        }
+    }
     if matches!(a.tensor_cores, TensorCoresArg::F16 | TensorCoresArg::All) && c.kernel == Kernel::Flash {
         out.push(longctx::measure::bench::run_config_f16(gpu, &c.spec, c.reps, peak, &mask, true));
     }
     bar.inc(1);
     out
+}
+
+/// `spec`'s causal, window (L, 0) and standard ALiBi rules as named mods instead (`None` when
+/// it has none of them, or one they cannot express).
+fn as_mods(spec: &AttnSpec) -> Option<AttnSpec> {
+    use longctx::contract::mods::Named;
+    let mut named = Vec::new();
+    match spec.window {
+        Some(Window { left: Some(l), right: Some(0) }) => named.push(Named::Window(l as u32)),
+        Some(_) => return None,
+        None if spec.causal => named.push(Named::Causal),
+        None => {}
+    }
+    match &spec.alibi {
+        Alibi::Off => {}
+        Alibi::Standard => named.push(Named::Alibi(spec.shape.heads)),
+        Alibi::Custom(_) => return None,
+    }
+    let mut mods: Option<longctx::contract::mods::Mods> = None;
+    for n in named {
+        mods = Some(match mods {
+            Some(m) => m.and(n.mods()).ok()?,
+            None => n.mods(),
+        });
+    }
+    Some(AttnSpec { causal: false, window: None, alibi: Alibi::Off, ..spec.clone() }.mods(Some(mods?)))
 }
 
 /// The default suite's ladder of N (= M); H = 4, D = 64. The first [`MIN_RUNGS`] always run
@@ -388,6 +436,23 @@ fn default_suite(
     let bb = AttnSpec::new(shape(4, 4, n, n, 64)).mask(Some(bigbird(n)?));
     run(Kernel::Flash, bb, &mut records);
     Ok(records)
+}
+
+/// Per flash row followed by its flash-mods row: the mods' time over the built-in rules'.
+fn mods_overheads(records: &[Record]) -> Vec<String> {
+    records
+        .windows(2)
+        .filter(|w| w[0].kernel == "flash" && w[1].kernel == "flash-mods")
+        .filter_map(|w| {
+            let (a, b) = (w[0].ms_median?, w[1].ms_median?);
+            Some(format!(
+                "mods vs built-in {} N={}: {b:.2} ms vs {a:.2} ms = {:+.1} %",
+                w[0].mask,
+                w[0].n,
+                100.0 * (b / a - 1.0)
+            ))
+        })
+        .collect()
 }
 
 fn mib(b: u64) -> String {

@@ -10,7 +10,8 @@ use super::maskargs::{MaskArgs, describe, shape};
 #[command(after_help = "\
 Example:
   longctx mask --pattern bigbird --n 4k
-  longctx mask --n 16k --causal --window 512,0 --global 4 --block 128")]
+  longctx mask --n 16k --causal --window 512,0 --global 4 --block 128
+  longctx mask --n 4k --mask-mod documents.wgsl        # a mask_mod's map, built on the GPU")]
 pub struct MaskCmdArgs {
     #[command(flatten)]
     mask: MaskArgs,
@@ -34,7 +35,7 @@ pub struct MaskCmdArgs {
     width: u16,
 }
 
-pub fn run(a: &MaskCmdArgs) -> anyhow::Result<()> {
+pub fn run(dev: &super::DeviceArgs, a: &MaskCmdArgs) -> anyhow::Result<()> {
     let n = parse_size(&a.n)?;
     let m = a.m.as_deref().map(parse_size).transpose()?.unwrap_or(n);
     let spec = a.mask.apply(AttnSpec::new(shape(a.heads, a.heads, n, m, a.d)))?;
@@ -45,8 +46,16 @@ pub fn run(a: &MaskCmdArgs) -> anyhow::Result<()> {
             (c.br as usize, c.bc as usize)
         }
     };
-    let map = BlockMap::build_within(&spec, br, bc, longctx::kernels::host_budget())?;
-    print!("{}", render(&spec, &map, a.width as usize));
+    let mut map = BlockMap::build_within(&spec, br, bc, longctx::kernels::host_budget())?;
+    let mut built = String::new();
+    if let Some(mods) = spec.mods.as_ref().filter(|m| m.has_mask_mod()) {
+        // mask_mod is WGSL: the map is refined on the GPU, tile by tile
+        let gpu = dev.gpu()?;
+        let (refined, took) = longctx::kernels::mods::refine(&gpu, &spec, mods, &map)?;
+        map = refined;
+        built = format!("mask_mod evaluated on {} in {:.1} ms\n", gpu.info().name, took.as_secs_f64() * 1e3);
+    }
+    print!("{}{built}", render(&spec, &map, a.width as usize));
     Ok(())
 }
 

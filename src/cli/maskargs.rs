@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use longctx::contract::mask::{BigBird, Mask};
+use longctx::contract::mods::{Mods, Named};
 use longctx::io::read_npy_numbers;
 use longctx::{AttnShape, AttnSpec, Window};
 
@@ -38,6 +39,20 @@ pub struct MaskArgs {
     /// 256,256 and 1), bigbird (default global=1,window=1,random=2,block=64), window (256,0).
     #[arg(long, value_name = "NAME")]
     pub pattern: Option<String>,
+    /// A WGSL file defining `fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32)
+    /// -> f32`, applied to each scaled score (after ALiBi) before the softmax; it may also
+    /// define `score_mod_grad`. Flash only; `--kernel cpu` needs the rule in Rust (library).
+    #[arg(long, value_name = "FILE.wgsl")]
+    pub score_mod: Option<PathBuf>,
+    /// A WGSL file defining `fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool`
+    /// (true = visible), ANDed with every other rule; tiles it hides entirely are skipped.
+    /// `N_Q` and `N_KV` are N and M (bottom-right causal: `q_idx + N_KV - N_Q >= kv_idx`).
+    #[arg(long, value_name = "FILE.wgsl")]
+    pub mask_mod: Option<PathBuf>,
+    /// A named mod, repeatable: causal, window=W, alibi, softcap=C, prefix=P,
+    /// sinks=K,window=W, dilated=W,dilation=D (WGSL and its Rust rule, so the oracle runs it).
+    #[arg(long = "mod", value_name = "NAME")]
+    pub mods: Vec<String>,
 }
 
 impl MaskArgs {
@@ -90,7 +105,7 @@ impl MaskArgs {
                 Mask::block_mask(&shape, bs, &dims, &cells).with_context(|| format!("{}", path.display()))?,
             );
         }
-        spec = spec.causal(self.causal).window(window);
+        spec = spec.causal(self.causal).window(window).mods(self.mods(&shape)?);
         spec.mask = match parts.len() {
             0 => None,
             1 => parts.pop(),
@@ -98,6 +113,41 @@ impl MaskArgs {
         };
         spec.validate()?;
         Ok(spec)
+    }
+}
+
+impl MaskArgs {
+    /// The mods of --score-mod, --mask-mod and --mod, combined (`None` without any).
+    fn mods(&self, shape: &AttnShape) -> anyhow::Result<Option<Mods>> {
+        let mut all: Vec<Mods> = Vec::new();
+        for (path, function, flag) in
+            [(&self.score_mod, "score_mod", "--score-mod"), (&self.mask_mod, "mask_mod", "--mask-mod")]
+        {
+            let Some(path) = path else { continue };
+            let bytes = longctx::io::read_regular(path, 1 << 20)?;
+            let text =
+                String::from_utf8(bytes).with_context(|| format!("{}: not UTF-8 text", path.display()))?;
+            let mods = Mods::wgsl(&path.display().to_string(), &text)?;
+            let defines = if function == "score_mod" { mods.has_score_mod() } else { mods.has_mask_mod() };
+            if !defines {
+                bail!("{flag} {}: the file defines no `fn {function}`", path.display());
+            }
+            if self.score_mod == self.mask_mod && function == "mask_mod" {
+                continue; // one file for both
+            }
+            all.push(mods);
+        }
+        for text in &self.mods {
+            all.push(Named::parse(text, shape.heads)?.mods());
+        }
+        let mut out: Option<Mods> = None;
+        for m in all {
+            out = Some(match out {
+                Some(a) => a.and(m)?,
+                None => m,
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -115,6 +165,9 @@ pub fn describe(spec: &AttnSpec) -> String {
     }
     if spec.alibi != longctx::Alibi::Off {
         parts.push("alibi".into());
+    }
+    if let Some(m) = &spec.mods {
+        parts.push(format!("mods({})", m.name().replace("--mod ", "")));
     }
     if parts.is_empty() { "dense".into() } else { parts.join("+") }
 }

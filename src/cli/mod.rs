@@ -159,7 +159,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(a) => info::run(&cli.device, &a),
         Command::Attention(a) => attention::run(&cli.device, &a),
         Command::Bench(a) => bench::run(&cli.device, &a),
-        Command::Mask(a) => mask::run(&a),
+        Command::Mask(a) => mask::run(&cli.device, &a),
         Command::Plan(a) => plan::run(&a),
         Command::Route(a) => route::run(&cli.device, &a),
         Command::Tune(a) => tune::run(&cli.device, &a),
