@@ -190,9 +190,16 @@ fn dq_main(ids: Ids) {
             }
             let key = i32(key0 + c);
             sc += alibi_bias(slope, pos, key);
-            let visible = tile_visible(contract, full, pos, key, row_bits, c);
+            // mods: the score through score_mod, its slope into dS; mask_mod on partial tiles
+            var grad = 1.0;
+            if MODS {
+                grad = score_mod_grad(sc, b, h, row, key0 + c);
+                sc = score_mod(sc, b, h, row, key0 + c);
+            }
+            let visible = tile_visible(contract, full, pos, key, row_bits, c)
+                && (!MODS || full || mask_mod(b, h, row, key0 + c));
             let p = select(0.0, exp(sc - row_lse), visible && row_on);
-            let ds = p * (dp - row_delta) * contract.scale;
+            let ds = p * (dp - row_delta) * grad * contract.scale;
             if SG > 0u {
                 for (var j = 0u; j < D4P; j += SG) {
                     let kl = k_tile[c * D4 + lane_at(j, lane)];
@@ -322,10 +329,16 @@ fn dkv_main(ids: Ids) {
                 }
                 let pos = contract.q_offset + i32(row0 + r);
                 sc += alibi_bias(slope, pos, i32(key));
+                var grad = 1.0;
+                if MODS {
+                    grad = score_mod_grad(sc, b, h, row0 + r, key);
+                    sc = score_mod(sc, b, h, row0 + r, key);
+                }
                 let row_lse = r_lse[r];
-                let visible = tile_visible(contract, full, pos, i32(key), r_bits[r], lid);
+                let visible = tile_visible(contract, full, pos, i32(key), r_bits[r], lid)
+                    && (!MODS || full || mask_mod(b, h, row0 + r, key));
                 let p = select(0.0, exp(sc - row_lse), visible && row_lse != contract.neg_inf);
-                let ds = p * (dp - r_delta[r]) * contract.scale;
+                let ds = p * (dp - r_delta[r]) * grad * contract.scale;
                 if SG > 0u {
                     for (var j = 0u; j < D4P; j += SG) {
                         let ql = q_tile[r * D4 + lane_at(j, lane)];

@@ -96,7 +96,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
             let entry = block_map[tiles.map_rows + t];
             if (entry & FULL) == 0u {
-                if !in_band(contract, pos, i32(j)) {
+                if !in_band(contract, pos, i32(j)) || (MODS && !mask_mod(b, h, i, j)) {
                     continue;
                 }
                 let bits_at = block_map[tiles.mask_base + t];
@@ -111,7 +111,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             for (var x = 0u; x < D4; x++) {
                 s += dot(q[q_base + x], k[kv_base + j * D4 + x]);
             }
-            let p = exp(contract.scale * s + alibi_bias(slope, pos, i32(j)) - row_lse);
+            var sc = contract.scale * s + alibi_bias(slope, pos, i32(j));
+            if MODS {
+                sc = score_mod(sc, b, h, i, j);
+            }
+            let p = exp(sc - row_lse);
             best = max(best, p);
             sum += p;
             count++;

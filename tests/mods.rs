@@ -160,8 +160,18 @@ fn kernels_without_mods_refuse_them_and_the_oracle_needs_a_rule() {
     let mods = Named::Causal.mods();
     let spec = AttnSpec::new(shape(1, 2, 2, 20, 20, 32)).mods(Some(mods));
     let err = Attention::new(g, Kernel::Naive, &spec).err().unwrap();
-    assert!(err.to_string().contains("flash forward"), "{err}");
-    assert!(longctx::kernels::backward::Backward::new(g, &spec).is_err());
+    assert!(err.to_string().contains("tiled backward"), "{err}");
+    assert!(longctx::kernels::backward::Backward::naive(g, &spec).is_err());
+    // a score_mod without its gradient: the forward runs, the backward refuses
+    let no_grad = Mods::wgsl(
+        "s.wgsl",
+        "fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 { return 2.0 * score; }",
+    )
+    .unwrap();
+    let spec_ng = AttnSpec::new(shape(1, 2, 2, 20, 20, 32)).mods(Some(no_grad));
+    assert!(Attention::new(g, Kernel::Flash, &spec_ng).is_ok());
+    let err = longctx::kernels::backward::Backward::new(g, &spec_ng).err().unwrap();
+    assert!(err.to_string().contains("score_mod_grad"), "{err}");
     let bare =
         Mods::wgsl("x.wgsl", "fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool { return true; }")
             .unwrap();
@@ -169,4 +179,75 @@ fn kernels_without_mods_refuse_them_and_the_oracle_needs_a_rule() {
     let (q, k, v) = common::inputs(&spec, 1);
     let err = longctx::contract::reference::attention_f64(&spec, &q, &k, &v).unwrap_err();
     assert!(err.to_string().contains("Rust rule"), "{err}");
+}
+
+#[test]
+fn the_heatmap_draws_the_probabilities_of_mods() {
+    // 40 × 40 pixels over N = M = 40: each pixel one (i, j) pair, against the oracle's
+    // probabilities under the same rule (sinks + a window as mask_mod, softcap as score_mod)
+    use longctx::kernels::heatmap::{HeatView, Heatmap};
+    let g = common::gpu();
+    let seed = common::seed();
+    let mods = Named::parse("sinks=2,window=6", 2).unwrap().mods().and(Named::Softcap(1.5).mods()).unwrap();
+    let rule = mods.rule().unwrap().clone();
+    let spec = AttnSpec::new(shape(1, 2, 2, 40, 40, 32)).mods(Some(mods));
+    let (q, k, v) = common::inputs(&spec, seed);
+    let attn = Attention::new(g, Kernel::Flash, &spec).unwrap();
+    let io = DeviceTensors::upload(g, &spec, &q, &k, &v).unwrap();
+    let mut enc = g.device.create_command_encoder(&Default::default());
+    attn.encode(g, &mut enc, &io.buffers()).unwrap();
+    g.queue.submit([enc.finish()]);
+    let view = HeatView { batch: 0, head: 1, rows: 0..40, cols: 0..40, width: 40, height: 40, mean: false };
+    let pixels = Heatmap::new(g, &attn).unwrap().render(g, &attn, &io.buffers(), &view).unwrap();
+    let (_, lse) = longctx::contract::reference::attention_f64(&spec, &q, &k, &v).unwrap();
+    let (d, scale) = (32, spec.scale_value() as f64);
+    let mut worst = 0f64;
+    for i in 0..40 {
+        for j in 0..40 {
+            let at = At { b: 0, h: 1, q: i, kv: j, n: 40, m: 40 };
+            let want = if rule.mask(at) {
+                let row = 40 + i; // head 1
+                let dot: f64 = q[row * d..(row + 1) * d]
+                    .iter()
+                    .zip(&k[(40 + j) * d..(40 + j + 1) * d])
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum();
+                (rule.score(scale * dot, at) - lse[row]).exp()
+            } else {
+                0.0
+            };
+            worst = worst.max((pixels[i * 40 + j] as f64 - want).abs());
+        }
+    }
+    println!("heatmap with mods vs oracle probabilities: worst abs err {worst:.2e}");
+    assert!(worst < 1e-5, "{worst} (seed {seed})");
+}
+
+#[test]
+fn the_backward_runs_named_mods_against_the_oracle() {
+    // dQ, dK, dV through score_mod (and its gradient) and mask_mod, GQA, N ≠ M, fully masked rows
+    use longctx::contract::reference::{attention_backward_f64, rel_error};
+    let g = common::gpu();
+    let seed = common::seed();
+    let mut worst = Vec::new();
+    for (text, sh) in [
+        ("softcap=1.5", shape(1, 4, 2, 61, 90, 32)),
+        ("alibi", shape(2, 2, 1, 45, 45, 64)),
+        ("sinks=3,window=9", shape(1, 4, 2, 100, 45, 32)),
+        ("dilated=20,dilation=3", shape(1, 2, 2, 70, 70, 32)),
+    ] {
+        let spec = AttnSpec::new(sh).mods(Some(Named::parse(text, sh.heads).unwrap().mods()));
+        let (q, k, v) = common::inputs(&spec, seed);
+        let d_o = common::random(sh.batch * sh.heads * sh.n * sh.head_dim, &mut {
+            use rand::SeedableRng;
+            rand::rngs::StdRng::seed_from_u64(seed + 1)
+        });
+        let bwd = longctx::kernels::backward::Backward::new(g, &spec).unwrap();
+        let (_, got) = bwd.run(g, &q, &k, &v, &d_o).unwrap();
+        let (dq, dk, dv) = attention_backward_f64(&spec, &q, &k, &v, &d_o).unwrap();
+        let e = [rel_error(&got.dq, &dq), rel_error(&got.dk, &dk), rel_error(&got.dv, &dv)];
+        assert!(e.iter().all(|&x| x <= BOUND), "{text}: dQ, dK, dV {e:?} (seed {seed})");
+        worst.push(format!("{text}: {:.1e}", e.iter().cloned().fold(0.0, f64::max)));
+    }
+    println!("backward with mods, worst of dQ, dK, dV: {}", worst.join("; "));
 }

@@ -166,12 +166,7 @@ pub fn attention_backward_f64(
     v: &[f32],
     d_o: &[f32],
 ) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
-    if let Some(m) = &spec.mods {
-        return Err(crate::Error::Invalid(format!(
-            "the backward oracle does not run mods yet (`{}`)",
-            m.name()
-        )));
-    }
+    check_rule(spec)?;
     spec.check_inputs(q, k, v)?;
     spec.check_grad(d_o)?;
     let s = spec.shape;
@@ -184,6 +179,7 @@ pub fn attention_backward_f64(
     // one task per (batch, kv head): it owns that head's dK, dV and its group's dQ rows
     let per_kv = m * d;
     let per_group_q = g * n * d;
+    let rule = spec.mods.as_ref().and_then(|md| md.rule());
     dk.par_chunks_mut(per_kv)
         .zip(dv.par_chunks_mut(per_kv))
         .zip(dq.par_chunks_mut(per_group_q))
@@ -213,7 +209,16 @@ pub fn attention_backward_f64(
                         let vj = &v[kv_base + j * d..kv_base + (j + 1) * d];
                         let kj = &k[kv_base + j * d..kv_base + (j + 1) * d];
                         let dp: f64 = dor.iter().zip(vj).map(|(&a, &b)| a as f64 * b as f64).sum();
-                        let ds = p * (dp - delta);
+                        // with a score_mod, dS also carries d score_mod / d score at the
+                        // score before the mod
+                        let grad = rule.map_or(1.0, |r| {
+                            let dot: f64 = qr.iter().zip(kj).map(|(&a, &b)| a as f64 * b as f64).sum();
+                            let slope = slopes.as_deref().map_or(0.0, |sl| sl[h] as f64);
+                            let before =
+                                scale * dot - slope * (spec.position(i) - j as i64).unsigned_abs() as f64;
+                            r.score_grad(before, At { b, h, q: i, kv: j, n, m })
+                        });
+                        let ds = p * (dp - delta) * grad;
                         for x in 0..d {
                             dv_h[j * d + x] += p * dor[x] as f64;
                             dq_row[x] += scale * ds * kj[x] as f64;

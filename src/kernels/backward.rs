@@ -17,8 +17,8 @@ use crate::contract::spec::{AttnOutput, AttnSpec};
 use crate::error::{Error, Result};
 use crate::kernels::pad::{Padded, Rows};
 use crate::kernels::{
-    AttnBuffers, COMMON, Contract, Kernel, Tiles, Traffic, check_call_head_dim, check_head_dim,
-    check_shuffles, flash, lanes,
+    AttnBuffers, COMMON, Contract, Kernel, MODS_NONE, Tiles, Traffic, check_call_head_dim, check_head_dim,
+    check_shuffles, flash, lanes, with_mods,
 };
 use crate::runtime::Gpu;
 use crate::runtime::shader::{Binding, Binding::*, Compiled, Shader, ShaderVariant};
@@ -114,13 +114,14 @@ impl BackwardConfig {
         let d4 = (d / 4) as u32;
         entry.shader().variant(
             entry.name(),
-            &[COMMON, lanes(self.sg)],
+            &[COMMON, lanes(self.sg), MODS_NONE],
             vec![
                 ("D4", d4),
                 ("D4P", self.private_lanes(d)),
                 ("BR", self.br),
                 ("BC", self.bc),
                 ("SG", self.sg),
+                ("MODS_U", 0),
             ],
         )
     }
@@ -191,9 +192,16 @@ struct Prepared {
     kernel: Compiled,
 }
 
-/// The kernels of `entries`, compiled once per device and variant.
-fn compile(gpu: &Gpu, c: &BackwardConfig, d: usize, entries: &[Entry]) -> Result<Vec<Prepared>> {
-    entries.iter().map(|&entry| Ok(Prepared { entry, kernel: gpu.compile(&c.variant(d, entry))? })).collect()
+/// The kernels of `entries` for `spec` (its mods compiled in), once per device and variant.
+fn compile(gpu: &Gpu, c: &BackwardConfig, spec: &AttnSpec, entries: &[Entry]) -> Result<Vec<Prepared>> {
+    let s = spec.shape;
+    entries
+        .iter()
+        .map(|&entry| {
+            let v = with_mods(c.variant(s.head_dim, entry), spec.mods.as_ref(), s.n, s.m);
+            Ok(Prepared { entry, kernel: gpu.compile(&v)? })
+        })
+        .collect()
 }
 
 /// The `Backward` uniform of backward.wgsl.
@@ -295,7 +303,13 @@ impl Backward {
     fn kernel_spec(gpu: &Gpu, spec: &AttnSpec) -> Result<(AttnSpec, Option<Padded>)> {
         spec.validate()?;
         check_call_head_dim(NAME, spec.shape.head_dim)?;
-        crate::kernels::refuse_mods(NAME, spec)?;
+        if let Some(m) = spec.mods.as_ref().filter(|m| !m.has_grad()) {
+            return Err(Error::Config {
+                kernel: NAME,
+                config: format!("mods {}", m.name()),
+                reason: "score_mod without score_mod_grad: the backward needs d score_mod / d score".into(),
+            });
+        }
         let padded = Padded::new(gpu, &spec.shape, &PADDED)?;
         Ok((crate::kernels::pad::padded_spec(spec), padded))
     }
@@ -338,7 +352,11 @@ impl Backward {
         gpu.check_workgroup("backward dkv", c.dkv_workgroup_bytes(d), c.bc)?;
         // tensors beyond one binding run in chunks of kv heads, as the forward does
         let chunks = flash::Chunk::plan(gpu, spec)?;
-        let map = BlockMap::build_within(spec, c.br as usize, c.bc as usize, crate::kernels::host_budget())?;
+        let mut map =
+            BlockMap::build_within(spec, c.br as usize, c.bc as usize, crate::kernels::host_budget())?;
+        if let Some(m) = spec.mods.as_ref().filter(|m| m.has_mask_mod()) {
+            map = crate::kernels::mods::refine(gpu, spec, m, &map)?.0;
+        }
         let cols = map.columns();
         for (kernel, groups) in [
             ("backward delta", [s.n.div_ceil(DELTA_ROWS as usize), s.heads, s.batch]),
@@ -440,7 +458,7 @@ impl Backward {
         };
 
         let block_map = gpu.upload("backward block maps", &words)?;
-        let pipelines = compile(gpu, &c, d, &[Entry::Delta, Entry::Dq, Entry::Dkv])?;
+        let pipelines = compile(gpu, &c, spec, &[Entry::Delta, Entry::Dq, Entry::Dkv])?;
         Ok(Self {
             spec: user.clone(),
             padded,
@@ -463,6 +481,7 @@ impl Backward {
     /// errors) when one group's matrices exceed a binding or a row's loops exceed the
     /// adapter's loop cap.
     pub fn naive(gpu: &Gpu, user: &AttnSpec) -> Result<Self> {
+        crate::kernels::refuse_mods("backward (materialised)", user)?;
         let (inner, padded) = Self::kernel_spec(gpu, user)?;
         let spec = &inner;
         let s = spec.shape;
@@ -553,7 +572,7 @@ impl Backward {
         let pipelines = compile(
             gpu,
             &c,
-            d,
+            spec,
             &[Entry::Delta, Entry::NaiveP, Entry::NaiveKv, Entry::NaiveDs, Entry::NaiveDq],
         )?;
         Ok(Self {

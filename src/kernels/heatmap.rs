@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use crate::error::{Error, Result};
-use crate::kernels::{Attention, AttnBuffers, COMMON};
+use crate::kernels::{Attention, AttnBuffers, COMMON, MODS_NONE, with_mods};
 use crate::runtime::Gpu;
 use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
 
@@ -59,8 +59,8 @@ struct ViewParams {
 pub fn variant(d: usize, br: u32, bc: u32) -> ShaderVariant {
     SHADER.variant(
         "main",
-        &[COMMON],
-        vec![("D4", (d / 4) as u32), ("BR", br), ("BC", bc), ("SAMPLE", SAMPLE)],
+        &[COMMON, MODS_NONE],
+        vec![("D4", (d / 4) as u32), ("BR", br), ("BC", bc), ("SAMPLE", SAMPLE), ("MODS_U", 0)],
     )
 }
 
@@ -78,9 +78,11 @@ impl Heatmap {
         if flash.chunks() > 1 {
             return Err(Error::NeedsOneBinding { what: "the heatmap", chunks: flash.chunks() });
         }
-        crate::kernels::refuse_mods("heatmap", attn.spec())?;
+
         let c = flash.config();
-        Ok(Self { kernel: gpu.compile(&variant(attn.spec().shape.head_dim, c.br, c.bc))? })
+        let s = attn.spec().shape;
+        let v = with_mods(variant(s.head_dim, c.br, c.bc), attn.spec().mods.as_ref(), s.n, s.m);
+        Ok(Self { kernel: gpu.compile(&v)? })
     }
 
     /// Pools the probabilities of `view` into `width × height` values (row-major, top row

@@ -60,8 +60,7 @@ pub(crate) fn refuse_mods(kernel: &'static str, spec: &AttnSpec) -> Result<()> {
         Some(m) => Err(Error::Config {
             kernel,
             config: format!("mods {}", m.name()),
-            reason: "score_mod / mask_mod run in the flash forward (vec4 and cooperative-matrix kernels) only so far"
-                .into(),
+            reason: "score_mod / mask_mod run in flash (forward, on vec4 tiles or cooperative matrices), the tiled backward and the heatmap so far".into(),
         }),
         None => Ok(()),
     }
