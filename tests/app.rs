@@ -308,3 +308,28 @@ fn model_panel_shows_a_real_sentences_attention() {
     h.run_steps(2);
     h.get_by_label_contains("click to open");
 }
+
+#[test]
+fn the_mod_editor_compiles_as_you_type() {
+    // a mask_mod typed into the Patterns panel: recomputed on the GPU, its hidden tiles
+    // skipped (fewer listed tiles), and a mistake shown with the editor's line
+    let mut h = harness([1280.0, 860.0]);
+    h.state_mut().patterns.settings.n = 256;
+    h.run();
+    let before =
+        h.state().patterns.computed.as_ref().expect("computed").attn.flash().unwrap().block_map().visited();
+    h.state_mut().patterns.settings.mods = longctx::app::patterns::MOD_EXAMPLES[0].1.to_string();
+    h.run();
+    let st = &h.state().patterns;
+    let c = st.computed.as_ref().unwrap_or_else(|| panic!("no computation: {:?}", st.error));
+    assert!(c.spec.mods.is_some());
+    let after = c.attn.flash().unwrap().block_map().visited();
+    assert!(after < before, "sinks + window must skip tiles: {after} vs {before}");
+    assert!(st.heat.is_some());
+    snapshot(&mut h, "panel_patterns_mods");
+    h.state_mut().patterns.settings.mods.push_str("fn broken( {\n");
+    h.run();
+    let err = h.state().patterns.error.clone().expect("a compile error");
+    assert!(err.contains("mod editor:6"), "{err}");
+    h.get_by_label_contains("mod editor:6");
+}

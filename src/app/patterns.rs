@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use super::Job;
 use super::colormap::{color, normalise};
 use crate::contract::mask::{BigBird, Mask};
+use crate::contract::mods::Mods;
 use crate::contract::spec::{Alibi, AttnShape, AttnSpec, Window};
 use crate::io::{read_npy, read_safetensors};
 use crate::kernels::heatmap::{HeatView, Heatmap};
@@ -76,6 +77,8 @@ pub struct Settings {
     pub inputs: Inputs,
     /// Seed of the random and structured inputs and of BigBird's random blocks.
     pub seed: u64,
+    /// Mods in WGSL (`score_mod` and/or `mask_mod`, see `contract::mods`); empty for none.
+    pub mods: String,
 }
 
 impl Default for Settings {
@@ -91,9 +94,29 @@ impl Default for Settings {
             pattern: Pattern::None,
             inputs: Inputs::Structured,
             seed: 1,
+            mods: String::new(),
         }
     }
 }
+
+/// The name the mod editor's text goes by in compile errors (`mod editor:LINE:COLUMN`).
+pub const MOD_EDITOR: &str = "mod editor";
+
+/// Examples the editor offers: (button, WGSL).
+pub const MOD_EXAMPLES: [(&str, &str); 3] = [
+    (
+        "sinks + window",
+        "// StreamingLLM: the first 4 keys and the last 64, causally\nfn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool {\n    let d = i32(q_idx) + i32(N_KV) - i32(N_Q) - i32(kv_idx);\n    return d >= 0 && (kv_idx < 4u || d <= 64);\n}\n",
+    ),
+    (
+        "soft-cap",
+        "// Gemma 2: cap·tanh(score / cap)\nfn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {\n    return 2.0 * tanh(score / 2.0);\n}\n",
+    ),
+    (
+        "documents",
+        "// four packed documents of N/4 tokens: attend within your own\nfn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool {\n    return q_idx * 4u / N_Q == kv_idx * 4u / N_KV;\n}\n",
+    ),
+];
 
 /// A problem on the host: its spec and Q, K, V.
 pub type Problem = (AttnSpec, Vec<f32>, Vec<f32>, Vec<f32>);
@@ -116,7 +139,8 @@ impl Settings {
             .causal(self.causal)
             .window(self.window.map(|(l, r)| Window::new(l, r)))
             .alibi(if self.alibi { Alibi::Standard } else { Alibi::Off })
-            .mask(mask);
+            .mask(mask)
+            .mods(if self.mods.trim().is_empty() { None } else { Some(Mods::wgsl(MOD_EDITOR, &self.mods)?) });
         spec.validate()?;
         Ok(spec)
     }
@@ -236,8 +260,15 @@ impl Computed {
         let score = self.spec.scale_value() * dot + bias;
         let visible = self.spec.visible(head, i, j);
         let lse = self.lse[head * s.n + i];
-        let p = if visible && lse.is_finite() { (score - lse).exp() } else { 0.0 };
-        Readout { i, j, score, bias, visible, p }
+        let mods = self.spec.mods.is_some();
+        let p = if mods {
+            f32::NAN // the mods change the score and the mask: only the GPU knows p
+        } else if visible && lse.is_finite() {
+            (score - lse).exp()
+        } else {
+            0.0
+        };
+        Readout { i, j, score, bias, visible, p, mods }
     }
 }
 
@@ -256,6 +287,9 @@ pub struct Readout {
     pub visible: bool,
     /// Attention probability, exp(score − LSE); 0 where masked.
     pub p: f32,
+    /// Whether the problem has mods, which the CPU readout does not apply (WGSL runs on the
+    /// GPU only; the heatmap includes them).
+    pub mods: bool,
 }
 
 /// One rendered view of the heatmap.
@@ -460,6 +494,30 @@ fn settings_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
         },
     );
     ui.separator();
+    ui.heading("Mods (WGSL)");
+    ui.horizontal_wrapped(|ui| {
+        if ui.button("none").clicked() {
+            s.mods.clear();
+        }
+        for (name, text) in MOD_EXAMPLES {
+            if ui.button(name).clicked() {
+                s.mods = text.to_string();
+            }
+        }
+    });
+    let lab = ui.weak("score_mod(score, b, h, q_idx, kv_idx) -> f32, mask_mod(b, h, q_idx, kv_idx) -> bool");
+    ui.add(
+        egui::TextEdit::multiline(&mut s.mods)
+            .code_editor()
+            .desired_rows(6)
+            .desired_width(f32::INFINITY)
+            .hint_text("// e.g. fn mask_mod(...) -> bool { return kv_idx < 4u || q_idx >= kv_idx; }"),
+    )
+    .labelled_by(lab.id);
+    if let Some(e) = st.error.as_ref().filter(|e| e.contains(MOD_EDITOR)) {
+        ui.label(egui::RichText::new(plain(e)).monospace().color(Color32::RED));
+    }
+    ui.separator();
     ui.heading("Inputs");
     let kind = match s.inputs {
         Inputs::Random => 0,
@@ -517,9 +575,22 @@ fn settings_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
     }
 }
 
+/// A compiler message with its box-drawing characters in ASCII (egui's fonts have none).
+fn plain(message: &str) -> String {
+    message
+        .chars()
+        .map(|c| match c {
+            '┌' | '└' | '├' | '┬' | '┴' | '┼' | '╭' | '╰' => '+',
+            '─' | '━' => '-',
+            '│' | '┃' => '|',
+            c => c,
+        })
+        .collect()
+}
+
 fn heatmap_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
     if let Some(e) = &st.error {
-        ui.colored_label(Color32::RED, e);
+        ui.label(egui::RichText::new(plain(e)).monospace().color(Color32::RED));
     }
     if st.job.is_some() {
         ui.horizontal(|ui| {
@@ -590,6 +661,9 @@ fn heatmap_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
             r.bias,
             if r.visible { "visible" } else { "masked" }
         ));
+        if r.mods {
+            ui.weak("score and mask above are before the mods (WGSL runs on the GPU only); the heatmap includes them");
+        }
     } else {
         ui.weak("hover for (i, j), probability, score, bias; scroll to zoom, drag to pan");
     }
