@@ -2,7 +2,7 @@
 //! it: shapes, positions, masks, ALiBi, block maps, FLOP counts. No GPU here; every layer
 //! above follows it.
 //!
-//! Dependencies point one way inside the layer too: `shape` ← [`mask`] ← [`spec`] ←
+//! Dependencies point one way inside the layer too: `shape` ← [`mask`], [`mods`] ← [`spec`] ←
 //! [`blockmap`] ← [`reference`](mod@reference).
 
 pub mod blockmap;

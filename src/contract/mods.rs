@@ -106,6 +106,33 @@ pub struct Mods {
     mask_uses: [bool; 2],
     rule: Option<Arc<dyn ModRule>>,
     hash: u64,
+    buffers: Vec<ModBuffer>,
+}
+
+/// The element type of a mod buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Element {
+    /// `f32`.
+    F32,
+    /// `u32` (given as whole numbers ≥ 0).
+    U32,
+    /// `i32` (given as whole numbers).
+    I32,
+}
+
+/// A buffer a mod module reads, declared in the module as
+/// `@group(1) @binding(N) var<storage, read> NAME: array<T>;` (T = f32, u32 or i32) — a bias
+/// table, per-head parameters, document ids — and given its values with [`Mods::with_buffer`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModBuffer {
+    /// Its name in the module.
+    pub name: String,
+    /// Its binding number in group 1.
+    pub binding: u32,
+    /// Its element type.
+    pub element: Element,
+    /// Its values as 32-bit words (`None` until given).
+    pub words: Option<Arc<Vec<u32>>>,
 }
 
 impl fmt::Debug for Mods {
@@ -163,12 +190,31 @@ impl Mods {
         )
         .validate(&module)
         .map_err(|e| err(e.emit_to_string_with_path(&full, name)))?;
-        if !module.entry_points.is_empty() || module.global_variables.iter().any(|(_, g)| g.binding.is_some())
-        {
-            return Err(err(
-                "a mod module may not declare entry points or bound resources (user buffers are not supported yet)"
-                    .into(),
-            ));
+        if !module.entry_points.is_empty() {
+            return Err(err("a mod module may not declare entry points".into()));
+        }
+        let mut buffers = Vec::new();
+        for (_, g) in module.global_variables.iter() {
+            let Some(rb) = &g.binding else { continue };
+            let name = g.name.clone().unwrap_or_default();
+            let element = match (&g.space, &module.types[g.ty].inner) {
+                (naga::AddressSpace::Storage { access }, naga::TypeInner::Array { base, size: naga::ArraySize::Dynamic, .. })
+                    if !access.contains(naga::StorageAccess::STORE) && rb.group == 1 =>
+                {
+                    match module.types[*base].inner {
+                        naga::TypeInner::Scalar(naga::Scalar::F32) => Element::F32,
+                        naga::TypeInner::Scalar(naga::Scalar::U32) => Element::U32,
+                        naga::TypeInner::Scalar(naga::Scalar::I32) => Element::I32,
+                        _ => return Err(err(format!("buffer `{name}`: elements must be f32, u32 or i32"))),
+                    }
+                }
+                _ => {
+                    return Err(err(format!(
+                        "`{name}`: a mod module's only resources are buffers declared as `@group(1) @binding(N) var<storage, read> {name}: array<f32>;` (or u32, i32)"
+                    )));
+                }
+            };
+            buffers.push(ModBuffer { name, binding: rb.binding, element, words: None });
         }
         let f32_ty = naga::TypeInner::Scalar(naga::Scalar::F32);
         let u32_ty = naga::TypeInner::Scalar(naga::Scalar::U32);
@@ -220,7 +266,59 @@ impl Mods {
             mask_uses,
             rule: None,
             hash: hasher.finish(),
+            buffers,
         })
+    }
+
+    /// Gives buffer `name` its values (from a `.npy`, say): f32 as they are; u32 and i32
+    /// must be whole numbers in range. An error names the buffer and the first bad value.
+    pub fn with_buffer(mut self, name: &str, values: &[f64]) -> Result<Self> {
+        let declared: Vec<String> = self.buffers.iter().map(|b| b.name.clone()).collect();
+        let Some(b) = self.buffers.iter_mut().find(|b| b.name == name) else {
+            return Err(Error::Invalid(format!(
+                "mod buffer `{name}`: {} declares {}",
+                self.name,
+                if declared.is_empty() { "no buffers".to_string() } else { format!("only {}", declared.join(", ")) }
+            )));
+        };
+        if values.is_empty() {
+            return Err(Error::Invalid(format!("mod buffer `{name}` is empty")));
+        }
+        let bad = |i: usize, v: f64, what: &str| {
+            Error::Invalid(format!("mod buffer `{name}`: value {v} at index {i} is not {what}"))
+        };
+        let words = values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| match b.element {
+                Element::F32 if v.is_finite() && v.abs() <= f32::MAX as f64 => Ok((v as f32).to_bits()),
+                Element::F32 => Err(bad(i, v, "a finite f32")),
+                Element::U32 if v.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&v) => Ok(v as u32),
+                Element::U32 => Err(bad(i, v, "a whole number in 0..=4294967295")),
+                Element::I32 if v.fract() == 0.0 && (i32::MIN as f64..=i32::MAX as f64).contains(&v) => {
+                    Ok(v as i32 as u32)
+                }
+                Element::I32 => Err(bad(i, v, "a whole number in the i32 range")),
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        b.words = Some(Arc::new(words));
+        Ok(self)
+    }
+
+    /// The buffers the module declares (with their values once given).
+    pub fn buffers(&self) -> &[ModBuffer] {
+        &self.buffers
+    }
+
+    /// An error naming the first declared buffer without values.
+    pub fn check_buffers(&self) -> Result<()> {
+        match self.buffers.iter().find(|b| b.words.is_none()) {
+            Some(b) => Err(Error::Invalid(format!(
+                "{} reads buffer `{}` but no values were given for it (--mod-buffer {}=FILE.npy, or Mods::with_buffer)",
+                self.name, b.name, b.name
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The user's text with `N_Q`, `N_KV` and the missing functions after it.
@@ -298,7 +396,11 @@ impl Mods {
             });
         }
         let source = format!("{}\n{}", self.source, other.source);
-        let both = Mods::wgsl(&name, &source)?;
+        let mut both = Mods::wgsl(&name, &source)?;
+        for b in &mut both.buffers {
+            b.words =
+                self.buffers.iter().chain(&other.buffers).find(|x| x.name == b.name).and_then(|x| x.words.clone());
+        }
         let rule: Option<Arc<dyn ModRule>> = match (self.rule, other.rule) {
             (Some(a), Some(b)) => Some(Arc::new(Both(a, b))),
             _ => None,
@@ -436,7 +538,7 @@ impl Named {
                 ),
             ),
             Named::Alibi(heads) => {
-                let slopes = crate::contract::spec::alibi_slopes(*heads);
+                let slopes = crate::contract::shape::alibi_slopes(*heads);
                 let list: Vec<String> = slopes.iter().map(|s| format!("{s:?}")).collect();
                 (
                     "alibi".to_string(),
@@ -465,7 +567,7 @@ impl ModRule for Named {
             }
             // the f32 slope, as the kernels (and the built-in ALiBi) use it
             Named::Alibi(heads) => {
-                s - crate::contract::spec::alibi_slopes(*heads)[at.h] as f64
+                s - crate::contract::shape::alibi_slopes(*heads)[at.h] as f64
                     * at.distance().unsigned_abs() as f64
             }
             _ => s,

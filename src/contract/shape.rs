@@ -143,3 +143,20 @@ impl Window {
 
 /// Sentinel for "unbounded" in the kernels' window band; larger than any position.
 pub const UNBOUNDED: i64 = 1 << 30;
+
+/// The ALiBi paper's `get_slopes(H)`, exactly as `docs/DESIGN.md` §1 states it.
+pub fn alibi_slopes(heads: usize) -> Vec<f32> {
+    fn pow2(n: usize) -> Vec<f64> {
+        (0..n).map(|h| 2f64.powf(-8.0 * (h + 1) as f64 / n as f64)).collect()
+    }
+    if heads == 0 {
+        return Vec::new();
+    }
+    if heads.is_power_of_two() {
+        return pow2(heads).into_iter().map(|s| s as f32).collect();
+    }
+    let c = 1usize << heads.ilog2();
+    let mut out = pow2(c);
+    out.extend(pow2(2 * c).into_iter().step_by(2).take(heads - c));
+    out.into_iter().map(|s| s as f32).collect()
+}

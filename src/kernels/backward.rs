@@ -190,16 +190,20 @@ impl Entry {
 struct Prepared {
     entry: Entry,
     kernel: Compiled,
+    /// Bind group 1: the mods' buffers, when they read any.
+    user: Option<wgpu::BindGroup>,
 }
 
 /// The kernels of `entries` for `spec` (its mods compiled in), once per device and variant.
 fn compile(gpu: &Gpu, c: &BackwardConfig, spec: &AttnSpec, entries: &[Entry]) -> Result<Vec<Prepared>> {
     let s = spec.shape;
+    let buffers = crate::kernels::mods::ModBuffers::upload(gpu, spec)?;
     entries
         .iter()
         .map(|&entry| {
             let v = with_mods(c.variant(s.head_dim, entry), spec.mods.as_ref(), s.n, s.m);
-            Ok(Prepared { entry, kernel: gpu.compile(&v)? })
+            let kernel = gpu.compile(&v)?;
+            Ok(Prepared { entry, user: buffers.bind(gpu, &kernel), kernel })
         })
         .collect()
 }
@@ -794,7 +798,7 @@ impl Backward {
                 )));
             };
             let bind = p.kernel.bind_ranges(gpu, &all);
-            p.kernel.dispatch(&mut pass, &bind, dsp.groups);
+            p.kernel.dispatch_with(&mut pass, &bind, p.user.as_ref(), dsp.groups);
         }
         Ok(())
     }

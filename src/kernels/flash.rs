@@ -355,6 +355,8 @@ pub struct Flash {
     counters: wgpu::Buffer,
     instrumented: bool,
     mask_mod_map: Option<std::time::Duration>,
+    /// Bind group 1: the mods' buffers, when they read any.
+    mod_bind: Option<wgpu::BindGroup>,
 }
 
 impl Flash {
@@ -472,6 +474,7 @@ impl Flash {
         let variant =
             with_mods(config.variant_f16(s.head_dim, instrumented, f16), spec.mods.as_ref(), s.n, s.m);
         let kernel = gpu.compile(&variant)?;
+        let mod_bind = crate::kernels::mods::ModBuffers::upload(gpu, spec)?.bind(gpu, &kernel);
         Ok(Self {
             config,
             kernel,
@@ -485,6 +488,7 @@ impl Flash {
             counters: gpu.storage("flash counters", if instrumented { 20 } else { 4 })?,
             instrumented,
             mask_mod_map,
+            mod_bind,
         })
     }
 
@@ -655,7 +659,7 @@ impl Flash {
                     (&d.tiles, None),
                 ],
             );
-            self.kernel.dispatch(&mut pass, &bind, d.groups);
+            self.kernel.dispatch_with(&mut pass, &bind, self.mod_bind.as_ref(), d.groups);
         }
     }
 }

@@ -67,6 +67,8 @@ pub fn variant(d: usize, br: u32, bc: u32) -> ShaderVariant {
 /// A heatmap renderer bound to one prepared flash [`Attention`].
 pub struct Heatmap {
     kernel: Compiled,
+    /// Bind group 1: the mods' buffers, when they read any.
+    mod_bind: Option<wgpu::BindGroup>,
 }
 
 impl Heatmap {
@@ -82,7 +84,9 @@ impl Heatmap {
         let c = flash.config();
         let s = attn.spec().shape;
         let v = with_mods(variant(s.head_dim, c.br, c.bc), attn.spec().mods.as_ref(), s.n, s.m);
-        Ok(Self { kernel: gpu.compile(&v)? })
+        let kernel = gpu.compile(&v)?;
+        let mod_bind = crate::kernels::mods::ModBuffers::upload(gpu, attn.spec())?.bind(gpu, &kernel);
+        Ok(Self { kernel, mod_bind })
     }
 
     /// Pools the probabilities of `view` into `width × height` values (row-major, top row
@@ -165,7 +169,7 @@ impl Heatmap {
                     ],
                 );
                 let groups = [view.width.div_ceil(8) as u32, view.height.div_ceil(8) as u32, 1];
-                self.kernel.dispatch(&mut pass, &bind, groups);
+                self.kernel.dispatch_with(&mut pass, &bind, self.mod_bind.as_ref(), groups);
             }
         }
         gpu.queue.submit([enc.finish()]);

@@ -51,7 +51,8 @@ pub(crate) fn with_mods(
     for c in variant.consts.iter_mut().filter(|c| c.0 == "MODS_U") {
         c.1 = 1;
     }
-    variant.with_user(mods.name(), mods.kernel_source(n, m))
+    let bindings = mods.buffers().iter().map(|b| b.binding).collect();
+    variant.with_user(mods.name(), mods.kernel_source(n, m), bindings)
 }
 
 /// A typed error for a kernel that does not run attention mods yet.

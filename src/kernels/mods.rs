@@ -13,7 +13,7 @@ use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::{COMMON, Contract, Tiles};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Binding::*, Shader, numbered};
+use crate::runtime::shader::{Binding::*, Compiled, Shader, numbered};
 
 /// contract, block map, tiles, entry rows, counts, job (see mod_map.wgsl).
 const SHADER: Shader = Shader {
@@ -29,6 +29,35 @@ struct Job {
     b: u32,
     groups_x: u32,
     pad: u32,
+}
+
+/// A call's mod buffers on the device (bind group 1 of every kernel compiled with its mods).
+#[derive(Default)]
+pub(crate) struct ModBuffers {
+    buffers: Vec<(u32, wgpu::Buffer)>,
+}
+
+impl ModBuffers {
+    /// The buffers of `spec`'s mods, uploaded; an error names one declared without values.
+    pub(crate) fn upload(gpu: &Gpu, spec: &AttnSpec) -> Result<Self> {
+        let Some(mods) = &spec.mods else { return Ok(Self::default()) };
+        mods.check_buffers()?;
+        let buffers = mods
+            .buffers()
+            .iter()
+            .map(|b| {
+                let words = b.words.as_deref().map_or(&[][..], |w| &w[..]);
+                Ok((b.binding, gpu.upload(&format!("mod buffer {}", b.name), words)?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { buffers })
+    }
+
+    /// Bind group 1 for `kernel` (`None` when it reads no buffers).
+    pub(crate) fn bind(&self, gpu: &Gpu, kernel: &Compiled) -> Option<wgpu::BindGroup> {
+        let refs: Vec<(u32, &wgpu::Buffer)> = self.buffers.iter().map(|(n, b)| (*n, b)).collect();
+        kernel.bind_user(gpu, &refs)
+    }
 }
 
 /// `map` with one copy of its rows per head (for a `mask_mod` that reads `h`).
@@ -68,8 +97,10 @@ pub fn refine(gpu: &Gpu, spec: &AttnSpec, mods: &Mods, map: &BlockMap) -> Result
     let (words, offsets) = map.to_gpu_words();
     let variant = SHADER
         .variant("main", &[COMMON], vec![("D4", 1), ("BR", map.br as u32), ("BC", map.bc as u32)])
-        .with_user(mods.name(), mods.kernel_source(s.n, s.m));
+        .with_user(mods.name(), mods.kernel_source(s.n, s.m), mods.buffers().iter().map(|b| b.binding).collect());
     let kernel = gpu.compile(&variant)?;
+    let user_buffers = ModBuffers::upload(gpu, spec)?;
+    let user = user_buffers.bind(gpu, &kernel);
     let groups = entries.div_ceil(64) as u64;
     let limit = gpu.limits().max_compute_workgroups_per_dimension as u64;
     let gx = groups.min(limit);
@@ -94,7 +125,7 @@ pub fn refine(gpu: &Gpu, spec: &AttnSpec, mods: &Mods, map: &BlockMap) -> Result
         });
         for job in &jobs {
             let bind = kernel.bind(gpu, &[&contract, &block_map, &tiles, &rows, &counts, job]);
-            kernel.dispatch(&mut pass, &bind, [gx as u32, gy as u32, 1]);
+            kernel.dispatch_with(&mut pass, &bind, user.as_ref(), [gx as u32, gy as u32, 1]);
         }
     }
     gpu.queue.submit([enc.finish()]);

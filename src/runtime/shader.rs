@@ -78,6 +78,8 @@ pub struct UserSource {
     pub source: std::sync::Arc<str>,
     /// A hash of the text, which keys the pipeline cache.
     pub hash: u64,
+    /// The read-only storage buffers it declares in bind group 1, by binding number.
+    pub bindings: Vec<u32>,
 }
 
 /// One compilable variant of a kernel.
@@ -179,12 +181,13 @@ impl ShaderVariant {
         format!("{}:{}[{}]{user}", self.shader.stem, self.entry, consts.join(","))
     }
 
-    /// This variant with the user's WGSL `source` (named `name` in messages).
-    pub fn with_user(mut self, name: &str, source: String) -> Self {
+    /// This variant with the user's WGSL `source` (named `name` in messages), which reads
+    /// the read-only storage buffers `bindings` of bind group 1.
+    pub fn with_user(mut self, name: &str, source: String, bindings: Vec<u32>) -> Self {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         source.hash(&mut h);
-        self.user = Some(UserSource { name: name.to_string(), hash: h.finish(), source: source.into() });
+        self.user = Some(UserSource { name: name.to_string(), hash: h.finish(), source: source.into(), bindings });
         self
     }
 
@@ -314,6 +317,8 @@ pub struct Compiled {
     /// The bind-group layout of the variant's bindings.
     pub layout: wgpu::BindGroupLayout,
     bindings: &'static [(u32, Binding)],
+    /// Bind group 1's layout: the user's buffers, when the variant's WGSL declares any.
+    pub user_layout: Option<wgpu::BindGroupLayout>,
 }
 
 impl Compiled {
@@ -350,9 +355,35 @@ impl Compiled {
 
     /// Records one dispatch of this pipeline with `bind` into `pass`.
     pub fn dispatch(&self, pass: &mut wgpu::ComputePass, bind: &wgpu::BindGroup, groups: [u32; 3]) {
+        self.dispatch_with(pass, bind, None, groups);
+    }
+
+    /// [`Compiled::dispatch`] with the user's buffers as bind group 1 (see
+    /// [`Compiled::bind_user`]).
+    pub fn dispatch_with(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        bind: &wgpu::BindGroup,
+        user: Option<&wgpu::BindGroup>,
+        groups: [u32; 3],
+    ) {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, bind, &[]);
+        if let Some(user) = user {
+            pass.set_bind_group(1, user, &[]);
+        }
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+    }
+
+    /// Bind group 1 over the user's buffers `(binding, buffer)`; `None` when the variant
+    /// declares none.
+    pub fn bind_user(&self, gpu: &Gpu, buffers: &[(u32, &wgpu::Buffer)]) -> Option<wgpu::BindGroup> {
+        let layout = self.user_layout.as_ref()?;
+        let entries: Vec<_> = buffers
+            .iter()
+            .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
+            .collect();
+        Some(gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("user buffers"), layout, entries: &entries }))
     }
 }
 
@@ -404,6 +435,11 @@ impl Gpu {
             return Ok(c.clone());
         }
         let layout = self.layout(variant.shader.bindings);
+        let user_layout = variant
+            .user
+            .as_ref()
+            .filter(|u| !u.bindings.is_empty())
+            .map(|u| self.layout(&u.bindings.iter().map(|&b| (b, Binding::Read)).collect::<Vec<_>>()));
         let label = Some(variant.shader.stem);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -412,7 +448,7 @@ impl Gpu {
         });
         let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label,
-            bind_group_layouts: &[Some(&layout)],
+            bind_group_layouts: &[Some(&layout), user_layout.as_ref()][..1 + user_layout.is_some() as usize],
             immediate_size: 0,
         });
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -431,7 +467,7 @@ impl Gpu {
         if let Some(err) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader { name: variant.name(), message: err.to_string() });
         }
-        let compiled = Compiled { pipeline, layout, bindings: variant.shader.bindings };
+        let compiled = Compiled { pipeline, layout, bindings: variant.shader.bindings, user_layout };
         self.caches.pipelines.lock().unwrap_or_else(PoisonError::into_inner).insert(key, compiled.clone());
         Ok(compiled)
     }
