@@ -763,4 +763,25 @@ fn mods_from_flags_and_files() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains(&format!("{}:2:", p(&bad))), "{stderr}");
     fails_with(&["mask", "--n", "1k", "--mod", "softcap=-1"], "positive");
+    // document ids from a .npy: the named mod (oracle included) and a file reading a buffer
+    let ids = dir.path().join("ids.npy");
+    write_npy(&ids, &[70], &(0..70).map(|i| (i / 30) as f32).collect::<Vec<_>>()).unwrap();
+    let arg = format!("documents={}", p(&ids));
+    let cpu = run("docs_cpu", &["--mod", &arg, "--kernel", "cpu"]);
+    let flash = run("docs_flash", &["--mod", &arg]);
+    let err = rel_error(&flash, &cpu.iter().map(|&x| x as f64).collect::<Vec<_>>());
+    assert!(err <= 1e-5, "documents: {err} (seed {seed})");
+    let reader = dir.path().join("reader.wgsl");
+    std::fs::write(
+        &reader,
+        "@group(1) @binding(0) var<storage, read> doc: array<u32>;\n\
+         fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool {\n    return doc[q_idx + N_KV - N_Q] == doc[kv_idx];\n}\n",
+    )
+    .unwrap();
+    let buf = format!("doc={}", p(&ids));
+    assert_eq!(run("docs_file", &["--mask-mod", p(&reader), "--mod-buffer", &buf]), flash);
+    fails_with(
+        &["attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&o), "--mask-mod", p(&reader)],
+        "no values were given",
+    );
 }

@@ -251,3 +251,60 @@ fn the_backward_runs_named_mods_against_the_oracle() {
     }
     println!("backward with mods, worst of dQ, dK, dV: {}", worst.join("; "));
 }
+
+#[test]
+fn mods_read_buffers_given_by_name() {
+    // a per-head bias table (f32) and document ids (u32) from buffers, against the same rule
+    let g = common::gpu();
+    let seed = common::seed();
+    let n = 120;
+    let ids: Vec<u32> = (0..n as u32).map(|i| i / 50).collect();
+    let bias = [0.5f64, -0.25, 1.0, 0.0];
+    let source = "@group(1) @binding(0) var<storage, read> head_bias: array<f32>;\n\
+                  @group(1) @binding(3) var<storage, read> doc: array<u32>;\n\
+                  fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 { return score + head_bias[h]; }\n\
+                  fn score_mod_grad(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 { return 1.0; }\n\
+                  fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool { return doc[q_idx] == doc[kv_idx]; }\n";
+    let mods = Mods::wgsl("buffers.wgsl", source).unwrap();
+    assert_eq!(mods.buffers().len(), 2);
+    // a buffer left without values, and values that do not fit its type, are errors
+    let spec = AttnSpec::new(shape(1, 4, 2, n, n, 32)).mods(Some(mods.clone()));
+    let err = Attention::new(g, Kernel::Flash, &spec).err().unwrap();
+    assert!(err.to_string().contains("no values were given"), "{err}");
+    assert!(mods.clone().with_buffer("doc", &[1.5]).is_err());
+    assert!(mods.clone().with_buffer("nope", &[1.0]).is_err());
+    let ids2 = ids.clone();
+    let rule = RuleFns {
+        score: Some(Box::new(move |s, at: At| s + bias[at.h] as f32 as f64)),
+        mask: Some(Box::new(move |at: At| ids2[at.q] == ids2[at.kv])),
+    };
+    let mods = mods
+        .with_buffer("head_bias", &bias)
+        .unwrap()
+        .with_buffer("doc", &ids.iter().map(|&x| x as f64).collect::<Vec<_>>())
+        .unwrap()
+        .with_rule(Arc::new(rule));
+    let spec = AttnSpec::new(shape(1, 4, 2, n, n, 32)).causal(true).mods(Some(mods));
+    let attn = Attention::new(g, Kernel::Flash, &spec).unwrap();
+    let e = common::check_kernel(&attn, seed, BOUND);
+    // the backward reads them too
+    let (q, k, v) = common::inputs(&spec, seed);
+    let d_o = common::random(4 * n * 32, &mut {
+        use rand::SeedableRng;
+        rand::rngs::StdRng::seed_from_u64(seed + 2)
+    });
+    let (_, got) =
+        longctx::kernels::backward::Backward::new(g, &spec).unwrap().run(g, &q, &k, &v, &d_o).unwrap();
+    let (dq, _, _) = longctx::contract::reference::attention_backward_f64(&spec, &q, &k, &v, &d_o).unwrap();
+    let edq = longctx::contract::reference::rel_error(&got.dq, &dq);
+    assert!(edq <= BOUND, "dQ {edq:.2e} (seed {seed})");
+    println!("mods with buffers: O {:.1e}, LSE {:.1e}, dQ {edq:.1e}", e.o, e.lse);
+    // the named document mod reads its ids from a buffer and skips what segments skip
+    let sh = shape(1, 2, 2, n, n, 64);
+    let named = Named::Documents(Arc::new(ids.clone())).mods();
+    let a = Attention::new(g, Kernel::Flash, &AttnSpec::new(sh).mask(Some(Mask::Segments(Arc::new(ids)))))
+        .unwrap();
+    let b = Attention::new(g, Kernel::Flash, &AttnSpec::new(sh).mods(Some(named))).unwrap();
+    assert_eq!(a.flash().unwrap().block_map().visited(), b.flash().unwrap().block_map().visited());
+    common::check_kernel(&b, seed, BOUND);
+}

@@ -53,6 +53,10 @@ pub struct MaskArgs {
     /// sinks=K,window=W, dilated=W,dilation=D (WGSL and its Rust rule, so the oracle runs it).
     #[arg(long = "mod", value_name = "NAME")]
     pub mods: Vec<String>,
+    /// Values of a buffer a mod file declares (`@group(1) @binding(N) var<storage, read>
+    /// NAME: array<f32>;`, or u32/i32): NAME=FILE.npy, repeatable.
+    #[arg(long, value_name = "NAME=FILE.npy")]
+    pub mod_buffer: Vec<String>,
 }
 
 impl MaskArgs {
@@ -138,6 +142,27 @@ impl MaskArgs {
             all.push(mods);
         }
         for text in &self.mods {
+            if let Some(path) = text.strip_prefix("documents=") {
+                let (dims, ids) = read_npy_numbers(path.as_ref())?;
+                if dims.len() != 1 || ids.len() != shape.m {
+                    bail!(
+                        "--mod documents={path}: one id per key position: shape [{}], got {dims:?}",
+                        shape.m
+                    );
+                }
+                if let Some((i, x)) = ids
+                    .iter()
+                    .enumerate()
+                    .find(|&(_, &x)| !(x >= 0.0 && x.fract() == 0.0 && x <= u32::MAX as f64))
+                {
+                    bail!(
+                        "--mod documents={path}: id {x} at index {i} is not a whole number in 0..={}",
+                        u32::MAX
+                    );
+                }
+                all.push(Named::Documents(Arc::new(ids.into_iter().map(|x| x as u32).collect())).mods());
+                continue;
+            }
             all.push(Named::parse(text, shape.heads)?.mods());
         }
         let mut out: Option<Mods> = None;
@@ -146,6 +171,19 @@ impl MaskArgs {
                 Some(a) => a.and(m)?,
                 None => m,
             });
+        }
+        for given in &self.mod_buffer {
+            let Some((name, path)) = given.split_once('=') else {
+                bail!("--mod-buffer `{given}`: expected NAME=FILE.npy");
+            };
+            let Some(mods) = out.take() else {
+                bail!("--mod-buffer {name}: no --score-mod / --mask-mod file declares buffers");
+            };
+            let (_, values) = read_npy_numbers(path.as_ref())?;
+            out = Some(mods.with_buffer(name.trim(), &values)?);
+        }
+        if let Some(m) = &out {
+            m.check_buffers()?;
         }
         Ok(out)
     }

@@ -198,9 +198,10 @@ impl Mods {
             let Some(rb) = &g.binding else { continue };
             let name = g.name.clone().unwrap_or_default();
             let element = match (&g.space, &module.types[g.ty].inner) {
-                (naga::AddressSpace::Storage { access }, naga::TypeInner::Array { base, size: naga::ArraySize::Dynamic, .. })
-                    if !access.contains(naga::StorageAccess::STORE) && rb.group == 1 =>
-                {
+                (
+                    naga::AddressSpace::Storage { access },
+                    naga::TypeInner::Array { base, size: naga::ArraySize::Dynamic, .. },
+                ) if !access.contains(naga::StorageAccess::STORE) && rb.group == 1 => {
                     match module.types[*base].inner {
                         naga::TypeInner::Scalar(naga::Scalar::F32) => Element::F32,
                         naga::TypeInner::Scalar(naga::Scalar::U32) => Element::U32,
@@ -278,7 +279,11 @@ impl Mods {
             return Err(Error::Invalid(format!(
                 "mod buffer `{name}`: {} declares {}",
                 self.name,
-                if declared.is_empty() { "no buffers".to_string() } else { format!("only {}", declared.join(", ")) }
+                if declared.is_empty() {
+                    "no buffers".to_string()
+                } else {
+                    format!("only {}", declared.join(", "))
+                }
             )));
         };
         if values.is_empty() {
@@ -398,8 +403,12 @@ impl Mods {
         let source = format!("{}\n{}", self.source, other.source);
         let mut both = Mods::wgsl(&name, &source)?;
         for b in &mut both.buffers {
-            b.words =
-                self.buffers.iter().chain(&other.buffers).find(|x| x.name == b.name).and_then(|x| x.words.clone());
+            b.words = self
+                .buffers
+                .iter()
+                .chain(&other.buffers)
+                .find(|x| x.name == b.name)
+                .and_then(|x| x.words.clone());
         }
         let rule: Option<Arc<dyn ModRule>> = match (self.rule, other.rule) {
             (Some(a), Some(b)) => Some(Arc::new(Both(a, b))),
@@ -452,6 +461,9 @@ pub enum Named {
         /// Step between visible keys.
         dilation: u32,
     },
+    /// Packed documents: one id per key position (M of them); a query at position `p` sees
+    /// the keys whose id is its own (the mod reads the ids from a buffer, `doc_ids`).
+    Documents(Arc<Vec<u32>>),
 }
 
 impl Named {
@@ -491,6 +503,11 @@ impl Named {
             Some("prefix") => Named::PrefixLm(int("prefix", 0)?),
             Some("sinks") => Named::Sinks { sinks: int("sinks", 0)?, window: int("window", 0)? },
             Some("dilated") => Named::Dilated { window: int("dilated", 0)?, dilation: int("dilation", 1)? },
+            Some("documents") => {
+                return Err(bad(
+                    "documents needs its ids: `--mod documents=IDS.npy` (one id per key), or Named::Documents(ids)".into(),
+                ));
+            }
             _ => {
                 return Err(bad(
                     "choose causal, window=W, alibi, softcap=C, prefix=P, sinks=K,window=W, dilated=W,dilation=D"
@@ -530,6 +547,13 @@ impl Named {
                 format!("dilated={window},dilation={dilation}"),
                 mask(&format!("d >= 0 && d <= {window} && d % {dilation} == 0")),
             ),
+            Named::Documents(ids) => (
+                format!("documents({})", ids.len()),
+                format!(
+                    "@group(1) @binding(0) var<storage, read> doc_ids: array<u32>;\n\
+                     fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool {{\n    let p = i32(q_idx) + i32(N_KV) - i32(N_Q);\n    return p >= 0 && doc_ids[u32(p)] == doc_ids[kv_idx];\n}}\n"
+                ),
+            ),
             Named::Softcap(cap) => (
                 format!("softcap={cap}"),
                 format!(
@@ -552,9 +576,15 @@ impl Named {
                 )
             }
         };
-        Mods::wgsl(&format!("--mod {name}"), &source)
-            .expect("the named mods are valid WGSL")
-            .with_rule(Arc::new(self.clone()))
+        let mods = Mods::wgsl(&format!("--mod {name}"), &source).expect("the named mods are valid WGSL");
+        let mods = match self {
+            Named::Documents(ids) => {
+                let values: Vec<f64> = ids.iter().map(|&x| x as f64).collect();
+                mods.with_buffer("doc_ids", &values).expect("whole ids")
+            }
+            _ => mods,
+        };
+        mods.with_rule(Arc::new(self.clone()))
     }
 }
 
@@ -581,6 +611,10 @@ impl ModRule for Named {
             Named::PrefixLm(p) => kv < p as u64 || d >= 0,
             Named::Sinks { sinks, window } => d >= 0 && (kv < sinks as u64 || d <= window as i64),
             Named::Dilated { window, dilation } => d >= 0 && d <= window as i64 && d % dilation as i64 == 0,
+            Named::Documents(ref ids) => {
+                let p = at.q as i64 + at.m as i64 - at.n as i64;
+                p >= 0 && ids.get(p as usize).is_some_and(|x| Some(x) == ids.get(at.kv))
+            }
             Named::Softcap(_) | Named::Alibi(_) => true,
         }
     }

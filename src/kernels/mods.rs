@@ -97,7 +97,11 @@ pub fn refine(gpu: &Gpu, spec: &AttnSpec, mods: &Mods, map: &BlockMap) -> Result
     let (words, offsets) = map.to_gpu_words();
     let variant = SHADER
         .variant("main", &[COMMON], vec![("D4", 1), ("BR", map.br as u32), ("BC", map.bc as u32)])
-        .with_user(mods.name(), mods.kernel_source(s.n, s.m), mods.buffers().iter().map(|b| b.binding).collect());
+        .with_user(
+            mods.name(),
+            mods.kernel_source(s.n, s.m),
+            mods.buffers().iter().map(|b| b.binding).collect(),
+        );
     let kernel = gpu.compile(&variant)?;
     let user_buffers = ModBuffers::upload(gpu, spec)?;
     let user = user_buffers.bind(gpu, &kernel);

@@ -187,7 +187,8 @@ impl ShaderVariant {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         source.hash(&mut h);
-        self.user = Some(UserSource { name: name.to_string(), hash: h.finish(), source: source.into(), bindings });
+        self.user =
+            Some(UserSource { name: name.to_string(), hash: h.finish(), source: source.into(), bindings });
         self
     }
 
@@ -383,7 +384,11 @@ impl Compiled {
             .iter()
             .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
             .collect();
-        Some(gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("user buffers"), layout, entries: &entries }))
+        Some(gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("user buffers"),
+            layout,
+            entries: &entries,
+        }))
     }
 }
 
