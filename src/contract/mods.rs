@@ -549,10 +549,9 @@ impl Named {
             ),
             Named::Documents(ids) => (
                 format!("documents({})", ids.len()),
-                format!(
-                    "@group(1) @binding(0) var<storage, read> doc_ids: array<u32>;\n\
-                     fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool {{\n    let p = i32(q_idx) + i32(N_KV) - i32(N_Q);\n    return p >= 0 && doc_ids[u32(p)] == doc_ids[kv_idx];\n}}\n"
-                ),
+                "@group(1) @binding(0) var<storage, read> doc_ids: array<u32>;\n\
+                 fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool {\n    let p = i32(q_idx) + i32(N_KV) - i32(N_Q);\n    return p >= 0 && doc_ids[u32(p)] == doc_ids[kv_idx];\n}\n"
+                    .to_string(),
             ),
             Named::Softcap(cap) => (
                 format!("softcap={cap}"),
