@@ -36,12 +36,26 @@ fn named_mods_match_the_oracle() {
     let g = common::gpu();
     let seed = common::seed();
     let mut worst = Vec::new();
-    for text in
-        ["causal", "window=9", "alibi", "softcap=2", "prefix=11", "sinks=3,window=7", "dilated=20,dilation=3"]
-    {
+    // T5: a [4, 32] table; M = 300 reaches every bucket (|kv − p| up to 299)
+    let t5: Arc<Vec<f32>> = Arc::new(
+        (0..4 * longctx::contract::mods::T5_BUCKETS).map(|i| ((i * 37) % 11) as f32 * 0.2 - 1.0).collect(),
+    );
+    for text in [
+        "causal",
+        "window=9",
+        "alibi",
+        "softcap=2",
+        "prefix=11",
+        "sinks=3,window=7",
+        "dilated=20,dilation=3",
+        "t5",
+    ] {
         let mut e = 0f64;
-        for sh in [shape(2, 4, 2, 77, 130, 64), shape(1, 4, 1, 100, 45, 32)] {
-            let mods = Named::parse(text, sh.heads).unwrap().mods();
+        for sh in [shape(2, 4, 2, 77, 300, 64), shape(1, 4, 1, 100, 45, 32)] {
+            let mods = match text {
+                "t5" => Named::T5(t5.clone()).mods(),
+                _ => Named::parse(text, sh.heads).unwrap().mods(),
+            };
             let spec = AttnSpec::new(sh).mods(Some(mods));
             let attn = Attention::new(g, Kernel::Flash, &spec).unwrap();
             let err = common::check_kernel(&attn, seed, BOUND);
@@ -235,8 +249,13 @@ fn the_backward_runs_named_mods_against_the_oracle() {
         ("alibi", shape(2, 2, 1, 45, 45, 64)),
         ("sinks=3,window=9", shape(1, 4, 2, 100, 45, 32)),
         ("dilated=20,dilation=3", shape(1, 2, 2, 70, 70, 32)),
+        ("t5", shape(1, 2, 1, 60, 200, 32)),
     ] {
-        let spec = AttnSpec::new(sh).mods(Some(Named::parse(text, sh.heads).unwrap().mods()));
+        let mods = match text {
+            "t5" => Named::T5(Arc::new((0..2 * 32).map(|i| (i % 7) as f32 * 0.3 - 1.0).collect())).mods(),
+            _ => Named::parse(text, sh.heads).unwrap().mods(),
+        };
+        let spec = AttnSpec::new(sh).mods(Some(mods));
         let (q, k, v) = common::inputs(&spec, seed);
         let d_o = common::random(sh.batch * sh.heads * sh.n * sh.head_dim, &mut {
             use rand::SeedableRng;

@@ -50,7 +50,9 @@ pub struct MaskArgs {
     #[arg(long, value_name = "FILE.wgsl")]
     pub mask_mod: Option<PathBuf>,
     /// A named mod, repeatable: causal, window=W, alibi, softcap=C, prefix=P,
-    /// sinks=K,window=W, dilated=W,dilation=D (WGSL and its Rust rule, so the oracle runs it).
+    /// sinks=K,window=W, dilated=W,dilation=D, documents=IDS.npy (one id per key),
+    /// t5=TABLE.npy ([H, 32] relative-position biases) — WGSL and its Rust rule, so the
+    /// oracle runs it.
     #[arg(long = "mod", value_name = "NAME")]
     pub mods: Vec<String>,
     /// Values of a buffer a mod file declares (`@group(1) @binding(N) var<storage, read>
@@ -161,6 +163,22 @@ impl MaskArgs {
                     );
                 }
                 all.push(Named::Documents(Arc::new(ids.into_iter().map(|x| x as u32).collect())).mods());
+                continue;
+            }
+            if let Some(path) = text.strip_prefix("t5=") {
+                let (dims, table) = read_npy_numbers(path.as_ref())?;
+                let want = [shape.heads, longctx::contract::mods::T5_BUCKETS];
+                if dims != want {
+                    bail!(
+                        "--mod t5={path}: the bias table must have shape {want:?} (heads, buckets), got {dims:?}"
+                    );
+                }
+                if let Some((i, x)) =
+                    table.iter().enumerate().find(|&(_, x)| !(x.is_finite() && x.abs() <= f32::MAX as f64))
+                {
+                    bail!("--mod t5={path}: bias {x} at index {i} is not a finite f32");
+                }
+                all.push(Named::T5(Arc::new(table.into_iter().map(|x| x as f32).collect())).mods());
                 continue;
             }
             all.push(Named::parse(text, shape.heads)?.mods());

@@ -464,6 +464,26 @@ pub enum Named {
     /// Packed documents: one id per key position (M of them); a query at position `p` sees
     /// the keys whose id is its own (the mod reads the ids from a buffer, `doc_ids`).
     Documents(Arc<Vec<u32>>),
+    /// T5's relative-position bias: `score + table[h][bucket(kv − p)]` with T5's bidirectional
+    /// buckets (32 buckets, max distance 128: exact up to 7 apart, then logarithmic), the
+    /// table `[H, 32]` read from a buffer (`t5_bias`).
+    T5(Arc<Vec<f32>>),
+}
+
+/// Buckets of [`Named::T5`].
+pub const T5_BUCKETS: usize = 32;
+
+/// T5's bidirectional relative-position bucket of `rel = kv − p` (32 buckets, max distance
+/// 128), in integers: for |rel| ≥ 8 T5's `8 + ⌊ln(|rel|/8) / ln(16) · 8⌋` is
+/// `8 + ⌊log₂(rel²)⌋ − 6`, which needs no floating point (no rounding at the boundaries).
+pub fn t5_bucket(rel: i64) -> usize {
+    let base = if rel > 0 { 16 } else { 0 };
+    let n = rel.unsigned_abs();
+    if n < 8 {
+        return base + n as usize;
+    }
+    let log = 63 - (n * n).leading_zeros() as usize; // ⌊log₂(n²)⌋
+    base + (8 + log - 6).min(15)
 }
 
 impl Named {
@@ -503,6 +523,11 @@ impl Named {
             Some("prefix") => Named::PrefixLm(int("prefix", 0)?),
             Some("sinks") => Named::Sinks { sinks: int("sinks", 0)?, window: int("window", 0)? },
             Some("dilated") => Named::Dilated { window: int("dilated", 0)?, dilation: int("dilation", 1)? },
+            Some("t5") => {
+                return Err(bad(
+                    "t5 needs its bias table: `--mod t5=TABLE.npy` ([H, 32]), or Named::T5(table)".into(),
+                ));
+            }
             Some("documents") => {
                 return Err(bad(
                     "documents needs its ids: `--mod documents=IDS.npy` (one id per key), or Named::Documents(ids)".into(),
@@ -547,6 +572,14 @@ impl Named {
                 format!("dilated={window},dilation={dilation}"),
                 mask(&format!("d >= 0 && d <= {window} && d % {dilation} == 0")),
             ),
+            Named::T5(table) => (
+                format!("t5({} heads)", table.len() / T5_BUCKETS),
+                "@group(1) @binding(0) var<storage, read> t5_bias: array<f32>;\n\
+                 fn t5_bucket(rel: i32) -> u32 {\n    let base = select(0u, 16u, rel > 0);\n    let n = u32(abs(rel));\n    if n < 8u {\n        return base + n;\n    }\n    if n >= 128u {\n        return base + 15u;\n    }\n    return base + min(8u + u32(firstLeadingBit(n * n)) - 6u, 15u);\n}\n\
+                 fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {\n    let p = i32(q_idx) + i32(N_KV) - i32(N_Q);\n    return score + t5_bias[h * 32u + t5_bucket(i32(kv_idx) - p)];\n}\n\
+                 fn score_mod_grad(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {\n    return 1.0;\n}\n"
+                    .to_string(),
+            ),
             Named::Documents(ids) => (
                 format!("documents({})", ids.len()),
                 "@group(1) @binding(0) var<storage, read> doc_ids: array<u32>;\n\
@@ -581,6 +614,10 @@ impl Named {
                 let values: Vec<f64> = ids.iter().map(|&x| x as f64).collect();
                 mods.with_buffer("doc_ids", &values).expect("whole ids")
             }
+            Named::T5(table) => {
+                let values: Vec<f64> = table.iter().map(|&x| x as f64).collect();
+                mods.with_buffer("t5_bias", &values).expect("finite biases")
+            }
             _ => mods,
         };
         mods.with_rule(Arc::new(self.clone()))
@@ -593,6 +630,10 @@ impl ModRule for Named {
             Named::Softcap(cap) => {
                 let c = *cap as f64;
                 c * (s / c).tanh()
+            }
+            Named::T5(table) => {
+                let rel = -at.distance();
+                s + table[at.h * T5_BUCKETS + t5_bucket(rel)] as f64
             }
             // the f32 slope, as the kernels (and the built-in ALiBi) use it
             Named::Alibi(heads) => {
@@ -614,7 +655,7 @@ impl ModRule for Named {
                 let p = at.q as i64 + at.m as i64 - at.n as i64;
                 p >= 0 && ids.get(p as usize).is_some_and(|x| Some(x) == ids.get(at.kv))
             }
-            Named::Softcap(_) | Named::Alibi(_) => true,
+            Named::Softcap(_) | Named::Alibi(_) | Named::T5(_) => true,
         }
     }
     fn score_grad(&self, s: f64, _at: At) -> f64 {
@@ -650,6 +691,22 @@ mod tests {
         let m = Mods::wgsl("m", "fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool { return h == 0u || kv_idx <= q_idx; }").unwrap();
         assert_eq!(m.mask_reads(), (false, true));
         assert_eq!(Named::Causal.mods().mask_reads(), (false, false));
+    }
+
+    #[test]
+    fn t5_buckets_are_t5s() {
+        // T5's formula in floating point, away from its boundaries (where f32/f64 logs round)
+        for rel in -1000i64..=1000 {
+            let n = rel.unsigned_abs() as f64;
+            let base = if rel > 0 { 16 } else { 0 };
+            let want =
+                if n < 8.0 { n as usize } else { (8 + (2.0 * (n / 8.0).log2()).floor() as usize).min(15) };
+            assert_eq!(t5_bucket(rel), base + want, "rel {rel}");
+        }
+        assert_eq!(
+            (t5_bucket(0), t5_bucket(-7), t5_bucket(7), t5_bucket(-128), t5_bucket(500)),
+            (0, 7, 23, 15, 31)
+        );
     }
 
     #[test]
