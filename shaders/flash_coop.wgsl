@@ -27,16 +27,7 @@ const D: u32 = D4 * 4u;
 const DS: u32 = (D + S - 1u) / S;
 const DP: u32 = DS * S;
 
-@group(0) @binding(1) var<storage, read> q: array<in4>;
-@group(0) @binding(2) var<storage, read> k: array<in4>;
-@group(0) @binding(3) var<storage, read> v: array<in4>;
-@group(0) @binding(4) var<storage, read_write> o: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(6) var<storage, read> block_map: array<u32>;
-@group(0) @binding(7) var<storage, read> slopes: array<f32>;
-// Instrumentation (COUNT = 1 only), as in flash.wgsl.
-@group(0) @binding(8) var<storage, read_write> counters: array<atomic<u32>>;
-@group(0) @binding(9) var<uniform> tiles: Tiles;
+// Bindings: flash_bindings.wgsl (shared with flash.wgsl).
 
 var<workgroup> q_s: array<in1, BR * DP>;  // scaled Q, [row][d]
 var<workgroup> k_s: array<in1, BC * DP>;  // [key][d]

@@ -86,22 +86,7 @@ impl MaskArgs {
             parts.push(Mask::bigbird(&BigBird::parse(text)?, shape.m)?);
         }
         if let Some(path) = &self.segments {
-            let (dims, ids) = read_npy_numbers(path)?;
-            if dims.len() != 1 {
-                bail!("{}: segments must be a 1-D array of ids, got shape {dims:?}", path.display());
-            }
-            if let Some((i, x)) = ids
-                .iter()
-                .enumerate()
-                .find(|&(_, &x)| !(x >= 0.0 && x.fract() == 0.0 && x <= u32::MAX as f64))
-            {
-                bail!(
-                    "{}: segment id {x} at index {i}: ids must be whole numbers in 0..={}",
-                    path.display(),
-                    u32::MAX
-                );
-            }
-            parts.push(Mask::Segments(Arc::new(ids.into_iter().map(|x| x as u32).collect())));
+            parts.push(Mask::Segments(Arc::new(read_ids(path, "segment")?)));
         }
         if let Some(path) = &self.block_mask {
             let bs = self.block_size.context("--block-mask needs --block-size")?;
@@ -145,24 +130,15 @@ impl MaskArgs {
         }
         for text in &self.mods {
             if let Some(path) = text.strip_prefix("documents=") {
-                let (dims, ids) = read_npy_numbers(path.as_ref())?;
-                if dims.len() != 1 || ids.len() != shape.m {
+                let ids = read_ids(path.as_ref(), "document")?;
+                if ids.len() != shape.m {
                     bail!(
-                        "--mod documents={path}: one id per key position: shape [{}], got {dims:?}",
+                        "--mod documents={path}: one id per key position: {} ids for M = {}",
+                        ids.len(),
                         shape.m
                     );
                 }
-                if let Some((i, x)) = ids
-                    .iter()
-                    .enumerate()
-                    .find(|&(_, &x)| !(x >= 0.0 && x.fract() == 0.0 && x <= u32::MAX as f64))
-                {
-                    bail!(
-                        "--mod documents={path}: id {x} at index {i} is not a whole number in 0..={}",
-                        u32::MAX
-                    );
-                }
-                all.push(Named::Documents(Arc::new(ids.into_iter().map(|x| x as u32).collect())).mods());
+                all.push(Named::Documents(Arc::new(ids)).mods());
                 continue;
             }
             if let Some(path) = text.strip_prefix("t5=") {
@@ -205,6 +181,24 @@ impl MaskArgs {
         }
         Ok(out)
     }
+}
+
+/// A 1-D `.npy` of ids (segments, documents): whole numbers in u32's range.
+fn read_ids(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u32>> {
+    let (dims, ids) = read_npy_numbers(path)?;
+    if dims.len() != 1 {
+        bail!("{}: {what} ids must be a 1-D array, got shape {dims:?}", path.display());
+    }
+    if let Some((i, x)) =
+        ids.iter().enumerate().find(|&(_, &x)| !(x >= 0.0 && x.fract() == 0.0 && x <= u32::MAX as f64))
+    {
+        bail!(
+            "{}: {what} id {x} at index {i}: ids must be whole numbers in 0..={}",
+            path.display(),
+            u32::MAX
+        );
+    }
+    Ok(ids.into_iter().map(|x| x as u32).collect())
 }
 
 /// A readable name for the active rules, e.g. `causal+window(512,0)`.

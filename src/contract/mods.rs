@@ -637,7 +637,7 @@ impl ModRule for Named {
             }
             // the f32 slope, as the kernels (and the built-in ALiBi) use it
             Named::Alibi(heads) => {
-                s - crate::contract::shape::alibi_slopes(*heads)[at.h] as f64
+                s - crate::contract::shape::alibi_slope(*heads, at.h) as f64
                     * at.distance().unsigned_abs() as f64
             }
             _ => s,

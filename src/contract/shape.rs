@@ -146,17 +146,14 @@ pub const UNBOUNDED: i64 = 1 << 30;
 
 /// The ALiBi paper's `get_slopes(H)`, exactly as `docs/DESIGN.md` §1 states it.
 pub fn alibi_slopes(heads: usize) -> Vec<f32> {
-    fn pow2(n: usize) -> Vec<f64> {
-        (0..n).map(|h| 2f64.powf(-8.0 * (h + 1) as f64 / n as f64)).collect()
-    }
-    if heads == 0 {
-        return Vec::new();
-    }
-    if heads.is_power_of_two() {
-        return pow2(heads).into_iter().map(|s| s as f32).collect();
-    }
-    let c = 1usize << heads.ilog2();
-    let mut out = pow2(c);
-    out.extend(pow2(2 * c).into_iter().step_by(2).take(heads - c));
-    out.into_iter().map(|s| s as f32).collect()
+    (0..heads).map(|h| alibi_slope(heads, h)).collect()
+}
+
+/// The slope of query head `h` of `heads` ([`alibi_slopes`]`(heads)[h]`, without the list):
+/// `2^(−8(h+1)/c)` for the first `c` heads (`c` the largest power of two ≤ H), then every
+/// other slope of `2c` heads.
+pub fn alibi_slope(heads: usize, h: usize) -> f32 {
+    let pow2 = |i: usize, n: usize| 2f64.powf(-8.0 * (i + 1) as f64 / n as f64) as f32;
+    let c = 1usize << heads.max(1).ilog2();
+    if h < c { pow2(h, c) } else { pow2(2 * (h - c), 2 * c) }
 }

@@ -17,7 +17,7 @@ use crate::kernels::{
     AttnBuffers, COMMON, Contract, MODS_NONE, Tiles, Traffic, UNTUNED, check_head_dim, check_shuffles,
     host_budget, lanes, slopes_words, with_mods,
 };
-use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
+use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, Snippet, numbered};
 use crate::runtime::{Gpu, Profile, Tuned};
 
 const NAME: &str = "flash";
@@ -27,6 +27,9 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/flash.wgsl"),
     bindings: &numbered([Uniform, Read, Read, Read, ReadWrite, ReadWrite, Read, Read, ReadWrite, Uniform]),
 };
+/// The bindings both flash kernels declare (`shaders/flash_bindings.wgsl`).
+const BINDINGS: Snippet =
+    Snippet { name: "flash_bindings", source: include_str!("../../shaders/flash_bindings.wgsl") };
 /// The cooperative-matrix variant (`shaders/flash_coop.wgsl`): same bindings.
 const COOP_SHADER: Shader = Shader {
     stem: "flash_coop",
@@ -264,13 +267,13 @@ impl FlashConfig {
             ];
             return COOP_SHADER.variant(
                 "main",
-                &[COMMON, MODS_NONE],
+                &[COMMON, BINDINGS, MODS_NONE],
                 c.consts().into_iter().chain(shape).collect(),
             );
         }
         SHADER.variant(
             "main",
-            &[COMMON, lanes(self.sg), MODS_NONE],
+            &[COMMON, lanes(self.sg), BINDINGS, MODS_NONE],
             vec![
                 ("D4", d4),
                 ("DP4", d4.div_ceil(self.p)),

@@ -416,11 +416,7 @@ impl Attention {
                 gpu.features().contains(wgpu::Features::SHADER_F16)
             ),
         })?;
-        Ok(Self {
-            spec: spec.clone(),
-            plan: Plan::Flash(flash::Flash::new_with(gpu, spec, config, false, true)?),
-            padded: None,
-        })
+        Self::flash_f16_with(gpu, spec, config)
     }
 
     /// [`Attention::flash_f16`] with an explicit tile configuration (Q, K, V stored as f16;
@@ -565,7 +561,12 @@ impl Attention {
     /// Uploads host tensors, runs, and reads O and LSE back.
     pub fn run(&self, gpu: &Gpu, q: &[f32], k: &[f32], v: &[f32]) -> Result<AttnOutput> {
         self.spec.check_inputs(q, k, v)?;
-        let io = DeviceTensors::upload(gpu, &self.spec, q, k, v)?;
+        self.run_on(gpu, &DeviceTensors::upload(gpu, &self.spec, q, k, v)?)
+    }
+
+    /// Runs on tensors already on the device (f32 or, for the f16 variants, f16 inputs) and
+    /// reads O and LSE back (blocks until done).
+    pub fn run_on(&self, gpu: &Gpu, io: &DeviceTensors) -> Result<AttnOutput> {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         self.encode(gpu, &mut enc, &io.buffers())?;
         gpu.queue.submit([enc.finish()]);

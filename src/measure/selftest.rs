@@ -79,10 +79,7 @@ fn forward(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec) -> Result<f64> {
     let attn = Attention::new(gpu, kernel, spec)?;
     let io = DeviceTensors::upload(gpu, spec, &q, &k, &v)?;
     io.poison(gpu);
-    let mut enc = gpu.device.create_command_encoder(&Default::default());
-    attn.encode(gpu, &mut enc, &io.buffers())?;
-    gpu.queue.submit([enc.finish()]);
-    let out = io.read(gpu)?;
+    let out = attn.run_on(gpu, &io)?;
     let (o_ref, lse_ref) = attention_f64(spec, &q, &k, &v)?;
     for (i, (&got, &want)) in out.lse.iter().zip(&lse_ref).enumerate() {
         if want == f64::NEG_INFINITY && got != f32::NEG_INFINITY {
@@ -101,10 +98,7 @@ fn forward_tensor_cores(gpu: &Gpu, spec: &AttnSpec) -> Result<f64> {
     let attn = Attention::flash_tensor_cores(gpu, spec)?;
     let io = DeviceTensors::upload_f16(gpu, spec, &q, &k, &v)?;
     io.poison(gpu);
-    let mut enc = gpu.device.create_command_encoder(&Default::default());
-    attn.encode(gpu, &mut enc, &io.buffers())?;
-    gpu.queue.submit([enc.finish()]);
-    let out = io.read(gpu)?;
+    let out = attn.run_on(gpu, &io)?;
     let (o_ref, _) = attention_f64(spec, &q, &k, &v)?;
     Ok(rel_error(&out.o, &o_ref))
 }
