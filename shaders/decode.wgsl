@@ -12,6 +12,11 @@
 // and the rows get the rest by shuffle — SG× fewer same-address loads, which software
 // adapters turn into gathers. All subgroup operations run in uniform control flow.
 //
+// Mods (MODS): the user's score_mod and mask_mod are called per score as for the full
+// problem the step is part of — its T queries are the last rows of a T × len call: q_idx = t,
+// kv_idx = the key's position, N_Q = T and N_KV = len (private variables set here, as they
+// change per step), so bottom-right-aligned rules hold at every step.
+//
 // Positions: the cache holds positions [lo, len); query token t sits at len − T + t. In ring
 // mode (capacity W) slot p % W holds position p and only the last W positions are kept.
 // Traffic per step: K and V of the visited slots once per kv head, Q once, partials written
@@ -74,6 +79,8 @@ fn attend(ids: Ids) {
     let h = head.kvh * contract.group + g;
     let row = h * step.nq + t;
     let pos = i32(step.len - step.nq + t);
+    N_Q = step.nq;
+    N_KV = step.len;
     var slope = 0.0;
     if contract.alibi != 0u && live {
         slope = slopes[h];
@@ -131,7 +138,14 @@ fn attend(ids: Ids) {
                 }
             }
             sc += alibi_bias(slope, pos, kp);
-            if !(slot < end && in_band(contract, pos, kp) && u32(kp) >= step.lo) {
+            var visible = slot < end && in_band(contract, pos, kp) && u32(kp) >= step.lo;
+            // the mods only for live rows and keys that exist (a user buffer may be indexed
+            // by either)
+            if MODS && live && visible {
+                sc = score_mod(sc, 0u, h, t, u32(kp));
+                visible = mask_mod(0u, h, t, u32(kp));
+            }
+            if !visible {
                 sc = MASKED;
             }
             s[c] = sc;

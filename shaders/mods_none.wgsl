@@ -1,5 +1,10 @@
 // mods_none.wgsl — the identity mods, for kernels built without the user's (MODS = false:
 // never called; defined so that every variant compiles). See contract/mods.rs.
+//
+// N_Q and N_KV as a kernel whose sizes change per dispatch (decode) sees them: private
+// variables it sets before calling the mods (Mods::kernel_source_per_dispatch).
+var<private> N_Q: u32;
+var<private> N_KV: u32;
 
 fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {
     return score;

@@ -784,4 +784,38 @@ fn mods_from_flags_and_files() {
         &["attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&o), "--mask-mod", p(&reader)],
         "no values were given",
     );
+    // decode runs the same mods, checked against the oracle on its first step (a documents
+    // mod needs one id per position: context + steps + 1)
+    let dec = |extra: &[&str]| {
+        let mut args =
+            vec!["decode", "--context", "60", "--steps", "9", "--heads", "4", "--kv-heads", "2", "--d", "32"];
+        args.extend_from_slice(extra);
+        longctx(&args)
+    };
+    let out = dec(&["--mod", "softcap=2", "--mod", &arg]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("mods: --mod softcap=2 + --mod documents(70)"), "{text}");
+    let err: f64 = text
+        .lines()
+        .find(|l| l.contains("4/2"))
+        .and_then(|l| l.split('┆').last())
+        .unwrap()
+        .trim_end_matches('│')
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(err <= 1e-5, "decode with mods: rel err {err}");
+    let late = dir.path().join("late.wgsl");
+    std::fs::write(&late, "const L: u32 = N_KV;\nfn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool { return kv_idx < L; }\n")
+        .unwrap();
+    let out = longctx(&["decode", "--context", "60", "--steps", "9", "--mask-mod", p(&late)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(&format!("{}:1:", p(&late))) && stderr.contains("per step"),
+        "{stderr}"
+    );
+    fails_with(
+        &["decode", "--context", "61", "--steps", "9", "--mod", &arg],
+        "one id per key position: 70 ids for M = 71",
+    );
 }

@@ -195,3 +195,46 @@ fn traffic_model_equals_counters_and_mqa_reads_a_fraction() {
     );
     assert!(per_variant[2] * 4 < per_variant[0], "MQA reads far less than MHA");
 }
+
+#[test]
+fn mods_step_by_step_equal_full_attention_with_the_same_mods() {
+    // each step's queries are the last rows of the full problem: named mods (bottom-right
+    // aligned, a buffer of document ids over every position, a T5 table) under GQA and
+    // multi-token steps, and a user module from text
+    use longctx::contract::mods::{Mods, Named, T5_BUCKETS};
+    use std::sync::Arc;
+    let seed = common::seed();
+    let (prompt, steps, t) = (57, 3, 2);
+    let positions = prompt + steps * t;
+    let docs: Vec<u32> = (0..positions as u32).map(|p| p / 23).collect();
+    let t5: Arc<Vec<f32>> =
+        Arc::new((0..4 * T5_BUCKETS).map(|i| ((i * 37) % 11) as f32 * 0.2 - 1.0).collect());
+    let mut worst = Vec::new();
+    for (name, mods) in [
+        ("softcap=2", Named::parse("softcap=2", 4).unwrap().mods()),
+        ("sinks=3,window=7", Named::parse("sinks=3,window=7", 4).unwrap().mods()),
+        ("dilated=20,dilation=3", Named::parse("dilated=20,dilation=3", 4).unwrap().mods()),
+        ("documents", Named::Documents(Arc::new(docs)).mods()),
+        ("t5", Named::T5(t5.clone()).mods()),
+    ] {
+        let mut cfg = DecoderConfig::new(4, 2, 36, 80);
+        cfg.alibi = Alibi::Standard;
+        cfg.max_step_tokens = t;
+        cfg.mods = Some(mods);
+        let e = run(cfg, prompt, steps, t, seed);
+        worst.push(format!("{name}: {e:.1e}"));
+    }
+    println!("decode with mods, worst rel err (O, LSE): {}", worst.join("; "));
+
+    // N_Q and N_KV change per step: a module that uses them in a const is refused with its
+    // file and line, and the hint
+    let bad = Mods::wgsl(
+        "late.wgsl",
+        "const LAST: u32 = N_KV - 1u;\nfn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool { return kv_idx < LAST; }\n",
+    )
+    .unwrap();
+    let mut cfg = DecoderConfig::new(4, 2, 32, 80);
+    cfg.mods = Some(bad);
+    let err = Decoder::new(gpu(), cfg).err().unwrap().to_string();
+    assert!(err.contains("late.wgsl:1") && err.contains("per step"), "{err}");
+}

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::DeviceArgs;
 use super::bench::parse_size;
+use super::maskargs::{ModArgs, shape};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
@@ -22,8 +23,13 @@ Each variant prefills a cache of --context positions, then decodes --steps singl
 log-sum-exp). The first step is checked against the f64 oracle. Bytes per step: K and V of the
 visited cache once per kv head, Q, split partials, O and LSE — MQA reads 1/H of MHA's cache.
 
-Example:
-  longctx decode --context 32k --steps 32 --heads 32 --kv-heads 32,8,1 --d 128")]
+Mods (--mod, --score-mod, --mask-mod) see each step as the last rows of the full problem:
+q_idx = 0..T (the step's tokens), kv_idx = the key's position, N_Q = T, N_KV = positions so
+far; a documents=IDS.npy mod needs one id per position (context + steps + 1).
+
+Examples:
+  longctx decode --context 32k --steps 32 --heads 32 --kv-heads 32,8,1 --d 128
+  longctx decode --context 4k --mod sinks=4,window=256 --mod softcap=30")]
 pub struct DecodeArgs {
     /// Cached positions before decoding starts (k = 1024).
     #[arg(long, default_value = "4k")]
@@ -52,6 +58,8 @@ pub struct DecodeArgs {
     /// Write one JSON record per variant.
     #[arg(long)]
     json: Option<PathBuf>,
+    #[command(flatten)]
+    mods: ModArgs,
 }
 
 #[derive(Serialize)]
@@ -63,6 +71,7 @@ struct DecodeRecord {
     steps: usize,
     window: Option<usize>,
     alibi: bool,
+    mods: Option<String>,
     splits: usize,
     timer: String,
     ms_per_step_median: f64,
@@ -104,6 +113,8 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
         }
         cfg.alibi = if a.alibi { Alibi::Standard } else { Alibi::Off };
         cfg.chunk = a.chunk.unwrap_or(0);
+        // positions: the prompt, the checked step and the timed ones (one document id each)
+        cfg.mods = a.mods.mods(&shape(a.heads, hkv, 1, capacity, a.d))?;
         let mut dec = Decoder::new(&gpu, cfg.clone()).with_context(|| format!("kv heads {hkv}"))?;
         // the prompt's K and V on the host, plus the oracle's joined copies: checked first
         let floats = (hkv as u64).saturating_mul(context as u64).saturating_mul(a.d as u64);
@@ -123,7 +134,8 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
         dec.step(&gpu, 0, &q, &kn, &vn)?;
         gpu.wait()?;
         let mut err = f64::NAN;
-        if a.window.is_none() {
+        // (a ring forgets what the oracle would need; a mod from a file has no Rust rule)
+        if a.window.is_none() && cfg.mods.as_ref().is_none_or(|m| m.rule().is_some()) {
             let out = dec.output(&gpu)?;
             let join = |cache: &[f32], new: &[f32]| -> Vec<f32> {
                 (0..hkv)
@@ -152,6 +164,7 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
             steps: a.steps,
             window: a.window,
             alibi: a.alibi,
+            mods: cfg.mods.as_ref().map(|m| m.name().to_string()),
             splits: dec.splits(),
             timer: "wall (submit to idle, per step)".into(),
             ms_per_step_median: ms,
@@ -202,6 +215,9 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
                 format!("{:.1e}", r.rel_err_first_step)
             },
         ]);
+    }
+    if let Some(m) = records.first().and_then(|r| r.mods.as_ref()) {
+        println!("mods: {m}");
     }
     println!("{table}");
     if let (Some(first), Some(last)) = (records.first(), records.last())

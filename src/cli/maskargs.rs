@@ -39,9 +39,18 @@ pub struct MaskArgs {
     /// 256,256 and 1), bigbird (default global=1,window=1,random=2,block=64), window (256,0).
     #[arg(long, value_name = "NAME")]
     pub pattern: Option<String>,
+    /// Attention mods: --score-mod, --mask-mod, --mod, --mod-buffer.
+    #[command(flatten)]
+    pub mods: ModArgs,
+}
+
+/// The mod flags, shared by the mask flags and `decode`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ModArgs {
     /// A WGSL file defining `fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32)
     /// -> f32`, applied to each scaled score (after ALiBi) before the softmax; it may also
-    /// define `score_mod_grad`. Flash only; `--kernel cpu` needs the rule in Rust (library).
+    /// define `score_mod_grad`. Run by flash, the backward, decode and the heatmap; the
+    /// oracle (`--kernel cpu`, the checks) needs the same rule in Rust (library).
     #[arg(long, value_name = "FILE.wgsl")]
     pub score_mod: Option<PathBuf>,
     /// A WGSL file defining `fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool`
@@ -54,7 +63,7 @@ pub struct MaskArgs {
     /// t5=TABLE.npy ([H, 32] relative-position biases) — WGSL and its Rust rule, so the
     /// oracle runs it.
     #[arg(long = "mod", value_name = "NAME")]
-    pub mods: Vec<String>,
+    pub named: Vec<String>,
     /// Values of a buffer a mod file declares (`@group(1) @binding(N) var<storage, read>
     /// NAME: array<f32>;`, or u32/i32): NAME=FILE.npy, repeatable.
     #[arg(long, value_name = "NAME=FILE.npy")]
@@ -96,7 +105,7 @@ impl MaskArgs {
                 Mask::block_mask(&shape, bs, &dims, &cells).with_context(|| format!("{}", path.display()))?,
             );
         }
-        spec = spec.causal(self.causal).window(window).mods(self.mods(&shape)?);
+        spec = spec.causal(self.causal).window(window).mods(self.mods.mods(&shape)?);
         spec.mask = match parts.len() {
             0 => None,
             1 => parts.pop(),
@@ -107,9 +116,10 @@ impl MaskArgs {
     }
 }
 
-impl MaskArgs {
-    /// The mods of --score-mod, --mask-mod and --mod, combined (`None` without any).
-    fn mods(&self, shape: &AttnShape) -> anyhow::Result<Option<Mods>> {
+impl ModArgs {
+    /// The mods of --score-mod, --mask-mod and --mod, combined (`None` without any), for
+    /// `shape` (its heads and keys M size the documents and T5 tables).
+    pub fn mods(&self, shape: &AttnShape) -> anyhow::Result<Option<Mods>> {
         let mut all: Vec<Mods> = Vec::new();
         for (path, function, flag) in
             [(&self.score_mod, "score_mod", "--score-mod"), (&self.mask_mod, "mask_mod", "--mask-mod")]
@@ -128,7 +138,7 @@ impl MaskArgs {
             }
             all.push(mods);
         }
-        for text in &self.mods {
+        for text in &self.named {
             if let Some(path) = text.strip_prefix("documents=") {
                 let ids = read_ids(path.as_ref(), "document")?;
                 if ids.len() != shape.m {

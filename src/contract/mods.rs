@@ -163,6 +163,19 @@ fn defines(source: &str, name: &str) -> bool {
     })
 }
 
+/// `full` (a module assembled around the user's text, which comes first, so naga's line
+/// numbers are the user's) parsed and validated; errors name the file `name` and the line.
+fn parse(name: &str, full: &str) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
+    let err = |message: String| Error::Shader { name: name.to_string(), message };
+    let module =
+        naga::front::wgsl::parse_str(full).map_err(|e| err(e.emit_to_string_with_path(full, name)))?;
+    let info =
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+            .validate(&module)
+            .map_err(|e| err(e.emit_to_string_with_path(full, name)))?;
+    Ok((module, info))
+}
+
 impl Mods {
     /// Parses and validates a WGSL mod module named `name` (a file name, for messages):
     /// naga's parser and validator with `N_Q`, `N_KV` and the missing functions supplied
@@ -181,15 +194,7 @@ impl Mods {
         if grad && !score {
             return Err(err("defines score_mod_grad without score_mod".into()));
         }
-        let full = Self::assemble(source, score, mask, grad, 1, 1);
-        let module =
-            naga::front::wgsl::parse_str(&full).map_err(|e| err(e.emit_to_string_with_path(&full, name)))?;
-        let info = naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::all(),
-        )
-        .validate(&module)
-        .map_err(|e| err(e.emit_to_string_with_path(&full, name)))?;
+        let (module, info) = parse(name, &Self::assemble(source, score, mask, grad, Some((1, 1))))?;
         if !module.entry_points.is_empty() {
             return Err(err("a mod module may not declare entry points".into()));
         }
@@ -327,8 +332,11 @@ impl Mods {
     }
 
     /// The user's text with `N_Q`, `N_KV` and the missing functions after it.
-    fn assemble(source: &str, score: bool, mask: bool, grad: bool, n: usize, m: usize) -> String {
-        let mut s = format!("{source}\nconst N_Q: u32 = {n}u;\nconst N_KV: u32 = {m}u;\n");
+    fn assemble(source: &str, score: bool, mask: bool, grad: bool, sizes: Option<(usize, usize)>) -> String {
+        let mut s = match sizes {
+            Some((n, m)) => format!("{source}\nconst N_Q: u32 = {n}u;\nconst N_KV: u32 = {m}u;\n"),
+            None => format!("{source}\nvar<private> N_Q: u32;\nvar<private> N_KV: u32;\n"),
+        };
         if !score {
             s.push_str("fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 { return score; }\n");
         }
@@ -344,7 +352,30 @@ impl Mods {
     /// The WGSL a kernel includes for an N × M call: the module, the constants, and the
     /// identity for what it leaves out.
     pub fn kernel_source(&self, n: usize, m: usize) -> String {
-        Self::assemble(&self.source, self.score, self.mask, self.grad, n, m)
+        Self::assemble(&self.source, self.score, self.mask, self.grad, Some((n, m)))
+    }
+
+    /// The same for a kernel whose N and M change per dispatch (decode: a step's T queries
+    /// against the len positions cached): `N_Q` and `N_KV` are private variables the kernel
+    /// sets before it calls the mods, so a module that uses them in a `const` does not
+    /// compile there.
+    pub fn kernel_source_per_dispatch(&self) -> String {
+        Self::assemble(&self.source, self.score, self.mask, self.grad, None)
+    }
+
+    /// An error, against the user's file and line, when the module does not compile with
+    /// sizes that change per dispatch ([`Mods::kernel_source_per_dispatch`]): `N_Q` or
+    /// `N_KV` used in a `const`.
+    pub fn check_per_dispatch(&self) -> Result<()> {
+        parse(&self.name, &self.kernel_source_per_dispatch()).map(|_| ()).map_err(|e| match e {
+            Error::Shader { name, message } => Error::Shader {
+                name,
+                message: format!(
+                    "{message}\n(decode sets N_Q and N_KV per step: use them inside functions, not in a const)"
+                ),
+            },
+            e => e,
+        })
     }
 
     /// Attaches the rule the oracle evaluates (it must be the same rule as the WGSL).

@@ -7,10 +7,14 @@
 //! binding holds more than `capacity·D` floats. A ring mode keeps only the last `capacity`
 //! positions for window models (positions stay absolute for ALiBi, causal and window).
 
+use crate::contract::mods::Mods;
 use crate::contract::spec::{Alibi, AttnShape, AttnSpec, Window};
 use crate::error::{Error, Result};
+use crate::kernels::mods::ModBuffers;
 use crate::kernels::pad::{padded_dim, repack_host};
-use crate::kernels::{COMMON, Contract, Traffic, UNTUNED, check_call_head_dim, lanes, slopes_words};
+use crate::kernels::{
+    COMMON, Contract, MODS_NONE, Traffic, UNTUNED, check_call_head_dim, lanes, slopes_words, with_mods_source,
+};
 use crate::runtime::Gpu;
 use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant};
 
@@ -73,6 +77,10 @@ pub struct DecoderConfig {
     pub subgroups: bool,
     /// Build the instrumented kernel, which counts what it loads ([`Decoder::counted_traffic`]).
     pub instrumented: bool,
+    /// The user's `score_mod` / `mask_mod`, called per score as for the full problem a step
+    /// is part of: its T queries are the last rows of a T × len call (`q_idx` = 0..T,
+    /// `kv_idx` = the key's position, `N_Q` = T, `N_KV` = len; batch 0).
+    pub mods: Option<Mods>,
 }
 
 impl DecoderConfig {
@@ -92,6 +100,7 @@ impl DecoderConfig {
             chunk: 0,
             subgroups: true,
             instrumented: false,
+            mods: None,
         }
     }
 
@@ -137,7 +146,7 @@ pub fn variants(d: usize, bc: u32, wg: u32, sg: u32, count: bool) -> Vec<ShaderV
         .map(|(shader, entry)| {
             shader.variant(
                 entry,
-                &[COMMON, lanes(sg)],
+                &[COMMON, lanes(sg), MODS_NONE],
                 vec![
                     ("D4", d4),
                     ("D4P", d4p),
@@ -146,6 +155,7 @@ pub fn variants(d: usize, bc: u32, wg: u32, sg: u32, count: bool) -> Vec<ShaderV
                     ("SG", sg),
                     ("SG_GUARD_U", (sg > 0 && !d4.is_multiple_of(sg)) as u32),
                     ("COUNT", count as u32),
+                    ("MODS_U", 0),
                 ],
             )
         })
@@ -243,6 +253,8 @@ pub struct Decoder {
     combine: Compiled,
     /// `[layer][kv head]`: built once, as every buffer they bind is the decoder's own.
     attend_binds: Vec<Vec<wgpu::BindGroup>>,
+    /// Bind group 1: the mods' buffers (`None` without mods or when they read none).
+    mod_bind: Option<wgpu::BindGroup>,
     combine_bind: wgpu::BindGroup,
     step_buf: wgpu::Buffer,
     q: wgpu::Buffer,
@@ -286,8 +298,12 @@ impl Decoder {
             .causal(true)
             .window(cfg.window.map(|w| Window::new(w, 0)))
             .alibi(cfg.alibi.clone())
-            .scale(cfg.scale);
+            .scale(cfg.scale)
+            .mods(cfg.mods.clone());
         spec.validate()?;
+        if let Some(mods) = &cfg.mods {
+            mods.check_per_dispatch()?;
+        }
         let slopes = slopes_words(&spec);
         // the kernels run a head dim that is not a multiple of 4 zero-padded (K, V and Q rows
         // widened on the way in, O cut on the way out)
@@ -327,7 +343,12 @@ impl Decoder {
         let [va, vc]: [ShaderVariant; 2] = variants(d, bc, wg, sg, cfg.instrumented)
             .try_into()
             .map_err(|_| Error::Device("decode: expected two kernels".into()))?;
+        let va = match &cfg.mods {
+            Some(mods) => with_mods_source(va, mods, mods.kernel_source_per_dispatch()),
+            None => va,
+        };
         let (attend, combine) = (gpu.compile(&va)?, gpu.compile(&vc)?);
+        let mod_bind = ModBuffers::upload(gpu, &spec)?.bind(gpu, &attend);
 
         let head_bufs: Vec<wgpu::Buffer> =
             (0..cfg.kv_heads).map(|h| gpu.uniform("decode kv head", &[h as u32, 0, 0, 0])).collect();
@@ -370,6 +391,7 @@ impl Decoder {
             attend,
             combine,
             attend_binds,
+            mod_bind,
             combine_bind,
             step_buf,
             q,
@@ -509,7 +531,12 @@ impl Decoder {
             });
             let row_blocks = (self.cfg.heads / self.cfg.kv_heads * t).div_ceil(self.wg as usize) as u32;
             for bind in &self.attend_binds[layer] {
-                self.attend.dispatch(&mut pass, bind, [splits as u32, row_blocks, 1]);
+                self.attend.dispatch_with(
+                    &mut pass,
+                    bind,
+                    self.mod_bind.as_ref(),
+                    [splits as u32, row_blocks, 1],
+                );
             }
             let groups = [(self.cfg.heads * t).div_ceil(64) as u32, 1, 1];
             self.combine.dispatch(&mut pass, &self.combine_bind, groups);

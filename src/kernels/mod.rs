@@ -41,18 +41,31 @@ pub(crate) const MODS_NONE: Snippet =
 /// `variant` (built with [`MODS_NONE`] and `MODS_U` = 0) with `mods` compiled in for an
 /// N × M call: the user's WGSL in place of the identity, `MODS_U` = 1.
 pub(crate) fn with_mods(
-    mut variant: ShaderVariant,
+    variant: ShaderVariant,
     mods: Option<&crate::contract::mods::Mods>,
     n: usize,
     m: usize,
 ) -> ShaderVariant {
-    let Some(mods) = mods else { return variant };
+    match mods {
+        Some(mods) => with_mods_source(variant, mods, mods.kernel_source(n, m)),
+        None => variant,
+    }
+}
+
+/// `variant` with `mods` compiled in from `source` (an assembled module:
+/// [`Mods::kernel_source`](crate::contract::mods::Mods::kernel_source) or its per-dispatch
+/// form).
+pub(crate) fn with_mods_source(
+    mut variant: ShaderVariant,
+    mods: &crate::contract::mods::Mods,
+    source: String,
+) -> ShaderVariant {
     variant.prelude.retain(|s| s.name != MODS_NONE.name);
     for c in variant.consts.iter_mut().filter(|c| c.0 == "MODS_U") {
         c.1 = 1;
     }
     let bindings = mods.buffers().iter().map(|b| b.binding).collect();
-    variant.with_user(mods.name(), mods.kernel_source(n, m), bindings)
+    variant.with_user(mods.name(), source, bindings)
 }
 
 /// A typed error for a kernel that does not run attention mods yet.
@@ -61,7 +74,7 @@ pub(crate) fn refuse_mods(kernel: &'static str, spec: &AttnSpec) -> Result<()> {
         Some(m) => Err(Error::Config {
             kernel,
             config: format!("mods {}", m.name()),
-            reason: "score_mod / mask_mod run in flash (forward, on vec4 tiles or cooperative matrices), the tiled backward and the heatmap so far".into(),
+            reason: "score_mod / mask_mod run in flash (forward, on vec4 tiles or cooperative matrices), the tiled backward, decode and the heatmap".into(),
         }),
         None => Ok(()),
     }

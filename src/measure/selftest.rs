@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::contract::inputs::{seeded, seeded_qkv};
 use crate::contract::mask::{BigBird, Mask};
+use crate::contract::mods::{Mods, Named};
 use crate::contract::reference::{attention_backward_f64, attention_f64, rel_error};
 use crate::contract::spec::{Alibi, AttnSpec};
 use crate::contract::{AttnShape, Window};
@@ -115,10 +116,18 @@ fn backward(gpu: &Gpu, spec: &AttnSpec, naive: bool) -> Result<f64> {
 
 /// Decoding: a prompt, then single-token steps; each step against one causal attention over
 /// everything so far. Worst over the steps.
-fn decode(gpu: &Gpu, heads: usize, kv_heads: usize, d: usize, window: Option<usize>) -> Result<f64> {
+fn decode(
+    gpu: &Gpu,
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+    window: Option<usize>,
+    mods: Option<Mods>,
+) -> Result<f64> {
     let (prompt, steps) = (45, 3);
     let mut cfg = DecoderConfig::new(heads, kv_heads, d, prompt + steps);
     cfg.alibi = Alibi::Standard;
+    cfg.mods = mods;
     if let Some(w) = window {
         cfg.window = Some(w);
         cfg.ring = true;
@@ -205,9 +214,35 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
         out.push((
             format!("decode {label} alibi H={h}/{hkv} D={d}, 45 cached + 3 steps"),
             BOUND,
-            Box::new(move |g: &Gpu| decode(g, h, hkv, d, w)),
+            Box::new(move |g: &Gpu| decode(g, h, hkv, d, w, None)),
         ));
     }
+    // mods (WGSL compiled into the kernels, the oracle running the same rule in Rust): a
+    // score_mod and a mask_mod over the built-in causal band and ALiBi
+    let mods = || {
+        Named::parse("softcap=3", 4)
+            .and_then(|a| a.mods().and(Named::parse("sinks=3,window=9", 4)?.mods()))
+            .expect("named mods parse")
+    };
+    let spec = AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 2, n: 61, m: 93, head_dim: 64 })
+        .causal(true)
+        .alibi(Alibi::Standard)
+        .mods(Some(mods()));
+    let label = format!("mods softcap=3 + sinks=3,window=9, causal+alibi {}", shape_of(&spec));
+    let s = spec.clone();
+    out.push((format!("flash {label}"), BOUND, Box::new(move |g: &Gpu| forward(g, Kernel::Flash, &s))));
+    let s = spec.clone();
+    out.push((
+        format!("backward {label} (dQ, dK, dV)"),
+        BOUND,
+        Box::new(move |g: &Gpu| backward(g, &s, false)),
+    ));
+    let (mods_spec, mods_label) = (spec, label);
+    out.push((
+        "decode mods softcap=3 + sinks=3,window=9, alibi H=4/2 D=32, 45 cached + 3 steps".into(),
+        BOUND,
+        Box::new(move |g: &Gpu| decode(g, 4, 2, 32, None, Some(mods()))),
+    ));
     for act in [Activation::None, Activation::Gelu, Activation::GeluErf] {
         out.push((
             format!("matmul 37×70·70×45 + bias, {act:?}"),
@@ -222,6 +257,8 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
             let name = format!("flash {label} {}, cooperative f16 inputs", shape_of(&spec));
             out.push((name, 5e-3, Box::new(move |g: &Gpu| forward_tensor_cores(g, &spec))));
         }
+        let name = format!("flash {mods_label}, cooperative f16 inputs");
+        out.push((name, 5e-3, Box::new(move |g: &Gpu| forward_tensor_cores(g, &mods_spec))));
     }
     for (tc, bound) in [(TensorCores::Exact, BOUND), (TensorCores::F16, 5e-3)] {
         if let Ok(Some(c)) = Coop::for_device(gpu, tc) {
