@@ -798,7 +798,7 @@ fn mods_from_flags_and_files() {
     let err: f64 = text
         .lines()
         .find(|l| l.contains("4/2"))
-        .and_then(|l| l.split('┆').last())
+        .and_then(|l| l.split('┆').next_back())
         .unwrap()
         .trim_end_matches('│')
         .trim()
