@@ -2,13 +2,14 @@
 //! it: shapes, positions, masks, ALiBi, block maps, FLOP counts. No GPU here; every layer
 //! above follows it.
 //!
-//! Dependencies point one way inside the layer too: `shape` ← [`mask`], [`mods`] ← [`spec`] ←
+//! Dependencies point one way inside the layer too: `shape` ← [`mask`], [`mods`], [`positions`] ← [`spec`] ←
 //! [`blockmap`] ← [`reference`](mod@reference).
 
 pub mod blockmap;
 pub mod inputs;
 pub mod mask;
 pub mod mods;
+pub mod positions;
 pub mod reference;
 mod shape;
 pub mod spec;

@@ -14,6 +14,28 @@ use crate::error::Result;
 pub fn attention_f64(spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32]) -> Result<(Vec<f64>, Vec<f64>)> {
     spec.check_inputs(q, k, v)?;
     check_rule(spec)?;
+    match encoded(spec, q, k) {
+        Some((q, k)) => Ok(forward_all(spec, &q, &k, v)),
+        None => Ok(forward_all(spec, q, k, v)),
+    }
+}
+
+/// Q and K under the spec's positional encoding, in f64 (`None` without one).
+fn encoded(spec: &AttnSpec, q: &[f32], k: &[f32]) -> Option<(Vec<f64>, Vec<f64>)> {
+    let p = spec.positions?;
+    let s = spec.shape;
+    Some((
+        p.encode_rows(q, s.head_dim, s.n, p.query_position(s.n, s.m, 0)),
+        p.encode_rows(k, s.head_dim, s.m, p.key_position(0)),
+    ))
+}
+
+fn forward_all<T: Copy + Into<f64> + Sync>(
+    spec: &AttnSpec,
+    q: &[T],
+    k: &[T],
+    v: &[f32],
+) -> (Vec<f64>, Vec<f64>) {
     let s = spec.shape;
     let mut o = vec![0f64; s.q_len()];
     let mut lse = vec![f64::NEG_INFINITY; s.lse_len()];
@@ -21,10 +43,11 @@ pub fn attention_f64(spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32]) -> Result
     o.par_chunks_mut(s.head_dim).zip(lse.par_iter_mut()).enumerate().for_each_init(
         || vec![0f64; s.m],
         |scores, (row, (o_row, lse_row))| {
-            *lse_row = row_f64(spec, slopes.as_deref(), q, k, v, row, scores, o_row);
+            let q_row = &q[row * s.head_dim..(row + 1) * s.head_dim];
+            *lse_row = row_f64(spec, slopes.as_deref(), q_row, k, v, row, scores, o_row);
         },
     );
-    Ok((o, lse))
+    (o, lse)
 }
 
 /// The oracle on selected rows only (flat row index `(b·H + h)·N + i`): for spot checks of
@@ -48,15 +71,37 @@ pub fn attention_rows_f64(
         });
     }
     let slopes = spec.slopes();
-    Ok(rows
-        .par_iter()
-        .map(|&row| {
-            let mut scores = vec![0f64; s.m];
-            let mut o_row = vec![0f64; s.head_dim];
-            let lse = row_f64(spec, slopes.as_deref(), q, k, v, row, &mut scores, &mut o_row);
-            (o_row, lse)
-        })
-        .collect())
+    let d = s.head_dim;
+    let one = |row: usize, q_row: &[f64], k: &[f64]| {
+        let mut scores = vec![0f64; s.m];
+        let mut o_row = vec![0f64; d];
+        let lse = row_f64(spec, slopes.as_deref(), q_row, k, v, row, &mut scores, &mut o_row);
+        (o_row, lse)
+    };
+    let q_row = |row: usize| -> Vec<f64> { q[row * d..(row + 1) * d].iter().map(|&x| x as f64).collect() };
+    Ok(match spec.positions {
+        // only the selected rows of Q, and every key, are encoded
+        Some(p) => {
+            let k = p.encode_rows(k, d, s.m, p.key_position(0));
+            rows.par_iter()
+                .map(|&row| {
+                    let mut qr = q_row(row);
+                    p.apply(&mut qr, p.query_position(s.n, s.m, row % s.n));
+                    one(row, &qr, &k)
+                })
+                .collect()
+        }
+        None => rows
+            .par_iter()
+            .map(|&row| {
+                let mut scores = vec![0f64; s.m];
+                let mut o_row = vec![0f64; d];
+                let q_row = &q[row * d..(row + 1) * d];
+                let lse = row_f64(spec, slopes.as_deref(), q_row, k, v, row, &mut scores, &mut o_row);
+                (o_row, lse)
+            })
+            .collect(),
+    })
 }
 
 /// The oracle evaluates mods through their Rust rule: WGSL alone it cannot run.
@@ -72,11 +117,11 @@ pub(crate) fn check_rule(spec: &AttnSpec) -> Result<()> {
 
 /// One query row from the definition; writes O into `o_row` and returns the LSE.
 #[allow(clippy::too_many_arguments)]
-fn row_f64(
+fn row_f64<T: Copy + Into<f64>>(
     spec: &AttnSpec,
     slopes: Option<&[f32]>,
-    q: &[f32],
-    k: &[f32],
+    q_row: &[T],
+    k: &[T],
     v: &[f32],
     row: usize,
     scores: &mut [f64],
@@ -90,7 +135,6 @@ fn row_f64(
     let bh = row / n;
     let (b, h) = (bh / s.heads, bh % s.heads);
     let kvh = h / s.group();
-    let q_row = &q[row * d..(row + 1) * d];
     let kv_base = (b * s.kv_heads + kvh) * m * d;
     let slope = slopes.map_or(0.0, |sl| sl[h] as f64);
     let pos = spec.position(i);
@@ -109,7 +153,7 @@ fn row_f64(
             continue;
         }
         let k_row = &k[kv_base + j * d..kv_base + (j + 1) * d];
-        let dot: f64 = q_row.iter().zip(k_row).map(|(&a, &b)| a as f64 * b as f64).sum();
+        let dot: f64 = q_row.iter().zip(k_row).map(|(&a, &b)| a.into() * b.into()).sum();
         *sc = scale * dot - slope * dist.unsigned_abs() as f64;
         if let Some(r) = rule {
             *sc = r.score(*sc, at);
@@ -169,6 +213,27 @@ pub fn attention_backward_f64(
     check_rule(spec)?;
     spec.check_inputs(q, k, v)?;
     spec.check_grad(d_o)?;
+    let Some((qe, ke)) = encoded(spec, q, k) else { return Ok(backward_all(spec, q, k, v, d_o)) };
+    // through the encoding: the gradients of the encoded Q and K, rotated back (RoPE)
+    let (mut dq, mut dk, dv) = backward_all(spec, &qe, &ke, v, d_o);
+    let (p, s) = (spec.positions.expect("encoded"), spec.shape);
+    for (r, row) in dq.chunks_exact_mut(s.head_dim).enumerate() {
+        p.apply_grad(row, p.query_position(s.n, s.m, r % s.n));
+    }
+    for (r, row) in dk.chunks_exact_mut(s.head_dim).enumerate() {
+        p.apply_grad(row, p.key_position(r % s.m));
+    }
+    Ok((dq, dk, dv))
+}
+
+/// The backward on (possibly encoded) Q and K.
+fn backward_all<T: Copy + Into<f64> + Sync>(
+    spec: &AttnSpec,
+    q: &[T],
+    k: &[T],
+    v: &[f32],
+    d_o: &[f32],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let s = spec.shape;
     let (d, n, m, g) = (s.head_dim, s.n, s.m, s.group());
     let scale = spec.scale_value() as f64;
@@ -193,12 +258,12 @@ pub fn attention_backward_f64(
                 let h = kvh * g + gi;
                 for i in 0..n {
                     let row = (b * s.heads + h) * n + i;
-                    let lse = row_f64(spec, slopes.as_deref(), q, k, v, row, &mut scores, &mut o_row);
+                    let qr = &q[row * d..(row + 1) * d];
+                    let lse = row_f64(spec, slopes.as_deref(), qr, k, v, row, &mut scores, &mut o_row);
                     if lse == f64::NEG_INFINITY {
                         continue;
                     }
                     let dor = &d_o[row * d..(row + 1) * d];
-                    let qr = &q[row * d..(row + 1) * d];
                     let delta: f64 = dor.iter().zip(&o_row).map(|(&a, &b)| a as f64 * b).sum();
                     let dq_row = &mut dq_g[(gi * n + i) * d..(gi * n + i + 1) * d];
                     for (j, &sc) in scores.iter().enumerate() {
@@ -212,7 +277,7 @@ pub fn attention_backward_f64(
                         // with a score_mod, dS also carries d score_mod / d score at the
                         // score before the mod
                         let grad = rule.map_or(1.0, |r| {
-                            let dot: f64 = qr.iter().zip(kj).map(|(&a, &b)| a as f64 * b as f64).sum();
+                            let dot: f64 = qr.iter().zip(kj).map(|(&a, &b)| a.into() * b.into()).sum();
                             let slope = slopes.as_deref().map_or(0.0, |sl| sl[h] as f64);
                             let before =
                                 scale * dot - slope * (spec.position(i) - j as i64).unsigned_abs() as f64;
@@ -221,12 +286,12 @@ pub fn attention_backward_f64(
                         let ds = p * (dp - delta) * grad;
                         for x in 0..d {
                             dv_h[j * d + x] += p * dor[x] as f64;
-                            dq_row[x] += scale * ds * kj[x] as f64;
-                            dk_h[j * d + x] += scale * ds * qr[x] as f64;
+                            dq_row[x] += scale * ds * kj[x].into();
+                            dk_h[j * d + x] += scale * ds * qr[x].into();
                         }
                     }
                 }
             }
         });
-    Ok((dq, dk, dv))
+    (dq, dk, dv)
 }

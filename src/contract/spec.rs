@@ -9,6 +9,7 @@
 
 use crate::contract::mask::Mask;
 use crate::contract::mods::Mods;
+use crate::contract::positions::Positions;
 pub use crate::contract::shape::{AttnShape, UNBOUNDED, Window, alibi_slopes};
 use crate::error::{Error, Result};
 
@@ -42,12 +43,29 @@ pub struct AttnSpec {
     /// Score and mask modifications in WGSL (see [`crate::contract::mods`]): `score_mod` after
     /// the ALiBi bias, `mask_mod` ANDed with every rule above. Flash runs them.
     pub mods: Option<Mods>,
+    /// A positional encoding applied to Q and K before the scores (RoPE or sinusoidal; see
+    /// [`crate::contract::positions`]).
+    pub positions: Option<Positions>,
 }
 
 impl AttnSpec {
     /// Plain attention over `shape`: not causal, no window, ALiBi or mask, default scale.
     pub fn new(shape: AttnShape) -> Self {
-        Self { shape, causal: false, window: None, alibi: Alibi::Off, scale: None, mask: None, mods: None }
+        Self {
+            shape,
+            causal: false,
+            window: None,
+            alibi: Alibi::Off,
+            scale: None,
+            mask: None,
+            mods: None,
+            positions: None,
+        }
+    }
+    /// With a positional encoding on Q and K (`None`: none).
+    pub fn positions(mut self, positions: Option<Positions>) -> Self {
+        self.positions = positions;
+        self
     }
     /// With score and mask modifications (`None`: none).
     pub fn mods(mut self, mods: Option<Mods>) -> Self {
@@ -156,6 +174,9 @@ impl AttnSpec {
         }
         if let Some(m) = &self.mask {
             m.validate(&self.shape)?;
+        }
+        if let Some(p) = &self.positions {
+            p.validate(self.shape.head_dim)?;
         }
         let max_pos = self.shape.n.max(self.shape.m) as i64;
         if max_pos >= UNBOUNDED {

@@ -16,6 +16,7 @@ use crate::contract::blockmap::{BlockMap, Columns, FULL};
 use crate::contract::spec::{AttnOutput, AttnSpec};
 use crate::error::{Error, Result};
 use crate::kernels::pad::{Padded, Rows};
+use crate::kernels::positions::EncodedInputs;
 use crate::kernels::{
     AttnBuffers, COMMON, Contract, Kernel, MODS_NONE, Tiles, Traffic, check_call_head_dim, check_head_dim,
     check_shuffles, flash, lanes, with_mods,
@@ -281,6 +282,8 @@ pub struct Backward {
     spec: AttnSpec,
     /// Padded copies of every tensor when the head dim is not a multiple of 4.
     padded: Option<Padded>,
+    /// Q and K under the call's positional encoding, and RoPE's gradient on dQ and dK.
+    positions: Option<EncodedInputs>,
     config: BackwardConfig,
     pipelines: Vec<Prepared>,
     dispatches: Vec<Dispatch>,
@@ -304,7 +307,7 @@ impl Backward {
 
     /// `spec` validated, and as the kernels run it (the head dim padded to a multiple of 4),
     /// with the padded copies such a head dim needs.
-    fn kernel_spec(gpu: &Gpu, spec: &AttnSpec) -> Result<(AttnSpec, Option<Padded>)> {
+    fn kernel_spec(gpu: &Gpu, spec: &AttnSpec) -> Result<(AttnSpec, Option<Padded>, Option<EncodedInputs>)> {
         spec.validate()?;
         check_call_head_dim(NAME, spec.shape.head_dim)?;
         if let Some(m) = spec.mods.as_ref().filter(|m| !m.has_grad()) {
@@ -315,12 +318,14 @@ impl Backward {
             });
         }
         let padded = Padded::new(gpu, &spec.shape, &PADDED)?;
-        Ok((crate::kernels::pad::padded_spec(spec), padded))
+        let stride = crate::kernels::pad::padded_dim(spec.shape.head_dim);
+        let positions = EncodedInputs::new(gpu, spec, stride, padded.is_some())?;
+        Ok((crate::kernels::pad::padded_spec(spec), padded, positions))
     }
 
     /// [`Backward::new`] with an explicit tile configuration (checked against the device).
     pub fn with_config(gpu: &Gpu, user: &AttnSpec, config: BackwardConfig) -> Result<Self> {
-        let (inner, padded) = Self::kernel_spec(gpu, user)?;
+        let (inner, padded, positions) = Self::kernel_spec(gpu, user)?;
         let spec = &inner;
         let s = spec.shape;
         let d = s.head_dim;
@@ -466,6 +471,7 @@ impl Backward {
         Ok(Self {
             spec: user.clone(),
             padded,
+            positions,
             config: c,
             pipelines,
             dispatches,
@@ -486,7 +492,7 @@ impl Backward {
     /// adapter's loop cap.
     pub fn naive(gpu: &Gpu, user: &AttnSpec) -> Result<Self> {
         crate::kernels::refuse_mods("backward (materialised)", user)?;
-        let (inner, padded) = Self::kernel_spec(gpu, user)?;
+        let (inner, padded, positions) = Self::kernel_spec(gpu, user)?;
         let spec = &inner;
         let s = spec.shape;
         let d = s.head_dim;
@@ -582,6 +588,7 @@ impl Backward {
         Ok(Self {
             spec: user.clone(),
             padded,
+            positions,
             config: c,
             pipelines,
             dispatches,
@@ -626,6 +633,7 @@ impl Backward {
     /// its P / dS matrices.
     pub fn scratch_bytes(&self) -> u64 {
         self.padded.as_ref().map_or(0, Padded::bytes)
+            + self.positions.as_ref().map_or(0, EncodedInputs::bytes)
             + self.stats.size()
             + self.block_map.size()
             + if self.is_naive() { self.scores.size() } else { 0 }
@@ -702,7 +710,8 @@ impl Backward {
             }
         }
         let p = self.padded.as_ref().map(Padded::traffic).unwrap_or_default();
-        Some(Traffic { read: read + p.read, written: written + p.written })
+        let e = self.positions.as_ref().map(|e| e.traffic(true)).unwrap_or_default();
+        Some(Traffic { read: read + p.read + e.read, written: written + p.written + e.written })
     }
 
     /// Records the backward's kernels (one compute pass) into `encoder`. Nothing is submitted.
@@ -720,11 +729,19 @@ impl Backward {
     ) -> Result<()> {
         self.check_buffers(b)?;
         let Some(p) = &self.padded else {
-            return self.encode_kernels(gpu, encoder, b, timestamp_writes);
+            let mut inner = *b;
+            if let Some(e) = &self.positions {
+                (inner.forward.q, inner.forward.k) = e.encode(gpu, encoder, b.forward.q, b.forward.k)?;
+            }
+            self.encode_kernels(gpu, encoder, &inner, timestamp_writes)?;
+            return self.grads_through_positions(gpu, encoder, b);
         };
         let f = &b.forward;
         for (i, src) in [f.q, f.k, f.v, f.o, b.d_o].into_iter().enumerate() {
             p.pad(gpu, encoder, i, src);
+        }
+        if let Some(e) = &self.positions {
+            e.encode(gpu, encoder, p.copy(0), p.copy(1))?;
         }
         let inner = BackwardBuffers {
             forward: crate::kernels::AttnBuffers {
@@ -743,7 +760,21 @@ impl Backward {
         for (i, dst) in [(5, b.dq), (6, b.dk), (7, b.dv)] {
             p.cut(gpu, encoder, i, dst);
         }
-        Ok(())
+        self.grads_through_positions(gpu, encoder, b)
+    }
+
+    /// dQ and dK of the encoded Q and K taken back through the encoding (RoPE rotates them
+    /// back; sinusoidal's gradient is the identity).
+    fn grads_through_positions(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        b: &BackwardBuffers,
+    ) -> Result<()> {
+        match &self.positions {
+            Some(e) => e.grads(gpu, encoder, b.dq, b.dk),
+            None => Ok(()),
+        }
     }
 
     /// The kernels' dispatches on buffers at the kernels' head dim.

@@ -8,10 +8,12 @@
 //! positions for window models (positions stay absolute for ALiBi, causal and window).
 
 use crate::contract::mods::Mods;
+use crate::contract::positions::Positions;
 use crate::contract::spec::{Alibi, AttnShape, AttnSpec, Window};
 use crate::error::{Error, Result};
 use crate::kernels::mods::ModBuffers;
 use crate::kernels::pad::{padded_dim, repack_host};
+use crate::kernels::positions::{PositionPass, Rows};
 use crate::kernels::{
     COMMON, Contract, MODS_NONE, Traffic, UNTUNED, check_call_head_dim, lanes, slopes_words, with_mods_source,
 };
@@ -81,6 +83,9 @@ pub struct DecoderConfig {
     /// is part of: its T queries are the last rows of a T × len call (`q_idx` = 0..T,
     /// `kv_idx` = the key's position, `N_Q` = T, `N_KV` = len; batch 0).
     pub mods: Option<Mods>,
+    /// A positional encoding (RoPE or sinusoidal) of queries and keys at their absolute
+    /// positions (plus its offset): K encoded once as it enters the cache, Q every step.
+    pub positions: Option<Positions>,
 }
 
 impl DecoderConfig {
@@ -101,6 +106,7 @@ impl DecoderConfig {
             subgroups: true,
             instrumented: false,
             mods: None,
+            positions: None,
         }
     }
 
@@ -255,6 +261,8 @@ pub struct Decoder {
     attend_binds: Vec<Vec<wgpu::BindGroup>>,
     /// Bind group 1: the mods' buffers (`None` without mods or when they read none).
     mod_bind: Option<wgpu::BindGroup>,
+    /// The positional encoding's pass and table.
+    positions: Option<PositionPass>,
     combine_bind: wgpu::BindGroup,
     step_buf: wgpu::Buffer,
     q: wgpu::Buffer,
@@ -299,7 +307,8 @@ impl Decoder {
             .window(cfg.window.map(|w| Window::new(w, 0)))
             .alibi(cfg.alibi.clone())
             .scale(cfg.scale)
-            .mods(cfg.mods.clone());
+            .mods(cfg.mods.clone())
+            .positions(cfg.positions);
         spec.validate()?;
         if let Some(mods) = &cfg.mods {
             mods.check_per_dispatch()?;
@@ -349,6 +358,11 @@ impl Decoder {
         };
         let (attend, combine) = (gpu.compile(&va)?, gpu.compile(&vc)?);
         let mod_bind = ModBuffers::upload(gpu, &spec)?.bind(gpu, &attend);
+        // the table holds the positions of one append: a step, or the kept part of a prefill
+        let positions = cfg
+            .positions
+            .map(|p| PositionPass::new(gpu, p, cfg.head_dim, cfg.capacity.max(cfg.max_step_tokens)))
+            .transpose()?;
 
         let head_bufs: Vec<wgpu::Buffer> =
             (0..cfg.kv_heads).map(|h| gpu.uniform("decode kv head", &[h as u32, 0, 0, 0])).collect();
@@ -392,6 +406,7 @@ impl Decoder {
             combine,
             attend_binds,
             mod_bind,
+            positions,
             combine_bind,
             step_buf,
             q,
@@ -437,9 +452,44 @@ impl Decoder {
             };
             self.cache.len[layer] += skip;
             let (kt, vt) = (tail(k), tail(v));
-            return self.cache.append(gpu, layer, &kt, &vt, self.cfg.capacity);
+            self.cache.append(gpu, layer, &kt, &vt, self.cfg.capacity)?;
+            return self.encode_appended(gpu, layer, self.cfg.capacity);
         }
-        self.cache.append(gpu, layer, k, v, t)
+        self.cache.append(gpu, layer, k, v, t)?;
+        self.encode_appended(gpu, layer, t)
+    }
+
+    /// Writes the table rows of the last `t` positions appended to `layer` (the rows a
+    /// step's queries and keys take) and returns the pass, if the decoder encodes positions.
+    fn table_for_last(&self, gpu: &Gpu, layer: usize, t: usize) -> Option<&PositionPass> {
+        let (pass, p) = (self.positions.as_ref()?, self.cfg.positions?);
+        let len = self.cache.len[layer];
+        pass.write_table(gpu, 0, p.key_position(len - t), p.key_position(len));
+        Some(pass)
+    }
+
+    /// The rows of the last `t` keys appended to `buffer` (a cache of `layer`).
+    fn appended_rows<'a>(&self, buffer: &'a wgpu::Buffer, layer: usize, t: usize) -> Rows<'a> {
+        let first = (self.cache.len[layer] - t) % self.cfg.capacity;
+        Rows { buffer, rows: t, per_seq: t, table0: 0, first, wrap: self.cfg.capacity, stride: self.d }
+    }
+
+    /// Encodes the last `t` keys appended to `layer` at their positions (a prefill's own
+    /// submission; a step encodes in its pass).
+    fn encode_appended(&self, gpu: &Gpu, layer: usize, t: usize) -> Result<()> {
+        let Some(pass) = self.table_for_last(gpu, layer, t) else { return Ok(()) };
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut cpass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("decode positions"),
+                timestamp_writes: None,
+            });
+            for k in &self.cache.k[layer] {
+                pass.encode(gpu, &mut cpass, &self.appended_rows(k, layer, t), false)?;
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+        Ok(())
     }
 
     /// Rows of the caller's head dim at the kernels' (zero-padded; borrowed when equal).
@@ -529,6 +579,22 @@ impl Decoder {
                 label: Some(NAME),
                 timestamp_writes: None,
             });
+            // the new keys and the queries encoded at their positions first
+            if let Some(positions) = self.table_for_last(gpu, layer, t) {
+                for k in &self.cache.k[layer] {
+                    positions.encode(gpu, &mut pass, &self.appended_rows(k, layer, t), false)?;
+                }
+                let q = Rows {
+                    buffer: &self.q,
+                    rows: self.cfg.heads * t,
+                    per_seq: t,
+                    table0: 0,
+                    first: 0,
+                    wrap: 0,
+                    stride: self.d,
+                };
+                positions.encode(gpu, &mut pass, &q, false)?;
+            }
             let row_blocks = (self.cfg.heads / self.cfg.kv_heads * t).div_ceil(self.wg as usize) as u32;
             for bind in &self.attend_binds[layer] {
                 self.attend.dispatch_with(

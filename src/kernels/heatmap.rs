@@ -77,6 +77,13 @@ impl Heatmap {
         let flash = attn.flash().ok_or_else(|| {
             Error::Invalid("the heatmap needs a flash attention (for its LSE and block map)".into())
         })?;
+        if let Some(p) = &attn.spec().positions {
+            return Err(Error::Config {
+                kernel: NAME,
+                config: p.name(),
+                reason: "the heatmap reads Q and K as given; a positional encoding is applied by the attention call's own pass".into(),
+            });
+        }
         if flash.chunks() > 1 {
             return Err(Error::NeedsOneBinding { what: "the heatmap", chunks: flash.chunks() });
         }

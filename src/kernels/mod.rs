@@ -16,6 +16,7 @@ pub mod mods;
 pub mod naive;
 pub mod pad;
 pub mod peak;
+pub mod positions;
 pub mod route;
 
 use crate::contract::blockmap::BlockMap;
@@ -249,6 +250,7 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
         })
         .chain(peak::variants())
         .chain(pad::variants())
+        .chain(positions::variants())
         .chain(matmul::coop_variants())
         .chain(route::variants())
         .chain(layer::variants())
@@ -341,6 +343,8 @@ pub struct Attention {
     /// Padded copies of Q, K, V, O when the head dim is not a multiple of 4 (the kernel
     /// runs on them at the padded head dim).
     padded: Option<pad::Padded>,
+    /// Q and K under the call's positional encoding (a pass before the kernel).
+    positions: Option<positions::EncodedInputs>,
 }
 
 /// The tensors [`Attention`] pads: Q, K, V in, O out.
@@ -376,7 +380,21 @@ impl Attention {
 
     fn with_plan(gpu: &Gpu, spec: &AttnSpec, plan: Plan) -> Result<Self> {
         let padded = pad::Padded::new(gpu, &spec.shape, &PADDED_FORWARD)?;
-        Ok(Self { spec: spec.clone(), plan, padded })
+        let stride = pad::padded_dim(spec.shape.head_dim);
+        let positions = positions::EncodedInputs::new(gpu, spec, stride, padded.is_some())?;
+        Ok(Self { spec: spec.clone(), plan, padded, positions })
+    }
+
+    /// A typed error for the f16-input variants, which read Q and K as stored.
+    fn refuse_positions(spec: &AttnSpec) -> Result<()> {
+        match &spec.positions {
+            Some(p) => Err(Error::Config {
+                kernel: "flash (f16 storage)",
+                config: p.name(),
+                reason: "positional encodings run on f32 Q and K (Attention::new, flash_with); encode them before rounding to f16".into(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Prepares the flash kernel with an explicit tile configuration; `instrumented` builds
@@ -397,6 +415,7 @@ impl Attention {
     /// The f16 variant needs a head dim that is a multiple of 4 (it is not padded).
     pub fn flash_f16(gpu: &Gpu, spec: &AttnSpec) -> Result<Self> {
         spec.validate()?;
+        Self::refuse_positions(spec)?;
         check_head_dim("flash (f16 storage)", spec.shape.head_dim)?;
         // vec4 tiles (f32 arithmetic); f16 cooperative matrices are flash_tensor_cores
         let config = flash::FlashConfig::choose(gpu.profile().0, gpu.tuned(), gpu, spec.shape.head_dim);
@@ -406,6 +425,7 @@ impl Attention {
             spec: spec.clone(),
             plan: Plan::Flash(flash::Flash::new_with(gpu, spec, config, false, native)?),
             padded: None,
+            positions: None,
         })
     }
 
@@ -417,6 +437,7 @@ impl Attention {
     /// software adapter) or lacks SHADER_F16.
     pub fn flash_tensor_cores(gpu: &Gpu, spec: &AttnSpec) -> Result<Self> {
         spec.validate()?;
+        Self::refuse_positions(spec)?;
         check_head_dim("flash (tensor cores)", spec.shape.head_dim)?;
         let config = flash::FlashConfig::tensor_cores(gpu, spec.shape.head_dim, true).ok_or_else(|| Error::Config {
             kernel: "flash",
@@ -437,11 +458,13 @@ impl Attention {
     /// `config.coop` has f16 inputs.
     pub fn flash_f16_with(gpu: &Gpu, spec: &AttnSpec, config: flash::FlashConfig) -> Result<Self> {
         spec.validate()?;
+        Self::refuse_positions(spec)?;
         check_head_dim("flash (f16 storage)", spec.shape.head_dim)?;
         Ok(Self {
             spec: spec.clone(),
             plan: Plan::Flash(flash::Flash::new_with(gpu, spec, config, false, true)?),
             padded: None,
+            positions: None,
         })
     }
 
@@ -453,7 +476,7 @@ impl Attention {
 
     /// The traffic model: device-memory bytes this kernel's loops move, derived from the
     /// kernel's own tiling (flash: its block map; naive: its three passes), plus the padding
-    /// copies for a head dim that is not a multiple of 4.
+    /// copies for a head dim that is not a multiple of 4 and the positional encoding's pass.
     pub fn traffic_model(&self) -> Traffic {
         let inner = pad::padded_spec(&self.spec);
         let kernel = match &self.plan {
@@ -465,7 +488,8 @@ impl Attention {
 
     fn with_padding(&self, t: Traffic) -> Traffic {
         let p = self.padded.as_ref().map(pad::Padded::traffic).unwrap_or_default();
-        Traffic { read: t.read + p.read, written: t.written + p.written }
+        let e = self.positions.as_ref().map(|e| e.traffic(false)).unwrap_or_default();
+        Traffic { read: t.read + p.read + e.read, written: t.written + p.written + e.written }
     }
 
     /// Bytes the instrumented variant counted in its last run (`None` if not instrumented),
@@ -511,7 +535,9 @@ impl Attention {
     /// Device memory this kernel allocates beyond Q, K, V, O and LSE (scores, block map…).
     pub fn scratch_bytes(&self) -> u64 {
         let padded = self.padded.as_ref().map_or(0, pad::Padded::bytes);
+        let encoded = self.positions.as_ref().map_or(0, positions::EncodedInputs::bytes);
         padded
+            + encoded
             + match &self.plan {
                 Plan::Flash(f) => f.scratch_bytes(),
                 Plan::Naive(n) => n.scratch_bytes(),
@@ -534,7 +560,7 @@ impl Attention {
         timestamps: Option<wgpu::ComputePassTimestampWrites>,
     ) -> Result<()> {
         self.check_buffers(bufs)?;
-        let inner = match &self.padded {
+        let mut inner = match &self.padded {
             None => *bufs,
             Some(p) => {
                 for (i, src) in [bufs.q, bufs.k, bufs.v].into_iter().enumerate() {
@@ -543,6 +569,9 @@ impl Attention {
                 AttnBuffers { q: p.copy(0), k: p.copy(1), v: p.copy(2), o: p.copy(3), lse: bufs.lse }
             }
         };
+        if let Some(e) = &self.positions {
+            (inner.q, inner.k) = e.encode(gpu, encoder, inner.q, inner.k)?;
+        }
         match &self.plan {
             Plan::Flash(f) => f.encode(gpu, encoder, &inner, timestamps),
             Plan::Naive(n) => n.encode(gpu, encoder, &inner, timestamps),

@@ -202,11 +202,14 @@ impl Padded {
     }
 }
 
-/// `spec` as the kernels run it for a head dim that is not a multiple of 4: the padded head
-/// dim, and the caller's scale (`1/sqrt(D)` of the real D) made explicit.
+/// `spec` as the kernels run it: for a head dim that is not a multiple of 4 the padded head
+/// dim, the caller's scale (`1/sqrt(D)` of the real D) made explicit, no positional encoding
+/// (a pass of its own encodes Q and K first).
 pub(crate) fn padded_spec(spec: &crate::contract::spec::AttnSpec) -> crate::contract::spec::AttnSpec {
     let mut inner = spec.clone();
     inner.shape.head_dim = padded_dim(spec.shape.head_dim);
     inner.scale = Some(spec.scale_value());
+    // the kernels read Q and K already encoded (kernels::positions)
+    inner.positions = None;
     inner
 }

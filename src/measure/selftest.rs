@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::contract::inputs::{seeded, seeded_qkv};
 use crate::contract::mask::{BigBird, Mask};
 use crate::contract::mods::{Mods, Named};
+use crate::contract::positions::Positions;
 use crate::contract::reference::{attention_backward_f64, attention_f64, rel_error};
 use crate::contract::spec::{Alibi, AttnSpec};
 use crate::contract::{AttnShape, Window};
@@ -123,11 +124,13 @@ fn decode(
     d: usize,
     window: Option<usize>,
     mods: Option<Mods>,
+    positions: Option<Positions>,
 ) -> Result<f64> {
     let (prompt, steps) = (45, 3);
     let mut cfg = DecoderConfig::new(heads, kv_heads, d, prompt + steps);
     cfg.alibi = Alibi::Standard;
     cfg.mods = mods;
+    cfg.positions = positions;
     if let Some(w) = window {
         cfg.window = Some(w);
         cfg.ring = true;
@@ -214,7 +217,7 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
         out.push((
             format!("decode {label} alibi H={h}/{hkv} D={d}, 45 cached + 3 steps"),
             BOUND,
-            Box::new(move |g: &Gpu| decode(g, h, hkv, d, w, None)),
+            Box::new(move |g: &Gpu| decode(g, h, hkv, d, w, None, None)),
         ));
     }
     // mods (WGSL compiled into the kernels, the oracle running the same rule in Rust): a
@@ -238,10 +241,35 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
         Box::new(move |g: &Gpu| backward(g, &s, false)),
     ));
     let (mods_spec, mods_label) = (spec, label);
+    // positional encodings: a pass on Q and K before the kernels, RoPE's rotation back on
+    // dQ and dK after the backward
+    for (name, p) in [
+        ("rope θ=10000 half", Positions::rope(10000.0)),
+        ("rope θ=500000 interleaved", Positions::rope_interleaved(500000.0)),
+        ("sinusoidal", Positions::sinusoidal()),
+    ] {
+        let spec = AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 2, n: 61, m: 93, head_dim: 38 })
+            .causal(true)
+            .alibi(Alibi::Standard)
+            .positions(Some(p));
+        let label = format!("{name}, causal+alibi {}", shape_of(&spec));
+        let s = spec.clone();
+        out.push((format!("flash {label}"), BOUND, Box::new(move |g: &Gpu| forward(g, Kernel::Flash, &s))));
+        out.push((
+            format!("backward {label} (dQ, dK, dV)"),
+            BOUND,
+            Box::new(move |g: &Gpu| backward(g, &spec, false)),
+        ));
+        out.push((
+            format!("decode {name} alibi H=4/2 D=32, 45 cached + 3 steps"),
+            BOUND,
+            Box::new(move |g: &Gpu| decode(g, 4, 2, 32, None, None, Some(p))),
+        ));
+    }
     out.push((
         "decode mods softcap=3 + sinks=3,window=9, alibi H=4/2 D=32, 45 cached + 3 steps".into(),
         BOUND,
-        Box::new(move |g: &Gpu| decode(g, 4, 2, 32, None, Some(mods()))),
+        Box::new(move |g: &Gpu| decode(g, 4, 2, 32, None, Some(mods()), None)),
     ));
     for act in [Activation::None, Activation::Gelu, Activation::GeluErf] {
         out.push((

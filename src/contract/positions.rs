@@ -1,0 +1,307 @@
+//! Positional encodings applied to Q and K before the scores: rotary (RoPE; Su et al. 2021)
+//! and sinusoidal absolute embeddings (Vaswani et al. 2017, the baseline ALiBi replaced).
+//!
+//! Positions follow the contract: query row `i` is at `offset + M − N + i`, key `j` at
+//! `offset + j` (`offset` shifts both, for a chunk of a longer sequence; in decoding the
+//! cache's positions are absolute). With pair frequencies `ω_k = θ^(−2k/D)`, k = 0..D/2:
+//!
+//! - **RoPE** rotates each pair `(a, b)` of a row at position p by the angle `p·ω_k`:
+//!   `(a cos − b sin, a sin + b cos)`. The pairs are `(x_k, x_{k+D/2})` in the half-split
+//!   convention (GPT-NeoX, Hugging Face LLaMA) or `(x_{2k}, x_{2k+1})` interleaved (the
+//!   paper, GPT-J, Meta's LLaMA). A score then depends on positions only through `p_i − p_j`.
+//!   The gradient rotates back: `dx = R(p)ᵀ dx'`.
+//! - **Sinusoidal** adds `PE(p)` with `PE(p, 2k) = sin(p·ω_k)`, `PE(p, 2k+1) = cos(p·ω_k)`
+//!   (θ = 10000 in the paper) to Q and K rows — the attention-level form of adding it to the
+//!   embeddings (the same thing when the projections are the identity). Its gradient is
+//!   the identity.
+//!
+//! The kernels read `cos`/`sin`/`PE` from a table computed here in f64 and rounded once to
+//! f32 ([`Positions::table`]), so no shader evaluates a trigonometric function of a large
+//! argument (WGSL only promises 2⁻¹¹ absolute error for `sin` on [−π, π]).
+
+use crate::error::{Error, Result};
+
+/// Which encoding.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Encoding {
+    /// Rotary: pairs rotated by `p·ω_k`.
+    Rope {
+        /// Base θ of the frequencies (10000 in most models; 500000 in LLaMA 3).
+        theta: f64,
+        /// Pairs `(x_{2k}, x_{2k+1})`; otherwise `(x_k, x_{k+D/2})`.
+        interleaved: bool,
+    },
+    /// `PE(p)` added to Q and K rows.
+    Sinusoidal {
+        /// Base of the frequencies (10000 in the paper).
+        base: f64,
+    },
+}
+
+/// A positional encoding and the position of key 0.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Positions {
+    /// The encoding.
+    pub encoding: Encoding,
+    /// Position of key 0 (queries are bottom-right aligned to the keys).
+    pub offset: usize,
+}
+
+impl Positions {
+    /// RoPE with base `theta`, half-split pairs, offset 0.
+    pub fn rope(theta: f64) -> Self {
+        Self { encoding: Encoding::Rope { theta, interleaved: false }, offset: 0 }
+    }
+
+    /// RoPE with interleaved pairs.
+    pub fn rope_interleaved(theta: f64) -> Self {
+        Self { encoding: Encoding::Rope { theta, interleaved: true }, offset: 0 }
+    }
+
+    /// Sinusoidal embeddings with base 10000, offset 0.
+    pub fn sinusoidal() -> Self {
+        Self { encoding: Encoding::Sinusoidal { base: 10000.0 }, offset: 0 }
+    }
+
+    /// With key 0 at position `offset`.
+    pub fn offset(mut self, offset: usize) -> Self {
+        self.offset = offset;
+        self
+    }
+
+    /// Parses the CLI's form: `theta=10000[,interleaved][,offset=P]` for RoPE, or
+    /// `[base=10000][,offset=P]` for sinusoidal (`rope` chooses which).
+    pub fn parse(text: &str, rope: bool) -> Result<Self> {
+        let bad = |why: String| {
+            Error::Invalid(format!("{} `{text}`: {why}", if rope { "--rope" } else { "--sinusoidal" }))
+        };
+        let mut base = 10000.0;
+        let (mut interleaved, mut offset) = (false, 0usize);
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.split_once('=') {
+                Some(("theta", v)) if rope => {
+                    base = v.parse().map_err(|_| bad(format!("theta `{v}` is not a number")))?
+                }
+                Some(("base", v)) if !rope => {
+                    base = v.parse().map_err(|_| bad(format!("base `{v}` is not a number")))?
+                }
+                Some(("offset", v)) => {
+                    offset = v.parse().map_err(|_| bad(format!("offset `{v}` is not a whole number ≥ 0")))?
+                }
+                None if rope && part == "interleaved" => interleaved = true,
+                None if rope && part == "half" => interleaved = false,
+                _ => {
+                    return Err(bad(format!(
+                        "unknown part `{part}`; expected {}",
+                        if rope { "theta=θ, interleaved, half or offset=P" } else { "base=B or offset=P" }
+                    )));
+                }
+            }
+        }
+        let encoding =
+            if rope { Encoding::Rope { theta: base, interleaved } } else { Encoding::Sinusoidal { base } };
+        let p = Self { encoding, offset };
+        p.check_base()?;
+        Ok(p)
+    }
+
+    fn base(&self) -> f64 {
+        match self.encoding {
+            Encoding::Rope { theta, .. } => theta,
+            Encoding::Sinusoidal { base } => base,
+        }
+    }
+
+    fn check_base(&self) -> Result<()> {
+        let b = self.base();
+        if !(b.is_finite() && b > 1.0) {
+            return Err(Error::Invalid(format!(
+                "positional encoding base θ = {b}: it must be a finite number > 1"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the encoding against head dim `d`: RoPE rotates pairs, so D must be even.
+    pub fn validate(&self, d: usize) -> Result<()> {
+        self.check_base()?;
+        if matches!(self.encoding, Encoding::Rope { .. }) && !d.is_multiple_of(2) {
+            return Err(Error::HeadDim {
+                kernel: "rope",
+                head_dim: d,
+                reason: "RoPE rotates pairs of values: the head dim must be even",
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether this is RoPE (whose gradient is a rotation; sinusoidal's is the identity).
+    pub fn is_rope(&self) -> bool {
+        matches!(self.encoding, Encoding::Rope { .. })
+    }
+
+    /// Whether RoPE pairs are interleaved.
+    pub fn interleaved(&self) -> bool {
+        matches!(self.encoding, Encoding::Rope { interleaved: true, .. })
+    }
+
+    /// `ω_k` for pair `k` of head dim `d`.
+    fn frequency(&self, k: usize, d: usize) -> f64 {
+        self.base().powf(-2.0 * k as f64 / d as f64)
+    }
+
+    /// One table row for position `p`, head dim `d` (f64): RoPE `cos(p·ω_k)` for k < D/2
+    /// then `sin(p·ω_k)`; sinusoidal `PE(p, e)` for e < D.
+    pub fn table_row(&self, p: i64, d: usize) -> Vec<f64> {
+        let angle = |k: usize| p as f64 * self.frequency(k, d);
+        match self.encoding {
+            Encoding::Rope { .. } => {
+                let half = d / 2;
+                (0..half).map(|k| angle(k).cos()).chain((0..half).map(|k| angle(k).sin())).collect()
+            }
+            Encoding::Sinusoidal { .. } => {
+                (0..d).map(|e| if e % 2 == 0 { angle(e / 2).sin() } else { angle(e / 2).cos() }).collect()
+            }
+        }
+    }
+
+    /// The table the kernels read: rows for positions `lo..hi`, `d` values each, rounded
+    /// once to f32.
+    pub fn table(&self, lo: i64, hi: i64, d: usize) -> Vec<f32> {
+        (lo..hi).flat_map(|p| self.table_row(p, d)).map(|x| x as f32).collect()
+    }
+
+    /// The pairs `(a, b)` RoPE rotates in a row of `d` values.
+    fn pair(&self, k: usize, d: usize) -> (usize, usize) {
+        if self.interleaved() { (2 * k, 2 * k + 1) } else { (k, k + d / 2) }
+    }
+
+    /// Encodes a row at position `p` in place (f64: the oracle).
+    pub fn apply(&self, row: &mut [f64], p: i64) {
+        let d = row.len();
+        let t = self.table_row(p, d);
+        match self.encoding {
+            Encoding::Rope { .. } => {
+                for k in 0..d / 2 {
+                    let (ia, ib) = self.pair(k, d);
+                    let (a, b, c, s) = (row[ia], row[ib], t[k], t[d / 2 + k]);
+                    row[ia] = a * c - b * s;
+                    row[ib] = a * s + b * c;
+                }
+            }
+            Encoding::Sinusoidal { .. } => row.iter_mut().zip(&t).for_each(|(x, pe)| *x += pe),
+        }
+    }
+
+    /// The gradient through the encoding at position `p`, in place: RoPE rotates back
+    /// (`Rᵀ`), sinusoidal leaves it.
+    pub fn apply_grad(&self, row: &mut [f64], p: i64) {
+        if !self.is_rope() {
+            return;
+        }
+        let d = row.len();
+        let t = self.table_row(p, d);
+        for k in 0..d / 2 {
+            let (ia, ib) = self.pair(k, d);
+            let (a, b, c, s) = (row[ia], row[ib], t[k], t[d / 2 + k]);
+            row[ia] = a * c + b * s;
+            row[ib] = -a * s + b * c;
+        }
+    }
+
+    /// Position of query row `i` of an N × M call.
+    pub fn query_position(&self, n: usize, m: usize, i: usize) -> i64 {
+        self.offset as i64 + m as i64 - n as i64 + i as i64
+    }
+
+    /// Position of key `j`.
+    pub fn key_position(&self, j: usize) -> i64 {
+        self.offset as i64 + j as i64
+    }
+
+    /// The positions an N × M call's rows take: `lo..hi` over queries and keys.
+    pub fn span(&self, n: usize, m: usize) -> (i64, i64) {
+        let lo = self.query_position(n, m, 0).min(self.key_position(0));
+        let hi = self.query_position(n, m, n).max(self.key_position(m));
+        (lo, hi)
+    }
+
+    /// `rows` rows of Q (`per_seq` = N rows per (batch, head)) or K encoded in f64, the
+    /// oracle's inputs: row r at position `first + r % per_seq`.
+    pub fn encode_rows(&self, x: &[f32], d: usize, per_seq: usize, first: i64) -> Vec<f64> {
+        let mut out: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        for (r, row) in out.chunks_exact_mut(d).enumerate() {
+            self.apply(row, first + (r % per_seq) as i64);
+        }
+        out
+    }
+
+    /// The name for records and messages: `rope(θ=10000, half)`, `sinusoidal(10000)`.
+    pub fn name(&self) -> String {
+        let offset = if self.offset > 0 { format!(", offset {}", self.offset) } else { String::new() };
+        match self.encoding {
+            Encoding::Rope { theta, interleaved } => {
+                format!("rope(θ={theta}, {}{offset})", if interleaved { "interleaved" } else { "half" })
+            }
+            Encoding::Sinusoidal { base } => format!("sinusoidal({base}{offset})"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_scores_depend_on_the_distance_only() {
+        // q·k after rotating q to p and k to p − 5 is the same for every p
+        let d = 8;
+        let q: Vec<f64> = (0..d).map(|i| (i as f64 * 0.37).sin()).collect();
+        let k: Vec<f64> = (0..d).map(|i| (i as f64 * 0.91).cos()).collect();
+        for pos in [Positions::rope(10000.0), Positions::rope_interleaved(500.0)] {
+            let dot = |p: i64| {
+                let (mut a, mut b) = (q.clone(), k.clone());
+                pos.apply(&mut a, p);
+                pos.apply(&mut b, p - 5);
+                a.iter().zip(&b).map(|(x, y)| x * y).sum::<f64>()
+            };
+            let d0 = dot(5);
+            for p in [6, 100, 12345] {
+                assert!((dot(p) - d0).abs() < 1e-9, "{pos:?} p={p}");
+            }
+            // and the gradient rotation undoes the rotation
+            let mut x = q.clone();
+            pos.apply(&mut x, 77);
+            pos.apply_grad(&mut x, 77);
+            assert!(x.iter().zip(&q).all(|(a, b)| (a - b).abs() < 1e-12));
+        }
+    }
+
+    #[test]
+    fn conventions_pair_the_documented_elements() {
+        // D = 4, p = 1, θ = 10000: ω = (1, 0.01); half-split pairs (0,2), (1,3)
+        let mut x = vec![1.0, 0.0, 0.0, 0.0];
+        Positions::rope(10000.0).apply(&mut x, 1);
+        assert!((x[0] - 1f64.cos()).abs() < 1e-15 && (x[2] - 1f64.sin()).abs() < 1e-15);
+        let mut y = vec![1.0, 0.0, 0.0, 0.0];
+        Positions::rope_interleaved(10000.0).apply(&mut y, 1);
+        assert!((y[0] - 1f64.cos()).abs() < 1e-15 && (y[1] - 1f64.sin()).abs() < 1e-15);
+        // sinusoidal: PE(p, 0) = sin p, PE(p, 1) = cos p, PE(p, 2) = sin(p/100)
+        let mut z = vec![0.0; 4];
+        Positions::sinusoidal().apply(&mut z, 3);
+        assert!((z[0] - 3f64.sin()).abs() < 1e-15 && (z[1] - 3f64.cos()).abs() < 1e-15);
+        assert!((z[2] - 0.03f64.sin()).abs() < 1e-15);
+    }
+
+    #[test]
+    fn parse_and_validate() {
+        let p = Positions::parse("theta=500000,interleaved,offset=7", true).unwrap();
+        assert_eq!(p, Positions::rope_interleaved(500000.0).offset(7));
+        assert_eq!(Positions::parse("", false).unwrap(), Positions::sinusoidal());
+        assert!(Positions::parse("theta=1", true).is_err());
+        assert!(Positions::parse("theta=x", true).is_err());
+        assert!(Positions::parse("interleaved", false).is_err());
+        assert!(Positions::rope(10000.0).validate(7).is_err());
+        assert!(Positions::sinusoidal().validate(7).is_ok());
+    }
+}
