@@ -819,3 +819,70 @@ fn mods_from_flags_and_files() {
         "one id per key position: 70 ids for M = 71",
     );
 }
+
+#[test]
+fn positions_from_flags() {
+    // --rope and --sinusoidal: flash (and the backward) equal the oracle running the same
+    // encoding; bad specs and odd head dims end on one error line
+    let dir = tempfile::tempdir().unwrap();
+    let seed = common::seed();
+    let [q, k, v] = trio(dir.path(), 4, 2, 45, 70, 32, seed);
+    let run = |name: &str, extra: &[&str]| {
+        let o = dir.path().join(format!("o_{name}.npy"));
+        let mut args =
+            vec!["attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&o), "--causal"];
+        args.extend_from_slice(extra);
+        let out = longctx(&args);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        read_npy(&o).unwrap().data
+    };
+    let plain = run("plain", &[]);
+    for (name, flag) in [
+        ("rope", vec!["--rope", "theta=10000,interleaved,offset=9"]),
+        ("rope_bare", vec!["--rope"]),
+        ("sin", vec!["--sinusoidal"]),
+    ] {
+        let flash = run(name, &flag);
+        let cpu = run(&format!("{name}_cpu"), &[flag.as_slice(), &["--kernel", "cpu"]].concat());
+        let err = rel_error(&flash, &cpu.iter().map(|&x| x as f64).collect::<Vec<_>>());
+        assert!(err <= 1e-5, "{name}: {err} (seed {seed})");
+        assert_ne!(flash, plain, "{name} changed nothing");
+    }
+    let o = dir.path().join("o_bad.npy");
+    let base = ["attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&o)];
+    fails_with(&[&base[..], &["--rope", "theta=1"]].concat(), "must be a finite number > 1");
+    fails_with(&[&base[..], &["--rope", "spin=2"]].concat(), "unknown part `spin=2`");
+    let [q3, k3, v3] = trio(dir.path(), 2, 2, 8, 8, 7, seed);
+    fails_with(
+        &["attention", "--q", p(&q3), "--k", p(&k3), "--v", p(&v3), "--out", p(&o), "--rope"],
+        "head dim must be even",
+    );
+    // decode encodes its cache and queries; the first step is checked against the oracle
+    let out = longctx(&[
+        "decode",
+        "--context",
+        "60",
+        "--steps",
+        "3",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--d",
+        "32",
+        "--rope",
+        "theta=500000",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("positions: rope(θ=500000, half)"), "{text}");
+    let err: f64 = text
+        .lines()
+        .find(|l| l.contains("4/2"))
+        .and_then(|l| l.split('┆').next_back())
+        .unwrap()
+        .trim_end_matches('│')
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(err <= 1e-5, "decode with RoPE: rel err {err}");
+}

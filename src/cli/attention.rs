@@ -7,7 +7,7 @@ use longctx::io::{Staged, Tensor, read_npy};
 use longctx::{Alibi, AttnShape, AttnSpec, Kernel};
 
 use super::DeviceArgs;
-use super::maskargs::MaskArgs;
+use super::maskargs::{MaskArgs, PositionArgs};
 
 /// Which implementation computes the result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -50,6 +50,8 @@ pub struct AttentionArgs {
     lse: Option<PathBuf>,
     #[command(flatten)]
     mask: MaskArgs,
+    #[command(flatten)]
+    positions: PositionArgs,
     /// ALiBi bias -slope_h·|p_i - j| with the paper's slopes for H heads.
     #[arg(long)]
     alibi: bool,
@@ -106,7 +108,10 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
     }
     let shape = AttnShape { batch: b, heads: h, kv_heads: hkv, n, m, head_dim: d };
     let spec = a.mask.apply(
-        AttnSpec::new(shape).alibi(if a.alibi { Alibi::Standard } else { Alibi::Off }).scale(a.scale),
+        AttnSpec::new(shape)
+            .alibi(if a.alibi { Alibi::Standard } else { Alibi::Off })
+            .scale(a.scale)
+            .positions(a.positions.get()?),
     )?;
     spec.check_inputs(&q.data, &k.data, &v.data)?;
     // every output path usable and distinct (and no input) before any work

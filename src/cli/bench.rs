@@ -14,7 +14,7 @@ use longctx::runtime::timing::time_wall;
 use longctx::{Alibi, AttnSpec, Kernel, Window};
 
 use super::DeviceArgs;
-use super::maskargs::{MaskArgs, describe, shape};
+use super::maskargs::{MaskArgs, PositionArgs, describe, shape};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Suite {
@@ -68,6 +68,8 @@ pub struct BenchArgs {
     kernels: Option<Vec<String>>,
     #[command(flatten)]
     mask: MaskArgs,
+    #[command(flatten)]
+    positions: PositionArgs,
     /// Add ALiBi.
     #[arg(long)]
     alibi: bool,
@@ -175,6 +177,8 @@ impl BenchArgs {
             || self.mask.causal
             || self.mask.window.is_some()
             || self.mask.pattern.is_some()
+            || self.positions.rope.is_some()
+            || self.positions.sinusoidal.is_some()
     }
 }
 
@@ -197,7 +201,8 @@ fn configs(a: &BenchArgs) -> anyhow::Result<Vec<Config>> {
                 for &n in &ns {
                     let spec = a.mask.apply(
                         AttnSpec::new(shape(heads, a.kv_heads.unwrap_or(heads), n, n, d))
-                            .alibi(alibi.clone()),
+                            .alibi(alibi.clone())
+                            .positions(a.positions.get()?),
                     )?;
                     out.push(Config { kernel: kern, spec, reps: a.reps.unwrap_or(5) });
                 }

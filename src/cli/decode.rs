@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::DeviceArgs;
 use super::bench::parse_size;
-use super::maskargs::{ModArgs, shape};
+use super::maskargs::{ModArgs, PositionArgs, shape};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
@@ -60,6 +60,8 @@ pub struct DecodeArgs {
     json: Option<PathBuf>,
     #[command(flatten)]
     mods: ModArgs,
+    #[command(flatten)]
+    positions: PositionArgs,
 }
 
 #[derive(Serialize)]
@@ -72,6 +74,7 @@ struct DecodeRecord {
     window: Option<usize>,
     alibi: bool,
     mods: Option<String>,
+    positions: Option<String>,
     splits: usize,
     timer: String,
     ms_per_step_median: f64,
@@ -115,6 +118,7 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
         cfg.chunk = a.chunk.unwrap_or(0);
         // positions: the prompt, the checked step and the timed ones (one document id each)
         cfg.mods = a.mods.mods(&shape(a.heads, hkv, 1, capacity, a.d))?;
+        cfg.positions = a.positions.get()?;
         let mut dec = Decoder::new(&gpu, cfg.clone()).with_context(|| format!("kv heads {hkv}"))?;
         // the prompt's K and V on the host, plus the oracle's joined copies: checked first
         let floats = (hkv as u64).saturating_mul(context as u64).saturating_mul(a.d as u64);
@@ -165,6 +169,7 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
             window: a.window,
             alibi: a.alibi,
             mods: cfg.mods.as_ref().map(|m| m.name().to_string()),
+            positions: cfg.positions.map(|p| p.name()),
             splits: dec.splits(),
             timer: "wall (submit to idle, per step)".into(),
             ms_per_step_median: ms,
@@ -218,6 +223,9 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
     }
     if let Some(m) = records.first().and_then(|r| r.mods.as_ref()) {
         println!("mods: {m}");
+    }
+    if let Some(p) = records.first().and_then(|r| r.positions.as_ref()) {
+        println!("positions: {p}");
     }
     println!("{table}");
     if let (Some(first), Some(last)) = (records.first(), records.last())

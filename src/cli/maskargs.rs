@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use longctx::contract::mask::{BigBird, Mask};
 use longctx::contract::mods::{Mods, Named};
+use longctx::contract::positions::Positions;
 use longctx::io::read_npy_numbers;
 use longctx::{AttnShape, AttnSpec, Window};
 
@@ -193,6 +194,30 @@ impl ModArgs {
     }
 }
 
+/// Positional encoding flags (`attention`, `bench`, `decode`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PositionArgs {
+    /// Rotary positions on Q and K: theta=10000[,interleaved][,offset=P] — pairs (k, k+D/2)
+    /// (half-split, as Hugging Face LLaMA) unless `interleaved` (2k, 2k+1); `offset` is the
+    /// position of key 0. Bare `--rope`: θ = 10000.
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
+    pub rope: Option<String>,
+    /// Sinusoidal absolute embeddings (Vaswani et al.) added to Q and K: [base=10000][,offset=P].
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "", conflicts_with = "rope")]
+    pub sinusoidal: Option<String>,
+}
+
+impl PositionArgs {
+    /// The encoding asked for (`None` without either flag).
+    pub fn get(&self) -> anyhow::Result<Option<Positions>> {
+        Ok(match (&self.rope, &self.sinusoidal) {
+            (Some(text), _) => Some(Positions::parse(text, true)?),
+            (None, Some(text)) => Some(Positions::parse(text, false)?),
+            (None, None) => None,
+        })
+    }
+}
+
 /// A 1-D `.npy` of ids (segments, documents): whole numbers in u32's range.
 fn read_ids(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u32>> {
     let (dims, ids) = read_npy_numbers(path)?;
@@ -228,6 +253,9 @@ pub fn describe(spec: &AttnSpec) -> String {
     }
     if let Some(m) = &spec.mods {
         parts.push(format!("mods({})", m.name().replace("--mod ", "")));
+    }
+    if let Some(p) = &spec.positions {
+        parts.push(p.name());
     }
     if parts.is_empty() { "dense".into() } else { parts.join("+") }
 }
