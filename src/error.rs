@@ -274,6 +274,16 @@ pub enum Error {
         message: String,
     },
 
+    /// One rank of a ring (`dist`) failed, or saw another fail: a neighbour gone or silent
+    /// past the timeout, arguments that differ between ranks.
+    #[error("rank {rank}: {message}")]
+    Rank {
+        /// The rank reporting.
+        rank: usize,
+        /// What it saw.
+        message: String,
+    },
+
     /// A device-side failure: readback mapping, queue wait, or a kernel set built wrongly.
     #[error("GPU device error: {0}")]
     Device(String),

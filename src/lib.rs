@@ -30,6 +30,7 @@
 #[cfg(feature = "app")]
 pub mod app;
 pub mod contract;
+pub mod dist;
 pub mod error;
 pub mod io;
 pub mod kernels;

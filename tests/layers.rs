@@ -46,8 +46,9 @@ const LAYERS: &[Layer] = &[
     Layer { rank: 2, name: "runtime", modules: &["runtime"] },
     /// Kernels: one WGSL file and one Rust module per kernel family.
     Layer { rank: 3, name: "kernels", modules: &["kernels"] },
-    /// Models and measurement: BERT, CoLT5, bench, tune, plan.
-    Layer { rank: 4, name: "models and measurement", modules: &["models", "measure"] },
+    /// Models, measurement and distribution: BERT, CoLT5, bench, tune, plan; ring attention
+    /// over ranks.
+    Layer { rank: 4, name: "models, measurement, distribution", modules: &["models", "measure", "dist"] },
     /// App: the visualiser.
     Layer { rank: 5, name: "app", modules: &["app"] },
 ];

@@ -68,7 +68,7 @@ impl BlockMap {
         }
         let (n, m) = (spec.shape.n, spec.shape.m);
         let (lo, hi) = spec.band();
-        let q_off = spec.shape.q_offset();
+        let q_off = spec.q_offset();
         let mask = spec.mask.as_ref();
         let heads = if mask.is_some_and(|mk| mk.per_head()) { spec.shape.heads } else { 1 };
         let n_qtiles = n.div_ceil(br);

@@ -209,9 +209,10 @@ impl Positions {
         }
     }
 
-    /// Position of query row `i` of an N × M call.
-    pub fn query_position(&self, n: usize, m: usize, i: usize) -> i64 {
-        self.offset as i64 + m as i64 - n as i64 + i as i64
+    /// Position of query row `i` of a call whose row 0 sits at `q_offset` relative to key 0
+    /// (`AttnSpec::q_offset`: M − N unless set).
+    pub fn query_position(&self, q_offset: i64, i: usize) -> i64 {
+        self.offset as i64 + q_offset + i as i64
     }
 
     /// Position of key `j`.
@@ -219,10 +220,11 @@ impl Positions {
         self.offset as i64 + j as i64
     }
 
-    /// The positions an N × M call's rows take: `lo..hi` over queries and keys.
-    pub fn span(&self, n: usize, m: usize) -> (i64, i64) {
-        let lo = self.query_position(n, m, 0).min(self.key_position(0));
-        let hi = self.query_position(n, m, n).max(self.key_position(m));
+    /// The positions an N × M call's rows take (query row 0 at `q_offset`): `lo..hi` over
+    /// queries and keys.
+    pub fn span(&self, q_offset: i64, n: usize, m: usize) -> (i64, i64) {
+        let lo = self.query_position(q_offset, 0).min(self.key_position(0));
+        let hi = self.query_position(q_offset, n).max(self.key_position(m));
         (lo, hi)
     }
 

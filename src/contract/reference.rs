@@ -25,7 +25,7 @@ fn encoded(spec: &AttnSpec, q: &[f32], k: &[f32]) -> Option<(Vec<f64>, Vec<f64>)
     let p = spec.positions?;
     let s = spec.shape;
     Some((
-        p.encode_rows(q, s.head_dim, s.n, p.query_position(s.n, s.m, 0)),
+        p.encode_rows(q, s.head_dim, s.n, p.query_position(spec.q_offset(), 0)),
         p.encode_rows(k, s.head_dim, s.m, p.key_position(0)),
     ))
 }
@@ -86,7 +86,7 @@ pub fn attention_rows_f64(
             rows.par_iter()
                 .map(|&row| {
                     let mut qr = q_row(row);
-                    p.apply(&mut qr, p.query_position(s.n, s.m, row % s.n));
+                    p.apply(&mut qr, p.query_position(spec.q_offset(), row % s.n));
                     one(row, &qr, &k)
                 })
                 .collect()
@@ -146,7 +146,7 @@ fn row_f64<T: Copy + Into<f64>>(
         let at = At { b, h, q: i, kv: j, n, m };
         if dist < lo
             || dist > hi
-            || spec.mask.as_ref().is_some_and(|mk| !mk.visible(h, i, j, spec.shape.q_offset()))
+            || spec.mask.as_ref().is_some_and(|mk| !mk.visible(h, i, j, spec.q_offset()))
             || rule.is_some_and(|r| !r.mask(at))
         {
             *sc = f64::NEG_INFINITY;
@@ -218,7 +218,7 @@ pub fn attention_backward_f64(
     let (mut dq, mut dk, dv) = backward_all(spec, &qe, &ke, v, d_o);
     let (p, s) = (spec.positions.expect("encoded"), spec.shape);
     for (r, row) in dq.chunks_exact_mut(s.head_dim).enumerate() {
-        p.apply_grad(row, p.query_position(s.n, s.m, r % s.n));
+        p.apply_grad(row, p.query_position(spec.q_offset(), r % s.n));
     }
     for (r, row) in dk.chunks_exact_mut(s.head_dim).enumerate() {
         p.apply_grad(row, p.key_position(r % s.m));

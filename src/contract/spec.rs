@@ -46,6 +46,10 @@ pub struct AttnSpec {
     /// A positional encoding applied to Q and K before the scores (RoPE or sinusoidal; see
     /// [`crate::contract::positions`]).
     pub positions: Option<Positions>,
+    /// Position of query row 0 relative to key 0; `None`: `M − N` (bottom-right aligned, the
+    /// contract's default). A ring-attention step sets it: its queries and keys are slices
+    /// of a longer sequence at their global positions.
+    pub q_start: Option<i64>,
 }
 
 impl AttnSpec {
@@ -60,7 +64,17 @@ impl AttnSpec {
             mask: None,
             mods: None,
             positions: None,
+            q_start: None,
         }
+    }
+    /// With query row 0 at position `q_start` relative to key 0 (`None`: `M − N`).
+    pub fn q_start(mut self, q_start: Option<i64>) -> Self {
+        self.q_start = q_start;
+        self
+    }
+    /// Position of query row 0 relative to key 0: `q_start`, or `M − N`.
+    pub fn q_offset(&self) -> i64 {
+        self.q_start.unwrap_or(self.shape.q_offset())
     }
     /// With a positional encoding on Q and K (`None`: none).
     pub fn positions(mut self, positions: Option<Positions>) -> Self {
@@ -126,14 +140,14 @@ impl AttnSpec {
 
     /// Position of query row `i`.
     pub fn position(&self, i: usize) -> i64 {
-        self.shape.q_offset() + i as i64
+        self.q_offset() + i as i64
     }
 
     /// Whether key `j` is visible from query row `i` of head `h` (all active rules).
     pub fn visible(&self, h: usize, i: usize, j: usize) -> bool {
         let (lo, hi) = self.band();
         let d = self.position(i) - j as i64;
-        lo <= d && d <= hi && self.mask.as_ref().is_none_or(|m| m.visible(h, i, j, self.shape.q_offset()))
+        lo <= d && d <= hi && self.mask.as_ref().is_none_or(|m| m.visible(h, i, j, self.q_offset()))
     }
 
     /// Visible (query, key) pairs of one (batch, head) under the causal/window band alone.
@@ -177,6 +191,22 @@ impl AttnSpec {
         }
         if let Some(p) = &self.positions {
             p.validate(self.shape.head_dim)?;
+        }
+        if let Some(q) = self.q_start {
+            if q.unsigned_abs() >= UNBOUNDED as u64 {
+                return Err(Error::OutOfRange {
+                    what: "query start position (relative to key 0)".into(),
+                    value: q.unsigned_abs(),
+                    min: 0,
+                    max: UNBOUNDED as u64 - 1,
+                });
+            }
+            if let Some(m) = &self.mods {
+                return Err(Error::Invalid(format!(
+                    "mods `{}` see bottom-right-aligned indices (N_Q, N_KV); a spec with an explicit query start cannot carry them",
+                    m.name()
+                )));
+            }
         }
         let max_pos = self.shape.n.max(self.shape.m) as i64;
         if max_pos >= UNBOUNDED {

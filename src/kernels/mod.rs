@@ -17,6 +17,7 @@ pub mod naive;
 pub mod pad;
 pub mod peak;
 pub mod positions;
+pub mod ring;
 pub mod route;
 
 use crate::contract::blockmap::BlockMap;
@@ -115,7 +116,7 @@ impl Contract {
             n: s.n as u32,
             m: s.m as u32,
             group: s.group() as u32,
-            q_offset: s.q_offset() as i32,
+            q_offset: spec.q_offset() as i32,
             scale: spec.scale_value(),
             band_lo: lo as i32,
             band_hi: hi as i32,
@@ -251,6 +252,7 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
         .chain(peak::variants())
         .chain(pad::variants())
         .chain(positions::variants())
+        .chain(ring::variants())
         .chain(matmul::coop_variants())
         .chain(route::variants())
         .chain(layer::variants())

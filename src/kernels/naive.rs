@@ -82,7 +82,7 @@ pub(crate) fn aux_words(spec: &AttnSpec) -> (Vec<u32>, usize, usize, usize) {
     let s = spec.shape;
     let heads = if mask.per_head() { s.heads } else { 1 };
     let stride = s.m.div_ceil(32);
-    let q_off = s.q_offset();
+    let q_off = spec.q_offset();
     words.resize(base + heads * s.n * stride, 0);
     for h in 0..heads {
         for i in 0..s.n {

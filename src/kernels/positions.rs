@@ -175,7 +175,7 @@ impl EncodedInputs {
     pub(crate) fn new(gpu: &Gpu, spec: &AttnSpec, stride: usize, padded: bool) -> Result<Option<Self>> {
         let Some(p) = spec.positions else { return Ok(None) };
         let s = spec.shape;
-        let (lo, hi) = p.span(s.n, s.m);
+        let (lo, hi) = p.span(spec.q_offset(), s.n, s.m);
         let pass = PositionPass::new(gpu, p, s.head_dim, (hi - lo) as usize)?;
         pass.write_table(gpu, 0, lo, hi);
         let scratch = if padded {
@@ -189,7 +189,7 @@ impl EncodedInputs {
             shape: s,
             stride,
             scratch,
-            q_table0: (p.query_position(s.n, s.m, 0) - lo) as usize,
+            q_table0: (p.query_position(spec.q_offset(), 0) - lo) as usize,
             k_table0: (p.key_position(0) - lo) as usize,
         }))
     }
