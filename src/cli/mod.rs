@@ -9,6 +9,7 @@ mod mask;
 mod maskargs;
 mod peak;
 mod plan;
+mod ring;
 mod route;
 mod selftest;
 mod tune;
@@ -133,6 +134,10 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// CoLT5 conditional computation: the routed layer against its dense reference, per branch.
     Route(route::RouteArgs),
+    /// Ring attention (context parallelism) over P ranks: devices of this process
+    /// (`--devices P`) or processes under mpirun (a build with `--features mpi`); sampled rows
+    /// against the oracle, compute vs communication per step, memory per rank.
+    Ring(ring::RingArgs),
     /// Autotune kernel configurations on this adapter and cache the winners.
     Tune(tune::TuneArgs),
     /// Sentence embeddings from a local BERT model (all-MiniLM-L6-v2) on the GPU kernels;
@@ -162,6 +167,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mask(a) => mask::run(&cli.device, &a),
         Command::Plan(a) => plan::run(&a),
         Command::Route(a) => route::run(&cli.device, &a),
+        Command::Ring(a) => ring::run(&cli.device, &a),
         Command::Tune(a) => tune::run(&cli.device, &a),
         #[cfg(feature = "app")]
         Command::Viz => {

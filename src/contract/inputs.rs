@@ -8,7 +8,13 @@ use crate::contract::spec::AttnSpec;
 /// `len` values in `[-0.5, 0.5)` from a multiplicative hash of the index and `salt`:
 /// identical on every run and cheap at any size (no RNG state).
 pub fn hashed(len: usize, salt: u32) -> Vec<f32> {
-    (0..len)
+    hashed_range(0..len, salt)
+}
+
+/// Elements `range` of [`hashed`]`(…, salt)`: a slice of the same tensor made without the
+/// rest (a ring rank's shard).
+pub fn hashed_range(range: std::ops::Range<usize>, salt: u32) -> Vec<f32> {
+    range
         .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ salt) >> 8) as f32 / (1u32 << 24) as f32 - 0.5)
         .collect()
 }

@@ -4,6 +4,8 @@
 //! through a [`transport::Transport`]: threads with a device each in one process
 //! ([`transport::InProcess`]), or processes under `mpirun` (feature `mpi`).
 
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod plan;
 pub mod ring;
 pub mod transport;

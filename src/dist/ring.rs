@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::contract::inputs::hashed_range;
 use crate::contract::spec::{AttnOutput, AttnSpec};
 use crate::dist::plan::{Plan, Sharding, put_rows, take_rows};
 use crate::dist::transport::{InProcess, Transport};
@@ -48,8 +49,29 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// Rank `r`'s share of the hashed inputs ([`crate::contract::inputs::hashed`] with salts
+    /// 1, 2, 3 for Q, K, V), made without the rest of the tensors.
+    pub fn hashed(plan: &Plan, r: usize) -> Self {
+        let s = plan.spec.shape;
+        let d = s.head_dim;
+        let rows = |salt: u32, heads: usize, len: usize, range: &std::ops::Range<usize>| -> Vec<f32> {
+            (0..s.batch * heads)
+                .flat_map(|bh| hashed_range((bh * len + range.start) * d..(bh * len + range.end) * d, salt))
+                .collect()
+        };
+        let mut out = Self::default();
+        for c in plan.owned(r) {
+            out.q.push(rows(1, s.heads, s.n, &plan.q_chunks[c]));
+            out.k.push(rows(2, s.kv_heads, s.m, &plan.k_chunks[c]));
+            out.v.push(rows(3, s.kv_heads, s.m, &plan.k_chunks[c]));
+        }
+        out
+    }
+}
+
 /// Time and bytes of one ring step on one rank.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct StepStats {
     /// Seconds computing (upload of the block, attention and merges, to the device idle).
     pub compute_s: f64,
@@ -72,6 +94,8 @@ pub struct RankOutput {
     pub steps: Vec<StepStats>,
     /// Device bytes this rank allocated for the ring (chunks, blocks, scratch).
     pub device_bytes: u64,
+    /// Seconds preparing its calls (block maps, pipelines) and buffers before the first step.
+    pub prepare_s: f64,
 }
 
 fn bytes_of(chunks: &[&[f32]]) -> Vec<u8> {
@@ -158,6 +182,7 @@ pub fn forward(gpu: &Gpu, t: &mut dyn Transport, plan: &Plan, shard: &Shard) -> 
         });
     }
     agree(t, plan)?;
+    let prepared = Instant::now();
     let s = plan.spec.shape;
     let d = s.head_dim;
     let mine = plan.owned(r);
@@ -192,6 +217,8 @@ pub fn forward(gpu: &Gpu, t: &mut dyn Transport, plan: &Plan, shard: &Shard) -> 
     bytes += pairs.calls.values().map(|(_, a)| a.scratch_bytes()).sum::<u64>();
 
     let mut block = bytes_of(&shard.k.iter().chain(&shard.v).map(Vec::as_slice).collect::<Vec<_>>());
+    gpu.wait()?;
+    let prepare_s = prepared.elapsed().as_secs_f64();
     let mut steps = Vec::with_capacity(p);
     for step in 0..p {
         let holder = plan.holder_of(r, step);
@@ -238,7 +265,7 @@ pub fn forward(gpu: &Gpu, t: &mut dyn Transport, plan: &Plan, shard: &Shard) -> 
         }
         steps.push(stat);
     }
-    let mut out = RankOutput { steps, device_bytes: bytes, ..Default::default() };
+    let mut out = RankOutput { steps, device_bytes: bytes, prepare_s, ..Default::default() };
     for (qi, &c) in mine.iter().enumerate() {
         let rows = bh * plan.q_chunks[c].len();
         out.o.push(gpu.read(&acc[qi].0, rows * d)?);

@@ -1,0 +1,430 @@
+//! `longctx ring`: ring attention over P ranks — devices of this process (`--devices P`) or
+//! processes under `mpirun` (feature `mpi`). Each rank checks sampled rows against the f64
+//! oracle; rank 0 prints per-step compute against communication, bytes sent against the
+//! model, device memory per rank, and the same problem on one device.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use longctx::contract::inputs::{hashed, hashed_range};
+use longctx::contract::reference::{attention_backward_f64, attention_rows_f64, rel_error};
+use longctx::dist::plan::{Plan, Sharding};
+use longctx::dist::ring::{self, RankOutput, Shard, StepStats};
+use longctx::dist::transport::Transport;
+use longctx::kernels::backward::{Backward, GradTensors};
+use longctx::{Alibi, Attention, AttnSpec, DeviceTensors, Gpu, Kernel, Window};
+use serde::{Deserialize, Serialize};
+
+use super::DeviceArgs;
+use super::bench::parse_size;
+use super::maskargs::{PositionArgs, shape};
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "\
+The sequence is cut into chunks (zigzag for causal: rank r owns chunks r and 2P−1−r, so every
+rank computes the same number of visible pairs); K/V blocks travel around the ring while each
+rank attends its queries to the block it holds (the next transfer overlaps the computation)
+and merges partial outputs by log-sum-exp. Inputs are hashed by index, so each rank makes only
+its own shard.
+
+Examples:
+  longctx ring --devices 4 --n 8k --heads 8 --d 64 --causal
+  mpirun -np 4 longctx ring --n 64k --heads 8 --d 64 --causal     (a build with --features mpi)")]
+pub struct RingArgs {
+    /// Query rows N (k = 1024).
+    #[arg(long, default_value = "4k")]
+    n: String,
+    /// Keys M (default: N).
+    #[arg(long)]
+    m: Option<String>,
+    /// Query heads.
+    #[arg(long, default_value_t = 8)]
+    heads: usize,
+    /// Key/value heads (default: the query heads); only these travel.
+    #[arg(long)]
+    kv_heads: Option<usize>,
+    /// Head dim.
+    #[arg(long, default_value_t = 64)]
+    d: usize,
+    /// Causal mask (global positions).
+    #[arg(long)]
+    causal: bool,
+    /// Local window L,R (global positions).
+    #[arg(long, value_name = "L,R", allow_hyphen_values = true)]
+    window: Option<String>,
+    /// ALiBi biases (global positions).
+    #[arg(long)]
+    alibi: bool,
+    #[command(flatten)]
+    positions: PositionArgs,
+    /// Ranks as devices of this process, one thread each (default 2; under mpirun the MPI
+    /// world is the ring).
+    #[arg(long)]
+    devices: Option<usize>,
+    /// zigzag or contiguous (default: zigzag when causal, else contiguous).
+    #[arg(long)]
+    sharding: Option<String>,
+    /// Also run the backward (dQ, dK, dV) around the ring.
+    #[arg(long)]
+    backward: bool,
+    /// Rows per rank checked against the f64 oracle (0: none; the oracle needs the whole K, V
+    /// on every rank).
+    #[arg(long, default_value_t = 4)]
+    check_rows: usize,
+    /// Skip the same problem on one device.
+    #[arg(long)]
+    no_single: bool,
+    /// Seconds a rank waits for another before it gives up.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+    /// Write the per-rank records as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// What a rank reports to rank 0.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct RankReport {
+    rank: usize,
+    prepare_ms: f64,
+    forward_ms: f64,
+    backward_ms: Option<f64>,
+    steps: Vec<StepStats>,
+    backward_steps: Vec<StepStats>,
+    device_bytes: u64,
+    check_rel_err: Option<f64>,
+    /// Worst of this rank's dQ, dK, dV chunks against the f64 oracle (small problems only).
+    backward_rel_err: Option<f64>,
+}
+
+fn spec_of(a: &RingArgs) -> anyhow::Result<AttnSpec> {
+    let n = parse_size(&a.n)?;
+    let m = a.m.as_deref().map(parse_size).transpose()?.unwrap_or(n);
+    let spec = AttnSpec::new(shape(a.heads, a.kv_heads.unwrap_or(a.heads), n, m, a.d))
+        .causal(a.causal)
+        .window(a.window.as_deref().map(Window::parse).transpose()?)
+        .alibi(if a.alibi { Alibi::Standard } else { Alibi::Off })
+        .positions(a.positions.get()?);
+    spec.validate()?;
+    Ok(spec)
+}
+
+fn plan_of(a: &RingArgs, spec: &AttnSpec, ranks: usize) -> anyhow::Result<Plan> {
+    let sharding = match a.sharding.as_deref() {
+        None => Sharding::for_spec(spec),
+        Some("zigzag") => Sharding::Zigzag,
+        Some("contiguous") => Sharding::Contiguous,
+        Some(x) => bail!("--sharding `{x}`: choose zigzag or contiguous"),
+    };
+    Ok(Plan::new(spec, ranks, sharding)?)
+}
+
+/// One rank's whole job: its shard, the forward (and backward), the check of sampled rows.
+fn rank_job(gpu: &Gpu, t: &mut dyn Transport, plan: &Plan, a: &RingArgs) -> longctx::Result<RankReport> {
+    let r = t.rank();
+    let shard = Shard::hashed(plan, r);
+    let t0 = Instant::now();
+    let fwd = ring::forward(gpu, t, plan, &shard)?;
+    // the ring itself: from the first step to the last (the calls were prepared before)
+    let forward_ms = (t0.elapsed().as_secs_f64() - fwd.prepare_s) * 1e3;
+    let (mut backward_ms, mut backward_steps, mut backward_rel_err) = (None, Vec::new(), None);
+    if a.backward {
+        let s = plan.spec.shape;
+        let d = s.head_dim;
+        // dO: the hashed tensor (salt 4) halved; each rank makes its chunks' rows
+        let half = |x: Vec<f32>| x.into_iter().map(|v| v * 0.5).collect::<Vec<f32>>();
+        let d_o: Vec<Vec<f32>> = plan
+            .owned(r)
+            .into_iter()
+            .map(|c| {
+                let rows = &plan.q_chunks[c];
+                (0..s.batch * s.heads)
+                    .flat_map(|bh| {
+                        half(hashed_range((bh * s.n + rows.start) * d..(bh * s.n + rows.end) * d, 4))
+                    })
+                    .collect()
+            })
+            .collect();
+        let t1 = Instant::now();
+        let g = ring::backward(gpu, t, plan, &shard, &fwd, &d_o)?;
+        backward_ms = Some(t1.elapsed().as_secs_f64() * 1e3);
+        // the whole backward oracle is O(N·M): small problems only
+        if a.check_rows > 0 && (s.n as u64 * s.m as u64 * s.heads as u64) <= 1 << 24 {
+            let (q, k, v) = (hashed(s.q_len(), 1), hashed(s.kv_len(), 2), hashed(s.kv_len(), 3));
+            let (dq, dk, dv) = attention_backward_f64(&plan.spec, &q, &k, &v, &half(hashed(s.q_len(), 4)))?;
+            let pick = |x: &[f64], heads: usize, len: usize, rows: &std::ops::Range<usize>| -> Vec<f64> {
+                (0..s.batch * heads)
+                    .flat_map(|bh| x[(bh * len + rows.start) * d..(bh * len + rows.end) * d].to_vec())
+                    .collect()
+            };
+            let mut worst = 0f64;
+            for (i, c) in plan.owned(r).into_iter().enumerate() {
+                let (qr, kr) = (&plan.q_chunks[c], &plan.k_chunks[c]);
+                worst = worst
+                    .max(rel_error(&g.dq[i], &pick(&dq, s.heads, s.n, qr)))
+                    .max(rel_error(&g.dk[i], &pick(&dk, s.kv_heads, s.m, kr)))
+                    .max(rel_error(&g.dv[i], &pick(&dv, s.kv_heads, s.m, kr)));
+            }
+            backward_rel_err = Some(worst);
+        }
+        backward_steps = g.steps;
+    }
+    let check_rel_err = if a.check_rows > 0 { Some(check(plan, r, &fwd, a.check_rows)?) } else { None };
+    Ok(RankReport {
+        rank: r,
+        prepare_ms: fwd.prepare_s * 1e3,
+        forward_ms,
+        backward_ms,
+        steps: fwd.steps,
+        backward_steps,
+        device_bytes: fwd.device_bytes,
+        check_rel_err,
+        backward_rel_err,
+    })
+}
+
+/// `rows` of rank `r`'s output rows (spread over its chunks and the heads) against the f64
+/// oracle on the whole hashed inputs: the worst relative error of O.
+fn check(plan: &Plan, r: usize, fwd: &RankOutput, rows: usize) -> longctx::Result<f64> {
+    let s = plan.spec.shape;
+    let d = s.head_dim;
+    longctx::runtime::host::check_bytes(
+        "the oracle's whole Q, K and V (--check-rows 0 skips the check)",
+        ((s.q_len() + 2 * s.kv_len()) as u64).saturating_mul(4),
+    )?;
+    let (q, k, v) = (hashed(s.q_len(), 1), hashed(s.kv_len(), 2), hashed(s.kv_len(), 3));
+    let owned = plan.owned(r);
+    let mut picks = Vec::new(); // (flat row, chunk index, local row)
+    for x in 0..rows {
+        let ci = x % owned.len();
+        let chunk = &plan.q_chunks[owned[ci]];
+        let i = chunk.start + (x / owned.len() * 7919 + x * 31) % chunk.len();
+        let bh = (x * 13) % (s.batch * s.heads);
+        picks.push((bh * s.n + i, ci, bh * chunk.len() + (i - chunk.start)));
+    }
+    let want = attention_rows_f64(&plan.spec, &q, &k, &v, &picks.iter().map(|p| p.0).collect::<Vec<_>>())?;
+    let mut got = Vec::new();
+    let mut reference = Vec::new();
+    for (&(_, ci, local), (o_row, _)) in picks.iter().zip(&want) {
+        got.extend_from_slice(&fwd.o[ci][local * d..(local + 1) * d]);
+        reference.extend_from_slice(o_row);
+    }
+    Ok(rel_error(&got, &reference))
+}
+
+/// The same problem on one device: flash forward (and backward), milliseconds (median of 3).
+fn single_device(gpu: &Gpu, spec: &AttnSpec, backward: bool) -> longctx::Result<(f64, Option<f64>)> {
+    let s = spec.shape;
+    let (q, k, v) = (hashed(s.q_len(), 1), hashed(s.kv_len(), 2), hashed(s.kv_len(), 3));
+    let attn = Attention::new(gpu, Kernel::Flash, spec)?;
+    let io = DeviceTensors::upload(gpu, spec, &q, &k, &v)?;
+    let time = |f: &dyn Fn() -> longctx::Result<()>| -> longctx::Result<f64> {
+        f()?; // warm-up
+        let mut ms = Vec::new();
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            f()?;
+            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        ms.sort_by(f64::total_cmp);
+        Ok(ms[1])
+    };
+    let fwd = time(&|| {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        attn.encode(gpu, &mut enc, &io.buffers())?;
+        gpu.queue.submit([enc.finish()]);
+        gpu.wait()
+    })?;
+    let bwd = if backward {
+        let bw = Backward::new(gpu, spec)?;
+        let grads = GradTensors::upload(
+            gpu,
+            spec,
+            &hashed(s.q_len(), 4).iter().map(|x| x * 0.5).collect::<Vec<_>>(),
+        )?;
+        Some(time(&|| {
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            bw.encode(gpu, &mut enc, &grads.buffers(&io))?;
+            gpu.queue.submit([enc.finish()]);
+            gpu.wait()
+        })?)
+    } else {
+        None
+    };
+    Ok((fwd, bwd))
+}
+
+pub fn run(dev: &DeviceArgs, a: &RingArgs) -> anyhow::Result<()> {
+    longctx::io::check_outputs(&a.json.as_deref().into_iter().collect::<Vec<_>>(), &[])?;
+    let spec = spec_of(a)?;
+    if mpi_launched() {
+        return run_mpi(dev, a, &spec);
+    }
+    let ranks = a.devices.unwrap_or(2);
+    if ranks == 0 {
+        bail!("--devices must be at least 1");
+    }
+    let plan = plan_of(a, &spec, ranks)?;
+    let gpus: Vec<Gpu> = (0..ranks)
+        .map(|r| dev.gpu().with_context(|| format!("device for rank {r}")))
+        .collect::<anyhow::Result<_>>()?;
+    let timeout = Duration::from_secs(a.timeout);
+    let results = ring::in_process(&gpus, timeout, |gpu, t| rank_job(gpu, t, &plan, a));
+    let mut reports = Vec::new();
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(x) => reports.push(x),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(ring::is_secondary);
+        return Err(errors.remove(0).into());
+    }
+    report(
+        &gpus[0],
+        a,
+        &plan,
+        &reports,
+        &format!("{ranks} devices of this process ({})", gpus[0].info().name),
+    )
+}
+
+/// Rank 0's table: per rank its steps, bytes and memory, the check, and one device.
+fn report(gpu: &Gpu, a: &RingArgs, plan: &Plan, reports: &[RankReport], how: &str) -> anyhow::Result<()> {
+    let s = plan.spec.shape;
+    println!(
+        "ring attention: P = {} over {how}; {:?} sharding; B={} H={}/{} N={} M={} D={} {}",
+        plan.ranks,
+        plan.sharding,
+        s.batch,
+        s.heads,
+        s.kv_heads,
+        s.n,
+        s.m,
+        s.head_dim,
+        super::maskargs::describe(&plan.spec)
+    );
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "rank",
+        "prepare ms",
+        "forward ms",
+        "compute ms/step",
+        "wait ms/step",
+        "sent MiB (model)",
+        "device MiB",
+        "visible pairs (share)",
+        "backward ms",
+        "rel err (rows)",
+        "grad rel err",
+    ]);
+    let total_pairs: u64 = reports.iter().map(|r| r.steps.iter().map(|x| x.pairs).sum::<u64>()).sum();
+    for r in reports {
+        let n = r.steps.len().max(1) as f64;
+        let compute = r.steps.iter().map(|x| x.compute_s).sum::<f64>() * 1e3 / n;
+        let wait = r.steps.iter().map(|x| x.wait_s).sum::<f64>() * 1e3 / n;
+        let sent: u64 = r.steps.iter().map(|x| x.sent).sum();
+        // the model: K and V of every other rank's block pass through once
+        let model: u64 = (1..plan.ranks)
+            .map(|step| {
+                let holder = plan.holder_of(r.rank, step - 1);
+                plan.owned(holder)
+                    .iter()
+                    .map(|&c| 2 * 4 * plan.chunk_len(plan.k_chunks[c].len(), s.kv_heads) as u64)
+                    .sum::<u64>()
+            })
+            .sum();
+        let pairs: u64 = r.steps.iter().map(|x| x.pairs).sum();
+        table.add_row([
+            r.rank.to_string(),
+            format!("{:.1}", r.prepare_ms),
+            format!("{:.1}", r.forward_ms),
+            format!("{compute:.2}"),
+            format!("{wait:.2}"),
+            format!("{:.2} ({:.2})", mib(sent), mib(model)),
+            format!("{:.1}", mib(r.device_bytes)),
+            format!("{pairs} ({:.1} %)", 100.0 * pairs as f64 / total_pairs.max(1) as f64),
+            r.backward_ms.map_or("—".into(), |x| format!("{x:.1}")),
+            r.check_rel_err.map_or("—".into(), |e| format!("{e:.1e} ({})", a.check_rows)),
+            r.backward_rel_err.map_or("—".into(), |e| format!("{e:.1e}")),
+        ]);
+    }
+    println!("{table}");
+    let far = |e: Option<f64>| e.is_some_and(|e| e.is_nan() || e > 1e-5);
+    if let Some(bad) = reports.iter().find(|r| far(r.check_rel_err) || far(r.backward_rel_err)) {
+        bail!(
+            "rank {}: its output is {:.2e} (forward rows) / {:.2e} (gradients) from the f64 oracle (bound 1e-5)",
+            bad.rank,
+            bad.check_rel_err.unwrap_or(0.0),
+            bad.backward_rel_err.unwrap_or(0.0)
+        );
+    }
+    let ring_ms = reports.iter().map(|r| r.forward_ms).fold(0.0, f64::max);
+    if !a.no_single {
+        match single_device(gpu, &plan.spec, a.backward) {
+            Ok((fwd, bwd)) => {
+                println!(
+                    "one device, same problem: flash forward {fwd:.1} ms (ring: {ring_ms:.1} ms, ×{:.2}){}",
+                    ring_ms / fwd,
+                    bwd.map_or(String::new(), |b| format!("; backward {b:.1} ms"))
+                );
+            }
+            Err(e) => println!("one device, same problem: not run ({e})"),
+        }
+    }
+    if let Some(path) = &a.json {
+        longctx::io::write_atomic(path, serde_json::to_string_pretty(reports)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_launched() -> bool {
+    longctx::dist::mpi::launched()
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_launched() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"].iter().any(|v| std::env::var_os(v).is_some())
+}
+
+#[cfg(not(feature = "mpi"))]
+fn run_mpi(_dev: &DeviceArgs, _a: &RingArgs, _spec: &AttnSpec) -> anyhow::Result<()> {
+    bail!(
+        "started by an MPI launcher, but this longctx was built without MPI: build it with `cargo build --release --features mpi` (or use --devices P for devices of one process)"
+    )
+}
+
+/// Under `mpirun`: this process is one rank. A rank that fails prints its error and ends
+/// the job (MPI_Abort), so no other rank waits for it.
+#[cfg(feature = "mpi")]
+fn run_mpi(dev: &DeviceArgs, a: &RingArgs, spec: &AttnSpec) -> anyhow::Result<()> {
+    use longctx::dist::mpi::Mpi;
+    let mut t = Mpi::init(Duration::from_secs(a.timeout))?;
+    let r = t.rank();
+    let fail = |t: &Mpi, e: &dyn std::fmt::Display| -> ! {
+        eprintln!("error: rank {r}: {e}");
+        t.abort(2)
+    };
+    if a.devices.is_some() {
+        fail(&t, &"--devices is for devices of one process; under mpirun the MPI world is the ring");
+    }
+    let plan = plan_of(a, spec, t.size()).unwrap_or_else(|e| fail(&t, &e));
+    let gpu = dev.gpu().unwrap_or_else(|e| fail(&t, &e));
+    let mine = rank_job(&gpu, &mut t, &plan, a).unwrap_or_else(|e| fail(&t, &e));
+    let bytes = serde_json::to_vec(&mine)?;
+    let Some(all) = t.gather(&bytes).unwrap_or_else(|e| fail(&t, &e)) else { return Ok(()) };
+    let reports: Vec<RankReport> =
+        all.iter().map(|b| serde_json::from_slice(b)).collect::<Result<_, _>>().context("a rank's report")?;
+    let how = format!("{} MPI processes ({})", t.size(), gpu.info().name);
+    if let Err(e) = report(&gpu, a, &plan, &reports, &how) {
+        fail(&t, &e);
+    }
+    Ok(())
+}
