@@ -409,7 +409,14 @@ fn run_mpi(dev: &DeviceArgs, a: &RingArgs, spec: &AttnSpec) -> anyhow::Result<()
     let mut t = Mpi::init(Duration::from_secs(a.timeout))?;
     let r = t.rank();
     let fail = |t: &Mpi, e: &dyn std::fmt::Display| -> ! {
-        eprintln!("error: rank {r}: {e}");
+        // one write per line, so the ranks' lines do not interleave
+        let e = e.to_string();
+        let line = if e.starts_with(&format!("rank {r}:")) {
+            format!("error: {e}\n")
+        } else {
+            format!("error: rank {r}: {e}\n")
+        };
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         t.abort(2)
     };
     if a.devices.is_some() {

@@ -70,7 +70,8 @@ macro_rules! complete {
                 break;
             }
             if t0.elapsed() > $mpi.timeout {
-                eprintln!("error: {}", $mpi.late($what));
+                let line = format!("error: {}\n", $mpi.late($what));
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
                 $mpi.world.abort(3);
             }
             std::thread::sleep(Duration::from_micros(200));
