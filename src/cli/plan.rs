@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use longctx::measure::plan::{ModelShape, Plan, context_cost_ratio};
+use longctx::measure::plan::{Link, ModelShape, Plan, RING_GPUS, RingPlan, context_cost_ratio};
 
 use super::bench::parse_size;
 
@@ -15,9 +15,15 @@ bytes per parameter (ZeRO, Rajbhandari et al. 2020). FLOPs: forward 2·P + 2·L�
 token, training 3× (Kaplan et al. 2020); context cost ratio (d + p·n)/(d + n) (docs/DESIGN.md
 §2). GPU memory from NVIDIA's A100 (2020), H100 (2022) and H200 (2023) datasheets: A100
 40/80 GB, H100 80 GB, H200 141 GB. Sources in the `longctx::measure::plan` module docs.
+Ring attention (--ranks P): weights replicated, the KV cache and activations split by P, two
+K/V blocks of one layer in flight; per step compute 4·(n/P)²·d_attn (halved for causal) at the
+sustained rate against the block's 2·(n/P)·Hkv·hd bytes over NVLink (A100 300, H100/H200 450
+GB/s per direction: half the datasheets' 600 and 900 GB/s) or InfiniBand (HDR 25, NDR 50 GB/s
+per GPU).
 
-Example:
-  longctx plan --preset llama-7b --n 100k --from 2k")]
+Examples:
+  longctx plan --preset llama-7b --n 100k --from 2k
+  longctx plan --ranks 8 --gpu h200 --n 1m")]
 pub struct PlanArgs {
     /// Model preset: llama-7b, llama2-70b, mpt-7b-65k.
     #[arg(long)]
@@ -51,6 +57,22 @@ pub struct PlanArgs {
     /// in NVIDIA's A100 Tensor Core GPU datasheet, 2020).
     #[arg(long, default_value_t = 0.4 * 312.0)]
     tflops: f64,
+    /// Ring attention (context parallelism) over this many GPUs: memory per rank, compute per
+    /// ring step against the K/V transfer, for n and 1M–10M tokens.
+    #[arg(long)]
+    ranks: Option<usize>,
+    /// GPU of the ring: a100, h100, h200.
+    #[arg(long, default_value = "h200", requires = "ranks")]
+    gpu: String,
+    /// Link of the ring: nvlink (inside a node) or ib (InfiniBand between nodes).
+    #[arg(long, default_value = "nvlink", requires = "ranks")]
+    link: String,
+    /// Sustained fraction of the GPU's dense BF16 peak for the ring's compute.
+    #[arg(long, default_value_t = 0.4, requires = "ranks")]
+    efficiency: f64,
+    /// Full (not causal) attention in the ring plan (causal halves each step's work).
+    #[arg(long, requires = "ranks")]
+    bidirectional: bool,
 }
 
 fn gb(b: u64) -> String {
@@ -171,6 +193,74 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<()> {
         "estimated time per training step at {:.0} TFLOP/s: {:.2} s",
         a.tflops,
         p.training_flops_per_step / (a.tflops * 1e12)
+    );
+    if let Some(ranks) = a.ranks {
+        ring(a, &m, n, bytes, ranks)?;
+    }
+    Ok(())
+}
+
+/// `--ranks`: the ring plan at n and at 1M, 2M, 4M, 10M tokens.
+fn ring(a: &PlanArgs, m: &ModelShape, n: usize, bytes: usize, ranks: usize) -> anyhow::Result<()> {
+    let Some(gpu) = RING_GPUS.iter().find(|g| g.name == a.gpu) else {
+        bail!("--gpu `{}`: choose a100, h100 or h200", a.gpu);
+    };
+    let link = match a.link.as_str() {
+        "nvlink" => Link::NvLink,
+        "ib" | "infiniband" => Link::InfiniBand,
+        x => bail!("--link `{x}`: choose nvlink or ib"),
+    };
+    let causal = !a.bidirectional;
+    let mut ns = vec![n, 1 << 20, 2 << 20, 4 << 20, 10 << 20];
+    ns.sort_unstable();
+    ns.dedup();
+    let first = RingPlan::new(m, n, a.batch, bytes, ranks, *gpu, link, a.efficiency, causal)?;
+    println!();
+    println!(
+        "ring attention over {ranks} × {} ({:.0} GB, {:.0} TFLOP/s dense BF16 at {:.0} % = {:.0} TFLOP/s sustained), {} at {:.0} GB/s per direction; {} attention; K/V blocks of one layer per step",
+        gpu.name.to_uppercase(),
+        gpu.memory as f64 / 1e9,
+        gpu.bf16_tflops,
+        a.efficiency * 100.0,
+        gpu.bf16_tflops * a.efficiency,
+        if link == Link::NvLink { "NVLink" } else { "InfiniBand" },
+        first.link_gbps,
+        if causal { "causal (zigzag)" } else { "full" }
+    );
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "n",
+        "tokens/rank",
+        "KV cache/rank",
+        "inference/rank",
+        "fits",
+        "training/rank",
+        "step compute ms",
+        "step transfer ms",
+        "hidden?",
+        "attention per forward s",
+    ]);
+    for &nn in &ns {
+        let r = RingPlan::new(m, nn, a.batch, bytes, ranks, *gpu, link, a.efficiency, causal)?;
+        t.add_row([
+            if nn == n { format!("{nn} (asked)") } else { nn.to_string() },
+            r.tokens_per_rank.to_string(),
+            gb(r.kv_cache),
+            gb(r.inference_per_rank),
+            if r.inference_per_rank <= gpu.memory { "yes".into() } else { "no".into() },
+            gb(r.training_per_rank),
+            format!("{:.2}", r.step_compute_s * 1e3),
+            format!("{:.2}", r.step_transfer_s * 1e3),
+            if r.transfer_hidden() { "yes".into() } else { "no".into() },
+            format!("{:.1}", r.forward_attention_s),
+        ]);
+    }
+    println!("{t}");
+    println!(
+        "a block's transfer hides behind its compute from {} tokens per rank ({} in all over {ranks} ranks); memory per rank falls as 1/P except the replicated weights ({})",
+        first.min_tokens_to_hide,
+        first.min_tokens_to_hide * ranks,
+        gb(first.weights)
     );
     Ok(())
 }

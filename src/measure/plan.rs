@@ -234,6 +234,166 @@ pub fn context_cost_ratio(d: usize, n: usize, pn: usize) -> f64 {
     (d + pn) as f64 / (d + n) as f64
 }
 
+/// A GPU for ring planning: memory, dense BF16 rate and link bandwidth per direction.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct GpuSpec {
+    /// Name (`a100`, `h100`, `h200`).
+    pub name: &'static str,
+    /// Memory, bytes (10⁹ per GB).
+    pub memory: u64,
+    /// Dense BF16 tensor-core peak, TFLOP/s.
+    pub bf16_tflops: f64,
+    /// NVLink bandwidth per direction, GB/s (half the datasheet's total bidirectional figure).
+    pub nvlink_gbps: f64,
+    /// InfiniBand per GPU per direction, GB/s: one HDR 200 Gb/s port per A100, one NDR
+    /// 400 Gb/s port per H100/H200 (as in DGX A100 and DGX H100/H200 systems).
+    pub ib_gbps: f64,
+}
+
+/// The GPUs of [`RingPlan`]: NVIDIA A100 80GB (2020 datasheet: 312 TFLOP/s dense BF16, NVLink
+/// 600 GB/s), H100 SXM (2022: 989 TFLOP/s dense BF16, NVLink 900 GB/s), H200 SXM (2023: 141
+/// GB, 989 TFLOP/s dense BF16, NVLink 900 GB/s); InfiniBand HDR 200 Gb/s and NDR 400 Gb/s
+/// (NVIDIA Quantum and Quantum-2 product briefs) per GPU.
+pub const RING_GPUS: [GpuSpec; 3] = [
+    GpuSpec { name: "a100", memory: 80_000_000_000, bf16_tflops: 312.0, nvlink_gbps: 300.0, ib_gbps: 25.0 },
+    GpuSpec { name: "h100", memory: 80_000_000_000, bf16_tflops: 989.0, nvlink_gbps: 450.0, ib_gbps: 50.0 },
+    GpuSpec { name: "h200", memory: 141_000_000_000, bf16_tflops: 989.0, nvlink_gbps: 450.0, ib_gbps: 50.0 },
+];
+
+/// The link K/V blocks travel over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Link {
+    /// NVLink inside a node.
+    NvLink,
+    /// InfiniBand between nodes.
+    InfiniBand,
+}
+
+/// Ring attention (context parallelism) for a model at context `n` over `ranks` GPUs: memory
+/// per rank, and per ring step (one layer, forward) the attention compute against the K/V
+/// block transfer — whether the transfer hides behind the compute.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RingPlan {
+    /// Ranks P.
+    pub ranks: usize,
+    /// Context, tokens.
+    pub n: usize,
+    /// Tokens each rank holds: ⌈n / P⌉.
+    pub tokens_per_rank: usize,
+    /// The GPU.
+    pub gpu: GpuSpec,
+    /// The link.
+    pub link: Link,
+    /// Its bandwidth per direction, GB/s.
+    pub link_gbps: f64,
+    /// Weights on every rank (context parallelism replicates them), bytes.
+    pub weights: u64,
+    /// KV cache of the rank's tokens, all layers, bytes.
+    pub kv_cache: u64,
+    /// Two K/V blocks of one layer in flight (the one computed on, the one arriving), bytes.
+    pub blocks_in_flight: u64,
+    /// Inference (prefill keeping the cache): weights + KV cache + blocks in flight, bytes.
+    pub inference_per_rank: u64,
+    /// Training: weights, gradients and Adam states (replicated) + the rank's flash
+    /// activations, bytes.
+    pub training_per_rank: u64,
+    /// FLOPs of one ring step of one layer: 4·t²·d_attn·b (t = tokens per rank), halved for
+    /// causal attention (zigzag gives every rank half of each block pair on average).
+    pub step_flops: f64,
+    /// Seconds of that compute at the sustained rate.
+    pub step_compute_s: f64,
+    /// Bytes of one K/V block of one layer: 2·t·Hkv·hd·b·e.
+    pub step_bytes: u64,
+    /// Seconds to send it over the link.
+    pub step_transfer_s: f64,
+    /// Tokens per rank above which a block's transfer hides behind its compute.
+    pub min_tokens_to_hide: usize,
+    /// Attention time of one forward pass through every layer: L·P·max(compute, transfer).
+    pub forward_attention_s: f64,
+}
+
+impl RingPlan {
+    /// Plans ring attention; `efficiency` is the sustained fraction of the GPU's BF16 peak.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: &ModelShape,
+        n: usize,
+        batch: usize,
+        bytes_per_element: usize,
+        ranks: usize,
+        gpu: GpuSpec,
+        link: Link,
+        efficiency: f64,
+        causal: bool,
+    ) -> Result<Self> {
+        if ranks == 0 || n < ranks {
+            return Err(Error::Invalid(format!(
+                "ring over {ranks} ranks needs at least one token per rank (n = {n})"
+            )));
+        }
+        if !(efficiency.is_finite() && efficiency > 0.0 && efficiency <= 1.0) {
+            return Err(Error::Invalid(format!("efficiency {efficiency}: a fraction in (0, 1]")));
+        }
+        let t = n.div_ceil(ranks);
+        let rank = Plan::new(model, t, batch, bytes_per_element)?;
+        let (l, hkv, hd, e, b) = (
+            model.layers as u64,
+            model.kv_heads as u64,
+            model.head_dim as u64,
+            bytes_per_element as u64,
+            batch as u64,
+        );
+        let too_big =
+            || Error::Invalid(format!("ring plan of {} at n = {n}: a size passes 2^64 bytes", model.name));
+        let step_bytes = prod(&[2, t as u64, hkv, hd, b, e]).ok_or_else(too_big)?;
+        let blocks_in_flight = step_bytes.checked_mul(2).ok_or_else(too_big)?;
+        let inference_per_rank = [rank.weights, rank.kv_cache, blocks_in_flight]
+            .into_iter()
+            .try_fold(0u64, |a, x| a.checked_add(x))
+            .ok_or_else(too_big)?;
+        let training_per_rank =
+            rank.training_states.checked_add(rank.activations_flash).ok_or_else(too_big)?;
+        let d_attn = (model.heads * model.head_dim) as f64;
+        let causal_factor = if causal { 0.5 } else { 1.0 };
+        let step_flops = 4.0 * (t as f64).powi(2) * d_attn * batch as f64 * causal_factor;
+        let rate = gpu.bf16_tflops * 1e12 * efficiency;
+        let link_gbps = match link {
+            Link::NvLink => gpu.nvlink_gbps,
+            Link::InfiniBand => gpu.ib_gbps,
+        };
+        let step_compute_s = step_flops / rate;
+        let step_transfer_s = step_bytes as f64 / (link_gbps * 1e9);
+        // compute ∝ t², transfer ∝ t: equal at t* = 2·Hkv·hd·e·rate / (4·d_attn·c·bw)
+        let per_token_bytes = (2 * hkv * hd * e) as f64;
+        let min_tokens_to_hide =
+            (per_token_bytes * rate / (4.0 * d_attn * causal_factor * link_gbps * 1e9)).ceil() as usize;
+        Ok(Self {
+            ranks,
+            n,
+            tokens_per_rank: t,
+            gpu,
+            link,
+            link_gbps,
+            weights: rank.weights,
+            kv_cache: rank.kv_cache,
+            blocks_in_flight,
+            inference_per_rank,
+            training_per_rank,
+            step_flops,
+            step_compute_s,
+            step_bytes,
+            step_transfer_s,
+            min_tokens_to_hide,
+            forward_attention_s: l as f64 * ranks as f64 * step_compute_s.max(step_transfer_s),
+        })
+    }
+
+    /// Whether a block's transfer hides behind its compute.
+    pub fn transfer_hidden(&self) -> bool {
+        self.step_transfer_s <= self.step_compute_s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,5 +424,24 @@ mod tests {
         let huge = ModelShape { layers: usize::MAX, ..m.clone() };
         assert!(huge.params().is_none());
         assert!(Plan::new(&huge, 1, 1, 2).is_err());
+    }
+
+    #[test]
+    fn ring_plans_split_the_cache_and_hide_transfers_at_long_contexts() {
+        let m = ModelShape::preset("llama-7b").unwrap();
+        let h200 = RING_GPUS[2];
+        let one = RingPlan::new(&m, 1 << 20, 1, 2, 1, h200, Link::NvLink, 0.4, true).unwrap();
+        let eight = RingPlan::new(&m, 1 << 20, 1, 2, 8, h200, Link::NvLink, 0.4, true).unwrap();
+        assert_eq!(eight.tokens_per_rank, 1 << 17);
+        assert_eq!(one.kv_cache, 8 * eight.kv_cache);
+        assert!(eight.transfer_hidden() && eight.tokens_per_rank >= eight.min_tokens_to_hide);
+        // at the threshold compute and transfer meet
+        let at =
+            RingPlan::new(&m, 8 * eight.min_tokens_to_hide, 1, 2, 8, h200, Link::NvLink, 0.4, true).unwrap();
+        assert!((at.step_compute_s / at.step_transfer_s - 1.0).abs() < 0.01);
+        // InfiniBand is slower: a longer context per rank is needed to hide it
+        let ib = RingPlan::new(&m, 1 << 20, 1, 2, 8, h200, Link::InfiniBand, 0.4, true).unwrap();
+        assert!(ib.min_tokens_to_hide > eight.min_tokens_to_hide);
+        assert!(RingPlan::new(&m, 4, 1, 2, 8, h200, Link::NvLink, 0.4, true).is_err());
     }
 }
