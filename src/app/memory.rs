@@ -3,7 +3,7 @@
 
 use egui_plot::{HLine, Legend, Line, Plot};
 
-use crate::measure::plan::{GPUS, ModelShape, Plan, context_cost_ratio};
+use crate::measure::plan::{GPUS, Link, ModelShape, Plan, RING_GPUS, RingPlan, context_cost_ratio};
 
 /// The memory panel's inputs.
 pub struct MemoryState {
@@ -11,11 +11,17 @@ pub struct MemoryState {
     pub preset: &'static str,
     /// Context length in K tokens (×1024).
     pub n_k: usize,
+    /// Ranks of the ring-attention plan.
+    pub ranks: usize,
+    /// Its GPU, an index into [`RING_GPUS`].
+    pub gpu: usize,
+    /// Its link.
+    pub link: Link,
 }
 
 impl Default for MemoryState {
     fn default() -> Self {
-        Self { preset: "llama-7b", n_k: 100 }
+        Self { preset: "llama-7b", n_k: 100, ranks: 8, gpu: 2, link: Link::NvLink }
     }
 }
 
@@ -32,7 +38,7 @@ pub fn memory_ui(ui: &mut egui::Ui, st: &mut MemoryState) {
                 ui.selectable_value(&mut st.preset, p, p);
             }
         });
-        ui.add(egui::Slider::new(&mut st.n_k, 1..=256).logarithmic(true).text("context (K tokens)"));
+        ui.add(egui::Slider::new(&mut st.n_k, 1..=10240).logarithmic(true).text("context (K tokens)"));
     });
     let Some(model) = ModelShape::preset(st.preset) else {
         ui.label(format!("unknown model preset `{}`", st.preset));
@@ -77,6 +83,7 @@ pub fn memory_ui(ui: &mut egui::Ui, st: &mut MemoryState) {
             ui.end_row();
         }
     });
+    ring_ui(ui, st, &model, n);
     let ks: Vec<usize> = (0..=9).map(|i| 1usize << i).map(|k| k * 1024).collect(); // 1K … 512K
     let log = |x: f64| x.max(1.0).log10();
     let series = |f: &dyn Fn(&Plan) -> u64| -> Vec<[f64; 2]> {
@@ -113,4 +120,51 @@ pub fn memory_ui(ui: &mut egui::Ui, st: &mut MemoryState) {
                 }
             });
     });
+}
+
+/// Ring attention over `st.ranks` GPUs at context `n` (causal, zigzag, 40 % of the BF16
+/// peak): memory per rank and one ring step's compute against its K/V transfer.
+fn ring_ui(ui: &mut egui::Ui, st: &mut MemoryState, model: &ModelShape, n: usize) {
+    ui.separator();
+    ui.horizontal(|ui| {
+        ui.label("ring attention over");
+        ui.add(egui::Slider::new(&mut st.ranks, 1..=64).logarithmic(true).text("GPUs"));
+        egui::ComboBox::from_id_salt("ring gpu")
+            .selected_text(RING_GPUS[st.gpu].name.to_uppercase())
+            .show_ui(ui, |ui| {
+                for (i, g) in RING_GPUS.iter().enumerate() {
+                    ui.selectable_value(&mut st.gpu, i, g.name.to_uppercase());
+                }
+            });
+        ui.selectable_value(&mut st.link, Link::NvLink, "NVLink");
+        ui.selectable_value(&mut st.link, Link::InfiniBand, "InfiniBand");
+    });
+    let gpu = RING_GPUS[st.gpu];
+    match RingPlan::new(model, n, 1, 2, st.ranks, gpu, st.link, 0.4, true) {
+        Ok(r) => {
+            ui.label(format!(
+                "{} tokens per rank: KV cache {} + weights {} + 2 blocks in flight {} = {} per rank ({} in {}); training {} per rank",
+                r.tokens_per_rank,
+                gb(r.kv_cache),
+                gb(r.weights),
+                gb(r.blocks_in_flight),
+                gb(r.inference_per_rank),
+                if r.inference_per_rank <= gpu.memory { "fits" } else { "does not fit" },
+                gb(gpu.memory),
+                gb(r.training_per_rank)
+            ));
+            ui.label(format!(
+                "one ring step (one layer, causal): compute {:.2} ms at 40 % of {:.0} TFLOP/s, K/V transfer {:.2} ms at {:.0} GB/s: {} (hidden from {} tokens per rank)",
+                r.step_compute_s * 1e3,
+                gpu.bf16_tflops,
+                r.step_transfer_s * 1e3,
+                r.link_gbps,
+                if r.transfer_hidden() { "the transfer hides behind the compute" } else { "the transfer is exposed" },
+                r.min_tokens_to_hide
+            ));
+        }
+        Err(e) => {
+            ui.label(e.to_string());
+        }
+    }
 }
