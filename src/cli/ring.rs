@@ -14,12 +14,12 @@ use longctx::dist::plan::{Plan, Sharding};
 use longctx::dist::ring::{self, RankOutput, Shard, StepStats};
 use longctx::dist::transport::Transport;
 use longctx::kernels::backward::{Backward, GradTensors};
-use longctx::{Alibi, Attention, AttnSpec, DeviceTensors, Gpu, Kernel, Window};
+use longctx::{Alibi, Attention, AttnSpec, DeviceTensors, Gpu, Kernel};
 use serde::{Deserialize, Serialize};
 
 use super::DeviceArgs;
 use super::bench::parse_size;
-use super::maskargs::{PositionArgs, shape};
+use super::maskargs::{MaskArgs, PositionArgs, shape};
 
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_help = "\
@@ -31,7 +31,10 @@ its own shard.
 
 Examples:
   longctx ring --devices 4 --n 8k --heads 8 --d 64 --causal
-  mpirun -np 4 longctx ring --n 64k --heads 8 --d 64 --causal     (a build with --features mpi)")]
+  mpirun -np 4 longctx ring --n 64k --heads 8 --d 64 --causal     (a build with --features mpi)
+
+With a software adapter (lavapipe) add `--bind-to none` to mpirun: Open MPI pins each process
+to one core when it starts two or fewer, and the driver's threads then share that core.")]
 pub struct RingArgs {
     /// Query rows N (k = 1024).
     #[arg(long, default_value = "4k")]
@@ -48,12 +51,10 @@ pub struct RingArgs {
     /// Head dim.
     #[arg(long, default_value_t = 64)]
     d: usize,
-    /// Causal mask (global positions).
-    #[arg(long)]
-    causal: bool,
-    /// Local window L,R (global positions).
-    #[arg(long, value_name = "L,R", allow_hyphen_values = true)]
-    window: Option<String>,
+    /// Masks at global positions: --causal, --window, --global, --segments, --bigbird,
+    /// --block-mask, --pattern (mods are not carried by the ring).
+    #[command(flatten)]
+    mask: MaskArgs,
     /// ALiBi biases (global positions).
     #[arg(long)]
     alibi: bool,
@@ -102,13 +103,11 @@ struct RankReport {
 fn spec_of(a: &RingArgs) -> anyhow::Result<AttnSpec> {
     let n = parse_size(&a.n)?;
     let m = a.m.as_deref().map(parse_size).transpose()?.unwrap_or(n);
-    let spec = AttnSpec::new(shape(a.heads, a.kv_heads.unwrap_or(a.heads), n, m, a.d))
-        .causal(a.causal)
-        .window(a.window.as_deref().map(Window::parse).transpose()?)
-        .alibi(if a.alibi { Alibi::Standard } else { Alibi::Off })
-        .positions(a.positions.get()?);
-    spec.validate()?;
-    Ok(spec)
+    a.mask.apply(
+        AttnSpec::new(shape(a.heads, a.kv_heads.unwrap_or(a.heads), n, m, a.d))
+            .alibi(if a.alibi { Alibi::Standard } else { Alibi::Off })
+            .positions(a.positions.get()?),
+    )
 }
 
 fn plan_of(a: &RingArgs, spec: &AttnSpec, ranks: usize) -> anyhow::Result<Plan> {

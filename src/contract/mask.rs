@@ -288,6 +288,17 @@ pub enum Mask {
     And(Vec<Mask>),
     /// Visible where any member is.
     Or(Vec<Mask>),
+    /// A mask of a longer call seen from a slice of it: query row `i` is the inner mask's row
+    /// `rows + i`, key `j` its key `keys + j` (a ring-attention pair: a Q chunk against a K
+    /// chunk at their global positions). Validated as the whole call's mask.
+    Shifted {
+        /// The whole call's mask.
+        inner: Arc<Mask>,
+        /// Row of the slice's first query in the whole call.
+        rows: usize,
+        /// The slice's first key in the whole call.
+        keys: usize,
+    },
 }
 
 impl Mask {
@@ -345,11 +356,23 @@ impl Mask {
         Ok(Mask::Blocks(Arc::new(bb.grid(m)?)))
     }
 
+    /// `self` (a mask of a whole call) seen from the slice of it whose first query is row
+    /// `rows` and first key is `keys` ([`Mask::Shifted`]).
+    pub fn shifted(self, rows: usize, keys: usize) -> Mask {
+        match self {
+            Mask::Shifted { inner, rows: r, keys: k } => {
+                Mask::Shifted { inner, rows: r + rows, keys: k + keys }
+            }
+            m => Mask::Shifted { inner: Arc::new(m), rows, keys },
+        }
+    }
+
     /// Whether the mask differs between heads.
     pub fn per_head(&self) -> bool {
         match self {
             Mask::Blocks(g) => g.heads > 1,
             Mask::And(v) | Mask::Or(v) => v.iter().any(Mask::per_head),
+            Mask::Shifted { inner, .. } => inner.per_head(),
             _ => false,
         }
     }
@@ -404,7 +427,7 @@ impl Mask {
                 Ok(())
             }
             Mask::And(v) | Mask::Or(v) => v.iter().try_for_each(|m| m.validate(shape)),
-            Mask::Causal | Mask::Global(_) => Ok(()),
+            Mask::Causal | Mask::Global(_) | Mask::Shifted { .. } => Ok(()),
         }
     }
 
@@ -422,6 +445,11 @@ impl Mask {
             Mask::Blocks(g) => g.get(h, i, j, q_offset),
             Mask::And(v) => v.iter().all(|m| m.visible(h, i, j, q_offset)),
             Mask::Or(v) => v.iter().any(|m| m.visible(h, i, j, q_offset)),
+            // the same position: q_offset + i relative to key j is (q_offset + keys − rows) +
+            // (rows + i) relative to key keys + j
+            Mask::Shifted { inner, rows, keys } => {
+                inner.visible(h, i + rows, j + keys, q_offset + *keys as i64 - *rows as i64)
+            }
         }
     }
 
@@ -472,6 +500,12 @@ impl Mask {
             Mask::Or(v) => {
                 v.iter().fold(Coverage::Empty, |acc, m| acc.or(m.coverage(h, rows, keys, q_offset)))
             }
+            Mask::Shifted { inner, rows: r, keys: k } => inner.coverage(
+                h,
+                &(rows.start + r..rows.end + r),
+                &(keys.start + k..keys.end + k),
+                q_offset + *k as i64 - *r as i64,
+            ),
         }
     }
 
@@ -487,6 +521,9 @@ impl Mask {
             Mask::Blocks(g) => g.label.clone(),
             Mask::And(v) => v.iter().map(Mask::describe).collect::<Vec<_>>().join(" & "),
             Mask::Or(v) => format!("({})", v.iter().map(Mask::describe).collect::<Vec<_>>().join(" | ")),
+            Mask::Shifted { inner, rows, keys } => {
+                format!("{} from row {rows}, key {keys}", inner.describe())
+            }
         }
     }
 }
@@ -521,6 +558,43 @@ mod tests {
             Mask::bigbird(&bb, shape.m).unwrap(),
             Mask::block_mask(shape, 4, &[2, shape.n.div_ceil(4), shape.m.div_ceil(4)], &cells).unwrap(),
         ]
+    }
+
+    /// A shifted mask is the whole mask on the slice: every element, and tile coverage
+    /// exactly as the whole mask's on the same tile.
+    #[test]
+    fn shifted_masks_see_the_whole_call_from_a_slice() {
+        let shape = AttnShape { batch: 1, heads: 2, kv_heads: 2, n: 30, m: 37, head_dim: 4 };
+        let q_offset = shape.m as i64 - shape.n as i64;
+        for mask in leaves(&shape) {
+            for (r0, k0) in [(0, 0), (7, 11), (20, 3)] {
+                let part = mask.clone().shifted(r0, k0);
+                // the slice's rows sit at the same positions relative to its first key
+                let q_part = q_offset + r0 as i64 - k0 as i64;
+                for h in 0..2 {
+                    for i in 0..shape.n - r0 {
+                        for j in 0..shape.m - k0 {
+                            assert_eq!(
+                                part.visible(h, i, j, q_part),
+                                mask.visible(h, i + r0, j + k0, q_offset)
+                            );
+                        }
+                    }
+                    let (rows, keys) = (1..5, 2..9);
+                    assert_eq!(
+                        part.coverage(h, &rows, &keys, q_part),
+                        mask.coverage(
+                            h,
+                            &(rows.start + r0..rows.end + r0),
+                            &(keys.start + k0..keys.end + k0),
+                            q_offset
+                        ),
+                        "{}",
+                        part.describe()
+                    );
+                }
+            }
+        }
     }
 
     /// Tile coverage agrees with the element predicate: exact for leaves, and never claims

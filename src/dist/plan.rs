@@ -9,11 +9,13 @@
 //!
 //! At ring step s (0..P) rank r holds the block of rank (r − s) mod P. Each (Q chunk, K
 //! chunk) pair is one attention call at global positions — [`Plan::pair_spec`] sets its query
-//! start so the band, ALiBi and positional encodings see global positions — and a pair with
-//! no visible key under the band (causal, window) is skipped.
+//! start so the band, ALiBi and positional encodings see global positions, and its mask is
+//! the whole call's seen from the pair ([`Mask::shifted`]) — and a pair with no visible key
+//! under the band or the mask is skipped.
 
 use std::ops::Range;
 
+use crate::contract::mask::{Coverage, Mask};
 use crate::contract::spec::AttnSpec;
 use crate::error::{Error, Result};
 
@@ -95,12 +97,9 @@ impl Plan {
         }
         let refuse = |what: &str| {
             Err(Error::Invalid(format!(
-                "ring attention does not carry {what} yet (causal, window, ALiBi, positional encodings and GQA/MQA it does)"
+                "ring attention does not carry {what} yet (causal, windows, sparse masks, ALiBi, positional encodings and GQA/MQA it does)"
             )))
         };
-        if spec.mask.is_some() {
-            return refuse("sparse masks");
-        }
         if spec.mods.is_some() {
             return refuse("mods");
         }
@@ -138,7 +137,14 @@ impl Plan {
         if let Some(p) = &mut spec.positions {
             p.offset += k.start;
         }
-        (spec.band_pairs() > 0).then_some(spec)
+        spec.mask = spec.mask.map(|m| m.shifted(q.start, k.start));
+        // skipped when the band, or the mask in every head, hides the whole pair
+        let heads = if spec.mask.as_ref().is_some_and(Mask::per_head) { spec.shape.heads } else { 1 };
+        let hidden = spec.mask.as_ref().is_some_and(|m| {
+            (0..heads)
+                .all(|h| m.coverage(h, &(0..q.len()), &(0..k.len()), spec.q_offset()) == Coverage::Empty)
+        });
+        (spec.band_pairs() > 0 && !hidden).then_some(spec)
     }
 
     /// Visible (query, key) pairs per head that rank `r` computes over the whole ring: its
