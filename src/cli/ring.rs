@@ -91,6 +91,8 @@ struct RankReport {
     rank: usize,
     prepare_ms: f64,
     forward_ms: f64,
+    /// One block's transfer on its own (not overlapped).
+    transfer_ms: f64,
     backward_ms: Option<f64>,
     steps: Vec<StepStats>,
     backward_steps: Vec<StepStats>,
@@ -127,7 +129,7 @@ fn rank_job(gpu: &Gpu, t: &mut dyn Transport, plan: &Plan, a: &RingArgs) -> long
     let t0 = Instant::now();
     let fwd = ring::forward(gpu, t, plan, &shard)?;
     // the ring itself: from the first step to the last (the calls were prepared before)
-    let forward_ms = (t0.elapsed().as_secs_f64() - fwd.prepare_s) * 1e3;
+    let forward_ms = (t0.elapsed().as_secs_f64() - fwd.prepare_s - fwd.transfer_s) * 1e3;
     let (mut backward_ms, mut backward_steps, mut backward_rel_err) = (None, Vec::new(), None);
     if a.backward {
         let s = plan.spec.shape;
@@ -175,6 +177,7 @@ fn rank_job(gpu: &Gpu, t: &mut dyn Transport, plan: &Plan, a: &RingArgs) -> long
         rank: r,
         prepare_ms: fwd.prepare_s * 1e3,
         forward_ms,
+        transfer_ms: fwd.transfer_s * 1e3,
         backward_ms,
         steps: fwd.steps,
         backward_steps,
@@ -315,6 +318,7 @@ fn report(gpu: &Gpu, a: &RingArgs, plan: &Plan, reports: &[RankReport], how: &st
         "forward ms",
         "compute ms/step",
         "wait ms/step",
+        "block transfer ms",
         "sent MiB (model)",
         "device MiB",
         "visible pairs (share)",
@@ -345,6 +349,7 @@ fn report(gpu: &Gpu, a: &RingArgs, plan: &Plan, reports: &[RankReport], how: &st
             format!("{:.1}", r.forward_ms),
             format!("{compute:.2}"),
             format!("{wait:.2}"),
+            format!("{:.2}", r.transfer_ms),
             format!("{:.2} ({:.2})", mib(sent), mib(model)),
             format!("{:.1}", mib(r.device_bytes)),
             format!("{pairs} ({:.1} %)", 100.0 * pairs as f64 / total_pairs.max(1) as f64),

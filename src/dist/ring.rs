@@ -96,6 +96,9 @@ pub struct RankOutput {
     pub device_bytes: u64,
     /// Seconds preparing its calls (block maps, pipelines) and buffers before the first step.
     pub prepare_s: f64,
+    /// Seconds one block's transfer takes on its own (a shift with nothing to overlap, after
+    /// the ring; 0 for one rank): what the steps' compute hides.
+    pub transfer_s: f64,
 }
 
 fn bytes_of(chunks: &[&[f32]]) -> Vec<u8> {
@@ -265,7 +268,17 @@ pub fn forward(gpu: &Gpu, t: &mut dyn Transport, plan: &Plan, shard: &Shard) -> 
         }
         steps.push(stat);
     }
-    let mut out = RankOutput { steps, device_bytes: bytes, prepare_s, ..Default::default() };
+    // one more shift with nothing to overlap: the bare transfer time of a block (every rank
+    // now holds the block of its next rank and receives its own back)
+    let transfer_s = if p > 1 {
+        let own = block_floats(plan, r).iter().sum::<usize>() * 2 * 4;
+        let t0 = Instant::now();
+        t.shift(&block, own, &mut || Ok(()))?;
+        t0.elapsed().as_secs_f64()
+    } else {
+        0.0
+    };
+    let mut out = RankOutput { steps, device_bytes: bytes, prepare_s, transfer_s, ..Default::default() };
     for (qi, &c) in mine.iter().enumerate() {
         let rows = bh * plan.q_chunks[c].len();
         out.o.push(gpu.read(&acc[qi].0, rows * d)?);

@@ -163,6 +163,23 @@ fn decode(
     Ok(worst)
 }
 
+/// Ring attention over `ranks` ranks sharing this device (threads, an in-process ring):
+/// forward and backward against the oracle of the whole call; worst of O, dQ, dK, dV.
+fn ring(gpu: &Gpu, spec: &AttnSpec, ranks: usize) -> Result<f64> {
+    let (q, k, v) = seeded_qkv(spec, 13);
+    let d_o = seeded(spec.shape.q_len(), 14);
+    let plan = crate::dist::ring::plan(spec, ranks)?;
+    let gpus = vec![gpu.clone(); ranks];
+    let timeout = std::time::Duration::from_secs(120);
+    let (out, g) = crate::dist::ring::ring_backward(&gpus, &plan, &q, &k, &v, &d_o, timeout)?;
+    let (o_ref, _) = attention_f64(spec, &q, &k, &v)?;
+    let (dq, dk, dv) = attention_backward_f64(spec, &q, &k, &v, &d_o)?;
+    Ok(rel_error(&out.o, &o_ref)
+        .max(rel_error(&g.dq, &dq))
+        .max(rel_error(&g.dk, &dk))
+        .max(rel_error(&g.dv, &dv)))
+}
+
 /// The tiled matmul with bias and GELU against `matmul_f64`.
 fn matmul(gpu: &Gpu, act: Activation, tensor_cores: TensorCores) -> Result<f64> {
     let (m, k, n) = (37, 70, 45);
@@ -271,6 +288,21 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
         BOUND,
         Box::new(move |g: &Gpu| decode(g, 4, 2, 32, None, Some(mods()), None)),
     ));
+    // ring attention: zigzag causal with ALiBi and GQA, N not a multiple of the ranks
+    let spec = AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 2, n: 101, m: 101, head_dim: 32 })
+        .causal(true)
+        .alibi(Alibi::Standard);
+    for ranks in [2, 3] {
+        let s = spec.clone();
+        out.push((
+            format!(
+                "ring attention over {ranks} ranks, causal+alibi (zigzag) {} (O, dQ, dK, dV)",
+                shape_of(&spec)
+            ),
+            BOUND,
+            Box::new(move |g: &Gpu| ring(g, &s, ranks)),
+        ));
+    }
     for act in [Activation::None, Activation::Gelu, Activation::GeluErf] {
         out.push((
             format!("matmul 37×70·70×45 + bias, {act:?}"),
