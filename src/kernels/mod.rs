@@ -19,6 +19,7 @@ pub mod peak;
 pub mod positions;
 pub mod ring;
 pub mod route;
+pub mod train;
 
 use crate::contract::blockmap::BlockMap;
 use crate::contract::spec::{AttnOutput, AttnSpec};
@@ -253,6 +254,7 @@ pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
         .chain(pad::variants())
         .chain(positions::variants())
         .chain(ring::variants())
+        .chain(train::variants())
         .chain(matmul::coop_variants())
         .chain(route::variants())
         .chain(layer::variants())

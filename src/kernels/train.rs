@@ -1,0 +1,385 @@
+//! `train`: the backward passes and the optimiser a small transformer needs beside matmul and
+//! attention (`shaders/train.wgsl`): softmax cross-entropy with its gradient, GELU's and
+//! LayerNorm's backward, the embedding gather's gradient, the squared norm of a gradient and
+//! an AdamW step clipped by the global norm on the device (no host round trip). Each kernel
+//! has its f64 oracle here; `tests/train.rs` checks the kernels against them and the oracles
+//! against finite differences of their forward passes.
+
+use crate::error::{Error, Result};
+use crate::runtime::Gpu;
+use crate::runtime::shader::{Binding, Binding::*, Compiled, Shader, ShaderVariant};
+
+const NAME: &str = "train";
+const SOURCE: &str = include_str!("../../shaders/train.wgsl");
+const WORKGROUP: u64 = 64;
+/// llvmpipe stops a loop nest after 65535 iterations: the per-invocation loops (tokens of the
+/// embedding gradient, rows of the LayerNorm parameters, a tensor over 256 lanes) stay below.
+const LOOP_CAP: usize = 65_535;
+
+const fn shader(bindings: &'static [(u32, Binding)]) -> Shader {
+    Shader { stem: NAME, source: SOURCE, bindings }
+}
+
+/// job, logits, targets, dlogits, loss.
+const CROSS_ENTROPY: Shader = shader(&[(0, Uniform), (1, Read), (6, Read), (3, ReadWrite), (4, ReadWrite)]);
+/// job, x, dy, dx.
+const GELU_BACKWARD: Shader = shader(&[(0, Uniform), (1, Read), (2, Read), (3, ReadWrite)]);
+/// job, x, dy, dx, row stats, γ.
+const LAYER_NORM_BACKWARD: Shader =
+    shader(&[(0, Uniform), (1, Read), (2, Read), (3, ReadWrite), (4, ReadWrite), (7, Read)]);
+/// job, x, dy, [dγ, dβ], row stats (in γ's binding).
+const LAYER_NORM_PARAMS: Shader = shader(&[(0, Uniform), (1, Read), (2, Read), (3, ReadWrite), (7, Read)]);
+/// job, x, norms.
+const SUM_SQUARES: Shader = shader(&[(0, Uniform), (1, Read), (3, ReadWrite)]);
+/// job, gradient, norms, parameter, m, v.
+const ADAMW: Shader =
+    shader(&[(0, Uniform), (1, Read), (2, Read), (3, ReadWrite), (4, ReadWrite), (5, ReadWrite)]);
+/// job, dx, token ids, dE.
+const EMBEDDING_BACKWARD: Shader = shader(&[(0, Uniform), (1, Read), (6, Read), (3, ReadWrite)]);
+
+const ENTRIES: [(Shader, &str); 7] = [
+    (CROSS_ENTROPY, "cross_entropy"),
+    (GELU_BACKWARD, "gelu_backward"),
+    (LAYER_NORM_BACKWARD, "layer_norm_backward"),
+    (LAYER_NORM_PARAMS, "layer_norm_params"),
+    (SUM_SQUARES, "sum_squares"),
+    (ADAMW, "adamw"),
+    (EMBEDDING_BACKWARD, "embedding_backward"),
+];
+
+/// Every variant (one per entry).
+pub fn variants() -> Vec<ShaderVariant> {
+    ENTRIES.iter().map(|(s, e)| s.variant(e, &[], vec![])).collect()
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Job {
+    n: u32,
+    d: u32,
+    groups_x: u32,
+    slot: u32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    max_norm: f32,
+    c1: f32,
+    c2: f32,
+    scale: f32,
+    pad: [f32; 3],
+}
+
+/// AdamW's settings for one step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    /// Learning rate of this step.
+    pub lr: f32,
+    /// First-moment decay β1.
+    pub beta1: f32,
+    /// Second-moment decay β2.
+    pub beta2: f32,
+    /// ε in the denominator.
+    pub eps: f32,
+    /// Decoupled weight decay λ (`p ← p − lr·λ·p`).
+    pub weight_decay: f32,
+    /// Clip the global gradient norm to this (0: no clipping).
+    pub max_norm: f32,
+    /// Step number t, from 1 (bias correction).
+    pub step: u32,
+}
+
+impl Default for AdamW {
+    fn default() -> Self {
+        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, max_norm: 1.0, step: 1 }
+    }
+}
+
+/// The compiled kernels for one device. Each method records one pass into `encoder`.
+pub struct Train {
+    kernels: Vec<Compiled>,
+}
+
+impl Train {
+    /// Compiles every entry.
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        Ok(Self { kernels: variants().iter().map(|v| gpu.compile(v)).collect::<Result<_>>()? })
+    }
+
+    fn run(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        entry: usize,
+        job: Job,
+        threads: u64,
+        bufs: &[&wgpu::Buffer],
+    ) -> Result<()> {
+        let groups = threads.div_ceil(WORKGROUP).max(1);
+        let max_x = gpu.limits().max_compute_workgroups_per_dimension as u64;
+        let (gx, gy) = if entry == 4 { (1, 1) } else { (groups.min(max_x), groups.div_ceil(max_x)) };
+        gpu.check_dispatch(NAME, [gx, gy, 1])?;
+        let job = gpu.uniform("train job", &Job { groups_x: gx as u32, ..job });
+        let mut all = vec![&job];
+        all.extend_from_slice(bufs);
+        let kernel = &self.kernels[entry];
+        let bind = kernel.bind(gpu, &all);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(ENTRIES[entry].1),
+            timestamp_writes: None,
+        });
+        kernel.dispatch(&mut pass, &bind, [gx as u32, gy as u32, 1]);
+        Ok(())
+    }
+
+    /// Loss per row (`loss`, `[rows]`) and `dlogits` = (softmax − onehot)·`scale` of `logits`
+    /// `[rows, vocab]` against `targets` (a target ≥ vocab: the row does not count).
+    #[allow(clippy::too_many_arguments)]
+    pub fn cross_entropy(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        logits: &wgpu::Buffer,
+        targets: &wgpu::Buffer,
+        dlogits: &wgpu::Buffer,
+        loss: &wgpu::Buffer,
+        rows: usize,
+        vocab: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let job = Job { n: rows as u32, d: vocab as u32, scale, ..Job::default() };
+        self.run(gpu, encoder, 0, job, rows as u64, &[logits, targets, dlogits, loss])
+    }
+
+    /// `dx` = `dy`·GELU'(`x`) over `n` elements (GELU's tanh form).
+    pub fn gelu_backward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        dy: &wgpu::Buffer,
+        dx: &wgpu::Buffer,
+        n: usize,
+    ) -> Result<()> {
+        self.run(gpu, encoder, 1, Job { n: n as u32, ..Job::default() }, n as u64, &[x, dy, dx])
+    }
+
+    /// LayerNorm's backward for `x` `[rows, d]` (y = γ ⊙ x̂ + β, `eps`): `dx`, and dγ, dβ into
+    /// `dgamma_beta` (`[2, d]`); `stats` (`[rows, 2]` floats) is scratch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_norm_backward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        dy: &wgpu::Buffer,
+        gamma: &wgpu::Buffer,
+        dx: &wgpu::Buffer,
+        dgamma_beta: &wgpu::Buffer,
+        stats: &wgpu::Buffer,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()> {
+        if rows > LOOP_CAP {
+            return Err(Error::OutOfRange {
+                what: "LayerNorm backward rows (one loop per column)".into(),
+                value: rows as u64,
+                min: 1,
+                max: LOOP_CAP as u64,
+            });
+        }
+        let job = Job { n: rows as u32, d: d as u32, eps, ..Job::default() };
+        self.run(gpu, encoder, 2, job, rows as u64, &[x, dy, dx, stats, gamma])?;
+        self.run(gpu, encoder, 3, job, d as u64, &[x, dy, dgamma_beta, stats])
+    }
+
+    /// Σ x² of `x` (`n` floats) into `norms[slot]`.
+    pub fn sum_squares(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        norms: &wgpu::Buffer,
+        n: usize,
+        slot: usize,
+    ) -> Result<()> {
+        if n.div_ceil(256) > LOOP_CAP {
+            return Err(Error::OutOfRange {
+                what: "floats in one squared norm (256 lanes)".into(),
+                value: n as u64,
+                min: 1,
+                max: (LOOP_CAP * 256) as u64,
+            });
+        }
+        self.run(gpu, encoder, 4, Job { n: n as u32, slot: slot as u32, ..Job::default() }, 256, &[x, norms])
+    }
+
+    /// One AdamW step on `param` (`n` floats) with moments `m`, `v`, its gradient `grad`
+    /// scaled by min(1, max_norm/‖g‖) where ‖g‖² is the sum of the first `slots` of `norms`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        param: &wgpu::Buffer,
+        grad: &wgpu::Buffer,
+        m: &wgpu::Buffer,
+        v: &wgpu::Buffer,
+        norms: &wgpu::Buffer,
+        slots: usize,
+        n: usize,
+        o: &AdamW,
+    ) -> Result<()> {
+        if o.step == 0 {
+            return Err(Error::Invalid("AdamW steps count from 1".into()));
+        }
+        let job = Job {
+            n: n as u32,
+            slot: slots as u32,
+            lr: o.lr,
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            weight_decay: o.weight_decay,
+            max_norm: o.max_norm,
+            c1: (1.0 / (1.0 - (o.beta1 as f64).powi(o.step as i32))) as f32,
+            c2: (1.0 / (1.0 - (o.beta2 as f64).powi(o.step as i32))) as f32,
+            ..Job::default()
+        };
+        self.run(gpu, encoder, 5, job, n as u64, &[grad, norms, param, m, v])
+    }
+
+    /// `de[v]` += Σ over tokens t with `ids[t] == v` of `dx[t]`: `dx` `[tokens, d]`, `de`
+    /// `[vocab, d]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn embedding_backward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        dx: &wgpu::Buffer,
+        ids: &wgpu::Buffer,
+        de: &wgpu::Buffer,
+        tokens: usize,
+        vocab: usize,
+        d: usize,
+    ) -> Result<()> {
+        if tokens > LOOP_CAP {
+            return Err(Error::OutOfRange {
+                what: "tokens in one embedding gradient (one loop per entry)".into(),
+                value: tokens as u64,
+                min: 1,
+                max: LOOP_CAP as u64,
+            });
+        }
+        let job = Job { n: tokens as u32, d: d as u32, slot: vocab as u32, ..Job::default() };
+        self.run(gpu, encoder, 6, job, (vocab * d) as u64, &[dx, ids, de])
+    }
+}
+
+/// Cross-entropy in f64: per-row loss and (softmax − onehot)·scale (rows with a target ≥
+/// vocab: zeros).
+pub fn cross_entropy_f64(logits: &[f32], targets: &[u32], vocab: usize, scale: f64) -> (Vec<f64>, Vec<f64>) {
+    let mut loss = vec![0f64; targets.len()];
+    let mut grad = vec![0f64; logits.len()];
+    for (r, &t) in targets.iter().enumerate() {
+        if t as usize >= vocab {
+            continue;
+        }
+        let row = &logits[r * vocab..(r + 1) * vocab];
+        let m = row.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x as f64));
+        let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+        loss[r] = lse - row[t as usize] as f64;
+        for (v, &x) in row.iter().enumerate() {
+            grad[r * vocab + v] = ((x as f64 - lse).exp() - if v == t as usize { 1.0 } else { 0.0 }) * scale;
+        }
+    }
+    (loss, grad)
+}
+
+/// GELU (tanh form) and its derivative in f64.
+pub fn gelu_f64(x: f64) -> (f64, f64) {
+    let k = 0.7978845608028654;
+    let u = k * (x + 0.044715 * x * x * x);
+    let t = u.tanh();
+    (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x))
+}
+
+/// LayerNorm y = γ ⊙ (x − μ)/√(σ² + eps) + β of `x` `[rows, d]` in f64.
+pub fn layer_norm_f64(x: &[f64], gamma: &[f64], beta: &[f64], d: usize, eps: f64) -> Vec<f64> {
+    x.chunks_exact(d)
+        .flat_map(|row| {
+            let mean = row.iter().sum::<f64>() / d as f64;
+            let rstd = 1.0 / (row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64 + eps).sqrt();
+            row.iter()
+                .enumerate()
+                .map(move |(e, v)| (v - mean) * rstd * gamma[e] + beta[e])
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// LayerNorm's backward in f64: (dx, dγ, dβ).
+pub fn layer_norm_backward_f64(
+    x: &[f64],
+    dy: &[f64],
+    gamma: &[f64],
+    d: usize,
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut dx = vec![0f64; x.len()];
+    let (mut dg, mut db) = (vec![0f64; d], vec![0f64; d]);
+    for (r, row) in x.chunks_exact(d).enumerate() {
+        let mean = row.iter().sum::<f64>() / d as f64;
+        let rstd = 1.0 / (row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64 + eps).sqrt();
+        let xh: Vec<f64> = row.iter().map(|v| (v - mean) * rstd).collect();
+        let g: Vec<f64> = (0..d).map(|e| dy[r * d + e] * gamma[e]).collect();
+        let mean_g = g.iter().sum::<f64>() / d as f64;
+        let mean_gx = g.iter().zip(&xh).map(|(a, b)| a * b).sum::<f64>() / d as f64;
+        for e in 0..d {
+            dx[r * d + e] = rstd * (g[e] - mean_g - xh[e] * mean_gx);
+            dg[e] += dy[r * d + e] * xh[e];
+            db[e] += dy[r * d + e];
+        }
+    }
+    (dx, dg, db)
+}
+
+/// One AdamW step in f64 on (param, m, v) with gradient `grad` clipped by the global norm
+/// `norm`; returns the new (param, m, v).
+pub fn adamw_f64(
+    param: &[f64],
+    grad: &[f64],
+    m: &[f64],
+    v: &[f64],
+    norm: f64,
+    o: &AdamW,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (b1, b2) = (o.beta1 as f64, o.beta2 as f64);
+    let clip = if o.max_norm > 0.0 && norm > o.max_norm as f64 { o.max_norm as f64 / norm } else { 1.0 };
+    let (c1, c2) = (1.0 / (1.0 - b1.powi(o.step as i32)), 1.0 / (1.0 - b2.powi(o.step as i32)));
+    let mut out = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..param.len() {
+        let g = grad[i] * clip;
+        let mi = b1 * m[i] + (1.0 - b1) * g;
+        let vi = b2 * v[i] + (1.0 - b2) * g * g;
+        let mut p = param[i] * (1.0 - o.lr as f64 * o.weight_decay as f64);
+        p -= o.lr as f64 * mi * c1 / ((vi * c2).sqrt() + o.eps as f64);
+        out.0.push(p);
+        out.1.push(mi);
+        out.2.push(vi);
+    }
+    out
+}
+
+/// The embedding gather's gradient in f64: dE `[vocab, d]` = Σ over tokens of dx rows.
+pub fn embedding_backward_f64(dx: &[f32], ids: &[u32], vocab: usize, d: usize) -> Vec<f64> {
+    let mut de = vec![0f64; vocab * d];
+    for (t, &id) in ids.iter().enumerate() {
+        for c in 0..d {
+            de[id as usize * d + c] += dx[t * d + c] as f64;
+        }
+    }
+    de
+}
