@@ -10,7 +10,7 @@
 use crate::contract::mask::Mask;
 use crate::contract::mods::Mods;
 use crate::contract::positions::Positions;
-pub use crate::contract::shape::{AttnShape, UNBOUNDED, Window, alibi_slopes};
+pub use crate::contract::shape::{AttnShape, UNBOUNDED, Window, alibi_slope, alibi_slopes};
 use crate::error::{Error, Result};
 
 /// Per-head linear distance penalties (ALiBi).

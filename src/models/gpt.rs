@@ -1,0 +1,317 @@
+//! A small decoder-only transformer (GPT-2's layout, byte-level) for issue 20's
+//! train-short-test-long experiment: token embedding tied with the output head, pre-LayerNorm
+//! blocks (causal attention, a GELU FFN), a final LayerNorm; four positional schemes that
+//! differ in nothing else — none, sinusoidal embeddings added to the input, RoPE on queries
+//! and keys, ALiBi biases.
+//!
+//! Here: the configuration, the parameters as one flat tensor with named slices (what a
+//! checkpoint stores), and the f64 forward pass with its next-token loss — the oracle the
+//! GPU model's gradients are checked against by finite differences.
+
+use crate::contract::positions::Positions;
+use crate::contract::spec::alibi_slope;
+use crate::error::{Error, Result};
+use crate::kernels::train::{gelu_f64, layer_norm_f64};
+
+/// How positions enter the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PosScheme {
+    /// No positional information (causal masking alone).
+    None,
+    /// Sinusoidal embeddings (θ = 10000) added to the token embeddings.
+    Sinusoidal,
+    /// Rotary positions (half-split pairs, θ = 10000) on queries and keys.
+    Rope,
+    /// ALiBi's per-head linear biases.
+    Alibi,
+}
+
+impl PosScheme {
+    /// Parses `none`, `sinusoidal`, `rope` or `alibi`.
+    pub fn parse(text: &str) -> Result<Self> {
+        Ok(match text {
+            "none" => PosScheme::None,
+            "sinusoidal" => PosScheme::Sinusoidal,
+            "rope" => PosScheme::Rope,
+            "alibi" => PosScheme::Alibi,
+            x => {
+                return Err(Error::Invalid(format!(
+                    "positional scheme `{x}`: choose none, sinusoidal, rope or alibi"
+                )));
+            }
+        })
+    }
+}
+
+/// The model's sizes.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GptConfig {
+    /// Vocabulary (256: bytes).
+    pub vocab: usize,
+    /// Width d.
+    pub d_model: usize,
+    /// Attention heads (d_model % heads == 0).
+    pub heads: usize,
+    /// Blocks.
+    pub layers: usize,
+    /// FFN width (4·d in GPT-2).
+    pub ffn: usize,
+    /// Positional scheme.
+    pub pos: PosScheme,
+}
+
+/// LayerNorm's ε (GPT-2's).
+pub const LN_EPS: f64 = 1e-5;
+
+impl GptConfig {
+    /// A byte-level model of width `d_model`, `heads` heads, `layers` blocks, FFN 4·d.
+    pub fn bytes(d_model: usize, heads: usize, layers: usize, pos: PosScheme) -> Self {
+        Self { vocab: 256, d_model, heads, layers, ffn: 4 * d_model, pos }
+    }
+
+    /// Checks the sizes.
+    pub fn validate(&self) -> Result<()> {
+        let ok = self.vocab > 0 && self.d_model > 0 && self.heads > 0 && self.layers > 0 && self.ffn > 0;
+        let hd = self.d_model / self.heads.max(1);
+        if !ok
+            || !self.d_model.is_multiple_of(self.heads)
+            || (self.pos == PosScheme::Rope && !hd.is_multiple_of(2))
+        {
+            return Err(Error::Invalid(format!(
+                "model {self:?}: sizes must be positive, d_model a multiple of heads (and the head dim even for RoPE)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The parameters' names and shapes, in storage order.
+    pub fn shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (d, f) = (self.d_model, self.ffn);
+        let mut out = vec![("wte".to_string(), vec![self.vocab, d])];
+        for l in 0..self.layers {
+            let p = |n: &str| format!("h{l}.{n}");
+            out.extend([
+                (p("ln1.g"), vec![d]),
+                (p("ln1.b"), vec![d]),
+                (p("attn.w_qkv"), vec![d, 3 * d]),
+                (p("attn.b_qkv"), vec![3 * d]),
+                (p("attn.w_o"), vec![d, d]),
+                (p("attn.b_o"), vec![d]),
+                (p("ln2.g"), vec![d]),
+                (p("ln2.b"), vec![d]),
+                (p("ffn.w1"), vec![d, f]),
+                (p("ffn.b1"), vec![f]),
+                (p("ffn.w2"), vec![f, d]),
+                (p("ffn.b2"), vec![d]),
+            ]);
+        }
+        out.extend([("lnf.g".to_string(), vec![d]), ("lnf.b".to_string(), vec![d])]);
+        out
+    }
+
+    /// Parameters in all.
+    pub fn params(&self) -> usize {
+        self.shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+    }
+}
+
+/// The parameters as one flat tensor with named slices.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params {
+    /// The sizes.
+    pub config: GptConfig,
+    /// Every parameter, in [`GptConfig::shapes`] order.
+    pub data: Vec<f32>,
+}
+
+impl Params {
+    /// GPT-2's initialisation from `seed`: weights normal(0, 0.02) (the residual projections
+    /// scaled by 1/√(2·layers)), biases 0, LayerNorm γ = 1 and β = 0.
+    pub fn init(config: GptConfig, seed: u64) -> Result<Self> {
+        use rand::{Rng, SeedableRng};
+        config.validate()?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut normal = |std: f64| -> f32 {
+            // Box–Muller from two uniforms
+            let (u1, u2): (f64, f64) = (rng.random_range(f64::EPSILON..1.0), rng.random_range(0.0..1.0));
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
+        };
+        let residual = 0.02 / (2.0 * config.layers as f64).sqrt();
+        let mut data = Vec::with_capacity(config.params());
+        for (name, shape) in config.shapes() {
+            let n: usize = shape.iter().product();
+            let fill: Box<dyn FnMut() -> f32> = if name.ends_with(".g") {
+                Box::new(|| 1.0)
+            } else if shape.len() == 1 {
+                Box::new(|| 0.0)
+            } else if name.ends_with("w_o") || name.ends_with("w2") {
+                Box::new(|| normal(residual))
+            } else {
+                Box::new(|| normal(0.02))
+            };
+            let mut fill = fill;
+            data.extend((0..n).map(|_| fill()));
+        }
+        Ok(Self { config, data })
+    }
+
+    /// The slice of parameter `name` in `data` (or any tensor laid out like it).
+    pub fn range(config: &GptConfig, name: &str) -> Option<std::ops::Range<usize>> {
+        let mut at = 0;
+        for (n, shape) in config.shapes() {
+            let len: usize = shape.iter().product();
+            if n == name {
+                return Some(at..at + len);
+            }
+            at += len;
+        }
+        None
+    }
+}
+
+/// `x` `[rows, k]` · `w` `[k, n]` + `b` in f64.
+fn linear(x: &[f64], w: &[f64], b: &[f64], k: usize, n: usize) -> Vec<f64> {
+    x.chunks_exact(k)
+        .flat_map(|row| {
+            (0..n).map(move |j| b[j] + row.iter().enumerate().map(|(i, &v)| v * w[i * n + j]).sum::<f64>())
+        })
+        .collect()
+}
+
+/// The mean next-token loss of `tokens` (`batch` sequences of `len + 1` ids: inputs and
+/// shifted targets) under parameters `p` (f64, [`GptConfig::shapes`] order): the f64 oracle.
+pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> Result<f64> {
+    config.validate()?;
+    if p.len() != config.params()
+        || batch == 0
+        || !tokens.len().is_multiple_of(batch)
+        || tokens.len() / batch < 2
+    {
+        return Err(Error::Invalid(format!(
+            "oracle: {} parameters (want {}), {} tokens in {batch} sequences of at least 2",
+            p.len(),
+            config.params(),
+            tokens.len()
+        )));
+    }
+    let get = |name: &str| &p[Params::range(config, name).expect("known parameter")];
+    let (d, h, f, v) = (config.d_model, config.heads, config.ffn, config.vocab);
+    let hd = d / h;
+    let t = tokens.len() / batch - 1;
+    let mut total = 0f64;
+    let rope = Positions::rope(10000.0);
+    let sinus = Positions::sinusoidal();
+    for seq in tokens.chunks_exact(t + 1) {
+        if let Some(&bad) = seq.iter().find(|&&x| x as usize >= v) {
+            return Err(Error::Invalid(format!("token {bad} is outside the vocabulary of {v}")));
+        }
+        // embeddings (+ sinusoidal positions)
+        let wte = get("wte");
+        let mut x: Vec<f64> =
+            seq[..t].iter().flat_map(|&id| wte[id as usize * d..(id as usize + 1) * d].to_vec()).collect();
+        if config.pos == PosScheme::Sinusoidal {
+            for (i, row) in x.chunks_exact_mut(d).enumerate() {
+                sinus.apply(row, i as i64);
+            }
+        }
+        for l in 0..config.layers {
+            let n = |name: &str| get(&format!("h{l}.{name}"));
+            let a = layer_norm_f64(&x, n("ln1.g"), n("ln1.b"), d, LN_EPS);
+            let qkv = linear(&a, n("attn.w_qkv"), n("attn.b_qkv"), d, 3 * d);
+            let mut att = vec![0f64; t * d];
+            for head in 0..h {
+                let col = |r: usize, part: usize| -> Vec<f64> {
+                    qkv[r * 3 * d + part * d + head * hd..r * 3 * d + part * d + (head + 1) * hd].to_vec()
+                };
+                let (mut q, mut k): (Vec<Vec<f64>>, Vec<Vec<f64>>) =
+                    ((0..t).map(|r| col(r, 0)).collect(), (0..t).map(|r| col(r, 1)).collect());
+                if config.pos == PosScheme::Rope {
+                    for (i, (qi, ki)) in q.iter_mut().zip(&mut k).enumerate() {
+                        rope.apply(qi, i as i64);
+                        rope.apply(ki, i as i64);
+                    }
+                }
+                let slope = if config.pos == PosScheme::Alibi { alibi_slope(h, head) as f64 } else { 0.0 };
+                let scale = 1.0 / (hd as f64).sqrt();
+                for i in 0..t {
+                    let s: Vec<f64> = (0..=i)
+                        .map(|j| {
+                            scale * q[i].iter().zip(&k[j]).map(|(a, b)| a * b).sum::<f64>()
+                                - slope * (i - j) as f64
+                        })
+                        .collect();
+                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                    for (j, sj) in s.iter().enumerate() {
+                        let w = (sj - m).exp() / z;
+                        let vj = col(j, 2);
+                        for e in 0..hd {
+                            att[i * d + head * hd + e] += w * vj[e];
+                        }
+                    }
+                }
+            }
+            let o = linear(&att, n("attn.w_o"), n("attn.b_o"), d, d);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let a = layer_norm_f64(&x, n("ln2.g"), n("ln2.b"), d, LN_EPS);
+            let hidden: Vec<f64> =
+                linear(&a, n("ffn.w1"), n("ffn.b1"), d, f).into_iter().map(|u| gelu_f64(u).0).collect();
+            let o = linear(&hidden, n("ffn.w2"), n("ffn.b2"), f, d);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        }
+        let xf = layer_norm_f64(&x, get("lnf.g"), get("lnf.b"), d, LN_EPS);
+        // the tied head, logits = x · wteᵀ, and the cross-entropy against the next byte
+        let wte = get("wte");
+        for (row, &target) in xf.chunks_exact(d).zip(&seq[1..]) {
+            let logits: Vec<f64> = (0..v)
+                .map(|id| row.iter().zip(&wte[id * d..(id + 1) * d]).map(|(a, b)| a * b).sum())
+                .collect();
+            let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + logits.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            total += lse - logits[target as usize];
+        }
+    }
+    Ok(total / (batch * t) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_laid_out_and_initialised_as_gpt2() {
+        let c = GptConfig::bytes(32, 4, 2, PosScheme::Alibi);
+        // wte + per layer (2·LN + qkv + o + 2·LN + two FFN matrices, with biases) + final LN
+        let per_layer = 2 * 32 + 32 * 96 + 96 + 32 * 32 + 32 + 2 * 32 + 32 * 128 + 128 + 128 * 32 + 32;
+        assert_eq!(c.params(), 256 * 32 + 2 * per_layer + 2 * 32);
+        let p = Params::init(c, 1).unwrap();
+        assert_eq!(p.data.len(), c.params());
+        let g = &p.data[Params::range(&c, "h1.ln2.g").unwrap()];
+        assert!(g.iter().all(|&x| x == 1.0));
+        let w = &p.data[Params::range(&c, "h0.ffn.w1").unwrap()];
+        let std = (w.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
+        assert!((std - 0.02).abs() < 0.002, "std {std}");
+        assert!(GptConfig::bytes(30, 4, 1, PosScheme::None).validate().is_err());
+        assert!(GptConfig::bytes(12, 4, 1, PosScheme::Rope).validate().is_err()); // head dim 3
+    }
+
+    #[test]
+    fn the_oracle_starts_near_uniform_and_sees_positions() {
+        // a fresh model predicts about uniformly: loss ≈ ln 256
+        let tokens: Vec<u32> =
+            b"In the beginning God created the heaven and the earth.".iter().map(|&b| b as u32).collect();
+        let mut losses = Vec::new();
+        for pos in [PosScheme::None, PosScheme::Sinusoidal, PosScheme::Rope, PosScheme::Alibi] {
+            let c = GptConfig::bytes(16, 2, 1, pos);
+            let p: Vec<f64> = Params::init(c, 3).unwrap().data.iter().map(|&x| x as f64).collect();
+            let loss = loss_f64(&c, &p, &tokens, 1).unwrap();
+            assert!((loss - 256f64.ln()).abs() < 0.2, "{pos:?}: {loss}");
+            losses.push(loss);
+        }
+        // the schemes differ (positions enter the model)
+        for i in 1..4 {
+            assert!((losses[i] - losses[0]).abs() > 1e-9, "{losses:?}");
+        }
+        assert!(loss_f64(&GptConfig::bytes(16, 2, 1, PosScheme::None), &[0.0], &tokens, 1).is_err());
+    }
+}
