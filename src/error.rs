@@ -274,10 +274,20 @@ pub enum Error {
         message: String,
     },
 
-    /// One rank of a ring (`dist`) failed, or saw another fail: a neighbour gone or silent
-    /// past the timeout, arguments that differ between ranks.
+    /// One rank of a ring (`dist`) failed: arguments that differ between ranks, a message of
+    /// the wrong length, a panic.
     #[error("rank {rank}: {message}")]
     Rank {
+        /// The rank reporting.
+        rank: usize,
+        /// What it saw.
+        message: String,
+    },
+
+    /// A rank of a ring saw another one fail: a neighbour gone, or silent past the timeout
+    /// (the consequence of another rank's error, not a cause).
+    #[error("rank {rank}: {message}")]
+    Peer {
         /// The rank reporting.
         rank: usize,
         /// What it saw.

@@ -22,6 +22,14 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// The last cell of the first table row of `text` that contains `marker`, as a number (the
+/// rel err column of `decode`).
+fn last_cell(text: &str, marker: &str) -> f64 {
+    let row =
+        text.lines().find(|l| l.contains(marker)).unwrap_or_else(|| panic!("no row with {marker}:\n{text}"));
+    row.split('┆').next_back().unwrap().trim_end_matches('│').trim().parse().unwrap()
+}
+
 /// Writes Q [h,n,d] and K, V [hkv,m,d] with random values; returns their paths.
 fn trio(dir: &Path, h: usize, hkv: usize, n: usize, m: usize, d: usize, seed: u64) -> [PathBuf; 3] {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -795,15 +803,7 @@ fn mods_from_flags_and_files() {
     let out = dec(&["--mod", "softcap=2", "--mod", &arg]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("mods: --mod softcap=2 + --mod documents(70)"), "{text}");
-    let err: f64 = text
-        .lines()
-        .find(|l| l.contains("4/2"))
-        .and_then(|l| l.split('┆').next_back())
-        .unwrap()
-        .trim_end_matches('│')
-        .trim()
-        .parse()
-        .unwrap();
+    let err = last_cell(&text, "4/2");
     assert!(err <= 1e-5, "decode with mods: rel err {err}");
     let late = dir.path().join("late.wgsl");
     std::fs::write(&late, "const L: u32 = N_KV;\nfn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool { return kv_idx < L; }\n")
@@ -875,14 +875,6 @@ fn positions_from_flags() {
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("positions: rope(θ=500000, half)"), "{text}");
-    let err: f64 = text
-        .lines()
-        .find(|l| l.contains("4/2"))
-        .and_then(|l| l.split('┆').next_back())
-        .unwrap()
-        .trim_end_matches('│')
-        .trim()
-        .parse()
-        .unwrap();
+    let err = last_cell(&text, "4/2");
     assert!(err <= 1e-5, "decode with RoPE: rel err {err}");
 }

@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use longctx::contract::inputs::{hashed, hashed_range};
 use longctx::contract::reference::{attention_backward_f64, attention_rows_f64, rel_error};
-use longctx::dist::plan::{Plan, Sharding};
+use longctx::dist::plan::{Plan, Sharding, take_rows};
 use longctx::dist::ring::{self, RankOutput, Shard, StepStats};
 use longctx::dist::transport::Transport;
 use longctx::kernels::backward::{Backward, GradTensors};
@@ -130,49 +129,45 @@ fn rank_job(gpu: &Gpu, t: &mut dyn Transport, plan: &Plan, a: &RingArgs) -> long
     let fwd = ring::forward(gpu, t, plan, &shard)?;
     // the ring itself: from the first step to the last (the calls were prepared before)
     let forward_ms = (t0.elapsed().as_secs_f64() - fwd.prepare_s - fwd.transfer_s) * 1e3;
+    // the whole inputs for the oracle, made once (the shard is a slice of them)
+    let whole = if a.check_rows > 0 {
+        let s = plan.spec.shape;
+        longctx::runtime::host::check_bytes(
+            "the oracle's whole Q, K, V and dO (--check-rows 0 skips the check)",
+            ((2 * s.q_len() + 2 * s.kv_len()) as u64).saturating_mul(4),
+        )?;
+        Some(ring::hashed_inputs(&plan.spec))
+    } else {
+        None
+    };
     let (mut backward_ms, mut backward_steps, mut backward_rel_err) = (None, Vec::new(), None);
     if a.backward {
         let s = plan.spec.shape;
-        let d = s.head_dim;
-        // dO: the hashed tensor (salt 4) halved; each rank makes its chunks' rows
-        let half = |x: Vec<f32>| x.into_iter().map(|v| v * 0.5).collect::<Vec<f32>>();
-        let d_o: Vec<Vec<f32>> = plan
-            .owned(r)
-            .into_iter()
-            .map(|c| {
-                let rows = &plan.q_chunks[c];
-                (0..s.batch * s.heads)
-                    .flat_map(|bh| {
-                        half(hashed_range((bh * s.n + rows.start) * d..(bh * s.n + rows.end) * d, 4))
-                    })
-                    .collect()
-            })
-            .collect();
         let t1 = Instant::now();
-        let g = ring::backward(gpu, t, plan, &shard, &fwd, &d_o)?;
+        let g = ring::backward(gpu, t, plan, &shard, &fwd, &ring::hashed_d_o(plan, r))?;
         backward_ms = Some(t1.elapsed().as_secs_f64() * 1e3);
         // the whole backward oracle is O(N·M): small problems only
-        if a.check_rows > 0 && (s.n as u64 * s.m as u64 * s.heads as u64) <= 1 << 24 {
-            let (q, k, v) = (hashed(s.q_len(), 1), hashed(s.kv_len(), 2), hashed(s.kv_len(), 3));
-            let (dq, dk, dv) = attention_backward_f64(&plan.spec, &q, &k, &v, &half(hashed(s.q_len(), 4)))?;
-            let pick = |x: &[f64], heads: usize, len: usize, rows: &std::ops::Range<usize>| -> Vec<f64> {
-                (0..s.batch * heads)
-                    .flat_map(|bh| x[(bh * len + rows.start) * d..(bh * len + rows.end) * d].to_vec())
-                    .collect()
-            };
+        if let Some([q, k, v, d_o]) =
+            whole.as_ref().filter(|_| (s.n as u64 * s.m as u64 * s.heads as u64) <= 1 << 24)
+        {
+            let (dq, dk, dv) = attention_backward_f64(&plan.spec, q, k, v, d_o)?;
+            let (d, bh, bkv) = (s.head_dim, s.batch * s.heads, s.batch * s.kv_heads);
             let mut worst = 0f64;
             for (i, c) in plan.owned(r).into_iter().enumerate() {
                 let (qr, kr) = (&plan.q_chunks[c], &plan.k_chunks[c]);
                 worst = worst
-                    .max(rel_error(&g.dq[i], &pick(&dq, s.heads, s.n, qr)))
-                    .max(rel_error(&g.dk[i], &pick(&dk, s.kv_heads, s.m, kr)))
-                    .max(rel_error(&g.dv[i], &pick(&dv, s.kv_heads, s.m, kr)));
+                    .max(rel_error(&g.dq[i], &take_rows(&dq, bh, s.n, d, qr)))
+                    .max(rel_error(&g.dk[i], &take_rows(&dk, bkv, s.m, d, kr)))
+                    .max(rel_error(&g.dv[i], &take_rows(&dv, bkv, s.m, d, kr)));
             }
             backward_rel_err = Some(worst);
         }
         backward_steps = g.steps;
     }
-    let check_rel_err = if a.check_rows > 0 { Some(check(plan, r, &fwd, a.check_rows)?) } else { None };
+    let check_rel_err = match &whole {
+        Some([q, k, v, _]) => Some(check(plan, r, &fwd, a.check_rows, q, k, v)?),
+        None => None,
+    };
     Ok(RankReport {
         rank: r,
         prepare_ms: fwd.prepare_s * 1e3,
@@ -188,15 +183,18 @@ fn rank_job(gpu: &Gpu, t: &mut dyn Transport, plan: &Plan, a: &RingArgs) -> long
 }
 
 /// `rows` of rank `r`'s output rows (spread over its chunks and the heads) against the f64
-/// oracle on the whole hashed inputs: the worst relative error of O.
-fn check(plan: &Plan, r: usize, fwd: &RankOutput, rows: usize) -> longctx::Result<f64> {
+/// oracle on the whole inputs `q`, `k`, `v`: the worst relative error of O.
+fn check(
+    plan: &Plan,
+    r: usize,
+    fwd: &RankOutput,
+    rows: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+) -> longctx::Result<f64> {
     let s = plan.spec.shape;
     let d = s.head_dim;
-    longctx::runtime::host::check_bytes(
-        "the oracle's whole Q, K and V (--check-rows 0 skips the check)",
-        ((s.q_len() + 2 * s.kv_len()) as u64).saturating_mul(4),
-    )?;
-    let (q, k, v) = (hashed(s.q_len(), 1), hashed(s.kv_len(), 2), hashed(s.kv_len(), 3));
     let owned = plan.owned(r);
     let mut picks = Vec::new(); // (flat row, chunk index, local row)
     for x in 0..rows {
@@ -206,7 +204,7 @@ fn check(plan: &Plan, r: usize, fwd: &RankOutput, rows: usize) -> longctx::Resul
         let bh = (x * 13) % (s.batch * s.heads);
         picks.push((bh * s.n + i, ci, bh * chunk.len() + (i - chunk.start)));
     }
-    let want = attention_rows_f64(&plan.spec, &q, &k, &v, &picks.iter().map(|p| p.0).collect::<Vec<_>>())?;
+    let want = attention_rows_f64(&plan.spec, q, k, v, &picks.iter().map(|p| p.0).collect::<Vec<_>>())?;
     let mut got = Vec::new();
     let mut reference = Vec::new();
     for (&(_, ci, local), (o_row, _)) in picks.iter().zip(&want) {
@@ -218,8 +216,7 @@ fn check(plan: &Plan, r: usize, fwd: &RankOutput, rows: usize) -> longctx::Resul
 
 /// The same problem on one device: flash forward (and backward), milliseconds (median of 3).
 fn single_device(gpu: &Gpu, spec: &AttnSpec, backward: bool) -> longctx::Result<(f64, Option<f64>)> {
-    let s = spec.shape;
-    let (q, k, v) = (hashed(s.q_len(), 1), hashed(s.kv_len(), 2), hashed(s.kv_len(), 3));
+    let [q, k, v, d_o] = ring::hashed_inputs(spec);
     let attn = Attention::new(gpu, Kernel::Flash, spec)?;
     let io = DeviceTensors::upload(gpu, spec, &q, &k, &v)?;
     let time = |f: &dyn Fn() -> longctx::Result<()>| -> longctx::Result<f64> {
@@ -241,11 +238,7 @@ fn single_device(gpu: &Gpu, spec: &AttnSpec, backward: bool) -> longctx::Result<
     })?;
     let bwd = if backward {
         let bw = Backward::new(gpu, spec)?;
-        let grads = GradTensors::upload(
-            gpu,
-            spec,
-            &hashed(s.q_len(), 4).iter().map(|x| x * 0.5).collect::<Vec<_>>(),
-        )?;
+        let grads = GradTensors::upload(gpu, spec, &d_o)?;
         Some(time(&|| {
             let mut enc = gpu.device.create_command_encoder(&Default::default());
             bw.encode(gpu, &mut enc, &grads.buffers(&io))?;
@@ -261,7 +254,7 @@ fn single_device(gpu: &Gpu, spec: &AttnSpec, backward: bool) -> longctx::Result<
 pub fn run(dev: &DeviceArgs, a: &RingArgs) -> anyhow::Result<()> {
     longctx::io::check_outputs(&a.json.as_deref().into_iter().collect::<Vec<_>>(), &[])?;
     let spec = spec_of(a)?;
-    if mpi_launched() {
+    if longctx::dist::transport::mpi_launched() {
         return run_mpi(dev, a, &spec);
     }
     let ranks = a.devices.unwrap_or(2);
@@ -388,16 +381,6 @@ fn report(gpu: &Gpu, a: &RingArgs, plan: &Plan, reports: &[RankReport], how: &st
     Ok(())
 }
 
-#[cfg(feature = "mpi")]
-fn mpi_launched() -> bool {
-    longctx::dist::mpi::launched()
-}
-
-#[cfg(not(feature = "mpi"))]
-fn mpi_launched() -> bool {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"].iter().any(|v| std::env::var_os(v).is_some())
-}
-
 #[cfg(not(feature = "mpi"))]
 fn run_mpi(_dev: &DeviceArgs, _a: &RingArgs, _spec: &AttnSpec) -> anyhow::Result<()> {
     bail!(
@@ -411,31 +394,19 @@ fn run_mpi(_dev: &DeviceArgs, _a: &RingArgs, _spec: &AttnSpec) -> anyhow::Result
 fn run_mpi(dev: &DeviceArgs, a: &RingArgs, spec: &AttnSpec) -> anyhow::Result<()> {
     use longctx::dist::mpi::Mpi;
     let mut t = Mpi::init(Duration::from_secs(a.timeout))?;
-    let r = t.rank();
-    let fail = |t: &Mpi, e: &dyn std::fmt::Display| -> ! {
-        // one write per line, so the ranks' lines do not interleave
-        let e = e.to_string();
-        let line = if e.starts_with(&format!("rank {r}:")) {
-            format!("error: {e}\n")
-        } else {
-            format!("error: rank {r}: {e}\n")
-        };
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
-        t.abort(2)
-    };
     if a.devices.is_some() {
-        fail(&t, &"--devices is for devices of one process; under mpirun the MPI world is the ring");
+        t.fail(&"--devices is for devices of one process; under mpirun the MPI world is the ring", 2);
     }
-    let plan = plan_of(a, spec, t.size()).unwrap_or_else(|e| fail(&t, &e));
-    let gpu = dev.gpu().unwrap_or_else(|e| fail(&t, &e));
-    let mine = rank_job(&gpu, &mut t, &plan, a).unwrap_or_else(|e| fail(&t, &e));
+    let plan = plan_of(a, spec, t.size()).unwrap_or_else(|e| t.fail(&e, 2));
+    let gpu = dev.gpu().unwrap_or_else(|e| t.fail(&e, 2));
+    let mine = rank_job(&gpu, &mut t, &plan, a).unwrap_or_else(|e| t.fail(&e, 2));
     let bytes = serde_json::to_vec(&mine)?;
-    let Some(all) = t.gather(&bytes).unwrap_or_else(|e| fail(&t, &e)) else { return Ok(()) };
+    let Some(all) = t.gather(&bytes).unwrap_or_else(|e| t.fail(&e, 2)) else { return Ok(()) };
     let reports: Vec<RankReport> =
         all.iter().map(|b| serde_json::from_slice(b)).collect::<Result<_, _>>().context("a rank's report")?;
     let how = format!("{} MPI processes ({})", t.size(), gpu.info().name);
     if let Err(e) = report(&gpu, a, &plan, &reports, &how) {
-        fail(&t, &e);
+        t.fail(&e, 2);
     }
     Ok(())
 }

@@ -72,36 +72,38 @@ pub fn attention_rows_f64(
     }
     let slopes = spec.slopes();
     let d = s.head_dim;
-    let one = |row: usize, q_row: &[f64], k: &[f64]| {
-        let mut scores = vec![0f64; s.m];
-        let mut o_row = vec![0f64; d];
-        let lse = row_f64(spec, slopes.as_deref(), q_row, k, v, row, &mut scores, &mut o_row);
-        (o_row, lse)
-    };
-    let q_row = |row: usize| -> Vec<f64> { q[row * d..(row + 1) * d].iter().map(|&x| x as f64).collect() };
     Ok(match spec.positions {
         // only the selected rows of Q, and every key, are encoded
         Some(p) => {
             let k = p.encode_rows(k, d, s.m, p.key_position(0));
             rows.par_iter()
                 .map(|&row| {
-                    let mut qr = q_row(row);
+                    let mut qr: Vec<f64> = q[row * d..(row + 1) * d].iter().map(|&x| x as f64).collect();
                     p.apply(&mut qr, p.query_position(spec.q_offset(), row % s.n));
-                    one(row, &qr, &k)
+                    one_row(spec, slopes.as_deref(), &qr, &k, v, row)
                 })
                 .collect()
         }
         None => rows
             .par_iter()
-            .map(|&row| {
-                let mut scores = vec![0f64; s.m];
-                let mut o_row = vec![0f64; d];
-                let q_row = &q[row * d..(row + 1) * d];
-                let lse = row_f64(spec, slopes.as_deref(), q_row, k, v, row, &mut scores, &mut o_row);
-                (o_row, lse)
-            })
+            .map(|&row| one_row(spec, slopes.as_deref(), &q[row * d..(row + 1) * d], k, v, row))
             .collect(),
     })
+}
+
+/// One row's O and LSE (fresh scratch).
+fn one_row<T: Copy + Into<f64>>(
+    spec: &AttnSpec,
+    slopes: Option<&[f32]>,
+    q_row: &[T],
+    k: &[T],
+    v: &[f32],
+    row: usize,
+) -> (Vec<f64>, f64) {
+    let mut scores = vec![0f64; spec.shape.m];
+    let mut o_row = vec![0f64; spec.shape.head_dim];
+    let lse = row_f64(spec, slopes, q_row, k, v, row, &mut scores, &mut o_row);
+    (o_row, lse)
 }
 
 /// The oracle evaluates mods through their Rust rule: WGSL alone it cannot run.

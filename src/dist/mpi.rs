@@ -20,11 +20,6 @@ pub struct Mpi {
     timeout: Duration,
 }
 
-/// Whether this process was started by an MPI launcher (`mpirun`, `mpiexec`, `srun`).
-pub fn launched() -> bool {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"].iter().any(|v| std::env::var_os(v).is_some())
-}
-
 impl Mpi {
     /// Initialises MPI (once per process); every wait gives up after `timeout`.
     pub fn init(timeout: Duration) -> Result<Self> {
@@ -36,14 +31,23 @@ impl Mpi {
         Ok(Self { _universe: universe, world, rank, size, timeout })
     }
 
-    /// Ends every rank of the job (`MPI_Abort`): what a rank does after reporting an error,
-    /// so that no other rank waits for it.
-    pub fn abort(&self, code: i32) -> ! {
+    /// Reports `e` on one line of stderr (one write, so the ranks' lines do not interleave;
+    /// prefixed with this rank unless it names it already) and ends every rank of the job
+    /// (`MPI_Abort` with `code`), so that no other rank waits for this one.
+    pub fn fail(&self, e: &dyn std::fmt::Display, code: i32) -> ! {
+        let e = e.to_string();
+        let r = self.rank;
+        let line = if e.starts_with(&format!("rank {r}:")) {
+            format!("error: {e}\n")
+        } else {
+            format!("error: rank {r}: {e}\n")
+        };
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         self.world.abort(code)
     }
 
     fn late(&self, what: &str) -> Error {
-        Error::Rank {
+        Error::Peer {
             rank: self.rank,
             message: format!(
                 "{what} did not complete within {:.1} s (a rank is stuck or failed)",
@@ -70,9 +74,7 @@ macro_rules! complete {
                 break;
             }
             if t0.elapsed() > $mpi.timeout {
-                let line = format!("error: {}\n", $mpi.late($what));
-                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
-                $mpi.world.abort(3);
+                $mpi.fail(&$mpi.late($what), 3);
             }
             std::thread::sleep(Duration::from_micros(200));
         }

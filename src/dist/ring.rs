@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::contract::inputs::hashed_range;
+use crate::contract::inputs::{hashed, hashed_range};
 use crate::contract::spec::{AttnOutput, AttnSpec};
 use crate::dist::plan::{Plan, Sharding, put_rows, take_rows};
 use crate::dist::transport::{InProcess, Transport};
@@ -49,25 +49,55 @@ impl Shard {
     }
 }
 
+/// Salts of the hashed inputs ([`crate::contract::inputs::hashed`]) of `longctx ring`: Q, K,
+/// V and the incoming gradient dO (halved), each a tensor every rank can slice for itself.
+const SALTS: [u32; 4] = [1, 2, 3, 4];
+
+/// Rows `range` of every (batch, head) sequence of the hashed tensor with `salt` shaped
+/// `[B, heads, len, D]`, made without the rest.
+fn hashed_rows(plan: &Plan, salt: u32, heads: usize, len: usize, range: &std::ops::Range<usize>) -> Vec<f32> {
+    let s = plan.spec.shape;
+    let d = s.head_dim;
+    (0..s.batch * heads)
+        .flat_map(|bh| hashed_range((bh * len + range.start) * d..(bh * len + range.end) * d, salt))
+        .collect()
+}
+
 impl Shard {
-    /// Rank `r`'s share of the hashed inputs ([`crate::contract::inputs::hashed`] with salts
-    /// 1, 2, 3 for Q, K, V), made without the rest of the tensors.
+    /// Rank `r`'s share of the hashed inputs ([`hashed_inputs`]), made without the rest of
+    /// the tensors.
     pub fn hashed(plan: &Plan, r: usize) -> Self {
         let s = plan.spec.shape;
-        let d = s.head_dim;
-        let rows = |salt: u32, heads: usize, len: usize, range: &std::ops::Range<usize>| -> Vec<f32> {
-            (0..s.batch * heads)
-                .flat_map(|bh| hashed_range((bh * len + range.start) * d..(bh * len + range.end) * d, salt))
-                .collect()
-        };
         let mut out = Self::default();
         for c in plan.owned(r) {
-            out.q.push(rows(1, s.heads, s.n, &plan.q_chunks[c]));
-            out.k.push(rows(2, s.kv_heads, s.m, &plan.k_chunks[c]));
-            out.v.push(rows(3, s.kv_heads, s.m, &plan.k_chunks[c]));
+            out.q.push(hashed_rows(plan, SALTS[0], s.heads, s.n, &plan.q_chunks[c]));
+            out.k.push(hashed_rows(plan, SALTS[1], s.kv_heads, s.m, &plan.k_chunks[c]));
+            out.v.push(hashed_rows(plan, SALTS[2], s.kv_heads, s.m, &plan.k_chunks[c]));
         }
         out
     }
+}
+
+/// Rank `r`'s rows of the hashed dO ([`hashed_inputs`]), per owned chunk.
+pub fn hashed_d_o(plan: &Plan, r: usize) -> Vec<Vec<f32>> {
+    let s = plan.spec.shape;
+    let half = |x: Vec<f32>| x.into_iter().map(|v| v * 0.5).collect();
+    plan.owned(r)
+        .into_iter()
+        .map(|c| half(hashed_rows(plan, SALTS[3], s.heads, s.n, &plan.q_chunks[c])))
+        .collect()
+}
+
+/// The whole hashed Q, K, V and dO of `spec` that [`Shard::hashed`] and [`hashed_d_o`] slice.
+pub fn hashed_inputs(spec: &AttnSpec) -> [Vec<f32>; 4] {
+    let s = spec.shape;
+    let [q, k, v, g] = SALTS;
+    [
+        hashed(s.q_len(), q),
+        hashed(s.kv_len(), k),
+        hashed(s.kv_len(), v),
+        hashed(s.q_len(), g).into_iter().map(|x| x * 0.5).collect(),
+    ]
 }
 
 /// Time and bytes of one ring step on one rank.
@@ -128,20 +158,19 @@ fn unpack(bytes: &[u8], lens: &[usize], parts: usize) -> Vec<Vec<Vec<f32>>> {
         .collect()
 }
 
-/// The attention calls of one rank, one per (own Q chunk, any K chunk) pair with a visible
-/// key, prepared once.
-struct Pairs {
-    calls: HashMap<(usize, usize), (AttnSpec, Attention)>,
+/// One rank's calls `C` (forward or backward), one per (own Q chunk, any K chunk) pair with a
+/// visible key, prepared once, each with its visible pairs per head.
+struct Pairs<C> {
+    calls: HashMap<(usize, usize), (u64, C)>,
 }
 
-impl Pairs {
-    fn new(gpu: &Gpu, plan: &Plan, r: usize) -> Result<Self> {
+impl<C> Pairs<C> {
+    fn new(plan: &Plan, r: usize, prepare: impl Fn(&AttnSpec) -> Result<C>) -> Result<Self> {
         let mut calls = HashMap::new();
         for qc in plan.owned(r) {
-            for kc in 0..plan.q_chunks.len() {
+            for kc in 0..plan.k_chunks.len() {
                 if let Some(spec) = plan.pair_spec(qc, kc) {
-                    let attn = Attention::new(gpu, Kernel::Flash, &spec)?;
-                    calls.insert((qc, kc), (spec, attn));
+                    calls.insert((qc, kc), (spec.band_pairs(), prepare(&spec)?));
                 }
             }
         }
@@ -189,7 +218,7 @@ pub fn forward(gpu: &Gpu, t: &mut dyn Transport, plan: &Plan, shard: &Shard) -> 
     let s = plan.spec.shape;
     let d = s.head_dim;
     let mine = plan.owned(r);
-    let pairs = Pairs::new(gpu, plan, r)?;
+    let pairs = Pairs::new(plan, r, |spec| Attention::new(gpu, Kernel::Flash, spec))?;
     let merges = Merges::new(gpu)?;
     let bh = s.batch * s.heads;
     // device buffers: per own Q chunk its rows, running and partial outputs; per block
@@ -239,7 +268,7 @@ pub fn forward(gpu: &Gpu, t: &mut dyn Transport, plan: &Plan, shard: &Shard) -> 
             for (qi, &qc) in mine.iter().enumerate() {
                 let (o, lse, o_part, lse_part) = &acc[qi];
                 for (ki, &kc) in kcs.iter().enumerate() {
-                    let Some((spec, attn)) = pairs.calls.get(&(qc, kc)) else { continue };
+                    let Some((visible, attn)) = pairs.calls.get(&(qc, kc)) else { continue };
                     let bufs = AttnBuffers {
                         q: &q_bufs[qi],
                         k: &kv_bufs[ki].0,
@@ -249,7 +278,7 @@ pub fn forward(gpu: &Gpu, t: &mut dyn Transport, plan: &Plan, shard: &Shard) -> 
                     };
                     attn.encode(gpu, &mut enc, &bufs)?;
                     merges.merge(gpu, &mut enc, o, lse, o_part, lse_part, bh * plan.q_chunks[qc].len(), d)?;
-                    stat.pairs += spec.band_pairs();
+                    stat.pairs += visible;
                 }
             }
             gpu.queue.submit([enc.finish()]);
@@ -376,8 +405,7 @@ fn run_ranks<T: Send>(
 
 /// Whether `e` only reports another rank's failure (gone, or silent past the timeout).
 pub fn is_secondary(e: &Error) -> bool {
-    let m = e.to_string();
-    m.contains(" is gone") || m.contains("nothing from")
+    matches!(e, Error::Peer { .. })
 }
 
 /// One rank's gradients: per owned chunk dQ `[B, H, n_c, D]`, dK and dV `[B, Hkv, m_c, D]`.
@@ -411,16 +439,7 @@ pub fn backward(
     let mine = plan.owned(r);
     let bh = s.batch * s.heads;
     let merges = Merges::new(gpu)?;
-    // the backward calls of every pair, prepared once
-    let mut calls: HashMap<(usize, usize), (AttnSpec, Backward)> = HashMap::new();
-    for &qc in &mine {
-        for kc in 0..plan.k_chunks.len() {
-            if let Some(spec) = plan.pair_spec(qc, kc) {
-                let b = Backward::new(gpu, &spec)?;
-                calls.insert((qc, kc), (spec, b));
-            }
-        }
-    }
+    let pairs = Pairs::new(plan, r, |spec| Backward::new(gpu, spec))?;
     let upload = |label: &str, x: &[f32]| gpu.upload(label, x);
     let mut own = Vec::new();
     for (i, &c) in mine.iter().enumerate() {
@@ -471,7 +490,7 @@ pub fn backward(
         for (qi, &qc) in mine.iter().enumerate() {
             let (q, o, lse, d_o, dq, dq_part) = &own[qi];
             for (ki, &kc) in kcs.iter().enumerate() {
-                let Some((spec, bwd)) = calls.get(&(qc, kc)) else { continue };
+                let Some((visible, bwd)) = pairs.calls.get(&(qc, kc)) else { continue };
                 let b = &blocks[ki];
                 let bufs = BackwardBuffers {
                     forward: AttnBuffers { q, k: &b[0], v: &b[1], o, lse },
@@ -484,7 +503,7 @@ pub fn backward(
                 merges.add(gpu, &mut enc, dq, dq_part, bh * plan.q_chunks[qc].len() * d)?;
                 merges.add(gpu, &mut enc, &b[2], &b[4], lens[ki])?;
                 merges.add(gpu, &mut enc, &b[3], &b[5], lens[ki])?;
-                stat.pairs += spec.band_pairs();
+                stat.pairs += visible;
             }
         }
         gpu.queue.submit([enc.finish()]);

@@ -7,6 +7,12 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
+/// Whether this process was started by an MPI launcher (`mpirun`, `mpiexec`, `srun`) — also
+/// in a build without the `mpi` feature, which then says it cannot join.
+pub fn mpi_launched() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"].iter().any(|v| std::env::var_os(v).is_some())
+}
+
 /// A ring of ranks.
 pub trait Transport {
     /// This rank, 0..size.
@@ -63,7 +69,7 @@ impl InProcess {
     fn receive<T>(&self, rx: &Receiver<T>, from: &str, since: Instant) -> Result<T> {
         let left = self.timeout.saturating_sub(since.elapsed());
         rx.recv_timeout(left).map_err(|e| match e {
-            RecvTimeoutError::Timeout => Error::Rank {
+            RecvTimeoutError::Timeout => Error::Peer {
                 rank: self.rank,
                 message: format!(
                     "nothing from {from} within {:.1} s (a rank is stuck or failed)",
@@ -71,7 +77,7 @@ impl InProcess {
                 ),
             },
             RecvTimeoutError::Disconnected => {
-                Error::Rank { rank: self.rank, message: format!("{from} is gone (it stopped with an error)") }
+                Error::Peer { rank: self.rank, message: format!("{from} is gone (it stopped with an error)") }
             }
         })
     }
@@ -93,7 +99,7 @@ impl Transport for InProcess {
         work: &mut dyn FnMut() -> Result<()>,
     ) -> Result<(Vec<u8>, f64)> {
         let next = (self.rank + 1) % self.size;
-        self.to_next.send(send.to_vec()).map_err(|_| Error::Rank {
+        self.to_next.send(send.to_vec()).map_err(|_| Error::Peer {
             rank: self.rank,
             message: format!("rank {next} is gone (it stopped with an error)"),
         })?;
@@ -117,7 +123,7 @@ impl Transport for InProcess {
         let Some(rx) = &self.at_root else {
             self.to_root
                 .send((self.rank, data.to_vec()))
-                .map_err(|_| Error::Rank { rank: self.rank, message: "rank 0 is gone".into() })?;
+                .map_err(|_| Error::Peer { rank: self.rank, message: "rank 0 is gone".into() })?;
             return Ok(None);
         };
         let mut all: Vec<Option<Vec<u8>>> = vec![None; self.size];

@@ -105,11 +105,7 @@ pub fn refine(gpu: &Gpu, spec: &AttnSpec, mods: &Mods, map: &BlockMap) -> Result
     let kernel = gpu.compile(&variant)?;
     let user_buffers = ModBuffers::upload(gpu, spec)?;
     let user = user_buffers.bind(gpu, &kernel);
-    let groups = entries.div_ceil(64) as u64;
-    let limit = gpu.limits().max_compute_workgroups_per_dimension as u64;
-    let gx = groups.min(limit);
-    let gy = groups.div_ceil(gx);
-    gpu.check_dispatch("mod_map", [gx, gy, 1])?;
+    let grid = gpu.grid("mod_map", entries.div_ceil(64) as u64)?;
     let contract = Contract::new(spec).upload(gpu);
     let block_map = gpu.upload("mask_mod block map", &words)?;
     let tiles = gpu.uniform("mask_mod tiles", &Tiles::of_map(&map, offsets));
@@ -117,7 +113,7 @@ pub fn refine(gpu: &Gpu, spec: &AttnSpec, mods: &Mods, map: &BlockMap) -> Result
     let counts = gpu.storage("mask_mod counts", 4 * entries as u64)?;
     let jobs: Vec<wgpu::Buffer> = (0..batches)
         .map(|b| {
-            let job = Job { entries: entries as u32, b: b as u32, groups_x: gx as u32, pad: 0 };
+            let job = Job { entries: entries as u32, b: b as u32, groups_x: grid[0], pad: 0 };
             gpu.uniform("mask_mod job", &job)
         })
         .collect();
@@ -129,7 +125,7 @@ pub fn refine(gpu: &Gpu, spec: &AttnSpec, mods: &Mods, map: &BlockMap) -> Result
         });
         for job in &jobs {
             let bind = kernel.bind(gpu, &[&contract, &block_map, &tiles, &rows, &counts, job]);
-            kernel.dispatch_with(&mut pass, &bind, user.as_ref(), [gx as u32, gy as u32, 1]);
+            kernel.dispatch_with(&mut pass, &bind, user.as_ref(), grid);
         }
     }
     gpu.queue.submit([enc.finish()]);

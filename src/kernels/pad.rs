@@ -76,22 +76,14 @@ impl Repack {
                 limit,
             });
         }
-        let max_x = limits.max_compute_workgroups_per_dimension as u64;
         let mut chunks = Vec::new();
         let mut r0 = 0u64;
         while r0 < rows as u64 {
             let n = chunk_rows.min(rows as u64 - r0);
-            let groups = (n * to as u64).div_ceil(WORKGROUP);
-            let (gx, gy) = (groups.min(max_x), groups.div_ceil(max_x));
-            gpu.check_dispatch(NAME, [gx, gy, 1])?;
-            let shape = [n as u32, from as u32, to as u32, gx as u32];
+            let grid = gpu.grid(NAME, (n * to as u64).div_ceil(WORKGROUP))?;
+            let shape = [n as u32, from as u32, to as u32, grid[0]];
             let range = |w: usize| (!whole).then_some((r0 * 4 * w as u64, n * 4 * w as u64));
-            chunks.push((
-                gpu.uniform("pad shape", &shape),
-                [gx as u32, gy as u32, 1],
-                range(from),
-                range(to),
-            ));
+            chunks.push((gpu.uniform("pad shape", &shape), grid, range(from), range(to)));
             r0 += n;
         }
         Ok(Self { kernel: gpu.compile(&variants()[0])?, chunks, rows, from, to })

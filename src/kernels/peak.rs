@@ -107,10 +107,8 @@ pub fn measure(gpu: &Gpu, reps: usize) -> Result<Peak> {
     let fma_gflops = invocations * ITERS as f64 * 8.0 * 4.0 * 2.0 / (t.median() * 1e-3) / 1e9;
 
     let vec4s = COPY_BYTES / 16;
-    let groups = vec4s.div_ceil(64);
-    let gx = groups.min(gpu.limits().max_compute_workgroups_per_dimension as u64);
-    let gy = groups.div_ceil(gx);
-    let c = time_pass(gpu, &copy_p, &bind, [gx as u32, gy as u32], reps)?;
+    let [gx, gy, _] = gpu.grid("peak copy", vec4s.div_ceil(64))?;
+    let c = time_pass(gpu, &copy_p, &bind, [gx, gy], reps)?;
     let copy_gbps = 2.0 * COPY_BYTES as f64 / (c.median() * 1e-3) / 1e9;
 
     let info = gpu.info();

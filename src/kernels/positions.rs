@@ -105,7 +105,6 @@ impl PositionPass {
         let row_bytes = 4 * t.stride as u64;
         let whole = t.wrap != 0 || (t.first + t.rows) as u64 * row_bytes <= limit;
         let chunk_rows = if whole { t.rows as u64 } else { (limit / row_bytes / align * align).max(align) };
-        let max_x = limits.max_compute_workgroups_per_dimension as u64;
         let mode = match self.positions.encoding {
             Encoding::Rope { interleaved: false, .. } => 0,
             Encoding::Rope { interleaved: true, .. } => 1,
@@ -114,9 +113,7 @@ impl PositionPass {
         let mut r0 = 0u64;
         while r0 < t.rows as u64 {
             let n = chunk_rows.min(t.rows as u64 - r0);
-            let groups = (n * units).div_ceil(WORKGROUP);
-            let (gx, gy) = (groups.min(max_x), groups.div_ceil(max_x));
-            gpu.check_dispatch(NAME, [gx, gy, 1])?;
+            let grid = gpu.grid(NAME, (n * units).div_ceil(WORKGROUP))?;
             let job = Job {
                 rows: n as u32,
                 r0: r0 as u32,
@@ -128,13 +125,13 @@ impl PositionPass {
                 d: self.d as u32,
                 mode,
                 inverse: inverse as u32,
-                groups_x: gx as u32,
+                groups_x: grid[0],
                 pad: 0,
             };
             let job = gpu.uniform("positions job", &job);
             let range = (!whole).then_some(((t.first as u64 + r0) * row_bytes, n * row_bytes));
             let bind = self.kernel.bind_ranges(gpu, &[(&job, None), (t.buffer, range), (&self.table, None)]);
-            self.kernel.dispatch(pass, &bind, [gx as u32, gy as u32, 1]);
+            self.kernel.dispatch(pass, &bind, grid);
             r0 += n;
         }
         Ok(())

@@ -48,12 +48,9 @@ impl Merges {
     }
 
     fn job(gpu: &Gpu, len: usize, d: usize) -> Result<(wgpu::Buffer, [u32; 3])> {
-        let groups = (len as u64).div_ceil(WORKGROUP);
-        let max_x = gpu.limits().max_compute_workgroups_per_dimension as u64;
-        let (gx, gy) = (groups.min(max_x), groups.div_ceil(max_x).max(1));
-        gpu.check_dispatch(NAME, [gx, gy, 1])?;
-        let job = Job { len: len as u32, d: d as u32, groups_x: gx as u32, neg_inf: f32::NEG_INFINITY };
-        Ok((gpu.uniform("ring job", &job), [gx as u32, gy as u32, 1]))
+        let grid = gpu.grid(NAME, (len as u64).div_ceil(WORKGROUP))?;
+        let job = Job { len: len as u32, d: d as u32, groups_x: grid[0], neg_inf: f32::NEG_INFINITY };
+        Ok((gpu.uniform("ring job", &job), grid))
     }
 
     /// Records (`o`, `lse`) ← their log-sum-exp merge with (`o_part`, `lse_part`), `rows`

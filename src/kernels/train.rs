@@ -116,11 +116,9 @@ impl Train {
         threads: u64,
         bufs: &[&wgpu::Buffer],
     ) -> Result<()> {
-        let groups = threads.div_ceil(WORKGROUP).max(1);
-        let max_x = gpu.limits().max_compute_workgroups_per_dimension as u64;
-        let (gx, gy) = if entry == 4 { (1, 1) } else { (groups.min(max_x), groups.div_ceil(max_x)) };
-        gpu.check_dispatch(NAME, [gx, gy, 1])?;
-        let job = gpu.uniform("train job", &Job { groups_x: gx as u32, ..job });
+        // sum_squares is one workgroup of 256 lanes; the others one invocation per item
+        let grid = if entry == 4 { [1, 1, 1] } else { gpu.grid(NAME, threads.div_ceil(WORKGROUP))? };
+        let job = gpu.uniform("train job", &Job { groups_x: grid[0], ..job });
         let mut all = vec![&job];
         all.extend_from_slice(bufs);
         let kernel = &self.kernels[entry];
@@ -129,7 +127,7 @@ impl Train {
             label: Some(ENTRIES[entry].1),
             timestamp_writes: None,
         });
-        kernel.dispatch(&mut pass, &bind, [gx as u32, gy as u32, 1]);
+        kernel.dispatch(&mut pass, &bind, grid);
         Ok(())
     }
 

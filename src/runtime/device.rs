@@ -339,6 +339,17 @@ impl Gpu {
         Ok(())
     }
 
+    /// `workgroups` (at least one) laid out as a 2-D grid whose rows are as long as the
+    /// device allows, checked: the kernel indexes workgroup `wg.y · groups_x + wg.x` with
+    /// `groups_x` = the grid's x and skips those past its count.
+    pub fn grid(&self, kernel: &'static str, workgroups: u64) -> Result<[u32; 3]> {
+        let groups = workgroups.max(1);
+        let gx = groups.min(self.limits.max_compute_workgroups_per_dimension as u64);
+        let gy = groups.div_ceil(gx);
+        self.check_dispatch(kernel, [gx, gy, 1])?;
+        Ok([gx as u32, gy as u32, 1])
+    }
+
     /// Workgroup counts of one dispatch against the device.
     pub fn check_dispatch(&self, kernel: &'static str, groups: [u64; 3]) -> Result<()> {
         let limit = self.limits.max_compute_workgroups_per_dimension as u64;
