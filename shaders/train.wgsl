@@ -13,6 +13,15 @@
 // adamw: one AdamW step (decoupled weight decay, bias-corrected moments) on gradients scaled
 //   by min(1, max_norm/‖g‖), ‖g‖ from the norm slots — clipping without a host round trip.
 // embedding_backward: dE[v] += Σ over tokens t with id v of dx[t] (the gather's gradient).
+//
+// The model's glue (issue 20's GPT):
+// embed: x[t] = E[ids[t]] (+ table[t mod seq] when a position table is given: sinusoidal
+//   embeddings added to the tokens).
+// gelu: y = GELU(x), the tanh form (the FFN keeps x for the backward).
+// column_sum: out[c] = Σ_r x[r, c] (a bias's gradient).
+// transpose: [rows, cols] → [cols, rows] (the operands of Xᵀ·dY and dY·Wᵀ).
+// split_heads: part p of [B·T, parts·H·D] (the fused QKV projection) → [B, H, T, D].
+// merge_heads: [B, H, T, D] → part p of [B·T, parts·H·D] (attention's output; dQ, dK, dV).
 
 struct Job {
     n: u32,             // rows, elements or tokens
@@ -28,9 +37,13 @@ struct Job {
     c1: f32,            // 1 / (1 − β1^t)
     c2: f32,            // 1 / (1 − β2^t)
     scale: f32,         // cross_entropy: the gradient's factor (1 / counted rows)
-    pad0: f32,
-    pad1: f32,
-    pad2: f32,
+    seq: u32,           // tokens per sequence T (embed, split/merge)
+    heads: u32,         // H (split/merge)
+    parts: u32,         // column blocks of the token-major side (split/merge)
+    accumulate: u32,    // layer_norm_backward: 1 adds dx into out
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> job: Job;
@@ -128,7 +141,12 @@ fn layer_norm_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invo
     mean_gx *= inv_d;
     for (var e = 0u; e < job.d; e++) {
         let xh = (a[base + e] - mean) * rstd;
-        out[base + e] = rstd * (b[base + e] * gamma[e] - mean_g - xh * mean_gx);
+        let dx = rstd * (b[base + e] * gamma[e] - mean_g - xh * mean_gx);
+        if job.accumulate == 1u {
+            out[base + e] += dx;
+        } else {
+            out[base + e] = dx;
+        }
     }
     out2[2u * r] = mean;
     out2[2u * r + 1u] = rstd;
@@ -212,4 +230,83 @@ fn embedding_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoc
         }
     }
     out[v * job.d + c] += acc;
+}
+
+@compute @workgroup_size(64)
+fn embed(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, lid);
+    if i >= job.n * job.d {
+        return;
+    }
+    let t = i / job.d;
+    let c = i % job.d;
+    var x = a[ids[t] * job.d + c];
+    if job.parts == 1u {
+        x += b[(t % job.seq) * job.d + c];
+    }
+    out[i] = x;
+}
+
+fn gelu_value(x: f32) -> f32 {
+    return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+}
+
+@compute @workgroup_size(64)
+fn gelu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, lid);
+    if i < job.n {
+        out[i] = gelu_value(a[i]);
+    }
+}
+
+@compute @workgroup_size(64)
+fn column_sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = index(wg, lid);
+    if c >= job.d {
+        return;
+    }
+    var acc = 0.0;
+    for (var r = 0u; r < job.n; r++) {
+        acc += a[r * job.d + c];
+    }
+    out[c] = acc;
+}
+
+@compute @workgroup_size(64)
+fn transpose(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    // i indexes the destination [cols, rows]: consecutive lanes write consecutive addresses
+    let i = index(wg, lid);
+    if i >= job.n * job.d {
+        return;
+    }
+    let r = i % job.n;
+    let c = i / job.n;
+    out[i] = a[r * job.d + c];
+}
+
+// Element i of a head-major [B, H, T, D] tensor and its place in the token-major
+// [B·T, parts·H·D] one, part job.slot.
+fn token_major(i: u32) -> u32 {
+    let x = i % job.d;
+    let t = (i / job.d) % job.seq;
+    let h = (i / (job.d * job.seq)) % job.heads;
+    let bt = i / (job.d * job.seq * job.heads);
+    let width = job.parts * job.heads * job.d;
+    return (bt * job.seq + t) * width + (job.slot * job.heads + h) * job.d + x;
+}
+
+@compute @workgroup_size(64)
+fn split_heads(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, lid);
+    if i < job.n {
+        out[i] = a[token_major(i)];
+    }
+}
+
+@compute @workgroup_size(64)
+fn merge_heads(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, lid);
+    if i < job.n {
+        out[token_major(i)] = a[i];
+    }
 }

@@ -88,7 +88,7 @@ fn gelu_and_layer_norm_backward_match_the_oracles() {
     let (xb, dyb, gb) =
         (g.upload("x", &x).unwrap(), g.upload("dy", &dy).unwrap(), g.upload("gamma", &gamma).unwrap());
     let (dxb, dgb, stats) = (poisoned(rows * d), poisoned(2 * d), poisoned(2 * rows));
-    run(|e| k.layer_norm_backward(g, e, &xb, &dyb, &gb, &dxb, &dgb, &stats, rows, d, eps).unwrap());
+    run(|e| k.layer_norm_backward(g, e, &xb, &dyb, &gb, &dxb, &dgb, &stats, rows, d, eps, false).unwrap());
     let (dx, dgam, dbet) = layer_norm_backward_f64(&f64s(&x), &f64s(&dy), &f64s(&gamma), d, eps as f64);
     let got = g.read::<f32>(&dgb, 2 * d).unwrap();
     let e_ln = rel_error(&g.read::<f32>(&dxb, rows * d).unwrap(), &dx)

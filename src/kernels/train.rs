@@ -37,7 +37,12 @@ const ADAMW: Shader =
 /// job, dx, token ids, dE.
 const EMBEDDING_BACKWARD: Shader = shader(&[(0, Uniform), (1, Read), (6, Read), (3, ReadWrite)]);
 
-const ENTRIES: [(Shader, &str); 7] = [
+/// job, E, position table, token ids, x.
+const EMBED: Shader = shader(&[(0, Uniform), (1, Read), (2, Read), (6, Read), (3, ReadWrite)]);
+/// job, source, destination (gelu, column_sum, transpose, split_heads, merge_heads).
+const UNARY: Shader = shader(&[(0, Uniform), (1, Read), (3, ReadWrite)]);
+
+const ENTRIES: [(Shader, &str); 13] = [
     (CROSS_ENTROPY, "cross_entropy"),
     (GELU_BACKWARD, "gelu_backward"),
     (LAYER_NORM_BACKWARD, "layer_norm_backward"),
@@ -45,7 +50,30 @@ const ENTRIES: [(Shader, &str); 7] = [
     (SUM_SQUARES, "sum_squares"),
     (ADAMW, "adamw"),
     (EMBEDDING_BACKWARD, "embedding_backward"),
+    (EMBED, "embed"),
+    (UNARY, "gelu"),
+    (UNARY, "column_sum"),
+    (UNARY, "transpose"),
+    (UNARY, "split_heads"),
+    (UNARY, "merge_heads"),
 ];
+
+/// Indices into [`ENTRIES`].
+mod entry {
+    pub const CROSS_ENTROPY: usize = 0;
+    pub const GELU_BACKWARD: usize = 1;
+    pub const LAYER_NORM_BACKWARD: usize = 2;
+    pub const LAYER_NORM_PARAMS: usize = 3;
+    pub const SUM_SQUARES: usize = 4;
+    pub const ADAMW: usize = 5;
+    pub const EMBEDDING_BACKWARD: usize = 6;
+    pub const EMBED: usize = 7;
+    pub const GELU: usize = 8;
+    pub const COLUMN_SUM: usize = 9;
+    pub const TRANSPOSE: usize = 10;
+    pub const SPLIT_HEADS: usize = 11;
+    pub const MERGE_HEADS: usize = 12;
+}
 
 /// Every variant (one per entry).
 pub fn variants() -> Vec<ShaderVariant> {
@@ -68,7 +96,11 @@ struct Job {
     c1: f32,
     c2: f32,
     scale: f32,
-    pad: [f32; 3],
+    seq: u32,
+    heads: u32,
+    parts: u32,
+    accumulate: u32,
+    pad: [u32; 3],
 }
 
 /// AdamW's settings for one step.
@@ -117,7 +149,11 @@ impl Train {
         bufs: &[&wgpu::Buffer],
     ) -> Result<()> {
         // sum_squares is one workgroup of 256 lanes; the others one invocation per item
-        let grid = if entry == 4 { [1, 1, 1] } else { gpu.grid(NAME, threads.div_ceil(WORKGROUP))? };
+        let grid = if entry == entry::SUM_SQUARES {
+            [1, 1, 1]
+        } else {
+            gpu.grid(NAME, threads.div_ceil(WORKGROUP))?
+        };
         let job = gpu.uniform("train job", &Job { groups_x: grid[0], ..job });
         let mut all = vec![&job];
         all.extend_from_slice(bufs);
@@ -147,7 +183,7 @@ impl Train {
         scale: f32,
     ) -> Result<()> {
         let job = Job { n: rows as u32, d: vocab as u32, scale, ..Job::default() };
-        self.run(gpu, encoder, 0, job, rows as u64, &[logits, targets, dlogits, loss])
+        self.run(gpu, encoder, entry::CROSS_ENTROPY, job, rows as u64, &[logits, targets, dlogits, loss])
     }
 
     /// `dx` = `dy`·GELU'(`x`) over `n` elements (GELU's tanh form).
@@ -160,10 +196,18 @@ impl Train {
         dx: &wgpu::Buffer,
         n: usize,
     ) -> Result<()> {
-        self.run(gpu, encoder, 1, Job { n: n as u32, ..Job::default() }, n as u64, &[x, dy, dx])
+        self.run(
+            gpu,
+            encoder,
+            entry::GELU_BACKWARD,
+            Job { n: n as u32, ..Job::default() },
+            n as u64,
+            &[x, dy, dx],
+        )
     }
 
-    /// LayerNorm's backward for `x` `[rows, d]` (y = γ ⊙ x̂ + β, `eps`): `dx`, and dγ, dβ into
+    /// LayerNorm's backward for `x` `[rows, d]` (y = γ ⊙ x̂ + β, `eps`): `dx` (written, or
+    /// added to it when `accumulate`: the residual stream's gradient), and dγ, dβ into
     /// `dgamma_beta` (`[2, d]`); `stats` (`[rows, 2]` floats) is scratch.
     #[allow(clippy::too_many_arguments)]
     pub fn layer_norm_backward(
@@ -179,6 +223,7 @@ impl Train {
         rows: usize,
         d: usize,
         eps: f32,
+        accumulate: bool,
     ) -> Result<()> {
         if rows > LOOP_CAP {
             return Err(Error::OutOfRange {
@@ -188,9 +233,9 @@ impl Train {
                 max: LOOP_CAP as u64,
             });
         }
-        let job = Job { n: rows as u32, d: d as u32, eps, ..Job::default() };
-        self.run(gpu, encoder, 2, job, rows as u64, &[x, dy, dx, stats, gamma])?;
-        self.run(gpu, encoder, 3, job, d as u64, &[x, dy, dgamma_beta, stats])
+        let job = Job { n: rows as u32, d: d as u32, eps, accumulate: accumulate as u32, ..Job::default() };
+        self.run(gpu, encoder, entry::LAYER_NORM_BACKWARD, job, rows as u64, &[x, dy, dx, stats, gamma])?;
+        self.run(gpu, encoder, entry::LAYER_NORM_PARAMS, job, d as u64, &[x, dy, dgamma_beta, stats])
     }
 
     /// Σ x² of `x` (`n` floats) into `norms[slot]`.
@@ -211,7 +256,14 @@ impl Train {
                 max: (LOOP_CAP * 256) as u64,
             });
         }
-        self.run(gpu, encoder, 4, Job { n: n as u32, slot: slot as u32, ..Job::default() }, 256, &[x, norms])
+        self.run(
+            gpu,
+            encoder,
+            entry::SUM_SQUARES,
+            Job { n: n as u32, slot: slot as u32, ..Job::default() },
+            256,
+            &[x, norms],
+        )
     }
 
     /// One AdamW step on `param` (`n` floats) with moments `m`, `v`, its gradient `grad`
@@ -246,7 +298,7 @@ impl Train {
             c2: (1.0 / (1.0 - (o.beta2 as f64).powi(o.step as i32))) as f32,
             ..Job::default()
         };
-        self.run(gpu, encoder, 5, job, n as u64, &[grad, norms, param, m, v])
+        self.run(gpu, encoder, entry::ADAMW, job, n as u64, &[grad, norms, param, m, v])
     }
 
     /// `de[v]` += Σ over tokens t with `ids[t] == v` of `dx[t]`: `dx` `[tokens, d]`, `de`
@@ -272,8 +324,144 @@ impl Train {
             });
         }
         let job = Job { n: tokens as u32, d: d as u32, slot: vocab as u32, ..Job::default() };
-        self.run(gpu, encoder, 6, job, (vocab * d) as u64, &[dx, ids, de])
+        self.run(gpu, encoder, entry::EMBEDDING_BACKWARD, job, (vocab * d) as u64, &[dx, ids, de])
     }
+
+    /// `x` `[tokens, d]` = `e[ids]` (rows of `e` `[vocab, d]`), plus row `t mod seq` of
+    /// `table` `[seq, d]` when given (sinusoidal positions added to the tokens).
+    #[allow(clippy::too_many_arguments)]
+    pub fn embed(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        e: &wgpu::Buffer,
+        table: Option<&wgpu::Buffer>,
+        ids: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        tokens: usize,
+        d: usize,
+        seq: usize,
+    ) -> Result<()> {
+        let n = checked_u32("embedding rows × width", tokens, d)?;
+        let job = Job {
+            n: tokens as u32,
+            d: d as u32,
+            seq: seq as u32,
+            parts: table.is_some() as u32,
+            ..Job::default()
+        };
+        self.run(gpu, encoder, entry::EMBED, job, n as u64, &[e, table.unwrap_or(e), ids, x])
+    }
+
+    /// `y` = GELU(`x`) over `n` elements (the tanh form).
+    pub fn gelu(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        n: usize,
+    ) -> Result<()> {
+        self.run(gpu, encoder, entry::GELU, Job { n: n as u32, ..Job::default() }, n as u64, &[x, y])
+    }
+
+    /// `out[c]` = Σ over rows of `x` `[rows, cols]` (a bias's gradient).
+    #[allow(clippy::too_many_arguments)]
+    pub fn column_sum(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        if rows > LOOP_CAP {
+            return Err(Error::OutOfRange {
+                what: "rows in one column sum (one loop per column)".into(),
+                value: rows as u64,
+                min: 1,
+                max: LOOP_CAP as u64,
+            });
+        }
+        let job = Job { n: rows as u32, d: cols as u32, ..Job::default() };
+        self.run(gpu, encoder, entry::COLUMN_SUM, job, cols as u64, &[x, out])
+    }
+
+    /// `out` `[cols, rows]` = `x` `[rows, cols]` transposed.
+    pub fn transpose(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        let n = checked_u32("transpose rows × columns", rows, cols)?;
+        let job = Job { n: rows as u32, d: cols as u32, ..Job::default() };
+        self.run(gpu, encoder, entry::TRANSPOSE, job, n as u64, &[x, out])
+    }
+
+    /// Part `part` of `tokens` `[batch·seq, parts·heads·d]` to `heads` `[batch, heads, seq, d]`
+    /// (`split`), or back (`!split`, writing only that part's columns).
+    #[allow(clippy::too_many_arguments)]
+    pub fn permute_heads(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        split: bool,
+        tokens: &wgpu::Buffer,
+        heads_major: &wgpu::Buffer,
+        dims: HeadDims,
+        part: usize,
+    ) -> Result<()> {
+        let HeadDims { batch, seq, heads, d, parts } = dims;
+        if part >= parts {
+            return Err(Error::Invalid(format!("head permute: part {part} of {parts}")));
+        }
+        let n = checked_u32("head permute elements", batch * seq, heads * d)?;
+        let job = Job {
+            n,
+            d: d as u32,
+            seq: seq as u32,
+            heads: heads as u32,
+            parts: parts as u32,
+            slot: part as u32,
+            ..Job::default()
+        };
+        if split {
+            self.run(gpu, encoder, entry::SPLIT_HEADS, job, n as u64, &[tokens, heads_major])
+        } else {
+            self.run(gpu, encoder, entry::MERGE_HEADS, job, n as u64, &[heads_major, tokens])
+        }
+    }
+}
+
+/// The sizes of a head permute: `batch` sequences of `seq` tokens, `heads` heads of width
+/// `d`, `parts` column blocks on the token-major side (3 for a fused QKV projection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadDims {
+    /// Sequences B.
+    pub batch: usize,
+    /// Tokens per sequence T.
+    pub seq: usize,
+    /// Heads H.
+    pub heads: usize,
+    /// Head width D.
+    pub d: usize,
+    /// Column blocks of `[B·T, parts·H·D]`.
+    pub parts: usize,
+}
+
+/// `a·b` as a u32 element count, or a typed error naming `what`.
+fn checked_u32(what: &str, a: usize, b: usize) -> Result<u32> {
+    a.checked_mul(b).and_then(|n| u32::try_from(n).ok()).ok_or_else(|| Error::OutOfRange {
+        what: what.into(),
+        value: (a as u128 * b as u128).min(u64::MAX as u128) as u64,
+        min: 0,
+        max: u32::MAX as u64,
+    })
 }
 
 /// Cross-entropy in f64: per-row loss and (softmax − onehot)·scale (rows with a target ≥

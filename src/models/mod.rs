@@ -4,3 +4,4 @@
 pub mod bert;
 pub mod colt5;
 pub mod gpt;
+pub mod gpt_gpu;

@@ -1,0 +1,638 @@
+//! The GPT of [`super::gpt`] on the GPU: forward, backward and an AdamW step, all recorded
+//! into command encoders and run without a host round trip inside a step.
+//!
+//! Parameters live one device tensor per [`GptConfig::shapes`] entry (a LayerNorm's γ and β
+//! as one `[2, d]` tensor, as LayerNorm reads them); each covers a contiguous slice of the
+//! flat parameter vector, so the host sees the same flat layout as the f64 oracle. The
+//! forward keeps what the backward needs per layer (the residual stream before each branch,
+//! the LayerNorm outputs, Q, K, V, O and LSE, the FFN's pre-activation and activation).
+//!
+//! The pieces: embedding gather (and sinusoidal positions) and its gradient, LayerNorm and
+//! its backward, the tiled matmul for every projection and every gradient (`dX = dY·Wᵀ`,
+//! `dW = Xᵀ·dY` with explicit transposes, biases by column sums), flash attention forward
+//! and the tiled backward (causal; ALiBi or RoPE through the attention contract), GELU and
+//! its backward, softmax cross-entropy, squared norms and AdamW clipped by the global norm.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use crate::contract::positions::Positions;
+use crate::contract::spec::{Alibi, AttnShape, AttnSpec};
+use crate::error::{Error, Result};
+use crate::kernels::backward::{Backward, BackwardBuffers};
+use crate::kernels::embed::check_ids;
+use crate::kernels::layer::LayerOp;
+use crate::kernels::matmul::{Activation, Matmul};
+use crate::kernels::train::{AdamW, HeadDims, Train};
+use crate::kernels::{Attention, AttnBuffers, Kernel};
+use crate::models::gpt::{GptConfig, LN_EPS, Params, PosScheme};
+use crate::runtime::Gpu;
+
+/// One parameter tensor on the device with its gradient and AdamW moments.
+struct Tensor {
+    /// The flat-vector slice it covers.
+    range: Range<usize>,
+    /// Weight decay applies (matrices and the embedding; not biases or LayerNorm).
+    decay: bool,
+    param: wgpu::Buffer,
+    grad: wgpu::Buffer,
+    m: wgpu::Buffer,
+    v: wgpu::Buffer,
+}
+
+/// What one block keeps from the forward for the backward.
+struct Saved {
+    /// The residual stream entering the block `[R, d]`.
+    x: wgpu::Buffer,
+    /// LayerNorm 1's output `[R, d]`.
+    a1: wgpu::Buffer,
+    /// Q, K, V `[B, H, T, D]` and the attention's O and LSE.
+    q: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    o: wgpu::Buffer,
+    lse: wgpu::Buffer,
+    /// O merged to tokens `[R, d]`.
+    att: wgpu::Buffer,
+    /// The residual stream after attention `[R, d]`.
+    mid: wgpu::Buffer,
+    /// LayerNorm 2's output `[R, d]`, the FFN's pre-activation and activation `[R, F]`.
+    a2: wgpu::Buffer,
+    u: wgpu::Buffer,
+    h: wgpu::Buffer,
+    ln1: LayerOp,
+    ln2: LayerOp,
+}
+
+/// Matmul shapes: (M, K, N, bias, accumulate).
+type MmKey = (usize, usize, usize, bool, bool);
+
+/// Index of each block's tensors (after the embedding at 0).
+const LN1: usize = 0;
+const W_QKV: usize = 1;
+const B_QKV: usize = 2;
+const W_O: usize = 3;
+const B_O: usize = 4;
+const LN2: usize = 5;
+const W1: usize = 6;
+const B1: usize = 7;
+const W2: usize = 8;
+const B2: usize = 9;
+const PER_BLOCK: usize = 10;
+
+/// The model on one device for `batch` sequences of `seq` tokens.
+pub struct GptGpu {
+    /// The sizes.
+    pub config: GptConfig,
+    /// Sequences per call.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    train: Train,
+    tensors: Vec<Tensor>,
+    blocks: Vec<Saved>,
+    attention: Attention,
+    backward: Backward,
+    matmuls: HashMap<MmKey, Matmul>,
+    lnf: LayerOp,
+    /// Token ids and targets `[R]`.
+    ids: wgpu::Buffer,
+    targets: wgpu::Buffer,
+    /// Sinusoidal positions `[T, d]` (sinusoidal scheme only).
+    table: Option<wgpu::Buffer>,
+    /// The residual stream after the last block, the final LayerNorm's output `[R, d]`.
+    x_last: wgpu::Buffer,
+    xf: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    dlogits: wgpu::Buffer,
+    /// Per-row loss `[R]`.
+    loss: wgpu::Buffer,
+    /// Backward scratch: the residual stream's gradient and one more `[R, d]`, `[R, F]` twice,
+    /// `[R, 3d]`, dO/dQ/dK/dV, a transposed activation and a transposed weight.
+    dx: wgpu::Buffer,
+    dtmp: wgpu::Buffer,
+    dh: wgpu::Buffer,
+    du: wgpu::Buffer,
+    dqkv: wgpu::Buffer,
+    qkv: wgpu::Buffer,
+    d_o: wgpu::Buffer,
+    dq: wgpu::Buffer,
+    dk: wgpu::Buffer,
+    dv: wgpu::Buffer,
+    act_t: wgpu::Buffer,
+    weight_t: wgpu::Buffer,
+    /// LayerNorm backward's row statistics `[R, 2]`.
+    stats: wgpu::Buffer,
+    /// Squared gradient norms, one slot per tensor.
+    norms: wgpu::Buffer,
+}
+
+/// The attention problem of one block: causal self-attention over `seq` tokens, with the
+/// scheme's ALiBi slopes or RoPE rotation.
+pub fn attention_spec(config: &GptConfig, batch: usize, seq: usize) -> AttnSpec {
+    let hd = config.d_model / config.heads;
+    let spec = AttnSpec::new(AttnShape::mha(batch, config.heads, seq, seq, hd)).causal(true);
+    match config.pos {
+        PosScheme::Alibi => spec.alibi(Alibi::Standard),
+        PosScheme::Rope => spec.positions(Some(Positions::rope(10000.0))),
+        PosScheme::None | PosScheme::Sinusoidal => spec,
+    }
+}
+
+/// The sinusoidal table added to the embeddings: row `t` is the encoding of position `t`.
+pub fn sinusoidal_table(seq: usize, d: usize) -> Vec<f32> {
+    let s = Positions::sinusoidal();
+    (0..seq)
+        .flat_map(|t| {
+            let mut row = vec![0f64; d];
+            s.apply(&mut row, t as i64);
+            row.into_iter().map(|x| x as f32)
+        })
+        .collect()
+}
+
+impl GptGpu {
+    /// Allocates the model (parameters zero until [`GptGpu::load`]) for `batch` sequences of
+    /// `seq` tokens, checking every size before the first allocation.
+    pub fn new(gpu: &Gpu, config: GptConfig, batch: usize, seq: usize) -> Result<Self> {
+        config.validate()?;
+        let (d, f, v) = (config.d_model, config.ffn, config.vocab);
+        let rows = batch.checked_mul(seq).filter(|&r| r > 0).ok_or_else(|| Error::OutOfRange {
+            what: "tokens per call (batch × sequence length)".into(),
+            value: batch.saturating_mul(seq) as u64,
+            min: 1,
+            max: u32::MAX as u64,
+        })?;
+        let bytes = Self::device_bytes(&config, rows);
+        crate::runtime::host::check_bytes("the GPT's activations, parameters and optimiser state", bytes)?;
+        let widest = (rows as u64) * (f.max(3 * d).max(v) as u64) * 4;
+        gpu.check_binding("GPT activation [tokens, widest]", widest)?;
+        let spec = attention_spec(&config, batch, seq);
+        let attention = Attention::new(gpu, Kernel::Flash, &spec)?;
+        let backward = Backward::new(gpu, &spec)?;
+        let train = Train::new(gpu)?;
+
+        let buf = |what: &str, floats: usize| gpu.storage(what, (floats.max(1) * 4) as u64);
+        // tensors: the shapes list with each LayerNorm's γ and β fused
+        let mut tensors = Vec::new();
+        let mut at = 0;
+        let shapes = config.shapes();
+        let mut i = 0;
+        while i < shapes.len() {
+            let (name, shape) = &shapes[i];
+            let mut len: usize = shape.iter().product();
+            if name.ends_with(".g") {
+                len *= 2; // γ then β
+                i += 1;
+            }
+            tensors.push(Tensor {
+                range: at..at + len,
+                decay: shape.len() == 2,
+                param: buf(name, len)?,
+                grad: buf("gradient", len)?,
+                m: buf("AdamW m", len)?,
+                v: buf("AdamW v", len)?,
+            });
+            at += len;
+            i += 1;
+        }
+        debug_assert_eq!(at, config.params());
+        let tensor = |l: usize, k: usize| &tensors[1 + l * PER_BLOCK + k].param;
+        let head_len = spec.shape.q_len();
+        let blocks = (0..config.layers)
+            .map(|l| {
+                Ok(Saved {
+                    x: buf("x", rows * d)?,
+                    a1: buf("a1", rows * d)?,
+                    q: buf("q", head_len)?,
+                    k: buf("k", head_len)?,
+                    v: buf("v", head_len)?,
+                    o: buf("o", head_len)?,
+                    lse: buf("lse", spec.shape.lse_len())?,
+                    att: buf("att", rows * d)?,
+                    mid: buf("mid", rows * d)?,
+                    a2: buf("a2", rows * d)?,
+                    u: buf("u", rows * f)?,
+                    h: buf("h", rows * f)?,
+                    ln1: LayerOp::layer_norm_affine_on(gpu, rows, d, LN_EPS as f32, tensor(l, LN1))?,
+                    ln2: LayerOp::layer_norm_affine_on(gpu, rows, d, LN_EPS as f32, tensor(l, LN2))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lnf =
+            LayerOp::layer_norm_affine_on(gpu, rows, d, LN_EPS as f32, &tensors[tensors.len() - 1].param)?;
+        let r = rows;
+        let keys: [MmKey; 15] = [
+            (r, d, 3 * d, true, false),  // QKV
+            (r, d, d, true, true),       // output projection, added to the stream
+            (r, d, f, true, false),      // FFN in
+            (r, f, d, true, true),       // FFN out, added to the stream
+            (r, d, v, false, false),     // tied head
+            (r, v, d, false, false),     // dxf = dlogits·E
+            (v, r, d, false, false),     // dE = dlogitsᵀ·xf
+            (r, d, f, false, false),     // dh = dx·W2ᵀ
+            (f, r, d, false, false),     // dW2 = hᵀ·dx
+            (r, f, d, false, false),     // da2 = du·W1ᵀ
+            (d, r, f, false, false),     // dW1 = a2ᵀ·du
+            (r, d, d, false, false),     // datt = dx·W_oᵀ
+            (d, r, d, false, false),     // dW_o = attᵀ·dx
+            (r, 3 * d, d, false, false), // da1 = dqkv·W_qkvᵀ
+            (d, r, 3 * d, false, false), // dW_qkv = a1ᵀ·dqkv
+        ];
+        let mut matmuls = HashMap::new();
+        for key in keys {
+            if let std::collections::hash_map::Entry::Vacant(e) = matmuls.entry(key) {
+                let (m, k, n, bias, acc) = key;
+                let mm = Matmul::new(gpu, m, k, n, bias, Activation::None)?;
+                e.insert(if acc { mm.accumulating(gpu) } else { mm });
+            }
+        }
+        let table = match config.pos {
+            PosScheme::Sinusoidal => Some(gpu.upload("sinusoidal positions", &sinusoidal_table(seq, d))?),
+            _ => None,
+        };
+        let widest_t = rows * f.max(d).max(v);
+        Ok(Self {
+            config,
+            batch,
+            seq,
+            train,
+            blocks,
+            attention,
+            backward,
+            matmuls,
+            lnf,
+            ids: buf("token ids", rows)?,
+            targets: buf("targets", rows)?,
+            table,
+            x_last: buf("x last", rows * d)?,
+            xf: buf("xf", rows * d)?,
+            logits: buf("logits", rows * v)?,
+            dlogits: buf("dlogits", rows * v)?,
+            loss: buf("loss", rows)?,
+            dx: buf("dx", rows * d)?,
+            dtmp: buf("dtmp", rows * d)?,
+            dh: buf("dh", rows * f)?,
+            du: buf("du", rows * f)?,
+            dqkv: buf("dqkv", rows * 3 * d)?,
+            qkv: buf("qkv", rows * 3 * d)?,
+            d_o: buf("dO", head_len)?,
+            dq: buf("dQ", head_len)?,
+            dk: buf("dK", head_len)?,
+            dv: buf("dV", head_len)?,
+            act_t: buf("activation transposed", widest_t)?,
+            weight_t: buf("weight transposed", (3 * d * d).max(d * f).max(v * d))?,
+            stats: buf("LayerNorm stats", 2 * rows)?,
+            norms: buf("gradient norms", tensors.len())?,
+            tensors,
+        })
+    }
+
+    /// Device bytes of the model for `rows` tokens per call: parameters with gradients and
+    /// moments, the saved activations, the backward's scratch (saturating).
+    pub fn device_bytes(config: &GptConfig, rows: usize) -> u64 {
+        let (d, f, v, l) =
+            (config.d_model as u64, config.ffn as u64, config.vocab as u64, config.layers as u64);
+        let r = rows as u64;
+        let per_block = r.saturating_mul(9 * d + 2 * f) + r.saturating_mul(config.heads as u64);
+        let fixed = r.saturating_mul(5 * d + 2 * v + 2 * f + 6 * d + 4 * d + f.max(d).max(v) + 3);
+        (4 * config.params() as u64)
+            .saturating_add(l.saturating_mul(per_block))
+            .saturating_add(fixed)
+            .saturating_add((3 * d * d).max(d * f).max(v * d))
+            .saturating_mul(4)
+    }
+
+    fn mm(&self, key: MmKey) -> &Matmul {
+        &self.matmuls[&key]
+    }
+
+    fn rows(&self) -> usize {
+        self.batch * self.seq
+    }
+
+    /// Uploads the flat parameters (`[`GptConfig::params`]` floats, the oracle's layout).
+    pub fn load(&self, gpu: &Gpu, params: &[f32]) -> Result<()> {
+        self.write_flat(gpu, params, |t| &t.param, "parameters")
+    }
+
+    /// Uploads AdamW's moments (flat, like the parameters).
+    pub fn load_moments(&self, gpu: &Gpu, m: &[f32], v: &[f32]) -> Result<()> {
+        self.write_flat(gpu, m, |t| &t.m, "AdamW m")?;
+        self.write_flat(gpu, v, |t| &t.v, "AdamW v")
+    }
+
+    fn write_flat(
+        &self,
+        gpu: &Gpu,
+        data: &[f32],
+        pick: impl Fn(&Tensor) -> &wgpu::Buffer,
+        what: &str,
+    ) -> Result<()> {
+        if data.len() != self.config.params() {
+            return Err(Error::Length {
+                what: what.into(),
+                got: data.len(),
+                shape: vec![self.config.params()],
+                expected: self.config.params(),
+            });
+        }
+        crate::contract::spec::check_finite(what, data)?;
+        for t in &self.tensors {
+            gpu.queue.write_buffer(pick(t), 0, bytemuck::cast_slice(&data[t.range.clone()]));
+        }
+        Ok(())
+    }
+
+    fn read_flat(&self, gpu: &Gpu, pick: impl Fn(&Tensor) -> &wgpu::Buffer) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(self.config.params());
+        for t in &self.tensors {
+            out.extend(gpu.read::<f32>(pick(t), t.range.len())?);
+        }
+        Ok(out)
+    }
+
+    /// The parameters, flat.
+    pub fn params(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        self.read_flat(gpu, |t| &t.param)
+    }
+
+    /// The last backward's gradients, flat.
+    pub fn grads(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        self.read_flat(gpu, |t| &t.grad)
+    }
+
+    /// AdamW's moments (m, v), flat.
+    pub fn moments(&self, gpu: &Gpu) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((self.read_flat(gpu, |t| &t.m)?, self.read_flat(gpu, |t| &t.v)?))
+    }
+
+    /// Sets the next call's tokens: `inputs` and `targets` (`[batch·seq]` each; a target ≥
+    /// vocab marks a position whose loss does not count).
+    pub fn set_tokens(&self, gpu: &Gpu, inputs: &[u32], targets: &[u32]) -> Result<()> {
+        let r = self.rows();
+        if inputs.len() != r || targets.len() != r {
+            return Err(Error::Length {
+                what: "token ids and targets".into(),
+                got: inputs.len().min(targets.len()),
+                shape: vec![self.batch, self.seq],
+                expected: r,
+            });
+        }
+        check_ids(inputs, self.config.vocab)?;
+        gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(inputs));
+        gpu.queue.write_buffer(&self.targets, 0, bytemuck::cast_slice(targets));
+        Ok(())
+    }
+
+    /// Per-position losses of the last forward (0 where the target did not count).
+    pub fn losses(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        gpu.read(&self.loss, self.rows())
+    }
+
+    fn heads(&self, parts: usize) -> HeadDims {
+        HeadDims {
+            batch: self.batch,
+            seq: self.seq,
+            heads: self.config.heads,
+            d: self.config.d_model / self.config.heads,
+            parts,
+        }
+    }
+
+    fn param(&self, l: usize, k: usize) -> &wgpu::Buffer {
+        &self.tensors[1 + l * PER_BLOCK + k].param
+    }
+
+    fn grad(&self, l: usize, k: usize) -> &wgpu::Buffer {
+        &self.tensors[1 + l * PER_BLOCK + k].grad
+    }
+
+    /// Records the forward to the per-position losses; `dlogits` gets the cross-entropy's
+    /// gradient scaled by `loss_scale` (1 / counted positions for a mean).
+    pub fn encode_forward(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, loss_scale: f32) -> Result<()> {
+        let c = &self.config;
+        let (r, d, f, v) = (self.rows(), c.d_model, c.ffn, c.vocab);
+        let t = &self.train;
+        let wte = &self.tensors[0].param;
+        let first = self.blocks.first().map_or(&self.x_last, |b| &b.x);
+        t.embed(gpu, enc, wte, self.table.as_ref(), &self.ids, first, r, d, self.seq)?;
+        for (l, s) in self.blocks.iter().enumerate() {
+            s.ln1.encode(gpu, enc, &s.x, &s.a1);
+            self.mm((r, d, 3 * d, true, false)).encode(
+                gpu,
+                enc,
+                &s.a1,
+                self.param(l, W_QKV),
+                Some(self.param(l, B_QKV)),
+                &self.qkv,
+            )?;
+            for (part, dst) in [&s.q, &s.k, &s.v].into_iter().enumerate() {
+                t.permute_heads(gpu, enc, true, &self.qkv, dst, self.heads(3), part)?;
+            }
+            self.attention.encode(
+                gpu,
+                enc,
+                &AttnBuffers { q: &s.q, k: &s.k, v: &s.v, o: &s.o, lse: &s.lse },
+            )?;
+            t.permute_heads(gpu, enc, false, &s.att, &s.o, self.heads(1), 0)?;
+            enc.copy_buffer_to_buffer(&s.x, 0, &s.mid, 0, (r * d * 4) as u64);
+            self.mm((r, d, d, true, true)).encode(
+                gpu,
+                enc,
+                &s.att,
+                self.param(l, W_O),
+                Some(self.param(l, B_O)),
+                &s.mid,
+            )?;
+            s.ln2.encode(gpu, enc, &s.mid, &s.a2);
+            self.mm((r, d, f, true, false)).encode(
+                gpu,
+                enc,
+                &s.a2,
+                self.param(l, W1),
+                Some(self.param(l, B1)),
+                &s.u,
+            )?;
+            t.gelu(gpu, enc, &s.u, &s.h, r * f)?;
+            let next = self.blocks.get(l + 1).map_or(&self.x_last, |b| &b.x);
+            enc.copy_buffer_to_buffer(&s.mid, 0, next, 0, (r * d * 4) as u64);
+            self.mm((r, f, d, true, true)).encode(
+                gpu,
+                enc,
+                &s.h,
+                self.param(l, W2),
+                Some(self.param(l, B2)),
+                next,
+            )?;
+        }
+        self.lnf.encode(gpu, enc, &self.x_last, &self.xf);
+        // tied head: logits = xf · Eᵀ
+        t.transpose(gpu, enc, wte, &self.weight_t, v, d)?;
+        self.mm((r, d, v, false, false)).encode(gpu, enc, &self.xf, &self.weight_t, None, &self.logits)?;
+        t.cross_entropy(gpu, enc, &self.logits, &self.targets, &self.dlogits, &self.loss, r, v, loss_scale)
+    }
+
+    /// `grad` = xᵀ·dy for x `[R, k]`, dy `[R, n]` (through a transposed copy of x).
+    #[allow(clippy::too_many_arguments)]
+    fn weight_grad(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        dy: &wgpu::Buffer,
+        grad: &wgpu::Buffer,
+        k: usize,
+        n: usize,
+    ) -> Result<()> {
+        let r = self.rows();
+        self.train.transpose(gpu, enc, x, &self.act_t, r, k)?;
+        self.mm((k, r, n, false, false)).encode(gpu, enc, &self.act_t, dy, None, grad)
+    }
+
+    /// `dx` = dy·Wᵀ for dy `[R, n]`, W `[k, n]`.
+    #[allow(clippy::too_many_arguments)]
+    fn input_grad(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        dy: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        dx: &wgpu::Buffer,
+        k: usize,
+        n: usize,
+    ) -> Result<()> {
+        self.train.transpose(gpu, enc, w, &self.weight_t, k, n)?;
+        self.mm((self.rows(), n, k, false, false)).encode(gpu, enc, dy, &self.weight_t, None, dx)
+    }
+
+    /// Records the backward of the last forward: every parameter's gradient.
+    pub fn encode_backward(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder) -> Result<()> {
+        let c = &self.config;
+        let (r, d, f, v) = (self.rows(), c.d_model, c.ffn, c.vocab);
+        let t = &self.train;
+        let eps = LN_EPS as f32;
+        let (wte, dwte) = (&self.tensors[0].param, &self.tensors[0].grad);
+        // head: dE = dlogitsᵀ·xf (the embedding's share is added at the end), dxf = dlogits·E
+        t.transpose(gpu, enc, &self.dlogits, &self.act_t, r, v)?;
+        self.mm((v, r, d, false, false)).encode(gpu, enc, &self.act_t, &self.xf, None, dwte)?;
+        self.mm((r, v, d, false, false)).encode(gpu, enc, &self.dlogits, wte, None, &self.dtmp)?;
+        let lnf = self.tensors.last().expect("final LayerNorm");
+        t.layer_norm_backward(
+            gpu,
+            enc,
+            &self.x_last,
+            &self.dtmp,
+            &lnf.param,
+            &self.dx,
+            &lnf.grad,
+            &self.stats,
+            r,
+            d,
+            eps,
+            false,
+        )?;
+        for (l, s) in self.blocks.iter().enumerate().rev() {
+            // FFN: next = mid + GELU(u)·W2 + b2, u = LN2(mid)·W1 + b1
+            t.column_sum(gpu, enc, &self.dx, self.grad(l, B2), r, d)?;
+            self.weight_grad(gpu, enc, &s.h, &self.dx, self.grad(l, W2), f, d)?;
+            self.input_grad(gpu, enc, &self.dx, self.param(l, W2), &self.dh, f, d)?;
+            t.gelu_backward(gpu, enc, &s.u, &self.dh, &self.du, r * f)?;
+            t.column_sum(gpu, enc, &self.du, self.grad(l, B1), r, f)?;
+            self.weight_grad(gpu, enc, &s.a2, &self.du, self.grad(l, W1), d, f)?;
+            self.input_grad(gpu, enc, &self.du, self.param(l, W1), &self.dtmp, d, f)?;
+            t.layer_norm_backward(
+                gpu,
+                enc,
+                &s.mid,
+                &self.dtmp,
+                self.param(l, LN2),
+                &self.dx,
+                self.grad(l, LN2),
+                &self.stats,
+                r,
+                d,
+                eps,
+                true,
+            )?;
+            // attention: mid = x + merge(attn(split(LN1(x)·W_qkv + b_qkv)))·W_o + b_o
+            t.column_sum(gpu, enc, &self.dx, self.grad(l, B_O), r, d)?;
+            self.weight_grad(gpu, enc, &s.att, &self.dx, self.grad(l, W_O), d, d)?;
+            self.input_grad(gpu, enc, &self.dx, self.param(l, W_O), &self.dtmp, d, d)?;
+            t.permute_heads(gpu, enc, true, &self.dtmp, &self.d_o, self.heads(1), 0)?;
+            let forward = AttnBuffers { q: &s.q, k: &s.k, v: &s.v, o: &s.o, lse: &s.lse };
+            self.backward.encode(
+                gpu,
+                enc,
+                &BackwardBuffers { forward, d_o: &self.d_o, dq: &self.dq, dk: &self.dk, dv: &self.dv },
+            )?;
+            for (part, src) in [&self.dq, &self.dk, &self.dv].into_iter().enumerate() {
+                t.permute_heads(gpu, enc, false, &self.dqkv, src, self.heads(3), part)?;
+            }
+            t.column_sum(gpu, enc, &self.dqkv, self.grad(l, B_QKV), r, 3 * d)?;
+            self.weight_grad(gpu, enc, &s.a1, &self.dqkv, self.grad(l, W_QKV), d, 3 * d)?;
+            self.input_grad(gpu, enc, &self.dqkv, self.param(l, W_QKV), &self.dtmp, d, 3 * d)?;
+            t.layer_norm_backward(
+                gpu,
+                enc,
+                &s.x,
+                &self.dtmp,
+                self.param(l, LN1),
+                &self.dx,
+                self.grad(l, LN1),
+                &self.stats,
+                r,
+                d,
+                eps,
+                true,
+            )?;
+        }
+        // the gather's gradient, added to the head's
+        t.embedding_backward(gpu, enc, &self.dx, &self.ids, dwte, r, v, d)
+    }
+
+    /// Records one AdamW step on every tensor, the gradient clipped to `o.max_norm` by the
+    /// global norm (computed on the device); weight decay on matrices only.
+    pub fn encode_step(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, o: &AdamW) -> Result<()> {
+        for (slot, t) in self.tensors.iter().enumerate() {
+            self.train.sum_squares(gpu, enc, &t.grad, &self.norms, t.range.len(), slot)?;
+        }
+        for t in &self.tensors {
+            let o = AdamW { weight_decay: if t.decay { o.weight_decay } else { 0.0 }, ..*o };
+            self.train.adamw(
+                gpu,
+                enc,
+                &t.param,
+                &t.grad,
+                &t.m,
+                &t.v,
+                &self.norms,
+                self.tensors.len(),
+                t.range.len(),
+                &o,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The global gradient norm of the last backward (read back: for reports, not steps).
+    pub fn grad_norm(&self, gpu: &Gpu) -> Result<f32> {
+        Ok(gpu.read::<f32>(&self.norms, self.tensors.len())?.iter().sum::<f32>().sqrt())
+    }
+
+    /// Which parameter tensors exist, with their flat ranges (a LayerNorm as `….ln1` for γ | β).
+    pub fn tensor_ranges(&self) -> Vec<(String, Range<usize>)> {
+        let shapes = self.config.shapes();
+        self.tensors
+            .iter()
+            .map(|t| {
+                let name = shapes
+                    .iter()
+                    .find(|(n, _)| Params::range(&self.config, n).is_some_and(|r| r.start == t.range.start))
+                    .map(|(n, _)| n.trim_end_matches(".g").to_string())
+                    .unwrap_or_default();
+                (name, t.range.clone())
+            })
+            .collect()
+    }
+}
