@@ -347,6 +347,36 @@ pub fn read_safetensors(path: &Path, name: &str) -> Result<Tensor> {
     SafetensorsFile::open(path)?.tensor(name)
 }
 
+/// Writes f32 tensors `(name, shape, data)` and string `metadata` as a `.safetensors` file,
+/// atomically (a checkpoint is either the old one or the new one).
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, &[f32])],
+    metadata: std::collections::HashMap<String, String>,
+) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            if element_count(shape) != Some(data.len()) {
+                return Err(file_err(
+                    path,
+                    format!("tensor `{name}`: shape {shape:?} but {} values", data.len()),
+                ));
+            }
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                shape.clone(),
+                bytemuck::cast_slice(data),
+            )
+            .map_err(|e| file_err(path, format!("tensor `{name}`: {e}")))?;
+            Ok((name.clone(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| file_err(path, format!("cannot be serialised: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
 /// A `.safetensors` file read once, for loading many tensors (a model's weights).
 pub struct SafetensorsFile {
     path: std::path::PathBuf,
@@ -363,6 +393,11 @@ impl SafetensorsFile {
         let (header, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| file_err(path, format!("not a valid .safetensors file: {e}")))?;
         Ok(Self { path: path.to_path_buf(), bytes, header, metadata })
+    }
+
+    /// The header's string metadata under `key`.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.metadata().as_ref().and_then(|m| m.get(key)).map(String::as_str)
     }
 
     /// Tensor names, sorted.

@@ -878,3 +878,80 @@ fn positions_from_flags() {
     let err = last_cell(&text, "4/2");
     assert!(err <= 1e-5, "decode with RoPE: rel err {err}");
 }
+
+#[test]
+fn train_resumes_and_eval_reports_bits_per_byte_at_each_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, b"And God said, Let there be light: and there was light.\n".repeat(60)).unwrap();
+    let out = dir.path().join("run");
+    let train = |steps: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--pos",
+            "alibi",
+            "--train-len",
+            "16",
+            "--d-model",
+            "16",
+            "--heads",
+            "2",
+            "--layers",
+            "1",
+            "--batch",
+            "2",
+            "--steps",
+            steps,
+            "--warmup",
+            "2",
+            "--checkpoint-every",
+            "2",
+            "--log-every",
+            "1",
+            "--corpus",
+            p(&corpus),
+            "--out",
+            p(&out),
+        ];
+        args.extend_from_slice(extra);
+        longctx(&args)
+    };
+    let first = train("4", &[]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let ckpt = out.join("checkpoint.safetensors");
+    assert!(ckpt.exists() && out.join("log.csv").exists());
+    // a second start without --resume is refused before any work; a different run is refused
+    fails_with(&["train", "--pos", "alibi", "--corpus", p(&corpus), "--out", p(&out)], "--resume");
+    fails_with(&["train", "--pos", "rope", "--corpus", p(&corpus), "--out", p(&out), "--resume"], "differs");
+    let log = std::fs::read_to_string(out.join("log.csv")).unwrap();
+    assert_eq!(log.lines().count(), 5, "{log}");
+    let json = dir.path().join("eval.json");
+    let eval = longctx(&[
+        "eval",
+        "--checkpoint",
+        p(&ckpt),
+        "--corpus",
+        p(&corpus),
+        "--lengths",
+        "16,32,64",
+        "--span",
+        "128",
+        "--slide",
+        "4",
+        "--json",
+        p(&json),
+    ]);
+    let stdout = String::from_utf8_lossy(&eval.stdout);
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    assert!(stdout.contains("alibi (L=16) non-overlapping"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = v[0]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6);
+    for r in rows {
+        let bpb = r["bits_per_byte"].as_f64().unwrap();
+        assert!(bpb > 0.0 && bpb < 8.5, "{r}");
+        assert_eq!(r["tokens"], 128);
+    }
+    fails_with(&["eval", "--checkpoint", p(&ckpt), "--corpus", p(&corpus), "--span", "100"], "span");
+    fails_with(&["eval", "--checkpoint", p(&corpus), "--corpus", p(&corpus)], "safetensors");
+}

@@ -12,6 +12,7 @@ mod plan;
 mod ring;
 mod route;
 mod selftest;
+mod train;
 mod tune;
 
 use clap::{Parser, Subcommand};
@@ -148,6 +149,12 @@ pub enum Command {
     /// Check every kernel and feature against the f64 oracle on this adapter at small sizes
     /// (one line per check; fails if any does): run it on a new GPU or driver.
     Selftest,
+    /// Train a small byte-level GPT on the kernels (flash forward and backward, matmul,
+    /// AdamW) with sinusoidal, RoPE, ALiBi or no positions; checkpoints and a loss log.
+    Train(train::TrainArgs),
+    /// Validation bits per byte of trained checkpoints at evaluation lengths beyond the
+    /// training length (non-overlapping and sliding windows).
+    Eval(train::EvalArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -177,5 +184,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Decode(a) => decode::run(&cli.device, &a),
         Command::Embed(a) => embed::run(&cli.device, &a),
         Command::Selftest => selftest::run(&cli.device),
+        Command::Train(a) => train::run_train(&cli.device, &a),
+        Command::Eval(a) => train::run_eval(&cli.device, &a),
     }
 }

@@ -27,6 +27,16 @@ pub enum PosScheme {
 }
 
 impl PosScheme {
+    /// The scheme's name as [`PosScheme::parse`] reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PosScheme::None => "none",
+            PosScheme::Sinusoidal => "sinusoidal",
+            PosScheme::Rope => "rope",
+            PosScheme::Alibi => "alibi",
+        }
+    }
+
     /// Parses `none`, `sinusoidal`, `rope` or `alibi`.
     pub fn parse(text: &str) -> Result<Self> {
         Ok(match text {

@@ -5,3 +5,4 @@ pub mod bert;
 pub mod colt5;
 pub mod gpt;
 pub mod gpt_gpu;
+pub mod training;

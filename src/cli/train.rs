@@ -1,0 +1,352 @@
+//! `longctx train` and `longctx eval`: the byte-level GPT trained on the kernels, and its
+//! validation bits per byte at evaluation lengths beyond the training length.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use indicatif::{ProgressBar, ProgressStyle};
+use longctx::models::gpt::{GptConfig, PosScheme};
+use longctx::models::training::{Checkpoint, Corpus, EvalRow, LogRow, TrainConfig, Windows, evaluate, train};
+use serde::Serialize;
+
+use super::{DeviceArgs, positive};
+
+/// Where `scripts/fetch-corpus` puts the King James Bible.
+const DEFAULT_CORPUS: &str = "target/corpus/kjv.txt";
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+A byte-level GPT (GPT-2's layout: tied embedding, pre-LayerNorm blocks, GELU FFN of 4·d)
+trained with AdamW on the kernels: flash attention forward and backward, the tiled matmul,
+the training kernels. Batches are windows of --train-len + 1 bytes drawn from the first 90 %
+of the corpus; the last 10 % is the validation text. Writes OUT/checkpoint.safetensors (every
+--checkpoint-every steps and at the end: parameters, AdamW moments, configuration, log) and
+OUT/log.csv. An interrupted run continues with --resume and the same flags.
+
+Example (the README's runs):
+  scripts/fetch-corpus
+  longctx train --pos alibi --train-len 128 --out runs/alibi")]
+pub struct TrainArgs {
+    /// Positional scheme: sinusoidal, rope, alibi or none.
+    #[arg(long)]
+    pos: String,
+    /// Training length L (tokens per sequence).
+    #[arg(long, default_value_t = 128, value_parser = positive)]
+    train_len: usize,
+    /// The corpus (one text file; `scripts/fetch-corpus` fetches the default).
+    #[arg(long, default_value = DEFAULT_CORPUS)]
+    corpus: PathBuf,
+    /// Output directory (default runs/POS).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Model width.
+    #[arg(long, default_value_t = 128, value_parser = positive)]
+    d_model: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = 4, value_parser = positive)]
+    heads: usize,
+    /// Blocks.
+    #[arg(long, default_value_t = 4, value_parser = positive)]
+    layers: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 16, value_parser = positive)]
+    batch: usize,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 2000, value_parser = positive)]
+    steps: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f32,
+    /// Warm-up steps (then cosine decay to lr/10).
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+    /// AdamW weight decay (matrices and the embedding).
+    #[arg(long, default_value_t = 0.1)]
+    weight_decay: f32,
+    /// Global gradient-norm clip.
+    #[arg(long, default_value_t = 1.0)]
+    clip: f32,
+    /// Seed of the initialisation and the batches.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Steps between checkpoints (and validation losses).
+    #[arg(long, default_value_t = 100, value_parser = positive)]
+    checkpoint_every: usize,
+    /// Steps between log rows.
+    #[arg(long, default_value_t = 10, value_parser = positive)]
+    log_every: usize,
+    /// Continue the run in OUT from its checkpoint.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// `runs/POS` unless given.
+fn out_dir(a: &TrainArgs, pos: PosScheme) -> PathBuf {
+    a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(pos.name()))
+}
+
+fn corpus(path: &Path) -> anyhow::Result<Corpus> {
+    if !path.exists() {
+        bail!("no corpus at {}: run scripts/fetch-corpus (or give --corpus FILE)", path.display());
+    }
+    Ok(Corpus::load(path)?)
+}
+
+fn log_csv(rows: &[LogRow]) -> anyhow::Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r)?;
+    }
+    w.into_inner().map_err(|e| anyhow::anyhow!("CSV: {e}"))
+}
+
+pub fn run_train(device: &DeviceArgs, a: &TrainArgs) -> anyhow::Result<()> {
+    let pos = PosScheme::parse(&a.pos)?;
+    let model = GptConfig {
+        vocab: 256,
+        d_model: a.d_model,
+        heads: a.heads,
+        layers: a.layers,
+        ffn: 4 * a.d_model,
+        pos,
+    };
+    let corpus = corpus(&a.corpus)?;
+    let config = TrainConfig {
+        model,
+        batch: a.batch,
+        seq: a.train_len,
+        steps: a.steps,
+        lr: a.lr,
+        warmup: a.warmup,
+        min_lr_ratio: 0.1,
+        weight_decay: a.weight_decay,
+        max_norm: a.clip,
+        betas: (0.9, 0.95),
+        seed: a.seed,
+        checkpoint_every: a.checkpoint_every,
+        log_every: a.log_every,
+        corpus_sha256: corpus.sha256.clone(),
+    };
+    config.validate()?;
+    let dir = out_dir(a, pos);
+    let (ckpt, log) = (dir.join("checkpoint.safetensors"), dir.join("log.csv"));
+    let start = match (a.resume, ckpt.exists()) {
+        (true, true) => {
+            let c = Checkpoint::load(&ckpt)?;
+            c.check_continues(&config)?;
+            Some(c)
+        }
+        (true, false) => bail!("--resume: no checkpoint at {}", ckpt.display()),
+        (false, true) => {
+            bail!("{} exists: continue it with --resume, or choose another --out", ckpt.display())
+        }
+        (false, false) => None,
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    longctx::io::check_outputs(&[ckpt.as_path(), log.as_path()], &[a.corpus.as_path()])?;
+    let gpu = device.gpu()?;
+    let done = start.as_ref().map_or(0, |c| c.step);
+    let mut rows = start.as_ref().map_or_else(Vec::new, |c| c.log.clone());
+    println!(
+        "training {} ({} parameters; d {} × {} layers, {} heads) at L = {} on {}: {} steps of {} tokens from step {done}",
+        pos.name(),
+        model.params(),
+        model.d_model,
+        model.layers,
+        model.heads,
+        a.train_len,
+        gpu.info().name,
+        a.steps,
+        config.tokens_per_step()
+    );
+    let bar = ProgressBar::new(a.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed}<{eta} {msg}").expect("template"),
+    );
+    bar.set_position(done as u64);
+    let mut write_err = None;
+    let state = train(&gpu, &corpus, &config, start, config.steps, &ckpt, |row| {
+        bar.set_position(row.step as u64);
+        bar.set_message(format!(
+            "loss {:.3}{} lr {:.1e} {:.0} tok/s",
+            row.loss,
+            row.val_loss.map(|v| format!(" val {v:.3}")).unwrap_or_default(),
+            row.lr,
+            row.tokens_per_s
+        ));
+        if row.val_loss.is_some() {
+            bar.println(format!(
+                "step {:>6}  loss {:.4}  val {:.4} ({:.3} bits/byte)  {:.0} tok/s",
+                row.step,
+                row.loss,
+                row.val_loss.unwrap_or(f32::NAN),
+                row.val_loss.unwrap_or(f32::NAN) as f64 / std::f64::consts::LN_2,
+                row.tokens_per_s
+            ));
+        }
+        rows.push(row.clone());
+        if let Err(e) = log_csv(&rows).and_then(|b| Ok(longctx::io::write_atomic(&log, &b)?)) {
+            write_err.get_or_insert(e);
+        }
+    })?;
+    bar.finish_and_clear();
+    if let Some(e) = write_err {
+        return Err(e.context(format!("writing {}", log.display())));
+    }
+    let last = state.log.last().context("no steps were run")?;
+    println!(
+        "step {}: loss {:.4}, validation {:.4} nats ({:.3} bits/byte); {:.0} s of training; {}",
+        state.step,
+        last.loss,
+        last.val_loss.unwrap_or(f32::NAN),
+        last.val_loss.unwrap_or(f32::NAN) as f64 / std::f64::consts::LN_2,
+        last.elapsed_s,
+        ckpt.display()
+    );
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Validation bits per byte of trained checkpoints at each evaluation length, on the same bytes
+for every length (the first --span bytes of the validation text): non-overlapping windows
+(as in the ALiBi paper's Figure 1; a token early in a window sees little context) and a
+sliding window advancing by L/--slide (each scored token after the first window sees at
+least L − L/slide tokens).
+
+Example:
+  longctx eval --checkpoint runs/alibi/checkpoint.safetensors --lengths 128,256,512,1024,2048")]
+pub struct EvalArgs {
+    /// Checkpoints to evaluate (repeat the flag for several).
+    #[arg(long, required = true)]
+    checkpoint: Vec<PathBuf>,
+    /// Evaluation lengths, comma-separated.
+    #[arg(long, default_value = "128,256,512,1024,2048", value_delimiter = ',', value_parser = positive)]
+    lengths: Vec<usize>,
+    /// The corpus the checkpoints were trained on.
+    #[arg(long, default_value = DEFAULT_CORPUS)]
+    corpus: PathBuf,
+    /// Validation bytes scored (a multiple of every length).
+    #[arg(long, default_value_t = 16384, value_parser = positive)]
+    span: usize,
+    /// Sliding windows advance by L / SLIDE (0: no sliding evaluation).
+    #[arg(long, default_value_t = 4)]
+    slide: usize,
+    /// Tokens per forward (windows batched up to this).
+    #[arg(long, default_value_t = 4096, value_parser = positive)]
+    tokens_per_call: usize,
+    /// Write the results as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// One checkpoint's results.
+#[derive(Serialize)]
+pub struct EvalReport {
+    checkpoint: String,
+    pos: PosScheme,
+    train_len: usize,
+    steps: usize,
+    rows: Vec<EvalRow>,
+}
+
+pub fn run_eval(device: &DeviceArgs, a: &EvalArgs) -> anyhow::Result<()> {
+    let mut inputs: Vec<&Path> = a.checkpoint.iter().map(PathBuf::as_path).collect();
+    inputs.push(&a.corpus);
+    longctx::io::check_outputs(&a.json.as_deref().into_iter().collect::<Vec<_>>(), &inputs)?;
+    let corpus = corpus(&a.corpus)?;
+    let checkpoints = a
+        .checkpoint
+        .iter()
+        .map(|p| Checkpoint::load(p).with_context(|| format!("reading {}", p.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (c, p) in checkpoints.iter().zip(&a.checkpoint) {
+        if c.config.corpus_sha256 != corpus.sha256 {
+            bail!(
+                "{} was trained on corpus {}, not {} ({})",
+                p.display(),
+                c.config.corpus_sha256,
+                a.corpus.display(),
+                corpus.sha256
+            );
+        }
+    }
+    let mut modes = vec![Windows::NonOverlapping];
+    if a.slide > 0 {
+        for &l in &a.lengths {
+            if l % a.slide != 0 {
+                bail!("--slide {}: length {l} is not a multiple of it", a.slide);
+            }
+        }
+        modes.push(Windows::Sliding { stride: 0 });
+    }
+    let gpu = device.gpu()?;
+    let bar = ProgressBar::new((checkpoints.len() * a.lengths.len() * modes.len()) as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}").expect("template"));
+    let mut reports = Vec::new();
+    for (c, path) in checkpoints.iter().zip(&a.checkpoint) {
+        let mut rows = Vec::new();
+        for &l in &a.lengths {
+            for mode in &modes {
+                let w = match mode {
+                    Windows::Sliding { .. } => Windows::Sliding { stride: l / a.slide },
+                    m => *m,
+                };
+                bar.set_message(format!("{} L={l} {w:?}", c.config.model.pos.name()));
+                rows.push(evaluate(
+                    &gpu,
+                    &c.config.model,
+                    &c.params,
+                    &corpus.valid,
+                    a.span,
+                    l,
+                    w,
+                    a.tokens_per_call,
+                )?);
+                bar.inc(1);
+            }
+        }
+        reports.push(EvalReport {
+            checkpoint: path.display().to_string(),
+            pos: c.config.model.pos,
+            train_len: c.config.seq,
+            steps: c.step,
+            rows,
+        });
+    }
+    bar.finish_and_clear();
+    println!("{}", table(&reports, a.slide));
+    if let Some(path) = &a.json {
+        longctx::io::write_atomic(path, serde_json::to_string_pretty(&reports)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn table(reports: &[EvalReport], slide: usize) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    let mut header = vec!["L (eval)".to_string()];
+    for r in reports {
+        header.push(format!("{} (L={}) non-overlapping", r.pos.name(), r.train_len));
+        if slide > 0 {
+            header.push(format!("{} sliding L/{slide}", r.pos.name()));
+        }
+    }
+    t.set_header(header);
+    let lengths: Vec<usize> =
+        reports.first().map(|r| r.rows.iter().map(|x| x.length).collect()).unwrap_or_default();
+    let mut lengths = lengths;
+    lengths.dedup();
+    for l in lengths {
+        let mut row = vec![l.to_string()];
+        for r in reports {
+            for x in r.rows.iter().filter(|x| x.length == l) {
+                row.push(format!("{:.3}", x.bits_per_byte));
+            }
+        }
+        t.add_row(row);
+    }
+    t
+}
