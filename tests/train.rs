@@ -168,3 +168,85 @@ fn clipped_adamw_and_the_embedding_gradient_match_the_oracles() {
     assert!(k.adamw(g, &mut enc, &p1b, &g1b, &m1b, &v1b, &norms, 2, n1, &AdamW { step: 0, ..o }).is_err());
     println!("squared norm {e_norm:.1e}; AdamW (p, m, v) {e_adam:.1e}; embedding backward {e_emb:.1e}");
 }
+
+#[test]
+fn the_model_glue_matches_its_definitions() {
+    use longctx::kernels::train::HeadDims;
+    let g = common::gpu();
+    let seed = common::seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let k = Train::new(g).unwrap();
+    let rand =
+        |n: usize, rng: &mut StdRng| -> Vec<f32> { (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect() };
+    // embedding gather with and without a position table (T = 5 per sequence)
+    let (vocab, d, tokens, seq) = (11, 7, 15, 5);
+    let e = rand(vocab * d, &mut rng);
+    let table = rand(seq * d, &mut rng);
+    let ids: Vec<u32> = (0..tokens).map(|_| rng.random_range(0..vocab as u32)).collect();
+    let (eb, tb, ib) =
+        (g.upload("E", &e).unwrap(), g.upload("table", &table).unwrap(), g.upload("ids", &ids).unwrap());
+    for with_table in [false, true] {
+        let xb = poisoned(tokens * d);
+        run(|enc| k.embed(g, enc, &eb, with_table.then_some(&tb), &ib, &xb, tokens, d, seq).unwrap());
+        let want: Vec<f64> = (0..tokens * d)
+            .map(|i| {
+                let (t, c) = (i / d, i % d);
+                e[ids[t] as usize * d + c] as f64
+                    + if with_table { table[(t % seq) * d + c] as f64 } else { 0.0 }
+            })
+            .collect();
+        assert_eq!(rel_error(&g.read::<f32>(&xb, tokens * d).unwrap(), &want), 0.0, "table {with_table}");
+    }
+    // GELU forward
+    let x = rand(301, &mut rng);
+    let (xb, yb) = (g.upload("x", &x).unwrap(), poisoned(301));
+    run(|enc| k.gelu(g, enc, &xb, &yb, 301).unwrap());
+    let want: Vec<f64> = x.iter().map(|&v| gelu_f64(v as f64).0).collect();
+    let err = rel_error(&g.read::<f32>(&yb, 301).unwrap(), &want);
+    assert!(err <= BOUND, "GELU {err:.2e} (seed {seed})");
+    // column sums and a transpose of [13, 9]
+    let (rows, cols) = (13, 9);
+    let m = rand(rows * cols, &mut rng);
+    let (mb, sb, tb2) = (g.upload("m", &m).unwrap(), poisoned(cols), poisoned(rows * cols));
+    run(|enc| {
+        k.column_sum(g, enc, &mb, &sb, rows, cols).unwrap();
+        k.transpose(g, enc, &mb, &tb2, rows, cols).unwrap();
+    });
+    let sums: Vec<f64> = (0..cols).map(|c| (0..rows).map(|r| m[r * cols + c] as f64).sum()).collect();
+    let err = rel_error(&g.read::<f32>(&sb, cols).unwrap(), &sums);
+    assert!(err <= BOUND, "column sums {err:.2e}");
+    let t: Vec<f64> = (0..rows * cols).map(|i| m[(i % rows) * cols + i / rows] as f64).collect();
+    assert_eq!(rel_error(&g.read::<f32>(&tb2, rows * cols).unwrap(), &t), 0.0);
+    // QKV split into heads and merged back: B = 2, T = 3, H = 2, D = 5, three parts
+    let dims = HeadDims { batch: 2, seq: 3, heads: 2, d: 5, parts: 3 };
+    let width = 3 * 2 * 5;
+    let qkv = rand(6 * width, &mut rng);
+    let qb = g.upload("qkv", &qkv).unwrap();
+    let parts: Vec<wgpu::Buffer> = (0..3).map(|_| poisoned(60)).collect();
+    let back = poisoned(6 * width);
+    run(|enc| {
+        for (p, dst) in parts.iter().enumerate() {
+            k.permute_heads(g, enc, true, &qb, dst, dims, p).unwrap();
+        }
+        for (p, src) in parts.iter().enumerate() {
+            k.permute_heads(g, enc, false, &back, src, dims, p).unwrap();
+        }
+    });
+    let k_heads = g.read::<f32>(&parts[1], 60).unwrap();
+    // K[b = 1, h = 0, t = 2, x = 3] (index ((1·2 + 0)·3 + 2)·5 + 3) is token row 1·3 + 2,
+    // column (part 1 · 2 heads + 0)·5 + 3
+    assert_eq!(k_heads[((2 + 0) * 3 + 2) * 5 + 3], qkv[(3 + 2) * width + (2 + 0) * 5 + 3]);
+    assert_eq!(g.read::<f32>(&back, 6 * width).unwrap(), qkv, "merge undoes split");
+    assert!(
+        k.permute_heads(
+            g,
+            &mut g.device.create_command_encoder(&Default::default()),
+            true,
+            &qb,
+            &back,
+            dims,
+            3
+        )
+        .is_err()
+    );
+}

@@ -220,7 +220,10 @@ impl Checkpoint {
             .filter(|(k, v)| b.get(k.as_str()) != Some(v))
             .map(|(k, v)| format!("{k} {v} (asked {})", b.get(k.as_str()).cloned().unwrap_or_default()))
             .collect();
-        Err(Error::Invalid(format!("the checkpoint's run differs from the one asked for: {}", fields.join(", "))))
+        Err(Error::Invalid(format!(
+            "the checkpoint's run differs from the one asked for: {}",
+            fields.join(", ")
+        )))
     }
 
     /// Reads a checkpoint written by [`Checkpoint::save`].
