@@ -4,20 +4,11 @@
 
 mod common;
 
-use longctx::contract::reference::rel_error;
-use longctx::models::gpt::{GptConfig, Params, PosScheme, loss_f64};
-use longctx::models::gpt_gpu::GptGpu;
+use longctx::models::gpt::{GptConfig, Params, PosScheme};
+use longctx::models::gpt_gpu::{GptGpu, gradient_check};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 const SCHEMES: [PosScheme; 4] = [PosScheme::None, PosScheme::Sinusoidal, PosScheme::Rope, PosScheme::Alibi];
-
-/// GPT-2's initialisation with noise added, so every path carries a gradient well above f32
-/// rounding (LayerNorm γ away from 1, biases away from 0, attention away from uniform).
-fn params(c: &GptConfig, rng: &mut StdRng) -> Vec<f32> {
-    let mut p = Params::init(*c, rng.random()).unwrap().data;
-    p.iter_mut().for_each(|x| *x += rng.random_range(-0.25f32..0.25));
-    p
-}
 
 fn tokens(rng: &mut StdRng, batch: usize, seq: usize) -> Vec<u32> {
     // bytes from a small alphabet, so tokens repeat (the embedding gradient sums rows)
@@ -37,54 +28,17 @@ fn split(tokens: &[u32], seq: usize) -> (Vec<u32>, Vec<u32>) {
 fn the_whole_model_gradient_matches_finite_differences_of_the_oracle() {
     let g = common::gpu();
     let seed = common::seed();
-    let mut rng = StdRng::seed_from_u64(seed);
-    let (batch, seq) = (2, 9);
     for pos in SCHEMES {
+        // two blocks, two heads of 8, two sequences of 9 tokens: 12 coordinates per tensor
         let c = GptConfig::bytes(16, 2, 2, pos);
-        let p = params(&c, &mut rng);
-        let toks = tokens(&mut rng, batch, seq);
-        let (inputs, targets) = split(&toks, seq);
-        let model = GptGpu::new(g, c, batch, seq).unwrap();
-        model.load(g, &p).unwrap();
-        model.set_tokens(g, &inputs, &targets).unwrap();
-        let mut enc = g.device.create_command_encoder(&Default::default());
-        model.encode_forward(g, &mut enc, 1.0 / (batch * seq) as f32).unwrap();
-        model.encode_backward(g, &mut enc).unwrap();
-        g.queue.submit([enc.finish()]);
-        let losses = model.losses(g).unwrap();
-        let grads = model.grads(g).unwrap();
-
-        let p64: Vec<f64> = p.iter().map(|&x| x as f64).collect();
-        let want = loss_f64(&c, &p64, &toks, batch).unwrap();
-        let got = losses.iter().map(|&x| x as f64).sum::<f64>() / (batch * seq) as f64;
-        assert!((got - want).abs() <= 1e-5 * want, "{pos:?} loss {got} vs oracle {want} (seed {seed})");
-
-        // per tensor: up to 12 coordinates, spread over it
-        let h = 1e-4;
-        let mut worst = 0f64;
-        for (name, range) in model.tensor_ranges() {
-            let step = (range.len() / 12).max(1);
-            let idx: Vec<usize> = range.clone().step_by(step).collect();
-            let fd: Vec<f64> = idx
-                .iter()
-                .map(|&i| {
-                    let (mut up, mut down) = (p64.clone(), p64.clone());
-                    up[i] += h;
-                    down[i] -= h;
-                    (loss_f64(&c, &up, &toks, batch).unwrap() - loss_f64(&c, &down, &toks, batch).unwrap())
-                        / (2.0 * h)
-                })
-                .collect();
-            let gpu: Vec<f32> = idx.iter().map(|&i| grads[i]).collect();
-            let e = rel_error(&gpu, &fd);
-            println!("{pos:?} {name:>14}: {} coordinates, rel err {e:.1e}", idx.len());
-            assert!(
-                e < 1e-4,
-                "{pos:?} {name}: gradient rel err {e:.2e} (seed {seed})\n gpu {gpu:?}\n fd {fd:?}"
-            );
-            worst = worst.max(e);
+        let check = gradient_check(g, c, 2, 9, seed, 12).unwrap();
+        for (name, n, e) in &check.tensors {
+            println!("{pos:?} {name:>14}: {n} coordinates, rel err {e:.1e}");
         }
-        println!("{pos:?}: loss {got:.6} (oracle {want:.6}), worst tensor gradient rel err {worst:.1e}");
+        let (got, want) = check.loss;
+        println!("{pos:?}: loss {got:.6} (oracle {want:.6}), worst rel err {:.1e}", check.worst());
+        assert_eq!(check.tensors.len(), 1 + 2 * 10 + 1, "every tensor checked");
+        assert!(check.worst() < 1e-4, "{pos:?}: {check:?} (seed {seed})");
     }
 }
 

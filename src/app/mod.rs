@@ -11,6 +11,7 @@ pub mod patterns;
 mod routing;
 mod tiles;
 mod traffic;
+pub mod training;
 
 use std::sync::mpsc;
 
@@ -50,11 +51,13 @@ pub enum Tab {
     Model,
     /// Benchmark sweeps and `longctx bench --json` records.
     Bench,
+    /// Training runs' loss curves and the extrapolation chart.
+    Training,
 }
 
 impl Tab {
     /// Every tab, in display order.
-    pub const ALL: [Tab; 9] = [
+    pub const ALL: [Tab; 10] = [
         Tab::Patterns,
         Tab::Tiles,
         Tab::Alibi,
@@ -64,6 +67,7 @@ impl Tab {
         Tab::Routing,
         Tab::Model,
         Tab::Bench,
+        Tab::Training,
     ];
     /// The tab's caption.
     pub fn label(self) -> &'static str {
@@ -77,6 +81,7 @@ impl Tab {
             Tab::Routing => "Routing",
             Tab::Model => "Model",
             Tab::Bench => "Benchmarks",
+            Tab::Training => "Training",
         }
     }
 }
@@ -134,6 +139,8 @@ pub struct LongctxApp {
     pub model: model::ModelState,
     /// Benchmarks panel.
     pub bench: bench::BenchState,
+    /// Training panel.
+    pub training: training::TrainingState,
     /// Run jobs in the UI thread (deterministic frames, for tests).
     pub inline_jobs: bool,
 }
@@ -157,6 +164,7 @@ impl LongctxApp {
             routing: Default::default(),
             model: Default::default(),
             bench: Default::default(),
+            training: Default::default(),
             inline_jobs: false,
         }
     }
@@ -203,6 +211,7 @@ impl eframe::App for LongctxApp {
                 Tab::Routing => routing::routing_ui(ui, &mut self.routing, &gpu, inline),
                 Tab::Model => model::model_ui(ui, &mut self.model, &gpu, inline),
                 Tab::Bench => bench::bench_ui(ui, &mut self.bench, &gpu, inline),
+                Tab::Training => training::training_ui(ui, &mut self.training),
             }
         });
     }

@@ -7,8 +7,9 @@ use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
 use longctx::models::gpt::{GptConfig, PosScheme};
-use longctx::models::training::{Checkpoint, Corpus, EvalRow, LogRow, TrainConfig, Windows, evaluate, train};
-use serde::Serialize;
+use longctx::models::training::{
+    Checkpoint, Corpus, EvalReport, TrainConfig, Windows, evaluate, log_csv, train,
+};
 
 use super::{DeviceArgs, positive};
 
@@ -91,14 +92,6 @@ fn corpus(path: &Path) -> anyhow::Result<Corpus> {
         bail!("no corpus at {}: run scripts/fetch-corpus (or give --corpus FILE)", path.display());
     }
     Ok(Corpus::load(path)?)
-}
-
-fn log_csv(rows: &[LogRow]) -> anyhow::Result<Vec<u8>> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for r in rows {
-        w.serialize(r)?;
-    }
-    w.into_inner().map_err(|e| anyhow::anyhow!("CSV: {e}"))
 }
 
 pub fn run_train(device: &DeviceArgs, a: &TrainArgs) -> anyhow::Result<()> {
@@ -186,15 +179,25 @@ pub fn run_train(device: &DeviceArgs, a: &TrainArgs) -> anyhow::Result<()> {
             ));
         }
         rows.push(row.clone());
-        if let Err(e) = log_csv(&rows).and_then(|b| Ok(longctx::io::write_atomic(&log, &b)?)) {
+        if let Err(e) = longctx::io::write_atomic(&log, log_csv(&rows).as_bytes()) {
             write_err.get_or_insert(e);
         }
     })?;
     bar.finish_and_clear();
     if let Some(e) = write_err {
-        return Err(e.context(format!("writing {}", log.display())));
+        return Err(anyhow::Error::from(e).context(format!("writing {}", log.display())));
     }
     let last = state.log.last().context("no steps were run")?;
+    let mut rates: Vec<f64> = state.log.iter().map(|r| r.tokens_per_s).filter(|x| x.is_finite()).collect();
+    rates.sort_by(f64::total_cmp);
+    let rate = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
+    let gflops = rate * model.train_flops_per_token(a.train_len) / 1e9;
+    let probe = longctx::kernels::peak::best_reading(&gpu)?;
+    println!(
+        "throughput: {rate:.0} tokens/s (median of the log rows) = {gflops:.2} GFLOP/s, {:.1} % of this adapter's FMA probe ({:.1} GFLOP/s)",
+        100.0 * gflops / probe.fma_gflops,
+        probe.fma_gflops
+    );
     println!(
         "step {}: loss {:.4}, validation {:.4} nats ({:.3} bits/byte); {:.0} s of training; {}",
         state.step,
@@ -239,16 +242,6 @@ pub struct EvalArgs {
     /// Write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
-}
-
-/// One checkpoint's results.
-#[derive(Serialize)]
-pub struct EvalReport {
-    checkpoint: String,
-    pos: PosScheme,
-    train_len: usize,
-    steps: usize,
-    rows: Vec<EvalRow>,
 }
 
 pub fn run_eval(device: &DeviceArgs, a: &EvalArgs) -> anyhow::Result<()> {

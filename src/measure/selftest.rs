@@ -17,11 +17,17 @@ use crate::kernels::backward::Backward;
 use crate::kernels::decode::{Decoder, DecoderConfig};
 use crate::kernels::matmul::{Activation, Coop, Matmul, MatmulOptions, TensorCores, matmul_f64};
 use crate::kernels::{Attention, DeviceTensors, Kernel};
+use crate::models::gpt::{GptConfig, PosScheme};
+use crate::models::gpt_gpu::gradient_check;
 use crate::runtime::Gpu;
 
 /// Relative error every f32 check must stay under (‖got − oracle‖ / ‖oracle‖); the f16
 /// tensor-core check has its own, 5e-3.
 pub const BOUND: f64 = 1e-5;
+
+/// The GPT's gradient check: f32 gradients against central differences (step 1e-4) of the
+/// f64 loss; measured errors are about 1e-6.
+pub const GPT_BOUND: f64 = 1e-4;
 
 /// One check's outcome.
 #[derive(Clone, Debug)]
@@ -319,6 +325,17 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
         }
         let name = format!("flash {mods_label}, cooperative f16 inputs");
         out.push((name, 5e-3, Box::new(move |g: &Gpu| forward_tensor_cores(g, &mods_spec))));
+    }
+    // the GPT trained by `longctx train`: its loss and every tensor's gradient (4 coordinates
+    // each) against finite differences of the f64 oracle, per positional scheme
+    for pos in [PosScheme::None, PosScheme::Sinusoidal, PosScheme::Rope, PosScheme::Alibi] {
+        out.push((
+            format!("gpt d=16 H=2 2 blocks B=2 T=9 {}: loss and gradient vs finite differences", pos.name()),
+            GPT_BOUND,
+            Box::new(move |g: &Gpu| {
+                Ok(gradient_check(g, GptConfig::bytes(16, 2, 2, pos), 2, 9, 11, 4)?.worst())
+            }),
+        ));
     }
     for (tc, bound) in [(TensorCores::Exact, BOUND), (TensorCores::F16, 5e-3)] {
         if let Ok(Some(c)) = Coop::for_device(gpu, tc) {

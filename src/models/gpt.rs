@@ -18,7 +18,8 @@ use crate::kernels::train::{gelu_f64, layer_norm_f64};
 pub enum PosScheme {
     /// No positional information (causal masking alone).
     None,
-    /// Sinusoidal embeddings (θ = 10000) added to the token embeddings.
+    /// Sinusoidal embeddings (θ = 10000) added to the token embeddings, scaled by
+    /// [`SINUSOID_SCALE`].
     Sinusoidal,
     /// Rotary positions (half-split pairs, θ = 10000) on queries and keys.
     Rope,
@@ -70,6 +71,20 @@ pub struct GptConfig {
     pub pos: PosScheme,
 }
 
+/// The factor on the sinusoidal table: GPT-2's embedding initialisation (σ = 0.02), so the
+/// positions enter at the tokens' scale. Unscaled (amplitude 1, 35× the tokens' initial
+/// norm at d = 64) they swamp the tokens: in a first run the sinusoidal model trailed the
+/// others by a full nat per byte after 190 steps.
+pub const SINUSOID_SCALE: f64 = 0.02;
+
+/// Row `t` of the sinusoidal table of width `d` (what the scheme adds at position `t`).
+pub fn sinusoid(t: usize, d: usize) -> Vec<f64> {
+    let mut row = vec![0f64; d];
+    Positions::sinusoidal().apply(&mut row, t as i64);
+    row.iter_mut().for_each(|x| *x *= SINUSOID_SCALE);
+    row
+}
+
 /// LayerNorm's ε (GPT-2's).
 pub const LN_EPS: f64 = 1e-5;
 
@@ -117,6 +132,23 @@ impl GptConfig {
         }
         out.extend([("lnf.g".to_string(), vec![d]), ("lnf.b".to_string(), vec![d])]);
         out
+    }
+
+    /// FLOPs of a forward per token at length `seq`: the projections and the tied head
+    /// (2 per multiply-add: 2·(4d² + 2d·F)·layers + 2·d·V) and causal attention (QKᵀ and PV
+    /// over (seq + 1)/2 keys on average: 2·d·(seq + 1) per layer).
+    pub fn forward_flops_per_token(&self, seq: usize) -> f64 {
+        let (d, f, l, v) = (self.d_model as f64, self.ffn as f64, self.layers as f64, self.vocab as f64);
+        2.0 * (4.0 * d * d + 2.0 * d * f) * l + 2.0 * d * v + 2.0 * d * (seq as f64 + 1.0) * l
+    }
+
+    /// FLOPs of a training step per token: the forward, the projections' backward (twice
+    /// their forward: dX and dW) and attention's (2.5 times: recomputed scores, dP, dS·K,
+    /// dSᵀ·Q, Pᵀ·dO).
+    pub fn train_flops_per_token(&self, seq: usize) -> f64 {
+        let attention = 2.0 * self.d_model as f64 * (seq as f64 + 1.0) * self.layers as f64;
+        let rest = self.forward_flops_per_token(seq) - attention;
+        3.0 * rest + 3.5 * attention
     }
 
     /// Parameters in all.
@@ -210,7 +242,6 @@ pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> 
     let t = tokens.len() / batch - 1;
     let mut total = 0f64;
     let rope = Positions::rope(10000.0);
-    let sinus = Positions::sinusoidal();
     for seq in tokens.chunks_exact(t + 1) {
         if let Some(&bad) = seq.iter().find(|&&x| x as usize >= v) {
             return Err(Error::Invalid(format!("token {bad} is outside the vocabulary of {v}")));
@@ -221,7 +252,7 @@ pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> 
             seq[..t].iter().flat_map(|&id| wte[id as usize * d..(id as usize + 1) * d].to_vec()).collect();
         if config.pos == PosScheme::Sinusoidal {
             for (i, row) in x.chunks_exact_mut(d).enumerate() {
-                sinus.apply(row, i as i64);
+                row.iter_mut().zip(sinusoid(i, d)).for_each(|(a, b)| *a += b);
             }
         }
         for l in 0..config.layers {

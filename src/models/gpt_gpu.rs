@@ -25,7 +25,7 @@ use crate::kernels::layer::LayerOp;
 use crate::kernels::matmul::{Activation, Matmul};
 use crate::kernels::train::{AdamW, HeadDims, Train};
 use crate::kernels::{Attention, AttnBuffers, Kernel};
-use crate::models::gpt::{GptConfig, LN_EPS, Params, PosScheme};
+use crate::models::gpt::{GptConfig, LN_EPS, Params, PosScheme, sinusoid};
 use crate::runtime::Gpu;
 
 /// One parameter tensor on the device with its gradient and AdamW moments.
@@ -139,16 +139,9 @@ pub fn attention_spec(config: &GptConfig, batch: usize, seq: usize) -> AttnSpec 
     }
 }
 
-/// The sinusoidal table added to the embeddings: row `t` is the encoding of position `t`.
+/// The sinusoidal table added to the embeddings `[seq, d]` ([`sinusoid`] per row).
 pub fn sinusoidal_table(seq: usize, d: usize) -> Vec<f32> {
-    let s = Positions::sinusoidal();
-    (0..seq)
-        .flat_map(|t| {
-            let mut row = vec![0f64; d];
-            s.apply(&mut row, t as i64);
-            row.into_iter().map(|x| x as f32)
-        })
-        .collect()
+    (0..seq).flat_map(|t| sinusoid(t, d).into_iter().map(|x| x as f32)).collect()
 }
 
 impl GptGpu {
@@ -635,4 +628,77 @@ impl GptGpu {
             })
             .collect()
     }
+}
+
+/// A gradient check's result: the GPU loss against the oracle's, and per parameter tensor the
+/// relative error of the GPU gradient against central finite differences of the oracle loss.
+#[derive(Clone, Debug)]
+pub struct GradCheck {
+    /// The GPU's mean loss and the oracle's.
+    pub loss: (f64, f64),
+    /// Per tensor (a LayerNorm as `….ln1`): name, coordinates checked, relative error.
+    pub tensors: Vec<(String, usize, f64)>,
+}
+
+impl GradCheck {
+    /// The worst relative error: the loss's or any tensor's.
+    pub fn worst(&self) -> f64 {
+        let loss = (self.loss.0 - self.loss.1).abs() / self.loss.1.abs().max(f64::MIN_POSITIVE);
+        self.tensors.iter().map(|t| t.2).fold(loss, f64::max)
+    }
+}
+
+/// Checks the whole model's gradient on the GPU against finite differences of
+/// [`crate::models::gpt::loss_f64`]: parameters from GPT-2's initialisation plus uniform
+/// noise of ±0.25 (so every path carries a gradient well above f32 rounding), `batch`
+/// sequences of `seq + 1` tokens from a 13-letter alphabet (tokens repeat, so the embedding's
+/// gradient sums rows), `per_tensor` coordinates spread over each tensor, step 1e-4.
+pub fn gradient_check(
+    gpu: &Gpu,
+    config: GptConfig,
+    batch: usize,
+    seq: usize,
+    seed: u64,
+    per_tensor: usize,
+) -> Result<GradCheck> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut p = Params::init(config, rng.random())?.data;
+    p.iter_mut().for_each(|x| *x += rng.random_range(-0.25f32..0.25));
+    let tokens: Vec<u32> =
+        (0..batch * (seq + 1)).map(|_| b"etaoin shrdlu"[rng.random_range(0..13)] as u32).collect();
+    let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+    for s in tokens.chunks_exact(seq + 1) {
+        inputs.extend(&s[..seq]);
+        targets.extend(&s[1..]);
+    }
+    let model = GptGpu::new(gpu, config, batch, seq)?;
+    model.load(gpu, &p)?;
+    model.set_tokens(gpu, &inputs, &targets)?;
+    let rows = (batch * seq) as f64;
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    model.encode_forward(gpu, &mut enc, (1.0 / rows) as f32)?;
+    model.encode_backward(gpu, &mut enc)?;
+    gpu.queue.submit([enc.finish()]);
+    let got = model.losses(gpu)?.iter().map(|&x| x as f64).sum::<f64>() / rows;
+    let grads = model.grads(gpu)?;
+    let p64: Vec<f64> = p.iter().map(|&x| x as f64).collect();
+    let loss = |q: &[f64]| crate::models::gpt::loss_f64(&config, q, &tokens, batch);
+    let want = loss(&p64)?;
+    let h = 1e-4;
+    let mut tensors = Vec::new();
+    for (name, range) in model.tensor_ranges() {
+        let step = (range.len() / per_tensor.max(1)).max(1);
+        let idx: Vec<usize> = range.step_by(step).collect();
+        let mut fd = Vec::with_capacity(idx.len());
+        for &i in &idx {
+            let (mut up, mut down) = (p64.clone(), p64.clone());
+            up[i] += h;
+            down[i] -= h;
+            fd.push((loss(&up)? - loss(&down)?) / (2.0 * h));
+        }
+        let gpu_grad: Vec<f32> = idx.iter().map(|&i| grads[i]).collect();
+        tensors.push((name, idx.len(), crate::contract::reference::rel_error(&gpu_grad, &fd)));
+    }
+    Ok(GradCheck { loss: (got, want), tensors })
 }

@@ -151,6 +151,49 @@ pub struct LogRow {
     pub elapsed_s: f64,
 }
 
+/// The header of [`log_csv`].
+const LOG_HEADER: &str = "step,loss,val_loss,lr,tokens_per_s,elapsed_s";
+
+/// A run's log as CSV (`step,loss,val_loss,lr,tokens_per_s,elapsed_s`; an empty
+/// `val_loss` where none was measured): what `longctx train` writes beside its checkpoint.
+pub fn log_csv(rows: &[LogRow]) -> String {
+    let mut out = format!("{LOG_HEADER}\n");
+    for r in rows {
+        let val = r.val_loss.map(|v| v.to_string()).unwrap_or_default();
+        out += &format!("{},{},{val},{},{},{}\n", r.step, r.loss, r.lr, r.tokens_per_s, r.elapsed_s);
+    }
+    out
+}
+
+/// Reads [`log_csv`]'s format back (a partial last line, from a run writing it, is skipped).
+pub fn parse_log_csv(text: &str) -> Result<Vec<LogRow>> {
+    let mut lines = text.lines();
+    if lines.next().map(str::trim) != Some(LOG_HEADER) {
+        return Err(Error::Invalid(format!("a training log starts with `{LOG_HEADER}`")));
+    }
+    let bad = |n: usize, line: &str| Error::Invalid(format!("training log line {}: `{line}`", n + 2));
+    let mut rows = Vec::new();
+    for (n, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 6 {
+            if text.ends_with('\n') {
+                return Err(bad(n, line));
+            }
+            break;
+        }
+        let num = |i: usize| f[i].trim().parse::<f64>().map_err(|_| bad(n, line));
+        rows.push(LogRow {
+            step: f[0].trim().parse().map_err(|_| bad(n, line))?,
+            loss: num(1)? as f32,
+            val_loss: if f[2].trim().is_empty() { None } else { Some(num(2)? as f32) },
+            lr: num(3)? as f32,
+            tokens_per_s: num(4)?,
+            elapsed_s: num(5)?,
+        });
+    }
+    Ok(rows)
+}
+
 /// A run's state as a checkpoint stores it.
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
@@ -426,6 +469,21 @@ pub enum Windows {
     },
 }
 
+/// One checkpoint's evaluation, as `longctx eval --json` writes it (a list of these).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// The checkpoint's path.
+    pub checkpoint: String,
+    /// Its positional scheme.
+    pub pos: crate::models::gpt::PosScheme,
+    /// Its training length.
+    pub train_len: usize,
+    /// Its steps.
+    pub steps: usize,
+    /// One row per (length, windows).
+    pub rows: Vec<EvalRow>,
+}
+
 /// One evaluation result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalRow {
@@ -515,6 +573,27 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_round_trips_through_csv() {
+        let rows = vec![
+            LogRow { step: 10, loss: 2.5, val_loss: None, lr: 1e-3, tokens_per_s: 400.5, elapsed_s: 3.25 },
+            LogRow {
+                step: 20,
+                loss: 2.25,
+                val_loss: Some(2.375),
+                lr: 5e-4,
+                tokens_per_s: 401.0,
+                elapsed_s: 6.5,
+            },
+        ];
+        let text = log_csv(&rows);
+        assert_eq!(parse_log_csv(&text).unwrap(), rows);
+        // a line being written is skipped; a bad complete one is an error
+        assert_eq!(parse_log_csv(&text[..text.len() - 5]).unwrap(), rows[..1]);
+        assert!(parse_log_csv(&(text.clone() + "x,1\n")).is_err());
+        assert!(parse_log_csv("loss\n").is_err());
+    }
 
     #[test]
     fn windows_score_every_token_once() {

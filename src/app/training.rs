@@ -1,0 +1,208 @@
+//! Training panel: the loss curves of `longctx train` runs (re-read while they train) and
+//! the extrapolation chart of `longctx eval --json` results — validation bits per byte
+//! against evaluation length, one curve per positional scheme, the training length marked.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use egui::Color32;
+use egui_plot::{Legend, Line, LineStyle, Plot, Points, VLine};
+
+use crate::models::gpt::PosScheme;
+use crate::models::training::{EvalReport, LogRow, Windows, parse_log_csv};
+
+/// Where the README's runs and results live in the repository.
+pub const COMMITTED_RUNS: &str = "assets/training";
+
+/// How often a live view re-reads the logs.
+const REFRESH: Duration = Duration::from_secs(2);
+
+/// The panel's inputs and what it read.
+pub struct TrainingState {
+    /// A directory of runs: each subdirectory with a `log.csv` is one curve.
+    pub runs_dir: String,
+    /// Re-read the logs every two seconds (a run in progress).
+    pub live: bool,
+    /// Runs read: (name, log).
+    pub runs: Vec<(String, Vec<LogRow>)>,
+    /// A `longctx eval --json` file.
+    pub results_path: String,
+    /// The evaluations read.
+    pub results: Vec<EvalReport>,
+    /// Show the sliding-window curves beside the non-overlapping ones.
+    pub sliding: bool,
+    /// Read errors, one line each.
+    pub message: String,
+    read_at: Option<Instant>,
+}
+
+impl Default for TrainingState {
+    fn default() -> Self {
+        Self {
+            runs_dir: COMMITTED_RUNS.into(),
+            live: false,
+            runs: Vec::new(),
+            results_path: format!("{COMMITTED_RUNS}/extrapolation.json"),
+            results: Vec::new(),
+            sliding: true,
+            message: String::new(),
+            read_at: None,
+        }
+    }
+}
+
+/// The colour of a scheme in both charts.
+pub fn scheme_color(pos: PosScheme) -> Color32 {
+    match pos {
+        PosScheme::Sinusoidal => Color32::from_rgb(228, 87, 46),
+        PosScheme::Rope => Color32::from_rgb(76, 175, 80),
+        PosScheme::Alibi => Color32::from_rgb(66, 133, 244),
+        PosScheme::None => Color32::from_rgb(150, 150, 150),
+    }
+}
+
+/// Reads every `DIR/*/log.csv` (sorted by name) and the results file.
+pub fn reload(st: &mut TrainingState) {
+    let mut errors = Vec::new();
+    let mut runs = Vec::new();
+    match std::fs::read_dir(st.runs_dir.trim()) {
+        Ok(entries) => {
+            let mut dirs: Vec<_> =
+                entries.flatten().map(|e| e.path()).filter(|p| p.join("log.csv").is_file()).collect();
+            dirs.sort();
+            for dir in dirs {
+                let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                match std::fs::read_to_string(dir.join("log.csv"))
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| parse_log_csv(&t).map_err(|e| e.to_string()))
+                {
+                    Ok(rows) => runs.push((name, rows)),
+                    Err(e) => errors.push(format!("{}: {e}", dir.display())),
+                }
+            }
+        }
+        Err(e) => errors.push(format!("{}: {e}", st.runs_dir.trim())),
+    }
+    st.runs = runs;
+    let path = Path::new(st.results_path.trim());
+    if !st.results_path.trim().is_empty() {
+        match std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<Vec<EvalReport>>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(r) => st.results = r,
+            Err(e) => errors.push(format!("{}: {e}", path.display())),
+        }
+    }
+    st.message = errors.join("\n");
+    st.read_at = Some(Instant::now());
+}
+
+fn scheme_of(name: &str) -> Option<PosScheme> {
+    PosScheme::parse(name.split(['-', '_', '.']).next().unwrap_or(name)).ok()
+}
+
+/// Draws the controls, the loss curves (left) and the extrapolation chart (right).
+pub fn training_ui(ui: &mut egui::Ui, st: &mut TrainingState) {
+    if st.read_at.is_none() || (st.live && st.read_at.is_some_and(|t| t.elapsed() >= REFRESH)) {
+        reload(st);
+    }
+    if st.live {
+        ui.ctx().request_repaint_after(REFRESH);
+    }
+    ui.horizontal(|ui| {
+        let lab = ui.label("runs directory");
+        ui.text_edit_singleline(&mut st.runs_dir).labelled_by(lab.id);
+        ui.checkbox(&mut st.live, "live (re-read every 2 s)");
+        let lab = ui.label("eval results");
+        ui.text_edit_singleline(&mut st.results_path).labelled_by(lab.id);
+        ui.checkbox(&mut st.sliding, "sliding windows");
+        if ui.button("reload").clicked() {
+            reload(st);
+        }
+    });
+    if !st.message.is_empty() {
+        ui.colored_label(Color32::from_rgb(200, 80, 60), &st.message);
+    }
+    let height = (ui.available_height() - 30.0).max(200.0);
+    let width = (ui.available_width() / 2.0 - 8.0).max(200.0);
+    ui.horizontal(|ui| {
+        ui.vertical(|ui| {
+            ui.strong("Training loss (bits per byte) by step");
+            loss_plot(ui, st, width, height);
+        });
+        ui.vertical(|ui| {
+            let train_len = st.results.first().map_or(0, |r| r.train_len);
+            ui.strong(format!(
+                "Validation bits per byte by evaluation length (trained at L = {train_len}; lower is better)"
+            ));
+            extrapolation_plot(ui, st, width, height);
+        });
+    });
+}
+
+fn loss_plot(ui: &mut egui::Ui, st: &TrainingState, width: f32, height: f32) {
+    let bits = std::f64::consts::LN_2;
+    Plot::new("training loss")
+        .legend(Legend::default())
+        .x_axis_label("step")
+        .y_axis_label("bits per byte")
+        .width(width)
+        .height(height)
+        .show(ui, |p| {
+            for (name, rows) in &st.runs {
+                let color = scheme_of(name).map_or(Color32::GRAY, scheme_color);
+                let train: Vec<[f64; 2]> =
+                    rows.iter().map(|r| [r.step as f64, r.loss as f64 / bits]).collect();
+                p.line(Line::new(format!("{name} (train)"), train).color(color.gamma_multiply(0.6)));
+                let val: Vec<[f64; 2]> = rows
+                    .iter()
+                    .filter_map(|r| r.val_loss.map(|v| [r.step as f64, v as f64 / bits]))
+                    .collect();
+                p.points(Points::new(format!("{name} (validation)"), val.clone()).color(color).radius(3.0));
+                p.line(Line::new(format!("{name} (validation)"), val).color(color).width(2.0));
+            }
+        });
+}
+
+fn extrapolation_plot(ui: &mut egui::Ui, st: &TrainingState, width: f32, height: f32) {
+    // x is log2 of the length, labelled with the length itself
+    Plot::new("extrapolation")
+        .legend(Legend::default())
+        .x_axis_label("evaluation length L (tokens, log scale)")
+        .y_axis_label("validation bits per byte")
+        .x_axis_formatter(|mark, _| format!("{}", 2f64.powf(mark.value).round()))
+        .x_grid_spacer(egui_plot::uniform_grid_spacer(|_| [1.0, 2.0, 4.0]))
+        .width(width)
+        .height(height)
+        .show(ui, |p| {
+            if let Some(r) = st.results.first() {
+                p.vline(VLine::new("training length", (r.train_len as f64).log2()).color(Color32::DARK_GRAY));
+            }
+            for r in &st.results {
+                let color = scheme_color(r.pos);
+                for sliding in [false, true] {
+                    if sliding && !st.sliding {
+                        continue;
+                    }
+                    let rows: Vec<_> = r
+                        .rows
+                        .iter()
+                        .filter(|x| matches!(x.windows, Windows::Sliding { .. }) == sliding)
+                        .collect();
+                    let Some(first) = rows.first() else { continue };
+                    let pts: Vec<[f64; 2]> =
+                        rows.iter().map(|x| [(x.length as f64).log2(), x.bits_per_byte]).collect();
+                    let name = match first.windows {
+                        Windows::Sliding { stride } => {
+                            format!("{} (sliding, stride L/{})", r.pos.name(), first.length / stride.max(1))
+                        }
+                        Windows::NonOverlapping => format!("{} (non-overlapping)", r.pos.name()),
+                    };
+                    let style = if sliding { LineStyle::dashed_loose() } else { LineStyle::Solid };
+                    p.line(Line::new(name.clone(), pts.clone()).color(color).style(style).width(2.0));
+                    p.points(Points::new(name, pts).color(color).radius(3.5));
+                }
+            }
+        });
+}
