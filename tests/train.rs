@@ -233,9 +233,10 @@ fn the_model_glue_matches_its_definitions() {
         }
     });
     let k_heads = g.read::<f32>(&parts[1], 60).unwrap();
-    // K[b = 1, h = 0, t = 2, x = 3] (index ((1·2 + 0)·3 + 2)·5 + 3) is token row 1·3 + 2,
-    // column (part 1 · 2 heads + 0)·5 + 3
-    assert_eq!(k_heads[((2 + 0) * 3 + 2) * 5 + 3], qkv[(3 + 2) * width + (2 + 0) * 5 + 3]);
+    // K[b = 1, h = 0, t = 2, x = 3] (index ((b·H + h)·T + t)·D + x) is token row b·T + t,
+    // column (part·H + h)·D + x
+    let (b, h, t, x, part) = (1, 0, 2, 3, 1);
+    assert_eq!(k_heads[((b * 2 + h) * 3 + t) * 5 + x], qkv[(b * 3 + t) * width + (part * 2 + h) * 5 + x]);
     assert_eq!(g.read::<f32>(&back, 6 * width).unwrap(), qkv, "merge undoes split");
     assert!(
         k.permute_heads(

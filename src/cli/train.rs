@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
-use longctx::models::gpt::{GptConfig, PosScheme};
+use longctx::models::gpt::{GptConfig, Params, PosScheme};
 use longctx::models::training::{
     Checkpoint, Corpus, EvalReport, TrainConfig, Windows, evaluate, log_csv, train,
 };
@@ -279,6 +279,7 @@ pub fn run_eval(device: &DeviceArgs, a: &EvalArgs) -> anyhow::Result<()> {
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}").expect("template"));
     let mut reports = Vec::new();
     for (c, path) in checkpoints.iter().zip(&a.checkpoint) {
+        let params = Params { config: c.config.model, data: c.params.clone() };
         let mut rows = Vec::new();
         for &l in &a.lengths {
             for mode in &modes {
@@ -287,16 +288,7 @@ pub fn run_eval(device: &DeviceArgs, a: &EvalArgs) -> anyhow::Result<()> {
                     m => *m,
                 };
                 bar.set_message(format!("{} L={l} {w:?}", c.config.model.pos.name()));
-                rows.push(evaluate(
-                    &gpu,
-                    &c.config.model,
-                    &c.params,
-                    &corpus.valid,
-                    a.span,
-                    l,
-                    w,
-                    a.tokens_per_call,
-                )?);
+                rows.push(evaluate(&gpu, &params, &corpus.valid, a.span, l, w, a.tokens_per_call)?);
                 bar.inc(1);
             }
         }

@@ -519,13 +519,12 @@ fn windows(span: usize, length: usize, w: Windows) -> Result<Vec<(usize, usize)>
     Ok(out)
 }
 
-/// Validation bits per byte of `params` at evaluation length `length`: the first `span`
+/// Validation bits per byte of a model (`params`) at evaluation length `length`: the first `span`
 /// tokens after the first byte of `text` are scored (so every length scores the same
 /// bytes), `tokens_per_call` tokens per forward.
 pub fn evaluate(
     gpu: &Gpu,
-    config: &GptConfig,
-    params: &[f32],
+    params: &Params,
     text: &[u8],
     span: usize,
     length: usize,
@@ -541,8 +540,8 @@ pub fn evaluate(
     }
     let list = windows(span, length, w)?;
     let batch = (tokens_per_call / length).clamp(1, list.len());
-    let model = GptGpu::new(gpu, *config, batch, length)?;
-    model.load(gpu, params)?;
+    let model = GptGpu::new(gpu, params.config, batch, length)?;
+    model.load(gpu, &params.data)?;
     let mut nats = 0f64;
     for group in list.chunks(batch) {
         let (mut inputs, mut targets) = (Vec::new(), Vec::new());
