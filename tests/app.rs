@@ -45,6 +45,7 @@ fn every_panel_renders() {
         (Tab::Decode, "panel_decode"),
         (Tab::Memory, "panel_memory"),
         (Tab::Bench, "panel_bench"),
+        (Tab::Training, "panel_training"),
     ] {
         h.get_by_label(tab.label()).click();
         h.run_steps(3);
@@ -71,6 +72,15 @@ fn every_panel_renders() {
             h.get_by_label("load").click();
             h.run_steps(2);
             assert_eq!(h.state().bench.records.len(), 8);
+        }
+        if tab == Tab::Training {
+            // the committed runs and their evaluation (assets/training), read from the package root
+            let st = &h.state().training;
+            assert!(st.message.is_empty(), "{}", st.message);
+            assert_eq!(st.runs.len(), 4, "four schemes' logs");
+            assert!(st.runs.iter().all(|(_, rows)| rows.len() > 10));
+            assert_eq!(st.results.len(), 4, "four schemes evaluated");
+            assert!(st.results.iter().all(|r| r.rows.len() == 10), "5 lengths × 2 window modes");
         }
         snapshot(&mut h, name);
     }

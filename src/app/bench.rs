@@ -4,7 +4,9 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use egui_plot::{Legend, Line, Plot, Points};
+use egui_plot::{Corner, Line, Points};
+
+use super::style::{Unit, log_log, log10, series_color};
 
 use super::Job;
 use crate::contract::spec::{AttnShape, AttnSpec};
@@ -138,11 +140,8 @@ pub fn bench_ui(ui: &mut egui::Ui, st: &mut BenchState, gpu: &Gpu, inline: bool)
             None => curves.push((key, vec![p])),
         }
     }
-    let log = |x: f64| x.max(1e-9).log10();
-    Plot::new("bench plot")
-        .legend(Legend::default())
-        .x_axis_label("log10 N")
-        .y_axis_label("log10 ms")
+    let log = |x: f64| log10(x, 1e-9);
+    log_log("bench plot", Unit::Tokens, "sequence length N", Unit::Millis, "time per call", Corner::LeftTop)
         .height(ui.available_height().max(200.0))
         .show(ui, |p| {
             for (name, pts) in &curves {
@@ -152,8 +151,9 @@ pub fn bench_ui(ui: &mut egui::Ui, st: &mut BenchState, gpu: &Gpu, inline: bool)
                     None => name.clone(),
                 };
                 let lp: Vec<[f64; 2]> = pts.iter().map(|x| [log(x[0]), log(x[1])]).collect();
-                p.line(Line::new(label.clone(), lp.clone()));
-                p.points(Points::new(label, lp).radius(3.0));
+                let color = series_color(name);
+                p.line(Line::new(label.clone(), lp.clone()).color(color));
+                p.points(Points::new(label, lp).radius(3.0).color(color));
             }
         });
 }

@@ -1,7 +1,9 @@
 //! Decode panel: KV-cache memory against tokens for MHA, GQA and MQA, and decoding speed
 //! against context measured on this device.
 
-use egui_plot::{Legend, Line, Plot, Points};
+use egui_plot::{Corner, Legend, Line, Plot, Points};
+
+use super::style::{Unit, log_log, series_color};
 
 use super::Job;
 use crate::kernels::decode::{Decoder, DecoderConfig};
@@ -120,15 +122,13 @@ pub fn decode_ui(ui: &mut egui::Ui, st: &mut DecodeState, gpu: &Gpu, inline: boo
                         .map(|i| i as f64 * 4.0)
                         .map(|k| [k, k * 1024.0 * per_token / (1u64 << 30) as f64])
                         .collect();
-                    p.line(Line::new(name(st.heads, kv), pts));
+                    let label = name(st.heads, kv);
+                    p.line(Line::new(label.clone(), pts).color(series_color(&label)));
                 }
             });
-        cols[1].label("tokens/s against context on this device (log10 axes)");
-        Plot::new("tokens per s")
-            .legend(Legend::default())
+        cols[1].label("tokens/s against context on this device");
+        log_log("tokens per s", Unit::Tokens, "context", Unit::PerSecond, "tokens", Corner::RightTop)
             .height(320.0)
-            .x_axis_label("log10 context")
-            .y_axis_label("log10 tokens/s")
             .show(&mut cols[1], |p| {
                 for kv in variants {
                     let pts: Vec<[f64; 2]> = st
@@ -138,8 +138,10 @@ pub fn decode_ui(ui: &mut egui::Ui, st: &mut DecodeState, gpu: &Gpu, inline: boo
                         .map(|m| [(m.1 as f64).log10(), m.2.log10()])
                         .collect();
                     if !pts.is_empty() {
-                        p.line(Line::new(name(st.heads, kv), pts.clone()));
-                        p.points(Points::new(name(st.heads, kv), pts).radius(3.0));
+                        let label = name(st.heads, kv);
+                        let color = series_color(&label);
+                        p.line(Line::new(label.clone(), pts.clone()).color(color));
+                        p.points(Points::new(label, pts).radius(3.0).color(color));
                     }
                 }
             });

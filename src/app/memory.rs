@@ -1,7 +1,9 @@
 //! Memory panel: the planner's table for a model preset and context, and memory against
 //! context for naive vs flash training and MHA vs GQA vs MQA caches, with GPU capacities.
 
-use egui_plot::{HLine, Legend, Line, Plot};
+use egui_plot::{Corner, HLine, Line};
+
+use super::style::{Unit, log_log, log10, series_color};
 
 use crate::measure::plan::{GPUS, Link, ModelShape, Plan, RING_GPUS, RingPlan, context_cost_ratio};
 
@@ -85,39 +87,35 @@ pub fn memory_ui(ui: &mut egui::Ui, st: &mut MemoryState) {
     });
     ring_ui(ui, st, &model, n);
     let ks: Vec<usize> = (0..=9).map(|i| 1usize << i).map(|k| k * 1024).collect(); // 1K … 512K
-    let log = |x: f64| x.max(1.0).log10();
+    let log = |x: f64| log10(x, 1.0);
     let series = |f: &dyn Fn(&Plan) -> u64| -> Vec<[f64; 2]> {
         ks.iter()
             .filter_map(|&n| Plan::new(&model, n, 1, 2).ok().map(|p| [log(n as f64), log(f(&p) as f64)]))
             .collect()
     };
     ui.columns(2, |cols| {
-        cols[0].label("training memory against context (log10)");
-        Plot::new("train memory")
-            .legend(Legend::default())
+        let line = |name: &str, pts: Vec<[f64; 2]>| Line::new(name, pts).color(series_color(name));
+        let capacities = |p: &mut egui_plot::PlotUi| {
+            for (gpu, cap) in GPUS {
+                p.hline(HLine::new(gpu, log(cap as f64)).color(series_color(gpu)));
+            }
+        };
+        cols[0].label("training memory against context");
+        log_log("train memory", Unit::Tokens, "context", Unit::Bytes, "memory", Corner::LeftTop)
             .height(300.0)
-            .x_axis_label("log10 tokens")
-            .y_axis_label("log10 bytes")
             .show(&mut cols[0], |p| {
-                p.line(Line::new("naive attention", series(&|pl| pl.training_total_naive)));
-                p.line(Line::new("flash attention", series(&|pl| pl.training_total_flash)));
-                for (gpu, cap) in GPUS {
-                    p.hline(HLine::new(gpu, log(cap as f64)));
-                }
+                p.line(line("naive attention", series(&|pl| pl.training_total_naive)));
+                p.line(line("flash attention", series(&|pl| pl.training_total_flash)));
+                capacities(p);
             });
-        cols[1].label("KV cache against context (log10)");
-        Plot::new("kv memory plan")
-            .legend(Legend::default())
+        cols[1].label("KV cache against context");
+        log_log("kv memory plan", Unit::Tokens, "context", Unit::Bytes, "KV cache", Corner::LeftTop)
             .height(300.0)
-            .x_axis_label("log10 tokens")
-            .y_axis_label("log10 bytes")
             .show(&mut cols[1], |p| {
-                p.line(Line::new("MHA", series(&|pl| pl.kv_cache_mha)));
-                p.line(Line::new("GQA (8)", series(&|pl| pl.kv_cache_gqa8)));
-                p.line(Line::new("MQA", series(&|pl| pl.kv_cache_mqa)));
-                for (gpu, cap) in GPUS {
-                    p.hline(HLine::new(gpu, log(cap as f64)));
-                }
+                p.line(line("MHA", series(&|pl| pl.kv_cache_mha)));
+                p.line(line("GQA (8)", series(&|pl| pl.kv_cache_gqa8)));
+                p.line(line("MQA", series(&|pl| pl.kv_cache_mqa)));
+                capacities(p);
             });
     });
 }

@@ -9,6 +9,7 @@ mod memory;
 pub mod model;
 pub mod patterns;
 mod routing;
+pub mod style;
 mod tiles;
 mod traffic;
 pub mod training;

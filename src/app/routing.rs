@@ -56,8 +56,6 @@ fn compute(gpu: &Gpu, n: usize, d_model: usize, fraction: f64) -> Result<Routing
     Ok(RoutingResult { n, routed, scores: router_scores_cpu(&cfg, &w, &x), colt5, dense })
 }
 
-const COLORS: [Color32; 3] =
-    [Color32::from_rgb(253, 231, 37), Color32::from_rgb(94, 201, 98), Color32::from_rgb(59, 82, 139)];
 const NAMES: [&str; 3] = ["heavy attention query", "heavy attention key/value", "heavy FFN"];
 
 /// Draws the controls, runs the routed and dense layers as a [`Job`] (inline when `inline`),
@@ -110,7 +108,7 @@ pub fn routing_ui(ui: &mut egui::Ui, st: &mut RoutingState, gpu: &Gpu, inline: b
             painter.rect_filled(
                 Rect::from_min_size(pos2(rect.left() + i as f32 * cw, y), Vec2::new(cw.max(1.0), 18.0)),
                 0.0,
-                COLORS[row],
+                super::style::series_color(NAMES[row]),
             );
         }
     }
@@ -142,7 +140,7 @@ pub fn routing_ui(ui: &mut egui::Ui, st: &mut RoutingState, gpu: &Gpu, inline: b
                             .width(2.0 / bins as f64)
                     })
                     .collect();
-                p.bar_chart(BarChart::new(NAMES[k], bars).color(COLORS[k]));
+                p.bar_chart(BarChart::new(NAMES[k], bars).color(super::style::series_color(NAMES[k])));
             }
         });
         cols[1].label("per branch: GFLOP (bars) — CoLT5 against dense");

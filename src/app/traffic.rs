@@ -3,7 +3,9 @@
 //! and a workgroup-memory slider showing traffic follow Θ(N²D²/SRAM).
 
 use egui::{Color32, Rect, Sense, Vec2, pos2};
-use egui_plot::{Legend, Line, Plot, Points};
+use egui_plot::{Corner, Line, Points};
+
+use super::style::{Unit, log_log, log10, series_color};
 
 use super::Job;
 use super::patterns::Settings;
@@ -82,11 +84,11 @@ pub fn traffic_ui(ui: &mut egui::Ui, st: &mut TrafficState, settings: &Settings,
             st.measured = m;
         }
     }
-    let log = |x: f64| x.max(1.0).log10();
+    let log = |x: f64| log10(x, 1.0);
     let Some(model) = st.model.as_ref().map(|m| m.1.clone()) else { return };
     ui.horizontal(|ui| {
         ui.label(format!(
-            "device-memory bytes per call, D = {}, H = {}, current mask; log-log (axes are log10)",
+            "device-memory bytes per call, D = {}, H = {}, current mask",
             settings.d, settings.heads
         ));
         if ui
@@ -101,32 +103,46 @@ pub fn traffic_ui(ui: &mut egui::Ui, st: &mut TrafficState, settings: &Settings,
         }
     });
     ui.columns(2, |cols| {
-        Plot::new("traffic vs n")
-            .height(260.0)
-            .legend(Legend::default())
-            .x_axis_label("log10 N")
-            .y_axis_label("log10 bytes")
-            .show(&mut cols[0], |p| {
-                p.line(Line::new(
+        log_log(
+            "traffic vs n",
+            Unit::Tokens,
+            "sequence length N",
+            Unit::Bytes,
+            "device memory moved",
+            Corner::LeftTop,
+        )
+        .height(260.0)
+        .show(&mut cols[0], |p| {
+            p.line(
+                Line::new(
                     "naive (model)",
                     model.iter().map(|&(n, nv, _)| [log(n as f64), log(nv as f64)]).collect::<Vec<_>>(),
-                ));
-                p.line(Line::new(
+                )
+                .color(series_color("naive")),
+            );
+            p.line(
+                Line::new(
                     "flash (model)",
                     model.iter().map(|&(n, _, f)| [log(n as f64), log(f as f64)]).collect::<Vec<_>>(),
-                ));
-                for kernel in ["naive", "flash"] {
-                    let pts: Vec<[f64; 2]> = st
-                        .measured
-                        .iter()
-                        .filter(|m| m.0 == kernel)
-                        .map(|m| [log(m.1 as f64), log(m.2 as f64)])
-                        .collect();
-                    if !pts.is_empty() {
-                        p.points(Points::new(format!("{kernel} (measured)"), pts).radius(4.0));
-                    }
+                )
+                .color(series_color("flash")),
+            );
+            for kernel in ["naive", "flash"] {
+                let pts: Vec<[f64; 2]> = st
+                    .measured
+                    .iter()
+                    .filter(|m| m.0 == kernel)
+                    .map(|m| [log(m.1 as f64), log(m.2 as f64)])
+                    .collect();
+                if !pts.is_empty() {
+                    p.points(
+                        Points::new(format!("{kernel} (measured)"), pts)
+                            .radius(4.0)
+                            .color(series_color(kernel)),
+                    );
                 }
-            });
+            }
+        });
         sram_ui(&mut cols[1], st, settings);
     });
     ui.separator();
@@ -142,22 +158,26 @@ fn sram_ui(ui: &mut egui::Ui, st: &mut TrafficState, settings: &Settings) {
     let bc = (sram / (4.0 * d * 4.0)).floor().max(1.0);
     let br = bc.min(d);
     ui.label(format!("tiles Br = {br}, Bc = {bc}: K/V bytes = 2·N^2·D·4/Br ~ N^2D^2/SRAM"));
-    let log = |x: f64| x.max(1.0).log10();
-    Plot::new("traffic vs sram").height(220.0).legend(Legend::default()).x_axis_label("log10 N").show(
-        ui,
-        |p| {
-            let flash: Vec<[f64; 2]> = NS
-                .iter()
-                .map(|&n| {
-                    [log(n as f64), log(2.0 * (n * n) as f64 * d * 4.0 / br + 2.0 * n as f64 * d * 4.0)]
-                })
-                .collect();
-            let naive: Vec<[f64; 2]> =
-                NS.iter().map(|&n| [log(n as f64), log((n * n) as f64 * (2.0 * d + 5.0) * 4.0)]).collect();
-            p.line(Line::new(format!("flash, {:.0} KiB", st.sram_kib), flash));
-            p.line(Line::new("naive (no reuse)", naive));
-        },
-    );
+    let log = |x: f64| log10(x, 1.0);
+    log_log(
+        "traffic vs sram",
+        Unit::Tokens,
+        "sequence length N",
+        Unit::Bytes,
+        "device memory moved",
+        Corner::LeftTop,
+    )
+    .height(220.0)
+    .show(ui, |p| {
+        let flash: Vec<[f64; 2]> = NS
+            .iter()
+            .map(|&n| [log(n as f64), log(2.0 * (n * n) as f64 * d * 4.0 / br + 2.0 * n as f64 * d * 4.0)])
+            .collect();
+        let naive: Vec<[f64; 2]> =
+            NS.iter().map(|&n| [log(n as f64), log((n * n) as f64 * (2.0 * d + 5.0) * 4.0)]).collect();
+        p.line(Line::new(format!("flash, {:.0} KiB", st.sram_kib), flash).color(series_color("flash")));
+        p.line(Line::new("naive (no reuse)", naive).color(series_color("naive")));
+    });
 }
 
 /// An animated walk of flash's tile loop on an 8×8-tile example of the current mask.

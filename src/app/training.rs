@@ -51,14 +51,9 @@ impl Default for TrainingState {
     }
 }
 
-/// The colour of a scheme in both charts.
+/// The colour of a scheme in both charts (the app's palette).
 pub fn scheme_color(pos: PosScheme) -> Color32 {
-    match pos {
-        PosScheme::Sinusoidal => Color32::from_rgb(228, 87, 46),
-        PosScheme::Rope => Color32::from_rgb(76, 175, 80),
-        PosScheme::Alibi => Color32::from_rgb(66, 133, 244),
-        PosScheme::None => Color32::from_rgb(150, 150, 150),
-    }
+    super::style::series_color(pos.name())
 }
 
 /// Reads every `DIR/*/log.csv` (sorted by name) and the results file.
