@@ -4,11 +4,12 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use egui::{Color32, Pos2, Rect, Sense, Vec2};
+use egui::{Color32, Pos2, Rect, Sense, Vec2, pos2};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use super::Job;
-use super::colormap::{color, normalise};
+use super::colormap::{COLOUR_BAR_WIDTH, color, colour_bar, normalise};
+use super::style::{AXIS_BOTTOM, AXIS_LEFT, matrix_axes};
 use crate::contract::mask::{BigBird, Mask};
 use crate::contract::mods::Mods;
 use crate::contract::spec::{Alibi, AttnShape, AttnSpec, Window};
@@ -302,6 +303,8 @@ pub struct HeatImage {
     pub texture: Option<egui::TextureHandle>,
     /// Whether it was coloured on the log scale.
     pub log: bool,
+    /// The probability at the top of the colour scale (the view's 99.5th percentile).
+    pub scale_max: f32,
 }
 
 /// State of the panel.
@@ -423,7 +426,13 @@ impl PatternsState {
                     values.iter().map(|&p| color(normalise(p, max, self.log_scale))).collect();
                 let image = egui::ColorImage::new([view.width, view.height], pixels);
                 let texture = ctx.load_texture("attention heatmap", image, egui::TextureOptions::NEAREST);
-                self.heat = Some(HeatImage { view, values, texture: Some(texture), log: self.log_scale });
+                self.heat = Some(HeatImage {
+                    view,
+                    values,
+                    texture: Some(texture),
+                    log: self.log_scale,
+                    scale_max: max,
+                });
             }
             Err(e) => self.error = Some(e.to_string()),
         }
@@ -612,8 +621,17 @@ fn heatmap_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
         heat.view.height,
         st.readback_bytes
     ));
-    let side = (ui.available_width().min(ui.available_height() - 60.0)).max(64.0);
-    let (rect, response) = ui.allocate_exact_size(Vec2::splat(side), Sense::click_and_drag());
+    let (left, bottom, bar) = (AXIS_LEFT, AXIS_BOTTOM, COLOUR_BAR_WIDTH);
+    let side = ((ui.available_width() - left - bar).min(ui.available_height() - 60.0 - bottom)).max(64.0);
+    let (outer, response) =
+        ui.allocate_exact_size(Vec2::new(left + side + bar, side + bottom), Sense::click_and_drag());
+    let rect = Rect::from_min_size(outer.min + Vec2::new(left, 0.0), Vec2::splat(side));
+    let text = ui.visuals().text_color();
+    matrix_axes(ui.painter(), rect, st.rows.clone(), st.cols.clone(), "query i", "key j", text);
+    let bar_rect =
+        Rect::from_min_max(pos2(rect.right() + 14.0, rect.top()), pos2(rect.right() + 30.0, rect.bottom()));
+    let pooling = if heat.view.mean { "mean" } else { "max" };
+    colour_bar(ui.painter(), bar_rect, heat.scale_max, heat.log, &format!("p ({pooling} per pixel)"), text);
     if let Some(tex) = &heat.texture {
         ui.painter().image(
             tex.id(),
@@ -631,7 +649,7 @@ fn heatmap_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
             st.cols.start + (fx * st.cols.len() as f32) as usize,
         )
     };
-    st.hover = response.hover_pos().map(|pos| {
+    st.hover = response.hover_pos().filter(|p| rect.contains(*p)).map(|pos| {
         let (i, j) = to_cell(pos);
         c.readout(heat.view.head, i, j)
     });

@@ -9,7 +9,9 @@
 //! values themselves in their unit ([`Unit`]): tokens as 256, 1K, 64K, 1M (powers of two),
 //! times as 10 ms or 2 s, bytes as 1 KiB … 1 GiB (powers of two), rates as 10 k/s or 3 G/s.
 
-use egui::Color32;
+use std::ops::Range;
+
+use egui::{Align2, Color32, FontId, Painter, Rect, Stroke, pos2};
 use egui_plot::{Corner, GridInput, GridMark, Legend, Plot};
 
 /// Okabe–Ito: blue, vermillion, bluish green, orange, reddish purple, sky blue, yellow, grey.
@@ -187,6 +189,52 @@ pub fn log_log(id: &str, x: Unit, x_name: &str, y: Unit, y_name: &str, legend: C
         .y_axis_formatter(move |m, _| y.format(10f64.powf(m.value)))
         .x_grid_spacer(move |i| log_marks(x, i))
         .y_grid_spacer(move |i| log_marks(y, i))
+}
+
+/// Room a matrix view leaves at its left for row labels.
+pub const AXIS_LEFT: f32 = 52.0;
+/// Room a matrix view leaves below it for column labels.
+pub const AXIS_BOTTOM: f32 = 30.0;
+
+/// Row and column axes of a matrix view drawn in `rect` that shows rows `rows` and columns
+/// `cols`: five ticks on each, labelled with the index there, and the axis names (`row_name`
+/// at the left, `col_name` below).
+pub fn matrix_axes(
+    painter: &Painter,
+    rect: Rect,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    row_name: &str,
+    col_name: &str,
+    text: Color32,
+) {
+    let font = FontId::proportional(11.0);
+    let stroke = Stroke::new(1.0, text.gamma_multiply(0.7));
+    for k in 0..=4 {
+        let f = k as f32 / 4.0;
+        let row = rows.start + ((rows.len().saturating_sub(1)) as f32 * f).round() as usize;
+        let col = cols.start + ((cols.len().saturating_sub(1)) as f32 * f).round() as usize;
+        let y = rect.top() + f * rect.height();
+        let x = rect.left() + f * rect.width();
+        painter.line_segment([pos2(rect.left() - 4.0, y), pos2(rect.left(), y)], stroke);
+        painter.text(pos2(rect.left() - 6.0, y), Align2::RIGHT_CENTER, row.to_string(), font.clone(), text);
+        painter.line_segment([pos2(x, rect.bottom()), pos2(x, rect.bottom() + 4.0)], stroke);
+        painter.text(pos2(x, rect.bottom() + 5.0), Align2::CENTER_TOP, col.to_string(), font.clone(), text);
+    }
+    painter.text(
+        pos2(rect.left() - 6.0, rect.top() - 4.0),
+        Align2::RIGHT_BOTTOM,
+        row_name,
+        font.clone(),
+        text,
+    );
+    painter.text(
+        pos2(rect.right(), rect.bottom() + 17.0),
+        Align2::RIGHT_TOP,
+        format!("{col_name} →"),
+        font,
+        text,
+    );
 }
 
 /// log10 of `v`, floored at `floor` (zeros and negatives stay on the chart).

@@ -72,8 +72,21 @@ pub fn tiles_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
             grid[qt * map.n_ktiles + (e & !FULL) as usize] = if e & FULL != 0 { 2 } else { 1 };
         }
     }
-    let side = ui.available_width().min(ui.available_height()).max(64.0);
-    let (rect, response) = ui.allocate_exact_size(Vec2::splat(side), Sense::hover());
+    let (left, bottom) = (super::style::AXIS_LEFT, super::style::AXIS_BOTTOM);
+    let side = (ui.available_width() - left).min(ui.available_height() - bottom).max(64.0);
+    let (outer, _) = ui.allocate_exact_size(Vec2::new(left + side, side + bottom), Sense::hover());
+    let rect = Rect::from_min_size(outer.min + Vec2::new(left, 0.0), Vec2::splat(side));
+    let response = ui.interact(rect, ui.scope_id().with("tile map"), Sense::hover());
+    let text = ui.visuals().text_color();
+    super::style::matrix_axes(
+        ui.painter(),
+        rect,
+        0..map.n_qtiles,
+        0..map.n_ktiles,
+        "query tile",
+        "key tile",
+        text,
+    );
     let painter = ui.painter_at(rect);
     let (cw, ch) = (rect.width() / nx as f32, rect.height() / ny as f32);
     for cy in 0..ny {
