@@ -81,7 +81,7 @@ pub enum Unit {
     Tokens,
     /// Milliseconds, shown as µs, ms or s.
     Millis,
-    /// Bytes, shown as B, KiB, MiB, GiB, TiB (powers of two).
+    /// Bytes, shown as B, KiB, MiB, GiB, TiB, PiB (powers of two).
     Bytes,
     /// Anything per second (tokens/s, FLOP/s): k, M, G, T.
     PerSecond,
@@ -113,10 +113,16 @@ impl Unit {
                 v => format!("{} µs", trim(v * 1000.0)),
             },
             Unit::Bytes => {
-                let (x, p) = [(1u64 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")]
-                    .into_iter()
-                    .find(|(s, _)| v >= *s as f64)
-                    .map_or((v, "B"), |(s, p)| (v / s as f64, p));
+                let (x, p) = [
+                    (1u64 << 50, "PiB"),
+                    (1 << 40, "TiB"),
+                    (1 << 30, "GiB"),
+                    (1 << 20, "MiB"),
+                    (1 << 10, "KiB"),
+                ]
+                .into_iter()
+                .find(|(s, _)| v >= *s as f64)
+                .map_or((v, "B"), |(s, p)| (v / s as f64, p));
                 format!("{} {p}", trim(x))
             }
             Unit::PerSecond => si(v, "/s"),
@@ -143,37 +149,40 @@ fn trim(x: f64) -> String {
 }
 
 /// Tick marks for an axis that plots log10 of values in `unit`: powers of two for binary
-/// units, 1-2-5 steps per decade otherwise, thinned to about a dozen over the visible range.
-fn log_marks(unit: Unit, input: GridInput) -> Vec<GridMark> {
+/// units, 1-2-5, 1-3 or 1 per decade otherwise — the densest set whose marks stay `min_gap`
+/// grid units apart (`min_gap` × the plot's minimal step: egui_plot labels a mark only when
+/// its `step_size` spans enough pixels, 60 across and 20 up).
+fn log_marks(unit: Unit, input: GridInput, min_gap: f64) -> Vec<GridMark> {
     let (lo, hi) = input.bounds;
     if !(lo.is_finite() && hi.is_finite()) || hi <= lo {
         return Vec::new();
     }
-    let mut values: Vec<f64> = Vec::new();
+    let need = input.base_step_size.abs() * min_gap;
+    let mut marks: Vec<(f64, f64)> = Vec::new(); // (value, spacing)
     if unit.binary() {
-        let (a, b) = ((lo / 2f64.log10()).floor() as i64, (hi / 2f64.log10()).ceil() as i64);
-        let stride = ((b - a) / 12).max(1);
-        values.extend((a..=b).filter(|k| k % stride == 0).map(|k| k as f64 * 2f64.log10()));
+        let unit_step = 2f64.log10();
+        let mut stride = 1i64;
+        while (stride as f64) * unit_step < need && stride < 1 << 20 {
+            stride *= 2;
+        }
+        let spacing = stride as f64 * unit_step;
+        let (a, b) = ((lo / unit_step).floor() as i64, (hi / unit_step).ceil() as i64);
+        marks.extend((a..=b).filter(|k| k.rem_euclid(stride) == 0).map(|k| (k as f64 * unit_step, spacing)));
     } else {
+        // (multiples per decade, their smallest gap in log10 units)
+        let sets: [(&[f64], f64); 3] =
+            [(&[1.0, 2.0, 5.0], 2f64.log10()), (&[1.0, 3.0], (10f64 / 3.0).log10()), (&[1.0], 1.0)];
+        let (steps, gap) = sets.iter().find(|(_, g)| *g >= need).copied().unwrap_or((&[1.0], 1.0));
+        let every = if gap >= need { 1 } else { (need / gap).ceil() as i64 };
         let (a, b) = (lo.floor() as i64, hi.ceil() as i64);
-        let steps: &[f64] = if b - a > 6 {
-            &[1.0]
-        } else if b - a > 3 {
-            &[1.0, 3.0]
-        } else {
-            &[1.0, 2.0, 5.0]
-        };
-        for e in a..=b {
-            values.extend(steps.iter().map(|m| e as f64 + m.log10()));
+        for e in (a..=b).filter(|e| e.rem_euclid(every) == 0) {
+            marks.extend(steps.iter().map(|m| (e as f64 + m.log10(), gap * every as f64)));
         }
     }
-    values
+    marks
         .into_iter()
-        .filter(|v| *v >= lo - 1e-9 && *v <= hi + 1e-9)
-        .map(|value| {
-            let decade = (value - value.round()).abs() < 1e-9;
-            GridMark { value, step_size: if decade { 1.0 } else { 0.3 } }
-        })
+        .filter(|(v, _)| *v >= lo - 1e-9 && *v <= hi + 1e-9)
+        .map(|(value, step_size)| GridMark { value, step_size })
         .collect()
 }
 
@@ -187,8 +196,8 @@ pub fn log_log(id: &str, x: Unit, x_name: &str, y: Unit, y_name: &str, legend: C
         .y_axis_label(format!("{y_name} (log scale)"))
         .x_axis_formatter(move |m, _| x.format(10f64.powf(m.value)))
         .y_axis_formatter(move |m, _| y.format(10f64.powf(m.value)))
-        .x_grid_spacer(move |i| log_marks(x, i))
-        .y_grid_spacer(move |i| log_marks(y, i))
+        .x_grid_spacer(move |i| log_marks(x, i, 11.0))
+        .y_grid_spacer(move |i| log_marks(y, i, 4.0))
 }
 
 /// Room a matrix view leaves at its left for row labels.
@@ -212,8 +221,8 @@ pub fn matrix_axes(
     let stroke = Stroke::new(1.0, text.gamma_multiply(0.7));
     for k in 0..=4 {
         let f = k as f32 / 4.0;
-        let row = rows.start + ((rows.len().saturating_sub(1)) as f32 * f).round() as usize;
-        let col = cols.start + ((cols.len().saturating_sub(1)) as f32 * f).round() as usize;
+        let row = (rows.start + (rows.len() as f32 * f).round() as usize).min(rows.end.saturating_sub(1));
+        let col = (cols.start + (cols.len() as f32 * f).round() as usize).min(cols.end.saturating_sub(1));
         let y = rect.top() + f * rect.height();
         let x = rect.left() + f * rect.width();
         painter.line_segment([pos2(rect.left() - 4.0, y), pos2(rect.left(), y)], stroke);
@@ -222,8 +231,8 @@ pub fn matrix_axes(
         painter.text(pos2(x, rect.bottom() + 5.0), Align2::CENTER_TOP, col.to_string(), font.clone(), text);
     }
     painter.text(
-        pos2(rect.left() - 6.0, rect.top() - 4.0),
-        Align2::RIGHT_BOTTOM,
+        pos2(rect.left() - 6.0, rect.bottom() + 17.0),
+        Align2::RIGHT_TOP,
         row_name,
         font.clone(),
         text,
@@ -231,7 +240,7 @@ pub fn matrix_axes(
     painter.text(
         pos2(rect.right(), rect.bottom() + 17.0),
         Align2::RIGHT_TOP,
-        format!("{col_name} →"),
+        col_name.to_string(),
         font,
         text,
     );
@@ -279,11 +288,19 @@ mod tests {
     #[test]
     fn log_ticks_fall_on_round_values() {
         let input = |lo: f64, hi: f64| GridInput { bounds: (lo, hi), base_step_size: 0.01 };
-        let marks = log_marks(Unit::Tokens, input(2.0, 4.0)); // 100 … 10 000 tokens
+        let marks = log_marks(Unit::Tokens, input(2.0, 4.0), 11.0); // 100 … 10 000 tokens
         let shown: Vec<String> = marks.iter().map(|m| Unit::Tokens.format(10f64.powf(m.value))).collect();
         assert_eq!(shown, ["128", "256", "512", "1K", "2K", "4K", "8K"]);
-        let marks = log_marks(Unit::Millis, input(-0.2, 1.5));
+        let marks = log_marks(Unit::Millis, input(-0.2, 1.5), 11.0);
         let shown: Vec<String> = marks.iter().map(|m| Unit::Millis.format(10f64.powf(m.value))).collect();
         assert_eq!(shown, ["1 ms", "2 ms", "5 ms", "10 ms", "20 ms"]);
+        // dense views thin out: every fourth power of two, every other decade
+        let marks = log_marks(Unit::Bytes, input(3.0, 12.0), 100.0); // a grid unit is 1.0 log10
+        let shown: Vec<String> = marks.iter().map(|m| Unit::Bytes.format(10f64.powf(m.value))).collect();
+        assert_eq!(shown, ["4 KiB", "64 KiB", "1 MiB", "16 MiB", "256 MiB", "4 GiB", "64 GiB"]);
+        let marks = log_marks(Unit::PerSecond, input(0.0, 8.0), 150.0);
+        let shown: Vec<String> = marks.iter().map(|m| Unit::PerSecond.format(10f64.powf(m.value))).collect();
+        assert_eq!(shown, ["1/s", "100/s", "10k/s", "1M/s", "100M/s"]);
+        assert!(marks.iter().all(|m| m.step_size >= 1.5), "labels need their spacing");
     }
 }

@@ -163,7 +163,7 @@ fn loss_plot(ui: &mut egui::Ui, st: &TrainingState, width: f32, height: f32) {
 fn extrapolation_plot(ui: &mut egui::Ui, st: &TrainingState, width: f32, height: f32) {
     // x is log2 of the length, labelled with the length itself
     Plot::new("extrapolation")
-        .legend(Legend::default())
+        .legend(Legend::default().position(egui_plot::Corner::LeftTop))
         .x_axis_label("evaluation length L (tokens, log scale)")
         .y_axis_label("validation bits per byte")
         .x_axis_formatter(|mark, _| format!("{}", 2f64.powf(mark.value).round()))
