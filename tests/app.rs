@@ -343,3 +343,24 @@ fn the_mod_editor_compiles_as_you_type() {
     assert!(err.contains("mod editor:6"), "{err}");
     h.get_by_label_contains("mod editor:6");
 }
+
+#[test]
+fn measured_panels_compute_when_first_shown() {
+    // the real app starts Decode's and Routing's measurements on first view, so neither opens
+    // empty (pixel-snapshot tests turn this off: measured speeds differ run to run)
+    let mut h =
+        Harness::builder().with_size(egui::Vec2::new(1280.0, 860.0)).wgpu_setup(setup()).build_eframe(|cc| {
+            let mut app = LongctxApp::new_inline(cc);
+            app.first_views = true;
+            app
+        });
+    h.run();
+    h.get_by_label(Tab::Decode.label()).click();
+    h.run_steps(3);
+    let measured = &h.state().decode.measured;
+    assert_eq!(measured.len(), 9, "3 variants × 3 contexts: {}", h.state().decode.message);
+    assert!(measured.iter().all(|m| m.2.is_finite() && m.2 > 0.0), "{measured:?}");
+    h.get_by_label(Tab::Routing.label()).click();
+    h.run_steps(3);
+    assert!(h.state().routing.result.is_some(), "routing ran on first view: {}", h.state().routing.message);
+}

@@ -23,11 +23,21 @@ pub struct DecodeState {
     job: Option<Job<Vec<(usize, usize, f64)>>>,
     /// Status line of the measurement.
     pub message: String,
+    /// Whether a measurement was started (the panel starts one when first shown).
+    started: bool,
 }
 
 impl Default for DecodeState {
     fn default() -> Self {
-        Self { heads: 32, d: 128, layers: 32, measured: Vec::new(), job: None, message: String::new() }
+        Self {
+            heads: 32,
+            d: 128,
+            layers: 32,
+            measured: Vec::new(),
+            job: None,
+            message: String::new(),
+            started: false,
+        }
     }
 }
 
@@ -62,9 +72,29 @@ fn tokens_per_s(gpu: &Gpu, heads: usize, kv: usize, d: usize, context: usize) ->
     Ok(1e3 / t.median())
 }
 
+/// Starts measuring tokens/s of the three variants at contexts 256, 1K and 4K.
+fn start(ctx: &egui::Context, st: &mut DecodeState, gpu: &Gpu, inline: bool) {
+    let (gpu, heads, d, kvs) = (gpu.clone(), st.heads, st.d, st.variants());
+    st.message = "measuring…".into();
+    st.started = true;
+    st.job = Some(Job::start(ctx, inline, move || {
+        let mut out = Vec::new();
+        for kv in kvs {
+            for context in [256, 1024, 4096] {
+                out.push((kv, context, tokens_per_s(&gpu, heads, kv, d, context)?));
+            }
+        }
+        Ok(out)
+    }));
+}
+
 /// Draws KV-cache GiB against cached tokens (f32) for the three variants, and measures and
-/// plots decoding tokens/s against context (256, 1K, 4K) on `gpu`.
-pub fn decode_ui(ui: &mut egui::Ui, st: &mut DecodeState, gpu: &Gpu, inline: bool) {
+/// plots decoding tokens/s against context (256, 1K, 4K) on `gpu` — on first view when
+/// `first_view`, else when asked.
+pub fn decode_ui(ui: &mut egui::Ui, st: &mut DecodeState, gpu: &Gpu, inline: bool, first_view: bool) {
+    if first_view && !st.started && st.job.is_none() {
+        start(ui.ctx(), st, gpu, inline);
+    }
     if let Some(r) = st.job.as_ref().and_then(Job::poll) {
         st.job = None;
         match r {
@@ -87,17 +117,7 @@ pub fn decode_ui(ui: &mut egui::Ui, st: &mut DecodeState, gpu: &Gpu, inline: boo
             .add_enabled(st.job.is_none(), egui::Button::new("measure tokens/s (1 layer, contexts 256…4K)"))
             .clicked()
         {
-            let (gpu, heads, d, kvs) = (gpu.clone(), st.heads, st.d, st.variants());
-            st.message = "measuring…".into();
-            st.job = Some(Job::start(ui.ctx(), inline, move || {
-                let mut out = Vec::new();
-                for kv in kvs {
-                    for context in [256, 1024, 4096] {
-                        out.push((kv, context, tokens_per_s(&gpu, heads, kv, d, context)?));
-                    }
-                }
-                Ok(out)
-            }));
+            start(ui.ctx(), st, gpu, inline);
         }
         if st.job.is_some() {
             ui.spinner();

@@ -144,6 +144,9 @@ pub struct LongctxApp {
     pub training: training::TrainingState,
     /// Run jobs in the UI thread (deterministic frames, for tests).
     pub inline_jobs: bool,
+    /// Panels whose content is measured (Decode, Routing) start on first view; tests of
+    /// pixel snapshots turn this off, as measured speeds differ run to run.
+    pub first_views: bool,
 }
 
 impl LongctxApp {
@@ -167,12 +170,14 @@ impl LongctxApp {
             bench: Default::default(),
             training: Default::default(),
             inline_jobs: false,
+            first_views: true,
         }
     }
 
-    /// [`LongctxApp::new`] with jobs run inline, for tests.
+    /// [`LongctxApp::new`] with jobs run inline and no first-view measurements, for tests
+    /// (set `first_views` to test those).
     pub fn new_inline(cc: &eframe::CreationContext<'_>) -> Self {
-        Self { inline_jobs: true, ..Self::new(cc) }
+        Self { inline_jobs: true, first_views: false, ..Self::new(cc) }
     }
 }
 
@@ -207,9 +212,9 @@ impl eframe::App for LongctxApp {
                 Tab::Traffic => {
                     traffic::traffic_ui(ui, &mut self.traffic, &self.patterns.settings, &gpu, inline)
                 }
-                Tab::Decode => decode::decode_ui(ui, &mut self.decode, &gpu, inline),
+                Tab::Decode => decode::decode_ui(ui, &mut self.decode, &gpu, inline, self.first_views),
                 Tab::Memory => memory::memory_ui(ui, &mut self.memory),
-                Tab::Routing => routing::routing_ui(ui, &mut self.routing, &gpu, inline),
+                Tab::Routing => routing::routing_ui(ui, &mut self.routing, &gpu, inline, self.first_views),
                 Tab::Model => model::model_ui(ui, &mut self.model, &gpu, inline),
                 Tab::Bench => bench::bench_ui(ui, &mut self.bench, &gpu, inline),
                 Tab::Training => training::training_ui(ui, &mut self.training),

@@ -21,11 +21,21 @@ pub struct RoutingState {
     job: Option<Job<RoutingResult>>,
     /// The last error, empty after a successful run.
     pub message: String,
+    /// Whether a run was started (the panel starts one when first shown).
+    started: bool,
 }
 
 impl Default for RoutingState {
     fn default() -> Self {
-        Self { n: 512, d_model: 128, fraction_inv: 8, result: None, job: None, message: String::new() }
+        Self {
+            n: 512,
+            d_model: 128,
+            fraction_inv: 8,
+            result: None,
+            job: None,
+            message: String::new(),
+            started: false,
+        }
     }
 }
 
@@ -60,7 +70,12 @@ const NAMES: [&str; 3] = ["heavy attention query", "heavy attention key/value", 
 
 /// Draws the controls, runs the routed and dense layers as a [`Job`] (inline when `inline`),
 /// and shows the routed tokens per router, the score histogram and the per-branch table.
-pub fn routing_ui(ui: &mut egui::Ui, st: &mut RoutingState, gpu: &Gpu, inline: bool) {
+pub fn routing_ui(ui: &mut egui::Ui, st: &mut RoutingState, gpu: &Gpu, inline: bool, first_view: bool) {
+    if first_view && !st.started && st.job.is_none() {
+        st.started = true;
+        let (gpu, n, d, f) = (gpu.clone(), st.n, st.d_model, 1.0 / st.fraction_inv as f64);
+        st.job = Some(Job::start(ui.ctx(), inline, move || compute(&gpu, n, d, f)));
+    }
     if let Some(r) = st.job.as_ref().and_then(Job::poll) {
         st.job = None;
         match r {
@@ -80,6 +95,7 @@ pub fn routing_ui(ui: &mut egui::Ui, st: &mut RoutingState, gpu: &Gpu, inline: b
         let l = ui.label("route 1 /");
         ui.add(egui::DragValue::new(&mut st.fraction_inv).range(1..=64)).labelled_by(l.id);
         if ui.add_enabled(st.job.is_none(), egui::Button::new("run CoLT5 and dense layers")).clicked() {
+            st.started = true;
             let (gpu, n, d, f) = (gpu.clone(), st.n, st.d_model, 1.0 / st.fraction_inv as f64);
             st.job = Some(Job::start(ui.ctx(), inline, move || compute(&gpu, n, d, f)));
         }
@@ -89,7 +105,11 @@ pub fn routing_ui(ui: &mut egui::Ui, st: &mut RoutingState, gpu: &Gpu, inline: b
         ui.label(&st.message);
     });
     let Some(r) = &st.result else {
-        ui.label("run the layers to see which tokens the routers pick");
+        ui.label(if st.job.is_some() {
+            "running the CoLT5 layer and its dense reference…"
+        } else {
+            "run the layers to see which tokens the routers pick"
+        });
         return;
     };
     ui.label("tokens in order; each row one router: coloured = routed to the heavy branch, grey = light branch only");
