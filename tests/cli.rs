@@ -955,3 +955,20 @@ fn train_resumes_and_eval_reports_bits_per_byte_at_each_length() {
     fails_with(&["eval", "--checkpoint", p(&ckpt), "--corpus", p(&corpus), "--span", "100"], "span");
     fails_with(&["eval", "--checkpoint", p(&corpus), "--corpus", p(&corpus)], "safetensors");
 }
+
+#[test]
+fn bench_draws_its_plot_in_the_apps_palette_and_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let (svg, png) = (dir.path().join("t.svg"), dir.path().join("t.png"));
+    for path in [&svg, &png] {
+        let out = longctx(&["bench", "--n", "64,128", "--reps", "1", "--no-traffic", "--plot", p(path)]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = std::fs::read_to_string(&svg).unwrap();
+    // tokens on x as the app writes them, times with units, one colour per kernel (the palette's)
+    for needle in ["\n128\n", " ms\n", "flash dense D=64 H=4", "naive dense D=64 H=4", "#0072B2", "#D55E00"] {
+        assert!(text.contains(needle), "`{needle}` missing from the SVG");
+    }
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    fails_with(&["bench", "--n", "64", "--plot", p(&dir.path().join("t.txt"))], ".svg or .png");
+}

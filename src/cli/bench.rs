@@ -85,6 +85,10 @@ pub struct BenchArgs {
     /// Write the records as CSV to this path.
     #[arg(long)]
     csv: Option<PathBuf>,
+    /// Draw time against N (log–log, one curve per kernel and mask, fitted exponents in the
+    /// legend) to this .svg or .png file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Also time flash with Q, K, V stored as f16 (needs SHADER_F16) next to each flash row.
     #[arg(long)]
     f16: bool,
@@ -246,8 +250,15 @@ fn configs(a: &BenchArgs) -> anyhow::Result<Vec<Config>> {
 
 pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let outputs: Vec<&std::path::Path> = a.json.as_deref().into_iter().chain(a.csv.as_deref()).collect();
+    let outputs: Vec<&std::path::Path> =
+        a.json.as_deref().into_iter().chain(a.csv.as_deref()).chain(a.plot.as_deref()).collect();
     longctx::io::check_outputs(&outputs, &[])?;
+    if let Some(path) = &a.plot {
+        super::plot::check_path(path)?;
+        if a.matmul.is_some() || a.backward {
+            bail!("--plot draws the attention suites and sweeps; not --matmul or --backward");
+        }
+    }
     let gpu = dev.gpu()?;
     if let Some(sizes) = &a.matmul {
         let sizes = sizes.iter().map(|s| parse_size(s)).collect::<anyhow::Result<Vec<_>>>()?;
@@ -304,6 +315,10 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
         }
         let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("CSV: {e}"))?;
         longctx::io::write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &a.plot {
+        plot_records(path, &records)?;
+        println!("plot: {}", path.display());
     }
     println!("{} configurations in {:.1} s", records.len(), started.elapsed().as_secs_f64());
     if !records.is_empty() && records.iter().all(|r| r.skipped.is_some()) {
@@ -682,4 +697,35 @@ fn matmul_bench(gpu: &longctx::Gpu, sizes: &[usize], reps: usize, tc: TensorCore
     }
     println!("{t}");
     Ok(())
+}
+
+/// Time against N per (kernel, mask, D, H), log–log, each curve's fitted exponent in its label.
+fn plot_records(path: &std::path::Path, records: &[Record]) -> anyhow::Result<()> {
+    let mut curves: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for r in records {
+        let Some(ms) = r.ms_median else { continue };
+        let key = format!("{} {} D={} H={}", r.kernel, r.mask, r.d, r.heads);
+        match curves.iter_mut().find(|c| c.0 == key) {
+            Some(c) => c.1.push((r.n as f64, ms)),
+            None => curves.push((key, vec![(r.n as f64, ms)])),
+        }
+    }
+    let series: Vec<super::plot::Series> = curves
+        .into_iter()
+        .map(|(key, mut points)| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let label = match fitted_exponent(&points) {
+                Some(k) => format!("{key}: time ~ N^{k:.2}"),
+                None => key,
+            };
+            super::plot::Series { label, points }
+        })
+        .collect();
+    super::plot::log_log(
+        path,
+        "attention time per call (validated against the f64 oracle first)",
+        (longctx::measure::chart::Unit::Tokens, "sequence length N"),
+        (longctx::measure::chart::Unit::Millis, "time per call"),
+        &series,
+    )
 }

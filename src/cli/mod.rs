@@ -9,6 +9,7 @@ mod mask;
 mod maskargs;
 mod peak;
 mod plan;
+mod plot;
 mod ring;
 mod route;
 mod selftest;
