@@ -27,11 +27,6 @@ struct Dims {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
-fn gelu(x: f32) -> f32 {
-    let inner = 0.7978845608 * (x + 0.044715 * x * x * x);
-    return 0.5 * x * (1.0 + tanh(inner));
-}
-
 fn erf(x: f32) -> f32 {
     let a = abs(x);
     let t = 1.0 / (1.0 + 0.3275911 * a);
@@ -51,7 +46,7 @@ fn store_c(gr: u32, gc: u32, value: f32) {
         val += bias[gc];
     }
     if ACT == 1u {
-        val = gelu(val);
+        val = gelu_tanh(val);
     } else if ACT == 2u {
         val = gelu_erf(val);
     }

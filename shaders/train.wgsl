@@ -95,18 +95,11 @@ fn cross_entropy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     }
 }
 
-fn gelu_grad(x: f32) -> f32 {
-    let k = 0.7978845608028654;
-    let u = k * (x + 0.044715 * x * x * x);
-    let t = tanh(u);
-    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x);
-}
-
 @compute @workgroup_size(64)
 fn gelu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = index(wg, lid);
     if i < job.n {
-        out[i] = b[i] * gelu_grad(a[i]);
+        out[i] = b[i] * gelu_tanh_grad(a[i]);
     }
 }
 
@@ -247,15 +240,11 @@ fn embed(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     out[i] = x;
 }
 
-fn gelu_value(x: f32) -> f32 {
-    return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
-}
-
 @compute @workgroup_size(64)
 fn gelu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = index(wg, lid);
     if i < job.n {
-        out[i] = gelu_value(a[i]);
+        out[i] = gelu_tanh(a[i]);
     }
 }
 

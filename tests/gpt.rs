@@ -4,7 +4,7 @@
 
 mod common;
 
-use longctx::models::gpt::{GptConfig, Params, PosScheme};
+use longctx::models::gpt::{GptConfig, Params, PosScheme, inputs_and_targets};
 use longctx::models::gpt_gpu::{GptGpu, gradient_check};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -13,15 +13,6 @@ const SCHEMES: [PosScheme; 4] = [PosScheme::None, PosScheme::Sinusoidal, PosSche
 fn tokens(rng: &mut StdRng, batch: usize, seq: usize) -> Vec<u32> {
     // bytes from a small alphabet, so tokens repeat (the embedding gradient sums rows)
     (0..batch * (seq + 1)).map(|_| b"etaoin shrdlu"[rng.random_range(0..13)] as u32).collect()
-}
-
-/// (inputs, targets) of `batch` sequences of `seq + 1` tokens.
-fn split(tokens: &[u32], seq: usize) -> (Vec<u32>, Vec<u32>) {
-    tokens.chunks_exact(seq + 1).fold((vec![], vec![]), |(mut i, mut t), s| {
-        i.extend(&s[..seq]);
-        t.extend(&s[1..]);
-        (i, t)
-    })
 }
 
 #[test]
@@ -52,7 +43,7 @@ fn training_steps_on_a_fixed_batch_lower_the_loss() {
     let c = GptConfig::bytes(16, 2, 1, PosScheme::Alibi);
     let model = GptGpu::new(g, c, batch, seq).unwrap();
     model.load(g, &Params::init(c, 7).unwrap().data).unwrap();
-    let (inputs, targets) = split(&tokens(&mut rng, batch, seq), seq);
+    let (inputs, targets) = inputs_and_targets(&tokens(&mut rng, batch, seq), seq);
     model.set_tokens(g, &inputs, &targets).unwrap();
     let mut losses = Vec::new();
     for step in 1..=12 {

@@ -3,7 +3,7 @@
 //! an adapter does dense math. The f64 oracle is [`matmul_f64`].
 
 use crate::error::{Error, Result};
-use crate::kernels::lanes;
+use crate::kernels::{GELU, lanes};
 use crate::runtime::Gpu;
 use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, Snippet, numbered};
 
@@ -90,7 +90,7 @@ impl Coop {
     pub fn variant(&self, act: Activation) -> ShaderVariant {
         COOP_SHADER.variant(
             "main",
-            &[COMMON],
+            &[GELU, COMMON],
             self.consts().into_iter().chain([("ACT", act.code())]).collect(),
         )
     }
@@ -208,7 +208,7 @@ impl Activation {
     pub fn apply_f64(self, v: f64) -> f64 {
         match self {
             Activation::None => v,
-            Activation::Gelu => 0.5 * v * (1.0 + (0.7978845608028654 * (v + 0.044715 * v * v * v)).tanh()),
+            Activation::Gelu => crate::kernels::train::gelu_f64(v).0,
             Activation::GeluErf => 0.5 * v * (1.0 + libm::erf(v * std::f64::consts::FRAC_1_SQRT_2)),
         }
     }
@@ -220,7 +220,7 @@ pub fn variant(act: Activation, sg: u32) -> ShaderVariant {
     let tn = if sg > 0 { 4 * sg } else { TN };
     SHADER.variant(
         "main",
-        &[lanes(sg), COMMON],
+        &[lanes(sg), GELU, COMMON],
         vec![("TM", TM), ("TN", tn), ("TK", TK.max(sg)), ("RM", RM), ("SG", sg), ("ACT", act.code())],
     )
 }

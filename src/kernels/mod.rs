@@ -37,6 +37,9 @@ const LANES_SUBGROUP: Snippet =
 const LANES_PLAIN: Snippet =
     Snippet { name: "lanes_plain", source: include_str!("../../shaders/lanes_plain.wgsl") };
 
+/// GELU's tanh form and its derivative: matmul's epilogue and the training kernels.
+pub(crate) const GELU: Snippet = Snippet { name: "gelu", source: include_str!("../../shaders/gelu.wgsl") };
+
 /// The identity mods, for variants built without the user's (`MODS_U` = 0).
 pub(crate) const MODS_NONE: Snippet =
     Snippet { name: "mods_none", source: include_str!("../../shaders/mods_none.wgsl") };

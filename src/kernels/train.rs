@@ -6,6 +6,7 @@
 //! against finite differences of their forward passes.
 
 use crate::error::{Error, Result};
+use crate::kernels::GELU;
 use crate::runtime::Gpu;
 use crate::runtime::shader::{Binding, Binding::*, Compiled, Shader, ShaderVariant};
 
@@ -77,7 +78,7 @@ mod entry {
 
 /// Every variant (one per entry).
 pub fn variants() -> Vec<ShaderVariant> {
-    ENTRIES.iter().map(|(s, e)| s.variant(e, &[], vec![])).collect()
+    ENTRIES.iter().map(|(s, e)| s.variant(e, &[GELU], vec![])).collect()
 }
 
 #[repr(C)]
@@ -225,14 +226,7 @@ impl Train {
         eps: f32,
         accumulate: bool,
     ) -> Result<()> {
-        if rows > LOOP_CAP {
-            return Err(Error::OutOfRange {
-                what: "LayerNorm backward rows (one loop per column)".into(),
-                value: rows as u64,
-                min: 1,
-                max: LOOP_CAP as u64,
-            });
-        }
+        check_loop("LayerNorm backward rows (one loop per column)", rows, LOOP_CAP)?;
         let job = Job { n: rows as u32, d: d as u32, eps, accumulate: accumulate as u32, ..Job::default() };
         self.run(gpu, encoder, entry::LAYER_NORM_BACKWARD, job, rows as u64, &[x, dy, dx, stats, gamma])?;
         self.run(gpu, encoder, entry::LAYER_NORM_PARAMS, job, d as u64, &[x, dy, dgamma_beta, stats])
@@ -248,14 +242,7 @@ impl Train {
         n: usize,
         slot: usize,
     ) -> Result<()> {
-        if n.div_ceil(256) > LOOP_CAP {
-            return Err(Error::OutOfRange {
-                what: "floats in one squared norm (256 lanes)".into(),
-                value: n as u64,
-                min: 1,
-                max: (LOOP_CAP * 256) as u64,
-            });
-        }
+        check_loop("floats in one squared norm (256 lanes)", n, LOOP_CAP * 256)?;
         self.run(
             gpu,
             encoder,
@@ -315,14 +302,7 @@ impl Train {
         vocab: usize,
         d: usize,
     ) -> Result<()> {
-        if tokens > LOOP_CAP {
-            return Err(Error::OutOfRange {
-                what: "tokens in one embedding gradient (one loop per entry)".into(),
-                value: tokens as u64,
-                min: 1,
-                max: LOOP_CAP as u64,
-            });
-        }
+        check_loop("tokens in one embedding gradient (one loop per entry)", tokens, LOOP_CAP)?;
         let job = Job { n: tokens as u32, d: d as u32, slot: vocab as u32, ..Job::default() };
         self.run(gpu, encoder, entry::EMBEDDING_BACKWARD, job, (vocab * d) as u64, &[dx, ids, de])
     }
@@ -376,14 +356,7 @@ impl Train {
         rows: usize,
         cols: usize,
     ) -> Result<()> {
-        if rows > LOOP_CAP {
-            return Err(Error::OutOfRange {
-                what: "rows in one column sum (one loop per column)".into(),
-                value: rows as u64,
-                min: 1,
-                max: LOOP_CAP as u64,
-            });
-        }
+        check_loop("rows in one column sum (one loop per column)", rows, LOOP_CAP)?;
         let job = Job { n: rows as u32, d: cols as u32, ..Job::default() };
         self.run(gpu, encoder, entry::COLUMN_SUM, job, cols as u64, &[x, out])
     }
@@ -452,6 +425,14 @@ pub struct HeadDims {
     pub d: usize,
     /// Column blocks of `[B·T, parts·H·D]`.
     pub parts: usize,
+}
+
+/// `value` (what one invocation loops over) at most `max`, or a typed error naming `what`.
+fn check_loop(what: &str, value: usize, max: usize) -> Result<()> {
+    if value > max {
+        return Err(Error::OutOfRange { what: what.into(), value: value as u64, min: 1, max: max as u64 });
+    }
+    Ok(())
 }
 
 /// `a·b` as a u32 element count, or a typed error naming `what`.

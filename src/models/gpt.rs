@@ -220,6 +220,17 @@ fn linear(x: &[f64], w: &[f64], b: &[f64], k: usize, n: usize) -> Vec<f64> {
         .collect()
 }
 
+/// Inputs and targets of sequences of `seq + 1` tokens (the layout [`loss_f64`] reads): each
+/// sequence's first `seq` tokens, and its last `seq`.
+pub fn inputs_and_targets(tokens: &[u32], seq: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut out = (Vec::with_capacity(tokens.len()), Vec::with_capacity(tokens.len()));
+    for s in tokens.chunks_exact(seq + 1) {
+        out.0.extend(&s[..seq]);
+        out.1.extend(&s[1..]);
+    }
+    out
+}
+
 /// The mean next-token loss of `tokens` (`batch` sequences of `len + 1` ids: inputs and
 /// shifted targets) under parameters `p` (f64, [`GptConfig::shapes`] order): the f64 oracle.
 pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> Result<f64> {

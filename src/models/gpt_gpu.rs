@@ -25,11 +25,13 @@ use crate::kernels::layer::LayerOp;
 use crate::kernels::matmul::{Activation, Matmul};
 use crate::kernels::train::{AdamW, HeadDims, Train};
 use crate::kernels::{Attention, AttnBuffers, Kernel};
-use crate::models::gpt::{GptConfig, LN_EPS, Params, PosScheme, sinusoid};
+use crate::models::gpt::{GptConfig, LN_EPS, Params, PosScheme, inputs_and_targets, sinusoid};
 use crate::runtime::Gpu;
 
 /// One parameter tensor on the device with its gradient and AdamW moments.
 struct Tensor {
+    /// Its name in [`GptConfig::shapes`] (a LayerNorm's as `….ln1` for γ | β).
+    name: String,
     /// The flat-vector slice it covers.
     range: Range<usize>,
     /// Weight decay applies (matrices and the embedding; not biases or LayerNorm).
@@ -179,6 +181,7 @@ impl GptGpu {
                 i += 1;
             }
             tensors.push(Tensor {
+                name: name.trim_end_matches(".g").to_string(),
                 range: at..at + len,
                 decay: shape.len() == 2,
                 param: buf(name, len)?,
@@ -393,12 +396,72 @@ impl GptGpu {
         }
     }
 
+    /// Tensor `k` of block `l`.
+    fn tensor(&self, l: usize, k: usize) -> &Tensor {
+        &self.tensors[1 + l * PER_BLOCK + k]
+    }
+
     fn param(&self, l: usize, k: usize) -> &wgpu::Buffer {
-        &self.tensors[1 + l * PER_BLOCK + k].param
+        &self.tensor(l, k).param
     }
 
     fn grad(&self, l: usize, k: usize) -> &wgpu::Buffer {
-        &self.tensors[1 + l * PER_BLOCK + k].grad
+        &self.tensor(l, k).grad
+    }
+
+    /// `out` (+)= `x`·W + b for block `l`'s weight `w` `[k, n]` and bias `b`: added to `out`
+    /// when `accumulate` (a residual branch).
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        l: usize,
+        (w, b): (usize, usize),
+        x: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        (k, n): (usize, usize),
+        accumulate: bool,
+    ) -> Result<()> {
+        let mm = self.mm((self.rows(), k, n, true, accumulate));
+        mm.encode(gpu, enc, x, self.param(l, w), Some(self.param(l, b)), out)
+    }
+
+    /// The backward of LayerNorm `ln` (input `x`) for the gradient in `dtmp`: its input's
+    /// gradient into `dx` (added when `accumulate`: the residual stream's), γ and β's into
+    /// its gradient.
+    fn norm_backward(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        ln: &Tensor,
+        accumulate: bool,
+    ) -> Result<()> {
+        let (r, d) = (self.rows(), self.config.d_model);
+        self.train.layer_norm_backward(
+            gpu,
+            enc,
+            x,
+            &self.dtmp,
+            &ln.param,
+            &self.dx,
+            &ln.grad,
+            &self.stats,
+            r,
+            d,
+            LN_EPS as f32,
+            accumulate,
+        )
+    }
+
+    /// Per-position losses of `inputs` against `targets` (a forward only; read back).
+    pub fn forward_losses(&self, gpu: &Gpu, inputs: &[u32], targets: &[u32]) -> Result<Vec<f32>> {
+        self.set_tokens(gpu, inputs, targets)?;
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        self.encode_forward(gpu, &mut enc, 1.0)?;
+        gpu.queue.submit([enc.finish()]);
+        self.losses(gpu)
     }
 
     /// Records the forward to the per-position losses; `dlogits` gets the cross-entropy's
@@ -412,14 +475,7 @@ impl GptGpu {
         t.embed(gpu, enc, wte, self.table.as_ref(), &self.ids, first, r, d, self.seq)?;
         for (l, s) in self.blocks.iter().enumerate() {
             s.ln1.encode(gpu, enc, &s.x, &s.a1);
-            self.mm((r, d, 3 * d, true, false)).encode(
-                gpu,
-                enc,
-                &s.a1,
-                self.param(l, W_QKV),
-                Some(self.param(l, B_QKV)),
-                &self.qkv,
-            )?;
+            self.linear(gpu, enc, l, (W_QKV, B_QKV), &s.a1, &self.qkv, (d, 3 * d), false)?;
             for (part, dst) in [&s.q, &s.k, &s.v].into_iter().enumerate() {
                 t.permute_heads(gpu, enc, true, &self.qkv, dst, self.heads(3), part)?;
             }
@@ -430,34 +486,13 @@ impl GptGpu {
             )?;
             t.permute_heads(gpu, enc, false, &s.att, &s.o, self.heads(1), 0)?;
             enc.copy_buffer_to_buffer(&s.x, 0, &s.mid, 0, (r * d * 4) as u64);
-            self.mm((r, d, d, true, true)).encode(
-                gpu,
-                enc,
-                &s.att,
-                self.param(l, W_O),
-                Some(self.param(l, B_O)),
-                &s.mid,
-            )?;
+            self.linear(gpu, enc, l, (W_O, B_O), &s.att, &s.mid, (d, d), true)?;
             s.ln2.encode(gpu, enc, &s.mid, &s.a2);
-            self.mm((r, d, f, true, false)).encode(
-                gpu,
-                enc,
-                &s.a2,
-                self.param(l, W1),
-                Some(self.param(l, B1)),
-                &s.u,
-            )?;
+            self.linear(gpu, enc, l, (W1, B1), &s.a2, &s.u, (d, f), false)?;
             t.gelu(gpu, enc, &s.u, &s.h, r * f)?;
             let next = self.blocks.get(l + 1).map_or(&self.x_last, |b| &b.x);
             enc.copy_buffer_to_buffer(&s.mid, 0, next, 0, (r * d * 4) as u64);
-            self.mm((r, f, d, true, true)).encode(
-                gpu,
-                enc,
-                &s.h,
-                self.param(l, W2),
-                Some(self.param(l, B2)),
-                next,
-            )?;
+            self.linear(gpu, enc, l, (W2, B2), &s.h, next, (f, d), true)?;
         }
         self.lnf.encode(gpu, enc, &self.x_last, &self.xf);
         // tied head: logits = xf · Eᵀ
@@ -504,27 +539,12 @@ impl GptGpu {
         let c = &self.config;
         let (r, d, f, v) = (self.rows(), c.d_model, c.ffn, c.vocab);
         let t = &self.train;
-        let eps = LN_EPS as f32;
         let (wte, dwte) = (&self.tensors[0].param, &self.tensors[0].grad);
         // head: dE = dlogitsᵀ·xf (the embedding's share is added at the end), dxf = dlogits·E
         t.transpose(gpu, enc, &self.dlogits, &self.act_t, r, v)?;
         self.mm((v, r, d, false, false)).encode(gpu, enc, &self.act_t, &self.xf, None, dwte)?;
         self.mm((r, v, d, false, false)).encode(gpu, enc, &self.dlogits, wte, None, &self.dtmp)?;
-        let lnf = self.tensors.last().expect("final LayerNorm");
-        t.layer_norm_backward(
-            gpu,
-            enc,
-            &self.x_last,
-            &self.dtmp,
-            &lnf.param,
-            &self.dx,
-            &lnf.grad,
-            &self.stats,
-            r,
-            d,
-            eps,
-            false,
-        )?;
+        self.norm_backward(gpu, enc, &self.x_last, self.tensors.last().expect("final LayerNorm"), false)?;
         for (l, s) in self.blocks.iter().enumerate().rev() {
             // FFN: next = mid + GELU(u)·W2 + b2, u = LN2(mid)·W1 + b1
             t.column_sum(gpu, enc, &self.dx, self.grad(l, B2), r, d)?;
@@ -534,20 +554,7 @@ impl GptGpu {
             t.column_sum(gpu, enc, &self.du, self.grad(l, B1), r, f)?;
             self.weight_grad(gpu, enc, &s.a2, &self.du, self.grad(l, W1), d, f)?;
             self.input_grad(gpu, enc, &self.du, self.param(l, W1), &self.dtmp, d, f)?;
-            t.layer_norm_backward(
-                gpu,
-                enc,
-                &s.mid,
-                &self.dtmp,
-                self.param(l, LN2),
-                &self.dx,
-                self.grad(l, LN2),
-                &self.stats,
-                r,
-                d,
-                eps,
-                true,
-            )?;
+            self.norm_backward(gpu, enc, &s.mid, self.tensor(l, LN2), true)?;
             // attention: mid = x + merge(attn(split(LN1(x)·W_qkv + b_qkv)))·W_o + b_o
             t.column_sum(gpu, enc, &self.dx, self.grad(l, B_O), r, d)?;
             self.weight_grad(gpu, enc, &s.att, &self.dx, self.grad(l, W_O), d, d)?;
@@ -565,20 +572,7 @@ impl GptGpu {
             t.column_sum(gpu, enc, &self.dqkv, self.grad(l, B_QKV), r, 3 * d)?;
             self.weight_grad(gpu, enc, &s.a1, &self.dqkv, self.grad(l, W_QKV), d, 3 * d)?;
             self.input_grad(gpu, enc, &self.dqkv, self.param(l, W_QKV), &self.dtmp, d, 3 * d)?;
-            t.layer_norm_backward(
-                gpu,
-                enc,
-                &s.x,
-                &self.dtmp,
-                self.param(l, LN1),
-                &self.dx,
-                self.grad(l, LN1),
-                &self.stats,
-                r,
-                d,
-                eps,
-                true,
-            )?;
+            self.norm_backward(gpu, enc, &s.x, self.tensor(l, LN1), true)?;
         }
         // the gather's gradient, added to the head's
         t.embedding_backward(gpu, enc, &self.dx, &self.ids, dwte, r, v, d)
@@ -615,18 +609,7 @@ impl GptGpu {
 
     /// Which parameter tensors exist, with their flat ranges (a LayerNorm as `….ln1` for γ | β).
     pub fn tensor_ranges(&self) -> Vec<(String, Range<usize>)> {
-        let shapes = self.config.shapes();
-        self.tensors
-            .iter()
-            .map(|t| {
-                let name = shapes
-                    .iter()
-                    .find(|(n, _)| Params::range(&self.config, n).is_some_and(|r| r.start == t.range.start))
-                    .map(|(n, _)| n.trim_end_matches(".g").to_string())
-                    .unwrap_or_default();
-                (name, t.range.clone())
-            })
-            .collect()
+        self.tensors.iter().map(|t| (t.name.clone(), t.range.clone())).collect()
     }
 }
 
@@ -667,11 +650,7 @@ pub fn gradient_check(
     p.iter_mut().for_each(|x| *x += rng.random_range(-0.25f32..0.25));
     let tokens: Vec<u32> =
         (0..batch * (seq + 1)).map(|_| b"etaoin shrdlu"[rng.random_range(0..13)] as u32).collect();
-    let (mut inputs, mut targets) = (Vec::new(), Vec::new());
-    for s in tokens.chunks_exact(seq + 1) {
-        inputs.extend(&s[..seq]);
-        targets.extend(&s[1..]);
-    }
+    let (inputs, targets) = inputs_and_targets(&tokens, seq);
     let model = GptGpu::new(gpu, config, batch, seq)?;
     model.load(gpu, &p)?;
     model.set_tokens(gpu, &inputs, &targets)?;
@@ -682,7 +661,7 @@ pub fn gradient_check(
     gpu.queue.submit([enc.finish()]);
     let got = model.losses(gpu)?.iter().map(|&x| x as f64).sum::<f64>() / rows;
     let grads = model.grads(gpu)?;
-    let p64: Vec<f64> = p.iter().map(|&x| x as f64).collect();
+    let mut p64: Vec<f64> = p.iter().map(|&x| x as f64).collect();
     let loss = |q: &[f64]| crate::models::gpt::loss_f64(&config, q, &tokens, batch);
     let want = loss(&p64)?;
     let h = 1e-4;
@@ -692,10 +671,13 @@ pub fn gradient_check(
         let idx: Vec<usize> = range.step_by(step).collect();
         let mut fd = Vec::with_capacity(idx.len());
         for &i in &idx {
-            let (mut up, mut down) = (p64.clone(), p64.clone());
-            up[i] += h;
-            down[i] -= h;
-            fd.push((loss(&up)? - loss(&down)?) / (2.0 * h));
+            let x = p64[i];
+            p64[i] = x + h;
+            let up = loss(&p64)?;
+            p64[i] = x - h;
+            let down = loss(&p64)?;
+            p64[i] = x;
+            fd.push((up - down) / (2.0 * h));
         }
         let gpu_grad: Vec<f32> = idx.iter().map(|&i| grads[i]).collect();
         tensors.push((name, idx.len(), crate::contract::reference::rel_error(&gpu_grad, &fd)));

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::io::{SafetensorsFile, read_regular, write_safetensors};
 use crate::kernels::train::AdamW;
-use crate::models::gpt::{GptConfig, Params};
+use crate::models::gpt::{GptConfig, Params, inputs_and_targets};
 use crate::models::gpt_gpu::GptGpu;
 use crate::runtime::Gpu;
 
@@ -223,27 +223,25 @@ impl Checkpoint {
     /// `adamw.m.NAME` and `adamw.v.NAME`, the rest as JSON in the metadata.
     pub fn save(&self, path: &Path) -> Result<()> {
         let shapes = self.config.model.shapes();
-        let mut tensors = Vec::new();
-        let mut push = |prefix: &str, flat: &'_ [f32]| {
+        // every tensor a slice of its flat vector, named with its prefix
+        let mut views: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
+        let mut flats = vec![("", self.params.as_slice())];
+        if let Some((m, v)) = &self.moments {
+            flats.extend([("adamw.m.", m.as_slice()), ("adamw.v.", v.as_slice())]);
+        }
+        for (prefix, flat) in flats {
             let mut at = 0;
             for (name, shape) in &shapes {
                 let n: usize = shape.iter().product();
-                tensors.push((format!("{prefix}{name}"), shape.clone(), flat[at..at + n].to_vec()));
+                views.push((format!("{prefix}{name}"), shape.clone(), &flat[at..at + n]));
                 at += n;
             }
-        };
-        push("", &self.params);
-        if let Some((m, v)) = &self.moments {
-            push("adamw.m.", m);
-            push("adamw.v.", v);
         }
         let header = Header { config: self.config.clone(), step: self.step, log: self.log.clone() };
         let meta = HashMap::from([(
             META_KEY.to_string(),
             serde_json::to_string(&header).map_err(|e| Error::Invalid(format!("checkpoint header: {e}")))?,
         )]);
-        let views: Vec<(String, Vec<usize>, &[f32])> =
-            tensors.iter().map(|(n, s, d)| (n.clone(), s.clone(), d.as_slice())).collect();
         write_safetensors(path, &views, meta)
     }
 
@@ -319,16 +317,6 @@ pub fn batch_at(text: &[u8], seed: u64, step: usize, batch: usize, seq: usize) -
             text[start..start + seq + 1].iter().map(|&b| b as u32)
         })
         .collect())
-}
-
-/// Inputs and targets of sequences of `seq + 1` tokens.
-pub fn inputs_and_targets(tokens: &[u32], seq: usize) -> (Vec<u32>, Vec<u32>) {
-    let mut out = (Vec::with_capacity(tokens.len()), Vec::with_capacity(tokens.len()));
-    for s in tokens.chunks_exact(seq + 1) {
-        out.0.extend(&s[..seq]);
-        out.1.extend(&s[1..]);
-    }
-    out
 }
 
 /// Trains from `start` (a checkpoint to resume, or a fresh initialisation from the seed) up
@@ -414,15 +402,8 @@ pub fn train(
             let loss = mean(model.losses(gpu)?);
             let seconds = clock.elapsed().as_secs_f64();
             elapsed += seconds;
-            let val_loss = if checkpoint {
-                model.set_tokens(gpu, &val_in, &val_tg)?;
-                let mut enc = gpu.device.create_command_encoder(&Default::default());
-                model.encode_forward(gpu, &mut enc, scale)?;
-                gpu.queue.submit([enc.finish()]);
-                Some(mean(model.losses(gpu)?))
-            } else {
-                None
-            };
+            let val_loss =
+                if checkpoint { Some(mean(model.forward_losses(gpu, &val_in, &val_tg)?)) } else { None };
             if !loss.is_finite() || val_loss.is_some_and(|v| !v.is_finite()) {
                 return Err(Error::NonFinite {
                     what: format!(
@@ -552,11 +533,7 @@ pub fn evaluate(
             targets
                 .extend((0..length).map(|p| if p >= first { text[start + p + 1] as u32 } else { u32::MAX }));
         }
-        model.set_tokens(gpu, &inputs, &targets)?;
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        model.encode_forward(gpu, &mut enc, 1.0)?;
-        gpu.queue.submit([enc.finish()]);
-        nats += model.losses(gpu)?.iter().map(|&x| x as f64).sum::<f64>();
+        nats += model.forward_losses(gpu, &inputs, &targets)?.iter().map(|&x| x as f64).sum::<f64>();
     }
     let bits_per_byte = nats / span as f64 / std::f64::consts::LN_2;
     if !bits_per_byte.is_finite() {
