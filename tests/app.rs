@@ -346,12 +346,13 @@ fn the_mod_editor_compiles_as_you_type() {
 
 #[test]
 fn measured_panels_compute_when_first_shown() {
-    // the real app starts Decode's and Routing's measurements on first view, so neither opens
-    // empty (pixel-snapshot tests turn this off: measured speeds differ run to run)
+    // the real app starts Decode's, Routing's and Benchmarks' measurements on first view, so
+    // none opens empty (pixel-snapshot tests turn this off: measured speeds differ run to run)
     let mut h =
         Harness::builder().with_size(egui::Vec2::new(1280.0, 860.0)).wgpu_setup(setup()).build_eframe(|cc| {
             let mut app = LongctxApp::new_inline(cc);
             app.first_views = true;
+            app.bench.sizes = "64,128".into(); // the default sweep, made small
             app
         });
     h.run();
@@ -363,4 +364,142 @@ fn measured_panels_compute_when_first_shown() {
     h.get_by_label(Tab::Routing.label()).click();
     h.run_steps(3);
     assert!(h.state().routing.result.is_some(), "routing ran on first view: {}", h.state().routing.message);
+    h.get_by_label(Tab::Bench.label()).click();
+    h.run_steps(3);
+    let records = &h.state().bench.records;
+    assert_eq!(records.len(), 4, "flash and naive × 2 sizes: {}", h.state().bench.message);
+    assert!(records.iter().all(|r| r.ms_median.is_some()), "{records:?}");
+}
+
+/// Exports `tab` into `dir` through the export menu's request; returns the report.
+fn export(h: &mut Harness<'static, LongctxApp>, tab: Tab, dir: &std::path::Path) -> Vec<String> {
+    h.get_by_label(tab.label()).click();
+    h.run_steps(3);
+    h.state_mut().export.dir = dir.display().to_string();
+    h.state_mut().export.request();
+    h.run_steps(3);
+    h.state().export.report()
+}
+
+fn read_json(path: std::path::PathBuf) -> serde_json::Value {
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The colour of the series whose label starts with `label` in an exported chart.
+fn colour(chart: &serde_json::Value, label: &str) -> serde_json::Value {
+    let series = chart["series"].as_array().expect("series");
+    let s = series.iter().find(|s| s["label"].as_str().is_some_and(|l| l.starts_with(label)));
+    s.unwrap_or_else(|| panic!("no series {label} in {}", chart["title"]))["rgb"].clone()
+}
+
+#[test]
+fn export_writes_the_panel_as_png_and_each_chart_as_csv_and_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness([1280.0, 860.0]);
+    h.run();
+    let report = export(&mut h, Tab::Memory, dir.path());
+    println!("{}", report.join("\n"));
+    assert!(report.iter().all(|l| !l.starts_with("error")), "{report:?}");
+    // the panel as a PNG: the window less the tab bar
+    let png = dir.path().join("memory-plan.png");
+    let file = std::io::BufReader::new(std::fs::File::open(&png).expect("the panel's PNG"));
+    let info = png::Decoder::new(file).read_info().unwrap_or_else(|e| panic!("{}: {e}", png.display()));
+    let (width, height) = (info.info().width, info.info().height);
+    assert_eq!(width, 1280, "the panel spans the window");
+    assert!((700..860).contains(&height), "the panel without the tab bar: {height}");
+    assert!(report.iter().any(|l| l.ends_with("memory-plan.png")), "{report:?}");
+    // each chart: CSV (one row per point) and JSON (axes with units and scales, colours)
+    let csv = std::fs::read_to_string(dir.path().join("memory-plan-training-memory-against-context.csv"))
+        .expect("training-memory CSV");
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("series,context,memory"));
+    let flash: Vec<&str> = lines.filter(|l| l.starts_with("flash attention,")).collect();
+    assert_eq!(flash.len(), 10, "1K … 512K: {csv}");
+    assert!(flash[0].starts_with("flash attention,1024,"), "{}", flash[0]);
+    let train = read_json(dir.path().join("memory-plan-training-memory-against-context.json"));
+    assert_eq!(train["x"]["unit"], "tokens");
+    assert_eq!(train["y"]["unit"], "bytes");
+    assert_eq!(train["y"]["scale"], "log");
+    assert!(train["series"].as_array().unwrap().iter().any(|s| s["mark"] == "h_line"), "GPU capacities");
+    // a matrix view exports its values
+    let report = export(&mut h, Tab::Tiles, dir.path());
+    assert!(report.iter().all(|l| !l.starts_with("error")), "{report:?}");
+    let tiles = read_json(dir.path().join("tiles-flash-tile-map-head-0.json"));
+    let (w, hgt) = (tiles["width"].as_u64().unwrap(), tiles["height"].as_u64().unwrap());
+    assert_eq!(tiles["values"].as_array().unwrap().len() as u64, w * hgt);
+    assert!(
+        tiles["values"].as_array().unwrap().iter().all(|v| [0.0, 1.0, 2.0].contains(&v.as_f64().unwrap()))
+    );
+    // a file in the way of the directory is a reported error, not a panic
+    let blocked = dir.path().join("blocked");
+    std::fs::write(&blocked, b"a file").unwrap();
+    let report = export(&mut h, Tab::Memory, &blocked);
+    assert!(report.iter().any(|l| l.starts_with("error")), "{report:?}");
+}
+
+#[test]
+fn the_same_series_has_one_colour_in_every_panel() {
+    // read back from what the panels export: the colours they drew with
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness([1280.0, 860.0]);
+    h.run();
+    export(&mut h, Tab::Traffic, dir.path());
+    export(&mut h, Tab::Memory, dir.path());
+    export(&mut h, Tab::Decode, dir.path());
+    let traffic = read_json(dir.path().join("memory-traffic-device-memory-moved-per-call.json"));
+    let sram = read_json(dir.path().join("memory-traffic-io-bound-against-workgroup-memory.json"));
+    let train = read_json(dir.path().join("memory-plan-training-memory-against-context.json"));
+    let kv_plan = read_json(dir.path().join("memory-plan-kv-cache-against-context.json"));
+    let kv_decode = read_json(dir.path().join("decode-kv-cache-against-cached-tokens.json"));
+    for label in ["flash", "naive"] {
+        assert_eq!(colour(&traffic, label), colour(&train, label), "{label}: Memory traffic vs Memory plan");
+        assert_eq!(colour(&traffic, label), colour(&sram, label), "{label}: the two traffic charts");
+    }
+    assert_ne!(colour(&traffic, "flash"), colour(&traffic, "naive"));
+    for label in ["MHA", "GQA", "MQA"] {
+        assert_eq!(colour(&kv_plan, label), colour(&kv_decode, label), "{label}: Memory plan vs Decode");
+    }
+}
+
+#[test]
+fn settings_are_remembered_between_runs_and_clamped_when_read() {
+    use longctx::app::remember::Remembered;
+    let mut h = harness([800.0, 600.0]);
+    h.run();
+    {
+        let app = h.state_mut();
+        app.tab = Tab::Decode;
+        app.patterns.settings.n = 777;
+        app.patterns.settings.alibi = true;
+        app.decode.layers = 12;
+        app.memory.n_k = 256;
+        app.bench.sizes = "64,128".into();
+        app.export.dir = "/tmp/somewhere".into();
+    }
+    // what eframe stores on exit (its storage serialises with serde), read into a fresh app
+    let stored = serde_json::to_string(&Remembered::of(h.state())).expect("serialise");
+    let mut fresh = harness([800.0, 600.0]);
+    serde_json::from_str::<Remembered>(&stored).expect("deserialise").restore(fresh.state_mut());
+    let app = fresh.state();
+    assert_eq!(app.tab, Tab::Decode);
+    assert_eq!((app.patterns.settings.n, app.patterns.settings.alibi), (777, true));
+    assert_eq!((app.decode.layers, app.memory.n_k), (12, 256));
+    assert_eq!((app.bench.sizes.as_str(), app.export.dir.as_str()), ("64,128", "/tmp/somewhere"));
+    assert_eq!(Remembered::of(app), Remembered::of(h.state()), "a round trip changes nothing");
+    // an edited or stale file: sizes clamped to what the controls allow, unknown names ignored
+    let odd: Remembered = serde_json::from_str(
+        r#"{"tab": "Nowhere", "n": 1000000000000, "heads": 0, "kv_heads": 9, "decode": [0, 100000, 5],
+            "preset": "gpt-9", "sram_kib": 1e30, "routing": [1, 100, 1000]}"#,
+    )
+    .expect("missing fields take defaults");
+    odd.restore(fresh.state_mut());
+    let app = fresh.state();
+    assert_eq!(app.tab, Tab::Patterns);
+    assert_eq!(app.patterns.settings.n, 131072);
+    assert_eq!((app.patterns.settings.heads, app.patterns.settings.kv_heads), (1, 1));
+    assert_eq!((app.decode.heads, app.decode.d, app.decode.layers), (1, 256, 5));
+    assert_eq!(app.memory.preset, "llama-7b");
+    assert_eq!(app.traffic.sram_kib, 228.0);
+    assert_eq!((app.routing.n, app.routing.d_model, app.routing.fraction_inv), (16, 64, 64));
 }

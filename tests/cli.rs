@@ -971,4 +971,22 @@ fn bench_draws_its_plot_in_the_apps_palette_and_units() {
     }
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     fails_with(&["bench", "--n", "64", "--plot", p(&dir.path().join("t.txt"))], ".svg or .png");
+    fails_with(&["bench", "--matmul", "64", "--plot", p(&svg)], "not --matmul");
+    // --backward: forward, backward and the materialised backward, one colour each
+    let bwd = dir.path().join("b.svg");
+    let args = ["bench", "--backward", "--n", "64,96", "--causal", "--reps", "1", "--plot", p(&bwd)];
+    let out = longctx(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&bwd).unwrap();
+    for needle in [
+        "flash forward, causal",
+        "flash backward, causal",
+        "naive backward, causal",
+        "time ~ N^",
+        "#0072B2",
+        "#009E73",
+        "#D55E00",
+    ] {
+        assert!(text.contains(needle), "`{needle}` missing from the backward SVG");
+    }
 }

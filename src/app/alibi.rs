@@ -1,7 +1,9 @@
 //! ALiBi panel: the slopes per head (any head count), bias against distance, and what the
 //! bias does to attention: mean probability against distance with and without it.
 
-use egui_plot::{Bar, BarChart, Legend, Line, Plot};
+use egui_plot::Corner;
+
+use super::style::{Axis, ChartData, Mark, Unit, chart_ui};
 
 use super::patterns::Settings;
 use crate::contract::reference::attention_rows_f64;
@@ -63,36 +65,46 @@ pub fn alibi_ui(ui: &mut egui::Ui, st: &mut AlibiState, settings: &Settings) {
         "get_slopes({heads}): {}",
         slopes.iter().map(|s| format!("{s:.4}")).collect::<Vec<_>>().join(", ")
     ));
+    let top = ((ui.available_height() - 60.0) * 0.45).clamp(180.0, 360.0);
     ui.columns(2, |cols| {
         cols[0].label("slope per head");
-        let bars: Vec<Bar> =
-            slopes.iter().enumerate().map(|(h, &s)| Bar::new(h as f64, s as f64).width(0.7)).collect();
-        Plot::new("alibi slopes")
-            .height(220.0)
-            .x_axis_label("head")
-            .show(&mut cols[0], |p| p.bar_chart(BarChart::new("slope", bars)));
-        cols[1].label("bias -slope·|p - j| against distance");
-        Plot::new("alibi bias").height(220.0).legend(Legend::default()).x_axis_label("distance").show(
-            &mut cols[1],
-            |p| {
-                for (h, &s) in slopes.iter().enumerate().take(8) {
-                    let pts: Vec<[f64; 2]> = (0..=64).map(|d| [d as f64, -(s as f64) * d as f64]).collect();
-                    p.line(Line::new(format!("head {h}"), pts));
-                }
-            },
+        let mut per_head = ChartData::new(
+            "ALiBi slope per head",
+            Axis::categories("head", (0..heads).map(|h| h.to_string())),
+            Axis::linear("slope"),
         );
+        per_head.add(
+            "slope",
+            Mark::Bars(0.7),
+            slopes.iter().enumerate().map(|(h, &s)| [h as f64, s as f64]).collect(),
+        );
+        chart_ui(&mut cols[0], "alibi slopes", per_head, Corner::RightTop, None, top);
+        cols[1].label("bias -slope·|p - j| against distance (first 8 heads)");
+        let mut bias = ChartData::new(
+            "ALiBi bias against distance",
+            Axis::linear("distance |p - j|"),
+            Axis::linear("bias"),
+        );
+        for (h, &s) in slopes.iter().enumerate().take(8) {
+            bias.add(
+                format!("head {h}"),
+                Mark::Line,
+                (0..=64).map(|d| [d as f64, -(s as f64) * d as f64]).collect(),
+            );
+        }
+        chart_ui(&mut cols[1], "alibi bias", bias, Corner::LeftBottom, None, top);
     });
     if st.effect.as_ref().is_none_or(|e| &e.0 != settings) {
         st.effect = Some((settings.clone(), effect(settings, true), effect(settings, false)));
     }
     let Some((_, with, without)) = st.effect.as_ref() else { return };
-    ui.label("effect on the pattern: mean probability against distance, head 0 (oracle, N <= 256 of the current inputs)");
-    Plot::new("alibi effect")
-        .height(ui.available_height().max(160.0))
-        .legend(Legend::default())
-        .x_axis_label("distance |p - j|")
-        .show(ui, |p| {
-            p.line(Line::new("with ALiBi", with.clone()));
-            p.line(Line::new("without", without.clone()));
-        });
+    ui.label("effect on the pattern: mean probability against distance, head 0 (oracle, N <= 256 of the current inputs); the log scale shows ALiBi's exponential fall-off as a straight line");
+    let mut effect = ChartData::new(
+        "mean probability against distance",
+        Axis::linear("distance |p - j|"),
+        Axis::log("mean probability", Unit::Count),
+    );
+    effect.add("ALiBi", Mark::Line, with.clone());
+    effect.add("none (no bias)", Mark::Line, without.clone());
+    chart_ui(ui, "alibi effect", effect, Corner::RightTop, None, ui.available_height().max(160.0));
 }

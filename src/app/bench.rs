@@ -4,15 +4,15 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use egui_plot::{Corner, Line, Points};
+use egui_plot::Corner;
 
-use super::style::{Unit, log_log, log10, series_color};
+use super::style::chart_ui;
 
 use super::Job;
 use crate::contract::spec::{AttnShape, AttnSpec};
 use crate::kernels::Kernel;
 use crate::kernels::peak;
-use crate::measure::bench::{Record, fitted_exponent, run_config};
+use crate::measure::bench::{Record, run_config, time_chart};
 use crate::runtime::Gpu;
 
 /// The benchmarks panel's inputs, running sweep and results.
@@ -38,6 +38,8 @@ pub struct BenchState {
     job: Option<Job<()>>,
     /// Status line: progress, `done`, `cancelled` or an error.
     pub message: String,
+    /// Whether a sweep was started (the panel starts its default one when first shown).
+    started: bool,
 }
 
 impl Default for BenchState {
@@ -56,6 +58,7 @@ impl Default for BenchState {
             partial: Default::default(),
             job: None,
             message: String::new(),
+            started: false,
         }
     }
 }
@@ -71,9 +74,18 @@ fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
         .collect()
 }
 
-/// Draws the sweep controls (started as a [`Job`], inline when `inline`), the JSON loader
-/// and time against N on log–log axes with a fitted exponent per curve.
-pub fn bench_ui(ui: &mut egui::Ui, st: &mut BenchState, gpu: &Gpu, inline: bool) {
+/// Draws the sweep controls (started as a [`Job`], inline when `inline`; the default sweep
+/// starts on the `first_view`), the JSON loader and time against N on log–log axes with a
+/// fitted exponent per curve.
+pub fn bench_ui(ui: &mut egui::Ui, st: &mut BenchState, gpu: &Gpu, inline: bool, first_view: bool) {
+    if first_view
+        && !st.started
+        && st.job.is_none()
+        && st.records.is_empty()
+        && let Ok(ns) = parse_sizes(&st.sizes)
+    {
+        start(ui.ctx(), st, gpu, ns, inline);
+    }
     if let Some(r) = st.job.as_ref().and_then(Job::poll) {
         st.job = None;
         st.message = match r {
@@ -130,32 +142,8 @@ pub fn bench_ui(ui: &mut egui::Ui, st: &mut BenchState, gpu: &Gpu, inline: bool)
     if !st.message.is_empty() {
         ui.label(&st.message);
     }
-    // curves by (kernel, mask, D, heads)
-    let mut curves: Vec<(String, Vec<[f64; 2]>)> = Vec::new();
-    for r in st.records.iter().filter(|r| r.ms_median.is_some()) {
-        let key = format!("{} {} D={} H={}", r.kernel, r.mask, r.d, r.heads);
-        let p = [r.n as f64, r.ms_median.unwrap_or_default()];
-        match curves.iter_mut().find(|c| c.0 == key) {
-            Some(c) => c.1.push(p),
-            None => curves.push((key, vec![p])),
-        }
-    }
-    let log = |x: f64| log10(x, 1e-9);
-    log_log("bench plot", Unit::Tokens, "sequence length N", Unit::Millis, "time per call", Corner::LeftTop)
-        .height(ui.available_height().max(200.0))
-        .show(ui, |p| {
-            for (name, pts) in &curves {
-                let slope = fitted_exponent(&pts.iter().map(|x| (x[0], x[1])).collect::<Vec<_>>());
-                let label = match slope {
-                    Some(k) => format!("{name}: time ~ N^{k:.2}"),
-                    None => name.clone(),
-                };
-                let lp: Vec<[f64; 2]> = pts.iter().map(|x| [log(x[0]), log(x[1])]).collect();
-                let color = series_color(name);
-                p.line(Line::new(label.clone(), lp.clone()).color(color));
-                p.points(Points::new(label, lp).radius(3.0).color(color));
-            }
-        });
+    let chart = time_chart(&st.records);
+    chart_ui(ui, "bench plot", chart, Corner::LeftTop, None, ui.available_height().max(200.0));
 }
 
 fn start(ctx: &egui::Context, st: &mut BenchState, gpu: &Gpu, ns: Vec<usize>, inline: bool) {
@@ -171,6 +159,7 @@ fn start(ctx: &egui::Context, st: &mut BenchState, gpu: &Gpu, ns: Vec<usize>, in
         .flat_map(|&k| ns.iter().map(move |&n| (k, AttnSpec::new(AttnShape::mha(1, 4, n, n, 64)))))
         .map(|(k, s)| (k, s.causal(st.causal)))
         .collect();
+    st.started = true;
     st.total = configs.len();
     st.progress.store(0, Ordering::Relaxed);
     st.cancel.store(false, Ordering::Relaxed);

@@ -1,9 +1,9 @@
 //! Decode panel: KV-cache memory against tokens for MHA, GQA and MQA, and decoding speed
 //! against context measured on this device.
 
-use egui_plot::{Corner, Legend, Line, Plot, Points};
+use egui_plot::Corner;
 
-use super::style::{Unit, log_log, series_color};
+use super::style::{Axis, ChartData, Mark, Unit, chart_ui};
 
 use super::Job;
 use crate::kernels::decode::{Decoder, DecoderConfig};
@@ -125,45 +125,39 @@ pub fn decode_ui(ui: &mut egui::Ui, st: &mut DecodeState, gpu: &Gpu, inline: boo
         ui.label(&st.message);
     });
     let variants = st.variants();
+    let height = (ui.available_height() - 30.0).clamp(240.0, 640.0);
     ui.columns(2, |cols| {
         cols[0].label(format!(
-            "KV cache (GiB) against cached tokens, {} layers, D = {}: 2·L·Hkv·D·4 bytes per token",
+            "KV cache against cached tokens, {} layers, D = {}: 2·L·Hkv·D·4 bytes per token",
             st.layers, st.d
         ));
-        Plot::new("kv memory")
-            .legend(Legend::default())
-            .height(320.0)
-            .x_axis_label("tokens (K)")
-            .y_axis_label("GiB")
-            .show(&mut cols[0], |p| {
-                for kv in variants {
-                    let per_token = (2 * st.layers * kv * st.d * 4) as f64;
-                    let pts: Vec<[f64; 2]> = (0..=32)
-                        .map(|i| i as f64 * 4.0)
-                        .map(|k| [k, k * 1024.0 * per_token / (1u64 << 30) as f64])
-                        .collect();
-                    let label = name(st.heads, kv);
-                    p.line(Line::new(label.clone(), pts).color(series_color(&label)));
-                }
-            });
+        let mut kv = ChartData::new(
+            "KV cache against cached tokens",
+            Axis::linear("cached tokens (K)"),
+            Axis::linear("KV cache (GiB)"),
+        );
+        for kv_heads in variants {
+            let per_token = (2 * st.layers * kv_heads * st.d * 4) as f64;
+            let pts: Vec<[f64; 2]> = (0..=32)
+                .map(|i| i as f64 * 4.0)
+                .map(|k| [k, k * 1024.0 * per_token / (1u64 << 30) as f64])
+                .collect();
+            kv.add(name(st.heads, kv_heads), Mark::Line, pts);
+        }
+        chart_ui(&mut cols[0], "kv memory", kv, Corner::LeftTop, None, height);
         cols[1].label("tokens/s against context on this device");
-        log_log("tokens per s", Unit::Tokens, "context", Unit::PerSecond, "tokens", Corner::RightTop)
-            .height(320.0)
-            .show(&mut cols[1], |p| {
-                for kv in variants {
-                    let pts: Vec<[f64; 2]> = st
-                        .measured
-                        .iter()
-                        .filter(|m| m.0 == kv)
-                        .map(|m| [(m.1 as f64).log10(), m.2.log10()])
-                        .collect();
-                    if !pts.is_empty() {
-                        let label = name(st.heads, kv);
-                        let color = series_color(&label);
-                        p.line(Line::new(label.clone(), pts.clone()).color(color));
-                        p.points(Points::new(label, pts).radius(3.0).color(color));
-                    }
-                }
-            });
+        let mut speed = ChartData::new(
+            "decoding speed against context",
+            Axis::log("context", Unit::Tokens),
+            Axis::log("tokens", Unit::PerSecond),
+        );
+        for kv_heads in variants {
+            let pts: Vec<[f64; 2]> =
+                st.measured.iter().filter(|m| m.0 == kv_heads).map(|m| [m.1 as f64, m.2]).collect();
+            if !pts.is_empty() {
+                speed.add(name(st.heads, kv_heads), Mark::LinePoints, pts);
+            }
+        }
+        chart_ui(&mut cols[1], "tokens per s", speed, Corner::RightTop, None, height);
     });
 }

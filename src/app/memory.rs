@@ -1,9 +1,9 @@
 //! Memory panel: the planner's table for a model preset and context, and memory against
 //! context for naive vs flash training and MHA vs GQA vs MQA caches, with GPU capacities.
 
-use egui_plot::{Corner, HLine, Line};
+use egui_plot::Corner;
 
-use super::style::{Unit, log_log, log10, series_color};
+use super::style::{Axis, ChartData, Mark, Unit, chart_ui};
 
 use crate::measure::plan::{GPUS, Link, ModelShape, Plan, RING_GPUS, RingPlan, context_cost_ratio};
 
@@ -87,36 +87,32 @@ pub fn memory_ui(ui: &mut egui::Ui, st: &mut MemoryState) {
     });
     ring_ui(ui, st, &model, n);
     let ks: Vec<usize> = (0..=9).map(|i| 1usize << i).map(|k| k * 1024).collect(); // 1K … 512K
-    let log = |x: f64| log10(x, 1.0);
     let series = |f: &dyn Fn(&Plan) -> u64| -> Vec<[f64; 2]> {
-        ks.iter()
-            .filter_map(|&n| Plan::new(&model, n, 1, 2).ok().map(|p| [log(n as f64), log(f(&p) as f64)]))
-            .collect()
+        ks.iter().filter_map(|&n| Plan::new(&model, n, 1, 2).ok().map(|p| [n as f64, f(&p) as f64])).collect()
     };
+    let capacities = |chart: &mut ChartData| {
+        for (gpu, cap) in GPUS {
+            chart.add(gpu, Mark::HLine, vec![[1.0, cap as f64]]);
+        }
+    };
+    let height = (ui.available_height() - 30.0).clamp(240.0, 640.0);
     ui.columns(2, |cols| {
-        let line = |name: &str, pts: Vec<[f64; 2]>| Line::new(name, pts).color(series_color(name));
-        let capacities = |p: &mut egui_plot::PlotUi| {
-            for (gpu, cap) in GPUS {
-                p.hline(HLine::new(gpu, log(cap as f64)).color(series_color(gpu)));
-            }
-        };
-        cols[0].label("training memory against context");
-        log_log("train memory", Unit::Tokens, "context", Unit::Bytes, "memory", Corner::LeftTop)
-            .height(300.0)
-            .show(&mut cols[0], |p| {
-                p.line(line("naive attention", series(&|pl| pl.training_total_naive)));
-                p.line(line("flash attention", series(&|pl| pl.training_total_flash)));
-                capacities(p);
-            });
-        cols[1].label("KV cache against context");
-        log_log("kv memory plan", Unit::Tokens, "context", Unit::Bytes, "KV cache", Corner::LeftTop)
-            .height(300.0)
-            .show(&mut cols[1], |p| {
-                p.line(line("MHA", series(&|pl| pl.kv_cache_mha)));
-                p.line(line("GQA (8)", series(&|pl| pl.kv_cache_gqa8)));
-                p.line(line("MQA", series(&|pl| pl.kv_cache_mqa)));
-                capacities(p);
-            });
+        let context = || Axis::log("context", Unit::Tokens);
+        let mut train =
+            ChartData::new("training memory against context", context(), Axis::log("memory", Unit::Bytes));
+        train.add("naive attention", Mark::Line, series(&|pl| pl.training_total_naive));
+        train.add("flash attention", Mark::Line, series(&|pl| pl.training_total_flash));
+        capacities(&mut train);
+        cols[0].label(&train.title);
+        chart_ui(&mut cols[0], "train memory", train, Corner::LeftTop, None, height);
+        let mut kv =
+            ChartData::new("KV cache against context", context(), Axis::log("KV cache", Unit::Bytes));
+        kv.add("MHA", Mark::Line, series(&|pl| pl.kv_cache_mha));
+        kv.add("GQA (8)", Mark::Line, series(&|pl| pl.kv_cache_gqa8));
+        kv.add("MQA", Mark::Line, series(&|pl| pl.kv_cache_mqa));
+        capacities(&mut kv);
+        cols[1].label(&kv.title);
+        chart_ui(&mut cols[1], "kv memory plan", kv, Corner::RightBottom, None, height);
     });
 }
 

@@ -5,9 +5,11 @@ mod alibi;
 mod bench;
 mod colormap;
 mod decode;
+pub mod export;
 mod memory;
 pub mod model;
 pub mod patterns;
+pub mod remember;
 mod routing;
 pub mod style;
 mod tiles;
@@ -142,10 +144,12 @@ pub struct LongctxApp {
     pub bench: bench::BenchState,
     /// Training panel.
     pub training: training::TrainingState,
+    /// The export menu.
+    pub export: export::ExportState,
     /// Run jobs in the UI thread (deterministic frames, for tests).
     pub inline_jobs: bool,
-    /// Panels whose content is measured (Decode, Routing) start on first view; tests of
-    /// pixel snapshots turn this off, as measured speeds differ run to run.
+    /// Panels whose content is measured (Decode, Routing, Benchmarks, Model) start on first
+    /// view; tests of pixel snapshots turn this off, as measured speeds differ run to run.
     pub first_views: bool,
 }
 
@@ -169,9 +173,21 @@ impl LongctxApp {
             model: Default::default(),
             bench: Default::default(),
             training: Default::default(),
+            export: Default::default(),
             inline_jobs: false,
             first_views: true,
         }
+    }
+
+    /// [`LongctxApp::new`] with the controls set as they were when the app last closed
+    /// (eframe's storage), for the window.
+    pub fn restored(cc: &eframe::CreationContext<'_>) -> Self {
+        let mut app = Self::new(cc);
+        if let Some(r) = cc.storage.and_then(|s| eframe::get_value::<remember::Remembered>(s, remember::KEY))
+        {
+            r.restore(&mut app);
+        }
+        app
     }
 
     /// [`LongctxApp::new`] with jobs run inline and no first-view measurements, for tests
@@ -182,6 +198,10 @@ impl LongctxApp {
 }
 
 impl eframe::App for LongctxApp {
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, remember::KEY, &remember::Remembered::of(self));
+    }
+
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         egui::Panel::top("tabs").show(ui, |ui| {
             ui.horizontal(|ui| {
@@ -190,13 +210,16 @@ impl eframe::App for LongctxApp {
                 for tab in Tab::ALL {
                     ui.selectable_value(&mut self.tab, tab, tab.label());
                 }
+                ui.separator();
+                export::export_ui(ui, &mut self.export);
                 if let Ok(g) = &self.gpu {
                     ui.separator();
                     ui.weak(format!("{} ({:?})", g.info().name, g.info().backend));
                 }
             });
         });
-        egui::CentralPanel::default().show(ui, |ui| {
+        export::begin_frame(ui.ctx(), &self.export);
+        let central = egui::CentralPanel::default().show(ui, |ui| {
             let gpu = match &self.gpu {
                 Ok(g) => g.clone(),
                 Err(e) => {
@@ -215,11 +238,12 @@ impl eframe::App for LongctxApp {
                 Tab::Decode => decode::decode_ui(ui, &mut self.decode, &gpu, inline, self.first_views),
                 Tab::Memory => memory::memory_ui(ui, &mut self.memory),
                 Tab::Routing => routing::routing_ui(ui, &mut self.routing, &gpu, inline, self.first_views),
-                Tab::Model => model::model_ui(ui, &mut self.model, &gpu, inline),
-                Tab::Bench => bench::bench_ui(ui, &mut self.bench, &gpu, inline),
+                Tab::Model => model::model_ui(ui, &mut self.model, &gpu, inline, self.first_views),
+                Tab::Bench => bench::bench_ui(ui, &mut self.bench, &gpu, inline, self.first_views),
                 Tab::Training => training::training_ui(ui, &mut self.training),
             }
         });
+        export::end_frame(ui.ctx(), &mut self.export, self.tab.label(), central.response.rect);
     }
 }
 
@@ -234,5 +258,5 @@ pub fn run() -> Result<(), eframe::Error> {
         setup.device_descriptor =
             std::sync::Arc::new(|adapter| crate::runtime::device_descriptor(adapter, None));
     }
-    eframe::run_native("longctx", options, Box::new(|cc| Ok(Box::new(LongctxApp::new(cc)))))
+    eframe::run_native("longctx", options, Box::new(|cc| Ok(Box::new(LongctxApp::restored(cc)))))
 }

@@ -3,7 +3,7 @@
 //! BertViz-style lines from each token to the tokens it attends to) and the model view
 //! (every layer × head as small multiples; click one to open it). Hover for the readout.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use egui::{Align2, Color32, FontId, Pos2, Rect, Sense, Stroke, Vec2, pos2};
@@ -68,6 +68,8 @@ pub struct ModelState {
     pub message: String,
     /// What the pointer is over, as a readout line.
     pub hover: Option<String>,
+    /// Whether the first view's encoding was considered (it runs when the directory holds a model).
+    started: bool,
 }
 
 /// `LONGCTX_MODEL_DIR`, else where `scripts/fetch-model` unpacks the model.
@@ -87,6 +89,7 @@ impl Default for ModelState {
             job: None,
             message: String::new(),
             hover: None,
+            started: false,
         }
     }
 }
@@ -112,7 +115,15 @@ fn compute(gpu: &Gpu, dir: PathBuf, text: String, loaded: Option<Arc<Loaded>>) -
 
 /// Draws the directory and sentence inputs, starts an encode as a [`Job`] (inline when
 /// `inline`), and shows the head or model view of the last run.
-pub fn model_ui(ui: &mut egui::Ui, st: &mut ModelState, gpu: &Gpu, inline: bool) {
+pub fn model_ui(ui: &mut egui::Ui, st: &mut ModelState, gpu: &Gpu, inline: bool, first_view: bool) {
+    // on the first view, the sentence is encoded when the directory holds a model
+    if first_view && !st.started && st.job.is_none() && st.run.is_none() {
+        st.started = true;
+        if Path::new(st.dir.trim()).join("config.json").is_file() {
+            let (gpu, dir, text) = (gpu.clone(), PathBuf::from(st.dir.trim()), st.text.clone());
+            st.job = Some(Job::start(ui.ctx(), inline, move || compute(&gpu, dir, text, None)));
+        }
+    }
     if let Some(r) = st.job.as_ref().and_then(Job::poll) {
         st.job = None;
         match r {

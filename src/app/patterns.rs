@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use super::Job;
 use super::colormap::{COLOUR_BAR_WIDTH, color, colour_bar, normalise};
-use super::style::{AXIS_BOTTOM, AXIS_LEFT, matrix_axes};
+use super::style::{AXIS_BOTTOM, AXIS_LEFT, MatrixData, matrix_axes};
 use crate::contract::mask::{BigBird, Mask};
 use crate::contract::mods::Mods;
 use crate::contract::spec::{Alibi, AttnShape, AttnSpec, Window};
@@ -632,6 +632,21 @@ fn heatmap_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
         Rect::from_min_max(pos2(rect.right() + 14.0, rect.top()), pos2(rect.right() + 30.0, rect.bottom()));
     let pooling = if heat.view.mean { "mean" } else { "max" };
     colour_bar(ui.painter(), bar_rect, heat.scale_max, heat.log, &format!("p ({pooling} per pixel)"), text);
+    super::style::record_matrix(ui, || MatrixData {
+        title: format!("attention probabilities head {}", heat.view.head),
+        row_name: "query i".into(),
+        col_name: "key j".into(),
+        rows: (st.rows.start, st.rows.end),
+        cols: (st.cols.start, st.cols.end),
+        scale: format!(
+            "probability, {pooling} per pixel; colours {} up to {}",
+            if heat.log { "log" } else { "linear" },
+            heat.scale_max
+        ),
+        width: heat.view.width,
+        height: heat.view.height,
+        values: heat.values.clone(),
+    });
     if let Some(tex) = &heat.texture {
         ui.painter().image(
             tex.id(),

@@ -2,7 +2,9 @@
 //! branches, the router-score histogram, and time and FLOPs per branch against the dense layer.
 
 use egui::{Color32, Rect, Sense, Vec2, pos2};
-use egui_plot::{Bar, BarChart, Legend, Plot};
+use egui_plot::Corner;
+
+use super::style::{Axis, ChartData, Mark, chart_ui};
 
 use super::Job;
 use crate::models::colt5::{BranchTiming, Colt5Config, Colt5Layer, Colt5Weights, router_scores_cpu};
@@ -143,39 +145,39 @@ pub fn routing_ui(ui: &mut egui::Ui, st: &mut RoutingState, gpu: &Gpu, inline: b
             if routed { "heavy" } else { "light only" }
         ));
     }
+    let height = (ui.available_height() - 130.0).clamp(200.0, 520.0);
     ui.columns(2, |cols| {
         cols[0].label("router scores (cosine similarity), histogram");
-        Plot::new("router hist").legend(Legend::default()).height(240.0).show(&mut cols[0], |p| {
-            for (k, scores) in r.scores.iter().enumerate() {
-                let bins = 40;
-                let mut counts = vec![0u32; bins];
-                for &s in scores {
-                    counts[(((s + 1.0) / 2.0 * bins as f64) as usize).min(bins - 1)] += 1;
-                }
-                let bars = counts
-                    .iter()
-                    .enumerate()
-                    .map(|(b, &c)| {
-                        Bar::new(-1.0 + (b as f64 + 0.5) * 2.0 / bins as f64, c as f64)
-                            .width(2.0 / bins as f64)
-                    })
-                    .collect();
-                p.bar_chart(BarChart::new(NAMES[k], bars).color(super::style::series_color(NAMES[k])));
+        let mut hist = ChartData::new(
+            "router scores",
+            Axis::linear("router score (cosine similarity)"),
+            Axis::linear("tokens"),
+        );
+        let bins = 40;
+        for (k, scores) in r.scores.iter().enumerate() {
+            let mut counts = vec![0u32; bins];
+            for &s in scores {
+                counts[(((s + 1.0) / 2.0 * bins as f64) as usize).min(bins - 1)] += 1;
             }
-        });
-        cols[1].label("per branch: GFLOP (bars) — CoLT5 against dense");
-        Plot::new("branch flops").legend(Legend::default()).height(240.0).show(&mut cols[1], |p| {
-            for (k, (name, timings)) in [("CoLT5", &r.colt5), ("dense", &r.dense)].into_iter().enumerate() {
-                let bars = timings
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| {
-                        Bar::new(i as f64 + 0.2 * k as f64 - 0.1, t.flops / 1e9).width(0.2).name(t.branch)
-                    })
-                    .collect();
-                p.bar_chart(BarChart::new(name, bars));
-            }
-        });
+            let pts = counts
+                .iter()
+                .enumerate()
+                .map(|(b, &c)| [-1.0 + (b as f64 + 0.5) * 2.0 / bins as f64, c as f64]);
+            hist.add(NAMES[k], Mark::Bars(2.0 / bins as f64), pts.collect());
+        }
+        chart_ui(&mut cols[0], "router hist", hist, Corner::LeftTop, None, height);
+        cols[1].label("per branch: GFLOP, CoLT5 against dense");
+        let branches = r.colt5.iter().map(|t| t.branch);
+        let mut flops =
+            ChartData::new("GFLOP per branch", Axis::categories("branch", branches), Axis::linear("GFLOP"));
+        for (k, (name, timings)) in
+            [("routed (CoLT5)", &r.colt5), ("dense", &r.dense)].into_iter().enumerate()
+        {
+            let pts =
+                timings.iter().enumerate().map(|(i, t)| [i as f64 + 0.2 * k as f64 - 0.1, t.flops / 1e9]);
+            flops.add(name, Mark::Bars(0.2), pts.collect());
+        }
+        chart_ui(&mut cols[1], "branch flops", flops, Corner::RightTop, None, height);
     });
     egui::Grid::new("branch table").striped(true).show(ui, |ui| {
         for h in ["branch", "CoLT5 ms", "CoLT5 GFLOP", "dense ms", "dense GFLOP"] {

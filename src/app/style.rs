@@ -7,10 +7,12 @@
 use std::ops::Range;
 
 use egui::{Align2, Color32, FontId, Painter, Rect, Stroke, pos2};
+use egui_plot::{
+    Bar, BarChart, Corner, GridInput, GridMark, HLine, Legend, Line, LineStyle, Plot, Points, VLine,
+};
 
-pub use crate::measure::chart::Unit;
 use crate::measure::chart::series_rgb;
-use egui_plot::{Corner, GridInput, GridMark, Legend, Plot};
+pub use crate::measure::chart::{Axis, ChartData, Mark, MatrixData, Scale, Unit};
 
 /// The colour of the series a legend label names ([`crate::measure::chart::series_rgb`]).
 pub fn series_color(label: &str) -> Color32 {
@@ -56,18 +58,147 @@ fn log_marks(unit: Unit, input: GridInput, min_gap: f64) -> Vec<GridMark> {
         .collect()
 }
 
-/// A plot whose axes are log10 of values in `x` and `y`, labelled with the values and their
-/// units (`x_name`, `y_name` say what they are), and the legend in the corner where it
-/// covers the least data.
-pub fn log_log(id: &str, x: Unit, x_name: &str, y: Unit, y_name: &str, legend: Corner) -> Plot<'static> {
-    Plot::new(id)
+/// What the panels drew this frame: the data behind each chart and matrix view, for the
+/// export button (`app::export`).
+#[derive(Clone, Default)]
+pub struct Drawn {
+    /// Each chart's data.
+    pub charts: Vec<ChartData>,
+    /// Each matrix view's values.
+    pub matrices: Vec<MatrixData>,
+}
+
+fn drawn_id() -> egui::Id {
+    egui::Id::unique("longctx drawn this frame")
+}
+
+/// Takes (and clears) what was drawn since the last call.
+pub fn take_drawn(ctx: &egui::Context) -> Drawn {
+    ctx.data_mut(|d| d.remove_temp::<Drawn>(drawn_id())).unwrap_or_default()
+}
+
+/// Records the values behind a matrix view for export; `m` is called only in a frame that
+/// exports ([`exporting`]), as the values can be large.
+pub fn record_matrix(ui: &egui::Ui, m: impl FnOnce() -> MatrixData) {
+    if exporting(ui.ctx()) {
+        let m = m();
+        ui.ctx().data_mut(|d| d.get_temp_mut_or_default::<Drawn>(drawn_id()).matrices.push(m));
+    }
+}
+
+fn exporting_id() -> egui::Id {
+    egui::Id::unique("longctx exporting this frame")
+}
+
+/// Marks this frame as one that exports (matrix views then record their values).
+pub fn set_exporting(ctx: &egui::Context, on: bool) {
+    ctx.data_mut(|d| d.insert_temp(exporting_id(), on));
+}
+
+/// Whether this frame exports.
+pub fn exporting(ctx: &egui::Context) -> bool {
+    ctx.data(|d| d.get_temp::<bool>(exporting_id())).unwrap_or(false)
+}
+
+fn to_color([r, g, b]: [u8; 3]) -> Color32 {
+    Color32::from_rgb(r, g, b)
+}
+
+/// Draws `chart` — log axes as log10 of the values labelled in their units, linear ones
+/// labelled in theirs, each series in its colour and mark — with the legend in `legend`,
+/// `height` points high (and `width` wide, else the available width); records its data for
+/// export. Points a log axis cannot show (zero, negative) are left out.
+pub fn chart_ui(
+    ui: &mut egui::Ui,
+    id: &str,
+    chart: ChartData,
+    legend: Corner,
+    width: Option<f32>,
+    height: f32,
+) -> egui::Response {
+    let (x, y) = (chart.x.clone(), chart.y.clone());
+    let mut plot = Plot::new(id)
         .legend(Legend::default().position(legend))
-        .x_axis_label(format!("{x_name} (log scale)"))
-        .y_axis_label(format!("{y_name} (log scale)"))
-        .x_axis_formatter(move |m, _| x.format(10f64.powf(m.value)))
-        .y_axis_formatter(move |m, _| y.format(10f64.powf(m.value)))
-        .x_grid_spacer(move |i| log_marks(x, i, 11.0))
-        .y_grid_spacer(move |i| log_marks(y, i, 4.0))
+        // a category axis names its ticks; its title would sit on their second lines
+        .x_axis_label(if x.categories.is_empty() { x.title() } else { String::new() })
+        .y_axis_label(y.title())
+        .height(height);
+    if let Some(w) = width {
+        plot = plot.width(w);
+    }
+    let log = |a: &Axis, v: f64| if a.scale == Scale::Log { v.log10() } else { v };
+    let shown = |a: &Axis, v: f64| a.scale == Scale::Linear || v > 0.0;
+    match x.scale {
+        Scale::Log => {
+            let unit = x.unit.unwrap_or(Unit::Count);
+            let ax = x.clone();
+            plot = plot
+                .x_axis_formatter(move |m, _| ax.format(10f64.powf(m.value)))
+                .x_grid_spacer(move |i| log_marks(unit, i, 11.0));
+        }
+        Scale::Linear => {
+            if !x.categories.is_empty() {
+                plot = plot.x_grid_spacer(egui_plot::uniform_grid_spacer(|_| [1.0, 5.0, 10.0]));
+            }
+            let ax = x.clone();
+            plot = plot.x_axis_formatter(move |m, _| ax.format(m.value));
+        }
+    }
+    match y.scale {
+        Scale::Log => {
+            let unit = y.unit.unwrap_or(Unit::Count);
+            let ay = y.clone();
+            plot = plot
+                .y_axis_formatter(move |m, _| ay.format(10f64.powf(m.value)))
+                .y_grid_spacer(move |i| log_marks(unit, i, 4.0));
+        }
+        Scale::Linear => {
+            let ay = y.clone();
+            plot = plot.y_axis_formatter(move |m, _| ay.format(m.value));
+        }
+    }
+    let response = plot
+        .show(ui, |p| {
+            for s in &chart.series {
+                let pts: Vec<[f64; 2]> = s
+                    .points
+                    .iter()
+                    .filter(|[a, b]| shown(&x, *a) && shown(&y, *b))
+                    .map(|&[a, b]| [log(&x, a), log(&y, b)])
+                    .collect();
+                let color = to_color(s.rgb);
+                let line = |pts: Vec<[f64; 2]>| Line::new(s.label.clone(), pts).color(color).width(1.5);
+                match s.mark {
+                    Mark::Line => p.line(line(pts)),
+                    Mark::Dashed => p.line(line(pts).style(LineStyle::dashed_loose())),
+                    Mark::Faint => p.line(line(pts).color(color.gamma_multiply(0.55)).width(1.0)),
+                    Mark::LinePoints => {
+                        p.line(line(pts.clone()));
+                        p.points(Points::new(s.label.clone(), pts).radius(3.0).color(color));
+                    }
+                    Mark::Points => p.points(Points::new(s.label.clone(), pts).radius(4.0).color(color)),
+                    Mark::Bars(w) => {
+                        let bars = pts.iter().map(|&[a, b]| Bar::new(a, b).width(w)).collect();
+                        p.bar_chart(BarChart::new(s.label.clone(), bars).color(color));
+                    }
+                    Mark::HLine => {
+                        if let Some(&[_, b]) = pts.first() {
+                            p.hline(
+                                HLine::new(s.label.clone(), b).color(color).style(LineStyle::dashed_dense()),
+                            );
+                        }
+                    }
+                    Mark::VLine => {
+                        if let Some(&[a, _]) = pts.first() {
+                            p.vline(VLine::new(s.label.clone(), a).color(color));
+                        }
+                    }
+                }
+            }
+        })
+        .response;
+    ui.ctx().data_mut(|d| d.get_temp_mut_or_default::<Drawn>(drawn_id()).charts.push(chart));
+    response
 }
 
 /// Room a matrix view leaves at its left for row labels.
@@ -114,11 +245,6 @@ pub fn matrix_axes(
         font,
         text,
     );
-}
-
-/// log10 of `v`, floored at `floor` (zeros and negatives stay on the chart).
-pub fn log10(v: f64, floor: f64) -> f64 {
-    v.max(floor).log10()
 }
 
 #[cfg(test)]

@@ -72,6 +72,17 @@ pub fn tiles_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
             grid[qt * map.n_ktiles + (e & !FULL) as usize] = if e & FULL != 0 { 2 } else { 1 };
         }
     }
+    super::style::record_matrix(ui, || super::style::MatrixData {
+        title: format!("flash tile map head {head}"),
+        row_name: "query tile".into(),
+        col_name: "key tile".into(),
+        rows: (0, map.n_qtiles),
+        cols: (0, map.n_ktiles),
+        scale: format!("0 skipped, 1 partial, 2 full; tiles {}x{}", map.br, map.bc),
+        width: map.n_ktiles,
+        height: map.n_qtiles,
+        values: grid.iter().map(|&v| v as f32).collect(),
+    });
     let (left, bottom) = (super::style::AXIS_LEFT, super::style::AXIS_BOTTOM);
     let side = (ui.available_width() - left).min(ui.available_height() - bottom).max(64.0);
     let (outer, _) = ui.allocate_exact_size(Vec2::new(left + side, side + bottom), Sense::hover());

@@ -3,9 +3,9 @@
 //! and a workgroup-memory slider showing traffic follow Θ(N²D²/SRAM).
 
 use egui::{Color32, Rect, Sense, Vec2, pos2};
-use egui_plot::{Corner, Line, Points};
+use egui_plot::Corner;
 
-use super::style::{Unit, log_log, log10, series_color};
+use super::style::{Axis, ChartData, Mark, Unit, chart_ui};
 
 use super::Job;
 use super::patterns::Settings;
@@ -84,7 +84,6 @@ pub fn traffic_ui(ui: &mut egui::Ui, st: &mut TrafficState, settings: &Settings,
             st.measured = m;
         }
     }
-    let log = |x: f64| log10(x, 1.0);
     let Some(model) = st.model.as_ref().map(|m| m.1.clone()) else { return };
     ui.horizontal(|ui| {
         ui.label(format!(
@@ -102,48 +101,29 @@ pub fn traffic_ui(ui: &mut egui::Ui, st: &mut TrafficState, settings: &Settings,
             st.measure_job = Some(Job::start(ui.ctx(), inline, move || measure(&gpu, &s)));
         }
     });
+    // the charts take half the height, the schedule the rest
+    let chart_height = ((ui.available_height() - 90.0) * 0.5).clamp(200.0, 460.0);
     ui.columns(2, |cols| {
-        log_log(
-            "traffic vs n",
-            Unit::Tokens,
-            "sequence length N",
-            Unit::Bytes,
-            "device memory moved",
-            Corner::LeftTop,
-        )
-        .height(260.0)
-        .show(&mut cols[0], |p| {
-            p.line(
-                Line::new(
-                    "naive (model)",
-                    model.iter().map(|&(n, nv, _)| [log(n as f64), log(nv as f64)]).collect::<Vec<_>>(),
-                )
-                .color(series_color("naive")),
-            );
-            p.line(
-                Line::new(
-                    "flash (model)",
-                    model.iter().map(|&(n, _, f)| [log(n as f64), log(f as f64)]).collect::<Vec<_>>(),
-                )
-                .color(series_color("flash")),
-            );
-            for kernel in ["naive", "flash"] {
-                let pts: Vec<[f64; 2]> = st
-                    .measured
-                    .iter()
-                    .filter(|m| m.0 == kernel)
-                    .map(|m| [log(m.1 as f64), log(m.2 as f64)])
-                    .collect();
-                if !pts.is_empty() {
-                    p.points(
-                        Points::new(format!("{kernel} (measured)"), pts)
-                            .radius(4.0)
-                            .color(series_color(kernel)),
-                    );
-                }
+        let mut chart = ChartData::new(
+            "device memory moved per call",
+            Axis::log("sequence length N", Unit::Tokens),
+            Axis::log("device memory moved", Unit::Bytes),
+        );
+        chart.add(
+            "naive (model)",
+            Mark::Line,
+            model.iter().map(|&(n, nv, _)| [n as f64, nv as f64]).collect(),
+        );
+        chart.add("flash (model)", Mark::Line, model.iter().map(|&(n, _, f)| [n as f64, f as f64]).collect());
+        for kernel in ["naive", "flash"] {
+            let pts: Vec<[f64; 2]> =
+                st.measured.iter().filter(|m| m.0 == kernel).map(|m| [m.1 as f64, m.2 as f64]).collect();
+            if !pts.is_empty() {
+                chart.add(format!("{kernel} (measured)"), Mark::Points, pts);
             }
-        });
-        sram_ui(&mut cols[1], st, settings);
+        }
+        chart_ui(&mut cols[0], "traffic vs n", chart, Corner::LeftTop, None, chart_height);
+        sram_ui(&mut cols[1], st, settings, chart_height);
     });
     ui.separator();
     schedule_ui(ui, st, settings);
@@ -151,33 +131,24 @@ pub fn traffic_ui(ui: &mut egui::Ui, st: &mut TrafficState, settings: &Settings,
 
 /// FlashAttention's IO bound with tiles sized to the workgroup memory: Bc = SRAM/(4·D·4 B),
 /// Br = min(Bc, D); K and V are streamed once per query tile: 2·N·M·D·4/Br bytes.
-fn sram_ui(ui: &mut egui::Ui, st: &mut TrafficState, settings: &Settings) {
+fn sram_ui(ui: &mut egui::Ui, st: &mut TrafficState, settings: &Settings, height: f32) {
     ui.add(egui::Slider::new(&mut st.sram_kib, 4.0..=228.0).logarithmic(true).text("workgroup memory KiB"));
     let d = settings.d as f64;
     let sram = st.sram_kib as f64 * 1024.0;
     let bc = (sram / (4.0 * d * 4.0)).floor().max(1.0);
     let br = bc.min(d);
     ui.label(format!("tiles Br = {br}, Bc = {bc}: K/V bytes = 2·N^2·D·4/Br ~ N^2D^2/SRAM"));
-    let log = |x: f64| log10(x, 1.0);
-    log_log(
-        "traffic vs sram",
-        Unit::Tokens,
-        "sequence length N",
-        Unit::Bytes,
-        "device memory moved",
-        Corner::LeftTop,
-    )
-    .height(220.0)
-    .show(ui, |p| {
-        let flash: Vec<[f64; 2]> = NS
-            .iter()
-            .map(|&n| [log(n as f64), log(2.0 * (n * n) as f64 * d * 4.0 / br + 2.0 * n as f64 * d * 4.0)])
-            .collect();
-        let naive: Vec<[f64; 2]> =
-            NS.iter().map(|&n| [log(n as f64), log((n * n) as f64 * (2.0 * d + 5.0) * 4.0)]).collect();
-        p.line(Line::new(format!("flash, {:.0} KiB", st.sram_kib), flash).color(series_color("flash")));
-        p.line(Line::new("naive (no reuse)", naive).color(series_color("naive")));
-    });
+    let mut chart = ChartData::new(
+        "IO bound against workgroup memory",
+        Axis::log("sequence length N", Unit::Tokens),
+        Axis::log("device memory moved", Unit::Bytes),
+    );
+    let flash =
+        NS.iter().map(|&n| [n as f64, 2.0 * (n * n) as f64 * d * 4.0 / br + 2.0 * n as f64 * d * 4.0]);
+    chart.add(format!("flash, {:.0} KiB", st.sram_kib), Mark::Line, flash.collect());
+    let naive = NS.iter().map(|&n| [n as f64, (n * n) as f64 * (2.0 * d + 5.0) * 4.0]);
+    chart.add("naive (no reuse)", Mark::Line, naive.collect());
+    chart_ui(ui, "traffic vs sram", chart, Corner::LeftTop, None, height - 40.0);
 }
 
 /// An animated walk of flash's tile loop on an 8×8-tile example of the current mask.
@@ -214,28 +185,53 @@ fn schedule_ui(ui: &mut egui::Ui, st: &mut TrafficState, settings: &Settings) {
         (step as u64 + 1) * tile_bytes,
         steps.len() as u64 * tile_bytes
     ));
-    let side = 220.0;
-    let (rect, _) = ui.allocate_exact_size(
-        Vec2::new(side * map.n_ktiles as f32 / map.n_qtiles as f32, side),
-        Sense::hover(),
-    );
-    let painter = ui.painter_at(rect);
-    let (cw, ch) = (rect.width() / map.n_ktiles as f32, rect.height() / map.n_qtiles as f32);
-    for (idx, &(qt, kt)) in steps.iter().enumerate() {
-        let color = if idx == step {
-            Color32::from_rgb(253, 231, 37)
-        } else if idx < step {
-            Color32::from_rgb(59, 82, 139)
-        } else {
-            Color32::from_rgb(33, 145, 140)
-        };
-        let min = pos2(rect.left() + kt as f32 * cw, rect.top() + qt as f32 * ch);
-        painter.rect_filled(Rect::from_min_size(min, Vec2::new(cw - 1.0, ch - 1.0)), 1.0, color);
-    }
-    painter.rect_stroke(
-        Rect::from_min_size(pos2(rect.left(), rect.top() + qt_now as f32 * ch), Vec2::new(rect.width(), ch)),
-        0.0,
-        egui::Stroke::new(2.0, Color32::WHITE),
-        egui::StrokeKind::Inside,
-    );
+    // done, now, to come
+    const COLORS: [(Color32, &str); 3] = [
+        (Color32::from_rgb(59, 82, 139), "K/V tiles already streamed past this query tile"),
+        (Color32::from_rgb(253, 231, 37), "the K/V tile streaming now"),
+        (Color32::from_rgb(33, 145, 140), "to come"),
+    ];
+    let side = (ui.available_height() - 12.0).clamp(160.0, 520.0);
+    ui.horizontal(|ui| {
+        let (rect, _) = ui.allocate_exact_size(
+            Vec2::new(side * map.n_ktiles as f32 / map.n_qtiles as f32, side),
+            Sense::hover(),
+        );
+        let painter = ui.painter_at(rect);
+        let (cw, ch) = (rect.width() / map.n_ktiles as f32, rect.height() / map.n_qtiles as f32);
+        for (idx, &(qt, kt)) in steps.iter().enumerate() {
+            let color = COLORS[if idx < step {
+                0
+            } else if idx == step {
+                1
+            } else {
+                2
+            }]
+            .0;
+            let min = pos2(rect.left() + kt as f32 * cw, rect.top() + qt as f32 * ch);
+            painter.rect_filled(Rect::from_min_size(min, Vec2::new(cw - 1.0, ch - 1.0)), 1.0, color);
+        }
+        painter.rect_stroke(
+            Rect::from_min_size(
+                pos2(rect.left(), rect.top() + qt_now as f32 * ch),
+                Vec2::new(rect.width(), ch),
+            ),
+            0.0,
+            egui::Stroke::new(2.0, Color32::WHITE),
+            egui::StrokeKind::Inside,
+        );
+        ui.add_space(16.0);
+        ui.vertical(|ui| {
+            ui.label("rows: query tiles (the white row sits in workgroup memory)");
+            ui.label("columns: key/value tiles, streamed from device memory");
+            for (color, what) in COLORS {
+                ui.horizontal(|ui| {
+                    let (r, _) = ui.allocate_exact_size(Vec2::splat(14.0), Sense::hover());
+                    ui.painter().rect_filled(r, 2.0, color);
+                    ui.label(what);
+                });
+            }
+            ui.label("empty cells: tiles the mask skips, never loaded");
+        });
+    });
 }

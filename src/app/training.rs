@@ -6,13 +6,19 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use egui::Color32;
-use egui_plot::{Legend, Line, LineStyle, Plot, Points, VLine};
+use egui_plot::Corner;
+
+use super::style::{Axis, ChartData, Mark, Unit, chart_ui};
+use crate::measure::chart::{PALETTE, series_rgb};
 
 use crate::models::gpt::PosScheme;
 use crate::models::training::{EvalReport, LogRow, Windows, parse_log_csv};
 
 /// Where the README's runs and results live in the repository.
 pub const COMMITTED_RUNS: &str = "assets/training";
+
+/// The training-length marker's colour (the palette's grey).
+const GREY: [u8; 3] = PALETTE[7];
 
 /// How often a live view re-reads the logs.
 const REFRESH: Duration = Duration::from_secs(2);
@@ -49,11 +55,6 @@ impl Default for TrainingState {
             read_at: None,
         }
     }
-}
-
-/// The colour of a scheme in both charts (the app's palette).
-pub fn scheme_color(pos: PosScheme) -> Color32 {
-    super::style::series_color(pos.name())
 }
 
 /// Reads every `DIR/*/log.csv` (sorted by name) and the results file.
@@ -138,66 +139,49 @@ pub fn training_ui(ui: &mut egui::Ui, st: &mut TrainingState) {
 
 fn loss_plot(ui: &mut egui::Ui, st: &TrainingState, width: f32, height: f32) {
     let bits = std::f64::consts::LN_2;
-    Plot::new("training loss")
-        .legend(Legend::default())
-        .x_axis_label("step")
-        .y_axis_label("bits per byte")
-        .width(width)
-        .height(height)
-        .show(ui, |p| {
-            for (name, rows) in &st.runs {
-                let color = scheme_of(name).map_or(Color32::GRAY, scheme_color);
-                let train: Vec<[f64; 2]> =
-                    rows.iter().map(|r| [r.step as f64, r.loss as f64 / bits]).collect();
-                p.line(Line::new(format!("{name} (train)"), train).color(color.gamma_multiply(0.6)));
-                let val: Vec<[f64; 2]> = rows
-                    .iter()
-                    .filter_map(|r| r.val_loss.map(|v| [r.step as f64, v as f64 / bits]))
-                    .collect();
-                p.points(Points::new(format!("{name} (validation)"), val.clone()).color(color).radius(3.0));
-                p.line(Line::new(format!("{name} (validation)"), val).color(color).width(2.0));
-            }
-        });
+    let mut chart =
+        ChartData::new("training loss by step", Axis::linear("step"), Axis::linear("bits per byte"));
+    for (name, rows) in &st.runs {
+        // a run is coloured by its scheme (its directory's name), train and validation alike
+        let rgb = match scheme_of(name) {
+            Some(pos) => series_rgb(pos.name()),
+            None => series_rgb(name),
+        };
+        let train = rows.iter().map(|r| [r.step as f64, r.loss as f64 / bits]).collect();
+        chart.add(format!("{name} (train)"), Mark::Faint, train).rgb = rgb;
+        let val = rows.iter().filter_map(|r| r.val_loss.map(|v| [r.step as f64, v as f64 / bits])).collect();
+        chart.add(format!("{name} (validation)"), Mark::LinePoints, val).rgb = rgb;
+    }
+    chart_ui(ui, "training loss", chart, Corner::RightTop, Some(width), height);
 }
 
 fn extrapolation_plot(ui: &mut egui::Ui, st: &TrainingState, width: f32, height: f32) {
-    // x is log2 of the length, labelled with the length itself
-    Plot::new("extrapolation")
-        .legend(Legend::default().position(egui_plot::Corner::LeftTop))
-        .x_axis_label("evaluation length L (tokens, log scale)")
-        .y_axis_label("validation bits per byte")
-        .x_axis_formatter(|mark, _| format!("{}", 2f64.powf(mark.value).round()))
-        .x_grid_spacer(egui_plot::uniform_grid_spacer(|_| [1.0, 2.0, 4.0]))
-        .width(width)
-        .height(height)
-        .show(ui, |p| {
-            if let Some(r) = st.results.first() {
-                p.vline(VLine::new("training length", (r.train_len as f64).log2()).color(Color32::DARK_GRAY));
+    let mut chart = ChartData::new(
+        "validation bits per byte by evaluation length",
+        Axis::log("evaluation length L", Unit::Tokens),
+        Axis::linear("validation bits per byte"),
+    );
+    if let Some(r) = st.results.first() {
+        chart.add("training length", Mark::VLine, vec![[r.train_len as f64, 0.0]]).rgb = GREY;
+    }
+    for r in &st.results {
+        for sliding in [false, true] {
+            if sliding && !st.sliding {
+                continue;
             }
-            for r in &st.results {
-                let color = scheme_color(r.pos);
-                for sliding in [false, true] {
-                    if sliding && !st.sliding {
-                        continue;
-                    }
-                    let rows: Vec<_> = r
-                        .rows
-                        .iter()
-                        .filter(|x| matches!(x.windows, Windows::Sliding { .. }) == sliding)
-                        .collect();
-                    let Some(first) = rows.first() else { continue };
-                    let pts: Vec<[f64; 2]> =
-                        rows.iter().map(|x| [(x.length as f64).log2(), x.bits_per_byte]).collect();
-                    let name = match first.windows {
-                        Windows::Sliding { stride } => {
-                            format!("{} (sliding, stride L/{})", r.pos.name(), first.length / stride.max(1))
-                        }
-                        Windows::NonOverlapping => format!("{} (non-overlapping)", r.pos.name()),
-                    };
-                    let style = if sliding { LineStyle::dashed_loose() } else { LineStyle::Solid };
-                    p.line(Line::new(name.clone(), pts.clone()).color(color).style(style).width(2.0));
-                    p.points(Points::new(name, pts).color(color).radius(3.5));
-                }
-            }
-        });
+            let rows: Vec<_> =
+                r.rows.iter().filter(|x| matches!(x.windows, Windows::Sliding { .. }) == sliding).collect();
+            let Some(first) = rows.first() else { continue };
+            let pts = rows.iter().map(|x| [x.length as f64, x.bits_per_byte]).collect();
+            let (name, mark) = match first.windows {
+                Windows::Sliding { stride } => (
+                    format!("{} (sliding, stride L/{})", r.pos.name(), first.length / stride.max(1)),
+                    Mark::Dashed,
+                ),
+                Windows::NonOverlapping => (format!("{} (non-overlapping)", r.pos.name()), Mark::LinePoints),
+            };
+            chart.add(name, mark, pts);
+        }
+    }
+    chart_ui(ui, "extrapolation", chart, Corner::LeftTop, Some(width), height);
 }

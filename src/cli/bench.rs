@@ -255,8 +255,8 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
     longctx::io::check_outputs(&outputs, &[])?;
     if let Some(path) = &a.plot {
         super::plot::check_path(path)?;
-        if a.matmul.is_some() || a.backward {
-            bail!("--plot draws the attention suites and sweeps; not --matmul or --backward");
+        if a.matmul.is_some() {
+            bail!("--plot draws the attention suites, sweeps and --backward; not --matmul");
         }
     }
     let gpu = dev.gpu()?;
@@ -317,7 +317,7 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
         longctx::io::write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &a.plot {
-        plot_records(path, &records)?;
+        super::plot::log_log(path, &longctx::measure::bench::time_chart(&records))?;
         println!("plot: {}", path.display());
     }
     println!("{} configurations in {:.1} s", records.len(), started.elapsed().as_secs_f64());
@@ -636,6 +636,10 @@ fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant
         longctx::io::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    if let Some(path) = &a.plot {
+        super::plot::log_log(path, &longctx::measure::bench::backward_chart(&records))?;
+        println!("plot: {}", path.display());
+    }
     println!("{} configurations in {:.1} s", records.len(), started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -697,35 +701,4 @@ fn matmul_bench(gpu: &longctx::Gpu, sizes: &[usize], reps: usize, tc: TensorCore
     }
     println!("{t}");
     Ok(())
-}
-
-/// Time against N per (kernel, mask, D, H), log–log, each curve's fitted exponent in its label.
-fn plot_records(path: &std::path::Path, records: &[Record]) -> anyhow::Result<()> {
-    let mut curves: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for r in records {
-        let Some(ms) = r.ms_median else { continue };
-        let key = format!("{} {} D={} H={}", r.kernel, r.mask, r.d, r.heads);
-        match curves.iter_mut().find(|c| c.0 == key) {
-            Some(c) => c.1.push((r.n as f64, ms)),
-            None => curves.push((key, vec![(r.n as f64, ms)])),
-        }
-    }
-    let series: Vec<super::plot::Series> = curves
-        .into_iter()
-        .map(|(key, mut points)| {
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let label = match fitted_exponent(&points) {
-                Some(k) => format!("{key}: time ~ N^{k:.2}"),
-                None => key,
-            };
-            super::plot::Series { label, points }
-        })
-        .collect();
-    super::plot::log_log(
-        path,
-        "attention time per call (validated against the f64 oracle first)",
-        (longctx::measure::chart::Unit::Tokens, "sequence length N"),
-        (longctx::measure::chart::Unit::Millis, "time per call"),
-        &series,
-    )
 }

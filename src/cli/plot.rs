@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use longctx::measure::chart::{Unit, series_rgb};
+use longctx::measure::chart::{Axis, ChartData, Mark, Scale, Unit};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -19,46 +19,37 @@ pub fn check_path(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// One curve: its legend label and its (x, y) points.
-pub struct Series {
-    pub label: String,
-    pub points: Vec<(f64, f64)>,
-}
-
-/// A log–log chart of `series` (x in `x_unit`, y in `y_unit`) written to `path` (SVG or PNG
-/// by its extension).
-pub fn log_log(
-    path: &Path,
-    title: &str,
-    (x_unit, x_name): (Unit, &str),
-    (y_unit, y_name): (Unit, &str),
-    series: &[Series],
-) -> anyhow::Result<()> {
+/// `chart` (both axes logarithmic) written to `path` as SVG or PNG by its extension, in
+/// the series' colours and marks.
+pub fn log_log(path: &Path, chart: &ChartData) -> anyhow::Result<()> {
     check_path(path)?;
-    let points = || series.iter().flat_map(|s| s.points.iter().copied()).filter(|p| p.0 > 0.0 && p.1 > 0.0);
+    if chart.x.scale != Scale::Log || chart.y.scale != Scale::Log {
+        bail!("--plot {}: only log-log charts are drawn", path.display());
+    }
+    let points =
+        || chart.series.iter().flat_map(|s| s.points.iter().copied()).filter(|p| p[0] > 0.0 && p[1] > 0.0);
     if points().next().is_none() {
         bail!("--plot {}: nothing was measured to plot", path.display());
     }
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for (x, y) in points() {
+    for [x, y] in points() {
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
     // a little room around the data, on the log scale
-    let (x0, x1, y0, y1) = (x0 / 1.3, x1 * 1.3, y0 / 1.5, y1 * 1.5);
+    let bounds = (x0 / 1.3, x1 * 1.3, y0 / 1.5, y1 * 1.5);
     plotters::style::register_font("sans-serif", FontStyle::Normal, epaint_default_fonts::UBUNTU_LIGHT)
         .map_err(|_| anyhow::anyhow!("the plot font could not be loaded"))?;
-    let bounds = (x0, x1, y0, y1);
     let bytes = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")) {
         let mut svg = String::new();
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        draw(root, title, bounds, (x_unit, x_name), (y_unit, y_name), series)?;
+        draw(root, chart, bounds)?;
         svg.into_bytes()
     } else {
         // plotters encodes PNG to a file: a scratch one, then the bytes are written atomically
         let dir = tempfile_dir()?;
         let scratch = dir.join("plot.png");
         let root = BitMapBackend::new(&scratch, SIZE).into_drawing_area();
-        draw(root, title, bounds, (x_unit, x_name), (y_unit, y_name), series)?;
+        draw(root, chart, bounds)?;
         let bytes = std::fs::read(&scratch).context("reading the rendered PNG")?;
         let _ = std::fs::remove_dir_all(&dir);
         bytes
@@ -74,46 +65,51 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 
 fn draw<B: DrawingBackend>(
     root: DrawingArea<B, Shift>,
-    title: &str,
+    chart_data: &ChartData,
     (x0, x1, y0, y1): (f64, f64, f64, f64),
-    (x_unit, x_name): (Unit, &str),
-    (y_unit, y_name): (Unit, &str),
-    series: &[Series],
 ) -> anyhow::Result<()>
 where
     B::ErrorType: 'static,
 {
     let err = |e: DrawingAreaErrorKind<B::ErrorType>| anyhow::anyhow!("drawing the plot: {e}");
+    let (x, y) = (&chart_data.x, &chart_data.y);
+    let base = |a: &Axis| if a.unit.is_some_and(Unit::binary) { 2.0 } else { 10.0 };
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
+        .caption(&chart_data.title, ("sans-serif", 22))
         .margin(14)
         .x_label_area_size(48)
         .y_label_area_size(78)
-        .build_cartesian_2d(
-            (x0..x1).log_scale().base(if x_unit.binary() { 2.0 } else { 10.0 }),
-            (y0..y1).log_scale().base(if y_unit.binary() { 2.0 } else { 10.0 }),
-        )
+        .build_cartesian_2d((x0..x1).log_scale().base(base(x)), (y0..y1).log_scale().base(base(y)))
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc(format!("{x_name} (log scale)"))
-        .y_desc(format!("{y_name} (log scale)"))
-        .x_label_formatter(&|v| x_unit.format(*v))
-        .y_label_formatter(&|v| y_unit.format(*v))
+        .x_desc(x.title())
+        .y_desc(y.title())
+        .x_label_formatter(&|v| x.format(*v))
+        .y_label_formatter(&|v| y.format(*v))
         .label_style(("sans-serif", 15))
         .axis_desc_style(("sans-serif", 16))
         .draw()
         .map_err(err)?;
-    for s in series {
-        let [r, g, b] = series_rgb(&s.label);
+    for s in &chart_data.series {
+        let [r, g, b] = s.rgb;
         let color = RGBColor(r, g, b);
-        chart
-            .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
-            .map_err(err)?
-            .label(s.label.clone())
+        let pts = s.points.iter().filter(|p| p[0] > 0.0 && p[1] > 0.0).map(|p| (p[0], p[1]));
+        let anno = match s.mark {
+            Mark::Dashed => chart
+                .draw_series(DashedLineSeries::new(pts.clone(), 8, 5, color.stroke_width(2)))
+                .map_err(err)?,
+            Mark::Points => {
+                chart.draw_series(pts.clone().map(|p| Circle::new(p, 4, color.filled()))).map_err(err)?
+            }
+            _ => chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2))).map_err(err)?,
+        };
+        anno.label(s.label.clone())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 22, y)], color.stroke_width(3)));
-        chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(err)?;
+        if matches!(s.mark, Mark::LinePoints | Mark::Dashed) {
+            chart.draw_series(pts.map(|p| Circle::new(p, 4, color.filled()))).map_err(err)?;
+        }
     }
     chart
         .configure_series_labels()

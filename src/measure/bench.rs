@@ -10,6 +10,7 @@ use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::peak::Peak;
 use crate::kernels::{Attention, DeviceTensors, Kernel};
+use crate::measure::chart::{Axis, ChartData, Mark, Unit};
 use crate::runtime::Gpu;
 use crate::runtime::timing::{GpuTimer, Timing, time_encoded};
 
@@ -43,6 +44,74 @@ pub fn fitted_exponent(points: &[(f64, f64)]) -> Option<f64> {
     let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
     let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
     (sxx > 0.0).then(|| sxy / sxx)
+}
+
+/// Adds one log–log curve per key of `points` (sorted by x), each label ending in its fitted
+/// exponent (`time ~ N^k`), drawn as `mark(key)`.
+fn add_curves(chart: &mut ChartData, points: Vec<(String, [f64; 2])>, mark: impl Fn(&str) -> Mark) {
+    let mut curves: Vec<(String, Vec<[f64; 2]>)> = Vec::new();
+    for (key, p) in points {
+        match curves.iter_mut().find(|c| c.0 == key) {
+            Some(c) => c.1.push(p),
+            None => curves.push((key, vec![p])),
+        }
+    }
+    for (key, mut pts) in curves {
+        pts.sort_by(|a, b| a[0].total_cmp(&b[0]));
+        let mark = mark(&key);
+        let label = match fitted_exponent(&pts.iter().map(|p| (p[0], p[1])).collect::<Vec<_>>()) {
+            Some(k) => format!("{key}: time ~ N^{k:.2}"),
+            None => key,
+        };
+        chart.add(label, mark, pts);
+    }
+}
+
+/// Time per call against N, one curve per (kernel, mask, D, heads) with its fitted exponent:
+/// the chart of `longctx bench --plot` and of the app's Benchmarks panel.
+pub fn time_chart(records: &[Record]) -> ChartData {
+    let mut chart = ChartData::new(
+        "attention time per call (validated against the f64 oracle first)",
+        Axis::log("sequence length N", Unit::Tokens),
+        Axis::log("time per call", Unit::Millis),
+    );
+    let points = records
+        .iter()
+        .filter_map(|r| {
+            r.ms_median
+                .map(|ms| (format!("{} {} D={} H={}", r.kernel, r.mask, r.d, r.heads), [r.n as f64, ms]))
+        })
+        .collect();
+    add_curves(&mut chart, points, |_| Mark::LinePoints);
+    chart
+}
+
+/// Flash forward, flash backward and the materialised backward against N, per mask (solid:
+/// the first mask seen, dashed: the others): the chart of `longctx bench --backward --plot`.
+pub fn backward_chart(records: &[BackwardRecord]) -> ChartData {
+    let mut chart = ChartData::new(
+        "attention backward: time per call (gradients validated against the f64 oracle)",
+        Axis::log("sequence length N", Unit::Tokens),
+        Axis::log("time per call", Unit::Millis),
+    );
+    let mut points = Vec::new();
+    for r in records.iter().filter(|r| r.skipped.is_none()) {
+        let shape = format!("{}, D={} H={}", r.mask, r.d, r.heads);
+        for (what, ms) in
+            [("flash forward", r.fwd_ms), ("flash backward", r.bwd_ms), ("naive backward", r.naive_bwd_ms)]
+        {
+            if let Some(ms) = ms {
+                points.push((format!("{what}, {shape}"), [r.n as f64, ms]));
+            }
+        }
+    }
+    let first_mask = records.first().map(|r| format!(", {},", r.mask)).unwrap_or_default();
+    add_curves(
+        &mut chart,
+        points,
+        |key| if key.contains(&first_mask) { Mark::LinePoints } else { Mark::Dashed },
+    );
+    chart
 }
 
 /// Whether the next rung of a size ladder fits a time budget. The rung's cost is predicted
