@@ -66,8 +66,7 @@ fn slot_position(slot: u32) -> u32 {
 }
 
 @compute @workgroup_size(WG)
-fn attend(ids: Ids) {
-    let wg = ids.wg;
+fn attend(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = ids.lid;
     let lane = lane_of(ids);
     let split = wg.x;

@@ -44,8 +44,7 @@ var<workgroup> v_tile: array<vec4<f32>, BC * D4>;
 var<workgroup> s_part: array<f32, S_PART>;
 
 @compute @workgroup_size(BR * P)
-fn main(ids: Ids) {
-    let wg = ids.wg;
+fn main(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = ids.lid;
     let lane = lane_of(ids);
     var qt = wg.x;

@@ -524,6 +524,18 @@ impl Gpu {
         Ok(out)
     }
 
+    /// Resolves once all work submitted so far has finished, without blocking the browser
+    /// (on native the queue is waited on first, so it is ready when first polled).
+    pub async fn wait_async(&self) -> Result<()> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.queue.on_submitted_work_done(move || {
+            let _ = tx.send(());
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.wait()?;
+        rx.await.map_err(|_| Error::Device("the queue's work-done callback never ran".into()))
+    }
+
     /// Blocks until all submitted work has finished. In the browser it returns
     /// [`Error::Unsupported`] (there, await [`Gpu::read_async`], which completes after the
     /// work before it).
