@@ -55,6 +55,9 @@ try {
   const error = await page.evaluate(() => window.longctxError);
   if (error) problems.push(`the page failed: ${error}`);
   report = await page.evaluate(() => window.longctxResult);
+  if (report) fs.writeFileSync(path.join(dir, 'browser.json'), JSON.stringify(report, null, 1));
+  const info = await page.evaluate(() => window.longctxAdapter);
+  if (info) console.log(`the page's adapter (GPUAdapterInfo): ${JSON.stringify(info)}`);
   console.log(`browser: ${((Date.now() - t0) / 1000).toFixed(1)} s in the page, Chromium ${browser.version()}`);
 } finally {
   await browser.close();
