@@ -367,7 +367,12 @@ pub fn in_process<T: Send>(
     {
         let _ = (transports, rank);
         (0..gpus.len())
-            .map(|_| Err(Error::Unsupported { what: "ring::in_process", instead: "its ranks are threads; run it natively" }))
+            .map(|_| {
+                Err(Error::Unsupported {
+                    what: "ring::in_process",
+                    instead: "its ranks are threads; run it natively",
+                })
+            })
             .collect()
     }
     #[cfg(not(target_arch = "wasm32"))]

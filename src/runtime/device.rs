@@ -222,7 +222,8 @@ impl Gpu {
             };
             return Err(Error::NoAdapter { detail });
         };
-        let (device, queue) = adapter.request_device(&device_descriptor(&adapter, options.limits.clone())).await?;
+        let (device, queue) =
+            adapter.request_device(&device_descriptor(&adapter, options.limits.clone())).await?;
         let mut gpu = Self::from_wgpu(device, queue, adapter.get_info())
             .with_cooperative_matrices(adapter.cooperative_matrix_properties());
         if options.tuned {
@@ -541,7 +542,10 @@ impl Gpu {
     /// work before it).
     pub fn wait(&self) -> Result<()> {
         #[cfg(target_arch = "wasm32")]
-        return Err(would_block("Gpu::wait", "await Gpu::read_async, which completes after the work before it"));
+        return Err(would_block(
+            "Gpu::wait",
+            "await Gpu::read_async, which completes after the work before it",
+        ));
         #[cfg(not(target_arch = "wasm32"))]
         self.device
             .poll(wgpu::PollType::wait_indefinitely())

@@ -10,8 +10,8 @@ use longctx::contract::inputs::{seeded, seeded_qkv};
 use longctx::contract::reference::{attention_backward_f64, attention_f64, rel_error};
 use longctx::runtime::Timing;
 use longctx::{
-    Alibi, Attention, AttnShape, AttnSpec, Backward, DeviceTensors, Gpu, GpuOptions, GradTensors, Kernel, Mask,
-    Result, Window,
+    Alibi, Attention, AttnShape, AttnSpec, Backward, DeviceTensors, Gpu, GpuOptions, GradTensors, Kernel,
+    Mask, Result, Window,
 };
 use serde::Serialize;
 use web_time::Instant;
@@ -163,7 +163,14 @@ pub async fn run_all(seed: u64, repeats: usize) -> Result<Report> {
 }
 
 /// Checks and times the forward (into `fwd`) and the backward (into `bwd`) of one case.
-async fn check_case(gpu: &Gpu, spec: &AttnSpec, seed: u64, repeats: usize, fwd: &mut Row, bwd: &mut Row) -> Result<()> {
+async fn check_case(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    seed: u64,
+    repeats: usize,
+    fwd: &mut Row,
+    bwd: &mut Row,
+) -> Result<()> {
     let (q, k, v) = seeded_qkv(spec, seed);
     let d_o = seeded(spec.shape.q_len(), seed ^ 0x5eed);
 
@@ -276,7 +283,8 @@ mod page {
             "" => rand::random(),
             s => s.parse().map_err(|_| JsValue::from_str(&format!("seed `{s}` is not a u64")))?,
         };
-        let report = crate::run_all(seed, repeats as usize).await.map_err(|e| JsValue::from_str(&e.to_string()))?;
+        let report =
+            crate::run_all(seed, repeats as usize).await.map_err(|e| JsValue::from_str(&e.to_string()))?;
         serde_json::to_string(&report).map_err(|e| JsValue::from_str(&e.to_string()))
     }
 }
