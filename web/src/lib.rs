@@ -98,13 +98,6 @@ pub struct Report {
     pub rows: Vec<Row>,
 }
 
-impl Report {
-    /// Rows over the bound or with an error.
-    pub fn failures(&self) -> Vec<&Row> {
-        self.rows.iter().filter(|r| r.error.is_some() || !(r.rel_err <= self.bound)).collect()
-    }
-}
-
 /// The two devices: the adapter's limits, and WebGPU's defaults.
 async fn devices() -> Result<Vec<(DeviceInfo, Gpu)>> {
     let mut out = Vec::new();
