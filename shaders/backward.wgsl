@@ -79,12 +79,12 @@ fn col_share(h: u32, kt: u32) -> vec2<u32> {
 }
 
 @compute @workgroup_size(64)
-fn delta(ids: Ids) {
-    let row = ids.wg.x * 64u + ids.lid;
+fn delta(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
+    let row = wg.x * 64u + ids.lid;
     if row >= contract.n {
         return;
     }
-    let at = ((tiles.batch_base + ids.wg.z) * contract.heads + tiles.head_base + ids.wg.y) * contract.n + row;
+    let at = ((tiles.batch_base + wg.z) * contract.heads + tiles.head_base + wg.y) * contract.n + row;
     let qa = at * D4 - tiles.q_shift;
     var acc = 0.0;
     for (var x = 0u; x < D4; x++) {
@@ -97,15 +97,15 @@ var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
 var<workgroup> v_tile: array<vec4<f32>, BC * D4>;
 
 @compute @workgroup_size(BR)
-fn dq_main(ids: Ids) {
+fn dq_main(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = ids.lid;
     let lane = lane_of(ids);
-    var qt = ids.wg.x;
+    var qt = wg.x;
     if tiles.qtile_list != 0xffffffffu {
-        qt = block_map[tiles.qtile_list + ids.wg.x]; // later passes visit only unfinished tiles
+        qt = block_map[tiles.qtile_list + wg.x]; // later passes visit only unfinished tiles
     }
-    let h = tiles.head_base + ids.wg.y;
-    let b = tiles.batch_base + ids.wg.z;
+    let h = tiles.head_base + wg.y;
+    let b = tiles.batch_base + wg.z;
     let row = qt * BR + lid;
     let live = row < contract.n;
     // global row index; the shifts turn it into indices of the bound ranges (chunks)
@@ -230,12 +230,12 @@ var<workgroup> r_delta: array<f32, BR>;
 var<workgroup> r_bits: array<u32, BR>;
 
 @compute @workgroup_size(BC)
-fn dkv_main(ids: Ids) {
+fn dkv_main(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = ids.lid;
     let lane = lane_of(ids);
-    let kt = ids.wg.x;
-    let kvh = tiles.head_base / contract.group + ids.wg.y;
-    let b = tiles.batch_base + ids.wg.z;
+    let kt = wg.x;
+    let kvh = tiles.head_base / contract.group + wg.y;
+    let b = tiles.batch_base + wg.z;
     let key = kt * BC + lid;
     let live = key < contract.m;
     let at = ((b * contract.kv_heads + kvh) * contract.m + min(key, contract.m - 1u)) * D4 - tiles.kv_shift;

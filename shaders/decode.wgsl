@@ -66,8 +66,7 @@ fn slot_position(slot: u32) -> u32 {
 }
 
 @compute @workgroup_size(WG)
-fn attend(ids: Ids) {
-    let wg = ids.wg;
+fn attend(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = ids.lid;
     let lane = lane_of(ids);
     let split = wg.x;
@@ -156,7 +155,12 @@ fn attend(ids: Ids) {
         let corr = rescale.y;
         // the tile's sums first, then added to the running ones (as flash.wgsl: two short
         // sums instead of one over every slot)
+        // zeroed by hand each tile: SwiftShader under Chromium (Tint) was seen to keep the
+        // previous tile's values in a loop-scoped `var` that WGSL zero-initialises
         var tile_acc: array<vec4<f32>, D4P>;
+        for (var x = 0u; x < D4P; x++) {
+            tile_acc[x] = vec4<f32>(0.0);
+        }
         var tile_l = 0.0;
         for (var c = 0u; c < BC; c++) {
             let p = softmax_weight(s[c], m_new);

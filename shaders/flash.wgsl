@@ -44,8 +44,7 @@ var<workgroup> v_tile: array<vec4<f32>, BC * D4>;
 var<workgroup> s_part: array<f32, S_PART>;
 
 @compute @workgroup_size(BR * P)
-fn main(ids: Ids) {
-    let wg = ids.wg;
+fn main(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = ids.lid;
     let lane = lane_of(ids);
     var qt = wg.x;
@@ -204,7 +203,12 @@ fn main(ids: Ids) {
             // The tile's weighted sum of V is summed on its own, then added to the running
             // sum: two short sums instead of one over every key (with one query over 128K
             // keys the error falls 6×, below numpy's float32 error).
+            // zeroed by hand each tile: SwiftShader under Chromium (Tint) was seen to keep the
+            // previous tile's values in a loop-scoped `var` that WGSL zero-initialises
             var tile_acc: array<vec4<f32>, D4P>;
+            for (var x = 0u; x < D4P; x++) {
+                tile_acc[x] = vec4<f32>(0.0);
+            }
             var tile_l = 0.0;
             for (var c = 0u; c < BC; c++) {
                 let p = softmax_weight(s[c], m_new);

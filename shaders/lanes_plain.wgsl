@@ -2,8 +2,10 @@
 // subgroup builtins, so the kernel validates without the SUBGROUP feature. Never called
 // with SG = 0 except `lane_of`.
 
+// The workgroup id is not here: entry points take `@builtin(workgroup_id) wg` on its own,
+// since a struct with any per-invocation member is non-uniform as a whole to Tint's
+// uniformity analysis (the browser's), which then rejects barriers in loops bounded by it.
 struct Ids {
-    @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 }
 

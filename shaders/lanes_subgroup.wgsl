@@ -2,8 +2,10 @@
 // The entry point takes its builtins as `Ids`; `lane_of` and `shuffle4` hide whether
 // subgroups exist, so a kernel compiles on devices without the SUBGROUP feature.
 
+// The workgroup id is not here: entry points take `@builtin(workgroup_id) wg` on its own,
+// since a struct with any per-invocation member is non-uniform as a whole to Tint's
+// uniformity analysis (the browser's), which then rejects barriers in loops bounded by it.
 struct Ids {
-    @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
     @builtin(subgroup_invocation_id) lane: u32,
     @builtin(subgroup_id) subgroup: u32,

@@ -16,8 +16,7 @@ var<workgroup> a_tile: array<f32, TM * TK>;
 var<workgroup> b_tile: array<vec4<f32>, TK * COLS>;
 
 @compute @workgroup_size(COLS * ROWS)
-fn main(ids: Ids) {
-    let wg = ids.wg;
+fn main(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = ids.lid;
     var col4 = lid % COLS;
     var rowg = lid / COLS;

@@ -294,6 +294,16 @@ pub enum Error {
         message: String,
     },
 
+    /// A call this target cannot make: in the browser (wasm32 on WebGPU) a blocking call,
+    /// since GPU work completes only when the page's event loop runs, or threads.
+    #[error("{what} is not available in the browser (wasm32): {instead}")]
+    Unsupported {
+        /// The call.
+        what: &'static str,
+        /// Why, and what to call instead.
+        instead: &'static str,
+    },
+
     /// A device-side failure: readback mapping, queue wait, or a kernel set built wrongly.
     #[error("GPU device error: {0}")]
     Device(String),

@@ -362,6 +362,20 @@ pub fn in_process<T: Send>(
     rank: impl Fn(&Gpu, &mut dyn Transport) -> Result<T> + Sync,
 ) -> Vec<Result<T>> {
     let transports = InProcess::ring(gpus.len(), timeout);
+    // the browser's wasm32 has no threads (and its devices cannot cross them)
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = (transports, rank);
+        (0..gpus.len())
+            .map(|_| {
+                Err(Error::Unsupported {
+                    what: "ring::in_process",
+                    instead: "its ranks are threads; run it natively",
+                })
+            })
+            .collect()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
     std::thread::scope(|scope| {
         let handles: Vec<_> = gpus
             .iter()

@@ -867,6 +867,32 @@ impl Backward {
         v: &[f32],
         d_o: &[f32],
     ) -> Result<(AttnOutput, Gradients)> {
+        let (io, grads) = self.submit(gpu, q, k, v, d_o)?;
+        Ok((io.read(gpu)?, grads.read(gpu)?))
+    }
+
+    /// [`Backward::run`] without blocking (the browser's way): the outputs are awaited.
+    pub async fn run_async(
+        &self,
+        gpu: &Gpu,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        d_o: &[f32],
+    ) -> Result<(AttnOutput, Gradients)> {
+        let (io, grads) = self.submit(gpu, q, k, v, d_o)?;
+        Ok((io.read_async(gpu).await?, grads.read_async(gpu).await?))
+    }
+
+    /// The forward and this backward on host tensors, submitted.
+    fn submit(
+        &self,
+        gpu: &Gpu,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        d_o: &[f32],
+    ) -> Result<(crate::kernels::DeviceTensors, GradTensors)> {
         let kernel = if self.is_naive() { Kernel::Naive } else { Kernel::Flash };
         let forward = crate::kernels::Attention::new(gpu, kernel, &self.spec)?;
         let io = crate::kernels::DeviceTensors::upload(gpu, &self.spec, q, k, v)?;
@@ -878,7 +904,7 @@ impl Backward {
         forward.encode(gpu, &mut enc, &io.buffers())?;
         self.encode(gpu, &mut enc, &grads.buffers(&io))?;
         gpu.queue.submit([enc.finish()]);
-        Ok((io.read(gpu)?, grads.read(gpu)?))
+        Ok((io, grads))
     }
 }
 
@@ -929,6 +955,15 @@ impl GradTensors {
             dq: gpu.read(&self.dq, self.q_len)?,
             dk: gpu.read(&self.dk, self.kv_len)?,
             dv: gpu.read(&self.dv, self.kv_len)?,
+        })
+    }
+
+    /// Awaits dQ, dK and dV (the browser's way; see [`Gpu::read_async`]).
+    pub async fn read_async(&self, gpu: &Gpu) -> Result<Gradients> {
+        Ok(Gradients {
+            dq: gpu.read_async(&self.dq, self.q_len).await?,
+            dk: gpu.read_async(&self.dk, self.kv_len).await?,
+            dv: gpu.read_async(&self.dv, self.kv_len).await?,
         })
     }
 }

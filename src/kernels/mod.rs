@@ -616,10 +616,24 @@ impl Attention {
     /// Runs on tensors already on the device (f32 or, for the f16 variants, f16 inputs) and
     /// reads O and LSE back (blocks until done).
     pub fn run_on(&self, gpu: &Gpu, io: &DeviceTensors) -> Result<AttnOutput> {
+        self.submit(gpu, io)?;
+        io.read(gpu)
+    }
+
+    /// [`Attention::run`] without blocking (the browser's way): uploads, runs, and awaits
+    /// O and LSE.
+    pub async fn run_async(&self, gpu: &Gpu, q: &[f32], k: &[f32], v: &[f32]) -> Result<AttnOutput> {
+        self.spec.check_inputs(q, k, v)?;
+        let io = DeviceTensors::upload(gpu, &self.spec, q, k, v)?;
+        self.submit(gpu, &io)?;
+        io.read_async(gpu).await
+    }
+
+    fn submit(&self, gpu: &Gpu, io: &DeviceTensors) -> Result<()> {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         self.encode(gpu, &mut enc, &io.buffers())?;
         gpu.queue.submit([enc.finish()]);
-        io.read(gpu)
+        Ok(())
     }
 }
 
@@ -690,6 +704,14 @@ impl DeviceTensors {
     /// Reads O and LSE back (blocks until the queue is idle).
     pub fn read(&self, gpu: &Gpu) -> Result<AttnOutput> {
         Ok(AttnOutput { o: gpu.read(&self.o, self.q_len)?, lse: gpu.read(&self.lse, self.lse_len)? })
+    }
+
+    /// Awaits O and LSE (the browser's way; see [`Gpu::read_async`]).
+    pub async fn read_async(&self, gpu: &Gpu) -> Result<AttnOutput> {
+        Ok(AttnOutput {
+            o: gpu.read_async(&self.o, self.q_len).await?,
+            lse: gpu.read_async(&self.lse, self.lse_len).await?,
+        })
     }
 }
 

@@ -5,7 +5,9 @@
 //! every per-element test there), the rest are partial (flash calls `mask_mod` per score).
 //! The map is built once per prepared call and reused by every run.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use crate::contract::blockmap::{BlockMap, FULL};
 use crate::contract::mods::Mods;

@@ -1,8 +1,6 @@
 //! The GPU runtime: a device (owned by longctx, or borrowed from a host app), buffers,
 //! readback, a pipeline cache, and the limit checks that wgpu does not make.
 
-use std::sync::mpsc;
-
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
@@ -80,18 +78,28 @@ fn backends_from_env() -> Option<wgpu::Backends> {
     wgpu::Backends::from_env()
 }
 
+/// Adapters of `backends` (in the browser: the one the page's `navigator.gpu` gives).
+async fn enumerate(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    instance(backends).enumerate_adapters(backends).await
+}
+
 /// Adapters of the requested backends; by default primary backends first, GL as fallback
 /// (probing GL needlessly prints EGL errors on headless machines).
-fn adapters(options: &GpuOptions) -> Vec<wgpu::Adapter> {
-    let requested = options.backends.or_else(backends_from_env);
-    let enumerate = |b: wgpu::Backends| pollster::block_on(instance(b).enumerate_adapters(b));
-    match requested {
-        Some(b) => enumerate(b),
+async fn adapters(options: &GpuOptions) -> Vec<wgpu::Adapter> {
+    match options.backends.or_else(backends_from_env) {
+        Some(b) => enumerate(b).await,
         None => {
-            let primary = enumerate(wgpu::Backends::PRIMARY);
-            if primary.is_empty() { enumerate(wgpu::Backends::all()) } else { primary }
+            let primary = enumerate(wgpu::Backends::PRIMARY).await;
+            if primary.is_empty() { enumerate(wgpu::Backends::all()).await } else { primary }
         }
     }
+}
+
+/// The error a blocking call returns in the browser, where waiting on the GPU would never
+/// end: the page's event loop, which completes the work, cannot run while it waits.
+#[cfg(target_arch = "wasm32")]
+fn would_block(what: &'static str, instead: &'static str) -> Error {
+    Error::Unsupported { what, instead }
 }
 
 /// Higher is preferred: real GPUs first, then Vulkan/Metal/DX12 over GL.
@@ -111,9 +119,21 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     (ty, backend)
 }
 
-/// Every adapter wgpu can see, best first.
+/// Every adapter wgpu can see, best first. Blocks: in the browser it lists none (use
+/// [`list_adapters_async`]).
 pub fn list_adapters(options: &GpuOptions) -> Vec<wgpu::AdapterInfo> {
-    let mut infos: Vec<_> = adapters(options).iter().map(|a| a.get_info()).collect();
+    #[cfg(not(target_arch = "wasm32"))]
+    return pollster::block_on(list_adapters_async(options));
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = options;
+        Vec::new()
+    }
+}
+
+/// Every adapter wgpu can see, best first, without blocking (the browser's way).
+pub async fn list_adapters_async(options: &GpuOptions) -> Vec<wgpu::AdapterInfo> {
+    let mut infos: Vec<_> = adapters(options).await.iter().map(|a| a.get_info()).collect();
     infos.sort_by_key(|i| std::cmp::Reverse(adapter_rank(i)));
     infos
 }
@@ -146,9 +166,22 @@ pub fn device_descriptor(
 
 impl Gpu {
     /// Creates a device of its own on the best adapter (see [`GpuOptions`]), with the
-    /// adapter's full limits and the [`USEFUL_FEATURES`] it supports.
+    /// adapter's full limits and the [`USEFUL_FEATURES`] it supports. Blocks; in the browser
+    /// it returns [`Error::Unsupported`] (use [`Gpu::new_async`]).
     pub fn new(options: &GpuOptions) -> Result<Self> {
-        let mut adapters = adapters(options);
+        #[cfg(not(target_arch = "wasm32"))]
+        return pollster::block_on(Self::new_async(options));
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = options;
+            Err(would_block("Gpu::new", "await Gpu::new_async"))
+        }
+    }
+
+    /// [`Gpu::new`] without blocking: how the browser creates a device (the adapter's
+    /// limits are requested and checked as on any other adapter).
+    pub async fn new_async(options: &GpuOptions) -> Result<Self> {
+        let mut adapters = adapters(options).await;
         let filter = options
             .adapter
             .clone()
@@ -174,12 +207,11 @@ impl Gpu {
                 _ => match options.backends.or_else(backends_from_env) {
                     // restricted to backends that have none: say which, and what the others have
                     Some(b) if b != wgpu::Backends::all() => {
-                        let others: Vec<String> = pollster::block_on(
-                            instance(wgpu::Backends::all()).enumerate_adapters(wgpu::Backends::all()),
-                        )
-                        .iter()
-                        .map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend))
-                        .collect();
+                        let others: Vec<String> = enumerate(wgpu::Backends::all())
+                            .await
+                            .iter()
+                            .map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend))
+                            .collect();
                         format!(
                             " on the requested backends ({b:?}, from --backend or WGPU_BACKEND); adapters on all backends: {}",
                             if others.is_empty() { "none".to_string() } else { others.join(", ") }
@@ -191,7 +223,7 @@ impl Gpu {
             return Err(Error::NoAdapter { detail });
         };
         let (device, queue) =
-            pollster::block_on(adapter.request_device(&device_descriptor(&adapter, options.limits.clone())))?;
+            adapter.request_device(&device_descriptor(&adapter, options.limits.clone())).await?;
         let mut gpu = Self::from_wgpu(device, queue, adapter.get_info())
             .with_cooperative_matrices(adapter.cooperative_matrix_properties());
         if options.tuned {
@@ -447,8 +479,22 @@ impl Gpu {
         })
     }
 
-    /// Copies `len` elements of `buffer` back to the host (blocks until done).
+    /// Copies `len` elements of `buffer` back to the host (blocks until done). In the
+    /// browser it returns [`Error::Unsupported`]: use [`Gpu::read_async`].
     pub fn read<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<T>> {
+        #[cfg(not(target_arch = "wasm32"))]
+        return pollster::block_on(self.read_async(buffer, len));
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = (buffer, len);
+            Err(would_block("Gpu::read", "await Gpu::read_async"))
+        }
+    }
+
+    /// Copies `len` elements of `buffer` back to the host without blocking the browser: the
+    /// copy is submitted and the mapping awaited (on native the queue is waited on first, so
+    /// the future is ready when first polled).
+    pub async fn read_async<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<T>> {
         let bytes = (len * size_of::<T>()) as u64;
         if bytes == 0 {
             return Ok(Vec::new());
@@ -462,12 +508,14 @@ impl Gpu {
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes.next_multiple_of(4));
         self.queue.submit([enc.finish()]);
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = futures_channel::oneshot::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
+        // native: the callback runs inside a poll; in the browser, once the event loop runs
+        #[cfg(not(target_arch = "wasm32"))]
         self.wait()?;
-        rx.recv()
+        rx.await
             .map_err(|_| Error::Device("readback callback never ran".into()))?
             .map_err(|e| Error::Device(format!("mapping the readback buffer failed: {e}")))?;
         let view = staging.get_mapped_range(..).map_err(|e| Error::Device(format!("readback range: {e}")))?;
@@ -477,8 +525,28 @@ impl Gpu {
         Ok(out)
     }
 
-    /// Blocks until all submitted work has finished.
+    /// Resolves once all work submitted so far has finished, without blocking the browser
+    /// (on native the queue is waited on first, so it is ready when first polled).
+    pub async fn wait_async(&self) -> Result<()> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.queue.on_submitted_work_done(move || {
+            let _ = tx.send(());
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.wait()?;
+        rx.await.map_err(|_| Error::Device("the queue's work-done callback never ran".into()))
+    }
+
+    /// Blocks until all submitted work has finished. In the browser it returns
+    /// [`Error::Unsupported`] (there, await [`Gpu::read_async`], which completes after the
+    /// work before it).
     pub fn wait(&self) -> Result<()> {
+        #[cfg(target_arch = "wasm32")]
+        return Err(would_block(
+            "Gpu::wait",
+            "await Gpu::read_async, which completes after the work before it",
+        ));
+        #[cfg(not(target_arch = "wasm32"))]
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())

@@ -445,6 +445,10 @@ impl Gpu {
             .as_ref()
             .filter(|u| !u.bindings.is_empty())
             .map(|u| self.layout(&u.bindings.iter().map(|&b| (b, Binding::Read)).collect::<Vec<_>>()));
+        // The browser reports a rejected shader only once its event loop runs, and compile
+        // cannot wait for that: naga checks the WGSL first, as wgpu does on native.
+        #[cfg(target_arch = "wasm32")]
+        variant.validate()?;
         let label = Some(variant.shader.stem);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -469,8 +473,19 @@ impl Gpu {
             },
             cache: None,
         });
+        #[cfg(not(target_arch = "wasm32"))]
         if let Some(err) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader { name: variant.name(), message: err.to_string() });
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            // what the browser's own compiler still rejects is logged when the scope pops
+            let (name, pop) = (variant.name(), scope.pop());
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Some(err) = pop.await {
+                    log::error!("{}", Error::Shader { name, message: err.to_string() });
+                }
+            });
         }
         let compiled = Compiled { pipeline, layout, bindings: variant.shader.bindings, user_layout };
         self.caches.pipelines.lock().unwrap_or_else(PoisonError::into_inner).insert(key, compiled.clone());

@@ -2,7 +2,7 @@
 //! software adapter's device clock), warm-up, repeats, medians. Every measurement in the
 //! crate — bench, tune, the probes, decode, CoLT5 — times through here.
 
-use std::time::Instant;
+use web_time::Instant;
 
 use crate::error::Result;
 use crate::runtime::Gpu;
