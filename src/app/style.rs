@@ -126,36 +126,20 @@ pub fn chart_ui(
     if let Some(w) = width {
         plot = plot.width(w);
     }
-    let log = |a: &Axis, v: f64| if a.scale == Scale::Log { v.log10() } else { v };
     let shown = |a: &Axis, v: f64| a.scale == Scale::Linear || v > 0.0;
-    match x.scale {
-        Scale::Log => {
-            let unit = x.unit.unwrap_or(Unit::Count);
-            let ax = x.clone();
-            plot = plot
-                .x_axis_formatter(move |m, _| ax.format(10f64.powf(m.value)))
-                .x_grid_spacer(move |i| log_marks(unit, i, 11.0));
-        }
-        Scale::Linear => {
-            if !x.categories.is_empty() {
-                plot = plot.x_grid_spacer(egui_plot::uniform_grid_spacer(|_| [1.0, 5.0, 10.0]));
-            }
-            let ax = x.clone();
-            plot = plot.x_axis_formatter(move |m, _| ax.format(m.value));
-        }
+    let (ax, ay) = (x.clone(), y.clone());
+    plot = plot
+        .x_axis_formatter(move |m, _| ax.label_at(m.value))
+        .y_axis_formatter(move |m, _| ay.label_at(m.value));
+    if x.scale == Scale::Log {
+        let unit = x.unit.unwrap_or(Unit::Count);
+        plot = plot.x_grid_spacer(move |i| log_marks(unit, i, 11.0));
+    } else if !x.categories.is_empty() {
+        plot = plot.x_grid_spacer(egui_plot::uniform_grid_spacer(|_| [1.0, 5.0, 10.0]));
     }
-    match y.scale {
-        Scale::Log => {
-            let unit = y.unit.unwrap_or(Unit::Count);
-            let ay = y.clone();
-            plot = plot
-                .y_axis_formatter(move |m, _| ay.format(10f64.powf(m.value)))
-                .y_grid_spacer(move |i| log_marks(unit, i, 4.0));
-        }
-        Scale::Linear => {
-            let ay = y.clone();
-            plot = plot.y_axis_formatter(move |m, _| ay.format(m.value));
-        }
+    if y.scale == Scale::Log {
+        let unit = y.unit.unwrap_or(Unit::Count);
+        plot = plot.y_grid_spacer(move |i| log_marks(unit, i, 4.0));
     }
     let response = plot
         .show(ui, |p| {
@@ -164,7 +148,7 @@ pub fn chart_ui(
                     .points
                     .iter()
                     .filter(|[a, b]| shown(&x, *a) && shown(&y, *b))
-                    .map(|&[a, b]| [log(&x, a), log(&y, b)])
+                    .map(|&[a, b]| [x.position(a), y.position(b)])
                     .collect();
                 let color = to_color(s.rgb);
                 let line = |pts: Vec<[f64; 2]>| Line::new(s.label.clone(), pts).color(color).width(1.5);

@@ -192,6 +192,14 @@ impl Axis {
             None => trim_signed(v),
         }
     }
+    /// Where value `v` sits on the axis: log10 of it on a log axis.
+    pub fn position(&self, v: f64) -> f64 {
+        if self.scale == Scale::Log { v.log10() } else { v }
+    }
+    /// The tick label at position `p` (inverse of [`Axis::position`]).
+    pub fn label_at(&self, p: f64) -> String {
+        self.format(if self.scale == Scale::Log { 10f64.powf(p) } else { p })
+    }
     /// The axis title, with the scale said when it is logarithmic.
     pub fn title(&self) -> String {
         match self.scale {
