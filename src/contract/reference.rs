@@ -106,6 +106,52 @@ fn one_row<T: Copy + Into<f64>>(
     (o_row, lse)
 }
 
+/// One head's attention probabilities in f64, P[i][j] = exp(score − LSE), for query rows
+/// `rows` and keys `cols` of (batch `b`, head `h`), row-major: what the heatmap pools. 0 where
+/// masked and on fully masked rows. (It allocates a zero V of the spec's size for the row
+/// evaluation: meant for the small problems the heatmap is checked on.)
+pub fn probabilities_f64(
+    spec: &AttnSpec,
+    q: &[f32],
+    k: &[f32],
+    (b, h): (usize, usize),
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) -> Result<Vec<f64>> {
+    let s = spec.shape;
+    let v = vec![0f32; s.kv_len()];
+    spec.check_inputs(q, k, &v)?;
+    check_rule(spec)?;
+    if b >= s.batch || h >= s.heads || rows.end > s.n || cols.end > s.m {
+        return Err(crate::Error::Invalid(format!(
+            "probabilities of (b, h) = ({b}, {h}), rows {rows:?}, keys {cols:?} outside B={} H={} N={} M={}",
+            s.batch, s.heads, s.n, s.m
+        )));
+    }
+    let slopes = spec.slopes();
+    let (mut scores, mut o_row) = (vec![0f64; s.m], vec![0f64; s.head_dim]);
+    let mut p = |q: &[f64], k: &[f64]| -> Vec<f64> {
+        let mut out = Vec::with_capacity(rows.len() * cols.len());
+        for i in rows.clone() {
+            let row = (b * s.heads + h) * s.n + i;
+            let q_row = &q[row * s.head_dim..][..s.head_dim];
+            let lse = row_f64(spec, slopes.as_deref(), q_row, k, &v, row, &mut scores, &mut o_row);
+            out.extend(cols.clone().map(|j| {
+                if lse.is_finite() && scores[j] > f64::NEG_INFINITY { (scores[j] - lse).exp() } else { 0.0 }
+            }));
+        }
+        out
+    };
+    Ok(match encoded(spec, q, k) {
+        Some((q, k)) => p(&q, &k),
+        None => p(&widen(q), &widen(k)),
+    })
+}
+
+fn widen(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&a| a as f64).collect()
+}
+
 /// The oracle evaluates mods through their Rust rule: WGSL alone it cannot run.
 pub(crate) fn check_rule(spec: &AttnSpec) -> Result<()> {
     match &spec.mods {

@@ -617,12 +617,12 @@ impl Flash {
             + self.passes.iter().map(|p| p.tiles.size()).sum::<u64>()
     }
 
-    /// The counters of the last run (instrumented variant only; blocks until read).
-    pub fn counters(&self, gpu: &Gpu) -> Result<Option<FlashCounters>> {
+    /// The counters of the last run (instrumented variant only).
+    pub async fn counters(&self, gpu: &Gpu) -> Result<Option<FlashCounters>> {
         if !self.instrumented {
             return Ok(None);
         }
-        let c: Vec<u32> = gpu.read(&self.counters, 5)?;
+        let c: Vec<u32> = gpu.read_async(&self.counters, 5).await?;
         Ok(Some(FlashCounters {
             tiles: c[0] as u64,
             keys: c[1] as u64,

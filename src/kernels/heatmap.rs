@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::kernels::{Attention, AttnBuffers, COMMON, MODS_NONE, with_mods};
-use crate::runtime::Gpu;
+use crate::runtime::{Gpu, block_on};
 use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
 
 const NAME: &str = "heatmap";
@@ -99,7 +99,18 @@ impl Heatmap {
     /// Pools the probabilities of `view` into `width × height` values (row-major, top row
     /// first). `io` must hold the Q, K and the LSE written by `attn`.
     pub fn render(&self, gpu: &Gpu, attn: &Attention, io: &AttnBuffers, view: &HeatView) -> Result<Vec<f32>> {
-        let mut one = self.render_many(gpu, attn, &[(*io, view.clone())])?;
+        block_on("Heatmap::render", "await Heatmap::render_async", self.render_async(gpu, attn, io, view))
+    }
+
+    /// [`Heatmap::render`] without blocking the browser.
+    pub async fn render_async(
+        &self,
+        gpu: &Gpu,
+        attn: &Attention,
+        io: &AttnBuffers<'_>,
+        view: &HeatView,
+    ) -> Result<Vec<f32>> {
+        let mut one = self.render_many_async(gpu, attn, &[(*io, view.clone())]).await?;
         one.pop().ok_or_else(|| Error::Device("heatmap: no view rendered".into()))
     }
 
@@ -110,6 +121,20 @@ impl Heatmap {
         gpu: &Gpu,
         attn: &Attention,
         views: &[(AttnBuffers, HeatView)],
+    ) -> Result<Vec<Vec<f32>>> {
+        block_on(
+            "Heatmap::render_many",
+            "await Heatmap::render_many_async",
+            self.render_many_async(gpu, attn, views),
+        )
+    }
+
+    /// [`Heatmap::render_many`] without blocking the browser.
+    pub async fn render_many_async(
+        &self,
+        gpu: &Gpu,
+        attn: &Attention,
+        views: &[(AttnBuffers<'_>, HeatView)],
     ) -> Result<Vec<Vec<f32>>> {
         let s = attn.spec().shape;
         let flash =
@@ -180,7 +205,7 @@ impl Heatmap {
             }
         }
         gpu.queue.submit([enc.finish()]);
-        let all: Vec<f32> = gpu.read(&pixels, total)?;
+        let all: Vec<f32> = gpu.read_async(&pixels, total).await?;
         Ok(views
             .iter()
             .zip(&offsets)

@@ -24,7 +24,7 @@ pub mod train;
 use crate::contract::blockmap::BlockMap;
 use crate::contract::spec::{AttnOutput, AttnSpec};
 use crate::error::{Error, Result};
-use crate::runtime::Gpu;
+use crate::runtime::{Gpu, block_on};
 use crate::runtime::shader::{ShaderVariant, Snippet};
 
 /// The contract in WGSL: `Params`, the visible band, ALiBi, block-map walking helpers.
@@ -502,10 +502,19 @@ impl Attention {
     /// Bytes the instrumented variant counted in its last run (`None` if not instrumented),
     /// plus the padding copies' (from their loops, which have fixed trip counts).
     pub fn measured_traffic(&self, gpu: &Gpu) -> Result<Option<Traffic>> {
+        block_on(
+            "Attention::measured_traffic",
+            "await Attention::measured_traffic_async",
+            self.measured_traffic_async(gpu),
+        )
+    }
+
+    /// [`Attention::measured_traffic`] without blocking the browser.
+    pub async fn measured_traffic_async(&self, gpu: &Gpu) -> Result<Option<Traffic>> {
         let d = pad::padded_dim(self.spec.shape.head_dim);
         let counted = match &self.plan {
-            Plan::Flash(f) => f.counters(gpu)?.map(|c| c.traffic(d)),
-            Plan::Naive(n) => n.counted(gpu)?,
+            Plan::Flash(f) => f.counters(gpu).await?.map(|c| c.traffic(d)),
+            Plan::Naive(n) => n.counted(gpu).await?,
         };
         Ok(counted.map(|t| self.with_padding(t)))
     }
@@ -529,7 +538,11 @@ impl Attention {
     /// Counters of the last run of an instrumented flash kernel.
     pub fn flash_counters(&self, gpu: &Gpu) -> Result<Option<flash::FlashCounters>> {
         match &self.plan {
-            Plan::Flash(f) => f.counters(gpu),
+            Plan::Flash(f) => block_on(
+                "Attention::flash_counters",
+                "await Attention::flash().counters",
+                f.counters(gpu),
+            ),
             Plan::Naive(_) => Ok(None),
         }
     }

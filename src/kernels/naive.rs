@@ -183,11 +183,11 @@ impl Naive {
     }
 
     /// Bytes the instrumented variant counted in its last run.
-    pub fn counted(&self, gpu: &Gpu) -> Result<Option<Traffic>> {
+    pub async fn counted(&self, gpu: &Gpu) -> Result<Option<Traffic>> {
         if !self.instrumented {
             return Ok(None);
         }
-        let c: Vec<u32> = gpu.read(&self.counters, 4)?;
+        let c: Vec<u32> = gpu.read_async(&self.counters, 4).await?;
         let word64 = |lo: u32, hi: u32| (hi as u64) << 32 | lo as u64;
         Ok(Some(Traffic { read: word64(c[0], c[1]) * 4, written: word64(c[2], c[3]) * 4 }))
     }

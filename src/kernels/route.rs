@@ -67,6 +67,9 @@ pub struct Router {
     /// `[P]` u32 token index of each entry of `keys`; after selection `idx[..k]` are the
     /// selected tokens.
     pub idx: wgpu::Buffer,
+    /// Bound where a pass leaves `rows` or `out` unused: WebGPU refuses one buffer bound
+    /// writable twice in a bind group.
+    spare: wgpu::Buffer,
 }
 
 impl Router {
@@ -126,6 +129,7 @@ impl Router {
             steps,
             keys: gpu.storage("route scores", (padded * 4) as u64)?,
             idx: gpu.storage("route indices", (padded * 4) as u64)?,
+            spare: gpu.storage("route unused binding", 4)?,
         })
     }
 
@@ -175,7 +179,7 @@ impl Router {
     ) {
         let mut steps = vec![(0, &self.base)];
         steps.extend(self.steps.iter().map(|p| (1, p)));
-        self.passes(gpu, enc, &steps, self.padded.div_ceil(64) as u32, x, w, scratch, scratch);
+        self.passes(gpu, enc, &steps, self.padded.div_ceil(64) as u32, x, w, scratch, &self.spare);
     }
 
     /// Records the scores only, every token selected in its own order (`idx[i] = i`): the
@@ -188,7 +192,7 @@ impl Router {
         w: &wgpu::Buffer,
         scratch: &wgpu::Buffer,
     ) {
-        self.passes(gpu, enc, &[(0, &self.base)], self.padded.div_ceil(64) as u32, x, w, scratch, scratch);
+        self.passes(gpu, enc, &[(0, &self.base)], self.padded.div_ceil(64) as u32, x, w, scratch, &self.spare);
     }
 
     /// Records `rows[r] = x[idx[r]]` for the k selected tokens.
@@ -200,7 +204,7 @@ impl Router {
         w: &wgpu::Buffer,
         rows: &wgpu::Buffer,
     ) {
-        self.passes(gpu, enc, &[(2, &self.base)], (self.k * self.d).div_ceil(64) as u32, x, w, rows, rows);
+        self.passes(gpu, enc, &[(2, &self.base)], (self.k * self.d).div_ceil(64) as u32, x, w, rows, &self.spare);
     }
 
     /// Records `out[idx[r]] += score[r] · rows[r]`.

@@ -22,8 +22,8 @@ use crate::kernels::layer::{LayerOp, Op};
 use crate::kernels::matmul::{Activation, Matmul};
 use crate::kernels::route::Router;
 use crate::kernels::{Attention, AttnBuffers, Kernel};
-use crate::runtime::Gpu;
-use crate::runtime::timing::time_submission;
+use crate::runtime::{Gpu, block_on};
+use crate::runtime::timing::time_submission_async;
 
 /// Sizes of one CoLT5 layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -317,6 +317,11 @@ impl Colt5Layer {
     /// Runs the layer on `x` `[N, d_model]`; returns the output and per-branch time and FLOPs
     /// (each branch submitted and waited for on its own, host clock).
     pub fn forward(&self, gpu: &Gpu, x: &[f32]) -> Result<(Vec<f32>, Vec<BranchTiming>)> {
+        block_on("Colt5Layer::forward", "await Colt5Layer::forward_async", self.forward_async(gpu, x))
+    }
+
+    /// [`Colt5Layer::forward`] without blocking the browser.
+    pub async fn forward_async(&self, gpu: &Gpu, x: &[f32]) -> Result<(Vec<f32>, Vec<BranchTiming>)> {
         let (n, d) = (self.cfg.n, self.cfg.d_model);
         if x.len() != n * d {
             return Err(Error::Length { what: "x".into(), got: x.len(), shape: vec![n, d], expected: n * d });
@@ -327,49 +332,63 @@ impl Colt5Layer {
             out: gpu.storage("colt5 out", (n * d * 4) as u64)?,
             xn: gpu.storage("colt5 xn", (n * d * 4) as u64)?,
         };
-        let mut timings = Vec::new();
-        let mut run = |branch: &'static str,
-                       flops: f64,
-                       record: &dyn Fn(&mut wgpu::CommandEncoder) -> Result<()>|
-         -> Result<()> {
+        // each branch in its own command buffer, timed on its own
+        let record = |record: &dyn Fn(&mut wgpu::CommandEncoder) -> Result<()>| {
             let mut enc = gpu.device.create_command_encoder(&Default::default());
-            record(&mut enc)?;
-            let ms = time_submission(gpu, enc.finish())?;
-            timings.push(BranchTiming { branch, ms, flops });
-            Ok(())
+            record(&mut enc).map(|()| enc.finish())
         };
-        run("norm + residual", 0.0, &|enc| {
-            self.copy.encode(gpu, enc, &b.x, &b.out);
-            self.norm.encode(gpu, enc, &b.x, &b.xn);
-            Ok(())
-        })?;
-        run("light attention", self.light.flops, &|enc| {
-            self.light.encode(gpu, enc, self, &b, ["light.wq", "light.wk", "light.wv", "light.wo"], None)
-        })?;
-        run("light FFN", self.light_ffn.flops, &|enc| {
-            self.light_ffn.encode(gpu, enc, self, &b, "light_ffn")
-        })?;
         let heavy_names = ["heavy.wq", "heavy.wk", "heavy.wv", "heavy.wo"];
-        run("heavy attention", self.heavy.flops, &|enc| {
-            self.heavy.encode(gpu, enc, self, &b, heavy_names, Some(("router.q", "router.kv")))
-        })?;
-        run("heavy FFN", self.heavy_ffn.flops, &|enc| {
-            self.heavy_ffn.encode(gpu, enc, self, &b, "heavy_ffn")
-        })?;
-        Ok((gpu.read(&b.out, n * d)?, timings))
+        let branches = [
+            (
+                "norm + residual",
+                0.0,
+                record(&|enc| {
+                    self.copy.encode(gpu, enc, &b.x, &b.out);
+                    self.norm.encode(gpu, enc, &b.x, &b.xn);
+                    Ok(())
+                })?,
+            ),
+            (
+                "light attention",
+                self.light.flops,
+                record(&|enc| {
+                    self.light.encode(gpu, enc, self, &b, ["light.wq", "light.wk", "light.wv", "light.wo"], None)
+                })?,
+            ),
+            ("light FFN", self.light_ffn.flops, record(&|enc| self.light_ffn.encode(gpu, enc, self, &b, "light_ffn"))?),
+            (
+                "heavy attention",
+                self.heavy.flops,
+                record(&|enc| self.heavy.encode(gpu, enc, self, &b, heavy_names, Some(("router.q", "router.kv"))))?,
+            ),
+            ("heavy FFN", self.heavy_ffn.flops, record(&|enc| self.heavy_ffn.encode(gpu, enc, self, &b, "heavy_ffn"))?),
+        ];
+        let mut timings = Vec::with_capacity(branches.len());
+        for (branch, flops, commands) in branches {
+            let ms = time_submission_async(gpu, commands).await?;
+            timings.push(BranchTiming { branch, ms, flops });
+        }
+        Ok((gpu.read_async(&b.out, n * d).await?, timings))
     }
 
     /// The tokens the routers picked in the last forward pass: (q, kv, ffn) indices.
     pub fn routed(&self, gpu: &Gpu) -> Result<[Vec<u32>; 3]> {
+        block_on("Colt5Layer::routed", "await Colt5Layer::routed_async", self.routed_async(gpu))
+    }
+
+    /// [`Colt5Layer::routed`] without blocking the browser.
+    pub async fn routed_async(&self, gpu: &Gpu) -> Result<[Vec<u32>; 3]> {
         // a branch that takes every token has no router: it picked all of them, in order
-        let read = |r: Option<&Router>, k: usize| match r {
-            Some(r) => gpu.read::<u32>(&r.idx, k),
-            None => Ok((0..k as u32).collect()),
-        };
+        async fn read(gpu: &Gpu, r: Option<&Router>, k: usize) -> Result<Vec<u32>> {
+            match r {
+                Some(r) => gpu.read_async::<u32>(&r.idx, k).await,
+                None => Ok((0..k as u32).collect()),
+            }
+        }
         Ok([
-            read(self.heavy.router_q.as_ref(), self.heavy.rows_q)?,
-            read(self.heavy.router_kv.as_ref(), self.heavy.rows_kv)?,
-            read(self.heavy_ffn.router.as_ref(), self.heavy_ffn.rows)?,
+            read(gpu, self.heavy.router_q.as_ref(), self.heavy.rows_q).await?,
+            read(gpu, self.heavy.router_kv.as_ref(), self.heavy.rows_kv).await?,
+            read(gpu, self.heavy_ffn.router.as_ref(), self.heavy_ffn.rows).await?,
         ])
     }
 

@@ -102,6 +102,27 @@ fn would_block(what: &'static str, instead: &'static str) -> Error {
     Error::Unsupported { what, instead }
 }
 
+/// The blocking form of an `_async` call: on native, `work` is driven to completion here (the
+/// GPU futures of this crate wait on the queue when first polled); in the browser, where
+/// waiting would never end, `work` is dropped unpolled and [`Error::Unsupported`] names
+/// `what` and the call to await `instead`.
+pub fn block_on<T>(
+    what: &'static str,
+    instead: &'static str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = (what, instead);
+        pollster::block_on(work)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        drop(work);
+        Err(would_block(what, instead))
+    }
+}
+
 /// Higher is preferred: real GPUs first, then Vulkan/Metal/DX12 over GL.
 fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     let ty = match info.device_type {
@@ -482,13 +503,7 @@ impl Gpu {
     /// Copies `len` elements of `buffer` back to the host (blocks until done). In the
     /// browser it returns [`Error::Unsupported`]: use [`Gpu::read_async`].
     pub fn read<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<T>> {
-        #[cfg(not(target_arch = "wasm32"))]
-        return pollster::block_on(self.read_async(buffer, len));
-        #[cfg(target_arch = "wasm32")]
-        {
-            let _ = (buffer, len);
-            Err(would_block("Gpu::read", "await Gpu::read_async"))
-        }
+        block_on("Gpu::read", "await Gpu::read_async", self.read_async(buffer, len))
     }
 
     /// Copies `len` elements of `buffer` back to the host without blocking the browser: the

@@ -332,6 +332,7 @@ impl Compiled {
     /// [`Compiled::bind`] over whole buffers or `(offset, size)` byte ranges.
     pub fn bind_ranges(&self, gpu: &Gpu, buffers: &[(&wgpu::Buffer, Option<(u64, u64)>)]) -> wgpu::BindGroup {
         debug_assert_eq!(buffers.len(), self.bindings.len(), "one buffer per declared binding");
+        debug_assert_eq!(self.aliased(buffers), None, "a writable binding aliases another binding");
         let entries: Vec<_> = buffers
             .iter()
             .zip(self.bindings)
@@ -352,6 +353,23 @@ impl Compiled {
             layout: &self.layout,
             entries: &entries,
         })
+    }
+
+    /// The first two bindings of one buffer where one is writable and the ranges overlap:
+    /// WebGPU refuses such a bind group ("writable storage buffer binding aliasing"), native
+    /// wgpu does not check, so the debug builds that run the tests do.
+    fn aliased(&self, buffers: &[(&wgpu::Buffer, Option<(u64, u64)>)]) -> Option<(u32, u32)> {
+        let span = |(b, r): &(&wgpu::Buffer, Option<(u64, u64)>)| r.map_or(0..b.size(), |(o, n)| o..o + n);
+        for (i, (a, &(ia, ka))) in buffers.iter().zip(self.bindings).enumerate() {
+            for (b, &(ib, kb)) in buffers.iter().zip(self.bindings).skip(i + 1) {
+                let writes = ka == Binding::ReadWrite || kb == Binding::ReadWrite;
+                let (sa, sb) = (span(a), span(b));
+                if writes && a.0 == b.0 && sa.start < sb.end && sb.start < sa.end {
+                    return Some((ia, ib));
+                }
+            }
+        }
+        None
     }
 
     /// Records one dispatch of this pipeline with `bind` into `pass`.

@@ -5,7 +5,7 @@
 use web_time::Instant;
 
 use crate::error::Result;
-use crate::runtime::Gpu;
+use crate::runtime::{Gpu, block_on};
 
 /// Repeated timings of one configuration, in milliseconds.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,7 +65,8 @@ pub fn time_encoded(
     Ok(Timing { samples_ms, timer: if timer.is_some() { "timestamp" } else { "wall" } })
 }
 
-/// The one timing loop: `warmup` untimed runs, then `reps` runs whose milliseconds `run`
+/// The timing loop of blocking runs (`time_host_async` has its own, awaiting each run):
+/// `warmup` untimed runs, then `reps` runs whose milliseconds `run`
 /// returns (it gets the run index).
 fn samples(warmup: usize, reps: usize, mut run: impl FnMut(usize) -> Result<f64>) -> Result<Vec<f64>> {
     let mut out = Vec::with_capacity(reps);
@@ -81,10 +82,15 @@ fn samples(warmup: usize, reps: usize, mut run: impl FnMut(usize) -> Result<f64>
 /// Submits `commands` once the queue is idle and waits for them: milliseconds on the host
 /// clock (a software adapter's device clock; on a GPU it includes the submission).
 pub fn time_submission(gpu: &Gpu, commands: wgpu::CommandBuffer) -> Result<f64> {
-    gpu.wait()?;
+    block_on("time_submission", "await time_submission_async", time_submission_async(gpu, commands))
+}
+
+/// [`time_submission`] without blocking the browser.
+pub async fn time_submission_async(gpu: &Gpu, commands: wgpu::CommandBuffer) -> Result<f64> {
+    gpu.wait_async().await?;
     let t0 = Instant::now();
     gpu.queue.submit([commands]);
-    gpu.wait()?;
+    gpu.wait_async().await?;
     Ok(t0.elapsed().as_secs_f64() * 1e3)
 }
 
@@ -108,11 +114,24 @@ pub fn time_wall(
 /// that submits and waits by itself (a decode step, a whole model layer); `run` gets the
 /// call index and must leave the queue idle when it returns.
 pub fn time_host(warmup: usize, reps: usize, mut run: impl FnMut(usize) -> Result<()>) -> Result<Timing> {
-    let samples_ms = samples(warmup, reps, |i| {
+    block_on("time_host", "await time_host_async", time_host_async(warmup, reps, async |i| run(i)))
+}
+
+/// [`time_host`] for work that awaits the GPU (`Gpu::wait_async`, `Gpu::read_async`), so
+/// that it runs in the browser too.
+pub async fn time_host_async(
+    warmup: usize,
+    reps: usize,
+    mut run: impl AsyncFnMut(usize) -> Result<()>,
+) -> Result<Timing> {
+    let mut samples_ms = Vec::with_capacity(reps);
+    for i in 0..warmup + reps {
         let t0 = Instant::now();
-        run(i)?;
-        Ok(t0.elapsed().as_secs_f64() * 1e3)
-    })?;
+        run(i).await?;
+        if i >= warmup {
+            samples_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
     Ok(Timing { samples_ms, timer: "wall" })
 }
 
