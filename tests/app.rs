@@ -127,28 +127,9 @@ fn heatmap_values_are_the_engines_probabilities() {
     let heat = st.heat.as_ref().expect("heatmap");
     assert_eq!((heat.view.width, heat.view.height), (40, 40));
     let c = st.computed.as_ref().unwrap();
-    let (spec, q, k) = (&c.spec, &c.q, &c.k);
-    let v = vec![0.0f32; spec.shape.kv_len()];
-    let (_, lse) = longctx::contract::reference::attention_f64(spec, q, k, &v).unwrap();
-    let d = spec.shape.head_dim;
-    let scale = spec.scale_value() as f64;
-    let slope = spec.slopes().map_or(0.0, |s| s[0] as f64);
-    let mut worst = 0f64;
-    for i in 0..40 {
-        for j in 0..40 {
-            let want = if spec.visible(0, i, j) {
-                let dot: f64 = q[i * d..(i + 1) * d]
-                    .iter()
-                    .zip(&k[j * d..(j + 1) * d])
-                    .map(|(a, b)| *a as f64 * *b as f64)
-                    .sum();
-                (scale * dot - slope * (spec.position(i) - j as i64).unsigned_abs() as f64 - lse[i]).exp()
-            } else {
-                0.0
-            };
-            worst = worst.max((heat.values[i * 40 + j] as f64 - want).abs());
-        }
-    }
+    let want = longctx::contract::reference::probabilities_f64(&c.spec, &c.q, &c.k, (0, 0), 0..40, 0..40).unwrap();
+    assert!(want.contains(&0.0) && want.iter().any(|&p| p > 0.0)); // masked and visible
+    let worst = heat.values.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs()).fold(0f64, f64::max);
     println!("heatmap vs oracle probabilities: worst abs err {worst:.2e}");
     assert!(worst < 1e-5, "{worst}");
 }

@@ -167,7 +167,7 @@ fn start(ctx: &egui::Context, st: &mut BenchState, gpu: &Gpu, ns: Vec<usize>, in
     st.message = "running...".into();
     let (gpu, progress, cancel, partial, reps) =
         (gpu.clone(), st.progress.clone(), st.cancel.clone(), st.partial.clone(), st.reps);
-    st.job = Some(Job::start(ctx, inline, move || {
+    st.job = Some(Job::start(ctx, inline, move || async move {
         let peak = peak::best_reading(&gpu).map_err(|e| e.to_string())?;
         for (kernel, spec) in configs {
             if cancel.load(Ordering::Relaxed) {

@@ -8,7 +8,7 @@ use super::style::{Axis, ChartData, Mark, Unit, chart_ui};
 use super::Job;
 use crate::kernels::decode::{Decoder, DecoderConfig};
 use crate::runtime::Gpu;
-use crate::runtime::timing::time_host;
+use crate::runtime::timing::time_host_async;
 
 /// The decode panel's inputs and measurements.
 pub struct DecodeState {
@@ -57,17 +57,18 @@ fn name(heads: usize, kv: usize) -> String {
 
 /// Decoding tokens per second (one token per step, one layer) after prefilling `context`
 /// positions: 1000 / the median ms of a step.
-fn tokens_per_s(gpu: &Gpu, heads: usize, kv: usize, d: usize, context: usize) -> Result<f64, String> {
+async fn tokens_per_s(gpu: &Gpu, heads: usize, kv: usize, d: usize, context: usize) -> Result<f64, String> {
     let steps = 4;
     let mut dec = Decoder::new(gpu, DecoderConfig::new(heads, kv, d, context + steps + 1))
         .map_err(|e| e.to_string())?;
     let x = vec![0.01f32; kv * context * d];
     dec.prefill(gpu, 0, &x, &x).map_err(|e| e.to_string())?;
     let (q, kn) = (vec![0.02f32; heads * d], vec![0.03f32; kv * d]);
-    let t = time_host(1, steps, |_| {
+    let t = time_host_async(1, steps, async |_| {
         dec.step(gpu, 0, &q, &kn, &kn)?;
-        gpu.wait()
+        gpu.wait_async().await
     })
+    .await
     .map_err(|e| e.to_string())?;
     Ok(1e3 / t.median())
 }
@@ -77,11 +78,11 @@ fn start(ctx: &egui::Context, st: &mut DecodeState, gpu: &Gpu, inline: bool) {
     let (gpu, heads, d, kvs) = (gpu.clone(), st.heads, st.d, st.variants());
     st.message = "measuring…".into();
     st.started = true;
-    st.job = Some(Job::start(ctx, inline, move || {
+    st.job = Some(Job::start(ctx, inline, move || async move {
         let mut out = Vec::new();
         for kv in kvs {
             for context in [256, 1024, 4096] {
-                out.push((kv, context, tokens_per_s(&gpu, heads, kv, d, context)?));
+                out.push((kv, context, tokens_per_s(&gpu, heads, kv, d, context).await?));
             }
         }
         Ok(out)

@@ -90,26 +90,36 @@ impl Tab {
 }
 
 /// Work that runs off the UI thread (or inline, in tests), with its result collected later.
+/// The work is a future made where it runs, so the same code serves both targets: on native
+/// a thread drives it (the GPU futures wait on the queue when polled), in the browser the
+/// page's event loop does (`spawn_local`), between frames.
 pub struct Job<T> {
     rx: mpsc::Receiver<Result<T, String>>,
 }
 
 impl<T: Send + 'static> Job<T> {
-    /// Starts `work` on a thread, or runs it now when `inline`.
-    pub fn start(
-        ctx: &egui::Context,
-        inline: bool,
-        work: impl FnOnce() -> Result<T, String> + Send + 'static,
-    ) -> Self {
+    /// Starts the future `work` makes, on a thread (native) or the page's event loop
+    /// (browser), or runs it to completion now when `inline` (native only: tests).
+    pub fn start<F>(ctx: &egui::Context, inline: bool, work: impl FnOnce() -> F + Send + 'static) -> Self
+    where
+        F: std::future::Future<Output = Result<T, String>> + 'static,
+    {
         let (tx, rx) = mpsc::channel();
+        let ctx = ctx.clone();
+        let done = move |r| {
+            let _ = tx.send(r);
+            ctx.request_repaint();
+        };
+        #[cfg(not(target_arch = "wasm32"))]
         if inline {
-            let _ = tx.send(work());
+            done(pollster::block_on(work()));
         } else {
-            let ctx = ctx.clone();
-            std::thread::spawn(move || {
-                let _ = tx.send(work());
-                ctx.request_repaint();
-            });
+            std::thread::spawn(move || done(pollster::block_on(work())));
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = inline;
+            wasm_bindgen_futures::spawn_local(async move { done(work().await) });
         }
         Self { rx }
     }
@@ -151,6 +161,9 @@ pub struct LongctxApp {
     /// Panels whose content is measured (Decode, Routing, Benchmarks, Model) start on first
     /// view; tests of pixel snapshots turn this off, as measured speeds differ run to run.
     pub first_views: bool,
+    /// The app's egui context, for code outside a frame that changes the state (the page's
+    /// probes) and must ask for one.
+    pub egui: egui::Context,
 }
 
 impl LongctxApp {
@@ -176,6 +189,7 @@ impl LongctxApp {
             export: Default::default(),
             inline_jobs: false,
             first_views: true,
+            egui: cc.egui_ctx.clone(),
         }
     }
 
@@ -198,6 +212,12 @@ impl LongctxApp {
 }
 
 impl eframe::App for LongctxApp {
+    /// For [`eframe::WebRunner::app_mut`]: the page's probes read and set the app's state.
+    #[cfg(target_arch = "wasm32")]
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(&mut *self)
+    }
+
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         eframe::set_value(storage, remember::KEY, &remember::Remembered::of(self));
     }
@@ -210,11 +230,16 @@ impl eframe::App for LongctxApp {
                 for tab in Tab::ALL {
                     ui.selectable_value(&mut self.tab, tab, tab.label());
                 }
-                ui.separator();
-                export::export_ui(ui, &mut self.export);
+                // the page has no file system to export into
+                #[cfg(not(target_arch = "wasm32"))]
+                {
+                    ui.separator();
+                    export::export_ui(ui, &mut self.export);
+                }
                 if let Ok(g) = &self.gpu {
                     ui.separator();
-                    ui.weak(format!("{} ({:?})", g.info().name, g.info().backend));
+                    let name = if g.info().name.is_empty() { "unnamed adapter" } else { &g.info().name };
+                    ui.weak(format!("{name} ({:?})", g.info().backend));
                 }
             });
         });
@@ -228,6 +253,10 @@ impl eframe::App for LongctxApp {
                 }
             };
             let inline = self.inline_jobs;
+            if let Some(why) = not_in_the_browser(self.tab) {
+                ui.label(why);
+                return;
+            }
             match self.tab {
                 Tab::Patterns => patterns::patterns_ui(ui, &mut self.patterns, &gpu, inline),
                 Tab::Tiles => tiles::tiles_ui(ui, &mut self.patterns),
@@ -247,16 +276,65 @@ impl eframe::App for LongctxApp {
     }
 }
 
+/// Why a panel is not shown in the browser (`None` where it is, and on native).
+pub fn not_in_the_browser(tab: Tab) -> Option<&'static str> {
+    if !cfg!(target_arch = "wasm32") {
+        return None;
+    }
+    match tab {
+        Tab::Model => Some(
+            "The Model panel reads all-MiniLM-L6-v2 from a directory on disk, and a page has no \
+             file system: run `longctx viz` natively.",
+        ),
+        Tab::Bench => Some(
+            "Benchmark sweeps validate and time kernels with blocking waits on the GPU queue, \
+             which a page cannot make: run `longctx bench` natively (scripts/browser-test prints \
+             the page's own timings of flash forward and backward).",
+        ),
+        Tab::Training => Some(
+            "The Training panel reads training runs from a directory on disk, and a page has no \
+             file system: run `longctx viz` natively.",
+        ),
+        _ => None,
+    }
+}
+
+/// longctx's device request on eframe's wgpu set-up (the adapter's limits and useful
+/// features), so that the engine can share eframe's device.
+fn request_engine_device(config: &mut egui_wgpu::WgpuConfiguration) {
+    if let egui_wgpu::WgpuSetup::CreateNew(setup) = &mut config.wgpu_setup {
+        if cfg!(target_arch = "wasm32") {
+            // the kernels need compute shaders: WebGPU, never a WebGL fallback
+            setup.instance_descriptor.backends = wgpu::Backends::BROWSER_WEBGPU;
+        }
+        setup.device_descriptor =
+            std::sync::Arc::new(|adapter| crate::runtime::device_descriptor(adapter, None));
+    }
+}
+
 /// Opens the visualiser window. The device is created by eframe with longctx's request
 /// (the adapter's limits and useful features), then shared with the engine.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn run() -> Result<(), eframe::Error> {
     let mut options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default().with_inner_size([1280.0, 860.0]).with_title("longctx"),
         ..Default::default()
     };
-    if let egui_wgpu::WgpuSetup::CreateNew(setup) = &mut options.wgpu_options.wgpu_setup {
-        setup.device_descriptor =
-            std::sync::Arc::new(|adapter| crate::runtime::device_descriptor(adapter, None));
-    }
+    request_engine_device(&mut options.wgpu_options);
     eframe::run_native("longctx", options, Box::new(|cc| Ok(Box::new(LongctxApp::restored(cc)))))
+}
+
+/// Starts the visualiser in a page, on `canvas`, on the browser's WebGPU; the settings are
+/// remembered in the page's local storage. The runner gives access to the app
+/// ([`eframe::WebRunner::app_mut`]) and to a panic's message.
+#[cfg(target_arch = "wasm32")]
+pub async fn run_web(canvas: eframe::web_sys::HtmlCanvasElement) -> Result<eframe::WebRunner, String> {
+    let mut options = eframe::WebOptions::default();
+    request_engine_device(&mut options.wgpu_options);
+    let runner = eframe::WebRunner::new();
+    runner
+        .start(canvas, options, Box::new(|cc| Ok(Box::new(LongctxApp::restored(cc)))))
+        .await
+        .map_err(|e| e.as_string().unwrap_or_else(|| format!("{e:?}")))?;
+    Ok(runner)
 }

@@ -232,14 +232,14 @@ pub struct Computed {
 
 impl Computed {
     /// Runs flash on the problem `settings` describe and reads back its LSE.
-    pub fn new(gpu: &Gpu, settings: Settings) -> crate::Result<Self> {
+    pub async fn new(gpu: &Gpu, settings: Settings) -> crate::Result<Self> {
         let (spec, q, k, v) = settings.materialise()?;
         let attn = Attention::new(gpu, Kernel::Flash, &spec)?;
         let io = DeviceTensors::upload(gpu, &spec, &q, &k, &v)?;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         attn.encode(gpu, &mut enc, &io.buffers())?;
         gpu.queue.submit([enc.finish()]);
-        let lse = gpu.read(&io.lse, spec.shape.lse_len())?;
+        let lse = gpu.read_async(&io.lse, spec.shape.lse_len()).await?;
         let heatmap = Heatmap::new(gpu, &attn)?;
         Ok(Self { settings, spec, q, k, attn, io, heatmap, lse })
     }
@@ -307,6 +307,13 @@ pub struct HeatImage {
     pub scale_max: f32,
 }
 
+impl HeatImage {
+    /// The colour probability `p` is drawn in, on this image's scale.
+    pub fn colour_of(&self, p: f32) -> Color32 {
+        color(normalise(p, self.scale_max, self.log))
+    }
+}
+
 /// State of the panel.
 pub struct PatternsState {
     /// The problem as edited; a change starts a new computation.
@@ -323,12 +330,14 @@ pub struct PatternsState {
     pub cols: Range<usize>,
     /// Most pixels per side of the heatmap.
     pub resolution: usize,
-    /// The last successful computation.
-    pub computed: Option<Computed>,
+    /// The last successful computation (shared with the heatmap's render jobs).
+    pub computed: Option<Arc<Computed>>,
     /// The last rendered view.
     pub heat: Option<HeatImage>,
     /// The computation in flight.
     pub job: Option<Job<Computed>>,
+    /// The heatmap view being rendered: pooled probabilities of that computation.
+    render: Option<Job<Rendered>>,
     /// The last computation or rendering error.
     pub error: Option<String>,
     /// Settings whose computation failed (not retried until they change).
@@ -338,6 +347,8 @@ pub struct PatternsState {
     pub hover: Option<Readout>,
     /// Bytes read back for the last heatmap (the pooled pixels only).
     pub readback_bytes: usize,
+    /// Where the heatmap was last drawn, in points (one texel per view pixel).
+    pub shown_at: Option<Rect>,
 }
 
 impl Default for PatternsState {
@@ -353,11 +364,13 @@ impl Default for PatternsState {
             computed: None,
             heat: None,
             job: None,
+            render: None,
             error: None,
             failed: None,
             pending: None,
             hover: None,
             readback_bytes: 0,
+            shown_at: None,
         }
     }
 }
@@ -369,8 +382,8 @@ impl PatternsState {
         if stale && self.job.is_none() && self.failed.as_ref() != Some(&self.settings) {
             let (gpu, settings) = (gpu.clone(), self.settings.clone());
             self.pending = Some(settings.clone());
-            self.job = Some(Job::start(ctx, inline, move || {
-                Computed::new(&gpu, settings).map_err(|e| e.to_string())
+            self.job = Some(Job::start(ctx, inline, move || async move {
+                Computed::new(&gpu, settings).await.map_err(|e| e.to_string())
             }));
         }
         let Some(result) = self.job.as_ref().and_then(Job::poll) else { return };
@@ -386,7 +399,7 @@ impl PatternsState {
                     self.cols = 0..s.m;
                 }
                 self.head = self.head.min(s.heads - 1);
-                self.computed = Some(c);
+                self.computed = Some(Arc::new(c));
                 self.heat = None;
                 self.error = None;
                 self.failed = None;
@@ -398,8 +411,10 @@ impl PatternsState {
         }
     }
 
-    /// Renders the current view if it changed (reads back only the pooled pixels).
-    pub fn render_heat(&mut self, ctx: &egui::Context, gpu: &Gpu) {
+    /// Renders the current view if it changed (reads back only the pooled pixels), as a
+    /// [`Job`] (inline when `inline`); a finished rendering of an older computation is
+    /// dropped.
+    pub fn render_heat(&mut self, ctx: &egui::Context, gpu: &Gpu, inline: bool) {
         let Some(c) = &self.computed else { return };
         let s = c.spec.shape;
         let view = HeatView {
@@ -411,32 +426,44 @@ impl PatternsState {
             height: self.resolution.min(self.rows.len()),
             mean: self.mean_pool,
         };
-        if self.heat.as_ref().is_some_and(|h| h.view == view && h.log == self.log_scale) {
-            return;
+        let shown = self.heat.as_ref().is_some_and(|h| h.view == view && h.log == self.log_scale);
+        if !shown && self.render.is_none() {
+            let (gpu, c) = (gpu.clone(), c.clone());
+            self.render = Some(Job::start(ctx, inline, move || async move {
+                let values = c.heatmap.render_async(&gpu, &c.attn, &c.io.buffers(), &view).await;
+                Ok(Rendered { of: c, view, values: values.map_err(|e| e.to_string())? })
+            }));
         }
-        match c.heatmap.render(gpu, &c.attn, &c.io.buffers(), &view) {
-            Ok(values) => {
-                self.readback_bytes = values.len() * 4;
-                // colour scale up to the 99.5th percentile of nonzero values, so that one
-                // saturated cell (a row with a single visible key) does not wash out the rest
-                let mut nz: Vec<f32> = values.iter().copied().filter(|&p| p > 0.0).collect();
-                nz.sort_by(f32::total_cmp);
-                let max = nz.get(nz.len().saturating_sub(1) * 995 / 1000).copied().unwrap_or(1.0);
-                let pixels: Vec<Color32> =
-                    values.iter().map(|&p| color(normalise(p, max, self.log_scale))).collect();
-                let image = egui::ColorImage::new([view.width, view.height], pixels);
-                let texture = ctx.load_texture("attention heatmap", image, egui::TextureOptions::NEAREST);
-                self.heat = Some(HeatImage {
-                    view,
-                    values,
-                    texture: Some(texture),
-                    log: self.log_scale,
-                    scale_max: max,
-                });
-            }
-            Err(e) => self.error = Some(e.to_string()),
+        let Some(done) = self.render.as_ref().and_then(Job::poll) else { return };
+        self.render = None;
+        match done {
+            Ok(r) if self.computed.as_ref().is_some_and(|c| Arc::ptr_eq(c, &r.of)) => self.show(ctx, r),
+            Ok(_) => {} // computed before the settings changed: the next frame renders anew
+            Err(e) => self.error = Some(e),
         }
     }
+
+    /// Colours a rendered view into the heatmap's texture.
+    fn show(&mut self, ctx: &egui::Context, Rendered { view, values, .. }: Rendered) {
+        self.readback_bytes = values.len() * 4;
+        // colour scale up to the 99.5th percentile of nonzero values, so that one saturated
+        // cell (a row with a single visible key) does not wash out the rest
+        let mut nz: Vec<f32> = values.iter().copied().filter(|&p| p > 0.0).collect();
+        nz.sort_by(f32::total_cmp);
+        let max = nz.get(nz.len().saturating_sub(1) * 995 / 1000).copied().unwrap_or(1.0);
+        let mut heat = HeatImage { view, values, texture: None, log: self.log_scale, scale_max: max };
+        let pixels: Vec<Color32> = heat.values.iter().map(|&p| heat.colour_of(p)).collect();
+        let image = egui::ColorImage::new([heat.view.width, heat.view.height], pixels);
+        heat.texture = Some(ctx.load_texture("attention heatmap", image, egui::TextureOptions::NEAREST));
+        self.heat = Some(heat);
+    }
+}
+
+/// A view rendered from one computation.
+struct Rendered {
+    of: Arc<Computed>,
+    view: HeatView,
+    values: Vec<f32>,
 }
 
 /// Draws the settings panel and the heatmap: recomputes when the settings change (as a
@@ -444,7 +471,7 @@ impl PatternsState {
 pub fn patterns_ui(ui: &mut egui::Ui, st: &mut PatternsState, gpu: &Gpu, inline: bool) {
     egui::Panel::left("pattern settings").resizable(false).show(ui, |ui| settings_ui(ui, st));
     st.refresh(ui.ctx(), gpu, inline);
-    st.render_heat(ui.ctx(), gpu);
+    st.render_heat(ui.ctx(), gpu, inline);
     egui::CentralPanel::default().show(ui, |ui| heatmap_ui(ui, st));
 }
 
@@ -598,7 +625,8 @@ fn plain(message: &str) -> String {
 }
 
 fn heatmap_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
-    if let Some(e) = &st.error {
+    // the mod editor's errors are shown beside it
+    if let Some(e) = st.error.as_ref().filter(|e| !e.contains(MOD_EDITOR)) {
         ui.label(egui::RichText::new(plain(e)).monospace().color(Color32::RED));
     }
     if st.job.is_some() {
@@ -647,6 +675,7 @@ fn heatmap_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
         height: heat.view.height,
         values: heat.values.clone(),
     });
+    st.shown_at = Some(rect);
     if let Some(tex) = &heat.texture {
         ui.painter().image(
             tex.id(),

@@ -55,16 +55,17 @@ pub struct RoutingResult {
     pub dense: Vec<BranchTiming>,
 }
 
-fn compute(gpu: &Gpu, n: usize, d_model: usize, fraction: f64) -> Result<RoutingResult, String> {
+async fn compute(gpu: &Gpu, n: usize, d_model: usize, fraction: f64) -> Result<RoutingResult, String> {
     let cfg = Colt5Config::standard(n, d_model, 32, fraction);
     let w = Colt5Weights::random(&cfg, 0);
     let x: Vec<f32> =
         (0..n * d_model).map(|i| ((i as f32 * 0.61803).sin() + (i / d_model) as f32 * 0.01).sin()).collect();
     let err = |e: crate::Error| e.to_string();
     let layer = Colt5Layer::new(gpu, &cfg, &w, false).map_err(err)?;
-    let (_, colt5) = layer.forward(gpu, &x).map_err(err)?;
-    let routed = layer.routed(gpu).map_err(err)?;
-    let (_, dense) = Colt5Layer::new(gpu, &cfg, &w, true).map_err(err)?.forward(gpu, &x).map_err(err)?;
+    let (_, colt5) = layer.forward_async(gpu, &x).await.map_err(err)?;
+    let routed = layer.routed_async(gpu).await.map_err(err)?;
+    let dense = Colt5Layer::new(gpu, &cfg, &w, true).map_err(err)?;
+    let (_, dense) = dense.forward_async(gpu, &x).await.map_err(err)?;
     Ok(RoutingResult { n, routed, scores: router_scores_cpu(&cfg, &w, &x), colt5, dense })
 }
 
@@ -76,7 +77,7 @@ pub fn routing_ui(ui: &mut egui::Ui, st: &mut RoutingState, gpu: &Gpu, inline: b
     if first_view && !st.started && st.job.is_none() {
         st.started = true;
         let (gpu, n, d, f) = (gpu.clone(), st.n, st.d_model, 1.0 / st.fraction_inv as f64);
-        st.job = Some(Job::start(ui.ctx(), inline, move || compute(&gpu, n, d, f)));
+        st.job = Some(Job::start(ui.ctx(), inline, move || async move { compute(&gpu, n, d, f).await }));
     }
     if let Some(r) = st.job.as_ref().and_then(Job::poll) {
         st.job = None;
@@ -99,7 +100,7 @@ pub fn routing_ui(ui: &mut egui::Ui, st: &mut RoutingState, gpu: &Gpu, inline: b
         if ui.add_enabled(st.job.is_none(), egui::Button::new("run CoLT5 and dense layers")).clicked() {
             st.started = true;
             let (gpu, n, d, f) = (gpu.clone(), st.n, st.d_model, 1.0 / st.fraction_inv as f64);
-            st.job = Some(Job::start(ui.ctx(), inline, move || compute(&gpu, n, d, f)));
+            st.job = Some(Job::start(ui.ctx(), inline, move || async move { compute(&gpu, n, d, f).await }));
         }
         if st.job.is_some() {
             ui.spinner();

@@ -21,8 +21,11 @@ type ModelPoints = Vec<(usize, u64, u64)>;
 pub struct TrafficState {
     /// (settings, [(N, naive model, flash model)]).
     model: Option<(Settings, ModelPoints)>,
-    measured: Vec<(String, usize, u64)>,
+    /// (kernel, N, bytes) counted by the instrumented kernels, when asked.
+    pub measured: Vec<(String, usize, u64)>,
     measure_job: Option<Job<Vec<(String, usize, u64)>>>,
+    /// Why the last measurement failed.
+    pub error: Option<String>,
     /// Workgroup memory of the IO-bound plot, in KiB.
     pub sram_kib: f32,
     /// Whether the tile schedule animates.
@@ -31,7 +34,16 @@ pub struct TrafficState {
 
 impl Default for TrafficState {
     fn default() -> Self {
-        Self { model: None, measured: Vec::new(), measure_job: None, sram_kib: 32.0, playing: true }
+        Self { model: None, measured: Vec::new(), measure_job: None, error: None, sram_kib: 32.0, playing: true }
+    }
+}
+
+impl TrafficState {
+    /// Starts counting the bytes naive and flash move at N = 128…1K with their instrumented
+    /// variants, as a [`Job`] (inline when `inline`); the panel's measure button.
+    pub fn start_measuring(&mut self, ctx: &egui::Context, gpu: &Gpu, settings: &Settings, inline: bool) {
+        let (gpu, s) = (gpu.clone(), settings.clone());
+        self.measure_job = Some(Job::start(ctx, inline, move || async move { measure(&gpu, &s).await }));
     }
 }
 
@@ -45,7 +57,7 @@ fn modelled(gpu: &Gpu, settings: &Settings) -> Vec<(usize, u64, u64)> {
         .collect()
 }
 
-fn measure(gpu: &Gpu, settings: &Settings) -> Result<Vec<(String, usize, u64)>, String> {
+async fn measure(gpu: &Gpu, settings: &Settings) -> Result<Vec<(String, usize, u64)>, String> {
     let mut out = Vec::new();
     for n in [128, 256, 512, 1024] {
         let spec = settings.spec(n, settings.d).map_err(|e| e.to_string())?;
@@ -63,7 +75,7 @@ fn measure(gpu: &Gpu, settings: &Settings) -> Result<Vec<(String, usize, u64)>, 
             let mut enc = gpu.device.create_command_encoder(&Default::default());
             attn.encode(gpu, &mut enc, &io.buffers()).map_err(|e| e.to_string())?;
             gpu.queue.submit([enc.finish()]);
-            if let Some(t) = attn.measured_traffic(gpu).map_err(|e| e.to_string())? {
+            if let Some(t) = attn.measured_traffic_async(gpu).await.map_err(|e| e.to_string())? {
                 out.push((kernel.name().to_string(), n, t.total()));
             }
         }
@@ -80,8 +92,9 @@ pub fn traffic_ui(ui: &mut egui::Ui, st: &mut TrafficState, settings: &Settings,
     }
     if let Some(r) = st.measure_job.as_ref().and_then(Job::poll) {
         st.measure_job = None;
-        if let Ok(m) = r {
-            st.measured = m;
+        match r {
+            Ok(m) => (st.measured, st.error) = (m, None),
+            Err(e) => st.error = Some(e),
         }
     }
     let Some(model) = st.model.as_ref().map(|m| m.1.clone()) else { return };
@@ -97,8 +110,10 @@ pub fn traffic_ui(ui: &mut egui::Ui, st: &mut TrafficState, settings: &Settings,
             )
             .clicked()
         {
-            let (gpu, s) = (gpu.clone(), settings.clone());
-            st.measure_job = Some(Job::start(ui.ctx(), inline, move || measure(&gpu, &s)));
+            st.start_measuring(ui.ctx(), gpu, settings, inline);
+        }
+        if let Some(e) = &st.error {
+            ui.colored_label(egui::Color32::RED, e);
         }
     });
     // the charts take half the height, the schedule the rest

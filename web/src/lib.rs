@@ -9,12 +9,12 @@
 use longctx::contract::inputs::{seeded, seeded_qkv};
 use longctx::contract::reference::{attention_backward_f64, attention_f64, rel_error};
 use longctx::runtime::Timing;
+use longctx::runtime::timing::time_submission_async;
 use longctx::{
     Alibi, Attention, AttnShape, AttnSpec, Backward, DeviceTensors, Gpu, GpuOptions, GradTensors, Kernel,
     Mask, Result, Window,
 };
 use serde::Serialize;
-use web_time::Instant;
 
 /// The largest relative error (‖got − oracle‖ / ‖oracle‖) a check accepts.
 pub const BOUND: f64 = 1e-5;
@@ -223,17 +223,16 @@ async fn time(
     for i in 0..=repeats {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         record(&mut enc)?;
-        let commands = enc.finish();
-        gpu.wait_async().await?;
-        let t0 = Instant::now();
-        gpu.queue.submit([commands]);
-        gpu.wait_async().await?;
+        let ms = time_submission_async(gpu, enc.finish()).await?;
         if i > 0 {
-            samples_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            samples_ms.push(ms);
         }
     }
     Ok(Timing { samples_ms, timer: "wall" }.median())
 }
+
+#[cfg(target_arch = "wasm32")]
+mod visualiser;
 
 #[cfg(target_arch = "wasm32")]
 mod page {
@@ -264,14 +263,19 @@ mod page {
         fn flush(&self) {}
     }
 
-    /// Runs every case (see [`crate::run_all`]) and returns the report as JSON. `seed`: a
-    /// decimal u64, or empty for a fresh one.
-    #[wasm_bindgen]
-    pub async fn run(seed: String, repeats: u32) -> Result<String, JsValue> {
+    /// Panics and the library's warnings on the page's console, once per page.
+    pub(crate) fn to_console() {
         std::panic::set_hook(Box::new(|info| console_error(&format!("panic: {info}"))));
         if log::set_logger(&Console).is_ok() {
             log::set_max_level(log::LevelFilter::Warn);
         }
+    }
+
+    /// Runs every case (see [`crate::run_all`]) and returns the report as JSON. `seed`: a
+    /// decimal u64, or empty for a fresh one.
+    #[wasm_bindgen]
+    pub async fn run(seed: String, repeats: u32) -> Result<String, JsValue> {
+        to_console();
         let seed = match seed.trim() {
             "" => rand::random(),
             s => s.parse().map_err(|_| JsValue::from_str(&format!("seed `{s}` is not a u64")))?,
