@@ -44,7 +44,19 @@ fn log_marks(unit: Unit, input: GridInput, min_gap: f64) -> Vec<GridMark> {
         // (multiples per decade, their smallest gap in log10 units)
         let sets: [(&[f64], f64); 3] =
             [(&[1.0, 2.0, 5.0], 2f64.log10()), (&[1.0, 3.0], (10f64 / 3.0).log10()), (&[1.0], 1.0)];
-        let (steps, gap) = sets.iter().find(|(_, g)| *g >= need).copied().unwrap_or((&[1.0], 1.0));
+        let (mut steps, mut gap) = sets.iter().find(|(_, g)| *g >= need).copied().unwrap_or((&[1.0], 1.0));
+        // a range inside one decade (1.1 to 1.7 tokens/s, say) may hold no 1-2-5 mark: finer
+        // multiples then, where they fit
+        const FINE: (&[f64], f64) = (&[1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0], 0.0792);
+        let within = |set: &[f64]| {
+            (lo.floor() as i64..=hi.ceil() as i64)
+                .flat_map(|e| set.iter().map(move |m| e as f64 + m.log10()))
+                .filter(|v| *v >= lo && *v <= hi)
+                .count()
+        };
+        if within(steps) < 2 && FINE.1 >= need {
+            (steps, gap) = FINE;
+        }
         let every = if gap >= need { 1 } else { (need / gap).ceil() as i64 };
         let (a, b) = (lo.floor() as i64, hi.ceil() as i64);
         for e in (a..=b).filter(|e| e.rem_euclid(every) == 0) {
@@ -252,5 +264,11 @@ mod tests {
         let shown: Vec<String> = marks.iter().map(|m| Unit::PerSecond.format(10f64.powf(m.value))).collect();
         assert_eq!(shown, ["1/s", "100/s", "10k/s", "1M/s", "100M/s"]);
         assert!(marks.iter().all(|m| m.step_size >= 1.5), "labels need their spacing");
+        // inside one decade (decoding at 1.1 to 1.7 tokens/s) finer multiples, where they fit
+        let marks = log_marks(Unit::PerSecond, input(0.03, 0.24), 4.0);
+        let shown: Vec<String> = marks.iter().map(|m| Unit::PerSecond.format(10f64.powf(m.value))).collect();
+        assert_eq!(shown, ["1.2/s", "1.5/s"]);
+        let crowded = GridInput { bounds: (0.03, 0.24), base_step_size: 0.05 };
+        assert!(log_marks(Unit::PerSecond, crowded, 4.0).is_empty(), "no room for finer marks");
     }
 }
