@@ -127,7 +127,8 @@ fn heatmap_values_are_the_engines_probabilities() {
     let heat = st.heat.as_ref().expect("heatmap");
     assert_eq!((heat.view.width, heat.view.height), (40, 40));
     let c = st.computed.as_ref().unwrap();
-    let want = longctx::contract::reference::probabilities_f64(&c.spec, &c.q, &c.k, (0, 0), 0..40, 0..40).unwrap();
+    let want =
+        longctx::contract::reference::probabilities_f64(&c.spec, &c.q, &c.k, (0, 0), 0..40, 0..40).unwrap();
     assert!(want.contains(&0.0) && want.iter().any(|&p| p > 0.0)); // masked and visible
     let worst = heat.values.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs()).fold(0f64, f64::max);
     println!("heatmap vs oracle probabilities: worst abs err {worst:.2e}");

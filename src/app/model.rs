@@ -121,7 +121,8 @@ pub fn model_ui(ui: &mut egui::Ui, st: &mut ModelState, gpu: &Gpu, inline: bool,
         st.started = true;
         if Path::new(st.dir.trim()).join("config.json").is_file() {
             let (gpu, dir, text) = (gpu.clone(), PathBuf::from(st.dir.trim()), st.text.clone());
-            st.job = Some(Job::start(ui.ctx(), inline, move || async move { compute(&gpu, dir, text, None) }));
+            st.job =
+                Some(Job::start(ui.ctx(), inline, move || async move { compute(&gpu, dir, text, None) }));
         }
     }
     if let Some(r) = st.job.as_ref().and_then(Job::poll) {
@@ -153,7 +154,8 @@ pub fn model_ui(ui: &mut egui::Ui, st: &mut ModelState, gpu: &Gpu, inline: bool,
         {
             let (gpu, dir, text) = (gpu.clone(), PathBuf::from(&st.dir), st.text.clone());
             let loaded = st.run.as_ref().map(|r| r.loaded.clone());
-            st.job = Some(Job::start(ui.ctx(), inline, move || async move { compute(&gpu, dir, text, loaded) }));
+            st.job =
+                Some(Job::start(ui.ctx(), inline, move || async move { compute(&gpu, dir, text, loaded) }));
         }
         if st.job.is_some() {
             ui.spinner();

@@ -34,7 +34,14 @@ pub struct TrafficState {
 
 impl Default for TrafficState {
     fn default() -> Self {
-        Self { model: None, measured: Vec::new(), measure_job: None, error: None, sram_kib: 32.0, playing: true }
+        Self {
+            model: None,
+            measured: Vec::new(),
+            measure_job: None,
+            error: None,
+            sram_kib: 32.0,
+            playing: true,
+        }
     }
 }
 

@@ -7,8 +7,8 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::kernels::{Attention, AttnBuffers, COMMON, MODS_NONE, with_mods};
-use crate::runtime::{Gpu, block_on};
 use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
+use crate::runtime::{Gpu, block_on};
 
 const NAME: &str = "heatmap";
 /// contract, Q, K, LSE, block map, slopes, pixels, view, the flash call's tiles (see

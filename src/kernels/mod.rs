@@ -24,8 +24,8 @@ pub mod train;
 use crate::contract::blockmap::BlockMap;
 use crate::contract::spec::{AttnOutput, AttnSpec};
 use crate::error::{Error, Result};
-use crate::runtime::{Gpu, block_on};
 use crate::runtime::shader::{ShaderVariant, Snippet};
+use crate::runtime::{Gpu, block_on};
 
 /// The contract in WGSL: `Params`, the visible band, ALiBi, block-map walking helpers.
 pub(crate) const COMMON: Snippet =
@@ -538,11 +538,9 @@ impl Attention {
     /// Counters of the last run of an instrumented flash kernel.
     pub fn flash_counters(&self, gpu: &Gpu) -> Result<Option<flash::FlashCounters>> {
         match &self.plan {
-            Plan::Flash(f) => block_on(
-                "Attention::flash_counters",
-                "await Attention::flash().counters",
-                f.counters(gpu),
-            ),
+            Plan::Flash(f) => {
+                block_on("Attention::flash_counters", "await Attention::flash().counters", f.counters(gpu))
+            }
             Plan::Naive(_) => Ok(None),
         }
     }

@@ -192,7 +192,16 @@ impl Router {
         w: &wgpu::Buffer,
         scratch: &wgpu::Buffer,
     ) {
-        self.passes(gpu, enc, &[(0, &self.base)], self.padded.div_ceil(64) as u32, x, w, scratch, &self.spare);
+        self.passes(
+            gpu,
+            enc,
+            &[(0, &self.base)],
+            self.padded.div_ceil(64) as u32,
+            x,
+            w,
+            scratch,
+            &self.spare,
+        );
     }
 
     /// Records `rows[r] = x[idx[r]]` for the k selected tokens.
@@ -204,7 +213,16 @@ impl Router {
         w: &wgpu::Buffer,
         rows: &wgpu::Buffer,
     ) {
-        self.passes(gpu, enc, &[(2, &self.base)], (self.k * self.d).div_ceil(64) as u32, x, w, rows, &self.spare);
+        self.passes(
+            gpu,
+            enc,
+            &[(2, &self.base)],
+            (self.k * self.d).div_ceil(64) as u32,
+            x,
+            w,
+            rows,
+            &self.spare,
+        );
     }
 
     /// Records `out[idx[r]] += score[r] · rows[r]`.

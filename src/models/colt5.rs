@@ -22,8 +22,8 @@ use crate::kernels::layer::{LayerOp, Op};
 use crate::kernels::matmul::{Activation, Matmul};
 use crate::kernels::route::Router;
 use crate::kernels::{Attention, AttnBuffers, Kernel};
-use crate::runtime::{Gpu, block_on};
 use crate::runtime::timing::time_submission_async;
+use crate::runtime::{Gpu, block_on};
 
 /// Sizes of one CoLT5 layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -352,16 +352,33 @@ impl Colt5Layer {
                 "light attention",
                 self.light.flops,
                 record(&|enc| {
-                    self.light.encode(gpu, enc, self, &b, ["light.wq", "light.wk", "light.wv", "light.wo"], None)
+                    self.light.encode(
+                        gpu,
+                        enc,
+                        self,
+                        &b,
+                        ["light.wq", "light.wk", "light.wv", "light.wo"],
+                        None,
+                    )
                 })?,
             ),
-            ("light FFN", self.light_ffn.flops, record(&|enc| self.light_ffn.encode(gpu, enc, self, &b, "light_ffn"))?),
+            (
+                "light FFN",
+                self.light_ffn.flops,
+                record(&|enc| self.light_ffn.encode(gpu, enc, self, &b, "light_ffn"))?,
+            ),
             (
                 "heavy attention",
                 self.heavy.flops,
-                record(&|enc| self.heavy.encode(gpu, enc, self, &b, heavy_names, Some(("router.q", "router.kv"))))?,
+                record(&|enc| {
+                    self.heavy.encode(gpu, enc, self, &b, heavy_names, Some(("router.q", "router.kv")))
+                })?,
             ),
-            ("heavy FFN", self.heavy_ffn.flops, record(&|enc| self.heavy_ffn.encode(gpu, enc, self, &b, "heavy_ffn"))?),
+            (
+                "heavy FFN",
+                self.heavy_ffn.flops,
+                record(&|enc| self.heavy_ffn.encode(gpu, enc, self, &b, "heavy_ffn"))?,
+            ),
         ];
         let mut timings = Vec::with_capacity(branches.len());
         for (branch, flops, commands) in branches {

@@ -10,7 +10,9 @@ pub mod shader;
 pub mod timing;
 mod tuning;
 
-pub use device::{Gpu, GpuOptions, USEFUL_FEATURES, block_on, device_descriptor, list_adapters, list_adapters_async};
+pub use device::{
+    Gpu, GpuOptions, USEFUL_FEATURES, block_on, device_descriptor, list_adapters, list_adapters_async,
+};
 pub use profile::{Profile, driver_of};
 pub use shader::{Binding, Compiled, Shader, ShaderVariant, Snippet};
 pub use timing::{GpuTimer, Timing};

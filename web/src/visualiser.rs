@@ -184,7 +184,9 @@ pub fn check_heatmap(png: &[u8], left: u32, top: u32, tolerance: u8) -> Result<S
                 colours.insert(expect.to_array());
                 let x = ((rect.left() + (j as f32 + 0.5) * cell_w) * ppp) as i64 - left as i64;
                 let y = ((rect.top() + (i as f32 + 0.5) * cell_h) * ppp) as i64 - top as i64;
-                let got = image.at(x, y).ok_or_else(|| js(format!("cell ({i}, {j}) at ({x}, {y}) is off the screenshot")))?;
+                let got = image
+                    .at(x, y)
+                    .ok_or_else(|| js(format!("cell ({i}, {j}) at ({x}, {y}) is off the screenshot")))?;
                 let diff = [expect.r(), expect.g(), expect.b()]
                     .iter()
                     .zip(got)
