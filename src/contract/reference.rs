@@ -128,28 +128,34 @@ pub fn probabilities_f64(
             s.batch, s.heads, s.n, s.m
         )));
     }
-    let slopes = spec.slopes();
-    let (mut scores, mut o_row) = (vec![0f64; s.m], vec![0f64; s.head_dim]);
-    let mut p = |q: &[f64], k: &[f64]| -> Vec<f64> {
-        let mut out = Vec::with_capacity(rows.len() * cols.len());
-        for i in rows.clone() {
-            let row = (b * s.heads + h) * s.n + i;
-            let q_row = &q[row * s.head_dim..][..s.head_dim];
-            let lse = row_f64(spec, slopes.as_deref(), q_row, k, &v, row, &mut scores, &mut o_row);
-            out.extend(cols.clone().map(|j| {
-                if lse.is_finite() && scores[j] > f64::NEG_INFINITY { (scores[j] - lse).exp() } else { 0.0 }
-            }));
-        }
-        out
-    };
     Ok(match encoded(spec, q, k) {
-        Some((q, k)) => p(&q, &k),
-        None => p(&widen(q), &widen(k)),
+        Some((q, k)) => probabilities_rows(spec, &q, &k, &v, (b, h), rows, cols),
+        None => probabilities_rows(spec, q, k, &v, (b, h), rows, cols),
     })
 }
 
-fn widen(x: &[f32]) -> Vec<f64> {
-    x.iter().map(|&a| a as f64).collect()
+fn probabilities_rows<T: Copy + Into<f64>>(
+    spec: &AttnSpec,
+    q: &[T],
+    k: &[T],
+    v: &[f32],
+    (b, h): (usize, usize),
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) -> Vec<f64> {
+    let s = spec.shape;
+    let slopes = spec.slopes();
+    let (mut scores, mut o_row) = (vec![0f64; s.m], vec![0f64; s.head_dim]);
+    let mut out = Vec::with_capacity(rows.len() * cols.len());
+    for i in rows {
+        let row = (b * s.heads + h) * s.n + i;
+        let q_row = &q[row * s.head_dim..][..s.head_dim];
+        let lse = row_f64(spec, slopes.as_deref(), q_row, k, v, row, &mut scores, &mut o_row);
+        out.extend(cols.clone().map(|j| {
+            if lse.is_finite() && scores[j] > f64::NEG_INFINITY { (scores[j] - lse).exp() } else { 0.0 }
+        }));
+    }
+    out
 }
 
 /// The oracle evaluates mods through their Rust rule: WGSL alone it cannot run.

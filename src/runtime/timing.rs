@@ -65,9 +65,8 @@ pub fn time_encoded(
     Ok(Timing { samples_ms, timer: if timer.is_some() { "timestamp" } else { "wall" } })
 }
 
-/// The timing loop of blocking runs (`time_host_async` has its own, awaiting each run):
-/// `warmup` untimed runs, then `reps` runs whose milliseconds `run`
-/// returns (it gets the run index).
+/// The timing loop: `warmup` untimed runs, then `reps` runs whose milliseconds `run` returns
+/// (it gets the run index).
 fn samples(warmup: usize, reps: usize, mut run: impl FnMut(usize) -> Result<f64>) -> Result<Vec<f64>> {
     let mut out = Vec::with_capacity(reps);
     for i in 0..warmup + reps {
@@ -100,13 +99,24 @@ pub fn time_wall(
     gpu: &Gpu,
     warmup: usize,
     reps: usize,
+    record: impl FnMut(&mut wgpu::CommandEncoder) -> Result<()>,
+) -> Result<Timing> {
+    block_on("time_wall", "await time_wall_async", time_wall_async(gpu, warmup, reps, record))
+}
+
+/// [`time_wall`] without blocking the browser.
+pub async fn time_wall_async(
+    gpu: &Gpu,
+    warmup: usize,
+    reps: usize,
     mut record: impl FnMut(&mut wgpu::CommandEncoder) -> Result<()>,
 ) -> Result<Timing> {
-    let samples_ms = samples(warmup, reps, |_| {
+    let samples_ms = samples_async(warmup, reps, async |_| {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         record(&mut enc)?;
-        time_submission(gpu, enc.finish())
-    })?;
+        time_submission_async(gpu, enc.finish()).await
+    })
+    .await?;
     Ok(Timing { samples_ms, timer: "wall" })
 }
 
@@ -124,15 +134,29 @@ pub async fn time_host_async(
     reps: usize,
     mut run: impl AsyncFnMut(usize) -> Result<()>,
 ) -> Result<Timing> {
-    let mut samples_ms = Vec::with_capacity(reps);
-    for i in 0..warmup + reps {
+    let samples_ms = samples_async(warmup, reps, async |i| {
         let t0 = Instant::now();
         run(i).await?;
+        Ok(t0.elapsed().as_secs_f64() * 1e3)
+    })
+    .await?;
+    Ok(Timing { samples_ms, timer: "wall" })
+}
+
+/// [`samples`] for runs that await.
+async fn samples_async(
+    warmup: usize,
+    reps: usize,
+    mut run: impl AsyncFnMut(usize) -> Result<f64>,
+) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(reps);
+    for i in 0..warmup + reps {
+        let ms = run(i).await?;
         if i >= warmup {
-            samples_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            out.push(ms);
         }
     }
-    Ok(Timing { samples_ms, timer: "wall" })
+    Ok(out)
 }
 
 /// Device-side timing of one compute pass with TIMESTAMP_QUERY: two timestamps, resolved and

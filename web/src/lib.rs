@@ -8,8 +8,7 @@
 
 use longctx::contract::inputs::{seeded, seeded_qkv};
 use longctx::contract::reference::{attention_backward_f64, attention_f64, rel_error};
-use longctx::runtime::Timing;
-use longctx::runtime::timing::time_submission_async;
+use longctx::runtime::timing::time_wall_async;
 use longctx::{
     Alibi, Attention, AttnShape, AttnSpec, Backward, DeviceTensors, Gpu, GpuOptions, GradTensors, Kernel,
     Mask, Result, Window,
@@ -217,18 +216,9 @@ fn lse_error(got: &[f32], oracle: &[f64]) -> f64 {
 async fn time(
     gpu: &Gpu,
     repeats: usize,
-    mut record: impl FnMut(&mut wgpu::CommandEncoder) -> Result<()>,
+    record: impl FnMut(&mut wgpu::CommandEncoder) -> Result<()>,
 ) -> Result<f64> {
-    let mut samples_ms = Vec::with_capacity(repeats);
-    for i in 0..=repeats {
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        record(&mut enc)?;
-        let ms = time_submission_async(gpu, enc.finish()).await?;
-        if i > 0 {
-            samples_ms.push(ms);
-        }
-    }
-    Ok(Timing { samples_ms, timer: "wall" }.median())
+    Ok(time_wall_async(gpu, 1, repeats, record).await?.median())
 }
 
 #[cfg(target_arch = "wasm32")]
