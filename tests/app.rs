@@ -3,8 +3,6 @@
 
 #![cfg(feature = "app")]
 
-mod common;
-
 use egui_kittest::kittest::Queryable;
 use egui_kittest::{Harness, SnapshotOptions};
 use longctx::app::{LongctxApp, Tab};

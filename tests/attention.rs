@@ -1,9 +1,9 @@
 //! flash and naive against the f64 oracle, per feature family, on the present adapter.
 //! Every run poisons O and LSE first; every failure prints its seed.
 
-mod common;
+use crate::common;
 
-use common::check_both;
+use crate::common::check_both;
 use longctx::{Alibi, Attention, AttnShape, AttnSpec, Kernel, Window};
 
 /// f32 kernels vs the f64 oracle: ‖out − ref‖ / ‖ref‖.

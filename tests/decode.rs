@@ -1,9 +1,9 @@
 //! Incremental decoding against the oracle: every step equals one causal attention over the
 //! whole sequence so far, for MHA/GQA/MQA, ALiBi, windows, rings and any split count.
 
-mod common;
+use crate::common;
 
-use common::{gpu, random};
+use crate::common::{gpu, random};
 use longctx::contract::reference::{attention_f64, rel_error};
 use longctx::kernels::decode::{Decoder, DecoderConfig};
 use longctx::{Alibi, Error};

@@ -1,9 +1,7 @@
 //! The encoder's small kernels against their f64 oracles at odd sizes: affine LayerNorm,
 //! token-embedding gather, mean pooling + L2 normalisation; bad input as typed errors.
 
-mod common;
-
-use common::{gpu, random, seed};
+use crate::common::{gpu, random, seed};
 use longctx::contract::reference::rel_error;
 use longctx::kernels::embed::{Embeddings, Pool, gather_f64, pool_normalize_f64};
 use longctx::kernels::layer::LayerOp;

@@ -1,6 +1,6 @@
 //! The f16-storage flash variant: error within 2× that of an f16-rounded CPU reference.
 
-mod common;
+use crate::common;
 
 use longctx::contract::reference::{attention_f64, rel_error};
 use longctx::{Alibi, Attention, AttnShape, AttnSpec, DeviceTensors};

@@ -5,7 +5,7 @@
 //! `Ok` with consistent data or a typed error; never a panic, an abort, a hang or a
 //! wrong answer.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

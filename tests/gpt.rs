@@ -2,7 +2,7 @@
 //! a forward, and every parameter tensor's gradient against central finite differences of
 //! the oracle's loss, for each positional scheme, at odd sizes (T = 9, two sequences).
 
-mod common;
+use crate::common;
 
 use longctx::models::gpt::{GptConfig, Params, PosScheme, inputs_and_targets};
 use longctx::models::gpt_gpu::{GptGpu, gradient_check};

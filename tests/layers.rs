@@ -48,7 +48,7 @@ const LAYERS: &[Layer] = &[
     Layer { rank: 3, name: "kernels", modules: &["kernels"] },
     /// Models, measurement and distribution: BERT, CoLT5, bench, tune, plan; ring attention
     /// over ranks.
-    Layer { rank: 4, name: "models, measurement, distribution", modules: &["models", "measure", "dist"] },
+    Layer { rank: 4, name: "models, measurement, distribution", modules: &["models", "measure", "parallel"] },
     /// App: the visualiser.
     Layer { rank: 5, name: "app", modules: &["app"] },
 ];

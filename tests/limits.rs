@@ -1,7 +1,7 @@
 //! Kernels on a device whose limits were lowered on purpose: the engine must split work to
 //! fit (or refuse with a typed error naming the numbers), and stay exact.
 
-mod common;
+use crate::common;
 
 use std::sync::OnceLock;
 

@@ -1,6 +1,6 @@
 //! The tiled matmul against the f64 oracle at odd sizes, with bias and fused GELU.
 
-mod common;
+use crate::common;
 
 use longctx::contract::reference::rel_error;
 use longctx::kernels::matmul::{Activation, Matmul, matmul_f64};

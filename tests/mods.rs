@@ -2,7 +2,7 @@
 //! evaluating the same rules in Rust; the built-in rules and the same rules as mods give
 //! identical results; a mask_mod's block map skips what the built-in mask skips.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! f64: GQA, N ≠ M both ways (N > M puts the first queries at negative positions), head dims
 //! that are padded, offsets far from 0.
 
-mod common;
+use crate::common;
 
 use longctx::contract::positions::Positions;
 use longctx::contract::reference::{attention_backward_f64, rel_error};

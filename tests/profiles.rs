@@ -2,7 +2,7 @@
 //! with naga, detection picks the right one, and each runs (adapted to the present adapter)
 //! against the oracle.
 
-mod common;
+use crate::common;
 
 use longctx::{Alibi, Attention, AttnShape, AttnSpec, Gpu, GpuOptions, Kernel};
 use longctx::{FlashConfig, Profile};

@@ -1,7 +1,7 @@
 //! Routing on the GPU against the CPU oracle: top-k selection (exact, ties to the lower
 //! index), gather, and score-scaled scatter-add.
 
-mod common;
+use crate::common;
 
 use longctx::kernels::route::{Router, top_k_cpu};
 use rand::{Rng, SeedableRng, rngs::StdRng};

@@ -1,11 +1,11 @@
 //! Sparse patterns through flash and naive against the oracle, alone and combined; a
 //! property test over random block masks; counters proving that unlisted tiles are skipped.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
-use common::{check_both, check_kernel, gpu};
+use crate::common::{check_both, check_kernel, gpu};
 use longctx::contract::mask::{BigBird, Mask};
 use longctx::{Alibi, Attention, AttnShape, AttnSpec, FlashConfig, Window};
 use proptest::prelude::*;

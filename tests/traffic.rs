@@ -1,6 +1,6 @@
 //! The traffic model of each kernel equals what its instrumented variant counts, exactly.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

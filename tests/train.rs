@@ -2,7 +2,7 @@
 //! poisoned first; and the oracles against central finite differences of their forward
 //! passes, so a wrong derivative cannot hide in both.
 
-mod common;
+use crate::common;
 
 use longctx::contract::reference::rel_error;
 use longctx::kernels::train::{

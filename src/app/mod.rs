@@ -7,6 +7,8 @@ mod colormap;
 mod decode;
 pub mod export;
 mod memory;
+// the Model panel runs BERT (feature `bert`); without it the panel says so
+#[cfg_attr(not(feature = "bert"), path = "model_off.rs")]
 pub mod model;
 pub mod patterns;
 pub mod remember;

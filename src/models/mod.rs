@@ -1,6 +1,7 @@
-//! Models built on the kernels: a BERT sentence encoder, the CoLT5 conditional layer and a
+//! Models built on the kernels: a BERT sentence encoder (feature `bert`), the CoLT5 conditional layer and a
 //! small GPT for the train-short-test-long experiment.
 
+#[cfg(feature = "bert")]
 pub mod bert;
 pub mod colt5;
 pub mod gpt;

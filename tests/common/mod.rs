@@ -11,7 +11,7 @@ use rand::{Rng, rngs::StdRng};
 /// The device for GPU tests. No adapter is a failure, never a skip.
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| match Gpu::new(&GpuOptions::default()) {
+    GPU.get_or_init(|| match Gpu::new(&GpuOptions::from_env()) {
         Ok(g) => g,
         Err(e) => panic!("GPU tests need an adapter: {e}"),
     })
