@@ -274,7 +274,7 @@ pub enum Error {
         message: String,
     },
 
-    /// One rank of a ring (`dist`) failed: arguments that differ between ranks, a message of
+    /// One rank of a ring (`parallel`) failed: arguments that differ between ranks, a message of
     /// the wrong length, a panic.
     #[error("rank {rank}: {message}")]
     Rank {

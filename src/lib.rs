@@ -30,12 +30,12 @@
 #[cfg(feature = "app")]
 pub mod app;
 pub mod contract;
-pub mod dist;
 pub mod error;
 pub mod io;
 pub mod kernels;
 pub mod measure;
 pub mod models;
+pub mod parallel;
 pub mod runtime;
 
 pub use contract::blockmap::BlockMap;

@@ -3,7 +3,7 @@
 //! (zigzag), window, ALiBi, RoPE, GQA/MQA, N not divisible by P, N ≠ M — and failures are
 //! errors, not hangs.
 
-mod common;
+use crate::common;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -13,8 +13,8 @@ use std::sync::Arc;
 use longctx::contract::mask::{BigBird, Mask};
 use longctx::contract::positions::Positions;
 use longctx::contract::reference::{attention_backward_f64, attention_f64, rel_error};
-use longctx::dist::plan::{Plan, Sharding};
-use longctx::dist::ring::{self, ring_attention, ring_backward};
+use longctx::parallel::ring::{self, ring_attention, ring_backward};
+use longctx::parallel::schedule::{RingSchedule, Sharding};
 use longctx::{Alibi, AttnShape, AttnSpec, Gpu, GpuOptions, Window};
 use rand::SeedableRng;
 
@@ -25,7 +25,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 fn gpus() -> &'static [Gpu] {
     static GPUS: OnceLock<Vec<Gpu>> = OnceLock::new();
     GPUS.get_or_init(|| {
-        (0..4).map(|_| Gpu::new(&GpuOptions::default()).expect("GPU tests need an adapter")).collect()
+        (0..4).map(|_| Gpu::new(&GpuOptions::from_env()).expect("GPU tests need an adapter")).collect()
     })
 }
 
@@ -70,7 +70,7 @@ fn forward_equals_the_oracle_for_2_3_4_ranks() {
         let (o_ref, lse_ref) = attention_f64(&spec, &q, &k, &v).unwrap();
         let mut errs = Vec::new();
         for p in [2, 3, 4] {
-            let plan = ring::plan(&spec, p).unwrap();
+            let plan = ring::schedule(&spec, p).unwrap();
             let (out, ranks) = ring_attention(&gpus()[..p], &plan, &q, &k, &v, TIMEOUT).unwrap();
             let finite: (Vec<f32>, Vec<f64>) =
                 out.lse.iter().zip(&lse_ref).filter(|(_, r)| r.is_finite()).map(|(&a, &b)| (a, b)).unzip();
@@ -94,7 +94,7 @@ fn backward_equals_the_oracle_for_2_3_4_ranks() {
         let (dq, dk, dv) = attention_backward_f64(&spec, &q, &k, &v, &d_o).unwrap();
         let mut errs = Vec::new();
         for p in [2, 3, 4] {
-            let plan = ring::plan(&spec, p).unwrap();
+            let plan = ring::schedule(&spec, p).unwrap();
             let (_, g) = ring_backward(&gpus()[..p], &plan, &q, &k, &v, &d_o, TIMEOUT).unwrap();
             let e = [rel_error(&g.dq, &dq), rel_error(&g.dk, &dk), rel_error(&g.dv, &dv)];
             assert!(e.iter().all(|&x| x <= BOUND), "{name}, P = {p}: dQ, dK, dV {e:?} (seed {seed})");
@@ -109,7 +109,7 @@ fn backward_equals_the_oracle_for_2_3_4_ranks() {
 fn zigzag_evens_the_work_and_bad_plans_are_errors() {
     let spec = AttnSpec::new(shape(1, 1, 1, 4096, 4096, 32)).causal(true);
     let pairs = |s: Sharding| -> Vec<u64> {
-        let plan = Plan::new(&spec, 4, s).unwrap();
+        let plan = RingSchedule::new(&spec, 4, s).unwrap();
         (0..4).map(|r| plan.rank_pairs(r)).collect()
     };
     let (z, c) = (pairs(Sharding::Zigzag), pairs(Sharding::Contiguous));
@@ -117,9 +117,9 @@ fn zigzag_evens_the_work_and_bad_plans_are_errors() {
     assert!(z.iter().max().unwrap() - z.iter().min().unwrap() <= z[0] / 100);
     // more ranks than rows, a mask the ring does not carry, devices ≠ ranks
     let small = AttnSpec::new(shape(1, 1, 1, 5, 5, 32)).causal(true);
-    let err = ring::plan(&small, 3).err().unwrap().to_string();
+    let err = ring::schedule(&small, 3).err().unwrap().to_string();
     assert!(err.contains("at least one row per chunk"), "{err}");
-    let plan = ring::plan(&AttnSpec::new(shape(1, 1, 1, 8, 8, 32)), 2).unwrap();
+    let plan = ring::schedule(&AttnSpec::new(shape(1, 1, 1, 8, 8, 32)), 2).unwrap();
     let x = vec![0.5f32; 8 * 32];
     let err = ring_attention(&gpus()[..3], &plan, &x, &x, &x, TIMEOUT).err().unwrap().to_string();
     assert!(err.contains("given 3 devices"), "{err}");
@@ -127,12 +127,12 @@ fn zigzag_evens_the_work_and_bad_plans_are_errors() {
 
 #[test]
 fn a_failing_rank_or_mismatched_arguments_end_every_rank_with_an_error() {
-    use longctx::dist::ring::{Shard, forward, in_process};
+    use longctx::parallel::ring::{Shard, forward, in_process};
     let spec = AttnSpec::new(shape(1, 2, 2, 40, 40, 32)).causal(true);
     let (q, k, v) = common::inputs(&spec, 7);
-    let plan = ring::plan(&spec, 4).unwrap();
+    let plan = ring::schedule(&spec, 4).unwrap();
     // rank 2 was given another problem: every rank says so
-    let other = ring::plan(&AttnSpec::new(shape(1, 2, 2, 40, 40, 32)), 4).unwrap();
+    let other = ring::schedule(&AttnSpec::new(shape(1, 2, 2, 40, 40, 32)), 4).unwrap();
     let results = in_process(&gpus()[..4], Duration::from_secs(30), |gpu, t| {
         let p = if t.rank() == 2 { &other } else { &plan };
         let shard = Shard::of(p, t.rank(), &q, &k, &v);

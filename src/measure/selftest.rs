@@ -174,10 +174,10 @@ fn decode(
 fn ring(gpu: &Gpu, spec: &AttnSpec, ranks: usize) -> Result<f64> {
     let (q, k, v) = seeded_qkv(spec, 13);
     let d_o = seeded(spec.shape.q_len(), 14);
-    let plan = crate::dist::ring::plan(spec, ranks)?;
+    let plan = crate::parallel::ring::schedule(spec, ranks)?;
     let gpus = vec![gpu.clone(); ranks];
     let timeout = std::time::Duration::from_secs(120);
-    let (out, g) = crate::dist::ring::ring_backward(&gpus, &plan, &q, &k, &v, &d_o, timeout)?;
+    let (out, g) = crate::parallel::ring::ring_backward(&gpus, &plan, &q, &k, &v, &d_o, timeout)?;
     let (o_ref, _) = attention_f64(spec, &q, &k, &v)?;
     let (dq, dk, dv) = attention_backward_f64(spec, &q, &k, &v, &d_o)?;
     Ok(rel_error(&out.o, &o_ref)

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
-use crate::dist::transport::Transport;
 use crate::error::{Error, Result};
+use crate::parallel::transport::Transport;
 
 /// This process's rank in `MPI_COMM_WORLD`.
 pub struct Mpi {

@@ -14,15 +14,15 @@ use std::time::{Duration, Instant};
 
 use crate::contract::inputs::{hashed, hashed_range};
 use crate::contract::spec::{AttnOutput, AttnSpec};
-use crate::dist::plan::{Plan, Sharding, put_rows, take_rows};
-use crate::dist::transport::{InProcess, Transport};
 use crate::error::{Error, Result};
 use crate::kernels::backward::{Backward, BackwardBuffers, Gradients};
 use crate::kernels::ring::Merges;
 use crate::kernels::{Attention, AttnBuffers, Kernel};
+use crate::parallel::schedule::{RingSchedule, Sharding, put_rows, take_rows};
+use crate::parallel::transport::{InProcess, Transport};
 use crate::runtime::Gpu;
 
-/// One rank's share of the inputs: per owned chunk (in [`Plan::owned`] order) its Q rows
+/// One rank's share of the inputs: per owned chunk (in [`RingSchedule::owned`] order) its Q rows
 /// `[B, H, n_c, D]` and its K, V rows `[B, Hkv, m_c, D]`.
 #[derive(Clone, Debug, Default)]
 pub struct Shard {
@@ -36,7 +36,7 @@ pub struct Shard {
 
 impl Shard {
     /// Rank `r`'s share of whole tensors Q `[B, H, N, D]`, K and V `[B, Hkv, M, D]`.
-    pub fn of(plan: &Plan, r: usize, q: &[f32], k: &[f32], v: &[f32]) -> Self {
+    pub fn of(plan: &RingSchedule, r: usize, q: &[f32], k: &[f32], v: &[f32]) -> Self {
         let s = plan.spec.shape;
         let d = s.head_dim;
         let mut out = Self::default();
@@ -55,7 +55,13 @@ const SALTS: [u32; 4] = [1, 2, 3, 4];
 
 /// Rows `range` of every (batch, head) sequence of the hashed tensor with `salt` shaped
 /// `[B, heads, len, D]`, made without the rest.
-fn hashed_rows(plan: &Plan, salt: u32, heads: usize, len: usize, range: &std::ops::Range<usize>) -> Vec<f32> {
+fn hashed_rows(
+    plan: &RingSchedule,
+    salt: u32,
+    heads: usize,
+    len: usize,
+    range: &std::ops::Range<usize>,
+) -> Vec<f32> {
     let s = plan.spec.shape;
     let d = s.head_dim;
     (0..s.batch * heads)
@@ -66,7 +72,7 @@ fn hashed_rows(plan: &Plan, salt: u32, heads: usize, len: usize, range: &std::op
 impl Shard {
     /// Rank `r`'s share of the hashed inputs ([`hashed_inputs`]), made without the rest of
     /// the tensors.
-    pub fn hashed(plan: &Plan, r: usize) -> Self {
+    pub fn hashed(plan: &RingSchedule, r: usize) -> Self {
         let s = plan.spec.shape;
         let mut out = Self::default();
         for c in plan.owned(r) {
@@ -79,7 +85,7 @@ impl Shard {
 }
 
 /// Rank `r`'s rows of the hashed dO ([`hashed_inputs`]), per owned chunk.
-pub fn hashed_d_o(plan: &Plan, r: usize) -> Vec<Vec<f32>> {
+pub fn hashed_d_o(plan: &RingSchedule, r: usize) -> Vec<Vec<f32>> {
     let s = plan.spec.shape;
     let half = |x: Vec<f32>| x.into_iter().map(|v| v * 0.5).collect();
     plan.owned(r)
@@ -136,7 +142,7 @@ fn bytes_of(chunks: &[&[f32]]) -> Vec<u8> {
 }
 
 /// Floats of a block's `parts` tensors (K, V; or K, V, dK, dV) per owned chunk of `owner`.
-fn block_floats(plan: &Plan, owner: usize) -> Vec<usize> {
+fn block_floats(plan: &RingSchedule, owner: usize) -> Vec<usize> {
     let hkv = plan.spec.shape.kv_heads;
     plan.owned(owner).into_iter().map(|c| plan.chunk_len(plan.k_chunks[c].len(), hkv)).collect()
 }
@@ -165,7 +171,7 @@ struct Pairs<C> {
 }
 
 impl<C> Pairs<C> {
-    fn new(plan: &Plan, r: usize, prepare: impl Fn(&AttnSpec) -> Result<C>) -> Result<Self> {
+    fn new(plan: &RingSchedule, r: usize, prepare: impl Fn(&AttnSpec) -> Result<C>) -> Result<Self> {
         let mut calls = HashMap::new();
         for qc in plan.owned(r) {
             for kc in 0..plan.k_chunks.len() {
@@ -180,7 +186,7 @@ impl<C> Pairs<C> {
 
 /// Checks that the ranks of `t` agree on `plan` (sizes, rules, sharding): every rank passes
 /// its plan's fingerprint around the ring, so a mismatch is an error on every rank.
-fn agree(t: &mut dyn Transport, plan: &Plan) -> Result<()> {
+fn agree(t: &mut dyn Transport, plan: &RingSchedule) -> Result<()> {
     let mine = fingerprint(plan);
     let (mut lo, mut hi) = (mine, mine);
     for _ in 1..t.size() {
@@ -196,7 +202,7 @@ fn agree(t: &mut dyn Transport, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-fn fingerprint(plan: &Plan) -> u64 {
+fn fingerprint(plan: &RingSchedule) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     format!("{:?}|{}|{:?}", plan.spec, plan.ranks, plan.sharding).hash(&mut h);
@@ -205,7 +211,7 @@ fn fingerprint(plan: &Plan) -> u64 {
 
 /// The forward on rank `t.rank()` of `plan` with device `gpu`: attends `shard`'s queries to
 /// every block in turn; returns its chunks' O and LSE.
-pub fn forward(gpu: &Gpu, t: &mut dyn Transport, plan: &Plan, shard: &Shard) -> Result<RankOutput> {
+pub fn forward(gpu: &Gpu, t: &mut dyn Transport, plan: &RingSchedule, shard: &Shard) -> Result<RankOutput> {
     let (r, p) = (t.rank(), t.size());
     if p != plan.ranks {
         return Err(Error::Rank {
@@ -321,7 +327,7 @@ pub fn forward(gpu: &Gpu, t: &mut dyn Transport, plan: &Plan, shard: &Shard) -> 
 /// after `timeout`.
 pub fn ring_attention(
     gpus: &[Gpu],
-    plan: &Plan,
+    plan: &RingSchedule,
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -346,7 +352,7 @@ pub fn ring_attention(
     Ok((AttnOutput { o, lse }, outs))
 }
 
-fn check_devices(gpus: &[Gpu], plan: &Plan) -> Result<()> {
+fn check_devices(gpus: &[Gpu], plan: &RingSchedule) -> Result<()> {
     if gpus.len() != plan.ranks {
         return Err(Error::Invalid(format!("ring over {} ranks given {} devices", plan.ranks, gpus.len())));
     }
@@ -441,7 +447,7 @@ pub struct RankGradients {
 pub fn backward(
     gpu: &Gpu,
     t: &mut dyn Transport,
-    plan: &Plan,
+    plan: &RingSchedule,
     shard: &Shard,
     fwd: &RankOutput,
     d_o: &[Vec<f32>],
@@ -556,7 +562,7 @@ pub fn backward(
 /// whole tensors: O and LSE, and dQ, dK, dV for the incoming gradient `d_o`.
 pub fn ring_backward(
     gpus: &[Gpu],
-    plan: &Plan,
+    plan: &RingSchedule,
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -599,6 +605,6 @@ pub fn ring_backward(
 }
 
 /// The sharding `spec` gets by default ([`Sharding::for_spec`]) over `ranks` ranks.
-pub fn plan(spec: &AttnSpec, ranks: usize) -> Result<Plan> {
-    Plan::new(spec, ranks, Sharding::for_spec(spec))
+pub fn schedule(spec: &AttnSpec, ranks: usize) -> Result<RingSchedule> {
+    RingSchedule::new(spec, ranks, Sharding::for_spec(spec))
 }

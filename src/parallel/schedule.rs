@@ -8,7 +8,7 @@
 //! and M need not be multiples of P.
 //!
 //! At ring step s (0..P) rank r holds the block of rank (r − s) mod P. Each (Q chunk, K
-//! chunk) pair is one attention call at global positions — [`Plan::pair_spec`] sets its query
+//! chunk) pair is one attention call at global positions — [`RingSchedule::pair_spec`] sets its query
 //! start so the band, ALiBi and positional encodings see global positions, and its mask is
 //! the whole call's seen from the pair ([`Mask::shifted`]) — and a pair with no visible key
 //! under the band or the mask is skipped.
@@ -69,7 +69,7 @@ pub fn split(len: usize, parts: usize) -> Vec<Range<usize>> {
 
 /// One call's ring plan: the full problem, its ranks and chunks.
 #[derive(Clone, Debug)]
-pub struct Plan {
+pub struct RingSchedule {
     /// The whole attention call.
     pub spec: AttnSpec,
     /// Ranks P.
@@ -82,7 +82,7 @@ pub struct Plan {
     pub k_chunks: Vec<Range<usize>>,
 }
 
-impl Plan {
+impl RingSchedule {
     /// Plans `spec` over `ranks` ranks; a typed error when the problem cannot be split so
     /// (fewer rows or keys than chunks, rules the ring does not carry).
     pub fn new(spec: &AttnSpec, ranks: usize, sharding: Sharding) -> Result<Self> {
@@ -204,8 +204,8 @@ mod tests {
         let shape = AttnShape { batch: 1, heads: 1, kv_heads: 1, n: 1000, m: 1000, head_dim: 8 };
         let spec = AttnSpec::new(shape).causal(true);
         for ranks in [2, 3, 4] {
-            let zig = Plan::new(&spec, ranks, Sharding::Zigzag).unwrap();
-            let flat = Plan::new(&spec, ranks, Sharding::Contiguous).unwrap();
+            let zig = RingSchedule::new(&spec, ranks, Sharding::Zigzag).unwrap();
+            let flat = RingSchedule::new(&spec, ranks, Sharding::Contiguous).unwrap();
             let z: Vec<u64> = (0..ranks).map(|r| zig.rank_pairs(r)).collect();
             let c: Vec<u64> = (0..ranks).map(|r| flat.rank_pairs(r)).collect();
             // every pair once, whatever the sharding
@@ -223,8 +223,8 @@ mod tests {
     fn odd_sizes_and_refusals() {
         assert_eq!(split(10, 4), vec![0..3, 3..6, 6..8, 8..10]);
         let shape = AttnShape { batch: 1, heads: 1, kv_heads: 1, n: 5, m: 7, head_dim: 8 };
-        assert!(Plan::new(&AttnSpec::new(shape), 3, Sharding::Zigzag).is_err());
-        assert!(Plan::new(&AttnSpec::new(shape), 2, Sharding::Zigzag).is_ok());
-        assert!(Plan::new(&AttnSpec::new(shape), 0, Sharding::Contiguous).is_err());
+        assert!(RingSchedule::new(&AttnSpec::new(shape), 3, Sharding::Zigzag).is_err());
+        assert!(RingSchedule::new(&AttnSpec::new(shape), 2, Sharding::Zigzag).is_ok());
+        assert!(RingSchedule::new(&AttnSpec::new(shape), 0, Sharding::Contiguous).is_err());
     }
 }
