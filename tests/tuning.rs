@@ -2,7 +2,7 @@
 //! by a host application runs the attached winner (checked against the oracle), winners
 //! measured elsewhere or that no kernel can run are ignored, never a panic.
 
-mod common;
+use crate::common;
 
 use longctx::kernels::decode::{self, Decoder, DecoderConfig};
 use longctx::{Attention, AttnShape, AttnSpec, FlashConfig, Gpu, GpuOptions, Kernel, Tuned};
@@ -73,6 +73,8 @@ fn winners_from_elsewhere_or_unrunnable_are_ignored() {
 }
 
 #[test]
-fn devices_are_tuned_by_default_as_in_the_cli() {
-    assert!(GpuOptions::default().tuned, "GpuOptions::default() uses cached winners, as `longctx` does");
+fn default_options_read_neither_the_environment_nor_the_disk() {
+    let (d, e) = (GpuOptions::default(), GpuOptions::from_env());
+    assert!(!d.tuned && d.adapter.is_none() && d.backends.is_none(), "{d:?}");
+    assert!(!e.tuned, "from_env reads variables, not the tuning cache: {e:?}");
 }

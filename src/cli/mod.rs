@@ -3,6 +3,7 @@
 mod attention;
 mod bench;
 mod decode;
+#[cfg(feature = "bert")]
 mod embed;
 mod info;
 mod mask;
@@ -102,14 +103,23 @@ impl DeviceArgs {
         };
         Ok(GpuOptions {
             backends,
-            adapter: self.adapter.clone(),
+            adapter: self.adapter.clone().or_else(|| GpuOptions::from_env().adapter),
             limits: None,
             profile: self.profile.clone(),
             tuned: !self.untuned,
         })
     }
     pub fn gpu(&self) -> anyhow::Result<Gpu> {
-        Ok(Gpu::new(&self.options()?)?)
+        let options = self.options()?;
+        Gpu::new(&options).map_err(|e| match (&e, &options.adapter, &self.backend) {
+            (longctx::Error::NoAdapter { .. }, Some(_), _) => {
+                anyhow::Error::new(e).context("--adapter (or LONGCTX_ADAPTER) matched no adapter")
+            }
+            (longctx::Error::NoAdapter { .. }, None, Some(_)) => {
+                anyhow::Error::new(e).context("--backend has no adapter")
+            }
+            _ => e.into(),
+        })
     }
 }
 
@@ -144,6 +154,7 @@ pub enum Command {
     Tune(tune::TuneArgs),
     /// Sentence embeddings from a local BERT model (all-MiniLM-L6-v2) on the GPU kernels;
     /// cosine similarities; attention probabilities of every layer and head.
+    #[cfg(feature = "bert")]
     Embed(embed::EmbedArgs),
     /// Print a mask's block map (full, partial, skipped tiles), sparsity and FLOPs. No GPU.
     Mask(mask::MaskCmdArgs),
@@ -183,6 +194,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Peak(a) => peak::run(&cli.device, &a),
         Command::Decode(a) => decode::run(&cli.device, &a),
+        #[cfg(feature = "bert")]
         Command::Embed(a) => embed::run(&cli.device, &a),
         Command::Selftest => selftest::run(&cli.device),
         Command::Train(a) => train::run_train(&cli.device, &a),

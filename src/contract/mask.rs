@@ -326,7 +326,7 @@ impl Mask {
     /// The explicit block mask `[H or 1, ceil(N/Bs), ceil(M/Bs)]`, nonzero = visible tile.
     pub fn block_mask(shape: &AttnShape, bs: usize, dims: &[usize], data: &[f32]) -> Result<Mask> {
         if bs == 0 {
-            return Err(Error::Invalid("--block-size must be at least 1".into()));
+            return Err(Error::Invalid("block mask: the block size must be at least 1".into()));
         }
         let (rows, cols) = (shape.n.div_ceil(bs), shape.m.div_ceil(bs));
         let heads = match dims {

@@ -324,8 +324,8 @@ impl Mods {
     pub fn check_buffers(&self) -> Result<()> {
         match self.buffers.iter().find(|b| b.words.is_none()) {
             Some(b) => Err(Error::Invalid(format!(
-                "{} reads buffer `{}` but no values were given for it (--mod-buffer {}=FILE.npy, or Mods::with_buffer)",
-                self.name, b.name, b.name
+                "{} reads buffer `{}` but no values were given for it (Mods::with_buffer)",
+                self.name, b.name
             ))),
             None => Ok(()),
         }
@@ -521,7 +521,7 @@ impl Named {
     /// Parses `causal`, `window=W`, `alibi`, `softcap=C`, `prefix=P`, `sinks=K,window=W`,
     /// `dilated=W,dilation=D` (`heads` is the call's query heads, for ALiBi's slopes).
     pub fn parse(text: &str, heads: usize) -> Result<Self> {
-        let bad = |why: String| Error::Invalid(format!("--mod `{text}`: {why}"));
+        let bad = |why: String| Error::Invalid(format!("named mod `{text}`: {why}"));
         let mut kv: Vec<(&str, Option<&str>)> = Vec::new();
         for part in text.split(',') {
             let part = part.trim();
@@ -555,14 +555,10 @@ impl Named {
             Some("sinks") => Named::Sinks { sinks: int("sinks", 0)?, window: int("window", 0)? },
             Some("dilated") => Named::Dilated { window: int("dilated", 0)?, dilation: int("dilation", 1)? },
             Some("t5") => {
-                return Err(bad(
-                    "t5 needs its bias table: `--mod t5=TABLE.npy` ([H, 32]), or Named::T5(table)".into(),
-                ));
+                return Err(bad("t5 needs its bias table, [H, 32] (Named::T5(table))".into()));
             }
             Some("documents") => {
-                return Err(bad(
-                    "documents needs its ids: `--mod documents=IDS.npy` (one id per key), or Named::Documents(ids)".into(),
-                ));
+                return Err(bad("documents needs its ids, one per key (Named::Documents(ids))".into()));
             }
             _ => {
                 return Err(bad(
@@ -639,7 +635,7 @@ impl Named {
                 )
             }
         };
-        let mods = Mods::wgsl(&format!("--mod {name}"), &source).expect("the named mods are valid WGSL");
+        let mods = Mods::wgsl(&format!("named mod {name}"), &source).expect("the named mods are valid WGSL");
         let mods = match self {
             Named::Documents(ids) => {
                 let values: Vec<f64> = ids.iter().map(|&x| x as f64).collect();

@@ -73,7 +73,7 @@ impl Positions {
     /// `[base=10000][,offset=P]` for sinusoidal (`rope` chooses which).
     pub fn parse(text: &str, rope: bool) -> Result<Self> {
         let bad = |why: String| {
-            Error::Invalid(format!("{} `{text}`: {why}", if rope { "--rope" } else { "--sinusoidal" }))
+            Error::Invalid(format!("{} `{text}`: {why}", if rope { "RoPE" } else { "sinusoidal" }))
         };
         let mut base = 10000.0;
         let (mut interleaved, mut offset) = (false, 0usize);

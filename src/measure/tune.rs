@@ -3,7 +3,7 @@
 //! timed with the runtime's timing — keeps the fastest that passed, and stores it as a
 //! [`Tuned`] winner under the kernel's own key. The runtime persists winners per adapter,
 //! driver, backend and longctx version ([`Tuned::store`]); devices created with
-//! [`GpuOptions::tuned`](crate::GpuOptions) (the default) or given
+//! [`GpuOptions::tuned`](crate::GpuOptions) set (as the CLI sets it) or given
 //! [`Gpu::with_cached_tuning`](crate::Gpu::with_cached_tuning) use them.
 
 use serde::Serialize;

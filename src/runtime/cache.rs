@@ -42,17 +42,14 @@ impl DiskCache {
         let bytes = match crate::io::read_regular(&path, 64 << 20) {
             Ok(b) => b,
             Err(e) => {
-                log::warn!("ignoring the cache: {e} (delete it, or run with --untuned)");
+                log::warn!("ignoring the cache: {e} (delete it to start afresh)");
                 return Vec::new();
             }
         };
         let values: Vec<serde_json::Value> = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
             Err(e) => {
-                log::warn!(
-                    "ignoring unreadable cache {}: {e} (delete it, or run with --untuned)",
-                    path.display()
-                );
+                log::warn!("ignoring unreadable cache {}: {e} (delete it to start afresh)", path.display());
                 return Vec::new();
             }
         };
@@ -67,7 +64,7 @@ impl DiskCache {
                     self.schema
                 ),
                 Err(e) => log::warn!(
-                    "ignoring an unreadable entry in {}: {e} (delete the file, or run with --untuned)",
+                    "ignoring an unreadable entry in {}: {e} (delete the file to start afresh)",
                     path.display()
                 ),
             }

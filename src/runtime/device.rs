@@ -9,26 +9,37 @@ use crate::runtime::shader::Caches;
 use crate::runtime::tuning::Tuned;
 
 /// How longctx picks an adapter when it creates its own device.
-#[derive(Clone, Debug)]
+///
+/// `GpuOptions::default()` reads nothing from the environment or the disk: the primary
+/// backends, the best adapter, the detected profile's presets. [`GpuOptions::from_env`] adds
+/// what the `longctx` command reads (`WGPU_BACKEND`, `LONGCTX_ADAPTER`); `tuned` attaches the
+/// autotuner's winners cached on disk.
+#[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
-    /// Backends to consider; `None` means wgpu's `WGPU_BACKEND` variable, else the primary
-    /// backends (Vulkan, Metal, DX12) and GL only when none of those has an adapter.
+    /// Backends to consider; `None` means the primary backends (Vulkan, Metal, DX12) and GL
+    /// only when none of those has an adapter.
     pub backends: Option<wgpu::Backends>,
-    /// Case-insensitive substring of the adapter name; `None` reads `LONGCTX_ADAPTER`.
+    /// Case-insensitive substring of the adapter name; `None`: any adapter (the best ranked).
     pub adapter: Option<String>,
     /// Limits to request instead of the adapter's own — e.g. lowered ones, to exercise the
     /// engine's chunking on a small budget. Must not exceed the adapter's.
     pub limits: Option<wgpu::Limits>,
     /// A profile name (see [`Profile::all`]) instead of the detected one.
     pub profile: Option<String>,
-    /// Attach the autotuner's cached winners for this adapter ([`Tuned::cached`]); on by
-    /// default, as in the CLI (`--untuned` turns it off).
+    /// Attach the autotuner's winners cached on disk for this adapter ([`Tuned::cached`]), as
+    /// the `longctx` command does unless told not to. Off by default.
     pub tuned: bool,
 }
 
-impl Default for GpuOptions {
-    fn default() -> Self {
-        Self { backends: None, adapter: None, limits: None, profile: None, tuned: true }
+impl GpuOptions {
+    /// The options the environment asks for: backends from `WGPU_BACKEND` (where set and not
+    /// empty) and the adapter filter from `LONGCTX_ADAPTER`; the rest as [`Default`].
+    pub fn from_env() -> Self {
+        Self {
+            backends: backends_from_env(),
+            adapter: std::env::var("LONGCTX_ADAPTER").ok().filter(|a| !a.trim().is_empty()),
+            ..Self::default()
+        }
     }
 }
 
@@ -86,7 +97,7 @@ async fn enumerate(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
 /// Adapters of the requested backends; by default primary backends first, GL as fallback
 /// (probing GL needlessly prints EGL errors on headless machines).
 async fn adapters(options: &GpuOptions) -> Vec<wgpu::Adapter> {
-    match options.backends.or_else(backends_from_env) {
+    match options.backends {
         Some(b) => enumerate(b).await,
         None => {
             let primary = enumerate(wgpu::Backends::PRIMARY).await;
@@ -203,11 +214,7 @@ impl Gpu {
     /// limits are requested and checked as on any other adapter).
     pub async fn new_async(options: &GpuOptions) -> Result<Self> {
         let mut adapters = adapters(options).await;
-        let filter = options
-            .adapter
-            .clone()
-            .or_else(|| std::env::var("LONGCTX_ADAPTER").ok())
-            .map(|s| s.to_lowercase());
+        let filter = options.adapter.as_ref().map(|s| s.to_lowercase());
         let seen: Vec<String> = adapters
             .iter()
             .map(|a| {
@@ -221,11 +228,10 @@ impl Gpu {
         adapters.sort_by_key(|a| std::cmp::Reverse(adapter_rank(&a.get_info())));
         let Some(adapter) = adapters.into_iter().next() else {
             let detail = match (&filter, seen.is_empty()) {
-                (Some(f), false) => format!(
-                    " matching `{f}` (LONGCTX_ADAPTER / --adapter); adapters present: {}",
-                    seen.join(", ")
-                ),
-                _ => match options.backends.or_else(backends_from_env) {
+                (Some(f), false) => {
+                    format!(" whose name contains `{f}`; adapters present: {}", seen.join(", "))
+                }
+                _ => match options.backends {
                     // restricted to backends that have none: say which, and what the others have
                     Some(b) if b != wgpu::Backends::all() => {
                         let others: Vec<String> = enumerate(wgpu::Backends::all())
@@ -234,7 +240,7 @@ impl Gpu {
                             .map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend))
                             .collect();
                         format!(
-                            " on the requested backends ({b:?}, from --backend or WGPU_BACKEND); adapters on all backends: {}",
+                            " on the requested backends ({b:?}); adapters on all backends: {}",
                             if others.is_empty() { "none".to_string() } else { others.join(", ") }
                         )
                     }
