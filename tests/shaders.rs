@@ -1,10 +1,148 @@
 //! Every shader variant the engine can produce passes naga's parser and validator, for the
-//! present device and for limit sets of devices that are not present.
+//! present device and for limit sets of devices that are not present; every variant's
+//! bindings as Rust declares them agree with its WGSL (naga's reflection); every compute
+//! shader file belongs to a registered family.
 
-mod common;
+use crate::common;
 
 use longctx::FlashConfig;
-use longctx::kernels::all_variants;
+use longctx::kernels::Family;
+use longctx::runtime::{Binding, Shader, ShaderVariant, Slot};
+
+/// Every variant of every family for `limits`.
+fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
+    Family::ALL.iter().flat_map(|f| f.variants(limits)).collect()
+}
+
+/// Where `variant`'s declared bindings (Rust) and its WGSL disagree, one line each: a slot
+/// whose number, name or access differs from the WGSL variable in group 0, a slot the WGSL
+/// does not declare, a group-0 variable the entry point uses that Rust does not declare.
+fn binding_mismatches(variant: &ShaderVariant) -> Vec<String> {
+    let source = variant.source();
+    let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{}: {e}", variant.name()));
+    let info =
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{}: {e:?}", variant.name()));
+    let entry =
+        module.entry_points.iter().position(|e| e.name == variant.entry).expect("the entry point exists");
+    let uses = info.get_entry_point(entry);
+    let at = format!("{}:{}", variant.shader.stem, variant.entry);
+    let describe = |space: naga::AddressSpace| match space {
+        naga::AddressSpace::Uniform => "uniform".to_string(),
+        naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE) => {
+            "storage read_write".to_string()
+        }
+        naga::AddressSpace::Storage { .. } => "storage read".to_string(),
+        other => format!("{other:?}"),
+    };
+    let kind = |b: Binding| match b {
+        Binding::Uniform => "uniform",
+        Binding::Read => "storage read",
+        Binding::ReadWrite => "storage read_write",
+    };
+    let globals: Vec<_> = module
+        .global_variables
+        .iter()
+        .filter_map(|(h, g)| Some((h, g, g.binding.as_ref()?)))
+        .filter(|(_, _, b)| b.group == 0)
+        .collect();
+    let mut out = Vec::new();
+    for slot in variant.shader.bindings {
+        match globals.iter().find(|(_, _, b)| b.binding == slot.binding) {
+            None => out.push(format!(
+                "{at} binding {} '{}': Rust says {}, the WGSL declares nothing there",
+                slot.binding,
+                slot.name,
+                kind(slot.kind)
+            )),
+            Some((_, g, _)) => {
+                let name = g.name.as_deref().unwrap_or("?");
+                if name != slot.name || describe(g.space) != kind(slot.kind) {
+                    out.push(format!(
+                        "{at} binding {} '{}': Rust says {}, WGSL says '{name}' {}",
+                        slot.binding,
+                        slot.name,
+                        kind(slot.kind),
+                        describe(g.space)
+                    ));
+                }
+            }
+        }
+    }
+    for (h, g, b) in &globals {
+        let declared = variant.shader.bindings.iter().any(|s: &Slot| s.binding == b.binding);
+        if !uses[*h].is_empty() && !declared {
+            out.push(format!(
+                "{at} binding {} '{}': WGSL uses {}, Rust does not declare it",
+                b.binding,
+                g.name.as_deref().unwrap_or("?"),
+                describe(g.space)
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_variant_binds_what_its_wgsl_declares() {
+    let limits = common::gpu().limits().clone();
+    let mut count = 0;
+    let mut bad = Vec::new();
+    for family in Family::ALL {
+        for v in family.variants(&limits) {
+            bad.extend(binding_mismatches(&v));
+            count += 1;
+        }
+    }
+    bad.dedup();
+    assert!(bad.is_empty(), "{} mismatches:\n{}", bad.len(), bad.join("\n"));
+    println!("{count} variants: bindings agree with the WGSL");
+}
+
+#[test]
+fn a_binding_that_disagrees_with_the_wgsl_is_named() {
+    // pad.wgsl's `src` is `var<storage, read>`; declaring it read_write, and forgetting `dst`,
+    // must be caught with the binding's number, name and both sides' access
+    const BAD: Shader = Shader {
+        stem: "pad",
+        source: include_str!("../shaders/pad.wgsl"),
+        bindings: &[
+            Slot { binding: 0, name: "shape", kind: Binding::Uniform },
+            Slot { binding: 1, name: "src", kind: Binding::ReadWrite },
+        ],
+    };
+    let bad = binding_mismatches(&BAD.variant("main", &[], vec![]));
+    assert_eq!(
+        bad,
+        [
+            "pad:main binding 1 'src': Rust says storage read_write, WGSL says 'src' storage read",
+            "pad:main binding 2 'dst': WGSL uses storage read_write, Rust does not declare it",
+        ],
+        "{bad:#?}"
+    );
+}
+
+#[test]
+fn every_compute_shader_belongs_to_a_registered_family() {
+    let stems: std::collections::BTreeSet<&str> =
+        all_variants(&wgpu::Limits::default()).iter().map(|v| v.shader.stem).collect();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        if path.extension().is_some_and(|e| e == "wgsl") && text.contains("@compute") {
+            let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+            assert!(
+                stems.contains(stem.as_str()),
+                "shaders/{stem}.wgsl has a compute entry point but no family in kernels::Family builds it"
+            );
+            files += 1;
+        }
+    }
+    assert!(files >= 15, "{files} compute shaders found in {dir}");
+}
 
 fn limit_sets() -> Vec<(&'static str, wgpu::Limits)> {
     let lavapipe = wgpu::Limits {

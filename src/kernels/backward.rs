@@ -22,7 +22,7 @@ use crate::kernels::{
     check_shuffles, flash, lanes, with_mods,
 };
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Binding, Binding::*, Compiled, Shader, ShaderVariant};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, Slot, bindings};
 
 const SOURCE: &str = include_str!("../../shaders/backward.wgsl");
 const NAME: &str = "backward";
@@ -164,21 +164,51 @@ impl Entry {
 
     /// Bindings of each kernel: the uniforms `Contract` (0), `Backward` (12) and `Tiles`
     /// (14), then at most 8 storage buffers, the WebGPU default.
-    fn bindings(self) -> &'static [(u32, Binding)] {
-        // the three uniforms, then (binding, kind) per storage buffer
-        macro_rules! with_uniforms {
-            ($($n:literal $k:ident),*) => { &[(0, Uniform), (12, Uniform), (14, Uniform), $(($n, $k)),*] };
-        }
+    fn bindings(self) -> &'static [Slot] {
         match self {
-            Entry::Delta => with_uniforms!(4 Read, 5 ReadWrite, 9 Read, 10 Read),
-            Entry::Dq => with_uniforms!(1 Read, 2 Read, 3 Read, 4 Read, 5 ReadWrite, 6 ReadWrite, 11 Read),
-            Entry::Dkv => {
-                with_uniforms!(1 Read, 2 Read, 3 Read, 4 Read, 5 ReadWrite, 7 ReadWrite, 8 ReadWrite, 11 Read)
+            Entry::Delta => {
+                bindings![
+                    0 contract: Uniform, 12 bwd: Uniform, 14 tiles: Uniform, 4 d_o: Read,
+                    5 stats: ReadWrite, 9 o: Read, 10 lse: Read,
+                ]
             }
-            Entry::NaiveP => with_uniforms!(1 Read, 2 Read, 5 ReadWrite, 11 Read, 13 ReadWrite),
-            Entry::NaiveKv => with_uniforms!(1 Read, 4 Read, 7 ReadWrite, 8 ReadWrite, 13 ReadWrite),
-            Entry::NaiveDs => with_uniforms!(3 Read, 4 Read, 5 ReadWrite, 13 ReadWrite),
-            Entry::NaiveDq => with_uniforms!(2 Read, 6 ReadWrite, 13 ReadWrite),
+            Entry::Dq => {
+                bindings![
+                    0 contract: Uniform, 12 bwd: Uniform, 14 tiles: Uniform, 1 q: Read, 2 k: Read,
+                    3 v: Read, 4 d_o: Read, 5 stats: ReadWrite, 6 dq: ReadWrite, 11 block_map: Read,
+                ]
+            }
+            Entry::Dkv => {
+                bindings![
+                    0 contract: Uniform, 12 bwd: Uniform, 14 tiles: Uniform, 1 q: Read, 2 k: Read,
+                    3 v: Read, 4 d_o: Read, 5 stats: ReadWrite, 7 dk: ReadWrite, 8 dv: ReadWrite,
+                    11 block_map: Read,
+                ]
+            }
+            Entry::NaiveP => {
+                bindings![
+                    0 contract: Uniform, 12 bwd: Uniform, 14 tiles: Uniform, 1 q: Read, 2 k: Read,
+                    5 stats: ReadWrite, 11 block_map: Read, 13 s: ReadWrite,
+                ]
+            }
+            Entry::NaiveKv => {
+                bindings![
+                    0 contract: Uniform, 12 bwd: Uniform, 14 tiles: Uniform, 1 q: Read, 4 d_o: Read,
+                    7 dk: ReadWrite, 8 dv: ReadWrite, 13 s: ReadWrite,
+                ]
+            }
+            Entry::NaiveDs => {
+                bindings![
+                    0 contract: Uniform, 12 bwd: Uniform, 14 tiles: Uniform, 3 v: Read, 4 d_o: Read,
+                    5 stats: ReadWrite, 13 s: ReadWrite,
+                ]
+            }
+            Entry::NaiveDq => {
+                bindings![
+                    0 contract: Uniform, 12 bwd: Uniform, 14 tiles: Uniform, 2 k: Read,
+                    6 dq: ReadWrite, 13 s: ReadWrite,
+                ]
+            }
         }
     }
 
@@ -821,7 +851,7 @@ impl Backward {
                 }
             };
             let all: Vec<(&wgpu::Buffer, Option<(u64, u64)>)> =
-                dsp.entry.bindings().iter().map(|&(n, _)| (buffer(n), range(n))).collect();
+                dsp.entry.bindings().iter().map(|s| (buffer(s.binding), range(s.binding))).collect();
             let Some(p) = self.pipelines.iter().find(|k| k.entry == dsp.entry) else {
                 return Err(Error::Device(format!(
                     "backward: kernel `{}` was not compiled",

@@ -18,7 +18,7 @@ use crate::kernels::{
     COMMON, Contract, MODS_NONE, Traffic, UNTUNED, check_call_head_dim, lanes, slopes_words, with_mods_source,
 };
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
 
 const NAME: &str = "decode";
 const SOURCE: &str = include_str!("../../shaders/decode.wgsl");
@@ -27,23 +27,19 @@ const SOURCE: &str = include_str!("../../shaders/decode.wgsl");
 const ATTEND: Shader = Shader {
     stem: NAME,
     source: SOURCE,
-    bindings: &[
-        (0, Uniform),
-        (1, Uniform),
-        (2, Uniform),
-        (3, Read),
-        (4, Read),
-        (5, Read),
-        (6, ReadWrite),
-        (7, Read),
-        (10, ReadWrite),
+    bindings: bindings![
+        0 contract: Uniform, 1 step: Uniform, 2 head: Uniform, 3 q: Read, 4 k: Read, 5 v: Read,
+        6 partials: ReadWrite, 7 slopes: Read, 10 counters: ReadWrite,
     ],
 };
 /// contract, step, partials, O, LSE.
 const COMBINE: Shader = Shader {
     stem: NAME,
     source: SOURCE,
-    bindings: &[(0, Uniform), (1, Uniform), (6, ReadWrite), (8, ReadWrite), (9, ReadWrite)],
+    bindings: bindings![
+        0 contract: Uniform, 1 step: Uniform, 6 partials: ReadWrite, 8 o: ReadWrite,
+        9 lse: ReadWrite,
+    ],
 };
 /// Most invocations per workgroup (query rows of one kv head per row block).
 const MAX_WG: u32 = 64;

@@ -4,14 +4,14 @@
 
 use crate::error::{Error, Result};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
 
 const NAME: &str = "embed";
 /// shape, two read tables or index lists, one more read table, the output (see embed.wgsl).
 const SHADER: Shader = Shader {
     stem: NAME,
     source: include_str!("../../shaders/embed.wgsl"),
-    bindings: &numbered([Uniform, Read, Read, Read, ReadWrite]),
+    bindings: bindings![0 sh: Uniform, 1 index: Read, 2 src: Read, 3 table: Read, 4 dst: ReadWrite],
 };
 const ENTRIES: [&str; 3] = ["gather", "pool", "l2_normalize"];
 

@@ -17,25 +17,24 @@ use crate::kernels::{
     AttnBuffers, COMMON, Contract, MODS_NONE, Tiles, Traffic, UNTUNED, check_head_dim, check_shuffles,
     host_budget, lanes, slopes_words, with_mods,
 };
-use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, Snippet, numbered};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, Slot, Snippet, bindings};
 use crate::runtime::{Gpu, Profile, Tuned};
 
 const NAME: &str = "flash";
+/// The bindings both flash kernels declare (`shaders/flash_bindings.wgsl`, `common.wgsl`).
+const SLOTS: &[Slot] = bindings![
+    0 contract: Uniform, 1 q: Read, 2 k: Read, 3 v: Read, 4 o: ReadWrite, 5 lse: ReadWrite,
+    6 block_map: Read, 7 slopes: Read, 8 counters: ReadWrite, 9 tiles: Uniform,
+];
 /// contract, Q, K, V, O, LSE, block map, slopes, counters, tiles (see flash.wgsl).
-const SHADER: Shader = Shader {
-    stem: NAME,
-    source: include_str!("../../shaders/flash.wgsl"),
-    bindings: &numbered([Uniform, Read, Read, Read, ReadWrite, ReadWrite, Read, Read, ReadWrite, Uniform]),
-};
+const SHADER: Shader =
+    Shader { stem: NAME, source: include_str!("../../shaders/flash.wgsl"), bindings: SLOTS };
 /// The bindings both flash kernels declare (`shaders/flash_bindings.wgsl`).
 const BINDINGS: Snippet =
     Snippet { name: "flash_bindings", source: include_str!("../../shaders/flash_bindings.wgsl") };
 /// The cooperative-matrix variant (`shaders/flash_coop.wgsl`): same bindings.
-const COOP_SHADER: Shader = Shader {
-    stem: "flash_coop",
-    source: include_str!("../../shaders/flash_coop.wgsl"),
-    bindings: &numbered([Uniform, Read, Read, Read, ReadWrite, ReadWrite, Read, Read, ReadWrite, Uniform]),
-};
+const COOP_SHADER: Shader =
+    Shader { stem: "flash_coop", source: include_str!("../../shaders/flash_coop.wgsl"), bindings: SLOTS };
 
 /// Most vec4 lanes of q (and of the accumulator) one invocation keeps in registers; past
 /// that GPUs spill, so wider heads are split over `p` invocations per row.

@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::kernels::{Attention, AttnBuffers, COMMON, MODS_NONE, with_mods};
-use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
 use crate::runtime::{Gpu, block_on};
 
 const NAME: &str = "heatmap";
@@ -16,7 +16,10 @@ const NAME: &str = "heatmap";
 const SHADER: Shader = Shader {
     stem: NAME,
     source: include_str!("../../shaders/heatmap.wgsl"),
-    bindings: &numbered([Uniform, Read, Read, Read, Read, Read, ReadWrite, Uniform, Uniform]),
+    bindings: bindings![
+        0 contract: Uniform, 1 q: Read, 2 k: Read, 3 lse: Read, 4 block_map: Read, 5 slopes: Read,
+        6 pixels: ReadWrite, 7 view: Uniform, 8 tiles: Uniform,
+    ],
 };
 /// Each pixel visits at most SAMPLE × SAMPLE pairs of its rectangle (strided beyond that).
 pub const SAMPLE: u32 = 32;

@@ -4,14 +4,14 @@
 
 use crate::error::{Error, Result};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
 
 const NAME: &str = "layer";
 /// shape, source, destination, γ | β (see layer.wgsl).
 const SHADER: Shader = Shader {
     stem: NAME,
     source: include_str!("../../shaders/layer.wgsl"),
-    bindings: &numbered([Uniform, Read, ReadWrite, Read]),
+    bindings: bindings![0 sh: Uniform, 1 src: Read, 2 dst: ReadWrite, 3 affine: Read],
 };
 
 /// One of the layer operations.

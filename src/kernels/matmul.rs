@@ -5,24 +5,20 @@
 use crate::error::{Error, Result};
 use crate::kernels::{GELU, lanes};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, Snippet, numbered};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, Slot, Snippet, bindings};
 
 const NAME: &str = "matmul";
 /// `Dims`, bindings, activations and epilogue of both matmul kernels.
 const COMMON: Snippet =
     Snippet { name: "matmul_common", source: include_str!("../../shaders/matmul_common.wgsl") };
+/// The bindings both matmul kernels declare (`shaders/matmul_common.wgsl`).
+const SLOTS: &[Slot] = bindings![0 dims: Uniform, 1 a: Read, 2 b: Read, 3 bias: Read, 4 c: ReadWrite];
 /// dims, A, B, bias, C (see matmul.wgsl).
-const SHADER: Shader = Shader {
-    stem: NAME,
-    source: include_str!("../../shaders/matmul.wgsl"),
-    bindings: &numbered([Uniform, Read, Read, Read, ReadWrite]),
-};
+const SHADER: Shader =
+    Shader { stem: NAME, source: include_str!("../../shaders/matmul.wgsl"), bindings: SLOTS };
 /// The cooperative-matrix variant (`shaders/matmul_coop.wgsl`): same bindings.
-const COOP_SHADER: Shader = Shader {
-    stem: "matmul_coop",
-    source: include_str!("../../shaders/matmul_coop.wgsl"),
-    bindings: &numbered([Uniform, Read, Read, Read, ReadWrite]),
-};
+const COOP_SHADER: Shader =
+    Shader { stem: "matmul_coop", source: include_str!("../../shaders/matmul_coop.wgsl"), bindings: SLOTS };
 
 /// A cooperative-matrix configuration: S×S matrices, f16 or f32 inputs (f32 accumulation),
 /// one subgroup of `subgroup` invocations per workgroup owning 2 × 2 accumulators (a 2S × 2S

@@ -8,6 +8,7 @@
 pub mod backward;
 pub mod decode;
 pub mod embed;
+mod family;
 pub mod flash;
 pub mod heatmap;
 pub mod layer;
@@ -26,6 +27,8 @@ use crate::contract::spec::{AttnOutput, AttnSpec};
 use crate::error::{Error, Result};
 use crate::runtime::shader::{ShaderVariant, Snippet};
 use crate::runtime::{Gpu, block_on};
+
+pub use family::Family;
 
 /// The contract in WGSL: `Params`, the visible band, ALiBi, block-map walking helpers.
 pub(crate) const COMMON: Snippet =
@@ -231,59 +234,6 @@ pub(crate) fn check_shuffles(
         return Ok(());
     };
     Err(Error::Config { kernel, config: format!("{config:?}"), reason })
-}
-
-/// Every shader variant the engine can build for a device with `limits`, over every
-/// supported head dim: what the naga validation test walks.
-pub fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
-    (4..=MAX_HEAD_DIM)
-        .step_by(4)
-        .flat_map(|d| {
-            let config = flash::FlashConfig::for_limits(limits, d);
-            let mut v =
-                vec![config.variant(d, false), config.variant(d, true), config.variant_f16(d, false, true)];
-            // the subgroup-shuffle path at the subgroup widths of real hardware
-            for sg in [8, 16, 32, 64] {
-                if config.p == 1 && config.br.is_multiple_of(sg) {
-                    let c = flash::FlashConfig { sg, ..config };
-                    v.extend([c.variant(d, false), c.variant(d, true)]);
-                }
-            }
-            v.extend(naive::variants(d, false));
-            v.extend(naive::variants(d, true));
-            v
-        })
-        .chain(peak::variants())
-        .chain(pad::variants())
-        .chain(positions::variants())
-        .chain(ring::variants())
-        .chain(train::variants())
-        .chain(matmul::coop_variants())
-        .chain(route::variants())
-        .chain(layer::variants())
-        .chain(embed::variants())
-        .chain([0, 8, 16].into_iter().flat_map(|sg| {
-            [matmul::Activation::None, matmul::Activation::Gelu, matmul::Activation::GeluErf]
-                .map(|a| matmul::variant(a, sg))
-        }))
-        .chain((4..=MAX_HEAD_DIM).step_by(4).flat_map(|d| {
-            [(8, 0), (64, 0), (8, 8), (32, 32)]
-                .into_iter()
-                .flat_map(move |(wg, sg)| decode::variants(d, 8, wg, sg, sg > 0))
-        }))
-        .chain((4..=MAX_HEAD_DIM).step_by(4).map(|d| {
-            let c = flash::FlashConfig::for_limits(limits, d);
-            heatmap::variant(d, c.br, c.bc)
-        }))
-        .chain((4..=MAX_HEAD_DIM).step_by(4).flat_map(|d| {
-            // plain loads, and shuffles at the subgroup widths of real hardware
-            [(32, 32, 0), (32, 32, 8), (64, 32, 32), (16, 16, 16), (8, 8, 8), (4, 4, 0)].into_iter().flat_map(
-                move |(br, bc, sg)| {
-                    backward::BackwardConfig { br, bc, sg, dq_pass_tiles: 0, dkv_pass_tiles: 0 }.variants(d)
-                },
-            )
-        }))
-        .collect()
 }
 
 /// Which GPU attention kernel to run.
@@ -739,8 +689,7 @@ pub fn attention(
 }
 
 /// The advice that ends a warning about a bad tuned winner.
-pub(crate) const UNTUNED: &str =
-    "; the preset runs instead (`longctx tune` measures again; --untuned ignores the cache)";
+pub(crate) const UNTUNED: &str = "; the preset runs instead (measure again with the autotuner, or create the device without its cached winners)";
 
 /// Host bytes a block map may take: what the host has available (unbounded where that
 /// cannot be read).

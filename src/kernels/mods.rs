@@ -15,13 +15,16 @@ use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::{COMMON, Contract, Tiles};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Binding::*, Compiled, Shader, numbered};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
 
 /// contract, block map, tiles, entry rows, counts, job (see mod_map.wgsl).
 const SHADER: Shader = Shader {
     stem: "mod_map",
     source: include_str!("../../shaders/mod_map.wgsl"),
-    bindings: &numbered([Uniform, Read, Uniform, Read, ReadWrite, Uniform]),
+    bindings: bindings![
+        0 contract: Uniform, 1 block_map: Read, 2 tiles: Uniform, 3 entry_row: Read,
+        4 counts: ReadWrite, 5 job: Uniform,
+    ],
 };
 
 #[repr(C)]
@@ -62,6 +65,15 @@ impl ModBuffers {
     }
 }
 
+/// The map kernel for `mods`' `mask_mod` over `br × bc` tiles of an N × M call.
+pub(crate) fn variant(mods: &Mods, br: u32, bc: u32, n: usize, m: usize) -> ShaderVariant {
+    SHADER.variant("main", &[COMMON], vec![("D4", 1), ("BR", br), ("BC", bc)]).with_user(
+        mods.name(),
+        mods.kernel_source(n, m),
+        mods.buffers().iter().map(|b| b.binding).collect(),
+    )
+}
+
 /// `map` with one copy of its rows per head (for a `mask_mod` that reads `h`).
 fn per_head(map: &BlockMap, heads: usize) -> BlockMap {
     let mut out =
@@ -97,14 +109,7 @@ pub fn refine(gpu: &Gpu, spec: &AttnSpec, mods: &Mods, map: &BlockMap) -> Result
         entry_row.extend(std::iter::repeat_n(row as u32, (w[1] - w[0]) as usize));
     }
     let (words, offsets) = map.to_gpu_words();
-    let variant = SHADER
-        .variant("main", &[COMMON], vec![("D4", 1), ("BR", map.br as u32), ("BC", map.bc as u32)])
-        .with_user(
-            mods.name(),
-            mods.kernel_source(s.n, s.m),
-            mods.buffers().iter().map(|b| b.binding).collect(),
-        );
-    let kernel = gpu.compile(&variant)?;
+    let kernel = gpu.compile(&variant(mods, map.br as u32, map.bc as u32, s.n, s.m))?;
     let user_buffers = ModBuffers::upload(gpu, spec)?;
     let user = user_buffers.bind(gpu, &kernel);
     let grid = gpu.grid("mod_map", entries.div_ceil(64) as u64)?;

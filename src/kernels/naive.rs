@@ -8,16 +8,17 @@ use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::{AttnBuffers, COMMON, Contract, Traffic, check_head_dim};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
 
 const NAME: &str = "naive";
 /// contract, Q, K, V, O, LSE, scores, slopes and mask bits, counters, chunk (see naive.wgsl).
 const SHADER: Shader = Shader {
     stem: NAME,
     source: include_str!("../../shaders/naive.wgsl"),
-    bindings: &numbered([
-        Uniform, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, Read, ReadWrite, Uniform,
-    ]),
+    bindings: bindings![
+        0 contract: Uniform, 1 q: Read, 2 k: Read, 3 v: Read, 4 o: ReadWrite, 5 lse: ReadWrite,
+        6 s: ReadWrite, 7 aux: Read, 8 counters: ReadWrite, 9 chunk: Uniform,
+    ],
 };
 
 /// `Chunk` in naive.wgsl: one dispatch's (batch, head) pairs and where its mask bits are.

@@ -7,14 +7,14 @@
 
 use crate::error::{Error, Result};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
 
 const NAME: &str = "pad";
 /// shape, source rows, destination rows (see pad.wgsl).
 const SHADER: Shader = Shader {
     stem: NAME,
     source: include_str!("../../shaders/pad.wgsl"),
-    bindings: &numbered([Uniform, Read, ReadWrite]),
+    bindings: bindings![0 shape: Uniform, 1 src: Read, 2 dst: ReadWrite],
 };
 const WORKGROUP: u64 = 64;
 

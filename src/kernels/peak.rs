@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::runtime::cache::DiskCache;
-use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
 use crate::runtime::timing::{GpuTimer, Timing, time_encoded};
 use crate::runtime::{Gpu, driver_of};
 
@@ -17,7 +17,7 @@ const NAME: &str = "peak";
 const SHADER: Shader = Shader {
     stem: NAME,
     source: include_str!("../../shaders/peak.wgsl"),
-    bindings: &numbered([ReadWrite, Read]),
+    bindings: bindings![0 dst: ReadWrite, 1 src: Read],
 };
 /// `<user cache dir>/longctx/peak.json`.
 const CACHE: DiskCache = DiskCache { file: "peak.json", schema: 2 };

@@ -10,14 +10,14 @@ use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::Traffic;
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
 
 const NAME: &str = "positions";
 /// job, the rows (in place), the table (see positions.wgsl).
 const SHADER: Shader = Shader {
     stem: NAME,
     source: include_str!("../../shaders/positions.wgsl"),
-    bindings: &numbered([Uniform, ReadWrite, Read]),
+    bindings: bindings![0 job: Uniform, 1 x: ReadWrite, 2 table: Read],
 };
 const WORKGROUP: u64 = 64;
 

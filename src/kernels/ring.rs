@@ -1,11 +1,11 @@
 //! `ring`: the merges ring attention runs on each rank's device (`shaders/ring.wgsl`) — a
 //! partial (O, LSE) folded into the running one by log-sum-exp, and gradients summed. Checked
 //! through the ring against the f64 oracle of the whole call (`tests/ring.rs`); the ring
-//! itself is `dist::ring`.
+//! itself is `parallel::ring`.
 
 use crate::error::Result;
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
 
 const NAME: &str = "ring";
 const SOURCE: &str = include_str!("../../shaders/ring.wgsl");
@@ -13,11 +13,16 @@ const SOURCE: &str = include_str!("../../shaders/ring.wgsl");
 const MERGE: Shader = Shader {
     stem: NAME,
     source: SOURCE,
-    bindings: &[(0, Uniform), (1, ReadWrite), (2, ReadWrite), (3, Read), (4, Read)],
+    bindings: bindings![
+        0 job: Uniform, 1 acc: ReadWrite, 2 acc_lse: ReadWrite, 3 part: Read, 4 part_lse: Read,
+    ],
 };
 /// job, sum, addend.
-const ADD: Shader =
-    Shader { stem: NAME, source: SOURCE, bindings: &[(0, Uniform), (1, ReadWrite), (3, Read)] };
+const ADD: Shader = Shader {
+    stem: NAME,
+    source: SOURCE,
+    bindings: bindings![0 job: Uniform, 1 acc: ReadWrite, 3 part: Read],
+};
 const WORKGROUP: u64 = 64;
 
 #[repr(C)]

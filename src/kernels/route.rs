@@ -5,14 +5,17 @@
 
 use crate::error::{Error, Result};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Binding::*, Compiled, Shader, ShaderVariant, numbered};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
 
 const NAME: &str = "route";
 /// params, x, router weights, scores, indices, rows, scatter target (see route.wgsl).
 const SHADER: Shader = Shader {
     stem: NAME,
     source: include_str!("../../shaders/route.wgsl"),
-    bindings: &numbered([Uniform, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite]),
+    bindings: bindings![
+        0 rt: Uniform, 1 x: Read, 2 w: Read, 3 keys: ReadWrite, 4 idx: ReadWrite, 5 rows: ReadWrite,
+        6 out: ReadWrite,
+    ],
 };
 const ENTRIES: [&str; 4] = ["scores", "sort_step", "gather", "scatter"];
 

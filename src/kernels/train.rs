@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use crate::kernels::GELU;
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Binding, Binding::*, Compiled, Shader, ShaderVariant};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, Slot, bindings};
 
 const NAME: &str = "train";
 const SOURCE: &str = include_str!("../../shaders/train.wgsl");
@@ -17,31 +17,36 @@ const WORKGROUP: u64 = 64;
 /// embedding gradient, rows of the LayerNorm parameters, a tensor over 256 lanes) stay below.
 const LOOP_CAP: usize = 65_535;
 
-const fn shader(bindings: &'static [(u32, Binding)]) -> Shader {
+const fn shader(bindings: &'static [Slot]) -> Shader {
     Shader { stem: NAME, source: SOURCE, bindings }
 }
 
 /// job, logits, targets, dlogits, loss.
-const CROSS_ENTROPY: Shader = shader(&[(0, Uniform), (1, Read), (6, Read), (3, ReadWrite), (4, ReadWrite)]);
+const CROSS_ENTROPY: Shader =
+    shader(bindings![0 job: Uniform, 1 a: Read, 6 ids: Read, 3 out: ReadWrite, 4 out2: ReadWrite]);
 /// job, x, dy, dx.
-const GELU_BACKWARD: Shader = shader(&[(0, Uniform), (1, Read), (2, Read), (3, ReadWrite)]);
+const GELU_BACKWARD: Shader = shader(bindings![0 job: Uniform, 1 a: Read, 2 b: Read, 3 out: ReadWrite]);
 /// job, x, dy, dx, row stats, γ.
-const LAYER_NORM_BACKWARD: Shader =
-    shader(&[(0, Uniform), (1, Read), (2, Read), (3, ReadWrite), (4, ReadWrite), (7, Read)]);
+const LAYER_NORM_BACKWARD: Shader = shader(
+    bindings![0 job: Uniform, 1 a: Read, 2 b: Read, 3 out: ReadWrite, 4 out2: ReadWrite, 7 gamma: Read],
+);
 /// job, x, dy, [dγ, dβ], row stats (in γ's binding).
-const LAYER_NORM_PARAMS: Shader = shader(&[(0, Uniform), (1, Read), (2, Read), (3, ReadWrite), (7, Read)]);
+const LAYER_NORM_PARAMS: Shader =
+    shader(bindings![0 job: Uniform, 1 a: Read, 2 b: Read, 3 out: ReadWrite, 7 gamma: Read]);
 /// job, x, norms.
-const SUM_SQUARES: Shader = shader(&[(0, Uniform), (1, Read), (3, ReadWrite)]);
+const SUM_SQUARES: Shader = shader(bindings![0 job: Uniform, 1 a: Read, 3 out: ReadWrite]);
 /// job, gradient, norms, parameter, m, v.
-const ADAMW: Shader =
-    shader(&[(0, Uniform), (1, Read), (2, Read), (3, ReadWrite), (4, ReadWrite), (5, ReadWrite)]);
+const ADAMW: Shader = shader(
+    bindings![0 job: Uniform, 1 a: Read, 2 b: Read, 3 out: ReadWrite, 4 out2: ReadWrite, 5 out3: ReadWrite],
+);
 /// job, dx, token ids, dE.
-const EMBEDDING_BACKWARD: Shader = shader(&[(0, Uniform), (1, Read), (6, Read), (3, ReadWrite)]);
+const EMBEDDING_BACKWARD: Shader =
+    shader(bindings![0 job: Uniform, 1 a: Read, 6 ids: Read, 3 out: ReadWrite]);
 
 /// job, E, position table, token ids, x.
-const EMBED: Shader = shader(&[(0, Uniform), (1, Read), (2, Read), (6, Read), (3, ReadWrite)]);
+const EMBED: Shader = shader(bindings![0 job: Uniform, 1 a: Read, 2 b: Read, 6 ids: Read, 3 out: ReadWrite]);
 /// job, source, destination (gelu, column_sum, transpose, split_heads, merge_heads).
-const UNARY: Shader = shader(&[(0, Uniform), (1, Read), (3, ReadWrite)]);
+const UNARY: Shader = shader(bindings![0 job: Uniform, 1 a: Read, 3 out: ReadWrite]);
 
 const ENTRIES: [(Shader, &str); 13] = [
     (CROSS_ENTROPY, "cross_entropy"),

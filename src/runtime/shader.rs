@@ -34,16 +34,32 @@ pub enum Binding {
     ReadWrite,
 }
 
-/// Bindings numbered 0, 1, 2… in order: `numbered([Uniform, Read, ReadWrite])`.
-pub const fn numbered<const N: usize>(kinds: [Binding; N]) -> [(u32, Binding); N] {
-    let mut out = [(0, Binding::Uniform); N];
-    let mut i = 0;
-    while i < N {
-        out[i] = (i as u32, kinds[i]);
-        i += 1;
-    }
-    out
+/// One binding of a kernel in group 0: its number, its name in the WGSL and how it is bound.
+/// Declared with [`bindings!`](crate::runtime::shader::bindings); the naga reflection test
+/// (`tests/shaders.rs`) checks every family's slots against the WGSL of every variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Slot {
+    /// `@binding(n)` in group 0.
+    pub binding: u32,
+    /// The WGSL variable's name.
+    pub name: &'static str,
+    /// `var<uniform>`, `var<storage, read>` or `var<storage, read_write>`.
+    pub kind: Binding,
 }
+
+/// A kernel's group-0 bindings as `number name: Kind`, named as its WGSL names them and in
+/// the order its bind groups list their buffers:
+/// `bindings![0 contract: Uniform, 1 q: Read, 4 o: ReadWrite]`.
+macro_rules! bindings {
+    ($($n:literal $name:ident: $kind:ident),* $(,)?) => {
+        &[$($crate::runtime::shader::Slot {
+            binding: $n,
+            name: stringify!($name),
+            kind: $crate::runtime::shader::Binding::$kind,
+        }),*]
+    };
+}
+pub(crate) use bindings;
 
 /// A kernel family's shader, declared once.
 #[derive(Clone, Copy, Debug)]
@@ -52,9 +68,8 @@ pub struct Shader {
     pub stem: &'static str,
     /// The kernel's own WGSL.
     pub source: &'static str,
-    /// Its bindings in group 0: (binding number, kind), in the order bind groups list
-    /// their buffers.
-    pub bindings: &'static [(u32, Binding)],
+    /// Its bindings in group 0, in the order bind groups list their buffers.
+    pub bindings: &'static [Slot],
 }
 
 impl Shader {
@@ -109,7 +124,7 @@ struct VariantKey {
     entry: &'static str,
     prelude: Vec<&'static str>,
     consts: Vec<(&'static str, u32)>,
-    bindings: &'static [(u32, Binding)],
+    bindings: &'static [Slot],
     user: Option<u64>,
 }
 
@@ -317,7 +332,7 @@ pub struct Compiled {
     pub pipeline: wgpu::ComputePipeline,
     /// The bind-group layout of the variant's bindings.
     pub layout: wgpu::BindGroupLayout,
-    bindings: &'static [(u32, Binding)],
+    bindings: &'static [Slot],
     /// Bind group 1's layout: the user's buffers, when the variant's WGSL declares any.
     pub user_layout: Option<wgpu::BindGroupLayout>,
 }
@@ -336,8 +351,8 @@ impl Compiled {
         let entries: Vec<_> = buffers
             .iter()
             .zip(self.bindings)
-            .map(|((b, range), &(binding, _))| wgpu::BindGroupEntry {
-                binding,
+            .map(|((b, range), slot)| wgpu::BindGroupEntry {
+                binding: slot.binding,
                 resource: match range {
                     None => b.as_entire_binding(),
                     Some((offset, size)) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -360,12 +375,12 @@ impl Compiled {
     /// wgpu does not check, so the debug builds that run the tests do.
     fn aliased(&self, buffers: &[(&wgpu::Buffer, Option<(u64, u64)>)]) -> Option<(u32, u32)> {
         let span = |(b, r): &(&wgpu::Buffer, Option<(u64, u64)>)| r.map_or(0..b.size(), |(o, n)| o..o + n);
-        for (i, (a, &(ia, ka))) in buffers.iter().zip(self.bindings).enumerate() {
-            for (b, &(ib, kb)) in buffers.iter().zip(self.bindings).skip(i + 1) {
-                let writes = ka == Binding::ReadWrite || kb == Binding::ReadWrite;
+        for (i, (a, slot_a)) in buffers.iter().zip(self.bindings).enumerate() {
+            for (b, slot_b) in buffers.iter().zip(self.bindings).skip(i + 1) {
+                let writes = slot_a.kind == Binding::ReadWrite || slot_b.kind == Binding::ReadWrite;
                 let (sa, sb) = (span(a), span(b));
                 if writes && a.0 == b.0 && sa.start < sb.end && sb.start < sa.end {
-                    return Some((ia, ib));
+                    return Some((slot_a.binding, slot_b.binding));
                 }
             }
         }
@@ -457,7 +472,8 @@ impl Gpu {
         if let Some(c) = self.caches.pipelines.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
             return Ok(c.clone());
         }
-        let layout = self.layout(variant.shader.bindings);
+        let layout =
+            self.layout(&variant.shader.bindings.iter().map(|s| (s.binding, s.kind)).collect::<Vec<_>>());
         let user_layout = variant
             .user
             .as_ref()

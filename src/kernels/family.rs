@@ -1,0 +1,173 @@
+//! The registry of kernel families: every family the engine builds, each with every variant
+//! it can build for a device. The naga sweep (`tests/shaders.rs`) validates them all under
+//! several limit sets and checks each variant's bindings against its WGSL; the match below is
+//! exhaustive, so a family added to the enum without its variants does not build, and the
+//! sweep fails for a `.wgsl` file with a compute entry point that no family builds.
+
+use crate::contract::mods::{Mods, Named};
+use crate::kernels::{MAX_HEAD_DIM, backward, decode, embed, flash, heatmap, layer, matmul, mods, naive};
+use crate::kernels::{pad, peak, positions, ring, route, train, with_mods};
+use crate::runtime::shader::ShaderVariant;
+
+/// A kernel family: one Rust module beside its `.wgsl` file(s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// `flash.wgsl`, `flash_coop.wgsl`: tiled attention forward.
+    Flash,
+    /// `naive.wgsl`: materialised attention, the baseline.
+    Naive,
+    /// `backward.wgsl`: dQ, dK, dV (tiled and materialised).
+    Backward,
+    /// `decode.wgsl`: one step against a KV cache, split over the cache.
+    Decode,
+    /// `heatmap.wgsl`: one head's probabilities pooled to pixels.
+    Heatmap,
+    /// `mod_map.wgsl`: block maps refined by a `mask_mod`.
+    ModMap,
+    /// `matmul.wgsl`, `matmul_coop.wgsl`: C = A·B (+ bias, activation).
+    Matmul,
+    /// `train.wgsl`: the trainer's losses and backward passes.
+    Train,
+    /// `layer.wgsl`: layer norm, softmax, adds.
+    Layer,
+    /// `embed.wgsl`: embedding gathers, pooling, normalisation.
+    Embed,
+    /// `route.wgsl`: CoLT5's router, top-k, gather and scatter.
+    Route,
+    /// `pad.wgsl`: head dims padded to a multiple of 4.
+    Pad,
+    /// `positions.wgsl`: RoPE and sinusoidal encodings in place.
+    Positions,
+    /// `ring.wgsl`: ring attention's merges.
+    Ring,
+    /// `peak.wgsl`: the FMA and copy probes.
+    Peak,
+}
+
+impl Family {
+    /// Every family.
+    pub const ALL: [Family; 15] = [
+        Family::Flash,
+        Family::Naive,
+        Family::Backward,
+        Family::Decode,
+        Family::Heatmap,
+        Family::ModMap,
+        Family::Matmul,
+        Family::Train,
+        Family::Layer,
+        Family::Embed,
+        Family::Route,
+        Family::Pad,
+        Family::Positions,
+        Family::Ring,
+        Family::Peak,
+    ];
+
+    /// Every variant the family builds for a device with `limits`, over every supported head
+    /// dim, with and without attention mods where it runs them.
+    pub fn variants(self, limits: &wgpu::Limits) -> Vec<ShaderVariant> {
+        let dims = || (4..=MAX_HEAD_DIM).step_by(4);
+        match self {
+            Family::Flash => dims()
+                .flat_map(|d| {
+                    let config = flash::FlashConfig::for_limits(limits, d);
+                    let mut v = vec![
+                        config.variant(d, false),
+                        config.variant(d, true),
+                        config.variant_f16(d, false, true),
+                    ];
+                    // the subgroup-shuffle path at the subgroup widths of real hardware
+                    for sg in [8, 16, 32, 64] {
+                        if config.p == 1 && config.br.is_multiple_of(sg) {
+                            let c = flash::FlashConfig { sg, ..config };
+                            v.extend([c.variant(d, false), c.variant(d, true)]);
+                        }
+                    }
+                    v.extend(
+                        sample_mods().iter().map(|m| with_mods(config.variant(d, false), Some(m), 100, 300)),
+                    );
+                    v
+                })
+                .chain(flash::coop_variants())
+                .collect(),
+            Family::Naive => {
+                dims().flat_map(|d| [naive::variants(d, false), naive::variants(d, true)].concat()).collect()
+            }
+            Family::Backward => dims()
+                .flat_map(|d| {
+                    // plain loads, and shuffles at the subgroup widths of real hardware
+                    [(32, 32, 0), (32, 32, 8), (64, 32, 32), (16, 16, 16), (8, 8, 8), (4, 4, 0)]
+                        .into_iter()
+                        .flat_map(move |(br, bc, sg)| {
+                            backward::BackwardConfig { br, bc, sg, dq_pass_tiles: 0, dkv_pass_tiles: 0 }
+                                .variants(d)
+                        })
+                        .chain(sample_mods().iter().flat_map(|m| {
+                            let c = backward::BackwardConfig {
+                                br: 32,
+                                bc: 32,
+                                sg: 0,
+                                dq_pass_tiles: 0,
+                                dkv_pass_tiles: 0,
+                            };
+                            c.variants(d)
+                                .into_iter()
+                                .map(|v| with_mods(v, Some(m), 100, 300))
+                                .collect::<Vec<_>>()
+                        }))
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+            Family::Decode => dims()
+                .flat_map(|d| {
+                    [(8, 0), (64, 0), (8, 8), (32, 32)]
+                        .into_iter()
+                        .flat_map(move |(wg, sg)| decode::variants(d, 8, wg, sg, sg > 0))
+                })
+                .collect(),
+            Family::Heatmap => dims()
+                .flat_map(|d| {
+                    let c = flash::FlashConfig::for_limits(limits, d);
+                    let plain = heatmap::variant(d, c.br, c.bc);
+                    let modded =
+                        sample_mods().into_iter().map(|m| with_mods(plain.clone(), Some(&m), 100, 300));
+                    std::iter::once(plain.clone()).chain(modded).collect::<Vec<_>>()
+                })
+                .collect(),
+            Family::ModMap => sample_mods()
+                .iter()
+                .filter(|m| m.has_mask_mod())
+                .flat_map(|m| [(32, 32), (64, 16), (4, 4)].map(|(br, bc)| mods::variant(m, br, bc, 100, 300)))
+                .collect(),
+            Family::Matmul => matmul::coop_variants()
+                .into_iter()
+                .chain([0, 8, 16].into_iter().flat_map(|sg| {
+                    [matmul::Activation::None, matmul::Activation::Gelu, matmul::Activation::GeluErf]
+                        .map(|a| matmul::variant(a, sg))
+                }))
+                .collect(),
+            Family::Train => train::variants(),
+            Family::Layer => layer::variants(),
+            Family::Embed => embed::variants(),
+            Family::Route => route::variants(),
+            Family::Pad => pad::variants(),
+            Family::Positions => positions::variants(),
+            Family::Ring => ring::variants(),
+            Family::Peak => peak::variants(),
+        }
+    }
+}
+
+/// Mods that exercise every way user WGSL enters a kernel: a `mask_mod`, a `score_mod`
+/// reading a buffer in bind group 1, and both at once.
+fn sample_mods() -> Vec<Mods> {
+    let table = std::sync::Arc::new(vec![0.5; 4 * crate::contract::mods::T5_BUCKETS]);
+    let window = Named::Window(64).mods();
+    let t5 = Named::T5(table).mods();
+    let both = Named::Window(64)
+        .mods()
+        .and(Named::Softcap(30.0).mods())
+        .expect("a mask_mod and a score_mod combine");
+    vec![window, t5, both]
+}
