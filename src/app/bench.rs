@@ -63,15 +63,9 @@ impl Default for BenchState {
     }
 }
 
+/// The sizes field: [`crate::measure::bench::parse_sizes`], its error as text.
 fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
-    text.split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| {
-            let t = s.trim().to_lowercase();
-            let (num, mul) = t.strip_suffix('k').map_or((t.as_str(), 1), |x| (x, 1024));
-            num.parse::<usize>().map(|v| v * mul).map_err(|_| format!("size `{s}`: expected e.g. 512 or 4k"))
-        })
-        .collect()
+    crate::measure::bench::parse_sizes(text).map_err(|e| e.to_string())
 }
 
 /// Draws the sweep controls (started as a [`Job`], inline when `inline`; the default sweep

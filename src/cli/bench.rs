@@ -6,15 +6,13 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
-use longctx::contract::inputs::hashed;
-use longctx::contract::mask::{BigBird, Mask};
 use longctx::kernels::peak;
-use longctx::measure::bench::{Record, fitted_exponent, run_config, rung_fits};
-use longctx::runtime::timing::time_wall;
-use longctx::{Alibi, AttnSpec, Kernel, Window};
+use longctx::measure::bench::Record;
+use longctx::measure::suite::{self, Config};
+use longctx::{Alibi, AttnSpec, Kernel};
 
 use super::DeviceArgs;
-use super::maskargs::{MaskArgs, PositionArgs, describe, shape};
+use super::maskargs::{MaskArgs, PositionArgs, shape};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Suite {
@@ -136,17 +134,9 @@ fn budget_seconds(text: &str) -> Result<f64, String> {
     }
 }
 
-/// Parses `512`, `4k`, `1K`, `16M` (k = 1024, M = 1024²).
+/// A size flag's value (`longctx::measure::bench::parse_size`: `512`, `4k`, `16M`).
 pub fn parse_size(s: &str) -> anyhow::Result<usize> {
-    let t = s.trim().to_lowercase();
-    let (num, mul) = match (t.strip_suffix('k'), t.strip_suffix('m')) {
-        (Some(x), _) => (x, 1024),
-        (_, Some(x)) => (x, 1024 * 1024),
-        _ => (t.as_str(), 1),
-    };
-    let v: usize =
-        num.parse().with_context(|| format!("size `{s}`: expected a number like 512, 4k or 1M"))?;
-    v.checked_mul(mul).with_context(|| format!("size `{s}` does not fit in {} bits", usize::BITS))
+    Ok(longctx::measure::bench::parse_size(s)?)
 }
 
 fn kernel(name: &str) -> anyhow::Result<Kernel> {
@@ -155,16 +145,6 @@ fn kernel(name: &str) -> anyhow::Result<Kernel> {
         "naive" => Ok(Kernel::Naive),
         other => bail!("unknown kernel `{other}`; choose from flash, naive"),
     }
-}
-
-struct Config {
-    kernel: Kernel,
-    spec: AttnSpec,
-    reps: usize,
-}
-
-fn bigbird(n: usize) -> anyhow::Result<Mask> {
-    Ok(Mask::bigbird(&BigBird { global: 1, window: 1, random: 2, block: 64, seed: 0 }, n)?)
 }
 
 impl BenchArgs {
@@ -214,38 +194,12 @@ fn configs(a: &BenchArgs) -> anyhow::Result<Vec<Config>> {
         }
         return Ok(out);
     }
-    let reps = |r| a.reps.unwrap_or(r);
-    match a.suite() {
-        Suite::Default => unreachable!("the default suite is sized by its budget (default_suite)"),
-        Suite::Full => {
-            for causal in [false, true] {
-                for kern in [Kernel::Flash, Kernel::Naive] {
-                    for n in [1024, 2048, 4096, 8192] {
-                        let spec = AttnSpec::new(shape(4, 4, n, n, 64)).causal(causal);
-                        out.push(Config { kernel: kern, spec, reps: reps(3) });
-                    }
-                }
-            }
-        }
-        Suite::Scaling => {
-            for k in [8, 16, 32, 64, 128] {
-                let n = k * 1024;
-                let s = shape(1, 1, n, n, 64);
-                let window = AttnSpec::new(s).causal(true).window(Some(Window::new(512, 0)));
-                out.push(Config { kernel: Kernel::Flash, spec: window, reps: reps(3) });
-                out.push(Config {
-                    kernel: Kernel::Flash,
-                    spec: AttnSpec::new(s).mask(Some(bigbird(n)?)),
-                    reps: reps(3),
-                });
-            }
-            for k in [8, 16, 32] {
-                let spec = AttnSpec::new(shape(1, 1, k * 1024, k * 1024, 64)).causal(true);
-                out.push(Config { kernel: Kernel::Flash, spec, reps: reps(1) });
-            }
-        }
-    }
-    Ok(out)
+    let fixed = match a.suite() {
+        Suite::Default => unreachable!("the default suite is sized by its budget (suite::default_suite)"),
+        Suite::Full => suite::Fixed::Full,
+        Suite::Scaling => suite::Fixed::Scaling,
+    };
+    Ok(suite::fixed(fixed, a.reps)?)
 }
 
 pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
@@ -288,20 +242,37 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
     );
     let bar = ProgressBar::new(0);
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}").expect("template"));
-    let mut notes = Vec::new();
-    let records = if budgeted {
-        default_suite(&gpu, a, &peak, &bar, started, &mut notes)?
+    let twins = suite::Twins {
+        traffic: !a.no_traffic,
+        f16: a.f16,
+        tensor_cores_f16: matches!(a.tensor_cores, TensorCoresArg::F16 | TensorCoresArg::All),
+        mods: a.compare_mods,
+    };
+    let (records, notes) = if budgeted {
+        let progress = |p: suite::Progress| match p {
+            suite::Progress::Planned(n) => bar.inc_length(n),
+            suite::Progress::Starting(what) => bar.set_message(what),
+            suite::Progress::Done => bar.inc(1),
+        };
+        let budget = a.budget.unwrap_or(suite::DEFAULT_BUDGET_S);
+        suite::default_suite(&gpu, twins, &peak, a.reps.unwrap_or(3), budget, started, &progress)?
     } else {
         let configs = configs(a)?;
         bar.inc_length(configs.len() as u64);
-        configs.iter().flat_map(|c| measure(&gpu, a, &peak, &bar, c)).collect()
+        let mut records = Vec::new();
+        for c in &configs {
+            bar.set_message(format!("{} {} N={}", c.kernel.name(), c.spec.describe(), c.spec.shape.n));
+            records.extend(suite::measure(&gpu, twins, &peak, c));
+            bar.inc(1);
+        }
+        (records, Vec::new())
     };
     bar.finish_and_clear();
     println!("{}", table(&records));
     for r in records.iter().filter(|r| r.skipped.is_some()) {
         println!("skipped {} {} N={}: {}", r.kernel, r.mask, r.n, r.skipped.as_deref().unwrap_or_default());
     }
-    for line in exponents(&records).into_iter().chain(notes).chain(mods_overheads(&records)) {
+    for line in suite::exponents(&records).into_iter().chain(notes).chain(suite::mods_overheads(&records)) {
         println!("{line}");
     }
     if let Some(path) = &a.json {
@@ -325,154 +296,6 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
         bail!("every configuration was skipped (reasons above): nothing was measured");
     }
     Ok(())
-}
-
-/// One configuration validated and timed (and its f16-input twin with `--f16`).
-fn measure(
-    gpu: &longctx::Gpu,
-    a: &BenchArgs,
-    peak: &peak::Peak,
-    bar: &ProgressBar,
-    c: &Config,
-) -> Vec<Record> {
-    let mask = describe(&c.spec);
-    bar.set_message(format!("{} {mask} N={}", c.kernel.name(), c.spec.shape.n));
-    let mut out = vec![run_config(gpu, c.kernel, &c.spec, c.reps, peak, !a.no_traffic, &mask)];
-    if a.f16 && c.kernel == Kernel::Flash {
-        out.push(longctx::measure::bench::run_config_f16(gpu, &c.spec, c.reps, peak, &mask, false));
-    }
-    if a.compare_mods && c.kernel == Kernel::Flash {
-        match as_mods(&c.spec) {
-            Some(spec) => {
-                let mut r = run_config(gpu, Kernel::Flash, &spec, c.reps, peak, false, &mask);
-                // the same visible pairs as the built-in rules (the mod spec alone counts dense)
-                r.kernel = "flash-mods".into();
-                r.flops = out[0].flops;
-                if let Some(ms) = r.ms_median {
-                    r.gflops = Some(r.flops / (ms * 1e-3) / 1e9);
-                    r.pct_peak_fma = r.gflops.map(|g| 100.0 * g / peak.fma_gflops);
-                }
-                out.push(r);
-            }
-            None => log::warn!(
-                "--compare-mods: {mask} has no named-mod equivalent (causal, window (L, 0), standard ALiBi)"
-            ),
-        }
-    }
-    if matches!(a.tensor_cores, TensorCoresArg::F16 | TensorCoresArg::All) && c.kernel == Kernel::Flash {
-        out.push(longctx::measure::bench::run_config_f16(gpu, &c.spec, c.reps, peak, &mask, true));
-    }
-    bar.inc(1);
-    out
-}
-
-/// `spec`'s causal, window (L, 0) and standard ALiBi rules as named mods instead (`None` when
-/// it has none of them, or one they cannot express).
-fn as_mods(spec: &AttnSpec) -> Option<AttnSpec> {
-    use longctx::contract::mods::Named;
-    let mut named = Vec::new();
-    match spec.window {
-        Some(Window { left: Some(l), right: Some(0) }) => named.push(Named::Window(l as u32)),
-        Some(_) => return None,
-        None if spec.causal => named.push(Named::Causal),
-        None => {}
-    }
-    match &spec.alibi {
-        Alibi::Off => {}
-        Alibi::Standard => named.push(Named::Alibi(spec.shape.heads)),
-        Alibi::Custom(_) => return None,
-    }
-    let mut mods: Option<longctx::contract::mods::Mods> = None;
-    for n in named {
-        mods = Some(match mods {
-            Some(m) => m.and(n.mods()).ok()?,
-            None => n.mods(),
-        });
-    }
-    Some(AttnSpec { causal: false, window: None, alibi: Alibi::Off, ..spec.clone() }.mods(Some(mods?)))
-}
-
-/// The default suite's ladder of N (= M); H = 4, D = 64. The first [`MIN_RUNGS`] always run
-/// (an exponent needs two sizes); each later one only if [`rung_fits`] the budget.
-const LADDER: [usize; 7] = [256, 512, 1024, 2048, 4096, 8192, 16384];
-const MIN_RUNGS: usize = 2;
-/// The default suite's `--budget`, seconds from start to table.
-const DEFAULT_BUDGET_S: f64 = 50.0;
-
-/// The default suite within `--budget`: the ladder (flash and naive, dense and causal),
-/// then causal+ALiBi, a causal window of N/8 and BigBird at the largest N reached. `notes`
-/// says where the ladder stopped and why.
-fn default_suite(
-    gpu: &longctx::Gpu,
-    a: &BenchArgs,
-    peak: &peak::Peak,
-    bar: &ProgressBar,
-    started: std::time::Instant,
-    notes: &mut Vec<String>,
-) -> anyhow::Result<Vec<Record>> {
-    let reps = a.reps.unwrap_or(3);
-    let mut records = Vec::new();
-    let budget = a.budget.unwrap_or(DEFAULT_BUDGET_S);
-    let run = |kernel, spec: AttnSpec, records: &mut Vec<Record>| {
-        let t = std::time::Instant::now();
-        records.extend(measure(gpu, a, peak, bar, &Config { kernel, spec, reps }));
-        t.elapsed().as_secs_f64()
-    };
-    let mut top: Option<(usize, f64, f64)> = None; // (N, rung seconds, tail's predicted seconds)
-    for (i, &n) in LADDER.iter().enumerate() {
-        if let Some((last, rung_s, tail_s)) = top {
-            let growth = n as f64 / last as f64;
-            let elapsed = started.elapsed().as_secs_f64();
-            if i >= MIN_RUNGS && !rung_fits(elapsed, rung_s, tail_s, growth, budget) {
-                notes.push(format!(
-                    "sizes from the {:.0} s budget: N {}…{last}; N = {n} would take about {:.0} s more with its \
-                     ALiBi/window/BigBird runs, {:.0} s are left (--budget SECONDS, or --full for N = 1K…8K)",
-                    budget,
-                    LADDER[0],
-                    (rung_s + tail_s) * growth * growth,
-                    (budget - elapsed).max(0.0),
-                ));
-                break;
-            }
-        }
-        bar.inc_length(4);
-        let mut secs = [[0.0; 2]; 2]; // [causal][flash, naive]
-        for (c, causal) in [false, true].into_iter().enumerate() {
-            for (k, kernel) in [Kernel::Flash, Kernel::Naive].into_iter().enumerate() {
-                secs[c][k] = run(kernel, AttnSpec::new(shape(4, 4, n, n, 64)).causal(causal), &mut records);
-            }
-        }
-        // The tail: ALiBi and window ≈ the causal pair each, BigBird ≈ dense flash.
-        let tail_s = 2.0 * (secs[1][0] + secs[1][1]) + secs[0][0];
-        top = Some((n, secs.iter().flatten().sum(), tail_s));
-    }
-    let n = top.map_or(LADDER[0], |t| t.0);
-    bar.inc_length(5);
-    let causal = AttnSpec::new(shape(4, 4, n, n, 64)).causal(true);
-    for kernel in [Kernel::Flash, Kernel::Naive] {
-        run(kernel, causal.clone().alibi(Alibi::Standard), &mut records);
-        run(kernel, causal.clone().window(Some(Window::new(n / 8, 0))), &mut records);
-    }
-    let bb = AttnSpec::new(shape(4, 4, n, n, 64)).mask(Some(bigbird(n)?));
-    run(Kernel::Flash, bb, &mut records);
-    Ok(records)
-}
-
-/// Per flash row followed by its flash-mods row: the mods' time over the built-in rules'.
-fn mods_overheads(records: &[Record]) -> Vec<String> {
-    records
-        .windows(2)
-        .filter(|w| w[0].kernel == "flash" && w[1].kernel == "flash-mods")
-        .filter_map(|w| {
-            let (a, b) = (w[0].ms_median?, w[1].ms_median?);
-            Some(format!(
-                "mods vs built-in {} N={}: {b:.2} ms vs {a:.2} ms = {:+.1} %",
-                w[0].mask,
-                w[0].n,
-                100.0 * (b / a - 1.0)
-            ))
-        })
-        .collect()
 }
 
 fn mib(b: u64) -> String {
@@ -523,30 +346,6 @@ fn table(records: &[Record]) -> Table {
     t
 }
 
-/// Fitted exponent of time vs N per (kernel, mask, D, heads) curve with ≥ 2 sizes.
-fn exponents(records: &[Record]) -> Vec<String> {
-    let mut keys: Vec<(String, String, usize, usize)> = Vec::new();
-    for r in records {
-        let key = (r.kernel.clone(), r.mask.replace(&format!("({})", r.n), ""), r.d, r.heads);
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
-    }
-    keys.into_iter()
-        .filter_map(|(kernel, mask, d, heads)| {
-            let pts: Vec<(f64, f64)> = records
-                .iter()
-                .filter(|r| r.kernel == kernel && r.mask.replace(&format!("({})", r.n), "") == mask && r.d == d && r.heads == heads)
-                .filter_map(|r| r.ms_median.map(|ms| (r.n as f64, ms)))
-                .collect();
-            let (lo, hi) = (pts.iter().map(|p| p.0).fold(f64::MAX, f64::min), pts.iter().map(|p| p.0).fold(0.0, f64::max));
-            fitted_exponent(&pts).map(|k| {
-                format!("time ∝ N^{k:.2}   {kernel} {mask} D={d} H={heads} (least squares on log–log, {} sizes, N {lo}…{hi})", pts.len())
-            })
-        })
-        .collect()
-}
-
 /// `--backward`: flash forward, backward and both, per configuration.
 fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant) -> anyhow::Result<()> {
     use longctx::measure::bench::{BACKWARD_FLOP_FACTOR, run_backward};
@@ -567,8 +366,8 @@ fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}").expect("template"));
     let mut records = Vec::new();
     for (spec, reps) in &specs {
-        bar.set_message(format!("backward {} N={}", describe(spec), spec.shape.n));
-        records.push(run_backward(gpu, spec, *reps, &describe(spec)));
+        bar.set_message(format!("backward {} N={}", spec.describe(), spec.shape.n));
+        records.push(run_backward(gpu, spec, *reps, &spec.describe()));
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -644,10 +443,10 @@ fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant
     Ok(())
 }
 
-/// Square matmuls: validated rows against the f64 oracle, then timed (host clock on
-/// software adapters, as everywhere).
+/// Square matmuls ([`longctx::measure::matmul::run_matmul`]: validated rows against the f64
+/// oracle, then timed), one table row each.
 fn matmul_bench(gpu: &longctx::Gpu, sizes: &[usize], reps: usize, tc: TensorCoresArg) -> anyhow::Result<()> {
-    use longctx::kernels::matmul::{Activation, Coop, Matmul, MatmulOptions, TensorCores, matmul_f64};
+    use longctx::kernels::matmul::{Coop, TensorCores};
     let peak = peak::best_reading(gpu)?;
     let paths: Vec<TensorCores> = match tc {
         TensorCoresArg::Exact => vec![TensorCores::Exact],
@@ -677,26 +476,14 @@ fn matmul_bench(gpu: &longctx::Gpu, sizes: &[usize], reps: usize, tc: TensorCore
         "rel err (16 rows)",
     ]);
     for (&n, &path) in sizes.iter().flat_map(|n| paths.iter().map(move |p| (n, p))) {
-        let options = MatmulOptions { subgroups: true, tensor_cores: path };
-        let mm = Matmul::with_options(gpu, n, n, n, false, Activation::None, options)?;
-        let (a, b) = (hashed(n * n, 1), hashed(n * n, 2));
-        let c = mm.run(gpu, &a, &b, None)?;
-        let rows: Vec<usize> = (0..16).map(|i| i * (n - 1) / 15).collect();
-        let a_rows: Vec<f32> = rows.iter().flat_map(|&r| a[r * n..(r + 1) * n].to_vec()).collect();
-        let want = matmul_f64(&a_rows, &b, None, rows.len(), n, n, Activation::None);
-        let got: Vec<f32> = rows.iter().flat_map(|&r| c[r * n..(r + 1) * n].to_vec()).collect();
-        let err = longctx::contract::reference::rel_error(&got, &want);
-        let (ab, bb) = (gpu.upload("A", &a)?, gpu.upload("B", &b)?);
-        let cb = gpu.storage("C", (n * n * 4) as u64)?;
-        let timing = time_wall(gpu, 1, reps, |enc| mm.encode(gpu, enc, &ab, &bb, None, &cb))?;
-        let gflops = mm.flops() / (timing.median() * 1e-3) / 1e9;
+        let r = longctx::measure::matmul::run_matmul(gpu, n, path, reps, peak.fma_gflops)?;
         t.add_row([
             n.to_string(),
-            mm.path(),
-            format!("{:.2} [{:.2}–{:.2}]", timing.median(), timing.min(), timing.max()),
-            format!("{gflops:.2}"),
-            format!("{:.1}", 100.0 * gflops / peak.fma_gflops),
-            format!("{err:.1e}"),
+            r.path,
+            format!("{:.2} [{:.2}–{:.2}]", r.ms_median, r.ms_min, r.ms_max),
+            format!("{:.2}", r.gflops),
+            format!("{:.1}", r.pct_peak_fma),
+            format!("{:.1e}", r.rel_err),
         ]);
     }
     println!("{t}");

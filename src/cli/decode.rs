@@ -5,12 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use longctx::Alibi;
-use longctx::contract::inputs::hashed as fill;
-use longctx::contract::reference::{attention_f64, rel_error};
-use longctx::kernels::decode::{Decoder, DecoderConfig};
+use longctx::kernels::decode::DecoderConfig;
 use longctx::kernels::peak;
-use longctx::runtime::timing::time_host;
-use serde::Serialize;
+use longctx::measure::decode::DecodeBench;
 
 use super::DeviceArgs;
 use super::bench::parse_size;
@@ -64,36 +61,6 @@ pub struct DecodeArgs {
     positions: PositionArgs,
 }
 
-#[derive(Serialize)]
-struct DecodeRecord {
-    heads: usize,
-    kv_heads: usize,
-    d: usize,
-    context: usize,
-    steps: usize,
-    window: Option<usize>,
-    alibi: bool,
-    mods: Option<String>,
-    positions: Option<String>,
-    splits: usize,
-    timer: String,
-    ms_per_step_median: f64,
-    ms_per_step_min: f64,
-    ms_per_step_max: f64,
-    tokens_per_s: f64,
-    kv_cache_bytes: u64,
-    kv_bytes_per_token: u64,
-    bytes_read_per_step: u64,
-    bytes_written_per_step: u64,
-    gbps: f64,
-    pct_peak_copy: f64,
-    rel_err_first_step: f64,
-    adapter: String,
-    driver: String,
-    git_commit: String,
-    timestamp: String,
-}
-
 pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
     longctx::io::check_outputs(&a.json.as_deref().into_iter().collect::<Vec<_>>(), &[])?;
     let gpu = dev.gpu()?;
@@ -119,75 +86,8 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
         // positions: the prompt, the checked step and the timed ones (one document id each)
         cfg.mods = a.mods.mods(&shape(a.heads, hkv, 1, capacity, a.d))?;
         cfg.positions = a.positions.get()?;
-        let mut dec = Decoder::new(&gpu, cfg.clone()).with_context(|| format!("kv heads {hkv}"))?;
-        // the prompt's K and V on the host, plus the oracle's joined copies: checked first
-        let floats = (hkv as u64).saturating_mul(context as u64).saturating_mul(a.d as u64);
-        longctx::runtime::host::check_bytes(
-            "the prompt's K and V and the oracle's copies",
-            floats.saturating_mul(16),
-        )?;
-        let (k, v) = (fill(hkv * context * a.d, 1), fill(hkv * context * a.d, 2));
-        dec.prefill(&gpu, 0, &k, &v)?;
-        gpu.wait()?;
-        let step_inputs = |step: usize| {
-            let salt = step as u32;
-            (fill(a.heads * a.d, 3 + salt), fill(hkv * a.d, 1000 + salt), fill(hkv * a.d, 2000 + salt))
-        };
-        // the first step (also the warm-up) is checked against the oracle
-        let (q, kn, vn) = step_inputs(0);
-        dec.step(&gpu, 0, &q, &kn, &vn)?;
-        gpu.wait()?;
-        let mut err = f64::NAN;
-        // (a ring forgets what the oracle would need; a mod from a file has no Rust rule)
-        if a.window.is_none() && cfg.mods.as_ref().is_none_or(|m| m.rule().is_some()) {
-            let out = dec.output(&gpu)?;
-            let join = |cache: &[f32], new: &[f32]| -> Vec<f32> {
-                (0..hkv)
-                    .flat_map(|h| {
-                        [&cache[h * context * a.d..(h + 1) * context * a.d], &new[h * a.d..(h + 1) * a.d]]
-                            .concat()
-                    })
-                    .collect()
-            };
-            let (o_ref, _) = attention_f64(&dec.equivalent_spec(0), &q, &join(&k, &kn), &join(&v, &vn))?;
-            err = rel_error(&out.o, &o_ref);
-        }
-        let t = time_host(0, a.steps, |i| {
-            let (q, kn, vn) = step_inputs(i + 1);
-            dec.step(&gpu, 0, &q, &kn, &vn)?;
-            gpu.wait()
-        })?;
-        let traffic = dec.step_traffic();
-        let ms = t.median();
-        let gbps = traffic.total() as f64 / (ms * 1e-3) / 1e9;
-        records.push(DecodeRecord {
-            heads: a.heads,
-            kv_heads: hkv,
-            d: a.d,
-            context,
-            steps: a.steps,
-            window: a.window,
-            alibi: a.alibi,
-            mods: cfg.mods.as_ref().map(|m| m.name().to_string()),
-            positions: cfg.positions.map(|p| p.name()),
-            splits: dec.splits(),
-            timer: "wall (submit to idle, per step)".into(),
-            ms_per_step_median: ms,
-            ms_per_step_min: t.min(),
-            ms_per_step_max: t.max(),
-            tokens_per_s: 1e3 / ms,
-            kv_cache_bytes: dec.cache().bytes(),
-            kv_bytes_per_token: cfg.bytes_per_token(),
-            bytes_read_per_step: traffic.read,
-            bytes_written_per_step: traffic.written,
-            gbps,
-            pct_peak_copy: 100.0 * gbps / peak.copy_gbps,
-            rel_err_first_step: err,
-            adapter: info.name.clone(),
-            driver: longctx::runtime::driver_of(info),
-            git_commit: env!("LONGCTX_GIT_COMMIT").into(),
-            timestamp: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        });
+        let bench = DecodeBench { config: cfg, context, steps: a.steps };
+        records.push(bench.run(&gpu, peak.copy_gbps).with_context(|| format!("kv heads {hkv}"))?);
     }
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header([
@@ -222,7 +122,8 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
         ]);
     }
     if let Some(m) = records.first().and_then(|r| r.mods.as_ref()) {
-        println!("mods: {m}");
+        // the library names a named mod `named mod …`; here it was a --mod flag
+        println!("mods: {}", m.replace("named mod ", "--mod "));
     }
     if let Some(p) = records.first().and_then(|r| r.positions.as_ref()) {
         println!("positions: {p}");

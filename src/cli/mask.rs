@@ -4,7 +4,7 @@ use longctx::contract::blockmap::{BlockMap, FULL};
 use longctx::{AttnSpec, FlashConfig};
 
 use super::bench::parse_size;
-use super::maskargs::{MaskArgs, describe, shape};
+use super::maskargs::{MaskArgs, shape};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
@@ -78,7 +78,7 @@ pub fn render(spec: &AttnSpec, map: &BlockMap, width: usize) -> String {
     }
     let mut out = format!(
         "pattern {}  N={} M={} H={} D={}\ntiles {}×{} → {nq}×{nk} tiles; each character {gy}×{gx} tiles   █ full  ▒ partial  · skipped\n",
-        describe(spec),
+        spec.describe(),
         s.n,
         s.m,
         s.heads,

@@ -103,7 +103,8 @@ impl MaskArgs {
             let (dims, cells) = read_npy_numbers(path)?;
             let cells: Vec<f32> = cells.into_iter().map(|x| x as f32).collect();
             parts.push(
-                Mask::block_mask(&shape, bs, &dims, &cells).with_context(|| format!("{}", path.display()))?,
+                Mask::block_mask(&shape, bs, &dims, &cells)
+                    .with_context(|| format!("--block-mask {} (--block-size {bs})", path.display()))?,
             );
         }
         spec = spec.causal(self.causal).window(window).mods(self.mods.mods(&shape)?);
@@ -168,7 +169,7 @@ impl ModArgs {
                 all.push(Named::T5(Arc::new(table.into_iter().map(|x| x as f32).collect())).mods());
                 continue;
             }
-            all.push(Named::parse(text, shape.heads)?.mods());
+            all.push(Named::parse(text, shape.heads).context("--mod")?.mods());
         }
         let mut out: Option<Mods> = None;
         for m in all {
@@ -188,7 +189,7 @@ impl ModArgs {
             out = Some(mods.with_buffer(name.trim(), &values)?);
         }
         if let Some(m) = &out {
-            m.check_buffers()?;
+            m.check_buffers().context("give each buffer's values with --mod-buffer NAME=FILE.npy")?;
         }
         Ok(out)
     }
@@ -211,8 +212,8 @@ impl PositionArgs {
     /// The encoding asked for (`None` without either flag).
     pub fn get(&self) -> anyhow::Result<Option<Positions>> {
         Ok(match (&self.rope, &self.sinusoidal) {
-            (Some(text), _) => Some(Positions::parse(text, true)?),
-            (None, Some(text)) => Some(Positions::parse(text, false)?),
+            (Some(text), _) => Some(Positions::parse(text, true).context("--rope")?),
+            (None, Some(text)) => Some(Positions::parse(text, false).context("--sinusoidal")?),
             (None, None) => None,
         })
     }
@@ -234,30 +235,6 @@ fn read_ids(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u32>> {
         );
     }
     Ok(ids.into_iter().map(|x| x as u32).collect())
-}
-
-/// A readable name for the active rules, e.g. `causal+window(512,0)`.
-pub fn describe(spec: &AttnSpec) -> String {
-    let mut parts = Vec::new();
-    if spec.causal {
-        parts.push("causal".to_string());
-    }
-    if let Some(w) = spec.window {
-        parts.push(Mask::Window(w).describe());
-    }
-    if let Some(m) = &spec.mask {
-        parts.push(m.describe());
-    }
-    if spec.alibi != longctx::Alibi::Off {
-        parts.push("alibi".into());
-    }
-    if let Some(m) = &spec.mods {
-        parts.push(format!("mods({})", m.name().replace("--mod ", "")));
-    }
-    if let Some(p) = &spec.positions {
-        parts.push(p.name());
-    }
-    if parts.is_empty() { "dense".into() } else { parts.join("+") }
 }
 
 /// `shape` with everything but N, M, heads and D at defaults (for `mask` and `bench`).

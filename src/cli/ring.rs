@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use longctx::contract::reference::{attention_backward_f64, attention_rows_f64, rel_error};
-use longctx::dist::plan::{Plan, Sharding, take_rows};
-use longctx::dist::ring::{self, RankOutput, Shard, StepStats};
-use longctx::dist::transport::Transport;
 use longctx::kernels::backward::{Backward, GradTensors};
+use longctx::parallel::ring::{self, RankOutput, Shard, StepStats};
+use longctx::parallel::schedule::{RingSchedule, Sharding, take_rows};
+use longctx::parallel::transport::Transport;
 use longctx::{Alibi, Attention, AttnSpec, DeviceTensors, Gpu, Kernel};
 use serde::{Deserialize, Serialize};
 
@@ -111,18 +111,23 @@ fn spec_of(a: &RingArgs) -> anyhow::Result<AttnSpec> {
     )
 }
 
-fn plan_of(a: &RingArgs, spec: &AttnSpec, ranks: usize) -> anyhow::Result<Plan> {
+fn plan_of(a: &RingArgs, spec: &AttnSpec, ranks: usize) -> anyhow::Result<RingSchedule> {
     let sharding = match a.sharding.as_deref() {
         None => Sharding::for_spec(spec),
         Some("zigzag") => Sharding::Zigzag,
         Some("contiguous") => Sharding::Contiguous,
         Some(x) => bail!("--sharding `{x}`: choose zigzag or contiguous"),
     };
-    Ok(Plan::new(spec, ranks, sharding)?)
+    Ok(RingSchedule::new(spec, ranks, sharding)?)
 }
 
 /// One rank's whole job: its shard, the forward (and backward), the check of sampled rows.
-fn rank_job(gpu: &Gpu, t: &mut dyn Transport, plan: &Plan, a: &RingArgs) -> longctx::Result<RankReport> {
+fn rank_job(
+    gpu: &Gpu,
+    t: &mut dyn Transport,
+    plan: &RingSchedule,
+    a: &RingArgs,
+) -> longctx::Result<RankReport> {
     let r = t.rank();
     let shard = Shard::hashed(plan, r);
     let t0 = Instant::now();
@@ -185,7 +190,7 @@ fn rank_job(gpu: &Gpu, t: &mut dyn Transport, plan: &Plan, a: &RingArgs) -> long
 /// `rows` of rank `r`'s output rows (spread over its chunks and the heads) against the f64
 /// oracle on the whole inputs `q`, `k`, `v`: the worst relative error of O.
 fn check(
-    plan: &Plan,
+    plan: &RingSchedule,
     r: usize,
     fwd: &RankOutput,
     rows: usize,
@@ -219,32 +224,15 @@ fn single_device(gpu: &Gpu, spec: &AttnSpec, backward: bool) -> longctx::Result<
     let [q, k, v, d_o] = ring::hashed_inputs(spec);
     let attn = Attention::new(gpu, Kernel::Flash, spec)?;
     let io = DeviceTensors::upload(gpu, spec, &q, &k, &v)?;
-    let time = |f: &dyn Fn() -> longctx::Result<()>| -> longctx::Result<f64> {
-        f()?; // warm-up
-        let mut ms = Vec::new();
-        for _ in 0..3 {
-            let t0 = Instant::now();
-            f()?;
-            ms.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-        ms.sort_by(f64::total_cmp);
-        Ok(ms[1])
+    // a warm-up, then the median of 3 (record only: time_wall submits and waits)
+    let time = |record: &mut dyn FnMut(&mut wgpu::CommandEncoder) -> longctx::Result<()>| {
+        longctx::runtime::timing::time_wall(gpu, 1, 3, record).map(|t| t.median())
     };
-    let fwd = time(&|| {
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        attn.encode(gpu, &mut enc, &io.buffers())?;
-        gpu.queue.submit([enc.finish()]);
-        gpu.wait()
-    })?;
+    let fwd = time(&mut |enc| attn.encode(gpu, enc, &io.buffers()))?;
     let bwd = if backward {
         let bw = Backward::new(gpu, spec)?;
         let grads = GradTensors::upload(gpu, spec, &d_o)?;
-        Some(time(&|| {
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            bw.encode(gpu, &mut enc, &grads.buffers(&io))?;
-            gpu.queue.submit([enc.finish()]);
-            gpu.wait()
-        })?)
+        Some(time(&mut |enc| bw.encode(gpu, enc, &grads.buffers(&io)))?)
     } else {
         None
     };
@@ -254,7 +242,7 @@ fn single_device(gpu: &Gpu, spec: &AttnSpec, backward: bool) -> longctx::Result<
 pub fn run(dev: &DeviceArgs, a: &RingArgs) -> anyhow::Result<()> {
     longctx::io::check_outputs(&a.json.as_deref().into_iter().collect::<Vec<_>>(), &[])?;
     let spec = spec_of(a)?;
-    if longctx::dist::transport::mpi_launched() {
+    if longctx::parallel::transport::mpi_launched() {
         return run_mpi(dev, a, &spec);
     }
     let ranks = a.devices.unwrap_or(2);
@@ -289,7 +277,13 @@ pub fn run(dev: &DeviceArgs, a: &RingArgs) -> anyhow::Result<()> {
 }
 
 /// Rank 0's table: per rank its steps, bytes and memory, the check, and one device.
-fn report(gpu: &Gpu, a: &RingArgs, plan: &Plan, reports: &[RankReport], how: &str) -> anyhow::Result<()> {
+fn report(
+    gpu: &Gpu,
+    a: &RingArgs,
+    plan: &RingSchedule,
+    reports: &[RankReport],
+    how: &str,
+) -> anyhow::Result<()> {
     let s = plan.spec.shape;
     println!(
         "ring attention: P = {} over {how}; {:?} sharding; B={} H={}/{} N={} M={} D={} {}",
@@ -301,7 +295,7 @@ fn report(gpu: &Gpu, a: &RingArgs, plan: &Plan, reports: &[RankReport], how: &st
         s.n,
         s.m,
         s.head_dim,
-        super::maskargs::describe(&plan.spec)
+        plan.spec.describe()
     );
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     let mut table = Table::new();
@@ -392,7 +386,7 @@ fn run_mpi(_dev: &DeviceArgs, _a: &RingArgs, _spec: &AttnSpec) -> anyhow::Result
 /// the job (MPI_Abort), so no other rank waits for it.
 #[cfg(feature = "mpi")]
 fn run_mpi(dev: &DeviceArgs, a: &RingArgs, spec: &AttnSpec) -> anyhow::Result<()> {
-    use longctx::dist::mpi::Mpi;
+    use longctx::parallel::mpi::Mpi;
     let mut t = Mpi::init(Duration::from_secs(a.timeout))?;
     if a.devices.is_some() {
         t.fail(&"--devices is for devices of one process; under mpirun the MPI world is the ring", 2);

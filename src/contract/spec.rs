@@ -53,6 +53,31 @@ pub struct AttnSpec {
 }
 
 impl AttnSpec {
+    /// A readable name for the active rules, e.g. `causal+window(512,0)` (`dense` when there
+    /// are none): the `mask` of benchmark records.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.causal {
+            parts.push("causal".to_string());
+        }
+        if let Some(w) = self.window {
+            parts.push(Mask::Window(w).describe());
+        }
+        if let Some(m) = &self.mask {
+            parts.push(m.describe());
+        }
+        if self.alibi != Alibi::Off {
+            parts.push("alibi".into());
+        }
+        if let Some(m) = &self.mods {
+            parts.push(format!("mods({})", m.name().replace("named mod ", "")));
+        }
+        if let Some(p) = &self.positions {
+            parts.push(p.name());
+        }
+        if parts.is_empty() { "dense".into() } else { parts.join("+") }
+    }
+
     /// Plain attention over `shape`: not causal, no window, ALiBi or mask, default scale.
     pub fn new(shape: AttnShape) -> Self {
         Self {

@@ -7,12 +7,34 @@ use serde::{Deserialize, Serialize};
 use crate::contract::inputs::seeded_qkv;
 use crate::contract::reference::{attention_f64, attention_rows_f64, rel_error};
 use crate::contract::spec::AttnSpec;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernels::peak::Peak;
 use crate::kernels::{Attention, DeviceTensors, Kernel};
 use crate::measure::chart::{Axis, ChartData, Mark, Unit};
 use crate::runtime::Gpu;
 use crate::runtime::timing::{GpuTimer, Timing, time_encoded};
+
+/// A size as a user writes it: `512`, `4k`, `1K`, `16M` (k = 1024, M = 1024²); an error for
+/// anything else or a size that overflows `usize`. The one parser of sizes: the CLI's flags
+/// and the visualiser's fields both use it.
+pub fn parse_size(s: &str) -> Result<usize> {
+    let t = s.trim().to_lowercase();
+    let (num, mul) = match (t.strip_suffix('k'), t.strip_suffix('m')) {
+        (Some(x), _) => (x, 1024),
+        (_, Some(x)) => (x, 1024 * 1024),
+        _ => (t.as_str(), 1),
+    };
+    let v: usize = num.parse().map_err(|e| {
+        Error::Invalid(format!("size `{}`: expected a number like 512, 4k or 1M ({e})", s.trim()))
+    })?;
+    v.checked_mul(mul)
+        .ok_or_else(|| Error::Invalid(format!("size `{}` does not fit in {} bits", s.trim(), usize::BITS)))
+}
+
+/// A comma-separated list of [`parse_size`] sizes (empty items skipped).
+pub fn parse_sizes(text: &str) -> Result<Vec<usize>> {
+    text.split(',').filter(|s| !s.trim().is_empty()).map(parse_size).collect()
+}
 
 /// Runs `attn` `warmup` times untimed, then `reps` times. Each run is timed on the device
 /// (timestamps around the kernel's compute pass) when the device has TIMESTAMP_QUERY, else

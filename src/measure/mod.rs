@@ -1,8 +1,14 @@
-//! Measurement above the kernels: the benchmark records, the autotuner, the memory planner,
-//! the palette and units every chart uses.
+//! Measurement above the kernels, as a library service the CLI, the visualiser and the
+//! browser share: validate-then-time records (`bench`: attention and backward; `decode`;
+//! `matmul`), the suites and the budget ladder (`suite`), the autotuner (`tune`), the memory
+//! planner (`plan`), the self-test (`selftest`), and the palette and units every chart uses
+//! (`chart`).
 
 pub mod bench;
 pub mod chart;
+pub mod decode;
+pub mod matmul;
 pub mod plan;
 pub mod selftest;
+pub mod suite;
 pub mod tune;
