@@ -38,7 +38,7 @@ fn file_err(path: &Path, message: impl Into<String>) -> Error {
 }
 
 /// The largest file the engine reads whole (weights, configs, tokenizers): 16 GiB.
-pub const MAX_FILE_BYTES: u64 = 16 << 30;
+pub(crate) const MAX_FILE_BYTES: u64 = 16 << 30;
 
 /// The size of `path` if it is a regular file of at most `limit` bytes. A FIFO, device
 /// (`/dev/zero`), directory or socket is refused before it is opened — opening a FIFO
@@ -286,7 +286,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// or a symlink's regular target. A directory, device, FIFO or socket is refused: outputs
 /// replace a regular file by renaming, which would otherwise replace `/dev/null` with a
 /// regular file or fail only after the earlier outputs were moved into place.
-pub fn output_target(path: &Path) -> Result<PathBuf> {
+pub(crate) fn output_target(path: &Path) -> Result<PathBuf> {
     let meta = match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(path.to_path_buf()),
         Err(e) => return Err(file_err(path, format!("cannot be written: {e}"))),
@@ -349,7 +349,7 @@ pub fn read_safetensors(path: &Path, name: &str) -> Result<Tensor> {
 
 /// Writes f32 tensors `(name, shape, data)` and string `metadata` as a `.safetensors` file,
 /// atomically (a checkpoint is either the old one or the new one).
-pub fn write_safetensors(
+pub(crate) fn write_safetensors(
     path: &Path,
     tensors: &[(String, Vec<usize>, &[f32])],
     metadata: std::collections::HashMap<String, String>,

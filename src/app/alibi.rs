@@ -58,7 +58,7 @@ fn effect(settings: &Settings, alibi: bool) -> Vec<[f64; 2]> {
 
 /// Draws the slopes for the current head count, bias against distance, and the mean
 /// probability against distance with and without ALiBi (recomputed when `settings` change).
-pub fn alibi_ui(ui: &mut egui::Ui, st: &mut AlibiState, settings: &Settings) {
+pub(crate) fn alibi_ui(ui: &mut egui::Ui, st: &mut AlibiState, settings: &Settings) {
     let heads = settings.heads;
     let slopes = alibi_slopes(heads);
     ui.label(format!(

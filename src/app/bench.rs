@@ -71,7 +71,7 @@ fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
 /// Draws the sweep controls (started as a [`Job`], inline when `inline`; the default sweep
 /// starts on the `first_view`), the JSON loader and time against N on log–log axes with a
 /// fitted exponent per curve.
-pub fn bench_ui(ui: &mut egui::Ui, st: &mut BenchState, gpu: &Gpu, inline: bool, first_view: bool) {
+pub(crate) fn bench_ui(ui: &mut egui::Ui, st: &mut BenchState, gpu: &Gpu, inline: bool, first_view: bool) {
     if first_view
         && !st.started
         && st.job.is_none()

@@ -11,7 +11,7 @@ const STOPS: [(f32, [u8; 3]); 5] = [
 ];
 
 /// Decades shown by the log scale: 1e-6 … 1.
-pub const LOG_DECADES: f32 = 6.0;
+pub(crate) const LOG_DECADES: f32 = 6.0;
 
 /// Maps a probability to [0, 1] on the chosen scale, relative to the view's maximum.
 pub fn normalise(p: f32, max: f32, log: bool) -> f32 {
@@ -33,7 +33,7 @@ pub fn color(t: f32) -> Color32 {
 }
 
 /// Horizontal room a [`colour_bar`] takes beside a view, labels included.
-pub const COLOUR_BAR_WIDTH: f32 = 96.0;
+pub(crate) const COLOUR_BAR_WIDTH: f32 = 96.0;
 
 /// A vertical colour bar in `rect` for probabilities 0 ..= `max` on the linear or log scale
 /// (as [`normalise`] maps them), ticks labelled to its right, `caption` above.

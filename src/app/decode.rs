@@ -92,7 +92,7 @@ fn start(ctx: &egui::Context, st: &mut DecodeState, gpu: &Gpu, inline: bool) {
 /// Draws KV-cache GiB against cached tokens (f32) for the three variants, and measures and
 /// plots decoding tokens/s against context (256, 1K, 4K) on `gpu` — on first view when
 /// `first_view`, else when asked.
-pub fn decode_ui(ui: &mut egui::Ui, st: &mut DecodeState, gpu: &Gpu, inline: bool, first_view: bool) {
+pub(crate) fn decode_ui(ui: &mut egui::Ui, st: &mut DecodeState, gpu: &Gpu, inline: bool, first_view: bool) {
     if first_view && !st.started && st.job.is_none() {
         start(ui.ctx(), st, gpu, inline);
     }

@@ -38,7 +38,7 @@ impl ExportState {
 }
 
 /// The export menu: the directory and the button.
-pub fn export_ui(ui: &mut egui::Ui, st: &mut ExportState) {
+pub(crate) fn export_ui(ui: &mut egui::Ui, st: &mut ExportState) {
     ui.menu_button("export", |ui| {
         ui.horizontal(|ui| {
             let l = ui.label("directory");
@@ -55,14 +55,14 @@ pub fn export_ui(ui: &mut egui::Ui, st: &mut ExportState) {
 
 /// Called before the panels draw: matrix views record their values only in a frame that
 /// exports.
-pub fn begin_frame(ctx: &egui::Context, st: &ExportState) {
+pub(crate) fn begin_frame(ctx: &egui::Context, st: &ExportState) {
     style::set_exporting(ctx, st.requested);
 }
 
 /// Called after the panels drew: clears what they recorded, or, when an export was asked
 /// for, writes it as `DIR/<panel>-<chart>.csv|json` and asks for a screenshot that becomes
 /// `DIR/<panel>.png` (cropped to `rect`, the panel).
-pub fn end_frame(ctx: &egui::Context, st: &mut ExportState, panel: &str, rect: Rect) {
+pub(crate) fn end_frame(ctx: &egui::Context, st: &mut ExportState, panel: &str, rect: Rect) {
     let drawn = style::take_drawn(ctx);
     if !std::mem::take(&mut st.requested) {
         return;

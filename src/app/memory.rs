@@ -33,7 +33,7 @@ fn gb(b: u64) -> String {
 
 /// Draws the plan table (batch 1, bf16) with GPUs needed, and training memory and KV cache
 /// against context on log–log axes with each GPU's capacity.
-pub fn memory_ui(ui: &mut egui::Ui, st: &mut MemoryState) {
+pub(crate) fn memory_ui(ui: &mut egui::Ui, st: &mut MemoryState) {
     ui.horizontal(|ui| {
         egui::ComboBox::from_label("model").selected_text(st.preset).show_ui(ui, |ui| {
             for p in ModelShape::PRESETS {

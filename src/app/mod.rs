@@ -1,28 +1,38 @@
 //! `longctx viz`: the desktop visualiser. It runs the engine on eframe's own wgpu device (the
 //! app is longctx's first embedder), one file per panel; functions that draw end in `_ui`.
 
+// The panels' state is public for the app's tests (tests/app.rs drives the real app under
+// egui_kittest), not for embedders: hidden from the docs.
 mod alibi;
 mod bench;
 mod colormap;
 mod decode;
+#[doc(hidden)]
 pub mod export;
 mod memory;
 // the Model panel runs BERT (feature `bert`); without it the panel says so
 #[cfg_attr(not(feature = "bert"), path = "model_off.rs")]
+#[doc(hidden)]
 pub mod model;
+#[doc(hidden)]
 pub mod patterns;
+#[doc(hidden)]
 pub mod remember;
 mod routing;
+#[doc(hidden)]
 pub mod style;
 mod tiles;
 mod traffic;
+#[doc(hidden)]
 pub mod training;
 
 use std::sync::mpsc;
 
+#[doc(hidden)]
 pub use patterns::{Computed, Pattern, Settings};
 
 /// A sparse pattern by name (`None`, `Longformer`, `BigBird`, `Global`, `Segments`).
+#[doc(hidden)]
 pub fn patterns_pattern(name: &str) -> Pattern {
     match name {
         "Longformer" => Pattern::Longformer,
@@ -127,7 +137,7 @@ impl<T: Send + 'static> Job<T> {
     }
 
     /// The result, once ready.
-    pub fn poll(&self) -> Option<Result<T, String>> {
+    pub(crate) fn poll(&self) -> Option<Result<T, String>> {
         self.rx.try_recv().ok()
     }
 }
@@ -197,7 +207,7 @@ impl LongctxApp {
 
     /// [`LongctxApp::new`] with the controls set as they were when the app last closed
     /// (eframe's storage), for the window.
-    pub fn restored(cc: &eframe::CreationContext<'_>) -> Self {
+    pub(crate) fn restored(cc: &eframe::CreationContext<'_>) -> Self {
         let mut app = Self::new(cc);
         if let Some(r) = cc.storage.and_then(|s| eframe::get_value::<remember::Remembered>(s, remember::KEY))
         {
@@ -279,7 +289,7 @@ impl eframe::App for LongctxApp {
 }
 
 /// Why a panel is not shown in the browser (`None` where it is, and on native).
-pub fn not_in_the_browser(tab: Tab) -> Option<&'static str> {
+pub(crate) fn not_in_the_browser(tab: Tab) -> Option<&'static str> {
     if !cfg!(target_arch = "wasm32") {
         return None;
     }

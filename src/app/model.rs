@@ -115,7 +115,7 @@ fn compute(gpu: &Gpu, dir: PathBuf, text: String, loaded: Option<Arc<Loaded>>) -
 
 /// Draws the directory and sentence inputs, starts an encode as a [`Job`] (inline when
 /// `inline`), and shows the head or model view of the last run.
-pub fn model_ui(ui: &mut egui::Ui, st: &mut ModelState, gpu: &Gpu, inline: bool, first_view: bool) {
+pub(crate) fn model_ui(ui: &mut egui::Ui, st: &mut ModelState, gpu: &Gpu, inline: bool, first_view: bool) {
     // on the first view, the sentence is encoded when the directory holds a model
     if first_view && !st.started && st.job.is_none() && st.run.is_none() {
         st.started = true;

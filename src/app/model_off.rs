@@ -13,7 +13,7 @@ pub struct ModelState {
 }
 
 /// Says that this build has no BERT encoder.
-pub fn model_ui(ui: &mut egui::Ui, _: &mut ModelState, _: &Gpu, _: bool, _: bool) {
+pub(crate) fn model_ui(ui: &mut egui::Ui, _: &mut ModelState, _: &Gpu, _: bool, _: bool) {
     ui.label(
         "The Model panel runs BERT, which this build of longctx leaves out (feature `bert`): \
          run `longctx viz` from a default build.",

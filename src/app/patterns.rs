@@ -101,7 +101,7 @@ impl Default for Settings {
 }
 
 /// The name the mod editor's text goes by in compile errors (`mod editor:LINE:COLUMN`).
-pub const MOD_EDITOR: &str = "mod editor";
+pub(crate) const MOD_EDITOR: &str = "mod editor";
 
 /// Examples the editor offers: (button, WGSL).
 pub const MOD_EXAMPLES: [(&str, &str); 3] = [
@@ -120,7 +120,7 @@ pub const MOD_EXAMPLES: [(&str, &str); 3] = [
 ];
 
 /// A problem on the host: its spec and Q, K, V.
-pub type Problem = (AttnSpec, Vec<f32>, Vec<f32>, Vec<f32>);
+pub(crate) type Problem = (AttnSpec, Vec<f32>, Vec<f32>, Vec<f32>);
 
 impl Settings {
     /// The attention problem these settings describe (files decide N and D).
@@ -147,7 +147,7 @@ impl Settings {
     }
 
     /// Host Q, K, V and the problem.
-    pub fn materialise(&self) -> crate::Result<Problem> {
+    pub(crate) fn materialise(&self) -> crate::Result<Problem> {
         match &self.inputs {
             Inputs::Files { q, k, v, safetensors } => {
                 let (tq, tk, tv) = if !safetensors.trim().is_empty() {
@@ -377,7 +377,7 @@ impl Default for PatternsState {
 
 impl PatternsState {
     /// Starts a computation if the settings changed, collects finished ones.
-    pub fn refresh(&mut self, ctx: &egui::Context, gpu: &Gpu, inline: bool) {
+    pub(crate) fn refresh(&mut self, ctx: &egui::Context, gpu: &Gpu, inline: bool) {
         let stale = self.computed.as_ref().is_none_or(|c| c.settings != self.settings);
         if stale && self.job.is_none() && self.failed.as_ref() != Some(&self.settings) {
             let (gpu, settings) = (gpu.clone(), self.settings.clone());
@@ -414,7 +414,7 @@ impl PatternsState {
     /// Renders the current view if it changed (reads back only the pooled pixels), as a
     /// [`Job`] (inline when `inline`); a finished rendering of an older computation is
     /// dropped.
-    pub fn render_heat(&mut self, ctx: &egui::Context, gpu: &Gpu, inline: bool) {
+    pub(crate) fn render_heat(&mut self, ctx: &egui::Context, gpu: &Gpu, inline: bool) {
         let Some(c) = &self.computed else { return };
         let s = c.spec.shape;
         let view = HeatView {
@@ -468,7 +468,7 @@ struct Rendered {
 
 /// Draws the settings panel and the heatmap: recomputes when the settings change (as a
 /// [`Job`], inline when `inline`), re-renders when the view changes; zoom, pan, hover.
-pub fn patterns_ui(ui: &mut egui::Ui, st: &mut PatternsState, gpu: &Gpu, inline: bool) {
+pub(crate) fn patterns_ui(ui: &mut egui::Ui, st: &mut PatternsState, gpu: &Gpu, inline: bool) {
     egui::Panel::left("pattern settings").resizable(false).show(ui, |ui| settings_ui(ui, st));
     st.refresh(ui.ctx(), gpu, inline);
     st.render_heat(ui.ctx(), gpu, inline);

@@ -10,7 +10,7 @@ use super::{LongctxApp, Tab};
 use crate::measure::plan::{Link, ModelShape, RING_GPUS};
 
 /// The key under which eframe stores it.
-pub const KEY: &str = "longctx";
+pub(crate) const KEY: &str = "longctx";
 
 /// Everything remembered, flat; missing fields (an older file) keep their defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -73,7 +73,13 @@ const NAMES: [&str; 3] = ["heavy attention query", "heavy attention key/value", 
 
 /// Draws the controls, runs the routed and dense layers as a [`Job`] (inline when `inline`),
 /// and shows the routed tokens per router, the score histogram and the per-branch table.
-pub fn routing_ui(ui: &mut egui::Ui, st: &mut RoutingState, gpu: &Gpu, inline: bool, first_view: bool) {
+pub(crate) fn routing_ui(
+    ui: &mut egui::Ui,
+    st: &mut RoutingState,
+    gpu: &Gpu,
+    inline: bool,
+    first_view: bool,
+) {
     if first_view && !st.started && st.job.is_none() {
         st.started = true;
         let (gpu, n, d, f) = (gpu.clone(), st.n, st.d_model, 1.0 / st.fraction_inv as f64);

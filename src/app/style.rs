@@ -15,7 +15,7 @@ use crate::measure::chart::series_rgb;
 pub use crate::measure::chart::{Axis, ChartData, Mark, MatrixData, Scale, Unit};
 
 /// The colour of the series a legend label names ([`crate::measure::chart::series_rgb`]).
-pub fn series_color(label: &str) -> Color32 {
+pub(crate) fn series_color(label: &str) -> Color32 {
     let [r, g, b] = series_rgb(label);
     Color32::from_rgb(r, g, b)
 }
@@ -73,7 +73,7 @@ fn log_marks(unit: Unit, input: GridInput, min_gap: f64) -> Vec<GridMark> {
 /// What the panels drew this frame: the data behind each chart and matrix view, for the
 /// export button (`app::export`).
 #[derive(Clone, Default)]
-pub struct Drawn {
+pub(crate) struct Drawn {
     /// Each chart's data.
     pub charts: Vec<ChartData>,
     /// Each matrix view's values.
@@ -85,13 +85,13 @@ fn drawn_id() -> egui::Id {
 }
 
 /// Takes (and clears) what was drawn since the last call.
-pub fn take_drawn(ctx: &egui::Context) -> Drawn {
+pub(crate) fn take_drawn(ctx: &egui::Context) -> Drawn {
     ctx.data_mut(|d| d.remove_temp::<Drawn>(drawn_id())).unwrap_or_default()
 }
 
 /// Records the values behind a matrix view for export; `m` is called only in a frame that
 /// exports ([`exporting`]), as the values can be large.
-pub fn record_matrix(ui: &egui::Ui, m: impl FnOnce() -> MatrixData) {
+pub(crate) fn record_matrix(ui: &egui::Ui, m: impl FnOnce() -> MatrixData) {
     if exporting(ui.ctx()) {
         let m = m();
         ui.ctx().data_mut(|d| d.get_temp_mut_or_default::<Drawn>(drawn_id()).matrices.push(m));
@@ -103,7 +103,7 @@ fn exporting_id() -> egui::Id {
 }
 
 /// Marks this frame as one that exports (matrix views then record their values).
-pub fn set_exporting(ctx: &egui::Context, on: bool) {
+pub(crate) fn set_exporting(ctx: &egui::Context, on: bool) {
     ctx.data_mut(|d| d.insert_temp(exporting_id(), on));
 }
 
@@ -120,7 +120,7 @@ fn to_color([r, g, b]: [u8; 3]) -> Color32 {
 /// labelled in theirs, each series in its colour and mark — with the legend in `legend`,
 /// `height` points high (and `width` wide, else the available width); records its data for
 /// export. Points a log axis cannot show (zero, negative) are left out.
-pub fn chart_ui(
+pub(crate) fn chart_ui(
     ui: &mut egui::Ui,
     id: &str,
     chart: ChartData,
@@ -198,14 +198,14 @@ pub fn chart_ui(
 }
 
 /// Room a matrix view leaves at its left for row labels.
-pub const AXIS_LEFT: f32 = 52.0;
+pub(crate) const AXIS_LEFT: f32 = 52.0;
 /// Room a matrix view leaves below it for column labels.
-pub const AXIS_BOTTOM: f32 = 30.0;
+pub(crate) const AXIS_BOTTOM: f32 = 30.0;
 
 /// Row and column axes of a matrix view drawn in `rect` that shows rows `rows` and columns
 /// `cols`: five ticks on each, labelled with the index there, and the axis names (`row_name`
 /// at the left, `col_name` below).
-pub fn matrix_axes(
+pub(crate) fn matrix_axes(
     painter: &Painter,
     rect: Rect,
     rows: Range<usize>,

@@ -7,15 +7,15 @@ use super::patterns::PatternsState;
 use crate::contract::blockmap::FULL;
 
 /// A tile every element of which is visible: computed without the per-element mask.
-pub const FULL_COLOR: Color32 = Color32::from_rgb(253, 231, 37);
+pub(crate) const FULL_COLOR: Color32 = Color32::from_rgb(253, 231, 37);
 /// A tile visited with the per-element mask applied.
-pub const PARTIAL_COLOR: Color32 = Color32::from_rgb(33, 145, 140);
+pub(crate) const PARTIAL_COLOR: Color32 = Color32::from_rgb(33, 145, 140);
 /// A tile the block map skips: never loaded.
-pub const SKIPPED_COLOR: Color32 = Color32::from_rgb(40, 40, 48);
+pub(crate) const SKIPPED_COLOR: Color32 = Color32::from_rgb(40, 40, 48);
 
 /// Draws the block map of the last computed pattern for the selected head, with its
 /// sparsity and FLOPs kept; hovering names a tile's rows and keys.
-pub fn tiles_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
+pub(crate) fn tiles_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
     let Some(c) = &st.computed else {
         ui.label("compute a pattern first (Patterns tab)");
         return;

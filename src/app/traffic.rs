@@ -92,7 +92,13 @@ async fn measure(gpu: &Gpu, settings: &Settings) -> Result<Vec<(String, usize, u
 
 /// Draws modelled (and, on request, measured) device-memory bytes of naive and flash
 /// against N for `settings`, the workgroup-memory plot and the tile-schedule animation.
-pub fn traffic_ui(ui: &mut egui::Ui, st: &mut TrafficState, settings: &Settings, gpu: &Gpu, inline: bool) {
+pub(crate) fn traffic_ui(
+    ui: &mut egui::Ui,
+    st: &mut TrafficState,
+    settings: &Settings,
+    gpu: &Gpu,
+    inline: bool,
+) {
     if st.model.as_ref().is_none_or(|m| &m.0 != settings) {
         st.model = Some((settings.clone(), modelled(gpu, settings)));
         st.measured.clear();

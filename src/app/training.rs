@@ -15,7 +15,7 @@ use crate::models::gpt::PosScheme;
 use crate::models::training::{EvalReport, LogRow, Windows, parse_log_csv};
 
 /// Where the README's runs and results live in the repository.
-pub const COMMITTED_RUNS: &str = "assets/training";
+pub(crate) const COMMITTED_RUNS: &str = "assets/training";
 
 /// The training-length marker's colour (the palette's grey).
 const GREY: [u8; 3] = PALETTE[7];
@@ -58,7 +58,7 @@ impl Default for TrainingState {
 }
 
 /// Reads every `DIR/*/log.csv` (sorted by name) and the results file.
-pub fn reload(st: &mut TrainingState) {
+pub(crate) fn reload(st: &mut TrainingState) {
     let mut errors = Vec::new();
     let mut runs = Vec::new();
     match std::fs::read_dir(st.runs_dir.trim()) {
@@ -99,7 +99,7 @@ fn scheme_of(name: &str) -> Option<PosScheme> {
 }
 
 /// Draws the controls, the loss curves (left) and the extrapolation chart (right).
-pub fn training_ui(ui: &mut egui::Ui, st: &mut TrainingState) {
+pub(crate) fn training_ui(ui: &mut egui::Ui, st: &mut TrainingState) {
     if st.read_at.is_none() || (st.live && st.read_at.is_some_and(|t| t.elapsed() >= REFRESH)) {
         reload(st);
     }

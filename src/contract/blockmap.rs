@@ -16,7 +16,7 @@ pub const FULL: u32 = 1 << 31;
 /// Mask-index value for "no visibility bits: the sparse mask covers the whole tile".
 pub const NO_BITS: u32 = u32::MAX;
 /// Widest key tile a bitmask word can describe.
-pub const MAX_BC: usize = 32;
+pub(crate) const MAX_BC: usize = 32;
 
 /// A CSR list of key tiles per query tile (per head when the mask differs between heads).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,7 +45,7 @@ pub struct BlockMap {
 
 /// The most tiles a sparse mask is evaluated on when a map is built (its time grows with
 /// them): 2³⁰, under a minute of CPU (a 1M-token BigBird map at 64×32 tiles evaluates 2²⁹).
-pub const MAX_MASKED_TILES: u64 = 1 << 30;
+pub(crate) const MAX_MASKED_TILES: u64 = 1 << 30;
 
 impl BlockMap {
     /// The map of `spec`'s band and sparse mask for `br × bc` tiles (see
@@ -207,7 +207,7 @@ impl BlockMap {
 
     /// The map as one u32 buffer: row pointers, entries, mask indices, bits. Returns the
     /// words and the offsets of entries, mask indices and bits.
-    pub fn to_gpu_words(&self) -> (Vec<u32>, [u32; 3]) {
+    pub(crate) fn to_gpu_words(&self) -> (Vec<u32>, [u32; 3]) {
         let mut words = self.row_ptr.clone();
         let e = words.len() as u32;
         words.extend_from_slice(&self.entries);
@@ -219,7 +219,7 @@ impl BlockMap {
     }
 
     /// The longest list of key tiles of any query tile.
-    pub fn longest_row(&self) -> usize {
+    pub(crate) fn longest_row(&self) -> usize {
         self.row_ptr.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0)
     }
 
@@ -227,7 +227,7 @@ impl BlockMap {
     /// 0 all of them (`(u32::MAX, n_qtiles)`, "every query tile"), pass k only those whose list
     /// (in any head) is longer than k·pass_tiles, appended to `words` — returned as (offset of
     /// the list in `words`, query tiles launched). One pass when `pass_tiles` is 0.
-    pub fn pass_lists(&self, pass_tiles: u32, words: &mut Vec<u32>) -> Vec<(u32, usize)> {
+    pub(crate) fn pass_lists(&self, pass_tiles: u32, words: &mut Vec<u32>) -> Vec<(u32, usize)> {
         let passes =
             if pass_tiles == 0 { 1 } else { self.longest_row().div_ceil(pass_tiles as usize).max(1) };
         let mut lists = vec![(u32::MAX, self.n_qtiles)];

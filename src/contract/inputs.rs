@@ -13,7 +13,7 @@ pub fn hashed(len: usize, salt: u32) -> Vec<f32> {
 
 /// Elements `range` of [`hashed`]`(…, salt)`: a slice of the same tensor made without the
 /// rest (a ring rank's shard).
-pub fn hashed_range(range: std::ops::Range<usize>, salt: u32) -> Vec<f32> {
+pub(crate) fn hashed_range(range: std::ops::Range<usize>, salt: u32) -> Vec<f32> {
     range
         .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ salt) >> 8) as f32 / (1u32 << 24) as f32 - 0.5)
         .collect()

@@ -177,7 +177,7 @@ pub struct BigBird {
 
 /// The most cells a BigBird block grid may have: 2³⁰ (1 GiB; 1M tokens in blocks of 64 take
 /// 2²⁸).
-pub const MAX_GRID_CELLS: u64 = 1 << 30;
+pub(crate) const MAX_GRID_CELLS: u64 = 1 << 30;
 
 impl BigBird {
     /// Parses `global=G,window=W,random=R,block=B,seed=S` (any order; seed optional).

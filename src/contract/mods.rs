@@ -73,9 +73,9 @@ pub trait ModRule: Send + Sync {
 }
 
 /// The closure type of [`RuleFns::score`].
-pub type ScoreFn = Box<dyn Fn(f64, At) -> f64 + Send + Sync>;
+pub(crate) type ScoreFn = Box<dyn Fn(f64, At) -> f64 + Send + Sync>;
 /// The closure type of [`RuleFns::mask`].
-pub type MaskFn = Box<dyn Fn(At) -> bool + Send + Sync>;
+pub(crate) type MaskFn = Box<dyn Fn(At) -> bool + Send + Sync>;
 
 /// A Rust rule from closures (for a WGSL file's rule written beside it).
 pub struct RuleFns {
@@ -366,7 +366,7 @@ impl Mods {
     /// An error, against the user's file and line, when the module does not compile with
     /// sizes that change per dispatch ([`Mods::kernel_source_per_dispatch`]): `N_Q` or
     /// `N_KV` used in a `const`.
-    pub fn check_per_dispatch(&self) -> Result<()> {
+    pub(crate) fn check_per_dispatch(&self) -> Result<()> {
         parse(&self.name, &self.kernel_source_per_dispatch()).map(|_| ()).map_err(|e| match e {
             Error::Shader { name, message } => Error::Shader {
                 name,
@@ -406,7 +406,7 @@ impl Mods {
 
     /// Whether `score_mod_grad` is known (defined, or `score_mod` is absent): the backward
     /// needs it.
-    pub fn has_grad(&self) -> bool {
+    pub(crate) fn has_grad(&self) -> bool {
         self.grad || !self.score
     }
 
@@ -507,7 +507,7 @@ pub const T5_BUCKETS: usize = 32;
 /// T5's bidirectional relative-position bucket of `rel = kv − p` (32 buckets, max distance
 /// 128), in integers: for |rel| ≥ 8 T5's `8 + ⌊ln(|rel|/8) / ln(16) · 8⌋` is
 /// `8 + ⌊log₂(rel²)⌋ − 6`, which needs no floating point (no rounding at the boundaries).
-pub fn t5_bucket(rel: i64) -> usize {
+pub(crate) fn t5_bucket(rel: i64) -> usize {
     let base = if rel > 0 { 16 } else { 0 };
     let n = rel.unsigned_abs();
     if n < 8 {

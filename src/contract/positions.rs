@@ -136,7 +136,7 @@ impl Positions {
     }
 
     /// Whether this is RoPE (whose gradient is a rotation; sinusoidal's is the identity).
-    pub fn is_rope(&self) -> bool {
+    pub(crate) fn is_rope(&self) -> bool {
         matches!(self.encoding, Encoding::Rope { .. })
     }
 
@@ -152,7 +152,7 @@ impl Positions {
 
     /// One table row for position `p`, head dim `d` (f64): RoPE `cos(p·ω_k)` for k < D/2
     /// then `sin(p·ω_k)`; sinusoidal `PE(p, e)` for e < D.
-    pub fn table_row(&self, p: i64, d: usize) -> Vec<f64> {
+    pub(crate) fn table_row(&self, p: i64, d: usize) -> Vec<f64> {
         let angle = |k: usize| p as f64 * self.frequency(k, d);
         match self.encoding {
             Encoding::Rope { .. } => {
@@ -211,12 +211,12 @@ impl Positions {
 
     /// Position of query row `i` of a call whose row 0 sits at `q_offset` relative to key 0
     /// (`AttnSpec::q_offset`: M − N unless set).
-    pub fn query_position(&self, q_offset: i64, i: usize) -> i64 {
+    pub(crate) fn query_position(&self, q_offset: i64, i: usize) -> i64 {
         self.offset as i64 + q_offset + i as i64
     }
 
     /// Position of key `j`.
-    pub fn key_position(&self, j: usize) -> i64 {
+    pub(crate) fn key_position(&self, j: usize) -> i64 {
         self.offset as i64 + j as i64
     }
 
@@ -230,7 +230,7 @@ impl Positions {
 
     /// `rows` rows of Q (`per_seq` = N rows per (batch, head)) or K encoded in f64, the
     /// oracle's inputs: row r at position `first + r % per_seq`.
-    pub fn encode_rows(&self, x: &[f32], d: usize, per_seq: usize, first: i64) -> Vec<f64> {
+    pub(crate) fn encode_rows(&self, x: &[f32], d: usize, per_seq: usize, first: i64) -> Vec<f64> {
         let mut out: Vec<f64> = x.iter().map(|&v| v as f64).collect();
         for (r, row) in out.chunks_exact_mut(d).enumerate() {
             self.apply(row, first + (r % per_seq) as i64);

@@ -46,11 +46,11 @@ impl AttnShape {
         self.m as i64 - self.n as i64
     }
     /// The contract's Q shape `[B, H, N, D]`.
-    pub fn q_dims(&self) -> [usize; 4] {
+    pub(crate) fn q_dims(&self) -> [usize; 4] {
         [self.batch, self.heads, self.n, self.head_dim]
     }
     /// The contract's K/V shape `[B, Hkv, M, D]`.
-    pub fn kv_dims(&self) -> [usize; 4] {
+    pub(crate) fn kv_dims(&self) -> [usize; 4] {
         [self.batch, self.kv_heads, self.m, self.head_dim]
     }
 

@@ -176,7 +176,7 @@ impl AttnSpec {
     }
 
     /// Visible (query, key) pairs of one (batch, head) under the causal/window band alone.
-    pub fn band_pairs(&self) -> u64 {
+    pub(crate) fn band_pairs(&self) -> u64 {
         let (lo, hi) = self.band();
         let m = self.shape.m as i64;
         (0..self.shape.n)
@@ -283,7 +283,7 @@ impl AttnSpec {
 }
 
 /// Rejects NaN and infinities with the first offending index.
-pub fn check_finite(what: &str, data: &[f32]) -> Result<()> {
+pub(crate) fn check_finite(what: &str, data: &[f32]) -> Result<()> {
     match data.iter().position(|x| !x.is_finite()) {
         Some(index) => Err(Error::NonFinite { what: what.to_string(), index, value: data[index] }),
         None => Ok(()),

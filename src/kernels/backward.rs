@@ -92,7 +92,7 @@ impl BackwardConfig {
 
     /// Upper bounds on the loop iterations one invocation runs per tile of `dq` and of `dkv`,
     /// and outside the tile loops, counting every loop as if none were unrolled.
-    pub fn loop_iterations(&self, d: usize) -> (u64, u64, u64) {
+    pub(crate) fn loop_iterations(&self, d: usize) -> (u64, u64, u64) {
         let (br, bc) = (self.br as u64, self.bc as u64);
         let d4 = (d / 4) as u64;
         let d4p = self.private_lanes(d) as u64;
@@ -750,7 +750,7 @@ impl Backward {
     }
 
     /// [`Backward::encode`] with timestamps at the start and end of the pass.
-    pub fn encode_timed(
+    pub(crate) fn encode_timed(
         &self,
         gpu: &Gpu,
         encoder: &mut wgpu::CommandEncoder,

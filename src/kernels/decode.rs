@@ -107,7 +107,7 @@ impl DecoderConfig {
     }
 
     /// KV-cache bytes per cached token, all layers: 2·L·Hkv·D·4.
-    pub fn bytes_per_token(&self) -> u64 {
+    pub(crate) fn bytes_per_token(&self) -> u64 {
         (2 * self.layers * self.kv_heads * self.head_dim * 4) as u64
     }
 }

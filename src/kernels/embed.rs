@@ -39,7 +39,7 @@ fn dispatch(
 
 /// Every id an index into a vocabulary of `vocab` entries ([`Error::OutOfRange`] names the
 /// first that is not).
-pub fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
+pub(crate) fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
     match ids.iter().find(|&&i| i as usize >= vocab) {
         Some(&bad) => Err(Error::OutOfRange {
             what: "token id (an index into the vocabulary)".into(),

@@ -38,7 +38,7 @@ const COOP_SHADER: Shader =
 
 /// Most vec4 lanes of q (and of the accumulator) one invocation keeps in registers; past
 /// that GPUs spill, so wider heads are split over `p` invocations per row.
-pub const MAX_LANES_PER_INVOCATION: usize = 32;
+pub(crate) const MAX_LANES_PER_INVOCATION: usize = 32;
 
 /// Tile shape of the flash kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,7 +63,7 @@ pub struct FlashConfig {
 
 impl FlashConfig {
     /// Invocations per row needed at head dim `d`.
-    pub fn parts_for(d: usize) -> u32 {
+    pub(crate) fn parts_for(d: usize) -> u32 {
         (d / 4).div_ceil(MAX_LANES_PER_INVOCATION).max(1) as u32
     }
 
@@ -199,7 +199,7 @@ impl FlashConfig {
 
     /// An upper bound on the loop iterations one invocation runs per tile, counting every
     /// loop of the tile body as if none were unrolled (compilers unroll most of them).
-    pub fn loop_iterations_per_tile(&self, d: usize) -> u64 {
+    pub(crate) fn loop_iterations_per_tile(&self, d: usize) -> u64 {
         let (br, bc, p) = (self.br as u64, self.bc as u64, self.p as u64);
         if let Some(c) = self.coop {
             let (s, w) = (c.size as u64, c.subgroup as u64);
@@ -254,7 +254,7 @@ impl FlashConfig {
     }
 
     /// [`FlashConfig::variant`] with Q, K, V stored as f16 when `f16`.
-    pub fn variant_f16(&self, d: usize, count: bool, f16: bool) -> ShaderVariant {
+    pub(crate) fn variant_f16(&self, d: usize, count: bool, f16: bool) -> ShaderVariant {
         let d4 = (d / 4) as u32;
         if let Some(c) = self.coop {
             let shape = [
@@ -370,7 +370,7 @@ impl Flash {
 
     /// [`Flash::new`]; with `f16`, Q, K and V are read as f16 (needs SHADER_F16 and tensors
     /// that fit one binding each).
-    pub fn new_with(
+    pub(crate) fn new_with(
         gpu: &Gpu,
         spec: &AttnSpec,
         config: FlashConfig,

@@ -106,7 +106,7 @@ impl Heatmap {
     }
 
     /// [`Heatmap::render`] without blocking the browser.
-    pub async fn render_async(
+    pub(crate) async fn render_async(
         &self,
         gpu: &Gpu,
         attn: &Attention,
@@ -133,7 +133,7 @@ impl Heatmap {
     }
 
     /// [`Heatmap::render_many`] without blocking the browser.
-    pub async fn render_many_async(
+    pub(crate) async fn render_many_async(
         &self,
         gpu: &Gpu,
         attn: &Attention,

@@ -133,7 +133,7 @@ impl LayerOp {
 
     /// γ and β of a LayerNorm of width `d` on the device, for [`LayerOp::layer_norm_affine_on`]:
     /// upload once, reuse for every row count.
-    pub fn affine_weights(gpu: &Gpu, d: usize, gamma: &[f32], beta: &[f32]) -> Result<wgpu::Buffer> {
+    pub(crate) fn affine_weights(gpu: &Gpu, d: usize, gamma: &[f32], beta: &[f32]) -> Result<wgpu::Buffer> {
         if gamma.len() != d || beta.len() != d {
             let (what, got) =
                 if gamma.len() != d { ("LayerNorm γ", gamma.len()) } else { ("LayerNorm β", beta.len()) };

@@ -201,7 +201,7 @@ impl Activation {
     }
 
     /// The activation in f64 (the oracle's).
-    pub fn apply_f64(self, v: f64) -> f64 {
+    pub(crate) fn apply_f64(self, v: f64) -> f64 {
         match self {
             Activation::None => v,
             Activation::Gelu => crate::kernels::train::gelu_f64(v).0,
@@ -354,7 +354,7 @@ impl Matmul {
     }
 
     /// This matmul adding its result to C instead of overwriting it.
-    pub fn accumulating(mut self, gpu: &Gpu) -> Self {
+    pub(crate) fn accumulating(mut self, gpu: &Gpu) -> Self {
         self.chunks =
             Self::chunks(gpu, self.m, self.k, self.n, self.has_bias, true, self.chunk_rows, self.whole);
         self

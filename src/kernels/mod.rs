@@ -460,7 +460,7 @@ impl Attention {
     }
 
     /// [`Attention::measured_traffic`] without blocking the browser.
-    pub async fn measured_traffic_async(&self, gpu: &Gpu) -> Result<Option<Traffic>> {
+    pub(crate) async fn measured_traffic_async(&self, gpu: &Gpu) -> Result<Option<Traffic>> {
         let d = pad::padded_dim(self.spec.shape.head_dim);
         let counted = match &self.plan {
             Plan::Flash(f) => f.counters(gpu).await?.map(|c| c.traffic(d)),
@@ -520,7 +520,7 @@ impl Attention {
     /// [`Attention::encode`] with timestamps written at the start and end of the kernel's
     /// pass (for a head dim that is not a multiple of 4, the padding copies before and after
     /// are passes of their own, outside the timestamps).
-    pub fn encode_timed(
+    pub(crate) fn encode_timed(
         &self,
         gpu: &Gpu,
         encoder: &mut wgpu::CommandEncoder,

@@ -45,7 +45,7 @@ type Chunk = (wgpu::Buffer, [u32; 3], Option<(u64, u64)>, Option<(u64, u64)>);
 
 /// A prepared copy of `rows` rows from width `from` to width `to`, in dispatches of whole
 /// row ranges that each fit one storage binding.
-pub struct Repack {
+pub(crate) struct Repack {
     kernel: Compiled,
     chunks: Vec<Chunk>,
     rows: usize,
@@ -106,7 +106,7 @@ impl Repack {
     }
 
     /// Bytes of the destination.
-    pub fn dst_bytes(&self) -> u64 {
+    pub(crate) fn dst_bytes(&self) -> u64 {
         (self.rows * self.to * 4) as u64
     }
 

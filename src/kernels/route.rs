@@ -187,7 +187,7 @@ impl Router {
 
     /// Records the scores only, every token selected in its own order (`idx[i] = i`): the
     /// dense reference, which routes all tokens without sorting.
-    pub fn encode_scores(
+    pub(crate) fn encode_scores(
         &self,
         gpu: &Gpu,
         enc: &mut wgpu::CommandEncoder,

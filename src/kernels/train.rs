@@ -66,19 +66,19 @@ const ENTRIES: [(Shader, &str); 13] = [
 
 /// Indices into [`ENTRIES`].
 mod entry {
-    pub const CROSS_ENTROPY: usize = 0;
-    pub const GELU_BACKWARD: usize = 1;
-    pub const LAYER_NORM_BACKWARD: usize = 2;
-    pub const LAYER_NORM_PARAMS: usize = 3;
-    pub const SUM_SQUARES: usize = 4;
-    pub const ADAMW: usize = 5;
-    pub const EMBEDDING_BACKWARD: usize = 6;
-    pub const EMBED: usize = 7;
+    pub(crate) const CROSS_ENTROPY: usize = 0;
+    pub(crate) const GELU_BACKWARD: usize = 1;
+    pub(crate) const LAYER_NORM_BACKWARD: usize = 2;
+    pub(crate) const LAYER_NORM_PARAMS: usize = 3;
+    pub(crate) const SUM_SQUARES: usize = 4;
+    pub(crate) const ADAMW: usize = 5;
+    pub(crate) const EMBEDDING_BACKWARD: usize = 6;
+    pub(crate) const EMBED: usize = 7;
     pub const GELU: usize = 8;
-    pub const COLUMN_SUM: usize = 9;
-    pub const TRANSPOSE: usize = 10;
-    pub const SPLIT_HEADS: usize = 11;
-    pub const MERGE_HEADS: usize = 12;
+    pub(crate) const COLUMN_SUM: usize = 9;
+    pub(crate) const TRANSPOSE: usize = 10;
+    pub(crate) const SPLIT_HEADS: usize = 11;
+    pub(crate) const MERGE_HEADS: usize = 12;
 }
 
 /// Every variant (one per entry).

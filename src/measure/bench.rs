@@ -41,7 +41,7 @@ pub fn parse_sizes(text: &str) -> Result<Vec<usize>> {
 /// submit-to-idle on the host clock; [`Timing::timer`] says which. Inputs stay resident;
 /// run `i` uses input set `i % sets.len()`, so small problems rotate through several copies
 /// instead of timing a cache-warm rerun.
-pub fn time_attention(
+pub(crate) fn time_attention(
     gpu: &Gpu,
     attn: &Attention,
     sets: &[&DeviceTensors],
@@ -54,7 +54,7 @@ pub fn time_attention(
 }
 
 /// Least-squares slope of `ln y` against `ln x`: the exponent `k` in `y ∝ x^k`.
-pub fn fitted_exponent(points: &[(f64, f64)]) -> Option<f64> {
+pub(crate) fn fitted_exponent(points: &[(f64, f64)]) -> Option<f64> {
     let pts: Vec<(f64, f64)> =
         points.iter().filter(|(x, y)| *x > 0.0 && *y > 0.0).map(|(x, y)| (x.ln(), y.ln())).collect();
     if pts.len() < 2 {
@@ -222,7 +222,7 @@ pub const ORACLE_MAX_PAIRS: usize = 1024 * 1024;
 /// Rows, evenly spaced over all B·H·N, checked against the oracle above [`ORACLE_MAX_PAIRS`].
 pub const SPOT_ROWS: usize = 64;
 /// Below this many bytes of Q, K and V, timed runs rotate through three input copies.
-pub const ROTATE_BELOW_BYTES: u64 = 64 << 20;
+pub(crate) const ROTATE_BELOW_BYTES: u64 = 64 << 20;
 
 /// How a [`Record`]'s `flops` are counted; copied into its `flop_convention`.
 pub const FLOP_CONVENTION: &str = "forward: 4·B·D·(visible query-key pairs over heads) — QKᵀ and PV, one multiply + one add each; softmax, masking and bias not counted";
@@ -279,7 +279,7 @@ pub fn run_config(
 /// with `tensor_cores`, "flash-f16-tc" (f16 cooperative matrices,
 /// [`Attention::flash_tensor_cores`]). The error is against the oracle on the f32 inputs;
 /// traffic is not modelled for these variants.
-pub fn run_config_f16(
+pub(crate) fn run_config_f16(
     gpu: &Gpu,
     spec: &AttnSpec,
     reps: usize,
@@ -297,7 +297,7 @@ pub fn run_config_f16(
 }
 
 /// The seed of every benchmark's inputs ([`seeded_qkv`]).
-pub const INPUT_SEED: u64 = 0x10c7;
+pub(crate) const INPUT_SEED: u64 = 0x10c7;
 
 /// How a benchmarked kernel reads Q, K, V.
 #[derive(Clone, Copy, PartialEq, Eq)]

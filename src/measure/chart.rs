@@ -9,7 +9,7 @@
 use serde::Serialize;
 
 /// Okabe–Ito: blue, vermillion, bluish green, orange, reddish purple, sky blue, yellow, grey.
-pub const PALETTE: [[u8; 3]; 8] = [
+pub(crate) const PALETTE: [[u8; 3]; 8] = [
     [0, 114, 178],
     [213, 94, 0],
     [0, 158, 115],
@@ -170,10 +170,6 @@ impl Axis {
     pub fn log(name: &str, unit: Unit) -> Self {
         Self { name: name.into(), unit: Some(unit), scale: Scale::Log, categories: Vec::new() }
     }
-    /// A linear axis of values in `unit`.
-    pub fn with_unit(name: &str, unit: Unit) -> Self {
-        Self { unit: Some(unit), ..Self::linear(name) }
-    }
     /// A linear axis whose positions 0, 1, 2 … are `categories`.
     pub fn categories(name: &str, categories: impl IntoIterator<Item = impl Into<String>>) -> Self {
         Self { categories: categories.into_iter().map(Into::into).collect(), ..Self::linear(name) }
@@ -273,8 +269,9 @@ impl ChartData {
         self.series.last_mut().expect("just pushed")
     }
 
-    /// The colour of the first series whose label starts with `label` (for tests and legends).
-    pub fn color_of(&self, label: &str) -> Option<[u8; 3]> {
+    /// The colour of the first series whose label starts with `label`.
+    #[cfg(test)]
+    fn color_of(&self, label: &str) -> Option<[u8; 3]> {
         self.series.iter().find(|s| s.label.starts_with(label)).map(|s| s.rgb)
     }
 

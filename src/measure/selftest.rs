@@ -27,7 +27,7 @@ pub const BOUND: f64 = 1e-5;
 
 /// The GPT's gradient check: f32 gradients against central differences (step 1e-4) of the
 /// f64 loss; measured errors are about 1e-6.
-pub const GPT_BOUND: f64 = 1e-4;
+pub(crate) const GPT_BOUND: f64 = 1e-4;
 
 /// One check's outcome.
 #[derive(Clone, Debug)]

@@ -9,8 +9,8 @@ use web_time::Instant;
 
 use crate::contract::mask::{BigBird, Mask};
 use crate::contract::mods::{Mods, Named};
-use crate::contract::{AttnShape, Window};
 use crate::contract::spec::{Alibi, AttnSpec};
+use crate::contract::{AttnShape, Window};
 use crate::error::Result;
 use crate::kernels::Kernel;
 use crate::kernels::peak::Peak;
@@ -154,7 +154,7 @@ pub fn as_mods(spec: &AttnSpec) -> Option<AttnSpec> {
 
 /// The default suite's ladder of N (= M); H = 4, D = 64. The first [`MIN_RUNGS`] always run
 /// (an exponent needs two sizes); each later one only if [`rung_fits`] the budget.
-pub const LADDER: [usize; 7] = [256, 512, 1024, 2048, 4096, 8192, 16384];
+pub(crate) const LADDER: [usize; 7] = [256, 512, 1024, 2048, 4096, 8192, 16384];
 /// Rungs that run whatever the budget.
 pub const MIN_RUNGS: usize = 2;
 /// The default suite's budget, seconds from start to table.

@@ -403,7 +403,7 @@ impl BertGpu {
 
     /// The attention spec of a batch laid out as `lengths.len()` sentences of `l` rows: one
     /// sequence with a key-padding mask (see the module docs).
-    pub fn batch_spec(&self, lengths: &[usize], l: usize) -> AttnSpec {
+    pub(crate) fn batch_spec(&self, lengths: &[usize], l: usize) -> AttnSpec {
         let segments: Vec<u32> = lengths
             .iter()
             .enumerate()

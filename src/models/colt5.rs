@@ -321,7 +321,7 @@ impl Colt5Layer {
     }
 
     /// [`Colt5Layer::forward`] without blocking the browser.
-    pub async fn forward_async(&self, gpu: &Gpu, x: &[f32]) -> Result<(Vec<f32>, Vec<BranchTiming>)> {
+    pub(crate) async fn forward_async(&self, gpu: &Gpu, x: &[f32]) -> Result<(Vec<f32>, Vec<BranchTiming>)> {
         let (n, d) = (self.cfg.n, self.cfg.d_model);
         if x.len() != n * d {
             return Err(Error::Length { what: "x".into(), got: x.len(), shape: vec![n, d], expected: n * d });
@@ -394,7 +394,7 @@ impl Colt5Layer {
     }
 
     /// [`Colt5Layer::routed`] without blocking the browser.
-    pub async fn routed_async(&self, gpu: &Gpu) -> Result<[Vec<u32>; 3]> {
+    pub(crate) async fn routed_async(&self, gpu: &Gpu) -> Result<[Vec<u32>; 3]> {
         // a branch that takes every token has no router: it picked all of them, in order
         async fn read(gpu: &Gpu, r: Option<&Router>, k: usize) -> Result<Vec<u32>> {
             match r {
@@ -412,10 +412,6 @@ impl Colt5Layer {
     /// The sizes it was built for.
     pub fn config(&self) -> &Colt5Config {
         &self.cfg
-    }
-    /// Whether this is the dense reference (every token takes both heavy branches).
-    pub fn is_dense(&self) -> bool {
-        self.dense
     }
 }
 

@@ -86,7 +86,7 @@ pub fn sinusoid(t: usize, d: usize) -> Vec<f64> {
 }
 
 /// LayerNorm's ε (GPT-2's).
-pub const LN_EPS: f64 = 1e-5;
+pub(crate) const LN_EPS: f64 = 1e-5;
 
 impl GptConfig {
     /// A byte-level model of width `d_model`, `heads` heads, `layers` blocks, FFN 4·d.

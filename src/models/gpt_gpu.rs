@@ -131,7 +131,7 @@ pub struct GptGpu {
 
 /// The attention problem of one block: causal self-attention over `seq` tokens, with the
 /// scheme's ALiBi slopes or RoPE rotation.
-pub fn attention_spec(config: &GptConfig, batch: usize, seq: usize) -> AttnSpec {
+pub(crate) fn attention_spec(config: &GptConfig, batch: usize, seq: usize) -> AttnSpec {
     let hd = config.d_model / config.heads;
     let spec = AttnSpec::new(AttnShape::mha(batch, config.heads, seq, seq, hd)).causal(true);
     match config.pos {
@@ -142,7 +142,7 @@ pub fn attention_spec(config: &GptConfig, batch: usize, seq: usize) -> AttnSpec 
 }
 
 /// The sinusoidal table added to the embeddings `[seq, d]` ([`sinusoid`] per row).
-pub fn sinusoidal_table(seq: usize, d: usize) -> Vec<f32> {
+pub(crate) fn sinusoidal_table(seq: usize, d: usize) -> Vec<f32> {
     (0..seq).flat_map(|t| sinusoid(t, d).into_iter().map(|x| x as f32)).collect()
 }
 
@@ -313,7 +313,7 @@ impl GptGpu {
     }
 
     /// Uploads AdamW's moments (flat, like the parameters).
-    pub fn load_moments(&self, gpu: &Gpu, m: &[f32], v: &[f32]) -> Result<()> {
+    pub(crate) fn load_moments(&self, gpu: &Gpu, m: &[f32], v: &[f32]) -> Result<()> {
         self.write_flat(gpu, m, |t| &t.m, "AdamW m")?;
         self.write_flat(gpu, v, |t| &t.v, "AdamW v")
     }
@@ -456,7 +456,7 @@ impl GptGpu {
     }
 
     /// Per-position losses of `inputs` against `targets` (a forward only; read back).
-    pub fn forward_losses(&self, gpu: &Gpu, inputs: &[u32], targets: &[u32]) -> Result<Vec<f32>> {
+    pub(crate) fn forward_losses(&self, gpu: &Gpu, inputs: &[u32], targets: &[u32]) -> Result<Vec<f32>> {
         self.set_tokens(gpu, inputs, targets)?;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         self.encode_forward(gpu, &mut enc, 1.0)?;
@@ -608,7 +608,7 @@ impl GptGpu {
     }
 
     /// Which parameter tensors exist, with their flat ranges (a LayerNorm as `….ln1` for γ | β).
-    pub fn tensor_ranges(&self) -> Vec<(String, Range<usize>)> {
+    pub(crate) fn tensor_ranges(&self) -> Vec<(String, Range<usize>)> {
         self.tensors.iter().map(|t| (t.name.clone(), t.range.clone())).collect()
     }
 }

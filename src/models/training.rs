@@ -20,9 +20,9 @@ use crate::models::gpt_gpu::GptGpu;
 use crate::runtime::Gpu;
 
 /// The share of the corpus held out for validation (its end, from a line start).
-pub const VALID_FRACTION: f64 = 0.1;
+pub(crate) const VALID_FRACTION: f64 = 0.1;
 /// Corpora larger than this are refused (the corpus is held in memory).
-pub const MAX_CORPUS_BYTES: u64 = 1 << 30;
+pub(crate) const MAX_CORPUS_BYTES: u64 = 1 << 30;
 
 /// A byte corpus split once: the first 90 % trains, the last 10 % (from the first line start
 /// at or after the cut) validates.
@@ -118,7 +118,7 @@ impl TrainConfig {
 
     /// The learning rate of step `step` (from 0): linear warm-up to `lr`, then a cosine decay
     /// to `lr · min_lr_ratio` at the last step.
-    pub fn lr_at(&self, step: usize) -> f32 {
+    pub(crate) fn lr_at(&self, step: usize) -> f32 {
         if step < self.warmup {
             return self.lr * (step + 1) as f32 / self.warmup as f32;
         }
@@ -302,7 +302,7 @@ impl Checkpoint {
 
 /// Step `step`'s batch: `batch` windows of `seq + 1` bytes at positions drawn from
 /// (`seed`, `step`) alone, so a resumed run sees the batches an uninterrupted one would.
-pub fn batch_at(text: &[u8], seed: u64, step: usize, batch: usize, seq: usize) -> Result<Vec<u32>> {
+pub(crate) fn batch_at(text: &[u8], seed: u64, step: usize, batch: usize, seq: usize) -> Result<Vec<u32>> {
     if text.len() < seq + 1 {
         return Err(Error::Invalid(format!(
             "the training text has {} bytes; a sequence needs {}",

@@ -179,7 +179,7 @@ pub fn take_rows<T: Copy>(x: &[T], batch_heads: usize, len: usize, d: usize, row
 
 /// Writes a `[B, heads, rows.len(), D]` chunk back into rows `rows` of a `[B, heads, len, D]`
 /// tensor.
-pub fn put_rows(
+pub(crate) fn put_rows(
     out: &mut [f32],
     chunk: &[f32],
     batch_heads: usize,

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 
 /// One cache file and the schema its entries follow.
 #[derive(Clone, Copy, Debug)]
-pub struct DiskCache {
+pub(crate) struct DiskCache {
     /// File name under `<user cache dir>/longctx/`.
     pub file: &'static str,
     /// Bumped whenever an entry's meaning changes; older entries are ignored.
@@ -73,7 +73,11 @@ impl DiskCache {
     }
 
     /// Stores `entry`, replacing the entries `same` matches; other entries are kept.
-    pub fn upsert<T: Serialize + DeserializeOwned>(&self, entry: T, same: impl Fn(&T) -> bool) -> Result<()> {
+    pub(crate) fn upsert<T: Serialize + DeserializeOwned>(
+        &self,
+        entry: T,
+        same: impl Fn(&T) -> bool,
+    ) -> Result<()> {
         let Some(path) = self.path() else { return Ok(()) };
         let mut all: Vec<T> = self.load();
         all.retain(|e| !same(e));

@@ -331,7 +331,7 @@ impl Gpu {
     /// (`Adapter::cooperative_matrix_properties`), which a device does not report: how a host
     /// application that created its device with `EXPERIMENTAL_COOPERATIVE_MATRIX` lets the
     /// kernels use them. Ignored when the device lacks the feature.
-    pub fn with_cooperative_matrices(mut self, props: Vec<wgpu::CooperativeMatrixProperties>) -> Self {
+    pub(crate) fn with_cooperative_matrices(mut self, props: Vec<wgpu::CooperativeMatrixProperties>) -> Self {
         if self.features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
             self.coop = props;
         }
@@ -364,7 +364,7 @@ impl Gpu {
 
     /// The subgroup width when the device has SUBGROUP and one fixed width (kernels shuffle
     /// only at a width they can rely on).
-    pub fn fixed_subgroup(&self) -> Option<u32> {
+    pub(crate) fn fixed_subgroup(&self) -> Option<u32> {
         let i = &self.info;
         (self.features.contains(wgpu::Features::SUBGROUP) && i.subgroup_min_size == i.subgroup_max_size)
             .then_some(i.subgroup_min_size)
@@ -382,7 +382,12 @@ impl Gpu {
     // ----- limit checks (wgpu 30 does not check workgroup memory) -----
 
     /// Workgroup memory and invocation count of one kernel variant against the device.
-    pub fn check_workgroup(&self, kernel: &'static str, storage_bytes: u64, invocations: u32) -> Result<()> {
+    pub(crate) fn check_workgroup(
+        &self,
+        kernel: &'static str,
+        storage_bytes: u64,
+        invocations: u32,
+    ) -> Result<()> {
         let l = &self.limits;
         if storage_bytes > l.max_compute_workgroup_storage_size as u64 {
             return Err(Error::WorkgroupMemory {
@@ -410,7 +415,7 @@ impl Gpu {
     }
 
     /// Workgroup counts of one dispatch against the device.
-    pub fn check_dispatch(&self, kernel: &'static str, groups: [u64; 3]) -> Result<()> {
+    pub(crate) fn check_dispatch(&self, kernel: &'static str, groups: [u64; 3]) -> Result<()> {
         let limit = self.limits.max_compute_workgroups_per_dimension as u64;
         match groups.iter().find(|&&g| g > limit) {
             Some(&needed) => Err(Error::Dispatch { kernel, needed, limit }),
@@ -419,7 +424,7 @@ impl Gpu {
     }
 
     /// One storage binding of `bytes` against the binding and buffer limits.
-    pub fn check_binding(&self, what: &str, bytes: u64) -> Result<()> {
+    pub(crate) fn check_binding(&self, what: &str, bytes: u64) -> Result<()> {
         let l = &self.limits;
         if bytes > l.max_buffer_size {
             return Err(Error::BufferTooLarge { what: what.into(), bytes, limit: l.max_buffer_size });
@@ -456,7 +461,7 @@ impl Gpu {
 
     /// A storage buffer holding `data` that kernels bind in ranges: only the buffer-size limit
     /// applies (a kernel that binds it whole checks the binding limit itself).
-    pub fn upload_ranged<T: bytemuck::Pod>(&self, what: &str, data: &[T]) -> Result<wgpu::Buffer> {
+    pub(crate) fn upload_ranged<T: bytemuck::Pod>(&self, what: &str, data: &[T]) -> Result<wgpu::Buffer> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let limit = self.limits.max_buffer_size;
         if bytes.len() as u64 > limit {
@@ -473,7 +478,7 @@ impl Gpu {
     }
 
     /// An uninitialised buffer that kernels bind in ranges (buffer-size limit only).
-    pub fn storage_ranged(&self, what: &str, bytes: u64) -> Result<wgpu::Buffer> {
+    pub(crate) fn storage_ranged(&self, what: &str, bytes: u64) -> Result<wgpu::Buffer> {
         let limit = self.limits.max_buffer_size;
         if bytes > limit {
             return Err(Error::BufferTooLarge { what: what.into(), bytes, limit });

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 
 /// Bytes of memory the host can still give (Linux: `MemAvailable` in `/proc/meminfo`);
 /// `None` where that cannot be read.
-pub fn available_bytes() -> Option<u64> {
+pub(crate) fn available_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

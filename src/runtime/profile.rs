@@ -152,7 +152,7 @@ impl Profile {
     }
 
     /// The preset called `name`.
-    pub fn by_name(name: &str) -> Option<Profile> {
+    pub(crate) fn by_name(name: &str) -> Option<Profile> {
         Self::all().into_iter().find(|p| p.name == name)
     }
 

@@ -198,7 +198,7 @@ impl ShaderVariant {
 
     /// This variant with the user's WGSL `source` (named `name` in messages), which reads
     /// the read-only storage buffers `bindings` of bind group 1.
-    pub fn with_user(mut self, name: &str, source: String, bindings: Vec<u32>) -> Self {
+    pub(crate) fn with_user(mut self, name: &str, source: String, bindings: Vec<u32>) -> Self {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         source.hash(&mut h);
@@ -345,7 +345,11 @@ impl Compiled {
     }
 
     /// [`Compiled::bind`] over whole buffers or `(offset, size)` byte ranges.
-    pub fn bind_ranges(&self, gpu: &Gpu, buffers: &[(&wgpu::Buffer, Option<(u64, u64)>)]) -> wgpu::BindGroup {
+    pub(crate) fn bind_ranges(
+        &self,
+        gpu: &Gpu,
+        buffers: &[(&wgpu::Buffer, Option<(u64, u64)>)],
+    ) -> wgpu::BindGroup {
         debug_assert_eq!(buffers.len(), self.bindings.len(), "one buffer per declared binding");
         debug_assert_eq!(self.aliased(buffers), None, "a writable binding aliases another binding");
         let entries: Vec<_> = buffers
@@ -394,7 +398,7 @@ impl Compiled {
 
     /// [`Compiled::dispatch`] with the user's buffers as bind group 1 (see
     /// [`Compiled::bind_user`]).
-    pub fn dispatch_with(
+    pub(crate) fn dispatch_with(
         &self,
         pass: &mut wgpu::ComputePass,
         bind: &wgpu::BindGroup,

@@ -46,7 +46,7 @@ impl Timing {
 /// timestamps from the first pass's start to the last pass's end when the device has
 /// TIMESTAMP_QUERY, else submit to idle on the host clock). `encode` gets the run index and
 /// the timer, whose [`GpuTimer::begin`] / [`GpuTimer::end`] it puts on its first and last pass.
-pub fn time_encoded(
+pub(crate) fn time_encoded(
     gpu: &Gpu,
     warmup: usize,
     reps: usize,
@@ -85,7 +85,7 @@ pub fn time_submission(gpu: &Gpu, commands: wgpu::CommandBuffer) -> Result<f64> 
 }
 
 /// [`time_submission`] without blocking the browser.
-pub async fn time_submission_async(gpu: &Gpu, commands: wgpu::CommandBuffer) -> Result<f64> {
+pub(crate) async fn time_submission_async(gpu: &Gpu, commands: wgpu::CommandBuffer) -> Result<f64> {
     gpu.wait_async().await?;
     let t0 = Instant::now();
     gpu.queue.submit([commands]);
@@ -129,7 +129,7 @@ pub fn time_host(warmup: usize, reps: usize, mut run: impl FnMut(usize) -> Resul
 
 /// [`time_host`] for work that awaits the GPU (`Gpu::wait_async`, `Gpu::read_async`), so
 /// that it runs in the browser too.
-pub async fn time_host_async(
+pub(crate) async fn time_host_async(
     warmup: usize,
     reps: usize,
     mut run: impl AsyncFnMut(usize) -> Result<()>,
@@ -225,7 +225,7 @@ impl GpuTimer {
     }
 
     /// Milliseconds between the two timestamps of the last submitted run.
-    pub fn read_ms(&self, gpu: &Gpu) -> Result<f64> {
+    pub(crate) fn read_ms(&self, gpu: &Gpu) -> Result<f64> {
         let t: Vec<u64> = gpu.read(&self.resolve, 2)?;
         Ok(t[1].saturating_sub(t[0]) as f64 * self.period_ns / 1e6)
     }
