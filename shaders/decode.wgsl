@@ -150,39 +150,7 @@ fn attend(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
             s[c] = sc;
             tile_max = max(tile_max, sc);
         }
-        let rescale = softmax_rescale(m_run, tile_max);
-        let m_new = rescale.x;
-        let corr = rescale.y;
-        // the tile's sums first, then added to the running ones (as flash.wgsl: two short
-        // sums instead of one over every slot)
-        // zeroed by hand each tile: SwiftShader under Chromium (Tint) was seen to keep the
-        // previous tile's values in a loop-scoped `var` that WGSL zero-initialises
-        var tile_acc: array<vec4<f32>, D4P>;
-        for (var x = 0u; x < D4P; x++) {
-            tile_acc[x] = vec4<f32>(0.0);
-        }
-        var tile_l = 0.0;
-        for (var c = 0u; c < BC; c++) {
-            let p = softmax_weight(s[c], m_new);
-            tile_l += p;
-            if SG > 0u {
-                for (var j = 0u; j < D4P; j += SG) {
-                    let vl = v_tile[c * D4 + select(j + lane, lane_at(j, lane), SG_GUARD)];
-                    for (var l = 0u; l < SG; l++) {
-                        tile_acc[j + l] += p * shuffle4(vl, l);
-                    }
-                }
-            } else {
-                for (var x = 0u; x < D4; x++) {
-                    tile_acc[x] += p * v_tile[c * D4 + x];
-                }
-            }
-        }
-        l_run = l_run * corr + tile_l;
-        for (var x = 0u; x < D4P; x++) {
-            acc[x] = acc[x] * corr + tile_acc[x];
-        }
-        m_run = m_new;
+        softmax_tile(&s, tile_max, &m_run, &l_run, &acc, 0u, lane);
         workgroupBarrier();
     }
     if live {

@@ -196,43 +196,7 @@ fn main(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
                 s[c] = sc;
                 tile_max = max(tile_max, sc);
             }
-            // A fully masked tile leaves the row unchanged: corr = 1 and every p = 0.
-            let step = softmax_rescale(m_run, tile_max);
-            let m_new = step.x;
-            let corr = step.y;
-            // The tile's weighted sum of V is summed on its own, then added to the running
-            // sum: two short sums instead of one over every key (with one query over 128K
-            // keys the error falls 6×, below numpy's float32 error).
-            // zeroed by hand each tile: SwiftShader under Chromium (Tint) was seen to keep the
-            // previous tile's values in a loop-scoped `var` that WGSL zero-initialises
-            var tile_acc: array<vec4<f32>, D4P>;
-            for (var x = 0u; x < D4P; x++) {
-                tile_acc[x] = vec4<f32>(0.0);
-            }
-            var tile_l = 0.0;
-            for (var c = 0u; c < BC; c++) {
-                let p = softmax_weight(s[c], m_new);
-                tile_l += p;
-                if SG > 0u {
-                    for (var j = 0u; j < D4P; j += SG) {
-                        let vl = v_tile[c * D4 + lane_at(j, lane)];
-                        for (var l = 0u; l < SG; l++) {
-                            tile_acc[j + l] += p * shuffle4(vl, l);
-                        }
-                    }
-                } else {
-                    for (var x = 0u; x < DP4; x++) {
-                        if (!LANE_GUARD || lane0 + x < D4) {
-                            tile_acc[x] += p * v_tile[c * D4 + lane0 + x];
-                        }
-                    }
-                }
-            }
-            l_run = l_run * corr + tile_l;
-            for (var x = 0u; x < DP4; x++) {
-                acc[x] = acc[x] * corr + tile_acc[x];
-            }
-            m_run = m_new;
+            softmax_tile(&s, tile_max, &m_run, &l_run, &acc, lane0, lane);
         }
         workgroupBarrier();
     }

@@ -15,7 +15,8 @@ use crate::kernels::mods::ModBuffers;
 use crate::kernels::pad::{padded_dim, repack_host};
 use crate::kernels::positions::{PositionPass, Rows};
 use crate::kernels::{
-    COMMON, Contract, MODS_NONE, Traffic, UNTUNED, check_call_head_dim, lanes, slopes_words, with_mods_source,
+    COMMON, Contract, MODS_NONE, SOFTMAX_TILE, Traffic, UNTUNED, check_call_head_dim, lanes, slopes_words,
+    with_mods_source,
 };
 use crate::runtime::Gpu;
 use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
@@ -148,14 +149,17 @@ pub fn variants(d: usize, bc: u32, wg: u32, sg: u32, count: bool) -> Vec<ShaderV
         .map(|(shader, entry)| {
             shader.variant(
                 entry,
-                &[COMMON, lanes(sg), MODS_NONE],
+                &[COMMON, lanes(sg), SOFTMAX_TILE, MODS_NONE],
                 vec![
                     ("D4", d4),
+                    // one invocation holds a row's every lane (as flash with P = 1)
+                    ("DP4", d4),
                     ("D4P", d4p),
                     ("BC", bc),
                     ("WG", wg),
                     ("SG", sg),
                     ("SG_GUARD_U", (sg > 0 && !d4.is_multiple_of(sg)) as u32),
+                    ("LANE_GUARD_U", 0),
                     ("COUNT", count as u32),
                     ("MODS_U", 0),
                 ],

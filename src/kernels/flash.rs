@@ -14,8 +14,8 @@ use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::matmul::Coop;
 use crate::kernels::{
-    AttnBuffers, COMMON, Contract, MODS_NONE, Tiles, Traffic, UNTUNED, check_head_dim, check_shuffles,
-    host_budget, lanes, slopes_words, with_mods,
+    AttnBuffers, COMMON, Contract, MODS_NONE, SOFTMAX_TILE, Tiles, Traffic, UNTUNED, check_head_dim,
+    check_shuffles, host_budget, lanes, slopes_words, with_mods,
 };
 use crate::runtime::shader::{Compiled, Shader, ShaderVariant, Slot, Snippet, bindings};
 use crate::runtime::{Gpu, Profile, Tuned};
@@ -272,7 +272,7 @@ impl FlashConfig {
         }
         SHADER.variant(
             "main",
-            &[COMMON, lanes(self.sg), BINDINGS, MODS_NONE],
+            &[COMMON, lanes(self.sg), SOFTMAX_TILE, BINDINGS, MODS_NONE],
             vec![
                 ("D4", d4),
                 ("DP4", d4.div_ceil(self.p)),
@@ -286,6 +286,8 @@ impl FlashConfig {
                 ("COUNT", count as u32),
                 ("F16_U", f16 as u32),
                 ("LANE_GUARD_U", !d4.is_multiple_of(self.p) as u32),
+                // the shuffle path clamps its loads only where SG does not divide D4
+                ("SG_GUARD_U", (self.sg > 0 && !d4.is_multiple_of(self.sg)) as u32),
                 ("MODS_U", 0),
             ],
         )

@@ -43,6 +43,10 @@ const LANES_PLAIN: Snippet =
 /// GELU's tanh form and its derivative: matmul's epilogue and the training kernels.
 pub(crate) const GELU: Snippet = Snippet { name: "gelu", source: include_str!("../../shaders/gelu.wgsl") };
 
+/// The online-softmax tile step (the P·V accumulation) flash and decode share.
+pub(crate) const SOFTMAX_TILE: Snippet =
+    Snippet { name: "softmax_tile", source: include_str!("../../shaders/softmax_tile.wgsl") };
+
 /// The identity mods, for variants built without the user's (`MODS_U` = 0).
 pub(crate) const MODS_NONE: Snippet =
     Snippet { name: "mods_none", source: include_str!("../../shaders/mods_none.wgsl") };
