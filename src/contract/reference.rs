@@ -106,7 +106,7 @@ fn one_row<T: Copy + Into<f64>>(
     (o_row, lse)
 }
 
-/// One head's attention probabilities in f64, P[i][j] = exp(score − LSE), for query rows
+/// One head's attention probabilities in f64, `P[i][j] = exp(score − LSE)`, for query rows
 /// `rows` and keys `cols` of (batch `b`, head `h`), row-major: what the heatmap pools. 0 where
 /// masked and on fully masked rows. (It allocates a zero V of the spec's size for the row
 /// evaluation: meant for the small problems the heatmap is checked on.)

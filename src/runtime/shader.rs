@@ -35,7 +35,7 @@ pub enum Binding {
 }
 
 /// One binding of a kernel in group 0: its number, its name in the WGSL and how it is bound.
-/// Declared with [`bindings!`](crate::runtime::shader::bindings); the naga reflection test
+/// Declared with the kernels' `bindings!` macro; the naga reflection test
 /// (`tests/shaders.rs`) checks every family's slots against the WGSL of every variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Slot {
