@@ -1,9 +1,9 @@
 //! Builds and runs `examples/embed.rs` (a host app lending its device to longctx).
 
 #[path = "../examples/embed.rs"]
-mod embed;
+mod example;
 
 #[test]
 fn embed_example_runs_on_the_hosts_device() {
-    embed::main();
+    example::main();
 }
