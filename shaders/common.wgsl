@@ -1,11 +1,11 @@
 // common.wgsl — prepended to every attention kernel (after the generated `const` header).
-// The attention contract (docs/DESIGN.md §1) in one place: the call's `Contract` uniform,
+// The attention contract (docs/DESIGN.md §1) in one place: the call's `CallParams` uniform,
 // the visible band, ALiBi, the block-map walk and the online softmax. Helpers take what
 // they need as arguments; only the kernels read the bound uniforms.
 
 // One attention call under the contract: binding 0 of every attention kernel, one buffer
 // for all of a call's dispatches.
-struct Contract {
+struct CallParams {
     heads: u32,
     kv_heads: u32,
     n: u32,          // query rows (decode: the most new tokens of one step)
@@ -20,7 +20,7 @@ struct Contract {
     neg_inf: f32,    // -inf, passed in because WGSL cannot spell it
 }
 
-@group(0) @binding(0) var<uniform> contract: Contract;
+@group(0) @binding(0) var<uniform> contract: CallParams;
 
 // How one dispatch of a block-map kernel (flash, the backward, the heatmap) walks the map
 // and which slice of the tensors it covers; each kernel binds it at its own number.
@@ -61,7 +61,7 @@ fn map_head_of(h: u32, map_heads: u32) -> u32 {
 }
 
 // Whether key `key` lies in the call's visible band from position `pos` (causal, window).
-fn in_band(c: Contract, pos: i32, key: i32) -> bool {
+fn in_band(c: CallParams, pos: i32, key: i32) -> bool {
     let d = pos - key;
     return d >= c.band_lo && d <= c.band_hi;
 }
@@ -69,7 +69,7 @@ fn in_band(c: Contract, pos: i32, key: i32) -> bool {
 // Whether key `key` (bit `col` of its tile's visibility word `bits` for this row) is visible
 // from position `pos` in a listed tile: FULL tiles skip the test; otherwise the key must lie
 // inside M, in the band, and be allowed by the sparse mask's bits.
-fn tile_visible(c: Contract, full: bool, pos: i32, key: i32, bits: u32, col: u32) -> bool {
+fn tile_visible(c: CallParams, full: bool, pos: i32, key: i32, bits: u32, col: u32) -> bool {
     return full || (u32(key) < c.m && in_band(c, pos, key) && ((bits >> col) & 1u) != 0u);
 }
 

@@ -5,7 +5,7 @@
 // The host then drops tiles counted 0 and keeps FULL only on tiles whose every pair counted.
 // Loop iterations per invocation: BR · BC (under llvmpipe's 65535 per loop nest).
 
-struct Job {
+struct MapJob {
     entries: u32,  // listed tiles
     b: u32,        // the batch this dispatch evaluates mask_mod for
     groups_x: u32, // workgroups along x (the grid is 2-D past 65535 workgroups)
@@ -16,7 +16,7 @@ struct Job {
 @group(0) @binding(2) var<uniform> tiles: Tiles;
 @group(0) @binding(3) var<storage, read> entry_row: array<u32>; // per tile: map head · n_qtiles + query tile
 @group(0) @binding(4) var<storage, read_write> counts: array<u32>;
-@group(0) @binding(5) var<uniform> job: Job;
+@group(0) @binding(5) var<uniform> job: MapJob;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

@@ -12,7 +12,7 @@
 // within the 65535-workgroup limit. Traffic: every encoded element read and written once,
 // one table row read per encoded row.
 
-struct Job {
+struct EncodeJob {
     rows: u32,      // rows this dispatch encodes
     r0: u32,        // index of its first row among the tensor's rows
     per_seq: u32,   // rows per sequence
@@ -27,7 +27,7 @@ struct Job {
     pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> job: Job;
+@group(0) @binding(0) var<uniform> job: EncodeJob;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read> table: array<f32>;
 

@@ -8,14 +8,14 @@
 // Traffic: merge reads both outputs and LSEs and writes the running ones; add reads both
 // and writes acc.
 
-struct Job {
+struct MergeJob {
     len: u32,       // rows (merge) or floats (add)
     d: u32,         // floats per row (merge)
     groups_x: u32,  // workgroups per grid row
     neg_inf: f32,
 }
 
-@group(0) @binding(0) var<uniform> job: Job;
+@group(0) @binding(0) var<uniform> job: MergeJob;
 @group(0) @binding(1) var<storage, read_write> acc: array<f32>;       // running O, or the sum
 @group(0) @binding(2) var<storage, read_write> acc_lse: array<f32>;
 @group(0) @binding(3) var<storage, read> part: array<f32>;            // partial O, or the addend

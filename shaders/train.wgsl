@@ -23,7 +23,7 @@
 // split_heads: part p of [B·T, parts·H·D] (the fused QKV projection) → [B, H, T, D].
 // merge_heads: [B, H, T, D] → part p of [B·T, parts·H·D] (attention's output; dQ, dK, dV).
 
-struct Job {
+struct TrainJob {
     n: u32,             // rows, elements or tokens
     d: u32,             // row width (vocabulary for cross_entropy)
     groups_x: u32,      // workgroups per grid row
@@ -46,7 +46,7 @@ struct Job {
     pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> job: Job;
+@group(0) @binding(0) var<uniform> job: TrainJob;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;

@@ -37,7 +37,8 @@ impl ExportState {
     }
 }
 
-/// The export menu: the directory and the button.
+/// The export menu: the directory and the button (not in the page: it has no file system).
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn export_ui(ui: &mut egui::Ui, st: &mut ExportState) {
     ui.menu_button("export", |ui| {
         ui.horizontal(|ui| {

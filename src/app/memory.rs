@@ -5,7 +5,9 @@ use egui_plot::Corner;
 
 use super::style::{Axis, ChartData, Mark, Unit, chart_ui};
 
-use crate::measure::plan::{GPUS, Link, ModelShape, Plan, RING_GPUS, RingPlan, context_cost_ratio};
+use crate::measure::plan::{
+    GPUS, Link, MemoryPlan, ModelShape, RING_GPUS, RingMemoryPlan, context_cost_ratio,
+};
 
 /// The memory panel's inputs.
 pub struct MemoryState {
@@ -48,7 +50,7 @@ pub(crate) fn memory_ui(ui: &mut egui::Ui, st: &mut MemoryState) {
     };
     let n = st.n_k * 1024;
     // presets at 1K–256K tokens are far below 2^64 bytes; an error is shown, never a panic
-    let plan = match Plan::new(&model, n, 1, 2) {
+    let plan = match MemoryPlan::new(&model, n, 1, 2) {
         Ok(p) => p,
         Err(e) => {
             ui.label(e.to_string());
@@ -79,7 +81,7 @@ pub(crate) fn memory_ui(ui: &mut egui::Ui, st: &mut MemoryState) {
         ] {
             ui.label(name);
             ui.label(gb(b));
-            for (_, k) in Plan::gpus_needed(b) {
+            for (_, k) in MemoryPlan::gpus_needed(b) {
                 ui.label(if k <= 1 { "fits 1".to_string() } else { format!("{k} GPUs") });
             }
             ui.end_row();
@@ -87,8 +89,10 @@ pub(crate) fn memory_ui(ui: &mut egui::Ui, st: &mut MemoryState) {
     });
     ring_ui(ui, st, &model, n);
     let ks: Vec<usize> = (0..=9).map(|i| 1usize << i).map(|k| k * 1024).collect(); // 1K … 512K
-    let series = |f: &dyn Fn(&Plan) -> u64| -> Vec<[f64; 2]> {
-        ks.iter().filter_map(|&n| Plan::new(&model, n, 1, 2).ok().map(|p| [n as f64, f(&p) as f64])).collect()
+    let series = |f: &dyn Fn(&MemoryPlan) -> u64| -> Vec<[f64; 2]> {
+        ks.iter()
+            .filter_map(|&n| MemoryPlan::new(&model, n, 1, 2).ok().map(|p| [n as f64, f(&p) as f64]))
+            .collect()
     };
     let capacities = |chart: &mut ChartData| {
         for (gpu, cap) in GPUS {
@@ -134,7 +138,7 @@ fn ring_ui(ui: &mut egui::Ui, st: &mut MemoryState, model: &ModelShape, n: usize
         ui.selectable_value(&mut st.link, Link::InfiniBand, "InfiniBand");
     });
     let gpu = RING_GPUS[st.gpu];
-    match RingPlan::new(model, n, 1, 2, st.ranks, gpu, st.link, 0.4, true) {
+    match RingMemoryPlan::new(model, n, 1, 2, st.ranks, gpu, st.link, 0.4, true) {
         Ok(r) => {
             ui.label(format!(
                 "{} tokens per rank: KV cache {} + weights {} + 2 blocks in flight {} = {} per rank ({} in {}); training {} per rank",

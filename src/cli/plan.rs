@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use longctx::measure::plan::{Link, ModelShape, Plan, RING_GPUS, RingPlan, context_cost_ratio};
+use longctx::measure::plan::{Link, MemoryPlan, ModelShape, RING_GPUS, RingMemoryPlan, context_cost_ratio};
 
 use super::bench::parse_size;
 
@@ -133,7 +133,7 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<()> {
     if !(a.tflops.is_finite() && a.tflops > 0.0) {
         bail!("--tflops {}: must be a positive, finite rate", a.tflops);
     }
-    let p = Plan::new(&m, n, a.batch, bytes)?;
+    let p = MemoryPlan::new(&m, n, a.batch, bytes)?;
     println!(
         "{}: {} layers, d_model {}, {} heads ({} kv heads) of {}, FFN {}, vocab {} — {:.2} B parameters; n = {n}, batch {}, {}",
         m.name,
@@ -173,7 +173,7 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<()> {
     for (name, b) in rows {
         let mut row = vec![name.to_string(), gb(b)];
         row.extend(
-            Plan::gpus_needed(b)
+            MemoryPlan::gpus_needed(b)
                 .into_iter()
                 .map(|(_, k)| if k <= 1 { "fits 1".to_string() } else { format!("{k} GPUs") }),
         );
@@ -214,7 +214,7 @@ fn ring(a: &PlanArgs, m: &ModelShape, n: usize, bytes: usize, ranks: usize) -> a
     let mut ns = vec![n, 1 << 20, 2 << 20, 4 << 20, 10 << 20];
     ns.sort_unstable();
     ns.dedup();
-    let first = RingPlan::new(m, n, a.batch, bytes, ranks, *gpu, link, a.efficiency, causal)?;
+    let first = RingMemoryPlan::new(m, n, a.batch, bytes, ranks, *gpu, link, a.efficiency, causal)?;
     println!();
     println!(
         "ring attention over {ranks} × {} ({:.0} GB, {:.0} TFLOP/s dense BF16 at {:.0} % = {:.0} TFLOP/s sustained), {} at {:.0} GB/s per direction; {} attention; K/V blocks of one layer per step",
@@ -241,7 +241,7 @@ fn ring(a: &PlanArgs, m: &ModelShape, n: usize, bytes: usize, ranks: usize) -> a
         "attention per forward s",
     ]);
     for &nn in &ns {
-        let r = RingPlan::new(m, nn, a.batch, bytes, ranks, *gpu, link, a.efficiency, causal)?;
+        let r = RingMemoryPlan::new(m, nn, a.batch, bytes, ranks, *gpu, link, a.efficiency, causal)?;
         t.add_row([
             if nn == n { format!("{nn} (asked)") } else { nn.to_string() },
             r.tokens_per_rank.to_string(),

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::kernels::pad::{Padded, Rows};
 use crate::kernels::positions::EncodedInputs;
 use crate::kernels::{
-    AttnBuffers, COMMON, Contract, Kernel, MODS_NONE, Tiles, Traffic, check_call_head_dim, check_head_dim,
+    AttnBuffers, COMMON, CallParams, Kernel, MODS_NONE, Tiles, Traffic, check_call_head_dim, check_head_dim,
     check_shuffles, flash, lanes, with_mods,
 };
 use crate::runtime::Gpu;
@@ -162,7 +162,7 @@ impl Entry {
         }
     }
 
-    /// Bindings of each kernel: the uniforms `Contract` (0), `Backward` (12) and `Tiles`
+    /// Bindings of each kernel: the uniforms `CallParams` (0), `Backward` (12) and `Tiles`
     /// (14), then at most 8 storage buffers, the WebGPU default.
     fn bindings(self) -> &'static [Slot] {
         match self {
@@ -505,7 +505,7 @@ impl Backward {
             config: c,
             pipelines,
             dispatches,
-            contract: Contract::new(spec).upload(gpu),
+            contract: CallParams::new(spec).upload(gpu),
             block_map,
             stats,
             map: Some((map, cols)),
@@ -622,7 +622,7 @@ impl Backward {
             config: c,
             pipelines,
             dispatches,
-            contract: Contract::new(spec).upload(gpu),
+            contract: CallParams::new(spec).upload(gpu),
             block_map: gpu.upload("naive backward slopes and mask bits", &words)?,
             stats: gpu.storage("backward (LSE, Δ)", s.lse_len() as u64 * 8)?,
             map: None,

@@ -15,7 +15,7 @@ use crate::kernels::mods::ModBuffers;
 use crate::kernels::pad::{padded_dim, repack_host};
 use crate::kernels::positions::{PositionPass, Rows};
 use crate::kernels::{
-    COMMON, Contract, MODS_NONE, SOFTMAX_TILE, Traffic, UNTUNED, check_call_head_dim, lanes, slopes_words,
+    COMMON, CallParams, MODS_NONE, SOFTMAX_TILE, Traffic, UNTUNED, check_call_head_dim, lanes, slopes_words,
     with_mods_source,
 };
 use crate::runtime::Gpu;
@@ -367,7 +367,7 @@ impl Decoder {
         let head_bufs: Vec<wgpu::Buffer> =
             (0..cfg.kv_heads).map(|h| gpu.uniform("decode kv head", &[h as u32, 0, 0, 0])).collect();
         let cache = KvCache::new(gpu, &DecoderConfig { head_dim: d, ..cfg.clone() })?;
-        let cfg_buf = Contract::new(&spec).upload(gpu);
+        let cfg_buf = CallParams::new(&spec).upload(gpu);
         let step_buf = gpu.uniform("decode step", &StepParams::default());
         let slopes = gpu.upload("ALiBi slopes", &slopes)?;
         let q = gpu.storage("decode Q", (rows * d * 4) as u64)?;

@@ -14,7 +14,7 @@ use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::matmul::Coop;
 use crate::kernels::{
-    AttnBuffers, COMMON, Contract, MODS_NONE, SOFTMAX_TILE, Tiles, Traffic, UNTUNED, check_head_dim,
+    AttnBuffers, COMMON, CallParams, MODS_NONE, SOFTMAX_TILE, Tiles, Traffic, UNTUNED, check_head_dim,
     check_shuffles, host_budget, lanes, slopes_words, with_mods,
 };
 use crate::runtime::shader::{Compiled, Shader, ShaderVariant, Slot, Snippet, bindings};
@@ -485,7 +485,7 @@ impl Flash {
             passes,
             chunks: chunks.len(),
             f16,
-            contract: Contract::new(spec).upload(gpu),
+            contract: CallParams::new(spec).upload(gpu),
             block_map: gpu.upload("flash block map", &words)?,
             map,
             slopes: gpu.upload("ALiBi slopes", &slopes_words(spec))?,

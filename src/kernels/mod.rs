@@ -98,11 +98,11 @@ pub(crate) fn lanes(sg: u32) -> Snippet {
     if sg > 0 { LANES_SUBGROUP } else { LANES_PLAIN }
 }
 
-/// One attention call under the contract: `Contract` in common.wgsl, binding 0 of every
+/// One attention call under the contract: `CallParams` in common.wgsl, binding 0 of every
 /// attention kernel, one buffer per prepared call.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct Contract {
+pub(crate) struct CallParams {
     pub heads: u32,
     pub kv_heads: u32,
     pub n: u32,
@@ -117,7 +117,7 @@ pub(crate) struct Contract {
     pub neg_inf: f32,
 }
 
-impl Contract {
+impl CallParams {
     pub(crate) fn new(spec: &AttnSpec) -> Self {
         let s = spec.shape;
         let (lo, hi) = spec.band();
@@ -291,7 +291,8 @@ impl Traffic {
     }
 }
 
-enum Plan {
+/// The forward kernel an [`Attention`] runs.
+enum Forward {
     Flash(flash::Flash),
     Naive(naive::Naive),
 }
@@ -300,7 +301,7 @@ enum Plan {
 /// parameters uploaded. Reuse it for every call with the same [`AttnSpec`].
 pub struct Attention {
     spec: AttnSpec,
-    plan: Plan,
+    forward: Forward,
     /// Padded copies of Q, K, V, O when the head dim is not a multiple of 4 (the kernel
     /// runs on them at the padded head dim).
     padded: Option<pad::Padded>,
@@ -320,16 +321,16 @@ impl Attention {
 
     fn prepare(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec, instrumented: bool) -> Result<Self> {
         let inner = Self::checked(spec)?;
-        let plan = match kernel {
-            Kernel::Flash => Plan::Flash(flash::Flash::new(
+        let forward = match kernel {
+            Kernel::Flash => Forward::Flash(flash::Flash::new(
                 gpu,
                 &inner,
                 flash::FlashConfig::for_device(gpu, inner.shape.head_dim),
                 instrumented,
             )?),
-            Kernel::Naive => Plan::Naive(naive::Naive::new(gpu, &inner, instrumented)?),
+            Kernel::Naive => Forward::Naive(naive::Naive::new(gpu, &inner, instrumented)?),
         };
-        Self::with_plan(gpu, spec, plan)
+        Self::with_forward(gpu, spec, forward)
     }
 
     /// `spec` validated, and as the kernel runs it (the head dim padded to a multiple of 4).
@@ -339,11 +340,11 @@ impl Attention {
         Ok(pad::padded_spec(spec))
     }
 
-    fn with_plan(gpu: &Gpu, spec: &AttnSpec, plan: Plan) -> Result<Self> {
+    fn with_forward(gpu: &Gpu, spec: &AttnSpec, forward: Forward) -> Result<Self> {
         let padded = pad::Padded::new(gpu, &spec.shape, &PADDED_FORWARD)?;
         let stride = pad::padded_dim(spec.shape.head_dim);
         let positions = positions::EncodedInputs::new(gpu, spec, stride, padded.is_some())?;
-        Ok(Self { spec: spec.clone(), plan, padded, positions })
+        Ok(Self { spec: spec.clone(), forward, padded, positions })
     }
 
     /// A typed error for the f16-input variants, which read Q and K as stored.
@@ -367,7 +368,7 @@ impl Attention {
         instrumented: bool,
     ) -> Result<Self> {
         let inner = Self::checked(spec)?;
-        Self::with_plan(gpu, spec, Plan::Flash(flash::Flash::new(gpu, &inner, config, instrumented)?))
+        Self::with_forward(gpu, spec, Forward::Flash(flash::Flash::new(gpu, &inner, config, instrumented)?))
     }
 
     /// Prepares flash reading Q, K and V stored as f16 (half the input bytes; f32 arithmetic
@@ -384,7 +385,7 @@ impl Attention {
         let native = gpu.features().contains(wgpu::Features::SHADER_F16);
         Ok(Self {
             spec: spec.clone(),
-            plan: Plan::Flash(flash::Flash::new_with(gpu, spec, config, false, native)?),
+            forward: Forward::Flash(flash::Flash::new_with(gpu, spec, config, false, native)?),
             padded: None,
             positions: None,
         })
@@ -423,7 +424,7 @@ impl Attention {
         check_head_dim("flash (f16 storage)", spec.shape.head_dim)?;
         Ok(Self {
             spec: spec.clone(),
-            plan: Plan::Flash(flash::Flash::new_with(gpu, spec, config, false, true)?),
+            forward: Forward::Flash(flash::Flash::new_with(gpu, spec, config, false, true)?),
             padded: None,
             positions: None,
         })
@@ -440,9 +441,9 @@ impl Attention {
     /// copies for a head dim that is not a multiple of 4 and the positional encoding's pass.
     pub fn traffic_model(&self) -> Traffic {
         let inner = pad::padded_spec(&self.spec);
-        let kernel = match &self.plan {
-            Plan::Flash(f) => f.traffic(&inner),
-            Plan::Naive(_) => naive::traffic(&inner),
+        let kernel = match &self.forward {
+            Forward::Flash(f) => f.traffic(&inner),
+            Forward::Naive(_) => naive::traffic(&inner),
         };
         self.with_padding(kernel)
     }
@@ -466,36 +467,36 @@ impl Attention {
     /// [`Attention::measured_traffic`] without blocking the browser.
     pub(crate) async fn measured_traffic_async(&self, gpu: &Gpu) -> Result<Option<Traffic>> {
         let d = pad::padded_dim(self.spec.shape.head_dim);
-        let counted = match &self.plan {
-            Plan::Flash(f) => f.counters(gpu).await?.map(|c| c.traffic(d)),
-            Plan::Naive(n) => n.counted(gpu).await?,
+        let counted = match &self.forward {
+            Forward::Flash(f) => f.counters(gpu).await?.map(|c| c.traffic(d)),
+            Forward::Naive(n) => n.counted(gpu).await?,
         };
         Ok(counted.map(|t| self.with_padding(t)))
     }
 
     /// The prepared flash kernel (`None` for other kernels).
     pub fn flash(&self) -> Option<&flash::Flash> {
-        match &self.plan {
-            Plan::Flash(f) => Some(f),
-            Plan::Naive(_) => None,
+        match &self.forward {
+            Forward::Flash(f) => Some(f),
+            Forward::Naive(_) => None,
         }
     }
 
     /// The flash kernel's block map (`None` for other kernels).
     pub fn block_map(&self) -> Option<&BlockMap> {
-        match &self.plan {
-            Plan::Flash(f) => Some(f.block_map()),
-            Plan::Naive(_) => None,
+        match &self.forward {
+            Forward::Flash(f) => Some(f.block_map()),
+            Forward::Naive(_) => None,
         }
     }
 
     /// Counters of the last run of an instrumented flash kernel.
     pub fn flash_counters(&self, gpu: &Gpu) -> Result<Option<flash::FlashCounters>> {
-        match &self.plan {
-            Plan::Flash(f) => {
+        match &self.forward {
+            Forward::Flash(f) => {
                 block_on("Attention::flash_counters", "await Attention::flash().counters", f.counters(gpu))
             }
-            Plan::Naive(_) => Ok(None),
+            Forward::Naive(_) => Ok(None),
         }
     }
 
@@ -510,9 +511,9 @@ impl Attention {
         let encoded = self.positions.as_ref().map_or(0, positions::EncodedInputs::bytes);
         padded
             + encoded
-            + match &self.plan {
-                Plan::Flash(f) => f.scratch_bytes(),
-                Plan::Naive(n) => n.scratch_bytes(),
+            + match &self.forward {
+                Forward::Flash(f) => f.scratch_bytes(),
+                Forward::Naive(n) => n.scratch_bytes(),
             }
     }
 
@@ -544,9 +545,9 @@ impl Attention {
         if let Some(e) = &self.positions {
             (inner.q, inner.k) = e.encode(gpu, encoder, inner.q, inner.k)?;
         }
-        match &self.plan {
-            Plan::Flash(f) => f.encode(gpu, encoder, &inner, timestamps),
-            Plan::Naive(n) => n.encode(gpu, encoder, &inner, timestamps),
+        match &self.forward {
+            Forward::Flash(f) => f.encode(gpu, encoder, &inner, timestamps),
+            Forward::Naive(n) => n.encode(gpu, encoder, &inner, timestamps),
         }
         if let Some(p) = &self.padded {
             p.cut(gpu, encoder, 3, bufs.o);

@@ -13,7 +13,7 @@ use crate::contract::blockmap::{BlockMap, FULL};
 use crate::contract::mods::Mods;
 use crate::contract::spec::AttnSpec;
 use crate::error::Result;
-use crate::kernels::{COMMON, Contract, Tiles};
+use crate::kernels::{COMMON, CallParams, Tiles};
 use crate::runtime::Gpu;
 use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
 
@@ -29,7 +29,7 @@ const SHADER: Shader = Shader {
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Job {
+struct MapJob {
     entries: u32,
     b: u32,
     groups_x: u32,
@@ -113,14 +113,14 @@ pub fn refine(gpu: &Gpu, spec: &AttnSpec, mods: &Mods, map: &BlockMap) -> Result
     let user_buffers = ModBuffers::upload(gpu, spec)?;
     let user = user_buffers.bind(gpu, &kernel);
     let grid = gpu.grid("mod_map", entries.div_ceil(64) as u64)?;
-    let contract = Contract::new(spec).upload(gpu);
+    let contract = CallParams::new(spec).upload(gpu);
     let block_map = gpu.upload("mask_mod block map", &words)?;
     let tiles = gpu.uniform("mask_mod tiles", &Tiles::of_map(&map, offsets));
     let rows = gpu.upload("mask_mod entry rows", &entry_row)?;
     let counts = gpu.storage("mask_mod counts", 4 * entries as u64)?;
     let jobs: Vec<wgpu::Buffer> = (0..batches)
         .map(|b| {
-            let job = Job { entries: entries as u32, b: b as u32, groups_x: grid[0], pad: 0 };
+            let job = MapJob { entries: entries as u32, b: b as u32, groups_x: grid[0], pad: 0 };
             gpu.uniform("mask_mod job", &job)
         })
         .collect();

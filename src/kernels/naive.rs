@@ -6,7 +6,7 @@
 
 use crate::contract::spec::AttnSpec;
 use crate::error::Result;
-use crate::kernels::{AttnBuffers, COMMON, Contract, Traffic, check_head_dim};
+use crate::kernels::{AttnBuffers, COMMON, CallParams, Traffic, check_head_dim};
 use crate::runtime::Gpu;
 use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
 
@@ -165,7 +165,7 @@ impl Naive {
             .collect::<Result<Vec<Compiled>>>()?;
         Ok(Self {
             pipelines,
-            contract: Contract::new(spec).upload(gpu),
+            contract: CallParams::new(spec).upload(gpu),
             chunks,
             scores,
             aux: gpu.upload("naive slopes and mask bits", &aux)?,

@@ -28,7 +28,7 @@ pub fn variants() -> Vec<ShaderVariant> {
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Job {
+struct EncodeJob {
     rows: u32,
     r0: u32,
     per_seq: u32,
@@ -114,7 +114,7 @@ impl PositionPass {
         while r0 < t.rows as u64 {
             let n = chunk_rows.min(t.rows as u64 - r0);
             let grid = gpu.grid(NAME, (n * units).div_ceil(WORKGROUP))?;
-            let job = Job {
+            let job = EncodeJob {
                 rows: n as u32,
                 r0: r0 as u32,
                 per_seq: t.per_seq as u32,

@@ -27,7 +27,7 @@ const WORKGROUP: u64 = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Job {
+struct MergeJob {
     len: u32,
     d: u32,
     groups_x: u32,
@@ -54,7 +54,7 @@ impl Merges {
 
     fn job(gpu: &Gpu, len: usize, d: usize) -> Result<(wgpu::Buffer, [u32; 3])> {
         let grid = gpu.grid(NAME, (len as u64).div_ceil(WORKGROUP))?;
-        let job = Job { len: len as u32, d: d as u32, groups_x: grid[0], neg_inf: f32::NEG_INFINITY };
+        let job = MergeJob { len: len as u32, d: d as u32, groups_x: grid[0], neg_inf: f32::NEG_INFINITY };
         Ok((gpu.uniform("ring job", &job), grid))
     }
 

@@ -88,7 +88,7 @@ pub fn variants() -> Vec<ShaderVariant> {
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Job {
+struct TrainJob {
     n: u32,
     d: u32,
     groups_x: u32,
@@ -150,7 +150,7 @@ impl Train {
         gpu: &Gpu,
         encoder: &mut wgpu::CommandEncoder,
         entry: usize,
-        job: Job,
+        job: TrainJob,
         threads: u64,
         bufs: &[&wgpu::Buffer],
     ) -> Result<()> {
@@ -160,7 +160,7 @@ impl Train {
         } else {
             gpu.grid(NAME, threads.div_ceil(WORKGROUP))?
         };
-        let job = gpu.uniform("train job", &Job { groups_x: grid[0], ..job });
+        let job = gpu.uniform("train job", &TrainJob { groups_x: grid[0], ..job });
         let mut all = vec![&job];
         all.extend_from_slice(bufs);
         let kernel = &self.kernels[entry];
@@ -188,7 +188,7 @@ impl Train {
         vocab: usize,
         scale: f32,
     ) -> Result<()> {
-        let job = Job { n: rows as u32, d: vocab as u32, scale, ..Job::default() };
+        let job = TrainJob { n: rows as u32, d: vocab as u32, scale, ..TrainJob::default() };
         self.run(gpu, encoder, entry::CROSS_ENTROPY, job, rows as u64, &[logits, targets, dlogits, loss])
     }
 
@@ -206,7 +206,7 @@ impl Train {
             gpu,
             encoder,
             entry::GELU_BACKWARD,
-            Job { n: n as u32, ..Job::default() },
+            TrainJob { n: n as u32, ..TrainJob::default() },
             n as u64,
             &[x, dy, dx],
         )
@@ -232,7 +232,13 @@ impl Train {
         accumulate: bool,
     ) -> Result<()> {
         check_loop("LayerNorm backward rows (one loop per column)", rows, LOOP_CAP)?;
-        let job = Job { n: rows as u32, d: d as u32, eps, accumulate: accumulate as u32, ..Job::default() };
+        let job = TrainJob {
+            n: rows as u32,
+            d: d as u32,
+            eps,
+            accumulate: accumulate as u32,
+            ..TrainJob::default()
+        };
         self.run(gpu, encoder, entry::LAYER_NORM_BACKWARD, job, rows as u64, &[x, dy, dx, stats, gamma])?;
         self.run(gpu, encoder, entry::LAYER_NORM_PARAMS, job, d as u64, &[x, dy, dgamma_beta, stats])
     }
@@ -252,7 +258,7 @@ impl Train {
             gpu,
             encoder,
             entry::SUM_SQUARES,
-            Job { n: n as u32, slot: slot as u32, ..Job::default() },
+            TrainJob { n: n as u32, slot: slot as u32, ..TrainJob::default() },
             256,
             &[x, norms],
         )
@@ -277,7 +283,7 @@ impl Train {
         if o.step == 0 {
             return Err(Error::Invalid("AdamW steps count from 1".into()));
         }
-        let job = Job {
+        let job = TrainJob {
             n: n as u32,
             slot: slots as u32,
             lr: o.lr,
@@ -288,7 +294,7 @@ impl Train {
             max_norm: o.max_norm,
             c1: (1.0 / (1.0 - (o.beta1 as f64).powi(o.step as i32))) as f32,
             c2: (1.0 / (1.0 - (o.beta2 as f64).powi(o.step as i32))) as f32,
-            ..Job::default()
+            ..TrainJob::default()
         };
         self.run(gpu, encoder, entry::ADAMW, job, n as u64, &[grad, norms, param, m, v])
     }
@@ -308,7 +314,7 @@ impl Train {
         d: usize,
     ) -> Result<()> {
         check_loop("tokens in one embedding gradient (one loop per entry)", tokens, LOOP_CAP)?;
-        let job = Job { n: tokens as u32, d: d as u32, slot: vocab as u32, ..Job::default() };
+        let job = TrainJob { n: tokens as u32, d: d as u32, slot: vocab as u32, ..TrainJob::default() };
         self.run(gpu, encoder, entry::EMBEDDING_BACKWARD, job, (vocab * d) as u64, &[dx, ids, de])
     }
 
@@ -328,12 +334,12 @@ impl Train {
         seq: usize,
     ) -> Result<()> {
         let n = checked_u32("embedding rows × width", tokens, d)?;
-        let job = Job {
+        let job = TrainJob {
             n: tokens as u32,
             d: d as u32,
             seq: seq as u32,
             parts: table.is_some() as u32,
-            ..Job::default()
+            ..TrainJob::default()
         };
         self.run(gpu, encoder, entry::EMBED, job, n as u64, &[e, table.unwrap_or(e), ids, x])
     }
@@ -347,7 +353,14 @@ impl Train {
         y: &wgpu::Buffer,
         n: usize,
     ) -> Result<()> {
-        self.run(gpu, encoder, entry::GELU, Job { n: n as u32, ..Job::default() }, n as u64, &[x, y])
+        self.run(
+            gpu,
+            encoder,
+            entry::GELU,
+            TrainJob { n: n as u32, ..TrainJob::default() },
+            n as u64,
+            &[x, y],
+        )
     }
 
     /// `out[c]` = Σ over rows of `x` `[rows, cols]` (a bias's gradient).
@@ -362,7 +375,7 @@ impl Train {
         cols: usize,
     ) -> Result<()> {
         check_loop("rows in one column sum (one loop per column)", rows, LOOP_CAP)?;
-        let job = Job { n: rows as u32, d: cols as u32, ..Job::default() };
+        let job = TrainJob { n: rows as u32, d: cols as u32, ..TrainJob::default() };
         self.run(gpu, encoder, entry::COLUMN_SUM, job, cols as u64, &[x, out])
     }
 
@@ -377,7 +390,7 @@ impl Train {
         cols: usize,
     ) -> Result<()> {
         let n = checked_u32("transpose rows × columns", rows, cols)?;
-        let job = Job { n: rows as u32, d: cols as u32, ..Job::default() };
+        let job = TrainJob { n: rows as u32, d: cols as u32, ..TrainJob::default() };
         self.run(gpu, encoder, entry::TRANSPOSE, job, n as u64, &[x, out])
     }
 
@@ -399,14 +412,14 @@ impl Train {
             return Err(Error::Invalid(format!("head permute: part {part} of {parts}")));
         }
         let n = checked_u32("head permute elements", batch * seq, heads * d)?;
-        let job = Job {
+        let job = TrainJob {
             n,
             d: d as u32,
             seq: seq as u32,
             heads: heads as u32,
             parts: parts as u32,
             slot: part as u32,
-            ..Job::default()
+            ..TrainJob::default()
         };
         if split {
             self.run(gpu, encoder, entry::SPLIT_HEADS, job, n as u64, &[tokens, heads_major])

@@ -126,7 +126,7 @@ pub const GPUS: [(&str, u64); 4] = [
 
 /// What a model needs at context `n`, batch `b`, `bytes` per element.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Plan {
+pub struct MemoryPlan {
     /// The model planned for.
     pub model: ModelShape,
     /// Context length in tokens.
@@ -170,7 +170,7 @@ pub struct Plan {
     pub training_flops_per_step: f64,
 }
 
-impl Plan {
+impl MemoryPlan {
     /// Plans `model` at context `n`, `batch` sequences, `bytes_per_element` bytes per element;
     /// an error when a total passes 2⁶⁴ bytes (never a wrapped, smaller number).
     pub fn new(model: &ModelShape, n: usize, batch: usize, bytes_per_element: usize) -> Result<Self> {
@@ -196,7 +196,7 @@ impl Plan {
         let forward_flops_per_token = 2.0 * params as f64 + 2.0 * l as f64 * n as f64 * d_attn;
         let kv_cache = kv(model.kv_heads as u64)?;
         let act_naive = sum(act_linear, act_scores, "the activations")?;
-        Ok(Plan {
+        Ok(MemoryPlan {
             model: model.clone(),
             n,
             batch,
@@ -250,7 +250,7 @@ pub struct GpuSpec {
     pub ib_gbps: f64,
 }
 
-/// The GPUs of [`RingPlan`]: NVIDIA A100 80GB (2020 datasheet: 312 TFLOP/s dense BF16, NVLink
+/// The GPUs of [`RingMemoryPlan`]: NVIDIA A100 80GB (2020 datasheet: 312 TFLOP/s dense BF16, NVLink
 /// 600 GB/s), H100 SXM (2022: 989 TFLOP/s dense BF16, NVLink 900 GB/s), H200 SXM (2023: 141
 /// GB, 989 TFLOP/s dense BF16, NVLink 900 GB/s); InfiniBand HDR 200 Gb/s and NDR 400 Gb/s
 /// (NVIDIA Quantum and Quantum-2 product briefs) per GPU.
@@ -273,7 +273,7 @@ pub enum Link {
 /// per rank, and per ring step (one layer, forward) the attention compute against the K/V
 /// block transfer — whether the transfer hides behind the compute.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RingPlan {
+pub struct RingMemoryPlan {
     /// Ranks P.
     pub ranks: usize,
     /// Context, tokens.
@@ -312,7 +312,7 @@ pub struct RingPlan {
     pub forward_attention_s: f64,
 }
 
-impl RingPlan {
+impl RingMemoryPlan {
     /// Plans ring attention; `efficiency` is the sustained fraction of the GPU's BF16 peak.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -335,7 +335,7 @@ impl RingPlan {
             return Err(Error::Invalid(format!("efficiency {efficiency}: a fraction in (0, 1]")));
         }
         let t = n.div_ceil(ranks);
-        let rank = Plan::new(model, t, batch, bytes_per_element)?;
+        let rank = MemoryPlan::new(model, t, batch, bytes_per_element)?;
         let (l, hkv, hd, e, b) = (
             model.layers as u64,
             model.kv_heads as u64,
@@ -409,7 +409,7 @@ mod tests {
     #[test]
     fn kv_cache_and_cost_ratio() {
         let m = ModelShape::preset("llama-7b").unwrap();
-        let plan = Plan::new(&m, 4096, 1, 2).unwrap();
+        let plan = MemoryPlan::new(&m, 4096, 1, 2).unwrap();
         // 2 · 32 layers · 32 heads · 128 · 4096 tokens · 2 bytes = 2 GiB
         assert_eq!(plan.kv_cache, 2 << 30);
         assert_eq!(plan.kv_cache_mqa * 32, plan.kv_cache_mha);
@@ -420,28 +420,29 @@ mod tests {
     fn totals_past_2_64_are_errors_not_wrapped() {
         let m = ModelShape::preset("llama-7b").unwrap();
         // 99999999999k tokens: the score activations pass 2^64 bytes
-        assert!(Plan::new(&m, 99_999_999_999 * 1024, 1, 2).is_err());
+        assert!(MemoryPlan::new(&m, 99_999_999_999 * 1024, 1, 2).is_err());
         let huge = ModelShape { layers: usize::MAX, ..m.clone() };
         assert!(huge.params().is_none());
-        assert!(Plan::new(&huge, 1, 1, 2).is_err());
+        assert!(MemoryPlan::new(&huge, 1, 1, 2).is_err());
     }
 
     #[test]
     fn ring_plans_split_the_cache_and_hide_transfers_at_long_contexts() {
         let m = ModelShape::preset("llama-7b").unwrap();
         let h200 = RING_GPUS[2];
-        let one = RingPlan::new(&m, 1 << 20, 1, 2, 1, h200, Link::NvLink, 0.4, true).unwrap();
-        let eight = RingPlan::new(&m, 1 << 20, 1, 2, 8, h200, Link::NvLink, 0.4, true).unwrap();
+        let one = RingMemoryPlan::new(&m, 1 << 20, 1, 2, 1, h200, Link::NvLink, 0.4, true).unwrap();
+        let eight = RingMemoryPlan::new(&m, 1 << 20, 1, 2, 8, h200, Link::NvLink, 0.4, true).unwrap();
         assert_eq!(eight.tokens_per_rank, 1 << 17);
         assert_eq!(one.kv_cache, 8 * eight.kv_cache);
         assert!(eight.transfer_hidden() && eight.tokens_per_rank >= eight.min_tokens_to_hide);
         // at the threshold compute and transfer meet
         let at =
-            RingPlan::new(&m, 8 * eight.min_tokens_to_hide, 1, 2, 8, h200, Link::NvLink, 0.4, true).unwrap();
+            RingMemoryPlan::new(&m, 8 * eight.min_tokens_to_hide, 1, 2, 8, h200, Link::NvLink, 0.4, true)
+                .unwrap();
         assert!((at.step_compute_s / at.step_transfer_s - 1.0).abs() < 0.01);
         // InfiniBand is slower: a longer context per rank is needed to hide it
-        let ib = RingPlan::new(&m, 1 << 20, 1, 2, 8, h200, Link::InfiniBand, 0.4, true).unwrap();
+        let ib = RingMemoryPlan::new(&m, 1 << 20, 1, 2, 8, h200, Link::InfiniBand, 0.4, true).unwrap();
         assert!(ib.min_tokens_to_hide > eight.min_tokens_to_hide);
-        assert!(RingPlan::new(&m, 4, 1, 2, 8, h200, Link::NvLink, 0.4, true).is_err());
+        assert!(RingMemoryPlan::new(&m, 4, 1, 2, 8, h200, Link::NvLink, 0.4, true).is_err());
     }
 }
