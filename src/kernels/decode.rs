@@ -19,7 +19,7 @@ use crate::kernels::{
     with_mods_source,
 };
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings, header_consts};
 
 const NAME: &str = "decode";
 const SOURCE: &str = include_str!("../../shaders/decode.wgsl");
@@ -139,6 +139,32 @@ pub fn workgroup_size(rows: usize) -> u32 {
     (rows.next_power_of_two() as u32).clamp(8, MAX_WG)
 }
 
+header_consts! {
+    /// The decode kernels' constants (decode.wgsl, softmax_tile.wgsl).
+    struct DecodeConsts {
+        /// vec4 lanes of a head.
+        D4,
+        /// vec4 lanes one invocation holds: all of a row's (as flash with P = 1).
+        DP4,
+        /// Private lanes: D4, padded to whole subgroups on the shuffle path.
+        D4P,
+        /// Cache slots per tile.
+        BC,
+        /// Invocations per workgroup.
+        WG,
+        /// Subgroup width of the shuffle path (0: plain loads).
+        SG,
+        /// SG does not divide D4: the shuffle path clamps its loads.
+        SG_GUARD_U,
+        /// Never: one invocation holds a row's every lane.
+        LANE_GUARD_U,
+        /// The instrumented variant (counts slots and rows).
+        COUNT,
+        /// The user's mods compiled in (set by `with_mods`).
+        MODS_U,
+    }
+}
+
 /// The shader variants (attend and combine) for head dim `d`, `wg` invocations, subgroup
 /// width `sg` (0: no subgroup shuffles); `count` builds the instrumented attend.
 pub fn variants(d: usize, bc: u32, wg: u32, sg: u32, count: bool) -> Vec<ShaderVariant> {
@@ -150,19 +176,19 @@ pub fn variants(d: usize, bc: u32, wg: u32, sg: u32, count: bool) -> Vec<ShaderV
             shader.variant(
                 entry,
                 &[COMMON, lanes(sg), SOFTMAX_TILE, MODS_NONE],
-                vec![
-                    ("D4", d4),
-                    // one invocation holds a row's every lane (as flash with P = 1)
-                    ("DP4", d4),
-                    ("D4P", d4p),
-                    ("BC", bc),
-                    ("WG", wg),
-                    ("SG", sg),
-                    ("SG_GUARD_U", (sg > 0 && !d4.is_multiple_of(sg)) as u32),
-                    ("LANE_GUARD_U", 0),
-                    ("COUNT", count as u32),
-                    ("MODS_U", 0),
-                ],
+                DecodeConsts {
+                    D4: d4,
+                    DP4: d4,
+                    D4P: d4p,
+                    BC: bc,
+                    WG: wg,
+                    SG: sg,
+                    SG_GUARD_U: (sg > 0 && !d4.is_multiple_of(sg)) as u32,
+                    LANE_GUARD_U: 0,
+                    COUNT: count as u32,
+                    MODS_U: 0,
+                }
+                .header(),
             )
         })
         .collect()

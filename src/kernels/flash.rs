@@ -17,7 +17,7 @@ use crate::kernels::{
     AttnBuffers, COMMON, CallParams, MODS_NONE, SOFTMAX_TILE, Tiles, Traffic, UNTUNED, check_head_dim,
     check_shuffles, host_budget, lanes, slopes_words, with_mods,
 };
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, Slot, Snippet, bindings};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, Slot, Snippet, bindings, header_consts};
 use crate::runtime::{Gpu, Profile, Tuned};
 
 const NAME: &str = "flash";
@@ -35,6 +35,38 @@ const BINDINGS: Snippet =
 /// The cooperative-matrix variant (`shaders/flash_coop.wgsl`): same bindings.
 const COOP_SHADER: Shader =
     Shader { stem: "flash_coop", source: include_str!("../../shaders/flash_coop.wgsl"), bindings: SLOTS };
+
+header_consts! {
+    /// The vec4 flash kernel's constants (flash.wgsl, softmax_tile.wgsl).
+    struct FlashConsts {
+        /// vec4 lanes of a head.
+        D4,
+        /// vec4 lanes each of a row's P invocations holds.
+        DP4,
+        /// Query rows per workgroup.
+        BR,
+        /// Keys per tile.
+        BC,
+        /// Invocations per query row.
+        P,
+        /// Subgroup width of the shuffle path (0: plain loads).
+        SG,
+        /// Private lanes: DP4, padded to whole subgroups on the shuffle path.
+        D4P,
+        /// Length of the partial-score scratch.
+        S_PART,
+        /// The instrumented variant (counts tiles, keys and rows).
+        COUNT,
+        /// Q, K, V stored as f16.
+        F16_U,
+        /// P does not divide D4: the last invocation of a row guards its lanes.
+        LANE_GUARD_U,
+        /// SG does not divide D4: the shuffle path clamps its loads.
+        SG_GUARD_U,
+        /// The user's mods compiled in (set by `with_mods`).
+        MODS_U,
+    }
+}
 
 /// Most vec4 lanes of q (and of the accumulator) one invocation keeps in registers; past
 /// that GPUs spill, so wider heads are split over `p` invocations per row.
@@ -270,27 +302,22 @@ impl FlashConfig {
                 c.consts().into_iter().chain(shape).collect(),
             );
         }
-        SHADER.variant(
-            "main",
-            &[COMMON, lanes(self.sg), SOFTMAX_TILE, BINDINGS, MODS_NONE],
-            vec![
-                ("D4", d4),
-                ("DP4", d4.div_ceil(self.p)),
-                ("BR", self.br),
-                ("BC", self.bc),
-                ("P", self.p),
-                ("SG", self.sg),
-                // private lanes: DP4, padded to whole subgroups on the shuffle path
-                ("D4P", if self.sg > 0 { d4.div_ceil(self.sg) * self.sg } else { d4.div_ceil(self.p) }),
-                ("S_PART", self.s_part_len()),
-                ("COUNT", count as u32),
-                ("F16_U", f16 as u32),
-                ("LANE_GUARD_U", !d4.is_multiple_of(self.p) as u32),
-                // the shuffle path clamps its loads only where SG does not divide D4
-                ("SG_GUARD_U", (self.sg > 0 && !d4.is_multiple_of(self.sg)) as u32),
-                ("MODS_U", 0),
-            ],
-        )
+        let consts = FlashConsts {
+            D4: d4,
+            DP4: d4.div_ceil(self.p),
+            BR: self.br,
+            BC: self.bc,
+            P: self.p,
+            SG: self.sg,
+            D4P: if self.sg > 0 { d4.div_ceil(self.sg) * self.sg } else { d4.div_ceil(self.p) },
+            S_PART: self.s_part_len(),
+            COUNT: count as u32,
+            F16_U: f16 as u32,
+            LANE_GUARD_U: !d4.is_multiple_of(self.p) as u32,
+            SG_GUARD_U: (self.sg > 0 && !d4.is_multiple_of(self.sg)) as u32,
+            MODS_U: 0,
+        };
+        SHADER.variant("main", &[COMMON, lanes(self.sg), SOFTMAX_TILE, BINDINGS, MODS_NONE], consts.header())
     }
 }
 

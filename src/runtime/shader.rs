@@ -61,6 +61,29 @@ macro_rules! bindings {
 }
 pub(crate) use bindings;
 
+/// A kernel's creation-time constants as a struct whose field names are the WGSL names, so a
+/// family spells each name once: `header_consts! { pub(crate) struct FlashConsts { D4, BR } }`
+/// gives `FlashConsts { D4: u32, BR: u32 }` and `header()`, the `(name, value)` list a
+/// [`ShaderVariant`] takes (names ending `_U` become booleans in WGSL, see [`ShaderVariant`]).
+macro_rules! header_consts {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($(#[$field_meta:meta])* $field:ident),* $(,)? }) => {
+        $(#[$meta])*
+        #[allow(non_snake_case)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        $vis struct $name {
+            $($(#[$field_meta])* pub(crate) $field: u32),*
+        }
+
+        impl $name {
+            /// The constants of the WGSL header, in declaration order.
+            pub(crate) fn header(&self) -> Vec<(&'static str, u32)> {
+                vec![$((stringify!($field), self.$field)),*]
+            }
+        }
+    };
+}
+pub(crate) use header_consts;
+
 /// A kernel family's shader, declared once.
 #[derive(Clone, Copy, Debug)]
 pub struct Shader {
