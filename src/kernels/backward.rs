@@ -22,7 +22,7 @@ use crate::kernels::{
     check_shuffles, flash, lanes, with_mods,
 };
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, Slot, bindings};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, Slot, bindings, header_consts};
 
 const SOURCE: &str = include_str!("../../shaders/backward.wgsl");
 const NAME: &str = "backward";
@@ -116,14 +116,15 @@ impl BackwardConfig {
         entry.shader().variant(
             entry.name(),
             &[COMMON, lanes(self.sg), MODS_NONE],
-            vec![
-                ("D4", d4),
-                ("D4P", self.private_lanes(d)),
-                ("BR", self.br),
-                ("BC", self.bc),
-                ("SG", self.sg),
-                ("MODS_U", 0),
-            ],
+            BackwardConsts {
+                D4: d4,
+                D4P: self.private_lanes(d),
+                BR: self.br,
+                BC: self.bc,
+                SG: self.sg,
+                MODS_U: 0,
+            }
+            .header(),
         )
     }
 
@@ -131,6 +132,24 @@ impl BackwardConfig {
     /// naga validation).
     pub fn variants(&self, d: usize) -> Vec<ShaderVariant> {
         ENTRIES.iter().map(|&e| self.variant(d, e)).collect()
+    }
+}
+
+header_consts! {
+    /// The backward kernels' constants (backward.wgsl).
+    struct BackwardConsts {
+        /// vec4 lanes of a head.
+        D4,
+        /// Private lanes: D4, padded to whole subgroups on the shuffle path.
+        D4P,
+        /// Query rows per tile.
+        BR,
+        /// Keys per tile.
+        BC,
+        /// Subgroup width of the shuffle path (0: plain loads).
+        SG,
+        /// The user's mods compiled in (set by `with_mods`).
+        MODS_U,
     }
 }
 

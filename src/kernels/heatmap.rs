@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::kernels::{Attention, AttnBuffers, COMMON, MODS_NONE, with_mods};
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings, header_consts};
 use crate::runtime::{Gpu, block_on};
 
 const NAME: &str = "heatmap";
@@ -23,6 +23,22 @@ const SHADER: Shader = Shader {
 };
 /// Each pixel visits at most SAMPLE × SAMPLE pairs of its rectangle (strided beyond that).
 pub const SAMPLE: u32 = 32;
+
+header_consts! {
+    /// The heatmap kernel's constants (heatmap.wgsl).
+    struct HeatmapConsts {
+        /// vec4 lanes of a head.
+        D4,
+        /// The flash call's query-tile rows (its block map's tiles).
+        BR,
+        /// The flash call's key-tile columns.
+        BC,
+        /// Pairs sampled per pixel side.
+        SAMPLE,
+        /// The user's mods compiled in (set by `with_mods`).
+        MODS_U,
+    }
+}
 
 /// What to draw: a rectangle of (query row, key) space of one (batch, head), at a resolution.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,7 +79,7 @@ pub fn variant(d: usize, br: u32, bc: u32) -> ShaderVariant {
     SHADER.variant(
         "main",
         &[COMMON, MODS_NONE],
-        vec![("D4", (d / 4) as u32), ("BR", br), ("BC", bc), ("SAMPLE", SAMPLE), ("MODS_U", 0)],
+        HeatmapConsts { D4: (d / 4) as u32, BR: br, BC: bc, SAMPLE, MODS_U: 0 }.header(),
     )
 }
 

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::kernels::{GELU, lanes};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, Slot, Snippet, bindings};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, Slot, Snippet, bindings, header_consts};
 
 const NAME: &str = "matmul";
 /// `Dims`, bindings, activations and epilogue of both matmul kernels.
@@ -19,6 +19,24 @@ const SHADER: Shader =
 /// The cooperative-matrix variant (`shaders/matmul_coop.wgsl`): same bindings.
 const COOP_SHADER: Shader =
     Shader { stem: "matmul_coop", source: include_str!("../../shaders/matmul_coop.wgsl"), bindings: SLOTS };
+
+header_consts! {
+    /// The vec4 matmul kernel's constants (matmul.wgsl).
+    struct MatmulConsts {
+        /// Rows of C per workgroup.
+        TM,
+        /// Columns of C per workgroup (4 per invocation; 4·SG on the shuffle path).
+        TN,
+        /// Depth of each A and B tile.
+        TK,
+        /// Rows of C per invocation.
+        RM,
+        /// Subgroup width of the shuffle path (0: plain loads).
+        SG,
+        /// The activation fused into the epilogue (`Activation::code`).
+        ACT,
+    }
+}
 
 /// A cooperative-matrix configuration: S×S matrices, f16 or f32 inputs (f32 accumulation),
 /// one subgroup of `subgroup` invocations per workgroup owning 2 × 2 accumulators (a 2S × 2S
@@ -217,7 +235,7 @@ pub fn variant(act: Activation, sg: u32) -> ShaderVariant {
     SHADER.variant(
         "main",
         &[lanes(sg), GELU, COMMON],
-        vec![("TM", TM), ("TN", tn), ("TK", TK.max(sg)), ("RM", RM), ("SG", sg), ("ACT", act.code())],
+        MatmulConsts { TM, TN: tn, TK: TK.max(sg), RM, SG: sg, ACT: act.code() }.header(),
     )
 }
 

@@ -8,7 +8,7 @@ use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::{AttnBuffers, COMMON, CallParams, Traffic, check_head_dim};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
+use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings, header_consts};
 
 const NAME: &str = "naive";
 /// contract, Q, K, V, O, LSE, scores, slopes and mask bits, counters, chunk (see naive.wgsl).
@@ -32,11 +32,23 @@ struct ChunkParams {
 }
 const ENTRIES: [&str; 3] = ["scores", "softmax", "pv"];
 
+header_consts! {
+    /// The naive kernels' constants (naive.wgsl).
+    struct NaiveConsts {
+        /// vec4 lanes of a head.
+        D4,
+        /// The instrumented variant (counts bytes moved).
+        COUNT,
+    }
+}
+
 /// The three shader variants (one per pass) for head dim `d`.
 pub fn variants(d: usize, count: bool) -> Vec<ShaderVariant> {
     ENTRIES
         .iter()
-        .map(|&entry| SHADER.variant(entry, &[COMMON], vec![("D4", (d / 4) as u32), ("COUNT", count as u32)]))
+        .map(|&entry| {
+            SHADER.variant(entry, &[COMMON], NaiveConsts { D4: (d / 4) as u32, COUNT: count as u32 }.header())
+        })
         .collect()
 }
 
