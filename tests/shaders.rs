@@ -18,13 +18,18 @@ fn all_variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
 /// whose number, name or access differs from the WGSL variable in group 0, a slot the WGSL
 /// does not declare, a group-0 variable the entry point uses that Rust does not declare.
 fn binding_mismatches(variant: &ShaderVariant) -> Vec<String> {
-    let source = variant.source();
-    let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{}: {e}", variant.name()));
+    let (module, info) = parsed(variant, &variant.source());
+    reflected_mismatches(variant, &module, &info)
+}
+
+/// `source` (`variant`'s) parsed and validated by naga, for reflection.
+fn parsed(variant: &ShaderVariant, source: &str) -> (naga::Module, naga::valid::ModuleInfo) {
+    let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{}: {e}", variant.name()));
     let info =
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
             .validate(&module)
             .unwrap_or_else(|e| panic!("{}: {e:?}", variant.name()));
-    reflected_mismatches(variant, &module, &info)
+    (module, info)
 }
 
 /// [`binding_mismatches`] on a module already parsed and validated.
@@ -103,17 +108,7 @@ fn every_variant_binds_what_its_wgsl_declares() {
         Default::default();
     for family in Family::ALL {
         for v in family.variants(&limits) {
-            let (module, info) = modules.entry(v.source()).or_insert_with_key(|source| {
-                let module =
-                    naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{}: {e}", v.name()));
-                let info = naga::valid::Validator::new(
-                    naga::valid::ValidationFlags::all(),
-                    naga::valid::Capabilities::all(),
-                )
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{}: {e:?}", v.name()));
-                (module, info)
-            });
+            let (module, info) = modules.entry(v.source()).or_insert_with_key(|source| parsed(&v, source));
             bad.extend(reflected_mismatches(&v, module, info));
             count += 1;
         }

@@ -248,24 +248,16 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
         tensor_cores_f16: matches!(a.tensor_cores, TensorCoresArg::F16 | TensorCoresArg::All),
         mods: a.compare_mods,
     };
+    let progress = |p: suite::Progress| match p {
+        suite::Progress::Planned(n) => bar.inc_length(n),
+        suite::Progress::Starting(what) => bar.set_message(what),
+        suite::Progress::Done => bar.inc(1),
+    };
     let (records, notes) = if budgeted {
-        let progress = |p: suite::Progress| match p {
-            suite::Progress::Planned(n) => bar.inc_length(n),
-            suite::Progress::Starting(what) => bar.set_message(what),
-            suite::Progress::Done => bar.inc(1),
-        };
         let budget = a.budget.unwrap_or(suite::DEFAULT_BUDGET_S);
         suite::default_suite(&gpu, twins, &peak, a.reps.unwrap_or(3), budget, started, &progress)?
     } else {
-        let configs = configs(a)?;
-        bar.inc_length(configs.len() as u64);
-        let mut records = Vec::new();
-        for c in &configs {
-            bar.set_message(format!("{} {} N={}", c.kernel.name(), c.spec.describe(), c.spec.shape.n));
-            records.extend(suite::measure(&gpu, twins, &peak, c));
-            bar.inc(1);
-        }
-        (records, Vec::new())
+        (suite::run(&gpu, twins, &peak, &configs(a)?, &progress), Vec::new())
     };
     bar.finish_and_clear();
     println!("{}", table(&records));

@@ -68,6 +68,8 @@ impl Family {
     /// dim, with and without attention mods where it runs them.
     pub fn variants(self, limits: &wgpu::Limits) -> Vec<ShaderVariant> {
         let dims = || (4..=MAX_HEAD_DIM).step_by(4);
+        // built once (each is checked by naga), then compiled into every head dim's variants
+        let samples = sample_mods();
         match self {
             Family::Flash => dims()
                 .flat_map(|d| {
@@ -84,9 +86,7 @@ impl Family {
                             v.extend([c.variant(d, false), c.variant(d, true)]);
                         }
                     }
-                    v.extend(
-                        sample_mods().iter().map(|m| with_mods(config.variant(d, false), Some(m), 100, 300)),
-                    );
+                    v.extend(samples.iter().map(|m| with_mods(config.variant(d, false), Some(m), 100, 300)));
                     v
                 })
                 .chain(flash::coop_variants())
@@ -103,7 +103,7 @@ impl Family {
                             backward::BackwardConfig { br, bc, sg, dq_pass_tiles: 0, dkv_pass_tiles: 0 }
                                 .variants(d)
                         })
-                        .chain(sample_mods().iter().flat_map(|m| {
+                        .chain(samples.iter().flat_map(|m| {
                             let c = backward::BackwardConfig {
                                 br: 32,
                                 bc: 32,
@@ -130,12 +130,11 @@ impl Family {
                 .flat_map(|d| {
                     let c = flash::FlashConfig::for_limits(limits, d);
                     let plain = heatmap::variant(d, c.br, c.bc);
-                    let modded =
-                        sample_mods().into_iter().map(|m| with_mods(plain.clone(), Some(&m), 100, 300));
+                    let modded = samples.iter().map(|m| with_mods(plain.clone(), Some(m), 100, 300));
                     std::iter::once(plain.clone()).chain(modded).collect::<Vec<_>>()
                 })
                 .collect(),
-            Family::ModMap => sample_mods()
+            Family::ModMap => samples
                 .iter()
                 .filter(|m| m.has_mask_mod())
                 .flat_map(|m| [(32, 32), (64, 16), (4, 4)].map(|(br, bc)| mods::variant(m, br, bc, 100, 300)))

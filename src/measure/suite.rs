@@ -127,6 +127,26 @@ pub fn measure(gpu: &Gpu, twins: Twins, peak: &Peak, c: &Config) -> Vec<Record> 
     out
 }
 
+/// Each configuration [`measure`]d in turn, reported to `progress` as it starts and ends.
+pub fn run(
+    gpu: &Gpu,
+    twins: Twins,
+    peak: &Peak,
+    configs: &[Config],
+    progress: &dyn Fn(Progress),
+) -> Vec<Record> {
+    progress(Progress::Planned(configs.len() as u64));
+    configs.iter().flat_map(|c| run_one(gpu, twins, peak, c, progress)).collect()
+}
+
+/// One configuration between its `Starting` and `Done` reports.
+fn run_one(gpu: &Gpu, twins: Twins, peak: &Peak, c: &Config, progress: &dyn Fn(Progress)) -> Vec<Record> {
+    progress(Progress::Starting(format!("{} {} N={}", c.kernel.name(), c.spec.describe(), c.spec.shape.n)));
+    let records = measure(gpu, twins, peak, c);
+    progress(Progress::Done);
+    records
+}
+
 /// `spec`'s causal, window (L, 0) and standard ALiBi rules as named mods instead (`None` when
 /// it has none of them, or one they cannot express).
 pub fn as_mods(spec: &AttnSpec) -> Option<AttnSpec> {
@@ -188,9 +208,7 @@ pub fn default_suite(
     let mut notes = Vec::new();
     let run = |kernel: Kernel, spec: AttnSpec, records: &mut Vec<Record>| {
         let t = Instant::now();
-        progress(Progress::Starting(format!("{} {} N={}", kernel.name(), spec.describe(), spec.shape.n)));
-        records.extend(measure(gpu, twins, peak, &Config { kernel, spec, reps }));
-        progress(Progress::Done);
+        records.extend(run_one(gpu, twins, peak, &Config { kernel, spec, reps }, progress));
         t.elapsed().as_secs_f64()
     };
     let mut top: Option<(usize, f64, f64)> = None; // (N, rung seconds, tail's predicted seconds)
