@@ -4,7 +4,7 @@
 use crate::common;
 
 use crate::common::check_both;
-use longctx::{Alibi, Attention, AttnShape, AttnSpec, Kernel, Window};
+use longctx::{Alibi, Attention, AttnShape, AttnSpec, Inputs, Kernel, Window};
 
 /// f32 kernels vs the f64 oracle: ‖out − ref‖ / ‖ref‖.
 const BOUND: f64 = 1e-5;
@@ -139,7 +139,7 @@ fn tile_configs_and_paths() {
             FlashConfig { sg: 0, pass_tiles: 1, ..auto },
         ];
         for config in configs {
-            match Attention::flash_with(g, &spec, config, false) {
+            match Attention::builder(&spec).tiles(config).build(g) {
                 Ok(attn) => {
                     let e = common::check_kernel(&attn, seed, BOUND);
                     worst = worst.max(e.o).max(e.lse);
@@ -239,7 +239,7 @@ fn long_key_lists_keep_float32_accuracy() {
     // loop cap) and the decoder (a 128K-slot cache in splits) must stay within 2× the error
     // of the same attention in float32 with materialised scores and pairwise sums.
     use longctx::contract::reference::{attention_f64, rel_error};
-    use longctx::kernels::decode::{Decoder, DecoderConfig};
+    use longctx::kernels::attention::decode::{Decoder, DecoderConfig};
     let (m, d) = (131_072, 64);
     let spec = AttnSpec::new(shape(1, 1, 1, m, d));
     let seed = common::seed();
@@ -287,13 +287,13 @@ fn the_tensor_core_flash_with_emulated_matrices_matches_the_oracle() {
         (64, AttnSpec::new(shape(2, 2, 45, 29, 64)).window(Some(Window::new(9, 3)))),
     ] {
         for c in [config(8, false, 2, 2, d), config(8, false, 1, 2, d)] {
-            let attn = Attention::flash_with(g, &spec, c, false).unwrap();
+            let attn = Attention::builder(&spec).tiles(c).build(g).unwrap();
             let e = common::check_kernel(&attn, seed, BOUND);
             worst = worst.max(e.o).max(e.lse);
         }
         // several passes per list, resuming from O and LSE
         let c = FlashConfig { pass_tiles: 1, ..config(8, false, 2, 2, d) };
-        let attn = Attention::flash_with(g, &spec, c, false).unwrap();
+        let attn = Attention::builder(&spec).tiles(c).build(g).unwrap();
         assert!(attn.flash().unwrap().passes() > 1);
         worst = worst.max(common::check_kernel(&attn, seed, BOUND).o);
     }
@@ -305,7 +305,7 @@ fn the_tensor_core_flash_with_emulated_matrices_matches_the_oracle() {
         )
         .unwrap(),
     ));
-    let attn = Attention::flash_with(g, &spec, config(8, false, 2, 2, 32), false).unwrap();
+    let attn = Attention::builder(&spec).tiles(config(8, false, 2, 2, 32)).build(g).unwrap();
     worst = worst.max(common::check_kernel(&attn, seed, BOUND).o);
     // mods (score_mod, and mask_mod through a refined map) in the tensor-core kernel
     let mods = longctx::contract::mods::Named::parse("sinks=2,window=9", 2)
@@ -314,14 +314,15 @@ fn the_tensor_core_flash_with_emulated_matrices_matches_the_oracle() {
         .and(longctx::contract::mods::Named::Softcap(2.0).mods())
         .unwrap();
     let spec = AttnSpec::new(shape(2, 1, 40, 53, 32)).mods(Some(mods));
-    let attn = Attention::flash_with(g, &spec, config(8, false, 2, 2, 32), false).unwrap();
+    let attn = Attention::builder(&spec).tiles(config(8, false, 2, 2, 32)).build(g).unwrap();
     worst = worst.max(common::check_kernel(&attn, seed, BOUND).o);
     // f16 inputs: within the f16 rounding (P is rounded to f16 before PV, as on tensor cores)
     if g.features().contains(wgpu::Features::SHADER_F16) {
         let spec = AttnSpec::new(shape(2, 1, 33, 70, 64)).causal(true);
         let (q, k, v) = common::inputs(&spec, seed);
         let (exact, _) = longctx::contract::reference::attention_f64(&spec, &q, &k, &v).unwrap();
-        let attn = Attention::flash_f16_with(g, &spec, config(8, true, 2, 2, 64)).unwrap();
+        let attn =
+            Attention::builder(&spec).inputs(Inputs::F16).tiles(config(8, true, 2, 2, 64)).build(g).unwrap();
         let io = DeviceTensors::upload_f16(g, &spec, &q, &k, &v).unwrap();
         io.poison(g);
         let mut enc = g.device.create_command_encoder(&Default::default());

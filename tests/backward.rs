@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::common::{gpu, inputs, random, seed};
 use longctx::contract::mask::{BigBird, Mask};
 use longctx::contract::reference::{attention_backward_f64, rel_error};
-use longctx::kernels::backward::BackwardConfig;
+use longctx::kernels::attention::backward::BackwardConfig;
 use longctx::{Alibi, AttnShape, AttnSpec, Backward, DeviceTensors, GradTensors, Window};
 use rand::{SeedableRng, rngs::StdRng};
 

@@ -5,7 +5,7 @@ use crate::common;
 
 use crate::common::{gpu, random};
 use longctx::contract::reference::{attention_f64, rel_error};
-use longctx::kernels::decode::{Decoder, DecoderConfig};
+use longctx::kernels::attention::decode::{Decoder, DecoderConfig};
 use longctx::{Alibi, Error};
 use rand::{SeedableRng, rngs::StdRng};
 

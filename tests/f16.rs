@@ -3,7 +3,7 @@
 use crate::common;
 
 use longctx::contract::reference::{attention_f64, rel_error};
-use longctx::{Alibi, Attention, AttnShape, AttnSpec, DeviceTensors};
+use longctx::{Alibi, Attention, AttnShape, AttnSpec, DeviceTensors, Inputs};
 
 fn round16(x: &[f32]) -> Vec<f32> {
     x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()
@@ -28,7 +28,7 @@ fn f16_storage_error_is_within_twice_the_f16_rounding_error() {
         let (exact, _) = attention_f64(&spec, &q, &k, &v).unwrap();
         let (rounded, _) = attention_f64(&spec, &round16(&q), &round16(&k), &round16(&v)).unwrap();
         let ref_err = rel_error(&rounded.iter().map(|&x| x as f32).collect::<Vec<_>>(), &exact);
-        let attn = Attention::flash_f16(g, &spec).unwrap();
+        let attn = Attention::builder(&spec).inputs(Inputs::F16).build(g).unwrap();
         let io = DeviceTensors::upload_f16(g, &spec, &q, &k, &v).unwrap();
         io.poison(g);
         let mut enc = g.device.create_command_encoder(&Default::default());
@@ -65,7 +65,7 @@ fn without_shader_f16_the_f16_api_falls_back_to_f32_storage() {
     assert!(!plain.features().contains(wgpu::Features::SHADER_F16));
     let spec = AttnSpec::new(AttnShape::mha(1, 2, 50, 70, 64)).causal(true);
     let (q, k, v) = common::inputs(&spec, 5);
-    let attn = Attention::flash_f16(&plain, &spec).unwrap();
+    let attn = Attention::builder(&spec).inputs(Inputs::F16).build(&plain).unwrap();
     assert!(!attn.flash().unwrap().is_f16());
     let io = DeviceTensors::upload_f16(&plain, &spec, &q, &k, &v).unwrap();
     let mut enc = plain.device.create_command_encoder(&Default::default());
@@ -79,7 +79,7 @@ fn without_shader_f16_the_f16_api_falls_back_to_f32_storage() {
 #[test]
 fn tensor_core_flash_matches_the_oracle_where_the_adapter_has_them() {
     // Cooperative matrices (EXPERIMENTAL_COOPERATIVE_MATRIX): f16 ones through
-    // Attention::flash_tensor_cores (P rounded to f16 too: 5e-3, as the f16 matmul), f32 ones
+    // Inputs::F16TensorCores (P rounded to f16 too: 5e-3, as the f16 matmul), f32 ones
     // through the default flash path (exact: 1e-5), at sizes that are not multiples of the
     // tiles, head dims that are not multiples of the matrix side, masks, ALiBi, GQA. The
     // software adapter has none: there the test checks that the engine says so (the default
@@ -100,7 +100,11 @@ fn tensor_core_flash_matches_the_oracle_where_the_adapter_has_them() {
     let f32 = FlashConfig::tensor_cores(g, 64, false);
     if f16.is_none() && f32.is_none() {
         assert_eq!(FlashConfig::for_device(g, 64).coop, None);
-        let err = Attention::flash_tensor_cores(g, &specs[0]).err().expect("no cooperative matrices here");
+        let err = Attention::builder(&specs[0])
+            .inputs(Inputs::F16TensorCores)
+            .build(g)
+            .err()
+            .expect("no cooperative matrices here");
         assert!(matches!(err, longctx::Error::Config { .. }), "{err}");
         println!("{}: no cooperative matrices ({err})", g.info().name);
         return;
@@ -110,7 +114,7 @@ fn tensor_core_flash_matches_the_oracle_where_the_adapter_has_them() {
         let (q, k, v) = common::inputs(spec, seed);
         let (exact, _) = attention_f64(spec, &q, &k, &v).unwrap();
         if f16.is_some() {
-            let attn = Attention::flash_tensor_cores(g, spec).unwrap();
+            let attn = Attention::builder(spec).inputs(Inputs::F16TensorCores).build(g).unwrap();
             assert!(attn.flash().unwrap().config().coop.is_some());
             let io = DeviceTensors::upload_f16(g, spec, &q, &k, &v).unwrap();
             io.poison(g);

@@ -274,7 +274,7 @@ proptest! {
         // them: the kernels run their preset instead, or refuse with a typed error; never a
         // panic, never a wrong answer
         use longctx::contract::reference::{attention_f64, rel_error};
-        use longctx::kernels::decode::{Decoder, DecoderConfig, tuning_key};
+        use longctx::kernels::attention::decode::{Decoder, DecoderConfig, tuning_key};
         use longctx::runtime::Tuned;
         use longctx::{Attention, AttnShape, AttnSpec, FlashConfig, Kernel};
         let g = common::gpu();

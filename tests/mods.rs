@@ -175,7 +175,7 @@ fn kernels_without_mods_refuse_them_and_the_oracle_needs_a_rule() {
     let spec = AttnSpec::new(shape(1, 2, 2, 20, 20, 32)).mods(Some(mods));
     let err = Attention::new(g, Kernel::Naive, &spec).err().unwrap();
     assert!(err.to_string().contains("tiled backward"), "{err}");
-    assert!(longctx::kernels::backward::Backward::naive(g, &spec).is_err());
+    assert!(longctx::kernels::attention::backward::Backward::naive(g, &spec).is_err());
     // a score_mod without its gradient: the forward runs, the backward refuses
     let no_grad = Mods::wgsl(
         "s.wgsl",
@@ -184,7 +184,7 @@ fn kernels_without_mods_refuse_them_and_the_oracle_needs_a_rule() {
     .unwrap();
     let spec_ng = AttnSpec::new(shape(1, 2, 2, 20, 20, 32)).mods(Some(no_grad));
     assert!(Attention::new(g, Kernel::Flash, &spec_ng).is_ok());
-    let err = longctx::kernels::backward::Backward::new(g, &spec_ng).err().unwrap();
+    let err = longctx::kernels::attention::backward::Backward::new(g, &spec_ng).err().unwrap();
     assert!(err.to_string().contains("score_mod_grad"), "{err}");
     let bare =
         Mods::wgsl("x.wgsl", "fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool { return true; }")
@@ -261,7 +261,7 @@ fn the_backward_runs_named_mods_against_the_oracle() {
             use rand::SeedableRng;
             rand::rngs::StdRng::seed_from_u64(seed + 1)
         });
-        let bwd = longctx::kernels::backward::Backward::new(g, &spec).unwrap();
+        let bwd = longctx::kernels::attention::backward::Backward::new(g, &spec).unwrap();
         let (_, got) = bwd.run(g, &q, &k, &v, &d_o).unwrap();
         let (dq, dk, dv) = attention_backward_f64(&spec, &q, &k, &v, &d_o).unwrap();
         let e = [rel_error(&got.dq, &dq), rel_error(&got.dk, &dk), rel_error(&got.dv, &dv)];
@@ -312,8 +312,10 @@ fn mods_read_buffers_given_by_name() {
         use rand::SeedableRng;
         rand::rngs::StdRng::seed_from_u64(seed + 2)
     });
-    let (_, got) =
-        longctx::kernels::backward::Backward::new(g, &spec).unwrap().run(g, &q, &k, &v, &d_o).unwrap();
+    let (_, got) = longctx::kernels::attention::backward::Backward::new(g, &spec)
+        .unwrap()
+        .run(g, &q, &k, &v, &d_o)
+        .unwrap();
     let (dq, _, _) = longctx::contract::reference::attention_backward_f64(&spec, &q, &k, &v, &d_o).unwrap();
     let edq = longctx::contract::reference::rel_error(&got.dq, &dq);
     assert!(edq <= BOUND, "dQ {edq:.2e} (seed {seed})");

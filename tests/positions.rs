@@ -7,8 +7,8 @@ use crate::common;
 
 use longctx::contract::positions::Positions;
 use longctx::contract::reference::{attention_backward_f64, rel_error};
-use longctx::kernels::backward::Backward;
-use longctx::{Alibi, Attention, AttnShape, AttnSpec, DeviceTensors, Kernel};
+use longctx::kernels::attention::backward::Backward;
+use longctx::{Alibi, Attention, AttnShape, AttnSpec, DeviceTensors, Inputs, Kernel};
 use rand::SeedableRng;
 
 const BOUND: f64 = 1e-5;
@@ -111,7 +111,7 @@ fn what_cannot_run_an_encoding_says_so() {
     assert!(matches!(err, longctx::Error::HeadDim { head_dim: 37, .. }), "{err}");
     // the f16-input variants read Q and K as stored
     let spec = AttnSpec::new(shape(1, 2, 2, 16, 16, 32)).positions(Some(Positions::sinusoidal()));
-    let err = Attention::flash_f16(g, &spec).err().unwrap();
+    let err = Attention::builder(&spec).inputs(Inputs::F16).build(g).err().unwrap();
     assert!(err.to_string().contains("positional encodings run on f32"), "{err}");
     // the heatmap reads Q and K as given
     let attn = Attention::new(g, Kernel::Flash, &spec).unwrap();

@@ -234,7 +234,7 @@ fn oversized_workgroup_memory_is_a_typed_error() {
     let gpu = common::gpu();
     let spec = longctx::AttnSpec::new(longctx::AttnShape::mha(1, 1, 8, 8, 256));
     let huge = FlashConfig { br: 256, bc: 32, p: 2, sg: 0, pass_tiles: 0, coop: None }.fit_passes(gpu, 256);
-    let err = longctx::Attention::flash_with(gpu, &spec, huge, false).err().expect("must fail");
+    let err = longctx::Attention::builder(&spec).tiles(huge).build(gpu).err().expect("must fail");
     let msg = err.to_string();
     assert!(matches!(err, longctx::Error::WorkgroupMemory { .. }), "{msg}");
     assert!(msg.contains(&huge.workgroup_bytes(256).to_string()), "{msg}");
@@ -247,7 +247,7 @@ fn cooperative_matrix_variants_validate_and_compile_to_spirv() {
     // tiles, head dims 4…256, counting or not): naga's validator, then its SPIR-V writer
     // (what wgpu's Vulkan backend runs), since no adapter here has the feature.
     let matmul = longctx::kernels::matmul::coop_variants();
-    let flash = longctx::kernels::flash::coop_variants();
+    let flash = longctx::kernels::attention::flash::coop_variants();
     assert_eq!((matmul.len(), flash.len()), (24, 96));
     let variants: Vec<_> = matmul.into_iter().chain(flash).collect();
     for v in &variants {

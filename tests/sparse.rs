@@ -142,7 +142,7 @@ fn flash_visits_only_listed_tiles() {
         ("window 64", AttnSpec::new(s).window(Some(Window::new(64, 0))).causal(true)),
         ("block mask", AttnSpec::new(s).mask(Some(random_block_mask(&s, 32, 1, 0.3, 3)))),
     ] {
-        let attn = Attention::flash_with(g, &spec, config, true).unwrap();
+        let attn = Attention::builder(&spec).tiles(config).instrumented(true).build(g).unwrap();
         check_kernel(&attn, common::seed(), BOUND);
         let counted = attn.flash_counters(g).unwrap().unwrap();
         let map = attn.block_map().unwrap();

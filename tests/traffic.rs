@@ -30,7 +30,7 @@ fn model_equals_measured_for_flash_and_naive() {
         let (q, k, v) = common::inputs(&spec, 1);
         let io = DeviceTensors::upload(g, &spec, &q, &k, &v).unwrap();
         for kernel in [Kernel::Flash, Kernel::Naive] {
-            let attn = Attention::instrumented(g, kernel, &spec).unwrap();
+            let attn = Attention::builder(&spec).kernel(kernel).instrumented(true).build(g).unwrap();
             let mut enc = g.device.create_command_encoder(&Default::default());
             attn.encode(g, &mut enc, &io.buffers()).unwrap();
             g.queue.submit([enc.finish()]);
@@ -69,7 +69,7 @@ fn model_equals_measured_across_passes() {
     let spec = AttnSpec::new(AttnShape { batch: 1, heads: 2, kv_heads: 1, n: 150, m: 700, head_dim: 64 })
         .causal(true);
     let config = longctx::FlashConfig { pass_tiles: 3, ..longctx::FlashConfig::for_device(g, 64) };
-    let attn = Attention::flash_with(g, &spec, config, true).unwrap();
+    let attn = Attention::builder(&spec).tiles(config).instrumented(true).build(g).unwrap();
     assert!(attn.flash().unwrap().passes() > 5);
     common::check_kernel(&attn, common::seed(), 1e-5);
     let measured = attn.measured_traffic(g).unwrap().unwrap();

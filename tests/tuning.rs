@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use longctx::kernels::decode::{self, Decoder, DecoderConfig};
+use longctx::kernels::attention::decode::{self, Decoder, DecoderConfig};
 use longctx::{Attention, AttnShape, AttnSpec, FlashConfig, Gpu, GpuOptions, Kernel, Tuned};
 
 /// A host application's own device: created with wgpu directly, then lent to longctx.

@@ -6,7 +6,7 @@ use egui_plot::Corner;
 use super::style::{Axis, ChartData, Mark, Unit, chart_ui};
 
 use super::Job;
-use crate::kernels::decode::{Decoder, DecoderConfig};
+use crate::kernels::attention::decode::{Decoder, DecoderConfig};
 use crate::runtime::Gpu;
 use crate::runtime::timing::time_host_async;
 

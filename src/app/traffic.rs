@@ -59,7 +59,7 @@ fn modelled(gpu: &Gpu, settings: &Settings) -> Vec<(usize, u64, u64)> {
         .filter_map(|&n| {
             let spec = settings.spec(n, settings.d).ok()?;
             let flash = Attention::new(gpu, Kernel::Flash, &spec).ok()?.traffic_model().total();
-            Some((n, crate::kernels::naive::traffic(&spec).total(), flash))
+            Some((n, crate::kernels::attention::naive::traffic(&spec).total(), flash))
         })
         .collect()
 }
@@ -78,7 +78,11 @@ async fn measure(gpu: &Gpu, settings: &Settings) -> Result<Vec<(String, usize, u
         )
         .map_err(|e| e.to_string())?;
         for kernel in [Kernel::Naive, Kernel::Flash] {
-            let attn = Attention::instrumented(gpu, kernel, &spec).map_err(|e| e.to_string())?;
+            let attn = Attention::builder(&spec)
+                .kernel(kernel)
+                .instrumented(true)
+                .build(gpu)
+                .map_err(|e| e.to_string())?;
             let mut enc = gpu.device.create_command_encoder(&Default::default());
             attn.encode(gpu, &mut enc, &io.buffers()).map_err(|e| e.to_string())?;
             gpu.queue.submit([enc.finish()]);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use longctx::Alibi;
-use longctx::kernels::decode::DecoderConfig;
+use longctx::kernels::attention::decode::DecoderConfig;
 use longctx::kernels::peak;
 use longctx::measure::decode::DecodeBench;
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::ProgressBar;
-use longctx::kernels::decode;
+use longctx::kernels::attention::decode;
 use longctx::measure::tune::{self, Candidate};
 use longctx::{FlashConfig, Tuned};
 

@@ -4,15 +4,15 @@
 
 use crate::error::{Error, Result};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
+use crate::runtime::shader::{BindGroupFields, Compiled, Shader, ShaderVariant, bind_group};
 
 const NAME: &str = "embed";
-/// shape, two read tables or index lists, one more read table, the output (see embed.wgsl).
-const SHADER: Shader = Shader {
-    stem: NAME,
-    source: include_str!("../../shaders/embed.wgsl"),
-    bindings: bindings![0 sh: Uniform, 1 index: Read, 2 src: Read, 3 table: Read, 4 dst: ReadWrite],
-};
+bind_group! {
+    /// shape, two read tables or index lists, one more read table, the output (see embed.wgsl).
+    struct EmbedBinds { 0 sh: Uniform, 1 index: Read, 2 src: Read, 3 table: Read, 4 dst: ReadWrite }
+}
+const SHADER: Shader =
+    Shader { stem: NAME, source: include_str!("../../shaders/embed.wgsl"), bindings: EmbedBinds::SLOTS };
 const ENTRIES: [&str; 3] = ["gather", "pool", "l2_normalize"];
 
 /// The shader variants, one per entry point.
@@ -28,10 +28,10 @@ fn dispatch(
     gpu: &Gpu,
     enc: &mut wgpu::CommandEncoder,
     kernel: &Compiled,
-    buffers: &[&wgpu::Buffer],
+    binds: &EmbedBinds,
     threads: usize,
 ) {
-    let bind = kernel.bind(gpu, buffers);
+    let bind = kernel.bind(gpu, binds);
     let mut pass =
         enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
     kernel.dispatch(&mut pass, &bind, [threads.div_ceil(64) as u32, 1, 1]);
@@ -127,7 +127,13 @@ impl Embeddings {
             gpu,
             enc,
             &self.pipeline,
-            &[&g.shape, &g.index, &self.word, &self.table, dst],
+            &EmbedBinds {
+                sh: (&g.shape).into(),
+                index: (&g.index).into(),
+                src: (&self.word).into(),
+                table: (&self.table).into(),
+                dst: dst.into(),
+            },
             g.tokens * self.d,
         );
     }
@@ -197,10 +203,24 @@ impl Pool {
             gpu,
             enc,
             &self.pool,
-            &[&self.pool_shape, &self.lengths, hidden, &self.dummy, &self.means],
+            &EmbedBinds {
+                sh: (&self.pool_shape).into(),
+                index: (&self.lengths).into(),
+                src: hidden.into(),
+                table: (&self.dummy).into(),
+                dst: (&self.means).into(),
+            },
             b * d,
         );
-        dispatch(gpu, enc, &self.norm, &[&self.norm_shape, &self.dummy, &self.means, &self.dummy, dst], b);
+        let unused = (&self.dummy).into();
+        let binds = EmbedBinds {
+            sh: (&self.norm_shape).into(),
+            index: unused,
+            src: (&self.means).into(),
+            table: unused,
+            dst: dst.into(),
+        };
+        dispatch(gpu, enc, &self.norm, &binds, b);
     }
 }
 

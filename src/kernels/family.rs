@@ -5,7 +5,8 @@
 //! sweep fails for a `.wgsl` file with a compute entry point that no family builds.
 
 use crate::contract::mods::{Mods, Named};
-use crate::kernels::{MAX_HEAD_DIM, backward, decode, embed, flash, heatmap, layer, matmul, mods, naive};
+use crate::kernels::attention::{backward, decode, flash, naive};
+use crate::kernels::{MAX_HEAD_DIM, embed, heatmap, layer, matmul, mods};
 use crate::kernels::{pad, peak, positions, ring, route, train, with_mods};
 use crate::runtime::shader::ShaderVariant;
 

@@ -7,20 +7,23 @@ use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::kernels::{Attention, AttnBuffers, COMMON, MODS_NONE, with_mods};
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings, header_consts};
+use crate::runtime::shader::{
+    BindGroupFields, Bound, Compiled, Shader, ShaderVariant, bind_group, header_consts,
+};
 use crate::runtime::{Gpu, block_on};
 
 const NAME: &str = "heatmap";
 /// contract, Q, K, LSE, block map, slopes, pixels, view, the flash call's tiles (see
 /// heatmap.wgsl).
-const SHADER: Shader = Shader {
-    stem: NAME,
-    source: include_str!("../../shaders/heatmap.wgsl"),
-    bindings: bindings![
+const SHADER: Shader =
+    Shader { stem: NAME, source: include_str!("../../shaders/heatmap.wgsl"), bindings: HeatmapBinds::SLOTS };
+bind_group! {
+    /// contract, Q, K, LSE, block map, slopes, pixels, view, the flash call's tiles.
+    struct HeatmapBinds {
         0 contract: Uniform, 1 q: Read, 2 k: Read, 3 lse: Read, 4 block_map: Read, 5 slopes: Read,
         6 pixels: ReadWrite, 7 view: Uniform, 8 tiles: Uniform,
-    ],
-};
+    }
+}
 /// Each pixel visits at most SAMPLE × SAMPLE pairs of its rectangle (strided beyond that).
 pub const SAMPLE: u32 = 32;
 
@@ -205,20 +208,18 @@ impl Heatmap {
                 };
                 let view_buf = gpu.uniform("heatmap view", &params);
                 let range = Some(((at * 4) as u64, (view.width * view.height * 4) as u64));
-                let bind = self.kernel.bind_ranges(
-                    gpu,
-                    &[
-                        (contract, None),
-                        (io.q, None),
-                        (io.k, None),
-                        (io.lse, None),
-                        (block_map, None),
-                        (slopes, None),
-                        (&pixels, range),
-                        (&view_buf, None),
-                        (tiles, None),
-                    ],
-                );
+                let binds = HeatmapBinds {
+                    contract: contract.into(),
+                    q: io.q.into(),
+                    k: io.k.into(),
+                    lse: io.lse.into(),
+                    block_map: block_map.into(),
+                    slopes: slopes.into(),
+                    pixels: Bound::range(&pixels, range),
+                    view: (&view_buf).into(),
+                    tiles: tiles.into(),
+                };
+                let bind = self.kernel.bind(gpu, &binds);
                 let groups = [view.width.div_ceil(8) as u32, view.height.div_ceil(8) as u32, 1];
                 self.kernel.dispatch_with(&mut pass, &bind, self.mod_bind.as_ref(), groups);
             }

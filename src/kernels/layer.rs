@@ -4,15 +4,16 @@
 
 use crate::error::{Error, Result};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
+use crate::runtime::shader::{BindGroupFields, Compiled, Shader, ShaderVariant, bind_group};
 
 const NAME: &str = "layer";
 /// shape, source, destination, γ | β (see layer.wgsl).
-const SHADER: Shader = Shader {
-    stem: NAME,
-    source: include_str!("../../shaders/layer.wgsl"),
-    bindings: bindings![0 sh: Uniform, 1 src: Read, 2 dst: ReadWrite, 3 affine: Read],
-};
+const SHADER: Shader =
+    Shader { stem: NAME, source: include_str!("../../shaders/layer.wgsl"), bindings: LayerBinds::SLOTS };
+bind_group! {
+    /// The shape, the source rows, the destination and the affine parameters.
+    struct LayerBinds { 0 sh: Uniform, 1 src: Read, 2 dst: ReadWrite, 3 affine: Read }
+}
 
 /// One of the layer operations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,7 +184,13 @@ impl LayerOp {
 
     /// Records the operation, `src` to `dst`, as one compute pass.
     pub fn encode(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, src: &wgpu::Buffer, dst: &wgpu::Buffer) {
-        let bind = self.kernel.bind(gpu, &[&self.shape, src, dst, &self.affine]);
+        let binds = LayerBinds {
+            sh: (&self.shape).into(),
+            src: src.into(),
+            dst: dst.into(),
+            affine: (&self.affine).into(),
+        };
+        let bind = self.kernel.bind(gpu, &binds);
         let mut pass = enc
             .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
         self.kernel.dispatch(&mut pass, &bind, [self.op.threads().div_ceil(64) as u32, 1, 1]);

@@ -3,22 +3,30 @@
 //! an adapter does dense math. The f64 oracle is [`matmul_f64`].
 
 use crate::error::{Error, Result};
+use crate::kernels::lowering::STORAGE;
 use crate::kernels::{GELU, lanes};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, Slot, Snippet, bindings, header_consts};
+use crate::runtime::shader::{
+    BindGroupFields, Bound, Compiled, Shader, ShaderVariant, Snippet, bind_group, header_consts,
+};
 
 const NAME: &str = "matmul";
 /// `Dims`, bindings, activations and epilogue of both matmul kernels.
 const COMMON: Snippet =
     Snippet { name: "matmul_common", source: include_str!("../../shaders/matmul_common.wgsl") };
-/// The bindings both matmul kernels declare (`shaders/matmul_common.wgsl`).
-const SLOTS: &[Slot] = bindings![0 dims: Uniform, 1 a: Read, 2 b: Read, 3 bias: Read, 4 c: ReadWrite];
-/// dims, A, B, bias, C (see matmul.wgsl).
+bind_group! {
+    /// The bindings both matmul kernels declare (`shaders/matmul_common.wgsl`).
+    struct MatmulBinds { 0 dims: Uniform, 1 a: Read, 2 b: Read, 3 bias: Read, 4 c: ReadWrite }
+}
+/// The vec4 kernel (matmul.wgsl).
 const SHADER: Shader =
-    Shader { stem: NAME, source: include_str!("../../shaders/matmul.wgsl"), bindings: SLOTS };
+    Shader { stem: NAME, source: include_str!("../../shaders/matmul.wgsl"), bindings: MatmulBinds::SLOTS };
 /// The cooperative-matrix variant (`shaders/matmul_coop.wgsl`): same bindings.
-const COOP_SHADER: Shader =
-    Shader { stem: "matmul_coop", source: include_str!("../../shaders/matmul_coop.wgsl"), bindings: SLOTS };
+const COOP_SHADER: Shader = Shader {
+    stem: "matmul_coop",
+    source: include_str!("../../shaders/matmul_coop.wgsl"),
+    bindings: MatmulBinds::SLOTS,
+};
 
 header_consts! {
     /// The vec4 matmul kernel's constants (matmul.wgsl).
@@ -102,11 +110,13 @@ impl Coop {
 
     /// The shader variant for `act`.
     pub fn variant(&self, act: Activation) -> ShaderVariant {
-        COOP_SHADER.variant(
-            "main",
-            &[GELU, COMMON],
-            self.consts().into_iter().chain([("ACT", act.code())]).collect(),
-        )
+        COOP_SHADER
+            .variant(
+                "main",
+                &[GELU, COMMON],
+                self.consts().into_iter().chain([("ACT", act.code())]).collect(),
+            )
+            .lowered(STORAGE)
     }
 }
 
@@ -473,10 +483,14 @@ impl Matmul {
         let mut pass = encoder
             .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
         for ch in &self.chunks {
-            let bind = self.kernel.bind_ranges(
-                gpu,
-                &[(&ch.dims, None), (a, ch.a), (b, None), (bias.unwrap_or(&self.no_bias), None), (c, ch.c)],
-            );
+            let binds = MatmulBinds {
+                dims: (&ch.dims).into(),
+                a: Bound::range(a, ch.a),
+                b: b.into(),
+                bias: bias.unwrap_or(&self.no_bias).into(),
+                c: Bound::range(c, ch.c),
+            };
+            let bind = self.kernel.bind(gpu, &binds);
             let groups =
                 [self.n.div_ceil(self.tn as usize) as u32, ch.rows.div_ceil(self.tm as usize) as u32, 1];
             self.kernel.dispatch(&mut pass, &bind, groups);

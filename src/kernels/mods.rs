@@ -15,17 +15,18 @@ use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::{COMMON, CallParams, Tiles};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
+use crate::runtime::shader::{BindGroupFields, Compiled, Shader, ShaderVariant, bind_group};
 
 /// contract, block map, tiles, entry rows, counts, job (see mod_map.wgsl).
-const SHADER: Shader = Shader {
-    stem: "mod_map",
-    source: include_str!("../../shaders/mod_map.wgsl"),
-    bindings: bindings![
+const SHADER: Shader =
+    Shader { stem: "mod_map", source: include_str!("../../shaders/mod_map.wgsl"), bindings: MapBinds::SLOTS };
+bind_group! {
+    /// contract, block map, tiles, entry rows, counts, job.
+    struct MapBinds {
         0 contract: Uniform, 1 block_map: Read, 2 tiles: Uniform, 3 entry_row: Read,
         4 counts: ReadWrite, 5 job: Uniform,
-    ],
-};
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -131,7 +132,15 @@ pub fn refine(gpu: &Gpu, spec: &AttnSpec, mods: &Mods, map: &BlockMap) -> Result
             timestamp_writes: None,
         });
         for job in &jobs {
-            let bind = kernel.bind(gpu, &[&contract, &block_map, &tiles, &rows, &counts, job]);
+            let binds = MapBinds {
+                contract: (&contract).into(),
+                block_map: (&block_map).into(),
+                tiles: (&tiles).into(),
+                entry_row: (&rows).into(),
+                counts: (&counts).into(),
+                job: job.into(),
+            };
+            let bind = kernel.bind(gpu, &binds);
             kernel.dispatch_with(&mut pass, &bind, user.as_ref(), grid);
         }
     }

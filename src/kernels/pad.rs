@@ -7,15 +7,16 @@
 
 use crate::error::{Error, Result};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
+use crate::runtime::shader::{BindGroupFields, Bound, Compiled, Shader, ShaderVariant, bind_group};
 
 const NAME: &str = "pad";
 /// shape, source rows, destination rows (see pad.wgsl).
-const SHADER: Shader = Shader {
-    stem: NAME,
-    source: include_str!("../../shaders/pad.wgsl"),
-    bindings: bindings![0 shape: Uniform, 1 src: Read, 2 dst: ReadWrite],
-};
+const SHADER: Shader =
+    Shader { stem: NAME, source: include_str!("../../shaders/pad.wgsl"), bindings: PadBinds::SLOTS };
+bind_group! {
+    /// The copy's shape, its source and its destination.
+    struct PadBinds { 0 shape: Uniform, 1 src: Read, 2 dst: ReadWrite }
+}
 const WORKGROUP: u64 = 64;
 
 /// The head dim the kernels run for head dim `d`: the next multiple of 4.
@@ -100,7 +101,9 @@ impl Repack {
         let mut pass = encoder
             .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
         for (shape, groups, s, d) in &self.chunks {
-            let bind = self.kernel.bind_ranges(gpu, &[(shape, None), (src, *s), (dst, *d)]);
+            let binds =
+                PadBinds { shape: shape.into(), src: Bound::range(src, *s), dst: Bound::range(dst, *d) };
+            let bind = self.kernel.bind(gpu, &binds);
             self.kernel.dispatch(&mut pass, &bind, *groups);
         }
     }

@@ -8,17 +8,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::runtime::cache::DiskCache;
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
+use crate::runtime::shader::{BindGroupFields, Compiled, Shader, ShaderVariant, bind_group};
 use crate::runtime::timing::{GpuTimer, Timing, time_encoded};
 use crate::runtime::{Gpu, driver_of};
 
 const NAME: &str = "peak";
 /// destination, source (see peak.wgsl).
-const SHADER: Shader = Shader {
-    stem: NAME,
-    source: include_str!("../../shaders/peak.wgsl"),
-    bindings: bindings![0 dst: ReadWrite, 1 src: Read],
-};
+const SHADER: Shader =
+    Shader { stem: NAME, source: include_str!("../../shaders/peak.wgsl"), bindings: PeakBinds::SLOTS };
+bind_group! {
+    /// The probes' destination and source.
+    struct PeakBinds { 0 dst: ReadWrite, 1 src: Read }
+}
 /// `<user cache dir>/longctx/peak.json`.
 const CACHE: DiskCache = DiskCache { file: "peak.json", schema: 2 };
 /// How many times this reading a cached best may be and still be believed.
@@ -99,7 +100,7 @@ pub fn measure(gpu: &Gpu, reps: usize) -> Result<Peak> {
     let copy_p = gpu.compile(&copy)?;
     let dst = gpu.storage("peak dst", COPY_BYTES)?;
     let src = gpu.upload("peak src", &vec![1.0f32; (COPY_BYTES / 4) as usize])?;
-    let bind = fma_p.bind(gpu, &[&dst, &src]);
+    let bind = fma_p.bind(gpu, &PeakBinds { dst: (&dst).into(), src: (&src).into() });
 
     gpu.check_dispatch(NAME, [FMA_GROUPS[0] as u64, FMA_GROUPS[1] as u64, 1])?;
     let t = time_pass(gpu, &fma_p, &bind, FMA_GROUPS, reps)?;

@@ -10,15 +10,16 @@ use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::Traffic;
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
+use crate::runtime::shader::{BindGroupFields, Bound, Compiled, Shader, ShaderVariant, bind_group};
 
 const NAME: &str = "positions";
 /// job, the rows (in place), the table (see positions.wgsl).
-const SHADER: Shader = Shader {
-    stem: NAME,
-    source: include_str!("../../shaders/positions.wgsl"),
-    bindings: bindings![0 job: Uniform, 1 x: ReadWrite, 2 table: Read],
-};
+const SHADER: Shader =
+    Shader { stem: NAME, source: include_str!("../../shaders/positions.wgsl"), bindings: EncodeBinds::SLOTS };
+bind_group! {
+    /// The job, the rows encoded in place and the encoding's table.
+    struct EncodeBinds { 0 job: Uniform, 1 x: ReadWrite, 2 table: Read }
+}
 const WORKGROUP: u64 = 64;
 
 /// The one shader variant.
@@ -130,7 +131,12 @@ impl PositionPass {
             };
             let job = gpu.uniform("positions job", &job);
             let range = (!whole).then_some(((t.first as u64 + r0) * row_bytes, n * row_bytes));
-            let bind = self.kernel.bind_ranges(gpu, &[(&job, None), (t.buffer, range), (&self.table, None)]);
+            let binds = EncodeBinds {
+                job: (&job).into(),
+                x: Bound::range(t.buffer, range),
+                table: (&self.table).into(),
+            };
+            let bind = self.kernel.bind(gpu, &binds);
             self.kernel.dispatch(pass, &bind, grid);
             r0 += n;
         }

@@ -5,24 +5,22 @@
 
 use crate::error::Result;
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
+use crate::runtime::shader::{BindGroupFields, Compiled, Shader, ShaderVariant, bind_group};
 
 const NAME: &str = "ring";
 const SOURCE: &str = include_str!("../../shaders/ring.wgsl");
 /// job, running O, running LSE, partial O, partial LSE.
-const MERGE: Shader = Shader {
-    stem: NAME,
-    source: SOURCE,
-    bindings: bindings![
-        0 job: Uniform, 1 acc: ReadWrite, 2 acc_lse: ReadWrite, 3 part: Read, 4 part_lse: Read,
-    ],
-};
+const MERGE: Shader = Shader { stem: NAME, source: SOURCE, bindings: MergeBinds::SLOTS };
+bind_group! {
+    /// The merge's job, the running (O, LSE) and the part merged into them.
+    struct MergeBinds { 0 job: Uniform, 1 acc: ReadWrite, 2 acc_lse: ReadWrite, 3 part: Read, 4 part_lse: Read }
+}
+bind_group! {
+    /// The sum's job, the running sum and the addend.
+    struct AddBinds { 0 job: Uniform, 1 acc: ReadWrite, 3 part: Read }
+}
 /// job, sum, addend.
-const ADD: Shader = Shader {
-    stem: NAME,
-    source: SOURCE,
-    bindings: bindings![0 job: Uniform, 1 acc: ReadWrite, 3 part: Read],
-};
+const ADD: Shader = Shader { stem: NAME, source: SOURCE, bindings: AddBinds::SLOTS };
 const WORKGROUP: u64 = 64;
 
 #[repr(C)]
@@ -73,7 +71,14 @@ impl Merges {
         d: usize,
     ) -> Result<()> {
         let (job, groups) = Self::job(gpu, rows, d)?;
-        let bind = self.merge.bind(gpu, &[&job, o, lse, o_part, lse_part]);
+        let binds = MergeBinds {
+            job: (&job).into(),
+            acc: o.into(),
+            acc_lse: lse.into(),
+            part: o_part.into(),
+            part_lse: lse_part.into(),
+        };
+        let bind = self.merge.bind(gpu, &binds);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("ring merge"),
             timestamp_writes: None,
@@ -92,7 +97,7 @@ impl Merges {
         len: usize,
     ) -> Result<()> {
         let (job, groups) = Self::job(gpu, len, 1)?;
-        let bind = self.add.bind(gpu, &[&job, acc, x]);
+        let bind = self.add.bind(gpu, &AddBinds { job: (&job).into(), acc: acc.into(), part: x.into() });
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("ring add"),
             timestamp_writes: None,

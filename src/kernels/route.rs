@@ -5,18 +5,19 @@
 
 use crate::error::{Error, Result};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings};
+use crate::runtime::shader::{BindGroupFields, Compiled, Shader, ShaderVariant, bind_group};
 
 const NAME: &str = "route";
 /// params, x, router weights, scores, indices, rows, scatter target (see route.wgsl).
-const SHADER: Shader = Shader {
-    stem: NAME,
-    source: include_str!("../../shaders/route.wgsl"),
-    bindings: bindings![
+const SHADER: Shader =
+    Shader { stem: NAME, source: include_str!("../../shaders/route.wgsl"), bindings: RouteBinds::SLOTS };
+bind_group! {
+    /// params, x, router weights, scores, indices, rows, scatter target.
+    struct RouteBinds {
         0 rt: Uniform, 1 x: Read, 2 w: Read, 3 keys: ReadWrite, 4 idx: ReadWrite, 5 rows: ReadWrite,
         6 out: ReadWrite,
-    ],
-};
+    }
+}
 const ENTRIES: [&str; 4] = ["scores", "sort_step", "gather", "scatter"];
 
 #[repr(C)]
@@ -146,7 +147,16 @@ impl Router {
         out: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
         // every entry point shares one layout
-        self.pipelines[0].bind(gpu, &[params, x, w, &self.keys, &self.idx, rows, out])
+        let binds = RouteBinds {
+            rt: params.into(),
+            x: x.into(),
+            w: w.into(),
+            keys: (&self.keys).into(),
+            idx: (&self.idx).into(),
+            rows: rows.into(),
+            out: out.into(),
+        };
+        self.pipelines[0].bind(gpu, &binds)
     }
 
     /// One compute pass running `steps` (entry point index, parameters) over `groups`

@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use crate::kernels::GELU;
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, Slot, bindings};
+use crate::runtime::shader::{BindGroupFields, Bound, Compiled, Shader, ShaderVariant, Slot, bind_group};
 
 const NAME: &str = "train";
 const SOURCE: &str = include_str!("../../shaders/train.wgsl");
@@ -21,32 +21,54 @@ const fn shader(bindings: &'static [Slot]) -> Shader {
     Shader { stem: NAME, source: SOURCE, bindings }
 }
 
-/// job, logits, targets, dlogits, loss.
-const CROSS_ENTROPY: Shader =
-    shader(bindings![0 job: Uniform, 1 a: Read, 6 ids: Read, 3 out: ReadWrite, 4 out2: ReadWrite]);
-/// job, x, dy, dx.
-const GELU_BACKWARD: Shader = shader(bindings![0 job: Uniform, 1 a: Read, 2 b: Read, 3 out: ReadWrite]);
-/// job, x, dy, dx, row stats, γ.
-const LAYER_NORM_BACKWARD: Shader = shader(
-    bindings![0 job: Uniform, 1 a: Read, 2 b: Read, 3 out: ReadWrite, 4 out2: ReadWrite, 7 gamma: Read],
-);
-/// job, x, dy, [dγ, dβ], row stats (in γ's binding).
-const LAYER_NORM_PARAMS: Shader =
-    shader(bindings![0 job: Uniform, 1 a: Read, 2 b: Read, 3 out: ReadWrite, 7 gamma: Read]);
-/// job, x, norms.
-const SUM_SQUARES: Shader = shader(bindings![0 job: Uniform, 1 a: Read, 3 out: ReadWrite]);
-/// job, gradient, norms, parameter, m, v.
-const ADAMW: Shader = shader(
-    bindings![0 job: Uniform, 1 a: Read, 2 b: Read, 3 out: ReadWrite, 4 out2: ReadWrite, 5 out3: ReadWrite],
-);
-/// job, dx, token ids, dE.
-const EMBEDDING_BACKWARD: Shader =
-    shader(bindings![0 job: Uniform, 1 a: Read, 6 ids: Read, 3 out: ReadWrite]);
+// The entries share train.wgsl's generic names (`a`, `b`, `out`, …); each binds its own subset.
+bind_group! {
+    /// job, source, destination (gelu, column_sum, transpose, split_heads, merge_heads,
+    /// sum_squares).
+    struct UnaryBinds { 0 job: Uniform, 1 a: Read, 3 out: ReadWrite }
+}
+bind_group! {
+    /// job, x, dy, dx (gelu_backward).
+    struct BinaryBinds { 0 job: Uniform, 1 a: Read, 2 b: Read, 3 out: ReadWrite }
+}
+bind_group! {
+    /// job, logits, targets, dlogits, loss.
+    struct CrossEntropyBinds { 0 job: Uniform, 1 a: Read, 6 ids: Read, 3 out: ReadWrite, 4 out2: ReadWrite }
+}
+bind_group! {
+    /// job, x, dy, dx, row stats, γ.
+    struct LayerNormBackwardBinds {
+        0 job: Uniform, 1 a: Read, 2 b: Read, 3 out: ReadWrite, 4 out2: ReadWrite, 7 gamma: Read,
+    }
+}
+bind_group! {
+    /// job, x, dy, [dγ, dβ], row stats (in γ's binding).
+    struct LayerNormParamsBinds { 0 job: Uniform, 1 a: Read, 2 b: Read, 3 out: ReadWrite, 7 gamma: Read }
+}
+bind_group! {
+    /// job, gradient, norms, parameter, m, v.
+    struct AdamWBinds {
+        0 job: Uniform, 1 a: Read, 2 b: Read, 3 out: ReadWrite, 4 out2: ReadWrite, 5 out3: ReadWrite,
+    }
+}
+bind_group! {
+    /// job, dx, token ids, dE.
+    struct EmbeddingBackwardBinds { 0 job: Uniform, 1 a: Read, 6 ids: Read, 3 out: ReadWrite }
+}
+bind_group! {
+    /// job, E, position table, token ids, x.
+    struct EmbedBinds { 0 job: Uniform, 1 a: Read, 2 b: Read, 6 ids: Read, 3 out: ReadWrite }
+}
 
-/// job, E, position table, token ids, x.
-const EMBED: Shader = shader(bindings![0 job: Uniform, 1 a: Read, 2 b: Read, 6 ids: Read, 3 out: ReadWrite]);
-/// job, source, destination (gelu, column_sum, transpose, split_heads, merge_heads).
-const UNARY: Shader = shader(bindings![0 job: Uniform, 1 a: Read, 3 out: ReadWrite]);
+const CROSS_ENTROPY: Shader = shader(CrossEntropyBinds::SLOTS);
+const GELU_BACKWARD: Shader = shader(BinaryBinds::SLOTS);
+const LAYER_NORM_BACKWARD: Shader = shader(LayerNormBackwardBinds::SLOTS);
+const LAYER_NORM_PARAMS: Shader = shader(LayerNormParamsBinds::SLOTS);
+const SUM_SQUARES: Shader = shader(UnaryBinds::SLOTS);
+const ADAMW: Shader = shader(AdamWBinds::SLOTS);
+const EMBEDDING_BACKWARD: Shader = shader(EmbeddingBackwardBinds::SLOTS);
+const EMBED: Shader = shader(EmbedBinds::SLOTS);
+const UNARY: Shader = shader(UnaryBinds::SLOTS);
 
 const ENTRIES: [(Shader, &str); 13] = [
     (CROSS_ENTROPY, "cross_entropy"),
@@ -152,7 +174,7 @@ impl Train {
         entry: usize,
         job: TrainJob,
         threads: u64,
-        bufs: &[&wgpu::Buffer],
+        bind: impl FnOnce(&Compiled, Bound) -> wgpu::BindGroup,
     ) -> Result<()> {
         // sum_squares is one workgroup of 256 lanes; the others one invocation per item
         let grid = if entry == entry::SUM_SQUARES {
@@ -161,10 +183,8 @@ impl Train {
             gpu.grid(NAME, threads.div_ceil(WORKGROUP))?
         };
         let job = gpu.uniform("train job", &TrainJob { groups_x: grid[0], ..job });
-        let mut all = vec![&job];
-        all.extend_from_slice(bufs);
         let kernel = &self.kernels[entry];
-        let bind = kernel.bind(gpu, &all);
+        let bind = bind(kernel, (&job).into());
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(ENTRIES[entry].1),
             timestamp_writes: None,
@@ -189,7 +209,10 @@ impl Train {
         scale: f32,
     ) -> Result<()> {
         let job = TrainJob { n: rows as u32, d: vocab as u32, scale, ..TrainJob::default() };
-        self.run(gpu, encoder, entry::CROSS_ENTROPY, job, rows as u64, &[logits, targets, dlogits, loss])
+        self.run(gpu, encoder, entry::CROSS_ENTROPY, job, rows as u64, |k, job| {
+            let (a, ids, out, out2) = (logits.into(), targets.into(), dlogits.into(), loss.into());
+            k.bind(gpu, &CrossEntropyBinds { job, a, ids, out, out2 })
+        })
     }
 
     /// `dx` = `dy`·GELU'(`x`) over `n` elements (GELU's tanh form).
@@ -208,7 +231,7 @@ impl Train {
             entry::GELU_BACKWARD,
             TrainJob { n: n as u32, ..TrainJob::default() },
             n as u64,
-            &[x, dy, dx],
+            |k, job| k.bind(gpu, &BinaryBinds { job, a: x.into(), b: dy.into(), out: dx.into() }),
         )
     }
 
@@ -239,8 +262,14 @@ impl Train {
             accumulate: accumulate as u32,
             ..TrainJob::default()
         };
-        self.run(gpu, encoder, entry::LAYER_NORM_BACKWARD, job, rows as u64, &[x, dy, dx, stats, gamma])?;
-        self.run(gpu, encoder, entry::LAYER_NORM_PARAMS, job, d as u64, &[x, dy, dgamma_beta, stats])
+        self.run(gpu, encoder, entry::LAYER_NORM_BACKWARD, job, rows as u64, |k, job| {
+            let (a, b, out, out2, gamma) = (x.into(), dy.into(), dx.into(), stats.into(), gamma.into());
+            k.bind(gpu, &LayerNormBackwardBinds { job, a, b, out, out2, gamma })
+        })?;
+        self.run(gpu, encoder, entry::LAYER_NORM_PARAMS, job, d as u64, |k, job| {
+            let (a, b, out, gamma) = (x.into(), dy.into(), dgamma_beta.into(), stats.into());
+            k.bind(gpu, &LayerNormParamsBinds { job, a, b, out, gamma })
+        })
     }
 
     /// Σ x² of `x` (`n` floats) into `norms[slot]`.
@@ -260,7 +289,7 @@ impl Train {
             entry::SUM_SQUARES,
             TrainJob { n: n as u32, slot: slot as u32, ..TrainJob::default() },
             256,
-            &[x, norms],
+            |k, job| k.bind(gpu, &UnaryBinds { job, a: x.into(), out: norms.into() }),
         )
     }
 
@@ -296,7 +325,10 @@ impl Train {
             c2: (1.0 / (1.0 - (o.beta2 as f64).powi(o.step as i32))) as f32,
             ..TrainJob::default()
         };
-        self.run(gpu, encoder, entry::ADAMW, job, n as u64, &[grad, norms, param, m, v])
+        self.run(gpu, encoder, entry::ADAMW, job, n as u64, |k, job| {
+            let (a, b, out, out2, out3) = (grad.into(), norms.into(), param.into(), m.into(), v.into());
+            k.bind(gpu, &AdamWBinds { job, a, b, out, out2, out3 })
+        })
     }
 
     /// `de[v]` += Σ over tokens t with `ids[t] == v` of `dx[t]`: `dx` `[tokens, d]`, `de`
@@ -315,7 +347,9 @@ impl Train {
     ) -> Result<()> {
         check_loop("tokens in one embedding gradient (one loop per entry)", tokens, LOOP_CAP)?;
         let job = TrainJob { n: tokens as u32, d: d as u32, slot: vocab as u32, ..TrainJob::default() };
-        self.run(gpu, encoder, entry::EMBEDDING_BACKWARD, job, (vocab * d) as u64, &[dx, ids, de])
+        self.run(gpu, encoder, entry::EMBEDDING_BACKWARD, job, (vocab * d) as u64, |k, job| {
+            k.bind(gpu, &EmbeddingBackwardBinds { job, a: dx.into(), ids: ids.into(), out: de.into() })
+        })
     }
 
     /// `x` `[tokens, d]` = `e[ids]` (rows of `e` `[vocab, d]`), plus row `t mod seq` of
@@ -341,7 +375,10 @@ impl Train {
             parts: table.is_some() as u32,
             ..TrainJob::default()
         };
-        self.run(gpu, encoder, entry::EMBED, job, n as u64, &[e, table.unwrap_or(e), ids, x])
+        self.run(gpu, encoder, entry::EMBED, job, n as u64, |k, job| {
+            let (a, b, ids, out) = (e.into(), table.unwrap_or(e).into(), ids.into(), x.into());
+            k.bind(gpu, &EmbedBinds { job, a, b, ids, out })
+        })
     }
 
     /// `y` = GELU(`x`) over `n` elements (the tanh form).
@@ -359,7 +396,7 @@ impl Train {
             entry::GELU,
             TrainJob { n: n as u32, ..TrainJob::default() },
             n as u64,
-            &[x, y],
+            |k, job| k.bind(gpu, &UnaryBinds { job, a: x.into(), out: y.into() }),
         )
     }
 
@@ -376,7 +413,9 @@ impl Train {
     ) -> Result<()> {
         check_loop("rows in one column sum (one loop per column)", rows, LOOP_CAP)?;
         let job = TrainJob { n: rows as u32, d: cols as u32, ..TrainJob::default() };
-        self.run(gpu, encoder, entry::COLUMN_SUM, job, cols as u64, &[x, out])
+        self.run(gpu, encoder, entry::COLUMN_SUM, job, cols as u64, |k, job| {
+            k.bind(gpu, &UnaryBinds { job, a: x.into(), out: out.into() })
+        })
     }
 
     /// `out` `[cols, rows]` = `x` `[rows, cols]` transposed.
@@ -391,7 +430,9 @@ impl Train {
     ) -> Result<()> {
         let n = checked_u32("transpose rows × columns", rows, cols)?;
         let job = TrainJob { n: rows as u32, d: cols as u32, ..TrainJob::default() };
-        self.run(gpu, encoder, entry::TRANSPOSE, job, n as u64, &[x, out])
+        self.run(gpu, encoder, entry::TRANSPOSE, job, n as u64, |k, job| {
+            k.bind(gpu, &UnaryBinds { job, a: x.into(), out: out.into() })
+        })
     }
 
     /// Part `part` of `tokens` `[batch·seq, parts·heads·d]` to `heads` `[batch, heads, seq, d]`
@@ -422,9 +463,13 @@ impl Train {
             ..TrainJob::default()
         };
         if split {
-            self.run(gpu, encoder, entry::SPLIT_HEADS, job, n as u64, &[tokens, heads_major])
+            self.run(gpu, encoder, entry::SPLIT_HEADS, job, n as u64, |k, job| {
+                k.bind(gpu, &UnaryBinds { job, a: tokens.into(), out: heads_major.into() })
+            })
         } else {
-            self.run(gpu, encoder, entry::MERGE_HEADS, job, n as u64, &[heads_major, tokens])
+            self.run(gpu, encoder, entry::MERGE_HEADS, job, n as u64, |k, job| {
+                k.bind(gpu, &UnaryBinds { job, a: heads_major.into(), out: tokens.into() })
+            })
         }
     }
 }

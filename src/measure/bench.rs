@@ -9,7 +9,7 @@ use crate::contract::reference::{attention_f64, attention_rows_f64, rel_error};
 use crate::contract::spec::AttnSpec;
 use crate::error::{Error, Result};
 use crate::kernels::peak::Peak;
-use crate::kernels::{Attention, DeviceTensors, Kernel};
+use crate::kernels::{Attention, DeviceTensors, Inputs, Kernel};
 use crate::measure::chart::{Axis, ChartData, Mark, Unit};
 use crate::runtime::Gpu;
 use crate::runtime::timing::{GpuTimer, Timing, time_encoded};
@@ -277,7 +277,7 @@ pub fn run_config(
 
 /// [`run_config`] for flash reading f16-stored Q, K, V: "flash-f16" (f32 arithmetic) or,
 /// with `tensor_cores`, "flash-f16-tc" (f16 cooperative matrices,
-/// [`Attention::flash_tensor_cores`]). The error is against the oracle on the f32 inputs;
+/// [`Inputs::F16TensorCores`]). The error is against the oracle on the f32 inputs;
 /// traffic is not modelled for these variants.
 pub(crate) fn run_config_f16(
     gpu: &Gpu,
@@ -299,16 +299,6 @@ pub(crate) fn run_config_f16(
 /// The seed of every benchmark's inputs ([`seeded_qkv`]).
 pub(crate) const INPUT_SEED: u64 = 0x10c7;
 
-/// How a benchmarked kernel reads Q, K, V.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Inputs {
-    F32,
-    /// Stored as f16, f32 arithmetic.
-    F16,
-    /// Stored as f16, f16 cooperative matrices.
-    F16TensorCores,
-}
-
 #[allow(clippy::too_many_arguments)]
 fn fill(
     gpu: &Gpu,
@@ -323,11 +313,7 @@ fn fill(
     let s = spec.shape;
     let half_inputs = inputs != Inputs::F32;
     // the device's limits first, then the host's, then the inputs
-    let attn = match inputs {
-        Inputs::F32 => Attention::new(gpu, kernel, spec)?,
-        Inputs::F16 => Attention::flash_f16(gpu, spec)?,
-        Inputs::F16TensorCores => Attention::flash_tensor_cores(gpu, spec)?,
-    };
+    let attn = Attention::builder(spec).kernel(kernel).inputs(inputs).build(gpu)?;
     // host: Q, K, V, read-back O and LSE, and the oracle's f64 rows
     let host = 4 * (2 * s.q_len() + 2 * s.kv_len() + s.lse_len()) as u64 + 8 * s.q_len() as u64;
     crate::runtime::host::check_bytes("the benchmark's inputs, outputs and oracle", host)?;
@@ -362,7 +348,7 @@ fn fill(
     r.device_bytes = r.scratch_bytes + input_bytes + 4 * (s.q_len() + s.lse_len()) as u64;
     r.traffic_model_bytes = if half_inputs { 0 } else { attn.traffic_model().total() };
     if traffic {
-        let inst = Attention::instrumented(gpu, kernel, spec)?;
+        let inst = Attention::builder(spec).kernel(kernel).instrumented(true).build(gpu)?;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         inst.encode(gpu, &mut enc, &io.buffers())?;
         gpu.queue.submit([enc.finish()]);
@@ -433,7 +419,7 @@ pub struct BackwardRecord {
     /// Device memory of flash forward + backward: Q, K, V, O, LSE, dO, dQ, dK, dV and both
     /// kernels' scratch (block maps, (LSE, Δ)).
     pub device_bytes: u64,
-    /// The materialised backward ([`Backward::naive`](crate::kernels::backward::Backward::naive)):
+    /// The materialised backward ([`Backward::naive`](crate::kernels::attention::backward::Backward::naive)):
     /// the same tensors plus its P / dS matrices, as allocated; its median time; its error.
     pub naive_device_bytes: Option<u64>,
     /// Median time of the materialised backward, in ms.
@@ -489,7 +475,7 @@ pub fn run_backward(gpu: &Gpu, spec: &AttnSpec, reps: usize, mask: &str) -> Back
 }
 
 fn fill_backward(gpu: &Gpu, spec: &AttnSpec, reps: usize, r: &mut BackwardRecord) -> Result<()> {
-    use crate::kernels::backward::{Backward, GradTensors};
+    use crate::kernels::attention::backward::{Backward, GradTensors};
     let s = spec.shape;
     let (q, k, v) = seeded_qkv(spec, 0xbac4);
     let d_o = crate::contract::inputs::seeded(s.q_len(), 0xbac5);

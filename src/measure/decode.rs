@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::contract::inputs::hashed as fill;
 use crate::contract::reference::{attention_f64, rel_error};
 use crate::error::{Error, Result};
-use crate::kernels::decode::{Decoder, DecoderConfig};
+use crate::kernels::attention::decode::{Decoder, DecoderConfig};
 use crate::runtime::Gpu;
 use crate::runtime::timing::time_host;
 

@@ -13,10 +13,10 @@ use crate::contract::reference::{attention_backward_f64, attention_f64, rel_erro
 use crate::contract::spec::{Alibi, AttnSpec};
 use crate::contract::{AttnShape, Window};
 use crate::error::{Error, Result};
-use crate::kernels::backward::Backward;
-use crate::kernels::decode::{Decoder, DecoderConfig};
+use crate::kernels::attention::backward::Backward;
+use crate::kernels::attention::decode::{Decoder, DecoderConfig};
 use crate::kernels::matmul::{Activation, Coop, Matmul, MatmulOptions, TensorCores, matmul_f64};
-use crate::kernels::{Attention, DeviceTensors, Kernel};
+use crate::kernels::{Attention, DeviceTensors, Inputs, Kernel};
 use crate::models::gpt::{GptConfig, PosScheme};
 use crate::models::gpt_gpu::gradient_check;
 use crate::runtime::Gpu;
@@ -103,7 +103,7 @@ fn forward(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec) -> Result<f64> {
 /// inputs.
 fn forward_tensor_cores(gpu: &Gpu, spec: &AttnSpec) -> Result<f64> {
     let (q, k, v) = seeded_qkv(spec, 7);
-    let attn = Attention::flash_tensor_cores(gpu, spec)?;
+    let attn = Attention::builder(spec).inputs(Inputs::F16TensorCores).build(gpu)?;
     let io = DeviceTensors::upload_f16(gpu, spec, &q, &k, &v)?;
     io.poison(gpu);
     let out = attn.run_on(gpu, &io)?;
@@ -318,7 +318,7 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
     }
     // tensor cores, where the adapter has them: f32 inputs exact (flash takes f32 ones by
     // default, so the flash checks above ran on them), f16 inputs to 5e-3
-    if crate::kernels::flash::FlashConfig::tensor_cores(gpu, 64, true).is_some() {
+    if crate::kernels::attention::flash::FlashConfig::tensor_cores(gpu, 64, true).is_some() {
         for (label, spec) in problems().into_iter().filter(|(_, s)| s.shape.head_dim.is_multiple_of(4)) {
             let name = format!("flash {label} {}, cooperative f16 inputs", shape_of(&spec));
             out.push((name, 5e-3, Box::new(move |g: &Gpu| forward_tensor_cores(g, &spec))));

@@ -12,8 +12,8 @@ use crate::contract::inputs::hashed;
 use crate::contract::reference::{attention_rows_f64, rel_error};
 use crate::contract::spec::{AttnShape, AttnSpec};
 use crate::error::{Error, Result};
-use crate::kernels::decode::{Decoder, DecoderConfig};
-use crate::kernels::flash::FlashConfig;
+use crate::kernels::attention::decode::{Decoder, DecoderConfig};
+use crate::kernels::attention::flash::FlashConfig;
 use crate::kernels::{Attention, DeviceTensors};
 use crate::measure::bench::time_attention;
 use crate::runtime::timing::time_host;
@@ -117,7 +117,7 @@ pub fn tune_flash(gpu: &Gpu, d: usize, n: usize, reps: usize, quick: bool) -> Re
     }
     let label = |c: &FlashConfig| format!("br={} bc={} p={} sg={}", c.br, c.bc, c.p, c.sg);
     Ok(race("flash", preset, configs, label, |c| {
-        let attn = Attention::flash_with(gpu, &spec, c, false)?;
+        let attn = Attention::builder(&spec).tiles(c).build(gpu)?;
         let out = attn.run(gpu, &q, &k, &v)?;
         let got: Vec<f32> = rows.iter().flat_map(|&r| out.o[r * d..(r + 1) * d].to_vec()).collect();
         let err = checked(&got, &want)?;

@@ -19,7 +19,7 @@ use std::ops::Range;
 use crate::contract::positions::Positions;
 use crate::contract::spec::{Alibi, AttnShape, AttnSpec};
 use crate::error::{Error, Result};
-use crate::kernels::backward::{Backward, BackwardBuffers};
+use crate::kernels::attention::backward::{Backward, BackwardBuffers};
 use crate::kernels::embed::check_ids;
 use crate::kernels::layer::LayerOp;
 use crate::kernels::matmul::{Activation, Matmul};

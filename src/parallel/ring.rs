@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::contract::inputs::{hashed, hashed_range};
 use crate::contract::spec::{AttnOutput, AttnSpec};
 use crate::error::{Error, Result};
-use crate::kernels::backward::{Backward, BackwardBuffers, Gradients};
+use crate::kernels::attention::backward::{Backward, BackwardBuffers, Gradients};
 use crate::kernels::ring::Merges;
 use crate::kernels::{Attention, AttnBuffers, Kernel};
 use crate::parallel::schedule::{RingSchedule, Sharding, put_rows, take_rows};

@@ -14,6 +14,6 @@ pub use device::{
     Gpu, GpuOptions, USEFUL_FEATURES, block_on, device_descriptor, list_adapters, list_adapters_async,
 };
 pub use profile::{Profile, driver_of};
-pub use shader::{Binding, Compiled, Shader, ShaderVariant, Slot, Snippet};
+pub use shader::{BindGroupFields, Binding, Bound, Compiled, Shader, ShaderVariant, Slot, Snippet};
 pub use timing::{GpuTimer, Timing};
 pub use tuning::{Tuned, cache_hint as tuning_cache_hint};

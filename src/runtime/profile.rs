@@ -45,7 +45,7 @@ impl Profile {
                 decode_chunk: 1024,
                 reasons: &[
                     "matmul tensor cores: 16×16×16 f16→f32 cooperative matrices (`--tensor-cores f16`), one warp per 32×32 block of C (2×2 accumulators); exact (f32) matmuls use f32-input ones only if the driver lists them (`longctx info` shows the list; NVIDIA's lists f16 and int8 inputs), else the vec4 kernel",
-                    "flash tensor cores: f16 Q, K, V on 16×16 f16→f32 cooperative matrices (`Attention::flash_tensor_cores`, `bench --tensor-cores f16`), one warp per 32 query rows × 32-key tiles at D ≤ 128 (46.3 KiB of the 48 KiB), 16 × 16 at D = 256; f32 flash keeps the vec4 tiles below (no f32 matrices listed)",
+                    "flash tensor cores: f16 Q, K, V on 16×16 f16→f32 cooperative matrices (`Inputs::F16TensorCores`, `bench --tensor-cores f16`), one warp per 32 query rows × 32-key tiles at D ≤ 128 (46.3 KiB of the 48 KiB), 16 × 16 at D = 256; f32 flash keeps the vec4 tiles below (no f32 matrices listed)",
                     "128 invocations = 4 warps per workgroup, one query row each",
                     "Bc = 32 keys at D ≤ 128: K+V tiles of 32 KiB fit the 48 KiB",
                     "warp-wide shuffles replace same-address shared loads",
@@ -61,7 +61,7 @@ impl Profile {
                 decode_chunk: 1024,
                 reasons: &[
                     "matmul tensor cores: 16×16×16 f16→f32 cooperative matrices (`--tensor-cores f16`), one warp per 32×32 block of C (2×2 accumulators); exact (f32) matmuls use f32-input ones only if the driver lists them (`longctx info` shows the list; NVIDIA's lists f16 and int8 inputs), else the vec4 kernel",
-                    "flash tensor cores: f16 Q, K, V on 16×16 f16→f32 cooperative matrices (`Attention::flash_tensor_cores`, `bench --tensor-cores f16`), one warp per 32 query rows × 32-key tiles at D ≤ 128 (46.3 KiB of the 48 KiB), 16 × 16 at D = 256; f32 flash keeps the vec4 tiles below (no f32 matrices listed)",
+                    "flash tensor cores: f16 Q, K, V on 16×16 f16→f32 cooperative matrices (`Inputs::F16TensorCores`, `bench --tensor-cores f16`), one warp per 32 query rows × 32-key tiles at D ≤ 128 (46.3 KiB of the 48 KiB), 16 × 16 at D = 256; f32 flash keeps the vec4 tiles below (no f32 matrices listed)",
                     "128 invocations = 4 warps, as on A100; the 227 KiB of CUDA is not reachable from Vulkan",
                     "Bc = 32 keys at D ≤ 128 (32 KiB of 48 KiB)",
                     "132 SMs: 1024-slot decode splits",

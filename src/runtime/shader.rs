@@ -47,9 +47,9 @@ pub struct Slot {
     pub kind: Binding,
 }
 
-/// A kernel's group-0 bindings as `number name: Kind`, named as its WGSL names them and in
-/// the order its bind groups list their buffers:
-/// `bindings![0 contract: Uniform, 1 q: Read, 4 o: ReadWrite]`.
+/// A list of [`Slot`]s as `number name: Kind`, named as the WGSL names them:
+/// `bindings![0 contract: Uniform, 1 q: Read, 4 o: ReadWrite]`. For kernels whose entry
+/// points each bind a subset of their family's [`bind_group!`] struct.
 macro_rules! bindings {
     ($($n:literal $name:ident: $kind:ident),* $(,)?) => {
         &[$($crate::runtime::shader::Slot {
@@ -60,6 +60,69 @@ macro_rules! bindings {
     };
 }
 pub(crate) use bindings;
+
+/// A kernel's group-0 bindings as a struct with one field per binding, named as its WGSL
+/// names them: `bind_group! { pub(crate) struct PadBinds { 0 shape: Uniform, 1 src: Read,
+/// 2 dst: ReadWrite } }` gives `PadBinds<'a> { shape: Bound<'a>, src: Bound<'a>, dst:
+/// Bound<'a> }` and its [`BindGroupFields::SLOTS`]. A bind group is built from the struct by
+/// field ([`Compiled::bind`]), so no call site lists buffers by position; the naga reflection
+/// test (`tests/shaders.rs`) checks the slots against the WGSL of every variant.
+macro_rules! bind_group {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident {
+        $($(#[$field_meta:meta])* $n:literal $field:ident: $kind:ident),* $(,)?
+    }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug)]
+        $vis struct $name<'a> {
+            $($(#[$field_meta])* pub(crate) $field: $crate::runtime::shader::Bound<'a>),*
+        }
+
+        impl $crate::runtime::shader::BindGroupFields for $name<'_> {
+            const SLOTS: &'static [$crate::runtime::shader::Slot] =
+                $crate::runtime::shader::bindings![$($n $field: $kind),*];
+
+            fn bound(&self) -> Vec<$crate::runtime::shader::Bound<'_>> {
+                vec![$(self.$field),*]
+            }
+        }
+    };
+}
+pub(crate) use bind_group;
+
+/// One buffer bound to a slot: the whole buffer or a byte range of it.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound<'a> {
+    /// The buffer.
+    pub buffer: &'a wgpu::Buffer,
+    /// `(offset, size)` in bytes; `None` binds the whole buffer.
+    pub range: Option<(u64, u64)>,
+}
+
+impl<'a> Bound<'a> {
+    /// `buffer`'s byte range `(offset, size)`, or the whole buffer for `None`.
+    pub fn range(buffer: &'a wgpu::Buffer, range: Option<(u64, u64)>) -> Self {
+        Self { buffer, range }
+    }
+
+    /// The bytes this binding covers.
+    fn span(&self) -> std::ops::Range<u64> {
+        self.range.map_or(0..self.buffer.size(), |(o, n)| o..o + n)
+    }
+}
+
+impl<'a> From<&'a wgpu::Buffer> for Bound<'a> {
+    fn from(buffer: &'a wgpu::Buffer) -> Self {
+        Self { buffer, range: None }
+    }
+}
+
+/// A struct of named bindings, declared with [`bind_group!`].
+pub trait BindGroupFields {
+    /// The bindings, in field order.
+    const SLOTS: &'static [Slot];
+    /// The bound buffers, in field order.
+    fn bound(&self) -> Vec<Bound<'_>>;
+}
 
 /// A kernel's creation-time constants as a struct whose field names are the WGSL names, so a
 /// family spells each name once: `header_consts! { pub(crate) struct FlashConsts { D4, BR } }`
@@ -103,7 +166,7 @@ impl Shader {
         prelude: &[Snippet],
         consts: Vec<(&'static str, u32)>,
     ) -> ShaderVariant {
-        ShaderVariant { shader: self, prelude: prelude.to_vec(), entry, consts, user: None }
+        ShaderVariant { shader: self, prelude: prelude.to_vec(), entry, consts, user: None, lowering: None }
     }
 }
 
@@ -120,12 +183,19 @@ pub struct UserSource {
     pub bindings: Vec<u32>,
 }
 
-/// One compilable variant of a kernel.
-///
-/// Constants named `NAME_U` become booleans `NAME`; `F16_U` also selects the storage types
-/// `in4` and `in1` (`vec4<f16>` and `f16` with `enable f16;`, else f32). `COOP_S` (8 or 16)
-/// enables `wgpu_cooperative_matrix` and declares `coop_a`, `coop_b` (S×S, storage type)
-/// and `coop_c` (S×S, f32).
+/// A kernel family's rewrite of its composed source, applied last (after the header, the
+/// snippets, the user's WGSL and the kernel): what the kernels need beyond plain WGSL, such
+/// as their storage types or an extension emulated where the device lacks it. The runtime
+/// knows none of it; it names the rewrite in cache keys.
+#[derive(Clone, Copy, Debug)]
+pub struct Lowering {
+    /// Names the rewrite in cache keys.
+    pub name: &'static str,
+    /// The composed source and the variant's constants → the source compiled.
+    pub apply: fn(String, &[(&'static str, u32)]) -> String,
+}
+
+/// One compilable variant of a kernel. Constants named `NAME_U` become booleans `NAME`.
 #[derive(Clone, Debug)]
 pub struct ShaderVariant {
     /// The kernel family's shader.
@@ -138,6 +208,8 @@ pub struct ShaderVariant {
     pub consts: Vec<(&'static str, u32)>,
     /// The user's WGSL, if any (after the snippets, before the kernel).
     pub user: Option<UserSource>,
+    /// The family's rewrite of the composed source, if any.
+    pub lowering: Option<Lowering>,
 }
 
 /// What identifies a compiled variant: everything but the source text.
@@ -149,6 +221,7 @@ struct VariantKey {
     consts: Vec<(&'static str, u32)>,
     bindings: &'static [Slot],
     user: Option<u64>,
+    lowering: Option<&'static str>,
 }
 
 impl ShaderVariant {
@@ -160,38 +233,13 @@ impl ShaderVariant {
             consts: self.consts.clone(),
             bindings: self.shader.bindings,
             user: self.user.as_ref().map(|u| u.hash),
+            lowering: self.lowering.map(|l| l.name),
         }
     }
 
     /// The full WGSL source: constants header, snippets, kernel.
     pub fn source(&self) -> String {
         let mut src = String::new();
-        let f16 = self.consts.iter().find(|(n, _)| *n == "F16_U").map(|&(_, v)| v != 0);
-        let coop = self.consts.iter().find(|(n, _)| *n == "COOP_S").map(|&(_, v)| v);
-        let emulate = self.consts.iter().any(|&(n, v)| n == "COOP_EMULATE_U" && v != 0);
-        if f16 == Some(true) {
-            src.push_str("enable f16;\n");
-        }
-        if coop.is_some() && !emulate {
-            src.push_str("enable wgpu_cooperative_matrix;\n");
-        }
-        if let Some(f16) = f16 {
-            let t = if f16 { "f16" } else { "f32" };
-            src.push_str(&format!("alias in4 = vec4<{t}>;\nalias in1 = {t};\n"));
-        }
-        if let (Some(s), true) = (coop, emulate) {
-            src.push_str(&format!(
-                "alias coop_a = array<f32, {0}>;\nalias coop_b = array<f32, {0}>;\nalias coop_c = array<f32, {0}>;\n",
-                s * s
-            ));
-        } else if let Some(s) = coop {
-            // the cooperative-matrix types of this variant: inputs (A, B) of the storage type,
-            // accumulator (C) f32
-            let t = if f16 == Some(true) { "f16" } else { "f32" };
-            src.push_str(&format!(
-                "alias coop_a = coop_mat{s}x{s}<{t}, A>;\nalias coop_b = coop_mat{s}x{s}<{t}, B>;\nalias coop_c = coop_mat{s}x{s}<f32, C>;\n"
-            ));
-        }
         for (name, value) in &self.consts {
             match name.strip_suffix("_U") {
                 Some(flag) => src.push_str(&format!("const {flag}: bool = {};\n", *value != 0)),
@@ -206,9 +254,9 @@ impl ShaderVariant {
             src.push('\n');
         }
         src.push_str(self.shader.source);
-        match coop {
-            Some(s) if emulate => emulate_coop(&src, s),
-            _ => src,
+        match self.lowering {
+            Some(lowering) => (lowering.apply)(src, &self.consts),
+            None => src,
         }
     }
 
@@ -230,6 +278,12 @@ impl ShaderVariant {
         self
     }
 
+    /// This variant with its source rewritten by `lowering` after composition.
+    pub fn lowered(mut self, lowering: Lowering) -> Self {
+        self.lowering = Some(lowering);
+        self
+    }
+
     /// Parses and validates the source with naga (what wgpu does at pipeline creation).
     pub fn validate(&self) -> Result<()> {
         let err = |message: String| Error::Shader { name: self.name(), message };
@@ -245,109 +299,6 @@ impl ShaderVariant {
     }
 }
 
-/// The arguments of the call whose `(` is at `open`, split at top-level commas, and the index
-/// just past its `)`.
-fn call_args(src: &str, open: usize) -> (Vec<&str>, usize) {
-    let (mut depth, mut start, mut args) = (0usize, open + 1, Vec::new());
-    for (i, ch) in src[open..].char_indices() {
-        let at = open + i;
-        match ch {
-            '(' | '[' => depth += 1,
-            ')' | ']' if depth > 1 => depth -= 1,
-            ')' => {
-                args.push(src[start..at].trim());
-                return (args, at + 1);
-            }
-            ',' if depth == 1 => {
-                args.push(src[start..at].trim());
-                start = at + 1;
-            }
-            _ => {}
-        }
-    }
-    (args, src.len())
-}
-
-/// `&name[index]` → (`name`, `index`).
-fn element_pointer(arg: &str) -> Option<(&str, &str)> {
-    let inner = arg.strip_prefix('&')?.strip_suffix(']')?;
-    let (name, index) = inner.split_once('[')?;
-    Some((name.trim(), index))
-}
-
-/// The cooperative-matrix operations of `src` rewritten into plain WGSL over S×S arrays (one
-/// whole copy per invocation, f32 arithmetic, products summed in k order): the same kernel,
-/// runnable on any adapter, slowly. Every invocation computes and stores the whole matrix
-/// (the same values); a store is fenced by barriers on both sides, so that no invocation
-/// overwrites a matrix another has yet to load (a real subgroup does each operation at once). `COOP_EMULATE_U` selects it; the engine uses it to run
-/// its tensor-core kernels on adapters without the feature (the software adapter in CI),
-/// which checks their indexing, layouts and control flow against the oracle. Loads and
-/// stores address workgroup or storage arrays as `&name[index]`, as the kernels write them.
-fn emulate_coop(src: &str, s: u32) -> String {
-    let mut out = String::with_capacity(src.len());
-    let (mut loads, mut stores) = (Vec::<String>::new(), Vec::<String>::new());
-    let mut rest = src;
-    while let Some(at) = rest.find("coop") {
-        out.push_str(&rest[..at]);
-        let tail = &rest[at..];
-        let op = ["coopLoadT<", "coopLoad<", "coopStoreT(", "coopStore(", "coopMultiplyAdd("]
-            .into_iter()
-            .find(|op| tail.starts_with(op));
-        let Some(op) = op else {
-            out.push_str("coop");
-            rest = &tail[4..];
-            continue;
-        };
-        let open = match op.ends_with('<') {
-            true => tail.find('(').unwrap_or(tail.len() - 1),
-            false => op.len() - 1,
-        };
-        let (args, end) = call_args(tail, open);
-        let row_major = op.contains('T');
-        let call = match (op, args.as_slice()) {
-            ("coopMultiplyAdd(", [a, b, c]) => format!("emu_mma({a}, {b}, {c})"),
-            (_, [ptr, stride]) if op.starts_with("coopLoad") => match element_pointer(ptr) {
-                Some((name, index)) => {
-                    if !loads.iter().any(|l| l == name) {
-                        loads.push(name.to_string());
-                    }
-                    format!("emu_load_{name}({index}, {stride}, {row_major})")
-                }
-                None => tail[..end].to_string(),
-            },
-            (_, [value, ptr, stride]) => match element_pointer(ptr) {
-                Some((name, index)) => {
-                    if !stores.iter().any(|l| l == name) {
-                        stores.push(name.to_string());
-                    }
-                    format!("emu_store_{name}({value}, {index}, {stride}, {row_major})")
-                }
-                None => tail[..end].to_string(),
-            },
-            _ => tail[..end].to_string(),
-        };
-        out.push_str(&call);
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    let ss = s * s;
-    let offset = "select(j * stride + i, i * stride + j, row_major)";
-    for name in &loads {
-        out.push_str(&format!(
-            "\nfn emu_load_{name}(at: u32, stride: u32, row_major: bool) -> array<f32, {ss}> {{\n    var m: array<f32, {ss}>;\n    for (var i = 0u; i < {s}u; i++) {{\n        for (var j = 0u; j < {s}u; j++) {{\n            m[i * {s}u + j] = f32({name}[at + {offset}]);\n        }}\n    }}\n    return m;\n}}\n"
-        ));
-    }
-    for name in &stores {
-        out.push_str(&format!(
-            "\nfn emu_store_{name}(m: array<f32, {ss}>, at: u32, stride: u32, row_major: bool) {{\n    var v = m;\n    workgroupBarrier();\n    for (var i = 0u; i < {s}u; i++) {{\n        for (var j = 0u; j < {s}u; j++) {{\n            {name}[at + {offset}] = v[i * {s}u + j];\n        }}\n    }}\n    workgroupBarrier();\n}}\n"
-        ));
-    }
-    out.push_str(&format!(
-        "\nfn emu_mma(a: array<f32, {ss}>, b: array<f32, {ss}>, c: array<f32, {ss}>) -> array<f32, {ss}> {{\n    var x = a;\n    var y = b;\n    var r = c;\n    for (var i = 0u; i < {s}u; i++) {{\n        for (var j = 0u; j < {s}u; j++) {{\n            var acc = r[i * {s}u + j];\n            for (var k = 0u; k < {s}u; k++) {{\n                acc += x[i * {s}u + k] * y[k * {s}u + j];\n            }}\n            r[i * {s}u + j] = acc;\n        }}\n    }}\n    return r;\n}}\n"
-    ));
-    out
-}
-
 /// A compiled variant: its pipeline and the layout its bind groups use.
 #[derive(Clone, Debug)]
 pub struct Compiled {
@@ -356,36 +307,48 @@ pub struct Compiled {
     /// The bind-group layout of the variant's bindings.
     pub layout: wgpu::BindGroupLayout,
     bindings: &'static [Slot],
+    /// The variant's name, for messages.
+    name: Arc<str>,
     /// Bind group 1's layout: the user's buffers, when the variant's WGSL declares any.
     pub user_layout: Option<wgpu::BindGroupLayout>,
 }
 
 impl Compiled {
-    /// A bind group over whole buffers, listed in the order the shader declares its bindings.
-    pub fn bind(&self, gpu: &Gpu, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
-        let ranged: Vec<_> = buffers.iter().map(|&b| (b, None)).collect();
-        self.bind_ranges(gpu, &ranged)
-    }
-
-    /// [`Compiled::bind`] over whole buffers or `(offset, size)` byte ranges.
-    pub(crate) fn bind_ranges(
-        &self,
-        gpu: &Gpu,
-        buffers: &[(&wgpu::Buffer, Option<(u64, u64)>)],
-    ) -> wgpu::BindGroup {
-        debug_assert_eq!(buffers.len(), self.bindings.len(), "one buffer per declared binding");
-        debug_assert_eq!(self.aliased(buffers), None, "a writable binding aliases another binding");
-        let entries: Vec<_> = buffers
+    /// A bind group over the fields of `fields` that this variant binds: every slot of the
+    /// variant by number, from a struct that declares the same slot (name and access).
+    ///
+    /// # Panics
+    /// When the variant binds a slot the struct does not declare identically, or when a
+    /// writable binding overlaps another binding of the same buffer (WebGPU refuses such a
+    /// bind group, native wgpu does not check): both are bugs of the kernel's Rust, which the
+    /// test suite's runs of every family catch.
+    pub fn bind<F: BindGroupFields>(&self, gpu: &Gpu, fields: &F) -> wgpu::BindGroup {
+        let bound = fields.bound();
+        let chosen: Vec<(Slot, Bound)> = self
+            .bindings
             .iter()
-            .zip(self.bindings)
-            .map(|((b, range), slot)| wgpu::BindGroupEntry {
+            .map(|slot| match F::SLOTS.iter().position(|s| s.binding == slot.binding) {
+                Some(i) if F::SLOTS[i] == *slot => (*slot, bound[i]),
+                found => panic!(
+                    "{}: the variant binds {slot:?}; its bind-group struct declares {:?}",
+                    self.name,
+                    found.map(|i| F::SLOTS[i])
+                ),
+            })
+            .collect();
+        if let Some((a, b)) = aliased(&chosen) {
+            panic!("{}: writable binding {a} overlaps binding {b} of the same buffer", self.name);
+        }
+        let entries: Vec<_> = chosen
+            .iter()
+            .map(|(slot, b)| wgpu::BindGroupEntry {
                 binding: slot.binding,
-                resource: match range {
-                    None => b.as_entire_binding(),
+                resource: match b.range {
+                    None => b.buffer.as_entire_binding(),
                     Some((offset, size)) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: b,
-                        offset: *offset,
-                        size: std::num::NonZeroU64::new(*size),
+                        buffer: b.buffer,
+                        offset,
+                        size: std::num::NonZeroU64::new(size),
                     }),
                 },
             })
@@ -395,23 +358,6 @@ impl Compiled {
             layout: &self.layout,
             entries: &entries,
         })
-    }
-
-    /// The first two bindings of one buffer where one is writable and the ranges overlap:
-    /// WebGPU refuses such a bind group ("writable storage buffer binding aliasing"), native
-    /// wgpu does not check, so the debug builds that run the tests do.
-    fn aliased(&self, buffers: &[(&wgpu::Buffer, Option<(u64, u64)>)]) -> Option<(u32, u32)> {
-        let span = |(b, r): &(&wgpu::Buffer, Option<(u64, u64)>)| r.map_or(0..b.size(), |(o, n)| o..o + n);
-        for (i, (a, slot_a)) in buffers.iter().zip(self.bindings).enumerate() {
-            for (b, slot_b) in buffers.iter().zip(self.bindings).skip(i + 1) {
-                let writes = slot_a.kind == Binding::ReadWrite || slot_b.kind == Binding::ReadWrite;
-                let (sa, sb) = (span(a), span(b));
-                if writes && a.0 == b.0 && sa.start < sb.end && sb.start < sa.end {
-                    return Some((slot_a.binding, slot_b.binding));
-                }
-            }
-        }
-        None
     }
 
     /// Records one dispatch of this pipeline with `bind` into `pass`.
@@ -450,6 +396,20 @@ impl Compiled {
             entries: &entries,
         }))
     }
+}
+
+/// The first two bindings of one buffer where one is writable and the ranges overlap.
+fn aliased(bound: &[(Slot, Bound)]) -> Option<(u32, u32)> {
+    for (i, (slot_a, a)) in bound.iter().enumerate() {
+        for (slot_b, b) in &bound[i + 1..] {
+            let writes = slot_a.kind == Binding::ReadWrite || slot_b.kind == Binding::ReadWrite;
+            let (sa, sb) = (a.span(), b.span());
+            if writes && a.buffer == b.buffer && sa.start < sb.end && sb.start < sa.end {
+                return Some((slot_a.binding, slot_b.binding));
+            }
+        }
+    }
+    None
 }
 
 /// Per-device caches of compiled variants and layouts (shared by clones of a [`Gpu`]).
@@ -548,8 +508,71 @@ impl Gpu {
                 }
             });
         }
-        let compiled = Compiled { pipeline, layout, bindings: variant.shader.bindings, user_layout };
+        let compiled = Compiled {
+            pipeline,
+            layout,
+            bindings: variant.shader.bindings,
+            name: variant.name().into(),
+            user_layout,
+        };
         self.caches.pipelines.lock().unwrap_or_else(PoisonError::into_inner).insert(key, compiled.clone());
         Ok(compiled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::GpuOptions;
+
+    bind_group! {
+        struct CopyBinds { 0 len: Uniform, 1 src: Read, 2 dst: ReadWrite }
+    }
+    bind_group! {
+        struct SwappedBinds { 0 len: Uniform, 1 src: ReadWrite, 2 dst: Read }
+    }
+    const COPY: Shader = Shader {
+        stem: "copy",
+        source: "@group(0) @binding(0) var<uniform> len: vec4<u32>;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@compute @workgroup_size(1) fn main() { dst[0] = src[0] + f32(len.x); }",
+        bindings: CopyBinds::SLOTS,
+    };
+
+    fn setup() -> (Gpu, Compiled, [wgpu::Buffer; 3]) {
+        let gpu = Gpu::new(&GpuOptions::default()).expect("a wgpu adapter (tests need one)");
+        let kernel = gpu.compile(&COPY.variant("main", &[], vec![])).unwrap();
+        let len = gpu.uniform("len", &[1u32; 4]);
+        let (a, b) = (gpu.storage("a", 64).unwrap(), gpu.storage("b", 64).unwrap());
+        (gpu, kernel, [len, a, b])
+    }
+
+    #[test]
+    fn a_bind_group_is_built_by_field() {
+        let (gpu, kernel, [len, a, b]) = setup();
+        kernel.bind(&gpu, &CopyBinds { len: (&len).into(), src: (&a).into(), dst: (&b).into() });
+        // two halves of one buffer do not overlap
+        let (lo, hi) = (Bound::range(&a, Some((0, 32))), Bound::range(&a, Some((32, 32))));
+        kernel.bind(&gpu, &CopyBinds { len: (&len).into(), src: lo, dst: hi });
+    }
+
+    #[test]
+    #[should_panic(expected = "writable binding 1 overlaps binding 2 of the same buffer")]
+    fn one_buffer_bound_writable_twice_is_caught_before_webgpu_refuses_it() {
+        // The router once bound its scratch buffer as both `rows` and `out` (read_write):
+        // lavapipe ran it, Chromium's WebGPU rejected the bind group ("writable storage buffer
+        // binding aliasing") and every command buffer after it.
+        let (gpu, kernel, [len, a, _]) = setup();
+        kernel.bind(&gpu, &CopyBinds { len: (&len).into(), src: (&a).into(), dst: (&a).into() });
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "its bind-group struct declares Some(Slot { binding: 1, name: \"src\", kind: ReadWrite })"
+    )]
+    fn a_struct_that_disagrees_with_the_variant_is_named() {
+        let (gpu, kernel, [len, a, b]) = setup();
+        kernel.bind(&gpu, &SwappedBinds { len: (&len).into(), src: (&a).into(), dst: (&b).into() });
     }
 }

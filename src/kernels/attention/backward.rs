@@ -15,16 +15,19 @@
 use crate::contract::blockmap::{BlockMap, Columns, FULL};
 use crate::contract::spec::{AttnOutput, AttnSpec};
 use crate::error::{Error, Result};
+use crate::kernels::attention::flash;
 use crate::kernels::pad::{Padded, Rows};
 use crate::kernels::positions::EncodedInputs;
 use crate::kernels::{
     AttnBuffers, COMMON, CallParams, Kernel, MODS_NONE, Tiles, Traffic, check_call_head_dim, check_head_dim,
-    check_shuffles, flash, lanes, with_mods,
+    check_shuffles, lanes, with_mods,
 };
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, Slot, bindings, header_consts};
+use crate::runtime::shader::{
+    Bound, Compiled, Shader, ShaderVariant, Slot, bind_group, bindings, header_consts,
+};
 
-const SOURCE: &str = include_str!("../../shaders/backward.wgsl");
+const SOURCE: &str = include_str!("../../../shaders/backward.wgsl");
 const NAME: &str = "backward";
 /// Rows per workgroup of the `delta` kernel (its `@workgroup_size`).
 const DELTA_ROWS: u32 = 64;
@@ -153,6 +156,15 @@ header_consts! {
     }
 }
 
+bind_group! {
+    /// Every buffer of the backward pass; each entry binds its subset ([`Entry::bindings`]).
+    struct BackwardBinds {
+        0 contract: Uniform, 12 bwd: Uniform, 14 tiles: Uniform, 1 q: Read, 2 k: Read, 3 v: Read,
+        4 d_o: Read, 5 stats: ReadWrite, 6 dq: ReadWrite, 7 dk: ReadWrite, 8 dv: ReadWrite, 9 o: Read,
+        10 lse: Read, 11 block_map: Read, 13 s: ReadWrite,
+    }
+}
+
 /// The kernels of the backward pass: `delta`, then the tiled `dq` and `dkv`, or the
 /// materialised baseline's five passes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,8 +193,9 @@ impl Entry {
         }
     }
 
-    /// Bindings of each kernel: the uniforms `CallParams` (0), `Backward` (12) and `Tiles`
-    /// (14), then at most 8 storage buffers, the WebGPU default.
+    /// Bindings of each kernel, a subset of [`BackwardBinds`]: the uniforms `CallParams`
+    /// (0), `Backward` (12) and `Tiles` (14), then at most 8 storage buffers, the WebGPU
+    /// default.
     fn bindings(self) -> &'static [Slot] {
         match self {
             Entry::Delta => {
@@ -339,12 +352,25 @@ pub struct Backward {
     contract: wgpu::Buffer,
     block_map: wgpu::Buffer,
     stats: wgpu::Buffer,
-    /// The tiled kernels' block map and its transpose (`None` for the materialised baseline).
-    map: Option<(BlockMap, Columns)>,
-    /// The materialised baseline's P / dS matrix (a 4-byte placeholder for the tiled one).
-    scores: wgpu::Buffer,
-    dq_passes: usize,
-    dkv_dispatches: usize,
+    method: Method,
+}
+
+/// How a [`Backward`] computes the gradients.
+enum Method {
+    /// `dq` and `dkv` over the listed tiles of a block map, never N×M.
+    Tiled {
+        /// The tiles both kernels visit, and its transpose for `dkv`.
+        map: BlockMap,
+        cols: Columns,
+        /// Dispatches of `dq` (passes) and of `dkv` (group heads × passes under a loop cap).
+        dq_passes: usize,
+        dkv_dispatches: usize,
+    },
+    /// The baseline: P, then dS in its place, materialised per kv-head group.
+    Materialised {
+        /// P / dS `[heads, N, M]` for one chunk of kv-head groups.
+        scores: wgpu::Buffer,
+    },
 }
 
 impl Backward {
@@ -527,10 +553,7 @@ impl Backward {
             contract: CallParams::new(spec).upload(gpu),
             block_map,
             stats,
-            map: Some((map, cols)),
-            scores: gpu.storage("unused", 4)?,
-            dq_passes,
-            dkv_dispatches,
+            method: Method::Tiled { map, cols, dq_passes, dkv_dispatches },
         })
     }
 
@@ -580,7 +603,7 @@ impl Backward {
         ] {
             gpu.check_dispatch("naive backward", groups.map(|x| x as u64))?;
         }
-        let (words, bits_base, mask_heads, stride) = crate::kernels::naive::aux_words(spec);
+        let (words, bits_base, mask_heads, stride) = crate::kernels::attention::naive::aux_words(spec);
         let params = Tiles {
             map_heads: mask_heads as u32,
             bits_base: bits_base as u32,
@@ -644,16 +667,15 @@ impl Backward {
             contract: CallParams::new(spec).upload(gpu),
             block_map: gpu.upload("naive backward slopes and mask bits", &words)?,
             stats: gpu.storage("backward (LSE, Δ)", s.lse_len() as u64 * 8)?,
-            map: None,
-            scores: gpu.storage("naive backward P / dS", chunk as u64 * per_group)?,
-            dq_passes: 0,
-            dkv_dispatches: 0,
+            method: Method::Materialised {
+                scores: gpu.storage("naive backward P / dS", chunk as u64 * per_group)?,
+            },
         })
     }
 
     /// Whether this is the materialised baseline ([`Backward::naive`]).
     pub fn is_naive(&self) -> bool {
-        self.map.is_none()
+        matches!(self.method, Method::Materialised { .. })
     }
 
     /// The problem this call was prepared for.
@@ -669,12 +691,19 @@ impl Backward {
     /// The tiles both tiled kernels visit (the `dkv` kernel walks it transposed); `None` for
     /// the materialised baseline.
     pub fn block_map(&self) -> Option<&BlockMap> {
-        self.map.as_ref().map(|(m, _)| m)
+        match &self.method {
+            Method::Tiled { map, .. } => Some(map),
+            Method::Materialised { .. } => None,
+        }
     }
 
-    /// Dispatches of `dq` (passes) and of `dkv` (group heads × passes under a loop cap).
+    /// Dispatches of `dq` (passes) and of `dkv` (group heads × passes under a loop cap);
+    /// (0, 0) for the materialised baseline.
     pub fn dispatch_counts(&self) -> (usize, usize) {
-        (self.dq_passes, self.dkv_dispatches)
+        match self.method {
+            Method::Tiled { dq_passes, dkv_dispatches, .. } => (dq_passes, dkv_dispatches),
+            Method::Materialised { .. } => (0, 0),
+        }
     }
 
     /// Device memory beyond the caller's tensors: (LSE, Δ) per row, maps and parameters —
@@ -685,7 +714,10 @@ impl Backward {
             + self.positions.as_ref().map_or(0, EncodedInputs::bytes)
             + self.stats.size()
             + self.block_map.size()
-            + if self.is_naive() { self.scores.size() } else { 0 }
+            + match &self.method {
+                Method::Materialised { scores } => scores.size(),
+                Method::Tiled { .. } => 0,
+            }
             + self.contract.size()
             + self.dispatches.iter().map(|d| d.tiles.size() + d.bwd.size()).sum::<u64>()
     }
@@ -698,7 +730,9 @@ impl Backward {
     /// a read and a write of the sums they continue. A head dim that is not a multiple of 4
     /// moves the padded width, plus the padding copies.
     pub fn traffic(&self) -> Option<Traffic> {
-        let (map, cols) = self.map.as_ref()?;
+        let Method::Tiled { map, cols, dkv_dispatches, .. } = &self.method else {
+            return None;
+        };
         let s = self.spec.shape;
         let d = crate::kernels::pad::padded_dim(s.head_dim) as u64;
         let (n, m) = (s.n as u64, s.m as u64);
@@ -735,7 +769,7 @@ impl Backward {
         }
         if self.config.dkv_pass_tiles > 0 {
             let t = self.config.dkv_pass_tiles as usize;
-            let passes = self.dkv_dispatches / s.group();
+            let passes = dkv_dispatches / s.group();
             let per_map_kv = s.batch as u64 * if map.heads == 1 { s.kv_heads as u64 } else { 1 };
             for hh in 0..s.group() {
                 for k in 0..passes {
@@ -838,46 +872,38 @@ impl Backward {
         let mut pass =
             encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes });
         for dsp in &self.dispatches {
-            let buffer = |binding: u32| -> &wgpu::Buffer {
-                match binding {
-                    0 => &self.contract,
-                    12 => &dsp.bwd,
-                    14 => &dsp.tiles,
-                    1 => f.q,
-                    2 => f.k,
-                    3 => f.v,
-                    4 => b.d_o,
-                    5 => &self.stats,
-                    6 => b.dq,
-                    7 => b.dk,
-                    8 => b.dv,
-                    9 => f.o,
-                    10 => f.lse,
-                    11 => &self.block_map,
-                    _ => &self.scores,
-                }
+            let chunk = dsp.chunk.as_ref().map(|(chunk, _)| chunk);
+            // a buffer bound whole, or the chunk's byte range of it
+            let q_rows = |b| Bound::range(b, chunk.and_then(|c| c.q_range()));
+            let kv_rows = |b| Bound::range(b, chunk.and_then(|c| c.kv_range()));
+            let binds = BackwardBinds {
+                contract: (&self.contract).into(),
+                bwd: (&dsp.bwd).into(),
+                tiles: (&dsp.tiles).into(),
+                q: q_rows(f.q),
+                k: kv_rows(f.k),
+                v: kv_rows(f.v),
+                d_o: q_rows(b.d_o),
+                stats: Bound::range(&self.stats, dsp.chunk.as_ref().and_then(|(_, stats)| *stats)),
+                dq: q_rows(b.dq),
+                dk: kv_rows(b.dk),
+                dv: kv_rows(b.dv),
+                o: q_rows(f.o),
+                lse: Bound::range(f.lse, chunk.and_then(|c| c.lse_range())),
+                block_map: (&self.block_map).into(),
+                s: match &self.method {
+                    Method::Materialised { scores } => scores.into(),
+                    // the tiled entries do not bind `s`: any buffer fills the field
+                    Method::Tiled { .. } => (&self.block_map).into(),
+                },
             };
-            // the byte range of a binding in this dispatch's chunk (None: whole buffer)
-            let range = |binding: u32| -> Option<(u64, u64)> {
-                let (chunk, stats) = dsp.chunk.as_ref()?;
-                let buf = buffer(binding);
-                match binding {
-                    1 | 4 | 6 | 9 => chunk.q_range(buf),
-                    2 | 3 | 7 | 8 => chunk.kv_range(buf),
-                    10 => chunk.lse_range(buf),
-                    5 => *stats,
-                    _ => None,
-                }
-            };
-            let all: Vec<(&wgpu::Buffer, Option<(u64, u64)>)> =
-                dsp.entry.bindings().iter().map(|s| (buffer(s.binding), range(s.binding))).collect();
             let Some(p) = self.pipelines.iter().find(|k| k.entry == dsp.entry) else {
                 return Err(Error::Device(format!(
                     "backward: kernel `{}` was not compiled",
                     dsp.entry.name()
                 )));
             };
-            let bind = p.kernel.bind_ranges(gpu, &all);
+            let bind = p.kernel.bind(gpu, &binds);
             p.kernel.dispatch_with(&mut pass, &bind, p.user.as_ref(), dsp.groups);
         }
         Ok(())

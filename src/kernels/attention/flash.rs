@@ -12,29 +12,37 @@
 use crate::contract::blockmap::BlockMap;
 use crate::contract::spec::AttnSpec;
 use crate::error::Result;
+use crate::kernels::lowering::STORAGE;
 use crate::kernels::matmul::Coop;
 use crate::kernels::{
     AttnBuffers, COMMON, CallParams, MODS_NONE, SOFTMAX_TILE, Tiles, Traffic, UNTUNED, check_head_dim,
     check_shuffles, host_budget, lanes, slopes_words, with_mods,
 };
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, Slot, Snippet, bindings, header_consts};
+use crate::runtime::shader::{
+    BindGroupFields, Bound, Compiled, Shader, ShaderVariant, Snippet, bind_group, header_consts,
+};
 use crate::runtime::{Gpu, Profile, Tuned};
 
 const NAME: &str = "flash";
-/// The bindings both flash kernels declare (`shaders/flash_bindings.wgsl`, `common.wgsl`).
-const SLOTS: &[Slot] = bindings![
-    0 contract: Uniform, 1 q: Read, 2 k: Read, 3 v: Read, 4 o: ReadWrite, 5 lse: ReadWrite,
-    6 block_map: Read, 7 slopes: Read, 8 counters: ReadWrite, 9 tiles: Uniform,
-];
-/// contract, Q, K, V, O, LSE, block map, slopes, counters, tiles (see flash.wgsl).
+bind_group! {
+    /// The bindings both flash kernels declare (`shaders/flash_bindings.wgsl`, `common.wgsl`).
+    struct FlashBinds {
+        0 contract: Uniform, 1 q: Read, 2 k: Read, 3 v: Read, 4 o: ReadWrite, 5 lse: ReadWrite,
+        6 block_map: Read, 7 slopes: Read, 8 counters: ReadWrite, 9 tiles: Uniform,
+    }
+}
+/// The tiled kernel (flash.wgsl).
 const SHADER: Shader =
-    Shader { stem: NAME, source: include_str!("../../shaders/flash.wgsl"), bindings: SLOTS };
+    Shader { stem: NAME, source: include_str!("../../../shaders/flash.wgsl"), bindings: FlashBinds::SLOTS };
 /// The bindings both flash kernels declare (`shaders/flash_bindings.wgsl`).
 const BINDINGS: Snippet =
-    Snippet { name: "flash_bindings", source: include_str!("../../shaders/flash_bindings.wgsl") };
+    Snippet { name: "flash_bindings", source: include_str!("../../../shaders/flash_bindings.wgsl") };
 /// The cooperative-matrix variant (`shaders/flash_coop.wgsl`): same bindings.
-const COOP_SHADER: Shader =
-    Shader { stem: "flash_coop", source: include_str!("../../shaders/flash_coop.wgsl"), bindings: SLOTS };
+const COOP_SHADER: Shader = Shader {
+    stem: "flash_coop",
+    source: include_str!("../../../shaders/flash_coop.wgsl"),
+    bindings: FlashBinds::SLOTS,
+};
 
 header_consts! {
     /// The vec4 flash kernel's constants (flash.wgsl, softmax_tile.wgsl).
@@ -151,7 +159,7 @@ impl FlashConfig {
     /// The configuration for this device: f32 cooperative matrices where it offers them
     /// ([`FlashConfig::tensor_cores`]; the same numbers as the vec4 kernel), else
     /// [`FlashConfig::choose`] with its profile, its attached tuned winners and its limits.
-    /// (NVIDIA's drivers list f16 inputs only: [`Attention::flash_tensor_cores`](crate::Attention::flash_tensor_cores).)
+    /// (NVIDIA's drivers list f16 inputs only: [`Inputs::F16TensorCores`](crate::kernels::Inputs::F16TensorCores).)
     pub fn for_device(gpu: &Gpu, d: usize) -> Self {
         Self::tensor_cores(gpu, d, false)
             .unwrap_or_else(|| Self::choose(gpu.profile().0, gpu.tuned(), gpu, d))
@@ -296,11 +304,13 @@ impl FlashConfig {
                 ("COUNT", count as u32),
                 ("MODS_U", 0),
             ];
-            return COOP_SHADER.variant(
-                "main",
-                &[COMMON, BINDINGS, MODS_NONE],
-                c.consts().into_iter().chain(shape).collect(),
-            );
+            return COOP_SHADER
+                .variant(
+                    "main",
+                    &[COMMON, BINDINGS, MODS_NONE],
+                    c.consts().into_iter().chain(shape).collect(),
+                )
+                .lowered(STORAGE);
         }
         let consts = FlashConsts {
             D4: d4,
@@ -317,7 +327,9 @@ impl FlashConfig {
             SG_GUARD_U: (self.sg > 0 && !d4.is_multiple_of(self.sg)) as u32,
             MODS_U: 0,
         };
-        SHADER.variant("main", &[COMMON, lanes(self.sg), SOFTMAX_TILE, BINDINGS, MODS_NONE], consts.header())
+        SHADER
+            .variant("main", &[COMMON, lanes(self.sg), SOFTMAX_TILE, BINDINGS, MODS_NONE], consts.header())
+            .lowered(STORAGE)
     }
 }
 
@@ -411,7 +423,7 @@ impl Flash {
             return Err(crate::Error::MissingFeature {
                 feature: "SHADER_F16",
                 needed_for: "flash with f16 storage",
-                instead: "use f32 inputs (or Attention::flash_f16, which falls back to them)",
+                instead: "use f32 inputs (or Inputs::F16 without explicit tiles, which falls back to them)",
             });
         }
         check_head_dim(NAME, s.head_dim)?;
@@ -675,21 +687,19 @@ impl Flash {
             encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes });
         for d in &self.passes {
             let c = &d.chunk;
-            let bind = self.kernel.bind_ranges(
-                gpu,
-                &[
-                    (&self.contract, None),
-                    (b.q, c.q_range(b.q)),
-                    (b.k, c.kv_range(b.k)),
-                    (b.v, c.kv_range(b.v)),
-                    (b.o, c.q_range(b.o)),
-                    (b.lse, c.lse_range(b.lse)),
-                    (&self.block_map, None),
-                    (&self.slopes, None),
-                    (&self.counters, None),
-                    (&d.tiles, None),
-                ],
-            );
+            let binds = FlashBinds {
+                contract: (&self.contract).into(),
+                q: Bound::range(b.q, c.q_range()),
+                k: Bound::range(b.k, c.kv_range()),
+                v: Bound::range(b.v, c.kv_range()),
+                o: Bound::range(b.o, c.q_range()),
+                lse: Bound::range(b.lse, c.lse_range()),
+                block_map: (&self.block_map).into(),
+                slopes: (&self.slopes).into(),
+                counters: (&self.counters).into(),
+                tiles: (&d.tiles).into(),
+            };
+            let bind = self.kernel.bind(gpu, &binds);
             self.kernel.dispatch_with(&mut pass, &bind, self.mod_bind.as_ref(), d.groups);
         }
     }
@@ -797,13 +807,13 @@ impl Chunk {
     fn whole(r: (u64, u64)) -> bool {
         r.1 == 0
     }
-    pub(crate) fn q_range(&self, _: &wgpu::Buffer) -> Option<(u64, u64)> {
+    pub(crate) fn q_range(&self) -> Option<(u64, u64)> {
         (!Self::whole(self.q)).then_some(self.q)
     }
-    pub(crate) fn kv_range(&self, _: &wgpu::Buffer) -> Option<(u64, u64)> {
+    pub(crate) fn kv_range(&self) -> Option<(u64, u64)> {
         (!Self::whole(self.kv)).then_some(self.kv)
     }
-    pub(crate) fn lse_range(&self, _: &wgpu::Buffer) -> Option<(u64, u64)> {
+    pub(crate) fn lse_range(&self) -> Option<(u64, u64)> {
         (!Self::whole(self.lse)).then_some(self.lse)
     }
 

@@ -8,18 +8,19 @@ use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::{AttnBuffers, COMMON, CallParams, Traffic, check_head_dim};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings, header_consts};
+use crate::runtime::shader::{BindGroupFields, Compiled, Shader, ShaderVariant, bind_group, header_consts};
 
 const NAME: &str = "naive";
 /// contract, Q, K, V, O, LSE, scores, slopes and mask bits, counters, chunk (see naive.wgsl).
-const SHADER: Shader = Shader {
-    stem: NAME,
-    source: include_str!("../../shaders/naive.wgsl"),
-    bindings: bindings![
+const SHADER: Shader =
+    Shader { stem: NAME, source: include_str!("../../../shaders/naive.wgsl"), bindings: NaiveBinds::SLOTS };
+bind_group! {
+    /// contract, Q, K, V, O, LSE, scores, slopes and mask bits, counters, chunk.
+    struct NaiveBinds {
         0 contract: Uniform, 1 q: Read, 2 k: Read, 3 v: Read, 4 o: ReadWrite, 5 lse: ReadWrite,
         6 s: ReadWrite, 7 aux: Read, 8 counters: ReadWrite, 9 chunk: Uniform,
-    ],
-};
+    }
+}
 
 /// `Chunk` in naive.wgsl: one dispatch's (batch, head) pairs and where its mask bits are.
 #[repr(C)]
@@ -220,10 +221,19 @@ impl Naive {
             encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes });
         for (params, heads) in &self.chunks {
             // the three passes share one layout, so one bind group serves them all
-            let bind = self.pipelines[0].bind(
-                gpu,
-                &[&self.contract, b.q, b.k, b.v, b.o, b.lse, &self.scores, &self.aux, &self.counters, params],
-            );
+            let binds = NaiveBinds {
+                contract: (&self.contract).into(),
+                q: b.q.into(),
+                k: b.k.into(),
+                v: b.v.into(),
+                o: b.o.into(),
+                lse: b.lse.into(),
+                s: (&self.scores).into(),
+                aux: (&self.aux).into(),
+                counters: (&self.counters).into(),
+                chunk: params.into(),
+            };
+            let bind = self.pipelines[0].bind(gpu, &binds);
             for (pass_idx, (kernel, [x, y, z])) in self.pipelines.iter().zip(self.groups).enumerate() {
                 // the chunk's head count sits in the z (scores) or y (softmax, pv) dimension
                 let groups = if pass_idx == 0 { [x, y, z.min(*heads)] } else { [x, y.min(*heads), z] };

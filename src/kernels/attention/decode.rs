@@ -19,29 +19,26 @@ use crate::kernels::{
     with_mods_source,
 };
 use crate::runtime::Gpu;
-use crate::runtime::shader::{Compiled, Shader, ShaderVariant, bindings, header_consts};
+use crate::runtime::shader::{BindGroupFields, Compiled, Shader, ShaderVariant, bind_group, header_consts};
 
 const NAME: &str = "decode";
-const SOURCE: &str = include_str!("../../shaders/decode.wgsl");
+const SOURCE: &str = include_str!("../../../shaders/decode.wgsl");
 /// contract, step, head, Q, this kv head's K and V, partials, slopes, counters (see
 /// decode.wgsl).
-const ATTEND: Shader = Shader {
-    stem: NAME,
-    source: SOURCE,
-    bindings: bindings![
+const ATTEND: Shader = Shader { stem: NAME, source: SOURCE, bindings: AttendBinds::SLOTS };
+bind_group! {
+    /// contract, step, head, Q, the head's K and V cache, partials, slopes, counters.
+    struct AttendBinds {
         0 contract: Uniform, 1 step: Uniform, 2 head: Uniform, 3 q: Read, 4 k: Read, 5 v: Read,
         6 partials: ReadWrite, 7 slopes: Read, 10 counters: ReadWrite,
-    ],
-};
+    }
+}
 /// contract, step, partials, O, LSE.
-const COMBINE: Shader = Shader {
-    stem: NAME,
-    source: SOURCE,
-    bindings: bindings![
-        0 contract: Uniform, 1 step: Uniform, 6 partials: ReadWrite, 8 o: ReadWrite,
-        9 lse: ReadWrite,
-    ],
-};
+const COMBINE: Shader = Shader { stem: NAME, source: SOURCE, bindings: CombineBinds::SLOTS };
+bind_group! {
+    /// contract, step, partials, O, LSE.
+    struct CombineBinds { 0 contract: Uniform, 1 step: Uniform, 6 partials: ReadWrite, 8 o: ReadWrite, 9 lse: ReadWrite }
+}
 /// Most invocations per workgroup (query rows of one kv head per row block).
 const MAX_WG: u32 = 64;
 
@@ -406,25 +403,30 @@ impl Decoder {
             .map(|layer| {
                 (0..cfg.kv_heads)
                     .map(|kvh| {
-                        attend.bind(
-                            gpu,
-                            &[
-                                &cfg_buf,
-                                &step_buf,
-                                &head_bufs[kvh],
-                                &q,
-                                &cache.k[layer][kvh],
-                                &cache.v[layer][kvh],
-                                &partials,
-                                &slopes,
-                                &counters,
-                            ],
-                        )
+                        let binds = AttendBinds {
+                            contract: (&cfg_buf).into(),
+                            step: (&step_buf).into(),
+                            head: (&head_bufs[kvh]).into(),
+                            q: (&q).into(),
+                            k: (&cache.k[layer][kvh]).into(),
+                            v: (&cache.v[layer][kvh]).into(),
+                            partials: (&partials).into(),
+                            slopes: (&slopes).into(),
+                            counters: (&counters).into(),
+                        };
+                        attend.bind(gpu, &binds)
                     })
                     .collect()
             })
             .collect();
-        let combine_bind = combine.bind(gpu, &[&cfg_buf, &step_buf, &partials, &o, &lse]);
+        let binds = CombineBinds {
+            contract: (&cfg_buf).into(),
+            step: (&step_buf).into(),
+            partials: (&partials).into(),
+            o: (&o).into(),
+            lse: (&lse).into(),
+        };
+        let combine_bind = combine.bind(gpu, &binds);
         Ok(Self {
             spec,
             cache,
