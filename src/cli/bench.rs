@@ -344,13 +344,7 @@ fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant
     let specs: Vec<(AttnSpec, usize)> = if a.n.is_some() || a.mask.causal || a.mask.window.is_some() {
         configs(a)?.into_iter().filter(|c| c.kernel == Kernel::Flash).map(|c| (c.spec, c.reps)).collect()
     } else {
-        let mut v = Vec::new();
-        for causal in [false, true] {
-            for n in [1024, 2048] {
-                v.push((AttnSpec::new(shape(4, 4, n, n, 64)).causal(causal), a.reps.unwrap_or(3)));
-            }
-        }
-        v
+        suite::backward_default(a.reps)
     };
     let info = gpu.info();
     println!("adapter {} ({:?}, {})", info.name, info.backend, info.driver);
@@ -438,22 +432,13 @@ fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant
 /// Square matmuls ([`longctx::measure::matmul::run_matmul`]: validated rows against the f64
 /// oracle, then timed), one table row each.
 fn matmul_bench(gpu: &longctx::Gpu, sizes: &[usize], reps: usize, tc: TensorCoresArg) -> anyhow::Result<()> {
-    use longctx::kernels::matmul::{Coop, TensorCores};
+    use longctx::kernels::matmul::TensorCores;
     let peak = peak::best_reading(gpu)?;
     let paths: Vec<TensorCores> = match tc {
         TensorCoresArg::Exact => vec![TensorCores::Exact],
         TensorCoresArg::F16 => vec![TensorCores::F16],
         TensorCoresArg::Off => vec![TensorCores::Off],
-        TensorCoresArg::All => {
-            let mut v = vec![TensorCores::Off];
-            if Coop::for_device(gpu, TensorCores::Exact)?.is_some() {
-                v.push(TensorCores::Exact);
-            }
-            if Coop::for_device(gpu, TensorCores::F16).is_ok() {
-                v.push(TensorCores::F16);
-            }
-            v
-        }
+        TensorCoresArg::All => longctx::measure::matmul::available_paths(gpu)?,
     };
     if gpu.cooperative_matrices().is_empty() {
         println!("cooperative matrices: none on this adapter; the vec4 kernel runs");

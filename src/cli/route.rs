@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use longctx::models::colt5::{BranchTiming, Colt5Config, Colt5Layer, Colt5Weights, colt5_f64};
-use serde::Serialize;
+use longctx::measure::route::{RouteRecord, run_route};
+use longctx::models::colt5::{Colt5Config, Colt5Weights};
 
 use super::DeviceArgs;
 use super::bench::parse_size;
@@ -59,9 +59,6 @@ pub struct RouteArgs {
     json: Option<PathBuf>,
 }
 
-/// Largest relative error of the layer against its f64 oracle that `route` accepts.
-const ROUTE_BOUND: f64 = 1e-4;
-
 fn count(text: &str, n: usize) -> anyhow::Result<usize> {
     let k = match text.split_once('/') {
         Some((a, b)) => {
@@ -74,15 +71,6 @@ fn count(text: &str, n: usize) -> anyhow::Result<usize> {
         bail!("routing `{text}` gives {k} tokens of N = {n}; it must be 1..=N");
     }
     Ok(k)
-}
-
-#[derive(Serialize)]
-struct Row {
-    layer: &'static str,
-    branch: &'static str,
-    ms: f64,
-    flops: f64,
-    gflops: f64,
 }
 
 pub fn run(dev: &DeviceArgs, a: &RouteArgs) -> anyhow::Result<()> {
@@ -130,36 +118,22 @@ pub fn run(dev: &DeviceArgs, a: &RouteArgs) -> anyhow::Result<()> {
         cfg.route_kv,
         cfg.route_ffn
     );
-    let mut rows = Vec::new();
-    let mut totals = Vec::new();
-    for (name, dense) in [("CoLT5", false), ("dense", true)] {
-        let layer = Colt5Layer::new(&gpu, &cfg, &weights, dense).with_context(|| format!("{name} layer"))?;
-        layer.forward(&gpu, &x)?; // warm-up: compile and upload
-        let (out, timings) = layer.forward(&gpu, &x)?;
-        if n <= 512 {
-            let err = longctx::contract::reference::rel_error(&out, &colt5_f64(&cfg, &weights, &x, dense));
-            println!("{name}: rel err vs the f64 oracle {err:.2e}");
-            // the check is enforced, not only printed (the layer's tests hold it to 1e-4)
-            if err.is_nan() || err > ROUTE_BOUND {
-                bail!("{name}: rel err {err:.2e} against the f64 oracle is above {ROUTE_BOUND:.0e}");
-            }
-        }
-        if !dense && let Some(prefix) = &a.routed_out {
-            let mut staged = longctx::io::Staged::default();
-            for (tag, idx) in ["q", "kv", "ffn"].iter().zip(layer.routed(&gpu)?) {
-                let path = PathBuf::from(format!("{}_{tag}.npy", prefix.display()));
-                let v: Vec<f32> = idx.iter().map(|&i| i as f32).collect();
-                staged.npy(&path, &[v.len()], &v)?;
-            }
-            staged.commit()?;
-        }
-        let total: f64 = timings.iter().map(|t| t.ms).sum();
-        let flops: f64 = timings.iter().map(|t| t.flops).sum();
-        totals.push((name, total, flops));
-        for BranchTiming { branch, ms, flops } in timings {
-            rows.push(Row { layer: name, branch, ms, flops, gflops: flops / (ms * 1e-3) / 1e9 });
+    let runs = run_route(&gpu, &cfg, &weights, &x)?;
+    for r in &runs {
+        if let Some(err) = r.rel_err {
+            println!("{}: rel err vs the f64 oracle {err:.2e}", r.layer);
         }
     }
+    if let Some(prefix) = &a.routed_out {
+        let mut staged = longctx::io::Staged::default();
+        for (tag, idx) in ["q", "kv", "ffn"].iter().zip(&runs[0].routed) {
+            let path = PathBuf::from(format!("{}_{tag}.npy", prefix.display()));
+            let v: Vec<f32> = idx.iter().map(|&i| i as f32).collect();
+            staged.npy(&path, &[v.len()], &v)?;
+        }
+        staged.commit()?;
+    }
+    let rows: Vec<RouteRecord> = runs.iter().flat_map(|r| r.branches.clone()).collect();
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED).set_header(["layer", "branch", "ms", "GFLOP", "GFLOP/s"]);
     for r in &rows {
@@ -172,15 +146,15 @@ pub fn run(dev: &DeviceArgs, a: &RouteArgs) -> anyhow::Result<()> {
         ]);
     }
     println!("{t}");
-    let (c, d) = (totals[0], totals[1]);
+    let (c, d) = (runs[0].totals(), runs[1].totals());
     println!(
         "total: CoLT5 {:.1} ms, {:.2} GFLOP; dense {:.1} ms, {:.2} GFLOP — speedup {:.2}× (FLOPs ×{:.2})",
-        c.1,
-        c.2 / 1e9,
-        d.1,
-        d.2 / 1e9,
-        d.1 / c.1,
-        d.2 / c.2
+        c.0,
+        c.1 / 1e9,
+        d.0,
+        d.1 / 1e9,
+        d.0 / c.0,
+        d.1 / c.1
     );
     if let Some(path) = &a.json {
         longctx::io::write_atomic(path, serde_json::to_string_pretty(&rows)?.as_bytes())

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::contract::inputs::hashed;
 use crate::contract::reference::rel_error;
 use crate::error::{Error, Result};
-use crate::kernels::matmul::{Activation, Matmul, MatmulOptions, TensorCores, matmul_f64};
+use crate::kernels::matmul::{Activation, Coop, Matmul, MatmulOptions, TensorCores, matmul_f64};
 use crate::runtime::Gpu;
 use crate::runtime::timing::time_wall;
 
@@ -64,4 +64,17 @@ pub fn run_matmul(
         pct_peak_fma: 100.0 * gflops / fma_gflops,
         rel_err,
     })
+}
+
+/// Every matmul path this adapter runs: the vec4 kernel, then f32 and f16 cooperative
+/// matrices where offered.
+pub fn available_paths(gpu: &Gpu) -> Result<Vec<TensorCores>> {
+    let mut v = vec![TensorCores::Off];
+    if Coop::for_device(gpu, TensorCores::Exact)?.is_some() {
+        v.push(TensorCores::Exact);
+    }
+    if Coop::for_device(gpu, TensorCores::F16).is_ok() {
+        v.push(TensorCores::F16);
+    }
+    Ok(v)
 }

@@ -9,6 +9,8 @@ pub mod chart;
 pub mod decode;
 pub mod matmul;
 pub mod plan;
+pub mod ring;
+pub mod route;
 pub mod selftest;
 pub mod suite;
 pub mod tune;

@@ -60,6 +60,18 @@ fn bigbird(n: usize) -> Result<Mask> {
     Mask::bigbird(&BigBird { global: 1, window: 1, random: 2, block: 64, seed: 0 }, n)
 }
 
+/// The backward table's default calls and repeats: N = 1K, 2K, dense and causal, H = 4,
+/// D = 64 (`reps` overrides the 3 repeats).
+pub fn backward_default(reps: Option<usize>) -> Vec<(AttnSpec, usize)> {
+    let mut v = Vec::new();
+    for causal in [false, true] {
+        for n in [1024, 2048] {
+            v.push((AttnSpec::new(shape(4, n)).causal(causal), reps.unwrap_or(3)));
+        }
+    }
+    v
+}
+
 /// The configurations of a fixed suite; `reps` overrides each one's repeats.
 pub fn fixed(suite: Fixed, reps: Option<usize>) -> Result<Vec<Config>> {
     let reps = |r| reps.unwrap_or(r);
