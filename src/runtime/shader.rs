@@ -116,7 +116,7 @@ impl<'a> From<&'a wgpu::Buffer> for Bound<'a> {
     }
 }
 
-/// A struct of named bindings, declared with [`bind_group!`].
+/// A struct of named bindings (the kernels declare theirs with the crate's `bind_group!` macro).
 pub trait BindGroupFields {
     /// The bindings, in field order.
     const SLOTS: &'static [Slot];
