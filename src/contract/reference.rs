@@ -52,7 +52,7 @@ fn forward_all<T: Copy + Into<f64> + Sync>(
 
 /// The oracle on selected rows only (flat row index `(b·H + h)·N + i`): for spot checks of
 /// problems too large to compute whole. Returns each row's O (D values) and LSE.
-pub fn attention_rows_f64(
+pub(crate) fn attention_rows_f64(
     spec: &AttnSpec,
     q: &[f32],
     k: &[f32],

@@ -121,7 +121,7 @@ impl RingSchedule {
     }
 
     /// The rank whose block rank `r` holds at step `step`.
-    pub fn holder_of(&self, r: usize, step: usize) -> usize {
+    pub(crate) fn holder_of(&self, r: usize, step: usize) -> usize {
         (r + self.ranks - step % self.ranks) % self.ranks
     }
 
@@ -162,7 +162,7 @@ impl RingSchedule {
     /// Floats of one (batch, head) sequence chunk's rows times the heads: the length of
     /// rank-local Q-shaped data for chunk `qc` (`heads` = H) or K-shaped for a key chunk
     /// (`heads` = Hkv).
-    pub fn chunk_len(&self, rows: usize, heads: usize) -> usize {
+    pub(crate) fn chunk_len(&self, rows: usize, heads: usize) -> usize {
         let s = self.spec.shape;
         s.batch * heads * rows * s.head_dim
     }
@@ -170,7 +170,7 @@ impl RingSchedule {
 
 /// Rows `rows` of every (batch, head) sequence of a `[B, heads, len, D]` tensor, as a
 /// `[B, heads, rows.len(), D]` tensor.
-pub fn take_rows<T: Copy>(x: &[T], batch_heads: usize, len: usize, d: usize, rows: &Range<usize>) -> Vec<T> {
+pub(crate) fn take_rows<T: Copy>(x: &[T], batch_heads: usize, len: usize, d: usize, rows: &Range<usize>) -> Vec<T> {
     (0..batch_heads)
         .flat_map(|bh| &x[(bh * len + rows.start) * d..(bh * len + rows.end) * d])
         .copied()
