@@ -217,8 +217,9 @@ fn dq_main(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
     }
 
     if live {
+        let poisoned = MODS && mod_overrun;
         for (var x = 0u; x < D4; x++) {
-            dq[qa + x] = acc[x];
+            dq[qa + x] = select(acc[x], vec4(mods_nan()), poisoned);
         }
     }
 }
@@ -360,9 +361,10 @@ fn dkv_main(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
     }
 
     if live {
+        let poisoned = MODS && mod_overrun;
         for (var x = 0u; x < D4; x++) {
-            dk[at + x] = acc_k[x];
-            dv[at + x] = acc_v[x];
+            dk[at + x] = select(acc_k[x], vec4(mods_nan()), poisoned);
+            dv[at + x] = select(acc_v[x], vec4(mods_nan()), poisoned);
         }
     }
 }

@@ -156,8 +156,9 @@ fn attend(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
     if live {
         let base = (split * contract.heads * step.nq + row) * (D4 + 1u);
         let done = softmax_finish(m_run, l_run, contract.neg_inf);
-        let inv = done.x;
-        let part_lse = done.y;
+        let poisoned = MODS && mod_overrun;
+        let inv = select(done.x, mods_nan(), poisoned);
+        let part_lse = select(done.y, mods_nan(), poisoned);
         for (var x = 0u; x < D4; x++) {
             partials[base + x] = acc[x] * inv;
         }

@@ -203,8 +203,10 @@ fn main(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
 
     if live {
         let done = softmax_finish(m_run, l_run, contract.neg_inf);
-        let inv = done.x;
-        let row_lse = done.y;
+        // every lane of a row ran its mods: one whose loops ran out leaves NaN
+        let poisoned = MODS && mod_overrun;
+        let inv = select(done.x, mods_nan(), poisoned);
+        let row_lse = select(done.y, mods_nan(), poisoned);
         for (var x = 0u; x < DP4; x++) {
             if (!LANE_GUARD || lane0 + x < D4) {
                 o[q_base + x] = acc[x] * inv;

@@ -210,9 +210,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         for (var r = lid; r < BR; r += SGW) {
             let row = row0 + r;
             let done = softmax_finish(m_s[r], l_s[r], contract.neg_inf);
-            l_s[r] = done.x;
+            // this invocation ran the row's mods: if their loops ran out, the row's scale
+            // (and so its O, written by other invocations) and LSE are NaN
+            let poisoned = MODS && mod_overrun;
+            l_s[r] = select(done.x, mods_nan(), poisoned);
             if row < contract.n {
-                lse[head_rows + row - tiles.lse_shift] = done.y;
+                lse[head_rows + row - tiles.lse_shift] = select(done.y, mods_nan(), poisoned);
             }
         }
         workgroupBarrier();

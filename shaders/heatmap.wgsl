@@ -125,5 +125,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if view.mean != 0u {
         value = select(0.0, sum / f32(count), count > 0u);
     }
-    pixels[gid.y * view.width + gid.x] = value;
+    pixels[gid.y * view.width + gid.x] = select(value, mods_nan(), MODS && mod_overrun);
 }

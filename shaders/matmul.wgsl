@@ -30,12 +30,12 @@ fn main(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
     for (var r = 0u; r < RM; r++) {
         acc[r] = vec4<f32>(0.0);
     }
-    for (var k0 = 0u; k0 < dims.k; k0 += TK) {
+    for (var k0 = dims.k_begin; k0 < dims.k_end; k0 += TK) {
         for (var x = lid; x < TM * TK; x += COLS * ROWS) {
             let gr = dims.row_base + wg.y * TM + x / TK;
             let gk = k0 + x % TK;
             var val = 0.0;
-            if gr < dims.row_end && gk < dims.k {
+            if gr < dims.row_end && gk < dims.k_end {
                 val = a[gr * dims.k + gk - dims.a_shift];
             }
             a_tile[x] = val;
@@ -44,7 +44,7 @@ fn main(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
             let gk = k0 + x / COLS;
             let gc = wg.x * TN + (x % COLS) * 4u;
             var val = vec4<f32>(0.0);
-            if gk < dims.k {
+            if gk < dims.k_end {
                 for (var e = 0u; e < 4u; e++) {
                     if gc + e < dims.n {
                         val[e] = b[gk * dims.n + gc + e];

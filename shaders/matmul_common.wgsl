@@ -17,8 +17,10 @@ struct Dims {
     row_end: u32,
     a_shift: u32,
     c_shift: u32,
-    pad0: u32,
-    pad1: u32,
+    // the slice [k_begin, k_end) of K this dispatch sums (K split so that one invocation's
+    // loops stay under an adapter's cap; later slices accumulate, without bias)
+    k_begin: u32,
+    k_end: u32,
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;

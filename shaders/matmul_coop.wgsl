@@ -28,12 +28,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var c01 = coop_c();
     var c10 = coop_c();
     var c11 = coop_c();
-    for (var k0 = 0u; k0 < dims.k; k0 += S) {
+    for (var k0 = dims.k_begin; k0 < dims.k_end; k0 += S) {
         for (var x = lid; x < BM * S; x += SGW) {
             let gr = row0 + x / S;
             let gk = k0 + x % S;
             var val = 0.0;
-            if gr < dims.row_end && gk < dims.k {
+            if gr < dims.row_end && gk < dims.k_end {
                 val = a[gr * dims.k + gk - dims.a_shift];
             }
             a_s[x] = in1(val);
@@ -42,7 +42,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             let gk = k0 + x / BN;
             let gc = col0 + x % BN;
             var val = 0.0;
-            if gk < dims.k && gc < dims.n {
+            if gk < dims.k_end && gc < dims.n {
                 val = b[gk * dims.n + gc];
             }
             b_s[x] = in1(val);

@@ -53,5 +53,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             }
         }
     }
-    counts[e] += count;
+    // past the mods' loop budget the count would be wrong: the host refuses the map
+    if mod_overrun || counts[e] == 0xffffffffu {
+        counts[e] = 0xffffffffu;
+    } else {
+        counts[e] += count;
+    }
 }

@@ -5,6 +5,9 @@
 // variables it sets before calling the mods (Mods::kernel_source_per_dispatch).
 var<private> N_Q: u32;
 var<private> N_KV: u32;
+// Set when the user's mods ran past their loop budget (contract/mods.rs counts their loops);
+// a kernel then writes NaN, never a plausible number. The identity never sets it.
+var<private> mod_overrun: bool;
 
 fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {
     return score;

@@ -149,6 +149,23 @@ pub enum Error {
         hint: &'static str,
     },
 
+    /// A mod's loops ran past the iterations one invocation may spend on them: the result
+    /// would have been wrong (an adapter leaves or resets long loops), so none is returned.
+    #[error(
+        "mods {mods}: their loops ran past the {steps} iterations one invocation of {kernel} may spend on them ({steps_why}); make the mods' loops shorter, or use smaller tiles (fewer keys per pass)",
+        steps_why = if *adapter_cap { "what the adapter's loop cap leaves beside the kernel's own loops" } else { "the engine's cap where the adapter states none, against device resets" }
+    )]
+    ModSteps {
+        /// The mods' name (their file, or the named mods).
+        mods: String,
+        /// The kernel that ran them.
+        kernel: &'static str,
+        /// The iterations allowed per invocation.
+        steps: u32,
+        /// Whether `steps` is what an adapter's loop cap leaves (else the engine's own cap).
+        adapter_cap: bool,
+    },
+
     /// The host has less memory available than a step needs (checked before allocating).
     #[error("{what} needs {bytes} bytes of host memory, {available} are available")]
     HostMemory {

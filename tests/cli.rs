@@ -990,3 +990,64 @@ fn bench_draws_its_plot_in_the_apps_palette_and_units() {
         assert!(text.contains(needle), "`{needle}` missing from the backward SVG");
     }
 }
+
+#[test]
+fn untrusted_mods_are_refused_with_one_line_not_a_number_or_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // an always-true mask_mod looping 100 times per pair: past llvmpipe's cap once "72 % of
+    // dense", exit 0
+    let looping = write(
+        "looping.wgsl",
+        "fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool {\n    var x = q_idx;\n    for (var i = 0u; i < 100u + (kv_idx & 1u); i++) {\n        x = x ^ i;\n    }\n    return x == x;\n}\n",
+    );
+    fails_with(&["mask", "--n", "2k", "--mask-mod", p(&looping)], "ran past the");
+    // two buffers on one binding (two table mods combined, or one file): once a panic
+    let twice = write(
+        "twice.wgsl",
+        "@group(1) @binding(0) var<storage, read> a: array<f32>;\n@group(1) @binding(0) var<storage, read> b: array<f32>;\nfn score_mod(score: f32, b_: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {\n    return score + a[0] + b[0];\n}\n",
+    );
+    fails_with(&["mask", "--n", "1k", "--score-mod", p(&twice)], "both @group(1) @binding(0)");
+    // the limits of the device, checked when a kernel is compiled with the mods
+    let [q, k, v] = trio(dir.path(), 1, 1, 16, 16, 8, 7);
+    let out = dir.path().join("o.npy");
+    let attention = |file: &Path, bufs: &[String]| {
+        let mut args: Vec<String> =
+            ["attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&out), "--score-mod", p(file)]
+                .map(String::from)
+                .to_vec();
+        for b in bufs {
+            args.extend(["--mod-buffer".to_string(), b.clone()]);
+        }
+        args
+    };
+    // a binding number past the device's bindings per group: once a panic
+    let far = write(
+        "far.wgsl",
+        "@group(1) @binding(5000) var<storage, read> a: array<f32>;\nfn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {\n    return score + a[0];\n}\n",
+    );
+    let ones = dir.path().join("ones.npy");
+    write_npy(&ones, &[4], &[1.0; 4]).unwrap();
+    let buf = format!("a={}", p(&ones));
+    let args = attention(&far, &[buf]);
+    fails_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), "binding number");
+    // more buffers than one shader stage may have: once a panic
+    let mut many = String::new();
+    let mut uses = Vec::new();
+    for i in 0..40 {
+        many.push_str(&format!("@group(1) @binding({i}) var<storage, read> t{i}: array<f32>;\n"));
+        uses.push(format!("t{i}[0]"));
+    }
+    many.push_str(&format!(
+        "fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {{\n    return score + {};\n}}\n",
+        uses.join(" + ")
+    ));
+    let many = write("many.wgsl", &many);
+    let bufs: Vec<String> = (0..40).map(|i| format!("t{i}={}", p(&ones))).collect();
+    let args = attention(&many, &bufs);
+    fails_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), "storage buffers");
+}

@@ -40,6 +40,34 @@ fn odd_sizes_bias_and_gelu_match_the_oracle() {
 }
 
 #[test]
+fn a_k_past_the_loop_cap_is_split_and_summed() {
+    // lavapipe leaves a loop nest after 65 535 iterations: one invocation summing K = 8 200
+    // would pass it, so K runs in slices that accumulate into C (once a LoopLimit error that
+    // stopped `eval --lengths 8192` and `train --train-len 8192`)
+    let g = common::gpu();
+    let seed = common::seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (m, k, n) = (37, 8200, 45);
+    let a = common::random(m * k, &mut rng);
+    let b = common::random(k * n, &mut rng);
+    let bias = common::random(n, &mut rng);
+    let want = matmul_f64(&a, &b, Some(&bias), m, k, n, Activation::None);
+    for subgroups in [true, false] {
+        let mm = Matmul::with_subgroups(g, m, k, n, true, Activation::None, subgroups).unwrap();
+        if g.loop_iteration_limit().is_some() {
+            assert!(mm.dispatches() > 1, "K = {k} in one slice under a loop cap");
+        }
+        let err = rel_error(&mm.run(g, &a, &b, Some(&bias)).unwrap(), &want);
+        assert!(err <= 1e-5, "{m}×{k}×{n} subgroups={subgroups}: {err:.2e} (seed {seed})");
+    }
+    // an activation cannot be summed in slices: a typed error where K must be split
+    if g.loop_iteration_limit().is_some() {
+        let err = Matmul::new(g, m, k, n, true, Activation::Gelu).err().expect("GELU over split K");
+        assert!(matches!(err, longctx::Error::LoopLimit { .. }), "{err}");
+    }
+}
+
+#[test]
 fn bad_shapes_are_typed_errors() {
     let g = common::gpu();
     assert!(matches!(Matmul::new(g, 0, 3, 3, false, Activation::None), Err(longctx::Error::Empty { .. })));

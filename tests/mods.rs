@@ -329,3 +329,105 @@ fn mods_read_buffers_given_by_name() {
     assert_eq!(a.flash().unwrap().block_map().visited(), b.flash().unwrap().block_map().visited());
     common::check_kernel(&b, seed, BOUND);
 }
+
+/// A score_mod that loops `40 + (kv_idx & 1)` times per score, the same rule in Rust.
+fn looping_score_mod(per_score: u32) -> Mods {
+    let wgsl = format!(
+        "fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {{
+    var s = score;
+    for (var i = 0u; i < {per_score}u + (kv_idx & 1u); i++) {{
+        s = s * 0.5 + 0.5 * score;
+    }}
+    return s;
+}}"
+    );
+    // s stays `score` (a fixed point of the loop), whatever the trip count
+    Mods::wgsl("looping.wgsl", &wgsl)
+        .unwrap()
+        .with_rule(Arc::new(RuleFns { score: Some(Box::new(|s, _| s)), mask: None }))
+}
+
+#[test]
+fn mods_whose_loops_fit_the_budget_match_the_oracle() {
+    // a few loop steps per score at a size where kernel and mods together stay under
+    // llvmpipe's cap: the same numbers as the rule, the loops counted but never cut
+    let g = common::gpu();
+    let seed = common::seed();
+    let spec = AttnSpec::new(shape(1, 2, 1, 37, 90, 16)).causal(true).mods(Some(looping_score_mod(3)));
+    let e = common::check_kernel(&Attention::new(g, Kernel::Flash, &spec).unwrap(), seed, BOUND);
+    assert!(e.o <= BOUND, "O rel err {:.2e} (seed {seed})", e.o);
+}
+
+#[test]
+fn mods_whose_loops_run_out_are_an_error_not_a_number() {
+    // llvmpipe leaves a loop nest after 65 535 iterations, the mods' counted in: at M = 4096
+    // a score_mod looping 40 times per score once returned O wrong in every row, exit 0.
+    // Now the passes leave the mods half the cap, and what does not fit is refused.
+    let g = common::gpu();
+    let seed = common::seed();
+    let spec = AttnSpec::new(shape(1, 1, 1, 16, 4096, 16)).mods(Some(looping_score_mod(40)));
+    let (q, k, v) = common::inputs(&spec, seed);
+    match Attention::new(g, Kernel::Flash, &spec).unwrap().run(g, &q, &k, &v) {
+        Ok(out) => {
+            let (exact, _) = longctx::contract::reference::attention_f64(&spec, &q, &k, &v).unwrap();
+            let e = longctx::contract::reference::rel_error(&out.o, &exact);
+            assert!(e <= BOUND, "40 steps per score at M = 4096: O rel err {e:.2e} (seed {seed})");
+            println!("40 steps per score at M = 4096: right (rel err {e:.2e})");
+        }
+        Err(e) => {
+            assert!(matches!(e, longctx::Error::ModSteps { kernel: "flash", .. }), "{e}");
+            println!("40 steps per score at M = 4096: {e}");
+        }
+    }
+    // far more than one invocation may spend: always refused
+    let spec = AttnSpec::new(shape(1, 1, 1, 16, 300, 16)).mods(Some(looping_score_mod(5000)));
+    let (q, k, v) = common::inputs(&spec, seed);
+    let attn = Attention::new(g, Kernel::Flash, &spec).unwrap();
+    let Err(err) = attn.run(g, &q, &k, &v) else { panic!("the mods' loops run past their budget") };
+    assert!(matches!(err, longctx::Error::ModSteps { kernel: "flash", .. }), "{err}");
+    println!("{err}");
+    // a mod that never ends: refused as well, not a hang and not plain attention
+    let endless = Mods::wgsl(
+        "endless.wgsl",
+        "fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {
+    var s = score;
+    var i = 0u;
+    loop {
+        if kv_idx > 4000000000u { break; }
+        i++;
+        s += f32(i & 1u) * 0.0;
+    }
+    return s;
+}",
+    )
+    .unwrap();
+    let spec = AttnSpec::new(shape(1, 1, 1, 5, 9, 8)).mods(Some(endless));
+    let (q, k, v) = common::inputs(&spec, seed);
+    let Err(err) = Attention::new(g, Kernel::Flash, &spec).unwrap().run(g, &q, &k, &v) else {
+        panic!("refused")
+    };
+    assert!(matches!(err, longctx::Error::ModSteps { .. }), "{err}");
+}
+
+#[test]
+fn a_looping_mask_mod_that_runs_out_refines_no_map() {
+    // `mask --mask-mod` with an always-true mask_mod looping past llvmpipe's cap once
+    // reported 72 % of dense instead of 100 %: the refined map is refused instead (64 × 32
+    // pairs per invocation, 41 steps each, past what the cap leaves)
+    let g = common::gpu();
+    let mask = Mods::wgsl(
+        "looping_mask.wgsl",
+        "fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool {
+    var x = q_idx;
+    for (var i = 0u; i < 40u + (kv_idx & 1u); i++) {
+        x = x ^ i;
+    }
+    return x == x;
+}",
+    )
+    .unwrap();
+    let spec = AttnSpec::new(shape(1, 1, 1, 2048, 2048, 16)).mods(Some(mask.clone()));
+    let map = longctx::contract::blockmap::BlockMap::build(&spec, 64, 32).unwrap();
+    let Err(err) = longctx::kernels::mods::refine(g, &spec, &mask, &map) else { panic!("refused") };
+    assert!(matches!(err, longctx::Error::ModSteps { kernel: "mod_map", .. }), "{err}");
+}

@@ -104,6 +104,8 @@ pub struct Mods {
     mask: bool,
     grad: bool,
     mask_uses: [bool; 2],
+    /// Whether any function has a loop (counted against a step budget in the kernels).
+    loops: bool,
     rule: Option<Arc<dyn ModRule>>,
     hash: u64,
     buffers: Vec<ModBuffer>,
@@ -176,6 +178,112 @@ fn parse(name: &str, full: &str) -> Result<(naga::Module, naga::valid::ModuleInf
     Ok((module, info))
 }
 
+/// The reserved globals of the step budget, as handles in one parsed module.
+#[derive(Clone, Copy)]
+struct StepBudget {
+    steps: naga::Handle<naga::GlobalVariable>,
+    overrun: naga::Handle<naga::GlobalVariable>,
+    budget: naga::Handle<naga::Constant>,
+}
+
+/// `assembled` (a module with the reserved `MOD_STEPS`, `mod_steps` and `mod_overrun`) with
+/// every loop of every function counting its iterations: each iteration first adds one to
+/// `mod_steps` (per invocation, across calls) and, past `MOD_STEPS`, sets `mod_overrun` and
+/// breaks. Adapters stop or reset on long loops (lavapipe silently leaves a loop after 65 535
+/// iterations of a kernel's loop nest, real drivers' watchdogs reset the device): with the
+/// budget below the adapter's, the engine knows when a mod did not finish. Rewritten on
+/// naga's parsed module and written back as WGSL, so comments and strings cannot fool it.
+fn count_steps(name: &str, assembled: &str) -> Result<String> {
+    let (mut module, _) = parse(name, assembled)?;
+    let global =
+        |n: &str| module.global_variables.iter().find(|(_, g)| g.name.as_deref() == Some(n)).map(|(h, _)| h);
+    let budget =
+        module.constants.iter().find(|(_, c)| c.name.as_deref() == Some("MOD_STEPS")).map(|(h, _)| h);
+    let (Some(steps), Some(overrun), Some(budget)) = (global("mod_steps"), global("mod_overrun"), budget)
+    else {
+        return Err(Error::Shader {
+            name: name.into(),
+            message: "the step budget's globals are missing".into(),
+        });
+    };
+    let b = StepBudget { steps, overrun, budget };
+    for (_, f) in module.functions.iter_mut() {
+        let naga::Function { body, expressions, .. } = f;
+        count_loops(body, expressions, b);
+    }
+    let info =
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+            .validate(&module)
+            .map_err(|e| Error::Shader {
+                name: name.into(),
+                message: format!("with its step budget: {e}"),
+            })?;
+    naga::back::wgsl::write_string(&module, &info, naga::back::wgsl::WriterFlags::empty())
+        .map_err(|e| Error::Shader { name: name.into(), message: format!("written back: {e}") })
+}
+
+/// Whether `block` has a loop, nested ones included.
+fn has_loop(block: &naga::Block) -> bool {
+    block.iter().any(|stmt| match stmt {
+        naga::Statement::Loop { .. } => true,
+        naga::Statement::If { accept, reject, .. } => has_loop(accept) || has_loop(reject),
+        naga::Statement::Switch { cases, .. } => cases.iter().any(|c| has_loop(&c.body)),
+        naga::Statement::Block(inner) => has_loop(inner),
+        _ => false,
+    })
+}
+
+/// Puts the budget's step at the start of every loop body in `block`, nested ones included.
+fn count_loops(block: &mut naga::Block, ex: &mut naga::Arena<naga::Expression>, b: StepBudget) {
+    for stmt in block.iter_mut() {
+        match stmt {
+            naga::Statement::Loop { body, continuing, .. } => {
+                count_loops(body, ex, b);
+                count_loops(continuing, ex, b);
+                body.splice(0..0, step(ex, b));
+            }
+            naga::Statement::If { accept, reject, .. } => {
+                count_loops(accept, ex, b);
+                count_loops(reject, ex, b);
+            }
+            naga::Statement::Switch { cases, .. } => {
+                for c in cases {
+                    count_loops(&mut c.body, ex, b);
+                }
+            }
+            naga::Statement::Block(inner) => count_loops(inner, ex, b),
+            _ => {}
+        }
+    }
+}
+
+/// `mod_steps += 1u; if mod_steps > MOD_STEPS { mod_overrun = true; break; }`
+fn step(ex: &mut naga::Arena<naga::Expression>, b: StepBudget) -> naga::Block {
+    use naga::{BinaryOperator, Expression, Literal, Span, Statement};
+    let sp = Span::UNDEFINED;
+    // expressions that need no emitting first, then the emitted ones in one range
+    let steps = ex.append(Expression::GlobalVariable(b.steps), sp);
+    let overrun = ex.append(Expression::GlobalVariable(b.overrun), sp);
+    let one = ex.append(Expression::Literal(Literal::U32(1)), sp);
+    let yes = ex.append(Expression::Literal(Literal::Bool(true)), sp);
+    let budget = ex.append(Expression::Constant(b.budget), sp);
+    let load = ex.append(Expression::Load { pointer: steps }, sp);
+    let next = ex.append(Expression::Binary { op: BinaryOperator::Add, left: load, right: one }, sp);
+    let over = ex.append(Expression::Binary { op: BinaryOperator::Greater, left: next, right: budget }, sp);
+    naga::Block::from_vec(vec![
+        Statement::Emit(naga::Range::new_from_bounds(load, over)),
+        Statement::Store { pointer: steps, value: next },
+        Statement::If {
+            condition: over,
+            accept: naga::Block::from_vec(vec![
+                Statement::Store { pointer: overrun, value: yes },
+                Statement::Break,
+            ]),
+            reject: naga::Block::new(),
+        },
+    ])
+}
+
 impl Mods {
     /// Parses and validates a WGSL mod module named `name` (a file name, for messages):
     /// naga's parser and validator with `N_Q`, `N_KV` and the missing functions supplied
@@ -194,7 +302,7 @@ impl Mods {
         if grad && !score {
             return Err(err("defines score_mod_grad without score_mod".into()));
         }
-        let (module, info) = parse(name, &Self::assemble(source, score, mask, grad, Some((1, 1))))?;
+        let (module, info) = parse(name, &Self::assemble(source, score, mask, grad, Some((1, 1)), 1))?;
         if !module.entry_points.is_empty() {
             return Err(err("a mod module may not declare entry points".into()));
         }
@@ -220,6 +328,12 @@ impl Mods {
                     )));
                 }
             };
+            if let Some(other) = buffers.iter().find(|b: &&ModBuffer| b.binding == rb.binding) {
+                return Err(err(format!(
+                    "`{name}` and `{}` are both @group(1) @binding({}): each buffer needs its own binding",
+                    other.name, rb.binding
+                )));
+            }
             buffers.push(ModBuffer { name, binding: rb.binding, element, words: None });
         }
         let f32_ty = naga::TypeInner::Scalar(naga::Scalar::F32);
@@ -263,6 +377,7 @@ impl Mods {
         }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         source.hash(&mut hasher);
+        let loops = module.functions.iter().any(|(_, f)| has_loop(&f.body));
         Ok(Self {
             name: name.to_string(),
             source: source.into(),
@@ -270,6 +385,7 @@ impl Mods {
             mask,
             grad,
             mask_uses,
+            loops,
             rule: None,
             hash: hasher.finish(),
             buffers,
@@ -332,11 +448,22 @@ impl Mods {
     }
 
     /// The user's text with `N_Q`, `N_KV` and the missing functions after it.
-    fn assemble(source: &str, score: bool, mask: bool, grad: bool, sizes: Option<(usize, usize)>) -> String {
+    fn assemble(
+        source: &str,
+        score: bool,
+        mask: bool,
+        grad: bool,
+        sizes: Option<(usize, usize)>,
+        steps: u32,
+    ) -> String {
         let mut s = match sizes {
             Some((n, m)) => format!("{source}\nconst N_Q: u32 = {n}u;\nconst N_KV: u32 = {m}u;\n"),
             None => format!("{source}\nvar<private> N_Q: u32;\nvar<private> N_KV: u32;\n"),
         };
+        // the step budget (see `count_steps`): reserved names, declared after the user's text
+        s.push_str(&format!(
+            "const MOD_STEPS: u32 = {steps}u;\nvar<private> mod_steps: u32;\nvar<private> mod_overrun: bool;\n"
+        ));
         if !score {
             s.push_str("fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 { return score; }\n");
         }
@@ -349,25 +476,38 @@ impl Mods {
         s
     }
 
+    /// Whether the module has loops: the kernels then leave half of an adapter's loop cap to
+    /// them ([`Mods::kernel_source`] counts their iterations against what is left).
+    pub fn has_loops(&self) -> bool {
+        self.loops
+    }
+
     /// The WGSL a kernel includes for an N × M call: the module, the constants, and the
-    /// identity for what it leaves out.
-    pub fn kernel_source(&self, n: usize, m: usize) -> String {
-        Self::assemble(&self.source, self.score, self.mask, self.grad, Some((n, m)))
+    /// identity for what it leaves out, with every loop of the user's functions counted
+    /// against `steps` loop iterations per invocation ([`count_steps`]): past them the loop
+    /// breaks and `mod_overrun` is set, which the kernels turn into NaN outputs (never a
+    /// plausible number, never a hang).
+    pub fn kernel_source(&self, n: usize, m: usize, steps: u32) -> Result<String> {
+        count_steps(
+            &self.name,
+            &Self::assemble(&self.source, self.score, self.mask, self.grad, Some((n, m)), steps),
+        )
     }
 
     /// The same for a kernel whose N and M change per dispatch (decode: a step's T queries
     /// against the len positions cached): `N_Q` and `N_KV` are private variables the kernel
     /// sets before it calls the mods, so a module that uses them in a `const` does not
     /// compile there.
-    pub fn kernel_source_per_dispatch(&self) -> String {
-        Self::assemble(&self.source, self.score, self.mask, self.grad, None)
+    pub fn kernel_source_per_dispatch(&self, steps: u32) -> Result<String> {
+        count_steps(&self.name, &Self::assemble(&self.source, self.score, self.mask, self.grad, None, steps))
     }
 
     /// An error, against the user's file and line, when the module does not compile with
     /// sizes that change per dispatch ([`Mods::kernel_source_per_dispatch`]): `N_Q` or
     /// `N_KV` used in a `const`.
     pub(crate) fn check_per_dispatch(&self) -> Result<()> {
-        parse(&self.name, &self.kernel_source_per_dispatch()).map(|_| ()).map_err(|e| match e {
+        let assembled = Self::assemble(&self.source, self.score, self.mask, self.grad, None, 1);
+        parse(&self.name, &assembled).map(|_| ()).map_err(|e| match e {
             Error::Shader { name, message } => Error::Shader {
                 name,
                 message: format!(

@@ -87,7 +87,7 @@ impl Family {
                             v.extend([c.variant(d, false), c.variant(d, true)]);
                         }
                     }
-                    v.extend(samples.iter().map(|m| with_mods(config.variant(d, false), Some(m), 100, 300)));
+                    v.extend(samples.iter().map(|m| modded(config.variant(d, false), m)));
                     v
                 })
                 .chain(flash::coop_variants())
@@ -112,10 +112,7 @@ impl Family {
                                 dq_pass_tiles: 0,
                                 dkv_pass_tiles: 0,
                             };
-                            c.variants(d)
-                                .into_iter()
-                                .map(|v| with_mods(v, Some(m), 100, 300))
-                                .collect::<Vec<_>>()
+                            c.variants(d).into_iter().map(|v| modded(v, m)).collect::<Vec<_>>()
                         }))
                         .collect::<Vec<_>>()
                 })
@@ -131,14 +128,18 @@ impl Family {
                 .flat_map(|d| {
                     let c = flash::FlashConfig::for_limits(limits, d);
                     let plain = heatmap::variant(d, c.br, c.bc);
-                    let modded = samples.iter().map(|m| with_mods(plain.clone(), Some(m), 100, 300));
+                    let modded = samples.iter().map(|m| modded(plain.clone(), m));
                     std::iter::once(plain.clone()).chain(modded).collect::<Vec<_>>()
                 })
                 .collect(),
             Family::ModMap => samples
                 .iter()
                 .filter(|m| m.has_mask_mod())
-                .flat_map(|m| [(32, 32), (64, 16), (4, 4)].map(|(br, bc)| mods::variant(m, br, bc, 100, 300)))
+                .flat_map(|m| {
+                    [(32, 32), (64, 16), (4, 4)].map(|(br, bc)| {
+                        mods::variant(m, br, bc, 100, 300, 1000).expect("the sample mods compile")
+                    })
+                })
                 .collect(),
             Family::Matmul => matmul::coop_variants()
                 .into_iter()
@@ -157,6 +158,11 @@ impl Family {
             Family::Peak => peak::variants(),
         }
     }
+}
+
+/// `variant` with the sample `mods` compiled in (for a 100 × 300 call, 1000 loop steps).
+fn modded(variant: ShaderVariant, mods: &Mods) -> ShaderVariant {
+    with_mods(variant, Some(mods), 100, 300, 1000).expect("the sample mods compile with their step budget")
 }
 
 /// Mods that exercise every way user WGSL enters a kernel: a `mask_mod`, a `score_mod`

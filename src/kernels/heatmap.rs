@@ -91,6 +91,8 @@ pub struct Heatmap {
     kernel: Compiled,
     /// Bind group 1: the mods' buffers, when they read any.
     mod_bind: Option<wgpu::BindGroup>,
+    /// Loop iterations the mods may run per invocation.
+    mod_steps: u32,
 }
 
 impl Heatmap {
@@ -112,10 +114,13 @@ impl Heatmap {
 
         let c = flash.config();
         let s = attn.spec().shape;
-        let v = with_mods(variant(s.head_dim, c.br, c.bc), attn.spec().mods.as_ref(), s.n, s.m);
+        // each pixel scores up to SAMPLE² pairs, a dot product of d/4 vec4s each
+        let kernel_loops = (SAMPLE * SAMPLE) as u64 * (s.head_dim as u64 / 4 + 2);
+        let steps = crate::kernels::mod_steps(gpu, kernel_loops);
+        let v = with_mods(variant(s.head_dim, c.br, c.bc), attn.spec().mods.as_ref(), s.n, s.m, steps)?;
         let kernel = gpu.compile(&v)?;
         let mod_bind = crate::kernels::mods::ModBuffers::upload(gpu, attn.spec())?.bind(gpu, &kernel);
-        Ok(Self { kernel, mod_bind })
+        Ok(Self { kernel, mod_bind, mod_steps: steps })
     }
 
     /// Pools the probabilities of `view` into `width × height` values (row-major, top row
@@ -226,6 +231,7 @@ impl Heatmap {
         }
         gpu.queue.submit([enc.finish()]);
         let all: Vec<f32> = gpu.read_async(&pixels, total).await?;
+        crate::kernels::check_mod_steps(attn.spec().mods.as_ref(), "heatmap", self.mod_steps, &[&all])?;
         Ok(views
             .iter()
             .zip(&offsets)

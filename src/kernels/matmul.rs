@@ -262,6 +262,9 @@ pub struct Matmul {
     chunks: Vec<Chunk>,
     chunk_rows: usize,
     whole: bool,
+    /// The slices of K one dispatch sums: one, or several where one invocation's loops over
+    /// all of K would pass the adapter's cap (the later ones accumulate into C).
+    k_parts: Vec<(usize, usize)>,
     /// Rows and columns of C per workgroup.
     tm: u32,
     tn: u32,
@@ -351,17 +354,23 @@ impl Matmul {
             }
         };
         gpu.check_dispatch(NAME, [n.div_ceil(tn as usize) as u64, m.div_ceil(tm as usize) as u64, 1])?;
+        let mut k_parts = vec![(0, k)];
         if let Some(limit) = gpu.loop_iteration_limit() {
             // per K slab: two staging loops, TK·RM accumulate steps, slack
             let per_slab = (TM * TK).div_ceil(64) as u64 + TK as u64 * (1 + RM as u64) + 16;
             let needed = (k as u64).div_ceil(TK as u64) * per_slab;
             if needed > limit {
-                return Err(Error::LoopLimit {
-                    kernel: NAME,
-                    needed,
-                    limit,
-                    hint: "split K into chunks and sum",
-                });
+                // K in slices that each fit, summed into C: exact for a linear epilogue only
+                if act != Activation::None {
+                    return Err(Error::LoopLimit {
+                        kernel: NAME,
+                        needed,
+                        limit,
+                        hint: "K is split into slices summed into C, which needs the activation applied after the sum (Activation::None)",
+                    });
+                }
+                let slice = ((limit / per_slab).max(1) * TK as u64) as usize;
+                k_parts = (0..k).step_by(slice).map(|k0| (k0, (k0 + slice).min(k))).collect();
             }
         }
         let kernel = gpu.compile(&variant)?;
@@ -373,7 +382,8 @@ impl Matmul {
             k,
             n,
             kernel,
-            chunks: Self::chunks(gpu, m, k, n, has_bias, false, chunk_rows, whole),
+            chunks: Self::chunks(gpu, [m, k, n], has_bias, false, chunk_rows, whole, &k_parts),
+            k_parts,
             chunk_rows,
             whole,
             no_bias: gpu.storage("matmul no bias", 4)?,
@@ -383,8 +393,15 @@ impl Matmul {
 
     /// This matmul adding its result to C instead of overwriting it.
     pub(crate) fn accumulating(mut self, gpu: &Gpu) -> Self {
-        self.chunks =
-            Self::chunks(gpu, self.m, self.k, self.n, self.has_bias, true, self.chunk_rows, self.whole);
+        self.chunks = Self::chunks(
+            gpu,
+            [self.m, self.k, self.n],
+            self.has_bias,
+            true,
+            self.chunk_rows,
+            self.whole,
+            &self.k_parts,
+        );
         self
     }
 
@@ -411,16 +428,16 @@ impl Matmul {
         self.chunks.len()
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One dispatch per (chunk of `rows` rows, slice of K); the first slice adds the bias
+    /// (and C when `acc`), the later ones add to C.
     fn chunks(
         gpu: &Gpu,
-        m: usize,
-        k: usize,
-        n: usize,
+        [m, k, n]: [usize; 3],
         has_bias: bool,
         acc: bool,
         rows: usize,
         whole: bool,
+        k_parts: &[(usize, usize)],
     ) -> Vec<Chunk> {
         let align = gpu.limits().min_storage_buffer_offset_alignment as u64;
         let range = |offset: u64, size: u64| {
@@ -429,7 +446,8 @@ impl Matmul {
         };
         (0..m)
             .step_by(rows)
-            .map(|r0| {
+            .flat_map(|r0| k_parts.iter().enumerate().map(move |(part, &(k0, k1))| (r0, part, k0, k1)))
+            .map(|(r0, part, k0, k1)| {
                 let r1 = (r0 + rows).min(m);
                 let (a, c) = if whole {
                     (None, None)
@@ -444,14 +462,14 @@ impl Matmul {
                     m as u32,
                     k as u32,
                     n as u32,
-                    has_bias as u32,
-                    acc as u32,
+                    (has_bias && part == 0) as u32,
+                    (acc || part > 0) as u32,
                     r0 as u32,
                     r1 as u32,
                     shift(a),
                     shift(c),
-                    0,
-                    0,
+                    k0 as u32,
+                    k1 as u32,
                     0,
                 ];
                 Chunk { dims: gpu.uniform("matmul dims", &dims), rows: r1 - r0, a, c }

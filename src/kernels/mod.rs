@@ -53,16 +53,60 @@ pub(crate) const MODS_NONE: Snippet =
     Snippet { name: "mods_none", source: include_str!("../../shaders/mods_none.wgsl") };
 
 /// `variant` (built with [`MODS_NONE`] and `MODS_U` = 0) with `mods` compiled in for an
-/// N × M call: the user's WGSL in place of the identity, `MODS_U` = 1.
+/// N × M call: the user's WGSL in place of the identity, `MODS_U` = 1, its loops held to
+/// `steps` iterations per invocation ([`mod_steps`]).
 pub(crate) fn with_mods(
     variant: ShaderVariant,
     mods: Option<&crate::contract::mods::Mods>,
     n: usize,
     m: usize,
-) -> ShaderVariant {
+    steps: u32,
+) -> Result<ShaderVariant> {
     match mods {
-        Some(mods) => with_mods_source(variant, mods, mods.kernel_source(n, m)),
-        None => variant,
+        Some(mods) => Ok(with_mods_source(variant, mods, mods.kernel_source(n, m, steps)?)),
+        None => Ok(variant),
+    }
+}
+
+/// Loop iterations a mod may run per invocation where the adapter states no cap: real GPUs,
+/// whose watchdogs reset a device that runs too long.
+pub(crate) const MOD_STEPS_UNCAPPED: u32 = 1 << 20;
+
+/// [`Error::ModSteps`] when `kernel` ran `mods` (allowed `steps` loop iterations per
+/// invocation) and any of `outputs` is NaN: what the kernels write where the mods' loops ran
+/// out. The callers' inputs are checked finite, so a NaN is the mods'.
+pub(crate) fn check_mod_steps(
+    mods: Option<&crate::contract::mods::Mods>,
+    kernel: &'static str,
+    steps: u32,
+    outputs: &[&[f32]],
+) -> Result<()> {
+    match mods {
+        Some(m) if outputs.iter().any(|o| o.iter().any(|x| x.is_nan())) => Err(Error::ModSteps {
+            mods: m.name().to_string(),
+            kernel,
+            steps,
+            adapter_cap: steps != MOD_STEPS_UNCAPPED,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The share of the adapter's loop cap a kernel's own loops may use in a call with `mods`:
+/// all of it, or half where the mods have loops (theirs count in the same nests).
+pub(crate) fn kernel_loop_cap(gpu: &Gpu, mods: Option<&crate::contract::mods::Mods>) -> Option<u64> {
+    let limit = gpu.loop_iteration_limit()?;
+    Some(if mods.is_some_and(|m| m.has_loops()) { limit / 2 } else { limit })
+}
+
+/// Loop iterations the user's mods may run per invocation of a kernel whose own loops run
+/// `kernel_loops`: what the adapter's cap leaves ([`Gpu::loop_iteration_limit`]; lavapipe
+/// counts a loop nest's iterations, mods' included, and silently leaves the nest past its
+/// cap), or [`MOD_STEPS_UNCAPPED`]. A mod past it leaves NaN in the kernel's outputs.
+pub(crate) fn mod_steps(gpu: &Gpu, kernel_loops: u64) -> u32 {
+    match gpu.loop_iteration_limit() {
+        Some(limit) => limit.saturating_sub(kernel_loops).min(u32::MAX as u64) as u32,
+        None => MOD_STEPS_UNCAPPED,
     }
 }
 

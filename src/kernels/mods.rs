@@ -12,12 +12,14 @@ use web_time::Instant;
 use crate::contract::blockmap::{BlockMap, FULL};
 use crate::contract::mods::Mods;
 use crate::contract::spec::AttnSpec;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernels::{COMMON, CallParams, Tiles};
 use crate::runtime::Gpu;
 use crate::runtime::shader::{BindGroupFields, Compiled, Shader, ShaderVariant, bind_group};
 
 /// contract, block map, tiles, entry rows, counts, job (see mod_map.wgsl).
+/// What `mod_map.wgsl` leaves in an entry's count when the mod ran past its step budget.
+const OVERRUN: u32 = u32::MAX;
 const SHADER: Shader =
     Shader { stem: "mod_map", source: include_str!("../../shaders/mod_map.wgsl"), bindings: MapBinds::SLOTS };
 bind_group! {
@@ -67,12 +69,19 @@ impl ModBuffers {
 }
 
 /// The map kernel for `mods`' `mask_mod` over `br × bc` tiles of an N × M call.
-pub(crate) fn variant(mods: &Mods, br: u32, bc: u32, n: usize, m: usize) -> ShaderVariant {
-    SHADER.variant("main", &[COMMON], vec![("D4", 1), ("BR", br), ("BC", bc)]).with_user(
+pub(crate) fn variant(
+    mods: &Mods,
+    br: u32,
+    bc: u32,
+    n: usize,
+    m: usize,
+    steps: u32,
+) -> Result<ShaderVariant> {
+    Ok(SHADER.variant("main", &[COMMON], vec![("D4", 1), ("BR", br), ("BC", bc)]).with_user(
         mods.name(),
-        mods.kernel_source(n, m),
+        mods.kernel_source(n, m, steps)?,
         mods.buffers().iter().map(|b| b.binding).collect(),
-    )
+    ))
 }
 
 /// `map` with one copy of its rows per head (for a `mask_mod` that reads `h`).
@@ -110,7 +119,9 @@ pub fn refine(gpu: &Gpu, spec: &AttnSpec, mods: &Mods, map: &BlockMap) -> Result
         entry_row.extend(std::iter::repeat_n(row as u32, (w[1] - w[0]) as usize));
     }
     let (words, offsets) = map.to_gpu_words();
-    let kernel = gpu.compile(&variant(mods, map.br as u32, map.bc as u32, s.n, s.m))?;
+    // one invocation walks its entry's BR × BC pairs
+    let steps = crate::kernels::mod_steps(gpu, (map.br * (map.bc + 1)) as u64 + 1);
+    let kernel = gpu.compile(&variant(mods, map.br as u32, map.bc as u32, s.n, s.m, steps)?)?;
     let user_buffers = ModBuffers::upload(gpu, spec)?;
     let user = user_buffers.bind(gpu, &kernel);
     let grid = gpu.grid("mod_map", entries.div_ceil(64) as u64)?;
@@ -146,6 +157,14 @@ pub fn refine(gpu: &Gpu, spec: &AttnSpec, mods: &Mods, map: &BlockMap) -> Result
     }
     gpu.queue.submit([enc.finish()]);
     let counts: Vec<u32> = gpu.read(&counts, entries)?;
+    if counts.contains(&OVERRUN) {
+        return Err(Error::ModSteps {
+            mods: mods.name().to_string(),
+            kernel: "mod_map",
+            steps,
+            adapter_cap: gpu.loop_iteration_limit().is_some(),
+        });
+    }
 
     let mut out =
         BlockMap { row_ptr: vec![0], entries: Vec::new(), mask_index: Vec::new(), visible: 0, ..map.clone() };

@@ -170,7 +170,13 @@ impl RingSchedule {
 
 /// Rows `rows` of every (batch, head) sequence of a `[B, heads, len, D]` tensor, as a
 /// `[B, heads, rows.len(), D]` tensor.
-pub(crate) fn take_rows<T: Copy>(x: &[T], batch_heads: usize, len: usize, d: usize, rows: &Range<usize>) -> Vec<T> {
+pub(crate) fn take_rows<T: Copy>(
+    x: &[T],
+    batch_heads: usize,
+    len: usize,
+    d: usize,
+    rows: &Range<usize>,
+) -> Vec<T> {
     (0..batch_heads)
         .flat_map(|bh| &x[(bh * len + rows.start) * d..(bh * len + rows.end) * d])
         .copied()

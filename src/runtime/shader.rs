@@ -412,6 +412,40 @@ fn aliased(bound: &[(Slot, Bound)]) -> Option<(u32, u32)> {
     None
 }
 
+impl Gpu {
+    /// The user's group-1 buffers of `variant` against the device, before wgpu sees them
+    /// (which would abort the process): binding numbers below the device's bindings per group,
+    /// and with the kernel's own, no more storage buffers than one shader stage may have.
+    fn check_user_bindings(&self, variant: &ShaderVariant) -> Result<()> {
+        let Some(user) = &variant.user else { return Ok(()) };
+        let l = self.limits();
+        if let Some(&b) = user.bindings.iter().find(|&&b| b >= l.max_bindings_per_bind_group) {
+            return Err(Error::OutOfRange {
+                what: format!("the group-1 binding number of {}", user.name),
+                value: b as u64,
+                min: 0,
+                max: l.max_bindings_per_bind_group as u64 - 1,
+            });
+        }
+        let own = variant.shader.bindings.iter().filter(|s| s.kind != Binding::Uniform).count();
+        let total = own + user.bindings.len();
+        if total > l.max_storage_buffers_per_shader_stage as usize {
+            return Err(Error::OutOfRange {
+                what: format!(
+                    "storage buffers of {} with the {own} of kernel {} (buffers the mods may declare: {})",
+                    user.name,
+                    variant.shader.stem,
+                    (l.max_storage_buffers_per_shader_stage as usize).saturating_sub(own)
+                ),
+                value: total as u64,
+                min: 0,
+                max: l.max_storage_buffers_per_shader_stage as u64,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Per-device caches of compiled variants and layouts (shared by clones of a [`Gpu`]).
 #[derive(Clone, Default)]
 pub(crate) struct Caches {
@@ -459,6 +493,7 @@ impl Gpu {
         if let Some(c) = self.caches.pipelines.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
             return Ok(c.clone());
         }
+        self.check_user_bindings(variant)?;
         let layout =
             self.layout(&variant.shader.bindings.iter().map(|s| (s.binding, s.kind)).collect::<Vec<_>>());
         let user_layout = variant

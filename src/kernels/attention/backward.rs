@@ -255,6 +255,8 @@ struct Prepared {
     kernel: Compiled,
     /// Bind group 1: the mods' buffers, when they read any.
     user: Option<wgpu::BindGroup>,
+    /// Loop iterations the mods may run per invocation.
+    steps: u32,
 }
 
 /// The kernels of `entries` for `spec` (its mods compiled in), once per device and variant.
@@ -264,9 +266,13 @@ fn compile(gpu: &Gpu, c: &BackwardConfig, spec: &AttnSpec, entries: &[Entry]) ->
     entries
         .iter()
         .map(|&entry| {
-            let v = with_mods(c.variant(s.head_dim, entry), spec.mods.as_ref(), s.n, s.m);
+            // the mods' loops get what the adapter's cap leaves beside the kernel's own pass
+            let (dq, dkv, overhead) = c.loop_iterations(s.head_dim);
+            let kernel_loops = overhead + (c.dq_pass_tiles as u64 * dq).max(c.dkv_pass_tiles as u64 * dkv);
+            let steps = crate::kernels::mod_steps(gpu, kernel_loops);
+            let v = with_mods(c.variant(s.head_dim, entry), spec.mods.as_ref(), s.n, s.m, steps)?;
             let kernel = gpu.compile(&v)?;
-            Ok(Prepared { entry, user: buffers.bind(gpu, &kernel), kernel })
+            Ok(Prepared { entry, user: buffers.bind(gpu, &kernel), kernel, steps })
         })
         .collect()
 }
@@ -405,7 +411,23 @@ impl Backward {
         let s = spec.shape;
         let d = s.head_dim;
         check_head_dim(NAME, d)?;
-        let c = config;
+        let mut c = config;
+        // mods with loops share the adapter's loop cap: fewer tiles per pass (any count is exact)
+        if let (true, Some(cap)) = (
+            spec.mods.as_ref().is_some_and(|m| m.has_loops()),
+            crate::kernels::kernel_loop_cap(gpu, spec.mods.as_ref()),
+        ) && c.br > 0
+            && c.bc > 0
+        {
+            let (dq, dkv, overhead) = c.loop_iterations(d);
+            let budget = cap.saturating_sub(overhead);
+            let fit = |tiles: u32, per: u64| {
+                let most = (budget / per).max(1) as u32;
+                if tiles == 0 || tiles > most { most } else { tiles }
+            };
+            c.dq_pass_tiles = fit(c.dq_pass_tiles, dq);
+            c.dkv_pass_tiles = fit(c.dkv_pass_tiles, dkv);
+        }
         if c.br == 0 || c.bc == 0 || c.bc as usize > crate::contract::blockmap::MAX_BC {
             return Err(Error::Config {
                 kernel: NAME,
@@ -943,7 +965,17 @@ impl Backward {
         d_o: &[f32],
     ) -> Result<(AttnOutput, Gradients)> {
         let (io, grads) = self.submit(gpu, q, k, v, d_o)?;
-        Ok((io.read(gpu)?, grads.read(gpu)?))
+        self.checked(io.read(gpu)?, grads.read(gpu)?)
+    }
+
+    /// The forward's output and the gradients, or [`Error::ModSteps`] where the call's mods
+    /// ran past their loop budget in either pass (their rows are NaN).
+    fn checked(&self, out: AttnOutput, g: Gradients) -> Result<(AttnOutput, Gradients)> {
+        let mods = self.spec.mods.as_ref();
+        let steps = self.pipelines.iter().map(|p| p.steps).min().unwrap_or(0);
+        crate::kernels::check_mod_steps(mods, "flash (the backward's forward)", steps, &[&out.lse])?;
+        crate::kernels::check_mod_steps(mods, "backward", steps, &[&g.dq, &g.dk, &g.dv])?;
+        Ok((out, g))
     }
 
     /// [`Backward::run`] without blocking (the browser's way): the outputs are awaited.
@@ -956,7 +988,7 @@ impl Backward {
         d_o: &[f32],
     ) -> Result<(AttnOutput, Gradients)> {
         let (io, grads) = self.submit(gpu, q, k, v, d_o)?;
-        Ok((io.read_async(gpu).await?, grads.read_async(gpu).await?))
+        self.checked(io.read_async(gpu).await?, grads.read_async(gpu).await?)
     }
 
     /// The forward and this backward on host tensors, submitted.

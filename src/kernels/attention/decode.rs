@@ -284,6 +284,8 @@ pub struct Decoder {
     attend_binds: Vec<Vec<wgpu::BindGroup>>,
     /// Bind group 1: the mods' buffers (`None` without mods or when they read none).
     mod_bind: Option<wgpu::BindGroup>,
+    /// Loop iterations the mods may run per invocation.
+    mod_steps: u32,
     /// The positional encoding's pass and table.
     positions: Option<PositionPass>,
     combine_bind: wgpu::BindGroup,
@@ -360,9 +362,9 @@ impl Decoder {
         });
         let mut chunk =
             if cfg.chunk == 0 { tuned.unwrap_or(gpu.profile().0.decode_chunk) } else { cfg.chunk };
-        if let Some(limit) = gpu.loop_iteration_limit() {
-            let staging = (bc as u64 * d as u64 / 4).div_ceil(wg as u64);
-            let per_tile = staging + 2 * bc as u64 * (d as u64 / 4 * 2 + 2) + bc as u64 * 2 + 16;
+        let staging = (bc as u64 * d as u64 / 4).div_ceil(wg as u64);
+        let per_tile = staging + 2 * bc as u64 * (d as u64 / 4 * 2 + 2) + bc as u64 * 2 + 16;
+        if let Some(limit) = crate::kernels::kernel_loop_cap(gpu, cfg.mods.as_ref()) {
             let max_chunk = ((limit / per_tile).max(1) * bc as u64) as usize;
             chunk = chunk.min(max_chunk);
         }
@@ -372,11 +374,13 @@ impl Decoder {
         gpu.check_dispatch(NAME, [max_splits as u64, row_blocks as u64, 1])?;
         gpu.check_binding("decode partials", (max_splits * rows * (d + 4) * 4) as u64)?;
 
+        // the mods' loops get what the adapter's cap leaves beside one split's tiles
+        let mod_steps = crate::kernels::mod_steps(gpu, chunk.div_ceil(bc as usize) as u64 * per_tile);
         let [va, vc]: [ShaderVariant; 2] = variants(d, bc, wg, sg, cfg.instrumented)
             .try_into()
             .map_err(|_| Error::Device("decode: expected two kernels".into()))?;
         let va = match &cfg.mods {
-            Some(mods) => with_mods_source(va, mods, mods.kernel_source_per_dispatch()),
+            Some(mods) => with_mods_source(va, mods, mods.kernel_source_per_dispatch(mod_steps)?),
             None => va,
         };
         let (attend, combine) = (gpu.compile(&va)?, gpu.compile(&vc)?);
@@ -434,6 +438,7 @@ impl Decoder {
             combine,
             attend_binds,
             mod_bind,
+            mod_steps,
             positions,
             combine_bind,
             step_buf,
@@ -643,9 +648,11 @@ impl Decoder {
     pub fn output(&self, gpu: &Gpu) -> Result<crate::contract::spec::AttnOutput> {
         let rows = self.cfg.heads * self.last.nq as usize;
         let o = gpu.read(&self.o, rows * self.d)?;
+        let lse = gpu.read(&self.lse, rows)?;
+        crate::kernels::check_mod_steps(self.cfg.mods.as_ref(), "decode", self.mod_steps, &[&lse])?;
         Ok(crate::contract::spec::AttnOutput {
             o: if self.d == self.cfg.head_dim { o } else { repack_host(&o, rows, self.d, self.cfg.head_dim) },
-            lse: gpu.read(&self.lse, rows)?,
+            lse,
         })
     }
 

@@ -400,6 +400,8 @@ pub struct Flash {
     mask_mod_map: Option<std::time::Duration>,
     /// Bind group 1: the mods' buffers, when they read any.
     mod_bind: Option<wgpu::BindGroup>,
+    /// Loop iterations the call's mods may run per invocation (`None` without mods).
+    mod_steps: Option<u32>,
 }
 
 impl Flash {
@@ -414,11 +416,21 @@ impl Flash {
     pub(crate) fn new_with(
         gpu: &Gpu,
         spec: &AttnSpec,
-        config: FlashConfig,
+        mut config: FlashConfig,
         instrumented: bool,
         f16: bool,
     ) -> Result<Self> {
         let s = spec.shape;
+        // mods with loops share the adapter's loop cap: fewer tiles per pass (any count is exact)
+        if let (true, Some(cap)) = (
+            spec.mods.as_ref().is_some_and(|m| m.has_loops()),
+            crate::kernels::kernel_loop_cap(gpu, spec.mods.as_ref()),
+        ) {
+            let fit = (cap / config.loop_iterations_per_tile(s.head_dim)).max(1) as u32;
+            if config.pass_tiles == 0 || config.pass_tiles > fit {
+                config.pass_tiles = fit;
+            }
+        }
         if f16 && !gpu.features().contains(wgpu::Features::SHADER_F16) {
             return Err(crate::Error::MissingFeature {
                 feature: "SHADER_F16",
@@ -514,8 +526,16 @@ impl Flash {
             }
         }
 
-        let variant =
-            with_mods(config.variant_f16(s.head_dim, instrumented, f16), spec.mods.as_ref(), s.n, s.m);
+        // the mods' loops get what the adapter's cap leaves beside a pass of the kernel's
+        let kernel_loops = config.pass_tiles as u64 * config.loop_iterations_per_tile(s.head_dim);
+        let steps = crate::kernels::mod_steps(gpu, kernel_loops);
+        let variant = with_mods(
+            config.variant_f16(s.head_dim, instrumented, f16),
+            spec.mods.as_ref(),
+            s.n,
+            s.m,
+            steps,
+        )?;
         let kernel = gpu.compile(&variant)?;
         let mod_bind = crate::kernels::mods::ModBuffers::upload(gpu, spec)?.bind(gpu, &kernel);
         Ok(Self {
@@ -532,7 +552,14 @@ impl Flash {
             instrumented,
             mask_mod_map,
             mod_bind,
+            mod_steps: spec.mods.is_some().then_some(steps),
         })
+    }
+
+    /// Loop iterations the call's mods may run per invocation (`None` without mods); a row
+    /// whose mods ran past them is NaN in O and LSE.
+    pub fn mod_steps(&self) -> Option<u32> {
+        self.mod_steps
     }
 
     /// How long refining the block map by the call's `mask_mod` took on the device (`None`

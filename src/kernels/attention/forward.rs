@@ -194,10 +194,21 @@ impl Attention {
     }
 
     /// Runs on tensors already on the device (f32 or, for the f16 variants, f16 inputs) and
-    /// reads O and LSE back (blocks until done).
+    /// reads O and LSE back (blocks until done). With mods, a row whose mods ran past their
+    /// loop budget is an error ([`Error::ModSteps`]), never a result.
     pub fn run_on(&self, gpu: &Gpu, io: &DeviceTensors) -> Result<AttnOutput> {
         self.submit(gpu, io)?;
-        io.read(gpu)
+        self.checked(io.read(gpu)?)
+    }
+
+    /// `out`, or [`Error::ModSteps`] when the call has mods and a row's LSE is NaN: what the
+    /// kernel writes where the mods' loops ran past their budget (for callers of
+    /// [`Attention::encode`], O and LSE of such a row are NaN).
+    fn checked(&self, out: AttnOutput) -> Result<AttnOutput> {
+        if let Some(steps) = self.flash().and_then(flash::Flash::mod_steps) {
+            crate::kernels::check_mod_steps(self.spec.mods.as_ref(), "flash", steps, &[&out.lse])?;
+        }
+        Ok(out)
     }
 
     /// [`Attention::run`] without blocking (the browser's way): uploads, runs, and awaits
@@ -206,7 +217,7 @@ impl Attention {
         self.spec.check_inputs(q, k, v)?;
         let io = DeviceTensors::upload(gpu, &self.spec, q, k, v)?;
         self.submit(gpu, &io)?;
-        io.read_async(gpu).await
+        self.checked(io.read_async(gpu).await?)
     }
 
     fn submit(&self, gpu: &Gpu, io: &DeviceTensors) -> Result<()> {
