@@ -166,6 +166,17 @@ pub enum Error {
         adapter_cap: bool,
     },
 
+    /// A score_mod returned NaN or +inf (−inf masks a key): no result is returned.
+    #[error(
+        "mods {mods}: score_mod returned NaN or +inf in {kernel} (return a finite score, or -inf to mask the key)"
+    )]
+    ModScore {
+        /// The mods' name (their file, or the named mods).
+        mods: String,
+        /// The kernel that ran them.
+        kernel: &'static str,
+    },
+
     /// The host has less memory available than a step needs (checked before allocating).
     #[error("{what} needs {bytes} bytes of host memory, {available} are available")]
     HostMemory {
@@ -319,6 +330,15 @@ pub enum Error {
         what: &'static str,
         /// Why, and what to call instead.
         instead: &'static str,
+    },
+
+    /// An adapter on a backend the engine does not run on.
+    #[error("adapter {adapter} is not supported: {reason}")]
+    UnsupportedBackend {
+        /// The adapter and its backend.
+        adapter: String,
+        /// Why, and what to use instead.
+        reason: &'static str,
     },
 
     /// A device-side failure: readback mapping, queue wait, or a kernel set built wrongly.

@@ -302,3 +302,117 @@ proptest! {
         prop_assert!(rel_error(&got.o, &o_ref) < 1e-5, "split {split:?}");
     }
 }
+
+/// Fragments a hostile or careless mod holds, spliced into the corpus of mods.
+const MOD_FRAGMENTS: &[&str] = &[
+    "loop { }",
+    "for (var i = 0u; i < 4294967295u; i++) { }",
+    "while true { }",
+    "}",
+    "{",
+    "(",
+    ";",
+    "var<private> big: array<f32, 99999999>;",
+    "var<workgroup> w: array<f32, 65536>;",
+    "@group(1) @binding(0) var<storage, read> t: array<f32>;",
+    "@group(0) @binding(0) var<uniform> u: f32;",
+    "@group(1) @binding(4294967295) var<storage, read> z: array<u32>;",
+    "enable f16;",
+    "override o: u32 = 1u;",
+    "diagnostic(off, derivative_uniformity);",
+    "fn mods_nan() -> f32 { return 0.0; }",
+    "let mod_overrun = 1u;",
+    "const N_Q: u32 = 1u;",
+    "// fn mask_mod(",
+    "/* fn score_mod( */",
+    "@compute @workgroup_size(1) fn main() {}",
+    "fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 { return score; }",
+    "fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool { return false; }",
+    "return 0.0 / 0.0;",
+    "return bitcast<f32>(0x7f800000u);",
+    "struct Contract { x: f32 }",
+    "const BR = 3;",
+    "fn f(x: f32) -> f32 { return f(x); }",
+    "score_mod(score, b, h, q_idx, kv_idx)",
+    "\u{0}",
+    "é",
+];
+
+/// A mod from the corpus with fragments spliced in at char boundaries and bytes mutated.
+fn mod_text() -> impl Strategy<Value = String> {
+    let texts: Vec<String> = corpus("mods").iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    (
+        proptest::sample::select(texts),
+        proptest::collection::vec(
+            (any::<prop::sample::Index>(), proptest::sample::select(MOD_FRAGMENTS)),
+            0..4,
+        ),
+        proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+    )
+        .prop_map(|(text, splices, flips)| {
+            let mut s = text;
+            for (at, frag) in splices {
+                let mut i = at.index(s.len() + 1);
+                while !s.is_char_boundary(i) {
+                    i -= 1;
+                }
+                s.insert_str(i, frag);
+            }
+            let mut bytes = s.into_bytes();
+            for (at, v) in flips {
+                if !bytes.is_empty() {
+                    let i = at.index(bytes.len());
+                    bytes[i] = v;
+                }
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(512), failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mod_ingestion(text in mod_text(), values in proptest::collection::vec(prop_oneof![any::<f64>(), -3.0..3.0, Just(f64::NAN), Just(4e9)], 0..6)) {
+        // WGSL text and buffer values in: an accepted module whose kernel source writes back,
+        // or a typed error; never a panic (the fragments above reach the step budget, the
+        // resource checks, the reserved names and the binding checks)
+        use longctx::contract::mods::Mods;
+        let t = std::time::Instant::now();
+        if let Ok(m) = Mods::wgsl("fuzz.wgsl", &text) {
+            prop_assert!(m.has_score_mod() || m.has_mask_mod());
+            let _ = m.kernel_source(7, 9, 1000);
+            let _ = m.kernel_source_per_dispatch(1000);
+            for b in m.buffers().to_vec() {
+                let _ = m.clone().with_buffer(&b.name, &values);
+            }
+        }
+        prop_assert!(t.elapsed().as_secs() < 10, "took {:?} on {text}", t.elapsed());
+    }
+
+    #[test]
+    fn compound_flags(
+        named in "(causal|window|alibi|softcap|prefix|sinks|dilated|t5|documents|x)(=(-?[0-9]{1,11}|[0-9.e+-]{1,8}|inf|NaN))?(,(window|dilation|sinks|dilated|x)=?(-?[0-9]{0,11})){0,3}",
+        rope in "(theta|base|offset|interleaved|half|x)(=(-?[0-9]{1,21}|[0-9.e+-]{1,8}|inf|NaN))?(,(theta|base|offset|interleaved|half)(=[0-9e.-]{0,21})?){0,3}",
+        window in "-?[0-9]{0,21},?-?[0-9]{0,21}",
+        bigbird in "((global|window|random|block|seed|x)=-?[0-9]{0,21},?){0,6}",
+        heads in 0usize..70,
+    ) {
+        // the library's parsers behind --mod, --rope/--sinusoidal, --window and --bigbird:
+        // a value in range or a typed error, never a panic; what parses builds
+        use longctx::contract::mask::BigBird;
+        use longctx::contract::mods::Named;
+        use longctx::contract::positions::Positions;
+        if let Ok(n) = Named::parse(&named, heads) {
+            let _ = Named::compose(&[n.clone(), n]);
+        }
+        for is_rope in [true, false] {
+            if let Ok(p) = Positions::parse(&rope, is_rope) {
+                let _ = p.validate(64);
+                let _ = p.span(0, 100, 100);
+            }
+        }
+        let _ = longctx::Window::parse(&window);
+        let _ = BigBird::parse(&bigbird);
+    }
+}

@@ -431,3 +431,98 @@ fn a_looping_mask_mod_that_runs_out_refines_no_map() {
     let Err(err) = longctx::kernels::mods::refine(g, &spec, &mask, &map) else { panic!("refused") };
     assert!(matches!(err, longctx::Error::ModSteps { kernel: "mod_map", .. }), "{err}");
 }
+
+#[test]
+fn a_score_mod_returning_nan_or_plus_inf_is_an_error_and_minus_inf_masks() {
+    // once: NaN scores silently masked their keys (all NaN: O = 0, exit 0), and +inf blamed
+    // --scale; −inf is how a score_mod masks a key and must keep working
+    let g = common::gpu();
+    let seed = common::seed();
+    let spec_with = |body: &str| {
+        let m = Mods::wgsl(
+            "bad_score.wgsl",
+            &format!(
+                "fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {{\n{body}\n}}"
+            ),
+        )
+        .unwrap();
+        AttnSpec::new(shape(1, 2, 1, 21, 40, 16)).mods(Some(m))
+    };
+    for (what, body) in [
+        ("NaN", "    if kv_idx == 7u { return sqrt(score - score - 1.0); }\n    return score;"),
+        ("+inf", "    if kv_idx == 7u { return bitcast<f32>(0x7f800000u); }\n    return score;"),
+    ] {
+        let spec = spec_with(body);
+        let (q, k, v) = common::inputs(&spec, seed);
+        let Err(err) = Attention::new(g, Kernel::Flash, &spec).unwrap().run(g, &q, &k, &v) else {
+            panic!("a score_mod returning {what} must fail")
+        };
+        assert!(matches!(err, longctx::Error::ModScore { kernel: "flash", .. }), "{what}: {err}");
+    }
+    // −inf masks key 7 (odd ones, with the rule beside it)
+    let m = Mods::wgsl(
+        "mask_by_score.wgsl",
+        "fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {\n    if kv_idx % 7u == 3u { return bitcast<f32>(0xff800000u); }\n    return score;\n}",
+    )
+    .unwrap()
+    .with_rule(Arc::new(RuleFns {
+        score: Some(Box::new(|s, at: At| if at.kv % 7 == 3 { f64::NEG_INFINITY } else { s })),
+        mask: None,
+    }));
+    let spec = AttnSpec::new(shape(1, 2, 1, 21, 40, 16)).mods(Some(m));
+    let e = common::check_kernel(&Attention::new(g, Kernel::Flash, &spec).unwrap(), seed, BOUND);
+    assert!(e.o <= BOUND, "−inf scores: O rel err {:.2e} (seed {seed})", e.o);
+}
+
+#[test]
+fn named_mods_compose_forward_and_backward() {
+    // once: `--mod alibi --mod softcap=30` was refused ("combine them in one file") and
+    // `--mod documents=… --mod t5=…` panicked on two tables at binding 0
+    use longctx::contract::reference::{attention_backward_f64, rel_error};
+    let g = common::gpu();
+    let seed = common::seed();
+    let sh = shape(1, 4, 2, 53, 90, 32);
+    let t5: Arc<Vec<f32>> = Arc::new((0..4 * 32).map(|i| ((i * 13) % 9) as f32 * 0.25 - 1.0).collect());
+    let docs: Arc<Vec<u32>> = Arc::new((0..sh.m as u32).map(|i| i / 31).collect());
+    let composed = [
+        vec![Named::Alibi(4), Named::Softcap(2.0), Named::Window(40)],
+        vec![Named::Documents(docs), Named::T5(t5), Named::Causal],
+        vec![Named::Causal, Named::Sinks { sinks: 3, window: 9 }, Named::Alibi(4), Named::Alibi(4)],
+    ];
+    for list in composed {
+        let spec = AttnSpec::new(sh).mods(Some(Named::compose(&list).unwrap()));
+        let e = common::check_kernel(&Attention::new(g, Kernel::Flash, &spec).unwrap(), seed, BOUND);
+        assert!(e.o.max(e.lse) <= BOUND, "{list:?}: {e:?} (seed {seed})");
+        // the backward: the chained score's gradient (softcap after ALiBi) and ANDed masks
+        let (q, k, v) = common::inputs(&spec, seed);
+        let d_o = common::random(sh.batch * sh.heads * sh.n * sh.head_dim, &mut {
+            use rand::SeedableRng;
+            rand::rngs::StdRng::seed_from_u64(seed + 1)
+        });
+        let bwd = longctx::kernels::attention::backward::Backward::new(g, &spec).unwrap();
+        let (_, got) = bwd.run(g, &q, &k, &v, &d_o).unwrap();
+        let (dq, dk, dv) = attention_backward_f64(&spec, &q, &k, &v, &d_o).unwrap();
+        let e = [rel_error(&got.dq, &dq), rel_error(&got.dk, &dk), rel_error(&got.dv, &dv)];
+        assert!(e.iter().all(|&x| x <= BOUND), "{list:?}: dQ, dK, dV {e:?} (seed {seed})");
+    }
+}
+
+#[test]
+fn a_mod_may_use_the_names_a_kernel_uses() {
+    // once: a mod declaring `BR`, `tile_visible` or a struct `Contract` compiled alone and
+    // then failed inside the kernel at the engine's line numbers; its names are its own now
+    let g = common::gpu();
+    let seed = common::seed();
+    let m = Mods::wgsl(
+        "names.wgsl",
+        "const BR: f32 = 0.5;\n\
+         struct Contract { scale: f32 }\n\
+         fn tile_visible(x: f32) -> f32 { let c = Contract(BR); return x * c.scale; }\n\
+         fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 { return tile_visible(score); }\n",
+    )
+    .unwrap()
+    .with_rule(Arc::new(RuleFns { score: Some(Box::new(|s, _| s * 0.5)), mask: None }));
+    let spec = AttnSpec::new(shape(1, 2, 1, 37, 70, 32)).causal(true).mods(Some(m));
+    let e = common::check_kernel(&Attention::new(g, Kernel::Flash, &spec).unwrap(), seed, BOUND);
+    assert!(e.o.max(e.lse) <= BOUND, "{e:?} (seed {seed})");
+}

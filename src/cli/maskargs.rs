@@ -62,7 +62,8 @@ pub struct ModArgs {
     /// A named mod, repeatable: causal, window=W, alibi, softcap=C, prefix=P,
     /// sinks=K,window=W, dilated=W,dilation=D, documents=IDS.npy (one id per key),
     /// t5=TABLE.npy ([H, 32] relative-position biases) — WGSL and its Rust rule, so the
-    /// oracle runs it.
+    /// oracle runs it. Several compose: masks ANDed, score mods applied in the order given;
+    /// with a --score-mod file, no named score mod (one score_mod comes from files).
     #[arg(long = "mod", value_name = "NAME")]
     pub named: Vec<String>,
     /// Values of a buffer a mod file declares (`@group(1) @binding(N) var<storage, read>
@@ -72,6 +73,14 @@ pub struct ModArgs {
 }
 
 impl MaskArgs {
+    /// Every file these flags read (segments, block mask, mod files, tables and buffers), for
+    /// the check that no output overwrites an input.
+    pub fn input_paths(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self.segments.iter().chain(&self.block_mask).cloned().collect();
+        out.extend(self.mods.input_paths());
+        out
+    }
+
     /// Applies the flags to `spec` (its shape must be final).
     pub fn apply(&self, mut spec: AttnSpec) -> anyhow::Result<AttnSpec> {
         let shape = spec.shape;
@@ -140,6 +149,7 @@ impl ModArgs {
             }
             all.push(mods);
         }
+        let mut named = Vec::new();
         for text in &self.named {
             if let Some(path) = text.strip_prefix("documents=") {
                 let ids = read_ids(path.as_ref(), "document")?;
@@ -150,7 +160,7 @@ impl ModArgs {
                         shape.m
                     );
                 }
-                all.push(Named::Documents(Arc::new(ids)).mods());
+                named.push(Named::Documents(Arc::new(ids)));
                 continue;
             }
             if let Some(path) = text.strip_prefix("t5=") {
@@ -166,10 +176,14 @@ impl ModArgs {
                 {
                     bail!("--mod t5={path}: bias {x} at index {i} is not a finite f32");
                 }
-                all.push(Named::T5(Arc::new(table.into_iter().map(|x| x as f32).collect())).mods());
+                named.push(Named::T5(Arc::new(table.into_iter().map(|x| x as f32).collect())));
                 continue;
             }
-            all.push(Named::parse(text, shape.heads).context("--mod")?.mods());
+            named.push(Named::parse(text, shape.heads).context("--mod")?);
+        }
+        // the named mods compose among themselves (masks ANDed, scores in order)
+        if !named.is_empty() {
+            all.push(Named::compose(&named)?);
         }
         let mut out: Option<Mods> = None;
         for m in all {
@@ -192,6 +206,20 @@ impl ModArgs {
             m.check_buffers().context("give each buffer's values with --mod-buffer NAME=FILE.npy")?;
         }
         Ok(out)
+    }
+}
+
+impl ModArgs {
+    /// Every file these flags read: the mod files, the named mods' tables, the buffers.
+    pub fn input_paths(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self.score_mod.iter().chain(&self.mask_mod).cloned().collect();
+        for text in &self.named {
+            if let Some(path) = text.strip_prefix("documents=").or_else(|| text.strip_prefix("t5=")) {
+                out.push(PathBuf::from(path));
+            }
+        }
+        out.extend(self.mod_buffer.iter().filter_map(|b| b.split_once('=')).map(|(_, p)| PathBuf::from(p)));
+        out
     }
 }
 

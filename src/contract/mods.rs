@@ -155,14 +155,201 @@ impl PartialEq for Mods {
     }
 }
 
-/// Whether `source` defines a function `name` (by its text: `fn name(`).
-fn defines(source: &str, name: &str) -> bool {
-    source.match_indices("fn").any(|(at, _)| {
-        let before = source[..at].chars().next_back();
-        let after = source[at + 2..].trim_start();
-        before.is_none_or(|c| !c.is_alphanumeric() && c != '_')
-            && after.strip_prefix(name).is_some_and(|rest| rest.trim_start().starts_with('('))
-    })
+/// Most bytes of WGSL a mod module may have.
+pub const MOD_SOURCE_BYTES: usize = 256 << 10;
+/// Most bytes of private memory (`var<private>` and function variables, all functions
+/// together) a mod module may declare: every invocation of a kernel holds its own copy.
+pub const MOD_PRIVATE_BYTES: u64 = 16 << 10;
+/// Most IR operations a mod module may expand to once every call is inlined (drivers inline
+/// all calls: a chain of functions each calling the previous twice doubles per level).
+pub const MOD_EXPANDED_OPS: u64 = 200_000;
+
+/// The names the engine declares beside a mod (the step budget, the score check, the sizes)
+/// and the ones it gives the user's functions.
+const RESERVED: [&str; 8] =
+    ["N_Q", "N_KV", "MOD_STEPS", "mod_steps", "mod_overrun", "mod_bad_score", "mods_nan", "user_score_mod"];
+
+/// What the user's module-level names are prefixed with in the kernels (see `count_steps`),
+/// so they cannot collide with a kernel's own (`BR`, `tile_visible`, …).
+const USER_PREFIX: &str = "umod_";
+
+/// `name:line: ` for a span of the user's text (which comes first in every assembled module).
+fn at(name: &str, source: &str, span: naga::Span) -> String {
+    if span.is_defined() && (span.to_range().is_some_and(|r| r.end <= source.len())) {
+        format!("{name}:{}: ", span.location(source).line_number)
+    } else {
+        format!("{name}: ")
+    }
+}
+
+/// A declaration in the user's text of a name the engine reserves (`RESERVED`), by its
+/// tokens: used only to explain a parse error (a redefinition) against the user's line.
+fn declares_reserved(source: &str) -> Option<(usize, &'static str)> {
+    for (i, line) in source.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        let words: Vec<&str> =
+            code.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| !w.is_empty()).collect();
+        for pair in words.windows(2) {
+            if matches!(pair[0], "fn" | "var" | "const" | "let" | "struct" | "alias" | "override" | "private")
+                && let Some(r) = RESERVED.iter().find(|r| pair[1] == **r)
+            {
+                return Some((i + 1, r));
+            }
+        }
+    }
+    None
+}
+
+/// What a mod module may declare, checked on its parsed module before any kernel compiles it
+/// (errors name the file and line): no workgroup memory, no overrides, 32-bit types, at most
+/// [`MOD_PRIVATE_BYTES`] of private memory and [`MOD_EXPANDED_OPS`] operations with calls
+/// inlined.
+fn check_resources(name: &str, source: &str, module: &naga::Module) -> Result<()> {
+    let err = |span: naga::Span, message: String| Error::Shader {
+        name: name.to_string(),
+        message: format!("{}{message}", at(name, source, span)),
+    };
+    let gctx = module.to_ctx();
+    let size =
+        |ty: naga::Handle<naga::Type>| module.types[ty].inner.try_size(gctx).map_or(u64::MAX, u64::from);
+    if let Some((h, _)) = module.overrides.iter().next() {
+        return Err(err(
+            module.overrides.get_span(h),
+            "`override` declarations are not allowed in a mod (use `const`)".into(),
+        ));
+    }
+    for (h, ty) in module.types.iter() {
+        let scalar = match ty.inner {
+            naga::TypeInner::Scalar(s) | naga::TypeInner::Vector { scalar: s, .. } => Some(s),
+            naga::TypeInner::Matrix { scalar, .. } => Some(scalar),
+            _ => None,
+        };
+        if scalar.is_some_and(|s| s.width != 4 && s.kind != naga::ScalarKind::Bool) {
+            return Err(err(
+                module.types.get_span(h),
+                "a mod computes in 32-bit types (f32, u32, i32): f16 and other widths are not allowed".into(),
+            ));
+        }
+    }
+    // names inside functions and structs share one namespace when the module is written
+    // back (naga's namer): a local `mod_overrun` would rename the engine's
+    for (h, f) in module.functions.iter() {
+        let names = f
+            .arguments
+            .iter()
+            .filter_map(|a| a.name.as_deref())
+            .chain(f.local_variables.iter().filter_map(|(_, v)| v.name.as_deref()))
+            .chain(f.named_expressions.values().map(String::as_str));
+        if let Some(r) = names.into_iter().find(|n| RESERVED.contains(n)) {
+            return Err(err(
+                module.functions.get_span(h),
+                format!(
+                    "`{r}` is a name the engine declares beside a mod (reserved: {})",
+                    RESERVED.join(", ")
+                ),
+            ));
+        }
+    }
+    for (h, ty) in module.types.iter() {
+        if let naga::TypeInner::Struct { members, .. } = &ty.inner
+            && let Some(r) = members.iter().filter_map(|m| m.name.as_deref()).find(|n| RESERVED.contains(n))
+        {
+            return Err(err(
+                module.types.get_span(h),
+                format!(
+                    "`{r}` is a name the engine declares beside a mod (reserved: {})",
+                    RESERVED.join(", ")
+                ),
+            ));
+        }
+    }
+    // conversions and literals carry their width without a type
+    for (h, f) in module.functions.iter() {
+        if f.expressions.iter().any(|(_, e)| {
+            matches!(e, naga::Expression::As { kind, convert: Some(w), .. } if *w != 4 && *kind != naga::ScalarKind::Bool)
+                || matches!(e, naga::Expression::Literal(naga::Literal::F16(_) | naga::Literal::F64(_) | naga::Literal::I64(_) | naga::Literal::U64(_)))
+        }) {
+            return Err(err(
+                module.functions.get_span(h),
+                "a mod computes in 32-bit types (f32, u32, i32): f16 and other widths are not allowed".into(),
+            ));
+        }
+    }
+    let mut private = 0u64;
+    for (h, g) in module.global_variables.iter() {
+        match g.space {
+            naga::AddressSpace::WorkGroup => {
+                return Err(err(
+                    module.global_variables.get_span(h),
+                    format!(
+                        "var<workgroup> `{}`: a mod runs per score, it may not declare workgroup memory",
+                        g.name.as_deref().unwrap_or("?")
+                    ),
+                ));
+            }
+            naga::AddressSpace::Private => private = private.saturating_add(size(g.ty)),
+            _ => {}
+        }
+    }
+    for (_, f) in module.functions.iter() {
+        for (_, v) in f.local_variables.iter() {
+            private = private.saturating_add(size(v.ty));
+        }
+    }
+    if private > MOD_PRIVATE_BYTES {
+        return Err(err(
+            naga::Span::UNDEFINED,
+            format!(
+                "declares {private} bytes of private memory (var<private> and function variables); a mod may declare at most {MOD_PRIVATE_BYTES} (every invocation holds its own copy)"
+            ),
+        ));
+    }
+    // operations with calls inlined, callees first (WGSL has no recursion: naga orders
+    // functions so that a callee precedes its callers)
+    let mut expanded: Vec<u64> = Vec::with_capacity(module.functions.len());
+    for (h, f) in module.functions.iter() {
+        let mut ops = f.expressions.len() as u64;
+        count_ops(&f.body, &expanded, &mut ops);
+        if ops > MOD_EXPANDED_OPS {
+            return Err(err(
+                module.functions.get_span(h),
+                format!(
+                    "`{}` expands to more than {MOD_EXPANDED_OPS} operations once its calls are inlined (drivers inline every call); call fewer functions, or loop",
+                    f.name.as_deref().unwrap_or("?")
+                ),
+            ));
+        }
+        expanded.push(ops);
+    }
+    Ok(())
+}
+
+/// Adds to `ops` the statements of `block` and, for each call, its callee's expanded
+/// operations (`expanded`, by function index).
+fn count_ops(block: &naga::Block, expanded: &[u64], ops: &mut u64) {
+    for stmt in block.iter() {
+        *ops = ops.saturating_add(1);
+        match stmt {
+            naga::Statement::Call { function, .. } => {
+                *ops = ops.saturating_add(expanded.get(function.index()).copied().unwrap_or(u64::MAX));
+            }
+            naga::Statement::Loop { body, continuing, .. } => {
+                count_ops(body, expanded, ops);
+                count_ops(continuing, expanded, ops);
+            }
+            naga::Statement::If { accept, reject, .. } => {
+                count_ops(accept, expanded, ops);
+                count_ops(reject, expanded, ops);
+            }
+            naga::Statement::Switch { cases, .. } => {
+                for c in cases {
+                    count_ops(&c.body, expanded, ops);
+                }
+            }
+            naga::Statement::Block(inner) => count_ops(inner, expanded, ops),
+            _ => {}
+        }
+    }
 }
 
 /// `full` (a module assembled around the user's text, which comes first, so naga's line
@@ -207,9 +394,33 @@ fn count_steps(name: &str, assembled: &str) -> Result<String> {
         });
     };
     let b = StepBudget { steps, overrun, budget };
+    // the user's module-level names get a prefix, so that none collides with a kernel's
+    let user = |n: &mut Option<String>, engine: &[&str]| {
+        if let Some(x) = n.as_mut().filter(|x| !engine.contains(&x.as_str())) {
+            *x = format!("{USER_PREFIX}{x}");
+        }
+    };
     for (_, f) in module.functions.iter_mut() {
         let naga::Function { body, expressions, .. } = f;
         count_loops(body, expressions, b);
+        // the user's score_mod is called through the check below (calls name handles, so the
+        // user's own calls to it stay right)
+        if f.name.as_deref() == Some("score_mod") {
+            f.name = Some("user_score_mod".into());
+        }
+        user(&mut f.name, &["user_score_mod", "mask_mod", "score_mod_grad", "mods_nan"]);
+    }
+    for (_, c) in module.constants.iter_mut() {
+        user(&mut c.name, &["N_Q", "N_KV", "MOD_STEPS"]);
+    }
+    for (_, g) in module.global_variables.iter_mut() {
+        user(&mut g.name, &["N_Q", "N_KV", "mod_steps", "mod_overrun", "mod_bad_score"]);
+    }
+    let named: Vec<_> =
+        module.types.iter().filter(|(_, t)| t.name.is_some()).map(|(h, t)| (h, t.clone())).collect();
+    for (h, mut t) in named {
+        user(&mut t.name, &[]);
+        module.types.replace(h, t);
     }
     let info =
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
@@ -218,9 +429,33 @@ fn count_steps(name: &str, assembled: &str) -> Result<String> {
                 name: name.into(),
                 message: format!("with its step budget: {e}"),
             })?;
-    naga::back::wgsl::write_string(&module, &info, naga::back::wgsl::WriterFlags::empty())
-        .map_err(|e| Error::Shader { name: name.into(), message: format!("written back: {e}") })
+    let written = naga::back::wgsl::write_string(&module, &info, naga::back::wgsl::WriterFlags::empty())
+        .map_err(|e| Error::Shader { name: name.into(), message: format!("written back: {e}") })?;
+    Ok(written + CHECKED_SCORE)
 }
+
+/// `mods_nan`: NaN with the reason in its payload (1: loop budget, 2: score), as
+/// `shaders/mods_none.wgsl` defines it for kernels without mods.
+const MODS_NAN: &str =
+    "fn mods_nan() -> f32 {\n    return bitcast<f32>(select(0x7fc00001u, 0x7fc00002u, mod_bad_score));\n}\n";
+
+/// The kernels' `score_mod`: the user's, and a NaN or +inf result (not a score; −inf masks
+/// the key) marks the invocation, which then writes `mods_nan()`. Tested on the bits: WGSL
+/// lets an implementation assume floats are finite.
+const CHECKED_SCORE: &str = "
+fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {
+    let s = user_score_mod(score, b, h, q_idx, kv_idx);
+    let bits = bitcast<u32>(s);
+    if (bits & 0x7f800000u) == 0x7f800000u && bits != 0xff800000u {
+        mod_bad_score = true;
+        mod_overrun = true;
+    }
+    return s;
+}
+";
+
+/// The payload of `mods_nan()` for a score_mod that returned NaN or +inf.
+pub(crate) const BAD_SCORE_NAN: u32 = 0x7fc0_0002;
 
 /// Whether `block` has a loop, nested ones included.
 fn has_loop(block: &naga::Block) -> bool {
@@ -291,8 +526,26 @@ impl Mods {
     /// against its signature. Errors name the file and line.
     pub fn wgsl(name: &str, source: &str) -> Result<Self> {
         let err = |message: String| Error::Shader { name: name.to_string(), message };
-        let (score, mask, grad) =
-            (defines(source, "score_mod"), defines(source, "mask_mod"), defines(source, "score_mod_grad"));
+        if source.len() > MOD_SOURCE_BYTES {
+            return Err(err(format!(
+                "{} bytes of WGSL; a mod module may have at most {MOD_SOURCE_BYTES}",
+                source.len()
+            )));
+        }
+        // a redefinition of a reserved name is explained against the user's line
+        let parse = |full: &str| {
+            parse(name, full).map_err(|e| match declares_reserved(source) {
+                Some((line, r)) => err(format!(
+                    "{name}:{line}: `{r}` is a name the engine declares beside a mod (reserved: {})",
+                    RESERVED.join(", ")
+                )),
+                None => e,
+            })
+        };
+        // which of the three it defines, on its parsed module (comments cannot fool it)
+        let (bare, _) = parse(&Self::assemble(source, true, true, true, Some((1, 1)), 1))?;
+        let defined = |f: &str| bare.functions.iter().any(|(_, x)| x.name.as_deref() == Some(f));
+        let (score, mask, grad) = (defined("score_mod"), defined("mask_mod"), defined("score_mod_grad"));
         if !score && !mask {
             return Err(err(format!(
                 "defines neither score_mod nor mask_mod; a mod module defines at least one of:\n  {}",
@@ -302,10 +555,11 @@ impl Mods {
         if grad && !score {
             return Err(err("defines score_mod_grad without score_mod".into()));
         }
-        let (module, info) = parse(name, &Self::assemble(source, score, mask, grad, Some((1, 1)), 1))?;
+        let (module, info) = parse(&Self::assemble(source, score, mask, grad, Some((1, 1)), 1))?;
         if !module.entry_points.is_empty() {
             return Err(err("a mod module may not declare entry points".into()));
         }
+        check_resources(name, source, &module)?;
         let mut buffers = Vec::new();
         for (_, g) in module.global_variables.iter() {
             let Some(rb) = &g.binding else { continue };
@@ -407,6 +661,14 @@ impl Mods {
                 }
             )));
         };
+        if b.words.is_some() {
+            // given twice, or a named mod's own table: replacing it would silently change the
+            // rule the oracle checks against
+            return Err(Error::Invalid(format!(
+                "mod buffer `{name}` of {} already has its values (a buffer is given once; a named mod's table comes with it)",
+                self.name
+            )));
+        }
         if values.is_empty() {
             return Err(Error::Invalid(format!("mod buffer `{name}` is empty")));
         }
@@ -460,10 +722,12 @@ impl Mods {
             Some((n, m)) => format!("{source}\nconst N_Q: u32 = {n}u;\nconst N_KV: u32 = {m}u;\n"),
             None => format!("{source}\nvar<private> N_Q: u32;\nvar<private> N_KV: u32;\n"),
         };
-        // the step budget (see `count_steps`): reserved names, declared after the user's text
+        // the step budget and the score check (see `count_steps`): reserved names, declared
+        // after the user's text
         s.push_str(&format!(
-            "const MOD_STEPS: u32 = {steps}u;\nvar<private> mod_steps: u32;\nvar<private> mod_overrun: bool;\n"
+            "const MOD_STEPS: u32 = {steps}u;\nvar<private> mod_steps: u32;\nvar<private> mod_overrun: bool;\nvar<private> mod_bad_score: bool;\n"
         ));
+        s.push_str(MODS_NAN);
         if !score {
             s.push_str("fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 { return score; }\n");
         }
@@ -565,10 +829,13 @@ impl Mods {
     /// define the same function (e.g. a score file and a mask file). Rules combine likewise.
     pub fn and(self, other: Mods) -> Result<Self> {
         let name = format!("{} + {}", self.name, other.name);
-        if (self.score && other.score) || (self.mask && other.mask) || (self.grad && other.grad) {
+        let both = [("score_mod", self.score && other.score), ("mask_mod", self.mask && other.mask)];
+        if let Some((f, _)) = both.iter().find(|(_, b)| *b) {
             return Err(Error::Shader {
                 name,
-                message: "both modules define the same function; combine them in one file".into(),
+                message: format!(
+                    "both define {f}: modules from files combine as one score_mod and one mask_mod (named mods compose among themselves, Named::compose: --mod alibi --mod softcap=30 --mod window=W); put both rules in one file"
+                ),
             });
         }
         let source = format!("{}\n{}", self.source, other.source);
@@ -674,11 +941,17 @@ impl Named {
         let int = |key: &str, min: u32| -> Result<u32> {
             let v = get(key).ok_or_else(|| bad(format!("needs {key}=…")))?;
             let x: u32 = v.parse().map_err(|e| bad(format!("{key}={v}: {e}")))?;
-            if x < min {
-                return Err(bad(format!("{key} must be at least {min}")));
+            // the WGSL compares positions as i32
+            if x < min || x > i32::MAX as u32 {
+                return Err(bad(format!("{key}={x}: must be in {min}..={}", i32::MAX)));
             }
             Ok(x)
         };
+        if let Some((_, (k, _))) =
+            kv.iter().enumerate().find(|(i, (k, _))| kv[..*i].iter().any(|(j, _)| j == k))
+        {
+            return Err(bad(format!("`{k}` is given twice")));
+        }
         let named = match kv.first().map(|(k, _)| *k) {
             Some("causal") => Named::Causal,
             Some("window") => Named::Window(int("window", 0)?),
@@ -720,13 +993,81 @@ impl Named {
 
     /// This mod as WGSL with its Rust rule.
     pub fn mods(&self) -> Mods {
+        Named::compose(std::slice::from_ref(self)).expect("the named mods are valid WGSL")
+    }
+
+    /// Several named mods as one module (`--mod alibi --mod softcap=30 --mod window=512`):
+    /// masks ANDed, scores applied in the order given (each one's result is the next one's
+    /// score; their gradients multiply by the chain rule), each table at its own binding
+    /// (group 1, from 0 in order). The rule composes the same way.
+    pub fn compose(all: &[Named]) -> Result<Mods> {
+        let mut source = String::new();
+        let (mut masks, mut scores, mut names, mut tables) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, n) in all.iter().enumerate() {
+            // one named mod keeps the plain names (`score_mod`, `doc_ids`); several get suffixes
+            let sfx = if all.len() == 1 { String::new() } else { format!("_{i}") };
+            let (name, text, table) = n.source(&sfx, tables.len() as u32);
+            source.push_str(&text);
+            names.push(name);
+            tables.extend(table);
+            if n.is_mask() {
+                masks.push(format!("mask_mod{sfx}(b, h, q_idx, kv_idx)"));
+            } else {
+                scores.push(sfx);
+            }
+        }
+        if names.is_empty() {
+            return Err(Error::Invalid("no named mods to compose".into()));
+        }
+        if all.len() > 1 {
+            const ARGS: &str = "b: u32, h: u32, q_idx: u32, kv_idx: u32";
+            if !masks.is_empty() {
+                source.push_str(&format!(
+                    "fn mask_mod({ARGS}) -> bool {{\n    return {};\n}}\n",
+                    masks.join(" && ")
+                ));
+            }
+            if !scores.is_empty() {
+                let (mut score, mut grad) = (String::new(), String::new());
+                for sfx in &scores {
+                    score.push_str(&format!("    s = score_mod{sfx}(s, b, h, q_idx, kv_idx);\n"));
+                    grad.push_str(&format!(
+                        "    g = g * score_mod_grad{sfx}(s, b, h, q_idx, kv_idx);\n    s = score_mod{sfx}(s, b, h, q_idx, kv_idx);\n"
+                    ));
+                }
+                source.push_str(&format!(
+                    "fn score_mod(score: f32, {ARGS}) -> f32 {{\n    var s = score;\n{score}    return s;\n}}\n\
+                     fn score_mod_grad(score: f32, {ARGS}) -> f32 {{\n    var s = score;\n    var g = 1.0;\n{grad}    return g;\n}}\n"
+                ));
+            }
+        }
+        // as two named mods joined by `Mods::and` were named (the CLI shows them as flags)
+        let label = names.iter().map(|n| format!("named mod {n}")).collect::<Vec<_>>().join(" + ");
+        let mut mods = Mods::wgsl(&label, &source)?;
+        for (buffer, values) in tables {
+            mods = mods.with_buffer(&buffer, &values)?;
+        }
+        let rule: Arc<dyn ModRule> =
+            all[1..].iter().fold(Arc::new(all[0].clone()), |acc, n| Arc::new(Both(acc, Arc::new(n.clone()))));
+        Ok(mods.with_rule(rule))
+    }
+
+    /// Whether this mod is a mask (the others change scores).
+    fn is_mask(&self) -> bool {
+        !matches!(self, Named::Alibi(_) | Named::Softcap(_) | Named::T5(_))
+    }
+
+    /// This mod's name, its WGSL with `sfx` after every name it declares (its functions,
+    /// helpers and table), and its table (buffer name and values) at group 1 `binding`.
+    fn source(&self, sfx: &str, binding: u32) -> (String, String, Option<(String, Vec<f64>)>) {
         // p = q + N_KV - N_Q as i32; d = p - kv
         const DIST: &str = "let d = i32(q_idx) + i32(N_KV) - i32(N_Q) - i32(kv_idx);";
         let mask = |body: &str| {
             format!(
-                "fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool {{\n    {DIST}\n    return {body};\n}}\n"
+                "fn mask_mod{sfx}(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool {{\n    {DIST}\n    return {body};\n}}\n"
             )
         };
+        let mut table = None;
         let (name, source) = match self {
             Named::Causal => ("causal".to_string(), mask("d >= 0")),
             Named::Window(w) => (format!("window={w}"), mask(&format!("d >= 0 && d <= {w}"))),
@@ -739,25 +1080,33 @@ impl Named {
                 format!("dilated={window},dilation={dilation}"),
                 mask(&format!("d >= 0 && d <= {window} && d % {dilation} == 0")),
             ),
-            Named::T5(table) => (
-                format!("t5({} heads)", table.len() / T5_BUCKETS),
-                "@group(1) @binding(0) var<storage, read> t5_bias: array<f32>;\n\
-                 fn t5_bucket(rel: i32) -> u32 {\n    let base = select(0u, 16u, rel > 0);\n    let n = u32(abs(rel));\n    if n < 8u {\n        return base + n;\n    }\n    if n >= 128u {\n        return base + 15u;\n    }\n    return base + min(8u + u32(firstLeadingBit(n * n)) - 6u, 15u);\n}\n\
-                 fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {\n    let p = i32(q_idx) + i32(N_KV) - i32(N_Q);\n    return score + t5_bias[h * 32u + t5_bucket(i32(kv_idx) - p)];\n}\n\
-                 fn score_mod_grad(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {\n    return 1.0;\n}\n"
-                    .to_string(),
-            ),
-            Named::Documents(ids) => (
-                format!("documents({})", ids.len()),
-                "@group(1) @binding(0) var<storage, read> doc_ids: array<u32>;\n\
-                 fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool {\n    let p = i32(q_idx) + i32(N_KV) - i32(N_Q);\n    return p >= 0 && doc_ids[u32(p)] == doc_ids[kv_idx];\n}\n"
-                    .to_string(),
-            ),
+            Named::T5(values) => {
+                table = Some((format!("t5_bias{sfx}"), values.iter().map(|&x| x as f64).collect()));
+                (
+                    format!("t5({} heads)", values.len() / T5_BUCKETS),
+                    format!(
+                        "@group(1) @binding({binding}) var<storage, read> t5_bias{sfx}: array<f32>;\n\
+                         fn t5_bucket{sfx}(rel: i32) -> u32 {{\n    let base = select(0u, 16u, rel > 0);\n    let n = u32(abs(rel));\n    if n < 8u {{\n        return base + n;\n    }}\n    if n >= 128u {{\n        return base + 15u;\n    }}\n    return base + min(8u + u32(firstLeadingBit(n * n)) - 6u, 15u);\n}}\n\
+                         fn score_mod{sfx}(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {{\n    let p = i32(q_idx) + i32(N_KV) - i32(N_Q);\n    return score + t5_bias{sfx}[h * 32u + t5_bucket{sfx}(i32(kv_idx) - p)];\n}}\n\
+                         fn score_mod_grad{sfx}(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {{\n    return 1.0;\n}}\n"
+                    ),
+                )
+            }
+            Named::Documents(ids) => {
+                table = Some((format!("doc_ids{sfx}"), ids.iter().map(|&x| x as f64).collect()));
+                (
+                    format!("documents({})", ids.len()),
+                    format!(
+                        "@group(1) @binding({binding}) var<storage, read> doc_ids{sfx}: array<u32>;\n\
+                         fn mask_mod{sfx}(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool {{\n    let p = i32(q_idx) + i32(N_KV) - i32(N_Q);\n    return p >= 0 && doc_ids{sfx}[u32(p)] == doc_ids{sfx}[kv_idx];\n}}\n"
+                    ),
+                )
+            }
             Named::Softcap(cap) => (
                 format!("softcap={cap}"),
                 format!(
-                    "fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {{\n    return {cap:?} * tanh(score / {cap:?});\n}}\n\
-                     fn score_mod_grad(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {{\n    let t = tanh(score / {cap:?});\n    return 1.0 - t * t;\n}}\n"
+                    "fn score_mod{sfx}(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {{\n    return {cap:?} * tanh(score / {cap:?});\n}}\n\
+                     fn score_mod_grad{sfx}(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {{\n    let t = tanh(score / {cap:?});\n    return 1.0 - t * t;\n}}\n"
                 ),
             ),
             Named::Alibi(heads) => {
@@ -766,28 +1115,16 @@ impl Named {
                 (
                     "alibi".to_string(),
                     format!(
-                        "var<private> ALIBI_SLOPES: array<f32, {n}> = array<f32, {n}>({list});\n\
-                         fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {{\n    {DIST}\n    return score - ALIBI_SLOPES[h] * f32(abs(d));\n}}\n\
-                         fn score_mod_grad(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {{\n    return 1.0;\n}}\n",
+                        "var<private> ALIBI_SLOPES{sfx}: array<f32, {n}> = array<f32, {n}>({list});\n\
+                         fn score_mod{sfx}(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {{\n    {DIST}\n    return score - ALIBI_SLOPES{sfx}[h] * f32(abs(d));\n}}\n\
+                         fn score_mod_grad{sfx}(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {{\n    return 1.0;\n}}\n",
                         n = heads.max(&1),
                         list = list.join(", ")
                     ),
                 )
             }
         };
-        let mods = Mods::wgsl(&format!("named mod {name}"), &source).expect("the named mods are valid WGSL");
-        let mods = match self {
-            Named::Documents(ids) => {
-                let values: Vec<f64> = ids.iter().map(|&x| x as f64).collect();
-                mods.with_buffer("doc_ids", &values).expect("whole ids")
-            }
-            Named::T5(table) => {
-                let values: Vec<f64> = table.iter().map(|&x| x as f64).collect();
-                mods.with_buffer("t5_bias", &values).expect("finite biases")
-            }
-            _ => mods,
-        };
-        mods.with_rule(Arc::new(self.clone()))
+        (name, source, table)
     }
 }
 
@@ -851,6 +1188,78 @@ mod tests {
         assert!(e.to_string().contains("mask_mod must be"), "{e}");
         let e = Mods::wgsl("m.wgsl", "fn helper() {}").unwrap_err();
         assert!(e.to_string().contains("neither score_mod nor mask_mod"), "{e}");
+    }
+
+    #[test]
+    fn what_a_mod_declares_is_bounded_and_checked_on_its_parsed_module() {
+        const SCORE: &str = "fn score_mod(score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 {";
+        let refused = |text: &str, says: &str| {
+            let t = std::time::Instant::now();
+            let Err(e) = Mods::wgsl("m.wgsl", text) else { panic!("accepted: {text}") };
+            let e = e.to_string();
+            assert!(e.contains(says), "{e}");
+            assert!(t.elapsed().as_secs() < 5, "{e}: took {:?}", t.elapsed());
+        };
+        // once: 3.9 GB for minutes, a segfault after 32 s, a 400 KB workgroup array accepted
+        refused(
+            &format!("var<private> big: array<f32, 4000000>;\n{SCORE} return score + big[0]; }}"),
+            "16384",
+        );
+        refused(&format!("{SCORE}\n var t: array<f32, 8192>;\n return score + t[b]; }}"), "private memory");
+        refused(
+            &format!("var<workgroup> w: array<f32, 100000>;\n{SCORE}\n return score + w[0]; }}"),
+            "m.wgsl:1: var<workgroup>",
+        );
+        let mut chain = String::from("fn f0(x: f32) -> f32 { return x * 1.01; }\n");
+        for i in 1..24 {
+            chain.push_str(&format!(
+                "fn f{i}(x: f32) -> f32 {{ return f{}(x) + f{}(x * 0.5); }}\n",
+                i - 1,
+                i - 1
+            ));
+        }
+        refused(&format!("{chain}{SCORE} return f23(score); }}"), "expands to more than");
+        refused(&format!("enable f16;\n{SCORE} return f32(f16(score)); }}"), "32-bit types");
+        refused(&format!("override k: f32 = 2.0;\n{SCORE} return score * k; }}"), "m.wgsl:1: `override`");
+        refused(
+            &format!("fn mods_nan() -> f32 {{ return 0.0; }}\n{SCORE} return score; }}"),
+            "m.wgsl:1: `mods_nan` is a name",
+        );
+        refused(
+            &format!("{SCORE}\n    let mod_overrun = 2.0;\n    return score * mod_overrun; }}"),
+            "`mod_overrun` is a name",
+        );
+        refused(&"// padding\n".repeat(30_000), "at most 262144");
+        // detection reads the parsed module: a commented-out mask_mod is not one, odd spacing is
+        let m = Mods::wgsl(
+            "m.wgsl",
+            &format!(
+                "// fn mask_mod(b: u32, h: u32, q_idx: u32, kv_idx: u32) -> bool\n{SCORE} return score; }}"
+            ),
+        )
+        .unwrap();
+        assert!(m.has_score_mod() && !m.has_mask_mod());
+        let m = Mods::wgsl(
+            "m.wgsl",
+            "fn/**/score_mod (score: f32, b: u32, h: u32, q_idx: u32, kv_idx: u32) -> f32 { return score; }",
+        )
+        .unwrap();
+        assert!(m.has_score_mod());
+        // the built-in mods and a modest table fit
+        let table = (0..1024).map(|i| format!("{i}.0")).collect::<Vec<_>>().join(", ");
+        Mods::wgsl("m.wgsl", &format!("{SCORE}\n var t = array<f32, 1024>({table});\n return score + t[kv_idx % 1024u] + f32(bool(b)); }}")).unwrap();
+    }
+
+    #[test]
+    fn named_mods_compose_and_files_say_what_combines() {
+        let all = [Named::Alibi(4), Named::Softcap(30.0), Named::Window(7), Named::Causal];
+        let m = Named::compose(&all).unwrap();
+        assert!(m.has_score_mod() && m.has_mask_mod() && m.has_grad());
+        let at = At { b: 0, h: 1, q: 9, kv: 4, n: 10, m: 10 };
+        let want = 30.0 * ((2.0 - 0.0625 * 5.0) / 30.0f64).tanh(); // head 1 of 4: slope 1/16
+        assert!((m.rule().unwrap().score(2.0, at) - want).abs() < 1e-6);
+        let e = Named::Alibi(4).mods().and(Named::Softcap(3.0).mods()).unwrap_err().to_string();
+        assert!(e.contains("both define score_mod") && e.contains("Named::compose"), "{e}");
     }
 
     #[test]

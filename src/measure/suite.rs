@@ -8,7 +8,7 @@
 use web_time::Instant;
 
 use crate::contract::mask::{BigBird, Mask};
-use crate::contract::mods::{Mods, Named};
+use crate::contract::mods::Named;
 use crate::contract::spec::{Alibi, AttnSpec};
 use crate::contract::{AttnShape, Window};
 use crate::error::Result;
@@ -174,14 +174,8 @@ pub fn as_mods(spec: &AttnSpec) -> Option<AttnSpec> {
         Alibi::Standard => named.push(Named::Alibi(spec.shape.heads)),
         Alibi::Custom(_) => return None,
     }
-    let mut mods: Option<Mods> = None;
-    for n in named {
-        mods = Some(match mods {
-            Some(m) => m.and(n.mods()).ok()?,
-            None => n.mods(),
-        });
-    }
-    Some(AttnSpec { causal: false, window: None, alibi: Alibi::Off, ..spec.clone() }.mods(Some(mods?)))
+    let mods = Named::compose(&named).ok()?;
+    Some(AttnSpec { causal: false, window: None, alibi: Alibi::Off, ..spec.clone() }.mods(Some(mods)))
 }
 
 /// The default suite's ladder of N (= M); H = 4, D = 64. The first [`MIN_RUNGS`] always run
