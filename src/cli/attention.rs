@@ -121,9 +121,11 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
             .flatten()
             .map(|p| p.as_path())
             .collect();
+    let read = a.mask.input_paths();
     let inputs: Vec<&std::path::Path> = [Some(&a.q), Some(&a.k), Some(&a.v), a.grad_out.as_ref()]
         .into_iter()
         .flatten()
+        .chain(&read)
         .map(|p| p.as_path())
         .collect();
     longctx::io::check_outputs(&outputs, &inputs)?;

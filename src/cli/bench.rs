@@ -206,11 +206,21 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let outputs: Vec<&std::path::Path> =
         a.json.as_deref().into_iter().chain(a.csv.as_deref()).chain(a.plot.as_deref()).collect();
-    longctx::io::check_outputs(&outputs, &[])?;
+    let read = a.mask.input_paths();
+    longctx::io::check_outputs(&outputs, &read.iter().map(|p| p.as_path()).collect::<Vec<_>>())?;
     if let Some(path) = &a.plot {
         super::plot::check_path(path)?;
         if a.matmul.is_some() {
             bail!("--plot draws the attention suites, sweeps and --backward; not --matmul");
+        }
+    }
+    // --compare-mods times flash against itself with the rules as mods: say when it cannot
+    if a.compare_mods {
+        let flash = a.kernels.as_ref().is_none_or(|k| k.iter().any(|k| k.trim() == "flash"));
+        if a.backward || a.matmul.is_some() || !flash {
+            bail!(
+                "--compare-mods compares flash's forward with its rules as mods: it needs flash among --kernels, and no --backward or --matmul"
+            );
         }
     }
     let gpu = dev.gpu()?;

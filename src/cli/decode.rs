@@ -62,7 +62,11 @@ pub struct DecodeArgs {
 }
 
 pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
-    longctx::io::check_outputs(&a.json.as_deref().into_iter().collect::<Vec<_>>(), &[])?;
+    let read = a.mods.input_paths();
+    longctx::io::check_outputs(
+        &a.json.as_deref().into_iter().collect::<Vec<_>>(),
+        &read.iter().map(|p| p.as_path()).collect::<Vec<_>>(),
+    )?;
     let gpu = dev.gpu()?;
     let context = parse_size(&a.context)?;
     let peak = peak::best_reading(&gpu)?;

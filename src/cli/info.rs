@@ -21,12 +21,19 @@ pub fn run(dev: &DeviceArgs, args: &InfoArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if args.all {
-        let adapters = list_adapters(&dev.options()?);
+        // every backend unless --backend narrows it (a device is created on the primary ones)
+        let mut options = dev.options()?;
+        options.backends.get_or_insert(wgpu::Backends::all());
+        let adapters = list_adapters(&options);
         if adapters.is_empty() {
             anyhow::bail!(longctx::Error::NoAdapter { detail: String::new() });
         }
         for a in adapters {
-            println!("{:<40} {:?} {:?} ({} {})", a.name, a.backend, a.device_type, a.driver, a.driver_info);
+            let note = if a.backend == wgpu::Backend::Gl { "  (not supported: GL)" } else { "" };
+            println!(
+                "{:<40} {:?} {:?} ({} {}){note}",
+                a.name, a.backend, a.device_type, a.driver, a.driver_info
+            );
         }
         return Ok(());
     }

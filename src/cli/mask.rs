@@ -46,11 +46,18 @@ pub fn run(dev: &super::DeviceArgs, a: &MaskCmdArgs) -> anyhow::Result<()> {
             (c.br as usize, c.bc as usize)
         }
     };
-    let mut map = BlockMap::build_within(&spec, br, bc, longctx::kernels::host_budget())?;
+    // mask_mod is WGSL: the map is refined on the GPU, tile by tile, so it must fit one
+    // of the device's bindings (checked as it is built, not after)
+    let gpu = match spec.mods.as_ref().filter(|m| m.has_mask_mod()) {
+        Some(_) => Some(dev.gpu()?),
+        None => None,
+    };
+    let mut map = match &gpu {
+        Some(g) => longctx::kernels::build_map(g, &spec, br, bc)?,
+        None => BlockMap::build_within(&spec, br, bc, longctx::kernels::host_budget())?,
+    };
     let mut built = String::new();
-    if let Some(mods) = spec.mods.as_ref().filter(|m| m.has_mask_mod()) {
-        // mask_mod is WGSL: the map is refined on the GPU, tile by tile
-        let gpu = dev.gpu()?;
+    if let (Some(mods), Some(gpu)) = (spec.mods.as_ref(), gpu) {
         let (refined, took) = longctx::kernels::mods::refine(&gpu, &spec, mods, &map)?;
         map = refined;
         built = format!("mask_mod evaluated on {} in {:.1} ms\n", gpu.info().name, took.as_secs_f64() * 1e3);

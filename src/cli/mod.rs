@@ -38,8 +38,9 @@ pub struct DeviceArgs {
     /// LONGCTX_ADAPTER. `longctx info --all` lists the adapters.
     #[arg(long, global = true)]
     pub adapter: Option<String>,
-    /// Restrict to these wgpu backends, comma-separated: vulkan, metal, dx12, gl
-    /// (default: WGPU_BACKEND or all; Vulkan is preferred over GL).
+    /// Restrict to these wgpu backends, comma-separated: vulkan, metal, dx12 (default:
+    /// WGPU_BACKEND or all). gl is listed by `info --all` but refused: wgpu's GLSL
+    /// translation cannot run the kernels.
     #[arg(long, global = true)]
     pub backend: Option<String>,
     /// Kernel configuration preset instead of the detected one: a100, h100, nvidia, amd-cdna,

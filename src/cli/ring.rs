@@ -56,10 +56,10 @@ pub struct RingArgs {
     alibi: bool,
     #[command(flatten)]
     positions: PositionArgs,
-    /// Ranks as devices of this process, one thread each (default 2; under mpirun the MPI
-    /// world is the ring).
-    #[arg(long)]
-    devices: Option<usize>,
+    /// Ranks as devices of this process, one thread each (1–64, default 2; under mpirun the
+    /// MPI world is the ring).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    devices: Option<u16>,
     /// zigzag or contiguous (default: zigzag when causal, else contiguous).
     #[arg(long)]
     sharding: Option<String>,
@@ -106,15 +106,17 @@ fn plan_of(a: &RingArgs, spec: &AttnSpec, ranks: usize) -> anyhow::Result<RingSc
 }
 
 pub fn run(dev: &DeviceArgs, a: &RingArgs) -> anyhow::Result<()> {
-    longctx::io::check_outputs(&a.json.as_deref().into_iter().collect::<Vec<_>>(), &[])?;
+    let read = a.mask.input_paths();
+    longctx::io::check_outputs(
+        &a.json.as_deref().into_iter().collect::<Vec<_>>(),
+        &read.iter().map(|p| p.as_path()).collect::<Vec<_>>(),
+    )?;
     let spec = spec_of(a)?;
     if longctx::parallel::transport::mpi_launched() {
         return run_mpi(dev, a, &spec);
     }
-    let ranks = a.devices.unwrap_or(2);
-    if ranks == 0 {
-        bail!("--devices must be at least 1");
-    }
+    // each rank opens its own device (≈13 MB of host memory on lavapipe): bounded by the flag
+    let ranks = a.devices.map_or(2, usize::from);
     let plan = plan_of(a, &spec, ranks)?;
     let gpus: Vec<Gpu> = (0..ranks)
         .map(|r| dev.gpu().with_context(|| format!("device for rank {r}")))

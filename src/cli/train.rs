@@ -32,7 +32,10 @@ pub struct TrainArgs {
     /// Positional scheme: sinusoidal, rope, alibi or none.
     #[arg(long)]
     pos: String,
-    /// Training length L (tokens per sequence).
+    /// Training length L (tokens per sequence). Limits: batch × (L + 1) ≤ 2^24 tokens and
+    /// the activations within the device's bindings (checked before training starts); the
+    /// matmuls split their inner dimension wherever one invocation would pass the adapter's
+    /// loop cap, so long lengths work on lavapipe too.
     #[arg(long, default_value_t = 128, value_parser = positive)]
     train_len: usize,
     /// The corpus (one text file; `scripts/fetch-corpus` fetches the default).
@@ -136,14 +139,34 @@ pub fn run_train(device: &DeviceArgs, a: &TrainArgs) -> anyhow::Result<()> {
         }
         (false, false) => None,
     };
+    let created = !dir.exists();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    longctx::io::check_outputs(&[ckpt.as_path(), log.as_path()], &[a.corpus.as_path()])?;
+    let result = train_into(device, a, &config, &corpus, start, &ckpt, &log);
+    if result.is_err() && created {
+        // a run that failed before its first checkpoint leaves no empty folder behind
+        let _ = std::fs::remove_dir(&dir);
+    }
+    result
+}
+
+/// The training run of [`run_train`] into its prepared folder.
+fn train_into(
+    device: &DeviceArgs,
+    a: &TrainArgs,
+    config: &TrainConfig,
+    corpus: &Corpus,
+    start: Option<Checkpoint>,
+    ckpt: &Path,
+    log: &Path,
+) -> anyhow::Result<()> {
+    let model = &config.model;
+    longctx::io::check_outputs(&[ckpt, log], &[a.corpus.as_path()])?;
     let gpu = device.gpu()?;
     let done = start.as_ref().map_or(0, |c| c.step);
     let mut rows = start.as_ref().map_or_else(Vec::new, |c| c.log.clone());
     println!(
         "training {} ({} parameters; d {} × {} layers, {} heads) at L = {} on {}: {} steps of {} tokens from step {done}",
-        pos.name(),
+        model.pos.name(),
         model.params(),
         model.d_model,
         model.layers,
@@ -159,7 +182,7 @@ pub fn run_train(device: &DeviceArgs, a: &TrainArgs) -> anyhow::Result<()> {
     );
     bar.set_position(done as u64);
     let mut write_err = None;
-    let state = train(&gpu, &corpus, &config, start, config.steps, &ckpt, |row| {
+    let state = train(&gpu, corpus, config, start, config.steps, ckpt, |row| {
         bar.set_position(row.step as u64);
         bar.set_message(format!(
             "loss {:.3}{} lr {:.1e} {:.0} tok/s",
@@ -179,7 +202,7 @@ pub fn run_train(device: &DeviceArgs, a: &TrainArgs) -> anyhow::Result<()> {
             ));
         }
         rows.push(row.clone());
-        if let Err(e) = longctx::io::write_atomic(&log, log_csv(&rows).as_bytes()) {
+        if let Err(e) = longctx::io::write_atomic(log, log_csv(&rows).as_bytes()) {
             write_err.get_or_insert(e);
         }
     })?;
@@ -224,7 +247,9 @@ pub struct EvalArgs {
     /// Checkpoints to evaluate (repeat the flag for several).
     #[arg(long, required = true)]
     checkpoint: Vec<PathBuf>,
-    /// Evaluation lengths, comma-separated.
+    /// Evaluation lengths, comma-separated, each at most --span (which must be a multiple of
+    /// every length); a forward holds max(L, --tokens-per-call) tokens, within the device's
+    /// bindings (the matmuls split K past the adapter's loop cap: 16K works on lavapipe).
     #[arg(long, default_value = "128,256,512,1024,2048", value_delimiter = ',', value_parser = positive)]
     lengths: Vec<usize>,
     /// The corpus the checkpoints were trained on.
@@ -264,6 +289,9 @@ pub fn run_eval(device: &DeviceArgs, a: &EvalArgs) -> anyhow::Result<()> {
                 corpus.sha256
             );
         }
+    }
+    if let Some((_, l)) = a.lengths.iter().enumerate().find(|(i, l)| a.lengths[..*i].contains(l)) {
+        bail!("--lengths: {l} is given twice");
     }
     let mut modes = vec![Windows::NonOverlapping];
     if a.slide > 0 {

@@ -77,7 +77,18 @@ impl Positions {
         };
         let mut base = 10000.0;
         let (mut interleaved, mut offset) = (false, 0usize);
+        let mut seen: Vec<&str> = Vec::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            // one value per parameter: `theta=1e4,theta=5` or `interleaved,half` is a mistake
+            let key = match part.split_once('=') {
+                Some((k, _)) => k.trim(),
+                None if part == "interleaved" || part == "half" => "layout",
+                None => part,
+            };
+            if seen.contains(&key) {
+                return Err(bad(format!("`{part}`: {key} is given twice")));
+            }
+            seen.push(key);
             match part.split_once('=') {
                 Some(("theta", v)) if rope => {
                     base = v.parse().map_err(|_| bad(format!("theta `{v}` is not a number")))?
@@ -86,7 +97,11 @@ impl Positions {
                     base = v.parse().map_err(|_| bad(format!("base `{v}` is not a number")))?
                 }
                 Some(("offset", v)) => {
-                    offset = v.parse().map_err(|_| bad(format!("offset `{v}` is not a whole number ≥ 0")))?
+                    offset = v.parse().map_err(|_| bad(format!("offset `{v}` is not a whole number ≥ 0")))?;
+                    // positions are i32 in the kernels
+                    if offset > i32::MAX as usize {
+                        return Err(bad(format!("offset {offset}: must be at most {}", i32::MAX)));
+                    }
                 }
                 None if rope && part == "interleaved" => interleaved = true,
                 None if rope && part == "half" => interleaved = false,
@@ -125,6 +140,14 @@ impl Positions {
     /// Checks the encoding against head dim `d`: RoPE rotates pairs, so D must be even.
     pub fn validate(&self, d: usize) -> Result<()> {
         self.check_base()?;
+        if self.offset > i32::MAX as usize {
+            return Err(Error::OutOfRange {
+                what: "positional encoding offset".into(),
+                value: self.offset as u64,
+                min: 0,
+                max: i32::MAX as u64,
+            });
+        }
         if matches!(self.encoding, Encoding::Rope { .. }) && !d.is_multiple_of(2) {
             return Err(Error::HeadDim {
                 kernel: "rope",

@@ -216,6 +216,16 @@ impl AttnSpec {
         }
         if let Some(p) = &self.positions {
             p.validate(self.shape.head_dim)?;
+            // the kernels hold positions as i32
+            let (_, hi) = p.span(self.q_offset(), self.shape.n, self.shape.m);
+            if hi - 1 > i32::MAX as i64 {
+                return Err(Error::OutOfRange {
+                    what: "last position of the positional encoding (offset + sequence)".into(),
+                    value: (hi - 1) as u64,
+                    min: 0,
+                    max: i32::MAX as u64,
+                });
+            }
         }
         if let Some(q) = self.q_start {
             if q.unsigned_abs() >= UNBOUNDED as u64 {

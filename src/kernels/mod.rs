@@ -74,22 +74,25 @@ pub(crate) const MOD_STEPS_UNCAPPED: u32 = 1 << 20;
 
 /// [`Error::ModSteps`] when `kernel` ran `mods` (allowed `steps` loop iterations per
 /// invocation) and any of `outputs` is NaN: what the kernels write where the mods' loops ran
-/// out. The callers' inputs are checked finite, so a NaN is the mods'.
+/// out; [`Error::ModScore`] when the NaN's payload says the score_mod returned NaN or +inf.
+/// The callers' inputs are checked finite, so a NaN is the mods'.
 pub(crate) fn check_mod_steps(
     mods: Option<&crate::contract::mods::Mods>,
     kernel: &'static str,
     steps: u32,
     outputs: &[&[f32]],
 ) -> Result<()> {
-    match mods {
-        Some(m) if outputs.iter().any(|o| o.iter().any(|x| x.is_nan())) => Err(Error::ModSteps {
-            mods: m.name().to_string(),
-            kernel,
-            steps,
-            adapter_cap: steps != MOD_STEPS_UNCAPPED,
-        }),
-        _ => Ok(()),
+    let Some(m) = mods else { return Ok(()) };
+    let mut nans = outputs.iter().flat_map(|o| o.iter()).filter(|x| x.is_nan()).peekable();
+    if nans.peek().is_none() {
+        return Ok(());
     }
+    let mods = m.name().to_string();
+    Err(if nans.any(|x| x.to_bits() == crate::contract::mods::BAD_SCORE_NAN) {
+        Error::ModScore { mods, kernel }
+    } else {
+        Error::ModSteps { mods, kernel, steps, adapter_cap: steps != MOD_STEPS_UNCAPPED }
+    })
 }
 
 /// The share of the adapter's loop cap a kernel's own loops may use in a call with `mods`:
@@ -292,6 +295,20 @@ pub(crate) const UNTUNED: &str = "; the preset runs instead (measure again with 
 /// cannot be read).
 pub fn host_budget() -> u64 {
     crate::runtime::host::available_bytes().unwrap_or(u64::MAX)
+}
+
+/// `spec`'s block map for `br × bc` tiles, for a kernel on `gpu`: held to what the host has
+/// and to one of the device's storage bindings (the map is uploaded as one), so a map too
+/// large for either is an error while it is built, naming the limit it would pass.
+pub fn build_map(gpu: &Gpu, spec: &AttnSpec, br: usize, bc: usize) -> Result<BlockMap> {
+    let host = host_budget();
+    let binding = gpu.limits().max_storage_buffer_binding_size.min(gpu.limits().max_buffer_size);
+    BlockMap::build_within(spec, br, bc, host.min(binding)).map_err(|e| match e {
+        Error::HostMemory { what, bytes, .. } if binding < host => {
+            Error::BindingTooLarge { what, bytes, limit: binding }
+        }
+        e => e,
+    })
 }
 
 /// Slopes buffer contents: the spec's slopes or a single zero (bindings cannot be empty).

@@ -108,6 +108,21 @@ pub fn refine(gpu: &Gpu, spec: &AttnSpec, mods: &Mods, map: &BlockMap) -> Result
     let t0 = Instant::now();
     let s = spec.shape;
     let (reads_b, reads_h) = mods.mask_reads();
+    // the device's and the host's limits before any copy: the map (per head when the mod
+    // reads h) and its entries' rows go to the GPU as one binding each
+    let copies = if reads_h && map.heads == 1 { s.heads as u64 } else { 1 };
+    let entries = (map.entries.len() as u64).saturating_mul(copies);
+    let words = entries.saturating_mul(2).saturating_add(map.row_ptr.len() as u64 * copies);
+    gpu.check_binding(
+        "the mask_mod block map",
+        words.saturating_add(map.bits.len() as u64).saturating_mul(4),
+    )?;
+    gpu.check_binding("the mask_mod entry rows", entries.saturating_mul(4))?;
+    // a copy of the map, its words, the entry rows, the counts read back
+    crate::runtime::host::check_bytes(
+        "the mask_mod block map's copies",
+        words.saturating_mul(4).saturating_mul(3),
+    )?;
     let map = if reads_h && map.heads == 1 && s.heads > 1 { per_head(map, s.heads) } else { map.clone() };
     if map.entries.is_empty() {
         return Ok((map, t0.elapsed()));

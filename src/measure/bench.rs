@@ -477,10 +477,17 @@ pub fn run_backward(gpu: &Gpu, spec: &AttnSpec, reps: usize, mask: &str) -> Back
 fn fill_backward(gpu: &Gpu, spec: &AttnSpec, reps: usize, r: &mut BackwardRecord) -> Result<()> {
     use crate::kernels::attention::backward::{Backward, GradTensors};
     let s = spec.shape;
-    let (q, k, v) = seeded_qkv(spec, 0xbac4);
-    let d_o = crate::contract::inputs::seeded(s.q_len(), 0xbac5);
+    // the device's limits first, then the host's, then the inputs
     let fwd = Attention::new(gpu, Kernel::Flash, spec)?;
     let bwd = Backward::new(gpu, spec)?;
+    // host: Q, K, V, dO, the read-back dQ, dK, dV (and the oracle's below its size bound)
+    let floats = (3u64 * s.q_len() as u64).saturating_add(4u64.saturating_mul(s.kv_len() as u64));
+    crate::runtime::host::check_bytes(
+        "the backward benchmark's inputs and gradients",
+        floats.saturating_mul(4),
+    )?;
+    let (q, k, v) = seeded_qkv(spec, 0xbac4);
+    let d_o = crate::contract::inputs::seeded(s.q_len(), 0xbac5);
     let io = DeviceTensors::upload(gpu, spec, &q, &k, &v)?;
     let grads = GradTensors::upload(gpu, spec, &d_o)?;
     grads.poison(gpu);

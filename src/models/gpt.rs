@@ -85,6 +85,15 @@ pub fn sinusoid(t: usize, d: usize) -> Vec<f64> {
     row
 }
 
+/// Most blocks a model may have.
+pub const MAX_LAYERS: usize = 1024;
+/// Most width (`d_model`, `ffn`) a model may have.
+pub const MAX_WIDTH: usize = 1 << 16;
+/// Most vocabulary a model may have.
+pub const MAX_VOCAB: usize = 1 << 20;
+/// Most parameters a model may have (4 GiB of f32; training holds three copies).
+pub const MAX_PARAMS: usize = 1 << 30;
+
 /// LayerNorm's ε (GPT-2's).
 pub(crate) const LN_EPS: f64 = 1e-5;
 
@@ -94,8 +103,37 @@ impl GptConfig {
         Self { vocab: 256, d_model, heads, layers, ffn: 4 * d_model, pos }
     }
 
-    /// Checks the sizes.
+    /// Checks the sizes: positive, within [`MAX_LAYERS`], [`MAX_WIDTH`] and [`MAX_VOCAB`],
+    /// and at most [`MAX_PARAMS`] parameters in all (sizes come from checkpoints and flags:
+    /// bounded before anything is allocated).
     pub fn validate(&self) -> Result<()> {
+        for (what, value, max) in [
+            ("layers", self.layers, MAX_LAYERS),
+            ("d_model", self.d_model, MAX_WIDTH),
+            ("ffn", self.ffn, MAX_WIDTH),
+            ("vocab", self.vocab, MAX_VOCAB),
+            ("heads", self.heads, self.d_model.clamp(1, MAX_WIDTH)),
+        ] {
+            if value > max {
+                return Err(Error::OutOfRange {
+                    what: format!("model {what}"),
+                    value: value as u64,
+                    min: 1,
+                    max: max as u64,
+                });
+            }
+        }
+        let (d, f, l, v) = (self.d_model as u64, self.ffn as u64, self.layers as u64, self.vocab as u64);
+        // the bounds above keep this within u64
+        let params = v * d + l * (4 * d * d + 2 * d * f + 9 * d + f) + 2 * d;
+        if params > MAX_PARAMS as u64 {
+            return Err(Error::OutOfRange {
+                what: format!("model parameters (d_model {d}, ffn {f}, {l} layers, vocab {v})"),
+                value: params,
+                min: 1,
+                max: MAX_PARAMS as u64,
+            });
+        }
         let ok = self.vocab > 0 && self.d_model > 0 && self.heads > 0 && self.layers > 0 && self.ffn > 0;
         let hd = self.d_model / self.heads.max(1);
         if !ok
@@ -329,6 +367,30 @@ pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_from_a_checkpoint_are_bounded_before_anything_is_allocated() {
+        // once: `layers = 1e12` built a trillion shapes, `d_model = 2^62` overflowed the
+        // parameter count ("capacity overflow" panic), `vocab = 2^40` aborted allocating
+        let ok = GptConfig::bytes(64, 4, 4, PosScheme::Alibi);
+        ok.validate().unwrap();
+        for bad in [
+            GptConfig { layers: 1_000_000_000_000, ..ok },
+            GptConfig { d_model: 1 << 62, heads: 1, ..ok },
+            GptConfig { vocab: 1 << 40, ..ok },
+            GptConfig { ffn: usize::MAX, ..ok },
+            GptConfig { d_model: 1 << 16, ffn: 1 << 16, layers: 1024, ..ok },
+        ] {
+            let t = std::time::Instant::now();
+            let e = bad.validate().unwrap_err();
+            assert!(matches!(e, Error::OutOfRange { .. }), "{e}");
+            assert!(t.elapsed().as_millis() < 100);
+        }
+        assert_eq!(ok.params() as u64, {
+            let (d, f) = (64u64, 256u64);
+            256 * d + 4 * (4 * d * d + 2 * d * f + 9 * d + f) + 2 * d
+        });
+    }
 
     #[test]
     fn parameters_are_laid_out_and_initialised_as_gpt2() {

@@ -53,6 +53,9 @@ impl Corpus {
     }
 }
 
+/// Most tokens one training batch may hold (batch × (length + 1)).
+pub const MAX_BATCH_TOKENS: u64 = 1 << 24;
+
 /// How a run trains: the model, the batch, the schedule, the optimiser, the checkpoints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -99,6 +102,16 @@ impl TrainConfig {
         ];
         if let Some((what, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(Error::Invalid(format!("training: {what} must be at least 1")));
+        }
+        // a batch's tokens, bounded before activations are sized from them
+        let tokens = (self.batch as u64).saturating_mul(self.seq as u64 + 1);
+        if tokens > MAX_BATCH_TOKENS {
+            return Err(Error::OutOfRange {
+                what: format!("training batch tokens ({} × ({} + 1))", self.batch, self.seq),
+                value: tokens,
+                min: 1,
+                max: MAX_BATCH_TOKENS,
+            });
         }
         let finite =
             [self.lr, self.min_lr_ratio, self.weight_decay, self.max_norm, self.betas.0, self.betas.1];

@@ -249,6 +249,12 @@ impl Gpu {
             };
             return Err(Error::NoAdapter { detail });
         };
+        if adapter.get_info().backend == wgpu::Backend::Gl {
+            return Err(Error::UnsupportedBackend {
+                adapter: format!("{} (Gl)", adapter.get_info().name),
+                reason: "wgpu's GLSL translation rejects the kernels' identifiers (`gl_` prefixes) and its errors escape validation scopes; use a Vulkan, Metal or DX12 adapter (--backend vulkan)",
+            });
+        }
         let (device, queue) =
             adapter.request_device(&device_descriptor(&adapter, options.limits.clone())).await?;
         let mut gpu = Self::from_wgpu(device, queue, adapter.get_info())

@@ -458,8 +458,7 @@ impl Backward {
         gpu.check_workgroup("backward dkv", c.dkv_workgroup_bytes(d), c.bc)?;
         // tensors beyond one binding run in chunks of kv heads, as the forward does
         let chunks = flash::Chunk::plan(gpu, spec)?;
-        let mut map =
-            BlockMap::build_within(spec, c.br as usize, c.bc as usize, crate::kernels::host_budget())?;
+        let mut map = crate::kernels::build_map(gpu, spec, c.br as usize, c.bc as usize)?;
         if let Some(m) = spec.mods.as_ref().filter(|m| m.has_mask_mod()) {
             map = crate::kernels::mods::refine(gpu, spec, m, &map)?.0;
         }

@@ -16,7 +16,7 @@ use crate::kernels::lowering::STORAGE;
 use crate::kernels::matmul::Coop;
 use crate::kernels::{
     AttnBuffers, COMMON, CallParams, MODS_NONE, SOFTMAX_TILE, Tiles, Traffic, UNTUNED, check_head_dim,
-    check_shuffles, host_budget, lanes, slopes_words, with_mods,
+    check_shuffles, lanes, slopes_words, with_mods,
 };
 use crate::runtime::shader::{
     BindGroupFields, Bound, Compiled, Shader, ShaderVariant, Snippet, bind_group, header_consts,
@@ -498,7 +498,7 @@ impl Flash {
             });
         }
 
-        let mut map = BlockMap::build_within(spec, config.br as usize, config.bc as usize, host_budget())?;
+        let mut map = crate::kernels::build_map(gpu, spec, config.br as usize, config.bc as usize)?;
         let mut mask_mod_map = None;
         if let Some(m) = spec.mods.as_ref().filter(|m| m.has_mask_mod()) {
             let (refined, took) = crate::kernels::mods::refine(gpu, spec, m, &map)?;
