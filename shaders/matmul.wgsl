@@ -3,8 +3,9 @@
 // Tiled: a workgroup of (TN/4)·(TM/RM) invocations owns a TM × TN tile of C; each invocation
 // keeps RM rows × one vec4 of columns in registers. The K dimension streams through
 // workgroup memory in TK-deep slabs of A (TM × TK) and B (TK × TN). Any M, K, N ≥ 1: edges
-// load zeros and skip stores. `Dims`, the bindings, the activations and the epilogue are
-// in matmul_common.wgsl.
+// load zeros and skip stores. `Dims` and the activations are in matmul_common.wgsl, the
+// bindings and the epilogue in matmul_scalar.wgsl. The GPU path; CPU adapters run
+// matmul_blocked.wgsl where K and N are multiples of 4.
 // Device-memory traffic: A read ⌈N/TN⌉ times, B read ⌈M/TM⌉ times, C written once.
 // Subgroups (SG > 0, TN = 4·SG): invocation (subgroup s, lane l) owns rows s·RM… and column
 // vec4 l; every lane of a subgroup needs the same A values, so lane l loads A at k0 + l and

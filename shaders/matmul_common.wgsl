@@ -1,8 +1,8 @@
-// matmul_common.wgsl — shared by matmul.wgsl and matmul_coop.wgsl (placed after the
-// constants header, which defines ACT): the call's `Dims`, the bindings, the activations
-// and the per-element epilogue. ACT: 0 none, 1 GELU (tanh form, as GPT-2 uses), 2 GELU (erf
-// form, as BERT uses; erf by Abramowitz–Stegun 7.1.26, |error| ≤ 1.5e-7). With `accumulate`
-// the result is added to C (residual branches).
+// matmul_common.wgsl — shared by the three matmul kernels (placed after the constants header,
+// which defines ACT): the call's `Dims` and its uniform, and the fused activation `activate`.
+// ACT: 0 none, 1 GELU (tanh form, as GPT-2 uses), 2 GELU (erf form, as BERT uses; erf by
+// Abramowitz–Stegun 7.1.26, |error| ≤ 1.5e-7). With `accumulate` the result is added to C
+// (residual branches).
 
 struct Dims {
     m: u32,
@@ -24,10 +24,6 @@ struct Dims {
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
 fn erf(x: f32) -> f32 {
     let a = abs(x);
@@ -40,21 +36,12 @@ fn gelu_erf(x: f32) -> f32 {
     return 0.5 * x * (1.0 + erf(x * 0.70710678118654752));
 }
 
-// C[gr, gc] = act(value + bias[gc]) (+ C[gr, gc] when accumulating), for an element inside
-// C (the caller checks the bounds).
-fn store_c(gr: u32, gc: u32, value: f32) {
-    var val = value;
-    if dims.has_bias != 0u {
-        val += bias[gc];
-    }
+// The fused activation of the epilogue (ACT), per element.
+fn activate(x: f32) -> f32 {
     if ACT == 1u {
-        val = gelu_tanh(val);
+        return gelu_tanh(x);
     } else if ACT == 2u {
-        val = gelu_erf(val);
+        return gelu_erf(x);
     }
-    let at = gr * dims.n + gc - dims.c_shift;
-    if dims.accumulate != 0u {
-        val += c[at];
-    }
-    c[at] = val;
+    return x;
 }

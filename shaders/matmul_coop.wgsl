@@ -1,6 +1,6 @@
 // matmul_coop.wgsl — C = act(A·B + bias) on cooperative matrices (tensor cores on NVIDIA,
 // simdgroup matrices on Apple): the `wgpu_cooperative_matrix` path of matmul.wgsl, same
-// bindings, `Dims` and epilogue (matmul_common.wgsl), any M, K, N ≥ 1.
+// bindings and epilogue (matmul_scalar.wgsl), `Dims` (matmul_common.wgsl), any M, K, N ≥ 1.
 //
 // A workgroup is one subgroup (SGW invocations) and owns a 2S × 2S block of C as 2 × 2
 // accumulators `coop_c` (S×S, f32). K streams through workgroup memory in S-deep slabs:

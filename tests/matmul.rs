@@ -1,9 +1,10 @@
-//! The tiled matmul against the f64 oracle at odd sizes, with bias and fused GELU.
+//! The matmul kernels (tiled, register-blocked, cooperative matrices) against the f64 oracle
+//! at odd sizes, with bias and fused GELU.
 
 use crate::common;
 
 use longctx::contract::reference::rel_error;
-use longctx::kernels::matmul::{Activation, Matmul, matmul_f64};
+use longctx::kernels::matmul::{Activation, Matmul, MatmulOptions, TensorCores, matmul_f64};
 use rand::{SeedableRng, rngs::StdRng};
 
 #[test]
@@ -20,23 +21,45 @@ fn odd_sizes_bias_and_gelu_match_the_oracle() {
         (64, 256, 96, true, Activation::Gelu),
         (257, 300, 70, false, Activation::Gelu),
         (70, 384, 150, true, Activation::GeluErf),
+        // K and N multiples of 4 (the register-blocked kernel on CPU adapters), M and N not
+        // multiples of its 64 × 64 block
+        (37, 20, 12, true, Activation::Gelu),
+        (65, 132, 68, false, Activation::None),
+        (130, 64, 196, true, Activation::GeluErf),
     ] {
         let a = common::random(m * k, &mut rng);
         let b = common::random(k * n, &mut rng);
         let bv = bias.then(|| common::random(n, &mut rng));
         let want = matmul_f64(&a, &b, bv.as_deref(), m, k, n, act);
-        for subgroups in [true, false] {
-            let mm = Matmul::with_subgroups(g, m, k, n, bias, act, subgroups).unwrap();
+        for (subgroups, blocked) in [(true, true), (false, true), (true, false)] {
+            let options = MatmulOptions { subgroups, tensor_cores: TensorCores::Off, blocked };
+            let mm = Matmul::with_options(g, m, k, n, bias, act, options).unwrap();
+            let path = mm.path();
             let c = mm.run(g, &a, &b, bv.as_deref()).unwrap();
             let err = rel_error(&c, &want);
             assert!(
                 err <= 1e-5,
-                "{m}×{k}×{n} bias={bias} {act:?} subgroups={subgroups}: {err:.2e} (seed {seed})"
+                "{m}×{k}×{n} bias={bias} {act:?} {path} subgroups={subgroups}: {err:.2e} (seed {seed})"
             );
             worst = worst.max(err);
         }
     }
     println!("matmul worst rel err {worst:.2e}");
+}
+
+#[test]
+fn cpu_adapters_take_the_register_blocked_kernel_where_k_and_n_allow() {
+    let g = common::gpu();
+    let path = |k, n, blocked| {
+        let options = MatmulOptions { blocked, ..MatmulOptions::default() };
+        Matmul::with_options(g, 33, k, n, false, Activation::None, options).unwrap().path()
+    };
+    if g.profile().0.matmul_blocked {
+        assert_eq!(path(64, 96, true), "register-blocked");
+        assert_eq!(path(64, 97, true), "vec4 tiles", "N not a multiple of 4");
+        assert_eq!(path(66, 96, true), "vec4 tiles", "K not a multiple of 4");
+    }
+    assert_eq!(path(64, 96, false), "vec4 tiles");
 }
 
 #[test]
@@ -47,22 +70,24 @@ fn a_k_past_the_loop_cap_is_split_and_summed() {
     let g = common::gpu();
     let seed = common::seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    let (m, k, n) = (37, 8200, 45);
-    let a = common::random(m * k, &mut rng);
-    let b = common::random(k * n, &mut rng);
-    let bias = common::random(n, &mut rng);
-    let want = matmul_f64(&a, &b, Some(&bias), m, k, n, Activation::None);
-    for subgroups in [true, false] {
-        let mm = Matmul::with_subgroups(g, m, k, n, true, Activation::None, subgroups).unwrap();
-        if g.loop_iteration_limit().is_some() {
-            assert!(mm.dispatches() > 1, "K = {k} in one slice under a loop cap");
+    // K = 8 200 on the tiled kernel (N = 45), K = 9 000 on the register-blocked one (N = 44)
+    for (m, k, n) in [(37, 8200, 45), (37, 9000, 44)] {
+        let a = common::random(m * k, &mut rng);
+        let b = common::random(k * n, &mut rng);
+        let bias = common::random(n, &mut rng);
+        let want = matmul_f64(&a, &b, Some(&bias), m, k, n, Activation::None);
+        for subgroups in [true, false] {
+            let mm = Matmul::with_subgroups(g, m, k, n, true, Activation::None, subgroups).unwrap();
+            if g.loop_iteration_limit().is_some() {
+                assert!(mm.dispatches() > 1, "K = {k} in one slice under a loop cap ({})", mm.path());
+            }
+            let err = rel_error(&mm.run(g, &a, &b, Some(&bias)).unwrap(), &want);
+            assert!(err <= 1e-5, "{m}×{k}×{n} {} subgroups={subgroups}: {err:.2e} (seed {seed})", mm.path());
         }
-        let err = rel_error(&mm.run(g, &a, &b, Some(&bias)).unwrap(), &want);
-        assert!(err <= 1e-5, "{m}×{k}×{n} subgroups={subgroups}: {err:.2e} (seed {seed})");
     }
     // an activation cannot be summed in slices: a typed error where K must be split
     if g.loop_iteration_limit().is_some() {
-        let err = Matmul::new(g, m, k, n, true, Activation::Gelu).err().expect("GELU over split K");
+        let err = Matmul::new(g, 37, 8200, 45, true, Activation::Gelu).err().expect("GELU over split K");
         assert!(matches!(err, longctx::Error::LoopLimit { .. }), "{err}");
     }
 }
@@ -86,7 +111,7 @@ fn tensor_cores_match_the_oracle_where_the_adapter_has_them() {
     let g = common::gpu();
     let seed = common::seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    let f16 = MatmulOptions { subgroups: true, tensor_cores: TensorCores::F16 };
+    let f16 = MatmulOptions { tensor_cores: TensorCores::F16, ..MatmulOptions::default() };
     if g.cooperative_matrices().is_empty() {
         let mm = Matmul::new(g, 33, 40, 50, false, Activation::None).unwrap();
         assert_eq!((mm.coop(), mm.path().as_str()), (None, "vec4 tiles"));
@@ -105,7 +130,7 @@ fn tensor_cores_match_the_oracle_where_the_adapter_has_them() {
         ] {
             let (a, b) = (common::random(m * k, &mut rng), common::random(k * n, &mut rng));
             let bv = bias.then(|| common::random(n, &mut rng));
-            let options = MatmulOptions { subgroups: true, tensor_cores: tc };
+            let options = MatmulOptions { tensor_cores: tc, ..MatmulOptions::default() };
             let mm = Matmul::with_options(g, m, k, n, bias, act, options).unwrap();
             assert_eq!(mm.coop(), Some(coop));
             let err = rel_error(
@@ -139,7 +164,7 @@ fn the_tensor_core_kernel_with_emulated_matrices_matches_the_oracle() {
             let (a, b) = (common::random(m * k, &mut rng), common::random(k * n, &mut rng));
             let bv = bias.then(|| common::random(n, &mut rng));
             let options =
-                MatmulOptions { subgroups: true, tensor_cores: TensorCores::Emulated { size, f16 } };
+                MatmulOptions { tensor_cores: TensorCores::Emulated { size, f16 }, ..MatmulOptions::default() };
             let mm = Matmul::with_options(g, m, k, n, bias, act, options).unwrap();
             assert!(mm.path().ends_with("(emulated)"), "{}", mm.path());
             let got = mm.run(g, &a, &b, bv.as_deref()).unwrap();

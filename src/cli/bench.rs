@@ -99,7 +99,8 @@ pub struct BenchArgs {
     /// causal, H = 4, D = 64.
     #[arg(long)]
     backward: bool,
-    /// Instead of attention, time the tiled matmul at these square sizes (e.g. 512,1024).
+    /// Instead of attention, time the matmul at these square sizes or MxKxN shapes (e.g.
+    /// 512,1024,2048x128x384).
     #[arg(long, value_delimiter = ',')]
     matmul: Option<Vec<String>>,
     /// Cooperative matrices (tensor cores). With --matmul: `exact`: f32 ones where the
@@ -225,8 +226,11 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
     }
     let gpu = dev.gpu()?;
     if let Some(sizes) = &a.matmul {
-        let sizes = sizes.iter().map(|s| parse_size(s)).collect::<anyhow::Result<Vec<_>>>()?;
-        return matmul_bench(&gpu, &sizes, a.reps.unwrap_or(5), a.tensor_cores);
+        let shapes = sizes
+            .iter()
+            .map(|s| longctx::measure::matmul::parse_shape(s))
+            .collect::<longctx::Result<Vec<_>>>()?;
+        return matmul_bench(&gpu, &shapes, a.reps.unwrap_or(5), a.tensor_cores);
     }
     if a.tensor_cores == TensorCoresArg::Off {
         bail!(
@@ -439,33 +443,35 @@ fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant
     Ok(())
 }
 
-/// Square matmuls ([`longctx::measure::matmul::run_matmul`]: validated rows against the f64
-/// oracle, then timed), one table row each.
-fn matmul_bench(gpu: &longctx::Gpu, sizes: &[usize], reps: usize, tc: TensorCoresArg) -> anyhow::Result<()> {
-    use longctx::kernels::matmul::TensorCores;
+/// Matmuls ([`longctx::measure::matmul::run_matmul`]: validated rows against the f64 oracle,
+/// then timed), one table row each.
+fn matmul_bench(gpu: &longctx::Gpu, shapes: &[[usize; 3]], reps: usize, tc: TensorCoresArg) -> anyhow::Result<()> {
+    use longctx::kernels::matmul::{MatmulOptions, TensorCores};
     let peak = peak::best_reading(gpu)?;
-    let paths: Vec<TensorCores> = match tc {
-        TensorCoresArg::Exact => vec![TensorCores::Exact],
-        TensorCoresArg::F16 => vec![TensorCores::F16],
-        TensorCoresArg::Off => vec![TensorCores::Off],
+    let with = |tensor_cores| vec![MatmulOptions { tensor_cores, ..MatmulOptions::default() }];
+    let paths: Vec<MatmulOptions> = match tc {
+        TensorCoresArg::Exact => with(TensorCores::Exact),
+        TensorCoresArg::F16 => with(TensorCores::F16),
+        TensorCoresArg::Off => with(TensorCores::Off),
         TensorCoresArg::All => longctx::measure::matmul::available_paths(gpu)?,
     };
     if gpu.cooperative_matrices().is_empty() {
-        println!("cooperative matrices: none on this adapter; the vec4 kernel runs");
+        println!("cooperative matrices: none on this adapter; the vec4 kernels run");
     }
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED).set_header([
-        "M=K=N",
+        "M×K×N",
         "path",
         "ms median [min–max]",
         "GFLOP/s (2·M·K·N)",
         "% FMA peak",
         "rel err (16 rows)",
     ]);
-    for (&n, &path) in sizes.iter().flat_map(|n| paths.iter().map(move |p| (n, p))) {
-        let r = longctx::measure::matmul::run_matmul(gpu, n, path, reps, peak.fma_gflops)?;
+    for (&shape, &path) in shapes.iter().flat_map(|s| paths.iter().map(move |p| (s, p))) {
+        let r = longctx::measure::matmul::run_matmul(gpu, shape, path, reps, peak.fma_gflops)?;
+        let [m, k, n] = shape;
         t.add_row([
-            n.to_string(),
+            if m == k && k == n { n.to_string() } else { format!("{m}×{k}×{n}") },
             r.path,
             format!("{:.2} [{:.2}–{:.2}]", r.ms_median, r.ms_min, r.ms_max),
             format!("{:.2}", r.gflops),

@@ -25,7 +25,7 @@ pub enum Family {
     Heatmap,
     /// `mod_map.wgsl`: block maps refined by a `mask_mod`.
     ModMap,
-    /// `matmul.wgsl`, `matmul_coop.wgsl`: C = A·B (+ bias, activation).
+    /// `matmul.wgsl`, `matmul_blocked.wgsl`, `matmul_coop.wgsl`: C = A·B (+ bias, activation).
     Matmul,
     /// `train.wgsl`: the trainer's losses and backward passes.
     Train,
@@ -147,6 +147,10 @@ impl Family {
                     [matmul::Activation::None, matmul::Activation::Gelu, matmul::Activation::GeluErf]
                         .map(|a| matmul::variant(a, sg))
                 }))
+                .chain(
+                    [matmul::Activation::None, matmul::Activation::Gelu, matmul::Activation::GeluErf]
+                        .map(matmul::blocked_variant),
+                )
                 .collect(),
             Family::Train => train::variants(),
             Family::Layer => layer::variants(),
