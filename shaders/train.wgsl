@@ -12,7 +12,8 @@
 //   is the sum of the slots).
 // adamw: one AdamW step (decoupled weight decay, bias-corrected moments) on gradients scaled
 //   by min(1, max_norm/‖g‖), ‖g‖ from the norm slots — clipping without a host round trip.
-// embedding_backward: dE[v] += Σ over tokens t with id v of dx[t] (the gather's gradient).
+// embedding_backward: dE[v] += Σ over tokens t with id v of dx[t] (the gather's gradient),
+//   reading the tokens grouped by id.
 //
 // The model's glue (issue 20's GPT):
 // embed: x[t] = E[ids[t]] (+ table[t mod seq] when a position table is given: sinusoidal
@@ -210,6 +211,8 @@ fn adamw(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
 
 @compute @workgroup_size(64)
 fn embedding_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    // `ids` holds the tokens grouped by id (train::tokens_by_id): job.slot + 1 offsets, then
+    // positions ordered by id
     let id = index(wg, lid);
     let v = id / job.d;
     let c = id % job.d;
@@ -217,10 +220,8 @@ fn embedding_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoc
         return;
     }
     var acc = 0.0;
-    for (var t = 0u; t < job.n; t++) {
-        if ids[t] == v {
-            acc += a[t * job.d + c];
-        }
+    for (var i = ids[v]; i < ids[v + 1u]; i++) {
+        acc += a[ids[job.slot + 1u + i] * job.d + c];
     }
     out[v * job.d + c] += acc;
 }

@@ -155,8 +155,10 @@ fn clipped_adamw_and_the_embedding_gradient_match_the_oracles() {
     let ids: Vec<u32> = (0..tokens).map(|_| rng.random_range(0..vocab as u32)).collect();
     let dx: Vec<f32> = (0..tokens * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     let before: Vec<f32> = (0..vocab * d).map(|i| (i % 7) as f32 * 0.25).collect();
+    let by_id = longctx::kernels::train::tokens_by_id(&ids, vocab);
+    assert_eq!(by_id.len(), vocab + 1 + tokens);
     let (dxb, idb, deb) =
-        (g.upload("dx", &dx).unwrap(), g.upload("ids", &ids).unwrap(), g.upload("dE", &before).unwrap());
+        (g.upload("dx", &dx).unwrap(), g.upload("by id", &by_id).unwrap(), g.upload("dE", &before).unwrap());
     run(|e| k.embedding_backward(g, e, &dxb, &idb, &deb, tokens, vocab, d).unwrap());
     let want: Vec<f64> =
         embedding_backward_f64(&dx, &ids, vocab, d).iter().zip(&before).map(|(a, &b)| a + b as f64).collect();

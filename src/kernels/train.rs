@@ -331,24 +331,33 @@ impl Train {
         })
     }
 
-    /// `de[v]` += Σ over tokens t with `ids[t] == v` of `dx[t]`: `dx` `[tokens, d]`, `de`
-    /// `[vocab, d]`.
+    /// `de[v]` += Σ over tokens t with `ids[t] == v` of `dx[t]` (in increasing t): `dx`
+    /// `[tokens, d]`, `de` `[vocab, d]`, `by_id` the tokens grouped by id
+    /// ([`tokens_by_id`]: `vocab + 1 + tokens` values). Each entry of `de` sums only its own
+    /// tokens (a scan of every token per entry cost 47 ms a step at 1024 tokens × 256 × 64).
     #[allow(clippy::too_many_arguments)]
     pub fn embedding_backward(
         &self,
         gpu: &Gpu,
         encoder: &mut wgpu::CommandEncoder,
         dx: &wgpu::Buffer,
-        ids: &wgpu::Buffer,
+        by_id: &wgpu::Buffer,
         de: &wgpu::Buffer,
         tokens: usize,
         vocab: usize,
         d: usize,
     ) -> Result<()> {
         check_loop("tokens in one embedding gradient (one loop per entry)", tokens, LOOP_CAP)?;
+        let needed = (vocab as u64 + 1 + tokens as u64) * 4;
+        if by_id.size() < needed {
+            return Err(Error::Invalid(format!(
+                "embedding backward: the tokens grouped by id take {needed} bytes ({vocab} + 1 offsets and {tokens} positions), the buffer has {}",
+                by_id.size()
+            )));
+        }
         let job = TrainJob { n: tokens as u32, d: d as u32, slot: vocab as u32, ..TrainJob::default() };
         self.run(gpu, encoder, entry::EMBEDDING_BACKWARD, job, (vocab * d) as u64, |k, job| {
-            k.bind(gpu, &EmbeddingBackwardBinds { job, a: dx.into(), ids: ids.into(), out: de.into() })
+            k.bind(gpu, &EmbeddingBackwardBinds { job, a: dx.into(), ids: by_id.into(), out: de.into() })
         })
     }
 
@@ -599,6 +608,27 @@ pub fn adamw_f64(
         out.0.push(p);
         out.1.push(mi);
         out.2.push(vi);
+    }
+    out
+}
+
+/// The tokens grouped by id, as [`Train::embedding_backward`] reads them: `vocab + 1` offsets
+/// (the tokens of id v are positions `[offsets[v], offsets[v + 1])` of the list), then the
+/// token positions ordered by id and, within an id, by position. Ids ≥ `vocab` are left out.
+pub fn tokens_by_id(ids: &[u32], vocab: usize) -> Vec<u32> {
+    let mut offsets = vec![0u32; vocab + 1];
+    for &id in ids.iter().filter(|&&id| (id as usize) < vocab) {
+        offsets[id as usize + 1] += 1;
+    }
+    for v in 0..vocab {
+        offsets[v + 1] += offsets[v];
+    }
+    let mut next = offsets.clone();
+    let mut out = offsets;
+    out.resize(vocab + 1 + next[vocab] as usize, 0);
+    for (t, &id) in ids.iter().enumerate().filter(|(_, id)| (**id as usize) < vocab) {
+        out[vocab + 1 + next[id as usize] as usize] = t as u32;
+        next[id as usize] += 1;
     }
     out
 }

@@ -99,6 +99,9 @@ pub struct GptGpu {
     lnf: LayerOp,
     /// Token ids and targets `[R]`.
     ids: wgpu::Buffer,
+    /// The ids' tokens grouped by id (`train::tokens_by_id`: V + 1 + R values), for the
+    /// embedding's gradient.
+    by_id: wgpu::Buffer,
     targets: wgpu::Buffer,
     /// Sinusoidal positions `[T, d]` (sinusoidal scheme only).
     table: Option<wgpu::Buffer>,
@@ -259,6 +262,7 @@ impl GptGpu {
             matmuls,
             lnf,
             ids: buf("token ids", rows)?,
+            by_id: buf("tokens by id", config.vocab + 1 + rows)?,
             targets: buf("targets", rows)?,
             table,
             x_last: buf("x last", rows * d)?,
@@ -296,6 +300,7 @@ impl GptGpu {
             .saturating_add(l.saturating_mul(per_block))
             .saturating_add(fixed)
             .saturating_add((3 * d * d).max(d * f).max(v * d))
+            .saturating_add(v + 1 + r) // the tokens grouped by id
             .saturating_mul(4)
     }
 
@@ -377,6 +382,8 @@ impl GptGpu {
         }
         check_ids(inputs, self.config.vocab)?;
         gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(inputs));
+        let by_id = crate::kernels::train::tokens_by_id(inputs, self.config.vocab);
+        gpu.queue.write_buffer(&self.by_id, 0, bytemuck::cast_slice(&by_id));
         gpu.queue.write_buffer(&self.targets, 0, bytemuck::cast_slice(targets));
         Ok(())
     }
@@ -575,7 +582,7 @@ impl GptGpu {
             self.norm_backward(gpu, enc, &s.x, self.tensor(l, LN1), true)?;
         }
         // the gather's gradient, added to the head's
-        t.embedding_backward(gpu, enc, &self.dx, &self.ids, dwte, r, v, d)
+        t.embedding_backward(gpu, enc, &self.dx, &self.by_id, dwte, r, v, d)
     }
 
     /// Records one AdamW step on every tensor, the gradient clipped to `o.max_norm` by the
