@@ -163,8 +163,10 @@ fn the_tensor_core_kernel_with_emulated_matrices_matches_the_oracle() {
         {
             let (a, b) = (common::random(m * k, &mut rng), common::random(k * n, &mut rng));
             let bv = bias.then(|| common::random(n, &mut rng));
-            let options =
-                MatmulOptions { tensor_cores: TensorCores::Emulated { size, f16 }, ..MatmulOptions::default() };
+            let options = MatmulOptions {
+                tensor_cores: TensorCores::Emulated { size, f16 },
+                ..MatmulOptions::default()
+            };
             let mm = Matmul::with_options(g, m, k, n, bias, act, options).unwrap();
             assert!(mm.path().ends_with("(emulated)"), "{}", mm.path());
             let got = mm.run(g, &a, &b, bv.as_deref()).unwrap();

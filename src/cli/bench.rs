@@ -445,7 +445,12 @@ fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant
 
 /// Matmuls ([`longctx::measure::matmul::run_matmul`]: validated rows against the f64 oracle,
 /// then timed), one table row each.
-fn matmul_bench(gpu: &longctx::Gpu, shapes: &[[usize; 3]], reps: usize, tc: TensorCoresArg) -> anyhow::Result<()> {
+fn matmul_bench(
+    gpu: &longctx::Gpu,
+    shapes: &[[usize; 3]],
+    reps: usize,
+    tc: TensorCoresArg,
+) -> anyhow::Result<()> {
     use longctx::kernels::matmul::{MatmulOptions, TensorCores};
     let peak = peak::best_reading(gpu)?;
     let with = |tensor_cores| vec![MatmulOptions { tensor_cores, ..MatmulOptions::default() }];

@@ -339,7 +339,15 @@ impl Matmul {
         subgroups: bool,
     ) -> Result<Self> {
         let tensor_cores = if subgroups { TensorCores::Exact } else { TensorCores::Off };
-        Self::with_options(gpu, m, k, n, has_bias, act, MatmulOptions { subgroups, tensor_cores, blocked: true })
+        Self::with_options(
+            gpu,
+            m,
+            k,
+            n,
+            has_bias,
+            act,
+            MatmulOptions { subgroups, tensor_cores, ..Default::default() },
+        )
     }
 
     /// [`Matmul::new`] with explicit paths.
