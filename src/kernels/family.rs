@@ -143,14 +143,12 @@ impl Family {
                 .collect(),
             Family::Matmul => matmul::coop_variants()
                 .into_iter()
-                .chain([0, 8, 16].into_iter().flat_map(|sg| {
-                    [matmul::Activation::None, matmul::Activation::Gelu, matmul::Activation::GeluErf]
-                        .map(|a| matmul::variant(a, sg))
-                }))
                 .chain(
-                    [matmul::Activation::None, matmul::Activation::Gelu, matmul::Activation::GeluErf]
-                        .map(matmul::blocked_variant),
+                    [0, 8, 16]
+                        .into_iter()
+                        .flat_map(|sg| matmul::Activation::ALL.map(|a| matmul::variant(a, sg))),
                 )
+                .chain(matmul::Activation::ALL.map(matmul::blocked_variant))
                 .collect(),
             Family::Train => train::variants(),
             Family::Layer => layer::variants(),

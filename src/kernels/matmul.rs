@@ -18,7 +18,9 @@ const COMMON: Snippet =
 const SCALAR: Snippet =
     Snippet { name: "matmul_scalar", source: include_str!("../../shaders/matmul_scalar.wgsl") };
 bind_group! {
-    /// The bindings both matmul kernels declare (`shaders/matmul_common.wgsl`).
+    /// The bindings every matmul kernel declares (`dims` in `shaders/matmul_common.wgsl`; the
+    /// rest as f32 arrays in `shaders/matmul_scalar.wgsl`, as vec4 arrays in
+    /// `shaders/matmul_blocked.wgsl`).
     struct MatmulBinds { 0 dims: Uniform, 1 a: Read, 2 b: Read, 3 bias: Read, 4 c: ReadWrite }
 }
 /// The register-blocked kernel (`shaders/matmul_blocked.wgsl`): same bindings, as vec4 arrays.
@@ -233,7 +235,7 @@ pub fn coop_variants() -> Vec<ShaderVariant> {
     for size in [8, 16] {
         for f16 in [false, true] {
             for subgroup in [32, 64] {
-                for act in [Activation::None, Activation::Gelu, Activation::GeluErf] {
+                for act in Activation::ALL {
                     out.push(Coop { size, f16, subgroup, emulated: false }.variant(act));
                 }
             }
@@ -260,6 +262,9 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// Every activation, for the variants CI validates and the checks.
+    pub const ALL: [Activation; 3] = [Activation::None, Activation::Gelu, Activation::GeluErf];
+
     fn code(self) -> u32 {
         match self {
             Activation::None => 0,

@@ -310,9 +310,7 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
     }
     // K and N not multiples of 4 take the tiled kernel; multiples of 4 the profile's choice
     // (register-blocked on CPU adapters)
-    for (shape, act) in [Activation::None, Activation::Gelu, Activation::GeluErf]
-        .into_iter()
-        .flat_map(|act| [([37, 70, 45], act), ([37, 72, 44], act)])
+    for (shape, act) in Activation::ALL.into_iter().flat_map(|act| [([37, 70, 45], act), ([37, 72, 44], act)])
     {
         out.push((
             format!("matmul {0}×{1}·{1}×{2} + bias, {act:?}", shape[0], shape[1], shape[2]),
