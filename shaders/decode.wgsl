@@ -51,8 +51,9 @@ struct Head {
 @group(0) @binding(7) var<storage, read> slopes: array<f32>;
 @group(0) @binding(8) var<storage, read_write> o: array<vec4<f32>>;  // [H, T, D]
 @group(0) @binding(9) var<storage, read_write> lse: array<f32>;      // [H, T]
-// Instrumentation (COUNT = 1 only): [0] cache slots staged (K and V rows each, summed over
-// kv heads and splits), [1] query rows read, [2] partial rows written.
+// Instrumentation (COUNT = 1 only): [0] cache slots staged (attend) or read (attend_lanes,
+// per row), K and V rows each, summed over kv heads and splits; [1] query rows read; [2]
+// partial rows written.
 @group(0) @binding(10) var<storage, read_write> counters: array<atomic<u32>>;
 
 var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
@@ -164,6 +165,105 @@ fn attend(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
         }
         partials[base + D4] = vec4<f32>(part_lse, 0.0, 0.0, 0.0);
     }
+}
+
+// `attend_lanes`: the same partials from invocations that each own one (split, row) pair —
+// no workgroup memory, no barrier, every lane busy. `attend` keeps one query row per
+// invocation and stages keys for the rows of its workgroup; where a kv head has fewer rows
+// than lanes (MHA's one row per step) the other lanes only stage, and on adapters whose loads
+// cost per lane (CPU adapters) staging is a second copy of every key. Here each lane streams
+// its split's K and V straight from the cache — adjacent lanes take the same split's rows,
+// then the next split's —, scores KB keys at a time and folds them into its online softmax
+// with one rescale per KB keys.
+@compute @workgroup_size(WG)
+fn attend_lanes(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let rows = contract.group * step.nq;
+    let i = gid.y * groups.x * WG + gid.x;
+    let r = i % rows;
+    let split = i / rows;
+    if split >= step.splits {
+        return;
+    }
+    let g = r / step.nq;
+    let t = r % step.nq;
+    let h = head.kvh * contract.group + g;
+    let row = h * step.nq + t;
+    let pos = i32(step.len - step.nq + t);
+    N_Q = step.nq;
+    N_KV = step.len;
+    var slope = 0.0;
+    if contract.alibi != 0u {
+        slope = slopes[h];
+    }
+    var qr: array<vec4<f32>, D4>;
+    var acc: array<vec4<f32>, D4>;
+    for (var x = 0u; x < D4; x++) {
+        qr[x] = q[row * D4 + x] * contract.scale;
+        acc[x] = vec4<f32>(0.0);
+    }
+    var m_run = MASKED;
+    var l_run = 0.0;
+    let begin = step.slot0 + split * step.chunk;
+    let end = min(step.slot0 + step.slots, begin + step.chunk);
+    if COUNT != 0u {
+        atomicAdd(&counters[0], end - min(begin, end));
+        atomicAdd(&counters[1], 1u);
+        atomicAdd(&counters[2], 1u);
+    }
+    for (var c0 = begin; c0 < end; c0 += KB) {
+        var s: array<f32, KB>;
+        var tile_max = MASKED;
+        for (var c = 0u; c < KB; c++) {
+            let slot = c0 + c;
+            var sc = MASKED;
+            if slot < end {
+                let kp = i32(slot_position(slot));
+                sc = 0.0;
+                for (var x = 0u; x < D4; x++) {
+                    sc += dot(qr[x], k[slot * D4 + x]);
+                }
+                sc += alibi_bias(slope, pos, kp);
+                var visible = in_band(contract, pos, kp) && u32(kp) >= step.lo;
+                if MODS && visible {
+                    sc = score_mod(sc, 0u, h, t, u32(kp));
+                    visible = mask_mod(0u, h, t, u32(kp));
+                }
+                if !visible {
+                    sc = MASKED;
+                }
+            }
+            s[c] = sc;
+            tile_max = max(tile_max, sc);
+        }
+        let rescale = softmax_rescale(m_run, tile_max);
+        let m_new = rescale.x;
+        // the batch's weights summed on their own, then added (as softmax_tile does)
+        var tile_l = 0.0;
+        for (var x = 0u; x < D4; x++) {
+            acc[x] *= rescale.y;
+        }
+        for (var c = 0u; c < KB; c++) {
+            let p = softmax_weight(s[c], m_new);
+            if p > 0.0 {
+                tile_l += p;
+                let slot = c0 + c;
+                for (var x = 0u; x < D4; x++) {
+                    acc[x] += p * v[slot * D4 + x];
+                }
+            }
+        }
+        l_run = l_run * rescale.y + tile_l;
+        m_run = m_new;
+    }
+    let base = (split * contract.heads * step.nq + row) * (D4 + 1u);
+    let done = softmax_finish(m_run, l_run, contract.neg_inf);
+    let poisoned = MODS && mod_overrun;
+    let inv = select(done.x, mods_nan(), poisoned);
+    let part_lse = select(done.y, mods_nan(), poisoned);
+    for (var x = 0u; x < D4; x++) {
+        partials[base + x] = acc[x] * inv;
+    }
+    partials[base + D4] = vec4<f32>(part_lse, 0.0, 0.0, 0.0);
 }
 
 @compute @workgroup_size(64)

@@ -5,7 +5,7 @@ use crate::common;
 
 use crate::common::{gpu, random};
 use longctx::contract::reference::{attention_f64, rel_error};
-use longctx::kernels::attention::decode::{Decoder, DecoderConfig};
+use longctx::kernels::attention::decode::{DecodeKernel, Decoder, DecoderConfig};
 use longctx::{Alibi, Error};
 use rand::{SeedableRng, rngs::StdRng};
 
@@ -34,8 +34,19 @@ impl History {
     }
 }
 
-/// Prefills `prompt` tokens, then decodes `steps` steps of `t` tokens; checks each step.
+/// Both attend kernels, whatever the adapter's profile prefers.
+const KERNELS: [DecodeKernel; 2] = [DecodeKernel::Staged, DecodeKernel::Lanes];
+
+/// Prefills `prompt` tokens, then decodes `steps` steps of `t` tokens; checks each step, with
+/// each attend kernel.
 fn run(cfg: DecoderConfig, prompt: usize, steps: usize, t: usize, seed: u64) -> f64 {
+    KERNELS
+        .into_iter()
+        .map(|kernel| run_kernel(DecoderConfig { kernel, ..cfg.clone() }, prompt, steps, t, seed))
+        .fold(0.0, f64::max)
+}
+
+fn run_kernel(cfg: DecoderConfig, prompt: usize, steps: usize, t: usize, seed: u64) -> f64 {
     let g = gpu();
     let (h, hkv, d) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
     let mut rng = StdRng::seed_from_u64(seed);
@@ -57,7 +68,8 @@ fn run(cfg: DecoderConfig, prompt: usize, steps: usize, t: usize, seed: u64) -> 
         let err = rel_error(&out.o, &o_ref).max(rel_error(&out.lse, &lse_ref));
         assert!(
             err <= BOUND,
-            "step {step}: rel err {err:.2e} (seed {seed}, {} splits, spec {spec:?})",
+            "step {step}: rel err {err:.2e} (seed {seed}, {:?}, {} splits, spec {spec:?})",
+            dec.kernel(),
             dec.splits()
         );
         worst = worst.max(err);
@@ -96,9 +108,10 @@ fn alibi_window_and_multi_token_steps() {
 fn any_split_count_gives_the_same_answer() {
     let seed = common::seed();
     let mut splits_seen = Vec::new();
-    for chunk in [100_000, 261, 76, 8] {
+    for (chunk, kernel) in [100_000, 261, 76, 8].into_iter().flat_map(|c| KERNELS.map(|k| (c, k))) {
         let mut cfg = DecoderConfig::new(4, 2, 64, 600);
         cfg.chunk = chunk;
+        cfg.kernel = kernel;
         let g = gpu();
         let mut dec = Decoder::new(g, cfg.clone()).unwrap();
         let mut rng = StdRng::seed_from_u64(seed);
@@ -115,7 +128,7 @@ fn any_split_count_gives_the_same_answer() {
         let (kf, vf) = hist.flat();
         let (o_ref, _) = attention_f64(&dec.equivalent_spec(0), &q, &kf, &vf).unwrap();
         let err = rel_error(&out.o, &o_ref);
-        assert!(err <= BOUND, "chunk {chunk} ({} splits): {err:.2e} (seed {seed})", dec.splits());
+        assert!(err <= BOUND, "{kernel:?}, chunk {chunk} ({} splits): {err:.2e} (seed {seed})", dec.splits());
     }
     println!("split counts exercised: {splits_seen:?}");
     assert!(
@@ -176,24 +189,45 @@ fn overflow_and_bad_shapes_are_typed_errors() {
 fn traffic_model_equals_counters_and_mqa_reads_a_fraction() {
     let g = gpu();
     let mut per_variant = Vec::new();
-    for hkv in [8, 2, 1] {
+    for (kernel, hkv) in KERNELS.into_iter().flat_map(|k| [8, 2, 1].map(|h| (k, h))) {
         let mut cfg = DecoderConfig::new(8, hkv, 64, 700);
         cfg.instrumented = true;
         cfg.chunk = 128;
+        cfg.kernel = kernel;
         let mut dec = Decoder::new(g, cfg).unwrap();
         let mut rng = StdRng::seed_from_u64(3);
         dec.prefill(g, 0, &random(hkv * 600 * 64, &mut rng), &random(hkv * 600 * 64, &mut rng)).unwrap();
         dec.step(g, 0, &random(8 * 64, &mut rng), &random(hkv * 64, &mut rng), &random(hkv * 64, &mut rng))
             .unwrap();
         let counted = dec.counted_traffic(g).unwrap().unwrap();
-        assert_eq!(dec.step_traffic(), counted, "kv heads {hkv}");
+        assert_eq!(dec.step_traffic(), counted, "{kernel:?}, kv heads {hkv}");
         per_variant.push(counted.read);
     }
     println!(
-        "bytes read per step, 8 query heads: MHA {} GQA(2) {} MQA {}",
-        per_variant[0], per_variant[1], per_variant[2]
+        "bytes read per step, 8 query heads (MHA, GQA(2), MQA): staged {:?}, lanes {:?}",
+        &per_variant[..3],
+        &per_variant[3..]
     );
+    // the staged kernel reads a slot once per kv head, the lanes kernel once per query row
     assert!(per_variant[2] * 4 < per_variant[0], "MQA reads far less than MHA");
+    assert!(per_variant[3..].iter().all(|&r| r.abs_diff(per_variant[3]) * 50 < r), "{per_variant:?}");
+}
+
+#[test]
+fn the_profile_picks_the_lanes_kernel_for_few_rows_on_cpu_adapters() {
+    let g = gpu();
+    let lanes = g.profile().0.per_lane_loads;
+    for (heads, kv_heads, tokens) in [(8, 8, 1), (8, 4, 1), (8, 8, 3), (8, 2, 1), (8, 1, 1)] {
+        let mut cfg = DecoderConfig::new(heads, kv_heads, 32, 16);
+        cfg.max_step_tokens = tokens;
+        let few_rows = heads / kv_heads * tokens < 4;
+        let expected = if lanes && few_rows { DecodeKernel::Lanes } else { DecodeKernel::Staged };
+        assert_eq!(
+            Decoder::new(g, cfg).unwrap().kernel(),
+            expected,
+            "{heads}/{kv_heads} heads, {tokens} tokens"
+        );
+    }
 }
 
 #[test]

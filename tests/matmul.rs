@@ -54,7 +54,7 @@ fn cpu_adapters_take_the_register_blocked_kernel_where_k_and_n_allow() {
         let options = MatmulOptions { blocked, ..MatmulOptions::default() };
         Matmul::with_options(g, 33, k, n, false, Activation::None, options).unwrap().path()
     };
-    if g.profile().0.matmul_blocked {
+    if g.profile().0.per_lane_loads {
         assert_eq!(path(64, 96, true), "register-blocked");
         assert_eq!(path(64, 97, true), "vec4 tiles", "N not a multiple of 4");
         assert_eq!(path(66, 96, true), "vec4 tiles", "K not a multiple of 4");

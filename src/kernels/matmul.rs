@@ -189,7 +189,7 @@ pub struct MatmulOptions {
     /// Cooperative matrices.
     pub tensor_cores: TensorCores,
     /// The register-blocked kernel (`matmul_blocked.wgsl`) where the device's profile prefers
-    /// it (`Profile::matmul_blocked`: CPU adapters) and K and N are multiples of 4; `false`
+    /// it (`Profile::per_lane_loads`: CPU adapters) and K and N are multiples of 4; `false`
     /// keeps the tiled kernel.
     pub blocked: bool,
 }
@@ -401,7 +401,7 @@ impl Matmul {
         // in whole vec4s
         let blocked = coop.is_none()
             && options.blocked
-            && gpu.profile().0.matmul_blocked
+            && gpu.profile().0.per_lane_loads
             && k.is_multiple_of(4)
             && n.is_multiple_of(4)
             && align.is_multiple_of(16);

@@ -91,7 +91,7 @@ pub fn run_matmul(
 pub fn available_paths(gpu: &Gpu) -> Result<Vec<MatmulOptions>> {
     let with = |tensor_cores, blocked| MatmulOptions { subgroups: true, tensor_cores, blocked };
     let mut v = vec![with(TensorCores::Off, false)];
-    if gpu.profile().0.matmul_blocked {
+    if gpu.profile().0.per_lane_loads {
         v.push(with(TensorCores::Off, true));
     }
     if Coop::for_device(gpu, TensorCores::Exact)?.is_some() {

@@ -19,9 +19,11 @@ pub struct Profile {
     pub rows: u32,
     /// decode cache slots per split.
     pub decode_chunk: usize,
-    /// matmul's register-blocked kernel (no workgroup memory) instead of the tiled one, where
-    /// K and N are multiples of 4: for adapters whose loads cost per lane (CPU adapters).
-    pub matmul_blocked: bool,
+    /// The adapter's loads cost per lane (CPU adapters: a load is a loop over the SIMD lanes),
+    /// so kernels that load less win over kernels that share loads through workgroup memory:
+    /// the matmul's register-blocked kernel (where K and N are multiples of 4) instead of the
+    /// tiled one, decode's lane-per-split kernel instead of the staged one.
+    pub per_lane_loads: bool,
     /// Why, one line per choice.
     pub reasons: &'static [&'static str],
 }
@@ -46,7 +48,7 @@ impl Profile {
                 subgroup: 32,
                 rows: 128,
                 decode_chunk: 1024,
-                matmul_blocked: false,
+                per_lane_loads: false,
                 reasons: &[
                     "matmul tensor cores: 16×16×16 f16→f32 cooperative matrices (`--tensor-cores f16`), one warp per 32×32 block of C (2×2 accumulators); exact (f32) matmuls use f32-input ones only if the driver lists them (`longctx info` shows the list; NVIDIA's lists f16 and int8 inputs), else the vec4 kernel",
                     "flash tensor cores: f16 Q, K, V on 16×16 f16→f32 cooperative matrices (`Inputs::F16TensorCores`, `bench --tensor-cores f16`), one warp per 32 query rows × 32-key tiles at D ≤ 128 (46.3 KiB of the 48 KiB), 16 × 16 at D = 256; f32 flash keeps the vec4 tiles below (no f32 matrices listed)",
@@ -63,7 +65,7 @@ impl Profile {
                 subgroup: 32,
                 rows: 128,
                 decode_chunk: 1024,
-                matmul_blocked: false,
+                per_lane_loads: false,
                 reasons: &[
                     "matmul tensor cores: 16×16×16 f16→f32 cooperative matrices (`--tensor-cores f16`), one warp per 32×32 block of C (2×2 accumulators); exact (f32) matmuls use f32-input ones only if the driver lists them (`longctx info` shows the list; NVIDIA's lists f16 and int8 inputs), else the vec4 kernel",
                     "flash tensor cores: f16 Q, K, V on 16×16 f16→f32 cooperative matrices (`Inputs::F16TensorCores`, `bench --tensor-cores f16`), one warp per 32 query rows × 32-key tiles at D ≤ 128 (46.3 KiB of the 48 KiB), 16 × 16 at D = 256; f32 flash keeps the vec4 tiles below (no f32 matrices listed)",
@@ -79,7 +81,7 @@ impl Profile {
                 subgroup: 32,
                 rows: 64,
                 decode_chunk: 512,
-                matmul_blocked: false,
+                per_lane_loads: false,
                 reasons: &[
                     "64 invocations = 2 warps: enough occupancy on smaller parts",
                     "Bc = 32 at D ≤ 128",
@@ -92,7 +94,7 @@ impl Profile {
                 subgroup: 64,
                 rows: 128,
                 decode_chunk: 1024,
-                matmul_blocked: false,
+                per_lane_loads: false,
                 reasons: &["128 invocations = 2 wave64", "64-wide shuffles", "Bc = 32 at D ≤ 128"],
             },
             Profile {
@@ -102,7 +104,7 @@ impl Profile {
                 subgroup: 0,
                 rows: 64,
                 decode_chunk: 512,
-                matmul_blocked: false,
+                per_lane_loads: false,
                 reasons: &[
                     "the subgroup size varies (32/64): plain shared loads",
                     "64 invocations = 2 wave32",
@@ -115,7 +117,7 @@ impl Profile {
                 subgroup: 32,
                 rows: 64,
                 decode_chunk: 512,
-                matmul_blocked: false,
+                per_lane_loads: false,
                 reasons: &[
                     "32 KiB threadgroup memory: Bc = 32 at D ≤ 64, 16 at D = 128",
                     "SIMD-group shuffles",
@@ -128,7 +130,7 @@ impl Profile {
                 subgroup: 0,
                 rows: 64,
                 decode_chunk: 512,
-                matmul_blocked: false,
+                per_lane_loads: false,
                 reasons: &["the subgroup size varies (8–32): plain shared loads"],
             },
             Profile {
@@ -138,7 +140,7 @@ impl Profile {
                 subgroup: 8,
                 rows: 64,
                 decode_chunk: 512,
-                matmul_blocked: true,
+                per_lane_loads: true,
                 reasons: &[
                     "matmul register-blocked, no workgroup memory: llvmpipe runs every load as a loop over its 8 lanes, so 8 × 8 outputs per invocation from vec4 loads beat staging tiles (1024³: 2.1 → 13 GFLOP/s measured)",
                     "same-address workgroup loads become gathers: 8-wide shuffles instead (3.6 → 13 GFLOP/s measured)",
@@ -159,7 +161,7 @@ impl Profile {
             subgroup: 0,
             rows: 64,
             decode_chunk: 512,
-            matmul_blocked: false,
+            per_lane_loads: false,
             reasons: &["fits every WebGPU device: 16 KiB workgroup memory, 256 invocations, no subgroups"],
         }
     }

@@ -42,6 +42,22 @@ bind_group! {
 /// Most invocations per workgroup (query rows of one kv head per row block).
 const MAX_WG: u32 = 64;
 
+/// Which attend kernel a decoder runs; both write the same partials.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DecodeKernel {
+    /// The device profile's choice: `Lanes` where loads cost per lane
+    /// (`Profile::per_lane_loads`: CPU adapters) and a kv head has fewer than 4 query rows
+    /// per step, else `Staged`.
+    #[default]
+    Auto,
+    /// `attend`: a workgroup per (split, block of query rows) stages each tile of keys in
+    /// workgroup memory once for all the rows that share the kv head.
+    Staged,
+    /// `attend_lanes`: an invocation per (split, query row) reads its split's keys straight
+    /// from the cache; every lane busy, no workgroup memory, no barrier.
+    Lanes,
+}
+
 /// How a decoder is laid out.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DecoderConfig {
@@ -71,6 +87,8 @@ pub struct DecoderConfig {
     pub chunk: usize,
     /// Use subgroup shuffles where the device allows (else plain workgroup-memory loads).
     pub subgroups: bool,
+    /// Which attend kernel runs (default: the profile's choice).
+    pub kernel: DecodeKernel,
     /// Build the instrumented kernel, which counts what it loads ([`Decoder::counted_traffic`]).
     pub instrumented: bool,
     /// The user's `score_mod` / `mask_mod`, called per score as for the full problem a step
@@ -98,6 +116,7 @@ impl DecoderConfig {
             max_step_tokens: 1,
             chunk: 0,
             subgroups: true,
+            kernel: DecodeKernel::Auto,
             instrumented: false,
             mods: None,
             positions: None,
@@ -155,6 +174,8 @@ header_consts! {
         SG_GUARD_U,
         /// Never: one invocation holds a row's every lane.
         LANE_GUARD_U,
+        /// Keys `attend_lanes` scores per rescale of its running sums.
+        KB,
         /// The instrumented variant (counts slots and rows).
         COUNT,
         /// The user's mods compiled in (set by `with_mods`).
@@ -162,12 +183,22 @@ header_consts! {
     }
 }
 
-/// The shader variants (attend and combine) for head dim `d`, `wg` invocations, subgroup
-/// width `sg` (0: no subgroup shuffles); `count` builds the instrumented attend.
+/// Keys `attend_lanes` scores per rescale of its running sums.
+const LANE_KEYS: u32 = 4;
+
+/// `DecodeKernel::Auto` takes `attend_lanes` on CPU adapters below this many query rows per
+/// kv head and step: measured on llvmpipe at a 32K cache, H = 32, D = 128, the lanes kernel
+/// is 3.3× faster with one row (MHA), 1.7× with two, and even to 15 % slower with four, where
+/// the staged kernel's shared tiles serve four rows per load.
+const LANES_BELOW_ROWS: usize = 4;
+
+/// The shader variants (attend, attend_lanes and combine) for head dim `d`, `wg`
+/// invocations, subgroup width `sg` (0: no subgroup shuffles); `count` builds the
+/// instrumented attend kernels.
 pub fn variants(d: usize, bc: u32, wg: u32, sg: u32, count: bool) -> Vec<ShaderVariant> {
     let d4 = (d / 4) as u32;
     let d4p = if sg > 0 { d4.div_ceil(sg) * sg } else { d4 };
-    [(ATTEND, "attend"), (COMBINE, "combine")]
+    [(ATTEND, "attend"), (ATTEND, "attend_lanes"), (COMBINE, "combine")]
         .into_iter()
         .map(|(shader, entry)| {
             shader.variant(
@@ -180,6 +211,7 @@ pub fn variants(d: usize, bc: u32, wg: u32, sg: u32, count: bool) -> Vec<ShaderV
                     BC: bc,
                     WG: wg,
                     SG: sg,
+                    KB: LANE_KEYS,
                     SG_GUARD_U: (sg > 0 && !d4.is_multiple_of(sg)) as u32,
                     LANE_GUARD_U: 0,
                     COUNT: count as u32,
@@ -270,6 +302,19 @@ impl KvCache {
     }
 }
 
+/// The attend dispatch for `splits` splits of `group_rows` query rows per kv head: `attend`
+/// takes a workgroup per (split, row block), `attend_lanes` an invocation per (split, row),
+/// its workgroups laid out in x, then y past the dispatch's limit per dimension.
+fn attend_groups(lanes: bool, wg: u32, splits: usize, group_rows: usize, gpu: &Gpu) -> [u64; 3] {
+    let wg = wg as u64;
+    if !lanes {
+        return [splits as u64, (group_rows as u64).div_ceil(wg), 1];
+    }
+    let groups = (splits as u64 * group_rows as u64).div_ceil(wg);
+    let x = groups.min(gpu.limits().max_compute_workgroups_per_dimension as u64).max(1);
+    [x, groups.div_ceil(x), 1]
+}
+
 /// A decoder: a KV cache plus the split-K kernel. `prefill` the prompt's K/V, then `step`.
 pub struct Decoder {
     cfg: DecoderConfig,
@@ -297,6 +342,8 @@ pub struct Decoder {
     chunk: usize,
     max_splits: usize,
     wg: u32,
+    /// `attend_lanes` runs (else `attend`).
+    lanes: bool,
     last: StepParams,
 }
 
@@ -343,9 +390,22 @@ impl Decoder {
         // widened on the way in, O cut on the way out)
         let d = padded_dim(cfg.head_dim);
         let bc = tile_keys(gpu, d);
-        let sg = if cfg.subgroups { gpu.fixed_subgroup().unwrap_or(0) } else { 0 };
-        let wg = workgroup_size(cfg.heads / cfg.kv_heads * cfg.max_step_tokens).max(sg);
-        gpu.check_workgroup(NAME, 2 * bc as u64 * d as u64 * 4, wg)?;
+        let group_rows = cfg.heads / cfg.kv_heads * cfg.max_step_tokens;
+        let lanes = match cfg.kernel {
+            DecodeKernel::Auto => gpu.profile().0.per_lane_loads && group_rows < LANES_BELOW_ROWS,
+            DecodeKernel::Staged => false,
+            DecodeKernel::Lanes => true,
+        };
+        let (wg, sg) = if lanes {
+            // a workgroup is independent lanes: one SIMD group on a CPU adapter (so that a
+            // few splits still spread over its threads), two warps elsewhere
+            (if gpu.profile().0.per_lane_loads { 8 } else { MAX_WG }, 0)
+        } else {
+            let sg = if cfg.subgroups { gpu.fixed_subgroup().unwrap_or(0) } else { 0 };
+            (workgroup_size(group_rows).max(sg), sg)
+        };
+        let tiles = if lanes { 0 } else { 2 * bc as u64 * d as u64 * 4 };
+        gpu.check_workgroup(NAME, tiles, wg)?;
         // slots per split: below the adapter's loop cap (staging plus ≈ 2·BC·(D/4 + 1)
         // iterations per tile)
         let tuned = gpu.tuned().and_then(|t| match t.get(&tuning_key(d, cfg.heads / cfg.kv_heads)) {
@@ -362,23 +422,29 @@ impl Decoder {
         });
         let mut chunk =
             if cfg.chunk == 0 { tuned.unwrap_or(gpu.profile().0.decode_chunk) } else { cfg.chunk };
-        let staging = (bc as u64 * d as u64 / 4).div_ceil(wg as u64);
-        let per_tile = staging + 2 * bc as u64 * (d as u64 / 4 * 2 + 2) + bc as u64 * 2 + 16;
+        // loop iterations per BC slots (staged: staging plus ≈ 2·BC·(D/4 + 1); lanes: the
+        // score's and the V sum's D/4 per slot plus one rescale per LANE_KEYS slots)
+        let d4 = d as u64 / 4;
+        let per_tile = if lanes {
+            bc as u64 * (2 * d4 + 2) + (bc / LANE_KEYS) as u64 * (d4 + 1) + 16
+        } else {
+            (bc as u64 * d4).div_ceil(wg as u64) + 2 * bc as u64 * (d4 * 2 + 2) + bc as u64 * 2 + 16
+        };
         if let Some(limit) = crate::kernels::kernel_loop_cap(gpu, cfg.mods.as_ref()) {
             let max_chunk = ((limit / per_tile).max(1) * bc as u64) as usize;
             chunk = chunk.min(max_chunk);
         }
         let max_splits = cfg.capacity.div_ceil(chunk).max(1);
         let rows = cfg.heads * cfg.max_step_tokens;
-        let row_blocks = (cfg.heads / cfg.kv_heads * cfg.max_step_tokens).div_ceil(wg as usize);
-        gpu.check_dispatch(NAME, [max_splits as u64, row_blocks as u64, 1])?;
+        gpu.check_dispatch(NAME, attend_groups(lanes, wg, max_splits, group_rows, gpu))?;
         gpu.check_binding("decode partials", (max_splits * rows * (d + 4) * 4) as u64)?;
 
         // the mods' loops get what the adapter's cap leaves beside one split's tiles
         let mod_steps = crate::kernels::mod_steps(gpu, chunk.div_ceil(bc as usize) as u64 * per_tile);
-        let [va, vc]: [ShaderVariant; 2] = variants(d, bc, wg, sg, cfg.instrumented)
+        let [va, val, vc]: [ShaderVariant; 3] = variants(d, bc, wg, sg, cfg.instrumented)
             .try_into()
-            .map_err(|_| Error::Device("decode: expected two kernels".into()))?;
+            .map_err(|_| Error::Device("decode: expected three kernels".into()))?;
+        let va = if lanes { val } else { va };
         let va = match &cfg.mods {
             Some(mods) => with_mods_source(va, mods, mods.kernel_source_per_dispatch(mod_steps)?),
             None => va,
@@ -449,6 +515,7 @@ impl Decoder {
             chunk,
             max_splits,
             wg,
+            lanes,
             d,
             cfg,
             last: StepParams::default(),
@@ -462,6 +529,10 @@ impl Decoder {
     /// The KV cache.
     pub fn cache(&self) -> &KvCache {
         &self.cache
+    }
+    /// The attend kernel it runs (`Staged` or `Lanes`, never `Auto`).
+    pub fn kernel(&self) -> DecodeKernel {
+        if self.lanes { DecodeKernel::Lanes } else { DecodeKernel::Staged }
     }
     /// Cache slots per split.
     pub fn chunk(&self) -> usize {
@@ -628,14 +699,11 @@ impl Decoder {
                 };
                 positions.encode(gpu, &mut pass, &q, false)?;
             }
-            let row_blocks = (self.cfg.heads / self.cfg.kv_heads * t).div_ceil(self.wg as usize) as u32;
+            let groups =
+                attend_groups(self.lanes, self.wg, splits, self.cfg.heads / self.cfg.kv_heads * t, gpu);
+            let groups = groups.map(|g| g as u32);
             for bind in &self.attend_binds[layer] {
-                self.attend.dispatch_with(
-                    &mut pass,
-                    bind,
-                    self.mod_bind.as_ref(),
-                    [splits as u32, row_blocks, 1],
-                );
+                self.attend.dispatch_with(&mut pass, bind, self.mod_bind.as_ref(), groups);
             }
             let groups = [(self.cfg.heads * t).div_ceil(64) as u32, 1, 1];
             self.combine.dispatch(&mut pass, &self.combine_bind, groups);
@@ -691,15 +759,18 @@ impl Decoder {
     }
 
     /// Device-memory traffic of the last step, from the kernels' loops: every split's
-    /// workgroup stages its cache slots of K and V once per kv head (and row block) and
-    /// reads its query rows; partials are written once and read once by the combine, which
-    /// writes O and LSE. MQA's K/V term is 1/H of MHA's.
+    /// workgroup stages its cache slots of K and V once per kv head (and row block) — the
+    /// lanes kernel reads them once per query row — and reads its query rows; partials are
+    /// written once and read once by the combine, which writes O and LSE. With the staged
+    /// kernel MQA's K/V term is 1/H of MHA's.
     pub fn step_traffic(&self) -> Traffic {
         let d = self.d as u64;
         let s = self.last;
         let (rows, combine_read, combine_written) = self.combine_traffic();
-        let row_blocks = ((self.cfg.heads / self.cfg.kv_heads) as u64 * s.nq as u64).div_ceil(self.wg as u64);
-        let kv = self.cfg.kv_heads as u64 * row_blocks * s.slots as u64 * 2 * d * 4;
+        let group_rows = (self.cfg.heads / self.cfg.kv_heads) as u64 * s.nq as u64;
+        // who reads a slot: each row block of `attend` once, each row of `attend_lanes`
+        let readers = if self.lanes { group_rows } else { group_rows.div_ceil(self.wg as u64) };
+        let kv = self.cfg.kv_heads as u64 * readers * s.slots as u64 * 2 * d * 4;
         let q = s.splits as u64 * rows * d * 4;
         let partial_written = s.splits as u64 * rows * (d + 4) * 4;
         Traffic { read: kv + q + combine_read, written: partial_written + combine_written }
