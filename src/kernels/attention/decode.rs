@@ -184,7 +184,7 @@ header_consts! {
 }
 
 /// Keys `attend_lanes` scores per rescale of its running sums.
-const LANE_KEYS: u32 = 4;
+const LANE_KEYS: u32 = 8;
 
 /// `DecodeKernel::Auto` takes `attend_lanes` on CPU adapters below this many query rows per
 /// kv head and step: measured on llvmpipe at a 32K cache, H = 32, D = 128, the lanes kernel
