@@ -63,6 +63,54 @@ fn cpu_adapters_take_the_register_blocked_kernel_where_k_and_n_allow() {
 }
 
 #[test]
+fn transposed_operands_match_the_oracle() {
+    // the gradients' products xᵀ·dy and dy·Wᵀ: Aᵀ [K, M] and Bᵀ [N, K] read by the
+    // register-blocked kernel (CPU adapters), K split past the loop cap included; where
+    // another kernel runs, asking for them is a typed error
+    use longctx::kernels::matmul::Layout;
+    let g = common::gpu();
+    let seed = common::seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let transpose = |x: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+        (0..cols).flat_map(|c| (0..rows).map(move |r| x[r * cols + c])).collect()
+    };
+    let mut worst = 0f64;
+    for (m, k, n, bias) in [
+        (4, 4, 4, false),
+        (36, 20, 12, true),
+        (68, 132, 196, false),
+        (132, 64, 44, true),
+        (20, 9000, 8, false),
+    ] {
+        let a = common::random(m * k, &mut rng);
+        let b = common::random(k * n, &mut rng);
+        let bv = bias.then(|| common::random(n, &mut rng));
+        let want = matmul_f64(&a, &b, bv.as_deref(), m, k, n, Activation::None);
+        for (a_t, b_t) in [(true, false), (false, true), (true, true)] {
+            let layout = Layout { a_t, b_t };
+            let mm =
+                Matmul::with_layout(g, [m, k, n], bias, Activation::None, MatmulOptions::default(), layout);
+            if !g.profile().0.per_lane_loads {
+                assert!(matches!(mm, Err(longctx::Error::Invalid(_))), "{layout:?} on {}", g.info().name);
+                continue;
+            }
+            let mm = mm.unwrap();
+            let a_in = if a_t { transpose(&a, m, k) } else { a.clone() };
+            let b_in = if b_t { transpose(&b, k, n) } else { b.clone() };
+            let err = rel_error(&mm.run(g, &a_in, &b_in, bv.as_deref()).unwrap(), &want);
+            assert!(err <= 1e-5, "{m}×{k}×{n} bias={bias} {layout:?}: {err:.2e} (seed {seed})");
+            worst = worst.max(err);
+        }
+    }
+    println!("transposed operands: worst rel err {worst:.2e}");
+    let aligned = Layout { a_t: true, b_t: false };
+    let err = Matmul::with_layout(g, [33, 8, 8], false, Activation::None, MatmulOptions::default(), aligned)
+        .err()
+        .expect("Aᵀ with M = 33");
+    assert!(matches!(err, longctx::Error::Invalid(_)) && err.to_string().contains("multiple of 4"), "{err}");
+}
+
+#[test]
 fn a_k_past_the_loop_cap_is_split_and_summed() {
     // lavapipe leaves a loop nest after 65 535 iterations: one invocation summing K = 8 200
     // would pass it, so K runs in slices that accumulate into C (once a LoopLimit error that

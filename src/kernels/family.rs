@@ -148,7 +148,10 @@ impl Family {
                         .into_iter()
                         .flat_map(|sg| matmul::Activation::ALL.map(|a| matmul::variant(a, sg))),
                 )
-                .chain(matmul::Activation::ALL.map(matmul::blocked_variant))
+                .chain(matmul::Activation::ALL.map(|act| matmul::blocked_variant(act, Default::default())))
+                .chain([(true, false), (false, true), (true, true)].map(|(a_t, b_t)| {
+                    matmul::blocked_variant(matmul::Activation::None, matmul::Layout { a_t, b_t })
+                }))
                 .collect(),
             Family::Train => train::variants(),
             Family::Layer => layer::variants(),

@@ -70,6 +70,10 @@ header_consts! {
         CV,
         /// The activation fused into the epilogue (`Activation::code`).
         ACT,
+        /// A is stored transposed (Aᵀ, `[K, M]`).
+        TA,
+        /// B is stored transposed (Bᵀ, `[N, K]`).
+        TB,
     }
 }
 
@@ -77,11 +81,24 @@ header_consts! {
 /// (a 64 × 64 block of C per workgroup). Measured on llvmpipe at 1024³ and 2048³ (one run,
 /// medians of 3): 8 × 8 per invocation 13.0–14.5 GFLOP/s, 4 × 16 12.0, 8 × 16 9.9, 4 × 8
 /// 10.5, 16 × 8 7.3 (spills), 8 × 32 2.7; the workgroup's shape within 10 %.
-const BLOCKED: BlockedConsts = BlockedConsts { WX: 8, WY: 8, RM: 8, CV: 2, ACT: 0 };
+const BLOCKED: BlockedConsts = BlockedConsts { WX: 8, WY: 8, RM: 8, CV: 2, ACT: 0, TA: 0, TB: 0 };
 
-/// The register-blocked variant for `act`.
-pub fn blocked_variant(act: Activation) -> ShaderVariant {
-    BLOCKED_SHADER.variant("main", &[GELU, COMMON], BlockedConsts { ACT: act.code(), ..BLOCKED }.header())
+/// The register-blocked variant for `act`, reading A and B as `layout` stores them.
+pub fn blocked_variant(act: Activation, layout: Layout) -> ShaderVariant {
+    let consts = BlockedConsts { ACT: act.code(), TA: layout.a_t as u32, TB: layout.b_t as u32, ..BLOCKED };
+    BLOCKED_SHADER.variant("main", &[GELU, COMMON], consts.header())
+}
+
+/// How a matmul's operands are stored: as the product reads them (`A [M, K]`, `B [K, N]`), or
+/// transposed (`Aᵀ [K, M]`, `Bᵀ [N, K]`) — the gradients' `xᵀ·dy` and `dy·Wᵀ` without a
+/// transpose pass. Only the register-blocked kernel reads transposed operands
+/// ([`Matmul::with_layout`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Layout {
+    /// A stored as Aᵀ `[K, M]` (M a multiple of 4).
+    pub a_t: bool,
+    /// B stored as Bᵀ `[N, K]`.
+    pub b_t: bool,
 }
 
 /// A cooperative-matrix configuration: S×S matrices, f16 or f32 inputs (f32 accumulation),
@@ -366,6 +383,21 @@ impl Matmul {
         act: Activation,
         options: MatmulOptions,
     ) -> Result<Self> {
+        Self::with_layout(gpu, [m, k, n], has_bias, act, options, Layout::default())
+    }
+
+    /// [`Matmul::with_options`] with A and/or B stored transposed: an error
+    /// ([`Error::Invalid`]) unless the register-blocked kernel runs it in one dispatch (a CPU
+    /// adapter, K and N multiples of 4, A and C within one binding, and M a multiple of 4 for
+    /// Aᵀ) — callers that get one transpose the operand themselves.
+    pub fn with_layout(
+        gpu: &Gpu,
+        [m, k, n]: [usize; 3],
+        has_bias: bool,
+        act: Activation,
+        options: MatmulOptions,
+        layout: Layout,
+    ) -> Result<Self> {
         let subgroups = options.subgroups;
         if m == 0 || k == 0 || n == 0 {
             return Err(Error::Empty { what: "matmul (M, K, N)".into(), shape: vec![m, k, n] });
@@ -416,7 +448,7 @@ impl Matmul {
             None if blocked => {
                 let BlockedConsts { WX: wx, WY: wy, RM: rm, CV: cv, .. } = BLOCKED;
                 gpu.check_workgroup("matmul (register-blocked)", 0, wx * wy)?;
-                (wy * rm, wx * 4 * cv, blocked_variant(act), 4, (rm + cv * (1 + rm) + 4) as u64)
+                (wy * rm, wx * 4 * cv, blocked_variant(act, layout), 4, (rm + cv * (1 + rm) + 4) as u64)
             }
             None => {
                 let (tn, tk) = if sg > 0 { (4 * sg, TK.max(sg)) } else { (TN, TK) };
@@ -441,6 +473,17 @@ impl Matmul {
                 let slice = ((limit / per_step).max(1) * step as u64) as usize;
                 k_parts = (0..k).step_by(slice).map(|k0| (k0, (k0 + slice).min(k))).collect();
             }
+        }
+        if layout != Layout::default() && !(blocked && whole && (!layout.a_t || m.is_multiple_of(4))) {
+            let kernel = match (blocked, coop) {
+                (true, _) => "register-blocked kernel",
+                (false, Some(_)) => "cooperative-matrix kernel",
+                (false, None) => "tiled kernel",
+            };
+            return Err(Error::Invalid(format!(
+                "matmul [{m}×{k}]·[{k}×{n}] with {layout:?}: transposed operands need the register-blocked kernel in one dispatch (and M a multiple of 4 for Aᵀ); here the {kernel} runs{}",
+                if whole { "" } else { " in chunks of rows" }
+            )));
         }
         let kernel = gpu.compile(&variant)?;
         Ok(Self {

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::kernels::attention::backward::{Backward, BackwardBuffers};
 use crate::kernels::embed::check_ids;
 use crate::kernels::layer::LayerOp;
-use crate::kernels::matmul::{Activation, Matmul};
+use crate::kernels::matmul::{Activation, Layout, Matmul, MatmulOptions};
 use crate::kernels::train::{AdamW, HeadDims, Train};
 use crate::kernels::{Attention, AttnBuffers, Kernel};
 use crate::models::gpt::{GptConfig, LN_EPS, Params, PosScheme, inputs_and_targets, sinusoid};
@@ -66,8 +66,21 @@ struct Saved {
     ln2: LayerOp,
 }
 
-/// Matmul shapes: (M, K, N, bias, accumulate).
-type MmKey = (usize, usize, usize, bool, bool);
+/// Matmul shapes: (M, K, N, bias, accumulate, operands stored transposed).
+type MmKey = (usize, usize, usize, bool, bool, Layout);
+
+/// A prepared matmul and whether it reads its transposed operands in place (else they go
+/// through a transposed copy first).
+struct Mm {
+    matmul: Matmul,
+    in_place: bool,
+}
+
+/// Aᵀ given (`[K, M]`).
+const A_T: Layout = Layout { a_t: true, b_t: false };
+/// Bᵀ given (`[N, K]`).
+const B_T: Layout = Layout { a_t: false, b_t: true };
+const PLAIN: Layout = Layout { a_t: false, b_t: false };
 
 /// Index of each block's tensors (after the embedding at 0).
 const LN1: usize = 0;
@@ -95,7 +108,7 @@ pub struct GptGpu {
     blocks: Vec<Saved>,
     attention: Attention,
     backward: Backward,
-    matmuls: HashMap<MmKey, Matmul>,
+    matmuls: HashMap<MmKey, Mm>,
     lnf: LayerOp,
     /// Token ids and targets `[R]`.
     ids: wgpu::Buffer,
@@ -222,28 +235,36 @@ impl GptGpu {
             LayerOp::layer_norm_affine_on(gpu, rows, d, LN_EPS as f32, &tensors[tensors.len() - 1].param)?;
         let r = rows;
         let keys: [MmKey; 15] = [
-            (r, d, 3 * d, true, false),  // QKV
-            (r, d, d, true, true),       // output projection, added to the stream
-            (r, d, f, true, false),      // FFN in
-            (r, f, d, true, true),       // FFN out, added to the stream
-            (r, d, v, false, false),     // tied head
-            (r, v, d, false, false),     // dxf = dlogits·E
-            (v, r, d, false, false),     // dE = dlogitsᵀ·xf
-            (r, d, f, false, false),     // dh = dx·W2ᵀ
-            (f, r, d, false, false),     // dW2 = hᵀ·dx
-            (r, f, d, false, false),     // da2 = du·W1ᵀ
-            (d, r, f, false, false),     // dW1 = a2ᵀ·du
-            (r, d, d, false, false),     // datt = dx·W_oᵀ
-            (d, r, d, false, false),     // dW_o = attᵀ·dx
-            (r, 3 * d, d, false, false), // da1 = dqkv·W_qkvᵀ
-            (d, r, 3 * d, false, false), // dW_qkv = a1ᵀ·dqkv
+            (r, d, 3 * d, true, false, PLAIN), // QKV
+            (r, d, d, true, true, PLAIN),      // output projection, added to the stream
+            (r, d, f, true, false, PLAIN),     // FFN in
+            (r, f, d, true, true, PLAIN),      // FFN out, added to the stream
+            (r, d, v, false, false, B_T),      // tied head: logits = xf·Eᵀ
+            (r, v, d, false, false, PLAIN),    // dxf = dlogits·E
+            (v, r, d, false, false, A_T),      // dE = dlogitsᵀ·xf
+            (r, d, f, false, false, B_T),      // dh = dx·W2ᵀ
+            (f, r, d, false, false, A_T),      // dW2 = hᵀ·dx
+            (r, f, d, false, false, B_T),      // da2 = du·W1ᵀ
+            (d, r, f, false, false, A_T),      // dW1 = a2ᵀ·du
+            (r, d, d, false, false, B_T),      // datt = dx·W_oᵀ
+            (d, r, d, false, false, A_T),      // dW_o = attᵀ·dx
+            (r, 3 * d, d, false, false, B_T),  // da1 = dqkv·W_qkvᵀ
+            (d, r, 3 * d, false, false, A_T),  // dW_qkv = a1ᵀ·dqkv
         ];
         let mut matmuls = HashMap::new();
         for key in keys {
             if let std::collections::hash_map::Entry::Vacant(e) = matmuls.entry(key) {
-                let (m, k, n, bias, acc) = key;
-                let mm = Matmul::new(gpu, m, k, n, bias, Activation::None)?;
-                e.insert(if acc { mm.accumulating(gpu) } else { mm });
+                let (m, k, n, bias, acc, layout) = key;
+                let act = Activation::None;
+                // transposed operands in place where the kernel reads them (CPU adapters)
+                let (matmul, in_place) =
+                    match Matmul::with_layout(gpu, [m, k, n], bias, act, MatmulOptions::default(), layout) {
+                        Ok(mm) => (mm, true),
+                        Err(Error::Invalid(_)) => (Matmul::new(gpu, m, k, n, bias, act)?, layout == PLAIN),
+                        Err(e) => return Err(e),
+                    };
+                let matmul = if acc { matmul.accumulating(gpu) } else { matmul };
+                e.insert(Mm { matmul, in_place });
             }
         }
         let table = match config.pos {
@@ -305,7 +326,39 @@ impl GptGpu {
     }
 
     fn mm(&self, key: MmKey) -> &Matmul {
-        &self.matmuls[&key]
+        &self.matmuls[&key].matmul
+    }
+
+    /// C `[m, n]` = A·B for A and B stored as `layout` says (Aᵀ `[k, m]`, Bᵀ `[n, k]`): read
+    /// in place where the matmul can, else through transposed copies.
+    #[allow(clippy::too_many_arguments)]
+    fn product(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        [m, k, n]: [usize; 3],
+        layout: Layout,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        c: &wgpu::Buffer,
+    ) -> Result<()> {
+        let mm = &self.matmuls[&(m, k, n, false, false, layout)];
+        if mm.in_place {
+            return mm.matmul.encode(gpu, enc, a, b, None, c);
+        }
+        let a = if layout.a_t {
+            self.train.transpose(gpu, enc, a, &self.act_t, k, m)?;
+            &self.act_t
+        } else {
+            a
+        };
+        let b = if layout.b_t {
+            self.train.transpose(gpu, enc, b, &self.weight_t, n, k)?;
+            &self.weight_t
+        } else {
+            b
+        };
+        mm.matmul.encode(gpu, enc, a, b, None, c)
     }
 
     fn rows(&self) -> usize {
@@ -430,7 +483,7 @@ impl GptGpu {
         (k, n): (usize, usize),
         accumulate: bool,
     ) -> Result<()> {
-        let mm = self.mm((self.rows(), k, n, true, accumulate));
+        let mm = self.mm((self.rows(), k, n, true, accumulate, PLAIN));
         mm.encode(gpu, enc, x, self.param(l, w), Some(self.param(l, b)), out)
     }
 
@@ -503,12 +556,11 @@ impl GptGpu {
         }
         self.lnf.encode(gpu, enc, &self.x_last, &self.xf);
         // tied head: logits = xf · Eᵀ
-        t.transpose(gpu, enc, wte, &self.weight_t, v, d)?;
-        self.mm((r, d, v, false, false)).encode(gpu, enc, &self.xf, &self.weight_t, None, &self.logits)?;
+        self.product(gpu, enc, [r, d, v], B_T, &self.xf, wte, &self.logits)?;
         t.cross_entropy(gpu, enc, &self.logits, &self.targets, &self.dlogits, &self.loss, r, v, loss_scale)
     }
 
-    /// `grad` = xᵀ·dy for x `[R, k]`, dy `[R, n]` (through a transposed copy of x).
+    /// `grad` = xᵀ·dy for x `[R, k]`, dy `[R, n]`.
     #[allow(clippy::too_many_arguments)]
     fn weight_grad(
         &self,
@@ -520,9 +572,7 @@ impl GptGpu {
         k: usize,
         n: usize,
     ) -> Result<()> {
-        let r = self.rows();
-        self.train.transpose(gpu, enc, x, &self.act_t, r, k)?;
-        self.mm((k, r, n, false, false)).encode(gpu, enc, &self.act_t, dy, None, grad)
+        self.product(gpu, enc, [k, self.rows(), n], A_T, x, dy, grad)
     }
 
     /// `dx` = dy·Wᵀ for dy `[R, n]`, W `[k, n]`.
@@ -537,8 +587,7 @@ impl GptGpu {
         k: usize,
         n: usize,
     ) -> Result<()> {
-        self.train.transpose(gpu, enc, w, &self.weight_t, k, n)?;
-        self.mm((self.rows(), n, k, false, false)).encode(gpu, enc, dy, &self.weight_t, None, dx)
+        self.product(gpu, enc, [self.rows(), n, k], B_T, dy, w, dx)
     }
 
     /// Records the backward of the last forward: every parameter's gradient.
@@ -548,9 +597,8 @@ impl GptGpu {
         let t = &self.train;
         let (wte, dwte) = (&self.tensors[0].param, &self.tensors[0].grad);
         // head: dE = dlogitsᵀ·xf (the embedding's share is added at the end), dxf = dlogits·E
-        t.transpose(gpu, enc, &self.dlogits, &self.act_t, r, v)?;
-        self.mm((v, r, d, false, false)).encode(gpu, enc, &self.act_t, &self.xf, None, dwte)?;
-        self.mm((r, v, d, false, false)).encode(gpu, enc, &self.dlogits, wte, None, &self.dtmp)?;
+        self.product(gpu, enc, [v, r, d], A_T, &self.dlogits, &self.xf, dwte)?;
+        self.mm((r, v, d, false, false, PLAIN)).encode(gpu, enc, &self.dlogits, wte, None, &self.dtmp)?;
         self.norm_backward(gpu, enc, &self.x_last, self.tensors.last().expect("final LayerNorm"), false)?;
         for (l, s) in self.blocks.iter().enumerate().rev() {
             // FFN: next = mid + GELU(u)·W2 + b2, u = LN2(mid)·W1 + b1
