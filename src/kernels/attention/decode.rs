@@ -188,7 +188,7 @@ const LANE_KEYS: u32 = 8;
 
 /// `DecodeKernel::Auto` takes `attend_lanes` on CPU adapters below this many query rows per
 /// kv head and step: measured on llvmpipe at a 32K cache, H = 32, D = 128, the lanes kernel
-/// is 3.3× faster with one row (MHA), 1.7× with two, and even to 15 % slower with four, where
+/// is 3.3× faster with one row (MHA), 1.7× with two, and 9–28 % slower with four, where
 /// the staged kernel's shared tiles serve four rows per load.
 const LANES_BELOW_ROWS: usize = 4;
 
