@@ -104,6 +104,7 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
         "bytes read/step MiB",
         "GB/s",
         "% copy peak",
+        "kernel",
         "rel err",
     ]);
     let mib = |b: u64| format!("{:.1}", b as f64 / (1 << 20) as f64);
@@ -118,6 +119,7 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
             mib(r.bytes_read_per_step),
             format!("{:.2}", r.gbps),
             format!("{:.1}", r.pct_peak_copy),
+            r.kernel.clone(),
             if r.rel_err_first_step.is_nan() {
                 "—".into()
             } else {

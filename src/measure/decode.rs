@@ -46,6 +46,9 @@ pub struct DecodeRecord {
     pub positions: Option<String>,
     /// Splits of the cache per step (split-K).
     pub splits: usize,
+    /// The attend kernel that ran: `staged` (K/V tiles shared by a kv head's rows) or `lanes`
+    /// (an invocation per split and row).
+    pub kernel: String,
     /// How steps were timed.
     pub timer: String,
     /// Milliseconds per step: median, fastest, slowest.
@@ -141,6 +144,7 @@ impl DecodeBench {
             mods: cfg.mods.as_ref().map(|m| m.name().to_string()),
             positions: cfg.positions.map(|p| p.name()),
             splits: dec.splits(),
+            kernel: format!("{:?}", dec.kernel()).to_lowercase(),
             timer: "wall (submit to idle, per step)".into(),
             ms_per_step_median: ms,
             ms_per_step_min: t.min(),
