@@ -192,6 +192,12 @@ const LANE_KEYS: u32 = 8;
 /// the staged kernel's shared tiles serve four rows per load.
 const LANES_BELOW_ROWS: usize = 4;
 
+/// `attend_lanes` cuts a step into at least this many splits (of at least `LANE_KEYS` slots)
+/// where the split size is chosen automatically: it runs one invocation per split and row, so
+/// a short cache in the profile's splits would leave most of a CPU adapter's threads idle
+/// (64 invocations = 8 SIMD groups of 8).
+const LANES_MIN_SPLITS: usize = 64;
+
 /// The shader variants (attend, attend_lanes and combine) for head dim `d`, `wg`
 /// invocations, subgroup width `sg` (0: no subgroup shuffles); `count` builds the
 /// instrumented attend kernels.
@@ -344,6 +350,9 @@ pub struct Decoder {
     wg: u32,
     /// `attend_lanes` runs (else `attend`).
     lanes: bool,
+    /// Short caches get at least `LANES_MIN_SPLITS` splits (the lanes kernel, automatic split
+    /// size).
+    spread: bool,
     last: StepParams,
 }
 
@@ -434,7 +443,8 @@ impl Decoder {
             let max_chunk = ((limit / per_tile).max(1) * bc as u64) as usize;
             chunk = chunk.min(max_chunk);
         }
-        let max_splits = cfg.capacity.div_ceil(chunk).max(1);
+        let spread = lanes && cfg.chunk == 0;
+        let max_splits = cfg.capacity.div_ceil(chunk).max(if spread { LANES_MIN_SPLITS } else { 1 });
         let rows = cfg.heads * cfg.max_step_tokens;
         gpu.check_dispatch(NAME, attend_groups(lanes, wg, max_splits, group_rows, gpu))?;
         gpu.check_binding("decode partials", (max_splits * rows * (d + 4) * 4) as u64)?;
@@ -516,6 +526,7 @@ impl Decoder {
             max_splits,
             wg,
             lanes,
+            spread,
             d,
             cfg,
             last: StepParams::default(),
@@ -664,7 +675,11 @@ impl Decoder {
             }
             _ => (0, cached),
         };
-        let splits = slots.div_ceil(self.chunk).clamp(1, self.max_splits);
+        let mut splits = slots.div_ceil(self.chunk);
+        if self.spread {
+            splits = splits.max(LANES_MIN_SPLITS.min(slots.div_ceil(LANE_KEYS as usize)));
+        }
+        let splits = splits.clamp(1, self.max_splits);
         let step = StepParams {
             len: len as u32,
             nq: t as u32,
