@@ -66,6 +66,60 @@ fn slot_position(slot: u32) -> u32 {
     return step.lo + (slot + step.ring - step.lo % step.ring) % step.ring;
 }
 
+// The cache slots split `split` covers: [begin, end).
+fn split_slots(split: u32) -> vec2<u32> {
+    let begin = step.slot0 + split * step.chunk;
+    return vec2<u32>(begin, min(step.slot0 + step.slots, begin + step.chunk));
+}
+
+// Query row `r` of this kv head's step: its head, token, row of Q and O, position and ALiBi
+// slope (read only for rows that exist).
+struct QueryRow {
+    h: u32,
+    t: u32,
+    row: u32,
+    pos: i32,
+    slope: f32,
+}
+
+fn query_row(r: u32, live: bool) -> QueryRow {
+    let t = r % step.nq;
+    let h = head.kvh * contract.group + r / step.nq;
+    var slope = 0.0;
+    if contract.alibi != 0u && live {
+        slope = slopes[h];
+    }
+    return QueryRow(h, t, h * step.nq + t, i32(step.len - step.nq + t), slope);
+}
+
+// The score of the key in `slot` for `qr`, from its dot product: ALiBi, then the causal band
+// and the cached range, then the mods — called only where `call_mods` and the key is visible
+// (a user buffer may be indexed by either); MASKED where hidden or where the slot does not
+// `exist`.
+fn key_score(qk: f32, qr: QueryRow, slot: u32, exists: bool, call_mods: bool) -> f32 {
+    let kp = i32(slot_position(slot));
+    var sc = qk + alibi_bias(qr.slope, qr.pos, kp);
+    var visible = exists && in_band(contract, qr.pos, kp) && u32(kp) >= step.lo;
+    if MODS && call_mods && visible {
+        sc = score_mod(sc, 0u, qr.h, qr.t, u32(kp));
+        visible = mask_mod(0u, qr.h, qr.t, u32(kp));
+    }
+    return select(MASKED, sc, visible);
+}
+
+// A finished row's partial of `split`: its output normalised by the row's sum, and its LSE
+// (both NaN where the mods ran out of steps).
+fn write_partial(split: u32, row: u32, m_run: f32, l_run: f32, acc: ptr<function, array<vec4<f32>, D4P>>) {
+    let base = (split * contract.heads * step.nq + row) * (D4 + 1u);
+    let done = softmax_finish(m_run, l_run, contract.neg_inf);
+    let poisoned = MODS && mod_overrun;
+    let inv = select(done.x, mods_nan(), poisoned);
+    for (var x = 0u; x < D4; x++) {
+        partials[base + x] = (*acc)[x] * inv;
+    }
+    partials[base + D4] = vec4<f32>(select(done.y, mods_nan(), poisoned), 0.0, 0.0, 0.0);
+}
+
 @compute @workgroup_size(WG)
 fn attend(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
     let lid = ids.lid;
@@ -74,31 +128,24 @@ fn attend(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
     let r = wg.y * WG + lid;
     let rows = contract.group * step.nq;
     let live = r < rows;
-    let g = r / step.nq;
-    let t = r % step.nq;
-    let h = head.kvh * contract.group + g;
-    let row = h * step.nq + t;
-    let pos = i32(step.len - step.nq + t);
+    let qrow = query_row(r, live);
     N_Q = step.nq;
     N_KV = step.len;
-    var slope = 0.0;
-    if contract.alibi != 0u && live {
-        slope = slopes[h];
-    }
     var qr: array<vec4<f32>, D4P>;
     var acc: array<vec4<f32>, D4P>;
     for (var x = 0u; x < D4P; x++) {
         acc[x] = vec4<f32>(0.0);
         qr[x] = vec4<f32>(0.0);
         if live && x < D4 {
-            qr[x] = q[row * D4 + x] * contract.scale;
+            qr[x] = q[qrow.row * D4 + x] * contract.scale;
         }
     }
     var m_run = MASKED;
     var l_run = 0.0;
     var s: array<f32, BC>;
-    let begin = step.slot0 + split * step.chunk;
-    let end = min(step.slot0 + step.slots, begin + step.chunk);
+    let slots = split_slots(split);
+    let begin = slots.x;
+    let end = slots.y;
     if COUNT != 0u && lid == 0u {
         let live_rows = min(WG, rows - min(rows, wg.y * WG));
         atomicAdd(&counters[1], live_rows);
@@ -123,7 +170,6 @@ fn attend(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
         var tile_max = MASKED;
         for (var c = 0u; c < BC; c++) {
             let slot = slot0 + c;
-            let kp = i32(slot_position(slot));
             var sc = 0.0;
             if SG > 0u {
                 for (var j = 0u; j < D4P; j += SG) {
@@ -137,17 +183,7 @@ fn attend(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
                     sc += dot(qr[x], k_tile[c * D4 + x]);
                 }
             }
-            sc += alibi_bias(slope, pos, kp);
-            var visible = slot < end && in_band(contract, pos, kp) && u32(kp) >= step.lo;
-            // the mods only for live rows and keys that exist (a user buffer may be indexed
-            // by either)
-            if MODS && live && visible {
-                sc = score_mod(sc, 0u, h, t, u32(kp));
-                visible = mask_mod(0u, h, t, u32(kp));
-            }
-            if !visible {
-                sc = MASKED;
-            }
+            sc = key_score(sc, qrow, slot, slot < end, live);
             s[c] = sc;
             tile_max = max(tile_max, sc);
         }
@@ -155,15 +191,7 @@ fn attend(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
         workgroupBarrier();
     }
     if live {
-        let base = (split * contract.heads * step.nq + row) * (D4 + 1u);
-        let done = softmax_finish(m_run, l_run, contract.neg_inf);
-        let poisoned = MODS && mod_overrun;
-        let inv = select(done.x, mods_nan(), poisoned);
-        let part_lse = select(done.y, mods_nan(), poisoned);
-        for (var x = 0u; x < D4; x++) {
-            partials[base + x] = acc[x] * inv;
-        }
-        partials[base + D4] = vec4<f32>(part_lse, 0.0, 0.0, 0.0);
+        write_partial(split, qrow.row, m_run, l_run, &acc);
     }
 }
 
@@ -179,32 +207,24 @@ fn attend(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
 fn attend_lanes(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let rows = contract.group * step.nq;
     let i = gid.y * groups.x * WG + gid.x;
-    let r = i % rows;
     let split = i / rows;
     if split >= step.splits {
         return;
     }
-    let g = r / step.nq;
-    let t = r % step.nq;
-    let h = head.kvh * contract.group + g;
-    let row = h * step.nq + t;
-    let pos = i32(step.len - step.nq + t);
+    let qrow = query_row(i % rows, true);
     N_Q = step.nq;
     N_KV = step.len;
-    var slope = 0.0;
-    if contract.alibi != 0u {
-        slope = slopes[h];
-    }
     var qr: array<vec4<f32>, D4>;
-    var acc: array<vec4<f32>, D4>;
+    var acc: array<vec4<f32>, D4P>;
     for (var x = 0u; x < D4; x++) {
-        qr[x] = q[row * D4 + x] * contract.scale;
+        qr[x] = q[qrow.row * D4 + x] * contract.scale;
         acc[x] = vec4<f32>(0.0);
     }
     var m_run = MASKED;
     var l_run = 0.0;
-    let begin = step.slot0 + split * step.chunk;
-    let end = min(step.slot0 + step.slots, begin + step.chunk);
+    let slots = split_slots(split);
+    let begin = slots.x;
+    let end = slots.y;
     if COUNT != 0u {
         atomicAdd(&counters[0], end - min(begin, end));
         atomicAdd(&counters[1], 1u);
@@ -217,20 +237,11 @@ fn attend_lanes(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
             let slot = c0 + c;
             var sc = MASKED;
             if slot < end {
-                let kp = i32(slot_position(slot));
-                sc = 0.0;
+                var qk = 0.0;
                 for (var x = 0u; x < D4; x++) {
-                    sc += dot(qr[x], k[slot * D4 + x]);
+                    qk += dot(qr[x], k[slot * D4 + x]);
                 }
-                sc += alibi_bias(slope, pos, kp);
-                var visible = in_band(contract, pos, kp) && u32(kp) >= step.lo;
-                if MODS && visible {
-                    sc = score_mod(sc, 0u, h, t, u32(kp));
-                    visible = mask_mod(0u, h, t, u32(kp));
-                }
-                if !visible {
-                    sc = MASKED;
-                }
+                sc = key_score(qk, qrow, slot, true, true);
             }
             s[c] = sc;
             tile_max = max(tile_max, sc);
@@ -255,15 +266,7 @@ fn attend_lanes(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         l_run = l_run * rescale.y + tile_l;
         m_run = m_new;
     }
-    let base = (split * contract.heads * step.nq + row) * (D4 + 1u);
-    let done = softmax_finish(m_run, l_run, contract.neg_inf);
-    let poisoned = MODS && mod_overrun;
-    let inv = select(done.x, mods_nan(), poisoned);
-    let part_lse = select(done.y, mods_nan(), poisoned);
-    for (var x = 0u; x < D4; x++) {
-        partials[base + x] = acc[x] * inv;
-    }
-    partials[base + D4] = vec4<f32>(part_lse, 0.0, 0.0, 0.0);
+    write_partial(split, qrow.row, m_run, l_run, &acc);
 }
 
 @compute @workgroup_size(64)

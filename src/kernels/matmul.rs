@@ -334,6 +334,8 @@ pub struct Matmul {
     coop: Option<Coop>,
     /// The register-blocked kernel runs (else the tiled or cooperative-matrix one).
     blocked: bool,
+    /// How it reads A and B (transposed only on the register-blocked kernel).
+    layout: Layout,
     m: usize,
     k: usize,
     n: usize,
@@ -437,6 +439,17 @@ impl Matmul {
             && k.is_multiple_of(4)
             && n.is_multiple_of(4)
             && align.is_multiple_of(16);
+        if layout != Layout::default() && !(blocked && whole && (!layout.a_t || m.is_multiple_of(4))) {
+            let kernel = match (blocked, coop) {
+                (true, _) => "register-blocked kernel",
+                (false, Some(_)) => "cooperative-matrix kernel",
+                (false, None) => "tiled kernel",
+            };
+            return Err(Error::Invalid(format!(
+                "matmul [{m}×{k}]·[{k}×{n}] with {layout:?}: transposed operands need the register-blocked kernel in one dispatch (and M a multiple of 4 for Aᵀ); here the {kernel} runs{}",
+                if whole { "" } else { " in chunks of rows" }
+            )));
+        }
         // (rows, columns) of C per workgroup, the variant, and one invocation's loop
         // iterations per `step` values of K (the staging loops, the inner loops, slack)
         let per_slab = (TM * TK).div_ceil(64) as u64 + TK as u64 * (1 + RM as u64) + 16;
@@ -474,23 +487,13 @@ impl Matmul {
                 k_parts = (0..k).step_by(slice).map(|k0| (k0, (k0 + slice).min(k))).collect();
             }
         }
-        if layout != Layout::default() && !(blocked && whole && (!layout.a_t || m.is_multiple_of(4))) {
-            let kernel = match (blocked, coop) {
-                (true, _) => "register-blocked kernel",
-                (false, Some(_)) => "cooperative-matrix kernel",
-                (false, None) => "tiled kernel",
-            };
-            return Err(Error::Invalid(format!(
-                "matmul [{m}×{k}]·[{k}×{n}] with {layout:?}: transposed operands need the register-blocked kernel in one dispatch (and M a multiple of 4 for Aᵀ); here the {kernel} runs{}",
-                if whole { "" } else { " in chunks of rows" }
-            )));
-        }
         let kernel = gpu.compile(&variant)?;
         Ok(Self {
             tm,
             tn,
             coop,
             blocked,
+            layout,
             m,
             k,
             n,
@@ -516,6 +519,11 @@ impl Matmul {
             &self.k_parts,
         );
         self
+    }
+
+    /// How it reads A and B.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// The cooperative-matrix configuration in use (`None`: plain loads or shuffles).

@@ -144,7 +144,7 @@ impl DecodeBench {
             mods: cfg.mods.as_ref().map(|m| m.name().to_string()),
             positions: cfg.positions.map(|p| p.name()),
             splits: dec.splits(),
-            kernel: format!("{:?}", dec.kernel()).to_lowercase(),
+            kernel: dec.kernel().name().into(),
             timer: "wall (submit to idle, per step)".into(),
             ms_per_step_median: ms,
             ms_per_step_min: t.min(),

@@ -69,13 +69,6 @@ struct Saved {
 /// Matmul shapes: (M, K, N, bias, accumulate, operands stored transposed).
 type MmKey = (usize, usize, usize, bool, bool, Layout);
 
-/// A prepared matmul and whether it reads its transposed operands in place (else they go
-/// through a transposed copy first).
-struct Mm {
-    matmul: Matmul,
-    in_place: bool,
-}
-
 /// Aᵀ given (`[K, M]`).
 const A_T: Layout = Layout { a_t: true, b_t: false };
 /// Bᵀ given (`[N, K]`).
@@ -108,7 +101,7 @@ pub struct GptGpu {
     blocks: Vec<Saved>,
     attention: Attention,
     backward: Backward,
-    matmuls: HashMap<MmKey, Mm>,
+    matmuls: HashMap<MmKey, Matmul>,
     lnf: LayerOp,
     /// Token ids and targets `[R]`.
     ids: wgpu::Buffer,
@@ -256,15 +249,14 @@ impl GptGpu {
             if let std::collections::hash_map::Entry::Vacant(e) = matmuls.entry(key) {
                 let (m, k, n, bias, acc, layout) = key;
                 let act = Activation::None;
-                // transposed operands in place where the kernel reads them (CPU adapters)
-                let (matmul, in_place) =
+                // transposed operands in place where the kernel reads them (CPU adapters), else
+                // the plain product of transposed copies (`product`)
+                let mm =
                     match Matmul::with_layout(gpu, [m, k, n], bias, act, MatmulOptions::default(), layout) {
-                        Ok(mm) => (mm, true),
-                        Err(Error::Invalid(_)) => (Matmul::new(gpu, m, k, n, bias, act)?, layout == PLAIN),
-                        Err(e) => return Err(e),
+                        Err(Error::Invalid(_)) => Matmul::new(gpu, m, k, n, bias, act)?,
+                        built => built?,
                     };
-                let matmul = if acc { matmul.accumulating(gpu) } else { matmul };
-                e.insert(Mm { matmul, in_place });
+                e.insert(if acc { mm.accumulating(gpu) } else { mm });
             }
         }
         let table = match config.pos {
@@ -326,7 +318,7 @@ impl GptGpu {
     }
 
     fn mm(&self, key: MmKey) -> &Matmul {
-        &self.matmuls[&key].matmul
+        &self.matmuls[&key]
     }
 
     /// C `[m, n]` = A·B for A and B stored as `layout` says (Aᵀ `[k, m]`, Bᵀ `[n, k]`): read
@@ -342,9 +334,9 @@ impl GptGpu {
         b: &wgpu::Buffer,
         c: &wgpu::Buffer,
     ) -> Result<()> {
-        let mm = &self.matmuls[&(m, k, n, false, false, layout)];
-        if mm.in_place {
-            return mm.matmul.encode(gpu, enc, a, b, None, c);
+        let mm = self.mm((m, k, n, false, false, layout));
+        if mm.layout() == layout {
+            return mm.encode(gpu, enc, a, b, None, c);
         }
         let a = if layout.a_t {
             self.train.transpose(gpu, enc, a, &self.act_t, k, m)?;
@@ -358,7 +350,7 @@ impl GptGpu {
         } else {
             b
         };
-        mm.matmul.encode(gpu, enc, a, b, None, c)
+        mm.encode(gpu, enc, a, b, None, c)
     }
 
     fn rows(&self) -> usize {

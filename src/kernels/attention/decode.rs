@@ -58,6 +58,17 @@ pub enum DecodeKernel {
     Lanes,
 }
 
+impl DecodeKernel {
+    /// Lowercase name, for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodeKernel::Auto => "auto",
+            DecodeKernel::Staged => "staged",
+            DecodeKernel::Lanes => "lanes",
+        }
+    }
+}
+
 /// How a decoder is laid out.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DecoderConfig {
@@ -350,9 +361,6 @@ pub struct Decoder {
     wg: u32,
     /// `attend_lanes` runs (else `attend`).
     lanes: bool,
-    /// Short caches get at least `LANES_MIN_SPLITS` splits (the lanes kernel, automatic split
-    /// size).
-    spread: bool,
     last: StepParams,
 }
 
@@ -443,8 +451,9 @@ impl Decoder {
             let max_chunk = ((limit / per_tile).max(1) * bc as u64) as usize;
             chunk = chunk.min(max_chunk);
         }
-        let spread = lanes && cfg.chunk == 0;
-        let max_splits = cfg.capacity.div_ceil(chunk).max(if spread { LANES_MIN_SPLITS } else { 1 });
+        // room for the splits a short cache gets from the lanes kernel (see `step`)
+        let min_splits = if lanes && cfg.chunk == 0 { LANES_MIN_SPLITS } else { 1 };
+        let max_splits = cfg.capacity.div_ceil(chunk).max(min_splits);
         let rows = cfg.heads * cfg.max_step_tokens;
         gpu.check_dispatch(NAME, attend_groups(lanes, wg, max_splits, group_rows, gpu))?;
         gpu.check_binding("decode partials", (max_splits * rows * (d + 4) * 4) as u64)?;
@@ -526,7 +535,6 @@ impl Decoder {
             max_splits,
             wg,
             lanes,
-            spread,
             d,
             cfg,
             last: StepParams::default(),
@@ -676,7 +684,9 @@ impl Decoder {
             _ => (0, cached),
         };
         let mut splits = slots.div_ceil(self.chunk);
-        if self.spread {
+        // the lanes kernel with an automatic split size: short caches get at least
+        // LANES_MIN_SPLITS splits
+        if self.lanes && self.cfg.chunk == 0 {
             splits = splits.max(LANES_MIN_SPLITS.min(slots.div_ceil(LANE_KEYS as usize)));
         }
         let splits = splits.clamp(1, self.max_splits);
