@@ -12,7 +12,12 @@ FlexAttention when `import torch` works. Every record is JSON under the output f
 `--small` runs the same flow on a software adapter at small sizes with numpy (f32, the score
 matrix materialised) as the peer, so it can be tested without a GPU.
 
-Usage: scripts/device-check [--small] [--bin PATH] [--out DIR]
+In the same process, when the Python package imports (installed, or `--wheel PATH` installs a
+carried wheel into the output folder), the same shapes run through `longctx.Device.attention`
+beside the peers: host to host (upload, run, read back), where the peers' tensors stay on
+the device.
+
+Usage: scripts/device-check [--small] [--bin PATH] [--out DIR] [--wheel PATH]
 """
 
 import argparse
@@ -246,6 +251,31 @@ def torch_peer(shapes):
     return out
 
 
+def python_package(shapes, small):
+    """The shapes through the Python package in this process: host to host, checked first
+    against the float64 oracle on the smallest shape."""
+    import numpy as np
+
+    import longctx
+
+    dev = longctx.Device()
+    log(f"== python package {longctx.__version__} ({longctx.__commit__}) on {dev.info['name']}")
+    out = []
+    for label, n, d, h, hkv, causal, window, alibi in shapes:
+        rng = np.random.default_rng(0)
+        q = rng.uniform(-1, 1, (h, n, d)).astype(np.float32)
+        k = rng.uniform(-1, 1, (hkv, n, d)).astype(np.float32)
+        v = rng.uniform(-1, 1, (hkv, n, d)).astype(np.float32)
+        opts = dict(causal=causal, window=(window, 0) if window else None, alibi=alibi)
+        rec = {"peer": "longctx python (host to host)", "shape_label": label, "n": n, "d": d, "heads": h, "kv_heads": hkv}
+        try:
+            rec["ms"] = time_it(lambda: dev.attention(q, k, v, **opts), 3)
+        except longctx.LongctxError as e:
+            rec["skipped"] = str(e)
+        out.append(rec)
+    return out
+
+
 def summary(records, peers, presets, steps):
     lines = ["# longctx device check", "", "| step | result | s |", "|---|---|---|"]
     lines += [f"| {n} | {'ok' if ok else 'FAILED'} | {s:.1f} |" for n, ok, s in steps]
@@ -280,6 +310,7 @@ def main():
     ap.add_argument("--small", action="store_true", help="software-adapter sizes, numpy as the peer")
     ap.add_argument("--bin", help="the longctx binary (default: ./longctx, then target/release/longctx)")
     ap.add_argument("--out", default=os.environ.get("OUT") or "device-check-out", help="folder for the records")
+    ap.add_argument("--wheel", help="a longctx wheel to install into the output folder and time in this process")
     a = ap.parse_args()
     binary = a.bin or next((b for b in ("./longctx", "target/release/longctx") if os.path.exists(b)), None)
     if binary is None or not (os.path.exists(binary) or shutil.which(binary)):
@@ -298,6 +329,20 @@ def main():
         peers = numpy_peer(shapes) if a.small else torch_peer(shapes)
     except ImportError as e:
         log(f"== peer skipped: {e}")
+    if a.wheel:
+        target = os.path.join(os.path.abspath(a.out), "python")
+        ok = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", target, a.wheel]).returncode == 0
+        r.steps.append(("install the wheel", ok, 0.0))
+        sys.path.insert(0, target)
+    t_py = time.time()
+    try:
+        peers += python_package(shapes, a.small)
+        r.steps.append(("python package", True, time.time() - t_py))
+    except ImportError as e:
+        log(f"== python package skipped: {e}")
+    except Exception as e:  # noqa: BLE001 (reported as a failed step, with its message)
+        log(f"== python package failed: {e!r}")
+        r.steps.append(("python package", False, time.time() - t_py))
     json.dump(peers, open(os.path.join(a.out, "peers.json"), "w"), indent=1)
     json.dump(records, open(os.path.join(a.out, "longctx.json"), "w"), indent=1)
     text = summary(records, peers, presets, r.steps)

@@ -47,3 +47,8 @@ pub use kernels::attention::backward::{Backward, BackwardBuffers, GradTensors, G
 pub use kernels::attention::flash::FlashConfig;
 pub use kernels::{Attention, AttentionBuilder, AttnBuffers, DeviceTensors, Inputs, Kernel, attention};
 pub use runtime::{Gpu, GpuOptions, Profile, Tuned};
+
+/// The crate's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The short commit hash this build was made from (`unknown` outside a git checkout).
+pub const GIT_COMMIT: &str = env!("LONGCTX_GIT_COMMIT");

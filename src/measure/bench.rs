@@ -248,8 +248,8 @@ fn base_record(gpu: &Gpu, kernel: Kernel, spec: &AttnSpec, reps: usize, mask: &s
         adapter: info.name.clone(),
         backend: format!("{:?}", info.backend),
         driver: gpu.driver(),
-        git_commit: env!("LONGCTX_GIT_COMMIT").into(),
-        longctx_version: env!("CARGO_PKG_VERSION").into(),
+        git_commit: crate::GIT_COMMIT.into(),
+        longctx_version: crate::VERSION.into(),
         timestamp: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         ..Default::default()
     }
@@ -464,7 +464,7 @@ pub fn run_backward(gpu: &Gpu, spec: &AttnSpec, reps: usize, mask: &str) -> Back
         fwd_flops: spec.flops(),
         adapter: info.name.clone(),
         driver: gpu.driver(),
-        git_commit: env!("LONGCTX_GIT_COMMIT").into(),
+        git_commit: crate::GIT_COMMIT.into(),
         timestamp: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         ..Default::default()
     };

@@ -193,7 +193,7 @@ impl Axis {
         if self.scale == Scale::Log { v.log10() } else { v }
     }
     /// The tick label at position `p` (inverse of [`Axis::position`]).
-    pub(crate) fn label_at(&self, p: f64) -> String {
+    pub fn label_at(&self, p: f64) -> String {
         self.format(if self.scale == Scale::Log { 10f64.powf(p) } else { p })
     }
     /// The axis title, with the scale said when it is logarithmic.
@@ -276,7 +276,7 @@ impl ChartData {
     }
 
     /// Long-format CSV: one row per point, `series,<x name>,<y name>`.
-    pub(crate) fn to_csv(&self) -> String {
+    pub fn to_csv(&self) -> String {
         let quote = |s: &str| {
             if s.contains([',', '"', '\n']) {
                 format!("\"{}\"", s.replace('"', "\"\""))
@@ -294,7 +294,7 @@ impl ChartData {
     }
 
     /// Pretty JSON of the whole chart (axes, units, scales, series, colours, points).
-    pub(crate) fn to_json(&self) -> String {
+    pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 }
@@ -326,7 +326,7 @@ pub struct MatrixData {
 
 impl MatrixData {
     /// One CSV row per matrix row.
-    pub(crate) fn to_csv(&self) -> String {
+    pub fn to_csv(&self) -> String {
         let mut out = String::new();
         for row in self.values.chunks(self.width.max(1)) {
             let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
@@ -337,13 +337,13 @@ impl MatrixData {
     }
 
     /// JSON with the metadata and the values as rows.
-    pub(crate) fn to_json(&self) -> String {
+    pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 }
 
 /// A title as a file-name stem: lower case, words joined by `-`.
-pub(crate) fn slug(title: &str) -> String {
+pub fn slug(title: &str) -> String {
     let mut out = String::new();
     for c in title.chars() {
         if c.is_ascii_alphanumeric() {

@@ -159,7 +159,7 @@ impl DecodeBench {
             rel_err_first_step: err,
             adapter: info.name.clone(),
             driver: crate::runtime::driver_of(info),
-            git_commit: env!("LONGCTX_GIT_COMMIT").into(),
+            git_commit: crate::GIT_COMMIT.into(),
             timestamp: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         })
     }

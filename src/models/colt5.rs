@@ -568,7 +568,7 @@ impl FfnBranch {
 }
 
 /// Each router's score for every token (q, kv, ffn), on the CPU in f64 — for plots.
-pub(crate) fn router_scores_cpu(cfg: &Colt5Config, weights: &Colt5Weights, x: &[f32]) -> [Vec<f64>; 3] {
+pub fn router_scores_cpu(cfg: &Colt5Config, weights: &Colt5Weights, x: &[f32]) -> [Vec<f64>; 3] {
     let d = cfg.d_model;
     let xn: Vec<Vec<f64>> = x
         .chunks(d)

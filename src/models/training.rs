@@ -179,7 +179,7 @@ pub fn log_csv(rows: &[LogRow]) -> String {
 }
 
 /// Reads [`log_csv`]'s format back (a partial last line, from a run writing it, is skipped).
-pub(crate) fn parse_log_csv(text: &str) -> Result<Vec<LogRow>> {
+pub fn parse_log_csv(text: &str) -> Result<Vec<LogRow>> {
     let mut lines = text.lines();
     if lines.next().map(str::trim) != Some(LOG_HEADER) {
         return Err(Error::Invalid(format!("a training log starts with `{LOG_HEADER}`")));

@@ -46,7 +46,7 @@ impl Tuned {
             adapter: info.name.clone(),
             driver: driver_of(info),
             backend: format!("{:?}", info.backend),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::VERSION.to_string(),
             winners: BTreeMap::new(),
         }
     }

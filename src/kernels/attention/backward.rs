@@ -967,6 +967,49 @@ impl Backward {
         self.checked(io.read(gpu)?, grads.read(gpu)?)
     }
 
+    /// The gradients of a forward the caller ran: its inputs Q, K, V, its output O `[B,H,N,D]`
+    /// and LSE `[B,H,N]` (as [`Attention::run`](crate::Attention::run) returns them), and dO.
+    /// Every tensor is checked (shapes, finite values; LSE may hold −inf for fully masked
+    /// rows); the gradients are poisoned with NaN before the run.
+    pub fn run_given(
+        &self,
+        gpu: &Gpu,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &AttnOutput,
+        d_o: &[f32],
+    ) -> Result<Gradients> {
+        let s = self.spec.shape;
+        self.spec.check_inputs(q, k, v)?;
+        for (what, got, dims) in
+            [("O", out.o.len(), &s.q_dims()[..]), ("LSE", out.lse.len(), &s.q_dims()[..3])]
+        {
+            let expected = dims.iter().product();
+            if got != expected {
+                return Err(Error::Length { what: what.into(), got, shape: dims.to_vec(), expected });
+            }
+        }
+        crate::contract::spec::check_finite("O", &out.o)?;
+        if let Some((index, &value)) =
+            out.lse.iter().enumerate().find(|&(_, x)| x.is_nan() || *x == f32::INFINITY)
+        {
+            return Err(Error::NonFinite { what: "LSE".into(), index, value });
+        }
+        let io = crate::kernels::DeviceTensors::upload(gpu, &self.spec, q, k, v)?;
+        gpu.queue.write_buffer(&io.o, 0, bytemuck::cast_slice(&out.o));
+        gpu.queue.write_buffer(&io.lse, 0, bytemuck::cast_slice(&out.lse));
+        let grads = GradTensors::upload(gpu, &self.spec, d_o)?;
+        grads.poison(gpu);
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        self.encode(gpu, &mut enc, &grads.buffers(&io))?;
+        gpu.queue.submit([enc.finish()]);
+        let g = grads.read(gpu)?;
+        let steps = self.pipelines.iter().map(|p| p.steps).min().unwrap_or(0);
+        crate::kernels::check_mod_steps(self.spec.mods.as_ref(), "backward", steps, &[&g.dq, &g.dk, &g.dv])?;
+        Ok(g)
+    }
+
     /// The forward's output and the gradients, or [`Error::ModSteps`] where the call's mods
     /// ran past their loop budget in either pass (their rows are NaN).
     fn checked(&self, out: AttnOutput, g: Gradients) -> Result<(AttnOutput, Gradients)> {

@@ -1,0 +1,24 @@
+"""The float64 oracle every kernel is checked against (the library's own, not a re-derivation):
+attention and its backward under the same options as `Device.attention`, on the CPU."""
+
+from typing import Any, Tuple
+
+import numpy as np
+
+from ._convert import ARRAY_RULE, f32, options
+from ._native import reference_attention, reference_backward
+
+
+def attention(q: Any, k: Any, v: Any, **opts: Any) -> Tuple[np.ndarray, np.ndarray]:
+    """(O, LSE) in float64 for float32 inputs (Q, K, V rounded to float32 first, as the
+    kernels read them). Options as `Device.attention`."""
+    return reference_attention(f32(q, "q"), f32(k, "k"), f32(v, "v"), options(**opts))
+
+
+def attention_backward(q: Any, k: Any, v: Any, do: Any, **opts: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dQ, dK, dV) in float64 for the incoming gradient dO. Options as `Device.attention`."""
+    return reference_backward(f32(q, "q"), f32(k, "k"), f32(v, "v"), f32(do, "do"), options(**opts))
+
+
+attention.__doc__ = (attention.__doc__ or "") + "\n\n" + ARRAY_RULE
+attention_backward.__doc__ = (attention_backward.__doc__ or "") + "\n\n" + ARRAY_RULE
