@@ -16,6 +16,7 @@ Every call releases the GIL while the GPU works; errors are the typed exceptions
 `longctx.errors` with the engine's own messages.
 """
 
+import inspect
 import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -65,7 +66,7 @@ Options (the contract's; every active rule must allow a pair):
 
 def _with_doc(extra: str):
     def wrap(f):
-        f.__doc__ = (f.__doc__ or "") + "\n" + extra + "\n" + ARRAY_RULE
+        f.__doc__ = inspect.cleandoc(f.__doc__ or "") + "\n\n" + extra + "\n" + ARRAY_RULE
         return f
 
     return wrap

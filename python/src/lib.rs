@@ -574,7 +574,7 @@ impl Device {
             cfg.positions = positions;
             Decoder::new(&gpu, cfg)
         })?;
-        Ok(KvCache { gpu: self.gpu.clone(), decoder: Mutex::new(decoder) })
+        Ok(KvCache { gpu: self.gpu.clone(), decoder: Mutex::new(decoder), heads, kv_heads, head_dim })
     }
 }
 
@@ -595,7 +595,12 @@ fn backends(py: Python<'_>, text: Option<&str>) -> PyResult<Option<wgpu::Backend
 #[pyclass(frozen, module = "longctx._native")]
 struct KvCache {
     gpu: Arc<Gpu>,
+    /// Locked only with the GIL released (a step may take a while).
     decoder: Mutex<Decoder>,
+    /// The decoder's query heads, kv heads and head dim, for the shape checks.
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
 }
 
 impl KvCache {
@@ -620,13 +625,7 @@ impl KvCache {
         k: &'a PyReadonlyArrayDyn<'_, f32>,
         v: &'a PyReadonlyArrayDyn<'_, f32>,
     ) -> PyResult<(&'a [f32], &'a [f32], usize)> {
-        let (hkv, d) = {
-            let g = self
-                .decoder
-                .lock()
-                .map_err(|_| py_error(py, Error::Invalid("the cache is unusable".into())))?;
-            (g.config().kv_heads, g.config().head_dim)
-        };
+        let (hkv, d) = (self.kv_heads, self.head_dim);
         let (&[h, t, e], true) = (k.shape(), k.shape() == v.shape()) else {
             return fail(
                 py,
@@ -674,13 +673,7 @@ impl KvCache {
         layer: usize,
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let (ks, vs, t) = self.kv(py, &k, &v)?;
-        let (heads, d) = {
-            let g = self
-                .decoder
-                .lock()
-                .map_err(|_| py_error(py, Error::Invalid("the cache is unusable".into())))?;
-            (g.config().heads, g.config().head_dim)
-        };
+        let (heads, d) = (self.heads, self.head_dim);
         if q.shape() != [heads, t, d] {
             return fail(
                 py,
