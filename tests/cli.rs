@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use longctx::contract::reference::rel_error;
+use longctx::contract::selection::{Moba, NONE, compare_selection};
 use longctx::io::{read_npy, write_npy};
+use longctx::{AttnShape, AttnSpec};
 use rand::{SeedableRng, rngs::StdRng};
 
 fn longctx(args: &[&str]) -> Output {
@@ -1204,4 +1206,61 @@ fn the_gl_backend_is_refused_in_one_line() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("not supported") || stderr.contains("adapter"), "{stderr}");
     assert!(t.elapsed().as_secs() < 60, "took {:?}", t.elapsed());
+}
+
+#[test]
+fn moba_chooses_on_the_gpu_like_the_oracle_and_writes_its_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = common::seed();
+    let [q, k, v] = trio(dir.path(), 4, 2, 45, 70, 16, seed);
+    let mut outs = Vec::new();
+    for kernel in ["cpu", "flash"] {
+        let o = dir.path().join(format!("o_{kernel}.npy"));
+        let sel = dir.path().join(format!("sel_{kernel}.npy"));
+        let dq = dir.path().join(format!("dq_{kernel}.npy"));
+        let out = longctx(&[
+            "attention",
+            "--q",
+            p(&q),
+            "--k",
+            p(&k),
+            "--v",
+            p(&v),
+            "--out",
+            p(&o),
+            "--moba",
+            "block=8,topk=3",
+            "--selected-out",
+            p(&sel),
+            "--grad-out",
+            p(&q),
+            "--dq",
+            p(&dq),
+            "--kernel",
+            kernel,
+        ]);
+        assert!(out.status.success(), "{kernel}: {}", String::from_utf8_lossy(&out.stderr));
+        let sel = read_npy(&sel).unwrap();
+        assert_eq!(sel.shape, vec![4, 45, 3]);
+        // row 44 sits at position 69: own block 8, then two of the blocks 0..8
+        assert_eq!(sel.data[44 * 3], 8.0);
+        outs.push((read_npy(&o).unwrap().data, read_npy(&dq).unwrap().data, sel.data));
+    }
+    let (cpu, gpu) = (&outs[0], &outs[1]);
+    // the same choice, or one that differs only where two gate scores tie at float32 rounding
+    let blocks = |x: &[f32]| x.iter().map(|&b| if b < 0.0 { NONE } else { b as u32 }).collect::<Vec<u32>>();
+    let spec = AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 2, n: 45, m: 70, head_dim: 16 });
+    let moba = Moba { block: 8, topk: 3 };
+    let (qd, kd) = (read_npy(&q).unwrap().data, read_npy(&k).unwrap().data);
+    let (diffs, ties) = compare_selection(&spec, &moba, &qd, &kd, &blocks(&cpu.2), &blocks(&gpu.2), 1e-5);
+    assert!(ties, "the GPU chose differently: {:?} (seed {seed})", diffs.first());
+    if diffs.is_empty() {
+        let e = |a: &[f32], b: &[f32]| rel_error(a, &b.iter().map(|&x| x as f64).collect::<Vec<_>>());
+        assert!(e(&gpu.0, &cpu.0) <= 1e-5, "O: {} (seed {seed})", e(&gpu.0, &cpu.0));
+        assert!(e(&gpu.1, &cpu.1) <= 1e-5, "dQ: {} (seed {seed})", e(&gpu.1, &cpu.1));
+    }
+    let o = dir.path().join("o.npy");
+    let base = ["attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&o)];
+    fails_with(&[&base[..], &["--moba", "block=8"]].concat(), "needs both block=B and topk=K");
+    fails_with(&[&base[..], &["--moba", "block=8,topk=99"]].concat(), "MoBA topk");
 }

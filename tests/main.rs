@@ -30,6 +30,7 @@ mod profiles;
 mod ring;
 mod ring_mpi;
 mod route;
+mod selection;
 mod shaders;
 mod sparse;
 mod traffic;

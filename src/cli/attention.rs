@@ -31,7 +31,8 @@ Examples:
   longctx attention --q q.npy --k k.npy --v v.npy --out o.npy --causal --alibi
   longctx attention ... --block-mask blocks.npy --block-size 64 --window 512,0
   longctx attention ... --bigbird global=1,window=1,random=2,block=64,seed=0
-  longctx attention ... --causal --grad-out do.npy --dq dq.npy --dk dk.npy --dv dv.npy")]
+  longctx attention ... --causal --grad-out do.npy --dq dq.npy --dk dk.npy --dv dv.npy
+  longctx attention ... --moba block=64,topk=4 --selected-out blocks.npy")]
 pub struct AttentionArgs {
     /// Queries, float32 .npy.
     #[arg(long)]
@@ -75,6 +76,15 @@ pub struct AttentionArgs {
     /// Output path for dV (V's shape, summed over the query heads of each kv head).
     #[arg(long, requires = "grad_out")]
     dv: Option<PathBuf>,
+    /// MoBA, block=B,topk=K: each query reads its own block (causally) and the K-1 earlier
+    /// blocks of B keys whose mean key scores highest against it (docs/DESIGN.md §1); the
+    /// choice is made on the GPU (by the f64 oracle with --kernel cpu). Causal; one sequence.
+    #[arg(long, value_name = "block=B,topk=K")]
+    moba: Option<String>,
+    /// With --moba: write the chosen blocks, [H, N, K] float32 block indices (own block
+    /// first, then by descending gate score; -1 where fewer exist).
+    #[arg(long, value_name = "FILE.npy", requires = "moba")]
+    selected_out: Option<PathBuf>,
 }
 
 /// Splits a [H,X,D] or [B,H,X,D] tensor shape into (B, H, X, D).
@@ -107,6 +117,10 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
         bail!("head dim differs: Q has {d}, K and V have {dk}");
     }
     let shape = AttnShape { batch: b, heads: h, kv_heads: hkv, n, m, head_dim: d };
+    let moba = a.moba.as_deref().map(longctx::contract::selection::Moba::parse).transpose()?;
+    if let Some(m) = &moba {
+        m.check(&shape)?;
+    }
     let spec = a.mask.apply(
         AttnSpec::new(shape)
             .alibi(if a.alibi { Alibi::Standard } else { Alibi::Off })
@@ -116,7 +130,7 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
     spec.check_inputs(&q.data, &k.data, &v.data)?;
     // every output path usable and distinct (and no input) before any work
     let outputs: Vec<&std::path::Path> =
-        [Some(&a.out), a.lse.as_ref(), a.dq.as_ref(), a.dk.as_ref(), a.dv.as_ref()]
+        [Some(&a.out), a.lse.as_ref(), a.dq.as_ref(), a.dk.as_ref(), a.dv.as_ref(), a.selected_out.as_ref()]
             .into_iter()
             .flatten()
             .map(|p| p.as_path())
@@ -130,15 +144,26 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
         .collect();
     longctx::io::check_outputs(&outputs, &inputs)?;
 
+    // one device for the choice, the forward and the backward (none for the oracle)
+    let gpu = if a.kernel == KernelArg::Cpu { None } else { Some(dev.gpu()?) };
+    let (spec, chosen_out) = match &moba {
+        None => (spec, None),
+        Some(m) => {
+            let selected = match &gpu {
+                None => longctx::contract::selection::moba_select_f64(&spec, m, &q.data, &k.data)?,
+                Some(gpu) => longctx::kernels::selection::moba_select(gpu, &spec, m, &q.data, &k.data)?,
+            };
+            (m.spec(&spec, &selected)?, Some(Chosen { dims: [h, n, m.topk], blocks: selected }))
+        }
+    };
     if let Some(path) = &a.grad_out {
-        return backward(dev, a, &spec, &q, &k, &v, path);
+        return backward(gpu.as_ref(), a, &spec, &q, &k, &v, path, chosen_out.as_ref());
     }
-    let out = match a.kernel {
-        KernelArg::Cpu => longctx::contract::reference::attention(&spec, &q.data, &k.data, &v.data)?,
-        KernelArg::Flash | KernelArg::Naive => {
+    let out = match &gpu {
+        None => longctx::contract::reference::attention(&spec, &q.data, &k.data, &v.data)?,
+        Some(gpu) => {
             let kernel = if a.kernel == KernelArg::Flash { Kernel::Flash } else { Kernel::Naive };
-            let gpu = dev.gpu()?;
-            longctx::attention(&gpu, kernel, &spec, &q.data, &k.data, &v.data)?
+            longctx::attention(gpu, kernel, &spec, &q.data, &k.data, &v.data)?
         }
     };
     finite_outputs(&out)?;
@@ -147,7 +172,25 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
     if let Some(path) = &a.lse {
         staged.npy(path, &q.shape[..q.shape.len() - 1], &out.lse).context("writing LSE")?;
     }
+    stage_chosen(&mut staged, a, chosen_out.as_ref())?;
     staged.commit()?;
+    Ok(())
+}
+
+/// MoBA's choice, for --selected-out.
+struct Chosen {
+    /// [H, N, K].
+    dims: [usize; 3],
+    blocks: Vec<u32>,
+}
+
+/// Stages --selected-out (block indices as float32, -1 where a list is shorter than K).
+fn stage_chosen(staged: &mut Staged, a: &AttentionArgs, chosen: Option<&Chosen>) -> anyhow::Result<()> {
+    if let (Some(path), Some(c)) = (&a.selected_out, chosen) {
+        let none = longctx::contract::selection::NONE;
+        let as_f32: Vec<f32> = c.blocks.iter().map(|&b| if b == none { -1.0 } else { b as f32 }).collect();
+        staged.npy(path, &c.dims, &as_f32).context("writing the chosen blocks")?;
+    }
     Ok(())
 }
 
@@ -167,14 +210,16 @@ fn finite_outputs(out: &longctx::AttnOutput) -> anyhow::Result<()> {
 }
 
 /// Forward and backward: O (and LSE) as usual, then dQ, dK, dV for the given dO.
+#[allow(clippy::too_many_arguments)]
 fn backward(
-    dev: &DeviceArgs,
+    gpu: Option<&longctx::Gpu>,
     a: &AttentionArgs,
     spec: &AttnSpec,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     grad_out: &std::path::Path,
+    chosen: Option<&Chosen>,
 ) -> anyhow::Result<()> {
     if a.dq.is_none() && a.dk.is_none() && a.dv.is_none() {
         bail!("--grad-out computes gradients: name at least one of --dq, --dk, --dv");
@@ -184,8 +229,8 @@ fn backward(
         bail!("dO has shape {:?}; it must match O (and Q): {:?}", d_o.shape, q.shape);
     }
     spec.check_grad(&d_o.data)?;
-    let (out, grads) = match a.kernel {
-        KernelArg::Cpu => {
+    let (out, grads) = match gpu {
+        None => {
             let out = longctx::contract::reference::attention(spec, &q.data, &k.data, &v.data)?;
             let (dq, dk, dv) = longctx::contract::reference::attention_backward_f64(
                 spec, &q.data, &k.data, &v.data, &d_o.data,
@@ -193,14 +238,13 @@ fn backward(
             let f = |x: Vec<f64>| x.into_iter().map(|v| v as f32).collect();
             (out, longctx::Gradients { dq: f(dq), dk: f(dk), dv: f(dv) })
         }
-        KernelArg::Flash | KernelArg::Naive => {
-            let gpu = dev.gpu()?;
+        Some(gpu) => {
             let bwd = if a.kernel == KernelArg::Flash {
-                longctx::Backward::new(&gpu, spec)?
+                longctx::Backward::new(gpu, spec)?
             } else {
-                longctx::Backward::naive(&gpu, spec)?
+                longctx::Backward::naive(gpu, spec)?
             };
-            bwd.run(&gpu, &q.data, &k.data, &v.data, &d_o.data)?
+            bwd.run(gpu, &q.data, &k.data, &v.data, &d_o.data)?
         }
     };
     finite_outputs(&out)?;
@@ -221,6 +265,7 @@ fn backward(
             staged.npy(path, shape, data).with_context(|| format!("writing {what}"))?;
         }
     }
+    stage_chosen(&mut staged, a, chosen)?;
     staged.commit()?;
     Ok(())
 }

@@ -55,14 +55,17 @@ impl Coverage {
     }
 }
 
-/// A grid of `bs × bs` blocks, nonzero = the block may be visible. Rows are query indices
-/// (explicit block masks) or query positions (BigBird); one layer per head or shared.
+/// A grid of `row_bs × bs` blocks (rows × keys), nonzero = the block may be visible. Rows are
+/// query indices (explicit block masks; one row each for a per-query selection such as
+/// MoBA's, `row_bs = 1`) or query positions (BigBird); one layer per head or shared.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BlockGrid {
     /// Description for [`Mask::describe`] and error messages.
     pub label: String,
-    /// Block side, in tokens.
+    /// Block side along the keys (and along the rows unless `row_bs` says otherwise), in tokens.
     pub bs: usize,
+    /// Block side along the rows, in query rows or positions.
+    pub row_bs: usize,
     /// 1 (shared) or H.
     pub heads: usize,
     /// Block rows per head: blocks of query rows, or of query positions when
@@ -113,7 +116,22 @@ impl BlockGrid {
                 }
             }
         }
-        Ok(Self { label, bs, heads, rows, cols, rows_are_positions, cells, prefix })
+        Ok(Self { label, bs, row_bs: bs, heads, rows, cols, rows_are_positions, cells, prefix })
+    }
+
+    /// A grid with one row per query row (`row_bs = 1`) and `bs` keys per column: a selection
+    /// each query made for itself (MoBA's blocks), `cells` `[heads, rows, cols]`.
+    pub fn per_row(
+        label: String,
+        bs: usize,
+        heads: usize,
+        rows: usize,
+        cols: usize,
+        cells: Vec<bool>,
+    ) -> Result<Self> {
+        let mut g = Self::new(label, bs, heads, rows, cols, false, cells)?;
+        g.row_bs = 1;
+        Ok(g)
     }
 
     fn layer(&self, h: usize) -> usize {
@@ -122,7 +140,7 @@ impl BlockGrid {
 
     fn row_of(&self, i: usize, q_offset: i64) -> Option<usize> {
         let r = if self.rows_are_positions { q_offset + i as i64 } else { i as i64 };
-        (r >= 0).then(|| r as usize / self.bs).filter(|&r| r < self.rows)
+        (r >= 0).then(|| r as usize / self.row_bs).filter(|&r| r < self.rows)
     }
 
     fn get(&self, h: usize, i: usize, j: usize, q_offset: i64) -> bool {
@@ -146,8 +164,8 @@ impl BlockGrid {
             return Coverage::Empty;
         }
         let some_rows_outside = first < 0;
-        let r0 = first.max(0) as usize / self.bs;
-        let r1 = (last as usize / self.bs + 1).min(self.rows);
+        let r0 = first.max(0) as usize / self.row_bs;
+        let r1 = (last as usize / self.row_bs + 1).min(self.rows);
         let c0 = keys.start / self.bs;
         let c1 = ((keys.end - 1) / self.bs + 1).min(self.cols);
         if r0 >= r1 || c0 >= c1 {
@@ -414,11 +432,11 @@ impl Mask {
                     )));
                 }
                 let rows_needed = if g.rows_are_positions { shape.m } else { shape.n };
-                if g.rows * g.bs < rows_needed || g.cols * g.bs < shape.m {
+                if g.rows * g.row_bs < rows_needed || g.cols * g.bs < shape.m {
                     return Err(Error::Shape(format!(
                         "{} covers {}×{} tokens, the problem needs {}×{}",
                         g.label,
-                        g.rows * g.bs,
+                        g.rows * g.row_bs,
                         g.cols * g.bs,
                         rows_needed,
                         shape.m

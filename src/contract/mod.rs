@@ -11,6 +11,7 @@ pub mod mask;
 pub mod mods;
 pub mod positions;
 pub mod reference;
+pub mod selection;
 mod shape;
 pub mod spec;
 

@@ -7,7 +7,7 @@
 use crate::contract::mods::{Mods, Named};
 use crate::kernels::attention::{backward, decode, flash, naive};
 use crate::kernels::{MAX_HEAD_DIM, embed, heatmap, layer, matmul, mods};
-use crate::kernels::{pad, peak, positions, ring, route, train, with_mods};
+use crate::kernels::{pad, peak, positions, ring, route, selection, train, with_mods};
 use crate::runtime::shader::ShaderVariant;
 
 /// A kernel family: one Rust module beside its `.wgsl` file(s).
@@ -43,11 +43,13 @@ pub enum Family {
     Ring,
     /// `peak.wgsl`: the FMA and copy probes.
     Peak,
+    /// `selection.wgsl`: learned sparse attention's selection stage (MoBA's block choice).
+    Selection,
 }
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 15] = [
+    pub const ALL: [Family; 16] = [
         Family::Flash,
         Family::Naive,
         Family::Backward,
@@ -63,6 +65,7 @@ impl Family {
         Family::Positions,
         Family::Ring,
         Family::Peak,
+        Family::Selection,
     ];
 
     /// Every variant the family builds for a device with `limits`, over every supported head
@@ -161,6 +164,7 @@ impl Family {
             Family::Positions => positions::variants(),
             Family::Ring => ring::variants(),
             Family::Peak => peak::variants(),
+            Family::Selection => selection::variants(),
         }
     }
 }

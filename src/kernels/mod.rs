@@ -18,6 +18,7 @@ pub mod peak;
 pub mod positions;
 pub mod ring;
 pub mod route;
+pub mod selection;
 pub mod train;
 
 use crate::contract::blockmap::BlockMap;

@@ -1,0 +1,116 @@
+// selection.wgsl — the selection stage of learned sparse attention: each query chooses the key
+// blocks it reads (src/contract/selection.rs holds the rule and its f64 oracle).
+//
+// MoBA, two entry points:
+// - `block_means`: one invocation per (kv head, key block, column): the block's mean key, over the
+//   block's keys inside M.
+// - `choose`: one invocation per (query head, row): the gate score q · mean(K[block]) of every
+//   block wholly before the row's own, a running top (k − 1) kept in registers by insertion
+//   (descending score; a later block enters only with a strictly higher score, so ties go to
+//   the lower block), written as the row's index list: its own block first, then the chosen
+//   blocks by descending score, NONE where fewer exist. A row at a negative position chooses
+//   nothing.
+// Any head dim (scalar loads: the stage reads Q once and the means once per row and block).
+// Loops: `choose` runs blocks · (D + k) iterations; the host checks that against an adapter's
+// loop cap before dispatching.
+// Device-memory traffic: `means` reads K once (Hkv·M·D) and writes Hkv·blocks·D; `choose`
+// reads its row of Q and, per row, every earlier block's mean.
+
+struct Params {
+    heads: u32,
+    kv_heads: u32,
+    n: u32,
+    m: u32,
+    d: u32,
+    block: u32,
+    topk: u32,
+    blocks: u32,
+    q_offset: i32,   // position of query row 0
+    groups_x: u32,   // workgroups per grid row (2-D grids for long dispatches)
+    pad0: u32,
+    pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<f32>;
+@group(0) @binding(3) var<storage, read_write> means: array<f32>;
+@group(0) @binding(4) var<storage, read_write> chosen: array<u32>;
+
+const NONE: u32 = 0xffffffffu;
+
+fn flat(wg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.y * params.groups_x + wg.x) * 64u + lid;
+}
+
+@compute @workgroup_size(64)
+fn block_means(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let t = flat(wg, lid);
+    if t >= params.kv_heads * params.blocks * params.d {
+        return;
+    }
+    let c = t % params.d;
+    let b = (t / params.d) % params.blocks;
+    let kvh = t / (params.d * params.blocks);
+    let j0 = b * params.block;
+    let j1 = min(j0 + params.block, params.m);
+    var sum = 0.0;
+    for (var j = j0; j < j1; j++) {
+        sum += k[(kvh * params.m + j) * params.d + c];
+    }
+    means[t] = sum / f32(j1 - j0);
+}
+
+@compute @workgroup_size(64)
+fn choose(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let t = flat(wg, lid);
+    if t >= params.heads * params.n {
+        return;
+    }
+    let h = t / params.n;
+    let i = t % params.n;
+    let out0 = t * params.topk;
+    for (var s = 0u; s < params.topk; s++) {
+        chosen[out0 + s] = NONE;
+    }
+    let p = params.q_offset + i32(i);
+    if p < 0 {
+        return;
+    }
+    let own = u32(p) / params.block;
+    chosen[out0] = own;
+    let want = params.topk - 1u;
+    if want == 0u {
+        return;
+    }
+    let kvh = h / (params.heads / params.kv_heads);
+    let q0 = t * params.d;
+    var best_s: array<f32, MAX_TOPK>;
+    var best_b: array<u32, MAX_TOPK>;
+    var count = 0u;
+    for (var b = 0u; b < own; b++) {
+        let m0 = (kvh * params.blocks + b) * params.d;
+        var g = 0.0;
+        for (var c = 0u; c < params.d; c++) {
+            g += q[q0 + c] * means[m0 + c];
+        }
+        if count < want || g > best_s[want - 1u] {
+            // the new entry's slot: past every kept score at least as high (ties stay ahead)
+            var at = min(count, want - 1u);
+            loop {
+                if at == 0u || best_s[at - 1u] >= g {
+                    break;
+                }
+                best_s[at] = best_s[at - 1u];
+                best_b[at] = best_b[at - 1u];
+                at -= 1u;
+            }
+            best_s[at] = g;
+            best_b[at] = b;
+            count = min(count + 1u, want);
+        }
+    }
+    for (var s = 0u; s < count; s++) {
+        chosen[out0 + 1u + s] = best_b[s];
+    }
+}
