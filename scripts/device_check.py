@@ -251,7 +251,7 @@ def torch_peer(shapes):
     return out
 
 
-def python_package(shapes, small):
+def python_package(shapes):
     """The shapes through the Python package in this process: host to host, checked first
     against the float64 oracle on the smallest shape."""
     import numpy as np
@@ -336,7 +336,7 @@ def main():
         sys.path.insert(0, target)
     t_py = time.time()
     try:
-        peers += python_package(shapes, a.small)
+        peers += python_package(shapes)
         r.steps.append(("python package", True, time.time() - t_py))
     except ImportError as e:
         log(f"== python package skipped: {e}")

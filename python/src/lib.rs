@@ -217,13 +217,7 @@ impl Opts {
                 .collect::<longctx::Result<Vec<_>>>()?;
             all.push(Named::compose(&named)?);
         }
-        let mut out: Option<Mods> = None;
-        for m in all {
-            out = Some(match out {
-                Some(a) => a.and(m)?,
-                None => m,
-            });
-        }
+        let mut out = Mods::all_of(all)?;
         for (name, values) in &self.mod_buffers {
             let Some(mods) = out.take() else {
                 return Err(Error::Invalid(format!(
@@ -262,14 +256,7 @@ impl Opts {
             (None, None) => {}
             _ => return Err(Error::Invalid("block_mask and block_size go together".into())),
         }
-        let positions = match (&self.rope, &self.sinusoidal) {
-            (Some(_), Some(_)) => {
-                return Err(Error::Invalid("rope and sinusoidal: choose one positional encoding".into()));
-            }
-            (Some(r), None) => Some(Positions::parse(r, true)?),
-            (None, Some(s)) => Some(Positions::parse(s, false)?),
-            (None, None) => None,
-        };
+        let positions = positions(self.rope.as_deref(), self.sinusoidal.as_deref())?;
         let mut spec = AttnSpec::new(shape)
             .causal(self.causal)
             .window(window)
@@ -285,6 +272,18 @@ impl Opts {
         };
         spec.validate()?;
         Ok(spec)
+    }
+}
+
+/// The positional encoding of a call: RoPE (`theta=…`) or sinusoidal, not both.
+fn positions(rope: Option<&str>, sinusoidal: Option<&str>) -> longctx::Result<Option<Positions>> {
+    match (rope, sinusoidal) {
+        (Some(_), Some(_)) => {
+            Err(Error::Invalid("rope and sinusoidal: choose one positional encoding".into()))
+        }
+        (Some(r), None) => Ok(Some(Positions::parse(r, true)?)),
+        (None, Some(s)) => Ok(Some(Positions::parse(s, false)?)),
+        (None, None) => Ok(None),
     }
 }
 
@@ -311,6 +310,53 @@ fn attn_shape(q: &[usize], k: &[usize], v: &[usize]) -> longctx::Result<AttnShap
         return Err(Error::Shape(format!("Q {q:?} and K {k:?} must agree on the batch and the head dim D")));
     }
     Ok(AttnShape { batch: q4[0], heads: q4[1], kv_heads: k4[1], n: q4[2], m: k4[2], head_dim: q4[3] })
+}
+
+/// Q, K and V of a call, read in place: the attention shape they give, the dims of Q and of
+/// K (V's), and their data.
+struct Qkv<'a> {
+    shape: AttnShape,
+    q_dims: Vec<usize>,
+    kv_dims: Vec<usize>,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+}
+
+impl<'a> Qkv<'a> {
+    fn new(
+        py: Python<'_>,
+        q: &'a PyReadonlyArrayDyn<'_, f32>,
+        k: &'a PyReadonlyArrayDyn<'_, f32>,
+        v: &'a PyReadonlyArrayDyn<'_, f32>,
+    ) -> PyResult<Self> {
+        let shape = attn_shape(q.shape(), k.shape(), v.shape()).or_else(|e| fail(py, e))?;
+        Ok(Self {
+            shape,
+            q_dims: q.shape().to_vec(),
+            kv_dims: k.shape().to_vec(),
+            q: slice(py, q, "q")?,
+            k: slice(py, k, "k")?,
+            v: slice(py, v, "v")?,
+        })
+    }
+
+    /// The data of `a` (named `what`), which the call needs shaped `want`.
+    fn other<'b>(
+        &self,
+        py: Python<'_>,
+        what: &str,
+        a: &'b PyReadonlyArrayDyn<'_, f32>,
+        want: &[usize],
+    ) -> PyResult<&'b [f32]> {
+        if a.shape() != want {
+            return fail(
+                py,
+                Error::Shape(format!("{what} has shape {:?}, the call needs {want:?}", a.shape())),
+            );
+        }
+        slice(py, a, what)
+    }
 }
 
 /// The LSE's dims: Q's without D.
@@ -400,15 +446,13 @@ impl Device {
         kernel: &str,
         opts: Opts,
     ) -> PyResult<Two<'py, f32>> {
-        let shape = attn_shape(q.shape(), k.shape(), v.shape()).or_else(|e| fail(py, e))?;
-        let qd = q.shape().to_vec();
-        let (qs, ks, vs) = (slice(py, &q, "q")?, slice(py, &k, "k")?, slice(py, &v, "v")?);
+        let t = Qkv::new(py, &q, &k, &v)?;
         let gpu = &self.gpu;
         let out = detached(py, || {
-            let spec = opts.spec(shape)?;
-            longctx::attention(gpu, kernel_of(kernel)?, &spec, qs, ks, vs)
+            let spec = opts.spec(t.shape)?;
+            longctx::attention(gpu, kernel_of(kernel)?, &spec, t.q, t.k, t.v)
         })?;
-        Ok((array(py, out.o, &qd)?, array(py, out.lse, &lse_dims(&qd))?))
+        Ok((array(py, out.o, &t.q_dims)?, array(py, out.lse, &lse_dims(&t.q_dims))?))
     }
 
     /// dQ, dK, dV of the forward `(O, LSE)` the caller ran on Q, K, V, for the incoming
@@ -425,26 +469,17 @@ impl Device {
         d_o: PyReadonlyArrayDyn<'py, f32>,
         opts: Opts,
     ) -> PyResult<Three<'py, f32>> {
-        let shape = attn_shape(q.shape(), k.shape(), v.shape()).or_else(|e| fail(py, e))?;
-        let (qd, kd) = (q.shape().to_vec(), k.shape().to_vec());
-        for (what, a, want) in [("o", &o, qd.clone()), ("do", &d_o, qd.clone()), ("lse", &lse, lse_dims(&qd))]
-        {
-            if a.shape() != want.as_slice() {
-                return fail(
-                    py,
-                    Error::Shape(format!("{what} has shape {:?}, the call needs {want:?}", a.shape())),
-                );
-            }
-        }
-        let (qs, ks, vs) = (slice(py, &q, "q")?, slice(py, &k, "k")?, slice(py, &v, "v")?);
-        let (os, ls, ds) = (slice(py, &o, "o")?, slice(py, &lse, "lse")?, slice(py, &d_o, "do")?);
+        let t = Qkv::new(py, &q, &k, &v)?;
+        let os = t.other(py, "o", &o, &t.q_dims)?;
+        let ds = t.other(py, "do", &d_o, &t.q_dims)?;
+        let ls = t.other(py, "lse", &lse, &lse_dims(&t.q_dims))?;
         let gpu = &self.gpu;
         let g = detached(py, || {
-            let spec = opts.spec(shape)?;
+            let spec = opts.spec(t.shape)?;
             let out = AttnOutput { o: os.to_vec(), lse: ls.to_vec() };
-            Backward::new(gpu, &spec)?.run_given(gpu, qs, ks, vs, &out, ds)
+            Backward::new(gpu, &spec)?.run_given(gpu, t.q, t.k, t.v, &out, ds)
         })?;
-        Ok((array(py, g.dq, &qd)?, array(py, g.dk, &kd)?, array(py, g.dv, &kd)?))
+        Ok((array(py, g.dq, &t.q_dims)?, array(py, g.dk, &t.kv_dims)?, array(py, g.dv, &t.kv_dims)?))
     }
 
     /// C = act(A·B + bias) for A `[M, K]`, B `[K, N]`, bias `[N]`.
@@ -494,14 +529,8 @@ impl Device {
             None => None,
         };
         let gpu = &self.gpu;
-        let c = detached(py, || {
-            for (what, x) in [("A", sa), ("B", sb)].into_iter().chain(sbias.map(|x| ("bias", x))) {
-                if let Some(index) = x.iter().position(|v| !v.is_finite()) {
-                    return Err(Error::NonFinite { what: what.into(), index, value: x[index] });
-                }
-            }
-            Matmul::new(gpu, m, ka, n, sbias.is_some(), act)?.run(gpu, sa, sb, sbias)
-        })?;
+        // the library checks the values (finite) before it uploads them
+        let c = detached(py, || Matmul::new(gpu, m, ka, n, sbias.is_some(), act)?.run(gpu, sa, sb, sbias))?;
         array(py, c, &[m, n])
     }
 
@@ -556,14 +585,7 @@ impl Device {
     ) -> PyResult<KvCache> {
         let gpu = self.gpu.clone();
         let decoder = detached(py, || {
-            let positions = match (&rope, &sinusoidal) {
-                (Some(_), Some(_)) => {
-                    return Err(Error::Invalid("rope and sinusoidal: choose one positional encoding".into()));
-                }
-                (Some(r), None) => Some(Positions::parse(r, true)?),
-                (None, Some(s)) => Some(Positions::parse(s, false)?),
-                (None, None) => None,
-            };
+            let positions = positions(rope.as_deref(), sinusoidal.as_deref())?;
             let mut cfg = DecoderConfig::new(heads, kv_heads, head_dim, capacity);
             cfg.window = window;
             cfg.ring = ring;
@@ -681,12 +703,8 @@ impl KvCache {
             );
         }
         let qs = slice(py, &q, "q")?;
+        // the decoder checks every value (finite) before it appends anything
         let o = self.with(py, |gpu, dec| {
-            for (what, x) in [("q", qs), ("k", ks), ("v", vs)] {
-                if let Some(index) = x.iter().position(|v| !v.is_finite()) {
-                    return Err(Error::NonFinite { what: what.into(), index, value: x[index] });
-                }
-            }
             dec.step(gpu, layer, qs, ks, vs)?;
             Ok(dec.output(gpu)?.o)
         })?;
@@ -719,11 +737,9 @@ fn reference_attention<'py>(
     v: PyReadonlyArrayDyn<'py, f32>,
     opts: Opts,
 ) -> PyResult<Two<'py, f64>> {
-    let shape = attn_shape(q.shape(), k.shape(), v.shape()).or_else(|e| fail(py, e))?;
-    let qd = q.shape().to_vec();
-    let (qs, ks, vs) = (slice(py, &q, "q")?, slice(py, &k, "k")?, slice(py, &v, "v")?);
-    let (o, lse) = detached(py, || reference::attention_f64(&opts.spec(shape)?, qs, ks, vs))?;
-    Ok((array(py, o, &qd)?, array(py, lse, &lse_dims(&qd))?))
+    let t = Qkv::new(py, &q, &k, &v)?;
+    let (o, lse) = detached(py, || reference::attention_f64(&opts.spec(t.shape)?, t.q, t.k, t.v))?;
+    Ok((array(py, o, &t.q_dims)?, array(py, lse, &lse_dims(&t.q_dims))?))
 }
 
 /// The float64 oracle's dQ, dK, dV for the incoming gradient dO.
@@ -736,16 +752,11 @@ fn reference_backward<'py>(
     d_o: PyReadonlyArrayDyn<'py, f32>,
     opts: Opts,
 ) -> PyResult<Three<'py, f64>> {
-    let shape = attn_shape(q.shape(), k.shape(), v.shape()).or_else(|e| fail(py, e))?;
-    let (qd, kd) = (q.shape().to_vec(), k.shape().to_vec());
-    if d_o.shape() != qd.as_slice() {
-        return fail(py, Error::Shape(format!("do has shape {:?}, the call needs {qd:?}", d_o.shape())));
-    }
-    let (qs, ks, vs, ds) =
-        (slice(py, &q, "q")?, slice(py, &k, "k")?, slice(py, &v, "v")?, slice(py, &d_o, "do")?);
+    let t = Qkv::new(py, &q, &k, &v)?;
+    let ds = t.other(py, "do", &d_o, &t.q_dims)?;
     let (dq, dk, dv) =
-        detached(py, || reference::attention_backward_f64(&opts.spec(shape)?, qs, ks, vs, ds))?;
-    Ok((array(py, dq, &qd)?, array(py, dk, &kd)?, array(py, dv, &kd)?))
+        detached(py, || reference::attention_backward_f64(&opts.spec(t.shape)?, t.q, t.k, t.v, ds))?;
+    Ok((array(py, dq, &t.q_dims)?, array(py, dk, &t.kv_dims)?, array(py, dv, &t.kv_dims)?))
 }
 
 /// The memory plan of a model preset at context `n` (JSON; the Python layer parses it).

@@ -185,13 +185,7 @@ impl ModArgs {
         if !named.is_empty() {
             all.push(Named::compose(&named)?);
         }
-        let mut out: Option<Mods> = None;
-        for m in all {
-            out = Some(match out {
-                Some(a) => a.and(m)?,
-                None => m,
-            });
-        }
+        let mut out = Mods::all_of(all)?;
         for given in &self.mod_buffer {
             let Some((name, path)) = given.split_once('=') else {
                 bail!("--mod-buffer `{given}`: expected NAME=FILE.npy");

@@ -825,6 +825,18 @@ impl Mods {
         self.hash
     }
 
+    /// Every module of `all` as one ([`Mods::and`] in order); `None` when `all` is empty.
+    pub fn all_of(all: Vec<Mods>) -> Result<Option<Self>> {
+        let mut out: Option<Mods> = None;
+        for m in all {
+            out = Some(match out {
+                Some(a) => a.and(m)?,
+                None => m,
+            });
+        }
+        Ok(out)
+    }
+
     /// Two mod modules as one: the first's functions and the second's, which must not
     /// define the same function (e.g. a score file and a mask file). Rules combine likewise.
     pub fn and(self, other: Mods) -> Result<Self> {

@@ -128,27 +128,39 @@ impl Moba {
     }
 }
 
-/// Gate scores of query row `i` of head `h` in f64: one per block wholly before its own
-/// (`[]` for a row at a negative position). Q `[1, H, N, D]`, K `[1, Hkv, M, D]`.
-pub fn moba_gates_f64(spec: &AttnSpec, moba: &Moba, q: &[f32], k: &[f32], h: usize, i: usize) -> Vec<f64> {
+/// Every block's mean key in f64, `[Hkv, blocks, D]` (a last, partial block over its keys).
+fn block_means_f64(spec: &AttnSpec, moba: &Moba, k: &[f32]) -> Vec<f64> {
+    let s = spec.shape;
+    let (d, blocks) = (s.head_dim, moba.blocks(s.m));
+    let mut means = vec![0f64; s.kv_heads * blocks * d];
+    for (kvh, per_head) in means.chunks_exact_mut(blocks * d).enumerate() {
+        for (b, mean) in per_head.chunks_exact_mut(d).enumerate() {
+            let keys = b * moba.block..((b + 1) * moba.block).min(s.m);
+            let count = keys.len() as f64;
+            for j in keys {
+                let kj = &k[(kvh * s.m + j) * d..][..d];
+                mean.iter_mut().zip(kj).for_each(|(m, &x)| *m += x as f64);
+            }
+            mean.iter_mut().for_each(|m| *m /= count);
+        }
+    }
+    means
+}
+
+/// Gate scores of query row `i` of head `h` from the block means: one per block wholly before
+/// its own (`[]` for a row at a negative position).
+fn gates_f64(spec: &AttnSpec, moba: &Moba, q: &[f32], means: &[f64], h: usize, i: usize) -> Vec<f64> {
     let s = spec.shape;
     let d = s.head_dim;
     let p = spec.position(i);
     if p < 0 {
         return Vec::new();
     }
-    let own = p as usize / moba.block;
     let kvh = h / (s.heads / s.kv_heads);
     let qi = &q[(h * s.n + i) * d..][..d];
-    (0..own)
-        .map(|b| {
-            let mut mean = vec![0f64; d];
-            for j in b * moba.block..(b + 1) * moba.block {
-                let kj = &k[(kvh * s.m + j) * d..][..d];
-                mean.iter_mut().zip(kj).for_each(|(m, &x)| *m += x as f64);
-            }
-            qi.iter().zip(&mean).map(|(&a, m)| a as f64 * m / moba.block as f64).sum()
-        })
+    let head_means = &means[kvh * moba.blocks(s.m) * d..];
+    (0..p as usize / moba.block)
+        .map(|b| qi.iter().zip(&head_means[b * d..][..d]).map(|(&a, m)| a as f64 * m).sum())
         .collect()
 }
 
@@ -158,6 +170,7 @@ pub fn moba_select_f64(spec: &AttnSpec, moba: &Moba, q: &[f32], k: &[f32]) -> Re
     let s = spec.shape;
     moba.check(&s)?;
     spec.check_inputs(q, k, k)?;
+    let means = block_means_f64(spec, moba, k);
     let mut out = vec![NONE; s.heads * s.n * moba.topk];
     for h in 0..s.heads {
         for i in 0..s.n {
@@ -167,7 +180,7 @@ pub fn moba_select_f64(spec: &AttnSpec, moba: &Moba, q: &[f32], k: &[f32]) -> Re
             }
             let list = &mut out[(h * s.n + i) * moba.topk..][..moba.topk];
             list[0] = (p as usize / moba.block) as u32;
-            let gates = moba_gates_f64(spec, moba, q, k, h, i);
+            let gates = gates_f64(spec, moba, q, &means, h, i);
             let mut order: Vec<usize> = (0..gates.len()).collect();
             // descending score, ties to the lower block (a stable sort keeps index order)
             order.sort_by(|&a, &b| gates[b].total_cmp(&gates[a]));
@@ -201,6 +214,7 @@ pub fn compare_selection(
         v.sort_unstable();
         v
     };
+    let means = block_means_f64(spec, moba, k);
     let mut diffs = Vec::new();
     let mut all_ties = true;
     for (row, (a, b)) in oracle.chunks_exact(moba.topk).zip(other.chunks_exact(moba.topk)).enumerate() {
@@ -209,7 +223,7 @@ pub fn compare_selection(
             continue;
         }
         let (h, i) = (row / s.n, row % s.n);
-        let gates = moba_gates_f64(spec, moba, q, k, h, i);
+        let gates = gates_f64(spec, moba, q, &means, h, i);
         let scale = gates.iter().fold(0f64, |m, g| m.max(g.abs())).max(1e-30);
         // the oracle's weakest chosen earlier block (its list is sorted by score)
         let cut = a[1..].iter().rfind(|&&x| x != NONE).map(|&x| gates[x as usize]);

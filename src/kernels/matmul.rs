@@ -656,6 +656,9 @@ impl Matmul {
         }
         crate::contract::spec::check_finite("A", a)?;
         crate::contract::spec::check_finite("B", b)?;
+        if let Some(x) = bias {
+            crate::contract::spec::check_finite("bias", x)?;
+        }
         let (ab, bb) = (gpu.upload_ranged("matmul A", a)?, gpu.upload("matmul B", b)?);
         let biasb = bias.map(|x| gpu.upload("matmul bias", x)).transpose()?;
         let cb = gpu.storage_ranged("matmul C", (self.m * self.n * 4) as u64)?;

@@ -39,12 +39,16 @@ struct Params {
     pad: [u32; 2],
 }
 
+/// The entry points: the block means, then the choice.
+const ENTRIES: [&str; 2] = ["block_means", "choose"];
+
+fn variant(entry: &'static str) -> ShaderVariant {
+    SHADER.variant(entry, &[], vec![("MAX_TOPK", MAX_TOPK as u32)])
+}
+
 /// The shader variants: the block means and the choice.
 pub fn variants() -> Vec<ShaderVariant> {
-    ["block_means", "choose"]
-        .into_iter()
-        .map(|entry| SHADER.variant(entry, &[], vec![("MAX_TOPK", MAX_TOPK as u32)]))
-        .collect()
+    ENTRIES.map(variant).into()
 }
 
 /// MoBA's choice on the GPU for `spec` (one sequence; no positional encoding yet):
@@ -79,7 +83,7 @@ pub fn moba_select(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, q: &[f32], k: &[f32]
     let k_buf = gpu.upload("MoBA K", k)?;
     let means = gpu.storage("MoBA block means", means_len * 4)?;
     let chosen = gpu.storage("MoBA index lists", rows * topk * 4)?;
-    let [means_k, choose_k] = [0, 1].map(|i| gpu.compile(&variants()[i]));
+    let [means_k, choose_k] = ENTRIES.map(|entry| gpu.compile(&variant(entry)));
     let (means_k, choose_k) = (means_k?, choose_k?);
     let params = |groups_x: u32| Params {
         heads: s.heads as u32,

@@ -999,22 +999,25 @@ impl Backward {
         let io = crate::kernels::DeviceTensors::upload(gpu, &self.spec, q, k, v)?;
         gpu.queue.write_buffer(&io.o, 0, bytemuck::cast_slice(&out.o));
         gpu.queue.write_buffer(&io.lse, 0, bytemuck::cast_slice(&out.lse));
-        let grads = GradTensors::upload(gpu, &self.spec, d_o)?;
-        grads.poison(gpu);
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        self.encode(gpu, &mut enc, &grads.buffers(&io))?;
-        gpu.queue.submit([enc.finish()]);
-        let g = grads.read(gpu)?;
-        let steps = self.pipelines.iter().map(|p| p.steps).min().unwrap_or(0);
-        crate::kernels::check_mod_steps(self.spec.mods.as_ref(), "backward", steps, &[&g.dq, &g.dk, &g.dv])?;
+        let g = self.submit_on(gpu, None, &io, d_o)?.read(gpu)?;
+        crate::kernels::check_mod_steps(
+            self.spec.mods.as_ref(),
+            "backward",
+            self.mod_steps(),
+            &[&g.dq, &g.dk, &g.dv],
+        )?;
         Ok(g)
+    }
+
+    /// The loop budget of the call's mods in these pipelines (the smallest).
+    fn mod_steps(&self) -> u32 {
+        self.pipelines.iter().map(|p| p.steps).min().unwrap_or(0)
     }
 
     /// The forward's output and the gradients, or [`Error::ModSteps`] where the call's mods
     /// ran past their loop budget in either pass (their rows are NaN).
     fn checked(&self, out: AttnOutput, g: Gradients) -> Result<(AttnOutput, Gradients)> {
-        let mods = self.spec.mods.as_ref();
-        let steps = self.pipelines.iter().map(|p| p.steps).min().unwrap_or(0);
+        let (mods, steps) = (self.spec.mods.as_ref(), self.mod_steps());
         crate::kernels::check_mod_steps(mods, "flash (the backward's forward)", steps, &[&out.lse])?;
         crate::kernels::check_mod_steps(mods, "backward", steps, &[&g.dq, &g.dk, &g.dv])?;
         Ok((out, g))
@@ -1045,15 +1048,30 @@ impl Backward {
         let kernel = if self.is_naive() { Kernel::Naive } else { Kernel::Flash };
         let forward = crate::kernels::Attention::new(gpu, kernel, &self.spec)?;
         let io = crate::kernels::DeviceTensors::upload(gpu, &self.spec, q, k, v)?;
+        let grads = self.submit_on(gpu, Some(&forward), &io, d_o)?;
+        Ok((io, grads))
+    }
+
+    /// dO uploaded and this backward submitted on the forward tensors `io` (after `forward`
+    /// itself, where given, which writes O and LSE); what the kernels write is poisoned with
+    /// NaN first, so an element they forget shows.
+    fn submit_on(
+        &self,
+        gpu: &Gpu,
+        forward: Option<&crate::kernels::Attention>,
+        io: &crate::kernels::DeviceTensors,
+        d_o: &[f32],
+    ) -> Result<GradTensors> {
         let grads = GradTensors::upload(gpu, &self.spec, d_o)?;
-        // NaN first, so a gradient element the kernels forget to write shows
-        io.poison(gpu);
         grads.poison(gpu);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        forward.encode(gpu, &mut enc, &io.buffers())?;
-        self.encode(gpu, &mut enc, &grads.buffers(&io))?;
+        if let Some(forward) = forward {
+            io.poison(gpu);
+            forward.encode(gpu, &mut enc, &io.buffers())?;
+        }
+        self.encode(gpu, &mut enc, &grads.buffers(io))?;
         gpu.queue.submit([enc.finish()]);
-        Ok((io, grads))
+        Ok(grads)
     }
 }
 
