@@ -179,3 +179,23 @@ fn backward_runs_tensors_beyond_one_binding_in_chunks_of_heads() {
     );
     assert!(e.iter().all(|&x| x < 1e-4), "{e:?} (seed {seed})");
 }
+
+#[test]
+fn moba_runs_its_partials_in_passes_that_fit_one_binding() {
+    use longctx::contract::reference::{attention_f64, rel_error};
+    use longctx::contract::selection::Moba;
+    use longctx::kernels::selection::{MobaPath, moba_attention};
+    let g = small_gpu();
+    let seed = common::seed();
+    // partials: 2·900·5 slots of 64 floats = 2.2 MiB > the 1 MiB binding → 3 passes of rows
+    let spec = AttnSpec::new(AttnShape { batch: 1, heads: 2, kv_heads: 1, n: 900, m: 1000, head_dim: 64 });
+    let moba = Moba { block: 48, topk: 5 };
+    let (q, k, v) = common::inputs(&spec, seed);
+    let (out, selected, path) = moba_attention(g, &spec, &moba, &q, &k, &v).unwrap();
+    assert_eq!(path, MobaPath::Lists);
+    let (o_ref, lse_ref) = attention_f64(&moba.spec(&spec, &selected).unwrap(), &q, &k, &v).unwrap();
+    let e = rel_error(&out.o, &o_ref);
+    assert!(e < 1e-5, "O error {e:.2e} (seed {seed}, LONGCTX_SEED={seed})");
+    let lse = out.lse.iter().zip(&lse_ref).map(|(&l, &r)| (l as f64 - r).abs()).fold(0.0, f64::max);
+    assert!(lse < 1e-4, "LSE error {lse:.2e} (seed {seed}, LONGCTX_SEED={seed})");
+}

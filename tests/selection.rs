@@ -6,7 +6,7 @@
 use crate::common::{gpu, inputs, seed};
 use longctx::contract::reference::{attention_backward_f64, attention_f64, rel_error};
 use longctx::contract::selection::{MAX_TOPK, Moba, NONE, compare_selection, moba_select_f64};
-use longctx::kernels::selection::{moba_attention, moba_select};
+use longctx::kernels::selection::{MobaPath, moba_attention, moba_select};
 use longctx::{Alibi, Attention, AttnShape, AttnSpec, Backward, Error, Kernel, Window};
 
 const BOUND: f64 = 1e-5;
@@ -69,9 +69,13 @@ fn the_gpu_chooses_the_blocks_the_oracle_chooses() {
 fn moba_forward_and_backward_match_the_oracle_on_the_chosen_blocks() {
     let g = gpu();
     let seed = seed();
+    let mut on_lists = 0;
     for (spec, moba) in cases() {
         let (q, k, v) = inputs(&spec, seed);
-        let (out, selected) = moba_attention(g, &spec, &moba, &q, &k, &v).unwrap();
+        let (out, selected, path) = moba_attention(g, &spec, &moba, &q, &k, &v).unwrap();
+        // head dims not a multiple of 4 run flash on the chosen block grid
+        assert_eq!(path == MobaPath::Lists, spec.shape.head_dim % 4 == 0, "{:?}", spec.shape);
+        on_lists += (path == MobaPath::Lists) as usize;
         let chosen = moba.spec(&spec, &selected).unwrap();
         let (o_ref, lse_ref) = attention_f64(&chosen, &q, &k, &v).unwrap();
         let ctx = format!("{moba:?} {:?} (seed {seed}, LONGCTX_SEED={seed})", spec.shape);
@@ -94,6 +98,7 @@ fn moba_forward_and_backward_match_the_oracle_on_the_chosen_blocks() {
             assert!(e < BOUND, "{ctx}: {name} error {e:.2e}");
         }
     }
+    assert_eq!(on_lists, cases().len() - 1, "every case with a head dim a multiple of 4 ran the list kernel");
 }
 
 /// When the queries of a tile choose alike (here every query prefers block 0: its keys point

@@ -146,11 +146,20 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
 
     // one device for the choice, the forward and the backward (none for the oracle)
     let gpu = if a.kernel == KernelArg::Cpu { None } else { Some(dev.gpu()?) };
+    // MoBA's forward on the GPU: the choice and the attention over the chosen blocks in one call
+    let mut direct = None;
     let (spec, chosen_out) = match &moba {
         None => (spec, None),
         Some(m) => {
             let selected = match &gpu {
                 None => longctx::contract::selection::moba_select_f64(&spec, m, &q.data, &k.data)?,
+                Some(gpu) if a.grad_out.is_none() && a.kernel == KernelArg::Flash => {
+                    let (out, selected, _) = longctx::kernels::selection::moba_attention(
+                        gpu, &spec, m, &q.data, &k.data, &v.data,
+                    )?;
+                    direct = Some(out);
+                    selected
+                }
                 Some(gpu) => longctx::kernels::selection::moba_select(gpu, &spec, m, &q.data, &k.data)?,
             };
             (m.spec(&spec, &selected)?, Some(Chosen { dims: [h, n, m.topk], blocks: selected }))
@@ -159,9 +168,10 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
     if let Some(path) = &a.grad_out {
         return backward(gpu.as_ref(), a, &spec, &q, &k, &v, path, chosen_out.as_ref());
     }
-    let out = match &gpu {
-        None => longctx::contract::reference::attention(&spec, &q.data, &k.data, &v.data)?,
-        Some(gpu) => {
+    let out = match (direct, &gpu) {
+        (Some(out), _) => out,
+        (None, None) => longctx::contract::reference::attention(&spec, &q.data, &k.data, &v.data)?,
+        (None, Some(gpu)) => {
             let kernel = if a.kernel == KernelArg::Flash { Kernel::Flash } else { Kernel::Naive };
             longctx::attention(gpu, kernel, &spec, &q.data, &k.data, &v.data)?
         }

@@ -5,7 +5,7 @@
 //! sweep fails for a `.wgsl` file with a compute entry point that no family builds.
 
 use crate::contract::mods::{Mods, Named};
-use crate::kernels::attention::{backward, decode, flash, naive};
+use crate::kernels::attention::{backward, decode, flash, naive, sparse};
 use crate::kernels::{MAX_HEAD_DIM, embed, heatmap, layer, matmul, mods};
 use crate::kernels::{pad, peak, positions, ring, route, selection, train, with_mods};
 use crate::runtime::shader::ShaderVariant;
@@ -45,11 +45,13 @@ pub enum Family {
     Peak,
     /// `selection.wgsl`: learned sparse attention's selection stage (MoBA's block choice).
     Selection,
+    /// `sparse.wgsl`: attention over per-query lists of key blocks (what a selection chose).
+    Sparse,
 }
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 16] = [
+    pub const ALL: [Family; 17] = [
         Family::Flash,
         Family::Naive,
         Family::Backward,
@@ -66,6 +68,7 @@ impl Family {
         Family::Ring,
         Family::Peak,
         Family::Selection,
+        Family::Sparse,
     ];
 
     /// Every variant the family builds for a device with `limits`, over every supported head
@@ -165,6 +168,7 @@ impl Family {
             Family::Ring => ring::variants(),
             Family::Peak => peak::variants(),
             Family::Selection => selection::variants(),
+            Family::Sparse => sparse::variants(limits),
         }
     }
 }

@@ -10,6 +10,8 @@ use crate::contract::selection::{MAX_TOPK, Moba};
 use crate::contract::spec::AttnOutput;
 use crate::contract::spec::AttnSpec;
 use crate::error::{Error, Result};
+use crate::kernels::attention::DeviceTensors;
+use crate::kernels::attention::sparse::SparseAttention;
 use crate::kernels::{Attention, Kernel};
 use crate::runtime::Gpu;
 use crate::runtime::shader::{BindGroupFields, Shader, ShaderVariant, bind_group};
@@ -54,9 +56,29 @@ pub fn variants() -> Vec<ShaderVariant> {
 /// MoBA's choice on the GPU for `spec` (one sequence; no positional encoding yet):
 /// `[H, N, k]` index lists as [`crate::contract::selection::moba_select_f64`] writes them.
 pub fn moba_select(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, q: &[f32], k: &[f32]) -> Result<Vec<u32>> {
+    spec.check_inputs(q, k, k)?;
+    let q_buf = gpu.upload("MoBA Q", q)?;
+    let k_buf = gpu.upload("MoBA K", k)?;
+    let chosen = select_on(gpu, spec, moba, &q_buf, &k_buf)?;
+    gpu.read(&chosen, moba_slots(spec, moba))
+}
+
+/// Index-list entries of a call: H · N · k.
+fn moba_slots(spec: &AttnSpec, moba: &Moba) -> usize {
+    spec.shape.heads * spec.shape.n * moba.topk
+}
+
+/// MoBA's choice on device Q and K (`[H, N, D]`, `[Hkv, M, D]`, f32, head dim unpadded):
+/// the `[H, N, k]` index lists in a new device buffer (submitted, not awaited).
+pub fn select_on(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    moba: &Moba,
+    q_buf: &wgpu::Buffer,
+    k_buf: &wgpu::Buffer,
+) -> Result<wgpu::Buffer> {
     let s = spec.shape;
     moba.check(&s)?;
-    spec.check_inputs(q, k, k)?;
     if spec.positions.is_some() {
         return Err(Error::Invalid(
             "MoBA with a positional encoding: the gate reads Q and K after RoPE, which the selection stage does not apply yet"
@@ -79,8 +101,6 @@ pub fn moba_select(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, q: &[f32], k: &[f32]
         }
     }
     let (rows, means_len) = (s.heads as u64 * s.n as u64, s.kv_heads as u64 * blocks as u64 * d);
-    let q_buf = gpu.upload("MoBA Q", q)?;
-    let k_buf = gpu.upload("MoBA K", k)?;
     let means = gpu.storage("MoBA block means", means_len * 4)?;
     let chosen = gpu.storage("MoBA index lists", rows * topk * 4)?;
     let [means_k, choose_k] = ENTRIES.map(|entry| gpu.compile(&variant(entry)));
@@ -107,8 +127,8 @@ pub fn moba_select(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, q: &[f32], k: &[f32]
             let uniform = gpu.uniform("MoBA params", &params(grid[0]));
             let binds = SelectBinds {
                 params: (&uniform).into(),
-                q: (&q_buf).into(),
-                k: (&k_buf).into(),
+                q: q_buf.into(),
+                k: k_buf.into(),
                 means: (&means).into(),
                 chosen: (&chosen).into(),
             };
@@ -117,11 +137,22 @@ pub fn moba_select(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, q: &[f32], k: &[f32]
         }
     }
     gpu.queue.submit([enc.finish()]);
-    gpu.read(&chosen, (rows * topk) as usize)
+    Ok(chosen)
 }
 
-/// MoBA attention: the choice on the GPU, then flash on the chosen blocks. Returns the output
-/// and the index lists (`[H, N, k]`).
+/// How MoBA attention ran: the chosen blocks' kernel, or flash on their block grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MobaPath {
+    /// Key-block-centric over the index lists ([`SparseAttention`]).
+    Lists,
+    /// Flash on the per-query block grid the lists define ([`Moba::spec`]): the path for what
+    /// the list kernel does not run ([`SparseAttention::unsupported`]).
+    Grid,
+}
+
+/// MoBA attention: the choice on the GPU, then the attention over the chosen blocks (the
+/// block-list kernel where it runs the call, else flash on the chosen block grid). Returns
+/// the output, the index lists (`[H, N, k]`) and the path taken.
 pub fn moba_attention(
     gpu: &Gpu,
     spec: &AttnSpec,
@@ -129,9 +160,21 @@ pub fn moba_attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-) -> Result<(AttnOutput, Vec<u32>)> {
-    let selected = moba_select(gpu, spec, moba, q, k)?;
-    let chosen = moba.spec(spec, &selected)?;
-    let out = Attention::new(gpu, Kernel::Flash, &chosen)?.run(gpu, q, k, v)?;
-    Ok((out, selected))
+) -> Result<(AttnOutput, Vec<u32>, MobaPath)> {
+    moba.check(&spec.shape)?;
+    if SparseAttention::unsupported(gpu, spec, moba.block).is_some() {
+        let selected = moba_select(gpu, spec, moba, q, k)?;
+        let chosen = moba.spec(spec, &selected)?;
+        let out = Attention::new(gpu, Kernel::Flash, &chosen)?.run(gpu, q, k, v)?;
+        return Ok((out, selected, MobaPath::Grid));
+    }
+    spec.check_inputs(q, k, v)?;
+    let causal = spec.clone().causal(true);
+    let kernel = SparseAttention::new(gpu, &causal, moba.block, moba.topk)?;
+    let io = DeviceTensors::upload(gpu, spec, q, k, v)?;
+    io.poison(gpu);
+    let lists_buf = select_on(gpu, spec, moba, &io.q, &io.k)?;
+    let lists = gpu.read(&lists_buf, moba_slots(spec, moba))?;
+    kernel.run(gpu, &io, &lists, &lists_buf)?;
+    Ok((io.read(gpu)?, lists, MobaPath::Lists))
 }
