@@ -1264,3 +1264,30 @@ fn moba_chooses_on_the_gpu_like_the_oracle_and_writes_its_choice() {
     fails_with(&[&base[..], &["--moba", "block=8"]].concat(), "needs both block=B and topk=K");
     fails_with(&[&base[..], &["--moba", "block=8,topk=99"]].concat(), "MoBA topk");
 }
+
+#[test]
+fn bench_sparse_times_moba_against_dense_causal_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("sparse.json");
+    let args = ["bench", "--sparse", "moba", "--n", "300,520", "--moba", "block=32,topk=3", "--reps", "1"];
+    let out = longctx(&[&args[..], &["--json", p(&json)]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("dense causal ms"), "{stdout}");
+    let records: Vec<longctx::measure::sparse::SparseRecord> =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        assert_eq!(r.skipped, None);
+        assert!(r.rel_err.unwrap() < 1e-5, "{r:?}");
+        // N = 520: 17 blocks, each row sees at most 3 of them against causal's up to 17
+        assert!(r.sparse_pairs < r.dense_pairs && r.sparse_pairs > 0, "{r:?}");
+        assert!(
+            r.select_ms.unwrap() > 0.0 && r.attend_ms.unwrap() > 0.0 && r.dense_ms.unwrap() > 0.0,
+            "{r:?}"
+        );
+        assert!(r.select_flops > 0.0 && r.attend_flops == 4.0 * 64.0 * r.sparse_pairs as f64, "{r:?}");
+    }
+    fails_with(&["bench", "--sparse", "nsa"], "not built yet");
+    fails_with(&["bench", "--sparse", "moba", "--causal"], "compares against dense causal flash");
+}

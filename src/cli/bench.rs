@@ -111,6 +111,14 @@ pub struct BenchArgs {
     /// f16 matrices) beside each flash row, skipped with the reason where the adapter has none.
     #[arg(long, value_enum, default_value = "exact")]
     tensor_cores: TensorCoresArg,
+    /// Learned sparse attention against dense causal flash in the same run: `moba` (the
+    /// selection and the attention over its index lists timed apart, sampled rows checked
+    /// against the oracle). Without --n: N = 4K, 8K, 16K; H = 4, D = 64.
+    #[arg(long, value_delimiter = ',', value_name = "METHODS")]
+    sparse: Option<Vec<String>>,
+    /// With --sparse moba: MoBA's block=B,topk=K (default block=256,topk=8).
+    #[arg(long, requires = "sparse")]
+    moba: Option<String>,
 }
 
 /// `--tensor-cores`.
@@ -239,6 +247,9 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
     }
     if a.backward {
         return backward_bench(&gpu, a, started);
+    }
+    if let Some(methods) = &a.sparse {
+        return sparse_bench(&gpu, a, methods, started);
     }
     let budgeted = a.suite() == Suite::Default && !a.sweep();
     if a.budget.is_some() && !budgeted {
@@ -440,6 +451,98 @@ fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant
         println!("plot: {}", path.display());
     }
     println!("{} configurations in {:.1} s", records.len(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `--sparse`: each method against dense causal flash at each N, one table row each.
+fn sparse_bench(
+    gpu: &longctx::Gpu,
+    a: &BenchArgs,
+    methods: &[String],
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
+    use longctx::measure::sparse::run_moba;
+    for m in methods {
+        match m.trim() {
+            "moba" => {}
+            "nsa" | "dsa" => bail!("--sparse {m}: not built yet (issue #35); `moba` runs"),
+            other => bail!("unknown sparse method `{other}`; choose from moba"),
+        }
+    }
+    if a.mask.causal || a.mask.window.is_some() || a.mask.pattern.is_some() || a.kernels.is_some() || a.alibi
+    {
+        bail!(
+            "--sparse compares against dense causal flash: it takes --n, --d, --heads, --kv-heads, --reps and --moba"
+        );
+    }
+    if a.csv.is_some() || a.plot.is_some() {
+        bail!("--sparse writes --json; not --csv or --plot");
+    }
+    let moba = longctx::contract::selection::Moba::parse(a.moba.as_deref().unwrap_or("block=256,topk=8"))?;
+    let ns = match &a.n {
+        Some(v) => v.iter().map(|s| parse_size(s)).collect::<anyhow::Result<Vec<_>>>()?,
+        None => vec![4096, 8192, 16384],
+    };
+    let heads = a.heads.unwrap_or(4);
+    let info = gpu.info();
+    println!("adapter {} ({:?}, {})", info.name, info.backend, info.driver);
+    let mut records = Vec::new();
+    for &d in a.d.as_deref().unwrap_or(&[64]) {
+        for &n in &ns {
+            let spec = AttnSpec::new(shape(heads, a.kv_heads.unwrap_or(heads), n, n, d));
+            records.push(run_moba(gpu, &spec, &moba, a.reps.unwrap_or(3)));
+        }
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "method",
+        "N",
+        "D",
+        "H/Hkv",
+        "select ms",
+        "attend ms",
+        "dense causal ms",
+        "speedup",
+        "pairs / causal's",
+        "GFLOP select / attend",
+        "rel err (64 rows)",
+    ]);
+    for r in &records {
+        let mut row = vec![
+            format!("{}(block={},topk={})", r.method, r.block, r.topk),
+            r.n.to_string(),
+            r.d.to_string(),
+            format!("{}/{}", r.heads, r.kv_heads),
+        ];
+        match (&r.skipped, r.select_ms, r.attend_ms, r.dense_ms) {
+            (None, Some(sel), Some(att), Some(dense)) => row.extend([
+                format!("{sel:.1}"),
+                format!("{att:.1}"),
+                format!("{dense:.1}"),
+                format!("{:.2}×", r.speedup().unwrap_or(0.0)),
+                format!("{:.3}", r.sparse_pairs as f64 / r.dense_pairs.max(1) as f64),
+                format!("{:.2} / {:.2}", r.select_flops / 1e9, r.attend_flops / 1e9),
+                r.rel_err.map_or("—".into(), |e| format!("{e:.1e}")),
+            ]),
+            _ => row.push(format!("skipped: {}", r.skipped.as_deref().unwrap_or("not run"))),
+        }
+        t.add_row(row);
+    }
+    println!("{t}");
+    println!(
+        "Times: median of {} runs after a warm-up, wall clock from submission to completion; select = block means, \
+         gate scores, top-k and the lists read back; attend = grouping the lists on the host, the block-list kernel \
+         and the merge; speedup = dense / (select + attend).",
+        a.reps.unwrap_or(3)
+    );
+    if let Some(path) = &a.json {
+        longctx::io::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{} configurations in {:.1} s", records.len(), started.elapsed().as_secs_f64());
+    if records.iter().all(|r| r.skipped.is_some()) {
+        bail!("every configuration was skipped (reasons above): nothing was measured");
+    }
     Ok(())
 }
 
