@@ -483,3 +483,32 @@ fn settings_are_remembered_between_runs_and_clamped_when_read() {
     assert_eq!(app.traffic.sram_kib, 228.0);
     assert_eq!((app.routing.n, app.routing.d_model, app.routing.fraction_inv), (16, 64, 64));
 }
+
+/// The routing map: MoBA's chosen blocks over the heatmap, the hovered row's choice spelled
+/// out, the keys read against causal attention's.
+#[test]
+fn patterns_show_the_blocks_moba_chose() {
+    let mut h = harness([1280.0, 860.0]);
+    h.state_mut().patterns.settings.pattern = longctx::app::patterns_pattern("MoBA");
+    h.state_mut().patterns.settings.inputs = longctx::app::patterns::Inputs::Random;
+    h.state_mut().patterns.log_scale = true; // the unchosen blocks (p = 0) apart from small p
+    h.run();
+    let st = &h.state().patterns;
+    let c = st.computed.as_ref().unwrap_or_else(|| panic!("computed: {:?}", st.error));
+    let (n, blocks) = (c.spec.shape.n, c.spec.shape.m.div_ceil(64));
+    // the last row chose 4 blocks, its own first; it sees exactly their keys up to itself
+    let chosen = c.chosen_blocks(0, n - 1).expect("MoBA lists");
+    assert_eq!(chosen.len(), 4);
+    assert_eq!(chosen[0] as usize, (n - 1) / 64);
+    for j in 0..n {
+        assert_eq!(c.spec.visible(0, n - 1, j), chosen.contains(&((j / 64) as u32)), "key {j}");
+    }
+    let f = c.keys_read.expect("keys read");
+    assert!(f < 0.9 && f > 4.0 / blocks as f64 * 0.5, "keys read {f}");
+    h.get_by_label_contains("of causal's keys read");
+    let rect = h.get_by_label_contains("bytes read back").rect();
+    h.hover_at(egui::pos2(rect.center().x, rect.bottom() + 300.0));
+    h.run_steps(2);
+    h.get_by_label_contains("chose blocks");
+    snapshot(&mut h, "panel_moba");
+}

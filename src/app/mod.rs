@@ -31,7 +31,7 @@ use std::sync::mpsc;
 #[doc(hidden)]
 pub use patterns::{Computed, Pattern, Settings};
 
-/// A sparse pattern by name (`None`, `Longformer`, `BigBird`, `Global`, `Segments`).
+/// A sparse pattern by name (`None`, `Longformer`, `BigBird`, `Global`, `Segments`, `MoBA`).
 #[doc(hidden)]
 pub fn patterns_pattern(name: &str) -> Pattern {
     match name {
@@ -39,6 +39,7 @@ pub fn patterns_pattern(name: &str) -> Pattern {
         "BigBird" => Pattern::BigBird,
         "Global" => Pattern::Global,
         "Segments" => Pattern::Segments,
+        "MoBA" => Pattern::Moba,
         _ => Pattern::None,
     }
 }

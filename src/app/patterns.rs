@@ -12,6 +12,7 @@ use super::colormap::{COLOUR_BAR_WIDTH, color, colour_bar, normalise};
 use super::style::{AXIS_BOTTOM, AXIS_LEFT, MatrixData, matrix_axes};
 use crate::contract::mask::{BigBird, Mask};
 use crate::contract::mods::Mods;
+use crate::contract::selection::{Moba, NONE};
 use crate::contract::spec::{Alibi, AttnShape, AttnSpec, Window};
 use crate::io::{read_npy, read_safetensors};
 use crate::kernels::heatmap::{HeatView, Heatmap};
@@ -53,7 +54,13 @@ pub enum Pattern {
     Global,
     /// Four equal packed documents; each query sees only its own.
     Segments,
+    /// MoBA (learned sparse attention, [`MOBA`]): each query chooses its key blocks by gate
+    /// score on the GPU; the heatmap shows the chosen blocks (the routing map).
+    Moba,
 }
+
+/// The MoBA the patterns panel runs: blocks of 64 keys, 4 per query.
+pub const MOBA: Moba = Moba { block: 64, topk: 4 };
 
 /// Everything that defines the computed problem.
 #[derive(Clone, Debug, PartialEq)]
@@ -135,6 +142,8 @@ impl Settings {
             )?),
             Pattern::Global => Some(Mask::Global(4)),
             Pattern::Segments => Some(Mask::Segments(Arc::new((0..n).map(|p| (p * 4 / n) as u32).collect()))),
+            // chosen from Q and K when computed (`Computed::new`)
+            Pattern::Moba => None,
         };
         let spec = AttnSpec::new(shape)
             .causal(self.causal)
@@ -228,12 +237,25 @@ pub struct Computed {
     pub heatmap: Heatmap,
     /// `[B, H, N]` read back once per computation.
     pub lse: Vec<f32>,
+    /// With [`Pattern::Moba`]: the chosen blocks, `[H, N, k]` index lists.
+    pub selected: Option<Vec<u32>>,
+    /// With [`Pattern::Moba`]: the keys the rows read over those causal attention (with the
+    /// same window) reads, all rows and heads.
+    pub keys_read: Option<f64>,
 }
 
 impl Computed {
     /// Runs flash on the problem `settings` describe and reads back its LSE.
     pub async fn new(gpu: &Gpu, settings: Settings) -> crate::Result<Self> {
-        let (spec, q, k, v) = settings.materialise()?;
+        let (mut spec, q, k, v) = settings.materialise()?;
+        let (mut selected, mut keys_read) = (None, None);
+        if settings.pattern == Pattern::Moba {
+            let chosen = crate::kernels::selection::moba_select_async(gpu, &spec, &MOBA, &q, &k).await?;
+            spec = MOBA.spec(&spec, &chosen)?;
+            let causal = AttnSpec { mask: None, mods: None, ..spec.clone() };
+            keys_read = Some(spec.visible_pairs() as f64 / causal.visible_pairs().max(1) as f64);
+            selected = Some(chosen);
+        }
         let attn = Attention::new(gpu, Kernel::Flash, &spec)?;
         let io = DeviceTensors::upload(gpu, &spec, &q, &k, &v)?;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
@@ -241,7 +263,15 @@ impl Computed {
         gpu.queue.submit([enc.finish()]);
         let lse = gpu.read_async(&io.lse, spec.shape.lse_len()).await?;
         let heatmap = Heatmap::new(gpu, &attn)?;
-        Ok(Self { settings, spec, q, k, attn, io, heatmap, lse })
+        Ok(Self { settings, spec, q, k, attn, io, heatmap, lse, selected, keys_read })
+    }
+
+    /// With [`Pattern::Moba`]: the blocks row `i` of `head` chose (its own first).
+    pub fn chosen_blocks(&self, head: usize, i: usize) -> Option<Vec<u32>> {
+        let k = MOBA.topk;
+        let row = head * self.spec.shape.n + i;
+        let list = self.selected.as_ref()?.get(row * k..(row + 1) * k)?;
+        Some(list.iter().copied().filter(|&b| b != NONE).collect())
     }
 
     /// Score, bias, visibility and probability of (row i, key j) of `head`, on the CPU.
@@ -522,9 +552,14 @@ fn settings_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
     egui::ComboBox::from_label("sparse pattern").selected_text(format!("{:?}", s.pattern)).show_ui(
         ui,
         |ui| {
-            for p in
-                [Pattern::None, Pattern::Longformer, Pattern::BigBird, Pattern::Global, Pattern::Segments]
-            {
+            for p in [
+                Pattern::None,
+                Pattern::Longformer,
+                Pattern::BigBird,
+                Pattern::Global,
+                Pattern::Segments,
+                Pattern::Moba,
+            ] {
                 ui.selectable_value(&mut s.pattern, p, format!("{p:?}"));
             }
         },
@@ -649,6 +684,15 @@ fn heatmap_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
         heat.view.height,
         st.readback_bytes
     ));
+    if let Some(f) = c.keys_read {
+        ui.label(format!(
+            "MoBA (block {}, top {}): own block + {} earlier blocks of highest q·mean(K); {:.1}% of causal's keys read",
+            MOBA.block,
+            MOBA.topk,
+            MOBA.topk - 1,
+            100.0 * f
+        ));
+    }
     let (left, bottom, bar) = (AXIS_LEFT, AXIS_BOTTOM, COLOUR_BAR_WIDTH);
     let side = ((ui.available_width() - left - bar).min(ui.available_height() - 60.0 - bottom)).max(64.0);
     let (outer, response) =
@@ -725,6 +769,12 @@ fn heatmap_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
         ));
         if r.mods {
             ui.weak("score and mask above are before the mods (WGSL runs on the GPU only); the heatmap includes them");
+        }
+        if let Some(blocks) = c.chosen_blocks(heat.view.head, r.i) {
+            let b = MOBA.block;
+            let spans: Vec<String> =
+                blocks.iter().map(|&x| format!("{}..{}", x as usize * b, (x as usize + 1) * b)).collect();
+            ui.label(format!("row {} chose blocks {blocks:?} (keys {})", r.i, spans.join(", ")));
         }
     } else {
         ui.weak("hover for (i, j), probability, score, bias; scroll to zoom, drag to pan");

@@ -75,6 +75,7 @@ fn pattern_name(p: Pattern) -> &'static str {
         Pattern::BigBird => "BigBird",
         Pattern::Global => "Global",
         Pattern::Segments => "Segments",
+        Pattern::Moba => "MoBA",
     }
 }
 

@@ -56,11 +56,26 @@ pub fn variants() -> Vec<ShaderVariant> {
 /// MoBA's choice on the GPU for `spec` (one sequence; no positional encoding yet):
 /// `[H, N, k]` index lists as [`crate::contract::selection::moba_select_f64`] writes them.
 pub fn moba_select(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, q: &[f32], k: &[f32]) -> Result<Vec<u32>> {
+    crate::runtime::block_on(
+        "moba_select",
+        "await moba_select_async",
+        moba_select_async(gpu, spec, moba, q, k),
+    )
+}
+
+/// [`moba_select`] without blocking (the browser).
+pub async fn moba_select_async(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    moba: &Moba,
+    q: &[f32],
+    k: &[f32],
+) -> Result<Vec<u32>> {
     spec.check_inputs(q, k, k)?;
     let q_buf = gpu.upload("MoBA Q", q)?;
     let k_buf = gpu.upload("MoBA K", k)?;
     let chosen = select_on(gpu, spec, moba, &q_buf, &k_buf)?;
-    gpu.read(&chosen, moba_slots(spec, moba))
+    gpu.read_async(&chosen, moba_slots(spec, moba)).await
 }
 
 /// Index-list entries of a call: H · N · k.
