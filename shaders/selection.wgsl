@@ -4,13 +4,15 @@
 // MoBA, two entry points:
 // - `block_means`: one invocation per (kv head, key block, column): the block's mean key, over the
 //   block's keys inside M.
-// - `choose`: one invocation per (query head, row): the gate score q · mean(K[block]) of every
+// - `choose`: one invocation per (query head, row), a workgroup per (head, run of 64 rows):
+//   the gate score q · mean(K[block]) of every
 //   block wholly before the row's own, a running top (k − 1) kept in registers by insertion
 //   (descending score; a later block enters only with a strictly higher score, so ties go to
 //   the lower block), written as the row's index list: its own block first, then the chosen
 //   blocks by descending score, NONE where fewer exist. A row at a negative position chooses
 //   nothing.
-// Any head dim (scalar loads: the stage reads Q once and the means once per row and block).
+// Any head dim (scalar loads: the stage reads Q once into private memory, and each block's
+// mean once per workgroup-wide step — the same address for every lane).
 // Loops: `choose` runs blocks · (D + k) iterations; the host checks that against an adapter's
 // loop cap before dispatching.
 // Device-memory traffic: `means` reads K once (Hkv·M·D) and writes Hkv·blocks·D; `choose`
@@ -63,38 +65,58 @@ fn block_means(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 
 @compute @workgroup_size(64)
 fn choose(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let t = flat(wg, lid);
-    if t >= params.heads * params.n {
-        return;
+    // One workgroup per (query head, run of 64 rows): the head, and so every block mean the
+    // rows read, is uniform across the workgroup (a broadcast, not a gather), and the block
+    // loop runs to the last row's own block for every lane.
+    let runs = (params.n + 63u) / 64u;
+    let w = wg.y * params.groups_x + wg.x;
+    let h = w / runs;
+    if h >= params.heads {
+        return; // the grid's padding (uniform per workgroup)
     }
-    let h = t / params.n;
-    let i = t % params.n;
+    let run0 = (w % runs) * 64u;
+    let i = run0 + lid;
+    let live = i < params.n;
+    let t = h * params.n + i;
     let out0 = t * params.topk;
-    for (var s = 0u; s < params.topk; s++) {
-        chosen[out0 + s] = NONE;
-    }
     let p = params.q_offset + i32(i);
-    if p < 0 {
-        return;
+    if live {
+        for (var s = 0u; s < params.topk; s++) {
+            chosen[out0 + s] = NONE;
+        }
+        if p >= 0 {
+            chosen[out0] = u32(p) / params.block;
+        }
     }
-    let own = u32(p) / params.block;
-    chosen[out0] = own;
     let want = params.topk - 1u;
-    if want == 0u {
-        return;
+    let p_last = params.q_offset + i32(min(run0 + 63u, params.n - 1u));
+    if want == 0u || p_last < 0 {
+        return; // uniform
     }
+    // a lane past N or at a negative position keeps nothing (own = 0)
+    var own = 0u;
+    if live && p >= 0 {
+        own = u32(p) / params.block;
+    }
+    let own_last = u32(p_last) / params.block;
     let kvh = h / (params.heads / params.kv_heads);
-    let q0 = t * params.d;
+    // the row's query in private memory, read once (QCAP ≥ d: the host's bucket)
+    var qr: array<f32, QCAP>;
+    if live {
+        for (var c = 0u; c < params.d; c++) {
+            qr[c] = q[t * params.d + c];
+        }
+    }
     var best_s: array<f32, MAX_TOPK>;
     var best_b: array<u32, MAX_TOPK>;
     var count = 0u;
-    for (var b = 0u; b < own; b++) {
+    for (var b = 0u; b < own_last; b++) {
         let m0 = (kvh * params.blocks + b) * params.d;
         var g = 0.0;
         for (var c = 0u; c < params.d; c++) {
-            g += q[q0 + c] * means[m0 + c];
+            g += qr[c] * means[m0 + c];
         }
-        if count < want || g > best_s[want - 1u] {
+        if b < own && (count < want || g > best_s[want - 1u]) {
             // the new entry's slot: past every kept score at least as high (ties stay ahead)
             var at = min(count, want - 1u);
             loop {

@@ -15,9 +15,11 @@ fn shape(heads: usize, kv_heads: usize, n: usize, m: usize, d: usize) -> AttnSha
     AttnShape { batch: 1, heads, kv_heads, n, m, head_dim: d }
 }
 
-/// (spec, MoBA) cases: GQA, MQA, N > M, k = 1, k = MAX_TOPK, D = 6.
+/// (spec, MoBA) cases: GQA, MQA, N > M, k = 1, k = MAX_TOPK, D = 6, rows over several
+/// workgroups of the choice (N = 150: runs of 64 rows, the last one partial).
 fn cases() -> Vec<(AttnSpec, Moba)> {
     vec![
+        (AttnSpec::new(shape(3, 1, 150, 190, 8)), Moba { block: 16, topk: 3 }),
         (AttnSpec::new(shape(4, 2, 45, 77, 12)), Moba { block: 8, topk: 3 }),
         (AttnSpec::new(shape(2, 1, 70, 70, 16)), Moba { block: 5, topk: 4 }),
         (AttnSpec::new(shape(2, 2, 40, 30, 8)), Moba { block: 4, topk: 2 }),

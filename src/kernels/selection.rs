@@ -44,13 +44,16 @@ struct Params {
 /// The entry points: the block means, then the choice.
 const ENTRIES: [&str; 2] = ["block_means", "choose"];
 
-fn variant(entry: &'static str) -> ShaderVariant {
-    SHADER.variant(entry, &[], vec![("MAX_TOPK", MAX_TOPK as u32)])
+/// The variant of `entry` for head dim `d`: the choice keeps the query in a private array of
+/// `d` rounded up to a power of two (9 variants cover D ≤ 256).
+fn variant(entry: &'static str, d: usize) -> ShaderVariant {
+    let cap = d.next_power_of_two() as u32;
+    SHADER.variant(entry, &[], vec![("MAX_TOPK", MAX_TOPK as u32), ("QCAP", cap)])
 }
 
-/// The shader variants: the block means and the choice.
+/// The shader variants: the block means and the choice, for every head dim bucket.
 pub fn variants() -> Vec<ShaderVariant> {
-    ENTRIES.map(variant).into()
+    (0..=8).flat_map(|p| ENTRIES.map(|e| variant(e, 1 << p))).collect()
 }
 
 /// MoBA's choice on the GPU for `spec` (one sequence; no positional encoding yet):
@@ -100,12 +103,13 @@ pub fn select_on(
                 .into(),
         ));
     }
+    crate::kernels::check_call_head_dim(NAME, s.head_dim)?;
     let blocks = moba.blocks(s.m);
     let (d, topk) = (s.head_dim as u64, moba.topk as u64);
     // one `choose` invocation loops over every earlier block (D multiply-adds, then up to k
     // insertion steps); one `block_means` invocation over B keys
     if let Some(limit) = gpu.loop_iteration_limit() {
-        let needed = (blocks as u64 * (d + topk) + topk).max(moba.block as u64);
+        let needed = (blocks as u64 * (d + topk) + topk + d).max(moba.block as u64);
         if needed > limit {
             return Err(Error::LoopLimit {
                 kernel: NAME,
@@ -118,7 +122,7 @@ pub fn select_on(
     let (rows, means_len) = (s.heads as u64 * s.n as u64, s.kv_heads as u64 * blocks as u64 * d);
     let means = gpu.storage("MoBA block means", means_len * 4)?;
     let chosen = gpu.storage("MoBA index lists", rows * topk * 4)?;
-    let [means_k, choose_k] = ENTRIES.map(|entry| gpu.compile(&variant(entry)));
+    let [means_k, choose_k] = ENTRIES.map(|entry| gpu.compile(&variant(entry, s.head_dim)));
     let (means_k, choose_k) = (means_k?, choose_k?);
     let params = |groups_x: u32| Params {
         heads: s.heads as u32,
@@ -137,8 +141,10 @@ pub fn select_on(
     {
         let mut pass = enc
             .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
-        for (kernel, invocations) in [(&means_k, means_len), (&choose_k, rows)] {
-            let grid = gpu.grid(NAME, invocations.div_ceil(WORKGROUP))?;
+        // block_means: one invocation per mean element; choose: a workgroup per (head, 64 rows)
+        let choose_groups = s.heads as u64 * (s.n as u64).div_ceil(WORKGROUP);
+        for (kernel, groups) in [(&means_k, means_len.div_ceil(WORKGROUP)), (&choose_k, choose_groups)] {
+            let grid = gpu.grid(NAME, groups)?;
             let uniform = gpu.uniform("MoBA params", &params(grid[0]));
             let binds = SelectBinds {
                 params: (&uniform).into(),

@@ -248,6 +248,11 @@ impl SparseAttention {
                 expected: slots,
             });
         }
+        if u32::try_from(slots).is_err() {
+            return Err(Error::Invalid(format!(
+                "block lists of {slots} entries: the kernel indexes them with 32-bit words"
+            )));
+        }
         // The partials of all H·N·topk slots may pass a binding's limit (4 heads of 32K rows
         // with 8 blocks of D = 64: 256 MiB): the rows run in passes whose partials fit.
         let d4 = (s.head_dim / 4) as u64;
