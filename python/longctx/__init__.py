@@ -216,6 +216,29 @@ class Device:
         )
 
     @_with_doc("")
+    def moba(
+        self,
+        q: Any,
+        k: Any,
+        v: Any,
+        *,
+        block: int,
+        topk: int,
+        window: Window = None,
+        alibi: Union[bool, Sequence[float]] = False,
+        scale: Optional[float] = None,
+        q_start: Optional[int] = None,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """MoBA (learned sparse attention, docs/DESIGN.md §1): keys cut into blocks of `block`;
+        each query takes its own block and the `topk` − 1 earlier blocks of highest gate
+        q · mean(K_block), chosen on the GPU, and attends causally to their keys (window and
+        ALiBi apply inside). Returns (O, LSE, blocks): blocks like Q with D replaced by `topk`,
+        int64, the own block first, −1 where a row had fewer to choose. One sequence per call;
+        no positional encoding yet."""
+        opts = options(causal=True, window=window, alibi=alibi, scale=scale, q_start=q_start)
+        return self._native.moba(f32(q, "q"), f32(k, "k"), f32(v, "v"), block, topk, opts)
+
+    @_with_doc("")
     def matmul(self, a: Any, b: Any, bias: Any = None, activation: Optional[str] = None) -> np.ndarray:
         """C = act(A·B + bias): A `[M, K]`, B `[K, N]`, bias `[N]`; activation None, "gelu"
         (tanh) or "gelu_erf". The adapter's fastest matmul path (register-blocked on CPU

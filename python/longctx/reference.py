@@ -6,7 +6,7 @@ from typing import Any, Tuple
 import numpy as np
 
 from ._convert import ARRAY_RULE, f32, options
-from ._native import reference_attention, reference_backward
+from ._native import reference_attention, reference_backward, reference_moba
 
 
 def attention(q: Any, k: Any, v: Any, **opts: Any) -> Tuple[np.ndarray, np.ndarray]:
@@ -18,6 +18,12 @@ def attention(q: Any, k: Any, v: Any, **opts: Any) -> Tuple[np.ndarray, np.ndarr
 def attention_backward(q: Any, k: Any, v: Any, do: Any, **opts: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(dQ, dK, dV) in float64 for the incoming gradient dO. Options as `Device.attention`."""
     return reference_backward(f32(q, "q"), f32(k, "k"), f32(v, "v"), f32(do, "do"), options(**opts))
+
+
+def moba(q: Any, k: Any, v: Any, *, block: int, topk: int, **opts: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MoBA in float64: the oracle's own choice of blocks, then attention over them; returns
+    (O, LSE, blocks) as `Device.moba`. Options as `Device.moba` (causal is implied)."""
+    return reference_moba(f32(q, "q"), f32(k, "k"), f32(v, "v"), block, topk, options(causal=True, **opts))
 
 
 attention.__doc__ = (attention.__doc__ or "") + "\n\n" + ARRAY_RULE

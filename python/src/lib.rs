@@ -14,6 +14,7 @@ use longctx::contract::mask::{BigBird, Mask};
 use longctx::contract::mods::{Mods, Named};
 use longctx::contract::positions::Positions;
 use longctx::contract::reference;
+use longctx::contract::selection::Moba;
 use longctx::kernels::attention::decode::{Decoder, DecoderConfig};
 use longctx::kernels::matmul::{Activation, Matmul};
 use longctx::measure::plan::{MemoryPlan, ModelShape};
@@ -482,6 +483,28 @@ impl Device {
         Ok((array(py, g.dq, &t.q_dims)?, array(py, g.dk, &t.kv_dims)?, array(py, g.dv, &t.kv_dims)?))
     }
 
+    /// MoBA: each query's blocks chosen on the GPU, then attention over them: `(O, LSE,
+    /// blocks)`, blocks `[.., H, N, topk]` int64 (−1 where a row chose fewer).
+    #[allow(clippy::too_many_arguments)]
+    fn moba<'py>(
+        &self,
+        py: Python<'py>,
+        q: PyReadonlyArrayDyn<'py, f32>,
+        k: PyReadonlyArrayDyn<'py, f32>,
+        v: PyReadonlyArrayDyn<'py, f32>,
+        block: usize,
+        topk: usize,
+        opts: Opts,
+    ) -> PyResult<MobaOut<'py, f32>> {
+        let t = Qkv::new(py, &q, &k, &v)?;
+        let gpu = &self.gpu;
+        let (out, lists, _) = detached(py, || {
+            let spec = opts.spec(t.shape)?;
+            longctx::kernels::selection::moba_attention(gpu, &spec, &Moba { block, topk }, t.q, t.k, t.v)
+        })?;
+        moba_out(py, out.o, out.lse, &lists, &t.q_dims, topk)
+    }
+
     /// C = act(A·B + bias) for A `[M, K]`, B `[K, N]`, bias `[N]`.
     #[pyo3(signature = (a, b, bias=None, activation=None))]
     fn matmul<'py>(
@@ -742,6 +765,47 @@ fn reference_attention<'py>(
     Ok((array(py, o, &t.q_dims)?, array(py, lse, &lse_dims(&t.q_dims))?))
 }
 
+/// The float64 oracle's MoBA: its own choice, then attention over it: `(O, LSE, blocks)`.
+#[pyfunction]
+fn reference_moba<'py>(
+    py: Python<'py>,
+    q: PyReadonlyArrayDyn<'py, f32>,
+    k: PyReadonlyArrayDyn<'py, f32>,
+    v: PyReadonlyArrayDyn<'py, f32>,
+    block: usize,
+    topk: usize,
+    opts: Opts,
+) -> PyResult<MobaOut<'py, f64>> {
+    let t = Qkv::new(py, &q, &k, &v)?;
+    let (o, lse, lists) = detached(py, || {
+        let (spec, moba) = (opts.spec(t.shape)?, Moba { block, topk });
+        let lists = longctx::contract::selection::moba_select_f64(&spec, &moba, t.q, t.k)?;
+        let (o, lse) = reference::attention_f64(&moba.spec(&spec, &lists)?, t.q, t.k, t.v)?;
+        Ok((o, lse, lists))
+    })?;
+    moba_out(py, o, lse, &lists, &t.q_dims, topk)
+}
+
+/// MoBA's outputs: O, LSE and the chosen blocks.
+type MobaOut<'py, T> = (Bound<'py, PyArrayDyn<T>>, Bound<'py, PyArrayDyn<T>>, Bound<'py, PyArrayDyn<i64>>);
+
+/// O shaped like Q, LSE like Q without D, the index lists like Q with D replaced by `topk`
+/// (int64, −1 for NONE).
+fn moba_out<'py, T: numpy::Element>(
+    py: Python<'py>,
+    o: Vec<T>,
+    lse: Vec<T>,
+    lists: &[u32],
+    q_dims: &[usize],
+    topk: usize,
+) -> PyResult<MobaOut<'py, T>> {
+    let blocks: Vec<i64> =
+        lists.iter().map(|&b| if b == longctx::contract::selection::NONE { -1 } else { b as i64 }).collect();
+    let mut block_dims = lse_dims(q_dims);
+    block_dims.push(topk);
+    Ok((array(py, o, q_dims)?, array(py, lse, &lse_dims(q_dims))?, array(py, blocks, &block_dims)?))
+}
+
 /// The float64 oracle's dQ, dK, dV for the incoming gradient dO.
 #[pyfunction]
 fn reference_backward<'py>(
@@ -811,6 +875,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<KvCache>()?;
     m.add_function(wrap_pyfunction!(reference_attention, m)?)?;
     m.add_function(wrap_pyfunction!(reference_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(reference_moba, m)?)?;
     m.add_function(wrap_pyfunction!(plan_json, m)?)?;
     m.add_function(wrap_pyfunction!(list_adapters, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
