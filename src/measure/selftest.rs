@@ -10,12 +10,14 @@ use crate::contract::mask::{BigBird, Mask};
 use crate::contract::mods::{Mods, Named};
 use crate::contract::positions::Positions;
 use crate::contract::reference::{attention_backward_f64, attention_f64, rel_error};
+use crate::contract::selection::{Moba, compare_selection, moba_select_f64};
 use crate::contract::spec::{Alibi, AttnSpec};
 use crate::contract::{AttnShape, Window};
 use crate::error::{Error, Result};
 use crate::kernels::attention::backward::Backward;
 use crate::kernels::attention::decode::{Decoder, DecoderConfig};
 use crate::kernels::matmul::{Activation, Coop, Matmul, MatmulOptions, TensorCores, matmul_f64};
+use crate::kernels::selection::moba_attention;
 use crate::kernels::{Attention, DeviceTensors, Inputs, Kernel};
 use crate::models::gpt::{GptConfig, PosScheme};
 use crate::models::gpt_gpu::gradient_check;
@@ -119,6 +121,28 @@ fn backward(gpu: &Gpu, spec: &AttnSpec, naive: bool) -> Result<f64> {
     let (_, g) = bwd.run(gpu, &q, &k, &v, &d_o)?;
     let (dq, dk, dv) = attention_backward_f64(spec, &q, &k, &v, &d_o)?;
     Ok(rel_error(&g.dq, &dq).max(rel_error(&g.dk, &dk)).max(rel_error(&g.dv, &dv)))
+}
+
+/// MoBA: the GPU's choice against the f64 oracle's (equal up to float32 ties), then the
+/// attention over it (the block-list kernel where it runs the call) and its backward against
+/// the oracle on the chosen spec: worst of O, LSE, dQ, dK, dV.
+fn moba(gpu: &Gpu, spec: &AttnSpec, moba: &Moba) -> Result<f64> {
+    let (q, k, v) = seeded_qkv(spec, 13);
+    let (out, chosen, _) = moba_attention(gpu, spec, moba, &q, &k, &v)?;
+    let want = moba_select_f64(spec, moba, &q, &k)?;
+    let (diffs, ties) = compare_selection(spec, moba, &q, &k, &want, &chosen, 1e-5);
+    if !ties {
+        return Err(Error::Invalid(format!(
+            "the GPU chose other blocks than the oracle beyond float32 ties in {} rows",
+            diffs.len()
+        )));
+    }
+    let spec = moba.spec(spec, &chosen)?;
+    let (o_ref, lse_ref) = attention_f64(&spec, &q, &k, &v)?;
+    let finite: (Vec<f32>, Vec<f64>) =
+        out.lse.iter().zip(&lse_ref).filter(|(_, w)| w.is_finite()).map(|(&g, &w)| (g, w)).unzip();
+    let forward = rel_error(&out.o, &o_ref).max(rel_error(&finite.0, &finite.1));
+    Ok(forward.max(backward(gpu, &spec, false)?))
 }
 
 /// Decoding: a prompt, then single-token steps; each step against one causal attention over
@@ -293,6 +317,23 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
         BOUND,
         Box::new(move |g: &Gpu| decode(g, 4, 2, 32, None, Some(mods()), None)),
     ));
+    // learned sparse attention: MoBA's choice, the list kernel (D a multiple of 4) or flash
+    // on the block grid (D = 37), the backward on the chosen blocks
+    for (d, alibi) in [(64, Alibi::Standard), (37, Alibi::Off)] {
+        let spec = AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 2, n: 77, m: 130, head_dim: d })
+            .causal(true)
+            .alibi(alibi);
+        let m = Moba { block: 16, topk: 3 };
+        out.push((
+            format!(
+                "moba block=16,topk=3 {}{} (choice, O, dQ, dK, dV)",
+                if spec.alibi == Alibi::Off { "" } else { "alibi " },
+                shape_of(&spec)
+            ),
+            BOUND,
+            Box::new(move |g: &Gpu| moba(g, &spec, &m)),
+        ));
+    }
     // ring attention: zigzag causal with ALiBi and GQA, N not a multiple of the ranks
     let spec = AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 2, n: 101, m: 101, head_dim: 32 })
         .causal(true)
