@@ -170,19 +170,7 @@ fn attend(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
         var tile_max = MASKED;
         for (var c = 0u; c < BC; c++) {
             let slot = slot0 + c;
-            var sc = 0.0;
-            if SG > 0u {
-                for (var j = 0u; j < D4P; j += SG) {
-                    let kl = k_tile[c * D4 + select(j + lane, lane_at(j, lane), SG_GUARD)];
-                    for (var l = 0u; l < SG; l++) {
-                        sc += dot(qr[j + l], shuffle4(kl, l));
-                    }
-                }
-            } else {
-                for (var x = 0u; x < D4; x++) {
-                    sc += dot(qr[x], k_tile[c * D4 + x]);
-                }
-            }
+            var sc = tile_score(&qr, c, 0u, lane);
             sc = key_score(sc, qrow, slot, slot < end, live);
             s[c] = sc;
             tile_max = max(tile_max, sc);

@@ -143,23 +143,7 @@ fn main(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
 
         // Scores (partial over this invocation's lanes when P > 1).
         for (var c = 0u; c < BC; c++) {
-            var sc = 0.0;
-            if SG > 0u {
-                // lane `lane` loads vec4 j·SG + lane of key c; the others arrive by shuffle
-                for (var j = 0u; j < D4P; j += SG) {
-                    let kl = k_tile[c * D4 + lane_at(j, lane)];
-                    for (var l = 0u; l < SG; l++) {
-                        sc += dot(qr[j + l], shuffle4(kl, l));
-                    }
-                }
-            } else {
-                for (var x = 0u; x < DP4; x++) {
-                    if (!LANE_GUARD || lane0 + x < D4) {
-                        sc += dot(qr[x], k_tile[c * D4 + lane0 + x]);
-                    }
-                }
-            }
-            s[c] = sc;
+            s[c] = tile_score(&qr, c, lane0, lane);
         }
         if P > 1u {
             for (var c = 0u; c < BC; c++) {

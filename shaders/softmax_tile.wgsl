@@ -1,6 +1,31 @@
-// softmax_tile.wgsl — the online-softmax tile step, shared by flash and decode (composed after
-// common.wgsl and the lane helpers; the kernel declares `v_tile`, BC keys of D4 vec4 lanes in
-// workgroup memory, and the constants DP4, D4P, SG, SG_GUARD and LANE_GUARD).
+// softmax_tile.wgsl — a row's step over one staged key tile, shared by flash, decode and the
+// block-list kernel (composed after common.wgsl and the lane helpers; the kernel declares
+// `k_tile` and `v_tile`, BC keys of D4 vec4 lanes in workgroup memory, and the constants DP4,
+// D4P, SG, SG_GUARD and LANE_GUARD): the scores (`tile_score`), then the online softmax
+// (`softmax_tile`).
+
+// One row's score q · k against key `c` of the K tile: over this invocation's vec4 lanes
+// lane0 .. lane0 + DP4 (partial when a row spans invocations), or with subgroups (SG > 0) over
+// the row's D4P lanes, lane `lane` loading vec4 j·SG + lane of the key and the others arriving
+// by shuffle.
+fn tile_score(qr: ptr<function, array<vec4<f32>, D4P>>, c: u32, lane0: u32, lane: u32) -> f32 {
+    var sc = 0.0;
+    if SG > 0u {
+        for (var j = 0u; j < D4P; j += SG) {
+            let kl = k_tile[c * D4 + select(j + lane, lane_at(j, lane), SG_GUARD)];
+            for (var l = 0u; l < SG; l++) {
+                sc += dot((*qr)[j + l], shuffle4(kl, l));
+            }
+        }
+    } else {
+        for (var x = 0u; x < DP4; x++) {
+            if !LANE_GUARD || lane0 + x < D4 {
+                sc += dot((*qr)[x], k_tile[c * D4 + lane0 + x]);
+            }
+        }
+    }
+    return sc;
+}
 //
 // One row's BC scores `s` against the tile's keys (MASKED where hidden), whose largest is
 // `tile_max`, folded into the row's running max `m`, sum `l` and weighted sum of V `acc`: this

@@ -107,20 +107,7 @@ fn attend(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
         workgroupBarrier();
         var tile_max = MASKED;
         for (var c = 0u; c < BC; c++) {
-            var sc = 0.0;
-            if SG > 0u {
-                // lane `lane` loads vec4 j·SG + lane of key c; the others arrive by shuffle
-                for (var j = 0u; j < D4P; j += SG) {
-                    let kl = k_tile[c * D4 + lane_at(j, lane)];
-                    for (var l = 0u; l < SG; l++) {
-                        sc += dot(qr[j + l], shuffle4(kl, l));
-                    }
-                }
-            } else {
-                for (var x = 0u; x < D4; x++) {
-                    sc += dot(qr[x], k_tile[c * D4 + x]);
-                }
-            }
+            var sc = tile_score(&qr, c, 0u, lane);
             let key = i32(key0 + c);
             sc += alibi_bias(slope, pos, key);
             if key0 + c >= key_end || !in_band(contract, pos, key) {

@@ -45,7 +45,8 @@ const LANES_PLAIN: Snippet =
 /// GELU's tanh form and its derivative: matmul's epilogue and the training kernels.
 pub(crate) const GELU: Snippet = Snippet { name: "gelu", source: include_str!("../../shaders/gelu.wgsl") };
 
-/// The online-softmax tile step (the P·V accumulation) flash and decode share.
+/// A row's step over a staged key tile: its scores and the online-softmax P·V accumulation
+/// (flash, decode and the block-list kernel share it).
 pub(crate) const SOFTMAX_TILE: Snippet =
     Snippet { name: "softmax_tile", source: include_str!("../../shaders/softmax_tile.wgsl") };
 

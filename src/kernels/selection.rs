@@ -161,6 +161,20 @@ pub fn select_on(
     Ok(chosen)
 }
 
+/// [`select_on`], then the lists read back: the device buffer and its host copy (the list
+/// kernel groups the entries on the host).
+pub fn select_lists(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    moba: &Moba,
+    q_buf: &wgpu::Buffer,
+    k_buf: &wgpu::Buffer,
+) -> Result<(wgpu::Buffer, Vec<u32>)> {
+    let buf = select_on(gpu, spec, moba, q_buf, k_buf)?;
+    let lists = gpu.read(&buf, moba_slots(spec, moba))?;
+    Ok((buf, lists))
+}
+
 /// How MoBA attention ran: the chosen blocks' kernel, or flash on their block grid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MobaPath {
@@ -194,8 +208,7 @@ pub fn moba_attention(
     let kernel = SparseAttention::new(gpu, &causal, moba.block, moba.topk)?;
     let io = DeviceTensors::upload(gpu, spec, q, k, v)?;
     io.poison(gpu);
-    let lists_buf = select_on(gpu, spec, moba, &io.q, &io.k)?;
-    let lists = gpu.read(&lists_buf, moba_slots(spec, moba))?;
+    let (lists_buf, lists) = select_lists(gpu, spec, moba, &io.q, &io.k)?;
     kernel.run(gpu, &io, &lists, &lists_buf)?;
     Ok((io.read(gpu)?, lists, MobaPath::Lists))
 }

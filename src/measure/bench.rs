@@ -296,6 +296,18 @@ pub(crate) fn run_config_f16(
     r
 }
 
+/// The relative error of `o` on [`SPOT_ROWS`] rows evenly spaced over all B·H·N against the
+/// f64 oracle of `spec` (for sizes whose whole oracle is too slow).
+pub(crate) fn spot_error(spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32], o: &[f32]) -> Result<f64> {
+    let s = spec.shape;
+    let total = s.lse_len();
+    let rows: Vec<usize> = (0..SPOT_ROWS).map(|i| i * (total - 1) / (SPOT_ROWS - 1)).collect();
+    let want: Vec<f64> = attention_rows_f64(spec, q, k, v, &rows)?.into_iter().flat_map(|(o, _)| o).collect();
+    let d = s.head_dim;
+    let got: Vec<f32> = rows.iter().flat_map(|&row| o[row * d..(row + 1) * d].iter().copied()).collect();
+    Ok(rel_error(&got, &want))
+}
+
 /// The seed of every benchmark's inputs ([`seeded_qkv`]).
 pub(crate) const INPUT_SEED: u64 = 0x10c7;
 
@@ -332,14 +344,7 @@ fn fill(
         let (o_ref, _) = attention_f64(spec, &q, &k, &v)?;
         (rel_error(&out.o, &o_ref), "oracle")
     } else {
-        let total = s.lse_len();
-        let rows: Vec<usize> = (0..SPOT_ROWS).map(|i| i * (total - 1) / (SPOT_ROWS - 1)).collect();
-        let want = attention_rows_f64(spec, &q, &k, &v, &rows)?;
-        let d = s.head_dim;
-        let got: Vec<f32> =
-            rows.iter().flat_map(|&row| out.o[row * d..(row + 1) * d].iter().copied()).collect();
-        let want: Vec<f64> = want.into_iter().flat_map(|(o, _)| o).collect();
-        (rel_error(&got, &want), "oracle, 64 sampled rows")
+        (spot_error(spec, &q, &k, &v, &out.o)?, "oracle, 64 sampled rows")
     };
     r.rel_err = Some(err);
     r.reference = reference.into();

@@ -6,17 +6,16 @@
 use serde::{Deserialize, Serialize};
 
 use crate::contract::inputs::seeded_qkv;
-use crate::contract::reference::{attention_rows_f64, rel_error};
 use crate::contract::selection::Moba;
 use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::attention::DeviceTensors;
 use crate::kernels::attention::sparse::SparseAttention;
-use crate::kernels::selection::select_on;
+use crate::kernels::selection::select_lists;
 use crate::kernels::{Attention, Kernel};
-use crate::measure::bench::{INPUT_SEED, SPOT_ROWS};
+use crate::measure::bench::{INPUT_SEED, spot_error};
 use crate::runtime::Gpu;
-use crate::runtime::timing::time_submission;
+use crate::runtime::timing::{time_host, time_wall};
 
 /// One MoBA configuration against dense causal flash (`longctx bench --sparse moba --json`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -64,14 +63,6 @@ impl SparseRecord {
     }
 }
 
-/// Median of `reps` wall-clock runs of `run` after one warm-up.
-fn median_ms(reps: usize, mut run: impl FnMut() -> Result<f64>) -> Result<f64> {
-    run()?;
-    let mut t = (0..reps).map(|_| run()).collect::<Result<Vec<f64>>>()?;
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
-}
-
 /// MoBA `moba` on `spec` (one sequence, causal added) against dense causal flash: validated
 /// on sampled rows, then `reps` timed runs of each stage. A failure becomes `skipped`.
 pub fn run_moba(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, reps: usize) -> SparseRecord {
@@ -96,51 +87,30 @@ pub fn run_moba(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, reps: usize) -> SparseR
 fn fill_moba(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, reps: usize, r: &mut SparseRecord) -> Result<()> {
     let s = spec.shape;
     moba.check(&s)?;
-    if let Some(why) = SparseAttention::unsupported(gpu, spec, moba.block) {
-        return Err(crate::Error::Invalid(format!("the block-list kernel does not run {why}")));
-    }
     let kernel = SparseAttention::new(gpu, spec, moba.block, moba.topk)?;
     let dense = Attention::new(gpu, Kernel::Flash, spec)?;
     let (q, k, v) = seeded_qkv(spec, INPUT_SEED);
     let io = DeviceTensors::upload(gpu, spec, &q, &k, &v)?;
     io.poison(gpu);
-    let slots = s.heads * s.n * moba.topk;
-    let select = || -> Result<(wgpu::Buffer, Vec<u32>)> {
-        let buf = select_on(gpu, spec, moba, &io.q, &io.k)?;
-        let lists = gpu.read(&buf, slots)?;
-        Ok((buf, lists))
-    };
     // validate: sampled rows of the output against the oracle on the GPU's choice
-    let (lists_buf, lists) = select()?;
+    let (lists_buf, lists) = select_lists(gpu, spec, moba, &io.q, &io.k)?;
     kernel.run(gpu, &io, &lists, &lists_buf)?;
-    let out = io.read(gpu)?;
     let chosen = moba.spec(spec, &lists)?;
-    let total = s.lse_len();
-    let rows: Vec<usize> = (0..SPOT_ROWS).map(|i| i * (total - 1) / (SPOT_ROWS - 1)).collect();
-    let want: Vec<f64> =
-        attention_rows_f64(&chosen, &q, &k, &v, &rows)?.into_iter().flat_map(|(o, _)| o).collect();
-    let d = s.head_dim;
-    let got: Vec<f32> = rows.iter().flat_map(|&row| out.o[row * d..(row + 1) * d].iter().copied()).collect();
-    r.rel_err = Some(rel_error(&got, &want));
+    r.rel_err = Some(spot_error(&chosen, &q, &k, &v, &io.read(gpu)?.o)?);
     r.sparse_pairs = chosen.visible_pairs();
     r.dense_pairs = spec.visible_pairs();
-    let blocks = s.m.div_ceil(moba.block) as f64;
+    let (d, blocks) = (s.head_dim, s.m.div_ceil(moba.block) as f64);
     r.select_flops = (s.kv_heads * s.m * d) as f64 + 2.0 * (s.heads * s.n * d) as f64 * blocks;
     r.attend_flops = 4.0 * d as f64 * r.sparse_pairs as f64;
-    // time: the stages one after another on the same device tensors, then dense flash
-    let wall = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-        gpu.wait()?;
-        let t = std::time::Instant::now();
-        f()?;
-        gpu.wait()?;
-        Ok(t.elapsed().as_secs_f64() * 1e3)
-    };
-    r.select_ms = Some(median_ms(reps, || wall(&mut || select().map(drop)))?);
-    r.attend_ms = Some(median_ms(reps, || wall(&mut || kernel.run(gpu, &io, &lists, &lists_buf)))?);
-    r.dense_ms = Some(median_ms(reps, || {
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        dense.encode(gpu, &mut enc, &io.buffers())?;
-        time_submission(gpu, enc.finish())
-    })?);
+    // time: the stages one after another on the same device tensors (each leaves the queue
+    // idle), then dense flash
+    let select = time_host(1, reps, |_| select_lists(gpu, spec, moba, &io.q, &io.k).map(drop))?;
+    let attend = time_host(1, reps, |_| {
+        kernel.run(gpu, &io, &lists, &lists_buf)?;
+        gpu.wait()
+    })?;
+    let dense = time_wall(gpu, 1, reps, |enc| dense.encode(gpu, enc, &io.buffers()))?;
+    (r.select_ms, r.attend_ms, r.dense_ms) =
+        (Some(select.median()), Some(attend.median()), Some(dense.median()));
     Ok(())
 }
