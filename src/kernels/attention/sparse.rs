@@ -183,6 +183,9 @@ pub struct SparseAttention {
     config: FlashConfig,
     attend: Compiled,
     merge: Compiled,
+    /// The call's contract and ALiBi slopes on the device (fixed by the spec).
+    contract: wgpu::Buffer,
+    slopes: wgpu::Buffer,
 }
 
 impl SparseAttention {
@@ -231,7 +234,16 @@ impl SparseAttention {
         }
         let config = config(gpu, spec.shape.head_dim);
         let [attend, merge] = variants_for(&config, spec.shape.head_dim).map(|v| gpu.compile(&v));
-        Ok(Self { spec: spec.clone(), block, topk, config, attend: attend?, merge: merge? })
+        Ok(Self {
+            spec: spec.clone(),
+            block,
+            topk,
+            config,
+            attend: attend?,
+            merge: merge?,
+            contract: CallParams::new(spec).upload(gpu),
+            slopes: gpu.upload("ALiBi slopes", &slopes_words(spec))?,
+        })
     }
 
     /// Runs on `io` (Q, K, V uploaded; O and LSE written) through `lists` (`[H, N, topk]` block
@@ -263,8 +275,6 @@ impl SparseAttention {
         let pass_rows = rows_per_pass.min(total_rows);
         let part_o = gpu.storage("sparse partial O", (pass_rows * self.topk) as u64 * slot_bytes)?;
         let part_lse = gpu.storage("sparse partial LSE", (pass_rows * self.topk) as u64 * 4)?;
-        let slopes = gpu.upload("ALiBi slopes", &slopes_words(&self.spec))?;
-        let contract = CallParams::new(&self.spec).upload(gpu);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         for row_base in (0..total_rows).step_by(rows_per_pass) {
             let row_end = (row_base + rows_per_pass).min(total_rows);
@@ -298,7 +308,7 @@ impl SparseAttention {
             {
                 let uniform = gpu.uniform("sparse params", &params(count, grid));
                 let binds = SparseBinds {
-                    contract: (&contract).into(),
+                    contract: (&self.contract).into(),
                     q: (&io.q).into(),
                     k: (&io.k).into(),
                     v: (&io.v).into(),
@@ -307,7 +317,7 @@ impl SparseAttention {
                     rows: (&rows).into(),
                     part_o: (&part_o).into(),
                     part_lse: (&part_lse).into(),
-                    slopes: (&slopes).into(),
+                    slopes: (&self.slopes).into(),
                     sparse: (&uniform).into(),
                     o: (&io.o).into(),
                     lse: (&io.lse).into(),
