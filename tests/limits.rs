@@ -181,10 +181,11 @@ fn backward_runs_tensors_beyond_one_binding_in_chunks_of_heads() {
 }
 
 #[test]
-fn moba_runs_its_partials_in_passes_that_fit_one_binding() {
-    use longctx::contract::reference::{attention_f64, rel_error};
+fn moba_runs_its_partials_in_passes_that_fit_one_binding_forward_and_backward() {
+    use longctx::contract::reference::{attention_backward_f64, attention_f64, rel_error};
     use longctx::contract::selection::Moba;
-    use longctx::kernels::selection::{MobaPath, moba_attention};
+    use longctx::kernels::attention::sparse_backward::SparseBackward;
+    use longctx::kernels::selection::{MobaPath, moba_attention, moba_backward};
     let g = small_gpu();
     let seed = common::seed();
     // partials: 2·900·5 slots of 64 floats = 2.2 MiB > the 1 MiB binding → 3 passes of rows
@@ -198,4 +199,16 @@ fn moba_runs_its_partials_in_passes_that_fit_one_binding() {
     assert!(e < 1e-5, "O error {e:.2e} (seed {seed}, LONGCTX_SEED={seed})");
     let lse = out.lse.iter().zip(&lse_ref).map(|(&l, &r)| (l as f64 - r).abs()).fold(0.0, f64::max);
     assert!(lse < 1e-4, "LSE error {lse:.2e} (seed {seed}, LONGCTX_SEED={seed})");
+    // the backward's partials of dQ likewise
+    let d_o = common::inputs(&spec, seed ^ 0x5eed).0;
+    let (_, grads, selected_b, path) = moba_backward(g, &spec, &moba, &q, &k, &v, &d_o).unwrap();
+    assert_eq!((path, &selected_b), (MobaPath::Lists, &selected));
+    let bwd = SparseBackward::new(g, &spec.clone().causal(true), moba.block, moba.topk).unwrap();
+    assert_eq!(bwd.passes(g, &selected).unwrap().0, 3, "passes of rows for dQ's partials");
+    let (dq, dk, dv) =
+        attention_backward_f64(&moba.spec(&spec, &selected).unwrap(), &q, &k, &v, &d_o).unwrap();
+    for (name, got, want) in [("dQ", &grads.dq, &dq), ("dK", &grads.dk, &dk), ("dV", &grads.dv, &dv)] {
+        let e = rel_error(got, want);
+        assert!(e < 1e-5, "{name} error {e:.2e} (seed {seed}, LONGCTX_SEED={seed})");
+    }
 }

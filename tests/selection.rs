@@ -6,8 +6,9 @@
 use crate::common::{gpu, inputs, seed};
 use longctx::contract::reference::{attention_backward_f64, attention_f64, rel_error};
 use longctx::contract::selection::{MAX_TOPK, Moba, NONE, compare_selection, moba_select_f64};
-use longctx::kernels::selection::{MobaPath, moba_attention, moba_select};
-use longctx::{Alibi, Attention, AttnShape, AttnSpec, Backward, Error, Kernel, Window};
+use longctx::kernels::attention::sparse_backward::SparseBackward;
+use longctx::kernels::selection::{MobaPath, moba_attention, moba_backward, moba_select};
+use longctx::{Alibi, Attention, AttnShape, AttnSpec, Error, Kernel, Window};
 
 const BOUND: f64 = 1e-5;
 
@@ -91,9 +92,11 @@ fn moba_forward_and_backward_match_the_oracle_on_the_chosen_blocks() {
                 assert!((l as f64 - r).abs() <= 1e-5 * r.abs().max(1.0), "{ctx}: LSE row {i}: {l} vs {r}");
             }
         }
-        // the backward of the same call (no gradient through the choice)
+        // the backward of the same call (no gradient through the choice), on the same path
         let d_o = inputs(&chosen, seed ^ 0x5eed).0;
-        let (_, grads) = Backward::new(g, &chosen).unwrap().run(g, &q, &k, &v, &d_o).unwrap();
+        let (out_b, grads, selected_b, path_b) = moba_backward(g, &spec, &moba, &q, &k, &v, &d_o).unwrap();
+        assert_eq!((&selected_b, path_b), (&selected, path), "{ctx}: the backward's choice and path");
+        assert_eq!(out_b.o, out.o, "{ctx}: the backward's forward");
         let (dq, dk, dv) = attention_backward_f64(&chosen, &q, &k, &v, &d_o).unwrap();
         for (name, got, want) in [("dQ", &grads.dq, &dq), ("dK", &grads.dk, &dk), ("dV", &grads.dv, &dv)] {
             let e = rel_error(got, want);
@@ -125,6 +128,38 @@ fn tiles_no_query_chose_are_skipped() {
     let skipped = |s: &AttnSpec| Attention::new(g, Kernel::Flash, s).unwrap().block_map().unwrap().sparsity();
     let (sparse, dense) = (skipped(&chosen), skipped(&causal));
     assert!(sparse > dense + 0.2, "tiles skipped: {sparse:.2} vs causal's {dense:.2}");
+}
+
+/// A block every row chose has a long list of entries: the backward walks it in passes below
+/// an adapter's loop cap (lavapipe's: 65 535 iterations per invocation), adding to dK and dV.
+#[test]
+fn the_backward_walks_a_block_every_row_chose_in_passes() {
+    let g = gpu();
+    let seed = seed();
+    // MQA 8/1: 8 heads × 1100 rows all choose block 0 of the one kv head
+    let spec = AttnSpec::new(shape(8, 1, 1100, 1100, 4));
+    let moba = Moba { block: 16, topk: 2 };
+    let (mut q, mut k, v) = inputs(&spec, seed);
+    q.chunks_exact_mut(4).for_each(|row| row[0] = 1.0 + row[0].abs());
+    k[..16 * 4].chunks_exact_mut(4).for_each(|row| row[0] = 3.0);
+    let d_o = inputs(&spec, seed ^ 0x5eed).0;
+    let (_, grads, selected, path) = moba_backward(g, &spec, &moba, &q, &k, &v, &d_o).unwrap();
+    assert_eq!(path, MobaPath::Lists);
+    assert!(selected.chunks_exact(2).all(|l| l[0] == 0 || l[1] == 0), "every row reads block 0");
+    let bwd = SparseBackward::new(g, &spec.clone().causal(true), moba.block, moba.topk).unwrap();
+    let (_, dkv_passes) = bwd.passes(g, &selected).unwrap();
+    if g.loop_iteration_limit().is_some() {
+        assert!(dkv_passes > 1, "block 0's 8800 entries in one pass");
+    }
+    let (dq, dk, dv) =
+        attention_backward_f64(&moba.spec(&spec, &selected).unwrap(), &q, &k, &v, &d_o).unwrap();
+    for (name, got, want) in [("dQ", &grads.dq, &dq), ("dK", &grads.dk, &dk), ("dV", &grads.dv, &dv)] {
+        let e = rel_error(got, want);
+        assert!(
+            e < BOUND,
+            "{name} error {e:.2e} with {dkv_passes} passes (seed {seed}, LONGCTX_SEED={seed})"
+        );
+    }
 }
 
 #[test]

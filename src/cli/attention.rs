@@ -157,7 +157,15 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
                     let (out, selected, _) = longctx::kernels::selection::moba_attention(
                         gpu, &spec, m, &q.data, &k.data, &v.data,
                     )?;
-                    direct = Some(out);
+                    direct = Some((out, None));
+                    selected
+                }
+                Some(gpu) if a.kernel == KernelArg::Flash => {
+                    let d_o = read_grad(a, &q)?;
+                    let (out, grads, selected, _) = longctx::kernels::selection::moba_backward(
+                        gpu, &spec, m, &q.data, &k.data, &v.data, &d_o.data,
+                    )?;
+                    direct = Some((out, Some(grads)));
                     selected
                 }
                 Some(gpu) => longctx::kernels::selection::moba_select(gpu, &spec, m, &q.data, &k.data)?,
@@ -165,11 +173,12 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
             (m.spec(&spec, &selected)?, Some(Chosen { dims: [h, n, m.topk], blocks: selected }))
         }
     };
-    if let Some(path) = &a.grad_out {
-        return backward(gpu.as_ref(), a, &spec, &q, &k, &v, path, chosen_out.as_ref());
+    if a.grad_out.is_some() {
+        let given = direct.and_then(|(out, grads)| Some((out, grads?)));
+        return backward(gpu.as_ref(), a, &spec, (&q, &k, &v), given, chosen_out.as_ref());
     }
     let out = match (direct, &gpu) {
-        (Some(out), _) => out,
+        (Some((out, _)), _) => out,
         (None, None) => longctx::contract::reference::attention(&spec, &q.data, &k.data, &v.data)?,
         (None, Some(gpu)) => {
             let kernel = if a.kernel == KernelArg::Flash { Kernel::Flash } else { Kernel::Naive };
@@ -219,42 +228,52 @@ fn finite_outputs(out: &longctx::AttnOutput) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Forward and backward: O (and LSE) as usual, then dQ, dK, dV for the given dO.
-#[allow(clippy::too_many_arguments)]
+/// dO from --grad-out, shaped like Q.
+fn read_grad(a: &AttentionArgs, q: &Tensor) -> anyhow::Result<Tensor> {
+    let path = a.grad_out.as_deref().context("--grad-out names dO")?;
+    if a.dq.is_none() && a.dk.is_none() && a.dv.is_none() {
+        bail!("--grad-out computes gradients: name at least one of --dq, --dk, --dv");
+    }
+    let d_o = read_npy(path)?;
+    if d_o.shape != q.shape {
+        bail!("dO has shape {:?}; it must match O (and Q): {:?}", d_o.shape, q.shape);
+    }
+    Ok(d_o)
+}
+
+/// Forward and backward: O (and LSE) as usual, then dQ, dK, dV for the given dO (`given`:
+/// already computed, as MoBA's block-list kernels do in one call).
 fn backward(
     gpu: Option<&longctx::Gpu>,
     a: &AttentionArgs,
     spec: &AttnSpec,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    grad_out: &std::path::Path,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    given: Option<(longctx::AttnOutput, longctx::Gradients)>,
     chosen: Option<&Chosen>,
 ) -> anyhow::Result<()> {
-    if a.dq.is_none() && a.dk.is_none() && a.dv.is_none() {
-        bail!("--grad-out computes gradients: name at least one of --dq, --dk, --dv");
-    }
-    let d_o = read_npy(grad_out)?;
-    if d_o.shape != q.shape {
-        bail!("dO has shape {:?}; it must match O (and Q): {:?}", d_o.shape, q.shape);
-    }
-    spec.check_grad(&d_o.data)?;
-    let (out, grads) = match gpu {
+    let (out, grads) = match given {
+        Some(done) => done,
         None => {
-            let out = longctx::contract::reference::attention(spec, &q.data, &k.data, &v.data)?;
-            let (dq, dk, dv) = longctx::contract::reference::attention_backward_f64(
-                spec, &q.data, &k.data, &v.data, &d_o.data,
-            )?;
-            let f = |x: Vec<f64>| x.into_iter().map(|v| v as f32).collect();
-            (out, longctx::Gradients { dq: f(dq), dk: f(dk), dv: f(dv) })
-        }
-        Some(gpu) => {
-            let bwd = if a.kernel == KernelArg::Flash {
-                longctx::Backward::new(gpu, spec)?
-            } else {
-                longctx::Backward::naive(gpu, spec)?
-            };
-            bwd.run(gpu, &q.data, &k.data, &v.data, &d_o.data)?
+            let d_o = read_grad(a, q)?;
+            spec.check_grad(&d_o.data)?;
+            match gpu {
+                None => {
+                    let out = longctx::contract::reference::attention(spec, &q.data, &k.data, &v.data)?;
+                    let (dq, dk, dv) = longctx::contract::reference::attention_backward_f64(
+                        spec, &q.data, &k.data, &v.data, &d_o.data,
+                    )?;
+                    let f = |x: Vec<f64>| x.into_iter().map(|v| v as f32).collect();
+                    (out, longctx::Gradients { dq: f(dq), dk: f(dk), dv: f(dv) })
+                }
+                Some(gpu) => {
+                    let bwd = if a.kernel == KernelArg::Flash {
+                        longctx::Backward::new(gpu, spec)?
+                    } else {
+                        longctx::Backward::naive(gpu, spec)?
+                    };
+                    bwd.run(gpu, &q.data, &k.data, &v.data, &d_o.data)?
+                }
+            }
         }
     };
     finite_outputs(&out)?;

@@ -113,7 +113,8 @@ pub struct BenchArgs {
     tensor_cores: TensorCoresArg,
     /// Learned sparse attention against dense causal flash in the same run: `moba` (the
     /// selection and the attention over its index lists timed apart, sampled rows checked
-    /// against the oracle). Without --n: N = 4K, 8K, 16K; H = 4, D = 64.
+    /// against the oracle; with --backward, the block-list backward against flash's). Without
+    /// --n: N = 4K, 8K, 16K; H = 4, D = 64.
     #[arg(long, value_delimiter = ',', value_name = "METHODS")]
     sparse: Option<Vec<String>>,
     /// With --sparse moba: MoBA's block=B,topk=K (default block=256,topk=8).
@@ -245,11 +246,11 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
             "--tensor-cores off applies to --matmul; flash uses cooperative matrices only where the adapter offers f32 ones (`longctx info` lists them)"
         );
     }
-    if a.backward {
-        return backward_bench(&gpu, a, started);
-    }
     if let Some(methods) = &a.sparse {
         return sparse_bench(&gpu, a, methods, started);
+    }
+    if a.backward {
+        return backward_bench(&gpu, a, started);
     }
     let budgeted = a.suite() == Suite::Default && !a.sweep();
     if a.budget.is_some() && !budgeted {
@@ -472,7 +473,7 @@ fn sparse_bench(
     if a.mask.causal || a.mask.window.is_some() || a.mask.pattern.is_some() || a.kernels.is_some() || a.alibi
     {
         bail!(
-            "--sparse compares against dense causal flash: it takes --n, --d, --heads, --kv-heads, --reps and --moba"
+            "--sparse compares against dense causal flash: it takes --n, --d, --heads, --kv-heads, --reps, --moba and --backward"
         );
     }
     if a.csv.is_some() || a.plot.is_some() {
@@ -490,7 +491,7 @@ fn sparse_bench(
     for &d in a.d.as_deref().unwrap_or(&[64]) {
         for &n in &ns {
             let spec = AttnSpec::new(shape(heads, a.kv_heads.unwrap_or(heads), n, n, d));
-            records.push(run_moba(gpu, &spec, &moba, a.reps.unwrap_or(3)));
+            records.push(run_moba(gpu, &spec, &moba, a.reps.unwrap_or(3), a.backward));
         }
     }
     let mut t = Table::new();
@@ -507,6 +508,25 @@ fn sparse_bench(
         "GFLOP select / attend",
         "rel err (64 rows)",
     ]);
+    if a.backward {
+        t.set_header([
+            "method",
+            "N",
+            "D",
+            "H/Hkv",
+            "select ms",
+            "attend ms",
+            "dense causal ms",
+            "speedup",
+            "pairs / causal's",
+            "GFLOP select / attend",
+            "rel err (64 rows)",
+            "backward ms",
+            "dense backward ms",
+            "backward speedup",
+            "dQ rel err (64 rows)",
+        ]);
+    }
     for r in &records {
         let mut row = vec![
             format!("{}(block={},topk={})", r.method, r.block, r.topk),
@@ -526,14 +546,30 @@ fn sparse_bench(
             ]),
             _ => row.push(format!("skipped: {}", r.skipped.as_deref().unwrap_or("not run"))),
         }
+        if let (true, None, Some(sparse), Some(dense)) =
+            (a.backward, &r.skipped, r.backward_ms, r.dense_backward_ms)
+        {
+            row.extend([
+                format!("{sparse:.1}"),
+                format!("{dense:.1}"),
+                format!("{:.2}×", r.backward_speedup().unwrap_or(0.0)),
+                r.grad_err.map_or("—".into(), |e| format!("{e:.1e}")),
+            ]);
+        }
         t.add_row(row);
     }
     println!("{t}");
     println!(
         "Times: median of {} runs after a warm-up, wall clock from submission to completion; select = block means, \
          gate scores, top-k and the lists read back; attend = grouping the lists on the host, the block-list kernel \
-         and the merge; speedup = dense / (select + attend).",
-        a.reps.unwrap_or(3)
+         and the merge; speedup = dense / (select + attend).{}",
+        a.reps.unwrap_or(3),
+        if a.backward {
+            " backward = the block-list backward on the forward's lists (Δ, dQ's shares and their sum, dK and dV); \
+             dense backward = flash's backward of causal attention; backward speedup = dense backward / backward."
+        } else {
+            ""
+        }
     );
     if let Some(path) = &a.json {
         longctx::io::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())

@@ -91,6 +91,65 @@ pub(crate) fn attention_rows_f64(
     })
 }
 
+/// dQ of selected rows only (flat row index `(b·H + h)·N + i`), from the definition as in
+/// [`attention_backward_f64`]: a row's dQ needs only its own scores, so sizes too large for the
+/// whole backward can be spot-checked. Calls without a positional encoding or a `score_mod`.
+pub(crate) fn attention_dq_rows_f64(
+    spec: &AttnSpec,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    d_o: &[f32],
+    rows: &[usize],
+) -> Result<Vec<Vec<f64>>> {
+    spec.check_grad(d_o)?;
+    if spec.positions.is_some() || spec.mods.as_ref().and_then(|m| m.rule()).is_some() {
+        return Err(crate::Error::Invalid(
+            "the dQ spot check runs calls without a positional encoding or a score_mod".into(),
+        ));
+    }
+    let forward = attention_rows_f64(spec, q, k, v, rows)?;
+    let s = spec.shape;
+    let (d, m) = (s.head_dim, s.m);
+    let scale = spec.scale_value() as f64;
+    let slopes = spec.slopes();
+    Ok(rows
+        .par_iter()
+        .zip(forward)
+        .map(|(&row, (o_row, lse))| {
+            let mut dq = vec![0f64; d];
+            if lse == f64::NEG_INFINITY {
+                return dq;
+            }
+            let mut scores = vec![0f64; m];
+            let mut scratch = vec![0f64; d];
+            row_f64(
+                spec,
+                slopes.as_deref(),
+                &q[row * d..(row + 1) * d],
+                k,
+                v,
+                row,
+                &mut scores,
+                &mut scratch,
+            );
+            let kv_base = ((row / s.n / s.heads) * s.kv_heads + (row / s.n % s.heads) / s.group()) * m * d;
+            let dor = &d_o[row * d..(row + 1) * d];
+            let delta: f64 = dor.iter().zip(&o_row).map(|(&a, &b)| a as f64 * b).sum();
+            for (j, &sc) in scores.iter().enumerate() {
+                if sc == f64::NEG_INFINITY {
+                    continue;
+                }
+                let (kj, vj) = (&k[kv_base + j * d..][..d], &v[kv_base + j * d..][..d]);
+                let dp: f64 = dor.iter().zip(vj).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let ds = (sc - lse).exp() * (dp - delta);
+                for x in 0..d {
+                    dq[x] += scale * ds * kj[x] as f64;
+                }
+            }
+            dq
+        })
+        .collect())
+}
+
 /// One row's O and LSE (fresh scratch).
 fn one_row<T: Copy + Into<f64>>(
     spec: &AttnSpec,

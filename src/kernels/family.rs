@@ -5,7 +5,7 @@
 //! sweep fails for a `.wgsl` file with a compute entry point that no family builds.
 
 use crate::contract::mods::{Mods, Named};
-use crate::kernels::attention::{backward, decode, flash, naive, sparse};
+use crate::kernels::attention::{backward, decode, flash, naive, sparse, sparse_backward};
 use crate::kernels::{MAX_HEAD_DIM, embed, heatmap, layer, matmul, mods};
 use crate::kernels::{pad, peak, positions, ring, route, selection, train, with_mods};
 use crate::runtime::shader::ShaderVariant;
@@ -47,11 +47,13 @@ pub enum Family {
     Selection,
     /// `sparse.wgsl`: attention over per-query lists of key blocks (what a selection chose).
     Sparse,
+    /// `sparse_backward.wgsl`: dQ, dK, dV of attention over per-query block lists.
+    SparseBackward,
 }
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 17] = [
+    pub const ALL: [Family; 18] = [
         Family::Flash,
         Family::Naive,
         Family::Backward,
@@ -69,6 +71,7 @@ impl Family {
         Family::Peak,
         Family::Selection,
         Family::Sparse,
+        Family::SparseBackward,
     ];
 
     /// Every variant the family builds for a device with `limits`, over every supported head
@@ -169,6 +172,7 @@ impl Family {
             Family::Peak => peak::variants(),
             Family::Selection => selection::variants(),
             Family::Sparse => sparse::variants(limits),
+            Family::SparseBackward => sparse_backward::variants(),
         }
     }
 }

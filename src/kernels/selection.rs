@@ -11,7 +11,9 @@ use crate::contract::spec::AttnOutput;
 use crate::contract::spec::AttnSpec;
 use crate::error::{Error, Result};
 use crate::kernels::attention::DeviceTensors;
+use crate::kernels::attention::backward::{Backward, GradTensors, Gradients};
 use crate::kernels::attention::sparse::SparseAttention;
+use crate::kernels::attention::sparse_backward::SparseBackward;
 use crate::kernels::{Attention, Kernel};
 use crate::runtime::Gpu;
 use crate::runtime::shader::{BindGroupFields, Shader, ShaderVariant, bind_group};
@@ -203,12 +205,61 @@ pub fn moba_attention(
         let out = Attention::new(gpu, Kernel::Flash, &chosen)?.run(gpu, q, k, v)?;
         return Ok((out, selected, MobaPath::Grid));
     }
+    let (out, _, lists) = on_lists(gpu, spec, moba, q, k, v, None)?;
+    Ok((out, lists, MobaPath::Lists))
+}
+
+/// MoBA's forward and backward for the incoming gradient `d_o` (no gradient through the
+/// choice): the choice on the GPU, then the block-list kernels where both run the call, else
+/// flash and its backward on the chosen block grid. Returns the output, the gradients, the
+/// index lists (`[H, N, k]`) and the path taken.
+pub fn moba_backward(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    moba: &Moba,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d_o: &[f32],
+) -> Result<(AttnOutput, Gradients, Vec<u32>, MobaPath)> {
+    moba.check(&spec.shape)?;
+    if SparseAttention::unsupported(gpu, spec, moba.block).is_some()
+        || SparseBackward::unsupported(gpu, spec, moba.block).is_some()
+    {
+        let selected = moba_select(gpu, spec, moba, q, k)?;
+        let chosen = moba.spec(spec, &selected)?;
+        let (out, grads) = Backward::new(gpu, &chosen)?.run(gpu, q, k, v, d_o)?;
+        return Ok((out, grads, selected, MobaPath::Grid));
+    }
+    let (out, grads, lists) = on_lists(gpu, spec, moba, q, k, v, Some(d_o))?;
+    let grads = grads.expect("the backward ran: dO was given");
+    Ok((out, grads, lists, MobaPath::Lists))
+}
+
+/// The choice, the block-list forward and, given dO, its backward, on freshly uploaded
+/// tensors (outputs poisoned with NaN first).
+fn on_lists(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    moba: &Moba,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d_o: Option<&[f32]>,
+) -> Result<(AttnOutput, Option<Gradients>, Vec<u32>)> {
     spec.check_inputs(q, k, v)?;
     let causal = spec.clone().causal(true);
-    let kernel = SparseAttention::new(gpu, &causal, moba.block, moba.topk)?;
+    let forward = SparseAttention::new(gpu, &causal, moba.block, moba.topk)?;
+    let backward = d_o.map(|_| SparseBackward::new(gpu, &causal, moba.block, moba.topk)).transpose()?;
     let io = DeviceTensors::upload(gpu, spec, q, k, v)?;
     io.poison(gpu);
+    let grads = d_o.map(|d_o| GradTensors::upload(gpu, spec, d_o)).transpose()?;
     let (lists_buf, lists) = select_lists(gpu, spec, moba, &io.q, &io.k)?;
-    kernel.run(gpu, &io, &lists, &lists_buf)?;
-    Ok((io.read(gpu)?, lists, MobaPath::Lists))
+    forward.run(gpu, &io, &lists, &lists_buf)?;
+    if let (Some(backward), Some(grads)) = (&backward, &grads) {
+        grads.poison(gpu);
+        backward.run(gpu, &grads.buffers(&io), &lists, &lists_buf)?;
+    }
+    let grads = grads.map(|g| g.read(gpu)).transpose()?;
+    Ok((io.read(gpu)?, grads, lists))
 }

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::contract::inputs::seeded_qkv;
-use crate::contract::reference::{attention_f64, attention_rows_f64, rel_error};
+use crate::contract::reference::{attention_dq_rows_f64, attention_f64, attention_rows_f64, rel_error};
 use crate::contract::spec::AttnSpec;
 use crate::error::{Error, Result};
 use crate::kernels::peak::Peak;
@@ -305,6 +305,23 @@ pub(crate) fn spot_error(spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32], o: &[
     let want: Vec<f64> = attention_rows_f64(spec, q, k, v, &rows)?.into_iter().flat_map(|(o, _)| o).collect();
     let d = s.head_dim;
     let got: Vec<f32> = rows.iter().flat_map(|&row| o[row * d..(row + 1) * d].iter().copied()).collect();
+    Ok(rel_error(&got, &want))
+}
+
+/// The relative error of dQ on [`SPOT_ROWS`] rows evenly spaced over all B·H·N against the f64
+/// oracle of `spec` (a row's dQ needs only its own scores; dK and dV need every row's).
+pub(crate) fn spot_grad_error(
+    spec: &AttnSpec,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    d_o: &[f32],
+    dq: &[f32],
+) -> Result<f64> {
+    let s = spec.shape;
+    let total = s.lse_len();
+    let rows: Vec<usize> = (0..SPOT_ROWS).map(|i| i * (total - 1) / (SPOT_ROWS - 1)).collect();
+    let want: Vec<f64> = attention_dq_rows_f64(spec, (q, k, v), d_o, &rows)?.into_iter().flatten().collect();
+    let d = s.head_dim;
+    let got: Vec<f32> = rows.iter().flat_map(|&row| dq[row * d..(row + 1) * d].iter().copied()).collect();
     Ok(rel_error(&got, &want))
 }
 

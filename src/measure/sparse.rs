@@ -1,7 +1,7 @@
 //! Learned sparse attention against dense causal flash in the same run (`longctx bench
-//! --sparse moba`): the selection stage and the attention over its choice timed separately,
-//! their FLOPs counted separately, sampled rows checked against the f64 oracle on the GPU's
-//! choice.
+//! --sparse moba [--backward]`): the selection stage and the attention over its choice timed
+//! separately, their FLOPs counted separately, sampled rows checked against the f64 oracle on
+//! the GPU's choice; with the backward, the block-list backward against flash's.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,10 +10,12 @@ use crate::contract::selection::Moba;
 use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::attention::DeviceTensors;
+use crate::kernels::attention::backward::{Backward, GradTensors};
 use crate::kernels::attention::sparse::SparseAttention;
+use crate::kernels::attention::sparse_backward::SparseBackward;
 use crate::kernels::selection::select_lists;
 use crate::kernels::{Attention, Kernel};
-use crate::measure::bench::{INPUT_SEED, spot_error};
+use crate::measure::bench::{INPUT_SEED, spot_error, spot_grad_error};
 use crate::runtime::Gpu;
 use crate::runtime::timing::{time_host, time_wall};
 
@@ -48,6 +50,16 @@ pub struct SparseRecord {
     pub select_flops: f64,
     /// Attention FLOPs: 4·D per visited pair.
     pub attend_flops: f64,
+    /// The block-list backward (dQ, dK, dV on the forward's lists), median ms; with --backward.
+    #[serde(default)]
+    pub backward_ms: Option<f64>,
+    /// Flash's backward of dense causal attention on the same inputs, median ms.
+    #[serde(default)]
+    pub dense_backward_ms: Option<f64>,
+    /// Relative error of dQ over sampled rows against the f64 oracle on the GPU's choice; with
+    /// --backward.
+    #[serde(default)]
+    pub grad_err: Option<f64>,
     /// Worst relative error of O over sampled rows against the f64 oracle on the GPU's choice.
     pub rel_err: Option<f64>,
     /// Timed repeats (after one warm-up), wall clock from submission to completion.
@@ -61,11 +73,18 @@ impl SparseRecord {
     pub fn speedup(&self) -> Option<f64> {
         Some(self.dense_ms? / (self.select_ms? + self.attend_ms?))
     }
+
+    /// Dense flash's backward time over the block-list backward's (the lists come from the
+    /// forward, so the backward has no selection of its own).
+    pub fn backward_speedup(&self) -> Option<f64> {
+        Some(self.dense_backward_ms? / self.backward_ms?)
+    }
 }
 
 /// MoBA `moba` on `spec` (one sequence, causal added) against dense causal flash: validated
-/// on sampled rows, then `reps` timed runs of each stage. A failure becomes `skipped`.
-pub fn run_moba(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, reps: usize) -> SparseRecord {
+/// on sampled rows, then `reps` timed runs of each stage, and of the backward with
+/// `backward`. A failure becomes `skipped`.
+pub fn run_moba(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, reps: usize, backward: bool) -> SparseRecord {
     let s = spec.shape;
     let mut r = SparseRecord {
         method: "moba".into(),
@@ -78,13 +97,20 @@ pub fn run_moba(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, reps: usize) -> SparseR
         reps,
         ..Default::default()
     };
-    if let Err(e) = fill_moba(gpu, &spec.clone().causal(true), moba, reps, &mut r) {
+    if let Err(e) = fill_moba(gpu, &spec.clone().causal(true), moba, reps, backward, &mut r) {
         r.skipped = Some(e.to_string());
     }
     r
 }
 
-fn fill_moba(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, reps: usize, r: &mut SparseRecord) -> Result<()> {
+fn fill_moba(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    moba: &Moba,
+    reps: usize,
+    backward: bool,
+    r: &mut SparseRecord,
+) -> Result<()> {
     let s = spec.shape;
     moba.check(&s)?;
     let kernel = SparseAttention::new(gpu, spec, moba.block, moba.topk)?;
@@ -112,5 +138,44 @@ fn fill_moba(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, reps: usize, r: &mut Spars
     let dense = time_wall(gpu, 1, reps, |enc| dense.encode(gpu, enc, &io.buffers()))?;
     (r.select_ms, r.attend_ms, r.dense_ms) =
         (Some(select.median()), Some(attend.median()), Some(dense.median()));
+    if backward {
+        // the sparse forward's O and LSE again (dense flash last wrote `io`)
+        kernel.run(gpu, &io, &lists, &lists_buf)?;
+        fill_backward(gpu, spec, moba, reps, (&io, &lists, &lists_buf), (&q, &k, &v), r)?;
+    }
+    Ok(())
+}
+
+/// The block-list backward on the forward's lists against flash's dense causal backward:
+/// sampled rows' dQ checked against the oracle on the GPU's choice, then timed.
+fn fill_backward(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    moba: &Moba,
+    reps: usize,
+    (io, lists, lists_buf): (&DeviceTensors, &[u32], &wgpu::Buffer),
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    r: &mut SparseRecord,
+) -> Result<()> {
+    let sparse = SparseBackward::new(gpu, spec, moba.block, moba.topk)?;
+    let dense = Backward::new(gpu, spec)?;
+    let d_o = seeded_qkv(spec, INPUT_SEED ^ 0x5eed).0;
+    let grads = GradTensors::upload(gpu, spec, &d_o)?;
+    grads.poison(gpu);
+    // `io` holds the sparse forward's O and LSE
+    sparse.run(gpu, &grads.buffers(io), lists, lists_buf)?;
+    let chosen = moba.spec(spec, lists)?;
+    r.grad_err = Some(spot_grad_error(&chosen, (q, k, v), &d_o, &grads.read(gpu)?.dq)?);
+    let timed = time_host(1, reps, |_| {
+        sparse.run(gpu, &grads.buffers(io), lists, lists_buf)?;
+        gpu.wait()
+    })?;
+    // dense: its own forward first (the backward reads that O and LSE)
+    let forward = Attention::new(gpu, Kernel::Flash, spec)?;
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    forward.encode(gpu, &mut enc, &io.buffers())?;
+    gpu.queue.submit([enc.finish()]);
+    let dense = time_wall(gpu, 1, reps, |enc| dense.encode(gpu, enc, &grads.buffers(io)))?;
+    (r.backward_ms, r.dense_backward_ms) = (Some(timed.median()), Some(dense.median()));
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod flash;
 mod forward;
 pub mod naive;
 pub mod sparse;
+pub mod sparse_backward;
 
 pub use forward::{Attention, AttentionBuilder};
 

@@ -115,17 +115,20 @@ pub fn variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
 
 /// The grouping of one call's list entries: chunks of at most `br` entries that chose the same
 /// block of the same kv head (ordered by kv head, then block, then entry), and the entries.
-struct Chunks {
+pub(crate) struct Chunks {
     /// (kv head, block, first entry, entries) per chunk.
-    chunks: Vec<[u32; 4]>,
-    /// List slots `(h·N + i)·topk + s`, grouped by chunk.
-    rows: Vec<u32>,
+    pub(crate) chunks: Vec<[u32; 4]>,
+    /// List slots `(h·N + i)·topk + s`, grouped by (kv head, block).
+    pub(crate) rows: Vec<u32>,
+    /// Where each (kv head, block)'s entries begin in `rows` (`kv head · blocks + block`), and
+    /// the end as the last word.
+    pub(crate) starts: Vec<usize>,
 }
 
 impl Chunks {
     /// Counting sort by (kv head, block) of the entries of `lists` (`[H, N, topk]`) in the
     /// slots `slots`.
-    fn of(
+    pub(crate) fn of(
         spec: &AttnSpec,
         blocks: usize,
         topk: usize,
@@ -171,8 +174,38 @@ impl Chunks {
                 chunks.push([kvh as u32, b as u32, first as u32, len as u32]);
             }
         }
-        Ok(Self { chunks, rows })
+        Ok(Self { chunks, rows, starts })
     }
+}
+
+/// Why the block-list kernels (forward and backward) cannot run the call `spec` whatever the
+/// device (`None`: they can, loop caps aside).
+pub(crate) fn unsupported_call(spec: &AttnSpec) -> Option<String> {
+    let s = spec.shape;
+    let d = s.head_dim;
+    let why = if s.batch != 1 {
+        "more than one sequence".to_string()
+    } else if !d.is_multiple_of(4) || d > 128 {
+        format!("head dim {d} (it runs multiples of 4 up to 128)")
+    } else if spec.mask.is_some() {
+        "a sparse mask beside the lists".to_string()
+    } else if spec.mods.is_some() {
+        "attention mods".to_string()
+    } else if spec.positions.is_some() {
+        "a positional encoding".to_string()
+    } else {
+        return None;
+    };
+    Some(why)
+}
+
+/// Rows whose per-entry partials (D floats each, `topk` per row) fit one storage binding: the
+/// partials of all H·N·topk entries may pass a binding's limit (4 heads of 32K rows with 8
+/// blocks of D = 64: 256 MiB), so the rows run in passes of this many.
+pub(crate) fn rows_per_pass(gpu: &Gpu, head_dim: usize, topk: usize) -> usize {
+    let slot_bytes = (head_dim as u64 / 4) * 16;
+    let max_slots = gpu.limits().max_storage_buffer_binding_size / slot_bytes;
+    (max_slots / topk as u64).max(1) as usize
 }
 
 /// Attention over per-query block lists, prepared for one call shape.
@@ -191,18 +224,9 @@ pub struct SparseAttention {
 impl SparseAttention {
     /// Why this kernel cannot run `spec` on `gpu` (`None`: it can).
     pub fn unsupported(gpu: &Gpu, spec: &AttnSpec, block: usize) -> Option<String> {
-        let s = spec.shape;
-        let d = s.head_dim;
-        let why = if s.batch != 1 {
-            "more than one sequence".to_string()
-        } else if !d.is_multiple_of(4) || d > 128 {
-            format!("head dim {d} (it runs multiples of 4 up to 128)")
-        } else if spec.mask.is_some() {
-            "a sparse mask beside the lists".to_string()
-        } else if spec.mods.is_some() {
-            "attention mods".to_string()
-        } else if spec.positions.is_some() {
-            "a positional encoding".to_string()
+        let d = spec.shape.head_dim;
+        let why = if let Some(why) = unsupported_call(spec) {
+            why
         } else {
             let c = config(gpu, d);
             let tiles = block.div_ceil(c.bc as usize) as u64;
@@ -265,12 +289,9 @@ impl SparseAttention {
                 "block lists of {slots} entries: the kernel indexes them with 32-bit words"
             )));
         }
-        // The partials of all H·N·topk slots may pass a binding's limit (4 heads of 32K rows
-        // with 8 blocks of D = 64: 256 MiB): the rows run in passes whose partials fit.
         let d4 = (s.head_dim / 4) as u64;
         let slot_bytes = d4 * 16;
-        let max_slots = gpu.limits().max_storage_buffer_binding_size / slot_bytes;
-        let rows_per_pass = (max_slots / self.topk as u64).max(1) as usize;
+        let rows_per_pass = rows_per_pass(gpu, s.head_dim, self.topk);
         let total_rows = s.heads * s.n;
         let pass_rows = rows_per_pass.min(total_rows);
         let part_o = gpu.storage("sparse partial O", (pass_rows * self.topk) as u64 * slot_bytes)?;
