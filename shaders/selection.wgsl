@@ -2,8 +2,9 @@
 // blocks it reads (src/contract/selection.rs holds the rule and its f64 oracle).
 //
 // MoBA, two entry points:
-// - `block_means`: one invocation per (kv head, key block, column): the block's mean key, over the
-//   block's keys inside M.
+// - `block_means`: one invocation per (kv head, key block, vec4 of columns): the block's mean
+//   key, over the block's keys inside M, stored in QCAP4 vec4 lanes (⌈D/4⌉ rounded up to a
+//   power of two, a constant of the variant; zeros past D).
 // - `choose`: one invocation per (query head, row), a workgroup per (head, run of 64 rows):
 //   the gate score q · mean(K[block]) of every
 //   block wholly before the row's own, a running top (k − 1) kept in registers by insertion
@@ -11,12 +12,14 @@
 //   the lower block), written as the row's index list: its own block first, then the chosen
 //   blocks by descending score, NONE where fewer exist. A row at a negative position chooses
 //   nothing.
-// Any head dim (scalar loads: the stage reads Q once into private memory, and each block's
-// mean once per workgroup-wide step — the same address for every lane).
-// Loops: `choose` runs blocks · (D + k) iterations; the host checks that against an adapter's
-// loop cap before dispatching.
-// Device-memory traffic: `means` reads K once (Hkv·M·D) and writes Hkv·blocks·D; `choose`
-// reads its row of Q and, per row, every earlier block's mean.
+// Any head dim: the stage reads Q once into private vec4 lanes (zeros past D) and each block's
+// mean once per workgroup-wide step — the same address for every lane, a broadcast on a GPU
+// and a gather on a CPU adapter, four columns per load either way; the dot product's trip
+// count is the constant QCAP4 (twice as fast on lavapipe as scalar loads over a runtime D).
+// Loops: `choose` runs blocks · (QCAP4 + k) iterations; the host checks that against an
+// adapter's loop cap before dispatching.
+// Device-memory traffic: `means` reads K once (Hkv·M·D) and writes Hkv·blocks·QCAP4 vec4s;
+// `choose` reads its row of Q and, per row, every earlier block's mean.
 
 struct Params {
     heads: u32,
@@ -36,7 +39,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read_write> means: array<f32>;
+@group(0) @binding(3) var<storage, read_write> means: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> chosen: array<u32>;
 
 const NONE: u32 = 0xffffffffu;
@@ -48,17 +51,22 @@ fn flat(wg: vec3<u32>, lid: u32) -> u32 {
 @compute @workgroup_size(64)
 fn block_means(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = flat(wg, lid);
-    if t >= params.kv_heads * params.blocks * params.d {
+    if t >= params.kv_heads * params.blocks * QCAP4 {
         return;
     }
-    let c = t % params.d;
-    let b = (t / params.d) % params.blocks;
-    let kvh = t / (params.d * params.blocks);
+    let c0 = (t % QCAP4) * 4u;
+    let b = (t / QCAP4) % params.blocks;
+    let kvh = t / (QCAP4 * params.blocks);
     let j0 = b * params.block;
     let j1 = min(j0 + params.block, params.m);
-    var sum = 0.0;
+    var sum = vec4<f32>(0.0);
     for (var j = j0; j < j1; j++) {
-        sum += k[(kvh * params.m + j) * params.d + c];
+        let row = (kvh * params.m + j) * params.d + c0;
+        for (var e = 0u; e < 4u; e++) {
+            if c0 + e < params.d {
+                sum[e] += k[row + e];
+            }
+        }
     }
     means[t] = sum / f32(j1 - j0);
 }
@@ -100,21 +108,21 @@ fn choose(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     }
     let own_last = u32(p_last) / params.block;
     let kvh = h / (params.heads / params.kv_heads);
-    // the row's query in private memory, read once (QCAP ≥ d: the host's bucket)
-    var qr: array<f32, QCAP>;
+    // the row's query in private vec4 lanes, read once (QCAP4 ≥ D4: the host's bucket)
+    var qr: array<vec4<f32>, QCAP4>;
     if live {
         for (var c = 0u; c < params.d; c++) {
-            qr[c] = q[t * params.d + c];
+            qr[c / 4u][c % 4u] = q[t * params.d + c];
         }
     }
     var best_s: array<f32, MAX_TOPK>;
     var best_b: array<u32, MAX_TOPK>;
     var count = 0u;
     for (var b = 0u; b < own_last; b++) {
-        let m0 = (kvh * params.blocks + b) * params.d;
+        let m0 = (kvh * params.blocks + b) * QCAP4;
         var g = 0.0;
-        for (var c = 0u; c < params.d; c++) {
-            g += qr[c] * means[m0 + c];
+        for (var x = 0u; x < QCAP4; x++) {
+            g += dot(qr[x], means[m0 + x]);
         }
         if b < own && (count < want || g > best_s[want - 1u]) {
             // the new entry's slot: past every kept score at least as high (ties stay ahead)

@@ -47,10 +47,15 @@ struct Params {
 const ENTRIES: [&str; 2] = ["block_means", "choose"];
 
 /// The variant of `entry` for head dim `d`: the choice keeps the query in a private array of
-/// `d` rounded up to a power of two (9 variants cover D ≤ 256).
+/// vec4 lanes, `d` rounded up to a power of two (9 variants cover D ≤ 256).
 fn variant(entry: &'static str, d: usize) -> ShaderVariant {
-    let cap = d.next_power_of_two() as u32;
-    SHADER.variant(entry, &[], vec![("MAX_TOPK", MAX_TOPK as u32), ("QCAP", cap)])
+    SHADER.variant(entry, &[], vec![("MAX_TOPK", MAX_TOPK as u32), ("QCAP4", lanes(d) as u32)])
+}
+
+/// The vec4 lanes of a query and of a block mean at head dim `d`: ⌈D/4⌉ rounded up to a power of
+/// two, a constant of the variant, so the gate's dot product has a fixed trip count.
+fn lanes(d: usize) -> u64 {
+    (d.next_power_of_two() as u64 / 4).max(1)
 }
 
 /// The shader variants: the block means and the choice, for every head dim bucket.
@@ -107,11 +112,11 @@ pub fn select_on(
     }
     crate::kernels::check_call_head_dim(NAME, s.head_dim)?;
     let blocks = moba.blocks(s.m);
-    let (d, topk) = (s.head_dim as u64, moba.topk as u64);
-    // one `choose` invocation loops over every earlier block (D multiply-adds, then up to k
-    // insertion steps); one `block_means` invocation over B keys
+    let (d, d4, topk) = (s.head_dim as u64, lanes(s.head_dim), moba.topk as u64);
+    // one `choose` invocation loops over every earlier block (D4 vec4 dots, then up to k
+    // insertion steps); one `block_means` invocation over B keys (4 columns each)
     if let Some(limit) = gpu.loop_iteration_limit() {
-        let needed = (blocks as u64 * (d + topk) + topk + d).max(moba.block as u64);
+        let needed = (blocks as u64 * (d4 + topk) + topk + d).max(5 * moba.block as u64);
         if needed > limit {
             return Err(Error::LoopLimit {
                 kernel: NAME,
@@ -121,8 +126,10 @@ pub fn select_on(
             });
         }
     }
-    let (rows, means_len) = (s.heads as u64 * s.n as u64, s.kv_heads as u64 * blocks as u64 * d);
-    let means = gpu.storage("MoBA block means", means_len * 4)?;
+    // the means in vec4 lanes: one `block_means` invocation each
+    let (rows, means_len) =
+        (s.heads as u64 * s.n as u64, s.kv_heads as u64 * blocks as u64 * lanes(s.head_dim));
+    let means = gpu.storage("MoBA block means", means_len * 16)?;
     let chosen = gpu.storage("MoBA index lists", rows * topk * 4)?;
     let [means_k, choose_k] = ENTRIES.map(|entry| gpu.compile(&variant(entry, s.head_dim)));
     let (means_k, choose_k) = (means_k?, choose_k?);
