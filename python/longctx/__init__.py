@@ -239,6 +239,28 @@ class Device:
         return self._native.moba(f32(q, "q"), f32(k, "k"), f32(v, "v"), block, topk, opts)
 
     @_with_doc("")
+    def moba_backward(
+        self,
+        q: Any,
+        k: Any,
+        v: Any,
+        do: Any,
+        *,
+        block: int,
+        topk: int,
+        window: Window = None,
+        alibi: Union[bool, Sequence[float]] = False,
+        scale: Optional[float] = None,
+        q_start: Optional[int] = None,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """MoBA's forward and backward in one call (options as `moba`): the choice on the GPU,
+        attention over the chosen blocks and its gradients for the incoming dO (shaped like
+        O), with no gradient through the choice. Returns (O, LSE, dQ, dK, dV, blocks); dK and
+        dV are summed over each kv head's query heads."""
+        opts = options(causal=True, window=window, alibi=alibi, scale=scale, q_start=q_start)
+        return self._native.moba_backward(f32(q, "q"), f32(k, "k"), f32(v, "v"), f32(do, "do"), block, topk, opts)
+
+    @_with_doc("")
     def matmul(self, a: Any, b: Any, bias: Any = None, activation: Optional[str] = None) -> np.ndarray:
         """C = act(A·B + bias): A `[M, K]`, B `[K, N]`, bias `[N]`; activation None, "gelu"
         (tanh) or "gelu_erf". The adapter's fastest matmul path (register-blocked on CPU

@@ -34,6 +34,16 @@ class Device:
     def moba(
         self, q: np.ndarray, k: np.ndarray, v: np.ndarray, block: int, topk: int, opts: Dict[str, Any]
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def moba_backward(
+        self,
+        q: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        d_o: np.ndarray,
+        block: int,
+        topk: int,
+        opts: Dict[str, Any],
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
     def matmul(
         self, a: np.ndarray, b: np.ndarray, bias: Optional[np.ndarray] = None, activation: Optional[str] = None
     ) -> np.ndarray: ...
@@ -65,6 +75,15 @@ def reference_backward(
 def reference_moba(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, block: int, topk: int, opts: Dict[str, Any]
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def reference_moba_backward(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    d_o: np.ndarray,
+    block: int,
+    topk: int,
+    opts: Dict[str, Any],
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
 def plan_json(model: str, n: int, batch: int = 1, bytes_per_element: int = 2) -> str: ...
 def list_adapters(backend: Optional[str] = None) -> List[Dict[str, str]]: ...
 def build_info() -> Tuple[str, str]: ...

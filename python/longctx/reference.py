@@ -6,7 +6,7 @@ from typing import Any, Tuple
 import numpy as np
 
 from ._convert import ARRAY_RULE, f32, options
-from ._native import reference_attention, reference_backward, reference_moba
+from ._native import reference_attention, reference_backward, reference_moba, reference_moba_backward
 
 
 def attention(q: Any, k: Any, v: Any, **opts: Any) -> Tuple[np.ndarray, np.ndarray]:
@@ -28,3 +28,13 @@ def moba(q: Any, k: Any, v: Any, *, block: int, topk: int, **opts: Any) -> Tuple
 
 attention.__doc__ = (attention.__doc__ or "") + "\n\n" + ARRAY_RULE
 attention_backward.__doc__ = (attention_backward.__doc__ or "") + "\n\n" + ARRAY_RULE
+
+
+def moba_backward(
+    q: Any, k: Any, v: Any, do: Any, *, block: int, topk: int, **opts: Any
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The float64 oracle's MoBA forward and backward: its own choice, then (O, LSE, dQ, dK,
+    dV, blocks) as `Device.moba_backward`. Options as `Device.moba`."""
+    return reference_moba_backward(
+        f32(q, "q"), f32(k, "k"), f32(v, "v"), f32(do, "do"), block, topk, options(causal=True, **opts)
+    )

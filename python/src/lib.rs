@@ -505,6 +505,38 @@ impl Device {
         moba_out(py, out.o, out.lse, &lists, &t.q_dims, topk)
     }
 
+    /// MoBA's forward and backward for the incoming gradient dO (no gradient through the
+    /// choice): `(O, LSE, dQ, dK, dV, blocks)`.
+    #[allow(clippy::too_many_arguments)]
+    fn moba_backward<'py>(
+        &self,
+        py: Python<'py>,
+        q: PyReadonlyArrayDyn<'py, f32>,
+        k: PyReadonlyArrayDyn<'py, f32>,
+        v: PyReadonlyArrayDyn<'py, f32>,
+        d_o: PyReadonlyArrayDyn<'py, f32>,
+        block: usize,
+        topk: usize,
+        opts: Opts,
+    ) -> PyResult<MobaGrads<'py, f32>> {
+        let t = Qkv::new(py, &q, &k, &v)?;
+        let ds = t.other(py, "do", &d_o, &t.q_dims)?;
+        let gpu = &self.gpu;
+        let (out, g, lists, _) = detached(py, || {
+            let spec = opts.spec(t.shape)?;
+            longctx::kernels::selection::moba_backward(gpu, &spec, &Moba { block, topk }, t.q, t.k, t.v, ds)
+        })?;
+        let (o, lse, blocks) = moba_out(py, out.o, out.lse, &lists, &t.q_dims, topk)?;
+        Ok((
+            o,
+            lse,
+            array(py, g.dq, &t.q_dims)?,
+            array(py, g.dk, &t.kv_dims)?,
+            array(py, g.dv, &t.kv_dims)?,
+            blocks,
+        ))
+    }
+
     /// C = act(A·B + bias) for A `[M, K]`, B `[K, N]`, bias `[N]`.
     #[pyo3(signature = (a, b, bias=None, activation=None))]
     fn matmul<'py>(
@@ -786,6 +818,43 @@ fn reference_moba<'py>(
     moba_out(py, o, lse, &lists, &t.q_dims, topk)
 }
 
+/// The float64 oracle's MoBA forward and backward: its own choice, then attention and its
+/// gradients over it: `(O, LSE, dQ, dK, dV, blocks)`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn reference_moba_backward<'py>(
+    py: Python<'py>,
+    q: PyReadonlyArrayDyn<'py, f32>,
+    k: PyReadonlyArrayDyn<'py, f32>,
+    v: PyReadonlyArrayDyn<'py, f32>,
+    d_o: PyReadonlyArrayDyn<'py, f32>,
+    block: usize,
+    topk: usize,
+    opts: Opts,
+) -> PyResult<MobaGrads<'py, f64>> {
+    let t = Qkv::new(py, &q, &k, &v)?;
+    let ds = t.other(py, "do", &d_o, &t.q_dims)?;
+    let (o, lse, (dq, dk, dv), lists) = detached(py, || {
+        let (spec, moba) = (opts.spec(t.shape)?, Moba { block, topk });
+        let lists = longctx::contract::selection::moba_select_f64(&spec, &moba, t.q, t.k)?;
+        let chosen = moba.spec(&spec, &lists)?;
+        let (o, lse) = reference::attention_f64(&chosen, t.q, t.k, t.v)?;
+        Ok((o, lse, reference::attention_backward_f64(&chosen, t.q, t.k, t.v, ds)?, lists))
+    })?;
+    let (o, lse, blocks) = moba_out(py, o, lse, &lists, &t.q_dims, topk)?;
+    Ok((o, lse, array(py, dq, &t.q_dims)?, array(py, dk, &t.kv_dims)?, array(py, dv, &t.kv_dims)?, blocks))
+}
+
+/// MoBA's forward and backward: O, LSE, dQ, dK, dV and the chosen blocks.
+type MobaGrads<'py, T> = (
+    Bound<'py, PyArrayDyn<T>>,
+    Bound<'py, PyArrayDyn<T>>,
+    Bound<'py, PyArrayDyn<T>>,
+    Bound<'py, PyArrayDyn<T>>,
+    Bound<'py, PyArrayDyn<T>>,
+    Bound<'py, PyArrayDyn<i64>>,
+);
+
 /// MoBA's outputs: O, LSE and the chosen blocks.
 type MobaOut<'py, T> = (Bound<'py, PyArrayDyn<T>>, Bound<'py, PyArrayDyn<T>>, Bound<'py, PyArrayDyn<i64>>);
 
@@ -876,6 +945,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(reference_attention, m)?)?;
     m.add_function(wrap_pyfunction!(reference_backward, m)?)?;
     m.add_function(wrap_pyfunction!(reference_moba, m)?)?;
+    m.add_function(wrap_pyfunction!(reference_moba_backward, m)?)?;
     m.add_function(wrap_pyfunction!(plan_json, m)?)?;
     m.add_function(wrap_pyfunction!(list_adapters, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;

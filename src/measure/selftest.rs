@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::kernels::attention::backward::Backward;
 use crate::kernels::attention::decode::{Decoder, DecoderConfig};
 use crate::kernels::matmul::{Activation, Coop, Matmul, MatmulOptions, TensorCores, matmul_f64};
-use crate::kernels::selection::moba_attention;
+use crate::kernels::selection::moba_backward;
 use crate::kernels::{Attention, DeviceTensors, Inputs, Kernel};
 use crate::models::gpt::{GptConfig, PosScheme};
 use crate::models::gpt_gpu::gradient_check;
@@ -124,11 +124,12 @@ fn backward(gpu: &Gpu, spec: &AttnSpec, naive: bool) -> Result<f64> {
 }
 
 /// MoBA: the GPU's choice against the f64 oracle's (equal up to float32 ties), then the
-/// attention over it (the block-list kernel where it runs the call) and its backward against
+/// attention over it and its backward (the block-list kernels where they run the call) against
 /// the oracle on the chosen spec: worst of O, LSE, dQ, dK, dV.
 fn moba(gpu: &Gpu, spec: &AttnSpec, moba: &Moba) -> Result<f64> {
     let (q, k, v) = seeded_qkv(spec, 13);
-    let (out, chosen, _) = moba_attention(gpu, spec, moba, &q, &k, &v)?;
+    let d_o = seeded_qkv(spec, 14).0;
+    let (out, grads, chosen, _) = moba_backward(gpu, spec, moba, &q, &k, &v, &d_o)?;
     let want = moba_select_f64(spec, moba, &q, &k)?;
     let (diffs, ties) = compare_selection(spec, moba, &q, &k, &want, &chosen, 1e-5);
     if !ties {
@@ -142,7 +143,9 @@ fn moba(gpu: &Gpu, spec: &AttnSpec, moba: &Moba) -> Result<f64> {
     let finite: (Vec<f32>, Vec<f64>) =
         out.lse.iter().zip(&lse_ref).filter(|(_, w)| w.is_finite()).map(|(&g, &w)| (g, w)).unzip();
     let forward = rel_error(&out.o, &o_ref).max(rel_error(&finite.0, &finite.1));
-    Ok(forward.max(backward(gpu, &spec, false)?))
+    let (dq, dk, dv) = attention_backward_f64(&spec, &q, &k, &v, &d_o)?;
+    let backward = rel_error(&grads.dq, &dq).max(rel_error(&grads.dk, &dk)).max(rel_error(&grads.dv, &dv));
+    Ok(forward.max(backward))
 }
 
 /// Decoding: a prompt, then single-token steps; each step against one causal attention over
@@ -317,8 +320,8 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
         BOUND,
         Box::new(move |g: &Gpu| decode(g, 4, 2, 32, None, Some(mods()), None)),
     ));
-    // learned sparse attention: MoBA's choice, the list kernel (D a multiple of 4) or flash
-    // on the block grid (D = 37), the backward on the chosen blocks
+    // learned sparse attention: MoBA's choice, the list kernels forward and backward (D a
+    // multiple of 4) or flash and its backward on the block grid (D = 37)
     for (d, alibi) in [(64, Alibi::Standard), (37, Alibi::Off)] {
         let spec = AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 2, n: 77, m: 130, head_dim: d })
             .causal(true)
