@@ -17,7 +17,7 @@ fn shape(heads: usize, kv_heads: usize, n: usize, m: usize, d: usize) -> AttnSha
 }
 
 /// (spec, MoBA) cases: GQA, MQA, N > M, k = 1, k = MAX_TOPK, D = 6, rows over several
-/// workgroups of the choice (N = 150: runs of 64 rows, the last one partial).
+/// workgroups of the choice (N = 150: runs of 64 rows, the last one partial), a batch.
 fn cases() -> Vec<(AttnSpec, Moba)> {
     vec![
         (AttnSpec::new(shape(3, 1, 150, 190, 8)), Moba { block: 16, topk: 3 }),
@@ -30,6 +30,8 @@ fn cases() -> Vec<(AttnSpec, Moba)> {
             AttnSpec::new(shape(4, 2, 37, 64, 8)).alibi(Alibi::Standard).window(Some(Window::new(40, 0))),
             Moba { block: 6, topk: 3 },
         ),
+        // a batch of two sequences, each choosing for itself
+        (AttnSpec::new(AttnShape { batch: 2, ..shape(2, 1, 30, 44, 8) }), Moba { block: 8, topk: 2 }),
     ]
 }
 
@@ -162,6 +164,37 @@ fn the_backward_walks_a_block_every_row_chose_in_passes() {
     }
 }
 
+/// A batch folds into heads (`Moba::fold`): each sequence chooses, attends and gets its
+/// gradients as in a call of its own (GQA, ALiBi's slopes per head of each sequence).
+#[test]
+fn each_sequence_of_a_batch_chooses_for_itself() {
+    let g = gpu();
+    let seed = seed();
+    let (batch, one) = (3, shape(4, 2, 41, 59, 8));
+    let spec = AttnSpec::new(AttnShape { batch, ..one }).alibi(Alibi::Standard);
+    let moba = Moba { block: 6, topk: 3 };
+    let (q, k, v) = inputs(&spec, seed);
+    let d_o = inputs(&spec, seed ^ 0x5eed).0;
+    let (out, grads, lists, path) = moba_backward(g, &spec, &moba, &q, &k, &v, &d_o).unwrap();
+    assert_eq!(path, MobaPath::Lists);
+    let single = AttnSpec::new(one).alibi(Alibi::Standard);
+    let (qn, kn) = (one.q_len(), one.kv_len());
+    let ctx = format!("seed {seed}, LONGCTX_SEED={seed}");
+    for b in 0..batch {
+        let (qb, kb, vb) = (&q[b * qn..][..qn], &k[b * kn..][..kn], &v[b * kn..][..kn]);
+        let (ob, gb, lb, _) = moba_backward(g, &single, &moba, qb, kb, vb, &d_o[b * qn..][..qn]).unwrap();
+        let rows = one.heads * one.n * moba.topk;
+        assert_eq!(&lists[b * rows..][..rows], &lb[..], "sequence {b}: the choice ({ctx})");
+        let close = |got: &[f32], want: &[f32]| {
+            rel_error(got, &want.iter().map(|&x| x as f64).collect::<Vec<_>>()) < 1e-6
+        };
+        assert!(close(&out.o[b * qn..][..qn], &ob.o), "sequence {b}: O ({ctx})");
+        assert!(close(&grads.dq[b * qn..][..qn], &gb.dq), "sequence {b}: dQ ({ctx})");
+        assert!(close(&grads.dk[b * kn..][..kn], &gb.dk), "sequence {b}: dK ({ctx})");
+        assert!(close(&grads.dv[b * kn..][..kn], &gb.dv), "sequence {b}: dV ({ctx})");
+    }
+}
+
 #[test]
 fn bad_moba_calls_are_typed_errors() {
     let g = gpu();
@@ -170,7 +203,10 @@ fn bad_moba_calls_are_typed_errors() {
     let run = |s: &AttnSpec, m: Moba, q: &[f32], k: &[f32]| moba_select(g, s, &m, q, k).unwrap_err();
     assert!(matches!(run(&spec, Moba { block: 0, topk: 2 }, &q, &k), Error::Invalid(_)));
     assert!(matches!(run(&spec, Moba { block: 4, topk: 0 }, &q, &k), Error::OutOfRange { .. }));
-    let two = AttnSpec::new(AttnShape { batch: 2, ..spec.shape });
+    // a batch folds into heads, which a sparse mask's head index does not allow
+    let bigbird = longctx::contract::mask::BigBird { global: 1, window: 1, random: 1, block: 4, seed: 5 };
+    let two = AttnSpec::new(AttnShape { batch: 2, ..spec.shape })
+        .mask(Some(longctx::contract::mask::Mask::bigbird(&bigbird, 30).unwrap()));
     let (q2, k2, _) = inputs(&two, 1);
     assert!(matches!(run(&two, Moba { block: 4, topk: 2 }, &q2, &k2), Error::Invalid(_)));
     let rope = spec.clone().positions(Some(longctx::contract::positions::Positions::rope(10000.0)));

@@ -233,7 +233,8 @@ class Device:
         each query takes its own block and the `topk` − 1 earlier blocks of highest gate
         q · mean(K_block), chosen on the GPU, and attends causally to their keys (window and
         ALiBi apply inside). Returns (O, LSE, blocks): blocks like Q with D replaced by `topk`,
-        int64, the own block first, −1 where a row had fewer to choose. One sequence per call;
+        int64, the own block first, −1 where a row had fewer to choose. Each sequence of a batch
+        chooses for itself;
         no positional encoding yet."""
         opts = options(causal=True, window=window, alibi=alibi, scale=scale, q_start=q_start)
         return self._native.moba(f32(q, "q"), f32(k, "k"), f32(v, "v"), block, topk, opts)

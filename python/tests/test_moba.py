@@ -30,12 +30,22 @@ def test_moba_matches_the_oracle_on_its_choice(dev, rng, opts):
     assert rel_err(lse[same], lse64[same]) < BOUND, (rng, opts)
 
 
+def test_each_sequence_of_a_batch_chooses_for_itself(dev, rng):
+    q, k, v = rng.normal(3, 4, 30, 8), rng.normal(3, 2, 41, 8), rng.normal(3, 2, 41, 8)
+    o, lse, blocks = dev.moba(q, k, v, block=4, topk=3, alibi=True)
+    assert blocks.shape == (3, 4, 30, 3)
+    for b in range(3):
+        ob, lseb, blocksb = dev.moba(q[b : b + 1], k[b : b + 1], v[b : b + 1], block=4, topk=3, alibi=True)
+        assert np.array_equal(blocks[b : b + 1], blocksb), b
+        assert rel_err(o[b : b + 1], ob) < BOUND and rel_err(lse[b : b + 1], lseb) < BOUND, b
+
+
 def test_moba_refuses_what_it_cannot_choose(dev, rng):
-    q, k, v = rng.normal(2, 2, 20, 8), rng.normal(2, 2, 20, 8), rng.normal(2, 2, 20, 8)
-    with pytest.raises(longctx.LongctxError, match="one batch element|batch"):
-        dev.moba(q, k, v, block=4, topk=2)
+    q, k, v = rng.normal(1, 2, 20, 8), rng.normal(1, 2, 20, 8), rng.normal(1, 2, 20, 8)
     with pytest.raises(longctx.LongctxError, match="topk"):
-        dev.moba(q[:1], k[:1], v[:1], block=4, topk=0)
+        dev.moba(q, k, v, block=4, topk=0)
+    with pytest.raises(longctx.LongctxError, match="block size"):
+        dev.moba(q, k, v, block=0, topk=2)
 
 
 @pytest.mark.parametrize("opts", [dict(), dict(alibi=True)], ids=lambda o: ",".join(sorted(o)) or "plain")

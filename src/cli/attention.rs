@@ -78,11 +78,13 @@ pub struct AttentionArgs {
     dv: Option<PathBuf>,
     /// MoBA, block=B,topk=K: each query reads its own block (causally) and the K-1 earlier
     /// blocks of B keys whose mean key scores highest against it (docs/DESIGN.md §1); the
-    /// choice is made on the GPU (by the f64 oracle with --kernel cpu). Causal; one sequence.
+    /// choice is made on the GPU (by the f64 oracle with --kernel cpu). Causal; each sequence of a
+    /// batch chooses for itself (no sparse mask or mods with a batch).
     #[arg(long, value_name = "block=B,topk=K")]
     moba: Option<String>,
-    /// With --moba: write the chosen blocks, [H, N, K] float32 block indices (own block
-    /// first, then by descending gate score; -1 where fewer exist).
+    /// With --moba: write the chosen blocks, Q's shape with D replaced by K ([B, H, N, K] or
+    /// [H, N, K]), float32 block indices (own block first, then by descending gate score; -1
+    /// where fewer exist).
     #[arg(long, value_name = "FILE.npy", requires = "moba")]
     selected_out: Option<PathBuf>,
 }
@@ -119,7 +121,8 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
     let shape = AttnShape { batch: b, heads: h, kv_heads: hkv, n, m, head_dim: d };
     let moba = a.moba.as_deref().map(longctx::contract::selection::Moba::parse).transpose()?;
     if let Some(m) = &moba {
-        m.check(&shape)?;
+        // block and topk now; a batch folds into heads (`Moba::fold`) once the spec is built
+        m.check(&AttnShape { batch: 1, ..shape })?;
     }
     let spec = a.mask.apply(
         AttnSpec::new(shape)
@@ -170,7 +173,9 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
                 }
                 Some(gpu) => longctx::kernels::selection::moba_select(gpu, &spec, m, &q.data, &k.data)?,
             };
-            (m.spec(&spec, &selected)?, Some(Chosen { dims: [h, n, m.topk], blocks: selected }))
+            let mut dims = q.shape[..q.shape.len() - 1].to_vec();
+            dims.push(m.topk);
+            (m.spec(&spec, &selected)?, Some(Chosen { dims, blocks: selected }))
         }
     };
     if a.grad_out.is_some() {
@@ -198,8 +203,8 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
 
 /// MoBA's choice, for --selected-out.
 struct Chosen {
-    /// [H, N, K].
-    dims: [usize; 3],
+    /// Q's shape with D replaced by K (`[B, H, N, K]` or `[H, N, K]`).
+    dims: Vec<usize>,
     blocks: Vec<u32>,
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use crate::contract::AttnShape;
 use crate::contract::mask::{BlockGrid, Mask};
-use crate::contract::spec::AttnSpec;
+use crate::contract::spec::{Alibi, AttnSpec};
 use crate::error::{Error, Result};
 
 /// An empty entry of an index list.
@@ -63,8 +63,35 @@ impl Moba {
         }
     }
 
+    /// `spec` with its batch folded into the heads, the call every MoBA stage runs: Q
+    /// `[B, H, N, D]` is `[1, B·H, N, D]` in memory and query head b·H + h reads kv head
+    /// (b·H + h)/G = b·Hkv + h/G, the same group rule, so each sequence chooses for itself;
+    /// ALiBi's slopes repeat per sequence. The index lists `[B·H, N, k]` are `[B, H, N, k]`.
+    /// A sparse mask or mods (whose head index would change meaning) need one sequence per call.
+    pub fn fold(&self, spec: &AttnSpec) -> Result<AttnSpec> {
+        let s = spec.shape;
+        if s.batch == 1 {
+            return Ok(spec.clone());
+        }
+        if spec.mask.is_some() || spec.mods.is_some() {
+            return Err(Error::Invalid(format!(
+                "MoBA over a batch of {} with a sparse mask or mods: run one sequence per call",
+                s.batch
+            )));
+        }
+        let heads =
+            s.batch.checked_mul(s.heads).ok_or_else(|| Error::Invalid("MoBA: B·H overflows".into()))?;
+        let mut folded = spec.clone();
+        folded.shape = AttnShape { batch: 1, heads, kv_heads: s.batch * s.kv_heads, ..s };
+        if let Some(slopes) = spec.slopes() {
+            folded.alibi = Alibi::Custom(slopes.repeat(s.batch));
+        }
+        folded.validate()?;
+        Ok(folded)
+    }
+
     /// Checks the parameters against a call: B ≥ 1, 1 ≤ k ≤ [`MAX_TOPK`], one batch element
-    /// (a mask has no batch index, and each element chooses for itself).
+    /// (a mask has no batch index: [`Moba::fold`] turns a batch into heads first).
     pub fn check(&self, shape: &AttnShape) -> Result<()> {
         if self.block == 0 {
             return Err(Error::Invalid("MoBA: the block size must be at least 1".into()));
@@ -79,7 +106,7 @@ impl Moba {
         }
         if shape.batch != 1 {
             return Err(Error::Invalid(format!(
-                "MoBA runs one sequence per call (batch {}): each sequence chooses its own blocks",
+                "MoBA stages run one batch element (batch {}): fold the batch into heads first (Moba::fold)",
                 shape.batch
             )));
         }
@@ -93,8 +120,10 @@ impl Moba {
 
     /// The call that attends through `selected` (`[H, N, k]` index lists, as
     /// [`moba_select_f64`] or the GPU writes them): `spec` made causal, its mask ANDed with the
-    /// chosen blocks. The oracle and every kernel run this spec.
+    /// chosen blocks. The oracle and every kernel run this spec. A batch of several sequences
+    /// gives the folded call ([`Moba::fold`]: same memory layout, batch 1).
     pub fn spec(&self, spec: &AttnSpec, selected: &[u32]) -> Result<AttnSpec> {
+        let spec = &self.fold(spec)?;
         let s = spec.shape;
         self.check(&s)?;
         let (rows, cols, k) = (s.n, self.blocks(s.m), self.topk);
@@ -167,6 +196,7 @@ fn gates_f64(spec: &AttnSpec, moba: &Moba, q: &[f32], means: &[f64], h: usize, i
 /// MoBA's choice in f64: `[H, N, k]` index lists (own block first, then the chosen earlier
 /// blocks by descending score, ties to the lower index; [`NONE`] where fewer exist).
 pub fn moba_select_f64(spec: &AttnSpec, moba: &Moba, q: &[f32], k: &[f32]) -> Result<Vec<u32>> {
+    let spec = &moba.fold(spec)?;
     let s = spec.shape;
     moba.check(&s)?;
     spec.check_inputs(q, k, k)?;
@@ -208,6 +238,9 @@ pub fn compare_selection(
     other: &[u32],
     tol: f64,
 ) -> (Vec<SelectionDiff>, bool) {
+    // a batch as the heads it folds into (a call that cannot fold chose nothing to compare)
+    let folded = moba.fold(spec).unwrap_or_else(|_| spec.clone());
+    let spec = &folded;
     let s = spec.shape;
     let set = |l: &[u32]| {
         let mut v: Vec<u32> = l.iter().copied().filter(|&b| b != NONE).collect();

@@ -63,8 +63,9 @@ pub fn variants() -> Vec<ShaderVariant> {
     (0..=8).flat_map(|p| ENTRIES.map(|e| variant(e, 1 << p))).collect()
 }
 
-/// MoBA's choice on the GPU for `spec` (one sequence; no positional encoding yet):
-/// `[H, N, k]` index lists as [`crate::contract::selection::moba_select_f64`] writes them.
+/// MoBA's choice on the GPU for `spec` (a batch folds into heads, [`Moba::fold`]; no
+/// positional encoding yet): `[B, H, N, k]` index lists as
+/// [`crate::contract::selection::moba_select_f64`] writes them.
 pub fn moba_select(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, q: &[f32], k: &[f32]) -> Result<Vec<u32>> {
     crate::runtime::block_on(
         "moba_select",
@@ -88,13 +89,13 @@ pub async fn moba_select_async(
     gpu.read_async(&chosen, moba_slots(spec, moba)).await
 }
 
-/// Index-list entries of a call: H · N · k.
+/// Index-list entries of a call: B · H · N · k.
 fn moba_slots(spec: &AttnSpec, moba: &Moba) -> usize {
-    spec.shape.heads * spec.shape.n * moba.topk
+    spec.shape.batch * spec.shape.heads * spec.shape.n * moba.topk
 }
 
-/// MoBA's choice on device Q and K (`[H, N, D]`, `[Hkv, M, D]`, f32, head dim unpadded):
-/// the `[H, N, k]` index lists in a new device buffer (submitted, not awaited).
+/// MoBA's choice on device Q and K (`[B, H, N, D]`, `[B, Hkv, M, D]`, f32, head dim
+/// unpadded): the `[B, H, N, k]` index lists in a new device buffer (submitted, not awaited).
 pub fn select_on(
     gpu: &Gpu,
     spec: &AttnSpec,
@@ -102,6 +103,7 @@ pub fn select_on(
     q_buf: &wgpu::Buffer,
     k_buf: &wgpu::Buffer,
 ) -> Result<wgpu::Buffer> {
+    let spec = &moba.fold(spec)?;
     let s = spec.shape;
     moba.check(&s)?;
     if spec.positions.is_some() {
@@ -205,6 +207,7 @@ pub fn moba_attention(
     k: &[f32],
     v: &[f32],
 ) -> Result<(AttnOutput, Vec<u32>, MobaPath)> {
+    let spec = &moba.fold(spec)?;
     moba.check(&spec.shape)?;
     if SparseAttention::unsupported(gpu, spec, moba.block).is_some() {
         let selected = moba_select(gpu, spec, moba, q, k)?;
@@ -229,6 +232,7 @@ pub fn moba_backward(
     v: &[f32],
     d_o: &[f32],
 ) -> Result<(AttnOutput, Gradients, Vec<u32>, MobaPath)> {
+    let spec = &moba.fold(spec)?;
     moba.check(&spec.shape)?;
     if SparseAttention::unsupported(gpu, spec, moba.block).is_some()
         || SparseBackward::unsupported(gpu, spec, moba.block).is_some()
