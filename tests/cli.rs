@@ -1288,6 +1288,34 @@ fn bench_sparse_times_moba_against_dense_causal_in_one_run() {
         );
         assert!(r.select_flops > 0.0 && r.attend_flops == 4.0 * 64.0 * r.sparse_pairs as f64, "{r:?}");
     }
+    // one decoding step per context: MoBA's choice from the block means against dense decoding
+    let json = dir.path().join("decode.json");
+    let args = [
+        "bench",
+        "--sparse",
+        "moba",
+        "--decode",
+        "--n",
+        "300,700",
+        "--moba",
+        "block=32,topk=3",
+        "--reps",
+        "1",
+    ];
+    let out = longctx(&[&args[..], &["--json", p(&json)]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("dense step ms"), "{stdout}");
+    let records: Vec<longctx::measure::sparse::SparseDecodeRecord> =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        assert_eq!(r.skipped, None);
+        assert!(r.rel_err.unwrap() < 1e-5, "{r:?}");
+        // at 700: 3 blocks of 32 (the own one partial) of 22
+        assert!(r.keys_fraction > 0.0 && r.keys_fraction < 0.5, "{r:?}");
+        assert!(r.moba_ms.unwrap() > 0.0 && r.dense_ms.unwrap() > 0.0, "{r:?}");
+    }
     fails_with(&["bench", "--sparse", "nsa"], "not built yet");
     fails_with(&["bench", "--sparse", "moba", "--causal"], "compares against dense causal flash");
 }

@@ -120,6 +120,10 @@ pub struct BenchArgs {
     /// With --sparse moba: MoBA's block=B,topk=K (default block=256,topk=8).
     #[arg(long, requires = "sparse")]
     moba: Option<String>,
+    /// With --sparse moba: one decoding step per context in --n (a new token choosing its
+    /// blocks from the cache's block means) against dense decoding at the same context.
+    #[arg(long, requires = "sparse", conflicts_with = "backward")]
+    decode: bool,
 }
 
 /// `--tensor-cores`.
@@ -455,6 +459,73 @@ fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant
     Ok(())
 }
 
+/// `--sparse moba --decode`: one decoding step per context, MoBA against dense decoding.
+fn sparse_decode_bench(
+    gpu: &longctx::Gpu,
+    a: &BenchArgs,
+    moba: &longctx::contract::selection::Moba,
+    contexts: &[usize],
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
+    use longctx::measure::sparse::run_moba_decode;
+    let heads = a.heads.unwrap_or(4);
+    let kv_heads = a.kv_heads.unwrap_or(heads);
+    let reps = a.reps.unwrap_or(5);
+    let mut records = Vec::new();
+    for &d in a.d.as_deref().unwrap_or(&[64]) {
+        for &n in contexts {
+            records.push(run_moba_decode(gpu, (heads, kv_heads, d), n, moba, reps));
+        }
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "method",
+        "context",
+        "D",
+        "H/Hkv",
+        "MoBA step ms",
+        "dense step ms",
+        "speedup",
+        "keys read",
+        "rel err",
+    ]);
+    for r in &records {
+        let mut row = vec![
+            format!("moba(block={},topk={})", r.block, r.topk),
+            r.context.to_string(),
+            r.d.to_string(),
+            format!("{}/{}", r.heads, r.kv_heads),
+        ];
+        match (&r.skipped, r.moba_ms, r.dense_ms) {
+            (None, Some(sparse), Some(dense)) => row.extend([
+                format!("{sparse:.2}"),
+                format!("{dense:.2}"),
+                format!("{:.2}×", r.speedup().unwrap_or(0.0)),
+                format!("{:.1} %", 100.0 * r.keys_fraction),
+                r.rel_err.map_or("—".into(), |e| format!("{e:.1e}")),
+            ]),
+            _ => row.push(format!("skipped: {}", r.skipped.as_deref().unwrap_or("not run"))),
+        }
+        t.add_row(row);
+    }
+    println!("{t}");
+    println!(
+        "Times: median of {reps} steps after a warm-up, wall clock from submission to completion. MoBA step = the \
+         new token's choice over the block means the cache keeps (computed once per completed block, not timed), \
+         the lists read back and grouped, the block-list kernel and merge; dense step = split-K decoding over \
+         the whole cache (the new token's K and V appended)."
+    );
+    if let Some(path) = &a.json {
+        longctx::io::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{} configurations in {:.1} s", records.len(), started.elapsed().as_secs_f64());
+    if records.iter().all(|r| r.skipped.is_some()) {
+        bail!("every configuration was skipped (reasons above): nothing was measured");
+    }
+    Ok(())
+}
+
 /// `--sparse`: each method against dense causal flash at each N, one table row each.
 fn sparse_bench(
     gpu: &longctx::Gpu,
@@ -487,6 +558,9 @@ fn sparse_bench(
     let heads = a.heads.unwrap_or(4);
     let info = gpu.info();
     println!("adapter {} ({:?}, {})", info.name, info.backend, info.driver);
+    if a.decode {
+        return sparse_decode_bench(gpu, a, &moba, &ns, started);
+    }
     let mut records = Vec::new();
     for &d in a.d.as_deref().unwrap_or(&[64]) {
         for &n in &ns {

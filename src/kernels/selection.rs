@@ -96,6 +96,7 @@ fn moba_slots(spec: &AttnSpec, moba: &Moba) -> usize {
 
 /// MoBA's choice on device Q and K (`[B, H, N, D]`, `[B, Hkv, M, D]`, f32, head dim
 /// unpadded): the `[B, H, N, k]` index lists in a new device buffer (submitted, not awaited).
+/// The block means, then the choice ([`block_means_on`], [`choose_on`]).
 pub fn select_on(
     gpu: &Gpu,
     spec: &AttnSpec,
@@ -103,7 +104,59 @@ pub fn select_on(
     q_buf: &wgpu::Buffer,
     k_buf: &wgpu::Buffer,
 ) -> Result<wgpu::Buffer> {
-    let spec = &moba.fold(spec)?;
+    let means = block_means_on(gpu, spec, moba, k_buf)?;
+    choose_on(gpu, spec, moba, q_buf, &means)
+}
+
+/// The mean key of every block of device K (`[B, Hkv, M, D]`), as the choice reads them
+/// (`[B·Hkv, blocks, lanes]` vec4s): what a KV cache keeps once per completed block, so that a
+/// decoding step chooses without reading the cache's keys.
+pub fn block_means_on(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, k_buf: &wgpu::Buffer) -> Result<wgpu::Buffer> {
+    let spec = prepare(gpu, spec, moba)?;
+    let means = gpu.storage("MoBA block means", means_len(&spec, moba) * 16)?;
+    // `choose`'s output is not written here: a placeholder fills its binding
+    let unused = gpu.storage("MoBA index lists (unused)", 4)?;
+    dispatch(
+        gpu,
+        &spec,
+        moba,
+        0,
+        means_len(&spec, moba).div_ceil(WORKGROUP),
+        [k_buf, k_buf, &means, &unused],
+    )?;
+    Ok(means)
+}
+
+/// MoBA's choice from device Q (`[B, H, N, D]`) and the block means of [`block_means_on`] for
+/// the same call: the `[B, H, N, k]` index lists in a new device buffer (submitted).
+pub fn choose_on(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    moba: &Moba,
+    q_buf: &wgpu::Buffer,
+    means: &wgpu::Buffer,
+) -> Result<wgpu::Buffer> {
+    let spec = prepare(gpu, spec, moba)?;
+    let s = spec.shape;
+    let expected = means_len(&spec, moba) * 16;
+    if means.size() < expected {
+        return Err(Error::Invalid(format!(
+            "MoBA block means of {} bytes for a call that needs {expected}",
+            means.size()
+        )));
+    }
+    let rows = s.heads as u64 * s.n as u64;
+    let chosen = gpu.storage("MoBA index lists", rows * moba.topk as u64 * 4)?;
+    // a workgroup per (head, 64 rows); the K binding is unused by `choose`
+    let groups = s.heads as u64 * (s.n as u64).div_ceil(WORKGROUP);
+    dispatch(gpu, &spec, moba, 1, groups, [q_buf, q_buf, means, &chosen])?;
+    Ok(chosen)
+}
+
+/// The folded call (a batch as heads), checked: MoBA's parameters, no positional encoding,
+/// the head dim, and the loops of both stages against an adapter's cap.
+fn prepare(gpu: &Gpu, spec: &AttnSpec, moba: &Moba) -> Result<AttnSpec> {
+    let spec = moba.fold(spec)?;
     let s = spec.shape;
     moba.check(&s)?;
     if spec.positions.is_some() {
@@ -128,14 +181,29 @@ pub fn select_on(
             });
         }
     }
-    // the means in vec4 lanes: one `block_means` invocation each
-    let (rows, means_len) =
-        (s.heads as u64 * s.n as u64, s.kv_heads as u64 * blocks as u64 * lanes(s.head_dim));
-    let means = gpu.storage("MoBA block means", means_len * 16)?;
-    let chosen = gpu.storage("MoBA index lists", rows * topk * 4)?;
-    let [means_k, choose_k] = ENTRIES.map(|entry| gpu.compile(&variant(entry, s.head_dim)));
-    let (means_k, choose_k) = (means_k?, choose_k?);
-    let params = |groups_x: u32| Params {
+    Ok(spec)
+}
+
+/// vec4s of the block means: one `block_means` invocation each.
+fn means_len(spec: &AttnSpec, moba: &Moba) -> u64 {
+    let s = spec.shape;
+    s.kv_heads as u64 * moba.blocks(s.m) as u64 * lanes(s.head_dim)
+}
+
+/// One stage (`ENTRIES[entry]`) of the folded call on `groups` workgroups, bound to (Q, K,
+/// means, lists), submitted.
+fn dispatch(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    moba: &Moba,
+    entry: usize,
+    groups: u64,
+    [q, k, means, chosen]: [&wgpu::Buffer; 4],
+) -> Result<()> {
+    let s = spec.shape;
+    let kernel = gpu.compile(&variant(ENTRIES[entry], s.head_dim))?;
+    let grid = gpu.grid(NAME, groups)?;
+    let params = Params {
         heads: s.heads as u32,
         kv_heads: s.kv_heads as u32,
         n: s.n as u32,
@@ -143,33 +211,27 @@ pub fn select_on(
         d: s.head_dim as u32,
         block: moba.block as u32,
         topk: moba.topk as u32,
-        blocks: blocks as u32,
+        blocks: moba.blocks(s.m) as u32,
         q_offset: spec.q_offset() as i32,
-        groups_x,
+        groups_x: grid[0],
         pad: [0; 2],
+    };
+    let uniform = gpu.uniform("MoBA params", &params);
+    let binds = SelectBinds {
+        params: (&uniform).into(),
+        q: q.into(),
+        k: k.into(),
+        means: means.into(),
+        chosen: chosen.into(),
     };
     let mut enc = gpu.device.create_command_encoder(&Default::default());
     {
         let mut pass = enc
             .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
-        // block_means: one invocation per mean element; choose: a workgroup per (head, 64 rows)
-        let choose_groups = s.heads as u64 * (s.n as u64).div_ceil(WORKGROUP);
-        for (kernel, groups) in [(&means_k, means_len.div_ceil(WORKGROUP)), (&choose_k, choose_groups)] {
-            let grid = gpu.grid(NAME, groups)?;
-            let uniform = gpu.uniform("MoBA params", &params(grid[0]));
-            let binds = SelectBinds {
-                params: (&uniform).into(),
-                q: q_buf.into(),
-                k: k_buf.into(),
-                means: (&means).into(),
-                chosen: (&chosen).into(),
-            };
-            let bind = kernel.bind(gpu, &binds);
-            kernel.dispatch(&mut pass, &bind, grid);
-        }
+        kernel.dispatch(&mut pass, &kernel.bind(gpu, &binds), grid);
     }
     gpu.queue.submit([enc.finish()]);
-    Ok(chosen)
+    Ok(())
 }
 
 /// [`select_on`], then the lists read back: the device buffer and its host copy (the list

@@ -5,15 +5,17 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::contract::AttnShape;
 use crate::contract::inputs::seeded_qkv;
 use crate::contract::selection::Moba;
 use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::attention::DeviceTensors;
 use crate::kernels::attention::backward::{Backward, GradTensors};
+use crate::kernels::attention::decode::{Decoder, DecoderConfig};
 use crate::kernels::attention::sparse::SparseAttention;
 use crate::kernels::attention::sparse_backward::SparseBackward;
-use crate::kernels::selection::select_lists;
+use crate::kernels::selection::{block_means_on, choose_on, select_lists};
 use crate::kernels::{Attention, Kernel};
 use crate::measure::bench::{INPUT_SEED, spot_error, spot_grad_error};
 use crate::runtime::Gpu;
@@ -177,5 +179,122 @@ fn fill_backward(
     gpu.queue.submit([enc.finish()]);
     let dense = time_wall(gpu, 1, reps, |enc| dense.encode(gpu, enc, &grads.buffers(io)))?;
     (r.backward_ms, r.dense_backward_ms) = (Some(timed.median()), Some(dense.median()));
+    Ok(())
+}
+
+/// One decoding step with MoBA's choice over a cache of `context` positions against dense
+/// decode on the same context (`longctx bench --sparse moba --decode --json`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SparseDecodeRecord {
+    /// Query heads H.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Head dim D.
+    pub d: usize,
+    /// Cached positions the new token attends to (its own included).
+    pub context: usize,
+    /// Keys per block.
+    pub block: usize,
+    /// Blocks per query.
+    pub topk: usize,
+    /// The MoBA step: the new token's choice over the block means, the list read back, the
+    /// attention over the chosen blocks; median ms.
+    pub moba_ms: Option<f64>,
+    /// The dense decoding step (split-K over the whole cache) at the same context; median ms.
+    pub dense_ms: Option<f64>,
+    /// Keys the MoBA step reads over the context (per head).
+    pub keys_fraction: f64,
+    /// Relative error of the MoBA step's output against the f64 oracle on its choice.
+    pub rel_err: Option<f64>,
+    /// Timed steps of each (after one warm-up).
+    pub reps: usize,
+    /// Why the configuration was not measured.
+    pub skipped: Option<String>,
+}
+
+impl SparseDecodeRecord {
+    /// Dense step time over MoBA's.
+    pub fn speedup(&self) -> Option<f64> {
+        Some(self.dense_ms? / self.moba_ms?)
+    }
+}
+
+/// A decoding step with MoBA's choice: one new token per query head at position `context` − 1
+/// over a cache of `context` positions, whose completed blocks' means the cache keeps (computed
+/// once, as a cache does when a block fills, and not timed); the step chooses from them,
+/// reads the chosen blocks' keys only, and is checked against the oracle. Dense decoding
+/// ([`Decoder`]'s split-K step) at the same context is timed in the same run. A failure
+/// becomes `skipped`.
+pub fn run_moba_decode(
+    gpu: &Gpu,
+    (heads, kv_heads, d): (usize, usize, usize),
+    context: usize,
+    moba: &Moba,
+    reps: usize,
+) -> SparseDecodeRecord {
+    let mut r = SparseDecodeRecord {
+        heads,
+        kv_heads,
+        d,
+        context,
+        block: moba.block,
+        topk: moba.topk,
+        reps,
+        ..Default::default()
+    };
+    if let Err(e) = fill_decode(gpu, (heads, kv_heads, d), context, moba, reps, &mut r) {
+        r.skipped = Some(e.to_string());
+    }
+    r
+}
+
+fn fill_decode(
+    gpu: &Gpu,
+    (heads, kv_heads, d): (usize, usize, usize),
+    context: usize,
+    moba: &Moba,
+    reps: usize,
+    r: &mut SparseDecodeRecord,
+) -> Result<()> {
+    let shape = AttnShape { batch: 1, heads, kv_heads, n: 1, m: context, head_dim: d };
+    let spec = AttnSpec::new(shape).causal(true);
+    let kernel = SparseAttention::new(gpu, &spec, moba.block, moba.topk)?;
+    let (q, k, v) = seeded_qkv(&spec, INPUT_SEED);
+    let io = DeviceTensors::upload(gpu, &spec, &q, &k, &v)?;
+    io.poison(gpu);
+    let means = block_means_on(gpu, &spec, moba, &io.k)?;
+    let step = || -> Result<Vec<u32>> {
+        let lists_buf = choose_on(gpu, &spec, moba, &io.q, &means)?;
+        let lists = gpu.read(&lists_buf, heads * moba.topk)?;
+        kernel.run(gpu, &io, &lists, &lists_buf)?;
+        Ok(lists)
+    };
+    let lists = step()?;
+    let chosen = moba.spec(&spec, &lists)?;
+    let (o_ref, _) = crate::contract::reference::attention_f64(&chosen, &q, &k, &v)?;
+    r.rel_err = Some(crate::contract::reference::rel_error(&io.read(gpu)?.o, &o_ref));
+    r.keys_fraction = chosen.visible_pairs() as f64 / spec.visible_pairs().max(1) as f64;
+    let sparse = time_host(1, reps, |_| {
+        step()?;
+        gpu.wait()
+    })?;
+    // dense: the cache holds the context but the last position, which each step appends
+    let mut cfg = DecoderConfig::new(heads, kv_heads, d, context + reps + 1);
+    cfg.max_step_tokens = 1;
+    let mut dec = Decoder::new(gpu, cfg)?;
+    let cached = context - 1;
+    let head_rows = |x: &[f32], rows: std::ops::Range<usize>| -> Vec<f32> {
+        (0..kv_heads)
+            .flat_map(|g| x[(g * context + rows.start) * d..(g * context + rows.end) * d].to_vec())
+            .collect()
+    };
+    dec.prefill(gpu, 0, &head_rows(&k, 0..cached), &head_rows(&v, 0..cached))?;
+    let (k_new, v_new) = (head_rows(&k, cached..context), head_rows(&v, cached..context));
+    let dense = time_host(1, reps, |_| {
+        dec.step(gpu, 0, &q, &k_new, &v_new)?;
+        gpu.wait()
+    })?;
+    (r.moba_ms, r.dense_ms) = (Some(sparse.median()), Some(dense.median()));
     Ok(())
 }

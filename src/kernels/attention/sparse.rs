@@ -76,9 +76,18 @@ struct Params {
 }
 
 /// The tile shape: flash's vec4 configuration for the device ([`FlashConfig::choose`]), whose
-/// rows become a chunk's rows.
-fn config(gpu: &Gpu, d: usize) -> FlashConfig {
-    FlashConfig::choose(gpu.profile().0, gpu.tuned(), gpu, d)
+/// rows become a chunk's rows. Few rows per chunk (decoding: one new token per query head)
+/// would leave most of BR invocations idle, computing on zeros: a chunk then has as many as a
+/// block can get (N · group, in whole subgroups, at least 8) — at one row 8× less idle work
+/// on lavapipe.
+fn config(gpu: &Gpu, spec: &AttnSpec) -> FlashConfig {
+    let s = spec.shape;
+    let mut c = FlashConfig::choose(gpu.profile().0, gpu.tuned(), gpu, s.head_dim);
+    let rows = (s.n.saturating_mul(s.group())).next_power_of_two().max(c.sg.max(8) as usize);
+    if rows < c.br as usize {
+        c.br = rows as u32;
+    }
+    c
 }
 
 fn variants_for(c: &FlashConfig, d: usize) -> [ShaderVariant; 2] {
@@ -104,9 +113,11 @@ pub fn variants(limits: &wgpu::Limits) -> Vec<ShaderVariant> {
         .flat_map(|d| {
             let c = FlashConfig::for_limits(limits, d);
             let mut out = variants_for(&c, d).to_vec();
-            // the subgroup-shuffle path as a profile with subgroups of 8 builds it
+            // the subgroup-shuffle path as a profile with subgroups of 8 builds it, and the
+            // chunks of 8 rows of decoding-sized calls
             if c.br.is_multiple_of(8) {
                 out.extend(variants_for(&FlashConfig { sg: 8, ..c }, d));
+                out.extend(variants_for(&FlashConfig { sg: 8, br: 8, ..c }, d));
             }
             out
         })
@@ -228,7 +239,7 @@ impl SparseAttention {
         let why = if let Some(why) = unsupported_call(spec) {
             why
         } else {
-            let c = config(gpu, d);
+            let c = config(gpu, spec);
             let tiles = block.div_ceil(c.bc as usize) as u64;
             let needed = tiles * c.loop_iterations_per_tile(d);
             match gpu.loop_iteration_limit() {
@@ -256,7 +267,7 @@ impl SparseAttention {
                 "block lists need blocks of at least one key and one entry per row".into(),
             ));
         }
-        let config = config(gpu, spec.shape.head_dim);
+        let config = config(gpu, spec);
         let [attend, merge] = variants_for(&config, spec.shape.head_dim).map(|v| gpu.compile(&v));
         Ok(Self {
             spec: spec.clone(),
