@@ -17,6 +17,10 @@
 //   (entries NONE and partials with no visible key weigh 0); a row with nothing visible
 //   gets O = 0 and LSE = -inf, as the contract says.
 //
+// With `direct` set, `attend` runs one workgroup per list slot instead, reading the slot's
+// block from `lists` on the device (no chunks, no host grouping, no read-back; rows of one block
+// are not shared, which decoding — a row or a few per block — does not need).
+//
 // Device-memory traffic: `attend` reads each chunk's block of K and V once (2·B·D floats per
 // chunk), each gathered row of Q once and writes D + 1 floats per slot; `merge` reads every
 // slot's partial once and writes O and LSE. The partials, H·N·topk·(D + 1) floats, are the
@@ -31,7 +35,7 @@ struct Sparse {
     groups_x: u32,  // workgroups per grid row (2-D grids for long dispatches)
     slot_base: u32, // first list slot of this pass: the partials hold the pass's slots only
     row_base: u32,  // first row (h·N + i) of this pass
-    pad0: u32,
+    direct: u32,    // nonzero: one workgroup per list slot, its block read from `lists` (no chunks)
     pad1: u32,
 }
 
@@ -61,7 +65,19 @@ fn attend(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
     if chunk_id >= sparse.count {
         return; // the grid's padding (uniform per workgroup)
     }
-    let chunk = chunks[chunk_id];
+    var chunk: vec4<u32>;
+    if sparse.direct != 0u {
+        // one workgroup per list slot of this pass, its block read on the device: no grouping
+        // on the host, no read-back (decoding-sized calls, a row or a few per block)
+        let at = sparse.slot_base + chunk_id;
+        let b = lists[at];
+        if b == NONE {
+            return; // uniform per workgroup; the merge gives this entry no weight
+        }
+        chunk = vec4<u32>(at / sparse.topk / contract.n / contract.group, b, at, 1u);
+    } else {
+        chunk = chunks[chunk_id];
+    }
     let kvh = chunk.x;
     let key_begin = chunk.y * sparse.block;
     let key_end = min(key_begin + sparse.block, contract.m);
@@ -70,7 +86,11 @@ fn attend(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>) {
     let live = lid < chunk.w;
     var slot = 0u;
     if live {
-        slot = rows[chunk.z + lid];
+        if sparse.direct != 0u {
+            slot = chunk.z;
+        } else {
+            slot = rows[chunk.z + lid];
+        }
     }
     let row_id = slot / sparse.topk; // h·N + i
     let h = row_id / contract.n;

@@ -1301,6 +1301,8 @@ fn bench_sparse_times_moba_against_dense_causal_in_one_run() {
         "block=32,topk=3",
         "--reps",
         "1",
+        "--kv-heads",
+        "2",
     ];
     let out = longctx(&[&args[..], &["--json", p(&json)]].concat());
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -512,7 +512,8 @@ fn sparse_decode_bench(
     println!(
         "Times: median of {reps} steps after a warm-up, wall clock from submission to completion. MoBA step = the \
          new token's choice over the block means the cache keeps (computed once per completed block, not timed), \
-         the lists read back and grouped, the block-list kernel and merge; dense step = split-K decoding over \
+         then one workgroup per chosen block reading the lists on the device, and the merge (no read-back); \
+         dense step = split-K decoding over \
          the whole cache (the new token's K and V appended)."
     );
     if let Some(path) = &a.json {

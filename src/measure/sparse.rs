@@ -198,8 +198,8 @@ pub struct SparseDecodeRecord {
     pub block: usize,
     /// Blocks per query.
     pub topk: usize,
-    /// The MoBA step: the new token's choice over the block means, the list read back, the
-    /// attention over the chosen blocks; median ms.
+    /// The MoBA step: the new token's choice over the block means, then the attention over
+    /// the chosen blocks with the lists left on the device; median ms.
     pub moba_ms: Option<f64>,
     /// The dense decoding step (split-K over the whole cache) at the same context; median ms.
     pub dense_ms: Option<f64>,
@@ -264,13 +264,13 @@ fn fill_decode(
     let io = DeviceTensors::upload(gpu, &spec, &q, &k, &v)?;
     io.poison(gpu);
     let means = block_means_on(gpu, &spec, moba, &io.k)?;
-    let step = || -> Result<Vec<u32>> {
+    // the step stays on the device: the choice, then one workgroup per chosen block
+    let step = || -> Result<wgpu::Buffer> {
         let lists_buf = choose_on(gpu, &spec, moba, &io.q, &means)?;
-        let lists = gpu.read(&lists_buf, heads * moba.topk)?;
-        kernel.run(gpu, &io, &lists, &lists_buf)?;
-        Ok(lists)
+        kernel.run_on_device(gpu, &io, &lists_buf)?;
+        Ok(lists_buf)
     };
-    let lists = step()?;
+    let lists = gpu.read(&step()?, heads * moba.topk)?;
     let chosen = moba.spec(&spec, &lists)?;
     let (o_ref, _) = crate::contract::reference::attention_f64(&chosen, &q, &k, &v)?;
     r.rel_err = Some(crate::contract::reference::rel_error(&io.read(gpu)?.o, &o_ref));

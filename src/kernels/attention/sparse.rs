@@ -72,7 +72,9 @@ struct Params {
     slot_base: u32,
     /// First row (h·N + i) of this pass.
     row_base: u32,
-    pad: [u32; 2],
+    /// Nonzero: one workgroup per list slot, its block read on the device.
+    direct: u32,
+    pad: u32,
 }
 
 /// The tile shape: flash's vec4 configuration for the device ([`FlashConfig::choose`]), whose
@@ -282,10 +284,10 @@ impl SparseAttention {
     }
 
     /// Runs on `io` (Q, K, V uploaded; O and LSE written) through `lists` (`[H, N, topk]` block
-    /// indices, [`NONE`] for an empty entry), held on the host and on the device (`lists_buf`).
+    /// indices, [`NONE`] for an empty entry), held on the host and on the device (`lists_buf`):
+    /// the host groups the entries that chose one block so that they share its K/V tiles.
     pub fn run(&self, gpu: &Gpu, io: &DeviceTensors, lists: &[u32], lists_buf: &wgpu::Buffer) -> Result<()> {
         let s = self.spec.shape;
-        let blocks = s.m.div_ceil(self.block);
         let slots = s.heads * s.n * self.topk;
         if lists.len() != slots {
             return Err(Error::Length {
@@ -295,6 +297,36 @@ impl SparseAttention {
                 expected: slots,
             });
         }
+        self.encode(gpu, io, lists_buf, Some(lists))
+    }
+
+    /// [`SparseAttention::run`] with the lists on the device only (as the selection stage
+    /// wrote them): one workgroup per list entry reads its block there — no read-back, no
+    /// grouping on the host, no GPU–host round trip, but no K/V tile shared between the rows
+    /// that chose one block. For decoding-sized calls (a row or a few per block).
+    pub fn run_on_device(&self, gpu: &Gpu, io: &DeviceTensors, lists_buf: &wgpu::Buffer) -> Result<()> {
+        let s = self.spec.shape;
+        let bytes = (s.heads * s.n * self.topk) as u64 * 4;
+        if lists_buf.size() < bytes {
+            return Err(Error::Invalid(format!(
+                "block lists of {} bytes for a call of {bytes}",
+                lists_buf.size()
+            )));
+        }
+        self.encode(gpu, io, lists_buf, None)
+    }
+
+    /// Both runs: the grouped chunks where `lists` is on the host, else one workgroup per slot.
+    fn encode(
+        &self,
+        gpu: &Gpu,
+        io: &DeviceTensors,
+        lists_buf: &wgpu::Buffer,
+        lists: Option<&[u32]>,
+    ) -> Result<()> {
+        let s = self.spec.shape;
+        let blocks = s.m.div_ceil(self.block);
+        let slots = s.heads * s.n * self.topk;
         if u32::try_from(slots).is_err() {
             return Err(Error::Invalid(format!(
                 "block lists of {slots} entries: the kernel indexes them with 32-bit words"
@@ -311,7 +343,12 @@ impl SparseAttention {
         for row_base in (0..total_rows).step_by(rows_per_pass) {
             let row_end = (row_base + rows_per_pass).min(total_rows);
             let slots = row_base * self.topk..row_end * self.topk;
-            let grouped = Chunks::of(&self.spec, blocks, self.topk, lists, slots, self.config.br as usize)?;
+            let grouped = match lists {
+                Some(lists) => {
+                    Chunks::of(&self.spec, blocks, self.topk, lists, slots.clone(), self.config.br as usize)?
+                }
+                None => Chunks { chunks: Vec::new(), rows: Vec::new(), starts: Vec::new() },
+            };
             // a pass whose entries are all NONE attends to nothing (its merge still writes
             // O = 0, LSE = -inf); a storage binding cannot be empty, hence the placeholders
             let chunk_count = grouped.chunks.len() as u64;
@@ -319,6 +356,8 @@ impl SparseAttention {
                 .upload("sparse chunks", if chunk_count == 0 { &[[0u32; 4]] } else { &grouped.chunks[..] })?;
             let rows =
                 gpu.upload("sparse rows", if chunk_count == 0 { &[0u32] } else { &grouped.rows[..] })?;
+            // without the lists on the host: a workgroup per slot of the pass
+            let chunk_count = if lists.is_some() { chunk_count } else { slots.len() as u64 };
             let merged = (row_end - row_base) as u64 * d4;
             let attend_grid = gpu.grid(NAME, chunk_count)?;
             let merge_grid = gpu.grid(NAME, merged.div_ceil(MERGE_WORKGROUP))?;
@@ -329,7 +368,8 @@ impl SparseAttention {
                 groups_x: grid[0],
                 slot_base: (row_base * self.topk) as u32,
                 row_base: row_base as u32,
-                pad: [0; 2],
+                direct: lists.is_none() as u32,
+                pad: 0,
             };
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(NAME),
