@@ -526,15 +526,7 @@ impl Device {
             let spec = opts.spec(t.shape)?;
             longctx::kernels::selection::moba_backward(gpu, &spec, &Moba { block, topk }, t.q, t.k, t.v, ds)
         })?;
-        let (o, lse, blocks) = moba_out(py, out.o, out.lse, &lists, &t.q_dims, topk)?;
-        Ok((
-            o,
-            lse,
-            array(py, g.dq, &t.q_dims)?,
-            array(py, g.dk, &t.kv_dims)?,
-            array(py, g.dv, &t.kv_dims)?,
-            blocks,
-        ))
+        moba_grads_out(py, (out.o, out.lse), (g.dq, g.dk, g.dv), &lists, &t, topk)
     }
 
     /// C = act(A·B + bias) for A `[M, K]`, B `[K, N]`, bias `[N]`.
@@ -841,7 +833,19 @@ fn reference_moba_backward<'py>(
         let (o, lse) = reference::attention_f64(&chosen, t.q, t.k, t.v)?;
         Ok((o, lse, reference::attention_backward_f64(&chosen, t.q, t.k, t.v, ds)?, lists))
     })?;
-    let (o, lse, blocks) = moba_out(py, o, lse, &lists, &t.q_dims, topk)?;
+    moba_grads_out(py, (o, lse), (dq, dk, dv), &lists, &t, topk)
+}
+
+/// [`moba_out`] with the gradients: dQ shaped like Q, dK and dV like K and V.
+fn moba_grads_out<'py, T: numpy::Element>(
+    py: Python<'py>,
+    (o, lse): (Vec<T>, Vec<T>),
+    (dq, dk, dv): (Vec<T>, Vec<T>, Vec<T>),
+    lists: &[u32],
+    t: &Qkv<'_>,
+    topk: usize,
+) -> PyResult<MobaGrads<'py, T>> {
+    let (o, lse, blocks) = moba_out(py, o, lse, lists, &t.q_dims, topk)?;
     Ok((o, lse, array(py, dq, &t.q_dims)?, array(py, dk, &t.kv_dims)?, array(py, dv, &t.kv_dims)?, blocks))
 }
 

@@ -113,17 +113,11 @@ pub fn select_on(
 /// decoding step chooses without reading the cache's keys.
 pub fn block_means_on(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, k_buf: &wgpu::Buffer) -> Result<wgpu::Buffer> {
     let spec = prepare(gpu, spec, moba)?;
-    let means = gpu.storage("MoBA block means", means_len(&spec, moba) * 16)?;
+    let len = means_len(&spec, moba);
+    let means = gpu.storage("MoBA block means", len * 16)?;
     // `choose`'s output is not written here: a placeholder fills its binding
     let unused = gpu.storage("MoBA index lists (unused)", 4)?;
-    dispatch(
-        gpu,
-        &spec,
-        moba,
-        0,
-        means_len(&spec, moba).div_ceil(WORKGROUP),
-        [k_buf, k_buf, &means, &unused],
-    )?;
+    dispatch(gpu, &spec, moba, 0, len.div_ceil(WORKGROUP), [k_buf, k_buf, &means, &unused])?;
     Ok(means)
 }
 

@@ -189,6 +189,25 @@ impl Chunks {
         }
         Ok(Self { chunks, rows, starts })
     }
+
+    /// The chunks and their entries on the device, with the chunk count; a storage binding
+    /// cannot be empty, so a grouping with no chunk (every entry NONE) uploads placeholders.
+    pub(crate) fn upload(&self, gpu: &Gpu) -> Result<(u64, wgpu::Buffer, wgpu::Buffer)> {
+        let n = self.chunks.len() as u64;
+        let chunks = gpu.upload("sparse chunks", if n == 0 { &[[0u32; 4]] } else { &self.chunks[..] })?;
+        let rows = gpu.upload("sparse rows", if n == 0 { &[0u32] } else { &self.rows[..] })?;
+        Ok((n, chunks, rows))
+    }
+}
+
+/// The arguments both block-list kernels need: blocks of at least one key, one entry per row.
+pub(crate) fn check_block_lists(block: usize, topk: usize) -> Result<()> {
+    if block == 0 || topk == 0 {
+        return Err(Error::Invalid(
+            "block lists need blocks of at least one key and one entry per row".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Why the block-list kernels (forward and backward) cannot run the call `spec` whatever the
@@ -264,11 +283,7 @@ impl SparseAttention {
         if let Some(why) = Self::unsupported(gpu, spec, block) {
             return Err(Error::Invalid(format!("the block-list kernel does not run {why}")));
         }
-        if block == 0 || topk == 0 {
-            return Err(Error::Invalid(
-                "block lists need blocks of at least one key and one entry per row".into(),
-            ));
-        }
+        check_block_lists(block, topk)?;
         let config = config(gpu, spec);
         let [attend, merge] = variants_for(&config, spec.shape.head_dim).map(|v| gpu.compile(&v));
         Ok(Self {
@@ -350,12 +365,8 @@ impl SparseAttention {
                 None => Chunks { chunks: Vec::new(), rows: Vec::new(), starts: Vec::new() },
             };
             // a pass whose entries are all NONE attends to nothing (its merge still writes
-            // O = 0, LSE = -inf); a storage binding cannot be empty, hence the placeholders
-            let chunk_count = grouped.chunks.len() as u64;
-            let chunks = gpu
-                .upload("sparse chunks", if chunk_count == 0 { &[[0u32; 4]] } else { &grouped.chunks[..] })?;
-            let rows =
-                gpu.upload("sparse rows", if chunk_count == 0 { &[0u32] } else { &grouped.rows[..] })?;
+            // O = 0, LSE = -inf)
+            let (chunk_count, chunks, rows) = grouped.upload(gpu)?;
             // without the lists on the host: a workgroup per slot of the pass
             let chunk_count = if lists.is_some() { chunk_count } else { slots.len() as u64 };
             let merged = (row_end - row_base) as u64 * d4;

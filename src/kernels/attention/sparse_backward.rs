@@ -15,7 +15,7 @@
 use crate::contract::spec::AttnSpec;
 use crate::error::{Error, Result};
 use crate::kernels::attention::backward::{BackwardBuffers, BackwardConfig};
-use crate::kernels::attention::sparse::{Chunks, rows_per_pass, unsupported_call};
+use crate::kernels::attention::sparse::{Chunks, check_block_lists, rows_per_pass, unsupported_call};
 use crate::kernels::{COMMON, CallParams, lanes, slopes_words};
 use crate::runtime::Gpu;
 use crate::runtime::shader::{BindGroupFields, Compiled, Shader, ShaderVariant, bind_group, header_consts};
@@ -144,11 +144,7 @@ impl SparseBackward {
         if let Some(why) = Self::unsupported(gpu, spec, block) {
             return Err(Error::Invalid(format!("the block-list backward does not run {why}")));
         }
-        if block == 0 || topk == 0 {
-            return Err(Error::Invalid(
-                "block lists need blocks of at least one key and one entry per row".into(),
-            ));
-        }
+        check_block_lists(block, topk)?;
         let d = spec.shape.head_dim;
         let config = BackwardConfig::for_device(gpu, d);
         gpu.check_workgroup(NAME, dkv_workgroup_bytes(&config, d), config.br.max(config.bc))?;
@@ -284,14 +280,7 @@ impl SparseBackward {
             k.dispatch(&mut pass, &k.bind(gpu, &binds), grid);
             Ok(())
         };
-        // a storage binding cannot be empty: placeholders where a grouping has no chunk
-        let upload_chunks = |c: &Chunks| -> Result<(u64, wgpu::Buffer, wgpu::Buffer)> {
-            let n = c.chunks.len() as u64;
-            let chunks = gpu.upload("sparse chunks", if n == 0 { &[[0u32; 4]] } else { &c.chunks[..] })?;
-            let rows = gpu.upload("sparse rows", if n == 0 { &[0u32] } else { &c.rows[..] })?;
-            Ok((n, chunks, rows))
-        };
-        let (all_count, all_chunks, all_rows) = upload_chunks(&all)?;
+        let (all_count, all_chunks, all_rows) = all.upload(gpu)?;
 
         dispatch(
             0,
@@ -307,7 +296,7 @@ impl SparseBackward {
             } else {
                 let grouped =
                     Chunks::of(&self.spec, blocks, topk, lists, row_base * topk..row_end * topk, br)?;
-                Some(upload_chunks(&grouped)?)
+                Some(grouped.upload(gpu)?)
             };
             let (count, chunks, rows) = match &own {
                 Some((n, c, r)) => (*n, c, r),
