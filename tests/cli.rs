@@ -1318,6 +1318,103 @@ fn bench_sparse_times_moba_against_dense_causal_in_one_run() {
         assert!(r.keys_fraction > 0.0 && r.keys_fraction < 0.5, "{r:?}");
         assert!(r.moba_ms.unwrap() > 0.0 && r.dense_ms.unwrap() > 0.0, "{r:?}");
     }
-    fails_with(&["bench", "--sparse", "nsa"], "not built yet");
+    fails_with(&["bench", "--sparse", "dsa"], "not built yet");
+    fails_with(&["bench", "--sparse", "nsa", "--decode"], "not built yet");
     fails_with(&["bench", "--sparse", "moba", "--causal"], "compares against dense causal flash");
+}
+
+#[test]
+fn nsa_on_the_gpu_agrees_with_the_oracle_and_writes_its_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = common::seed();
+    let [q, k, v] = trio(dir.path(), 4, 2, 45, 70, 16, seed);
+    // gates [H, N, 3] and φ [Hkv, L]
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x6a7e);
+    let gates = dir.path().join("gates.npy");
+    let g: Vec<f32> = (0..4 * 45 * 3).map(|_| rand::Rng::random_range(&mut rng, 0.1f32..0.9)).collect();
+    write_npy(&gates, &[4, 45, 3], &g).unwrap();
+    let phi = dir.path().join("phi.npy");
+    write_npy(&phi, &[2, 8], &[0.125; 16]).unwrap();
+    let mut outs = Vec::new();
+    for kernel in ["cpu", "flash"] {
+        let path = |name: &str| dir.path().join(format!("{name}_{kernel}.npy"));
+        let (o, sel, dq, dg, dphi) = (path("o"), path("sel"), path("dq"), path("dgates"), path("dphi"));
+        let args = ["attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&o)];
+        let nsa = ["--nsa", "cmp=8/4,slc=8,top=4,win=12", "--gates", p(&gates), "--phi", p(&phi)];
+        let grads = ["--grad-out", p(&q), "--dq", p(&dq), "--dgates", p(&dg), "--dphi", p(&dphi)];
+        let out = longctx(
+            &[&args[..], &nsa[..], &grads[..], &["--selected-out", p(&sel), "--kernel", kernel]].concat(),
+        );
+        assert!(out.status.success(), "{kernel}: {}", String::from_utf8_lossy(&out.stderr));
+        let sel = read_npy(&sel).unwrap();
+        assert_eq!(sel.shape, vec![4, 45, 4]);
+        // row 44 sits at position 69: own block 8, then 7 and 0, then one of 1..=6
+        assert_eq!(&sel.data[44 * 4..44 * 4 + 3], &[8.0, 7.0, 0.0]);
+        assert_eq!(read_npy(&dg).unwrap().shape, vec![4, 45, 3]);
+        assert_eq!(read_npy(&dphi).unwrap().shape, vec![2, 8]);
+        let data = |x: &PathBuf| read_npy(x).unwrap().data;
+        outs.push(([data(&o), data(&dq), data(&dg), data(&dphi)], sel.data));
+    }
+    let (cpu, gpu) = (&outs[0], &outs[1]);
+    // the same choice (random inputs: a float32 tie is possible, and then only O may differ)
+    if cpu.1 == gpu.1 {
+        for ((name, a), b) in ["O", "dQ", "dgates", "dphi"].iter().zip(&gpu.0).zip(&cpu.0) {
+            let e = rel_error(a, &b.iter().map(|&x| x as f64).collect::<Vec<_>>());
+            assert!(e <= 1e-5, "{name}: {e} (seed {seed})");
+        }
+    }
+    let o = dir.path().join("o.npy");
+    let base = ["attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&o)];
+    fails_with(
+        &[&base[..], &["--nsa", "cmp=8/4,slc=8,top=4"]].concat(),
+        "needs cmp=L/D, slc=L2, top=N and win=W",
+    );
+    fails_with(&[&base[..], &["--nsa", "cmp=8/4,slc=8,top=2,win=4"]].concat(), "NSA top");
+    fails_with(
+        &[&base[..], &["--nsa", "cmp=8/4,slc=8,top=4,win=4", "--phi", p(&gates)]].concat(),
+        "--phi has shape",
+    );
+    fails_with(
+        &[&base[..], &["--nsa", "cmp=8/4,slc=8,top=4,win=4", "--gates", p(&phi)]].concat(),
+        "--gates has shape",
+    );
+    fails_with(&[&base[..], &["--nsa", "cmp=8/4,slc=8,top=4,win=4", "--alibi"]].concat(), "NSA with ALiBi");
+    fails_with(&[&base[..], &["--selected-out", p(&o)]].concat(), "needs --moba or --nsa");
+}
+
+#[test]
+fn bench_sparse_times_nsa_stage_by_stage_against_dense_causal() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("nsa.json");
+    let args = [
+        "bench",
+        "--sparse",
+        "nsa,moba",
+        "--n",
+        "700",
+        "--nsa",
+        "cmp=16/8,slc=32,top=4,win=64",
+        "--reps",
+        "1",
+    ];
+    let out = longctx(&[&args[..], &["--moba", "block=64,topk=3", "--json", p(&json)]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("stages ms: compress"), "{stdout}");
+    let records: Vec<longctx::measure::sparse::SparseRecord> =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(records.iter().map(|r| r.method.as_str()).collect::<Vec<_>>(), ["nsa", "moba"]);
+    let r = &records[0];
+    assert_eq!(r.skipped, None);
+    assert_eq!(r.config, "cmp=16/8,slc=32,top=4,win=64");
+    assert!(r.rel_err.unwrap() < 1e-5, "{r:?}");
+    // six stages, each timed; select = compress + choose, attend = the branches and the mix
+    let names: Vec<&str> = r.stage_ms.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["compress", "compressed", "choose", "selected", "window", "mix"]);
+    let ms = |name: &str| r.stage_ms.iter().find(|(n, _)| n == name).unwrap().1;
+    assert!((r.select_ms.unwrap() - ms("compress") - ms("choose")).abs() < 1e-9, "{r:?}");
+    assert!(r.stage_ms.iter().all(|(_, t)| *t > 0.0), "{r:?}");
+    // 700 positions: at most 4·32 + 64 + 86 keys per row of causal's up to 700
+    assert!(r.sparse_pairs < r.dense_pairs && r.sparse_pairs > 0, "{r:?}");
+    assert!(r.select_flops > 0.0 && r.attend_flops == 4.0 * 64.0 * r.sparse_pairs as f64, "{r:?}");
 }

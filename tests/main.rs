@@ -25,6 +25,7 @@ mod layers;
 mod limits;
 mod matmul;
 mod mods;
+mod nsa;
 mod positions;
 mod profiles;
 mod ring;

@@ -32,7 +32,8 @@ Examples:
   longctx attention ... --block-mask blocks.npy --block-size 64 --window 512,0
   longctx attention ... --bigbird global=1,window=1,random=2,block=64,seed=0
   longctx attention ... --causal --grad-out do.npy --dq dq.npy --dk dk.npy --dv dv.npy
-  longctx attention ... --moba block=64,topk=4 --selected-out blocks.npy")]
+  longctx attention ... --moba block=64,topk=4 --selected-out blocks.npy
+  longctx attention ... --nsa cmp=32/16,slc=64,top=16,win=512 --gates g.npy --selected-out blocks.npy")]
 pub struct AttentionArgs {
     /// Queries, float32 .npy.
     #[arg(long)]
@@ -82,11 +83,34 @@ pub struct AttentionArgs {
     /// batch chooses for itself (no sparse mask or mods with a batch).
     #[arg(long, value_name = "block=B,topk=K")]
     moba: Option<String>,
-    /// With --moba: write the chosen blocks, Q's shape with D replaced by K ([B, H, N, K] or
-    /// [H, N, K]), float32 block indices (own block first, then by descending gate score; -1
-    /// where fewer exist).
-    #[arg(long, value_name = "FILE.npy", requires = "moba")]
+    /// With --moba or --nsa: write the chosen blocks, Q's shape with D replaced by K (the
+    /// blocks per query: [B, H, N, K] or [H, N, K]), float32 block indices (MoBA: own block
+    /// first, then by descending gate score; NSA: own, own - 1, 0, then by descending score;
+    /// -1 where fewer exist).
+    #[arg(long, value_name = "FILE.npy")]
     selected_out: Option<PathBuf>,
+    /// NSA, cmp=L/D,slc=L2,top=N,win=W (native sparse attention, docs/DESIGN.md §1): the gated
+    /// mix of attention over compressed keys (one per L keys at stride D), over the N blocks of
+    /// L2 keys the compressed branch ranks highest (the first and two local blocks always among
+    /// them; one choice per kv group) and over a causal window of W keys. Causal; --kernel cpu
+    /// runs the f64 oracle; with --grad-out, the backward (no gradient through the choice;
+    /// --dgates and --dphi write the gates' and φ's gradients).
+    #[arg(long, value_name = "cmp=L/D,slc=L2,top=N,win=W", conflicts_with_all = ["moba", "lse"])]
+    nsa: Option<String>,
+    /// With --nsa and --grad-out: the gates' gradient (the gates' shape).
+    #[arg(long, value_name = "FILE.npy", requires_all = ["nsa", "grad_out"])]
+    dgates: Option<PathBuf>,
+    /// With --nsa and --grad-out: φ's gradient, [Hkv, L].
+    #[arg(long, value_name = "FILE.npy", requires_all = ["nsa", "grad_out"])]
+    dphi: Option<PathBuf>,
+    /// With --nsa: the gates, float32 .npy of Q's shape with D replaced by 3 (g_cmp, g_slc,
+    /// g_win per row); default 1/3 each.
+    #[arg(long, value_name = "FILE.npy", requires = "nsa")]
+    gates: Option<PathBuf>,
+    /// With --nsa: the compression weights φ, float32 .npy [Hkv, L] (per kv head, for K and
+    /// V); default the mean, 1/L each.
+    #[arg(long, value_name = "FILE.npy", requires = "nsa")]
+    phi: Option<PathBuf>,
 }
 
 /// Splits a [H,X,D] or [B,H,X,D] tensor shape into (B, H, X, D).
@@ -119,6 +143,13 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
         bail!("head dim differs: Q has {d}, K and V have {dk}");
     }
     let shape = AttnShape { batch: b, heads: h, kv_heads: hkv, n, m, head_dim: d };
+    if a.selected_out.is_some() && a.moba.is_none() && a.nsa.is_none() {
+        bail!("--selected-out writes a learned choice: it needs --moba or --nsa");
+    }
+    let nsa = a.nsa.as_deref().map(longctx::contract::nsa::Nsa::parse).transpose()?;
+    if let Some(nsa) = &nsa {
+        nsa.check()?;
+    }
     let moba = a.moba.as_deref().map(longctx::contract::selection::Moba::parse).transpose()?;
     if let Some(m) = &moba {
         // block and topk now; a batch folds into heads (`Moba::fold`) once the spec is built
@@ -135,17 +166,22 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
     let outputs: Vec<&std::path::Path> =
         [Some(&a.out), a.lse.as_ref(), a.dq.as_ref(), a.dk.as_ref(), a.dv.as_ref(), a.selected_out.as_ref()]
             .into_iter()
+            .chain([a.dgates.as_ref(), a.dphi.as_ref()])
             .flatten()
             .map(|p| p.as_path())
             .collect();
     let read = a.mask.input_paths();
-    let inputs: Vec<&std::path::Path> = [Some(&a.q), Some(&a.k), Some(&a.v), a.grad_out.as_ref()]
-        .into_iter()
-        .flatten()
-        .chain(&read)
-        .map(|p| p.as_path())
-        .collect();
+    let inputs: Vec<&std::path::Path> =
+        [Some(&a.q), Some(&a.k), Some(&a.v), a.grad_out.as_ref(), a.gates.as_ref(), a.phi.as_ref()]
+            .into_iter()
+            .flatten()
+            .chain(&read)
+            .map(|p| p.as_path())
+            .collect();
     longctx::io::check_outputs(&outputs, &inputs)?;
+    if let Some(nsa) = &nsa {
+        return run_nsa(dev, a, &spec, nsa, (&q, &k, &v));
+    }
 
     // one device for the choice, the forward and the backward (none for the oracle)
     let gpu = if a.kernel == KernelArg::Cpu { None } else { Some(dev.gpu()?) };
@@ -201,7 +237,122 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// MoBA's choice, for --selected-out.
+/// NSA (`--nsa`): the GPU's stages, or the f64 oracle with `--kernel cpu`; with `--grad-out`
+/// the backward too; O, the choice and the gradients asked for written.
+fn run_nsa(
+    dev: &DeviceArgs,
+    a: &AttentionArgs,
+    spec: &AttnSpec,
+    nsa: &longctx::contract::nsa::Nsa,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+) -> anyhow::Result<()> {
+    use longctx::contract::nsa::{nsa_backward_f64, nsa_forward_f64, nsa_select_f64};
+    let rows = &q.shape[..q.shape.len() - 1];
+    let gates = match &a.gates {
+        None => vec![1.0 / 3.0; rows.iter().product::<usize>() * 3],
+        Some(path) => {
+            let g = read_npy(path)?;
+            let want: Vec<usize> = rows.iter().copied().chain([3]).collect();
+            if g.shape != want {
+                bail!("--gates has shape {:?}; it must be Q's with D replaced by 3: {want:?}", g.shape);
+            }
+            g.data
+        }
+    };
+    let phi = match &a.phi {
+        None => None,
+        Some(path) => {
+            let p = read_npy(path)?;
+            let want = [spec.shape.kv_heads, nsa.cmp_len];
+            if p.shape != want {
+                bail!("--phi has shape {:?}; it must be [Hkv, L] = {want:?}", p.shape);
+            }
+            Some(p.data)
+        }
+    };
+    let d_o = a.grad_out.is_some().then(|| read_grad(a, q)).transpose()?;
+    let qkv = (&q.data[..], &k.data[..], &v.data[..]);
+    let (o, lists, grads) = match a.kernel {
+        KernelArg::Cpu => {
+            let sel = nsa_select_f64(spec, nsa, &q.data, &k.data, &v.data, phi.as_deref())?;
+            let out = nsa_forward_f64(spec, nsa, &q.data, &k.data, &v.data, &gates, &sel, &sel.lists)?;
+            let f = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+            let grads = match &d_o {
+                None => None,
+                Some(d_o) => {
+                    let g = nsa_backward_f64(spec, nsa, qkv, &gates, phi.as_deref(), &sel.lists, &d_o.data)?;
+                    Some([f(&g.dq), f(&g.dk), f(&g.dv), f(&g.dgates), f(&g.dphi)])
+                }
+            };
+            (f(&out.o), sel.lists, grads)
+        }
+        KernelArg::Flash => {
+            let gpu = dev.gpu()?;
+            match &d_o {
+                None => {
+                    let out = longctx::kernels::nsa::nsa_attention(
+                        &gpu,
+                        spec,
+                        nsa,
+                        &q.data,
+                        &k.data,
+                        &v.data,
+                        &gates,
+                        phi.as_deref(),
+                    )?;
+                    (out.o, out.lists, None)
+                }
+                Some(d_o) => {
+                    let (out, g) = longctx::kernels::nsa::nsa_backward(
+                        &gpu,
+                        spec,
+                        nsa,
+                        qkv,
+                        &gates,
+                        phi.as_deref(),
+                        &d_o.data,
+                    )?;
+                    (out.o, out.lists, Some([g.dq, g.dk, g.dv, g.dgates, g.dphi]))
+                }
+            }
+        }
+        KernelArg::Naive => {
+            bail!("--nsa runs on its own kernels (--kernel flash) or the oracle (--kernel cpu)")
+        }
+    };
+    if let Some(i) = o.iter().position(|x| !x.is_finite()) {
+        bail!(
+            "O is not finite at flat index {i} ({}): f32 overflow — lower --scale or the inputs' range",
+            o[i]
+        );
+    }
+    let mut staged = Staged::default();
+    staged.npy(&a.out, &q.shape, &o).context("writing O")?;
+    let dims = rows.iter().copied().chain([nsa.topk]).collect();
+    stage_chosen(&mut staged, a, Some(&Chosen { dims, blocks: lists }))?;
+    if let Some(grads) = &grads {
+        let gate_shape: Vec<usize> = rows.iter().copied().chain([3]).collect();
+        let phi_shape = [spec.shape.kv_heads, nsa.cmp_len];
+        for (path, shape, data, what) in [
+            (&a.dq, &q.shape[..], &grads[0], "dQ"),
+            (&a.dk, &k.shape[..], &grads[1], "dK"),
+            (&a.dv, &v.shape[..], &grads[2], "dV"),
+            (&a.dgates, &gate_shape[..], &grads[3], "the gates' gradient"),
+            (&a.dphi, &phi_shape[..], &grads[4], "φ's gradient"),
+        ] {
+            if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+                bail!("{what} is not finite at flat index {i} ({}): f32 overflow", data[i]);
+            }
+            if let Some(path) = path {
+                staged.npy(path, shape, data).with_context(|| format!("writing {what}"))?;
+            }
+        }
+    }
+    staged.commit()?;
+    Ok(())
+}
+
+/// MoBA's or NSA's choice, for --selected-out.
 struct Chosen {
     /// Q's shape with D replaced by K (`[B, H, N, K]` or `[H, N, K]`).
     dims: Vec<usize>,
@@ -236,8 +387,10 @@ fn finite_outputs(out: &longctx::AttnOutput) -> anyhow::Result<()> {
 /// dO from --grad-out, shaped like Q.
 fn read_grad(a: &AttentionArgs, q: &Tensor) -> anyhow::Result<Tensor> {
     let path = a.grad_out.as_deref().context("--grad-out names dO")?;
-    if a.dq.is_none() && a.dk.is_none() && a.dv.is_none() {
-        bail!("--grad-out computes gradients: name at least one of --dq, --dk, --dv");
+    if [&a.dq, &a.dk, &a.dv, &a.dgates, &a.dphi].iter().all(|p| p.is_none()) {
+        bail!(
+            "--grad-out computes gradients: name at least one of --dq, --dk, --dv (with --nsa: --dgates, --dphi)"
+        );
     }
     let d_o = read_npy(path)?;
     if d_o.shape != q.shape {

@@ -111,15 +111,19 @@ pub struct BenchArgs {
     /// f16 matrices) beside each flash row, skipped with the reason where the adapter has none.
     #[arg(long, value_enum, default_value = "exact")]
     tensor_cores: TensorCoresArg,
-    /// Learned sparse attention against dense causal flash in the same run: `moba` (the
-    /// selection and the attention over its index lists timed apart, sampled rows checked
-    /// against the oracle; with --backward, the block-list backward against flash's). Without
-    /// --n: N = 4K, 8K, 16K; H = 4, D = 64.
+    /// Learned sparse attention against dense causal flash in the same run: `moba`, `nsa`
+    /// (the selection and the attention over its choice timed apart, sampled rows checked
+    /// against the oracle; with --backward, MoBA's block-list backward against flash's).
+    /// Without --n: N = 4K, 8K, 16K; H = 4, D = 64.
     #[arg(long, value_delimiter = ',', value_name = "METHODS")]
     sparse: Option<Vec<String>>,
     /// With --sparse moba: MoBA's block=B,topk=K (default block=256,topk=8).
     #[arg(long, requires = "sparse")]
     moba: Option<String>,
+    /// With --sparse nsa: NSA's cmp=L/D,slc=L2,top=N,win=W (default the paper's
+    /// cmp=32/16,slc=64,top=16,win=512).
+    #[arg(long, requires = "sparse")]
+    nsa: Option<String>,
     /// With --sparse moba: one decoding step per context in --n (a new token choosing its
     /// blocks from the cache's block means) against dense decoding at the same context.
     #[arg(long, requires = "sparse", conflicts_with = "backward")]
@@ -534,24 +538,33 @@ fn sparse_bench(
     methods: &[String],
     started: std::time::Instant,
 ) -> anyhow::Result<()> {
-    use longctx::measure::sparse::run_moba;
+    use longctx::measure::sparse::{run_moba, run_nsa};
     for m in methods {
         match m.trim() {
             "moba" => {}
-            "nsa" | "dsa" => bail!("--sparse {m}: not built yet (issue #35); `moba` runs"),
-            other => bail!("unknown sparse method `{other}`; choose from moba"),
+            "nsa" if a.backward || a.decode => {
+                bail!(
+                    "--sparse nsa: its backward and decoding step are not built yet (issue #35); the forward runs"
+                )
+            }
+            "nsa" => {}
+            "dsa" => bail!("--sparse dsa: not built yet (issue #35); `moba` and `nsa` run"),
+            other => bail!("unknown sparse method `{other}`; choose from moba, nsa"),
         }
     }
     if a.mask.causal || a.mask.window.is_some() || a.mask.pattern.is_some() || a.kernels.is_some() || a.alibi
     {
         bail!(
-            "--sparse compares against dense causal flash: it takes --n, --d, --heads, --kv-heads, --reps, --moba and --backward"
+            "--sparse compares against dense causal flash: it takes --n, --d, --heads, --kv-heads, --reps, --moba, --nsa and --backward"
         );
     }
     if a.csv.is_some() || a.plot.is_some() {
         bail!("--sparse writes --json; not --csv or --plot");
     }
     let moba = longctx::contract::selection::Moba::parse(a.moba.as_deref().unwrap_or("block=256,topk=8"))?;
+    let nsa =
+        longctx::contract::nsa::Nsa::parse(a.nsa.as_deref().unwrap_or("cmp=32/16,slc=64,top=16,win=512"))?;
+    nsa.check()?;
     let ns = match &a.n {
         Some(v) => v.iter().map(|s| parse_size(s)).collect::<anyhow::Result<Vec<_>>>()?,
         None => vec![4096, 8192, 16384],
@@ -566,7 +579,12 @@ fn sparse_bench(
     for &d in a.d.as_deref().unwrap_or(&[64]) {
         for &n in &ns {
             let spec = AttnSpec::new(shape(heads, a.kv_heads.unwrap_or(heads), n, n, d));
-            records.push(run_moba(gpu, &spec, &moba, a.reps.unwrap_or(3), a.backward));
+            for m in methods {
+                records.push(match m.trim() {
+                    "nsa" => run_nsa(gpu, &spec, &nsa, a.reps.unwrap_or(3)),
+                    _ => run_moba(gpu, &spec, &moba, a.reps.unwrap_or(3), a.backward),
+                });
+            }
         }
     }
     let mut header = vec![
@@ -589,7 +607,7 @@ fn sparse_bench(
     t.load_preset(UTF8_FULL_CONDENSED).set_header(header);
     for r in &records {
         let mut row = vec![
-            format!("{}(block={},topk={})", r.method, r.block, r.topk),
+            format!("{}({})", r.method, r.config),
             r.n.to_string(),
             r.d.to_string(),
             format!("{}/{}", r.heads, r.kv_heads),
@@ -619,10 +637,16 @@ fn sparse_bench(
         t.add_row(row);
     }
     println!("{t}");
+    for r in records.iter().filter(|r| !r.stage_ms.is_empty()) {
+        let stages: Vec<String> = r.stage_ms.iter().map(|(name, ms)| format!("{name} {ms:.1}")).collect();
+        println!("{}({}) N {}: stages ms: {}", r.method, r.config, r.n, stages.join(", "));
+    }
     println!(
-        "Times: median of {} runs after a warm-up, wall clock from submission to completion; select = block means, \
-         gate scores, top-k and the lists read back; attend = grouping the lists on the host, the block-list kernel \
-         and the merge; speedup = dense / (select + attend).{}",
+        "Times: median of {} runs after a warm-up, wall clock from submission to completion; MoBA: select = block \
+         means, gate scores, top-k and the lists read back; attend = grouping the lists on the host, the block-list \
+         kernel and the merge. NSA: select = the compression and the choice (block scores from the compressed \
+         branch's probabilities, top-n, the lists read back); attend = the compressed, selected and window \
+         branches and the gated mix. speedup = dense / (select + attend).{}",
         a.reps.unwrap_or(3),
         if a.backward {
             " backward = the block-list backward on the forward's lists (Δ, dQ's shares and their sum, dK and dV); \

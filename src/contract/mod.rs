@@ -9,6 +9,7 @@ pub mod blockmap;
 pub mod inputs;
 pub mod mask;
 pub mod mods;
+pub mod nsa;
 pub mod positions;
 pub mod reference;
 pub mod selection;

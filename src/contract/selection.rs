@@ -241,31 +241,50 @@ pub fn compare_selection(
     // a batch as the heads it folds into (a call that cannot fold chose nothing to compare)
     let folded = moba.fold(spec).unwrap_or_else(|_| spec.clone());
     let spec = &folded;
-    let s = spec.shape;
+    let means = block_means_f64(spec, moba, k);
+    let n = spec.shape.n;
+    diff_choices(n, moba.topk, oracle, other, tol, |row| {
+        // every block before the row's own has a score; the own block is forced
+        gates_f64(spec, moba, q, &means, row / n, row % n).into_iter().map(Some).collect()
+    })
+}
+
+/// The rows (`n` per head) where two choices of `topk`-entry lists differ, and whether
+/// every difference is a near-tie: `scores(row)` gives each block's f64 score (`None` for a
+/// block that is not chosen by score — forced or never eligible); a block one list holds and
+/// the other does not is a near-tie when its score is within `tol` (relative to the row's
+/// largest score magnitude) of the oracle's weakest chosen score.
+pub(crate) fn diff_choices(
+    n: usize,
+    topk: usize,
+    oracle: &[u32],
+    other: &[u32],
+    tol: f64,
+    scores: impl Fn(usize) -> Vec<Option<f64>>,
+) -> (Vec<SelectionDiff>, bool) {
     let set = |l: &[u32]| {
         let mut v: Vec<u32> = l.iter().copied().filter(|&b| b != NONE).collect();
         v.sort_unstable();
         v
     };
-    let means = block_means_f64(spec, moba, k);
     let mut diffs = Vec::new();
     let mut all_ties = true;
-    for (row, (a, b)) in oracle.chunks_exact(moba.topk).zip(other.chunks_exact(moba.topk)).enumerate() {
+    for (row, (a, b)) in oracle.chunks_exact(topk).zip(other.chunks_exact(topk)).enumerate() {
         let (sa, sb) = (set(a), set(b));
         if sa == sb {
             continue;
         }
-        let (h, i) = (row / s.n, row % s.n);
-        let gates = gates_f64(spec, moba, q, &means, h, i);
-        let scale = gates.iter().fold(0f64, |m, g| m.max(g.abs())).max(1e-30);
-        // the oracle's weakest chosen earlier block (its list is sorted by score)
-        let cut = a[1..].iter().rfind(|&&x| x != NONE).map(|&x| gates[x as usize]);
-        let near = |x: u32| match (cut, gates.get(x as usize)) {
+        let scores = scores(row);
+        let score = |x: u32| scores.get(x as usize).copied().flatten();
+        let scale = scores.iter().flatten().fold(0f64, |m, g| m.max(g.abs())).max(1e-30);
+        // the oracle's weakest block chosen by score
+        let cut = sa.iter().filter_map(|&x| score(x)).reduce(f64::min);
+        let near = |x: u32| match (cut, score(x)) {
             (Some(c), Some(g)) => (g - c).abs() <= tol * scale,
             _ => false,
         };
         all_ties &= sa.iter().chain(&sb).filter(|x| !(sa.contains(x) && sb.contains(x))).all(|&x| near(x));
-        diffs.push((h, i, sa, sb));
+        diffs.push((row / n, row % n, sa, sb));
     }
     (diffs, all_ties)
 }

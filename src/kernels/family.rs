@@ -7,7 +7,7 @@
 use crate::contract::mods::{Mods, Named};
 use crate::kernels::attention::{backward, decode, flash, naive, sparse, sparse_backward};
 use crate::kernels::{MAX_HEAD_DIM, embed, heatmap, layer, matmul, mods};
-use crate::kernels::{pad, peak, positions, ring, route, selection, train, with_mods};
+use crate::kernels::{nsa, pad, peak, positions, ring, route, selection, train, with_mods};
 use crate::runtime::shader::ShaderVariant;
 
 /// A kernel family: one Rust module beside its `.wgsl` file(s).
@@ -49,11 +49,16 @@ pub enum Family {
     Sparse,
     /// `sparse_backward.wgsl`: dQ, dK, dV of attention over per-query block lists.
     SparseBackward,
+    /// `nsa.wgsl`: NSA's compression, block scores and choice, and its gated mix.
+    Nsa,
+    /// `nsa_backward.wgsl`: NSA's own backward stages (dO's shares, the gates' and φ's
+    /// gradients, the compression's backward).
+    NsaBackward,
 }
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 18] = [
+    pub const ALL: [Family; 20] = [
         Family::Flash,
         Family::Naive,
         Family::Backward,
@@ -72,6 +77,8 @@ impl Family {
         Family::Selection,
         Family::Sparse,
         Family::SparseBackward,
+        Family::Nsa,
+        Family::NsaBackward,
     ];
 
     /// Every variant the family builds for a device with `limits`, over every supported head
@@ -173,6 +180,8 @@ impl Family {
             Family::Selection => selection::variants(),
             Family::Sparse => sparse::variants(limits),
             Family::SparseBackward => sparse_backward::variants(),
+            Family::Nsa => nsa::variants(),
+            Family::NsaBackward => nsa::backward_variants(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod layer;
 mod lowering;
 pub mod matmul;
 pub mod mods;
+pub mod nsa;
 pub mod pad;
 pub mod peak;
 pub mod positions;

@@ -54,7 +54,7 @@ fn variant(entry: &'static str, d: usize) -> ShaderVariant {
 
 /// The vec4 lanes of a query and of a block mean at head dim `d`: ⌈D/4⌉ rounded up to a power of
 /// two, a constant of the variant, so the gate's dot product has a fixed trip count.
-fn lanes(d: usize) -> u64 {
+pub(crate) fn lanes(d: usize) -> u64 {
     (d.next_power_of_two() as u64 / 4).max(1)
 }
 

@@ -6,8 +6,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::contract::AttnShape;
-use crate::contract::inputs::seeded_qkv;
-use crate::contract::selection::Moba;
+use crate::contract::inputs::{seeded, seeded_qkv};
+use crate::contract::nsa::{Nsa, nsa_rows_f64};
+use crate::contract::reference::rel_error;
+use crate::contract::selection::{Moba, NONE};
 use crate::contract::spec::AttnSpec;
 use crate::error::Result;
 use crate::kernels::attention::DeviceTensors;
@@ -15,9 +17,10 @@ use crate::kernels::attention::backward::{Backward, GradTensors};
 use crate::kernels::attention::decode::{Decoder, DecoderConfig};
 use crate::kernels::attention::sparse::SparseAttention;
 use crate::kernels::attention::sparse_backward::SparseBackward;
+use crate::kernels::nsa::NsaAttention;
 use crate::kernels::selection::{block_means_on, choose_on, select_lists};
 use crate::kernels::{Attention, Kernel};
-use crate::measure::bench::{INPUT_SEED, spot_error, spot_grad_error};
+use crate::measure::bench::{INPUT_SEED, SPOT_ROWS, spot_error, spot_grad_error};
 use crate::runtime::Gpu;
 use crate::runtime::timing::{time_host, time_wall};
 
@@ -68,6 +71,13 @@ pub struct SparseRecord {
     pub reps: usize,
     /// Why the configuration was not measured.
     pub skipped: Option<String>,
+    /// The method's parameters as the CLI takes them (`block=256,topk=8`, `cmp=32/16,…`).
+    #[serde(default)]
+    pub config: String,
+    /// Each stage's median ms, in order (NSA: compress, compressed branch, choice, selected
+    /// branch, window branch, mix).
+    #[serde(default)]
+    pub stage_ms: Vec<(String, f64)>,
 }
 
 impl SparseRecord {
@@ -97,6 +107,7 @@ pub fn run_moba(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, reps: usize, backward: 
         block: moba.block,
         topk: moba.topk,
         reps,
+        config: format!("block={},topk={}", moba.block, moba.topk),
         ..Default::default()
     };
     if let Err(e) = fill_moba(gpu, &spec.clone().causal(true), moba, reps, backward, &mut r) {
@@ -146,6 +157,106 @@ fn fill_moba(
         fill_backward(gpu, spec, moba, reps, (&io, &lists, &lists_buf), (&q, &k, &v), r)?;
     }
     Ok(())
+}
+
+/// NSA `nsa` on `spec` (one sequence, causal) against dense causal flash: sampled rows of the
+/// mix and of the choice checked against the oracle on the GPU's choice, then `reps` timed
+/// runs of each stage (select = compression + the choice with the lists read back; attend =
+/// the three branches and the mix). A failure becomes `skipped`.
+pub fn run_nsa(gpu: &Gpu, spec: &AttnSpec, nsa: &Nsa, reps: usize) -> SparseRecord {
+    let s = spec.shape;
+    let mut r = SparseRecord {
+        method: "nsa".into(),
+        heads: s.heads,
+        kv_heads: s.kv_heads,
+        n: s.n,
+        d: s.head_dim,
+        block: nsa.block,
+        topk: nsa.topk,
+        reps,
+        config: nsa.describe(),
+        ..Default::default()
+    };
+    if let Err(e) = fill_nsa(gpu, &spec.clone().causal(true), nsa, reps, &mut r) {
+        r.skipped = Some(e.to_string());
+    }
+    r
+}
+
+fn fill_nsa(gpu: &Gpu, spec: &AttnSpec, nsa: &Nsa, reps: usize, r: &mut SparseRecord) -> Result<()> {
+    let s = spec.shape;
+    let call = NsaAttention::new(gpu, spec, nsa)?;
+    let dense = Attention::new(gpu, Kernel::Flash, spec)?;
+    let (q, k, v) = seeded_qkv(spec, INPUT_SEED);
+    // gates in (0.05, 0.95), a sigmoid's range
+    let gates: Vec<f32> =
+        seeded(s.heads * s.n * 3, INPUT_SEED ^ 0x6a7e).iter().map(|x| 0.5 + 0.45 * x).collect();
+    let t = call.upload(gpu, spec, (&q, &k, &v), &gates, None)?;
+    let (lists, path) = call.run(gpu, &t)?;
+    let out = call.read(gpu, &t, lists, path)?;
+    let total = s.heads * s.n;
+    let rows: Vec<usize> = (0..SPOT_ROWS).map(|i| i * (total - 1) / (SPOT_ROWS - 1)).collect();
+    let (want, differ, ties) = nsa_rows_f64(spec, nsa, (&q, &k, &v), &gates, None, &out.lists, &rows, 1e-5)?;
+    if !ties {
+        return Err(crate::error::Error::Invalid(format!(
+            "NSA's choice on the GPU differs from the oracle's beyond float32 ties in {differ} of {SPOT_ROWS} sampled rows"
+        )));
+    }
+    let d = s.head_dim;
+    let got: Vec<f32> = rows.iter().flat_map(|&row| out.o[row * d..][..d].iter().copied()).collect();
+    r.rel_err = Some(rel_error(&got, &want));
+    let pairs = nsa_pairs(spec, nsa, &out.lists);
+    r.sparse_pairs = pairs.iter().sum();
+    r.dense_pairs = spec.visible_pairs();
+    // compression: φ over l keys for K and V; the choice: a dot product and an exp per
+    // (query head, row, compressed key overlapping a candidate block), keys overlapping two
+    // blocks scored in each (≈ (l′ + l − d)/l′ per visible compressed key)
+    let (mc, dd) = (nsa.compressed(s.m) as f64, d as f64);
+    let overlap = (nsa.block + nsa.cmp_len - nsa.cmp_stride) as f64 / nsa.block as f64;
+    r.select_flops =
+        4.0 * s.kv_heads as f64 * mc * nsa.cmp_len as f64 * dd + (2.0 * dd + 2.0) * pairs[0] as f64 * overlap;
+    r.attend_flops = 4.0 * dd * r.sparse_pairs as f64;
+    let mut stage = |name: &str, run: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        let ms = time_host(1, reps, |_| {
+            run()?;
+            gpu.wait()
+        })?
+        .median();
+        r.stage_ms.push((name.to_string(), ms));
+        Ok(ms)
+    };
+    let compress = stage("compress", &mut || call.compress(gpu, &t))?;
+    let cmp = stage("compressed", &mut || call.compressed_branch(gpu, &t))?;
+    let choose = stage("choose", &mut || call.select(gpu, &t).map(drop))?;
+    let slc = stage("selected", &mut || call.selected_branch(gpu, &t, &out.lists).map(drop))?;
+    let win = stage("window", &mut || call.window_branch(gpu, &t))?;
+    let mix = stage("mix", &mut || call.combine(gpu, &t))?;
+    let dense = time_wall(gpu, 1, reps, |enc| dense.encode(gpu, enc, &t.io.buffers()))?;
+    (r.select_ms, r.attend_ms, r.dense_ms) =
+        (Some(compress + choose), Some(cmp + slc + win + mix), Some(dense.median()));
+    Ok(())
+}
+
+/// Query-key pairs each NSA branch visits (over heads): `[compressed, selected, window]`
+/// (compressed keys counted as keys).
+fn nsa_pairs(spec: &AttnSpec, nsa: &Nsa, lists: &[u32]) -> [u64; 3] {
+    let s = spec.shape;
+    let mc = nsa.compressed(s.m) as i64;
+    let mut pairs = [0u64; 3];
+    for (row, list) in lists.chunks_exact(nsa.topk).enumerate() {
+        let p = spec.position(row % s.n);
+        if p < 0 {
+            continue;
+        }
+        let (l, d) = (nsa.cmp_len as i64, nsa.cmp_stride as i64);
+        pairs[0] += if p + 1 < l { 0 } else { ((p + 1 - l) / d + 1).min(mc) as u64 };
+        for &b in list.iter().filter(|&&b| b != NONE) {
+            let first = b as i64 * nsa.block as i64;
+            pairs[1] += ((first + nsa.block as i64).min(p + 1) - first) as u64;
+        }
+        pairs[2] += (p + 1).min(nsa.window as i64) as u64;
+    }
+    pairs
 }
 
 /// The block-list backward on the forward's lists against flash's dense causal backward:
