@@ -17,6 +17,9 @@
 //   chosen blocks, NONE after. The host sizes the passes below an adapter's loop cap.
 // - `combine`: one invocation per output element: o = g₀·o_cmp + g₁·o_slc + g₂·o_win.
 // The backward's own stages are in nsa_backward.wgsl.
+// With subgroups (SG > 0, a constant of the variant) and QCAP4 ≥ SG, the rows of a subgroup
+// read each key as SG vector loads, one lane each, and shuffle: the key's vec4s are not
+// gathered per lane. Every lane of a workgroup runs the key loops (their bounds are uniform).
 // Device-memory traffic: `score` reads the group's query rows once and, per block, the
 // compressed keys overlapping it (≈ (l′ + l)/d of them, QCAP4 vec4s each).
 
@@ -95,7 +98,9 @@ fn compress(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
 }
 
 @compute @workgroup_size(64)
-fn score(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn score(@builtin(workgroup_id) wg: vec3<u32>, ids: Ids) {
+    let lid = ids.lid;
+    let lane = lane_of(ids);
     let runs = (params.n + 63u) / 64u;
     let w = wg.y * params.groups_x + wg.x;
     let g = w / runs;
@@ -164,8 +169,19 @@ fn score(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
                 // constant trip counts (GCAP, QCAP4): the query stays in registers
                 for (var hh = 0u; hh < GCAP; hh++) {
                     var dt = 0.0;
-                    for (var x = 0u; x < QCAP4; x++) {
-                        dt += dot(qr[hh * QCAP4 + x], kc4[k0 + x]);
+                    if SG > 0u && QCAP4 >= SG {
+                        // lane l loads vec4 j + l of the key (one vector load across the
+                        // subgroup), the others arrive by shuffle
+                        for (var j = 0u; j < QCAP4; j += SG) {
+                            let kl = kc4[k0 + j + lane];
+                            for (var l = 0u; l < SG; l++) {
+                                dt += dot(qr[hh * QCAP4 + j + l], shuffle4(kl, l));
+                            }
+                        }
+                    } else {
+                        for (var x = 0u; x < QCAP4; x++) {
+                            dt += dot(qr[hh * QCAP4 + x], kc4[k0 + x]);
+                        }
                     }
                     if seen && hh < group {
                         sc += exp(dt - lr[hh]);

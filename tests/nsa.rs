@@ -39,6 +39,8 @@ fn cases() -> Vec<(AttnSpec, Nsa, bool)> {
         (AttnSpec::new(shape(1, 1, 10, 10, 4)), nsa(16, 8, 4, 3, 3), false),
         // the most blocks a query may choose
         (AttnSpec::new(shape(1, 1, 25, 90, 4)), nsa(4, 2, 2, MAX_TOPK, 4), false),
+        // head dim 40: the choice's vec4 lanes (16, zeros past 10) shuffled across subgroups
+        (AttnSpec::new(shape(4, 2, 70, 150, 40)), nsa(8, 4, 16, 4, 12), true),
         // a batch of two sequences, each choosing for itself
         (AttnSpec::new(AttnShape { batch: 2, ..shape(2, 1, 30, 44, 8) }), nsa(8, 4, 8, 3, 6), true),
     ]
@@ -198,13 +200,14 @@ fn the_oracle_gradients_match_finite_differences() {
     }
 }
 
-/// Many blocks and a large group make the choice longer than lavapipe's loop cap allows in one
-/// dispatch: it runs in passes, the running top blocks kept in memory between them.
+/// 70 000 compressed keys make the choice's key loop longer than lavapipe's loop cap (65 535
+/// iterations) allows in one dispatch: it runs in passes over the blocks, the running top blocks
+/// kept in memory between them (in one pass the loop stops early and the choice is wrong).
 #[test]
 fn the_choice_runs_in_passes_below_the_loop_cap() {
     let g = gpu();
     let seed = seed();
-    let spec = AttnSpec::new(shape(8, 1, 40, 800, 32));
+    let spec = AttnSpec::new(shape(4, 1, 8, 70_000, 32));
     let nsa = nsa(2, 1, 2, 6, 4);
     let call = NsaAttention::new(g, &spec, &nsa).unwrap();
     let passes = call.score_passes(g).unwrap();

@@ -21,6 +21,7 @@ use crate::contract::selection::MAX_TOPK;
 use crate::contract::spec::{AttnOutput, AttnSpec};
 use crate::error::{Error, Result};
 use crate::kernels::attention::backward::{Backward, BackwardBuffers};
+use crate::kernels::attention::flash::FlashConfig;
 use crate::kernels::attention::sparse::SparseAttention;
 use crate::kernels::attention::sparse_backward::SparseBackward;
 use crate::kernels::attention::{AttnBuffers, DeviceTensors};
@@ -86,27 +87,35 @@ struct Params {
     scale: f32,
 }
 
-/// The variant of `entry` for head dim `d` and `group` query heads per kv head (`score` keeps
-/// the group's query rows in private vec4 lanes: both rounded up to powers of two).
-fn variant(entry: &'static str, d: usize, group: usize) -> ShaderVariant {
+/// The variant of `entry` for head dim `d`, `group` query heads per kv head (`score` keeps
+/// the group's query rows in private vec4 lanes: both rounded up to powers of two) and
+/// subgroups of `sg` (0: none; `score` shuffles the keys' vec4s across them).
+fn variant(entry: &'static str, d: usize, group: usize, sg: u32) -> ShaderVariant {
     let (qcap4, gcap) = (lanes(d) as u32, group.next_power_of_two() as u32);
     SHADER.variant(
         entry,
-        &[],
-        vec![("MAX_TOPK", MAX_TOPK as u32), ("QCAP4", qcap4), ("GCAP", gcap), ("QG", qcap4 * gcap)],
+        &[crate::kernels::lanes(sg)],
+        vec![
+            ("MAX_TOPK", MAX_TOPK as u32),
+            ("QCAP4", qcap4),
+            ("GCAP", gcap),
+            ("QG", qcap4 * gcap),
+            ("SG", sg),
+        ],
     )
 }
 
 /// The shader variants: `compress` per head-dim bucket, `score` per (head-dim bucket, group
-/// bucket) whose private query array fits [`MAX_QG`], `combine` once.
+/// bucket) whose private query array fits [`MAX_QG`] and subgroup width, `combine` once.
 pub fn variants() -> Vec<ShaderVariant> {
-    let mut out = vec![variant("combine", 4, 1)];
+    let mut out = vec![variant("combine", 4, 1, 0)];
     for p in 0..=8 {
         let d = 1 << p;
-        out.push(variant("compress", d, 1));
+        out.push(variant("compress", d, 1, 0));
         for g in (0..=4).map(|e| 1 << e) {
             if lanes(d) as usize * g <= MAX_QG {
-                out.push(variant("score", d, g));
+                // without subgroups, and with subgroups of 8 (lavapipe's) and 32
+                out.extend([0, 8, 32].map(|sg| variant("score", d, g, sg)));
             }
         }
     }
@@ -196,9 +205,9 @@ impl NsaAttention {
         // the passes of `score` need at least one block each
         blocks_per_pass(gpu, &spec, nsa)?;
         Ok(Self {
-            compress: gpu.compile(&variant("compress", s.head_dim, 1))?,
-            score: gpu.compile(&variant("score", s.head_dim, group))?,
-            combine: gpu.compile(&variant("combine", 4, 1))?,
+            compress: gpu.compile(&variant("compress", s.head_dim, 1, 0))?,
+            score: gpu.compile(&variant("score", s.head_dim, group, score_subgroup(gpu, s.head_dim)))?,
+            combine: gpu.compile(&variant("combine", 4, 1, 0))?,
             spec,
             nsa: *nsa,
             cmp,
@@ -709,6 +718,12 @@ pub fn nsa_backward(
     call.run(gpu, &t, &gr, &lists)?;
     let grads = call.read(gpu, spec, &gr)?;
     Ok((call.forward.read(gpu, &t, lists, path)?, grads))
+}
+
+/// The subgroup width `score` shuffles across: flash's for the device and head dim (its
+/// profile, tuned winners and shuffle checks; 0 where it has none).
+fn score_subgroup(gpu: &Gpu, d: usize) -> u32 {
+    FlashConfig::choose(gpu.profile().0, gpu.tuned(), gpu, d).sg
 }
 
 /// The compressed branch's call: Q against the compressed keys, their visibility
