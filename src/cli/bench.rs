@@ -113,7 +113,7 @@ pub struct BenchArgs {
     tensor_cores: TensorCoresArg,
     /// Learned sparse attention against dense causal flash in the same run: `moba`, `nsa`
     /// (the selection and the attention over its choice timed apart, sampled rows checked
-    /// against the oracle; with --backward, MoBA's block-list backward against flash's).
+    /// against the oracle; with --backward, their backward against flash's).
     /// Without --n: N = 4K, 8K, 16K; H = 4, D = 64.
     #[arg(long, value_delimiter = ',', value_name = "METHODS")]
     sparse: Option<Vec<String>>,
@@ -542,11 +542,7 @@ fn sparse_bench(
     for m in methods {
         match m.trim() {
             "moba" => {}
-            "nsa" if a.backward || a.decode => {
-                bail!(
-                    "--sparse nsa: its backward and decoding step are not built yet (issue #35); the forward runs"
-                )
-            }
+            "nsa" if a.decode => bail!("--sparse nsa --decode: NSA's decoding step is not built yet (issue #35)"),
             "nsa" => {}
             "dsa" => bail!("--sparse dsa: not built yet (issue #35); `moba` and `nsa` run"),
             other => bail!("unknown sparse method `{other}`; choose from moba, nsa"),
@@ -581,7 +577,7 @@ fn sparse_bench(
             let spec = AttnSpec::new(shape(heads, a.kv_heads.unwrap_or(heads), n, n, d));
             for m in methods {
                 records.push(match m.trim() {
-                    "nsa" => run_nsa(gpu, &spec, &nsa, a.reps.unwrap_or(3)),
+                    "nsa" => run_nsa(gpu, &spec, &nsa, a.reps.unwrap_or(3), a.backward),
                     _ => run_moba(gpu, &spec, &moba, a.reps.unwrap_or(3), a.backward),
                 });
             }
@@ -649,8 +645,11 @@ fn sparse_bench(
          branches and the gated mix. speedup = dense / (select + attend).{}",
         a.reps.unwrap_or(3),
         if a.backward {
-            " backward = the block-list backward on the forward's lists (Δ, dQ's shares and their sum, dK and dV); \
-             dense backward = flash's backward of causal attention; backward speedup = dense backward / backward."
+            " backward = MoBA: the block-list backward on the forward's lists (Δ, dQ's shares and their sum, dK and \
+             dV); NSA: dO's gated shares, each branch's backward (flash's over the compressed keys and the window, \
+             the block-list one over the chosen blocks), the compression's backward to dK, dV and φ, the gates' \
+             gradient; dense backward = flash's backward of causal attention; backward speedup = dense backward / \
+             backward."
         } else {
             ""
         }

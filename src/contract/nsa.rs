@@ -591,6 +591,53 @@ pub fn nsa_backward_f64(
     Ok(NsaGrads { dq, dk, dv, dgates, dphi })
 }
 
+/// dQ of sampled rows in f64 (indices into the folded `[H·N]` rows) for a kernel's choice
+/// `lists`: each branch's for its gated share of dO, from the definition (for benchmarks).
+#[allow(clippy::too_many_arguments)]
+pub fn nsa_dq_rows_f64(
+    spec: &AttnSpec,
+    nsa: &Nsa,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    gates: &[f32],
+    phi: Option<&[f32]>,
+    lists: &[u32],
+    d_o: &[f32],
+    rows: &[usize],
+) -> Result<Vec<f64>> {
+    use crate::contract::reference::attention_dq_rows_f64;
+    spec.check_grad(d_o)?;
+    nsa.check_gates(&spec.shape, gates)?;
+    let folded = &nsa.fold(spec)?;
+    let phi = nsa.phi(&spec.shape, phi)?;
+    let s = folded.shape;
+    let (d, mc) = (s.head_dim, nsa.compressed(s.m));
+    let share = |b: usize| -> Vec<f32> { d_o.iter().enumerate().map(|(t, &x)| gates[t / d * 3 + b] * x).collect() };
+    let slc = attention_dq_rows_f64(&nsa.selected_spec(folded, lists)?, (q, k, v), &share(1), rows)?;
+    let win = attention_dq_rows_f64(&nsa.window_spec(folded), (q, k, v), &share(2), rows)?;
+    let (kc, vc) = (compress_f64(folded, nsa, &phi, k), compress_f64(folded, nsa, &phi, v));
+    let scale = folded.scale_value() as f64;
+    let mut out = Vec::with_capacity(rows.len() * d);
+    for (r, &row) in rows.iter().enumerate() {
+        let (h, i) = (row / s.n, row % s.n);
+        let g = h / s.group();
+        let mut dq: Vec<f64> = slc[r].iter().zip(&win[r]).map(|(a, b)| a + b).collect();
+        let (o, lse, probs) = compressed_row_f64(folded, nsa, q, (&kc, &vc), h, i);
+        if lse != f64::NEG_INFINITY {
+            let gate = gates[row * 3] as f64;
+            let dor: Vec<f64> = d_o[row * d..][..d].iter().map(|&x| gate * x as f64).collect();
+            let delta: f64 = dor.iter().zip(&o).map(|(a, b)| a * b).sum();
+            for (c, &pc) in probs.iter().enumerate().filter(|(_, p)| **p > 0.0) {
+                let (kr, vr) = (&kc[(g * mc + c) * d..][..d], &vc[(g * mc + c) * d..][..d]);
+                let dp: f64 = dor.iter().zip(vr).map(|(a, b)| a * b).sum();
+                let ds = pc * (dp - delta) * scale;
+                dq.iter_mut().zip(kr).for_each(|(x, &kv)| *x += ds * kv);
+            }
+        }
+        out.extend(dq);
+    }
+    Ok(out)
+}
+
 /// The three branches' outputs in f64 on a given choice (`[H·N·D]` each).
 fn nsa_forward_parts(
     folded: &AttnSpec,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::contract::AttnShape;
 use crate::contract::inputs::{seeded, seeded_qkv};
-use crate::contract::nsa::{Nsa, nsa_rows_f64};
+use crate::contract::nsa::{Nsa, nsa_dq_rows_f64, nsa_rows_f64};
 use crate::contract::reference::rel_error;
 use crate::contract::selection::{Moba, NONE};
 use crate::contract::spec::AttnSpec;
@@ -17,7 +17,7 @@ use crate::kernels::attention::backward::{Backward, GradTensors};
 use crate::kernels::attention::decode::{Decoder, DecoderConfig};
 use crate::kernels::attention::sparse::SparseAttention;
 use crate::kernels::attention::sparse_backward::SparseBackward;
-use crate::kernels::nsa::NsaAttention;
+use crate::kernels::nsa::{NsaAttention, NsaBackward};
 use crate::kernels::selection::{block_means_on, choose_on, select_lists};
 use crate::kernels::{Attention, Kernel};
 use crate::measure::bench::{INPUT_SEED, SPOT_ROWS, spot_error, spot_grad_error};
@@ -162,8 +162,10 @@ fn fill_moba(
 /// NSA `nsa` on `spec` (one sequence, causal) against dense causal flash: sampled rows of the
 /// mix and of the choice checked against the oracle on the GPU's choice, then `reps` timed
 /// runs of each stage (select = compression + the choice with the lists read back; attend =
-/// the three branches and the mix). A failure becomes `skipped`.
-pub fn run_nsa(gpu: &Gpu, spec: &AttnSpec, nsa: &Nsa, reps: usize) -> SparseRecord {
+/// the three branches and the mix); with `backward`, NSA's backward on the forward's choice
+/// (dQ of sampled rows against the oracle) against flash's dense causal backward. A failure
+/// becomes `skipped`.
+pub fn run_nsa(gpu: &Gpu, spec: &AttnSpec, nsa: &Nsa, reps: usize, backward: bool) -> SparseRecord {
     let s = spec.shape;
     let mut r = SparseRecord {
         method: "nsa".into(),
@@ -177,15 +179,23 @@ pub fn run_nsa(gpu: &Gpu, spec: &AttnSpec, nsa: &Nsa, reps: usize) -> SparseReco
         config: nsa.describe(),
         ..Default::default()
     };
-    if let Err(e) = fill_nsa(gpu, &spec.clone().causal(true), nsa, reps, &mut r) {
+    if let Err(e) = fill_nsa(gpu, &spec.clone().causal(true), nsa, reps, backward, &mut r) {
         r.skipped = Some(e.to_string());
     }
     r
 }
 
-fn fill_nsa(gpu: &Gpu, spec: &AttnSpec, nsa: &Nsa, reps: usize, r: &mut SparseRecord) -> Result<()> {
+fn fill_nsa(gpu: &Gpu, spec: &AttnSpec, nsa: &Nsa, reps: usize, backward: bool, r: &mut SparseRecord) -> Result<()> {
     let s = spec.shape;
-    let call = NsaAttention::new(gpu, spec, nsa)?;
+    let with_backward = backward.then(|| NsaBackward::new(gpu, spec, nsa)).transpose()?;
+    let prepared;
+    let call = match &with_backward {
+        Some(b) => b.forward(),
+        None => {
+            prepared = NsaAttention::new(gpu, spec, nsa)?;
+            &prepared
+        }
+    };
     let dense = Attention::new(gpu, Kernel::Flash, spec)?;
     let (q, k, v) = seeded_qkv(spec, INPUT_SEED);
     // gates in (0.05, 0.95), a sigmoid's range
@@ -231,9 +241,32 @@ fn fill_nsa(gpu: &Gpu, spec: &AttnSpec, nsa: &Nsa, reps: usize, r: &mut SparseRe
     let slc = stage("selected", &mut || call.selected_branch(gpu, &t, &out.lists).map(drop))?;
     let win = stage("window", &mut || call.window_branch(gpu, &t))?;
     let mix = stage("mix", &mut || call.combine(gpu, &t))?;
-    let dense = time_wall(gpu, 1, reps, |enc| dense.encode(gpu, enc, &t.io.buffers()))?;
+    let dense_t = time_wall(gpu, 1, reps, |enc| dense.encode(gpu, enc, &t.io.buffers()))?;
     (r.select_ms, r.attend_ms, r.dense_ms) =
-        (Some(compress + choose), Some(cmp + slc + win + mix), Some(dense.median()));
+        (Some(compress + choose), Some(cmp + slc + win + mix), Some(dense_t.median()));
+    let Some(bwd) = &with_backward else { return Ok(()) };
+    // the backward on the forward's tensors (dense flash last wrote the selected branch's O
+    // and LSE: the forward again first)
+    call.run(gpu, &t)?;
+    let d_o = seeded_qkv(spec, INPUT_SEED ^ 0x5eed).0;
+    let gr = bwd.upload(gpu, spec, &d_o)?;
+    bwd.run(gpu, &t, &gr, &out.lists)?;
+    let grads = bwd.read(gpu, spec, &gr)?;
+    let want = nsa_dq_rows_f64(spec, nsa, (&q, &k, &v), &gates, None, &out.lists, &d_o, &rows)?;
+    let got: Vec<f32> = rows.iter().flat_map(|&row| grads.dq[row * d..][..d].iter().copied()).collect();
+    r.grad_err = Some(rel_error(&got, &want));
+    let timed = time_host(1, reps, |_| {
+        bwd.run(gpu, &t, &gr, &out.lists)?;
+        gpu.wait()
+    })?;
+    // dense: its own forward first (the backward reads that O and LSE)
+    let dense_bwd = Backward::new(gpu, spec)?;
+    let grads = GradTensors::upload(gpu, spec, &d_o)?;
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    dense.encode(gpu, &mut enc, &t.io.buffers())?;
+    gpu.queue.submit([enc.finish()]);
+    let dense_b = time_wall(gpu, 1, reps, |enc| dense_bwd.encode(gpu, enc, &grads.buffers(&t.io)))?;
+    (r.backward_ms, r.dense_backward_ms) = (Some(timed.median()), Some(dense_b.median()));
     Ok(())
 }
 
