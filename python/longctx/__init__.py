@@ -262,6 +262,55 @@ class Device:
         return self._native.moba_backward(f32(q, "q"), f32(k, "k"), f32(v, "v"), f32(do, "do"), block, topk, opts)
 
     @_with_doc("")
+    def nsa(
+        self,
+        q: Any,
+        k: Any,
+        v: Any,
+        *,
+        cmp: Tuple[int, int] = (32, 16),
+        slc: int = 64,
+        top: int = 16,
+        win: int = 512,
+        gates: Any = None,
+        phi: Any = None,
+        scale: Optional[float] = None,
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """NSA (native sparse attention, docs/DESIGN.md §1): o = g₀·o_cmp + g₁·o_slc + g₂·o_win —
+        attention over compressed keys (one per `cmp` = (length, stride) window, φ-weighted),
+        over the `top` blocks of `slc` keys the compressed branch ranks highest (the first and
+        the two local blocks always among them; one choice per kv group) and over a causal
+        window of `win` keys. `gates` like Q with D replaced by 3 (default 1/3 each), `phi`
+        [Hkv, length] (default the mean). Returns (O, blocks): blocks like Q with D replaced by
+        `top`, int64, −1 where a row had fewer. Causal; no mask, ALiBi or positional encoding."""
+        g, p, params = _nsa_inputs(q, cmp, slc, top, win, gates, phi)
+        return self._native.nsa(f32(q, "q"), f32(k, "k"), f32(v, "v"), g, p, params, options(scale=scale))
+
+    @_with_doc("")
+    def nsa_backward(
+        self,
+        q: Any,
+        k: Any,
+        v: Any,
+        do: Any,
+        *,
+        cmp: Tuple[int, int] = (32, 16),
+        slc: int = 64,
+        top: int = 16,
+        win: int = 512,
+        gates: Any = None,
+        phi: Any = None,
+        scale: Optional[float] = None,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """NSA's forward and backward (options as `nsa`) for the incoming dO, with no gradient
+        through the choice. Returns (O, dQ, dK, dV, dgates, dphi, blocks); dK and dV are summed
+        over each kv head's query heads, dphi over a batch's sequences."""
+        g, p, params = _nsa_inputs(q, cmp, slc, top, win, gates, phi)
+        return self._native.nsa_backward(
+            f32(q, "q"), f32(k, "k"), f32(v, "v"), f32(do, "do"), g, p, params, options(scale=scale)
+        )
+
+    @_with_doc("")
     def matmul(self, a: Any, b: Any, bias: Any = None, activation: Optional[str] = None) -> np.ndarray:
         """C = act(A·B + bias): A `[M, K]`, B `[K, N]`, bias `[N]`; activation None, "gelu"
         (tanh) or "gelu_erf". The adapter's fastest matmul path (register-blocked on CPU
@@ -357,3 +406,14 @@ __all__ = [
     "InternalError",
     "ShaderError",
 ]
+
+
+def _nsa_inputs(
+    q: Any, cmp: Tuple[int, int], slc: int, top: int, win: int, gates: Any, phi: Any
+) -> Tuple[np.ndarray, Optional[np.ndarray], Tuple[int, int, int, int, int]]:
+    """NSA's gates (default 1/3 each, shaped like Q with D replaced by 3), φ (or None: the
+    mean) and parameters (length, stride, block, top, window) as the native layer takes them."""
+    if gates is None:
+        gates = np.full(np.shape(q)[:-1] + (3,), 1.0 / 3.0, dtype=np.float32)
+    length, stride = cmp
+    return f32(gates, "gates"), None if phi is None else f32(phi, "phi"), (length, stride, slc, top, win)

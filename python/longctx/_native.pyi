@@ -44,6 +44,27 @@ class Device:
         topk: int,
         opts: Dict[str, Any],
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+    def nsa(
+        self,
+        q: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        gates: np.ndarray,
+        phi: Optional[np.ndarray],
+        nsa: Tuple[int, int, int, int, int],
+        opts: Dict[str, Any],
+    ) -> Tuple[np.ndarray, np.ndarray]: ...
+    def nsa_backward(
+        self,
+        q: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        d_o: np.ndarray,
+        gates: np.ndarray,
+        phi: Optional[np.ndarray],
+        nsa: Tuple[int, int, int, int, int],
+        opts: Dict[str, Any],
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
     def matmul(
         self, a: np.ndarray, b: np.ndarray, bias: Optional[np.ndarray] = None, activation: Optional[str] = None
     ) -> np.ndarray: ...
@@ -87,3 +108,22 @@ def reference_moba_backward(
 def plan_json(model: str, n: int, batch: int = 1, bytes_per_element: int = 2) -> str: ...
 def list_adapters(backend: Optional[str] = None) -> List[Dict[str, str]]: ...
 def build_info() -> Tuple[str, str]: ...
+def reference_nsa(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    gates: np.ndarray,
+    phi: Optional[np.ndarray],
+    nsa: Tuple[int, int, int, int, int],
+    opts: Dict[str, Any],
+) -> Tuple[np.ndarray, np.ndarray]: ...
+def reference_nsa_backward(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    d_o: np.ndarray,
+    gates: np.ndarray,
+    phi: Optional[np.ndarray],
+    nsa: Tuple[int, int, int, int, int],
+    opts: Dict[str, Any],
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...

@@ -6,7 +6,14 @@ from typing import Any, Tuple
 import numpy as np
 
 from ._convert import ARRAY_RULE, f32, options
-from ._native import reference_attention, reference_backward, reference_moba, reference_moba_backward
+from ._native import (
+    reference_attention,
+    reference_backward,
+    reference_moba,
+    reference_moba_backward,
+    reference_nsa,
+    reference_nsa_backward,
+)
 
 
 def attention(q: Any, k: Any, v: Any, **opts: Any) -> Tuple[np.ndarray, np.ndarray]:
@@ -38,3 +45,35 @@ def moba_backward(
     return reference_moba_backward(
         f32(q, "q"), f32(k, "k"), f32(v, "v"), f32(do, "do"), block, topk, options(causal=True, **opts)
     )
+
+
+def nsa(q: Any, k: Any, v: Any, **params: Any) -> Tuple[np.ndarray, np.ndarray]:
+    """NSA in float64: the oracle's own choice, then the three branches and the gated mix;
+    returns (O, blocks) as `Device.nsa`. Parameters as `Device.nsa`."""
+    from . import _nsa_inputs
+
+    scale = params.pop("scale", None)
+    g, p, nsa_params = _nsa_inputs(q, **_nsa_defaults(params))
+    return reference_nsa(f32(q, "q"), f32(k, "k"), f32(v, "v"), g, p, nsa_params, options(scale=scale))
+
+
+def nsa_backward(q: Any, k: Any, v: Any, do: Any, **params: Any) -> Tuple[np.ndarray, ...]:
+    """The float64 oracle's NSA forward and backward on its own choice: (O, dQ, dK, dV,
+    dgates, dphi, blocks) as `Device.nsa_backward`. Parameters as `Device.nsa`."""
+    from . import _nsa_inputs
+
+    scale = params.pop("scale", None)
+    g, p, nsa_params = _nsa_inputs(q, **_nsa_defaults(params))
+    return reference_nsa_backward(
+        f32(q, "q"), f32(k, "k"), f32(v, "v"), f32(do, "do"), g, p, nsa_params, options(scale=scale)
+    )
+
+
+def _nsa_defaults(params: dict) -> dict:
+    """`Device.nsa`'s keyword defaults, for the oracle's functions."""
+    out = dict(cmp=(32, 16), slc=64, top=16, win=512, gates=None, phi=None)
+    unknown = set(params) - set(out)
+    if unknown:
+        raise TypeError(f"unknown NSA parameters: {sorted(unknown)}")
+    out.update(params)
+    return out

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use longctx::contract::mask::{BigBird, Mask};
 use longctx::contract::mods::{Mods, Named};
+use longctx::contract::nsa::Nsa;
 use longctx::contract::positions::Positions;
 use longctx::contract::reference;
 use longctx::contract::selection::Moba;
@@ -529,6 +530,56 @@ impl Device {
         moba_grads_out(py, (out.o, out.lse), (g.dq, g.dk, g.dv), &lists, &t, topk)
     }
 
+    /// NSA (native sparse attention): the compressed, selected and window branches on the GPU,
+    /// mixed by the gates: `(O, blocks)`, blocks `[.., H, N, top]` int64 (−1 where fewer).
+    #[allow(clippy::too_many_arguments)]
+    fn nsa<'py>(
+        &self,
+        py: Python<'py>,
+        q: PyReadonlyArrayDyn<'py, f32>,
+        k: PyReadonlyArrayDyn<'py, f32>,
+        v: PyReadonlyArrayDyn<'py, f32>,
+        gates: PyReadonlyArrayDyn<'py, f32>,
+        phi: Option<PyReadonlyArrayDyn<'py, f32>>,
+        nsa: (usize, usize, usize, usize, usize),
+        opts: Opts,
+    ) -> PyResult<NsaOut<'py, f32>> {
+        let t = Qkv::new(py, &q, &k, &v)?;
+        let (nsa, g, p) = nsa_inputs(py, &t, nsa, &gates, phi.as_ref())?;
+        let gpu = &self.gpu;
+        let out = detached(py, || {
+            longctx::kernels::nsa::nsa_attention(gpu, &opts.spec(t.shape)?, &nsa, t.q, t.k, t.v, g, p)
+        })?;
+        Ok((array(py, out.o, &t.q_dims)?, blocks_out(py, &out.lists, &t.q_dims, nsa.topk)?))
+    }
+
+    /// NSA's forward and backward for dO (no gradient through the choice): `(O, dQ, dK, dV,
+    /// dgates, dphi, blocks)`.
+    #[allow(clippy::too_many_arguments)]
+    fn nsa_backward<'py>(
+        &self,
+        py: Python<'py>,
+        q: PyReadonlyArrayDyn<'py, f32>,
+        k: PyReadonlyArrayDyn<'py, f32>,
+        v: PyReadonlyArrayDyn<'py, f32>,
+        d_o: PyReadonlyArrayDyn<'py, f32>,
+        gates: PyReadonlyArrayDyn<'py, f32>,
+        phi: Option<PyReadonlyArrayDyn<'py, f32>>,
+        nsa: (usize, usize, usize, usize, usize),
+        opts: Opts,
+    ) -> PyResult<NsaGradsOut<'py, f32>> {
+        let t = Qkv::new(py, &q, &k, &v)?;
+        let ds = t.other(py, "do", &d_o, &t.q_dims)?;
+        let (nsa, g, p) = nsa_inputs(py, &t, nsa, &gates, phi.as_ref())?;
+        let gpu = &self.gpu;
+        let (out, gr) = detached(py, || {
+            let spec = opts.spec(t.shape)?;
+            longctx::kernels::nsa::nsa_backward(gpu, &spec, &nsa, (t.q, t.k, t.v), g, p, ds)
+        })?;
+        let grads = [gr.dq, gr.dk, gr.dv, gr.dgates, gr.dphi];
+        nsa_grads_out(py, &t, &nsa, out.o, grads, &out.lists)
+    }
+
     /// C = act(A·B + bias) for A `[M, K]`, B `[K, N]`, bias `[N]`.
     #[pyo3(signature = (a, b, bias=None, activation=None))]
     fn matmul<'py>(
@@ -836,6 +887,119 @@ fn reference_moba_backward<'py>(
     moba_grads_out(py, (o, lse), (dq, dk, dv), &lists, &t, topk)
 }
 
+/// The float64 oracle's NSA: its own choice, then the branches and the mix: `(O, blocks)`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn reference_nsa<'py>(
+    py: Python<'py>,
+    q: PyReadonlyArrayDyn<'py, f32>,
+    k: PyReadonlyArrayDyn<'py, f32>,
+    v: PyReadonlyArrayDyn<'py, f32>,
+    gates: PyReadonlyArrayDyn<'py, f32>,
+    phi: Option<PyReadonlyArrayDyn<'py, f32>>,
+    nsa: (usize, usize, usize, usize, usize),
+    opts: Opts,
+) -> PyResult<NsaOut<'py, f64>> {
+    let t = Qkv::new(py, &q, &k, &v)?;
+    let (nsa, g, p) = nsa_inputs(py, &t, nsa, &gates, phi.as_ref())?;
+    let (o, lists) = detached(py, || {
+        let spec = opts.spec(t.shape)?;
+        let sel = longctx::contract::nsa::nsa_select_f64(&spec, &nsa, t.q, t.k, t.v, p)?;
+        let out = longctx::contract::nsa::nsa_forward_f64(&spec, &nsa, t.q, t.k, t.v, g, &sel, &sel.lists)?;
+        Ok((out.o, sel.lists))
+    })?;
+    Ok((array(py, o, &t.q_dims)?, blocks_out(py, &lists, &t.q_dims, nsa.topk)?))
+}
+
+/// The float64 oracle's NSA forward and backward on its own choice: `(O, dQ, dK, dV, dgates,
+/// dphi, blocks)`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn reference_nsa_backward<'py>(
+    py: Python<'py>,
+    q: PyReadonlyArrayDyn<'py, f32>,
+    k: PyReadonlyArrayDyn<'py, f32>,
+    v: PyReadonlyArrayDyn<'py, f32>,
+    d_o: PyReadonlyArrayDyn<'py, f32>,
+    gates: PyReadonlyArrayDyn<'py, f32>,
+    phi: Option<PyReadonlyArrayDyn<'py, f32>>,
+    nsa: (usize, usize, usize, usize, usize),
+    opts: Opts,
+) -> PyResult<NsaGradsOut<'py, f64>> {
+    let t = Qkv::new(py, &q, &k, &v)?;
+    let ds = t.other(py, "do", &d_o, &t.q_dims)?;
+    let (nsa, g, p) = nsa_inputs(py, &t, nsa, &gates, phi.as_ref())?;
+    let (o, gr, lists) = detached(py, || {
+        use longctx::contract::nsa::{nsa_backward_f64, nsa_forward_f64, nsa_select_f64};
+        let spec = opts.spec(t.shape)?;
+        let sel = nsa_select_f64(&spec, &nsa, t.q, t.k, t.v, p)?;
+        let out = nsa_forward_f64(&spec, &nsa, t.q, t.k, t.v, g, &sel, &sel.lists)?;
+        let gr = nsa_backward_f64(&spec, &nsa, (t.q, t.k, t.v), g, p, &sel.lists, ds)?;
+        Ok((out.o, gr, sel.lists))
+    })?;
+    nsa_grads_out(py, &t, &nsa, o, [gr.dq, gr.dk, gr.dv, gr.dgates, gr.dphi], &lists)
+}
+
+/// NSA's parameters `(l, d, l′, n, w)` checked, the gates (Q's shape with D replaced by 3)
+/// and φ (`[Hkv, l]`, or the mean).
+fn nsa_inputs<'b>(
+    py: Python<'_>,
+    t: &Qkv<'_>,
+    (cmp_len, cmp_stride, block, topk, window): (usize, usize, usize, usize, usize),
+    gates: &'b PyReadonlyArrayDyn<'_, f32>,
+    phi: Option<&'b PyReadonlyArrayDyn<'_, f32>>,
+) -> PyResult<NsaInputs<'b>> {
+    let nsa = Nsa { cmp_len, cmp_stride, block, topk, window };
+    if let Err(e) = nsa.check() {
+        return fail(py, e);
+    }
+    let mut gate_dims = lse_dims(&t.q_dims);
+    gate_dims.push(3);
+    let g = t.other(py, "gates", gates, &gate_dims)?;
+    let p = phi.map(|p| t.other(py, "phi", p, &[t.shape.kv_heads, cmp_len])).transpose()?;
+    Ok((nsa, g, p))
+}
+
+/// NSA's parameters, gates and φ (or the mean).
+type NsaInputs<'b> = (Nsa, &'b [f32], Option<&'b [f32]>);
+
+/// NSA's forward and backward as arrays: O and dQ like Q, dK and dV like K, the gates'
+/// gradient like the gates, φ's `[Hkv, l]`, the blocks.
+fn nsa_grads_out<'py, T: numpy::Element>(
+    py: Python<'py>,
+    t: &Qkv<'_>,
+    nsa: &Nsa,
+    o: Vec<T>,
+    [dq, dk, dv, dgates, dphi]: [Vec<T>; 5],
+    lists: &[u32],
+) -> PyResult<NsaGradsOut<'py, T>> {
+    let mut gate_dims = lse_dims(&t.q_dims);
+    gate_dims.push(3);
+    Ok((
+        array(py, o, &t.q_dims)?,
+        array(py, dq, &t.q_dims)?,
+        array(py, dk, &t.kv_dims)?,
+        array(py, dv, &t.kv_dims)?,
+        array(py, dgates, &gate_dims)?,
+        array(py, dphi, &[t.shape.kv_heads, nsa.cmp_len])?,
+        blocks_out(py, lists, &t.q_dims, nsa.topk)?,
+    ))
+}
+
+/// NSA's output and chosen blocks.
+type NsaOut<'py, T> = (Bound<'py, PyArrayDyn<T>>, Bound<'py, PyArrayDyn<i64>>);
+
+/// NSA's forward and backward: O, dQ, dK, dV, dgates, dphi and the chosen blocks.
+type NsaGradsOut<'py, T> = (
+    Bound<'py, PyArrayDyn<T>>,
+    Bound<'py, PyArrayDyn<T>>,
+    Bound<'py, PyArrayDyn<T>>,
+    Bound<'py, PyArrayDyn<T>>,
+    Bound<'py, PyArrayDyn<T>>,
+    Bound<'py, PyArrayDyn<T>>,
+    Bound<'py, PyArrayDyn<i64>>,
+);
+
 /// [`moba_out`] with the gradients: dQ shaped like Q, dK and dV like K and V.
 fn moba_grads_out<'py, T: numpy::Element>(
     py: Python<'py>,
@@ -872,11 +1036,21 @@ fn moba_out<'py, T: numpy::Element>(
     q_dims: &[usize],
     topk: usize,
 ) -> PyResult<MobaOut<'py, T>> {
+    Ok((array(py, o, q_dims)?, array(py, lse, &lse_dims(q_dims))?, blocks_out(py, lists, q_dims, topk)?))
+}
+
+/// Index lists like Q with D replaced by `topk`, int64, −1 for NONE.
+fn blocks_out<'py>(
+    py: Python<'py>,
+    lists: &[u32],
+    q_dims: &[usize],
+    topk: usize,
+) -> PyResult<Bound<'py, PyArrayDyn<i64>>> {
     let blocks: Vec<i64> =
         lists.iter().map(|&b| if b == longctx::contract::selection::NONE { -1 } else { b as i64 }).collect();
     let mut block_dims = lse_dims(q_dims);
     block_dims.push(topk);
-    Ok((array(py, o, q_dims)?, array(py, lse, &lse_dims(q_dims))?, array(py, blocks, &block_dims)?))
+    array(py, blocks, &block_dims)
 }
 
 /// The float64 oracle's dQ, dK, dV for the incoming gradient dO.
@@ -950,6 +1124,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(reference_backward, m)?)?;
     m.add_function(wrap_pyfunction!(reference_moba, m)?)?;
     m.add_function(wrap_pyfunction!(reference_moba_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(reference_nsa, m)?)?;
+    m.add_function(wrap_pyfunction!(reference_nsa_backward, m)?)?;
     m.add_function(wrap_pyfunction!(plan_json, m)?)?;
     m.add_function(wrap_pyfunction!(list_adapters, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;

@@ -542,7 +542,9 @@ fn sparse_bench(
     for m in methods {
         match m.trim() {
             "moba" => {}
-            "nsa" if a.decode => bail!("--sparse nsa --decode: NSA's decoding step is not built yet (issue #35)"),
+            "nsa" if a.decode => {
+                bail!("--sparse nsa --decode: NSA's decoding step is not built yet (issue #35)")
+            }
             "nsa" => {}
             "dsa" => bail!("--sparse dsa: not built yet (issue #35); `moba` and `nsa` run"),
             other => bail!("unknown sparse method `{other}`; choose from moba, nsa"),

@@ -611,7 +611,8 @@ pub fn nsa_dq_rows_f64(
     let phi = nsa.phi(&spec.shape, phi)?;
     let s = folded.shape;
     let (d, mc) = (s.head_dim, nsa.compressed(s.m));
-    let share = |b: usize| -> Vec<f32> { d_o.iter().enumerate().map(|(t, &x)| gates[t / d * 3 + b] * x).collect() };
+    let share =
+        |b: usize| -> Vec<f32> { d_o.iter().enumerate().map(|(t, &x)| gates[t / d * 3 + b] * x).collect() };
     let slc = attention_dq_rows_f64(&nsa.selected_spec(folded, lists)?, (q, k, v), &share(1), rows)?;
     let win = attention_dq_rows_f64(&nsa.window_spec(folded), (q, k, v), &share(2), rows)?;
     let (kc, vc) = (compress_f64(folded, nsa, &phi, k), compress_f64(folded, nsa, &phi, v));

@@ -185,7 +185,14 @@ pub fn run_nsa(gpu: &Gpu, spec: &AttnSpec, nsa: &Nsa, reps: usize, backward: boo
     r
 }
 
-fn fill_nsa(gpu: &Gpu, spec: &AttnSpec, nsa: &Nsa, reps: usize, backward: bool, r: &mut SparseRecord) -> Result<()> {
+fn fill_nsa(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    nsa: &Nsa,
+    reps: usize,
+    backward: bool,
+    r: &mut SparseRecord,
+) -> Result<()> {
     let s = spec.shape;
     let with_backward = backward.then(|| NsaBackward::new(gpu, spec, nsa)).transpose()?;
     let prepared;
