@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::contract::inputs::{seeded, seeded_qkv};
 use crate::contract::mask::{BigBird, Mask};
 use crate::contract::mods::{Mods, Named};
+use crate::contract::nsa::{Nsa, compare_nsa_selection, nsa_backward_f64, nsa_forward_f64, nsa_select_f64};
 use crate::contract::positions::Positions;
 use crate::contract::reference::{attention_backward_f64, attention_f64, rel_error};
 use crate::contract::selection::{Moba, compare_selection, moba_select_f64};
@@ -17,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::kernels::attention::backward::Backward;
 use crate::kernels::attention::decode::{Decoder, DecoderConfig};
 use crate::kernels::matmul::{Activation, Coop, Matmul, MatmulOptions, TensorCores, matmul_f64};
+use crate::kernels::nsa::nsa_backward;
 use crate::kernels::selection::moba_backward;
 use crate::kernels::{Attention, DeviceTensors, Inputs, Kernel};
 use crate::models::gpt::{GptConfig, PosScheme};
@@ -146,6 +148,39 @@ fn moba(gpu: &Gpu, spec: &AttnSpec, moba: &Moba) -> Result<f64> {
     let (dq, dk, dv) = attention_backward_f64(&spec, &q, &k, &v, &d_o)?;
     let backward = rel_error(&grads.dq, &dq).max(rel_error(&grads.dk, &dk)).max(rel_error(&grads.dv, &dv));
     Ok(forward.max(backward))
+}
+
+/// NSA: the GPU's choice against the f64 oracle's (equal up to float32 ties), then the mix and
+/// its backward against the oracle on the GPU's choice: worst of O, dQ, dK, dV, the gates' and
+/// φ's gradients.
+fn nsa(gpu: &Gpu, spec: &AttnSpec, nsa: &Nsa) -> Result<f64> {
+    let (q, k, v) = seeded_qkv(spec, 15);
+    let d_o = seeded_qkv(spec, 16).0;
+    let s = spec.shape;
+    let gates: Vec<f32> = seeded(s.batch * s.heads * s.n * 3, 17).iter().map(|x| 0.5 + 0.4 * x).collect();
+    let phi: Vec<f32> =
+        seeded(s.kv_heads * nsa.cmp_len, 18).iter().map(|x| (1.0 + 0.5 * x) / nsa.cmp_len as f32).collect();
+    let (out, grads) = nsa_backward(gpu, spec, nsa, (&q, &k, &v), &gates, Some(&phi), &d_o)?;
+    let oracle = nsa_select_f64(spec, nsa, &q, &k, &v, Some(&phi))?;
+    let (diffs, ties) = compare_nsa_selection(spec, nsa, &oracle, &out.lists, 1e-5);
+    if !ties {
+        return Err(Error::Invalid(format!(
+            "the GPU chose other blocks than the oracle beyond float32 ties in {} rows",
+            diffs.len()
+        )));
+    }
+    let want = nsa_forward_f64(spec, nsa, &q, &k, &v, &gates, &oracle, &out.lists)?;
+    let g = nsa_backward_f64(spec, nsa, (&q, &k, &v), &gates, Some(&phi), &out.lists, &d_o)?;
+    Ok([
+        rel_error(&out.o, &want.o),
+        rel_error(&grads.dq, &g.dq),
+        rel_error(&grads.dk, &g.dk),
+        rel_error(&grads.dv, &g.dv),
+        rel_error(&grads.dgates, &g.dgates),
+        rel_error(&grads.dphi, &g.dphi),
+    ]
+    .into_iter()
+    .fold(0.0, f64::max))
 }
 
 /// Decoding: a prompt, then single-token steps; each step against one causal attention over
@@ -335,6 +370,18 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
             ),
             BOUND,
             Box::new(move |g: &Gpu| moba(g, &spec, &m)),
+        ));
+    }
+    // NSA: its choice, the three branches and the mix, forward and backward (the selected
+    // branch on the list kernels at D 64, on flash's block grid at D 37)
+    for d in [64, 37] {
+        let spec = AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 2, n: 77, m: 130, head_dim: d })
+            .causal(true);
+        let n = Nsa { cmp_len: 8, cmp_stride: 4, block: 16, topk: 4, window: 24 };
+        out.push((
+            format!("nsa {} {} (choice, O, dQ, dK, dV, dgates, dφ)", n.describe(), shape_of(&spec)),
+            BOUND,
+            Box::new(move |g: &Gpu| nsa(g, &spec, &n)),
         ));
     }
     // ring attention: zigzag causal with ALiBi and GQA, N not a multiple of the ranks
