@@ -6,6 +6,7 @@
 //! [`blockmap`] ← [`reference`](mod@reference).
 
 pub mod blockmap;
+pub mod dsa;
 pub mod inputs;
 pub mod mask;
 pub mod mods;

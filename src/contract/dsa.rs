@@ -1,0 +1,301 @@
+//! DSA-style token selection (DeepSeek-V3.2's sparse attention): a lightning indexer scores
+//! every earlier key for each query and the query attends to its `k` best keys. The rule is
+//! `docs/DESIGN.md` §1 (learned sparse attention: DSA); its f64 oracle is [`dsa_select_f64`]
+//! (the choice), [`Dsa::spec`] (the call it defines, for the attention oracle) and
+//! [`dsa_alignment_f64`] (the warm-up's KL loss and its gradient).
+//!
+//! With the indexer's inputs qI `[B, N, HI, DI]`, kI `[B, M, DI]` and weights w `[B, N, HI]`,
+//! query row `i` at position `p = q_offset + i` scores key `s ≤ p` by
+//! `I(p, s) = Σ_j w[p, j] · ReLU(qI[p, j] · kI[s])` (no scale); keys after `p` are never
+//! chosen. The row's list holds its `k` highest-scoring keys by descending score (ties: the
+//! lower key first; fewer than `k` visible keys: all of them), [`NONE`] after; one choice per
+//! (sequence, row), shared by every query head (the indexer is per token). The attention is
+//! then causal over the listed keys. No gradient flows from the attention into the indexer
+//! (the paper's sparse stage); the indexer learns from the alignment loss: per row, the KL
+//! divergence `KL(p_t ‖ softmax_s I(p, s))` over the visible keys, where `p_t` is the main
+//! attention's probabilities summed over the query heads and L1-normalised (the paper's dense
+//! warm-up).
+
+use crate::contract::AttnShape;
+use crate::contract::mask::{BlockGrid, Mask};
+use crate::contract::reference::probabilities_f64;
+use crate::contract::selection::NONE;
+use crate::contract::spec::AttnSpec;
+use crate::error::{Error, Result};
+use std::sync::Arc;
+
+/// DSA's parameters and the indexer's shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Dsa {
+    /// Keys each query reads, k.
+    pub topk: usize,
+    /// The indexer's heads, HI.
+    pub index_heads: usize,
+    /// The indexer's head dim, DI.
+    pub index_dim: usize,
+}
+
+/// The indexer's inputs: qI `[B, N, HI, DI]`, kI `[B, M, DI]`, w `[B, N, HI]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Indexer<'a> {
+    /// Index queries.
+    pub q: &'a [f32],
+    /// Index keys.
+    pub k: &'a [f32],
+    /// Per-head weights.
+    pub w: &'a [f32],
+}
+
+impl Dsa {
+    /// Checks the parameters and the indexer's inputs against `shape`: k ≥ 1, HI ≥ 1, DI ≥ 1,
+    /// lengths, finite values.
+    pub fn check(&self, shape: &AttnShape, ix: &Indexer) -> Result<()> {
+        if self.topk == 0 || self.index_heads == 0 || self.index_dim == 0 {
+            return Err(Error::Invalid(format!(
+                "DSA: topk ({}), indexer heads ({}) and indexer head dim ({}) must be at least 1",
+                self.topk, self.index_heads, self.index_dim
+            )));
+        }
+        let (b, n, m) = (shape.batch, shape.n, shape.m);
+        let (hi, di) = (self.index_heads, self.index_dim);
+        for (what, got, dims) in [
+            ("DSA index queries", ix.q.len(), vec![b, n, hi, di]),
+            ("DSA index keys", ix.k.len(), vec![b, m, di]),
+            ("DSA index weights", ix.w.len(), vec![b, n, hi]),
+        ] {
+            let expected: usize = dims.iter().product();
+            if got != expected {
+                return Err(Error::Length { what: what.into(), got, shape: dims, expected });
+            }
+        }
+        if [ix.q, ix.k, ix.w].iter().any(|x| x.iter().any(|v| !v.is_finite())) {
+            return Err(Error::Invalid("DSA's indexer inputs hold a value that is not finite".into()));
+        }
+        Ok(())
+    }
+
+    /// The index scores of row `i` of sequence `b` over the keys `0 ..= p` (empty where p < 0).
+    pub fn scores_f64(&self, spec: &AttnSpec, ix: &Indexer, b: usize, i: usize) -> Vec<f64> {
+        let s = spec.shape;
+        let (hi, di) = (self.index_heads, self.index_dim);
+        let p = spec.position(i);
+        if p < 0 {
+            return Vec::new();
+        }
+        let keys = (p as usize + 1).min(s.m);
+        let row = b * s.n + i;
+        (0..keys)
+            .map(|j| {
+                let kj = &ix.k[(b * s.m + j) * di..][..di];
+                (0..hi)
+                    .map(|h| {
+                        let qh = &ix.q[(row * hi + h) * di..][..di];
+                        let dot: f64 = qh.iter().zip(kj).map(|(&a, &c)| a as f64 * c as f64).sum();
+                        ix.w[row * hi + h] as f64 * dot.max(0.0)
+                    })
+                    .sum()
+            })
+            .collect()
+    }
+
+    /// The call that attends through `lists` (`[B, N, k]`, one per sequence and row): `spec`
+    /// made causal, its mask ANDed with "key j is listed for row i" (every head alike). A
+    /// batch of several sequences is refused (a mask has no batch index).
+    pub fn spec(&self, spec: &AttnSpec, lists: &[u32]) -> Result<AttnSpec> {
+        let s = spec.shape;
+        if s.batch != 1 {
+            return Err(Error::Invalid(format!(
+                "DSA's chosen-key mask: one sequence per call (batch {})",
+                s.batch
+            )));
+        }
+        if lists.len() != s.n * self.topk {
+            return Err(Error::Length {
+                what: "DSA index lists".into(),
+                got: lists.len(),
+                shape: vec![s.n, self.topk],
+                expected: s.n * self.topk,
+            });
+        }
+        let mut cells = vec![false; s.n * s.m];
+        for (row, list) in lists.chunks_exact(self.topk).enumerate() {
+            for &j in list.iter().filter(|&&j| j != NONE) {
+                if j as usize >= s.m {
+                    return Err(Error::Invalid(format!("DSA index list {row}: key {j} of {}", s.m)));
+                }
+                cells[row * s.m + j as usize] = true;
+            }
+        }
+        let label = format!("dsa(topk={})", self.topk);
+        let chosen = Mask::Blocks(Arc::new(BlockGrid::per_row(label, 1, 1, s.n, s.m, cells)?));
+        let mut out = spec.clone().causal(true);
+        out.mask = Some(match out.mask.take() {
+            Some(m) => m.and(chosen),
+            None => chosen,
+        });
+        out.validate()?;
+        Ok(out)
+    }
+}
+
+/// DSA's choice in f64: `[B, N, k]` key lists (descending index score, ties to the lower key,
+/// [`NONE`] where fewer keys are visible).
+pub fn dsa_select_f64(spec: &AttnSpec, dsa: &Dsa, ix: &Indexer) -> Result<Vec<u32>> {
+    let s = spec.shape;
+    dsa.check(&s, ix)?;
+    let mut out = vec![NONE; s.batch * s.n * dsa.topk];
+    for b in 0..s.batch {
+        for i in 0..s.n {
+            let scores = dsa.scores_f64(spec, ix, b, i);
+            let mut order: Vec<usize> = (0..scores.len()).collect();
+            // descending score, ties to the lower key (a stable sort keeps index order)
+            order.sort_by(|&x, &y| scores[y].total_cmp(&scores[x]));
+            let list = &mut out[(b * s.n + i) * dsa.topk..][..dsa.topk];
+            for (slot, &j) in list.iter_mut().zip(&order) {
+                *slot = j as u32;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The indexer's alignment loss and its gradient in f64 (one sequence): per row at a
+/// position ≥ 0, `KL(p_t ‖ softmax(I))` over the keys `0 ..= p`, `p_t` the dense causal
+/// attention's probabilities of `spec` (Q, K) summed over the query heads and L1-normalised;
+/// the loss is summed over rows. Returns `(loss, dqI, dkI, dw)` (shapes as the inputs).
+pub fn dsa_alignment_f64(
+    spec: &AttnSpec,
+    dsa: &Dsa,
+    (q, k): (&[f32], &[f32]),
+    ix: &Indexer,
+) -> Result<(f64, Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let s = spec.shape;
+    dsa.check(&s, ix)?;
+    if s.batch != 1 {
+        return Err(Error::Invalid("DSA's alignment loss: one sequence per call".into()));
+    }
+    let causal = spec.clone().causal(true);
+    let (hi, di) = (dsa.index_heads, dsa.index_dim);
+    let (mut dq, mut dk, mut dw) = (vec![0f64; ix.q.len()], vec![0f64; ix.k.len()], vec![0f64; ix.w.len()]);
+    let mut loss = 0.0;
+    // the main attention's probabilities, per head, `[H, N, M]`
+    let probs: Vec<Vec<f64>> = (0..s.heads)
+        .map(|h| probabilities_f64(&causal, q, k, (0, h), 0..s.n, 0..s.m))
+        .collect::<Result<_>>()?;
+    for i in 0..s.n {
+        let scores = dsa.scores_f64(spec, ix, 0, i);
+        if scores.is_empty() {
+            continue;
+        }
+        let keys = scores.len();
+        let mut target: Vec<f64> = (0..keys).map(|j| probs.iter().map(|p| p[i * s.m + j]).sum()).collect();
+        let total: f64 = target.iter().sum();
+        target.iter_mut().for_each(|t| *t /= total);
+        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + scores.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+        for j in 0..keys {
+            let p_i = (scores[j] - lse).exp();
+            if target[j] > 0.0 {
+                loss += target[j] * (target[j].ln() - (scores[j] - lse));
+            }
+            // d loss / d I(p, j) = softmax(I) − p_t
+            let g = p_i - target[j];
+            let kj = &ix.k[j * di..][..di];
+            for h in 0..hi {
+                let at = i * hi + h;
+                let qh = &ix.q[at * di..][..di];
+                let dot: f64 = qh.iter().zip(kj).map(|(&a, &c)| a as f64 * c as f64).sum();
+                if dot <= 0.0 {
+                    continue;
+                }
+                dw[at] += g * dot;
+                let wg = g * ix.w[at] as f64;
+                for x in 0..di {
+                    dq[at * di + x] += wg * kj[x] as f64;
+                    dk[j * di + x] += wg * qh[x] as f64;
+                }
+            }
+        }
+    }
+    Ok((loss, dq, dk, dw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draw(len: usize, seed: u64) -> Vec<f32> {
+        crate::contract::inputs::seeded(len, seed)
+    }
+
+    /// One query at position 3 over 4 keys, one indexer head, DI = 1: scores w·ReLU(q·k).
+    #[test]
+    fn selection_by_hand() {
+        let spec = AttnSpec::new(AttnShape::mha(1, 1, 1, 4, 1));
+        let dsa = Dsa { topk: 2, index_heads: 1, index_dim: 1 };
+        let ix = Indexer { q: &[2.0], k: &[1.0, -3.0, 3.0, 1.0], w: &[0.5] };
+        // scores 1, 0 (ReLU), 3, 1: the best two are keys 2 and then 0 (tie with 3: lower first)
+        assert_eq!(dsa_select_f64(&spec, &dsa, &ix).unwrap(), vec![2, 0]);
+        // two rows: row 0 at position 2 sees keys 0..=2 only
+        let spec = AttnSpec::new(AttnShape::mha(1, 1, 2, 4, 1));
+        let dsa = Dsa { topk: 4, ..dsa };
+        let ix = Indexer { q: &[2.0, 2.0], k: &[1.0, -3.0, 3.0, 1.0], w: &[0.5, 0.5] };
+        assert_eq!(dsa_select_f64(&spec, &dsa, &ix).unwrap(), vec![2, 0, 1, NONE, 2, 0, 3, 1]);
+        let chosen = Dsa { topk: 2, ..dsa }.spec(&spec, &[2, 0, 3, 1]).unwrap();
+        let vis = |i: usize| (0..4).filter(|&j| chosen.visible(0, i, j)).collect::<Vec<_>>();
+        assert_eq!((vis(0), vis(1)), (vec![0, 2], vec![1, 3]));
+    }
+
+    #[test]
+    fn bad_inputs_are_typed_errors() {
+        let spec = AttnSpec::new(AttnShape::mha(1, 1, 2, 4, 1));
+        let dsa = Dsa { topk: 2, index_heads: 1, index_dim: 1 };
+        let k = [1.0, 2.0, 3.0, 4.0];
+        assert!(dsa_select_f64(&spec, &dsa, &Indexer { q: &[1.0], k: &k, w: &[1.0, 1.0] }).is_err());
+        assert!(
+            dsa_select_f64(&spec, &dsa, &Indexer { q: &[1.0, f32::NAN], k: &k, w: &[1.0, 1.0] }).is_err()
+        );
+        assert!(
+            dsa_select_f64(&spec, &Dsa { topk: 0, ..dsa }, &Indexer { q: &[1.0; 2], k: &k, w: &[1.0; 2] })
+                .is_err()
+        );
+    }
+
+    /// The alignment loss's gradient against central differences of the loss itself.
+    #[test]
+    fn alignment_gradient_matches_finite_differences() {
+        let spec = AttnSpec::new(AttnShape::mha(1, 2, 5, 7, 4));
+        let dsa = Dsa { topk: 3, index_heads: 2, index_dim: 3 };
+        let (q, k) = (draw(2 * 5 * 4, 1), draw(2 * 7 * 4, 2));
+        let (qi, ki, w) = (draw(5 * 2 * 3, 3), draw(7 * 3, 4), draw(5 * 2, 5));
+        let ix = Indexer { q: &qi, k: &ki, w: &w };
+        let (loss, dq, dk, dw) = dsa_alignment_f64(&spec, &dsa, (&q, &k), &ix).unwrap();
+        assert!(loss > 0.0);
+        let h = 1e-3f32;
+        let at = |qi: &[f32], ki: &[f32], w: &[f32]| {
+            dsa_alignment_f64(&spec, &dsa, (&q, &k), &Indexer { q: qi, k: ki, w }).unwrap().0
+        };
+        let close = |name: &str, analytic: f64, plus: f64, minus: f64| {
+            let numeric = (plus - minus) / (2.0 * h as f64);
+            assert!(
+                (analytic - numeric).abs() <= 1e-3 * (1.0 + numeric.abs()),
+                "{name}: {analytic} vs {numeric}"
+            );
+        };
+        for t in [0, 7, 20] {
+            let (mut up, mut down) = (qi.clone(), qi.clone());
+            (up[t], down[t]) = (up[t] + h, down[t] - h);
+            close(&format!("dqI[{t}]"), dq[t], at(&up, &ki, &w), at(&down, &ki, &w));
+        }
+        for t in [1, 11] {
+            let (mut up, mut down) = (ki.clone(), ki.clone());
+            (up[t], down[t]) = (up[t] + h, down[t] - h);
+            close(&format!("dkI[{t}]"), dk[t], at(&qi, &up, &w), at(&qi, &down, &w));
+        }
+        for t in [0, 9] {
+            let (mut up, mut down) = (w.clone(), w.clone());
+            (up[t], down[t]) = (up[t] + h, down[t] - h);
+            close(&format!("dw[{t}]"), dw[t], at(&qi, &ki, &up), at(&qi, &ki, &down));
+        }
+    }
+}
