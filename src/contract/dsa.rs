@@ -162,13 +162,13 @@ pub fn dsa_select_f64(spec: &AttnSpec, dsa: &Dsa, ix: &Indexer) -> Result<Vec<u3
 /// The indexer's alignment loss and its gradient in f64 (one sequence): per row at a
 /// position ≥ 0, `KL(p_t ‖ softmax(I))` over the keys `0 ..= p`, `p_t` the dense causal
 /// attention's probabilities of `spec` (Q, K) summed over the query heads and L1-normalised;
-/// the loss is summed over rows. Returns `(loss, dqI, dkI, dw)` (shapes as the inputs).
+/// the loss is summed over rows.
 pub fn dsa_alignment_f64(
     spec: &AttnSpec,
     dsa: &Dsa,
     (q, k): (&[f32], &[f32]),
     ix: &Indexer,
-) -> Result<(f64, Vec<f64>, Vec<f64>, Vec<f64>)> {
+) -> Result<Alignment> {
     let s = spec.shape;
     dsa.check(&s, ix)?;
     if s.batch != 1 {
@@ -217,7 +217,20 @@ pub fn dsa_alignment_f64(
             }
         }
     }
-    Ok((loss, dq, dk, dw))
+    Ok(Alignment { loss, dq, dk, dw })
+}
+
+/// The indexer's alignment loss and its gradient (shapes as the indexer's inputs).
+#[derive(Clone, Debug)]
+pub struct Alignment {
+    /// Σ over rows of KL(p_t ‖ softmax(I)).
+    pub loss: f64,
+    /// d loss / d qI.
+    pub dq: Vec<f64>,
+    /// d loss / d kI.
+    pub dk: Vec<f64>,
+    /// d loss / d w.
+    pub dw: Vec<f64>,
 }
 
 #[cfg(test)]
@@ -269,11 +282,11 @@ mod tests {
         let (q, k) = (draw(2 * 5 * 4, 1), draw(2 * 7 * 4, 2));
         let (qi, ki, w) = (draw(5 * 2 * 3, 3), draw(7 * 3, 4), draw(5 * 2, 5));
         let ix = Indexer { q: &qi, k: &ki, w: &w };
-        let (loss, dq, dk, dw) = dsa_alignment_f64(&spec, &dsa, (&q, &k), &ix).unwrap();
+        let Alignment { loss, dq, dk, dw } = dsa_alignment_f64(&spec, &dsa, (&q, &k), &ix).unwrap();
         assert!(loss > 0.0);
         let h = 1e-3f32;
         let at = |qi: &[f32], ki: &[f32], w: &[f32]| {
-            dsa_alignment_f64(&spec, &dsa, (&q, &k), &Indexer { q: qi, k: ki, w }).unwrap().0
+            dsa_alignment_f64(&spec, &dsa, (&q, &k), &Indexer { q: qi, k: ki, w }).unwrap().loss
         };
         let close = |name: &str, analytic: f64, plus: f64, minus: f64| {
             let numeric = (plus - minus) / (2.0 * h as f64);
