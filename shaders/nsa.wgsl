@@ -8,13 +8,12 @@
 // - `score`: one invocation per (kv head, row), a workgroup per (kv head, run of 64 rows) so
 //   that every compressed key a step reads is the same address across the workgroup (a
 //   broadcast on a GPU). For each candidate block b (1 ..= own − 2) in this pass's range
-//   [b0, b1), the block's score is the compressed branch's probabilities exp(s − LSE) of the
+//   [arg0, arg1), the block's score is the compressed branch's probabilities exp(s − LSE) of the
 //   group's query heads summed over the compressed keys overlapping the block (a key
 //   overlapping two blocks counts in both), and a running top (n − forced) is kept by
-//   insertion (descending; a later block enters only with a strictly higher score, so ties
-//   go to the lower block). Between passes the running choice waits in `best_s`/`best_b`; the
-//   last pass writes each query head's list: own, own − 1, 0 (those that exist), then the
-//   chosen blocks, NONE after. The host sizes the passes below an adapter's loop cap.
+//   insertion (topk.wgsl: descending, ties to the lower block). Between passes the running
+//   choice waits in `best_s`/`best_b`; the last pass writes each query head's list: own,
+//   own − 1, 0 (those that exist), then the chosen blocks, NONE after. The host sizes the passes below an adapter's loop cap.
 // - `combine`: one invocation per output element: o = g₀·o_cmp + g₁·o_slc + g₂·o_win.
 // The backward's own stages are in nsa_backward.wgsl.
 // With subgroups (SG > 0, a constant of the variant) and QCAP4 ≥ SG, the rows of a subgroup
@@ -23,26 +22,7 @@
 // Device-memory traffic: `score` reads the group's query rows once and, per block, the
 // compressed keys overlapping it (≈ (l′ + l)/d of them, QCAP4 vec4s each).
 
-struct Params {
-    heads: u32,
-    kv_heads: u32,
-    n: u32,
-    m: u32,
-    d: u32,
-    mc: u32,          // compressed keys
-    cmp_len: u32,     // l
-    cmp_stride: u32,  // d (the stride)
-    block: u32,       // l′
-    topk: u32,        // n
-    q_offset: i32,    // position of query row 0
-    groups_x: u32,    // workgroups per grid row (2-D grids for long dispatches)
-    b0: u32,          // this pass's blocks: [b0, b1)
-    b1: u32,
-    last: u32,        // nonzero: the last pass writes the lists
-    scale: f32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
+// `Params`, `params` (binding 0) and `flat`: nsa_params.wgsl.
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
@@ -61,10 +41,6 @@ struct Params {
 @group(0) @binding(16) var<storage, read_write> o: array<f32>;
 
 const NONE: u32 = 0xffffffffu;
-
-fn flat(wg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * params.groups_x + wg.x) * 64u + lid;
-}
 
 @compute @workgroup_size(64)
 fn compress(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -120,15 +96,13 @@ fn score(@builtin(workgroup_id) wg: vec3<u32>, ids: Ids) {
     let forced = min(own, 2u) + 1u;
     let want = params.topk - forced;
     let st = (g * params.n + min(i, params.n - 1u)) * params.topk;
-    var best: array<f32, MAX_TOPK>;
-    var blk: array<u32, MAX_TOPK>;
-    var count = 0u;
-    if live && params.b0 > 0u {
+    var top: TopK;
+    if live && params.arg0 > 0u {
         for (var s = 0u; s < want; s++) {
             if best_b[st + s] != NONE {
-                best[s] = best_s[st + s];
-                blk[s] = best_b[st + s];
-                count = s + 1u;
+                top.score[s] = best_s[st + s];
+                top.index[s] = best_b[st + s];
+                top.count = s + 1u;
             }
         }
     }
@@ -137,9 +111,9 @@ fn score(@builtin(workgroup_id) wg: vec3<u32>, ids: Ids) {
     var end = 0u;
     if p_last >= 0 {
         let own_last = u32(p_last) / params.block;
-        end = min(params.b1, max(own_last, 1u) - 1u);
+        end = min(params.arg1, max(own_last, 1u) - 1u);
     }
-    let start = max(params.b0, 1u);
+    let start = max(params.arg0, 1u);
     if start < end {
         // the group's query rows in private vec4 lanes (zeros past D) and their LSEs
         // (scaled once here; heads past the group, GCAP's padding, stay zero and are skipped)
@@ -188,20 +162,8 @@ fn score(@builtin(workgroup_id) wg: vec3<u32>, ids: Ids) {
                     }
                 }
             }
-            if b + 2u <= own && want > 0u && (count < want || sc > best[want - 1u]) {
-                // the new entry's slot: past every kept score at least as high (ties stay ahead)
-                var at = min(count, want - 1u);
-                loop {
-                    if at == 0u || best[at - 1u] >= sc {
-                        break;
-                    }
-                    best[at] = best[at - 1u];
-                    blk[at] = blk[at - 1u];
-                    at -= 1u;
-                }
-                best[at] = sc;
-                blk[at] = b;
-                count = min(count + 1u, want);
+            if b + 2u <= own && want > 0u {
+                offer(&top, want, sc, b);
             }
         }
     }
@@ -210,9 +172,9 @@ fn score(@builtin(workgroup_id) wg: vec3<u32>, ids: Ids) {
     }
     if params.last == 0u {
         for (var s = 0u; s < params.topk; s++) {
-            if s < count {
-                best_s[st + s] = best[s];
-                best_b[st + s] = blk[s];
+            if s < top.count {
+                best_s[st + s] = top.score[s];
+                best_b[st + s] = top.index[s];
             } else {
                 best_b[st + s] = NONE;
             }
@@ -234,8 +196,8 @@ fn score(@builtin(workgroup_id) wg: vec3<u32>, ids: Ids) {
         if own >= 2u {
             lists[out0 + 2u] = 0u;
         }
-        for (var s = 0u; s < count; s++) {
-            lists[out0 + forced + s] = blk[s];
+        for (var s = 0u; s < top.count; s++) {
+            lists[out0 + forced + s] = top.index[s];
         }
     }
 }

@@ -12,26 +12,7 @@
 //   Σ_c K[c·d + t]·dK̃_c + V[c·d + t]·dṼ_c over the chunk (chunks sized below a loop cap;
 //   the host adds them).
 
-struct Params {
-    heads: u32,
-    kv_heads: u32,
-    n: u32,
-    m: u32,
-    d: u32,
-    mc: u32,          // compressed keys
-    cmp_len: u32,     // l
-    cmp_stride: u32,  // d (the stride)
-    block: u32,
-    topk: u32,
-    q_offset: i32,
-    groups_x: u32,    // workgroups per grid row (2-D grids for long dispatches)
-    per_chunk: u32,   // phi_grads: compressed keys per chunk
-    chunks: u32,      // phi_grads: chunks
-    last: u32,
-    scale: f32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
+// `Params`, `params` (binding 0) and `flat`: nsa_params.wgsl.
 @group(0) @binding(1) var<storage, read> k: array<f32>;
 @group(0) @binding(2) var<storage, read> v: array<f32>;
 @group(0) @binding(3) var<storage, read> phi: array<f32>;
@@ -55,10 +36,6 @@ struct Params {
 @group(0) @binding(21) var<storage, read> dk_win: array<f32>;
 @group(0) @binding(22) var<storage, read> dv_win: array<f32>;
 @group(0) @binding(23) var<storage, read_write> d_phi: array<f32>;
-
-fn flat(wg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * params.groups_x + wg.x) * 64u + lid;
-}
 
 @compute @workgroup_size(64)
 fn split_grad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -133,15 +110,15 @@ fn compress_back(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
 @compute @workgroup_size(64)
 fn phi_grads(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let u = flat(wg, lid);
-    if u >= params.kv_heads * params.cmp_len * params.chunks {
+    if u >= params.kv_heads * params.cmp_len * params.arg1 {
         return;
     }
-    let chunk = u % params.chunks;
-    let tt = (u / params.chunks) % params.cmp_len;
-    let g = u / (params.chunks * params.cmp_len);
-    let c1 = min((chunk + 1u) * params.per_chunk, params.mc);
+    let chunk = u % params.arg1;
+    let tt = (u / params.arg1) % params.cmp_len;
+    let g = u / (params.arg1 * params.cmp_len);
+    let c1 = min((chunk + 1u) * params.arg0, params.mc);
     var sum = 0.0;
-    for (var c = chunk * params.per_chunk; c < c1; c++) {
+    for (var c = chunk * params.arg0; c < c1; c++) {
         let key = (g * params.m + c * params.cmp_stride + tt) * params.d;
         let at = (g * params.mc + c) * params.d;
         for (var x = 0u; x < params.d; x++) {

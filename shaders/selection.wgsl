@@ -6,10 +6,9 @@
 //   key, over the block's keys inside M, stored in QCAP4 vec4 lanes (⌈D/4⌉ rounded up to a
 //   power of two, a constant of the variant; zeros past D).
 // - `choose`: one invocation per (query head, row), a workgroup per (head, run of 64 rows):
-//   the gate score q · mean(K[block]) of every
-//   block wholly before the row's own, a running top (k − 1) kept in registers by insertion
-//   (descending score; a later block enters only with a strictly higher score, so ties go to
-//   the lower block), written as the row's index list: its own block first, then the chosen
+//   the gate score q · mean(K[block]) of every block wholly before the row's own, a running
+//   top (k − 1) kept in registers by insertion (topk.wgsl: descending score, ties to the
+//   lower block), written as the row's index list: its own block first, then the chosen
 //   blocks by descending score, NONE where fewer exist. A row at a negative position chooses
 //   nothing.
 // Any head dim: the stage reads Q once into private vec4 lanes (zeros past D) and each block's
@@ -115,32 +114,18 @@ fn choose(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             qr[c / 4u][c % 4u] = q[t * params.d + c];
         }
     }
-    var best_s: array<f32, MAX_TOPK>;
-    var best_b: array<u32, MAX_TOPK>;
-    var count = 0u;
+    var top: TopK;
     for (var b = 0u; b < own_last; b++) {
         let m0 = (kvh * params.blocks + b) * QCAP4;
         var g = 0.0;
         for (var x = 0u; x < QCAP4; x++) {
             g += dot(qr[x], means[m0 + x]);
         }
-        if b < own && (count < want || g > best_s[want - 1u]) {
-            // the new entry's slot: past every kept score at least as high (ties stay ahead)
-            var at = min(count, want - 1u);
-            loop {
-                if at == 0u || best_s[at - 1u] >= g {
-                    break;
-                }
-                best_s[at] = best_s[at - 1u];
-                best_b[at] = best_b[at - 1u];
-                at -= 1u;
-            }
-            best_s[at] = g;
-            best_b[at] = b;
-            count = min(count + 1u, want);
+        if b < own {
+            offer(&top, want, g, b);
         }
     }
-    for (var s = 0u; s < count; s++) {
-        chosen[out0 + 1u + s] = best_b[s];
+    for (var s = 0u; s < top.count; s++) {
+        chosen[out0 + 1u + s] = top.index[s];
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use longctx::contract::mask::{BigBird, Mask};
 use longctx::contract::mods::{Mods, Named};
-use longctx::contract::nsa::Nsa;
+use longctx::contract::nsa::{Nsa, NsaGrads};
 use longctx::contract::positions::Positions;
 use longctx::contract::reference;
 use longctx::contract::selection::Moba;
@@ -576,8 +576,7 @@ impl Device {
             let spec = opts.spec(t.shape)?;
             longctx::kernels::nsa::nsa_backward(gpu, &spec, &nsa, (t.q, t.k, t.v), g, p, ds)
         })?;
-        let grads = [gr.dq, gr.dk, gr.dv, gr.dgates, gr.dphi];
-        nsa_grads_out(py, &t, &nsa, out.o, grads, &out.lists)
+        nsa_grads_out(py, &t, &nsa, out.o, gr, &out.lists)
     }
 
     /// C = act(A·B + bias) for A `[M, K]`, B `[K, N]`, bias `[N]`.
@@ -937,7 +936,7 @@ fn reference_nsa_backward<'py>(
         let gr = nsa_backward_f64(&spec, &nsa, (t.q, t.k, t.v), g, p, &sel.lists, ds)?;
         Ok((out.o, gr, sel.lists))
     })?;
-    nsa_grads_out(py, &t, &nsa, o, [gr.dq, gr.dk, gr.dv, gr.dgates, gr.dphi], &lists)
+    nsa_grads_out(py, &t, &nsa, o, gr, &lists)
 }
 
 /// NSA's parameters `(l, d, l′, n, w)` checked, the gates (Q's shape with D replaced by 3)
@@ -970,7 +969,7 @@ fn nsa_grads_out<'py, T: numpy::Element>(
     t: &Qkv<'_>,
     nsa: &Nsa,
     o: Vec<T>,
-    [dq, dk, dv, dgates, dphi]: [Vec<T>; 5],
+    NsaGrads { dq, dk, dv, dgates, dphi }: NsaGrads<T>,
     lists: &[u32],
 ) -> PyResult<NsaGradsOut<'py, T>> {
     let mut gate_dims = lse_dims(&t.q_dims);

@@ -276,15 +276,13 @@ fn run_nsa(
         KernelArg::Cpu => {
             let sel = nsa_select_f64(spec, nsa, &q.data, &k.data, &v.data, phi.as_deref())?;
             let out = nsa_forward_f64(spec, nsa, &q.data, &k.data, &v.data, &gates, &sel, &sel.lists)?;
-            let f = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
             let grads = match &d_o {
                 None => None,
-                Some(d_o) => {
-                    let g = nsa_backward_f64(spec, nsa, qkv, &gates, phi.as_deref(), &sel.lists, &d_o.data)?;
-                    Some([f(&g.dq), f(&g.dk), f(&g.dv), f(&g.dgates), f(&g.dphi)])
-                }
+                Some(d_o) => Some(
+                    nsa_backward_f64(spec, nsa, qkv, &gates, phi.as_deref(), &sel.lists, &d_o.data)?.to_f32(),
+                ),
             };
-            (f(&out.o), sel.lists, grads)
+            (out.o.iter().map(|&x| x as f32).collect(), sel.lists, grads)
         }
         KernelArg::Flash => {
             let gpu = dev.gpu()?;
@@ -312,7 +310,7 @@ fn run_nsa(
                         phi.as_deref(),
                         &d_o.data,
                     )?;
-                    (out.o, out.lists, Some([g.dq, g.dk, g.dv, g.dgates, g.dphi]))
+                    (out.o, out.lists, Some(g))
                 }
             }
         }
@@ -320,33 +318,24 @@ fn run_nsa(
             bail!("--nsa runs on its own kernels (--kernel flash) or the oracle (--kernel cpu)")
         }
     };
-    if let Some(i) = o.iter().position(|x| !x.is_finite()) {
-        bail!(
-            "O is not finite at flat index {i} ({}): f32 overflow — lower --scale or the inputs' range",
-            o[i]
-        );
-    }
+    finite_o(&o)?;
     let mut staged = Staged::default();
     staged.npy(&a.out, &q.shape, &o).context("writing O")?;
     let dims = rows.iter().copied().chain([nsa.topk]).collect();
     stage_chosen(&mut staged, a, Some(&Chosen { dims, blocks: lists }))?;
-    if let Some(grads) = &grads {
+    if let Some(g) = &grads {
         let gate_shape: Vec<usize> = rows.iter().copied().chain([3]).collect();
         let phi_shape = [spec.shape.kv_heads, nsa.cmp_len];
-        for (path, shape, data, what) in [
-            (&a.dq, &q.shape[..], &grads[0], "dQ"),
-            (&a.dk, &k.shape[..], &grads[1], "dK"),
-            (&a.dv, &v.shape[..], &grads[2], "dV"),
-            (&a.dgates, &gate_shape[..], &grads[3], "the gates' gradient"),
-            (&a.dphi, &phi_shape[..], &grads[4], "φ's gradient"),
-        ] {
-            if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-                bail!("{what} is not finite at flat index {i} ({}): f32 overflow", data[i]);
-            }
-            if let Some(path) = path {
-                staged.npy(path, shape, data).with_context(|| format!("writing {what}"))?;
-            }
-        }
+        stage_grads(
+            &mut staged,
+            &[
+                (&a.dq, &q.shape, &g.dq, "dQ"),
+                (&a.dk, &k.shape, &g.dk, "dK"),
+                (&a.dv, &v.shape, &g.dv, "dV"),
+                (&a.dgates, &gate_shape, &g.dgates, "the gates' gradient"),
+                (&a.dphi, &phi_shape, &g.dphi, "φ's gradient"),
+            ],
+        )?;
     }
     staged.commit()?;
     Ok(())
@@ -372,14 +361,37 @@ fn stage_chosen(staged: &mut Staged, a: &AttentionArgs, chosen: Option<&Chosen>)
 /// O must be finite and LSE finite or −inf (a fully masked row): anything else is f32 overflow
 /// (a huge --scale or inputs near f32's range), refused rather than written with exit 0.
 fn finite_outputs(out: &longctx::AttnOutput) -> anyhow::Result<()> {
-    if let Some(i) = out.o.iter().position(|x| !x.is_finite()) {
-        bail!(
-            "O is not finite at flat index {i} ({}): f32 overflow — lower --scale or the inputs' range",
-            out.o[i]
-        );
-    }
+    finite_o(&out.o)?;
     if let Some(i) = out.lse.iter().position(|x| x.is_nan() || *x == f32::INFINITY) {
         bail!("LSE is {} at row {i}: f32 overflow — lower --scale or the inputs' range", out.lse[i]);
+    }
+    Ok(())
+}
+
+/// A gradient to write: its path (if asked for), shape, data and name.
+type GradOut<'a> = (&'a Option<PathBuf>, &'a [usize], &'a [f32], &'a str);
+
+/// Stages each gradient asked for (`(path, shape, data, what)`), refusing one that is not
+/// finite (f32 overflow) whether or not it is written.
+fn stage_grads(staged: &mut Staged, grads: &[GradOut]) -> anyhow::Result<()> {
+    for &(path, shape, data, what) in grads {
+        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+            bail!("{what} is not finite at flat index {i} ({}): f32 overflow", data[i]);
+        }
+        if let Some(path) = path {
+            staged.npy(path, shape, data).with_context(|| format!("writing {what}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// O must be finite (see [`finite_outputs`]).
+fn finite_o(o: &[f32]) -> anyhow::Result<()> {
+    if let Some(i) = o.iter().position(|x| !x.is_finite()) {
+        bail!(
+            "O is not finite at flat index {i} ({}): f32 overflow — lower --scale or the inputs' range",
+            o[i]
+        );
     }
     Ok(())
 }
@@ -440,18 +452,14 @@ fn backward(
     if let Some(path) = &a.lse {
         staged.npy(path, &q.shape[..q.shape.len() - 1], &out.lse).context("writing LSE")?;
     }
-    for (path, shape, data, what) in [
-        (&a.dq, &q.shape, &grads.dq, "dQ"),
-        (&a.dk, &k.shape, &grads.dk, "dK"),
-        (&a.dv, &v.shape, &grads.dv, "dV"),
-    ] {
-        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-            bail!("{what} is not finite at flat index {i} ({}): f32 overflow", data[i]);
-        }
-        if let Some(path) = path {
-            staged.npy(path, shape, data).with_context(|| format!("writing {what}"))?;
-        }
-    }
+    stage_grads(
+        &mut staged,
+        &[
+            (&a.dq, &q.shape, &grads.dq, "dQ"),
+            (&a.dk, &k.shape, &grads.dk, "dK"),
+            (&a.dv, &v.shape, &grads.dv, "dV"),
+        ],
+    )?;
     stage_chosen(&mut staged, a, chosen)?;
     staged.commit()?;
     Ok(())

@@ -301,10 +301,7 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
     for line in suite::exponents(&records).into_iter().chain(notes).chain(suite::mods_overheads(&records)) {
         println!("{line}");
     }
-    if let Some(path) = &a.json {
-        longctx::io::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
+    write_json(a.json.as_deref(), &records)?;
     if let Some(path) = &a.csv {
         let mut w = csv::Writer::from_writer(Vec::new());
         for r in &records {
@@ -317,8 +314,22 @@ pub fn run(dev: &DeviceArgs, a: &BenchArgs) -> anyhow::Result<()> {
         super::plot::log_log(path, &longctx::measure::bench::time_chart(&records))?;
         println!("plot: {}", path.display());
     }
-    println!("{} configurations in {:.1} s", records.len(), started.elapsed().as_secs_f64());
-    if !records.is_empty() && records.iter().all(|r| r.skipped.is_some()) {
+    finish(records.len(), !records.is_empty() && records.iter().all(|r| r.skipped.is_some()), started)
+}
+
+/// `--json`: the records, written all or nothing.
+fn write_json<T: serde::Serialize>(path: Option<&std::path::Path>, records: &[T]) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        longctx::io::write_atomic(path, serde_json::to_string_pretty(records)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A run's last line; a run whose every configuration was skipped measured nothing: an error.
+fn finish(count: usize, all_skipped: bool, started: std::time::Instant) -> anyhow::Result<()> {
+    println!("{count} configurations in {:.1} s", started.elapsed().as_secs_f64());
+    if all_skipped {
         bail!("every configuration was skipped (reasons above): nothing was measured");
     }
     Ok(())
@@ -451,10 +462,7 @@ fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant
          as allocated; the naive backward materialises P, then dS in place, [heads, N, M] per chunk of kv-head groups.",
         records.first().map_or("", |r| r.timer.as_str())
     );
-    if let Some(path) = &a.json {
-        longctx::io::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
+    write_json(a.json.as_deref(), &records)?;
     if let Some(path) = &a.plot {
         super::plot::log_log(path, &longctx::measure::bench::backward_chart(&records))?;
         println!("plot: {}", path.display());
@@ -520,15 +528,8 @@ fn sparse_decode_bench(
          dense step = split-K decoding over \
          the whole cache (the new token's K and V appended)."
     );
-    if let Some(path) = &a.json {
-        longctx::io::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    println!("{} configurations in {:.1} s", records.len(), started.elapsed().as_secs_f64());
-    if records.iter().all(|r| r.skipped.is_some()) {
-        bail!("every configuration was skipped (reasons above): nothing was measured");
-    }
-    Ok(())
+    write_json(a.json.as_deref(), &records)?;
+    finish(records.len(), records.iter().all(|r| r.skipped.is_some()), started)
 }
 
 /// `--sparse`: each method against dense causal flash at each N, one table row each.
@@ -656,15 +657,8 @@ fn sparse_bench(
             ""
         }
     );
-    if let Some(path) = &a.json {
-        longctx::io::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    println!("{} configurations in {:.1} s", records.len(), started.elapsed().as_secs_f64());
-    if records.iter().all(|r| r.skipped.is_some()) {
-        bail!("every configuration was skipped (reasons above): nothing was measured");
-    }
-    Ok(())
+    write_json(a.json.as_deref(), &records)?;
+    finish(records.len(), records.iter().all(|r| r.skipped.is_some()), started)
 }
 
 /// Matmuls ([`longctx::measure::matmul::run_matmul`]: validated rows against the f64 oracle,

@@ -17,12 +17,10 @@
 //! warm-up).
 
 use crate::contract::AttnShape;
-use crate::contract::mask::{BlockGrid, Mask};
 use crate::contract::reference::probabilities_f64;
-use crate::contract::selection::NONE;
+use crate::contract::selection::{NONE, listed_spec};
 use crate::contract::spec::AttnSpec;
 use crate::error::{Error, Result};
-use std::sync::Arc;
 
 /// DSA's parameters and the indexer's shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -109,32 +107,7 @@ impl Dsa {
                 s.batch
             )));
         }
-        if lists.len() != s.n * self.topk {
-            return Err(Error::Length {
-                what: "DSA index lists".into(),
-                got: lists.len(),
-                shape: vec![s.n, self.topk],
-                expected: s.n * self.topk,
-            });
-        }
-        let mut cells = vec![false; s.n * s.m];
-        for (row, list) in lists.chunks_exact(self.topk).enumerate() {
-            for &j in list.iter().filter(|&&j| j != NONE) {
-                if j as usize >= s.m {
-                    return Err(Error::Invalid(format!("DSA index list {row}: key {j} of {}", s.m)));
-                }
-                cells[row * s.m + j as usize] = true;
-            }
-        }
-        let label = format!("dsa(topk={})", self.topk);
-        let chosen = Mask::Blocks(Arc::new(BlockGrid::per_row(label, 1, 1, s.n, s.m, cells)?));
-        let mut out = spec.clone().causal(true);
-        out.mask = Some(match out.mask.take() {
-            Some(m) => m.and(chosen),
-            None => chosen,
-        });
-        out.validate()?;
-        Ok(out)
+        listed_spec(spec, ("DSA", format!("dsa(topk={})", self.topk)), (1, 1, self.topk), lists)
     }
 }
 

@@ -211,6 +211,23 @@ impl Nsa {
         Ok(())
     }
 
+    /// A call's inputs checked against `spec` — Q, K, V, the gates (when given) and φ — as
+    /// every NSA entry point takes them: the folded call ([`Nsa::fold`]) and φ for each of its
+    /// kv heads ([`Nsa::phi`]).
+    pub fn prepare(
+        &self,
+        spec: &AttnSpec,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        gates: Option<&[f32]>,
+        phi: Option<&[f32]>,
+    ) -> Result<(AttnSpec, Vec<f32>)> {
+        spec.check_inputs(q, k, v)?;
+        if let Some(g) = gates {
+            self.check_gates(&spec.shape, g)?;
+        }
+        Ok((self.fold(spec)?, self.phi(&spec.shape, phi)?))
+    }
+
     /// The forced blocks of a row whose own block is `own`, in list order: own, own − 1, 0
     /// (those that exist).
     pub fn forced(&self, own: usize) -> Vec<u32> {
@@ -367,9 +384,8 @@ pub fn nsa_select_f64(
     v: &[f32],
     phi: Option<&[f32]>,
 ) -> Result<NsaSelection> {
-    spec.check_inputs(q, k, v)?;
-    let folded = &nsa.fold(spec)?;
-    let phi = nsa.phi(&spec.shape, phi)?;
+    let (folded, phi) = nsa.prepare(spec, (q, k, v), None, phi)?;
+    let folded = &folded;
     let s = folded.shape;
     let (kc, vc) = (compress_f64(folded, nsa, &phi, k), compress_f64(folded, nsa, &phi, v));
     let (d, mc, group, blocks) = (s.head_dim, nsa.compressed(s.m), s.group(), nsa.blocks(s.m));
@@ -420,10 +436,8 @@ pub fn nsa_rows_f64(
     rows: &[usize],
     tol: f64,
 ) -> Result<(Vec<f64>, usize, bool)> {
-    spec.check_inputs(q, k, v)?;
-    nsa.check_gates(&spec.shape, gates)?;
-    let folded = &nsa.fold(spec)?;
-    let phi = nsa.phi(&spec.shape, phi)?;
+    let (folded, phi) = nsa.prepare(spec, (q, k, v), Some(gates), phi)?;
+    let folded = &folded;
     let s = folded.shape;
     let (kc, vc) = (compress_f64(folded, nsa, &phi, k), compress_f64(folded, nsa, &phi, v));
     let (d, group, blocks) = (s.head_dim, s.group(), nsa.blocks(s.m));
@@ -489,18 +503,73 @@ pub fn nsa_forward_f64(
     })
 }
 
-/// NSA's gradients in f64.
-pub struct NsaGrads {
+/// NSA's gradients (f64 from the oracle, f32 from the kernels).
+#[derive(Clone, Debug)]
+pub struct NsaGrads<T> {
     /// dQ `[B, H, N, D]`.
-    pub dq: Vec<f64>,
+    pub dq: Vec<T>,
     /// dK `[B, Hkv, M, D]` (the three branches', the compressed one through φ).
-    pub dk: Vec<f64>,
+    pub dk: Vec<T>,
     /// dV `[B, Hkv, M, D]`.
-    pub dv: Vec<f64>,
+    pub dv: Vec<T>,
     /// The gates' gradient `[B, H, N, 3]`: `dO · o_branch` per row.
-    pub dgates: Vec<f64>,
+    pub dgates: Vec<T>,
     /// φ's gradient `[Hkv, l]` (summed over the sequences of a batch).
-    pub dphi: Vec<f64>,
+    pub dphi: Vec<T>,
+}
+
+impl NsaGrads<f64> {
+    /// Rounded to f32, as the kernels return them.
+    pub fn to_f32(&self) -> NsaGrads<f32> {
+        let f = |x: &[f64]| x.iter().map(|&v| v as f32).collect();
+        NsaGrads {
+            dq: f(&self.dq),
+            dk: f(&self.dk),
+            dv: f(&self.dv),
+            dgates: f(&self.dgates),
+            dphi: f(&self.dphi),
+        }
+    }
+}
+
+/// Branch `b`'s share of dO: `g_b·dO` row by row (`d` columns per row).
+fn gated_share(d_o: &[f32], gates: &[f32], d: usize, b: usize) -> Vec<f32> {
+    d_o.iter().enumerate().map(|(t, &x)| gates[t / d * 3 + b] * x).collect()
+}
+
+/// Row `row`'s share of dO in the compressed branch, `g₀·dO`, in f64.
+fn compressed_share_row(d_o: &[f32], gates: &[f32], d: usize, row: usize) -> Vec<f64> {
+    d_o[row * d..][..d].iter().map(|&x| gates[row * 3] as f64 * x as f64).collect()
+}
+
+/// The compressed branch's backward for row `i` of head `h` and its share `dor` of dO, in f64:
+/// the row's `o_cmp` and, per visible compressed key, `(c, P_c, dS_c)` with the score's scale
+/// folded in (`dQ += dS_c·K̃_c`, `dK̃_c += dS_c·q`, `dṼ_c += P_c·dO`); no key for a row that
+/// sees none.
+#[allow(clippy::type_complexity)]
+fn compressed_row_back_f64(
+    folded: &AttnSpec,
+    nsa: &Nsa,
+    q: &[f32],
+    (kc, vc): (&[f64], &[f64]),
+    (h, i): (usize, usize),
+    dor: &[f64],
+) -> (Vec<f64>, Vec<(usize, f64, f64)>) {
+    let (o, lse, probs) = compressed_row_f64(folded, nsa, q, (kc, vc), h, i);
+    if lse == f64::NEG_INFINITY {
+        return (o, Vec::new());
+    }
+    let s = folded.shape;
+    let (d, mc, g) = (s.head_dim, nsa.compressed(s.m), h / s.group());
+    let scale = folded.scale_value() as f64;
+    let delta: f64 = dor.iter().zip(&o).map(|(a, b)| a * b).sum();
+    let keys = (probs.iter().enumerate().filter(|(_, p)| **p > 0.0))
+        .map(|(c, &pc)| {
+            let dp: f64 = dor.iter().zip(&vc[(g * mc + c) * d..][..d]).map(|(a, b)| a * b).sum();
+            (c, pc, pc * (dp - delta) * scale)
+        })
+        .collect();
+    (o, keys)
 }
 
 /// NSA's backward in f64 for the incoming gradient `d_o` on a given choice (`lists`, no
@@ -516,49 +585,39 @@ pub fn nsa_backward_f64(
     phi: Option<&[f32]>,
     lists: &[u32],
     d_o: &[f32],
-) -> Result<NsaGrads> {
+) -> Result<NsaGrads<f64>> {
     use crate::contract::reference::attention_backward_f64;
-    spec.check_inputs(q, k, v)?;
     spec.check_grad(d_o)?;
-    nsa.check_gates(&spec.shape, gates)?;
-    let folded = &nsa.fold(spec)?;
-    let phi_all = nsa.phi(&spec.shape, phi)?;
+    let (folded, phi_all) = nsa.prepare(spec, (q, k, v), Some(gates), phi)?;
+    let folded = &folded;
     let s = folded.shape;
     let (d, mc, l, group) = (s.head_dim, nsa.compressed(s.m), nsa.cmp_len, s.group());
-    let scale = folded.scale_value() as f64;
-    let share =
-        |b: usize| -> Vec<f32> { d_o.iter().enumerate().map(|(t, &x)| gates[t / d * 3 + b] * x).collect() };
+    let (selected, window) = (nsa.selected_spec(folded, lists)?, nsa.window_spec(folded));
     // the selected and window branches: the attention oracle's backward on their calls
     let (mut dq, mut dk, mut dv) =
-        attention_backward_f64(&nsa.selected_spec(folded, lists)?, q, k, v, &share(1))?;
-    let (dq_w, dk_w, dv_w) = attention_backward_f64(&nsa.window_spec(folded), q, k, v, &share(2))?;
+        attention_backward_f64(&selected, q, k, v, &gated_share(d_o, gates, d, 1))?;
+    let (dq_w, dk_w, dv_w) = attention_backward_f64(&window, q, k, v, &gated_share(d_o, gates, d, 2))?;
     dq.iter_mut().zip(&dq_w).for_each(|(a, b)| *a += b);
     dk.iter_mut().zip(&dk_w).for_each(|(a, b)| *a += b);
     dv.iter_mut().zip(&dv_w).for_each(|(a, b)| *a += b);
-    // the compressed branch on K̃, Ṽ, then back through φ
+    // the compressed branch on K̃, Ṽ (its output kept for the gates' gradient), then back
+    // through φ
     let (kc, vc) = (compress_f64(folded, nsa, &phi_all, k), compress_f64(folded, nsa, &phi_all, v));
     let (mut dkc, mut dvc) = (vec![0f64; kc.len()], vec![0f64; vc.len()]);
-    let d_cmp = share(0);
-    let sel = |o: &[f64], lo: usize| o[lo * d..][..d].to_vec();
+    let mut o_cmp = Vec::with_capacity(dq.len());
     for h in 0..s.heads {
         let g = h / group;
         for i in 0..s.n {
             let row = h * s.n + i;
-            let (o, lse, probs) = compressed_row_f64(folded, nsa, q, (&kc, &vc), h, i);
-            if lse == f64::NEG_INFINITY {
-                continue;
-            }
-            let dor = &d_cmp[row * d..][..d];
-            let delta: f64 = dor.iter().zip(&o).map(|(&a, b)| a as f64 * b).sum();
-            let qi = &q[row * d..][..d];
-            for (c, &pc) in probs.iter().enumerate().filter(|(_, p)| **p > 0.0) {
-                let (kr, vr) = (sel(&kc, g * mc + c), sel(&vc, g * mc + c));
-                let dp: f64 = dor.iter().zip(&vr).map(|(&a, b)| a as f64 * b).sum();
-                let ds = pc * (dp - delta) * scale;
+            let dor = compressed_share_row(d_o, gates, d, row);
+            let (o, keys) = compressed_row_back_f64(folded, nsa, q, (&kc, &vc), (h, i), &dor);
+            o_cmp.extend(o);
+            for (c, pc, ds) in keys {
+                let at = (g * mc + c) * d;
                 for x in 0..d {
-                    dq[row * d + x] += ds * kr[x];
-                    dkc[(g * mc + c) * d + x] += ds * qi[x] as f64;
-                    dvc[(g * mc + c) * d + x] += pc * dor[x] as f64;
+                    dq[row * d + x] += ds * kc[at + x];
+                    dkc[at + x] += ds * q[row * d + x] as f64;
+                    dvc[at + x] += pc * dor[x];
                 }
             }
         }
@@ -581,7 +640,7 @@ pub fn nsa_backward_f64(
     // φ is per kv head of one sequence: a batch's folded heads add up
     let per_seq = spec.shape.kv_heads * l;
     let dphi = (0..per_seq).map(|x| dphi.iter().skip(x).step_by(per_seq).sum()).collect();
-    let outputs = nsa_forward_parts(folded, nsa, (q, k, v), &kc, &vc, lists)?;
+    let outputs = [o_cmp, attention_f64(&selected, q, k, v)?.0, attention_f64(&window, q, k, v)?.0];
     let dgates = (0..s.heads * s.n * 3)
         .map(|t| {
             let (row, b) = (t / 3, t % 3);
@@ -606,58 +665,27 @@ pub fn nsa_dq_rows_f64(
 ) -> Result<Vec<f64>> {
     use crate::contract::reference::attention_dq_rows_f64;
     spec.check_grad(d_o)?;
-    nsa.check_gates(&spec.shape, gates)?;
-    let folded = &nsa.fold(spec)?;
-    let phi = nsa.phi(&spec.shape, phi)?;
+    let qkv = (q, k, v);
+    let (folded, phi) = nsa.prepare(spec, qkv, Some(gates), phi)?;
+    let folded = &folded;
     let s = folded.shape;
     let (d, mc) = (s.head_dim, nsa.compressed(s.m));
-    let share =
-        |b: usize| -> Vec<f32> { d_o.iter().enumerate().map(|(t, &x)| gates[t / d * 3 + b] * x).collect() };
-    let slc = attention_dq_rows_f64(&nsa.selected_spec(folded, lists)?, (q, k, v), &share(1), rows)?;
-    let win = attention_dq_rows_f64(&nsa.window_spec(folded), (q, k, v), &share(2), rows)?;
+    let slc =
+        attention_dq_rows_f64(&nsa.selected_spec(folded, lists)?, qkv, &gated_share(d_o, gates, d, 1), rows)?;
+    let win = attention_dq_rows_f64(&nsa.window_spec(folded), qkv, &gated_share(d_o, gates, d, 2), rows)?;
     let (kc, vc) = (compress_f64(folded, nsa, &phi, k), compress_f64(folded, nsa, &phi, v));
-    let scale = folded.scale_value() as f64;
     let mut out = Vec::with_capacity(rows.len() * d);
     for (r, &row) in rows.iter().enumerate() {
         let (h, i) = (row / s.n, row % s.n);
         let g = h / s.group();
         let mut dq: Vec<f64> = slc[r].iter().zip(&win[r]).map(|(a, b)| a + b).collect();
-        let (o, lse, probs) = compressed_row_f64(folded, nsa, q, (&kc, &vc), h, i);
-        if lse != f64::NEG_INFINITY {
-            let gate = gates[row * 3] as f64;
-            let dor: Vec<f64> = d_o[row * d..][..d].iter().map(|&x| gate * x as f64).collect();
-            let delta: f64 = dor.iter().zip(&o).map(|(a, b)| a * b).sum();
-            for (c, &pc) in probs.iter().enumerate().filter(|(_, p)| **p > 0.0) {
-                let (kr, vr) = (&kc[(g * mc + c) * d..][..d], &vc[(g * mc + c) * d..][..d]);
-                let dp: f64 = dor.iter().zip(vr).map(|(a, b)| a * b).sum();
-                let ds = pc * (dp - delta) * scale;
-                dq.iter_mut().zip(kr).for_each(|(x, &kv)| *x += ds * kv);
-            }
+        let dor = compressed_share_row(d_o, gates, d, row);
+        for (c, _, ds) in compressed_row_back_f64(folded, nsa, q, (&kc, &vc), (h, i), &dor).1 {
+            dq.iter_mut().zip(&kc[(g * mc + c) * d..][..d]).for_each(|(x, &kv)| *x += ds * kv);
         }
         out.extend(dq);
     }
     Ok(out)
-}
-
-/// The three branches' outputs in f64 on a given choice (`[H·N·D]` each).
-fn nsa_forward_parts(
-    folded: &AttnSpec,
-    nsa: &Nsa,
-    (q, k, v): (&[f32], &[f32], &[f32]),
-    kc: &[f64],
-    vc: &[f64],
-    lists: &[u32],
-) -> Result<[Vec<f64>; 3]> {
-    let s = folded.shape;
-    let mut o_cmp = Vec::with_capacity(s.heads * s.n * s.head_dim);
-    for h in 0..s.heads {
-        for i in 0..s.n {
-            o_cmp.extend(compressed_row_f64(folded, nsa, q, (kc, vc), h, i).0);
-        }
-    }
-    let (o_slc, _) = attention_f64(&nsa.selected_spec(folded, lists)?, q, k, v)?;
-    let (o_win, _) = attention_f64(&nsa.window_spec(folded), q, k, v)?;
-    Ok([o_cmp, o_slc, o_win])
 }
 
 /// NSA's output and its three branches (f64).

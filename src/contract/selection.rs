@@ -126,35 +126,47 @@ impl Moba {
         let spec = &self.fold(spec)?;
         let s = spec.shape;
         self.check(&s)?;
-        let (rows, cols, k) = (s.n, self.blocks(s.m), self.topk);
-        if selected.len() != s.heads * rows * k {
-            return Err(Error::Length {
-                what: "MoBA index lists".into(),
-                got: selected.len(),
-                shape: vec![s.heads, rows, k],
-                expected: s.heads * rows * k,
-            });
-        }
-        let mut cells = vec![false; s.heads * rows * cols];
-        for (row, list) in selected.chunks_exact(k).enumerate() {
-            for &b in list.iter().filter(|&&b| b != NONE) {
-                if b as usize >= cols {
-                    return Err(Error::Invalid(format!("MoBA index list {row}: block {b} of {cols}")));
-                }
-                cells[row * cols + b as usize] = true;
-            }
-        }
         let label = format!("moba(block={},topk={})", self.block, self.topk);
-        let chosen =
-            Mask::Blocks(Arc::new(BlockGrid::per_row(label, self.block, s.heads, rows, cols, cells)?));
-        let mut out = spec.clone().causal(true);
-        out.mask = Some(match out.mask.take() {
-            Some(m) => m.and(chosen),
-            None => chosen,
-        });
-        out.validate()?;
-        Ok(out)
+        listed_spec(spec, ("MoBA", label), (self.block, s.heads, self.topk), selected)
     }
+}
+
+/// `spec` made causal, its mask ANDed with the cells `lists` name: `k` entries per (list head,
+/// row) — `heads` lists per row, or one every query head shares —, each a cell of `block` keys
+/// ([`NONE`] for an empty entry). `what` names the method in errors, `label` the mask.
+pub(crate) fn listed_spec(
+    spec: &AttnSpec,
+    (what, label): (&str, String),
+    (block, heads, k): (usize, usize, usize),
+    lists: &[u32],
+) -> Result<AttnSpec> {
+    let s = spec.shape;
+    let (rows, cols) = (s.n, s.m.div_ceil(block));
+    if lists.len() != heads * rows * k {
+        return Err(Error::Length {
+            what: format!("{what} index lists"),
+            got: lists.len(),
+            shape: vec![heads, rows, k],
+            expected: heads * rows * k,
+        });
+    }
+    let mut cells = vec![false; heads * rows * cols];
+    for (row, list) in lists.chunks_exact(k).enumerate() {
+        for &b in list.iter().filter(|&&b| b != NONE) {
+            if b as usize >= cols {
+                return Err(Error::Invalid(format!("{what} index list {row}: entry {b} of {cols}")));
+            }
+            cells[row * cols + b as usize] = true;
+        }
+    }
+    let chosen = Mask::Blocks(Arc::new(BlockGrid::per_row(label, block, heads, rows, cols, cells)?));
+    let mut out = spec.clone().causal(true);
+    out.mask = Some(match out.mask.take() {
+        Some(m) => m.and(chosen),
+        None => chosen,
+    });
+    out.validate()?;
+    Ok(out)
 }
 
 /// Every block's mean key in f64, `[Hkv, blocks, D]` (a last, partial block over its keys).

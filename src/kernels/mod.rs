@@ -46,6 +46,10 @@ const LANES_PLAIN: Snippet =
 /// GELU's tanh form and its derivative: matmul's epilogue and the training kernels.
 pub(crate) const GELU: Snippet = Snippet { name: "gelu", source: include_str!("../../shaders/gelu.wgsl") };
 
+/// A query's running top list kept by insertion: the learned-sparse choices' ranking rule
+/// (MoBA's `choose`, NSA's `score`; needs the variant's `MAX_TOPK`).
+pub(crate) const TOPK: Snippet = Snippet { name: "topk", source: include_str!("../../shaders/topk.wgsl") };
+
 /// A row's step over a staged key tile: its scores and the online-softmax P·V accumulation
 /// (flash, decode and the block-list kernel share it).
 pub(crate) const SOFTMAX_TILE: Snippet =

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use crate::contract::mods::{Mods, RuleFns};
-use crate::contract::nsa::Nsa;
+use crate::contract::nsa::{Nsa, NsaGrads};
 use crate::contract::selection::MAX_TOPK;
 use crate::contract::spec::{AttnOutput, AttnSpec};
 use crate::error::{Error, Result};
@@ -28,7 +28,7 @@ use crate::kernels::attention::{AttnBuffers, DeviceTensors};
 use crate::kernels::selection::{MobaPath, lanes};
 use crate::kernels::{Attention, Kernel};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{BindGroupFields, Compiled, Shader, ShaderVariant, bind_group};
+use crate::runtime::shader::{BindGroupFields, Compiled, Shader, ShaderVariant, Snippet, bind_group};
 
 const NAME: &str = "nsa";
 const SHADER: Shader =
@@ -62,6 +62,8 @@ bind_group! {
 }
 /// The backward's entry points.
 const BACKWARD_ENTRIES: [&str; 5] = ["split_grad", "gate_grads", "add3", "compress_back", "phi_grads"];
+/// The uniform both shaders read and their flat invocation index.
+const PARAMS: Snippet = Snippet { name: "nsa_params", source: include_str!("../../shaders/nsa_params.wgsl") };
 const WORKGROUP: u64 = 64;
 /// The largest private query array of `score` (the group's heads × vec4 lanes): 4 KiB.
 const MAX_QG: usize = 256;
@@ -81,8 +83,10 @@ struct Params {
     topk: u32,
     q_offset: i32,
     groups_x: u32,
-    b0: u32,
-    b1: u32,
+    /// A stage's own words: `score`'s pass covers blocks `[arg0, arg1)`; `phi_grads` takes
+    /// `arg0` compressed keys per chunk, `arg1` chunks.
+    arg0: u32,
+    arg1: u32,
     last: u32,
     scale: f32,
 }
@@ -94,7 +98,7 @@ fn variant(entry: &'static str, d: usize, group: usize, sg: u32) -> ShaderVarian
     let (qcap4, gcap) = (lanes(d) as u32, group.next_power_of_two() as u32);
     SHADER.variant(
         entry,
-        &[crate::kernels::lanes(sg)],
+        &[PARAMS, crate::kernels::TOPK, crate::kernels::lanes(sg)],
         vec![
             ("MAX_TOPK", MAX_TOPK as u32),
             ("QCAP4", qcap4),
@@ -124,7 +128,7 @@ pub fn variants() -> Vec<ShaderVariant> {
 
 /// The backward's variants (one each: no constant depends on the call).
 pub fn backward_variants() -> Vec<ShaderVariant> {
-    BACKWARD_ENTRIES.iter().map(|e| BACKWARD.variant(e, &[], vec![])).collect()
+    BACKWARD_ENTRIES.iter().map(|e| BACKWARD.variant(e, &[PARAMS], vec![])).collect()
 }
 
 /// NSA prepared for one call: the folded spec, the branches' kernels and NSA's own stages.
@@ -237,9 +241,7 @@ impl NsaAttention {
         gates: &[f32],
         phi: Option<&[f32]>,
     ) -> Result<NsaTensors> {
-        original.check_inputs(q, k, v)?;
-        self.nsa.check_gates(&original.shape, gates)?;
-        let phi = self.nsa.phi(&original.shape, phi)?;
+        let (_, phi) = self.nsa.prepare(original, (q, k, v), Some(gates), phi)?;
         let s = self.spec.shape;
         let (mc, d) = (self.nsa.compressed(s.m) as u64, s.head_dim as u64);
         let io = DeviceTensors::upload(gpu, &self.spec, q, k, v)?;
@@ -381,7 +383,7 @@ impl NsaAttention {
         Ok(NsaOutput { o, branches, lists, path })
     }
 
-    /// One of NSA's own stages on `groups` workgroups (`score`: its pass `(b0, b1, last)`),
+    /// One of NSA's own stages on `groups` workgroups (`score`: its pass `(arg0, arg1, last)`),
     /// submitted.
     fn dispatch(
         &self,
@@ -419,7 +421,7 @@ impl NsaAttention {
 
     /// The stages' uniform: the call's sizes, NSA's parameters, the grid's width and a
     /// stage's own three words (`score`: its pass; `phi_grads`: its chunks).
-    fn params(&self, groups_x: u32, (b0, b1, last): (u32, u32, bool)) -> Params {
+    fn params(&self, groups_x: u32, (arg0, arg1, last): (u32, u32, bool)) -> Params {
         let s = self.spec.shape;
         let n = &self.nsa;
         Params {
@@ -435,8 +437,8 @@ impl NsaAttention {
             topk: n.topk as u32,
             q_offset: self.spec.q_offset() as i32,
             groups_x,
-            b0,
-            b1,
+            arg0,
+            arg1,
             last: last as u32,
             scale: self.spec.scale_value(),
         }
@@ -452,21 +454,6 @@ fn submit<F: BindGroupFields>(gpu: &Gpu, kernel: &Compiled, binds: &F, grid: [u3
         kernel.dispatch(&mut pass, &kernel.bind(gpu, binds), grid);
     }
     gpu.queue.submit([enc.finish()]);
-}
-
-/// NSA's gradients: dQ, dK, dV as the attention backward gives them, the gates' and φ's.
-#[derive(Clone, Debug)]
-pub struct NsaGradients {
-    /// dQ `[B, H, N, D]`.
-    pub dq: Vec<f32>,
-    /// dK `[B, Hkv, M, D]`.
-    pub dk: Vec<f32>,
-    /// dV `[B, Hkv, M, D]`.
-    pub dv: Vec<f32>,
-    /// The gates' gradient `[B, H, N, 3]`.
-    pub dgates: Vec<f32>,
-    /// φ's gradient `[Hkv, l]` (summed over the sequences of a batch).
-    pub dphi: Vec<f32>,
 }
 
 /// The backward's tensors on the device: dO and its three gated shares, each branch's dQ
@@ -518,7 +505,7 @@ impl NsaBackward {
             None => Some(SparseBackward::new(gpu, &folded, nsa.block, nsa.topk)?),
             Some(_) => None,
         };
-        let compile = |entry| gpu.compile(&BACKWARD.variant(entry, &[], vec![]));
+        let compile = |entry| gpu.compile(&BACKWARD.variant(entry, &[PARAMS], vec![]));
         Ok(Self {
             cmp,
             slc,
@@ -671,7 +658,7 @@ impl NsaBackward {
 
     /// The gradients read back: dQ, dK, dV, the gates', and φ's (its chunks and a batch's
     /// sequences added in f64); a value that is not finite is an error.
-    pub fn read(&self, gpu: &Gpu, original: &AttnSpec, gr: &NsaGradTensors) -> Result<NsaGradients> {
+    pub fn read(&self, gpu: &Gpu, original: &AttnSpec, gr: &NsaGradTensors) -> Result<NsaGrads<f32>> {
         let s = self.forward.spec.shape;
         let (rows, d, l) = (s.heads * s.n, s.head_dim, self.forward.nsa.cmp_len);
         let (chunks, _) = self.phi_chunks(gpu);
@@ -681,7 +668,7 @@ impl NsaBackward {
         for (x, part) in partials.chunks_exact(chunks).enumerate() {
             dphi[x % per_seq] += part.iter().map(|&p| p as f64).sum::<f64>();
         }
-        let out = NsaGradients {
+        let out = NsaGrads {
             dq: gpu.read(&gr.dq, rows * d)?,
             dk: gpu.read(&gr.dk, s.kv_heads * s.m * d)?,
             dv: gpu.read(&gr.dv, s.kv_heads * s.m * d)?,
@@ -710,7 +697,7 @@ pub fn nsa_backward(
     gates: &[f32],
     phi: Option<&[f32]>,
     d_o: &[f32],
-) -> Result<(NsaOutput, NsaGradients)> {
+) -> Result<(NsaOutput, NsaGrads<f32>)> {
     let call = NsaBackward::new(gpu, spec, nsa)?;
     let t = call.forward.upload(gpu, spec, (q, k, v), gates, phi)?;
     let gr = call.upload(gpu, spec, d_o)?;

@@ -49,7 +49,11 @@ const ENTRIES: [&str; 2] = ["block_means", "choose"];
 /// The variant of `entry` for head dim `d`: the choice keeps the query in a private array of
 /// vec4 lanes, `d` rounded up to a power of two (9 variants cover D ≤ 256).
 fn variant(entry: &'static str, d: usize) -> ShaderVariant {
-    SHADER.variant(entry, &[], vec![("MAX_TOPK", MAX_TOPK as u32), ("QCAP4", lanes(d) as u32)])
+    SHADER.variant(
+        entry,
+        &[crate::kernels::TOPK],
+        vec![("MAX_TOPK", MAX_TOPK as u32), ("QCAP4", lanes(d) as u32)],
+    )
 }
 
 /// The vec4 lanes of a query and of a block mean at head dim `d`: ⌈D/4⌉ rounded up to a power of

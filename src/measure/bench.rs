@@ -300,8 +300,7 @@ pub(crate) fn run_config_f16(
 /// f64 oracle of `spec` (for sizes whose whole oracle is too slow).
 pub(crate) fn spot_error(spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32], o: &[f32]) -> Result<f64> {
     let s = spec.shape;
-    let total = s.lse_len();
-    let rows: Vec<usize> = (0..SPOT_ROWS).map(|i| i * (total - 1) / (SPOT_ROWS - 1)).collect();
+    let rows = spot_rows(s.lse_len());
     let want: Vec<f64> = attention_rows_f64(spec, q, k, v, &rows)?.into_iter().flat_map(|(o, _)| o).collect();
     let d = s.head_dim;
     let got: Vec<f32> = rows.iter().flat_map(|&row| o[row * d..(row + 1) * d].iter().copied()).collect();
@@ -317,12 +316,16 @@ pub(crate) fn spot_grad_error(
     dq: &[f32],
 ) -> Result<f64> {
     let s = spec.shape;
-    let total = s.lse_len();
-    let rows: Vec<usize> = (0..SPOT_ROWS).map(|i| i * (total - 1) / (SPOT_ROWS - 1)).collect();
+    let rows = spot_rows(s.lse_len());
     let want: Vec<f64> = attention_dq_rows_f64(spec, (q, k, v), d_o, &rows)?.into_iter().flatten().collect();
     let d = s.head_dim;
     let got: Vec<f32> = rows.iter().flat_map(|&row| dq[row * d..(row + 1) * d].iter().copied()).collect();
     Ok(rel_error(&got, &want))
+}
+
+/// [`SPOT_ROWS`] row indices evenly spaced over `total` rows, the first and the last included.
+pub(crate) fn spot_rows(total: usize) -> Vec<usize> {
+    (0..SPOT_ROWS).map(|i| i * (total - 1) / (SPOT_ROWS - 1)).collect()
 }
 
 /// The seed of every benchmark's inputs ([`seeded_qkv`]).

@@ -20,7 +20,7 @@ use crate::kernels::attention::sparse_backward::SparseBackward;
 use crate::kernels::nsa::{NsaAttention, NsaBackward};
 use crate::kernels::selection::{block_means_on, choose_on, select_lists};
 use crate::kernels::{Attention, Kernel};
-use crate::measure::bench::{INPUT_SEED, SPOT_ROWS, spot_error, spot_grad_error};
+use crate::measure::bench::{INPUT_SEED, SPOT_ROWS, spot_error, spot_grad_error, spot_rows};
 use crate::runtime::Gpu;
 use crate::runtime::timing::{time_host, time_wall};
 
@@ -97,20 +97,35 @@ impl SparseRecord {
 /// on sampled rows, then `reps` timed runs of each stage, and of the backward with
 /// `backward`. A failure becomes `skipped`.
 pub fn run_moba(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, reps: usize, backward: bool) -> SparseRecord {
+    let config = format!("block={},topk={}", moba.block, moba.topk);
+    measured("moba", spec, (moba.block, moba.topk, config), reps, |spec, r| {
+        fill_moba(gpu, spec, moba, reps, backward, r)
+    })
+}
+
+/// A record of `method` (blocks of `block`, `topk` per query, parameters `config`) on `spec`
+/// made causal, filled by `fill`; its failure becomes `skipped`.
+fn measured(
+    method: &str,
+    spec: &AttnSpec,
+    (block, topk, config): (usize, usize, String),
+    reps: usize,
+    fill: impl FnOnce(&AttnSpec, &mut SparseRecord) -> Result<()>,
+) -> SparseRecord {
     let s = spec.shape;
     let mut r = SparseRecord {
-        method: "moba".into(),
+        method: method.into(),
         heads: s.heads,
         kv_heads: s.kv_heads,
         n: s.n,
         d: s.head_dim,
-        block: moba.block,
-        topk: moba.topk,
+        block,
+        topk,
         reps,
-        config: format!("block={},topk={}", moba.block, moba.topk),
+        config,
         ..Default::default()
     };
-    if let Err(e) = fill_moba(gpu, &spec.clone().causal(true), moba, reps, backward, &mut r) {
+    if let Err(e) = fill(&spec.clone().causal(true), &mut r) {
         r.skipped = Some(e.to_string());
     }
     r
@@ -166,23 +181,9 @@ fn fill_moba(
 /// (dQ of sampled rows against the oracle) against flash's dense causal backward. A failure
 /// becomes `skipped`.
 pub fn run_nsa(gpu: &Gpu, spec: &AttnSpec, nsa: &Nsa, reps: usize, backward: bool) -> SparseRecord {
-    let s = spec.shape;
-    let mut r = SparseRecord {
-        method: "nsa".into(),
-        heads: s.heads,
-        kv_heads: s.kv_heads,
-        n: s.n,
-        d: s.head_dim,
-        block: nsa.block,
-        topk: nsa.topk,
-        reps,
-        config: nsa.describe(),
-        ..Default::default()
-    };
-    if let Err(e) = fill_nsa(gpu, &spec.clone().causal(true), nsa, reps, backward, &mut r) {
-        r.skipped = Some(e.to_string());
-    }
-    r
+    measured("nsa", spec, (nsa.block, nsa.topk, nsa.describe()), reps, |spec, r| {
+        fill_nsa(gpu, spec, nsa, reps, backward, r)
+    })
 }
 
 fn fill_nsa(
@@ -211,8 +212,7 @@ fn fill_nsa(
     let t = call.upload(gpu, spec, (&q, &k, &v), &gates, None)?;
     let (lists, path) = call.run(gpu, &t)?;
     let out = call.read(gpu, &t, lists, path)?;
-    let total = s.heads * s.n;
-    let rows: Vec<usize> = (0..SPOT_ROWS).map(|i| i * (total - 1) / (SPOT_ROWS - 1)).collect();
+    let rows = spot_rows(s.heads * s.n);
     let (want, differ, ties) = nsa_rows_f64(spec, nsa, (&q, &k, &v), &gates, None, &out.lists, &rows, 1e-5)?;
     if !ties {
         return Err(crate::error::Error::Invalid(format!(
@@ -266,14 +266,9 @@ fn fill_nsa(
         bwd.run(gpu, &t, &gr, &out.lists)?;
         gpu.wait()
     })?;
-    // dense: its own forward first (the backward reads that O and LSE)
-    let dense_bwd = Backward::new(gpu, spec)?;
-    let grads = GradTensors::upload(gpu, spec, &d_o)?;
-    let mut enc = gpu.device.create_command_encoder(&Default::default());
-    dense.encode(gpu, &mut enc, &t.io.buffers())?;
-    gpu.queue.submit([enc.finish()]);
-    let dense_b = time_wall(gpu, 1, reps, |enc| dense_bwd.encode(gpu, enc, &grads.buffers(&t.io)))?;
-    (r.backward_ms, r.dense_backward_ms) = (Some(timed.median()), Some(dense_b.median()));
+    let dense_grads = GradTensors::upload(gpu, spec, &d_o)?;
+    let dense_b = time_dense_backward(gpu, spec, &t.io, &dense_grads, reps)?;
+    (r.backward_ms, r.dense_backward_ms) = (Some(timed.median()), Some(dense_b));
     Ok(())
 }
 
@@ -311,7 +306,6 @@ fn fill_backward(
     r: &mut SparseRecord,
 ) -> Result<()> {
     let sparse = SparseBackward::new(gpu, spec, moba.block, moba.topk)?;
-    let dense = Backward::new(gpu, spec)?;
     let d_o = seeded_qkv(spec, INPUT_SEED ^ 0x5eed).0;
     let grads = GradTensors::upload(gpu, spec, &d_o)?;
     grads.poison(gpu);
@@ -323,14 +317,25 @@ fn fill_backward(
         sparse.run(gpu, &grads.buffers(io), lists, lists_buf)?;
         gpu.wait()
     })?;
-    // dense: its own forward first (the backward reads that O and LSE)
-    let forward = Attention::new(gpu, Kernel::Flash, spec)?;
+    let dense = time_dense_backward(gpu, spec, io, &grads, reps)?;
+    (r.backward_ms, r.dense_backward_ms) = (Some(timed.median()), Some(dense));
+    Ok(())
+}
+
+/// Flash's backward of dense causal attention on `io`'s Q, K, V into `grads`, median ms of
+/// `reps` runs after a warm-up: its own forward first (the backward reads that O and LSE).
+fn time_dense_backward(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    io: &DeviceTensors,
+    grads: &GradTensors,
+    reps: usize,
+) -> Result<f64> {
+    let (forward, backward) = (Attention::new(gpu, Kernel::Flash, spec)?, Backward::new(gpu, spec)?);
     let mut enc = gpu.device.create_command_encoder(&Default::default());
     forward.encode(gpu, &mut enc, &io.buffers())?;
     gpu.queue.submit([enc.finish()]);
-    let dense = time_wall(gpu, 1, reps, |enc| dense.encode(gpu, enc, &grads.buffers(io)))?;
-    (r.backward_ms, r.dense_backward_ms) = (Some(timed.median()), Some(dense.median()));
-    Ok(())
+    Ok(time_wall(gpu, 1, reps, |enc| backward.encode(gpu, enc, &grads.buffers(io)))?.median())
 }
 
 /// One decoding step with MoBA's choice over a cache of `context` positions against dense
