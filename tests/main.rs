@@ -15,6 +15,7 @@ mod bert;
 mod cli;
 mod colt5;
 mod decode;
+mod dsa;
 mod embed;
 mod encoder_kernels;
 mod f16;

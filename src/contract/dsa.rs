@@ -7,8 +7,8 @@
 //! With the indexer's inputs qI `[B, N, HI, DI]`, kI `[B, M, DI]` and weights w `[B, N, HI]`,
 //! query row `i` at position `p = q_offset + i` scores key `s ≤ p` by
 //! `I(p, s) = Σ_j w[p, j] · ReLU(qI[p, j] · kI[s])` (no scale); keys after `p` are never
-//! chosen. The row's list holds its `k` highest-scoring keys by descending score (ties: the
-//! lower key first; fewer than `k` visible keys: all of them), [`NONE`] after; one choice per
+//! chosen. The row's list holds its `k` highest-scoring keys (ties: the lower key first; fewer
+//! than `k` visible keys: all of them) in ascending key order, [`NONE`] after; one choice per
 //! (sequence, row), shared by every query head (the indexer is per token). The attention is
 //! then causal over the listed keys. No gradient flows from the attention into the indexer
 //! (the paper's sparse stage); the indexer learns from the alignment loss: per row, the KL
@@ -18,7 +18,7 @@
 
 use crate::contract::AttnShape;
 use crate::contract::reference::probabilities_f64;
-use crate::contract::selection::{NONE, listed_spec};
+use crate::contract::selection::{NONE, SelectionDiff, diff_choices, listed_spec};
 use crate::contract::spec::AttnSpec;
 use crate::error::{Error, Result};
 
@@ -44,16 +44,62 @@ pub struct Indexer<'a> {
     pub w: &'a [f32],
 }
 
+/// The indexer's default shape where a call does not give it (`longctx bench`): 4 heads of
+/// dim 16 — 64 multiply-adds per (query, key), an eighth of H 4 · D 64 attention's QKᵀ and
+/// P·V, about DeepSeek-V3.2's ratio (64 heads × 128 in fp8 against 128 MLA heads of 576/512).
+pub const DEFAULT_INDEX: (usize, usize) = (4, 16);
+
 impl Dsa {
-    /// Checks the parameters and the indexer's inputs against `shape`: k ≥ 1, HI ≥ 1, DI ≥ 1,
-    /// lengths, finite values.
-    pub fn check(&self, shape: &AttnShape, ix: &Indexer) -> Result<()> {
+    /// Parses `topk=K[,heads=HI,dim=DI]` (the indexer's shape defaults to [`DEFAULT_INDEX`]).
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = |why: String| Error::Invalid(format!("DSA `{text}`: {why}"));
+        let (mut topk, mut heads, mut dim) = (None, None, None);
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((key, value)) = part.split_once('=') else {
+                return Err(bad(format!("`{part}`: expected topk=K, heads=HI or dim=DI")));
+            };
+            let v: usize = value.trim().parse().map_err(|_| bad(format!("`{part}`: not a whole number")))?;
+            let slot = match key.trim() {
+                "topk" => &mut topk,
+                "heads" => &mut heads,
+                "dim" => &mut dim,
+                other => {
+                    return Err(bad(format!("unknown part `{other}`; expected topk=K[,heads=HI,dim=DI]")));
+                }
+            };
+            if slot.replace(v).is_some() {
+                return Err(bad(format!("{key} is given twice")));
+            }
+        }
+        let Some(topk) = topk else { return Err(bad("needs topk=K".into())) };
+        let dsa = Self {
+            topk,
+            index_heads: heads.unwrap_or(DEFAULT_INDEX.0),
+            index_dim: dim.unwrap_or(DEFAULT_INDEX.1),
+        };
+        dsa.check_params()?;
+        Ok(dsa)
+    }
+
+    /// The parameters as `topk=K,heads=HI,dim=DI`.
+    pub fn describe(&self) -> String {
+        format!("topk={},heads={},dim={}", self.topk, self.index_heads, self.index_dim)
+    }
+
+    fn check_params(&self) -> Result<()> {
         if self.topk == 0 || self.index_heads == 0 || self.index_dim == 0 {
             return Err(Error::Invalid(format!(
                 "DSA: topk ({}), indexer heads ({}) and indexer head dim ({}) must be at least 1",
                 self.topk, self.index_heads, self.index_dim
             )));
         }
+        Ok(())
+    }
+
+    /// Checks the parameters and the indexer's inputs against `shape`: k ≥ 1, HI ≥ 1, DI ≥ 1,
+    /// lengths, finite values.
+    pub fn check(&self, shape: &AttnShape, ix: &Indexer) -> Result<()> {
+        self.check_params()?;
         let (b, n, m) = (shape.batch, shape.n, shape.m);
         let (hi, di) = (self.index_heads, self.index_dim);
         for (what, got, dims) in [
@@ -111,8 +157,9 @@ impl Dsa {
     }
 }
 
-/// DSA's choice in f64: `[B, N, k]` key lists (descending index score, ties to the lower key,
-/// [`NONE`] where fewer keys are visible).
+/// DSA's choice in f64: `[B, N, k]` key lists (the `k` best index scores, ties to the lower
+/// key, listed in ascending key order; [`NONE`] where fewer keys are visible). Scores compare
+/// as numbers (−0 ties +0).
 pub fn dsa_select_f64(spec: &AttnSpec, dsa: &Dsa, ix: &Indexer) -> Result<Vec<u32>> {
     let s = spec.shape;
     dsa.check(&s, ix)?;
@@ -121,8 +168,11 @@ pub fn dsa_select_f64(spec: &AttnSpec, dsa: &Dsa, ix: &Indexer) -> Result<Vec<u3
         for i in 0..s.n {
             let scores = dsa.scores_f64(spec, ix, b, i);
             let mut order: Vec<usize> = (0..scores.len()).collect();
-            // descending score, ties to the lower key (a stable sort keeps index order)
-            order.sort_by(|&x, &y| scores[y].total_cmp(&scores[x]));
+            // descending score, ties to the lower key (a stable sort keeps index order); the
+            // scores are finite
+            order.sort_by(|&x, &y| scores[y].partial_cmp(&scores[x]).expect("finite index scores"));
+            order.truncate(dsa.topk);
+            order.sort_unstable();
             let list = &mut out[(b * s.n + i) * dsa.topk..][..dsa.topk];
             for (slot, &j) in list.iter_mut().zip(&order) {
                 *slot = j as u32;
@@ -130,6 +180,24 @@ pub fn dsa_select_f64(spec: &AttnSpec, dsa: &Dsa, ix: &Indexer) -> Result<Vec<u3
         }
     }
     Ok(out)
+}
+
+/// Rows where `other`'s lists (`[B, N, k]`, e.g. the GPU's) choose different keys from the
+/// oracle's `lists`, and whether every difference is a near-tie: the keys in one list and not
+/// the other all score within `tol` (relative to the row's largest score) of the oracle's
+/// weakest chosen key. Rows are numbered `b·N + i`.
+pub fn compare_dsa_selection(
+    spec: &AttnSpec,
+    dsa: &Dsa,
+    ix: &Indexer,
+    lists: &[u32],
+    other: &[u32],
+    tol: f64,
+) -> (Vec<SelectionDiff>, bool) {
+    let n = spec.shape.n;
+    diff_choices(n, dsa.topk, lists, other, tol, |row| {
+        dsa.scores_f64(spec, ix, row / n, row % n).into_iter().map(Some).collect()
+    })
 }
 
 /// The indexer's alignment loss and its gradient in f64 (one sequence): per row at a
@@ -220,13 +288,13 @@ mod tests {
         let spec = AttnSpec::new(AttnShape::mha(1, 1, 1, 4, 1));
         let dsa = Dsa { topk: 2, index_heads: 1, index_dim: 1 };
         let ix = Indexer { q: &[2.0], k: &[1.0, -3.0, 3.0, 1.0], w: &[0.5] };
-        // scores 1, 0 (ReLU), 3, 1: the best two are keys 2 and then 0 (tie with 3: lower first)
-        assert_eq!(dsa_select_f64(&spec, &dsa, &ix).unwrap(), vec![2, 0]);
+        // scores 1, 0 (ReLU), 3, 1: the best two are keys 2 and 0 (tie with 3: lower first)
+        assert_eq!(dsa_select_f64(&spec, &dsa, &ix).unwrap(), vec![0, 2]);
         // two rows: row 0 at position 2 sees keys 0..=2 only
         let spec = AttnSpec::new(AttnShape::mha(1, 1, 2, 4, 1));
         let dsa = Dsa { topk: 4, ..dsa };
         let ix = Indexer { q: &[2.0, 2.0], k: &[1.0, -3.0, 3.0, 1.0], w: &[0.5, 0.5] };
-        assert_eq!(dsa_select_f64(&spec, &dsa, &ix).unwrap(), vec![2, 0, 1, NONE, 2, 0, 3, 1]);
+        assert_eq!(dsa_select_f64(&spec, &dsa, &ix).unwrap(), vec![0, 1, 2, NONE, 0, 1, 2, 3]);
         let chosen = Dsa { topk: 2, ..dsa }.spec(&spec, &[2, 0, 3, 1]).unwrap();
         let vis = |i: usize| (0..4).filter(|&j| chosen.visible(0, i, j)).collect::<Vec<_>>();
         assert_eq!((vis(0), vis(1)), (vec![0, 2], vec![1, 3]));

@@ -6,7 +6,7 @@
 
 use crate::contract::mods::{Mods, Named};
 use crate::kernels::attention::{backward, decode, flash, naive, sparse, sparse_backward};
-use crate::kernels::{MAX_HEAD_DIM, embed, heatmap, layer, matmul, mods};
+use crate::kernels::{MAX_HEAD_DIM, dsa, embed, heatmap, layer, matmul, mods};
 use crate::kernels::{nsa, pad, peak, positions, ring, route, selection, train, with_mods};
 use crate::runtime::shader::ShaderVariant;
 
@@ -54,11 +54,14 @@ pub enum Family {
     /// `nsa_backward.wgsl`: NSA's own backward stages (dO's shares, the gates' and φ's
     /// gradients, the compression's backward).
     NsaBackward,
+    /// `dsa_index.wgsl` and `dsa.wgsl`: DSA's indexer and top-k, and attention over each row's
+    /// chosen keys.
+    Dsa,
 }
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 20] = [
+    pub const ALL: [Family; 21] = [
         Family::Flash,
         Family::Naive,
         Family::Backward,
@@ -79,6 +82,7 @@ impl Family {
         Family::SparseBackward,
         Family::Nsa,
         Family::NsaBackward,
+        Family::Dsa,
     ];
 
     /// Every variant the family builds for a device with `limits`, over every supported head
@@ -182,6 +186,7 @@ impl Family {
             Family::SparseBackward => sparse_backward::variants(),
             Family::Nsa => nsa::variants(),
             Family::NsaBackward => nsa::backward_variants(),
+            Family::Dsa => dsa::variants(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! variant.
 
 pub mod attention;
+pub mod dsa;
 pub mod embed;
 mod family;
 pub mod heatmap;

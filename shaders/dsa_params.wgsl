@@ -1,0 +1,25 @@
+// dsa_params.wgsl — composed into dsa_index.wgsl and dsa.wgsl: their one uniform (`Params` in
+// src/kernels/dsa.rs) and the NONE of an empty list entry.
+
+struct Params {
+    batch: u32,
+    heads: u32,
+    kv_heads: u32,
+    n: u32,
+    m: u32,
+    topk: u32,
+    index_heads: u32,  // HI
+    q_offset: i32,     // position of query row 0
+    groups_x: u32,     // workgroups per grid row (2-D grids for long dispatches)
+    row0: u32,         // the chunk's first (sequence, row), b·N + i (the indexer's stages)
+    rows: u32,         // the chunk's rows
+    arg0: u32,         // `index_scores`: rows per tile; `attend`: the pass's first list entry
+    arg1: u32,         // `attend`: the pass's end entry
+    last: u32,         // `attend`: nonzero on the last pass (normalise and write LSE)
+    scale: f32,
+    pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+
+const NONE: u32 = 0xffffffffu;

@@ -1,0 +1,432 @@
+//! `dsa`: DSA-style token selection on the GPU (DeepSeek-V3.2's sparse attention; the rule and
+//! its f64 oracle: [`crate::contract::dsa`]). One call runs, in order:
+//! 1. the selection (`shaders/dsa_index.wgsl`), in chunks of rows whose scores fit one
+//!    buffer: `index_scores` (the lightning indexer over every visible key) and `top_k` (each
+//!    row's k best keys by radix select, listed in ascending key order);
+//! 2. `attend` (`shaders/dsa.wgsl`): every query head of a row reads the row's listed keys
+//!    under an online softmax, in passes over list entries below an adapter's loop cap.
+//!
+//! Runs: causal calls with no other mask, window, ALiBi, mods or positional encoding; head dims
+//! and the indexer's head dim multiples of 4 (up to 256 and 128); any batch, N, M, GQA, MQA.
+//! [`dsa_attention`] takes flash on the lists' token grid ([`Dsa::spec`]) for a head dim the
+//! list kernel does not run; the backward ([`dsa_backward`]) is flash's on that grid — exact,
+//! at dense cost (the token-list backward is not built yet).
+
+use crate::contract::dsa::{Dsa, Indexer};
+use crate::contract::spec::{Alibi, AttnOutput, AttnSpec};
+use crate::error::{Error, Result};
+use crate::kernels::attention::DeviceTensors;
+use crate::kernels::attention::backward::{Backward, Gradients};
+use crate::kernels::{Attention, Kernel};
+use crate::runtime::Gpu;
+use crate::runtime::shader::{BindGroupFields, Compiled, Shader, ShaderVariant, Snippet, bind_group};
+
+const NAME: &str = "dsa";
+const INDEX: Shader = Shader {
+    stem: "dsa_index",
+    source: include_str!("../../shaders/dsa_index.wgsl"),
+    bindings: IndexBinds::SLOTS,
+};
+bind_group! {
+    /// The sizes, the indexer's inputs, a chunk's scores and the lists.
+    struct IndexBinds { 0 params: Uniform, 1 qi: Read, 2 ki: Read, 3 wi: Read, 4 scores: ReadWrite, 5 lists: ReadWrite }
+}
+const ATTEND: Shader =
+    Shader { stem: NAME, source: include_str!("../../shaders/dsa.wgsl"), bindings: AttendBinds::SLOTS };
+bind_group! {
+    /// The sizes, the lists, Q, K, V, O, LSE and the running sum between passes.
+    struct AttendBinds {
+        0 params: Uniform, 1 lists: Read, 2 q: Read, 3 k: Read, 4 v: Read, 5 o: ReadWrite,
+        6 lse: ReadWrite, 7 run_l: ReadWrite,
+    }
+}
+/// The uniform both shaders read.
+const PARAMS: Snippet = Snippet { name: "dsa_params", source: include_str!("../../shaders/dsa_params.wgsl") };
+/// Rows of `index_scores`'s tile where the loop cap allows.
+const TILE_ROWS: u64 = 16;
+/// The scores a chunk keeps (floats): 64 MiB.
+const CHUNK_FLOATS: u64 = 16 << 20;
+/// The largest indexer head dim (vec4 lanes in registers).
+const MAX_INDEX_DIM: usize = 128;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    heads: u32,
+    kv_heads: u32,
+    n: u32,
+    m: u32,
+    topk: u32,
+    index_heads: u32,
+    q_offset: i32,
+    groups_x: u32,
+    row0: u32,
+    rows: u32,
+    arg0: u32,
+    arg1: u32,
+    last: u32,
+    scale: f32,
+    pad: u32,
+}
+
+fn index_variant(entry: &'static str, di4: usize) -> ShaderVariant {
+    INDEX.variant(entry, &[PARAMS], vec![("DI4", di4 as u32)])
+}
+
+fn attend_variant(d4: usize) -> ShaderVariant {
+    ATTEND.variant("attend", &[PARAMS], vec![("D4", d4 as u32)])
+}
+
+/// The shader variants: `index_scores` per indexer head dim (4 … 128), `top_k` once, `attend`
+/// per head dim (4 … 256).
+pub fn variants() -> Vec<ShaderVariant> {
+    let mut out = vec![index_variant("top_k", 1)];
+    out.extend((1..=MAX_INDEX_DIM / 4).map(|di4| index_variant("index_scores", di4)));
+    out.extend((1..=crate::kernels::MAX_HEAD_DIM / 4).map(attend_variant));
+    out
+}
+
+/// Why the token-list kernel does not run `spec` (`None`: it does).
+pub fn unsupported(spec: &AttnSpec) -> Option<String> {
+    let d = spec.shape.head_dim;
+    if !d.is_multiple_of(4) || d > crate::kernels::MAX_HEAD_DIM {
+        return Some(format!("head dim {d}: the token-list kernel reads vec4s, up to 256"));
+    }
+    None
+}
+
+/// DSA prepared for one call: the checked spec, the kernels and the chunking.
+pub struct DsaAttention {
+    spec: AttnSpec,
+    dsa: Dsa,
+    scores: Compiled,
+    top_k: Compiled,
+    attend: Compiled,
+    /// Rows per chunk of the selection.
+    chunk_rows: usize,
+    /// Rows per `index_scores` tile.
+    tile_rows: u64,
+    /// List entries per `attend` pass.
+    entries_per_pass: usize,
+}
+
+/// One call's tensors on the device.
+pub struct DsaTensors {
+    /// Q, K, V, O and LSE.
+    pub io: DeviceTensors,
+    qi: wgpu::Buffer,
+    ki: wgpu::Buffer,
+    wi: wgpu::Buffer,
+    scores: wgpu::Buffer,
+    /// The chosen keys, `[B, N, k]`.
+    pub lists: wgpu::Buffer,
+    run_l: wgpu::Buffer,
+}
+
+impl DsaAttention {
+    /// Prepares `dsa` for `spec` (checked: causal is implied; no other mask, window, ALiBi,
+    /// mods or positional encoding; head dims as the module says; the loops against an
+    /// adapter's cap).
+    pub fn new(gpu: &Gpu, spec: &AttnSpec, dsa: &Dsa) -> Result<Self> {
+        let spec = check_call(spec, dsa)?;
+        if let Some(why) = unsupported(&spec) {
+            return Err(Error::Invalid(format!("DSA's token-list kernel: {why}")));
+        }
+        let s = spec.shape;
+        let (hi, di4) = (dsa.index_heads as u64, (dsa.index_dim / 4) as u64);
+        let d4 = (s.head_dim / 4) as u64;
+        let rows = s.batch * s.n;
+        let mut tile_rows = TILE_ROWS;
+        let mut entries_per_pass = dsa.topk;
+        if let Some(limit) = gpu.loop_iteration_limit() {
+            // every loop counts its trips and its exit (measured on lavapipe: D 256 with 500
+            // entries a pass, 500 · (2·64 + 2) + 3·64 = 65 192 trips, is cut short):
+            // index_scores: rows · HI · (DI4 + 2) + DI4 + 1; top_k: ⌈M/256⌉ + 1 per round,
+            // 256 bins; attend: (2·(D4 + 1) + 2) an entry, 4·(D4 + 1) around them
+            let per_row = hi * (di4 + 2) + 1;
+            tile_rows = tile_rows.min(limit.saturating_sub(di4 + 1) / per_row);
+            let per_pass = (s.m as u64).div_ceil(256) + 258;
+            let per_entry = 2 * (d4 + 1) + 2;
+            let entries = limit.saturating_sub(4 * (d4 + 1)) / per_entry;
+            if tile_rows == 0 || per_pass > limit || entries == 0 {
+                return Err(Error::LoopLimit {
+                    kernel: NAME,
+                    needed: (per_row + di4 + 1).max(per_pass).max(per_entry + 4 * (d4 + 1)),
+                    limit,
+                    hint: "use fewer indexer heads or a shorter context",
+                });
+            }
+            entries_per_pass = entries_per_pass.min(entries as usize);
+        }
+        let chunk_rows = ((CHUNK_FLOATS / s.m.max(1) as u64) as usize).clamp(1, rows.max(1));
+        Ok(Self {
+            scores: gpu.compile(&index_variant("index_scores", di4 as usize))?,
+            top_k: gpu.compile(&index_variant("top_k", 1))?,
+            attend: gpu.compile(&attend_variant(d4 as usize))?,
+            spec,
+            dsa: *dsa,
+            chunk_rows,
+            tile_rows,
+            entries_per_pass,
+        })
+    }
+
+    /// The same call with its selection in chunks of at most `rows` rows (at least 1; a
+    /// smaller chunk keeps fewer scores in memory).
+    pub fn with_chunk_rows(mut self, rows: usize) -> Self {
+        self.chunk_rows = rows.clamp(1, self.chunk_rows);
+        self
+    }
+
+    /// The checked call.
+    pub fn spec(&self) -> &AttnSpec {
+        &self.spec
+    }
+
+    /// Dispatches of `attend`: its list entries in passes below the adapter's loop cap.
+    pub fn attend_passes(&self) -> usize {
+        self.dsa.topk.div_ceil(self.entries_per_pass)
+    }
+
+    /// Uploads Q, K, V and the indexer's inputs (checked against the call) and allocates the
+    /// rest; O, LSE and the lists poisoned.
+    pub fn upload(&self, gpu: &Gpu, (q, k, v): (&[f32], &[f32], &[f32]), ix: &Indexer) -> Result<DsaTensors> {
+        let s = self.spec.shape;
+        self.spec.check_inputs(q, k, v)?;
+        self.dsa.check(&s, ix)?;
+        let io = DeviceTensors::upload(gpu, &self.spec, q, k, v)?;
+        io.poison(gpu);
+        let list_len = s.batch * s.n * self.dsa.topk;
+        let lists = gpu.upload("DSA lists", &vec![0xdead_beef_u32; list_len.max(1)])?;
+        Ok(DsaTensors {
+            io,
+            qi: gpu.upload("DSA index queries", ix.q)?,
+            ki: gpu.upload("DSA index keys", ix.k)?,
+            wi: gpu.upload("DSA index weights", ix.w)?,
+            scores: gpu.storage("DSA index scores (a chunk)", (self.chunk_rows * s.m.max(1)) as u64 * 4)?,
+            lists,
+            run_l: gpu.storage("DSA running sums", s.lse_len().max(1) as u64 * 4)?,
+        })
+    }
+
+    /// The selection: the indexer's scores and each row's top k, chunk by chunk (submitted).
+    pub fn select(&self, gpu: &Gpu, t: &DsaTensors) -> Result<()> {
+        let s = self.spec.shape;
+        let rows = s.batch * s.n;
+        let key_tiles = s.m.div_ceil(64) as u64;
+        for row0 in (0..rows).step_by(self.chunk_rows) {
+            let chunk = self.chunk_rows.min(rows - row0);
+            let tiles = (chunk as u64).div_ceil(self.tile_rows) * key_tiles;
+            let arg = (row0, chunk, self.tile_rows as u32);
+            self.dispatch_index(gpu, &self.scores, t, tiles, arg)?;
+            self.dispatch_index(gpu, &self.top_k, t, chunk as u64, arg)?;
+        }
+        Ok(())
+    }
+
+    /// The attention over the lists (submitted).
+    pub fn attend(&self, gpu: &Gpu, t: &DsaTensors) -> Result<()> {
+        let s = self.spec.shape;
+        let groups = (s.batch * s.heads) as u64 * (s.n as u64).div_ceil(64);
+        let grid = gpu.grid(NAME, groups)?;
+        for e0 in (0..self.dsa.topk).step_by(self.entries_per_pass) {
+            let e1 = (e0 + self.entries_per_pass).min(self.dsa.topk);
+            let mut params = self.params(grid[0], (0, 0));
+            (params.arg0, params.arg1, params.last) = (e0 as u32, e1 as u32, (e1 == self.dsa.topk) as u32);
+            let uniform = gpu.uniform("DSA params", &params);
+            let binds = AttendBinds {
+                params: (&uniform).into(),
+                lists: (&t.lists).into(),
+                q: (&t.io.q).into(),
+                k: (&t.io.k).into(),
+                v: (&t.io.v).into(),
+                o: (&t.io.o).into(),
+                lse: (&t.io.lse).into(),
+                run_l: (&t.run_l).into(),
+            };
+            submit(gpu, &self.attend, &binds, grid);
+        }
+        Ok(())
+    }
+
+    /// The selection, then the attention (submitted).
+    pub fn run(&self, gpu: &Gpu, t: &DsaTensors) -> Result<()> {
+        self.select(gpu, t)?;
+        self.attend(gpu, t)
+    }
+
+    /// The lists, `[B, N, k]`.
+    pub fn read_lists(&self, gpu: &Gpu, t: &DsaTensors) -> Result<Vec<u32>> {
+        let s = self.spec.shape;
+        gpu.read(&t.lists, s.batch * s.n * self.dsa.topk)
+    }
+
+    /// O, LSE and the lists (an output that is not finite is an error).
+    pub fn read(&self, gpu: &Gpu, t: &DsaTensors) -> Result<(AttnOutput, Vec<u32>)> {
+        let out = t.io.read(gpu)?;
+        if out.o.iter().any(|x| !x.is_finite()) {
+            return Err(Error::Invalid("DSA's output holds a value that is not finite".into()));
+        }
+        Ok((out, self.read_lists(gpu, t)?))
+    }
+
+    /// One selection stage over the chunk `(row0, rows)` on `groups` workgroups.
+    fn dispatch_index(
+        &self,
+        gpu: &Gpu,
+        kernel: &Compiled,
+        t: &DsaTensors,
+        groups: u64,
+        (row0, rows, tile): (usize, usize, u32),
+    ) -> Result<()> {
+        let grid = gpu.grid(NAME, groups)?;
+        let mut params = self.params(grid[0], (row0, rows));
+        params.arg0 = tile;
+        let uniform = gpu.uniform("DSA params", &params);
+        let binds = IndexBinds {
+            params: (&uniform).into(),
+            qi: (&t.qi).into(),
+            ki: (&t.ki).into(),
+            wi: (&t.wi).into(),
+            scores: (&t.scores).into(),
+            lists: (&t.lists).into(),
+        };
+        submit(gpu, kernel, &binds, grid);
+        Ok(())
+    }
+
+    fn params(&self, groups_x: u32, (row0, rows): (usize, usize)) -> Params {
+        let s = self.spec.shape;
+        Params {
+            batch: s.batch as u32,
+            heads: s.heads as u32,
+            kv_heads: s.kv_heads as u32,
+            n: s.n as u32,
+            m: s.m as u32,
+            topk: self.dsa.topk as u32,
+            index_heads: self.dsa.index_heads as u32,
+            q_offset: self.spec.q_offset() as i32,
+            groups_x,
+            row0: row0 as u32,
+            rows: rows as u32,
+            arg0: 0,
+            arg1: 0,
+            last: 0,
+            scale: self.spec.scale_value(),
+            pad: 0,
+        }
+    }
+}
+
+/// One dispatch of `kernel` bound to `binds` on `grid`, submitted.
+fn submit<F: BindGroupFields>(gpu: &Gpu, kernel: &Compiled, binds: &F, grid: [u32; 3]) {
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
+        kernel.dispatch(&mut pass, &kernel.bind(gpu, binds), grid);
+    }
+    gpu.queue.submit([enc.finish()]);
+}
+
+/// `spec` as DSA's kernels run it: made causal, checked to carry nothing else (the chosen keys
+/// are the mask), its sizes within the shaders' u32/i32 indices and the indexer's head dim a
+/// multiple of 4 up to 128.
+fn check_call(spec: &AttnSpec, dsa: &Dsa) -> Result<AttnSpec> {
+    let refuse = |what: &str| {
+        Err(Error::Invalid(format!(
+            "DSA on the GPU with {what}: its kernels run the chosen keys, causal, and nothing else yet"
+        )))
+    };
+    if spec.mask.is_some() || spec.window.is_some() {
+        return refuse("a sparse mask or a window");
+    }
+    if spec.mods.is_some() {
+        return refuse("mods");
+    }
+    if !matches!(spec.alibi, Alibi::Off) {
+        return refuse("ALiBi");
+    }
+    if spec.positions.is_some() {
+        return refuse("a positional encoding");
+    }
+    let s = spec.shape;
+    crate::kernels::check_call_head_dim(NAME, s.head_dim)?;
+    if !dsa.index_dim.is_multiple_of(4) || dsa.index_dim > MAX_INDEX_DIM {
+        return Err(Error::Invalid(format!(
+            "DSA's indexer on the GPU: head dim {} must be a multiple of 4 up to {MAX_INDEX_DIM}",
+            dsa.index_dim
+        )));
+    }
+    let big = (s.batch as u64 * s.n.max(s.m) as u64).saturating_mul(dsa.topk.max(s.heads) as u64);
+    if s.m > i32::MAX as usize / 2 || s.n > i32::MAX as usize / 2 || big > u32::MAX as u64 {
+        return Err(Error::Invalid(format!(
+            "DSA over {} × {} positions (batch {}, k {}): past the shaders' 32-bit indices",
+            s.n, s.m, s.batch, dsa.topk
+        )));
+    }
+    Ok(spec.clone().causal(true))
+}
+
+/// DSA's choice on the GPU: `[B, N, k]` lists as [`crate::contract::dsa::dsa_select_f64`]
+/// writes them.
+pub fn dsa_select(gpu: &Gpu, spec: &AttnSpec, dsa: &Dsa, ix: &Indexer) -> Result<Vec<u32>> {
+    // the selection reads no Q, K or V: a call of head dim 4 over the same positions
+    let shape = crate::contract::AttnShape { head_dim: 4, ..spec.shape };
+    let call = DsaAttention::new(gpu, &AttnSpec { shape, ..spec.clone() }, dsa)?;
+    let zeros = |len: usize| vec![0f32; len];
+    let t = call.upload(gpu, (&zeros(shape.q_len()), &zeros(shape.kv_len()), &zeros(shape.kv_len())), ix)?;
+    call.select(gpu, &t)?;
+    call.read_lists(gpu, &t)
+}
+
+/// How DSA's attention ran: the token-list kernel, or flash on the lists' token grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DsaPath {
+    /// [`DsaAttention`]'s `attend`.
+    Lists,
+    /// Flash on [`Dsa::spec`] (one sequence per call).
+    Grid,
+}
+
+/// DSA attention: the choice on the GPU, then the attention over the chosen keys. Returns the
+/// output, the lists (`[B, N, k]`) and the path taken.
+pub fn dsa_attention(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    dsa: &Dsa,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    ix: &Indexer,
+) -> Result<(AttnOutput, Vec<u32>, DsaPath)> {
+    if unsupported(spec).is_some() {
+        check_call(spec, dsa)?;
+        spec.check_inputs(q, k, v)?;
+        let lists = dsa_select(gpu, spec, dsa, ix)?;
+        let out = Attention::new(gpu, Kernel::Flash, &dsa.spec(spec, &lists)?)?.run(gpu, q, k, v)?;
+        return Ok((out, lists, DsaPath::Grid));
+    }
+    let call = DsaAttention::new(gpu, spec, dsa)?;
+    let t = call.upload(gpu, (q, k, v), ix)?;
+    call.run(gpu, &t)?;
+    let (out, lists) = call.read(gpu, &t)?;
+    Ok((out, lists, DsaPath::Lists))
+}
+
+/// DSA's forward and backward for the incoming gradient `d_o` (no gradient into the indexer:
+/// the paper's sparse stage): the choice on the GPU, then flash's backward on the lists' token
+/// grid (one sequence per call). Returns the output, the gradients of Q, K, V and the lists.
+pub fn dsa_backward(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    dsa: &Dsa,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    ix: &Indexer,
+    d_o: &[f32],
+) -> Result<(AttnOutput, Gradients, Vec<u32>)> {
+    check_call(spec, dsa)?;
+    spec.check_inputs(q, k, v)?;
+    let lists = dsa_select(gpu, spec, dsa, ix)?;
+    let (out, grads) = Backward::new(gpu, &dsa.spec(spec, &lists)?)?.run(gpu, q, k, v, d_o)?;
+    Ok((out, grads, lists))
+}
