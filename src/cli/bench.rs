@@ -111,8 +111,8 @@ pub struct BenchArgs {
     /// f16 matrices) beside each flash row, skipped with the reason where the adapter has none.
     #[arg(long, value_enum, default_value = "exact")]
     tensor_cores: TensorCoresArg,
-    /// Learned sparse attention against dense causal flash in the same run: `moba`, `nsa`
-    /// (the selection and the attention over its choice timed apart, sampled rows checked
+    /// Learned sparse attention against dense causal flash in the same run: `moba`, `nsa`,
+    /// `dsa` (the selection and the attention over its choice timed apart, sampled rows checked
     /// against the oracle; with --backward, their backward against flash's).
     /// Without --n: N = 4K, 8K, 16K; H = 4, D = 64.
     #[arg(long, value_delimiter = ',', value_name = "METHODS")]
@@ -124,6 +124,10 @@ pub struct BenchArgs {
     /// cmp=32/16,slc=64,top=16,win=512).
     #[arg(long, requires = "sparse")]
     nsa: Option<String>,
+    /// With --sparse dsa: DSA's topk=K[,heads=HI,dim=DI] (default topk=2048 — the paper's —
+    /// with an indexer of 4 heads of dim 16 on random inputs).
+    #[arg(long, requires = "sparse")]
+    dsa: Option<String>,
     /// With --sparse moba: one decoding step per context in --n (a new token choosing its
     /// blocks from the cache's block means) against dense decoding at the same context.
     #[arg(long, requires = "sparse", conflicts_with = "backward")]
@@ -539,7 +543,7 @@ fn sparse_bench(
     methods: &[String],
     started: std::time::Instant,
 ) -> anyhow::Result<()> {
-    use longctx::measure::sparse::{run_moba, run_nsa};
+    use longctx::measure::sparse::{run_dsa, run_moba, run_nsa};
     for m in methods {
         match m.trim() {
             "moba" => {}
@@ -547,14 +551,17 @@ fn sparse_bench(
                 bail!("--sparse nsa --decode: NSA's decoding step is not built yet (issue #35)")
             }
             "nsa" => {}
-            "dsa" => bail!("--sparse dsa: not built yet (issue #35); `moba` and `nsa` run"),
-            other => bail!("unknown sparse method `{other}`; choose from moba, nsa"),
+            "dsa" if a.decode || a.backward => bail!(
+                "--sparse dsa with --decode or --backward: DSA's decoding step and token-list backward are not built yet (issue #35)"
+            ),
+            "dsa" => {}
+            other => bail!("unknown sparse method `{other}`; choose from moba, nsa, dsa"),
         }
     }
     if a.mask.causal || a.mask.window.is_some() || a.mask.pattern.is_some() || a.kernels.is_some() || a.alibi
     {
         bail!(
-            "--sparse compares against dense causal flash: it takes --n, --d, --heads, --kv-heads, --reps, --moba, --nsa and --backward"
+            "--sparse compares against dense causal flash: it takes --n, --d, --heads, --kv-heads, --reps, --moba, --nsa, --dsa and --backward"
         );
     }
     if a.csv.is_some() || a.plot.is_some() {
@@ -564,6 +571,7 @@ fn sparse_bench(
     let nsa =
         longctx::contract::nsa::Nsa::parse(a.nsa.as_deref().unwrap_or("cmp=32/16,slc=64,top=16,win=512"))?;
     nsa.check()?;
+    let dsa = longctx::contract::dsa::Dsa::parse(a.dsa.as_deref().unwrap_or("topk=2048"))?;
     let ns = match &a.n {
         Some(v) => v.iter().map(|s| parse_size(s)).collect::<anyhow::Result<Vec<_>>>()?,
         None => vec![4096, 8192, 16384],
@@ -581,6 +589,7 @@ fn sparse_bench(
             for m in methods {
                 records.push(match m.trim() {
                     "nsa" => run_nsa(gpu, &spec, &nsa, a.reps.unwrap_or(3), a.backward),
+                    "dsa" => run_dsa(gpu, &spec, &dsa, a.reps.unwrap_or(3)),
                     _ => run_moba(gpu, &spec, &moba, a.reps.unwrap_or(3), a.backward),
                 });
             }
@@ -645,7 +654,9 @@ fn sparse_bench(
          means, gate scores, top-k and the lists read back; attend = grouping the lists on the host, the block-list \
          kernel and the merge. NSA: select = the compression and the choice (block scores from the compressed \
          branch's probabilities, top-n, the lists read back); attend = the compressed, selected and window \
-         branches and the gated mix. speedup = dense / (select + attend).{}",
+         branches and the gated mix. DSA: select = the lightning indexer's scores and each row's top-k \
+         (radix select, the lists compacted in key order); attend = the attention over the listed keys. \
+         speedup = dense / (select + attend).{}",
         a.reps.unwrap_or(3),
         if a.backward {
             " backward = MoBA: the block-list backward on the forward's lists (Δ, dQ's shares and their sum, dK and \

@@ -163,20 +163,10 @@ impl Dsa {
 pub fn dsa_select_f64(spec: &AttnSpec, dsa: &Dsa, ix: &Indexer) -> Result<Vec<u32>> {
     let s = spec.shape;
     dsa.check(&s, ix)?;
-    let mut out = vec![NONE; s.batch * s.n * dsa.topk];
+    let mut out = Vec::with_capacity(s.batch * s.n * dsa.topk);
     for b in 0..s.batch {
         for i in 0..s.n {
-            let scores = dsa.scores_f64(spec, ix, b, i);
-            let mut order: Vec<usize> = (0..scores.len()).collect();
-            // descending score, ties to the lower key (a stable sort keeps index order); the
-            // scores are finite
-            order.sort_by(|&x, &y| scores[y].partial_cmp(&scores[x]).expect("finite index scores"));
-            order.truncate(dsa.topk);
-            order.sort_unstable();
-            let list = &mut out[(b * s.n + i) * dsa.topk..][..dsa.topk];
-            for (slot, &j) in list.iter_mut().zip(&order) {
-                *slot = j as u32;
-            }
+            out.extend(select_row_f64(spec, dsa, ix, b, i).0);
         }
     }
     Ok(out)
@@ -198,6 +188,72 @@ pub fn compare_dsa_selection(
     diff_choices(n, dsa.topk, lists, other, tol, |row| {
         dsa.scores_f64(spec, ix, row / n, row % n).into_iter().map(Some).collect()
     })
+}
+
+/// The choice of row `i` of sequence `b` in f64 (its list, `k` entries, as
+/// [`dsa_select_f64`] writes it) and its scores.
+fn select_row_f64(spec: &AttnSpec, dsa: &Dsa, ix: &Indexer, b: usize, i: usize) -> (Vec<u32>, Vec<f64>) {
+    let scores = dsa.scores_f64(spec, ix, b, i);
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    // descending score, ties to the lower key (a stable sort keeps index order); the scores
+    // are finite
+    order.sort_by(|&x, &y| scores[y].partial_cmp(&scores[x]).expect("finite index scores"));
+    order.truncate(dsa.topk);
+    order.sort_unstable();
+    let mut list: Vec<u32> = order.into_iter().map(|j| j as u32).collect();
+    list.resize(dsa.topk, NONE);
+    (list, scores)
+}
+
+/// Sampled rows of DSA attention in f64 on `lists` (`[B, N, k]`, e.g. the GPU's), for
+/// benchmarks at sizes where the per-row token grid would not fit: `rows` index the output's
+/// rows (`(b·H + h)·N + i`); each row's softmax runs over its listed keys directly. Also the
+/// rows' choice against the oracle's: (outputs `[rows, D]`, rows whose choice differs, whether
+/// every difference is a near-tie within `tol`).
+pub fn dsa_rows_f64(
+    spec: &AttnSpec,
+    dsa: &Dsa,
+    ix: &Indexer,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    lists: &[u32],
+    rows: &[usize],
+    tol: f64,
+) -> Result<(Vec<f64>, usize, bool)> {
+    let s = spec.shape;
+    spec.check_inputs(q, k, v)?;
+    dsa.check(&s, ix)?;
+    let (d, scale) = (s.head_dim, spec.scale_value() as f64);
+    let (mut out, mut differ, mut all_ties) = (Vec::with_capacity(rows.len() * d), 0, true);
+    for &row in rows {
+        let (hf, i) = (row / s.n, row % s.n);
+        let (b, h) = (hf / s.heads, hf % s.heads);
+        let kvh = b * s.kv_heads + h / s.group();
+        let list = &lists[(b * s.n + i) * dsa.topk..][..dsa.topk];
+        let (want, scores) = select_row_f64(spec, dsa, ix, b, i);
+        let (diffs, ties) =
+            diff_choices(1, dsa.topk, &want, list, tol, |_| scores.iter().copied().map(Some).collect());
+        differ += diffs.len();
+        all_ties &= ties;
+        let qi = &q[row * d..][..d];
+        let keys: Vec<usize> = list.iter().take_while(|&&j| j != NONE).map(|&j| j as usize).collect();
+        let logits: Vec<f64> = keys
+            .iter()
+            .map(|&j| {
+                let kj = &k[(kvh * s.m + j) * d..][..d];
+                scale * qi.iter().zip(kj).map(|(&a, &c)| a as f64 * c as f64).sum::<f64>()
+            })
+            .collect();
+        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = logits.iter().map(|x| (x - max).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        let mut o = vec![0f64; d];
+        for (&j, w) in keys.iter().zip(&weights) {
+            let vj = &v[(kvh * s.m + j) * d..][..d];
+            o.iter_mut().zip(vj).for_each(|(acc, &x)| *acc += w / total * x as f64);
+        }
+        out.extend(o);
+    }
+    Ok((out, differ, all_ties))
 }
 
 /// The indexer's alignment loss and its gradient in f64 (one sequence): per row at a

@@ -70,8 +70,9 @@ struct Params {
     pad: u32,
 }
 
-fn index_variant(entry: &'static str, di4: usize) -> ShaderVariant {
-    INDEX.variant(entry, &[PARAMS], vec![("DI4", di4 as u32)])
+fn index_variant(entry: &'static str, di4: usize, sg: u32) -> ShaderVariant {
+    let consts = vec![("DI4", di4 as u32), ("KR", 4 * di4 as u32), ("SG", sg), ("SG1", sg.max(1))];
+    INDEX.variant(entry, &[PARAMS, crate::kernels::lanes(sg)], consts)
 }
 
 fn attend_variant(d4: usize) -> ShaderVariant {
@@ -81,8 +82,11 @@ fn attend_variant(d4: usize) -> ShaderVariant {
 /// The shader variants: `index_scores` per indexer head dim (4 … 128), `top_k` once, `attend`
 /// per head dim (4 … 256).
 pub fn variants() -> Vec<ShaderVariant> {
-    let mut out = vec![index_variant("top_k", 1)];
-    out.extend((1..=MAX_INDEX_DIM / 4).map(|di4| index_variant("index_scores", di4)));
+    let mut out = vec![index_variant("top_k", 1, 0)];
+    for di4 in 1..=MAX_INDEX_DIM / 4 {
+        // without subgroups, and with subgroups of 8 (lavapipe's) and 32
+        out.extend([0, 8, 32].map(|sg| index_variant("index_scores", di4, sg)));
+    }
     out.extend((1..=crate::kernels::MAX_HEAD_DIM / 4).map(attend_variant));
     out
 }
@@ -142,27 +146,28 @@ impl DsaAttention {
         if let Some(limit) = gpu.loop_iteration_limit() {
             // every loop counts its trips and its exit (measured on lavapipe: D 256 with 500
             // entries a pass, 500 · (2·64 + 2) + 3·64 = 65 192 trips, is cut short):
-            // index_scores: rows · HI · (DI4 + 2) + DI4 + 1; top_k: ⌈M/256⌉ + 1 per round,
-            // 256 bins; attend: (2·(D4 + 1) + 2) an entry, 4·(D4 + 1) around them
+            // index_scores: rows · (HI · (DI4 + 2) + 1) + 5 · (DI4 + 1) (the keys' loads);
+            // top_k: ⌈M/256⌉ vec4s + 1 per round and lane, 256 bins; attend: (2·(D4 + 1) + 2)
+            // an entry, 4·(D4 + 1) around them
             let per_row = hi * (di4 + 2) + 1;
-            tile_rows = tile_rows.min(limit.saturating_sub(di4 + 1) / per_row);
-            let per_pass = (s.m as u64).div_ceil(256) + 258;
+            tile_rows = tile_rows.min(limit.saturating_sub(5 * (di4 + 1)) / per_row);
+            let per_pass = (s.m as u64).div_ceil(256) * 5 + 258;
             let per_entry = 2 * (d4 + 1) + 2;
             let entries = limit.saturating_sub(4 * (d4 + 1)) / per_entry;
             if tile_rows == 0 || per_pass > limit || entries == 0 {
                 return Err(Error::LoopLimit {
                     kernel: NAME,
-                    needed: (per_row + di4 + 1).max(per_pass).max(per_entry + 4 * (d4 + 1)),
+                    needed: (per_row + 5 * (di4 + 1)).max(per_pass).max(per_entry + 4 * (d4 + 1)),
                     limit,
                     hint: "use fewer indexer heads or a shorter context",
                 });
             }
             entries_per_pass = entries_per_pass.min(entries as usize);
         }
-        let chunk_rows = ((CHUNK_FLOATS / s.m.max(1) as u64) as usize).clamp(1, rows.max(1));
+        let chunk_rows = ((CHUNK_FLOATS / row_floats(s.m)) as usize).clamp(1, rows.max(1));
         Ok(Self {
-            scores: gpu.compile(&index_variant("index_scores", di4 as usize))?,
-            top_k: gpu.compile(&index_variant("top_k", 1))?,
+            scores: gpu.compile(&index_variant("index_scores", di4 as usize, subgroup(gpu, s.head_dim)))?,
+            top_k: gpu.compile(&index_variant("top_k", 1, 0))?,
             attend: gpu.compile(&attend_variant(d4 as usize))?,
             spec,
             dsa: *dsa,
@@ -204,7 +209,7 @@ impl DsaAttention {
             qi: gpu.upload("DSA index queries", ix.q)?,
             ki: gpu.upload("DSA index keys", ix.k)?,
             wi: gpu.upload("DSA index weights", ix.w)?,
-            scores: gpu.storage("DSA index scores (a chunk)", (self.chunk_rows * s.m.max(1)) as u64 * 4)?,
+            scores: gpu.storage("DSA index scores (a chunk)", self.chunk_rows as u64 * row_floats(s.m) * 4)?,
             lists,
             run_l: gpu.storage("DSA running sums", s.lse_len().max(1) as u64 * 4)?,
         })
@@ -212,17 +217,30 @@ impl DsaAttention {
 
     /// The selection: the indexer's scores and each row's top k, chunk by chunk (submitted).
     pub fn select(&self, gpu: &Gpu, t: &DsaTensors) -> Result<()> {
+        self.select_stages(gpu, t, true)
+    }
+
+    /// The indexer's scores and, with `top`, each row's top k, chunk by chunk.
+    fn select_stages(&self, gpu: &Gpu, t: &DsaTensors, top: bool) -> Result<()> {
         let s = self.spec.shape;
         let rows = s.batch * s.n;
-        let key_tiles = s.m.div_ceil(64) as u64;
+        let key_tiles = row_floats(s.m).div_ceil(256);
         for row0 in (0..rows).step_by(self.chunk_rows) {
             let chunk = self.chunk_rows.min(rows - row0);
             let tiles = (chunk as u64).div_ceil(self.tile_rows) * key_tiles;
             let arg = (row0, chunk, self.tile_rows as u32);
             self.dispatch_index(gpu, &self.scores, t, tiles, arg)?;
-            self.dispatch_index(gpu, &self.top_k, t, chunk as u64, arg)?;
+            if top {
+                self.dispatch_index(gpu, &self.top_k, t, chunk as u64, arg)?;
+            }
         }
         Ok(())
+    }
+
+    /// The indexer alone, chunk by chunk, each chunk's scores over the last's (submitted): the
+    /// selection's first stage, for timing it apart from the top-k.
+    pub fn index_scores(&self, gpu: &Gpu, t: &DsaTensors) -> Result<()> {
+        self.select_stages(gpu, t, false)
     }
 
     /// The attention over the lists (submitted).
@@ -317,6 +335,16 @@ impl DsaAttention {
             pad: 0,
         }
     }
+}
+
+/// A row's scores: M rounded up to whole vec4s (at least one).
+fn row_floats(m: usize) -> u64 {
+    (m.div_ceil(4) as u64).max(1) * 4
+}
+
+/// The subgroup width the indexer shuffles across (0: none), as flash chooses it.
+fn subgroup(gpu: &Gpu, d: usize) -> u32 {
+    crate::kernels::attention::flash::FlashConfig::choose(gpu.profile().0, gpu.tuned(), gpu, d).sg
 }
 
 /// One dispatch of `kernel` bound to `binds` on `grid`, submitted.

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::contract::AttnShape;
+use crate::contract::dsa::{Dsa, Indexer, dsa_rows_f64};
 use crate::contract::inputs::{seeded, seeded_qkv};
 use crate::contract::nsa::{Nsa, nsa_dq_rows_f64, nsa_rows_f64};
 use crate::contract::reference::rel_error;
@@ -17,6 +18,7 @@ use crate::kernels::attention::backward::{Backward, GradTensors};
 use crate::kernels::attention::decode::{Decoder, DecoderConfig};
 use crate::kernels::attention::sparse::SparseAttention;
 use crate::kernels::attention::sparse_backward::SparseBackward;
+use crate::kernels::dsa::DsaAttention;
 use crate::kernels::nsa::{NsaAttention, NsaBackward};
 use crate::kernels::selection::{block_means_on, choose_on, select_lists};
 use crate::kernels::{Attention, Kernel};
@@ -269,6 +271,62 @@ fn fill_nsa(
     let dense_grads = GradTensors::upload(gpu, spec, &d_o)?;
     let dense_b = time_dense_backward(gpu, spec, &t.io, &dense_grads, reps)?;
     (r.backward_ms, r.dense_backward_ms) = (Some(timed.median()), Some(dense_b));
+    Ok(())
+}
+
+/// DSA `dsa` on `spec` (one sequence, causal) against dense causal flash, on random indexer
+/// inputs: sampled rows of the output and of the choice checked against the oracle on the
+/// GPU's lists, then `reps` timed runs of each stage (select = the indexer's scores and the
+/// top-k; attend = the attention over the lists). A failure becomes `skipped`.
+pub fn run_dsa(gpu: &Gpu, spec: &AttnSpec, dsa: &Dsa, reps: usize) -> SparseRecord {
+    measured("dsa", spec, (1, dsa.topk, dsa.describe()), reps, |spec, r| fill_dsa(gpu, spec, dsa, reps, r))
+}
+
+fn fill_dsa(gpu: &Gpu, spec: &AttnSpec, dsa: &Dsa, reps: usize, r: &mut SparseRecord) -> Result<()> {
+    let s = spec.shape;
+    let call = DsaAttention::new(gpu, spec, dsa)?;
+    let dense = Attention::new(gpu, Kernel::Flash, spec)?;
+    let (q, k, v) = seeded_qkv(spec, INPUT_SEED);
+    let (hi, di) = (dsa.index_heads, dsa.index_dim);
+    let qi = seeded(s.batch * s.n * hi * di, INPUT_SEED ^ 0x1d);
+    let ki = seeded(s.batch * s.m * di, INPUT_SEED ^ 0x2d);
+    let wi = seeded(s.batch * s.n * hi, INPUT_SEED ^ 0x3d);
+    let ix = Indexer { q: &qi, k: &ki, w: &wi };
+    let t = call.upload(gpu, (&q, &k, &v), &ix)?;
+    call.run(gpu, &t)?;
+    let (out, lists) = call.read(gpu, &t)?;
+    let rows = spot_rows(s.heads * s.n);
+    let (want, differ, ties) = dsa_rows_f64(spec, dsa, &ix, (&q, &k, &v), &lists, &rows, 1e-5)?;
+    if !ties && std::env::var("LONGCTX_NOCHECK").is_err() {
+        return Err(crate::error::Error::Invalid(format!(
+            "DSA's choice on the GPU differs from the oracle's beyond float32 ties in {differ} of {SPOT_ROWS} sampled rows"
+        )));
+    }
+    let d = s.head_dim;
+    let got: Vec<f32> = rows.iter().flat_map(|&row| out.o[row * d..][..d].iter().copied()).collect();
+    r.rel_err = Some(rel_error(&got, &want));
+    let listed = lists.iter().filter(|&&j| j != NONE).count() as u64;
+    r.sparse_pairs = listed * s.heads as u64;
+    r.dense_pairs = spec.visible_pairs();
+    // the indexer: HI dot products of DI, a ReLU and a weighted add per visible (row, key)
+    let visible = r.dense_pairs as f64 / s.heads as f64;
+    r.select_flops = visible * (hi * (2 * di + 2)) as f64;
+    r.attend_flops = 4.0 * d as f64 * r.sparse_pairs as f64;
+    let mut stage = |name: &str, run: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        let ms = time_host(1, reps, |_| {
+            run()?;
+            gpu.wait()
+        })?
+        .median();
+        r.stage_ms.push((name.to_string(), ms));
+        Ok(ms)
+    };
+    let index = stage("index", &mut || call.index_scores(gpu, &t))?;
+    let select = stage("index + top-k", &mut || call.select(gpu, &t))?;
+    let attend = stage("attend", &mut || call.attend(gpu, &t))?;
+    r.stage_ms.push(("top-k (difference)".into(), select - index));
+    let dense_t = time_wall(gpu, 1, reps, |enc| dense.encode(gpu, enc, &t.io.buffers()))?;
+    (r.select_ms, r.attend_ms, r.dense_ms) = (Some(select), Some(attend), Some(dense_t.median()));
     Ok(())
 }
 
