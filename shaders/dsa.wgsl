@@ -1,12 +1,15 @@
 // dsa.wgsl — DSA's attention over each row's chosen keys (the lists of dsa_index.wgsl; the rule
-// and its oracle: src/contract/dsa.rs). `attend`: one invocation per (query head, row), a
-// workgroup per (head, run of 64 rows), every head of a sequence reading the row's one list.
-// The row's query sits in D4 private vec4s; each listed key's K and V rows are read as D4
-// vec4s (a gather: rows of one workgroup chose different keys) under an online softmax.
+// and its oracle: src/contract/dsa.rs). `attend`: LPR lanes per (query head, row) — a cluster
+// of a subgroup, or one invocation without subgroups —, every head of a sequence reading the
+// row's one list. The row's query sits in private vec4s spread over the cluster; each listed
+// key's K and V rows are read by the cluster as consecutive vec4s (one vector load across
+// the lanes, where one lane alone would gather a whole row: the rows of a workgroup chose
+// different keys), the dot product summed by shuffles, under an online softmax.
 // Long lists run in passes over list entries [arg0, arg1) below an adapter's loop cap: the
 // running state (unnormalised O, the running max in LSE's slot, the running sum in `run_l`)
 // stays in device memory between passes; the last pass normalises and writes LSE (−inf and
-// O = 0 for a row with no key). Loops: (arg1 − arg0) · (2·D4 + 2) iterations a pass.
+// O = 0 for a row with no key). Loops: (arg1 − arg0) · (2·C + log2 LPR + 6) iterations a pass
+// (each loop counts its exit too).
 
 @group(0) @binding(1) var<storage, read> lists: array<u32>;          // [B, N, k]
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;        // [B, H, N, D]
@@ -20,69 +23,104 @@
 const LOW: f32 = -3.0e38;
 
 @compute @workgroup_size(64)
-fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let runs = (params.n + 63u) / 64u;
+fn attend(@builtin(workgroup_id) wg: vec3<u32>, ids: Ids) {
+    // LPR lanes share a (head, row), each holding C of its D4 vec4s (x = c·LPR + lane); a
+    // workgroup holds 64/LPR rows of one head. LPR > 1 only with subgroups: the lanes of a
+    // row are one aligned cluster of a subgroup, their partial dot products summed by
+    // butterfly shuffles. Every lane runs the same entries (a row past N repeats the last
+    // row, an empty entry is read as key 0 with weight 0), so the shuffles stay in uniform
+    // control flow.
+    var slot = ids.lid;
+    var lane = 0u;
+    if LPR > 1u {
+        slot = subgroup_of(ids) * (SG / LPR) + lane_of(ids) / LPR;
+        lane = lane_of(ids) % LPR;
+    }
+    let per_group = 64u / LPR;
+    let runs = (params.n + per_group - 1u) / per_group;
     let w = wg.y * params.groups_x + wg.x;
     let hf = w / runs;  // b·H + h
-    let i = (w % runs) * 64u + lid;
-    if hf >= params.batch * params.heads || i >= params.n {
-        return;
+    if hf >= params.batch * params.heads {
+        return; // the grid's padding (uniform)
     }
+    let i_raw = (w % runs) * per_group + slot;
+    let live_row = i_raw < params.n;
+    let i = min(i_raw, params.n - 1u);
     let b = hf / params.heads;
     let kvh = b * params.kv_heads + (hf % params.heads) / (params.heads / params.kv_heads);
     let row = hf * params.n + i;
     let list0 = (b * params.n + i) * params.topk;
-    var qr: array<vec4<f32>, D4>;
-    var acc: array<vec4<f32>, D4>;
-    for (var x = 0u; x < D4; x++) {
-        qr[x] = q[row * D4 + x] * params.scale;
+    var qr: array<vec4<f32>, C>;
+    var acc: array<vec4<f32>, C>;
+    for (var c = 0u; c < C; c++) {
+        let x = c * LPR + lane;
+        if x < D4 {
+            qr[c] = q[row * D4 + x] * params.scale;
+        }
     }
     var mx = LOW;
     var l = 0.0;
     if params.arg0 > 0u {
         mx = lse[row];
         l = run_l[row];
-        for (var x = 0u; x < D4; x++) {
-            acc[x] = o[row * D4 + x];
+        for (var c = 0u; c < C; c++) {
+            let x = c * LPR + lane;
+            if x < D4 {
+                acc[c] = o[row * D4 + x];
+            }
         }
     }
     for (var t = params.arg0; t < params.arg1; t++) {
         let j = lists[list0 + t];
-        if j == NONE {
-            break; // lists end with their empty entries
-        }
-        let kv0 = (kvh * params.m + j) * D4;
+        let live = j != NONE;
+        let kv0 = (kvh * params.m + select(0u, j, live)) * D4;
         var s4 = vec4<f32>(0.0);
-        for (var x = 0u; x < D4; x++) {
-            s4 += qr[x] * k[kv0 + x];
+        for (var c = 0u; c < C; c++) {
+            let x = c * LPR + lane;
+            if x < D4 {
+                s4 += qr[c] * k[kv0 + x];
+            }
         }
-        let s = s4.x + s4.y + s4.z + s4.w;
+        var s = s4.x + s4.y + s4.z + s4.w;
+        for (var off = LPR / 2u; off > 0u; off /= 2u) {
+            s += shuffle_xor1(s, off);
+        }
+        s = select(LOW, s, live);
         let top = max(mx, s);
         let alpha = exp(mx - top);
-        let pj = exp(s - top);
+        let pj = select(0.0, exp(s - top), live);
         l = l * alpha + pj;
-        for (var x = 0u; x < D4; x++) {
-            acc[x] = acc[x] * alpha + pj * v[kv0 + x];
+        for (var c = 0u; c < C; c++) {
+            let x = c * LPR + lane;
+            if x < D4 {
+                acc[c] = acc[c] * alpha + pj * v[kv0 + x];
+            }
         }
         mx = top;
     }
-    if params.last == 0u {
-        lse[row] = mx;
-        run_l[row] = l;
-        for (var x = 0u; x < D4; x++) {
-            o[row * D4 + x] = acc[x];
-        }
+    if !live_row {
         return;
     }
-    if l > 0.0 {
-        lse[row] = mx + log(l);
-        for (var x = 0u; x < D4; x++) {
-            o[row * D4 + x] = acc[x] / l;
+    let done = params.last != 0u;
+    if done && l > 0.0 {
+        for (var c = 0u; c < C; c++) {
+            acc[c] /= l;
         }
-    } else {
-        lse[row] = bitcast<f32>(0xff800000u);
-        for (var x = 0u; x < D4; x++) {
-            o[row * D4 + x] = vec4<f32>(0.0);
+    }
+    for (var c = 0u; c < C; c++) {
+        let x = c * LPR + lane;
+        if x < D4 {
+            o[row * D4 + x] = select(acc[c], vec4<f32>(0.0), done && l == 0.0);
+        }
+    }
+    if lane == 0u {
+        if !done {
+            lse[row] = mx;
+            run_l[row] = l;
+        } else if l > 0.0 {
+            lse[row] = mx + log(l);
+        } else {
+            lse[row] = bitcast<f32>(0xff800000u);
         }
     }
 }

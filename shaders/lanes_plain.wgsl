@@ -24,3 +24,7 @@ fn shuffle4(v: vec4<f32>, src_lane: u32) -> vec4<f32> {
 fn shuffle1(v: f32, src_lane: u32) -> f32 {
     return v;
 }
+
+fn shuffle_xor1(v: f32, mask: u32) -> f32 {
+    return v;
+}

@@ -59,6 +59,11 @@ fn indexer(spec: &AttnSpec, d: &Dsa, seed: u64, zero_rows: bool) -> (Vec<f32>, V
     (q, k, w)
 }
 
+/// Whether `attend` clusters rows on this device by default (not on a CPU adapter).
+fn clustered_here(g: &longctx::Gpu) -> bool {
+    g.info().device_type != wgpu::DeviceType::Cpu
+}
+
 /// The oracle's O and LSE on `lists`, sequence by sequence (the token grid is per sequence).
 fn oracle(
     spec: &AttnSpec,
@@ -120,6 +125,21 @@ fn dsa_matches_the_oracle() {
             );
             let (out, lists, path) = dsa_attention(g, &spec, &d, (&q, &k, &v), &ix).unwrap();
             assert_eq!(path == DsaPath::Lists, spec.shape.head_dim % 4 == 0, "{ctx}");
+            if path == DsaPath::Lists {
+                // the other layout of `attend` (a row over a subgroup's lanes, or one lane)
+                let other = DsaAttention::with_layout(g, &spec, &d, !clustered_here(g)).unwrap();
+                let t = other.upload(g, (&q, &k, &v), &ix).unwrap();
+                other.run(g, &t).unwrap();
+                let (o2, lists2) = other.read(g, &t).unwrap();
+                assert_eq!(lists2, lists, "{ctx}: lists of the other layout");
+                let e = rel_error(&o2.o, &out.o.iter().map(|&x| x as f64).collect::<Vec<_>>());
+                assert!(e < 1e-6, "{ctx}: the other layout's O differs by {e:.2e}");
+                assert_eq!(
+                    o2.lse.iter().map(|x| x.is_finite()).collect::<Vec<_>>(),
+                    out.lse.iter().map(|x| x.is_finite()).collect::<Vec<_>>(),
+                    "{ctx}: the other layout's empty rows"
+                );
+            }
             let differ = check_lists(&spec, &d, &ix, &lists, &ctx);
             if zero_rows {
                 // rows whose scores all tie take their lowest keys, exactly as the oracle
