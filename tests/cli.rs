@@ -5,6 +5,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use longctx::contract::dsa::{Dsa, Indexer, compare_dsa_selection};
 use longctx::contract::reference::rel_error;
 use longctx::contract::selection::{Moba, NONE, compare_selection};
 use longctx::io::{read_npy, write_npy};
@@ -1318,7 +1319,7 @@ fn bench_sparse_times_moba_against_dense_causal_in_one_run() {
         assert!(r.keys_fraction > 0.0 && r.keys_fraction < 0.5, "{r:?}");
         assert!(r.moba_ms.unwrap() > 0.0 && r.dense_ms.unwrap() > 0.0, "{r:?}");
     }
-    fails_with(&["bench", "--sparse", "dsa"], "not built yet");
+    fails_with(&["bench", "--sparse", "dsa", "--decode"], "not built yet");
     fails_with(&["bench", "--sparse", "nsa", "--decode"], "not built yet");
     fails_with(&["bench", "--sparse", "moba", "--causal"], "compares against dense causal flash");
 }
@@ -1379,7 +1380,94 @@ fn nsa_on_the_gpu_agrees_with_the_oracle_and_writes_its_choice() {
         "--gates has shape",
     );
     fails_with(&[&base[..], &["--nsa", "cmp=8/4,slc=8,top=4,win=4", "--alibi"]].concat(), "NSA with ALiBi");
-    fails_with(&[&base[..], &["--selected-out", p(&o)]].concat(), "needs --moba or --nsa");
+    fails_with(&[&base[..], &["--selected-out", p(&o)]].concat(), "needs --moba, --nsa or --dsa");
+}
+
+#[test]
+fn dsa_on_the_gpu_agrees_with_the_oracle_over_a_batch_and_writes_its_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = common::seed();
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xd5a);
+    let (b, h, hkv, n, m, d, hi, di) = (2, 4, 2, 45, 70, 16, 2, 8);
+    let mut tensor = |name: &str, shape: &[usize]| {
+        let path = dir.path().join(format!("{name}.npy"));
+        let data = common::random(shape.iter().product(), &mut rng);
+        write_npy(&path, shape, &data).unwrap();
+        (path, data)
+    };
+    let (q, _) = tensor("q", &[b, h, n, d]);
+    let (k, _) = tensor("k", &[b, hkv, m, d]);
+    let (v, _) = tensor("v", &[b, hkv, m, d]);
+    let (iq, iqd) = tensor("iq", &[b, n, hi, di]);
+    let (ik, ikd) = tensor("ik", &[b, m, di]);
+    let (iw, iwd) = tensor("iw", &[b, n, hi]);
+    let mut outs = Vec::new();
+    for kernel in ["cpu", "flash"] {
+        let path = |name: &str| dir.path().join(format!("{name}_{kernel}.npy"));
+        let (o, lse, sel, dq, dk) = (path("o"), path("lse"), path("sel"), path("dq"), path("dk"));
+        let args = ["attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&o), "--lse", p(&lse)];
+        let dsa = ["--dsa", "topk=20", "--index-q", p(&iq), "--index-k", p(&ik), "--index-w", p(&iw)];
+        let grads = ["--grad-out", p(&q), "--dq", p(&dq), "--dk", p(&dk)];
+        let out = longctx(
+            &[&args[..], &dsa[..], &grads[..], &["--selected-out", p(&sel), "--kernel", kernel]].concat(),
+        );
+        assert!(out.status.success(), "{kernel}: {}", String::from_utf8_lossy(&out.stderr));
+        let sel = read_npy(&sel).unwrap();
+        assert_eq!(sel.shape, vec![b, n, 20]);
+        // row i sits at position 25 + i: 20 of its keys 0 ..= 25 + i, ascending
+        for (row, list) in sel.data.chunks_exact(20).enumerate() {
+            let p = (25 + row % n) as f32;
+            assert!(list.windows(2).all(|w| w[0] < w[1]) && list[19] <= p, "{kernel} row {row}: {list:?}");
+        }
+        assert_eq!(read_npy(&dk).unwrap().shape, vec![b, hkv, m, d]);
+        let data = |x: &PathBuf| read_npy(x).unwrap().data;
+        outs.push(([data(&o), data(&lse), data(&dq), data(&dk)], sel.data));
+    }
+    let (cpu, gpu) = (&outs[0], &outs[1]);
+    let keys = |x: &[f32]| x.iter().map(|&j| if j < 0.0 { NONE } else { j as u32 }).collect::<Vec<u32>>();
+    let spec = AttnSpec::new(AttnShape { batch: b, heads: h, kv_heads: hkv, n, m, head_dim: d });
+    let dsa = Dsa { topk: 20, index_heads: hi, index_dim: di };
+    let ix = Indexer { q: &iqd, k: &ikd, w: &iwd };
+    let (diffs, ties) = compare_dsa_selection(&spec, &dsa, &ix, &keys(&cpu.1), &keys(&gpu.1), 1e-5);
+    assert!(ties, "the GPU chose differently: {:?} (seed {seed})", diffs.first());
+    if diffs.is_empty() {
+        for ((name, a), c) in ["O", "LSE", "dQ", "dK"].iter().zip(&gpu.0).zip(&cpu.0) {
+            let e = rel_error(a, &c.iter().map(|&x| x as f64).collect::<Vec<_>>());
+            assert!(e <= 1e-5, "{name}: {e} (seed {seed})");
+        }
+    }
+    let o = dir.path().join("o.npy");
+    let base = ["attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&o)];
+    let ix_args = ["--index-q", p(&iq), "--index-k", p(&ik), "--index-w", p(&iw)];
+    fails_with(&[&base[..], &["--dsa", "heads=2"], &ix_args[..]].concat(), "needs topk=K");
+    fails_with(&[&base[..], &["--dsa", "topk=4,dim=16"], &ix_args[..]].concat(), "--index-q's shape gives 8");
+    fails_with(
+        &[&base[..], &["--dsa", "topk=4", "--index-q", p(&iq), "--index-k", p(&iw), "--index-w", p(&iw)]]
+            .concat(),
+        "--index-k has shape",
+    );
+    fails_with(
+        &[&base[..], &["--dsa", "topk=4", "--alibi"], &ix_args[..]].concat(),
+        "DSA on the GPU with ALiBi",
+    );
+    fails_with(
+        &[&base[..], &["--dsa", "topk=4", "--kernel", "naive"], &ix_args[..]].concat(),
+        "its own kernels",
+    );
+    // the benchmark: the indexer, the top-k and the attention timed against dense causal flash
+    let json = dir.path().join("dsa.json");
+    let args = ["bench", "--sparse", "dsa", "--n", "300", "--dsa", "topk=64", "--reps", "1"];
+    let out = longctx(&[&args[..], &["--json", p(&json)]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let records: Vec<longctx::measure::sparse::SparseRecord> =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let r = &records[0];
+    assert_eq!((r.method.as_str(), r.skipped.as_ref()), ("dsa", None), "{r:?}");
+    assert!(r.rel_err.unwrap() < 1e-5, "{r:?}");
+    // 300 rows of at most 64 keys each against causal's 1 + 2 + … + 300
+    assert!(r.sparse_pairs < r.dense_pairs && r.sparse_pairs > 0, "{r:?}");
+    assert!(r.select_ms.unwrap() > 0.0 && r.attend_ms.unwrap() > 0.0 && r.dense_ms.unwrap() > 0.0, "{r:?}");
 }
 
 #[test]

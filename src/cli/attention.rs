@@ -33,7 +33,8 @@ Examples:
   longctx attention ... --bigbird global=1,window=1,random=2,block=64,seed=0
   longctx attention ... --causal --grad-out do.npy --dq dq.npy --dk dk.npy --dv dv.npy
   longctx attention ... --moba block=64,topk=4 --selected-out blocks.npy
-  longctx attention ... --nsa cmp=32/16,slc=64,top=16,win=512 --gates g.npy --selected-out blocks.npy")]
+  longctx attention ... --nsa cmp=32/16,slc=64,top=16,win=512 --gates g.npy --selected-out blocks.npy
+  longctx attention ... --dsa topk=256 --index-q qi.npy --index-k ki.npy --index-w w.npy --selected-out keys.npy")]
 pub struct AttentionArgs {
     /// Queries, float32 .npy.
     #[arg(long)]
@@ -83,10 +84,11 @@ pub struct AttentionArgs {
     /// batch chooses for itself (no sparse mask or mods with a batch).
     #[arg(long, value_name = "block=B,topk=K")]
     moba: Option<String>,
-    /// With --moba or --nsa: write the chosen blocks, Q's shape with D replaced by K (the
-    /// blocks per query: [B, H, N, K] or [H, N, K]), float32 block indices (MoBA: own block
-    /// first, then by descending gate score; NSA: own, own - 1, 0, then by descending score;
-    /// -1 where fewer exist).
+    /// With --moba, --nsa or --dsa: write the choice as float32 indices, -1 where fewer exist.
+    /// MoBA and NSA: Q's shape with D replaced by K ([B, H, N, K] or [H, N, K]), blocks (MoBA:
+    /// own block first, then by descending gate score; NSA: own, own - 1, 0, then by
+    /// descending score). DSA: [B, N, K] or [N, K] keys (one list per token, shared by the
+    /// heads), ascending.
     #[arg(long, value_name = "FILE.npy")]
     selected_out: Option<PathBuf>,
     /// NSA, cmp=L/D,slc=L2,top=N,win=W (native sparse attention, docs/DESIGN.md §1): the gated
@@ -111,6 +113,28 @@ pub struct AttentionArgs {
     /// V); default the mean, 1/L each.
     #[arg(long, value_name = "FILE.npy", requires = "nsa")]
     phi: Option<PathBuf>,
+    /// DSA, topk=K (DeepSeek-V3.2's sparse attention, docs/DESIGN.md §1): a lightning indexer
+    /// scores every earlier key, Σ_j w_j·ReLU(qI_j·kI), and each query reads its K best keys
+    /// (one choice per token, shared by the heads). The indexer's shape comes from
+    /// --index-q. Causal; --kernel cpu runs the f64 oracle; with --grad-out, the backward of
+    /// the attention (no gradient into the indexer: the paper's sparse stage).
+    #[arg(
+        long,
+        value_name = "topk=K",
+        conflicts_with_all = ["moba", "nsa"],
+        requires_all = ["index_q", "index_k", "index_w"]
+    )]
+    dsa: Option<String>,
+    /// With --dsa: the indexer's queries, float32 .npy [B, N, HI, DI] ([N, HI, DI] when Q is
+    /// [H, N, D]).
+    #[arg(long, value_name = "FILE.npy", requires = "dsa")]
+    index_q: Option<PathBuf>,
+    /// With --dsa: the indexer's keys, [B, M, DI] ([M, DI]).
+    #[arg(long, value_name = "FILE.npy", requires = "dsa")]
+    index_k: Option<PathBuf>,
+    /// With --dsa: the indexer's head weights, [B, N, HI] ([N, HI]).
+    #[arg(long, value_name = "FILE.npy", requires = "dsa")]
+    index_w: Option<PathBuf>,
 }
 
 /// Splits a [H,X,D] or [B,H,X,D] tensor shape into (B, H, X, D).
@@ -143,8 +167,8 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
         bail!("head dim differs: Q has {d}, K and V have {dk}");
     }
     let shape = AttnShape { batch: b, heads: h, kv_heads: hkv, n, m, head_dim: d };
-    if a.selected_out.is_some() && a.moba.is_none() && a.nsa.is_none() {
-        bail!("--selected-out writes a learned choice: it needs --moba or --nsa");
+    if a.selected_out.is_some() && a.moba.is_none() && a.nsa.is_none() && a.dsa.is_none() {
+        bail!("--selected-out writes a learned choice: it needs --moba, --nsa or --dsa");
     }
     let nsa = a.nsa.as_deref().map(longctx::contract::nsa::Nsa::parse).transpose()?;
     if let Some(nsa) = &nsa {
@@ -174,6 +198,7 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
     let inputs: Vec<&std::path::Path> =
         [Some(&a.q), Some(&a.k), Some(&a.v), a.grad_out.as_ref(), a.gates.as_ref(), a.phi.as_ref()]
             .into_iter()
+            .chain([a.index_q.as_ref(), a.index_k.as_ref(), a.index_w.as_ref()])
             .flatten()
             .chain(&read)
             .map(|p| p.as_path())
@@ -181,6 +206,9 @@ pub fn run(dev: &DeviceArgs, a: &AttentionArgs) -> anyhow::Result<()> {
     longctx::io::check_outputs(&outputs, &inputs)?;
     if let Some(nsa) = &nsa {
         return run_nsa(dev, a, &spec, nsa, (&q, &k, &v));
+    }
+    if let Some(text) = &a.dsa {
+        return run_dsa(dev, a, &spec, text, (&q, &k, &v));
     }
 
     // one device for the choice, the forward and the backward (none for the oracle)
@@ -341,19 +369,109 @@ fn run_nsa(
     Ok(())
 }
 
-/// MoBA's or NSA's choice, for --selected-out.
+/// DSA (`--dsa`): the indexer's choice and the attention over it on the GPU, or the f64
+/// oracle with `--kernel cpu`; with `--grad-out` the attention's backward too.
+fn run_dsa(
+    dev: &DeviceArgs,
+    a: &AttentionArgs,
+    spec: &AttnSpec,
+    text: &str,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+) -> anyhow::Result<()> {
+    use longctx::contract::dsa::{Dsa, Indexer, dsa_select_f64};
+    let s = spec.shape;
+    let read = |path: &Option<PathBuf>| -> anyhow::Result<Tensor> {
+        Ok(read_npy(path.as_deref().context("--dsa reads --index-q, --index-k and --index-w")?)?)
+    };
+    let (iq, ik, iw) = (read(&a.index_q)?, read(&a.index_k)?, read(&a.index_w)?);
+    // a batch dimension exactly where Q has one
+    let lead: Vec<usize> = if q.shape.len() == 4 { vec![s.batch] } else { vec![] };
+    let (hi, di) = match iq.shape.strip_prefix(&lead[..]) {
+        Some(&[n, hi, di]) if n == s.n => (hi, di),
+        _ => bail!("--index-q has shape {:?}; expected {:?} + [N = {}, HI, DI]", iq.shape, lead, s.n),
+    };
+    let with = |tail: &[usize]| lead.iter().chain(tail).copied().collect::<Vec<_>>();
+    for (flag, t, want) in [("--index-k", &ik, with(&[s.m, di])), ("--index-w", &iw, with(&[s.n, hi]))] {
+        if t.shape != want {
+            bail!("{flag} has shape {:?}; with --index-q {:?} it must be {want:?}", t.shape, iq.shape);
+        }
+    }
+    let given = Dsa::parse(text)?;
+    let dsa = Dsa { index_heads: hi, index_dim: di, ..given };
+    for (part, said, got) in [("heads", given.index_heads, hi), ("dim", given.index_dim, di)] {
+        if text.contains(&format!("{part}=")) && said != got {
+            bail!("--dsa says {part}={said} but --index-q's shape gives {got}");
+        }
+    }
+    let ix = Indexer { q: &iq.data, k: &ik.data, w: &iw.data };
+    dsa.check(&s, &ix)?;
+    let d_o = a.grad_out.is_some().then(|| read_grad(a, q)).transpose()?;
+    let qkv = (&q.data[..], &k.data[..], &v.data[..]);
+    let (out, grads, lists) = match a.kernel {
+        KernelArg::Cpu => {
+            let lists = dsa_select_f64(spec, &dsa, &ix)?;
+            let chosen = dsa.spec(spec, &lists)?;
+            let out = longctx::contract::reference::attention(&chosen, &q.data, &k.data, &v.data)?;
+            let grads = match &d_o {
+                None => None,
+                Some(d_o) => {
+                    let (dq, dk, dv) = longctx::contract::reference::attention_backward_f64(
+                        &chosen, &q.data, &k.data, &v.data, &d_o.data,
+                    )?;
+                    let f = |x: Vec<f64>| x.into_iter().map(|v| v as f32).collect();
+                    Some(longctx::Gradients { dq: f(dq), dk: f(dk), dv: f(dv) })
+                }
+            };
+            (out, grads, lists)
+        }
+        KernelArg::Flash => {
+            let gpu = dev.gpu()?;
+            match &d_o {
+                None => {
+                    let (out, lists, _) = longctx::kernels::dsa::dsa_attention(&gpu, spec, &dsa, qkv, &ix)?;
+                    (out, None, lists)
+                }
+                Some(d_o) => {
+                    let (out, grads, lists) =
+                        longctx::kernels::dsa::dsa_backward(&gpu, spec, &dsa, qkv, &ix, &d_o.data)?;
+                    (out, Some(grads), lists)
+                }
+            }
+        }
+        KernelArg::Naive => {
+            bail!("--dsa runs on its own kernels (--kernel flash) or the oracle (--kernel cpu)")
+        }
+    };
+    finite_outputs(&out)?;
+    let mut staged = Staged::default();
+    staged.npy(&a.out, &q.shape, &out.o).context("writing O")?;
+    if let Some(path) = &a.lse {
+        staged.npy(path, &q.shape[..q.shape.len() - 1], &out.lse).context("writing LSE")?;
+    }
+    stage_chosen(&mut staged, a, Some(&Chosen { dims: with(&[s.n, dsa.topk]), blocks: lists }))?;
+    if let Some(g) = &grads {
+        stage_grads(
+            &mut staged,
+            &[(&a.dq, &q.shape, &g.dq, "dQ"), (&a.dk, &k.shape, &g.dk, "dK"), (&a.dv, &v.shape, &g.dv, "dV")],
+        )?;
+    }
+    staged.commit()?;
+    Ok(())
+}
+
+/// MoBA's, NSA's or DSA's choice, for --selected-out.
 struct Chosen {
     /// Q's shape with D replaced by K (`[B, H, N, K]` or `[H, N, K]`).
     dims: Vec<usize>,
     blocks: Vec<u32>,
 }
 
-/// Stages --selected-out (block indices as float32, -1 where a list is shorter than K).
+/// Stages --selected-out (block or key indices as float32, -1 where a list is shorter than K).
 fn stage_chosen(staged: &mut Staged, a: &AttentionArgs, chosen: Option<&Chosen>) -> anyhow::Result<()> {
     if let (Some(path), Some(c)) = (&a.selected_out, chosen) {
         let none = longctx::contract::selection::NONE;
         let as_f32: Vec<f32> = c.blocks.iter().map(|&b| if b == none { -1.0 } else { b as f32 }).collect();
-        staged.npy(path, &c.dims, &as_f32).context("writing the chosen blocks")?;
+        staged.npy(path, &c.dims, &as_f32).context("writing the choice")?;
     }
     Ok(())
 }

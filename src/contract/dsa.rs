@@ -143,17 +143,37 @@ impl Dsa {
     }
 
     /// The call that attends through `lists` (`[B, N, k]`, one per sequence and row): `spec`
-    /// made causal, its mask ANDed with "key j is listed for row i" (every head alike). A
-    /// batch of several sequences is refused (a mask has no batch index).
+    /// made causal, its mask ANDed with "key j is listed for row i" (every head alike). A batch
+    /// folds into the heads (Q `[B, H, N, D]` is `[1, B·H, N, D]` in memory, query head
+    /// b·H + h reads kv head b·Hkv + h/G, the same group rule), each sequence's lists repeated
+    /// for its heads; the folded call reads and writes the same buffers in the same layout.
     pub fn spec(&self, spec: &AttnSpec, lists: &[u32]) -> Result<AttnSpec> {
         let s = spec.shape;
-        if s.batch != 1 {
+        let label = ("DSA", format!("dsa(topk={})", self.topk));
+        if s.batch == 1 {
+            return listed_spec(spec, label, (1, 1, self.topk), lists);
+        }
+        if spec.mask.is_some() || spec.mods.is_some() || spec.slopes().is_some() {
             return Err(Error::Invalid(format!(
-                "DSA's chosen-key mask: one sequence per call (batch {})",
+                "DSA over a batch of {} with a mask, mods or ALiBi: run one sequence per call",
                 s.batch
             )));
         }
-        listed_spec(spec, ("DSA", format!("dsa(topk={})", self.topk)), (1, 1, self.topk), lists)
+        let row_len = s.n * self.topk;
+        if lists.len() != s.batch * row_len {
+            return Err(Error::Length {
+                what: "DSA index lists".into(),
+                got: lists.len(),
+                shape: vec![s.batch, s.n, self.topk],
+                expected: s.batch * row_len,
+            });
+        }
+        let heads = s.batch * s.heads;
+        let mut folded = spec.clone();
+        folded.shape = AttnShape { batch: 1, heads, kv_heads: s.batch * s.kv_heads, ..s };
+        folded.validate()?;
+        let per_head: Vec<u32> = lists.chunks_exact(row_len).flat_map(|seq| seq.repeat(s.heads)).collect();
+        listed_spec(&folded, label, (1, heads, self.topk), &per_head)
     }
 }
 

@@ -449,7 +449,7 @@ pub fn dsa_select(gpu: &Gpu, spec: &AttnSpec, dsa: &Dsa, ix: &Indexer) -> Result
 pub enum DsaPath {
     /// [`DsaAttention`]'s `attend`.
     Lists,
-    /// Flash on [`Dsa::spec`] (one sequence per call).
+    /// Flash on [`Dsa::spec`] (a batch folded into heads).
     Grid,
 }
 
@@ -478,7 +478,8 @@ pub fn dsa_attention(
 
 /// DSA's forward and backward for the incoming gradient `d_o` (no gradient into the indexer:
 /// the paper's sparse stage): the choice on the GPU, then flash's backward on the lists' token
-/// grid (one sequence per call). Returns the output, the gradients of Q, K, V and the lists.
+/// grid (a batch folded into heads, [`Dsa::spec`]). Returns the output, the gradients of Q, K,
+/// V and the lists.
 pub fn dsa_backward(
     gpu: &Gpu,
     spec: &AttnSpec,
