@@ -484,6 +484,45 @@ fn settings_are_remembered_between_runs_and_clamped_when_read() {
     assert_eq!((app.routing.n, app.routing.d_model, app.routing.fraction_inv), (16, 64, 64));
 }
 
+/// The routing map for DSA: the keys each query's indexer chose (the same as the f64
+/// oracle's up to float32 ties), the hovered row's keys spelled out, the keys read.
+#[test]
+fn patterns_show_the_keys_dsa_chose() {
+    use longctx::app::patterns::{DSA_TOPK, dsa_indexer};
+    use longctx::contract::dsa::{Indexer, compare_dsa_selection, dsa_select_f64};
+    let mut h = harness([1280.0, 860.0]);
+    h.state_mut().patterns.settings.pattern = longctx::app::patterns_pattern("DSA");
+    h.state_mut().patterns.log_scale = true;
+    h.run();
+    let st = &h.state().patterns;
+    let c = st.computed.as_ref().unwrap_or_else(|| panic!("computed: {:?}", st.error));
+    let n = c.spec.shape.n;
+    // the oracle's choice on the same indexer
+    let bare = longctx::AttnSpec::new(c.spec.shape);
+    let (dsa, qi, ki, w) = dsa_indexer(&bare, &c.q, &c.k).unwrap();
+    let ix = Indexer { q: &qi, k: &ki, w: &w };
+    let want = dsa_select_f64(&bare, &dsa, &ix).unwrap();
+    let got = c.selected.as_ref().expect("DSA lists");
+    let (diffs, ties) = compare_dsa_selection(&bare, &dsa, &ix, &want, got, 1e-5);
+    assert!(ties, "the panel's choice differs beyond ties: {:?}", diffs.first());
+    // the last row reads exactly its chosen keys, on every head
+    let chosen = c.chosen_keys(n - 1).expect("DSA keys");
+    assert_eq!(chosen.len(), DSA_TOPK);
+    for head in [0, c.spec.shape.heads - 1] {
+        for j in 0..n {
+            assert_eq!(c.spec.visible(head, n - 1, j), chosen.contains(&(j as u32)), "head {head} key {j}");
+        }
+    }
+    let f = c.keys_read.expect("keys read");
+    assert!(f > 0.0 && f < 0.5, "keys read {f}");
+    h.get_by_label_contains("of causal's keys read");
+    let rect = h.get_by_label_contains("bytes read back").rect();
+    h.hover_at(egui::pos2(rect.center().x, rect.bottom() + 300.0));
+    h.run_steps(2);
+    h.get_by_label_contains("keys:");
+    snapshot(&mut h, "panel_dsa");
+}
+
 /// The routing map: MoBA's chosen blocks over the heatmap, the hovered row's choice spelled
 /// out, the keys read against causal attention's.
 #[test]

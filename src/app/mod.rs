@@ -31,7 +31,7 @@ use std::sync::mpsc;
 #[doc(hidden)]
 pub use patterns::{Computed, Pattern, Settings};
 
-/// A sparse pattern by name (`None`, `Longformer`, `BigBird`, `Global`, `Segments`, `MoBA`).
+/// A sparse pattern by name (`None`, `Longformer`, `BigBird`, `Global`, `Segments`, `MoBA`, `DSA`).
 #[doc(hidden)]
 pub fn patterns_pattern(name: &str) -> Pattern {
     match name {
@@ -40,6 +40,7 @@ pub fn patterns_pattern(name: &str) -> Pattern {
         "Global" => Pattern::Global,
         "Segments" => Pattern::Segments,
         "MoBA" => Pattern::Moba,
+        "DSA" => Pattern::Dsa,
         _ => Pattern::None,
     }
 }

@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use super::Job;
 use super::colormap::{COLOUR_BAR_WIDTH, color, colour_bar, normalise};
 use super::style::{AXIS_BOTTOM, AXIS_LEFT, MatrixData, matrix_axes};
+use crate::contract::dsa::{Dsa, Indexer};
 use crate::contract::mask::{BigBird, Mask};
 use crate::contract::mods::Mods;
 use crate::contract::selection::{Moba, NONE};
@@ -57,6 +58,38 @@ pub enum Pattern {
     /// MoBA (learned sparse attention, [`MOBA`]): each query chooses its key blocks by gate
     /// score on the GPU; the heatmap shows the chosen blocks (the routing map).
     Moba,
+    /// DSA (learned sparse attention, [`DSA_TOPK`] keys a query): a lightning indexer scores
+    /// every earlier key and each query reads its best ones, chosen on the GPU; the heatmap
+    /// shows the chosen keys. The indexer here is a stand-in for a trained one: one head reading
+    /// the first [`DSA_INDEX_DIM`] dims of head 0's Q and K ([`dsa_indexer`]).
+    Dsa,
+}
+
+/// Keys each query reads with [`Pattern::Dsa`].
+pub const DSA_TOPK: usize = 64;
+
+/// The panel's indexer head dim (at most D, a multiple of 4).
+pub const DSA_INDEX_DIM: usize = 16;
+
+/// The panel's DSA indexer for Q `[1, H, N, D]` and K `[1, Hkv, M, D]`: one head of
+/// min(D, [`DSA_INDEX_DIM`]) dims (rounded down to a multiple of 4) whose queries and keys are
+/// head 0's first dims, weight 1: `(Dsa, qI, kI, w)`.
+pub fn dsa_indexer(
+    spec: &AttnSpec,
+    q: &[f32],
+    k: &[f32],
+) -> crate::Result<(Dsa, Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let s = spec.shape;
+    let (d, di) = (s.head_dim, s.head_dim.min(DSA_INDEX_DIM) / 4 * 4);
+    if di == 0 {
+        return Err(crate::Error::Invalid(format!(
+            "the panel's DSA indexer reads 4 dims of Q and K; D is {d}"
+        )));
+    }
+    let first =
+        |x: &[f32], rows: usize| -> Vec<f32> { (0..rows).flat_map(|r| x[r * d..][..di].to_vec()).collect() };
+    let dsa = Dsa { topk: DSA_TOPK, index_heads: 1, index_dim: di };
+    Ok((dsa, first(q, s.n), first(k, s.m), vec![1.0; s.n]))
 }
 
 /// The MoBA the patterns panel runs: blocks of 64 keys, 4 per query.
@@ -143,7 +176,7 @@ impl Settings {
             Pattern::Global => Some(Mask::Global(4)),
             Pattern::Segments => Some(Mask::Segments(Arc::new((0..n).map(|p| (p * 4 / n) as u32).collect()))),
             // chosen from Q and K when computed (`Computed::new`)
-            Pattern::Moba => None,
+            Pattern::Moba | Pattern::Dsa => None,
         };
         let spec = AttnSpec::new(shape)
             .causal(self.causal)
@@ -237,10 +270,11 @@ pub struct Computed {
     pub heatmap: Heatmap,
     /// `[B, H, N]` read back once per computation.
     pub lse: Vec<f32>,
-    /// With [`Pattern::Moba`]: the chosen blocks, `[H, N, k]` index lists.
+    /// With [`Pattern::Moba`]: the chosen blocks, `[H, N, k]` index lists; with
+    /// [`Pattern::Dsa`]: the chosen keys, `[N, k]` (shared by the heads).
     pub selected: Option<Vec<u32>>,
-    /// With [`Pattern::Moba`]: the keys the rows read over those causal attention (with the
-    /// same window) reads, all rows and heads.
+    /// With [`Pattern::Moba`] or [`Pattern::Dsa`]: the keys the rows read over those causal
+    /// attention (with the same window) reads, all rows and heads.
     pub keys_read: Option<f64>,
 }
 
@@ -249,9 +283,24 @@ impl Computed {
     pub async fn new(gpu: &Gpu, settings: Settings) -> crate::Result<Self> {
         let (mut spec, q, k, v) = settings.materialise()?;
         let (mut selected, mut keys_read) = (None, None);
-        if settings.pattern == Pattern::Moba {
-            let chosen = crate::kernels::selection::moba_select_async(gpu, &spec, &MOBA, &q, &k).await?;
-            spec = MOBA.spec(&spec, &chosen)?;
+        let chosen = match settings.pattern {
+            Pattern::Moba => {
+                let chosen = crate::kernels::selection::moba_select_async(gpu, &spec, &MOBA, &q, &k).await?;
+                spec = MOBA.spec(&spec, &chosen)?;
+                Some(chosen)
+            }
+            Pattern::Dsa => {
+                let (dsa, qi, ki, w) = dsa_indexer(&spec, &q, &k)?;
+                let ix = Indexer { q: &qi, k: &ki, w: &w };
+                // the choice depends on the positions only; the window, ALiBi, mods apply after it
+                let bare = AttnSpec::new(spec.shape);
+                let chosen = crate::kernels::dsa::dsa_select_async(gpu, &bare, &dsa, &ix).await?;
+                spec = dsa.spec(&spec, &chosen)?;
+                Some(chosen)
+            }
+            _ => None,
+        };
+        if let Some(chosen) = chosen {
             let causal = AttnSpec { mask: None, mods: None, ..spec.clone() };
             keys_read = Some(spec.visible_pairs() as f64 / causal.visible_pairs().max(1) as f64);
             selected = Some(chosen);
@@ -266,8 +315,20 @@ impl Computed {
         Ok(Self { settings, spec, q, k, attn, io, heatmap, lse, selected, keys_read })
     }
 
+    /// With [`Pattern::Dsa`]: the keys row `i` chose (ascending; every head alike).
+    pub fn chosen_keys(&self, i: usize) -> Option<Vec<u32>> {
+        if self.settings.pattern != Pattern::Dsa {
+            return None;
+        }
+        let list = self.selected.as_ref()?.get(i * DSA_TOPK..(i + 1) * DSA_TOPK)?;
+        Some(list.iter().copied().filter(|&j| j != NONE).collect())
+    }
+
     /// With [`Pattern::Moba`]: the blocks row `i` of `head` chose (its own first).
     pub fn chosen_blocks(&self, head: usize, i: usize) -> Option<Vec<u32>> {
+        if self.settings.pattern != Pattern::Moba {
+            return None;
+        }
         let k = MOBA.topk;
         let row = head * self.spec.shape.n + i;
         let list = self.selected.as_ref()?.get(row * k..(row + 1) * k)?;
@@ -559,6 +620,7 @@ fn settings_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
                 Pattern::Global,
                 Pattern::Segments,
                 Pattern::Moba,
+                Pattern::Dsa,
             ] {
                 ui.selectable_value(&mut s.pattern, p, format!("{p:?}"));
             }
@@ -685,13 +747,19 @@ fn heatmap_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
         st.readback_bytes
     ));
     if let Some(f) = c.keys_read {
-        ui.label(format!(
-            "MoBA (block {}, top {}): own block + {} earlier blocks of highest q·mean(K); {:.1}% of causal's keys read",
-            MOBA.block,
-            MOBA.topk,
-            MOBA.topk - 1,
-            100.0 * f
-        ));
+        ui.label(match c.settings.pattern {
+            Pattern::Dsa => format!(
+                "DSA (top {DSA_TOPK}): the keys of highest index score ReLU(qI·kI), the indexer reading head 0's first dims; {:.1}% of causal's keys read",
+                100.0 * f
+            ),
+            _ => format!(
+                "MoBA (block {}, top {}): own block + {} earlier blocks of highest q·mean(K); {:.1}% of causal's keys read",
+                MOBA.block,
+                MOBA.topk,
+                MOBA.topk - 1,
+                100.0 * f
+            ),
+        });
     }
     let (left, bottom, bar) = (AXIS_LEFT, AXIS_BOTTOM, COLOUR_BAR_WIDTH);
     let side = ((ui.available_width() - left - bar).min(ui.available_height() - 60.0 - bottom)).max(64.0);
@@ -776,9 +844,28 @@ fn heatmap_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
                 blocks.iter().map(|&x| format!("{}..{}", x as usize * b, (x as usize + 1) * b)).collect();
             ui.label(format!("row {} chose blocks {blocks:?} (keys {})", r.i, spans.join(", ")));
         }
+        if let Some(keys) = c.chosen_keys(r.i) {
+            let visible = (c.spec.position(r.i) + 1).clamp(0, c.spec.shape.m as i64);
+            ui.label(format!("row {} chose {} of its {visible} keys: {}", r.i, keys.len(), spans(&keys)));
+        }
     } else {
         ui.weak("hover for (i, j), probability, score, bias; scroll to zoom, drag to pan");
     }
+}
+
+/// Sorted indices as runs, `a..=b` for consecutive ones (`0..=3, 17, 40..=52`).
+fn spans(sorted: &[u32]) -> String {
+    let mut runs: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        runs.push(if i == j { sorted[i].to_string() } else { format!("{}..={}", sorted[i], sorted[j]) });
+        i = j + 1;
+    }
+    runs.join(", ")
 }
 
 fn zoom(range: &Range<usize>, center: usize, factor: f32, limit: usize) -> Range<usize> {

@@ -76,6 +76,7 @@ fn pattern_name(p: Pattern) -> &'static str {
         Pattern::Global => "Global",
         Pattern::Segments => "Segments",
         Pattern::Moba => "MoBA",
+        Pattern::Dsa => "DSA",
     }
 }
 

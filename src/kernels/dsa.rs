@@ -435,13 +435,18 @@ fn check_call(spec: &AttnSpec, dsa: &Dsa) -> Result<AttnSpec> {
 /// DSA's choice on the GPU: `[B, N, k]` lists as [`crate::contract::dsa::dsa_select_f64`]
 /// writes them.
 pub fn dsa_select(gpu: &Gpu, spec: &AttnSpec, dsa: &Dsa, ix: &Indexer) -> Result<Vec<u32>> {
+    crate::runtime::block_on("dsa_select", "await dsa_select_async", dsa_select_async(gpu, spec, dsa, ix))
+}
+
+/// [`dsa_select`] without blocking (the browser).
+pub async fn dsa_select_async(gpu: &Gpu, spec: &AttnSpec, dsa: &Dsa, ix: &Indexer<'_>) -> Result<Vec<u32>> {
     // the selection reads no Q, K or V: a call of head dim 4 over the same positions
     let shape = crate::contract::AttnShape { head_dim: 4, ..spec.shape };
     let call = DsaAttention::new(gpu, &AttnSpec { shape, ..spec.clone() }, dsa)?;
     let zeros = |len: usize| vec![0f32; len];
     let t = call.upload(gpu, (&zeros(shape.q_len()), &zeros(shape.kv_len()), &zeros(shape.kv_len())), ix)?;
     call.select(gpu, &t)?;
-    call.read_lists(gpu, &t)
+    gpu.read_async(&t.lists, shape.batch * shape.n * dsa.topk).await
 }
 
 /// How DSA's attention ran: the token-list kernel, or flash on the lists' token grid.
