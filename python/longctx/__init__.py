@@ -311,6 +311,57 @@ class Device:
         )
 
     @_with_doc("")
+    def dsa(
+        self,
+        q: Any,
+        k: Any,
+        v: Any,
+        *,
+        index_q: Any,
+        index_k: Any,
+        index_w: Any,
+        topk: int,
+        scale: Optional[float] = None,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """DSA (DeepSeek-V3.2's sparse attention, docs/DESIGN.md §1): a lightning indexer
+        scores every earlier key, I(p, s) = Σ_j w[p, j]·ReLU(index_q[p, j] · index_k[s]), and
+        each query attends causally to its `topk` best keys (one choice per token, shared by the
+        heads), chosen on the GPU. `index_q` [B, N, HI, DI], `index_k` [B, M, DI], `index_w`
+        [B, N, HI] (without B when Q is [H, N, D]). Returns (O, LSE, keys): keys [B, N, topk]
+        int64, ascending, −1 where a row sees fewer keys. No mask, ALiBi or positional encoding."""
+        return self._native.dsa(
+            f32(q, "q"), f32(k, "k"), f32(v, "v"), _index(index_q, index_k, index_w), topk, options(scale=scale)
+        )
+
+    @_with_doc("")
+    def dsa_backward(
+        self,
+        q: Any,
+        k: Any,
+        v: Any,
+        do: Any,
+        *,
+        index_q: Any,
+        index_k: Any,
+        index_w: Any,
+        topk: int,
+        scale: Optional[float] = None,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """DSA's forward and backward (options as `dsa`) for the incoming dO, with no gradient
+        into the indexer (the paper's sparse stage; `longctx.reference.dsa_alignment` gives the
+        indexer's warm-up loss and gradient). Returns (O, LSE, dQ, dK, dV, keys); dK and dV are
+        summed over each kv head's query heads."""
+        return self._native.dsa_backward(
+            f32(q, "q"),
+            f32(k, "k"),
+            f32(v, "v"),
+            f32(do, "do"),
+            _index(index_q, index_k, index_w),
+            topk,
+            options(scale=scale),
+        )
+
+    @_with_doc("")
     def matmul(self, a: Any, b: Any, bias: Any = None, activation: Optional[str] = None) -> np.ndarray:
         """C = act(A·B + bias): A `[M, K]`, B `[K, N]`, bias `[N]`; activation None, "gelu"
         (tanh) or "gelu_erf". The adapter's fastest matmul path (register-blocked on CPU
@@ -406,6 +457,11 @@ __all__ = [
     "InternalError",
     "ShaderError",
 ]
+
+
+def _index(index_q: Any, index_k: Any, index_w: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DSA's indexer inputs as float32 arrays."""
+    return f32(index_q, "index_q"), f32(index_k, "index_k"), f32(index_w, "index_w")
 
 
 def _nsa_inputs(

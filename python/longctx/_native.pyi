@@ -65,6 +65,25 @@ class Device:
         nsa: Tuple[int, int, int, int, int],
         opts: Dict[str, Any],
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+    def dsa(
+        self,
+        q: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        index: Tuple[np.ndarray, np.ndarray, np.ndarray],
+        topk: int,
+        opts: Dict[str, Any],
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def dsa_backward(
+        self,
+        q: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        d_o: np.ndarray,
+        index: Tuple[np.ndarray, np.ndarray, np.ndarray],
+        topk: int,
+        opts: Dict[str, Any],
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
     def matmul(
         self, a: np.ndarray, b: np.ndarray, bias: Optional[np.ndarray] = None, activation: Optional[str] = None
     ) -> np.ndarray: ...
@@ -117,6 +136,29 @@ def reference_nsa(
     nsa: Tuple[int, int, int, int, int],
     opts: Dict[str, Any],
 ) -> Tuple[np.ndarray, np.ndarray]: ...
+def reference_dsa(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    index: Tuple[np.ndarray, np.ndarray, np.ndarray],
+    topk: int,
+    opts: Dict[str, Any],
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def reference_dsa_backward(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    d_o: np.ndarray,
+    index: Tuple[np.ndarray, np.ndarray, np.ndarray],
+    topk: int,
+    opts: Dict[str, Any],
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+def reference_dsa_alignment(
+    q: np.ndarray,
+    k: np.ndarray,
+    index: Tuple[np.ndarray, np.ndarray, np.ndarray],
+    opts: Dict[str, Any],
+) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]: ...
 def reference_nsa_backward(
     q: np.ndarray,
     k: np.ndarray,

@@ -9,6 +9,9 @@ from ._convert import ARRAY_RULE, f32, options
 from ._native import (
     reference_attention,
     reference_backward,
+    reference_dsa,
+    reference_dsa_alignment,
+    reference_dsa_backward,
     reference_moba,
     reference_moba_backward,
     reference_nsa,
@@ -67,6 +70,42 @@ def nsa_backward(q: Any, k: Any, v: Any, do: Any, **params: Any) -> Tuple[np.nda
     return reference_nsa_backward(
         f32(q, "q"), f32(k, "k"), f32(v, "v"), f32(do, "do"), g, p, nsa_params, options(scale=scale)
     )
+
+
+def dsa(
+    q: Any, k: Any, v: Any, *, index_q: Any, index_k: Any, index_w: Any, topk: int, scale: Any = None
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DSA in float64: the oracle's own choice of keys, then attention over them; returns
+    (O, LSE, keys) as `Device.dsa`."""
+    from . import _index
+
+    ix = _index(index_q, index_k, index_w)
+    return reference_dsa(f32(q, "q"), f32(k, "k"), f32(v, "v"), ix, topk, options(causal=True, scale=scale))
+
+
+def dsa_backward(
+    q: Any, k: Any, v: Any, do: Any, *, index_q: Any, index_k: Any, index_w: Any, topk: int, scale: Any = None
+) -> Tuple[np.ndarray, ...]:
+    """The float64 oracle's DSA forward and backward on its own choice: (O, LSE, dQ, dK, dV,
+    keys) as `Device.dsa_backward`."""
+    from . import _index
+
+    ix = _index(index_q, index_k, index_w)
+    return reference_dsa_backward(
+        f32(q, "q"), f32(k, "k"), f32(v, "v"), f32(do, "do"), ix, topk, options(causal=True, scale=scale)
+    )
+
+
+def dsa_alignment(
+    q: Any, k: Any, *, index_q: Any, index_k: Any, index_w: Any, scale: Any = None
+) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """DSA's indexer warm-up in float64 (one sequence): Σ over rows of KL(p_t ‖ softmax(I)),
+    p_t the dense causal attention's probabilities of (Q, K) summed over the heads and
+    normalised, and its gradients: (loss, d index_q, d index_k, d index_w)."""
+    from . import _index
+
+    ix = _index(index_q, index_k, index_w)
+    return reference_dsa_alignment(f32(q, "q"), f32(k, "k"), ix, options(causal=True, scale=scale))
 
 
 def _nsa_defaults(params: dict) -> dict:

@@ -10,6 +10,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
 
+use longctx::contract::dsa::{Dsa, Indexer};
 use longctx::contract::mask::{BigBird, Mask};
 use longctx::contract::mods::{Mods, Named};
 use longctx::contract::nsa::{Nsa, NsaGrads};
@@ -579,6 +580,60 @@ impl Device {
         nsa_grads_out(py, &t, &nsa, out.o, gr, &out.lists)
     }
 
+    /// DSA: the lightning indexer's choice of keys on the GPU, then attention over them:
+    /// `(O, LSE, keys)`, keys `[.., N, topk]` int64 ascending (−1 where a row sees fewer).
+    #[allow(clippy::too_many_arguments)]
+    fn dsa<'py>(
+        &self,
+        py: Python<'py>,
+        q: PyReadonlyArrayDyn<'py, f32>,
+        k: PyReadonlyArrayDyn<'py, f32>,
+        v: PyReadonlyArrayDyn<'py, f32>,
+        index: (PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>),
+        topk: usize,
+        opts: Opts,
+    ) -> PyResult<MobaOut<'py, f32>> {
+        let t = Qkv::new(py, &q, &k, &v)?;
+        let (dsa, ix) = dsa_inputs(py, &t, topk, &index)?;
+        let gpu = &self.gpu;
+        let (out, lists, _) = detached(py, || {
+            longctx::kernels::dsa::dsa_attention(gpu, &opts.spec(t.shape)?, &dsa, (t.q, t.k, t.v), &ix)
+        })?;
+        dsa_out(py, (out.o, out.lse), &lists, &t, topk)
+    }
+
+    /// DSA's forward and backward for dO (no gradient into the indexer): `(O, LSE, dQ, dK,
+    /// dV, keys)`.
+    #[allow(clippy::too_many_arguments)]
+    fn dsa_backward<'py>(
+        &self,
+        py: Python<'py>,
+        q: PyReadonlyArrayDyn<'py, f32>,
+        k: PyReadonlyArrayDyn<'py, f32>,
+        v: PyReadonlyArrayDyn<'py, f32>,
+        d_o: PyReadonlyArrayDyn<'py, f32>,
+        index: (PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>),
+        topk: usize,
+        opts: Opts,
+    ) -> PyResult<MobaGrads<'py, f32>> {
+        let t = Qkv::new(py, &q, &k, &v)?;
+        let ds = t.other(py, "do", &d_o, &t.q_dims)?;
+        let (dsa, ix) = dsa_inputs(py, &t, topk, &index)?;
+        let gpu = &self.gpu;
+        let (out, g, lists) = detached(py, || {
+            longctx::kernels::dsa::dsa_backward(gpu, &opts.spec(t.shape)?, &dsa, (t.q, t.k, t.v), &ix, ds)
+        })?;
+        let (o, lse, keys) = dsa_out(py, (out.o, out.lse), &lists, &t, topk)?;
+        Ok((
+            o,
+            lse,
+            array(py, g.dq, &t.q_dims)?,
+            array(py, g.dk, &t.kv_dims)?,
+            array(py, g.dv, &t.kv_dims)?,
+            keys,
+        ))
+    }
+
     /// C = act(A·B + bias) for A `[M, K]`, B `[K, N]`, bias `[N]`.
     #[pyo3(signature = (a, b, bias=None, activation=None))]
     fn matmul<'py>(
@@ -1052,6 +1107,127 @@ fn blocks_out<'py>(
     array(py, blocks, &block_dims)
 }
 
+/// DSA's indexer inputs (qI `[.., N, HI, DI]`, kI `[.., M, DI]`, w `[.., N, HI]`, the
+/// batch dim where Q has one), checked against the call: the parameters and the indexer.
+fn dsa_inputs<'b>(
+    py: Python<'_>,
+    t: &Qkv<'_>,
+    topk: usize,
+    (qi, ki, w): &'b (PyReadonlyArrayDyn<'_, f32>, PyReadonlyArrayDyn<'_, f32>, PyReadonlyArrayDyn<'_, f32>),
+) -> PyResult<(Dsa, Indexer<'b>)> {
+    let s = t.shape;
+    let lead = &t.q_dims[..t.q_dims.len() - 3];
+    let dims = qi.shape();
+    let (hi, di) = match dims.strip_prefix(lead) {
+        Some(&[n, hi, di]) if n == s.n => (hi, di),
+        _ => {
+            return fail(
+                py,
+                Error::Shape(format!(
+                    "index_q has shape {dims:?}, the call needs {lead:?} + [N = {}, HI, DI]",
+                    s.n
+                )),
+            );
+        }
+    };
+    let with = |tail: &[usize]| lead.iter().chain(tail).copied().collect::<Vec<_>>();
+    let dsa = Dsa { topk, index_heads: hi, index_dim: di };
+    let ix = Indexer {
+        q: slice(py, qi, "index_q")?,
+        k: t.other(py, "index_k", ki, &with(&[s.m, di]))?,
+        w: t.other(py, "index_w", w, &with(&[s.n, hi]))?,
+    };
+    if let Err(e) = dsa.check(&s, &ix) {
+        return fail(py, e);
+    }
+    Ok((dsa, ix))
+}
+
+/// O shaped like Q, LSE like Q without D, the keys `[.., N, topk]` (int64, −1 for NONE).
+fn dsa_out<'py, T: numpy::Element>(
+    py: Python<'py>,
+    (o, lse): (Vec<T>, Vec<T>),
+    lists: &[u32],
+    t: &Qkv<'_>,
+    topk: usize,
+) -> PyResult<MobaOut<'py, T>> {
+    let mut rows = t.q_dims[..t.q_dims.len() - 3].to_vec();
+    rows.extend([t.shape.n, 1]);
+    Ok((array(py, o, &t.q_dims)?, array(py, lse, &lse_dims(&t.q_dims))?, blocks_out(py, lists, &rows, topk)?))
+}
+
+/// The float64 oracle's DSA: its own choice, then attention over it: `(O, LSE, keys)`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn reference_dsa<'py>(
+    py: Python<'py>,
+    q: PyReadonlyArrayDyn<'py, f32>,
+    k: PyReadonlyArrayDyn<'py, f32>,
+    v: PyReadonlyArrayDyn<'py, f32>,
+    index: (PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>),
+    topk: usize,
+    opts: Opts,
+) -> PyResult<MobaOut<'py, f64>> {
+    let t = Qkv::new(py, &q, &k, &v)?;
+    let (dsa, ix) = dsa_inputs(py, &t, topk, &index)?;
+    let (o, lse, lists) = detached(py, || {
+        let spec = opts.spec(t.shape)?;
+        let lists = longctx::contract::dsa::dsa_select_f64(&spec, &dsa, &ix)?;
+        let (o, lse) = reference::attention_f64(&dsa.spec(&spec, &lists)?, t.q, t.k, t.v)?;
+        Ok((o, lse, lists))
+    })?;
+    dsa_out(py, (o, lse), &lists, &t, topk)
+}
+
+/// The float64 oracle's DSA forward and backward on its own choice: `(O, LSE, dQ, dK, dV,
+/// keys)`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn reference_dsa_backward<'py>(
+    py: Python<'py>,
+    q: PyReadonlyArrayDyn<'py, f32>,
+    k: PyReadonlyArrayDyn<'py, f32>,
+    v: PyReadonlyArrayDyn<'py, f32>,
+    d_o: PyReadonlyArrayDyn<'py, f32>,
+    index: (PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>),
+    topk: usize,
+    opts: Opts,
+) -> PyResult<MobaGrads<'py, f64>> {
+    let t = Qkv::new(py, &q, &k, &v)?;
+    let ds = t.other(py, "do", &d_o, &t.q_dims)?;
+    let (dsa, ix) = dsa_inputs(py, &t, topk, &index)?;
+    let (o, lse, (dq, dk, dv), lists) = detached(py, || {
+        let spec = opts.spec(t.shape)?;
+        let lists = longctx::contract::dsa::dsa_select_f64(&spec, &dsa, &ix)?;
+        let chosen = dsa.spec(&spec, &lists)?;
+        let (o, lse) = reference::attention_f64(&chosen, t.q, t.k, t.v)?;
+        Ok((o, lse, reference::attention_backward_f64(&chosen, t.q, t.k, t.v, ds)?, lists))
+    })?;
+    let (o, lse, keys) = dsa_out(py, (o, lse), &lists, &t, topk)?;
+    Ok((o, lse, array(py, dq, &t.q_dims)?, array(py, dk, &t.kv_dims)?, array(py, dv, &t.kv_dims)?, keys))
+}
+
+/// The float64 oracle of DSA's indexer warm-up (one sequence): the KL alignment loss of the
+/// indexer's distribution to the dense causal attention's and its gradients: `(loss, dqI,
+/// dkI, dw)` shaped as the indexer's inputs.
+#[pyfunction]
+fn reference_dsa_alignment<'py>(
+    py: Python<'py>,
+    q: PyReadonlyArrayDyn<'py, f32>,
+    k: PyReadonlyArrayDyn<'py, f32>,
+    index: (PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>),
+    opts: Opts,
+) -> PyResult<(f64, Bound<'py, PyArrayDyn<f64>>, Bound<'py, PyArrayDyn<f64>>, Bound<'py, PyArrayDyn<f64>>)> {
+    let t = Qkv::new(py, &q, &k, &k)?;
+    // topk does not enter the loss
+    let (dsa, ix) = dsa_inputs(py, &t, 1, &index)?;
+    let a = detached(py, || {
+        longctx::contract::dsa::dsa_alignment_f64(&opts.spec(t.shape)?, &dsa, (t.q, t.k), &ix)
+    })?;
+    let (qd, kd, wd) = (index.0.shape().to_vec(), index.1.shape().to_vec(), index.2.shape().to_vec());
+    Ok((a.loss, array(py, a.dq, &qd)?, array(py, a.dk, &kd)?, array(py, a.dw, &wd)?))
+}
+
 /// The float64 oracle's dQ, dK, dV for the incoming gradient dO.
 #[pyfunction]
 fn reference_backward<'py>(
@@ -1125,6 +1301,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(reference_moba_backward, m)?)?;
     m.add_function(wrap_pyfunction!(reference_nsa, m)?)?;
     m.add_function(wrap_pyfunction!(reference_nsa_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(reference_dsa, m)?)?;
+    m.add_function(wrap_pyfunction!(reference_dsa_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(reference_dsa_alignment, m)?)?;
     m.add_function(wrap_pyfunction!(plan_json, m)?)?;
     m.add_function(wrap_pyfunction!(list_adapters, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
