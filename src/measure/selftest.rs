@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use crate::contract::dsa::{Dsa, Indexer, compare_dsa_selection, dsa_select_f64};
 use crate::contract::inputs::{seeded, seeded_qkv};
 use crate::contract::mask::{BigBird, Mask};
 use crate::contract::mods::{Mods, Named};
@@ -17,6 +18,7 @@ use crate::contract::{AttnShape, Window};
 use crate::error::{Error, Result};
 use crate::kernels::attention::backward::Backward;
 use crate::kernels::attention::decode::{Decoder, DecoderConfig};
+use crate::kernels::dsa::{dsa_attention, dsa_backward};
 use crate::kernels::matmul::{Activation, Coop, Matmul, MatmulOptions, TensorCores, matmul_f64};
 use crate::kernels::nsa::nsa_backward;
 use crate::kernels::selection::moba_backward;
@@ -181,6 +183,34 @@ fn nsa(gpu: &Gpu, spec: &AttnSpec, nsa: &Nsa) -> Result<f64> {
     ]
     .into_iter()
     .fold(0.0, f64::max))
+}
+
+/// DSA: the GPU's choice against the f64 oracle's (equal up to float32 ties), then the
+/// attention over it (the token-list kernel, or flash's grid for head dims not a multiple of
+/// 4) and the backward against the oracle on the chosen spec: worst of O, LSE, dQ, dK, dV.
+fn dsa(gpu: &Gpu, spec: &AttnSpec, dsa: &Dsa) -> Result<f64> {
+    let (q, k, v) = seeded_qkv(spec, 19);
+    let d_o = seeded_qkv(spec, 20).0;
+    let s = spec.shape;
+    let (hi, di) = (dsa.index_heads, dsa.index_dim);
+    let (qi, ki, wi) = (seeded(s.n * hi * di, 21), seeded(s.m * di, 22), seeded(s.n * hi, 23));
+    let ix = Indexer { q: &qi, k: &ki, w: &wi };
+    let (out, chosen, _) = dsa_attention(gpu, spec, dsa, (&q, &k, &v), &ix)?;
+    let want = dsa_select_f64(spec, dsa, &ix)?;
+    let (diffs, ties) = compare_dsa_selection(spec, dsa, &ix, &want, &chosen, 1e-5);
+    if !ties {
+        return Err(Error::Invalid(format!(
+            "the GPU chose other keys than the oracle beyond float32 ties in {} rows",
+            diffs.len()
+        )));
+    }
+    let (_, grads, _) = dsa_backward(gpu, spec, dsa, (&q, &k, &v), &ix, &d_o)?;
+    let spec = dsa.spec(spec, &chosen)?;
+    let (o_ref, lse_ref) = attention_f64(&spec, &q, &k, &v)?;
+    let forward = rel_error(&out.o, &o_ref).max(rel_error(&out.lse, &lse_ref));
+    let (dq, dk, dv) = attention_backward_f64(&spec, &q, &k, &v, &d_o)?;
+    let backward = rel_error(&grads.dq, &dq).max(rel_error(&grads.dk, &dk)).max(rel_error(&grads.dv, &dv));
+    Ok(forward.max(backward))
 }
 
 /// Decoding: a prompt, then single-token steps; each step against one causal attention over
@@ -382,6 +412,18 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
             format!("nsa {} {} (choice, O, dQ, dK, dV, dgates, dφ)", n.describe(), shape_of(&spec)),
             BOUND,
             Box::new(move |g: &Gpu| nsa(g, &spec, &n)),
+        ));
+    }
+    // DSA: the indexer's choice, the attention over it and the backward (the token-list kernel
+    // at D 64, flash's token grid at D 37)
+    for d in [64, 37] {
+        let spec = AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 2, n: 77, m: 130, head_dim: d })
+            .causal(true);
+        let c = Dsa { topk: 24, index_heads: 2, index_dim: 8 };
+        out.push((
+            format!("dsa {} {} (choice, O, LSE, dQ, dK, dV)", c.describe(), shape_of(&spec)),
+            BOUND,
+            Box::new(move |g: &Gpu| dsa(g, &spec, &c)),
         ));
     }
     // ring attention: zigzag causal with ALiBi and GQA, N not a multiple of the ranks
