@@ -36,20 +36,22 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, ids: Ids) {
         slot = subgroup_of(ids) * (SG / LPR) + lane_of(ids) / LPR;
         lane = lane_of(ids) % LPR;
     }
+    // the dispatch covers heads [hf0, hf1) × rows [i0, i1) of a sequence: the window of the
+    // lists bound from element `list_base`
     let per_group = 64u / LPR;
-    let runs = (params.n + per_group - 1u) / per_group;
+    let runs = (params.i1 - params.i0 + per_group - 1u) / per_group;
     let w = wg.y * params.groups_x + wg.x;
-    let hf = w / runs;  // b·H + h
-    if hf >= params.batch * params.heads {
+    let hf = params.hf0 + w / runs;  // b·H + h
+    if hf >= params.hf1 {
         return; // the grid's padding (uniform)
     }
-    let i_raw = (w % runs) * per_group + slot;
-    let live_row = i_raw < params.n;
-    let i = min(i_raw, params.n - 1u);
+    let i_raw = params.i0 + (w % runs) * per_group + slot;
+    let live_row = i_raw < params.i1;
+    let i = min(i_raw, params.i1 - 1u);
     let b = hf / params.heads;
     let kvh = b * params.kv_heads + (hf % params.heads) / (params.heads / params.kv_heads);
     let row = hf * params.n + i;
-    let list0 = (b * params.n + i) * params.topk;
+    let list0 = (b * params.n + i) * params.topk - params.list_base;
     var qr: array<vec4<f32>, C>;
     var acc: array<vec4<f32>, C>;
     for (var c = 0u; c < C; c++) {

@@ -120,7 +120,7 @@ fn top_k(@builtin(workgroup_id) wg: vec3<u32>, ids: Ids) {
     let p = params.q_offset + i32(row % params.n);
     let len = u32(clamp(p + 1, 0, i32(params.m)));
     let k = params.topk;
-    let out = row * k;
+    let out = row * k - params.list_base;
     let m4 = (params.m + 3u) / 4u;
     let base = r * m4;
     let len4 = (len + 3u) / 4u;

@@ -17,7 +17,14 @@ struct Params {
     arg1: u32,         // `attend`: the pass's end entry
     last: u32,         // `attend`: nonzero on the last pass (normalise and write LSE)
     scale: f32,
-    pad: u32,
+    list_base: u32,    // the element of `lists` its binding starts at (bound in windows of rows)
+    hf0: u32,          // `attend`: the window's first b·H + h
+    hf1: u32,          // `attend`: its end
+    i0: u32,           // `attend`: the window's first row of a sequence
+    i1: u32,           // `attend`: its end
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

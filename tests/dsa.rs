@@ -189,18 +189,21 @@ fn dsa_matches_the_oracle() {
 /// adapter with a loop cap, the attention in passes over the lists: the same lists and
 /// output as one chunk.
 #[test]
-fn the_selection_runs_in_chunks_and_the_attention_in_passes() {
+fn the_selection_runs_in_chunks_and_the_attention_in_passes_and_windows() {
     let g = gpu();
     let seed = seed();
-    // head dim 256 and k 600: past one pass of lavapipe's loop cap
+    // head dim 256 and k 601: past one pass of lavapipe's loop cap; a list of 2404 bytes, so
+    // windows of the lists start off the binding alignment
     let spec = AttnSpec::new(shape(2, 1, 1, 20, 700, 256));
-    let d = dsa(600, 2, 8);
+    let d = dsa(601, 2, 8);
     let (q, k, v) = inputs(&spec, seed);
     let (qi, ki, wi) = indexer(&spec, &d, seed, false);
     let ix = Indexer { q: &qi, k: &ki, w: &wi };
     let ctx = format!("(seed {seed}, LONGCTX_SEED={seed})");
     let whole = DsaAttention::new(g, &spec, &d).unwrap();
     let chunked = DsaAttention::new(g, &spec, &d).unwrap().with_chunk_rows(7);
+    // the lists bound 7 rows at a time, as a call past one binding does (both stages)
+    let windowed = DsaAttention::new(g, &spec, &d).unwrap().with_list_rows(7);
     if g.loop_iteration_limit().is_some() {
         assert!(whole.attend_passes() >= 2, "{ctx}: {} passes", whole.attend_passes());
     }
@@ -213,6 +216,9 @@ fn the_selection_runs_in_chunks_and_the_attention_in_passes() {
     let (b, lists_b) = run(&chunked);
     assert_eq!(lists_a, lists_b, "{ctx}: lists by chunk");
     assert_eq!(a.o, b.o, "{ctx}: O by chunk");
+    let (w, lists_w) = run(&windowed);
+    assert_eq!(lists_a, lists_w, "{ctx}: lists by window");
+    assert_eq!((&a.o, &a.lse), (&w.o, &w.lse), "{ctx}: O and LSE by window");
     check_lists(&spec, &d, &ix, &lists_a, &ctx);
     let (o, _) = oracle(&spec, &d, (&q, &k, &v), &lists_a);
     let e = rel_error(&a.o, &o);

@@ -86,7 +86,7 @@ impl Dsa {
         format!("topk={},heads={},dim={}", self.topk, self.index_heads, self.index_dim)
     }
 
-    fn check_params(&self) -> Result<()> {
+    pub(crate) fn check_params(&self) -> Result<()> {
         if self.topk == 0 || self.index_heads == 0 || self.index_dim == 0 {
             return Err(Error::Invalid(format!(
                 "DSA: topk ({}), indexer heads ({}) and indexer head dim ({}) must be at least 1",

@@ -19,7 +19,7 @@ use crate::kernels::attention::DeviceTensors;
 use crate::kernels::attention::backward::{Backward, Gradients};
 use crate::kernels::{Attention, Kernel};
 use crate::runtime::Gpu;
-use crate::runtime::shader::{BindGroupFields, Compiled, Shader, ShaderVariant, Snippet, bind_group};
+use crate::runtime::shader::{BindGroupFields, Bound, Compiled, Shader, ShaderVariant, Snippet, bind_group};
 
 const NAME: &str = "dsa";
 const INDEX: Shader = Shader {
@@ -67,7 +67,12 @@ struct Params {
     arg1: u32,
     last: u32,
     scale: f32,
-    pad: u32,
+    list_base: u32,
+    hf0: u32,
+    hf1: u32,
+    i0: u32,
+    i1: u32,
+    pad: [u32; 3],
 }
 
 fn index_variant(entry: &'static str, di4: usize, sg: u32) -> ShaderVariant {
@@ -127,6 +132,9 @@ pub struct DsaAttention {
     entries_per_pass: usize,
     /// Lanes of `attend` per (head, row).
     lanes_per_row: u32,
+    /// (Sequence, row) pairs whose lists one binding holds: the lists are bound in windows of
+    /// at most this many rows (long calls with a large k pass one binding).
+    list_rows: usize,
 }
 
 /// One call's tensors on the device.
@@ -188,7 +196,21 @@ impl DsaAttention {
             }
             entries_per_pass = entries_per_pass.min(entries as usize);
         }
-        let chunk_rows = ((CHUNK_FLOATS / row_floats(s.m)) as usize).clamp(1, rows.max(1));
+        // the lists' windows: an aligned binding start leaves up to `align` bytes before a
+        // window's first entry
+        let l = gpu.limits();
+        let (binding, align) =
+            (l.max_storage_buffer_binding_size, l.min_storage_buffer_offset_alignment as u64);
+        let row_bytes = dsa.topk as u64 * 4;
+        let list_rows = (binding.saturating_sub(align) / row_bytes) as usize;
+        if list_rows == 0 {
+            return Err(Error::BindingTooLarge {
+                what: format!("DSA: one row's list of {} keys", dsa.topk),
+                bytes: row_bytes + align,
+                limit: binding,
+            });
+        }
+        let chunk_rows = ((CHUNK_FLOATS / row_floats(s.m)) as usize).clamp(1, rows.max(1)).min(list_rows);
         Ok(Self {
             scores: gpu.compile(&index_variant("index_scores", di4 as usize, sg))?,
             top_k: gpu.compile(&index_variant("top_k", 1, 0))?,
@@ -199,7 +221,33 @@ impl DsaAttention {
             tile_rows,
             entries_per_pass,
             lanes_per_row: attend_lanes(d4 as usize, attend_sg).0,
+            list_rows,
         })
+    }
+
+    /// The same call with its lists bound in windows of at most `rows` (sequence, row) pairs
+    /// (at least 1; what a call past one binding does, forced for tests).
+    pub fn with_list_rows(mut self, rows: usize) -> Self {
+        self.list_rows = rows.clamp(1, self.list_rows);
+        self.chunk_rows = self.chunk_rows.min(self.list_rows);
+        self
+    }
+
+    /// The lists' binding for the (sequence, row) pairs `first .. first + count`: a byte range
+    /// starting at an aligned offset, and the list element it starts at.
+    fn list_window<'a>(
+        &self,
+        gpu: &Gpu,
+        lists: &'a wgpu::Buffer,
+        first: usize,
+        count: usize,
+    ) -> (Bound<'a>, u32) {
+        let align = gpu.limits().min_storage_buffer_offset_alignment as u64;
+        let k = self.dsa.topk as u64;
+        let start = first as u64 * k * 4;
+        let aligned = start - start % align;
+        let end = (first + count) as u64 * k * 4;
+        (Bound::range(lists, Some((aligned, (end - aligned).max(4)))), (aligned / 4) as u32)
     }
 
     /// The same call with its selection in chunks of at most `rows` rows (at least 1; a
@@ -228,7 +276,8 @@ impl DsaAttention {
         let io = DeviceTensors::upload(gpu, &self.spec, q, k, v)?;
         io.poison(gpu);
         let list_len = s.batch * s.n * self.dsa.topk;
-        let lists = gpu.upload("DSA lists", &vec![0xdead_beef_u32; list_len.max(1)])?;
+        // bound in windows of rows: only the buffer-size limit applies to the whole
+        let lists = gpu.upload_ranged("DSA lists", &vec![0xdead_beef_u32; list_len.max(1)])?;
         Ok(DsaTensors {
             io,
             qi: gpu.upload("DSA index queries", ix.q)?,
@@ -269,28 +318,51 @@ impl DsaAttention {
         self.select_stages(gpu, t, false)
     }
 
-    /// The attention over the lists (submitted).
+    /// The attention over the lists (submitted): one dispatch per window of the lists (all
+    /// rows where one binding holds them, else runs of one sequence's rows) and pass of list
+    /// entries.
     pub fn attend(&self, gpu: &Gpu, t: &DsaTensors) -> Result<()> {
         let s = self.spec.shape;
-        let per_group = 64 / self.lanes_per_row as u64;
-        let groups = (s.batch * s.heads) as u64 * (s.n as u64).div_ceil(per_group);
-        let grid = gpu.grid(NAME, groups)?;
-        for e0 in (0..self.dsa.topk).step_by(self.entries_per_pass) {
-            let e1 = (e0 + self.entries_per_pass).min(self.dsa.topk);
-            let mut params = self.params(grid[0], (0, 0));
-            (params.arg0, params.arg1, params.last) = (e0 as u32, e1 as u32, (e1 == self.dsa.topk) as u32);
-            let uniform = gpu.uniform("DSA params", &params);
-            let binds = AttendBinds {
-                params: (&uniform).into(),
-                lists: (&t.lists).into(),
-                q: (&t.io.q).into(),
-                k: (&t.io.k).into(),
-                v: (&t.io.v).into(),
-                o: (&t.io.o).into(),
-                lse: (&t.io.lse).into(),
-                run_l: (&t.run_l).into(),
-            };
-            submit(gpu, &self.attend, &binds, grid);
+        let per_group = 64 / self.lanes_per_row as usize;
+        // (first b·H + h, end, first row, end row)
+        let windows: Vec<(usize, usize, usize, usize)> = if s.batch * s.n <= self.list_rows {
+            vec![(0, s.batch * s.heads, 0, s.n)]
+        } else {
+            (0..s.batch)
+                .flat_map(|b| {
+                    (0..s.n)
+                        .step_by(self.list_rows)
+                        .map(move |i0| (b * s.heads, (b + 1) * s.heads, i0, (i0 + self.list_rows).min(s.n)))
+                })
+                .collect()
+        };
+        for (hf0, hf1, i0, i1) in windows {
+            let groups = (hf1 - hf0) as u64 * (i1 - i0).div_ceil(per_group) as u64;
+            let grid = gpu.grid(NAME, groups)?;
+            let (b0, b1) = (hf0 / s.heads, hf1.div_ceil(s.heads));
+            // the lists of rows i0 .. i1 of sequences b0 .. b1 (one sequence where windowed)
+            let (first, count) = (b0 * s.n + i0, (b1 - b0 - 1) * s.n + (i1 - i0));
+            let (lists, list_base) = self.list_window(gpu, &t.lists, first, count);
+            for e0 in (0..self.dsa.topk).step_by(self.entries_per_pass) {
+                let e1 = (e0 + self.entries_per_pass).min(self.dsa.topk);
+                let mut params = self.params(grid[0], (0, 0));
+                (params.arg0, params.arg1, params.last) =
+                    (e0 as u32, e1 as u32, (e1 == self.dsa.topk) as u32);
+                (params.list_base, params.hf0, params.hf1) = (list_base, hf0 as u32, hf1 as u32);
+                (params.i0, params.i1) = (i0 as u32, i1 as u32);
+                let uniform = gpu.uniform("DSA params", &params);
+                let binds = AttendBinds {
+                    params: (&uniform).into(),
+                    lists,
+                    q: (&t.io.q).into(),
+                    k: (&t.io.k).into(),
+                    v: (&t.io.v).into(),
+                    o: (&t.io.o).into(),
+                    lse: (&t.io.lse).into(),
+                    run_l: (&t.run_l).into(),
+                };
+                submit(gpu, &self.attend, &binds, grid);
+            }
         }
         Ok(())
     }
@@ -328,6 +400,8 @@ impl DsaAttention {
         let grid = gpu.grid(NAME, groups)?;
         let mut params = self.params(grid[0], (row0, rows));
         params.arg0 = tile;
+        let (lists, list_base) = self.list_window(gpu, &t.lists, row0, rows);
+        params.list_base = list_base;
         let uniform = gpu.uniform("DSA params", &params);
         let binds = IndexBinds {
             params: (&uniform).into(),
@@ -335,7 +409,7 @@ impl DsaAttention {
             ki: (&t.ki).into(),
             wi: (&t.wi).into(),
             scores: (&t.scores).into(),
-            lists: (&t.lists).into(),
+            lists,
         };
         submit(gpu, kernel, &binds, grid);
         Ok(())
@@ -359,7 +433,12 @@ impl DsaAttention {
             arg1: 0,
             last: 0,
             scale: self.spec.scale_value(),
-            pad: 0,
+            list_base: 0,
+            hf0: 0,
+            hf1: 0,
+            i0: 0,
+            i1: 0,
+            pad: [0; 3],
         }
     }
 }
@@ -397,6 +476,7 @@ fn submit<F: BindGroupFields>(gpu: &Gpu, kernel: &Compiled, binds: &F, grid: [u3
 /// are the mask), its sizes within the shaders' u32/i32 indices and the indexer's head dim a
 /// multiple of 4 up to 128.
 fn check_call(spec: &AttnSpec, dsa: &Dsa) -> Result<AttnSpec> {
+    dsa.check_params()?;
     let refuse = |what: &str| {
         Err(Error::Invalid(format!(
             "DSA on the GPU with {what}: its kernels run the chosen keys, causal, and nothing else yet"
