@@ -523,6 +523,44 @@ fn patterns_show_the_keys_dsa_chose() {
     snapshot(&mut h, "panel_dsa");
 }
 
+/// The routing map for NSA: the selected branch's blocks (the same as the f64 oracle's up to
+/// float32 ties) OR the window over the heatmap, the hovered row's blocks spelled out.
+#[test]
+fn patterns_show_the_blocks_nsa_chose() {
+    use longctx::app::patterns::NSA;
+    use longctx::contract::nsa::{compare_nsa_selection, nsa_select_f64};
+    let mut h = harness([1280.0, 860.0]);
+    h.state_mut().patterns.settings.pattern = longctx::app::patterns_pattern("NSA");
+    h.state_mut().patterns.log_scale = true;
+    h.run();
+    let st = &h.state().patterns;
+    let c = st.computed.as_ref().unwrap_or_else(|| panic!("computed: {:?}", st.error));
+    let s = c.spec.shape;
+    let bare = longctx::AttnSpec::new(s).causal(true);
+    let want = nsa_select_f64(&bare, &NSA, &c.q, &c.k, &vec![0.0; s.kv_len()], None).unwrap();
+    let got = c.selected.as_ref().expect("NSA lists");
+    let (diffs, ties) = compare_nsa_selection(&bare, &NSA, &want, got, 1e-5);
+    assert!(ties, "the panel's choice differs beyond ties: {:?}", diffs.first());
+    // the last row reads its 4 blocks of 32 (the first, its own and the one before among them)
+    // and the 64 keys up to itself
+    let n = s.n;
+    let blocks = c.chosen_blocks(0, n - 1).expect("NSA blocks");
+    assert_eq!(blocks.len(), NSA.topk);
+    for b in [0, (n - 1) / 32, (n - 1) / 32 - 1] {
+        assert!(blocks.contains(&(b as u32)), "block {b} in {blocks:?}");
+    }
+    for j in 0..n {
+        let read = blocks.contains(&((j / 32) as u32)) || j + 64 > n - 1;
+        assert_eq!(c.spec.visible(0, n - 1, j), read, "key {j}");
+    }
+    h.get_by_label_contains("of causal's keys read raw");
+    let rect = h.get_by_label_contains("bytes read back").rect();
+    h.hover_at(egui::pos2(rect.center().x, rect.bottom() + 300.0));
+    h.run_steps(2);
+    h.get_by_label_contains("chose blocks");
+    snapshot(&mut h, "panel_nsa");
+}
+
 /// The routing map: MoBA's chosen blocks over the heatmap, the hovered row's choice spelled
 /// out, the keys read against causal attention's.
 #[test]

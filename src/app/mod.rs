@@ -31,7 +31,7 @@ use std::sync::mpsc;
 #[doc(hidden)]
 pub use patterns::{Computed, Pattern, Settings};
 
-/// A sparse pattern by name (`None`, `Longformer`, `BigBird`, `Global`, `Segments`, `MoBA`, `DSA`).
+/// A sparse pattern by name (`None`, `Longformer`, `BigBird`, `Global`, `Segments`, `MoBA`, `DSA`, `NSA`).
 #[doc(hidden)]
 pub fn patterns_pattern(name: &str) -> Pattern {
     match name {
@@ -41,6 +41,7 @@ pub fn patterns_pattern(name: &str) -> Pattern {
         "Segments" => Pattern::Segments,
         "MoBA" => Pattern::Moba,
         "DSA" => Pattern::Dsa,
+        "NSA" => Pattern::Nsa,
         _ => Pattern::None,
     }
 }

@@ -13,6 +13,7 @@ use super::style::{AXIS_BOTTOM, AXIS_LEFT, MatrixData, matrix_axes};
 use crate::contract::dsa::{Dsa, Indexer};
 use crate::contract::mask::{BigBird, Mask};
 use crate::contract::mods::Mods;
+use crate::contract::nsa::Nsa;
 use crate::contract::selection::{Moba, NONE};
 use crate::contract::spec::{Alibi, AttnShape, AttnSpec, Window};
 use crate::io::{read_npy, read_safetensors};
@@ -63,7 +64,17 @@ pub enum Pattern {
     /// shows the chosen keys. The indexer here is a stand-in for a trained one: one head reading
     /// the first [`DSA_INDEX_DIM`] dims of head 0's Q and K ([`dsa_indexer`]).
     Dsa,
+    /// NSA (native sparse attention, [`NSA`]): the compressed, selected and window branches on
+    /// the GPU; the heatmap shows the raw keys the selected and window branches read (the
+    /// chosen blocks OR the window; a softmax over their union), the hovered row's blocks and
+    /// gates spelled out. The panel's gates are a stand-in, 1/3 each (no trained model here).
+    /// Native only: NSA's shaders bind more storage buffers than a browser allows.
+    Nsa,
 }
+
+/// The NSA the patterns panel runs: compressed keys over 16 at stride 8, 4 blocks of 32
+/// (the first, the own and the one before among them), a window of 64.
+pub const NSA: Nsa = Nsa { cmp_len: 16, cmp_stride: 8, block: 32, topk: 4, window: 64 };
 
 /// Keys each query reads with [`Pattern::Dsa`].
 pub const DSA_TOPK: usize = 64;
@@ -176,7 +187,7 @@ impl Settings {
             Pattern::Global => Some(Mask::Global(4)),
             Pattern::Segments => Some(Mask::Segments(Arc::new((0..n).map(|p| (p * 4 / n) as u32).collect()))),
             // chosen from Q and K when computed (`Computed::new`)
-            Pattern::Moba | Pattern::Dsa => None,
+            Pattern::Moba | Pattern::Dsa | Pattern::Nsa => None,
         };
         let spec = AttnSpec::new(shape)
             .causal(self.causal)
@@ -298,6 +309,18 @@ impl Computed {
                 spec = dsa.spec(&spec, &chosen)?;
                 Some(chosen)
             }
+            Pattern::Nsa => {
+                // NSA runs causal with nothing else; the panel's window, ALiBi and mods do
+                // not apply to it
+                let bare = AttnSpec::new(spec.shape).causal(true);
+                let gates = vec![1.0 / 3.0; spec.shape.lse_len() * 3];
+                let out = crate::kernels::nsa::nsa_attention(gpu, &bare, &NSA, &q, &k, &v, &gates, None)?;
+                let window = Mask::Window(Window::new(NSA.window - 1, 0));
+                let chosen = NSA.selected_spec(&bare, &out.lists)?;
+                let mask = chosen.mask.expect("the chosen blocks' grid").or(window);
+                spec = AttnSpec { mask: Some(mask), ..bare };
+                Some(out.lists)
+            }
             _ => None,
         };
         if let Some(chosen) = chosen {
@@ -324,12 +347,14 @@ impl Computed {
         Some(list.iter().copied().filter(|&j| j != NONE).collect())
     }
 
-    /// With [`Pattern::Moba`]: the blocks row `i` of `head` chose (its own first).
+    /// With [`Pattern::Moba`] or [`Pattern::Nsa`]: the blocks row `i` of `head` chose (its
+    /// own first).
     pub fn chosen_blocks(&self, head: usize, i: usize) -> Option<Vec<u32>> {
-        if self.settings.pattern != Pattern::Moba {
-            return None;
-        }
-        let k = MOBA.topk;
+        let k = match self.settings.pattern {
+            Pattern::Moba => MOBA.topk,
+            Pattern::Nsa => NSA.topk,
+            _ => return None,
+        };
         let row = head * self.spec.shape.n + i;
         let list = self.selected.as_ref()?.get(row * k..(row + 1) * k)?;
         Some(list.iter().copied().filter(|&b| b != NONE).collect())
@@ -621,6 +646,7 @@ fn settings_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
                 Pattern::Segments,
                 Pattern::Moba,
                 Pattern::Dsa,
+                Pattern::Nsa,
             ] {
                 ui.selectable_value(&mut s.pattern, p, format!("{p:?}"));
             }
@@ -748,6 +774,16 @@ fn heatmap_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
     ));
     if let Some(f) = c.keys_read {
         ui.label(match c.settings.pattern {
+            Pattern::Nsa => format!(
+                "NSA ({}): the selected branch's {} blocks of {} OR the window of {} (compressed keys over {} at stride {} not drawn), gates 1/3 each (a stand-in); {:.1}% of causal's keys read raw",
+                NSA.describe(),
+                NSA.topk,
+                NSA.block,
+                NSA.window,
+                NSA.cmp_len,
+                NSA.cmp_stride,
+                100.0 * f
+            ),
             Pattern::Dsa => format!(
                 "DSA (top {DSA_TOPK}): the keys of highest index score ReLU(qI·kI), the indexer reading head 0's first dims; {:.1}% of causal's keys read",
                 100.0 * f
@@ -839,7 +875,7 @@ fn heatmap_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
             ui.weak("score and mask above are before the mods (WGSL runs on the GPU only); the heatmap includes them");
         }
         if let Some(blocks) = c.chosen_blocks(heat.view.head, r.i) {
-            let b = MOBA.block;
+            let b = if c.settings.pattern == Pattern::Nsa { NSA.block } else { MOBA.block };
             let spans: Vec<String> =
                 blocks.iter().map(|&x| format!("{}..{}", x as usize * b, (x as usize + 1) * b)).collect();
             ui.label(format!("row {} chose blocks {blocks:?} (keys {})", r.i, spans.join(", ")));

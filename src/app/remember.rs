@@ -77,6 +77,7 @@ fn pattern_name(p: Pattern) -> &'static str {
         Pattern::Segments => "Segments",
         Pattern::Moba => "MoBA",
         Pattern::Dsa => "DSA",
+        Pattern::Nsa => "NSA",
     }
 }
 
