@@ -33,6 +33,37 @@ fn the_whole_model_gradient_matches_finite_differences_of_the_oracle() {
     }
 }
 
+/// The model with MoBA in its blocks (the choice on each layer's Q and K, the block-list
+/// kernels forward and backward): its gradient against finite differences of the oracle, which
+/// makes the same choice in f64; the choice changes the loss (it is not dense attention).
+#[test]
+fn the_moba_model_gradient_matches_finite_differences_of_the_oracle() {
+    use longctx::models::gpt::AttnKind;
+    let g = common::gpu();
+    let seed = common::seed();
+    for pos in [PosScheme::None, PosScheme::Alibi] {
+        // 17 tokens in blocks of 4: a row reads its own block and the best one of up to 4
+        let dense = GptConfig::bytes(16, 2, 2, pos);
+        let c = GptConfig { attn: AttnKind::Moba { block: 4, topk: 2 }, ..dense };
+        let check = gradient_check(g, c, 2, 17, seed, 12).unwrap();
+        let (got, want) = check.loss;
+        println!("MoBA {pos:?}: loss {got:.6} (oracle {want:.6}), worst rel err {:.1e}", check.worst());
+        assert_eq!(check.tensors.len(), 1 + 2 * 10 + 1, "every tensor checked");
+        assert!(check.worst() < 1e-4, "MoBA {pos:?}: {check:?} (seed {seed})");
+        let full = gradient_check(g, dense, 2, 17, seed, 1).unwrap().loss.1;
+        assert!(
+            (full - want).abs() > 1e-3 * want,
+            "MoBA {pos:?}: loss {want} against dense {full} (seed {seed})"
+        );
+    }
+    let rope = GptConfig {
+        attn: AttnKind::Moba { block: 4, topk: 2 },
+        ..GptConfig::bytes(16, 2, 2, PosScheme::Rope)
+    };
+    let err = GptGpu::new(g, rope, 1, 8).err().expect("MoBA with RoPE is refused");
+    assert!(err.to_string().contains("RoPE"), "{err}");
+}
+
 #[test]
 fn training_steps_on_a_fixed_batch_lower_the_loss() {
     use longctx::kernels::train::AdamW;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
-use longctx::models::gpt::{GptConfig, Params, PosScheme};
+use longctx::models::gpt::{AttnKind, GptConfig, Params, PosScheme};
 use longctx::models::training::{
     Checkpoint, Corpus, EvalReport, TrainConfig, Windows, evaluate, log_csv, train,
 };
@@ -32,6 +32,11 @@ pub struct TrainArgs {
     /// Positional scheme: sinusoidal, rope, alibi or none.
     #[arg(long)]
     pos: String,
+    /// The blocks' attention: dense (causal flash) or moba:block=B,topk=K (each query reads
+    /// its own block and the K-1 earlier blocks of B keys whose mean key scores highest; not
+    /// with --pos rope).
+    #[arg(long, default_value = "dense", value_name = "dense|moba:block=B,topk=K")]
+    attn: String,
     /// Training length L (tokens per sequence). Limits: batch × (L + 1) ≤ 2^24 tokens and
     /// the activations within the device's bindings (checked before training starts); the
     /// matmuls split their inner dimension wherever one invocation would pass the adapter's
@@ -106,6 +111,7 @@ pub fn run_train(device: &DeviceArgs, a: &TrainArgs) -> anyhow::Result<()> {
         layers: a.layers,
         ffn: 4 * a.d_model,
         pos,
+        attn: AttnKind::parse(&a.attn)?,
     };
     let corpus = corpus(&a.corpus)?;
     let config = TrainConfig {

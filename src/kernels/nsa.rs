@@ -327,7 +327,7 @@ impl NsaAttention {
     pub fn selected_branch(&self, gpu: &Gpu, t: &NsaTensors, lists: &[u32]) -> Result<MobaPath> {
         match &self.slc {
             Some(kernel) => {
-                kernel.run(gpu, &t.io, lists, &t.lists)?;
+                kernel.run(gpu, &t.io.buffers(), lists, &t.lists)?;
                 Ok(MobaPath::Lists)
             }
             None => {

@@ -326,7 +326,7 @@ fn on_lists(
     io.poison(gpu);
     let grads = d_o.map(|d_o| GradTensors::upload(gpu, spec, d_o)).transpose()?;
     let (lists_buf, lists) = select_lists(gpu, spec, moba, &io.q, &io.k)?;
-    forward.run(gpu, &io, &lists, &lists_buf)?;
+    forward.run(gpu, &io.buffers(), &lists, &lists_buf)?;
     if let (Some(backward), Some(grads)) = (&backward, &grads) {
         grads.poison(gpu);
         backward.run(gpu, &grads.buffers(&io), &lists, &lists_buf)?;

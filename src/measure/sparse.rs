@@ -150,7 +150,7 @@ fn fill_moba(
     io.poison(gpu);
     // validate: sampled rows of the output against the oracle on the GPU's choice
     let (lists_buf, lists) = select_lists(gpu, spec, moba, &io.q, &io.k)?;
-    kernel.run(gpu, &io, &lists, &lists_buf)?;
+    kernel.run(gpu, &io.buffers(), &lists, &lists_buf)?;
     let chosen = moba.spec(spec, &lists)?;
     r.rel_err = Some(spot_error(&chosen, &q, &k, &v, &io.read(gpu)?.o)?);
     r.sparse_pairs = chosen.visible_pairs();
@@ -162,7 +162,7 @@ fn fill_moba(
     // idle), then dense flash
     let select = time_host(1, reps, |_| select_lists(gpu, spec, moba, &io.q, &io.k).map(drop))?;
     let attend = time_host(1, reps, |_| {
-        kernel.run(gpu, &io, &lists, &lists_buf)?;
+        kernel.run(gpu, &io.buffers(), &lists, &lists_buf)?;
         gpu.wait()
     })?;
     let dense = time_wall(gpu, 1, reps, |enc| dense.encode(gpu, enc, &io.buffers()))?;
@@ -170,7 +170,7 @@ fn fill_moba(
         (Some(select.median()), Some(attend.median()), Some(dense.median()));
     if backward {
         // the sparse forward's O and LSE again (dense flash last wrote `io`)
-        kernel.run(gpu, &io, &lists, &lists_buf)?;
+        kernel.run(gpu, &io.buffers(), &lists, &lists_buf)?;
         fill_backward(gpu, spec, moba, reps, (&io, &lists, &lists_buf), (&q, &k, &v), r)?;
     }
     Ok(())
@@ -481,7 +481,7 @@ fn fill_decode(
     // the step stays on the device: the choice, then one workgroup per chosen block
     let step = || -> Result<wgpu::Buffer> {
         let lists_buf = choose_on(gpu, &spec, moba, &io.q, &means)?;
-        kernel.run_on_device(gpu, &io, &lists_buf)?;
+        kernel.run_on_device(gpu, &io.buffers(), &lists_buf)?;
         Ok(lists_buf)
     };
     let lists = gpu.read(&step()?, heads * moba.topk)?;

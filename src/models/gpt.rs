@@ -69,6 +69,57 @@ pub struct GptConfig {
     pub ffn: usize,
     /// Positional scheme.
     pub pos: PosScheme,
+    /// The blocks' attention (dense causal unless a checkpoint says otherwise).
+    #[serde(default)]
+    pub attn: AttnKind,
+}
+
+/// The attention every block runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum AttnKind {
+    /// Dense causal attention (flash).
+    #[default]
+    Dense,
+    /// MoBA (`docs/DESIGN.md` §1): each query reads its own block of `block` keys and the
+    /// `topk` − 1 earlier blocks whose mean key scores highest against it, chosen from the
+    /// layer's own Q and K (no gradient through the choice).
+    Moba {
+        /// Keys per block.
+        block: usize,
+        /// Blocks each query reads, its own among them.
+        topk: usize,
+    },
+}
+
+impl AttnKind {
+    /// Parses `dense` or `moba:block=B,topk=K`.
+    pub fn parse(text: &str) -> Result<Self> {
+        match text.trim().split_once(':') {
+            None if text.trim() == "dense" => Ok(Self::Dense),
+            Some(("moba", params)) => {
+                let m = crate::contract::selection::Moba::parse(params)?;
+                Ok(Self::Moba { block: m.block, topk: m.topk })
+            }
+            _ => Err(Error::Invalid(format!("attention `{text}`: expected dense or moba:block=B,topk=K"))),
+        }
+    }
+
+    /// The name as `parse` reads it.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Dense => "dense".into(),
+            Self::Moba { block, topk } => format!("moba:block={block},topk={topk}"),
+        }
+    }
+
+    /// MoBA's parameters, if this is MoBA.
+    pub fn moba(&self) -> Option<crate::contract::selection::Moba> {
+        match *self {
+            Self::Moba { block, topk } => Some(crate::contract::selection::Moba { block, topk }),
+            Self::Dense => None,
+        }
+    }
 }
 
 /// The factor on the sinusoidal table: GPT-2's embedding initialisation (σ = 0.02), so the
@@ -100,7 +151,7 @@ pub(crate) const LN_EPS: f64 = 1e-5;
 impl GptConfig {
     /// A byte-level model of width `d_model`, `heads` heads, `layers` blocks, FFN 4·d.
     pub fn bytes(d_model: usize, heads: usize, layers: usize, pos: PosScheme) -> Self {
-        Self { vocab: 256, d_model, heads, layers, ffn: 4 * d_model, pos }
+        Self { vocab: 256, d_model, heads, layers, ffn: 4 * d_model, pos, attn: AttnKind::Dense }
     }
 
     /// Checks the sizes: positive, within [`MAX_LAYERS`], [`MAX_WIDTH`] and [`MAX_VOCAB`],
@@ -143,6 +194,14 @@ impl GptConfig {
             return Err(Error::Invalid(format!(
                 "model {self:?}: sizes must be positive, d_model a multiple of heads (and the head dim even for RoPE)"
             )));
+        }
+        if let Some(m) = self.attn.moba() {
+            m.check(&crate::contract::AttnShape::mha(1, self.heads, 1, 1, hd))?;
+            if self.pos == PosScheme::Rope {
+                return Err(Error::Invalid(
+                    "MoBA with RoPE: the choice reads Q and K before the rotation, which the selection stage does not apply yet (use --pos none, sinusoidal or alibi)".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -269,6 +328,44 @@ pub fn inputs_and_targets(tokens: &[u32], seq: usize) -> (Vec<u32>, Vec<u32>) {
     out
 }
 
+/// Whether row `i` reads key `j ≤ i` under `attn`, for one head's `q` and `k` rows (positions
+/// `0..t`): always for dense; for MoBA, whether `j`'s block is the row's own or one of the
+/// `topk` − 1 earlier blocks of highest `q_i · mean(K_block)` (ties to the lower block) — the
+/// rule of `docs/DESIGN.md` §1 in f64.
+fn moba_reads_f64<'a>(
+    attn: AttnKind,
+    q: &'a [Vec<f64>],
+    k: &'a [Vec<f64>],
+) -> impl Fn(usize, usize) -> bool + 'a {
+    let chosen: Option<(usize, Vec<Vec<usize>>)> = attn.moba().map(|m| {
+        let means: Vec<Vec<f64>> = k
+            .chunks(m.block)
+            .map(|rows| {
+                let mut mean = vec![0f64; rows[0].len()];
+                rows.iter()
+                    .for_each(|r| mean.iter_mut().zip(r).for_each(|(a, b)| *a += b / rows.len() as f64));
+                mean
+            })
+            .collect();
+        let lists = q
+            .iter()
+            .enumerate()
+            .map(|(i, qi)| {
+                let own = i / m.block;
+                let gate = |b: usize| qi.iter().zip(&means[b]).map(|(a, c)| a * c).sum::<f64>();
+                let mut earlier: Vec<usize> = (0..own).collect();
+                // descending gate, ties to the lower block (a stable sort keeps index order)
+                earlier.sort_by(|&x, &y| gate(y).partial_cmp(&gate(x)).unwrap_or(std::cmp::Ordering::Equal));
+                earlier.truncate(m.topk - 1);
+                earlier.push(own);
+                earlier
+            })
+            .collect();
+        (m.block, lists)
+    });
+    move |i, j| chosen.as_ref().is_none_or(|(block, lists)| lists[i].contains(&(j / block)))
+}
+
 /// The mean next-token loss of `tokens` (`batch` sequences of `len + 1` ids: inputs and
 /// shifted targets) under parameters `p` (f64, [`GptConfig::shapes`] order): the f64 oracle.
 pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> Result<f64> {
@@ -323,9 +420,13 @@ pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> 
                 }
                 let slope = if config.pos == PosScheme::Alibi { alibi_slope(h, head) as f64 } else { 0.0 };
                 let scale = 1.0 / (hd as f64).sqrt();
+                let reads = moba_reads_f64(config.attn, &q, &k);
                 for i in 0..t {
                     let s: Vec<f64> = (0..=i)
                         .map(|j| {
+                            if !reads(i, j) {
+                                return f64::NEG_INFINITY;
+                            }
                             scale * q[i].iter().zip(&k[j]).map(|(a, b)| a * b).sum::<f64>()
                                 - slope * (i - j) as f64
                         })

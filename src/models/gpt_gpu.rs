@@ -15,14 +15,19 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::Mutex;
 
 use crate::contract::positions::Positions;
+use crate::contract::selection::Moba;
 use crate::contract::spec::{Alibi, AttnShape, AttnSpec};
 use crate::error::{Error, Result};
 use crate::kernels::attention::backward::{Backward, BackwardBuffers};
+use crate::kernels::attention::sparse::SparseAttention;
+use crate::kernels::attention::sparse_backward::SparseBackward;
 use crate::kernels::embed::check_ids;
 use crate::kernels::layer::LayerOp;
 use crate::kernels::matmul::{Activation, Layout, Matmul, MatmulOptions};
+use crate::kernels::selection::select_lists;
 use crate::kernels::train::{AdamW, HeadDims, Train};
 use crate::kernels::{Attention, AttnBuffers, Kernel};
 use crate::models::gpt::{GptConfig, LN_EPS, Params, PosScheme, inputs_and_targets, sinusoid};
@@ -101,6 +106,8 @@ pub struct GptGpu {
     blocks: Vec<Saved>,
     attention: Attention,
     backward: Backward,
+    /// With MoBA attention: its kernels and each layer's choice.
+    moba: Option<MobaLayers>,
     matmuls: HashMap<MmKey, Matmul>,
     lnf: LayerOp,
     /// Token ids and targets `[R]`.
@@ -136,6 +143,46 @@ pub struct GptGpu {
     stats: wgpu::Buffer,
     /// Squared gradient norms, one slot per tensor.
     norms: wgpu::Buffer,
+}
+
+/// MoBA in the blocks: the choice on each layer's Q and K, the block-list kernels over it
+/// (forward and backward), and each layer's lists kept from the forward for the backward.
+struct MobaLayers {
+    moba: Moba,
+    /// One block's attention call (unfolded; the selection folds the batch itself).
+    spec: AttnSpec,
+    forward: SparseAttention,
+    backward: SparseBackward,
+    /// Per layer, the lists of the last forward: on the device and on the host.
+    lists: Mutex<Vec<Option<(wgpu::Buffer, Vec<u32>)>>>,
+}
+
+impl MobaLayers {
+    fn new(gpu: &Gpu, moba: Moba, spec: &AttnSpec, layers: usize) -> Result<Self> {
+        let folded = moba.fold(spec)?.causal(true);
+        let why = SparseAttention::unsupported(gpu, &folded, moba.block)
+            .or_else(|| SparseBackward::unsupported(gpu, &folded, moba.block));
+        if let Some(why) = why {
+            return Err(Error::Invalid(format!(
+                "the GPT with MoBA: the block-list kernels do not run its attention: {why}"
+            )));
+        }
+        Ok(Self {
+            moba,
+            spec: spec.clone(),
+            forward: SparseAttention::new(gpu, &folded, moba.block, moba.topk)?,
+            backward: SparseBackward::new(gpu, &folded, moba.block, moba.topk)?,
+            lists: Mutex::new((0..layers).map(|_| None).collect()),
+        })
+    }
+}
+
+/// Submits what `enc` recorded and starts a fresh encoder in its place: the block-list
+/// kernels submit their own work (and the choice reads its lists back), so what precedes them
+/// must run first.
+fn flush(gpu: &Gpu, enc: &mut wgpu::CommandEncoder) {
+    let done = std::mem::replace(enc, gpu.device.create_command_encoder(&Default::default()));
+    gpu.queue.submit([done.finish()]);
 }
 
 /// The attention problem of one block: causal self-attention over `seq` tokens, with the
@@ -175,6 +222,7 @@ impl GptGpu {
         let attention = Attention::new(gpu, Kernel::Flash, &spec)?;
         let backward = Backward::new(gpu, &spec)?;
         let train = Train::new(gpu)?;
+        let moba = config.attn.moba().map(|m| MobaLayers::new(gpu, m, &spec, config.layers)).transpose()?;
 
         let buf = |what: &str, floats: usize| gpu.storage(what, (floats.max(1) * 4) as u64);
         // tensors: the shapes list with each LayerNorm's γ and β fused
@@ -272,6 +320,7 @@ impl GptGpu {
             blocks,
             attention,
             backward,
+            moba,
             matmuls,
             lnf,
             ids: buf("token ids", rows)?,
@@ -531,11 +580,17 @@ impl GptGpu {
             for (part, dst) in [&s.q, &s.k, &s.v].into_iter().enumerate() {
                 t.permute_heads(gpu, enc, true, &self.qkv, dst, self.heads(3), part)?;
             }
-            self.attention.encode(
-                gpu,
-                enc,
-                &AttnBuffers { q: &s.q, k: &s.k, v: &s.v, o: &s.o, lse: &s.lse },
-            )?;
+            let bufs = AttnBuffers { q: &s.q, k: &s.k, v: &s.v, o: &s.o, lse: &s.lse };
+            match &self.moba {
+                None => self.attention.encode(gpu, enc, &bufs)?,
+                Some(mb) => {
+                    // the choice reads this layer's Q and K: what is recorded so far runs first
+                    flush(gpu, enc);
+                    let (buf, lists) = select_lists(gpu, &mb.spec, &mb.moba, &s.q, &s.k)?;
+                    mb.forward.run(gpu, &bufs, &lists, &buf)?;
+                    mb.lists.lock().unwrap_or_else(|e| e.into_inner())[l] = Some((buf, lists));
+                }
+            }
             t.permute_heads(gpu, enc, false, &s.att, &s.o, self.heads(1), 0)?;
             enc.copy_buffer_to_buffer(&s.x, 0, &s.mid, 0, (r * d * 4) as u64);
             self.linear(gpu, enc, l, (W_O, B_O), &s.att, &s.mid, (d, d), true)?;
@@ -608,11 +663,18 @@ impl GptGpu {
             self.input_grad(gpu, enc, &self.dx, self.param(l, W_O), &self.dtmp, d, d)?;
             t.permute_heads(gpu, enc, true, &self.dtmp, &self.d_o, self.heads(1), 0)?;
             let forward = AttnBuffers { q: &s.q, k: &s.k, v: &s.v, o: &s.o, lse: &s.lse };
-            self.backward.encode(
-                gpu,
-                enc,
-                &BackwardBuffers { forward, d_o: &self.d_o, dq: &self.dq, dk: &self.dk, dv: &self.dv },
-            )?;
+            let grads = BackwardBuffers { forward, d_o: &self.d_o, dq: &self.dq, dk: &self.dk, dv: &self.dv };
+            match &self.moba {
+                None => self.backward.encode(gpu, enc, &grads)?,
+                Some(mb) => {
+                    flush(gpu, enc);
+                    let lists = mb.lists.lock().unwrap_or_else(|e| e.into_inner());
+                    let (buf, host) = lists[l].as_ref().ok_or_else(|| {
+                        Error::Invalid("the GPT's backward with MoBA needs its forward's choice first".into())
+                    })?;
+                    mb.backward.run(gpu, &grads, host, buf)?;
+                }
+            }
             for (part, src) in [&self.dq, &self.dk, &self.dv].into_iter().enumerate() {
                 t.permute_heads(gpu, enc, false, &self.dqkv, src, self.heads(3), part)?;
             }

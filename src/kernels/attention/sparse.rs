@@ -18,7 +18,7 @@
 use crate::contract::selection::NONE;
 use crate::contract::spec::AttnSpec;
 use crate::error::{Error, Result};
-use crate::kernels::attention::DeviceTensors;
+use crate::kernels::attention::AttnBuffers;
 use crate::kernels::attention::flash::FlashConfig;
 use crate::kernels::{COMMON, CallParams, SOFTMAX_TILE, lanes, slopes_words};
 use crate::runtime::Gpu;
@@ -298,10 +298,10 @@ impl SparseAttention {
         })
     }
 
-    /// Runs on `io` (Q, K, V uploaded; O and LSE written) through `lists` (`[H, N, topk]` block
+    /// Runs on `io` (Q, K, V on the device; O and LSE written) through `lists` (`[H, N, topk]` block
     /// indices, [`NONE`] for an empty entry), held on the host and on the device (`lists_buf`):
     /// the host groups the entries that chose one block so that they share its K/V tiles.
-    pub fn run(&self, gpu: &Gpu, io: &DeviceTensors, lists: &[u32], lists_buf: &wgpu::Buffer) -> Result<()> {
+    pub fn run(&self, gpu: &Gpu, io: &AttnBuffers, lists: &[u32], lists_buf: &wgpu::Buffer) -> Result<()> {
         let s = self.spec.shape;
         let slots = s.heads * s.n * self.topk;
         if lists.len() != slots {
@@ -319,7 +319,7 @@ impl SparseAttention {
     /// wrote them): one workgroup per list entry reads its block there — no read-back, no
     /// grouping on the host, no GPU–host round trip, but no K/V tile shared between the rows
     /// that chose one block. For decoding-sized calls (a row or a few per block).
-    pub fn run_on_device(&self, gpu: &Gpu, io: &DeviceTensors, lists_buf: &wgpu::Buffer) -> Result<()> {
+    pub fn run_on_device(&self, gpu: &Gpu, io: &AttnBuffers, lists_buf: &wgpu::Buffer) -> Result<()> {
         let s = self.spec.shape;
         let bytes = (s.heads * s.n * self.topk) as u64 * 4;
         if lists_buf.size() < bytes {
@@ -335,7 +335,7 @@ impl SparseAttention {
     fn encode(
         &self,
         gpu: &Gpu,
-        io: &DeviceTensors,
+        io: &AttnBuffers,
         lists_buf: &wgpu::Buffer,
         lists: Option<&[u32]>,
     ) -> Result<()> {
@@ -392,9 +392,9 @@ impl SparseAttention {
                 let uniform = gpu.uniform("sparse params", &params(count, grid));
                 let binds = SparseBinds {
                     contract: (&self.contract).into(),
-                    q: (&io.q).into(),
-                    k: (&io.k).into(),
-                    v: (&io.v).into(),
+                    q: io.q.into(),
+                    k: io.k.into(),
+                    v: io.v.into(),
                     lists: lists_buf.into(),
                     chunks: (&chunks).into(),
                     rows: (&rows).into(),
@@ -402,8 +402,8 @@ impl SparseAttention {
                     part_lse: (&part_lse).into(),
                     slopes: (&self.slopes).into(),
                     sparse: (&uniform).into(),
-                    o: (&io.o).into(),
-                    lse: (&io.lse).into(),
+                    o: io.o.into(),
+                    lse: io.lse.into(),
                 };
                 let bind = kernel.bind(gpu, &binds);
                 kernel.dispatch(&mut pass, &bind, grid);
