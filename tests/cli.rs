@@ -888,7 +888,7 @@ fn train_resumes_and_eval_reports_bits_per_byte_at_each_length() {
     let corpus = dir.path().join("corpus.txt");
     std::fs::write(&corpus, b"And God said, Let there be light: and there was light.\n".repeat(60)).unwrap();
     let out = dir.path().join("run");
-    let train = |steps: &str, extra: &[&str]| {
+    let train = |steps: &str, out: &Path, extra: &[&str]| {
         let mut args = vec![
             "train",
             "--pos",
@@ -914,12 +914,12 @@ fn train_resumes_and_eval_reports_bits_per_byte_at_each_length() {
             "--corpus",
             p(&corpus),
             "--out",
-            p(&out),
+            p(out),
         ];
         args.extend_from_slice(extra);
         longctx(&args)
     };
-    let first = train("4", &[]);
+    let first = train("4", &out, &[]);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     let ckpt = out.join("checkpoint.safetensors");
     assert!(ckpt.exists() && out.join("log.csv").exists());
@@ -955,6 +955,30 @@ fn train_resumes_and_eval_reports_bits_per_byte_at_each_length() {
         assert!(bpb > 0.0 && bpb < 8.5, "{r}");
         assert_eq!(r["tokens"], 128);
     }
+    // MoBA in the blocks: trained, kept in the checkpoint, evaluated with it at 4× the length
+    let moba_out = dir.path().join("moba");
+    let moba = train("2", &moba_out, &["--attn", "moba:block=8,topk=2"]);
+    assert!(moba.status.success(), "{}", String::from_utf8_lossy(&moba.stderr));
+    let moba_ckpt = moba_out.join("checkpoint.safetensors");
+    let eval = longctx(&[
+        "eval",
+        "--checkpoint",
+        p(&moba_ckpt),
+        "--corpus",
+        p(&corpus),
+        "--lengths",
+        "16,64",
+        "--span",
+        "128",
+    ]);
+    let stdout = String::from_utf8_lossy(&eval.stdout);
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    assert!(stdout.contains("alibi moba:block=8,topk=2 (L=16)"), "{stdout}");
+    fails_with(
+        &["train", "--pos", "rope", "--attn", "moba:block=8,topk=2", "--corpus", p(&corpus)],
+        "MoBA with RoPE",
+    );
+    fails_with(&["train", "--pos", "alibi", "--attn", "moba:block=8", "--corpus", p(&corpus)], "needs both");
     fails_with(&["eval", "--checkpoint", p(&ckpt), "--corpus", p(&corpus), "--span", "100"], "span");
     fails_with(&["eval", "--checkpoint", p(&corpus), "--corpus", p(&corpus)], "safetensors");
 }

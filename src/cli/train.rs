@@ -92,7 +92,10 @@ pub struct TrainArgs {
 
 /// `runs/POS` unless given.
 fn out_dir(a: &TrainArgs, pos: PosScheme) -> PathBuf {
-    a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(pos.name()))
+    a.out.clone().unwrap_or_else(|| match AttnKind::parse(&a.attn) {
+        Ok(AttnKind::Moba { .. }) => PathBuf::from("runs").join(format!("{}-moba", pos.name())),
+        _ => PathBuf::from("runs").join(pos.name()),
+    })
 }
 
 fn corpus(path: &Path) -> anyhow::Result<Corpus> {
@@ -329,6 +332,7 @@ pub fn run_eval(device: &DeviceArgs, a: &EvalArgs) -> anyhow::Result<()> {
         reports.push(EvalReport {
             checkpoint: path.display().to_string(),
             pos: c.config.model.pos,
+            attn: c.config.model.attn,
             train_len: c.config.seq,
             steps: c.step,
             rows,
@@ -348,9 +352,13 @@ fn table(reports: &[EvalReport], slide: usize) -> Table {
     t.load_preset(UTF8_FULL_CONDENSED);
     let mut header = vec!["L (eval)".to_string()];
     for r in reports {
-        header.push(format!("{} (L={}) non-overlapping", r.pos.name(), r.train_len));
+        let name = match r.attn {
+            AttnKind::Dense => r.pos.name().to_string(),
+            other => format!("{} {}", r.pos.name(), other.describe()),
+        };
+        header.push(format!("{name} (L={}) non-overlapping", r.train_len));
         if slide > 0 {
-            header.push(format!("{} sliding L/{slide}", r.pos.name()));
+            header.push(format!("{name} sliding L/{slide}"));
         }
     }
     t.set_header(header);

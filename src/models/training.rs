@@ -470,6 +470,9 @@ pub struct EvalReport {
     pub checkpoint: String,
     /// Its positional scheme.
     pub pos: crate::models::gpt::PosScheme,
+    /// Its blocks' attention.
+    #[serde(default)]
+    pub attn: crate::models::gpt::AttnKind,
     /// Its training length.
     pub train_len: usize,
     /// Its steps.
