@@ -12,7 +12,7 @@ use super::style::{Axis, ChartData, Mark, Unit, chart_ui};
 use crate::measure::chart::{PALETTE, series_rgb};
 
 use crate::models::gpt::PosScheme;
-use crate::models::training::{EvalReport, LogRow, Windows, parse_log_csv};
+use crate::models::training::{EvalReport, LogRow, extrapolation_curves, parse_log_csv};
 
 /// Where the README's runs and results live in the repository.
 pub(crate) const COMMITTED_RUNS: &str = "assets/training";
@@ -164,24 +164,8 @@ fn extrapolation_plot(ui: &mut egui::Ui, st: &TrainingState, width: f32, height:
     if let Some(r) = st.results.first() {
         chart.add("training length", Mark::VLine, vec![[r.train_len as f64, 0.0]]).rgb = GREY;
     }
-    for r in &st.results {
-        for sliding in [false, true] {
-            if sliding && !st.sliding {
-                continue;
-            }
-            let rows: Vec<_> =
-                r.rows.iter().filter(|x| matches!(x.windows, Windows::Sliding { .. }) == sliding).collect();
-            let Some(first) = rows.first() else { continue };
-            let pts = rows.iter().map(|x| [x.length as f64, x.bits_per_byte]).collect();
-            let (name, mark) = match first.windows {
-                Windows::Sliding { stride } => (
-                    format!("{} (sliding, stride L/{})", r.pos.name(), first.length / stride.max(1)),
-                    Mark::Dashed,
-                ),
-                Windows::NonOverlapping => (format!("{} (non-overlapping)", r.pos.name()), Mark::LinePoints),
-            };
-            chart.add(name, mark, pts);
-        }
+    for (label, dashed, pts) in extrapolation_curves(&st.results, st.sliding) {
+        chart.add(label, if dashed { Mark::Dashed } else { Mark::LinePoints }, pts);
     }
     chart_ui(ui, "extrapolation", chart, Corner::LeftTop, Some(width), height);
 }

@@ -481,6 +481,43 @@ pub struct EvalReport {
     pub rows: Vec<EvalRow>,
 }
 
+impl EvalReport {
+    /// The checkpoint's name in tables and charts: its scheme, and its attention where that is
+    /// not dense (`alibi moba:block=64,topk=3`).
+    pub fn name(&self) -> String {
+        match self.attn {
+            crate::models::gpt::AttnKind::Dense => self.pos.name().to_string(),
+            other => format!("{} {}", self.pos.name(), other.describe()),
+        }
+    }
+}
+
+/// The curves of bits per byte against evaluation length, one per report and kind of windows
+/// (non-overlapping always, sliding with `sliding`): `(label, marked as dashed, points)` — what
+/// the Training panel and `longctx eval --plot` draw.
+pub fn extrapolation_curves(reports: &[EvalReport], sliding: bool) -> Vec<(String, bool, Vec<[f64; 2]>)> {
+    let mut out = Vec::new();
+    for r in reports {
+        for slide in [false, true] {
+            if slide && !sliding {
+                continue;
+            }
+            let rows: Vec<_> =
+                r.rows.iter().filter(|x| matches!(x.windows, Windows::Sliding { .. }) == slide).collect();
+            let Some(first) = rows.first() else { continue };
+            let pts = rows.iter().map(|x| [x.length as f64, x.bits_per_byte]).collect();
+            let label = match first.windows {
+                Windows::Sliding { stride } => {
+                    format!("{} (sliding, stride L/{})", r.name(), first.length / stride.max(1))
+                }
+                Windows::NonOverlapping => format!("{} (non-overlapping)", r.name()),
+            };
+            out.push((label, slide, pts));
+        }
+    }
+    out
+}
+
 /// One evaluation result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalRow {
