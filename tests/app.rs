@@ -499,7 +499,7 @@ fn patterns_show_the_keys_dsa_chose() {
     let n = c.spec.shape.n;
     // the oracle's choice on the same indexer
     let bare = longctx::AttnSpec::new(c.spec.shape);
-    let (dsa, qi, ki, w) = dsa_indexer(&bare, &c.q, &c.k).unwrap();
+    let (dsa, (qi, ki, w)) = dsa_indexer(&bare, &c.q, &c.k).unwrap();
     let ix = Indexer { q: &qi, k: &ki, w: &w };
     let want = dsa_select_f64(&bare, &dsa, &ix).unwrap();
     let got = c.selected.as_ref().expect("DSA lists");

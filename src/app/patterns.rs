@@ -76,6 +76,9 @@ pub enum Pattern {
 /// (the first, the own and the one before among them), a window of 64.
 pub const NSA: Nsa = Nsa { cmp_len: 16, cmp_stride: 8, block: 32, topk: 4, window: 64 };
 
+/// The panel's indexer inputs: qI, kI, w.
+pub type IndexerInputs = (Vec<f32>, Vec<f32>, Vec<f32>);
+
 /// Keys each query reads with [`Pattern::Dsa`].
 pub const DSA_TOPK: usize = 64;
 
@@ -84,12 +87,8 @@ pub const DSA_INDEX_DIM: usize = 16;
 
 /// The panel's DSA indexer for Q `[1, H, N, D]` and K `[1, Hkv, M, D]`: one head of
 /// min(D, [`DSA_INDEX_DIM`]) dims (rounded down to a multiple of 4) whose queries and keys are
-/// head 0's first dims, weight 1: `(Dsa, qI, kI, w)`.
-pub fn dsa_indexer(
-    spec: &AttnSpec,
-    q: &[f32],
-    k: &[f32],
-) -> crate::Result<(Dsa, Vec<f32>, Vec<f32>, Vec<f32>)> {
+/// head 0's first dims, weight 1: `(Dsa, (qI, kI, w))`.
+pub fn dsa_indexer(spec: &AttnSpec, q: &[f32], k: &[f32]) -> crate::Result<(Dsa, IndexerInputs)> {
     let s = spec.shape;
     let (d, di) = (s.head_dim, s.head_dim.min(DSA_INDEX_DIM) / 4 * 4);
     if di == 0 {
@@ -100,7 +99,7 @@ pub fn dsa_indexer(
     let first =
         |x: &[f32], rows: usize| -> Vec<f32> { (0..rows).flat_map(|r| x[r * d..][..di].to_vec()).collect() };
     let dsa = Dsa { topk: DSA_TOPK, index_heads: 1, index_dim: di };
-    Ok((dsa, first(q, s.n), first(k, s.m), vec![1.0; s.n]))
+    Ok((dsa, (first(q, s.n), first(k, s.m), vec![1.0; s.n])))
 }
 
 /// The MoBA the patterns panel runs: blocks of 64 keys, 4 per query.
@@ -301,7 +300,7 @@ impl Computed {
                 Some(chosen)
             }
             Pattern::Dsa => {
-                let (dsa, qi, ki, w) = dsa_indexer(&spec, &q, &k)?;
+                let (dsa, (qi, ki, w)) = dsa_indexer(&spec, &q, &k)?;
                 let ix = Indexer { q: &qi, k: &ki, w: &w };
                 // the choice depends on the positions only; the window, ALiBi, mods apply after it
                 let bare = AttnSpec::new(spec.shape);

@@ -145,6 +145,9 @@ pub struct GptGpu {
     norms: wgpu::Buffer,
 }
 
+/// One layer's block lists: on the device and on the host.
+type Lists = (wgpu::Buffer, Vec<u32>);
+
 /// MoBA in the blocks: the choice on each layer's Q and K, the block-list kernels over it
 /// (forward and backward), and each layer's lists kept from the forward for the backward.
 struct MobaLayers {
@@ -154,7 +157,7 @@ struct MobaLayers {
     forward: SparseAttention,
     backward: SparseBackward,
     /// Per layer, the lists of the last forward: on the device and on the host.
-    lists: Mutex<Vec<Option<(wgpu::Buffer, Vec<u32>)>>>,
+    lists: Mutex<Vec<Option<Lists>>>,
 }
 
 impl MobaLayers {
