@@ -1207,6 +1207,10 @@ fn reference_dsa_backward<'py>(
     Ok((o, lse, array(py, dq, &t.q_dims)?, array(py, dk, &t.kv_dims)?, array(py, dv, &t.kv_dims)?, keys))
 }
 
+/// The alignment loss and its gradients to qI, kI and w.
+type AlignmentOut<'py> =
+    (f64, Bound<'py, PyArrayDyn<f64>>, Bound<'py, PyArrayDyn<f64>>, Bound<'py, PyArrayDyn<f64>>);
+
 /// The float64 oracle of DSA's indexer warm-up (one sequence): the KL alignment loss of the
 /// indexer's distribution to the dense causal attention's and its gradients: `(loss, dqI,
 /// dkI, dw)` shaped as the indexer's inputs.
@@ -1217,7 +1221,7 @@ fn reference_dsa_alignment<'py>(
     k: PyReadonlyArrayDyn<'py, f32>,
     index: (PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>),
     opts: Opts,
-) -> PyResult<(f64, Bound<'py, PyArrayDyn<f64>>, Bound<'py, PyArrayDyn<f64>>, Bound<'py, PyArrayDyn<f64>>)> {
+) -> PyResult<AlignmentOut<'py>> {
     let t = Qkv::new(py, &q, &k, &k)?;
     // topk does not enter the loss
     let (dsa, ix) = dsa_inputs(py, &t, 1, &index)?;
