@@ -84,6 +84,33 @@ fn every_panel_renders() {
     }
 }
 
+/// The Training panel on the committed dense-against-MoBA runs (`scripts/train-sparse`): both
+/// logs, both evaluations, MoBA named and coloured apart from dense.
+#[test]
+fn the_training_panel_shows_dense_against_moba() {
+    let mut h = harness([1280.0, 720.0]);
+    h.run();
+    h.get_by_label(Tab::Training.label()).click();
+    h.run_steps(2);
+    let st = &mut h.state_mut().training;
+    st.runs_dir = "assets/training-sparse".into();
+    st.results_path = "assets/training-sparse/extrapolation.json".into();
+    h.get_by_label("reload").click();
+    h.run_steps(3);
+    let st = &h.state().training;
+    assert!(st.message.is_empty(), "{}", st.message);
+    let names: Vec<&str> = st.runs.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(st.runs.iter().all(|(_, rows)| rows.len() >= 60), "600 steps logged every 10");
+    let reports: Vec<String> = st.results.iter().map(|r| r.name()).collect();
+    assert_eq!(reports, ["alibi", "alibi moba:block=64,topk=3"]);
+    assert_ne!(
+        longctx::measure::chart::series_rgb("alibi (non-overlapping)"),
+        longctx::measure::chart::series_rgb("alibi moba:block=64,topk=3 (non-overlapping)")
+    );
+    snapshot(&mut h, "panel_training_sparse");
+}
+
 #[test]
 fn changing_n_and_pattern_changes_the_heatmap() {
     let mut h = harness([1000.0, 760.0]);

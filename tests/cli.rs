@@ -960,7 +960,6 @@ fn train_resumes_and_eval_reports_bits_per_byte_at_each_length() {
     let moba = train("2", &moba_out, &["--attn", "moba:block=8,topk=2"]);
     assert!(moba.status.success(), "{}", String::from_utf8_lossy(&moba.stderr));
     let moba_ckpt = moba_out.join("checkpoint.safetensors");
-    let svg_path = dir.path().join("moba.svg");
     let eval = longctx(&[
         "eval",
         "--checkpoint",
@@ -971,14 +970,10 @@ fn train_resumes_and_eval_reports_bits_per_byte_at_each_length() {
         "16,64",
         "--span",
         "128",
-        "--plot",
-        p(&svg_path),
     ]);
     let stdout = String::from_utf8_lossy(&eval.stdout);
     assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
     assert!(stdout.contains("alibi moba:block=8,topk=2 (L=16)"), "{stdout}");
-    let svg = std::fs::read_to_string(&svg_path).unwrap();
-    assert!(svg.contains("alibi moba:block=8,topk=2 (non-overlapping)"), "the curve's label");
     fails_with(
         &["train", "--pos", "rope", "--attn", "moba:block=8,topk=2", "--corpus", p(&corpus)],
         "MoBA with RoPE",

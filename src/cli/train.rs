@@ -276,20 +276,12 @@ pub struct EvalArgs {
     /// Write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Also draw bits per byte against evaluation length (log–log, .svg or .png), one curve
-    /// per checkpoint and kind of windows.
-    #[arg(long, value_name = "FILE.svg|png")]
-    plot: Option<PathBuf>,
 }
 
 pub fn run_eval(device: &DeviceArgs, a: &EvalArgs) -> anyhow::Result<()> {
     let mut inputs: Vec<&Path> = a.checkpoint.iter().map(PathBuf::as_path).collect();
     inputs.push(&a.corpus);
-    if let Some(path) = &a.plot {
-        super::plot::check_path(path)?;
-    }
-    let outputs: Vec<&Path> = [a.json.as_deref(), a.plot.as_deref()].into_iter().flatten().collect();
-    longctx::io::check_outputs(&outputs, &inputs)?;
+    longctx::io::check_outputs(&a.json.as_deref().into_iter().collect::<Vec<_>>(), &inputs)?;
     let corpus = corpus(&a.corpus)?;
     let checkpoints = a
         .checkpoint
@@ -351,19 +343,6 @@ pub fn run_eval(device: &DeviceArgs, a: &EvalArgs) -> anyhow::Result<()> {
     if let Some(path) = &a.json {
         longctx::io::write_atomic(path, serde_json::to_string_pretty(&reports)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = &a.plot {
-        use longctx::measure::chart::{Axis, ChartData, Mark, Unit};
-        let train_len = reports.first().map_or(0, |r| r.train_len);
-        let mut chart = ChartData::new(
-            &format!("validation bits per byte by evaluation length (trained at L = {train_len})"),
-            Axis::log("evaluation length L", Unit::Tokens),
-            Axis::log("bits per byte", Unit::Count),
-        );
-        for (label, dashed, pts) in longctx::models::training::extrapolation_curves(&reports, a.slide > 0) {
-            chart.add(label, if dashed { Mark::Dashed } else { Mark::LinePoints }, pts);
-        }
-        super::plot::log_log(path, &chart)?;
     }
     Ok(())
 }

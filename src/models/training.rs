@@ -494,7 +494,7 @@ impl EvalReport {
 
 /// The curves of bits per byte against evaluation length, one per report and kind of windows
 /// (non-overlapping always, sliding with `sliding`): `(label, marked as dashed, points)` — what
-/// the Training panel and `longctx eval --plot` draw.
+/// the Training panel draws.
 pub fn extrapolation_curves(reports: &[EvalReport], sliding: bool) -> Vec<(String, bool, Vec<[f64; 2]>)> {
     let mut out = Vec::new();
     for r in reports {
