@@ -50,9 +50,12 @@ fn the_moba_model_gradient_matches_finite_differences_of_the_oracle() {
         println!("MoBA {pos:?}: loss {got:.6} (oracle {want:.6}), worst rel err {:.1e}", check.worst());
         assert_eq!(check.tensors.len(), 1 + 2 * 10 + 1, "every tensor checked");
         assert!(check.worst() < 1e-4, "MoBA {pos:?}: {check:?} (seed {seed})");
+        // at initialisation attention is nearly uniform, so the choice moves the loss little
+        // (2e-4 to 1e-2 relative over 9 seeds), yet far above the f64 oracle's rounding (1e-15)
         let full = gradient_check(g, dense, 2, 17, seed, 1).unwrap().loss.1;
+        println!("MoBA {pos:?}: loss {want:.6} against dense {full:.6}");
         assert!(
-            (full - want).abs() > 1e-3 * want,
+            (full - want).abs() > 1e-6 * want,
             "MoBA {pos:?}: loss {want} against dense {full} (seed {seed})"
         );
     }
