@@ -39,8 +39,7 @@
 @group(0) @binding(14) var<storage, read> o_slc: array<f32>;
 @group(0) @binding(15) var<storage, read> o_win: array<f32>;
 @group(0) @binding(16) var<storage, read_write> o: array<f32>;
-
-const NONE: u32 = 0xffffffffu;
+// `NONE` and `list_slot` (the lists' layout): nsa_choice.wgsl.
 
 @compute @workgroup_size(64)
 fn compress(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -184,20 +183,11 @@ fn score(@builtin(workgroup_id) wg: vec3<u32>, ids: Ids) {
     for (var hh = 0u; hh < group; hh++) {
         let out0 = ((g * group + hh) * params.n + i) * params.topk;
         for (var s = 0u; s < params.topk; s++) {
-            lists[out0 + s] = NONE;
-        }
-        if p < 0 {
-            continue;
-        }
-        lists[out0] = own;
-        if own >= 1u {
-            lists[out0 + 1u] = own - 1u;
-        }
-        if own >= 2u {
-            lists[out0 + 2u] = 0u;
-        }
-        for (var s = 0u; s < top.count; s++) {
-            lists[out0 + forced + s] = top.index[s];
+            var e = NONE;
+            if p >= 0 {
+                e = list_slot(s, own, forced, &top);
+            }
+            lists[out0 + s] = e;
         }
     }
 }

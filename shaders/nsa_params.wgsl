@@ -1,4 +1,4 @@
-// nsa_params.wgsl — composed into nsa.wgsl and nsa_backward.wgsl: their one uniform
+// nsa_params.wgsl — composed into nsa.wgsl, nsa_decode.wgsl and nsa_backward.wgsl: their one uniform
 // (`Params` in src/kernels/nsa.rs) and the flat invocation index of their 64-wide workgroups.
 
 struct Params {
@@ -16,8 +16,10 @@ struct Params {
     groups_x: u32,    // workgroups per grid row (2-D grids for long dispatches)
     arg0: u32,        // a stage's own words: `score`'s pass covers blocks [arg0, arg1);
     arg1: u32,        //   `phi_grads` takes arg0 compressed keys per chunk, arg1 chunks
-    last: u32,        // nonzero: `score`'s last pass writes the lists
+    last: u32,        // nonzero: `score`'s last pass writes the lists; `cmp_partial`: the window w
+                      //   (0: the compressed keys)
     scale: f32,
+    neg_inf: f32,     // -inf, passed in because WGSL cannot spell it
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

@@ -1313,17 +1313,20 @@ fn bench_sparse_times_moba_against_dense_causal_in_one_run() {
         );
         assert!(r.select_flops > 0.0 && r.attend_flops == 4.0 * 64.0 * r.sparse_pairs as f64, "{r:?}");
     }
-    // one decoding step per context: MoBA's choice from the block means against dense decoding
+    // one decoding step per context and method: MoBA's choice from the block means, NSA's
+    // from the compressed keys, against dense decoding
     let json = dir.path().join("decode.json");
     let args = [
         "bench",
         "--sparse",
-        "moba",
+        "moba,nsa",
         "--decode",
         "--n",
         "300,700",
         "--moba",
         "block=32,topk=3",
+        "--nsa",
+        "cmp=16/8,slc=16,top=4,win=32",
         "--reps",
         "1",
         "--kv-heads",
@@ -1335,16 +1338,17 @@ fn bench_sparse_times_moba_against_dense_causal_in_one_run() {
     assert!(stdout.contains("dense step ms"), "{stdout}");
     let records: Vec<longctx::measure::sparse::SparseDecodeRecord> =
         serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert_eq!(records.len(), 2);
+    assert_eq!(records.len(), 4);
     for r in &records {
         assert_eq!(r.skipped, None);
         assert!(r.rel_err.unwrap() < 1e-5, "{r:?}");
-        // at 700: 3 blocks of 32 (the own one partial) of 22
+        // at 700: MoBA 3 blocks of 32 (the own one partial) of 22; NSA 86 compressed keys,
+        // 4 blocks of 16 and a window of 32
         assert!(r.keys_fraction > 0.0 && r.keys_fraction < 0.5, "{r:?}");
-        assert!(r.moba_ms.unwrap() > 0.0 && r.dense_ms.unwrap() > 0.0, "{r:?}");
+        assert_eq!(r.stage_ms.len(), if r.method == "nsa" { 5 } else { 0 }, "{r:?}");
+        assert!(r.sparse_ms.unwrap() > 0.0 && r.dense_ms.unwrap() > 0.0, "{r:?}");
     }
     fails_with(&["bench", "--sparse", "dsa", "--decode"], "not built yet");
-    fails_with(&["bench", "--sparse", "nsa", "--decode"], "not built yet");
     fails_with(&["bench", "--sparse", "moba", "--causal"], "compares against dense causal flash");
 }
 

@@ -66,55 +66,106 @@ fn nsa_matches_the_oracle_branch_by_branch() {
         let (gates, phi) = gates_and_phi(&spec, &nsa, learned, seed);
         let ctx = format!("{} {:?} (seed {seed}, LONGCTX_SEED={seed})", nsa.describe(), spec.shape);
         let out = nsa_attention(g, &spec, &nsa, &q, &k, &v, &gates, phi.as_deref()).unwrap();
-        assert_eq!(out.path == MobaPath::Lists, spec.shape.head_dim % 4 == 0, "{ctx}");
-        // the choice: the oracle's, up to float32 ties
-        let oracle = nsa_select_f64(&spec, &nsa, &q, &k, &v, phi.as_deref()).unwrap();
-        let (diffs, all_ties) = compare_nsa_selection(&spec, &nsa, &oracle, &out.lists, 1e-5);
-        assert!(
-            all_ties,
-            "{ctx}: the GPU chose differently beyond ties in {} rows, e.g. {:?}",
-            diffs.len(),
-            diffs.first()
-        );
-        ties += diffs.len();
-        let n = spec.shape.n;
-        for (row, list) in out.lists.chunks_exact(nsa.topk).enumerate() {
-            let p = (row % n) as i64 + spec.shape.m as i64 - n as i64;
-            if p < 0 {
-                assert!(list.iter().all(|&b| b == NONE), "{ctx}: row {row}");
-                continue;
-            }
-            let forced = nsa.forced(p as usize / nsa.block);
-            assert_eq!(&list[..forced.len()], &forced[..], "{ctx}: row {row}: the forced blocks first");
-            let used = list.iter().take_while(|&&b| b != NONE).count();
-            assert!(list[used..].iter().all(|&b| b == NONE), "{ctx}: row {row}: {list:?}");
-            let own = p as usize / nsa.block;
-            assert_eq!(
-                used,
-                nsa.topk.min(forced.len() + own.saturating_sub(2)),
-                "{ctx}: row {row}: {list:?}"
-            );
-        }
-        // every branch and the mix on the GPU's choice
-        let want = nsa_forward_f64(&spec, &nsa, &q, &k, &v, &gates, &oracle, &out.lists).unwrap();
-        for (b, name) in ["compressed", "selected", "window"].iter().enumerate() {
-            let e = rel_error(&out.branches[b].o, &want.branches[b]);
-            assert!(e < BOUND, "{ctx}: {name} branch O error {e:.2e}");
-            for (i, (&l, &r)) in out.branches[b].lse.iter().zip(&want.lse[b]).enumerate() {
-                if r == f64::NEG_INFINITY {
-                    assert_eq!(l, f32::NEG_INFINITY, "{ctx}: {name} row {i} sees no key");
-                } else {
-                    assert!(
-                        (l as f64 - r).abs() <= 1e-5 * r.abs().max(1.0),
-                        "{ctx}: {name} LSE row {i}: {l} vs {r}"
-                    );
-                }
-            }
-        }
-        let e = rel_error(&out.o, &want.o);
-        assert!(e < BOUND, "{ctx}: O error {e:.2e}");
+        ties += check(&ctx, &spec, &nsa, (&q, &k, &v), (&gates, phi.as_deref()), &out);
     }
     eprintln!("NSA choice: rows differing from the oracle only by float32 ties: {ties} (seed {seed})");
+}
+
+/// `out` against the oracle: the choice (up to float32 ties; returns the rows that differ by
+/// ties), its layout, each branch's O and LSE and the mix.
+fn check(
+    ctx: &str,
+    spec: &AttnSpec,
+    nsa: &Nsa,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    (gates, phi): (&[f32], Option<&[f32]>),
+    out: &longctx::kernels::nsa::NsaOutput,
+) -> usize {
+    assert_eq!(out.path == MobaPath::Lists, spec.shape.head_dim.is_multiple_of(4), "{ctx}");
+    // the choice: the oracle's, up to float32 ties
+    let oracle = nsa_select_f64(spec, nsa, q, k, v, phi).unwrap();
+    let (diffs, all_ties) = compare_nsa_selection(spec, nsa, &oracle, &out.lists, 1e-5);
+    assert!(
+        all_ties,
+        "{ctx}: the GPU chose differently beyond ties in {} rows, e.g. {:?}",
+        diffs.len(),
+        diffs.first()
+    );
+    let ties = diffs.len();
+    let n = spec.shape.n;
+    for (row, list) in out.lists.chunks_exact(nsa.topk).enumerate() {
+        let p = (row % n) as i64 + spec.shape.m as i64 - n as i64;
+        if p < 0 {
+            assert!(list.iter().all(|&b| b == NONE), "{ctx}: row {row}");
+            continue;
+        }
+        let forced = nsa.forced(p as usize / nsa.block);
+        assert_eq!(&list[..forced.len()], &forced[..], "{ctx}: row {row}: the forced blocks first");
+        let used = list.iter().take_while(|&&b| b != NONE).count();
+        assert!(list[used..].iter().all(|&b| b == NONE), "{ctx}: row {row}: {list:?}");
+        let own = p as usize / nsa.block;
+        assert_eq!(used, nsa.topk.min(forced.len() + own.saturating_sub(2)), "{ctx}: row {row}: {list:?}");
+    }
+    // every branch and the mix on the GPU's choice
+    let want = nsa_forward_f64(spec, nsa, q, k, v, gates, &oracle, &out.lists).unwrap();
+    for (b, name) in ["compressed", "selected", "window"].iter().enumerate() {
+        let e = rel_error(&out.branches[b].o, &want.branches[b]);
+        assert!(e < BOUND, "{ctx}: {name} branch O error {e:.2e}");
+        for (i, (&l, &r)) in out.branches[b].lse.iter().zip(&want.lse[b]).enumerate() {
+            if r == f64::NEG_INFINITY {
+                assert_eq!(l, f32::NEG_INFINITY, "{ctx}: {name} row {i} sees no key");
+            } else {
+                assert!(
+                    (l as f64 - r).abs() <= 1e-5 * r.abs().max(1.0),
+                    "{ctx}: {name} LSE row {i}: {l} vs {r}"
+                );
+            }
+        }
+    }
+    let e = rel_error(&out.o, &want.o);
+    assert!(e < BOUND, "{ctx}: O error {e:.2e}");
+    ties
+}
+
+/// The decoding stages (`NsaAttention::decode_step`: the compressed branch and the window in
+/// splits, the choice spread over blocks, the selected branch reading the lists on the device)
+/// against the oracle, for calls of a few rows over longer caches: one row (a decoding step),
+/// three and DECODE_ROWS; GQA; M not a multiple of the blocks; windows shorter and longer than
+/// the cache; M < l; head dim 6 (the selected branch on flash's grid) and 40; a batch.
+#[test]
+fn the_decoding_stages_match_the_oracle() {
+    use longctx::kernels::nsa::DECODE_ROWS;
+    let g = gpu();
+    let seed = seed();
+    let mut ties = 0;
+    let cases = [
+        (AttnSpec::new(shape(4, 2, 1, 3001, 8)), nsa(16, 8, 32, 6, 100), false),
+        (AttnSpec::new(shape(3, 1, 3, 777, 12)), nsa(8, 4, 16, 5, 1000), true),
+        (AttnSpec::new(shape(2, 2, DECODE_ROWS, 1030, 40)), nsa(8, 4, 16, 4, 33), true),
+        (AttnSpec::new(shape(2, 1, 1, 500, 6)), nsa(8, 2, 7, 4, 9), false),
+        (AttnSpec::new(shape(1, 1, 2, 12, 4)), nsa(16, 8, 4, 3, 3), false),
+        (AttnSpec::new(AttnShape { batch: 2, ..shape(2, 1, 1, 901, 8) }), nsa(8, 4, 8, 3, 60), true),
+    ];
+    for (spec, nsa, learned) in cases {
+        let (q, k, v) = inputs(&spec, seed);
+        let (gates, phi) = gates_and_phi(&spec, &nsa, learned, seed);
+        let ctx = format!("decoding {} {:?} (seed {seed}, LONGCTX_SEED={seed})", nsa.describe(), spec.shape);
+        let call = NsaAttention::new(g, &spec, &nsa).unwrap();
+        let t = call.upload(g, &spec, (&q, &k, &v), &gates, phi.as_deref()).unwrap();
+        call.compress(g, &t).unwrap();
+        let path = call.decode_step(g, &t).unwrap();
+        let s = call.spec().shape;
+        let lists = g.read(&t.lists, s.heads * s.n * nsa.topk).unwrap();
+        let out = call.read(g, &t, lists, path).unwrap();
+        ties += check(&ctx, &spec, &nsa, (&q, &k, &v), (&gates, phi.as_deref()), &out);
+        // a second step on the same tensors gives the same result (nothing left over)
+        call.decode_step(g, &t).unwrap();
+        let again: Vec<f32> = g.read(&t.o, out.o.len()).unwrap();
+        assert_eq!(again, out.o, "{ctx}: a second step");
+    }
+    eprintln!(
+        "NSA decoding choice: rows differing from the oracle only by float32 ties: {ties} (seed {seed})"
+    );
 }
 
 /// The backward on the forward's choice (no gradient through it): dQ, dK, dV, the gates'

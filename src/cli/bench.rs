@@ -128,8 +128,9 @@ pub struct BenchArgs {
     /// with an indexer of 4 heads of dim 16 on random inputs).
     #[arg(long, requires = "sparse")]
     dsa: Option<String>,
-    /// With --sparse moba: one decoding step per context in --n (a new token choosing its
-    /// blocks from the cache's block means) against dense decoding at the same context.
+    /// With --sparse moba,nsa: one decoding step per context in --n (a new token choosing
+    /// its blocks from the cache's block means or compressed keys) against dense decoding at
+    /// the same context.
     #[arg(long, requires = "sparse", conflicts_with = "backward")]
     decode: bool,
 }
@@ -475,22 +476,29 @@ fn backward_bench(gpu: &longctx::Gpu, a: &BenchArgs, started: std::time::Instant
     Ok(())
 }
 
-/// `--sparse moba --decode`: one decoding step per context, MoBA against dense decoding.
+/// `--sparse moba,nsa --decode`: one decoding step per context and method against dense
+/// decoding.
 fn sparse_decode_bench(
     gpu: &longctx::Gpu,
     a: &BenchArgs,
-    moba: &longctx::contract::selection::Moba,
+    methods: &[String],
+    (moba, nsa): (&longctx::contract::selection::Moba, &longctx::contract::nsa::Nsa),
     contexts: &[usize],
     started: std::time::Instant,
 ) -> anyhow::Result<()> {
-    use longctx::measure::sparse::run_moba_decode;
+    use longctx::measure::sparse::{run_moba_decode, run_nsa_decode};
     let heads = a.heads.unwrap_or(4);
     let kv_heads = a.kv_heads.unwrap_or(heads);
     let reps = a.reps.unwrap_or(5);
     let mut records = Vec::new();
     for &d in a.d.as_deref().unwrap_or(&[64]) {
         for &n in contexts {
-            records.push(run_moba_decode(gpu, (heads, kv_heads, d), n, moba, reps));
+            for m in methods {
+                records.push(match m.trim() {
+                    "nsa" => run_nsa_decode(gpu, (heads, kv_heads, d), n, nsa, reps),
+                    _ => run_moba_decode(gpu, (heads, kv_heads, d), n, moba, reps),
+                });
+            }
         }
     }
     let mut t = Table::new();
@@ -499,26 +507,28 @@ fn sparse_decode_bench(
         "context",
         "D",
         "H/Hkv",
-        "MoBA step ms",
+        "sparse step ms",
         "dense step ms",
         "speedup",
         "keys read",
         "rel err",
+        "stages ms",
     ]);
     for r in &records {
         let mut row = vec![
-            format!("moba(block={},topk={})", r.block, r.topk),
+            format!("{}({})", r.method, r.config),
             r.context.to_string(),
             r.d.to_string(),
             format!("{}/{}", r.heads, r.kv_heads),
         ];
-        match (&r.skipped, r.moba_ms, r.dense_ms) {
+        match (&r.skipped, r.sparse_ms, r.dense_ms) {
             (None, Some(sparse), Some(dense)) => row.extend([
                 format!("{sparse:.2}"),
                 format!("{dense:.2}"),
                 format!("{:.2}×", r.speedup().unwrap_or(0.0)),
                 format!("{:.1} %", 100.0 * r.keys_fraction),
                 r.rel_err.map_or("—".into(), |e| format!("{e:.1e}")),
+                r.stage_ms.iter().map(|(name, ms)| format!("{name} {ms:.2}")).collect::<Vec<_>>().join(", "),
             ]),
             _ => row.push(format!("skipped: {}", r.skipped.as_deref().unwrap_or("not run"))),
         }
@@ -526,11 +536,12 @@ fn sparse_decode_bench(
     }
     println!("{t}");
     println!(
-        "Times: median of {reps} steps after a warm-up, wall clock from submission to completion. MoBA step = the \
-         new token's choice over the block means the cache keeps (computed once per completed block, not timed), \
-         then one workgroup per chosen block reading the lists on the device, and the merge (no read-back); \
-         dense step = split-K decoding over \
-         the whole cache (the new token's K and V appended)."
+        "Times: median of {reps} steps after a warm-up, wall clock from submission to completion, nothing read back. \
+         MoBA step = the new token's choice over the block means the cache keeps (one per completed block, not \
+         timed), then one workgroup per chosen block and the merge. NSA step = the compressed branch over the \
+         compressed keys the cache keeps (one per window of l keys, not timed), the choice, one workgroup per \
+         chosen block, the window branch and the gated mix (stages also timed alone). Dense step = split-K \
+         decoding over the whole cache (the new token's K and V appended)."
     );
     write_json(a.json.as_deref(), &records)?;
     finish(records.len(), records.iter().all(|r| r.skipped.is_some()), started)
@@ -547,9 +558,6 @@ fn sparse_bench(
     for m in methods {
         match m.trim() {
             "moba" => {}
-            "nsa" if a.decode => {
-                bail!("--sparse nsa --decode: NSA's decoding step is not built yet (issue #35)")
-            }
             "nsa" => {}
             "dsa" if a.decode || a.backward => bail!(
                 "--sparse dsa with --decode or --backward: DSA's decoding step and token-list backward are not built yet (issue #35)"
@@ -580,7 +588,7 @@ fn sparse_bench(
     let info = gpu.info();
     println!("adapter {} ({:?}, {})", info.name, info.backend, info.driver);
     if a.decode {
-        return sparse_decode_bench(gpu, a, &moba, &ns, started);
+        return sparse_decode_bench(gpu, a, methods, (&moba, &nsa), &ns, started);
     }
     let mut records = Vec::new();
     for &d in a.d.as_deref().unwrap_or(&[64]) {

@@ -60,10 +60,38 @@ bind_group! {
         20 dv: ReadWrite, 21 dk_win: Read, 22 dv_win: Read, 23 d_phi: ReadWrite,
     }
 }
+const DECODE: Shader = Shader {
+    stem: "nsa_decode",
+    source: include_str!("../../shaders/nsa_decode.wgsl"),
+    bindings: NsaDecodeBinds::SLOTS,
+};
+bind_group! {
+    /// Q, the compressed keys (vec4 lanes) and values; the splits' partial softmaxes; a
+    /// branch's LSE and O (the compressed or the window branch's); the block scores; the
+    /// lists; the raw K and V (the window); the compressed branch's scores (for the choice).
+    struct NsaDecodeBinds {
+        0 params: Uniform, 1 q: Read, 2 kc4: Read, 3 vc: Read, 4 part: ReadWrite,
+        5 lse_out: ReadWrite, 6 o_out: ReadWrite, 7 scores: ReadWrite, 8 lists: ReadWrite,
+        9 k: Read, 10 v: Read, 11 cmp_s: ReadWrite,
+    }
+}
+/// The decoding stages' entry points.
+const DECODE_ENTRIES: [&str; 4] = ["cmp_partial", "cmp_merge", "block_scores", "pick"];
+/// The most query rows (per head) a call may have for the decoding stages
+/// ([`NsaAttention::decode_step`]): their block scores are kept per (kv head, row, block).
+pub const DECODE_ROWS: usize = 16;
+/// The decoding stages' splits of a row's compressed keys: at least this many keys each…
+const DECODE_SPLIT_KEYS: usize = 32;
+/// …and at most this many splits (`cmp_merge` walks them)…
+const DECODE_SPLITS: usize = 1024;
+/// …whose partial softmaxes take at most this many words (16 MiB).
+const DECODE_PART_WORDS: usize = 1 << 22;
 /// The backward's entry points.
 const BACKWARD_ENTRIES: [&str; 5] = ["split_grad", "gate_grads", "add3", "compress_back", "phi_grads"];
 /// The uniform both shaders read and their flat invocation index.
 const PARAMS: Snippet = Snippet { name: "nsa_params", source: include_str!("../../shaders/nsa_params.wgsl") };
+/// What the choice writes (`score`'s last pass, `pick`).
+const CHOICE: Snippet = Snippet { name: "nsa_choice", source: include_str!("../../shaders/nsa_choice.wgsl") };
 const WORKGROUP: u64 = 64;
 /// The largest private query array of `score` (the group's heads × vec4 lanes): 4 KiB.
 const MAX_QG: usize = 256;
@@ -89,6 +117,8 @@ struct Params {
     arg1: u32,
     last: u32,
     scale: f32,
+    neg_inf: f32,
+    _pad: [u32; 3],
 }
 
 /// The variant of `entry` for head dim `d`, `group` query heads per kv head (`score` keeps
@@ -98,7 +128,7 @@ fn variant(entry: &'static str, d: usize, group: usize, sg: u32) -> ShaderVarian
     let (qcap4, gcap) = (lanes(d) as u32, group.next_power_of_two() as u32);
     SHADER.variant(
         entry,
-        &[PARAMS, crate::kernels::TOPK, crate::kernels::lanes(sg)],
+        &[PARAMS, crate::kernels::TOPK, CHOICE, crate::kernels::lanes(sg)],
         vec![
             ("MAX_TOPK", MAX_TOPK as u32),
             ("QCAP4", qcap4),
@@ -109,8 +139,18 @@ fn variant(entry: &'static str, d: usize, group: usize, sg: u32) -> ShaderVarian
     )
 }
 
+/// A decoding stage's variant for head dim `d` (its vec4 lanes as `score`'s).
+fn decode_variant(entry: &'static str, d: usize) -> ShaderVariant {
+    DECODE.variant(
+        entry,
+        &[PARAMS, crate::kernels::TOPK, CHOICE],
+        vec![("MAX_TOPK", MAX_TOPK as u32), ("QCAP4", lanes(d) as u32)],
+    )
+}
+
 /// The shader variants: `compress` per head-dim bucket, `score` per (head-dim bucket, group
-/// bucket) whose private query array fits [`MAX_QG`] and subgroup width, `combine` once.
+/// bucket) whose private query array fits [`MAX_QG`] and subgroup width, `combine` once; the
+/// decoding stages (`nsa_decode.wgsl`) per head-dim bucket.
 pub fn variants() -> Vec<ShaderVariant> {
     let mut out = vec![variant("combine", 4, 1, 0)];
     for p in 0..=8 {
@@ -122,6 +162,7 @@ pub fn variants() -> Vec<ShaderVariant> {
                 out.extend([0, 8, 32].map(|sg| variant("score", d, g, sg)));
             }
         }
+        out.extend(DECODE_ENTRIES.map(|e| decode_variant(e, d)));
     }
     out
 }
@@ -143,6 +184,68 @@ pub struct NsaAttention {
     compress: Compiled,
     score: Compiled,
     combine: Compiled,
+    /// The decoding stages, for calls of at most [`DECODE_ROWS`] rows.
+    decode: Option<DecodeStages>,
+}
+
+/// `nsa_decode.wgsl`'s stages for one call and how they split a row's compressed keys.
+struct DecodeStages {
+    partial: Compiled,
+    merge: Compiled,
+    scores: Compiled,
+    pick: Compiled,
+    /// Compressed keys per split (`arg0` of `cmp_partial`).
+    chunk: usize,
+    /// Splits per row.
+    splits: usize,
+    /// The window branch's keys per split and splits.
+    win_chunk: usize,
+    win_splits: usize,
+}
+
+impl DecodeStages {
+    /// The stages for the folded call `spec` (`None` past [`DECODE_ROWS`] rows); the splits
+    /// and the block loop checked against the adapter's loop cap.
+    fn new(gpu: &Gpu, spec: &AttnSpec, nsa: &Nsa) -> Result<Option<Self>> {
+        let s = spec.shape;
+        if s.n > DECODE_ROWS {
+            return Ok(None);
+        }
+        // the splits' partials stay below DECODE_PART_WORDS
+        let rows = s.heads * s.n;
+        let most =
+            (DECODE_PART_WORDS / (rows * (lanes(s.head_dim) as usize * 4 + 2))).clamp(1, DECODE_SPLITS);
+        let split = |keys: usize| {
+            let splits = keys.max(1).div_ceil(DECODE_SPLIT_KEYS).clamp(1, most);
+            (keys.max(1).div_ceil(splits), splits)
+        };
+        let (chunk, splits) = split(nsa.compressed(s.m));
+        let (win_chunk, win_splits) = split(nsa.window.min(s.m));
+        if let Some(limit) = gpu.loop_iteration_limit() {
+            // `pick` offers each candidate block; `cmp_partial` walks a chunk
+            let per_key = lanes(s.head_dim) as usize + 1;
+            let needed = nsa.blocks(s.m).max(chunk.max(win_chunk) * per_key) as u64;
+            if needed > limit {
+                return Err(Error::LoopLimit {
+                    kernel: NAME,
+                    needed,
+                    limit,
+                    hint: "decode with longer selection blocks or a longer compression stride",
+                });
+            }
+        }
+        let d = s.head_dim;
+        Ok(Some(Self {
+            partial: gpu.compile(&decode_variant("cmp_partial", d))?,
+            merge: gpu.compile(&decode_variant("cmp_merge", d))?,
+            scores: gpu.compile(&decode_variant("block_scores", d))?,
+            pick: gpu.compile(&decode_variant("pick", d))?,
+            chunk,
+            splits,
+            win_chunk,
+            win_splits,
+        }))
+    }
 }
 
 /// One call's tensors on the device: the inputs, each branch's output and LSE, the
@@ -165,6 +268,11 @@ pub struct NsaTensors {
     pub lists: wgpu::Buffer,
     /// The gated mix `[H, N, D]`.
     pub o: wgpu::Buffer,
+    /// The decoding stages' partial softmaxes and block scores (a word each where the call
+    /// has no decoding stages).
+    part: wgpu::Buffer,
+    scores: wgpu::Buffer,
+    cmp_s: wgpu::Buffer,
 }
 
 /// NSA's result: the mix, each branch's output and LSE, the choice and the selected branch's
@@ -209,6 +317,7 @@ impl NsaAttention {
         // the passes of `score` need at least one block each
         blocks_per_pass(gpu, &spec, nsa)?;
         Ok(Self {
+            decode: DecodeStages::new(gpu, &spec, nsa)?,
             compress: gpu.compile(&variant("compress", s.head_dim, 1, 0))?,
             score: gpu.compile(&variant("score", s.head_dim, group, score_subgroup(gpu, s.head_dim)))?,
             combine: gpu.compile(&variant("combine", 4, 1, 0))?,
@@ -251,6 +360,14 @@ impl NsaAttention {
             gpu.upload(what, &vec![f32::NAN; len.max(1) as usize])
         };
         let choice = s.kv_heads as u64 * s.n as u64 * self.nsa.topk as u64;
+        let (part_words, score_words, cmp_words) = match &self.decode {
+            Some(dec) => (
+                rows * dec.splits.max(dec.win_splits) as u64 * (lanes(s.head_dim) * 4 + 2),
+                s.kv_heads as u64 * s.n as u64 * self.nsa.blocks(s.m) as u64,
+                rows * mc,
+            ),
+            None => (0, 0, 0),
+        };
         Ok(NsaTensors {
             phi: gpu.upload("NSA φ", &phi)?,
             gates: gpu.upload("NSA gates", gates)?,
@@ -268,6 +385,9 @@ impl NsaAttention {
             best_b: gpu.storage("NSA running blocks", choice.max(1) * 4)?,
             lists: gpu.storage("NSA index lists", (rows * self.nsa.topk as u64).max(1) * 4)?,
             o: nan("NSA O", rows * d)?,
+            part: gpu.storage("NSA decoding partials", part_words.max(1) * 4)?,
+            scores: gpu.storage("NSA decoding block scores", score_words.max(1) * 4)?,
+            cmp_s: gpu.storage("NSA decoding compressed scores", cmp_words.max(1) * 4)?,
             io,
         })
     }
@@ -306,6 +426,13 @@ impl NsaAttention {
     /// Stage 3: the choice from the compressed branch's LSE, in passes over the blocks; the
     /// lists read back (`[H, N, n]`).
     pub fn select(&self, gpu: &Gpu, t: &NsaTensors) -> Result<Vec<u32>> {
+        self.choose(gpu, t)?;
+        let s = self.spec.shape;
+        gpu.read(&t.lists, s.heads * s.n * self.nsa.topk)
+    }
+
+    /// The choice's passes, submitted; the lists stay in `t.lists`.
+    pub fn choose(&self, gpu: &Gpu, t: &NsaTensors) -> Result<()> {
         let s = self.spec.shape;
         let per_pass = blocks_per_pass(gpu, &self.spec, &self.nsa)?;
         let blocks = self.nsa.blocks(s.m);
@@ -316,11 +443,10 @@ impl NsaAttention {
             let last = b1 >= blocks;
             self.dispatch(gpu, &self.score, t, groups, (b0 as u32, b1 as u32, last))?;
             if last {
-                break;
+                return Ok(());
             }
             b0 = b1;
         }
-        gpu.read(&t.lists, s.heads * s.n * self.nsa.topk)
     }
 
     /// Stage 4: the selected branch over `lists` (submitted); its O and LSE are `t.io`'s.
@@ -368,6 +494,110 @@ impl NsaAttention {
         Ok((lists, path))
     }
 
+    /// A decoding step's stages, for calls of a few rows (at most [`DECODE_ROWS`]; more run
+    /// the prefill's stages) over a cache whose compressed keys and values are already in `t`
+    /// (a cache computes each when its window of l keys fills: [`NsaAttention::compress`]
+    /// once): the compressed branch and the choice spread over the compressed keys and blocks
+    /// (`nsa_decode.wgsl`), the selected branch reading the lists where the choice left them
+    /// (one workgroup per list slot: no read-back, no grouping on the host), the window over
+    /// splits of its keys, the mix; all submitted. Where the block-list kernel does not run
+    /// (head dims not a multiple of 4) the lists are read back for flash's block grid; the
+    /// selected branch's path is returned.
+    pub fn decode_step(&self, gpu: &Gpu, t: &NsaTensors) -> Result<MobaPath> {
+        self.decode_compressed(gpu, t)?;
+        self.decode_choose(gpu, t)?;
+        let path = self.selected_on_device(gpu, t)?;
+        self.decode_window(gpu, t)?;
+        self.combine(gpu, t)?;
+        Ok(path)
+    }
+
+    /// The window branch for a decoding-sized call (submitted): each row's window of raw keys
+    /// in splits, then merged; flash where the call has more than [`DECODE_ROWS`] rows.
+    pub fn decode_window(&self, gpu: &Gpu, t: &NsaTensors) -> Result<()> {
+        let Some(dec) = &self.decode else { return self.window_branch(gpu, t) };
+        let rows = (self.spec.shape.heads * self.spec.shape.n) as u64;
+        let args = (dec.win_chunk as u32, dec.win_splits as u32, self.nsa.window as u32);
+        let out = (&t.o_win, &t.lse_win);
+        self.decode_dispatch(gpu, &dec.partial, t, out, rows * dec.win_splits as u64, args)?;
+        self.decode_dispatch(gpu, &dec.merge, t, out, rows * self.spec.shape.head_dim as u64, args)
+    }
+
+    /// The compressed branch for a decoding-sized call (submitted): each row's visible
+    /// compressed keys in splits, then merged (`nsa_decode.wgsl`); flash where the call has
+    /// more than [`DECODE_ROWS`] rows.
+    pub fn decode_compressed(&self, gpu: &Gpu, t: &NsaTensors) -> Result<()> {
+        let (Some(dec), Some(_)) = (&self.decode, &self.cmp) else {
+            return self.compressed_branch(gpu, t);
+        };
+        let rows = (self.spec.shape.heads * self.spec.shape.n) as u64;
+        let args = (dec.chunk as u32, dec.splits as u32, 0);
+        let out = (&t.o_cmp, &t.lse_cmp);
+        self.decode_dispatch(gpu, &dec.partial, t, out, rows * dec.splits as u64, args)?;
+        self.decode_dispatch(gpu, &dec.merge, t, out, rows * self.spec.shape.head_dim as u64, args)
+    }
+
+    /// The choice for a decoding-sized call (submitted; the lists stay in `t.lists`): every
+    /// (kv head, row, block)'s score, then each (kv head, row)'s top blocks; [`Self::choose`]
+    /// where the call has more than [`DECODE_ROWS`] rows.
+    pub fn decode_choose(&self, gpu: &Gpu, t: &NsaTensors) -> Result<()> {
+        let Some(dec) = &self.decode else { return self.choose(gpu, t) };
+        let s = self.spec.shape;
+        let (rows, blocks) = ((s.kv_heads * s.n) as u64, self.nsa.blocks(s.m));
+        let args = (0, blocks as u32, 0);
+        let cmp = (&t.o_cmp, &t.lse_cmp);
+        self.decode_dispatch(gpu, &dec.scores, t, cmp, rows * blocks as u64, args)?;
+        self.decode_dispatch(gpu, &dec.pick, t, cmp, rows, args)
+    }
+
+    /// A decoding stage over `invocations` with the branch output `(o, lse)` bound,
+    /// submitted.
+    fn decode_dispatch(
+        &self,
+        gpu: &Gpu,
+        kernel: &Compiled,
+        t: &NsaTensors,
+        (o, lse): (&wgpu::Buffer, &wgpu::Buffer),
+        invocations: u64,
+        args: (u32, u32, u32),
+    ) -> Result<()> {
+        let grid = gpu.grid(NAME, invocations.div_ceil(WORKGROUP).max(1))?;
+        let uniform = gpu.uniform("NSA decoding params", &self.params(grid[0], args));
+        let binds = NsaDecodeBinds {
+            params: (&uniform).into(),
+            q: (&t.io.q).into(),
+            kc4: (&t.kc4).into(),
+            vc: (&t.vc).into(),
+            part: (&t.part).into(),
+            lse_out: lse.into(),
+            o_out: o.into(),
+            scores: (&t.scores).into(),
+            lists: (&t.lists).into(),
+            k: (&t.io.k).into(),
+            v: (&t.io.v).into(),
+            cmp_s: (&t.cmp_s).into(),
+        };
+        submit(gpu, kernel, &binds, grid);
+        Ok(())
+    }
+
+    /// The selected branch over the lists the choice left in `t.lists` (submitted): one
+    /// workgroup per list slot, or, where the block-list kernel does not run, flash on the
+    /// block grid of the lists read back.
+    pub fn selected_on_device(&self, gpu: &Gpu, t: &NsaTensors) -> Result<MobaPath> {
+        match &self.slc {
+            Some(kernel) => {
+                kernel.run_on_device(gpu, &t.io.buffers(), &t.lists)?;
+                Ok(MobaPath::Lists)
+            }
+            None => {
+                let s = self.spec.shape;
+                let lists = gpu.read(&t.lists, s.heads * s.n * self.nsa.topk)?;
+                self.selected_branch(gpu, t, &lists)
+            }
+        }
+    }
+
     /// The mix and each branch read back (blocks until the queue is idle).
     pub fn read(&self, gpu: &Gpu, t: &NsaTensors, lists: Vec<u32>, path: MobaPath) -> Result<NsaOutput> {
         let s = self.spec.shape;
@@ -394,7 +624,7 @@ impl NsaAttention {
         (b0, b1, last): (u32, u32, bool),
     ) -> Result<()> {
         let grid = gpu.grid(NAME, groups)?;
-        let params = self.params(grid[0], (b0, b1, last));
+        let params = self.params(grid[0], (b0, b1, last as u32));
         let uniform = gpu.uniform("NSA params", &params);
         let binds = NsaBinds {
             params: (&uniform).into(),
@@ -421,7 +651,7 @@ impl NsaAttention {
 
     /// The stages' uniform: the call's sizes, NSA's parameters, the grid's width and a
     /// stage's own three words (`score`: its pass; `phi_grads`: its chunks).
-    fn params(&self, groups_x: u32, (arg0, arg1, last): (u32, u32, bool)) -> Params {
+    fn params(&self, groups_x: u32, (arg0, arg1, last): (u32, u32, u32)) -> Params {
         let s = self.spec.shape;
         let n = &self.nsa;
         Params {
@@ -439,8 +669,10 @@ impl NsaAttention {
             groups_x,
             arg0,
             arg1,
-            last: last as u32,
+            last,
             scale: self.spec.scale_value(),
+            neg_inf: f32::NEG_INFINITY,
+            _pad: [0; 3],
         }
     }
 }
@@ -625,7 +857,7 @@ impl NsaBackward {
     ) -> Result<()> {
         let grid = gpu.grid("nsa_backward", invocations.div_ceil(WORKGROUP))?;
         let uniform =
-            gpu.uniform("NSA backward params", &self.forward.params(grid[0], (per_chunk, chunks, false)));
+            gpu.uniform("NSA backward params", &self.forward.params(grid[0], (per_chunk, chunks, 0)));
         let binds = NsaBackBinds {
             params: (&uniform).into(),
             k: (&t.io.k).into(),

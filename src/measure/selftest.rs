@@ -20,7 +20,7 @@ use crate::kernels::attention::backward::Backward;
 use crate::kernels::attention::decode::{Decoder, DecoderConfig};
 use crate::kernels::dsa::{dsa_attention, dsa_backward};
 use crate::kernels::matmul::{Activation, Coop, Matmul, MatmulOptions, TensorCores, matmul_f64};
-use crate::kernels::nsa::nsa_backward;
+use crate::kernels::nsa::{NsaAttention, nsa_backward};
 use crate::kernels::selection::moba_backward;
 use crate::kernels::{Attention, DeviceTensors, Inputs, Kernel};
 use crate::models::gpt::{GptConfig, PosScheme};
@@ -183,6 +183,32 @@ fn nsa(gpu: &Gpu, spec: &AttnSpec, nsa: &Nsa) -> Result<f64> {
     ]
     .into_iter()
     .fold(0.0, f64::max))
+}
+
+/// NSA's decoding step ([`NsaAttention::decode_step`] after the cache's compression): the
+/// choice against the oracle's (up to float32 ties), then the mix and each branch's O: worst.
+fn nsa_decode(gpu: &Gpu, spec: &AttnSpec, nsa: &Nsa) -> Result<f64> {
+    let (q, k, v) = seeded_qkv(spec, 24);
+    let s = spec.shape;
+    let gates: Vec<f32> = seeded(s.batch * s.heads * s.n * 3, 25).iter().map(|x| 0.5 + 0.4 * x).collect();
+    let call = NsaAttention::new(gpu, spec, nsa)?;
+    let t = call.upload(gpu, spec, (&q, &k, &v), &gates, None)?;
+    call.compress(gpu, &t)?;
+    let path = call.decode_step(gpu, &t)?;
+    let lists = gpu.read(&t.lists, s.batch * s.heads * s.n * nsa.topk)?;
+    let out = call.read(gpu, &t, lists, path)?;
+    let oracle = nsa_select_f64(spec, nsa, &q, &k, &v, None)?;
+    let (diffs, ties) = compare_nsa_selection(spec, nsa, &oracle, &out.lists, 1e-5);
+    if !ties {
+        return Err(Error::Invalid(format!(
+            "the decoding step chose other blocks than the oracle beyond float32 ties in {} rows",
+            diffs.len()
+        )));
+    }
+    let want = nsa_forward_f64(spec, nsa, &q, &k, &v, &gates, &oracle, &out.lists)?;
+    Ok((0..3)
+        .map(|b| rel_error(&out.branches[b].o, &want.branches[b]))
+        .fold(rel_error(&out.o, &want.o), f64::max))
 }
 
 /// DSA: the GPU's choice against the f64 oracle's (equal up to float32 ties), then the
@@ -414,6 +440,16 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
             Box::new(move |g: &Gpu| nsa(g, &spec, &n)),
         ));
     }
+    // NSA's decoding step: one new token over a cache of 1500 (the compressed branch, the
+    // choice and the window in splits, the selected branch on lists left on the device)
+    let spec = AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 2, n: 1, m: 1500, head_dim: 64 })
+        .causal(true);
+    let n = Nsa { cmp_len: 16, cmp_stride: 8, block: 32, topk: 6, window: 100 };
+    out.push((
+        format!("nsa decode {} {} (choice, O, branches)", n.describe(), shape_of(&spec)),
+        BOUND,
+        Box::new(move |g: &Gpu| nsa_decode(g, &spec, &n)),
+    ));
     // DSA: the indexer's choice, the attention over it and the backward (the token-list kernel
     // at D 64, flash's token grid at D 37)
     for d in [64, 37] {

@@ -245,10 +245,10 @@ fn fill_nsa(
         Ok(ms)
     };
     let compress = stage("compress", &mut || call.compress(gpu, &t))?;
-    let cmp = stage("compressed", &mut || call.compressed_branch(gpu, &t))?;
+    let cmp = stage("compressed", &mut || call.decode_compressed(gpu, &t))?;
     let choose = stage("choose", &mut || call.select(gpu, &t).map(drop))?;
     let slc = stage("selected", &mut || call.selected_branch(gpu, &t, &out.lists).map(drop))?;
-    let win = stage("window", &mut || call.window_branch(gpu, &t))?;
+    let win = stage("window", &mut || call.decode_window(gpu, &t))?;
     let mix = stage("mix", &mut || call.combine(gpu, &t))?;
     let dense_t = time_wall(gpu, 1, reps, |enc| dense.encode(gpu, enc, &t.io.buffers()))?;
     (r.select_ms, r.attend_ms, r.dense_ms) =
@@ -396,10 +396,17 @@ fn time_dense_backward(
     Ok(time_wall(gpu, 1, reps, |enc| backward.encode(gpu, enc, &grads.buffers(io)))?.median())
 }
 
-/// One decoding step with MoBA's choice over a cache of `context` positions against dense
-/// decode on the same context (`longctx bench --sparse moba --decode --json`).
+/// One decoding step with a learned choice (MoBA's or NSA's) over a cache of `context`
+/// positions against dense decode on the same context (`longctx bench --sparse moba,nsa
+/// --decode --json`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SparseDecodeRecord {
+    /// "moba" or "nsa".
+    #[serde(default)]
+    pub method: String,
+    /// The method's parameters as the CLI takes them.
+    #[serde(default)]
+    pub config: String,
     /// Query heads H.
     pub heads: usize,
     /// Key/value heads.
@@ -408,19 +415,25 @@ pub struct SparseDecodeRecord {
     pub d: usize,
     /// Cached positions the new token attends to (its own included).
     pub context: usize,
-    /// Keys per block.
+    /// Keys per block (NSA: per selection block).
     pub block: usize,
     /// Blocks per query.
     pub topk: usize,
-    /// The MoBA step: the new token's choice over the block means, then the attention over
-    /// the chosen blocks with the lists left on the device; median ms.
-    pub moba_ms: Option<f64>,
+    /// The sparse step with its lists left on the device (MoBA: the choice over the block
+    /// means, then the attention over the chosen blocks; NSA: the compressed branch, the
+    /// choice, the selected branch, the window, the mix); median ms.
+    #[serde(alias = "moba_ms")]
+    pub sparse_ms: Option<f64>,
     /// The dense decoding step (split-K over the whole cache) at the same context; median ms.
     pub dense_ms: Option<f64>,
-    /// Keys the MoBA step reads over the context (per head).
+    /// Keys the sparse step reads over the context (per head; NSA's compressed keys count
+    /// as keys).
     pub keys_fraction: f64,
-    /// Relative error of the MoBA step's output against the f64 oracle on its choice.
+    /// Relative error of the sparse step's output against the f64 oracle on its choice.
     pub rel_err: Option<f64>,
+    /// Each stage of the step timed alone, median ms (NSA).
+    #[serde(default)]
+    pub stage_ms: Vec<(String, f64)>,
     /// Timed steps of each (after one warm-up).
     pub reps: usize,
     /// Why the configuration was not measured.
@@ -428,10 +441,39 @@ pub struct SparseDecodeRecord {
 }
 
 impl SparseDecodeRecord {
-    /// Dense step time over MoBA's.
+    /// Dense step time over the sparse one's.
     pub fn speedup(&self) -> Option<f64> {
-        Some(self.dense_ms? / self.moba_ms?)
+        Some(self.dense_ms? / self.sparse_ms?)
     }
+}
+
+/// A record of `method` at `context`, filled by `fill` on the one-token causal call; its
+/// failure becomes `skipped`.
+fn decode_record(
+    method: &str,
+    (config, block, topk): (String, usize, usize),
+    (heads, kv_heads, d): (usize, usize, usize),
+    context: usize,
+    reps: usize,
+    fill: impl FnOnce(&AttnSpec, &mut SparseDecodeRecord) -> Result<()>,
+) -> SparseDecodeRecord {
+    let mut r = SparseDecodeRecord {
+        method: method.into(),
+        config,
+        heads,
+        kv_heads,
+        d,
+        context,
+        block,
+        topk,
+        reps,
+        ..Default::default()
+    };
+    let shape = AttnShape { batch: 1, heads, kv_heads, n: 1, m: context, head_dim: d };
+    if let Err(e) = fill(&AttnSpec::new(shape).causal(true), &mut r) {
+        r.skipped = Some(e.to_string());
+    }
+    r
 }
 
 /// A decoding step with MoBA's choice: one new token per query head at position `context` − 1
@@ -442,59 +484,122 @@ impl SparseDecodeRecord {
 /// becomes `skipped`.
 pub fn run_moba_decode(
     gpu: &Gpu,
-    (heads, kv_heads, d): (usize, usize, usize),
+    dims: (usize, usize, usize),
     context: usize,
     moba: &Moba,
     reps: usize,
 ) -> SparseDecodeRecord {
-    let mut r = SparseDecodeRecord {
-        heads,
-        kv_heads,
-        d,
-        context,
-        block: moba.block,
-        topk: moba.topk,
-        reps,
-        ..Default::default()
-    };
-    if let Err(e) = fill_decode(gpu, (heads, kv_heads, d), context, moba, reps, &mut r) {
-        r.skipped = Some(e.to_string());
-    }
-    r
+    let config = (format!("block={},topk={}", moba.block, moba.topk), moba.block, moba.topk);
+    decode_record("moba", config, dims, context, reps, |spec, r| fill_moba_decode(gpu, spec, moba, reps, r))
 }
 
-fn fill_decode(
+fn fill_moba_decode(
     gpu: &Gpu,
-    (heads, kv_heads, d): (usize, usize, usize),
-    context: usize,
+    spec: &AttnSpec,
     moba: &Moba,
     reps: usize,
     r: &mut SparseDecodeRecord,
 ) -> Result<()> {
-    let shape = AttnShape { batch: 1, heads, kv_heads, n: 1, m: context, head_dim: d };
-    let spec = AttnSpec::new(shape).causal(true);
-    let kernel = SparseAttention::new(gpu, &spec, moba.block, moba.topk)?;
-    let (q, k, v) = seeded_qkv(&spec, INPUT_SEED);
-    let io = DeviceTensors::upload(gpu, &spec, &q, &k, &v)?;
+    let kernel = SparseAttention::new(gpu, spec, moba.block, moba.topk)?;
+    let (q, k, v) = seeded_qkv(spec, INPUT_SEED);
+    let io = DeviceTensors::upload(gpu, spec, &q, &k, &v)?;
     io.poison(gpu);
-    let means = block_means_on(gpu, &spec, moba, &io.k)?;
+    let means = block_means_on(gpu, spec, moba, &io.k)?;
     // the step stays on the device: the choice, then one workgroup per chosen block
     let step = || -> Result<wgpu::Buffer> {
-        let lists_buf = choose_on(gpu, &spec, moba, &io.q, &means)?;
+        let lists_buf = choose_on(gpu, spec, moba, &io.q, &means)?;
         kernel.run_on_device(gpu, &io.buffers(), &lists_buf)?;
         Ok(lists_buf)
     };
-    let lists = gpu.read(&step()?, heads * moba.topk)?;
-    let chosen = moba.spec(&spec, &lists)?;
+    let lists = gpu.read(&step()?, spec.shape.heads * moba.topk)?;
+    let chosen = moba.spec(spec, &lists)?;
     let (o_ref, _) = crate::contract::reference::attention_f64(&chosen, &q, &k, &v)?;
-    r.rel_err = Some(crate::contract::reference::rel_error(&io.read(gpu)?.o, &o_ref));
+    r.rel_err = Some(rel_error(&io.read(gpu)?.o, &o_ref));
     r.keys_fraction = chosen.visible_pairs() as f64 / spec.visible_pairs().max(1) as f64;
     let sparse = time_host(1, reps, |_| {
         step()?;
         gpu.wait()
     })?;
-    // dense: the cache holds the context but the last position, which each step appends
-    let mut cfg = DecoderConfig::new(heads, kv_heads, d, context + reps + 1);
+    r.sparse_ms = Some(sparse.median());
+    r.dense_ms = Some(time_dense_decode(gpu, spec, (&q, &k, &v), reps)?);
+    Ok(())
+}
+
+/// A decoding step with NSA's choice: one new token per query head at position `context` − 1
+/// over a cache of `context` positions whose compressed keys and values the cache keeps
+/// (computed once, as a cache does when each window of l keys fills, and not timed); the step
+/// ([`NsaAttention::decode_step`]) runs the compressed branch, chooses, reads the chosen
+/// blocks and the window, mixes, and is checked against the oracle (the choice too, up to
+/// float32 ties). Dense decoding at the same context is timed in the same run. A failure
+/// becomes `skipped`.
+pub fn run_nsa_decode(
+    gpu: &Gpu,
+    dims: (usize, usize, usize),
+    context: usize,
+    nsa: &Nsa,
+    reps: usize,
+) -> SparseDecodeRecord {
+    let config = (nsa.describe(), nsa.block, nsa.topk);
+    decode_record("nsa", config, dims, context, reps, |spec, r| fill_nsa_decode(gpu, spec, nsa, reps, r))
+}
+
+fn fill_nsa_decode(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    nsa: &Nsa,
+    reps: usize,
+    r: &mut SparseDecodeRecord,
+) -> Result<()> {
+    let s = spec.shape;
+    let call = NsaAttention::new(gpu, spec, nsa)?;
+    let (q, k, v) = seeded_qkv(spec, INPUT_SEED);
+    let gates: Vec<f32> = seeded(s.heads * 3, INPUT_SEED ^ 0x6a7e).iter().map(|x| 0.5 + 0.45 * x).collect();
+    let t = call.upload(gpu, spec, (&q, &k, &v), &gates, None)?;
+    call.compress(gpu, &t)?;
+    call.decode_step(gpu, &t)?;
+    let lists = gpu.read(&t.lists, s.heads * nsa.topk)?;
+    let o: Vec<f32> = gpu.read(&t.o, s.heads * s.head_dim)?;
+    let rows: Vec<usize> = (0..s.heads).collect();
+    let (want, differ, ties) = nsa_rows_f64(spec, nsa, (&q, &k, &v), &gates, None, &lists, &rows, 1e-5)?;
+    if !ties {
+        return Err(crate::error::Error::Invalid(format!(
+            "NSA's choice on the GPU differs from the oracle's beyond float32 ties in {differ} of {} heads",
+            s.heads
+        )));
+    }
+    r.rel_err = Some(rel_error(&o, &want));
+    r.keys_fraction = nsa_pairs(spec, nsa, &lists).iter().sum::<u64>() as f64 / (s.heads * s.m) as f64;
+    let mut stage = |name: &str, run: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        let ms = time_host(1, reps, |_| {
+            run()?;
+            gpu.wait()
+        })?
+        .median();
+        r.stage_ms.push((name.to_string(), ms));
+        Ok(ms)
+    };
+    stage("compressed", &mut || call.decode_compressed(gpu, &t))?;
+    stage("choose", &mut || call.decode_choose(gpu, &t))?;
+    stage("selected", &mut || call.selected_on_device(gpu, &t).map(drop))?;
+    stage("window", &mut || call.decode_window(gpu, &t))?;
+    stage("mix", &mut || call.combine(gpu, &t))?;
+    r.sparse_ms = Some(stage("step", &mut || call.decode_step(gpu, &t).map(drop))?);
+    r.stage_ms.pop();
+    r.dense_ms = Some(time_dense_decode(gpu, spec, (&q, &k, &v), reps)?);
+    Ok(())
+}
+
+/// Dense decoding's step ([`Decoder`], split-K) for the one-token call `spec`: the cache holds
+/// the context but its last position, which each timed step appends; median ms of `reps`.
+fn time_dense_decode(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    reps: usize,
+) -> Result<f64> {
+    let s = spec.shape;
+    let (kv_heads, d, context) = (s.kv_heads, s.head_dim, s.m);
+    let mut cfg = DecoderConfig::new(s.heads, kv_heads, d, context + reps + 1);
     cfg.max_step_tokens = 1;
     let mut dec = Decoder::new(gpu, cfg)?;
     let cached = context - 1;
@@ -503,12 +608,11 @@ fn fill_decode(
             .flat_map(|g| x[(g * context + rows.start) * d..(g * context + rows.end) * d].to_vec())
             .collect()
     };
-    dec.prefill(gpu, 0, &head_rows(&k, 0..cached), &head_rows(&v, 0..cached))?;
-    let (k_new, v_new) = (head_rows(&k, cached..context), head_rows(&v, cached..context));
+    dec.prefill(gpu, 0, &head_rows(k, 0..cached), &head_rows(v, 0..cached))?;
+    let (k_new, v_new) = (head_rows(k, cached..context), head_rows(v, cached..context));
     let dense = time_host(1, reps, |_| {
-        dec.step(gpu, 0, &q, &k_new, &v_new)?;
+        dec.step(gpu, 0, q, &k_new, &v_new)?;
         gpu.wait()
     })?;
-    (r.moba_ms, r.dense_ms) = (Some(sparse.median()), Some(dense.median()));
-    Ok(())
+    Ok(dense.median())
 }
