@@ -12,6 +12,11 @@
 //!
 //! Stages 1 and 3 are the selection (timed and counted apart by `longctx bench --sparse
 //! nsa`); the lists come back to the host once, for the block-list kernel's grouping.
+//!
+//! A decoding step ([`NsaAttention::decode_step`], `shaders/nsa_decode.wgsl`) has a few rows
+//! over a long cache: the compressed branch and the window run in splits of their keys merged
+//! by log-sum-exp, the choice scores every block at once on the compressed branch's own
+//! scores, and the selected branch reads the lists on the device.
 
 use std::sync::Arc;
 

@@ -1,7 +1,8 @@
 //! Learned sparse attention against dense causal flash in the same run (`longctx bench
 //! --sparse moba [--backward]`): the selection stage and the attention over its choice timed
 //! separately, their FLOPs counted separately, sampled rows checked against the f64 oracle on
-//! the GPU's choice; with the backward, the block-list backward against flash's.
+//! the GPU's choice; with the backward, the block-list backward against flash's; with
+//! `--decode`, a decoding step with MoBA's or NSA's choice against dense decoding.
 
 use serde::{Deserialize, Serialize};
 
