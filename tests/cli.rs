@@ -974,10 +974,6 @@ fn train_resumes_and_eval_reports_bits_per_byte_at_each_length() {
     let stdout = String::from_utf8_lossy(&eval.stdout);
     assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
     assert!(stdout.contains("alibi moba:block=8,topk=2 (L=16)"), "{stdout}");
-    fails_with(
-        &["train", "--pos", "rope", "--attn", "moba:block=8,topk=2", "--corpus", p(&corpus)],
-        "MoBA with RoPE",
-    );
     fails_with(&["train", "--pos", "alibi", "--attn", "moba:block=8", "--corpus", p(&corpus)], "needs both");
     fails_with(&["eval", "--checkpoint", p(&ckpt), "--corpus", p(&corpus), "--span", "100"], "span");
     fails_with(&["eval", "--checkpoint", p(&corpus), "--corpus", p(&corpus)], "safetensors");
@@ -1238,51 +1234,60 @@ fn moba_chooses_on_the_gpu_like_the_oracle_and_writes_its_choice() {
     let dir = tempfile::tempdir().unwrap();
     let seed = common::seed();
     let [q, k, v] = trio(dir.path(), 4, 2, 45, 70, 16, seed);
-    let mut outs = Vec::new();
-    for kernel in ["cpu", "flash"] {
-        let o = dir.path().join(format!("o_{kernel}.npy"));
-        let sel = dir.path().join(format!("sel_{kernel}.npy"));
-        let dq = dir.path().join(format!("dq_{kernel}.npy"));
-        let out = longctx(&[
-            "attention",
-            "--q",
-            p(&q),
-            "--k",
-            p(&k),
-            "--v",
-            p(&v),
-            "--out",
-            p(&o),
-            "--moba",
-            "block=8,topk=3",
-            "--selected-out",
-            p(&sel),
-            "--grad-out",
-            p(&q),
-            "--dq",
-            p(&dq),
-            "--kernel",
-            kernel,
-        ]);
-        assert!(out.status.success(), "{kernel}: {}", String::from_utf8_lossy(&out.stderr));
-        let sel = read_npy(&sel).unwrap();
-        assert_eq!(sel.shape, vec![4, 45, 3]);
-        // row 44 sits at position 69: own block 8, then two of the blocks 0..8
-        assert_eq!(sel.data[44 * 3], 8.0);
-        outs.push((read_npy(&o).unwrap().data, read_npy(&dq).unwrap().data, sel.data));
-    }
-    let (cpu, gpu) = (&outs[0], &outs[1]);
-    // the same choice, or one that differs only where two gate scores tie at float32 rounding
-    let blocks = |x: &[f32]| x.iter().map(|&b| if b < 0.0 { NONE } else { b as u32 }).collect::<Vec<u32>>();
-    let spec = AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 2, n: 45, m: 70, head_dim: 16 });
-    let moba = Moba { block: 8, topk: 3 };
-    let (qd, kd) = (read_npy(&q).unwrap().data, read_npy(&k).unwrap().data);
-    let (diffs, ties) = compare_selection(&spec, &moba, &qd, &kd, &blocks(&cpu.2), &blocks(&gpu.2), 1e-5);
-    assert!(ties, "the GPU chose differently: {:?} (seed {seed})", diffs.first());
-    if diffs.is_empty() {
-        let e = |a: &[f32], b: &[f32]| rel_error(a, &b.iter().map(|&x| x as f64).collect::<Vec<_>>());
-        assert!(e(&gpu.0, &cpu.0) <= 1e-5, "O: {} (seed {seed})", e(&gpu.0, &cpu.0));
-        assert!(e(&gpu.1, &cpu.1) <= 1e-5, "dQ: {} (seed {seed})", e(&gpu.1, &cpu.1));
+    // without positions, and with RoPE (the gate reads Q and K rotated)
+    for rope in [&[][..], &["--rope", "theta=10000"][..]] {
+        let mut outs = Vec::new();
+        for kernel in ["cpu", "flash"] {
+            let o = dir.path().join(format!("o_{kernel}.npy"));
+            let sel = dir.path().join(format!("sel_{kernel}.npy"));
+            let dq = dir.path().join(format!("dq_{kernel}.npy"));
+            let args = [
+                "attention",
+                "--q",
+                p(&q),
+                "--k",
+                p(&k),
+                "--v",
+                p(&v),
+                "--out",
+                p(&o),
+                "--moba",
+                "block=8,topk=3",
+                "--selected-out",
+                p(&sel),
+                "--grad-out",
+                p(&q),
+                "--dq",
+                p(&dq),
+                "--kernel",
+                kernel,
+            ];
+            let out = longctx(&[&args[..], rope].concat());
+            assert!(out.status.success(), "{kernel} {rope:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let sel = read_npy(&sel).unwrap();
+            assert_eq!(sel.shape, vec![4, 45, 3]);
+            // row 44 sits at position 69: own block 8, then two of the blocks 0..8
+            assert_eq!(sel.data[44 * 3], 8.0);
+            outs.push((read_npy(&o).unwrap().data, read_npy(&dq).unwrap().data, sel.data));
+        }
+        let (cpu, gpu) = (&outs[0], &outs[1]);
+        // the same choice, or one that differs only where two gate scores tie at float32 rounding
+        let blocks =
+            |x: &[f32]| x.iter().map(|&b| if b < 0.0 { NONE } else { b as u32 }).collect::<Vec<u32>>();
+        let mut spec =
+            AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 2, n: 45, m: 70, head_dim: 16 });
+        if !rope.is_empty() {
+            spec = spec.positions(Some(longctx::contract::positions::Positions::rope(10000.0)));
+        }
+        let moba = Moba { block: 8, topk: 3 };
+        let (qd, kd) = (read_npy(&q).unwrap().data, read_npy(&k).unwrap().data);
+        let (diffs, ties) = compare_selection(&spec, &moba, &qd, &kd, &blocks(&cpu.2), &blocks(&gpu.2), 1e-5);
+        assert!(ties, "{rope:?}: the GPU chose differently: {:?} (seed {seed})", diffs.first());
+        if diffs.is_empty() {
+            let e = |a: &[f32], b: &[f32]| rel_error(a, &b.iter().map(|&x| x as f64).collect::<Vec<_>>());
+            assert!(e(&gpu.0, &cpu.0) <= 1e-5, "{rope:?} O: {} (seed {seed})", e(&gpu.0, &cpu.0));
+            assert!(e(&gpu.1, &cpu.1) <= 1e-5, "{rope:?} dQ: {} (seed {seed})", e(&gpu.1, &cpu.1));
+        }
     }
     let o = dir.path().join("o.npy");
     let base = ["attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&o)];

@@ -33,15 +33,16 @@ fn the_whole_model_gradient_matches_finite_differences_of_the_oracle() {
     }
 }
 
-/// The model with MoBA in its blocks (the choice on each layer's Q and K, the block-list
-/// kernels forward and backward): its gradient against finite differences of the oracle, which
-/// makes the same choice in f64; the choice changes the loss (it is not dense attention).
+/// The model with MoBA in its blocks (the choice on each layer's Q and K — rotated, with RoPE —
+/// the block-list kernels forward and backward): its gradient against finite differences of
+/// the oracle, which makes the same choice in f64; the choice changes the loss (it is not
+/// dense attention).
 #[test]
 fn the_moba_model_gradient_matches_finite_differences_of_the_oracle() {
     use longctx::models::gpt::AttnKind;
     let g = common::gpu();
     let seed = common::seed();
-    for pos in [PosScheme::None, PosScheme::Alibi] {
+    for pos in [PosScheme::None, PosScheme::Alibi, PosScheme::Rope] {
         // 17 tokens in blocks of 4: a row reads its own block and the best one of up to 4
         let dense = GptConfig::bytes(16, 2, 2, pos);
         let c = GptConfig { attn: AttnKind::Moba { block: 4, topk: 2 }, ..dense };
@@ -59,12 +60,6 @@ fn the_moba_model_gradient_matches_finite_differences_of_the_oracle() {
             "MoBA {pos:?}: loss {want} against dense {full} (seed {seed})"
         );
     }
-    let rope = GptConfig {
-        attn: AttnKind::Moba { block: 4, topk: 2 },
-        ..GptConfig::bytes(16, 2, 2, PosScheme::Rope)
-    };
-    let err = GptGpu::new(g, rope, 1, 8).err().expect("MoBA with RoPE is refused");
-    assert!(err.to_string().contains("RoPE"), "{err}");
 }
 
 #[test]

@@ -21,7 +21,7 @@ pub fn attention_f64(spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32]) -> Result
 }
 
 /// Q and K under the spec's positional encoding, in f64 (`None` without one).
-fn encoded(spec: &AttnSpec, q: &[f32], k: &[f32]) -> Option<(Vec<f64>, Vec<f64>)> {
+pub(crate) fn encoded(spec: &AttnSpec, q: &[f32], k: &[f32]) -> Option<(Vec<f64>, Vec<f64>)> {
     let p = spec.positions?;
     let s = spec.shape;
     Some((

@@ -5,7 +5,8 @@
 //! **MoBA** (`block = B`, `topk = k`): keys are cut into blocks of B positions. For query row
 //! `i` at position `p = q_offset + i`, every block that lies wholly before p's own block
 //! (`p / B`) gets the gate score `q_i · mean(K[block])` (per query head, reading its kv head;
-//! unscaled). The query attends, by one softmax over the union, to its own block (causally
+//! unscaled; Q and K under the call's positional encoding when it has one — RoPE rotates each
+//! key at its own position before the mean). The query attends, by one softmax over the union, to its own block (causally
 //! masked inside) and to the `k − 1` highest-scoring earlier blocks (ties: the lower block
 //! index first; fewer earlier blocks than `k − 1`: all of them); blocks after its own are
 //! never chosen. Every other rule of the call (windows, sparse masks, ALiBi, mods) still
@@ -170,7 +171,7 @@ pub(crate) fn listed_spec(
 }
 
 /// Every block's mean key in f64, `[Hkv, blocks, D]` (a last, partial block over its keys).
-fn block_means_f64(spec: &AttnSpec, moba: &Moba, k: &[f32]) -> Vec<f64> {
+fn block_means_f64<T: Copy + Into<f64>>(spec: &AttnSpec, moba: &Moba, k: &[T]) -> Vec<f64> {
     let s = spec.shape;
     let (d, blocks) = (s.head_dim, moba.blocks(s.m));
     let mut means = vec![0f64; s.kv_heads * blocks * d];
@@ -180,7 +181,7 @@ fn block_means_f64(spec: &AttnSpec, moba: &Moba, k: &[f32]) -> Vec<f64> {
             let count = keys.len() as f64;
             for j in keys {
                 let kj = &k[(kvh * s.m + j) * d..][..d];
-                mean.iter_mut().zip(kj).for_each(|(m, &x)| *m += x as f64);
+                mean.iter_mut().zip(kj).for_each(|(m, &x)| *m += x.into());
             }
             mean.iter_mut().for_each(|m| *m /= count);
         }
@@ -190,7 +191,14 @@ fn block_means_f64(spec: &AttnSpec, moba: &Moba, k: &[f32]) -> Vec<f64> {
 
 /// Gate scores of query row `i` of head `h` from the block means: one per block wholly before
 /// its own (`[]` for a row at a negative position).
-fn gates_f64(spec: &AttnSpec, moba: &Moba, q: &[f32], means: &[f64], h: usize, i: usize) -> Vec<f64> {
+fn gates_f64<T: Copy + Into<f64>>(
+    spec: &AttnSpec,
+    moba: &Moba,
+    q: &[T],
+    means: &[f64],
+    h: usize,
+    i: usize,
+) -> Vec<f64> {
     let s = spec.shape;
     let d = s.head_dim;
     let p = spec.position(i);
@@ -201,7 +209,7 @@ fn gates_f64(spec: &AttnSpec, moba: &Moba, q: &[f32], means: &[f64], h: usize, i
     let qi = &q[(h * s.n + i) * d..][..d];
     let head_means = &means[kvh * moba.blocks(s.m) * d..];
     (0..p as usize / moba.block)
-        .map(|b| qi.iter().zip(&head_means[b * d..][..d]).map(|(&a, m)| a as f64 * m).sum())
+        .map(|b| qi.iter().zip(&head_means[b * d..][..d]).map(|(&a, m)| a.into() * m).sum())
         .collect()
 }
 
@@ -212,6 +220,15 @@ pub fn moba_select_f64(spec: &AttnSpec, moba: &Moba, q: &[f32], k: &[f32]) -> Re
     let s = spec.shape;
     moba.check(&s)?;
     spec.check_inputs(q, k, k)?;
+    Ok(match crate::contract::reference::encoded(spec, q, k) {
+        Some((q, k)) => choose_f64(spec, moba, &q, &k),
+        None => choose_f64(spec, moba, q, k),
+    })
+}
+
+/// [`moba_select_f64`] on Q and K as given (encoded already, if the call encodes positions).
+fn choose_f64<T: Copy + Into<f64>>(spec: &AttnSpec, moba: &Moba, q: &[T], k: &[T]) -> Vec<u32> {
+    let s = spec.shape;
     let means = block_means_f64(spec, moba, k);
     let mut out = vec![NONE; s.heads * s.n * moba.topk];
     for h in 0..s.heads {
@@ -231,7 +248,7 @@ pub fn moba_select_f64(spec: &AttnSpec, moba: &Moba, q: &[f32], k: &[f32]) -> Re
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// A row whose two choices differ: head, row, the oracle's blocks and the other's (sorted).
@@ -253,11 +270,13 @@ pub fn compare_selection(
     // a batch as the heads it folds into (a call that cannot fold chose nothing to compare)
     let folded = moba.fold(spec).unwrap_or_else(|_| spec.clone());
     let spec = &folded;
-    let means = block_means_f64(spec, moba, k);
+    let (q, k) = crate::contract::reference::encoded(spec, q, k)
+        .unwrap_or_else(|| (q.iter().map(|&x| x as f64).collect(), k.iter().map(|&x| x as f64).collect()));
+    let means = block_means_f64(spec, moba, &k);
     let n = spec.shape.n;
     diff_choices(n, moba.topk, oracle, other, tol, |row| {
         // every block before the row's own has a score; the own block is forced
-        gates_f64(spec, moba, q, &means, row / n, row % n).into_iter().map(Some).collect()
+        gates_f64(spec, moba, &q, &means, row / n, row % n).into_iter().map(Some).collect()
     })
 }
 

@@ -10,10 +10,11 @@ use crate::contract::selection::{MAX_TOPK, Moba};
 use crate::contract::spec::AttnOutput;
 use crate::contract::spec::AttnSpec;
 use crate::error::{Error, Result};
-use crate::kernels::attention::DeviceTensors;
-use crate::kernels::attention::backward::{Backward, GradTensors, Gradients};
+use crate::kernels::attention::backward::{Backward, BackwardBuffers, GradTensors, Gradients};
 use crate::kernels::attention::sparse::SparseAttention;
 use crate::kernels::attention::sparse_backward::SparseBackward;
+use crate::kernels::attention::{AttnBuffers, DeviceTensors};
+use crate::kernels::positions::EncodedInputs;
 use crate::kernels::{Attention, Kernel};
 use crate::runtime::Gpu;
 use crate::runtime::shader::{BindGroupFields, Shader, ShaderVariant, bind_group};
@@ -67,8 +68,8 @@ pub fn variants() -> Vec<ShaderVariant> {
     (0..=8).flat_map(|p| ENTRIES.map(|e| variant(e, 1 << p))).collect()
 }
 
-/// MoBA's choice on the GPU for `spec` (a batch folds into heads, [`Moba::fold`]; no
-/// positional encoding yet): `[B, H, N, k]` index lists as
+/// MoBA's choice on the GPU for `spec` (a batch folds into heads, [`Moba::fold`]; Q and K
+/// under its positional encoding, if it has one): `[B, H, N, k]` index lists as
 /// [`crate::contract::selection::moba_select_f64`] writes them.
 pub fn moba_select(gpu: &Gpu, spec: &AttnSpec, moba: &Moba, q: &[f32], k: &[f32]) -> Result<Vec<u32>> {
     crate::runtime::block_on(
@@ -100,7 +101,8 @@ fn moba_slots(spec: &AttnSpec, moba: &Moba) -> usize {
 
 /// MoBA's choice on device Q and K (`[B, H, N, D]`, `[B, Hkv, M, D]`, f32, head dim
 /// unpadded): the `[B, H, N, k]` index lists in a new device buffer (submitted, not awaited).
-/// The block means, then the choice ([`block_means_on`], [`choose_on`]).
+/// With a positional encoding, Q and K are encoded into copies first (the gate reads them
+/// encoded); then the block means and the choice ([`block_means_on`], [`choose_on`]).
 pub fn select_on(
     gpu: &Gpu,
     spec: &AttnSpec,
@@ -108,6 +110,14 @@ pub fn select_on(
     q_buf: &wgpu::Buffer,
     k_buf: &wgpu::Buffer,
 ) -> Result<wgpu::Buffer> {
+    if let Some(encoded) = EncodedInputs::new(gpu, spec, spec.shape.head_dim, false)? {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        let (q, k) = encoded.encode(gpu, &mut enc, q_buf, k_buf)?;
+        gpu.queue.submit([enc.finish()]);
+        let plain = spec.clone().positions(None);
+        let means = block_means_on(gpu, &plain, moba, k)?;
+        return choose_on(gpu, &plain, moba, q, &means);
+    }
     let means = block_means_on(gpu, spec, moba, k_buf)?;
     choose_on(gpu, spec, moba, q_buf, &means)
 }
@@ -151,15 +161,16 @@ pub fn choose_on(
     Ok(chosen)
 }
 
-/// The folded call (a batch as heads), checked: MoBA's parameters, no positional encoding,
-/// the head dim, and the loops of both stages against an adapter's cap.
+/// The folded call (a batch as heads), checked: MoBA's parameters, no positional encoding
+/// (the stages read Q and K as given: [`select_on`] encodes them first), the head dim, and the
+/// loops of both stages against an adapter's cap.
 fn prepare(gpu: &Gpu, spec: &AttnSpec, moba: &Moba) -> Result<AttnSpec> {
     let spec = moba.fold(spec)?;
     let s = spec.shape;
     moba.check(&s)?;
     if spec.positions.is_some() {
         return Err(Error::Invalid(
-            "MoBA with a positional encoding: the gate reads Q and K after RoPE, which the selection stage does not apply yet"
+            "MoBA's block means and choice read Q and K as given: call them on encoded Q and K with the positional encoding taken off the call (select_on does both)"
                 .into(),
         ));
     }
@@ -269,7 +280,9 @@ pub fn moba_attention(
 ) -> Result<(AttnOutput, Vec<u32>, MobaPath)> {
     let spec = &moba.fold(spec)?;
     moba.check(&spec.shape)?;
-    if SparseAttention::unsupported(gpu, spec, moba.block).is_some() {
+    // the list kernels read Q and K encoded (on_lists); flash's grid encodes them itself
+    let plain = &spec.clone().positions(None);
+    if SparseAttention::unsupported(gpu, plain, moba.block).is_some() {
         let selected = moba_select(gpu, spec, moba, q, k)?;
         let chosen = moba.spec(spec, &selected)?;
         let out = Attention::new(gpu, Kernel::Flash, &chosen)?.run(gpu, q, k, v)?;
@@ -294,8 +307,9 @@ pub fn moba_backward(
 ) -> Result<(AttnOutput, Gradients, Vec<u32>, MobaPath)> {
     let spec = &moba.fold(spec)?;
     moba.check(&spec.shape)?;
-    if SparseAttention::unsupported(gpu, spec, moba.block).is_some()
-        || SparseBackward::unsupported(gpu, spec, moba.block).is_some()
+    let plain = &spec.clone().positions(None);
+    if SparseAttention::unsupported(gpu, plain, moba.block).is_some()
+        || SparseBackward::unsupported(gpu, plain, moba.block).is_some()
     {
         let selected = moba_select(gpu, spec, moba, q, k)?;
         let chosen = moba.spec(spec, &selected)?;
@@ -308,7 +322,8 @@ pub fn moba_backward(
 }
 
 /// The choice, the block-list forward and, given dO, its backward, on freshly uploaded
-/// tensors (outputs poisoned with NaN first).
+/// tensors (outputs poisoned with NaN first); with a positional encoding, on encoded copies of
+/// Q and K, and dQ, dK taken back through it.
 fn on_lists(
     gpu: &Gpu,
     spec: &AttnSpec,
@@ -319,17 +334,32 @@ fn on_lists(
     d_o: Option<&[f32]>,
 ) -> Result<(AttnOutput, Option<Gradients>, Vec<u32>)> {
     spec.check_inputs(q, k, v)?;
-    let causal = spec.clone().causal(true);
+    let plain = spec.clone().positions(None);
+    let causal = plain.clone().causal(true);
     let forward = SparseAttention::new(gpu, &causal, moba.block, moba.topk)?;
     let backward = d_o.map(|_| SparseBackward::new(gpu, &causal, moba.block, moba.topk)).transpose()?;
     let io = DeviceTensors::upload(gpu, spec, q, k, v)?;
     io.poison(gpu);
     let grads = d_o.map(|d_o| GradTensors::upload(gpu, spec, d_o)).transpose()?;
-    let (lists_buf, lists) = select_lists(gpu, spec, moba, &io.q, &io.k)?;
-    forward.run(gpu, &io.buffers(), &lists, &lists_buf)?;
+    let encoded = EncodedInputs::new(gpu, spec, spec.shape.head_dim, false)?;
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    let (q_in, k_in) = match &encoded {
+        Some(e) => e.encode(gpu, &mut enc, &io.q, &io.k)?,
+        None => (&io.q, &io.k),
+    };
+    gpu.queue.submit([enc.finish()]);
+    let bufs = AttnBuffers { q: q_in, k: k_in, ..io.buffers() };
+    let (lists_buf, lists) = select_lists(gpu, &plain, moba, q_in, k_in)?;
+    forward.run(gpu, &bufs, &lists, &lists_buf)?;
     if let (Some(backward), Some(grads)) = (&backward, &grads) {
         grads.poison(gpu);
-        backward.run(gpu, &grads.buffers(&io), &lists, &lists_buf)?;
+        let back = BackwardBuffers { forward: bufs, ..grads.buffers(&io) };
+        backward.run(gpu, &back, &lists, &lists_buf)?;
+        if let Some(e) = &encoded {
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            e.grads(gpu, &mut enc, back.dq, back.dk)?;
+            gpu.queue.submit([enc.finish()]);
+        }
     }
     let grads = grads.map(|g| g.read(gpu)).transpose()?;
     Ok((io.read(gpu)?, grads, lists))

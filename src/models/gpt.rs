@@ -83,7 +83,7 @@ pub enum AttnKind {
     Dense,
     /// MoBA (`docs/DESIGN.md` §1): each query reads its own block of `block` keys and the
     /// `topk` − 1 earlier blocks whose mean key scores highest against it, chosen from the
-    /// layer's own Q and K (no gradient through the choice).
+    /// layer's own Q and K (rotated, with RoPE; no gradient through the choice).
     Moba {
         /// Keys per block.
         block: usize,
@@ -197,11 +197,6 @@ impl GptConfig {
         }
         if let Some(m) = self.attn.moba() {
             m.check(&crate::contract::AttnShape::mha(1, self.heads, 1, 1, hd))?;
-            if self.pos == PosScheme::Rope {
-                return Err(Error::Invalid(
-                    "MoBA with RoPE: the choice reads Q and K before the rotation, which the selection stage does not apply yet (use --pos none, sinusoidal or alibi)".into(),
-                ));
-            }
         }
         Ok(())
     }

@@ -27,6 +27,7 @@ use crate::kernels::attention::sparse_backward::SparseBackward;
 use crate::kernels::embed::check_ids;
 use crate::kernels::layer::LayerOp;
 use crate::kernels::matmul::{Activation, Layout, Matmul, MatmulOptions};
+use crate::kernels::positions::EncodedInputs;
 use crate::kernels::selection::select_lists;
 use crate::kernels::train::{AdamW, HeadDims, Train};
 use crate::kernels::{Attention, AttnBuffers, Kernel};
@@ -152,8 +153,12 @@ type Lists = (wgpu::Buffer, Vec<u32>);
 /// (forward and backward), and each layer's lists kept from the forward for the backward.
 struct MobaLayers {
     moba: Moba,
-    /// One block's attention call (unfolded; the selection folds the batch itself).
+    /// One block's attention call without its positional encoding (unfolded; the selection
+    /// folds the batch itself): the choice and the kernels read Q and K encoded.
     spec: AttnSpec,
+    /// RoPE's rotation of a layer's Q and K into copies (the choice and the block-list kernels
+    /// read them rotated) and of dQ, dK back; `None` for the other schemes.
+    encoded: Option<EncodedInputs>,
     forward: SparseAttention,
     backward: SparseBackward,
     /// Per layer, the lists of the last forward: on the device and on the host.
@@ -162,7 +167,8 @@ struct MobaLayers {
 
 impl MobaLayers {
     fn new(gpu: &Gpu, moba: Moba, spec: &AttnSpec, layers: usize) -> Result<Self> {
-        let folded = moba.fold(spec)?.causal(true);
+        let plain = spec.clone().positions(None);
+        let folded = moba.fold(&plain)?.causal(true);
         let why = SparseAttention::unsupported(gpu, &folded, moba.block)
             .or_else(|| SparseBackward::unsupported(gpu, &folded, moba.block));
         if let Some(why) = why {
@@ -172,11 +178,28 @@ impl MobaLayers {
         }
         Ok(Self {
             moba,
-            spec: spec.clone(),
+            encoded: EncodedInputs::new(gpu, spec, spec.shape.head_dim, false)?,
+            spec: plain,
             forward: SparseAttention::new(gpu, &folded, moba.block, moba.topk)?,
             backward: SparseBackward::new(gpu, &folded, moba.block, moba.topk)?,
             lists: Mutex::new((0..layers).map(|_| None).collect()),
         })
+    }
+}
+
+impl MobaLayers {
+    /// The Q and K a block's choice and kernels read: its own, or (RoPE) copies rotated by
+    /// commands recorded into `enc`.
+    fn inputs<'a>(
+        &'a self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        s: &'a Saved,
+    ) -> Result<(&'a wgpu::Buffer, &'a wgpu::Buffer)> {
+        match &self.encoded {
+            Some(e) => e.encode(gpu, enc, &s.q, &s.k),
+            None => Ok((&s.q, &s.k)),
+        }
     }
 }
 
@@ -587,10 +610,12 @@ impl GptGpu {
             match &self.moba {
                 None => self.attention.encode(gpu, enc, &bufs)?,
                 Some(mb) => {
-                    // the choice reads this layer's Q and K: what is recorded so far runs first
+                    // the choice reads this layer's Q and K (rotated, with RoPE): what is
+                    // recorded so far runs first
+                    let (q, k) = mb.inputs(gpu, enc, s)?;
                     flush(gpu, enc);
-                    let (buf, lists) = select_lists(gpu, &mb.spec, &mb.moba, &s.q, &s.k)?;
-                    mb.forward.run(gpu, &bufs, &lists, &buf)?;
+                    let (buf, lists) = select_lists(gpu, &mb.spec, &mb.moba, q, k)?;
+                    mb.forward.run(gpu, &AttnBuffers { q, k, ..bufs }, &lists, &buf)?;
                     mb.lists.lock().unwrap_or_else(|e| e.into_inner())[l] = Some((buf, lists));
                 }
             }
@@ -670,12 +695,18 @@ impl GptGpu {
             match &self.moba {
                 None => self.backward.encode(gpu, enc, &grads)?,
                 Some(mb) => {
+                    // the copies hold the last layer's rotation: this layer's again
+                    let (q, k) = mb.inputs(gpu, enc, s)?;
                     flush(gpu, enc);
                     let lists = mb.lists.lock().unwrap_or_else(|e| e.into_inner());
                     let (buf, host) = lists[l].as_ref().ok_or_else(|| {
                         Error::Invalid("the GPT's backward with MoBA needs its forward's choice first".into())
                     })?;
-                    mb.backward.run(gpu, &grads, host, buf)?;
+                    let rotated = BackwardBuffers { forward: AttnBuffers { q, k, ..forward }, ..grads };
+                    mb.backward.run(gpu, &rotated, host, buf)?;
+                    if let Some(e) = &mb.encoded {
+                        e.grads(gpu, enc, &self.dq, &self.dk)?;
+                    }
                 }
             }
             for (part, src) in [&self.dq, &self.dk, &self.dv].into_iter().enumerate() {
