@@ -43,7 +43,21 @@ fn cases() -> Vec<(AttnSpec, Nsa, bool)> {
         (AttnSpec::new(shape(4, 2, 70, 150, 40)), nsa(8, 4, 16, 4, 12), true),
         // a batch of two sequences, each choosing for itself
         (AttnSpec::new(AttnShape { batch: 2, ..shape(2, 1, 30, 44, 8) }), nsa(8, 4, 8, 3, 6), true),
+        // RoPE: every branch and the choice on rotated Q and K (the compressed keys from the
+        // rotated keys), dQ and dK rotated back; the block-list kernels, flash's grid at D 6,
+        // a batch
+        (AttnSpec::new(shape(4, 2, 45, 77, 12)).positions(Some(rope())), nsa(6, 3, 8, 3, 10), true),
+        (AttnSpec::new(shape(3, 3, 33, 50, 6)).positions(Some(rope())), nsa(8, 2, 7, 4, 9), false),
+        (
+            AttnSpec::new(AttnShape { batch: 2, ..shape(2, 1, 30, 44, 8) }).positions(Some(rope())),
+            nsa(8, 4, 8, 3, 6),
+            true,
+        ),
     ]
+}
+
+fn rope() -> longctx::contract::positions::Positions {
+    longctx::contract::positions::Positions::rope(10000.0)
 }
 
 /// Gates in (0, 1) (a sigmoid's range) and, when asked, φ around the mean.
@@ -145,6 +159,7 @@ fn the_decoding_stages_match_the_oracle() {
         (AttnSpec::new(shape(2, 1, 1, 500, 6)), nsa(8, 2, 7, 4, 9), false),
         (AttnSpec::new(shape(1, 1, 2, 12, 4)), nsa(16, 8, 4, 3, 3), false),
         (AttnSpec::new(AttnShape { batch: 2, ..shape(2, 1, 1, 901, 8) }), nsa(8, 4, 8, 3, 60), true),
+        (AttnSpec::new(shape(4, 2, 1, 1000, 16)).positions(Some(rope())), nsa(16, 8, 32, 6, 100), true),
     ];
     for (spec, nsa, learned) in cases {
         let (q, k, v) = inputs(&spec, seed);
@@ -208,46 +223,76 @@ fn nsa_backward_matches_the_oracle() {
 /// (the parameters the GPU path adds beside dQ, dK, dV), on a small case in f64.
 #[test]
 fn the_oracle_gradients_match_finite_differences() {
-    let spec = AttnSpec::new(shape(2, 1, 12, 20, 4));
-    let nsa = nsa(4, 2, 4, 3, 5);
-    let seed = seed();
-    let (q, k, v) = inputs(&spec, seed);
-    let (gates, phi) = gates_and_phi(&spec, &nsa, true, seed);
-    let phi = phi.unwrap();
-    let d_o = inputs(&spec, seed ^ 0x5eed).0;
-    let sel = nsa_select_f64(&spec, &nsa, &q, &k, &v, Some(&phi)).unwrap();
-    let grads = nsa_backward_f64(&spec, &nsa, (&q, &k, &v), &gates, Some(&phi), &sel.lists, &d_o).unwrap();
-    // the loss L = Σ dO · o on the fixed choice
-    let loss = |q: &[f32], k: &[f32], gates: &[f32], phi: &[f32]| -> f64 {
-        let sel_p = nsa_select_f64(&spec, &nsa, q, k, &v, Some(phi)).unwrap();
-        let out = nsa_forward_f64(&spec, &nsa, q, k, &v, gates, &sel_p, &sel.lists).unwrap();
-        out.o.iter().zip(&d_o).map(|(a, &b)| a * b as f64).sum()
-    };
-    let h = 1e-2f32;
-    let check = |name: &str, analytic: f64, plus: f64, minus: f64| {
-        let numeric = (plus - minus) / (2.0 * h as f64);
-        assert!(
-            (analytic - numeric).abs() <= 2e-3 * (1.0 + numeric.abs()),
-            "{name}: {analytic} vs {numeric} (seed {seed})"
-        );
-    };
-    for t in [0, 3] {
-        let (mut up, mut down) = (phi.clone(), phi.clone());
-        up[t] += h;
-        down[t] -= h;
-        check(&format!("dphi[{t}]"), grads.dphi[t], loss(&q, &k, &gates, &up), loss(&q, &k, &gates, &down));
-    }
-    for t in [5, 31, 70] {
-        let (mut up, mut down) = (gates.clone(), gates.clone());
-        up[t] += h;
-        down[t] -= h;
-        check(&format!("dgates[{t}]"), grads.dgates[t], loss(&q, &k, &up, &phi), loss(&q, &k, &down, &phi));
-    }
-    for t in [9, 60] {
-        let (mut up, mut down) = (k.clone(), k.clone());
-        up[t] += h;
-        down[t] -= h;
-        check(&format!("dk[{t}]"), grads.dk[t], loss(&q, &up, &gates, &phi), loss(&q, &down, &gates, &phi));
+    let plain = AttnSpec::new(shape(2, 1, 12, 20, 4));
+    // without positions, and with RoPE (every branch reads Q and K rotated; the compressed
+    // branch's gradients rotated back)
+    for spec in [plain.clone(), plain.positions(Some(longctx::contract::positions::Positions::rope(100.0)))] {
+        let nsa = nsa(4, 2, 4, 3, 5);
+        let seed = seed();
+        let (q, k, v) = inputs(&spec, seed);
+        let (gates, phi) = gates_and_phi(&spec, &nsa, true, seed);
+        let phi = phi.unwrap();
+        let d_o = inputs(&spec, seed ^ 0x5eed).0;
+        let sel = nsa_select_f64(&spec, &nsa, &q, &k, &v, Some(&phi)).unwrap();
+        let grads =
+            nsa_backward_f64(&spec, &nsa, (&q, &k, &v), &gates, Some(&phi), &sel.lists, &d_o).unwrap();
+        // the loss L = Σ dO · o on the fixed choice
+        let loss = |q: &[f32], k: &[f32], gates: &[f32], phi: &[f32]| -> f64 {
+            let sel_p = nsa_select_f64(&spec, &nsa, q, k, &v, Some(phi)).unwrap();
+            let out = nsa_forward_f64(&spec, &nsa, q, k, &v, gates, &sel_p, &sel.lists).unwrap();
+            out.o.iter().zip(&d_o).map(|(a, &b)| a * b as f64).sum()
+        };
+        let h = 1e-2f32;
+        let ctx = format!("{:?} (seed {seed})", spec.positions);
+        let check = |name: &str, analytic: f64, plus: f64, minus: f64| {
+            let numeric = (plus - minus) / (2.0 * h as f64);
+            assert!(
+                (analytic - numeric).abs() <= 2e-3 * (1.0 + numeric.abs()),
+                "{name}: {analytic} vs {numeric} {ctx}"
+            );
+        };
+        let nudge = |x: &[f32], t: usize| {
+            let (mut up, mut down) = (x.to_vec(), x.to_vec());
+            up[t] += h;
+            down[t] -= h;
+            (up, down)
+        };
+        for t in [0, 3] {
+            let (up, down) = nudge(&phi, t);
+            check(
+                &format!("dphi[{t}]"),
+                grads.dphi[t],
+                loss(&q, &k, &gates, &up),
+                loss(&q, &k, &gates, &down),
+            );
+        }
+        for t in [5, 31, 70] {
+            let (up, down) = nudge(&gates, t);
+            check(
+                &format!("dgates[{t}]"),
+                grads.dgates[t],
+                loss(&q, &k, &up, &phi),
+                loss(&q, &k, &down, &phi),
+            );
+        }
+        for t in [9, 41, 60] {
+            let (up, down) = nudge(&k, t);
+            check(
+                &format!("dk[{t}]"),
+                grads.dk[t],
+                loss(&q, &up, &gates, &phi),
+                loss(&q, &down, &gates, &phi),
+            );
+        }
+        for t in [2, 38, 90] {
+            let (up, down) = nudge(&q, t);
+            check(
+                &format!("dq[{t}]"),
+                grads.dq[t],
+                loss(&up, &k, &gates, &phi),
+                loss(&down, &k, &gates, &phi),
+            );
+        }
     }
 }
 

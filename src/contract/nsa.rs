@@ -26,8 +26,10 @@
 //!   model, the sigmoid of a learned projection). No gradient flows through the choice.
 //!
 //! A batch folds into heads as MoBA's does ([`crate::contract::selection::Moba::fold`]); the
-//! call is causal and carries no other mask, ALiBi, mods or positional encoding (each branch's
-//! meaning with them is not the paper's; refused with a typed error).
+//! call is causal and carries no other mask, ALiBi or mods (each branch's meaning with them is
+//! not the paper's; refused with a typed error). A positional encoding applies to Q and K
+//! before everything: the compressed keys compress the encoded keys, every branch and the
+//! choice read Q and K encoded, and dQ, dK go back through the encoding.
 
 use crate::contract::AttnShape;
 use crate::contract::Window;
@@ -146,8 +148,9 @@ impl Nsa {
         (lo, end.div_ceil(self.cmp_stride))
     }
 
-    /// The call NSA runs: `spec` checked (causal, no other mask, ALiBi, mods or positional
-    /// encoding; NSA's own parameters) and its batch folded into heads.
+    /// The call NSA runs: `spec` checked (causal, no other mask, ALiBi or mods; NSA's own
+    /// parameters) and its batch folded into heads. A positional encoding stays on the call:
+    /// every branch and the choice read Q and K encoded.
     pub fn fold(&self, spec: &AttnSpec) -> Result<AttnSpec> {
         self.check()?;
         let refuse = |what: &str| {
@@ -163,9 +166,6 @@ impl Nsa {
         }
         if !matches!(spec.alibi, Alibi::Off) {
             return refuse("ALiBi");
-        }
-        if spec.positions.is_some() {
-            return refuse("a positional encoding (the selection does not apply it yet)");
         }
         let moba = Moba { block: self.block, topk: self.topk };
         moba.fold(&spec.clone().causal(true))
@@ -265,9 +265,28 @@ impl Nsa {
     }
 }
 
+/// Q and K as the compressed branch and the choice read them, in f64: under the call's
+/// positional encoding (each row at its own position), or as given.
+fn encoded_f64(folded: &AttnSpec, q: &[f32], k: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    crate::contract::reference::encoded(folded, q, k).unwrap_or_else(|| {
+        let f = |x: &[f32]| x.iter().map(|&v| v as f64).collect();
+        (f(q), f(k))
+    })
+}
+
+/// The gradient of encoded rows taken back to the inputs (RoPE's rotation back; the identity
+/// for an additive encoding): `rows` rows of `d` in place, row r at position `first + r %
+/// per_seq`.
+fn decode_grad_f64(folded: &AttnSpec, x: &mut [f64], per_seq: usize, first: i64) {
+    let Some(p) = folded.positions else { return };
+    for (r, row) in x.chunks_exact_mut(folded.shape.head_dim).enumerate() {
+        p.apply_grad(row, first + (r % per_seq) as i64);
+    }
+}
+
 /// The compressed keys and values in f64, `[Hkv, Mc, D]` each (`folded` and `phi` as
 /// [`Nsa::fold`] and [`Nsa::phi`] give them).
-pub fn compress_f64(folded: &AttnSpec, nsa: &Nsa, phi: &[f32], x: &[f32]) -> Vec<f64> {
+pub fn compress_f64<T: Copy + Into<f64>>(folded: &AttnSpec, nsa: &Nsa, phi: &[f32], x: &[T]) -> Vec<f64> {
     let s = folded.shape;
     let (d, mc, l) = (s.head_dim, nsa.compressed(s.m), nsa.cmp_len);
     let mut out = vec![0f64; s.kv_heads * mc * d];
@@ -277,7 +296,7 @@ pub fn compress_f64(folded: &AttnSpec, nsa: &Nsa, phi: &[f32], x: &[f32]) -> Vec
             for t in 0..l {
                 let w = phi[g * l + t] as f64;
                 let src = &x[(g * s.m + c * nsa.cmp_stride + t) * d..][..d];
-                row.iter_mut().zip(src).for_each(|(o, &v)| *o += w * v as f64);
+                row.iter_mut().zip(src).for_each(|(o, &v)| *o += w * v.into());
             }
         }
     }
@@ -290,7 +309,7 @@ pub fn compress_f64(folded: &AttnSpec, nsa: &Nsa, phi: &[f32], x: &[f32]) -> Vec
 fn compressed_row_f64(
     folded: &AttnSpec,
     nsa: &Nsa,
-    q: &[f32],
+    q: &[f64],
     (kc, vc): (&[f64], &[f64]),
     h: usize,
     i: usize,
@@ -309,9 +328,7 @@ fn compressed_row_f64(
     }
     let scores: Vec<f64> = visible
         .iter()
-        .map(|&c| {
-            scale * qi.iter().zip(&kc[(g * mc + c) * d..][..d]).map(|(&a, &b)| a as f64 * b).sum::<f64>()
-        })
+        .map(|&c| scale * qi.iter().zip(&kc[(g * mc + c) * d..][..d]).map(|(&a, &b)| a * b).sum::<f64>())
         .collect();
     let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let lse = max + scores.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
@@ -387,6 +404,7 @@ pub fn nsa_select_f64(
     let (folded, phi) = nsa.prepare(spec, (q, k, v), None, phi)?;
     let folded = &folded;
     let s = folded.shape;
+    let (q, k) = &encoded_f64(folded, q, k);
     let (kc, vc) = (compress_f64(folded, nsa, &phi, k), compress_f64(folded, nsa, &phi, v));
     let (d, mc, group, blocks) = (s.head_dim, nsa.compressed(s.m), s.group(), nsa.blocks(s.m));
     let mut sel = NsaSelection {
@@ -439,11 +457,12 @@ pub fn nsa_rows_f64(
     let (folded, phi) = nsa.prepare(spec, (q, k, v), Some(gates), phi)?;
     let folded = &folded;
     let s = folded.shape;
-    let (kc, vc) = (compress_f64(folded, nsa, &phi, k), compress_f64(folded, nsa, &phi, v));
-    let (d, group, blocks) = (s.head_dim, s.group(), nsa.blocks(s.m));
     let slc =
         crate::contract::reference::attention_rows_f64(&nsa.selected_spec(folded, lists)?, q, k, v, rows)?;
     let win = crate::contract::reference::attention_rows_f64(&nsa.window_spec(folded), q, k, v, rows)?;
+    let (q, k) = &encoded_f64(folded, q, k);
+    let (kc, vc) = (compress_f64(folded, nsa, &phi, k), compress_f64(folded, nsa, &phi, v));
+    let (d, group, blocks) = (s.head_dim, s.group(), nsa.blocks(s.m));
     let (mut out, mut differ, mut all_ties) = (Vec::with_capacity(rows.len() * d), 0, true);
     for (r, &row) in rows.iter().enumerate() {
         let (h, i) = (row / s.n, row % s.n);
@@ -550,7 +569,7 @@ fn compressed_share_row(d_o: &[f32], gates: &[f32], d: usize, row: usize) -> Vec
 fn compressed_row_back_f64(
     folded: &AttnSpec,
     nsa: &Nsa,
-    q: &[f32],
+    q: &[f64],
     (kc, vc): (&[f64], &[f64]),
     (h, i): (usize, usize),
     dor: &[f64],
@@ -601,22 +620,24 @@ pub fn nsa_backward_f64(
     dk.iter_mut().zip(&dk_w).for_each(|(a, b)| *a += b);
     dv.iter_mut().zip(&dv_w).for_each(|(a, b)| *a += b);
     // the compressed branch on K̃, Ṽ (its output kept for the gates' gradient), then back
-    // through φ
-    let (kc, vc) = (compress_f64(folded, nsa, &phi_all, k), compress_f64(folded, nsa, &phi_all, v));
+    // through φ — on Q and K encoded: its gradients to them taken back through the encoding
+    let (qe, ke) = &encoded_f64(folded, q, k);
+    let (kc, vc) = (compress_f64(folded, nsa, &phi_all, ke), compress_f64(folded, nsa, &phi_all, v));
     let (mut dkc, mut dvc) = (vec![0f64; kc.len()], vec![0f64; vc.len()]);
+    let (mut dq_c, mut dk_c) = (vec![0f64; dq.len()], vec![0f64; dk.len()]);
     let mut o_cmp = Vec::with_capacity(dq.len());
     for h in 0..s.heads {
         let g = h / group;
         for i in 0..s.n {
             let row = h * s.n + i;
             let dor = compressed_share_row(d_o, gates, d, row);
-            let (o, keys) = compressed_row_back_f64(folded, nsa, q, (&kc, &vc), (h, i), &dor);
+            let (o, keys) = compressed_row_back_f64(folded, nsa, qe, (&kc, &vc), (h, i), &dor);
             o_cmp.extend(o);
             for (c, pc, ds) in keys {
                 let at = (g * mc + c) * d;
                 for x in 0..d {
-                    dq[row * d + x] += ds * kc[at + x];
-                    dkc[at + x] += ds * q[row * d + x] as f64;
+                    dq_c[row * d + x] += ds * kc[at + x];
+                    dkc[at + x] += ds * qe[row * d + x];
                     dvc[at + x] += pc * dor[x];
                 }
             }
@@ -630,13 +651,19 @@ pub fn nsa_backward_f64(
                 let w = phi_all[g * l + t] as f64;
                 for x in 0..d {
                     let (gk, gv) = (dkc[(g * mc + c) * d + x], dvc[(g * mc + c) * d + x]);
-                    dk[key * d + x] += w * gk;
+                    dk_c[key * d + x] += w * gk;
                     dv[key * d + x] += w * gv;
-                    dphi[g * l + t] += k[key * d + x] as f64 * gk + v[key * d + x] as f64 * gv;
+                    dphi[g * l + t] += ke[key * d + x] * gk + v[key * d + x] as f64 * gv;
                 }
             }
         }
     }
+    let first_q = folded.positions.map_or(0, |p| p.query_position(folded.q_offset(), 0));
+    let first_k = folded.positions.map_or(0, |p| p.key_position(0));
+    decode_grad_f64(folded, &mut dq_c, s.n, first_q);
+    decode_grad_f64(folded, &mut dk_c, s.m, first_k);
+    dq.iter_mut().zip(&dq_c).for_each(|(a, b)| *a += b);
+    dk.iter_mut().zip(&dk_c).for_each(|(a, b)| *a += b);
     // φ is per kv head of one sequence: a batch's folded heads add up
     let per_seq = spec.shape.kv_heads * l;
     let dphi = (0..per_seq).map(|x| dphi.iter().skip(x).step_by(per_seq).sum()).collect();
@@ -673,17 +700,21 @@ pub fn nsa_dq_rows_f64(
     let slc =
         attention_dq_rows_f64(&nsa.selected_spec(folded, lists)?, qkv, &gated_share(d_o, gates, d, 1), rows)?;
     let win = attention_dq_rows_f64(&nsa.window_spec(folded), qkv, &gated_share(d_o, gates, d, 2), rows)?;
-    let (kc, vc) = (compress_f64(folded, nsa, &phi, k), compress_f64(folded, nsa, &phi, v));
+    let (qe, ke) = &encoded_f64(folded, q, k);
+    let (kc, vc) = (compress_f64(folded, nsa, &phi, ke), compress_f64(folded, nsa, &phi, v));
+    let first_q = folded.positions.map_or(0, |p| p.query_position(folded.q_offset(), 0));
     let mut out = Vec::with_capacity(rows.len() * d);
     for (r, &row) in rows.iter().enumerate() {
         let (h, i) = (row / s.n, row % s.n);
         let g = h / s.group();
-        let mut dq: Vec<f64> = slc[r].iter().zip(&win[r]).map(|(a, b)| a + b).collect();
         let dor = compressed_share_row(d_o, gates, d, row);
-        for (c, _, ds) in compressed_row_back_f64(folded, nsa, q, (&kc, &vc), (h, i), &dor).1 {
-            dq.iter_mut().zip(&kc[(g * mc + c) * d..][..d]).for_each(|(x, &kv)| *x += ds * kv);
+        let mut dq_c = vec![0f64; d];
+        for (c, _, ds) in compressed_row_back_f64(folded, nsa, qe, (&kc, &vc), (h, i), &dor).1 {
+            dq_c.iter_mut().zip(&kc[(g * mc + c) * d..][..d]).for_each(|(x, &kv)| *x += ds * kv);
         }
-        out.extend(dq);
+        // this row alone, at its own position
+        decode_grad_f64(folded, &mut dq_c, 1, first_q + i as i64);
+        out.extend(slc[r].iter().zip(&win[r]).zip(&dq_c).map(|((a, b), c)| a + b + c));
     }
     Ok(out)
 }

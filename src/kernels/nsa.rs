@@ -30,6 +30,7 @@ use crate::kernels::attention::flash::FlashConfig;
 use crate::kernels::attention::sparse::SparseAttention;
 use crate::kernels::attention::sparse_backward::SparseBackward;
 use crate::kernels::attention::{AttnBuffers, DeviceTensors};
+use crate::kernels::positions::EncodedInputs;
 use crate::kernels::selection::{MobaPath, lanes};
 use crate::kernels::{Attention, Kernel};
 use crate::runtime::Gpu;
@@ -191,6 +192,9 @@ pub struct NsaAttention {
     combine: Compiled,
     /// The decoding stages, for calls of at most [`DECODE_ROWS`] rows.
     decode: Option<DecodeStages>,
+    /// The call's positional encoding, applied to Q and K in place when they are uploaded
+    /// (every stage and branch reads them encoded) and taken back off dQ and dK.
+    encoded: Option<EncodedInputs>,
 }
 
 /// `nsa_decode.wgsl`'s stages for one call and how they split a row's compressed keys.
@@ -297,7 +301,10 @@ pub struct NsaOutput {
 impl NsaAttention {
     /// Prepares NSA `nsa` for `spec` (checked and folded: [`Nsa::fold`]).
     pub fn new(gpu: &Gpu, spec: &AttnSpec, nsa: &Nsa) -> Result<Self> {
-        let spec = nsa.fold(spec)?;
+        let folded = nsa.fold(spec)?;
+        let encoded = EncodedInputs::new(gpu, &folded, folded.shape.head_dim, true)?;
+        // every kernel runs the call without its encoding, on encoded Q and K
+        let spec = folded.positions(None);
         let s = spec.shape;
         crate::kernels::check_call_head_dim(NAME, s.head_dim)?;
         if s.m > i32::MAX as usize / 2 || s.n > i32::MAX as usize / 2 {
@@ -323,6 +330,7 @@ impl NsaAttention {
         blocks_per_pass(gpu, &spec, nsa)?;
         Ok(Self {
             decode: DecodeStages::new(gpu, &spec, nsa)?,
+            encoded,
             compress: gpu.compile(&variant("compress", s.head_dim, 1, 0))?,
             score: gpu.compile(&variant("score", s.head_dim, group, score_subgroup(gpu, s.head_dim)))?,
             combine: gpu.compile(&variant("combine", 4, 1, 0))?,
@@ -340,7 +348,7 @@ impl NsaAttention {
         Ok(blocks.div_ceil(blocks_per_pass(gpu, &self.spec, &self.nsa)?))
     }
 
-    /// The folded call.
+    /// The folded call (without its positional encoding: Q and K are encoded on upload).
     pub fn spec(&self) -> &AttnSpec {
         &self.spec
     }
@@ -360,6 +368,11 @@ impl NsaAttention {
         let (mc, d) = (self.nsa.compressed(s.m) as u64, s.head_dim as u64);
         let io = DeviceTensors::upload(gpu, &self.spec, q, k, v)?;
         io.poison(gpu);
+        if let Some(e) = &self.encoded {
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            e.encode(gpu, &mut enc, &io.q, &io.k)?;
+            gpu.queue.submit([enc.finish()]);
+        }
         let rows = s.heads as u64 * s.n as u64;
         let nan = |what: &str, len: u64| -> Result<wgpu::Buffer> {
             gpu.upload(what, &vec![f32::NAN; len.max(1) as usize])
@@ -846,7 +859,14 @@ impl NsaBackward {
         stage(&self.compress_back, s.kv_heads as u64 * s.m as u64 * d, (0, 0))?;
         let (chunks, per) = self.phi_chunks(gpu);
         let partials = s.kv_heads as u64 * f.nsa.cmp_len as u64 * chunks as u64;
-        stage(&self.phi, partials, (per as u32, chunks as u32))
+        stage(&self.phi, partials, (per as u32, chunks as u32))?;
+        // dQ and dK are the encoded Q's and K's: back through the encoding
+        if let Some(e) = &f.encoded {
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            e.grads(gpu, &mut enc, &gr.dq, &gr.dk)?;
+            gpu.queue.submit([enc.finish()]);
+        }
+        Ok(())
     }
 
     /// One backward stage on `invocations` invocations (`phi_grads`: its chunking in
