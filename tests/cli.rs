@@ -1369,32 +1369,36 @@ fn nsa_on_the_gpu_agrees_with_the_oracle_and_writes_its_choice() {
     write_npy(&gates, &[4, 45, 3], &g).unwrap();
     let phi = dir.path().join("phi.npy");
     write_npy(&phi, &[2, 8], &[0.125; 16]).unwrap();
-    let mut outs = Vec::new();
-    for kernel in ["cpu", "flash"] {
-        let path = |name: &str| dir.path().join(format!("{name}_{kernel}.npy"));
-        let (o, sel, dq, dg, dphi) = (path("o"), path("sel"), path("dq"), path("dgates"), path("dphi"));
-        let args = ["attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&o)];
-        let nsa = ["--nsa", "cmp=8/4,slc=8,top=4,win=12", "--gates", p(&gates), "--phi", p(&phi)];
-        let grads = ["--grad-out", p(&q), "--dq", p(&dq), "--dgates", p(&dg), "--dphi", p(&dphi)];
-        let out = longctx(
-            &[&args[..], &nsa[..], &grads[..], &["--selected-out", p(&sel), "--kernel", kernel]].concat(),
-        );
-        assert!(out.status.success(), "{kernel}: {}", String::from_utf8_lossy(&out.stderr));
-        let sel = read_npy(&sel).unwrap();
-        assert_eq!(sel.shape, vec![4, 45, 4]);
-        // row 44 sits at position 69: own block 8, then 7 and 0, then one of 1..=6
-        assert_eq!(&sel.data[44 * 4..44 * 4 + 3], &[8.0, 7.0, 0.0]);
-        assert_eq!(read_npy(&dg).unwrap().shape, vec![4, 45, 3]);
-        assert_eq!(read_npy(&dphi).unwrap().shape, vec![2, 8]);
-        let data = |x: &PathBuf| read_npy(x).unwrap().data;
-        outs.push(([data(&o), data(&dq), data(&dg), data(&dphi)], sel.data));
-    }
-    let (cpu, gpu) = (&outs[0], &outs[1]);
-    // the same choice (random inputs: a float32 tie is possible, and then only O may differ)
-    if cpu.1 == gpu.1 {
-        for ((name, a), b) in ["O", "dQ", "dgates", "dphi"].iter().zip(&gpu.0).zip(&cpu.0) {
-            let e = rel_error(a, &b.iter().map(|&x| x as f64).collect::<Vec<_>>());
-            assert!(e <= 1e-5, "{name}: {e} (seed {seed})");
+    // without positions, and with RoPE (every branch and the choice on rotated Q and K)
+    for rope in [&[][..], &["--rope", "theta=10000"][..]] {
+        let mut outs = Vec::new();
+        for kernel in ["cpu", "flash"] {
+            let path = |name: &str| dir.path().join(format!("{name}_{kernel}.npy"));
+            let (o, sel, dq, dg, dphi) = (path("o"), path("sel"), path("dq"), path("dgates"), path("dphi"));
+            let args = ["attention", "--q", p(&q), "--k", p(&k), "--v", p(&v), "--out", p(&o)];
+            let nsa = ["--nsa", "cmp=8/4,slc=8,top=4,win=12", "--gates", p(&gates), "--phi", p(&phi)];
+            let grads = ["--grad-out", p(&q), "--dq", p(&dq), "--dgates", p(&dg), "--dphi", p(&dphi)];
+            let out = longctx(
+                &[&args[..], &nsa[..], &grads[..], &["--selected-out", p(&sel), "--kernel", kernel], rope]
+                    .concat(),
+            );
+            assert!(out.status.success(), "{kernel} {rope:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let sel = read_npy(&sel).unwrap();
+            assert_eq!(sel.shape, vec![4, 45, 4]);
+            // row 44 sits at position 69: own block 8, then 7 and 0, then one of 1..=6
+            assert_eq!(&sel.data[44 * 4..44 * 4 + 3], &[8.0, 7.0, 0.0]);
+            assert_eq!(read_npy(&dg).unwrap().shape, vec![4, 45, 3]);
+            assert_eq!(read_npy(&dphi).unwrap().shape, vec![2, 8]);
+            let data = |x: &PathBuf| read_npy(x).unwrap().data;
+            outs.push(([data(&o), data(&dq), data(&dg), data(&dphi)], sel.data));
+        }
+        let (cpu, gpu) = (&outs[0], &outs[1]);
+        // the same choice (random inputs: a float32 tie is possible, and then only O may differ)
+        if cpu.1 == gpu.1 {
+            for ((name, a), b) in ["O", "dQ", "dgates", "dphi"].iter().zip(&gpu.0).zip(&cpu.0) {
+                let e = rel_error(a, &b.iter().map(|&x| x as f64).collect::<Vec<_>>());
+                assert!(e <= 1e-5, "{rope:?} {name}: {e} (seed {seed})");
+            }
         }
     }
     let o = dir.path().join("o.npy");
