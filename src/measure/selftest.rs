@@ -412,16 +412,22 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
         Box::new(move |g: &Gpu| decode(g, 4, 2, 32, None, Some(mods()), None)),
     ));
     // learned sparse attention: MoBA's choice, the list kernels forward and backward (D a
-    // multiple of 4) or flash and its backward on the block grid (D = 37)
-    for (d, alibi) in [(64, Alibi::Standard), (37, Alibi::Off)] {
+    // multiple of 4) or flash and its backward on the block grid (D = 37); with RoPE, the
+    // choice and the list kernels on rotated Q and K
+    let rope = || Some(crate::contract::positions::Positions::rope(10000.0));
+    for (d, alibi, positions) in
+        [(64, Alibi::Standard, None), (37, Alibi::Off, None), (64, Alibi::Off, rope())]
+    {
         let spec = AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 2, n: 77, m: 130, head_dim: d })
             .causal(true)
-            .alibi(alibi);
+            .alibi(alibi)
+            .positions(positions);
         let m = Moba { block: 16, topk: 3 };
         out.push((
             format!(
-                "moba block=16,topk=3 {}{} (choice, O, dQ, dK, dV)",
+                "moba block=16,topk=3 {}{}{} (choice, O, dQ, dK, dV)",
                 if spec.alibi == Alibi::Off { "" } else { "alibi " },
+                if spec.positions.is_some() { "rope " } else { "" },
                 shape_of(&spec)
             ),
             BOUND,
@@ -430,12 +436,14 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
     }
     // NSA: its choice, the three branches and the mix, forward and backward (the selected
     // branch on the list kernels at D 64, on flash's block grid at D 37)
-    for d in [64, 37] {
+    for (d, positions) in [(64, None), (37, None), (64, rope())] {
         let spec = AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 2, n: 77, m: 130, head_dim: d })
-            .causal(true);
+            .causal(true)
+            .positions(positions);
         let n = Nsa { cmp_len: 8, cmp_stride: 4, block: 16, topk: 4, window: 24 };
+        let rope = if spec.positions.is_some() { "rope " } else { "" };
         out.push((
-            format!("nsa {} {} (choice, O, dQ, dK, dV, dgates, dφ)", n.describe(), shape_of(&spec)),
+            format!("nsa {} {rope}{} (choice, O, dQ, dK, dV, dgates, dφ)", n.describe(), shape_of(&spec)),
             BOUND,
             Box::new(move |g: &Gpu| nsa(g, &spec, &n)),
         ));
