@@ -122,7 +122,7 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, ids: Ids) {
         } else if l > 0.0 {
             lse[row] = mx + log(l);
         } else {
-            lse[row] = bitcast<f32>(0xff800000u);
+            lse[row] = params.neg_inf;
         }
     }
 }

@@ -22,7 +22,7 @@ struct Params {
     hf1: u32,          // `attend`: its end
     i0: u32,           // `attend`: the window's first row of a sequence
     i1: u32,           // `attend`: its end
-    pad0: u32,
+    neg_inf: f32,      // -inf, passed in because WGSL cannot spell it (Tint rejects a constant one)
     pad1: u32,
     pad2: u32,
 }

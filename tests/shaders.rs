@@ -162,6 +162,32 @@ fn every_compute_shader_belongs_to_a_registered_family() {
     assert!(files >= 15, "{files} compute shaders found in {dir}");
 }
 
+/// No shader spells an infinity or a NaN as a constant: naga folds `bitcast<f32>(0xff800000u)`
+/// into −inf and accepts it, but a browser's compiler (Tint) rejects any constant expression
+/// whose value f32 cannot represent — the shader fails to build there (the DSA routing map
+/// in the browser test found one). Pass −inf in a uniform (`neg_inf`) instead.
+#[test]
+fn no_shader_spells_an_infinity_as_a_constant() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("").to_lowercase().replace(' ', "");
+            for bits in
+                ["bitcast<f32>(0x7f8", "bitcast<f32>(0xff8", "bitcast<f32>(0x7fc", "bitcast<f32>(0xffc"]
+            {
+                assert!(
+                    !code.contains(bits),
+                    "{}:{}: a constant infinity or NaN: {line}",
+                    path.display(),
+                    n + 1
+                );
+            }
+        }
+    }
+}
+
 fn limit_sets() -> Vec<(&'static str, wgpu::Limits)> {
     let lavapipe = wgpu::Limits {
         max_compute_workgroup_storage_size: 32 * 1024,

@@ -4,8 +4,9 @@
 //      ratios;
 //   2. index.html, the visualiser: it starts; its Patterns heatmap (N = 77, ALiBi, causal) is
 //      checked in the page against the f64 oracle and, from a screenshot, pixel by pixel
-//      against the colours of the engine's probabilities; Decode and Routing measure; the
-//      screenshot of the page is left in DIR/visualiser.png;
+//      against the colours of the engine's probabilities; then the MoBA and DSA routing maps
+//      (N = 320, rows 256..320 × keys 0..256) the same way, their choices against the oracle's; Decode and Routing
+//      measure; screenshots of the page are left in DIR (visualiser*.png);
 //   3. index.html again in a page without WebGPU: it must say so.
 // Exits non-zero on a page error, a console error, a failed case or check.
 //
@@ -70,6 +71,29 @@ async function until(page, what, done, seconds) {
   }
 }
 
+// The Patterns heatmap at `rect` (n × n cells, 1:1) against the engine: the GPU's
+// probabilities against the f64 oracle's and the screenshot's colours against the app's;
+// problems are recorded, the check returned.
+async function heatmapCheck(page, what, n, rect) {
+  await page.waitForTimeout(500); // a frame or two after the texture arrived
+  const [l, t, r, b] = rect;
+  const clip = { x: Math.floor(l), y: Math.floor(t), width: Math.ceil(r) - Math.floor(l), height: Math.ceil(b) - Math.floor(t) };
+  const png = await page.screenshot({ clip });
+  const tolerance = 3;
+  const check = await page.evaluate(([b64, x, y, tol]) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    return JSON.parse(window.longctx.check_heatmap(bytes, x, y, tol));
+  }, [png.toString('base64'), clip.x, clip.y, tolerance]);
+  console.log(`visualiser ${what}: ${n} cells drawn at ${clip.width}×${clip.height} px; ` +
+    `GPU vs f64 oracle probabilities: worst abs err ${check.oracle_worst_abs.toExponential(2)}; ` +
+    `screenshot vs the engine's colours: worst channel diff ${check.worst_channel}/255, ` +
+    `${check.mismatched} cells over ${tolerance}, ${check.distinct_colours} distinct colours`);
+  if (!(check.oracle_worst_abs <= 1e-5)) problems.push(`visualiser ${what}: oracle error ${check.oracle_worst_abs}`);
+  if (check.mismatched > 0) problems.push(`visualiser ${what}: ${check.mismatched} of ${check.cells} cells off by more than ${tolerance}`);
+  if (check.distinct_colours < 16) problems.push(`visualiser ${what}: only ${check.distinct_colours} colours`);
+  return check;
+}
+
 async function visualiser(browser) {
   const page = await browser.newPage({ viewport: { width: 1280, height: 860 }, deviceScaleFactor: 1 });
   watch(page, 'visualiser');
@@ -90,23 +114,40 @@ async function visualiser(browser) {
     await page.evaluate((n) => window.longctx.set_patterns(n, true), n);
     const s = await until(page, 'the heatmap', (s) => s.patterns_error || (s.heatmap[0] === n && s.heatmap[1] === n && s.heatmap_rect), 120);
     if (s.patterns_error) throw new Error(`Patterns: ${s.patterns_error}`);
-    await page.waitForTimeout(500); // a frame or two after the texture arrived
-    const [l, t, r, b] = s.heatmap_rect;
-    const clip = { x: Math.floor(l), y: Math.floor(t), width: Math.ceil(r) - Math.floor(l), height: Math.ceil(b) - Math.floor(t) };
-    const png = await page.screenshot({ clip });
-    const tolerance = 3;
-    const check = await page.evaluate(([b64, x, y, tol]) => {
-      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-      return JSON.parse(window.longctx.check_heatmap(bytes, x, y, tol));
-    }, [png.toString('base64'), clip.x, clip.y, tolerance]);
-    console.log(`visualiser heatmap: ${n}×${n} cells drawn at ${clip.width}×${clip.height} px; ` +
-      `GPU vs f64 oracle probabilities: worst abs err ${check.oracle_worst_abs.toExponential(2)}; ` +
-      `screenshot vs the engine's colours: worst channel diff ${check.worst_channel}/255, ` +
-      `${check.mismatched} cells over ${tolerance}, ${check.distinct_colours} distinct colours`);
-    if (!(check.oracle_worst_abs <= 1e-5)) problems.push(`visualiser heatmap: oracle error ${check.oracle_worst_abs}`);
-    if (check.mismatched > 0) problems.push(`visualiser heatmap: ${check.mismatched} of ${check.cells} cells off by more than ${tolerance}`);
-    if (check.distinct_colours < 16) problems.push(`visualiser heatmap: only ${check.distinct_colours} colours`);
+    await heatmapCheck(page, 'heatmap', `${n}×${n}`, s.heatmap_rect);
     await page.screenshot({ path: path.join(dir, 'visualiser.png') });
+
+    // the routing maps: MoBA's blocks and DSA's keys, chosen on the GPU, drawn, and checked
+    // against the oracle's choice: N = 320 (five blocks of 64; the rows of the last read four
+    // of them; DSA's rows 64 keys each), viewed 1:1 where the choice skips keys (rows
+    // 256..320, keys 0..256)
+    const m = 320;
+    await page.evaluate((m) => window.longctx.set_patterns(m, false), m);
+    for (const pattern of ['Moba', 'Dsa']) {
+      const t3 = Date.now();
+      await page.evaluate((p) => window.longctx.set_pattern(p), pattern);
+      const c = await until(page, `the ${pattern} problem`, (s) => s.patterns_error ||
+        (s.pattern === pattern && s.keys_read !== null && s.heatmap_rect), 180);
+      if (c.patterns_error) {
+        problems.push(`visualiser ${pattern}: ${c.patterns_error}`);
+        continue;
+      }
+      await page.evaluate(() => window.longctx.set_view(256, 320, 0, 256));
+      const r = await until(page, `the ${pattern} routing map`, (s) => s.patterns_error ||
+        (s.heatmap[0] === 256 && s.heatmap[1] === 64 && s.heatmap_rect), 180);
+      if (r.patterns_error) {
+        problems.push(`visualiser ${pattern}: ${r.patterns_error}`);
+        continue;
+      }
+      const check = await heatmapCheck(page, `${pattern} routing map`, '64×256', r.heatmap_rect);
+      const [differ, ties] = check.choice || [null, false];
+      console.log(`visualiser ${pattern}: keys read ${(100 * r.keys_read).toFixed(1)} % of causal's; ` +
+        `choice vs the f64 oracle's: ${differ} rows differ, all float32 ties: ${ties} ` +
+        `(${((Date.now() - t3) / 1000).toFixed(1)} s)`);
+      if (!ties) problems.push(`visualiser ${pattern}: the choice differs from the oracle's beyond ties (${differ} rows)`);
+      if (!(r.keys_read < 1)) problems.push(`visualiser ${pattern}: keys read ${r.keys_read}: nothing was skipped`);
+      await page.screenshot({ path: path.join(dir, `visualiser_${pattern.toLowerCase()}.png`) });
+    }
 
     // Memory traffic's measurement: naive and flash, instrumented, at N = 128…1K
     const t2 = Date.now();

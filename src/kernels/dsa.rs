@@ -72,7 +72,9 @@ struct Params {
     hf1: u32,
     i0: u32,
     i1: u32,
-    pad: [u32; 3],
+    /// −inf (WGSL cannot spell it; a browser's compiler rejects a constant −inf).
+    neg_inf: f32,
+    pad: [u32; 2],
 }
 
 fn index_variant(entry: &'static str, di4: usize, sg: u32) -> ShaderVariant {
@@ -438,7 +440,8 @@ impl DsaAttention {
             hf1: 0,
             i0: 0,
             i1: 0,
-            pad: [0; 3],
+            neg_inf: f32::NEG_INFINITY,
+            pad: [0; 2],
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The visualiser in the page (`index.html`): [`start`] runs longctx's app (eframe's web
 //! runner) on a canvas. The other exports are what `scripts/browser-test` asks of the running
 //! app: its state ([`state`]), a panel to show ([`show`]) and problems to set
-//! ([`set_patterns`], [`set_decode`]), and whether the
-//! heatmap's pixels on screen are the engine's probabilities ([`check_heatmap`]).
+//! ([`set_patterns`], [`set_pattern`], [`set_view`], [`set_decode`]), and whether the heatmap's pixels on
+//! screen are the engine's probabilities and a learned pattern's routing map the oracle's
+//! choice ([`check_heatmap`]).
 
 use std::cell::RefCell;
 
@@ -58,6 +59,10 @@ struct State {
     heatmap: [usize; 2],
     /// Where the heatmap is drawn, in CSS pixels of the canvas: [left, top, right, bottom].
     heatmap_rect: Option<[f32; 4]>,
+    /// The computed problem's sparse pattern (`Moba`, `Dsa`, …) and, for a learned one, the
+    /// share of causal attention's keys its rows read.
+    pattern: Option<String>,
+    keys_read: Option<f64>,
     /// Decode: (kv heads, context, tokens/s) measured, and its status line.
     decode: Vec<(usize, usize, f64)>,
     decode_message: String,
@@ -80,6 +85,8 @@ pub fn state() -> Result<String, JsValue> {
             patterns_error: p.error.clone(),
             heatmap: p.heat.as_ref().map_or([0, 0], |h| [h.view.width, h.view.height]),
             heatmap_rect: p.shown_at.map(|r| [r.left(), r.top(), r.right(), r.bottom()]),
+            pattern: p.computed.as_ref().map(|c| format!("{:?}", c.settings.pattern)),
+            keys_read: p.computed.as_ref().and_then(|c| c.keys_read),
             decode: app.decode.measured.clone(),
             decode_message: app.decode.message.clone(),
             traffic: app.traffic.measured.clone(),
@@ -110,6 +117,47 @@ pub fn set_patterns(n: usize, alibi: bool) -> Result<(), JsValue> {
         s.n = n;
         s.alibi = alibi;
         app.patterns.head = 0;
+        app.egui.request_repaint();
+        Ok(())
+    })
+}
+
+/// Sets the Patterns panel's sparse pattern by name (`None`, `Moba`, `Dsa`, …: the names the
+/// state reports); the problem is computed again.
+#[wasm_bindgen]
+pub fn set_pattern(name: String) -> Result<(), JsValue> {
+    use longctx::app::Pattern;
+    let all = [
+        Pattern::None,
+        Pattern::Longformer,
+        Pattern::BigBird,
+        Pattern::Global,
+        Pattern::Segments,
+        Pattern::Moba,
+        Pattern::Dsa,
+        Pattern::Nsa,
+    ];
+    let pattern =
+        *all.iter().find(|p| format!("{p:?}") == name).ok_or_else(|| js(format!("no pattern `{name}`")))?;
+    with_app(|app| {
+        app.patterns.settings.pattern = pattern;
+        app.egui.request_repaint();
+        Ok(())
+    })
+}
+
+/// Zooms the Patterns heatmap to query rows `r0..r1` and keys `c0..c1` (after the problem is
+/// computed: a new computation shows the whole matrix).
+#[wasm_bindgen]
+pub fn set_view(r0: usize, r1: usize, c0: usize, c1: usize) -> Result<(), JsValue> {
+    with_app(|app| {
+        let p = &mut app.patterns;
+        let c = p.computed.as_ref().ok_or_else(|| js("no problem computed yet"))?;
+        let s = c.spec.shape;
+        if r0 >= r1 || r1 > s.n || c0 >= c1 || c1 > s.m {
+            return Err(js(format!("view {r0}..{r1} × {c0}..{c1} outside {} × {}", s.n, s.m)));
+        }
+        (p.rows, p.cols) = (r0..r1, c0..c1);
         app.egui.request_repaint();
         Ok(())
     })
@@ -150,6 +198,9 @@ struct HeatCheck {
     worst_channel: u8,
     /// Cells whose channels differ by more than the tolerance.
     mismatched: usize,
+    /// A learned pattern's choice against the f64 oracle's: rows whose sets differ, and
+    /// whether every difference is a float32 near-tie (`None` for a fixed pattern).
+    choice: Option<(usize, bool)>,
     /// Distinct colours among the expected ones (a flat image would prove nothing).
     distinct_colours: usize,
 }
@@ -198,6 +249,7 @@ pub fn check_heatmap(png: &[u8], left: u32, top: u32, tolerance: u8) -> Result<S
             }
         }
         let check = HeatCheck {
+            choice: choice_against_oracle(c).map_err(js)?,
             cells: v.width * v.height,
             oracle_worst_abs,
             worst_channel,
@@ -206,6 +258,31 @@ pub fn check_heatmap(png: &[u8], left: u32, top: u32, tolerance: u8) -> Result<S
         };
         serde_json::to_string(&check).map_err(js)
     })
+}
+
+/// A learned pattern's choice (MoBA's blocks, DSA's keys) against the f64 oracle's on the
+/// panel's own problem: `(rows whose choice differs, every difference a near-tie)`.
+fn choice_against_oracle(c: &longctx::app::Computed) -> longctx::Result<Option<(usize, bool)>> {
+    use longctx::app::Pattern;
+    use longctx::app::patterns::{MOBA, dsa_indexer};
+    let Some(chosen) = &c.selected else { return Ok(None) };
+    let s = c.spec.shape;
+    let spec = c.settings.spec(s.n, s.head_dim)?;
+    let (diffs, ties) = match c.settings.pattern {
+        Pattern::Moba => {
+            let want = longctx::contract::selection::moba_select_f64(&spec, &MOBA, &c.q, &c.k)?;
+            longctx::contract::selection::compare_selection(&spec, &MOBA, &c.q, &c.k, &want, chosen, 1e-5)
+        }
+        Pattern::Dsa => {
+            let (dsa, (qi, ki, w)) = dsa_indexer(&spec, &c.q, &c.k)?;
+            let ix = longctx::contract::dsa::Indexer { q: &qi, k: &ki, w: &w };
+            let bare = longctx::AttnSpec::new(spec.shape);
+            let want = longctx::contract::dsa::dsa_select_f64(&bare, &dsa, &ix)?;
+            longctx::contract::dsa::compare_dsa_selection(&bare, &dsa, &ix, &want, chosen, 1e-5)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some((diffs.len(), ties)))
 }
 
 /// An 8-bit RGB(A) screenshot.
