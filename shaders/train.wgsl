@@ -250,6 +250,24 @@ fn gelu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 }
 
 @compute @workgroup_size(64)
+fn sigmoid(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, lid);
+    if i < job.n {
+        // exp(−x) overflows to +inf for x < −88: 1/(1 + inf) = 0, the limit
+        out[i] = 1.0 / (1.0 + exp(-a[i]));
+    }
+}
+
+/// dx = dy·y·(1 − y) from the sigmoid's output y (`a`) and dy (`b`).
+@compute @workgroup_size(64)
+fn sigmoid_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, lid);
+    if i < job.n {
+        out[i] = b[i] * a[i] * (1.0 - a[i]);
+    }
+}
+
+@compute @workgroup_size(64)
 fn column_sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = index(wg, lid);
     if c >= job.d {

@@ -62,6 +62,33 @@ fn the_moba_model_gradient_matches_finite_differences_of_the_oracle() {
     }
 }
 
+/// The GPT with NSA in every block: the compressed, selected and window branches mixed by the
+/// learned gates (the GPU's choice, its stages forward and backward, the gates' projection
+/// through the sigmoid) against finite differences of the f64 oracle's loss, with each
+/// scheme NSA takes; ALiBi is refused with a typed error before anything runs.
+#[test]
+fn the_nsa_model_gradient_matches_finite_differences_of_the_oracle() {
+    use longctx::models::gpt::AttnKind;
+    let g = common::gpu();
+    let seed = common::seed();
+    // 17 tokens: 7 compressed keys (4 wide, stride 2), 5 selection blocks of 4 — the last
+    // rows choose 1 of 2 candidates beside their forced 3 — and a window of 3
+    let attn = AttnKind::parse("nsa:cmp=4/2,slc=4,top=4,win=3").unwrap();
+    for pos in [PosScheme::None, PosScheme::Sinusoidal, PosScheme::Rope] {
+        let c = GptConfig { attn, ..GptConfig::bytes(16, 2, 2, pos) };
+        let check = gradient_check(g, c, 2, 17, seed, 12).unwrap();
+        let (got, want) = check.loss;
+        println!("NSA {pos:?}: loss {got:.6} (oracle {want:.6}), worst rel err {:.1e}", check.worst());
+        // the blocks' tensors, the final LayerNorm, the embedding and two gate tensors a block
+        assert_eq!(check.tensors.len(), 1 + 2 * 10 + 1 + 2 * 2, "every tensor checked");
+        assert!(check.tensors.iter().any(|t| t.0.ends_with("w_gate")), "{check:?}");
+        assert!(check.worst() < 1e-4, "NSA {pos:?}: {check:?} (seed {seed})");
+    }
+    let alibi = GptConfig { attn, ..GptConfig::bytes(16, 2, 2, PosScheme::Alibi) };
+    let err = GptGpu::new(g, alibi, 1, 17).err().expect("NSA with ALiBi is refused").to_string();
+    assert!(err.contains("ALiBi"), "{err}");
+}
+
 #[test]
 fn training_steps_on_a_fixed_batch_lower_the_loss() {
     use longctx::kernels::train::AdamW;

@@ -80,6 +80,17 @@ fn gelu_and_layer_norm_backward_match_the_oracles() {
         let fd = (gelu_f64(v + 1e-5).0 - gelu_f64(v - 1e-5).0) / 2e-5;
         assert!((fd - gelu_f64(v).1).abs() < 1e-8, "GELU'({v})");
     }
+    // the sigmoid (NSA's gates) and its backward, from its output
+    let x: Vec<f32> = (0..n).map(|_| rng.random_range(-12.0f32..12.0)).collect();
+    let (xb, yb, dxb) = (g.upload("x", &x).unwrap(), poisoned(n), poisoned(n));
+    run(|e| k.sigmoid(g, e, &xb, &yb, n).unwrap());
+    let sig = |v: f32| 1.0 / (1.0 + (-(v as f64)).exp());
+    let e_sig = rel_error(&g.read::<f32>(&yb, n).unwrap(), &x.iter().map(|&v| sig(v)).collect::<Vec<_>>());
+    assert!(e_sig <= BOUND, "sigmoid {e_sig:.2e} (seed {seed})");
+    run(|e| k.sigmoid_backward(g, e, &yb, &dyb, &dxb, n).unwrap());
+    let want: Vec<f64> = x.iter().zip(&dy).map(|(&a, &b)| b as f64 * sig(a) * (1.0 - sig(a))).collect();
+    let e_dsig = rel_error(&g.read::<f32>(&dxb, n).unwrap(), &want);
+    assert!(e_dsig <= BOUND, "sigmoid backward {e_dsig:.2e} (seed {seed})");
     // LayerNorm
     let (rows, d, eps) = (29, 67, 1e-5f32);
     let x: Vec<f32> = (0..rows * d).map(|_| rng.random_range(-2.0f32..3.0)).collect();
@@ -116,7 +127,9 @@ fn gelu_and_layer_norm_backward_match_the_oracles() {
         let fd = (obj(&x64, &up, &beta) - obj(&x64, &down, &beta)) / (2.0 * h);
         assert!((fd - dgam[c]).abs() < 1e-6 * (1.0 + fd.abs()), "dγ[{c}]: {fd} vs {}", dgam[c]);
     }
-    println!("GELU backward rel err {e_gelu:.1e}; LayerNorm backward (dx, dγ, dβ) {e_ln:.1e}");
+    println!(
+        "GELU backward rel err {e_gelu:.1e}; sigmoid {e_sig:.1e}, its backward {e_dsig:.1e}; LayerNorm backward (dx, dγ, dβ) {e_ln:.1e}"
+    );
 }
 
 #[test]

@@ -32,10 +32,15 @@ pub struct TrainArgs {
     /// Positional scheme: sinusoidal, rope, alibi or none.
     #[arg(long)]
     pos: String,
-    /// The blocks' attention: dense (causal flash) or moba:block=B,topk=K (each query reads
-    /// its own block and the K-1 earlier blocks of B keys whose mean key scores highest; not
-    /// with --pos rope).
-    #[arg(long, default_value = "dense", value_name = "dense|moba:block=B,topk=K")]
+    /// The blocks' attention: dense (causal flash), moba:block=B,topk=K (each query reads
+    /// its own block and the K-1 earlier blocks of B keys whose mean key scores highest) or
+    /// nsa:cmp=L/D,slc=L2,top=N,win=W (compressed, selected and window branches mixed by
+    /// learned sigmoid gates; not with --pos alibi).
+    #[arg(
+        long,
+        default_value = "dense",
+        value_name = "dense|moba:block=B,topk=K|nsa:cmp=L/D,slc=L2,top=N,win=W"
+    )]
     attn: String,
     /// Training length L (tokens per sequence). Limits: batch × (L + 1) ≤ 2^24 tokens and
     /// the activations within the device's bindings (checked before training starts); the
@@ -93,7 +98,9 @@ pub struct TrainArgs {
 /// `runs/POS` unless given.
 fn out_dir(a: &TrainArgs, pos: PosScheme) -> PathBuf {
     a.out.clone().unwrap_or_else(|| match AttnKind::parse(&a.attn) {
-        Ok(AttnKind::Moba { .. }) => PathBuf::from("runs").join(format!("{}-moba", pos.name())),
+        Ok(kind @ (AttnKind::Moba { .. } | AttnKind::Nsa { .. })) => {
+            PathBuf::from("runs").join(format!("{}-{}", pos.name(), kind.name()))
+        }
         _ => PathBuf::from("runs").join(pos.name()),
     })
 }

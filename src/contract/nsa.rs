@@ -343,7 +343,7 @@ fn compressed_row_f64(
 /// The block scores of one (kv head, row) in f64 from its group's compressed probabilities
 /// (one `[Mc]` row per query head of the group): each key's probability added to every
 /// selection block its range overlaps.
-fn block_scores_f64(nsa: &Nsa, blocks: usize, group_probs: &[&[f64]]) -> Vec<f64> {
+pub(crate) fn block_scores_f64(nsa: &Nsa, blocks: usize, group_probs: &[&[f64]]) -> Vec<f64> {
     let mut scores = vec![0f64; blocks];
     for row in group_probs {
         for (c, &w) in row.iter().enumerate() {
@@ -358,7 +358,7 @@ fn block_scores_f64(nsa: &Nsa, blocks: usize, group_probs: &[&[f64]]) -> Vec<f64
 
 /// The list of a row at position `p ≥ 0` from its block scores: the forced blocks, then the
 /// best candidates (1 ..= own − 2) by descending score, ties to the lower block.
-fn choose_row(nsa: &Nsa, p: i64, scores: &[f64]) -> Vec<u32> {
+pub(crate) fn choose_row(nsa: &Nsa, p: i64, scores: &[f64]) -> Vec<u32> {
     let own = p as usize / nsa.block;
     let mut list = nsa.forced(own);
     let mut order: Vec<usize> = (1..own.saturating_sub(1)).collect();

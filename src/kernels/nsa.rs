@@ -263,7 +263,8 @@ pub struct NsaTensors {
     /// Q, K, V; O and LSE are the selected branch's.
     pub io: DeviceTensors,
     phi: wgpu::Buffer,
-    gates: wgpu::Buffer,
+    /// The gates `[H, N, 3]`.
+    pub(crate) gates: wgpu::Buffer,
     kc: wgpu::Buffer,
     vc: wgpu::Buffer,
     kc4: wgpu::Buffer,
@@ -408,6 +409,27 @@ impl NsaAttention {
             cmp_s: gpu.storage("NSA decoding compressed scores", cmp_words.max(1) * 4)?,
             io,
         })
+    }
+
+    /// Records copies of Q, K, V (`[B, H, N, D]`, `[B, Hkv, M, D]`, as [`NsaAttention::upload`]
+    /// takes them) from device buffers into `t`, and their encoding in place: a model's layer
+    /// feeding tensors it computed (the gates go straight into `t.gates`).
+    pub(crate) fn load(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        t: &NsaTensors,
+        (q, k, v): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+    ) -> Result<()> {
+        let s = self.spec.shape;
+        let (q_bytes, kv_bytes) = (4 * s.q_len() as u64, 4 * s.kv_len() as u64);
+        enc.copy_buffer_to_buffer(q, 0, &t.io.q, 0, q_bytes);
+        enc.copy_buffer_to_buffer(k, 0, &t.io.k, 0, kv_bytes);
+        enc.copy_buffer_to_buffer(v, 0, &t.io.v, 0, kv_bytes);
+        if let Some(e) = &self.encoded {
+            e.encode(gpu, enc, &t.io.q, &t.io.k)?;
+        }
+        Ok(())
     }
 
     /// Stage 1: the compressed keys and values (submitted).
@@ -710,21 +732,21 @@ fn submit<F: BindGroupFields>(gpu: &Gpu, kernel: &Compiled, binds: &F, grid: [u3
 /// and their sum, the compressed keys' and values' gradients, dK and dV (the selected
 /// branch's, then the total), the window branch's, the gates' gradient and φ's partial sums.
 pub struct NsaGradTensors {
-    d_o: wgpu::Buffer,
+    pub(crate) d_o: wgpu::Buffer,
     d_cmp: wgpu::Buffer,
     d_slc: wgpu::Buffer,
     d_win: wgpu::Buffer,
     dq_cmp: wgpu::Buffer,
     dq_slc: wgpu::Buffer,
     dq_win: wgpu::Buffer,
-    dq: wgpu::Buffer,
+    pub(crate) dq: wgpu::Buffer,
     dkc: wgpu::Buffer,
     dvc: wgpu::Buffer,
-    dk: wgpu::Buffer,
-    dv: wgpu::Buffer,
+    pub(crate) dk: wgpu::Buffer,
+    pub(crate) dv: wgpu::Buffer,
     dk_win: wgpu::Buffer,
     dv_win: wgpu::Buffer,
-    d_gates: wgpu::Buffer,
+    pub(crate) d_gates: wgpu::Buffer,
     d_phi: wgpu::Buffer,
 }
 

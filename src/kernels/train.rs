@@ -70,7 +70,7 @@ const EMBEDDING_BACKWARD: Shader = shader(EmbeddingBackwardBinds::SLOTS);
 const EMBED: Shader = shader(EmbedBinds::SLOTS);
 const UNARY: Shader = shader(UnaryBinds::SLOTS);
 
-const ENTRIES: [(Shader, &str); 13] = [
+const ENTRIES: [(Shader, &str); 15] = [
     (CROSS_ENTROPY, "cross_entropy"),
     (GELU_BACKWARD, "gelu_backward"),
     (LAYER_NORM_BACKWARD, "layer_norm_backward"),
@@ -84,6 +84,8 @@ const ENTRIES: [(Shader, &str); 13] = [
     (UNARY, "transpose"),
     (UNARY, "split_heads"),
     (UNARY, "merge_heads"),
+    (UNARY, "sigmoid"),
+    (GELU_BACKWARD, "sigmoid_backward"),
 ];
 
 /// Indices into [`ENTRIES`].
@@ -101,6 +103,8 @@ mod entry {
     pub(crate) const TRANSPOSE: usize = 10;
     pub(crate) const SPLIT_HEADS: usize = 11;
     pub(crate) const MERGE_HEADS: usize = 12;
+    pub(crate) const SIGMOID: usize = 13;
+    pub(crate) const SIGMOID_BACKWARD: usize = 14;
 }
 
 /// Every variant (one per entry).
@@ -406,6 +410,45 @@ impl Train {
             TrainJob { n: n as u32, ..TrainJob::default() },
             n as u64,
             |k, job| k.bind(gpu, &UnaryBinds { job, a: x.into(), out: y.into() }),
+        )
+    }
+
+    /// `y` = sigmoid(`x`) = 1 / (1 + e^−x) over `n` elements (NSA's gates).
+    pub fn sigmoid(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        n: usize,
+    ) -> Result<()> {
+        self.run(
+            gpu,
+            encoder,
+            entry::SIGMOID,
+            TrainJob { n: n as u32, ..TrainJob::default() },
+            n as u64,
+            |k, job| k.bind(gpu, &UnaryBinds { job, a: x.into(), out: y.into() }),
+        )
+    }
+
+    /// `dx` = `dy`·y·(1 − y) over `n` elements, from the sigmoid's output `y`.
+    pub fn sigmoid_backward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        y: &wgpu::Buffer,
+        dy: &wgpu::Buffer,
+        dx: &wgpu::Buffer,
+        n: usize,
+    ) -> Result<()> {
+        self.run(
+            gpu,
+            encoder,
+            entry::SIGMOID_BACKWARD,
+            TrainJob { n: n as u32, ..TrainJob::default() },
+            n as u64,
+            |k, job| k.bind(gpu, &BinaryBinds { job, a: y.into(), b: dy.into(), out: dx.into() }),
         )
     }
 

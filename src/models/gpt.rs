@@ -8,6 +8,7 @@
 //! checkpoint stores), and the f64 forward pass with its next-token loss — the oracle the
 //! GPU model's gradients are checked against by finite differences.
 
+use crate::contract::nsa::Nsa;
 use crate::contract::positions::Positions;
 use crate::contract::spec::alibi_slope;
 use crate::error::{Error, Result};
@@ -90,10 +91,27 @@ pub enum AttnKind {
         /// Blocks each query reads, its own among them.
         topk: usize,
     },
+    /// NSA (`docs/DESIGN.md` §1): each query mixes a compressed branch (mean-pooled keys
+    /// and values), the blocks its compressed probabilities rank highest and a sliding
+    /// window, by gates `sigmoid(LN1(x)·W_gate + b_gate)` per head and branch (two more
+    /// parameter tensors per block, after the final LayerNorm); chosen from the layer's own
+    /// Q and K (rotated, with RoPE; no gradient through the choice). φ is the mean.
+    Nsa {
+        /// Compression length l.
+        cmp_len: usize,
+        /// Compression stride d.
+        cmp_stride: usize,
+        /// Selection block l′.
+        block: usize,
+        /// Selection blocks per query n (the forced ones included).
+        topk: usize,
+        /// Sliding window w.
+        window: usize,
+    },
 }
 
 impl AttnKind {
-    /// Parses `dense` or `moba:block=B,topk=K`.
+    /// Parses `dense`, `moba:block=B,topk=K` or `nsa:cmp=L/D,slc=L2,top=N,win=W`.
     pub fn parse(text: &str) -> Result<Self> {
         match text.trim().split_once(':') {
             None if text.trim() == "dense" => Ok(Self::Dense),
@@ -101,7 +119,29 @@ impl AttnKind {
                 let m = crate::contract::selection::Moba::parse(params)?;
                 Ok(Self::Moba { block: m.block, topk: m.topk })
             }
-            _ => Err(Error::Invalid(format!("attention `{text}`: expected dense or moba:block=B,topk=K"))),
+            Some(("nsa", params)) => {
+                let n = Nsa::parse(params)?;
+                n.check()?;
+                Ok(Self::Nsa {
+                    cmp_len: n.cmp_len,
+                    cmp_stride: n.cmp_stride,
+                    block: n.block,
+                    topk: n.topk,
+                    window: n.window,
+                })
+            }
+            _ => Err(Error::Invalid(format!(
+                "attention `{text}`: expected dense, moba:block=B,topk=K or nsa:cmp=L/D,slc=L2,top=N,win=W"
+            ))),
+        }
+    }
+
+    /// The kind's short name: dense, moba or nsa.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Dense => "dense",
+            Self::Moba { .. } => "moba",
+            Self::Nsa { .. } => "nsa",
         }
     }
 
@@ -110,6 +150,7 @@ impl AttnKind {
         match self {
             Self::Dense => "dense".into(),
             Self::Moba { block, topk } => format!("moba:block={block},topk={topk}"),
+            Self::Nsa { .. } => format!("nsa:{}", self.nsa().expect("NSA").describe()),
         }
     }
 
@@ -117,7 +158,17 @@ impl AttnKind {
     pub fn moba(&self) -> Option<crate::contract::selection::Moba> {
         match *self {
             Self::Moba { block, topk } => Some(crate::contract::selection::Moba { block, topk }),
-            Self::Dense => None,
+            Self::Dense | Self::Nsa { .. } => None,
+        }
+    }
+
+    /// NSA's parameters, if this is NSA.
+    pub fn nsa(&self) -> Option<Nsa> {
+        match *self {
+            Self::Nsa { cmp_len, cmp_stride, block, topk, window } => {
+                Some(Nsa { cmp_len, cmp_stride, block, topk, window })
+            }
+            Self::Dense | Self::Moba { .. } => None,
         }
     }
 }
@@ -176,7 +227,9 @@ impl GptConfig {
         }
         let (d, f, l, v) = (self.d_model as u64, self.ffn as u64, self.layers as u64, self.vocab as u64);
         // the bounds above keep this within u64
-        let params = v * d + l * (4 * d * d + 2 * d * f + 9 * d + f) + 2 * d;
+        // NSA's gate projection: d·3H + 3H more per block (H ≤ d)
+        let gates = if self.attn.nsa().is_some() { 3 * d * d + 3 * d } else { 0 };
+        let params = v * d + l * (4 * d * d + 2 * d * f + 9 * d + f + gates) + 2 * d;
         if params > MAX_PARAMS as u64 {
             return Err(Error::OutOfRange {
                 what: format!("model parameters (d_model {d}, ffn {f}, {l} layers, vocab {v})"),
@@ -197,6 +250,14 @@ impl GptConfig {
         }
         if let Some(m) = self.attn.moba() {
             m.check(&crate::contract::AttnShape::mha(1, self.heads, 1, 1, hd))?;
+        }
+        if let Some(n) = self.attn.nsa() {
+            n.check()?;
+            if self.pos == PosScheme::Alibi {
+                return Err(Error::Invalid(
+                    "NSA with ALiBi: NSA's branches define their own masks and refuse ALiBi; train it with none, sinusoidal or rope".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -223,6 +284,13 @@ impl GptConfig {
             ]);
         }
         out.extend([("lnf.g".to_string(), vec![d]), ("lnf.b".to_string(), vec![d])]);
+        if self.attn.nsa().is_some() {
+            // NSA's gates per block: [token, head·3 + branch] logits
+            for l in 0..self.layers {
+                out.push((format!("h{l}.attn.w_gate"), vec![d, 3 * self.heads]));
+                out.push((format!("h{l}.attn.b_gate"), vec![3 * self.heads]));
+            }
+        }
         out
     }
 
@@ -361,6 +429,68 @@ fn moba_reads_f64<'a>(
     move |i, j| chosen.as_ref().is_none_or(|(block, lists)| lists[i].contains(&(j / block)))
 }
 
+/// One row of a head's Q, K or V in f64.
+type Row = Vec<f64>;
+
+/// NSA over one head's rows (positions `0..t`; Q and K as the branches read them, rotated
+/// with RoPE) in f64, φ the mean: per row, `g₀·o_cmp + g₁·o_slc + g₂·o_win` with `gate(i, b)`
+/// — the compressed branch over the mean-pooled windows ending at or before the row, the
+/// blocks its probabilities rank highest (the contract's choice: forced blocks, then the best,
+/// ties to the lower block) and the latest `window` keys (`docs/DESIGN.md` §1).
+fn nsa_head_f64(
+    nsa: &Nsa,
+    scale: f64,
+    (q, k, v): (&[Row], &[Row], &[Row]),
+    gate: impl Fn(usize, usize) -> f64,
+) -> Vec<Vec<f64>> {
+    let (t, hd, l) = (q.len(), q[0].len(), nsa.cmp_len);
+    let pool = |x: &[Vec<f64>], c: usize| -> Vec<f64> {
+        let mut row = vec![0f64; hd];
+        for r in &x[c * nsa.cmp_stride..][..l] {
+            row.iter_mut().zip(r).for_each(|(a, b)| *a += b / l as f64);
+        }
+        row
+    };
+    let mc = nsa.compressed(t);
+    let (kc, vc): (Vec<Vec<f64>>, Vec<Vec<f64>>) =
+        ((0..mc).map(|c| pool(k, c)).collect(), (0..mc).map(|c| pool(v, c)).collect());
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    // softmax attention of row i over `keys` (its output, and the probabilities per key)
+    let attend = |qi: &[f64], keys: &[(&[f64], &[f64])]| -> (Vec<f64>, Vec<f64>) {
+        let mut o = vec![0f64; hd];
+        if keys.is_empty() {
+            return (o, Vec::new());
+        }
+        let s: Vec<f64> = keys.iter().map(|(kj, _)| scale * dot(qi, kj)).collect();
+        let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+        let p: Vec<f64> = s.iter().map(|x| (x - m).exp() / z).collect();
+        for ((_, vj), pj) in keys.iter().zip(&p) {
+            o.iter_mut().zip(*vj).for_each(|(a, b)| *a += pj * b);
+        }
+        (o, p)
+    };
+    (0..t)
+        .map(|i| {
+            let visible: Vec<usize> = (0..mc).filter(|&c| nsa.compressed_visible(c, i as i64)).collect();
+            let keys: Vec<(&[f64], &[f64])> = visible.iter().map(|&c| (&kc[c][..], &vc[c][..])).collect();
+            let (o_cmp, p_cmp) = attend(&q[i], &keys);
+            let mut probs = vec![0f64; mc];
+            visible.iter().zip(&p_cmp).for_each(|(&c, &p)| probs[c] = p);
+            let scores = crate::contract::nsa::block_scores_f64(nsa, nsa.blocks(t), &[&probs]);
+            let list = crate::contract::nsa::choose_row(nsa, i as i64, &scores);
+            let chosen: Vec<(&[f64], &[f64])> = (0..=i)
+                .filter(|j| list.contains(&((j / nsa.block) as u32)))
+                .map(|j| (&k[j][..], &v[j][..]))
+                .collect();
+            let window: Vec<(&[f64], &[f64])> =
+                ((i + 1).saturating_sub(nsa.window)..=i).map(|j| (&k[j][..], &v[j][..])).collect();
+            let (o_slc, o_win) = (attend(&q[i], &chosen).0, attend(&q[i], &window).0);
+            (0..hd).map(|e| gate(i, 0) * o_cmp[e] + gate(i, 1) * o_slc[e] + gate(i, 2) * o_win[e]).collect()
+        })
+        .collect()
+}
+
 /// The mean next-token loss of `tokens` (`batch` sequences of `len + 1` ids: inputs and
 /// shifted targets) under parameters `p` (f64, [`GptConfig::shapes`] order): the f64 oracle.
 pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> Result<f64> {
@@ -401,6 +531,11 @@ pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> 
             let a = layer_norm_f64(&x, n("ln1.g"), n("ln1.b"), d, LN_EPS);
             let qkv = linear(&a, n("attn.w_qkv"), n("attn.b_qkv"), d, 3 * d);
             let mut att = vec![0f64; t * d];
+            // NSA's gate logits [t, 3H]
+            let gate_logits = config.attn.nsa().map(|_| {
+                let w = get(&format!("h{l}.attn.w_gate"));
+                linear(&a, w, get(&format!("h{l}.attn.b_gate")), d, 3 * h)
+            });
             for head in 0..h {
                 let col = |r: usize, part: usize| -> Vec<f64> {
                     qkv[r * 3 * d + part * d + head * hd..r * 3 * d + part * d + (head + 1) * hd].to_vec()
@@ -413,8 +548,16 @@ pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> 
                         rope.apply(ki, i as i64);
                     }
                 }
-                let slope = if config.pos == PosScheme::Alibi { alibi_slope(h, head) as f64 } else { 0.0 };
                 let scale = 1.0 / (hd as f64).sqrt();
+                if let (Some(nsa), Some(logits)) = (config.attn.nsa(), &gate_logits) {
+                    let v: Vec<Vec<f64>> = (0..t).map(|r| col(r, 2)).collect();
+                    let gate = |i: usize, b: usize| 1.0 / (1.0 + (-logits[i * 3 * h + head * 3 + b]).exp());
+                    for (i, row) in nsa_head_f64(&nsa, scale, (&q, &k, &v), gate).iter().enumerate() {
+                        att[i * d + head * hd..][..hd].copy_from_slice(row);
+                    }
+                    continue;
+                }
+                let slope = if config.pos == PosScheme::Alibi { alibi_slope(h, head) as f64 } else { 0.0 };
                 let reads = moba_reads_f64(config.attn, &q, &k);
                 for i in 0..t {
                     let s: Vec<f64> = (0..=i)

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Mutex;
 
+use crate::contract::nsa::Nsa;
 use crate::contract::positions::Positions;
 use crate::contract::selection::Moba;
 use crate::contract::spec::{Alibi, AttnShape, AttnSpec};
@@ -27,6 +28,7 @@ use crate::kernels::attention::sparse_backward::SparseBackward;
 use crate::kernels::embed::check_ids;
 use crate::kernels::layer::LayerOp;
 use crate::kernels::matmul::{Activation, Layout, Matmul, MatmulOptions};
+use crate::kernels::nsa::{NsaBackward, NsaGradTensors, NsaTensors};
 use crate::kernels::positions::EncodedInputs;
 use crate::kernels::selection::select_lists;
 use crate::kernels::train::{AdamW, HeadDims, Train};
@@ -109,6 +111,8 @@ pub struct GptGpu {
     backward: Backward,
     /// With MoBA attention: its kernels and each layer's choice.
     moba: Option<MobaLayers>,
+    /// With NSA attention: its kernels, each layer's tensors and choice, the gates.
+    nsa: Option<NsaLayers>,
     matmuls: HashMap<MmKey, Matmul>,
     lnf: LayerOp,
     /// Token ids and targets `[R]`.
@@ -203,12 +207,72 @@ impl MobaLayers {
     }
 }
 
+/// NSA in the blocks: the gates `sigmoid(LN1(x)·W_gate + b_gate)` of each layer, its
+/// stages forward and backward on the layer's Q, K, V (encoded on the copies NSA keeps), each
+/// layer's tensors and choice kept from the forward for the backward (φ is the mean).
+struct NsaLayers {
+    /// The backward with the forward it follows.
+    call: NsaBackward,
+    /// Per layer, the forward's tensors (inputs, branches, choice and mix).
+    tensors: Vec<NsaTensors>,
+    /// Per layer, the lists of the last forward on the host (the selected branch's backward
+    /// groups its work by them).
+    lists: Mutex<Vec<Option<Vec<u32>>>>,
+    /// The backward's tensors (one layer at a time).
+    grads: NsaGradTensors,
+    /// Per layer, the gates token-major `[R, 3H]` (the sigmoid's output, for its backward).
+    gates: Vec<wgpu::Buffer>,
+    /// Scratch `[R, 3H]`: the gate logits, then the gates' gradient and the logits'.
+    logits: wgpu::Buffer,
+    dgates: wgpu::Buffer,
+}
+
+impl NsaLayers {
+    fn new(gpu: &Gpu, nsa: Nsa, spec: &AttnSpec, layers: usize) -> Result<Self> {
+        let call = NsaBackward::new(gpu, spec, &nsa)?;
+        let s = spec.shape;
+        let (zeros_q, zeros_kv) = (vec![0f32; s.q_len()], vec![0f32; s.kv_len()]);
+        let gates = vec![0f32; s.batch * s.heads * s.n * 3];
+        let tensors = (0..layers)
+            .map(|_| call.forward().upload(gpu, spec, (&zeros_q, &zeros_kv, &zeros_kv), &gates, None))
+            .collect::<Result<Vec<_>>>()?;
+        let gate_len = (gates.len() * 4) as u64;
+        Ok(Self {
+            grads: call.upload(gpu, spec, &zeros_q)?,
+            call,
+            tensors,
+            lists: Mutex::new((0..layers).map(|_| None).collect()),
+            gates: (0..layers).map(|_| gpu.storage("NSA gates [R, 3H]", gate_len)).collect::<Result<_>>()?,
+            logits: gpu.storage("NSA gate logits", gate_len)?,
+            dgates: gpu.storage("NSA gates' gradient", gate_len)?,
+        })
+    }
+
+    /// Device bytes beyond the dense model's for `rows` tokens (saturating): per layer its
+    /// tensors (Q, K, V, O and three branches' outputs, compressed keys, lists, gates), once
+    /// the backward's (dO and its three shares, four dQ, dK and dV twice) and the scratch.
+    fn device_bytes(config: &GptConfig, nsa: &Nsa, rows: usize) -> u64 {
+        let (r, d, h) = (rows as u64, config.d_model as u64, config.heads as u64);
+        let per_layer = r.saturating_mul(8 * d + h * (nsa.topk as u64 + 12));
+        (config.layers as u64)
+            .saturating_mul(per_layer)
+            .saturating_add(r.saturating_mul(14 * d + 9 * h))
+            .saturating_mul(4)
+    }
+}
+
 /// Submits what `enc` recorded and starts a fresh encoder in its place: the block-list
 /// kernels submit their own work (and the choice reads its lists back), so what precedes them
 /// must run first.
 fn flush(gpu: &Gpu, enc: &mut wgpu::CommandEncoder) {
     let done = std::mem::replace(enc, gpu.device.create_command_encoder(&Default::default()));
     gpu.queue.submit([done.finish()]);
+}
+
+/// The final LayerNorm's index among the device tensors (the embedding, the blocks' fused
+/// tensors, then it; NSA's gate projections follow it).
+fn lnf_index(config: &GptConfig) -> usize {
+    1 + config.layers * PER_BLOCK
 }
 
 /// The attention problem of one block: causal self-attention over `seq` tokens, with the
@@ -249,6 +313,7 @@ impl GptGpu {
         let backward = Backward::new(gpu, &spec)?;
         let train = Train::new(gpu)?;
         let moba = config.attn.moba().map(|m| MobaLayers::new(gpu, m, &spec, config.layers)).transpose()?;
+        let nsa = config.attn.nsa().map(|n| NsaLayers::new(gpu, n, &spec, config.layers)).transpose()?;
 
         let buf = |what: &str, floats: usize| gpu.storage(what, (floats.max(1) * 4) as u64);
         // tensors: the shapes list with each LayerNorm's γ and β fused
@@ -299,7 +364,7 @@ impl GptGpu {
             })
             .collect::<Result<Vec<_>>>()?;
         let lnf =
-            LayerOp::layer_norm_affine_on(gpu, rows, d, LN_EPS as f32, &tensors[tensors.len() - 1].param)?;
+            LayerOp::layer_norm_affine_on(gpu, rows, d, LN_EPS as f32, &tensors[lnf_index(&config)].param)?;
         let r = rows;
         let keys: [MmKey; 15] = [
             (r, d, 3 * d, true, false, PLAIN), // QKV
@@ -318,8 +383,18 @@ impl GptGpu {
             (r, 3 * d, d, false, false, B_T),  // da1 = dqkv·W_qkvᵀ
             (d, r, 3 * d, false, false, A_T),  // dW_qkv = a1ᵀ·dqkv
         ];
+        // NSA's gates: logits = a1·W_gate + b_gate, dW_gate = a1ᵀ·dlogits, da1 += dlogits·W_gateᵀ
+        let g3 = 3 * config.heads;
+        let gate_keys: &[MmKey] = match config.attn.nsa() {
+            Some(_) => &[
+                (r, d, g3, true, false, PLAIN),
+                (d, r, g3, false, false, A_T),
+                (r, g3, d, false, true, PLAIN),
+            ],
+            None => &[],
+        };
         let mut matmuls = HashMap::new();
-        for key in keys {
+        for key in keys.into_iter().chain(gate_keys.iter().copied()) {
             if let std::collections::hash_map::Entry::Vacant(e) = matmuls.entry(key) {
                 let (m, k, n, bias, acc, layout) = key;
                 let act = Activation::None;
@@ -347,6 +422,7 @@ impl GptGpu {
             attention,
             backward,
             moba,
+            nsa,
             matmuls,
             lnf,
             ids: buf("token ids", rows)?,
@@ -384,7 +460,9 @@ impl GptGpu {
         let r = rows as u64;
         let per_block = r.saturating_mul(9 * d + 2 * f) + r.saturating_mul(config.heads as u64);
         let fixed = r.saturating_mul(5 * d + 2 * v + 2 * f + 6 * d + 4 * d + f.max(d).max(v) + 3);
+        let nsa = config.attn.nsa().map_or(0, |n| NsaLayers::device_bytes(config, &n, rows));
         (4 * config.params() as u64)
+            .saturating_add(nsa)
             .saturating_add(l.saturating_mul(per_block))
             .saturating_add(fixed)
             .saturating_add((3 * d * d).max(d * f).max(v * d))
@@ -528,6 +606,12 @@ impl GptGpu {
         &self.tensors[1 + l * PER_BLOCK + k]
     }
 
+    /// Block `l`'s NSA gate projection: the weight (`gate` 0, `[d, 3H]`) or the bias (1), after
+    /// the final LayerNorm.
+    fn gate_tensor(&self, l: usize, gate: usize) -> &Tensor {
+        &self.tensors[lnf_index(&self.config) + 1 + 2 * l + gate]
+    }
+
     fn param(&self, l: usize, k: usize) -> &wgpu::Buffer {
         &self.tensor(l, k).param
     }
@@ -607,7 +691,12 @@ impl GptGpu {
                 t.permute_heads(gpu, enc, true, &self.qkv, dst, self.heads(3), part)?;
             }
             let bufs = AttnBuffers { q: &s.q, k: &s.k, v: &s.v, o: &s.o, lse: &s.lse };
+            if let Some(nl) = &self.nsa {
+                self.nsa_forward(gpu, enc, nl, l, s)?;
+                enc.copy_buffer_to_buffer(&s.x, 0, &s.mid, 0, (r * d * 4) as u64);
+            }
             match &self.moba {
+                _ if self.nsa.is_some() => {}
                 None => self.attention.encode(gpu, enc, &bufs)?,
                 Some(mb) => {
                     // the choice reads this layer's Q and K (rotated, with RoPE): what is
@@ -619,8 +708,10 @@ impl GptGpu {
                     mb.lists.lock().unwrap_or_else(|e| e.into_inner())[l] = Some((buf, lists));
                 }
             }
-            t.permute_heads(gpu, enc, false, &s.att, &s.o, self.heads(1), 0)?;
-            enc.copy_buffer_to_buffer(&s.x, 0, &s.mid, 0, (r * d * 4) as u64);
+            if self.nsa.is_none() {
+                t.permute_heads(gpu, enc, false, &s.att, &s.o, self.heads(1), 0)?;
+                enc.copy_buffer_to_buffer(&s.x, 0, &s.mid, 0, (r * d * 4) as u64);
+            }
             self.linear(gpu, enc, l, (W_O, B_O), &s.att, &s.mid, (d, d), true)?;
             s.ln2.encode(gpu, enc, &s.mid, &s.a2);
             self.linear(gpu, enc, l, (W1, B1), &s.a2, &s.u, (d, f), false)?;
@@ -633,6 +724,75 @@ impl GptGpu {
         // tied head: logits = xf · Eᵀ
         self.product(gpu, enc, [r, d, v], B_T, &self.xf, wte, &self.logits)?;
         t.cross_entropy(gpu, enc, &self.logits, &self.targets, &self.dlogits, &self.loss, r, v, loss_scale)
+    }
+
+    /// The gates' layout: `[B, T, H·3]` token-major against NSA's `[B, H, T, 3]`.
+    fn gate_heads(&self) -> HeadDims {
+        HeadDims { d: 3, ..self.heads(1) }
+    }
+
+    /// Block `l`'s attention under NSA: the gates from LN1's output, Q, K, V copied into the
+    /// layer's NSA tensors (and rotated there, with RoPE), every stage (the choice read back
+    /// and kept), the mix merged to tokens in `s.att`. What `enc` recorded runs first.
+    fn nsa_forward(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        nl: &NsaLayers,
+        l: usize,
+        s: &Saved,
+    ) -> Result<()> {
+        let (r, d, g3) = (self.rows(), self.config.d_model, 3 * self.config.heads);
+        let (w, b) = (&self.gate_tensor(l, 0).param, &self.gate_tensor(l, 1).param);
+        self.mm((r, d, g3, true, false, PLAIN)).encode(gpu, enc, &s.a1, w, Some(b), &nl.logits)?;
+        self.train.sigmoid(gpu, enc, &nl.logits, &nl.gates[l], r * g3)?;
+        let nt = &nl.tensors[l];
+        self.train.permute_heads(gpu, enc, true, &nl.gates[l], &nt.gates, self.gate_heads(), 0)?;
+        let forward = nl.call.forward();
+        forward.load(gpu, enc, nt, (&s.q, &s.k, &s.v))?;
+        flush(gpu, enc);
+        let (lists, _) = forward.run(gpu, nt)?;
+        nl.lists.lock().unwrap_or_else(|e| e.into_inner())[l] = Some(lists);
+        self.train.permute_heads(gpu, enc, false, &s.att, &nt.o, self.heads(1), 0)
+    }
+
+    /// Block `l`'s NSA backward for dO in `self.d_o`: dQ, dK, dV (taken back through RoPE)
+    /// into `self.dq`, `dk`, `dv`, the gates' gradient into `dgates` token-major.
+    fn nsa_backward(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        nl: &NsaLayers,
+        l: usize,
+    ) -> Result<()> {
+        let gr = &nl.grads;
+        let bytes = (self.config.d_model * self.rows() * 4) as u64;
+        enc.copy_buffer_to_buffer(&self.d_o, 0, &gr.d_o, 0, bytes);
+        flush(gpu, enc);
+        let lists = nl.lists.lock().unwrap_or_else(|e| e.into_inner());
+        let lists = lists[l].as_ref().ok_or_else(|| {
+            Error::Invalid("the GPT's backward with NSA needs its forward's choice first".into())
+        })?;
+        nl.call.run(gpu, &nl.tensors[l], gr, lists)?;
+        for (src, dst) in [(&gr.dq, &self.dq), (&gr.dk, &self.dk), (&gr.dv, &self.dv)] {
+            enc.copy_buffer_to_buffer(src, 0, dst, 0, bytes);
+        }
+        self.train.permute_heads(gpu, enc, false, &nl.dgates, &gr.d_gates, self.gate_heads(), 0)
+    }
+
+    /// The gates' projection backward for block `l` (gradient in `dgates`): through the
+    /// sigmoid, to W_gate and b_gate, and LN1's output gradient in `dtmp` added to.
+    fn gates_backward(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, l: usize, s: &Saved) -> Result<()> {
+        let nl = self.nsa.as_ref().expect("NSA");
+        let (r, d, g3) = (self.rows(), self.config.d_model, 3 * self.config.heads);
+        let t = &self.train;
+        // the logits' gradient, in the logits' scratch (the forward is done with it)
+        t.sigmoid_backward(gpu, enc, &nl.gates[l], &nl.dgates, &nl.logits, r * g3)?;
+        t.column_sum(gpu, enc, &nl.logits, &self.gate_tensor(l, 1).grad, r, g3)?;
+        self.weight_grad(gpu, enc, &s.a1, &nl.logits, &self.gate_tensor(l, 0).grad, d, g3)?;
+        // da1 += dlogits·W_gateᵀ: the weight transposed, then an accumulating product
+        t.transpose(gpu, enc, &self.gate_tensor(l, 0).param, &self.weight_t, d, g3)?;
+        self.mm((r, g3, d, false, true, PLAIN)).encode(gpu, enc, &nl.logits, &self.weight_t, None, &self.dtmp)
     }
 
     /// `grad` = xᵀ·dy for x `[R, k]`, dy `[R, n]`.
@@ -674,7 +834,7 @@ impl GptGpu {
         // head: dE = dlogitsᵀ·xf (the embedding's share is added at the end), dxf = dlogits·E
         self.product(gpu, enc, [v, r, d], A_T, &self.dlogits, &self.xf, dwte)?;
         self.mm((r, v, d, false, false, PLAIN)).encode(gpu, enc, &self.dlogits, wte, None, &self.dtmp)?;
-        self.norm_backward(gpu, enc, &self.x_last, self.tensors.last().expect("final LayerNorm"), false)?;
+        self.norm_backward(gpu, enc, &self.x_last, &self.tensors[lnf_index(c)], false)?;
         for (l, s) in self.blocks.iter().enumerate().rev() {
             // FFN: next = mid + GELU(u)·W2 + b2, u = LN2(mid)·W1 + b1
             t.column_sum(gpu, enc, &self.dx, self.grad(l, B2), r, d)?;
@@ -693,6 +853,7 @@ impl GptGpu {
             let forward = AttnBuffers { q: &s.q, k: &s.k, v: &s.v, o: &s.o, lse: &s.lse };
             let grads = BackwardBuffers { forward, d_o: &self.d_o, dq: &self.dq, dk: &self.dk, dv: &self.dv };
             match &self.moba {
+                _ if self.nsa.is_some() => {}
                 None => self.backward.encode(gpu, enc, &grads)?,
                 Some(mb) => {
                     // the copies hold the last layer's rotation: this layer's again
@@ -709,12 +870,18 @@ impl GptGpu {
                     }
                 }
             }
+            if let Some(nl) = &self.nsa {
+                self.nsa_backward(gpu, enc, nl, l)?;
+            }
             for (part, src) in [&self.dq, &self.dk, &self.dv].into_iter().enumerate() {
                 t.permute_heads(gpu, enc, false, &self.dqkv, src, self.heads(3), part)?;
             }
             t.column_sum(gpu, enc, &self.dqkv, self.grad(l, B_QKV), r, 3 * d)?;
             self.weight_grad(gpu, enc, &s.a1, &self.dqkv, self.grad(l, W_QKV), d, 3 * d)?;
             self.input_grad(gpu, enc, &self.dqkv, self.param(l, W_QKV), &self.dtmp, d, 3 * d)?;
+            if self.nsa.is_some() {
+                self.gates_backward(gpu, enc, l, s)?;
+            }
             self.norm_backward(gpu, enc, &s.x, self.tensor(l, LN1), true)?;
         }
         // the gather's gradient, added to the head's
