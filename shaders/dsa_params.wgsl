@@ -1,4 +1,4 @@
-// dsa_params.wgsl — composed into dsa_index.wgsl and dsa.wgsl: their one uniform (`Params` in
+// dsa_params.wgsl — composed into dsa_index.wgsl, dsa.wgsl and dsa_align.wgsl: their one uniform (`Params` in
 // src/kernels/dsa.rs) and the NONE of an empty list entry.
 
 struct Params {
@@ -23,8 +23,8 @@ struct Params {
     i0: u32,           // `attend`: the window's first row of a sequence
     i1: u32,           // `attend`: its end
     neg_inf: f32,      // -inf, passed in because WGSL cannot spell it (Tint rejects a constant one)
-    pad1: u32,
-    pad2: u32,
+    d4: u32,           // `dsa_align`: the attention's head dim in vec4s
+    di4: u32,          // `dsa_align`: the indexer's head dim in vec4s
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

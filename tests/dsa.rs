@@ -6,11 +6,11 @@
 //! inputs are typed errors.
 
 use crate::common::{gpu, inputs, seed};
-use longctx::contract::dsa::{Dsa, Indexer, compare_dsa_selection, dsa_select_f64};
+use longctx::contract::dsa::{Dsa, Indexer, compare_dsa_selection, dsa_alignment_f64, dsa_select_f64};
 use longctx::contract::inputs::seeded;
 use longctx::contract::reference::{attention_backward_f64, attention_f64, rel_error};
 use longctx::contract::selection::NONE;
-use longctx::kernels::dsa::{DsaAttention, DsaPath, dsa_attention, dsa_backward};
+use longctx::kernels::dsa::{DsaAttention, DsaPath, dsa_alignment_in_passes, dsa_attention, dsa_backward};
 use longctx::{Alibi, AttnShape, AttnSpec, Error};
 
 const BOUND: f64 = 1e-5;
@@ -249,6 +249,57 @@ fn dsa_backward_matches_the_oracle() {
             let e = rel_error(got, want);
             assert!(e < BOUND, "{ctx}: {name} error {e:.2e}");
         }
+    }
+}
+
+/// The indexer's warm-up loss and its gradients on the GPU against the f64 oracle, per
+/// sequence of a batch: odd sizes, N ≠ M and N > M (rows that see nothing), GQA and MQA, and
+/// the passes below a loop cap forced short (several passes each side, one key a pass).
+#[test]
+fn the_alignment_loss_and_its_gradient_match_the_oracle() {
+    let g = gpu();
+    let seed = seed();
+    let cases = [
+        (AttnSpec::new(shape(1, 4, 2, 37, 53, 8)), dsa(5, 2, 8), usize::MAX),
+        (AttnSpec::new(shape(2, 3, 1, 29, 29, 12)), dsa(5, 3, 4), 7),
+        (AttnSpec::new(shape(1, 2, 2, 20, 13, 4)), dsa(3, 1, 12), 1),
+    ];
+    for (spec, d, passes) in cases {
+        let s = spec.shape;
+        let (q, k, _) = inputs(&spec, seed);
+        let (qi, ki, wi) = indexer(&spec, &d, seed, false);
+        let ix = Indexer { q: &qi, k: &ki, w: &wi };
+        let got = dsa_alignment_in_passes(g, &spec, &d, (&q, &k), &ix, passes).unwrap();
+        // the oracle one sequence at a time
+        let one = AttnSpec { shape: AttnShape { batch: 1, ..s }, ..spec.clone() };
+        let (mut loss, mut dq, mut dk, mut dw) = (0.0, Vec::new(), Vec::new(), Vec::new());
+        let at = |x: &[f32], b: usize, per: usize| x[b * per..][..per].to_vec();
+        for b in 0..s.batch {
+            let (qb, kb) = (at(&q, b, s.q_len() / s.batch), at(&k, b, s.kv_len() / s.batch));
+            let (qib, kib, wib) = (
+                at(&qi, b, qi.len() / s.batch),
+                at(&ki, b, ki.len() / s.batch),
+                at(&wi, b, wi.len() / s.batch),
+            );
+            let want =
+                dsa_alignment_f64(&one, &d, (&qb, &kb), &Indexer { q: &qib, k: &kib, w: &wib }).unwrap();
+            loss += want.loss;
+            dq.extend(want.dq);
+            dk.extend(want.dk);
+            dw.extend(want.dw);
+        }
+        let errs = [rel_error(&got.dq, &dq), rel_error(&got.dk, &dk), rel_error(&got.dw, &dw)];
+        let loss_err = (got.loss - loss).abs() / loss.abs().max(1e-30);
+        let [eq, ek, ew] = errs;
+        println!(
+            "{s:?} {d:?} passes {passes}: loss {:.6} (oracle {loss:.6}, rel {loss_err:.1e}); dqI {eq:.1e}, dkI {ek:.1e}, dw {ew:.1e}",
+            got.loss
+        );
+        assert!(loss > 0.0, "a loss that cannot vanish on random inputs");
+        assert!(
+            loss_err <= BOUND && errs.iter().all(|&e| e <= BOUND),
+            "{s:?}: loss {loss_err:.1e}, dqI {eq:.1e}, dkI {ek:.1e}, dw {ew:.1e} (seed {seed})"
+        );
     }
 }
 

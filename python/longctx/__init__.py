@@ -362,6 +362,25 @@ class Device:
         )
 
     @_with_doc("")
+    def dsa_alignment(
+        self,
+        q: Any,
+        k: Any,
+        *,
+        index_q: Any,
+        index_k: Any,
+        index_w: Any,
+        scale: Optional[float] = None,
+    ) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+        """DSA's indexer warm-up on the GPU: Σ over rows of KL(p_t ‖ softmax(I)), p_t the dense
+        causal attention's probabilities of (Q, K) summed over the heads and normalised, and its
+        gradients (indexer inputs as `dsa`; a batch's losses summed). Returns (loss, d index_q,
+        d index_k, d index_w) — `longctx.reference.dsa_alignment` in float64."""
+        return self._native.dsa_alignment(
+            f32(q, "q"), f32(k, "k"), _index(index_q, index_k, index_w), options(scale=scale)
+        )
+
+    @_with_doc("")
     def matmul(self, a: Any, b: Any, bias: Any = None, activation: Optional[str] = None) -> np.ndarray:
         """C = act(A·B + bias): A `[M, K]`, B `[K, N]`, bias `[N]`; activation None, "gelu"
         (tanh) or "gelu_erf". The adapter's fastest matmul path (register-blocked on CPU

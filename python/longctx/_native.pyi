@@ -84,6 +84,13 @@ class Device:
         topk: int,
         opts: Dict[str, Any],
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+    def dsa_alignment(
+        self,
+        q: np.ndarray,
+        k: np.ndarray,
+        index: Tuple[np.ndarray, np.ndarray, np.ndarray],
+        opts: Dict[str, Any],
+    ) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]: ...
     def matmul(
         self, a: np.ndarray, b: np.ndarray, bias: Optional[np.ndarray] = None, activation: Optional[str] = None
     ) -> np.ndarray: ...

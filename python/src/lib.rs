@@ -634,6 +634,28 @@ impl Device {
         ))
     }
 
+    /// DSA's indexer warm-up on the GPU: the KL alignment loss of the indexer's distribution
+    /// to the dense causal attention's (summed over a batch's sequences) and its gradients:
+    /// `(loss, dqI, dkI, dw)` shaped as the indexer's inputs.
+    fn dsa_alignment<'py>(
+        &self,
+        py: Python<'py>,
+        q: PyReadonlyArrayDyn<'py, f32>,
+        k: PyReadonlyArrayDyn<'py, f32>,
+        index: (PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>),
+        opts: Opts,
+    ) -> PyResult<AlignmentOut<'py, f32>> {
+        let t = Qkv::new(py, &q, &k, &k)?;
+        // topk does not enter the loss
+        let (dsa, ix) = dsa_inputs(py, &t, 1, &index)?;
+        let gpu = &self.gpu;
+        let a = detached(py, || {
+            longctx::kernels::dsa::dsa_alignment(gpu, &opts.spec(t.shape)?, &dsa, (t.q, t.k), &ix)
+        })?;
+        let (qd, kd, wd) = (index.0.shape().to_vec(), index.1.shape().to_vec(), index.2.shape().to_vec());
+        Ok((a.loss, array(py, a.dq, &qd)?, array(py, a.dk, &kd)?, array(py, a.dw, &wd)?))
+    }
+
     /// C = act(A·B + bias) for A `[M, K]`, B `[K, N]`, bias `[N]`.
     #[pyo3(signature = (a, b, bias=None, activation=None))]
     fn matmul<'py>(
@@ -1208,8 +1230,8 @@ fn reference_dsa_backward<'py>(
 }
 
 /// The alignment loss and its gradients to qI, kI and w.
-type AlignmentOut<'py> =
-    (f64, Bound<'py, PyArrayDyn<f64>>, Bound<'py, PyArrayDyn<f64>>, Bound<'py, PyArrayDyn<f64>>);
+type AlignmentOut<'py, T = f64> =
+    (f64, Bound<'py, PyArrayDyn<T>>, Bound<'py, PyArrayDyn<T>>, Bound<'py, PyArrayDyn<T>>);
 
 /// The float64 oracle of DSA's indexer warm-up (one sequence): the KL alignment loss of the
 /// indexer's distribution to the dense causal attention's and its gradients: `(loss, dqI,

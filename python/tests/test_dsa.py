@@ -64,6 +64,17 @@ def test_the_alignment_gradient_matches_finite_differences(rng):
         assert abs(fd - dw[at]) <= 1e-3 * max(1.0, abs(fd)), (at, fd, dw[at], rng)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_the_alignment_on_the_gpu_matches_the_oracle(dev, rng, batch):
+    q, k, _, index = _inputs(rng, batch)
+    loss, dqi, dki, dw = dev.dsa_alignment(q, k, **index)
+    assert dqi.dtype == np.float32 and dki.shape == index["index_k"].shape
+    want = [longctx.reference.dsa_alignment(q[b], k[b], **{n: x[b] for n, x in index.items()}) for b in range(batch)]
+    assert abs(loss - sum(w[0] for w in want)) <= BOUND * sum(w[0] for w in want), rng
+    for got, part in [(dqi, 1), (dki, 2), (dw, 3)]:
+        assert rel_err(got, np.stack([w[part] for w in want])) < BOUND, rng
+
+
 def test_dsa_refuses_bad_inputs(dev, rng):
     q, k, v, index = _inputs(rng, 1)
     with pytest.raises(longctx.LongctxError, match="at least 1"):

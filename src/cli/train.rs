@@ -181,8 +181,9 @@ fn train_into(
     let done = start.as_ref().map_or(0, |c| c.step);
     let mut rows = start.as_ref().map_or_else(Vec::new, |c| c.log.clone());
     println!(
-        "training {} ({} parameters; d {} × {} layers, {} heads) at L = {} on {}: {} steps of {} tokens from step {done}",
+        "training {} with {} attention ({} parameters; d {} × {} layers, {} heads) at L = {} on {}: {} steps of {} tokens from step {done}",
         model.pos.name(),
+        model.attn.describe(),
         model.params(),
         model.d_model,
         model.layers,

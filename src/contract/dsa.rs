@@ -337,17 +337,18 @@ pub fn dsa_alignment_f64(
     Ok(Alignment { loss, dq, dk, dw })
 }
 
-/// The indexer's alignment loss and its gradient (shapes as the indexer's inputs).
+/// The indexer's alignment loss and its gradient (shapes as the indexer's inputs): f64 from
+/// the oracle, f32 from the GPU.
 #[derive(Clone, Debug)]
-pub struct Alignment {
+pub struct Alignment<T = f64> {
     /// Σ over rows of KL(p_t ‖ softmax(I)).
     pub loss: f64,
     /// d loss / d qI.
-    pub dq: Vec<f64>,
+    pub dq: Vec<T>,
     /// d loss / d kI.
-    pub dk: Vec<f64>,
+    pub dk: Vec<T>,
     /// d loss / d w.
-    pub dw: Vec<f64>,
+    pub dw: Vec<T>,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //! list kernel does not run; the backward ([`dsa_backward`]) is flash's on that grid — exact,
 //! at dense cost (the token-list backward is not built yet).
 
-use crate::contract::dsa::{Dsa, Indexer};
+use crate::contract::dsa::{Alignment, Dsa, Indexer};
 use crate::contract::spec::{Alibi, AttnOutput, AttnSpec};
 use crate::error::{Error, Result};
 use crate::kernels::attention::DeviceTensors;
@@ -40,7 +40,26 @@ bind_group! {
         6 lse: ReadWrite, 7 run_l: ReadWrite,
     }
 }
-/// The uniform both shaders read.
+const ALIGN_SOURCE: &str = include_str!("../../shaders/dsa_align.wgsl");
+const ALIGN_ROWS: Shader =
+    Shader { stem: "dsa_align", source: ALIGN_SOURCE, bindings: AlignRowsBinds::SLOTS };
+const ALIGN_KEYS: Shader =
+    Shader { stem: "dsa_align", source: ALIGN_SOURCE, bindings: AlignKeysBinds::SLOTS };
+bind_group! {
+    /// The sizes, the indexer's inputs, Q, K, the dense LSE, the rows' state and dw, dqI.
+    struct AlignRowsBinds {
+        0 params: Uniform, 1 qi: Read, 2 ki: Read, 3 wi: Read, 4 q: Read, 5 k: Read, 6 lse: Read,
+        7 rows: ReadWrite, 8 dqi: ReadWrite,
+    }
+}
+bind_group! {
+    /// The sizes, the indexer's inputs, Q, K, the dense LSE, the rows' state and dkI.
+    struct AlignKeysBinds {
+        0 params: Uniform, 1 qi: Read, 2 ki: Read, 3 wi: Read, 4 q: Read, 5 k: Read, 6 lse: Read,
+        7 rows: ReadWrite, 9 dki: ReadWrite,
+    }
+}
+/// The uniform the shaders read.
 const PARAMS: Snippet = Snippet { name: "dsa_params", source: include_str!("../../shaders/dsa_params.wgsl") };
 /// Rows of `index_scores`'s tile where the loop cap allows.
 const TILE_ROWS: u64 = 16;
@@ -74,7 +93,8 @@ struct Params {
     i1: u32,
     /// −inf (WGSL cannot spell it; a browser's compiler rejects a constant −inf).
     neg_inf: f32,
-    pad: [u32; 2],
+    d4: u32,
+    di4: u32,
 }
 
 fn index_variant(entry: &'static str, di4: usize, sg: u32) -> ShaderVariant {
@@ -107,6 +127,8 @@ pub fn variants() -> Vec<ShaderVariant> {
     for d4 in 1..=crate::kernels::MAX_HEAD_DIM / 4 {
         out.extend([0, 8, 32].map(|sg| attend_variant(d4, sg)));
     }
+    out.push(ALIGN_ROWS.variant("align_rows", &[PARAMS], vec![]));
+    out.push(ALIGN_KEYS.variant("align_keys", &[PARAMS], vec![]));
     out
 }
 
@@ -417,32 +439,39 @@ impl DsaAttention {
         Ok(())
     }
 
-    fn params(&self, groups_x: u32, (row0, rows): (usize, usize)) -> Params {
-        let s = self.spec.shape;
-        Params {
-            batch: s.batch as u32,
-            heads: s.heads as u32,
-            kv_heads: s.kv_heads as u32,
-            n: s.n as u32,
-            m: s.m as u32,
-            topk: self.dsa.topk as u32,
-            index_heads: self.dsa.index_heads as u32,
-            q_offset: self.spec.q_offset() as i32,
-            groups_x,
-            row0: row0 as u32,
-            rows: rows as u32,
-            arg0: 0,
-            arg1: 0,
-            last: 0,
-            scale: self.spec.scale_value(),
-            list_base: 0,
-            hf0: 0,
-            hf1: 0,
-            i0: 0,
-            i1: 0,
-            neg_inf: f32::NEG_INFINITY,
-            pad: [0; 2],
-        }
+    fn params(&self, groups_x: u32, rows: (usize, usize)) -> Params {
+        params(&self.spec, &self.dsa, groups_x, rows)
+    }
+}
+
+/// The uniform of a dispatch of `spec` (checked and causal) on a grid `groups_x` wide over the
+/// chunk `(row0, rows)`; the stage-specific words zero.
+fn params(spec: &AttnSpec, dsa: &Dsa, groups_x: u32, (row0, rows): (usize, usize)) -> Params {
+    let s = spec.shape;
+    Params {
+        batch: s.batch as u32,
+        heads: s.heads as u32,
+        kv_heads: s.kv_heads as u32,
+        n: s.n as u32,
+        m: s.m as u32,
+        topk: dsa.topk as u32,
+        index_heads: dsa.index_heads as u32,
+        q_offset: spec.q_offset() as i32,
+        groups_x,
+        row0: row0 as u32,
+        rows: rows as u32,
+        arg0: 0,
+        arg1: 0,
+        last: 0,
+        scale: spec.scale_value(),
+        list_base: 0,
+        hf0: 0,
+        hf1: 0,
+        i0: 0,
+        i1: 0,
+        neg_inf: f32::NEG_INFINITY,
+        d4: (s.head_dim / 4) as u32,
+        di4: (dsa.index_dim / 4) as u32,
     }
 }
 
@@ -581,4 +610,142 @@ pub fn dsa_backward(
     let lists = dsa_select(gpu, spec, dsa, ix)?;
     let (out, grads) = Backward::new(gpu, &dsa.spec(spec, &lists)?)?.run(gpu, q, k, v, d_o)?;
     Ok((out, grads, lists))
+}
+
+/// DSA's indexer warm-up on the GPU (`shaders/dsa_align.wgsl`): the alignment loss
+/// `Σ_i KL(p_t ‖ softmax_s I(p_i, s))` over every visible key, `p_t` the dense causal
+/// attention's probabilities of (Q, K) averaged over the query heads (their LSE from flash's
+/// forward), and its gradients to qI, kI and w — what
+/// [`crate::contract::dsa::dsa_alignment_f64`] computes, for any batch (the loss summed over
+/// the sequences). Dense cost: every (row, visible key) pair, twice (rows, then keys), in
+/// passes below an adapter's loop cap. Head dims multiples of 4.
+pub fn dsa_alignment(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    dsa: &Dsa,
+    qk: (&[f32], &[f32]),
+    ix: &Indexer,
+) -> Result<Alignment<f32>> {
+    dsa_alignment_in_passes(gpu, spec, dsa, qk, ix, usize::MAX)
+}
+
+/// [`dsa_alignment`] with its passes at most `most` keys (rows, on the keys' side) long, at
+/// least 1 (what a long call does below a loop cap, forced for tests).
+pub fn dsa_alignment_in_passes(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    dsa: &Dsa,
+    (q, k): (&[f32], &[f32]),
+    ix: &Indexer,
+    most: usize,
+) -> Result<Alignment<f32>> {
+    let causal = check_call(spec, dsa)?;
+    let s = causal.shape;
+    causal.check_inputs(q, k, k)?;
+    dsa.check(&s, ix)?;
+    if let Some(why) = unsupported(&causal) {
+        return Err(Error::Invalid(format!("DSA's alignment loss on the GPU: {why}")));
+    }
+    let (hi, di4, d4) = (dsa.index_heads, dsa.index_dim / 4, s.head_dim / 4);
+    // one (row, key) pair: the score twice (HI dots of DI4 vec4s), H dots of D4 for p_t and
+    // the gradient's HI·DI4 updates; every loop counts its trips and its exit
+    let per_pair = (3 * hi * (di4 + 2) + s.heads * (d4 + 2) + 8) as u64;
+    let fixed = (2 * hi * (di4 + 2) + 16) as u64;
+    let per_pass = match gpu.loop_iteration_limit() {
+        Some(limit) if limit <= fixed + per_pair => {
+            return Err(Error::LoopLimit {
+                kernel: NAME,
+                needed: fixed + per_pair,
+                limit,
+                hint: "use fewer indexer or attention heads",
+            });
+        }
+        Some(limit) => ((limit - fixed) / per_pair) as usize,
+        None => s.m.max(s.n),
+    }
+    .clamp(1, most.max(1));
+    // the dense attention's LSE (V does not enter it: K stands in)
+    let lse = Attention::new(gpu, Kernel::Flash, &causal)?.run(gpu, q, k, k)?.lse;
+    let (rows, keys) = (s.batch * s.n, s.batch * s.m);
+    let nan = |what: &str, len: usize| gpu.upload(what, &vec![f32::NAN; len.max(1)]);
+    let bufs = (
+        gpu.upload("DSA index queries", ix.q)?,
+        gpu.upload("DSA index keys", ix.k)?,
+        gpu.upload("DSA index weights", ix.w)?,
+        gpu.upload("Q", q)?,
+        gpu.upload("K", k)?,
+        gpu.upload("dense LSE", &lse)?,
+    );
+    let (row_state, dqi, dki) =
+        (nan("DSA alignment rows", rows * (4 + hi))?, nan("dqI", ix.q.len())?, nan("dkI", ix.k.len())?);
+    let (align_rows, align_keys) = (
+        gpu.compile(&ALIGN_ROWS.variant("align_rows", &[PARAMS], vec![]))?,
+        gpu.compile(&ALIGN_KEYS.variant("align_keys", &[PARAMS], vec![]))?,
+    );
+    let dispatch = |kernel: &Compiled,
+                    count: usize,
+                    (a0, a1, mode): (usize, usize, u32),
+                    keys_side: bool|
+     -> Result<()> {
+        let grid = gpu.grid(NAME, (count as u64).div_ceil(64))?;
+        let mut words = params(&causal, dsa, grid[0], (0, count));
+        (words.arg0, words.arg1, words.last) = (a0 as u32, a1 as u32, mode);
+        let uniform = gpu.uniform("DSA alignment params", &words);
+        let (qi, ki, wi, qb, kb, lb) = &bufs;
+        if keys_side {
+            let b = AlignKeysBinds {
+                params: (&uniform).into(),
+                qi: qi.into(),
+                ki: ki.into(),
+                wi: wi.into(),
+                q: qb.into(),
+                k: kb.into(),
+                lse: lb.into(),
+                rows: (&row_state).into(),
+                dki: (&dki).into(),
+            };
+            submit(gpu, kernel, &b, grid);
+        } else {
+            let b = AlignRowsBinds {
+                params: (&uniform).into(),
+                qi: qi.into(),
+                ki: ki.into(),
+                wi: wi.into(),
+                q: qb.into(),
+                k: kb.into(),
+                lse: lb.into(),
+                rows: (&row_state).into(),
+                dqi: (&dqi).into(),
+            };
+            submit(gpu, kernel, &b, grid);
+        }
+        Ok(())
+    };
+    let ranges = |len: usize| (0..len.max(1)).step_by(per_pass).map(move |a| (a, (a + per_pass).min(len)));
+    for mode in [0, 1] {
+        for (a0, a1) in ranges(s.m) {
+            dispatch(&align_rows, rows, (a0, a1, mode), false)?;
+        }
+    }
+    for (a0, a1) in ranges(s.n) {
+        dispatch(&align_keys, keys, (a0, a1, 0), true)?;
+    }
+    let state: Vec<f32> = gpu.read(&row_state, rows * (4 + hi))?;
+    let out = Alignment {
+        loss: state.chunks_exact(4 + hi).map(|r| r[2] as f64).sum(),
+        dq: gpu.read(&dqi, ix.q.len())?,
+        dk: gpu.read(&dki, ix.k.len())?,
+        dw: state.chunks_exact(4 + hi).flat_map(|r| r[4..].to_vec()).collect(),
+    };
+    for (name, x) in [("dqI", &out.dq), ("dkI", &out.dk), ("dw", &out.dw)] {
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "DSA's alignment gradient {name} is not finite at flat index {i}"
+            )));
+        }
+    }
+    if !out.loss.is_finite() {
+        return Err(Error::Invalid("DSA's alignment loss is not finite".into()));
+    }
+    Ok(out)
 }
