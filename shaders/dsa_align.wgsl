@@ -8,7 +8,7 @@
 // positive). LSE comes from flash's forward over the same call.
 //
 // - `align_rows`: one invocation per (sequence, row), in passes over key ranges
-//   [arg0, arg1): mode 0 (`last` = 0) keeps the running max and sum of the row's index
+//   [arg0, arg1) (the gradients times `grad_scale`): mode 0 (`last` = 0) keeps the running max and sum of the row's index
 //   softmax; mode 1 turns them into its LSE on the first pass, then adds the row's KL terms
 //   and its gradients to w and qI (the row's own slots: no two lanes share one).
 // - `align_keys`: one invocation per (sequence, key), in passes over row ranges
@@ -23,7 +23,8 @@
 @group(0) @binding(4) var<storage, read> q: array<vec4<f32>>;           // [B, H, N, D]
 @group(0) @binding(5) var<storage, read> k: array<vec4<f32>>;           // [B, Hkv, M, D]
 @group(0) @binding(6) var<storage, read> lse: array<f32>;               // [B, H, N]
-@group(0) @binding(7) var<storage, read_write> rows: array<f32>;        // [B·N, 4 + HI]: LSE_I (running max in mode 0), running sum, loss, -, dw
+// dw [B·N, HI], then [B·N, 4]: LSE_I (running max in mode 0), running sum, the KL term, unused
+@group(0) @binding(7) var<storage, read_write> rows: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dqi: array<vec4<f32>>;   // [B, N, HI, DI]
 @group(0) @binding(9) var<storage, read_write> dki: array<vec4<f32>>;   // [B, M, DI]
 
@@ -65,6 +66,11 @@ fn dense_target(b: u32, i: u32, s: u32) -> f32 {
     return t / f32(h_all);
 }
 
+// Where (sequence, row) `row`'s four words start: after dw.
+fn state_at(row: u32) -> u32 {
+    return params.batch * params.n * params.index_heads + row * 4u;
+}
+
 // The visible keys of (sequence, row) `row`: 0 .. the returned end.
 fn visible_end(row: u32) -> u32 {
     let p = params.q_offset + i32(row % params.n);
@@ -81,7 +87,8 @@ fn align_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     let b = row / params.n;
     let i = row % params.n;
     let hi = params.index_heads;
-    let st = row * (4u + hi);
+    let st = state_at(row);
+    let dw = row * hi;
     let end = visible_end(row);
     let k0 = params.arg0;
     let k1 = min(params.arg1, end);
@@ -113,7 +120,7 @@ fn align_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         }
         rows[st + 2u] = 0.0;
         for (var j = 0u; j < hi; j++) {
-            rows[st + 4u + j] = 0.0;
+            rows[dw + j] = 0.0;
             for (var x = 0u; x < params.di4; x++) {
                 dqi[(row * hi + j) * params.di4 + x] = vec4<f32>(0.0);
             }
@@ -129,11 +136,11 @@ fn align_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         if pt > 0.0 {
             loss += pt * (log(pt) - lp);
         }
-        let g = exp(lp) - pt;
+        let g = (exp(lp) - pt) * params.grad_scale;
         for (var j = 0u; j < hi; j++) {
             let d = index_dot(row, j, key);
             if d > 0.0 {
-                rows[st + 4u + j] += g * d;
+                rows[dw + j] += g * d;
                 let gw = g * wi[row * hi + j];
                 for (var y = 0u; y < params.di4; y++) {
                     dqi[(row * hi + j) * params.di4 + y] += gw * ki[key * params.di4 + y];
@@ -164,8 +171,8 @@ fn align_keys(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     let i0 = max(params.arg0, first);
     for (var i = i0; i < params.arg1; i++) {
         let row = b * params.n + i;
-        let lp = index_score(row, key) - rows[row * (4u + hi)];
-        let g = exp(lp) - dense_target(b, i, s);
+        let lp = index_score(row, key) - rows[state_at(row)];
+        let g = (exp(lp) - dense_target(b, i, s)) * params.grad_scale;
         for (var j = 0u; j < hi; j++) {
             if index_dot(row, j, key) > 0.0 {
                 let gw = g * wi[row * hi + j];

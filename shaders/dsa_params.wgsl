@@ -25,6 +25,7 @@ struct Params {
     neg_inf: f32,      // -inf, passed in because WGSL cannot spell it (Tint rejects a constant one)
     d4: u32,           // `dsa_align`: the attention's head dim in vec4s
     di4: u32,          // `dsa_align`: the indexer's head dim in vec4s
+    grad_scale: f32,   // `dsa_align`: the factor on every gradient
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

@@ -95,6 +95,8 @@ struct Params {
     neg_inf: f32,
     d4: u32,
     di4: u32,
+    /// `dsa_align`: the factor on every gradient.
+    grad_scale: f32,
 }
 
 fn index_variant(entry: &'static str, di4: usize, sg: u32) -> ShaderVariant {
@@ -472,6 +474,7 @@ fn params(spec: &AttnSpec, dsa: &Dsa, groups_x: u32, (row0, rows): (usize, usize
         neg_inf: f32::NEG_INFINITY,
         d4: (s.head_dim / 4) as u32,
         di4: (dsa.index_dim / 4) as u32,
+        grad_scale: 1.0,
     }
 }
 
@@ -612,13 +615,127 @@ pub fn dsa_backward(
     Ok((out, grads, lists))
 }
 
-/// DSA's indexer warm-up on the GPU (`shaders/dsa_align.wgsl`): the alignment loss
-/// `Σ_i KL(p_t ‖ softmax_s I(p_i, s))` over every visible key, `p_t` the dense causal
-/// attention's probabilities of (Q, K) averaged over the query heads (their LSE from flash's
-/// forward), and its gradients to qI, kI and w — what
-/// [`crate::contract::dsa::dsa_alignment_f64`] computes, for any batch (the loss summed over
-/// the sequences). Dense cost: every (row, visible key) pair, twice (rows, then keys), in
-/// passes below an adapter's loop cap. Head dims multiples of 4.
+/// DSA's indexer warm-up prepared for one call (`shaders/dsa_align.wgsl`): the alignment
+/// loss `Σ_i KL(p_t ‖ softmax_s I(p_i, s))` over every visible key, `p_t` the dense causal
+/// attention's probabilities of (Q, K) averaged over the query heads, and its gradients to qI,
+/// kI and w — what [`crate::contract::dsa::dsa_alignment_f64`] computes, for any batch. Dense
+/// cost: every (row, visible key) pair, twice (rows' side, then keys' side), in passes below
+/// an adapter's loop cap. Head dims multiples of 4.
+pub struct DsaAlign {
+    spec: AttnSpec,
+    dsa: Dsa,
+    rows: Compiled,
+    keys: Compiled,
+    /// Keys (rows' side) or rows (keys' side) per pass.
+    per_pass: usize,
+}
+
+/// The alignment's device buffers: the indexer's inputs, the call's Q and K (as the attention
+/// reads them: rotated, with RoPE), the dense LSE `[B, H, N]`, and the outputs — `rows`
+/// ([`DsaAlign::rows_len`] floats: dw `[B, N, HI]` first, then four words a row: the index
+/// softmax's LSE, a running sum, the row's KL term, one unused), dqI, dkI.
+pub struct AlignBuffers<'a> {
+    /// qI `[B, N, HI, DI]`, kI `[B, M, DI]`, w `[B, N, HI]`.
+    pub index: (&'a wgpu::Buffer, &'a wgpu::Buffer, &'a wgpu::Buffer),
+    /// Q `[B, H, N, D]`.
+    pub q: &'a wgpu::Buffer,
+    /// K `[B, Hkv, M, D]`.
+    pub k: &'a wgpu::Buffer,
+    /// The dense causal attention's LSE of (Q, K).
+    pub lse: &'a wgpu::Buffer,
+    /// dw and the rows' state.
+    pub rows: &'a wgpu::Buffer,
+    /// dqI (shaped as qI).
+    pub dqi: &'a wgpu::Buffer,
+    /// dkI (shaped as kI).
+    pub dki: &'a wgpu::Buffer,
+}
+
+impl DsaAlign {
+    /// Prepares the alignment for `spec` (checked as DSA's kernels check it: causal, nothing
+    /// else, head dims multiples of 4); its passes sized below an adapter's loop cap.
+    pub fn new(gpu: &Gpu, spec: &AttnSpec, dsa: &Dsa) -> Result<Self> {
+        Self::in_passes(gpu, spec, dsa, usize::MAX)
+    }
+
+    /// [`DsaAlign::new`] with passes of at most `most` keys (rows, on the keys' side), at least
+    /// 1 (what a long call does below a loop cap, forced for tests).
+    pub fn in_passes(gpu: &Gpu, spec: &AttnSpec, dsa: &Dsa, most: usize) -> Result<Self> {
+        let causal = check_call(spec, dsa)?;
+        let s = causal.shape;
+        if let Some(why) = unsupported(&causal) {
+            return Err(Error::Invalid(format!("DSA's alignment loss on the GPU: {why}")));
+        }
+        let (hi, di4, d4) = (dsa.index_heads, dsa.index_dim / 4, s.head_dim / 4);
+        // one (row, key) pair: the score twice (HI dots of DI4 vec4s), H dots of D4 for p_t and
+        // the gradient's HI·DI4 updates; every loop counts its trips and its exit
+        let per_pair = (3 * hi * (di4 + 2) + s.heads * (d4 + 2) + 8) as u64;
+        let fixed = (2 * hi * (di4 + 2) + 16) as u64;
+        let per_pass = match gpu.loop_iteration_limit() {
+            Some(limit) if limit <= fixed + per_pair => {
+                return Err(Error::LoopLimit {
+                    kernel: NAME,
+                    needed: fixed + per_pair,
+                    limit,
+                    hint: "use fewer indexer or attention heads",
+                });
+            }
+            Some(limit) => ((limit - fixed) / per_pair) as usize,
+            None => s.m.max(s.n),
+        }
+        .clamp(1, most.max(1));
+        Ok(Self {
+            rows: gpu.compile(&ALIGN_ROWS.variant("align_rows", &[PARAMS], vec![]))?,
+            keys: gpu.compile(&ALIGN_KEYS.variant("align_keys", &[PARAMS], vec![]))?,
+            spec: causal,
+            dsa: *dsa,
+            per_pass,
+        })
+    }
+
+    /// Floats of the `rows` buffer: dw `[B, N, HI]`, then four a row.
+    pub fn rows_len(&self) -> usize {
+        self.spec.shape.batch * self.spec.shape.n * (self.dsa.index_heads + 4)
+    }
+
+    /// Runs the alignment on `b` (submitted): the loss terms in `rows`, the gradients times
+    /// `grad_scale` (a mean's 1/rows, say) in dw, dqI and dkI.
+    pub fn run(&self, gpu: &Gpu, b: &AlignBuffers, grad_scale: f32) -> Result<()> {
+        let s = self.spec.shape;
+        let (rows, keys) = (s.batch * s.n, s.batch * s.m);
+        let dispatch = |keys_side: bool, count: usize, (a0, a1, mode): (usize, usize, u32)| -> Result<()> {
+            let grid = gpu.grid(NAME, (count as u64).div_ceil(64))?;
+            let mut words = params(&self.spec, &self.dsa, grid[0], (0, count));
+            (words.arg0, words.arg1, words.last, words.grad_scale) = (a0 as u32, a1 as u32, mode, grad_scale);
+            let uniform = gpu.uniform("DSA alignment params", &words);
+            let (qi, ki, wi) = b.index;
+            let (params, qi, ki, wi) = ((&uniform).into(), qi.into(), ki.into(), wi.into());
+            let (q, k, lse, rows) = (b.q.into(), b.k.into(), b.lse.into(), b.rows.into());
+            if keys_side {
+                let binds = AlignKeysBinds { params, qi, ki, wi, q, k, lse, rows, dki: b.dki.into() };
+                submit(gpu, &self.keys, &binds, grid);
+            } else {
+                let binds = AlignRowsBinds { params, qi, ki, wi, q, k, lse, rows, dqi: b.dqi.into() };
+                submit(gpu, &self.rows, &binds, grid);
+            }
+            Ok(())
+        };
+        let per = self.per_pass;
+        let ranges = |len: usize| (0..len.max(1)).step_by(per).map(move |a| (a, (a + per).min(len)));
+        for mode in [0, 1] {
+            for (a0, a1) in ranges(s.m) {
+                dispatch(false, rows, (a0, a1, mode))?;
+            }
+        }
+        for (a0, a1) in ranges(s.n) {
+            dispatch(true, keys, (a0, a1, 0))?;
+        }
+        Ok(())
+    }
+}
+
+/// DSA's indexer warm-up on host tensors ([`DsaAlign`]): the loss summed over a batch's
+/// sequences and its gradients.
 pub fn dsa_alignment(
     gpu: &Gpu,
     spec: &AttnSpec,
@@ -629,8 +746,7 @@ pub fn dsa_alignment(
     dsa_alignment_in_passes(gpu, spec, dsa, qk, ix, usize::MAX)
 }
 
-/// [`dsa_alignment`] with its passes at most `most` keys (rows, on the keys' side) long, at
-/// least 1 (what a long call does below a loop cap, forced for tests).
+/// [`dsa_alignment`] with its passes at most `most` long ([`DsaAlign::in_passes`]).
 pub fn dsa_alignment_in_passes(
     gpu: &Gpu,
     spec: &AttnSpec,
@@ -639,103 +755,32 @@ pub fn dsa_alignment_in_passes(
     ix: &Indexer,
     most: usize,
 ) -> Result<Alignment<f32>> {
-    let causal = check_call(spec, dsa)?;
+    let align = DsaAlign::in_passes(gpu, spec, dsa, most)?;
+    let causal = &align.spec;
     let s = causal.shape;
     causal.check_inputs(q, k, k)?;
     dsa.check(&s, ix)?;
-    if let Some(why) = unsupported(&causal) {
-        return Err(Error::Invalid(format!("DSA's alignment loss on the GPU: {why}")));
-    }
-    let (hi, di4, d4) = (dsa.index_heads, dsa.index_dim / 4, s.head_dim / 4);
-    // one (row, key) pair: the score twice (HI dots of DI4 vec4s), H dots of D4 for p_t and
-    // the gradient's HI·DI4 updates; every loop counts its trips and its exit
-    let per_pair = (3 * hi * (di4 + 2) + s.heads * (d4 + 2) + 8) as u64;
-    let fixed = (2 * hi * (di4 + 2) + 16) as u64;
-    let per_pass = match gpu.loop_iteration_limit() {
-        Some(limit) if limit <= fixed + per_pair => {
-            return Err(Error::LoopLimit {
-                kernel: NAME,
-                needed: fixed + per_pair,
-                limit,
-                hint: "use fewer indexer or attention heads",
-            });
-        }
-        Some(limit) => ((limit - fixed) / per_pair) as usize,
-        None => s.m.max(s.n),
-    }
-    .clamp(1, most.max(1));
     // the dense attention's LSE (V does not enter it: K stands in)
-    let lse = Attention::new(gpu, Kernel::Flash, &causal)?.run(gpu, q, k, k)?.lse;
-    let (rows, keys) = (s.batch * s.n, s.batch * s.m);
+    let lse = Attention::new(gpu, Kernel::Flash, causal)?.run(gpu, q, k, k)?.lse;
     let nan = |what: &str, len: usize| gpu.upload(what, &vec![f32::NAN; len.max(1)]);
-    let bufs = (
+    let (qi, ki, wi) = (
         gpu.upload("DSA index queries", ix.q)?,
         gpu.upload("DSA index keys", ix.k)?,
         gpu.upload("DSA index weights", ix.w)?,
-        gpu.upload("Q", q)?,
-        gpu.upload("K", k)?,
-        gpu.upload("dense LSE", &lse)?,
     );
-    let (row_state, dqi, dki) =
-        (nan("DSA alignment rows", rows * (4 + hi))?, nan("dqI", ix.q.len())?, nan("dkI", ix.k.len())?);
-    let (align_rows, align_keys) = (
-        gpu.compile(&ALIGN_ROWS.variant("align_rows", &[PARAMS], vec![]))?,
-        gpu.compile(&ALIGN_KEYS.variant("align_keys", &[PARAMS], vec![]))?,
-    );
-    let dispatch = |kernel: &Compiled,
-                    count: usize,
-                    (a0, a1, mode): (usize, usize, u32),
-                    keys_side: bool|
-     -> Result<()> {
-        let grid = gpu.grid(NAME, (count as u64).div_ceil(64))?;
-        let mut words = params(&causal, dsa, grid[0], (0, count));
-        (words.arg0, words.arg1, words.last) = (a0 as u32, a1 as u32, mode);
-        let uniform = gpu.uniform("DSA alignment params", &words);
-        let (qi, ki, wi, qb, kb, lb) = &bufs;
-        if keys_side {
-            let b = AlignKeysBinds {
-                params: (&uniform).into(),
-                qi: qi.into(),
-                ki: ki.into(),
-                wi: wi.into(),
-                q: qb.into(),
-                k: kb.into(),
-                lse: lb.into(),
-                rows: (&row_state).into(),
-                dki: (&dki).into(),
-            };
-            submit(gpu, kernel, &b, grid);
-        } else {
-            let b = AlignRowsBinds {
-                params: (&uniform).into(),
-                qi: qi.into(),
-                ki: ki.into(),
-                wi: wi.into(),
-                q: qb.into(),
-                k: kb.into(),
-                lse: lb.into(),
-                rows: (&row_state).into(),
-                dqi: (&dqi).into(),
-            };
-            submit(gpu, kernel, &b, grid);
-        }
-        Ok(())
-    };
-    let ranges = |len: usize| (0..len.max(1)).step_by(per_pass).map(move |a| (a, (a + per_pass).min(len)));
-    for mode in [0, 1] {
-        for (a0, a1) in ranges(s.m) {
-            dispatch(&align_rows, rows, (a0, a1, mode), false)?;
-        }
-    }
-    for (a0, a1) in ranges(s.n) {
-        dispatch(&align_keys, keys, (a0, a1, 0), true)?;
-    }
-    let state: Vec<f32> = gpu.read(&row_state, rows * (4 + hi))?;
+    let (qb, kb, lb) = (gpu.upload("Q", q)?, gpu.upload("K", k)?, gpu.upload("dense LSE", &lse)?);
+    let (rows, dqi, dki) =
+        (nan("DSA alignment rows", align.rows_len())?, nan("dqI", ix.q.len())?, nan("dkI", ix.k.len())?);
+    let b =
+        AlignBuffers { index: (&qi, &ki, &wi), q: &qb, k: &kb, lse: &lb, rows: &rows, dqi: &dqi, dki: &dki };
+    align.run(gpu, &b, 1.0)?;
+    let state: Vec<f32> = gpu.read(&rows, align.rows_len())?;
+    let (dw, words) = state.split_at(ix.w.len());
     let out = Alignment {
-        loss: state.chunks_exact(4 + hi).map(|r| r[2] as f64).sum(),
+        loss: words.chunks_exact(4).map(|r| r[2] as f64).sum(),
         dq: gpu.read(&dqi, ix.q.len())?,
         dk: gpu.read(&dki, ix.k.len())?,
-        dw: state.chunks_exact(4 + hi).flat_map(|r| r[4..].to_vec()).collect(),
+        dw: dw.to_vec(),
     };
     for (name, x) in [("dqI", &out.dq), ("dkI", &out.dk), ("dw", &out.dw)] {
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {
