@@ -5,7 +5,7 @@
 use crate::common;
 
 use longctx::models::gpt::{GptConfig, Params, PosScheme, inputs_and_targets};
-use longctx::models::gpt_gpu::{GptGpu, gradient_check};
+use longctx::models::gpt_gpu::{GptGpu, gradient_check, gradient_check_on};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 const SCHEMES: [PosScheme; 4] = [PosScheme::None, PosScheme::Sinusoidal, PosScheme::Rope, PosScheme::Alibi];
@@ -86,6 +86,43 @@ fn the_nsa_model_gradient_matches_finite_differences_of_the_oracle() {
     }
     let alibi = GptConfig { attn, ..GptConfig::bytes(16, 2, 2, PosScheme::Alibi) };
     let err = GptGpu::new(g, alibi, 1, 17).err().expect("NSA with ALiBi is refused").to_string();
+    assert!(err.contains("ALiBi"), "{err}");
+}
+
+/// The GPT with DSA in every block: the indexer's projections (qI, kI, w from LN1's output),
+/// the GPU's choice and the attention over it, flash's backward on the chosen grid, and the
+/// indexer's gradients from the warm-up alignment (detached from the model) — the model's
+/// tensors against finite differences of the f64 oracle's next-token loss, the indexer's
+/// against those of its alignment objective, with each scheme DSA takes.
+#[test]
+fn the_dsa_model_gradient_matches_finite_differences_of_the_oracle() {
+    use longctx::models::gpt::AttnKind;
+    let g = common::gpu();
+    let seed = common::seed();
+    // 17 tokens, each row reading its 5 best keys of up to 17 by an indexer of 2 heads of 4
+    let attn = AttnKind::parse("dsa:topk=3,heads=4,dim=4").unwrap();
+    for pos in [PosScheme::None, PosScheme::Sinusoidal, PosScheme::Rope] {
+        let c = GptConfig { attn, ..GptConfig::bytes(16, 2, 2, pos) };
+        // 64 letters: few rows alike, so few near-ties at the choice's boundary (with 13, a
+        // boundary tie within f32 rounding made the GPU choose apart from the oracle)
+        let letters: Vec<u8> = (b'0'..b'0' + 64).collect();
+        let check = gradient_check_on(g, c, (2, 17), seed, 12, &letters).unwrap();
+        let (got, want) = check.loss;
+        println!(
+            "DSA {pos:?}: loss {got:.6} (oracle {want:.6}), worst rel err {:.1e}, {} coordinates at kinks",
+            check.worst(),
+            check.kinks
+        );
+        // the blocks' tensors, the final LayerNorm, the embedding and six indexer tensors a block
+        assert_eq!(check.tensors.len(), 1 + 2 * 10 + 1 + 2 * 6, "every tensor checked");
+        assert!(check.tensors.iter().any(|t| t.0.ends_with("index.w_k")), "{check:?}");
+        assert!(check.worst() < 1e-4, "DSA {pos:?}: {check:?} (seed {seed})");
+        // a choice that flips within the step, or a ReLU, leaves a few coordinates unchecked
+        let checked: usize = check.tensors.iter().map(|t| t.1).sum();
+        assert!(check.kinks * 10 <= checked, "DSA {pos:?}: {check:?} (seed {seed})");
+    }
+    let alibi = GptConfig { attn, ..GptConfig::bytes(16, 2, 2, PosScheme::Alibi) };
+    let err = GptGpu::new(g, alibi, 1, 17).err().expect("DSA with ALiBi is refused").to_string();
     assert!(err.contains("ALiBi"), "{err}");
 }
 

@@ -142,11 +142,12 @@ fn loss_plot(ui: &mut egui::Ui, st: &TrainingState, width: f32, height: f32) {
     let mut chart =
         ChartData::new("training loss by step", Axis::linear("step"), Axis::linear("bits per byte"));
     for (name, rows) in &st.runs {
-        // a run is coloured by its scheme (its directory's name) and MoBA or NSA where it
-        // says so, train and validation alike
+        // a run is coloured by its scheme (its directory's name) and its learned sparse
+        // attention where it says so, train and validation alike
         let rgb = match scheme_of(name) {
             Some(pos) if name.contains("moba") => series_rgb(&format!("{} moba", pos.name())),
             Some(pos) if name.contains("nsa") => series_rgb(&format!("{} nsa", pos.name())),
+            Some(pos) if name.contains("dsa") => series_rgb(&format!("{} dsa", pos.name())),
             Some(pos) => series_rgb(pos.name()),
             None => series_rgb(name),
         };

@@ -33,13 +33,15 @@ pub struct TrainArgs {
     #[arg(long)]
     pos: String,
     /// The blocks' attention: dense (causal flash), moba:block=B,topk=K (each query reads
-    /// its own block and the K-1 earlier blocks of B keys whose mean key scores highest) or
+    /// its own block and the K-1 earlier blocks of B keys whose mean key scores highest),
     /// nsa:cmp=L/D,slc=L2,top=N,win=W (compressed, selected and window branches mixed by
-    /// learned sigmoid gates; not with --pos alibi).
+    /// learned sigmoid gates) or dsa:topk=K[,heads=HI,dim=DI] (each query reads the K keys a
+    /// lightning indexer scores highest; the indexer learns the KL to the dense attention);
+    /// NSA and DSA not with --pos alibi.
     #[arg(
         long,
         default_value = "dense",
-        value_name = "dense|moba:block=B,topk=K|nsa:cmp=L/D,slc=L2,top=N,win=W"
+        value_name = "dense|moba:block=B,topk=K|nsa:cmp=L/D,slc=L2,top=N,win=W|dsa:topk=K"
     )]
     attn: String,
     /// Training length L (tokens per sequence). Limits: batch × (L + 1) ≤ 2^24 tokens and
@@ -98,7 +100,7 @@ pub struct TrainArgs {
 /// `runs/POS` unless given.
 fn out_dir(a: &TrainArgs, pos: PosScheme) -> PathBuf {
     a.out.clone().unwrap_or_else(|| match AttnKind::parse(&a.attn) {
-        Ok(kind @ (AttnKind::Moba { .. } | AttnKind::Nsa { .. })) => {
+        Ok(kind @ (AttnKind::Moba { .. } | AttnKind::Nsa { .. } | AttnKind::Dsa { .. })) => {
             PathBuf::from("runs").join(format!("{}-{}", pos.name(), kind.name()))
         }
         _ => PathBuf::from("runs").join(pos.name()),

@@ -167,9 +167,9 @@ pub struct DsaAttention {
 pub struct DsaTensors {
     /// Q, K, V, O and LSE.
     pub io: DeviceTensors,
-    qi: wgpu::Buffer,
-    ki: wgpu::Buffer,
-    wi: wgpu::Buffer,
+    pub(crate) qi: wgpu::Buffer,
+    pub(crate) ki: wgpu::Buffer,
+    pub(crate) wi: wgpu::Buffer,
     scores: wgpu::Buffer,
     /// The chosen keys, `[B, N, k]`.
     pub lists: wgpu::Buffer,

@@ -8,6 +8,7 @@
 //! checkpoint stores), and the f64 forward pass with its next-token loss — the oracle the
 //! GPU model's gradients are checked against by finite differences.
 
+use crate::contract::dsa::Dsa;
 use crate::contract::nsa::Nsa;
 use crate::contract::positions::Positions;
 use crate::contract::spec::alibi_slope;
@@ -108,16 +109,35 @@ pub enum AttnKind {
         /// Sliding window w.
         window: usize,
     },
+    /// DSA (`docs/DESIGN.md` §1): each query reads the `topk` keys a lightning indexer scores
+    /// highest (`index_heads` heads of `index_dim`; qI, kI and w projected from LN1's output
+    /// by three more linear maps per block, after the final LayerNorm). The indexer is
+    /// detached from the model and learns from the warm-up's KL to the dense attention (mean
+    /// over rows, each block's own), the rest from the next-token loss; no gradient through the
+    /// choice.
+    Dsa {
+        /// Keys each query reads.
+        topk: usize,
+        /// The indexer's heads HI.
+        index_heads: usize,
+        /// The indexer's head dim DI.
+        index_dim: usize,
+    },
 }
 
 impl AttnKind {
-    /// Parses `dense`, `moba:block=B,topk=K` or `nsa:cmp=L/D,slc=L2,top=N,win=W`.
+    /// Parses `dense`, `moba:block=B,topk=K`, `nsa:cmp=L/D,slc=L2,top=N,win=W` or
+    /// `dsa:topk=K[,heads=HI,dim=DI]`.
     pub fn parse(text: &str) -> Result<Self> {
         match text.trim().split_once(':') {
             None if text.trim() == "dense" => Ok(Self::Dense),
             Some(("moba", params)) => {
                 let m = crate::contract::selection::Moba::parse(params)?;
                 Ok(Self::Moba { block: m.block, topk: m.topk })
+            }
+            Some(("dsa", params)) => {
+                let d = Dsa::parse(params)?;
+                Ok(Self::Dsa { topk: d.topk, index_heads: d.index_heads, index_dim: d.index_dim })
             }
             Some(("nsa", params)) => {
                 let n = Nsa::parse(params)?;
@@ -131,7 +151,7 @@ impl AttnKind {
                 })
             }
             _ => Err(Error::Invalid(format!(
-                "attention `{text}`: expected dense, moba:block=B,topk=K or nsa:cmp=L/D,slc=L2,top=N,win=W"
+                "attention `{text}`: expected dense, moba:block=B,topk=K, nsa:cmp=L/D,slc=L2,top=N,win=W or dsa:topk=K[,heads=HI,dim=DI]"
             ))),
         }
     }
@@ -142,6 +162,7 @@ impl AttnKind {
             Self::Dense => "dense",
             Self::Moba { .. } => "moba",
             Self::Nsa { .. } => "nsa",
+            Self::Dsa { .. } => "dsa",
         }
     }
 
@@ -151,6 +172,7 @@ impl AttnKind {
             Self::Dense => "dense".into(),
             Self::Moba { block, topk } => format!("moba:block={block},topk={topk}"),
             Self::Nsa { .. } => format!("nsa:{}", self.nsa().expect("NSA").describe()),
+            Self::Dsa { .. } => format!("dsa:{}", self.dsa().expect("DSA").describe()),
         }
     }
 
@@ -158,7 +180,7 @@ impl AttnKind {
     pub fn moba(&self) -> Option<crate::contract::selection::Moba> {
         match *self {
             Self::Moba { block, topk } => Some(crate::contract::selection::Moba { block, topk }),
-            Self::Dense | Self::Nsa { .. } => None,
+            Self::Dense | Self::Nsa { .. } | Self::Dsa { .. } => None,
         }
     }
 
@@ -168,7 +190,15 @@ impl AttnKind {
             Self::Nsa { cmp_len, cmp_stride, block, topk, window } => {
                 Some(Nsa { cmp_len, cmp_stride, block, topk, window })
             }
-            Self::Dense | Self::Moba { .. } => None,
+            Self::Dense | Self::Moba { .. } | Self::Dsa { .. } => None,
+        }
+    }
+
+    /// DSA's parameters, if this is DSA.
+    pub fn dsa(&self) -> Option<Dsa> {
+        match *self {
+            Self::Dsa { topk, index_heads, index_dim } => Some(Dsa { topk, index_heads, index_dim }),
+            Self::Dense | Self::Moba { .. } | Self::Nsa { .. } => None,
         }
     }
 }
@@ -229,7 +259,17 @@ impl GptConfig {
         // the bounds above keep this within u64
         // NSA's gate projection: d·3H + 3H more per block (H ≤ d)
         let gates = if self.attn.nsa().is_some() { 3 * d * d + 3 * d } else { 0 };
-        let params = v * d + l * (4 * d * d + 2 * d * f + 9 * d + f + gates) + 2 * d;
+        // DSA's indexer: d·(HI·DI + DI + HI) and as many biases per block (checked below)
+        let index = self.attn.dsa().map_or(0, |x| {
+            let cols = (x.index_heads as u64)
+                .saturating_mul(x.index_dim as u64 + 1)
+                .saturating_add(x.index_dim as u64);
+            (d + 1).saturating_mul(cols)
+        });
+        let gates = gates.saturating_add(index);
+        let params = (v * d)
+            .saturating_add(l.saturating_mul((4 * d * d + 2 * d * f + 9 * d + f).saturating_add(gates)))
+            + 2 * d;
         if params > MAX_PARAMS as u64 {
             return Err(Error::OutOfRange {
                 what: format!("model parameters (d_model {d}, ffn {f}, {l} layers, vocab {v})"),
@@ -250,6 +290,22 @@ impl GptConfig {
         }
         if let Some(m) = self.attn.moba() {
             m.check(&crate::contract::AttnShape::mha(1, self.heads, 1, 1, hd))?;
+        }
+        if let Some(x) = self.attn.dsa() {
+            x.check_params()?;
+            if x.index_heads > MAX_WIDTH || x.index_dim > MAX_WIDTH {
+                return Err(Error::OutOfRange {
+                    what: "DSA indexer heads or head dim".into(),
+                    value: x.index_heads.max(x.index_dim) as u64,
+                    min: 1,
+                    max: MAX_WIDTH as u64,
+                });
+            }
+            if self.pos == PosScheme::Alibi {
+                return Err(Error::Invalid(
+                    "DSA with ALiBi: its kernels read the chosen keys with no bias; train it with none, sinusoidal or rope".into(),
+                ));
+            }
         }
         if let Some(n) = self.attn.nsa() {
             n.check()?;
@@ -284,6 +340,16 @@ impl GptConfig {
             ]);
         }
         out.extend([("lnf.g".to_string(), vec![d]), ("lnf.b".to_string(), vec![d])]);
+        if let Some(x) = self.attn.dsa() {
+            // DSA's indexer per block: qI [token, HI·DI], kI [token, DI], w [token, HI]
+            let (hi, di) = (x.index_heads, x.index_dim);
+            for l in 0..self.layers {
+                for (part, cols) in [("q", hi * di), ("k", di), ("w", hi)] {
+                    out.push((format!("h{l}.index.w_{part}"), vec![d, cols]));
+                    out.push((format!("h{l}.index.b_{part}"), vec![cols]));
+                }
+            }
+        }
         if self.attn.nsa().is_some() {
             // NSA's gates per block: [token, head·3 + branch] logits
             for l in 0..self.layers {
@@ -494,6 +560,59 @@ fn nsa_head_f64(
 /// The mean next-token loss of `tokens` (`batch` sequences of `len + 1` ids: inputs and
 /// shifted targets) under parameters `p` (f64, [`GptConfig::shapes`] order): the f64 oracle.
 pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> Result<f64> {
+    Ok(losses_f64(config, p, tokens, batch)?.0)
+}
+
+/// DSA's indexer objective under parameters `p` (tokens as [`loss_f64`]): each block's warm-up
+/// KL of its indexer's distribution to its dense causal attention's (Q and K as the block reads
+/// them), averaged over the rows and summed over the blocks — what the indexer's parameters
+/// learn from; 0 for the other attention kinds.
+pub fn index_loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> Result<f64> {
+    Ok(losses_f64(config, p, tokens, batch)?.1)
+}
+
+/// DSA's choice for one sequence's rows in f64: per row i (position i), the `topk` keys
+/// `s ≤ i` of the highest index score `I(i, s) = Σ_j w_j·ReLU(qI_j · kI_s)` (ties to the lower
+/// key), and every row's `(scores, their LSE)`. `ix` = (qI `[t, HI·DI]`, kI `[t, DI]`, w
+/// `[t, HI]`).
+#[allow(clippy::type_complexity)]
+fn dsa_rows_f64(
+    dsa: &Dsa,
+    (qi, ki, w): (&[f64], &[f64], &[f64]),
+    t: usize,
+) -> (Vec<Vec<usize>>, Vec<(Vec<f64>, f64)>) {
+    let (hi, di) = (dsa.index_heads, dsa.index_dim);
+    let mut lists = Vec::with_capacity(t);
+    let mut scores = Vec::with_capacity(t);
+    for i in 0..t {
+        let row: Vec<f64> = (0..=i)
+            .map(|s| {
+                (0..hi)
+                    .map(|j| {
+                        let dot: f64 = qi[(i * hi + j) * di..][..di]
+                            .iter()
+                            .zip(&ki[s * di..][..di])
+                            .map(|(a, b)| a * b)
+                            .sum();
+                        w[i * hi + j] * dot.max(0.0)
+                    })
+                    .sum()
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..=i).collect();
+        // descending score, ties to the lower key (a stable sort keeps key order)
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        order.truncate(dsa.topk);
+        let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        lists.push(order);
+        scores.push((row, lse));
+    }
+    (lists, scores)
+}
+
+/// The next-token loss and DSA's indexer objective ([`loss_f64`], [`index_loss_f64`]).
+fn losses_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> Result<(f64, f64)> {
     config.validate()?;
     if p.len() != config.params()
         || batch == 0
@@ -512,6 +631,7 @@ pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> 
     let hd = d / h;
     let t = tokens.len() / batch - 1;
     let mut total = 0f64;
+    let mut index_total = 0f64;
     let rope = Positions::rope(10000.0);
     for seq in tokens.chunks_exact(t + 1) {
         if let Some(&bad) = seq.iter().find(|&&x| x as usize >= v) {
@@ -536,6 +656,23 @@ pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> 
                 let w = get(&format!("h{l}.attn.w_gate"));
                 linear(&a, w, get(&format!("h{l}.attn.b_gate")), d, 3 * h)
             });
+            // DSA's indexer on LN1's output and its choice, shared by the heads
+            let index = config.attn.dsa().map(|x| {
+                let (hi, di) = (x.index_heads, x.index_dim);
+                let proj = |part: &str, cols: usize| {
+                    linear(
+                        &a,
+                        get(&format!("h{l}.index.w_{part}")),
+                        get(&format!("h{l}.index.b_{part}")),
+                        d,
+                        cols,
+                    )
+                };
+                let (qi, ki, w) = (proj("q", hi * di), proj("k", di), proj("w", hi));
+                dsa_rows_f64(&x, (&qi, &ki, &w), t)
+            });
+            // each head's Q and K as attention reads them, for DSA's dense target
+            let mut read: Vec<(Vec<Row>, Vec<Row>)> = Vec::new();
             for head in 0..h {
                 let col = |r: usize, part: usize| -> Vec<f64> {
                     qkv[r * 3 * d + part * d + head * hd..r * 3 * d + part * d + (head + 1) * hd].to_vec()
@@ -549,6 +686,9 @@ pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> 
                     }
                 }
                 let scale = 1.0 / (hd as f64).sqrt();
+                if index.is_some() {
+                    read.push((q.clone(), k.clone()));
+                }
                 if let (Some(nsa), Some(logits)) = (config.attn.nsa(), &gate_logits) {
                     let v: Vec<Vec<f64>> = (0..t).map(|r| col(r, 2)).collect();
                     let gate = |i: usize, b: usize| 1.0 / (1.0 + (-logits[i * 3 * h + head * 3 + b]).exp());
@@ -562,7 +702,8 @@ pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> 
                 for i in 0..t {
                     let s: Vec<f64> = (0..=i)
                         .map(|j| {
-                            if !reads(i, j) {
+                            let listed = index.as_ref().is_none_or(|(lists, _)| lists[i].contains(&j));
+                            if !reads(i, j) || !listed {
                                 return f64::NEG_INFINITY;
                             }
                             scale * q[i].iter().zip(&k[j]).map(|(a, b)| a * b).sum::<f64>()
@@ -578,6 +719,27 @@ pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> 
                             att[i * d + head * hd + e] += w * vj[e];
                         }
                     }
+                }
+            }
+            if let Some((_, scores)) = &index {
+                // the warm-up KL per row: p_t the heads' dense causal probabilities, averaged
+                let scale = 1.0 / (hd as f64).sqrt();
+                for (i, (row, lse)) in scores.iter().enumerate() {
+                    let mut target = vec![0f64; i + 1];
+                    for (q, k) in &read {
+                        let s: Vec<f64> = (0..=i)
+                            .map(|j| scale * q[i].iter().zip(&k[j]).map(|(a, b)| a * b).sum::<f64>())
+                            .collect();
+                        let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                        target.iter_mut().zip(&s).for_each(|(tg, x)| *tg += (x - m).exp() / z / h as f64);
+                    }
+                    index_total += target
+                        .iter()
+                        .zip(row)
+                        .filter(|(p, _)| **p > 0.0)
+                        .map(|(p, x)| p * (p.ln() - (x - lse)))
+                        .sum::<f64>();
                 }
             }
             let o = linear(&att, n("attn.w_o"), n("attn.b_o"), d, d);
@@ -600,7 +762,7 @@ pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> 
             total += lse - logits[target as usize];
         }
     }
-    Ok(total / (batch * t) as f64)
+    Ok((total / (batch * t) as f64, index_total / (batch * t) as f64))
 }
 
 #[cfg(test)]
