@@ -50,6 +50,8 @@ const SERIES: &[(&str, usize)] = &[
     ("alibi moba", 3),
     ("none moba", 4),
     ("sinusoidal moba", 5),
+    ("none nsa", 1),
+    ("none dsa", 6),
     ("none", 7),
     ("routed", 2),
     ("cpu", 7),
