@@ -23,8 +23,8 @@ use crate::kernels::matmul::{Activation, Coop, Matmul, MatmulOptions, TensorCore
 use crate::kernels::nsa::{NsaAttention, nsa_backward};
 use crate::kernels::selection::moba_backward;
 use crate::kernels::{Attention, DeviceTensors, Inputs, Kernel};
-use crate::models::gpt::{GptConfig, PosScheme};
-use crate::models::gpt_gpu::gradient_check;
+use crate::models::gpt::{AttnKind, GptConfig, PosScheme};
+use crate::models::gpt_gpu::{gradient_check, gradient_check_on};
 use crate::runtime::Gpu;
 
 /// Relative error every f32 check must stay under (‖got − oracle‖ / ‖oracle‖); the f16
@@ -513,6 +513,20 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
             GPT_BOUND,
             Box::new(move |g: &Gpu| {
                 Ok(gradient_check(g, GptConfig::bytes(16, 2, 2, pos), 2, 9, 11, 4)?.worst())
+            }),
+        ));
+    }
+    // and with NSA and DSA in its blocks (RoPE: the encodings on their copies); every token
+    // once, so DSA's choice meets no near-ties of rows alike
+    for attn in ["nsa:cmp=4/2,slc=4,top=4,win=3", "dsa:topk=3,heads=4,dim=4"] {
+        out.push((
+            format!("gpt d=16 H=2 2 blocks B=2 T=17 rope {attn}: loss and gradient vs finite differences"),
+            GPT_BOUND,
+            Box::new(move |g: &Gpu| {
+                let c =
+                    GptConfig { attn: AttnKind::parse(attn)?, ..GptConfig::bytes(16, 2, 2, PosScheme::Rope) };
+                let letters: Vec<u8> = (0..=255).collect();
+                Ok(gradient_check_on(g, c, (2, 17), 11, 4, &letters)?.worst())
             }),
         ));
     }

@@ -1152,8 +1152,10 @@ pub fn gradient_check(
     gradient_check_on(gpu, config, (batch, seq), seed, per_tensor, b"etaoin shrdlu")
 }
 
-/// [`gradient_check`] on tokens drawn from `alphabet` (a wider one makes fewer rows alike: a
-/// learned choice then meets fewer near-ties).
+/// [`gradient_check`] on tokens drawn from `alphabet`, each at most once where it holds
+/// enough letters. A repeated token makes rows alike: under RoPE two rows of the same token
+/// differ only slightly after a block, and a learned choice over them meets near-ties that
+/// flip within the step (or between f32 and f64); distinct tokens keep rows apart.
 pub fn gradient_check_on(
     gpu: &Gpu,
     config: GptConfig,
@@ -1169,8 +1171,18 @@ pub fn gradient_check_on(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut p = Params::init(config, rng.random())?.data;
     p.iter_mut().for_each(|x| *x += rng.random_range(-0.25f32..0.25));
-    let tokens: Vec<u32> =
-        (0..batch * (seq + 1)).map(|_| alphabet[rng.random_range(0..alphabet.len())] as u32).collect();
+    let count = batch * (seq + 1);
+    let tokens: Vec<u32> = if alphabet.len() >= count {
+        // no token twice: distinct rows (see `gradient_check_on`)
+        let mut letters = alphabet.to_vec();
+        for i in 0..count {
+            let j = rng.random_range(i..letters.len());
+            letters.swap(i, j);
+        }
+        letters[..count].iter().map(|&b| b as u32).collect()
+    } else {
+        (0..count).map(|_| alphabet[rng.random_range(0..alphabet.len())] as u32).collect()
+    };
     let (inputs, targets) = inputs_and_targets(&tokens, seq);
     let model = GptGpu::new(gpu, config, batch, seq)?;
     model.load(gpu, &p)?;
