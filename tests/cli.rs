@@ -975,6 +975,58 @@ fn train_resumes_and_eval_reports_bits_per_byte_at_each_length() {
     assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
     assert!(stdout.contains("alibi moba:block=8,topk=2 (L=16)"), "{stdout}");
     fails_with(&["train", "--pos", "alibi", "--attn", "moba:block=8", "--corpus", p(&corpus)], "needs both");
+    // NSA and DSA in the blocks (no positions: both refuse ALiBi), kept in the checkpoint and
+    // named by eval at 4× the length
+    for (attn, name) in [
+        ("nsa:cmp=4/2,slc=4,top=3,win=4", "none nsa:cmp=4/2,slc=4,top=3,win=4 (L=16)"),
+        ("dsa:topk=4,heads=2,dim=4", "none dsa:topk=4,heads=2,dim=4 (L=16)"),
+    ] {
+        let run = dir.path().join(&attn[..3]);
+        let trained = longctx(&[
+            "train",
+            "--pos",
+            "none",
+            "--attn",
+            attn,
+            "--train-len",
+            "16",
+            "--d-model",
+            "16",
+            "--heads",
+            "2",
+            "--layers",
+            "1",
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--checkpoint-every",
+            "2",
+            "--corpus",
+            p(&corpus),
+            "--out",
+            p(&run),
+        ]);
+        assert!(trained.status.success(), "{attn}: {}", String::from_utf8_lossy(&trained.stderr));
+        let ckpt = run.join("checkpoint.safetensors");
+        let eval = longctx(&[
+            "eval",
+            "--checkpoint",
+            p(&ckpt),
+            "--corpus",
+            p(&corpus),
+            "--lengths",
+            "16,64",
+            "--span",
+            "128",
+        ]);
+        let stdout = String::from_utf8_lossy(&eval.stdout);
+        assert!(eval.status.success(), "{attn}: {}", String::from_utf8_lossy(&eval.stderr));
+        assert!(stdout.contains(name), "{stdout}");
+        fails_with(&["train", "--pos", "alibi", "--attn", attn, "--corpus", p(&corpus)], "ALiBi");
+    }
     fails_with(&["eval", "--checkpoint", p(&ckpt), "--corpus", p(&corpus), "--span", "100"], "span");
     fails_with(&["eval", "--checkpoint", p(&corpus), "--corpus", p(&corpus)], "safetensors");
 }
