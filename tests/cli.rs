@@ -959,21 +959,16 @@ fn train_resumes_and_eval_reports_bits_per_byte_at_each_length() {
     let moba_out = dir.path().join("moba");
     let moba = train("2", &moba_out, &["--attn", "moba:block=8,topk=2"]);
     assert!(moba.status.success(), "{}", String::from_utf8_lossy(&moba.stderr));
-    let moba_ckpt = moba_out.join("checkpoint.safetensors");
-    let eval = longctx(&[
-        "eval",
-        "--checkpoint",
-        p(&moba_ckpt),
-        "--corpus",
-        p(&corpus),
-        "--lengths",
-        "16,64",
-        "--span",
-        "128",
-    ]);
-    let stdout = String::from_utf8_lossy(&eval.stdout);
-    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
-    assert!(stdout.contains("alibi moba:block=8,topk=2 (L=16)"), "{stdout}");
+    // a checkpoint evaluated at 4× its length, named in the table
+    let evaluated_as = |ckpt: &Path, name: &str| {
+        let args =
+            ["eval", "--checkpoint", p(ckpt), "--corpus", p(&corpus), "--lengths", "16,64", "--span", "128"];
+        let eval = longctx(&args);
+        let stdout = String::from_utf8_lossy(&eval.stdout);
+        assert!(eval.status.success(), "{name}: {}", String::from_utf8_lossy(&eval.stderr));
+        assert!(stdout.contains(name), "{stdout}");
+    };
+    evaluated_as(&moba_out.join("checkpoint.safetensors"), "alibi moba:block=8,topk=2 (L=16)");
     fails_with(&["train", "--pos", "alibi", "--attn", "moba:block=8", "--corpus", p(&corpus)], "needs both");
     // NSA and DSA in the blocks (no positions: both refuse ALiBi), kept in the checkpoint and
     // named by eval at 4× the length
@@ -1010,21 +1005,7 @@ fn train_resumes_and_eval_reports_bits_per_byte_at_each_length() {
             p(&run),
         ]);
         assert!(trained.status.success(), "{attn}: {}", String::from_utf8_lossy(&trained.stderr));
-        let ckpt = run.join("checkpoint.safetensors");
-        let eval = longctx(&[
-            "eval",
-            "--checkpoint",
-            p(&ckpt),
-            "--corpus",
-            p(&corpus),
-            "--lengths",
-            "16,64",
-            "--span",
-            "128",
-        ]);
-        let stdout = String::from_utf8_lossy(&eval.stdout);
-        assert!(eval.status.success(), "{attn}: {}", String::from_utf8_lossy(&eval.stderr));
-        assert!(stdout.contains(name), "{stdout}");
+        evaluated_as(&run.join("checkpoint.safetensors"), name);
         fails_with(&["train", "--pos", "alibi", "--attn", attn, "--corpus", p(&corpus)], "ALiBi");
     }
     fails_with(&["eval", "--checkpoint", p(&ckpt), "--corpus", p(&corpus), "--span", "100"], "span");

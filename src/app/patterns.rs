@@ -72,6 +72,20 @@ pub enum Pattern {
     Nsa,
 }
 
+impl Pattern {
+    /// Every pattern, in the panel's order.
+    pub const ALL: [Pattern; 8] = [
+        Pattern::None,
+        Pattern::Longformer,
+        Pattern::BigBird,
+        Pattern::Global,
+        Pattern::Segments,
+        Pattern::Moba,
+        Pattern::Dsa,
+        Pattern::Nsa,
+    ];
+}
+
 /// The NSA the patterns panel runs: compressed keys over 16 at stride 8, 4 blocks of 32
 /// (the first, the own and the one before among them), a window of 64.
 pub const NSA: Nsa = Nsa { cmp_len: 16, cmp_stride: 8, block: 32, topk: 4, window: 64 };
@@ -637,16 +651,7 @@ fn settings_ui(ui: &mut egui::Ui, st: &mut PatternsState) {
     egui::ComboBox::from_label("sparse pattern").selected_text(format!("{:?}", s.pattern)).show_ui(
         ui,
         |ui| {
-            for p in [
-                Pattern::None,
-                Pattern::Longformer,
-                Pattern::BigBird,
-                Pattern::Global,
-                Pattern::Segments,
-                Pattern::Moba,
-                Pattern::Dsa,
-                Pattern::Nsa,
-            ] {
+            for p in Pattern::ALL {
                 ui.selectable_value(&mut s.pattern, p, format!("{p:?}"));
             }
         },

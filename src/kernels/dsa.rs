@@ -762,15 +762,17 @@ pub fn dsa_alignment_in_passes(
     dsa.check(&s, ix)?;
     // the dense attention's LSE (V does not enter it: K stands in)
     let lse = Attention::new(gpu, Kernel::Flash, causal)?.run(gpu, q, k, k)?.lse;
-    let nan = |what: &str, len: usize| gpu.upload(what, &vec![f32::NAN; len.max(1)]);
     let (qi, ki, wi) = (
         gpu.upload("DSA index queries", ix.q)?,
         gpu.upload("DSA index keys", ix.k)?,
         gpu.upload("DSA index weights", ix.w)?,
     );
     let (qb, kb, lb) = (gpu.upload("Q", q)?, gpu.upload("K", k)?, gpu.upload("dense LSE", &lse)?);
-    let (rows, dqi, dki) =
-        (nan("DSA alignment rows", align.rows_len())?, nan("dqI", ix.q.len())?, nan("dkI", ix.k.len())?);
+    let (rows, dqi, dki) = (
+        gpu.poisoned("DSA alignment rows", align.rows_len())?,
+        gpu.poisoned("dqI", ix.q.len())?,
+        gpu.poisoned("dkI", ix.k.len())?,
+    );
     let b =
         AlignBuffers { index: (&qi, &ki, &wi), q: &qb, k: &kb, lse: &lb, rows: &rows, dqi: &dqi, dki: &dki };
     align.run(gpu, &b, 1.0)?;

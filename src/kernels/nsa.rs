@@ -375,9 +375,7 @@ impl NsaAttention {
             gpu.queue.submit([enc.finish()]);
         }
         let rows = s.heads as u64 * s.n as u64;
-        let nan = |what: &str, len: u64| -> Result<wgpu::Buffer> {
-            gpu.upload(what, &vec![f32::NAN; len.max(1) as usize])
-        };
+        let nan = |what: &str, len: u64| gpu.poisoned(what, len as usize);
         let choice = s.kv_heads as u64 * s.n as u64 * self.nsa.topk as u64;
         let (part_words, score_words, cmp_words) = match &self.decode {
             Some(dec) => (
@@ -419,13 +417,9 @@ impl NsaAttention {
         gpu: &Gpu,
         enc: &mut wgpu::CommandEncoder,
         t: &NsaTensors,
-        (q, k, v): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+        qkv: (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
     ) -> Result<()> {
-        let s = self.spec.shape;
-        let (q_bytes, kv_bytes) = (4 * s.q_len() as u64, 4 * s.kv_len() as u64);
-        enc.copy_buffer_to_buffer(q, 0, &t.io.q, 0, q_bytes);
-        enc.copy_buffer_to_buffer(k, 0, &t.io.k, 0, kv_bytes);
-        enc.copy_buffer_to_buffer(v, 0, &t.io.v, 0, kv_bytes);
+        t.io.copy_inputs(enc, qkv);
         if let Some(e) = &self.encoded {
             e.encode(gpu, enc, &t.io.q, &t.io.k)?;
         }
@@ -804,7 +798,7 @@ impl NsaBackward {
         let (rows, d) = (s.heads as u64 * s.n as u64, s.head_dim as u64);
         let kv = s.kv_heads as u64 * s.m as u64 * d;
         let kvc = (s.kv_heads as u64 * nsa.compressed(s.m) as u64 * d).max(1);
-        let nan = |what: &str, len: u64| gpu.upload(what, &vec![f32::NAN; len.max(1) as usize]);
+        let nan = |what: &str, len: u64| gpu.poisoned(what, len as usize);
         let (chunks, _) = self.phi_chunks(gpu);
         Ok(NsaGradTensors {
             d_o: gpu.upload("NSA dO", d_o)?,

@@ -229,14 +229,7 @@ impl Train {
         dx: &wgpu::Buffer,
         n: usize,
     ) -> Result<()> {
-        self.run(
-            gpu,
-            encoder,
-            entry::GELU_BACKWARD,
-            TrainJob { n: n as u32, ..TrainJob::default() },
-            n as u64,
-            |k, job| k.bind(gpu, &BinaryBinds { job, a: x.into(), b: dy.into(), out: dx.into() }),
-        )
+        self.elementwise2(gpu, encoder, entry::GELU_BACKWARD, (x, dy, dx), n)
     }
 
     /// LayerNorm's backward for `x` `[rows, d]` (y = γ ⊙ x̂ + β, `eps`): `dx` (written, or
@@ -403,14 +396,7 @@ impl Train {
         y: &wgpu::Buffer,
         n: usize,
     ) -> Result<()> {
-        self.run(
-            gpu,
-            encoder,
-            entry::GELU,
-            TrainJob { n: n as u32, ..TrainJob::default() },
-            n as u64,
-            |k, job| k.bind(gpu, &UnaryBinds { job, a: x.into(), out: y.into() }),
-        )
+        self.elementwise(gpu, encoder, entry::GELU, (x, y), n)
     }
 
     /// `y` = sigmoid(`x`) = 1 / (1 + e^−x) over `n` elements (NSA's gates).
@@ -422,14 +408,7 @@ impl Train {
         y: &wgpu::Buffer,
         n: usize,
     ) -> Result<()> {
-        self.run(
-            gpu,
-            encoder,
-            entry::SIGMOID,
-            TrainJob { n: n as u32, ..TrainJob::default() },
-            n as u64,
-            |k, job| k.bind(gpu, &UnaryBinds { job, a: x.into(), out: y.into() }),
-        )
+        self.elementwise(gpu, encoder, entry::SIGMOID, (x, y), n)
     }
 
     /// `dx` = `dy`·y·(1 − y) over `n` elements, from the sigmoid's output `y`.
@@ -442,14 +421,38 @@ impl Train {
         dx: &wgpu::Buffer,
         n: usize,
     ) -> Result<()> {
-        self.run(
-            gpu,
-            encoder,
-            entry::SIGMOID_BACKWARD,
-            TrainJob { n: n as u32, ..TrainJob::default() },
-            n as u64,
-            |k, job| k.bind(gpu, &BinaryBinds { job, a: y.into(), b: dy.into(), out: dx.into() }),
-        )
+        self.elementwise2(gpu, encoder, entry::SIGMOID_BACKWARD, (y, dy, dx), n)
+    }
+
+    /// Entry `entry` over `n` elements, one input and one output (`gelu`, `sigmoid`).
+    fn elementwise(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        entry: usize,
+        (a, out): (&wgpu::Buffer, &wgpu::Buffer),
+        n: usize,
+    ) -> Result<()> {
+        let job = TrainJob { n: n as u32, ..TrainJob::default() };
+        self.run(gpu, encoder, entry, job, n as u64, |k, job| {
+            k.bind(gpu, &UnaryBinds { job, a: a.into(), out: out.into() })
+        })
+    }
+
+    /// Entry `entry` over `n` elements, two inputs and one output (the activations'
+    /// backward: the forward's input or output, and dy).
+    fn elementwise2(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        entry: usize,
+        (a, b, out): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+        n: usize,
+    ) -> Result<()> {
+        let job = TrainJob { n: n as u32, ..TrainJob::default() };
+        self.run(gpu, encoder, entry, job, n as u64, |k, job| {
+            k.bind(gpu, &BinaryBinds { job, a: a.into(), b: b.into(), out: out.into() })
+        })
     }
 
     /// `out[c]` = Σ over rows of `x` `[rows, cols]` (a bias's gradient).

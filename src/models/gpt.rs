@@ -301,19 +301,16 @@ impl GptConfig {
                     max: MAX_WIDTH as u64,
                 });
             }
-            if self.pos == PosScheme::Alibi {
-                return Err(Error::Invalid(
-                    "DSA with ALiBi: its kernels read the chosen keys with no bias; train it with none, sinusoidal or rope".into(),
-                ));
-            }
         }
         if let Some(n) = self.attn.nsa() {
             n.check()?;
-            if self.pos == PosScheme::Alibi {
-                return Err(Error::Invalid(
-                    "NSA with ALiBi: NSA's branches define their own masks and refuse ALiBi; train it with none, sinusoidal or rope".into(),
-                ));
-            }
+        }
+        if self.pos == PosScheme::Alibi && matches!(self.attn, AttnKind::Nsa { .. } | AttnKind::Dsa { .. }) {
+            // NSA's branches define their own masks; DSA's kernels read the chosen keys unbiased
+            return Err(Error::Invalid(format!(
+                "{} with ALiBi: its kernels take no ALiBi bias; train it with none, sinusoidal or rope",
+                self.attn.name().to_uppercase()
+            )));
         }
         Ok(())
     }

@@ -35,7 +35,7 @@ use crate::kernels::positions::EncodedInputs;
 use crate::kernels::selection::select_lists;
 use crate::kernels::train::{AdamW, HeadDims, Train};
 use crate::kernels::{Attention, AttnBuffers, Kernel};
-use crate::models::gpt::{GptConfig, LN_EPS, Params, PosScheme, inputs_and_targets, sinusoid};
+use crate::models::gpt::{AttnKind, GptConfig, LN_EPS, Params, PosScheme, inputs_and_targets, sinusoid};
 use crate::runtime::Gpu;
 
 /// One parameter tensor on the device with its gradient and AdamW moments.
@@ -111,12 +111,8 @@ pub struct GptGpu {
     blocks: Vec<Saved>,
     attention: Attention,
     backward: Backward,
-    /// With MoBA attention: its kernels and each layer's choice.
-    moba: Option<MobaLayers>,
-    /// With NSA attention: its kernels, each layer's tensors and choice, the gates.
-    nsa: Option<NsaLayers>,
-    /// With DSA attention: its kernels, each layer's indexer inputs, tensors and choice.
-    dsa: Option<DsaLayers>,
+    /// With learned sparse attention: its kernels and each layer's choice (`None`: dense).
+    sparse: Option<Sparse>,
     matmuls: HashMap<MmKey, Matmul>,
     lnf: LayerOp,
     /// Token ids and targets `[R]`.
@@ -157,6 +153,40 @@ pub struct GptGpu {
 /// One layer's block lists: on the device and on the host.
 type Lists = (wgpu::Buffer, Vec<u32>);
 
+/// The blocks' learned sparse attention.
+enum Sparse {
+    /// MoBA: its kernels and each layer's choice.
+    Moba(Box<MobaLayers>),
+    /// NSA: its kernels, each layer's tensors and choice, the gates.
+    Nsa(Box<NsaLayers>),
+    /// DSA: its kernels, each layer's indexer inputs, tensors and choice.
+    Dsa(Box<DsaLayers>),
+}
+
+/// Per layer, the choice of the last forward, kept for the backward.
+struct Choices<T>(Mutex<Vec<Option<T>>>);
+
+impl<T> Choices<T> {
+    fn new(layers: usize) -> Self {
+        Self(Mutex::new((0..layers).map(|_| None).collect()))
+    }
+
+    /// Keeps layer `l`'s choice.
+    fn keep(&self, l: usize, choice: T) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())[l] = Some(choice);
+    }
+
+    /// `f` on layer `l`'s kept choice; a typed error naming `kind` where the forward has not
+    /// run.
+    fn with<R>(&self, l: usize, kind: &str, f: impl FnOnce(&T) -> Result<R>) -> Result<R> {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let choice = kept[l].as_ref().ok_or_else(|| {
+            Error::Invalid(format!("the GPT's backward with {kind} needs its forward's choice first"))
+        })?;
+        f(choice)
+    }
+}
+
 /// MoBA in the blocks: the choice on each layer's Q and K, the block-list kernels over it
 /// (forward and backward), and each layer's lists kept from the forward for the backward.
 struct MobaLayers {
@@ -170,7 +200,7 @@ struct MobaLayers {
     forward: SparseAttention,
     backward: SparseBackward,
     /// Per layer, the lists of the last forward: on the device and on the host.
-    lists: Mutex<Vec<Option<Lists>>>,
+    lists: Choices<Lists>,
 }
 
 impl MobaLayers {
@@ -190,7 +220,7 @@ impl MobaLayers {
             spec: plain,
             forward: SparseAttention::new(gpu, &folded, moba.block, moba.topk)?,
             backward: SparseBackward::new(gpu, &folded, moba.block, moba.topk)?,
-            lists: Mutex::new((0..layers).map(|_| None).collect()),
+            lists: Choices::new(layers),
         })
     }
 }
@@ -221,7 +251,7 @@ struct NsaLayers {
     tensors: Vec<NsaTensors>,
     /// Per layer, the lists of the last forward on the host (the selected branch's backward
     /// groups its work by them).
-    lists: Mutex<Vec<Option<Vec<u32>>>>,
+    lists: Choices<Vec<u32>>,
     /// The backward's tensors (one layer at a time).
     grads: NsaGradTensors,
     /// Per layer, the gates token-major `[R, 3H]` (the sigmoid's output, for its backward).
@@ -245,7 +275,7 @@ impl NsaLayers {
             grads: call.upload(gpu, spec, &zeros_q)?,
             call,
             tensors,
-            lists: Mutex::new((0..layers).map(|_| None).collect()),
+            lists: Choices::new(layers),
             gates: (0..layers).map(|_| gpu.storage("NSA gates [R, 3H]", gate_len)).collect::<Result<_>>()?,
             logits: gpu.storage("NSA gate logits", gate_len)?,
             dgates: gpu.storage("NSA gates' gradient", gate_len)?,
@@ -281,7 +311,7 @@ struct DsaLayers {
     /// Per layer, the tensors of the last forward: Q, K, V, O, LSE, the indexer's inputs, lists.
     tensors: Vec<DsaTensors>,
     /// Per layer, the lists of the last forward on the host (the backward's token grid).
-    lists: Mutex<Vec<Option<Vec<u32>>>>,
+    lists: Choices<Vec<u32>>,
     /// The alignment's scratch: dw and the rows' state, dqI, dkI.
     rows: wgpu::Buffer,
     dqi: wgpu::Buffer,
@@ -312,7 +342,7 @@ impl DsaLayers {
             attn,
             align,
             tensors,
-            lists: Mutex::new((0..layers).map(|_| None).collect()),
+            lists: Choices::new(layers),
         })
     }
 
@@ -387,9 +417,23 @@ impl GptGpu {
         let attention = Attention::new(gpu, Kernel::Flash, &spec)?;
         let backward = Backward::new(gpu, &spec)?;
         let train = Train::new(gpu)?;
-        let moba = config.attn.moba().map(|m| MobaLayers::new(gpu, m, &spec, config.layers)).transpose()?;
-        let nsa = config.attn.nsa().map(|n| NsaLayers::new(gpu, n, &spec, config.layers)).transpose()?;
-        let dsa = config.attn.dsa().map(|x| DsaLayers::new(gpu, x, &spec, config.layers)).transpose()?;
+        let layers = config.layers;
+        let sparse = match config.attn {
+            AttnKind::Dense => None,
+            AttnKind::Moba { .. } => config
+                .attn
+                .moba()
+                .map(|m| MobaLayers::new(gpu, m, &spec, layers).map(|x| Sparse::Moba(Box::new(x)))),
+            AttnKind::Nsa { .. } => config
+                .attn
+                .nsa()
+                .map(|n| NsaLayers::new(gpu, n, &spec, layers).map(|x| Sparse::Nsa(Box::new(x)))),
+            AttnKind::Dsa { .. } => config
+                .attn
+                .dsa()
+                .map(|x| DsaLayers::new(gpu, x, &spec, layers).map(|x| Sparse::Dsa(Box::new(x)))),
+        }
+        .transpose()?;
 
         let buf = |what: &str, floats: usize| gpu.storage(what, (floats.max(1) * 4) as u64);
         // tensors: the shapes list with each LayerNorm's γ and β fused
@@ -505,9 +549,7 @@ impl GptGpu {
             blocks,
             attention,
             backward,
-            moba,
-            nsa,
-            dsa,
+            sparse,
             matmuls,
             lnf,
             ids: buf("token ids", rows)?,
@@ -785,31 +827,26 @@ impl GptGpu {
                 t.permute_heads(gpu, enc, true, &self.qkv, dst, self.heads(3), part)?;
             }
             let bufs = AttnBuffers { q: &s.q, k: &s.k, v: &s.v, o: &s.o, lse: &s.lse };
-            if let Some(nl) = &self.nsa {
-                self.nsa_forward(gpu, enc, nl, l, s)?;
-                enc.copy_buffer_to_buffer(&s.x, 0, &s.mid, 0, (r * d * 4) as u64);
-            }
-            if let Some(dl) = &self.dsa {
-                self.dsa_forward(gpu, enc, dl, l, s)?;
-                enc.copy_buffer_to_buffer(&s.x, 0, &s.mid, 0, (r * d * 4) as u64);
-            }
-            match &self.moba {
-                _ if self.nsa.is_some() || self.dsa.is_some() => {}
-                None => self.attention.encode(gpu, enc, &bufs)?,
-                Some(mb) => {
+            // O merged to tokens in `s.att` (NSA and DSA merge their own)
+            match &self.sparse {
+                None => {
+                    self.attention.encode(gpu, enc, &bufs)?;
+                    t.permute_heads(gpu, enc, false, &s.att, &s.o, self.heads(1), 0)?;
+                }
+                Some(Sparse::Moba(mb)) => {
                     // the choice reads this layer's Q and K (rotated, with RoPE): what is
                     // recorded so far runs first
                     let (q, k) = mb.inputs(gpu, enc, s)?;
                     flush(gpu, enc);
                     let (buf, lists) = select_lists(gpu, &mb.spec, &mb.moba, q, k)?;
                     mb.forward.run(gpu, &AttnBuffers { q, k, ..bufs }, &lists, &buf)?;
-                    mb.lists.lock().unwrap_or_else(|e| e.into_inner())[l] = Some((buf, lists));
+                    mb.lists.keep(l, (buf, lists));
+                    t.permute_heads(gpu, enc, false, &s.att, &s.o, self.heads(1), 0)?;
                 }
+                Some(Sparse::Nsa(nl)) => self.nsa_forward(gpu, enc, nl, l, s)?,
+                Some(Sparse::Dsa(dl)) => self.dsa_forward(gpu, enc, dl, l, s)?,
             }
-            if self.nsa.is_none() && self.dsa.is_none() {
-                t.permute_heads(gpu, enc, false, &s.att, &s.o, self.heads(1), 0)?;
-                enc.copy_buffer_to_buffer(&s.x, 0, &s.mid, 0, (r * d * 4) as u64);
-            }
+            enc.copy_buffer_to_buffer(&s.x, 0, &s.mid, 0, (r * d * 4) as u64);
             self.linear(gpu, enc, l, (W_O, B_O), &s.att, &s.mid, (d, d), true)?;
             s.ln2.encode(gpu, enc, &s.mid, &s.a2);
             self.linear(gpu, enc, l, (W1, B1), &s.a2, &s.u, (d, f), false)?;
@@ -850,7 +887,7 @@ impl GptGpu {
         forward.load(gpu, enc, nt, (&s.q, &s.k, &s.v))?;
         flush(gpu, enc);
         let (lists, _) = forward.run(gpu, nt)?;
-        nl.lists.lock().unwrap_or_else(|e| e.into_inner())[l] = Some(lists);
+        nl.lists.keep(l, lists);
         self.train.permute_heads(gpu, enc, false, &s.att, &nt.o, self.heads(1), 0)
     }
 
@@ -873,17 +910,14 @@ impl GptGpu {
             let (w, b) = (&self.index_tensor(l, part, false).param, &self.index_tensor(l, part, true).param);
             self.mm((r, d, cols, true, false, PLAIN)).encode(gpu, enc, &s.a1, w, Some(b), out)?;
         }
-        let (q_bytes, kv_bytes) = ((4 * dl.spec.shape.q_len()) as u64, (4 * dl.spec.shape.kv_len()) as u64);
-        enc.copy_buffer_to_buffer(&s.q, 0, &dt.io.q, 0, q_bytes);
-        enc.copy_buffer_to_buffer(&s.k, 0, &dt.io.k, 0, kv_bytes);
-        enc.copy_buffer_to_buffer(&s.v, 0, &dt.io.v, 0, kv_bytes);
+        dt.io.copy_inputs(enc, (&s.q, &s.k, &s.v));
         if let Some(e) = &dl.encoded {
             e.encode(gpu, enc, &dt.io.q, &dt.io.k)?;
         }
         flush(gpu, enc);
         dl.attn.run(gpu, dt)?;
         let lists = dl.attn.read_lists(gpu, dt)?;
-        dl.lists.lock().unwrap_or_else(|e| e.into_inner())[l] = Some(lists);
+        dl.lists.keep(l, lists);
         self.train.permute_heads(gpu, enc, false, &s.att, &dt.io.o, self.heads(1), 0)
     }
 
@@ -900,11 +934,7 @@ impl GptGpu {
         s: &Saved,
     ) -> Result<()> {
         let dt = &dl.tensors[l];
-        let lists = dl.lists.lock().unwrap_or_else(|e| e.into_inner());
-        let lists = lists[l].as_ref().ok_or_else(|| {
-            Error::Invalid("the GPT's backward with DSA needs its forward's choice first".into())
-        })?;
-        let grid = Backward::new(gpu, &dl.dsa.spec(&dl.spec, lists)?)?;
+        let grid = dl.lists.with(l, "DSA", |lists| Backward::new(gpu, &dl.dsa.spec(&dl.spec, lists)?))?;
         let grads = BackwardBuffers {
             forward: dt.io.buffers(),
             d_o: &self.d_o,
@@ -954,11 +984,7 @@ impl GptGpu {
         let bytes = (self.config.d_model * self.rows() * 4) as u64;
         enc.copy_buffer_to_buffer(&self.d_o, 0, &gr.d_o, 0, bytes);
         flush(gpu, enc);
-        let lists = nl.lists.lock().unwrap_or_else(|e| e.into_inner());
-        let lists = lists[l].as_ref().ok_or_else(|| {
-            Error::Invalid("the GPT's backward with NSA needs its forward's choice first".into())
-        })?;
-        nl.call.run(gpu, &nl.tensors[l], gr, lists)?;
+        nl.lists.with(l, "NSA", |lists| nl.call.run(gpu, &nl.tensors[l], gr, lists))?;
         for (src, dst) in [(&gr.dq, &self.dq), (&gr.dk, &self.dk), (&gr.dv, &self.dv)] {
             enc.copy_buffer_to_buffer(src, 0, dst, 0, bytes);
         }
@@ -967,8 +993,14 @@ impl GptGpu {
 
     /// The gates' projection backward for block `l` (gradient in `dgates`): through the
     /// sigmoid, to W_gate and b_gate, and LN1's output gradient in `dtmp` added to.
-    fn gates_backward(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, l: usize, s: &Saved) -> Result<()> {
-        let nl = self.nsa.as_ref().expect("NSA");
+    fn gates_backward(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        nl: &NsaLayers,
+        l: usize,
+        s: &Saved,
+    ) -> Result<()> {
         let (r, d, g3) = (self.rows(), self.config.d_model, 3 * self.config.heads);
         let t = &self.train;
         // the logits' gradient, in the logits' scratch (the forward is done with it)
@@ -1037,29 +1069,20 @@ impl GptGpu {
             t.permute_heads(gpu, enc, true, &self.dtmp, &self.d_o, self.heads(1), 0)?;
             let forward = AttnBuffers { q: &s.q, k: &s.k, v: &s.v, o: &s.o, lse: &s.lse };
             let grads = BackwardBuffers { forward, d_o: &self.d_o, dq: &self.dq, dk: &self.dk, dv: &self.dv };
-            match &self.moba {
-                _ if self.nsa.is_some() || self.dsa.is_some() => {}
+            match &self.sparse {
                 None => self.backward.encode(gpu, enc, &grads)?,
-                Some(mb) => {
+                Some(Sparse::Moba(mb)) => {
                     // the copies hold the last layer's rotation: this layer's again
                     let (q, k) = mb.inputs(gpu, enc, s)?;
                     flush(gpu, enc);
-                    let lists = mb.lists.lock().unwrap_or_else(|e| e.into_inner());
-                    let (buf, host) = lists[l].as_ref().ok_or_else(|| {
-                        Error::Invalid("the GPT's backward with MoBA needs its forward's choice first".into())
-                    })?;
                     let rotated = BackwardBuffers { forward: AttnBuffers { q, k, ..forward }, ..grads };
-                    mb.backward.run(gpu, &rotated, host, buf)?;
+                    mb.lists.with(l, "MoBA", |(buf, host)| mb.backward.run(gpu, &rotated, host, buf))?;
                     if let Some(e) = &mb.encoded {
                         e.grads(gpu, enc, &self.dq, &self.dk)?;
                     }
                 }
-            }
-            if let Some(nl) = &self.nsa {
-                self.nsa_backward(gpu, enc, nl, l)?;
-            }
-            if let Some(dl) = &self.dsa {
-                self.dsa_backward(gpu, enc, dl, l, s)?;
+                Some(Sparse::Nsa(nl)) => self.nsa_backward(gpu, enc, nl, l)?,
+                Some(Sparse::Dsa(dl)) => self.dsa_backward(gpu, enc, dl, l, s)?,
             }
             for (part, src) in [&self.dq, &self.dk, &self.dv].into_iter().enumerate() {
                 t.permute_heads(gpu, enc, false, &self.dqkv, src, self.heads(3), part)?;
@@ -1067,8 +1090,8 @@ impl GptGpu {
             t.column_sum(gpu, enc, &self.dqkv, self.grad(l, B_QKV), r, 3 * d)?;
             self.weight_grad(gpu, enc, &s.a1, &self.dqkv, self.grad(l, W_QKV), d, 3 * d)?;
             self.input_grad(gpu, enc, &self.dqkv, self.param(l, W_QKV), &self.dtmp, d, 3 * d)?;
-            if self.nsa.is_some() {
-                self.gates_backward(gpu, enc, l, s)?;
+            if let Some(Sparse::Nsa(nl)) = &self.sparse {
+                self.gates_backward(gpu, enc, nl, l, s)?;
             }
             self.norm_backward(gpu, enc, &s.x, self.tensor(l, LN1), true)?;
         }
@@ -1138,7 +1161,7 @@ impl GradCheck {
 /// [`crate::models::gpt::index_loss_f64`], the objective it learns from): parameters from GPT-2's initialisation plus uniform
 /// noise of ±0.25 (so every path carries a gradient well above f32 rounding), `batch`
 /// sequences of `seq + 1` tokens from a 13-letter alphabet (tokens repeat, so the embedding's
-/// gradient sums rows), `per_tensor` coordinates spread over each tensor, step 1e-4; a
+/// gradient sums rows), `per_tensor` coordinates spread over each tensor, step 1e-5; a
 /// coordinate where the oracle's loss is not smooth within the step is left out and counted
 /// ([`GradCheck::kinks`]).
 pub fn gradient_check(

@@ -465,6 +465,11 @@ impl Gpu {
         }))
     }
 
+    /// A storage buffer of `floats` f32 NaNs (at least one): an output poisoned before a run.
+    pub(crate) fn poisoned(&self, what: &str, floats: usize) -> Result<wgpu::Buffer> {
+        self.upload(what, &vec![f32::NAN; floats.max(1)])
+    }
+
     /// A storage buffer holding `data` that kernels bind in ranges: only the buffer-size limit
     /// applies (a kernel that binds it whole checks the binding limit itself).
     pub(crate) fn upload_ranged<T: bytemuck::Pod>(&self, what: &str, data: &[T]) -> Result<wgpu::Buffer> {

@@ -127,18 +127,10 @@ pub fn set_patterns(n: usize, alibi: bool) -> Result<(), JsValue> {
 #[wasm_bindgen]
 pub fn set_pattern(name: String) -> Result<(), JsValue> {
     use longctx::app::Pattern;
-    let all = [
-        Pattern::None,
-        Pattern::Longformer,
-        Pattern::BigBird,
-        Pattern::Global,
-        Pattern::Segments,
-        Pattern::Moba,
-        Pattern::Dsa,
-        Pattern::Nsa,
-    ];
-    let pattern =
-        *all.iter().find(|p| format!("{p:?}") == name).ok_or_else(|| js(format!("no pattern `{name}`")))?;
+    let pattern = *Pattern::ALL
+        .iter()
+        .find(|p| format!("{p:?}") == name)
+        .ok_or_else(|| js(format!("no pattern `{name}`")))?;
     with_app(|app| {
         app.patterns.settings.pattern = pattern;
         app.egui.request_repaint();

@@ -113,6 +113,18 @@ impl DeviceTensors {
         })
     }
 
+    /// Records copies of Q, K, V from device buffers of at least these tensors' sizes (f32, as
+    /// [`DeviceTensors::upload`] holds them): a model's layer feeding tensors it computed.
+    pub(crate) fn copy_inputs(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        (q, k, v): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+    ) {
+        for (src, dst) in [(q, &self.q), (k, &self.k), (v, &self.v)] {
+            enc.copy_buffer_to_buffer(src, 0, dst, 0, Some(dst.size()));
+        }
+    }
+
     /// Q, K, V rounded to f16 (for [`Inputs::F16`]); O and LSE stay f32. Without
     /// SHADER_F16 the rounded values are stored as f32 (the fallback).
     pub fn upload_f16(gpu: &Gpu, spec: &AttnSpec, q: &[f32], k: &[f32], v: &[f32]) -> Result<Self> {
