@@ -126,3 +126,118 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, ids: Ids) {
         }
     }
 }
+
+// The backward over the same lists (no gradient into the choice), one lane a row or key:
+// - `grad_rows`: per (query head, row) — dQ = scale · Σ_listed P (dP − Δ) K, with
+//   P = exp(scale·q·k − LSE), dP = dO·v and Δ = dO·O (written to `delta` on the first pass
+//   for `grad_keys`), in passes over list entries [arg0, arg1) (dQ kept between passes).
+// - `grad_keys`: per (kv head, key) — dK = scale · Σ P (dP − Δ) q and dV = Σ P dO over the rows
+//   that listed the key (`inverse`: the lists transposed on the host, a CSR of flat list
+//   entries (b·N + i)·k + t per (sequence, key), rows ascending) and the query heads of the
+//   kv head's group, in passes over inverse entries [arg0, arg1) (dK, dV kept between passes).
+// On a GPU a lane a key gathers its rows' Q and dO; a cluster per row or key as in `attend`
+// is the next step there.
+@group(0) @binding(8) var<storage, read> d_o: array<vec4<f32>>;        // [B, H, N, D]
+@group(0) @binding(9) var<storage, read_write> dq: array<vec4<f32>>;   // [B, H, N, D]
+@group(0) @binding(10) var<storage, read_write> dk: array<vec4<f32>>;  // [B, Hkv, M, D]
+@group(0) @binding(11) var<storage, read_write> dv: array<vec4<f32>>;  // [B, Hkv, M, D]
+@group(0) @binding(12) var<storage, read_write> delta: array<f32>;     // [B, H, N]
+@group(0) @binding(13) var<storage, read> inverse: array<u32>;         // [B·M + 1] offsets, entries
+
+@compute @workgroup_size(64)
+fn grad_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = (wg.y * params.groups_x + wg.x) * 64u + lid;  // (b·H + h)·N + i
+    if row >= params.rows {
+        return;
+    }
+    let hf = row / params.n;
+    let i = row % params.n;
+    let b = hf / params.heads;
+    let kvh = b * params.kv_heads + (hf % params.heads) / (params.heads / params.kv_heads);
+    let list0 = (b * params.n + i) * params.topk;
+    var qr: array<vec4<f32>, D4>;
+    var dor: array<vec4<f32>, D4>;
+    var acc: array<vec4<f32>, D4>;
+    var dl = 0.0;
+    for (var x = 0u; x < D4; x++) {
+        qr[x] = q[row * D4 + x] * params.scale;
+        dor[x] = d_o[row * D4 + x];
+        dl += dot(dor[x], o[row * D4 + x]);
+        acc[x] = select(dq[row * D4 + x], vec4<f32>(0.0), params.arg0 == 0u);
+    }
+    if params.arg0 == 0u {
+        delta[row] = dl;
+    }
+    let l = lse[row];
+    for (var t = params.arg0; t < params.arg1; t++) {
+        let j = lists[list0 + t];
+        if j == NONE {
+            break; // a list's empty entries come last
+        }
+        let kv0 = (kvh * params.m + j) * D4;
+        var s = 0.0;
+        var dp = 0.0;
+        for (var x = 0u; x < D4; x++) {
+            s += dot(qr[x], k[kv0 + x]);
+            dp += dot(dor[x], v[kv0 + x]);
+        }
+        let ds = exp(s - l) * (dp - dl) * params.scale;
+        for (var x = 0u; x < D4; x++) {
+            acc[x] += ds * k[kv0 + x];
+        }
+    }
+    for (var x = 0u; x < D4; x++) {
+        dq[row * D4 + x] = acc[x];
+    }
+}
+
+@compute @workgroup_size(64)
+fn grad_keys(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let key_row = (wg.y * params.groups_x + wg.x) * 64u + lid;  // (b·Hkv + kvh)·M + j
+    if key_row >= params.rows {
+        return;
+    }
+    let bk = key_row / params.m;
+    let j = key_row % params.m;
+    let b = bk / params.kv_heads;
+    let group = params.heads / params.kv_heads;
+    let h0 = b * params.heads + (bk % params.kv_heads) * group;  // the group's first b·H + h
+    var kr: array<vec4<f32>, D4>;
+    var vr: array<vec4<f32>, D4>;
+    var gk: array<vec4<f32>, D4>;
+    var gv: array<vec4<f32>, D4>;
+    let first = params.arg0 == 0u;
+    for (var x = 0u; x < D4; x++) {
+        kr[x] = k[key_row * D4 + x] * params.scale;
+        vr[x] = v[key_row * D4 + x];
+        gk[x] = select(dk[key_row * D4 + x], vec4<f32>(0.0), first);
+        gv[x] = select(dv[key_row * D4 + x], vec4<f32>(0.0), first);
+    }
+    let key = b * params.m + j;
+    let start = inverse[key];
+    let e0 = start + params.arg0;
+    let e1 = min(start + params.arg1, inverse[key + 1u]);
+    let entries = params.batch * params.m + 1u;
+    for (var e = e0; e < e1; e++) {
+        let i = (inverse[entries + e] / params.topk) % params.n;
+        for (var g = 0u; g < group; g++) {
+            let row = (h0 + g) * params.n + i;
+            var s = 0.0;
+            var dp = 0.0;
+            for (var x = 0u; x < D4; x++) {
+                s += dot(q[row * D4 + x], kr[x]);
+                dp += dot(d_o[row * D4 + x], vr[x]);
+            }
+            let p = exp(s - lse[row]);
+            let ds = p * (dp - delta[row]) * params.scale;
+            for (var x = 0u; x < D4; x++) {
+                gv[x] += p * d_o[row * D4 + x];
+                gk[x] += ds * q[row * D4 + x];
+            }
+        }
+    }
+    for (var x = 0u; x < D4; x++) {
+        dk[key_row * D4 + x] = gk[x];
+        dv[key_row * D4 + x] = gv[x];
+    }
+}

@@ -10,7 +10,9 @@ use longctx::contract::dsa::{Dsa, Indexer, compare_dsa_selection, dsa_alignment_
 use longctx::contract::inputs::seeded;
 use longctx::contract::reference::{attention_backward_f64, attention_f64, rel_error};
 use longctx::contract::selection::NONE;
-use longctx::kernels::dsa::{DsaAttention, DsaPath, dsa_alignment_in_passes, dsa_attention, dsa_backward};
+use longctx::kernels::dsa::{
+    DsaAttention, DsaPath, dsa_alignment_in_passes, dsa_attention, dsa_backward_in_passes,
+};
 use longctx::{Alibi, AttnShape, AttnSpec, Error};
 
 const BOUND: f64 = 1e-5;
@@ -230,13 +232,18 @@ fn the_selection_runs_in_chunks_and_the_attention_in_passes_and_windows() {
 fn dsa_backward_matches_the_oracle() {
     let g = gpu();
     let seed = seed();
-    for (spec, d) in cases() {
+    // passes: whole, then forced short (several passes each side), then one entry a pass
+    for ((spec, d), passes) in cases().into_iter().zip([usize::MAX, 3, 1].into_iter().cycle()) {
         let (q, k, v) = inputs(&spec, seed);
         let d_o = inputs(&spec, seed ^ 0x5eed).0;
         let (qi, ki, wi) = indexer(&spec, &d, seed, false);
         let ix = Indexer { q: &qi, k: &ki, w: &wi };
-        let ctx = format!("{} {:?} (seed {seed}, LONGCTX_SEED={seed})", d.describe(), spec.shape);
-        let (out, grads, lists) = dsa_backward(g, &spec, &d, (&q, &k, &v), &ix, &d_o).unwrap();
+        let ctx =
+            format!("{} {:?} passes {passes} (seed {seed}, LONGCTX_SEED={seed})", d.describe(), spec.shape);
+        let (out, grads, lists, path) =
+            dsa_backward_in_passes(g, &spec, &d, (&q, &k, &v), &ix, &d_o, passes).unwrap();
+        let want_path = if spec.shape.head_dim.is_multiple_of(4) { DsaPath::Lists } else { DsaPath::Grid };
+        assert_eq!(path, want_path, "{ctx}");
         let (forward, forward_lists, _) = dsa_attention(g, &spec, &d, (&q, &k, &v), &ix).unwrap();
         assert_eq!(lists, forward_lists, "{ctx}: the backward's choice");
         let e = rel_error(&out.o, &forward.o.iter().map(|&x| x as f64).collect::<Vec<_>>());

@@ -8,9 +8,11 @@
 //!
 //! Runs: causal calls with no other mask, window, ALiBi, mods or positional encoding; head dims
 //! and the indexer's head dim multiples of 4 (up to 256 and 128); any batch, N, M, GQA, MQA.
-//! [`dsa_attention`] takes flash on the lists' token grid ([`Dsa::spec`]) for a head dim the
-//! list kernel does not run; the backward ([`dsa_backward`]) is flash's on that grid — exact,
-//! at dense cost (the token-list backward is not built yet).
+//! The backward ([`DsaListBackward`], `grad_rows` and `grad_keys` in `shaders/dsa.wgsl`): dQ
+//! row by row over its list, dK and dV key by key over the lists transposed on the host
+//! ([`inverse_lists`]) — the N·k chosen pairs, not the causal square.
+//! [`dsa_attention`] and [`dsa_backward`] take flash on the lists' token grid ([`Dsa::spec`])
+//! for a head dim the list kernels do not run.
 
 use crate::contract::dsa::{Alignment, Dsa, Indexer};
 use crate::contract::spec::{Alibi, AttnOutput, AttnSpec};
@@ -40,6 +42,24 @@ bind_group! {
         6 lse: ReadWrite, 7 run_l: ReadWrite,
     }
 }
+bind_group! {
+    /// `grad_rows`: the sizes, the lists, Q, K, V, O, LSE, dO, dQ and Δ (written).
+    struct GradRowsBinds {
+        0 params: Uniform, 1 lists: Read, 2 q: Read, 3 k: Read, 4 v: Read, 5 o: ReadWrite,
+        6 lse: ReadWrite, 8 d_o: Read, 9 dq: ReadWrite, 12 delta: ReadWrite,
+    }
+}
+bind_group! {
+    /// `grad_keys`: the sizes, Q, K, V, LSE, dO, dK, dV, Δ and the inverse lists.
+    struct GradKeysBinds {
+        0 params: Uniform, 2 q: Read, 3 k: Read, 4 v: Read, 6 lse: ReadWrite, 8 d_o: Read,
+        10 dk: ReadWrite, 11 dv: ReadWrite, 12 delta: ReadWrite, 13 inverse: Read,
+    }
+}
+const GRAD_ROWS: Shader =
+    Shader { stem: NAME, source: include_str!("../../shaders/dsa.wgsl"), bindings: GradRowsBinds::SLOTS };
+const GRAD_KEYS: Shader =
+    Shader { stem: NAME, source: include_str!("../../shaders/dsa.wgsl"), bindings: GradKeysBinds::SLOTS };
 const ALIGN_SOURCE: &str = include_str!("../../shaders/dsa_align.wgsl");
 const ALIGN_ROWS: Shader =
     Shader { stem: "dsa_align", source: ALIGN_SOURCE, bindings: AlignRowsBinds::SLOTS };
@@ -112,6 +132,13 @@ fn attend_variant(d4: usize, sg: u32) -> ShaderVariant {
     ATTEND.variant("attend", &[PARAMS, crate::kernels::lanes(sg)], consts)
 }
 
+/// `grad_rows` or `grad_keys` for head dim 4·`d4` (a lane a row or key).
+fn grad_variant(entry: &'static str, d4: usize) -> ShaderVariant {
+    let consts = vec![("D4", d4 as u32), ("SG", 0), ("LPR", 1), ("C", d4 as u32)];
+    let shader = if entry == "grad_rows" { GRAD_ROWS } else { GRAD_KEYS };
+    shader.variant(entry, &[PARAMS, crate::kernels::lanes(0)], consts)
+}
+
 /// (LPR, C) of [`attend_variant`].
 fn attend_lanes(d4: usize, sg: u32) -> (u32, u32) {
     let lpr = (d4.next_power_of_two() as u32).min(sg.max(1)).min(64);
@@ -128,6 +155,9 @@ pub fn variants() -> Vec<ShaderVariant> {
     }
     for d4 in 1..=crate::kernels::MAX_HEAD_DIM / 4 {
         out.extend([0, 8, 32].map(|sg| attend_variant(d4, sg)));
+    }
+    for d4 in 1..=crate::kernels::MAX_HEAD_DIM / 4 {
+        out.extend(["grad_rows", "grad_keys"].map(|e| grad_variant(e, d4)));
     }
     out.push(ALIGN_ROWS.variant("align_rows", &[PARAMS], vec![]));
     out.push(ALIGN_KEYS.variant("align_keys", &[PARAMS], vec![]));
@@ -597,22 +627,245 @@ pub fn dsa_attention(
 }
 
 /// DSA's forward and backward for the incoming gradient `d_o` (no gradient into the indexer:
-/// the paper's sparse stage): the choice on the GPU, then flash's backward on the lists' token
-/// grid (a batch folded into heads, [`Dsa::spec`]). Returns the output, the gradients of Q, K,
-/// V and the lists.
+/// the paper's sparse stage): the choice on the GPU, the attention over it, then the
+/// token-list backward ([`DsaListBackward`]) — or, for a head dim the list kernels do not run,
+/// flash's backward on the lists' token grid (a batch folded into heads, [`Dsa::spec`]).
+/// Returns the output, the gradients of Q, K, V and the lists.
 pub fn dsa_backward(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    dsa: &Dsa,
+    inputs: (&[f32], &[f32], &[f32]),
+    ix: &Indexer,
+    d_o: &[f32],
+) -> Result<(AttnOutput, Gradients, Vec<u32>)> {
+    let (out, grads, lists, _) = dsa_backward_in_passes(gpu, spec, dsa, inputs, ix, d_o, usize::MAX)?;
+    Ok((out, grads, lists))
+}
+
+/// [`dsa_backward`] with the token-list backward's passes at most `most` entries long
+/// (forced for tests), and the path it took.
+pub fn dsa_backward_in_passes(
     gpu: &Gpu,
     spec: &AttnSpec,
     dsa: &Dsa,
     (q, k, v): (&[f32], &[f32], &[f32]),
     ix: &Indexer,
     d_o: &[f32],
-) -> Result<(AttnOutput, Gradients, Vec<u32>)> {
-    check_call(spec, dsa)?;
+    most: usize,
+) -> Result<(AttnOutput, Gradients, Vec<u32>, DsaPath)> {
+    let causal = check_call(spec, dsa)?;
     spec.check_inputs(q, k, v)?;
-    let lists = dsa_select(gpu, spec, dsa, ix)?;
-    let (out, grads) = Backward::new(gpu, &dsa.spec(spec, &lists)?)?.run(gpu, q, k, v, d_o)?;
-    Ok((out, grads, lists))
+    if unsupported(&causal).is_some() {
+        let lists = dsa_select(gpu, spec, dsa, ix)?;
+        let (out, grads) = Backward::new(gpu, &dsa.spec(spec, &lists)?)?.run(gpu, q, k, v, d_o)?;
+        return Ok((out, grads, lists, DsaPath::Grid));
+    }
+    if d_o.len() != q.len() {
+        return Err(Error::Invalid(format!("DSA's backward: dO holds {} floats, Q {}", d_o.len(), q.len())));
+    }
+    let call = DsaAttention::new(gpu, spec, dsa)?;
+    let grad = DsaListBackward::in_passes(gpu, spec, dsa, most)?;
+    let t = call.upload(gpu, (q, k, v), ix)?;
+    call.run(gpu, &t)?;
+    let (out, lists) = call.read(gpu, &t)?;
+    let (inverse, longest) = inverse_lists(&causal, dsa, &lists)?;
+    let inverse = gpu.upload("DSA inverse lists", &inverse)?;
+    let s = causal.shape;
+    let d_o = gpu.upload("dO", d_o)?;
+    let (dq, dk, dv) =
+        (gpu.poisoned("dQ", q.len())?, gpu.poisoned("dK", k.len())?, gpu.poisoned("dV", v.len())?);
+    let delta = gpu.poisoned("DSA Δ", s.lse_len())?;
+    let b = ListGradBuffers { d_o: &d_o, dq: &dq, dk: &dk, dv: &dv, delta: &delta, inverse: &inverse };
+    grad.run(gpu, &t, &b, longest)?;
+    let grads =
+        Gradients { dq: gpu.read(&dq, q.len())?, dk: gpu.read(&dk, k.len())?, dv: gpu.read(&dv, v.len())? };
+    for (name, x) in [("dQ", &grads.dq), ("dK", &grads.dk), ("dV", &grads.dv)] {
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!("DSA's gradient {name} is not finite at flat index {i}")));
+        }
+    }
+    Ok((out, grads, lists, DsaPath::Lists))
+}
+
+/// The lists `[B, N, k]` transposed: for each (sequence b, key j), the flat list entries
+/// `(b·N + i)·k + t` that chose it, rows ascending — as one buffer, `B·M + 1` offsets then the
+/// entries — and the longest key's count (what sizes `grad_keys`'s passes).
+pub fn inverse_lists(spec: &AttnSpec, dsa: &Dsa, lists: &[u32]) -> Result<(Vec<u32>, usize)> {
+    let s = spec.shape;
+    let (keys, k) = (s.batch * s.m, dsa.topk);
+    if lists.len() != s.batch * s.n * k {
+        return Err(Error::Invalid(format!(
+            "DSA lists: {} entries, want {}",
+            lists.len(),
+            s.batch * s.n * k
+        )));
+    }
+    let key_of = |e: usize| -> Result<Option<usize>> {
+        let j = lists[e];
+        if j == crate::contract::selection::NONE {
+            return Ok(None);
+        }
+        if j as usize >= s.m {
+            return Err(Error::Invalid(format!("DSA lists: entry {e} names key {j} of {}", s.m)));
+        }
+        Ok(Some((e / (s.n * k)) * s.m + j as usize))
+    };
+    let mut counts = vec![0u32; keys + 1];
+    for e in 0..lists.len() {
+        if let Some(key) = key_of(e)? {
+            counts[key + 1] += 1;
+        }
+    }
+    let longest = counts.iter().copied().max().unwrap_or(0) as usize;
+    for x in 1..=keys {
+        counts[x] += counts[x - 1];
+    }
+    let total = counts[keys] as usize;
+    let mut out = counts.clone();
+    out.resize(keys + 1 + total, 0);
+    let mut next = counts;
+    for e in 0..lists.len() {
+        if let Some(key) = key_of(e)? {
+            out[keys + 1 + next[key] as usize] = e as u32;
+            next[key] += 1;
+        }
+    }
+    Ok((out, longest))
+}
+
+/// DSA's token-list backward (`grad_rows`, `grad_keys` in `shaders/dsa.wgsl`): dQ per row over
+/// its list, dK and dV per key over the rows that chose it ([`inverse_lists`]) — work
+/// proportional to the N·k chosen pairs, not to the causal square. No gradient into the
+/// choice (the paper's sparse stage). Head dims multiples of 4 up to 256; lists bound whole.
+pub struct DsaListBackward {
+    spec: AttnSpec,
+    dsa: Dsa,
+    rows: Compiled,
+    keys: Compiled,
+    /// List entries per `grad_rows` pass and inverse entries per `grad_keys` pass.
+    per_pass: (usize, usize),
+}
+
+/// The token-list backward's buffers beyond the forward's [`DsaTensors`]: dO (shaped as Q),
+/// dQ, dK, dV, Δ `[B, H, N]` (scratch) and the inverse lists ([`inverse_lists`]).
+pub struct ListGradBuffers<'a> {
+    /// dO `[B, H, N, D]`.
+    pub d_o: &'a wgpu::Buffer,
+    /// dQ, written.
+    pub dq: &'a wgpu::Buffer,
+    /// dK `[B, Hkv, M, D]`, written.
+    pub dk: &'a wgpu::Buffer,
+    /// dV, written.
+    pub dv: &'a wgpu::Buffer,
+    /// Δ = rowsum(dO ∘ O) `[B, H, N]`, scratch.
+    pub delta: &'a wgpu::Buffer,
+    /// [`inverse_lists`]' buffer.
+    pub inverse: &'a wgpu::Buffer,
+}
+
+impl DsaListBackward {
+    /// Prepares the backward for `spec` (checked as [`DsaAttention::new`] checks it), its
+    /// passes below an adapter's loop cap.
+    pub fn new(gpu: &Gpu, spec: &AttnSpec, dsa: &Dsa) -> Result<Self> {
+        Self::in_passes(gpu, spec, dsa, usize::MAX)
+    }
+
+    /// [`DsaListBackward::new`] with passes of at most `most` entries (at least 1).
+    pub fn in_passes(gpu: &Gpu, spec: &AttnSpec, dsa: &Dsa, most: usize) -> Result<Self> {
+        let spec = check_call(spec, dsa)?;
+        if let Some(why) = unsupported(&spec) {
+            return Err(Error::Invalid(format!("DSA's token-list backward: {why}")));
+        }
+        let s = spec.shape;
+        let d4 = (s.head_dim / 4) as u64;
+        let group = (s.heads / s.kv_heads) as u64;
+        // every loop counts its trips and its exit: grad_rows 2·(D4 + 1) + 3 an entry and
+        // 2·(D4 + 1) around; grad_keys per entry the group's 2·(D4 + 1) + 3, and 2·(D4 + 1)
+        let (row_entry, key_entry, fixed) =
+            (2 * (d4 + 1) + 3, group * (2 * (d4 + 1) + 3) + 2, 2 * (d4 + 1) + 2);
+        let (mut rows_pass, mut keys_pass) = (usize::MAX, usize::MAX);
+        if let Some(limit) = gpu.loop_iteration_limit() {
+            if limit <= fixed + key_entry.max(row_entry) {
+                return Err(Error::LoopLimit {
+                    kernel: NAME,
+                    needed: fixed + key_entry.max(row_entry),
+                    limit,
+                    hint: "use fewer query heads per kv head",
+                });
+            }
+            rows_pass = ((limit - fixed) / row_entry) as usize;
+            keys_pass = ((limit - fixed) / key_entry) as usize;
+        }
+        Ok(Self {
+            rows: gpu.compile(&grad_variant("grad_rows", d4 as usize))?,
+            keys: gpu.compile(&grad_variant("grad_keys", d4 as usize))?,
+            spec,
+            dsa: *dsa,
+            per_pass: (rows_pass.clamp(1, most.max(1)), keys_pass.clamp(1, most.max(1))),
+        })
+    }
+
+    /// Runs the backward on the forward's tensors `t` (its Q, K, V, O, LSE and lists) and `b`
+    /// (submitted); `longest` is the inverse lists' longest key.
+    pub fn run(&self, gpu: &Gpu, t: &DsaTensors, b: &ListGradBuffers, longest: usize) -> Result<()> {
+        let s = self.spec.shape;
+        let (rows, keys) = (s.batch * s.heads * s.n, s.batch * s.kv_heads * s.m);
+        let list_bytes = (s.batch * s.n * self.dsa.topk) as u64 * 4;
+        let binding = gpu.limits().max_storage_buffer_binding_size;
+        for (what, bytes) in [("the lists", list_bytes), ("the inverse lists", b.inverse.size())] {
+            if bytes > binding {
+                return Err(Error::BindingTooLarge {
+                    what: format!("DSA's token-list backward: {what}"),
+                    bytes,
+                    limit: binding,
+                });
+            }
+        }
+        let ranges =
+            |len: usize, per: usize| (0..len.max(1)).step_by(per).map(move |a| (a, (a + per).min(len)));
+        for (a0, a1) in ranges(self.dsa.topk, self.per_pass.0) {
+            let (uniform, grid) = self.uniform(gpu, rows, (a0, a1))?;
+            let binds = GradRowsBinds {
+                params: (&uniform).into(),
+                lists: (&t.lists).into(),
+                q: (&t.io.q).into(),
+                k: (&t.io.k).into(),
+                v: (&t.io.v).into(),
+                o: (&t.io.o).into(),
+                lse: (&t.io.lse).into(),
+                d_o: b.d_o.into(),
+                dq: b.dq.into(),
+                delta: b.delta.into(),
+            };
+            submit(gpu, &self.rows, &binds, grid);
+        }
+        for (a0, a1) in ranges(longest, self.per_pass.1) {
+            let (uniform, grid) = self.uniform(gpu, keys, (a0, a1))?;
+            let binds = GradKeysBinds {
+                params: (&uniform).into(),
+                q: (&t.io.q).into(),
+                k: (&t.io.k).into(),
+                v: (&t.io.v).into(),
+                lse: (&t.io.lse).into(),
+                d_o: b.d_o.into(),
+                dk: b.dk.into(),
+                dv: b.dv.into(),
+                delta: b.delta.into(),
+                inverse: b.inverse.into(),
+            };
+            submit(gpu, &self.keys, &binds, grid);
+        }
+        Ok(())
+    }
+
+    /// The uniform and grid of one pass over `count` lanes, entries `[a0, a1)`.
+    fn uniform(&self, gpu: &Gpu, count: usize, (a0, a1): (usize, usize)) -> Result<(wgpu::Buffer, [u32; 3])> {
+        let grid = gpu.grid(NAME, (count as u64).div_ceil(64))?;
+        let mut words = params(&self.spec, &self.dsa, grid[0], (0, count));
+        (words.arg0, words.arg1) = (a0 as u32, a1 as u32);
+        Ok((gpu.uniform("DSA backward params", &words), grid))
+    }
 }
 
 /// DSA's indexer warm-up prepared for one call (`shaders/dsa_align.wgsl`): the alignment
