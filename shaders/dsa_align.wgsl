@@ -1,19 +1,22 @@
-// dsa_align.wgsl — DSA's indexer warm-up on the GPU (src/contract/dsa.rs holds the rule and
-// its f64 oracle `dsa_alignment_f64`): per query row i at position p, over its visible keys
-// s ≤ p,
-//   loss_i = KL(p_t ‖ softmax_s I(p, s)),  p_t(s) = Σ_h exp(scale·q_h·k_s − LSE_h) / H
-// (the dense causal attention's probabilities summed over the query heads; every head sees
-// the same keys, so they sum to H) and its gradient dI(i, s) = softmax(I)(s) − p_t(s), taken
-// through I = Σ_j w_j·ReLU(qI_j·kI_s) to w, qI and kI (through the ReLU only where the dot is
-// positive). LSE comes from flash's forward over the same call.
+// dsa_align.wgsl — DSA's indexer alignment on the GPU (src/contract/dsa.rs holds the rule and
+// its f64 oracles `dsa_alignment_f64`, `dsa_sparse_alignment_f64`): per query row i at
+// position p, over a key set S — every visible key s ≤ p (the warm-up stage) or the row's
+// listed keys (the sparse stage) —
+//   loss_i = KL(p_t ‖ softmax_S I(p, s)),  p_t(s) = Σ_h exp(scale·q_h·k_s − LSE_h) / H
+// (the attention's probabilities over S averaged over the query heads: LSE_h is the dense
+// causal attention's for the warm-up, the sparse attention's for the sparse stage, so each
+// head's sum over S is 1) and its gradient dI(i, s) = softmax(I)(s) − p_t(s), taken through
+// I = Σ_j w_j·ReLU(qI_j·kI_s) to w, qI and kI (through the ReLU only where the dot is
+// positive).
 //
-// - `align_rows`: one invocation per (sequence, row), in passes over key ranges
-//   [arg0, arg1) (the gradients times `grad_scale`): mode 0 (`last` = 0) keeps the running max and sum of the row's index
-//   softmax; mode 1 turns them into its LSE on the first pass, then adds the row's KL terms
-//   and its gradients to w and qI (the row's own slots: no two lanes share one).
-// - `align_keys`: one invocation per (sequence, key), in passes over row ranges
-//   [arg0, arg1): each visible row's dI(i, s) again (from the rows' LSE), added into the
-//   key's dkI.
+// - `align_rows` / `align_rows_sparse`: one invocation per (sequence, row), in passes over
+//   keys (list entries) [arg0, arg1), the gradients times `grad_scale`: mode 0 (`last` = 0)
+//   keeps the running max and sum of the row's index softmax; mode 1 turns them into its LSE
+//   on the first pass, then adds the row's KL terms and its gradients to w and qI (the row's
+//   own slots: no two lanes share one).
+// - `align_keys` / `align_keys_sparse`: one invocation per (sequence, key), in passes over
+//   rows (the key's inverse entries) [arg0, arg1): each row's dI(i, s) again (from the rows'
+//   LSE), added into the key's dkI.
 // Every loop is bounded by a pass's range and the indexer's and heads' sizes; the host sizes
 // passes below an adapter's loop cap.
 
@@ -27,6 +30,9 @@
 @group(0) @binding(7) var<storage, read_write> rows: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dqi: array<vec4<f32>>;   // [B, N, HI, DI]
 @group(0) @binding(9) var<storage, read_write> dki: array<vec4<f32>>;   // [B, M, DI]
+// the sparse stage: the lists [B, N, k] and their inverse (offsets [B·M + 1], then entries)
+@group(0) @binding(10) var<storage, read> lists: array<u32>;
+@group(0) @binding(11) var<storage, read> inverse: array<u32>;
 
 // qI_j(row) · kI(key) for indexer head j (`row` = b·N + i, `key` = b·M + s).
 fn index_dot(row: u32, j: u32, key: u32) -> f32 {
@@ -77,78 +83,139 @@ fn visible_end(row: u32) -> u32 {
     return u32(clamp(p + 1, 0, i32(params.m)));
 }
 
-@compute @workgroup_size(64)
-fn align_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let r = (wg.y * params.groups_x + wg.x) * 64u + lid;
-    if r >= params.rows {
-        return;
+// One step of a running softmax's max and sum over the score x.
+fn running(x: f32, mx: ptr<function, f32>, sum: ptr<function, f32>) {
+    if x > *mx {
+        *sum = *sum * exp(*mx - x) + 1.0;
+        *mx = x;
+    } else {
+        *sum += exp(x - *mx);
     }
-    let row = params.row0 + r;
-    let b = row / params.n;
-    let i = row % params.n;
+}
+
+// The rows' side of (sequence, row) `row` = b·N + i at key s, its index softmax's LSE known:
+// adds the gradients to dw and dqI and returns the KL term.
+fn row_pair(row: u32, b: u32, i: u32, s: u32, lse_i: f32) -> f32 {
     let hi = params.index_heads;
-    let st = state_at(row);
-    let dw = row * hi;
-    let end = visible_end(row);
-    let k0 = params.arg0;
-    let k1 = min(params.arg1, end);
-    let keys = b * params.m;
-    if params.last == 0u {
-        // the index softmax's running max and sum
-        var mx = rows[st];
-        var sum = rows[st + 1u];
-        if k0 == 0u {
-            mx = params.neg_inf;
-            sum = 0.0;
-        }
-        for (var s = k0; s < k1; s++) {
-            let x = index_score(row, keys + s);
-            if x > mx {
-                sum = sum * exp(mx - x) + 1.0;
-                mx = x;
-            } else {
-                sum += exp(x - mx);
+    let key = b * params.m + s;
+    let lp = index_score(row, key) - lse_i;
+    let pt = dense_target(b, i, s);
+    let g = (exp(lp) - pt) * params.grad_scale;
+    for (var j = 0u; j < hi; j++) {
+        let d = index_dot(row, j, key);
+        if d > 0.0 {
+            rows[row * hi + j] += g * d;
+            let gw = g * wi[row * hi + j];
+            for (var y = 0u; y < params.di4; y++) {
+                dqi[(row * hi + j) * params.di4 + y] += gw * ki[key * params.di4 + y];
             }
         }
-        rows[st] = mx;
-        rows[st + 1u] = sum;
-        return;
     }
-    if k0 == 0u {
-        if end > 0u {
+    return select(0.0, pt * (log(pt) - lp), pt > 0.0);
+}
+
+// The keys' side of key `key` = b·M + s from (sequence, row) `row` = b·N + i: adds to dkI.
+fn key_pair(row: u32, i: u32, key: u32) {
+    let hi = params.index_heads;
+    let b = key / params.m;
+    let lp = index_score(row, key) - rows[state_at(row)];
+    let g = (exp(lp) - dense_target(b, i, key % params.m)) * params.grad_scale;
+    for (var j = 0u; j < hi; j++) {
+        if index_dot(row, j, key) > 0.0 {
+            let gw = g * wi[row * hi + j];
+            for (var y = 0u; y < params.di4; y++) {
+                dki[key * params.di4 + y] += gw * qi[(row * hi + j) * params.di4 + y];
+            }
+        }
+    }
+}
+
+// The rows' side's start of a pass at entry `first`: in mode 0 the running max and sum (fresh
+// on the first pass); in mode 1 the first pass turns them into the LSE and clears the row's KL
+// term, dw and dqI. Returns (max, sum) or (LSE, KL so far).
+fn row_start(row: u32, first: u32) -> vec2<f32> {
+    let st = state_at(row);
+    let hi = params.index_heads;
+    if params.last == 0u {
+        return select(vec2<f32>(rows[st], rows[st + 1u]), vec2<f32>(params.neg_inf, 0.0), first == 0u);
+    }
+    if first == 0u {
+        if rows[st + 1u] > 0.0 {
             rows[st] = rows[st] + log(rows[st + 1u]);
         }
         rows[st + 2u] = 0.0;
         for (var j = 0u; j < hi; j++) {
-            rows[dw + j] = 0.0;
+            rows[row * hi + j] = 0.0;
             for (var x = 0u; x < params.di4; x++) {
                 dqi[(row * hi + j) * params.di4 + x] = vec4<f32>(0.0);
             }
         }
     }
-    let lse_i = rows[st];
-    var loss = rows[st + 2u];
-    for (var s = k0; s < k1; s++) {
-        let key = keys + s;
-        let x = index_score(row, key);
-        let lp = x - lse_i;
-        let pt = dense_target(b, i, s);
-        if pt > 0.0 {
-            loss += pt * (log(pt) - lp);
-        }
-        let g = (exp(lp) - pt) * params.grad_scale;
-        for (var j = 0u; j < hi; j++) {
-            let d = index_dot(row, j, key);
-            if d > 0.0 {
-                rows[dw + j] += g * d;
-                let gw = g * wi[row * hi + j];
-                for (var y = 0u; y < params.di4; y++) {
-                    dqi[(row * hi + j) * params.di4 + y] += gw * ki[key * params.di4 + y];
-                }
-            }
+    return vec2<f32>(rows[st], rows[st + 2u]);
+}
+
+// The rows' side's end of a pass: the running max and sum (mode 0) or the KL so far.
+fn row_end(row: u32, acc: vec2<f32>) {
+    let st = state_at(row);
+    if params.last == 0u {
+        rows[st] = acc.x;
+        rows[st + 1u] = acc.y;
+    } else {
+        rows[st + 2u] = acc.y;
+    }
+}
+
+// The pass's (sequence, row) from the grid, or the grid's padding (≥ B·N).
+fn grid_row(wg: vec3<u32>, lid: u32) -> u32 {
+    let r = (wg.y * params.groups_x + wg.x) * 64u + lid;
+    return select(params.batch * params.n, params.row0 + r, r < params.rows);
+}
+
+@compute @workgroup_size(64)
+fn align_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = grid_row(wg, lid);
+    if row >= params.batch * params.n {
+        return;
+    }
+    let b = row / params.n;
+    let i = row % params.n;
+    var acc = row_start(row, params.arg0);
+    var mx = acc.x;
+    var sum = acc.y;
+    for (var s = params.arg0; s < min(params.arg1, visible_end(row)); s++) {
+        if params.last == 0u {
+            running(index_score(row, b * params.m + s), &mx, &sum);
+        } else {
+            sum += row_pair(row, b, i, s, mx);
         }
     }
-    rows[st + 2u] = loss;
+    row_end(row, vec2<f32>(mx, sum));
+}
+
+// `align_rows` over the row's listed keys (the sparse stage): passes over list entries.
+@compute @workgroup_size(64)
+fn align_rows_sparse(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = grid_row(wg, lid);
+    if row >= params.batch * params.n {
+        return;
+    }
+    let b = row / params.n;
+    let i = row % params.n;
+    var acc = row_start(row, params.arg0);
+    var mx = acc.x;
+    var sum = acc.y;
+    for (var t = params.arg0; t < min(params.arg1, params.topk); t++) {
+        let s = lists[row * params.topk + t];
+        if s == NONE {
+            break; // a list's empty entries come last
+        }
+        if params.last == 0u {
+            running(index_score(row, b * params.m + s), &mx, &sum);
+        } else {
+            sum += row_pair(row, b, i, s, mx);
+        }
+    }
+    row_end(row, vec2<f32>(mx, sum));
 }
 
 @compute @workgroup_size(64)
@@ -160,7 +227,6 @@ fn align_keys(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     let key = params.row0 + c;  // b·M + s
     let b = key / params.m;
     let s = key % params.m;
-    let hi = params.index_heads;
     if params.arg0 == 0u {
         for (var y = 0u; y < params.di4; y++) {
             dki[key * params.di4 + y] = vec4<f32>(0.0);
@@ -168,18 +234,29 @@ fn align_keys(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     }
     // the rows that see key s: p = q_offset + i ≥ s
     let first = u32(clamp(i32(s) - params.q_offset, 0, i32(params.n)));
-    let i0 = max(params.arg0, first);
-    for (var i = i0; i < params.arg1; i++) {
-        let row = b * params.n + i;
-        let lp = index_score(row, key) - rows[state_at(row)];
-        let g = (exp(lp) - dense_target(b, i, s)) * params.grad_scale;
-        for (var j = 0u; j < hi; j++) {
-            if index_dot(row, j, key) > 0.0 {
-                let gw = g * wi[row * hi + j];
-                for (var y = 0u; y < params.di4; y++) {
-                    dki[key * params.di4 + y] += gw * qi[(row * hi + j) * params.di4 + y];
-                }
-            }
+    for (var i = max(params.arg0, first); i < params.arg1; i++) {
+        key_pair(b * params.n + i, i, key);
+    }
+}
+
+// `align_keys` over the rows that listed the key (`inverse`, as the token-list backward
+// reads it): passes over its inverse entries.
+@compute @workgroup_size(64)
+fn align_keys_sparse(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = (wg.y * params.groups_x + wg.x) * 64u + lid;
+    if c >= params.rows {
+        return;
+    }
+    let key = params.row0 + c;  // b·M + s
+    if params.arg0 == 0u {
+        for (var y = 0u; y < params.di4; y++) {
+            dki[key * params.di4 + y] = vec4<f32>(0.0);
         }
+    }
+    let start = inverse[key];
+    let entries = params.batch * params.m + 1u;
+    for (var e = start + params.arg0; e < min(start + params.arg1, inverse[key + 1u]); e++) {
+        let row = inverse[entries + e] / params.topk;
+        key_pair(row, row % params.n, key);
     }
 }

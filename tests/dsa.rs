@@ -6,12 +6,15 @@
 //! inputs are typed errors.
 
 use crate::common::{gpu, inputs, seed};
-use longctx::contract::dsa::{Dsa, Indexer, compare_dsa_selection, dsa_alignment_f64, dsa_select_f64};
+use longctx::contract::dsa::{
+    Dsa, Indexer, compare_dsa_selection, dsa_alignment_f64, dsa_select_f64, dsa_sparse_alignment_f64,
+};
 use longctx::contract::inputs::seeded;
 use longctx::contract::reference::{attention_backward_f64, attention_f64, rel_error};
 use longctx::contract::selection::NONE;
 use longctx::kernels::dsa::{
     DsaAttention, DsaPath, dsa_alignment_in_passes, dsa_attention, dsa_backward_in_passes,
+    dsa_sparse_alignment_in_passes,
 };
 use longctx::{Alibi, AttnShape, AttnSpec, Error};
 
@@ -259,9 +262,11 @@ fn dsa_backward_matches_the_oracle() {
     }
 }
 
-/// The indexer's warm-up loss and its gradients on the GPU against the f64 oracle, per
-/// sequence of a batch: odd sizes, N ≠ M and N > M (rows that see nothing), GQA and MQA, and
-/// the passes below a loop cap forced short (several passes each side, one key a pass).
+/// The indexer's alignment loss and its gradients on the GPU against the f64 oracle, per
+/// sequence of a batch, for the warm-up (every visible key, the dense LSE) and the sparse
+/// stage (each row's listed keys, the sparse attention's LSE, the GPU's lists): odd sizes,
+/// N ≠ M and N > M (rows that see nothing), GQA and MQA, and the passes below a loop cap
+/// forced short (several passes each side, one key a pass).
 #[test]
 fn the_alignment_loss_and_its_gradient_match_the_oracle() {
     let g = gpu();
@@ -271,12 +276,16 @@ fn the_alignment_loss_and_its_gradient_match_the_oracle() {
         (AttnSpec::new(shape(2, 3, 1, 29, 29, 12)), dsa(5, 3, 4), 7),
         (AttnSpec::new(shape(1, 2, 2, 20, 13, 4)), dsa(3, 1, 12), 1),
     ];
-    for (spec, d, passes) in cases {
+    for ((spec, d, passes), sparse) in cases.iter().flat_map(|c| [(c.clone(), false), (c.clone(), true)]) {
         let s = spec.shape;
         let (q, k, _) = inputs(&spec, seed);
         let (qi, ki, wi) = indexer(&spec, &d, seed, false);
         let ix = Indexer { q: &qi, k: &ki, w: &wi };
-        let got = dsa_alignment_in_passes(g, &spec, &d, (&q, &k), &ix, passes).unwrap();
+        let (got, lists) = if sparse {
+            dsa_sparse_alignment_in_passes(g, &spec, &d, (&q, &k), &ix, passes).unwrap()
+        } else {
+            (dsa_alignment_in_passes(g, &spec, &d, (&q, &k), &ix, passes).unwrap(), Vec::new())
+        };
         // the oracle one sequence at a time
         let one = AttnSpec { shape: AttnShape { batch: 1, ..s }, ..spec.clone() };
         let (mut loss, mut dq, mut dk, mut dw) = (0.0, Vec::new(), Vec::new(), Vec::new());
@@ -288,8 +297,13 @@ fn the_alignment_loss_and_its_gradient_match_the_oracle() {
                 at(&ki, b, ki.len() / s.batch),
                 at(&wi, b, wi.len() / s.batch),
             );
-            let want =
-                dsa_alignment_f64(&one, &d, (&qb, &kb), &Indexer { q: &qib, k: &kib, w: &wib }).unwrap();
+            let ixb = Indexer { q: &qib, k: &kib, w: &wib };
+            let want = if sparse {
+                let lb = &lists[b * s.n * d.topk..][..s.n * d.topk];
+                dsa_sparse_alignment_f64(&one, &d, (&qb, &kb), &ixb, lb).unwrap()
+            } else {
+                dsa_alignment_f64(&one, &d, (&qb, &kb), &ixb).unwrap()
+            };
             loss += want.loss;
             dq.extend(want.dq);
             dk.extend(want.dk);
@@ -298,14 +312,15 @@ fn the_alignment_loss_and_its_gradient_match_the_oracle() {
         let errs = [rel_error(&got.dq, &dq), rel_error(&got.dk, &dk), rel_error(&got.dw, &dw)];
         let loss_err = (got.loss - loss).abs() / loss.abs().max(1e-30);
         let [eq, ek, ew] = errs;
+        let stage = if sparse { "sparse" } else { "warm-up" };
         println!(
-            "{s:?} {d:?} passes {passes}: loss {:.6} (oracle {loss:.6}, rel {loss_err:.1e}); dqI {eq:.1e}, dkI {ek:.1e}, dw {ew:.1e}",
+            "{stage} {s:?} {d:?} passes {passes}: loss {:.6} (oracle {loss:.6}, rel {loss_err:.1e}); dqI {eq:.1e}, dkI {ek:.1e}, dw {ew:.1e}",
             got.loss
         );
         assert!(loss > 0.0, "a loss that cannot vanish on random inputs");
         assert!(
             loss_err <= BOUND && errs.iter().all(|&e| e <= BOUND),
-            "{s:?}: loss {loss_err:.1e}, dqI {eq:.1e}, dkI {ek:.1e}, dw {ew:.1e} (seed {seed})"
+            "{stage} {s:?}: loss {loss_err:.1e}, dqI {eq:.1e}, dkI {ek:.1e}, dw {ew:.1e} (seed {seed})"
         );
     }
 }

@@ -279,12 +279,44 @@ pub fn dsa_rows_f64(
 /// The indexer's alignment loss and its gradient in f64 (one sequence): per row at a
 /// position ≥ 0, `KL(p_t ‖ softmax(I))` over the keys `0 ..= p`, `p_t` the dense causal
 /// attention's probabilities of `spec` (Q, K) summed over the query heads and L1-normalised;
-/// the loss is summed over rows.
+/// the loss is summed over rows (the paper's warm-up stage).
 pub fn dsa_alignment_f64(
+    spec: &AttnSpec,
+    dsa: &Dsa,
+    qk: (&[f32], &[f32]),
+    ix: &Indexer,
+) -> Result<Alignment> {
+    alignment_f64(spec, dsa, qk, ix, None)
+}
+
+/// The sparse stage's alignment in f64 (one sequence): as [`dsa_alignment_f64`], but per row
+/// over its listed keys `S` only (`lists` `[N, k]`, e.g. the GPU's): `KL(p_S ‖ softmax_S(I))`,
+/// `p_S` each query head's attention over `S` (the sparse attention's probabilities) averaged
+/// over the heads.
+pub fn dsa_sparse_alignment_f64(
+    spec: &AttnSpec,
+    dsa: &Dsa,
+    qk: (&[f32], &[f32]),
+    ix: &Indexer,
+    lists: &[u32],
+) -> Result<Alignment> {
+    if lists.len() != spec.shape.n * dsa.topk {
+        return Err(Error::Invalid(format!(
+            "DSA's sparse alignment: {} list entries, want {}",
+            lists.len(),
+            spec.shape.n * dsa.topk
+        )));
+    }
+    alignment_f64(spec, dsa, qk, ix, Some(lists))
+}
+
+/// [`dsa_alignment_f64`] over every visible key, or over each row's listed keys.
+fn alignment_f64(
     spec: &AttnSpec,
     dsa: &Dsa,
     (q, k): (&[f32], &[f32]),
     ix: &Indexer,
+    lists: Option<&[u32]>,
 ) -> Result<Alignment> {
     let s = spec.shape;
     dsa.check(&s, ix)?;
@@ -304,19 +336,35 @@ pub fn dsa_alignment_f64(
         if scores.is_empty() {
             continue;
         }
-        let keys = scores.len();
-        let mut target: Vec<f64> = (0..keys).map(|j| probs.iter().map(|p| p[i * s.m + j]).sum()).collect();
-        let total: f64 = target.iter().sum();
-        target.iter_mut().for_each(|t| *t /= total);
-        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let lse = max + scores.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
-        for j in 0..keys {
+        let keys: Vec<usize> = match lists {
+            None => (0..scores.len()).collect(),
+            Some(l) => l[i * dsa.topk..][..dsa.topk]
+                .iter()
+                .take_while(|&&j| j != NONE)
+                .map(|&j| j as usize)
+                .filter(|&j| j < scores.len())
+                .collect(),
+        };
+        // each head's probabilities renormalised over the keys, averaged over the heads
+        let mut target = vec![0f64; keys.len()];
+        for p in &probs {
+            let total: f64 = keys.iter().map(|&j| p[i * s.m + j]).sum();
+            if total > 0.0 {
+                target
+                    .iter_mut()
+                    .zip(&keys)
+                    .for_each(|(t, &j)| *t += p[i * s.m + j] / total / s.heads as f64);
+            }
+        }
+        let max = keys.iter().map(|&j| scores[j]).fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + keys.iter().map(|&j| (scores[j] - max).exp()).sum::<f64>().ln();
+        for (&j, &t) in keys.iter().zip(&target) {
             let p_i = (scores[j] - lse).exp();
-            if target[j] > 0.0 {
-                loss += target[j] * (target[j].ln() - (scores[j] - lse));
+            if t > 0.0 {
+                loss += t * (t.ln() - (scores[j] - lse));
             }
             // d loss / d I(p, j) = softmax(I) − p_t
-            let g = p_i - target[j];
+            let g = p_i - t;
             let kj = &ix.k[j * di..][..di];
             for h in 0..hi {
                 let at = i * hi + h;

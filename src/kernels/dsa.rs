@@ -79,6 +79,24 @@ bind_group! {
         7 rows: ReadWrite, 9 dki: ReadWrite,
     }
 }
+const ALIGN_ROWS_SPARSE: Shader =
+    Shader { stem: "dsa_align", source: ALIGN_SOURCE, bindings: AlignRowsSparseBinds::SLOTS };
+const ALIGN_KEYS_SPARSE: Shader =
+    Shader { stem: "dsa_align", source: ALIGN_SOURCE, bindings: AlignKeysSparseBinds::SLOTS };
+bind_group! {
+    /// [`AlignRowsBinds`] and the lists (the sparse stage).
+    struct AlignRowsSparseBinds {
+        0 params: Uniform, 1 qi: Read, 2 ki: Read, 3 wi: Read, 4 q: Read, 5 k: Read, 6 lse: Read,
+        7 rows: ReadWrite, 8 dqi: ReadWrite, 10 lists: Read,
+    }
+}
+bind_group! {
+    /// [`AlignKeysBinds`] and the inverse lists (the sparse stage).
+    struct AlignKeysSparseBinds {
+        0 params: Uniform, 1 qi: Read, 2 ki: Read, 3 wi: Read, 4 q: Read, 5 k: Read, 6 lse: Read,
+        7 rows: ReadWrite, 9 dki: ReadWrite, 11 inverse: Read,
+    }
+}
 /// The uniform the shaders read.
 const PARAMS: Snippet = Snippet { name: "dsa_params", source: include_str!("../../shaders/dsa_params.wgsl") };
 /// Rows of `index_scores`'s tile where the loop cap allows.
@@ -161,6 +179,8 @@ pub fn variants() -> Vec<ShaderVariant> {
     }
     out.push(ALIGN_ROWS.variant("align_rows", &[PARAMS], vec![]));
     out.push(ALIGN_KEYS.variant("align_keys", &[PARAMS], vec![]));
+    out.push(ALIGN_ROWS_SPARSE.variant("align_rows_sparse", &[PARAMS], vec![]));
+    out.push(ALIGN_KEYS_SPARSE.variant("align_keys_sparse", &[PARAMS], vec![]));
     out
 }
 
@@ -879,6 +899,8 @@ pub struct DsaAlign {
     dsa: Dsa,
     rows: Compiled,
     keys: Compiled,
+    rows_sparse: Compiled,
+    keys_sparse: Compiled,
     /// Keys (rows' side) or rows (keys' side) per pass.
     per_pass: usize,
 }
@@ -940,6 +962,8 @@ impl DsaAlign {
         Ok(Self {
             rows: gpu.compile(&ALIGN_ROWS.variant("align_rows", &[PARAMS], vec![]))?,
             keys: gpu.compile(&ALIGN_KEYS.variant("align_keys", &[PARAMS], vec![]))?,
+            rows_sparse: gpu.compile(&ALIGN_ROWS_SPARSE.variant("align_rows_sparse", &[PARAMS], vec![]))?,
+            keys_sparse: gpu.compile(&ALIGN_KEYS_SPARSE.variant("align_keys_sparse", &[PARAMS], vec![]))?,
             spec: causal,
             dsa: *dsa,
             per_pass,
@@ -951,9 +975,32 @@ impl DsaAlign {
         self.spec.shape.batch * self.spec.shape.n * (self.dsa.index_heads + 4)
     }
 
-    /// Runs the alignment on `b` (submitted): the loss terms in `rows`, the gradients times
-    /// `grad_scale` (a mean's 1/rows, say) in dw, dqI and dkI.
+    /// Runs the warm-up alignment on `b` (submitted): the loss terms in `rows`, the gradients
+    /// times `grad_scale` (a mean's 1/rows, say) in dw, dqI and dkI; `b.lse` the dense LSE.
     pub fn run(&self, gpu: &Gpu, b: &AlignBuffers, grad_scale: f32) -> Result<()> {
+        self.run_on(gpu, b, None, grad_scale)
+    }
+
+    /// Runs the sparse stage's alignment on `b` (submitted): as [`DsaAlign::run`] over each
+    /// row's listed keys, `b.lse` the sparse attention's LSE, `sparse` the lists `[B, N, k]`,
+    /// their inverse ([`inverse_lists`]) and its longest key.
+    pub fn run_sparse(
+        &self,
+        gpu: &Gpu,
+        b: &AlignBuffers,
+        sparse: (&wgpu::Buffer, &wgpu::Buffer, usize),
+        grad_scale: f32,
+    ) -> Result<()> {
+        self.run_on(gpu, b, Some(sparse), grad_scale)
+    }
+
+    fn run_on(
+        &self,
+        gpu: &Gpu,
+        b: &AlignBuffers,
+        sparse: Option<(&wgpu::Buffer, &wgpu::Buffer, usize)>,
+        grad_scale: f32,
+    ) -> Result<()> {
         let s = self.spec.shape;
         let (rows, keys) = (s.batch * s.n, s.batch * s.m);
         let dispatch = |keys_side: bool, count: usize, (a0, a1, mode): (usize, usize, u32)| -> Result<()> {
@@ -964,23 +1011,43 @@ impl DsaAlign {
             let (qi, ki, wi) = b.index;
             let (params, qi, ki, wi) = ((&uniform).into(), qi.into(), ki.into(), wi.into());
             let (q, k, lse, rows) = (b.q.into(), b.k.into(), b.lse.into(), b.rows.into());
-            if keys_side {
-                let binds = AlignKeysBinds { params, qi, ki, wi, q, k, lse, rows, dki: b.dki.into() };
-                submit(gpu, &self.keys, &binds, grid);
-            } else {
-                let binds = AlignRowsBinds { params, qi, ki, wi, q, k, lse, rows, dqi: b.dqi.into() };
-                submit(gpu, &self.rows, &binds, grid);
+            let (dqi, dki) = (b.dqi.into(), b.dki.into());
+            match (keys_side, sparse) {
+                (true, None) => submit(
+                    gpu,
+                    &self.keys,
+                    &AlignKeysBinds { params, qi, ki, wi, q, k, lse, rows, dki },
+                    grid,
+                ),
+                (false, None) => submit(
+                    gpu,
+                    &self.rows,
+                    &AlignRowsBinds { params, qi, ki, wi, q, k, lse, rows, dqi },
+                    grid,
+                ),
+                (true, Some((_, inverse, _))) => {
+                    let inverse = inverse.into();
+                    let binds = AlignKeysSparseBinds { params, qi, ki, wi, q, k, lse, rows, dki, inverse };
+                    submit(gpu, &self.keys_sparse, &binds, grid)
+                }
+                (false, Some((lists, _, _))) => {
+                    let lists = lists.into();
+                    let binds = AlignRowsSparseBinds { params, qi, ki, wi, q, k, lse, rows, dqi, lists };
+                    submit(gpu, &self.rows_sparse, &binds, grid)
+                }
             }
             Ok(())
         };
         let per = self.per_pass;
         let ranges = |len: usize| (0..len.max(1)).step_by(per).map(move |a| (a, (a + per).min(len)));
+        // the rows' side over keys (list entries), the keys' side over rows (inverse entries)
+        let (row_len, key_len) = sparse.map_or((s.m, s.n), |(_, _, longest)| (self.dsa.topk, longest));
         for mode in [0, 1] {
-            for (a0, a1) in ranges(s.m) {
+            for (a0, a1) in ranges(row_len) {
                 dispatch(false, rows, (a0, a1, mode))?;
             }
         }
-        for (a0, a1) in ranges(s.n) {
+        for (a0, a1) in ranges(key_len) {
             dispatch(true, keys, (a0, a1, 0))?;
         }
         Ok(())
@@ -1010,9 +1077,8 @@ pub fn dsa_alignment_in_passes(
 ) -> Result<Alignment<f32>> {
     let align = DsaAlign::in_passes(gpu, spec, dsa, most)?;
     let causal = &align.spec;
-    let s = causal.shape;
     causal.check_inputs(q, k, k)?;
-    dsa.check(&s, ix)?;
+    dsa.check(&causal.shape, ix)?;
     // the dense attention's LSE (V does not enter it: K stands in)
     let lse = Attention::new(gpu, Kernel::Flash, causal)?.run(gpu, q, k, k)?.lse;
     let (qi, ki, wi) = (
@@ -1021,14 +1087,57 @@ pub fn dsa_alignment_in_passes(
         gpu.upload("DSA index weights", ix.w)?,
     );
     let (qb, kb, lb) = (gpu.upload("Q", q)?, gpu.upload("K", k)?, gpu.upload("dense LSE", &lse)?);
+    read_alignment(gpu, &align, ix, ((&qi, &ki, &wi), &qb, &kb, &lb), None)
+}
+
+/// The sparse stage's alignment on host tensors: DSA's choice and attention on the GPU (for
+/// the lists and the sparse LSE), then [`DsaAlign::run_sparse`] with passes at most `most`
+/// long — what [`crate::contract::dsa::dsa_sparse_alignment_f64`] computes, for any batch.
+/// Returns the loss and gradients, and the lists.
+pub fn dsa_sparse_alignment_in_passes(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    dsa: &Dsa,
+    (q, k): (&[f32], &[f32]),
+    ix: &Indexer,
+    most: usize,
+) -> Result<(Alignment<f32>, Vec<u32>)> {
+    let align = DsaAlign::in_passes(gpu, spec, dsa, most)?;
+    let call = DsaAttention::new(gpu, spec, dsa)?;
+    let t = call.upload(gpu, (q, k, k), ix)?;
+    call.run(gpu, &t)?;
+    let lists = call.read_lists(gpu, &t)?;
+    let (inverse, longest) = inverse_lists(&align.spec, dsa, &lists)?;
+    let inverse = gpu.upload("DSA inverse lists", &inverse)?;
+    let inputs = ((&t.qi, &t.ki, &t.wi), &t.io.q, &t.io.k, &t.io.lse);
+    let out = read_alignment(gpu, &align, ix, inputs, Some((&t.lists, &inverse, longest)))?;
+    Ok((out, lists))
+}
+
+/// The inputs of [`AlignBuffers`]: the indexer's (qI, kI, w), Q, K and the attention's LSE.
+type AlignInputs<'a> = (
+    (&'a wgpu::Buffer, &'a wgpu::Buffer, &'a wgpu::Buffer),
+    &'a wgpu::Buffer,
+    &'a wgpu::Buffer,
+    &'a wgpu::Buffer,
+);
+
+/// Runs `align` on `inputs` into fresh poisoned outputs and reads the loss and gradients back,
+/// every value checked finite.
+fn read_alignment(
+    gpu: &Gpu,
+    align: &DsaAlign,
+    ix: &Indexer,
+    (index, q, k, lse): AlignInputs,
+    sparse: Option<(&wgpu::Buffer, &wgpu::Buffer, usize)>,
+) -> Result<Alignment<f32>> {
     let (rows, dqi, dki) = (
         gpu.poisoned("DSA alignment rows", align.rows_len())?,
         gpu.poisoned("dqI", ix.q.len())?,
         gpu.poisoned("dkI", ix.k.len())?,
     );
-    let b =
-        AlignBuffers { index: (&qi, &ki, &wi), q: &qb, k: &kb, lse: &lb, rows: &rows, dqi: &dqi, dki: &dki };
-    align.run(gpu, &b, 1.0)?;
+    let b = AlignBuffers { index, q, k, lse, rows: &rows, dqi: &dqi, dki: &dki };
+    align.run_on(gpu, &b, sparse, 1.0)?;
     let state: Vec<f32> = gpu.read(&rows, align.rows_len())?;
     let (dw, words) = state.split_at(ix.w.len());
     let out = Alignment {
