@@ -112,9 +112,9 @@ pub enum AttnKind {
     /// DSA (`docs/DESIGN.md` §1): each query reads the `topk` keys a lightning indexer scores
     /// highest (`index_heads` heads of `index_dim`; qI, kI and w projected from LN1's output
     /// by three more linear maps per block, after the final LayerNorm). The indexer is
-    /// detached from the model and learns from the warm-up's KL to the dense attention (mean
-    /// over rows, each block's own), the rest from the next-token loss; no gradient through the
-    /// choice.
+    /// detached from the model and learns from the sparse stage's KL to the attention over its
+    /// chosen keys (mean over rows, each block's own), the rest from the next-token loss; no
+    /// gradient through the choice.
     Dsa {
         /// Keys each query reads.
         topk: usize,
@@ -560,10 +560,11 @@ pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> 
     Ok(losses_f64(config, p, tokens, batch)?.0)
 }
 
-/// DSA's indexer objective under parameters `p` (tokens as [`loss_f64`]): each block's warm-up
-/// KL of its indexer's distribution to its dense causal attention's (Q and K as the block reads
-/// them), averaged over the rows and summed over the blocks — what the indexer's parameters
-/// learn from; 0 for the other attention kinds.
+/// DSA's indexer objective under parameters `p` (tokens as [`loss_f64`]): each block's
+/// sparse-stage KL, per row over its chosen keys, of its indexer's distribution to the
+/// attention's over them (Q and K as the block reads them, averaged over the heads), averaged
+/// over the rows and summed over the blocks — what the indexer's parameters learn from; 0 for
+/// the other attention kinds.
 pub fn index_loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> Result<f64> {
     Ok(losses_f64(config, p, tokens, batch)?.1)
 }
@@ -718,24 +719,28 @@ fn losses_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> Re
                     }
                 }
             }
-            if let Some((_, scores)) = &index {
-                // the warm-up KL per row: p_t the heads' dense causal probabilities, averaged
+            if let Some((lists, scores)) = &index {
+                // the sparse stage's KL per row over its chosen keys: p_t each head's attention
+                // over them, averaged; the index softmax over them
                 let scale = 1.0 / (hd as f64).sqrt();
-                for (i, (row, lse)) in scores.iter().enumerate() {
-                    let mut target = vec![0f64; i + 1];
+                for (i, (keys, (row, _))) in lists.iter().zip(scores).enumerate() {
+                    let mut target = vec![0f64; keys.len()];
                     for (q, k) in &read {
-                        let s: Vec<f64> = (0..=i)
-                            .map(|j| scale * q[i].iter().zip(&k[j]).map(|(a, b)| a * b).sum::<f64>())
+                        let s: Vec<f64> = keys
+                            .iter()
+                            .map(|&j| scale * q[i].iter().zip(&k[j]).map(|(a, b)| a * b).sum::<f64>())
                             .collect();
                         let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                         let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
                         target.iter_mut().zip(&s).for_each(|(tg, x)| *tg += (x - m).exp() / z / h as f64);
                     }
+                    let m = keys.iter().map(|&j| row[j]).fold(f64::NEG_INFINITY, f64::max);
+                    let lse = m + keys.iter().map(|&j| (row[j] - m).exp()).sum::<f64>().ln();
                     index_total += target
                         .iter()
-                        .zip(row)
+                        .zip(keys)
                         .filter(|(p, _)| **p > 0.0)
-                        .map(|(p, x)| p * (p.ln() - (x - lse)))
+                        .map(|(p, &j)| p * (p.ln() - (row[j] - lse)))
                         .sum::<f64>();
                 }
             }

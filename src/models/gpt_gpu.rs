@@ -26,7 +26,9 @@ use crate::error::{Error, Result};
 use crate::kernels::attention::backward::{Backward, BackwardBuffers};
 use crate::kernels::attention::sparse::SparseAttention;
 use crate::kernels::attention::sparse_backward::SparseBackward;
-use crate::kernels::dsa::{AlignBuffers, DsaAlign, DsaAttention, DsaTensors};
+use crate::kernels::dsa::{
+    AlignBuffers, DsaAlign, DsaAttention, DsaListBackward, DsaTensors, ListGradBuffers, inverse_lists,
+};
 use crate::kernels::embed::check_ids;
 use crate::kernels::layer::LayerOp;
 use crate::kernels::matmul::{Activation, Layout, Matmul, MatmulOptions};
@@ -297,9 +299,10 @@ impl NsaLayers {
 
 /// DSA in the blocks: each layer's indexer inputs (qI, kI, w projected from LN1's output into
 /// its DSA tensors), the choice and the attention over it on copies of Q, K, V (rotated in
-/// place, with RoPE), flash's backward on the chosen token grid, and the indexer's warm-up
-/// loss against the dense attention for the indexer's gradients (the indexer is detached:
-/// no gradient reaches LN1 from it).
+/// place, with RoPE), the token-list backward over the chosen keys, and the indexer's
+/// sparse-stage alignment (the KL over each row's chosen keys against the sparse attention's
+/// probabilities) for the indexer's gradients (the indexer is detached: no gradient reaches
+/// LN1 from it).
 struct DsaLayers {
     dsa: Dsa,
     /// One block's call without its positional encoding (Q and K arrive encoded).
@@ -307,11 +310,16 @@ struct DsaLayers {
     /// RoPE's rotation of the copies in place and of dQ, dK back; `None` for the other schemes.
     encoded: Option<EncodedInputs>,
     attn: DsaAttention,
+    backward: DsaListBackward,
     align: DsaAlign,
     /// Per layer, the tensors of the last forward: Q, K, V, O, LSE, the indexer's inputs, lists.
     tensors: Vec<DsaTensors>,
-    /// Per layer, the lists of the last forward on the host (the backward's token grid).
+    /// Per layer, the lists of the last forward on the host (transposed for the backward).
     lists: Choices<Vec<u32>>,
+    /// The lists transposed ([`inverse_lists`]), one layer's at a time.
+    inverse: wgpu::Buffer,
+    /// The backward's Δ `[B, H, N]`.
+    delta: wgpu::Buffer,
     /// The alignment's scratch: dw and the rows' state, dqI, dkI.
     rows: wgpu::Buffer,
     dqi: wgpu::Buffer,
@@ -332,7 +340,11 @@ impl DsaLayers {
             .map(|_| attn.upload(gpu, (&zeros_q, &zeros_kv, &zeros_kv), &ix))
             .collect::<Result<Vec<_>>>()?;
         let align = DsaAlign::new(gpu, &plain, &dsa)?;
+        let inverse_words = s.batch * s.m + 1 + rows * dsa.topk;
         Ok(Self {
+            backward: DsaListBackward::new(gpu, &plain, &dsa)?,
+            inverse: gpu.storage("DSA inverse lists", (inverse_words * 4) as u64)?,
+            delta: gpu.storage("DSA Δ", (s.lse_len() * 4) as u64)?,
             rows: gpu.storage("DSA alignment rows", (align.rows_len() * 4) as u64)?,
             dqi: gpu.storage("DSA dqI", (iq.len() * 4) as u64)?,
             dki: gpu.storage("DSA dkI", (ik.len() * 4) as u64)?,
@@ -348,7 +360,8 @@ impl DsaLayers {
 
     /// Device bytes beyond the dense model's for `rows` tokens of sequences of `seq`
     /// (saturating): per layer Q, K, V, O, LSE, the indexer's inputs, the lists and a chunk of
-    /// scores (at most all rows' over the sequence); once the alignment's scratch.
+    /// scores (at most all rows' over the sequence); once the alignment's scratch, the inverse
+    /// lists and Δ.
     fn device_bytes(config: &GptConfig, dsa: &Dsa, rows: usize, seq: usize) -> u64 {
         let (r, d, h) = (rows as u64, config.d_model as u64, config.heads as u64);
         let (hi, di) = (dsa.index_heads as u64, dsa.index_dim as u64);
@@ -362,6 +375,7 @@ impl DsaLayers {
         (config.layers as u64)
             .saturating_mul(per_layer)
             .saturating_add(r.saturating_mul(index + 4))
+            .saturating_add(r.saturating_mul(dsa.topk as u64 + 1 + h) + 1)
             .saturating_mul(4)
     }
 }
@@ -921,10 +935,10 @@ impl GptGpu {
         self.train.permute_heads(gpu, enc, false, &s.att, &dt.io.o, self.heads(1), 0)
     }
 
-    /// Block `l`'s DSA backward for dO in `self.d_o`: flash's backward on the forward's token
-    /// grid into `self.dq`, `dk`, `dv` (dQ and dK rotated back, with RoPE); then the indexer's:
-    /// the dense attention's LSE (flash's forward on the layer's Q, K, V into `s.o`, `s.lse`),
-    /// the warm-up alignment's gradients (a mean over the rows) and its projections'.
+    /// Block `l`'s DSA backward for dO in `self.d_o`: the token-list backward over the
+    /// forward's lists into `self.dq`, `dk`, `dv` (dQ and dK rotated back, with RoPE); then the
+    /// indexer's: the sparse-stage alignment's gradients (a mean over the rows, against the
+    /// forward's sparse LSE) and its projections'. What `enc` recorded runs first.
     fn dsa_backward(
         &self,
         gpu: &Gpu,
@@ -934,32 +948,31 @@ impl GptGpu {
         s: &Saved,
     ) -> Result<()> {
         let dt = &dl.tensors[l];
-        let grid = dl.lists.with(l, "DSA", |lists| Backward::new(gpu, &dl.dsa.spec(&dl.spec, lists)?))?;
-        let grads = BackwardBuffers {
-            forward: dt.io.buffers(),
+        let (words, longest) = dl.lists.with(l, "DSA", |lists| inverse_lists(&dl.spec, &dl.dsa, lists))?;
+        gpu.queue.write_buffer(&dl.inverse, 0, bytemuck::cast_slice(&words));
+        flush(gpu, enc);
+        let grads = ListGradBuffers {
             d_o: &self.d_o,
             dq: &self.dq,
             dk: &self.dk,
             dv: &self.dv,
+            delta: &dl.delta,
+            inverse: &dl.inverse,
         };
-        grid.encode(gpu, enc, &grads)?;
-        if let Some(e) = &dl.encoded {
-            e.grads(gpu, enc, &self.dq, &self.dk)?;
-        }
-        // the indexer: the dense LSE of the rotated Q and K, then the alignment
-        let dense = AttnBuffers { q: &s.q, k: &s.k, v: &s.v, o: &s.o, lse: &s.lse };
-        self.attention.encode(gpu, enc, &dense)?;
-        flush(gpu, enc);
+        dl.backward.run(gpu, dt, &grads, longest)?;
         let b = AlignBuffers {
             index: (&dt.qi, &dt.ki, &dt.wi),
             q: &dt.io.q,
             k: &dt.io.k,
-            lse: &s.lse,
+            lse: &dt.io.lse,
             rows: &dl.rows,
             dqi: &dl.dqi,
             dki: &dl.dki,
         };
-        dl.align.run(gpu, &b, 1.0 / self.rows() as f32)?;
+        dl.align.run_sparse(gpu, &b, (&dt.lists, &dl.inverse, longest), 1.0 / self.rows() as f32)?;
+        if let Some(e) = &dl.encoded {
+            e.grads(gpu, enc, &self.dq, &self.dk)?;
+        }
         let (hi, di) = (dl.dsa.index_heads, dl.dsa.index_dim);
         for (part, (cols, grad)) in
             [(hi * di, &dl.dqi), (di, &dl.dki), (hi, &dl.rows)].into_iter().enumerate()
