@@ -458,8 +458,8 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
         BOUND,
         Box::new(move |g: &Gpu| nsa_decode(g, &spec, &n)),
     ));
-    // DSA: the indexer's choice, the attention over it and the backward (the token-list kernel
-    // at D 64, flash's token grid at D 37)
+    // DSA: the indexer's choice, the attention over it and the backward (the token-list
+    // kernels at D 64, flash's token grid at D 37)
     for d in [64, 37] {
         let spec = AttnSpec::new(AttnShape { batch: 1, heads: 4, kv_heads: 2, n: 77, m: 130, head_dim: d })
             .causal(true);
