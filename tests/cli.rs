@@ -1524,9 +1524,10 @@ fn dsa_on_the_gpu_agrees_with_the_oracle_over_a_batch_and_writes_its_choice() {
         &[&base[..], &["--dsa", "topk=4", "--kernel", "naive"], &ix_args[..]].concat(),
         "its own kernels",
     );
-    // the benchmark: the indexer, the top-k and the attention timed against dense causal flash
+    // the benchmark: the indexer, the top-k, the attention and the token-list backward timed
+    // against dense causal flash's forward and backward
     let json = dir.path().join("dsa.json");
-    let args = ["bench", "--sparse", "dsa", "--n", "300", "--dsa", "topk=64", "--reps", "1"];
+    let args = ["bench", "--sparse", "dsa", "--n", "300", "--dsa", "topk=64", "--reps", "1", "--backward"];
     let out = longctx(&[&args[..], &["--json", p(&json)]].concat());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
@@ -1538,6 +1539,8 @@ fn dsa_on_the_gpu_agrees_with_the_oracle_over_a_batch_and_writes_its_choice() {
     // 300 rows of at most 64 keys each against causal's 1 + 2 + … + 300
     assert!(r.sparse_pairs < r.dense_pairs && r.sparse_pairs > 0, "{r:?}");
     assert!(r.select_ms.unwrap() > 0.0 && r.attend_ms.unwrap() > 0.0 && r.dense_ms.unwrap() > 0.0, "{r:?}");
+    assert!(r.grad_err.unwrap() < 1e-5, "{r:?}");
+    assert!(r.backward_ms.unwrap() > 0.0 && r.dense_backward_ms.unwrap() > 0.0, "{r:?}");
 }
 
 #[test]

@@ -559,9 +559,9 @@ fn sparse_bench(
         match m.trim() {
             "moba" => {}
             "nsa" => {}
-            "dsa" if a.decode || a.backward => bail!(
-                "--sparse dsa with --decode or --backward: DSA's decoding step and token-list backward are not built yet (issue #35)"
-            ),
+            "dsa" if a.decode => {
+                bail!("--sparse dsa with --decode: DSA's decoding step is not built yet (issue #35)")
+            }
             "dsa" => {}
             other => bail!("unknown sparse method `{other}`; choose from moba, nsa, dsa"),
         }
@@ -597,7 +597,7 @@ fn sparse_bench(
             for m in methods {
                 records.push(match m.trim() {
                     "nsa" => run_nsa(gpu, &spec, &nsa, a.reps.unwrap_or(3), a.backward),
-                    "dsa" => run_dsa(gpu, &spec, &dsa, a.reps.unwrap_or(3)),
+                    "dsa" => run_dsa(gpu, &spec, &dsa, a.reps.unwrap_or(3), a.backward),
                     _ => run_moba(gpu, &spec, &moba, a.reps.unwrap_or(3), a.backward),
                 });
             }
@@ -670,7 +670,8 @@ fn sparse_bench(
             " backward = MoBA: the block-list backward on the forward's lists (Δ, dQ's shares and their sum, dK and \
              dV); NSA: dO's gated shares, each branch's backward (flash's over the compressed keys and the window, \
              the block-list one over the chosen blocks), the compression's backward to dK, dV and φ, the gates' \
-             gradient; dense backward = flash's backward of causal attention; backward speedup = dense backward / \
+             gradient; DSA: the lists transposed on the host and uploaded, dQ by rows, dK and dV by keys over \
+             them; dense backward = flash's backward of causal attention; backward speedup = dense backward / \
              backward."
         } else {
             ""

@@ -276,6 +276,61 @@ pub fn dsa_rows_f64(
     Ok((out, differ, all_ties))
 }
 
+/// dQ of sampled rows of DSA attention in f64 on `lists` (as [`dsa_rows_f64`]; the benchmarks'
+/// check of the token-list backward): per row `dQ = scale · Σ_j P_j (dO·v_j − Δ) k_j` over its
+/// listed keys, `P` the softmax over them and `Δ = Σ_j P_j dO·v_j` (= dO·O). Returns `[rows, D]`.
+pub fn dsa_dq_rows_f64(
+    spec: &AttnSpec,
+    dsa: &Dsa,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    d_o: &[f32],
+    lists: &[u32],
+    rows: &[usize],
+) -> Result<Vec<f64>> {
+    let s = spec.shape;
+    spec.check_inputs(q, k, v)?;
+    if d_o.len() != q.len() || lists.len() != s.batch * s.n * dsa.topk {
+        return Err(Error::Invalid(format!(
+            "DSA dQ rows: dO holds {} floats (Q {}), lists {} (want {})",
+            d_o.len(),
+            q.len(),
+            lists.len(),
+            s.batch * s.n * dsa.topk
+        )));
+    }
+    let (d, scale) = (s.head_dim, spec.scale_value() as f64);
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>();
+    let mut out = Vec::with_capacity(rows.len() * d);
+    for &row in rows {
+        let (hf, i) = (row / s.n, row % s.n);
+        let (b, h) = (hf / s.heads, hf % s.heads);
+        let kvh = b * s.kv_heads + h / s.group();
+        let (qi, doi) = (&q[row * d..][..d], &d_o[row * d..][..d]);
+        let keys: Vec<&[f32]> = lists[(b * s.n + i) * dsa.topk..][..dsa.topk]
+            .iter()
+            .take_while(|&&j| j != NONE)
+            .map(|&j| &k[(kvh * s.m + j as usize) * d..][..d])
+            .collect();
+        let values: Vec<&[f32]> = lists[(b * s.n + i) * dsa.topk..][..keys.len()]
+            .iter()
+            .map(|&j| &v[(kvh * s.m + j as usize) * d..][..d])
+            .collect();
+        let logits: Vec<f64> = keys.iter().map(|kj| scale * dot(qi, kj)).collect();
+        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = logits.iter().map(|x| (x - max).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        let dp: Vec<f64> = values.iter().map(|vj| dot(doi, vj)).collect();
+        let delta: f64 = weights.iter().zip(&dp).map(|(w, p)| w / total * p).sum();
+        let mut dq = vec![0f64; d];
+        for ((w, p), kj) in weights.iter().zip(&dp).zip(&keys) {
+            let ds = w / total * (p - delta) * scale;
+            dq.iter_mut().zip(kj.iter()).for_each(|(acc, &x)| *acc += ds * x as f64);
+        }
+        out.extend(dq);
+    }
+    Ok(out)
+}
+
 /// The indexer's alignment loss and its gradient in f64 (one sequence): per row at a
 /// position ≥ 0, `KL(p_t ‖ softmax(I))` over the keys `0 ..= p`, `p_t` the dense causal
 /// attention's probabilities of `spec` (Q, K) summed over the query heads and L1-normalised;

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::contract::AttnShape;
-use crate::contract::dsa::{Dsa, Indexer, dsa_rows_f64};
+use crate::contract::dsa::{Dsa, Indexer, dsa_dq_rows_f64, dsa_rows_f64};
 use crate::contract::inputs::{seeded, seeded_qkv};
 use crate::contract::nsa::{Nsa, nsa_dq_rows_f64, nsa_rows_f64};
 use crate::contract::reference::rel_error;
@@ -19,7 +19,7 @@ use crate::kernels::attention::backward::{Backward, GradTensors};
 use crate::kernels::attention::decode::{Decoder, DecoderConfig};
 use crate::kernels::attention::sparse::SparseAttention;
 use crate::kernels::attention::sparse_backward::SparseBackward;
-use crate::kernels::dsa::DsaAttention;
+use crate::kernels::dsa::{DsaAttention, DsaListBackward, ListGradBuffers, inverse_lists};
 use crate::kernels::nsa::{NsaAttention, NsaBackward};
 use crate::kernels::selection::{block_means_on, choose_on, select_lists};
 use crate::kernels::{Attention, Kernel};
@@ -279,11 +279,20 @@ fn fill_nsa(
 /// inputs: sampled rows of the output and of the choice checked against the oracle on the
 /// GPU's lists, then `reps` timed runs of each stage (select = the indexer's scores and the
 /// top-k; attend = the attention over the lists). A failure becomes `skipped`.
-pub fn run_dsa(gpu: &Gpu, spec: &AttnSpec, dsa: &Dsa, reps: usize) -> SparseRecord {
-    measured("dsa", spec, (1, dsa.topk, dsa.describe()), reps, |spec, r| fill_dsa(gpu, spec, dsa, reps, r))
+pub fn run_dsa(gpu: &Gpu, spec: &AttnSpec, dsa: &Dsa, reps: usize, backward: bool) -> SparseRecord {
+    measured("dsa", spec, (1, dsa.topk, dsa.describe()), reps, |spec, r| {
+        fill_dsa(gpu, spec, dsa, reps, backward, r)
+    })
 }
 
-fn fill_dsa(gpu: &Gpu, spec: &AttnSpec, dsa: &Dsa, reps: usize, r: &mut SparseRecord) -> Result<()> {
+fn fill_dsa(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    dsa: &Dsa,
+    reps: usize,
+    backward: bool,
+    r: &mut SparseRecord,
+) -> Result<()> {
     let s = spec.shape;
     let call = DsaAttention::new(gpu, spec, dsa)?;
     let dense = Attention::new(gpu, Kernel::Flash, spec)?;
@@ -326,6 +335,41 @@ fn fill_dsa(gpu: &Gpu, spec: &AttnSpec, dsa: &Dsa, reps: usize, r: &mut SparseRe
     let select = stage("index + top-k", &mut || call.select(gpu, &t))?;
     let attend = stage("attend", &mut || call.attend(gpu, &t))?;
     r.stage_ms.push(("top-k (difference)".into(), select - index));
+    if backward {
+        // the token-list backward on the forward's O, LSE and lists (before dense flash writes
+        // its own into the same tensors); its lists transposed on the host inside the timing
+        let bwd = DsaListBackward::new(gpu, spec, dsa)?;
+        let d_o = seeded_qkv(spec, INPUT_SEED ^ 0x5eed).0;
+        let grads = GradTensors::upload(gpu, spec, &d_o)?;
+        grads.poison(gpu);
+        let delta = gpu.storage("DSA Δ", s.lse_len() as u64 * 4)?;
+        let inverse = gpu.storage("DSA inverse lists", (s.batch * (s.m + s.n * dsa.topk) + 1) as u64 * 4)?;
+        let run = || -> Result<()> {
+            let (words, longest) = inverse_lists(spec, dsa, &lists)?;
+            gpu.queue.write_buffer(&inverse, 0, bytemuck::cast_slice(&words));
+            let b = ListGradBuffers {
+                d_o: &grads.d_o,
+                dq: &grads.dq,
+                dk: &grads.dk,
+                dv: &grads.dv,
+                delta: &delta,
+                inverse: &inverse,
+            };
+            bwd.run(gpu, &t, &b, longest)
+        };
+        run()?;
+        let dq: Vec<f32> = grads.read(gpu)?.dq;
+        let want = dsa_dq_rows_f64(spec, dsa, (&q, &k, &v), &d_o, &lists, &rows)?;
+        let got: Vec<f32> = rows.iter().flat_map(|&row| dq[row * d..][..d].iter().copied()).collect();
+        r.grad_err = Some(rel_error(&got, &want));
+        let timed = time_host(1, reps, |_| {
+            run()?;
+            gpu.wait()
+        })?;
+        let dense_grads = GradTensors::upload(gpu, spec, &d_o)?;
+        let dense_b = time_dense_backward(gpu, spec, &t.io, &dense_grads, reps)?;
+        (r.backward_ms, r.dense_backward_ms) = (Some(timed.median()), Some(dense_b));
+    }
     let dense_t = time_wall(gpu, 1, reps, |enc| dense.encode(gpu, enc, &t.io.buffers()))?;
     (r.select_ms, r.attend_ms, r.dense_ms) = (Some(select), Some(attend), Some(dense_t.median()));
     Ok(())
