@@ -132,7 +132,7 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, ids: Ids) {
 //   P = exp(scale·q·k − LSE), dP = dO·v and Δ = dO·O (written to `delta` on the first pass
 //   for `grad_keys`), in passes over list entries [arg0, arg1) (dQ kept between passes).
 // - `grad_keys`: per (kv head, key) — dK = scale · Σ P (dP − Δ) q and dV = Σ P dO over the rows
-//   that listed the key (`inverse`: the lists transposed on the host, a CSR of flat list
+//   that listed the key (the lists transposed on the host: a CSR of flat list
 //   entries (b·N + i)·k + t per (sequence, key), rows ascending) and the query heads of the
 //   kv head's group, in passes over inverse entries [arg0, arg1) (dK, dV kept between passes).
 // On a GPU a lane a key gathers its rows' Q and dO; a cluster per row or key as in `attend`
@@ -142,7 +142,8 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, ids: Ids) {
 @group(0) @binding(10) var<storage, read_write> dk: array<vec4<f32>>;  // [B, Hkv, M, D]
 @group(0) @binding(11) var<storage, read_write> dv: array<vec4<f32>>;  // [B, Hkv, M, D]
 @group(0) @binding(12) var<storage, read_write> delta: array<f32>;     // [B, H, N]
-@group(0) @binding(13) var<storage, read> inverse: array<u32>;         // [B·M + 1] offsets, entries
+@group(0) @binding(13) var<storage, read> inv_offsets: array<u32>;     // [B·M + 1]
+@group(0) @binding(14) var<storage, read> inv_entries: array<u32>;     // flat list entries, by key
 
 @compute @workgroup_size(64)
 fn grad_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -214,12 +215,11 @@ fn grad_keys(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         gv[x] = select(dv[key_row * D4 + x], vec4<f32>(0.0), first);
     }
     let key = b * params.m + j;
-    let start = inverse[key];
+    let start = inv_offsets[key];
     let e0 = start + params.arg0;
-    let e1 = min(start + params.arg1, inverse[key + 1u]);
-    let entries = params.batch * params.m + 1u;
+    let e1 = min(start + params.arg1, inv_offsets[key + 1u]);
     for (var e = e0; e < e1; e++) {
-        let i = (inverse[entries + e] / params.topk) % params.n;
+        let i = (inv_entries[e] / params.topk) % params.n;
         for (var g = 0u; g < group; g++) {
             let row = (h0 + g) * params.n + i;
             var s = 0.0;

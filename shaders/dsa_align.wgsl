@@ -30,9 +30,10 @@
 @group(0) @binding(7) var<storage, read_write> rows: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dqi: array<vec4<f32>>;   // [B, N, HI, DI]
 @group(0) @binding(9) var<storage, read_write> dki: array<vec4<f32>>;   // [B, M, DI]
-// the sparse stage: the lists [B, N, k] and their inverse (offsets [B·M + 1], then entries)
+// the sparse stage: the lists [B, N, k] and their inverse (offsets [B·M + 1], flat entries)
 @group(0) @binding(10) var<storage, read> lists: array<u32>;
-@group(0) @binding(11) var<storage, read> inverse: array<u32>;
+@group(0) @binding(11) var<storage, read> inv_offsets: array<u32>;
+@group(0) @binding(12) var<storage, read> inv_entries: array<u32>;
 
 // qI_j(row) · kI(key) for indexer head j (`row` = b·N + i, `key` = b·M + s).
 fn index_dot(row: u32, j: u32, key: u32) -> f32 {
@@ -239,7 +240,7 @@ fn align_keys(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     }
 }
 
-// `align_keys` over the rows that listed the key (`inverse`, as the token-list backward
+// `align_keys` over the rows that listed the key (the inverse lists, as the token-list backward
 // reads it): passes over its inverse entries.
 @compute @workgroup_size(64)
 fn align_keys_sparse(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -253,10 +254,9 @@ fn align_keys_sparse(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             dki[key * params.di4 + y] = vec4<f32>(0.0);
         }
     }
-    let start = inverse[key];
-    let entries = params.batch * params.m + 1u;
-    for (var e = start + params.arg0; e < min(start + params.arg1, inverse[key + 1u]); e++) {
-        let row = inverse[entries + e] / params.topk;
+    let start = inv_offsets[key];
+    for (var e = start + params.arg0; e < min(start + params.arg1, inv_offsets[key + 1u]); e++) {
+        let row = inv_entries[e] / params.topk;
         key_pair(row, row % params.n, key);
     }
 }

@@ -50,10 +50,11 @@ bind_group! {
     }
 }
 bind_group! {
-    /// `grad_keys`: the sizes, Q, K, V, LSE, dO, dK, dV, Δ and the inverse lists.
+    /// `grad_keys`: the sizes, Q, K, V, LSE, dO, dK, dV, Δ and the inverse lists' offsets and entries.
     struct GradKeysBinds {
         0 params: Uniform, 2 q: Read, 3 k: Read, 4 v: Read, 6 lse: ReadWrite, 8 d_o: Read,
-        10 dk: ReadWrite, 11 dv: ReadWrite, 12 delta: ReadWrite, 13 inverse: Read,
+        10 dk: ReadWrite, 11 dv: ReadWrite, 12 delta: ReadWrite, 13 inv_offsets: Read,
+        14 inv_entries: Read,
     }
 }
 const GRAD_ROWS: Shader =
@@ -94,7 +95,7 @@ bind_group! {
     /// [`AlignKeysBinds`] and the inverse lists (the sparse stage).
     struct AlignKeysSparseBinds {
         0 params: Uniform, 1 qi: Read, 2 ki: Read, 3 wi: Read, 4 q: Read, 5 k: Read, 6 lse: Read,
-        7 rows: ReadWrite, 9 dki: ReadWrite, 11 inverse: Read,
+        7 rows: ReadWrite, 9 dki: ReadWrite, 11 inv_offsets: Read, 12 inv_entries: Read,
     }
 }
 /// The uniform the shaders read.
@@ -689,15 +690,16 @@ pub fn dsa_backward_in_passes(
     let t = call.upload(gpu, (q, k, v), ix)?;
     call.run(gpu, &t)?;
     let (out, lists) = call.read(gpu, &t)?;
-    let (inverse, longest) = inverse_lists(&causal, dsa, &lists)?;
-    let inverse = gpu.upload("DSA inverse lists", &inverse)?;
+    let inverse = inverse_lists(&causal, dsa, &lists)?;
+    let (offsets, entries) = inverse.upload(gpu)?;
     let s = causal.shape;
     let d_o = gpu.upload("dO", d_o)?;
     let (dq, dk, dv) =
         (gpu.poisoned("dQ", q.len())?, gpu.poisoned("dK", k.len())?, gpu.poisoned("dV", v.len())?);
     let delta = gpu.poisoned("DSA Δ", s.lse_len())?;
-    let b = ListGradBuffers { d_o: &d_o, dq: &dq, dk: &dk, dv: &dv, delta: &delta, inverse: &inverse };
-    grad.run(gpu, &t, &b, longest)?;
+    let inv = DeviceInverse { offsets: &offsets, entries: &entries, longest: inverse.longest };
+    let b = ListGradBuffers { d_o: &d_o, dq: &dq, dk: &dk, dv: &dv, delta: &delta, inverse: inv };
+    grad.run(gpu, &t, &b)?;
     let grads =
         Gradients { dq: gpu.read(&dq, q.len())?, dk: gpu.read(&dk, k.len())?, dv: gpu.read(&dv, v.len())? };
     for (name, x) in [("dQ", &grads.dq), ("dK", &grads.dk), ("dV", &grads.dv)] {
@@ -708,10 +710,47 @@ pub fn dsa_backward_in_passes(
     Ok((out, grads, lists, DsaPath::Lists))
 }
 
+/// The lists `[B, N, k]` transposed ([`inverse_lists`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InverseLists {
+    /// Per (sequence b, key j), at `b·M + j`, where its entries start; `B·M + 1` of them.
+    pub offsets: Vec<u32>,
+    /// The flat list entries `(b·N + i)·k + t` that chose each key, rows ascending.
+    pub entries: Vec<u32>,
+    /// The longest key's count (what sizes the keys' side's passes).
+    pub longest: usize,
+}
+
+impl InverseLists {
+    /// The offsets and the entries in two device buffers (entries at least one word).
+    pub fn upload(&self, gpu: &Gpu) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+        let entries = if self.entries.is_empty() { &[0u32][..] } else { &self.entries };
+        Ok((gpu.upload("DSA inverse offsets", &self.offsets)?, gpu.upload("DSA inverse entries", entries)?))
+    }
+
+    /// Writes the offsets and entries into `(offsets, entries)` (sized for them).
+    pub fn write(&self, gpu: &Gpu, (offsets, entries): (&wgpu::Buffer, &wgpu::Buffer)) {
+        gpu.queue.write_buffer(offsets, 0, bytemuck::cast_slice(&self.offsets));
+        if !self.entries.is_empty() {
+            gpu.queue.write_buffer(entries, 0, bytemuck::cast_slice(&self.entries));
+        }
+    }
+}
+
+/// The inverse lists on the device: offsets, entries and the longest key's count.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceInverse<'a> {
+    /// `B·M + 1` offsets.
+    pub offsets: &'a wgpu::Buffer,
+    /// The flat entries.
+    pub entries: &'a wgpu::Buffer,
+    /// The longest key's count.
+    pub longest: usize,
+}
+
 /// The lists `[B, N, k]` transposed: for each (sequence b, key j), the flat list entries
-/// `(b·N + i)·k + t` that chose it, rows ascending — as one buffer, `B·M + 1` offsets then the
-/// entries — and the longest key's count (what sizes `grad_keys`'s passes).
-pub fn inverse_lists(spec: &AttnSpec, dsa: &Dsa, lists: &[u32]) -> Result<(Vec<u32>, usize)> {
+/// `(b·N + i)·k + t` that chose it, rows ascending (a CSR by key).
+pub fn inverse_lists(spec: &AttnSpec, dsa: &Dsa, lists: &[u32]) -> Result<InverseLists> {
     let s = spec.shape;
     let (keys, k) = (s.batch * s.m, dsa.topk);
     if lists.len() != s.batch * s.n * k {
@@ -731,27 +770,36 @@ pub fn inverse_lists(spec: &AttnSpec, dsa: &Dsa, lists: &[u32]) -> Result<(Vec<u
         }
         Ok(Some((e / (s.n * k)) * s.m + j as usize))
     };
-    let mut counts = vec![0u32; keys + 1];
+    let mut offsets = vec![0u32; keys + 1];
     for e in 0..lists.len() {
         if let Some(key) = key_of(e)? {
-            counts[key + 1] += 1;
+            offsets[key + 1] += 1;
         }
     }
-    let longest = counts.iter().copied().max().unwrap_or(0) as usize;
+    let longest = offsets.iter().copied().max().unwrap_or(0) as usize;
     for x in 1..=keys {
-        counts[x] += counts[x - 1];
+        offsets[x] += offsets[x - 1];
     }
-    let total = counts[keys] as usize;
-    let mut out = counts.clone();
-    out.resize(keys + 1 + total, 0);
-    let mut next = counts;
+    let mut entries = vec![0u32; offsets[keys] as usize];
+    let mut next = offsets.clone();
     for e in 0..lists.len() {
         if let Some(key) = key_of(e)? {
-            out[keys + 1 + next[key] as usize] = e as u32;
+            entries[next[key] as usize] = e as u32;
             next[key] += 1;
         }
     }
-    Ok((out, longest))
+    Ok(InverseLists { offsets, entries, longest })
+}
+
+/// A typed error where one of `bindings` passes the adapter's storage binding size.
+fn check_bindings(gpu: &Gpu, what: &str, bindings: &[(&str, u64)]) -> Result<()> {
+    let limit = gpu.limits().max_storage_buffer_binding_size;
+    for &(name, bytes) in bindings {
+        if bytes > limit {
+            return Err(Error::BindingTooLarge { what: format!("{what}: {name}"), bytes, limit });
+        }
+    }
+    Ok(())
 }
 
 /// DSA's token-list backward (`grad_rows`, `grad_keys` in `shaders/dsa.wgsl`): dQ per row over
@@ -780,8 +828,8 @@ pub struct ListGradBuffers<'a> {
     pub dv: &'a wgpu::Buffer,
     /// Δ = rowsum(dO ∘ O) `[B, H, N]`, scratch.
     pub delta: &'a wgpu::Buffer,
-    /// [`inverse_lists`]' buffer.
-    pub inverse: &'a wgpu::Buffer,
+    /// The inverse lists ([`inverse_lists`]).
+    pub inverse: DeviceInverse<'a>,
 }
 
 impl DsaListBackward {
@@ -827,21 +875,22 @@ impl DsaListBackward {
     }
 
     /// Runs the backward on the forward's tensors `t` (its Q, K, V, O, LSE and lists) and `b`
-    /// (submitted); `longest` is the inverse lists' longest key.
-    pub fn run(&self, gpu: &Gpu, t: &DsaTensors, b: &ListGradBuffers, longest: usize) -> Result<()> {
+    /// (submitted). The lists and the inverse entries are bound whole: each must fit one
+    /// storage binding (a typed error otherwise; at k 2048 lavapipe's 128 MiB holds 16K rows).
+    pub fn run(&self, gpu: &Gpu, t: &DsaTensors, b: &ListGradBuffers) -> Result<()> {
         let s = self.spec.shape;
         let (rows, keys) = (s.batch * s.heads * s.n, s.batch * s.kv_heads * s.m);
         let list_bytes = (s.batch * s.n * self.dsa.topk) as u64 * 4;
-        let binding = gpu.limits().max_storage_buffer_binding_size;
-        for (what, bytes) in [("the lists", list_bytes), ("the inverse lists", b.inverse.size())] {
-            if bytes > binding {
-                return Err(Error::BindingTooLarge {
-                    what: format!("DSA's token-list backward: {what}"),
-                    bytes,
-                    limit: binding,
-                });
-            }
-        }
+        let inv = b.inverse;
+        check_bindings(
+            gpu,
+            "DSA's token-list backward",
+            &[
+                ("the lists", list_bytes),
+                ("the inverse lists", inv.entries.size()),
+                ("their offsets", inv.offsets.size()),
+            ],
+        )?;
         let ranges =
             |len: usize, per: usize| (0..len.max(1)).step_by(per).map(move |a| (a, (a + per).min(len)));
         for (a0, a1) in ranges(self.dsa.topk, self.per_pass.0) {
@@ -860,7 +909,7 @@ impl DsaListBackward {
             };
             submit(gpu, &self.rows, &binds, grid);
         }
-        for (a0, a1) in ranges(longest, self.per_pass.1) {
+        for (a0, a1) in ranges(inv.longest, self.per_pass.1) {
             let (uniform, grid) = self.uniform(gpu, keys, (a0, a1))?;
             let binds = GradKeysBinds {
                 params: (&uniform).into(),
@@ -872,7 +921,8 @@ impl DsaListBackward {
                 dk: b.dk.into(),
                 dv: b.dv.into(),
                 delta: b.delta.into(),
-                inverse: b.inverse.into(),
+                inv_offsets: inv.offsets.into(),
+                inv_entries: inv.entries.into(),
             };
             submit(gpu, &self.keys, &binds, grid);
         }
@@ -982,15 +1032,25 @@ impl DsaAlign {
     }
 
     /// Runs the sparse stage's alignment on `b` (submitted): as [`DsaAlign::run`] over each
-    /// row's listed keys, `b.lse` the sparse attention's LSE, `sparse` the lists `[B, N, k]`,
-    /// their inverse ([`inverse_lists`]) and its longest key.
+    /// row's listed keys, `b.lse` the sparse attention's LSE, `sparse` the lists `[B, N, k]` and
+    /// their inverse ([`inverse_lists`]), each bound whole (a typed error past one binding).
     pub fn run_sparse(
         &self,
         gpu: &Gpu,
         b: &AlignBuffers,
-        sparse: (&wgpu::Buffer, &wgpu::Buffer, usize),
+        sparse: (&wgpu::Buffer, DeviceInverse),
         grad_scale: f32,
     ) -> Result<()> {
+        let (lists, inv) = sparse;
+        check_bindings(
+            gpu,
+            "DSA's sparse alignment",
+            &[
+                ("the lists", lists.size()),
+                ("the inverse lists", inv.entries.size()),
+                ("their offsets", inv.offsets.size()),
+            ],
+        )?;
         self.run_on(gpu, b, Some(sparse), grad_scale)
     }
 
@@ -998,7 +1058,7 @@ impl DsaAlign {
         &self,
         gpu: &Gpu,
         b: &AlignBuffers,
-        sparse: Option<(&wgpu::Buffer, &wgpu::Buffer, usize)>,
+        sparse: Option<(&wgpu::Buffer, DeviceInverse)>,
         grad_scale: f32,
     ) -> Result<()> {
         let s = self.spec.shape;
@@ -1025,12 +1085,24 @@ impl DsaAlign {
                     &AlignRowsBinds { params, qi, ki, wi, q, k, lse, rows, dqi },
                     grid,
                 ),
-                (true, Some((_, inverse, _))) => {
-                    let inverse = inverse.into();
-                    let binds = AlignKeysSparseBinds { params, qi, ki, wi, q, k, lse, rows, dki, inverse };
+                (true, Some((_, inv))) => {
+                    let (inv_offsets, inv_entries) = (inv.offsets.into(), inv.entries.into());
+                    let binds = AlignKeysSparseBinds {
+                        params,
+                        qi,
+                        ki,
+                        wi,
+                        q,
+                        k,
+                        lse,
+                        rows,
+                        dki,
+                        inv_offsets,
+                        inv_entries,
+                    };
                     submit(gpu, &self.keys_sparse, &binds, grid)
                 }
-                (false, Some((lists, _, _))) => {
+                (false, Some((lists, _))) => {
                     let lists = lists.into();
                     let binds = AlignRowsSparseBinds { params, qi, ki, wi, q, k, lse, rows, dqi, lists };
                     submit(gpu, &self.rows_sparse, &binds, grid)
@@ -1041,7 +1113,7 @@ impl DsaAlign {
         let per = self.per_pass;
         let ranges = |len: usize| (0..len.max(1)).step_by(per).map(move |a| (a, (a + per).min(len)));
         // the rows' side over keys (list entries), the keys' side over rows (inverse entries)
-        let (row_len, key_len) = sparse.map_or((s.m, s.n), |(_, _, longest)| (self.dsa.topk, longest));
+        let (row_len, key_len) = sparse.map_or((s.m, s.n), |(_, inv)| (self.dsa.topk, inv.longest));
         for mode in [0, 1] {
             for (a0, a1) in ranges(row_len) {
                 dispatch(false, rows, (a0, a1, mode))?;
@@ -1090,6 +1162,18 @@ pub fn dsa_alignment_in_passes(
     read_alignment(gpu, &align, ix, ((&qi, &ki, &wi), &qb, &kb, &lb), None)
 }
 
+/// The sparse stage's alignment on host tensors ([`dsa_sparse_alignment_in_passes`] with
+/// passes as long as the adapter allows): the loss and its gradients, and the lists.
+pub fn dsa_sparse_alignment(
+    gpu: &Gpu,
+    spec: &AttnSpec,
+    dsa: &Dsa,
+    qk: (&[f32], &[f32]),
+    ix: &Indexer,
+) -> Result<(Alignment<f32>, Vec<u32>)> {
+    dsa_sparse_alignment_in_passes(gpu, spec, dsa, qk, ix, usize::MAX)
+}
+
 /// The sparse stage's alignment on host tensors: DSA's choice and attention on the GPU (for
 /// the lists and the sparse LSE), then [`DsaAlign::run_sparse`] with passes at most `most`
 /// long — what [`crate::contract::dsa::dsa_sparse_alignment_f64`] computes, for any batch.
@@ -1107,10 +1191,11 @@ pub fn dsa_sparse_alignment_in_passes(
     let t = call.upload(gpu, (q, k, k), ix)?;
     call.run(gpu, &t)?;
     let lists = call.read_lists(gpu, &t)?;
-    let (inverse, longest) = inverse_lists(&align.spec, dsa, &lists)?;
-    let inverse = gpu.upload("DSA inverse lists", &inverse)?;
+    let inverse = inverse_lists(&align.spec, dsa, &lists)?;
+    let (offsets, entries) = inverse.upload(gpu)?;
+    let inv = DeviceInverse { offsets: &offsets, entries: &entries, longest: inverse.longest };
     let inputs = ((&t.qi, &t.ki, &t.wi), &t.io.q, &t.io.k, &t.io.lse);
-    let out = read_alignment(gpu, &align, ix, inputs, Some((&t.lists, &inverse, longest)))?;
+    let out = read_alignment(gpu, &align, ix, inputs, Some((&t.lists, inv)))?;
     Ok((out, lists))
 }
 
@@ -1129,7 +1214,7 @@ fn read_alignment(
     align: &DsaAlign,
     ix: &Indexer,
     (index, q, k, lse): AlignInputs,
-    sparse: Option<(&wgpu::Buffer, &wgpu::Buffer, usize)>,
+    sparse: Option<(&wgpu::Buffer, DeviceInverse)>,
 ) -> Result<Alignment<f32>> {
     let (rows, dqi, dki) = (
         gpu.poisoned("DSA alignment rows", align.rows_len())?,
@@ -1137,7 +1222,10 @@ fn read_alignment(
         gpu.poisoned("dkI", ix.k.len())?,
     );
     let b = AlignBuffers { index, q, k, lse, rows: &rows, dqi: &dqi, dki: &dki };
-    align.run_on(gpu, &b, sparse, 1.0)?;
+    match sparse {
+        Some(sparse) => align.run_sparse(gpu, &b, sparse, 1.0)?,
+        None => align.run(gpu, &b, 1.0)?,
+    }
     let state: Vec<f32> = gpu.read(&rows, align.rows_len())?;
     let (dw, words) = state.split_at(ix.w.len());
     let out = Alignment {

@@ -19,7 +19,7 @@ use crate::kernels::attention::backward::{Backward, GradTensors};
 use crate::kernels::attention::decode::{Decoder, DecoderConfig};
 use crate::kernels::attention::sparse::SparseAttention;
 use crate::kernels::attention::sparse_backward::SparseBackward;
-use crate::kernels::dsa::{DsaAttention, DsaListBackward, ListGradBuffers, inverse_lists};
+use crate::kernels::dsa::{DeviceInverse, DsaAttention, DsaListBackward, ListGradBuffers, inverse_lists};
 use crate::kernels::nsa::{NsaAttention, NsaBackward};
 use crate::kernels::selection::{block_means_on, choose_on, select_lists};
 use crate::kernels::{Attention, Kernel};
@@ -343,19 +343,21 @@ fn fill_dsa(
         let grads = GradTensors::upload(gpu, spec, &d_o)?;
         grads.poison(gpu);
         let delta = gpu.storage("DSA Δ", s.lse_len() as u64 * 4)?;
-        let inverse = gpu.storage("DSA inverse lists", (s.batch * (s.m + s.n * dsa.topk) + 1) as u64 * 4)?;
+        let offsets = gpu.storage("DSA inverse offsets", (s.batch * s.m + 1) as u64 * 4)?;
+        let entries = gpu.storage("DSA inverse entries", (s.batch * s.n * dsa.topk).max(1) as u64 * 4)?;
         let run = || -> Result<()> {
-            let (words, longest) = inverse_lists(spec, dsa, &lists)?;
-            gpu.queue.write_buffer(&inverse, 0, bytemuck::cast_slice(&words));
+            let inverse = inverse_lists(spec, dsa, &lists)?;
+            inverse.write(gpu, (&offsets, &entries));
+            let inverse = DeviceInverse { offsets: &offsets, entries: &entries, longest: inverse.longest };
             let b = ListGradBuffers {
                 d_o: &grads.d_o,
                 dq: &grads.dq,
                 dk: &grads.dk,
                 dv: &grads.dv,
                 delta: &delta,
-                inverse: &inverse,
+                inverse,
             };
-            bwd.run(gpu, &t, &b, longest)
+            bwd.run(gpu, &t, &b)
         };
         run()?;
         let dq: Vec<f32> = grads.read(gpu)?.dq;

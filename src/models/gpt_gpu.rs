@@ -27,7 +27,8 @@ use crate::kernels::attention::backward::{Backward, BackwardBuffers};
 use crate::kernels::attention::sparse::SparseAttention;
 use crate::kernels::attention::sparse_backward::SparseBackward;
 use crate::kernels::dsa::{
-    AlignBuffers, DsaAlign, DsaAttention, DsaListBackward, DsaTensors, ListGradBuffers, inverse_lists,
+    AlignBuffers, DeviceInverse, DsaAlign, DsaAttention, DsaListBackward, DsaTensors, ListGradBuffers,
+    inverse_lists,
 };
 use crate::kernels::embed::check_ids;
 use crate::kernels::layer::LayerOp;
@@ -316,8 +317,8 @@ struct DsaLayers {
     tensors: Vec<DsaTensors>,
     /// Per layer, the lists of the last forward on the host (transposed for the backward).
     lists: Choices<Vec<u32>>,
-    /// The lists transposed ([`inverse_lists`]), one layer's at a time.
-    inverse: wgpu::Buffer,
+    /// The lists transposed ([`inverse_lists`]), one layer's at a time: offsets, entries.
+    inverse: (wgpu::Buffer, wgpu::Buffer),
     /// The backward's Δ `[B, H, N]`.
     delta: wgpu::Buffer,
     /// The alignment's scratch: dw and the rows' state, dqI, dkI.
@@ -340,10 +341,12 @@ impl DsaLayers {
             .map(|_| attn.upload(gpu, (&zeros_q, &zeros_kv, &zeros_kv), &ix))
             .collect::<Result<Vec<_>>>()?;
         let align = DsaAlign::new(gpu, &plain, &dsa)?;
-        let inverse_words = s.batch * s.m + 1 + rows * dsa.topk;
         Ok(Self {
             backward: DsaListBackward::new(gpu, &plain, &dsa)?,
-            inverse: gpu.storage("DSA inverse lists", (inverse_words * 4) as u64)?,
+            inverse: (
+                gpu.storage("DSA inverse offsets", ((s.batch * s.m + 1) * 4) as u64)?,
+                gpu.storage("DSA inverse entries", ((rows * dsa.topk).max(1) * 4) as u64)?,
+            ),
             delta: gpu.storage("DSA Δ", (s.lse_len() * 4) as u64)?,
             rows: gpu.storage("DSA alignment rows", (align.rows_len() * 4) as u64)?,
             dqi: gpu.storage("DSA dqI", (iq.len() * 4) as u64)?,
@@ -948,8 +951,9 @@ impl GptGpu {
         s: &Saved,
     ) -> Result<()> {
         let dt = &dl.tensors[l];
-        let (words, longest) = dl.lists.with(l, "DSA", |lists| inverse_lists(&dl.spec, &dl.dsa, lists))?;
-        gpu.queue.write_buffer(&dl.inverse, 0, bytemuck::cast_slice(&words));
+        let inverse = dl.lists.with(l, "DSA", |lists| inverse_lists(&dl.spec, &dl.dsa, lists))?;
+        inverse.write(gpu, (&dl.inverse.0, &dl.inverse.1));
+        let inv = DeviceInverse { offsets: &dl.inverse.0, entries: &dl.inverse.1, longest: inverse.longest };
         flush(gpu, enc);
         let grads = ListGradBuffers {
             d_o: &self.d_o,
@@ -957,9 +961,9 @@ impl GptGpu {
             dk: &self.dk,
             dv: &self.dv,
             delta: &dl.delta,
-            inverse: &dl.inverse,
+            inverse: inv,
         };
-        dl.backward.run(gpu, dt, &grads, longest)?;
+        dl.backward.run(gpu, dt, &grads)?;
         let b = AlignBuffers {
             index: (&dt.qi, &dt.ki, &dt.wi),
             q: &dt.io.q,
@@ -969,7 +973,7 @@ impl GptGpu {
             dqi: &dl.dqi,
             dki: &dl.dki,
         };
-        dl.align.run_sparse(gpu, &b, (&dt.lists, &dl.inverse, longest), 1.0 / self.rows() as f32)?;
+        dl.align.run_sparse(gpu, &b, (&dt.lists, inv), 1.0 / self.rows() as f32)?;
         if let Some(e) = &dl.encoded {
             e.grads(gpu, enc, &self.dq, &self.dk)?;
         }
