@@ -85,10 +85,10 @@ fn every_panel_renders() {
 }
 
 /// The Training panel on the committed learned-sparse runs (`scripts/train-sparse`): dense
-/// against MoBA (ALiBi) and dense against NSA (no positions) — every log, every evaluation,
-/// each sparse run named and coloured apart from its dense twin.
+/// against MoBA (ALiBi), and dense against NSA and DSA (no positions) — every log, every
+/// evaluation, each sparse run named and coloured apart from its dense twin.
 #[test]
-fn the_training_panel_shows_dense_against_moba_and_nsa() {
+fn the_training_panel_shows_dense_against_moba_nsa_and_dsa() {
     let mut h = harness([1280.0, 720.0]);
     h.run();
     h.get_by_label(Tab::Training.label()).click();
@@ -101,14 +101,16 @@ fn the_training_panel_shows_dense_against_moba_and_nsa() {
     let st = &h.state().training;
     assert!(st.message.is_empty(), "{}", st.message);
     let names: Vec<&str> = st.runs.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names.len(), 4, "{names:?}");
+    assert_eq!(names.len(), 5, "{names:?}");
     assert!(st.runs.iter().all(|(_, rows)| rows.len() >= 60), "600 steps logged every 10");
     let reports: Vec<String> = st.results.iter().map(|r| r.name()).collect();
-    let nsa = "none nsa:cmp=16/8,slc=32,top=6,win=64";
-    assert_eq!(reports, ["alibi", "alibi moba:block=64,topk=3", "none", nsa]);
+    let (nsa, dsa) = ("none nsa:cmp=16/8,slc=32,top=6,win=64", "none dsa:topk=128,heads=4,dim=16");
+    assert_eq!(reports, ["alibi", "alibi moba:block=64,topk=3", "none", nsa, dsa]);
     let rgb = |name: &str| longctx::measure::chart::series_rgb(&format!("{name} (non-overlapping)"));
     assert_ne!(rgb("alibi"), rgb("alibi moba:block=64,topk=3"));
     assert_ne!(rgb("none"), rgb(nsa));
+    assert_ne!(rgb("none"), rgb(dsa));
+    assert_ne!(rgb(nsa), rgb(dsa));
     snapshot(&mut h, "panel_training_sparse");
 }
 

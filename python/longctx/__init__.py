@@ -381,6 +381,27 @@ class Device:
         )
 
     @_with_doc("")
+    def dsa_sparse_alignment(
+        self,
+        q: Any,
+        k: Any,
+        *,
+        index_q: Any,
+        index_k: Any,
+        index_w: Any,
+        topk: int,
+        scale: Optional[float] = None,
+    ) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """DSA's sparse-stage alignment on the GPU: each token's `topk` keys chosen as `dsa`
+        chooses them, then Σ over rows of KL(p_S ‖ softmax_S(I)) over each row's chosen keys S,
+        p_S the attention's probabilities over S averaged over the heads, and its gradients (a
+        batch's losses summed). Returns (loss, d index_q, d index_k, d index_w, keys) —
+        `longctx.reference.dsa_sparse_alignment` in float64 on those keys."""
+        return self._native.dsa_sparse_alignment(
+            f32(q, "q"), f32(k, "k"), _index(index_q, index_k, index_w), topk, options(scale=scale)
+        )
+
+    @_with_doc("")
     def matmul(self, a: Any, b: Any, bias: Any = None, activation: Optional[str] = None) -> np.ndarray:
         """C = act(A·B + bias): A `[M, K]`, B `[K, N]`, bias `[N]`; activation None, "gelu"
         (tanh) or "gelu_erf". The adapter's fastest matmul path (register-blocked on CPU

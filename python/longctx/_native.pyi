@@ -91,6 +91,14 @@ class Device:
         index: Tuple[np.ndarray, np.ndarray, np.ndarray],
         opts: Dict[str, Any],
     ) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]: ...
+    def dsa_sparse_alignment(
+        self,
+        q: np.ndarray,
+        k: np.ndarray,
+        index: Tuple[np.ndarray, np.ndarray, np.ndarray],
+        topk: int,
+        opts: Dict[str, Any],
+    ) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
     def matmul(
         self, a: np.ndarray, b: np.ndarray, bias: Optional[np.ndarray] = None, activation: Optional[str] = None
     ) -> np.ndarray: ...
@@ -163,6 +171,13 @@ def reference_dsa_backward(
 def reference_dsa_alignment(
     q: np.ndarray,
     k: np.ndarray,
+    index: Tuple[np.ndarray, np.ndarray, np.ndarray],
+    opts: Dict[str, Any],
+) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]: ...
+def reference_dsa_sparse_alignment(
+    q: np.ndarray,
+    k: np.ndarray,
+    keys: np.ndarray,
     index: Tuple[np.ndarray, np.ndarray, np.ndarray],
     opts: Dict[str, Any],
 ) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]: ...

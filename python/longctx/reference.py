@@ -11,6 +11,7 @@ from ._native import (
     reference_backward,
     reference_dsa,
     reference_dsa_alignment,
+    reference_dsa_sparse_alignment,
     reference_dsa_backward,
     reference_moba,
     reference_moba_backward,
@@ -106,6 +107,19 @@ def dsa_alignment(
 
     ix = _index(index_q, index_k, index_w)
     return reference_dsa_alignment(f32(q, "q"), f32(k, "k"), ix, options(causal=True, scale=scale))
+
+
+def dsa_sparse_alignment(
+    q: Any, k: Any, keys: Any, *, index_q: Any, index_k: Any, index_w: Any, scale: Any = None
+) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """DSA's sparse-stage alignment in float64 (one sequence) on given `keys` [N, k] (−1 for
+    none; e.g. `Device.dsa_sparse_alignment`'s): Σ over rows of KL(p_S ‖ softmax_S(I)) over
+    each row's keys S and its gradients: (loss, d index_q, d index_k, d index_w)."""
+    from . import _index
+
+    ix = _index(index_q, index_k, index_w)
+    keys = np.ascontiguousarray(np.asarray(keys), dtype=np.int64)
+    return reference_dsa_sparse_alignment(f32(q, "q"), f32(k, "k"), keys, ix, options(causal=True, scale=scale))
 
 
 def _nsa_defaults(params: dict) -> dict:

@@ -656,6 +656,32 @@ impl Device {
         Ok((a.loss, array(py, a.dq, &qd)?, array(py, a.dk, &kd)?, array(py, a.dw, &wd)?))
     }
 
+    /// DSA's sparse-stage alignment on the GPU: the choice and the attention over it (for its
+    /// LSE), then the KL of the indexer's distribution to the attention's over each row's
+    /// chosen keys (summed over a batch's sequences) and its gradients: `(loss, dqI, dkI, dw,
+    /// keys)`.
+    fn dsa_sparse_alignment<'py>(
+        &self,
+        py: Python<'py>,
+        q: PyReadonlyArrayDyn<'py, f32>,
+        k: PyReadonlyArrayDyn<'py, f32>,
+        index: (PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>),
+        topk: usize,
+        opts: Opts,
+    ) -> PyResult<SparseAlignmentOut<'py>> {
+        let t = Qkv::new(py, &q, &k, &k)?;
+        let (dsa, ix) = dsa_inputs(py, &t, topk, &index)?;
+        let gpu = &self.gpu;
+        let (a, lists) = detached(py, || {
+            longctx::kernels::dsa::dsa_sparse_alignment(gpu, &opts.spec(t.shape)?, &dsa, (t.q, t.k), &ix)
+        })?;
+        let (qd, kd, wd) = (index.0.shape().to_vec(), index.1.shape().to_vec(), index.2.shape().to_vec());
+        let mut rows = t.q_dims[..t.q_dims.len() - 3].to_vec();
+        rows.extend([t.shape.n, 1]);
+        let keys = blocks_out(py, &lists, &rows, topk)?;
+        Ok((a.loss, array(py, a.dq, &qd)?, array(py, a.dk, &kd)?, array(py, a.dw, &wd)?, keys))
+    }
+
     /// C = act(A·B + bias) for A `[M, K]`, B `[K, N]`, bias `[N]`.
     #[pyo3(signature = (a, b, bias=None, activation=None))]
     fn matmul<'py>(
@@ -1254,6 +1280,55 @@ fn reference_dsa_alignment<'py>(
     Ok((a.loss, array(py, a.dq, &qd)?, array(py, a.dk, &kd)?, array(py, a.dw, &wd)?))
 }
 
+/// `(loss, dqI, dkI, dw, keys)` of the sparse-stage alignment on the GPU.
+type SparseAlignmentOut<'py> = (
+    f64,
+    Bound<'py, PyArrayDyn<f32>>,
+    Bound<'py, PyArrayDyn<f32>>,
+    Bound<'py, PyArrayDyn<f32>>,
+    Bound<'py, PyArrayDyn<i64>>,
+);
+
+/// The float64 oracle of DSA's sparse-stage alignment (one sequence) on given keys `[N, k]`
+/// (−1 for none, e.g. the GPU's): the KL over each row's keys and its gradients, `(loss, dqI,
+/// dkI, dw)`.
+#[pyfunction]
+fn reference_dsa_sparse_alignment<'py>(
+    py: Python<'py>,
+    q: PyReadonlyArrayDyn<'py, f32>,
+    k: PyReadonlyArrayDyn<'py, f32>,
+    keys: PyReadonlyArrayDyn<'py, i64>,
+    index: (PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>, PyReadonlyArrayDyn<'py, f32>),
+    opts: Opts,
+) -> PyResult<AlignmentOut<'py>> {
+    let t = Qkv::new(py, &q, &k, &k)?;
+    let topk = match keys.shape() {
+        &[n, topk] if n == t.shape.n && topk > 0 => topk,
+        dims => {
+            return fail(
+                py,
+                Error::Shape(format!("keys has shape {dims:?}, the call needs [N = {}, k]", t.shape.n)),
+            );
+        }
+    };
+    let (dsa, ix) = dsa_inputs(py, &t, topk, &index)?;
+    let lists: Vec<u32> = match keys.as_slice() {
+        Ok(x) => {
+            x.iter()
+                .map(|&j| {
+                    if j < 0 { longctx::contract::selection::NONE } else { j.min(u32::MAX as i64 - 1) as u32 }
+                })
+                .collect()
+        }
+        Err(_) => return fail(py, Error::Shape("keys must be contiguous".into())),
+    };
+    let a = detached(py, || {
+        longctx::contract::dsa::dsa_sparse_alignment_f64(&opts.spec(t.shape)?, &dsa, (t.q, t.k), &ix, &lists)
+    })?;
+    let (qd, kd, wd) = (index.0.shape().to_vec(), index.1.shape().to_vec(), index.2.shape().to_vec());
+    Ok((a.loss, array(py, a.dq, &qd)?, array(py, a.dk, &kd)?, array(py, a.dw, &wd)?))
+}
+
 /// The float64 oracle's dQ, dK, dV for the incoming gradient dO.
 #[pyfunction]
 fn reference_backward<'py>(
@@ -1330,6 +1405,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(reference_dsa, m)?)?;
     m.add_function(wrap_pyfunction!(reference_dsa_backward, m)?)?;
     m.add_function(wrap_pyfunction!(reference_dsa_alignment, m)?)?;
+    m.add_function(wrap_pyfunction!(reference_dsa_sparse_alignment, m)?)?;
     m.add_function(wrap_pyfunction!(plan_json, m)?)?;
     m.add_function(wrap_pyfunction!(list_adapters, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;

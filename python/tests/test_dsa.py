@@ -75,6 +75,23 @@ def test_the_alignment_on_the_gpu_matches_the_oracle(dev, rng, batch):
         assert rel_err(got, np.stack([w[part] for w in want])) < BOUND, rng
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_the_sparse_alignment_on_the_gpu_matches_the_oracle_on_its_keys(dev, rng, batch):
+    q, k, _, index = _inputs(rng, batch)
+    loss, dqi, dki, dw, keys = dev.dsa_sparse_alignment(q, k, topk=TOPK, **index)
+    assert keys.shape == (batch, 45, TOPK) and dw.shape == index["index_w"].shape
+    want = [
+        longctx.reference.dsa_sparse_alignment(q[b], k[b], keys[b], **{n: x[b] for n, x in index.items()})
+        for b in range(batch)
+    ]
+    assert abs(loss - sum(w[0] for w in want)) <= BOUND * sum(w[0] for w in want), rng
+    for got, part in [(dqi, 1), (dki, 2), (dw, 3)]:
+        assert rel_err(got, np.stack([w[part] for w in want])) < BOUND, rng
+    # over every visible key the loss is the warm-up's
+    everything = dev.dsa_sparse_alignment(q, k, topk=k.shape[-2], **index)[0]
+    assert abs(everything - dev.dsa_alignment(q, k, **index)[0]) <= BOUND * everything, rng
+
+
 def test_dsa_refuses_bad_inputs(dev, rng):
     q, k, v, index = _inputs(rng, 1)
     with pytest.raises(longctx.LongctxError, match="at least 1"):
