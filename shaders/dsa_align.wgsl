@@ -84,16 +84,6 @@ fn visible_end(row: u32) -> u32 {
     return u32(clamp(p + 1, 0, i32(params.m)));
 }
 
-// One step of a running softmax's max and sum over the score x.
-fn running(x: f32, mx: ptr<function, f32>, sum: ptr<function, f32>) {
-    if x > *mx {
-        *sum = *sum * exp(*mx - x) + 1.0;
-        *mx = x;
-    } else {
-        *sum += exp(x - *mx);
-    }
-}
-
 // The rows' side of (sequence, row) `row` = b·N + i at key s, its index softmax's LSE known:
 // adds the gradients to dw and dqI and returns the KL term.
 fn row_pair(row: u32, b: u32, i: u32, s: u32, lse_i: f32) -> f32 {
@@ -155,6 +145,29 @@ fn row_start(row: u32, first: u32) -> vec2<f32> {
     return vec2<f32>(rows[st], rows[st + 2u]);
 }
 
+// One key s of (sequence, row) `row` = b·N + i on the rows' side: in mode 0 a step of the
+// index softmax's running (max, sum) in `acc`; in mode 1 (`acc` = (LSE, KL so far)) the pair's
+// KL term and gradients (`row_pair`).
+fn row_key(row: u32, b: u32, i: u32, s: u32, acc: ptr<function, vec2<f32>>) {
+    if params.last != 0u {
+        (*acc).y += row_pair(row, b, i, s, (*acc).x);
+        return;
+    }
+    let x = index_score(row, b * params.m + s);
+    if x > (*acc).x {
+        *acc = vec2<f32>(x, (*acc).y * exp((*acc).x - x) + 1.0);
+    } else {
+        (*acc).y += exp(x - (*acc).x);
+    }
+}
+
+// A key's dkI cleared (the keys' side's first pass).
+fn clear_dki(key: u32) {
+    for (var y = 0u; y < params.di4; y++) {
+        dki[key * params.di4 + y] = vec4<f32>(0.0);
+    }
+}
+
 // The rows' side's end of a pass: the running max and sum (mode 0) or the KL so far.
 fn row_end(row: u32, acc: vec2<f32>) {
     let st = state_at(row);
@@ -181,16 +194,10 @@ fn align_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     let b = row / params.n;
     let i = row % params.n;
     var acc = row_start(row, params.arg0);
-    var mx = acc.x;
-    var sum = acc.y;
     for (var s = params.arg0; s < min(params.arg1, visible_end(row)); s++) {
-        if params.last == 0u {
-            running(index_score(row, b * params.m + s), &mx, &sum);
-        } else {
-            sum += row_pair(row, b, i, s, mx);
-        }
+        row_key(row, b, i, s, &acc);
     }
-    row_end(row, vec2<f32>(mx, sum));
+    row_end(row, acc);
 }
 
 // `align_rows` over the row's listed keys (the sparse stage): passes over list entries.
@@ -203,20 +210,14 @@ fn align_rows_sparse(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
     let b = row / params.n;
     let i = row % params.n;
     var acc = row_start(row, params.arg0);
-    var mx = acc.x;
-    var sum = acc.y;
     for (var t = params.arg0; t < min(params.arg1, params.topk); t++) {
         let s = lists[row * params.topk + t];
         if s == NONE {
             break; // a list's empty entries come last
         }
-        if params.last == 0u {
-            running(index_score(row, b * params.m + s), &mx, &sum);
-        } else {
-            sum += row_pair(row, b, i, s, mx);
-        }
+        row_key(row, b, i, s, &acc);
     }
-    row_end(row, vec2<f32>(mx, sum));
+    row_end(row, acc);
 }
 
 @compute @workgroup_size(64)
@@ -229,9 +230,7 @@ fn align_keys(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     let b = key / params.m;
     let s = key % params.m;
     if params.arg0 == 0u {
-        for (var y = 0u; y < params.di4; y++) {
-            dki[key * params.di4 + y] = vec4<f32>(0.0);
-        }
+        clear_dki(key);
     }
     // the rows that see key s: p = q_offset + i ≥ s
     let first = u32(clamp(i32(s) - params.q_offset, 0, i32(params.n)));
@@ -250,9 +249,7 @@ fn align_keys_sparse(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
     }
     let key = params.row0 + c;  // b·M + s
     if params.arg0 == 0u {
-        for (var y = 0u; y < params.di4; y++) {
-            dki[key * params.di4 + y] = vec4<f32>(0.0);
-        }
+        clear_dki(key);
     }
     let start = inv_offsets[key];
     for (var e = start + params.arg0; e < min(start + params.arg1, inv_offsets[key + 1u]); e++) {

@@ -306,15 +306,13 @@ pub fn dsa_dq_rows_f64(
         let (b, h) = (hf / s.heads, hf % s.heads);
         let kvh = b * s.kv_heads + h / s.group();
         let (qi, doi) = (&q[row * d..][..d], &d_o[row * d..][..d]);
-        let keys: Vec<&[f32]> = lists[(b * s.n + i) * dsa.topk..][..dsa.topk]
+        let listed: Vec<usize> = lists[(b * s.n + i) * dsa.topk..][..dsa.topk]
             .iter()
             .take_while(|&&j| j != NONE)
-            .map(|&j| &k[(kvh * s.m + j as usize) * d..][..d])
+            .map(|&j| (kvh * s.m + j as usize) * d)
             .collect();
-        let values: Vec<&[f32]> = lists[(b * s.n + i) * dsa.topk..][..keys.len()]
-            .iter()
-            .map(|&j| &v[(kvh * s.m + j as usize) * d..][..d])
-            .collect();
+        let keys: Vec<&[f32]> = listed.iter().map(|&at| &k[at..][..d]).collect();
+        let values: Vec<&[f32]> = listed.iter().map(|&at| &v[at..][..d]).collect();
         let logits: Vec<f64> = keys.iter().map(|kj| scale * dot(qi, kj)).collect();
         let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let weights: Vec<f64> = logits.iter().map(|x| (x - max).exp()).collect();

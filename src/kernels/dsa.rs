@@ -682,9 +682,7 @@ pub fn dsa_backward_in_passes(
         let (out, grads) = Backward::new(gpu, &dsa.spec(spec, &lists)?)?.run(gpu, q, k, v, d_o)?;
         return Ok((out, grads, lists, DsaPath::Grid));
     }
-    if d_o.len() != q.len() {
-        return Err(Error::Invalid(format!("DSA's backward: dO holds {} floats, Q {}", d_o.len(), q.len())));
-    }
+    causal.check_grad(d_o)?;
     let call = DsaAttention::new(gpu, spec, dsa)?;
     let grad = DsaListBackward::in_passes(gpu, spec, dsa, most)?;
     let t = call.upload(gpu, (q, k, v), ix)?;
