@@ -46,14 +46,18 @@ fn the_moba_model_gradient_matches_finite_differences_of_the_oracle() {
         // 17 tokens in blocks of 4: a row reads its own block and the best one of up to 4
         let dense = GptConfig::bytes(16, 2, 2, pos);
         let c = GptConfig { attn: AttnKind::Moba { block: 4, topk: 2 }, ..dense };
-        let check = gradient_check(g, c, 2, 17, seed, 12).unwrap();
+        // every token once, as for DSA: with repeats two blocks of the same letters score
+        // within f32 rounding of each other and the GPU chose apart from the oracle (seed
+        // 11398725897803578300 under ALiBi: loss 5.720410 against 5.720379)
+        let letters: Vec<u8> = (0..=255).collect();
+        let check = gradient_check_on(g, c, (2, 17), seed, 12, &letters).unwrap();
         let (got, want) = check.loss;
         println!("MoBA {pos:?}: loss {got:.6} (oracle {want:.6}), worst rel err {:.1e}", check.worst());
         assert_eq!(check.tensors.len(), 1 + 2 * 10 + 1, "every tensor checked");
         assert!(check.worst() < 1e-4, "MoBA {pos:?}: {check:?} (seed {seed})");
         // at initialisation attention is nearly uniform, so the choice moves the loss little
         // (2e-4 to 1e-2 relative over 9 seeds), yet far above the f64 oracle's rounding (1e-15)
-        let full = gradient_check(g, dense, 2, 17, seed, 1).unwrap().loss.1;
+        let full = gradient_check_on(g, dense, (2, 17), seed, 1, &letters).unwrap().loss.1;
         println!("MoBA {pos:?}: loss {want:.6} against dense {full:.6}");
         assert!(
             (full - want).abs() > 1e-6 * want,
