@@ -27,6 +27,7 @@ mod limits;
 mod matmul;
 mod mods;
 mod nsa;
+mod paged;
 mod positions;
 mod profiles;
 mod ring;

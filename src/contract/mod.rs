@@ -11,6 +11,7 @@ pub mod inputs;
 pub mod mask;
 pub mod mods;
 pub mod nsa;
+pub mod paged;
 pub mod positions;
 pub mod reference;
 pub mod selection;

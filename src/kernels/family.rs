@@ -5,7 +5,7 @@
 //! sweep fails for a `.wgsl` file with a compute entry point that no family builds.
 
 use crate::contract::mods::{Mods, Named};
-use crate::kernels::attention::{backward, decode, flash, naive, sparse, sparse_backward};
+use crate::kernels::attention::{backward, decode, flash, naive, paged, sparse, sparse_backward};
 use crate::kernels::{MAX_HEAD_DIM, dsa, embed, heatmap, layer, matmul, mods};
 use crate::kernels::{nsa, pad, peak, positions, ring, route, selection, train, with_mods};
 use crate::runtime::shader::ShaderVariant;
@@ -21,6 +21,8 @@ pub enum Family {
     Backward,
     /// `decode.wgsl`: one step against a KV cache, split over the cache.
     Decode,
+    /// `paged.wgsl`: a step of many sequences over a paged, quantised KV cache.
+    Paged,
     /// `heatmap.wgsl`: one head's probabilities pooled to pixels.
     Heatmap,
     /// `mod_map.wgsl`: block maps refined by a `mask_mod`.
@@ -61,11 +63,12 @@ pub enum Family {
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 21] = [
+    pub const ALL: [Family; 22] = [
         Family::Flash,
         Family::Naive,
         Family::Backward,
         Family::Decode,
+        Family::Paged,
         Family::Heatmap,
         Family::ModMap,
         Family::Matmul,
@@ -144,6 +147,18 @@ impl Family {
                         .flat_map(move |(wg, sg)| decode::variants(d, 8, wg, sg, sg > 0))
                 })
                 .collect(),
+            Family::Paged => {
+                use crate::contract::paged::KvFormat;
+                let pairs = KvFormat::ALL.into_iter().flat_map(|k| KvFormat::ALL.map(|v| (k, v)));
+                pairs
+                    .flat_map(|(k, v)| {
+                        (32..=MAX_HEAD_DIM).step_by(32).flat_map(move |d| {
+                            [8, 64].into_iter().flat_map(move |wg| paged::variants(d, k, v, wg))
+                        })
+                    })
+                    .chain(dims().flat_map(|d| paged::variants(d, KvFormat::F32, KvFormat::F32, 8)))
+                    .collect()
+            }
             Family::Heatmap => dims()
                 .flat_map(|d| {
                     let c = flash::FlashConfig::for_limits(limits, d);
