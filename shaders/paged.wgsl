@@ -17,7 +17,8 @@
 // formats (KFMT, VFMT).
 //
 // `store`: an invocation per (new token, kv head) writes its row into the slot the step gave
-// it (quantising). `attend`: an invocation per (sequence, kv head, split, query row) streams
+// it (quantising). `attend_staged` (below) shares decoded tiles among a kv head's rows;
+// `attend`: an invocation per (sequence, kv head, split, query row) streams
 // its split of the sequence's visited slots (the sinks, then the window or everything) and
 // keeps an online softmax, rescaled once per KB keys; it writes a partial (output normalised,
 // LSE) per (split, row). `combine`: per (token, head), the splits merged by log-sum-exp.
@@ -32,7 +33,7 @@ struct Batch {
     seqs: u32,       // sequences in the step
     lanes: u32,      // attend invocations
     tokens: u32,     // new tokens, all sequences
-    page: u32,       // slots per page (PAGE)
+    page: u32,       // slots per page (also the constant PAGE, which the kernels use)
 }
 
 struct Seq {
@@ -89,8 +90,8 @@ fn seq_of_token(token: u32) -> u32 {
 
 // The pool row of `slot` of sequence `s` for kv head `kvh`.
 fn pool_row(s: Seq, slot: u32, kvh: u32) -> u32 {
-    let page = pages[s.table0 + slot / batch.page];
-    return (page * batch.page + slot % batch.page) * contract.kv_heads + kvh;
+    let page = pages[s.table0 + slot / PAGE];
+    return (page * PAGE + slot % PAGE) * contract.kv_heads + kvh;
 }
 
 // ----- store -----
@@ -353,6 +354,147 @@ fn attend(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         partials[base + x] = acc[x] * done.x;
     }
     partials[base + D4] = vec4<f32>(done.y, 0.0, 0.0, 0.0);
+}
+
+// ----- attend_staged -----
+// The same partials from a workgroup per (sequence, kv head, split, block of WG query rows):
+// BC keys and values at a time are read from their pages and dequantised once into workgroup
+// memory for all the rows that share the kv head (GQA's G rows, times the step's tokens), then
+// each row scores them and folds them into its online softmax (softmax_tile.wgsl). Where a
+// kv head has several rows this reads and decodes each cached value once instead of once per
+// row; `lane0` and `lanes` count workgroups here.
+
+var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
+var<workgroup> v_tile: array<vec4<f32>, BC * D4>;
+
+// The vec4<u32> word of `fmt` holding value vec4 `j` of pool row `row`, and its scale word.
+fn word_of(fmt: u32, row: u32, j: u32) -> u32 {
+    return row * units(fmt) + j / select(select(8u, 4u, fmt == 1u), 1u, fmt == 0u);
+}
+
+fn scale_of(fmt: u32, row: u32, j: u32) -> u32 {
+    return select(row * units(fmt) + j / 8u, row, fmt == 1u);
+}
+
+// Value vec4 `j` of a row from its word `w` and scale word `sc`.
+fn dequant(fmt: u32, w: vec4<u32>, j: u32, sc: u32) -> vec4<f32> {
+    if fmt == 0u {
+        return bitcast<vec4<f32>>(w);
+    }
+    if fmt == 1u {
+        return unpack4x8snorm(w[j % 4u]) * bitcast<f32>(sc);
+    }
+    let sm = unpack2x16float(sc);
+    let shift = vec4<u32>(0u, 4u, 8u, 12u) + vec4<u32>((j % 2u) * 16u);
+    let n = vec4<f32>((vec4<u32>(w[(j % 8u) / 2u]) >> shift) & vec4<u32>(15u));
+    return fma(n, vec4<f32>(sm.x), vec4<f32>(sm.y));
+}
+
+@compute @workgroup_size(WG)
+fn attend_staged(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let lid = ids.lid;
+    let lane = lane_of(ids);
+    let item = wg.y * groups.x + wg.x;
+    if item >= batch.lanes {
+        return;
+    }
+    var b = 0u;
+    for (var j = 1u; j < batch.seqs; j++) {
+        if seqs[j].lane0 <= item {
+            b = j;
+        }
+    }
+    let s = seqs[b];
+    let local = item - s.lane0;
+    let rows = contract.group * s.nq;
+    let blocks = (rows + WG - 1u) / WG;
+    let rb = local % blocks;
+    let split = (local / blocks) % s.splits;
+    let kvh = local / (blocks * s.splits);
+    let r = rb * WG + lid;
+    let live = r < rows;
+    let t = r % s.nq;
+    let h = kvh * contract.group + min(r, rows - 1u) / s.nq;
+    let token = s.q0 + t;
+    let me = tree[token];
+    let fresh = s.len - s.nq;
+    let pos = i32(fresh + me.y);
+    var slope = 0.0;
+    if contract.alibi != 0u && live {
+        slope = slopes[h];
+    }
+    var qr: array<vec4<f32>, D4P>;
+    var acc: array<vec4<f32>, D4P>;
+    for (var x = 0u; x < D4P; x++) {
+        qr[x] = vec4<f32>(0.0);
+        if live && x < D4 {
+            qr[x] = q[(token * contract.heads + h) * D4 + x] * contract.scale;
+        }
+        acc[x] = vec4<f32>(0.0);
+    }
+    let total = s.sinks + (s.len - s.first);
+    let begin = min(total, split * s.chunk);
+    let end = min(total, begin + s.chunk);
+    var m_run = MASKED;
+    var l_run = 0.0;
+    var sc: array<f32, BC>;
+    for (var c0 = begin; c0 < end; c0 += BC) {
+        for (var x = lid; x < BC * D4; x += WG) {
+            let vi = c0 + x / D4;
+            let j = x % D4;
+            var kk = vec4<f32>(0.0);
+            var vv = vec4<f32>(0.0);
+            if vi < end {
+                let row = pool_row(s, visited_slot(s, vi), kvh);
+                var ks = 0u;
+                var vs = 0u;
+                if KFMT != 0u {
+                    ks = k_scale[scale_of(KFMT, row, j)];
+                }
+                if VFMT != 0u {
+                    vs = v_scale[scale_of(VFMT, row, j)];
+                }
+                kk = dequant(KFMT, k_pool[word_of(KFMT, row, j)], j, ks);
+                vv = dequant(VFMT, v_pool[word_of(VFMT, row, j)], j, vs);
+            }
+            k_tile[x] = kk;
+            v_tile[x] = vv;
+        }
+        workgroupBarrier();
+        var tile_max = MASKED;
+        for (var c = 0u; c < BC; c++) {
+            // every lane scores (the shuffles need them all); hidden keys are masked after
+            let qk = tile_score(&qr, c, 0u, lane);
+            var score = MASKED;
+            let vi = c0 + c;
+            if vi < end && live {
+                let slot = visited_slot(s, vi);
+                var kp = i32(slot);
+                var visible = true;
+                if slot >= fresh {
+                    let u = slot - fresh;
+                    visible = ((me.x >> u) & 1u) != 0u;
+                    kp = i32(fresh + tree[s.q0 + u].y);
+                }
+                visible = visible && (u32(pos - kp) <= s.window || u32(kp) < s.sink_keys);
+                if visible {
+                    score = qk + alibi_bias(slope, pos, kp);
+                }
+            }
+            sc[c] = score;
+            tile_max = max(tile_max, score);
+        }
+        softmax_tile(&sc, tile_max, &m_run, &l_run, &acc, 0u, lane);
+        workgroupBarrier();
+    }
+    if live {
+        let base = (s.part0 + (split * contract.heads + h) * s.nq + t) * (D4 + 1u);
+        let done = softmax_finish(m_run, l_run, contract.neg_inf);
+        for (var x = 0u; x < D4; x++) {
+            partials[base + x] = acc[x] * done.x;
+        }
+        partials[base + D4] = vec4<f32>(done.y, 0.0, 0.0, 0.0);
+    }
 }
 
 @compute @workgroup_size(64)

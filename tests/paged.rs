@@ -9,6 +9,7 @@ use crate::common;
 use longctx::Alibi;
 use longctx::contract::paged::{KvFormat, SeqStep, Tree, step_f64};
 use longctx::contract::reference::rel_error;
+use longctx::kernels::attention::decode::DecodeKernel;
 use longctx::kernels::attention::paged::{PagedConfig, PagedDecoder, SeqId};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -105,12 +106,15 @@ fn a_batch_of_sequences_and_trees_matches_the_oracle_in_every_format() {
     let g = common::gpu();
     let seed = common::seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    for (kf, vf) in [
+    let cases = [
         (KvFormat::F32, KvFormat::F32),
         (KvFormat::Int8, KvFormat::Int8),
         (KvFormat::Int4, KvFormat::Int4),
         (KvFormat::Int8, KvFormat::Int4),
-    ] {
+    ];
+    for ((kf, vf), kernel) in
+        cases.into_iter().flat_map(|c| [(c, DecodeKernel::Lanes), (c, DecodeKernel::Staged)])
+    {
         // GQA 3/1, D 20 (stored 20, 32 or 32 wide), pages of 5 slots, ALiBi
         let mut cfg = PagedConfig::new(6, 2, 20, 40);
         cfg.page = 5;
@@ -118,6 +122,10 @@ fn a_batch_of_sequences_and_trees_matches_the_oracle_in_every_format() {
         cfg.v_format = vf;
         cfg.alibi = Alibi::Standard;
         cfg.max_tokens = 12;
+        cfg.kernel = kernel;
+        // the staged kernel's profile split holds these caches whole: splits of 12 slots
+        // (past a tile's end, and tiles cut short) exercise its merge
+        cfg.chunk = if kernel == DecodeKernel::Staged { 12 } else { 0 };
         let mut dec = PagedDecoder::new(g, cfg).unwrap();
         let ids: Vec<SeqId> = (0..3).map(|_| dec.add()).collect();
         // prompts of 0, 13 and 37 slots
@@ -131,7 +139,7 @@ fn a_batch_of_sequences_and_trees_matches_the_oracle_in_every_format() {
         // the next step reads what the first one stored
         let steps: Vec<(SeqId, Tree)> = ids.iter().map(|&id| (id, Tree::chain(1))).collect();
         let e2 = step_and_check(g, &mut dec, &steps, &mut rng, seed);
-        println!("{kf:?}/{vf:?}: O rel err {e1:.1e}, then {e2:.1e}; splits {:?}", dec.splits());
+        println!("{kf:?}/{vf:?} {kernel:?}: O rel err {e1:.1e}, then {e2:.1e}; splits {:?}", dec.splits());
         assert_eq!(dec.len(ids[2]).unwrap(), 37 + 3 + 1);
     }
 }
@@ -143,6 +151,7 @@ fn forks_share_pages_until_one_writes() {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut cfg = PagedConfig::new(4, 4, 16, 12);
     cfg.page = 8;
+    cfg.kernel = DecodeKernel::Staged;
     let mut dec = PagedDecoder::new(g, cfg).unwrap();
     let a = dec.add();
     let (k, v) = (random(&mut rng, 21 * 4 * 16), random(&mut rng, 21 * 4 * 16));

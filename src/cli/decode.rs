@@ -55,6 +55,20 @@ pub struct DecodeArgs {
     /// Write one JSON record per variant.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The serving comparison instead: the contiguous cache against the paged cache in each
+    /// of --kv's formats at --context, and --batch's sequences in one step against a step
+    /// each (H = --heads, Hkv = the first --kv-heads, D = --d).
+    #[arg(long)]
+    paged: bool,
+    /// KV formats of the paged cache, comma-separated (f32, int8, int4).
+    #[arg(long, value_delimiter = ',', default_value = "f32,int8,int4")]
+    kv: Vec<String>,
+    /// Slots per page of the paged cache.
+    #[arg(long, default_value_t = 64, value_parser = super::positive)]
+    page: usize,
+    /// Lengths of the sequences decoded together, comma-separated (k = 1024; empty: none).
+    #[arg(long, value_delimiter = ',', default_value = "1k,2k,2k,4k,4k,8k,8k,32k")]
+    batch: Vec<String>,
     #[command(flatten)]
     mods: ModArgs,
     #[command(flatten)]
@@ -67,8 +81,11 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
         &a.json.as_deref().into_iter().collect::<Vec<_>>(),
         &read.iter().map(|p| p.as_path()).collect::<Vec<_>>(),
     )?;
-    let gpu = dev.gpu()?;
     let context = parse_size(&a.context)?;
+    if a.paged {
+        return paged(dev, a, context);
+    }
+    let gpu = dev.gpu()?;
     let peak = peak::best_reading(&gpu)?;
     let info = gpu.info();
     println!("adapter {} ({:?}); copy probe {:.1} GB/s", info.name, info.backend, peak.copy_gbps);
@@ -145,6 +162,92 @@ pub fn run(dev: &DeviceArgs, a: &DecodeArgs) -> anyhow::Result<()> {
             last.bytes_read_per_step as f64 / first.bytes_read_per_step as f64,
             last.tokens_per_s / first.tokens_per_s
         );
+    }
+    if let Some(path) = &a.json {
+        longctx::io::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `--paged`: the serving comparison (measure/paged.rs), one run.
+fn paged(dev: &DeviceArgs, a: &DecodeArgs, context: usize) -> anyhow::Result<()> {
+    use longctx::contract::paged::KvFormat;
+    use longctx::measure::paged::PagedBench;
+    if a.window.is_some() || a.alibi || a.chunk.is_some() || a.mods.any() || a.positions.get()?.is_some() {
+        anyhow::bail!(
+            "--paged measures plain causal steps: leave out --window, --alibi, --chunk, mods and positions"
+        );
+    }
+    let formats = a.kv.iter().map(|f| KvFormat::parse(f)).collect::<Result<Vec<_>, _>>()?;
+    let batch =
+        a.batch.iter().filter(|s| !s.is_empty()).map(|s| parse_size(s)).collect::<Result<Vec<_>, _>>()?;
+    let kv_heads = *a.kv_heads.first().context("--kv-heads is empty")?;
+    let bench = PagedBench {
+        heads: a.heads,
+        kv_heads,
+        head_dim: a.d,
+        context,
+        page: a.page,
+        steps: a.steps,
+        formats,
+        batch,
+    };
+    longctx::io::check_outputs(&a.json.as_deref().into_iter().collect::<Vec<_>>(), &[])?;
+    let gpu = dev.gpu()?;
+    let info = gpu.info();
+    println!(
+        "adapter {} ({:?}); H {} / Hkv {kv_heads}, D {}, pages of {}",
+        info.name, info.backend, a.heads, a.d, a.page
+    );
+    let records = bench.run(&gpu)?;
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "cache",
+        "seqs",
+        "positions",
+        "ms/step",
+        "tokens/s",
+        "× first",
+        "bytes/token",
+        "rel err (cache)",
+        "rel err (given K, V)",
+    ]);
+    let base = records.first().map_or(1.0, |r| r.tokens_per_s);
+    let err = |e: f64| if e.is_nan() { "—".to_string() } else { format!("{e:.1e}") };
+    for r in &records {
+        table.add_row([
+            r.what.clone(),
+            r.seqs.to_string(),
+            r.context.to_string(),
+            format!("{:.2}", r.ms_per_step),
+            format!("{:.1}", r.tokens_per_s),
+            format!("{:.2}", r.tokens_per_s / base),
+            r.bytes_per_token.to_string(),
+            err(r.rel_err_kernel),
+            err(r.rel_err_given),
+        ]);
+    }
+    println!("{table}");
+    let find =
+        |w: &str| records.iter().find(|r| r.what.starts_with(w)).map(|r| (r.tokens_per_s, r.what.clone()));
+    if let Some((paged, what)) = find("paged f32") {
+        // the contiguous cache with the kernel the paged one ran
+        let kernel = what.trim_start_matches("paged f32 ");
+        if let Some((flat, _)) = find(&format!("contiguous {kernel}")) {
+            println!("paged f32 / contiguous, both {kernel}: {:.2}×", paged / flat);
+        }
+        for f in ["int8", "int4"] {
+            if let Some((q, _)) = find(&format!("paged {f}")) {
+                println!("paged {f} / paged f32: {:.2}×", q / paged);
+            }
+        }
+    }
+    let n = bench.batch.len();
+    if let (Some((one, _)), Some((each, _))) =
+        (find(&format!("batch of {n}, one step")), find(&format!("batch of {n}, a step each")))
+    {
+        println!("batch of {n} in one step / a step each: {:.2}×", one / each);
     }
     if let Some(path) = &a.json {
         longctx::io::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())

@@ -204,6 +204,11 @@ impl ModArgs {
 }
 
 impl ModArgs {
+    /// Whether any mod flag was given.
+    pub fn any(&self) -> bool {
+        !self.input_paths().is_empty() || !self.named.is_empty()
+    }
+
     /// Every file these flags read: the mod files, the named mods' tables, the buffers.
     pub fn input_paths(&self) -> Vec<PathBuf> {
         let mut out: Vec<PathBuf> = self.score_mod.iter().chain(&self.mask_mod).cloned().collect();

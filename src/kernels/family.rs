@@ -153,10 +153,14 @@ impl Family {
                 pairs
                     .flat_map(|(k, v)| {
                         (32..=MAX_HEAD_DIM).step_by(32).flat_map(move |d| {
-                            [8, 64].into_iter().flat_map(move |wg| paged::variants(d, k, v, wg))
+                            [(8, 0), (64, 0), (8, 8), (32, 32)]
+                                .into_iter()
+                                .flat_map(move |w| paged::variants(d, k, v, w, 8, 64))
                         })
                     })
-                    .chain(dims().flat_map(|d| paged::variants(d, KvFormat::F32, KvFormat::F32, 8)))
+                    .chain(
+                        dims().flat_map(|d| paged::variants(d, KvFormat::F32, KvFormat::F32, (8, 8), 32, 5)),
+                    )
                     .collect()
             }
             Family::Heatmap => dims()

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod chart;
 pub mod decode;
 pub mod matmul;
+pub mod paged;
 pub mod plan;
 pub mod ring;
 pub mod route;

@@ -241,7 +241,7 @@ pub fn variants(d: usize, bc: u32, wg: u32, sg: u32, count: bool) -> Vec<ShaderV
 }
 
 /// Keys per staged tile: the largest of 32, 16, 8, 4 whose K and V tiles fit.
-fn tile_keys(gpu: &Gpu, d: usize) -> u32 {
+pub(crate) fn tile_keys(gpu: &Gpu, d: usize) -> u32 {
     let storage = gpu.limits().max_compute_workgroup_storage_size as usize;
     [32u32, 16, 8, 4].into_iter().find(|&bc| 2 * bc as usize * d * 4 <= storage).unwrap_or(4)
 }

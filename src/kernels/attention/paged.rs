@@ -14,7 +14,8 @@
 use crate::contract::paged::{KvFormat, Tree};
 use crate::contract::spec::{Alibi, AttnShape, AttnSpec, check_finite};
 use crate::error::{Error, Result};
-use crate::kernels::{COMMON, CallParams, check_call_head_dim, slopes_words};
+use crate::kernels::attention::decode::DecodeKernel;
+use crate::kernels::{COMMON, CallParams, SOFTMAX_TILE, check_call_head_dim, lanes, slopes_words};
 use crate::runtime::Gpu;
 use crate::runtime::shader::{BindGroupFields, Compiled, Shader, ShaderVariant, bind_group, header_consts};
 
@@ -46,6 +47,7 @@ bind_group! {
 }
 const STORE: Shader = Shader { stem: NAME, source: SOURCE, bindings: StoreBinds::SLOTS };
 const ATTEND: Shader = Shader { stem: NAME, source: SOURCE, bindings: AttendBinds::SLOTS };
+const STAGED: Shader = Shader { stem: NAME, source: SOURCE, bindings: AttendBinds::SLOTS };
 const COMBINE: Shader = Shader { stem: NAME, source: SOURCE, bindings: CombineBinds::SLOTS };
 
 header_consts! {
@@ -59,8 +61,22 @@ header_consts! {
         VFMT,
         /// Keys scored per rescale of a row's running sums.
         KB,
-        /// Invocations per workgroup of `attend`.
+        /// Invocations per workgroup of `attend` and `attend_staged`.
         WG,
+        /// Keys per staged tile (`attend_staged`).
+        BC,
+        /// Cache slots per page (a constant: the table's divisions become shifts).
+        PAGE,
+        /// vec4 lanes a row's invocation holds (softmax_tile.wgsl): all of them.
+        DP4,
+        /// Private lanes: D4, padded to whole subgroups on the shuffle path.
+        D4P,
+        /// Subgroup width of `attend_staged`'s shuffles (0: plain loads).
+        SG,
+        /// SG does not divide D4: the shuffle path clamps its loads.
+        SG_GUARD_U,
+        /// Never.
+        LANE_GUARD_U,
     }
 }
 
@@ -73,15 +89,43 @@ const NO_PAGE: u32 = u32::MAX;
 /// adapter's threads even for one short sequence.
 const MIN_SPLITS: usize = 64;
 
-/// The shader variants (store, attend, combine) for stored head dim `d`, formats and `wg`
-/// invocations per attend workgroup.
-pub fn variants(d: usize, k: KvFormat, v: KvFormat, wg: u32) -> Vec<ShaderVariant> {
-    let consts = PagedConsts { D4: (d / 4) as u32, KFMT: k.code(), VFMT: v.code(), KB, WG: wg }.header();
-    [(STORE, "store"), (ATTEND, "attend"), (COMBINE, "combine")]
+/// The shader variants (store, attend, attend_staged, combine) for stored head dim `d`,
+/// formats, `wg` invocations per attend workgroup and `sg` lanes per subgroup shuffle (0:
+/// none), `bc` keys per staged tile and `page` slots per page.
+pub fn variants(
+    d: usize,
+    k: KvFormat,
+    v: KvFormat,
+    (wg, sg): (u32, u32),
+    bc: u32,
+    page: u32,
+) -> Vec<ShaderVariant> {
+    let d4 = (d / 4) as u32;
+    let d4p = if sg > 0 { d4.div_ceil(sg) * sg } else { d4 };
+    let consts = PagedConsts {
+        D4: d4,
+        KFMT: k.code(),
+        VFMT: v.code(),
+        KB,
+        WG: wg,
+        BC: bc,
+        PAGE: page,
+        DP4: d4,
+        D4P: d4p,
+        SG: sg,
+        SG_GUARD_U: (sg > 0 && !d4.is_multiple_of(sg)) as u32,
+        LANE_GUARD_U: 0,
+    }
+    .header();
+    [(STORE, "store"), (ATTEND, "attend"), (STAGED, "attend_staged"), (COMBINE, "combine")]
         .into_iter()
-        .map(|(shader, entry)| shader.variant(entry, &[COMMON], consts.clone()))
+        .map(|(shader, entry)| shader.variant(entry, &[COMMON, lanes(sg), SOFTMAX_TILE], consts.clone()))
         .collect()
 }
+
+/// Below this many query rows per kv head, CPU adapters (`Profile::per_lane_loads`) run the
+/// lane-per-row kernel (as the contiguous decoder does, `decode::LANES_BELOW_ROWS`).
+const LANES_BELOW_ROWS: usize = 4;
 
 /// How a paged decoder is laid out.
 #[derive(Clone, Debug, PartialEq)]
@@ -118,6 +162,9 @@ pub struct PagedConfig {
     pub max_tokens: usize,
     /// Cache slots per split (0: the profile's, lowered below the adapter's loop cap).
     pub chunk: usize,
+    /// Which attend kernel runs: `Staged` (decoded tiles in workgroup memory shared by a kv
+    /// head's rows), `Lanes` (an invocation per split and row) or the profile's choice.
+    pub kernel: DecodeKernel,
 }
 
 impl PagedConfig {
@@ -139,6 +186,7 @@ impl PagedConfig {
             max_seqs: 16,
             max_tokens: 16,
             chunk: 0,
+            kernel: DecodeKernel::Auto,
         }
     }
 
@@ -299,6 +347,8 @@ pub struct PagedDecoder {
     chunk: usize,
     max_splits: usize,
     wg: u32,
+    /// `attend_staged` runs (else `attend`).
+    staged: bool,
     /// The step begun: its sequences and trees, tokens, lanes.
     step: Vec<(SeqId, Tree)>,
     batch: BatchParams,
@@ -353,14 +403,40 @@ impl PagedDecoder {
             gpu.check_binding(what, rows / cfg.kv_heads as u64 * b)?;
         }
         let per_lane_loads = gpu.profile().0.per_lane_loads;
-        let wg = if per_lane_loads { 8 } else { 64 };
-        // slots per split, below the loop cap: a key's score and value sum (≈ D/4 each, a
-        // rescale per KB keys) and the table lookup
+        let group = cfg.heads / cfg.kv_heads;
+        // decoded tiles shared by a kv head's rows, except where CPU adapters have too few rows
+        // to share them (one SIMD group of lanes each on its own row is faster there)
+        let staged = match cfg.kernel {
+            DecodeKernel::Auto => !per_lane_loads || group >= LANES_BELOW_ROWS,
+            DecodeKernel::Staged => true,
+            DecodeKernel::Lanes => false,
+        };
+        let bc = crate::kernels::attention::decode::tile_keys(gpu, d);
+        // the staged kernel shuffles each lane's vec4 of a key to the others (fewer
+        // same-address loads from workgroup memory, which CPU adapters gather)
+        let sg = if staged { gpu.fixed_subgroup().unwrap_or(0) } else { 0 };
+        let wg = if staged {
+            (group.next_power_of_two() as u32).clamp(8, 64).max(sg)
+        } else if per_lane_loads {
+            8
+        } else {
+            64
+        };
+        if staged {
+            gpu.check_workgroup(NAME, 2 * bc as u64 * d as u64 * 4, wg)?;
+        }
+        // slots per split, below the loop cap: per key a score and a value sum (≈ D/4 each),
+        // a rescale per KB keys (lanes) or the staging of a tile (staged), the table lookup
         let d4 = d as u64 / 4;
-        let per_key = 2 * d4 + 8 + d4.div_ceil(KB as u64);
+        let per_key = if staged {
+            (d4 * 2).div_ceil(wg as u64) + 2 * (2 * d4 + 2) + 4
+        } else {
+            2 * d4 + 8 + d4.div_ceil(KB as u64)
+        };
+        let step = if staged { bc as usize } else { KB as usize };
         let mut chunk = if cfg.chunk == 0 { gpu.profile().0.decode_chunk } else { cfg.chunk };
         if let Some(limit) = gpu.loop_iteration_limit() {
-            chunk = chunk.min(((limit / per_key) as usize / KB as usize).max(1) * KB as usize);
+            chunk = chunk.min(((limit / per_key) as usize / step).max(1) * step);
         }
         let chunk = chunk.max(1);
         let max_splits = slots.div_ceil(chunk).max(if cfg.chunk == 0 { MIN_SPLITS } else { 1 });
@@ -369,9 +445,11 @@ impl PagedDecoder {
         let lanes = partial_rows;
         gpu.check_dispatch(NAME, lane_groups(lanes, wg, gpu))?;
 
-        let [vs, va, vc]: [ShaderVariant; 3] = variants(d, cfg.k_format, cfg.v_format, wg)
-            .try_into()
-            .map_err(|_| Error::Device("paged: expected three kernels".into()))?;
+        let [vs, va, vst, vc]: [ShaderVariant; 4] =
+            variants(d, cfg.k_format, cfg.v_format, (wg, sg), bc, cfg.page as u32)
+                .try_into()
+                .map_err(|_| Error::Device("paged: expected four kernels".into()))?;
+        let va = if staged { vst } else { va };
         let (store, attend, combine) = (gpu.compile(&vs)?, gpu.compile(&va)?, gpu.compile(&vc)?);
 
         let layers = (0..cfg.layers)
@@ -473,6 +551,7 @@ impl PagedDecoder {
             chunk,
             max_splits,
             wg,
+            staged,
             step: Vec::new(),
             batch: BatchParams::default(),
             splits: Vec::new(),
@@ -494,6 +573,11 @@ impl PagedDecoder {
     /// Cache slots per split.
     pub fn chunk(&self) -> usize {
         self.chunk
+    }
+
+    /// The attend kernel it runs (`Staged` or `Lanes`).
+    pub fn kernel(&self) -> DecodeKernel {
+        if self.staged { DecodeKernel::Staged } else { DecodeKernel::Lanes }
     }
 
     /// Splits of each sequence in the step begun.
@@ -816,11 +900,11 @@ impl PagedDecoder {
             let sinks = self.cfg.sinks.min(first);
             let visited = sinks + (s.len - first);
             let mut splits = visited.div_ceil(self.chunk);
-            if self.cfg.chunk == 0 {
+            if self.cfg.chunk == 0 && !self.staged {
                 splits = splits.max(MIN_SPLITS.min(visited.div_ceil(KB as usize)));
             }
             let splits = splits.clamp(1, self.max_splits);
-            let chunk = visited.div_ceil(splits).next_multiple_of(KB as usize);
+            let chunk = visited.div_ceil(splits).next_multiple_of(if self.staged { 4 } else { KB as usize });
             let splits = visited.div_ceil(chunk).max(1);
             params.push(SeqParams {
                 len: s.len as u32,
@@ -838,7 +922,13 @@ impl PagedDecoder {
             });
             tables.extend_from_slice(&s.table);
             tree.extend((0..nq).map(|u| [t.ancestors(u), t.depth(u) as u32]));
-            lanes += splits * h * nq;
+            // invocations (lanes) or workgroups (staged: a block of rows of a kv head)
+            let hkv = self.cfg.kv_heads;
+            lanes += if self.staged {
+                hkv * splits * (h / hkv * nq).div_ceil(self.wg as usize)
+            } else {
+                splits * h * nq
+            };
             part += splits * h * nq;
             self.splits.push(splits);
         }
@@ -910,7 +1000,12 @@ impl PagedDecoder {
             .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(NAME), timestamp_writes: None });
         let rows = b.tokens as u64 * self.cfg.kv_heads as u64;
         self.store.dispatch(&mut pass, &self.store_binds[layer], [rows.div_ceil(64) as u32, 1, 1]);
-        let groups = lane_groups(b.lanes as u64, self.wg, gpu).map(|g| g as u32);
+        let groups = if self.staged {
+            lane_groups(b.lanes as u64, 1, gpu)
+        } else {
+            lane_groups(b.lanes as u64, self.wg, gpu)
+        };
+        let groups = groups.map(|g| g as u32);
         self.attend.dispatch(&mut pass, &self.attend_binds[layer], groups);
         let rows = b.tokens as u64 * self.cfg.heads as u64;
         self.combine.dispatch(&mut pass, &self.combine_bind, [rows.div_ceil(64) as u32, 1, 1]);

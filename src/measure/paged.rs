@@ -1,0 +1,241 @@
+//! Serving-decode benchmarks (`longctx decode --paged`): in one run, the contiguous cache's
+//! step against the paged cache's at the same context in each KV format, and a batch of
+//! sequences of different lengths decoded in one step against the same sequences' steps one
+//! at a time. Each paged configuration's first step is checked against the f64 oracle twice:
+//! on what the cache holds (read back and decoded: the kernel's error) and on the K and V
+//! given (the format's error).
+
+use serde::{Deserialize, Serialize};
+
+use crate::contract::inputs::hashed as fill;
+use crate::contract::paged::{KvFormat, SeqStep, Tree, step_f64};
+use crate::contract::reference::rel_error;
+use crate::error::{Error, Result};
+use crate::kernels::attention::decode::{DecodeKernel, Decoder, DecoderConfig};
+use crate::kernels::attention::paged::{PagedConfig, PagedDecoder, SeqId};
+use crate::runtime::Gpu;
+use crate::runtime::timing::time_host;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct PagedBench {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Head dim.
+    pub head_dim: usize,
+    /// Cached positions before the timed steps.
+    pub context: usize,
+    /// Slots per page.
+    pub page: usize,
+    /// Timed single-token steps per configuration.
+    pub steps: usize,
+    /// The formats of the paged cache (K and V alike).
+    pub formats: Vec<KvFormat>,
+    /// The lengths of the batch's sequences (empty: no batch comparison).
+    pub batch: Vec<usize>,
+}
+
+/// One timed configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PagedRecord {
+    /// `contiguous (staged)`, `contiguous (lanes)`, `paged f32`, `batch of 8`, ….
+    pub what: String,
+    /// The KV format.
+    pub format: String,
+    /// Sequences per step.
+    pub seqs: usize,
+    /// Cached positions, all sequences.
+    pub context: usize,
+    /// Milliseconds per step (all its sequences): median.
+    pub ms_per_step: f64,
+    /// Tokens decoded per second (sequences × steps / time).
+    pub tokens_per_s: f64,
+    /// Device bytes per cached token, K and V.
+    pub bytes_per_token: u64,
+    /// The first step against the oracle on what the cache holds (the kernel's error).
+    pub rel_err_kernel: f64,
+    /// The first step against the oracle on the K and V given (the format's error).
+    pub rel_err_given: f64,
+}
+
+/// A single-token chain for every sequence.
+fn one_each(ids: &[SeqId]) -> Vec<(SeqId, Tree)> {
+    ids.iter().map(|&id| (id, Tree::chain(1))).collect()
+}
+
+impl PagedBench {
+    fn paged_config(&self, format: KvFormat, slots: usize, seqs: usize) -> PagedConfig {
+        let mut c = PagedConfig::new(self.heads, self.kv_heads, self.head_dim, 0);
+        c.page = self.page;
+        c.pages = slots.div_ceil(self.page) + seqs;
+        c.k_format = format;
+        c.v_format = format;
+        c.max_seqs = seqs;
+        c.max_tokens = seqs;
+        c
+    }
+
+    /// The prompt of sequence `s`: K and V `[n, Hkv, D]`.
+    fn prompt(&self, n: usize, s: u32) -> Result<(Vec<f32>, Vec<f32>)> {
+        let floats = n
+            .checked_mul(self.kv_heads * self.head_dim)
+            .ok_or_else(|| Error::Invalid(format!("a prompt of {n} positions overflows")))?;
+        crate::runtime::host::check_bytes("the prompts' K and V", floats as u64 * 8)?;
+        Ok((fill(floats, 10 + 2 * s), fill(floats, 11 + 2 * s)))
+    }
+
+    /// Q, K, V of step `i` for `seqs` sequences (one token each).
+    fn step_inputs(&self, i: usize, seqs: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (h, hkv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let salt = 1000 + 3 * i as u32;
+        (fill(seqs * h * d, salt), fill(seqs * hkv * d, salt + 1), fill(seqs * hkv * d, salt + 2))
+    }
+
+    /// The contiguous decoder's steps with `kernel` at the context.
+    fn contiguous(&self, gpu: &Gpu, kernel: DecodeKernel) -> Result<PagedRecord> {
+        let (h, hkv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let mut cfg = DecoderConfig::new(h, hkv, d, self.context + self.steps + 2);
+        cfg.kernel = kernel;
+        let mut dec = Decoder::new(gpu, cfg.clone())?;
+        let (k, v) = self.prompt(self.context, 0)?;
+        // the decoder takes [Hkv, T, D]
+        let heads_first = |x: &[f32]| -> Vec<f32> {
+            (0..hkv)
+                .flat_map(|g| (0..self.context).flat_map(move |t| x[(t * hkv + g) * d..][..d].to_vec()))
+                .collect()
+        };
+        dec.prefill(gpu, 0, &heads_first(&k), &heads_first(&v))?;
+        let run = |dec: &mut Decoder, i: usize| -> Result<()> {
+            let (q, kn, vn) = self.step_inputs(i, 1);
+            dec.step(gpu, 0, &q, &kn, &vn)?;
+            gpu.wait()
+        };
+        run(&mut dec, 0)?;
+        let t = time_host(0, self.steps, |i| run(&mut dec, i + 1))?;
+        let name = dec.kernel().name();
+        Ok(PagedRecord {
+            what: format!("contiguous ({name})"),
+            format: "f32".into(),
+            seqs: 1,
+            context: self.context,
+            ms_per_step: t.median(),
+            tokens_per_s: 1e3 / t.median(),
+            bytes_per_token: cfg.bytes_per_token(),
+            rel_err_kernel: f64::NAN,
+            rel_err_given: f64::NAN,
+        })
+    }
+
+    /// A paged decoder in `format` holding `lens` prompts; checks its first step (all
+    /// sequences at once) against the oracle.
+    fn paged(
+        &self,
+        gpu: &Gpu,
+        format: KvFormat,
+        lens: &[usize],
+    ) -> Result<(PagedDecoder, Vec<SeqId>, f64, f64)> {
+        let slots: usize = lens.iter().map(|n| n + self.steps + 2).sum();
+        let cfg = self.paged_config(format, slots, lens.len());
+        let mut dec = PagedDecoder::new(gpu, cfg.clone())?;
+        let mut given = Vec::new();
+        let mut ids = Vec::new();
+        for (s, &n) in lens.iter().enumerate() {
+            let id = dec.add();
+            let (k, v) = self.prompt(n, s as u32)?;
+            dec.prefill(gpu, id, &[(&k, &v)])?;
+            ids.push(id);
+            given.push((k, v));
+        }
+        let (h, hkv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let (q, kn, vn) = self.step_inputs(0, lens.len());
+        dec.begin(gpu, &one_each(&ids))?;
+        dec.attend(gpu, 0, &q, &kn, &vn)?;
+        let out = dec.output(gpu)?;
+        let rule = cfg.rule();
+        let chain = Tree::chain(1);
+        let (mut kernel, mut format_err) = (0f64, 0f64);
+        for (s, (&id, (k, v))) in ids.iter().zip(&given).enumerate() {
+            let q = &q[s * h * d..][..h * d];
+            let got = &out.o[s * h * d..][..h * d];
+            let (ck, cv) = dec.read_cache(gpu, 0, id)?;
+            let (o, _) = step_f64(&rule, &SeqStep { keys: &ck, values: &cv, queries: q, tree: &chain });
+            kernel = kernel.max(rel_error(got, &o));
+            let keys = [k.as_slice(), &kn[s * hkv * d..][..hkv * d]].concat();
+            let values = [v.as_slice(), &vn[s * hkv * d..][..hkv * d]].concat();
+            let (o, _) = step_f64(&rule, &SeqStep { keys: &keys, values: &values, queries: q, tree: &chain });
+            format_err = format_err.max(rel_error(got, &o));
+        }
+        Ok((dec, ids, kernel, format_err))
+    }
+
+    /// Every configuration, in one run: the contiguous cache (the profile's kernel and the
+    /// lanes kernel the paged one is built like), the paged cache in each format, then the
+    /// batch in one step against its sequences' steps one at a time.
+    pub fn run(&self, gpu: &Gpu) -> Result<Vec<PagedRecord>> {
+        let mut out = vec![self.contiguous(gpu, DecodeKernel::Auto)?];
+        if out[0].what != "contiguous (lanes)" {
+            out.push(self.contiguous(gpu, DecodeKernel::Lanes)?);
+        }
+        for &f in &self.formats {
+            let (mut dec, ids, kernel, given) = self.paged(gpu, f, &[self.context])?;
+            let t = time_host(0, self.steps, |i| {
+                let (q, kn, vn) = self.step_inputs(i + 1, 1);
+                dec.begin(gpu, &one_each(&ids))?;
+                dec.attend(gpu, 0, &q, &kn, &vn)?;
+                gpu.wait()
+            })?;
+            out.push(PagedRecord {
+                what: format!("paged {} ({})", f.name(), dec.kernel().name()),
+                format: f.name().into(),
+                seqs: 1,
+                context: self.context,
+                ms_per_step: t.median(),
+                tokens_per_s: 1e3 / t.median(),
+                bytes_per_token: dec.config().bytes_per_token(),
+                rel_err_kernel: kernel,
+                rel_err_given: given,
+            });
+        }
+        if self.batch.is_empty() {
+            return Ok(out);
+        }
+        let n = self.batch.len();
+        let (mut dec, ids, kernel, given) = self.paged(gpu, KvFormat::F32, &self.batch)?;
+        let batched = time_host(0, self.steps, |i| {
+            let (q, kn, vn) = self.step_inputs(i + 1, n);
+            dec.begin(gpu, &one_each(&ids))?;
+            dec.attend(gpu, 0, &q, &kn, &vn)?;
+            gpu.wait()
+        })?;
+        // the same sequences, a step each, submitted back to back and waited for once
+        let (h, hkv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let apart = time_host(0, self.steps, |i| {
+            let (q, kn, vn) = self.step_inputs(self.steps + i + 1, n);
+            for (s, &id) in ids.iter().enumerate() {
+                dec.begin(gpu, &[(id, Tree::chain(1))])?;
+                let at = |x: &[f32], w: usize| x[s * w * d..][..w * d].to_vec();
+                dec.attend(gpu, 0, &at(&q, h), &at(&kn, hkv), &at(&vn, hkv))?;
+            }
+            gpu.wait()
+        })?;
+        let context = self.batch.iter().sum();
+        for (what, t) in
+            [(format!("batch of {n}, one step"), batched), (format!("batch of {n}, a step each"), apart)]
+        {
+            out.push(PagedRecord {
+                what,
+                format: "f32".into(),
+                seqs: n,
+                context,
+                ms_per_step: t.median(),
+                tokens_per_s: n as f64 * 1e3 / t.median(),
+                bytes_per_token: dec.config().bytes_per_token(),
+                rel_err_kernel: kernel,
+                rel_err_given: given,
+            });
+        }
+        Ok(out)
+    }
+}
