@@ -439,13 +439,20 @@ fn attend_staged(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
     var l_run = 0.0;
     var sc: array<f32, BC>;
     for (var c0 = begin; c0 < end; c0 += BC) {
+        // a lane's vec4s step through the tile's keys in order: each key's row through the
+        // page table once, where the lane reaches a new key
+        var row_of = 0xffffffffu;
+        var row = 0u;
         for (var x = lid; x < BC * D4; x += WG) {
             let vi = c0 + x / D4;
             let j = x % D4;
             var kk = vec4<f32>(0.0);
             var vv = vec4<f32>(0.0);
             if vi < end {
-                let row = pool_row(s, visited_slot(s, vi), kvh);
+                if vi != row_of {
+                    row = pool_row(s, visited_slot(s, vi), kvh);
+                    row_of = vi;
+                }
                 var ks = 0u;
                 var vs = 0u;
                 if KFMT != 0u {

@@ -20,6 +20,7 @@ mod embed;
 mod encoder_kernels;
 mod f16;
 mod fuzz;
+mod generate;
 mod gpt;
 mod io;
 mod layers;

@@ -5,6 +5,7 @@ mod bench;
 mod decode;
 #[cfg(feature = "bert")]
 mod embed;
+mod generate;
 mod info;
 mod mask;
 mod maskargs;
@@ -134,6 +135,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Incremental decoding: tokens/s, KV-cache bytes and bytes read per step, MHA vs GQA vs MQA.
     Decode(decode::DecodeArgs),
+    /// Text from a trained checkpoint over the paged (int8/int4-quantisable) KV cache: one
+    /// prompt streamed, several decoded together, or speculative decoding with a draft.
+    Generate(generate::GenerateArgs),
     /// Measure this adapter's FMA rate and copy bandwidth (cached; the "% of peak" denominators).
     Peak(peak::PeakArgs),
     /// Open the desktop visualiser: attention patterns, tile maps, ALiBi, memory traffic,
@@ -195,6 +199,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Peak(a) => peak::run(&cli.device, &a),
         Command::Decode(a) => decode::run(&cli.device, &a),
+        Command::Generate(a) => generate::run(&cli.device, &a),
         #[cfg(feature = "bert")]
         Command::Embed(a) => embed::run(&cli.device, &a),
         Command::Selftest => selftest::run(&cli.device),

@@ -14,7 +14,6 @@ use crate::error::{Error, Result};
 use crate::kernels::attention::decode::{DecodeKernel, Decoder, DecoderConfig};
 use crate::kernels::attention::paged::{PagedConfig, PagedDecoder, SeqId};
 use crate::runtime::Gpu;
-use crate::runtime::timing::time_host;
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -46,6 +45,8 @@ pub struct PagedRecord {
     pub format: String,
     /// Sequences per step.
     pub seqs: usize,
+    /// Splits of the cache per step (each sequence's, summed).
+    pub splits: usize,
     /// Cached positions, all sequences.
     pub context: usize,
     /// Milliseconds per step (all its sequences): median.
@@ -93,8 +94,9 @@ impl PagedBench {
         (fill(seqs * h * d, salt), fill(seqs * hkv * d, salt + 1), fill(seqs * hkv * d, salt + 2))
     }
 
-    /// The contiguous decoder's steps with `kernel` at the context.
-    fn contiguous(&self, gpu: &Gpu, kernel: DecodeKernel) -> Result<PagedRecord> {
+    /// The contiguous decoder with `kernel`, prefilled with the context and past its first
+    /// step, and its record with the time left out.
+    fn contiguous(&self, gpu: &Gpu, kernel: DecodeKernel) -> Result<(Decoder, PagedRecord)> {
         let (h, hkv, d) = (self.heads, self.kv_heads, self.head_dim);
         let mut cfg = DecoderConfig::new(h, hkv, d, self.context + self.steps + 2);
         cfg.kernel = kernel;
@@ -107,25 +109,22 @@ impl PagedBench {
                 .collect()
         };
         dec.prefill(gpu, 0, &heads_first(&k), &heads_first(&v))?;
-        let run = |dec: &mut Decoder, i: usize| -> Result<()> {
-            let (q, kn, vn) = self.step_inputs(i, 1);
-            dec.step(gpu, 0, &q, &kn, &vn)?;
-            gpu.wait()
-        };
-        run(&mut dec, 0)?;
-        let t = time_host(0, self.steps, |i| run(&mut dec, i + 1))?;
-        let name = dec.kernel().name();
-        Ok(PagedRecord {
-            what: format!("contiguous ({name})"),
+        let (q, kn, vn) = self.step_inputs(0, 1);
+        dec.step(gpu, 0, &q, &kn, &vn)?;
+        gpu.wait()?;
+        let record = PagedRecord {
+            what: format!("contiguous ({})", dec.kernel().name()),
             format: "f32".into(),
             seqs: 1,
+            splits: dec.splits(),
             context: self.context,
-            ms_per_step: t.median(),
-            tokens_per_s: 1e3 / t.median(),
+            ms_per_step: f64::NAN,
+            tokens_per_s: f64::NAN,
             bytes_per_token: cfg.bytes_per_token(),
             rel_err_kernel: f64::NAN,
             rel_err_given: f64::NAN,
-        })
+        };
+        Ok((dec, record))
     }
 
     /// A paged decoder in `format` holding `lens` prompts; checks its first step (all
@@ -170,72 +169,108 @@ impl PagedBench {
         Ok((dec, ids, kernel, format_err))
     }
 
-    /// Every configuration, in one run: the contiguous cache (the profile's kernel and the
-    /// lanes kernel the paged one is built like), the paged cache in each format, then the
-    /// batch in one step against its sequences' steps one at a time.
+    /// Every configuration, in one run: the contiguous cache (the profile's kernel, and the
+    /// lanes kernel), the paged cache in each format, the batch in one step and its sequences
+    /// a step each (submitted back to back, waited for once). All are built and checked
+    /// first, then timed in rounds — one step of each per round — so that the machine's
+    /// drift falls on all of them alike; each reports its median.
     pub fn run(&self, gpu: &Gpu) -> Result<Vec<PagedRecord>> {
-        let mut out = vec![self.contiguous(gpu, DecodeKernel::Auto)?];
-        if out[0].what != "contiguous (lanes)" {
-            out.push(self.contiguous(gpu, DecodeKernel::Lanes)?);
+        type Step<'a> = Box<dyn FnMut(usize) -> Result<()> + 'a>;
+        let mut runs: Vec<(PagedRecord, usize, Step)> = Vec::new();
+        let mut kernels = Vec::new();
+        for kernel in [DecodeKernel::Auto, DecodeKernel::Lanes] {
+            let (mut dec, record) = self.contiguous(gpu, kernel)?;
+            if kernel == DecodeKernel::Lanes && kernels.contains(&dec.kernel()) {
+                continue;
+            }
+            kernels.push(dec.kernel());
+            let step: Step = Box::new(move |i| {
+                let (q, kn, vn) = self.step_inputs(i, 1);
+                dec.step(gpu, 0, &q, &kn, &vn)?;
+                gpu.wait()
+            });
+            runs.push((record, 1, step));
         }
         for &f in &self.formats {
             let (mut dec, ids, kernel, given) = self.paged(gpu, f, &[self.context])?;
-            let t = time_host(0, self.steps, |i| {
-                let (q, kn, vn) = self.step_inputs(i + 1, 1);
-                dec.begin(gpu, &one_each(&ids))?;
-                dec.attend(gpu, 0, &q, &kn, &vn)?;
-                gpu.wait()
-            })?;
-            out.push(PagedRecord {
+            let record = PagedRecord {
                 what: format!("paged {} ({})", f.name(), dec.kernel().name()),
                 format: f.name().into(),
                 seqs: 1,
+                splits: dec.splits().iter().sum(),
                 context: self.context,
-                ms_per_step: t.median(),
-                tokens_per_s: 1e3 / t.median(),
+                ms_per_step: f64::NAN,
+                tokens_per_s: f64::NAN,
                 bytes_per_token: dec.config().bytes_per_token(),
                 rel_err_kernel: kernel,
                 rel_err_given: given,
+            };
+            let step: Step = Box::new(move |i| {
+                let (q, kn, vn) = self.step_inputs(i, 1);
+                dec.begin(gpu, &one_each(&ids))?;
+                dec.attend(gpu, 0, &q, &kn, &vn)?;
+                gpu.wait()
             });
+            runs.push((record, 1, step));
         }
-        if self.batch.is_empty() {
-            return Ok(out);
-        }
-        let n = self.batch.len();
-        let (mut dec, ids, kernel, given) = self.paged(gpu, KvFormat::F32, &self.batch)?;
-        let batched = time_host(0, self.steps, |i| {
-            let (q, kn, vn) = self.step_inputs(i + 1, n);
-            dec.begin(gpu, &one_each(&ids))?;
-            dec.attend(gpu, 0, &q, &kn, &vn)?;
-            gpu.wait()
-        })?;
-        // the same sequences, a step each, submitted back to back and waited for once
-        let (h, hkv, d) = (self.heads, self.kv_heads, self.head_dim);
-        let apart = time_host(0, self.steps, |i| {
-            let (q, kn, vn) = self.step_inputs(self.steps + i + 1, n);
-            for (s, &id) in ids.iter().enumerate() {
-                dec.begin(gpu, &[(id, Tree::chain(1))])?;
-                let at = |x: &[f32], w: usize| x[s * w * d..][..w * d].to_vec();
-                dec.attend(gpu, 0, &at(&q, h), &at(&kn, hkv), &at(&vn, hkv))?;
+        if !self.batch.is_empty() {
+            let n = self.batch.len();
+            let (h, hkv, d) = (self.heads, self.kv_heads, self.head_dim);
+            let context = self.batch.iter().sum();
+            // two decoders holding the same sequences: one steps them together, one apart
+            for together in [true, false] {
+                let (mut dec, ids, kernel, given) = self.paged(gpu, KvFormat::F32, &self.batch)?;
+                let what = if together {
+                    format!("batch of {n}, one step")
+                } else {
+                    format!("batch of {n}, a step each")
+                };
+                let record = PagedRecord {
+                    what,
+                    format: "f32".into(),
+                    seqs: n,
+                    splits: dec.splits().iter().sum(),
+                    context,
+                    ms_per_step: f64::NAN,
+                    tokens_per_s: f64::NAN,
+                    bytes_per_token: dec.config().bytes_per_token(),
+                    rel_err_kernel: kernel,
+                    rel_err_given: given,
+                };
+                let step: Step = Box::new(move |i| {
+                    let (q, kn, vn) = self.step_inputs(i, n);
+                    if together {
+                        dec.begin(gpu, &one_each(&ids))?;
+                        dec.attend(gpu, 0, &q, &kn, &vn)?;
+                    } else {
+                        for (s, &id) in ids.iter().enumerate() {
+                            dec.begin(gpu, &[(id, Tree::chain(1))])?;
+                            let at = |x: &[f32], w: usize| x[s * w * d..][..w * d].to_vec();
+                            dec.attend(gpu, 0, &at(&q, h), &at(&kn, hkv), &at(&vn, hkv))?;
+                        }
+                    }
+                    gpu.wait()
+                });
+                runs.push((record, n, step));
             }
-            gpu.wait()
-        })?;
-        let context = self.batch.iter().sum();
-        for (what, t) in
-            [(format!("batch of {n}, one step"), batched), (format!("batch of {n}, a step each"), apart)]
-        {
-            out.push(PagedRecord {
-                what,
-                format: "f32".into(),
-                seqs: n,
-                context,
-                ms_per_step: t.median(),
-                tokens_per_s: n as f64 * 1e3 / t.median(),
-                bytes_per_token: dec.config().bytes_per_token(),
-                rel_err_kernel: kernel,
-                rel_err_given: given,
-            });
         }
-        Ok(out)
+        let mut samples = vec![Vec::with_capacity(self.steps); runs.len()];
+        for i in 0..self.steps {
+            for ((_, _, step), s) in runs.iter_mut().zip(&mut samples) {
+                let t0 = web_time::Instant::now();
+                step(i + 1)?;
+                s.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Ok(runs
+            .into_iter()
+            .zip(samples)
+            .map(|((mut r, tokens, _), samples_ms)| {
+                let ms = crate::runtime::timing::Timing { samples_ms, timer: "wall" }.median();
+                r.ms_per_step = ms;
+                r.tokens_per_s = tokens as f64 * 1e3 / ms;
+                r
+            })
+            .collect())
     }
 }

@@ -557,7 +557,7 @@ fn nsa_head_f64(
 /// The mean next-token loss of `tokens` (`batch` sequences of `len + 1` ids: inputs and
 /// shifted targets) under parameters `p` (f64, [`GptConfig::shapes`] order): the f64 oracle.
 pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> Result<f64> {
-    Ok(losses_f64(config, p, tokens, batch)?.0)
+    Ok(losses_f64(config, p, tokens, batch, None)?.0)
 }
 
 /// DSA's indexer objective under parameters `p` (tokens as [`loss_f64`]): each block's
@@ -566,7 +566,7 @@ pub fn loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> 
 /// over the rows and summed over the blocks — what the indexer's parameters learn from; 0 for
 /// the other attention kinds.
 pub fn index_loss_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> Result<f64> {
-    Ok(losses_f64(config, p, tokens, batch)?.1)
+    Ok(losses_f64(config, p, tokens, batch, None)?.1)
 }
 
 /// DSA's choice for one sequence's rows in f64: per row i (position i), the `topk` keys
@@ -610,7 +610,24 @@ fn dsa_rows_f64(
 }
 
 /// The next-token loss and DSA's indexer objective ([`loss_f64`], [`index_loss_f64`]).
-fn losses_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> Result<(f64, f64)> {
+/// The f64 oracle's next-token logits after every token of `tokens` (one sequence): `[t][V]`.
+pub fn logits_f64(config: &GptConfig, p: &[f64], tokens: &[u32]) -> Result<Vec<Vec<f64>>> {
+    // the loss needs a target after the last token: any byte, its loss is not read
+    let with_target = [tokens, &[0]].concat();
+    let mut out = Vec::with_capacity(tokens.len());
+    losses_f64(config, p, &with_target, 1, Some(&mut out))?;
+    Ok(out)
+}
+
+/// The mean next-token loss and DSA's indexer loss; each position's logits pushed to `logits`
+/// where given.
+fn losses_f64(
+    config: &GptConfig,
+    p: &[f64],
+    tokens: &[u32],
+    batch: usize,
+    mut logits_out: Option<&mut Vec<Vec<f64>>>,
+) -> Result<(f64, f64)> {
     config.validate()?;
     if p.len() != config.params()
         || batch == 0
@@ -762,6 +779,9 @@ fn losses_f64(config: &GptConfig, p: &[f64], tokens: &[u32], batch: usize) -> Re
             let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let lse = m + logits.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
             total += lse - logits[target as usize];
+            if let Some(out) = logits_out.as_deref_mut() {
+                out.push(logits);
+            }
         }
     }
     Ok((total / (batch * t) as f64, index_total / (batch * t) as f64))

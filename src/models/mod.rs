@@ -4,6 +4,7 @@
 #[cfg(feature = "bert")]
 pub mod bert;
 pub mod colt5;
+pub mod generate;
 pub mod gpt;
 pub mod gpt_gpu;
 pub mod training;

@@ -1,0 +1,352 @@
+//! Text from a trained GPT (`longctx generate`): many sequences decoded together over the
+//! paged, optionally quantised KV cache ([`PagedDecoder`]), sampled with a temperature and
+//! nucleus (top-p), and speculative decoding — a small draft model proposes a few tokens, the
+//! model verifies them in one step (a chain of drafts) and keeps the longest prefix it agrees
+//! with.
+//!
+//! Where the work runs: attention (the cache, its pages and formats) on the GPU, one
+//! dispatch per layer for every sequence of the step; the projections, LayerNorms and FFN of
+//! these small models (d ≤ a few hundred) in f32 on the host between them. The logits agree
+//! with the f64 oracle's ([`crate::models::gpt::logits_f64`]) at every step (tests/generate.rs).
+
+use crate::contract::paged::{KvFormat, Tree};
+use crate::contract::positions::Positions;
+use crate::contract::spec::Alibi;
+use crate::contract::spec::alibi_slope;
+use crate::error::{Error, Result};
+use crate::kernels::attention::paged::{PagedConfig, PagedDecoder, SeqId};
+use crate::models::gpt::{AttnKind, GptConfig, Params, PosScheme, sinusoid};
+use crate::runtime::Gpu;
+
+/// How a generator lays out its cache.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CacheLayout {
+    /// K and V format.
+    pub format: KvFormat,
+    /// Slots per page.
+    pub page: usize,
+    /// Positions the pool holds, all sequences together.
+    pub positions: usize,
+    /// Most sequences decoded together.
+    pub max_seqs: usize,
+    /// Most new tokens of one sequence in a step (prompt chunks, drafts to verify).
+    pub max_step_tokens: usize,
+}
+
+/// A GPT with a paged KV cache of its own.
+pub struct Generator {
+    config: GptConfig,
+    params: Vec<f32>,
+    dec: PagedDecoder,
+    rope: Option<Positions>,
+}
+
+/// One sequence's part of a step: its id and the tokens it adds (a chain).
+pub type StepTokens<'a> = (SeqId, &'a [u32]);
+
+impl Generator {
+    /// The model `config` with `params` ([`GptConfig::shapes`] order) and a cache as `layout`.
+    /// Dense attention only (a checkpoint trained with MoBA, NSA or DSA is refused).
+    pub fn new(gpu: &Gpu, config: GptConfig, params: Vec<f32>, layout: CacheLayout) -> Result<Self> {
+        config.validate()?;
+        if config.attn != AttnKind::Dense {
+            return Err(Error::Invalid(format!(
+                "generating with {} attention: the paged decoder runs dense causal attention (train with --attn dense)",
+                config.attn.name()
+            )));
+        }
+        if params.len() != config.params() {
+            return Err(Error::Length {
+                what: "GPT parameters".into(),
+                got: params.len(),
+                shape: vec![config.params()],
+                expected: config.params(),
+            });
+        }
+        let hd = config.d_model / config.heads;
+        let mut cfg =
+            PagedConfig::new(config.heads, config.heads, hd, layout.positions.div_ceil(layout.page.max(1)));
+        cfg.layers = config.layers;
+        cfg.page = layout.page;
+        cfg.k_format = layout.format;
+        cfg.v_format = layout.format;
+        cfg.max_seqs = layout.max_seqs;
+        cfg.max_tokens = layout.max_seqs.saturating_mul(layout.max_step_tokens);
+        if config.pos == PosScheme::Alibi {
+            cfg.alibi = Alibi::Custom((0..config.heads).map(|h| alibi_slope(config.heads, h)).collect());
+        }
+        let rope = (config.pos == PosScheme::Rope).then(|| Positions::rope(10000.0));
+        Ok(Self { config, params, dec: PagedDecoder::new(gpu, cfg)?, rope })
+    }
+
+    /// The model.
+    pub fn config(&self) -> &GptConfig {
+        &self.config
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &PagedDecoder {
+        &self.dec
+    }
+
+    /// A new, empty sequence.
+    pub fn add(&mut self) -> SeqId {
+        self.dec.add()
+    }
+
+    /// Ends a sequence (its pages return to the pool).
+    pub fn release(&mut self, id: SeqId) -> Result<()> {
+        self.dec.release(id)
+    }
+
+    /// Keeps the first `len` tokens of a sequence (rejected drafts dropped).
+    pub fn truncate(&mut self, id: SeqId, len: usize) -> Result<()> {
+        self.dec.truncate(id, len)
+    }
+
+    /// Tokens a sequence holds.
+    pub fn len(&self, id: SeqId) -> Result<usize> {
+        self.dec.len(id)
+    }
+
+    fn get(&self, name: &str) -> &[f32] {
+        &self.params[Params::range(&self.config, name).expect("a parameter of the model")]
+    }
+
+    /// Runs `steps` — for each sequence the tokens it adds, at most the layout's
+    /// `max_step_tokens` — through the model and returns, per sequence, the logits after each
+    /// of its tokens (`[tokens][V]`).
+    pub fn forward(&mut self, gpu: &Gpu, steps: &[StepTokens]) -> Result<Vec<Vec<Vec<f32>>>> {
+        let c = self.config;
+        let (d, h, v) = (c.d_model, c.heads, c.vocab);
+        let hd = d / h;
+        let mut positions = Vec::new();
+        let mut trees = Vec::with_capacity(steps.len());
+        for &(id, tokens) in steps {
+            if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= v) {
+                return Err(Error::Invalid(format!("token {bad} is outside the vocabulary of {v}")));
+            }
+            let len = self.dec.len(id)?;
+            positions.extend((0..tokens.len()).map(|i| len + i));
+            trees.push((id, Tree::chain(tokens.len())));
+        }
+        self.dec.begin(gpu, &trees)?;
+        let wte = self.get("wte").to_vec();
+        let mut x: Vec<f32> = steps
+            .iter()
+            .flat_map(|(_, t)| t.iter())
+            .flat_map(|&id| wte[id as usize * d..][..d].to_vec())
+            .collect();
+        if c.pos == PosScheme::Sinusoidal {
+            for (row, &p) in x.chunks_exact_mut(d).zip(&positions) {
+                row.iter_mut().zip(sinusoid(p, d)).for_each(|(a, b)| *a += b as f32);
+            }
+        }
+        let n = positions.len();
+        for l in 0..c.layers {
+            let p = |name: &str| format!("h{l}.{name}");
+            let a = layer_norm(&x, self.get(&p("ln1.g")), self.get(&p("ln1.b")), d);
+            let qkv = linear(&a, self.get(&p("attn.w_qkv")), self.get(&p("attn.b_qkv")), d, 3 * d);
+            // [token, 3d] → Q, K, V [token, H, hd] (the row's thirds)
+            let part = |k: usize| -> Vec<f32> {
+                qkv.chunks_exact(3 * d).flat_map(|r| r[k * d..][..d].to_vec()).collect()
+            };
+            let (mut q, mut k, vv) = (part(0), part(1), part(2));
+            if let Some(rope) = &self.rope {
+                for (x, &pos) in
+                    [&mut q, &mut k].into_iter().flat_map(|t| t.chunks_exact_mut(d).zip(&positions))
+                {
+                    for head in x.chunks_exact_mut(hd) {
+                        let mut row: Vec<f64> = head.iter().map(|&e| e as f64).collect();
+                        rope.apply(&mut row, pos as i64);
+                        head.iter_mut().zip(row).for_each(|(a, b)| *a = b as f32);
+                    }
+                }
+            }
+            self.dec.attend(gpu, l, &q, &k, &vv)?;
+            let att = self.dec.output(gpu)?.o;
+            let o = linear(&att, self.get(&p("attn.w_o")), self.get(&p("attn.b_o")), d, d);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let a = layer_norm(&x, self.get(&p("ln2.g")), self.get(&p("ln2.b")), d);
+            let mut hidden = linear(&a, self.get(&p("ffn.w1")), self.get(&p("ffn.b1")), d, c.ffn);
+            hidden.iter_mut().for_each(|u| *u = gelu(*u));
+            let o = linear(&hidden, self.get(&p("ffn.w2")), self.get(&p("ffn.b2")), c.ffn, d);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        }
+        let xf = layer_norm(&x, self.get("lnf.g"), self.get("lnf.b"), d);
+        let logits: Vec<Vec<f32>> = xf
+            .chunks_exact(d)
+            .map(|row| wte.chunks_exact(d).map(|w| row.iter().zip(w).map(|(a, b)| a * b).sum()).collect())
+            .collect();
+        debug_assert_eq!(logits.len(), n);
+        let mut out = Vec::with_capacity(steps.len());
+        let mut rest = logits.into_iter();
+        for (_, t) in steps {
+            out.push(rest.by_ref().take(t.len()).collect());
+        }
+        Ok(out)
+    }
+
+    /// Feeds a prompt to a sequence in chunks of at most `max_step_tokens`; the logits after
+    /// its last token.
+    pub fn prefill(&mut self, gpu: &Gpu, id: SeqId, prompt: &[u32], chunk: usize) -> Result<Vec<f32>> {
+        if prompt.is_empty() {
+            return Err(Error::Invalid("a prompt needs at least one token".into()));
+        }
+        let mut last = Vec::new();
+        for part in prompt.chunks(chunk.max(1)) {
+            last = self.forward(gpu, &[(id, part)])?.pop().and_then(|mut l| l.pop()).unwrap_or_default();
+        }
+        Ok(last)
+    }
+}
+
+/// How the next token is drawn from logits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampling {
+    /// Softmax temperature; 0: the most likely token.
+    pub temperature: f32,
+    /// Nucleus: the smallest set of tokens whose probabilities sum to at least this.
+    pub top_p: f32,
+}
+
+impl Sampling {
+    /// The most likely token (ties to the lower id).
+    pub fn greedy() -> Self {
+        Self { temperature: 0.0, top_p: 1.0 }
+    }
+
+    /// A token drawn from `logits` with `rng`.
+    pub fn draw(&self, logits: &[f32], rng: &mut impl rand::Rng) -> u32 {
+        let argmax = || argmax(logits);
+        if self.temperature <= 0.0 {
+            return argmax();
+        }
+        let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut probs: Vec<(usize, f64)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (i, (((x - m) / self.temperature) as f64).exp()))
+            .collect();
+        let total: f64 = probs.iter().map(|p| p.1).sum();
+        probs.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0)));
+        let mut kept = 0.0;
+        let mut cut = probs.len();
+        for (i, p) in probs.iter().enumerate() {
+            kept += p.1 / total;
+            if kept >= self.top_p as f64 {
+                cut = i + 1;
+                break;
+            }
+        }
+        probs.truncate(cut);
+        let sum: f64 = probs.iter().map(|p| p.1).sum();
+        let mut r = rng.random::<f64>() * sum;
+        for (i, p) in &probs {
+            r -= p;
+            if r <= 0.0 {
+                return *i as u32;
+            }
+        }
+        probs.last().map_or_else(argmax, |p| p.0 as u32)
+    }
+}
+
+/// The most likely token (ties to the lower id).
+pub fn argmax(logits: &[f32]) -> u32 {
+    logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
+        as u32
+}
+
+fn layer_norm(x: &[f32], g: &[f32], b: &[f32], d: usize) -> Vec<f32> {
+    let eps = crate::models::gpt::LN_EPS as f32;
+    x.chunks_exact(d)
+        .flat_map(|row| {
+            let mean = row.iter().sum::<f32>() / d as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            row.iter().zip(g).zip(b).map(move |((v, g), b)| (v - mean) * inv * g + b)
+        })
+        .collect()
+}
+
+fn linear(x: &[f32], w: &[f32], b: &[f32], k: usize, n: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len() / k * n);
+    for row in x.chunks_exact(k) {
+        let mut acc = b.to_vec();
+        for (xi, wr) in row.iter().zip(w.chunks_exact(n)) {
+            acc.iter_mut().zip(wr).for_each(|(a, w)| *a += xi * w);
+        }
+        out.extend(acc);
+    }
+    out
+}
+
+/// GELU, the tanh form GPT-2 and the trainer use.
+fn gelu(x: f32) -> f32 {
+    let c = (2.0 / std::f32::consts::PI).sqrt();
+    0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// What [`speculate`] did: tokens produced, drafts proposed and accepted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpecStats {
+    /// Verification steps of the model.
+    pub steps: usize,
+    /// Draft tokens proposed.
+    pub proposed: usize,
+    /// Draft tokens the model agreed with.
+    pub accepted: usize,
+}
+
+/// Greedy speculative decoding of one sequence: `draft` proposes `k` tokens after `last`
+/// (each sequence already holding the same tokens before `last`), `model` checks them in one
+/// step and keeps the longest prefix its own greedy choice agrees with, plus its own next
+/// token. Returns the new tokens (at least one); both caches end holding every token before
+/// the last new one.
+pub fn speculate(
+    gpu: &Gpu,
+    (model, mid): (&mut Generator, SeqId),
+    (draft, did): (&mut Generator, SeqId),
+    last: u32,
+    k: usize,
+    stats: &mut SpecStats,
+) -> Result<Vec<u32>> {
+    if k == 0 {
+        return Err(Error::Invalid("speculative decoding needs at least one draft token".into()));
+    }
+    let base = model.len(mid)?;
+    // the draft's proposals, one token a step
+    let mut proposals = Vec::with_capacity(k);
+    let mut next = last;
+    for _ in 0..k {
+        let logits = draft.forward(gpu, &[(did, &[next])])?.remove(0).remove(0);
+        next = argmax(&logits);
+        proposals.push(next);
+    }
+    // the model reads `last` and the proposals in one step: logits after each
+    let input = [&[last][..], &proposals].concat();
+    let logits = model.forward(gpu, &[(mid, &input)])?.remove(0);
+    let mut out = Vec::new();
+    for (i, l) in logits.iter().enumerate() {
+        let choice = argmax(l);
+        out.push(choice);
+        if proposals.get(i) != Some(&choice) {
+            break;
+        }
+    }
+    let accepted = out.len() - 1;
+    stats.steps += 1;
+    stats.proposed += k;
+    stats.accepted += accepted;
+    // keep `last` and the accepted drafts; the last new token is fed next time
+    model.truncate(mid, base + 1 + accepted)?;
+    let draft_len = draft.len(did)?;
+    draft.truncate(did, draft_len.min(base + 1 + accepted))?;
+    if draft.len(did)? < base + 1 + accepted {
+        // every proposal was accepted: the draft never read its last one
+        let missing = &proposals[draft.len(did)? - base - 1..accepted];
+        draft.forward(gpu, &[(did, missing)])?;
+    }
+    Ok(out)
+}
