@@ -923,6 +923,34 @@ fn train_resumes_and_eval_reports_bits_per_byte_at_each_length() {
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     let ckpt = out.join("checkpoint.safetensors");
     assert!(ckpt.exists() && out.join("log.csv").exists());
+    // the checkpoint generates over the paged cache; greedy speculation with itself as the
+    // draft accepts every proposal and prints the same text as greedy decoding alone
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--checkpoint",
+            p(&ckpt),
+            "--prompt",
+            "And God",
+            "--tokens",
+            "12",
+            "--page",
+            "8",
+        ];
+        args.extend_from_slice(extra);
+        let out = longctx(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let sampled = generate(&["--kv", "int8", "--seed", "3"]);
+    assert!(sampled.contains("tokens/s") && sampled.contains("KV int8"), "{sampled}");
+    let greedy = generate(&["--temperature", "0"]);
+    let spec = generate(&["--temperature", "0", "--draft", p(&ckpt), "--draft-tokens", "3"]);
+    assert!(spec.contains("proposals accepted (100 %)"), "{spec}");
+    assert_eq!(greedy.lines().nth(1), spec.lines().nth(1), "{greedy}\n{spec}");
+    fails_with(&["generate", "--checkpoint", p(&ckpt), "--draft", p(&ckpt)], "--temperature 0");
+    fails_with(&["generate", "--checkpoint", p(&ckpt), "--kv", "int3"], "unknown KV format");
+    fails_with(&["generate", "--checkpoint", p(&corpus)], "safetensors");
     // a second start without --resume is refused before any work; a different run is refused
     fails_with(&["train", "--pos", "alibi", "--corpus", p(&corpus), "--out", p(&out)], "--resume");
     fails_with(&["train", "--pos", "rope", "--corpus", p(&corpus), "--out", p(&out), "--resume"], "differs");
@@ -959,6 +987,8 @@ fn train_resumes_and_eval_reports_bits_per_byte_at_each_length() {
     let moba_out = dir.path().join("moba");
     let moba = train("2", &moba_out, &["--attn", "moba:block=8,topk=2"]);
     assert!(moba.status.success(), "{}", String::from_utf8_lossy(&moba.stderr));
+    let moba_ckpt = moba_out.join("checkpoint.safetensors");
+    fails_with(&["generate", "--checkpoint", p(&moba_ckpt)], "dense");
     // a checkpoint evaluated at 4× its length, named in the table
     let evaluated_as = |ckpt: &Path, name: &str| {
         let args =
@@ -1578,4 +1608,43 @@ fn bench_sparse_times_nsa_stage_by_stage_against_dense_causal() {
     // 700 positions: at most 4·32 + 64 + 86 keys per row of causal's up to 700
     assert!(r.sparse_pairs < r.dense_pairs && r.sparse_pairs > 0, "{r:?}");
     assert!(r.select_flops > 0.0 && r.attend_flops == 4.0 * 64.0 * r.sparse_pairs as f64, "{r:?}");
+}
+
+#[test]
+fn decode_paged_compares_formats_and_a_batch_in_one_run() {
+    let out = longctx(&[
+        "decode",
+        "--paged",
+        "--context",
+        "200",
+        "--steps",
+        "2",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--d",
+        "16",
+        "--page",
+        "16",
+        "--batch",
+        "50,130",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for needle in
+        ["contiguous (", "paged int8 (", "paged int4 (", "batch of 2, one step", "paged f32 / contiguous"]
+    {
+        assert!(text.contains(needle), "`{needle}` missing: {text}");
+    }
+    // each paged configuration's first step against the oracle on its cache
+    for marker in ["paged f32", "paged int8", "paged int4", "batch of 2, one step"] {
+        let row = text.lines().find(|l| l.contains(marker)).unwrap();
+        let cells: Vec<&str> =
+            row.split('┆').map(|c| c.trim_matches(|ch: char| ch.is_whitespace() || ch == '│')).collect();
+        let err: f64 = cells[cells.len() - 2].parse().unwrap();
+        assert!(err <= 1e-5, "{marker}: {err}: {row}");
+    }
+    fails_with(&["decode", "--paged", "--window", "8"], "leave out");
+    fails_with(&["decode", "--paged", "--kv", "int2"], "unknown KV format");
 }

@@ -2,7 +2,9 @@
 
 use anyhow::bail;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use longctx::measure::plan::{Link, MemoryPlan, ModelShape, RING_GPUS, RingMemoryPlan, context_cost_ratio};
+use longctx::measure::plan::{
+    GPUS, KvFormatPlan, Link, MemoryPlan, ModelShape, RING_GPUS, RingMemoryPlan, context_cost_ratio,
+};
 
 use super::bench::parse_size;
 
@@ -53,6 +55,9 @@ pub struct PlanArgs {
     /// Element type: f32, f16 or bf16.
     #[arg(long, default_value = "bf16")]
     dtype: String,
+    /// Tokens per KV page (the KV-format table rounds each sequence's cache up to pages).
+    #[arg(long, default_value_t = 64, value_parser = super::positive)]
+    page: usize,
     /// Sustained TFLOP/s for the time estimate (default: 40% of the 312 TFLOP/s dense BF16 peak
     /// in NVIDIA's A100 Tensor Core GPU datasheet, 2020).
     #[arg(long, default_value_t = 0.4 * 312.0)]
@@ -194,6 +199,21 @@ pub fn run(a: &PlanArgs) -> anyhow::Result<()> {
         a.tflops,
         p.training_flops_per_step / (a.tflops * 1e12)
     );
+    let mut t = Table::new();
+    let mut header =
+        vec![format!("KV format (pages of {})", a.page), "bytes/token".into(), format!("cache at n = {n}")];
+    header.extend(GPUS.iter().map(|(gpu, _)| format!("max context, {gpu}")));
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    for f in KvFormatPlan::all(&p, a.page)? {
+        let mut row = vec![f.format.clone(), f.bytes_per_token.to_string(), gb(f.kv_cache)];
+        row.extend(
+            f.max_context.iter().map(|&(_, tokens)| {
+                if tokens == 0 { "weights do not fit".into() } else { tokens.to_string() }
+            }),
+        );
+        t.add_row(row);
+    }
+    println!("{t}");
     if let Some(ranks) = a.ranks {
         ring(a, &m, n, bytes, ranks)?;
     }

@@ -226,6 +226,54 @@ impl MemoryPlan {
     }
 }
 
+/// How a paged KV cache stores the model's K and V: 16- or 32-bit floats, or the paged
+/// decoder's int8 and int4 ([`crate::contract::paged::KvFormat`]: their scales included).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KvFormatPlan {
+    /// `bf16`, `f32`, `int8`, `int4`.
+    pub format: String,
+    /// Cache bytes per token, all layers, K and V (scales included).
+    pub bytes_per_token: u64,
+    /// The cache at the plan's context and batch, whole pages per sequence.
+    pub kv_cache: u64,
+    /// Per GPU of [`GPUS`]: the longest context (whole pages) whose cache for the batch fits
+    /// beside the weights on one card, tokens (0: the weights alone do not fit).
+    pub max_context: Vec<(&'static str, u64)>,
+}
+
+impl KvFormatPlan {
+    /// Every format for `plan`'s model, context and batch, in pages of `page` tokens.
+    pub fn all(plan: &MemoryPlan, page: usize) -> Result<Vec<Self>> {
+        use crate::contract::paged::KvFormat;
+        let m = &plan.model;
+        let hd = m.head_dim;
+        let rows: [(&str, u64); 4] = [
+            ("bf16", 2 * hd as u64),
+            ("f32", KvFormat::F32.row_bytes(hd)),
+            ("int8", KvFormat::Int8.row_bytes(hd)),
+            ("int4", KvFormat::Int4.row_bytes(hd)),
+        ];
+        let too_big =
+            || Error::Invalid(format!("KV plan of {} at n = {}: passes 2^64 bytes", m.name, plan.n));
+        let page = page.max(1) as u64;
+        rows.into_iter()
+            .map(|(name, row)| {
+                let per_token = prod(&[2, m.layers as u64, m.kv_heads as u64, row]).ok_or_else(too_big)?;
+                let stored = (plan.n as u64).div_ceil(page) * page;
+                let kv_cache = prod(&[per_token, stored, plan.batch as u64]).ok_or_else(too_big)?;
+                let per_batch_token = prod(&[per_token, plan.batch as u64]).ok_or_else(too_big)?;
+                let max_context = GPUS
+                    .iter()
+                    .map(|&(gpu, cap)| {
+                        (gpu, cap.saturating_sub(plan.weights) / per_batch_token / page * page)
+                    })
+                    .collect();
+                Ok(Self { format: name.into(), bytes_per_token: per_token, kv_cache, max_context })
+            })
+            .collect()
+    }
+}
+
 /// The cost ratio of raising the context from `n` to `p·n` at width `d`: (d + p·n) / (d + n),
 /// from attention's O(n²d + nd²) per layer (Vaswani et al. 2017, Table 1) — per token ∝
 /// d·(n + d) — as stated in Alperovich, "The Secret Sauce behind 100K context window in
@@ -404,6 +452,21 @@ mod tests {
         assert!((6.6e9..6.8e9).contains(&(p as f64)), "{p}");
         let p70 = ModelShape::preset("llama2-70b").unwrap().params().unwrap();
         assert!((68e9..70e9).contains(&(p70 as f64)), "{p70}");
+    }
+
+    #[test]
+    fn kv_formats_count_their_scales_and_whole_pages() {
+        let m = ModelShape::preset("llama-7b").unwrap();
+        let plan = MemoryPlan::new(&m, 1000, 2, 2).unwrap();
+        let f = KvFormatPlan::all(&plan, 64).unwrap();
+        let per: Vec<u64> = f.iter().map(|f| f.bytes_per_token).collect();
+        // 2 · 32 layers · 32 kv heads · (256, 512, 128 + 4, 64 + 4·4) bytes a row
+        assert_eq!(per, vec![524_288, 1_048_576, 270_336, 163_840]);
+        assert_eq!(f[0].kv_cache, 524_288 * 1024 * 2, "1000 tokens in 16 pages of 64, two sequences");
+        assert_eq!(f[0].kv_cache, plan.kv_cache / 1000 * 1024);
+        let h200 = |x: &KvFormatPlan| x.max_context[3].1;
+        assert!(h200(&f[3]) > h200(&f[2]) && h200(&f[2]) > h200(&f[0]) && h200(&f[0]) > h200(&f[1]));
+        assert!(f.iter().all(|x| x.max_context.iter().all(|c| c.1 % 64 == 0)));
     }
 
     #[test]
