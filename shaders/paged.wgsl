@@ -4,8 +4,8 @@
 // verification; a chain is the ordinary step).
 //
 // The pool (per layer, K and V apart) is `pages` pages of PAGE cache slots; page p holds the
-// rows of its slots for every kv head: row (p·PAGE + slot % PAGE)·Hkv + kvh (a slot's kv heads
-// side by side, so a slot moves in one copy), each UNITS vec4<u32> words:
+// rows of its slots for every kv head, each kv head's in a run: row (p·Hkv + kvh)·PAGE +
+// slot % PAGE (a split's keys of one kv head are consecutive rows), each UNITS vec4<u32> words:
 //   FORMAT 0 (f32):  a word is 4 floats (bitcast);          UNITS = D/4
 //   FORMAT 1 (int8): a word is 16 values, 4 a u32, each i/127 of the row's largest |x|
 //                    (pack4x8snorm: round(x / amax · 127)), amax in the row's scale word;
@@ -91,7 +91,7 @@ fn seq_of_token(token: u32) -> u32 {
 // The pool row of `slot` of sequence `s` for kv head `kvh`.
 fn pool_row(s: Seq, slot: u32, kvh: u32) -> u32 {
     let page = pages[s.table0 + slot / PAGE];
-    return (page * PAGE + slot % PAGE) * contract.kv_heads + kvh;
+    return (page * contract.kv_heads + kvh) * PAGE + slot % PAGE;
 }
 
 // ----- store -----
@@ -367,15 +367,6 @@ fn attend(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
 var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
 var<workgroup> v_tile: array<vec4<f32>, BC * D4>;
 
-// The vec4<u32> word of `fmt` holding value vec4 `j` of pool row `row`, and its scale word.
-fn word_of(fmt: u32, row: u32, j: u32) -> u32 {
-    return row * units(fmt) + j / select(select(8u, 4u, fmt == 1u), 1u, fmt == 0u);
-}
-
-fn scale_of(fmt: u32, row: u32, j: u32) -> u32 {
-    return select(row * units(fmt) + j / 8u, row, fmt == 1u);
-}
-
 // Value vec4 `j` of a row from its word `w` and scale word `sc`.
 fn dequant(fmt: u32, w: vec4<u32>, j: u32, sc: u32) -> vec4<f32> {
     if fmt == 0u {
@@ -388,6 +379,45 @@ fn dequant(fmt: u32, w: vec4<u32>, j: u32, sc: u32) -> vec4<f32> {
     let shift = vec4<u32>(0u, 4u, 8u, 12u) + vec4<u32>((j % 2u) * 16u);
     let n = vec4<f32>((vec4<u32>(w[(j % 8u) / 2u]) >> shift) & vec4<u32>(15u));
     return fma(n, vec4<f32>(sm.x), vec4<f32>(sm.y));
+}
+
+// Key `c` of the tile from pool row `row` (zeros where not `live`): f32 rows a vec4 a lane;
+// quantised rows a stored word a lane (its 4 or 8 vec4s decoded together), so that no two
+// lanes load the same word.
+fn stage_k(c: u32, row: u32, live: bool, lid: u32) {
+    let u = units(KFMT);
+    let per = D4 / u;
+    for (var w = lid; w < u; w += WG) {
+        var word = vec4<u32>(0u);
+        var sc = 0u;
+        if live {
+            word = k_pool[row * u + w];
+            if KFMT != 0u {
+                sc = k_scale[select(row * u + w, row, KFMT == 1u)];
+            }
+        }
+        for (var e = 0u; e < per; e++) {
+            k_tile[c * D4 + w * per + e] = select(vec4<f32>(0.0), dequant(KFMT, word, w * per + e, sc), live);
+        }
+    }
+}
+
+fn stage_v(c: u32, row: u32, live: bool, lid: u32) {
+    let u = units(VFMT);
+    let per = D4 / u;
+    for (var w = lid; w < u; w += WG) {
+        var word = vec4<u32>(0u);
+        var sc = 0u;
+        if live {
+            word = v_pool[row * u + w];
+            if VFMT != 0u {
+                sc = v_scale[select(row * u + w, row, VFMT == 1u)];
+            }
+        }
+        for (var e = 0u; e < per; e++) {
+            v_tile[c * D4 + w * per + e] = select(vec4<f32>(0.0), dequant(VFMT, word, w * per + e, sc), live);
+        }
+    }
 }
 
 @compute @workgroup_size(WG)
@@ -439,33 +469,17 @@ fn attend_staged(ids: Ids, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
     var l_run = 0.0;
     var sc: array<f32, BC>;
     for (var c0 = begin; c0 < end; c0 += BC) {
-        // a lane's vec4s step through the tile's keys in order: each key's row through the
-        // page table once, where the lane reaches a new key
-        var row_of = 0xffffffffu;
-        var row = 0u;
-        for (var x = lid; x < BC * D4; x += WG) {
-            let vi = c0 + x / D4;
-            let j = x % D4;
-            var kk = vec4<f32>(0.0);
-            var vv = vec4<f32>(0.0);
+        // key by key, so that a key's row (through the page table) is the same value in
+        // every lane — a uniform address — and the lanes' vec4s of it are consecutive: one
+        // vector load, where a row that differed by lane made every load a gather
+        for (var c = 0u; c < BC; c++) {
+            let vi = c0 + c;
+            var row = 0u;
             if vi < end {
-                if vi != row_of {
-                    row = pool_row(s, visited_slot(s, vi), kvh);
-                    row_of = vi;
-                }
-                var ks = 0u;
-                var vs = 0u;
-                if KFMT != 0u {
-                    ks = k_scale[scale_of(KFMT, row, j)];
-                }
-                if VFMT != 0u {
-                    vs = v_scale[scale_of(VFMT, row, j)];
-                }
-                kk = dequant(KFMT, k_pool[word_of(KFMT, row, j)], j, ks);
-                vv = dequant(VFMT, v_pool[word_of(VFMT, row, j)], j, vs);
+                row = pool_row(s, visited_slot(s, vi), kvh);
             }
-            k_tile[x] = kk;
-            v_tile[x] = vv;
+            stage_k(c, row, vi < end, lid);
+            stage_v(c, row, vi < end, lid);
         }
         workgroupBarrier();
         var tile_max = MASKED;

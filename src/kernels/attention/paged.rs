@@ -734,25 +734,26 @@ impl PagedDecoder {
                 (self.cfg.k_format, k, &pool.k, &pool.k_scale, self.slot_bytes[0], self.slot_bytes[2]),
                 (self.cfg.v_format, v, &pool.v, &pool.v_scale, self.slot_bytes[1], self.slot_bytes[3]),
             ] {
-                // a run of slots within one page is contiguous in the pool: one write each
+                // a kv head's run of slots within one page is contiguous in the pool: one
+                // write each
+                let (wr, sr) = (wb / hkv as u64, sb / hkv as u64);
                 let mut slot = len;
                 while slot < len + t {
-                    let end = (slot / page + 1) * page;
-                    let end = end.min(len + t);
-                    let (mut w, mut sc) = (Vec::new(), Vec::new());
-                    for i in slot..end {
-                        for kvh in 0..hkv {
+                    let end = ((slot / page + 1) * page).min(len + t);
+                    for kvh in 0..hkv {
+                        let (mut w, mut sc) = (Vec::new(), Vec::new());
+                        for i in slot..end {
                             let mut row = x[((i - len) * hkv + kvh) * dc..][..dc].to_vec();
                             row.resize(d, 0.0);
                             let (rw, rs) = f.encode_row(&row);
                             w.extend(rw);
                             sc.extend(rs);
                         }
-                    }
-                    let at = table[slot / page] as u64 * page as u64 + (slot % page) as u64;
-                    gpu.queue.write_buffer(words, at * wb, bytemuck::cast_slice(&w));
-                    if sb > 0 {
-                        gpu.queue.write_buffer(scales, at * sb, bytemuck::cast_slice(&sc));
+                        let at = pool_row(table[slot / page], slot, kvh, page, hkv) as u64;
+                        gpu.queue.write_buffer(words, at * wr, bytemuck::cast_slice(&w));
+                        if sr > 0 {
+                            gpu.queue.write_buffer(scales, at * sr, bytemuck::cast_slice(&sc));
+                        }
                     }
                     slot = end;
                 }
@@ -1063,7 +1064,7 @@ impl PagedDecoder {
                     continue;
                 }
                 for kvh in 0..hkv {
-                    let row = (p as usize * self.cfg.page + slot % self.cfg.page) * hkv + kvh;
+                    let row = pool_row(p, slot, kvh, self.cfg.page, hkv);
                     let vals =
                         f.decode_row(&w[row * wr..][..wr], if sr > 0 { &sc[row * sr..][..sr] } else { &[] });
                     x[(slot * hkv + kvh) * dc..][..dc].copy_from_slice(&vals[..dc]);
@@ -1074,6 +1075,12 @@ impl PagedDecoder {
         let v = out.pop().expect("two");
         Ok((out.pop().expect("two"), v))
     }
+}
+
+/// The pool row of `slot` (in `page`) for kv head `kvh` (paged.wgsl's `pool_row`): a page
+/// holds each kv head's slots in a run.
+fn pool_row(page: u32, slot: usize, kvh: usize, slots_per_page: usize, kv_heads: usize) -> usize {
+    (page as usize * kv_heads + kvh) * slots_per_page + slot % slots_per_page
 }
 
 /// The attend dispatch for `lanes` invocations of `wg`: x, then y past the per-dimension limit.
