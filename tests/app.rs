@@ -201,6 +201,14 @@ fn decode_panel_measures_tokens_per_second() {
     let m = &h.state().decode.measured;
     assert_eq!(m.len(), 9, "3 variants × 3 contexts: {}", h.state().decode.message);
     assert!(m.iter().all(|x| x.2 > 0.0));
+    let paged = &h.state().decode.paged;
+    assert_eq!(paged.len(), 9, "3 KV formats × 3 contexts: {}", h.state().decode.message);
+    assert!(paged.iter().all(|x| x.2 > 0.0));
+    // the example pool: 2 shares 1's full pages inside its window; 3's behind-window pages freed
+    let pool = h.state().decode.pool.clone().expect("built on first view");
+    assert!(pool.usage.shared > 0 && pool.usage.used < pool.usage.pages, "{pool:?}");
+    assert!(pool.owners.iter().any(|o| o == &vec![1, 2]), "{pool:?}");
+    assert_eq!(pool.usage.used, pool.owners.iter().filter(|o| !o.is_empty()).count());
 }
 
 #[test]
