@@ -10,6 +10,7 @@ use crate::contract::inputs::{seeded, seeded_qkv};
 use crate::contract::mask::{BigBird, Mask};
 use crate::contract::mods::{Mods, Named};
 use crate::contract::nsa::{Nsa, compare_nsa_selection, nsa_backward_f64, nsa_forward_f64, nsa_select_f64};
+use crate::contract::paged::{KvFormat, SeqStep, Tree, step_f64};
 use crate::contract::positions::Positions;
 use crate::contract::reference::{attention_backward_f64, attention_f64, rel_error};
 use crate::contract::selection::{Moba, compare_selection, moba_select_f64};
@@ -17,7 +18,8 @@ use crate::contract::spec::{Alibi, AttnSpec};
 use crate::contract::{AttnShape, Window};
 use crate::error::{Error, Result};
 use crate::kernels::attention::backward::Backward;
-use crate::kernels::attention::decode::{Decoder, DecoderConfig};
+use crate::kernels::attention::decode::{DecodeKernel, Decoder, DecoderConfig};
+use crate::kernels::attention::paged::{PagedConfig, PagedDecoder};
 use crate::kernels::dsa::{dsa_attention, dsa_backward};
 use crate::kernels::matmul::{Activation, Coop, Matmul, MatmulOptions, TensorCores, matmul_f64};
 use crate::kernels::nsa::{NsaAttention, nsa_backward};
@@ -287,6 +289,40 @@ fn decode(
     Ok(worst)
 }
 
+/// The paged decoder: two sequences in one step (45 and 20 cached slots; the second adds a
+/// tree of 4 drafts) in pages of 16, GQA 8/2, D = 40, ALiBi, K and V stored as `format`,
+/// with `kernel`; worst O error against the oracle on the cache as stored.
+fn paged(gpu: &Gpu, format: KvFormat, kernel: DecodeKernel) -> Result<f64> {
+    let (h, hkv, d) = (8, 2, 40);
+    let mut cfg = PagedConfig::new(h, hkv, d, 8);
+    (cfg.page, cfg.k_format, cfg.v_format, cfg.alibi, cfg.kernel) =
+        (16, format, format, Alibi::Standard, kernel);
+    let mut dec = PagedDecoder::new(gpu, cfg.clone())?;
+    let tree = Tree::new(vec![None, Some(0), None, Some(1)])?;
+    let mut steps = Vec::new();
+    for (s, (n, t)) in [(45usize, Tree::chain(1)), (20, tree)].into_iter().enumerate() {
+        let id = dec.add();
+        let salt = 40 + 2 * s as u64;
+        dec.prefill(gpu, id, &[(&seeded(n * hkv * d, salt), &seeded(n * hkv * d, salt + 1))])?;
+        steps.push((id, t));
+    }
+    dec.begin(gpu, &steps)?;
+    let tokens = dec.step_tokens();
+    let q = seeded(tokens * h * d, 50);
+    dec.attend(gpu, 0, &q, &seeded(tokens * hkv * d, 51), &seeded(tokens * hkv * d, 52))?;
+    let out = dec.output(gpu)?;
+    let (mut worst, mut t0) = (0f64, 0);
+    for (id, tree) in &steps {
+        let (keys, values) = dec.read_cache(gpu, 0, *id)?;
+        let rows = tree.len() * h * d;
+        let queries = &q[t0..t0 + rows];
+        let (o, _) = step_f64(&cfg.rule(), &SeqStep { keys: &keys, values: &values, queries, tree });
+        worst = worst.max(rel_error(&out.o[t0..t0 + rows], &o));
+        t0 += rows;
+    }
+    Ok(worst)
+}
+
 /// Ring attention over `ranks` ranks sharing this device (threads, an in-process ring):
 /// forward and backward against the oracle of the whole call; worst of O, dQ, dK, dV.
 fn ring(gpu: &Gpu, spec: &AttnSpec, ranks: usize) -> Result<f64> {
@@ -358,6 +394,21 @@ fn checks(gpu: &Gpu) -> Vec<Check> {
             format!("decode {label} alibi H={h}/{hkv} D={d}, 45 cached + 3 steps"),
             BOUND,
             Box::new(move |g: &Gpu| decode(g, h, hkv, d, w, None, None)),
+        ));
+    }
+    for (format, kernel) in [
+        (KvFormat::F32, DecodeKernel::Staged),
+        (KvFormat::Int8, DecodeKernel::Lanes),
+        (KvFormat::Int4, DecodeKernel::Staged),
+    ] {
+        out.push((
+            format!(
+                "paged decode {} {} H=8/2 D=40, two sequences (one a tree of 4 drafts) in pages of 16",
+                format.name(),
+                kernel.name()
+            ),
+            BOUND,
+            Box::new(move |g: &Gpu| paged(g, format, kernel)),
         ));
     }
     // mods (WGSL compiled into the kernels, the oracle running the same rule in Rust): a
