@@ -419,7 +419,18 @@ fn selftest_checks_every_kernel_against_the_oracle() {
     let checks: Vec<&str> = text.lines().filter(|l| l.starts_with("ok ") || l.starts_with("FAIL ")).collect();
     assert!(checks.len() >= 30, "{text}");
     assert!(checks.iter().all(|l| l.starts_with("ok ")), "{text}");
-    for kernel in ["flash", "naive", "backward", "backward naive", "decode", "matmul", "moba", "nsa", "dsa"] {
+    for kernel in [
+        "flash",
+        "naive",
+        "backward",
+        "backward naive",
+        "decode",
+        "paged decode",
+        "matmul",
+        "moba",
+        "nsa",
+        "dsa",
+    ] {
         assert!(checks.iter().any(|l| l[6..].starts_with(kernel)), "no {kernel} check:\n{text}");
     }
     assert!(text.contains("0 failed"), "{text}");
