@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use longctx::contract::paged::KvFormat;
-use longctx::models::generate::{CacheLayout, Generator, Sampling, SpecStats, speculate};
+use longctx::models::generate::{CacheLayout, Generator, Sampling, SpecStats, kv_format_errors, speculate};
 use longctx::models::training::Checkpoint;
 use rand::SeedableRng;
 
@@ -59,6 +59,11 @@ pub struct GenerateArgs {
     /// Tokens the draft proposes per verification step.
     #[arg(long, default_value_t = 4, value_parser = super::positive)]
     draft_tokens: usize,
+    /// After generating, feed the prompt and the text again through an f32 cache and through
+    /// int8 and int4 caches, a token a step, and print the distribution of the attention
+    /// outputs' relative errors (per token, layer and head) against the f32 cache's.
+    #[arg(long)]
+    kv_error: bool,
 }
 
 /// Prompt tokens fed per step.
@@ -115,6 +120,7 @@ pub fn run(dev: &DeviceArgs, a: &GenerateArgs) -> anyhow::Result<()> {
         max_step_tokens: CHUNK.max(a.draft_tokens + 1),
     };
     let gpu = dev.gpu()?;
+    let model_params = if a.kv_error { ckpt.params.clone() } else { Vec::new() };
     let mut model = Generator::new(&gpu, ckpt.config.model, ckpt.params, layout)?;
     let info = gpu.info();
     let c = ckpt.config.model;
@@ -207,6 +213,26 @@ pub fn run(dev: &DeviceArgs, a: &GenerateArgs) -> anyhow::Result<()> {
     } else {
         for (p, o) in prompts.iter().zip(&outs) {
             println!("--- {}{}", text(p), text(o));
+        }
+    }
+    if a.kv_error {
+        let text_tokens = [prompts[0].as_slice(), &outs[0]].concat();
+        for format in [KvFormat::Int8, KvFormat::Int4] {
+            let e = kv_format_errors(&gpu, c, &model_params, &text_tokens, format, a.page)?;
+            let at = |q: f64| e[((e.len() - 1) as f64 * q).round() as usize];
+            let within = e.iter().filter(|&&x| x <= 1e-2).count() as f64 / e.len() as f64;
+            println!(
+                "KV {} against f32, attention outputs of {} tokens × {} layers × {} heads: median {:.1e}, p90 {:.1e}, p99 {:.1e}, max {:.1e}; {:.1} % within 1e-2",
+                format.name(),
+                text_tokens.len(),
+                c.layers,
+                c.heads,
+                at(0.5),
+                at(0.9),
+                at(0.99),
+                at(1.0),
+                100.0 * within
+            );
         }
     }
     let generated = prompts.len() * (a.tokens - 1);

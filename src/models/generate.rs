@@ -117,6 +117,17 @@ impl Generator {
     /// `max_step_tokens` — through the model and returns, per sequence, the logits after each
     /// of its tokens (`[tokens][V]`).
     pub fn forward(&mut self, gpu: &Gpu, steps: &[StepTokens]) -> Result<Vec<Vec<Vec<f32>>>> {
+        self.forward_traced(gpu, steps, None)
+    }
+
+    /// [`Generator::forward`], pushing each layer's attention output (`[tokens, d]`, before the
+    /// output projection) to `trace` where given.
+    pub fn forward_traced(
+        &mut self,
+        gpu: &Gpu,
+        steps: &[StepTokens],
+        mut trace: Option<&mut Vec<Vec<f32>>>,
+    ) -> Result<Vec<Vec<Vec<f32>>>> {
         let c = self.config;
         let (d, h, v) = (c.d_model, c.heads, c.vocab);
         let hd = d / h;
@@ -165,6 +176,9 @@ impl Generator {
             }
             self.dec.attend(gpu, l, &q, &k, &vv)?;
             let att = self.dec.output(gpu)?.o;
+            if let Some(t) = trace.as_deref_mut() {
+                t.push(att.clone());
+            }
             let o = linear(&att, self.get(&p("attn.w_o")), self.get(&p("attn.b_o")), d, d);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let a = layer_norm(&x, self.get(&p("ln2.g")), self.get(&p("ln2.b")), d);
@@ -286,6 +300,47 @@ fn linear(x: &[f32], w: &[f32], b: &[f32], k: usize, n: usize) -> Vec<f32> {
 fn gelu(x: f32) -> f32 {
     let c = (2.0 / std::f32::consts::PI).sqrt();
     0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// How far a quantised cache moves the trained model's attention: `tokens` fed one at a time
+/// (each a decoding step over everything before it) through the model with an f32 cache and
+/// with `format`; per token, layer and head, the relative error ‖o − o_f32‖ / ‖o_f32‖ of the
+/// attention output — on the model's own activations, each run on its own cache, so errors
+/// carry through the layers as they would in use. Sorted ascending.
+pub fn kv_format_errors(
+    gpu: &Gpu,
+    config: GptConfig,
+    params: &[f32],
+    tokens: &[u32],
+    format: KvFormat,
+    page: usize,
+) -> Result<Vec<f64>> {
+    let layout = CacheLayout {
+        format: KvFormat::F32,
+        page,
+        positions: tokens.len() + page,
+        max_seqs: 1,
+        max_step_tokens: 1,
+    };
+    let mut exact = Generator::new(gpu, config, params.to_vec(), layout)?;
+    let mut quant = Generator::new(gpu, config, params.to_vec(), CacheLayout { format, ..layout })?;
+    let (a, b) = (exact.add(), quant.add());
+    let hd = config.d_model / config.heads;
+    let mut errors = Vec::with_capacity(tokens.len() * config.layers * config.heads);
+    for &t in tokens {
+        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        exact.forward_traced(gpu, &[(a, &[t])], Some(&mut ta))?;
+        quant.forward_traced(gpu, &[(b, &[t])], Some(&mut tb))?;
+        for (la, lb) in ta.iter().zip(&tb) {
+            for (ha, hb) in la.chunks_exact(hd).zip(lb.chunks_exact(hd)) {
+                let num: f64 = ha.iter().zip(hb).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+                let den: f64 = ha.iter().map(|x| (*x as f64).powi(2)).sum();
+                errors.push(if den > 0.0 { (num / den).sqrt() } else { num.sqrt() });
+            }
+        }
+    }
+    errors.sort_by(f64::total_cmp);
+    Ok(errors)
 }
 
 /// What [`speculate`] did: tokens produced, drafts proposed and accepted.
