@@ -955,7 +955,10 @@ fn train_resumes_and_eval_reports_bits_per_byte_at_each_length() {
     };
     let sampled = generate(&["--kv", "int8", "--seed", "3", "--kv-error"]);
     assert!(sampled.contains("tokens/s") && sampled.contains("KV int8"), "{sampled}");
-    assert!(sampled.contains("KV int4 against f32, attention outputs of 19 tokens × 1 layers × 2 heads"), "{sampled}");
+    assert!(
+        sampled.contains("KV int4 against f32, attention outputs of 19 tokens × 1 layers × 2 heads"),
+        "{sampled}"
+    );
     let greedy = generate(&["--temperature", "0"]);
     let spec = generate(&["--temperature", "0", "--draft", p(&ckpt), "--draft-tokens", "3"]);
     assert!(spec.contains("proposals accepted (100 %)"), "{spec}");
