@@ -61,6 +61,35 @@ pub struct PagedRecord {
     pub rel_err_given: f64,
 }
 
+/// One timed step of a configuration (the step's index in; the queue idle when it returns).
+type Step<'a> = Box<dyn FnMut(usize) -> Result<()> + 'a>;
+
+impl PagedRecord {
+    /// A configuration's record before it is timed: `seqs` = (sequences, splits summed),
+    /// `errors` = (on the cache as stored, on the K and V given).
+    fn untimed(
+        what: String,
+        format: KvFormat,
+        seqs: (usize, usize),
+        context: usize,
+        bytes_per_token: u64,
+        errors: (f64, f64),
+    ) -> Self {
+        Self {
+            what,
+            format: format.name().into(),
+            seqs: seqs.0,
+            splits: seqs.1,
+            context,
+            ms_per_step: f64::NAN,
+            tokens_per_s: f64::NAN,
+            bytes_per_token,
+            rel_err_kernel: errors.0,
+            rel_err_given: errors.1,
+        }
+    }
+}
+
 /// A single-token chain for every sequence.
 fn one_each(ids: &[SeqId]) -> Vec<(SeqId, Tree)> {
     ids.iter().map(|&id| (id, Tree::chain(1))).collect()
@@ -112,18 +141,15 @@ impl PagedBench {
         let (q, kn, vn) = self.step_inputs(0, 1);
         dec.step(gpu, 0, &q, &kn, &vn)?;
         gpu.wait()?;
-        let record = PagedRecord {
-            what: format!("contiguous ({})", dec.kernel().name()),
-            format: "f32".into(),
-            seqs: 1,
-            splits: dec.splits(),
-            context: self.context,
-            ms_per_step: f64::NAN,
-            tokens_per_s: f64::NAN,
-            bytes_per_token: cfg.bytes_per_token(),
-            rel_err_kernel: f64::NAN,
-            rel_err_given: f64::NAN,
-        };
+        let what = format!("contiguous ({})", dec.kernel().name());
+        let record = PagedRecord::untimed(
+            what,
+            KvFormat::F32,
+            (1, dec.splits()),
+            self.context,
+            cfg.bytes_per_token(),
+            (f64::NAN, f64::NAN),
+        );
         Ok((dec, record))
     }
 
@@ -169,13 +195,38 @@ impl PagedBench {
         Ok((dec, ids, kernel, format_err))
     }
 
+    /// A single-token step of every sequence of `dec`: all in one step (`together`), or a
+    /// step each, submitted back to back and waited for once.
+    fn paged_step<'a>(
+        &'a self,
+        gpu: &'a Gpu,
+        mut dec: PagedDecoder,
+        ids: Vec<SeqId>,
+        together: bool,
+    ) -> Step<'a> {
+        let (h, hkv, d, n) = (self.heads, self.kv_heads, self.head_dim, ids.len());
+        Box::new(move |i| {
+            let (q, kn, vn) = self.step_inputs(i, n);
+            if together {
+                dec.begin(gpu, &one_each(&ids))?;
+                dec.attend(gpu, 0, &q, &kn, &vn)?;
+            } else {
+                for (s, &id) in ids.iter().enumerate() {
+                    dec.begin(gpu, &[(id, Tree::chain(1))])?;
+                    let at = |x: &[f32], w: usize| x[s * w * d..][..w * d].to_vec();
+                    dec.attend(gpu, 0, &at(&q, h), &at(&kn, hkv), &at(&vn, hkv))?;
+                }
+            }
+            gpu.wait()
+        })
+    }
+
     /// Every configuration, in one run: the contiguous cache (the profile's kernel, and the
     /// lanes kernel), the paged cache in each format, the batch in one step and its sequences
     /// a step each (submitted back to back, waited for once). All are built and checked
     /// first, then timed in rounds — one step of each per round — so that the machine's
     /// drift falls on all of them alike; each reports its median.
     pub fn run(&self, gpu: &Gpu) -> Result<Vec<PagedRecord>> {
-        type Step<'a> = Box<dyn FnMut(usize) -> Result<()> + 'a>;
         let mut runs: Vec<(PagedRecord, usize, Step)> = Vec::new();
         let mut kernels = Vec::new();
         for kernel in [DecodeKernel::Auto, DecodeKernel::Lanes] {
@@ -192,66 +243,40 @@ impl PagedBench {
             runs.push((record, 1, step));
         }
         for &f in &self.formats {
-            let (mut dec, ids, kernel, given) = self.paged(gpu, f, &[self.context])?;
-            let record = PagedRecord {
-                what: format!("paged {} ({})", f.name(), dec.kernel().name()),
-                format: f.name().into(),
-                seqs: 1,
-                splits: dec.splits().iter().sum(),
-                context: self.context,
-                ms_per_step: f64::NAN,
-                tokens_per_s: f64::NAN,
-                bytes_per_token: dec.config().bytes_per_token(),
-                rel_err_kernel: kernel,
-                rel_err_given: given,
-            };
-            let step: Step = Box::new(move |i| {
-                let (q, kn, vn) = self.step_inputs(i, 1);
-                dec.begin(gpu, &one_each(&ids))?;
-                dec.attend(gpu, 0, &q, &kn, &vn)?;
-                gpu.wait()
-            });
-            runs.push((record, 1, step));
+            let (dec, ids, kernel, given) = self.paged(gpu, f, &[self.context])?;
+            let what = format!("paged {} ({})", f.name(), dec.kernel().name());
+            let seqs = (1, dec.splits().iter().sum());
+            let record = PagedRecord::untimed(
+                what,
+                f,
+                seqs,
+                self.context,
+                dec.config().bytes_per_token(),
+                (kernel, given),
+            );
+            runs.push((record, 1, self.paged_step(gpu, dec, ids, true)));
         }
         if !self.batch.is_empty() {
             let n = self.batch.len();
-            let (h, hkv, d) = (self.heads, self.kv_heads, self.head_dim);
             let context = self.batch.iter().sum();
             // two decoders holding the same sequences: one steps them together, one apart
             for together in [true, false] {
-                let (mut dec, ids, kernel, given) = self.paged(gpu, KvFormat::F32, &self.batch)?;
+                let (dec, ids, kernel, given) = self.paged(gpu, KvFormat::F32, &self.batch)?;
                 let what = if together {
                     format!("batch of {n}, one step")
                 } else {
                     format!("batch of {n}, a step each")
                 };
-                let record = PagedRecord {
+                let seqs = (n, dec.splits().iter().sum());
+                let record = PagedRecord::untimed(
                     what,
-                    format: "f32".into(),
-                    seqs: n,
-                    splits: dec.splits().iter().sum(),
+                    KvFormat::F32,
+                    seqs,
                     context,
-                    ms_per_step: f64::NAN,
-                    tokens_per_s: f64::NAN,
-                    bytes_per_token: dec.config().bytes_per_token(),
-                    rel_err_kernel: kernel,
-                    rel_err_given: given,
-                };
-                let step: Step = Box::new(move |i| {
-                    let (q, kn, vn) = self.step_inputs(i, n);
-                    if together {
-                        dec.begin(gpu, &one_each(&ids))?;
-                        dec.attend(gpu, 0, &q, &kn, &vn)?;
-                    } else {
-                        for (s, &id) in ids.iter().enumerate() {
-                            dec.begin(gpu, &[(id, Tree::chain(1))])?;
-                            let at = |x: &[f32], w: usize| x[s * w * d..][..w * d].to_vec();
-                            dec.attend(gpu, 0, &at(&q, h), &at(&kn, hkv), &at(&vn, hkv))?;
-                        }
-                    }
-                    gpu.wait()
-                });
-                runs.push((record, n, step));
+                    dec.config().bytes_per_token(),
+                    (kernel, given),
+                );
+                runs.push((record, n, self.paged_step(gpu, dec, ids, together)));
             }
         }
         let mut samples = vec![Vec::with_capacity(self.steps); runs.len()];

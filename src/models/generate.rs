@@ -142,7 +142,8 @@ impl Generator {
             trees.push((id, Tree::chain(tokens.len())));
         }
         self.dec.begin(gpu, &trees)?;
-        let wte = self.get("wte").to_vec();
+        // borrowed: the step's layers only read the parameters and the cache
+        let wte = self.get("wte");
         let mut x: Vec<f32> = steps
             .iter()
             .flat_map(|(_, t)| t.iter())
