@@ -1,5 +1,5 @@
 //! Generation (models/generate.rs) over the paged cache: the logits of every step — prompts
-//! fed in chunks, several sequences together — against the f64 oracle's forward of the whole
+//! packed into one flash pass or fed in chunks, several sequences together — against the f64 oracle's forward of the whole
 //! sequence, for each positional scheme; greedy speculative decoding gives exactly the
 //! model's own greedy text, whatever the draft.
 
@@ -7,7 +7,9 @@ use crate::common;
 
 use longctx::contract::paged::KvFormat;
 use longctx::contract::reference::rel_error;
-use longctx::models::generate::{CacheLayout, Generator, SpecStats, argmax, speculate};
+use longctx::models::generate::{
+    CacheLayout, Generator, Sampling, SpecStats, accept_or_resample, argmax, sample, speculate,
+};
 use longctx::models::gpt::{GptConfig, Params, PosScheme, logits_f64};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -39,12 +41,16 @@ fn every_step_s_logits_match_the_oracle_for_each_scheme() {
         let ids = [model.add(), model.add()];
         let mut worst = 0f64;
         let mut last = Vec::new();
-        for (&id, prompt) in ids.iter().zip(&texts) {
-            // chunks of 4: the prompts of 16 and 12 tokens end on whole and cut pages of 3
-            let logits = model.prefill(g, id, prompt, 4).unwrap();
+        // both prompts in one packed flash pass: the logits after every prompt token
+        let views: Vec<(_, &[u32])> = ids.iter().zip(&texts).map(|(&id, t)| (id, &t[..])).collect();
+        let prefilled = model.prefill_packed(g, &views).unwrap();
+        for (prompt, logits) in texts.iter().zip(&prefilled) {
             let want = logits_f64(&c, &p64, prompt).unwrap();
-            worst = worst.max(rel_error(&logits, want.last().unwrap()));
-            last.push(argmax(&logits));
+            assert_eq!(logits.len(), prompt.len());
+            for (got, want) in logits.iter().zip(&want) {
+                worst = worst.max(rel_error(got, want));
+            }
+            last.push(argmax(logits.last().unwrap()));
         }
         for _ in 0..3 {
             let steps: Vec<(_, Vec<u32>)> = ids.iter().zip(&last).map(|(&id, &t)| (id, vec![t])).collect();
@@ -89,8 +95,10 @@ fn greedy_speculation_gives_the_model_s_own_text() {
         let mut last = *prompt.last().unwrap();
         let mut got = Vec::new();
         let mut stats = SpecStats::default();
+        let (greedy, mut rng) = (Sampling::greedy(), StdRng::seed_from_u64(seed));
         while got.len() < want.len() {
-            let new = speculate(g, (&mut m, mid), (&mut d, did), last, 3, &mut stats).unwrap();
+            let new =
+                speculate(g, (&mut m, mid), (&mut d, did), last, (3, &greedy), &mut rng, &mut stats).unwrap();
             last = *new.last().unwrap();
             got.extend(new);
         }
@@ -105,4 +113,102 @@ fn greedy_speculation_gives_the_model_s_own_text() {
         }
         assert_eq!(m.len(mid).unwrap(), d.len(did).unwrap());
     }
+}
+
+#[test]
+fn a_packed_prefill_refuses_what_it_cannot_start_before_anything_changes() {
+    let g = common::gpu();
+    let (c, p) = model(PosScheme::Rope, common::seed());
+    let small =
+        CacheLayout { format: KvFormat::Int8, page: 3, positions: 12, max_seqs: 2, max_step_tokens: 4 };
+    let mut m = Generator::new(g, c, p, small).unwrap();
+    let (a, b) = (m.add(), m.add());
+    let long: Vec<u32> = (0..10).collect();
+    // 4 + 3 pages asked of 4: refused, nothing written
+    let err = m.prefill_packed(g, &[(a, &long), (b, &long[..7])]).unwrap_err();
+    assert!(err.to_string().contains("pages"), "{err}");
+    assert_eq!((m.len(a).unwrap(), m.len(b).unwrap(), m.cache().usage().used), (0, 0, 0));
+    for bad in [vec![(a, &long[..0])], vec![(a, &long[..2]), (a, &long[..2])], vec![(a, &[300u32][..])]] {
+        assert!(m.prefill_packed(g, &bad).is_err(), "{bad:?}");
+        assert_eq!(m.cache().usage().used, 0);
+    }
+    m.prefill_packed(g, &[(a, &long[..5])]).unwrap();
+    assert_eq!(m.len(a).unwrap(), 5);
+    // a sequence holding tokens continues through forward, not a packed prefill
+    let err = m.prefill_packed(g, &[(a, &long[..2])]).unwrap_err();
+    assert!(err.to_string().contains("already holds 5"), "{err}");
+}
+
+/// Speculative sampling's rule keeps the model's distribution: tokens drafted from q and
+/// passed through `accept_or_resample` against p come out distributed as p (host only).
+#[test]
+fn speculative_sampling_s_rule_gives_the_model_s_distribution() {
+    let seed = common::seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = 200_000;
+    for case in 0..4 {
+        let mut dist = |zeros: usize| -> Vec<f64> {
+            let mut x: Vec<f64> = (0..6).map(|_| rng.random_range(0.0..1.0)).collect();
+            // some tokens one side gives no probability (a nucleus cut)
+            x.iter_mut().take(zeros).for_each(|v| *v = 0.0);
+            let s: f64 = x.iter().sum();
+            x.iter().map(|v| v / s).collect()
+        };
+        let (p, mut q) = (dist(case % 2), dist(0));
+        q.reverse();
+        let mut counts = [0usize; 6];
+        let mut kept = 0;
+        for _ in 0..n {
+            let x = sample(&q, &mut rng);
+            let (t, ok) = accept_or_resample(&p, &q, x, &mut rng);
+            counts[t as usize] += 1;
+            kept += ok as usize;
+        }
+        let tv: f64 =
+            counts.iter().zip(&p).map(|(&c, &pi)| (c as f64 / n as f64 - pi).abs()).sum::<f64>() / 2.0;
+        // acceptance is Σ min(p, q)
+        let want_kept: f64 = p.iter().zip(&q).map(|(a, b)| a.min(*b)).sum();
+        let got_kept = kept as f64 / n as f64;
+        println!("case {case}: total variation {tv:.4}, kept {got_kept:.3} (Σ min(p, q) = {want_kept:.3})");
+        assert!(tv < 0.006, "case {case}: output is not p (TV {tv:.4}, seed {seed})");
+        assert!((got_kept - want_kept).abs() < 0.006, "case {case}: kept {got_kept} (seed {seed})");
+    }
+    // drafting from the model itself keeps every token; greedy distributions keep a match only
+    let p = [0.1, 0.6, 0.3];
+    assert_eq!(accept_or_resample(&p, &p, 2, &mut rng), (2, true));
+    let (one, other) = ([0.0, 1.0, 0.0], [1.0, 0.0, 0.0]);
+    assert_eq!(accept_or_resample(&one, &other, 0, &mut rng), (1, false));
+    assert_eq!(accept_or_resample(&one, &one, 1, &mut rng), (1, true));
+}
+
+/// Sampled speculation with the model as its own draft: p = q up to f32 rounding, so every
+/// draft is kept (the rule's distribution is checked on the host above); both caches stay
+/// in step.
+#[test]
+fn sampled_speculation_with_the_model_as_draft_keeps_every_draft() {
+    let g = common::gpu();
+    let seed = common::seed();
+    let (c, p) = model(PosScheme::Rope, seed);
+    let prompt: Vec<u32> = b"and the earth".iter().map(|&b| b as u32).collect();
+    let mut m = Generator::new(g, c, p.clone(), layout(KvFormat::F32)).unwrap();
+    let mut d = Generator::new(g, c, p, layout(KvFormat::F32)).unwrap();
+    let (mid, did) = (m.add(), d.add());
+    let head = &prompt[..prompt.len() - 1];
+    m.prefill_packed(g, &[(mid, head)]).unwrap();
+    d.prefill_packed(g, &[(did, head)]).unwrap();
+    let sampling = Sampling { temperature: 0.8, top_p: 0.95 };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut last, mut stats, mut total) = (*prompt.last().unwrap(), SpecStats::default(), 0);
+    for _ in 0..4 {
+        let new =
+            speculate(g, (&mut m, mid), (&mut d, did), last, (3, &sampling), &mut rng, &mut stats).unwrap();
+        last = *new.last().unwrap();
+        total += new.len();
+        assert_eq!(m.len(mid).unwrap(), d.len(did).unwrap());
+    }
+    println!("sampled, draft itself: {} of {} kept, {total} tokens", stats.accepted, stats.proposed);
+    // the same model's p and q agree to f32 rounding: a draft is dropped only when p(x) < q(x)
+    // by rounding and the uniform draw lands in that sliver
+    assert!(stats.accepted + 1 >= stats.proposed, "{stats:?} (seed {seed})");
+    assert_eq!(total, stats.accepted + stats.steps);
 }

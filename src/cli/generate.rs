@@ -66,8 +66,6 @@ pub struct GenerateArgs {
     kv_error: bool,
 }
 
-/// Prompt tokens fed per step.
-const CHUNK: usize = 32;
 /// The most prompts decoded together.
 const MAX_PROMPTS: usize = 64;
 
@@ -83,9 +81,6 @@ pub fn run(dev: &DeviceArgs, a: &GenerateArgs) -> anyhow::Result<()> {
     let format = KvFormat::parse(&a.kv)?;
     if !(a.temperature >= 0.0 && a.temperature.is_finite() && a.top_p > 0.0 && a.top_p <= 1.0) {
         bail!("--temperature must be ≥ 0 and --top-p in (0, 1]; got {} and {}", a.temperature, a.top_p);
-    }
-    if a.draft.is_some() && a.temperature != 0.0 {
-        bail!("--draft verifies greedily: give --temperature 0");
     }
     let prompts: Vec<Vec<u32>> = match &a.batch_prompts {
         Some(path) => {
@@ -117,7 +112,7 @@ pub fn run(dev: &DeviceArgs, a: &GenerateArgs) -> anyhow::Result<()> {
         page: a.page,
         positions,
         max_seqs: prompts.len(),
-        max_step_tokens: CHUNK.max(a.draft_tokens + 1),
+        max_step_tokens: a.draft_tokens + 1,
     };
     let gpu = dev.gpu()?;
     let model_params = if a.kv_error { ckpt.params.clone() } else { Vec::new() };
@@ -150,16 +145,23 @@ pub fn run(dev: &DeviceArgs, a: &GenerateArgs) -> anyhow::Result<()> {
         let head = &prompt[..prompt.len() - 1];
         let t0 = web_time::Instant::now();
         if !head.is_empty() {
-            model.prefill(&gpu, ids[0], head, CHUNK)?;
-            draft.prefill(&gpu, did, head, CHUNK)?;
+            model.prefill_packed(&gpu, &[(ids[0], head)])?;
+            draft.prefill_packed(&gpu, &[(did, head)])?;
         }
         print!("{}", text(prompt));
         let mut last = *prompt.last().expect("non-empty");
         let (mut out, mut stats): (Vec<u32>, _) = (Vec::new(), SpecStats::default());
         let t1 = web_time::Instant::now();
         while out.len() < a.tokens {
-            let new =
-                speculate(&gpu, (&mut model, ids[0]), (&mut draft, did), last, a.draft_tokens, &mut stats)?;
+            let new = speculate(
+                &gpu,
+                (&mut model, ids[0]),
+                (&mut draft, did),
+                last,
+                (a.draft_tokens, &sampling),
+                &mut rng,
+                &mut stats,
+            )?;
             last = *new.last().expect("at least one");
             let take = new.len().min(a.tokens - out.len());
             print!("{}", text(&new[..take]));
@@ -182,10 +184,11 @@ pub fn run(dev: &DeviceArgs, a: &GenerateArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let t0 = web_time::Instant::now();
+    // every prompt in one packed pass
+    let views: Vec<(_, &[u32])> = ids.iter().zip(&prompts).map(|(&id, p)| (id, &p[..])).collect();
     let mut next: Vec<u32> = Vec::with_capacity(prompts.len());
-    for (&id, prompt) in ids.iter().zip(&prompts) {
-        let logits = model.prefill(&gpu, id, prompt, CHUNK)?;
-        next.push(sampling.draw(&logits, &mut rng));
+    for logits in model.prefill_packed(&gpu, &views)? {
+        next.push(sampling.draw(logits.last().expect("a prompt is never empty"), &mut rng));
     }
     let single = prompts.len() == 1;
     if single {

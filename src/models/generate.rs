@@ -1,8 +1,8 @@
 //! Text from a trained GPT (`longctx generate`): many sequences decoded together over the
 //! paged, optionally quantised KV cache ([`PagedDecoder`]), sampled with a temperature and
 //! nucleus (top-p), and speculative decoding — a small draft model proposes a few tokens, the
-//! model verifies them in one step (a chain of drafts) and keeps the longest prefix it agrees
-//! with.
+//! model verifies them in one step (a chain of drafts) and keeps them by speculative
+//! sampling's rule, so the text is distributed as the model's own.
 //!
 //! Where the work runs: attention (the cache, its pages and formats) on the GPU, one
 //! dispatch per layer for every sequence of the step; the projections, LayerNorms and FFN of
@@ -11,9 +11,9 @@
 
 use crate::contract::paged::{KvFormat, Tree};
 use crate::contract::positions::Positions;
-use crate::contract::spec::Alibi;
-use crate::contract::spec::alibi_slope;
+use crate::contract::spec::{Alibi, alibi_slope};
 use crate::error::{Error, Result};
+use crate::kernels::attention::packed::{Packed, packed_attention};
 use crate::kernels::attention::paged::{PagedConfig, PagedDecoder, SeqId};
 use crate::models::gpt::{AttnKind, GptConfig, Params, PosScheme, sinusoid};
 use crate::runtime::Gpu;
@@ -33,12 +33,95 @@ pub struct CacheLayout {
     pub max_step_tokens: usize,
 }
 
-/// A GPT with a paged KV cache of its own.
-pub struct Generator {
+/// The model's weights and the host side of its layers.
+struct Model {
     config: GptConfig,
     params: Vec<f32>,
-    dec: PagedDecoder,
     rope: Option<Positions>,
+}
+
+impl Model {
+    fn get(&self, name: &str) -> &[f32] {
+        &self.params[Params::range(&self.config, name).expect("a parameter of the model")]
+    }
+
+    /// Every token inside the vocabulary (checked before a step touches the cache).
+    fn check(&self, tokens: &[u32]) -> Result<()> {
+        let v = self.config.vocab;
+        match tokens.iter().find(|&&t| t as usize >= v) {
+            Some(bad) => Err(Error::Invalid(format!("token {bad} is outside the vocabulary of {v}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// The logits after each of `tokens` (at `positions`): embeddings, then every layer with
+    /// its attention left to `attend(layer, Q, K, V)` — each `[tokens, H, hd]`, Q and K
+    /// already rotated where the model uses RoPE — which returns the attention output
+    /// `[tokens, d]`.
+    fn run(
+        &self,
+        tokens: &[u32],
+        positions: &[usize],
+        mut attend: impl FnMut(usize, &[f32], &[f32], &[f32]) -> Result<Vec<f32>>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let c = self.config;
+        let (d, h) = (c.d_model, c.heads);
+        let hd = d / h;
+        // borrowed: the layers only read the parameters
+        let wte = self.get("wte");
+        let mut x: Vec<f32> = tokens.iter().flat_map(|&id| wte[id as usize * d..][..d].to_vec()).collect();
+        if c.pos == PosScheme::Sinusoidal {
+            for (row, &p) in x.chunks_exact_mut(d).zip(positions) {
+                row.iter_mut().zip(sinusoid(p, d)).for_each(|(a, b)| *a += b as f32);
+            }
+        }
+        for l in 0..c.layers {
+            let p = |name: &str| format!("h{l}.{name}");
+            let a = layer_norm(&x, self.get(&p("ln1.g")), self.get(&p("ln1.b")), d);
+            let qkv = linear(&a, self.get(&p("attn.w_qkv")), self.get(&p("attn.b_qkv")), d, 3 * d);
+            // [token, 3d] → Q, K, V [token, H, hd] (the row's thirds)
+            let part = |k: usize| -> Vec<f32> {
+                qkv.chunks_exact(3 * d).flat_map(|r| r[k * d..][..d].to_vec()).collect()
+            };
+            let (mut q, mut k, vv) = (part(0), part(1), part(2));
+            if let Some(rope) = &self.rope {
+                for (x, &pos) in
+                    [&mut q, &mut k].into_iter().flat_map(|t| t.chunks_exact_mut(d).zip(positions))
+                {
+                    for head in x.chunks_exact_mut(hd) {
+                        let mut row: Vec<f64> = head.iter().map(|&e| e as f64).collect();
+                        rope.apply(&mut row, pos as i64);
+                        head.iter_mut().zip(row).for_each(|(a, b)| *a = b as f32);
+                    }
+                }
+            }
+            let att = attend(l, &q, &k, &vv)?;
+            let o = linear(&att, self.get(&p("attn.w_o")), self.get(&p("attn.b_o")), d, d);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let a = layer_norm(&x, self.get(&p("ln2.g")), self.get(&p("ln2.b")), d);
+            let mut hidden = linear(&a, self.get(&p("ffn.w1")), self.get(&p("ffn.b1")), d, c.ffn);
+            hidden.iter_mut().for_each(|u| *u = gelu(*u));
+            let o = linear(&hidden, self.get(&p("ffn.w2")), self.get(&p("ffn.b2")), c.ffn, d);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        }
+        let xf = layer_norm(&x, self.get("lnf.g"), self.get("lnf.b"), d);
+        Ok(xf
+            .chunks_exact(d)
+            .map(|row| wte.chunks_exact(d).map(|w| row.iter().zip(w).map(|(a, b)| a * b).sum()).collect())
+            .collect())
+    }
+}
+
+/// Per sequence, its share of a step's rows, in the order of `steps`.
+fn split_by<T>(rows: Vec<T>, steps: &[StepTokens]) -> Vec<Vec<T>> {
+    let mut rest = rows.into_iter();
+    steps.iter().map(|(_, t)| rest.by_ref().take(t.len()).collect()).collect()
+}
+
+/// A GPT with a paged KV cache of its own.
+pub struct Generator {
+    model: Model,
+    dec: PagedDecoder,
 }
 
 /// One sequence's part of a step: its id and the tokens it adds (a chain).
@@ -72,16 +155,22 @@ impl Generator {
         cfg.v_format = layout.format;
         cfg.max_seqs = layout.max_seqs;
         cfg.max_tokens = layout.max_seqs.saturating_mul(layout.max_step_tokens);
-        if config.pos == PosScheme::Alibi {
-            cfg.alibi = Alibi::Custom((0..config.heads).map(|h| alibi_slope(config.heads, h)).collect());
-        }
+        cfg.alibi = Self::alibi(&config);
         let rope = (config.pos == PosScheme::Rope).then(|| Positions::rope(10000.0));
-        Ok(Self { config, params, dec: PagedDecoder::new(gpu, cfg)?, rope })
+        Ok(Self { model: Model { config, params, rope }, dec: PagedDecoder::new(gpu, cfg)? })
+    }
+
+    fn alibi(config: &GptConfig) -> Alibi {
+        if config.pos == PosScheme::Alibi {
+            Alibi::Custom((0..config.heads).map(|h| alibi_slope(config.heads, h)).collect())
+        } else {
+            Alibi::Off
+        }
     }
 
     /// The model.
     pub fn config(&self) -> &GptConfig {
-        &self.config
+        &self.model.config
     }
 
     /// The cache.
@@ -109,10 +198,6 @@ impl Generator {
         self.dec.len(id)
     }
 
-    fn get(&self, name: &str) -> &[f32] {
-        &self.params[Params::range(&self.config, name).expect("a parameter of the model")]
-    }
-
     /// Runs `steps` — for each sequence the tokens it adds, at most the layout's
     /// `max_step_tokens` — through the model and returns, per sequence, the logits after each
     /// of its tokens (`[tokens][V]`).
@@ -128,82 +213,91 @@ impl Generator {
         steps: &[StepTokens],
         mut trace: Option<&mut Vec<Vec<f32>>>,
     ) -> Result<Vec<Vec<Vec<f32>>>> {
-        let c = self.config;
-        let (d, h, v) = (c.d_model, c.heads, c.vocab);
-        let hd = d / h;
         let mut positions = Vec::new();
         let mut trees = Vec::with_capacity(steps.len());
         for &(id, tokens) in steps {
-            if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= v) {
-                return Err(Error::Invalid(format!("token {bad} is outside the vocabulary of {v}")));
-            }
             let len = self.dec.len(id)?;
             positions.extend((0..tokens.len()).map(|i| len + i));
             trees.push((id, Tree::chain(tokens.len())));
         }
+        let tokens: Vec<u32> = steps.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+        self.model.check(&tokens)?;
         self.dec.begin(gpu, &trees)?;
-        // borrowed: the step's layers only read the parameters and the cache
-        let wte = self.get("wte");
-        let mut x: Vec<f32> = steps
-            .iter()
-            .flat_map(|(_, t)| t.iter())
-            .flat_map(|&id| wte[id as usize * d..][..d].to_vec())
-            .collect();
-        if c.pos == PosScheme::Sinusoidal {
-            for (row, &p) in x.chunks_exact_mut(d).zip(&positions) {
-                row.iter_mut().zip(sinusoid(p, d)).for_each(|(a, b)| *a += b as f32);
-            }
-        }
-        let n = positions.len();
-        for l in 0..c.layers {
-            let p = |name: &str| format!("h{l}.{name}");
-            let a = layer_norm(&x, self.get(&p("ln1.g")), self.get(&p("ln1.b")), d);
-            let qkv = linear(&a, self.get(&p("attn.w_qkv")), self.get(&p("attn.b_qkv")), d, 3 * d);
-            // [token, 3d] → Q, K, V [token, H, hd] (the row's thirds)
-            let part = |k: usize| -> Vec<f32> {
-                qkv.chunks_exact(3 * d).flat_map(|r| r[k * d..][..d].to_vec()).collect()
-            };
-            let (mut q, mut k, vv) = (part(0), part(1), part(2));
-            if let Some(rope) = &self.rope {
-                for (x, &pos) in
-                    [&mut q, &mut k].into_iter().flat_map(|t| t.chunks_exact_mut(d).zip(&positions))
-                {
-                    for head in x.chunks_exact_mut(hd) {
-                        let mut row: Vec<f64> = head.iter().map(|&e| e as f64).collect();
-                        rope.apply(&mut row, pos as i64);
-                        head.iter_mut().zip(row).for_each(|(a, b)| *a = b as f32);
-                    }
-                }
-            }
-            self.dec.attend(gpu, l, &q, &k, &vv)?;
-            let att = self.dec.output(gpu)?.o;
+        let dec = &self.dec;
+        let logits = self.model.run(&tokens, &positions, |l, q, k, v| {
+            dec.attend(gpu, l, q, k, v)?;
+            let att = dec.output(gpu)?.o;
             if let Some(t) = trace.as_deref_mut() {
                 t.push(att.clone());
             }
-            let o = linear(&att, self.get(&p("attn.w_o")), self.get(&p("attn.b_o")), d, d);
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-            let a = layer_norm(&x, self.get(&p("ln2.g")), self.get(&p("ln2.b")), d);
-            let mut hidden = linear(&a, self.get(&p("ffn.w1")), self.get(&p("ffn.b1")), d, c.ffn);
-            hidden.iter_mut().for_each(|u| *u = gelu(*u));
-            let o = linear(&hidden, self.get(&p("ffn.w2")), self.get(&p("ffn.b2")), c.ffn, d);
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-        }
-        let xf = layer_norm(&x, self.get("lnf.g"), self.get("lnf.b"), d);
-        let logits: Vec<Vec<f32>> = xf
-            .chunks_exact(d)
-            .map(|row| wte.chunks_exact(d).map(|w| row.iter().zip(w).map(|(a, b)| a * b).sum()).collect())
-            .collect();
-        debug_assert_eq!(logits.len(), n);
-        let mut out = Vec::with_capacity(steps.len());
-        let mut rest = logits.into_iter();
-        for (_, t) in steps {
-            out.push(rest.by_ref().take(t.len()).collect());
-        }
-        Ok(out)
+            Ok(att)
+        })?;
+        Ok(split_by(logits, steps))
     }
 
-    /// Feeds a prompt to a sequence in chunks of at most `max_step_tokens`; the logits after
-    /// its last token.
+    /// Starts empty sequences with their prompts in one pass: every prompt concatenated
+    /// without padding, each layer's attention one flash call over all of them
+    /// ([`packed_attention`]: each token sees its own sequence only), and the K and V of
+    /// every prompt token written into the sequences' pages. Returns, per sequence, the
+    /// logits after each prompt token. The pages all prompts need are checked free before
+    /// anything runs.
+    pub fn prefill_packed(&mut self, gpu: &Gpu, prompts: &[StepTokens]) -> Result<Vec<Vec<Vec<f32>>>> {
+        let c = self.model.config;
+        let page = self.dec.config().page;
+        let mut pages = 0usize;
+        for (i, &(id, prompt)) in prompts.iter().enumerate() {
+            if self.dec.len(id)? != 0 {
+                return Err(Error::Invalid(format!(
+                    "a packed prefill starts sequences: sequence {i} already holds {} tokens (continue it with forward)",
+                    self.dec.len(id)?
+                )));
+            }
+            if prompts[..i].iter().any(|(other, _)| *other == id) {
+                return Err(Error::Invalid(format!("sequence {i} is given twice in one prefill")));
+            }
+            pages += prompt.len().div_ceil(page);
+        }
+        let usage = self.dec.usage();
+        let free = usage.pages - usage.used;
+        if pages > free {
+            return Err(Error::OutOfRange {
+                what: format!("KV pages the prompts need ({free} free of {})", usage.pages),
+                value: pages as u64,
+                min: 0,
+                max: free as u64,
+            });
+        }
+        let hd = c.d_model / c.heads;
+        let packed = Packed {
+            lens: prompts.iter().map(|(_, p)| p.len()).collect(),
+            heads: c.heads,
+            kv_heads: c.heads,
+            head_dim: hd,
+            alibi: Self::alibi(&c),
+        };
+        packed.tokens()?;
+        let tokens: Vec<u32> = prompts.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+        self.model.check(&tokens)?;
+        let positions: Vec<usize> = prompts.iter().flat_map(|(_, p)| 0..p.len()).collect();
+        let mut kv = Vec::with_capacity(c.layers);
+        let logits = self.model.run(&tokens, &positions, |_, q, k, v| {
+            kv.push((k.to_vec(), v.to_vec()));
+            Ok(packed_attention(gpu, &packed, q, k, v)?.o)
+        })?;
+        let row = c.d_model;
+        let mut start = 0;
+        for &(id, prompt) in prompts {
+            let span = start * row..(start + prompt.len()) * row;
+            let layers: Vec<(&[f32], &[f32])> =
+                kv.iter().map(|(k, v)| (&k[span.clone()], &v[span.clone()])).collect();
+            self.dec.prefill(gpu, id, &layers)?;
+            start += prompt.len();
+        }
+        Ok(split_by(logits, prompts))
+    }
+
+    /// Feeds a prompt to a sequence in chunks of at most `max_step_tokens` through the paged
+    /// decoder (a sequence may already hold tokens); the logits after its last token.
     pub fn prefill(&mut self, gpu: &Gpu, id: SeqId, prompt: &[u32], chunk: usize) -> Result<Vec<f32>> {
         if prompt.is_empty() {
             return Err(Error::Invalid("a prompt needs at least one token".into()));
@@ -231,11 +325,14 @@ impl Sampling {
         Self { temperature: 0.0, top_p: 1.0 }
     }
 
-    /// A token drawn from `logits` with `rng`.
-    pub fn draw(&self, logits: &[f32], rng: &mut impl rand::Rng) -> u32 {
-        let argmax = || argmax(logits);
+    /// The distribution tokens are drawn from: the softmax of `logits / temperature` cut to
+    /// the nucleus and renormalised (probabilities summing to 1, zeros outside it); at
+    /// temperature 0 all of it on the most likely token.
+    pub fn probs(&self, logits: &[f32]) -> Vec<f64> {
+        let mut out = vec![0.0; logits.len()];
         if self.temperature <= 0.0 {
-            return argmax();
+            out[argmax(logits) as usize] = 1.0;
+            return out;
         }
         let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut probs: Vec<(usize, f64)> = logits
@@ -244,7 +341,7 @@ impl Sampling {
             .map(|(i, &x)| (i, (((x - m) / self.temperature) as f64).exp()))
             .collect();
         let total: f64 = probs.iter().map(|p| p.1).sum();
-        probs.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0)));
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let mut kept = 0.0;
         let mut cut = probs.len();
         for (i, p) in probs.iter().enumerate() {
@@ -256,15 +353,48 @@ impl Sampling {
         }
         probs.truncate(cut);
         let sum: f64 = probs.iter().map(|p| p.1).sum();
-        let mut r = rng.random::<f64>() * sum;
-        for (i, p) in &probs {
+        for (i, p) in probs {
+            out[i] = p / sum;
+        }
+        out
+    }
+
+    /// A token drawn from `logits` with `rng` (from [`Sampling::probs`]).
+    pub fn draw(&self, logits: &[f32], rng: &mut impl rand::Rng) -> u32 {
+        sample(&self.probs(logits), rng)
+    }
+}
+
+/// A token drawn from `probs` (non-negative, not all zero; need not sum to 1).
+pub fn sample(probs: &[f64], rng: &mut impl rand::Rng) -> u32 {
+    let sum: f64 = probs.iter().sum();
+    let mut r = rng.random::<f64>() * sum;
+    let mut last = 0;
+    for (i, &p) in probs.iter().enumerate() {
+        if p > 0.0 {
+            last = i;
             r -= p;
-            if r <= 0.0 {
-                return *i as u32;
+            if r < 0.0 {
+                return i as u32;
             }
         }
-        probs.last().map_or_else(argmax, |p| p.0 as u32)
     }
+    last as u32
+}
+
+/// Speculative sampling's rule for one drafted token `x`, drawn from the draft's
+/// distribution `q`, given the model's `p` (Leviathan et al. 2023; Chen et al. 2023): keep
+/// `x` with probability `min(1, p(x) / q(x))`, else draw from the residual `max(0, p − q)`
+/// renormalised. The token that comes out is distributed exactly as `p`. Returns the token
+/// and whether it is the draft's. With one-hot distributions (greedy) this keeps `x` exactly
+/// when it is the model's choice and otherwise gives the model's choice.
+pub fn accept_or_resample(p: &[f64], q: &[f64], x: u32, rng: &mut impl rand::Rng) -> (u32, bool) {
+    let (px, qx) = (p[x as usize], q[x as usize]);
+    if px >= qx || rng.random::<f64>() * qx < px {
+        return (x, true);
+    }
+    let residual: Vec<f64> = p.iter().zip(q).map(|(a, b)| (a - b).max(0.0)).collect();
+    (sample(&residual, rng), false)
 }
 
 /// The most likely token (ties to the lower id).
@@ -355,39 +485,50 @@ pub struct SpecStats {
     pub accepted: usize,
 }
 
-/// Greedy speculative decoding of one sequence: `draft` proposes `k` tokens after `last`
-/// (each sequence already holding the same tokens before `last`), `model` checks them in one
-/// step and keeps the longest prefix its own greedy choice agrees with, plus its own next
-/// token. Returns the new tokens (at least one); both caches end holding every token before
-/// the last new one.
+/// Speculative decoding of one sequence: `draft` proposes `k` tokens after `last`, each
+/// drawn from its own distribution under `sampling` (each sequence already holding the same
+/// tokens before `last`); `model` reads `last` and the proposals in one step and keeps them
+/// one by one by [`accept_or_resample`], ending at the first it replaces — or, when it keeps
+/// all `k`, with one more token of its own. The text is distributed as the model's alone
+/// under `sampling` (greedy: exactly the model's greedy text). Returns the new tokens (at
+/// least one); both caches end holding every token before the last new one.
 pub fn speculate(
     gpu: &Gpu,
     (model, mid): (&mut Generator, SeqId),
     (draft, did): (&mut Generator, SeqId),
     last: u32,
-    k: usize,
+    (k, sampling): (usize, &Sampling),
+    rng: &mut impl rand::Rng,
     stats: &mut SpecStats,
 ) -> Result<Vec<u32>> {
     if k == 0 {
         return Err(Error::Invalid("speculative decoding needs at least one draft token".into()));
     }
     let base = model.len(mid)?;
-    // the draft's proposals, one token a step
-    let mut proposals = Vec::with_capacity(k);
+    // the draft's proposals, one token a step, and the distributions they were drawn from
+    let (mut proposals, mut qs) = (Vec::with_capacity(k), Vec::with_capacity(k));
     let mut next = last;
     for _ in 0..k {
         let logits = draft.forward(gpu, &[(did, &[next])])?.remove(0).remove(0);
-        next = argmax(&logits);
+        let q = sampling.probs(&logits);
+        next = sample(&q, rng);
         proposals.push(next);
+        qs.push(q);
     }
     // the model reads `last` and the proposals in one step: logits after each
     let input = [&[last][..], &proposals].concat();
     let logits = model.forward(gpu, &[(mid, &input)])?.remove(0);
     let mut out = Vec::new();
     for (i, l) in logits.iter().enumerate() {
-        let choice = argmax(l);
-        out.push(choice);
-        if proposals.get(i) != Some(&choice) {
+        let p = sampling.probs(l);
+        let Some(&x) = proposals.get(i) else {
+            // every proposal kept: the model's own next token
+            out.push(sample(&p, rng));
+            break;
+        };
+        let (token, kept) = accept_or_resample(&p, &qs[i], x, rng);
+        out.push(token);
+        if !kept {
             break;
         }
     }

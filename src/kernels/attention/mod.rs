@@ -8,6 +8,7 @@ pub mod decode;
 pub mod flash;
 mod forward;
 pub mod naive;
+pub mod packed;
 pub mod paged;
 pub mod sparse;
 pub mod sparse_backward;
