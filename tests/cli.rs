@@ -1651,12 +1651,20 @@ fn decode_paged_compares_formats_and_a_batch_in_one_run() {
         "16",
         "--batch",
         "50,130",
+        "--prefill",
+        "1,37,70",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for needle in
-        ["contiguous (", "paged int8 (", "paged int4 (", "batch of 2, one step", "paged f32 / contiguous"]
-    {
+    for needle in [
+        "contiguous (",
+        "paged int8 (",
+        "paged int4 (",
+        "batch of 2, one step",
+        "paged f32 / contiguous",
+        "packed (one call, segments)",
+        "padded to the longest",
+    ] {
         assert!(text.contains(needle), "`{needle}` missing: {text}");
     }
     // each paged configuration's first step against the oracle on its cache
@@ -1667,6 +1675,16 @@ fn decode_paged_compares_formats_and_a_batch_in_one_run() {
         let err: f64 = cells[cells.len() - 2].parse().unwrap();
         assert!(err <= 1e-5, "{marker}: {err}: {row}");
     }
+    // the three ways of starting the prompts: every one against the oracle and the packed one
+    for marker in ["packed (one", "padded to", "a call each"] {
+        let row = text.lines().find(|l| l.contains(marker)).unwrap();
+        let cells: Vec<&str> =
+            row.split('┆').map(|c| c.trim_matches(|ch: char| ch.is_whitespace() || ch == '│')).collect();
+        let n = cells.len();
+        let (oracle, packed): (f64, f64) = (cells[n - 2].parse().unwrap(), cells[n - 1].parse().unwrap());
+        assert!(oracle <= 1e-5 && packed <= 1e-5, "{marker}: {row}");
+    }
+    assert!(text.contains("┆ 210  "), "padded rows are 3 × 70: {text}");
     fails_with(&["decode", "--paged", "--window", "8"], "leave out");
     fails_with(&["decode", "--paged", "--kv", "int2"], "unknown KV format");
 }

@@ -212,3 +212,65 @@ fn sampled_speculation_with_the_model_as_draft_keeps_every_draft() {
     assert!(stats.accepted + 1 >= stats.proposed, "{stats:?} (seed {seed})");
     assert_eq!(total, stats.accepted + stats.steps);
 }
+
+/// A tree of drafts from the same model (its two likeliest next tokens, each followed by
+/// its greedy chain) verified in one step: every token's logits equal the oracle's after the
+/// prompt and the path to it; keeping one path and feeding it again continues exactly.
+#[test]
+fn a_drafted_tree_verified_in_one_step_matches_the_oracle_on_every_path() {
+    use longctx::contract::paged::Tree;
+    let g = common::gpu();
+    let seed = common::seed();
+    for pos in [PosScheme::Alibi, PosScheme::Rope, PosScheme::Sinusoidal] {
+        let (c, p) = model(pos, seed);
+        let p64: Vec<f64> = p.iter().map(|&x| x as f64).collect();
+        let oracle = |t: &[u32]| logits_f64(&c, &p64, t).unwrap().pop().unwrap();
+        let mut m = Generator::new(g, c, p, layout(KvFormat::F32)).unwrap();
+        let id = m.add();
+        let prompt: Vec<u32> = b"in the begin".iter().map(|&b| b as u32).collect();
+        m.prefill_packed(g, &[(id, &prompt[..prompt.len() - 1])]).unwrap();
+        // the draft, from the model's oracle: two roots, each with a greedy chain of 2
+        let after = oracle(&prompt);
+        let mut order: Vec<u32> = (0..c.vocab as u32).collect();
+        order.sort_by(|&a, &b| after[b as usize].total_cmp(&after[a as usize]));
+        let mut tokens = vec![*prompt.last().unwrap()];
+        let mut parents = vec![None];
+        for &root in &order[..2] {
+            let mut path = [prompt.clone(), vec![root]].concat();
+            tokens.push(root);
+            parents.push(Some(0));
+            for _ in 0..2 {
+                let next = argmax(&oracle(&path).iter().map(|&x| x as f32).collect::<Vec<_>>());
+                parents.push(Some(tokens.len() - 1));
+                tokens.push(next);
+                path.push(next);
+            }
+        }
+        let tree = Tree::new(parents.clone()).unwrap();
+        let base = m.len(id).unwrap();
+        let logits = m.verify(g, &[(id, &tokens, tree.clone())]).unwrap().remove(0);
+        let mut worst = 0f64;
+        for u in 0..tokens.len() {
+            // the path to u: the cached head, then u's ancestors and u
+            let mut path = vec![u];
+            while let Some(p) = parents[*path.last().unwrap()] {
+                path.push(p);
+            }
+            let text: Vec<u32> = prompt[..prompt.len() - 1]
+                .iter()
+                .copied()
+                .chain(path.iter().rev().map(|&i| tokens[i]))
+                .collect();
+            worst = worst.max(rel_error(&logits[u], &oracle(&text)));
+        }
+        println!("{pos:?}: a tree of {} drafts, worst rel err {worst:.1e}", tokens.len());
+        assert!(worst < 1e-5, "{pos:?}: {worst:.2e} (seed {seed})");
+        // keep the second root's branch: drop the tree, feed that path, continue
+        m.truncate(id, base).unwrap();
+        let kept = [tokens[0], tokens[4], tokens[5]];
+        let out = m.forward(g, &[(id, &kept)]).unwrap().remove(0);
+        let text = [&prompt[..prompt.len() - 1], &kept[..]].concat();
+        let e = rel_error(out.last().unwrap(), &oracle(&text));
+        assert!(e < 1e-5, "{pos:?}: after keeping a path {e:.2e} (seed {seed})");
+    }
+}

@@ -69,6 +69,11 @@ pub struct DecodeArgs {
     /// Lengths of the sequences decoded together, comma-separated (k = 1024; empty: none).
     #[arg(long, value_delimiter = ',', default_value = "1k,2k,2k,4k,4k,8k,8k,32k")]
     batch: Vec<String>,
+    /// With --paged: also start prompts of these lengths three ways — packed into one flash
+    /// call, padded to the longest into one batched call, a call each — and time one
+    /// layer's attention of each (comma-separated, k = 1024; e.g. 100,200,300,500,700,1k,1k,2k).
+    #[arg(long, value_delimiter = ',')]
+    prefill: Vec<String>,
     #[command(flatten)]
     mods: ModArgs,
     #[command(flatten)]
@@ -182,6 +187,8 @@ fn paged(dev: &DeviceArgs, a: &DecodeArgs, context: usize) -> anyhow::Result<()>
     let formats = a.kv.iter().map(|f| KvFormat::parse(f)).collect::<Result<Vec<_>, _>>()?;
     let batch =
         a.batch.iter().filter(|s| !s.is_empty()).map(|s| parse_size(s)).collect::<Result<Vec<_>, _>>()?;
+    let prefill =
+        a.prefill.iter().filter(|s| !s.is_empty()).map(|s| parse_size(s)).collect::<Result<Vec<_>, _>>()?;
     let kv_heads = *a.kv_heads.first().context("--kv-heads is empty")?;
     let bench = PagedBench {
         heads: a.heads,
@@ -251,8 +258,39 @@ fn paged(dev: &DeviceArgs, a: &DecodeArgs, context: usize) -> anyhow::Result<()>
     {
         println!("batch of {n} in one step / a step each: {:.2}×", one / each);
     }
+    let prefill = if prefill.is_empty() { Vec::new() } else { bench.prefill(&gpu, &prefill, a.steps)? };
+    if !prefill.is_empty() {
+        let mut table = Table::new();
+        table.load_preset(UTF8_FULL_CONDENSED).set_header([
+            "prefill",
+            "calls",
+            "rows",
+            "pairs (work)",
+            "ms",
+            "prompt tokens/s",
+            "× packed",
+            "rel err (oracle)",
+            "rel err (vs packed)",
+        ]);
+        let base = prefill[0].tokens_per_s;
+        for r in &prefill {
+            table.add_row([
+                r.what.clone(),
+                r.calls.to_string(),
+                r.rows.to_string(),
+                r.pairs.to_string(),
+                format!("{:.1}", r.ms),
+                format!("{:.0}", r.tokens_per_s),
+                format!("{:.2}", r.tokens_per_s / base),
+                err(r.rel_err),
+                err(r.rel_err_packed),
+            ]);
+        }
+        println!("{table}");
+    }
     if let Some(path) = &a.json {
-        longctx::io::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
+        let json = serde_json::json!({ "steps": records, "prefill": prefill });
+        longctx::io::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

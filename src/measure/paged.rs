@@ -3,16 +3,22 @@
 //! sequences of different lengths decoded in one step against the same sequences' steps one
 //! at a time. Each paged configuration's first step is checked against the f64 oracle twice:
 //! on what the cache holds (read back and decoded: the kernel's error) and on the K and V
-//! given (the format's error).
+//! given (the format's error). And prompts started three ways: packed into one flash call
+//! (each token sees its own sequence), padded to the longest into one batched causal call,
+//! and a call each.
 
 use serde::{Deserialize, Serialize};
 
+use crate::contract::AttnShape;
 use crate::contract::inputs::hashed as fill;
 use crate::contract::paged::{KvFormat, SeqStep, Tree, step_f64};
 use crate::contract::reference::rel_error;
+use crate::contract::spec::AttnSpec;
 use crate::error::{Error, Result};
 use crate::kernels::attention::decode::{DecodeKernel, Decoder, DecoderConfig};
+use crate::kernels::attention::packed::{Packed, packed_f64};
 use crate::kernels::attention::paged::{PagedConfig, PagedDecoder, SeqId};
+use crate::kernels::attention::{Attention, DeviceTensors, Kernel};
 use crate::runtime::Gpu;
 
 /// What to measure.
@@ -60,6 +66,32 @@ pub struct PagedRecord {
     /// The first step against the oracle on the K and V given (the format's error).
     pub rel_err_given: f64,
 }
+
+/// One way of starting prompts, timed (`longctx decode --paged --prefill`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PrefillRecord {
+    /// `packed`, `padded to the longest`, `a call each`.
+    pub what: String,
+    /// Attention calls per prefill.
+    pub calls: usize,
+    /// Query rows computed, padding included.
+    pub rows: usize,
+    /// Visible (query, key) pairs computed, all heads: the work.
+    pub pairs: u64,
+    /// Milliseconds per prefill (every layer's one attention): median.
+    pub ms: f64,
+    /// Prompt tokens per second (padding not counted).
+    pub tokens_per_s: f64,
+    /// Against the f64 oracle (each sequence alone) on the sequences of at most
+    /// [`PREFILL_ORACLE_ROWS`] tokens; NaN when none is that short.
+    pub rel_err: f64,
+    /// Against the packed call's output, every prompt row.
+    pub rel_err_packed: f64,
+}
+
+/// The longest sequence the prefill comparison checks against the f64 oracle (its cost is
+/// the square of the length).
+pub const PREFILL_ORACLE_ROWS: usize = 1024;
 
 /// One timed step of a configuration (the step's index in; the queue idle when it returns).
 type Step<'a> = Box<dyn FnMut(usize) -> Result<()> + 'a>;
@@ -219,6 +251,155 @@ impl PagedBench {
             }
             gpu.wait()
         })
+    }
+
+    /// Prompts of `lens` tokens started three ways, each one attention call's work of a layer
+    /// (Q, K, V already on the device, `[·, H, ·, D]`): packed into one flash call, padded
+    /// to the longest into one causal call of a batch, and a causal call each (recorded into
+    /// one submission). Every output is checked first — the packed one against the oracle on
+    /// the short sequences, the others against the packed one on every row —, then the three
+    /// are timed in `reps` interleaved rounds; medians.
+    pub fn prefill(&self, gpu: &Gpu, lens: &[usize], reps: usize) -> Result<Vec<PrefillRecord>> {
+        let (h, hkv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let packed =
+            Packed { lens: lens.to_vec(), heads: h, kv_heads: hkv, head_dim: d, alibi: Default::default() };
+        let t = packed.tokens()?;
+        let longest = lens.iter().copied().max().unwrap_or(0);
+        let padded_rows =
+            longest.checked_mul(lens.len()).ok_or_else(|| Error::Invalid("padded rows overflow".into()))?;
+        crate::runtime::host::check_bytes(
+            "the prompts' Q, K, V",
+            (padded_rows * (h + 2 * hkv) * d) as u64 * 8,
+        )?;
+        // token-major prompts, the way a model holds them
+        let (q, k, v) = (fill(t * h * d, 21), fill(t * hkv * d, 22), fill(t * hkv * d, 23));
+        let seq = |x: &[f32], heads: usize, s: usize| -> Vec<f32> {
+            let start: usize = lens[..s].iter().sum();
+            x[start * heads * d..(start + lens[s]) * heads * d].to_vec()
+        };
+        // [n, heads, D] → [heads, n, D], padded with zeros to `rows`
+        let head_major = |x: &[f32], heads: usize, n: usize, rows: usize| -> Vec<f32> {
+            let mut out = vec![0.0; heads * rows * d];
+            for (i, r) in x.chunks_exact(d).enumerate() {
+                out[((i % heads) * rows + i / heads) * d..][..d].copy_from_slice(r);
+            }
+            debug_assert_eq!(x.len(), n * heads * d);
+            out
+        };
+        let causal = |batch: usize, n: usize| {
+            let mut shape = AttnShape::mha(batch, h, n, n, d);
+            shape.kv_heads = hkv;
+            AttnSpec::new(shape).causal(true)
+        };
+        // (name, calls, rows, pairs, prepared calls with their tensors), in the order
+        // packed, padded, a call each
+        type Call = (Attention, DeviceTensors);
+        let tri = |n: usize| (n * (n + 1) / 2) as u64 * h as u64;
+        let mut ways: Vec<(&str, usize, usize, u64, Vec<Call>)> = Vec::new();
+        let spec = packed.spec()?;
+        let whole = |x: &[f32], heads: usize| head_major(x, heads, t, t);
+        let io = DeviceTensors::upload(gpu, &spec, &whole(&q, h), &whole(&k, hkv), &whole(&v, hkv))?;
+        let work: u64 = lens.iter().map(|&n| tri(n)).sum();
+        ways.push((
+            "packed (one call, segments)",
+            1,
+            t,
+            work,
+            vec![(Attention::new(gpu, Kernel::Flash, &spec)?, io)],
+        ));
+        let spec = causal(lens.len(), longest);
+        let batch = |x: &[f32], heads: usize| -> Vec<f32> {
+            (0..lens.len()).flat_map(|s| head_major(&seq(x, heads, s), heads, lens[s], longest)).collect()
+        };
+        let io = DeviceTensors::upload(gpu, &spec, &batch(&q, h), &batch(&k, hkv), &batch(&v, hkv))?;
+        ways.push((
+            "padded to the longest",
+            1,
+            padded_rows,
+            tri(longest) * lens.len() as u64,
+            vec![(Attention::new(gpu, Kernel::Flash, &spec)?, io)],
+        ));
+        let mut each = Vec::with_capacity(lens.len());
+        for (s, &n) in lens.iter().enumerate() {
+            let spec = causal(1, n);
+            let part = |x: &[f32], heads: usize| head_major(&seq(x, heads, s), heads, n, n);
+            let io = DeviceTensors::upload(gpu, &spec, &part(&q, h), &part(&k, hkv), &part(&v, hkv))?;
+            each.push((Attention::new(gpu, Kernel::Flash, &spec)?, io));
+        }
+        ways.push(("a call each", lens.len(), t, work, each));
+        // every way's output, token-major over the prompt rows: call c's O is [B, H, R, D]
+        // with its batch entries' first rows the prompts'
+        let layout = |way: usize, c: usize| -> (usize, Vec<usize>) {
+            match way {
+                0 => (t, vec![t]),
+                1 => (longest, lens.to_vec()),
+                _ => (lens[c], vec![lens[c]]),
+            }
+        };
+        let mut outputs = Vec::new();
+        for (way, (_, _, _, _, calls)) in ways.iter().enumerate() {
+            let mut o = Vec::with_capacity(t * h * d);
+            for (c, (attn, io)) in calls.iter().enumerate() {
+                io.poison(gpu);
+                let out = attn.run_on(gpu, io)?;
+                let (rows, entries) = layout(way, c);
+                for (b, &n) in entries.iter().enumerate() {
+                    for i in 0..n {
+                        for head in 0..h {
+                            o.extend_from_slice(&out.o[((b * h + head) * rows + i) * d..][..d]);
+                        }
+                    }
+                }
+            }
+            outputs.push(o);
+        }
+        // the oracle on the short sequences
+        let short: Vec<usize> = (0..lens.len()).filter(|&s| lens[s] <= PREFILL_ORACLE_ROWS).collect();
+        let oracle = if short.is_empty() {
+            None
+        } else {
+            let sub = Packed { lens: short.iter().map(|&s| lens[s]).collect(), ..packed.clone() };
+            let pick = |x: &[f32], heads: usize| -> Vec<f32> {
+                short.iter().flat_map(|&s| seq(x, heads, s)).collect()
+            };
+            Some(packed_f64(&sub, &pick(&q, h), &pick(&k, hkv), &pick(&v, hkv))?.0)
+        };
+        let mut records = Vec::new();
+        for ((name, calls, rows, pairs, _), o) in ways.iter().zip(&outputs) {
+            let rel_err = oracle.as_ref().map_or(f64::NAN, |want| {
+                let got: Vec<f32> = short.iter().flat_map(|&s| seq(o, h, s)).collect();
+                rel_error(&got, want)
+            });
+            let reference: Vec<f64> = outputs[0].iter().map(|&x| x as f64).collect();
+            records.push(PrefillRecord {
+                what: (*name).into(),
+                calls: *calls,
+                rows: *rows,
+                pairs: *pairs,
+                ms: f64::NAN,
+                tokens_per_s: f64::NAN,
+                rel_err,
+                rel_err_packed: rel_error(o, &reference),
+            });
+        }
+        let mut samples = vec![Vec::with_capacity(reps); ways.len()];
+        for _ in 0..reps.max(1) {
+            for ((_, _, _, _, calls), s) in ways.iter().zip(&mut samples) {
+                let t0 = web_time::Instant::now();
+                let mut enc = gpu.device.create_command_encoder(&Default::default());
+                for (attn, io) in calls {
+                    attn.encode(gpu, &mut enc, &io.buffers())?;
+                }
+                gpu.queue.submit([enc.finish()]);
+                gpu.wait()?;
+                s.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        for (r, samples_ms) in records.iter_mut().zip(samples) {
+            r.ms = crate::runtime::timing::Timing { samples_ms, timer: "wall" }.median();
+            r.tokens_per_s = t as f64 * 1e3 / r.ms;
+        }
+        Ok(records)
     }
 
     /// Every configuration, in one run: the contiguous cache (the profile's kernel, and the

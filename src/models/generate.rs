@@ -112,10 +112,10 @@ impl Model {
     }
 }
 
-/// Per sequence, its share of a step's rows, in the order of `steps`.
-fn split_by<T>(rows: Vec<T>, steps: &[StepTokens]) -> Vec<Vec<T>> {
+/// Rows cut into runs of `lens` (per sequence, its share of a step's rows).
+fn split_by<T>(rows: Vec<T>, lens: impl Iterator<Item = usize>) -> Vec<Vec<T>> {
     let mut rest = rows.into_iter();
-    steps.iter().map(|(_, t)| rest.by_ref().take(t.len()).collect()).collect()
+    lens.map(|n| rest.by_ref().take(n).collect()).collect()
 }
 
 /// A GPT with a paged KV cache of its own.
@@ -211,16 +211,43 @@ impl Generator {
         &mut self,
         gpu: &Gpu,
         steps: &[StepTokens],
+        trace: Option<&mut Vec<Vec<f32>>>,
+    ) -> Result<Vec<Vec<Vec<f32>>>> {
+        let trees: Vec<_> = steps.iter().map(|&(id, t)| (id, t, Tree::chain(t.len()))).collect();
+        self.step(gpu, &trees, trace)
+    }
+
+    /// Verifies drafted trees: for each sequence, tokens arranged as `tree` (token u's parent
+    /// an earlier token of the step, or for a root the sequence's last cached token), each
+    /// read at its depth's position and seeing its cache and its own ancestors only. Returns,
+    /// per sequence, the logits after each token (the model's prediction after the path to
+    /// it). Every token is stored in the cache after the sequence's last: keep a path with
+    /// [`Generator::truncate`] and feed it again (its slots hold all the tree's tokens).
+    pub fn verify(&mut self, gpu: &Gpu, steps: &[(SeqId, &[u32], Tree)]) -> Result<Vec<Vec<Vec<f32>>>> {
+        self.step(gpu, steps, None)
+    }
+
+    fn step(
+        &mut self,
+        gpu: &Gpu,
+        steps: &[(SeqId, &[u32], Tree)],
         mut trace: Option<&mut Vec<Vec<f32>>>,
     ) -> Result<Vec<Vec<Vec<f32>>>> {
         let mut positions = Vec::new();
         let mut trees = Vec::with_capacity(steps.len());
-        for &(id, tokens) in steps {
-            let len = self.dec.len(id)?;
-            positions.extend((0..tokens.len()).map(|i| len + i));
-            trees.push((id, Tree::chain(tokens.len())));
+        for (id, tokens, tree) in steps {
+            if tree.len() != tokens.len() {
+                return Err(Error::Invalid(format!(
+                    "a tree of {} tokens given {} tokens",
+                    tree.len(),
+                    tokens.len()
+                )));
+            }
+            let len = self.dec.len(*id)?;
+            positions.extend((0..tokens.len()).map(|u| len + tree.depth(u)));
+            trees.push((*id, tree.clone()));
         }
-        let tokens: Vec<u32> = steps.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+        let tokens: Vec<u32> = steps.iter().flat_map(|(_, t, _)| t.iter().copied()).collect();
         self.model.check(&tokens)?;
         self.dec.begin(gpu, &trees)?;
         let dec = &self.dec;
@@ -232,7 +259,7 @@ impl Generator {
             }
             Ok(att)
         })?;
-        Ok(split_by(logits, steps))
+        Ok(split_by(logits, steps.iter().map(|(_, t, _)| t.len())))
     }
 
     /// Starts empty sequences with their prompts in one pass: every prompt concatenated
@@ -293,7 +320,7 @@ impl Generator {
             self.dec.prefill(gpu, id, &layers)?;
             start += prompt.len();
         }
-        Ok(split_by(logits, prompts))
+        Ok(split_by(logits, prompts.iter().map(|(_, p)| p.len())))
     }
 
     /// Feeds a prompt to a sequence in chunks of at most `max_step_tokens` through the paged
