@@ -250,7 +250,7 @@ fn a_drafted_tree_verified_in_one_step_matches_the_oracle_on_every_path() {
         let base = m.len(id).unwrap();
         let logits = m.verify(g, &[(id, &tokens, tree.clone())]).unwrap().remove(0);
         let mut worst = 0f64;
-        for u in 0..tokens.len() {
+        for (u, got) in logits.iter().enumerate() {
             // the path to u: the cached head, then u's ancestors and u
             let mut path = vec![u];
             while let Some(p) = parents[*path.last().unwrap()] {
@@ -261,7 +261,7 @@ fn a_drafted_tree_verified_in_one_step_matches_the_oracle_on_every_path() {
                 .copied()
                 .chain(path.iter().rev().map(|&i| tokens[i]))
                 .collect();
-            worst = worst.max(rel_error(&logits[u], &oracle(&text)));
+            worst = worst.max(rel_error(got, &oracle(&text)));
         }
         println!("{pos:?}: a tree of {} drafts, worst rel err {worst:.1e}", tokens.len());
         assert!(worst < 1e-5, "{pos:?}: {worst:.2e} (seed {seed})");
