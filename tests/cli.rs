@@ -1688,3 +1688,91 @@ fn decode_paged_compares_formats_and_a_batch_in_one_run() {
     fails_with(&["decode", "--paged", "--window", "8"], "leave out");
     fails_with(&["decode", "--paged", "--kv", "int2"], "unknown KV format");
 }
+
+#[test]
+fn eval_task_reports_accuracy_per_length_and_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, b"And God said, Let there be light: and there was light.\n".repeat(200)).unwrap();
+    let out = dir.path().join("rope");
+    let (corpus_s, out_s) = (p(&corpus), p(&out));
+    let mut args = vec![
+        "train",
+        "--pos",
+        "rope",
+        "--train-len",
+        "192",
+        "--d-model",
+        "16",
+        "--heads",
+        "2",
+        "--layers",
+        "1",
+        "--batch",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--corpus",
+        corpus_s,
+        "--out",
+        out_s,
+    ];
+    // task examples mixed into the batches; a length too short for them is refused first
+    let mut short = args.clone();
+    short[4] = "16";
+    short.extend(["--tasks", "passkey"]);
+    fails_with(&short[..], "at least");
+    args.extend(["--tasks", "passkey,vars", "--task-share", "0.5"]);
+    let trained = longctx(&args);
+    assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
+    let ckpt_path = out.join("checkpoint.safetensors");
+    let ckpt = p(&ckpt_path);
+    let json = dir.path().join("passkey.json");
+    let json_s = p(&json);
+    let eval = longctx(&[
+        "eval",
+        "--checkpoint",
+        ckpt,
+        "--corpus",
+        corpus_s,
+        "--task",
+        "passkey",
+        "--lengths",
+        "192,384",
+        "--depths",
+        "0,1",
+        "--examples",
+        "3",
+        "--rope-scaling",
+        "yarn:2",
+        "--json",
+        json_s,
+    ]);
+    let stdout = String::from_utf8_lossy(&eval.stdout);
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    assert!(
+        stdout.contains("passkey accuracy") && stdout.contains("yarn:2") && stdout.contains("384 (2×)"),
+        "{stdout}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let cells = v[0]["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 4, "{v}");
+    for c in cells {
+        assert_eq!(c["examples"], 3);
+        assert!(c["correct"].as_u64().unwrap() <= 3, "{c}");
+    }
+    assert_eq!(v[0]["rope_scaling"], "yarn:2");
+    // bad requests fail before any work
+    for (extra, why) in [
+        (vec!["--task", "keys"], "unknown task"),
+        (vec!["--task", "passkey", "--lengths", "40"], "at least"),
+        (vec!["--task", "passkey", "--depths", "1.5"], "--depths"),
+        (vec!["--rope-scaling", "pi:0.5"], "≥ 1"),
+    ] {
+        let mut a = vec!["eval", "--checkpoint", ckpt, "--corpus", &corpus_s];
+        a.extend(extra);
+        fails_with(&a[..], why);
+    }
+}

@@ -181,6 +181,7 @@ fn a_resumed_run_matches_an_uninterrupted_one_and_checkpoints_round_trip() {
         checkpoint_every: 3,
         log_every: 1,
         corpus_sha256: corpus.sha256.clone(),
+        tasks: Default::default(),
     };
     let (straight, resumed) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
     let all = train(g, &corpus, &config, None, 6, &straight, |_| {}).unwrap();

@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use longctx::contract::positions::Positions;
+use longctx::contract::positions::{Positions, RopeScaling};
 use longctx::contract::reference::{attention_backward_f64, rel_error};
 use longctx::kernels::attention::backward::Backward;
 use longctx::{Alibi, Attention, AttnShape, AttnSpec, DeviceTensors, Inputs, Kernel};
@@ -23,6 +23,11 @@ fn encodings() -> Vec<(&'static str, Positions)> {
         ("rope interleaved", Positions::rope_interleaved(500000.0)),
         ("rope offset 100000", Positions::rope(10000.0).offset(100_000)),
         ("sinusoidal", Positions::sinusoidal()),
+        (
+            "rope yarn:4 (L 64)",
+            Positions::rope(10000.0).scaled(RopeScaling::Yarn { factor: 4.0, original: 64 }),
+        ),
+        ("rope ntk:8", Positions::rope(10000.0).scaled(RopeScaling::Ntk { factor: 8.0 })),
     ]
 }
 

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
+use longctx::contract::positions::RopeScaling;
 use longctx::models::gpt::{AttnKind, GptConfig, Params, PosScheme};
+use longctx::models::tasks::{Task, TaskCell, TaskMix, TaskReport, evaluate_task, example};
 use longctx::models::training::{
     Checkpoint, Corpus, EvalReport, TrainConfig, Windows, evaluate, log_csv, train,
 };
@@ -95,6 +97,13 @@ pub struct TrainArgs {
     /// Continue the run in OUT from its checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Mix examples of these tasks into the batches at the training length
+    /// (comma-separated: passkey, needles, vars), a --task-share of the sequences.
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// With --tasks: the share of each batch's sequences that are task examples.
+    #[arg(long, default_value_t = 0.25)]
+    task_share: f64,
 }
 
 /// `runs/POS` unless given.
@@ -124,6 +133,7 @@ pub fn run_train(device: &DeviceArgs, a: &TrainArgs) -> anyhow::Result<()> {
         ffn: 4 * a.d_model,
         pos,
         attn: AttnKind::parse(&a.attn)?,
+        rope_scaling: Default::default(),
     };
     let corpus = corpus(&a.corpus)?;
     let config = TrainConfig {
@@ -141,6 +151,15 @@ pub fn run_train(device: &DeviceArgs, a: &TrainArgs) -> anyhow::Result<()> {
         checkpoint_every: a.checkpoint_every,
         log_every: a.log_every,
         corpus_sha256: corpus.sha256.clone(),
+        tasks: TaskMix {
+            tasks: a
+                .tasks
+                .iter()
+                .filter(|t| !t.is_empty())
+                .map(|t| Task::parse(t))
+                .collect::<Result<_, _>>()?,
+            share: a.task_share,
+        },
     };
     config.validate()?;
     let dir = out_dir(a, pos);
@@ -286,6 +305,24 @@ pub struct EvalArgs {
     /// Write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// A retrieval task instead of bits per byte: passkey, needles or vars; accuracy per
+    /// (length, depth) (models/tasks.rs).
+    #[arg(long)]
+    task: Option<String>,
+    /// With --task: where the asked-for fact sits, fractions of the text before the question.
+    #[arg(long, default_value = "0,0.25,0.5,0.75,1", value_delimiter = ',')]
+    depths: Vec<f64>,
+    /// With --task: examples per (length, depth).
+    #[arg(long, default_value_t = 20, value_parser = positive)]
+    examples: usize,
+    /// With --task: seeds the examples.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// RoPE models: rescale the frequencies for lengths past training — none, pi:S, ntk:S or
+    /// yarn:S (YaRN's ramp measured against the checkpoint's training length); default: as
+    /// the checkpoint was trained.
+    #[arg(long)]
+    rope_scaling: Option<String>,
 }
 
 pub fn run_eval(device: &DeviceArgs, a: &EvalArgs) -> anyhow::Result<()> {
@@ -321,12 +358,27 @@ pub fn run_eval(device: &DeviceArgs, a: &EvalArgs) -> anyhow::Result<()> {
         }
         modes.push(Windows::Sliding { stride: 0 });
     }
+    // each checkpoint's model with the RoPE scaling asked for (checked before any work)
+    let models = checkpoints
+        .iter()
+        .map(|c| {
+            let mut m = c.config.model;
+            if let Some(s) = &a.rope_scaling {
+                m.rope_scaling = RopeScaling::parse(s, c.config.seq)?;
+            }
+            m.validate()?;
+            Ok(m)
+        })
+        .collect::<longctx::Result<Vec<_>>>()?;
+    if let Some(task) = &a.task {
+        return run_task_eval(device, a, Task::parse(task)?, &checkpoints, &models);
+    }
     let gpu = device.gpu()?;
     let bar = ProgressBar::new((checkpoints.len() * a.lengths.len() * modes.len()) as u64);
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}").expect("template"));
     let mut reports = Vec::new();
-    for (c, path) in checkpoints.iter().zip(&a.checkpoint) {
-        let params = Params { config: c.config.model, data: c.params.clone() };
+    for ((c, path), model) in checkpoints.iter().zip(&a.checkpoint).zip(&models) {
+        let params = Params { config: *model, data: c.params.clone() };
         let mut rows = Vec::new();
         for &l in &a.lengths {
             for mode in &modes {
@@ -343,6 +395,7 @@ pub fn run_eval(device: &DeviceArgs, a: &EvalArgs) -> anyhow::Result<()> {
             checkpoint: path.display().to_string(),
             pos: c.config.model.pos,
             attn: c.config.model.attn,
+            rope_scaling: model.rope_scaling,
             train_len: c.config.seq,
             steps: c.step,
             rows,
@@ -350,6 +403,77 @@ pub fn run_eval(device: &DeviceArgs, a: &EvalArgs) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     println!("{}", table(&reports, a.slide));
+    if let Some(path) = &a.json {
+        longctx::io::write_atomic(path, serde_json::to_string_pretty(&reports)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `eval --task`: accuracy per (length, depth) for each checkpoint.
+fn run_task_eval(
+    device: &DeviceArgs,
+    a: &EvalArgs,
+    task: Task,
+    checkpoints: &[Checkpoint],
+    models: &[GptConfig],
+) -> anyhow::Result<()> {
+    if a.depths.is_empty() || a.depths.iter().any(|d| !(0.0..=1.0).contains(d)) {
+        bail!("--depths: fractions in 0..=1, at least one");
+    }
+    // every (length, depth) has room for the task's sentences, before the GPU starts
+    for &l in &a.lengths {
+        example(task, l, 0.0, 0)?;
+    }
+    let gpu = device.gpu()?;
+    let bar = ProgressBar::new((checkpoints.len() * a.lengths.len()) as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}").expect("template"));
+    let mut reports = Vec::new();
+    for ((c, path), model) in checkpoints.iter().zip(&a.checkpoint).zip(models) {
+        let params = Params { config: *model, data: c.params.clone() };
+        let mut cells = Vec::new();
+        for &l in &a.lengths {
+            bar.set_message(format!("{} {} L={l}", c.config.model.pos.name(), task.name()));
+            cells.extend(evaluate_task(
+                &gpu,
+                &params,
+                task,
+                l,
+                &a.depths,
+                a.examples,
+                a.seed,
+                a.tokens_per_call,
+            )?);
+            bar.inc(1);
+        }
+        reports.push(TaskReport {
+            checkpoint: path.display().to_string(),
+            pos: c.config.model.pos,
+            attn: c.config.model.attn,
+            rope_scaling: model.rope_scaling.name(),
+            train_len: c.config.seq,
+            cells,
+        });
+    }
+    bar.finish_and_clear();
+    for r in &reports {
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED);
+        let mut header =
+            vec![format!("{} (L={}, RoPE scaling {}): L (eval)", r.pos.name(), r.train_len, r.rope_scaling)];
+        header.extend(a.depths.iter().map(|d| format!("depth {:.0} %", d * 100.0)));
+        header.push("mean".into());
+        t.set_header(header);
+        for &l in &a.lengths {
+            let row: Vec<&TaskCell> = r.cells.iter().filter(|c| c.length == l).collect();
+            let mean = row.iter().map(|c| c.accuracy()).sum::<f64>() / row.len().max(1) as f64;
+            let mut cells = vec![format!("{l} ({:.0}×)", l as f64 / r.train_len as f64)];
+            cells.extend(row.iter().map(|c| format!("{:.2}", c.accuracy())));
+            cells.push(format!("{mean:.2}"));
+            t.add_row(cells);
+        }
+        println!("{} accuracy, {} examples per cell\n{t}", task.name(), a.examples);
+    }
     if let Some(path) = &a.json {
         longctx::io::write_atomic(path, serde_json::to_string_pretty(&reports)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;

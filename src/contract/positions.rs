@@ -15,11 +15,136 @@
 //!   embeddings (the same thing when the projections are the identity). Its gradient is
 //!   the identity.
 //!
+//! RoPE past the training length L (no retraining, or a short fine-tune) rescales the
+//! frequencies by a factor s ([`RopeScaling`]):
+//!
+//! - **position interpolation** (PI; Chen et al. 2023): `ω'_k = ω_k / s` — positions squeezed
+//!   into the trained range;
+//! - **NTK-aware** (bloc97 2023): the base raised to `θ' = θ · s^(D/(D−2))` — the highest
+//!   frequency kept, the lowest divided by exactly s;
+//! - **YaRN** (Peng et al. 2023): per pair, `r_k = L / λ_k` wavelengths of `λ_k = 2π/ω_k` fit
+//!   in L; `γ_k = clamp((r_k − α)/(β − α), 0, 1)` (α = 1, β = 32); `ω'_k = (1 − γ_k)·ω_k/s +
+//!   γ_k·ω_k` — pairs that turn many times in L kept, slow ones interpolated, a ramp between;
+//!   and an attention temperature: Q and K scaled by `m = 0.1·ln s + 1` (scores by m²), which
+//!   the table carries (its cos and sin times m).
+//!
 //! The kernels read `cos`/`sin`/`PE` from a table computed here in f64 and rounded once to
 //! f32 ([`Positions::table`]), so no shader evaluates a trigonometric function of a large
 //! argument (WGSL only promises 2⁻¹¹ absolute error for `sin` on [−π, π]).
 
 use crate::error::{Error, Result};
+
+/// RoPE's frequencies rescaled to run past the training length (module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum RopeScaling {
+    /// The frequencies as trained.
+    #[default]
+    None,
+    /// Position interpolation: every `ω_k / s`.
+    Pi {
+        /// s.
+        factor: f64,
+    },
+    /// NTK-aware: base `θ · s^(D/(D−2))`.
+    Ntk {
+        /// s.
+        factor: f64,
+    },
+    /// YaRN: interpolation ramped by wavelength, and the temperature `0.1·ln s + 1`.
+    Yarn {
+        /// s.
+        factor: f64,
+        /// The training length L the ramp is measured against.
+        original: usize,
+    },
+}
+
+/// YaRN's ramp ends (Peng et al. 2023, for LLaMA): pairs with fewer than α turns in the
+/// training length are interpolated, more than β kept.
+pub const YARN_ALPHA: f64 = 1.0;
+/// See [`YARN_ALPHA`].
+pub const YARN_BETA: f64 = 32.0;
+
+impl RopeScaling {
+    /// The factor s (1 for none).
+    pub fn factor(&self) -> f64 {
+        match *self {
+            RopeScaling::None => 1.0,
+            RopeScaling::Pi { factor } | RopeScaling::Ntk { factor } | RopeScaling::Yarn { factor, .. } => {
+                factor
+            }
+        }
+    }
+
+    /// Parses `none`, `pi:S`, `ntk:S` or `yarn:S` (YaRN's L is `original`, the training
+    /// length).
+    pub fn parse(text: &str, original: usize) -> Result<Self> {
+        let bad = |why: &str| Error::Invalid(format!("RoPE scaling `{text}`: {why}"));
+        let text = text.trim();
+        if text == "none" {
+            return Ok(RopeScaling::None);
+        }
+        let (kind, s) = text.split_once(':').ok_or_else(|| bad("expected none, pi:S, ntk:S or yarn:S"))?;
+        let factor: f64 = s.trim().parse().map_err(|_| bad("the factor is not a number"))?;
+        let out = match kind.trim() {
+            "pi" => RopeScaling::Pi { factor },
+            "ntk" => RopeScaling::Ntk { factor },
+            "yarn" => RopeScaling::Yarn { factor, original },
+            _ => return Err(bad("expected none, pi:S, ntk:S or yarn:S")),
+        };
+        out.check()?;
+        Ok(out)
+    }
+
+    fn check(&self) -> Result<()> {
+        let s = self.factor();
+        if !(s.is_finite() && s >= 1.0) {
+            return Err(Error::Invalid(format!("RoPE scaling factor {s}: it must be a finite number ≥ 1")));
+        }
+        if let RopeScaling::Yarn { original: 0, .. } = self {
+            return Err(Error::Invalid("YaRN needs the training length (> 0)".into()));
+        }
+        Ok(())
+    }
+
+    /// The name for records: `none`, `pi:4`, `ntk:4`, `yarn:4`.
+    pub fn name(&self) -> String {
+        match self {
+            RopeScaling::None => "none".into(),
+            RopeScaling::Pi { factor } => format!("pi:{factor}"),
+            RopeScaling::Ntk { factor } => format!("ntk:{factor}"),
+            RopeScaling::Yarn { factor, .. } => format!("yarn:{factor}"),
+        }
+    }
+
+    /// The scale of Q and K (YaRN's `0.1·ln s + 1`; 1 otherwise).
+    pub fn magnitude(&self) -> f64 {
+        match *self {
+            RopeScaling::Yarn { factor, .. } => 0.1 * factor.ln() + 1.0,
+            _ => 1.0,
+        }
+    }
+
+    /// `ω'_k` for pair `k` of head dim `d` and base `theta`.
+    pub fn frequency(&self, theta: f64, k: usize, d: usize) -> f64 {
+        let plain = theta.powf(-2.0 * k as f64 / d as f64);
+        match *self {
+            RopeScaling::None => plain,
+            RopeScaling::Pi { factor } => plain / factor,
+            RopeScaling::Ntk { factor } => {
+                // d = 2 has one pair, the highest frequency, which NTK keeps
+                let base = if d > 2 { theta * factor.powf(d as f64 / (d as f64 - 2.0)) } else { theta };
+                base.powf(-2.0 * k as f64 / d as f64)
+            }
+            RopeScaling::Yarn { factor, original } => {
+                let turns = original as f64 * plain / (2.0 * std::f64::consts::PI);
+                let keep = ((turns - YARN_ALPHA) / (YARN_BETA - YARN_ALPHA)).clamp(0.0, 1.0);
+                (1.0 - keep) * plain / factor + keep * plain
+            }
+        }
+    }
+}
 
 /// Which encoding.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -30,6 +155,8 @@ pub enum Encoding {
         theta: f64,
         /// Pairs `(x_{2k}, x_{2k+1})`; otherwise `(x_k, x_{k+D/2})`.
         interleaved: bool,
+        /// Frequencies rescaled past the training length.
+        scaling: RopeScaling,
     },
     /// `PE(p)` added to Q and K rows.
     Sinusoidal {
@@ -50,12 +177,20 @@ pub struct Positions {
 impl Positions {
     /// RoPE with base `theta`, half-split pairs, offset 0.
     pub fn rope(theta: f64) -> Self {
-        Self { encoding: Encoding::Rope { theta, interleaved: false }, offset: 0 }
+        Self { encoding: Encoding::Rope { theta, interleaved: false, scaling: RopeScaling::None }, offset: 0 }
+    }
+
+    /// With RoPE's frequencies rescaled (no change to a sinusoidal encoding).
+    pub fn scaled(mut self, with: RopeScaling) -> Self {
+        if let Encoding::Rope { scaling, .. } = &mut self.encoding {
+            *scaling = with;
+        }
+        self
     }
 
     /// RoPE with interleaved pairs.
     pub fn rope_interleaved(theta: f64) -> Self {
-        Self { encoding: Encoding::Rope { theta, interleaved: true }, offset: 0 }
+        Self { encoding: Encoding::Rope { theta, interleaved: true, scaling: RopeScaling::None }, offset: 0 }
     }
 
     /// Sinusoidal embeddings with base 10000, offset 0.
@@ -113,8 +248,11 @@ impl Positions {
                 }
             }
         }
-        let encoding =
-            if rope { Encoding::Rope { theta: base, interleaved } } else { Encoding::Sinusoidal { base } };
+        let encoding = if rope {
+            Encoding::Rope { theta: base, interleaved, scaling: RopeScaling::None }
+        } else {
+            Encoding::Sinusoidal { base }
+        };
         let p = Self { encoding, offset };
         p.check_base()?;
         Ok(p)
@@ -128,6 +266,9 @@ impl Positions {
     }
 
     fn check_base(&self) -> Result<()> {
+        if let Encoding::Rope { scaling, .. } = self.encoding {
+            scaling.check()?;
+        }
         let b = self.base();
         if !(b.is_finite() && b > 1.0) {
             return Err(Error::Invalid(format!(
@@ -168,19 +309,23 @@ impl Positions {
         matches!(self.encoding, Encoding::Rope { interleaved: true, .. })
     }
 
-    /// `ω_k` for pair `k` of head dim `d`.
+    /// `ω_k` for pair `k` of head dim `d` (RoPE's rescaled where it says so).
     fn frequency(&self, k: usize, d: usize) -> f64 {
-        self.base().powf(-2.0 * k as f64 / d as f64)
+        match self.encoding {
+            Encoding::Rope { theta, scaling, .. } => scaling.frequency(theta, k, d),
+            Encoding::Sinusoidal { base } => base.powf(-2.0 * k as f64 / d as f64),
+        }
     }
 
-    /// One table row for position `p`, head dim `d` (f64): RoPE `cos(p·ω_k)` for k < D/2
-    /// then `sin(p·ω_k)`; sinusoidal `PE(p, e)` for e < D.
+    /// One table row for position `p`, head dim `d` (f64): RoPE `m·cos(p·ω_k)` for k < D/2
+    /// then `m·sin(p·ω_k)` (m: the scaling's magnitude, 1 but for YaRN); sinusoidal
+    /// `PE(p, e)` for e < D.
     pub(crate) fn table_row(&self, p: i64, d: usize) -> Vec<f64> {
         let angle = |k: usize| p as f64 * self.frequency(k, d);
         match self.encoding {
-            Encoding::Rope { .. } => {
-                let half = d / 2;
-                (0..half).map(|k| angle(k).cos()).chain((0..half).map(|k| angle(k).sin())).collect()
+            Encoding::Rope { scaling, .. } => {
+                let (half, m) = (d / 2, scaling.magnitude());
+                (0..half).map(|k| m * angle(k).cos()).chain((0..half).map(|k| m * angle(k).sin())).collect()
             }
             Encoding::Sinusoidal { .. } => {
                 (0..d).map(|e| if e % 2 == 0 { angle(e / 2).sin() } else { angle(e / 2).cos() }).collect()
@@ -265,8 +410,16 @@ impl Positions {
     pub fn name(&self) -> String {
         let offset = if self.offset > 0 { format!(", offset {}", self.offset) } else { String::new() };
         match self.encoding {
-            Encoding::Rope { theta, interleaved } => {
-                format!("rope(θ={theta}, {}{offset})", if interleaved { "interleaved" } else { "half" })
+            Encoding::Rope { theta, interleaved, scaling } => {
+                let scaled = if scaling == RopeScaling::None {
+                    String::new()
+                } else {
+                    format!(", {}", scaling.name())
+                };
+                format!(
+                    "rope(θ={theta}, {}{scaled}{offset})",
+                    if interleaved { "interleaved" } else { "half" }
+                )
             }
             Encoding::Sinusoidal { base } => format!("sinusoidal({base}{offset})"),
         }
@@ -300,6 +453,73 @@ mod tests {
             pos.apply_grad(&mut x, 77);
             assert!(x.iter().zip(&q).all(|(a, b)| (a - b).abs() < 1e-12));
         }
+    }
+
+    /// The scalings against the papers' formulas written out here in f64, separately from
+    /// `RopeScaling::frequency`.
+    #[test]
+    fn rope_scalings_follow_their_papers() {
+        use std::f64::consts::PI as PI_;
+        let (theta, d, s, l) = (10000.0f64, 64usize, 4.0f64, 512usize);
+        let plain = |k: usize| 1.0 / theta.powf(2.0 * k as f64 / d as f64);
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs().max(1e-300);
+        let pi = RopeScaling::Pi { factor: s };
+        let ntk = RopeScaling::Ntk { factor: s };
+        let yarn = RopeScaling::Yarn { factor: s, original: l };
+        for k in 0..d / 2 {
+            // PI: positions divided by s
+            assert!(close(pi.frequency(theta, k, d), plain(k) / s), "pi k={k}");
+            // NTK-aware: base θ·s^(d/(d−2))
+            let base = theta * s.powf(d as f64 / (d as f64 - 2.0));
+            assert!(
+                close(ntk.frequency(theta, k, d), 1.0 / base.powf(2.0 * k as f64 / d as f64)),
+                "ntk k={k}"
+            );
+            // YaRN: wavelength λ = 2π/ω, r = L/λ, ramp between α = 1 and β = 32
+            let lambda = 2.0 * PI_ / plain(k);
+            let r = l as f64 / lambda;
+            let want = if r < 1.0 {
+                plain(k) / s
+            } else if r > 32.0 {
+                plain(k)
+            } else {
+                let g = (r - 1.0) / 31.0;
+                (1.0 - g) * plain(k) / s + g * plain(k)
+            };
+            assert!(close(yarn.frequency(theta, k, d), want), "yarn k={k}");
+        }
+        // NTK keeps the highest frequency and divides the lowest by exactly s
+        assert!(close(ntk.frequency(theta, 0, d), 1.0));
+        assert!(close(ntk.frequency(theta, d / 2 - 1, d), plain(d / 2 - 1) / s));
+        // PI at position s·p is the plain encoding at p
+        let (a, b) = (Positions::rope(theta).scaled(pi), Positions::rope(theta));
+        assert!(a.table_row(400, d).iter().zip(b.table_row(100, d)).all(|(x, y)| (x - y).abs() < 1e-9));
+        // YaRN's temperature: the table's pairs have length 0.1·ln s + 1, so a score is m² times
+        let y = Positions::rope(theta).scaled(yarn);
+        let row = y.table_row(1234, d);
+        let m = 0.1 * s.ln() + 1.0;
+        for k in 0..d / 2 {
+            assert!((row[k].hypot(row[d / 2 + k]) - m).abs() < 1e-12);
+        }
+        let (q, kk): (Vec<f64>, Vec<f64>) =
+            ((0..d).map(|i| (i as f64).sin()).collect(), (0..d).map(|i| (i as f64).cos()).collect());
+        let dot = |p: &Positions| {
+            let (mut a, mut b) = (q.clone(), kk.clone());
+            p.apply(&mut a, 0);
+            p.apply(&mut b, 0);
+            a.iter().zip(&b).map(|(x, y)| x * y).sum::<f64>()
+        };
+        assert!((dot(&y) - m * m * dot(&b)).abs() < 1e-9);
+        // parsing and the bounds
+        assert_eq!(
+            RopeScaling::parse("yarn:8", 256).unwrap(),
+            RopeScaling::Yarn { factor: 8.0, original: 256 }
+        );
+        assert_eq!(RopeScaling::parse("none", 256).unwrap(), RopeScaling::None);
+        for bad in ["pi", "pi:x", "pi:0.5", "ntk:inf", "linear:2"] {
+            assert!(RopeScaling::parse(bad, 256).is_err(), "{bad}");
+        }
+        assert!(RopeScaling::parse("yarn:2", 0).is_err());
     }
 
     #[test]

@@ -156,7 +156,7 @@ impl Generator {
         cfg.max_seqs = layout.max_seqs;
         cfg.max_tokens = layout.max_seqs.saturating_mul(layout.max_step_tokens);
         cfg.alibi = Self::alibi(&config);
-        let rope = (config.pos == PosScheme::Rope).then(|| Positions::rope(10000.0));
+        let rope = (config.pos == PosScheme::Rope).then(|| config.rope());
         Ok(Self { model: Model { config, params, rope }, dec: PagedDecoder::new(gpu, cfg)? })
     }
 

@@ -10,7 +10,7 @@
 
 use crate::contract::dsa::Dsa;
 use crate::contract::nsa::Nsa;
-use crate::contract::positions::Positions;
+use crate::contract::positions::{Positions, RopeScaling};
 use crate::contract::spec::alibi_slope;
 use crate::error::{Error, Result};
 use crate::kernels::train::{gelu_f64, layer_norm_f64};
@@ -74,6 +74,10 @@ pub struct GptConfig {
     /// The blocks' attention (dense causal unless a checkpoint says otherwise).
     #[serde(default)]
     pub attn: AttnKind,
+    /// RoPE's frequencies rescaled to run past the training length (an evaluation's choice;
+    /// none when trained).
+    #[serde(default)]
+    pub rope_scaling: RopeScaling,
 }
 
 /// The attention every block runs.
@@ -232,7 +236,22 @@ pub(crate) const LN_EPS: f64 = 1e-5;
 impl GptConfig {
     /// A byte-level model of width `d_model`, `heads` heads, `layers` blocks, FFN 4·d.
     pub fn bytes(d_model: usize, heads: usize, layers: usize, pos: PosScheme) -> Self {
-        Self { vocab: 256, d_model, heads, layers, ffn: 4 * d_model, pos, attn: AttnKind::Dense }
+        Self {
+            vocab: 256,
+            d_model,
+            heads,
+            layers,
+            ffn: 4 * d_model,
+            pos,
+            attn: AttnKind::Dense,
+            rope_scaling: RopeScaling::None,
+        }
+    }
+
+    /// The RoPE encoding of a [`PosScheme::Rope`] model: base 10000, half-split pairs,
+    /// rescaled as `rope_scaling` says.
+    pub fn rope(&self) -> Positions {
+        Positions::rope(10000.0).scaled(self.rope_scaling)
     }
 
     /// Checks the sizes: positive, within [`MAX_LAYERS`], [`MAX_WIDTH`] and [`MAX_VOCAB`],
@@ -287,6 +306,16 @@ impl GptConfig {
             return Err(Error::Invalid(format!(
                 "model {self:?}: sizes must be positive, d_model a multiple of heads (and the head dim even for RoPE)"
             )));
+        }
+        if self.rope_scaling != RopeScaling::None {
+            if self.pos != PosScheme::Rope {
+                return Err(Error::Invalid(format!(
+                    "RoPE scaling {} on a {} model: only RoPE's frequencies rescale",
+                    self.rope_scaling.name(),
+                    self.pos.name()
+                )));
+            }
+            self.rope().validate(hd)?;
         }
         if let Some(m) = self.attn.moba() {
             m.check(&crate::contract::AttnShape::mha(1, self.heads, 1, 1, hd))?;
@@ -647,7 +676,7 @@ fn losses_f64(
     let t = tokens.len() / batch - 1;
     let mut total = 0f64;
     let mut index_total = 0f64;
-    let rope = Positions::rope(10000.0);
+    let rope = config.rope();
     for seq in tokens.chunks_exact(t + 1) {
         if let Some(&bad) = seq.iter().find(|&&x| x as usize >= v) {
             return Err(Error::Invalid(format!("token {bad} is outside the vocabulary of {v}")));

@@ -19,7 +19,6 @@ use std::sync::Mutex;
 
 use crate::contract::dsa::Dsa;
 use crate::contract::nsa::Nsa;
-use crate::contract::positions::Positions;
 use crate::contract::selection::Moba;
 use crate::contract::spec::{Alibi, AttnShape, AttnSpec};
 use crate::error::{Error, Result};
@@ -404,7 +403,7 @@ pub(crate) fn attention_spec(config: &GptConfig, batch: usize, seq: usize) -> At
     let spec = AttnSpec::new(AttnShape::mha(batch, config.heads, seq, seq, hd)).causal(true);
     match config.pos {
         PosScheme::Alibi => spec.alibi(Alibi::Standard),
-        PosScheme::Rope => spec.positions(Some(Positions::rope(10000.0))),
+        PosScheme::Rope => spec.positions(Some(config.rope())),
         PosScheme::None | PosScheme::Sinusoidal => spec,
     }
 }
@@ -736,6 +735,11 @@ impl GptGpu {
     /// Per-position losses of the last forward (0 where the target did not count).
     pub fn losses(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         gpu.read(&self.loss, self.rows())
+    }
+
+    /// The logits of the last forward, `[batch · seq, vocab]` (row p predicts token p + 1).
+    pub fn logits(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        gpu.read(&self.logits, self.rows() * self.config.vocab)
     }
 
     fn heads(&self, parts: usize) -> HeadDims {

@@ -7,4 +7,5 @@ pub mod colt5;
 pub mod generate;
 pub mod gpt;
 pub mod gpt_gpu;
+pub mod tasks;
 pub mod training;

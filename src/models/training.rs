@@ -17,6 +17,7 @@ use crate::io::{SafetensorsFile, read_regular, write_safetensors};
 use crate::kernels::train::AdamW;
 use crate::models::gpt::{GptConfig, Params, inputs_and_targets};
 use crate::models::gpt_gpu::GptGpu;
+use crate::models::tasks::TaskMix;
 use crate::runtime::Gpu;
 
 /// The share of the corpus held out for validation (its end, from a line start).
@@ -87,6 +88,9 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// SHA-256 of the corpus trained on.
     pub corpus_sha256: String,
+    /// Task examples mixed into the batches (none by default).
+    #[serde(default)]
+    pub tasks: TaskMix,
 }
 
 impl TrainConfig {
@@ -113,6 +117,7 @@ impl TrainConfig {
                 max: MAX_BATCH_TOKENS,
             });
         }
+        self.tasks.check(self.seq + 1)?;
         let finite =
             [self.lr, self.min_lr_ratio, self.weight_decay, self.max_norm, self.betas.0, self.betas.1];
         if finite.iter().any(|x| !x.is_finite() || *x < 0.0)
@@ -314,8 +319,15 @@ impl Checkpoint {
 }
 
 /// Step `step`'s batch: `batch` windows of `seq + 1` bytes at positions drawn from
-/// (`seed`, `step`) alone, so a resumed run sees the batches an uninterrupted one would.
-pub(crate) fn batch_at(text: &[u8], seed: u64, step: usize, batch: usize, seq: usize) -> Result<Vec<u32>> {
+/// (`seed`, `step`) alone, so a resumed run sees the batches an uninterrupted one would; with
+/// an active `mix`, each window is a task example instead with the mix's probability.
+pub(crate) fn batch_at(
+    text: &[u8],
+    seed: u64,
+    step: usize,
+    (batch, seq): (usize, usize),
+    mix: &TaskMix,
+) -> Result<Vec<u32>> {
     if text.len() < seq + 1 {
         return Err(Error::Invalid(format!(
             "the training text has {} bytes; a sequence needs {}",
@@ -324,12 +336,17 @@ pub(crate) fn batch_at(text: &[u8], seed: u64, step: usize, batch: usize, seq: u
         )));
     }
     let mut rng = StdRng::seed_from_u64(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    Ok((0..batch)
-        .flat_map(|_| {
-            let start = rng.random_range(0..=text.len() - seq - 1);
-            text[start..start + seq + 1].iter().map(|&b| b as u32)
-        })
-        .collect())
+    let mut out = Vec::with_capacity(batch * (seq + 1));
+    for _ in 0..batch {
+        match mix.draw(&mut rng, seq + 1)? {
+            Some(example) => out.extend(example.iter().map(|&b| b as u32)),
+            None => {
+                let start = rng.random_range(0..=text.len() - seq - 1);
+                out.extend(text[start..start + seq + 1].iter().map(|&b| b as u32));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Trains from `start` (a checkpoint to resume, or a fresh initialisation from the seed) up
@@ -392,7 +409,8 @@ pub fn train(
     let until = until.min(config.steps);
     while state.step < until {
         let step = state.step;
-        let (inputs, targets) = inputs_and_targets(&batch_at(&corpus.train, config.seed, step, b, t)?, t);
+        let (inputs, targets) =
+            inputs_and_targets(&batch_at(&corpus.train, config.seed, step, (b, t), &config.tasks)?, t);
         model.set_tokens(gpu, &inputs, &targets)?;
         let opt = AdamW {
             lr: config.lr_at(step),
@@ -473,6 +491,9 @@ pub struct EvalReport {
     /// Its blocks' attention.
     #[serde(default)]
     pub attn: crate::models::gpt::AttnKind,
+    /// RoPE's rescaling at evaluation.
+    #[serde(default)]
+    pub rope_scaling: crate::contract::positions::RopeScaling,
     /// Its training length.
     pub train_len: usize,
     /// Its steps.
@@ -485,9 +506,13 @@ impl EvalReport {
     /// The checkpoint's name in tables and charts: its scheme, and its attention where that is
     /// not dense (`alibi moba:block=64,topk=3`).
     pub fn name(&self) -> String {
-        match self.attn {
+        let base = match self.attn {
             crate::models::gpt::AttnKind::Dense => self.pos.name().to_string(),
             other => format!("{} {}", self.pos.name(), other.describe()),
+        };
+        match self.rope_scaling {
+            crate::contract::positions::RopeScaling::None => base,
+            s => format!("{base} {}", s.name()),
         }
     }
 }
@@ -602,6 +627,7 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::tasks::Task;
 
     #[test]
     fn the_log_round_trips_through_csv() {
@@ -659,6 +685,7 @@ mod tests {
             checkpoint_every: 10,
             log_every: 1,
             corpus_sha256: String::new(),
+            tasks: TaskMix::default(),
         };
         assert!((c.lr_at(0) - 1e-4).abs() < 1e-9);
         assert!((c.lr_at(9) - 1e-3).abs() < 1e-9);
@@ -667,7 +694,17 @@ mod tests {
         assert!(c.lr_at(50) < c.lr_at(30));
         // batches depend on (seed, step) only
         let text = b"abcdefghijklmnopqrstuvwxyz".repeat(4);
-        assert_eq!(batch_at(&text, 3, 7, 2, 8).unwrap(), batch_at(&text, 3, 7, 2, 8).unwrap());
-        assert_ne!(batch_at(&text, 3, 7, 2, 8).unwrap(), batch_at(&text, 3, 8, 2, 8).unwrap());
+        let none = TaskMix::default();
+        let at = |step, mix: &TaskMix| batch_at(&text, 3, step, (2, 8), mix).unwrap();
+        assert_eq!(at(7, &none), at(7, &none));
+        assert_ne!(at(7, &none), at(8, &none));
+        // a mix replaces some windows by task examples, still by (seed, step) alone
+        let text = b"abcdefghijklmnopqrstuvwxyz".repeat(40);
+        let mix = TaskMix { tasks: vec![Task::Passkey], share: 0.5 };
+        let at = |step| batch_at(&text, 3, step, (8, 255), &mix).unwrap();
+        assert_eq!(at(4), at(4));
+        let examples: usize =
+            (0..20).map(|s| at(s).chunks(256).filter(|w| w.contains(&(b'?' as u32))).count()).sum();
+        assert!((40..=120).contains(&examples), "{examples} of 160 windows are examples at share 0.5");
     }
 }
