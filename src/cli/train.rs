@@ -437,8 +437,7 @@ fn run_task_eval(
             cells.extend(evaluate_task(
                 &gpu,
                 &params,
-                task,
-                l,
+                (task, l),
                 &a.depths,
                 a.examples,
                 a.seed,

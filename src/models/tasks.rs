@@ -295,8 +295,7 @@ pub struct TaskReport {
 pub fn evaluate_task(
     gpu: &Gpu,
     params: &Params,
-    task: Task,
-    length: usize,
+    (task, length): (Task, usize),
     depths: &[f64],
     examples: usize,
     seed: u64,
