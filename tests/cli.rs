@@ -1764,12 +1764,34 @@ fn eval_task_reports_accuracy_per_length_and_depth() {
         assert!(c["correct"].as_u64().unwrap() <= 3, "{c}");
     }
     assert_eq!(v[0]["rope_scaling"], "yarn:2");
+    // StreamingLLM's window with sinks at evaluation, named in the table
+    let windowed = longctx(&[
+        "eval",
+        "--checkpoint",
+        ckpt,
+        "--corpus",
+        corpus_s,
+        "--task",
+        "needles",
+        "--lengths",
+        "192",
+        "--depths",
+        "0.5",
+        "--examples",
+        "2",
+        "--window",
+        "64+4",
+    ]);
+    let stdout = String::from_utf8_lossy(&windowed.stdout);
+    assert!(windowed.status.success(), "{}", String::from_utf8_lossy(&windowed.stderr));
+    assert!(stdout.contains("window 64+4 sinks"), "{stdout}");
     // bad requests fail before any work
     for (extra, why) in [
         (vec!["--task", "keys"], "unknown task"),
         (vec!["--task", "passkey", "--lengths", "40"], "at least"),
         (vec!["--task", "passkey", "--depths", "1.5"], "--depths"),
         (vec!["--rope-scaling", "pi:0.5"], "≥ 1"),
+        (vec!["--window", "64+x"], "W+S"),
     ] {
         let mut a = vec!["eval", "--checkpoint", ckpt, "--corpus", &corpus_s];
         a.extend(extra);

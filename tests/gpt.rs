@@ -33,6 +33,52 @@ fn the_whole_model_gradient_matches_finite_differences_of_the_oracle() {
     }
 }
 
+/// Evaluation-time choices through the whole model: RoPE rescaled (YaRN, NTK-aware) and a
+/// window with sinks (StreamingLLM) — the loss and every gradient against finite differences
+/// of the oracle, which applies the same rules in f64; each changes the loss.
+#[test]
+fn rope_scaling_and_a_window_with_sinks_match_the_oracle_through_the_model() {
+    use longctx::contract::positions::RopeScaling;
+    use longctx::models::gpt::SinkWindow;
+    let g = common::gpu();
+    let seed = common::seed();
+    let plain = GptConfig::bytes(16, 2, 2, PosScheme::Rope);
+    let base = gradient_check(g, plain, 2, 9, seed, 6).unwrap().loss.1;
+    for c in [
+        GptConfig { rope_scaling: RopeScaling::Yarn { factor: 4.0, original: 4 }, ..plain },
+        GptConfig { rope_scaling: RopeScaling::Ntk { factor: 8.0 }, ..plain },
+        GptConfig { window: Some(SinkWindow { window: 2, sinks: 2 }), ..plain },
+        GptConfig { window: Some(SinkWindow { window: 3, sinks: 0 }), pos: PosScheme::Alibi, ..plain },
+    ] {
+        let check = gradient_check(g, c, 2, 9, seed, 6).unwrap();
+        let (got, want) = check.loss;
+        println!(
+            "{} {:?}: loss {got:.6} (oracle {want:.6}; plain RoPE {base:.6}), worst rel err {:.1e}",
+            c.rope_scaling.name(),
+            c.window,
+            check.worst()
+        );
+        assert!(check.worst() < 1e-4, "{c:?}: {check:?} (seed {seed})");
+        if c.pos == PosScheme::Rope {
+            assert!((want - base).abs() > 1e-6, "{c:?} changes nothing (seed {seed})");
+        }
+    }
+    // what cannot run is refused
+    let bad = GptConfig {
+        rope_scaling: RopeScaling::Pi { factor: 2.0 },
+        ..GptConfig::bytes(16, 2, 2, PosScheme::Alibi)
+    };
+    assert!(bad.validate().is_err());
+    let moba = GptConfig {
+        attn: longctx::models::gpt::AttnKind::Moba { block: 4, topk: 2 },
+        window: Some(SinkWindow { window: 2, sinks: 1 }),
+        ..plain
+    };
+    assert!(moba.validate().is_err());
+    assert_eq!(SinkWindow::parse("64+4").unwrap(), SinkWindow { window: 64, sinks: 4 });
+    assert!(SinkWindow::parse("64+x").is_err());
+}
+
 /// The model with MoBA in its blocks (the choice on each layer's Q and K — rotated, with RoPE —
 /// the block-list kernels forward and backward): its gradient against finite differences of
 /// the oracle, which makes the same choice in f64; the choice changes the loss (it is not

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
 use longctx::contract::positions::RopeScaling;
-use longctx::models::gpt::{AttnKind, GptConfig, Params, PosScheme};
+use longctx::models::gpt::{AttnKind, GptConfig, Params, PosScheme, SinkWindow};
 use longctx::models::tasks::{Task, TaskCell, TaskMix, TaskReport, evaluate_task, example};
 use longctx::models::training::{
     Checkpoint, Corpus, EvalReport, TrainConfig, Windows, evaluate, log_csv, train,
@@ -134,6 +134,7 @@ pub fn run_train(device: &DeviceArgs, a: &TrainArgs) -> anyhow::Result<()> {
         pos,
         attn: AttnKind::parse(&a.attn)?,
         rope_scaling: Default::default(),
+        window: None,
     };
     let corpus = corpus(&a.corpus)?;
     let config = TrainConfig {
@@ -323,6 +324,10 @@ pub struct EvalArgs {
     /// the checkpoint was trained.
     #[arg(long)]
     rope_scaling: Option<String>,
+    /// StreamingLLM's attention at evaluation: W (each query sees the W keys before it) or
+    /// W+S (and the first S positions, the sinks); dense checkpoints only.
+    #[arg(long)]
+    window: Option<String>,
 }
 
 pub fn run_eval(device: &DeviceArgs, a: &EvalArgs) -> anyhow::Result<()> {
@@ -366,6 +371,9 @@ pub fn run_eval(device: &DeviceArgs, a: &EvalArgs) -> anyhow::Result<()> {
             if let Some(s) = &a.rope_scaling {
                 m.rope_scaling = RopeScaling::parse(s, c.config.seq)?;
             }
+            if let Some(w) = &a.window {
+                m.window = Some(SinkWindow::parse(w)?);
+            }
             m.validate()?;
             Ok(m)
         })
@@ -396,6 +404,7 @@ pub fn run_eval(device: &DeviceArgs, a: &EvalArgs) -> anyhow::Result<()> {
             pos: c.config.model.pos,
             attn: c.config.model.attn,
             rope_scaling: model.rope_scaling,
+            window: model.window,
             train_len: c.config.seq,
             steps: c.step,
             rows,
@@ -450,6 +459,7 @@ fn run_task_eval(
             pos: c.config.model.pos,
             attn: c.config.model.attn,
             rope_scaling: model.rope_scaling.name(),
+            window: model.window,
             train_len: c.config.seq,
             cells,
         });
@@ -458,8 +468,13 @@ fn run_task_eval(
     for r in &reports {
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED);
-        let mut header =
-            vec![format!("{} (L={}, RoPE scaling {}): L (eval)", r.pos.name(), r.train_len, r.rope_scaling)];
+        let window = r.window.map_or(String::new(), |w| format!(", {}", w.name()));
+        let mut header = vec![format!(
+            "{} (L={}, RoPE scaling {}{window}): L (eval)",
+            r.pos.name(),
+            r.train_len,
+            r.rope_scaling
+        )];
         header.extend(a.depths.iter().map(|d| format!("depth {:.0} %", d * 100.0)));
         header.push("mean".into());
         t.set_header(header);

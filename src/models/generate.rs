@@ -138,6 +138,12 @@ impl Generator {
                 config.attn.name()
             )));
         }
+        if let Some(w) = config.window {
+            return Err(Error::Invalid(format!(
+                "generating with a {}: the generator runs full causal attention",
+                w.name()
+            )));
+        }
         if params.len() != config.params() {
             return Err(Error::Length {
                 what: "GPT parameters".into(),

@@ -78,6 +78,51 @@ pub struct GptConfig {
     /// none when trained).
     #[serde(default)]
     pub rope_scaling: RopeScaling,
+    /// StreamingLLM's attention (an evaluation's choice; none: full causal): each query sees
+    /// the keys at most `window` before it and the first `sinks` positions. Dense attention
+    /// only.
+    #[serde(default)]
+    pub window: Option<SinkWindow>,
+}
+
+/// A window with attention sinks (Xiao et al. 2024, StreamingLLM): query i sees key j ≤ i
+/// when `i − j ≤ window` or `j < sinks` — the paged decoder's rule (docs/DESIGN.md §1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SinkWindow {
+    /// Keys before the query it still sees.
+    pub window: usize,
+    /// The first positions every query sees.
+    pub sinks: usize,
+}
+
+impl SinkWindow {
+    /// Parses `W` or `W+S` (a window of W keys and S sinks).
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = || Error::Invalid(format!("window `{text}`: expected W or W+S (whole numbers)"));
+        let (w, s) = text.trim().split_once('+').unwrap_or((text.trim(), "0"));
+        Ok(Self { window: w.trim().parse().map_err(|_| bad())?, sinks: s.trim().parse().map_err(|_| bad())? })
+    }
+
+    /// Whether query `i` sees key `j ≤ i`.
+    pub fn sees(&self, i: usize, j: usize) -> bool {
+        i - j <= self.window || j < self.sinks
+    }
+
+    /// The contract's mask for it (ANDed with causal).
+    pub fn mask(&self) -> crate::contract::mask::Mask {
+        use crate::contract::mask::Mask;
+        let band = Mask::Window(crate::contract::Window::new(self.window, 0));
+        if self.sinks == 0 { band } else { Mask::Or(vec![band, Mask::Global(self.sinks)]) }
+    }
+
+    /// `window` or `window+sinks`, for names and records.
+    pub fn name(&self) -> String {
+        if self.sinks == 0 {
+            format!("window {}", self.window)
+        } else {
+            format!("window {}+{} sinks", self.window, self.sinks)
+        }
+    }
 }
 
 /// The attention every block runs.
@@ -245,6 +290,7 @@ impl GptConfig {
             pos,
             attn: AttnKind::Dense,
             rope_scaling: RopeScaling::None,
+            window: None,
         }
     }
 
@@ -316,6 +362,12 @@ impl GptConfig {
                 )));
             }
             self.rope().validate(hd)?;
+        }
+        if self.window.is_some() && self.attn != AttnKind::Dense {
+            return Err(Error::Invalid(format!(
+                "a window with sinks on {} attention: it is defined for dense attention only",
+                self.attn.name()
+            )));
         }
         if let Some(m) = self.attn.moba() {
             m.check(&crate::contract::AttnShape::mha(1, self.heads, 1, 1, hd))?;
@@ -747,7 +799,8 @@ fn losses_f64(
                     let s: Vec<f64> = (0..=i)
                         .map(|j| {
                             let listed = index.as_ref().is_none_or(|(lists, _)| lists[i].contains(&j));
-                            if !reads(i, j) || !listed {
+                            let seen = config.window.is_none_or(|w| w.sees(i, j));
+                            if !reads(i, j) || !listed || !seen {
                                 return f64::NEG_INFINITY;
                             }
                             scale * q[i].iter().zip(&k[j]).map(|(a, b)| a * b).sum::<f64>()

@@ -396,11 +396,14 @@ fn lnf_index(config: &GptConfig) -> usize {
     1 + config.layers * PER_BLOCK
 }
 
-/// The attention problem of one block: causal self-attention over `seq` tokens, with the
-/// scheme's ALiBi slopes or RoPE rotation.
+/// The attention problem of one block: causal self-attention over `seq` tokens (within the
+/// window and sinks where the model has them), with the scheme's ALiBi slopes or RoPE
+/// rotation.
 pub(crate) fn attention_spec(config: &GptConfig, batch: usize, seq: usize) -> AttnSpec {
     let hd = config.d_model / config.heads;
-    let spec = AttnSpec::new(AttnShape::mha(batch, config.heads, seq, seq, hd)).causal(true);
+    let spec = AttnSpec::new(AttnShape::mha(batch, config.heads, seq, seq, hd))
+        .causal(true)
+        .mask(config.window.map(|w| w.mask()));
     match config.pos {
         PosScheme::Alibi => spec.alibi(Alibi::Standard),
         PosScheme::Rope => spec.positions(Some(config.rope())),

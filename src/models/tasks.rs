@@ -281,6 +281,9 @@ pub struct TaskReport {
     pub attn: crate::models::gpt::AttnKind,
     /// RoPE's rescaling at evaluation (`none`, `pi:4`, …).
     pub rope_scaling: String,
+    /// The window with sinks at evaluation (none: full causal).
+    #[serde(default)]
+    pub window: Option<crate::models::gpt::SinkWindow>,
     /// Its training length.
     pub train_len: usize,
     /// One cell per (length, depth).

@@ -494,6 +494,9 @@ pub struct EvalReport {
     /// RoPE's rescaling at evaluation.
     #[serde(default)]
     pub rope_scaling: crate::contract::positions::RopeScaling,
+    /// The window with sinks at evaluation (none: full causal).
+    #[serde(default)]
+    pub window: Option<crate::models::gpt::SinkWindow>,
     /// Its training length.
     pub train_len: usize,
     /// Its steps.
@@ -510,9 +513,13 @@ impl EvalReport {
             crate::models::gpt::AttnKind::Dense => self.pos.name().to_string(),
             other => format!("{} {}", self.pos.name(), other.describe()),
         };
-        match self.rope_scaling {
+        let base = match self.rope_scaling {
             crate::contract::positions::RopeScaling::None => base,
             s => format!("{base} {}", s.name()),
+        };
+        match self.window {
+            None => base,
+            Some(w) => format!("{base} {}", w.name()),
         }
     }
 }
