@@ -364,13 +364,13 @@ impl PagedBench {
             };
             Some(packed_f64(&sub, &pick(&q, h), &pick(&k, hkv), &pick(&v, hkv))?.0)
         };
+        let reference: Vec<f64> = outputs[0].iter().map(|&x| x as f64).collect();
         let mut records = Vec::new();
         for ((name, calls, rows, pairs, _), o) in ways.iter().zip(&outputs) {
             let rel_err = oracle.as_ref().map_or(f64::NAN, |want| {
                 let got: Vec<f32> = short.iter().flat_map(|&s| seq(o, h, s)).collect();
                 rel_error(&got, want)
             });
-            let reference: Vec<f64> = outputs[0].iter().map(|&x| x as f64).collect();
             records.push(PrefillRecord {
                 what: (*name).into(),
                 calls: *calls,

@@ -328,8 +328,11 @@ pub fn evaluate_task(
             let e = &group.get(i).unwrap_or(&group[0]).1;
             inputs.extend(e.text.iter().map(|&b| u32::from(b)));
         }
-        let targets = vec![u32::MAX; inputs.len()];
-        model.forward_losses(gpu, &inputs, &targets)?;
+        // no targets: only the logits are read back
+        model.set_tokens(gpu, &inputs, &vec![u32::MAX; inputs.len()])?;
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        model.encode_forward(gpu, &mut enc, 1.0)?;
+        gpu.queue.submit([enc.finish()]);
         let logits = model.logits(gpu)?;
         for (i, (di, e)) in group.iter().enumerate() {
             let right = e.answer.clone().all(|p| {
